@@ -1,0 +1,1 @@
+"""Onramp's Ray Serve application: the ingress routes and their deployment settings."""

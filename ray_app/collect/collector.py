@@ -1,0 +1,317 @@
+"""The collector: one request in, records acknowledged by Kafka, one answer out.
+
+Framework-free so it is tested without Serve; ``deployments.collector`` puts it behind HTTP.
+
+Guarantees:
+
+* **200 means written.** The answer waits until Kafka acknowledged every record of the request
+  (``acks=all``, idempotent producer): accepted events in ``onramp.events``, rejected ones in
+  ``onramp.events.dlq``.
+* **Bounded memory.** Bytes awaiting acknowledgement are capped per replica
+  (``collector.max_inflight_bytes``); past the cap, requests get 503 at once.
+* **Kafka slow or down: 503 with Retry-After.** If the acknowledgement does not come within
+  ``kafka.ack_timeout_s`` the client is told to retry. Records of that request may still be
+  written later; a retry then writes them again with the same ``messageId``, which is the event
+  id that stream workers deduplicate on. Nothing is reported as accepted that was not.
+* **A broken producer is replaced.** A delivery error other than a timeout (say the broker lost
+  its state) makes the next request rebuild the producer and re-create missing topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_app.collect.parse import Limits, ParsedRequest, parse_request
+from ray_app.config import Settings
+from ray_app.kafka.client import OutRecord, Producer
+from ray_app.telemetry.hooks import CollectorHooks, NoopHooks
+
+__all__ = ["Collector", "Reply", "kafka_producer_factory"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reply:
+    """An HTTP answer: status, JSON body, headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json_bytes(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+
+class _ProducerSlot:
+    """Holds the producer; rebuilds it after a fatal delivery error, one rebuild at a time."""
+
+    def __init__(self, factory: Callable[[], Producer], rebuild_every_s: float = 1.0) -> None:
+        self._factory = factory
+        self._producer: Producer | None = None
+        self._broken = True
+        self._lock = threading.Lock()
+        self._last_attempt = 0.0
+        self._rebuild_every_s = rebuild_every_s
+        self.last_error: str | None = None
+
+    def get(self) -> Producer | None:
+        """The producer, rebuilt first if needed; None while it cannot be had."""
+        if not self._broken and self._producer is not None:
+            return self._producer
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            now = time.monotonic()
+            if now - self._last_attempt < self._rebuild_every_s and self._producer is None:
+                return None
+            self._last_attempt = now
+            old, self._producer = self._producer, None
+            if old is not None:
+                try:
+                    old.close(timeout_s=0.0)
+                except Exception:  # a broken producer may fail to close; it is gone either way
+                    log.debug("closing the broken producer failed", exc_info=True)
+            try:
+                self._producer = self._factory()
+                self._broken = False
+                self.last_error = None
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("cannot (re)connect to Kafka: %s", self.last_error)
+            return self._producer
+        finally:
+            self._lock.release()
+
+    def mark_broken(self, error: BaseException) -> None:
+        self._broken = True
+        self.last_error = f"{type(error).__name__}: {error}"
+
+    @property
+    def client_name(self) -> str:
+        return self._producer.client_name if self._producer else "none"
+
+    def close(self, timeout_s: float) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout_s=timeout_s)
+            self._producer = None
+
+
+class Collector:
+    """Handles Segment tracking-API requests; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer_factory: Callable[[], Producer],
+        hooks: CollectorHooks | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ) -> None:
+        c = settings.collector
+        self.settings = settings
+        self.topics = settings.topics
+        self.hooks: CollectorHooks = hooks or NoopHooks()
+        self.limits = Limits(c.max_event_bytes, c.max_request_bytes, c.max_batch_events)
+        self.write_keys = {name: key.get_secret_value() for name, key in c.write_keys.items()}
+        self.clock = clock
+        self._slot = _ProducerSlot(producer_factory)
+        self._sender = cf.ThreadPoolExecutor(1, thread_name_prefix="onramp-send")
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self._cors = set(c.cors_origins)
+        self.last_ack: float | None = None
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def handle(
+        self,
+        route: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        client: str | None = None,
+    ) -> Reply:
+        """Answer one request to ``/v1/<route>``; ``headers`` keys are lower-case."""
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        parsed = parse_request(
+            route,
+            body,
+            content_encoding=headers.get("content-encoding"),
+            authorization=headers.get("authorization"),
+            write_keys=self.write_keys,
+            received_at=self.clock(),
+            limits=self.limits,
+            origin={
+                "requestId": request_id,
+                "ip": client,
+                "userAgent": headers.get("user-agent"),
+            },
+        )
+        reply = await self._write(parsed, request_id)
+        reply.headers["X-Onramp-Request-Id"] = request_id
+        self.hooks.request_done(f"/v1/{route}", reply.status, time.perf_counter() - started)
+        return reply
+
+    async def _write(self, parsed: ParsedRequest, request_id: str) -> Reply:
+        records = [OutRecord(self.topics.events, v, key=k) for k, v in parsed.events]
+        records += [OutRecord(self.topics.dlq, v, key=k) for k, v in parsed.dlq]
+        rejected = [r.public() for r in parsed.rejections]
+        if not records:  # nothing Kafka must hold: an auth failure
+            for r in parsed.rejections:
+                self.hooks.events_rejected(r.reason.value, 1)
+            return Reply(parsed.status, {"success": False, "accepted": 0, "rejected": rejected})
+        size = sum(len(r.value) + len(r.key or b"") for r in records)
+        with self._inflight_lock:
+            if self._inflight + size > self.settings.collector.max_inflight_bytes:
+                admitted = False
+            else:
+                self._inflight += size
+                admitted = True
+        if not admitted:
+            self.hooks.kafka_unavailable("backpressure")
+            return self._unavailable("Kafka is not keeping up; retry later", request_id)
+        loop = asyncio.get_running_loop()
+        try:
+            future = await loop.run_in_executor(self._sender, self._send, records)
+        except Exception as exc:
+            self._release(size)
+            self.hooks.kafka_unavailable("error")
+            return self._unavailable(f"cannot write to Kafka: {exc}", request_id)
+        if future is None:
+            self._release(size)
+            self.hooks.kafka_unavailable("reconnecting")
+            return self._unavailable(
+                f"not connected to Kafka ({self._slot.last_error or 'connecting'})", request_id
+            )
+        future.add_done_callback(lambda f: self._settled(f, size))
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), self.settings.kafka.ack_timeout_s
+            )
+        except TimeoutError:
+            self.hooks.kafka_unavailable("timeout")
+            return self._unavailable(
+                f"Kafka did not acknowledge within {self.settings.kafka.ack_timeout_s}s", request_id
+            )
+        except Exception as exc:
+            self.hooks.kafka_unavailable("error")
+            return self._unavailable(f"Kafka refused the records: {type(exc).__name__}", request_id)
+        self.last_ack = time.time()
+        if parsed.events:
+            self.hooks.events_accepted(parsed.source or "unknown", len(parsed.events))
+        for r in parsed.rejections:
+            self.hooks.events_rejected(r.reason.value, 1)
+        status = parsed.status
+        return Reply(
+            status,
+            {"success": status == 200, "accepted": len(parsed.events), "rejected": rejected},
+        )
+
+    def _send(self, records: list[OutRecord]) -> cf.Future[Any] | None:
+        producer = self._slot.get()
+        if producer is None:
+            return None
+        return producer.send_all(records)
+
+    def _settled(self, future: cf.Future[Any], size: int) -> None:
+        self._release(size)
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, TimeoutError):
+            log.warning("Kafka delivery failed, the producer will be rebuilt: %r", exc)
+            self._slot.mark_broken(exc)
+
+    def _release(self, size: int) -> None:
+        with self._inflight_lock:
+            self._inflight -= size
+
+    def _unavailable(self, message: str, request_id: str) -> Reply:
+        retry_after = self.settings.collector.retry_after_s
+        return Reply(
+            503,
+            {"success": False, "error": "kafka_unavailable", "message": message, "retryAfter": retry_after},
+            {"Retry-After": str(retry_after)},
+        )
+
+    # -- CORS ------------------------------------------------------------------------------
+
+    def cors_headers(self, origin: str | None) -> dict[str, str]:
+        """Headers that let a browser page at ``origin`` read the answer, if it is allowed."""
+        if not origin:
+            return {}
+        if "*" in self._cors:
+            allowed = "*"
+        elif origin in self._cors:
+            allowed = origin
+        else:
+            return {}
+        out = {"Access-Control-Allow-Origin": allowed, "Access-Control-Expose-Headers": "Retry-After, X-Onramp-Request-Id"}
+        if allowed != "*":
+            out["Vary"] = "Origin"
+        return out
+
+    def preflight(self, origin: str | None, requested_headers: str | None) -> Reply:
+        """Answer a CORS preflight (``OPTIONS``)."""
+        headers = self.cors_headers(origin)
+        if not headers:
+            return Reply(403, {"success": False, "error": "origin_not_allowed", "origin": origin})
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": requested_headers
+                or "Authorization, Content-Type, Content-Encoding",
+                "Access-Control-Max-Age": "86400",
+            }
+        )
+        return Reply(204, {}, headers)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def inflight_bytes(self) -> int:
+        return self._inflight
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "kafkaClient": self._slot.client_name,
+            "kafkaError": self._slot.last_error,
+            "inflightBytes": self._inflight,
+            "lastAckAgeS": None if self.last_ack is None else round(time.time() - self.last_ack, 3),
+        }
+
+    def connect(self) -> None:
+        """Build the producer now (instead of on the first request)."""
+        self._slot.get()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what is queued and close the producer."""
+        self._sender.shutdown(wait=True)
+        self._slot.close(timeout_s)
+
+
+def kafka_producer_factory(settings: Settings, bootstrap: str) -> Callable[[], Producer]:
+    """A factory that makes sure the topics exist, connects, and caches topic metadata, so that
+    later sends never block on a metadata fetch."""
+    from ray_app.kafka.client import make_producer
+    from ray_app.kafka.topics import ensure_topics
+
+    def build() -> Producer:
+        ensure_topics(bootstrap, settings.kafka, timeout_s=settings.kafka.ack_timeout_s)
+        producer = make_producer(bootstrap, settings.kafka)
+        warm = getattr(producer, "partitions_for", None)
+        if warm is not None:
+            for topic in (settings.topics.events, settings.topics.dlq):
+                warm(topic)
+        return producer
+
+    return build

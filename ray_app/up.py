@@ -1,0 +1,193 @@
+"""``onramp up``: the broker, Ray and the Serve application, started and stopped in order.
+
+On embedded defaults everything runs on this machine: the Tansu broker on a free loopback port,
+a local Ray, Serve's HTTP ingress on ``collector.port``. With ``kafka.bootstrap_servers`` set the
+broker is not started; with ``ray.address`` set Onramp joins that Ray cluster.
+
+The Serve application is found by its import path (:data:`APP_IMPORT_PATH`), the same string a
+``serve deploy`` config names, so the engine (``ray_app``) never imports ``deployments``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ray_app.config import Settings
+from ray_app.errors import OnrampError
+from ray_app.kafka.broker import EmbeddedBroker, free_port
+from ray_app.kafka.topics import ensure_topics
+
+__all__ = ["APP_IMPORT_PATH", "APP_NAME", "Stack", "configure_http_mode"]
+
+log = logging.getLogger(__name__)
+
+APP_IMPORT_PATH = "deployments.app:build_app"
+APP_NAME = "onramp"
+_HA_ENV = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS")
+
+
+def configure_http_mode(high_throughput: bool) -> str:
+    """Select Serve's HTTP path for the Ray this process will start; returns ``haproxy`` or
+    ``default``. Must run before ``ray.init()``: Serve reads these variables at start.
+
+    HAProxy's config, admin socket and state files go to a directory of this process (not
+    Serve's fixed ``/tmp/haproxy-serve``) and its metrics to a free port, so two Onramps on one
+    machine (a test session and a demo, say) do not overwrite each other's proxy.
+    """
+    if not high_throughput:
+        for name in _HA_ENV:
+            os.environ.pop(name, None)
+        return "default"
+    try:
+        from ray.serve._private.haproxy import get_haproxy_binary
+
+        get_haproxy_binary()
+    except (ImportError, FileNotFoundError) as exc:
+        warnings.warn(
+            f"Serve's high-throughput HTTP mode needs HAProxy ({exc}); using the default proxy, "
+            "about 20x fewer requests/s. Install ray[serve] on Linux or Debian's haproxy.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        for name in _HA_ENV:
+            os.environ.pop(name, None)
+        return "default"
+    for name in _HA_ENV:
+        os.environ[name] = "1"
+    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
+        import tempfile
+
+        # A short path: unix socket paths are limited to 107 bytes.
+        base = Path(tempfile.mkdtemp(prefix="onramp-haproxy-"))
+        os.environ.update(
+            {
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            }
+        )
+    return "haproxy"
+
+
+def _import_attr(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Stack:
+    """Broker (embedded unless configured), Ray and Onramp's Serve application."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        self.bootstrap: str | None = settings.kafka.bootstrap_servers
+        self.http_mode = "default"
+        self._ray_started = False
+
+    @property
+    def base_url(self) -> str:
+        c = self.settings.collector
+        host = "127.0.0.1" if c.host in ("0.0.0.0", "") else c.host
+        return f"http://{host}:{c.port}"
+
+    def urls(self) -> dict[str, str]:
+        base = self.base_url
+        return {
+            "collector": f"{base}/v1/batch",
+            "docs": f"{base}/docs",
+            "openapi": f"{base}/openapi.json",
+            "health": f"{base}/healthz",
+            "metrics": f"{base}/metrics",
+        }
+
+    def start(self) -> Stack:
+        import ray
+        from ray import serve
+
+        s = self.settings
+        state_dir = Path(s.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.bootstrap:
+            b = s.broker
+            self.broker = EmbeddedBroker(
+                b.host, b.port, b.binary, b.start_timeout_s, log_path=state_dir / "broker.log"
+            ).start()
+            self.bootstrap = self.broker.bootstrap
+        created = ensure_topics(self.bootstrap, s.kafka)
+        if created:
+            log.info("created topics: %s", ", ".join(created))
+        if not ray.is_initialized():
+            if s.ray.address is None:
+                self.http_mode = configure_http_mode(s.collector.high_throughput_http)
+            ray.init(
+                address=s.ray.address,
+                namespace=s.ray.namespace,
+                num_cpus=s.ray.num_cpus if s.ray.address is None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+            self._ray_started = True
+        serve.start(http_options={"host": s.collector.host, "port": s.collector.port})
+        build = _import_attr(APP_IMPORT_PATH)
+        serve.run(
+            build({"settings": s, "bootstrap": self.bootstrap}), name=APP_NAME, route_prefix="/"
+        )
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self, timeout_s: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        last: str = ""
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(self.urls()["health"], timeout=2.0)
+                if r.status_code == 200:
+                    return
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise OnrampError(f"the collector did not become healthy in {timeout_s}s: {last}")
+
+    def stop(self) -> None:
+        """Stop in reverse order: Serve (replicas flush their producers), Ray, then the broker."""
+        import ray
+        from ray import serve
+
+        try:
+            if ray.is_initialized():
+                try:
+                    serve.shutdown()
+                finally:
+                    if self._ray_started:
+                        ray.shutdown()
+        finally:
+            if self.broker is not None:
+                self.broker.stop()
+
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

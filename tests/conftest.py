@@ -1,0 +1,131 @@
+"""Shared fixtures. One broker, one local Ray and one Serve app per test session (they are
+expensive on 2 cores); everything is started lazily, only when an integration test asks."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ray_app.config import Settings, load_settings
+from ray_app.kafka import EmbeddedBroker, ensure_topics, make_consumer
+from ray_app.kafka.broker import free_port
+
+WRITE_KEY = "test-write-key"
+PARTITIONS = 4
+
+
+def make_settings(bootstrap: str | None = None, **env: str) -> Settings:
+    base = {
+        "ONRAMP_KAFKA__PARTITIONS": str(PARTITIONS),
+        "ONRAMP_COLLECTOR__WRITE_KEYS": json.dumps({"test": WRITE_KEY, "web": "web-key"}),
+        "ONRAMP_COLLECTOR__CORS_ORIGINS": json.dumps(["https://app.example.com"]),
+    }
+    if bootstrap:
+        base["ONRAMP_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
+    return load_settings(env={**base, **env})
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        ensure_topics(b.bootstrap, make_settings(b.bootstrap).kafka)
+        yield b
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    from ray_app.up import configure_http_mode
+
+    configure_http_mode(True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="onramp-test")
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+class ServeApp:
+    def __init__(self, base_url: str, settings: Settings) -> None:
+        self.base_url = base_url
+        self.settings = settings
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_session: None) -> int:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+def deploy(name: str, prefix: str, settings: Settings, port: int) -> ServeApp:
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.run(build_app({"settings": settings}), name=name, route_prefix=prefix)
+    base = f"http://127.0.0.1:{port}{prefix.rstrip('/')}"
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return ServeApp(base, settings)
+
+
+@pytest.fixture(scope="session")
+def collector(broker: EmbeddedBroker, serve_port: int) -> ServeApp:
+    """The collector on Serve, writing to the session broker."""
+    return deploy("onramp", "/", make_settings(broker.bootstrap), serve_port)
+
+
+class TopicReader:
+    """Reads a topic from the beginning and finds records by a predicate."""
+
+    def __init__(self, bootstrap: str, settings: Settings, topic: str) -> None:
+        self.consumer = make_consumer(bootstrap, settings.kafka)
+        self.consumer.assign([(topic, p) for p in range(settings.kafka.partitions)])
+        self.seen: list[Any] = []
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], count: int, timeout_s: float = 20.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [r for r in self.seen if predicate(r["value"])]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            for rec in self.consumer.poll(timeout_s=0.2):
+                self.seen.append(
+                    {"key": rec.key, "partition": rec.partition, "value": json.loads(rec.value)}
+                )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@pytest.fixture
+def read_topic(broker: EmbeddedBroker) -> Iterator[Callable[[str], TopicReader]]:
+    readers: list[TopicReader] = []
+
+    def open_reader(topic: str, settings: Settings | None = None) -> TopicReader:
+        r = TopicReader(broker.bootstrap, settings or make_settings(broker.bootstrap), topic)
+        readers.append(r)
+        return r
+
+    yield open_reader
+    for r in readers:
+        r.close()

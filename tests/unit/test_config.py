@@ -1,0 +1,94 @@
+import pytest
+import yaml
+
+from ray_app.cli import main
+from ray_app.config import Settings, described, load_settings
+from ray_app.errors import ConfigError
+
+
+def test_defaults_are_embedded():
+    s = load_settings(env={})
+    assert s.kafka.bootstrap_servers is None and s.ray.address is None
+    assert s.kafka.client == "kafka-python" and s.collector.max_request_bytes == 500 * 1024
+
+
+def test_yaml_then_env_precedence(tmp_path):
+    f = tmp_path / "onramp.yaml"
+    f.write_text("kafka:\n  partitions: 3\n  bootstrap_servers: a:9092\ncollector:\n  port: 9000\n")
+    s = load_settings(f, env={"ONRAMP_KAFKA__PARTITIONS": "5"})
+    assert (s.kafka.partitions, s.kafka.bootstrap_servers, s.collector.port) == (5, "a:9092", 9000)
+    s = load_settings(env={"ONRAMP_CONFIG": str(f)})
+    assert s.kafka.partitions == 3
+
+
+def test_unknown_keys_are_named(tmp_path):
+    f = tmp_path / "onramp.yaml"
+    f.write_text("kafka:\n  partiton: 3\nbogus: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(f, env={})
+    assert "kafka.partiton: unknown setting" in str(info.value)
+    assert "bogus: unknown setting" in str(info.value)
+    with pytest.raises(ConfigError, match="collector.prot: unknown setting"):
+        load_settings(env={"ONRAMP_COLLECTOR__PROT": "1"})
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("kafka: [1, 2]", "kafka: Input should be"), ("- a\n- b\n", "mapping at the top"), ("a: [", "not YAML")],
+)
+def test_bad_files_are_explained(tmp_path, text, needle):
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(f, env={})
+
+
+def test_missing_file_is_explained():
+    with pytest.raises(ConfigError, match="cannot read settings file"):
+        load_settings("/nonexistent/onramp.yaml", env={})
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(ConfigError, match=r"kafka.client: Input should be 'kafka-python' or 'confluent'"):
+        load_settings(env={"ONRAMP_KAFKA__CLIENT": "librdkafka"})
+    with pytest.raises(ConfigError, match="collector.port"):
+        load_settings(env={"ONRAMP_COLLECTOR__PORT": "70000"})
+
+
+def test_frozen():
+    s = load_settings(env={})
+    with pytest.raises(Exception):
+        s.kafka.partitions = 3  # type: ignore[misc]
+
+
+def test_every_field_is_described():
+    for key, text in described(Settings):
+        assert text, f"{key} has no description"
+
+
+def test_config_show_masks_secrets(capsys, monkeypatch):
+    monkeypatch.setenv("ONRAMP_KAFKA__SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("ONRAMP_COLLECTOR__WRITE_KEYS", '{"web": "s3cret-key"}')
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "s3cret-key" not in out
+    shown = yaml.safe_load(out)
+    assert shown["kafka"]["sasl_password"] == "**********"
+    assert shown["collector"]["write_keys"] == {"web": "**********"}
+
+
+def test_cli_reports_config_errors_with_exit_2(capsys, monkeypatch):
+    monkeypatch.setenv("ONRAMP_KAFKA__PARTITIONS", "many")
+    assert main(["config", "show"]) == 2
+    assert "kafka.partitions" in capsys.readouterr().err
+
+
+def test_cli_schema_is_json_schema(capsys):
+    import json
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "TrackCall" in schema["$defs"]
+    assert main(["schema", "--reasons"]) == 0
+    out = capsys.readouterr().out
+    assert "invalid_timestamp" in out and "413" in out

@@ -1,0 +1,263 @@
+import base64
+import datetime as dt
+import gzip
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_app.collect.parse import Limits, correct_skew, parse_request, write_key_from_header
+from validation.reasons import ReasonCode
+
+KEYS = {"demo": "k1", "web": "k2"}
+NOW = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def req(route, payload, *, auth="k1", encoding=None, limits=Limits(), raw=None):
+    body = raw if raw is not None else json.dumps(payload).encode()
+    return parse_request(
+        route,
+        body,
+        content_encoding=encoding,
+        authorization=basic(auth) if auth else None,
+        write_keys=KEYS,
+        received_at=NOW,
+        limits=limits,
+    )
+
+
+def events(parsed):
+    return [json.loads(v) for _, v in parsed.events]
+
+
+def dlq(parsed):
+    return [json.loads(v) for _, v in parsed.dlq]
+
+
+def t(s):
+    return dt.datetime.fromisoformat(s)
+
+
+# -- skew correction ------------------------------------------------------------------------
+
+
+def test_skew_correction_cancels_the_device_clock_offset():
+    # Device clock is 1 hour behind: event at device 09:00:00, sent at device 09:00:05.
+    got = correct_skew(t("2026-05-01T12:00:00+00:00"), t("2026-05-01T09:00:05+00:00"), t("2026-05-01T09:00:00+00:00"))
+    assert got == t("2026-05-01T11:59:55+00:00")
+
+
+def test_skew_without_sent_at_trusts_the_timestamp_and_without_both_uses_receipt():
+    assert correct_skew(NOW, None, t("2026-01-01T00:00:00+00:00")) == t("2026-01-01T00:00:00+00:00")
+    assert correct_skew(NOW, None, None) == NOW
+
+
+def test_batch_sent_at_applies_to_events_and_record_keeps_the_original_time():
+    p = req(
+        "batch",
+        {
+            "sentAt": "2026-05-01T09:00:10Z",
+            "batch": [{"type": "track", "event": "x", "userId": "u1", "timestamp": "2026-05-01T09:00:00Z"}],
+        },
+    )
+    (e,) = events(p)
+    assert e["timestamp"] == "2026-05-01T11:59:50.000Z"
+    assert e["originalTimestamp"] == "2026-05-01T09:00:00.000Z"
+    assert e["receivedAt"] == "2026-05-01T12:00:00.000Z"
+
+
+# -- normalization --------------------------------------------------------------------------
+
+
+def test_track_is_normalized_with_key_and_onramp_fields():
+    p = req(
+        "track",
+        {
+            "event": "Step Completed",
+            "userId": "u1",
+            "anonymousId": "a1",
+            "messageId": "m-1",
+            "properties": {"stepId": "goals", "durationMs": 1200},
+            "context": {"onramp": {"sessionId": "s1", "seq": 4}},
+        },
+    )
+    assert p.status == 200 and not p.rejections
+    ((key, _),) = p.events
+    (e,) = events(p)
+    assert key == b"u1"
+    assert e["type"] == "track" and e["messageId"] == "m-1" and e["source"] == "demo"
+    assert (e["sessionId"], e["seq"], e["stepId"], e["userKey"]) == ("s1", 4, "goals", "u1")
+    assert e["properties"] == {"stepId": "goals", "durationMs": 1200}
+
+
+def test_key_falls_back_to_anonymous_id():
+    p = req("page", {"anonymousId": "anon-9", "name": "Welcome"})
+    assert p.events[0][0] == b"anon-9"
+
+
+def test_missing_message_id_is_derived_deterministically():
+    a = events(req("track", {"event": "x", "userId": "u"}))[0]["messageId"]
+    b = events(req("track", {"event": "x", "userId": "u"}))[0]["messageId"]
+    c = events(req("track", {"event": "y", "userId": "u"}))[0]["messageId"]
+    assert a == b != c and a.startswith("onramp-")
+
+
+def test_write_key_in_the_body_authenticates_and_is_not_stored():
+    p = req("track", {"event": "x", "userId": "u", "writeKey": "k2"}, auth=None)
+    assert p.status == 200 and p.source == "web"
+    assert "writeKey" not in events(p)[0]
+
+
+# -- auth -----------------------------------------------------------------------------------
+
+
+def test_auth_failures_are_401_and_write_nothing():
+    for p, reason in [
+        (req("track", {"event": "x", "userId": "u"}, auth=None), ReasonCode.AUTH_MISSING),
+        (req("track", {"event": "x", "userId": "u"}, auth="nope"), ReasonCode.AUTH_INVALID),
+        (req("track", {"event": "x", "userId": "u", "writeKey": "nope"}, auth=None), ReasonCode.AUTH_INVALID),
+        (req("track", None, auth=None, raw=b"{{{"), ReasonCode.INVALID_JSON),
+    ]:
+        assert p.rejections[0].reason is reason
+        assert not p.events and not p.dlq
+
+
+def test_basic_header_parsing():
+    assert write_key_from_header(basic("abc")) == "abc"
+    assert write_key_from_header("Bearer abc") is None
+    assert write_key_from_header("Basic !!!") is None
+    assert write_key_from_header(None) is None
+
+
+# -- request-level rejections land in the DLQ with the raw body -----------------------------
+
+
+def test_invalid_json_goes_to_dlq_with_raw_text():
+    p = req("batch", None, raw=b'{"batch": [')
+    assert p.status == 400 and p.rejections[0].reason is ReasonCode.INVALID_JSON
+    (d,) = dlq(p)
+    assert d["reason"] == "invalid_json" and d["rawText"] == '{"batch": ['
+    assert d["origin"]["route"] == "/v1/batch" and d["origin"]["source"] == "demo"
+
+
+def test_non_utf8_body_is_kept_as_base64():
+    p = req("track", None, raw=b"\xff\xfe\x00")
+    assert p.rejections[0].reason is ReasonCode.INVALID_UTF8
+    assert base64.b64decode(dlq(p)[0]["rawBase64"]) == b"\xff\xfe\x00"
+
+
+def test_gzip_bodies_are_decoded_and_bad_gzip_rejected():
+    body = gzip.compress(json.dumps({"event": "x", "userId": "u"}).encode())
+    assert req("track", None, raw=body, encoding="gzip").status == 200
+    bad = req("track", None, raw=b"not gzip", encoding="gzip")
+    assert bad.rejections[0].reason is ReasonCode.INVALID_GZIP and bad.status == 400
+    truncated = req("track", None, raw=body[:-8], encoding="gzip")
+    assert truncated.rejections[0].reason is ReasonCode.INVALID_GZIP
+
+
+def test_unsupported_encoding_is_415():
+    p = req("track", {"event": "x", "userId": "u"}, encoding="br")
+    assert p.status == 415 and p.rejections[0].reason is ReasonCode.UNSUPPORTED_ENCODING
+
+
+def test_request_size_limit_is_413_also_after_decompression():
+    limits = Limits(max_event_bytes=1024, max_request_bytes=2048)
+    big = json.dumps({"event": "x", "userId": "u", "properties": {"p": "a" * 5000}}).encode()
+    p = req("track", None, raw=big, limits=limits)
+    assert p.status == 413 and p.rejections[0].reason is ReasonCode.BODY_TOO_LARGE
+    d = dlq(p)[0]
+    assert d["rawSize"] == len(big)
+    bomb = gzip.compress(b'{"batch":[' + b" " * 100_000 + b"]}")
+    assert len(bomb) < 2048
+    p = req("batch", None, raw=bomb, encoding="gzip", limits=limits)
+    assert p.status == 413 and p.rejections[0].reason is ReasonCode.BODY_TOO_LARGE
+
+
+def test_event_size_limit_rejects_one_event_and_keeps_the_rest():
+    limits = Limits(max_event_bytes=300)
+    p = req(
+        "batch",
+        {"batch": [{"type": "track", "event": "x", "userId": "u"}, {"type": "track", "event": "x", "userId": "u", "properties": {"p": "a" * 400}}]},
+        limits=limits,
+    )
+    assert p.status == 413 and len(p.events) == 1
+    assert p.rejections[0].reason is ReasonCode.EVENT_TOO_LARGE and p.rejections[0].index == 1
+
+
+def test_batch_shape_and_count_limits():
+    assert req("batch", {"batch": []}).rejections[0].reason is ReasonCode.INVALID_BATCH
+    assert req("batch", {"batch": {"a": 1}}).rejections[0].reason is ReasonCode.INVALID_BATCH
+    assert req("batch", [1, 2]).rejections[0].reason is ReasonCode.NOT_AN_OBJECT
+    many = req("batch", {"batch": [{"type": "page", "userId": "u"}] * 3}, limits=Limits(max_batch_events=2))
+    assert many.status == 413 and many.rejections[0].reason is ReasonCode.TOO_MANY_EVENTS
+
+
+def test_a_mixed_batch_accepts_the_good_and_dead_letters_the_bad():
+    p = req(
+        "batch",
+        {
+            "batch": [
+                {"type": "track", "event": "ok", "userId": "u1"},
+                {"type": "track", "userId": "u2", "messageId": "bad-1"},
+                "not an event",
+                {"type": "identify", "userId": "u3", "traits": {}},
+            ]
+        },
+    )
+    assert p.status == 400
+    assert [json.loads(v)["userId"] for _, v in p.events] == ["u1", "u3"]
+    assert [(r.reason, r.index, r.field) for r in p.rejections] == [
+        (ReasonCode.MISSING_FIELD, 1, "batch[1].event"),
+        (ReasonCode.NOT_AN_OBJECT, 2, "batch[2]"),
+    ]
+    d = dlq(p)
+    assert d[0]["raw"] == {"type": "track", "userId": "u2", "messageId": "bad-1"}
+    assert d[0]["messageId"] == "bad-1" and d[0]["origin"]["index"] == 1
+    assert p.dlq[0][0] == b"u2"  # keyed like the user's events
+    assert d[1]["raw"] == "not an event"
+
+
+# -- no input makes the parser raise --------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+event_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "x"]) | json_values,
+        "event": json_values,
+        "userId": json_values,
+        "anonymousId": json_values,
+        "timestamp": st.sampled_from(["2026-01-01T00:00:00Z", "bad", "2026-13-01"]) | json_values,
+        "sentAt": json_values,
+        "context": st.fixed_dictionaries({}, optional={"onramp": json_values}) | json_values,
+        "properties": json_values,
+        "traits": json_values,
+        "groupId": json_values,
+        "previousId": json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(route=st.sampled_from(["batch", "track", "identify", "page", "screen", "group", "alias"]), body=st.binary(max_size=200))
+def test_arbitrary_bytes_never_raise(route, body):
+    p = req(route, None, raw=body)
+    assert p.status in (200, 400, 401, 413, 415)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=st.lists(event_like | json_values, min_size=1, max_size=5))
+def test_arbitrary_events_never_raise_and_every_event_is_accounted_for(batch):
+    p = req("batch", {"batch": batch})
+    assert len(p.events) + len([r for r in p.rejections if r.index is not None]) == len(batch)
+    assert len(p.dlq) == len(p.rejections)
+    for _, v in p.events:
+        json.loads(v)

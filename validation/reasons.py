@@ -1,0 +1,99 @@
+"""Reason codes: every way Onramp can refuse an event or a request.
+
+Each code carries the HTTP status the collector answers with when the code decides the response.
+The same codes label DLQ records (``onramp.events.dlq``) and the ``onramp_events_rejected_total``
+metric, so an operator can go from a dashboard spike to the records behind it.
+
+>>> ReasonCode.INVALID_JSON.http_status
+400
+>>> ReasonCode("body_too_large").http_status
+413
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ReasonCode"]
+
+
+class ReasonCode(str, enum.Enum):
+    """Why an event (or a whole request) was rejected."""
+
+    # -- request level: the body could not be read as events ---------------------------------
+    BODY_TOO_LARGE = "body_too_large"
+    """The request body (compressed or not) is over the per-request limit (500 KB by default)."""
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
+    """``Content-Encoding`` other than ``gzip`` or ``identity``."""
+    INVALID_GZIP = "invalid_gzip"
+    """``Content-Encoding: gzip`` but the body is not a valid gzip stream."""
+    INVALID_UTF8 = "invalid_utf8"
+    """The body is not UTF-8 text."""
+    INVALID_JSON = "invalid_json"
+    """The body is not a JSON document."""
+    NOT_AN_OBJECT = "not_an_object"
+    """The body (or one element of ``batch``) is JSON but not an object."""
+    INVALID_BATCH = "invalid_batch"
+    """``/v1/batch``: ``batch`` is missing, not a list, or empty."""
+    TOO_MANY_EVENTS = "too_many_events"
+    """``/v1/batch``: more events than the per-request cap."""
+
+    # -- auth ---------------------------------------------------------------------------------
+    AUTH_MISSING = "auth_missing"
+    """No write key: neither HTTP Basic auth nor ``writeKey`` in the body."""
+    AUTH_INVALID = "auth_invalid"
+    """A write key that is not configured."""
+
+    # -- event level --------------------------------------------------------------------------
+    EVENT_TOO_LARGE = "event_too_large"
+    """One event is over the per-event limit (32 KB by default)."""
+    MISSING_TYPE = "missing_type"
+    """A batch element without ``type``."""
+    UNKNOWN_TYPE = "unknown_type"
+    """``type`` is not one of track, identify, page, screen, group, alias."""
+    TYPE_MISMATCH = "type_mismatch"
+    """The body's ``type`` contradicts the route (``type: page`` posted to ``/v1/track``)."""
+    MISSING_IDENTITY = "missing_identity"
+    """Neither ``userId`` nor ``anonymousId``."""
+    MISSING_FIELD = "missing_field"
+    """A field the call type requires is absent (``event`` on track, ``groupId`` on group, ...)."""
+    INVALID_FIELD = "invalid_field"
+    """A field has the wrong type or an impossible value."""
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    """``timestamp``, ``originalTimestamp`` or ``sentAt`` is not an ISO-8601 date-time."""
+    INVALID_ONRAMP_CONTEXT = "invalid_onramp_context"
+    """``context.onramp`` (session id, ``seq``, step id) is malformed."""
+
+    @property
+    def http_status(self) -> int:
+        """The status the collector answers with when this code decides the response."""
+        return _HTTP_STATUS.get(self, 400)
+
+    @property
+    def request_level(self) -> bool:
+        """True when the code rejects a whole request rather than one event of it."""
+        return self in _REQUEST_LEVEL
+
+
+_HTTP_STATUS: dict[ReasonCode, int] = {
+    ReasonCode.BODY_TOO_LARGE: 413,
+    ReasonCode.EVENT_TOO_LARGE: 413,
+    ReasonCode.TOO_MANY_EVENTS: 413,
+    ReasonCode.UNSUPPORTED_ENCODING: 415,
+    ReasonCode.AUTH_MISSING: 401,
+    ReasonCode.AUTH_INVALID: 401,
+}
+
+_REQUEST_LEVEL = frozenset(
+    {
+        ReasonCode.BODY_TOO_LARGE,
+        ReasonCode.UNSUPPORTED_ENCODING,
+        ReasonCode.INVALID_GZIP,
+        ReasonCode.INVALID_UTF8,
+        ReasonCode.INVALID_JSON,
+        ReasonCode.INVALID_BATCH,
+        ReasonCode.TOO_MANY_EVENTS,
+        ReasonCode.AUTH_MISSING,
+        ReasonCode.AUTH_INVALID,
+    }
+)
