@@ -5,7 +5,6 @@ Routes: ``POST /v1/batch|track|identify|page|screen|group|alias`` and the analyt
 The work is done by :class:`ray_app.collect.Collector`; this module only moves bytes and headers.
 """
 
-
 import logging
 from typing import Any
 
@@ -28,7 +27,9 @@ log = logging.getLogger("onramp.collector")
 
 class RejectionOut(BaseModel):
     reason: ReasonCode = Field(description="Reason code (see `onramp schema --reasons`).")
-    field: str | None = Field(description="Dotted path of the offending field, e.g. batch[3].timestamp.")
+    field: str | None = Field(
+        description="Dotted path of the offending field, e.g. batch[3].timestamp."
+    )
     message: str
     index: int | None = Field(None, description="Position in `batch` (batch routes only).")
     messageId: str | None = None
@@ -81,7 +82,9 @@ def _openapi() -> dict[str, Any]:
         return api.openapi_schema
     from fastapi.openapi.utils import get_openapi
 
-    schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+    schema = get_openapi(
+        title=api.title, version=api.version, description=api.description, routes=api.routes
+    )
     defs = json_schema("#/components/schemas/{model}")["$defs"]
     schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
     api.openapi_schema = schema
@@ -93,7 +96,12 @@ api.openapi = _openapi  # type: ignore[method-assign]
 
 def _body(ref: str) -> dict[str, Any]:
     content = {"schema": {"$ref": f"#/components/schemas/{ref}"}}
-    return {"requestBody": {"required": True, "content": {"application/json": content, "text/plain": content}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": content, "text/plain": content},
+        }
+    }
 
 
 def _route(path: str, ref: str, summary: str) -> Any:
@@ -109,7 +117,9 @@ class CollectorIngress:
         logging.basicConfig(level=logging.INFO)
         self.settings = settings
         self.hooks = OtelHooks()
-        self.collector = Collector(settings, kafka_producer_factory(settings, bootstrap), self.hooks)
+        self.collector = Collector(
+            settings, kafka_producer_factory(settings, bootstrap), self.hooks
+        )
         self.collector.connect()
         self._max_body = settings.collector.max_request_bytes
 
@@ -137,7 +147,10 @@ class CollectorIngress:
         if reply.status == 204:
             return Response(status_code=204, headers=headers)
         return Response(
-            content=reply.json_bytes(), status_code=reply.status, headers=headers, media_type="application/json"
+            content=reply.json_bytes(),
+            status_code=reply.status,
+            headers=headers,
+            media_type="application/json",
         )
 
     @_route("/v1/batch", "Batch", "Send a batch of calls")
@@ -174,7 +187,10 @@ class CollectorIngress:
 
     @api.options(
         "/v1/{path:path}",
-        responses={204: {"description": "Preflight allowed."}, 403: {"description": "Origin not allowed."}},
+        responses={
+            204: {"description": "Preflight allowed."},
+            403: {"description": "Origin not allowed."},
+        },
         summary="CORS preflight",
     )
     async def preflight(self, request: Request, path: str) -> Response:
@@ -183,7 +199,9 @@ class CollectorIngress:
         )
         return self._respond(reply, None)
 
-    @api.get("/healthz", responses={200: {"description": "The replica is up; Kafka state in the body."}})
+    @api.get(
+        "/healthz", responses={200: {"description": "The replica is up; Kafka state in the body."}}
+    )
     async def healthz(self) -> JSONResponse:
         return JSONResponse(self.collector.health())
 

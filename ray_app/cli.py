@@ -14,6 +14,7 @@ Every command takes ``--config FILE`` (YAML settings); ``ONRAMP_*`` variables ov
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import signal
@@ -39,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="YAML settings file (default: $ONRAMP_CONFIG, else none)"
     )
     common.add_argument(
-        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level"
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level",
     )
     p = argparse.ArgumentParser(
         prog="onramp",
@@ -173,7 +177,7 @@ def _reason_docs() -> dict[str, str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "ReasonCode":
             body = node.body
-            for a, b in zip(body, body[1:], strict=False):
+            for a, b in itertools.pairwise(body):
                 if (
                     isinstance(a, ast.Assign)
                     and isinstance(a.value, ast.Constant)
@@ -214,10 +218,12 @@ def _print_urls(stack: Any, settings: Settings) -> None:
     print(f"  Kafka bootstrap : {stack.bootstrap}" + ("  (embedded Tansu)" if stack.broker else ""))
     for name, url in stack.urls().items():
         print(f"  {name:<16}: {url}")
-    print(f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)")
+    print(
+        f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)"
+    )
     print(
         f"  try it          : curl -u {key.get_secret_value()}: -d "
-        f"'{{\"userId\":\"u1\",\"event\":\"Signed Up\"}}' {stack.base_url}/v1/track",
+        f'\'{{"userId":"u1","event":"Signed Up"}}\' {stack.base_url}/v1/track',
         flush=True,
     )
 
@@ -229,6 +235,7 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     stop = _Stop()
     stop.install()
     with Stack(settings) as stack:
+        stop.install()  # again: ray.init() put its own SIGTERM handler in place
         _print_urls(stack, settings)
         print("Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
@@ -271,6 +278,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     print("starting Onramp (broker, Ray, Serve) ...", flush=True)
     with Stack(settings) as stack:
+        stop.install()  # again: ray.init() put its own SIGTERM handler in place
         _print_urls(stack, settings)
         _, key = next(iter(settings.collector.write_keys.items()))
         truth = Path(settings.state_dir) / "sim" / "ground_truth.jsonl"
@@ -302,8 +310,10 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                 )
                 if done or (args.duration is not None and elapsed >= args.duration):
                     break
-                if not sim_thread.is_alive() and args.duration is None and not getattr(
-                    sim, "_announced", False
+                if (
+                    not sim_thread.is_alive()
+                    and args.duration is None
+                    and not getattr(sim, "_announced", False)
                 ):
                     print("simulation finished; Onramp keeps running until Ctrl-C", flush=True)
                     sim._announced = True  # type: ignore[attr-defined]
@@ -320,7 +330,9 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
     from ray_app.sim import Simulator
 
-    settings = _with_overrides(settings, sim={"users": args.users, "rate": args.rate, "seed": args.seed})
+    settings = _with_overrides(
+        settings, sim={"users": args.users, "rate": args.rate, "seed": args.seed}
+    )
     key = args.write_key or next(iter(settings.collector.write_keys.values())).get_secret_value()
     stop = _Stop()
     stop.install()
@@ -342,7 +354,9 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings = load_settings(args.config)
         return _COMMANDS[args.command](args, settings)

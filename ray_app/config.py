@@ -224,13 +224,17 @@ def load_settings(
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise ConfigError(f"cannot read settings file {path}: {exc.strerror}", path=str(path)) from None
+            raise ConfigError(
+                f"cannot read settings file {path}: {exc.strerror}", path=str(path)
+            ) from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"settings file {path} is not YAML: {exc}", path=str(path)) from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"settings file {path} must hold a mapping at the top", path=str(path))
+            raise ConfigError(
+                f"settings file {path} must hold a mapping at the top", path=str(path)
+            )
         data = loaded or {}
     overrides = _env_overrides(env)
     if overrides:

@@ -61,11 +61,14 @@ def configure_http_mode(high_throughput: bool) -> str:
         return "default"
     for name in _HA_ENV:
         os.environ[name] = "1"
+    # A stopping replica stays reachable this long so load balancers can deregister it. Serve's
+    # 30 s suits a fleet behind an external balancer; here HAProxy is local and told at once.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
         import tempfile
 
-        # A short path: unix socket paths are limited to 107 bytes.
-        base = Path(tempfile.mkdtemp(prefix="onramp-haproxy-"))
+        # A short path: Serve nests a 56-character hash under it and HAProxy allows 97 bytes.
+        base = Path(tempfile.mkdtemp(prefix="orh"))
         os.environ.update(
             {
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),

@@ -17,7 +17,7 @@ import enum
 __all__ = ["ReasonCode"]
 
 
-class ReasonCode(str, enum.Enum):
+class ReasonCode(enum.StrEnum):
     """Why an event (or a whole request) was rejected."""
 
     # -- request level: the body could not be read as events ---------------------------------

@@ -82,7 +82,7 @@ JsonObject = dict[str, Any]
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)  # Segment reads naive times as UTC
+        return value.replace(tzinfo=dt.UTC)  # Segment reads naive times as UTC
     return value
 
 
@@ -122,7 +122,9 @@ class _CallBase(BaseModel):
     )
     userId: IdString | None = Field(None, description="Your id of a known user.")
     anonymousId: IdString | None = Field(None, description="Device/browser id before sign-up.")
-    timestamp: dt.datetime | None = Field(None, description="When the event happened (client clock).")
+    timestamp: dt.datetime | None = Field(
+        None, description="When the event happened (client clock)."
+    )
     originalTimestamp: dt.datetime | None = Field(
         None, description="Alias of the client timestamp some clients send instead of timestamp."
     )
@@ -242,7 +244,9 @@ def parse_call(raw: Any, route_type: str | None = None) -> Call:
     Raises :class:`WireError` with the reason code and field on any contract violation.
     """
     if not isinstance(raw, dict):
-        raise WireError(ReasonCode.NOT_AN_OBJECT, None, f"expected an object, got {type(raw).__name__}")
+        raise WireError(
+            ReasonCode.NOT_AN_OBJECT, None, f"expected an object, got {type(raw).__name__}"
+        )
     kind = raw.get("type", route_type)
     if kind is None:
         raise WireError(ReasonCode.MISSING_TYPE, "type", "Field required")

@@ -115,7 +115,7 @@ class Collector:
         settings: Settings,
         producer_factory: Callable[[], Producer],
         hooks: CollectorHooks | None = None,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         c = settings.collector
         self.settings = settings
@@ -238,7 +238,12 @@ class Collector:
         retry_after = self.settings.collector.retry_after_s
         return Reply(
             503,
-            {"success": False, "error": "kafka_unavailable", "message": message, "retryAfter": retry_after},
+            {
+                "success": False,
+                "error": "kafka_unavailable",
+                "message": message,
+                "retryAfter": retry_after,
+            },
             {"Retry-After": str(retry_after)},
         )
 
@@ -254,7 +259,10 @@ class Collector:
             allowed = origin
         else:
             return {}
-        out = {"Access-Control-Allow-Origin": allowed, "Access-Control-Expose-Headers": "Retry-After, X-Onramp-Request-Id"}
+        out = {
+            "Access-Control-Allow-Origin": allowed,
+            "Access-Control-Expose-Headers": "Retry-After, X-Onramp-Request-Id",
+        }
         if allowed != "*":
             out["Vary"] = "Origin"
         return out

@@ -80,7 +80,11 @@ class Rejection:
 
     def public(self) -> dict[str, Any]:
         """The rejection as the HTTP answer reports it."""
-        out: dict[str, Any] = {"reason": self.reason.value, "field": self.field, "message": self.message}
+        out: dict[str, Any] = {
+            "reason": self.reason.value,
+            "field": self.field,
+            "message": self.message,
+        }
         if self.index is not None:
             out["index"] = self.index
         if self.message_id is not None:
@@ -125,7 +129,7 @@ class ParsedRequest:
 
 def iso(t: dt.datetime) -> str:
     """UTC ISO-8601 with milliseconds and ``Z``."""
-    return t.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def correct_skew(
@@ -192,14 +196,20 @@ def decode_body(body: bytes, content_encoding: str | None, limits: Limits) -> An
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestRejected(
-            Rejection(ReasonCode.INVALID_UTF8, None, f"body is not UTF-8: {exc.reason} at byte {exc.start}")
+            Rejection(
+                ReasonCode.INVALID_UTF8,
+                None,
+                f"body is not UTF-8: {exc.reason} at byte {exc.start}",
+            )
         ) from None
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        msg = f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(
-            exc, json.JSONDecodeError
-        ) else "body is not JSON: nested too deeply"
+        msg = (
+            f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else "body is not JSON: nested too deeply"
+        )
         raise RequestRejected(Rejection(ReasonCode.INVALID_JSON, None, msg)) from None
 
 
@@ -274,13 +284,17 @@ def parse_request(
     authorization: str | None,
     write_keys: Mapping[str, str],
     received_at: dt.datetime,
-    limits: Limits = Limits(),  # noqa: B008 - frozen
+    limits: Limits = Limits(),
     origin: Mapping[str, Any] | None = None,
 ) -> ParsedRequest:
     """Parse one request to ``/v1/<route>``. Never raises for bad input: it reports it."""
     route_type = ROUTE_TYPES[route]
     received_iso = iso(received_at)
-    origin = {"route": f"/v1/{route}", "receivedAt": received_iso, **(origin or {})}
+    base_origin: dict[str, Any] = {
+        "route": f"/v1/{route}",
+        "receivedAt": received_iso,
+        **(origin or {}),
+    }
     header_source = _find_source(write_key_from_header(authorization), write_keys)
     header_key_given = write_key_from_header(authorization) is not None
 
@@ -288,13 +302,14 @@ def parse_request(
         out = ParsedRequest(source=source, rejections=[rej])
         if source is not None:
             out.dlq.append(
-                _dlq_record(rej, {**origin, "source": source}, _raw_bytes_payload(body), None)
+                _dlq_record(rej, {**base_origin, "source": source}, _raw_bytes_payload(body), None)
             )
         return out
 
     if header_key_given and header_source is None:
         return ParsedRequest(
-            None, rejections=[Rejection(ReasonCode.AUTH_INVALID, "Authorization", "unknown write key")]
+            None,
+            rejections=[Rejection(ReasonCode.AUTH_INVALID, "Authorization", "unknown write key")],
         )
     try:
         payload = decode_body(body, content_encoding, limits)
@@ -318,13 +333,18 @@ def parse_request(
         source = _find_source(body_key, write_keys)
         if source is None:
             return ParsedRequest(
-                None, rejections=[Rejection(ReasonCode.AUTH_INVALID, "writeKey", "unknown write key")]
+                None,
+                rejections=[Rejection(ReasonCode.AUTH_INVALID, "writeKey", "unknown write key")],
             )
-    origin = {**origin, "source": source}
+    event_origin = {**base_origin, "source": source}
 
     if not isinstance(payload, dict):
         return reject_request(
-            Rejection(ReasonCode.NOT_AN_OBJECT, None, f"body must be a JSON object, got {type(payload).__name__}"),
+            Rejection(
+                ReasonCode.NOT_AN_OBJECT,
+                None,
+                f"body must be a JSON object, got {type(payload).__name__}",
+            ),
             source,
         )
 
@@ -333,7 +353,9 @@ def parse_request(
         batch = payload.get("batch")
         if not isinstance(batch, list) or not batch:
             return reject_request(
-                Rejection(ReasonCode.INVALID_BATCH, "batch", "batch must be a non-empty list of events"),
+                Rejection(
+                    ReasonCode.INVALID_BATCH, "batch", "batch must be a non-empty list of events"
+                ),
                 source,
             )
         if len(batch) > limits.max_batch_events:
@@ -361,18 +383,18 @@ def parse_request(
                 raw, route_type, source, received_at, received_iso, env_sent_at, env_context, limits
             )
         except WireError as exc:
-            message_id = raw.get("messageId") if isinstance(raw, dict) else None
+            raw_id = raw.get("messageId") if isinstance(raw, dict) else None
             rej = Rejection(
                 exc.reason,
                 _join(field_prefix, exc.field),
                 exc.message,
                 index=event_index,
-                message_id=message_id if isinstance(message_id, str) else None,
+                message_id=raw_id if isinstance(raw_id, str) else None,
             )
             out.rejections.append(rej)
             key_raw = raw.get("userId") or raw.get("anonymousId") if isinstance(raw, dict) else None
             dlq_key = str(key_raw).encode() if isinstance(key_raw, str | int) else None
-            out.dlq.append(_dlq_record(rej, origin, _raw_payload(raw), dlq_key))
+            out.dlq.append(_dlq_record(rej, event_origin, _raw_payload(raw), dlq_key))
             continue
         out.events.append((key, record))
         out.event_ids.append(message_id)

@@ -2,11 +2,10 @@
 
 Onramp starts it on a loopback port, waits until it answers a Kafka Metadata request, and stops it
 cleanly. Storage is in memory: a restart loses every topic, so it is for one machine, demos and
-tests, never production.
+tests, never production. Usage::
 
->>> with EmbeddedBroker() as broker:  # doctest: +SKIP
-...     print(broker.bootstrap)
-127.0.0.1:40231
+    with EmbeddedBroker() as broker:
+        print(broker.bootstrap)  # 127.0.0.1:<a free port>
 """
 
 from __future__ import annotations
@@ -85,7 +84,9 @@ def probe_metadata(host: str, port: int, timeout_s: float = 1.0) -> bool:
     client_id = b"onramp-probe"
     correlation = 0x0E0A
     # api_key=3 (Metadata), api_version=0, correlation id, client id, topics=[] (all topics)
-    body = struct.pack(">hhih", 3, 0, correlation, len(client_id)) + client_id + struct.pack(">i", 0)
+    body = (
+        struct.pack(">hhih", 3, 0, correlation, len(client_id)) + client_id + struct.pack(">i", 0)
+    )
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as s:
             s.sendall(struct.pack(">i", len(body)) + body)
@@ -179,7 +180,9 @@ class EmbeddedBroker:
                         host=self.host,
                         port=self.port,
                     )
-                raise BrokerError(f"the embedded broker exited at start:\n{text}", log=str(self.log_path))
+                raise BrokerError(
+                    f"the embedded broker exited at start:\n{text}", log=str(self.log_path)
+                )
             if probe_metadata(self.host, self.port, timeout_s=0.5):
                 log.info("embedded broker ready at %s (log: %s)", self.bootstrap, self.log_path)
                 return self

@@ -11,7 +11,7 @@ is the one a real broker would see.
 >>> broker = InMemoryBroker(partitions=4)
 >>> producer = InMemoryProducer(broker)
 >>> producer.send_all([OutRecord("onramp.events", b'{"a":1}', key=b"u1")]).result(timeout=1)
-[Delivered(topic='onramp.events', partition=2, offset=0)]
+[Delivered(topic='onramp.events', partition=0, offset=0)]
 """
 
 from __future__ import annotations
@@ -191,9 +191,7 @@ class KafkaPythonProducer(_ProducerBase):
         future = self._producer.send(
             record.topic, value=record.value, key=record.key, headers=list(record.headers) or None
         )
-        future.add_callback(
-            lambda md: callback(Delivered(md.topic, md.partition, md.offset), None)
-        )
+        future.add_callback(lambda md: callback(Delivered(md.topic, md.partition, md.offset), None))
         future.add_errback(lambda exc: callback(None, exc))
 
     def partitions_for(self, topic: str) -> set[int]:
@@ -221,6 +219,9 @@ class ConfluentProducer(_ProducerBase):
             "bootstrap.servers": bootstrap,
             "acks": "all",
             "enable.idempotence": True,
+            # Java's (and kafka-python's) murmur2: a key lands on the same partition whichever
+            # client wrote it, so key -> partition -> owning worker holds across clients.
+            "partitioner": "murmur2_random",
             "linger.ms": settings.linger_ms,
             "client.id": "onramp",
             **_security_confluent(settings),
@@ -268,7 +269,9 @@ class Consumer(Protocol):
 
     client_name: str
 
-    def assign(self, partitions: Iterable[tuple[str, int]], from_beginning: bool = True) -> None: ...
+    def assign(
+        self, partitions: Iterable[tuple[str, int]], from_beginning: bool = True
+    ) -> None: ...
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]: ...
 
@@ -344,9 +347,7 @@ class ConfluentConsumer:
 
     def assign(self, partitions: Iterable[tuple[str, int]], from_beginning: bool = True) -> None:
         offset = self._confluent.OFFSET_BEGINNING if from_beginning else self._confluent.OFFSET_END
-        self._consumer.assign(
-            [self._confluent.TopicPartition(t, p, offset) for t, p in partitions]
-        )
+        self._consumer.assign([self._confluent.TopicPartition(t, p, offset) for t, p in partitions])
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         out = []
@@ -412,7 +413,9 @@ class InMemoryBroker:
         parts = self.topics.setdefault(record.topic, [[] for _ in range(self.partitions)])
         p = partition_for(record.key, self.partitions) if record.key else 0
         offset = len(parts[p])
-        parts[p].append(Record(record.topic, p, offset, record.key, record.value, 0, record.headers))
+        parts[p].append(
+            Record(record.topic, p, offset, record.key, record.value, 0, record.headers)
+        )
         return Delivered(record.topic, p, offset)
 
     def records(self, topic: str) -> list[Record]:

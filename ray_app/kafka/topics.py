@@ -26,7 +26,9 @@ def _admin(bootstrap: str, settings: KafkaSettings, timeout_s: float) -> Any:
             **_security_kafka_python(settings),
         )
     except Exception as exc:
-        raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}", bootstrap=bootstrap) from None
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {bootstrap}: {exc}", bootstrap=bootstrap
+        ) from None
 
 
 def list_topics(bootstrap: str, settings: KafkaSettings, timeout_s: float = 10.0) -> set[str]:
@@ -43,7 +45,7 @@ def ensure_topics(
 ) -> list[str]:
     """Create the missing ones among Onramp's topics; return the names created.
 
-    >>> # ensure_topics("127.0.0.1:9092", KafkaSettings())  # doctest: +SKIP
+    Idempotent: a topic that exists (or that another process creates meanwhile) is left alone.
     """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError

@@ -38,8 +38,9 @@ _EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the simulated devices' clock s
 
 def virtual_iso(at: float) -> str:
     """Virtual seconds -> an ISO time on the simulated devices' clock."""
-    t = dt.datetime.fromtimestamp(_EPOCH + at, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(_EPOCH + at, dt.UTC)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 #: The onboarding flow, in its default order.
 STEPS: tuple[str, ...] = (
@@ -93,10 +94,46 @@ class Segment:
 
 
 SEGMENTS: tuple[Segment, ...] = (
-    Segment("startup_founder", 0.25, ("founder", "ceo"), ("1-10",), ("product_hunt", "twitter"), 1.2, 1.5, 0.08),
-    Segment("smb_manager", 0.30, ("manager", "ops"), ("11-50", "51-200"), ("google", "referral"), 0.9, 1.0, 0.12),
-    Segment("enterprise_admin", 0.20, ("it_admin", "director"), ("201-1000", "1000+"), ("sales", "partner"), 0.7, 0.6, 0.20),
-    Segment("developer", 0.25, ("engineer",), ("1-10", "11-50", "51-200"), ("github", "docs", "google"), 1.4, 1.3, 0.05),
+    Segment(
+        "startup_founder",
+        0.25,
+        ("founder", "ceo"),
+        ("1-10",),
+        ("product_hunt", "twitter"),
+        1.2,
+        1.5,
+        0.08,
+    ),
+    Segment(
+        "smb_manager",
+        0.30,
+        ("manager", "ops"),
+        ("11-50", "51-200"),
+        ("google", "referral"),
+        0.9,
+        1.0,
+        0.12,
+    ),
+    Segment(
+        "enterprise_admin",
+        0.20,
+        ("it_admin", "director"),
+        ("201-1000", "1000+"),
+        ("sales", "partner"),
+        0.7,
+        0.6,
+        0.20,
+    ),
+    Segment(
+        "developer",
+        0.25,
+        ("engineer",),
+        ("1-10", "11-50", "51-200"),
+        ("github", "docs", "google"),
+        1.4,
+        1.3,
+        0.05,
+    ),
 )
 
 
@@ -196,12 +233,20 @@ def journey(user: SimUser, rng: random.Random, start: float) -> list[SimCall]:
                     "track",
                     step,
                     event="Form Error",
-                    properties={"stepId": step, "field": rng.choice(("name", "email", "size", "goal"))},
+                    properties={
+                        "stepId": step,
+                        "field": rng.choice(("name", "email", "size", "goal")),
+                    },
                 )
                 retries += 1
         if rng.random() < _BASE_DROP[step] * seg.drop_multiplier:
             t += spent * rng.uniform(0.2, 1.0)
-            emit("track", step, event="Step Abandoned", properties={"stepId": step, "durationMs": int(spent * 1000)})
+            emit(
+                "track",
+                step,
+                event="Step Abandoned",
+                properties={"stepId": step, "durationMs": int(spent * 1000)},
+            )
             return calls
         t += spent
         emit(

@@ -31,14 +31,23 @@ __all__ = ["MALFORMATIONS", "SimStats", "Simulator", "TrafficPlan"]
 
 #: How an event is broken, and the reason code the collector must answer with.
 MALFORMATIONS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
-    "no_identity": (lambda c: {k: v for k, v in c.items() if k not in ("userId", "anonymousId")}, "missing_identity"),
+    "no_identity": (
+        lambda c: {k: v for k, v in c.items() if k not in ("userId", "anonymousId")},
+        "missing_identity",
+    ),
     "bad_timestamp": (lambda c: {**c, "timestamp": "last tuesday"}, "invalid_timestamp"),
     "negative_seq": (
-        lambda c: {**c, "context": {**c["context"], "onramp": {**c["context"]["onramp"], "seq": -1}}},
+        lambda c: {
+            **c,
+            "context": {**c["context"], "onramp": {**c["context"]["onramp"], "seq": -1}},
+        },
         "invalid_onramp_context",
     ),
     "unknown_type": (lambda c: {**c, "type": "click"}, "unknown_type"),
-    "properties_not_object": (lambda c: {**c, "properties": ["oops"], "type": "track", "event": "Oops"}, "invalid_field"),
+    "properties_not_object": (
+        lambda c: {**c, "properties": ["oops"], "type": "track", "event": "Oops"},
+        "invalid_field",
+    ),
     "not_an_object": (lambda c: "not an event", "not_an_object"),
 }
 
@@ -78,7 +87,9 @@ class TrafficPlan:
                 continue
             plan._add(call.at, call.call, "event", "accepted")
             if rng.random() < settings.duplicate_share:
-                pending_late.append((n + rng.randint(1, 20), SimCall(call.at, call.user_id, call.call)))
+                pending_late.append(
+                    (n + rng.randint(1, 20), SimCall(call.at, call.user_id, call.call))
+                )
                 plan.truth[-1]["duplicated"] = True
         for _, late in pending_late:
             plan._add(late.at, late.call, "out_of_order", "accepted")
@@ -206,5 +217,5 @@ class Simulator:
             if attempt < self.max_retries:
                 self.stats.retries += 1
                 retry_after = float(resp.headers.get("retry-after", 1)) if resp is not None else 1.0
-                time.sleep(min(retry_after, 2 ** attempt * 0.25))
+                time.sleep(min(retry_after, 2**attempt * 0.25))
         self.stats.failed_requests += 1

@@ -69,7 +69,9 @@ def test_kafka_not_acknowledging_gives_503_with_retry_after_and_counts_nothing_a
 
 
 def test_memory_bound_turns_requests_away_with_503():
-    c, broker, hooks = make(ONRAMP_KAFKA__ACK_TIMEOUT_S="0.1", ONRAMP_COLLECTOR__MAX_INFLIGHT_BYTES="2000")
+    c, broker, hooks = make(
+        ONRAMP_KAFKA__ACK_TIMEOUT_S="0.1", ONRAMP_COLLECTOR__MAX_INFLIGHT_BYTES="2000"
+    )
     broker.available = False
     first = run(c.handle("batch", body(*[GOOD] * 5), AUTH))
     assert first.status == 503
@@ -110,7 +112,11 @@ def test_a_factory_that_cannot_connect_gives_503_not_500():
 
 @pytest.mark.parametrize(
     ("origin", "allowed"),
-    [("https://app.example.com", "https://app.example.com"), ("https://evil.example", None), (None, None)],
+    [
+        ("https://app.example.com", "https://app.example.com"),
+        ("https://evil.example", None),
+        (None, None),
+    ],
 )
 def test_cors(origin, allowed):
     c, _, _ = make()

@@ -10,14 +10,17 @@ from ray_app.collect.parse import Limits, correct_skew, parse_request, write_key
 from validation.reasons import ReasonCode
 
 KEYS = {"demo": "k1", "web": "k2"}
-NOW = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 
 
 def basic(key: str) -> str:
     return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
 
 
-def req(route, payload, *, auth="k1", encoding=None, limits=Limits(), raw=None):
+DEFAULT_LIMITS = Limits()
+
+
+def req(route, payload, *, auth="k1", encoding=None, limits=DEFAULT_LIMITS, raw=None):
     body = raw if raw is not None else json.dumps(payload).encode()
     return parse_request(
         route,
@@ -47,7 +50,11 @@ def t(s):
 
 def test_skew_correction_cancels_the_device_clock_offset():
     # Device clock is 1 hour behind: event at device 09:00:00, sent at device 09:00:05.
-    got = correct_skew(t("2026-05-01T12:00:00+00:00"), t("2026-05-01T09:00:05+00:00"), t("2026-05-01T09:00:00+00:00"))
+    got = correct_skew(
+        t("2026-05-01T12:00:00+00:00"),
+        t("2026-05-01T09:00:05+00:00"),
+        t("2026-05-01T09:00:00+00:00"),
+    )
     assert got == t("2026-05-01T11:59:55+00:00")
 
 
@@ -61,7 +68,9 @@ def test_batch_sent_at_applies_to_events_and_record_keeps_the_original_time():
         "batch",
         {
             "sentAt": "2026-05-01T09:00:10Z",
-            "batch": [{"type": "track", "event": "x", "userId": "u1", "timestamp": "2026-05-01T09:00:00Z"}],
+            "batch": [
+                {"type": "track", "event": "x", "userId": "u1", "timestamp": "2026-05-01T09:00:00Z"}
+            ],
         },
     )
     (e,) = events(p)
@@ -119,7 +128,10 @@ def test_auth_failures_are_401_and_write_nothing():
     for p, reason in [
         (req("track", {"event": "x", "userId": "u"}, auth=None), ReasonCode.AUTH_MISSING),
         (req("track", {"event": "x", "userId": "u"}, auth="nope"), ReasonCode.AUTH_INVALID),
-        (req("track", {"event": "x", "userId": "u", "writeKey": "nope"}, auth=None), ReasonCode.AUTH_INVALID),
+        (
+            req("track", {"event": "x", "userId": "u", "writeKey": "nope"}, auth=None),
+            ReasonCode.AUTH_INVALID,
+        ),
         (req("track", None, auth=None, raw=b"{{{"), ReasonCode.INVALID_JSON),
     ]:
         assert p.rejections[0].reason is reason
@@ -181,7 +193,12 @@ def test_event_size_limit_rejects_one_event_and_keeps_the_rest():
     limits = Limits(max_event_bytes=300)
     p = req(
         "batch",
-        {"batch": [{"type": "track", "event": "x", "userId": "u"}, {"type": "track", "event": "x", "userId": "u", "properties": {"p": "a" * 400}}]},
+        {
+            "batch": [
+                {"type": "track", "event": "x", "userId": "u"},
+                {"type": "track", "event": "x", "userId": "u", "properties": {"p": "a" * 400}},
+            ]
+        },
         limits=limits,
     )
     assert p.status == 413 and len(p.events) == 1
@@ -192,7 +209,9 @@ def test_batch_shape_and_count_limits():
     assert req("batch", {"batch": []}).rejections[0].reason is ReasonCode.INVALID_BATCH
     assert req("batch", {"batch": {"a": 1}}).rejections[0].reason is ReasonCode.INVALID_BATCH
     assert req("batch", [1, 2]).rejections[0].reason is ReasonCode.NOT_AN_OBJECT
-    many = req("batch", {"batch": [{"type": "page", "userId": "u"}] * 3}, limits=Limits(max_batch_events=2))
+    many = req(
+        "batch", {"batch": [{"type": "page", "userId": "u"}] * 3}, limits=Limits(max_batch_events=2)
+    )
     assert many.status == 413 and many.rejections[0].reason is ReasonCode.TOO_MANY_EVENTS
 
 
@@ -225,13 +244,16 @@ def test_a_mixed_batch_accepts_the_good_and_dead_letters_the_bad():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 event_like = st.fixed_dictionaries(
     {},
     optional={
-        "type": st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "x"]) | json_values,
+        "type": st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "x"])
+        | json_values,
         "event": json_values,
         "userId": json_values,
         "anonymousId": json_values,
@@ -247,7 +269,10 @@ event_like = st.fixed_dictionaries(
 
 
 @settings(max_examples=300, deadline=None)
-@given(route=st.sampled_from(["batch", "track", "identify", "page", "screen", "group", "alias"]), body=st.binary(max_size=200))
+@given(
+    route=st.sampled_from(["batch", "track", "identify", "page", "screen", "group", "alias"]),
+    body=st.binary(max_size=200),
+)
 def test_arbitrary_bytes_never_raise(route, body):
     p = req(route, None, raw=body)
     assert p.status in (200, 400, 401, 413, 415)

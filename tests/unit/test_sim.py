@@ -34,14 +34,20 @@ def test_journeys_are_realistic():
     completed = events["Onboarding Completed"]
     assert 0.2 * 500 < completed < 0.9 * 500  # some drop off, many finish
     assert events["Form Error"] > 0 and events["Step Abandoned"] > 0
-    steps = {c["context"]["onramp"].get("stepId") for _, c in p.sends if isinstance(c, dict) and isinstance(c.get("context"), dict) and isinstance(c["context"].get("onramp"), dict)}
+    steps = {
+        c["context"]["onramp"].get("stepId")
+        for _, c in p.sends
+        if isinstance(c, dict)
+        and isinstance(c.get("context"), dict)
+        and isinstance(c["context"].get("onramp"), dict)
+    }
     assert set(STEPS) <= steps
 
 
 def test_every_truth_entry_matches_what_the_collector_decides():
     """The ground truth is what the real parser says, event by event."""
     plan = TrafficPlan.build(SimSettings(users=300, seed=5))
-    now = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
     for (_, call), truth in zip(plan.sends, plan.truth, strict=True):
         parsed = parse_request(
             "batch",
@@ -72,4 +78,9 @@ def test_ground_truth_file(tmp_path):
     plan.write_truth(tmp_path / "t.jsonl")
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(lines) == len(plan.sends)
-    assert {json.loads(line)["kind"] for line in lines} <= {"event", "duplicate", "out_of_order", "malformed"}
+    assert {json.loads(line)["kind"] for line in lines} <= {
+        "event",
+        "duplicate",
+        "out_of_order",
+        "malformed",
+    }

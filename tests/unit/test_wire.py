@@ -36,9 +36,11 @@ def test_json_schema_validates_a_batch_and_rejects_garbage():
 
 
 def test_numeric_ids_become_strings_and_naive_times_are_utc():
-    call = parse_call({"type": "track", "event": "x", "userId": 42, "timestamp": "2026-03-01T10:00:00"})
+    call = parse_call(
+        {"type": "track", "event": "x", "userId": 42, "timestamp": "2026-03-01T10:00:00"}
+    )
     assert call.userId == "42"
-    assert call.timestamp == dt.datetime(2026, 3, 1, 10, tzinfo=dt.timezone.utc)
+    assert call.timestamp == dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
 
 
 def test_unknown_fields_are_kept():
@@ -48,8 +50,14 @@ def test_unknown_fields_are_kept():
 
 
 def test_onramp_context_is_read():
-    call = parse_call({**VALID["track"], "context": {"onramp": {"sessionId": "s1", "seq": 3, "stepId": "goals"}}})
-    assert (call.context.onramp.sessionId, call.context.onramp.seq, call.context.onramp.stepId) == ("s1", 3, "goals")
+    call = parse_call(
+        {**VALID["track"], "context": {"onramp": {"sessionId": "s1", "seq": 3, "stepId": "goals"}}}
+    )
+    assert (call.context.onramp.sessionId, call.context.onramp.seq, call.context.onramp.stepId) == (
+        "s1",
+        3,
+        "goals",
+    )
 
 
 @pytest.mark.parametrize(
@@ -61,14 +69,34 @@ def test_onramp_context_is_read():
         ({"type": 5, "userId": "u"}, None, ReasonCode.UNKNOWN_TYPE, "type"),
         ({"type": "page", "userId": "u"}, "track", ReasonCode.TYPE_MISMATCH, "type"),
         ({"type": "track", "event": "x"}, None, ReasonCode.MISSING_IDENTITY, "userId"),
-        ({"type": "alias", "anonymousId": "a", "previousId": "p"}, None, ReasonCode.MISSING_IDENTITY, "userId"),
+        (
+            {"type": "alias", "anonymousId": "a", "previousId": "p"},
+            None,
+            ReasonCode.MISSING_IDENTITY,
+            "userId",
+        ),
         ({"type": "track", "userId": "u"}, None, ReasonCode.MISSING_FIELD, "event"),
         ({"type": "track", "userId": "u", "event": ""}, None, ReasonCode.INVALID_FIELD, "event"),
         ({"type": "group", "userId": "u"}, None, ReasonCode.MISSING_FIELD, "groupId"),
-        ({"type": "track", "userId": "u", "event": "x", "properties": [1]}, None, ReasonCode.INVALID_FIELD, "properties"),
+        (
+            {"type": "track", "userId": "u", "event": "x", "properties": [1]},
+            None,
+            ReasonCode.INVALID_FIELD,
+            "properties",
+        ),
         ({"type": "track", "userId": True, "event": "x"}, None, ReasonCode.INVALID_FIELD, "userId"),
-        ({"type": "track", "userId": "u", "event": "x", "timestamp": "soon"}, None, ReasonCode.INVALID_TIMESTAMP, "timestamp"),
-        ({"type": "track", "userId": "u", "event": "x", "sentAt": [1]}, None, ReasonCode.INVALID_TIMESTAMP, "sentAt"),
+        (
+            {"type": "track", "userId": "u", "event": "x", "timestamp": "soon"},
+            None,
+            ReasonCode.INVALID_TIMESTAMP,
+            "timestamp",
+        ),
+        (
+            {"type": "track", "userId": "u", "event": "x", "sentAt": [1]},
+            None,
+            ReasonCode.INVALID_TIMESTAMP,
+            "sentAt",
+        ),
         (
             {"type": "track", "userId": "u", "event": "x", "context": {"onramp": {"seq": -1}}},
             None,

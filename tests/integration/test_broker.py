@@ -1,0 +1,96 @@
+"""The embedded broker and both Kafka clients, for real."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ray_app.config import KafkaSettings
+from ray_app.errors import BrokerError
+from ray_app.kafka import (
+    EmbeddedBroker,
+    OutRecord,
+    ensure_topics,
+    list_topics,
+    make_consumer,
+    make_producer,
+)
+from ray_app.kafka.broker import free_port, probe_metadata
+from ray_app.kafka.client import partition_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_start_answers_metadata_and_stop_frees_the_port():
+    b = EmbeddedBroker().start()
+    try:
+        assert b.running and probe_metadata(b.host, b.port)
+    finally:
+        b.stop()
+    assert not b.running and not probe_metadata(b.host, b.port)
+
+
+def test_port_taken_is_a_clear_error(broker):
+    with pytest.raises(BrokerError, match=f"port {broker.port} on 127.0.0.1 is taken"):
+        EmbeddedBroker(port=broker.port).start()
+
+
+def test_missing_binary_is_a_clear_error(tmp_path):
+    with pytest.raises(BrokerError, match="missing or not executable"):
+        EmbeddedBroker(binary=tmp_path / "tansu").start()
+
+
+def test_probe_is_false_on_a_closed_port():
+    assert not probe_metadata("127.0.0.1", free_port(), timeout_s=0.5)
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_round_trip_through_each_client(broker, client):
+    s = KafkaSettings(partitions=4, client=client)
+    topic = f"rt-{client}"
+    assert ensure_topics(broker.bootstrap, s, [topic]) == [topic]
+    assert ensure_topics(broker.bootstrap, s, [topic]) == []  # idempotent
+    assert topic in list_topics(broker.bootstrap, s)
+    producer = make_producer(broker.bootstrap, s)
+    records = [OutRecord(topic, f"v{i}".encode(), key=f"k{i % 7}".encode()) for i in range(500)]
+    delivered = producer.send_all(records).result(timeout=30)
+    producer.close()
+    assert len(delivered) == 500
+    consumer = make_consumer(broker.bootstrap, s)
+    consumer.assign([(topic, p) for p in range(4)])
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 500 and time.monotonic() < deadline:
+        got += consumer.poll(0.2)
+    consumer.close()
+    assert sorted(r.value for r in got) == sorted(r.value for r in records)
+    # Kafka's murmur2 in both clients, and in the in-memory twin: key -> partition is one function
+    assert all(r.partition == partition_for(r.key, 4) for r in got)
+
+
+def test_onramp_broker_command_runs_in_the_foreground_and_stops_on_sigterm():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_app.cli", "broker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "ONRAMP_KAFKA__PARTITIONS": "2"},
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"127.0.0.1:{port}" in line, line
+        assert {
+            "onramp.events",
+            "onramp.events.dlq",
+            "onramp.events.late",
+            "onramp.decisions",
+        } <= list_topics(f"127.0.0.1:{port}", KafkaSettings())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert not probe_metadata("127.0.0.1", port)
+    finally:
+        proc.kill()

@@ -1,0 +1,71 @@
+"""`onramp demo` (what `make demo` runs) end to end, in its own process with its own Ray."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from ray_app.kafka.broker import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ray_app.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--users",
+            "200",
+            "--rate",
+            "200",
+            "--every",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "ONRAMP_STATE_DIR": str(tmp_path / "state"),
+            "ONRAMP_RAY__NUM_CPUS": "2",
+        },
+    )
+    lines = []
+    accepted = 0
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"accepted (\d+)", line)
+            if m and int(m.group(1)) > 0:
+                accepted = int(m.group(1))
+                break
+        out = "".join(lines)
+        assert accepted > 0, out
+        assert f"http://127.0.0.1:{port}/v1/batch" in out and "write key" in out
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, rest
+        assert "stopped" in rest and "simulator totals" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    assert (tmp_path / "state" / "sim" / "ground_truth.jsonl").exists()
