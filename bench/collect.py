@@ -14,8 +14,6 @@ same records straight to the broker from one process. Last line: one JSON object
     .venv/bin/python bench/collect.py --client confluent   # librdkafka
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import base64
@@ -66,7 +64,7 @@ async def _load(
     connector = aiohttp.TCPConnector(limit=concurrency)
 
     async with aiohttp.ClientSession(
-        url, connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
 
         async def worker(w: int) -> None:
@@ -76,7 +74,7 @@ async def _load(
                 i += concurrency
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(path, data=body, headers=headers) as resp:
+                    async with session.post(url + path, data=body, headers=headers) as resp:
                         await resp.read()
                         status = resp.status
                 except aiohttp.ClientError:
@@ -139,6 +137,28 @@ def run_scenario(url: str, path: str, per: int, concurrency: int, seconds: float
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- context: the HTTP ceiling of this machine ------------------------------------------------
+
+
+def deploy_trivial(prefix: str) -> None:
+    """A do-nothing FastAPI ingress on the same Serve HTTP path: what HTTP alone allows here."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(name="Trivial", max_ongoing_requests=512)
+    @serve.ingress(api)
+    class Trivial:
+        @api.post("/v1/track")
+        async def track(self, request: Request) -> Response:
+            await request.body()
+            return Response(b'{"success":true}', media_type="application/json")
+
+    serve.run(Trivial.bind(), name="trivial", route_prefix=prefix)
 
 
 # -- baseline: the raw producer --------------------------------------------------------------
@@ -243,6 +263,20 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+        deploy_trivial("/trivial")
+        ceiling = []
+        for c in args.single_concurrency.split(","):
+            r = run_scenario(url + "/trivial", "/v1/track", 1, int(c), args.seconds)
+            ceiling.append(r)
+            print(
+                f"trivial ingress (HTTP ceiling) c={c:<3} {r['requests_per_s']:>8,.0f} req/s  "
+                f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+        from ray import serve
+
+        serve.delete("trivial")
         raw = raw_producer_rate(
             stack.bootstrap, settings.kafka, "onramp.bench.raw", args.raw_events
         )
@@ -269,6 +303,11 @@ def main() -> None:
             "single_event_best": {
                 k: best_single[k] for k in ("events_per_s", "concurrency", "p50_ms", "p99_ms")
             },
+            "http_ceiling_req_per_s": max(r["requests_per_s"] for r in ceiling),
+            "single_event_share_of_http_ceiling": round(
+                best_single["events_per_s"] / max(r["requests_per_s"] for r in ceiling), 3
+            ),
+            "http_ceiling_scenarios": ceiling,
             "kafka_client": args.client,
             "http_mode": http_mode,
             "scenarios": scenarios,

@@ -38,8 +38,8 @@ def configure_http_mode(high_throughput: bool) -> str:
     ``default``. Must run before ``ray.init()``: Serve reads these variables at start.
 
     HAProxy's config, admin socket and state files go to a directory of this process (not
-    Serve's fixed ``/tmp/haproxy-serve``) and its metrics to a free port, so two Onramps on one
-    machine (a test session and a demo, say) do not overwrite each other's proxy.
+    Serve's fixed ``/tmp/haproxy-serve``) and its metrics, stats and fallback-proxy ports are free
+    ones, so two Onramps on one machine (a test session and a demo, say) do not collide.
     """
     if not high_throughput:
         for name in _HA_ENV:
@@ -79,6 +79,13 @@ def configure_http_mode(high_throughput: bool) -> str:
                 "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             }
         )
+    # Serve's fixed ports for HAProxy's stats page and the fallback proxy: free ones instead.
+    for name in (
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+    ):
+        os.environ.setdefault(name, str(free_port()))
     return "haproxy"
 
 

@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from validation.reasons import ReasonCode
 from validation.wire import WireError, parse_call
 
@@ -238,7 +240,13 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 
 def _compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """Compact UTF-8 JSON. orjson for speed (the collector's hottest step); the standard library
+    for what orjson refuses (integers over 64 bits, lone surrogates from ``\\ud800`` escapes),
+    ASCII-escaped so that even a lone surrogate stays valid JSON."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, default=str).encode()
 
 
 def _derived_message_id(source: str, raw: Mapping[str, Any]) -> str:

@@ -240,6 +240,14 @@ def test_a_mixed_batch_accepts_the_good_and_dead_letters_the_bad():
     assert d[1]["raw"] == "not an event"
 
 
+def test_values_orjson_refuses_are_kept_exactly():
+    raw = b'{"event": "x", "userId": "u", "properties": {"big": 100000000000000000000000000001, "s": "\\ud800"}}'
+    p = req("track", None, raw=raw)
+    assert p.status == 200
+    (e,) = events(p)
+    assert e["properties"] == {"big": 100000000000000000000000000001, "s": "\ud800"}
+
+
 # -- no input makes the parser raise --------------------------------------------------------
 
 json_values = st.recursive(
