@@ -1,0 +1,124 @@
+"""A normalized event as stream workers see it, decoded from an ``onramp.events`` record.
+
+>>> e = decode_event(b'{"messageId":"m1","type":"track","event":"Step Viewed","userKey":"u1",'
+...                  b'"timestamp":"2026-01-01T00:00:01.000Z","receivedAt":"2026-01-01T00:00:02.000Z",'
+...                  b'"sessionId":"s1","seq":0,"stepId":"role"}')
+>>> (e.message_id, e.kind, e.name, e.ts, e.seq, e.step_id)
+('m1', 'track', 'Step Viewed', 1767225601000, 0, 'role')
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from validation.reasons import ReasonCode
+
+__all__ = ["Event", "EventDecodeError", "decode_event", "parse_ms"]
+
+
+class EventDecodeError(ValueError):
+    """A record of ``onramp.events`` that is not a normalized event (it goes to the DLQ)."""
+
+    def __init__(self, reason: ReasonCode, field: str | None, message: str) -> None:
+        super().__init__(reason, field, message)
+        self.reason = reason
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason.value} at {self.field}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What the state core needs of one event; times are milliseconds since the epoch."""
+
+    message_id: str
+    user_key: str
+    kind: str
+    name: str | None
+    ts: int
+    received: int
+    session_id: str | None = None
+    seq: int | None = None
+    step_id: str | None = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def order_key(self) -> tuple[int, int, str]:
+        """A total order on events of one user that does not depend on arrival."""
+        return (self.ts, -1 if self.seq is None else self.seq, self.message_id)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def parse_ms(value: Any, field_name: str) -> int:
+    """ISO-8601 text -> milliseconds since the epoch (UTC)."""
+    if not isinstance(value, str):
+        raise EventDecodeError(
+            ReasonCode.INVALID_TIMESTAMP, field_name, "expected an ISO-8601 string"
+        )
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise EventDecodeError(
+            ReasonCode.INVALID_TIMESTAMP, field_name, f"not ISO-8601: {value!r}"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return (t - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def _str(d: dict[str, Any], key: str, required: bool = False) -> str | None:
+    v = d.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not v:
+        raise EventDecodeError(
+            ReasonCode.MISSING_FIELD if v is None else ReasonCode.INVALID_FIELD,
+            key,
+            "required" if v is None else "expected a non-empty string",
+        )
+    return v
+
+
+def decode_event(value: bytes) -> Event:
+    """Decode a normalized record; raises :class:`EventDecodeError` with a reason code."""
+    try:
+        d = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise EventDecodeError(ReasonCode.INVALID_JSON, None, str(exc)) from None
+    if not isinstance(d, dict):
+        raise EventDecodeError(ReasonCode.NOT_AN_OBJECT, None, "record is not a JSON object")
+    kind = _str(d, "type", required=True)
+    seq = d.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
+        raise EventDecodeError(ReasonCode.INVALID_ONRAMP_CONTEXT, "seq", "expected an integer >= 0")
+    traits = d.get("traits") or {}
+    props = d.get("properties") or {}
+    if not isinstance(traits, dict) or not isinstance(props, dict):
+        raise EventDecodeError(ReasonCode.INVALID_FIELD, "traits/properties", "expected objects")
+    name = d.get("event") if kind == "track" else d.get("name")
+    return Event(
+        message_id=_str(d, "messageId", required=True) or "",
+        user_key=_str(d, "userKey", required=True) or "",
+        kind=kind or "",
+        name=name if isinstance(name, str) else None,
+        ts=parse_ms(d.get("timestamp"), "timestamp"),
+        received=parse_ms(d.get("receivedAt"), "receivedAt"),
+        session_id=_str(d, "sessionId"),
+        seq=seq,
+        step_id=_str(d, "stepId"),
+        user_id=_str(d, "userId"),
+        anonymous_id=_str(d, "anonymousId"),
+        traits=traits,
+        properties=props,
+    )

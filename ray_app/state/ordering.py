@@ -1,0 +1,115 @@
+"""Ordering by per-session ``seq``: a bounded reorder buffer, gap detection, and when to give up.
+
+Events of a session are released in ``seq`` order. An event ahead of the next expected ``seq``
+waits in the session's buffer. A gap is **given up on** (the missing events are skipped and
+counted in ``gaps``) when either
+
+* the watermark passes the event time of the earliest buffered event: the missing events, which
+  come before it, would now be late anyway; or
+* the session's buffer holds ``max_buffer`` events (bounded memory).
+
+An event whose ``seq`` is behind the next expected one (it arrived after its gap was given up on)
+is released at once and counted in ``behind``. Events without a session or ``seq`` pass straight
+through. A session's bookkeeping is dropped once the watermark is ``idle_ms`` past its last
+event. Every decision depends on event time and arrival order only, never on a wall clock, so a
+replay of the same records releases the same events.
+
+>>> r = Reorderer(max_buffer=8, idle_ms=60_000)
+>>> ev = lambda seq, ts: Event(f"m{seq}", "u", "track", "x", ts, ts, session_id="s", seq=seq)
+>>> [e.seq for e in r.offer(ev(1, 1_000))], [e.seq for e in r.offer(ev(0, 900))]
+([], [0, 1])
+>>> [e.seq for e in r.offer(ev(3, 3_000))], [e.seq for e in r.advance(watermark=3_500)], r.gaps
+([], [3], 1)
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from ray_app.state.event import Event
+
+__all__ = ["Reorderer", "SessionCursor"]
+
+
+@dataclass
+class SessionCursor:
+    next_seq: int = 0
+    buffer: dict[int, Event] = field(default_factory=dict)
+    last_ts: int = 0
+
+
+@dataclass
+class Reorderer:
+    max_buffer: int = 64
+    idle_ms: int = 30 * 60_000
+    sessions: dict[str, SessionCursor] = field(default_factory=dict)
+    # (earliest buffered event time, session): candidates for giving up; entries go stale
+    # lazily and are checked against the session when popped.
+    waiting: list[tuple[int, str]] = field(default_factory=list)
+    # (last event time, session): candidates for dropping idle sessions; also lazy.
+    idle: list[tuple[int, str]] = field(default_factory=list)
+    gaps: int = 0
+    behind: int = 0
+
+    def offer(self, event: Event) -> list[Event]:
+        """Take one on-time event; return the events it releases, in ``seq`` order."""
+        sid, seq = event.session_id, event.seq
+        if sid is None or seq is None:
+            return [event]
+        cur = self.sessions.get(sid)
+        if cur is None:
+            cur = self.sessions[sid] = SessionCursor()
+        if event.ts > cur.last_ts:
+            cur.last_ts = event.ts
+            heapq.heappush(self.idle, (event.ts, sid))
+        if seq < cur.next_seq:
+            self.behind += 1
+            return [event]
+        cur.buffer[seq] = event
+        out = self._drain(cur)
+        if len(cur.buffer) > self.max_buffer:
+            out += self._give_up(cur)
+        if cur.buffer:
+            heapq.heappush(self.waiting, (min(e.ts for e in cur.buffer.values()), sid))
+        return out
+
+    def advance(self, watermark: int) -> list[Event]:
+        """Give up on gaps the watermark has passed; drop idle sessions. Returns released events."""
+        out: list[Event] = []
+        while self.waiting and self.waiting[0][0] < watermark:
+            _, sid = heapq.heappop(self.waiting)
+            cur = self.sessions.get(sid)
+            if cur is None or not cur.buffer:
+                continue
+            earliest = min(e.ts for e in cur.buffer.values())
+            if earliest >= watermark:  # stale entry; the current one is further down the heap
+                heapq.heappush(self.waiting, (earliest, sid))
+                continue
+            out += self._give_up(cur)
+            if cur.buffer:
+                heapq.heappush(self.waiting, (min(e.ts for e in cur.buffer.values()), sid))
+        limit = watermark - self.idle_ms
+        while self.idle and self.idle[0][0] < limit:
+            ts, sid = heapq.heappop(self.idle)
+            cur = self.sessions.get(sid)
+            if cur is not None and cur.last_ts == ts and not cur.buffer:
+                del self.sessions[sid]
+        return out
+
+    def _drain(self, cur: SessionCursor) -> list[Event]:
+        out = []
+        while cur.next_seq in cur.buffer:
+            out.append(cur.buffer.pop(cur.next_seq))
+            cur.next_seq += 1
+        return out
+
+    def _give_up(self, cur: SessionCursor) -> list[Event]:
+        first = min(cur.buffer)
+        self.gaps += 1
+        cur.next_seq = first
+        return self._drain(cur)
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(c.buffer) for c in self.sessions.values())

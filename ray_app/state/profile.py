@@ -1,0 +1,232 @@
+"""The per-user profile and ``apply(profile, event)``.
+
+``apply`` is pure in the sense that matters for exactly-once state: it reads nothing but the
+profile and the event, and it is **commutative** over a user's events: whatever order a set of
+events is applied in, the profile is the same. Last-write-wins fields (traits, user id, current
+step) are decided by each event's :attr:`Event.order_key` (event time, then ``seq``, then
+``messageId``), never by arrival; counts, sets, minima and maxima commute by nature; windows are
+built to (see :mod:`ray_app.state.windows`).
+
+Onboarding vocabulary (the SDK and the simulator send these ``track`` names):
+``Step Viewed``, ``Step Completed`` (``properties.durationMs`` optional), ``Step Abandoned``,
+``Form Error``, ``Onboarding Completed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_app.state.event import Event
+from ray_app.state.windows import SessionWindows, TumblingCounts
+
+__all__ = [
+    "FORM_ERROR",
+    "ONBOARDING_COMPLETED",
+    "STEP_ABANDONED",
+    "STEP_COMPLETED",
+    "STEP_VIEWED",
+    "Profile",
+    "ProfileConfig",
+    "StepStats",
+    "apply",
+]
+
+STEP_VIEWED = "Step Viewed"
+STEP_COMPLETED = "Step Completed"
+STEP_ABANDONED = "Step Abandoned"
+FORM_ERROR = "Form Error"
+ONBOARDING_COMPLETED = "Onboarding Completed"
+
+Stamp = tuple[int, int, str]
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Window settings of every profile."""
+
+    session_gap_ms: int = 30 * 60_000
+    tumbling_ms: int = 60_000
+    tumbling_retention_ms: int = 60 * 60_000
+    max_anonymous_ids: int = 16
+
+
+@dataclass
+class StepStats:
+    """What one onboarding step saw."""
+
+    views: int = 0
+    completions: int = 0
+    abandons: int = 0
+    form_errors: int = 0
+    first_seen: int | None = None
+    first_viewed: int | None = None
+    last_completed: int | None = None
+    reported_ms: int | None = None
+    reported_stamp: Stamp | None = None
+
+    @property
+    def retries(self) -> int:
+        """Views after the first one: the user came back to the step."""
+        return max(self.views - 1, 0)
+
+    @property
+    def time_ms(self) -> int | None:
+        """Time on the step: what the client reported, else first view to last completion."""
+        if self.reported_ms is not None:
+            return self.reported_ms
+        if self.first_viewed is not None and self.last_completed is not None:
+            return max(self.last_completed - self.first_viewed, 0)
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "views": self.views,
+            "completions": self.completions,
+            "abandons": self.abandons,
+            "formErrors": self.form_errors,
+            "retries": self.retries,
+            "timeMs": self.time_ms,
+            "firstSeen": self.first_seen,
+        }
+
+
+def _min(a: int | None, b: int) -> int:
+    return b if a is None or b < a else a
+
+
+def _max(a: int | None, b: int) -> int:
+    return b if a is None or b > a else a
+
+
+@dataclass
+class Profile:
+    """Everything Onramp knows about one user, as of the events applied so far."""
+
+    user_key: str
+    config: ProfileConfig = field(default_factory=ProfileConfig)
+    user_id: str | None = None
+    user_id_stamp: Stamp | None = None
+    anonymous_ids: set[str] = field(default_factory=set)
+    traits: dict[str, Any] = field(default_factory=dict)
+    trait_stamps: dict[str, Stamp] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    first_seen: int | None = None
+    last_seen: int | None = None
+    last_received: int | None = None
+    steps: dict[str, StepStats] = field(default_factory=dict)
+    current_step: str | None = None
+    current_stamp: Stamp | None = None
+    completed_at: int | None = None
+    session_ids: set[str] = field(default_factory=set)
+    activity: TumblingCounts | None = None
+    sessions: SessionWindows | None = None
+
+    def __post_init__(self) -> None:
+        if self.activity is None:
+            self.activity = TumblingCounts(
+                self.config.tumbling_ms, self.config.tumbling_retention_ms
+            )
+        if self.sessions is None:
+            self.sessions = SessionWindows(self.config.session_gap_ms)
+
+    def advance(self, watermark: int) -> None:
+        """Close what the watermark has passed (sessions, old activity buckets)."""
+        assert self.activity is not None and self.sessions is not None
+        self.activity.advance(watermark)
+        self.sessions.advance(watermark)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A canonical, JSON-ready view (sorted sets), equal iff the profiles are equal."""
+        assert self.activity is not None and self.sessions is not None
+        last = self.last_seen or 0
+        return {
+            "userKey": self.user_key,
+            "userId": self.user_id,
+            "anonymousIds": sorted(self.anonymous_ids),
+            "traits": dict(sorted(self.traits.items())),
+            "counts": dict(sorted(self.counts.items())),
+            "firstSeen": self.first_seen,
+            "lastSeen": self.last_seen,
+            "currentStep": self.current_step,
+            "completedAt": self.completed_at,
+            "steps": {k: v.as_dict() for k, v in sorted(self.steps.items())},
+            "stepsSeen": sorted(self.steps),
+            "stepsCompleted": sorted(k for k, v in self.steps.items() if v.completions),
+            "formErrors": sum(v.form_errors for v in self.steps.values()),
+            "retries": sum(v.retries for v in self.steps.values()),
+            "onboardingSessions": sorted(self.session_ids),
+            "sessions": {
+                "count": self.sessions.count,
+                "closed": self.sessions.closed,
+                "closedActiveMs": self.sessions.closed_active_ms,
+                "open": [list(w) for w in self.sessions.open],
+            },
+            "activity": {
+                "perMinute": {str(k): v for k, v in sorted(self.activity.buckets.items())},
+                "last5m": self.activity.count_between(last - 5 * 60_000, last + 1),
+                "last60m": self.activity.count_between(last - 60 * 60_000, last + 1),
+            },
+        }
+
+
+def _count(profile: Profile, key: str) -> None:
+    profile.counts[key] = profile.counts.get(key, 0) + 1
+
+
+def apply(profile: Profile, event: Event) -> Profile:
+    """Fold one event into the profile (in place; returns it). Commutative over events."""
+    stamp = event.order_key
+    _count(profile, event.kind)
+    if event.kind == "track" and event.name:
+        _count(profile, f"track:{event.name}")
+    profile.first_seen = _min(profile.first_seen, event.ts)
+    profile.last_seen = _max(profile.last_seen, event.ts)
+    profile.last_received = _max(profile.last_received, event.received)
+    if event.user_id and (profile.user_id_stamp is None or stamp > profile.user_id_stamp):
+        profile.user_id, profile.user_id_stamp = event.user_id, stamp
+    if event.anonymous_id:
+        ids = profile.anonymous_ids
+        ids.add(event.anonymous_id)
+        if len(ids) > profile.config.max_anonymous_ids:  # keep the smallest: order-independent
+            ids.remove(max(ids))
+    if event.kind == "identify":
+        for k, v in event.traits.items():
+            old = profile.trait_stamps.get(k)
+            if old is None or stamp > old:
+                profile.traits[k] = v
+                profile.trait_stamps[k] = stamp
+    if event.session_id:
+        profile.session_ids.add(event.session_id)
+    assert profile.activity is not None and profile.sessions is not None
+    profile.activity.add(event.ts)
+    profile.sessions.add(event.ts)
+
+    step = event.step_id
+    if step:
+        st = profile.steps.setdefault(step, StepStats())
+        st.first_seen = _min(st.first_seen, event.ts)
+        if profile.current_stamp is None or stamp > profile.current_stamp:
+            profile.current_step, profile.current_stamp = step, stamp
+        if event.kind == "track":
+            if event.name == STEP_VIEWED:
+                st.views += 1
+                st.first_viewed = _min(st.first_viewed, event.ts)
+            elif event.name == STEP_COMPLETED:
+                st.completions += 1
+                st.last_completed = _max(st.last_completed, event.ts)
+                reported = event.properties.get("durationMs")
+                if (
+                    isinstance(reported, int)
+                    and not isinstance(reported, bool)
+                    and reported >= 0
+                    and (st.reported_stamp is None or stamp > st.reported_stamp)
+                ):
+                    st.reported_ms, st.reported_stamp = reported, stamp
+            elif event.name == STEP_ABANDONED:
+                st.abandons += 1
+            elif event.name == FORM_ERROR:
+                st.form_errors += 1
+    if event.kind == "track" and event.name == ONBOARDING_COMPLETED:
+        profile.completed_at = _min(profile.completed_at, event.ts)
+    return profile
