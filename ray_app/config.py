@@ -33,6 +33,7 @@ __all__ = [
     "RaySettings",
     "Settings",
     "SimSettings",
+    "StreamSettings",
     "load_settings",
     "masked",
 ]
@@ -129,6 +130,39 @@ class RaySettings(_Section):
     namespace: str = Field("onramp", description="Ray namespace of Onramp's actors.")
 
 
+class StreamSettings(_Section):
+    """Stream workers: partitions -> per-user state, checkpointed with offsets."""
+
+    workers: int = Field(
+        2, ge=1, le=256, description="Stream worker actors; partitions are split among them."
+    )
+    checkpoint_uri: str | None = Field(
+        None,
+        description="Where state snapshots and offsets are written (local path or fsspec URI); "
+        "empty: <state_dir>/checkpoints.",
+    )
+    checkpoint_interval_s: float = Field(
+        1.0, gt=0, description="Checkpoint at least this often while busy."
+    )
+    checkpoint_every_records: int = Field(
+        20_000, ge=1, description="...or after this many records."
+    )
+    poll_max_records: int = Field(
+        5_000, ge=1, description="Most records one poll hands to the state core."
+    )
+    allowed_lateness_ms: int = Field(
+        300_000,
+        ge=0,
+        description="Events this far behind their partition's latest event time are late.",
+    )
+    reorder_max_buffer: int = Field(
+        64, ge=1, description="Events a session may hold back waiting for a seq."
+    )
+    session_gap_ms: int = Field(
+        1_800_000, ge=1, description="Inactivity that ends an activity session."
+    )
+
+
 class SimSettings(_Section):
     """The onboarding simulator."""
 
@@ -148,6 +182,7 @@ class Settings(_Section):
     collector: CollectorSettings = Field(default_factory=CollectorSettings)  # type: ignore[arg-type]
     ray: RaySettings = Field(default_factory=RaySettings)  # type: ignore[arg-type]
     sim: SimSettings = Field(default_factory=SimSettings)  # type: ignore[arg-type]
+    stream: StreamSettings = Field(default_factory=StreamSettings)  # type: ignore[arg-type]
     state_dir: Path = Field(Path(".onramp"), description="Local directory for logs and state.")
 
     @property

@@ -275,6 +275,8 @@ class Consumer(Protocol):
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]: ...
 
+    def assign_at(self, offsets: dict[tuple[str, int], int]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -305,6 +307,14 @@ class KafkaPythonConsumer:
         self._consumer.assign(tps)
         if from_beginning:
             self._consumer.seek_to_beginning(*tps)
+
+    def assign_at(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Own these partitions and read each from the given offset."""
+        from kafka import TopicPartition
+
+        self._consumer.assign([TopicPartition(t, p) for t, p in offsets])
+        for (t, p), off in offsets.items():
+            self._consumer.seek(TopicPartition(t, p), off)
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -348,6 +358,12 @@ class ConfluentConsumer:
     def assign(self, partitions: Iterable[tuple[str, int]], from_beginning: bool = True) -> None:
         offset = self._confluent.OFFSET_BEGINNING if from_beginning else self._confluent.OFFSET_END
         self._consumer.assign([self._confluent.TopicPartition(t, p, offset) for t, p in partitions])
+
+    def assign_at(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Own these partitions and read each from the given offset."""
+        self._consumer.assign(
+            [self._confluent.TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        )
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         out = []
@@ -464,6 +480,9 @@ class InMemoryConsumer:
         for t, p in partitions:
             end = len(self.broker.topics.get(t, [[]] * (p + 1))[p])
             self._positions[(t, p)] = 0 if from_beginning else end
+
+    def assign_at(self, offsets: dict[tuple[str, int], int]) -> None:
+        self._positions = dict(offsets)
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         out: list[Record] = []

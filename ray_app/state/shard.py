@@ -80,8 +80,10 @@ class BatchResult:
 
     applied: int = 0
     duplicates: int = 0
-    late: list[tuple[bytes | None, bytes, dict[str, Any]]] = field(default_factory=list)
-    rejected: list[tuple[bytes | None, bytes, EventDecodeError]] = field(default_factory=list)
+    late: list[tuple[int, bytes | None, bytes, dict[str, Any]]] = field(default_factory=list)
+    """(index in the batch, key, value, why) of every late record."""
+    rejected: list[tuple[int, bytes | None, bytes, EventDecodeError]] = field(default_factory=list)
+    """(index in the batch, key, value, error) of every record that is not an event."""
     received_ms: list[int] = field(default_factory=list)
     """``receivedAt`` of every applied event, for freshness."""
     users: set[str] = field(default_factory=set)
@@ -106,18 +108,19 @@ class SessionShard:
         """Apply records of this partition, in offset order."""
         out = BatchResult()
         lateness = self.config.allowed_lateness_ms
-        for key, value in records:
+        for index, (key, value) in enumerate(records):
             self.stats.records += 1
             try:
                 event = decode_event(value)
             except EventDecodeError as exc:
                 self.stats.rejected += 1
-                out.rejected.append((key, value, exc))
+                out.rejected.append((index, key, value, exc))
                 continue
             if event.ts < self.watermark:
                 self.stats.late += 1
                 out.late.append(
                     (
+                        index,
                         key,
                         value,
                         {

@@ -238,7 +238,7 @@ def test_late_events_are_routed_with_the_reason_and_counted():
     shard = SessionShard(0, StateConfig(allowed_lateness_ms=60_000))
     r = shard.process([record("a", ts=T0 + 10 * 60_000), record("b", ts=T0)])
     assert r.applied == 1 and len(r.late) == 1 and shard.stats.late == 1
-    _, value, info = r.late[0]
+    _, _, value, info = r.late[0]
     assert json.loads(value)["messageId"] == "b" and info["reason"] == "late"
     assert info["behindMs"] == 9 * 60_000 - 0 and info["allowedLatenessMs"] == 60_000
     # a late duplicate of an applied event is late, not a duplicate: the order of checks is fixed
@@ -281,7 +281,7 @@ def test_dedupe_memory_is_bounded_by_the_horizon():
 def test_rejected_records_are_reported_not_raised():
     shard = SessionShard(0)
     r = shard.process([(b"u", b"not json"), (b"u", b'{"type": "track"}'), (b"u", b"[1]")])
-    assert [e.reason.value for _, _, e in r.rejected] == [
+    assert [e.reason.value for _, _, _, e in r.rejected] == [
         "invalid_json",
         "missing_field",
         "not_an_object",

@@ -1,0 +1,201 @@
+"""The supervisor: assigns partitions to stream workers, restarts dead ones, rescales.
+
+Assignment is deterministic: partition ``p`` goes to worker ``p % workers``. A profile lookup goes
+key -> partition (Kafka's murmur2, the same function every producer uses) -> owning worker.
+A dead worker (its actor died, or its loop stopped on an error) is replaced by a new actor with
+the same partitions, which resumes from their checkpoints. Rescaling stops every worker (each
+writes a final checkpoint), then starts the new set, which loads the checkpoints of the
+partitions it now owns: state moves with its partition and is neither lost nor applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ray_app.config import Settings
+from ray_app.kafka.client import partition_for
+from ray_app.stream.worker import StreamWorker
+
+__all__ = ["StreamSupervisor", "assign_partitions"]
+
+log = logging.getLogger(__name__)
+
+
+def assign_partitions(partitions: int, workers: int) -> list[list[int]]:
+    """Partition ``p`` -> worker ``p % workers``.
+
+    >>> assign_partitions(5, 2)
+    [[0, 2, 4], [1, 3]]
+    """
+    return [[p for p in range(partitions) if p % workers == w] for w in range(workers)]
+
+
+class StreamSupervisor:
+    """Runs the stream workers as Ray actors (call from the driver, or run it as an actor)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        workers: int | None = None,
+        checkpoint_uri: str | None = None,
+        monitor_interval_s: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.partitions = settings.kafka.partitions
+        self.n_workers = min(workers or settings.stream.workers, self.partitions)
+        self.checkpoint_uri = (
+            checkpoint_uri
+            or settings.stream.checkpoint_uri
+            or str(Path(settings.state_dir) / "checkpoints")
+        )
+        self.monitor_interval_s = monitor_interval_s
+        self.workers: list[Any] = []
+        self.assignment: list[list[int]] = []
+        self.generation = 0
+        self.restarts = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    def _spawn(self, index: int, partitions: list[int]) -> Any:
+        import ray
+
+        actor_cls = ray.remote(num_cpus=0, max_concurrency=8)(StreamWorker)
+        name = f"w{index}-g{self.generation}-r{self.restarts}"
+        worker = actor_cls.options(max_restarts=0).remote(
+            name, self.settings, self.bootstrap, partitions, self.checkpoint_uri
+        )
+        ray.get(worker.start.remote(), timeout=120)
+        return worker
+
+    def start(self) -> StreamSupervisor:
+        with self._lock:
+            self.assignment = assign_partitions(self.partitions, self.n_workers)
+            self.workers = [self._spawn(i, parts) for i, parts in enumerate(self.assignment)]
+        if self._monitor is None:
+            self._monitor = threading.Thread(
+                target=self._watch, name="onramp-supervisor", daemon=True
+            )
+            self._monitor.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.monitor_interval_s):
+            try:
+                self.check()
+            except Exception:
+                log.exception("supervisor check failed")
+
+    def check(self) -> int:
+        """Restart dead workers; returns how many were restarted."""
+        import ray
+
+        restarted = 0
+        with self._lock:
+            for i, w in enumerate(list(self.workers)):
+                try:
+                    error = ray.get(w.ping.remote(), timeout=10)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                    error = f"{type(exc).__name__}"
+                if error is None:
+                    continue
+                log.warning("worker %d is down (%s); restarting it from its checkpoints", i, error)
+                try:
+                    ray.kill(w)
+                except Exception:
+                    pass
+                self.workers[i] = self._spawn(i, self.assignment[i])
+                self.restarts += 1  # counted once the replacement runs
+                restarted += 1
+        return restarted
+
+    def rescale(self, workers: int) -> None:
+        """Move to ``workers`` workers; every partition's state moves with it via its checkpoint."""
+        import ray
+
+        with self._lock:
+            for w in self.workers:  # final checkpoints before anyone else owns the partitions
+                try:
+                    ray.get(w.stop.remote(), timeout=60)
+                except ray.exceptions.RayActorError:
+                    pass  # it died: its last checkpoint stands and the replay covers the rest
+                ray.kill(w)
+            self.generation += 1
+            self.n_workers = min(workers, self.partitions)
+            self.assignment = assign_partitions(self.partitions, self.n_workers)
+            self.workers = [self._spawn(i, parts) for i, parts in enumerate(self.assignment)]
+
+    def owner(self, partition: int) -> Any:
+        with self._lock:
+            return self.workers[partition % self.n_workers]
+
+    def profile(self, user_key: str) -> dict[str, Any] | None:
+        """key -> partition -> owning worker -> the live profile."""
+        import ray
+
+        p = partition_for(user_key.encode(), self.partitions)
+        return ray.get(self.owner(p).profile.remote(p, user_key), timeout=10)
+
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        import ray
+
+        out: dict[str, dict[str, Any]] = {}
+        for p in range(self.partitions):
+            out.update(ray.get(self.owner(p).profiles.remote(p), timeout=60))
+        return out
+
+    def status(self) -> list[dict[str, Any]]:
+        import ray
+
+        with self._lock:
+            workers = list(self.workers)
+        return [ray.get(w.status.remote(), timeout=30) for w in workers]
+
+    def totals(self) -> dict[str, int]:
+        """Counters summed over every partition (records, applied, duplicates, late, rejected,
+        buffered)."""
+        out: dict[str, int] = {}
+        for st in self.status():
+            for part in st["partitions"].values():
+                for k in ("records", "applied", "duplicates", "late", "rejected", "buffered"):
+                    out[k] = out.get(k, 0) + part[k]
+        return out
+
+    def wait_for(self, records: int, timeout_s: float = 120.0) -> dict[str, int]:
+        """Block until the workers have taken ``records`` records (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        totals: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            try:
+                totals = self.totals()
+            except Exception:  # a worker is being replaced
+                time.sleep(0.2)
+                continue
+            if totals.get("records", 0) >= records:
+                return totals
+            time.sleep(0.2)
+        return totals
+
+    def stop(self) -> None:
+        import ray
+
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+        with self._lock:
+            for w in self.workers:
+                try:
+                    ray.get(w.stop.remote(), timeout=60)
+                except Exception:
+                    pass
+                try:
+                    ray.kill(w)
+                except Exception:
+                    pass
+            self.workers = []

@@ -1,0 +1,232 @@
+"""A stream worker: owns some partitions of ``onramp.events`` and the state of every key in them.
+
+Its loop: poll a batch -> hand each partition's records, in offset order, to that partition's
+:class:`~ray_app.state.SessionShard` -> write late and rejected records to their topics and wait
+for Kafka's acknowledgement -> now and then, checkpoint each partition's snapshot together with
+its next offset. On start it loads each partition's last checkpoint and reads from exactly that
+offset, so a worker killed at any point replays what its checkpoint had not covered and ends in
+the same state (the state core is deterministic). The late and DLQ topics are at-least-once:
+records written after the last checkpoint are written again on replay (same content and
+``messageId``), while the counters, which live in the checkpointed state, stay exact.
+
+``StreamWorker`` is a plain class; :mod:`ray_app.stream.supervisor` runs it as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from ray_app.config import Settings
+from ray_app.kafka.client import OutRecord, make_consumer, make_producer
+from ray_app.state import SessionShard, StateConfig
+from ray_app.state.profile import ProfileConfig
+from ray_app.stream.checkpoint import CheckpointStore
+
+__all__ = ["FRESHNESS_BUCKETS_MS", "StreamWorker", "state_config"]
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (ms) of the freshness histogram: receivedAt -> state applied.
+FRESHNESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+
+
+def state_config(settings: Settings) -> StateConfig:
+    s = settings.stream
+    return StateConfig(
+        allowed_lateness_ms=s.allowed_lateness_ms,
+        reorder_max_buffer=s.reorder_max_buffer,
+        profile=ProfileConfig(session_gap_ms=s.session_gap_ms),
+    )
+
+
+class StreamWorker:
+    """Consumes its partitions and keeps their state; see the module docstring."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        settings: Settings,
+        bootstrap: str,
+        partitions: list[int],
+        checkpoint_uri: str,
+    ) -> None:
+        self.worker_id = worker_id
+        self.settings = settings
+        self.topics = settings.topics
+        self.partitions = sorted(partitions)
+        self.store = CheckpointStore(checkpoint_uri)
+        cfg = state_config(settings)
+        self.shards: dict[int, SessionShard] = {}
+        self.next_offset: dict[int, int] = {}
+        self.restored: dict[int, int] = {}
+        for p in self.partitions:
+            ck = self.store.load(p)
+            if ck is None:
+                self.shards[p], self.next_offset[p] = SessionShard(p, cfg), 0
+            else:
+                self.shards[p], self.next_offset[p] = (
+                    SessionShard.restore(ck.snapshot),
+                    ck.next_offset,
+                )
+                self.restored[p] = ck.next_offset
+        self._consumer = make_consumer(bootstrap, settings.kafka)
+        self._consumer.assign_at(
+            {(self.topics.events, p): self.next_offset[p] for p in self.partitions}
+        )
+        self._producer = make_producer(bootstrap, settings.kafka)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._dirty: set[int] = set()
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self.checkpoints = 0
+        self.freshness = [0] * (len(FRESHNESS_BUCKETS_MS) + 1)
+        self.error: str | None = None
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"onramp-{self.worker_id}", daemon=True
+            )
+            self._thread.start()
+        return True
+
+    def _run(self) -> None:
+        s = self.settings.stream
+        try:
+            while not self._stop.is_set():
+                records = self._consumer.poll(timeout_s=0.1, max_records=s.poll_max_records)
+                if records:
+                    self._process(records)
+                if self._dirty and (
+                    self._since_checkpoint >= s.checkpoint_every_records
+                    or time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
+                ):
+                    self.checkpoint()
+        except Exception as exc:  # the supervisor sees the error and restarts the worker
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("worker %s stopped", self.worker_id)
+
+    def _process(self, records: list[Any]) -> None:
+        by_partition: dict[int, list[Any]] = {}
+        for r in records:
+            by_partition.setdefault(r.partition, []).append(r)
+        outputs: list[OutRecord] = []
+        now_ms = time.time() * 1000
+        with self._lock:
+            for p, recs in by_partition.items():
+                shard = self.shards[p]
+                result = shard.process([(r.key, r.value) for r in recs])
+                for index, key, value, why in result.late:
+                    outputs.append(
+                        OutRecord(self.topics.late, _late_record(value, why, recs[index]), key=key)
+                    )
+                for index, key, value, exc in result.rejected:
+                    outputs.append(
+                        OutRecord(self.topics.dlq, _dlq_record(value, exc, recs[index]), key=key)
+                    )
+                for received in result.received_ms:
+                    self._observe(now_ms - received)
+                self.next_offset[p] = recs[-1].offset + 1
+                self._dirty.add(p)
+                self._since_checkpoint += len(recs)
+        if outputs:  # acknowledged before any checkpoint can cover these offsets
+            self._producer.send_all(outputs).result(timeout=60)
+
+    def _observe(self, ms: float) -> None:
+        for i, bound in enumerate(FRESHNESS_BUCKETS_MS):
+            if ms <= bound:
+                self.freshness[i] += 1
+                return
+        self.freshness[-1] += 1
+
+    def checkpoint(self) -> int:
+        """Write every changed partition's snapshot with its next offset; returns how many."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            saved = [(p, self.shards[p].snapshot(), self.next_offset[p]) for p in sorted(dirty)]
+            self._since_checkpoint = 0
+            self._last_checkpoint = time.monotonic()
+        for p, snap, offset in saved:
+            self.store.save(p, snap, offset)
+        self.checkpoints += len(saved)
+        return len(saved)
+
+    def stop(self) -> dict[str, int]:
+        """Stop the loop, checkpoint, close; returns the offsets checkpointed."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.checkpoint()
+        self._consumer.close()
+        self._producer.close()
+        return {str(p): o for p, o in self.next_offset.items()}
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def ping(self) -> str | None:
+        """None when healthy, else the error that stopped the loop."""
+        return self.error
+
+    def profile(self, partition: int, user_key: str) -> dict[str, Any] | None:
+        with self._lock:
+            shard = self.shards.get(partition)
+            return None if shard is None else shard.profile(user_key)
+
+    def profiles(self, partition: int) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return self.shards[partition].profiles_as_dicts()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "worker": self.worker_id,
+                "partitions": {
+                    str(p): {
+                        "nextOffset": self.next_offset[p],
+                        "buffered": self.shards[p].buffered,
+                        "watermark": self.shards[p].watermark,
+                        **self.shards[p].stats.as_dict(),
+                    }
+                    for p in self.partitions
+                },
+                "restoredFrom": {str(p): o for p, o in self.restored.items()},
+                "checkpoints": self.checkpoints,
+                "freshnessBucketsMs": list(FRESHNESS_BUCKETS_MS),
+                "freshnessCounts": list(self.freshness),
+                "error": self.error,
+            }
+
+
+def _origin(rec: Any) -> dict[str, Any]:
+    return {"stage": "stream", "topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+
+
+def _late_record(value: bytes, why: dict[str, Any], rec: Any) -> bytes:
+    try:
+        event: Any = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        event = value.decode("utf-8", "replace")
+    return orjson.dumps({"schema": "onramp.late/1", **why, "event": event, "origin": _origin(rec)})
+
+
+def _dlq_record(value: bytes, exc: Any, rec: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "schema": "onramp.dlq/1",
+            "reason": exc.reason.value,
+            "field": exc.field,
+            "message": exc.message,
+            "rawText": value.decode("utf-8", "replace")[:32_768],
+            "rawSize": len(value),
+            "origin": _origin(rec),
+        }
+    )

@@ -1,0 +1,167 @@
+"""Exactly-once state under chaos: 100k+ events, workers killed 5 times and rescaled once,
+against the real broker and real Ray actors."""
+
+import datetime as dt
+import json
+import random
+import time
+
+import pytest
+
+from ray_app.collect.parse import parse_request
+from ray_app.config import SimSettings
+from ray_app.kafka import OutRecord, ensure_topics, make_consumer, make_producer
+from ray_app.kafka.client import partition_for
+from ray_app.sim import TrafficPlan
+from ray_app.state import SessionShard
+from ray_app.stream import StreamSupervisor, state_config
+from tests.conftest import make_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARTITIONS = 4
+
+
+def _records(users: int, seed: int):
+    """Simulator traffic (5% duplicates, 10% out of order) normalized by the collector's parser,
+    plus malformed records and late events injected the way a broken producer would."""
+    plan = TrafficPlan.build(
+        SimSettings(
+            users=users,
+            seed=seed,
+            duplicate_share=0.05,
+            out_of_order_share=0.10,
+            malformed_share=0.0,
+        )
+    )
+    received = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    out = []
+    for i in range(0, len(plan.sends), 100):
+        parsed = parse_request(
+            "batch",
+            json.dumps(
+                {
+                    "batch": [c for _, c in plan.sends[i : i + 100]],
+                    "writeKey": "k",
+                    "sentAt": "2026-01-01T00:00:00Z",
+                }
+            ).encode(),
+            content_encoding=None,
+            authorization=None,
+            write_keys={"sim": "k"},
+            received_at=received + dt.timedelta(seconds=i / 100),
+        )
+        out += parsed.events
+    rng = random.Random(seed)
+    injected_malformed = injected_late = 0
+    for _ in range(300):  # malformed records straight into the topic
+        garbage = rng.choice(
+            [
+                b"not json",
+                b"[1,2]",
+                b'{"type":"track","userKey":"x"}',
+                b'{"messageId":"m","type":"track","userKey":"x","timestamp":"nope","receivedAt":"nope"}',
+            ]
+        )
+        out.insert(rng.randrange(len(out)), (b"x", garbage))
+        injected_malformed += 1
+    early = out[: len(out) // 10]
+    for n in range(300):  # old events resent much later with new ids: behind the watermark
+        key, value = rng.choice(early)
+        d = json.loads(value)
+        if "messageId" not in d:
+            continue
+        d["messageId"] = f"late-{n}"
+        out.insert(rng.randrange(len(out) * 8 // 10, len(out)), (key, json.dumps(d).encode()))
+        injected_late += 1
+    return plan, out, injected_malformed, injected_late
+
+
+def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path):
+    import ray
+
+    settings = make_settings(
+        broker.bootstrap,
+        ONRAMP_KAFKA__TOPIC_PREFIX="chaos",
+        ONRAMP_KAFKA__PARTITIONS=str(PARTITIONS),
+        ONRAMP_STREAM__CHECKPOINT_EVERY_RECORDS="3000",
+        ONRAMP_STREAM__CHECKPOINT_INTERVAL_S="0.3",
+        ONRAMP_STREAM__POLL_MAX_RECORDS="1000",
+    )
+    ensure_topics(broker.bootstrap, settings.kafka)
+    plan, records, injected_malformed, injected_late = _records(users=5000, seed=21)
+    produced = len(records)
+    assert produced >= 100_000
+    topic = settings.topics.events
+    producer = make_producer(
+        broker.bootstrap, settings.kafka.model_copy(update={"client": "confluent"})
+    )
+
+    sup = StreamSupervisor(
+        settings, broker.bootstrap, workers=2, checkpoint_uri=str(tmp_path / "ckpt")
+    ).start()
+    rng = random.Random(7)
+    kills = 0
+
+    def kill_one():
+        before = sup.restarts
+        ray.kill(sup.workers[rng.randrange(sup.n_workers)])
+        deadline = time.monotonic() + 60
+        while sup.restarts == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sup.restarts == before + 1, "the supervisor did not restart the killed worker"
+
+    try:
+        size = produced // 6 + 1
+        waves = [records[i : i + size] for i in range(0, produced, size)]
+        for n, wave in enumerate(waves):
+            producer.send_all([OutRecord(topic, v, key=k) for k, v in wave]).result(timeout=120)
+            time.sleep(rng.uniform(0.2, 0.8))  # let the workers get into the wave, then strike
+            if n == 3:
+                sup.rescale(3)
+            else:
+                kill_one()
+                kills += 1
+        totals = sup.wait_for(produced, timeout_s=240)
+        assert totals["records"] == produced, totals
+        assert kills == 5 and sup.restarts == 5 and sup.generation == 1
+
+        # reconciliation: every record is exactly one thing
+        assert (
+            produced
+            == totals["applied"]
+            + totals["duplicates"]
+            + totals["late"]
+            + totals["rejected"]
+            + totals["buffered"]
+        )
+        assert totals["rejected"] == injected_malformed
+        assert totals["late"] == injected_late
+        assert totals["duplicates"] == plan.count("duplicate")
+
+        # exact equality with one in-process ordered pass over each partition
+        live = sup.profiles()
+    finally:
+        sup.stop()
+        producer.close()
+        del producer
+    consumer = make_consumer(broker.bootstrap, settings.kafka)
+    consumer.assign([(topic, p) for p in range(PARTITIONS)])
+    by_partition = {p: [] for p in range(PARTITIONS)}
+    seen = 0
+    deadline = time.monotonic() + 120
+    while seen < produced and time.monotonic() < deadline:
+        for r in consumer.poll(0.2, 10_000):
+            by_partition[r.partition].append((r.offset, r.key, r.value))
+            seen += 1
+    consumer.close()
+    assert seen == produced
+    reference = {}
+    for p, recs in by_partition.items():
+        recs.sort()
+        assert all(partition_for(k, PARTITIONS) == p for _, k, _ in recs)
+        shard = SessionShard(p, state_config(settings))
+        shard.process([(k, v) for _, k, v in recs])
+        reference.update(shard.profiles_as_dicts())
+    assert len(live) == len(reference) > 4000
+    assert live == reference
