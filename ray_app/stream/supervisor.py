@@ -66,7 +66,7 @@ class StreamSupervisor:
     def _spawn(self, index: int, partitions: list[int]) -> Any:
         import ray
 
-        actor_cls = ray.remote(num_cpus=0, max_concurrency=8)(StreamWorker)
+        actor_cls = ray.remote(num_cpus=0, max_concurrency=8)(StreamWorker)  # type: ignore[call-overload]
         name = f"w{index}-g{self.generation}-r{self.restarts}"
         worker = actor_cls.options(max_restarts=0).remote(
             name, self.settings, self.bootstrap, partitions, self.checkpoint_uri
