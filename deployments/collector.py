@@ -1,11 +1,15 @@
 """The collector as a Ray Serve ingress deployment (FastAPI): the Segment tracking API over HTTP.
 
 Routes: ``POST /v1/batch|track|identify|page|screen|group|alias`` and the analytics.js short forms
-``/v1/b|t|i|p``; ``OPTIONS`` (CORS preflight) on all of them; ``GET /healthz``; ``GET /metrics``.
+``/v1/b|t|i|p``; ``OPTIONS`` (CORS preflight) on all of them; ``GET /v1/profiles/{user_id}`` (read
+key); ``GET /healthz``; ``GET /metrics``.
 The work is done by :class:`ray_app.collect.Collector`; this module only moves bytes and headers.
 """
 
+import datetime as dt
+import hmac
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +19,9 @@ from ray import serve
 
 from ray_app import __version__
 from ray_app.collect import Collector, Reply, kafka_producer_factory
+from ray_app.collect.parse import write_key_from_header
 from ray_app.config import Settings
+from ray_app.stream.supervisor import ProfileReader, StreamUnavailable
 from ray_app.telemetry import OtelHooks
 from validation.reasons import ReasonCode
 from validation.wire import json_schema
@@ -66,6 +72,12 @@ _STATUSES: dict[int | str, dict[str, Any]] = {
         "Retry-After seconds. Nothing of the request is reported as accepted.",
     },
 }
+
+
+def iso_ms(ms: int) -> str:
+    t = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 _DESCRIPTION = """\
 Onramp's collector speaks the [Segment tracking API](https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/):
@@ -122,6 +134,8 @@ class CollectorIngress:
         )
         self.collector.connect()
         self._max_body = settings.collector.max_request_bytes
+        self._read_keys = [k.get_secret_value() for k in settings.collector.read_keys.values()]
+        self.profiles = ProfileReader(settings.ray.namespace)
 
     async def _collect(self, route: str, request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -198,6 +212,64 @@ class CollectorIngress:
             request.headers.get("origin"), request.headers.get("access-control-request-headers")
         )
         return self._respond(reply, None)
+
+    @api.get(
+        "/v1/profiles/{user_id}",
+        responses={
+            200: {"description": "The live profile and its freshness."},
+            401: {"description": "Read key missing or unknown (Bearer, or Basic user name)."},
+            404: {"description": "No event of this user has been applied yet."},
+            503: {"description": "Stream workers not running or restarting; retry."},
+        },
+        summary="A user's live profile",
+    )
+    async def profile(self, user_id: str, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if not self._read_key_ok(request.headers.get("authorization")):
+            body = {
+                "error": "unauthorized",
+                "message": "send a read key: Authorization: Bearer <key>",
+            }
+            return self._json(401, body, origin)
+        try:
+            profile = await self.profiles.get(user_id)
+        except StreamUnavailable as exc:
+            retry = {"Retry-After": str(self.settings.collector.retry_after_s)}
+            return self._json(
+                503, {"error": "stream_unavailable", "message": str(exc)}, origin, retry
+            )
+        if profile is None:
+            body = {"error": "not_found", "message": f"no events applied for {user_id!r}"}
+            return self._json(404, body, origin)
+        last = profile.get("lastReceived")
+        freshness = {
+            "lastEventReceivedAt": iso_ms(last) if last else None,
+            "ageMs": int(time.time() * 1000) - last if last else None,
+        }
+        return self._json(
+            200, {"userKey": user_id, "profile": profile, "freshness": freshness}, origin
+        )
+
+    def _read_key_ok(self, authorization: str | None) -> bool:
+        if not authorization:
+            return False
+        scheme, _, token = authorization.partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else write_key_from_header(authorization)
+        if not key:
+            return False
+        ok = False
+        for secret in self._read_keys:  # compare all, in constant time
+            ok |= hmac.compare_digest(key.encode(), secret.encode())
+        return ok
+
+    def _json(
+        self,
+        status: int,
+        body: dict[str, Any],
+        origin: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        return self._respond(Reply(status, body, dict(headers or {})), origin)
 
     @api.get(
         "/healthz", responses={200: {"description": "The replica is up; Kafka state in the body."}}

@@ -303,9 +303,22 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                 elapsed = time.monotonic() - started
                 rej = ", ".join(f"{k} {int(v)}" for k, v in sorted(rejected.items())) or "none"
                 per_topic = "  ".join(f"{short[t]}={counts.get(t, 0)}" for t in topics)
+                state = ""
+                if stack.supervisor is not None:
+                    import ray
+
+                    try:
+                        t = ray.get(stack.supervisor.totals.remote(), timeout=5)
+                        state = (
+                            f"  | state: applied {t.get('applied', 0)} dup {t.get('duplicates', 0)} "
+                            f"late {t.get('late', 0)} buffered {t.get('buffered', 0)}"
+                        )
+                    except Exception:  # a worker is restarting; next line will have it
+                        state = "  | state: (restarting)"
                 print(
                     f"[{elapsed:6.1f}s] sent {sim.stats.sent}  accepted {int(accepted)}  "
-                    f"rejected {int(sum(rejected.values()))} ({rej})  | Kafka records: {per_topic}",
+                    f"rejected {int(sum(rejected.values()))} ({rej})  | Kafka records: {per_topic}"
+                    f"{state}",
                     flush=True,
                 )
                 if done or (args.duration is not None and elapsed >= args.duration):

@@ -101,6 +101,10 @@ class CollectorSettings(_Section):
         default_factory=lambda: {"demo": SecretStr("onramp-demo-write-key")},
         description="Source name -> write key. Requests authenticate with one of the keys.",
     )
+    read_keys: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"demo": SecretStr("onramp-demo-read-key")},
+        description="Name -> read key for GET /v1/profiles (and, later, /v1/decide).",
+    )
     cors_origins: list[str] = Field(
         default_factory=lambda: ["*"],
         description="Origins allowed to call the collector from a browser ('*' = any).",
@@ -157,6 +161,9 @@ class StreamSettings(_Section):
     )
     reorder_max_buffer: int = Field(
         64, ge=1, description="Events a session may hold back waiting for a seq."
+    )
+    reorder_wait_ms: int = Field(
+        2_000, ge=0, description="Event time a session waits for a missing seq before giving up."
     )
     session_gap_ms: int = Field(
         1_800_000, ge=1, description="Inactivity that ends an activity session."

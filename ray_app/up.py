@@ -97,8 +97,10 @@ def _import_attr(path: str) -> Any:
 class Stack:
     """Broker (embedded unless configured), Ray and Onramp's Serve application."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, start_stream: bool = True) -> None:
         self.settings = settings
+        self.start_stream = start_stream
+        self.supervisor: Any = None
         self.broker: EmbeddedBroker | None = None
         self.bootstrap: str | None = settings.kafka.bootstrap_servers
         self.http_mode = "default"
@@ -118,6 +120,7 @@ class Stack:
             "openapi": f"{base}/openapi.json",
             "health": f"{base}/healthz",
             "metrics": f"{base}/metrics",
+            "profiles": f"{base}/v1/profiles/{{user_id}}",
         }
 
     def start(self) -> Stack:
@@ -147,6 +150,17 @@ class Stack:
                 log_to_driver=False,
             )
             self._ray_started = True
+        if self.start_stream:
+            from ray_app.stream.supervisor import start_supervisor_actor
+
+            checkpoints = s.stream.checkpoint_uri
+            if checkpoints is None and self.broker is not None:
+                # The embedded broker keeps topics in memory: offsets of an earlier run mean
+                # nothing to it, so its checkpoints start afresh with it.
+                checkpoints = str(
+                    state_dir.resolve() / "checkpoints" / f"embedded-{int(time.time())}"
+                )
+            self.supervisor = start_supervisor_actor(s, self.bootstrap, checkpoints)
         serve.start(http_options={"host": s.collector.host, "port": s.collector.port})
         build = _import_attr(APP_IMPORT_PATH)
         serve.run(
@@ -180,6 +194,9 @@ class Stack:
             if ray.is_initialized():
                 try:
                     serve.shutdown()
+                    if self.supervisor is not None:  # final checkpoints before Ray goes
+                        ray.get(self.supervisor.stop.remote(), timeout=120)
+                        self.supervisor = None
                 finally:
                     if self._ray_started:
                         ray.shutdown()

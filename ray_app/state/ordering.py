@@ -4,8 +4,10 @@ Events of a session are released in ``seq`` order. An event ahead of the next ex
 waits in the session's buffer. A gap is **given up on** (the missing events are skipped and
 counted in ``gaps``) when either
 
-* the watermark passes the event time of the earliest buffered event: the missing events, which
-  come before it, would now be late anyway; or
+* the partition's event time has moved ``wait_ms`` past the earliest buffered event (the
+  shard passes ``max event time - min(wait, allowed lateness)``): waiting longer would hold
+  the user's profile back for a seq that may never come (dropped as malformed by the collector,
+  or sent under another key before sign-up); or
 * the session's buffer holds ``max_buffer`` events (bounded memory).
 
 An event whose ``seq`` is behind the next expected one (it arrived after its gap was given up on)
@@ -74,16 +76,18 @@ class Reorderer:
             heapq.heappush(self.waiting, (min(e.ts for e in cur.buffer.values()), sid))
         return out
 
-    def advance(self, watermark: int) -> list[Event]:
-        """Give up on gaps the watermark has passed; drop idle sessions. Returns released events."""
+    def advance(self, watermark: int, give_up_before: int | None = None) -> list[Event]:
+        """Give up on gaps whose earliest buffered event is before ``give_up_before`` (default:
+        the watermark); drop sessions idle past the watermark. Returns the released events."""
         out: list[Event] = []
-        while self.waiting and self.waiting[0][0] < watermark:
+        limit_gap = watermark if give_up_before is None else give_up_before
+        while self.waiting and self.waiting[0][0] < limit_gap:
             _, sid = heapq.heappop(self.waiting)
             cur = self.sessions.get(sid)
             if cur is None or not cur.buffer:
                 continue
             earliest = min(e.ts for e in cur.buffer.values())
-            if earliest >= watermark:  # stale entry; the current one is further down the heap
+            if earliest >= limit_gap:  # stale entry; the current one is further down the heap
                 heapq.heappush(self.waiting, (earliest, sid))
                 continue
             out += self._give_up(cur)

@@ -148,6 +148,7 @@ class Profile:
             "counts": dict(sorted(self.counts.items())),
             "firstSeen": self.first_seen,
             "lastSeen": self.last_seen,
+            "lastReceived": self.last_received,
             "currentStep": self.current_step,
             "completedAt": self.completed_at,
             "steps": {k: v.as_dict() for k, v in sorted(self.steps.items())},

@@ -55,6 +55,8 @@ class StateConfig:
     """Safety cap on remembered ids per partition."""
     reorder_max_buffer: int = 64
     """Most events one session may hold back while waiting for a missing ``seq``."""
+    reorder_wait_ms: int = 2_000
+    """Event time a session waits for a missing ``seq`` before giving up on it."""
     session_idle_ms: int = 30 * 60_000
     """A session's ordering cursor is dropped this long (event time) after its last event."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
@@ -108,6 +110,7 @@ class SessionShard:
         """Apply records of this partition, in offset order."""
         out = BatchResult()
         lateness = self.config.allowed_lateness_ms
+        wait = min(self.config.reorder_wait_ms, lateness)
         for index, (key, value) in enumerate(records):
             self.stats.records += 1
             try:
@@ -140,7 +143,7 @@ class SessionShard:
                 self.max_ts = event.ts
                 self.watermark = self.max_ts - lateness
             released = self.order.offer(event)
-            released += self.order.advance(self.watermark)
+            released += self.order.advance(self.watermark, self.max_ts - wait)
             for e in released:
                 self._apply(e, out)
         self.dedupe.advance(self.watermark)

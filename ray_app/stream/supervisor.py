@@ -20,7 +20,17 @@ from ray_app.config import Settings
 from ray_app.kafka.client import partition_for
 from ray_app.stream.worker import StreamWorker
 
-__all__ = ["StreamSupervisor", "assign_partitions"]
+__all__ = [
+    "SUPERVISOR_NAME",
+    "ProfileReader",
+    "StreamSupervisor",
+    "StreamUnavailable",
+    "assign_partitions",
+    "start_supervisor_actor",
+]
+
+#: Name of the supervisor actor in Onramp's Ray namespace (``ray.namespace``).
+SUPERVISOR_NAME = "onramp-supervisor"
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +94,16 @@ class StreamSupervisor:
             )
             self._monitor.start()
         return self
+
+    def launch(self) -> bool:
+        """``start()`` for when this object runs as an actor (an actor method cannot return it)."""
+        self.start()
+        return True
+
+    def routes(self) -> tuple[int, list[Any]]:
+        """(partition count, worker handles by index) for callers that look profiles up directly."""
+        with self._lock:
+            return self.partitions, list(self.workers)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.monitor_interval_s):
@@ -199,3 +219,59 @@ class StreamSupervisor:
                 except Exception:
                     pass
             self.workers = []
+
+
+class StreamUnavailable(Exception):
+    """The stream workers are not running (or not reachable) right now."""
+
+
+def start_supervisor_actor(
+    settings: Settings, bootstrap: str, checkpoint_uri: str | None = None
+) -> Any:
+    """Run the supervisor as the named actor :data:`SUPERVISOR_NAME` and start its workers."""
+    import ray
+
+    cls = ray.remote(num_cpus=0, max_concurrency=16)(StreamSupervisor)  # type: ignore[call-overload]
+    actor = cls.options(name=SUPERVISOR_NAME, namespace=settings.ray.namespace).remote(
+        settings, bootstrap, checkpoint_uri=checkpoint_uri
+    )
+    ray.get(actor.launch.remote(), timeout=300)
+    return actor
+
+
+class ProfileReader:
+    """Looks profiles up from anywhere in the cluster (a Serve replica, say): key -> partition ->
+    owning worker, with the routing table cached and refreshed when a worker was replaced."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._routes: tuple[int, list[Any]] | None = None
+
+    async def _load(self) -> tuple[int, list[Any]]:
+        import ray
+
+        try:
+            sup = ray.get_actor(SUPERVISOR_NAME, namespace=self.namespace)
+            self._routes = await sup.routes.remote()
+        except (ValueError, ray.exceptions.RayActorError) as exc:
+            raise StreamUnavailable(f"stream workers are not running: {exc}") from None
+        return self._routes
+
+    async def get(self, user_key: str) -> dict[str, Any] | None:
+        import ray
+
+        for attempt in range(2):
+            partitions, workers = (
+                self._routes if self._routes and attempt == 0 else await self._load()
+            )
+            if not workers:
+                raise StreamUnavailable("stream workers are not running")
+            p = partition_for(user_key.encode(), partitions)
+            try:
+                result: dict[str, Any] | None = await workers[p % len(workers)].profile.remote(
+                    p, user_key
+                )
+                return result
+            except ray.exceptions.RayActorError:
+                self._routes = None  # a worker was replaced: refresh the table once
+        raise StreamUnavailable("the worker owning this user is restarting; retry shortly")

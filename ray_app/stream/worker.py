@@ -32,7 +32,10 @@ __all__ = ["FRESHNESS_BUCKETS_MS", "StreamWorker", "state_config"]
 log = logging.getLogger(__name__)
 
 #: Upper bounds (ms) of the freshness histogram: receivedAt -> state applied.
-FRESHNESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+FRESHNESS_BUCKETS_MS = (
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750,
+    1000, 2000, 5000, 10000, 30000, 60000,
+)  # fmt: skip
 
 
 def state_config(settings: Settings) -> StateConfig:
@@ -40,6 +43,7 @@ def state_config(settings: Settings) -> StateConfig:
     return StateConfig(
         allowed_lateness_ms=s.allowed_lateness_ms,
         reorder_max_buffer=s.reorder_max_buffer,
+        reorder_wait_ms=s.reorder_wait_ms,
         profile=ProfileConfig(session_gap_ms=s.session_gap_ms),
     )
 
@@ -184,6 +188,14 @@ class StreamWorker:
     def profiles(self, partition: int) -> dict[str, dict[str, Any]]:
         with self._lock:
             return self.shards[partition].profiles_as_dicts()
+
+    def state_size(self) -> dict[str, int]:
+        """Bytes of the snapshots of this worker's partitions and the users they hold."""
+        with self._lock:
+            return {
+                "bytes": sum(len(sh.snapshot()) for sh in self.shards.values()),
+                "users": sum(len(sh.profiles) for sh in self.shards.values()),
+            }
 
     def status(self) -> dict[str, Any]:
         with self._lock:

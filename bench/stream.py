@@ -1,0 +1,231 @@
+"""Stream throughput: events/s from ``onramp.events`` to applied state, beside the raw consumer.
+
+Starts the embedded broker and a local Ray, loads a backlog of simulated onboarding events
+(normalized exactly as the collector writes them: ~5% duplicates, ~10% out of order), then:
+
+1. baseline: the same Kafka client reads the whole backlog with no processing (records/s);
+2. end to end: stream workers (Ray actors, every semantic on: decode, dedupe, ordering,
+   windows, watermark, late routing, checkpoints) drain the backlog (events/s);
+3. freshness: events produced at a fixed offered rate (default 10k/s) with ``receivedAt`` set
+   at production; the workers' histogram of ``now - receivedAt`` at state update gives p50/p99;
+4. bytes of state per user: the size of the partition snapshots over the users they hold.
+
+    .venv/bin/python bench/stream.py                       # kafka-python
+    .venv/bin/python bench/stream.py --client confluent    # librdkafka
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import emit, git_rev, machine
+
+
+def _backlog(events: int, seed: int) -> list[tuple[bytes, bytes]]:
+    from ray_app.collect.parse import parse_request
+    from ray_app.config import SimSettings
+    from ray_app.sim import TrafficPlan
+
+    users = max(events // 21, 10)
+    plan = TrafficPlan.build(
+        SimSettings(
+            users=users,
+            seed=seed,
+            duplicate_share=0.05,
+            out_of_order_share=0.10,
+            malformed_share=0.0,
+        )
+    )
+    received = dt.datetime.now(dt.UTC)
+    out: list[tuple[bytes, bytes]] = []
+    for i in range(0, len(plan.sends), 200):
+        body = {
+            "batch": [c for _, c in plan.sends[i : i + 200]],
+            "writeKey": "k",
+            "sentAt": "2026-01-01T00:00:00Z",
+        }
+        parsed = parse_request(
+            "batch",
+            json.dumps(body).encode(),
+            content_encoding=None,
+            authorization=None,
+            write_keys={"bench": "k"},
+            received_at=received,
+        )
+        out += parsed.events
+    return out[:events]
+
+
+def _percentile(bounds: list[int], counts: list[int], q: float) -> float | None:
+    total = sum(counts)
+    if not total:
+        return None
+    seen = 0
+    for i, c in enumerate(counts):
+        seen += c
+        if seen >= q * total:
+            return float(bounds[i]) if i < len(bounds) else float("inf")
+    return None
+
+
+def _freshness(sup: Any) -> list[int]:
+    counts: list[int] = []
+    for st in sup.status():
+        c = st["freshnessCounts"]
+        counts = [a + b for a, b in zip(counts, c, strict=True)] if counts else list(c)
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python")
+    ap.add_argument("--events", type=int, default=200_000, help="backlog size")
+    ap.add_argument("--workers", type=int, default=2, help="stream worker actors")
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument(
+        "--offered-rate", type=float, default=10_000, help="events/s for the freshness phase"
+    )
+    ap.add_argument("--offered-seconds", type=float, default=10.0)
+    args = ap.parse_args()
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    import orjson
+    import ray
+
+    from ray_app.config import load_settings
+    from ray_app.kafka import EmbeddedBroker, OutRecord, ensure_topics, make_consumer, make_producer
+    from ray_app.stream import StreamSupervisor
+    from ray_app.stream.worker import FRESHNESS_BUCKETS_MS
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    settings = load_settings(
+        env={
+            "ONRAMP_KAFKA__CLIENT": args.client,
+            "ONRAMP_KAFKA__PARTITIONS": str(args.partitions),
+            "ONRAMP_KAFKA__TOPIC_PREFIX": "bench",
+        }
+    )
+    log(f"building {args.events:,} events ...")
+    records = _backlog(args.events, seed=11)
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, settings.kafka)
+        topic = settings.topics.events
+        loader = make_producer(
+            broker.bootstrap, settings.kafka.model_copy(update={"client": "confluent"})
+        )
+        loader.send_all([OutRecord(topic, v, key=k) for k, v in records]).result(timeout=600)
+        log(f"backlog of {len(records):,} records in {topic}")
+
+        # 1. baseline: raw consume, same client, same topic
+        consumer = make_consumer(broker.bootstrap, settings.kafka)
+        consumer.assign([(topic, p) for p in range(args.partitions)])
+        n, started = 0, time.perf_counter()
+        while n < len(records) and time.perf_counter() - started < 120:
+            n += len(consumer.poll(0.2, 10_000))
+        raw_rate = n / (time.perf_counter() - started)
+        consumer.close()
+        log(f"raw consume ({args.client}): {raw_rate:,.0f} records/s")
+
+        # 2. end to end: drain the backlog with every semantic on
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ckpt = tempfile.mkdtemp(prefix="onramp-bench-ckpt-")
+        sup = StreamSupervisor(
+            settings, broker.bootstrap, workers=args.workers, checkpoint_uri=ckpt
+        )
+        started = time.perf_counter()
+        sup.start()
+        totals = sup.wait_for(len(records), timeout_s=600)
+        e2e_s = time.perf_counter() - started
+        e2e_rate = totals.get("records", 0) / e2e_s
+        log(f"end to end ({args.workers} workers): {e2e_rate:,.0f} events/s  {totals}")
+
+        # 3. freshness at a fixed offered load
+        before = _freshness(sup)
+        producer = make_producer(
+            broker.bootstrap, settings.kafka.model_copy(update={"client": "confluent"})
+        )
+        offered = int(args.offered_rate * args.offered_seconds)
+        step = max(int(args.offered_rate / 100), 1)  # 100 sends a second
+        start = time.perf_counter()
+        sent = 0
+        i = 0
+        while sent < offered:
+            now_iso = (
+                dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            )
+            chunk = []
+            for _ in range(step):
+                k, v = records[i % len(records)]
+                d = orjson.loads(v)
+                d["messageId"] = f"fresh-{sent}"
+                d["receivedAt"] = now_iso
+                d["timestamp"] = now_iso
+                chunk.append(OutRecord(topic, orjson.dumps(d), key=k))
+                sent += 1
+                i += 1
+            producer.send_all(chunk)
+            delay = start + sent / args.offered_rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        producer.flush(60)
+        achieved = sent / (time.perf_counter() - start)
+        sup.wait_for(len(records) + sent, timeout_s=120)
+        after = _freshness(sup)
+        window = [a - b for a, b in zip(after, before, strict=True)]
+        bounds = list(FRESHNESS_BUCKETS_MS)
+        p50, p99 = _percentile(bounds, window, 0.50), _percentile(bounds, window, 0.99)
+        log(
+            f"freshness at {achieved:,.0f} events/s offered: p50 <= {p50} ms, p99 <= {p99} ms ({sum(window):,} events)"
+        )
+
+        # 4. bytes of state per user
+        sizes = [ray.get(w.state_size.remote()) for w in sup.workers]
+        state_bytes = sum(s["bytes"] for s in sizes)
+        users = sum(s["users"] for s in sizes)
+        log(
+            f"state: {state_bytes:,} bytes for {users:,} users ({state_bytes / max(users, 1):,.0f} bytes/user)"
+        )
+        sup.stop()
+        producer.close()
+        loader.close()
+        ray.shutdown()
+
+    emit(
+        {
+            "benchmark": "stream",
+            "figure": "events/s from onramp.events to applied state (decode, dedupe, ordering, windows, late routing, checkpoints)",
+            "value": round(e2e_rate, 1),
+            "baseline": "raw consume of the same topic by the same client, no processing",
+            "baseline_value": round(raw_rate, 1),
+            "ratio": round(e2e_rate / raw_rate, 3),
+            "workers": args.workers,
+            "partitions": args.partitions,
+            "events": len(records),
+            "freshness_offered_per_s": round(achieved, 1),
+            "freshness_p50_ms_at_most": p50,
+            "freshness_p99_ms_at_most": p99,
+            "freshness_note": "receivedAt set when the record is produced: Kafka + worker, not the collector",
+            "state_bytes_per_user": round(state_bytes / max(users, 1), 1),
+            "users": users,
+            "totals": totals,
+            "kafka_client": args.client,
+            "machine": machine(),
+            "git": git_rev(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
