@@ -248,7 +248,7 @@ def main() -> None:
     )
     print(f"starting broker + Ray + Serve (client {args.client}) ...", file=sys.stderr, flush=True)
     scenarios: list[dict[str, Any]] = []
-    with Stack(settings) as stack:
+    with Stack(settings, start_stream=False) as stack:  # the collector alone
         assert stack.bootstrap is not None
         url = stack.base_url
         run_scenario(url, "/v1/batch", 100, 4, 2.0)  # warm up

@@ -44,13 +44,18 @@ def _backlog(events: int, seed: int) -> list[tuple[bytes, bytes]]:
             malformed_share=0.0,
         )
     )
+    from ray_app.sim.population import virtual_iso
+
     received = dt.datetime.now(dt.UTC)
+    # The devices "send" everything at the end of the simulated period, so after skew correction
+    # the backlog lies in the past and events produced later (freshness phase) are on time.
+    sent_at = virtual_iso(max(at for at, _ in plan.sends) + 1)
     out: list[tuple[bytes, bytes]] = []
     for i in range(0, len(plan.sends), 200):
         body = {
             "batch": [c for _, c in plan.sends[i : i + 200]],
             "writeKey": "k",
-            "sentAt": "2026-01-01T00:00:00Z",
+            "sentAt": sent_at,
         }
         parsed = parse_request(
             "batch",
@@ -170,6 +175,8 @@ def main() -> None:
                 k, v = records[i % len(records)]
                 d = orjson.loads(v)
                 d["messageId"] = f"fresh-{sent}"
+                if "sessionId" in d:  # new onboarding sessions, as live traffic would bring
+                    d["sessionId"] = f"{d['sessionId']}-live{i // len(records)}"
                 d["receivedAt"] = now_iso
                 d["timestamp"] = now_iso
                 chunk.append(OutRecord(topic, orjson.dumps(d), key=k))
@@ -181,7 +188,11 @@ def main() -> None:
                 time.sleep(delay)
         producer.flush(60)
         achieved = sent / (time.perf_counter() - start)
-        sup.wait_for(len(records) + sent, timeout_s=120)
+        waited = time.perf_counter()
+        after_totals = sup.wait_for(len(records) + sent, timeout_s=120)
+        log(
+            f"offered phase done; drained {time.perf_counter() - waited:.1f}s later: {after_totals}"
+        )
         after = _freshness(sup)
         window = [a - b for a, b in zip(after, before, strict=True)]
         bounds = list(FRESHNESS_BUCKETS_MS)

@@ -6,6 +6,7 @@ key); ``GET /healthz``; ``GET /metrics``.
 The work is done by :class:`ray_app.collect.Collector`; this module only moves bytes and headers.
 """
 
+import asyncio
 import datetime as dt
 import hmac
 import logging
@@ -23,6 +24,7 @@ from ray_app.collect.parse import write_key_from_header
 from ray_app.config import Settings
 from ray_app.stream.supervisor import ProfileReader, StreamUnavailable
 from ray_app.telemetry import OtelHooks
+from ray_app.telemetry.stream import stream_metrics_text
 from validation.reasons import ReasonCode
 from validation.wire import json_schema
 
@@ -279,7 +281,15 @@ class CollectorIngress:
 
     @api.get("/metrics", responses={200: {"description": "Prometheus text exposition."}})
     async def metrics(self) -> Response:
-        return Response(self.hooks.prometheus_text(), media_type="text/plain; version=0.0.4")
+        text = self.hooks.prometheus_text()
+        try:
+            status = await asyncio.wait_for(self.profiles.stream_status(), timeout=3)
+            text += stream_metrics_text(status).encode()
+        except StreamUnavailable:
+            pass  # no stream workers in this deployment: collector metrics only
+        except Exception:  # a worker restarting mid-scrape must not fail the scrape
+            log.warning("stream metrics unavailable for this scrape", exc_info=True)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     def __del__(self) -> None:
         # Serve calls this on graceful shutdown: flush what is queued, so nothing acknowledged

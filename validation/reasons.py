@@ -64,6 +64,14 @@ class ReasonCode(enum.StrEnum):
     INVALID_ONRAMP_CONTEXT = "invalid_onramp_context"
     """``context.onramp`` (session id, ``seq``, step id) is malformed."""
 
+    # -- stream batch validation (semantic checks on decoded events) ----------------------------
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    """Event time (after skew correction) too far before or after ``receivedAt``."""
+    NEGATIVE_DURATION = "negative_duration"
+    """``properties.durationMs`` is negative."""
+    UNKNOWN_STEP = "unknown_step"
+    """The step id is not in the onboarding catalog."""
+
     @property
     def http_status(self) -> int:
         """The status the collector answers with when this code decides the response."""

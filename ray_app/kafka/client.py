@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -228,6 +229,7 @@ class ConfluentProducer(_ProducerBase):
             **overrides,
         }
         self._producer = confluent.Producer(config)
+        self._queue_wait_s = settings.ack_timeout_s
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="onramp-producer-poll", daemon=True)
         self._poller.start()
@@ -243,13 +245,23 @@ class ConfluentProducer(_ProducerBase):
             else:
                 callback(Delivered(msg.topic(), msg.partition(), msg.offset()), None)
 
-        self._producer.produce(
-            record.topic,
-            value=record.value,
-            key=record.key,
-            headers=list(record.headers) or None,
-            on_delivery=on_delivery,
-        )
+        deadline = time.monotonic() + self._queue_wait_s
+        while True:
+            try:
+                self._producer.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=list(record.headers) or None,
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:  # librdkafka's local queue is full: wait for deliveries
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(
+                        f"producer queue full for {self._queue_wait_s}s", topic=record.topic
+                    ) from None
+                self._producer.poll(0.05)
 
     def flush(self, timeout_s: float) -> None:
         left = self._producer.flush(timeout_s)
@@ -277,6 +289,9 @@ class Consumer(Protocol):
 
     def assign_at(self, offsets: dict[tuple[str, int], int]) -> None: ...
 
+    def highwater(self, topic: str, partition: int) -> int | None:
+        """The end offset last reported by the broker for an assigned partition (no request)."""
+
     def close(self) -> None: ...
 
 
@@ -293,6 +308,7 @@ class KafkaPythonConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="onramp",
+            fetch_max_wait_ms=50,  # freshness: do not let an idle fetch sit for 500 ms
             **_security_kafka_python(settings),
             **overrides,
         )
@@ -315,6 +331,12 @@ class KafkaPythonConsumer:
         self._consumer.assign([TopicPartition(t, p) for t, p in offsets])
         for (t, p), off in offsets.items():
             self._consumer.seek(TopicPartition(t, p), off)
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        from kafka import TopicPartition
+
+        hw = self._consumer.highwater(TopicPartition(topic, partition))
+        return None if hw is None else int(hw)
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -350,6 +372,7 @@ class ConfluentConsumer:
                 "group.id": "onramp-reader",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
                 **_security_confluent(settings),
                 **overrides,
             }
@@ -364,6 +387,15 @@ class ConfluentConsumer:
         self._consumer.assign(
             [self._confluent.TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         )
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                self._confluent.TopicPartition(topic, partition), cached=True
+            )
+        except Exception:  # not fetched yet
+            return None
+        return None if high is None or high < 0 else int(high)
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         out = []
@@ -483,6 +515,10 @@ class InMemoryConsumer:
 
     def assign_at(self, offsets: dict[tuple[str, int], int]) -> None:
         self._positions = dict(offsets)
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        parts = self.broker.topics.get(topic, [])
+        return len(parts[partition]) if partition < len(parts) else None
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         out: list[Record] = []

@@ -1,7 +1,10 @@
 """Ordering by per-session ``seq``: a bounded reorder buffer, gap detection, and when to give up.
 
-Events of a session are released in ``seq`` order. An event ahead of the next expected ``seq``
-waits in the session's buffer. A gap is **given up on** (the missing events are skipped and
+Events of a session are released in ``seq`` order. A session's order starts at the first ``seq``
+this partition sees of it (its earlier events may have gone to another partition under the
+anonymous id before sign-up, or been dropped as malformed: waiting for them would hold the
+profile back for nothing). After that, an event ahead of the next expected ``seq`` waits in the
+session's buffer. A gap is **given up on** (the missing events are skipped and
 counted in ``gaps``) when either
 
 * the partition's event time has moved ``wait_ms`` past the earliest buffered event (the
@@ -18,10 +21,12 @@ replay of the same records releases the same events.
 
 >>> r = Reorderer(max_buffer=8, idle_ms=60_000)
 >>> ev = lambda seq, ts: Event(f"m{seq}", "u", "track", "x", ts, ts, session_id="s", seq=seq)
->>> [e.seq for e in r.offer(ev(1, 1_000))], [e.seq for e in r.offer(ev(0, 900))]
-([], [0, 1])
->>> [e.seq for e in r.offer(ev(3, 3_000))], [e.seq for e in r.advance(watermark=3_500)], r.gaps
-([], [3], 1)
+>>> [e.seq for e in r.offer(ev(0, 900))], [e.seq for e in r.offer(ev(2, 2_000))]
+([0], [])
+>>> [e.seq for e in r.offer(ev(1, 1_000))]
+[1, 2]
+>>> [e.seq for e in r.offer(ev(4, 4_000))], [e.seq for e in r.advance(watermark=4_500)], r.gaps
+([], [4], 1)
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class Reorderer:
             return [event]
         cur = self.sessions.get(sid)
         if cur is None:
-            cur = self.sessions[sid] = SessionCursor()
+            cur = self.sessions[sid] = SessionCursor(next_seq=seq)
         if event.ts > cur.last_ts:
             cur.last_ts = event.ts
             heapq.heappush(self.idle, (event.ts, sid))

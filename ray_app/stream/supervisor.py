@@ -257,6 +257,17 @@ class ProfileReader:
             raise StreamUnavailable(f"stream workers are not running: {exc}") from None
         return self._routes
 
+    async def stream_status(self) -> list[dict[str, Any]]:
+        """The supervisor's ``status()``: per worker, per partition counters, lag, freshness."""
+        import ray
+
+        try:
+            sup = ray.get_actor(SUPERVISOR_NAME, namespace=self.namespace)
+            result: list[dict[str, Any]] = await sup.status.remote()
+        except (ValueError, ray.exceptions.RayActorError) as exc:
+            raise StreamUnavailable(f"stream workers are not running: {exc}") from None
+        return result
+
     async def get(self, user_key: str) -> dict[str, Any] | None:
         import ray
 

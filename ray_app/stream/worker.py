@@ -91,6 +91,8 @@ class StreamWorker:
         self._last_checkpoint = time.monotonic()
         self.checkpoints = 0
         self.freshness = [0] * (len(FRESHNESS_BUCKETS_MS) + 1)
+        self.freshness_sum_ms = 0.0
+        self.lag: dict[int, int] = {}
         self.error: str | None = None
 
     # -- the loop ----------------------------------------------------------------------------
@@ -110,6 +112,7 @@ class StreamWorker:
                 records = self._consumer.poll(timeout_s=0.1, max_records=s.poll_max_records)
                 if records:
                     self._process(records)
+                self._update_lag()
                 if self._dirty and (
                     self._since_checkpoint >= s.checkpoint_every_records
                     or time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
@@ -146,6 +149,7 @@ class StreamWorker:
             self._producer.send_all(outputs).result(timeout=60)
 
     def _observe(self, ms: float) -> None:
+        self.freshness_sum_ms += ms
         for i, bound in enumerate(FRESHNESS_BUCKETS_MS):
             if ms <= bound:
                 self.freshness[i] += 1
@@ -189,6 +193,15 @@ class StreamWorker:
         with self._lock:
             return self.shards[partition].profiles_as_dicts()
 
+    def _update_lag(self) -> None:
+        """Records per partition not yet taken: broker end offset - next offset. Runs on the
+        loop's thread (Kafka consumers are not thread-safe). The embedded broker reports the
+        start of its last batch + 1 as the end, so there it under-counts."""
+        for p in self.partitions:
+            hw = self._consumer.highwater(self.topics.events, p)
+            if hw is not None:
+                self.lag[p] = max(hw - self.next_offset[p], 0)
+
     def state_size(self) -> dict[str, int]:
         """Bytes of the snapshots of this worker's partitions and the users they hold."""
         with self._lock:
@@ -206,6 +219,7 @@ class StreamWorker:
                         "nextOffset": self.next_offset[p],
                         "buffered": self.shards[p].buffered,
                         "watermark": self.shards[p].watermark,
+                        "lag": self.lag.get(p),
                         **self.shards[p].stats.as_dict(),
                     }
                     for p in self.partitions
@@ -214,6 +228,7 @@ class StreamWorker:
                 "checkpoints": self.checkpoints,
                 "freshnessBucketsMs": list(FRESHNESS_BUCKETS_MS),
                 "freshnessCounts": list(self.freshness),
+                "freshnessSumMs": self.freshness_sum_ms,
                 "error": self.error,
             }
 

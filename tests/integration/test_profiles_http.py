@@ -78,6 +78,15 @@ def test_profile_route_serves_the_live_profile(collector, broker, tmp_path):
                 == 200
             )
             assert http.get(f"/v1/profiles/nobody-{user}", headers=READ).status_code == 404
+            metrics = http.get("/metrics").text
+            assert 'onramp_stream_records_total{partition="0",outcome="applied"}' in metrics
+            count = [
+                ln
+                for ln in metrics.splitlines()
+                if ln.startswith("onramp_stream_freshness_seconds_count")
+            ]
+            assert count and float(count[0].split()[-1]) >= 3
+            assert "onramp_stream_consumer_lag_records" in metrics
         finally:
             ray.get(sup.stop.remote(), timeout=120)
             ray.kill(sup)

@@ -250,10 +250,10 @@ def test_late_events_are_routed_with_the_reason_and_counted():
 def test_events_are_released_in_seq_order_and_gaps_are_given_up():
     cfg = StateConfig(allowed_lateness_ms=60_000, reorder_max_buffer=3)
     shard = SessionShard(0, cfg)
-    r = shard.process([record("m2", seq=2, ts=T0 + 2_000), record("m1", seq=1, ts=T0 + 1_000)])
-    assert r.applied == 0 and shard.buffered == 2  # waiting for seq 0
-    r = shard.process([record("m0", seq=0, ts=T0)])
-    assert r.applied == 3 and shard.buffered == 0
+    r = shard.process([record("m0", seq=0, ts=T0), record("m2", seq=2, ts=T0 + 2_000)])
+    assert r.applied == 1 and shard.buffered == 1  # seq 2 waits for seq 1
+    r = shard.process([record("m1", seq=1, ts=T0 + 1_000)])
+    assert r.applied == 2 and shard.buffered == 0
     # seq 3 never comes; 4..7 overflow the buffer of 3: the gap is given up on
     r = shard.process([record(f"n{s}", seq=s, ts=T0 + s * 1_000) for s in (4, 5, 6, 7)])
     assert r.applied == 4 and shard.order.gaps == 1
@@ -264,15 +264,28 @@ def test_events_are_released_in_seq_order_and_gaps_are_given_up():
 
 def test_a_gap_is_given_up_after_the_reorder_wait():
     shard = SessionShard(0, StateConfig(allowed_lateness_ms=60_000, reorder_wait_ms=2_000))
-    shard.process([record("m1", seq=1, ts=T0 + 1_000), record("m2", seq=2, ts=T0 + 2_500)])
-    assert shard.buffered == 2  # event time has moved 1.5 s: still waiting for seq 0
+    shard.process(
+        [
+            record("m0", seq=0, ts=T0),
+            record("m2", seq=2, ts=T0 + 1_000),
+            record("m3", seq=3, ts=T0 + 2_500),
+        ]
+    )
+    assert shard.buffered == 2  # event time has moved 1.5 s past seq 2: still waiting for seq 1
     r = shard.process([record("x", user="u2", seq=0, session="s2", ts=T0 + 3_100)])
     assert r.applied == 3 and shard.buffered == 0 and shard.order.gaps == 1
 
 
+def test_a_session_first_seen_mid_way_starts_there():
+    # its first events went to another partition (keyed by the anonymous id before sign-up)
+    shard = SessionShard(0)
+    r = shard.process([record("m5", seq=5, ts=T0), record("m6", seq=6, ts=T0 + 1)])
+    assert r.applied == 2 and shard.buffered == 0 and shard.order.gaps == 0
+
+
 def test_a_gap_is_given_up_when_the_watermark_passes():
-    shard = SessionShard(0, StateConfig(allowed_lateness_ms=60_000))
-    shard.process([record("m1", seq=1, ts=T0 + 1_000)])
+    shard = SessionShard(0, StateConfig(allowed_lateness_ms=60_000, reorder_wait_ms=10**9))
+    shard.process([record("m0", seq=0, ts=T0), record("m2", seq=2, ts=T0 + 1_000)])
     assert shard.buffered == 1
     r = shard.process([record("other", user="u2", seq=0, session="s2", ts=T0 + 120_000)])
     assert r.applied == 2 and shard.buffered == 0 and shard.order.gaps == 1
