@@ -16,7 +16,6 @@ Starts the embedded broker and a local Ray, loads a backlog of simulated onboard
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import tempfile
@@ -30,43 +29,19 @@ from bench._common import emit, git_rev, machine
 
 
 def _backlog(events: int, seed: int) -> list[tuple[bytes, bytes]]:
-    from ray_app.collect.parse import parse_request
+    """Simulated traffic as the collector writes it; the devices "send" at the end of the
+    simulated period, so the backlog lies in the past and later (fresh) events are on time."""
     from ray_app.config import SimSettings
     from ray_app.sim import TrafficPlan
 
-    users = max(events // 21, 10)
-    plan = TrafficPlan.build(
-        SimSettings(
-            users=users,
-            seed=seed,
-            duplicate_share=0.05,
-            out_of_order_share=0.10,
-            malformed_share=0.0,
-        )
+    settings = SimSettings(
+        users=max(events // 21, 10),
+        seed=seed,
+        duplicate_share=0.05,
+        out_of_order_share=0.10,
+        malformed_share=0.0,
     )
-    from ray_app.sim.population import virtual_iso
-
-    received = dt.datetime.now(dt.UTC)
-    # The devices "send" everything at the end of the simulated period, so after skew correction
-    # the backlog lies in the past and events produced later (freshness phase) are on time.
-    sent_at = virtual_iso(max(at for at, _ in plan.sends) + 1)
-    out: list[tuple[bytes, bytes]] = []
-    for i in range(0, len(plan.sends), 200):
-        body = {
-            "batch": [c for _, c in plan.sends[i : i + 200]],
-            "writeKey": "k",
-            "sentAt": sent_at,
-        }
-        parsed = parse_request(
-            "batch",
-            json.dumps(body).encode(),
-            content_encoding=None,
-            authorization=None,
-            write_keys={"bench": "k"},
-            received_at=received,
-        )
-        out += parsed.events
-    return out[:events]
+    return TrafficPlan.build(settings).normalized(dt.datetime.now(dt.UTC), batch=200)[:events]
 
 
 def _percentile(bounds: list[int], counts: list[int], q: float) -> float | None:

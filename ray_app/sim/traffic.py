@@ -14,6 +14,7 @@ True
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import heapq
 import json
 import random
@@ -117,6 +118,41 @@ class TrafficPlan:
         if how:
             entry["malformation"] = how
         self.truth.append(entry)
+
+    def normalized(
+        self,
+        received_at: dt.datetime,
+        sent_at: str | None = None,
+        batch: int = 100,
+        write_key: str = "sim-key",
+    ) -> list[tuple[bytes, bytes]]:
+        """The plan's events as the collector writes them to ``onramp.events``: (key, value) in
+        sending order, malformed ones left out, without HTTP or Kafka in between.
+
+        ``sent_at`` is each batch's ``sentAt`` on the devices' clock; by default the end of the
+        simulated period, so that after skew correction every event lies before ``received_at``.
+        """
+        from ray_app.collect.parse import parse_request
+
+        if sent_at is None:
+            sent_at = virtual_iso(max((at for at, _ in self.sends), default=0.0) + 1)
+        out: list[tuple[bytes, bytes]] = []
+        for i in range(0, len(self.sends), batch):
+            body = {
+                "batch": [c for _, c in self.sends[i : i + batch]],
+                "writeKey": write_key,
+                "sentAt": sent_at,
+            }
+            parsed = parse_request(
+                "batch",
+                json.dumps(body).encode(),
+                content_encoding=None,
+                authorization=None,
+                write_keys={"sim": write_key},
+                received_at=received_at,
+            )
+            out += parsed.events
+        return out
 
     def count(self, kind: str) -> int:
         return sum(1 for e in self.truth if e["kind"] == kind)

@@ -16,21 +16,13 @@ from typing import Any
 import orjson
 
 from validation.reasons import ReasonCode
+from validation.wire import WireError
 
 __all__ = ["Event", "EventDecodeError", "decode_event", "parse_ms"]
 
 
-class EventDecodeError(ValueError):
+class EventDecodeError(WireError):
     """A record of ``onramp.events`` that is not a normalized event (it goes to the DLQ)."""
-
-    def __init__(self, reason: ReasonCode, field: str | None, message: str) -> None:
-        super().__init__(reason, field, message)
-        self.reason = reason
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.reason.value} at {self.field}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from ray_app.collect.parse import parse_request
 from ray_app.config import SimSettings
 from ray_app.kafka import OutRecord, ensure_topics, make_consumer, make_producer
 from ray_app.kafka.client import partition_for
@@ -34,24 +33,7 @@ def _records(users: int, seed: int):
             malformed_share=0.0,
         )
     )
-    received = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
-    out = []
-    for i in range(0, len(plan.sends), 100):
-        parsed = parse_request(
-            "batch",
-            json.dumps(
-                {
-                    "batch": [c for _, c in plan.sends[i : i + 100]],
-                    "writeKey": "k",
-                    "sentAt": "2026-01-01T00:00:00Z",
-                }
-            ).encode(),
-            content_encoding=None,
-            authorization=None,
-            write_keys={"sim": "k"},
-            received_at=received + dt.timedelta(seconds=i / 100),
-        )
-        out += parsed.events
+    out = plan.normalized(dt.datetime(2026, 6, 1, tzinfo=dt.UTC), sent_at="2026-01-01T00:00:00Z")
     rng = random.Random(seed)
     injected_malformed = injected_late = 0
     for _ in range(300):  # malformed records straight into the topic

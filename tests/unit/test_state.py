@@ -8,7 +8,6 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_app.collect.parse import parse_request
 from ray_app.config import SimSettings
 from ray_app.kafka.client import partition_for
 from ray_app.sim import TrafficPlan
@@ -319,20 +318,8 @@ def _simulated_partitions(users=300, partitions=4, seed=5):
     plan = TrafficPlan.build(SimSettings(users=users, seed=seed))
     received = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
     parts = {p: [] for p in range(partitions)}
-    for i in range(0, len(plan.sends), 50):
-        batch = [c for _, c in plan.sends[i : i + 50]]
-        parsed = parse_request(
-            "batch",
-            json.dumps(
-                {"batch": batch, "writeKey": "k", "sentAt": "2026-01-01T00:00:00Z"}
-            ).encode(),
-            content_encoding=None,
-            authorization=None,
-            write_keys={"sim": "k"},
-            received_at=received + dt.timedelta(seconds=i / 50),
-        )
-        for key, value in parsed.events:
-            parts[partition_for(key, partitions)].append((key, value))
+    for key, value in plan.normalized(received, sent_at="2026-01-01T00:00:00Z", batch=50):
+        parts[partition_for(key, partitions)].append((key, value))
     return plan, parts
 
 
