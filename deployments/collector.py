@@ -22,6 +22,7 @@ from ray_app import __version__
 from ray_app.collect import Collector, Reply, kafka_producer_factory
 from ray_app.collect.parse import write_key_from_header
 from ray_app.config import Settings
+from ray_app.enrich import CrmTable
 from ray_app.stream.supervisor import ProfileReader, StreamUnavailable
 from ray_app.telemetry import OtelHooks
 from ray_app.telemetry.stream import stream_metrics_text
@@ -138,6 +139,7 @@ class CollectorIngress:
         self._max_body = settings.collector.max_request_bytes
         self._read_keys = [k.get_secret_value() for k in settings.collector.read_keys.values()]
         self.profiles = ProfileReader(settings.ray.namespace)
+        self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s)
 
     async def _collect(self, route: str, request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -248,9 +250,15 @@ class CollectorIngress:
             "lastEventReceivedAt": iso_ms(last) if last else None,
             "ageMs": int(time.time() * 1000) - last if last else None,
         }
-        return self._json(
-            200, {"userKey": user_id, "profile": profile, "freshness": freshness}, origin
-        )
+        enrichment = self.crm.enrich(profile)
+        self.hooks.enrichment(enrichment["found"])
+        body = {
+            "userKey": user_id,
+            "profile": profile,
+            "enrichment": enrichment,
+            "freshness": freshness,
+        }
+        return self._json(200, body, origin)
 
     def _read_key_ok(self, authorization: str | None) -> bool:
         if not authorization:

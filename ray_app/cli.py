@@ -282,6 +282,13 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         _print_urls(stack, settings)
         _, key = next(iter(settings.collector.write_keys.items()))
         truth = Path(settings.state_dir) / "sim" / "ground_truth.jsonl"
+        if not settings.crm_path.exists():  # a CRM table for the simulated accounts
+            from ray_app.enrich import write_demo_crm
+            from ray_app.sim.population import Population, crm_accounts
+
+            population = Population(settings.sim.seed, settings.sim.users)
+            write_demo_crm(settings.crm_path, crm_accounts(population))
+            print(f"  CRM table       : {settings.crm_path} (simulated accounts)", flush=True)
         sim = Simulator(stack.base_url, key.get_secret_value(), settings.sim, truth_path=truth)
         print(
             f"simulating {settings.sim.users} users ({len(sim.plan.sends)} events at "

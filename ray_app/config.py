@@ -28,6 +28,7 @@ from ray_app.errors import ConfigError
 
 __all__ = [
     "BrokerSettings",
+    "EnrichSettings",
     "CollectorSettings",
     "KafkaSettings",
     "RaySettings",
@@ -170,6 +171,18 @@ class StreamSettings(_Section):
     )
 
 
+class EnrichSettings(_Section):
+    """The CRM/context table joined to profiles when they are read."""
+
+    crm_path: Path | None = Field(
+        None,
+        description="CSV or Parquet with userId and/or accountId columns; empty: <state_dir>/crm.csv.",
+    )
+    reload_interval_s: float = Field(
+        5.0, gt=0, description="How often to check the file for changes."
+    )
+
+
 class SimSettings(_Section):
     """The onboarding simulator."""
 
@@ -190,7 +203,12 @@ class Settings(_Section):
     ray: RaySettings = Field(default_factory=RaySettings)  # type: ignore[arg-type]
     sim: SimSettings = Field(default_factory=SimSettings)  # type: ignore[arg-type]
     stream: StreamSettings = Field(default_factory=StreamSettings)  # type: ignore[arg-type]
+    enrich: EnrichSettings = Field(default_factory=EnrichSettings)  # type: ignore[arg-type]
     state_dir: Path = Field(Path(".onramp"), description="Local directory for logs and state.")
+
+    @property
+    def crm_path(self) -> Path:
+        return self.enrich.crm_path or Path(self.state_dir) / "crm.csv"
 
     @property
     def topics(self) -> Topics:

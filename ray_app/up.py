@@ -98,6 +98,13 @@ class Stack:
     """Broker (embedded unless configured), Ray and Onramp's Serve application."""
 
     def __init__(self, settings: Settings, start_stream: bool = True) -> None:
+        # Actors and replicas may run in another directory: make the local paths absolute.
+        settings = settings.model_copy(update={"state_dir": Path(settings.state_dir).resolve()})
+        if settings.enrich.crm_path is not None:
+            enrich = settings.enrich.model_copy(
+                update={"crm_path": settings.enrich.crm_path.resolve()}
+            )
+            settings = settings.model_copy(update={"enrich": enrich})
         self.settings = settings
         self.start_stream = start_stream
         self.supervisor: Any = None

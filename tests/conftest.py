@@ -4,8 +4,11 @@ expensive on 2 cores); everything is started lazily, only when an integration te
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from ray_app.kafka import EmbeddedBroker, ensure_topics, make_consumer
 from ray_app.kafka.broker import free_port
 
 WRITE_KEY = "test-write-key"
+CRM_PATH = Path(tempfile.gettempdir()) / f"onramp-test-crm-{os.getpid()}.csv"
 PARTITIONS = 4
 
 
@@ -23,6 +27,8 @@ def make_settings(bootstrap: str | None = None, **env: str) -> Settings:
         "ONRAMP_KAFKA__PARTITIONS": str(PARTITIONS),
         "ONRAMP_COLLECTOR__WRITE_KEYS": json.dumps({"test": WRITE_KEY, "web": "web-key"}),
         "ONRAMP_COLLECTOR__CORS_ORIGINS": json.dumps(["https://app.example.com"]),
+        "ONRAMP_ENRICH__CRM_PATH": str(CRM_PATH),
+        "ONRAMP_ENRICH__RELOAD_INTERVAL_S": "0.2",
     }
     if bootstrap:
         base["ONRAMP_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap

@@ -29,6 +29,7 @@ __all__ = [
     "Segment",
     "SimCall",
     "SimUser",
+    "crm_accounts",
     "journey",
     "virtual_iso",
 ]
@@ -184,6 +185,37 @@ class Population:
                     },
                 )
             )
+
+
+_PLANS = {
+    "startup_founder": "starter",
+    "smb_manager": "team",
+    "enterprise_admin": "enterprise",
+    "developer": "free",
+}
+_INDUSTRIES = ("saas", "fintech", "retail", "health", "education")
+_REGIONS = ("na", "emea", "apac")
+
+
+def crm_accounts(population: Population, missing_share: float = 0.1) -> dict[str, dict[str, Any]]:
+    """A CRM row per account of the population (seeded), with ``missing_share`` of the accounts
+    left out, as a real CRM never knows everyone."""
+    rng = random.Random(population.seed * 7919 + 1)
+    rows: dict[str, dict[str, Any]] = {}
+    for user in population.users:
+        acct = user.traits["accountId"]
+        if acct in rows or rng.random() < missing_share:
+            rows.setdefault(acct, {})
+            continue
+        size = user.traits["companySize"]
+        low = int(size.split("-")[0].rstrip("+"))
+        rows[acct] = {
+            "plan": _PLANS[user.segment.name],
+            "industry": rng.choice(_INDUSTRIES),
+            "employees": low + rng.randrange(max(low, 10)),
+            "region": rng.choice(_REGIONS),
+        }
+    return {k: v for k, v in rows.items() if v}
 
 
 def _lognormal_seconds(rng: random.Random, median: float, speed: float) -> float:

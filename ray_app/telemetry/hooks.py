@@ -26,6 +26,9 @@ class CollectorHooks(Protocol):
         """A request answered 503 because Kafka did not acknowledge (``timeout``,
         ``backpressure``, ``error``, ``reconnecting``)."""
 
+    def enrichment(self, found: bool) -> None:
+        """One CRM lookup for a profile read: a row was found, or the defaults were used."""
+
 
 class NoopHooks:
     """Hooks that do nothing (the default)."""
@@ -40,6 +43,9 @@ class NoopHooks:
         pass
 
     def kafka_unavailable(self, cause: str) -> None:
+        pass
+
+    def enrichment(self, found: bool) -> None:
         pass
 
 
@@ -78,6 +84,9 @@ class OtelHooks:
         self._latency = meter.create_histogram(
             "onramp.http.request.duration", unit="s", description="HTTP request latency"
         )
+        self._enrichment = meter.create_counter(
+            "onramp.enrichment.lookups", description="CRM lookups on profile reads, hit or miss"
+        )
         self._unavailable = meter.create_counter(
             "onramp.kafka.unavailable", description="503 answers because Kafka did not acknowledge"
         )
@@ -95,6 +104,9 @@ class OtelHooks:
 
     def kafka_unavailable(self, cause: str) -> None:
         self._unavailable.add(1, {"cause": cause})
+
+    def enrichment(self, found: bool) -> None:
+        self._enrichment.add(1, {"result": "hit" if found else "miss"})
 
     def prometheus_text(self) -> bytes:
         """The Prometheus exposition of everything recorded so far."""

@@ -16,9 +16,12 @@ READ = {"authorization": "Bearer onramp-demo-read-key"}
 def test_profile_route_serves_the_live_profile(collector, broker, tmp_path):
     import ray
 
+    from ray_app.enrich import DEFAULTS
     from ray_app.stream import start_supervisor_actor
+    from tests.conftest import CRM_PATH
 
     user = f"p-{uuid.uuid4().hex[:10]}"
+    CRM_PATH.write_text(f"accountId,plan,employees\nacct-{user},enterprise,1200\n")
     with httpx.Client(base_url=collector.base_url, timeout=30) as http:
         assert http.get(f"/v1/profiles/{user}").status_code == 401
         assert (
@@ -36,7 +39,7 @@ def test_profile_route_serves_the_live_profile(collector, broker, tmp_path):
                 {
                     "type": "identify",
                     "userId": user,
-                    "traits": {"role": "founder"},
+                    "traits": {"role": "founder", "accountId": f"acct-{user}"},
                     "context": {"onramp": {"sessionId": "s1", "seq": 0}},
                 },
                 {
@@ -67,7 +70,15 @@ def test_profile_route_serves_the_live_profile(collector, broker, tmp_path):
             assert r is not None and r.status_code == 200, r.text if r is not None else None
             body = r.json()
             p = body["profile"]
-            assert p["traits"] == {"role": "founder"} and p["stepsCompleted"] == ["role"]
+            assert p["traits"] == {"role": "founder", "accountId": f"acct-{user}"}
+            assert p["stepsCompleted"] == ["role"]
+            assert body["enrichment"] == {
+                "found": True,
+                "by": "accountId",
+                "accountId": f"acct-{user}",
+                "plan": "enterprise",
+                "employees": 1200,
+            }
             assert p["steps"]["role"]["timeMs"] == 4200
             assert body["freshness"]["ageMs"] >= 0 and body["freshness"][
                 "lastEventReceivedAt"
@@ -78,6 +89,14 @@ def test_profile_route_serves_the_live_profile(collector, broker, tmp_path):
                 == 200
             )
             assert http.get(f"/v1/profiles/nobody-{user}", headers=READ).status_code == 404
+            CRM_PATH.write_text("accountId,plan\nacct-other,free\n")  # the CRM changes: reloaded
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                enrichment = http.get(f"/v1/profiles/{user}", headers=READ).json()["enrichment"]
+                if not enrichment["found"]:
+                    break
+                time.sleep(0.3)
+            assert enrichment == {"found": False, "by": None, **DEFAULTS}
             metrics = http.get("/metrics").text
             assert 'onramp_stream_records_total{partition="0",outcome="applied"}' in metrics
             count = [
@@ -87,6 +106,7 @@ def test_profile_route_serves_the_live_profile(collector, broker, tmp_path):
             ]
             assert count and float(count[0].split()[-1]) >= 3
             assert "onramp_stream_consumer_lag_records" in metrics
+            assert 'onramp_enrichment_lookups_total{result="miss"}' in metrics
         finally:
             ray.get(sup.stop.remote(), timeout=120)
             ray.kill(sup)
