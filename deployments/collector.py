@@ -7,8 +7,6 @@ The work is done by :class:`ray_app.collect.Collector`; this module only moves b
 """
 
 import asyncio
-import datetime as dt
-import hmac
 import logging
 import time
 from typing import Any
@@ -20,7 +18,7 @@ from ray import serve
 
 from ray_app import __version__
 from ray_app.collect import Collector, Reply, kafka_producer_factory
-from ray_app.collect.parse import write_key_from_header
+from ray_app.collect.parse import iso_ms, key_owner, write_key_from_header
 from ray_app.config import Settings
 from ray_app.enrich import CrmTable
 from ray_app.stream.supervisor import ProfileReader, StreamUnavailable
@@ -75,11 +73,6 @@ _STATUSES: dict[int | str, dict[str, Any]] = {
         "Retry-After seconds. Nothing of the request is reported as accepted.",
     },
 }
-
-
-def iso_ms(ms: int) -> str:
-    t = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _DESCRIPTION = """\
@@ -137,7 +130,7 @@ class CollectorIngress:
         )
         self.collector.connect()
         self._max_body = settings.collector.max_request_bytes
-        self._read_keys = [k.get_secret_value() for k in settings.collector.read_keys.values()]
+        self._read_keys = {n: k.get_secret_value() for n, k in settings.collector.read_keys.items()}
         self.profiles = ProfileReader(settings.ray.namespace)
         self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s)
 
@@ -267,10 +260,7 @@ class CollectorIngress:
         key = token.strip() if scheme.lower() == "bearer" else write_key_from_header(authorization)
         if not key:
             return False
-        ok = False
-        for secret in self._read_keys:  # compare all, in constant time
-            ok |= hmac.compare_digest(key.encode(), secret.encode())
-        return ok
+        return key_owner(key, self._read_keys) is not None
 
     def _json(
         self,

@@ -301,6 +301,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         topics = settings.topics.all()
         counter = TopicCounter(stack.bootstrap, settings.kafka, topics)
         short = {t: t.removeprefix(settings.kafka.topic_prefix + ".") for t in topics}
+        announced = False
         try:
             while True:
                 done = stop.wait(args.every)
@@ -330,13 +331,9 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                 )
                 if done or (args.duration is not None and elapsed >= args.duration):
                     break
-                if (
-                    not sim_thread.is_alive()
-                    and args.duration is None
-                    and not getattr(sim, "_announced", False)
-                ):
+                if not sim_thread.is_alive() and args.duration is None and not announced:
                     print("simulation finished; Onramp keeps running until Ctrl-C", flush=True)
-                    sim._announced = True  # type: ignore[attr-defined]
+                    announced = True
         finally:
             stop.event.set()
             counter.close()

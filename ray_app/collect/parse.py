@@ -41,6 +41,8 @@ __all__ = [
     "correct_skew",
     "decode_body",
     "iso",
+    "iso_ms",
+    "key_owner",
     "parse_request",
     "write_key_from_header",
 ]
@@ -134,6 +136,11 @@ def iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch -> :func:`iso` text."""
+    return iso(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
+
+
 def correct_skew(
     received_at: dt.datetime, sent_at: dt.datetime | None, original: dt.datetime | None
 ) -> dt.datetime:
@@ -163,13 +170,14 @@ def write_key_from_header(authorization: str | None) -> str | None:
     return decoded.split(":", 1)[0] or None
 
 
-def _find_source(key: str | None, write_keys: Mapping[str, str]) -> str | None:
+def key_owner(key: str | None, keys: Mapping[str, str]) -> str | None:
+    """The name whose secret is ``key`` (write or read keys), compared in constant time."""
     if not key:
         return None
     found = None
-    for source, secret in write_keys.items():  # compare all, in constant time
+    for name, secret in keys.items():  # compare all, in constant time
         if hmac.compare_digest(key.encode(), secret.encode()):
-            found = source
+            found = name
     return found
 
 
@@ -303,8 +311,9 @@ def parse_request(
         "receivedAt": received_iso,
         **(origin or {}),
     }
-    header_source = _find_source(write_key_from_header(authorization), write_keys)
-    header_key_given = write_key_from_header(authorization) is not None
+    header_key = write_key_from_header(authorization)
+    header_source = key_owner(header_key, write_keys)
+    header_key_given = header_key is not None
 
     def reject_request(rej: Rejection, source: str | None) -> ParsedRequest:
         out = ParsedRequest(source=source, rejections=[rej])
@@ -338,7 +347,7 @@ def parse_request(
                     )
                 ],
             )
-        source = _find_source(body_key, write_keys)
+        source = key_owner(body_key, write_keys)
         if source is None:
             return ParsedRequest(
                 None,

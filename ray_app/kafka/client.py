@@ -313,9 +313,6 @@ class KafkaPythonConsumer:
             **overrides,
         )
 
-    def partitions_for(self, topic: str) -> set[int]:
-        return set(self._consumer.partitions_for_topic(topic) or ())
-
     def assign(self, partitions: Iterable[tuple[str, int]], from_beginning: bool = True) -> None:
         from kafka import TopicPartition
 

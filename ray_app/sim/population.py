@@ -39,8 +39,9 @@ _EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the simulated devices' clock s
 
 def virtual_iso(at: float) -> str:
     """Virtual seconds -> an ISO time on the simulated devices' clock."""
-    t = dt.datetime.fromtimestamp(_EPOCH + at, dt.UTC)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    from ray_app.collect.parse import iso
+
+    return iso(dt.datetime.fromtimestamp(_EPOCH + at, dt.UTC))
 
 
 #: The onboarding flow, in its default order.
