@@ -72,6 +72,12 @@ class KafkaSettings(_Section):
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers (SSL).")
+    consumer_group: str = Field(
+        "onramp-stream",
+        min_length=1,
+        description="Group the stream workers commit their checkpointed offsets to (for lag "
+        "monitoring with any Kafka tool; partitions are assigned by Onramp, not by the group).",
+    )
     linger_ms: int = Field(1, ge=0, le=10_000, description="Producer batching delay.")
     ack_timeout_s: float = Field(
         5.0,
@@ -168,6 +174,26 @@ class StreamSettings(_Section):
     )
     session_gap_ms: int = Field(
         1_800_000, ge=1, description="Inactivity that ends an activity session."
+    )
+    max_event_age_s: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="Batch validation: events older than this (event time vs receivedAt, after "
+        "skew correction) go to the DLQ as timestamp_out_of_range.",
+    )
+    max_event_future_s: float = Field(
+        300.0, ge=0, description="...and events this far in the future of their receivedAt."
+    )
+    max_user_events_per_s: int = Field(
+        50,
+        ge=1,
+        description="Batch validation: more events from one user in one second of event time "
+        "go to the DLQ as implausible_rate.",
+    )
+    validate_steps: bool = Field(
+        True,
+        description="Batch validation: step ids outside the onboarding catalog go to the DLQ "
+        "as unknown_step.",
     )
 
 

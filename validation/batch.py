@@ -10,67 +10,105 @@ Checks (reason code in brackets):
   (``timestamp_out_of_range``);
 * ``properties.durationMs`` absent or >= 0 (``negative_duration``);
 * call type one of Segment's (``unknown_type``);
-* step id, when present, in the onboarding catalog, when one is configured (``unknown_step``).
+* step id, when present, in the onboarding catalog, when one is configured (``unknown_step``);
+* the user's events in the same second of event time, counted in offset order up to and
+  including this one, at most ``max_user_events_per_s`` (``implausible_rate``). The caller
+  computes that running count (:class:`ray_app.state.SessionShard` does), which keeps the check
+  row-wise.
 
 >>> v = BatchValidator(known_steps={"role", "goals"})
 >>> rows = [dict(ts=1000, received=1000, kind="track", step_id="role", duration_ms=5),
 ...         dict(ts=1000, received=1000, kind="track", step_id="dance", duration_ms=None),
-...         dict(ts=1000, received=1000, kind="track", step_id=None, duration_ms=-3)]
+...         dict(ts=1000, received=1000, kind="track", step_id=None, duration_ms=-3),
+...         dict(ts=1000, received=1000, kind="track", step_id=None, user_rate=500)]
 >>> [(i, r.value) for i, r in v.failures(rows).items()]
-[(1, 'unknown_step'), (2, 'negative_duration')]
+[(1, 'unknown_step'), (2, 'negative_duration'), (3, 'implausible_rate')]
+>>> v.quality.as_dict()["failed"]
+{'unknown_step': 1, 'negative_duration': 1, 'implausible_rate': 1}
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from validation.reasons import ReasonCode
 
-__all__ = ["BatchValidator", "DataQuality"]
+__all__ = ["COLUMNS", "BatchValidator", "DataQuality"]
 
 _KINDS = ("track", "identify", "page", "screen", "group", "alias")
 _DAY_MS = 86_400_000
 
+#: The columns a batch carries, in order.
+COLUMNS = ("ts", "received", "kind", "step_id", "duration_ms", "user_rate", "segment")
+
+#: What a failing check blames, for DLQ records.
+FIELD_OF = {
+    ReasonCode.TIMESTAMP_OUT_OF_RANGE: "timestamp",
+    ReasonCode.NEGATIVE_DURATION: "properties.durationMs",
+    ReasonCode.UNKNOWN_TYPE: "type",
+    ReasonCode.UNKNOWN_STEP: "stepId",
+    ReasonCode.IMPLAUSIBLE_RATE: "timestamp",
+}
+
 
 @dataclass
 class DataQuality:
-    """Running data-quality figures over validated batches, for skew audits."""
+    """Running data-quality figures over validated batches, for skew audits: rows seen, failures
+    by reason, null rates of the optional columns, the mix of call types and of segments."""
 
     rows: int = 0
+    batches: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     nulls: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
+    segments: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        def share(counts: dict[str, int]) -> dict[str, float]:
+            return {k: round(v / self.rows, 4) for k, v in sorted(counts.items())} if self.rows else {}
+
         return {
             "rows": self.rows,
+            "batches": self.batches,
             "failed": dict(self.failed),
-            "nullRate": {k: round(v / self.rows, 4) for k, v in self.nulls.items()}
-            if self.rows
-            else {},
-            "kindMix": {k: round(v / self.rows, 4) for k, v in self.kinds.items()}
-            if self.rows
-            else {},
+            "nullRate": share(self.nulls),
+            "kindMix": share(self.kinds),
+            "segmentMix": share(self.segments),
         }
+
+    def merge(self, other: DataQuality) -> DataQuality:
+        """The sum of two (e.g. of every partition), as a new object."""
+        out = DataQuality(self.rows + other.rows, self.batches + other.batches)
+        for name in ("failed", "nulls", "kinds", "segments"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            setattr(out, name, {k: mine.get(k, 0) + theirs.get(k, 0) for k in {*mine, *theirs}})
+        return out
+
+
+def _add(counts: dict[str, int], key: str, n: int) -> None:
+    counts[key] = counts.get(key, 0) + n
 
 
 class BatchValidator:
-    """A pandera schema over the columns the state core reads."""
+    """A pandera schema over the columns the state core reads (see the module docstring)."""
 
     def __init__(
         self,
         max_age_ms: int = 30 * _DAY_MS,
         max_future_ms: int = 5 * 60_000,
         known_steps: Iterable[str] | None = None,
+        max_user_events_per_s: int = 50,
     ) -> None:
         import pandera.pandas as pa
 
         self.known_steps = frozenset(known_steps) if known_steps is not None else None
         self.max_age_ms = max_age_ms
         self.max_future_ms = max_future_ms
+        self.max_user_events_per_s = max_user_events_per_s
         self.quality = DataQuality()
+        steps = self.known_steps
         checks_ts = pa.Check(
             lambda df: (
                 (df["ts"] >= df["received"] - max_age_ms)
@@ -78,48 +116,81 @@ class BatchValidator:
             ),
             name=ReasonCode.TIMESTAMP_OUT_OF_RANGE.value,
         )
-        self._columns = {
-            "kind": pa.Column(
-                str, pa.Check(lambda s: s.isin(_KINDS), name=ReasonCode.UNKNOWN_TYPE.value)
-            ),
-            "duration_ms": pa.Column(
-                float,
-                pa.Check(lambda s: s.isna() | (s >= 0), name=ReasonCode.NEGATIVE_DURATION.value),
-                nullable=True,
-            ),
-        }
-        if self.known_steps is not None:
-            self._columns["step_id"] = pa.Column(
-                object,
-                pa.Check(
-                    lambda s: s.isna() | s.isin(self.known_steps),
-                    name=ReasonCode.UNKNOWN_STEP.value,
-                ),
-                nullable=True,
-            )
-        else:
-            self._columns["step_id"] = pa.Column(object, nullable=True)
+        step_checks = (
+            [pa.Check(lambda s: s.isna() | s.isin(steps), name=ReasonCode.UNKNOWN_STEP.value)]
+            if steps is not None
+            else []
+        )
         self.schema = pa.DataFrameSchema(
-            {"ts": pa.Column("int64"), "received": pa.Column("int64"), **self._columns},
+            {
+                "ts": pa.Column("int64"),
+                "received": pa.Column("int64"),
+                "kind": pa.Column(
+                    str, pa.Check(lambda s: s.isin(_KINDS), name=ReasonCode.UNKNOWN_TYPE.value)
+                ),
+                "step_id": pa.Column(object, step_checks, nullable=True),
+                "duration_ms": pa.Column(
+                    float,
+                    pa.Check(
+                        lambda s: s.isna() | (s >= 0), name=ReasonCode.NEGATIVE_DURATION.value
+                    ),
+                    nullable=True,
+                ),
+                "user_rate": pa.Column(
+                    "int64",
+                    pa.Check(
+                        lambda s: s <= max_user_events_per_s,
+                        name=ReasonCode.IMPLAUSIBLE_RATE.value,
+                    ),
+                ),
+                "segment": pa.Column(object, nullable=True),
+            },
             checks=[checks_ts],
         )
 
-    def failures(self, rows: list[Mapping[str, Any]]) -> dict[int, ReasonCode]:
-        """Row index -> the first reason it fails for (rows that pass are absent)."""
+    def failures(
+        self, rows: Sequence[Mapping[str, Any]], quality: DataQuality | None = None
+    ) -> dict[int, ReasonCode]:
+        """Row index -> the first reason it fails for (rows that pass are absent).
+
+        Rows are mappings with the keys of :data:`COLUMNS` (``user_rate`` and ``segment`` may be
+        left out). ``quality`` receives the batch's figures (default: ``self.quality``).
+        """
+        return self.failures_columns(
+            {c: [r.get(c, 1 if c == "user_rate" else None) for r in rows] for c in COLUMNS},
+            quality,
+        )
+
+    def failures_columns(
+        self, columns: Mapping[str, list[Any]], quality: DataQuality | None = None
+    ) -> dict[int, ReasonCode]:
+        """As :meth:`failures`, from one list per column (cheaper to build than row dicts)."""
         import pandas as pd
         import pandera.errors as pe
 
-        if not rows:
+        n = len(columns["ts"])
+        if not n:
             return {}
-        df = pd.DataFrame.from_records(
-            rows, columns=["ts", "received", "kind", "step_id", "duration_ms"]
+        q = self.quality if quality is None else quality
+        df = pd.DataFrame(
+            {
+                "ts": pd.Series(columns["ts"], dtype="int64"),
+                "received": pd.Series(columns["received"], dtype="int64"),
+                "kind": pd.Series(columns["kind"], dtype=object),
+                "step_id": pd.Series(columns["step_id"], dtype=object),
+                "duration_ms": pd.Series(columns["duration_ms"], dtype="float64"),
+                "user_rate": pd.Series(columns["user_rate"], dtype="int64"),
+                "segment": pd.Series(columns.get("segment") or [None] * n, dtype=object),
+            }
         )
-        df["duration_ms"] = df["duration_ms"].astype("float64")
-        self.quality.rows += len(df)
-        for col in ("step_id", "duration_ms"):
-            self.quality.nulls[col] = self.quality.nulls.get(col, 0) + int(df[col].isna().sum())
-        for kind, n in df["kind"].value_counts().items():
-            self.quality.kinds[str(kind)] = self.quality.kinds.get(str(kind), 0) + int(n)
+        q.rows += n
+        q.batches += 1
+        for col in ("step_id", "duration_ms", "segment"):
+            _add(q.nulls, col, int(df[col].isna().sum()))
+        for kind, k in df["kind"].value_counts().items():
+            _add(q.kinds, str(kind), int(k))
+        for seg, k in df["segment"].fillna("unknown").value_counts().items():
+            _add(q.segments, str(seg), int(k))
         try:
             self.schema.validate(df, lazy=True)
             return {}
@@ -127,7 +198,7 @@ class BatchValidator:
             out: dict[int, ReasonCode] = {}
             cases = exc.failure_cases
             for check, index in zip(cases["check"], cases["index"], strict=True):
-                if index is None or check is None:
+                if index is None or check is None or pd.isna(index):
                     continue
                 name = str(check).split("(")[0]
                 try:
@@ -136,5 +207,5 @@ class BatchValidator:
                     reason = ReasonCode.INVALID_FIELD
                 out.setdefault(int(index), reason)
             for reason in out.values():
-                self.quality.failed[reason.value] = self.quality.failed.get(reason.value, 0) + 1
+                _add(q.failed, reason.value, 1)
             return dict(sorted(out.items()))

@@ -71,6 +71,8 @@ class ReasonCode(enum.StrEnum):
     """``properties.durationMs`` is negative."""
     UNKNOWN_STEP = "unknown_step"
     """The step id is not in the onboarding catalog."""
+    IMPLAUSIBLE_RATE = "implausible_rate"
+    """More events from one user in one second of event time than a person can produce."""
 
     @property
     def http_status(self) -> int:

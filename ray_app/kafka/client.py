@@ -17,6 +17,7 @@ is the one a real broker would see.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +26,8 @@ from typing import Any, Protocol
 
 from ray_app.config import KafkaSettings
 from ray_app.errors import ConfigError, KafkaUnavailable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ConfluentConsumer",
@@ -292,6 +295,14 @@ class Consumer(Protocol):
     def highwater(self, topic: str, partition: int) -> int | None:
         """The end offset last reported by the broker for an assigned partition (no request)."""
 
+    def commit(self, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
+        """Commit next offsets to the consumer's group (``kafka.consumer_group``) in the
+        background (or, with ``wait``, before returning); a failure is logged and counted in ``commit_failures``, never raised: the
+        checkpoint, not the group, is what a restarted worker resumes from."""
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        """The group's committed next offset of a partition (a blocking broker call)."""
+
     def close(self) -> None: ...
 
 
@@ -308,6 +319,7 @@ class KafkaPythonConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="onramp",
+            group_id=settings.consumer_group,
             fetch_max_wait_ms=50,  # freshness: do not let an idle fetch sit for 500 ms
             **_security_kafka_python(settings),
             **overrides,
@@ -328,6 +340,34 @@ class KafkaPythonConsumer:
         self._consumer.assign([TopicPartition(t, p) for t, p in offsets])
         for (t, p), off in offsets.items():
             self._consumer.seek(TopicPartition(t, p), off)
+
+    commit_failures = 0
+
+    def commit(self, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        def done(_offsets: Any, result: Any) -> None:
+            if isinstance(result, Exception):
+                self.commit_failures += 1
+                log.warning("offset commit failed: %s", result)
+
+        if not offsets:
+            return
+        tps = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        if not wait:
+            self._consumer.commit_async(tps, callback=done)
+            return
+        try:
+            self._consumer.commit(tps)
+        except Exception as exc:
+            done(None, exc)
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        from kafka import TopicPartition
+
+        off = self._consumer.committed(TopicPartition(topic, partition))
+        return None if off is None else int(off)
 
     def highwater(self, topic: str, partition: int) -> int | None:
         from kafka import TopicPartition
@@ -366,7 +406,8 @@ class ConfluentConsumer:
         self._consumer = confluent.Consumer(
             {
                 "bootstrap.servers": bootstrap,
-                "group.id": "onramp-reader",
+                "group.id": settings.consumer_group,
+                "on_commit": self._committed_cb,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 50,
@@ -384,6 +425,26 @@ class ConfluentConsumer:
         self._consumer.assign(
             [self._confluent.TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         )
+
+    commit_failures = 0
+
+    def commit(self, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
+        if not offsets:
+            return
+        tps = [self._confluent.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=not wait)
+        except Exception as exc:
+            self._committed_cb(exc, tps)
+
+    def _committed_cb(self, err: Any, _partitions: Any) -> None:
+        if err is not None:
+            self.commit_failures += 1
+            log.warning("offset commit failed: %s", err)
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        (tp,) = self._consumer.committed([self._confluent.TopicPartition(topic, partition)], 10)
+        return None if tp.offset < 0 else int(tp.offset)
 
     def highwater(self, topic: str, partition: int) -> int | None:
         try:
@@ -453,6 +514,7 @@ class InMemoryBroker:
     topics: dict[str, list[list[Record]]] = field(default_factory=dict)
     available: bool = True
     pending: list[tuple[OutRecord, Callback]] = field(default_factory=list)
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def append(self, record: OutRecord) -> Delivered:
         parts = self.topics.setdefault(record.topic, [[] for _ in range(self.partitions)])
@@ -512,6 +574,12 @@ class InMemoryConsumer:
 
     def assign_at(self, offsets: dict[tuple[str, int], int]) -> None:
         self._positions = dict(offsets)
+
+    def commit(self, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
+        self.broker.committed.update(offsets)
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        return self.broker.committed.get((topic, partition))
 
     def highwater(self, topic: str, partition: int) -> int | None:
         parts = self.broker.topics.get(topic, [])

@@ -3,10 +3,13 @@
 ``SessionShard.process`` takes records of one partition in offset order and, per record:
 
 1. decodes it (a record that is not a normalized event is *rejected*, for the DLQ);
-2. routes it to *late* if its event time is behind the watermark (``max event time - allowed
+2. validates the decoded batch with pandera (:class:`validation.batch.BatchValidator`: event time
+   in a sane range of ``receivedAt``, non-negative durations, known call types and step ids,
+   a plausible per-user rate); a failing event is *rejected* too, with the check's reason code;
+3. routes it to *late* if its event time is behind the watermark (``max event time - allowed
    lateness``), whatever else is true of it;
-3. drops it as a *duplicate* if its ``messageId`` was seen (see :mod:`ray_app.state.dedupe`);
-4. otherwise passes it through the session reorder buffer and *applies* what that releases.
+4. drops it as a *duplicate* if its ``messageId`` was seen (see :mod:`ray_app.state.dedupe`);
+5. otherwise passes it through the session reorder buffer and *applies* what that releases.
 
 So every record is exactly one of applied, duplicate, late, rejected — or still buffered — and
 the counters reconcile: ``records = applied + duplicates + late + rejected + buffered``.
@@ -30,16 +33,21 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ray_app.collect.parse import iso_ms
 from ray_app.state.dedupe import Deduplicator
 from ray_app.state.event import Event, EventDecodeError, decode_event
 from ray_app.state.ordering import Reorderer
 from ray_app.state.profile import Profile, ProfileConfig, apply
 
+if TYPE_CHECKING:
+    from validation.batch import BatchValidator, DataQuality
+
 __all__ = ["BatchResult", "SessionShard", "ShardStats", "StateConfig"]
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+_DAY_MS = 86_400_000
 _NO_WATERMARK = -(2**62)
 
 
@@ -59,6 +67,16 @@ class StateConfig:
     """Event time a session waits for a missing ``seq`` before giving up on it."""
     session_idle_ms: int = 30 * 60_000
     """A session's ordering cursor is dropped this long (event time) after its last event."""
+    max_age_ms: int = 30 * _DAY_MS
+    """Events whose time is more than this before their ``receivedAt`` are rejected."""
+    max_future_ms: int = 5 * 60_000
+    """...and those more than this after it."""
+    known_steps: frozenset[str] | None = None
+    """Step ids of the onboarding catalog; others are rejected (None: any step id)."""
+    max_user_events_per_s: int = 50
+    """More events from one user in one second of event time are rejected as implausible."""
+    validate: bool = True
+    """Run batch validation at all (off only to measure what it costs)."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
@@ -103,6 +121,23 @@ class SessionShard:
         self.max_ts = _NO_WATERMARK
         self.watermark = _NO_WATERMARK
         self.stats = ShardStats()
+        self.quality = _new_quality()
+        self.rejected_by_reason: dict[str, int] = {}
+        self.rates: dict[str, tuple[int, int]] = {}
+        """user -> (second of event time, events in it so far), for the rate check."""
+        self._rates_pruned_at = 0
+        self._validator: BatchValidator | None = None
+
+    @property
+    def validator(self) -> BatchValidator:
+        if self._validator is None:
+            from validation.batch import BatchValidator
+
+            c = self.config
+            self._validator = BatchValidator(
+                c.max_age_ms, c.max_future_ms, c.known_steps, c.max_user_events_per_s
+            )
+        return self._validator
 
     # -- processing ------------------------------------------------------------------------
 
@@ -111,13 +146,17 @@ class SessionShard:
         out = BatchResult()
         lateness = self.config.allowed_lateness_ms
         wait = min(self.config.reorder_wait_ms, lateness)
+        decoded: list[tuple[int, bytes | None, bytes, Event]] = []
         for index, (key, value) in enumerate(records):
             self.stats.records += 1
             try:
-                event = decode_event(value)
+                decoded.append((index, key, value, decode_event(value)))
             except EventDecodeError as exc:
-                self.stats.rejected += 1
-                out.rejected.append((index, key, value, exc))
+                self._reject(out, index, key, value, exc)
+        failed = self._validate(decoded) if self.config.validate and decoded else {}
+        for n, (index, key, value, event) in enumerate(decoded):
+            if n in failed:
+                self._reject(out, index, key, value, failed[n])
                 continue
             if event.ts < self.watermark:
                 self.stats.late += 1
@@ -147,6 +186,59 @@ class SessionShard:
             for e in released:
                 self._apply(e, out)
         self.dedupe.advance(self.watermark)
+        if out.rejected and len(out.rejected) > 1:
+            out.rejected.sort(key=lambda r: r[0])
+        return out
+
+    def _reject(
+        self, out: BatchResult, index: int, key: bytes | None, value: bytes, exc: EventDecodeError
+    ) -> None:
+        self.stats.rejected += 1
+        reason = exc.reason.value
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+        out.rejected.append((index, key, value, exc))
+
+    def _validate(
+        self, decoded: list[tuple[int, bytes | None, bytes, Event]]
+    ) -> dict[int, EventDecodeError]:
+        """Position in ``decoded`` -> why it fails batch validation."""
+        from validation.batch import FIELD_OF
+
+        cols: dict[str, list[Any]] = {
+            "ts": [], "received": [], "kind": [], "step_id": [], "duration_ms": [],
+            "user_rate": [], "segment": [],
+        }  # fmt: skip
+        rates = self.rates
+        for _, _, _, e in decoded:
+            cols["ts"].append(e.ts)
+            cols["received"].append(e.received)
+            cols["kind"].append(e.kind)
+            cols["step_id"].append(e.step_id)
+            d = e.properties.get("durationMs")
+            cols["duration_ms"].append(
+                d if isinstance(d, int | float) and not isinstance(d, bool) else None
+            )
+            second = e.ts // 1000
+            last = rates.get(e.user_key)
+            n = last[1] + 1 if last is not None and last[0] == second else 1
+            rates[e.user_key] = (second, n)
+            cols["user_rate"].append(n)
+            seg = e.traits.get("segment")
+            if seg is None:
+                p = self.profiles.get(e.user_key)
+                seg = p.traits.get("segment") if p is not None else None
+            cols["segment"].append(seg if isinstance(seg, str) else None)
+        if len(rates) > 2 * self._rates_pruned_at + 10_000:
+            horizon = self.watermark // 1000
+            self.rates = {u: r for u, r in rates.items() if r[0] >= horizon}
+            self._rates_pruned_at = len(self.rates)
+        reasons = self.validator.failures_columns(cols, self.quality)
+        out: dict[int, EventDecodeError] = {}
+        for n, reason in reasons.items():
+            e = decoded[n][3]
+            out[n] = EventDecodeError(
+                reason, FIELD_OF.get(reason), _explain(reason, e, self.config)
+            )
         return out
 
     def _apply(self, event: Event, out: BatchResult) -> None:
@@ -181,7 +273,8 @@ class SessionShard:
 
     def snapshot(self) -> bytes:
         """The whole state as bytes (to be written atomically with the consumed offsets)."""
-        return pickle.dumps((SNAPSHOT_VERSION, self.__dict__), protocol=pickle.HIGHEST_PROTOCOL)
+        state = {k: v for k, v in self.__dict__.items() if k != "_validator"}
+        return pickle.dumps((SNAPSHOT_VERSION, state), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def restore(cls, data: bytes) -> SessionShard:
@@ -190,4 +283,34 @@ class SessionShard:
             raise ValueError(f"snapshot version {version}; this Onramp reads {SNAPSHOT_VERSION}")
         shard = cls.__new__(cls)
         shard.__dict__.update(state)
+        shard._validator = None
         return shard
+
+
+def _new_quality() -> DataQuality:
+    from validation.batch import DataQuality
+
+    return DataQuality()
+
+
+def _explain(reason: Any, e: Event, c: StateConfig) -> str:
+    from validation.reasons import ReasonCode
+
+    if reason == ReasonCode.TIMESTAMP_OUT_OF_RANGE:
+        return (
+            f"event time {iso_ms(e.ts)} is {(e.ts - e.received) / 1000:+.1f} s from receivedAt "
+            f"{iso_ms(e.received)}; allowed {-c.max_age_ms / 1000:+.0f} s to "
+            f"{c.max_future_ms / 1000:+.0f} s"
+        )
+    if reason == ReasonCode.NEGATIVE_DURATION:
+        return f"durationMs {e.properties.get('durationMs')} < 0"
+    if reason == ReasonCode.UNKNOWN_STEP:
+        return f"step {e.step_id!r} is not in the onboarding catalog"
+    if reason == ReasonCode.UNKNOWN_TYPE:
+        return f"type {e.kind!r} is not a Segment call type"
+    if reason == ReasonCode.IMPLAUSIBLE_RATE:
+        return (
+            f"more than {c.max_user_events_per_s} events from {e.user_key!r} "
+            f"in the second of {iso_ms(e.ts)}"
+        )
+    return str(reason)

@@ -44,8 +44,19 @@ def state_config(settings: Settings) -> StateConfig:
         allowed_lateness_ms=s.allowed_lateness_ms,
         reorder_max_buffer=s.reorder_max_buffer,
         reorder_wait_ms=s.reorder_wait_ms,
+        max_age_ms=int(s.max_event_age_s * 1000),
+        max_future_ms=int(s.max_event_future_s * 1000),
+        max_user_events_per_s=s.max_user_events_per_s,
+        known_steps=known_steps(settings) if s.validate_steps else None,
         profile=ProfileConfig(session_gap_ms=s.session_gap_ms),
     )
+
+
+def known_steps(settings: Settings) -> frozenset[str]:
+    """The step ids of the onboarding catalog."""
+    from ray_app.sim import STEPS
+
+    return frozenset(STEPS)
 
 
 class StreamWorker:
@@ -156,8 +167,10 @@ class StreamWorker:
                 return
         self.freshness[-1] += 1
 
-    def checkpoint(self) -> int:
-        """Write every changed partition's snapshot with its next offset; returns how many."""
+    def checkpoint(self, wait_commit: bool = False) -> int:
+        """Write every changed partition's snapshot with its next offset, then commit those
+        offsets to the consumer group; returns how many partitions. Called on the loop's thread
+        (or after it stopped): the consumer is not thread-safe."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             saved = [(p, self.shards[p].snapshot(), self.next_offset[p]) for p in sorted(dirty)]
@@ -166,6 +179,11 @@ class StreamWorker:
         for p, snap, offset in saved:
             self.store.save(p, snap, offset)
         self.checkpoints += len(saved)
+        # Only now, with the state durable, tell the group: its offsets are for monitoring lag
+        # with any Kafka tool; a restart resumes from the checkpoint, whatever the group says.
+        self._consumer.commit(
+            {(self.topics.events, p): offset for p, _, offset in saved}, wait=wait_commit
+        )
         return len(saved)
 
     def stop(self) -> dict[str, int]:
@@ -173,7 +191,7 @@ class StreamWorker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.checkpoint()
+        self.checkpoint(wait_commit=True)
         self._consumer.close()
         self._producer.close()
         return {str(p): o for p, o in self.next_offset.items()}
@@ -221,11 +239,14 @@ class StreamWorker:
                         "watermark": self.shards[p].watermark,
                         "lag": self.lag.get(p),
                         **self.shards[p].stats.as_dict(),
+                        "quality": self.shards[p].quality.as_dict(),
+                        "rejectedByReason": dict(self.shards[p].rejected_by_reason),
                     }
                     for p in self.partitions
                 },
                 "restoredFrom": {str(p): o for p, o in self.restored.items()},
                 "checkpoints": self.checkpoints,
+                "commitFailures": getattr(self._consumer, "commit_failures", 0),
                 "freshnessBucketsMs": list(FRESHNESS_BUCKETS_MS),
                 "freshnessCounts": list(self.freshness),
                 "freshnessSumMs": self.freshness_sum_ms,

@@ -29,7 +29,10 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         "# HELP onramp_stream_records_total Records taken by stream workers, by outcome.",
         "# TYPE onramp_stream_records_total counter",
     ]
-    buffered, lag = [], []
+    buffered: list[str] = []
+    lag: list[str] = []
+    rejected: list[str] = []
+    nulls: list[str] = []
     bounds: list[int] = []
     counts: list[int] = []
     total_ms = 0.0
@@ -44,6 +47,12 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
                 lines.append(
                     f'onramp_stream_records_total{{partition="{p}",outcome="{outcome}"}} {st[key]}'
                 )
+            for reason, n in sorted(st.get("rejectedByReason", {}).items()):
+                rejected.append(
+                    f'onramp_stream_rejected_total{{partition="{p}",reason="{reason}"}} {n}'
+                )
+            for column, rate in sorted(st.get("quality", {}).get("nullRate", {}).items()):
+                nulls.append(f'onramp_stream_null_rate{{partition="{p}",column="{column}"}} {rate}')
             buffered.append(f'onramp_stream_buffered_events{{partition="{p}"}} {st["buffered"]}')
             if st.get("lag") is not None:
                 lag.append(f'onramp_stream_consumer_lag_records{{partition="{p}"}} {st["lag"]}')
@@ -51,6 +60,14 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         c = worker["freshnessCounts"]
         counts = [a + b for a, b in zip(counts, c, strict=True)] if counts else list(c)
         total_ms += worker.get("freshnessSumMs", 0.0)
+    lines += [
+        "# HELP onramp_stream_rejected_total Records sent to the DLQ by stream workers, by reason.",
+        "# TYPE onramp_stream_rejected_total counter",
+        *rejected,
+        "# HELP onramp_stream_null_rate Share of validated events without the column (data quality).",
+        "# TYPE onramp_stream_null_rate gauge",
+        *nulls,
+    ]
     lines += [
         "# HELP onramp_stream_buffered_events Events held in reorder buffers.",
         "# TYPE onramp_stream_buffered_events gauge",

@@ -23,7 +23,8 @@ PARTITIONS = 4
 
 def _records(users: int, seed: int):
     """Simulator traffic (5% duplicates, 10% out of order) normalized by the collector's parser,
-    plus malformed records and late events injected the way a broken producer would."""
+    plus malformed records, events that fail batch validation and late events injected the way
+    a broken producer would."""
     plan = TrafficPlan.build(
         SimSettings(
             users=users,
@@ -33,9 +34,16 @@ def _records(users: int, seed: int):
             malformed_share=0.0,
         )
     )
-    out = plan.normalized(dt.datetime(2026, 6, 1, tzinfo=dt.UTC), sent_at="2026-01-01T00:00:00Z")
+    out = plan.normalized(dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
     rng = random.Random(seed)
     injected_malformed = injected_late = 0
+    injected_invalid = 0
+    for n in range(200):  # decodable, but failing batch validation (pandera): unknown step ids
+        key, value = rng.choice(out)
+        d = json.loads(value)
+        d["messageId"], d["stepId"] = f"invalid-{n}", "no_such_step"
+        out.insert(rng.randrange(len(out)), (key, json.dumps(d).encode()))
+        injected_invalid += 1
     for _ in range(300):  # malformed records straight into the topic
         garbage = rng.choice(
             [
@@ -51,12 +59,12 @@ def _records(users: int, seed: int):
     for n in range(300):  # old events resent much later with new ids: behind the watermark
         key, value = rng.choice(early)
         d = json.loads(value)
-        if "messageId" not in d:
+        if "messageId" not in d or d.get("stepId") == "no_such_step":
             continue
         d["messageId"] = f"late-{n}"
         out.insert(rng.randrange(len(out) * 8 // 10, len(out)), (key, json.dumps(d).encode()))
         injected_late += 1
-    return plan, out, injected_malformed, injected_late
+    return plan, out, injected_malformed + injected_invalid, injected_late
 
 
 def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path):
@@ -71,7 +79,7 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
         ONRAMP_STREAM__POLL_MAX_RECORDS="1000",
     )
     ensure_topics(broker.bootstrap, settings.kafka)
-    plan, records, injected_malformed, injected_late = _records(users=5000, seed=21)
+    plan, records, injected_rejects, injected_late = _records(users=5000, seed=21)
     produced = len(records)
     assert produced >= 100_000
     topic = settings.topics.events
@@ -117,7 +125,7 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
             + totals["rejected"]
             + totals["buffered"]
         )
-        assert totals["rejected"] == injected_malformed
+        assert totals["rejected"] == injected_rejects
         assert totals["late"] == injected_late
         assert totals["duplicates"] == plan.count("duplicate")
 
@@ -147,3 +155,25 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
         reference.update(shard.profiles_as_dicts())
     assert len(live) == len(reference) > 4000
     assert live == reference
+
+    # every rejected record is in the DLQ with its reason (at least once: replays may resend)
+    consumer = make_consumer(broker.bootstrap, settings.kafka)
+    consumer.assign([(settings.topics.dlq, p) for p in range(PARTITIONS)])
+    reasons: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        batch = consumer.poll(0.5, 10_000)
+        for r in batch:
+            d = json.loads(r.value)
+            try:
+                mid = json.loads(d["rawText"]).get("messageId", "?")
+            except (ValueError, AttributeError):
+                mid = "?"
+            reasons.setdefault(d["reason"], set()).add(mid)
+        if not batch and "unknown_step" in reasons:
+            break
+    consumer.close()
+    assert {m for m in reasons.get("unknown_step", ()) if m.startswith("invalid-")} == {
+        f"invalid-{n}" for n in range(200)
+    }
+    assert {"invalid_json", "not_an_object", "missing_field", "invalid_timestamp"} <= set(reasons)

@@ -318,7 +318,7 @@ def _simulated_partitions(users=300, partitions=4, seed=5):
     plan = TrafficPlan.build(SimSettings(users=users, seed=seed))
     received = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
     parts = {p: [] for p in range(partitions)}
-    for key, value in plan.normalized(received, sent_at="2026-01-01T00:00:00Z", batch=50):
+    for key, value in plan.normalized(received, batch=50):
         parts[partition_for(key, partitions)].append((key, value))
     return plan, parts
 
