@@ -158,6 +158,12 @@ class StreamSettings(_Section):
     checkpoint_every_records: int = Field(
         20_000, ge=1, description="...or after this many records."
     )
+    checkpoint_deltas_per_base: int = Field(
+        30,
+        ge=0,
+        description="Incremental checkpoints: write this many deltas (what changed) between two "
+        "full snapshots of a partition; 0 writes full snapshots only.",
+    )
     poll_max_records: int = Field(
         5_000, ge=1, description="Most records one poll hands to the state core."
     )

@@ -30,6 +30,9 @@ class Deduplicator:
     ids: dict[str, int] = field(default_factory=dict)
     heap: list[tuple[int, str]] = field(default_factory=list)
     evicted_early: int = 0
+    added: list[tuple[int, str]] = field(default_factory=list)
+    """(event time, id) remembered since the last :meth:`take_added`: what a delta checkpoint
+    must carry."""
 
     def seen(self, message_id: str, ts: int) -> bool:
         """True if the id was seen before (a duplicate); otherwise remember it."""
@@ -37,6 +40,7 @@ class Deduplicator:
             return True
         self.ids[message_id] = ts
         heapq.heappush(self.heap, (ts, message_id))
+        self.added.append((ts, message_id))
         if len(self.ids) > self.max_ids:
             _, old = heapq.heappop(self.heap)
             del self.ids[old]
@@ -49,6 +53,25 @@ class Deduplicator:
         while self.heap and self.heap[0][0] < limit:
             _, mid = heapq.heappop(self.heap)
             del self.ids[mid]
+
+    def take_added(self) -> list[tuple[int, str]]:
+        """The ids remembered since the previous call (and forget that list)."""
+        added, self.added = self.added, []
+        return added
+
+    def replay(self, added: list[tuple[int, str]], watermark: int, evicted_early: int) -> None:
+        """Bring a restored deduplicator up to date with a delta: remember its ids, then forget
+        what its watermark let go. The same ids remain as in the live one (below ``max_ids``)."""
+        for ts, mid in added:
+            if mid not in self.ids:
+                self.ids[mid] = ts
+                heapq.heappush(self.heap, (ts, mid))
+                if len(self.ids) > self.max_ids:
+                    _, old = heapq.heappop(self.heap)
+                    del self.ids[old]
+        self.advance(watermark)
+        self.added = []
+        self.evicted_early = evicted_early
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -104,7 +104,22 @@ class Reorderer:
             cur = self.sessions.get(sid)
             if cur is not None and cur.last_ts == ts and not cur.buffer:
                 del self.sessions[sid]
+        self._compact()
         return out
+
+    def _compact(self) -> None:
+        """Rebuild the lazy heaps once stale entries outnumber live ones (they grow by one entry
+        per event otherwise). Only stale entries go, so decisions do not change."""
+        if len(self.idle) > 2 * len(self.sessions) + 256:
+            self.idle = [(c.last_ts, sid) for sid, c in self.sessions.items()]
+            heapq.heapify(self.idle)
+        if len(self.waiting) > 2 * len(self.sessions) + 256:
+            self.waiting = [
+                (min(e.ts for e in c.buffer.values()), sid)
+                for sid, c in self.sessions.items()
+                if c.buffer
+            ]
+            heapq.heapify(self.waiting)
 
     def _drain(self, cur: SessionCursor) -> list[Event]:
         out = []

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchResult", "SessionShard", "ShardStats", "StateConfig"]
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 _DAY_MS = 86_400_000
 _NO_WATERMARK = -(2**62)
 
@@ -127,6 +127,8 @@ class SessionShard:
         """user -> (second of event time, events in it so far), for the rate check."""
         self._rates_pruned_at = 0
         self._validator: BatchValidator | None = None
+        self._touched: set[str] = set()
+        """Users whose profile changed since the last snapshot (what a delta must carry)."""
 
     @property
     def validator(self) -> BatchValidator:
@@ -246,6 +248,7 @@ class SessionShard:
         if profile is None:
             profile = self.profiles[event.user_key] = Profile(event.user_key, self.config.profile)
         apply(profile, event)
+        self._touched.add(event.user_key)
         self.stats.applied += 1
         out.applied += 1
         out.received_ms.append(event.received)
@@ -271,20 +274,64 @@ class SessionShard:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def snapshot(self) -> bytes:
-        """The whole state as bytes (to be written atomically with the consumed offsets)."""
-        state = {k: v for k, v in self.__dict__.items() if k != "_validator"}
-        return pickle.dumps((SNAPSHOT_VERSION, state), protocol=pickle.HIGHEST_PROTOCOL)
+    def snapshot(self, rebase: bool = True) -> bytes:
+        """The whole state as bytes (to be written atomically with the consumed offsets).
+        Later :meth:`snapshot_delta` calls are relative to this one unless ``rebase`` is False
+        (e.g. to measure the state's size)."""
+        added = self.dedupe.added
+        self.dedupe.added = []
+        state = {k: v for k, v in self.__dict__.items() if k not in _NOT_PICKLED}
+        data = pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=pickle.HIGHEST_PROTOCOL)
+        if rebase:
+            self._touched = set()
+        else:
+            self.dedupe.added = added
+        return data
+
+    def snapshot_delta(self) -> bytes:
+        """What changed since the previous snapshot or delta: the profiles of the users touched,
+        the ids remembered, and the small rest of the state (watermark, counters, reorder
+        buffers). Costs in proportion to the change, not to the state."""
+        touched, self._touched = self._touched, set()
+        meta = {k: v for k, v in self.__dict__.items() if k not in _NOT_IN_DELTA}
+        delta = (
+            meta,
+            {u: self.profiles[u] for u in touched},
+            self.dedupe.take_added(),
+            self.dedupe.evicted_early,
+        )
+        return pickle.dumps((SNAPSHOT_VERSION, "delta", delta), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def restore(cls, data: bytes) -> SessionShard:
-        version, state = pickle.loads(data)
-        if version != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {version}; this Onramp reads {SNAPSHOT_VERSION}")
+    def restore(cls, data: bytes, deltas: Iterable[bytes] = ()) -> SessionShard:
+        """The shard a :meth:`snapshot` and the deltas taken after it describe."""
+        _, kind, state = _load(data)
+        if kind != "base":
+            raise ValueError("restore() needs a base snapshot first, then its deltas")
         shard = cls.__new__(cls)
         shard.__dict__.update(state)
         shard._validator = None
+        shard._touched = set()
+        for d in deltas:
+            _, kind, (meta, profiles, added, evicted) = _load(d)
+            if kind != "delta":
+                raise ValueError("a base snapshot where a delta was expected")
+            shard.__dict__.update(meta)
+            shard.profiles.update(profiles)
+            shard.dedupe.replay(added, shard.watermark, evicted)
         return shard
+
+
+_NOT_PICKLED = frozenset({"_validator", "_touched"})
+_NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe"}
+
+
+def _load(data: bytes) -> tuple[int, str, Any]:
+    loaded = pickle.loads(data)
+    if not isinstance(loaded, tuple) or loaded[0] != SNAPSHOT_VERSION or len(loaded) != 3:
+        version = loaded[0] if isinstance(loaded, tuple) and loaded else "?"
+        raise ValueError(f"snapshot version {version}; this Onramp reads {SNAPSHOT_VERSION}")
+    return loaded  # type: ignore[no-any-return]
 
 
 def _new_quality() -> DataQuality:

@@ -85,7 +85,7 @@ class StreamWorker:
                 self.shards[p], self.next_offset[p] = SessionShard(p, cfg), 0
             else:
                 self.shards[p], self.next_offset[p] = (
-                    SessionShard.restore(ck.snapshot),
+                    SessionShard.restore(ck.snapshot, ck.deltas),
                     ck.next_offset,
                 )
                 self.restored[p] = ck.next_offset
@@ -98,6 +98,7 @@ class StreamWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dirty: set[int] = set()
+        self._deltas: dict[int, int] = {}  # partition -> deltas written since its base
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self.checkpoints = 0
@@ -171,18 +172,30 @@ class StreamWorker:
         """Write every changed partition's snapshot with its next offset, then commit those
         offsets to the consumer group; returns how many partitions. Called on the loop's thread
         (or after it stopped): the consumer is not thread-safe."""
+        per_base = self.settings.stream.checkpoint_deltas_per_base
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            saved = [(p, self.shards[p].snapshot(), self.next_offset[p]) for p in sorted(dirty)]
+            saved = []
+            for p in sorted(dirty):
+                n = self._deltas.get(p)
+                if n is None or n >= per_base:  # a base first, and every per_base deltas
+                    saved.append((p, self.shards[p].snapshot(), self.next_offset[p], True))
+                    self._deltas[p] = 0
+                else:
+                    saved.append((p, self.shards[p].snapshot_delta(), self.next_offset[p], False))
+                    self._deltas[p] = n + 1
             self._since_checkpoint = 0
             self._last_checkpoint = time.monotonic()
-        for p, snap, offset in saved:
-            self.store.save(p, snap, offset)
+        for p, snap, offset, full in saved:
+            if full:
+                self.store.save(p, snap, offset)
+            else:
+                self.store.save_delta(p, snap, offset)
         self.checkpoints += len(saved)
         # Only now, with the state durable, tell the group: its offsets are for monitoring lag
         # with any Kafka tool; a restart resumes from the checkpoint, whatever the group says.
         self._consumer.commit(
-            {(self.topics.events, p): offset for p, _, offset in saved}, wait=wait_commit
+            {(self.topics.events, p): offset for p, _, offset, _ in saved}, wait=wait_commit
         )
         return len(saved)
 
@@ -224,7 +237,7 @@ class StreamWorker:
         """Bytes of the snapshots of this worker's partitions and the users they hold."""
         with self._lock:
             return {
-                "bytes": sum(len(sh.snapshot()) for sh in self.shards.values()),
+                "bytes": sum(len(sh.snapshot(rebase=False)) for sh in self.shards.values()),
                 "users": sum(len(sh.profiles) for sh in self.shards.values()),
             }
 

@@ -5,6 +5,7 @@ import json
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -384,3 +385,48 @@ def test_crash_and_replay_from_any_snapshot_gives_the_same_state(seed):
             offset = committed_offset if committed_state else 0
     assert shard.profiles_as_dicts() == reference.profiles_as_dicts()
     assert shard.stats.as_dict() == reference.stats.as_dict()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_crash_and_replay_from_base_plus_deltas_gives_the_same_state(seed):
+    """Incremental checkpoints: a base, then deltas of what changed; a crash restores
+    base + deltas and replays from the last delta's offset."""
+    _, parts = _simulated_partitions(users=60, partitions=1, seed=3)
+    recs = parts[0]
+    reference = SessionShard(0)
+    reference.process(recs)
+    rng = random.Random(seed)
+    shard, base, deltas, committed_offset, offset = SessionShard(0), None, [], 0, 0
+    while offset < len(recs):
+        n = rng.randint(1, 200)
+        shard.process(recs[offset : offset + n])
+        offset += n
+        roll = rng.random()
+        if roll < 0.15 or (base is None and roll < 0.6):
+            base, deltas, committed_offset = shard.snapshot(), [], offset
+        elif roll < 0.6:
+            deltas.append(shard.snapshot_delta())
+            committed_offset = offset
+        if rng.random() < 0.3:
+            shard = SessionShard.restore(base, deltas) if base else SessionShard(0)
+            offset = committed_offset if base else 0
+    assert shard.profiles_as_dicts() == reference.profiles_as_dicts()
+    assert shard.stats.as_dict() == reference.stats.as_dict()
+    assert shard.dedupe.ids == reference.dedupe.ids
+    assert shard.watermark == reference.watermark
+
+
+def test_a_delta_is_smaller_than_the_state_it_updates():
+    _, parts = _simulated_partitions(users=200, partitions=1, seed=5)
+    recs = parts[0]
+    shard = SessionShard(0)
+    shard.process(recs[:-20])
+    base = shard.snapshot()
+    shard.process(recs[-20:])
+    delta = shard.snapshot_delta()
+    assert len(delta) * 5 < len(base)
+    restored = SessionShard.restore(base, [delta])
+    assert restored.profiles_as_dicts() == shard.profiles_as_dicts()
+    with pytest.raises(ValueError, match="base snapshot first"):
+        SessionShard.restore(delta)
