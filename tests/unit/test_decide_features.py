@@ -1,0 +1,255 @@
+"""Features: layout, hash, what each group encodes, determinism, and no NaN whatever comes in."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_app.catalog import load_catalog
+from ray_app.enrich import DEFAULTS
+from ray_app.features import FEATURE_VERSION, FeatureSchema, Vocabularies
+from ray_app.sim.population import STEPS
+from ray_app.state.event import Event
+from ray_app.state.profile import Profile, apply
+
+CATALOG = load_catalog()
+SCHEMA = FeatureSchema.from_catalog(CATALOG)
+MIN = 60_000
+
+
+def value(x: np.ndarray, name: str) -> float:
+    return float(x[SCHEMA.index(name)])
+
+
+def group(x: np.ndarray, prefix: str) -> dict[str, float]:
+    return {n: float(x[i]) for i, n in enumerate(SCHEMA.names) if n.startswith(prefix) and x[i]}
+
+
+def real_profile() -> dict:
+    p = Profile("u1")
+    events = [
+        Event("i", "u1", "identify", None, 0, 0, user_id="u1",
+              traits={"role": "Engineer", "segment": "developer", "companySize": "11-50",
+                      "referral": "carrier_pigeon"}),
+        Event("v1", "u1", "track", "Step Viewed", 1000, 1000, step_id="welcome"),
+        Event("c1", "u1", "track", "Step Completed", 7000, 7000, step_id="welcome",
+              properties={"durationMs": 6000}),
+        Event("v2", "u1", "track", "Step Viewed", 8000, 8000, step_id="role"),
+        Event("e2", "u1", "track", "Form Error", 9000, 9000, step_id="role"),
+        Event("v3", "u1", "track", "Step Viewed", 10 * MIN, 10 * MIN, step_id="role"),
+    ]  # fmt: skip
+    for e in events:
+        apply(p, e)
+    return p.as_dict()
+
+
+# ------------------------------------------------------------------------------------- layout
+
+
+def test_names_dim_and_hash():
+    assert SCHEMA.dim == len(SCHEMA.names) == len(set(SCHEMA.names))
+    assert SCHEMA.names[:3] == ("cold", "onboarding_completed", "progress")
+    assert len(SCHEMA.hash) == 16 and int(SCHEMA.hash, 16) >= 0
+    assert FeatureSchema.from_catalog(load_catalog()).hash == SCHEMA.hash
+    assert FeatureSchema(STEPS).hash == SCHEMA.hash and FeatureSchema(STEPS) == SCHEMA
+    for s in STEPS:
+        assert f"step:{s}:completed" in SCHEMA.names and f"current_step:{s}" in SCHEMA.names
+    for g in ("trait:role", "crm:plan", "crm:industry", "crm:region", "ctx:device", "ctx:referrer"):
+        assert f"{g}:other" in SCHEMA.names
+
+
+def test_hash_changes_with_steps_vocabularies_and_version():
+    hashes = {
+        SCHEMA.hash,
+        FeatureSchema(STEPS[:-1]).hash,
+        FeatureSchema(STEPS, Vocabularies(plans=("free", "pro"))).hash,
+        FeatureSchema(STEPS, version=FEATURE_VERSION + 1).hash,
+    }
+    assert len(hashes) == 4
+
+
+def test_vocabularies_are_case_folded_and_collisions_refused():
+    folded = FeatureSchema(STEPS, Vocabularies(devices=("mobile", "Mobile")))
+    assert [n for n in folded.names if n.startswith("ctx:device:")] == [
+        "ctx:device:mobile",
+        "ctx:device:other",
+    ]
+    with pytest.raises(ValueError, match="collide"):
+        FeatureSchema(STEPS, Vocabularies(plans=("other",)))
+
+
+# ----------------------------------------------------------------------------------- contents
+
+
+def test_cold_start_vector():
+    x = SCHEMA.featurize(None, None, None, now_ms=123)
+    assert x.dtype == np.float32 and x.shape == (SCHEMA.dim,)
+    assert SCHEMA.describe(x) == {"cold": 1.0}
+    assert SCHEMA.describe(SCHEMA.featurize({}, None, None)) == {"cold": 1.0}
+    x = SCHEMA.featurize(None, {"found": False, "by": None, **DEFAULTS}, {"device": "mobile"})
+    assert SCHEMA.describe(x) == {"cold": 1.0, "ctx:device:mobile": 1.0}
+
+
+def test_a_real_profile():
+    prof = real_profile()
+    x = SCHEMA.featurize(prof, None, None, now_ms=10 * MIN + 30_000)
+    assert value(x, "cold") == 0.0
+    assert value(x, "step:welcome:completed") == 1.0 and value(x, "step:role:completed") == 0.0
+    assert value(x, "step:role:seen") == 1.0 and value(x, "step:goals:seen") == 0.0
+    assert 0 < value(x, "step:role:form_errors") < 1 and value(x, "step:welcome:form_errors") == 0
+    assert 0 < value(x, "step:welcome:time") < 1
+    assert value(x, "progress") == pytest.approx(1 / 7)
+    assert group(x, "current_step:") == {"current_step:role": 1.0}
+    assert group(x, "trait:role:") == {"trait:role:engineer": 1.0}  # case-insensitive
+    assert group(x, "trait:referral:") == {"trait:referral:other": 1.0}
+    assert group(x, "trait:company_size:") == {"trait:company_size:11-50": 1.0}
+    assert value(x, "count:track:Step Viewed") > value(x, "count:track:Form Error") > 0
+    assert value(x, "count:page") == 0.0
+    assert 0 < value(x, "recency") < value(x, "age") < 1
+    assert 0 < value(x, "activity:last60m") and value(x, "sessions") > 0
+
+
+def test_enrichment_and_context():
+    found = {"found": True, "plan": "Enterprise", "industry": "mining", "employees": 1200,
+             "region": "unknown"}  # fmt: skip
+    x = SCHEMA.featurize(None, found, {"device": "tablet", "referrer": "Google"})
+    assert value(x, "crm:found") == 1.0 and 0 < value(x, "crm:employees") < 1
+    assert group(x, "crm:plan:") == {"crm:plan:enterprise": 1.0}
+    assert group(x, "crm:industry:") == {"crm:industry:other": 1.0}
+    assert group(x, "crm:region:") == {}  # "unknown" is missing, not "other"
+    assert group(x, "ctx:") == {"ctx:device:tablet": 1.0, "ctx:referrer:google": 1.0}
+    y = SCHEMA.featurize(None, {"employees": "1200"}, {"device": "fridge"})
+    assert value(y, "crm:employees") == value(x, "crm:employees")  # numeric text is a number
+    assert group(y, "ctx:") == {"ctx:device:other": 1.0}
+
+
+def test_recency_is_clipped():
+    prof = {"lastSeen": 10_000, "firstSeen": 0, "counts": {"track": 1}}
+    assert value(SCHEMA.featurize(prof, now_ms=0), "recency") == 0.0  # seen "in the future"
+    assert value(SCHEMA.featurize(prof, now_ms=10**15), "recency") == 1.0
+    assert value(SCHEMA.featurize(prof, now_ms=10_000 + MIN), "recency") > 0
+
+
+def test_deterministic_and_featurize_many_is_the_same_code_path():
+    prof = real_profile()
+    rows = [(prof, {"plan": "team"}, {"device": "mobile"}, 10 * MIN), (None, None, None, 0)]
+    one = [SCHEMA.featurize(*r) for r in rows]
+    assert np.array_equal(one[0], SCHEMA.featurize(*rows[0]))
+    many = SCHEMA.featurize_many(
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+    )
+    assert many.dtype == np.float32 and np.array_equal(many, np.stack(one))
+    assert SCHEMA.featurize_many([]).shape == (0, SCHEMA.dim)
+    with pytest.raises(ValueError, match="enrichments: 1 rows for 2 profiles"):
+        SCHEMA.featurize_many([None, None], enrichments=[None])
+    with pytest.raises(ValueError, match="now_ms"):
+        SCHEMA.featurize_many([None], now_ms=[1, 2])
+
+
+def test_schema_survives_pickle():
+    again = pickle.loads(pickle.dumps(SCHEMA))
+    assert again == SCHEMA and again.hash == SCHEMA.hash and again.names == SCHEMA.names
+    prof = real_profile()
+    assert np.array_equal(
+        again.featurize(prof, None, None, 5), SCHEMA.featurize(prof, None, None, 5)
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SCHEMA.steps = ()  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------ property: never NaN
+
+WEIRD = st.sampled_from(
+    [float("nan"), float("inf"), float("-inf"), -1.0, -(10**400), 10**400, "nan", "1e999", "", True]
+)
+ANY = st.recursive(
+    WEIRD
+    | st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["nan", "inf", "-1e999", "1e400", "12", "welcome", "unknown"]),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+STEP_KEYS = st.sampled_from([*STEPS, "other_step"])
+STEP_STATS = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            k: ANY for k in ("views", "completions", "abandons", "formErrors", "retries", "timeMs")
+        },
+    )
+    | ANY
+)
+PROFILE = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "stepsCompleted": st.lists(STEP_KEYS | ANY, max_size=8) | ANY,
+            "steps": st.dictionaries(STEP_KEYS, STEP_STATS, max_size=8) | ANY,
+            "counts": st.dictionaries(st.sampled_from(["track", "page", "track:Form Error"]), ANY)
+            | ANY,
+            "currentStep": STEP_KEYS | ANY,
+            "traits": st.dictionaries(st.sampled_from(["role", "segment", "companySize"]), ANY)
+            | ANY,
+            "lastSeen": ANY,
+            "firstSeen": ANY,
+            "completedAt": ANY,
+            "formErrors": ANY,
+            "retries": ANY,
+            "sessions": st.fixed_dictionaries({"count": ANY}) | ANY,
+            "activity": st.fixed_dictionaries({"last5m": ANY, "last60m": ANY}) | ANY,
+        },
+    )
+    | ANY
+)
+ENRICHMENT = (
+    st.fixed_dictionaries(
+        {},
+        optional={k: ANY for k in ("found", "plan", "industry", "employees", "region")},
+    )
+    | ANY
+)
+CONTEXT = st.fixed_dictionaries({}, optional={"device": ANY, "referrer": ANY}) | ANY
+
+
+@pytest.mark.parametrize(
+    "odd", [float("nan"), float("inf"), float("-inf"), -5, 10**400, "nan", "-inf", "12", None, [1]]
+)
+def test_odd_values_in_every_field(odd):
+    stats = dict.fromkeys(
+        ("views", "completions", "abandons", "formErrors", "retries", "timeMs"), odd
+    )
+    profile = {
+        "stepsCompleted": [odd, "welcome"],
+        "steps": {s: stats for s in STEPS},
+        "counts": dict.fromkeys(("track", "page", "track:Form Error"), odd),
+        "currentStep": odd,
+        "traits": dict.fromkeys(("role", "segment", "companySize", "referral"), odd),
+        **dict.fromkeys(("lastSeen", "firstSeen", "completedAt", "formErrors", "retries"), odd),
+        "sessions": {"count": odd},
+        "activity": {"last5m": odd, "last60m": odd},
+    }
+    enrichment = dict.fromkeys(("found", "plan", "industry", "employees", "region"), odd)
+    for now in (odd, 0, 10**13):
+        x = SCHEMA.featurize(profile, enrichment, {"device": odd, "referrer": odd}, now)
+        assert np.isfinite(x).all() and ((x >= 0) & (x <= 1)).all(), SCHEMA.describe(x)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PROFILE, ENRICHMENT, CONTEXT, ANY)
+def test_never_nan_whatever_the_input(profile, enrichment, context, now):
+    x = SCHEMA.featurize(profile, enrichment, context, now)
+    assert x.dtype == np.float32 and x.shape == (SCHEMA.dim,)
+    assert np.isfinite(x).all()
+    assert ((x >= 0) & (x <= 1)).all()
+    assert np.array_equal(x, SCHEMA.featurize(profile, enrichment, context, now))
