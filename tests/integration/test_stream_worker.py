@@ -36,9 +36,9 @@ def test_checkpointed_offsets_are_committed_and_invalid_events_reach_the_dlq(
     bad.update(messageId="bad-duration", properties={"durationMs": -40})
     records.append((records[5][0], json.dumps(bad).encode()))
     producer = make_producer(broker.bootstrap, settings.kafka)
-    producer.send_all(
-        [OutRecord(settings.topics.events, v, key=k) for k, v in records]
-    ).result(timeout=60)
+    producer.send_all([OutRecord(settings.topics.events, v, key=k) for k, v in records]).result(
+        timeout=60
+    )
     producer.close()
 
     sup = StreamSupervisor(

@@ -78,7 +78,9 @@ def test_verdicts_do_not_depend_on_batching_and_survive_snapshots():
     for i in range(0, len(records), 9):
         parts = SessionShard.restore(parts.snapshot())  # a crash between every batch
         batch = records[i : i + 9]
-        rejected += [json.loads(batch[j][1])["messageId"] for j, *_ in parts.process(batch).rejected]
+        rejected += [
+            json.loads(batch[j][1])["messageId"] for j, *_ in parts.process(batch).rejected
+        ]
     assert sorted(rejected) == whole
     assert parts.profiles_as_dicts() == one.profiles_as_dicts()
     assert parts.rejected_by_reason == one.rejected_by_reason
