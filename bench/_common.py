@@ -46,3 +46,63 @@ def git_rev() -> str | None:
 def emit(result: dict[str, Any]) -> None:
     """The benchmark's last line: one JSON object."""
     print(json.dumps(result, separators=(",", ":")), flush=True)
+
+
+async def closed_loop(
+    url: str,
+    path: str,
+    bodies: list[bytes],
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Closed-loop HTTP load: ``concurrency`` connections, each sending the next body as soon as
+    the previous answer arrived, for ``seconds``. Returns answers/s (200s only), latency
+    quantiles and the count of every status (0: connection error)."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    stop_at = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+
+        async def worker(w: int) -> None:
+            i = w
+            while time.perf_counter() < stop_at:
+                body = bodies[i % len(bodies)]
+                i += concurrency
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url + path, data=body, headers=headers) as resp:
+                        await resp.read()
+                        status = resp.status
+                except aiohttp.ClientError:
+                    status = 0
+                latencies.append(time.perf_counter() - t0)
+                statuses[status] = statuses.get(status, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def q(p: float) -> float | None:
+        if not latencies:
+            return None
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+
+    return {
+        "path": path,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(statuses.get(200, 0) / elapsed, 1),
+        "p50_ms": q(0.50),
+        "p99_ms": q(0.99),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }

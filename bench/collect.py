@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import emit, git_rev, machine
+from bench._common import closed_loop, emit, git_rev, machine
 
 WRITE_KEY = "bench-write-key"
 
@@ -54,55 +54,13 @@ def _event(i: int, user: int) -> dict[str, Any]:
 async def _load(
     url: str, path: str, bodies: list[bytes], per_request: int, concurrency: int, seconds: float
 ) -> dict[str, Any]:
-    import aiohttp
-
     auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
     headers = {"Authorization": auth, "Content-Type": "application/json"}
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    stop_at = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
-
-        async def worker(w: int) -> None:
-            i = w
-            while time.perf_counter() < stop_at:
-                body = bodies[i % len(bodies)]
-                i += concurrency
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url + path, data=body, headers=headers) as resp:
-                        await resp.read()
-                        status = resp.status
-                except aiohttp.ClientError:
-                    status = 0
-                latencies.append(time.perf_counter() - t0)
-                statuses[status] = statuses.get(status, 0) + 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    ok = statuses.get(200, 0)
-    latencies.sort()
-
-    def q(p: float) -> float | None:
-        if not latencies:
-            return None
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
-
+    r = await closed_loop(url, path, bodies, headers, concurrency, seconds)
     return {
-        "path": path,
+        **r,
         "events_per_request": per_request,
-        "concurrency": concurrency,
-        "seconds": round(elapsed, 2),
-        "requests_per_s": round(ok / elapsed, 1),
-        "events_per_s": round(ok * per_request / elapsed, 1),
-        "p50_ms": q(0.50),
-        "p99_ms": q(0.99),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "events_per_s": round(r["requests_per_s"] * per_request, 1),
     }
 
 

@@ -36,7 +36,13 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             "no Kafka to write to: set kafka.bootstrap_servers (ONRAMP_KAFKA__BOOTSTRAP_SERVERS) "
             "or start Onramp with `onramp up`, which runs the embedded broker"
         )
+    d = settings.decide
     return CollectorIngress.options(
-        num_replicas=settings.collector.replicas,
+        autoscaling_config={
+            "min_replicas": d.min_replicas,
+            "initial_replicas": max(settings.collector.replicas, d.min_replicas),
+            "max_replicas": max(d.max_replicas, settings.collector.replicas, d.min_replicas),
+            "target_ongoing_requests": d.target_ongoing_requests,
+        },
         ray_actor_options={"num_cpus": 0.25},
     ).bind(settings, bootstrap)

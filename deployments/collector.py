@@ -1,26 +1,42 @@
 """The collector as a Ray Serve ingress deployment (FastAPI): the Segment tracking API over HTTP.
 
 Routes: ``POST /v1/batch|track|identify|page|screen|group|alias`` and the analytics.js short forms
-``/v1/b|t|i|p``; ``OPTIONS`` (CORS preflight) on all of them; ``GET /v1/profiles/{user_id}`` (read
-key); ``GET /healthz``; ``GET /metrics``.
-The work is done by :class:`ray_app.collect.Collector`; this module only moves bytes and headers.
+``/v1/b|t|i|p``; ``OPTIONS`` (CORS preflight) on all of them; ``GET /v1/profiles/{user_id}`` and
+``POST|GET /v1/decide`` (read key); ``GET /healthz``; ``GET /metrics``.
+The work is done by :class:`ray_app.collect.Collector` and :class:`ray_app.decide.Decider`; this
+module only moves bytes and headers, reads profiles from the stream workers, and batches the
+decisions that arrive together into one model forward.
+
+One deployment serves both the collector and the decisions: on this kind of machine an extra
+deployment hop would cost more than the decision itself. It autoscales on ongoing requests
+(``decide.min_replicas``/``max_replicas``/``target_ongoing_requests``), and its ``user_config``
+(``model_path``, ``model_b_path``, ``policy``, ``epsilon``, ``temperature``) changes the model
+and the policy of running replicas through ``reconfigure`` without a restart.
 """
 
 import asyncio
 import logging
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 
 from ray_app import __version__
+from ray_app.catalog import DecisionRequestError
 from ray_app.collect import Collector, Reply, kafka_producer_factory
 from ray_app.collect.parse import iso_ms, key_owner, write_key_from_header
 from ray_app.config import Settings
+from ray_app.decide import Decider, DecideRequest, Decision
+from ray_app.decide.log import DecisionLog
 from ray_app.enrich import CrmTable
+from ray_app.kafka.client import make_producer
+from ray_app.model import ModelBundle, ModelFileError, Policy
 from ray_app.stream.supervisor import ProfileReader, StreamUnavailable
 from ray_app.telemetry import OtelHooks
 from ray_app.telemetry.stream import stream_metrics_text
@@ -116,6 +132,37 @@ def _route(path: str, ref: str, summary: str) -> Any:
     return api.post(path, responses=_STATUSES, openapi_extra=_body(ref), summary=summary)
 
 
+_DECIDE_STATUSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "ranked actions with scores, the chosen action (null when none is "
+        "eligible), its propensity, the decision id, the model version and the experiment arm."
+    },
+    400: {"description": "Malformed body: `field` names what is wrong."},
+    401: {"description": "Read key missing or unknown."},
+    422: {"description": "Unknown slot or action, or ineligible candidates (`field` says which)."},
+    503: {"description": "The decision log is not keeping up; retry after Retry-After."},
+}
+
+
+def _bad(error: str, field: str | None, message: str) -> dict[str, Any]:
+    return {"error": error, "field": field, "message": message}
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def _decision_producer(settings: Settings, bootstrap: str) -> Any:
+    from ray_app.kafka.topics import ensure_topics
+
+    ensure_topics(bootstrap, settings.kafka, timeout_s=settings.kafka.ack_timeout_s)
+    producer = make_producer(bootstrap, settings.kafka)
+    warm = getattr(producer, "partitions_for", None)
+    if warm is not None:
+        warm(settings.topics.decisions)
+    return producer
+
+
 @serve.deployment(name="Collector", max_ongoing_requests=512, graceful_shutdown_timeout_s=10)
 @serve.ingress(api)
 class CollectorIngress:
@@ -133,6 +180,83 @@ class CollectorIngress:
         self._read_keys = {n: k.get_secret_value() for n, k in settings.collector.read_keys.items()}
         self.profiles = ProfileReader(settings.ray.namespace)
         self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s)
+        # decisions
+        self.decider = Decider.from_settings(settings)
+        self.model_paths: dict[str, Path | None] = {
+            "treatment": settings.decide.model_path,
+            "treatment_b": settings.decide.model_b_path,
+        }
+        self._model_mtimes: dict[str, float] = {}
+        self._load_models()
+        self.decision_log = DecisionLog(
+            lambda: _decision_producer(settings, bootstrap),
+            settings.topics.decisions,
+            settings.decide.log_max_pending,
+            self.hooks.decisions_logged,
+        )
+        self.decision_log.connect()
+        self._queue: list[tuple[DecideRequest, asyncio.Future[Any]]] = []
+        self._batch_running = False
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_models, daemon=True)
+        self._watcher.start()
+
+    # -- models: load, watch, hot swap -------------------------------------------------------
+
+    def _load_models(self) -> None:
+        for arm, path in self.model_paths.items():
+            if path is None:
+                self.hooks.model_version(arm, self.decider.bundles[arm].version)
+                continue
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # not published yet: keep serving what we have
+            if self._model_mtimes.get(arm) == mtime:
+                continue
+            self._model_mtimes[arm] = mtime
+            try:
+                bundle = ModelBundle.from_bytes(
+                    path.read_bytes(), self.decider.schema, self.decider.catalog, False
+                )
+                if self.decider.swap(arm, bundle):
+                    log.info("arm %s now serves model version %d", arm, bundle.version)
+                else:
+                    log.warning(
+                        "%s: version %d is not newer than %d; kept the current model",
+                        path,
+                        bundle.version,
+                        self.decider.bundles[arm].version,
+                    )
+            except (ModelFileError, OSError) as exc:
+                log.error("%s: not loaded, kept the current model: %s", path, exc)
+            self.hooks.model_version(arm, self.decider.bundles[arm].version)
+
+    def _watch_models(self) -> None:
+        while not self._stop.wait(self.settings.decide.model_poll_s):
+            try:
+                self._load_models()
+            except Exception:  # a broken file must never stop the watcher
+                log.exception("model watcher")
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve's ``user_config``: model files and policy, changed without a restart."""
+        unknown = set(config) - {"model_path", "model_b_path", "policy", "epsilon", "temperature"}
+        if unknown:
+            raise ValueError(f"user_config: unknown keys {sorted(unknown)}")
+        for key, arm in (("model_path", "treatment"), ("model_b_path", "treatment_b")):
+            if key in config:
+                self.model_paths[arm] = Path(config[key]) if config[key] else None
+                self._model_mtimes.pop(arm, None)
+        if {"policy", "epsilon", "temperature"} & set(config):
+            p = self.decider.policy
+            self.decider.policy = Policy(
+                kind=config.get("policy", p.kind),
+                epsilon=config.get("epsilon", p.epsilon),
+                temperature=config.get("temperature", p.temperature),
+                seed=p.seed,
+            )
+        self._load_models()
 
     async def _collect(self, route: str, request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -271,11 +395,138 @@ class CollectorIngress:
     ) -> Response:
         return self._respond(Reply(status, body, dict(headers or {})), origin)
 
+    # -- decisions --------------------------------------------------------------------------
+
+    @api.post(
+        "/v1/decide",
+        responses=_DECIDE_STATUSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": DecideRequest.model_json_schema()}},
+            }
+        },
+        summary="What this user should see next",
+    )
+    async def decide_post(self, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if not self._read_key_ok(request.headers.get("authorization")):
+            return self._unauthorized(origin)
+        raw = await self._read_body(request)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return self._json(400, _bad("invalid_json", None, str(exc)), origin)
+        if not isinstance(data, dict):
+            return self._json(400, _bad("not_an_object", None, "send a JSON object"), origin)
+        return await self._decide(data, origin)
+
+    @api.get("/v1/decide", responses=_DECIDE_STATUSES, summary="Decide (query-string form)")
+    async def decide_get(self, request: Request) -> Response:
+        """``?user_id=&slot=&candidates=a,b&context.device=mobile&decision_id=``"""
+        origin = request.headers.get("origin")
+        if not self._read_key_ok(request.headers.get("authorization")):
+            return self._unauthorized(origin)
+        data: dict[str, Any] = {}
+        context: dict[str, Any] = {}
+        for key, value in request.query_params.multi_items():
+            if key.startswith("context."):
+                context[key.removeprefix("context.")] = value
+            elif key == "candidates":
+                data["candidates"] = [c for c in value.split(",") if c]
+            else:
+                data[key] = value
+        if context:
+            data["context"] = context
+        return await self._decide(data, origin)
+
+    async def _decide(self, data: dict[str, Any], origin: str | None) -> Response:
+        started = time.perf_counter()
+        try:
+            req = DecideRequest.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or None
+            return self._json(400, _bad("invalid_request", where, err["msg"]), origin)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((req, future))
+        if not self._batch_running:
+            self._batch_running = True
+            asyncio.get_running_loop().create_task(self._run_batches())
+        result = await future
+        if isinstance(result, Exception) and not isinstance(result, DecisionRequestError):
+            raise result
+        if isinstance(result, DecisionRequestError):
+            code = _snake(type(result).__name__)
+            return self._json(422, _bad(code, result.field, str(result)), origin)
+        decision: Decision = result
+        if decision.chosen is not None and not self.decision_log.offer(
+            [(decision.user_key.encode(), decision.record())]
+        ):
+            self.hooks.kafka_unavailable("decision_log")
+            retry = {"Retry-After": str(self.settings.collector.retry_after_s)}
+            body = _bad("decision_log_backlog", None, "the decision log is not keeping up")
+            return self._json(503, body, origin, retry)
+        self.hooks.decision(
+            decision.slot, decision.arm, decision.cold_start, time.perf_counter() - started
+        )
+        return self._json(200, decision.answer(), origin)
+
+    async def _run_batches(self) -> None:
+        """Decide what queued up, batch after batch, until the queue is empty: one profile
+        lookup per owning stream worker and one model forward per (arm, slot) for the whole
+        batch. Requests that arrive while a batch waits for its profiles form the next one."""
+        try:
+            while self._queue:
+                queued, self._queue = self._queue, []
+                try:
+                    results = await self._decide_batch([q[0] for q in queued])
+                except Exception as exc:  # never leave a request hanging
+                    log.exception("decide batch failed")
+                    results = [exc] * len(queued)
+                for (_, future), result in zip(queued, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._batch_running = False
+
+    async def _decide_batch(self, requests: list[DecideRequest]) -> list[Any]:
+        profiles: dict[str, dict[str, Any] | None] = {}
+        cold_all = True
+        try:
+            profiles = await asyncio.wait_for(
+                self.profiles.get_many([r.user_key for r in requests]),
+                self.settings.decide.profile_deadline_ms / 1000,
+            )
+            cold_all = False
+        except (TimeoutError, StreamUnavailable):
+            pass  # answer from cold-start features within the deadline
+        items = []
+        cold = []
+        for r in requests:
+            profile = profiles.get(r.user_key)
+            items.append(
+                (r, profile, self.crm.enrich(profile or {"userId": r.user_id, "traits": {}}))
+            )
+            cold.append(cold_all or profile is None)
+        return self.decider.decide_many(items, now_ms=int(time.time() * 1000), cold_reasons=cold)
+
+    def _unauthorized(self, origin: str | None) -> Response:
+        body = {"error": "unauthorized", "message": "send a read key: Authorization: Bearer <key>"}
+        return self._json(401, body, origin)
+
     @api.get(
         "/healthz", responses={200: {"description": "The replica is up; Kafka state in the body."}}
     )
     async def healthz(self) -> JSONResponse:
-        return JSONResponse(self.collector.health())
+        return JSONResponse(
+            {
+                **self.collector.health(),
+                "models": self.decider.versions(),
+                "decisionLog": self.decision_log.stats(),
+                "experiment": self.decider.arms.current.describe(),
+            }
+        )
 
     @api.get("/metrics", responses={200: {"description": "Prometheus text exposition."}})
     async def metrics(self) -> Response:
@@ -295,3 +546,9 @@ class CollectorIngress:
         collector = getattr(self, "collector", None)
         if collector is not None:
             collector.close(timeout_s=5.0)
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+        decision_log = getattr(self, "decision_log", None)
+        if decision_log is not None:
+            decision_log.close(timeout_s=10.0)

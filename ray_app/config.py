@@ -16,6 +16,7 @@ ray_app.errors.ConfigError: invalid settings (ONRAMP_* environment): kafka.parti
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -226,6 +227,68 @@ class SimSettings(_Section):
     malformed_share: float = Field(0.01, ge=0, le=0.5, description="Share sent malformed.")
 
 
+class ExperimentSplit(_Section):
+    """An earlier split of the experiment, in force from ``since`` until the next one."""
+
+    since: dt.datetime = Field(description="When this split started (ISO-8601, UTC if no zone).")
+    arms: dict[str, float] = Field(description="Arm -> weight, as in decide.arms.")
+
+
+class DecideSettings(_Section):
+    """``/v1/decide``: the catalog, the model and its policy, the experiment, serving limits."""
+
+    catalog_path: Path | None = Field(
+        None, description="Onboarding catalog (YAML); empty: the packaged default catalog."
+    )
+    model_path: Path | None = Field(
+        None,
+        description="Model file of the treatment arm (an Onramp model bundle), watched for "
+        "changes and hot-swapped; empty: cold start from the catalog's default flow.",
+    )
+    model_b_path: Path | None = Field(
+        None, description="Model file of the optional arm treatment_b (empty: cold start)."
+    )
+    model_poll_s: float = Field(1.0, gt=0, description="How often replicas check the files.")
+    policy: Literal["epsilon_greedy", "softmax", "thompson"] = Field(
+        "epsilon_greedy", description="Exploration of the model arms."
+    )
+    epsilon: float = Field(0.1, ge=0, le=1, description="epsilon_greedy: share explored.")
+    temperature: float = Field(0.5, gt=0, description="softmax: temperature of the scores.")
+    seed: int = Field(0, description="Seed of the policy's draws (with the decision id).")
+    experiment: str = Field("onboarding", min_length=1, description="Experiment name.")
+    salt: str = Field("onramp", min_length=1, description="Hash salt of the arm assignment.")
+    arms: dict[str, float] = Field(
+        default_factory=lambda: {"control": 0.5, "treatment": 0.5},
+        description="Arm -> weight. control gets the static flow, treatment the model, "
+        "treatment_b the second model.",
+    )
+    holdout: float = Field(
+        0.0, ge=0, lt=1, description="Share of users who always get the static flow."
+    )
+    earlier_splits: list[ExperimentSplit] = Field(
+        default_factory=list,
+        description="Earlier splits: a user keeps the arm of the split in force when they were "
+        "first seen, so changing decide.arms does not reassign users already assigned.",
+    )
+    reassign: bool = Field(
+        False, description="Assign every user by the current split (ignore earlier_splits)."
+    )
+    profile_deadline_ms: float = Field(
+        30.0, gt=0, description="Wait this long for the live profile, then answer cold-start."
+    )
+    log_max_pending: int = Field(
+        20_000,
+        ge=1,
+        description="Decisions waiting for Kafka's ack; beyond it /v1/decide answers 503 "
+        "(no decision is served that is not logged).",
+    )
+    min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest ingress replicas.")
+    max_replicas: int = Field(2, ge=1, description="Autoscaling: most ingress replicas.")
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Autoscaling: requests in flight per replica to aim for."
+    )
+
+
 class Settings(_Section):
     """All of Onramp's settings."""
 
@@ -236,6 +299,7 @@ class Settings(_Section):
     sim: SimSettings = Field(default_factory=SimSettings)  # type: ignore[arg-type]
     stream: StreamSettings = Field(default_factory=StreamSettings)  # type: ignore[arg-type]
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)  # type: ignore[arg-type]
+    decide: DecideSettings = Field(default_factory=DecideSettings)  # type: ignore[arg-type]
     state_dir: Path = Field(Path(".onramp"), description="Local directory for logs and state.")
 
     @property

@@ -42,7 +42,7 @@ def configure_http_mode(high_throughput: bool) -> str:
     ones, so two Onramps on one machine (a test session and a demo, say) do not collide.
     """
     if not high_throughput:
-        for name in _HA_ENV:
+        for name in (*_HA_ENV, "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
             os.environ.pop(name, None)
         return "default"
     try:
@@ -56,7 +56,7 @@ def configure_http_mode(high_throughput: bool) -> str:
             RuntimeWarning,
             stacklevel=2,
         )
-        for name in _HA_ENV:
+        for name in (*_HA_ENV, "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
             os.environ.pop(name, None)
         return "default"
     for name in _HA_ENV:
@@ -64,6 +64,9 @@ def configure_http_mode(high_throughput: bool) -> str:
     # A stopping replica stays reachable this long so load balancers can deregister it. Serve's
     # 30 s suits a fleet behind an external balancer; here HAProxy is local and told at once.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    # Serve's bundle of request-path optimizations (user code on the replica's own loop, no
+    # per-request log to stderr, buffered request logs): about 1.3x the requests/s here.
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
         import tempfile
 

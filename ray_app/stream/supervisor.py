@@ -268,6 +268,36 @@ class ProfileReader:
             raise StreamUnavailable(f"stream workers are not running: {exc}") from None
         return result
 
+    async def get_many(self, user_keys: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Profiles of many users with one actor call per owning worker (concurrently)."""
+        import asyncio
+
+        import ray
+
+        for attempt in range(2):
+            partitions, workers = (
+                self._routes if self._routes and attempt == 0 else await self._load()
+            )
+            if not workers:
+                raise StreamUnavailable("stream workers are not running")
+            by_worker: dict[int, list[tuple[int, str]]] = {}
+            for key in dict.fromkeys(user_keys):
+                p = partition_for(key.encode(), partitions)
+                by_worker.setdefault(p % len(workers), []).append((p, key))
+            try:
+                answers = await asyncio.gather(
+                    *[workers[w].profiles_of.remote(keys) for w, keys in by_worker.items()]
+                )
+            except ray.exceptions.RayActorError:
+                self._routes = None  # a worker was replaced: refresh the table once
+                continue
+            out: dict[str, dict[str, Any] | None] = {}
+            for keys, profiles in zip(by_worker.values(), answers, strict=True):
+                for (_, key), profile in zip(keys, profiles, strict=True):
+                    out[key] = profile
+            return out
+        raise StreamUnavailable("a worker owning these users is restarting; retry shortly")
+
     async def get(self, user_key: str) -> dict[str, Any] | None:
         import ray
 

@@ -53,10 +53,10 @@ def state_config(settings: Settings) -> StateConfig:
 
 
 def known_steps(settings: Settings) -> frozenset[str]:
-    """The step ids of the onboarding catalog."""
-    from ray_app.sim import STEPS
+    """The step ids of the onboarding catalog (``decide.catalog_path``)."""
+    from ray_app.catalog import load_catalog
 
-    return frozenset(STEPS)
+    return frozenset(load_catalog(settings.decide.catalog_path).known_steps)
 
 
 class StreamWorker:
@@ -219,6 +219,15 @@ class StreamWorker:
         with self._lock:
             shard = self.shards.get(partition)
             return None if shard is None else shard.profile(user_key)
+
+    def profiles_of(self, keys: list[tuple[int, str]]) -> list[dict[str, Any] | None]:
+        """Many (partition, user key) lookups in one call: one actor round trip for a batch."""
+        with self._lock:
+            out = []
+            for partition, user_key in keys:
+                shard = self.shards.get(partition)
+                out.append(None if shard is None else shard.profile(user_key))
+            return out
 
     def profiles(self, partition: int) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["CollectorHooks", "NoopHooks", "OtelHooks"]
 
@@ -29,6 +29,15 @@ class CollectorHooks(Protocol):
     def enrichment(self, found: bool) -> None:
         """One CRM lookup for a profile read: a row was found, or the defaults were used."""
 
+    def decision(self, slot: str, arm: str, cold: bool, seconds: float) -> None:
+        """One decision answered (``cold``: without the live profile)."""
+
+    def decisions_logged(self, ok: int, failed: int) -> None:
+        """Decision records acknowledged by Kafka, or failed."""
+
+    def model_version(self, arm: str, version: int) -> None:
+        """The model version an arm now serves."""
+
 
 class NoopHooks:
     """Hooks that do nothing (the default)."""
@@ -46,6 +55,15 @@ class NoopHooks:
         pass
 
     def enrichment(self, found: bool) -> None:
+        pass
+
+    def decision(self, slot: str, arm: str, cold: bool, seconds: float) -> None:
+        pass
+
+    def decisions_logged(self, ok: int, failed: int) -> None:
+        pass
+
+    def model_version(self, arm: str, version: int) -> None:
         pass
 
 
@@ -68,7 +86,11 @@ class OtelHooks:
                 View(
                     instrument_name="onramp.http.request.duration",
                     aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
-                )
+                ),
+                View(
+                    instrument_name="onramp.decide.duration",
+                    aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
+                ),
             ],
         )
         meter = self._provider.get_meter("onramp.collector")
@@ -86,6 +108,27 @@ class OtelHooks:
         )
         self._enrichment = meter.create_counter(
             "onramp.enrichment.lookups", description="CRM lookups on profile reads, hit or miss"
+        )
+        self._decisions = meter.create_counter(
+            "onramp.decisions", description="Decisions answered, by slot, arm and cold start"
+        )
+        self._decide_latency = meter.create_histogram(
+            "onramp.decide.duration", unit="s", description="Time to decide (in the replica)"
+        )
+        self._logged = meter.create_counter(
+            "onramp.decisions.logged", description="Decision records acknowledged by Kafka"
+        )
+        self._versions: dict[str, int] = {}
+
+        def _observe_versions(_options: Any) -> list[Any]:
+            from opentelemetry.metrics import Observation
+
+            return [Observation(v, {"arm": a}) for a, v in self._versions.items()]
+
+        meter.create_observable_gauge(
+            "onramp.model.version",
+            callbacks=[_observe_versions],
+            description="Model version each arm serves",
         )
         self._unavailable = meter.create_counter(
             "onramp.kafka.unavailable", description="503 answers because Kafka did not acknowledge"
@@ -107,6 +150,19 @@ class OtelHooks:
 
     def enrichment(self, found: bool) -> None:
         self._enrichment.add(1, {"result": "hit" if found else "miss"})
+
+    def decision(self, slot: str, arm: str, cold: bool, seconds: float) -> None:
+        self._decisions.add(1, {"slot": slot, "arm": arm, "cold_start": str(cold).lower()})
+        self._decide_latency.record(seconds, {"slot": slot})
+
+    def decisions_logged(self, ok: int, failed: int) -> None:
+        if ok:
+            self._logged.add(ok, {"result": "acked"})
+        if failed:
+            self._logged.add(failed, {"result": "failed"})
+
+    def model_version(self, arm: str, version: int) -> None:
+        self._versions[arm] = version
 
     def prometheus_text(self) -> bytes:
         """The Prometheus exposition of everything recorded so far."""

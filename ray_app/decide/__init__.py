@@ -1,0 +1,337 @@
+"""Decisions: what a user should see next, from the live profile, a model and an exploring policy.
+
+The pieces (each pure and tested alone) come together here, without HTTP or Ray:
+
+* :class:`DecideRequest` - the request body of ``/v1/decide``, validated with precise errors;
+* :class:`Arms` - the experiment: which arm a user is in, sticky across split changes (a user
+  keeps the arm of the split in force when they were first seen; see :class:`Arms`);
+* :class:`Decider` - catalog eligibility -> features -> one batched model forward per slot ->
+  policy (control: the static flow with propensity 1; model arms: the exploring policy and the
+  exact propensity of what it chose) -> :class:`Decision`, which is also the decision log record.
+
+``deployments/collector.py`` serves it over HTTP, reads the profile from the stream worker that
+owns the user, and logs every decision to ``onramp.decisions`` with :class:`DecisionLog`.
+
+>>> from ray_app.config import Settings
+>>> d = Decider.from_settings(Settings())
+>>> [dec] = d.decide_many([(DecideRequest(user_id="u1", slot="next_step", decision_id="d1"),
+...                         None, None)], now_ms=1_767_225_600_000)
+>>> dec.chosen, dec.propensity, dec.cold_start, dec.model_version
+('welcome', 1.0, True, 0)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ray_app.catalog import Catalog, DecisionRequestError, load_catalog
+from ray_app.config import DecideSettings, Settings
+from ray_app.experiments import CONTROL, HOLDOUT, Experiment
+from ray_app.features import FeatureSchema
+from ray_app.model import ControlPolicy, ModelBundle, Policy, cold_start_bundle, score_batch
+
+__all__ = ["Arms", "DecideRequest", "Decider", "Decision"]
+
+
+class DecideRequest(BaseModel):
+    """``POST /v1/decide`` (or the query string of ``GET /v1/decide``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    user_id: str | None = Field(None, alias="userId", min_length=1, max_length=512)
+    anonymous_id: str | None = Field(None, alias="anonymousId", min_length=1, max_length=512)
+    slot: str = Field(min_length=1, max_length=128, description="Catalog slot to decide.")
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Request context (device, referrer, locale, ...)."
+    )
+    candidates: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Restrict the answer to these actions (each must be eligible).",
+    )
+    decision_id: str | None = Field(
+        None,
+        alias="decisionId",
+        min_length=1,
+        max_length=128,
+        description="Idempotency key: the same id gives the same draw (default: a new UUID).",
+    )
+
+    @model_validator(mode="after")
+    def _identity(self) -> DecideRequest:
+        if self.user_id is None and self.anonymous_id is None:
+            raise ValueError("send user_id or anonymous_id")
+        return self
+
+    @property
+    def user_key(self) -> str:
+        """The key events of this user are partitioned by (as the collector keys them)."""
+        return self.user_id or self.anonymous_id or ""
+
+
+@dataclass
+class Decision:
+    """One answered decision; :meth:`record` is what ``onramp.decisions`` receives."""
+
+    decision_id: str
+    user_key: str
+    slot: str
+    arm: str
+    experiment: str
+    model_version: int
+    policy: str
+    ranked: list[dict[str, Any]]
+    chosen: str | None
+    propensity: float | None
+    features: list[float]
+    schema_hash: str
+    candidates: list[str]
+    at_ms: int
+    cold_start: bool
+    context: dict[str, Any] = field(default_factory=dict)
+    profile_age_ms: int | None = None
+
+    def answer(self) -> dict[str, Any]:
+        """The HTTP answer."""
+        return {
+            "decisionId": self.decision_id,
+            "slot": self.slot,
+            "chosen": self.chosen,
+            "propensity": self.propensity,
+            "ranked": self.ranked,
+            "arm": self.arm,
+            "experiment": self.experiment,
+            "modelVersion": self.model_version,
+            "policy": self.policy,
+            "coldStart": self.cold_start,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The decision log record (schema ``onramp.decision/1``)."""
+        return {
+            "schema": "onramp.decision/1",
+            **self.answer(),
+            "userKey": self.user_key,
+            "candidates": self.candidates,
+            "features": self.features,
+            "featureSchema": self.schema_hash,
+            "context": self.context,
+            "profileAgeMs": self.profile_age_ms,
+            "timestamp": dt.datetime.fromtimestamp(self.at_ms / 1000, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+        }
+
+
+class Arms:
+    """Experiment assignment, sticky across split changes without storing assignments.
+
+    The current split is ``decide.arms``; ``decide.earlier_splits`` lists the splits before it
+    with their start times. A user is assigned by the split that was in force when the stream
+    first saw them (``firstSeen`` of their profile, which is exactly-once state); a user with no
+    profile yet is new and gets the current split. So changing the split moves only users who
+    arrive afterwards, unless ``decide.reassign`` is set. Holdout membership depends on the salt
+    and the holdout share only.
+
+    >>> from ray_app.config import DecideSettings
+    >>> s = DecideSettings(arms={"control": 1.0, "treatment": 0.0}, earlier_splits=[
+    ...     {"since": "2026-01-01T00:00:00Z", "arms": {"control": 0.0, "treatment": 1.0}}])
+    >>> arms = Arms(s)
+    >>> arms.assign("u1", {"firstSeen": 1_767_225_600_000 + 5})   # first seen under the old split
+    'treatment'
+    >>> arms.assign("u1", None)                                    # new user: the current split
+    'control'
+    """
+
+    def __init__(self, settings: DecideSettings) -> None:
+        def experiment(weights: dict[str, float], where: str = "decide") -> Experiment:
+            return Experiment.from_dict(
+                {
+                    "name": settings.experiment,
+                    "salt": settings.salt,
+                    "arms": weights,
+                    "holdout": settings.holdout,
+                },
+                where=where,
+            )
+
+        self.name = settings.experiment
+        self.current = experiment(settings.arms)
+        self.reassign = settings.reassign
+        splits = sorted(settings.earlier_splits, key=lambda s: s.since)
+        self.earlier: list[tuple[int, Experiment]] = [
+            (_ms(sp.since), experiment(sp.arms, f"decide.earlier_splits[{n}]"))
+            for n, sp in enumerate(splits)
+        ]
+
+    def in_force(self, first_seen_ms: int | None) -> Experiment:
+        """The split in force at a time (None: now)."""
+        if first_seen_ms is None or self.reassign:
+            return self.current
+        chosen = self.current
+        for i, (since, exp) in enumerate(self.earlier):
+            until = self.earlier[i + 1][0] if i + 1 < len(self.earlier) else None
+            if first_seen_ms >= since and (until is None or first_seen_ms < until):
+                chosen = exp
+        return chosen
+
+    def assign(self, user_key: str, profile: dict[str, Any] | None) -> str:
+        first = profile.get("firstSeen") if profile else None
+        return self.in_force(first if isinstance(first, int) else None).assign(user_key)
+
+
+def _ms(t: dt.datetime) -> int:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1000)
+
+
+class Decider:
+    """Everything a replica needs to decide; see the module docstring. Not thread-safe for
+    swaps; a swap replaces one attribute, so a request in flight finishes with what it read."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        arms: Arms,
+        policy: Policy,
+        bundles: dict[str, ModelBundle] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.schema = FeatureSchema.from_catalog(catalog)
+        self.arms = arms
+        self.policy = policy
+        cold = cold_start_bundle(self.schema, catalog)
+        self.bundles: dict[str, ModelBundle] = {"treatment": cold, "treatment_b": cold}
+        for arm, bundle in (bundles or {}).items():
+            self.swap(arm, bundle)
+        self._control = {name: ControlPolicy.for_slot(catalog, name) for name in catalog.slot_names}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Decider:
+        d = settings.decide
+        policy = Policy(kind=d.policy, epsilon=d.epsilon, temperature=d.temperature, seed=d.seed)
+        return cls(load_catalog(d.catalog_path), Arms(d), policy)
+
+    def swap(self, arm: str, bundle: ModelBundle) -> bool:
+        """Serve ``bundle`` to ``arm`` if it is newer than what the arm serves; True if swapped.
+        Raises :class:`~ray_app.model.ModelFileError` if it cannot serve this catalog."""
+        bundle.check(self.schema, self.catalog, strict_catalog=False)
+        current = self.bundles.get(arm)
+        if current is not None and bundle.version <= current.version and current.version > 0:
+            return False
+        self.bundles[arm] = bundle
+        return True
+
+    def versions(self) -> dict[str, int]:
+        return {arm: b.version for arm, b in self.bundles.items()}
+
+    def decide_many(
+        self,
+        requests: Sequence[tuple[DecideRequest, dict[str, Any] | None, dict[str, Any] | None]],
+        now_ms: int,
+        cold_reasons: Sequence[bool] | None = None,
+    ) -> list[Decision | DecisionRequestError]:
+        """Decide a batch of (request, live profile or None, enrichment or None).
+
+        A request naming an unknown slot, an unknown action or ineligible candidates gets the
+        catalog's :class:`~ray_app.catalog.DecisionRequestError` in its place (an HTTP 422
+        with the field and the reason); the others are decided.
+        """
+        bundles = dict(self.bundles)  # one model per arm for the whole batch, whatever swaps
+        policy = self.policy
+        prepared: list[Any] = []
+        errors: dict[int, DecisionRequestError] = {}
+        for i, (req, profile, enrichment) in enumerate(requests):
+            try:
+                slot = self.catalog.slot(req.slot)
+                eligible = self.catalog.eligible(req.slot, profile, enrichment, req.candidates)
+            except DecisionRequestError as exc:
+                errors[i] = exc
+                prepared.append(None)
+                continue
+            arm = self.arms.assign(req.user_key, profile)
+            x = self.schema.featurize(profile, enrichment, req.context, now_ms)
+            cold = profile is None if cold_reasons is None else cold_reasons[i]
+            prepared.append((req, profile, slot, eligible, arm, x, cold))
+        # one forward per (arm's bundle, slot) over every request that needs it
+        scores: dict[int, np.ndarray] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, item in enumerate(prepared):
+            if item is None:
+                continue
+            _, _, slot, eligible, arm, _, _ = item
+            if eligible and not Experiment.serves_control(arm):
+                groups.setdefault((arm, slot.index), []).append(i)
+        for (arm, slot_index), members in groups.items():
+            x = np.stack([prepared[i][5] for i in members])
+            out = score_batch(bundles[arm], x, slot_index)
+            for row, i in enumerate(members):
+                scores[i] = out[row]
+        decisions: list[Decision | DecisionRequestError] = []
+        for i, item in enumerate(prepared):
+            if item is None:
+                decisions.append(errors[i])
+                continue
+            req, profile, slot, eligible, arm, x, cold = item
+            decision_id = req.decision_id or str(uuid.uuid4())
+            control = Experiment.serves_control(arm)
+            bundle = None if control else bundles[arm]
+            ranked: list[dict[str, Any]] = []
+            chosen: str | None = None
+            propensity: float | None = None
+            if eligible:
+                if control:
+                    choice = self._control[slot.name].choose(
+                        np.zeros(slot.size, dtype=np.float32), eligible, decision_id
+                    )
+                    s = None
+                else:
+                    s = scores[i]
+                    choice = policy.choose(s, eligible, decision_id)
+                chosen = slot.actions[choice.chosen].id
+                propensity = choice.propensity
+                ranked = [
+                    {
+                        "action": slot.actions[a].id,
+                        "score": None if s is None else round(float(s[a]), 6),
+                        "probability": round(choice.probabilities.get(a, 0.0), 6),
+                    }
+                    for a in choice.ranking
+                ]
+            last = profile.get("lastReceived") if profile else None
+            decisions.append(
+                Decision(
+                    decision_id=decision_id,
+                    user_key=req.user_key,
+                    slot=slot.name,
+                    arm=arm,
+                    experiment=self.arms.name,
+                    model_version=0 if bundle is None else bundle.version,
+                    policy="control" if control else policy.kind,
+                    ranked=ranked,
+                    chosen=chosen,
+                    propensity=propensity,
+                    features=np.round(x.astype(np.float64), 6).tolist(),
+                    schema_hash=self.schema.hash,
+                    candidates=[slot.actions[a].id for a in eligible],
+                    at_ms=now_ms,
+                    cold_start=cold,
+                    context=dict(req.context),
+                    profile_age_ms=now_ms - last if isinstance(last, int) else None,
+                )
+            )
+        return decisions
+
+
+# Re-exported for the HTTP layer.
+HOLDOUT_ARM = HOLDOUT
+CONTROL_ARM = CONTROL

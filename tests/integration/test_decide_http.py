@@ -1,0 +1,279 @@
+"""/v1/decide end to end: events -> Kafka -> stream workers -> profile -> decision, over real
+Serve HTTP; request validation; every answered decision in onramp.decisions; hot swap under load."""
+
+import asyncio
+import dataclasses
+import os
+import time
+import uuid
+
+import httpx
+import pytest
+import torch
+
+from tests.conftest import WRITE_KEY, deploy, make_settings
+
+pytestmark = pytest.mark.integration
+
+READ = {"authorization": "Bearer onramp-demo-read-key"}
+
+
+@pytest.fixture(scope="module")
+def stream(collector, broker, tmp_path_factory):
+    """Stream workers for the session collector (named supervisor actor)."""
+    import ray
+
+    from ray_app.stream import start_supervisor_actor
+
+    settings = make_settings(
+        broker.bootstrap,
+        ONRAMP_STREAM__CHECKPOINT_URI=str(tmp_path_factory.mktemp("decide-ckpt")),
+    )
+    sup = start_supervisor_actor(settings, broker.bootstrap)
+    yield sup
+    ray.get(sup.stop.remote(), timeout=120)
+    ray.kill(sup)
+
+
+def _user_in(arm: str, settings) -> str:
+    from ray_app.decide import Arms
+
+    arms = Arms(settings.decide)
+    while True:
+        user = f"d-{uuid.uuid4().hex[:10]}"
+        if arms.assign(user, None) == arm:
+            return user
+
+
+def _completed(user, steps, seq0=0):
+    batch = [{"type": "identify", "userId": user, "traits": {"role": "developer"}}]
+    for n, step in enumerate(steps):
+        for k, name in enumerate(("Step Viewed", "Step Completed")):
+            batch.append(
+                {
+                    "type": "track",
+                    "userId": user,
+                    "event": name,
+                    "context": {
+                        "onramp": {
+                            "sessionId": f"s-{user}",
+                            "seq": seq0 + 2 * n + k,
+                            "stepId": step,
+                        }
+                    },
+                }
+            )
+    return {"batch": batch}
+
+
+def test_the_decision_follows_the_events_the_user_sent(collector, stream):
+    user = _user_in("control", collector.settings)
+    with httpx.Client(base_url=collector.base_url, timeout=30, headers=READ) as http:
+        first = http.post("/v1/decide", json={"user_id": user, "slot": "next_step"})
+        assert first.status_code == 200, first.text
+        a = first.json()
+        assert (a["chosen"], a["arm"], a["propensity"], a["coldStart"]) == (
+            "welcome",
+            "control",
+            1.0,
+            True,
+        )
+        assert a["decisionId"] and a["modelVersion"] == 0 and a["policy"] == "control"
+
+        sent = http.post(
+            "/v1/batch", json=_completed(user, ["welcome", "role"]), auth=(WRITE_KEY, "")
+        )
+        assert sent.status_code == 200, sent.text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            b = http.get("/v1/decide", params={"user_id": user, "slot": "next_step"}).json()
+            if not b["coldStart"] and b["chosen"] == "team_size":
+                break
+            time.sleep(0.3)
+        assert (b["chosen"], b["coldStart"]) == ("team_size", False), b
+        ranked = [r["action"] for r in b["ranked"]]
+        assert "welcome" not in ranked and "role" not in ranked and ranked[0] == "team_size"
+        # a candidate the user already completed is refused with the reason
+        r = http.post(
+            "/v1/decide",
+            json={"user_id": user, "slot": "next_step", "candidates": ["goals", "role"]},
+        )
+        assert r.status_code == 422
+        assert r.json()["field"] == "candidates[1]" and "role" in r.json()["message"]
+
+
+def test_model_arm_explores_with_exact_propensities(collector, stream):
+    user = _user_in("treatment", collector.settings)
+    with httpx.Client(base_url=collector.base_url, timeout=30, headers=READ) as http:
+        answers = [
+            http.post(
+                "/v1/decide",
+                json={"user_id": user, "slot": "welcome_content", "decisionId": f"{user}-{n}"},
+            ).json()
+            for n in range(40)
+        ]
+    assert {a["arm"] for a in answers} == {"treatment"}
+    for a in answers:
+        probs = {r["action"]: r["probability"] for r in a["ranked"]}
+        assert abs(sum(probs.values()) - 1) < 1e-3
+        assert a["propensity"] == pytest.approx(probs[a["chosen"]], abs=1e-6)
+        assert a["policy"] == "epsilon_greedy" and 0 < a["propensity"] < 1
+    # greedy under the cold-start model is the static flow's first choice
+    assert max(answers[0]["ranked"], key=lambda r: r["probability"])["action"] == "checklist_intro"
+    # the same decision id gives the same draw (idempotent retries)
+    with httpx.Client(base_url=collector.base_url, timeout=30, headers=READ) as http:
+        again = http.post(
+            "/v1/decide",
+            json={"user_id": user, "slot": "welcome_content", "decisionId": f"{user}-7"},
+        ).json()
+    assert again["chosen"] == answers[7]["chosen"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "field"),
+    [
+        (b"{nope", 400, "invalid_json", None),
+        (b"[1]", 400, "not_an_object", None),
+        (b'{"user_id": "u"}', 400, "invalid_request", "slot"),
+        (b'{"slot": "next_step"}', 400, "invalid_request", None),
+        (b'{"user_id": "u", "slot": "next_step", "colour": 1}', 400, "invalid_request", "colour"),
+        (b'{"user_id": "u", "slot": "next_step", "candidates": "role"}', 400, "invalid_request",
+         "candidates"),
+        (b'{"user_id": "u", "slot": "nxt"}', 422, "unknown_slot", "slot"),
+        (b'{"user_id": "u", "slot": "next_step", "candidates": ["dance"]}', 422,
+         "unknown_action", "candidates[0]"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_precise_4xx(collector, body, status, error, field):
+    r = httpx.post(f"{collector.base_url}/v1/decide", content=body, headers=READ, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == error
+    assert r.json()["field"] == field
+    assert r.json()["message"]
+
+
+def test_a_read_key_is_required(collector):
+    url = f"{collector.base_url}/v1/decide"
+    assert httpx.post(url, json={"user_id": "u", "slot": "next_step"}).status_code == 401
+    bad = {"authorization": "Bearer nope"}
+    assert (
+        httpx.get(url, params={"user_id": "u", "slot": "next_step"}, headers=bad).status_code == 401
+    )
+
+
+def test_every_answered_decision_is_in_the_log(collector, read_topic):
+    async def many() -> list[dict]:
+        async with httpx.AsyncClient(base_url=collector.base_url, timeout=30, headers=READ) as http:
+            rs = await asyncio.gather(
+                *[
+                    http.post(
+                        "/v1/decide",
+                        json={"anonymous_id": f"anon-{uuid.uuid4().hex[:8]}", "slot": slot,
+                              "context": {"device": "mobile"}},
+                    )
+                    for _ in range(100)
+                    for slot in ("next_step", "welcome_content", "checklist_order")
+                ]
+            )  # fmt: skip
+        assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200]
+        return [r.json() for r in rs]
+
+    answers = asyncio.run(many())
+    ids = {a["decisionId"] for a in answers}
+    reader = read_topic(collector.settings.topics.decisions)
+    logged = reader.wait_for(lambda v: v.get("decisionId") in ids, len(ids), timeout_s=30)
+    by_id = {r["value"]["decisionId"]: r["value"] for r in logged}
+    assert set(by_id) == ids
+    for a in answers:
+        rec = by_id[a["decisionId"]]
+        assert rec["schema"] == "onramp.decision/1"
+        assert (rec["chosen"], rec["propensity"], rec["arm"], rec["modelVersion"]) == (
+            a["chosen"],
+            a["propensity"],
+            a["arm"],
+            a["modelVersion"],
+        )
+        assert len(rec["features"]) > 50 and rec["featureSchema"] and rec["candidates"]
+        assert rec["context"] == {"device": "mobile"} and rec["timestamp"].endswith("+00:00")
+
+
+def _bundle(version: int, favour: int):
+    """A model that prefers action ``favour`` of welcome_content, at ``version``."""
+    from ray_app.catalog import load_catalog
+    from ray_app.features import FeatureSchema
+    from ray_app.model import cold_start_bundle
+
+    catalog = load_catalog()
+    b = cold_start_bundle(FeatureSchema.from_catalog(catalog), catalog)
+    head = b.scorer.heads[catalog.slot("welcome_content").index]
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[favour] = 5.0
+    return dataclasses.replace(b, version=version)
+
+
+def _publish(path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # atomic: a replica never reads half a file
+
+
+def test_hot_swap_under_load_fails_no_request(broker, serve_port, tmp_path):
+    from ray import serve
+
+    model = tmp_path / "model.onramp"
+    settings = make_settings(
+        broker.bootstrap,
+        ONRAMP_DECIDE__MODEL_PATH=str(model),
+        ONRAMP_DECIDE__MODEL_POLL_S="0.1",
+        ONRAMP_DECIDE__ARMS='{"control": 0, "treatment": 1}',
+        ONRAMP_DECIDE__EPSILON="0",
+    )
+    app = deploy("decide-swap", "/swap", settings, serve_port)
+    stop = asyncio.Event()
+    seen: list[tuple[int, str]] = []
+    failures: list[str] = []
+
+    async def client(n: int) -> None:
+        async with httpx.AsyncClient(base_url=app.base_url, timeout=30, headers=READ) as http:
+            last = -1
+            while not stop.is_set():
+                r = await http.post(
+                    "/v1/decide", json={"user_id": f"swap-{n}", "slot": "welcome_content"}
+                )
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                    continue
+                a = r.json()
+                if a["modelVersion"] < last:
+                    failures.append(f"version went back from {last} to {a['modelVersion']}")
+                last = a["modelVersion"]
+                seen.append((a["modelVersion"], a["chosen"]))
+
+    async def publisher() -> None:
+        await asyncio.sleep(1.0)
+        for version, favour in ((1, 2), (2, 0), (3, 1)):
+            _publish(model, _bundle(version, favour).to_bytes())
+            await asyncio.sleep(1.5)
+        _publish(model, b"garbage")  # refused: v3 stays
+        await asyncio.sleep(1.0)
+        _publish(model, _bundle(2, 2).to_bytes())  # older: v3 stays
+        await asyncio.sleep(1.0)
+        stop.set()
+
+    async def run() -> None:
+        await asyncio.gather(publisher(), *[client(n) for n in range(16)])
+
+    try:
+        asyncio.run(run())
+        health = httpx.get(f"{app.base_url}/healthz", timeout=10).json()
+    finally:
+        serve.delete("decide-swap")
+    assert not failures, failures[:5]
+    versions = [v for v, _ in seen]
+    assert {0, 1, 2, 3} <= set(versions) and versions[-1] == 3
+    chosen = {v: {c for vv, c in seen if vv == v} for v in (1, 2, 3)}
+    # epsilon 0: every answer is the greedy choice of the model that gave it
+    assert chosen == {1: {"template_gallery"}, 2: {"video_tour"}, 3: {"checklist_intro"}}
+    assert health["models"]["treatment"] == 3
+    assert len(seen) > 200

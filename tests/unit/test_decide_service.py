@@ -1,0 +1,88 @@
+"""The decision service without HTTP: arms stay sticky when the split changes, a batch decides
+each request on its own, and the decision log never takes more than its bound."""
+
+import datetime as dt
+
+import pytest
+from pydantic import ValidationError
+
+from ray_app.catalog import IneligibleCandidates, UnknownSlot
+from ray_app.config import DecideSettings, Settings
+from ray_app.decide import Arms, Decider, DecideRequest
+from ray_app.decide.log import DecisionLog
+from ray_app.kafka.client import InMemoryBroker, InMemoryProducer
+
+T0 = int(dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def test_changing_the_split_keeps_users_already_assigned():
+    before = DecideSettings(arms={"control": 0.5, "treatment": 0.5})
+    after = DecideSettings(
+        arms={"control": 0.9, "treatment": 0.1},
+        earlier_splits=[{"since": "2026-01-01T00:00:00Z", "arms": before.arms}],
+    )
+    users = [f"u{i}" for i in range(4000)]
+    old = {u: Arms(before).assign(u, {"firstSeen": T0}) for u in users}
+    # users first seen before the change keep their arm
+    assert {u: Arms(after).assign(u, {"firstSeen": T0}) for u in users} == old
+    # new users follow the new split (about 10% treatment)
+    new = [Arms(after).assign(u, None) for u in users]
+    assert 0.07 < new.count("treatment") / len(new) < 0.13
+    # ...and with reassign, everyone does
+    again = Arms(after.model_copy(update={"reassign": True}))
+    assert [again.assign(u, {"firstSeen": T0}) for u in users] == new
+
+
+def test_a_batch_decides_each_request_on_its_own():
+    d = Decider.from_settings(Settings())
+    done = {"stepsCompleted": ["welcome", "role"], "firstSeen": T0, "lastReceived": T0}
+    out = d.decide_many(
+        [
+            (DecideRequest(user_id="a", slot="next_step"), None, None),
+            (DecideRequest(user_id="b", slot="nope"), None, None),
+            (DecideRequest(user_id="c", slot="next_step", candidates=["role"]), done, None),
+            (DecideRequest(user_id="d", slot="next_step"), done, None),
+        ],
+        now_ms=T0 + 5000,
+    )
+    assert isinstance(out[1], UnknownSlot) and out[1].field == "slot"
+    assert isinstance(out[2], IneligibleCandidates) and out[2].field == "candidates[0]"
+    assert out[0].chosen == "welcome" and out[0].cold_start
+    assert out[3].chosen in out[3].candidates
+    if out[3].arm == "control":
+        assert out[3].chosen == "team_size"
+    assert "role" not in out[3].candidates and out[3].profile_age_ms == 5000
+    rec = out[3].record()
+    assert rec["schema"] == "onramp.decision/1" and len(rec["features"]) == d.schema.dim
+
+
+def test_nothing_eligible_is_an_answer_without_a_choice():
+    d = Decider.from_settings(Settings())
+    steps = ["welcome", "role", "team_size", "goals", "integrations", "invite_teammates",
+             "first_project"]  # fmt: skip
+    [dec] = d.decide_many(
+        [(DecideRequest(user_id="z", slot="next_step"), {"stepsCompleted": steps}, None)], T0
+    )
+    assert (dec.chosen, dec.propensity, dec.ranked) == (None, None, [])
+
+
+def test_request_validation_names_the_field():
+    with pytest.raises(ValidationError, match="user_id or anonymous_id"):
+        DecideRequest(slot="next_step")
+    with pytest.raises(ValidationError) as exc:
+        DecideRequest.model_validate({"userId": "u", "slot": "next_step", "candidates": []})
+    assert exc.value.errors()[0]["loc"] == ("candidates",)
+
+
+def test_the_log_refuses_past_its_bound_and_counts_failures():
+    broker = InMemoryBroker(partitions=2)
+    log = DecisionLog(lambda: InMemoryProducer(broker), "d", max_pending=3)
+    broker.available = False  # an outage: nothing is acknowledged
+    assert log.offer([(b"u", {"decisionId": str(i)}) for i in range(3)])
+    assert not log.offer([(b"u", {"decisionId": "4"})])  # would pass the bound
+    assert log.stats() == {"pending": 3, "acked": 0, "failed": 0}
+    broker.recover()
+    assert log.stats() == {"pending": 0, "acked": 3, "failed": 0}
+    assert log.offer([(b"u", {"decisionId": "5"})])
+    log.close()
+    assert len(broker.records("d")) == 4
