@@ -226,6 +226,13 @@ def _print_urls(stack: Any, settings: Settings) -> None:
         f'\'{{"userId":"u1","event":"Signed Up"}}\' {stack.base_url}/v1/track',
         flush=True,
     )
+    if settings.collector.read_keys:
+        read = next(iter(settings.collector.read_keys.values())).get_secret_value()
+        print(
+            f"  try deciding    : curl -H 'Authorization: Bearer {read}' "
+            f"'{stack.base_url}/v1/decide?user_id=u1&slot=next_step'",
+            flush=True,
+        )
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -259,6 +266,38 @@ def _metric_totals(text: str) -> tuple[float, dict[str, float]]:
                 reason = sample.labels.get("reason", "?")
                 rejected[reason] = rejected.get(reason, 0.0) + sample.value
     return accepted, rejected
+
+
+def _sample_decision(stack: Any, settings: Settings, sim: Any, tick: int) -> str | None:
+    """Ask /v1/decide what one simulated user should see next (one user per tick)."""
+    import httpx
+
+    if not settings.collector.read_keys or not sim.plan.sends:
+        return None
+    read = next(iter(settings.collector.read_keys.values())).get_secret_value()
+    sent = sim.plan.sends[: max(sim.stats.sent, 1)]
+    users = sorted({c["userId"] for _, c in sent if isinstance(c, dict) and c.get("userId")})
+    if not users:
+        return None
+    user = users[(tick * 7919) % len(users)]
+    try:
+        r = httpx.get(
+            stack.urls()["decide"],
+            params={"user_id": user, "slot": "next_step"},
+            headers={"authorization": f"Bearer {read}"},
+            timeout=5,
+        )
+        a = r.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if r.status_code != 200:
+        return f"decide for {user}: {r.status_code} {a.get('error')}"
+    p = a["propensity"]
+    return (
+        f"decide next_step for {user}: {a['chosen']}  (arm {a['arm']}, model v{a['modelVersion']}, "
+        f"propensity {'-' if p is None else f'{p:.2f}'}, "
+        f"{'cold start' if a['coldStart'] else 'live profile'})"
+    )
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -302,6 +341,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         counter = TopicCounter(stack.bootstrap, settings.kafka, topics)
         short = {t: t.removeprefix(settings.kafka.topic_prefix + ".") for t in topics}
         announced = False
+        ticks = 0
         try:
             while True:
                 done = stop.wait(args.every)
@@ -329,6 +369,10 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                     f"{state}",
                     flush=True,
                 )
+                sample = _sample_decision(stack, settings, sim, ticks)
+                if sample:
+                    print(f"           {sample}", flush=True)
+                ticks += 1
                 if done or (args.duration is not None and elapsed >= args.duration):
                     break
                 if not sim_thread.is_alive() and args.duration is None and not announced:

@@ -131,6 +131,7 @@ class Stack:
             "health": f"{base}/healthz",
             "metrics": f"{base}/metrics",
             "profiles": f"{base}/v1/profiles/{{user_id}}",
+            "decide": f"{base}/v1/decide",
         }
 
     def start(self) -> Stack:
