@@ -244,18 +244,19 @@ class CollectorIngress:
         unknown = set(config) - {"model_path", "model_b_path", "policy", "epsilon", "temperature"}
         if unknown:
             raise ValueError(f"user_config: unknown keys {sorted(unknown)}")
+        policy = self.decider.policy
+        if {"policy", "epsilon", "temperature"} & set(config):  # validate before changing anything
+            policy = Policy(
+                kind=config.get("policy", policy.kind),
+                epsilon=config.get("epsilon", policy.epsilon),
+                temperature=config.get("temperature", policy.temperature),
+                seed=policy.seed,
+            )
         for key, arm in (("model_path", "treatment"), ("model_b_path", "treatment_b")):
             if key in config:
                 self.model_paths[arm] = Path(config[key]) if config[key] else None
                 self._model_mtimes.pop(arm, None)
-        if {"policy", "epsilon", "temperature"} & set(config):
-            p = self.decider.policy
-            self.decider.policy = Policy(
-                kind=config.get("policy", p.kind),
-                epsilon=config.get("epsilon", p.epsilon),
-                temperature=config.get("temperature", p.temperature),
-                seed=p.seed,
-            )
+        self.decider.policy = policy
         self._load_models()
 
     async def _collect(self, route: str, request: Request) -> Response:

@@ -277,3 +277,27 @@ def test_hot_swap_under_load_fails_no_request(broker, serve_port, tmp_path):
     assert chosen == {1: {"template_gallery"}, 2: {"video_tour"}, 3: {"checklist_intro"}}
     assert health["models"]["treatment"] == 3
     assert len(seen) > 200
+
+
+def test_user_config_reconfigures_model_and_policy_in_place(broker, tmp_path):
+    """What Serve calls on running replicas when `user_config` changes (serve deploy)."""
+    from deployments.collector import CollectorIngress
+
+    settings = make_settings(broker.bootstrap)
+    replica = CollectorIngress.func_or_class(settings, broker.bootstrap)
+    try:
+        assert replica.decider.versions() == {"treatment": 0, "treatment_b": 0}
+        model = tmp_path / "m.onramp"
+        _publish(model, _bundle(4, 2).to_bytes())
+        replica.reconfigure({"model_path": str(model), "policy": "softmax", "epsilon": 0.2})
+        assert replica.decider.versions()["treatment"] == 4
+        assert (replica.decider.policy.kind, replica.decider.policy.epsilon) == ("softmax", 0.2)
+        with pytest.raises(ValueError, match="unknown keys"):
+            replica.reconfigure({"model": "x"})
+        with pytest.raises(ValueError, match="policy kind"):
+            replica.reconfigure({"policy": "greedy"})
+        assert replica.decider.policy.kind == "softmax"  # a refused config changes nothing
+    finally:
+        replica._stop.set()
+        replica.decision_log.close()
+        replica.collector.close(timeout_s=5)
