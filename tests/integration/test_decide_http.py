@@ -284,7 +284,12 @@ def test_user_config_reconfigures_model_and_policy_in_place(broker, tmp_path):
     from deployments.collector import CollectorIngress
 
     settings = make_settings(broker.bootstrap)
-    replica = CollectorIngress.func_or_class(settings, broker.bootstrap)
+    # the class as written, without Serve's ASGI wrapper (whose __init__ is async)
+    wrapped = CollectorIngress.func_or_class
+    plain = wrapped.__mro__[1]
+    assert plain.__name__ == "CollectorIngress" and "reconfigure" in plain.__dict__
+    replica = plain.__new__(plain)
+    plain.__init__(replica, settings, broker.bootstrap)
     try:
         assert replica.decider.versions() == {"treatment": 0, "treatment_b": 0}
         model = tmp_path / "m.onramp"
