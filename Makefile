@@ -65,6 +65,10 @@ format: venv ## apply ruff's formatting and safe fixes
 bench: venv ## run every benchmark (each prints one JSON line last)
 	$(PY) bench/collect.py
 	$(PY) bench/collect.py --client confluent
+	$(PY) bench/stream.py
+	$(PY) bench/stream.py --client confluent
+	$(PY) bench/decide.py
+	$(PY) bench/decide.py --client confluent
 
 bench-collect: venv ## collector throughput with kafka-python
 	$(PY) bench/collect.py
