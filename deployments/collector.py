@@ -183,7 +183,7 @@ class CollectorIngress:
         # decisions
         self.decider = Decider.from_settings(settings)
         self.model_paths: dict[str, Path | None] = {
-            "treatment": settings.decide.model_path,
+            "treatment": settings.model_path,
             "treatment_b": settings.decide.model_b_path,
         }
         self._model_mtimes: dict[str, float] = {}
@@ -493,23 +493,24 @@ class CollectorIngress:
 
     async def _decide_batch(self, requests: list[DecideRequest]) -> list[Any]:
         profiles: dict[str, dict[str, Any] | None] = {}
-        cold_all = True
+        why_cold: str | None = None
         try:
             profiles = await asyncio.wait_for(
                 self.profiles.get_many([r.user_key for r in requests]),
                 self.settings.decide.profile_deadline_ms / 1000,
             )
-            cold_all = False
-        except (TimeoutError, StreamUnavailable):
-            pass  # answer from cold-start features within the deadline
+        except TimeoutError:
+            why_cold = "deadline"  # answer from cold-start features within the deadline
+        except StreamUnavailable:
+            why_cold = "stream_unavailable"
         items = []
-        cold = []
+        cold: list[str | None] = []
         for r in requests:
             profile = profiles.get(r.user_key)
             items.append(
                 (r, profile, self.crm.enrich(profile or {"userId": r.user_id, "traits": {}}))
             )
-            cold.append(cold_all or profile is None)
+            cold.append(why_cold or ("unknown_user" if profile is None else None))
         return self.decider.decide_many(items, now_ms=int(time.time() * 1000), cold_reasons=cold)
 
     def _unauthorized(self, origin: str | None) -> Response:
@@ -539,6 +540,19 @@ class CollectorIngress:
             pass  # no stream workers in this deployment: collector metrics only
         except Exception:  # a worker restarting mid-scrape must not fail the scrape
             log.warning("stream metrics unavailable for this scrape", exc_info=True)
+        try:
+            import ray
+
+            from ray_app.learn.service import LEARNER_NAME
+            from ray_app.telemetry.learn import learner_metrics_text
+
+            learner = ray.get_actor(LEARNER_NAME, namespace=self.settings.ray.namespace)
+            status = await asyncio.wait_for(learner.status.remote(), timeout=3)
+            text += learner_metrics_text(status).encode()
+        except ValueError:
+            pass  # no learner running
+        except Exception:
+            log.warning("learner metrics unavailable for this scrape", exc_info=True)
         return Response(text, media_type="text/plain; version=0.0.4")
 
     def __del__(self) -> None:

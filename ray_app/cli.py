@@ -68,10 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         parents=[common],
-        help="`up` plus simulated onboarding traffic and a live summary",
+        help="`up` plus simulated onboarding traffic, learning, and a live summary",
         description="Run `onramp up`, send simulated onboarding traffic (with duplicates, "
-        "out-of-order and malformed events) through the HTTP API, and print a live summary: "
-        "events accepted, rejected by reason, records per topic.",
+        "out-of-order and malformed events) through the HTTP API, and let simulated users (with "
+        "hidden preferences per segment) ask /v1/decide what to do next and react to it, so the "
+        "model learns while you watch. Prints a live summary: events accepted, rejected by "
+        "reason, records per topic, state, and the completion rate per experiment arm; at the "
+        "end, writes a PNG plot of the completion rate per arm over time.",
     )
     demo.add_argument("--port", type=int, help="HTTP port (default: collector.port)")
     demo.add_argument("--users", type=int, help="users to simulate (default: sim.users)")
@@ -81,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
         "--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)"
     )
     demo.add_argument("--every", type=float, default=2.0, help="seconds between summary lines")
+    demo.add_argument(
+        "--learning-users",
+        type=int,
+        default=20_000,
+        help="simulated users who ask /v1/decide and react (0: none); default 20000",
+    )
+    demo.add_argument(
+        "--plot", type=Path, help="where to write the PNG (default: <state_dir>/learning.png)"
+    )
 
     sim = sub.add_parser(
         "sim",
@@ -300,6 +312,88 @@ def _sample_decision(stack: Any, settings: Settings, sim: Any, tick: int) -> str
     )
 
 
+def _start_learning(
+    stack: Any, settings: Settings, args: argparse.Namespace, stop: Any
+) -> tuple[Any, threading.Thread] | None:
+    """Simulator v2 users in a thread of their own (see ray_app/sim/live.py)."""
+    if not args.learning_users or not settings.collector.read_keys:
+        return None
+    import asyncio
+
+    from ray_app.sim.live import LearningRun
+    from ray_app.sim.v2 import GroundTruth
+
+    _, write = next(iter(settings.collector.write_keys.items()))
+    read = next(iter(settings.collector.read_keys.values())).get_secret_value()
+    run = LearningRun(
+        stack.base_url,
+        write.get_secret_value(),
+        read,
+        GroundTruth(seed=settings.sim.seed),
+        users=args.learning_users,
+        concurrency=48,
+        think_s=1.0,
+        time_scale=0.05,
+        seed=settings.sim.seed,
+    )
+    thread = threading.Thread(
+        target=lambda: asyncio.run(run.run(stop.event.is_set)), name="learning-sim", daemon=True
+    )
+    thread.start()
+    return run, thread
+
+
+def _learning_line(stack: Any, learning: tuple[Any, threading.Thread]) -> str:
+    from ray_app.sim.live import rates_by_arm
+
+    run = learning[0]
+    recent = rates_by_arm(run.outcomes, last=1_000)
+    rates = "  ".join(f"{arm} {rate:.2f}" for arm, rate in recent.items()) or "-"
+    version = "?"
+    if stack.learner is not None:
+        import ray
+
+        try:
+            version = str(ray.get(stack.learner.status.remote(), timeout=5)["version"])
+        except Exception:
+            pass
+    return (
+        f"learning: {len(run.outcomes)} users decided; completion rate, last 1000: {rates}  "
+        f"| model v{version}"
+    )
+
+
+def _plot_learning(run: Any, path: Path) -> None:
+    """Completion rate per arm (rolling, by user) with the ground truth's reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    window = 300
+    for arm in sorted({o.arm for o in run.outcomes}):
+        xs = sorted((o for o in run.outcomes if o.arm == arm), key=lambda o: o.index)
+        acc, pts = 0, []
+        for i, o in enumerate(xs):
+            acc += o.completed - (xs[i - window].completed if i >= window else 0)
+            if i + 1 >= min(window, len(xs)):
+                pts.append((o.index, acc / min(window, i + 1)))
+        if pts:
+            ax.plot(*zip(*pts, strict=True), label=f"{arm} (measured)")
+    for policy, style in (("static", ":"), ("random", "-."), ("oracle", "--")):
+        ax.axhline(run.truth.expected_rate(policy), linestyle=style, color="grey", linewidth=1)
+        ax.text(0, run.truth.expected_rate(policy), f" {policy}", va="bottom", color="grey")
+    ax.set_xlabel("simulated user")
+    ax.set_ylabel(f"completion rate of the next step (rolling {window})")
+    ax.set_title("Onramp learning: completion rate per experiment arm")
+    ax.legend(loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import httpx
 
@@ -336,6 +430,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         )
         sim_thread = threading.Thread(target=sim.run, args=(stop.event.is_set,), daemon=True)
         sim_thread.start()
+        learning = _start_learning(stack, settings, args, stop)
         assert stack.bootstrap is not None
         topics = settings.topics.all()
         counter = TopicCounter(stack.bootstrap, settings.kafka, topics)
@@ -372,6 +467,8 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                 sample = _sample_decision(stack, settings, sim, ticks)
                 if sample:
                     print(f"           {sample}", flush=True)
+                if learning is not None:
+                    print(f"           {_learning_line(stack, learning)}", flush=True)
                 ticks += 1
                 if done or (args.duration is not None and elapsed >= args.duration):
                     break
@@ -383,6 +480,14 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             counter.close()
             sim_thread.join(timeout=10)
             print(f"simulator totals: {json.dumps(sim.stats.as_dict())}", flush=True)
+            if learning is not None:
+                learning[1].join(timeout=30)
+                plot = args.plot or Path(settings.state_dir) / "learning.png"
+                try:
+                    _plot_learning(learning[0], plot)
+                    print(f"completion rate per arm over time: {plot}", flush=True)
+                except Exception as exc:  # a plot must never fail the demo's shutdown
+                    print(f"no plot: {exc}", file=sys.stderr, flush=True)
             print("stopping: Serve, Ray, broker ...", flush=True)
     print("stopped", flush=True)
     return 0

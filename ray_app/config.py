@@ -197,6 +197,12 @@ class StreamSettings(_Section):
         description="Batch validation: more events from one user in one second of event time "
         "go to the DLQ as implausible_rate.",
     )
+    attribution_window_s: float = Field(
+        300.0,
+        gt=0,
+        description="Rewards: a decision's outcome counts if it happens within this long "
+        "(event time) after the decision; otherwise reward 0 once the watermark passes it.",
+    )
     validate_steps: bool = Field(
         True,
         description="Batch validation: step ids outside the onboarding catalog go to the DLQ "
@@ -274,7 +280,7 @@ class DecideSettings(_Section):
         False, description="Assign every user by the current split (ignore earlier_splits)."
     )
     profile_deadline_ms: float = Field(
-        30.0, gt=0, description="Wait this long for the live profile, then answer cold-start."
+        200.0, gt=0, description="Wait this long for the live profile, then answer cold-start."
     )
     log_max_pending: int = Field(
         20_000,
@@ -289,6 +295,43 @@ class DecideSettings(_Section):
     )
 
 
+class LearnSettings(_Section):
+    """The online learner: rewards in, guarded model versions out."""
+
+    enabled: bool = Field(True, description="Run the online learner with the stream workers.")
+    lr: float = Field(0.01, gt=0, description="Learning rate (Adam).")
+    batch_size: int = Field(64, ge=1, description="Rewards per update.")
+    publish_interval_s: float = Field(
+        2.0, gt=0, description="Publish new weights at most this often."
+    )
+    guardrail_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="Roll back when the candidate's log loss on the guardrail slice is worse "
+        "than the last good weights' by more than this share.",
+    )
+    replay_size: int = Field(
+        5_000, ge=0, description="Recent rewards replayed in later updates (0: none)."
+    )
+    replay_steps: int = Field(4, ge=0, description="Replayed mini-batches per new mini-batch.")
+    boost_epsilon: float = Field(
+        0.3, ge=0, le=1, description="Exploration served for a while after a drift alert."
+    )
+    boost_seconds: float = Field(600.0, ge=0, description="How long the boost lasts.")
+    drift_delta: float = Field(
+        0.05, ge=0, description="Page-Hinkley on the reward rate: tolerated change of the mean."
+    )
+    drift_threshold: float = Field(
+        50.0, gt=0, description="Page-Hinkley: cumulative deviation that raises an alert."
+    )
+    psi_window: int = Field(
+        2_000, ge=10, description="Feature drift: decisions per PSI window (and reference)."
+    )
+    state_path: Path | None = Field(
+        None, description="Learner state (weights, offsets); empty: <state_dir>/learner.state."
+    )
+
+
 class Settings(_Section):
     """All of Onramp's settings."""
 
@@ -300,11 +343,21 @@ class Settings(_Section):
     stream: StreamSettings = Field(default_factory=StreamSettings)  # type: ignore[arg-type]
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)  # type: ignore[arg-type]
     decide: DecideSettings = Field(default_factory=DecideSettings)  # type: ignore[arg-type]
+    learn: LearnSettings = Field(default_factory=LearnSettings)  # type: ignore[arg-type]
     state_dir: Path = Field(Path(".onramp"), description="Local directory for logs and state.")
 
     @property
     def crm_path(self) -> Path:
         return self.enrich.crm_path or Path(self.state_dir) / "crm.csv"
+
+    @property
+    def model_path(self) -> Path:
+        """The treatment arm's model file: what the learner publishes and replicas watch."""
+        return self.decide.model_path or Path(self.state_dir) / "models" / "treatment.onramp"
+
+    @property
+    def learner_state_path(self) -> Path:
+        return self.learn.state_path or Path(self.state_dir) / "learner.state"
 
     @property
     def topics(self) -> Topics:
@@ -319,9 +372,10 @@ class Topics:
         self.dlq = f"{prefix}.events.dlq"
         self.late = f"{prefix}.events.late"
         self.decisions = f"{prefix}.decisions"
+        self.rewards = f"{prefix}.rewards"
 
     def all(self) -> list[str]:
-        return [self.events, self.dlq, self.late, self.decisions]
+        return [self.events, self.dlq, self.late, self.decisions, self.rewards]
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:

@@ -111,6 +111,7 @@ class Stack:
         self.settings = settings
         self.start_stream = start_stream
         self.supervisor: Any = None
+        self.learner: Any = None
         self.broker: EmbeddedBroker | None = None
         self.bootstrap: str | None = settings.kafka.bootstrap_servers
         self.http_mode = "default"
@@ -172,6 +173,17 @@ class Stack:
                     state_dir.resolve() / "checkpoints" / f"embedded-{int(time.time())}"
                 )
             self.supervisor = start_supervisor_actor(s, self.bootstrap, checkpoints)
+            if s.learn.enabled:
+                from ray_app.learn.service import start_learner_actor
+
+                if s.learn.state_path is None and self.broker is not None:
+                    # same reason: reward offsets of an earlier run mean nothing to this broker;
+                    # the learner starts from the model file that run published
+                    run_state = state_dir.resolve() / "learner" / f"embedded-{int(time.time())}"
+                    s = s.model_copy(
+                        update={"learn": s.learn.model_copy(update={"state_path": run_state})}
+                    )
+                self.learner = start_learner_actor(s, self.bootstrap)
         serve.start(http_options={"host": s.collector.host, "port": s.collector.port})
         build = _import_attr(APP_IMPORT_PATH)
         serve.run(
@@ -205,6 +217,9 @@ class Stack:
             if ray.is_initialized():
                 try:
                     serve.shutdown()
+                    if self.learner is not None:
+                        ray.get(self.learner.stop.remote(), timeout=60)
+                        self.learner = None
                     if self.supervisor is not None:  # final checkpoints before Ray goes
                         ray.get(self.supervisor.stop.remote(), timeout=120)
                         self.supervisor = None

@@ -19,6 +19,7 @@ from ray_app.kafka.broker import free_port
 
 WRITE_KEY = "test-write-key"
 CRM_PATH = Path(tempfile.gettempdir()) / f"onramp-test-crm-{os.getpid()}.csv"
+STATE_DIR = Path(tempfile.gettempdir()) / f"onramp-test-state-{os.getpid()}"
 PARTITIONS = 4
 
 
@@ -29,6 +30,8 @@ def make_settings(bootstrap: str | None = None, **env: str) -> Settings:
         "ONRAMP_COLLECTOR__CORS_ORIGINS": json.dumps(["https://app.example.com"]),
         "ONRAMP_ENRICH__CRM_PATH": str(CRM_PATH),
         "ONRAMP_ENRICH__RELOAD_INTERVAL_S": "0.2",
+        # never a developer's .onramp/ (a demo's model file would change what tests decide)
+        "ONRAMP_STATE_DIR": str(STATE_DIR),
     }
     if bootstrap:
         base["ONRAMP_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap

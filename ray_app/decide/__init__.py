@@ -22,6 +22,7 @@ owns the user, and logs every decision to ``onramp.decisions`` with :class:`Deci
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Sequence
@@ -98,6 +99,10 @@ class Decision:
     cold_start: bool
     context: dict[str, Any] = field(default_factory=dict)
     profile_age_ms: int | None = None
+    action_index: int | None = None
+    """Index of ``chosen`` among the slot's actions (the model head's output)."""
+    cold_reason: str | None = None
+    """Why there was no live profile: ``unknown_user``, ``deadline``, ``stream_unavailable``."""
 
     def answer(self) -> dict[str, Any]:
         """The HTTP answer."""
@@ -112,6 +117,7 @@ class Decision:
             "modelVersion": self.model_version,
             "policy": self.policy,
             "coldStart": self.cold_start,
+            "coldReason": self.cold_reason,
         }
 
     def record(self) -> dict[str, Any]:
@@ -120,6 +126,7 @@ class Decision:
             "schema": "onramp.decision/1",
             **self.answer(),
             "userKey": self.user_key,
+            "actionIndex": self.action_index,
             "candidates": self.candidates,
             "features": self.features,
             "featureSchema": self.schema_hash,
@@ -229,6 +236,13 @@ class Decider:
         if current is not None and bundle.version <= current.version and current.version > 0:
             return False
         self.bundles[arm] = bundle
+        epsilon = bundle.metadata.get("epsilon")  # the learner raises it for a while on drift
+        if (
+            isinstance(epsilon, int | float)
+            and 0 <= epsilon <= 1
+            and self.policy.epsilon != epsilon
+        ):
+            self.policy = dataclasses.replace(self.policy, epsilon=float(epsilon))
         return True
 
     def versions(self) -> dict[str, int]:
@@ -238,7 +252,7 @@ class Decider:
         self,
         requests: Sequence[tuple[DecideRequest, dict[str, Any] | None, dict[str, Any] | None]],
         now_ms: int,
-        cold_reasons: Sequence[bool] | None = None,
+        cold_reasons: Sequence[str | None] | None = None,
     ) -> list[Decision | DecisionRequestError]:
         """Decide a batch of (request, live profile or None, enrichment or None).
 
@@ -260,7 +274,11 @@ class Decider:
                 continue
             arm = self.arms.assign(req.user_key, profile)
             x = self.schema.featurize(profile, enrichment, req.context, now_ms)
-            cold = profile is None if cold_reasons is None else cold_reasons[i]
+            cold = (
+                ("unknown_user" if profile is None else None)
+                if cold_reasons is None
+                else cold_reasons[i]
+            )
             prepared.append((req, profile, slot, eligible, arm, x, cold))
         # one forward per (arm's bundle, slot) over every request that needs it
         scores: dict[int, np.ndarray] = {}
@@ -287,6 +305,7 @@ class Decider:
             bundle = None if control else bundles[arm]
             ranked: list[dict[str, Any]] = []
             chosen: str | None = None
+            chosen_index: int | None = None
             propensity: float | None = None
             if eligible:
                 if control:
@@ -298,6 +317,7 @@ class Decider:
                     s = scores[i]
                     choice = policy.choose(s, eligible, decision_id)
                 chosen = slot.actions[choice.chosen].id
+                chosen_index = choice.chosen
                 propensity = choice.propensity
                 ranked = [
                     {
@@ -324,9 +344,11 @@ class Decider:
                     schema_hash=self.schema.hash,
                     candidates=[slot.actions[a].id for a in eligible],
                     at_ms=now_ms,
-                    cold_start=cold,
+                    cold_start=cold is not None,
+                    cold_reason=cold,
                     context=dict(req.context),
                     profile_age_ms=now_ms - last if isinstance(last, int) else None,
+                    action_index=chosen_index,
                 )
             )
         return decisions

@@ -14,6 +14,7 @@ Onboarding vocabulary (the SDK and the simulator send these ``track`` names):
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,9 @@ ONBOARDING_COMPLETED = "Onboarding Completed"
 
 Stamp = tuple[int, int, str]
 
+#: Completion times kept per step.
+MAX_COMPLETED_TIMES = 8
+
 
 @dataclass(frozen=True)
 class ProfileConfig:
@@ -64,6 +68,9 @@ class StepStats:
     last_completed: int | None = None
     reported_ms: int | None = None
     reported_stamp: Stamp | None = None
+    completed_times: list[tuple[int, str]] = field(default_factory=list)
+    """(event time, echoed decision id or "") of the completions, the earliest
+    ``MAX_COMPLETED_TIMES``, sorted: what the reward join looks a decision's window up in."""
 
     @property
     def retries(self) -> int:
@@ -216,6 +223,12 @@ def apply(profile: Profile, event: Event) -> Profile:
             elif event.name == STEP_COMPLETED:
                 st.completions += 1
                 st.last_completed = _max(st.last_completed, event.ts)
+                echo = event.properties.get("decisionId")
+                entry = (event.ts, echo if isinstance(echo, str) else "")
+                times = st.completed_times
+                if len(times) < MAX_COMPLETED_TIMES or entry < times[-1]:
+                    bisect.insort(times, entry)  # keep the earliest: order-independent
+                    del times[MAX_COMPLETED_TIMES:]
                 reported = event.properties.get("durationMs")
                 if (
                     isinstance(reported, int)

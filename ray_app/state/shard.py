@@ -35,18 +35,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ray_app.collect.parse import iso_ms
 from ray_app.state.dedupe import Deduplicator
 from ray_app.state.event import Event, EventDecodeError, decode_event
 from ray_app.state.ordering import Reorderer
-from ray_app.state.profile import Profile, ProfileConfig, apply
+from ray_app.state.profile import (
+    ONBOARDING_COMPLETED,
+    STEP_COMPLETED,
+    Profile,
+    ProfileConfig,
+    apply,
+)
+from ray_app.state.rewards import RewardJoin
+from validation.reasons import ReasonCode
 
 if TYPE_CHECKING:
     from validation.batch import BatchValidator, DataQuality
 
 __all__ = ["BatchResult", "SessionShard", "ShardStats", "StateConfig"]
 
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
+_OUTCOMES = frozenset({STEP_COMPLETED, ONBOARDING_COMPLETED})
 _DAY_MS = 86_400_000
 _NO_WATERMARK = -(2**62)
 
@@ -77,6 +88,10 @@ class StateConfig:
     """More events from one user in one second of event time are rejected as implausible."""
     validate: bool = True
     """Run batch validation at all (off only to measure what it costs)."""
+    attribution_window_ms: int = 300_000
+    """Rewards: how long after a decision (event time) its outcome counts."""
+    step_slots: frozenset[str] = frozenset({"next_step"})
+    """Slots whose actions are steps (rewarded when that step is completed)."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
@@ -107,6 +122,8 @@ class BatchResult:
     received_ms: list[int] = field(default_factory=list)
     """``receivedAt`` of every applied event, for freshness."""
     users: set[str] = field(default_factory=set)
+    rewards: list[dict[str, Any]] = field(default_factory=list)
+    """Reward records decided by this batch (see :mod:`ray_app.state.rewards`)."""
 
 
 class SessionShard:
@@ -129,6 +146,9 @@ class SessionShard:
         self._validator: BatchValidator | None = None
         self._touched: set[str] = set()
         """Users whose profile changed since the last snapshot (what a delta must carry)."""
+        self.rewards = RewardJoin(self.config.attribution_window_ms, self.config.step_slots)
+        self.decision_offset = 0
+        """Next offset of this partition of ``onramp.decisions`` (checkpointed with the state)."""
 
     @property
     def validator(self) -> BatchValidator:
@@ -188,8 +208,38 @@ class SessionShard:
             for e in released:
                 self._apply(e, out)
         self.dedupe.advance(self.watermark)
+        out.rewards += self.rewards.advance(self.watermark)
         if out.rejected and len(out.rejected) > 1:
             out.rejected.sort(key=lambda r: r[0])
+        return out
+
+    def process_decisions(
+        self, records: Iterable[tuple[bytes | None, bytes]], next_offset: int
+    ) -> BatchResult:
+        """Take records of this partition of ``onramp.decisions`` (in offset order) into the
+        reward join; ``next_offset`` is checkpointed with the state. Rewards already decided by
+        the profile or the watermark come back at once; malformed records are rejected."""
+        out = BatchResult()
+        for index, (key, value) in enumerate(records):
+            try:
+                record = orjson.loads(value)
+                if not isinstance(record, dict):
+                    raise EventDecodeError(
+                        ReasonCode.NOT_AN_OBJECT, None, "decision record is not an object"
+                    )
+                if "chosen" in record and record["chosen"] is None:
+                    continue  # nothing was shown: nothing to reward
+                user = str(record.get("userKey"))
+                out.rewards += self.rewards.offer_decision(
+                    record, self.profiles.get(user), self.watermark
+                )
+            except orjson.JSONDecodeError as exc:
+                out.rejected.append(
+                    (index, key, value, EventDecodeError(ReasonCode.INVALID_JSON, None, str(exc)))
+                )
+            except EventDecodeError as exc:
+                out.rejected.append((index, key, value, exc))
+        self.decision_offset = next_offset
         return out
 
     def _reject(
@@ -249,6 +299,16 @@ class SessionShard:
             profile = self.profiles[event.user_key] = Profile(event.user_key, self.config.profile)
         apply(profile, event)
         self._touched.add(event.user_key)
+        if event.kind == "track" and event.name in _OUTCOMES and self.rewards.by_user:
+            decision_id = event.properties.get("decisionId")
+            out.rewards += self.rewards.on_completion(
+                event.user_key,
+                event.step_id,
+                event.ts,
+                decision_id if isinstance(decision_id, str) else None,
+                profile,
+                onboarding=event.name == ONBOARDING_COMPLETED,
+            )
         self.stats.applied += 1
         out.applied += 1
         out.received_ms.append(event.received)
@@ -280,12 +340,15 @@ class SessionShard:
         (e.g. to measure the state's size)."""
         added = self.dedupe.added
         self.dedupe.added = []
+        join_changes = self.rewards.take_delta()
         state = {k: v for k, v in self.__dict__.items() if k not in _NOT_PICKLED}
         data = pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=pickle.HIGHEST_PROTOCOL)
         if rebase:
             self._touched = set()
         else:
             self.dedupe.added = added
+            self.rewards.added, self.rewards.removed = join_changes[0], join_changes[1]
+            self.rewards.decided_added, self.rewards.forgotten = join_changes[2], join_changes[3]
         return data
 
     def snapshot_delta(self) -> bytes:
@@ -299,6 +362,7 @@ class SessionShard:
             {u: self.profiles[u] for u in touched},
             self.dedupe.take_added(),
             self.dedupe.evicted_early,
+            self.rewards.take_delta(),
         )
         return pickle.dumps((SNAPSHOT_VERSION, "delta", delta), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -313,17 +377,18 @@ class SessionShard:
         shard._validator = None
         shard._touched = set()
         for d in deltas:
-            _, kind, (meta, profiles, added, evicted) = _load(d)
+            _, kind, (meta, profiles, added, evicted, join) = _load(d)
             if kind != "delta":
                 raise ValueError("a base snapshot where a delta was expected")
             shard.__dict__.update(meta)
             shard.profiles.update(profiles)
             shard.dedupe.replay(added, shard.watermark, evicted)
+            shard.rewards.apply_delta(join)
         return shard
 
 
 _NOT_PICKLED = frozenset({"_validator", "_touched"})
-_NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe"}
+_NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe", "rewards"}
 
 
 def _load(data: bytes) -> tuple[int, str, Any]:

@@ -38,6 +38,10 @@ FRESHNESS_BUCKETS_MS = (
 )  # fmt: skip
 
 
+#: Records processed per hold of the state lock (bounds how long a profile read waits).
+_LOCK_CHUNK = 256
+
+
 def state_config(settings: Settings) -> StateConfig:
     s = settings.stream
     return StateConfig(
@@ -47,9 +51,19 @@ def state_config(settings: Settings) -> StateConfig:
         max_age_ms=int(s.max_event_age_s * 1000),
         max_future_ms=int(s.max_event_future_s * 1000),
         max_user_events_per_s=s.max_user_events_per_s,
+        attribution_window_ms=int(s.attribution_window_s * 1000),
+        step_slots=step_slots(settings),
         known_steps=known_steps(settings) if s.validate_steps else None,
         profile=ProfileConfig(session_gap_ms=s.session_gap_ms),
     )
+
+
+def step_slots(settings: Settings) -> frozenset[str]:
+    """The catalog's slots whose actions are steps (rewarded by completing that step)."""
+    from ray_app.catalog import load_catalog
+
+    catalog = load_catalog(settings.decide.catalog_path)
+    return frozenset(name for name, slot in catalog.slots.items() if slot.kind == "step")
 
 
 def known_steps(settings: Settings) -> frozenset[str]:
@@ -92,6 +106,7 @@ class StreamWorker:
         self._consumer = make_consumer(bootstrap, settings.kafka)
         self._consumer.assign_at(
             {(self.topics.events, p): self.next_offset[p] for p in self.partitions}
+            | {(self.topics.decisions, p): self.shards[p].decision_offset for p in self.partitions}
         )
         self._producer = make_producer(bootstrap, settings.kafka)
         self._lock = threading.Lock()
@@ -136,14 +151,35 @@ class StreamWorker:
 
     def _process(self, records: list[Any]) -> None:
         by_partition: dict[int, list[Any]] = {}
+        decisions: dict[int, list[Any]] = {}
         for r in records:
-            by_partition.setdefault(r.partition, []).append(r)
+            if r.topic == self.topics.decisions:
+                decisions.setdefault(r.partition, []).append(r)
+            else:
+                by_partition.setdefault(r.partition, []).append(r)
         outputs: list[OutRecord] = []
         now_ms = time.time() * 1000
-        with self._lock:
-            for p, recs in by_partition.items():
-                shard = self.shards[p]
-                result = shard.process([(r.key, r.value) for r in recs])
+        # The lock is held per chunk, not per poll: profile reads (decisions waiting on them)
+        # get in between. Only this thread checkpoints, so no checkpoint sees a half poll.
+        for p, recs in decisions.items():
+            with self._lock:
+                result = self.shards[p].process_decisions(
+                    [(r.key, r.value) for r in recs], recs[-1].offset + 1
+                )
+                self._dirty.add(p)
+            outputs += self._reward_records(result.rewards)
+            for index, key, value, exc in result.rejected:
+                outputs.append(
+                    OutRecord(self.topics.dlq, _dlq_record(value, exc, recs[index]), key=key)
+                )
+        for p, all_recs in by_partition.items():
+            for start in range(0, len(all_recs), _LOCK_CHUNK):
+                recs = all_recs[start : start + _LOCK_CHUNK]
+                with self._lock:
+                    result = self.shards[p].process([(r.key, r.value) for r in recs])
+                    self.next_offset[p] = recs[-1].offset + 1
+                    self._dirty.add(p)
+                    self._since_checkpoint += len(recs)
                 for index, key, value, why in result.late:
                     outputs.append(
                         OutRecord(self.topics.late, _late_record(value, why, recs[index]), key=key)
@@ -152,13 +188,17 @@ class StreamWorker:
                     outputs.append(
                         OutRecord(self.topics.dlq, _dlq_record(value, exc, recs[index]), key=key)
                     )
+                outputs += self._reward_records(result.rewards)
                 for received in result.received_ms:
                     self._observe(now_ms - received)
-                self.next_offset[p] = recs[-1].offset + 1
-                self._dirty.add(p)
-                self._since_checkpoint += len(recs)
         if outputs:  # acknowledged before any checkpoint can cover these offsets
             self._producer.send_all(outputs).result(timeout=60)
+
+    def _reward_records(self, rewards: list[dict[str, Any]]) -> list[OutRecord]:
+        return [
+            OutRecord(self.topics.rewards, orjson.dumps(r), key=str(r["userKey"]).encode())
+            for r in rewards
+        ]
 
     def _observe(self, ms: float) -> None:
         self.freshness_sum_ms += ms
@@ -263,6 +303,8 @@ class StreamWorker:
                         **self.shards[p].stats.as_dict(),
                         "quality": self.shards[p].quality.as_dict(),
                         "rejectedByReason": dict(self.shards[p].rejected_by_reason),
+                        "decisionOffset": self.shards[p].decision_offset,
+                        **self.shards[p].rewards.stats(),
                     }
                     for p in self.partitions
                 },

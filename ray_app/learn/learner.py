@@ -1,0 +1,748 @@
+"""The online learner's pure core: reward records in, importance-weighted updates, guarded publishes.
+
+:class:`OnlineLearner` holds a copy of a :class:`~ray_app.model.ModelBundle`'s scorer and trains
+it on lists of :class:`~ray_app.learn.reward.RewardRecord`; an actor (or a test) drives it with
+records and a clock, and ships what :meth:`OnlineLearner.maybe_publish` returns to the decision
+replicas. Nothing here does I/O.
+
+**Learning.** :meth:`~OnlineLearner.learn` takes mini-batches of ``batch_size`` records and does
+one optimizer step (Adam or SGD) per batch on the binary cross-entropy between the logit of the
+*logged* action and its reward, each record weighted by ``1 / max(propensity, min_propensity)``
+and the weights normalized to mean 1 within the batch: inverse propensity weighting, so actions a
+policy rarely shows count as much as the ones it favours, clipped to bound the variance.
+
+Records are skipped, and counted, when they belong to the ``holdout`` arm (it is left out of
+learning), when they are invalid (unknown slot or action, wrong feature count, non-finite
+values) or when their ``decision_id`` was seen before. Dedupe memory is bounded: the learner keeps
+a 64-bit hash of the last ``dedupe_horizon`` decision ids (about 80 bytes each in memory, 8 in
+:meth:`~OnlineLearner.state_dict`: the default 1M ids take about 80 MB), which covers any replay
+of a reward topic shorter than that; upstream, the reward join is already exactly-once.
+
+**Guardrail.** A deterministic ``guardrail_share`` of the records (by a hash of the decision id,
+see :meth:`~OnlineLearner.in_guardrail`) is never trained on: the last ``guardrail_window`` of
+them form a holdout slice on which every candidate is compared with the last good weights before
+it is published. The metric is the importance-weighted log loss of the logged action; the
+report also holds an IPS estimate of the greedy policy's value. A candidate whose loss exceeds
+the last good one's by more than ``guardrail_tolerance`` (relative) is **rolled back**: the last
+good weights go back into the trainer (with a fresh optimizer), and they are published again
+under a new version, so versions always increase. Below ``guardrail_min_records`` records the
+check cannot judge and the candidate is accepted.
+
+**Drift.** :meth:`~OnlineLearner.exploration` is the epsilon to serve: ``epsilon``, or
+``boost_epsilon`` for ``boost_seconds`` after :meth:`~OnlineLearner.drift` was signalled; for as
+long, updates use ``boost_lr_factor * lr`` from a fresh optimizer, and the guardrail slice starts
+empty (rewards from the old world must not veto adapting to the new one).
+
+>>> from ray_app.catalog import load_catalog
+>>> from ray_app.features import FeatureSchema
+>>> from ray_app.model import cold_start_bundle
+>>> catalog = load_catalog()
+>>> schema = FeatureSchema.from_catalog(catalog)
+>>> learner = OnlineLearner(cold_start_bundle(schema, catalog), LearnerConfig(batch_size=8))
+>>> x = schema.featurize({"stepsCompleted": ["welcome"]}).tolist()
+>>> records = [RewardRecord(f"d{i}", "u1", "next_step", "goals", 3, "treatment", 1 / 6, x,
+...                         1.0, "completed", 0, 1000, 0) for i in range(40)]
+>>> report = learner.learn(records, offsets={0: 40})
+>>> report.trained + report.guardrail == 40, report.updates >= 4
+(True, True)
+>>> learner.learn(records[:5]).duplicates
+5
+>>> bundle = learner.maybe_publish(now=1_000.0)
+>>> bundle.version, bundle.metadata["kind"], bundle.metadata["rolled_back"]
+(1, 'online', False)
+>>> learner.maybe_publish(now=1_001.0) is None     # within publish_interval_s
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ray_app.errors import OnrampError
+from ray_app.experiments import HOLDOUT
+from ray_app.learn.reward import RewardRecord
+from ray_app.model import ModelBundle, Scorer, score_batch
+
+__all__ = [
+    "GuardrailCheck",
+    "LearnReport",
+    "LearnerConfig",
+    "LearnerStateError",
+    "OnlineLearner",
+]
+
+_STATE_KIND = "onramp.learner/1"
+_COUNTERS = (
+    "received",
+    "trained",
+    "duplicates",
+    "holdout",
+    "guardrail",
+    "invalid",
+    "updates",
+    "publishes",
+    "rollbacks",
+    "drifts",
+)
+
+
+class LearnerStateError(OnrampError):
+    """A learner state (``state_dict`` / bytes) that cannot be restored, and why."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the learner trains, guards and publishes (see the module docstring)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 0.01
+    batch_size: int = 64
+    min_propensity: float = 0.05
+    guardrail_share: float = 0.1
+    guardrail_window: int = 2_000
+    guardrail_min_records: int = 100
+    guardrail_tolerance: float = 0.1
+    publish_interval_s: float = 5.0
+    dedupe_horizon: int = 1_000_000
+    epsilon: float = 0.1
+    boost_epsilon: float = 0.3
+    boost_seconds: float = 600.0
+    boost_lr_factor: float = 3.0
+    replay_size: int = 5_000
+    """Recent trained rewards kept for replay (0: none). Emptied on drift."""
+    replay_steps: int = 4
+    """Extra mini-batches drawn from the replay buffer per new mini-batch: each reward is then
+    learned from several times while it is recent, which online updates need here (a single
+    pass over ε-greedy logs learns the rarely explored actions far too slowly)."""
+    guardrail_salt: str = "onramp-guardrail"
+    holdout_arm: str = HOLDOUT
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        for name in ("lr", "publish_interval_s", "boost_seconds", "boost_lr_factor"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not self.boost_lr_factor > 0:
+            raise ValueError(f"boost_lr_factor must be > 0, got {self.boost_lr_factor!r}")
+        for name in ("batch_size", "guardrail_window", "dedupe_horizon"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not (isinstance(self.guardrail_min_records, int) and self.guardrail_min_records >= 1):
+            raise ValueError(
+                f"guardrail_min_records must be an integer >= 1, got {self.guardrail_min_records!r}"
+            )
+        for name in ("min_propensity", "epsilon", "boost_epsilon"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if not self.min_propensity > 0:
+            raise ValueError(f"min_propensity must be > 0, got {self.min_propensity!r}")
+        if not (0.0 <= self.guardrail_share < 1.0):
+            raise ValueError(f"guardrail_share must be in [0, 1), got {self.guardrail_share!r}")
+        if not (math.isfinite(self.guardrail_tolerance) and self.guardrail_tolerance >= 0):
+            raise ValueError(
+                f"guardrail_tolerance must be a number >= 0, got {self.guardrail_tolerance!r}"
+            )
+
+
+@dataclass(frozen=True)
+class LearnReport:
+    """What one :meth:`OnlineLearner.learn` call did with its records.
+
+    ``received`` = ``trained + guardrail + holdout + duplicates + invalid``; ``updates`` is the
+    number of optimizer steps; ``loss`` the mean importance-weighted log loss of the trained
+    records before their step (``None`` if nothing was trained); ``lr`` the learning rate used.
+    """
+
+    received: int = 0
+    trained: int = 0
+    guardrail: int = 0
+    holdout: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    updates: int = 0
+    loss: float | None = None
+    lr: float = 0.0
+
+
+@dataclass(frozen=True)
+class GuardrailCheck:
+    """A candidate against the last good weights on the guardrail slice.
+
+    ``loss``/``last_good_loss``: importance-weighted log loss (lower is better; ``None`` below
+    ``guardrail_min_records``); ``ips_value``/``last_good_ips_value``: IPS estimates of the
+    completion rate of each one's greedy policy; ``breached``: the candidate was rolled back.
+    """
+
+    records: int
+    loss: float | None
+    last_good_loss: float | None
+    ips_value: float | None
+    last_good_ips_value: float | None
+    tolerance: float
+    breached: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (the ``guardrail`` entry of a published bundle's metadata)."""
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _id_hash(decision_id: str) -> int:
+    """A signed 64-bit hash of a decision id (fits an int64 tensor)."""
+    h = hashlib.blake2b(decision_id.encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big", signed=True)
+
+
+def _clone(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+class _Group(NamedTuple):
+    """Guardrail records of one slot as tensors."""
+
+    slot: int
+    x: torch.Tensor
+    a: torch.Tensor
+    y: torch.Tensor
+    w: torch.Tensor
+    mask: torch.Tensor
+
+
+class OnlineLearner:
+    """Trains a copy of ``bundle``'s scorer on reward records and publishes guarded versions.
+
+    ``clock`` (seconds; default :func:`time.time`) is read only where a method's ``now`` is left
+    out; published bundles take it as ``created_at``. Not thread-safe: one caller drives it.
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        config: LearnerConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or LearnerConfig()
+        self._clock = clock
+        arch = bundle.scorer.architecture
+        if not bundle.slot_actions:
+            raise ValueError("the bundle names no slot_actions: the learner cannot map records")
+        sizes = [len(ids) for ids in bundle.slot_actions.values()]
+        if sizes != list(arch["slot_sizes"]):
+            raise ValueError(
+                f"the bundle's slot_actions ({sizes} actions) do not fit its heads "
+                f"({arch['slot_sizes']})"
+            )
+        self._arch = arch
+        self._schema_hash = bundle.schema_hash
+        self._catalog_digest = bundle.catalog_digest
+        self._slot_actions = {name: list(ids) for name, ids in bundle.slot_actions.items()}
+        self._slot_index = {name: i for i, name in enumerate(self._slot_actions)}
+        self._action_index = {
+            name: {a: j for j, a in enumerate(ids)} for name, ids in self._slot_actions.items()
+        }
+        #: The trainer's weights: the candidate of the next publish.
+        self.scorer: Scorer = copy.deepcopy(bundle.scorer)
+        self._last_good = _clone(self.scorer.state_dict())
+        #: The version of the last published bundle (the given bundle's at first).
+        self.version = int(bundle.version)
+        self._optimizer = self._make_optimizer()
+        self._replay: deque[RewardRecord] = deque(maxlen=max(self.config.replay_size, 1))
+        self._replay_rng = random.Random(0)
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        self._guardrail: deque[RewardRecord] = deque(maxlen=self.config.guardrail_window)
+        self._offsets: dict[int, int] = {}
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._pending_updates = 0
+        self._pending_rewards = 0
+        self._last_publish_at: float | None = None
+        self._published_epsilon = self.config.epsilon
+        self._boost_until: float | None = None
+        #: The guardrail check of the last publish (``None`` before the first).
+        self.last_check: GuardrailCheck | None = None
+
+    # ------------------------------------------------------------------------------ learning
+
+    def in_guardrail(self, decision_id: str) -> bool:
+        """Whether a decision's reward goes to the guardrail slice (never trained on).
+
+        >>> from ray_app.catalog import load_catalog
+        >>> from ray_app.features import FeatureSchema
+        >>> from ray_app.model import cold_start_bundle
+        >>> c = load_catalog()
+        >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c))
+        >>> share = sum(learner.in_guardrail(f"d{i}") for i in range(10_000)) / 10_000
+        >>> 0.09 < share < 0.11
+        True
+        """
+        h = hashlib.blake2b(
+            f"{self.config.guardrail_salt}\x1f{decision_id}".encode(), digest_size=8
+        ).digest()
+        return int.from_bytes(h, "big") / 18446744073709551616.0 < self.config.guardrail_share
+
+    def learn(
+        self,
+        records: Iterable[RewardRecord],
+        offsets: Mapping[int, int] | None = None,
+        now: float | None = None,
+    ) -> LearnReport:
+        """Train on ``records`` (see the module docstring); ``offsets`` (partition -> next offset
+        of the reward topic that these records reach) are stored with the state, so that a
+        restarted learner knows where to resume reading. ``now`` (default: the clock) decides
+        whether the learning rate is boosted after a drift."""
+        cfg = self.config
+        lr = cfg.lr * (cfg.boost_lr_factor if self._boosted(now) else 1.0)
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
+        n = trained = guard = holdout = dup = invalid = 0
+        batch: list[RewardRecord] = []
+        for r in records:
+            n += 1
+            if r.arm == cfg.holdout_arm:
+                holdout += 1
+                continue
+            if not self._valid(r):
+                invalid += 1
+                continue
+            h = _id_hash(r.decision_id)
+            if h in self._seen:
+                dup += 1
+                continue
+            self._remember(h)
+            if self.in_guardrail(r.decision_id):
+                self._guardrail.append(r)
+                guard += 1
+                continue
+            batch.append(r)
+        updates = 0
+        loss_sum = 0.0
+        for start in range(0, len(batch), cfg.batch_size):
+            chunk = batch[start : start + cfg.batch_size]
+            loss_sum += self._step(chunk) * len(chunk)
+            updates += 1
+            self._replay.extend(chunk)
+            if cfg.replay_size > 0 and len(self._replay) > cfg.batch_size:
+                for _ in range(cfg.replay_steps):
+                    picks = self._replay_rng.sample(range(len(self._replay)), cfg.batch_size)
+                    self._step([self._replay[i] for i in picks])
+                    updates += 1
+        trained = len(batch)
+        if offsets:
+            self._offsets.update({int(p): int(o) for p, o in offsets.items()})
+        c = self.counters
+        c["received"] += n
+        c["trained"] += trained
+        c["guardrail"] += guard
+        c["holdout"] += holdout
+        c["duplicates"] += dup
+        c["invalid"] += invalid
+        c["updates"] += updates
+        self._pending_updates += updates
+        self._pending_rewards += trained
+        return LearnReport(
+            received=n,
+            trained=trained,
+            guardrail=guard,
+            holdout=holdout,
+            duplicates=dup,
+            invalid=invalid,
+            updates=updates,
+            loss=loss_sum / trained if trained else None,
+            lr=lr,
+        )
+
+    def _valid(self, r: RewardRecord) -> bool:
+        ids = self._slot_actions.get(r.slot)
+        if ids is None or not (0 <= r.action_index < len(ids)) or ids[r.action_index] != r.action:
+            return False
+        if len(r.features) != self._arch["dim"]:
+            return False
+        if not (0.0 < r.propensity <= 1.0) or not (0.0 <= r.reward <= 1.0):
+            return False
+        s = math.fsum(r.features)
+        return s - s == 0.0  # no nan, no inf
+
+    def _remember(self, h: int) -> None:
+        self._seen.add(h)
+        self._seen_order.append(h)
+        if len(self._seen_order) > self.config.dedupe_horizon:
+            self._seen.discard(self._seen_order.popleft())
+
+    def _tensors(
+        self, records: list[RewardRecord]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        x = torch.tensor([r.features for r in records], dtype=torch.float32)
+        a = torch.tensor([r.action_index for r in records], dtype=torch.int64)
+        y = torch.tensor([r.reward for r in records], dtype=torch.float32)
+        p = torch.tensor([r.propensity for r in records], dtype=torch.float32)
+        w = 1.0 / p.clamp(min=self.config.min_propensity)
+        slots = [self._slot_index[r.slot] for r in records]
+        return x, a, y, w, slots
+
+    @staticmethod
+    def _groups(slots: list[int]) -> dict[int, torch.Tensor]:
+        out: dict[int, list[int]] = {}
+        for i, s in enumerate(slots):
+            out.setdefault(s, []).append(i)
+        return {s: torch.tensor(idx, dtype=torch.int64) for s, idx in out.items()}
+
+    def _step(self, records: list[RewardRecord]) -> float:
+        x, a, y, w, slots = self._tensors(records)
+        w = w / w.mean()
+        self._optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros(())
+        for s, idx in self._groups(slots).items():
+            logits = self.scorer(x[idx], s)
+            chosen = logits.gather(1, a[idx].unsqueeze(1)).squeeze(1)
+            bce = F.binary_cross_entropy_with_logits(chosen, y[idx], reduction="none")
+            total = total + (bce * w[idx]).sum()
+        loss = total / len(records)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self._optimizer.step()
+        return float(loss.detach())
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = list(self.scorer.parameters())
+        if self.config.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.config.lr)
+        return torch.optim.SGD(params, lr=self.config.lr)
+
+    # ----------------------------------------------------------------------------- scoring
+
+    def scores(self, features: np.ndarray, slot: str) -> np.ndarray:
+        """The trainer's logits ``[B, n_actions]`` for features ``[B, dim]`` (or one row).
+
+        >>> from ray_app.catalog import load_catalog
+        >>> from ray_app.features import FeatureSchema
+        >>> from ray_app.model import cold_start_bundle
+        >>> c = load_catalog(); schema = FeatureSchema.from_catalog(c)
+        >>> OnlineLearner(cold_start_bundle(schema, c)).scores(schema.featurize(None), "next_step").shape
+        (1, 7)
+        """
+        return score_batch(self.scorer, features, self._slot_index[slot])
+
+    def last_good(self) -> ModelBundle:
+        """The last good weights as a bundle (what was last published, or the initial bundle)."""
+        return self._bundle(self._last_good, self.version, {"kind": "online", "last_good": True})
+
+    def _bundle(
+        self, weights: Mapping[str, torch.Tensor], version: int, metadata: dict[str, Any]
+    ) -> ModelBundle:
+        scorer = Scorer(self._arch["dim"], self._arch["slot_sizes"], self._arch["hidden"])
+        scorer.load_state_dict(_clone(weights))
+        return ModelBundle(
+            scorer=scorer,
+            schema_hash=self._schema_hash,
+            catalog_digest=self._catalog_digest,
+            version=version,
+            created_at=self._clock(),
+            metadata=metadata,
+            slot_actions={k: list(v) for k, v in self._slot_actions.items()},
+        )
+
+    # ---------------------------------------------------------------------------- guardrail
+
+    def _eval_batch(self, records: list[RewardRecord]) -> list[_Group]:
+        """The guardrail records as tensors, one group per slot (built once per check)."""
+        by_slot: dict[str, list[RewardRecord]] = {}
+        for r in records:
+            by_slot.setdefault(r.slot, []).append(r)
+        groups = []
+        floor = self.config.min_propensity
+        for name, rs in by_slot.items():
+            index = self._action_index[name]
+            mask = np.ones((len(rs), len(index)), dtype=np.bool_)
+            for row, r in enumerate(rs):
+                if r.candidates:
+                    cols = [index[c] for c in r.candidates if c in index]
+                    if cols:
+                        mask[row] = False
+                        mask[row, cols] = True
+            p = np.array([r.propensity for r in rs], dtype=np.float32)
+            groups.append(
+                _Group(
+                    slot=self._slot_index[name],
+                    x=torch.from_numpy(np.array([r.features for r in rs], dtype=np.float32)),
+                    a=torch.tensor([r.action_index for r in rs], dtype=torch.int64),
+                    y=torch.tensor([r.reward for r in rs], dtype=torch.float32),
+                    w=torch.from_numpy(1.0 / np.maximum(p, np.float32(floor))),
+                    mask=torch.from_numpy(mask),
+                )
+            )
+        return groups
+
+    @staticmethod
+    def _metrics(scorer: Scorer, groups: list[_Group]) -> tuple[float, float]:
+        """(importance-weighted log loss, IPS value of the greedy policy) on the groups."""
+        loss_sum = ips_sum = w_sum = 0.0
+        n = 0
+        with torch.no_grad():
+            for g in groups:
+                logits = scorer(g.x, g.slot)
+                chosen = logits.gather(1, g.a.unsqueeze(1)).squeeze(1)
+                bce = F.binary_cross_entropy_with_logits(chosen, g.y, reduction="none")
+                loss_sum += float((bce * g.w).sum())
+                greedy = logits.masked_fill(~g.mask, -math.inf).argmax(dim=1)
+                hit = (greedy == g.a).to(torch.float32)
+                ips_sum += float((g.y * hit * g.w).sum())
+                w_sum += float(g.w.sum())
+                n += len(g.a)
+        return loss_sum / w_sum, ips_sum / n
+
+    def _check(self) -> GuardrailCheck:
+        cfg = self.config
+        records = list(self._guardrail)
+        if len(records) < cfg.guardrail_min_records:
+            return GuardrailCheck(
+                len(records), None, None, None, None, cfg.guardrail_tolerance, False
+            )
+        groups = self._eval_batch(records)
+        loss, ips = self._metrics(self.scorer, groups)
+        good = Scorer(self._arch["dim"], self._arch["slot_sizes"], self._arch["hidden"])
+        good.load_state_dict(self._last_good)
+        good_loss, good_ips = self._metrics(good, groups)
+        breached = loss > good_loss * (1.0 + cfg.guardrail_tolerance) + 1e-12
+        return GuardrailCheck(
+            len(records), loss, good_loss, ips, good_ips, cfg.guardrail_tolerance, breached
+        )
+
+    # ---------------------------------------------------------------------------- publishing
+
+    def exploration(self, now: float | None = None) -> float:
+        """The epsilon to serve at ``now``: ``boost_epsilon`` within ``boost_seconds`` of the last
+        :meth:`drift`, else ``epsilon``.
+
+        >>> from ray_app.catalog import load_catalog
+        >>> from ray_app.features import FeatureSchema
+        >>> from ray_app.model import cold_start_bundle
+        >>> c = load_catalog()
+        >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c),
+        ...                         LearnerConfig(epsilon=0.1, boost_epsilon=0.4, boost_seconds=60))
+        >>> learner.drift(now=100.0)
+        >>> learner.exploration(now=150.0), learner.exploration(now=160.0)
+        (0.4, 0.1)
+        """
+        return self.config.boost_epsilon if self._boosted(now) else self.config.epsilon
+
+    def _boosted(self, now: float | None) -> bool:
+        if self._boost_until is None:
+            return False
+        return (self._clock() if now is None else now) < self._boost_until
+
+    def drift(self, now: float | None = None) -> None:
+        """Signal a drift (from a detector). For ``boost_seconds`` the learner then serves
+        ``boost_epsilon`` and learns at ``boost_lr_factor`` times ``lr``, from a fresh optimizer
+        (moments of the old world would slow the move to the new one). The guardrail slice is
+        emptied: rewards from before the drift would judge candidates by a world that is gone
+        and roll back the very updates that adapt to the new one; until
+        ``guardrail_min_records`` new guardrail rewards have arrived, candidates are accepted."""
+        now = self._clock() if now is None else now
+        self._boost_until = now + self.config.boost_seconds
+        self._guardrail.clear()
+        self._replay.clear()  # rewards of the old world would pull towards it
+        self._optimizer = self._make_optimizer()
+        self.counters["drifts"] += 1
+
+    def maybe_publish(self, now: float | None = None) -> ModelBundle | None:
+        """A new bundle to serve, or ``None``: not before ``publish_interval_s`` after the last
+        publish, and only if there were updates (or the exploration to serve changed) since.
+
+        The candidate is checked on the guardrail slice first; a breach rolls it back and
+        re-publishes the last good weights (``metadata["rolled_back"]`` is then True). The
+        version is the last published one plus one.
+        """
+        now = self._clock() if now is None else now
+        cfg = self.config
+        if (
+            self._last_publish_at is not None
+            and now - self._last_publish_at < cfg.publish_interval_s
+        ):
+            return None
+        epsilon = self.exploration(now)
+        if self._pending_updates == 0 and epsilon == self._published_epsilon:
+            return None
+        check = self._check()
+        if check.breached:
+            self.scorer.load_state_dict(self._last_good)
+            self._optimizer = self._make_optimizer()
+            self._replay.clear()  # the rewards behind the breach must not be learned again
+            self.counters["rollbacks"] += 1
+        else:
+            self._last_good = _clone(self.scorer.state_dict())
+        self.version += 1
+        self.counters["publishes"] += 1
+        metadata = {
+            "kind": "online",
+            "updates": self.counters["updates"],
+            "rewards": self.counters["trained"],
+            "new_updates": self._pending_updates,
+            "new_rewards": self._pending_rewards,
+            "guardrail": check.as_dict(),
+            "rolled_back": check.breached,
+            "rollbacks": self.counters["rollbacks"],
+            "epsilon": epsilon,
+            "offsets": {str(p): o for p, o in sorted(self._offsets.items())},
+        }
+        bundle = self._bundle(self._last_good, self.version, metadata)
+        bundle.created_at = float(now)
+        self._last_publish_at = float(now)
+        self._pending_updates = 0
+        self._pending_rewards = 0
+        self._published_epsilon = epsilon
+        self.last_check = check
+        return bundle
+
+    # ------------------------------------------------------------------------------- restart
+
+    @property
+    def offsets(self) -> dict[int, int]:
+        """Partition -> next offset of the reward topic, as last given to :meth:`learn`."""
+        return dict(self._offsets)
+
+    @property
+    def slot_actions(self) -> dict[str, list[str]]:
+        """Slot -> action ids in head order (for :meth:`RewardRecord.from_json`)."""
+        return {k: list(v) for k, v in self._slot_actions.items()}
+
+    @property
+    def seen(self) -> int:
+        """How many decision ids the dedupe memory holds (at most ``dedupe_horizon``)."""
+        return len(self._seen_order)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restarted learner needs: weights, optimizer state, last good weights,
+        version, dedupe memory, reward offsets, guardrail slice and counters (plain Python and
+        tensors: ``torch.save``-able, readable with ``weights_only=True``)."""
+        return {
+            "kind": _STATE_KIND,
+            "schema_hash": self._schema_hash,
+            "catalog_digest": self._catalog_digest,
+            "slot_actions": {k: list(v) for k, v in self._slot_actions.items()},
+            "architecture": dict(self._arch, slot_sizes=list(self._arch["slot_sizes"])),
+            "weights": _clone(self.scorer.state_dict()),
+            "last_good": _clone(self._last_good),
+            "optimizer": {
+                "kind": self.config.optimizer,
+                "state": copy.deepcopy(self._optimizer.state_dict()),
+            },
+            "version": self.version,
+            "seen": torch.tensor(list(self._seen_order), dtype=torch.int64),
+            "offsets": dict(self._offsets),
+            "counters": dict(self.counters),
+            "guardrail": [r.to_json() for r in self._guardrail],
+            "replay": [r.to_json() for r in self._replay],
+            "replay_rng": list(self._replay_rng.getstate()[1]),
+            "pending_updates": self._pending_updates,
+            "pending_rewards": self._pending_rewards,
+            "last_publish_at": self._last_publish_at,
+            "published_epsilon": self._published_epsilon,
+            "boost_until": self._boost_until,
+        }
+
+    @classmethod
+    def from_state(
+        cls,
+        state: Mapping[str, Any],
+        config: LearnerConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> OnlineLearner:
+        """A learner that resumes where :meth:`state_dict` left off, under ``config`` (which may
+        differ: a new learning rate applies; a different optimizer kind starts fresh)."""
+        try:
+            if state.get("kind") != _STATE_KIND:
+                raise LearnerStateError(f"not a learner state (kind {state.get('kind')!r})")
+            arch = state["architecture"]
+            scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
+            scorer.load_state_dict(state["weights"])
+            bundle = ModelBundle(
+                scorer=scorer,
+                schema_hash=state["schema_hash"],
+                catalog_digest=state["catalog_digest"],
+                version=int(state["version"]),
+                slot_actions=state["slot_actions"],
+            )
+            learner = cls(bundle, config, clock)
+            learner._last_good = _clone(state["last_good"])
+            opt = state["optimizer"]
+            if opt["kind"] == learner.config.optimizer:
+                learner._optimizer.load_state_dict(opt["state"])
+                for group in learner._optimizer.param_groups:
+                    group["lr"] = learner.config.lr
+            for h in state["seen"].tolist():
+                learner._remember(int(h))
+            learner._offsets = {int(p): int(o) for p, o in state["offsets"].items()}
+            learner.counters.update({k: int(v) for k, v in state["counters"].items()})
+            for rec in state["guardrail"]:
+                learner._guardrail.append(RewardRecord.from_json(rec))
+            for rec in state.get("replay", ()):
+                learner._replay.append(RewardRecord.from_json(rec))
+            if state.get("replay_rng"):
+                learner._replay_rng.setstate((3, tuple(state["replay_rng"]), None))
+            learner._pending_updates = int(state["pending_updates"])
+            learner._pending_rewards = int(state["pending_rewards"])
+            learner._last_publish_at = state["last_publish_at"]
+            learner._published_epsilon = float(state["published_epsilon"])
+            learner._boost_until = state["boost_until"]
+        except LearnerStateError:
+            raise
+        except Exception as exc:  # a bad state can fail in many ways; report one kind
+            raise LearnerStateError(
+                f"cannot restore the learner: {type(exc).__name__}: {exc}"
+            ) from None
+        return learner
+
+    def to_bytes(self) -> bytes:
+        """:meth:`state_dict` as bytes (``torch.save``)."""
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        config: LearnerConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> OnlineLearner:
+        """Restore from :meth:`to_bytes` (read with ``weights_only=True``: no pickled code runs).
+
+        >>> from ray_app.catalog import load_catalog
+        >>> from ray_app.features import FeatureSchema
+        >>> from ray_app.model import cold_start_bundle
+        >>> c = load_catalog()
+        >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c))
+        >>> OnlineLearner.from_bytes(learner.to_bytes()).version
+        0
+        >>> OnlineLearner.from_bytes(b"junk")
+        Traceback (most recent call last):
+        ...
+        ray_app.learn.learner.LearnerStateError: cannot read the learner state: not a torch.save file of plain data
+        """
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as exc:
+            raise LearnerStateError(
+                "cannot read the learner state: not a torch.save file of plain data",
+                cause=f"{type(exc).__name__}: {exc}",
+            ) from None
+        if not isinstance(state, dict):
+            raise LearnerStateError(f"not a learner state: {type(state).__name__}")
+        return cls.from_state(state, config, clock)

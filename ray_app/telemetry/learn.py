@@ -1,0 +1,65 @@
+"""Prometheus text for the online learner: model version, rewards by arm, guardrail, drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["learner_metrics_text"]
+
+
+def learner_metrics_text(status: dict[str, Any]) -> str:
+    """Render the learner's ``status()`` as Prometheus text.
+
+    >>> s = {"version": 7, "counters": {"trained": 90, "rollbacks": 1}, "epsilon": 0.1,
+    ...      "arms": {"treatment": {"rewards": 100, "positives": 60, "rate": 0.6}},
+    ...      "drift": {"rewardStatistic": 2.5, "featureMaxPsi": 0.01, "alerts": [{}]},
+    ...      "outcomeToWeightsMs": {"p50": 1500}}
+    >>> print(learner_metrics_text(s), end="")  # doctest: +ELLIPSIS
+    # HELP onramp_learner_model_version Version of the last published weights.
+    # TYPE onramp_learner_model_version gauge
+    onramp_learner_model_version 7
+    ...
+    onramp_rewards_total{arm="treatment",reward="1"} 60
+    onramp_rewards_total{arm="treatment",reward="0"} 40
+    ...
+    """
+    arms = status.get("arms", {})
+    drift = status.get("drift", {})
+    counters = status.get("counters", {})
+    lines = [
+        "# HELP onramp_learner_model_version Version of the last published weights.",
+        "# TYPE onramp_learner_model_version gauge",
+        f"onramp_learner_model_version {status.get('version', 0)}",
+        "# HELP onramp_learner_epsilon Exploration the learner publishes (raised after drift).",
+        "# TYPE onramp_learner_epsilon gauge",
+        f"onramp_learner_epsilon {status.get('epsilon', 0)}",
+        "# HELP onramp_learner_events_total Learner counters (trained, duplicates, rollbacks...).",
+        "# TYPE onramp_learner_events_total counter",
+        *[f'onramp_learner_events_total{{kind="{k}"}} {v}' for k, v in sorted(counters.items())],
+        "# HELP onramp_rewards_total Rewards read by the learner, by arm and value.",
+        "# TYPE onramp_rewards_total counter",
+    ]
+    for arm, a in sorted(arms.items()):
+        lines.append(f'onramp_rewards_total{{arm="{arm}",reward="1"}} {a["positives"]}')
+        lines.append(
+            f'onramp_rewards_total{{arm="{arm}",reward="0"}} {a["rewards"] - a["positives"]}'
+        )
+    lines += [
+        "# HELP onramp_drift_score Drift detectors: Page-Hinkley statistic of the reward rate, "
+        "max PSI of the features.",
+        "# TYPE onramp_drift_score gauge",
+        f'onramp_drift_score{{detector="reward_page_hinkley"}} {drift.get("rewardStatistic", 0)}',
+        f'onramp_drift_score{{detector="feature_psi"}} {drift.get("featureMaxPsi", 0)}',
+        "# HELP onramp_drift_alerts Drift alerts raised (recent).",
+        "# TYPE onramp_drift_alerts gauge",
+        f"onramp_drift_alerts {len(drift.get('alerts', []))}",
+    ]
+    p50 = (status.get("outcomeToWeightsMs") or {}).get("p50")
+    if p50 is not None:
+        lines += [
+            "# HELP onramp_outcome_to_weights_seconds Median time from an outcome to weights "
+            "that include it.",
+            "# TYPE onramp_outcome_to_weights_seconds gauge",
+            f"onramp_outcome_to_weights_seconds {p50 / 1000:g}",
+        ]
+    return "\n".join(lines) + "\n"

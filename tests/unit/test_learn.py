@@ -1,0 +1,407 @@
+"""The online learner's pure core: it learns the simulator's optimum, guards, resumes, dedupes."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from ray_app.catalog import load_catalog
+from ray_app.config import Settings
+from ray_app.decide import Decider, DecideRequest
+from ray_app.features import FeatureSchema
+from ray_app.learn import (
+    LearnerConfig,
+    LearnerStateError,
+    OnlineLearner,
+    RewardRecord,
+    RewardRecordError,
+)
+from ray_app.model import ModelBundle, cold_start_bundle, score_batch
+from ray_app.sim.v2 import GroundTruth, SimUserV2
+
+CATALOG = load_catalog()
+SCHEMA = FeatureSchema.from_catalog(CATALOG)
+_FEATURES: dict[tuple[str, ...], list[float]] = {}
+
+
+def features_of(user: SimUserV2) -> list[float]:
+    """The user's feature vector right after the welcome step (cached per trait combination)."""
+    t = user.traits
+    key = (t["segment"], t["role"], t["companySize"], t["referral"])
+    if key not in _FEATURES:
+        _FEATURES[key] = SCHEMA.featurize(user.profile(), None, None, now_ms=0).tolist()
+    return _FEATURES[key]
+
+
+def logged(
+    gt: GroundTruth,
+    start: int,
+    n: int,
+    seed: int,
+    slot: str = "next_step",
+    flip: bool = False,
+    arm: str = "treatment",
+) -> list[RewardRecord]:
+    """Rewards of ``n`` users served by a uniform-random logging policy (propensity 1/n)."""
+    rng = random.Random(seed)
+    s = CATALOG.slot(slot)
+    out = []
+    for i in range(start, start + n):
+        user = gt.user(i)
+        eligible = gt.eligible(user, slot)
+        a = gt.random_choice(eligible, rng)
+        done, secs = gt.simulate_response(user, slot, a, rng)
+        reward = float(done != flip)
+        out.append(
+            RewardRecord(
+                decision_id=f"{slot}-{gt.seed}-{i}",
+                user_key=user.user_id,
+                slot=slot,
+                action=s.actions[a].id,
+                action_index=a,
+                arm=arm,
+                propensity=1 / len(eligible),
+                features=features_of(user),
+                reward=reward,
+                outcome="completed" if reward else "abandoned",
+                decided_at_ms=i * 1_000,
+                outcome_at_ms=i * 1_000 + int(secs * 1000),
+                model_version=0,
+                candidates=[s.actions[j].id for j in eligible],
+            )
+        )
+    return out
+
+
+def gain_share(
+    model: ModelBundle | OnlineLearner, users: list[SimUserV2], gt: GroundTruth
+) -> float:
+    """Share of the oracle's expected gain over the static flow that the greedy policy captures."""
+    slot = CATALOG.slot("next_step")
+    x = np.array([features_of(u) for u in users], dtype=np.float32)
+    scores = (
+        model.scores(x, "next_step")
+        if isinstance(model, OnlineLearner)
+        else score_batch(model, x, slot.index)
+    )
+    greedy = static = oracle = 0.0
+    for u, row in zip(users, scores, strict=True):
+        el = gt.eligible(u, "next_step")
+        pick = max(el, key=lambda a: row[a])
+        greedy += gt.p_complete(u.segment, "next_step", pick)
+        static += gt.p_complete(u.segment, "next_step", gt.static_choice("next_step", el))
+        oracle += gt.p_complete(
+            u.segment, "next_step", gt.oracle_choice(u.segment, "next_step", el)
+        )
+    return (greedy - static) / (oracle - static)
+
+
+def new_learner(**config: object) -> OnlineLearner:
+    return OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), LearnerConfig(**config))  # type: ignore[arg-type]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ------------------------------------------------------------------------------- reward records
+
+
+def test_reward_record_json_round_trip_and_validation():
+    [r] = logged(GroundTruth(seed=1), 0, 1, seed=1)
+    wire = json.loads(json.dumps(r.to_json()))
+    assert RewardRecord.from_json(wire) == r
+    assert wire["schema"] == "onramp.reward/1" and wire["candidates"][0] == "role"
+    for field, value, where in [
+        ("reward", 0.5, "reward"),
+        ("outcome", "clicked", "outcome"),
+        ("features", [0.1, float("nan")], "features[1]"),
+        ("actionIndex", -1, "actionIndex"),
+        ("decisionId", "", "decisionId"),
+        ("schema", "onramp.reward/2", "schema"),
+    ]:
+        with pytest.raises(RewardRecordError) as err:
+            RewardRecord.from_json({**wire, field: value})
+        assert err.value.field == where
+    assert pickle.loads(pickle.dumps(err.value)).field == "schema"
+    # a record without actionIndex (the stream's join may not know it) is resolved by action id
+    slot_actions = new_learner().slot_actions
+    loose = {k: v for k, v in wire.items() if k != "actionIndex"}
+    assert RewardRecord.from_json(loose, slot_actions) == r
+    with pytest.raises(RewardRecordError, match="actionIndex"):
+        RewardRecord.from_json(loose)
+    with pytest.raises(RewardRecordError, match="not an action"):
+        RewardRecord.from_json({**loose, "action": "dance"}, slot_actions)
+
+
+def test_reward_record_from_a_real_decision_record():
+    decider = Decider.from_settings(Settings())
+    profile = GroundTruth(seed=2).user(0).profile()
+    [decision] = decider.decide_many(
+        [(DecideRequest(user_id="u1", slot="next_step", decision_id="d-1"), profile, None)],
+        now_ms=1_767_225_600_000,
+    )
+    record = decision.record()  # type: ignore[union-attr]
+    r = RewardRecord.from_decision(record, CATALOG, "converted", 1_767_225_601_500)
+    assert (r.decision_id, r.slot, r.action, r.reward) == (
+        "d-1",
+        "next_step",
+        record["chosen"],
+        1.0,
+    )
+    assert CATALOG.slot("next_step").actions[r.action_index].id == r.action
+    assert r.latency_ms == 1_500 and r.features == record["features"] and r.arm == record["arm"]
+    with pytest.raises(RewardRecordError, match="chosen"):
+        RewardRecord.from_decision({**record, "chosen": None}, CATALOG, "timeout", None)
+
+
+# ------------------------------------------------------------------------------------ learning
+
+
+def test_learner_captures_most_of_the_oracle_gain_from_uniform_random_logs():
+    """20k rewards logged by a uniform-random policy: the greedy policy of the published model
+    gets >= 90% of the oracle's gain over the static flow (exact expected rates, fresh users)."""
+    gt = GroundTruth(seed=11)
+    eval_users = GroundTruth(seed=99).users(400)
+    learner = new_learner()
+    assert gain_share(learner, eval_users, gt) <= 0.0  # the cold start is the static flow
+    records = logged(gt, 0, 20_000, seed=11)
+    published = []
+    for k in range(0, len(records), 500):
+        learner.learn(records[k : k + 500], offsets={0: k + 500})
+        bundle = learner.maybe_publish(now=1_000.0 + k / 100)  # 500 records every 5 s
+        if bundle is not None:
+            published.append(bundle)
+    last = published[-1]
+    assert [b.version for b in published] == list(range(1, len(published) + 1))
+    assert len(published) >= 39 and not any(b.metadata["rolled_back"] for b in published)
+    share = gain_share(last, eval_users, gt)
+    assert share >= 0.9, share
+    assert learner.counters["trained"] + learner.counters["guardrail"] == 20_000
+    assert 0.08 < learner.counters["guardrail"] / 20_000 < 0.12
+    meta = last.metadata
+    assert meta["kind"] == "online" and meta["offsets"] == {"0": 20_000}
+    assert meta["guardrail"]["loss"] < meta["guardrail"]["last_good_loss"] * 1.1
+    # the IPS estimate of the greedy policy's value is close to its true expected rate
+    assert meta["guardrail"]["ips_value"] == pytest.approx(gt.expected_rate("oracle"), abs=0.12)
+    again = ModelBundle.from_bytes(last.to_bytes(), SCHEMA, CATALOG)  # metadata is JSON
+    assert again.version == last.version and again.metadata == json.loads(json.dumps(meta))
+
+
+def test_learner_trains_every_slot_head_in_mixed_batches():
+    gt = GroundTruth(seed=3)
+    records = [
+        r
+        for slot in ("next_step", "welcome_content", "checklist_order")
+        for r in logged(gt, 0, 400, seed=3, slot=slot)
+    ]
+    random.Random(0).shuffle(records)
+    learner = new_learner(replay_size=0)  # one update per mini-batch, nothing replayed
+    before = [h.weight.detach().clone() for h in learner.scorer.heads]
+    report = learner.learn(records)
+    assert report.trained + report.guardrail == 1_200 and report.updates == -(-report.trained // 64)
+    assert report.loss is not None and 0 < report.loss < 2
+    assert all(
+        not torch.equal(b, h.weight) for b, h in zip(before, learner.scorer.heads, strict=True)
+    )
+
+
+def test_sgd_optimizer_and_config_validation():
+    learner = new_learner(optimizer="sgd", lr=0.05)
+    assert isinstance(learner._optimizer, torch.optim.SGD)
+    learner.learn(logged(GroundTruth(seed=4), 0, 200, seed=4))
+    assert learner.counters["updates"] > 0
+    for bad in (
+        {"optimizer": "lbfgs"},
+        {"lr": 0},
+        {"batch_size": 0},
+        {"guardrail_share": 1.0},
+        {"min_propensity": 0},
+        {"epsilon": 1.5},
+    ):
+        with pytest.raises(ValueError):
+            LearnerConfig(**bad)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------- guardrail
+
+
+def test_guardrail_rolls_back_a_bad_update():
+    gt = GroundTruth(seed=21)
+    learner = new_learner(publish_interval_s=0.0)
+    learner.learn(logged(gt, 0, 6_000, seed=21))
+    good = learner.maybe_publish(now=10.0)
+    assert good is not None and good.version == 1 and not good.metadata["rolled_back"]
+    # a deliberately bad update: rewards flipped on everything the learner trains on
+    bad = [
+        r
+        for r in logged(gt, 6_000, 6_000, seed=22, flip=True)
+        if not learner.in_guardrail(r.decision_id)
+    ]
+    report = learner.learn(bad)
+    assert report.trained == len(bad) and report.guardrail == 0
+    assert not same_weights(learner.scorer, good.scorer)
+    rolled = learner.maybe_publish(now=20.0)
+    assert rolled is not None
+    assert rolled.metadata["rolled_back"] is True and rolled.version == 2 > good.version
+    g = rolled.metadata["guardrail"]
+    assert g["breached"] and g["loss"] > g["last_good_loss"] * (1 + g["tolerance"])
+    assert g["ips_value"] < g["last_good_ips_value"]
+    assert same_weights(rolled.scorer, good.scorer)  # the last good weights, re-versioned
+    assert same_weights(learner.scorer, good.scorer)  # and back in the trainer
+    assert learner.counters["rollbacks"] == 1 and learner.last_check is not None
+    # learning goes on from the last good weights and publishes normally again
+    learner.learn(logged(gt, 12_000, 2_000, seed=23))
+    after = learner.maybe_publish(now=30.0)
+    assert after is not None and after.version == 3 and not after.metadata["rolled_back"]
+    assert gain_share(after, GroundTruth(seed=98).users(200), gt) >= 0.8
+
+
+def test_publish_cadence_versions_and_exploration_boost():
+    gt = GroundTruth(seed=5)
+    learner = new_learner(publish_interval_s=5.0, epsilon=0.1, boost_epsilon=0.5, boost_seconds=60)
+    assert learner.maybe_publish(now=0.0) is None  # nothing learned yet
+    learner.learn(logged(gt, 0, 300, seed=5))
+    first = learner.maybe_publish(now=1.0)
+    assert first is not None and first.version == 1 and first.metadata["epsilon"] == 0.1
+    learner.learn(logged(gt, 300, 300, seed=6))
+    assert learner.maybe_publish(now=3.0) is None  # too soon
+    learner.drift(now=4.0)
+    boosted = learner.maybe_publish(now=6.0)
+    assert boosted is not None and boosted.version == 2 and boosted.metadata["epsilon"] == 0.5
+    assert learner.exploration(now=63.9) == 0.5
+    # no new rewards, but the boost ended: publish the same weights with the base epsilon
+    calm = learner.maybe_publish(now=64.0)
+    assert calm is not None and calm.version == 3 and calm.metadata["epsilon"] == 0.1
+    assert same_weights(calm.scorer, boosted.scorer) and calm.metadata["new_rewards"] == 0
+    assert learner.maybe_publish(now=100.0) is None
+    assert learner.counters["drifts"] == 1 and learner.counters["publishes"] == 3
+    # a drift also boosts the learning rate (from a fresh optimizer) and empties the guardrail
+    learner.learn(logged(gt, 600, 2_000, seed=7), now=101.0)
+    assert learner._guardrail and learner._optimizer.state
+    learner.drift(now=102.0)
+    assert not learner._guardrail and not learner._optimizer.state
+    boosted_lr = learner.learn(logged(gt, 2_600, 100, seed=8), now=103.0).lr
+    assert boosted_lr == pytest.approx(3 * learner.config.lr)
+    assert learner.learn(logged(gt, 2_700, 100, seed=9), now=1_000.0).lr == learner.config.lr
+    assert learner.last_good().version == 3
+
+
+def test_injected_clock_is_used_when_now_is_left_out():
+    now = [1_000.0]
+    learner = OnlineLearner(
+        cold_start_bundle(SCHEMA, CATALOG),
+        LearnerConfig(publish_interval_s=1),
+        clock=lambda: now[0],
+    )
+    learner.learn(logged(GroundTruth(seed=6), 0, 100, seed=6))
+    bundle = learner.maybe_publish()
+    assert bundle is not None and bundle.created_at == 1_000.0
+    learner.drift()
+    now[0] += 10
+    assert learner.exploration() == learner.config.boost_epsilon
+
+
+# ------------------------------------------------------------------------------ dedupe, skips
+
+
+def test_the_same_reward_twice_trains_once():
+    gt = GroundTruth(seed=7)
+    learner = new_learner()
+    r = next(r for r in logged(gt, 0, 50, seed=7) if not learner.in_guardrail(r.decision_id))
+    report = learner.learn([r, r])
+    assert (report.trained, report.duplicates, report.updates) == (1, 1, 1)
+    weights = {k: v.clone() for k, v in learner.scorer.state_dict().items()}
+    again = learner.learn([r])
+    assert (again.trained, again.duplicates, again.updates) == (0, 1, 0)
+    assert all(torch.equal(weights[k], v) for k, v in learner.scorer.state_dict().items())
+    # a guardrail record is remembered too: it enters the slice once
+    g = next(r for r in logged(gt, 50, 100, seed=8) if learner.in_guardrail(r.decision_id))
+    assert learner.learn([g, g]).guardrail == 1 and learner.counters["duplicates"] == 3
+
+
+def test_holdout_and_invalid_records_are_skipped():
+    gt = GroundTruth(seed=8)
+    learner = new_learner()
+    holdout = logged(gt, 0, 20, seed=8, arm="holdout")
+    [ok] = logged(gt, 20, 1, seed=9)
+    bad = [
+        replace(ok, decision_id="x1", features=[0.0] * 3),
+        replace(ok, decision_id="x2", slot="sidebar"),
+        replace(ok, decision_id="x3", action_index=99),
+        replace(ok, decision_id="x4", action="goals", action_index=1),
+        replace(ok, decision_id="x5", features=[float("inf")] * SCHEMA.dim),
+    ]
+    report = learner.learn(holdout + bad)
+    assert (report.holdout, report.invalid, report.trained, report.guardrail) == (20, 5, 0, 0)
+    assert report.updates == 0 and report.loss is None and learner.seen == 0
+
+
+def test_dedupe_memory_is_bounded_by_the_horizon():
+    learner = new_learner(dedupe_horizon=10, guardrail_share=0.0)
+    records = logged(GroundTruth(seed=9), 0, 25, seed=9)
+    assert learner.learn(records).trained == 25
+    assert learner.seen == 10
+    assert learner.learn(records[-10:]).duplicates == 10
+    assert learner.learn(records[:1]).trained == 1  # forgotten beyond the horizon
+
+
+# ------------------------------------------------------------------------------------ restart
+
+
+def test_restart_resumes_identically():
+    gt = GroundTruth(seed=13)
+    records = logged(gt, 0, 5_000, seed=13)
+    cfg = LearnerConfig(publish_interval_s=5.0)
+    learner = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), cfg)
+    learner.learn(records[:3_000], offsets={0: 3_000, 1: 17})
+    assert learner.maybe_publish(now=100.0) is not None
+    learner.drift(now=101.0)
+    assert learner.learn(records[3_000:4_000], offsets={0: 4_000}, now=102.0).lr == 3 * cfg.lr
+    assert learner._optimizer.state  # Adam moments to carry over
+
+    data = learner.to_bytes()
+    restored = OnlineLearner.from_bytes(data, cfg)
+    assert restored.offsets == learner.offsets == {0: 4_000, 1: 17}
+    assert restored.version == learner.version == 1
+    assert restored.counters == learner.counters and restored.seen == learner.seen == 4_000
+    assert restored.exploration(now=102.0) == learner.exploration(now=102.0) == cfg.boost_epsilon
+    x = np.array([features_of(u) for u in gt.users(50, 9_000)], dtype=np.float32)
+    assert np.array_equal(restored.scores(x, "next_step"), learner.scores(x, "next_step"))
+    # the dedupe memory came back: nothing seen before trains again
+    other = OnlineLearner.from_bytes(data, cfg)
+    replay = other.learn(records[:4_000])
+    assert replay.duplicates == 4_000 and replay.updates == 0
+    # the optimizer state came back: the next batch moves both to the same weights
+    a, b = learner.learn(records[4_000:]), restored.learn(records[4_000:])
+    assert a == b
+    assert same_weights(learner.scorer, restored.scorer)
+    assert np.array_equal(restored.scores(x, "next_step"), learner.scores(x, "next_step"))
+    pa, pb = learner.maybe_publish(now=200.0), restored.maybe_publish(now=200.0)
+    assert pa is not None and pb is not None
+    assert pa.version == pb.version == 2 and pa.metadata == pb.metadata
+    assert same_weights(pa.scorer, pb.scorer)
+
+
+def test_restore_under_a_new_config_and_bad_states():
+    learner = new_learner()
+    learner.learn(logged(GroundTruth(seed=14), 0, 500, seed=14))
+    state = learner.state_dict()
+    slower = OnlineLearner.from_state(state, LearnerConfig(lr=0.001))
+    assert all(g["lr"] == 0.001 for g in slower._optimizer.param_groups)
+    assert same_weights(slower.scorer, learner.scorer)
+    fresh = OnlineLearner.from_state(state, LearnerConfig(optimizer="sgd"))
+    assert isinstance(fresh._optimizer, torch.optim.SGD)
+    with pytest.raises(LearnerStateError, match="not a learner state"):
+        OnlineLearner.from_state({**state, "kind": "something"})
+    with pytest.raises(LearnerStateError, match="cannot restore"):
+        OnlineLearner.from_state({**state, "weights": {"trunk.weight": torch.zeros(1)}})
+    with pytest.raises(LearnerStateError, match="cannot read"):
+        OnlineLearner.from_bytes(b"not a state")

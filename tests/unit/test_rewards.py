@@ -1,0 +1,145 @@
+"""The reward join: decisions meet the outcomes that followed them, exactly once, whatever the
+interleaving of the two topics, across snapshots and deltas."""
+
+import datetime as dt
+import json
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_app.state import SessionShard, StateConfig
+
+T0 = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
+CONFIG = StateConfig(allowed_lateness_ms=10_000, attribution_window_ms=30_000, reorder_wait_ms=0)
+
+
+def _iso(ms):
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _event(mid, user, ms, name, step=None, decision_id=None):
+    props = {"decisionId": decision_id} if decision_id else {}
+    return (
+        user.encode(),
+        json.dumps(
+            {"messageId": mid, "type": "track", "event": name, "userKey": user, "userId": user,
+             "timestamp": _iso(ms), "receivedAt": _iso(ms), "stepId": step, "properties": props}
+        ).encode(),
+    )  # fmt: skip
+
+
+def _decision(did, user, ms, slot="next_step", chosen="role"):
+    return (
+        user.encode(),
+        json.dumps(
+            {"schema": "onramp.decision/1", "decisionId": did, "userKey": user, "slot": slot,
+             "chosen": chosen, "propensity": 0.5, "arm": "treatment", "modelVersion": 1,
+             "features": [0.25, 0.5], "timestamp": _iso(ms),
+             "ranked": [{"action": chosen}, {"action": "goals"}]}
+        ).encode(),
+    )  # fmt: skip
+
+
+def _scenario(users=30, spacing_ms=1_000):
+    """Users with decisions and what they did next; the expected reward of each decision."""
+    events, decisions, expected = [], [], {}
+    for u in range(users):
+        user, t = f"u{u}", T0 + u * spacing_ms
+        did = f"d{u}"
+        decisions.append(_decision(did, user, t))
+        kind = u % 5
+        if kind == 0:  # completes the step shown: reward 1
+            events.append(_event(f"e{u}", user, t + 5_000, "Step Completed", "role"))
+            expected[did] = (1.0, "completed")
+        elif kind == 1:  # completes another step: times out
+            events.append(_event(f"e{u}", user, t + 5_000, "Step Completed", "goals"))
+            expected[did] = (0.0, "timeout")
+        elif kind == 2:  # completes it, but after the window
+            events.append(_event(f"e{u}", user, t + 45_000, "Step Completed", "role"))
+            expected[did] = (0.0, "timeout")
+        elif kind == 3:  # a content slot, converted
+            decisions[-1] = _decision(did, user, t, slot="welcome_content", chosen="video_tour")
+            events.append(_event(f"e{u}", user, t + 20_000, "Onboarding Completed"))
+            expected[did] = (1.0, "converted")
+        else:  # echoes the decision id of a second decision: only that one is credited
+            decisions.append(_decision(f"{did}b", user, t + 100))
+            events.append(_event(f"e{u}", user, t + 5_000, "Step Completed", "role", f"{did}b"))
+            expected[did] = (0.0, "timeout")
+            expected[f"{did}b"] = (1.0, "completed")
+    # traffic that moves the watermark past every window
+    events += [
+        _event(f"tick{n}", "ticker", T0 + users * spacing_ms + 40_000 + n * 10_000, "Heartbeat")
+        for n in range(8)
+    ]
+    events.sort(key=lambda kv: json.loads(kv[1])["timestamp"])
+    return events, decisions, expected
+
+
+def _run(events, decisions, rng, crash_every=None):
+    """Interleave the two topics at random; optionally crash and restore from checkpoints."""
+    shard = SessionShard(0, CONFIG)
+    ei = di = 0
+    rewards = []
+    base, deltas, committed = None, [], (0, 0)
+    while ei < len(events) or di < len(decisions):
+        if di < len(decisions) and (ei >= len(events) or rng.random() < 0.4):
+            n = rng.randint(1, 3)
+            r = shard.process_decisions(decisions[di : di + n], min(di + n, len(decisions)))
+            di = min(di + n, len(decisions))
+        else:
+            n = rng.randint(1, 4)
+            r = shard.process(events[ei : ei + n])
+            ei += n
+        rewards += r.rewards
+        if crash_every:
+            roll = rng.random()
+            if roll < 0.2 or base is None:
+                base, deltas, committed = shard.snapshot(), [], (ei, min(di, len(decisions)))
+            elif roll < 0.5:
+                deltas.append(shard.snapshot_delta())
+                committed = (ei, di)
+            if rng.random() < crash_every:
+                shard = SessionShard.restore(base, deltas)
+                ei, di = committed
+                assert shard.decision_offset == di
+    return shard, rewards
+
+
+def _final(rewards):
+    out = {}
+    for r in rewards:
+        value = (r["reward"], r["outcome"])
+        assert out.setdefault(r["decisionId"], value) == value, "one decision, two rewards"
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_every_decision_gets_its_reward_whatever_the_interleaving(seed):
+    events, decisions, expected = _scenario()
+    shard, rewards = _run(events, decisions, random.Random(seed))
+    assert _final(rewards) == expected
+    assert len(rewards) == len(expected)  # exactly once without crashes
+    assert shard.rewards.stats()["pendingDecisions"] == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_crashes_and_restores_from_deltas_keep_rewards_exact(seed):
+    events, decisions, expected = _scenario()
+    shard, rewards = _run(events, decisions, random.Random(seed), crash_every=0.3)
+    assert _final(rewards) == expected  # replays may write a reward again, never another one
+    assert shard.rewards.stats()["rewards"] == len(expected)
+
+
+def test_a_decision_logged_twice_is_rewarded_once_and_garbage_is_rejected():
+    shard = SessionShard(0, CONFIG)
+    d = _decision("dup", "u1", T0)
+    r = shard.process_decisions([d, d, (b"u1", b"{nope"), (b"u1", b'{"decisionId": "x"}')], 4)
+    assert [e.reason.value for *_, e in r.rejected] == ["invalid_json", "missing_field"]
+    r = shard.process([_event("c", "u1", T0 + 1_000, "Step Completed", "role")])
+    assert [(x["decisionId"], x["reward"], x["features"]) for x in r.rewards] == [
+        ("dup", 1.0, [0.25, 0.5])
+    ]
+    assert shard.rewards.stats()["repeatedDecisions"] == 1
