@@ -92,7 +92,7 @@ def main() -> None:
             "ONRAMP_STREAM__ATTRIBUTION_WINDOW_S": "5",
             "ONRAMP_STREAM__POLL_MAX_RECORDS": "1000",
             "ONRAMP_LEARN__PUBLISH_INTERVAL_S": "1",
-            "ONRAMP_LEARN__BOOST_SECONDS": "90",
+            "ONRAMP_LEARN__BOOST_SECONDS": "45",
         }
     )
     truth = GroundTruth(seed=args.seed, drift_at_user=args.drift_at)

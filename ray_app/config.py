@@ -324,6 +324,9 @@ class LearnSettings(_Section):
     drift_threshold: float = Field(
         50.0, gt=0, description="Page-Hinkley: cumulative deviation that raises an alert."
     )
+    drift_min_samples: int = Field(
+        1_500, ge=1, description="Page-Hinkley: rewards seen before (and after each) alert."
+    )
     psi_window: int = Field(
         2_000, ge=10, description="Feature drift: decisions per PSI window (and reference)."
     )

@@ -266,6 +266,7 @@ class OnlineLearner:
         self._optimizer = self._make_optimizer()
         self._replay: deque[RewardRecord] = deque(maxlen=max(self.config.replay_size, 1))
         self._replay_rng = random.Random(0)
+        self._since_good: set[int] = set()  # ids of replay entries learned since last good
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
         self._guardrail: deque[RewardRecord] = deque(maxlen=self.config.guardrail_window)
@@ -339,6 +340,7 @@ class OnlineLearner:
             loss_sum += self._step(chunk) * len(chunk)
             updates += 1
             self._replay.extend(chunk)
+            self._since_good.update(id(r) for r in chunk)
             if cfg.replay_size > 0 and len(self._replay) > cfg.batch_size:
                 for _ in range(cfg.replay_steps):
                     picks = self._replay_rng.sample(range(len(self._replay)), cfg.batch_size)
@@ -583,10 +585,15 @@ class OnlineLearner:
         if check.breached:
             self.scorer.load_state_dict(self._last_good)
             self._optimizer = self._make_optimizer()
-            self._replay.clear()  # the rewards behind the breach must not be learned again
+            # the rewards learned since the last good weights (behind the breach) are not
+            # replayed again; older ones stay
+            kept = [r for r in self._replay if id(r) not in self._since_good]
+            self._replay.clear()
+            self._replay.extend(kept)
             self.counters["rollbacks"] += 1
         else:
             self._last_good = _clone(self.scorer.state_dict())
+        self._since_good = set()
         self.version += 1
         self.counters["publishes"] += 1
         metadata = {

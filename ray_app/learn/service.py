@@ -94,8 +94,13 @@ class LearnerService:
         )
         # the world: rewards of the static flow (control arm) moving either way; the model:
         # rewards of the model arms falling (their rise is the learner doing its job)
-        self.world_drift = PageHinkley(delta=s.drift_delta, threshold=s.drift_threshold)
-        self.reward_drift = PageHinkley(delta=s.drift_delta, threshold=s.drift_threshold)
+        # (min_samples: the first rewards of a fresh model move for reasons of its own)
+        self.world_drift = PageHinkley(
+            delta=s.drift_delta, threshold=s.drift_threshold, min_samples=s.drift_min_samples
+        )
+        self.reward_drift = PageHinkley(
+            delta=s.drift_delta, threshold=s.drift_threshold, min_samples=s.drift_min_samples
+        )
         self.feature_drift = FeatureDrift(
             reference_size=s.psi_window, window=s.psi_window, names=list(self.schema.names)
         )
