@@ -112,8 +112,6 @@ def main() -> None:
         started = time.monotonic()
 
         async def report() -> None:
-            import ray
-
             while True:
                 await asyncio.sleep(10)
                 st = await stack.learner.status.remote()
@@ -130,7 +128,6 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-                del ray
 
         async def both() -> None:
             task = asyncio.create_task(report())
