@@ -91,7 +91,8 @@ def main() -> None:
             "ONRAMP_STREAM__REORDER_WAIT_MS": "1000",
             "ONRAMP_STREAM__ATTRIBUTION_WINDOW_S": "5",
             "ONRAMP_STREAM__POLL_MAX_RECORDS": "1000",
-            "ONRAMP_LEARN__PUBLISH_INTERVAL_S": "1",
+            "ONRAMP_LEARN__PUBLISH_INTERVAL_S": "2",
+            "ONRAMP_LEARN__GUARDRAIL_TOLERANCE": "0.2",
             "ONRAMP_LEARN__BOOST_SECONDS": "45",
         }
     )
