@@ -377,15 +377,19 @@ def _plot_learning(run: Any, path: Path) -> None:
         acc, pts = 0, []
         for i, o in enumerate(xs):
             acc += o.completed - (xs[i - window].completed if i >= window else 0)
-            if i + 1 >= min(window, len(xs)):
+            if i + 1 >= min(30, len(xs)):  # the first points average what there is
                 pts.append((o.index, acc / min(window, i + 1)))
         if pts:
             ax.plot(*zip(*pts, strict=True), label=f"{arm} (measured)")
     for policy, style in (("static", ":"), ("random", "-."), ("oracle", "--")):
-        ax.axhline(run.truth.expected_rate(policy), linestyle=style, color="grey", linewidth=1)
-        ax.text(0, run.truth.expected_rate(policy), f" {policy}", va="bottom", color="grey")
+        rate = run.truth.expected_rate(policy)
+        ax.axhline(rate, linestyle=style, color="grey", linewidth=1)
+        ax.text(
+            0.01, rate, f"{policy} (expected)", va="bottom", color="grey",
+            transform=ax.get_yaxis_transform(),
+        )  # fmt: skip
     ax.set_xlabel("simulated user")
-    ax.set_ylabel(f"completion rate of the next step (rolling {window})")
+    ax.set_ylabel(f"next step completed (rolling {window} users)")
     ax.set_title("Onramp learning: completion rate per experiment arm")
     ax.legend(loc="lower right")
     path.parent.mkdir(parents=True, exist_ok=True)
