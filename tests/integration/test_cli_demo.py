@@ -75,3 +75,7 @@ def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     assert (tmp_path / "state" / "sim" / "ground_truth.jsonl").exists()
+    # the learning simulation's plot of the completion rate per arm
+    png = tmp_path / "state" / "learning.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "completion rate per arm over time" in rest
