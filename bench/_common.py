@@ -106,3 +106,44 @@ async def closed_loop(
         "p99_ms": q(0.99),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
     }
+
+
+def run_loadgen(script: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``script --loadgen SPEC`` in its own process (so the load generator does not share
+    this process's GIL) and return the JSON object it prints last."""
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, script, "--loadgen", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def deploy_trivial(prefix: str, path: str, answer: bytes) -> None:
+    """A do-nothing FastAPI ingress on Serve's HTTP path at ``prefix``: POST ``path`` reads the
+    body and answers ``answer``. What HTTP through Serve alone allows here."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+    from ray import serve
+
+    api = FastAPI()
+
+    async def handler(request: Request) -> Response:
+        await request.body()
+        return Response(answer, media_type="application/json")
+
+    # real classes, not the strings `from __future__ import annotations` leaves: FastAPI
+    # resolves them in this module's globals, where these local imports are not
+    handler.__annotations__ = {"request": Request, "return": Response}
+    api.add_api_route(path, handler, methods=["POST"])
+
+    @serve.deployment(name="Trivial", max_ongoing_requests=512)
+    @serve.ingress(api)
+    class Trivial:
+        pass
+
+    serve.run(Trivial.bind(), name="trivial", route_prefix=prefix)

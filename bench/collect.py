@@ -19,7 +19,6 @@ import asyncio
 import base64
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -28,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import closed_loop, emit, git_rev, machine
+from bench._common import closed_loop, deploy_trivial, emit, git_rev, machine, run_loadgen
 
 WRITE_KEY = "bench-write-key"
 
@@ -88,35 +87,10 @@ def run_scenario(url: str, path: str, per: int, concurrency: int, seconds: float
         "concurrency": concurrency,
         "seconds": seconds,
     }
-    out = subprocess.run(
-        [sys.executable, __file__, "--loadgen", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_loadgen(__file__, spec)
 
 
 # -- context: the HTTP ceiling of this machine ------------------------------------------------
-
-
-def deploy_trivial(prefix: str) -> None:
-    """A do-nothing FastAPI ingress on the same Serve HTTP path: what HTTP alone allows here."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
-    from ray import serve
-
-    api = FastAPI()
-
-    @serve.deployment(name="Trivial", max_ongoing_requests=512)
-    @serve.ingress(api)
-    class Trivial:
-        @api.post("/v1/track")
-        async def track(self, request: Request) -> Response:
-            await request.body()
-            return Response(b'{"success":true}', media_type="application/json")
-
-    serve.run(Trivial.bind(), name="trivial", route_prefix=prefix)
 
 
 # -- baseline: the raw producer --------------------------------------------------------------
@@ -221,7 +195,7 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-        deploy_trivial("/trivial")
+        deploy_trivial("/trivial", "/v1/track", b'{"success":true}')
         ceiling = []
         for c in args.single_concurrency.split(","):
             r = run_scenario(url + "/trivial", "/v1/track", 1, int(c), args.seconds)

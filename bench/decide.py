@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import closed_loop, emit, git_rev, machine
+from bench._common import closed_loop, deploy_trivial, emit, git_rev, machine, run_loadgen
 
 READ_KEY = "bench-read-key"
 SLOTS = ("next_step", "welcome_content", "checklist_order")
@@ -65,31 +65,7 @@ def loadgen_main(spec: dict[str, Any]) -> None:
 
 def run_scenario(url: str, users: list[str], concurrency: int, seconds: float) -> dict[str, Any]:
     spec = {"url": url, "users": users, "concurrency": concurrency, "seconds": seconds}
-    out = subprocess.run(
-        [sys.executable, __file__, "--loadgen", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def deploy_trivial(prefix: str) -> None:
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
-    from ray import serve
-
-    api = FastAPI()
-
-    @serve.deployment(name="Trivial", max_ongoing_requests=512)
-    @serve.ingress(api)
-    class Trivial:
-        @api.post("/v1/decide")
-        async def decide(self, request: Request) -> Response:
-            await request.body()
-            return Response(b'{"chosen":"welcome"}', media_type="application/json")
-
-    serve.run(Trivial.bind(), name="trivial", route_prefix=prefix)
+    return run_loadgen(__file__, spec)
 
 
 def plain_fastapi(port: int, workdir: Path) -> subprocess.Popen[bytes]:
@@ -193,7 +169,7 @@ def main() -> None:
             subprocess.run(["curl", "-s", f"{url}/healthz"], capture_output=True, text=True).stdout
             or "{}"
         )
-        deploy_trivial("/trivial")
+        deploy_trivial("/trivial", "/v1/decide", b'{"chosen":"welcome"}')
         for c in concurrencies:
             r = run_scenario(url + "/trivial", known, c, args.seconds)
             results["trivial_serve"].append(r)

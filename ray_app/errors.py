@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BrokerError", "ConfigError", "KafkaUnavailable", "OnrampError"]
+__all__ = ["BrokerError", "ConfigError", "FieldError", "KafkaUnavailable", "OnrampError"]
 
 
 class OnrampError(Exception):
@@ -30,6 +30,24 @@ class OnrampError(Exception):
 
 def _rebuild(cls: type[OnrampError], message: str, context: dict[str, Any]) -> OnrampError:
     return cls(message, **context)
+
+
+class FieldError(OnrampError):
+    """An error about one ``field`` of an input, and why (``reason``). Picklable.
+
+    >>> import pickle
+    >>> err = pickle.loads(pickle.dumps(FieldError("reward", "must be 0 or 1")))
+    >>> err.field, err.reason, str(err)
+    ('reward', 'must be 0 or 1', 'reward: must be 0 or 1')
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", field=field)
+        self.field = field
+        self.reason = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.reason))
 
 
 class ConfigError(OnrampError):

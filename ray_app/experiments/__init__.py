@@ -41,7 +41,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ray_app.errors import ConfigError
+from ray_app.errors import ConfigError, FieldError
 
 __all__ = ["CONTROL", "HOLDOUT", "Experiment", "ExperimentError", "unit_hash"]
 
@@ -50,21 +50,13 @@ HOLDOUT = "holdout"
 _ARM = re.compile(r"^[a-z0-9_]+$")
 
 
-class ExperimentError(ConfigError):
+class ExperimentError(FieldError, ConfigError):
     """An invalid experiment definition: the ``field`` at fault and why. Picklable.
 
     >>> import pickle
     >>> pickle.loads(pickle.dumps(ExperimentError("experiment.holdout", "too big"))).field
     'experiment.holdout'
     """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", field=field)
-        self.field = field
-        self.reason = message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.field, self.reason))
 
 
 def unit_hash(*parts: str) -> float:

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ray_app.errors import OnrampError
+from ray_app.errors import FieldError
 
 if TYPE_CHECKING:
     from ray_app.catalog import Catalog
@@ -68,7 +68,7 @@ def reward_of(outcome: str) -> float:
         ) from None
 
 
-class RewardRecordError(OnrampError):
+class RewardRecordError(FieldError):
     """A reward record that cannot be read: the ``field`` at fault and why. Picklable.
 
     >>> import pickle
@@ -77,14 +77,6 @@ class RewardRecordError(OnrampError):
     """
 
     http_status = 422
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", field=field)
-        self.field = field
-        self.reason = message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.field, self.reason))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ray_app.errors import OnrampError
+from ray_app.errors import FieldError
 from ray_app.model.scorer import Scorer
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ FORMAT = 1
 _LEN = struct.Struct(">I")
 
 
-class ModelFileError(OnrampError):
+class ModelFileError(FieldError):
     """Model bytes that cannot be served: which ``field`` and why.
 
     >>> import pickle
@@ -56,14 +56,6 @@ class ModelFileError(OnrampError):
     """
 
     http_status = 422
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", field=field)
-        self.field = field
-        self.reason = message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.field, self.reason))
 
 
 def _slot_actions(catalog: Catalog) -> dict[str, list[str]]:

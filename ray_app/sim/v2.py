@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ray_app.catalog import Catalog, load_catalog
-from ray_app.sim.population import SEGMENTS
+from ray_app.sim.population import _BASE_SECONDS, SEGMENTS
 
 __all__ = [
     "PREFERENCES",
@@ -153,15 +153,7 @@ _FIXED: dict[str, dict[str, float]] = {"next_step": {"welcome": 0.95}}
 _FLOOR = 0.05
 
 #: Median seconds to complete what a slot shows (steps: by step id).
-_STEP_SECONDS: dict[str, float] = {
-    "welcome": 6,
-    "role": 8,
-    "team_size": 7,
-    "goals": 20,
-    "integrations": 45,
-    "invite_teammates": 30,
-    "first_project": 60,
-}
+_STEP_SECONDS = _BASE_SECONDS  # the same medians as simulator v1
 _SLOT_SECONDS: dict[str, float] = {"welcome_content": 12, "checklist_order": 40}
 
 _SEGMENTS = {s.name: s for s in SEGMENTS}

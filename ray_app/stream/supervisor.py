@@ -299,20 +299,5 @@ class ProfileReader:
         raise StreamUnavailable("a worker owning these users is restarting; retry shortly")
 
     async def get(self, user_key: str) -> dict[str, Any] | None:
-        import ray
-
-        for attempt in range(2):
-            partitions, workers = (
-                self._routes if self._routes and attempt == 0 else await self._load()
-            )
-            if not workers:
-                raise StreamUnavailable("stream workers are not running")
-            p = partition_for(user_key.encode(), partitions)
-            try:
-                result: dict[str, Any] | None = await workers[p % len(workers)].profile.remote(
-                    p, user_key
-                )
-                return result
-            except ray.exceptions.RayActorError:
-                self._routes = None  # a worker was replaced: refresh the table once
-        raise StreamUnavailable("the worker owning this user is restarting; retry shortly")
+        """One user's profile (see :meth:`get_many`)."""
+        return (await self.get_many([user_key]))[user_key]

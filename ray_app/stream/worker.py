@@ -43,7 +43,12 @@ _LOCK_CHUNK = 256
 
 
 def state_config(settings: Settings) -> StateConfig:
+    """The state core's semantics from the settings (and the onboarding catalog: its step ids
+    for validation, its step slots for rewards)."""
+    from ray_app.catalog import load_catalog
+
     s = settings.stream
+    catalog = load_catalog(settings.decide.catalog_path)
     return StateConfig(
         allowed_lateness_ms=s.allowed_lateness_ms,
         reorder_max_buffer=s.reorder_max_buffer,
@@ -52,25 +57,10 @@ def state_config(settings: Settings) -> StateConfig:
         max_future_ms=int(s.max_event_future_s * 1000),
         max_user_events_per_s=s.max_user_events_per_s,
         attribution_window_ms=int(s.attribution_window_s * 1000),
-        step_slots=step_slots(settings),
-        known_steps=known_steps(settings) if s.validate_steps else None,
+        step_slots=frozenset(n for n, slot in catalog.slots.items() if slot.kind == "step"),
+        known_steps=frozenset(catalog.known_steps) if s.validate_steps else None,
         profile=ProfileConfig(session_gap_ms=s.session_gap_ms),
     )
-
-
-def step_slots(settings: Settings) -> frozenset[str]:
-    """The catalog's slots whose actions are steps (rewarded by completing that step)."""
-    from ray_app.catalog import load_catalog
-
-    catalog = load_catalog(settings.decide.catalog_path)
-    return frozenset(name for name, slot in catalog.slots.items() if slot.kind == "step")
-
-
-def known_steps(settings: Settings) -> frozenset[str]:
-    """The step ids of the onboarding catalog (``decide.catalog_path``)."""
-    from ray_app.catalog import load_catalog
-
-    return frozenset(load_catalog(settings.decide.catalog_path).known_steps)
 
 
 class StreamWorker:
