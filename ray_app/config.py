@@ -314,8 +314,17 @@ class LearnSettings(_Section):
         5_000, ge=0, description="Recent rewards replayed in later updates (0: none)."
     )
     replay_steps: int = Field(4, ge=0, description="Replayed mini-batches per new mini-batch.")
+    min_propensity: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Importance weights are 1/max(propensity, this): 0.5 clips them at 2. The "
+        "scorer is a reward model of every (context, action), which unclipped weights (up to "
+        "1/propensity of a rarely explored action) make noisy: on simulator v2, 0.05 left 8-19% "
+        "of greedy choices wrong after 5k users, 0.5 left 0.4-3%.",
+    )
     boost_epsilon: float = Field(
-        0.3, ge=0, le=1, description="Exploration served for a while after a drift alert."
+        0.5, ge=0, le=1, description="Exploration served for a while after a drift alert."
     )
     boost_seconds: float = Field(600.0, ge=0, description="How long the boost lasts.")
     drift_delta: float = Field(

@@ -83,6 +83,7 @@ class LearnerService:
             boost_seconds=s.boost_seconds,
             replay_size=s.replay_size,
             replay_steps=s.replay_steps,
+            min_propensity=s.min_propensity,
         )
         self.learner = self._restore()
         self.topic = settings.topics.rewards
