@@ -58,3 +58,23 @@ def test_quickstart_is_reproduced() -> None:
     assert err["dr"] < 0.10, (res.estimates["dr"], PUBLISHED["dr"])
     for e in res.estimates.values():
         assert e.ci_low <= e.value <= e.ci_high
+
+
+@pytest.mark.slow
+def test_onramp_scorer_on_heldout_obd_reports_ctr_with_cis() -> None:
+    from training.obd_policy import evaluate_onramp_on_obd
+
+    rep = evaluate_onramp_on_obd("all", epochs=1, n_bootstrap=50, seed=0)
+    assert (rep.n_train, rep.n_test) == (7_000, 3_000)  # time-ordered 70/30 split
+    assert set(rep.policies) == {"onramp_greedy", "onramp_softmax", "bts_prior"}
+    for estimates in rep.policies.values():
+        assert set(estimates) == {"ips", "snips", "dr"}
+        for e in estimates.values():
+            assert e.n == 3_000 and e.ci_low <= e.value <= e.ci_high
+    # the logged policies' on-policy CTRs are the plain means of their logs
+    logs = load_obd("random", "all")
+    assert rep.on_policy["random_heldout"].value == pytest.approx(logs.reward[7_000:].mean())
+    assert rep.on_policy["bts_logs"].value == pytest.approx(PUBLISHED["bts_ctr"])
+    # a deterministic list of 3 of 80 items matches about 1 logged row in 80
+    assert 10 < rep.effective_sample_size["onramp_greedy"] < 100
+    assert 0 <= rep.heldout["auc"] <= 1 and rep.heldout["clicks"] == logs.reward[7_000:].sum()
