@@ -7,6 +7,7 @@
     onramp config show        effective settings, secrets masked
     onramp config describe    every setting with its description
     onramp schema             JSON Schema of the wire contract (--reasons: the reason codes)
+    onramp evaluate           off-policy evaluation (OBD reproduction, decision logs)
 
 Every command takes ``--config FILE`` (YAML settings); ``ONRAMP_*`` variables override it.
 """
@@ -128,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
         "schema", parents=[common], help="print the JSON Schema of the wire contract"
     )
     schema.add_argument("--reasons", action="store_true", help="print the reason codes instead")
+    # `onramp evaluate ...` is handed whole to training.evaluate (see main); this entry lists it
+    sub.add_parser(
+        "evaluate",
+        help="off-policy evaluation: IPS/SNIPS/DM/DR with CIs on the Open Bandit Dataset or "
+        "Onramp's decision logs (`onramp evaluate --help`)",
+        add_help=False,
+    )
     return p
 
 
@@ -522,7 +530,17 @@ _COMMANDS = {
 }
 
 
+def _cmd_evaluate(argv: list[str]) -> int:
+    # imported at call time: ray_app never imports training at import time
+    from training.evaluate import main as evaluate_main
+
+    return evaluate_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["evaluate"]:
+        return _cmd_evaluate(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
