@@ -341,7 +341,16 @@ function createClient(options = {}) {
     const fallback = opts.fallback ?? null;
     const started = now();
     const fall = (reason, status = null) => {
-      const out = { decisionId: null, slot, chosen: fallback, ranked: [], fallback: true, reason, status };
+      const out = {
+        decisionId: null,
+        slot,
+        chosen: fallback,
+        ranked: [],
+        fallback: true,
+        reason,
+        status,
+        latencyMs: now() - started,
+      };
       emit('decision', out);
       return out;
     };

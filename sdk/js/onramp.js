@@ -338,7 +338,16 @@ export function createClient(options = {}) {
     const fallback = opts.fallback ?? null;
     const started = now();
     const fall = (reason, status = null) => {
-      const out = { decisionId: null, slot, chosen: fallback, ranked: [], fallback: true, reason, status };
+      const out = {
+        decisionId: null,
+        slot,
+        chosen: fallback,
+        ranked: [],
+        fallback: true,
+        reason,
+        status,
+        latencyMs: now() - started,
+      };
       emit('decision', out);
       return out;
     };

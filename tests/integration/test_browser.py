@@ -197,9 +197,13 @@ def test_a_user_walks_the_demo_and_onramp_sees_every_event_in_order(browser, web
     for h in steps:
         d = h["decision"]
         assert h["step"] == (h["remaining"][0] if d["fallback"] else d["chosen"]), h
+    # The first step after welcome needs the welcome completion applied to the profile (the
+    # catalog requires it): the page retries a 422 for a few seconds, then takes the static
+    # order. Every later decision is answered.
+    assert steps[0]["decision"]["reason"] in (None, "http_422"), steps[0]
+    assert all(not h["decision"]["fallback"] for h in steps[1:]), steps
     answered = [h["decision"] for h in steps if not h["decision"]["fallback"]]
-    assert len(answered) == 6, [h["decision"]["reason"] for h in steps]
-    assert decided[1:] == ["onramp"] * 6, decided
+    assert decided[2:] == ["onramp"] * 5, decided
     [checklist] = by_slot["checklist_order"]
     assert not checklist["fallback"]
     assert page.eval_on_selector("#step", "e => e.dataset.first") == checklist["chosen"]
@@ -251,18 +255,18 @@ def test_a_slow_decide_falls_back_within_the_timeout(browser, web):
     page.route("**/v1/decide", lambda route: held.append(route))  # never answered in time
     page.goto(web.demo + "?decideTimeoutMs=800")
     page.wait_for_selector("#step form")
-    started = time.monotonic()
     page.click("#step button[type=submit]")
     assert _wait_step_change(page, "signup") == "welcome"
-    welcome_s = time.monotonic() - started
     assert page.eval_on_selector("#step", "e => e.dataset.content") == "checklist_intro"
-    started = time.monotonic()
     page.click("#step button[type=submit]")
     assert _wait_step_change(page, "welcome") == "role"  # the static order's next step
-    next_s = time.monotonic() - started
     assert page.eval_on_selector("#step", "e => e.dataset.decided") == "fallback:timeout"
-    assert len(held) == 2
-    assert 0.8 <= welcome_s < 0.8 + 1.5 and 0.8 <= next_s < 0.8 + 1.5, (welcome_s, next_s)
+    assert len(held) == 2  # both requests reached the (held) route: Onramp was asked
+    waited = page.evaluate(
+        "() => window.onrampDemo.decisions.map(d => [d.slot, d.reason, d.latencyMs])"
+    )
+    assert [w[:2] for w in waited] == [["welcome_content", "timeout"], ["next_step", "timeout"]]
+    assert all(800 <= w[2] < 800 + 400 for w in waited), waited  # the timeout, not later
     for route in held:
         route.abort()
     context.close()
@@ -272,6 +276,8 @@ def test_the_offline_queue_survives_an_outage_and_a_reload(browser, web, read_to
     context = browser.new_context()
     page = context.new_page()
     _sign_up(page, web.demo)
+    page.click("#step button[type=submit]")  # welcome done and applied: no 422 waits below
+    _wait_step_change(page, "welcome")
     _drain(page)
     page.route("**/v1/batch", lambda route: route.abort("connectionrefused"))  # collector down
     for _ in range(2):
@@ -384,6 +390,13 @@ def test_unmodified_segment_analytics_next_reaches_kafka(
     context = browser.new_context()
     page = context.new_page()
     posts: list[dict[str, Any]] = []
+    wire: list[tuple[str, str]] = []  # what chromium put on the wire, preflights included
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.on(
+        "Network.requestWillBeSent",
+        lambda e: wire.append((e["request"]["method"], e["request"]["url"])),
+    )
     page.on(
         "requestfinished",
         lambda r: (
@@ -400,10 +413,13 @@ def test_unmodified_segment_analytics_next_reaches_kafka(
     found = read_topic("onramp.events").wait_for(lambda v: v["messageId"] in ids, len(ids))
     assert {f["value"]["messageId"] for f in found} == ids
     assert {f["value"]["source"] for f in found} == {"demo"}
-    # cross-origin POSTs with an Authorization header: the browser preflights them, and the
-    # collector's answer allowed this origin (or the POSTs would never have been made) ...
+    # cross-origin POSTs with an Authorization header: chromium preflighted each route
+    # (OPTIONS, seen on the wire through CDP) and the collector's answer allowed this origin ...
     assert posts and all(p["url"].startswith(web.base + "/v1/") for p in posts)
     assert all("authorization" in p["headers"] for p in posts if p["method"] == "POST")
+    posted = {url for method, url in wire if method == "POST" and "/v1/" in url}
+    preflighted = {url for method, url in wire if method == "OPTIONS"}
+    assert posted and posted <= preflighted, wire
     # ... while a collector whose cors_origins do not list this page refuses the preflight
     blocked = page.evaluate(
         """async url => { try { await fetch(url, {method: 'POST', body: '{}',

@@ -238,6 +238,7 @@ test('decide: a slow Onramp gives the fallback within the timeout', async () => 
   await timers.advance(300);
   const d = await p;
   assert.deepEqual([d.chosen, d.fallback, d.reason, d.decisionId], ['role', true, 'timeout', null]);
+  assert.equal(d.latencyMs, 300);
 });
 
 test('decide: errors and a missing read key give the fallback, never a rejection', async () => {
