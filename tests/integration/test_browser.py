@@ -303,6 +303,20 @@ def test_the_offline_queue_survives_an_outage_and_a_reload(browser, web, read_to
     context.close()
 
 
+def test_what_is_queued_goes_out_by_beacon_when_the_page_is_left(browser, web, read_topic):
+    context = browser.new_context()
+    page = context.new_page()
+    _sign_up(page, web.demo + "?flushMs=600000")  # the time bound is 10 minutes: nothing sent
+    queued = page.evaluate("() => JSON.parse(localStorage.getItem('onramp.queue'))")
+    assert len(queued) >= 4, queued  # page, identify, Signed Up, Step Viewed
+    assert page.evaluate("() => window.onrampDemo.client.stats().sent") == 0
+    page.goto("about:blank")  # pagehide: the SDK hands the queue to navigator.sendBeacon
+    ids = {e["messageId"] for e in queued}
+    found = read_topic("onramp.events").wait_for(lambda v: v["messageId"] in ids, len(ids))
+    assert {f["value"]["messageId"] for f in found} == ids
+    context.close()
+
+
 # -- an unmodified third-party client: Segment's analytics-next ------------------------------
 
 
