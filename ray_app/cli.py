@@ -238,6 +238,8 @@ def _print_urls(stack: Any, settings: Settings) -> None:
     print(f"  Kafka bootstrap : {stack.bootstrap}" + ("  (embedded Tansu)" if stack.broker else ""))
     for name, url in stack.urls().items():
         print(f"  {name:<16}: {url}")
+    if "demo" in settings.collector.write_keys:  # deployments/demo.py serves only the 'demo' key
+        print(f"  {'demo app':<16}: {stack.base_url}/demo/  (open it in a browser)")
     print(
         f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)"
     )
