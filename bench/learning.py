@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=100, help="users in flight")
     ap.add_argument("--window", type=int, default=2_000, help="users per rolling rate")
     ap.add_argument("--treatment-share", type=float, default=0.9)
-    ap.add_argument("--epsilon", type=float, default=0.05)
+    ap.add_argument("--epsilon", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python")
     args = ap.parse_args()
