@@ -8,6 +8,7 @@
     onramp config describe    every setting with its description
     onramp schema             JSON Schema of the wire contract (--reasons: the reason codes)
     onramp report             experiment analysis: per-arm rates, uplift, SRM, CUPED (HTML + JSON)
+    onramp audit              recent traffic vs training data: features, segment mix, DLQ/late
 
 Every command takes ``--config FILE`` (YAML settings); ``ONRAMP_*`` variables override it.
 """
@@ -130,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--reasons", action="store_true", help="print the reason codes instead")
     _add_report_parser(sub, common)
+    _add_audit_parser(sub, common)
     return p
 
 
@@ -608,6 +610,93 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 _COMMANDS["report"] = _cmd_report
+
+
+def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    audit = sub.add_parser(
+        "audit",
+        parents=[common],
+        help="compare recent traffic with the training data: what drifted (HTML + JSON)",
+        description="Compares recent decisions with the reference (training) decisions: the PSI "
+        "of every feature, the mix of context segments and arms (chi-square), and, from "
+        "/metrics scrapes, the DLQ and late shares. Prints what drifted; writes audit.html "
+        "(histograms, segment bars) and audit.json.",
+        epilog="examples:\n"
+        "  onramp audit --reference train-decisions.jsonl --recent last-day.jsonl\n"
+        "  onramp audit --reference r.jsonl --recent c.jsonl --metrics http://127.0.0.1:8000/metrics\n"
+        "  onramp audit ... --fail-on-drift   # exit status 3 when something drifted (CI, cron)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument(
+        "--reference", required=True, metavar="FILE", help="training decisions (JSON lines)"
+    )
+    audit.add_argument(
+        "--recent", required=True, metavar="FILE", help="recent decisions (JSON lines)"
+    )
+    audit.add_argument(
+        "--metrics", metavar="URL|FILE", help="recent /metrics: a URL or a saved scrape"
+    )
+    audit.add_argument(
+        "--reference-metrics", metavar="URL|FILE", help="/metrics of the training period"
+    )
+    audit.add_argument(
+        "--psi-threshold", type=float, default=0.25, help="PSI above which a feature drifted"
+    )
+    audit.add_argument("--out", default="onramp-audit", help="output directory")
+    audit.add_argument("--fail-on-drift", action="store_true", help="exit with status 3 on drift")
+
+
+def _read_metrics(where: str | None) -> str | None:
+    if where is None:
+        return None
+    if where.startswith(("http://", "https://")):
+        import httpx
+
+        try:
+            r = httpx.get(where, timeout=10)
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise OnrampError(f"cannot scrape {where}: {exc}") from None
+        return r.text
+    return Path(where).read_text()
+
+
+def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from ray_app.audit import audit, write_audit
+    from ray_app.experiments.report import read_json_lines
+
+    names = None
+    try:
+        from ray_app.catalog import load_catalog
+        from ray_app.features import FeatureSchema
+
+        names = list(FeatureSchema.from_catalog(load_catalog(settings.decide.catalog_path)).names)
+    except Exception:  # names are a nicety: f0, f1... without the catalog
+        names = None
+    result = audit(
+        read_json_lines(args.reference),
+        read_json_lines(args.recent),
+        names,
+        _read_metrics(args.metrics),
+        _read_metrics(args.reference_metrics),
+        psi_threshold=args.psi_threshold,
+    )
+    page = write_audit(result, args.out)
+    print(
+        f"reference: {result['reference']['decisions']} decisions, "
+        f"recent: {result['recent']['decisions']}"
+    )
+    if result["drifted"]:
+        print("drifted:")
+        for line in result["drifted"]:
+            print(f"  {line}")
+    else:
+        print("nothing drifted")
+    print(f"report: {page}")
+    return 3 if result["drifted"] and args.fail_on_drift else 0
+
+
+_COMMANDS["audit"] = _cmd_audit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
