@@ -227,3 +227,20 @@ def test_cli_table_input_and_errors(tmp_path, capsys):
     bad.write_text('{"decisionId": "a"}\nnot json\n')
     assert main(["report", "--decisions", str(bad), "--rewards", str(bad)]) == 1
     assert f"{bad}:2: not JSON" in capsys.readouterr().err
+
+
+def test_chi_square_tail_matches_torch():
+    """The report's own chi-square tail (no SciPy here) against torch's regularized gamma."""
+    import torch
+
+    from ray_app.experiments.report import _chi2_sf
+
+    for df in (1, 2, 3, 7, 30):
+        for x in (0.01, 0.5, 1.0, 3.84, 10.0, 25.0, 80.0):
+            want = float(
+                torch.special.gammaincc(
+                    torch.tensor(df / 2, dtype=torch.float64),
+                    torch.tensor(x / 2, dtype=torch.float64),
+                )
+            )
+            assert _chi2_sf(x, df) == pytest.approx(want, rel=1e-9, abs=1e-15), (df, x)
