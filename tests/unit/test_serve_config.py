@@ -3,6 +3,7 @@ fields Serve would silently ignore (by path), unknown settings in args and unkno
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -114,7 +115,7 @@ def test_user_config_keys_are_what_reconfigure_accepts():
         ("StreamSupervision", StreamSupervision),
     ):
         cls = deployment.func_or_class
-        bare = cls.__new__(cls)  # reconfigure checks the keys before it touches the replica
+        bare = SimpleNamespace()  # reconfigure checks the keys before it touches the replica
         for key in USER_CONFIG_KEYS[name]:
             with pytest.raises(ValueError) as info:
                 cls.reconfigure(bare, {key: None, "zz_unknown": 1})
