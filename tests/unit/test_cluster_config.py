@@ -124,3 +124,13 @@ def test_cli_reports_problems(tmp_path, config, capsys):
     assert main([str(CLUSTER)]) == 0
     assert main([str(path)]) == 1
     assert "provider.regoin: unknown key for the aws provider" in capsys.readouterr().out
+
+
+def test_check_module_examples_run():
+    """deployments/ is outside pytest's doctest paths: run deployments.check's examples here."""
+    import doctest
+
+    import deployments.check
+
+    result = doctest.testmod(deployments.check)
+    assert result.attempted >= 2 and result.failed == 0
