@@ -235,7 +235,8 @@ def load_rewards(
     import ray.data
 
     files = reward_files(uri, rewards_topic)
-    ds = ray.data.read_json(files, lines=True)
+    # a small CPU share per read task: the Serve replicas and trainers share the cluster
+    ds = ray.data.read_json(files, lines=True, ray_remote_args={"num_cpus": 0.25})
     rows: list[dict[str, Any]] = []
     for batch in ds.iter_batches(batch_size=4096, batch_format="pandas"):
         rows.extend(batch.to_dict("records"))
