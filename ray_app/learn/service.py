@@ -277,6 +277,15 @@ class LearnerService:
         bundle = self.learner.maybe_publish()
         if bundle is None:
             return
+        try:
+            head = self.registry.promoted()
+        except (RegistryError, OSError):
+            head = None
+        if head is not None and head.epoch > bundle.serving_rank[0]:
+            # promoted since the last check: the promotion wins, this candidate is dropped
+            # (written, it would replace the promoted file that new replicas load)
+            self._adopt_promotion(self.learner)
+            return
         write_atomically(self.model_path, bundle.to_bytes())
         published_ms = int(time.time() * 1000)
         self.latencies_ms.extend(published_ms - t for t in self._awaiting)
