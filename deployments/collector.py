@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/batch|track|identify|page|screen|group|alias`` and the analytics.js short forms
 ``/v1/b|t|i|p``; ``OPTIONS`` (CORS preflight) on all of them; ``GET /v1/profiles/{user_id}`` and
-``POST|GET /v1/decide`` (read key); ``GET /healthz``; ``GET /metrics``.
+``POST|GET /v1/decide`` (read key); ``GET /healthz``; ``GET /metrics``; the demo onboarding app
+at ``GET /demo/`` (:mod:`deployments.demo`).
 The work is done by :class:`ray_app.collect.Collector` and :class:`ray_app.decide.Decider`; this
 module only moves bytes and headers, reads profiles from the stream workers, and batches the
 decisions that arrive together into one model forward.
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 
+from deployments.demo import demo_config, demo_file
 from ray_app import __version__
 from ray_app.catalog import DecisionRequestError
 from ray_app.collect import Collector, Reply, kafka_producer_factory
@@ -554,6 +556,31 @@ class CollectorIngress:
         except Exception:
             log.warning("learner metrics unavailable for this scrape", exc_info=True)
         return Response(text, media_type="text/plain; version=0.0.4")
+
+    # -- the demo onboarding app (deployments/demo.py) --------------------------------------
+
+    @api.get("/demo", include_in_schema=False)
+    async def demo_root(self, request: Request) -> Response:
+        return Response(status_code=307, headers={"Location": f"{request.url.path}/"})
+
+    @api.get("/demo/config.json", include_in_schema=False)
+    async def demo_settings(self) -> Response:
+        config = demo_config(self.settings)
+        if config is None:
+            body = {
+                "error": "demo_disabled",
+                "message": "the demo needs a write key named 'demo' (collector.write_keys)",
+            }
+            return JSONResponse(body, status_code=404)
+        return JSONResponse(config, headers={"Cache-Control": "no-store"})
+
+    @api.get("/demo/{name:path}", include_in_schema=False)
+    async def demo_static(self, name: str) -> Response:
+        found = demo_file(name)
+        if found is None:
+            return JSONResponse({"error": "not_found", "message": name}, status_code=404)
+        content, media = found
+        return Response(content, media_type=media, headers={"Cache-Control": "no-cache"})
 
     def __del__(self) -> None:
         # Serve calls this on graceful shutdown: flush what is queued, so nothing acknowledged

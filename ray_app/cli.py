@@ -10,6 +10,9 @@
     onramp archive            Kafka topics -> JSON lines files (training data)
     onramp train              offline training with Ray Train -> the model registry
     onramp models ...         list | show | promote | rollback model versions
+    onramp evaluate           off-policy evaluation (OBD reproduction, decision logs)
+    onramp report             experiment analysis: per-arm rates, uplift, SRM, CUPED (HTML + JSON)
+    onramp audit              recent traffic vs training data: features, segment mix, DLQ/late
 
 Every command takes ``--config FILE`` (YAML settings); ``ONRAMP_*`` variables override it.
 """
@@ -132,6 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--reasons", action="store_true", help="print the reason codes instead")
     _add_model_commands(sub, common)
+    # `onramp evaluate ...` is handed whole to training.evaluate (see main); this entry lists it
+    sub.add_parser(
+        "evaluate",
+        help="off-policy evaluation: IPS/SNIPS/DM/DR with CIs on the Open Bandit Dataset or "
+        "Onramp's decision logs (`onramp evaluate --help`)",
+        add_help=False,
+    )
+    _add_report_parser(sub, common)
+    _add_audit_parser(sub, common)
     return p
 
 
@@ -234,6 +246,8 @@ def _print_urls(stack: Any, settings: Settings) -> None:
     print(f"  Kafka bootstrap : {stack.bootstrap}" + ("  (embedded Tansu)" if stack.broker else ""))
     for name, url in stack.urls().items():
         print(f"  {name:<16}: {url}")
+    if "demo" in settings.collector.write_keys:  # deployments/demo.py serves only the 'demo' key
+        print(f"  {'demo app':<16}: {stack.base_url}/demo/  (open it in a browser)")
     print(
         f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)"
     )
@@ -526,10 +540,192 @@ _COMMANDS = {
 }
 
 
+def _cmd_evaluate(argv: list[str]) -> int:
+    # imported at call time: ray_app never imports training at import time
+    from training.evaluate import main as evaluate_main
+
+    return evaluate_main(argv)
+
+
+def _add_report_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="analyse experiments: conversion, activation, uplift, SRM, CUPED (HTML + JSON)",
+        description="Per experiment and arm: conversion (decisions followed by a positive "
+        "outcome) and activation (users who completed onboarding) with confidence intervals, "
+        "relative uplift against control, a sample-ratio-mismatch check against the configured "
+        "split (decide.arms, decide.holdout) and, with --covariates, CUPED variance reduction. "
+        "Writes <experiment>.html (funnel and uplift-over-time plots) and summary.json.",
+        epilog="examples:\n"
+        "  kafka-console-consumer ... --topic onramp.decisions > decisions.jsonl\n"
+        "  onramp report --decisions decisions.jsonl --rewards rewards.jsonl --out report/\n"
+        "  onramp report --table users.csv --covariates pre.csv --level 0.9",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("--decisions", metavar="FILE", help="decision records (JSON lines)")
+    report.add_argument("--rewards", metavar="FILE", help="reward records (JSON lines)")
+    report.add_argument(
+        "--table",
+        metavar="FILE",
+        help="instead of the logs: one row per user (CSV/Parquet) with user, arm, decisions, "
+        "positives, activated [, steps, first_ms, experiment, covariate]",
+    )
+    report.add_argument(
+        "--covariates",
+        metavar="FILE",
+        help="CSV with user,covariate: a pre-period metric per user, for CUPED",
+    )
+    report.add_argument("--out", default="onramp-report", help="output directory")
+    report.add_argument("--control", default="control", help="the control arm")
+    report.add_argument("--level", type=float, default=0.95, help="confidence level")
+
+
+def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from ray_app.experiments import Experiment
+    from ray_app.experiments.report import (
+        read_json_lines,
+        read_user_table,
+        users_from_logs,
+        write_report,
+    )
+
+    if not 0 < args.level < 1:
+        raise ConfigError(f"--level: must be between 0 and 1, got {args.level}")
+    covariates = None
+    if args.covariates:
+        import pandas as pd
+
+        cov = pd.read_csv(args.covariates)
+        if not {"user", "covariate"} <= set(cov.columns):
+            raise ConfigError(f"--covariates {args.covariates}: needs columns user,covariate")
+        covariates = dict(zip(cov["user"].astype(str), cov["covariate"].astype(float), strict=True))
+    if args.table:
+        experiments = read_user_table(args.table)
+        if covariates is not None:
+            for name, df in experiments.items():
+                experiments[name] = df.assign(covariate=df["user"].map(covariates))
+    elif args.decisions and args.rewards:
+        experiments = users_from_logs(
+            read_json_lines(args.decisions), read_json_lines(args.rewards), covariates
+        )
+    else:
+        raise ConfigError("report: give --decisions and --rewards, or --table")
+    if not experiments:
+        raise OnrampError("report: no decision with a chosen action in the input")
+    d = settings.decide
+    shares = Experiment(name=d.experiment, salt=d.salt, arms=d.arms, holdout=d.holdout).shares()
+    summary = write_report(experiments, args.out, shares, args.control, args.level)
+    for name, s in summary.items():
+        print(f"experiment {name}: {s['users']} users -> {s['html']}")
+        for arm, r in s["arms"].items():
+            act, up = r["activation"], r["activation_uplift"]
+            line = f"  {arm:<12} users {r['users']:>7}  activation {100 * act['value']:.2f}%"
+            if up and up["value"] is not None:
+                line += f"  uplift {100 * up['value']:+.1f}% [{100 * up['low']:+.1f}, {100 * up['high']:+.1f}]"
+            print(line)
+        srm = s["srm"]
+        print(f"  SRM: p = {srm['p_value']:.3g}" + ("  MISMATCH" if srm["mismatch"] else ""))
+    print(f"summary: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+_COMMANDS["report"] = _cmd_report
+
+
+def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    audit = sub.add_parser(
+        "audit",
+        parents=[common],
+        help="compare recent traffic with the training data: what drifted (HTML + JSON)",
+        description="Compares recent decisions with the reference (training) decisions: the PSI "
+        "of every feature, the mix of context segments and arms (chi-square), and, from "
+        "/metrics scrapes, the DLQ and late shares. Prints what drifted; writes audit.html "
+        "(histograms, segment bars) and audit.json.",
+        epilog="examples:\n"
+        "  onramp audit --reference train-decisions.jsonl --recent last-day.jsonl\n"
+        "  onramp audit --reference r.jsonl --recent c.jsonl --metrics http://127.0.0.1:8000/metrics\n"
+        "  onramp audit ... --fail-on-drift   # exit status 3 when something drifted (CI, cron)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument(
+        "--reference", required=True, metavar="FILE", help="training decisions (JSON lines)"
+    )
+    audit.add_argument(
+        "--recent", required=True, metavar="FILE", help="recent decisions (JSON lines)"
+    )
+    audit.add_argument(
+        "--metrics", metavar="URL|FILE", help="recent /metrics: a URL or a saved scrape"
+    )
+    audit.add_argument(
+        "--reference-metrics", metavar="URL|FILE", help="/metrics of the training period"
+    )
+    audit.add_argument(
+        "--psi-threshold", type=float, default=0.25, help="PSI above which a feature drifted"
+    )
+    audit.add_argument("--out", default="onramp-audit", help="output directory")
+    audit.add_argument("--fail-on-drift", action="store_true", help="exit with status 3 on drift")
+
+
+def _read_metrics(where: str | None) -> str | None:
+    if where is None:
+        return None
+    if where.startswith(("http://", "https://")):
+        import httpx
+
+        try:
+            r = httpx.get(where, timeout=10)
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise OnrampError(f"cannot scrape {where}: {exc}") from None
+        return r.text
+    return Path(where).read_text()
+
+
+def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from ray_app.audit import audit, write_audit
+    from ray_app.experiments.report import read_json_lines
+
+    names = None
+    try:
+        from ray_app.catalog import load_catalog
+        from ray_app.features import FeatureSchema
+
+        names = list(FeatureSchema.from_catalog(load_catalog(settings.decide.catalog_path)).names)
+    except Exception:  # names are a nicety: f0, f1... without the catalog
+        names = None
+    result = audit(
+        read_json_lines(args.reference),
+        read_json_lines(args.recent),
+        names,
+        _read_metrics(args.metrics),
+        _read_metrics(args.reference_metrics),
+        psi_threshold=args.psi_threshold,
+    )
+    page = write_audit(result, args.out)
+    print(
+        f"reference: {result['reference']['decisions']} decisions, "
+        f"recent: {result['recent']['decisions']}"
+    )
+    if result["drifted"]:
+        print("drifted:")
+        for line in result["drifted"]:
+            print(f"  {line}")
+    else:
+        print("nothing drifted")
+    print(f"report: {page}")
+    return 3 if result["drifted"] and args.fail_on_drift else 0
+
+
+_COMMANDS["audit"] = _cmd_audit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the training job parses its own options
         return int(_import_attr(TRAIN_IMPORT_PATH)(argv[1:], prog="onramp train"))
+    if argv[:1] == ["evaluate"]:
+        return _cmd_evaluate(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

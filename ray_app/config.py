@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from ray_app.errors import ConfigError
 
@@ -74,6 +74,16 @@ class KafkaSettings(_Section):
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers (SSL).")
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS (SSL, SASL_SSL)."
+    )
+    ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of ssl_certfile.")
+    ssl_key_password: SecretStr | None = Field(
+        None, description="Password of ssl_keyfile, if encrypted (secret)."
+    )
+    ssl_check_hostname: bool = Field(
+        True, description="Verify that the brokers' certificates name their host (SSL)."
+    )
     consumer_group: str = Field(
         "onramp-stream",
         min_length=1,
@@ -88,6 +98,31 @@ class KafkaSettings(_Section):
         description="How long the collector waits for Kafka to acknowledge a request's records "
         "before answering 503.",
     )
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        """SASL needs a mechanism and credentials; TLS files only make sense with TLS."""
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl and not self.sasl_mechanism:
+            raise ValueError(
+                f"sasl_mechanism: required with security_protocol {self.security_protocol}"
+            )
+        if not sasl and self.sasl_mechanism:
+            raise ValueError(
+                f"sasl_mechanism: set, but security_protocol {self.security_protocol} is not SASL_*"
+            )
+        if sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(f"sasl_username and sasl_password: required by {self.sasl_mechanism}")
+        files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        given = [f for f in files if getattr(self, f) is not None]
+        if given and not tls:
+            raise ValueError(
+                f"{given[0]}: set, but security_protocol {self.security_protocol} is not TLS"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile: give both (mutual TLS) or neither")
+        return self
 
 
 class BrokerSettings(_Section):
@@ -315,8 +350,17 @@ class LearnSettings(_Section):
         5_000, ge=0, description="Recent rewards replayed in later updates (0: none)."
     )
     replay_steps: int = Field(4, ge=0, description="Replayed mini-batches per new mini-batch.")
+    min_propensity: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Importance weights are 1/max(propensity, this): 0.5 clips them at 2. The "
+        "scorer is a reward model of every (context, action), which unclipped weights (up to "
+        "1/propensity of a rarely explored action) make noisy: on simulator v2, 0.05 left 8-19% "
+        "of greedy choices wrong after 5k users, 0.5 left 0.4-3%.",
+    )
     boost_epsilon: float = Field(
-        0.3, ge=0, le=1, description="Exploration served for a while after a drift alert."
+        0.5, ge=0, le=1, description="Exploration served for a while after a drift alert."
     )
     boost_seconds: float = Field(600.0, ge=0, description="How long the boost lasts.")
     drift_delta: float = Field(

@@ -6,4 +6,6 @@
 * :mod:`training.metrics`: the job's per-epoch metrics (AUC, precision, recall, IPS / SNIPS).
 * :mod:`training.replay`: feature parity, archived events replayed through the stream's state
   code against the features the decisions logged.
+* :mod:`training.ope`, :mod:`training.evaluate`, :mod:`training.obd`: off-policy evaluation
+  (``onramp evaluate``) and the Open Bandit Dataset.
 """

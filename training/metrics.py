@@ -25,8 +25,9 @@ from ray_app.model import Scorer
 
 __all__ = ["MIN_PROPENSITY", "auc", "evaluate", "logged_action_logits"]
 
-#: Propensities are clipped below at this value in the importance weights (as online).
-MIN_PROPENSITY = 0.05
+#: Default floor of the propensities in the training weights (the job passes
+#: ``learn.min_propensity``, the online learner's).
+MIN_PROPENSITY = 0.5
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float | None:
@@ -65,9 +66,12 @@ def logged_action_logits(
     return out
 
 
-def evaluate(scorer: Scorer, data: dict[str, np.ndarray]) -> dict[str, Any]:
+def evaluate(
+    scorer: Scorer, data: dict[str, np.ndarray], min_propensity: float = MIN_PROPENSITY
+) -> dict[str, Any]:
     """Metrics of ``scorer`` on the arrays of :meth:`training.data.RewardData.columns` plus
-    ``mask`` (eligible actions): ``loss`` (importance-weighted log loss of the logged action),
+    ``mask`` (eligible actions): ``loss`` (log loss of the logged action, importance-weighted
+    with propensities clipped at ``min_propensity``),
     ``auc``, ``precision``/``recall`` at 0.5, ``ips``/``snips`` (value of the greedy policy),
     ``logged`` (mean reward of the logging policy) and ``match`` (share of rows where the greedy
     choice is the logged one)."""
@@ -78,7 +82,7 @@ def evaluate(scorer: Scorer, data: dict[str, np.ndarray]) -> dict[str, Any]:
     slot = torch.tensor(data["slot"], dtype=torch.int64)
     action = torch.tensor(data["action"], dtype=torch.int64)
     y = data["reward"].astype(np.float64)
-    w = 1.0 / np.maximum(data["propensity"].astype(np.float64), MIN_PROPENSITY)
+    w = 1.0 / np.maximum(data["propensity"].astype(np.float64), min_propensity)
     with torch.no_grad():
         logit = logged_action_logits(scorer, x, slot, action).numpy().astype(np.float64)
         greedy = np.zeros(n, dtype=np.int64)

@@ -7,10 +7,11 @@ Steps: read the reward records with Ray Data (:func:`training.data.load_rewards`
 latest ``--validation`` share by decision time, train a :class:`~ray_app.model.Scorer` of the
 serving architecture with ``TorchTrainer`` (``--workers`` data-parallel workers, DDP; CPU unless
 ``--gpu``) on the importance-weighted log loss of the logged action (the online learner's
-objective, propensities clipped at 0.05), evaluate every epoch on the held-out records (loss, AUC,
-precision, recall of the outcome prediction; IPS and SNIPS estimates of the greedy policy's value
-with the logged propensities; see :mod:`training.metrics`), checkpoint every epoch, and register
-the final model in the registry (promoted only with ``--promote``).
+objective: propensities clipped at ``learn.min_propensity``), evaluate every epoch on the
+held-out records (loss, AUC, precision, recall of the outcome prediction; IPS and SNIPS
+estimates of the greedy policy's value with the logged, unclipped propensities; see
+:mod:`training.metrics`), checkpoint every epoch, and register the final model in the registry
+(promoted only with ``--promote``).
 
 Checkpoints live under ``<state_dir>/train/<run>``; ``--resume`` continues the latest run (or
 ``--run NAME``) from its last checkpoint, e.g. after an interruption.
@@ -42,7 +43,7 @@ from ray_app.features import FeatureSchema
 from ray_app.model import ModelBundle, Scorer, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, served_version
 from training.data import load_rewards, reward_files
-from training.metrics import MIN_PROPENSITY, evaluate, logged_action_logits
+from training.metrics import evaluate, logged_action_logits
 
 __all__ = ["TrainError", "TrainOptions", "build_parser", "main", "train"]
 
@@ -128,7 +129,7 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs on every Ray Train work
             a = torch.from_numpy(train["action"][idx]).to(device)
             y = torch.from_numpy(train["reward"][idx]).to(device)
             p = torch.from_numpy(train["propensity"][idx]).to(device)
-            w = 1.0 / p.clamp(min=MIN_PROPENSITY)
+            w = 1.0 / p.clamp(min=config["min_propensity"])
             w = w / w.mean()
             logit = model(x, s, a, _logged=True)  # through DDP's forward: its hooks sync grads
             bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y, reduction="none")
@@ -147,7 +148,11 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs on every Ray Train work
         cpu.load_state_dict({k: v.detach().cpu() for k, v in inner.state_dict().items()})
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(weight, 1.0)}
         if rank == 0:
-            val = evaluate(cpu, config["validation"]) if len(config["validation"]["reward"]) else {}
+            val = (
+                evaluate(cpu, config["validation"], config["min_propensity"])
+                if len(config["validation"]["reward"])
+                else {}
+            )
             metrics.update({f"val_{k}": v for k, v in val.items()})
             metrics["seconds"] = round(time.monotonic() - started, 3)
             metrics["records_per_s"] = round(weight * world / max(metrics["seconds"], 1e-9), 1)
@@ -354,6 +359,7 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
         "progress": opts.progress,
         "stop_after": opts.stop_after,
         "resume_from": None if resume_from is None else str(resume_from),
+        "min_propensity": settings.learn.min_propensity,
     }
     resources = {"CPU": opts.cpus_per_worker}
     trainer = TorchTrainer(
@@ -395,7 +401,13 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     arch = base.scorer.architecture
     scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
     scorer.load_state_dict(state["model"])
-    final = evaluate(scorer, {**val_data.columns(), "mask": val_data.mask}) if len(val_data) else {}
+    final = (
+        evaluate(
+            scorer, {**val_data.columns(), "mask": val_data.mask}, settings.learn.min_propensity
+        )
+        if len(val_data)
+        else {}
+    )
     bundle = ModelBundle(
         scorer=scorer,
         schema_hash=schema.hash,

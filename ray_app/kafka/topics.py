@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 from ray_app.config import KafkaSettings, Topics
-from ray_app.errors import KafkaUnavailable
+from ray_app.errors import ConfigError, KafkaUnavailable
 
-__all__ = ["TopicCounter", "Topics", "ensure_topics", "list_topics"]
+__all__ = ["TopicCounter", "Topics", "check_partitions", "ensure_topics", "list_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,34 @@ def list_topics(bootstrap: str, settings: KafkaSettings, timeout_s: float = 10.0
         admin.close()
 
 
+def check_partitions(admin: Any, names: list[str], settings: KafkaSettings) -> None:
+    """Topics that exist must have ``kafka.partitions`` partitions: key -> partition is computed
+    with that count (profile lookups, the reward join), so another count sends lookups to the
+    wrong stream worker. A :class:`ConfigError` names each topic that differs."""
+    if not names:
+        return
+    wrong = []
+    for t in admin.describe_topics(names):
+        name = t.get("name") or t.get("topic")
+        if t.get("error_code", 0) == 0 and len(t["partitions"]) != settings.partitions:
+            wrong.append(f"{name} has {len(t['partitions'])}")
+    if wrong:
+        raise ConfigError(
+            f"existing topics do not match kafka.partitions={settings.partitions}: "
+            + ", ".join(wrong)
+            + " partitions. Set ONRAMP_KAFKA__PARTITIONS to their count, or use new topics "
+            "(kafka.topic_prefix); Kafka cannot shrink a topic and growing one moves keys.",
+            topics=wrong,
+        )
+
+
 def ensure_topics(
     bootstrap: str, settings: KafkaSettings, names: list[str] | None = None, timeout_s: float = 10.0
 ) -> list[str]:
     """Create the missing ones among Onramp's topics; return the names created.
 
-    Idempotent: a topic that exists (or that another process creates meanwhile) is left alone.
+    Idempotent: a topic that exists (or that another process creates meanwhile) is left alone,
+    but must have ``settings.partitions`` partitions (:func:`check_partitions`).
     """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -66,6 +88,7 @@ def ensure_topics(
                 pass
         if created:
             log.info("created topics %s with %d partitions", created, settings.partitions)
+        check_partitions(admin, [n for n in names if n not in created], settings)
         return created
     finally:
         admin.close()

@@ -9,7 +9,12 @@ replicas. Nothing here does I/O.
 one optimizer step (Adam or SGD) per batch on the binary cross-entropy between the logit of the
 *logged* action and its reward, each record weighted by ``1 / max(propensity, min_propensity)``
 and the weights normalized to mean 1 within the batch: inverse propensity weighting, so actions a
-policy rarely shows count as much as the ones it favours, clipped to bound the variance.
+policy rarely shows count more than their share of the logs, clipped to bound the variance. The
+default clip is tight (``min_propensity=0.5``: weights in [1, 2]) because the scorer models the
+reward of every (context, action) pair, which the logs identify without reweighting when the
+features hold what the policy saw; wide weights mostly add gradient noise (measured on simulator
+v2: with ``min_propensity=0.05``, 8-19% of greedy choices were still wrong after 5k users; 0.4-3%
+with 0.5).
 
 Records are skipped, and counted, when they belong to the ``holdout`` arm (it is left out of
 learning), when they are invalid (unknown slot or action, wrong feature count, non-finite
@@ -110,7 +115,11 @@ class LearnerConfig:
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 0.01
     batch_size: int = 64
-    min_propensity: float = 0.05
+    min_propensity: float = 0.5
+    """Training: importance weights are ``1 / max(propensity, min_propensity)``."""
+    eval_min_propensity: float = 0.05
+    """The guardrail's loss and IPS value: the same weights clipped much wider (an estimate of a
+    policy's value needs the real ratios; only the training step trades them for variance)."""
     guardrail_share: float = 0.1
     guardrail_window: int = 2_000
     guardrail_min_records: int = 100
@@ -118,7 +127,7 @@ class LearnerConfig:
     publish_interval_s: float = 5.0
     dedupe_horizon: int = 1_000_000
     epsilon: float = 0.1
-    boost_epsilon: float = 0.3
+    boost_epsilon: float = 0.5
     boost_seconds: float = 600.0
     boost_lr_factor: float = 3.0
     replay_size: int = 5_000
@@ -149,12 +158,13 @@ class LearnerConfig:
             raise ValueError(
                 f"guardrail_min_records must be an integer >= 1, got {self.guardrail_min_records!r}"
             )
-        for name in ("min_propensity", "epsilon", "boost_epsilon"):
+        for name in ("min_propensity", "eval_min_propensity", "epsilon", "boost_epsilon"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
-        if not self.min_propensity > 0:
-            raise ValueError(f"min_propensity must be > 0, got {self.min_propensity!r}")
+        for name in ("min_propensity", "eval_min_propensity"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not (0.0 <= self.guardrail_share < 1.0):
             raise ValueError(f"guardrail_share must be in [0, 1), got {self.guardrail_share!r}")
         if not (math.isfinite(self.guardrail_tolerance) and self.guardrail_tolerance >= 0):
@@ -519,7 +529,7 @@ class OnlineLearner:
         for r in records:
             by_slot.setdefault(r.slot, []).append(r)
         groups = []
-        floor = self.config.min_propensity
+        floor = self.config.eval_min_propensity
         for name, rs in by_slot.items():
             index = self._action_index[name]
             mask = np.ones((len(rs), len(index)), dtype=np.bool_)

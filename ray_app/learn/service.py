@@ -90,6 +90,7 @@ class LearnerService:
             boost_seconds=s.boost_seconds,
             replay_size=s.replay_size,
             replay_steps=s.replay_steps,
+            min_propensity=s.min_propensity,
         )
         self.registry = ModelRegistry.from_settings(settings)
         self._registry_checked = time.monotonic()

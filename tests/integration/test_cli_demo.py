@@ -65,6 +65,12 @@ def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_
         assert f"http://127.0.0.1:{port}/v1/decide" in out
         assert f"http://127.0.0.1:{port}/v1/batch" in out and "write key" in out
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        # the demo onboarding app, with the embedded demo keys
+        assert f"http://127.0.0.1:{port}/demo/" in out
+        page = httpx.get(f"http://127.0.0.1:{port}/demo/", timeout=5)
+        assert page.status_code == 200 and "app.js" in page.text
+        config = httpx.get(f"http://127.0.0.1:{port}/demo/config.json", timeout=5).json()
+        assert config["writeKey"] == "onramp-demo-write-key"
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, rest

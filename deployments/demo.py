@@ -1,0 +1,65 @@
+"""The demo onboarding app, served by the collector's ingress at ``/demo/``.
+
+Static files (``deployments/demo/``) and the browser SDK (``sdk/js/onramp.js``) are served from
+a fixed list, never from a path the request names. ``/demo/config.json`` gives the page the
+keys it needs, and only keys *named* ``demo`` (``collector.write_keys.demo`` and
+``collector.read_keys.demo``, the embedded defaults): a deployment that configures its own keys
+under other names exposes nothing, and the demo then explains why it is unavailable.
+
+>>> sorted(FILES)
+['app.js', 'index.html', 'sdk/onramp.iife.js', 'sdk/onramp.js', 'style.css']
+>>> demo_config(Settings())["writeKey"]
+'onramp-demo-write-key'
+>>> demo_config(Settings(collector={"write_keys": {"web": "k"}}))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray_app import __version__
+from ray_app.config import Settings
+
+__all__ = ["DEMO_KEY_NAME", "FILES", "demo_config", "demo_file"]
+
+_HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parent
+DEMO_KEY_NAME = "demo"
+
+FILES: dict[str, tuple[Path, str]] = {
+    "index.html": (_HERE / "demo" / "index.html", "text/html; charset=utf-8"),
+    "app.js": (_HERE / "demo" / "app.js", "text/javascript; charset=utf-8"),
+    "style.css": (_HERE / "demo" / "style.css", "text/css; charset=utf-8"),
+    "sdk/onramp.js": (_ROOT / "sdk" / "js" / "onramp.js", "text/javascript; charset=utf-8"),
+    "sdk/onramp.iife.js": (
+        _ROOT / "sdk" / "js" / "onramp.iife.js",
+        "text/javascript; charset=utf-8",
+    ),
+}
+
+
+def demo_file(name: str) -> tuple[bytes, str] | None:
+    """(content, media type) of a demo file, or None when it is not one (or not installed)."""
+    entry = FILES.get(name or "index.html")
+    if entry is None:
+        return None
+    path, media = entry
+    try:
+        return path.read_bytes(), media
+    except OSError:
+        return None
+
+
+def demo_config(settings: Settings) -> dict[str, Any] | None:
+    """What the demo page needs, or None when there is no write key named ``demo``."""
+    write = settings.collector.write_keys.get(DEMO_KEY_NAME)
+    if write is None:
+        return None
+    read = settings.collector.read_keys.get(DEMO_KEY_NAME)
+    return {
+        "writeKey": write.get_secret_value(),
+        "readKey": read.get_secret_value() if read is not None else None,
+        "version": __version__,
+        "decideTimeoutMs": 1500,
+    }

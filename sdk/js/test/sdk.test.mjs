@@ -1,0 +1,266 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import vm from 'node:vm';
+
+import { backoffMs, classifyStatus, parseRetryAfter, uuid4 } from '../onramp.js';
+import { buildIife } from '../build.mjs';
+import { client, fakeFetch, fakeTimers, memoryStorage, settle } from './harness.mjs';
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const sentEvents = (net) => net.requests.filter((r) => r.url.endsWith('/v1/batch')).flatMap((r) => r.json.batch);
+
+test('ids: v4 uuids, anonymousId persisted across clients, messageIds unique', () => {
+  assert.match(uuid4(() => new Uint8Array(16).fill(255)), UUID);
+  const storage = memoryStorage();
+  const a = client({ storage });
+  const b = client({ storage });
+  assert.match(a.c.anonymousId, UUID);
+  assert.equal(b.c.anonymousId, a.c.anonymousId, 'a reload keeps the anonymousId');
+  for (let i = 0; i < 50; i++) a.c.track('Clicked');
+  const ids = a.c.queuedEvents().map((e) => e.messageId);
+  assert.equal(new Set(ids).size, 50);
+  ids.forEach((id) => assert.match(id, UUID));
+});
+
+test('payloads are Segment calls with Onramp session context and a per-session seq', async () => {
+  const { c, timers, net } = client();
+  c.page('Welcome');
+  c.identify('u1', { role: 'developer' });
+  c.track('Step Viewed', { stepId: 'role' });
+  await timers.advance(1000);
+  const [req] = net.requests;
+  assert.equal(req.url, 'http://onramp.test/v1/batch');
+  assert.equal(req.headers['Content-Type'], 'text/plain');
+  assert.equal(req.json.writeKey, 'wk');
+  assert.equal(req.json.sentAt, new Date(timers.now()).toISOString());
+  const [p, i, t] = req.json.batch;
+  assert.deepEqual([p.type, i.type, t.type], ['page', 'identify', 'track']);
+  assert.equal(p.name, 'Welcome');
+  assert.equal(p.userId, undefined, 'anonymous before identify');
+  assert.equal(i.userId, 'u1');
+  assert.deepEqual(i.traits, { role: 'developer' });
+  assert.equal(t.userId, 'u1');
+  assert.equal(t.event, 'Step Viewed');
+  for (const e of [p, i, t]) {
+    assert.equal(e.anonymousId, c.anonymousId);
+    assert.equal(e.context.onramp.sessionId, c.sessionId);
+    assert.equal(e.context.library.name, 'onramp.js');
+    assert.ok(!Number.isNaN(Date.parse(e.timestamp)));
+  }
+  assert.deepEqual([p, i, t].map((e) => e.context.onramp.seq), [0, 1, 2]);
+  assert.equal(t.context.onramp.stepId, 'role');
+});
+
+test('a new session starts after the inactivity timeout, seq restarts at 0', async () => {
+  const { c, timers } = client({ options: { sessionTimeoutMs: 60_000, flushIntervalMs: 600_000 } });
+  c.track('A');
+  c.track('B');
+  const first = c.sessionId;
+  await timers.advance(61_000);
+  c.track('C');
+  const ev = c.queuedEvents().map((e) => e.context.onramp);
+  assert.deepEqual(ev.map((x) => x.seq), [0, 1, 0]);
+  assert.equal(ev[1].sessionId, first);
+  assert.notEqual(ev[2].sessionId, first);
+});
+
+test('batching: flushAt events go at once, fewer wait for flushIntervalMs', async () => {
+  const { c, timers, net } = client({ options: { flushAt: 5, flushIntervalMs: 2000 } });
+  for (let i = 0; i < 3; i++) c.track('E', { i });
+  await timers.advance(1999);
+  assert.equal(net.requests.length, 0, 'under flushAt: wait for the time bound');
+  await timers.advance(1);
+  assert.deepEqual(net.requests.map((r) => r.json.batch.length), [3]);
+  for (let i = 3; i < 15; i++) c.track('E', { i });
+  await timers.advance(0);
+  assert.deepEqual(net.requests.map((r) => r.json.batch.length), [3, 5, 5, 2], 'a full batch goes at once, with what follows it');
+  assert.deepEqual(sentEvents(net).map((e) => e.properties.i), [...Array(15).keys()]);
+  assert.equal(c.queued, 0);
+});
+
+test('batching: a batch stays under maxBatchBytes', async () => {
+  const { c, timers, net } = client({ options: { flushAt: 100, maxBatchBytes: 4000 } });
+  for (let i = 0; i < 10; i++) c.track('Big', { pad: 'x'.repeat(1000) });
+  await timers.advance(1000);
+  assert.ok(net.requests.length >= 3);
+  for (const r of net.requests) assert.ok(r.body.length < 4000, `${r.body.length}`);
+  assert.equal(sentEvents(net).length, 10);
+});
+
+test('retry: 503 and network errors back off exponentially and lose nothing', async () => {
+  let n = 0;
+  const { c, timers, net } = client({
+    answer: () => {
+      n += 1;
+      if (n === 1) throw new TypeError('Failed to fetch');
+      if (n <= 3) return { status: 503 };
+      return { status: 200 };
+    },
+    options: { retryBaseMs: 1000, retryMaxMs: 60_000 },
+  });
+  c.track('A');
+  c.track('B');
+  await timers.advance(1000); // first attempt: network error
+  assert.equal(net.requests.length, 1);
+  const delays = [];
+  for (let i = 0; i < 3; i++) {
+    const [d] = timers.pending();
+    delays.push(d);
+    await timers.advance(d);
+  }
+  assert.equal(net.requests.length, 4);
+  // full jitter within [exp/2, exp]: 1000, 2000, 4000
+  assert.ok(delays[0] >= 500 && delays[0] <= 1000, `${delays}`);
+  assert.ok(delays[1] >= 1000 && delays[1] <= 2000, `${delays}`);
+  assert.ok(delays[2] >= 2000 && delays[2] <= 4000, `${delays}`);
+  assert.equal(c.queued, 0);
+  const ids = net.requests.map((r) => r.json.batch.map((e) => e.messageId).join());
+  assert.equal(new Set(ids).size, 1, 'every retry resends the same events (same messageIds)');
+  assert.equal(c.stats().sent, 2);
+});
+
+test('retry: 429 honours Retry-After', async () => {
+  let n = 0;
+  const { c, timers, net } = client({
+    answer: () => (++n === 1 ? { status: 429, headers: { 'Retry-After': '7' } } : { status: 200 }),
+    options: { retryBaseMs: 100 },
+  });
+  c.track('A');
+  await timers.advance(1000);
+  assert.deepEqual(timers.pending(), [7000]);
+  await timers.advance(6999);
+  assert.equal(net.requests.length, 1);
+  await timers.advance(1);
+  assert.equal(net.requests.length, 2);
+  assert.equal(c.queued, 0);
+});
+
+test('retry: 400 and 401 are not retried (the collector kept the valid events)', async () => {
+  const errors = [];
+  const { c, timers, net } = client({ answer: () => ({ status: 400, body: { rejected: [{ reason: 'x' }] } }) });
+  c.on('error', (e) => errors.push(e));
+  c.track('A');
+  await timers.advance(1000);
+  await timers.advance(60_000);
+  assert.equal(net.requests.length, 1);
+  assert.equal(c.queued, 0);
+  assert.equal(errors[0].kind, 'rejected');
+  assert.equal(errors[0].status, 400);
+});
+
+test('status classes, Retry-After parsing and the backoff cap', () => {
+  assert.deepEqual([200, 400, 401, 408, 413, 429, 500, 503].map(classifyStatus), [
+    'done', 'drop', 'drop', 'retry', 'drop', 'retry', 'retry', 'retry',
+  ]);
+  assert.equal(parseRetryAfter('5'), 5);
+  assert.equal(parseRetryAfter(new Date(10_000).toUTCString(), 4_000), 6);
+  assert.equal(parseRetryAfter(null), null);
+  assert.equal(parseRetryAfter('soon'), null);
+  assert.equal(backoffMs(30, { baseMs: 500, maxMs: 30_000, jitter: () => 1 }), 30_000);
+  assert.equal(backoffMs(1, { baseMs: 500, maxMs: 30_000, jitter: () => 0 }), 250);
+  assert.equal(backoffMs(1, { baseMs: 500, maxMs: 30_000, retryAfterS: 9, jitter: () => 0 }), 9000);
+});
+
+test('offline queue: bounded, survives a reload, flushed by the next page', async () => {
+  const storage = memoryStorage();
+  const down = client({ storage, answer: () => { throw new TypeError('offline'); }, options: { maxQueueSize: 10 } });
+  for (let i = 0; i < 14; i++) down.c.track('E', { i });
+  assert.equal(down.c.queued, 10, 'bounded');
+  assert.equal(down.c.stats().dropped, 4);
+  assert.deepEqual(down.c.queuedEvents().map((e) => e.properties.i), [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], 'the oldest are dropped');
+  await down.timers.advance(1000);
+  const kept = down.c.queuedEvents().map((e) => e.messageId);
+  down.c.close();
+  // "reload": a new client on the same storage, the collector is back
+  const up = client({ storage });
+  assert.equal(up.c.queued, 10);
+  await up.timers.advance(0);
+  assert.deepEqual(sentEvents(up.net).map((e) => e.messageId), kept);
+  assert.equal(up.c.queued, 0);
+  assert.equal(JSON.parse(storage.getItem('onramp.queue')).length, 0);
+  up.c.track('After');
+  assert.equal(up.c.queuedEvents()[0].context.onramp.seq, 14, 'seq continues across the reload');
+});
+
+test('sendBeacon on page hide when the collector is reachable, not during an outage', async () => {
+  const beacons = [];
+  const sendBeacon = (url, data) => {
+    beacons.push({ url, data });
+    return true;
+  };
+  const { c } = client({ options: { sendBeacon, flushIntervalMs: 60_000 } });
+  c.track('A');
+  c.track('B');
+  assert.equal(c.beaconFlush(), 2);
+  assert.equal(beacons[0].url, 'http://onramp.test/v1/batch');
+  assert.equal(beacons[0].data.type, 'text/plain', 'a simple CORS request');
+  const data = JSON.parse(await beacons[0].data.text());
+  assert.equal(data.writeKey, 'wk');
+  assert.equal(data.batch.length, 2);
+  assert.equal(c.queued, 0);
+
+  const down = client({ answer: () => { throw new TypeError('offline'); }, options: { sendBeacon } });
+  down.c.track('A');
+  await down.timers.advance(1000);
+  assert.equal(down.c.beaconFlush(), 0, 'kept in storage for the next page load instead');
+  assert.equal(down.c.queued, 1);
+});
+
+test('decide: answer, decision id echoed on the step events that follow', async () => {
+  const answer = { decisionId: 'd-1', slot: 'next_step', chosen: 'goals', ranked: [{ action: 'goals' }], arm: 'treatment' };
+  const { c, timers, net } = client({
+    answer: (req) => (req.url.endsWith('/v1/decide') ? { status: 200, body: answer } : { status: 200 }),
+  });
+  c.identify('u9');
+  const d = await c.decide('next_step', { candidates: ['goals', 'role'], context: { device: 'web' }, fallback: 'role' });
+  assert.equal(d.chosen, 'goals');
+  assert.equal(d.fallback, false);
+  const req = net.requests.find((r) => r.url.endsWith('/v1/decide'));
+  assert.equal(req.headers.Authorization, 'Bearer rk');
+  assert.deepEqual(req.json, { slot: 'next_step', userId: 'u9', candidates: ['goals', 'role'], context: { device: 'web' } });
+  c.track('Step Viewed', { stepId: 'goals' });
+  c.track('Step Completed', { stepId: 'goals' });
+  c.track('Step Viewed', { stepId: 'role' });
+  c.reportOutcome('d-1', 'completed');
+  await timers.advance(1000);
+  const ev = sentEvents(net).filter((e) => e.type === 'track');
+  assert.deepEqual(ev.map((e) => e.properties.decisionId ?? null), ['d-1', 'd-1', null, 'd-1']);
+  assert.equal(ev[3].event, 'Step Completed');
+  assert.equal(ev[3].context.onramp.stepId, 'goals');
+});
+
+test('decide: a slow Onramp gives the fallback within the timeout', async () => {
+  const timers = fakeTimers();
+  const net = fakeFetch((req) => new Promise((resolve) => timers.setTimeout(() => resolve({ status: 200, body: { chosen: 'late' } }), 5000)));
+  const { c } = client({ timers, net });
+  const p = c.decide('next_step', { timeoutMs: 300, fallback: 'role' });
+  await timers.advance(300);
+  const d = await p;
+  assert.deepEqual([d.chosen, d.fallback, d.reason, d.decisionId], ['role', true, 'timeout', null]);
+  assert.equal(d.latencyMs, 300);
+});
+
+test('decide: errors and a missing read key give the fallback, never a rejection', async () => {
+  const { c } = client({ answer: () => ({ status: 422, body: { error: 'ineligible_candidates' } }) });
+  const d = await c.decide('next_step', { fallback: 'role' });
+  assert.deepEqual([d.chosen, d.reason], ['role', 'http_422']);
+  const down = client({ answer: () => { throw new TypeError('down'); } });
+  assert.equal((await down.c.decide('x', { fallback: 'y' })).reason, 'network');
+  const nokey = client({ options: { readKey: '' } });
+  assert.equal((await nokey.c.decide('x', { fallback: 'y' })).reason, 'no_read_key');
+});
+
+test('the IIFE build is up to date and exposes window.Onramp', () => {
+  const src = readFileSync(new URL('../onramp.js', import.meta.url), 'utf8');
+  const built = readFileSync(new URL('../onramp.iife.js', import.meta.url), 'utf8');
+  assert.equal(built, buildIife(src), 'run `node sdk/js/build.mjs`');
+  const sandbox = { setTimeout, clearTimeout, crypto: globalThis.crypto, Date, JSON, Math, Map, Set, Promise, TextEncoder, Uint8Array };
+  sandbox.globalThis = sandbox;
+  vm.runInNewContext(built, sandbox);
+  assert.equal(sandbox.Onramp.VERSION, JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version);
+  const c = sandbox.Onramp.init({ writeKey: 'k', host: 'http://x', listenToPage: false, fetch: async () => ({ status: 200 }) });
+  sandbox.Onramp.track('A');
+  assert.equal(c.queued, 1);
+  c.close();
+});

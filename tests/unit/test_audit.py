@@ -1,0 +1,111 @@
+"""`onramp audit`: a shifted feature, a changed segment mix and a risen late share are found and
+named; unchanged traffic drifts nothing."""
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from ray_app.audit import audit, mix_shift, rates_from_metrics
+from ray_app.cli import main
+from ray_app.telemetry.stream import stream_metrics_text
+
+
+def decisions(seed: int, n: int = 3000, shift: bool = False, mobile: float = 0.5):
+    rng = np.random.default_rng(seed)
+    x = rng.beta(2, 5, size=(n, 4))
+    if shift:
+        x[:, 2] = rng.beta(5, 2, size=n)  # progress moved up
+    return [
+        {"decisionId": f"{seed}-{i}", "arm": "control" if i % 2 else "treatment",
+         "features": row.tolist(), "featureSchema": "abc",
+         "context": {"device": "mobile" if rng.random() < mobile else "desktop"}}
+        for i, row in enumerate(x)
+    ]  # fmt: skip
+
+
+def metrics(applied: int, late: int, rejected: int) -> str:
+    status = [
+        {"worker": "w0",
+         "partitions": {"0": {"applied": applied, "duplicates": 0, "late": late,
+                              "rejected": rejected, "buffered": 0, "lag": 0}},
+         "freshnessBucketsMs": [10], "freshnessCounts": [0, 0], "freshnessSumMs": 0.0}
+    ]  # fmt: skip
+    accepted = applied + late + rejected
+    return (
+        "# TYPE onramp_events_accepted_total counter\n"
+        f'onramp_events_accepted_total{{source="web"}} {accepted}\n' + stream_metrics_text(status)
+    )
+
+
+NAMES = ["tenure", "count:views", "progress", "cold"]
+
+
+def test_unchanged_traffic_drifts_nothing():
+    r = audit(decisions(1), decisions(2), NAMES, metrics(10_000, 20, 30), metrics(9_000, 18, 27))
+    assert r["drifted"] == []
+    assert max(f["psi"] for f in r["features"]) < 0.05
+
+
+def test_a_shifted_feature_a_new_mix_and_late_events_are_named():
+    r = audit(
+        decisions(1),
+        decisions(2, shift=True, mobile=0.8),
+        NAMES,
+        metrics(10_000, 400, 30),
+        metrics(10_000, 20, 30),
+    )
+    assert r["features"][0]["name"] == "progress" and r["features"][0]["drifted"]
+    assert [f["name"] for f in r["features"] if f["drifted"]] == ["progress"]
+    assert any(d.startswith("feature progress (PSI") for d in r["drifted"])
+    assert any(d.startswith("segment mix context.device (moved 3") for d in r["drifted"])
+    assert not any("segment mix arm" in d for d in r["drifted"])
+    assert "late_share 3.84%" in r["drifted"]  # 400 late of 10,430 records
+    assert not any(d.startswith("dlq_share") for d in r["drifted"])
+
+
+def test_rates_from_the_real_metrics_text():
+    rates = rates_from_metrics(metrics(900, 50, 50))
+    assert rates["late_share"] == pytest.approx(50 / 1000)
+    assert rates["dlq_share"] == pytest.approx(50 / 1000)
+
+
+def test_mix_shift_needs_significance_and_a_real_move():
+    big = mix_shift("device", {"a": 500_000, "b": 500_000}, {"a": 505_000, "b": 495_000})
+    assert big.p_value < 0.001 and not big.drifted  # significant, but a 0.5-point move
+    new = mix_shift("plan", {"free": 1000}, {"free": 900, "team": 100})
+    assert new.drifted and new.recent["team"] == pytest.approx(0.1)
+
+
+def test_different_feature_schemas_are_refused():
+    from ray_app.errors import FieldError
+
+    other = [dict(d, featureSchema="xyz") for d in decisions(2)]
+    with pytest.raises(FieldError, match="different feature schemas"):
+        audit(decisions(1), other)
+
+
+def test_cli_prints_what_drifted_and_writes_plots(tmp_path, capsys):
+    ref, cur = tmp_path / "ref.jsonl", tmp_path / "cur.jsonl"
+    ref.write_text("\n".join(json.dumps(d) for d in decisions(1, n=1000)))
+    cur.write_text("\n".join(json.dumps(d) for d in decisions(2, n=1000, shift=True)))
+    m = tmp_path / "metrics.txt"
+    m.write_text(metrics(10_000, 20, 30))
+    out = tmp_path / "audit"
+    args = ["audit", "--reference", str(ref), "--recent", str(cur), "--metrics", str(m)]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "drifted:" in printed and "feature f2 (PSI" in printed  # 4 features: not the catalog's
+    assert main([*args, "--out", str(out), "--fail-on-drift"]) == 3
+    page = (out / "audit.html").read_text()
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) == 2 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["features"][0]["name"] == "f2" and summary["rates"][1]["name"] == "late_share"
+    same = tmp_path / "same.jsonl"
+    same.write_text("\n".join(json.dumps(d) for d in decisions(3, n=1000)))
+    assert main(["audit", "--reference", str(ref), "--recent", str(same), "--fail-on-drift",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert "nothing drifted" in capsys.readouterr().out

@@ -1,0 +1,207 @@
+"""The Grafana dashboard and the Prometheus alert rules query only metrics Onramp exports.
+
+The exported names come from the code that writes /metrics: the collector's OpenTelemetry hooks
+(every hook called once, rendered by the Prometheus exporter), the stream workers' and the
+learner's Prometheus text (rendered from a real shard's and the learner's counters). Every metric
+name in every PromQL expression must be one of them, and every `label="value"` matcher must
+select something that exists."""
+
+import datetime as dt
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from ray_app.learn.learner import _COUNTERS
+from ray_app.state.shard import SessionShard
+from ray_app.stream.worker import FRESHNESS_BUCKETS_MS
+from ray_app.telemetry import CollectorHooks, OtelHooks
+from ray_app.telemetry.learn import learner_metrics_text
+from ray_app.telemetry.stream import stream_metrics_text
+
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "deployments" / "monitoring"
+
+# PromQL words that are not metric names (functions are found by their parenthesis)
+_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
+             "group_right", "bool", "offset", "inf", "nan"}  # fmt: skip
+
+
+def _collector_text() -> str:
+    hooks = OtelHooks()
+    calls = {
+        "request_done": lambda: hooks.request_done("batch", 200, 0.003),
+        "events_accepted": lambda: hooks.events_accepted("web", 5),
+        "events_rejected": lambda: hooks.events_rejected("invalid_json", 1),
+        "kafka_unavailable": lambda: hooks.kafka_unavailable("timeout"),
+        "enrichment": lambda: hooks.enrichment(True),
+        "decision": lambda: (
+            hooks.decision("next_step", "treatment", True, 0.002),
+            hooks.decision("next_step", "control", False, 0.002),
+        ),
+        "decisions_logged": lambda: hooks.decisions_logged(3, 1),
+        "model_version": lambda: hooks.model_version("treatment", 4),
+    }
+    hook_names = {n for n, _ in inspect.getmembers(CollectorHooks) if not n.startswith("_")}
+    assert set(calls) == hook_names, "call every hook, so every collector metric is exported"
+    for call in calls.values():
+        call()
+    try:
+        return hooks.prometheus_text().decode()
+    finally:
+        hooks.shutdown()
+
+
+def _stream_text() -> str:
+    shard = SessionShard(0)  # a real shard takes a few real events: its stats and data quality
+    received = dt.datetime.now(dt.UTC)
+    for n in range(3):
+        event = {
+            "messageId": f"m{n}",
+            "type": "track",
+            "event": "Step Viewed",
+            "userKey": "u1",
+            "stepId": "role",
+            "timestamp": received.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "receivedAt": received.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+        shard.process([(b"u1", json.dumps(event).encode())])
+    assert shard.stats.applied == 3, shard.stats
+    part = {
+        "nextOffset": 10,
+        "buffered": shard.buffered,
+        "lag": 3,
+        **shard.stats.as_dict(),
+        "quality": shard.quality.as_dict(),
+        "rejectedByReason": {"invalid_json": 1},
+    }
+    status = [
+        {
+            "worker": "w0",
+            "partitions": {"0": part},
+            "freshnessBucketsMs": list(FRESHNESS_BUCKETS_MS),
+            "freshnessCounts": [0] * (len(FRESHNESS_BUCKETS_MS) + 1),
+            "freshnessSumMs": 0.0,
+        }
+    ]
+    return stream_metrics_text(status)
+
+
+def _learner_text() -> str:
+    status = {
+        "version": 3,
+        "counters": dict.fromkeys(_COUNTERS, 1),
+        "epsilon": 0.1,
+        "arms": {a: {"rewards": 10, "positives": 4} for a in ("control", "treatment")},
+        "drift": {"rewardStatistic": 1.0, "featureMaxPsi": 0.02, "alerts": []},
+        "outcomeToWeightsMs": {"p50": 1200},
+    }
+    return learner_metrics_text(status)
+
+
+@pytest.fixture(scope="module")
+def exported() -> dict[str, list[dict[str, str]]]:
+    """Sample name (as scraped, suffixes included) -> the label sets it is exported with."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for text in (_collector_text(), _stream_text(), _learner_text()):
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append(dict(sample.labels))
+    return out
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    out = []
+    for panel in dash["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            for t in inner.get("targets", []):
+                out.append((f"panel {inner['title']!r}", t["expr"]))
+    return out
+
+
+def _alert_exprs() -> list[tuple[str, str]]:
+    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
+    return [(f"alert {r['alert']}", r["expr"]) for g in rules["groups"] for r in g["rules"]]
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression.
+
+    >>> sorted(metric_names('sum by (le) (rate(a_bucket{x="y"}[5m])) / clamp_min(b_total, 1e-9)'))
+    ['a_bucket', 'b_total']
+    """
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings
+    e = re.sub(r"\{[^}]*\}", " ", e)  # label matchers
+    e = re.sub(r"\[[^\]]*\]", " ", e)  # range selectors ($__rate_interval included)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    e = re.sub(r"\b\d+(\.\d+)?(e[+-]?\d+)?\b", " ", e)  # numbers
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
+        rest = e[m.end() :].lstrip()
+        if rest.startswith("(") or m.group(0).lower() in _KEYWORDS:
+            continue  # a function or a keyword
+        names.add(m.group(0))
+    return names
+
+
+def matchers(expr: str) -> list[tuple[str, str, str, str]]:
+    """(metric, label, op, value) of every equality or regex matcher."""
+    out = []
+    for m in re.finditer(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}", expr):
+        for lm in re.finditer(r'(\w+)\s*(=~|!=|!~|=)\s*"([^"]*)"', m.group(2)):
+            out.append((m.group(1), lm.group(1), lm.group(2), lm.group(3)))
+    return out
+
+
+ALL = _dashboard_exprs() + _alert_exprs()
+
+
+@pytest.mark.parametrize(("where", "expr"), ALL, ids=[w for w, _ in ALL])
+def test_every_query_names_an_exported_metric(where, expr, exported):
+    names = metric_names(expr)
+    assert names, f"{where}: no metric in {expr!r}"
+    unknown = sorted(n for n in names if n not in exported)
+    assert not unknown, f"{where}: not exported by Onramp: {unknown}"
+    for metric, label, op, value in matchers(expr):
+        values = {labels.get(label) for labels in exported[metric]}
+        assert label in {k for labels in exported[metric] for k in labels}, (where, metric, label)
+        if op == "=":
+            assert value in values, f"{where}: {metric}{{{label}={value!r}}} matches nothing"
+        elif op == "=~":
+            for alt in value.split("|"):
+                assert alt in values, f"{where}: {metric}{{{label}=~{alt!r}}} matches nothing"
+
+
+def test_a_misspelt_metric_is_caught(exported):
+    names = metric_names("sum(rate(onramp_events_acepted_total[5m]))")
+    assert names == {"onramp_events_acepted_total"} and not names <= set(exported)
+
+
+def test_dashboard_covers_what_operators_watch():
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    titles = " | ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("ingest rate", "dlq rate by reason", "late rate", "consumer lag",
+                  "freshness p50 / p99", "decide latency", "model version", "reward rate per arm",
+                  "drift"):  # fmt: skip
+        assert topic in titles, topic
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])  # Grafana needs unique ids
+    assert all(p["targets"] and p["datasource"]["uid"] == "${datasource}" for p in panels)
+
+
+def test_alerts_cover_freshness_lag_dlq_drift_and_rollbacks():
+    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    exprs = " ".join(r["expr"] for r in alerts.values())
+    for metric in ("onramp_stream_freshness_seconds_bucket", "onramp_stream_consumer_lag_records",
+                   "onramp_events_rejected_total", "onramp_drift_score",
+                   'onramp_learner_events_total{kind="rollbacks"}'):  # fmt: skip
+        assert metric in exprs, metric
+    for rule in alerts.values():
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]

@@ -1,0 +1,132 @@
+"""deployments/serve_config.yaml: Serve's schema accepts it, and Onramp's stricter check names the
+fields Serve would silently ignore (by path), unknown settings in args and unknown user_config."""
+
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.app import ARGS, _settings_from
+from deployments.check import USER_CONFIG_KEYS, check_serve_config, serve_config_problems
+from deployments.stream import USER_CONFIG_KEYS as STREAM_USER_CONFIG
+from ray_app.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE = ROOT / "deployments" / "serve_config.yaml"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load(SERVE.read_text())
+
+
+def test_shipped_config_passes_serve_schema_and_the_strict_check(config):
+    parsed = check_serve_config(SERVE)
+    apps = {a.name: a for a in parsed.applications}
+    assert set(apps) == {"onramp", "onramp-stream"}
+    assert apps["onramp"].import_path == "deployments.app:build_app"
+    assert apps["onramp-stream"].import_path == "deployments.app:build_stream_app"
+    assert apps["onramp-stream"].route_prefix is None  # not on HTTP
+    collector = apps["onramp"].deployments[0]
+    auto = collector.autoscaling_config
+    assert auto["min_replicas"] >= 1 and auto["max_replicas"] > auto["min_replicas"]
+    assert set(collector.user_config) <= set(USER_CONFIG_KEYS["Collector"])
+    assert apps["onramp-stream"].deployments[0].num_replicas == 1
+    assert serve_config_problems(config) == []
+
+
+def test_serve_schema_silently_accepts_unknown_fields_ours_names_them(config):
+    bad = copy.deepcopy(config)
+    bad["http_options"]["prot"] = 9000
+    bad["applications"][0]["deployments"][0]["autoscaling_confg"] = {"max_replicas": 3}
+    bad["applications"][1]["deployments"][0]["ray_actor_options"]["num_cpu"] = 1
+    ServeDeploySchema.model_validate(bad)  # Serve: no complaint
+    assert serve_config_problems(bad) == [
+        "http_options.prot: unknown field",
+        "applications[0].deployments[0].autoscaling_confg: unknown field",
+        "applications[1].deployments[0].ray_actor_options.num_cpu: unknown field",
+    ]
+    with pytest.raises(ConfigError) as info:
+        check_serve_config(bad)
+    assert "applications[0].deployments[0].autoscaling_confg: unknown field" in str(info.value)
+
+
+def test_nested_models_are_walked(config):
+    bad = copy.deepcopy(config)
+    bad["applications"][0]["deployments"][0]["autoscaling_config"]["upscale_delay"] = 1
+    bad["logging_config"]["levle"] = "INFO"
+    problems = serve_config_problems(bad)
+    assert "applications[0].deployments[0].autoscaling_config.upscale_delay: unknown field" in (
+        problems
+    )
+    assert "logging_config.levle: unknown field" in problems
+
+
+def test_args_are_checked_against_onramp_settings(config):
+    bad = copy.deepcopy(config)
+    bad["applications"][0]["args"]["settings"]["decide"]["epsilonn"] = 0.2
+    bad["applications"][0]["args"]["settings"]["kafka"] = {"partitions": 0}
+    bad["applications"][1]["args"]["bootstrap_servers"] = "x:9092"
+    assert serve_config_problems(bad) == [
+        "applications[0].args.settings.kafka.partitions: Input should be greater than or equal to 1",
+        "applications[0].args.settings.decide.epsilonn: unknown setting",
+        f"applications[1].args.bootstrap_servers: unknown argument (known: {list(ARGS)})",
+    ]
+
+
+def test_user_config_is_checked_per_deployment(config):
+    bad = copy.deepcopy(config)
+    bad["applications"][0]["deployments"][0]["user_config"]["epsilon"] = 2
+    bad["applications"][0]["deployments"][0]["user_config"]["lr"] = 0.1
+    bad["applications"][1]["deployments"][0]["user_config"]["workers"] = 0
+    problems = serve_config_problems(bad)
+    assert (
+        problems[0]
+        == "applications[0].deployments[0].user_config.epsilon: Input should be less than or equal to 1"
+    )
+    assert problems[1].startswith(
+        "applications[0].deployments[0].user_config.lr: unknown user_config key of Collector"
+    )
+    assert (
+        problems[2]
+        == "applications[1].deployments[0].user_config.workers: Input should be greater than or equal to 1"
+    )
+    assert STREAM_USER_CONFIG == USER_CONFIG_KEYS["StreamSupervision"]
+
+
+def test_runtime_env_fields_are_checked(config):
+    bad = copy.deepcopy(config)
+    bad["applications"][0]["runtime_env"] = {"env_vars": {"A": "1"}, "envvars": {"B": "2"}}
+    assert serve_config_problems(bad) == [
+        "applications[0].runtime_env.envvars: unknown runtime_env field"
+    ]
+
+
+def test_user_config_keys_are_what_reconfigure_accepts():
+    """Each key the strict check allows passes the replica's own unknown-key check."""
+    from deployments.collector import CollectorIngress
+    from deployments.stream import StreamSupervision
+
+    for name, deployment in (
+        ("Collector", CollectorIngress),
+        ("StreamSupervision", StreamSupervision),
+    ):
+        cls = deployment.func_or_class
+        bare = SimpleNamespace()  # reconfigure checks the keys before it touches the replica
+        for key in USER_CONFIG_KEYS[name]:
+            with pytest.raises(ValueError) as info:
+                cls.reconfigure(bare, {key: None, "zz_unknown": 1})
+            assert str(info.value) == "user_config: unknown keys ['zz_unknown']", (name, key)
+
+
+def test_args_settings_sit_between_the_file_and_the_environment(tmp_path, monkeypatch):
+    f = tmp_path / "onramp.yaml"
+    f.write_text("kafka:\n  partitions: 3\n  topic_prefix: fromfile\n")
+    monkeypatch.setenv("ONRAMP_KAFKA__PARTITIONS", "6")
+    s = _settings_from(str(f), {"kafka": {"topic_prefix": "fromargs"}, "stream": {"workers": 3}})
+    assert (s.kafka.partitions, s.kafka.topic_prefix, s.stream.workers) == (6, "fromargs", 3)
+    with pytest.raises(ConfigError, match=r"args.settings: stream.wrkers: unknown setting"):
+        _settings_from(None, {"stream": {"wrkers": 3}})

@@ -1,0 +1,440 @@
+"""``onramp evaluate`` / ``python -m training.evaluate``: off-policy evaluation from the shell.
+
+Three modes:
+
+* ``--obd``: the Open Bandit Pipeline quickstart reproduced (:func:`training.obd.reproduce_quickstart`);
+* ``--obd-policy``: Onramp's scorer trained on the old Random logs of OBD and evaluated on the
+  newer ones (:func:`training.obd_policy.evaluate_onramp_on_obd`);
+* ``--logs FILE ...``: Onramp's own decision and reward logs (JSON lines of ``onramp.decisions``
+  and ``onramp.rewards`` records): the logged policy, the uniform random policy and, with
+  ``--model``, the greedy policy of a model file, each with IPS/SNIPS (and DM/DR with a model).
+
+Each prints a table, writes a PNG of the estimated values with their CI bars (``--plot``), and
+prints a JSON summary as its last line.
+
+>>> recs = [{"schema": "onramp.reward/1", "decisionId": f"d{i}", "userKey": "u", "slot": "s",
+...          "action": "ab"[i % 2], "actionIndex": i % 2, "arm": "t", "propensity": 0.5,
+...          "features": [1.0], "reward": float(i % 2), "outcome": "timeout",
+...          "decidedAtMs": i, "outcomeAtMs": None, "modelVersion": 0} for i in range(4)]
+>>> for r in recs[1::2]: r["outcome"] = "completed"
+>>> table = onramp_log_from_records(recs, {"s": ["a", "b"]})
+>>> res = evaluate_onramp_logs(table, n_bootstrap=50)
+>>> res["logged"]["ips"].value, res["uniform"]["ips"].value
+(0.5, 0.5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ray_app.errors import FieldError, OnrampError
+from training.ope import BanditLog, Estimate, evaluate
+
+__all__ = [
+    "OnrampLog",
+    "evaluate_onramp_logs",
+    "main",
+    "onramp_log_from_records",
+    "plot_estimates",
+    "read_jsonl",
+]
+
+DECISION_SCHEMA = "onramp.decision/1"
+REWARD_SCHEMA = "onramp.reward/1"
+
+
+def read_jsonl(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every JSON object of the given JSON-lines files (blank lines skipped).
+
+    A line that is not a JSON object raises :class:`FieldError` naming ``file:line``.
+    """
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        p = Path(path)
+        try:
+            lines = p.read_bytes().splitlines()
+        except OSError as exc:
+            raise FieldError(str(p), f"cannot read: {exc.strerror or exc}") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise FieldError(f"{p}:{n}", f"not JSON: {exc}") from None
+            if not isinstance(rec, dict):
+                raise FieldError(f"{p}:{n}", f"expected a JSON object, got {type(rec).__name__}")
+            out.append(rec)
+    return out
+
+
+@dataclass(frozen=True)
+class OnrampLog:
+    """Onramp's reward records as arrays over one action space (all slots side by side).
+
+    Action ``j`` of slot ``s`` has the global index ``offset[s] + j``; ``allowed[i, a]`` is true
+    for the actions row ``i`` could have been shown (its logged candidates, else its slot's).
+    """
+
+    log: BanditLog
+    features: np.ndarray
+    slots: list[str]
+    slot_of_row: np.ndarray
+    slot_actions: dict[str, list[str]]
+    offset: dict[str, int]
+    allowed: np.ndarray
+    skipped: int
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the global action space."""
+        return int(self.allowed.shape[1])
+
+
+def onramp_log_from_records(
+    records: Sequence[Mapping[str, Any]], slot_actions: Mapping[str, Sequence[str]]
+) -> OnrampLog:
+    """Join decision and reward records (by decision id; the first reward of an id wins) into an
+    :class:`OnrampLog`. ``slot_actions`` (slot -> action ids in head order) fixes the action
+    space, e.g. a catalog's or a model bundle's. Records of other schemas are skipped (counted).
+    """
+    from ray_app.learn.reward import RewardRecord
+
+    decisions: dict[str, Mapping[str, Any]] = {}
+    rewards: dict[str, Mapping[str, Any]] = {}
+    skipped = 0
+    for rec in records:
+        schema = rec.get("schema", REWARD_SCHEMA if "reward" in rec else None)
+        did = str(rec.get("decisionId"))
+        if schema == DECISION_SCHEMA:
+            decisions.setdefault(did, rec)
+        elif schema == REWARD_SCHEMA:
+            rewards.setdefault(did, rec)
+        else:
+            skipped += 1
+    if not rewards:
+        raise FieldError("logs", "no reward records (schema onramp.reward/1) to evaluate")
+    slots = list(slot_actions)
+    offset, total = {}, 0
+    for s in slots:
+        offset[s] = total
+        total += len(slot_actions[s])
+    rows = []
+    for did, rec in rewards.items():
+        d = decisions.get(did)
+        if (
+            rec.get("candidates") is None
+            and d is not None
+            and isinstance(d.get("candidates"), list)
+        ):
+            rec = {**rec, "candidates": d["candidates"]}
+        r = RewardRecord.from_json(rec, slot_actions)
+        if r.slot not in offset:
+            raise FieldError("slot", f"decision {did}: slot {r.slot!r} is not in {slots}")
+        if r.action_index >= len(slot_actions[r.slot]):
+            raise FieldError("actionIndex", f"decision {did}: {r.action_index} is out of range")
+        rows.append(r)
+    dims = {len(r.features) for r in rows}
+    if len(dims) != 1:
+        raise FieldError("features", f"rows have different feature lengths {sorted(dims)}")
+    allowed = np.zeros((len(rows), total), dtype=bool)
+    for i, r in enumerate(rows):
+        ids = slot_actions[r.slot]
+        cands = r.candidates or ids
+        for c in cands:
+            if c in ids:
+                allowed[i, offset[r.slot] + ids.index(c)] = True
+        allowed[i, offset[r.slot] + r.action_index] = True
+    log = BanditLog(
+        action=[offset[r.slot] + r.action_index for r in rows],
+        reward=[r.reward for r in rows],
+        pscore=[r.propensity for r in rows],
+    )
+    return OnrampLog(
+        log=log,
+        features=np.asarray([r.features for r in rows], dtype=np.float32),
+        slots=slots,
+        slot_of_row=np.asarray([slots.index(r.slot) for r in rows]),
+        slot_actions={s: list(v) for s, v in slot_actions.items()},
+        offset=offset,
+        allowed=allowed,
+        skipped=skipped,
+    )
+
+
+def _logged_dist(t: OnrampLog) -> np.ndarray:
+    """A distribution with the logged propensity on the logged action (the rest spread over the
+    other allowed actions): IPS weights of 1, i.e. the logging policy evaluated on-policy."""
+    n = t.log.n
+    dist = np.zeros((n, t.n_actions))
+    rows = np.arange(n)
+    others = t.allowed.copy()
+    others[rows, t.log.action] = False
+    k = others.sum(axis=1)
+    rest = np.where(k > 0, (1.0 - t.log.pscore) / np.maximum(k, 1), 0.0)
+    dist[others] = np.repeat(rest, k)
+    dist[rows, t.log.action] = np.where(k > 0, t.log.pscore, 1.0)
+    return dist
+
+
+def _model_scores(t: OnrampLog, bundle: Any, heads: Mapping[str, int]) -> np.ndarray:
+    """Logits ``[n, n_actions]`` of a model bundle (``-inf`` outside each row's slot);
+    ``heads`` maps a slot to its head (the catalog's slot index)."""
+    from ray_app.model.scorer import score_batch
+
+    if bundle.scorer.dim != t.features.shape[1]:
+        raise FieldError(
+            "model",
+            f"the model takes {bundle.scorer.dim} features, the logs carry {t.features.shape[1]}",
+        )
+    out = np.full((t.log.n, t.n_actions), -np.inf)
+    for k, slot in enumerate(t.slots):
+        rows = np.flatnonzero(t.slot_of_row == k)
+        if rows.size == 0:
+            continue
+        lo = t.offset[slot]
+        scores = score_batch(bundle, t.features[rows], heads[slot])
+        out[rows, lo : lo + len(t.slot_actions[slot])] = scores
+    return out
+
+
+def evaluate_onramp_logs(
+    t: OnrampLog,
+    bundle: Any = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    heads: Mapping[str, int] | None = None,
+) -> dict[str, dict[str, Estimate]]:
+    """Estimates per policy: ``logged`` and ``uniform`` (IPS, SNIPS), ``greedy`` with a model, and
+    DM/DR for the model-free policies too when a model gives the outcome estimates. ``heads``
+    (slot -> head index of the bundle's scorer) defaults to the order of ``t.slots``."""
+    n = t.log.n
+    uniform = t.allowed / t.allowed.sum(axis=1, keepdims=True)
+    policies: dict[str, np.ndarray] = {"logged": _logged_dist(t), "uniform": uniform}
+    q = None
+    if bundle is not None:
+        logits = _model_scores(t, bundle, heads or {s: i for i, s in enumerate(t.slots)})
+        masked = np.where(t.allowed, logits, -np.inf)
+        greedy = np.zeros((n, t.n_actions))
+        greedy[np.arange(n), masked.argmax(axis=1)] = 1.0
+        policies["greedy"] = greedy
+        q = np.where(
+            np.isfinite(logits),
+            1.0 / (1.0 + np.exp(-np.where(np.isfinite(logits), logits, 0.0))),
+            0.0,
+        )
+    out: dict[str, dict[str, Estimate]] = {}
+    for name, dist in policies.items():
+        names = ["ips", "snips"] if q is None or name == "logged" else ["ips", "snips", "dm", "dr"]
+        out[name] = evaluate(t.log, dist, q, names, n_bootstrap=n_bootstrap, seed=seed)  # type: ignore[arg-type]
+    return out
+
+
+def plot_estimates(
+    results: Mapping[str, Mapping[str, Estimate]],
+    path: str | Path,
+    title: str,
+    references: Mapping[str, float] | None = None,
+) -> Path:
+    """A PNG: one group of bars per policy, one bar per estimator, 95% CI as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(results)
+    estimators = sorted(
+        {e for r in results.values() for e in r}, key=["ips", "snips", "dm", "dr"].index
+    )
+    width = 0.8 / max(len(estimators), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(policies) + 2), 4.2))
+    for j, est in enumerate(estimators):
+        xs, ys, lo, hi = [], [], [], []
+        for i, pol in enumerate(policies):
+            if est in results[pol]:
+                e = results[pol][est]
+                xs.append(i + (j - (len(estimators) - 1) / 2) * width)
+                ys.append(e.value)
+                lo.append(max(e.value - e.ci_low, 0.0))
+                hi.append(max(e.ci_high - e.value, 0.0))
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=est.upper())
+    for k, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(
+            value, linestyle="--", color=f"C{len(estimators) + k}", linewidth=1,
+            label=f"{name} {value:.4f}",
+        )  # fmt: skip
+    ax.set_xticks(range(len(policies)), policies)
+    ax.set_ylabel("estimated policy value (mean reward)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _fmt(e: Estimate) -> str:
+    return f"{e.value:.6f}  [{e.ci_low:.6f}, {e.ci_high:.6f}]"
+
+
+def _print_table(results: Mapping[str, Mapping[str, Estimate]]) -> None:
+    print(f"{'policy':<16}{'estimator':<10}{'value':>10}  95% CI")
+    for pol, ests in results.items():
+        for name, e in ests.items():
+            print(f"{pol:<16}{name:<10}{_fmt(e)}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onramp evaluate",
+        description="Off-policy evaluation (IPS, SNIPS, DM, DR with bootstrap CIs) of policies on "
+        "logged bandit data: the Open Bandit Dataset sample or Onramp's own decision logs.",
+        epilog="examples:\n"
+        "  onramp evaluate --obd                      # reproduce the OBP quickstart (BTS on Random)\n"
+        "  onramp evaluate --obd-policy --epochs 3    # Onramp's scorer on held-out OBD logs\n"
+        "  onramp evaluate --logs rewards.jsonl decisions.jsonl --model model.bin\n"
+        "The OBD sample is fetched once (pip download obp==0.4.1 --no-deps) into --cache-dir.\n"
+        "The last line printed is a JSON summary.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--obd", action="store_true", help="reproduce the Open Bandit Pipeline quickstart"
+    )
+    mode.add_argument(
+        "--obd-policy", action="store_true", help="train Onramp's scorer on OBD Random logs (first "
+        "70%% by time) and evaluate it on the rest beside the logged Random and BTS policies",
+    )  # fmt: skip
+    mode.add_argument("--logs", nargs="+", metavar="FILE", help="Onramp decision/reward JSON lines")
+    p.add_argument(
+        "--campaign", default="all", choices=["all", "men", "women"], help="OBD campaign"
+    )
+    p.add_argument("--cache-dir", metavar="DIR", help="OBD cache (default ~/.cache/onramp/obd)")
+    p.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)"
+    )
+    p.add_argument("--seed", type=int, default=12345, help="seed of the bootstrap and training")
+    p.add_argument("--n-sim", type=int, default=100_000, help="--obd: BTS Monte Carlo draws")
+    p.add_argument("--epochs", type=int, default=3, help="--obd-policy: training epochs")
+    p.add_argument(
+        "--temperature", type=float, default=0.1, help="--obd-policy: softmax temperature"
+    )
+    p.add_argument(
+        "--model", metavar="FILE", help="--logs: a model bundle for the greedy policy and DM/DR"
+    )
+    p.add_argument("--catalog", metavar="FILE", help="--logs: catalog (default: the packaged one)")
+    p.add_argument(
+        "--plot", metavar="PNG", default="ope.png", help="where to write the plot (default ope.png)"
+    )
+    return p
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.obd:
+        from training.obd import reproduce_quickstart
+
+        _progress("OBD quickstart: loading logs, BTS Monte Carlo, cross-fitted logistic model ...")
+        res = reproduce_quickstart(
+            args.campaign, args.cache_dir, args.n_sim, args.n_bootstrap, args.seed
+        )
+        results = {"bts_on_random": res.estimates}
+        _print_table(results)
+        errs = res.relative_errors()
+        for k, v in res.published.items():
+            print(
+                f"published {k:<6}{v:.6f}  ours {res.estimates[k].value:.6f}  rel.err {errs[k]:.2%}"
+            )
+        print(f"on-policy CTR: random {res.random_ctr:.6f}, bts {res.bts_ctr:.6f}")
+        plot = plot_estimates(
+            results, args.plot, f"BTS (production prior) on OBD Random/{args.campaign}",
+            {"BTS on-policy": res.bts_ctr, "Random on-policy": res.random_ctr},
+        )  # fmt: skip
+        return {"mode": "obd", "plot": str(plot), **res.to_json()}
+    if args.obd_policy:
+        from training.obd_policy import evaluate_onramp_on_obd
+
+        _progress("OBD policy: training Onramp's scorer on the first 70% of the Random logs ...")
+        rep = evaluate_onramp_on_obd(
+            args.campaign, args.cache_dir, epochs=args.epochs, seed=args.seed,
+            temperature=args.temperature, n_bootstrap=args.n_bootstrap,
+        )  # fmt: skip
+        results = {**rep.policies, **{k: {"on_policy": e} for k, e in rep.on_policy.items()}}
+        _print_table(results)
+        h = rep.heldout
+        print(
+            f"outcome model on the {rep.n_test} held-out rows ({h['clicks']:.0f} clicks): "
+            f"AUC {h['auc']:.3f}, log loss {h['logloss']:.5f} (constant CTR: "
+            f"{h['baseline_logloss']:.5f}); effective sample size per policy: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in rep.effective_sample_size.items())
+        )
+        plot = plot_estimates(
+            rep.policies, args.plot, f"CTR on held-out OBD Random/{args.campaign} (last 30%)",
+            {f"{k} on-policy": e.value for k, e in rep.on_policy.items()},
+        )  # fmt: skip
+        return {"mode": "obd-policy", "plot": str(plot), **rep.to_json()}
+    from ray_app.catalog import load_catalog
+
+    catalog = load_catalog(args.catalog)
+    bundle = None
+    # the catalog's slot order is the scorer's head order (a bundle is checked against it)
+    slot_actions: dict[str, list[str]] = {n: list(s.action_ids) for n, s in catalog.slots.items()}
+    heads = {n: s.index for n, s in catalog.slots.items()}
+    if args.model:
+        from ray_app.features import FeatureSchema
+        from ray_app.model import ModelBundle
+
+        try:
+            data = Path(args.model).read_bytes()
+        except OSError as exc:
+            raise FieldError("model", f"cannot read {args.model}: {exc.strerror or exc}") from None
+        bundle = ModelBundle.from_bytes(data, FeatureSchema.from_catalog(catalog), catalog, False)
+    table = onramp_log_from_records(read_jsonl(args.logs), slot_actions)
+    results = evaluate_onramp_logs(table, bundle, args.n_bootstrap, args.seed, heads)
+    _print_table(results)
+    plot = plot_estimates(results, args.plot, f"policies on {table.log.n} logged decisions")
+    return {
+        "mode": "logs",
+        "n": table.log.n,
+        "skipped_records": table.skipped,
+        "plot": str(plot),
+        "policies": {p: {k: e.to_json() for k, e in r.items()} for p, r in results.items()},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m training.evaluate`` and ``onramp evaluate``."""
+    args = _parser().parse_args(argv)
+    if args.n_bootstrap < 1:
+        print("onramp evaluate: error: --n-bootstrap must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        summary = _run(args)
+    except OnrampError as exc:
+        print(f"onramp evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            summary, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
