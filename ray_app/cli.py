@@ -7,6 +7,9 @@
     onramp config show        effective settings, secrets masked
     onramp config describe    every setting with its description
     onramp schema             JSON Schema of the wire contract (--reasons: the reason codes)
+    onramp archive            Kafka topics -> JSON lines files (training data)
+    onramp train              offline training with Ray Train -> the model registry
+    onramp models ...         list | show | promote | rollback model versions
     onramp evaluate           off-policy evaluation (OBD reproduction, decision logs)
     onramp report             experiment analysis: per-arm rates, uplift, SRM, CUPED (HTML + JSON)
     onramp audit              recent traffic vs training data: features, segment mix, DLQ/late
@@ -131,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         "schema", parents=[common], help="print the JSON Schema of the wire contract"
     )
     schema.add_argument("--reasons", action="store_true", help="print the reason codes instead")
+    _add_model_commands(sub, common)
     # `onramp evaluate ...` is handed whole to training.evaluate (see main); this entry lists it
     sub.add_parser(
         "evaluate",
@@ -718,6 +722,8 @@ _COMMANDS["audit"] = _cmd_audit
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the training job parses its own options
+        return int(_import_attr(TRAIN_IMPORT_PATH)(argv[1:], prog="onramp train"))
     if argv[:1] == ["evaluate"]:
         return _cmd_evaluate(argv[1:])
     args = _parser().parse_args(argv)
@@ -738,6 +744,198 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+# -- training data, the training job and the model registry -----------------------------------
+
+#: The training job's entry point, by import path (``ray_app`` never imports ``training``).
+TRAIN_IMPORT_PATH = "training.train:main"
+
+
+def _import_attr(path: str) -> Any:
+    import importlib
+
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    sub.add_parser(
+        "train",
+        add_help=False,
+        help="train the model offline with Ray Train (see `onramp train --help`)",
+    )
+    archive = sub.add_parser(
+        "archive",
+        parents=[common],
+        formatter_class=raw,
+        help="copy Kafka topics into JSON lines files (training data)",
+        description="A bounded read of Onramp's topics into JSON lines files at a filesystem URI "
+        "(<out>/<topic>/part-<partition>-<first>-<last>.jsonl): every record from the beginning "
+        "of each partition until the topic is read to its end and goes quiet. `onramp train` reads "
+        "the rewards from it; the events and decisions are what the feature-parity replay reads.",
+        epilog="examples:\n"
+        "  onramp archive --out .onramp/archive\n"
+        "  onramp archive --topics rewards --out s3://bucket/onramp/archive/2026-11-26",
+    )
+    archive.add_argument(
+        "--topics",
+        nargs="+",
+        default=["events", "decisions", "rewards"],
+        help="topics by short name (events, decisions, rewards, dlq, late) or full name "
+        "(default: events decisions rewards)",
+    )
+    archive.add_argument(
+        "--out", metavar="URI", help="where to write (default: <state_dir>/archive)"
+    )
+    archive.add_argument(
+        "--idle", type=float, default=1.0, help="seconds without new records that end the read"
+    )
+    archive.add_argument(
+        "--max-seconds", type=float, default=600.0, help="stop reading after this long"
+    )
+
+    models = sub.add_parser(
+        "models",
+        parents=[common],
+        formatter_class=raw,
+        help="list, show, promote or roll back model versions in the registry",
+        description="The model registry (registry.uri, default <state_dir>/registry). Promoting "
+        "a version writes it to the model file the decision replicas watch "
+        "(decide.model_path, default <state_dir>/models/treatment.onramp): they swap it in "
+        "without a restart, and the online learner continues from it.",
+        epilog="examples:\n"
+        "  onramp models list\n"
+        "  onramp models show 3\n"
+        "  onramp models promote 3\n"
+        "  onramp models rollback",
+    )
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ls = msub.add_parser("list", parents=[common], help="every version, the promoted one marked")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    show = msub.add_parser("show", parents=[common], help="a version's metadata and metrics")
+    show.add_argument("version", type=int)
+    promote = msub.add_parser(
+        "promote", parents=[common], help="serve VERSION (checked against the current features)"
+    )
+    promote.add_argument("version", type=int)
+    msub.add_parser("rollback", parents=[common], help="serve the previously promoted version")
+
+
+def _cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
+    from ray_app.kafka.archive import archive_topics
+    from ray_app.kafka.client import make_consumer
+
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap:
+        raise ConfigError(
+            "onramp archive reads a running Kafka: set kafka.bootstrap_servers "
+            "(ONRAMP_KAFKA__BOOTSTRAP_SERVERS), e.g. the address `onramp up` prints"
+        )
+    short = {
+        "events": settings.topics.events,
+        "decisions": settings.topics.decisions,
+        "rewards": settings.topics.rewards,
+        "dlq": settings.topics.dlq,
+        "late": settings.topics.late,
+    }
+    known = set(short.values())
+    topics = []
+    for t in args.topics:
+        name = short.get(t, t)
+        if name not in known:
+            raise ConfigError(
+                f"--topics: unknown topic {t!r}; expected one of {sorted(short)} or {sorted(known)}"
+            )
+        topics.append(name)
+    out = args.out or str(Path(settings.state_dir) / "archive")
+    consumer = make_consumer(bootstrap, settings.kafka)
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        print(f"\rarchived {done[0]:,} records", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = archive_topics(
+            consumer,
+            topics,
+            out,
+            settings.kafka.partitions,
+            idle_s=args.idle,
+            max_seconds=args.max_seconds,
+            on_progress=progress,
+        )
+    finally:
+        consumer.close()
+    print(file=sys.stderr)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.invalid == 0 else 1
+
+
+def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from ray_app.catalog import load_catalog
+    from ray_app.features import FeatureSchema
+    from ray_app.model.registry import ModelRegistry
+
+    registry = ModelRegistry.from_settings(settings)
+    action = args.models_command
+    if action in ("list", "show"):
+        head = registry.promoted()
+        if action == "show":
+            meta = registry.get(args.version)
+            body = meta.to_json()
+            body["promoted"] = head is not None and head.version == meta.version
+            print(json.dumps(body, indent=2))
+            return 0
+        versions = registry.list()
+        if args.json:
+            print(json.dumps([v.to_json() for v in versions], indent=2))
+            return 0
+        if not versions:
+            print(f"the registry at {registry.uri} is empty: `onramp train` registers versions")
+            return 0
+        print(f"{'':2}{'version':>7}  {'created (UTC)':19}  {'source':6}  {'parent':>6}  "
+              f"{'records':>8}  {'val_auc':>7}  {'val_snips':>9}  schema")  # fmt: skip
+        for v in versions:
+            mark = "* " if head is not None and head.version == v.version else "  "
+            when = dt.datetime.fromtimestamp(v.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            m = v.metrics
+
+            def num(x: Any) -> str:
+                return f"{x:.4f}" if isinstance(x, float) else "-"
+
+            print(
+                f"{mark}{v.version:>7}  {when:19}  {v.source:6}  {v.parent or '-':>6}  "
+                f"{v.data.get('records', '-'):>8}  {num(m.get('auc')):>7}  "
+                f"{num(m.get('snips')):>9}  {v.schema_hash}"
+            )
+        if head is not None:
+            print(f"* promoted (promotion {head.epoch}, {head.action})")
+        return 0
+    catalog = load_catalog(settings.decide.catalog_path)
+    schema = FeatureSchema.from_catalog(catalog)
+    if action == "promote":
+        p = registry.promote(args.version, settings.model_path, schema, catalog)
+    else:
+        p = registry.rollback(settings.model_path, schema, catalog)
+    print(
+        json.dumps(
+            {
+                "promoted": p.version,
+                "promotion": p.epoch,
+                "action": p.action,
+                "servedFrom": str(settings.model_path),
+            }
+        )
+    )
+    return 0
+
+
+_COMMANDS.update({"archive": _cmd_archive, "models": _cmd_models})
 
 
 if __name__ == "__main__":

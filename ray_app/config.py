@@ -33,6 +33,7 @@ __all__ = [
     "CollectorSettings",
     "KafkaSettings",
     "RaySettings",
+    "RegistrySettings",
     "Settings",
     "SimSettings",
     "StreamSettings",
@@ -379,6 +380,16 @@ class LearnSettings(_Section):
     )
 
 
+class RegistrySettings(_Section):
+    """The model registry: trained and online model versions, and which one is promoted."""
+
+    uri: str | None = Field(
+        None,
+        description="Where the registry lives: a directory, file://..., or any pyarrow "
+        "filesystem URI (s3://bucket/prefix); empty: <state_dir>/registry.",
+    )
+
+
 class Settings(_Section):
     """All of Onramp's settings."""
 
@@ -391,6 +402,7 @@ class Settings(_Section):
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)  # type: ignore[arg-type]
     decide: DecideSettings = Field(default_factory=DecideSettings)  # type: ignore[arg-type]
     learn: LearnSettings = Field(default_factory=LearnSettings)  # type: ignore[arg-type]
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)  # type: ignore[arg-type]
     state_dir: Path = Field(Path(".onramp"), description="Local directory for logs and state.")
 
     @property
@@ -405,6 +417,11 @@ class Settings(_Section):
     @property
     def learner_state_path(self) -> Path:
         return self.learn.state_path or Path(self.state_dir) / "learner.state"
+
+    @property
+    def registry_uri(self) -> str:
+        """The model registry's URI (``registry.uri``, else ``<state_dir>/registry``)."""
+        return self.registry.uri or str(Path(self.state_dir) / "registry")
 
     @property
     def topics(self) -> Topics:

@@ -1,6 +1,11 @@
 """Ray Train jobs and offline (off-policy) evaluation.
 
-Empty in this release: offline pretraining, the model registry and off-policy evaluation arrive
-with their own issue. The package exists so the layout (``validation`` <- ``ray_app`` <-
-``deployments``, ``training``) is in place from the start.
+* :mod:`training.data`: reward records from an archive (``onramp archive``), read with Ray Data.
+* :mod:`training.train`: the ``TorchTrainer`` job (``onramp train``, ``python -m training.train``)
+  that trains the decision model, evaluates it every epoch and registers it in the model registry.
+* :mod:`training.metrics`: the job's per-epoch metrics (AUC, precision, recall, IPS / SNIPS).
+* :mod:`training.replay`: feature parity, archived events replayed through the stream's state
+  code against the features the decisions logged.
+* :mod:`training.ope`, :mod:`training.evaluate`, :mod:`training.obd`: off-policy evaluation
+  (``onramp evaluate``) and the Open Bandit Dataset.
 """

@@ -230,10 +230,16 @@ class Decider:
 
     def swap(self, arm: str, bundle: ModelBundle) -> bool:
         """Serve ``bundle`` to ``arm`` if it is newer than what the arm serves; True if swapped.
-        Raises :class:`~ray_app.model.ModelFileError` if it cannot serve this catalog."""
+        Newer is a higher :attr:`~ray_app.model.ModelBundle.serving_rank` (a registry promotion
+        or rollback, then the version). Raises :class:`~ray_app.model.ModelFileError` if it
+        cannot serve this catalog."""
         bundle.check(self.schema, self.catalog, strict_catalog=False)
         current = self.bundles.get(arm)
-        if current is not None and bundle.version <= current.version and current.version > 0:
+        if (
+            current is not None
+            and bundle.serving_rank <= current.serving_rank
+            and current.serving_rank > (0, 0)
+        ):
             return False
         self.bundles[arm] = bundle
         epsilon = bundle.metadata.get("epsilon")  # the learner raises it for a while on drift

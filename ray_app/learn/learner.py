@@ -221,6 +221,15 @@ def _id_hash(decision_id: str) -> int:
     return int.from_bytes(h, "big", signed=True)
 
 
+def _lineage(metadata: Mapping[str, Any]) -> dict[str, int]:
+    """The registry promotion (``promotion``, ``registryVersion``) named in bundle metadata."""
+    return {
+        k: v
+        for k in ("promotion", "registryVersion")
+        if isinstance(v := metadata.get(k), int) and not isinstance(v, bool)
+    }
+
+
 def _clone(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
@@ -273,6 +282,9 @@ class OnlineLearner:
         self._last_good = _clone(self.scorer.state_dict())
         #: The version of the last published bundle (the given bundle's at first).
         self.version = int(bundle.version)
+        #: The registry promotion the weights descend from (carried into every publish, so
+        #: replicas order them after it; see :attr:`ModelBundle.serving_rank`).
+        self.lineage: dict[str, int] = _lineage(bundle.metadata)
         self._optimizer = self._make_optimizer()
         self._replay: deque[RewardRecord] = deque(maxlen=max(self.config.replay_size, 1))
         self._replay_rng = random.Random(0)
@@ -453,7 +465,46 @@ class OnlineLearner:
 
     def last_good(self) -> ModelBundle:
         """The last good weights as a bundle (what was last published, or the initial bundle)."""
-        return self._bundle(self._last_good, self.version, {"kind": "online", "last_good": True})
+        return self._bundle(
+            self._last_good, self.version, {"kind": "online", "last_good": True, **self.lineage}
+        )
+
+    def adopt(self, bundle: ModelBundle) -> None:
+        """Continue from ``bundle`` (a newly promoted registry version): its weights become the
+        trainer's and the last good ones, its version and promotion the current ones; offsets,
+        dedupe memory, counters and the guardrail slice are kept, the replay buffer (rewards
+        learned into the old weights) and the optimizer's moments are dropped. ``ValueError``
+        if it does not have the learner's architecture and actions.
+
+        >>> from ray_app.catalog import load_catalog
+        >>> from ray_app.features import FeatureSchema
+        >>> from ray_app.model import cold_start_bundle
+        >>> c = load_catalog(); schema = FeatureSchema.from_catalog(c)
+        >>> learner = OnlineLearner(cold_start_bundle(schema, c))
+        >>> promoted = cold_start_bundle(schema, c, seed=4)
+        >>> promoted.version, promoted.metadata = 7, {"promotion": 3, "registryVersion": 7}
+        >>> learner.adopt(promoted)
+        >>> learner.version, learner.lineage, learner.last_good().serving_rank
+        (7, {'promotion': 3, 'registryVersion': 7}, (3, 7))
+        """
+        if (
+            bundle.scorer.architecture != self._arch
+            or bundle.slot_actions != self._slot_actions
+            or bundle.schema_hash != self._schema_hash
+        ):
+            raise ValueError(
+                "the bundle's architecture, actions or feature schema differ from the learner's"
+            )
+        self.scorer.load_state_dict(_clone(bundle.scorer.state_dict()))
+        self._last_good = _clone(self.scorer.state_dict())
+        self._catalog_digest = bundle.catalog_digest
+        self.version = int(bundle.version)
+        self.lineage = _lineage(bundle.metadata)
+        self._optimizer = self._make_optimizer()
+        self._replay.clear()
+        self._since_good = set()
+        self._pending_updates = 0
+        self._pending_rewards = 0
 
     def _bundle(
         self, weights: Mapping[str, torch.Tensor], version: int, metadata: dict[str, Any]
@@ -617,6 +668,7 @@ class OnlineLearner:
             "rollbacks": self.counters["rollbacks"],
             "epsilon": epsilon,
             "offsets": {str(p): o for p, o in sorted(self._offsets.items())},
+            **self.lineage,
         }
         bundle = self._bundle(self._last_good, self.version, metadata)
         bundle.created_at = float(now)
@@ -672,6 +724,7 @@ class OnlineLearner:
             "last_publish_at": self._last_publish_at,
             "published_epsilon": self._published_epsilon,
             "boost_until": self._boost_until,
+            "lineage": dict(self.lineage),
         }
 
     @classmethod
@@ -718,6 +771,7 @@ class OnlineLearner:
             learner._last_publish_at = state["last_publish_at"]
             learner._published_epsilon = float(state["published_epsilon"])
             learner._boost_until = state["boost_until"]
+            learner.lineage = _lineage(state.get("lineage") or {})
         except LearnerStateError:
             raise
         except Exception as exc:  # a bad state can fail in many ways; report one kind

@@ -8,7 +8,10 @@ logged as an alert) -> :meth:`OnlineLearner.maybe_publish` at most every
 ``learn.publish_interval_s`` -> write the model file (temporary file + rename: the decision
 replicas watching it never read half of one) and the learner's state (weights, optimizer, reward
 offsets, dedupe memory) the same way. A restarted learner resumes from that state: the offsets
-say where to read, the dedupe memory drops what it had already learned from.
+say where to read, the dedupe memory drops what it had already learned from. Without a state it
+starts from the model registry's promoted version (``onramp models promote``); a promotion made
+while it runs, or since its state was saved, is adopted within ``_REGISTRY_POLL_S`` seconds
+(:meth:`OnlineLearner.adopt`), so its next publishes build on the promoted weights.
 
 Outcome-to-weights time: for each positive outcome a publish includes, the wall time of the
 publish minus the outcome's event time (the collector's clock, after skew correction).
@@ -38,6 +41,7 @@ from ray_app.learn.drift import FeatureDrift, PageHinkley
 from ray_app.learn.learner import LearnerConfig, LearnerStateError, OnlineLearner
 from ray_app.learn.reward import RewardRecord, RewardRecordError
 from ray_app.model import ModelBundle, ModelFileError, cold_start_bundle
+from ray_app.model.registry import ModelRegistry, RegistryError
 
 __all__ = ["LEARNER_NAME", "LearnerService", "start_learner_actor", "write_atomically"]
 
@@ -45,6 +49,9 @@ log = logging.getLogger(__name__)
 
 #: Name of the learner actor (in ``settings.ray.namespace``).
 LEARNER_NAME = "onramp-learner"
+
+#: How often the running learner looks for a new promotion in the registry (seconds).
+_REGISTRY_POLL_S = 2.0
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -85,6 +92,8 @@ class LearnerService:
             replay_steps=s.replay_steps,
             min_propensity=s.min_propensity,
         )
+        self.registry = ModelRegistry.from_settings(settings)
+        self._registry_checked = time.monotonic()
         self.learner = self._restore()
         self.topic = settings.topics.rewards
         self._consumer = make_consumer(bootstrap, settings.kafka)
@@ -122,14 +131,48 @@ class LearnerService:
         self._thread: threading.Thread | None = None
         self.error: str | None = None
 
+    def _promoted(self) -> ModelBundle | None:
+        """The registry's promoted version (``None``: none, or it cannot serve this catalog)."""
+        try:
+            return self.registry.promoted_bundle(self.schema, self.catalog)
+        except (RegistryError, ModelFileError, OSError) as exc:
+            log.error(
+                "registry %s: %s; not starting from its promoted version", self.registry.uri, exc
+            )
+            return None
+
+    def _adopt_promotion(self, learner: OnlineLearner) -> None:
+        """Continue from the registry's promoted version if it is newer than the learner's."""
+        head = self.registry.promoted()
+        if head is None or head.epoch <= learner.lineage.get("promotion", 0):
+            return
+        bundle = self._promoted()
+        if bundle is None:
+            return
+        try:
+            learner.adopt(bundle)
+        except ValueError as exc:
+            log.error("promoted version %d not adopted: %s", head.version, exc)
+            return
+        log.info(
+            "learner continues from promoted version %d (promotion %d)", head.version, head.epoch
+        )
+
     def _restore(self) -> OnlineLearner:
+        """From the learner's state if there is one, else the registry's promoted version, else
+        the model file, else the cold start; a promotion newer than the state is adopted."""
         if self.state_path.exists():
             try:
                 learner = OnlineLearner.from_bytes(self.state_path.read_bytes(), self.config)
                 log.info("learner resumed at version %d from %s", learner.version, self.state_path)
+                self._adopt_promotion(learner)
                 return learner
             except LearnerStateError as exc:
                 log.error("%s: %s; starting from the model file instead", self.state_path, exc)
+        promoted = self._promoted()
+        if promoted is not None:
+            log.info("learner starts from the registry's promoted version %d", promoted.version)
+            return OnlineLearner(promoted, self.config)
         bundle: ModelBundle | None = None
         if self.model_path.exists():
             try:
@@ -226,8 +269,23 @@ class LearnerService:
         log.warning("DRIFT (%s): %s; exploration raised for a while", kind, detail)
 
     def _maybe_publish(self) -> None:
+        if time.monotonic() - self._registry_checked >= _REGISTRY_POLL_S:
+            self._registry_checked = time.monotonic()
+            try:
+                self._adopt_promotion(self.learner)
+            except (RegistryError, OSError) as exc:
+                log.warning("registry %s: %s", self.registry.uri, exc)
         bundle = self.learner.maybe_publish()
         if bundle is None:
+            return
+        try:
+            head = self.registry.promoted()
+        except (RegistryError, OSError):
+            head = None
+        if head is not None and head.epoch > bundle.serving_rank[0]:
+            # promoted since the last check: the promotion wins, this candidate is dropped
+            # (written, it would replace the promoted file that new replicas load)
+            self._adopt_promotion(self.learner)
             return
         write_atomically(self.model_path, bundle.to_bytes())
         published_ms = int(time.time() * 1000)

@@ -5,6 +5,8 @@
 * :class:`ModelBundle` (:mod:`ray_app.model.bundle`): a scorer with its feature-schema hash,
   catalog digest and version; bytes in and out, with :class:`ModelFileError` for anything bad;
   :func:`cold_start_bundle` is version 0, which reproduces the catalog's default flow.
+* :class:`ModelRegistry` (:mod:`ray_app.model.registry`): versions with metadata at a filesystem
+  URI; promote / rollback writes the served model file the replicas hot-swap.
 * :class:`Policy` and :class:`ControlPolicy` (:mod:`ray_app.model.policy`): scores -> ranking,
   chosen action and its exact propensity, deterministic given the seed and the decision id.
 
@@ -33,6 +35,7 @@ from ray_app.model.policy import (
     uncertainty_from_counts,
     uniform,
 )
+from ray_app.model.registry import ModelRegistry, ModelVersion, Promotion, RegistryError
 from ray_app.model.scorer import Scorer, score_batch
 
 __all__ = [
@@ -42,8 +45,12 @@ __all__ = [
     "ControlPolicy",
     "ModelBundle",
     "ModelFileError",
+    "ModelRegistry",
+    "ModelVersion",
     "Policy",
     "PolicyKind",
+    "Promotion",
+    "RegistryError",
     "Scorer",
     "cold_start_bundle",
     "score_batch",

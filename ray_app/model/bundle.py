@@ -78,6 +78,23 @@ class ModelBundle:
     metadata: dict[str, Any] = field(default_factory=dict)
     slot_actions: dict[str, list[str]] = field(default_factory=dict)
 
+    @property
+    def serving_rank(self) -> tuple[int, int]:
+        """``(promotion, version)``: replicas swap in a bundle only if its rank is higher.
+
+        ``metadata["promotion"]`` grows with every registry promote or rollback (0 without one),
+        so a promoted older version still replaces what the online learner published.
+
+        >>> from ray_app.catalog import load_catalog
+        >>> from ray_app.features import FeatureSchema
+        >>> c = load_catalog()
+        >>> b = cold_start_bundle(FeatureSchema.from_catalog(c), c)
+        >>> b.serving_rank, ModelBundle(b.scorer, "h", "d", 3, metadata={"promotion": 2}).serving_rank
+        ((0, 0), (2, 3))
+        """
+        p = self.metadata.get("promotion", 0)
+        return (p if isinstance(p, int) and not isinstance(p, bool) else 0, self.version)
+
     def header(self) -> dict[str, Any]:
         """The JSON header of :meth:`to_bytes` (without the weights' size and checksum)."""
         return {
@@ -230,7 +247,10 @@ class ModelBundle:
             version=version,
             created_at=float(created),
             metadata=metadata,
-            slot_actions={str(k): list(v) for k, v in slot_actions.items()},
+            # in the catalog's (= the heads') order: the JSON header stores them sorted by name
+            slot_actions={
+                name: list(slot_actions[name]) for name in catalog.slots if name in slot_actions
+            },
         )
 
 

@@ -78,3 +78,40 @@ def test_learner_publishes_and_resumes_where_it_stopped(broker, tmp_path):
     assert st2["counters"]["duplicates"] - st["counters"]["duplicates"] == 500
     assert st2["counters"]["received"] == 4_500
     assert sum(st2["offsets"].values()) == 4_500
+
+
+def test_learner_starts_from_the_promoted_version_and_follows_promotions(broker, tmp_path):
+    import torch
+
+    from ray_app.model import cold_start_bundle
+    from ray_app.model.registry import ModelRegistry
+
+    settings = make_settings(
+        broker.bootstrap,
+        ONRAMP_KAFKA__TOPIC_PREFIX="learner-reg",
+        ONRAMP_STATE_DIR=str(tmp_path),
+        ONRAMP_LEARN__PUBLISH_INTERVAL_S="0.3",
+    )
+    ensure_topics(broker.bootstrap, settings.kafka)
+    registry = ModelRegistry.from_settings(settings)
+    registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=1))
+    registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=2))
+    registry.promote(1, settings.model_path, SCHEMA, CATALOG)
+    service = LearnerService(settings, broker.bootstrap)  # no learner state: the promoted one
+    assert service.learner.version == 1
+    assert service.learner.lineage == {"promotion": 1, "registryVersion": 1}
+    one = registry.load(1, SCHEMA, CATALOG).scorer.state_dict()
+    assert all(torch.equal(one[k], v) for k, v in service.learner.scorer.state_dict().items())
+    service.start()
+    try:
+        registry.promote(2, settings.model_path, SCHEMA, CATALOG)  # while it runs
+        _wait(service, lambda s: s["version"] == 2, timeout_s=30)
+        _send(broker, settings, logged(GroundTruth(seed=4), 0, 500, seed=1))
+        _wait(service, lambda s: s["version"] >= 3)
+    finally:
+        st = service.stop()
+    assert st["error"] is None
+    published = ModelBundle.from_bytes(settings.model_path.read_bytes(), SCHEMA, CATALOG)
+    # the learner's publish builds on promotion 2, so replicas take it after the promotion
+    assert published.serving_rank[0] == 2 and published.version == st["version"] >= 3
+    assert published.metadata["registryVersion"] == 2

@@ -1,0 +1,139 @@
+"""The topic archiver: a bounded read of Kafka topics into JSON lines files at a filesystem URI.
+
+Layout: ``<out>/<topic>/part-<partition>-<first offset>-<last offset>.jsonl``, one record per line:
+the record's own JSON object plus ``"_kafka": {"partition", "offset", "timestampMs"}``, so a reader
+(Ray Data for training, the replay for the parity check) knows where each record came from.
+Records whose value is not a JSON object are not written; they are counted (``invalid``) and the
+first few are named in :attr:`ArchiveReport.problems`.
+
+The read is bounded: each partition is read from ``start`` (default: the beginning) until it has
+reached the end offset it had when the archiver started and a poll of ``idle_s`` brings nothing
+new (the embedded broker under-reports end offsets, so the end is confirmed by reading), or until
+``max_seconds``.
+
+>>> from ray_app.kafka.client import InMemoryBroker, InMemoryProducer, InMemoryConsumer, OutRecord
+>>> import tempfile
+>>> broker = InMemoryBroker(partitions=2)
+>>> p = InMemoryProducer(broker)
+>>> _ = p.send_all([OutRecord("t", b'{"a": %d}' % i, key=b"k%d" % i) for i in range(5)]).result(1)
+>>> _ = p.send_all([OutRecord("t", b"not json", key=b"k")]).result(1)
+>>> out = tempfile.mkdtemp()
+>>> report = archive_topics(InMemoryConsumer(broker), ["t"], out, partitions=2, idle_s=0.01)
+>>> report.records, report.invalid, sum(1 for f in report.files for _ in open(f))
+(5, 1, 5)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ray_app.kafka.client import Consumer
+from ray_app.storage import Storage
+
+__all__ = ["ArchiveReport", "archive_topics"]
+
+
+@dataclass
+class ArchiveReport:
+    """What an archive run wrote: records and invalid records per topic, files, problems."""
+
+    out: str
+    by_topic: dict[str, int] = field(default_factory=dict)
+    invalid_by_topic: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def records(self) -> int:
+        return sum(self.by_topic.values())
+
+    @property
+    def invalid(self) -> int:
+        return sum(self.invalid_by_topic.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out": self.out,
+            "records": self.by_topic,
+            "invalid": self.invalid_by_topic,
+            "files": len(self.files),
+            "problems": self.problems,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def archive_topics(
+    consumer: Consumer,
+    topics: Sequence[str],
+    out: str | Path,
+    partitions: int,
+    *,
+    idle_s: float = 1.0,
+    max_seconds: float = 600.0,
+    on_progress: Callable[[int], None] | None = None,
+) -> ArchiveReport:
+    """Read ``topics`` (``partitions`` each) through ``consumer`` into JSON lines under ``out``.
+
+    ``on_progress(n)`` is called with the number of records read by each poll. The consumer is
+    not closed.
+    """
+    store = Storage(out, field="out")
+    started = time.monotonic()
+    tps = [(t, p) for t in topics for p in range(partitions)]
+    consumer.assign(tps, from_beginning=True)
+    ends = {tp: consumer.highwater(*tp) for tp in tps}
+    lines: dict[tuple[str, int], list[bytes]] = {tp: [] for tp in tps}
+    first: dict[tuple[str, int], int] = {}
+    last: dict[tuple[str, int], int] = {}
+    report = ArchiveReport(str(out))
+    quiet_since = time.monotonic()
+    while time.monotonic() - started < max_seconds:
+        batch = consumer.poll(timeout_s=min(0.2, idle_s), max_records=5_000)
+        if batch:
+            quiet_since = time.monotonic()
+        for rec in batch:
+            tp = (rec.topic, rec.partition)
+            last[tp] = rec.offset
+            first.setdefault(tp, rec.offset)
+            try:
+                value = orjson.loads(rec.value)
+            except orjson.JSONDecodeError as exc:
+                value, why = None, f"not JSON ({exc})"
+            else:
+                why = f"not a JSON object ({type(value).__name__})"
+            if not isinstance(value, dict):
+                report.invalid_by_topic[rec.topic] = report.invalid_by_topic.get(rec.topic, 0) + 1
+                if len(report.problems) < 20:
+                    report.problems.append(f"{rec.topic}/{rec.partition}@{rec.offset}: {why}")
+                continue
+            value["_kafka"] = {
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "timestampMs": rec.timestamp_ms,
+            }
+            lines.setdefault(tp, []).append(orjson.dumps(value))
+            report.by_topic[rec.topic] = report.by_topic.get(rec.topic, 0) + 1
+        if on_progress is not None and batch:
+            on_progress(len(batch))
+        reached = all(end is None or last.get(tp, -1) + 1 >= end for tp, end in ends.items())
+        if reached and not batch and time.monotonic() - quiet_since >= idle_s:
+            break
+    for (topic, part), rows in sorted(lines.items()):
+        if not rows:
+            continue
+        rel = (
+            f"{topic}/part-{part:04d}-{first[(topic, part)]:012d}-{last[(topic, part)]:012d}.jsonl"
+        )
+        store.write(rel, b"\n".join(rows) + b"\n")
+        report.files.append(store.path(rel))
+    for t in topics:
+        report.by_topic.setdefault(t, 0)
+    report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,397 @@
+"""The model registry: versioned model bundles with their metadata at a filesystem URI, and the
+promotion that decides which one the decision replicas serve.
+
+Layout under the registry's URI (a local directory, ``file://...``, or any URI pyarrow's
+filesystems read, e.g. ``s3://bucket/onramp/registry``)::
+
+    versions/000001/model.onramp    the bundle (ModelBundle.to_bytes)
+    versions/000001/meta.json       ModelVersion.to_json(): created, source, parent, data range,
+                                    feature-schema hash, catalog digest, metrics, note
+    promotions.json                 every promote and rollback, in order
+
+**Serving the promoted version.** :meth:`ModelRegistry.promote` writes the bundle to the file the
+decision replicas watch (``Settings.model_path``) through a temporary file and a rename, so every
+replica hot-swaps it without a restart. The served bundle keeps its registry version as
+``version`` (what ``/v1/decide`` answers as ``modelVersion``) and carries ``metadata["promotion"]``,
+a counter that grows with every promote and rollback: replicas order models by
+``(promotion, version)`` (:attr:`ModelBundle.serving_rank`), so a promotion of an older version,
+or a rollback, still swaps in, while within one promotion the online learner's versions only go
+forward.
+
+**Versions** are integers allocated above every version the registry holds and above the version
+currently served (the online learner counts up from the promoted version), so a freshly promoted
+model is served under its own registry number.
+
+One writer at a time: promotions and registrations from two processes at once are not
+serialized (on object stores a write is atomic, a read-modify-write is not).
+
+>>> import tempfile
+>>> from ray_app.catalog import load_catalog
+>>> from ray_app.features import FeatureSchema
+>>> from ray_app.model import cold_start_bundle
+>>> catalog = load_catalog(); schema = FeatureSchema.from_catalog(catalog)
+>>> root = Path(tempfile.mkdtemp())
+>>> reg = ModelRegistry(root / "registry")
+>>> v1 = reg.register(cold_start_bundle(schema, catalog), source="train", metrics={"auc": 0.5})
+>>> v2 = reg.register(cold_start_bundle(schema, catalog, seed=1), source="train", parent=1)
+>>> [(v.version, v.source, v.parent) for v in reg.list()]
+[(1, 'train', None), (2, 'train', 1)]
+>>> serve = root / "treatment.onramp"
+>>> reg.promote(2, serve, schema, catalog).version, reg.promote(1, serve, schema, catalog).epoch
+(2, 2)
+>>> served = ModelBundle.from_bytes(serve.read_bytes(), schema, catalog)
+>>> served.version, served.metadata["promotion"]
+(1, 2)
+>>> reg.rollback(serve, schema, catalog).version
+2
+>>> reg.rollback(serve, schema, catalog)
+Traceback (most recent call last):
+...
+ray_app.model.registry.RegistryError: rollback: no earlier promotion to roll back to (version 2 is the only one promoted)
+>>> reg.get(7)
+Traceback (most recent call last):
+...
+ray_app.model.registry.RegistryError: version: no version 7 in the registry (versions: 1, 2)
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ray_app.errors import FieldError
+from ray_app.model.bundle import MAGIC, ModelBundle
+from ray_app.storage import Storage, write_file_atomically
+
+if TYPE_CHECKING:
+    from ray_app.catalog import Catalog
+    from ray_app.config import Settings
+    from ray_app.features import FeatureSchema
+
+__all__ = [
+    "ModelRegistry",
+    "ModelVersion",
+    "Promotion",
+    "RegistryError",
+    "read_header",
+    "served_version",
+    "write_file_atomically",
+]
+
+Source = Literal["train", "online"]
+_SOURCES = ("train", "online")
+_LEN = struct.Struct(">I")
+
+
+class RegistryError(FieldError):
+    """A registry operation that cannot be done: the ``field`` at fault and why. Picklable.
+
+    >>> import pickle
+    >>> pickle.loads(pickle.dumps(RegistryError("version", "no version 3"))).field
+    'version'
+    """
+
+    http_status = 404
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model's metadata (the bundle itself is read with
+    :meth:`ModelRegistry.load`).
+
+    ``data``: what it was trained on (``uri``, ``records``, ``fromMs``, ``toMs``);
+    ``metrics``: its evaluation (loss, AUC, policy value, ...); ``parent``: the version it was
+    trained from (``None``: from scratch).
+    """
+
+    version: int
+    created_at: float
+    source: Source
+    schema_hash: str
+    catalog_digest: str
+    parent: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "createdAt": self.created_at,
+            "source": self.source,
+            "schemaHash": self.schema_hash,
+            "catalogDigest": self.catalog_digest,
+            "parent": self.parent,
+            "data": self.data,
+            "metrics": self.metrics,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelVersion:
+        try:
+            return cls(
+                version=int(d["version"]),
+                created_at=float(d["createdAt"]),
+                source=d["source"],
+                schema_hash=str(d["schemaHash"]),
+                catalog_digest=str(d["catalogDigest"]),
+                parent=None if d.get("parent") is None else int(d["parent"]),
+                data=dict(d.get("data") or {}),
+                metrics=dict(d.get("metrics") or {}),
+                note=str(d.get("note") or ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RegistryError("meta.json", f"unreadable version metadata: {exc!r}") from None
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """One promote or rollback: ``version`` became the served one as promotion ``epoch``."""
+
+    version: int
+    epoch: int
+    at: float
+    action: Literal["promote", "rollback"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "epoch": self.epoch, "at": self.at, "action": self.action}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Promotion:
+        return cls(int(d["version"]), int(d["epoch"]), float(d["at"]), d["action"])
+
+
+def read_header(data: bytes) -> dict[str, Any] | None:
+    """The JSON header of model-bundle bytes without loading the weights (``None`` if they are
+    not a readable bundle): enough to read a served file's version and promotion.
+
+    >>> from ray_app.catalog import load_catalog
+    >>> from ray_app.features import FeatureSchema
+    >>> from ray_app.model import cold_start_bundle
+    >>> c = load_catalog()
+    >>> read_header(cold_start_bundle(FeatureSchema.from_catalog(c), c).to_bytes())["version"]
+    0
+    >>> read_header(b"junk") is None
+    True
+    """
+    start = len(MAGIC) + _LEN.size
+    if not data.startswith(MAGIC) or len(data) < start:
+        return None
+    (n,) = _LEN.unpack_from(data, len(MAGIC))
+    try:
+        head = json.loads(data[start : start + n])
+    except ValueError:
+        return None
+    return head if isinstance(head, dict) else None
+
+
+class ModelRegistry:
+    """Model versions at ``uri`` (see the module docstring)."""
+
+    def __init__(self, uri: str | Path) -> None:
+        self._store = Storage(uri, field="registry.uri")
+        self.uri = self._store.uri
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The registry at ``registry.uri`` (default ``<state_dir>/registry``)."""
+        return cls(settings.registry_uri)
+
+    # -- versions ------------------------------------------------------------------------------
+
+    def versions(self) -> builtins.list[int]:
+        return sorted(int(d) for d in self._store.subdirs("versions") if d.isdigit())
+
+    def list(self) -> builtins.list[ModelVersion]:
+        """Every version's metadata, oldest first."""
+        return [self.get(v) for v in self.versions()]
+
+    def get(self, version: int) -> ModelVersion:
+        """A version's metadata; :class:`RegistryError` naming the versions there are if unknown."""
+        raw = self._store.read(f"versions/{version:06d}/meta.json")
+        if raw is None:
+            have = self.versions()
+            listed = ", ".join(map(str, have)) if have else "none: the registry is empty"
+            raise RegistryError(
+                "version", f"no version {version} in the registry (versions: {listed})"
+            )
+        return ModelVersion.from_json(json.loads(raw))
+
+    def load(
+        self, version: int, schema: FeatureSchema, catalog: Catalog, strict_catalog: bool = False
+    ) -> ModelBundle:
+        """A version's bundle, checked against ``schema`` and ``catalog``."""
+        meta = self.get(version)
+        if meta.schema_hash != schema.hash:
+            raise RegistryError(
+                "schema_hash",
+                f"version {version} was trained on feature schema {meta.schema_hash}, the "
+                f"current feature schema is {schema.hash}: retrain it on the current features",
+            )
+        raw = self._store.read(f"versions/{version:06d}/model.onramp")
+        if raw is None:
+            raise RegistryError("version", f"version {version} has metadata but no model file")
+        return ModelBundle.from_bytes(raw, schema, catalog, strict_catalog)
+
+    def register(
+        self,
+        bundle: ModelBundle,
+        source: Source = "train",
+        *,
+        parent: int | None = None,
+        data: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        note: str = "",
+        above: int = 0,
+    ) -> ModelVersion:
+        """Store ``bundle`` as a new version (not promoted) and return its metadata.
+
+        The version is above every registered one, above the promoted serving version and
+        above ``above`` (pass the currently served version: see the module docstring).
+        """
+        if source not in _SOURCES:
+            raise RegistryError("source", f"expected one of {_SOURCES}, got {source!r}")
+        if parent is not None:
+            self.get(parent)  # must exist
+        metrics = {k: v for k, v in (metrics or {}).items()}
+        for k, v in metrics.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                metrics[k] = None  # JSON has no NaN
+        version = max([0, above, *self.versions()]) + 1
+        meta = ModelVersion(
+            version=version,
+            created_at=time.time(),
+            source=source,
+            schema_hash=bundle.schema_hash,
+            catalog_digest=bundle.catalog_digest,
+            parent=parent,
+            data=dict(data or {}),
+            metrics=metrics,
+            note=note,
+        )
+        stored = ModelBundle(
+            scorer=bundle.scorer,
+            schema_hash=bundle.schema_hash,
+            catalog_digest=bundle.catalog_digest,
+            version=version,
+            created_at=meta.created_at,
+            metadata={**bundle.metadata, "registry": meta.to_json()},
+            slot_actions=bundle.slot_actions,
+        )
+        self._store.write(f"versions/{version:06d}/model.onramp", stored.to_bytes())
+        self._store.write(
+            f"versions/{version:06d}/meta.json",
+            json.dumps(meta.to_json(), indent=2, sort_keys=True).encode(),
+        )
+        return meta
+
+    # -- promotion ------------------------------------------------------------------------------
+
+    def history(self) -> builtins.list[Promotion]:
+        """Every promote and rollback, oldest first."""
+        raw = self._store.read("promotions.json")
+        if raw is None:
+            return []
+        try:
+            return [Promotion.from_json(d) for d in json.loads(raw)["history"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RegistryError("promotions.json", f"unreadable: {exc!r}") from None
+
+    def _stack(self, history: builtins.list[Promotion]) -> builtins.list[int]:
+        stack: builtins.list[int] = []
+        for p in history:
+            if p.action == "rollback" and stack:
+                stack.pop()
+            else:
+                stack.append(p.version)
+        return stack
+
+    def promoted(self) -> Promotion | None:
+        """The promotion in force (``None``: nothing promoted yet)."""
+        history = self.history()
+        return history[-1] if history else None
+
+    def promote(
+        self,
+        version: int,
+        serve_path: Path | None,
+        schema: FeatureSchema,
+        catalog: Catalog,
+        *,
+        _action: Literal["promote", "rollback"] = "promote",
+        _history: builtins.list[Promotion] | None = None,
+    ) -> Promotion:
+        """Make ``version`` the served one: checked against the current feature schema and
+        catalog (refused with :class:`RegistryError`, or
+        :class:`~ray_app.model.ModelFileError` for a bundle that cannot serve them), then
+        written atomically to ``serve_path`` (``None``: only recorded)."""
+        bundle = self.load(version, schema, catalog)
+        history = self.history() if _history is None else _history
+        served = _served_promotion(serve_path)
+        epoch = max([0, served, *(p.epoch for p in history)]) + 1
+        promotion = Promotion(version, epoch, time.time(), _action)
+        if serve_path is not None:
+            bundle.metadata = {**bundle.metadata, "promotion": epoch, "registryVersion": version}
+            write_file_atomically(serve_path, bundle.to_bytes())
+        body = {"history": [p.to_json() for p in [*history, promotion]]}
+        self._store.write("promotions.json", json.dumps(body, indent=2).encode())
+        return promotion
+
+    def rollback(
+        self, serve_path: Path | None, schema: FeatureSchema, catalog: Catalog
+    ) -> Promotion:
+        """Serve the previously promoted version again (as a new promotion); repeated rollbacks
+        walk further back. :class:`RegistryError` when there is nothing to roll back to."""
+        history = self.history()
+        stack = self._stack(history)
+        if not stack:
+            raise RegistryError("rollback", "nothing has been promoted yet")
+        if len(stack) < 2:
+            raise RegistryError(
+                "rollback",
+                f"no earlier promotion to roll back to (version {stack[-1]} is the only one "
+                "promoted)",
+            )
+        return self.promote(
+            stack[-2], serve_path, schema, catalog, _action="rollback", _history=history
+        )
+
+    def promoted_bundle(self, schema: FeatureSchema, catalog: Catalog) -> ModelBundle | None:
+        """The promoted version's bundle as served (with ``metadata["promotion"]``), or ``None``."""
+        p = self.promoted()
+        if p is None:
+            return None
+        bundle = self.load(p.version, schema, catalog)
+        bundle.metadata = {**bundle.metadata, "promotion": p.epoch, "registryVersion": p.version}
+        return bundle
+
+
+def _served_promotion(path: Path | None) -> int:
+    if path is None:
+        return 0
+    try:
+        head = read_header(path.read_bytes())
+    except OSError:
+        return 0
+    meta = (head or {}).get("metadata")
+    p = meta.get("promotion") if isinstance(meta, dict) else None
+    return p if isinstance(p, int) and not isinstance(p, bool) else 0
+
+
+def served_version(path: Path | None) -> int:
+    """The version of the model file at ``path`` (0 when there is none or it is unreadable)."""
+    if path is None:
+        return 0
+    try:
+        head = read_header(path.read_bytes())
+    except OSError:
+        return 0
+    v = (head or {}).get("version")
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0

@@ -1,0 +1,123 @@
+"""Bytes at paths under a filesystem URI: the local disk for plain paths and ``file://``, pyarrow's
+filesystems (``s3://``, ``gs://``, ``hdfs://``, ...) for the rest. Used by the model registry and
+the topic archiver.
+
+Local writes go through a temporary file and a rename (a reader never sees half a file); on
+object stores a write is one PUT, which is atomic too.
+
+>>> import tempfile
+>>> store = Storage(tempfile.mkdtemp())
+>>> store.write("a/b.txt", b"hi"); store.read("a/b.txt"), store.read("a/nope.txt")
+(b'hi', None)
+>>> store.subdirs(""), store.files("a")
+(['a'], ['b.txt'])
+>>> Storage("nope://x")
+Traceback (most recent call last):
+...
+ray_app.errors.FieldError: uri: cannot open 'nope://x': ...
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray_app.errors import FieldError
+
+__all__ = ["Storage", "write_file_atomically"]
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to the local ``path`` through a temporary file in its directory + rename,
+    so a reader (a replica's model watcher) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from other readers
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Storage:
+    """Bytes under the root ``uri`` (see the module docstring). ``field`` names the setting or
+    argument the URI came from, for errors."""
+
+    def __init__(self, uri: str | Path, field: str = "uri") -> None:
+        text = str(uri)
+        self.uri = text
+        self._fs: Any = None
+        self.local: Path | None = None
+        if "://" in text and not text.startswith("file://"):
+            try:
+                from pyarrow import fs as pafs
+
+                self._fs, root = pafs.FileSystem.from_uri(text)
+            except Exception as exc:
+                raise FieldError(field, f"cannot open {text!r}: {exc}") from None
+            self.root = root.rstrip("/")
+        else:
+            self.local = Path(text.removeprefix("file://")).expanduser().resolve()
+            self.root = str(self.local)
+
+    def exists(self) -> bool:
+        """Whether the root exists."""
+        if self.local is not None:
+            return self.local.exists()
+        from pyarrow import fs as pafs
+
+        return bool(self._fs.get_file_info(self.root).type != pafs.FileType.NotFound)
+
+    def path(self, rel: str) -> str:
+        """The full path of ``rel`` on the filesystem (for readers such as Ray Data)."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def read(self, rel: str) -> bytes | None:
+        """The bytes at ``rel``, or ``None`` if there is no such file."""
+        if self.local is not None:
+            try:
+                return (self.local / rel).read_bytes()
+            except (FileNotFoundError, IsADirectoryError):
+                return None
+        try:
+            with self._fs.open_input_stream(self.path(rel)) as f:
+                return bytes(f.read())
+        except FileNotFoundError:
+            return None
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write ``rel`` whole (atomically, see the module docstring)."""
+        if self.local is not None:
+            write_file_atomically(self.local / rel, data)
+            return
+        path = self.path(rel)
+        self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self._fs.open_output_stream(path) as f:
+            f.write(data)
+
+    def _entries(self, rel: str, dirs: bool) -> list[str]:
+        if self.local is not None:
+            d = self.local / rel
+            if not d.is_dir():
+                return []
+            return sorted(p.name for p in d.iterdir() if p.is_dir() == dirs)
+        from pyarrow import fs as pafs
+
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        kind = pafs.FileType.Directory if dirs else pafs.FileType.File
+        return sorted(i.base_name for i in self._fs.get_file_info(sel) if i.type == kind)
+
+    def subdirs(self, rel: str) -> list[str]:
+        """Names of the directories directly under ``rel`` (none if it does not exist)."""
+        return self._entries(rel, True)
+
+    def files(self, rel: str) -> list[str]:
+        """Names of the files directly under ``rel`` (none if it does not exist)."""
+        return self._entries(rel, False)

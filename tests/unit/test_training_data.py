@@ -1,0 +1,76 @@
+"""Training data: reading reward archives, and the errors for missing, empty or mismatched data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ray_app.catalog import load_catalog
+from ray_app.features import FeatureSchema
+from ray_app.sim.logs import simulated_rewards, write_reward_archive
+from training.data import TrainingDataError, reward_data, reward_files
+from training.metrics import auc
+from training.train import main as train_main
+
+CATALOG = load_catalog()
+SCHEMA = FeatureSchema.from_catalog(CATALOG)
+
+
+def test_archive_layout_is_found_from_the_root_the_folder_or_the_file(tmp_path):
+    path = write_reward_archive(simulated_rewards(20, seed=1), tmp_path)
+    assert reward_files(str(tmp_path)) == [path]
+    assert reward_files(f"file://{tmp_path}/onramp.rewards") == [path]
+    assert reward_files(path) == [path]
+
+
+def test_missing_and_empty_data_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(TrainingDataError, match="no such file or directory") as info:
+        reward_files(str(tmp_path / "nope"))
+    assert info.value.field == "data"
+    (tmp_path / "onramp.rewards").mkdir()
+    with pytest.raises(TrainingDataError, match=r"no reward records \(\*\.jsonl\)"):
+        reward_files(str(tmp_path))
+    with pytest.raises(TrainingDataError, match="no reward records to train on"):
+        reward_data([], SCHEMA, CATALOG)
+    # the CLI answers with the reason before starting anything
+    assert train_main(["--data", str(tmp_path / "nope")]) == 2
+    assert "data: " in capsys.readouterr().err
+
+
+def test_records_from_another_feature_schema_are_refused():
+    rows = [r.to_json() for r in simulated_rewards(5, seed=2)]
+    short = [{**r, "features": r["features"][:-4]} for r in rows]
+    with pytest.raises(TrainingDataError, match="another feature schema") as info:
+        reward_data(short, SCHEMA, CATALOG)
+    assert info.value.field == "features"
+    # mixed: the odd ones out are counted, never trained on silently
+    data = reward_data(rows + short[:2], SCHEMA, CATALOG)
+    assert len(data) == 5 and data.skipped == {"duplicate": 2}
+    renamed = [{**r, "decisionId": r["decisionId"] + "x"} for r in short[:2]]
+    assert reward_data(rows + renamed, SCHEMA, CATALOG).skipped == {"feature_schema": 2}
+
+
+def test_reward_data_orders_by_decision_time_and_splits_the_latest_off():
+    rows = [r.to_json() for r in simulated_rewards(30, seed=3)]
+    rows[0]["arm"] = "holdout"
+    data = reward_data(list(reversed(rows)), SCHEMA, CATALOG)
+    assert data.skipped == {"holdout": 1} and len(data) == 29
+    assert (np.diff(data.decided_at_ms) >= 0).all()
+    train, val = data.split(0.2)
+    assert (len(train), len(val)) == (
+        23,
+        6,
+    ) and train.decided_at_ms.max() <= val.decided_at_ms.min()
+    assert data.mask[np.arange(len(data)), data.action].all()  # the logged action is eligible
+    assert data.data_range()["records"] == 29
+
+
+def test_auc_against_a_brute_force_count():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = rng.integers(0, 10, 200).astype(float)  # many ties
+    pos, neg = s[y == 1], s[y == 0]
+    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    assert auc(y, s) == pytest.approx(brute)

@@ -1,0 +1,261 @@
+"""Training data: reward records from an archive (JSON lines at a filesystem URI), read with Ray Data.
+
+A reward record (:class:`ray_app.learn.reward.RewardRecord`, schema ``onramp.reward/1``) carries
+the decision's feature vector as logged at decision time (computed by the serving path's
+:meth:`FeatureSchema.featurize`), the action served, its propensity and the reward, so training
+features are serving features by construction; :mod:`training.replay` checks that the features
+logged also equal what a replay of the archived events gives.
+
+``uri`` is the archive root written by ``onramp archive`` (the records are then read from its
+``<prefix>.rewards/`` folder), a folder of ``*.jsonl`` files, or one file; plain paths,
+``file://`` and any pyarrow filesystem URI (``s3://...``).
+
+Every record is validated (:meth:`RewardRecord.from_json`) and checked against the catalog and the
+feature schema; what cannot be trained on is counted by reason in :attr:`RewardData.skipped`, and
+the whole read fails with a :class:`TrainingDataError` naming the field when there is nothing to
+train on or the features were logged under another feature schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ray_app.errors import FieldError
+from ray_app.learn.reward import RewardRecord, RewardRecordError
+from ray_app.storage import Storage
+
+if TYPE_CHECKING:
+    from ray_app.catalog import Catalog
+    from ray_app.features import FeatureSchema
+
+__all__ = ["RewardData", "TrainingDataError", "load_rewards", "reward_data", "reward_files"]
+
+#: Arm whose rewards are not trained on (as in the online learner).
+HOLDOUT = "holdout"
+
+
+class TrainingDataError(FieldError):
+    """Training data that cannot be used: the ``field`` (``data``, ``features``, ...) and why."""
+
+    http_status = 422
+
+
+@dataclass
+class RewardData:
+    """Reward records as arrays, in decision-time order.
+
+    ``x`` [N, dim] float32 features; ``slot`` [N] slot index; ``action`` [N] action index within
+    the slot; ``reward`` [N]; ``propensity`` [N]; ``mask`` [N, max actions] the eligible
+    candidates (all of the slot's actions when not logged); ``decided_at_ms`` [N].
+    """
+
+    x: np.ndarray
+    slot: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    propensity: np.ndarray
+    mask: np.ndarray
+    decided_at_ms: np.ndarray
+    uri: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+    def take(self, index: np.ndarray) -> RewardData:
+        return RewardData(
+            self.x[index],
+            self.slot[index],
+            self.action[index],
+            self.reward[index],
+            self.propensity[index],
+            self.mask[index],
+            self.decided_at_ms[index],
+            self.uri,
+            dict(self.skipped),
+        )
+
+    def split(self, validation: float) -> tuple[RewardData, RewardData]:
+        """(train, validation): the last ``validation`` share by decision time is held out."""
+        n = len(self)
+        k = max(1, round(n * validation)) if validation > 0 and n > 1 else 0
+        idx = np.arange(n)
+        return self.take(idx[: n - k]), self.take(idx[n - k :])
+
+    def data_range(self) -> dict[str, Any]:
+        """What the registry records as the training data's range."""
+        return {
+            "uri": self.uri,
+            "records": len(self),
+            "fromMs": int(self.decided_at_ms.min()) if len(self) else None,
+            "toMs": int(self.decided_at_ms.max()) if len(self) else None,
+            "skipped": dict(self.skipped),
+        }
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The arrays a training worker needs (for ``ray.data.from_numpy``-style datasets)."""
+        return {
+            "x": self.x,
+            "slot": self.slot,
+            "action": self.action,
+            "reward": self.reward,
+            "propensity": self.propensity,
+        }
+
+
+def reward_files(uri: str, rewards_topic: str = "onramp.rewards") -> list[str]:
+    """The JSON lines files of reward records under ``uri`` (see the module docstring).
+
+    :class:`TrainingDataError` (field ``data``) when ``uri`` does not exist or holds no
+    ``*.jsonl`` file.
+    """
+    store = Storage(uri, field="data")
+    if not store.exists():
+        raise TrainingDataError("data", f"{uri}: no such file or directory")
+    if store.local is not None and store.local.is_file():
+        return [str(store.local)]
+    for rel in (rewards_topic, ""):
+        files = [f for f in store.files(rel) if f.endswith((".jsonl", ".json"))]
+        if files:
+            base = store.path(rel)
+            if store.local is None and "://" in uri:  # hand Ray Data the URI, not a bare path
+                base = uri.rstrip("/") + (f"/{rel}" if rel else "")
+            return [f"{base}/{f}" for f in files]
+    raise TrainingDataError(
+        "data",
+        f"{uri}: no reward records (*.jsonl) here or under {rewards_topic}/: write them with "
+        f"`onramp archive --topics {rewards_topic} --out {uri}`",
+    )
+
+
+def reward_data(
+    rows: Iterable[dict[str, Any]], schema: FeatureSchema, catalog: Catalog, uri: str = ""
+) -> RewardData:
+    """Validate reward-record dicts and turn them into :class:`RewardData` (see the module
+    docstring for the errors).
+
+    >>> from ray_app.catalog import load_catalog
+    >>> from ray_app.features import FeatureSchema
+    >>> c = load_catalog(); s = FeatureSchema.from_catalog(c)
+    >>> row = {"decisionId": "d1", "userKey": "u", "slot": "next_step", "action": "goals",
+    ...        "actionIndex": 3, "arm": "treatment", "propensity": 0.5, "features": [0.0] * s.dim,
+    ...        "reward": 1, "outcome": "completed", "decidedAtMs": 5, "outcomeAtMs": 9,
+    ...        "modelVersion": 0}
+    >>> d = reward_data([row, {**row, "decisionId": "d2", "propensity": 0}], s, c)
+    >>> len(d), d.skipped
+    (1, {'invalid:propensity': 1})
+    >>> reward_data([{**row, "features": [0.0] * 3}], s, c)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    training.data.TrainingDataError: features: the records hold 3 (1 records) features, the current feature schema has ...
+    """
+    slots = list(catalog.slots.values())
+    slot_index = {sl.name: i for i, sl in enumerate(slots)}
+    width = max(sl.size for sl in slots)
+    xs: list[list[float]] = []
+    meta: list[tuple[int, int, int, float, float, int]] = []
+    masks: list[np.ndarray] = []
+    skipped: dict[str, int] = {}
+    dims: dict[int, int] = {}
+    seen: set[str] = set()
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    for row in rows:
+        try:
+            r = RewardRecord.from_json({k: v for k, v in row.items() if k != "_kafka"})
+        except RewardRecordError as exc:
+            skip(f"invalid:{exc.field}")
+            continue
+        if r.decision_id in seen:
+            skip("duplicate")
+            continue
+        seen.add(r.decision_id)
+        if r.arm == HOLDOUT:
+            skip("holdout")
+            continue
+        if len(r.features) != schema.dim:
+            dims[len(r.features)] = dims.get(len(r.features), 0) + 1
+            continue
+        s = slot_index.get(r.slot)
+        if s is None:
+            skip("unknown_slot")
+            continue
+        sl = slots[s]
+        if r.action_index >= sl.size or sl.actions[r.action_index].id != r.action:
+            skip("unknown_action")
+            continue
+        m = np.zeros(width, dtype=np.bool_)
+        cols = [sl.action_index[c] for c in (r.candidates or ()) if c in sl.action_index]
+        m[cols if cols else list(range(sl.size))] = True
+        m[r.action_index] = True
+        masks.append(m)
+        xs.append(r.features)
+        meta.append((s, r.action_index, r.decided_at_ms, r.reward, r.propensity, len(xs) - 1))
+    if dims and not xs:
+        got = ", ".join(f"{n} ({k} records)" for n, k in sorted(dims.items()))
+        raise TrainingDataError(
+            "features",
+            f"the records hold {got} features, the current feature schema has {schema.dim} "
+            f"({schema.hash}): they were logged under another feature schema; retrain from "
+            "records logged with the current one",
+        )
+    if dims:
+        skipped["feature_schema"] = sum(dims.values())
+    if not xs:
+        why = f" (skipped: {skipped})" if skipped else ""
+        raise TrainingDataError("data", f"{uri or 'the data'}: no reward records to train on{why}")
+    order = sorted(range(len(meta)), key=lambda i: (meta[i][2], i))
+    x = np.asarray(xs, dtype=np.float32)[order]
+    m = np.stack(masks)[order]
+    arr = np.asarray([meta[i][:5] for i in order], dtype=np.float64)
+    return RewardData(
+        x=np.ascontiguousarray(x),
+        slot=arr[:, 0].astype(np.int64),
+        action=arr[:, 1].astype(np.int64),
+        reward=arr[:, 3].astype(np.float32),
+        propensity=arr[:, 4].astype(np.float32),
+        mask=m,
+        decided_at_ms=arr[:, 2].astype(np.int64),
+        uri=uri,
+        skipped=skipped,
+    )
+
+
+def load_rewards(
+    uri: str, schema: FeatureSchema, catalog: Catalog, rewards_topic: str = "onramp.rewards"
+) -> RewardData:
+    """Read the reward records under ``uri`` with Ray Data (``ray.data.read_json``) and validate
+    them (:func:`reward_data`). Needs a running Ray (``ray.init``)."""
+    import ray.data
+
+    files = reward_files(uri, rewards_topic)
+    # a small CPU share per read task: the Serve replicas and trainers share the cluster
+    ds = ray.data.read_json(files, lines=True, ray_remote_args={"num_cpus": 0.25})
+    rows: list[dict[str, Any]] = []
+    for batch in ds.iter_batches(batch_size=4096, batch_format="pandas"):
+        rows.extend(batch.to_dict("records"))
+    return reward_data((_plain(r) for r in rows), schema, catalog, uri)
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A pandas row -> JSON-like values (numpy scalars and arrays to Python, NaN to None)."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and v != v:
+            v = None
+        if k in ("actionIndex", "decidedAtMs", "outcomeAtMs", "modelVersion") and isinstance(
+            v, float
+        ):
+            v = int(v) if v.is_integer() else v
+        out[k] = v
+    return out
