@@ -119,7 +119,9 @@ def main() -> None:
         log(f"raw consume ({args.client}): {raw_rate:,.0f} records/s")
 
         # 2. end to end: drain the backlog with every semantic on
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False
+        )
         ckpt = tempfile.mkdtemp(prefix="onramp-bench-ckpt-")
         sup = StreamSupervisor(
             settings, broker.bootstrap, workers=args.workers, checkpoint_uri=ckpt

@@ -92,6 +92,20 @@ def configure_http_mode(high_throughput: bool) -> str:
     return "haproxy"
 
 
+def ray_init_address(address: str | None) -> str | None:
+    """What to pass to ``ray.init(address=...)`` for ``ray.address``: the setting when set; else
+    ``None`` when Ray's own ``RAY_ADDRESS`` is set (``ray job submit`` sets it), so Ray follows
+    it; else ``"local"``: a new local instance. (``None`` alone would join whatever cluster a
+    ``ray start`` on this machine last left in ``/tmp/ray``, even a dead one.)
+
+    >>> ray_init_address("ray://head:10001")
+    'ray://head:10001'
+    """
+    if address is not None:
+        return address
+    return None if os.environ.get("RAY_ADDRESS") else "local"
+
+
 def _import_attr(path: str) -> Any:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -155,7 +169,7 @@ class Stack:
             if s.ray.address is None:
                 self.http_mode = configure_http_mode(s.collector.high_throughput_http)
             ray.init(
-                address=s.ray.address,
+                address=ray_init_address(s.ray.address),
                 namespace=s.ray.namespace,
                 num_cpus=s.ray.num_cpus if s.ray.address is None else None,
                 include_dashboard=False,

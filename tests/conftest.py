@@ -52,7 +52,13 @@ def ray_session() -> Iterator[None]:
     from ray_app.up import configure_http_mode
 
     configure_http_mode(True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="onramp-test")
+    ray.init(
+        address="local",  # never a cluster a `ray start` left behind on this machine
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="onramp-test",
+    )
     yield
     from ray import serve
 

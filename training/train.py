@@ -282,8 +282,10 @@ def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     reward_files(opts.data, settings.topics.rewards)  # missing or empty data: fail before Ray
     started_ray = False
     if not ray.is_initialized():
+        from ray_app.up import ray_init_address
+
         ray.init(
-            address=settings.ray.address,
+            address=ray_init_address(settings.ray.address),
             num_cpus=settings.ray.num_cpus if settings.ray.address is None else None,
             include_dashboard=False,
             log_to_driver=True,

@@ -14,6 +14,8 @@ from ray_app.kafka.broker import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+_SESSION_SERVE_ENV = ("RAY_SERVE_HAPROXY_", "RAY_SERVE_FALLBACK_PROXY_")
+
 
 def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_path):
     port = free_port()
@@ -37,7 +39,9 @@ def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_
         text=True,
         cwd=tmp_path,
         env={
-            **os.environ,
+            # a fresh user's shell: not the HAProxy paths and ports this test session's own
+            # Serve holds (configure_http_mode put them in os.environ; `onramp` would reuse them)
+            **{k: v for k, v in os.environ.items() if not k.startswith(_SESSION_SERVE_ENV)},
             "ONRAMP_STATE_DIR": str(tmp_path / "state"),
             "ONRAMP_RAY__NUM_CPUS": "2",
         },
@@ -59,9 +63,9 @@ def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_
         out = "".join(lines)
         assert accepted > 0, out
         # the demo shows decisions as they happen: arm, model version, propensity
-        assert re.search(r"decide next_step for u\S+: \w+ +\(arm \w+, model v\d+, propensity", out), (
-            out
-        )
+        assert re.search(
+            r"decide next_step for u\S+: \w+ +\(arm \w+, model v\d+, propensity", out
+        ), out
         assert f"http://127.0.0.1:{port}/v1/decide" in out
         assert f"http://127.0.0.1:{port}/v1/batch" in out and "write key" in out
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
