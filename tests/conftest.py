@@ -52,7 +52,14 @@ def ray_session() -> Iterator[None]:
     from ray_app.up import configure_http_mode
 
     configure_http_mode(True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="onramp-test")
+    # address="local": a Ray of our own, never the latest one another process started here
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="onramp-test",
+    )
     yield
     from ray import serve
 

@@ -349,15 +349,17 @@ def _check_options(opts: TrainOptions) -> None:
 
 
 def _with_ray(settings: Settings, fn: Callable[[], _T]) -> _T:
-    """``fn()`` with Ray up: a local Ray is started (and shut down after) unless one is running
-    or ``ray.address`` is set."""
+    """``fn()`` with Ray up: unless this process has already joined one, a new local Ray is
+    started (and shut down after), or the cluster at ``ray.address`` is joined."""
     import ray
 
     started_ray = False
     if not ray.is_initialized():
+        # "local": ray.init(address=None) would join the latest Ray started on this machine
+        # (/tmp/ray/ray_current_cluster), e.g. another user's; ray.address empty means our own
         ray.init(
-            address=settings.ray.address,
-            num_cpus=settings.ray.num_cpus if settings.ray.address is None else None,
+            address=settings.ray.address or "local",
+            num_cpus=settings.ray.num_cpus if not settings.ray.address else None,
             include_dashboard=False,
             log_to_driver=True,
         )
