@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from ray_app.errors import FieldError, OnrampError
 from training.ope import BanditLog, Estimate, evaluate
@@ -60,24 +59,9 @@ def read_jsonl(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
     A line that is not a JSON object raises :class:`FieldError` naming ``file:line``.
     """
-    out: list[dict[str, Any]] = []
-    for path in paths:
-        p = Path(path)
-        try:
-            lines = p.read_bytes().splitlines()
-        except OSError as exc:
-            raise FieldError(str(p), f"cannot read: {exc.strerror or exc}") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise FieldError(f"{p}:{n}", f"not JSON: {exc}") from None
-            if not isinstance(rec, dict):
-                raise FieldError(f"{p}:{n}", f"expected a JSON object, got {type(rec).__name__}")
-            out.append(rec)
-    return out
+    from ray_app.experiments.report import read_json_lines
+
+    return [rec for path in paths for rec in read_json_lines(path)]
 
 
 @dataclass(frozen=True)

@@ -546,7 +546,8 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6re
 
 
 def read_json_lines(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file (``.gz`` read as gzip); a bad line is an error naming it."""
+    """Records of a JSON-lines file (``.gz`` read as gzip; blank lines skipped). An unreadable
+    file or a line that is not a JSON object is a :class:`FieldError` naming ``file[:line]``."""
     import gzip
 
     import orjson
@@ -554,19 +555,21 @@ def read_json_lines(path: str | Path) -> list[dict[str, Any]]:
     from ray_app.errors import FieldError
 
     p = Path(path)
-    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise FieldError(str(p), f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     out = []
-    with opener(p, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise FieldError(f"{p}:{n}", f"not JSON: {exc}") from None
-            if not isinstance(rec, dict):
-                raise FieldError(f"{p}:{n}", "not a JSON object")
-            out.append(rec)
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise FieldError(f"{p}:{n}", f"not JSON: {exc}") from None
+        if not isinstance(rec, dict):
+            raise FieldError(f"{p}:{n}", f"expected a JSON object, got {type(rec).__name__}")
+        out.append(rec)
     return out
 
 

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -42,6 +39,7 @@ from ray_app.learn.learner import LearnerConfig, LearnerStateError, OnlineLearne
 from ray_app.learn.reward import RewardRecord, RewardRecordError
 from ray_app.model import ModelBundle, ModelFileError, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, RegistryError
+from ray_app.storage import write_file_atomically
 
 __all__ = ["LEARNER_NAME", "LearnerService", "start_learner_actor", "write_atomically"]
 
@@ -54,19 +52,9 @@ LEARNER_NAME = "onramp-learner"
 _REGISTRY_POLL_S = 2.0
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Model files and learner state are written through a temporary file + rename (readable by
+#: other users: replicas may run as another user).
+write_atomically = write_file_atomically
 
 
 class LearnerService:

@@ -59,7 +59,7 @@ def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_
         out = "".join(lines)
         assert accepted > 0, out
         # the demo shows decisions as they happen: arm, model version, propensity
-        assert re.search(r"decide next_step for u\S+: \w+ +\(arm \w+, model v0, propensity", out), (
+        assert re.search(r"decide next_step for u\S+: \w+ +\(arm \w+, model v\d+, propensity", out), (
             out
         )
         assert f"http://127.0.0.1:{port}/v1/decide" in out
