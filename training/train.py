@@ -702,7 +702,12 @@ def build_parser(prog: str = "onramp train") -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests of --resume
     obd = p.add_argument_group("--obd")
-    obd.add_argument("--campaign", default="all", choices=["all", "men", "women"], help="campaign")
+    obd.add_argument(
+        "--campaign",
+        default="all",
+        choices=["all", "men", "women"],
+        help="OBD campaign (default all)",
+    )
     obd.add_argument("--cache-dir", metavar="DIR", help="OBD cache (default ~/.cache/onramp/obd)")
     obd.add_argument(
         "--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)"
