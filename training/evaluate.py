@@ -3,8 +3,9 @@
 Three modes:
 
 * ``--obd``: the Open Bandit Pipeline quickstart reproduced (:func:`training.obd.reproduce_quickstart`);
-* ``--obd-policy``: Onramp's scorer trained on the old Random logs of OBD and evaluated on the
-  newer ones (:func:`training.obd_policy.evaluate_onramp_on_obd`);
+* ``--obd-policy``: Onramp's scorer trained on the old Random logs of OBD by the Ray Train job
+  (:func:`training.train.train_obd`, as ``onramp train --obd``) and evaluated on the newer ones
+  (:func:`training.obd_policy.evaluate_onramp_on_obd`);
 * ``--logs FILE ...``: Onramp's own decision and reward logs (JSON lines of ``onramp.decisions``
   and ``onramp.rewards`` records): the logged policy, the uniform random policy and, with
   ``--model``, the greedy policy of a model file, each with IPS/SNIPS (and DM/DR with a model).
@@ -45,6 +46,7 @@ __all__ = [
     "main",
     "onramp_log_from_records",
     "plot_estimates",
+    "print_obd_policy_report",
     "read_jsonl",
 ]
 
@@ -280,6 +282,21 @@ def _print_table(results: Mapping[str, Mapping[str, Estimate]]) -> None:
             print(f"{pol:<16}{name:<10}{_fmt(e)}")
 
 
+def print_obd_policy_report(rep: Any) -> None:
+    """The table of an :class:`~training.obd_policy.ObdPolicyReport` on stdout: per policy and
+    estimator the estimated CTR with its 95% CI (the logged policies' on-policy CTR too), then
+    the outcome model's held-out quality and each policy's effective sample size."""
+    results = {**rep.policies, **{k: {"on_policy": e} for k, e in rep.on_policy.items()}}
+    _print_table(results)
+    h = rep.heldout
+    print(
+        f"outcome model on the {rep.n_test} held-out rows ({h['clicks']:.0f} clicks): "
+        f"AUC {h['auc']:.3f}, log loss {h['logloss']:.5f} (constant CTR: "
+        f"{h['baseline_logloss']:.5f}); effective sample size per policy: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in rep.effective_sample_size.items())
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="onramp evaluate",
@@ -288,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  onramp evaluate --obd                      # reproduce the OBP quickstart (BTS on Random)\n"
         "  onramp evaluate --obd-policy --epochs 3    # Onramp's scorer on held-out OBD logs\n"
+        "  (--obd-policy trains with the Ray Train job, as `onramp train --obd`)\n"
         "  onramp evaluate --logs rewards.jsonl decisions.jsonl --model model.bin\n"
         "The OBD sample is fetched once (pip download obp==0.4.1 --no-deps) into --cache-dir.\n"
         "The last line printed is a JSON summary.",
@@ -299,7 +317,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     mode.add_argument(
         "--obd-policy", action="store_true", help="train Onramp's scorer on OBD Random logs (first "
-        "70%% by time) and evaluate it on the rest beside the logged Random and BTS policies",
+        "70%% by time) with the Ray Train job (as `onramp train --obd`) and evaluate it on the "
+        "rest beside the logged Random and BTS policies",
     )  # fmt: skip
     mode.add_argument("--logs", nargs="+", metavar="FILE", help="Onramp decision/reward JSON lines")
     p.add_argument(
@@ -312,6 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed of the bootstrap and training")
     p.add_argument("--n-sim", type=int, default=100_000, help="--obd: BTS Monte Carlo draws")
     p.add_argument("--epochs", type=int, default=3, help="--obd-policy: training epochs")
+    p.add_argument("--workers", type=int, default=2, help="--obd-policy: Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="--obd-policy: one GPU per worker")
     p.add_argument(
         "--temperature", type=float, default=0.1, help="--obd-policy: softmax temperature"
     )
@@ -351,27 +372,25 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         return {"mode": "obd", "plot": str(plot), **res.to_json()}
     if args.obd_policy:
-        from training.obd_policy import evaluate_onramp_on_obd
+        from ray_app.config import load_settings
+        from training.train import TrainOptions, train_obd
 
-        _progress("OBD policy: training Onramp's scorer on the first 70% of the Random logs ...")
-        rep = evaluate_onramp_on_obd(
-            args.campaign, args.cache_dir, epochs=args.epochs, seed=args.seed,
-            temperature=args.temperature, n_bootstrap=args.n_bootstrap,
+        _progress("OBD policy: training Onramp's scorer with Ray Train on the first 70% of the "
+                  "Random logs ...")  # fmt: skip
+        opts = TrainOptions(
+            obd=True, campaign=args.campaign, cache_dir=args.cache_dir, epochs=args.epochs,
+            seed=args.seed, temperature=args.temperature, n_bootstrap=args.n_bootstrap,
+            workers=args.workers, gpu=args.gpu,
         )  # fmt: skip
-        results = {**rep.policies, **{k: {"on_policy": e} for k, e in rep.on_policy.items()}}
-        _print_table(results)
-        h = rep.heldout
-        print(
-            f"outcome model on the {rep.n_test} held-out rows ({h['clicks']:.0f} clicks): "
-            f"AUC {h['auc']:.3f}, log loss {h['logloss']:.5f} (constant CTR: "
-            f"{h['baseline_logloss']:.5f}); effective sample size per policy: "
-            + ", ".join(f"{k} {v:.0f}" for k, v in rep.effective_sample_size.items())
-        )
+        trained = train_obd(opts, load_settings())
+        rep = trained.report
+        print_obd_policy_report(rep)
         plot = plot_estimates(
             rep.policies, args.plot, f"CTR on held-out OBD Random/{args.campaign} (last 30%)",
             {f"{k} on-policy": e.value for k, e in rep.on_policy.items()},
         )  # fmt: skip
-        return {"mode": "obd-policy", "plot": str(plot), **rep.to_json()}
+        training = {k: v for k, v in trained.summary.items() if k not in ("report", "mode")}
+        return {"mode": "obd-policy", "plot": str(plot), **rep.to_json(), "training": training}
     from ray_app.catalog import load_catalog
 
     catalog = load_catalog(args.catalog)

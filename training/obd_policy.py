@@ -44,7 +44,9 @@ __all__ = [
     "ObdPolicyReport",
     "PolicyName",
     "evaluate_onramp_on_obd",
+    "init_obd_scorer",
     "obd_features",
+    "obd_training_columns",
     "policy_action_dist",
     "predict_clicks",
     "train_obd_scorer",
@@ -72,6 +74,36 @@ def predict_clicks(scorer: Scorer, x: np.ndarray) -> np.ndarray:
         return torch.sigmoid(_all_logits(scorer, x)).double().numpy()
 
 
+def init_obd_scorer(train: ObdLogs, hidden: int = 32, seed: int = 0) -> Scorer:
+    """The starting :class:`Scorer` for ``train``: one head of ``n_actions`` items per position,
+    seeded, every head's bias at the log-odds of ``train``'s click rate (clicks are rare, ~0.4%,
+    and a head starting at p = 0.5 spends its first epochs learning only that)."""
+    dim = obd_features(train).shape[1]
+    scorer = Scorer(dim, (train.n_actions,) * train.len_list, hidden=hidden, seed=seed)
+    ctr = float(np.clip(train.reward.mean(), 1e-4, 1 - 1e-4))
+    with torch.no_grad():
+        for head in scorer.heads:
+            cast(nn.Linear, head).bias.fill_(float(np.log(ctr / (1 - ctr))))
+    return scorer
+
+
+def obd_training_columns(logs: ObdLogs, mask: bool = False) -> dict[str, np.ndarray]:
+    """``logs`` as the columns the training job (:mod:`training.train`) trains on: ``x``
+    (:func:`obd_features`), ``slot`` (the position: the scorer's head), ``action`` (the item),
+    ``reward`` (the click), ``propensity`` (the logging policy's), and with ``mask`` every item
+    eligible (``[n, n_actions]`` all true) as the per-epoch metrics need."""
+    out = {
+        "x": obd_features(logs),
+        "slot": np.ascontiguousarray(logs.position, dtype=np.int64),
+        "action": np.ascontiguousarray(logs.action, dtype=np.int64),
+        "reward": np.ascontiguousarray(logs.reward, dtype=np.float32),
+        "propensity": np.ascontiguousarray(logs.pscore, dtype=np.float32),
+    }
+    if mask:
+        out["mask"] = np.ones((logs.n_rounds, logs.n_actions), dtype=bool)
+    return out
+
+
 def train_obd_scorer(
     train: ObdLogs,
     epochs: int = 3,
@@ -85,13 +117,7 @@ def train_obd_scorer(
     if epochs < 1 or batch_size < 1:
         raise FieldError("epochs", f"epochs and batch_size must be >= 1 ({epochs}, {batch_size})")
     x = obd_features(train)
-    scorer = Scorer(x.shape[1], (train.n_actions,) * train.len_list, hidden=hidden, seed=seed)
-    # start every head at the base click rate: clicks are rare (~0.4%), and a head starting at
-    # p = 0.5 spends its first epochs learning only that
-    ctr = float(np.clip(train.reward.mean(), 1e-4, 1 - 1e-4))
-    with torch.no_grad():
-        for head in scorer.heads:
-            cast(nn.Linear, head).bias.fill_(float(np.log(ctr / (1 - ctr))))
+    scorer = init_obd_scorer(train, hidden=hidden, seed=seed)
     opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     xt = torch.from_numpy(x)
@@ -194,8 +220,11 @@ def evaluate_onramp_on_obd(
     temperature: float = 0.1,
     n_bootstrap: int = 1000,
     scorer: Scorer | None = None,
+    train_seconds: float | None = None,
 ) -> ObdPolicyReport:
-    """Train (or take ``scorer``, e.g. from a Ray Train run) and evaluate it on held-out OBD."""
+    """Train in-process (or take ``scorer``, e.g. from the Ray Train job ``onramp train --obd``)
+    and evaluate it on the held-out OBD rows; ``train_seconds`` is what the report states as the
+    training time when ``scorer`` is given (default 0)."""
     import time
 
     logs = load_obd("random", campaign, cache_dir)
@@ -203,7 +232,9 @@ def evaluate_onramp_on_obd(
     started = time.perf_counter()
     if scorer is None:
         scorer = train_obd_scorer(train, epochs=epochs, seed=seed)
-    train_s = time.perf_counter() - started
+        train_s = time.perf_counter() - started
+    else:
+        train_s = float(train_seconds or 0.0)
     x_test = obd_features(test)
     if scorer.dim != x_test.shape[1]:
         raise FieldError("scorer", f"expects {scorer.dim} features, OBD gives {x_test.shape[1]}")

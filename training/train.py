@@ -18,6 +18,15 @@ Checkpoints live under ``<state_dir>/train/<run>``; ``--resume`` continues the l
 
 The model starts from the cold-start bundle (the static flow's ranking, ``--seed``) or, with
 ``--init promoted``, from the registry's promoted version (recorded as the parent).
+
+``--obd`` (instead of ``--data``) runs the same job, worker loop and checkpoints on the Open Bandit
+Dataset's Random logs (:func:`train_obd`): rows featurized by :mod:`training.obd_policy`, one
+scorer head per list position, the latest 30% held out by time; the trained model's CTR is then
+estimated off-policy on those rows (IPS/SNIPS/DR with bootstrap CIs) beside the logged Random and
+BTS policies. Its runs live under ``<state_dir>/train-obd``; it is not registered (the registry
+and the decision service expect Onramp's feature schema).
+
+    onramp train --obd --epochs 3 --workers 2
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -45,7 +55,24 @@ from ray_app.model.registry import ModelRegistry, served_version
 from training.data import load_rewards, reward_files
 from training.metrics import evaluate, logged_action_logits
 
-__all__ = ["TrainError", "TrainOptions", "build_parser", "main", "train"]
+if TYPE_CHECKING:
+    from training.obd_policy import ObdPolicyReport
+
+__all__ = [
+    "OBD_WEIGHT_DECAY",
+    "ObdTrainResult",
+    "TrainError",
+    "TrainOptions",
+    "build_parser",
+    "main",
+    "train",
+    "train_obd",
+]
+
+#: Adam's weight decay for OBD runs (the in-process OBD trainer's); reward-record runs use none.
+OBD_WEIGHT_DECAY = 1e-4
+
+_T = TypeVar("_T")
 
 
 class TrainError(FieldError):
@@ -58,14 +85,16 @@ class TrainOptions:
     """The training job's options (the CLI's, as attributes)."""
 
     def __init__(self, **kw: Any) -> None:
-        self.data: str = kw["data"]
+        self.obd: bool = kw.get("obd", False)  # the OBD Random logs instead of --data
+        self.data: str = kw.get("data", "")
         self.workers: int = kw.get("workers", 2)
         self.gpu: bool = kw.get("gpu", False)
         self.epochs: int = kw.get("epochs", 5)
         self.batch_size: int = kw.get("batch_size", 256)
         self.lr: float = kw.get("lr", 0.005)
         self.seed: int = kw.get("seed", 0)
-        self.validation: float = kw.get("validation", 0.2)
+        validation = kw.get("validation")  # default: 0.2, or OBD's 0.3
+        self.validation: float = (0.3 if self.obd else 0.2) if validation is None else validation
         self.cpus_per_worker: float = kw.get("cpus_per_worker", 1.0)
         self.resume: bool = kw.get("resume", False)
         self.run: str | None = kw.get("run")
@@ -74,6 +103,10 @@ class TrainOptions:
         self.note: str = kw.get("note", "")
         self.progress: bool = kw.get("progress", True)
         self.stop_after: int | None = kw.get("stop_after")
+        self.campaign: str = kw.get("campaign", "all")  # --obd: the OBD campaign
+        self.cache_dir: str | None = kw.get("cache_dir")  # --obd: where the obp wheel is cached
+        self.n_bootstrap: int = kw.get("n_bootstrap", 1000)  # --obd: the evaluation's resamples
+        self.temperature: float = kw.get("temperature", 0.1)  # --obd: the softmax policy's
 
 
 # -- the worker loop ---------------------------------------------------------------------------
@@ -90,7 +123,9 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs on every Ray Train work
     arch = config["architecture"]
     scorer = _LoggedScorer(arch["dim"], arch["slot_sizes"], arch["hidden"], seed=config["seed"])
     scorer.load_state_dict(config["init_weights"])
-    optimizer = torch.optim.Adam(scorer.parameters(), lr=config["lr"])
+    optimizer = torch.optim.Adam(
+        scorer.parameters(), lr=config["lr"], weight_decay=config.get("weight_decay", 0.0)
+    )
     start_epoch, history = 0, []
     # a restart within this run (Ray Train's own), else the checkpoint --resume found
     checkpoint = ray.train.get_checkpoint()
@@ -264,11 +299,43 @@ def _latest_run(root: Path) -> Path | None:
     return max(runs, key=lambda d: d.stat().st_mtime) if runs else None
 
 
-def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
-    """Run the training job (see the module docstring); returns a JSON-ready summary with the
-    registered version. Starts a local Ray unless one is running (or ``ray.address`` is set)."""
-    import ray
+@dataclass
+class _Source:
+    """What one run trains on: Onramp's reward records or the OBD Random logs, as the columns
+    the worker loop reads (``x``, ``slot``, ``action``, ``reward``, ``propensity``; the
+    validation columns also ``mask``), the starting scorer, and where its runs live."""
 
+    train: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray]
+    init: Scorer
+    root: Path
+    describe: str
+    run_prefix: str
+    weight_decay: float = 0.0
+
+
+@dataclass
+class _Fitted:
+    """A finished ``TorchTrainer`` run: the final scorer, its per-epoch metrics, its run name and
+    last checkpoint, and when the run started (``time.monotonic``)."""
+
+    scorer: Scorer
+    history: list[dict[str, Any]]
+    run: str
+    checkpoint: Path
+    started: float
+
+
+@dataclass(frozen=True)
+class ObdTrainResult:
+    """``onramp train --obd``: the JSON-ready ``summary`` (its ``report`` is ``report``'s JSON)
+    and the off-policy :class:`~training.obd_policy.ObdPolicyReport` on the held-out rows."""
+
+    summary: dict[str, Any]
+    report: ObdPolicyReport
+
+
+def _check_options(opts: TrainOptions) -> None:
     if opts.workers < 1:
         raise TrainError("workers", f"must be >= 1, got {opts.workers}")
     if opts.epochs < 1:
@@ -279,7 +346,13 @@ def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
         raise TrainError("validation", f"must be in [0, 1), got {opts.validation}")
     if opts.init not in ("cold", "promoted"):
         raise TrainError("init", f"expected 'cold' or 'promoted', got {opts.init!r}")
-    reward_files(opts.data, settings.topics.rewards)  # missing or empty data: fail before Ray
+
+
+def _with_ray(settings: Settings, fn: Callable[[], _T]) -> _T:
+    """``fn()`` with Ray up: unless this process has already joined one, a new local Ray is
+    started (and shut down after), or the cluster at ``ray.address`` is joined."""
+    import ray
+
     started_ray = False
     if not ray.is_initialized():
         from ray_app.up import ray_init_address
@@ -292,16 +365,52 @@ def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
         )
         started_ray = True
     try:
-        return _train(opts, settings)
+        return fn()
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
+def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
+    """Run the training job (see the module docstring); returns a JSON-ready summary with the
+    registered version (with ``opts.obd``: :func:`train_obd`'s summary). Starts a local Ray
+    unless one is running (or ``ray.address`` is set)."""
+    if opts.obd:
+        return train_obd(opts, settings).summary
+    _check_options(opts)
+    reward_files(opts.data, settings.topics.rewards)  # missing or empty data: fail before Ray
+    return _with_ray(settings, lambda: _train(opts, settings))
+
+
+def train_obd(opts: TrainOptions, settings: Settings) -> ObdTrainResult:
+    """``onramp train --obd``: the same ``TorchTrainer`` job on the Open Bandit Dataset's Random
+    logs of ``opts.campaign`` (rows featurized by :func:`training.obd_policy.obd_training_columns`,
+    a scorer of one head per position from :func:`training.obd_policy.init_obd_scorer`), trained
+    on all but the latest ``opts.validation`` share (0.3 by default) and evaluated off-policy on
+    that share by :func:`training.obd_policy.evaluate_onramp_on_obd`. Checkpoints live under
+    ``<state_dir>/train-obd``; the model is not registered (its features are OBD's, not
+    Onramp's feature schema, so the decision service could not serve it)."""
+    _check_options(opts)
+    if not 0.0 < opts.validation < 1.0:
+        raise TrainError(
+            "validation", f"--obd needs a held-out share in (0, 1), got {opts.validation}"
+        )
+    if opts.init != "cold":
+        raise TrainError("init", "--obd trains a new OBD scorer; --init promoted is for --data")
+    if opts.promote:
+        raise TrainError("promote", "OBD models are not registered (their features are OBD's)")
+    if opts.n_bootstrap < 1:
+        raise TrainError("n_bootstrap", f"must be >= 1, got {opts.n_bootstrap}")
+    if not opts.temperature > 0:
+        raise TrainError("temperature", f"must be > 0, got {opts.temperature}")
+    from training.obd import obd_wheel
+
+    obd_wheel(opts.cache_dir)  # fetched (or the reason it cannot be) before Ray starts
+    return _with_ray(settings, lambda: _train_obd(opts, settings))
+
+
+def _check_resources(opts: TrainOptions) -> None:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     if opts.gpu:
         have = float(ray.cluster_resources().get("GPU", 0))
@@ -319,22 +428,15 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
             f"{opts.workers * opts.cpus_per_worker:g} CPUs, the Ray cluster has {cpus:g}: lower "
             "--workers or --cpus-per-worker",
         )
-    catalog = load_catalog(settings.decide.catalog_path)
-    schema = FeatureSchema.from_catalog(catalog)
-    registry = ModelRegistry.from_settings(settings)
-    data = load_rewards(opts.data, schema, catalog, settings.topics.rewards)
-    train_data, val_data = data.split(opts.validation)
-    if len(train_data) == 0:
-        raise TrainError("validation", f"nothing left to train on ({len(data)} records)")
-    parent: int | None = None
-    if opts.init == "promoted":
-        base = registry.promoted_bundle(schema, catalog)
-        if base is None:
-            raise TrainError("init", "--init promoted: nothing is promoted in the registry yet")
-        parent = registry.promoted().version  # type: ignore[union-attr]
-    else:
-        base = cold_start_bundle(schema, catalog, seed=opts.seed)
-    root = Path(settings.state_dir).resolve() / "train"
+
+
+def _fit(source: _Source, opts: TrainOptions, settings: Settings) -> _Fitted:
+    """Train ``source`` with ``TorchTrainer`` (the worker loop above): a new run, or with
+    ``--resume`` the latest (or ``--run``) under ``source.root`` from its last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    root = source.root
     resume_from: Path | None = None
     if opts.resume:
         run_dir = root / opts.run if opts.run else _latest_run(root)
@@ -346,18 +448,23 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
         run_name = run_dir.name
         resume_from = found
     else:
-        run_name = opts.run or dt.datetime.now(dt.UTC).strftime("train-%Y%m%d-%H%M%S")
-    steps = max(1, -(-(len(train_data) // opts.workers) // opts.batch_size))
+        run_name = opts.run or dt.datetime.now(dt.UTC).strftime(
+            f"{source.run_prefix}-%Y%m%d-%H%M%S"
+        )
+    n_train = len(source.train["reward"])
+    steps = max(1, -(-(n_train // opts.workers) // opts.batch_size))
+    arch = source.init.architecture
     config = {
         "seed": opts.seed,
         "lr": opts.lr,
+        "weight_decay": source.weight_decay,
         "epochs": opts.epochs,
         "batch_size": opts.batch_size,
         "steps_per_epoch": steps,
-        "architecture": base.scorer.architecture,
-        "init_weights": {k: v.clone() for k, v in base.scorer.state_dict().items()},
-        "train": train_data.columns(),
-        "validation": {**val_data.columns(), "mask": val_data.mask},
+        "architecture": arch,
+        "init_weights": {k: v.clone() for k, v in source.init.state_dict().items()},
+        "train": source.train,
+        "validation": source.validation,
         "progress": opts.progress,
         "stop_after": opts.stop_after,
         "resume_from": None if resume_from is None else str(resume_from),
@@ -379,9 +486,8 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     )
     if opts.progress:
         print(
-            f"training on {len(train_data)} records ({len(val_data)} held out) from {opts.data}: "
-            f"{opts.workers} {'GPU' if opts.gpu else 'CPU'} worker(s), {opts.epochs} epochs, "
-            f"run {run_name}{' (resumed)' if resume_from else ''}",
+            f"training on {source.describe}: {opts.workers} {'GPU' if opts.gpu else 'CPU'} "
+            f"worker(s), {opts.epochs} epochs, run {run_name}{' (resumed)' if resume_from else ''}",
             file=sys.stderr,
             flush=True,
         )
@@ -400,16 +506,43 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
         raise TrainError("run", f"the run {run_name} left no checkpoint")
     state = torch.load(found / "state.pt", weights_only=True, map_location="cpu")
     history = json.loads((found / "meta.json").read_text())["history"]
-    arch = base.scorer.architecture
     scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
     scorer.load_state_dict(state["model"])
-    final = (
-        evaluate(
-            scorer, {**val_data.columns(), "mask": val_data.mask}, settings.learn.min_propensity
-        )
-        if len(val_data)
-        else {}
+    scorer.eval()
+    return _Fitted(scorer, history, run_name, found, started)
+
+
+def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
+    _check_resources(opts)
+    catalog = load_catalog(settings.decide.catalog_path)
+    schema = FeatureSchema.from_catalog(catalog)
+    registry = ModelRegistry.from_settings(settings)
+    data = load_rewards(opts.data, schema, catalog, settings.topics.rewards)
+    train_data, val_data = data.split(opts.validation)
+    if len(train_data) == 0:
+        raise TrainError("validation", f"nothing left to train on ({len(data)} records)")
+    parent: int | None = None
+    if opts.init == "promoted":
+        base = registry.promoted_bundle(schema, catalog)
+        if base is None:
+            raise TrainError("init", "--init promoted: nothing is promoted in the registry yet")
+        parent = registry.promoted().version  # type: ignore[union-attr]
+    else:
+        base = cold_start_bundle(schema, catalog, seed=opts.seed)
+    validation = {**val_data.columns(), "mask": val_data.mask}
+    source = _Source(
+        train=train_data.columns(),
+        validation=validation,
+        init=base.scorer,
+        root=Path(settings.state_dir).resolve() / "train",
+        describe=f"{len(train_data)} records ({len(val_data)} held out) from {opts.data}",
+        run_prefix="train",
     )
+    fitted = _fit(source, opts, settings)
+    scorer, history, run_name, found = (
+        fitted.scorer, fitted.history, fitted.run, fitted.checkpoint
+    )  # fmt: skip
+    final = evaluate(scorer, validation, settings.learn.min_propensity) if len(val_data) else {}
     bundle = ModelBundle(
         scorer=scorer,
         schema_hash=schema.hash,
@@ -424,7 +557,7 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
         "workers": opts.workers,
         "device": "gpu" if opts.gpu else "cpu",
         "train_records": len(train_data),
-        "seconds": round(time.monotonic() - started, 2),
+        "seconds": round(time.monotonic() - fitted.started, 2),
         "history": history,
     }
     meta = registry.register(
@@ -452,6 +585,62 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     return summary
 
 
+def _train_obd(opts: TrainOptions, settings: Settings) -> ObdTrainResult:
+    from training.obd import load_obd
+    from training.obd_policy import evaluate_onramp_on_obd, init_obd_scorer, obd_training_columns
+
+    _check_resources(opts)
+    logs = load_obd("random", opts.campaign, opts.cache_dir)
+    train_fraction = 1.0 - opts.validation
+    train_logs, test_logs = logs.split(train_fraction)
+    # the Random policy is uniform (every propensity 1/80): the loop's importance weights are
+    # all equal, so this is the plain log loss of the clicks, as the in-process trainer's
+    validation = obd_training_columns(test_logs, mask=True)
+    source = _Source(
+        train=obd_training_columns(train_logs),
+        validation=validation,
+        init=init_obd_scorer(train_logs, seed=opts.seed),
+        root=Path(settings.state_dir).resolve() / "train-obd",
+        describe=f"the first {train_logs.n_rounds} rows of the OBD Random/{opts.campaign} logs "
+        f"(the last {test_logs.n_rounds} held out)",
+        run_prefix=f"obd-{opts.campaign}",
+        weight_decay=OBD_WEIGHT_DECAY,
+    )
+    fitted = _fit(source, opts, settings)
+    fit_seconds = round(time.monotonic() - fitted.started, 2)
+    if opts.progress:
+        print(
+            f"evaluating off-policy on the {test_logs.n_rounds} held-out rows "
+            f"({opts.n_bootstrap} bootstrap resamples) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+    report = evaluate_onramp_on_obd(
+        opts.campaign, opts.cache_dir, train_fraction=train_fraction, seed=opts.seed,
+        temperature=opts.temperature, n_bootstrap=opts.n_bootstrap, scorer=fitted.scorer,
+        train_seconds=fit_seconds,
+    )  # fmt: skip
+    final = evaluate(fitted.scorer, validation, settings.learn.min_propensity)
+    summary: dict[str, Any] = {
+        "mode": "obd",
+        "campaign": opts.campaign,
+        "run": fitted.run,
+        "checkpoint": str(fitted.checkpoint),
+        "registered": False,
+        "metrics": {
+            **final,
+            "epochs": len(fitted.history),
+            "workers": opts.workers,
+            "device": "gpu" if opts.gpu else "cpu",
+            "train_records": train_logs.n_rounds,
+            "seconds": fit_seconds,
+        },
+        "history": fitted.history,
+        "report": report.to_json(),
+    }
+    return ObdTrainResult(summary, report)
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     """The ``--stop-after`` interruption inside Ray's wrappers, if that is what failed."""
     text = f"{exc!r} {exc}"
@@ -469,20 +658,31 @@ def build_parser(prog: str = "onramp train") -> argparse.ArgumentParser:
         description="Train the decision model offline with Ray Train on logged reward records "
         "(an archive written by `onramp archive`), evaluate it every epoch on the latest "
         "records held out (loss, AUC, precision, recall, IPS/SNIPS policy value), checkpoint "
-        "every epoch, and register it in the model registry.",
+        "every epoch, and register it in the model registry. With --obd instead of --data: "
+        "the same job on the Open Bandit Dataset's Random logs (the first 70% by time), then "
+        "the model's CTR estimated off-policy (IPS/SNIPS/DR, bootstrap CIs) on the rest, beside "
+        "the logged Random and BTS policies; that model is not registered (its features are "
+        "OBD's) and the last line printed is a JSON summary.",
         epilog="examples:\n"
         "  onramp archive --out .onramp/archive && onramp train --data .onramp/archive\n"
         "  onramp train --data .onramp/archive --workers 4 --epochs 10 --promote\n"
         "  onramp train --data s3://bucket/onramp/archive --gpu --workers 2\n"
-        "  onramp train --data .onramp/archive --resume     # continue the last run",
+        "  onramp train --data .onramp/archive --resume     # continue the last run\n"
+        "  onramp train --obd --epochs 3 --workers 2        # Onramp's model on OBD, held-out CTR",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="YAML settings file (default: $ONRAMP_CONFIG)")
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--data",
-        required=True,
         metavar="URI",
         help="archive root, folder of *.jsonl reward records, or one file (path, file://, s3://)",
+    )
+    source.add_argument(
+        "--obd",
+        action="store_true",
+        help="train on the Open Bandit Dataset's Random logs (fetched once with pip download "
+        "obp==0.4.1 --no-deps) and evaluate off-policy on the latest --validation share",
     )
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (error if absent)")
@@ -492,7 +692,7 @@ def build_parser(prog: str = "onramp train") -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate (default 0.005)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffles")
     p.add_argument(
-        "--validation", type=float, default=0.2, help="latest share held out (default 0.2)"
+        "--validation", type=float, help="latest share held out (default 0.2; --obd: 0.3)"
     )
     p.add_argument("--init", choices=["cold", "promoted"], default="cold", help="starting weights")
     p.add_argument("--run", help="run name (default train-<time>; with --resume: the latest)")
@@ -501,6 +701,20 @@ def build_parser(prog: str = "onramp train") -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="free text stored with the version")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests of --resume
+    obd = p.add_argument_group("--obd")
+    obd.add_argument(
+        "--campaign",
+        default="all",
+        choices=["all", "men", "women"],
+        help="OBD campaign (default all)",
+    )
+    obd.add_argument("--cache-dir", metavar="DIR", help="OBD cache (default ~/.cache/onramp/obd)")
+    obd.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)"
+    )
+    obd.add_argument(
+        "--temperature", type=float, default=0.1, help="softmax policy temperature (default 0.1)"
+    )
     return p
 
 
@@ -509,7 +723,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m training.trai
     try:
         settings = load_settings(args.config)
         opts = TrainOptions(
-            data=args.data,
+            obd=args.obd,
+            data=args.data or "",
             workers=args.workers,
             gpu=args.gpu,
             epochs=args.epochs,
@@ -525,7 +740,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m training.trai
             note=args.note,
             progress=not args.no_progress,
             stop_after=args.stop_after,
+            campaign=args.campaign,
+            cache_dir=args.cache_dir,
+            n_bootstrap=args.n_bootstrap,
+            temperature=args.temperature,
         )
+        if opts.obd:
+            from training.evaluate import print_obd_policy_report
+
+            result = train_obd(opts, settings)
+            print_obd_policy_report(result.report)
+            print(json.dumps(result.summary))  # the last line: the JSON summary
+            return 0
         summary = train(opts, settings)
     except OnrampError as exc:
         print(f"onramp train: error: {exc}", file=sys.stderr)

@@ -3,6 +3,8 @@ and the Open Bandit Pipeline quickstart reproduced with our estimators."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,20 +63,50 @@ def test_quickstart_is_reproduced() -> None:
 
 
 @pytest.mark.slow
-def test_onramp_scorer_on_heldout_obd_reports_ctr_with_cis() -> None:
-    from training.obd_policy import evaluate_onramp_on_obd
+def test_onramp_train_obd_trains_with_ray_train_and_reports_heldout_ctr_with_cis(
+    ray_session, tmp_path, monkeypatch, capsys
+) -> None:
+    """`onramp train --obd`: 2 Ray Train workers train Onramp's scorer on the first 70% of the
+    Random logs (time order), and its CTR on the other 30% is estimated with CIs beside the
+    logged Random and BTS policies; the table and a one-line JSON summary are printed."""
+    import json
 
-    rep = evaluate_onramp_on_obd("all", epochs=1, n_bootstrap=50, seed=0)
-    assert (rep.n_train, rep.n_test) == (7_000, 3_000)  # time-ordered 70/30 split
-    assert set(rep.policies) == {"onramp_greedy", "onramp_softmax", "bts_prior"}
-    for estimates in rep.policies.values():
+    from training.train import main
+
+    monkeypatch.setenv("ONRAMP_STATE_DIR", str(tmp_path / "state"))
+    # the session's Ray has 2 CPUs and Serve replicas may hold some: small CPU shares
+    argv = ["--obd", "--workers", "2", "--epochs", "1", "--cpus-per-worker", "0.25"]
+    assert main([*argv, "--n-bootstrap", "50", "--seed", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    table = "\n".join(out[:-1])
+    for name in ("onramp_greedy", "onramp_softmax", "bts_prior", "random_heldout", "bts_logs"):
+        assert name in table
+    assert "effective sample size" in table
+    # trained by the Ray Train job: per-epoch metrics from the workers, a checkpoint on disk,
+    # nothing registered
+    assert summary["mode"] == "obd" and summary["registered"] is False
+    assert summary["metrics"]["workers"] == 2 and summary["metrics"]["epochs"] == 1
+    assert [h["epoch"] for h in summary["history"]] == [1]
+    assert summary["history"][0]["val_records"] == 3_000
+    ckpt = tmp_path / "state" / "train-obd" / summary["run"]
+    assert (Path(summary["checkpoint"]) / "state.pt").is_file()
+    assert Path(summary["checkpoint"]).is_relative_to(ckpt)
+    assert not (tmp_path / "state" / "registry").exists()
+    rep = summary["report"]
+    assert (rep["n_train"], rep["n_test"]) == (7_000, 3_000)  # time-ordered 70/30 split
+    assert set(rep["policies"]) == {"onramp_greedy", "onramp_softmax", "bts_prior"}
+    for estimates in rep["policies"].values():
         assert set(estimates) == {"ips", "snips", "dr"}
         for e in estimates.values():
-            assert e.n == 3_000 and e.ci_low <= e.value <= e.ci_high
+            assert e["n"] == 3_000 and e["ci_low"] <= e["value"] <= e["ci_high"]
     # the logged policies' on-policy CTRs are the plain means of their logs
     logs = load_obd("random", "all")
-    assert rep.on_policy["random_heldout"].value == pytest.approx(logs.reward[7_000:].mean())
-    assert rep.on_policy["bts_logs"].value == pytest.approx(PUBLISHED["bts_ctr"])
+    heldout = rep["on_policy"]["random_heldout"]
+    assert heldout["value"] == pytest.approx(logs.reward[7_000:].mean())
+    assert heldout["ci_low"] <= heldout["value"] <= heldout["ci_high"]
+    assert rep["on_policy"]["bts_logs"]["value"] == pytest.approx(PUBLISHED["bts_ctr"])
     # a deterministic list of 3 of 80 items matches about 1 logged row in 80
-    assert 10 < rep.effective_sample_size["onramp_greedy"] < 100
-    assert 0 <= rep.heldout["auc"] <= 1 and rep.heldout["clicks"] == logs.reward[7_000:].sum()
+    assert 10 < rep["effective_sample_size"]["onramp_greedy"] < 100
+    assert 0 <= rep["heldout"]["auc"] <= 1
+    assert rep["heldout"]["clicks"] == logs.reward[7_000:].sum()

@@ -54,3 +54,26 @@ def test_unknown_policy_or_campaign_is_a_field_error(tmp_path: Path) -> None:
         load_obd("greedy", "all", cache_dir=tmp_path)
     with pytest.raises(FieldError, match="campaign: expected one of"):
         load_obd("random", "kids", cache_dir=tmp_path)
+
+
+def test_train_obd_options_are_checked_before_ray_or_a_download(tmp_path: Path, capsys) -> None:
+    """`onramp train --obd`: options that make no sense for OBD are refused, naming the option,
+    before Ray starts or the wheel is fetched (the cache stays empty)."""
+    from training.train import main
+
+    cache = tmp_path / "cache"
+    base = ["--obd", "--cache-dir", str(cache)]
+    for extra, message in [
+        (["--validation", "0"], "validation: --obd needs a held-out share in (0, 1)"),
+        (["--promote"], "promote: OBD models are not registered"),
+        (["--init", "promoted"], "init: --obd trains a new OBD scorer"),
+        (["--n-bootstrap", "0"], "n_bootstrap: must be >= 1"),
+        (["--temperature", "0"], "temperature: must be > 0"),
+        (["--workers", "0"], "workers: must be >= 1"),
+    ]:
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not cache.exists()
+    with pytest.raises(SystemExit):  # --data and --obd are two sources: one at a time
+        main(["--obd", "--data", str(tmp_path)])
+    assert "not allowed with argument" in capsys.readouterr().err
