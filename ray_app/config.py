@@ -64,7 +64,18 @@ class KafkaSettings(_Section):
         "onramp", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Prefix of every Onramp topic."
     )
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of topics Onramp creates.")
-    replication_factor: int = Field(1, ge=1, le=16, description="Replication of created topics.")
+    replication_factor: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Replication of created topics; existing topics with fewer replicas are refused.",
+    )
+    retention_ms: int | None = Field(
+        None,
+        ge=-1,
+        description="retention.ms of created topics (-1: forever; empty: the broker's default). "
+        "When set, existing topics whose reported retention.ms differs are refused.",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security.protocol."
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -239,7 +239,7 @@ def load_rewards(
     ds = ray.data.read_json(files, lines=True, ray_remote_args={"num_cpus": 0.25})
     rows: list[dict[str, Any]] = []
     for batch in ds.iter_batches(batch_size=4096, batch_format="pandas"):
-        rows.extend(batch.to_dict("records"))
+        rows.extend(cast(Any, batch).to_dict("records"))  # a pandas DataFrame
     return reward_data((_plain(r) for r in rows), schema, catalog, uri)
 
 

@@ -41,10 +41,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from ray_app.catalog import load_catalog
 from ray_app.config import Settings, load_settings
@@ -178,7 +179,7 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs on every Ray Train work
                 bar.update(1)
         if bar is not None:
             bar.close()
-        inner = model.module if hasattr(model, "module") else model
+        inner = cast(nn.Module, model.module if hasattr(model, "module") else model)
         cpu = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
         cpu.load_state_dict({k: v.detach().cpu() for k, v in inner.state_dict().items()})
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(weight, 1.0)}

@@ -1,4 +1,5 @@
-"""Topic management: Onramp's topics exist with the configured partition count."""
+"""Topic management: Onramp's topics exist with the configured partitions, replication and
+retention."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from typing import Any
 from ray_app.config import KafkaSettings, Topics
 from ray_app.errors import ConfigError, KafkaUnavailable
 
-__all__ = ["TopicCounter", "Topics", "check_partitions", "ensure_topics", "list_topics"]
+__all__ = [
+    "TopicCounter",
+    "Topics",
+    "check_partitions",
+    "check_topics",
+    "ensure_topics",
+    "list_topics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +48,92 @@ def list_topics(bootstrap: str, settings: KafkaSettings, timeout_s: float = 10.0
         admin.close()
 
 
-def check_partitions(admin: Any, names: list[str], settings: KafkaSettings) -> None:
-    """Topics that exist must have ``kafka.partitions`` partitions: key -> partition is computed
-    with that count (profile lookups, the reward join), so another count sends lookups to the
-    wrong stream worker. A :class:`ConfigError` names each topic that differs."""
+def check_topics(admin: Any, names: list[str], settings: KafkaSettings) -> None:
+    """Existing topics must fit the settings, else a :class:`ConfigError` names each one that
+    does not and how:
+
+    * ``kafka.partitions`` partitions: key -> partition is computed with that count (profile
+      lookups, the reward join), so another count sends lookups to the wrong stream worker;
+    * at least ``kafka.replication_factor`` replicas per partition (fewer is less durability
+      than configured);
+    * ``retention.ms`` equal to ``kafka.retention_ms`` when that is set and the broker reports
+      the topic's configuration (the embedded broker reports none: then it is logged as
+      unverified, not refused).
+
+    >>> class Admin:  # what kafka-python's KafkaAdminClient answers
+    ...     def describe_topics(self, names):
+    ...         return [{"name": n, "error_code": 0,
+    ...                  "partitions": [{"replica_nodes": [1]}] * 2} for n in names]
+    ...     def describe_configs(self, resources):
+    ...         return {"topic": {"t": {"retention.ms": "1000"}}}
+    >>> check_topics(Admin(), ["t"], KafkaSettings(partitions=2))
+    >>> check_topics(Admin(), ["t"], KafkaSettings(partitions=2, replication_factor=3,
+    ...                                            retention_ms=5000))
+    Traceback (most recent call last):
+    ...
+    ray_app.errors.ConfigError: existing topics do not match the settings: t has 1 replica per partition (kafka.replication_factor=3); t has retention.ms=1000 (kafka.retention_ms=5000). ...
+    """
     if not names:
         return
-    wrong = []
+    wrong_partitions: list[str] = []
+    problems: list[str] = []
     for t in admin.describe_topics(names):
         name = t.get("name") or t.get("topic")
-        if t.get("error_code", 0) == 0 and len(t["partitions"]) != settings.partitions:
-            wrong.append(f"{name} has {len(t['partitions'])}")
-    if wrong:
+        if t.get("error_code", 0) != 0:
+            continue
+        parts = t["partitions"]
+        if len(parts) != settings.partitions:
+            wrong_partitions.append(f"{name} has {len(parts)}")
+        replicas = min((len(p.get("replica_nodes") or p.get("replicas") or []) for p in parts),
+                       default=0)  # fmt: skip
+        if parts and replicas < settings.replication_factor:
+            problems.append(
+                f"{name} has {replicas} replica{'s' if replicas != 1 else ''} per partition "
+                f"(kafka.replication_factor={settings.replication_factor})"
+            )
+    if settings.retention_ms is not None:
+        problems += _retention_problems(admin, names, settings.retention_ms)
+    if wrong_partitions:
         raise ConfigError(
             f"existing topics do not match kafka.partitions={settings.partitions}: "
-            + ", ".join(wrong)
+            + ", ".join(wrong_partitions)
             + " partitions. Set ONRAMP_KAFKA__PARTITIONS to their count, or use new topics "
             "(kafka.topic_prefix); Kafka cannot shrink a topic and growing one moves keys.",
-            topics=wrong,
+            topics=wrong_partitions,
         )
+    if problems:
+        raise ConfigError(
+            "existing topics do not match the settings: "
+            + "; ".join(problems)
+            + ". Change the topics (kafka-configs / kafka-reassign-partitions) or the settings, "
+            "or use new topics (kafka.topic_prefix).",
+            topics=problems,
+        )
+
+
+def _retention_problems(admin: Any, names: list[str], want: int) -> list[str]:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    try:
+        reported = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+        )
+    except Exception as exc:  # an ACL may forbid DescribeConfigs: say so, do not refuse
+        log.warning("cannot verify retention.ms of %s: %s", names, exc)
+        return []
+    by_topic = reported.get("topic", {}) if isinstance(reported, dict) else {}
+    out = []
+    for n in names:
+        value = (by_topic.get(n) or {}).get("retention.ms")
+        if value is None:
+            log.warning("the broker reports no retention.ms for %s: not verified", n)
+        elif int(value) != want:
+            out.append(f"{n} has retention.ms={value} (kafka.retention_ms={want})")
+    return out
+
+
+#: The former name (partitions were all it checked).
+check_partitions = check_topics
 
 
 def ensure_topics(
@@ -67,7 +142,7 @@ def ensure_topics(
     """Create the missing ones among Onramp's topics; return the names created.
 
     Idempotent: a topic that exists (or that another process creates meanwhile) is left alone,
-    but must have ``settings.partitions`` partitions (:func:`check_partitions`).
+    but must fit the settings (:func:`check_topics`).
     """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -79,8 +154,20 @@ def ensure_topics(
         created = []
         for name in missing:
             try:
+                configs = (
+                    {"retention.ms": str(settings.retention_ms)}
+                    if settings.retention_ms is not None
+                    else {}
+                )
                 admin.create_topics(
-                    [NewTopic(name, settings.partitions, settings.replication_factor)],
+                    [
+                        NewTopic(
+                            name,
+                            settings.partitions,
+                            settings.replication_factor,
+                            topic_configs=configs,
+                        )
+                    ],
                     timeout_ms=int(timeout_s * 1000),
                 )
                 created.append(name)
@@ -88,7 +175,7 @@ def ensure_topics(
                 pass
         if created:
             log.info("created topics %s with %d partitions", created, settings.partitions)
-        check_partitions(admin, [n for n in names if n not in created], settings)
+        check_topics(admin, [n for n in names if n not in created], settings)
         return created
     finally:
         admin.close()

@@ -31,3 +31,18 @@ def test_partition_mismatch_is_a_clear_error(broker):
         f"{prefix}b.decisions",
         f"{prefix}b.rewards",
     ]
+
+
+def test_fewer_replicas_than_configured_is_a_clear_error(broker):
+    """The embedded broker has one node: topics created with one replica are refused when the
+    settings ask for two (less durability than configured), and retention cannot be verified
+    there (Tansu reports no topic configs), which is logged, not refused."""
+    prefix = f"tr{uuid.uuid4().hex[:6]}"
+    s = KafkaSettings(partitions=2, topic_prefix=prefix, retention_ms=3_600_000)
+    assert len(ensure_topics(broker.bootstrap, s)) == 5
+    assert ensure_topics(broker.bootstrap, s) == []
+    with pytest.raises(ConfigError) as info:
+        ensure_topics(broker.bootstrap, s.model_copy(update={"replication_factor": 2}))
+    msg = str(info.value)
+    assert f"{prefix}.events has 1 replica per partition (kafka.replication_factor=2)" in msg
+    assert f"{prefix}.rewards has 1 replica" in msg
