@@ -1,0 +1,33 @@
+"""Multi-node behaviour (issue 8): stream workers spread over nodes, a node removed mid-stream
+loses no event and no state, a node added gets a worker. Several raylets on this machine with
+``ray.cluster_utils.Cluster``, in a subprocess (a Cluster is its own Ray, apart from the
+session's); see ``multinode_stream.py`` for the checks themselves."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_workers_spread_survive_a_node_loss_and_move_to_a_new_node():
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.integration.multinode_stream"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["startPlacement"] == 3  # three workers on three nodes
+    assert result["restarts"] >= 1 and result["moves"] >= 1
+    assert result["totals"]["records"] == result["produced"]
+    assert result["users"] >= 100
