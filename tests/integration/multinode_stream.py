@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 PARTITIONS = 4
 
 
@@ -34,24 +36,54 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _replica_nodes() -> list[str]:
+    """Node ids of the live replicas of the decision (Collector) deployment."""
+    from ray._private.state import state
+
+    return [
+        a["Address"]["NodeID"]
+        for a in state.actor_table(None).values()
+        if a.get("State") == "ALIVE"
+        and "Collector" in (a.get("Name") or "")
+        and "SERVE_REPLICA" in (a.get("Name") or "")
+    ]
+
+
 def main() -> dict[str, Any]:
     import logging
 
     import ray
+    from ray import serve
     from ray.cluster_utils import Cluster
 
+    from deployments.app import build_app
     from ray_app.config import SimSettings
     from ray_app.kafka import EmbeddedBroker, OutRecord, ensure_topics, make_consumer, make_producer
+    from ray_app.kafka.broker import free_port
     from ray_app.kafka.client import partition_for
     from ray_app.sim import TrafficPlan
     from ray_app.state import SessionShard
     from ray_app.stream import StreamSupervisor, state_config
+    from ray_app.up import configure_http_mode
     from tests.conftest import make_settings
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("ray_app.stream").setLevel(logging.INFO)
     started = time.monotonic()
-    result: dict[str, Any] = {}
+    port = free_port()
+    configure_http_mode(False)  # the default proxy (the test session may have set HAProxy's)
+    result: dict[str, Any] = {"phases": {}}
+
+    def phase(name: str) -> None:
+        result["phases"][name] = round(time.monotonic() - started, 1)
+
     plan = TrafficPlan.build(
         SimSettings(users=150, seed=11, duplicate_share=0.05, out_of_order_share=0.1)
     )
@@ -70,6 +102,8 @@ def main() -> dict[str, Any]:
             ONRAMP_STREAM__POLL_MAX_RECORDS="200",
             ONRAMP_STREAM__PLACEMENT="spread",
             ONRAMP_STREAM__REBALANCE_INTERVAL_S="0.5",
+            ONRAMP_DECIDE__MIN_REPLICAS="2",
+            ONRAMP_DECIDE__MAX_REPLICAS="2",
         )
         ensure_topics(broker.bootstrap, settings.kafka)
         topic = settings.topics.events
@@ -82,15 +116,26 @@ def main() -> dict[str, Any]:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
         ray.init(address=cluster.address, log_to_driver=False, namespace="onramp-multinode")
         cluster.wait_for_nodes()
-        print("nodes", [(n["NodeID"][:8], n["Alive"]) for n in ray.nodes()], flush=True)
+        # two decision replicas (the Serve app), deployed while the stream workers start
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        serve._run(
+            build_app({"settings": settings}), name="onramp", route_prefix="/", _blocking=False
+        )
+        phase("cluster")
         sup = StreamSupervisor(
             settings, broker.bootstrap, workers=3, checkpoint_uri=str(ckpt)
         ).start()
         try:
+            phase("workers")
             placement = sup.placement()
             result["startPlacement"] = len(placement)
             assert len(sup.nodes()) == 3, sup.nodes()
             assert len(placement) == 3 and "?" not in placement, placement  # one per node
+            _wait(lambda: _healthy(port), 120, "the Serve app")
+            phase("serve")
+            replicas = _replica_nodes()
+            result["decisionReplicaNodes"] = len(set(replicas))
+            assert len(replicas) == 2 and len(set(replicas)) == 2, replicas
 
             producer.send_all([OutRecord(topic, v, key=k) for k, v in waves[0]]).result(60)
             _wait(lambda: sup.totals().get("records", 0) > 0, 60, "the first records taken")
@@ -103,6 +148,7 @@ def main() -> dict[str, Any]:
             cluster.remove_node(victim, allow_graceful=False)
             producer.send_all([OutRecord(topic, v, key=k) for k, v in waves[1]]).result(60)
             _wait(lambda: sup.restarts >= 1, 90, "the dead node's worker restarted")
+            phase("nodeLost")
             after_loss = sup.placement()
             result["afterLoss"] = {k[:8]: v for k, v in after_loss.items()}
             assert victim_id not in after_loss, after_loss
@@ -113,9 +159,25 @@ def main() -> dict[str, Any]:
             cluster.wait_for_nodes()
             _wait(lambda: joined.node_id in sup.placement(), 90, "a worker moved to the new node")
             producer.send_all([OutRecord(topic, v, key=k) for k, v in waves[2]]).result(60)
+            phase("nodeJoined")
             final = sup.placement()
             result["afterJoin"] = {k[:8]: v for k, v in final.items()}
             assert len(final) == 3 and all(len(v) == 1 for v in final.values()), final
+            # Serve keeps two decision replicas, on live nodes, and they answer
+            alive = set(sup.nodes())
+            _wait(
+                lambda: len(r := _replica_nodes()) == 2 and set(r) <= alive and _healthy(port),
+                120,
+                "two decision replicas on live nodes",
+            )
+            decided = httpx.get(
+                f"http://127.0.0.1:{port}/v1/decide",
+                params={"user_id": "u-multinode", "slot": "next_step"},
+                headers={"authorization": "Bearer onramp-demo-read-key"},
+                timeout=30,
+            )
+            assert decided.status_code == 200, decided.text
+            phase("replicasBack")
 
             totals = sup.wait_for(produced, timeout_s=120)
             result.update(totals=totals, produced=produced, restarts=sup.restarts, moves=sup.moves)
@@ -130,9 +192,11 @@ def main() -> dict[str, Any]:
             ), totals
             assert totals["duplicates"] == plan.count("duplicate"), totals
             live = sup.profiles()
+            phase("allTaken")
         finally:
             sup.stop()
             producer.close()
+            serve.shutdown()
             ray.shutdown()
             cluster.shutdown()
 

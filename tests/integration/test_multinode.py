@@ -26,6 +26,7 @@ def test_workers_spread_survive_a_node_loss_and_move_to_a_new_node():
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    print(line)  # phases (seconds since start) and placements, shown with -s
     result = json.loads(line.removeprefix("RESULT "))
     assert result["startPlacement"] == 3  # three workers on three nodes
     assert result["restarts"] >= 1 and result["moves"] >= 1
