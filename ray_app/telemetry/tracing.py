@@ -45,6 +45,7 @@ __all__ = [
     "Tracing",
     "format_traceparent",
     "make_tracing",
+    "now_ns",
     "parse_traceparent",
     "traceparent_of",
 ]

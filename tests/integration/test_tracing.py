@@ -193,3 +193,30 @@ def test_one_trace_goes_collector_kafka_worker_decision(broker, serve_port, tmp_
         ray.get(sup.stop.remote(), timeout=120)
         ray.kill(sup)
         receiver.close()
+
+
+@pytest.mark.parametrize("producer_client", ["kafka-python", "confluent"])
+def test_trace_headers_cross_the_broker_with_either_client(broker, producer_client):
+    from ray_app.kafka import OutRecord, make_producer
+
+    settings = make_settings(broker.bootstrap, ONRAMP_KAFKA__TOPIC_PREFIX="traced-headers")
+    ensure_topics(broker.bootstrap, settings.kafka)
+    tp = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    producer = make_producer(
+        broker.bootstrap, settings.kafka.model_copy(update={"client": producer_client})
+    )
+    producer.send_all(
+        [OutRecord(settings.topics.events, b"{}", b"k", (("traceparent", tp.encode()),))]
+    ).result(timeout=30)
+    producer.close()
+    for consumer_client in ("kafka-python", "confluent"):
+        consumer = make_consumer(
+            broker.bootstrap, settings.kafka.model_copy(update={"client": consumer_client})
+        )
+        consumer.assign([(settings.topics.events, p) for p in range(4)])
+        found = []
+        deadline = time.monotonic() + 20
+        while tp not in found and time.monotonic() < deadline:
+            found += [traceparent_of(r.headers) for r in consumer.poll(0.2)]
+        consumer.close()
+        assert tp in found, (producer_client, consumer_client, found)
