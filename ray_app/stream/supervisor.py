@@ -7,8 +7,8 @@ the same partitions, which resumes from their checkpoints. Rescaling stops every
 writes a final checkpoint), then starts the new set, which loads the checkpoints of the
 partitions it now owns: state moves with its partition and is neither lost nor applied twice.
 
-Placement (``stream.placement``): with ``spread`` (the default) each worker is pinned (soft node
-affinity) to the live node, among those offering ``stream.worker_resources``, that runs the
+Placement (``stream.placement``): with ``spread`` (the default) each worker is pinned (hard node
+affinity; Ray's own choice if that node is gone by then) to the live node, among those offering ``stream.worker_resources``, that runs the
 fewest workers. A worker whose node dies is restarted like any dead worker, on a live node; when
 a node joins and the spread is uneven (a node runs 2 more workers than another), workers are
 moved one at a time: the moved worker writes a final checkpoint and its replacement on the new
@@ -159,7 +159,7 @@ class StreamSupervisor:
             return 0
         moved = 0
         with self._lock:
-            while True:
+            for _ in range(len(self.workers)):  # bounded: a fallback placement may not help
                 nodes = self.nodes()
                 if len(nodes) < 2:
                     return moved
@@ -176,12 +176,13 @@ class StreamSupervisor:
                 old = self.workers[i]
                 try:  # its final checkpoint is what the replacement resumes from
                     ray.get(old.stop.remote(), timeout=60)
-                except ray.exceptions.RayActorError:
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                     pass  # it died meanwhile: its last checkpoint stands, the replay covers the rest
                 ray.kill(old)
                 self.moves += 1
                 self.workers[i] = self._spawn(i, self.assignment[i], idlest)
                 moved += 1
+            return moved
 
     def start(self) -> StreamSupervisor:
         with self._lock:
