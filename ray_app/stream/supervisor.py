@@ -84,7 +84,9 @@ class StreamSupervisor:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
-    def _spawn(self, index: int, partitions: list[int], node: str | None = None) -> Any:
+    def _spawn(
+        self, index: int, partitions: list[int], node: str | None = None, avoid: str | None = None
+    ) -> Any:
         import ray
 
         s = self.settings.stream
@@ -94,7 +96,7 @@ class StreamSupervisor:
         if s.worker_resources:
             options["resources"] = dict(s.worker_resources)
         args = (name, self.settings, self.bootstrap, partitions, self.checkpoint_uri)
-        node = (node or self._least_loaded(index)) if s.placement == "spread" else None
+        node = (node or self._least_loaded(index, avoid=avoid)) if s.placement == "spread" else None
         worker = None
         if node is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -131,9 +133,14 @@ class StreamSupervisor:
                 out.append(n["NodeID"])
         return sorted(out)
 
-    def _least_loaded(self, index: int, nodes: list[str] | None = None) -> str | None:
-        """The live node running the fewest workers (not counting worker ``index``)."""
+    def _least_loaded(
+        self, index: int, nodes: list[str] | None = None, avoid: str | None = None
+    ) -> str | None:
+        """The live node running the fewest workers (not counting worker ``index``), other than
+        ``avoid`` (the node a dead worker ran on: Ray may not know yet that it is gone) unless
+        it is the only one."""
         nodes = self.nodes() if nodes is None else nodes
+        nodes = [n for n in nodes if n != avoid] or nodes
         if not nodes:
             return None
         load = dict.fromkeys(nodes, 0)
@@ -236,7 +243,7 @@ class StreamSupervisor:
                     ray.kill(w)
                 except Exception:
                     pass
-                self.workers[i] = self._spawn(i, self.assignment[i])
+                self.workers[i] = self._spawn(i, self.assignment[i], avoid=self.worker_nodes[i])
                 self.restarts += 1  # counted once the replacement runs
                 restarted += 1
         return restarted

@@ -2,7 +2,8 @@
 each its own raylet), against a real Kafka-protocol broker. Run by ``test_multinode.py`` in a
 subprocess (a Cluster is its own Ray; it must not meet the test session's Ray).
 
-1. head + 2 nodes: 3 stream workers land on 3 different nodes (placement ``spread``);
+1. head + 1 node: 2 stream workers land on 2 different nodes (placement ``spread``), and so do
+   2 decision replicas (Serve's own spread);
 2. a node is removed mid-stream (its raylet killed, no graceful stop): its worker is restarted
    on a live node from its partitions' checkpoints;
 3. a node is added: the supervisor moves a worker onto it (final checkpoint, resume there);
@@ -111,9 +112,14 @@ def main() -> dict[str, Any]:
 
         cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": 1, "include_dashboard": False},
+            head_node_args={
+                "num_cpus": 1,
+                "include_dashboard": False,
+                # 2 shared cores can starve a raylet for seconds: do not declare it dead for that
+                "_system_config": {"health_check_failure_threshold": 20},
+            },
         )
-        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        nodes = [cluster.add_node(num_cpus=1)]
         ray.init(address=cluster.address, log_to_driver=False, namespace="onramp-multinode")
         cluster.wait_for_nodes()
         # two decision replicas (the Serve app), deployed while the stream workers start
@@ -123,14 +129,14 @@ def main() -> dict[str, Any]:
         )
         phase("cluster")
         sup = StreamSupervisor(
-            settings, broker.bootstrap, workers=3, checkpoint_uri=str(ckpt)
+            settings, broker.bootstrap, workers=2, checkpoint_uri=str(ckpt)
         ).start()
         try:
             phase("workers")
             placement = sup.placement()
             result["startPlacement"] = len(placement)
-            assert len(sup.nodes()) == 3, sup.nodes()
-            assert len(placement) == 3 and "?" not in placement, placement  # one per node
+            assert len(sup.nodes()) == 2, sup.nodes()
+            assert len(placement) == 2 and "?" not in placement, placement  # one per node
             _wait(lambda: _healthy(port), 120, "the Serve app")
             phase("serve")
             replicas = _replica_nodes()
@@ -152,7 +158,7 @@ def main() -> dict[str, Any]:
             after_loss = sup.placement()
             result["afterLoss"] = {k[:8]: v for k, v in after_loss.items()}
             assert victim_id not in after_loss, after_loss
-            assert sorted(i for ws in after_loss.values() for i in ws) == [0, 1, 2]
+            assert sorted(i for ws in after_loss.values() for i in ws) == [0, 1]
 
             # a node joins: the supervisor moves a worker onto it
             joined = cluster.add_node(num_cpus=1)
@@ -162,7 +168,7 @@ def main() -> dict[str, Any]:
             phase("nodeJoined")
             final = sup.placement()
             result["afterJoin"] = {k[:8]: v for k, v in final.items()}
-            assert len(final) == 3 and all(len(v) == 1 for v in final.values()), final
+            assert len(final) == 2 and all(len(v) == 1 for v in final.values()), final
             # Serve keeps two decision replicas, on live nodes, and they answer
             alive = set(sup.nodes())
             _wait(
@@ -226,6 +232,10 @@ def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    import os
+
+    # Raylets on 2 shared cores can take more than Ray's default 30 s to register.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
     out = main()
     print("RESULT " + json.dumps(out), flush=True)
     sys.exit(0)

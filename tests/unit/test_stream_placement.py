@@ -19,6 +19,9 @@ def test_least_loaded_node_ignores_the_worker_being_placed_and_dead_nodes():
     assert sup._least_loaded(3, nodes=["a", "b"]) == "b"  # 'dead' is not a live node
     assert sup._least_loaded(0, nodes=["a", "b"]) == "a"  # a: 1 other worker, b: 1 -> first
     assert sup._least_loaded(0, nodes=[]) is None
+    # a dead worker's node is avoided (Ray may still list it as alive) unless it is the only one
+    assert sup._least_loaded(2, nodes=["a", "b"], avoid="b") == "a"
+    assert sup._least_loaded(2, nodes=["b"], avoid="b") == "b"
 
 
 def test_placement_groups_workers_by_node():
