@@ -80,6 +80,9 @@ class StreamSupervisor:
         self.moves = 0
         self.worker_nodes: list[str | None] = []
         self._last_rebalance = 0.0
+        self._suspect: dict[str, float] = {}
+        """Node -> when a worker on it died: Ray may list a lost node as alive for a while
+        (its health checks have to fail first), so no worker is placed there for a minute."""
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -139,7 +142,7 @@ class StreamSupervisor:
         """The live node running the fewest workers (not counting worker ``index``), other than
         ``avoid`` (the node a dead worker ran on: Ray may not know yet that it is gone) unless
         it is the only one."""
-        nodes = self.nodes() if nodes is None else nodes
+        nodes = self._usable(self.nodes()) if nodes is None else nodes
         nodes = [n for n in nodes if n != avoid] or nodes
         if not nodes:
             return None
@@ -148,6 +151,12 @@ class StreamSupervisor:
             if i != index and node in load:
                 load[node] += 1
         return min(nodes, key=lambda n: load[n])
+
+    def _usable(self, nodes: list[str], suspect_s: float = 60.0) -> list[str]:
+        """``nodes`` without those where a worker died in the last ``suspect_s`` seconds."""
+        now = time.monotonic()
+        self._suspect = {n: t for n, t in self._suspect.items() if now - t < suspect_s}
+        return [n for n in nodes if n not in self._suspect]
 
     def placement(self) -> dict[str, list[int]]:
         """Node id -> indices of the workers running there."""
@@ -167,7 +176,7 @@ class StreamSupervisor:
         moved = 0
         with self._lock:
             for _ in range(len(self.workers)):  # bounded: a fallback placement may not help
-                nodes = self.nodes()
+                nodes = self._usable(self.nodes())
                 if len(nodes) < 2:
                     return moved
                 load: dict[str, list[int]] = {n: [] for n in nodes}
@@ -243,7 +252,10 @@ class StreamSupervisor:
                     ray.kill(w)
                 except Exception:
                     pass
-                self.workers[i] = self._spawn(i, self.assignment[i], avoid=self.worker_nodes[i])
+                dead_node = self.worker_nodes[i] if i < len(self.worker_nodes) else None
+                if dead_node is not None:
+                    self._suspect[dead_node] = time.monotonic()
+                self.workers[i] = self._spawn(i, self.assignment[i], avoid=dead_node)
                 self.restarts += 1  # counted once the replacement runs
                 restarted += 1
         return restarted
