@@ -42,6 +42,7 @@ from ray_app.model import ModelBundle, ModelFileError, Policy
 from ray_app.stream.supervisor import ProfileReader, StreamUnavailable
 from ray_app.telemetry import OtelHooks
 from ray_app.telemetry.stream import stream_metrics_text
+from ray_app.telemetry.tracing import TRACEPARENT, make_tracing, now_ns
 from validation.reasons import ReasonCode
 from validation.wire import json_schema
 
@@ -173,9 +174,10 @@ class CollectorIngress:
     def __init__(self, settings: Settings, bootstrap: str) -> None:
         logging.basicConfig(level=logging.INFO)
         self.settings = settings
-        self.hooks = OtelHooks()
+        self.hooks = OtelHooks.from_settings(settings.telemetry)
+        self.tracing = make_tracing(settings.telemetry, "collector")
         self.collector = Collector(
-            settings, kafka_producer_factory(settings, bootstrap), self.hooks
+            settings, kafka_producer_factory(settings, bootstrap), self.hooks, tracing=self.tracing
         )
         self.collector.connect()
         self._max_body = settings.collector.max_request_bytes
@@ -422,7 +424,7 @@ class CollectorIngress:
             return self._json(400, _bad("invalid_json", None, str(exc)), origin)
         if not isinstance(data, dict):
             return self._json(400, _bad("not_an_object", None, "send a JSON object"), origin)
-        return await self._decide(data, origin)
+        return await self._decide(data, origin, request.headers.get(TRACEPARENT))
 
     @api.get("/v1/decide", responses=_DECIDE_STATUSES, summary="Decide (query-string form)")
     async def decide_get(self, request: Request) -> Response:
@@ -441,10 +443,13 @@ class CollectorIngress:
                 data[key] = value
         if context:
             data["context"] = context
-        return await self._decide(data, origin)
+        return await self._decide(data, origin, request.headers.get(TRACEPARENT))
 
-    async def _decide(self, data: dict[str, Any], origin: str | None) -> Response:
+    async def _decide(
+        self, data: dict[str, Any], origin: str | None, traceparent: str | None = None
+    ) -> Response:
         started = time.perf_counter()
+        started_ns = now_ns() if self.tracing.enabled else None
         try:
             req = DecideRequest.model_validate(data)
         except ValidationError as exc:
@@ -463,13 +468,30 @@ class CollectorIngress:
             code = _snake(type(result).__name__)
             return self._json(422, _bad(code, result.field, str(result)), origin)
         decision: Decision = result
+        span = None
+        if self.tracing.enabled:
+            span = self.tracing.decision_span(
+                decision.slot, traceparent, decision.event_trace, started_ns
+            )
+            decision.trace_id = self.tracing.trace_id(span)
         if decision.chosen is not None and not self.decision_log.offer(
             [(decision.user_key.encode(), decision.record())]
         ):
             self.hooks.kafka_unavailable("decision_log")
             retry = {"Retry-After": str(self.settings.collector.retry_after_s)}
             body = _bad("decision_log_backlog", None, "the decision log is not keeping up")
+            self.tracing.end(span, 503)
             return self._json(503, body, origin, retry)
+        self.tracing.end(
+            span,
+            200,
+            **{
+                "onramp.decision_id": decision.decision_id,
+                "onramp.arm": decision.arm,
+                "onramp.chosen": decision.chosen,
+                "onramp.cold_start": decision.cold_start,
+            },
+        )
         self.hooks.decision(
             decision.slot, decision.arm, decision.cold_start, time.perf_counter() - started
         )
@@ -588,6 +610,13 @@ class CollectorIngress:
         collector = getattr(self, "collector", None)
         if collector is not None:
             collector.close(timeout_s=5.0)
+        for name in ("tracing", "hooks"):  # export what is pending
+            exporter = getattr(self, name, None)
+            if exporter is not None:
+                try:
+                    exporter.shutdown()
+                except Exception:
+                    pass
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()

@@ -37,6 +37,7 @@ __all__ = [
     "Settings",
     "SimSettings",
     "StreamSettings",
+    "TelemetrySettings",
     "load_settings",
     "masked",
 ]
@@ -255,6 +256,27 @@ class StreamSettings(_Section):
         description="Batch validation: step ids outside the onboarding catalog go to the DLQ "
         "as unknown_step.",
     )
+    placement: Literal["spread", "ray"] = Field(
+        "spread",
+        description="Where stream workers run: 'spread' places them evenly over the nodes that "
+        "have stream.worker_resources (pinned with node affinity), moves a worker onto a node "
+        "that joins when the spread is uneven, and restarts a dead node's workers elsewhere; "
+        "'ray' leaves placement to Ray's scheduler (dead workers are still restarted).",
+    )
+    worker_num_cpus: float = Field(
+        0.0, ge=0, description="CPUs each stream worker actor reserves (0: none, shares nodes)."
+    )
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each stream worker needs, e.g. {stream: 1} to run "
+        "workers only on node types that offer a 'stream' resource (see cluster.yaml).",
+    )
+    rebalance_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="placement 'spread': how often the supervisor compares workers per node "
+        "with the live nodes (a new node gets workers moved onto it).",
+    )
 
 
 class EnrichSettings(_Section):
@@ -401,6 +423,41 @@ class RegistrySettings(_Section):
     )
 
 
+class TelemetrySettings(_Section):
+    """Traces and metrics over OpenTelemetry (metrics are also served as Prometheus text)."""
+
+    traces: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of collector requests and decisions traced (W3C trace context in "
+        "Kafka record headers, followed by the stream workers and into the decisions the "
+        "event influenced); 0 turns tracing off: no spans, no headers, no cost.",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP receiver base URL (e.g. http://otel-collector:4318); traces go to "
+        "<url>/v1/traces and metrics to <url>/v1/metrics. Empty: no OTLP export.",
+    )
+    otlp_headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Headers sent with every OTLP export (e.g. API keys)."
+    )
+    export_interval_s: float = Field(
+        5.0, gt=0, description="How often spans and metrics are sent to the OTLP endpoint."
+    )
+    service_name: str = Field(
+        "onramp", min_length=1, description="OpenTelemetry service.name of every process."
+    )
+
+    @model_validator(mode="after")
+    def _exporter(self) -> TelemetrySettings:
+        if self.traces > 0 and not self.otlp_endpoint:
+            raise ValueError(
+                "telemetry.traces > 0 needs somewhere to send spans: set telemetry.otlp_endpoint"
+            )
+        return self
+
+
 class Settings(_Section):
     """All of Onramp's settings."""
 
@@ -414,6 +471,7 @@ class Settings(_Section):
     decide: DecideSettings = Field(default_factory=DecideSettings)  # type: ignore[arg-type]
     learn: LearnSettings = Field(default_factory=LearnSettings)  # type: ignore[arg-type]
     registry: RegistrySettings = Field(default_factory=RegistrySettings)  # type: ignore[arg-type]
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)  # type: ignore[arg-type]
     state_dir: Path = Field(Path(".onramp"), description="Local directory for logs and state.")
 
     @property

@@ -36,6 +36,7 @@ from ray_app.collect.parse import Limits, ParsedRequest, parse_request
 from ray_app.config import Settings
 from ray_app.kafka.client import OutRecord, Producer
 from ray_app.telemetry.hooks import CollectorHooks, NoopHooks
+from ray_app.telemetry.tracing import TRACEPARENT, NoopTracing, Tracing
 
 __all__ = ["Collector", "Reply", "kafka_producer_factory"]
 
@@ -117,8 +118,10 @@ class Collector:
         producer_factory: Callable[[], Producer],
         hooks: CollectorHooks | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        tracing: Tracing | None = None,
     ) -> None:
         c = settings.collector
+        self.tracing: Tracing = tracing or NoopTracing()
         self.settings = settings
         self.topics = settings.topics
         self.hooks: CollectorHooks = hooks or NoopHooks()
@@ -148,6 +151,11 @@ class Collector:
         """Answer one request to ``/v1/<route>``; ``headers`` keys are lower-case."""
         started = time.perf_counter()
         request_id = f"{self._id_prefix}-{next(self._ids):x}"
+        span = (
+            self.tracing.request_span(route, request_id, headers.get(TRACEPARENT))
+            if self.tracing.enabled
+            else None
+        )
         parsed = parse_request(
             route,
             body,
@@ -162,14 +170,39 @@ class Collector:
                 "userAgent": headers.get("user-agent"),
             },
         )
-        reply = await self._write(parsed, request_id)
+        if span is None:
+            reply = await self._write(parsed, request_id)
+        else:
+            reply = await self._write_traced(parsed, request_id, span)
+            self.tracing.end(
+                span,
+                reply.status,
+                **{"onramp.accepted": len(parsed.events), "onramp.rejected": len(parsed.dlq)},
+            )
         reply.headers["X-Onramp-Request-Id"] = request_id
         self.hooks.request_done(f"/v1/{route}", reply.status, time.perf_counter() - started)
         return reply
 
-    async def _write(self, parsed: ParsedRequest, request_id: str) -> Reply:
-        records = [OutRecord(self.topics.events, v, key=k) for k, v in parsed.events]
-        records += [OutRecord(self.topics.dlq, v, key=k) for k, v in parsed.dlq]
+    async def _write_traced(self, parsed: ParsedRequest, request_id: str, span: Any) -> Reply:
+        """:meth:`_write` inside a producer span whose ``traceparent`` every record carries."""
+        if not parsed.events and not parsed.dlq:
+            return await self._write(parsed, request_id)
+        produce, headers = self.tracing.produce_span(
+            span, self.topics.events, len(parsed.events) + len(parsed.dlq)
+        )
+        status: int | None = 500
+        try:
+            reply = await self._write(parsed, request_id, headers)
+            status = reply.status
+            return reply
+        finally:
+            self.tracing.end(produce, status)
+
+    async def _write(
+        self, parsed: ParsedRequest, request_id: str, headers: tuple[tuple[str, bytes], ...] = ()
+    ) -> Reply:
+        records = [OutRecord(self.topics.events, v, k, headers) for k, v in parsed.events]
+        records += [OutRecord(self.topics.dlq, v, k, headers) for k, v in parsed.dlq]
         rejected = [r.public() for r in parsed.rejections]
         if not records:  # nothing Kafka must hold: an auth failure
             for r in parsed.rejections:

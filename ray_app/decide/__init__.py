@@ -103,6 +103,12 @@ class Decision:
     """Index of ``chosen`` among the slot's actions (the model head's output)."""
     cold_reason: str | None = None
     """Why there was no live profile: ``unknown_user``, ``deadline``, ``stream_unavailable``."""
+    trace_id: str | None = None
+    """Trace id of the decision's span when it was traced (its span links to the trace of the
+    profile's latest event); in the record as ``traceId``."""
+    event_trace: str | None = None
+    """``traceparent`` of the latest traced event of the profile decided from (what the
+    decision's span links to)."""
 
     def answer(self) -> dict[str, Any]:
         """The HTTP answer."""
@@ -135,6 +141,7 @@ class Decision:
             "timestamp": dt.datetime.fromtimestamp(self.at_ms / 1000, dt.UTC).isoformat(
                 timespec="milliseconds"
             ),
+            **({"traceId": self.trace_id} if self.trace_id is not None else {}),
         }
 
 
@@ -355,6 +362,7 @@ class Decider:
                     context=dict(req.context),
                     profile_age_ms=now_ms - last if isinstance(last, int) else None,
                     action_index=chosen_index,
+                    event_trace=profile.get("traceparent") if profile else None,
                 )
             )
         return decisions

@@ -42,6 +42,8 @@ class Event:
     anonymous_id: str | None = None
     traits: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
+    trace: str | None = None
+    """W3C ``traceparent`` of the record (from its Kafka headers), when it was traced."""
 
     @property
     def order_key(self) -> tuple[int, int, str]:
@@ -82,8 +84,9 @@ def _str(d: dict[str, Any], key: str, required: bool = False) -> str | None:
     return v
 
 
-def decode_event(value: bytes) -> Event:
-    """Decode a normalized record; raises :class:`EventDecodeError` with a reason code."""
+def decode_event(value: bytes, trace: str | None = None) -> Event:
+    """Decode a normalized record (``trace``: its ``traceparent`` header, if any); raises
+    :class:`EventDecodeError` with a reason code."""
     try:
         d = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -113,4 +116,5 @@ def decode_event(value: bytes) -> Event:
         anonymous_id=_str(d, "anonymousId"),
         traits=traits,
         properties=props,
+        trace=trace,
     )

@@ -128,6 +128,10 @@ class Profile:
     session_ids: set[str] = field(default_factory=set)
     activity: TumblingCounts | None = None
     sessions: SessionWindows | None = None
+    trace: str | None = None
+    """``traceparent`` of the latest traced event (by event order): what a decision made from
+    this profile links its span to."""
+    trace_stamp: Stamp | None = None
 
     def __post_init__(self) -> None:
         if self.activity is None:
@@ -175,6 +179,7 @@ class Profile:
                 "last5m": self.activity.count_between(last - 5 * 60_000, last + 1),
                 "last60m": self.activity.count_between(last - 60 * 60_000, last + 1),
             },
+            **({"traceparent": self.trace} if self.trace is not None else {}),
         }
 
 
@@ -206,6 +211,9 @@ def apply(profile: Profile, event: Event) -> Profile:
                 profile.trait_stamps[k] = stamp
     if event.session_id:
         profile.session_ids.add(event.session_id)
+    trace = getattr(event, "trace", None)  # events buffered by an older checkpoint have none
+    if trace is not None and (profile.trace_stamp is None or stamp > profile.trace_stamp):
+        profile.trace, profile.trace_stamp = trace, stamp
     assert profile.activity is not None and profile.sessions is not None
     profile.activity.add(event.ts)
     profile.sessions.add(event.ts)

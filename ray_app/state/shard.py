@@ -31,7 +31,7 @@ records from a snapshot gives the same state, which is what exactly-once checkpo
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +124,8 @@ class BatchResult:
     users: set[str] = field(default_factory=set)
     rewards: list[dict[str, Any]] = field(default_factory=list)
     """Reward records decided by this batch (see :mod:`ray_app.state.rewards`)."""
+    duplicate_indices: list[int] = field(default_factory=list)
+    """Indices of the duplicates (kept only when ``traces`` were given, for their spans)."""
 
 
 class SessionShard:
@@ -163,8 +165,13 @@ class SessionShard:
 
     # -- processing ------------------------------------------------------------------------
 
-    def process(self, records: Iterable[tuple[bytes | None, bytes]]) -> BatchResult:
-        """Apply records of this partition, in offset order."""
+    def process(
+        self,
+        records: Iterable[tuple[bytes | None, bytes]],
+        traces: Sequence[str | None] | None = None,
+    ) -> BatchResult:
+        """Apply records of this partition, in offset order; ``traces`` (aligned with the
+        records, when tracing is on) are their ``traceparent`` headers."""
         out = BatchResult()
         lateness = self.config.allowed_lateness_ms
         wait = min(self.config.reorder_wait_ms, lateness)
@@ -172,7 +179,8 @@ class SessionShard:
         for index, (key, value) in enumerate(records):
             self.stats.records += 1
             try:
-                decoded.append((index, key, value, decode_event(value)))
+                trace = traces[index] if traces is not None else None
+                decoded.append((index, key, value, decode_event(value, trace)))
             except EventDecodeError as exc:
                 self._reject(out, index, key, value, exc)
         failed = self._validate(decoded) if self.config.validate and decoded else {}
@@ -199,6 +207,8 @@ class SessionShard:
             if self.dedupe.seen(event.message_id, event.ts):
                 self.stats.duplicates += 1
                 out.duplicates += 1
+                if traces is not None:
+                    out.duplicate_indices.append(index)
                 continue
             if event.ts > self.max_ts:
                 self.max_ts = event.ts

@@ -6,6 +6,14 @@ A dead worker (its actor died, or its loop stopped on an error) is replaced by a
 the same partitions, which resumes from their checkpoints. Rescaling stops every worker (each
 writes a final checkpoint), then starts the new set, which loads the checkpoints of the
 partitions it now owns: state moves with its partition and is neither lost nor applied twice.
+
+Placement (``stream.placement``): with ``spread`` (the default) each worker is pinned (hard node
+affinity; Ray's own choice if that node is gone by then) to the live node, among those offering ``stream.worker_resources``, that runs the
+fewest workers. A worker whose node dies is restarted like any dead worker, on a live node; when
+a node joins and the spread is uneven (a node runs 2 more workers than another), workers are
+moved one at a time: the moved worker writes a final checkpoint and its replacement on the new
+node resumes from it, while the other workers keep running. Checkpoints must then be where every
+node reads them (``stream.checkpoint_uri`` on shared storage, e.g. ``s3://``).
 """
 
 from __future__ import annotations
@@ -69,25 +77,135 @@ class StreamSupervisor:
         self.assignment: list[list[int]] = []
         self.generation = 0
         self.restarts = 0
+        self.moves = 0
+        self.worker_nodes: list[str | None] = []
+        self._last_rebalance = 0.0
+        self._suspect: dict[str, float] = {}
+        """Node -> when a worker on it died: Ray may list a lost node as alive for a while
+        (its health checks have to fail first), so no worker is placed there for a minute."""
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
-    def _spawn(self, index: int, partitions: list[int]) -> Any:
+    def _spawn(
+        self, index: int, partitions: list[int], node: str | None = None, avoid: str | None = None
+    ) -> Any:
         import ray
 
+        s = self.settings.stream
         actor_cls = ray.remote(num_cpus=0, max_concurrency=8)(StreamWorker)  # type: ignore[call-overload]
-        name = f"w{index}-g{self.generation}-r{self.restarts}"
-        worker = actor_cls.options(max_restarts=0).remote(
-            name, self.settings, self.bootstrap, partitions, self.checkpoint_uri
-        )
-        ray.get(worker.start.remote(), timeout=120)
+        name = f"w{index}-g{self.generation}-r{self.restarts}-m{self.moves}"
+        options: dict[str, Any] = {"max_restarts": 0, "num_cpus": s.worker_num_cpus}
+        if s.worker_resources:
+            options["resources"] = dict(s.worker_resources)
+        args = (name, self.settings, self.bootstrap, partitions, self.checkpoint_uri)
+        node = (node or self._least_loaded(index, avoid=avoid)) if s.placement == "spread" else None
+        worker = None
+        if node is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            # Hard affinity: Ray places a soft one on the caller's node when it can. If the
+            # node went away meanwhile, fall back to Ray's own choice below.
+            pinned = NodeAffinitySchedulingStrategy(node, soft=False)
+            worker = actor_cls.options(**options, scheduling_strategy=pinned).remote(*args)
+            try:
+                ray.get(worker.start.remote(), timeout=60)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+                log.warning("worker %d could not start on node %s (%s)", index, node, exc)
+                ray.kill(worker)
+                worker = None
+        if worker is None:
+            worker = actor_cls.options(**options).remote(*args)
+            ray.get(worker.start.remote(), timeout=120)
+        where = ray.get(worker.node_id.remote(), timeout=30)
+        while len(self.worker_nodes) <= index:
+            self.worker_nodes.append(None)
+        self.worker_nodes[index] = where
         return worker
+
+    def nodes(self) -> list[str]:
+        """Live nodes that can run a stream worker (enough CPUs and ``worker_resources``)."""
+        import ray
+
+        s = self.settings.stream
+        need = {"CPU": s.worker_num_cpus, **s.worker_resources}
+        out = []
+        for n in ray.nodes():
+            have = n.get("Resources") or {}
+            if n.get("Alive") and all(have.get(k, 0) >= v for k, v in need.items() if v > 0):
+                out.append(n["NodeID"])
+        return sorted(out)
+
+    def _least_loaded(
+        self, index: int, nodes: list[str] | None = None, avoid: str | None = None
+    ) -> str | None:
+        """The live node running the fewest workers (not counting worker ``index``), other than
+        ``avoid`` (the node a dead worker ran on: Ray may not know yet that it is gone) unless
+        it is the only one."""
+        nodes = self._usable(self.nodes()) if nodes is None else nodes
+        nodes = [n for n in nodes if n != avoid] or nodes
+        if not nodes:
+            return None
+        load = dict.fromkeys(nodes, 0)
+        for i, node in enumerate(self.worker_nodes[: len(self.workers)]):
+            if i != index and node in load:
+                load[node] += 1
+        return min(nodes, key=lambda n: load[n])
+
+    def _usable(self, nodes: list[str], suspect_s: float = 60.0) -> list[str]:
+        """``nodes`` without those where a worker died in the last ``suspect_s`` seconds."""
+        now = time.monotonic()
+        self._suspect = {n: t for n, t in self._suspect.items() if now - t < suspect_s}
+        return [n for n in nodes if n not in self._suspect]
+
+    def placement(self) -> dict[str, list[int]]:
+        """Node id -> indices of the workers running there."""
+        with self._lock:
+            out: dict[str, list[int]] = {}
+            for i, node in enumerate(self.worker_nodes[: len(self.workers)]):
+                out.setdefault(node or "?", []).append(i)
+            return out
+
+    def rebalance(self) -> int:
+        """Move workers, one at a time, from the busiest node to the idlest until no live node
+        runs 2 more workers than another; returns how many moved (placement ``spread`` only)."""
+        import ray
+
+        if self.settings.stream.placement != "spread":
+            return 0
+        moved = 0
+        with self._lock:
+            for _ in range(len(self.workers)):  # bounded: a fallback placement may not help
+                nodes = self._usable(self.nodes())
+                if len(nodes) < 2:
+                    return moved
+                load: dict[str, list[int]] = {n: [] for n in nodes}
+                for i, node in enumerate(self.worker_nodes[: len(self.workers)]):
+                    if node in load:
+                        load[node].append(i)
+                busiest = max(nodes, key=lambda n: len(load[n]))
+                idlest = min(nodes, key=lambda n: len(load[n]))
+                if len(load[busiest]) - len(load[idlest]) <= 1:
+                    return moved
+                i = load[busiest][-1]
+                log.info("moving worker %d from node %s to %s", i, busiest[:8], idlest[:8])
+                old = self.workers[i]
+                try:  # its final checkpoint is what the replacement resumes from
+                    ray.get(old.stop.remote(), timeout=60)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    pass  # it died meanwhile: its last checkpoint stands, the replay covers the rest
+                ray.kill(old)
+                self.moves += 1
+                self.workers[i] = self._spawn(i, self.assignment[i], idlest)
+                moved += 1
+            return moved
 
     def start(self) -> StreamSupervisor:
         with self._lock:
             self.assignment = assign_partitions(self.partitions, self.n_workers)
-            self.workers = [self._spawn(i, parts) for i, parts in enumerate(self.assignment)]
+            self.workers, self.worker_nodes = [], []
+            for i, parts in enumerate(self.assignment):
+                self.workers.append(self._spawn(i, parts))
         if self._monitor is None:
             self._monitor = threading.Thread(
                 target=self._watch, name="onramp-supervisor", daemon=True
@@ -109,6 +227,10 @@ class StreamSupervisor:
         while not self._stop.wait(self.monitor_interval_s):
             try:
                 self.check()
+                every = self.settings.stream.rebalance_interval_s
+                if time.monotonic() - self._last_rebalance >= every:
+                    self._last_rebalance = time.monotonic()
+                    self.rebalance()
             except Exception:
                 log.exception("supervisor check failed")
 
@@ -130,7 +252,10 @@ class StreamSupervisor:
                     ray.kill(w)
                 except Exception:
                     pass
-                self.workers[i] = self._spawn(i, self.assignment[i])
+                dead_node = self.worker_nodes[i] if i < len(self.worker_nodes) else None
+                if dead_node is not None:
+                    self._suspect[dead_node] = time.monotonic()
+                self.workers[i] = self._spawn(i, self.assignment[i], avoid=dead_node)
                 self.restarts += 1  # counted once the replacement runs
                 restarted += 1
         return restarted
@@ -149,7 +274,9 @@ class StreamSupervisor:
             self.generation += 1
             self.n_workers = min(workers, self.partitions)
             self.assignment = assign_partitions(self.partitions, self.n_workers)
-            self.workers = [self._spawn(i, parts) for i, parts in enumerate(self.assignment)]
+            self.workers, self.worker_nodes = [], []
+            for i, parts in enumerate(self.assignment):
+                self.workers.append(self._spawn(i, parts))
 
     def owner(self, partition: int) -> Any:
         with self._lock:

@@ -26,6 +26,7 @@ from ray_app.kafka.client import OutRecord, make_consumer, make_producer
 from ray_app.state import SessionShard, StateConfig
 from ray_app.state.profile import ProfileConfig
 from ray_app.stream.checkpoint import CheckpointStore
+from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
 
 __all__ = ["FRESHNESS_BUCKETS_MS", "StreamWorker", "state_config"]
 
@@ -111,6 +112,8 @@ class StreamWorker:
         self.freshness_sum_ms = 0.0
         self.lag: dict[int, int] = {}
         self.error: str | None = None
+        self.tracing = make_tracing(settings.telemetry, "stream")
+        self.traced = 0
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -165,8 +168,13 @@ class StreamWorker:
         for p, all_recs in by_partition.items():
             for start in range(0, len(all_recs), _LOCK_CHUNK):
                 recs = all_recs[start : start + _LOCK_CHUNK]
+                traces = None
+                if self.tracing.enabled:
+                    traces = [traceparent_of(r.headers) for r in recs]
+                    traces = traces if any(traces) else None
+                    started_ns = now_ns()
                 with self._lock:
-                    result = self.shards[p].process([(r.key, r.value) for r in recs])
+                    result = self.shards[p].process([(r.key, r.value) for r in recs], traces)
                     self.next_offset[p] = recs[-1].offset + 1
                     self._dirty.add(p)
                     self._since_checkpoint += len(recs)
@@ -179,6 +187,11 @@ class StreamWorker:
                         OutRecord(self.topics.dlq, _dlq_record(value, exc, recs[index]), key=key)
                     )
                 outputs += self._reward_records(result.rewards)
+                if traces is not None:
+                    outcomes = {i: "duplicate" for i in result.duplicate_indices}
+                    outcomes.update((late[0], "late") for late in result.late)
+                    outcomes.update((rej[0], "rejected") for rej in result.rejected)
+                    self.traced += self.tracing.consumed(recs, outcomes, started_ns, now_ns())
                 for received in result.received_ms:
                     self._observe(now_ms - received)
         if outputs:  # acknowledged before any checkpoint can cover these offsets
@@ -237,9 +250,19 @@ class StreamWorker:
         self.checkpoint(wait_commit=True)
         self._consumer.close()
         self._producer.close()
+        self.tracing.shutdown()
         return {str(p): o for p, o in self.next_offset.items()}
 
     # -- reading -------------------------------------------------------------------------------
+
+    def node_id(self) -> str | None:
+        """The Ray node this worker runs on (None outside Ray)."""
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        except Exception:
+            return None
 
     def ping(self) -> str | None:
         """None when healthy, else the error that stopped the loop."""
@@ -300,6 +323,7 @@ class StreamWorker:
                 },
                 "restoredFrom": {str(p): o for p, o in self.restored.items()},
                 "checkpoints": self.checkpoints,
+                "traced": self.traced,
                 "commitFailures": getattr(self._consumer, "commit_failures", 0),
                 "freshnessBucketsMs": list(FRESHNESS_BUCKETS_MS),
                 "freshnessCounts": list(self.freshness),

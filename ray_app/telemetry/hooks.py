@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ray_app.config import TelemetrySettings
 
 __all__ = ["CollectorHooks", "NoopHooks", "OtelHooks"]
 
@@ -70,18 +73,40 @@ class NoopHooks:
 class OtelHooks:
     """OpenTelemetry metrics, read by a Prometheus exporter into this object's own registry."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        otlp_endpoint: str = "",
+        otlp_headers: dict[str, str] | None = None,
+        export_interval_s: float = 5.0,
+        service: str = "onramp",
+    ) -> None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+        from opentelemetry.sdk.resources import Resource
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry()
         reader = PrometheusMetricReader(
             disable_target_info=True, scope_info_enabled=False, registry=self.registry
         )
+        readers: list[Any] = [reader]
+        if otlp_endpoint:  # the same instruments pushed over OTLP/HTTP as well
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            readers.append(
+                PeriodicExportingMetricReader(
+                    OTLPMetricExporter(
+                        endpoint=f"{otlp_endpoint.rstrip('/')}/v1/metrics",
+                        headers=otlp_headers or {},
+                    ),
+                    export_interval_millis=export_interval_s * 1000,
+                )
+            )
         self._provider = MeterProvider(
-            metric_readers=[reader],
+            resource=Resource.create({"service.name": service}),
+            metric_readers=readers,
             views=[
                 View(
                     instrument_name="onramp.http.request.duration",
@@ -132,6 +157,16 @@ class OtelHooks:
         )
         self._unavailable = meter.create_counter(
             "onramp.kafka.unavailable", description="503 answers because Kafka did not acknowledge"
+        )
+
+    @classmethod
+    def from_settings(cls, settings: TelemetrySettings) -> OtelHooks:
+        """Prometheus always; OTLP too when ``telemetry.otlp_endpoint`` is set."""
+        return cls(
+            settings.otlp_endpoint,
+            {k: v.get_secret_value() for k, v in settings.otlp_headers.items()},
+            settings.export_interval_s,
+            settings.service_name,
         )
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
