@@ -373,25 +373,26 @@ class ModelRegistry:
         return bundle
 
 
-def _served_promotion(path: Path | None) -> int:
+def _served_header(path: Path | None) -> dict[str, Any]:
+    """The header of the model file at ``path`` ({} when there is none or it is unreadable)."""
     if path is None:
-        return 0
+        return {}
     try:
         head = read_header(path.read_bytes())
     except OSError:
-        return 0
-    meta = (head or {}).get("metadata")
-    p = meta.get("promotion") if isinstance(meta, dict) else None
-    return p if isinstance(p, int) and not isinstance(p, bool) else 0
+        return {}
+    return head if isinstance(head, dict) else {}
+
+
+def _int_or_zero(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def _served_promotion(path: Path | None) -> int:
+    meta = _served_header(path).get("metadata")
+    return _int_or_zero(meta.get("promotion") if isinstance(meta, dict) else None)
 
 
 def served_version(path: Path | None) -> int:
     """The version of the model file at ``path`` (0 when there is none or it is unreadable)."""
-    if path is None:
-        return 0
-    try:
-        head = read_header(path.read_bytes())
-    except OSError:
-        return 0
-    v = (head or {}).get("version")
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+    return _int_or_zero(_served_header(path).get("version"))
