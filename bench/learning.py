@@ -24,6 +24,7 @@ Reported (last line, JSON):
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -64,6 +65,9 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python")
+    ap.add_argument(
+        "--outcomes", type=Path, help="also write every user's outcome here (JSON lines)"
+    )
     args = ap.parse_args()
 
     import logging
@@ -160,6 +164,41 @@ def main() -> None:
         sel = sel[-last:]
         return sum(o.completed for o in sel) / len(sel) if sel else None
 
+    slot = truth.catalog.slot("next_step")
+    index_of = {a.id: i for i, a in enumerate(slot.actions)}
+    expected_eligible = {
+        seg: tuple(sorted(truth.eligible(seg, "next_step")))
+        for seg in {o.segment for o in outcomes}
+    }
+
+    def agreement(xs: list[Any], last: int) -> dict[str, float | None]:
+        """Over the last warm treatment decisions: how often the model's top action was the
+        oracle's, and how often the profile read showed a different eligible set than the
+        user's (a stale profile: the welcome completion not applied yet)."""
+        sel = sorted(
+            (o for o in xs if o.arm == "treatment" and not o.cold_start and o.greedy),
+            key=lambda o: o.index,
+        )[-last:]
+        if not sel:
+            return {"oracle_agreement": None, "stale_eligible_share": None}
+        agree = stale = 0
+        for o in sel:
+            el = tuple(sorted(index_of[a] for a in o.eligible))
+            stale += el != expected_eligible[o.segment]
+            agree += index_of[o.greedy] == truth.oracle_choice(
+                o.segment, "next_step", el, o.drifted
+            )
+        return {
+            "oracle_agreement": round(agree / len(sel), 4),
+            "stale_eligible_share": round(stale / len(sel), 4),
+        }
+
+    if args.outcomes is not None:
+        args.outcomes.parent.mkdir(parents=True, exist_ok=True)
+        with args.outcomes.open("w") as f:
+            for o in sorted(outcomes, key=lambda o: o.index):
+                f.write(json.dumps(dataclasses.asdict(o)) + "\n")
+
     w = args.window
     treat_pre = measured(pre, "treatment", w)
     gain = ref["before"]["oracle"] - ref["before"]["static"]
@@ -190,6 +229,8 @@ def main() -> None:
             "control_rate_measured": measured(pre, "control", w),
             "expected_rates": ref,
             "treatment_rate_after_drift_last": measured(post, "treatment", w),
+            "greedy_before_drift": agreement(pre, w),
+            "greedy_after_drift_last": agreement(post, w),
             "users_to_recover_after_drift": recovery_users,
             "outcome_to_weights_ms_p50": learner["outcomeToWeightsMs"]["p50"],
             "outcome_to_weights_ms_p90": learner["outcomeToWeightsMs"]["p90"],

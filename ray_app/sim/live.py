@@ -42,6 +42,11 @@ class Outcome:
     drifted: bool
     at: float
     cold_reason: str | None = None
+    #: the model's top-scored eligible action (``None`` for the control arm's static choice)
+    greedy: str | None = None
+    #: the eligible actions the decision chose among
+    eligible: tuple[str, ...] = ()
+    propensity: float | None = None
 
 
 @dataclass
@@ -184,8 +189,16 @@ class LearningRun:
                 drifted,
                 time.time(),
                 a.get("coldReason"),
+                _greedy(a.get("ranked") or []),
+                tuple(r["action"] for r in a.get("ranked") or []),
+                a.get("propensity"),
             )
         )
+
+
+def _greedy(ranked: list[dict[str, Any]]) -> str | None:
+    scored = [r for r in ranked if r.get("score") is not None]
+    return max(scored, key=lambda r: r["score"])["action"] if scored else None
 
 
 def _now_iso() -> str:
