@@ -382,7 +382,16 @@ class LearnSettings(_Section):
     replay_size: int = Field(
         5_000, ge=0, description="Recent rewards replayed in later updates (0: none)."
     )
-    replay_steps: int = Field(4, ge=0, description="Replayed mini-batches per new mini-batch.")
+    replay_steps: int = Field(
+        4, ge=0, description="Replayed mini-batches per batch_size new rewards."
+    )
+    weight_decay: float = Field(
+        0.3,
+        ge=0,
+        description="Decoupled weight decay (AdamW). Profiles carry many features that predict "
+        "nothing (CRM fields, activity counts, recency); without decay the scorer fits their "
+        "noise in the recent rewards it replays.",
+    )
     min_propensity: float = Field(
         0.5,
         gt=0,

@@ -5,8 +5,9 @@ it on lists of :class:`~ray_app.learn.reward.RewardRecord`; an actor (or a test)
 records and a clock, and ships what :meth:`OnlineLearner.maybe_publish` returns to the decision
 replicas. Nothing here does I/O.
 
-**Learning.** :meth:`~OnlineLearner.learn` takes mini-batches of ``batch_size`` records and does
-one optimizer step (Adam or SGD) per batch on the binary cross-entropy between the logit of the
+**Learning.** :meth:`~OnlineLearner.learn` takes mini-batches of ``batch_size`` records (a
+shorter one, as a stream hands over a few rewards at a time, is topped up with rewards drawn from
+the replay buffer) and does one optimizer step (Adam or SGD) per batch on the binary cross-entropy between the logit of the
 *logged* action and its reward, each record weighted by ``1 / max(propensity, min_propensity)``
 and the weights normalized to mean 1 within the batch: inverse propensity weighting, so actions a
 policy rarely shows count more than their share of the logs, clipped to bound the variance. The
@@ -34,7 +35,8 @@ under a new version, so versions always increase. Below ``guardrail_min_records`
 check cannot judge and the candidate is accepted.
 
 **Drift.** :meth:`~OnlineLearner.exploration` is the epsilon to serve: ``epsilon``, or
-``boost_epsilon`` for ``boost_seconds`` after :meth:`~OnlineLearner.drift` was signalled; for as
+``boost_epsilon`` for ``boost_seconds`` after :meth:`~OnlineLearner.drift` was signalled (and,
+with ``warmup``, after the first reward of a learner that starts from a cold-start model); for as
 long, updates use ``boost_lr_factor * lr`` from a fresh optimizer, and the guardrail slice starts
 empty (rewards from the old world must not veto adapting to the new one).
 
@@ -130,19 +132,33 @@ class LearnerConfig:
     boost_epsilon: float = 0.5
     boost_seconds: float = 600.0
     boost_lr_factor: float = 3.0
+    weight_decay: float = 0.3
+    """Decoupled weight decay (AdamW; plain L2 for SGD) per step."""
     replay_size: int = 5_000
     """Recent trained rewards kept for replay (0: none). Emptied on drift."""
     replay_steps: int = 4
-    """Extra mini-batches drawn from the replay buffer per new mini-batch: each reward is then
+    """Extra mini-batches drawn from the replay buffer per ``batch_size`` new rewards (however
+    the rewards are split over :meth:`~OnlineLearner.learn` calls): each reward is then
     learned from several times while it is recent, which online updates need here (a single
     pass over ε-greedy logs learns the rarely explored actions far too slowly)."""
+    warmup: bool = True
+    """A learner that starts from an untrained model (a cold-start bundle) explores as after a
+    drift (``boost_epsilon``, ``boost_lr_factor``) for ``boost_seconds`` from its first reward:
+    with ``epsilon`` alone, a segment whose best action the first updates underrate sees that
+    action ``epsilon / n`` of the time and stays on a worse one for thousands of users."""
     guardrail_salt: str = "onramp-guardrail"
     holdout_arm: str = HOLDOUT
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        for name in ("lr", "publish_interval_s", "boost_seconds", "boost_lr_factor"):
+        for name in (
+            "lr",
+            "publish_interval_s",
+            "boost_seconds",
+            "boost_lr_factor",
+            "weight_decay",
+        ):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -288,6 +304,7 @@ class OnlineLearner:
         self._optimizer = self._make_optimizer()
         self._replay: deque[RewardRecord] = deque(maxlen=max(self.config.replay_size, 1))
         self._replay_rng = random.Random(0)
+        self._replay_credit = 0.0  # replay steps owed to the rewards learned so far
         self._since_good: set[int] = set()  # ids of replay entries learned since last good
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
@@ -299,6 +316,7 @@ class OnlineLearner:
         self._last_publish_at: float | None = None
         self._published_epsilon = self.config.epsilon
         self._boost_until: float | None = None
+        self._warmup = self.config.warmup and bundle.metadata.get("kind") == "cold_start"
         #: The guardrail check of the last publish (``None`` before the first).
         self.last_check: GuardrailCheck | None = None
 
@@ -332,9 +350,6 @@ class OnlineLearner:
         restarted learner knows where to resume reading. ``now`` (default: the clock) decides
         whether the learning rate is boosted after a drift."""
         cfg = self.config
-        lr = cfg.lr * (cfg.boost_lr_factor if self._boosted(now) else 1.0)
-        for group in self._optimizer.param_groups:
-            group["lr"] = lr
         n = trained = guard = holdout = dup = invalid = 0
         batch: list[RewardRecord] = []
         for r in records:
@@ -355,19 +370,33 @@ class OnlineLearner:
                 guard += 1
                 continue
             batch.append(r)
+        if self._warmup and batch:  # explore while the untrained model learns its first rewards
+            self._warmup = False
+            self._boost_until = (self._clock() if now is None else now) + cfg.boost_seconds
+        lr = cfg.lr * (cfg.boost_lr_factor if self._boosted(now) else 1.0)
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
         updates = 0
         loss_sum = 0.0
+        replaying = cfg.replay_size > 0
         for start in range(0, len(batch), cfg.batch_size):
             chunk = batch[start : start + cfg.batch_size]
-            loss_sum += self._step(chunk) * len(chunk)
+            # A short chunk (the stream hands over a few rewards at a time) is topped up with
+            # replayed rewards: every step sees a full mini-batch, so Adam's step (about lr
+            # whatever the batch) is not taken on the noise of a handful of recent rewards.
+            fill = min(cfg.batch_size - len(chunk), len(self._replay)) if replaying else 0
+            loss_sum += self._step(chunk + self._replay_sample(fill), fresh=len(chunk))
             updates += 1
-            self._replay.extend(chunk)
-            self._since_good.update(id(r) for r in chunk)
-            if cfg.replay_size > 0 and len(self._replay) > cfg.batch_size:
-                for _ in range(cfg.replay_steps):
-                    picks = self._replay_rng.sample(range(len(self._replay)), cfg.batch_size)
-                    self._step([self._replay[i] for i in picks])
+            if replaying:
+                self._replay.extend(chunk)
+                self._since_good.update(id(r) for r in chunk)
+                # replay in proportion to the new rewards, not to how often learn() is called
+                self._replay_credit += cfg.replay_steps * len(chunk) / cfg.batch_size
+                while self._replay_credit >= 1.0 and len(self._replay) > cfg.batch_size:
+                    self._replay_credit -= 1.0
+                    self._step(self._replay_sample(cfg.batch_size))
                     updates += 1
+                self._replay_credit = min(self._replay_credit, float(cfg.replay_steps))
         trained = len(batch)
         if offsets:
             self._offsets.update({int(p): int(o) for p, o in offsets.items()})
@@ -428,26 +457,37 @@ class OnlineLearner:
             out.setdefault(s, []).append(i)
         return {s: torch.tensor(idx, dtype=torch.int64) for s, idx in out.items()}
 
-    def _step(self, records: list[RewardRecord]) -> float:
+    def _replay_sample(self, k: int) -> list[RewardRecord]:
+        if k <= 0:
+            return []
+        picks = self._replay_rng.sample(range(len(self._replay)), k)
+        return [self._replay[i] for i in picks]
+
+    def _step(self, records: list[RewardRecord], fresh: int | None = None) -> float:
+        """One optimizer step on ``records``; returns the summed weighted loss of the first
+        ``fresh`` of them (default: all), the new rewards a report averages over."""
         x, a, y, w, slots = self._tensors(records)
         w = w / w.mean()
         self._optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        per_record = torch.zeros(len(records))
         for s, idx in self._groups(slots).items():
             logits = self.scorer(x[idx], s)
             chosen = logits.gather(1, a[idx].unsqueeze(1)).squeeze(1)
             bce = F.binary_cross_entropy_with_logits(chosen, y[idx], reduction="none")
-            total = total + (bce * w[idx]).sum()
-        loss = total / len(records)
+            per_record = per_record.index_put((idx,), bce * w[idx])
+        loss = per_record.sum() / len(records)
         loss.backward()  # type: ignore[no-untyped-call]
         self._optimizer.step()
-        return float(loss.detach())
+        n = len(records) if fresh is None else fresh
+        return float(per_record[:n].detach().sum())
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = list(self.scorer.parameters())
         if self.config.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.config.lr)
-        return torch.optim.SGD(params, lr=self.config.lr)
+            return torch.optim.AdamW(
+                params, lr=self.config.lr, weight_decay=self.config.weight_decay
+            )
+        return torch.optim.SGD(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     # ----------------------------------------------------------------------------- scoring
 
@@ -719,6 +759,7 @@ class OnlineLearner:
             "guardrail": [r.to_json() for r in self._guardrail],
             "replay": [r.to_json() for r in self._replay],
             "replay_rng": list(self._replay_rng.getstate()[1]),
+            "replay_credit": self._replay_credit,
             "pending_updates": self._pending_updates,
             "pending_rewards": self._pending_rewards,
             "last_publish_at": self._last_publish_at,
@@ -756,6 +797,7 @@ class OnlineLearner:
                 learner._optimizer.load_state_dict(opt["state"])
                 for group in learner._optimizer.param_groups:
                     group["lr"] = learner.config.lr
+                    group["weight_decay"] = learner.config.weight_decay
             for h in state["seen"].tolist():
                 learner._remember(int(h))
             learner._offsets = {int(p): int(o) for p, o in state["offsets"].items()}
@@ -766,6 +808,7 @@ class OnlineLearner:
                 learner._replay.append(RewardRecord.from_json(rec))
             if state.get("replay_rng"):
                 learner._replay_rng.setstate((3, tuple(state["replay_rng"]), None))
+            learner._replay_credit = float(state.get("replay_credit", 0.0))
             learner._pending_updates = int(state["pending_updates"])
             learner._pending_rewards = int(state["pending_rewards"])
             learner._last_publish_at = state["last_publish_at"]

@@ -79,6 +79,7 @@ class LearnerService:
             replay_size=s.replay_size,
             replay_steps=s.replay_steps,
             min_propensity=s.min_propensity,
+            weight_decay=s.weight_decay,
         )
         self.registry = ModelRegistry.from_settings(settings)
         self._registry_checked = time.monotonic()

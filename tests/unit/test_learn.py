@@ -103,6 +103,9 @@ def gain_share(
 
 
 def new_learner(**config: object) -> OnlineLearner:
+    """A learner from a cold-start model; without the warm-up boost unless asked (it would make
+    the learning rate and the epsilon of these tests depend on the wall clock)."""
+    config.setdefault("warmup", False)
     return OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), LearnerConfig(**config))  # type: ignore[arg-type]
 
 
@@ -225,6 +228,7 @@ def test_sgd_optimizer_and_config_validation():
         {"guardrail_share": 1.0},
         {"min_propensity": 0},
         {"epsilon": 1.5},
+        {"weight_decay": -0.1},
     ):
         with pytest.raises(ValueError):
             LearnerConfig(**bad)  # type: ignore[arg-type]
@@ -292,6 +296,76 @@ def test_publish_cadence_versions_and_exploration_boost():
     assert boosted_lr == pytest.approx(3 * learner.config.lr)
     assert learner.learn(logged(gt, 2_700, 100, seed=9), now=1_000.0).lr == learner.config.lr
     assert learner.last_good().version == 3
+
+
+def test_a_cold_start_model_warms_up_with_the_boost_from_its_first_reward():
+    gt = GroundTruth(seed=6)
+    learner = new_learner(warmup=True, epsilon=0.03, boost_epsilon=0.5, boost_seconds=30)
+    assert learner.exploration(now=0.0) == 0.03
+    assert learner.learn([], now=5.0).updates == 0
+    assert learner.exploration(now=6.0) == 0.03  # no reward yet: no warm-up
+    report = learner.learn(logged(gt, 0, 300, seed=6), now=10.0)
+    assert report.lr == pytest.approx(3 * learner.config.lr)
+    first = learner.maybe_publish(now=11.0)
+    assert first is not None and first.metadata["epsilon"] == 0.5
+    assert learner.exploration(now=39.9) == 0.5 and learner.exploration(now=40.0) == 0.03
+    assert learner.learn(logged(gt, 300, 300, seed=7), now=41.0).lr == learner.config.lr
+    # a restarted learner (from its state) or one from a trained model does not warm up again
+    again = OnlineLearner.from_state(learner.state_dict(), learner.config)
+    again.learn(logged(gt, 600, 300, seed=8), now=100.0)
+    assert again.exploration(now=101.0) == 0.03
+    trained = OnlineLearner(first, learner.config)
+    trained.learn(logged(gt, 900, 300, seed=9), now=200.0)
+    assert trained.exploration(now=201.0) == 0.03
+    assert new_learner(warmup=False).learn(logged(gt, 0, 50, seed=6), now=0.0).lr == 0.01
+
+
+def test_short_batches_are_topped_up_and_replay_follows_the_rewards_not_the_calls():
+    gt = GroundTruth(seed=8)
+    records = [r for r in logged(gt, 0, 3_000, seed=8)]
+    sizes: dict[str, list[int]] = {"one": [], "many": []}
+
+    def run(learner: OnlineLearner, key: str, chunks: list[list[RewardRecord]]) -> int:
+        step = learner._step
+
+        def counting(rs: list[RewardRecord], fresh: int | None = None) -> float:
+            sizes[key].append(len(rs))
+            return step(rs, fresh)
+
+        learner._step = counting  # type: ignore[method-assign]
+        for chunk in chunks:
+            learner.learn(chunk, now=0.0)
+        return learner.counters["updates"]
+
+    bs, steps = 64, 4
+    one = new_learner(batch_size=bs, replay_steps=steps)
+    many = new_learner(batch_size=bs, replay_steps=steps)
+    run(one, "one", [records])
+    run(many, "many", [records[i : i + 5] for i in range(0, len(records), 5)])
+    trained = one.counters["trained"]
+    assert trained == many.counters["trained"] > 2_000
+    # one call: a step per batch_size rewards plus replay_steps replayed batches per batch_size
+    fresh_one = -(-trained // bs)
+    assert one.counters["updates"] - fresh_one == pytest.approx(steps * trained / bs, abs=steps)
+    # 600 calls of 5: a step per call, and the same number of replayed batches as in one call
+    calls = sum(1 for i in range(0, len(records), 5) if any(
+        not many.in_guardrail(r.decision_id) for r in records[i : i + 5]))  # fmt: skip
+    assert many.counters["updates"] - calls == pytest.approx(steps * trained / bs, abs=steps)
+    # once the replay holds a batch, every step sees a full batch whatever the call brought
+    assert all(n == bs for n in sizes["many"][40:]) and min(sizes["many"]) < bs
+    assert gain_share(many, GroundTruth(seed=97).users(200), gt) >= 0.8
+
+
+def test_weight_decay_is_adamw_and_follows_the_config_on_restore():
+    learner = new_learner(weight_decay=0.3)
+    assert isinstance(learner._optimizer, torch.optim.AdamW)
+    assert learner._optimizer.param_groups[0]["weight_decay"] == 0.3
+    learner.learn(logged(GroundTruth(seed=3), 0, 200, seed=3))
+    again = OnlineLearner.from_state(
+        learner.state_dict(), replace(learner.config, weight_decay=0.0)
+    )
+    assert again._optimizer.param_groups[0]["weight_decay"] == 0.0
+    assert again._optimizer.state  # the moments were kept
 
 
 def test_injected_clock_is_used_when_now_is_left_out():
