@@ -385,6 +385,12 @@ class LearnSettings(_Section):
     replay_steps: int = Field(
         4, ge=0, description="Replayed mini-batches per batch_size new rewards."
     )
+    warmup_rewards: int = Field(
+        1_000,
+        ge=0,
+        description="A learner starting from an untrained model explores at boost_epsilon (and "
+        "learns at 3x the rate) until it has trained on this many rewards (0: no warm-up).",
+    )
     weight_decay: float = Field(
         0.3,
         ge=0,

@@ -4,7 +4,8 @@
   (schema ``onramp.reward/1``), what the learner trains on.
 * :class:`OnlineLearner` (:mod:`ray_app.learn.learner`): importance-weighted mini-batch updates
   from reward records, guarded publishes (a holdout slice of rewards decides between the candidate
-  and the last good weights, with rollback), exploration boosts after drift, and a state that
+  and the last good weights, with rollback), exploration boosts after drift and while an untrained
+  model learns its first rewards, and a state that
   survives restarts (weights, optimizer, dedupe memory, reward offsets).
 * :class:`PageHinkley`, :func:`psi`, :class:`FeatureDrift` (:mod:`ray_app.learn.drift`): drift of
   the reward rate and of the feature distributions.
@@ -17,8 +18,8 @@ reads the reward topic and ships bundles to the decision replicas only calls it.
 >>> from ray_app.model import cold_start_bundle
 >>> catalog = load_catalog()
 >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(catalog), catalog))
->>> learner.version, learner.exploration(now=0.0)
-(0, 0.1)
+>>> learner.version, learner.exploration(now=0.0)   # untrained: the warm-up's boost epsilon
+(0, 0.5)
 """
 
 from __future__ import annotations

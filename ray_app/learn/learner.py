@@ -35,8 +35,8 @@ under a new version, so versions always increase. Below ``guardrail_min_records`
 check cannot judge and the candidate is accepted.
 
 **Drift.** :meth:`~OnlineLearner.exploration` is the epsilon to serve: ``epsilon``, or
-``boost_epsilon`` for ``boost_seconds`` after :meth:`~OnlineLearner.drift` was signalled (and,
-with ``warmup``, after the first reward of a learner that starts from a cold-start model); for as
+``boost_epsilon`` for ``boost_seconds`` after :meth:`~OnlineLearner.drift` was signalled (and
+for the first ``warmup_rewards`` rewards of a learner that starts from a cold-start model); for as
 long, updates use ``boost_lr_factor * lr`` from a fresh optimizer, and the guardrail slice starts
 empty (rewards from the old world must not veto adapting to the new one).
 
@@ -141,11 +141,12 @@ class LearnerConfig:
     the rewards are split over :meth:`~OnlineLearner.learn` calls): each reward is then
     learned from several times while it is recent, which online updates need here (a single
     pass over ε-greedy logs learns the rarely explored actions far too slowly)."""
-    warmup: bool = True
+    warmup_rewards: int = 1_000
     """A learner that starts from an untrained model (a cold-start bundle) explores as after a
-    drift (``boost_epsilon``, ``boost_lr_factor``) for ``boost_seconds`` from its first reward:
-    with ``epsilon`` alone, a segment whose best action the first updates underrate sees that
-    action ``epsilon / n`` of the time and stays on a worse one for thousands of users."""
+    drift (``boost_epsilon``, ``boost_lr_factor``) until it has trained on this many rewards (0:
+    no warm-up): with ``epsilon`` alone, a segment whose best action the first updates underrate
+    sees that action ``epsilon / n`` of the time and stays on a worse one for thousands of users.
+    Counted in rewards, not seconds, so it lasts as long at any traffic."""
     guardrail_salt: str = "onramp-guardrail"
     holdout_arm: str = HOLDOUT
 
@@ -166,6 +167,8 @@ class LearnerConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.boost_lr_factor > 0:
             raise ValueError(f"boost_lr_factor must be > 0, got {self.boost_lr_factor!r}")
+        if not (isinstance(self.warmup_rewards, int) and self.warmup_rewards >= 0):
+            raise ValueError(f"warmup_rewards must be an integer >= 0, got {self.warmup_rewards!r}")
         for name in ("batch_size", "guardrail_window", "dedupe_horizon"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
@@ -316,7 +319,9 @@ class OnlineLearner:
         self._last_publish_at: float | None = None
         self._published_epsilon = self.config.epsilon
         self._boost_until: float | None = None
-        self._warmup = self.config.warmup and bundle.metadata.get("kind") == "cold_start"
+        self._warmup = (
+            self.config.warmup_rewards > 0 and bundle.metadata.get("kind") == "cold_start"
+        )
         #: The guardrail check of the last publish (``None`` before the first).
         self.last_check: GuardrailCheck | None = None
 
@@ -370,9 +375,6 @@ class OnlineLearner:
                 guard += 1
                 continue
             batch.append(r)
-        if self._warmup and batch:  # explore while the untrained model learns its first rewards
-            self._warmup = False
-            self._boost_until = (self._clock() if now is None else now) + cfg.boost_seconds
         lr = cfg.lr * (cfg.boost_lr_factor if self._boosted(now) else 1.0)
         for group in self._optimizer.param_groups:
             group["lr"] = lr
@@ -631,14 +633,15 @@ class OnlineLearner:
 
     def exploration(self, now: float | None = None) -> float:
         """The epsilon to serve at ``now``: ``boost_epsilon`` within ``boost_seconds`` of the last
-        :meth:`drift`, else ``epsilon``.
+        :meth:`drift` or during the warm-up (``warmup_rewards``), else ``epsilon``.
 
         >>> from ray_app.catalog import load_catalog
         >>> from ray_app.features import FeatureSchema
         >>> from ray_app.model import cold_start_bundle
         >>> c = load_catalog()
         >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c),
-        ...                         LearnerConfig(epsilon=0.1, boost_epsilon=0.4, boost_seconds=60))
+        ...                         LearnerConfig(epsilon=0.1, boost_epsilon=0.4, boost_seconds=60,
+        ...                                       warmup_rewards=0))
         >>> learner.drift(now=100.0)
         >>> learner.exploration(now=150.0), learner.exploration(now=160.0)
         (0.4, 0.1)
@@ -646,6 +649,10 @@ class OnlineLearner:
         return self.config.boost_epsilon if self._boosted(now) else self.config.epsilon
 
     def _boosted(self, now: float | None) -> bool:
+        if self._warmup:  # explore while an untrained model learns its first rewards
+            if self.counters["trained"] < self.config.warmup_rewards:
+                return True
+            self._warmup = False
         if self._boost_until is None:
             return False
         return (self._clock() if now is None else now) < self._boost_until
@@ -765,6 +772,7 @@ class OnlineLearner:
             "last_publish_at": self._last_publish_at,
             "published_epsilon": self._published_epsilon,
             "boost_until": self._boost_until,
+            "warmup": self._warmup,
             "lineage": dict(self.lineage),
         }
 
@@ -814,6 +822,7 @@ class OnlineLearner:
             learner._last_publish_at = state["last_publish_at"]
             learner._published_epsilon = float(state["published_epsilon"])
             learner._boost_until = state["boost_until"]
+            learner._warmup = bool(state.get("warmup", False)) and learner.config.warmup_rewards > 0
             learner.lineage = _lineage(state.get("lineage") or {})
         except LearnerStateError:
             raise

@@ -80,6 +80,7 @@ class LearnerService:
             replay_steps=s.replay_steps,
             min_propensity=s.min_propensity,
             weight_decay=s.weight_decay,
+            warmup_rewards=s.warmup_rewards,
         )
         self.registry = ModelRegistry.from_settings(settings)
         self._registry_checked = time.monotonic()

@@ -105,7 +105,7 @@ def gain_share(
 def new_learner(**config: object) -> OnlineLearner:
     """A learner from a cold-start model; without the warm-up boost unless asked (it would make
     the learning rate and the epsilon of these tests depend on the wall clock)."""
-    config.setdefault("warmup", False)
+    config.setdefault("warmup_rewards", 0)
     return OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), LearnerConfig(**config))  # type: ignore[arg-type]
 
 
@@ -229,6 +229,7 @@ def test_sgd_optimizer_and_config_validation():
         {"min_propensity": 0},
         {"epsilon": 1.5},
         {"weight_decay": -0.1},
+        {"warmup_rewards": -1},
     ):
         with pytest.raises(ValueError):
             LearnerConfig(**bad)  # type: ignore[arg-type]
@@ -298,26 +299,28 @@ def test_publish_cadence_versions_and_exploration_boost():
     assert learner.last_good().version == 3
 
 
-def test_a_cold_start_model_warms_up_with_the_boost_from_its_first_reward():
+def test_a_cold_start_model_explores_with_the_boost_for_its_first_rewards():
     gt = GroundTruth(seed=6)
-    learner = new_learner(warmup=True, epsilon=0.03, boost_epsilon=0.5, boost_seconds=30)
-    assert learner.exploration(now=0.0) == 0.03
-    assert learner.learn([], now=5.0).updates == 0
-    assert learner.exploration(now=6.0) == 0.03  # no reward yet: no warm-up
+    learner = new_learner(warmup_rewards=500, epsilon=0.03, boost_epsilon=0.5)
+    assert learner.exploration(now=0.0) == 0.5  # an untrained model: explore from the start
     report = learner.learn(logged(gt, 0, 300, seed=6), now=10.0)
-    assert report.lr == pytest.approx(3 * learner.config.lr)
+    assert report.lr == pytest.approx(3 * learner.config.lr) and report.trained < 500
     first = learner.maybe_publish(now=11.0)
     assert first is not None and first.metadata["epsilon"] == 0.5
-    assert learner.exploration(now=39.9) == 0.5 and learner.exploration(now=40.0) == 0.03
-    assert learner.learn(logged(gt, 300, 300, seed=7), now=41.0).lr == learner.config.lr
-    # a restarted learner (from its state) or one from a trained model does not warm up again
+    # the warm-up survives a restart
+    learner = OnlineLearner.from_state(learner.state_dict(), learner.config)
+    assert learner.exploration(now=12.0) == 0.5
+    learner.learn(logged(gt, 300, 300, seed=7), now=13.0)
+    assert learner.counters["trained"] >= 500
+    assert learner.exploration(now=14.0) == 0.03  # counted in rewards, not in seconds
+    assert learner.learn(logged(gt, 600, 100, seed=8), now=15.0).lr == learner.config.lr
+    calm = learner.maybe_publish(now=20.0)
+    assert calm is not None and calm.metadata["epsilon"] == 0.03
     again = OnlineLearner.from_state(learner.state_dict(), learner.config)
-    again.learn(logged(gt, 600, 300, seed=8), now=100.0)
-    assert again.exploration(now=101.0) == 0.03
-    trained = OnlineLearner(first, learner.config)
-    trained.learn(logged(gt, 900, 300, seed=9), now=200.0)
-    assert trained.exploration(now=201.0) == 0.03
-    assert new_learner(warmup=False).learn(logged(gt, 0, 50, seed=6), now=0.0).lr == 0.01
+    assert again.exploration(now=21.0) == 0.03
+    # a learner from a trained model does not warm up, nor one configured without it
+    assert OnlineLearner(calm, learner.config).exploration(now=0.0) == 0.03
+    assert new_learner(warmup_rewards=0, epsilon=0.03).exploration(now=0.0) == 0.03
 
 
 def test_short_batches_are_topped_up_and_replay_follows_the_rewards_not_the_calls():
