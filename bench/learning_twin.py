@@ -25,6 +25,7 @@ contention. So its figures are for comparing learner settings, not a substitute 
 
     .venv/bin/python bench/learning_twin.py                          # 4 seeds, ~4 minutes
     .venv/bin/python bench/learning_twin.py --weight-decay 0 --seeds 1 2   # one setting, 2 seeds
+    .venv/bin/python bench/learning_twin.py --warmup-rewards 0             # without the warm-up
 
 The last line is JSON: the mean share of the oracle's gain captured over the seeds (and each
 seed's), users to recover after the drift, against the static flow's expected rate.
@@ -73,6 +74,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         weight_decay=args.weight_decay,
         lr=args.lr,
         replay_steps=args.replay_steps,
+        warmup_rewards=args.warmup_rewards,
     )
     learner = OnlineLearner(bundle, config, clock=lambda: 0.0)
     served, epsilon = bundle, args.epsilon
@@ -196,16 +198,21 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--weight-decay", type=float, default=None, help="default: the learner's")
     ap.add_argument("--replay-steps", type=int, default=4)
+    ap.add_argument(
+        "--warmup-rewards", type=int, default=None, help="default: the learner's (0: no warm-up)"
+    )
     ap.add_argument("--learn-every", type=float, default=0.2, help="seconds between learn calls")
     ap.add_argument("--completion-delay", type=float, default=1.0)
     ap.add_argument("--timeout-delay", type=float, default=9.0)
     ap.add_argument("--time-scale", type=float, default=0.02, help="as bench/learning.py")
     ap.add_argument("--drift-detect-s", type=float, default=20.0)
     args = ap.parse_args()
-    if args.weight_decay is None:
-        from ray_app.learn.learner import LearnerConfig
+    from ray_app.learn.learner import LearnerConfig
 
+    if args.weight_decay is None:
         args.weight_decay = LearnerConfig().weight_decay
+    if args.warmup_rewards is None:
+        args.warmup_rewards = LearnerConfig().warmup_rewards
     started = time.monotonic()
     runs = []
     for seed in args.seeds:
