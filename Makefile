@@ -74,6 +74,8 @@ bench: venv ## run every benchmark (each prints one JSON line last)
 	$(PY) bench/stream.py --client confluent
 	$(PY) bench/decide.py
 	$(PY) bench/decide.py --client confluent
+	$(PY) bench/learning.py
+	$(PY) bench/learning_twin.py
 
 bench-collect: venv ## collector throughput with kafka-python
 	$(PY) bench/collect.py
