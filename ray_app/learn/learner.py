@@ -7,10 +7,11 @@ replicas. Nothing here does I/O.
 
 **Learning.** :meth:`~OnlineLearner.learn` takes mini-batches of ``batch_size`` records (a
 shorter one, as a stream hands over a few rewards at a time, is topped up with rewards drawn from
-the replay buffer) and does one optimizer step (Adam or SGD) per batch on the binary cross-entropy between the logit of the
-*logged* action and its reward, each record weighted by ``1 / max(propensity, min_propensity)``
-and the weights normalized to mean 1 within the batch: inverse propensity weighting, so actions a
-policy rarely shows count more than their share of the logs, clipped to bound the variance. The
+the replay buffer) and does one optimizer step (AdamW or SGD, with ``weight_decay``) per batch on
+the binary cross-entropy between the logit of the *logged* action and its reward, each record
+weighted by ``1 / max(propensity, min_propensity)`` and the weights normalized to mean 1 within
+the batch: inverse propensity weighting, so actions a policy rarely shows count more than their
+share of the logs, clipped to bound the variance. The
 default clip is tight (``min_propensity=0.5``: weights in [1, 2]) because the scorer models the
 reward of every (context, action) pair, which the logs identify without reweighting when the
 features hold what the policy saw; wide weights mostly add gradient noise (measured on simulator
