@@ -53,6 +53,27 @@ def rolling(outcomes: list[Any], arm: str, window: int) -> list[tuple[int, float
     return out
 
 
+def last_rate(outcomes: list[Any], arm: str, last: int) -> float | None:
+    """Completion rate of the last ``last`` decisions of ``arm`` (by user index) made with the
+    live profile (a cold start sees no completed step)."""
+    sel = sorted((o for o in outcomes if o.arm == arm and not o.cold_start), key=lambda o: o.index)
+    sel = sel[-last:]
+    return sum(o.completed for o in sel) / len(sel) if sel else None
+
+
+def users_to_recover(
+    post: list[Any], drift_at: int, captured: float, static: float, oracle: float, window: int
+) -> int | None:
+    """Users after the drift until the treatment arm's rolling rate (over ``window`` users)
+    captures 90% of what it ``captured`` before, of the drifted world's gain of the ``oracle``
+    over the ``static`` flow; ``None`` if it never does."""
+    target = static + 0.9 * captured * (oracle - static)
+    return next(
+        (index - drift_at for index, rate in rolling(post, "treatment", window) if rate >= target),
+        None,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,12 +179,6 @@ def main() -> None:
         for world in ("before", "drifted")
     }  # fmt: skip
 
-    def measured(xs: list[Any], arm: str, last: int) -> float | None:
-        """Over decisions made with the live profile (a cold start sees no completed step)."""
-        sel = sorted((o for o in xs if o.arm == arm and not o.cold_start), key=lambda o: o.index)
-        sel = sel[-last:]
-        return sum(o.completed for o in sel) / len(sel) if sel else None
-
     slot = truth.catalog.slot("next_step")
     index_of = {a.id: i for i, a in enumerate(slot.actions)}
     expected_eligible = {
@@ -200,19 +215,17 @@ def main() -> None:
                 f.write(json.dumps(dataclasses.asdict(o)) + "\n")
 
     w = args.window
-    treat_pre = measured(pre, "treatment", w)
+    treat_pre = last_rate(pre, "treatment", w)
     gain = ref["before"]["oracle"] - ref["before"]["static"]
     captured = None if treat_pre is None else (treat_pre - ref["before"]["static"]) / gain
-    # recovery: users after the drift until the rolling treatment rate captures 90% of what it
-    # captured before, of the drifted world's oracle gain
-    recovery_users = None
-    if captured is not None and post:
-        g2 = ref["drifted"]["oracle"] - ref["drifted"]["static"]
-        target = ref["drifted"]["static"] + 0.9 * captured * g2
-        for index, rate in rolling(post, "treatment", min(w, 500)):
-            if rate >= target:
-                recovery_users = index - args.drift_at
-                break
+    recovery_users = (
+        None
+        if captured is None
+        else users_to_recover(
+            post, args.drift_at, captured, ref["drifted"]["static"], ref["drifted"]["oracle"],
+            min(w, 500),
+        )
+    )  # fmt: skip
     curve = [
         {"user": i, "treatment": round(r, 4)} for i, r in rolling(outcomes, "treatment", w)[::500]
     ]
@@ -226,9 +239,9 @@ def main() -> None:
             "baseline_value": ref["before"]["static"],
             "ratio": None if treat_pre is None else round(treat_pre / ref["before"]["static"], 3),
             "treatment_rate_before_drift": treat_pre,
-            "control_rate_measured": measured(pre, "control", w),
+            "control_rate_measured": last_rate(pre, "control", w),
             "expected_rates": ref,
-            "treatment_rate_after_drift_last": measured(post, "treatment", w),
+            "treatment_rate_after_drift_last": last_rate(post, "treatment", w),
             "greedy_before_drift": agreement(pre, w),
             "greedy_after_drift_last": agreement(post, w),
             "users_to_recover_after_drift": recovery_users,

@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit, git_rev, machine
-from bench.learning import rolling
+from bench.learning import last_rate, users_to_recover
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -160,20 +160,15 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         )  # fmt: skip
 
     static = truth.expected_rate("static")
-    gain = truth.expected_rate("oracle") - static
-    pre = sorted((o for o in outcomes if o.index < args.drift_at and o.arm == "treatment"),
-                 key=lambda o: o.index)[-args.window:]  # fmt: skip
-    rate = sum(o.completed for o in pre) / max(1, len(pre))
-    captured = (rate - static) / gain
-    gain2 = truth.expected_rate("oracle", drifted=True) - truth.expected_rate("static", True)
-    target = truth.expected_rate("static", True) + 0.9 * captured * gain2
-    recovery = next(
-        (
-            index - args.drift_at
-            for index, r in rolling([o for o in outcomes if o.drifted], "treatment", 500)
-            if r >= target
-        ),
-        None,
+    rate = last_rate([o for o in outcomes if not o.drifted], "treatment", args.window) or 0.0
+    captured = (rate - static) / (truth.expected_rate("oracle") - static)
+    recovery = users_to_recover(
+        [o for o in outcomes if o.drifted],
+        args.drift_at,
+        captured,
+        truth.expected_rate("static", drifted=True),
+        truth.expected_rate("oracle", drifted=True),
+        500,
     )
     return {
         "seed": seed,

@@ -197,8 +197,8 @@ class LearningRun:
 
 
 def _greedy(ranked: list[dict[str, Any]]) -> str | None:
-    scored = [r for r in ranked if r.get("score") is not None]
-    return max(scored, key=lambda r: r["score"])["action"] if scored else None
+    """The top of a model's ranking (``ranked`` is best first); ``None`` for the control arm."""
+    return ranked[0]["action"] if ranked and ranked[0].get("score") is not None else None
 
 
 def _now_iso() -> str:
