@@ -41,7 +41,7 @@ from ray_app.model import ModelBundle, ModelFileError, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, RegistryError
 from ray_app.storage import write_file_atomically
 
-__all__ = ["LEARNER_NAME", "LearnerService", "start_learner_actor", "write_atomically"]
+__all__ = ["LEARNER_NAME", "LearnerService", "start_learner_actor"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ LEARNER_NAME = "onramp-learner"
 
 #: How often the running learner looks for a new promotion in the registry (seconds).
 _REGISTRY_POLL_S = 2.0
-
-
-#: Model files and learner state are written through a temporary file + rename (readable by
-#: other users: replicas may run as another user).
-write_atomically = write_file_atomically
 
 
 class LearnerService:
@@ -285,11 +280,11 @@ class LearnerService:
             # (written, it would replace the promoted file that new replicas load)
             self._adopt_promotion(self.learner)
             return
-        write_atomically(self.model_path, bundle.to_bytes())
+        write_file_atomically(self.model_path, bundle.to_bytes())
         published_ms = int(time.time() * 1000)
         self.latencies_ms.extend(published_ms - t for t in self._awaiting)
         self._awaiting = []
-        write_atomically(self.state_path, self.learner.to_bytes())
+        write_file_atomically(self.state_path, self.learner.to_bytes())
         if bundle.metadata.get("rolled_back"):
             log.warning(
                 "guardrail breached (%s): rolled back to the last good weights as version %d",
@@ -305,7 +300,7 @@ class LearnerService:
         if self._thread is not None:
             self._thread.join(timeout=30)
         with self._lock:
-            write_atomically(self.state_path, self.learner.to_bytes())
+            write_file_atomically(self.state_path, self.learner.to_bytes())
         self._consumer.close()
         return self.status()
 
