@@ -185,6 +185,7 @@ class _CatalogSpec(_Spec):
     version: Literal[1]
     steps: list[str]
     segments: list[str] | None = None
+    negative_events: list[str] = ["Step Abandoned"]
     slots: dict[str, _SlotSpec]
 
 
@@ -390,6 +391,8 @@ class Catalog:
     segments: tuple[str, ...] | None
     slots: dict[str, Slot]
     source: str = "<dict>"
+    negative_events: tuple[str, ...] = ("Step Abandoned",)
+    """``track`` events that reward a decision 0 at once (see :mod:`ray_app.state.rewards`)."""
     digest: str = ""
 
     # -------------------------------------------------------------------------- construction
@@ -427,6 +430,8 @@ class Catalog:
         out: dict[str, Any] = {"version": self.version, "steps": list(self.known_steps)}
         if self.segments is not None:
             out["segments"] = list(self.segments)
+        if self.negative_events != ("Step Abandoned",):
+            out["negative_events"] = list(self.negative_events)
         out["slots"] = {name: s.as_dict() for name, s in self.slots.items()}
         return out
 
@@ -533,6 +538,15 @@ def _build(spec: _CatalogSpec, source: str) -> Catalog:
             if seg in spec.segments[:i]:
                 raise CatalogError(source, f"segments[{i}]", f"duplicate segment {seg!r}")
         vocab = set(spec.segments)
+    for i, name in enumerate(spec.negative_events):
+        if not name.strip():
+            raise CatalogError(source, f"negative_events[{i}]", "empty event name")
+        if name in ("Step Completed", "Onboarding Completed"):
+            raise CatalogError(
+                source,
+                f"negative_events[{i}]",
+                f"{name!r} is a positive outcome, not a negative one",
+            )
     if not spec.slots:
         raise CatalogError(source, "slots", "at least one slot required")
     slots: dict[str, Slot] = {}
@@ -646,6 +660,7 @@ def _build(spec: _CatalogSpec, source: str) -> Catalog:
         segments=None if spec.segments is None else tuple(spec.segments),
         slots=slots,
         source=source,
+        negative_events=tuple(dict.fromkeys(spec.negative_events)),
     )
     canonical = json.dumps(catalog.as_dict(), sort_keys=True, separators=(",", ":"))
     object.__setattr__(catalog, "digest", hashlib.sha256(canonical.encode()).hexdigest())

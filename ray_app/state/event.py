@@ -41,6 +41,8 @@ class Event:
     user_id: str | None = None
     anonymous_id: str | None = None
     traits: dict[str, Any] = field(default_factory=dict)
+    """The user's traits this event carries: an ``identify``'s ``traits`` over any call's
+    ``context.traits`` (a ``group`` call's own traits describe the account and are left out)."""
     properties: dict[str, Any] = field(default_factory=dict)
     trace: str | None = None
     """W3C ``traceparent`` of the record (from its Kafka headers), when it was traced."""
@@ -101,6 +103,14 @@ def decode_event(value: bytes, trace: str | None = None) -> Event:
     props = d.get("properties") or {}
     if not isinstance(traits, dict) or not isinstance(props, dict):
         raise EventDecodeError(ReasonCode.INVALID_FIELD, "traits/properties", "expected objects")
+    if kind != "identify":
+        traits = {}  # a group call's traits describe the account, not the user
+    context = d.get("context")
+    ctx_traits = context.get("traits") if isinstance(context, dict) else None
+    if isinstance(ctx_traits, dict) and ctx_traits:
+        # the user's traits as of this call (RudderStack sends identify traits only here,
+        # Segment libraries on every call): they count as traits; top-level ones win
+        traits = {**ctx_traits, **traits}
     name = d.get("event") if kind == "track" else d.get("name")
     return Event(
         message_id=_str(d, "messageId", required=True) or "",

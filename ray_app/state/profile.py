@@ -203,7 +203,7 @@ def apply(profile: Profile, event: Event) -> Profile:
         ids.add(event.anonymous_id)
         if len(ids) > profile.config.max_anonymous_ids:  # keep the smallest: order-independent
             ids.remove(max(ids))
-    if event.kind == "identify":
+    if event.traits:  # identify traits, and any call's context.traits
         for k, v in event.traits.items():
             old = profile.trait_stamps.get(k)
             if old is None or stamp > old:

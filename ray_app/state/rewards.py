@@ -2,37 +2,48 @@
 
 Stream workers read ``onramp.decisions`` beside ``onramp.events`` (same key, same partition) and
 keep, per partition, the decisions whose outcome is not known yet. A decision of user ``u`` at
-time ``t`` that showed action ``a`` gets **reward 1** when, within the attribution window
-``[t, t + window]`` of event time:
+time ``t`` that showed action ``a`` is decided by the **first outcome** of ``u`` that matches it
+within its attribution window ``[t, t + window]`` of event time, "first" in the order the
+partition's events are applied (offset order through the reorder buffer, which replays
+identically after a crash):
 
-* ``step`` slots (``next_step``): ``u`` completed step ``a`` (``Step Completed`` with that step);
-* other slots (content, checklists): ``u`` completed onboarding (``Onboarding Completed``);
+* ``step`` slots (``next_step``): ``Step Completed`` of step ``a`` gives **reward 1**
+  (``completed``); a *negative event* naming step ``a`` (``Step Abandoned``, or any event the
+  catalog lists under ``negative_events``) gives **reward 0** (``abandoned``) at once;
+* other slots (content, checklists): ``Onboarding Completed`` gives reward 1 (``converted``); a
+  negative event that echoes the decision's id gives reward 0 (``abandoned``);
+* an outcome that echoes a decision id (``properties.decisionId``) concerns that decision only
+  (a conversion is the exception: it credits every content decision in whose window it falls);
+* no matching outcome: **reward 0** (``timeout``) once the watermark passes ``t + window``.
 
-and **reward 0** (outcome ``timeout``) once the watermark passes ``t + window`` without one. An
-``Step Completed`` that echoes a decision id (``properties.decisionId``) credits that decision
-only; otherwise an outcome credits every decision of the user in whose window it falls and
-that it matches (a conversion credits every content decision in its window).
+Explicit outcomes are rewards as soon as the stream applies them, so a learner sees 0s as early as
+1s; only users who do nothing wait for their window to close.
 
-Exactly once, whatever the interleaving of the two topics: a reward is decided either when a
-matching completion is applied while the decision waits, or when the decision arrives and the
-profile already holds a completion in its window, or when the watermark closes the window, and
-each of these gives the same value (a completion inside the window is always applied before the
-watermark passes the window's end: later ones are late, and events still held by a reorder
-buffer are never behind the watermark). Each decision id is decided once and remembered until
-the watermark is well past its window, so a decision logged twice (an idempotent client retry)
-gets one reward. Reward records are written at least once (a replay after a crash may write one
-again, identical, with the same decision id); readers deduplicate by decision id.
+Exactly once, whatever the interleaving of the two topics. Every outcome event applied is kept in
+a per-user *outcome log* (with its position in the apply order) for ``retention_ms`` of event
+time (a day by default, and at least two windows). A decision that arrives looks in the log for its first matching outcome; a decision
+that waits is decided by the first matching outcome applied after it arrived, which is then the
+first matching one of all (none was in the log when it arrived); a window closes only when the
+watermark passes its end, after which no outcome inside it can be applied (it would be late,
+and events held by the reorder buffer are never behind the watermark). Each of these gives the
+same value. Each decision id is decided once and remembered until the watermark is a window past
+its window, so a decision logged twice (an idempotent client retry) gets one reward. The log,
+the pending decisions and the decided ids are checkpointed with the partition's state. Reward
+records are written at least once (a replay after a crash may write one again, identical, with the
+same decision id); readers deduplicate by decision id. The one case that is not exact: a decision
+record that reaches the stream when the watermark is already ``retention_ms`` past its outcome
+(the decision log lagging the events by a day) finds the log pruned and times out.
 
->>> from ray_app.state.profile import Profile
 >>> j = RewardJoin(window_ms=60_000, step_slots=frozenset({"next_step"}))
 >>> d = {"decisionId": "d1", "userKey": "u1", "slot": "next_step", "chosen": "role",
-...      "propensity": 0.5, "features": [0.0], "arm": "treatment", "modelVersion": 3,
-...      "timestamp": "2026-01-01T00:00:00.000+00:00", "ranked": [{"action": "role"}]}
->>> j.offer_decision(d, None, watermark=0)
+...      "actionIndex": 1, "propensity": 0.5, "features": [0.0], "arm": "treatment",
+...      "modelVersion": 3, "timestamp": "2026-01-01T00:00:00.000+00:00",
+...      "candidates": ["role", "goals"], "ranked": [{"action": "role"}, {"action": "goals"}]}
+>>> j.offer_decision(d, watermark=0)
 []
->>> p = Profile("u1"); p.steps["role"] = StepStats(completions=1, completed_times=[(1767225630000, "")])
->>> [(r["decisionId"], r["reward"], r["outcome"]) for r in j.on_completion("u1", "role", 1767225630000, None, p)]
-[('d1', 1.0, 'completed')]
+>>> [(r.decision_id, r.reward, r.outcome, r.candidates)
+...  for r in j.on_outcome("u1", "Step Abandoned", "role", 1767225630000, None)]
+[('d1', 0.0, 'abandoned', ['role', 'goals'])]
 """
 
 from __future__ import annotations
@@ -40,56 +51,86 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from ray_app.records import Outcome, RewardRecord
 from ray_app.state.event import EventDecodeError
-from ray_app.state.profile import Profile, StepStats
 from validation.reasons import ReasonCode
 
-__all__ = ["PendingDecision", "RewardJoin", "StepStats", "decode_decision"]
+__all__ = [
+    "NEGATIVE_EVENTS",
+    "POSITIVE_EVENTS",
+    "LoggedOutcome",
+    "PendingDecision",
+    "RewardJoin",
+    "decode_decision",
+]
 
 _REQUIRED = ("decisionId", "userKey", "slot", "chosen", "propensity", "timestamp")
+
+STEP_COMPLETED = "Step Completed"
+ONBOARDING_COMPLETED = "Onboarding Completed"
+#: The events that reward 1 (fixed: what the SDK and the catalog's step slots mean by success).
+POSITIVE_EVENTS = frozenset({STEP_COMPLETED, ONBOARDING_COMPLETED})
+#: The default negative events (a catalog's ``negative_events`` replaces them).
+NEGATIVE_EVENTS = frozenset({"Step Abandoned"})
+
+#: Outcomes kept per user in the log (the earliest in apply order; a bound against abuse).
+MAX_LOGGED_OUTCOMES = 64
 
 
 @dataclass(frozen=True, slots=True)
 class PendingDecision:
+    """What the join keeps of a decision record until its outcome is known."""
+
     decision_id: str
     user_key: str
     slot: str
     step_slot: bool
     action: str
-    action_index: int | None
+    action_index: int
     arm: str
     propensity: float
     features: tuple[float, ...]
     decided_at: int
     model_version: int
+    candidates: tuple[str, ...] | None = None
 
-    def reward(self, value: float, outcome: str, outcome_at: int | None) -> dict[str, Any]:
-        """The reward record (schema ``onramp.reward/1``)."""
-        return {
-            "schema": "onramp.reward/1",
-            "decisionId": self.decision_id,
-            "userKey": self.user_key,
-            "slot": self.slot,
-            "action": self.action,
-            "actionIndex": self.action_index,
-            "arm": self.arm,
-            "propensity": self.propensity,
-            "features": list(self.features),
-            "reward": value,
-            "outcome": outcome,
-            "decidedAtMs": self.decided_at,
-            "outcomeAtMs": outcome_at,
-            "modelVersion": self.model_version,
-        }
+    def reward(self, value: float, outcome: Outcome, outcome_at: int | None) -> RewardRecord:
+        """The reward record of this decision (schema ``onramp.reward/1``)."""
+        return RewardRecord(
+            decision_id=self.decision_id,
+            user_key=self.user_key,
+            slot=self.slot,
+            action=self.action,
+            action_index=self.action_index,
+            arm=self.arm,
+            propensity=self.propensity,
+            features=list(self.features),
+            reward=value,
+            outcome=outcome,
+            decided_at_ms=self.decided_at,
+            outcome_at_ms=outcome_at,
+            model_version=self.model_version,
+            candidates=None if self.candidates is None else list(self.candidates),
+        )
 
 
-def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> PendingDecision:
-    """A decision log record -> what the join keeps; raises :class:`EventDecodeError`."""
-    for key in _REQUIRED:
-        if record.get(key) is None:
-            raise EventDecodeError(ReasonCode.MISSING_FIELD, key, "required in a decision record")
+class LoggedOutcome(NamedTuple):
+    """One applied outcome event in a user's log."""
+
+    seq: int
+    """Position in the partition's apply order (what "first" means)."""
+    ts: int
+    positive: bool
+    onboarding: bool
+    """``Onboarding Completed`` (rewards content slots), else a step event."""
+    step: str | None
+    echo: str | None
+    """The decision id the event echoed, if any."""
+
+
+def _ms(record: dict[str, Any]) -> int:
     try:
         t = dt.datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00"))
     except ValueError:
@@ -98,77 +139,126 @@ def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> Pendi
         ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1000)
+
+
+def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> PendingDecision:
+    """A decision log record -> what the join keeps; raises :class:`EventDecodeError`."""
+    for key in _REQUIRED:
+        if record.get(key) is None:
+            raise EventDecodeError(ReasonCode.MISSING_FIELD, key, "required in a decision record")
+    decided_at = _ms(record)
     p = record["propensity"]
-    if not isinstance(p, int | float) or not 0 < p <= 1:
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
         raise EventDecodeError(
             ReasonCode.INVALID_FIELD, "propensity", "expected a number in (0, 1]"
         )
+    index = record.get("actionIndex")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise EventDecodeError(
+            ReasonCode.INVALID_FIELD, "actionIndex", f"expected an integer >= 0, got {index!r}"
+        )
     features = record.get("features") or []
-    if not isinstance(features, list) or not all(isinstance(v, int | float) for v in features):
+    if not isinstance(features, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in features
+    ):
         raise EventDecodeError(ReasonCode.INVALID_FIELD, "features", "expected a list of numbers")
     ranked = record.get("ranked") or []
-    ids = [r.get("action") for r in ranked if isinstance(r, dict)]
-    slot = str(record["slot"])
-    return (
-        PendingDecision(
-            decision_id=str(record["decisionId"]),
-            user_key=str(record["userKey"]),
-            slot=slot,
-            step_slot=slot in step_slots,
-            action=str(record["chosen"]),
-            action_index=record.get("actionIndex"),
-            arm=str(record.get("arm", "")),
-            propensity=float(p),
-            features=tuple(float(v) for v in features),
-            decided_at=int(t.timestamp() * 1000),
-            model_version=int(record.get("modelVersion") or 0),
+    ids = (
+        [r.get("action") for r in ranked if isinstance(r, dict)] if isinstance(ranked, list) else []
+    )
+    if ids and record["chosen"] not in ids:
+        raise EventDecodeError(
+            ReasonCode.INVALID_FIELD,
+            "chosen",
+            f"{record['chosen']!r} is not among the ranked actions",
         )
-        if record["chosen"] in ids or not ids
-        else _bad_chosen(record)
+    cands = record.get("candidates")
+    if cands is not None and not (
+        isinstance(cands, list) and all(isinstance(c, str) for c in cands)
+    ):
+        raise EventDecodeError(ReasonCode.INVALID_FIELD, "candidates", "expected a list of ids")
+    slot = str(record["slot"])
+    return PendingDecision(
+        decision_id=str(record["decisionId"]),
+        user_key=str(record["userKey"]),
+        slot=slot,
+        step_slot=slot in step_slots,
+        action=str(record["chosen"]),
+        action_index=index,
+        arm=str(record.get("arm", "")),
+        propensity=float(p),
+        features=tuple(float(v) for v in features),
+        decided_at=decided_at,
+        model_version=int(record.get("modelVersion") or 0),
+        candidates=None if cands is None else tuple(cands),
     )
 
 
-def _bad_chosen(record: dict[str, Any]) -> PendingDecision:
-    raise EventDecodeError(
-        ReasonCode.INVALID_FIELD, "chosen", f"{record['chosen']!r} is not among the ranked actions"
-    )
+def _matches(d: PendingDecision, o: LoggedOutcome, window_ms: int) -> bool:
+    """Whether outcome ``o`` decides decision ``d`` (see the module docstring)."""
+    if not d.decided_at <= o.ts <= d.decided_at + window_ms:
+        return False
+    if o.onboarding and o.positive:
+        return not d.step_slot
+    if o.echo is not None and o.echo != d.decision_id:
+        return False
+    if d.step_slot:
+        return o.step == d.action
+    return not o.positive and o.echo == d.decision_id
 
 
 @dataclass
 class RewardJoin:
-    """The pending decisions of one partition and the rules above. Pure and picklable."""
+    """The pending decisions of one partition, its outcome log and the rules above. Pure and
+    picklable."""
 
     window_ms: int = 300_000
     step_slots: frozenset[str] = frozenset({"next_step"})
+    negative_events: frozenset[str] = NEGATIVE_EVENTS
+    retention_ms: int = 86_400_000
+    """How long (event time) an applied outcome stays in the log for decisions still to come."""
     pending: dict[str, PendingDecision] = field(default_factory=dict)
     by_user: dict[str, list[str]] = field(default_factory=dict)
     closing: list[tuple[int, str]] = field(default_factory=list)
     decided: dict[str, int] = field(default_factory=dict)
     """Decision ids already rewarded -> end of their window (to drop repeated log records)."""
     forget: list[tuple[int, str]] = field(default_factory=list)
+    log: dict[str, list[LoggedOutcome]] = field(default_factory=dict)
+    """user -> the outcomes applied in the last ``retention_ms`` of event time, in apply order."""
+    log_expiry: list[tuple[int, str]] = field(default_factory=list)
+    seq: int = 0
     rewards: int = 0
     positives: int = 0
+    explicit_negatives: int = 0
     repeated: int = 0
     # what changed since the last take_delta(): so a delta checkpoint carries only that
     added: dict[str, PendingDecision] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
     decided_added: dict[str, int] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
+    log_touched: set[str] = field(default_factory=set)
+
+    @property
+    def _retention(self) -> int:
+        return max(self.retention_ms, 2 * self.window_ms)
+
+    def is_outcome(self, name: str | None) -> bool:
+        """Whether a ``track`` event of this name is an outcome (positive or negative)."""
+        return name in POSITIVE_EVENTS or name in self.negative_events
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def offer_decision(
-        self, record: dict[str, Any], profile: Profile | None, watermark: int
-    ) -> list[dict[str, Any]]:
+    def offer_decision(self, record: dict[str, Any], watermark: int) -> list[RewardRecord]:
         """A decision log record; raises :class:`EventDecodeError` for a malformed one."""
         d = decode_decision(record, self.step_slots)
         if d.decision_id in self.pending or d.decision_id in self.decided:
             self.repeated += 1
             return []
+        for o in self.log.get(d.user_key, ()):
+            if _matches(d, o, self.window_ms):
+                return [self._decide_by(d, o)]
         end = d.decided_at + self.window_ms
-        hit = self._completion_in_window(d, profile)
-        if hit is not None:
-            return [self._decide(d, 1.0, "completed" if d.step_slot else "converted", hit)]
         if watermark > end:
             return [self._decide(d, 0.0, "timeout", None)]
         self.pending[d.decision_id] = d
@@ -177,34 +267,36 @@ class RewardJoin:
         heapq.heappush(self.closing, (end, d.decision_id))
         return []
 
-    def on_completion(
-        self,
-        user_key: str,
-        step: str | None,
-        ts: int,
-        decision_id: str | None,
-        profile: Profile | None = None,
-        onboarding: bool = False,
-    ) -> list[dict[str, Any]]:
-        """A completion was applied (``step`` completed, or onboarding when ``onboarding``)."""
+    def on_outcome(
+        self, user_key: str, name: str, step: str | None, ts: int, echo: str | None
+    ) -> list[RewardRecord]:
+        """An outcome event (``is_outcome(name)``) of ``user_key`` was applied: log it and decide
+        the pending decisions it matches."""
+        self.seq += 1
+        o = LoggedOutcome(
+            self.seq,
+            ts,
+            name in POSITIVE_EVENTS,
+            name == ONBOARDING_COMPLETED,
+            step,
+            echo,
+        )
+        entries = self.log.setdefault(user_key, [])
+        if len(entries) < MAX_LOGGED_OUTCOMES:
+            entries.append(o)
+            self.log_touched.add(user_key)
+            heapq.heappush(self.log_expiry, (ts + self._retention, user_key))
         ids = self.by_user.get(user_key)
         if not ids:
             return []
-        out = []
-        for did in list(ids):
-            d = self.pending[did]
-            if decision_id is not None and did != decision_id and not onboarding:
-                continue
-            if not d.decided_at <= ts <= d.decided_at + self.window_ms:
-                continue
-            if d.step_slot and not onboarding and step == d.action:
-                out.append(self._decide(d, 1.0, "completed", ts))
-            elif not d.step_slot and onboarding:
-                out.append(self._decide(d, 1.0, "converted", ts))
-        return out
+        return [
+            self._decide_by(d, o)
+            for d in [self.pending[did] for did in list(ids)]
+            if _matches(d, o, self.window_ms)
+        ]
 
-    def advance(self, watermark: int) -> list[dict[str, Any]]:
-        """Close the windows the watermark has passed (reward 0, ``timeout``)."""
+    def advance(self, watermark: int) -> list[RewardRecord]:
+        """Close the windows the watermark has passed (reward 0, ``timeout``); prune the log."""
         out = []
         while self.closing and self.closing[0][0] < watermark:
             _, did = heapq.heappop(self.closing)
@@ -216,28 +308,32 @@ class RewardJoin:
             if self.decided.pop(did, None) is not None:
                 self.forgotten.add(did)
                 self.decided_added.pop(did, None)
+        horizon = watermark - self._retention
+        while self.log_expiry and self.log_expiry[0][0] < watermark:
+            _, user = heapq.heappop(self.log_expiry)
+            entries = self.log.get(user)
+            if entries is None:
+                continue
+            kept = [o for o in entries if o.ts >= horizon]
+            if len(kept) != len(entries):
+                self.log_touched.add(user)
+                if kept:
+                    self.log[user] = kept
+                else:
+                    del self.log[user]
         return out
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _completion_in_window(self, d: PendingDecision, profile: Profile | None) -> int | None:
-        if profile is None:
-            return None
-        end = d.decided_at + self.window_ms
-        if d.step_slot:
-            st = profile.steps.get(d.action)
-            if st is None:
-                return None
-            for at, echo in st.completed_times:
-                if d.decided_at <= at <= end and echo in ("", d.decision_id):
-                    return at
-            return None
-        done = profile.completed_at
-        return done if done is not None and d.decided_at <= done <= end else None
+    def _decide_by(self, d: PendingDecision, o: LoggedOutcome) -> RewardRecord:
+        if o.positive:
+            return self._decide(d, 1.0, "completed" if d.step_slot else "converted", o.ts)
+        self.explicit_negatives += 1
+        return self._decide(d, 0.0, "abandoned", o.ts)
 
     def _decide(
-        self, d: PendingDecision, value: float, outcome: str, at: int | None
-    ) -> dict[str, Any]:
+        self, d: PendingDecision, value: float, outcome: Outcome, at: int | None
+    ) -> RewardRecord:
         if self.pending.pop(d.decision_id, None) is not None:
             if self.added.pop(d.decision_id, None) is None:
                 self.removed.add(d.decision_id)
@@ -258,6 +354,7 @@ class RewardJoin:
     def reset_changes(self) -> None:
         """A full snapshot was taken: later deltas are relative to it."""
         self.added, self.removed, self.decided_added, self.forgotten = {}, set(), {}, set()
+        self.log_touched = set()
 
     def take_delta(self) -> tuple[Any, ...]:
         """What changed since the previous snapshot or delta (and forget that)."""
@@ -266,14 +363,15 @@ class RewardJoin:
             self.removed,
             self.decided_added,
             self.forgotten,
-            (self.rewards, self.positives, self.repeated),
+            {u: list(self.log[u]) if u in self.log else None for u in self.log_touched},
+            (self.rewards, self.positives, self.explicit_negatives, self.repeated, self.seq),
         )
         self.reset_changes()
         return delta
 
     def apply_delta(self, delta: tuple[Any, ...]) -> None:
         """Bring a restored join up to date with a delta of :meth:`take_delta`."""
-        added, removed, decided_added, forgotten, counters = delta
+        added, removed, decided_added, forgotten, logs, counters = delta
         for did in removed:
             d = self.pending.pop(did, None)
             if d is not None:
@@ -291,7 +389,14 @@ class RewardJoin:
         for did, end in decided_added.items():
             self.decided[did] = end
             heapq.heappush(self.forget, (end + self.window_ms, did))
-        self.rewards, self.positives, self.repeated = counters
+        for user, entries in logs.items():
+            if entries is None:
+                self.log.pop(user, None)
+                continue
+            self.log[user] = entries
+            for o in entries:
+                heapq.heappush(self.log_expiry, (o.ts + self._retention, user))
+        self.rewards, self.positives, self.explicit_negatives, self.repeated, self.seq = counters
         self.reset_changes()
 
     def stats(self) -> dict[str, int]:
@@ -299,5 +404,7 @@ class RewardJoin:
             "pendingDecisions": len(self.pending),
             "rewards": self.rewards,
             "positiveRewards": self.positives,
+            "abandonedRewards": self.explicit_negatives,
             "repeatedDecisions": self.repeated,
+            "loggedOutcomeUsers": len(self.log),
         }

@@ -38,17 +38,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ray_app.collect.parse import iso_ms
+from ray_app.records import RewardRecord
 from ray_app.state.dedupe import Deduplicator
 from ray_app.state.event import Event, EventDecodeError, decode_event
 from ray_app.state.ordering import Reorderer
-from ray_app.state.profile import (
-    ONBOARDING_COMPLETED,
-    STEP_COMPLETED,
-    Profile,
-    ProfileConfig,
-    apply,
-)
-from ray_app.state.rewards import RewardJoin
+from ray_app.state.profile import Profile, ProfileConfig, apply
+from ray_app.state.rewards import NEGATIVE_EVENTS, RewardJoin
 from validation.reasons import ReasonCode
 
 if TYPE_CHECKING:
@@ -56,8 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchResult", "SessionShard", "ShardStats", "StateConfig"]
 
-SNAPSHOT_VERSION = 4
-_OUTCOMES = frozenset({STEP_COMPLETED, ONBOARDING_COMPLETED})
+SNAPSHOT_VERSION = 5
 _DAY_MS = 86_400_000
 _NO_WATERMARK = -(2**62)
 
@@ -92,6 +86,8 @@ class StateConfig:
     """Rewards: how long after a decision (event time) its outcome counts."""
     step_slots: frozenset[str] = frozenset({"next_step"})
     """Slots whose actions are steps (rewarded when that step is completed)."""
+    negative_events: frozenset[str] = NEGATIVE_EVENTS
+    """``track`` events that reward 0 at once (the catalog's ``negative_events``)."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
@@ -122,7 +118,7 @@ class BatchResult:
     received_ms: list[int] = field(default_factory=list)
     """``receivedAt`` of every applied event, for freshness."""
     users: set[str] = field(default_factory=set)
-    rewards: list[dict[str, Any]] = field(default_factory=list)
+    rewards: list[RewardRecord] = field(default_factory=list)
     """Reward records decided by this batch (see :mod:`ray_app.state.rewards`)."""
     duplicate_indices: list[int] = field(default_factory=list)
     """Indices of the duplicates (kept only when ``traces`` were given, for their spans)."""
@@ -148,7 +144,9 @@ class SessionShard:
         self._validator: BatchValidator | None = None
         self._touched: set[str] = set()
         """Users whose profile changed since the last snapshot (what a delta must carry)."""
-        self.rewards = RewardJoin(self.config.attribution_window_ms, self.config.step_slots)
+        self.rewards = RewardJoin(
+            self.config.attribution_window_ms, self.config.step_slots, self.config.negative_events
+        )
         self.decision_offset = 0
         """Next offset of this partition of ``onramp.decisions`` (checkpointed with the state)."""
 
@@ -239,10 +237,7 @@ class SessionShard:
                     )
                 if "chosen" in record and record["chosen"] is None:
                     continue  # nothing was shown: nothing to reward
-                user = str(record.get("userKey"))
-                out.rewards += self.rewards.offer_decision(
-                    record, self.profiles.get(user), self.watermark
-                )
+                out.rewards += self.rewards.offer_decision(record, self.watermark)
             except orjson.JSONDecodeError as exc:
                 out.rejected.append(
                     (index, key, value, EventDecodeError(ReasonCode.INVALID_JSON, None, str(exc)))
@@ -309,15 +304,14 @@ class SessionShard:
             profile = self.profiles[event.user_key] = Profile(event.user_key, self.config.profile)
         apply(profile, event)
         self._touched.add(event.user_key)
-        if event.kind == "track" and event.name in _OUTCOMES and self.rewards.by_user:
-            decision_id = event.properties.get("decisionId")
-            out.rewards += self.rewards.on_completion(
+        if event.kind == "track" and self.rewards.is_outcome(event.name):
+            echo = event.properties.get("decisionId")
+            out.rewards += self.rewards.on_outcome(
                 event.user_key,
+                event.name or "",
                 event.step_id,
                 event.ts,
-                decision_id if isinstance(decision_id, str) else None,
-                profile,
-                onboarding=event.name == ONBOARDING_COMPLETED,
+                echo if isinstance(echo, str) else None,
             )
         self.stats.applied += 1
         out.applied += 1

@@ -23,6 +23,7 @@ import orjson
 
 from ray_app.config import Settings
 from ray_app.kafka.client import OutRecord, make_consumer, make_producer
+from ray_app.records import RewardRecord
 from ray_app.state import SessionShard, StateConfig
 from ray_app.state.profile import ProfileConfig
 from ray_app.stream.checkpoint import CheckpointStore
@@ -59,6 +60,7 @@ def state_config(settings: Settings) -> StateConfig:
         max_user_events_per_s=s.max_user_events_per_s,
         attribution_window_ms=int(s.attribution_window_s * 1000),
         step_slots=frozenset(n for n, slot in catalog.slots.items() if slot.kind == "step"),
+        negative_events=frozenset(catalog.negative_events),
         known_steps=frozenset(catalog.known_steps) if s.validate_steps else None,
         profile=ProfileConfig(session_gap_ms=s.session_gap_ms),
     )
@@ -197,9 +199,9 @@ class StreamWorker:
         if outputs:  # acknowledged before any checkpoint can cover these offsets
             self._producer.send_all(outputs).result(timeout=60)
 
-    def _reward_records(self, rewards: list[dict[str, Any]]) -> list[OutRecord]:
+    def _reward_records(self, rewards: list[RewardRecord]) -> list[OutRecord]:
         return [
-            OutRecord(self.topics.rewards, orjson.dumps(r), key=str(r["userKey"]).encode())
+            OutRecord(self.topics.rewards, orjson.dumps(r.to_json()), key=r.user_key.encode())
             for r in rewards
         ]
 

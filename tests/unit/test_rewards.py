@@ -34,9 +34,9 @@ def _decision(did, user, ms, slot="next_step", chosen="role"):
         user.encode(),
         json.dumps(
             {"schema": "onramp.decision/1", "decisionId": did, "userKey": user, "slot": slot,
-             "chosen": chosen, "propensity": 0.5, "arm": "treatment", "modelVersion": 1,
-             "features": [0.25, 0.5], "timestamp": _iso(ms),
-             "ranked": [{"action": chosen}, {"action": "goals"}]}
+             "chosen": chosen, "actionIndex": 1, "propensity": 0.5, "arm": "treatment",
+             "modelVersion": 1, "features": [0.25, 0.5], "timestamp": _iso(ms),
+             "candidates": [chosen, "goals"], "ranked": [{"action": chosen}, {"action": "goals"}]}
         ).encode(),
     )  # fmt: skip
 
@@ -48,7 +48,7 @@ def _scenario(users=30, spacing_ms=1_000):
         user, t = f"u{u}", T0 + u * spacing_ms
         did = f"d{u}"
         decisions.append(_decision(did, user, t))
-        kind = u % 5
+        kind = u % 10
         if kind == 0:  # completes the step shown: reward 1
             events.append(_event(f"e{u}", user, t + 5_000, "Step Completed", "role"))
             expected[did] = (1.0, "completed")
@@ -62,11 +62,35 @@ def _scenario(users=30, spacing_ms=1_000):
             decisions[-1] = _decision(did, user, t, slot="welcome_content", chosen="video_tour")
             events.append(_event(f"e{u}", user, t + 20_000, "Onboarding Completed"))
             expected[did] = (1.0, "converted")
-        else:  # echoes the decision id of a second decision: only that one is credited
+        elif kind == 4:  # echoes the decision id of a second decision: only that one is credited
             decisions.append(_decision(f"{did}b", user, t + 100))
             events.append(_event(f"e{u}", user, t + 5_000, "Step Completed", "role", f"{did}b"))
             expected[did] = (0.0, "timeout")
             expected[f"{did}b"] = (1.0, "completed")
+        elif kind == 5:  # abandons the step shown: reward 0 at once
+            events.append(_event(f"e{u}", user, t + 2_000, "Step Abandoned", "role"))
+            expected[did] = (0.0, "abandoned")
+        elif kind == 6:  # abandons, then completes it: the first outcome wins
+            events.append(_event(f"e{u}", user, t + 2_000, "Step Abandoned", "role"))
+            events.append(_event(f"f{u}", user, t + 4_000, "Step Completed", "role"))
+            expected[did] = (0.0, "abandoned")
+        elif kind == 7:  # completes, then abandons it: the first outcome wins
+            events.append(_event(f"e{u}", user, t + 2_000, "Step Completed", "role"))
+            events.append(_event(f"f{u}", user, t + 4_000, "Step Abandoned", "role"))
+            expected[did] = (1.0, "completed")
+        elif kind == 8:  # abandons another step, and the shown one after the window
+            events.append(_event(f"e{u}", user, t + 2_000, "Step Abandoned", "goals"))
+            events.append(_event(f"f{u}", user, t + 45_000, "Step Abandoned", "role"))
+            expected[did] = (0.0, "timeout")
+        else:  # a content decision abandoned by an echo; the other content decision converts
+            decisions[-1] = _decision(did, user, t, slot="welcome_content", chosen="video_tour")
+            decisions.append(
+                _decision(f"{did}b", user, t + 50, slot="welcome_content", chosen="video_tour")
+            )
+            events.append(_event(f"e{u}", user, t + 2_000, "Step Abandoned", None, did))
+            events.append(_event(f"f{u}", user, t + 9_000, "Onboarding Completed"))
+            expected[did] = (0.0, "abandoned")
+            expected[f"{did}b"] = (1.0, "converted")
     # traffic that moves the watermark past every window
     events += [
         _event(f"tick{n}", "ticker", T0 + users * spacing_ms + 40_000 + n * 10_000, "Heartbeat")
@@ -109,8 +133,8 @@ def _run(events, decisions, rng, crash_every=None):
 def _final(rewards):
     out = {}
     for r in rewards:
-        value = (r["reward"], r["outcome"])
-        assert out.setdefault(r["decisionId"], value) == value, "one decision, two rewards"
+        value = (r.reward, r.outcome)
+        assert out.setdefault(r.decision_id, value) == value, "one decision, two rewards"
     return out
 
 
@@ -139,7 +163,23 @@ def test_a_decision_logged_twice_is_rewarded_once_and_garbage_is_rejected():
     r = shard.process_decisions([d, d, (b"u1", b"{nope"), (b"u1", b'{"decisionId": "x"}')], 4)
     assert [e.reason.value for *_, e in r.rejected] == ["invalid_json", "missing_field"]
     r = shard.process([_event("c", "u1", T0 + 1_000, "Step Completed", "role")])
-    assert [(x["decisionId"], x["reward"], x["features"]) for x in r.rewards] == [
-        ("dup", 1.0, [0.25, 0.5])
+    assert [(x.decision_id, x.reward, x.features, x.candidates) for x in r.rewards] == [
+        ("dup", 1.0, [0.25, 0.5], ["role", "goals"])
     ]
     assert shard.rewards.stats()["repeatedDecisions"] == 1
+
+
+def test_the_outcome_log_is_pruned_after_its_retention_and_counts_abandons():
+    config = StateConfig(allowed_lateness_ms=1_000, attribution_window_ms=5_000, reorder_wait_ms=0)
+    shard = SessionShard(0, config)
+    shard.rewards.retention_ms = 20_000
+    shard.process([_event("a", "u1", T0, "Step Abandoned", "role")])
+    r = shard.process_decisions([_decision("d1", "u1", T0 - 1_000)], 1)
+    assert [(x.reward, x.outcome) for x in r.rewards] == [(0.0, "abandoned")]
+    assert shard.rewards.stats()["abandonedRewards"] == 1
+    assert shard.rewards.stats()["loggedOutcomeUsers"] == 1
+    shard.process([_event("t", "ticker", T0 + 30_000, "Heartbeat")])
+    assert shard.rewards.stats()["loggedOutcomeUsers"] == 0  # past the retention: pruned
+    # a decision that arrives after its window closed, with its outcome pruned: a timeout
+    r = shard.process_decisions([_decision("d2", "u1", T0 - 500)], 2)
+    assert [(x.reward, x.outcome) for x in r.rewards] == [(0.0, "timeout")]

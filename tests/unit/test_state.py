@@ -430,3 +430,28 @@ def test_a_delta_is_smaller_than_the_state_it_updates():
     assert restored.profiles_as_dicts() == shard.profiles_as_dicts()
     with pytest.raises(ValueError, match="base snapshot first"):
         SessionShard.restore(delta)
+
+
+def test_context_traits_count_as_traits_and_top_level_identify_traits_win():
+    import orjson
+
+    from ray_app.state.event import decode_event
+    from ray_app.state.profile import Profile, apply
+
+    def rec(mid, kind, ts, **extra):
+        return orjson.dumps({"messageId": mid, "type": kind, "userKey": "u1", "event": "Clicked",
+                             "timestamp": ts, "receivedAt": ts, **extra})  # fmt: skip
+
+    p = Profile("u1")
+    # RudderStack's identify: traits only in context.traits
+    apply(p, decode_event(rec("a", "identify", "2026-01-01T00:00:00Z",
+                              context={"traits": {"jobFunction": "nurse", "seats": 12}})))  # fmt: skip
+    # a track call carrying context.traits (Segment libraries) updates them too
+    apply(p, decode_event(rec("b", "track", "2026-01-01T00:00:01Z",
+                              context={"traits": {"seats": 14}})))  # fmt: skip
+    # top-level identify traits beat the same call's context.traits
+    apply(p, decode_event(rec("c", "identify", "2026-01-01T00:00:02Z", traits={"plan": "pro"},
+                              context={"traits": {"plan": "free"}})))  # fmt: skip
+    # a group call's traits describe the account, not the user
+    apply(p, decode_event(rec("d", "group", "2026-01-01T00:00:03Z", traits={"plan": "acme"})))
+    assert p.traits == {"jobFunction": "nurse", "seats": 14, "plan": "pro"}
