@@ -181,16 +181,28 @@ class _SlotSpec(_Spec):
         return value
 
 
+class _FeaturesSpec(_Spec):
+    buckets: int = 512
+    include: list[str] | None = None
+    exclude: list[str] = []
+    numeric: list[str] = []
+    categorical: list[str] = []
+    crosses: bool = True
+    cross_fields: int = 12
+
+
 class _CatalogSpec(_Spec):
     version: Literal[1]
     steps: list[str]
     segments: list[str] | None = None
     negative_events: list[str] = ["Step Abandoned"]
+    features: _FeaturesSpec | None = None
     slots: dict[str, _SlotSpec]
 
 
 _KEYS = {
     0: list(_CatalogSpec.model_fields),
+    1: list(_FeaturesSpec.model_fields),
     2: list(_SlotSpec.model_fields),
     4: list(_ActionSpec.model_fields),
 }
@@ -393,6 +405,8 @@ class Catalog:
     source: str = "<dict>"
     negative_events: tuple[str, ...] = ("Step Abandoned",)
     """``track`` events that reward a decision 0 at once (see :mod:`ray_app.state.rewards`)."""
+    features: dict[str, Any] | None = None
+    """The ``features:`` section (how attributes are hashed; see :class:`ray_app.features.Hashing`)."""
     digest: str = ""
 
     # -------------------------------------------------------------------------- construction
@@ -432,6 +446,8 @@ class Catalog:
             out["segments"] = list(self.segments)
         if self.negative_events != ("Step Abandoned",):
             out["negative_events"] = list(self.negative_events)
+        if self.features is not None:
+            out["features"] = dict(self.features)
         out["slots"] = {name: s.as_dict() for name, s in self.slots.items()}
         return out
 
@@ -661,10 +677,25 @@ def _build(spec: _CatalogSpec, source: str) -> Catalog:
         slots=slots,
         source=source,
         negative_events=tuple(dict.fromkeys(spec.negative_events)),
+        features=_features(spec.features, source),
     )
     canonical = json.dumps(catalog.as_dict(), sort_keys=True, separators=(",", ":"))
     object.__setattr__(catalog, "digest", hashlib.sha256(canonical.encode()).hexdigest())
     return catalog
+
+
+def _features(spec: _FeaturesSpec | None, source: str) -> dict[str, Any] | None:
+    """The ``features:`` section, checked by building the hashing it describes."""
+    if spec is None:
+        return None
+    from ray_app.features import Hashing
+
+    data = spec.model_dump()
+    try:
+        Hashing.from_spec(data)
+    except ValueError as exc:
+        raise CatalogError(source, "features", str(exc)) from None
+    return data
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

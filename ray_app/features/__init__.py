@@ -1,22 +1,42 @@
 """Features: a profile, its CRM enrichment and the request context -> one fixed-size vector.
 
 One code path for serving, online learning and offline training: all of them call
-:meth:`FeatureSchema.featurize` (or :meth:`FeatureSchema.featurize_many`). The schema is built from
-a catalog's steps and the categorical vocabularies of :class:`Vocabularies`; its :attr:`hash`
-covers every feature name and :data:`FEATURE_VERSION` (bump it when the meaning of a feature
-changes), so a model trained on one schema is never served on another.
+:meth:`FeatureSchema.featurize` (or :meth:`FeatureSchema.featurize_many`). The vector has two
+parts:
+
+* **Onboarding features**, named from the catalog's steps: which steps were seen, completed or
+  abandoned, time and form errors per step, progress, event counts, sessions, recency, activity.
+* **Hashed attributes**: every trait of the profile (whatever its key: ``identify`` traits and
+  any call's ``context.traits``), every CRM column of the enrichment and every field of the
+  request context becomes a token ``t:key=value`` (``c:`` for CRM, ``x:`` for context), and
+  every *pair* of trait/CRM tokens a cross token ``t:a=1&t:b=2``, so that a preference that
+  depends on two traits together (role and company size, not each alone) is one feature.
+  Tokens are hashed into :attr:`Hashing.buckets` buckets (CRC-32: the same bucket in every
+  process and release). Text is case-folded; numbers become log2 buckets (``#7`` for 128-255);
+  nested objects are flattened one level (``company.plan``). Identifiers and personal data are
+  left out by default (keys like ``email``, ``name``, ``phone``, ``*Id``, ``*At``, values with
+  an ``@`` or longer than 64 characters): they would be noise, one value per user.
+
+Nothing is configured per value: a new trait value or a new trait key lands in its bucket, so
+zero configuration already personalizes, and a growing vocabulary never changes the vector's
+layout. A catalog's ``features:`` section may include, exclude or type keys (:class:`Hashing`).
+The schema's :attr:`~FeatureSchema.hash` covers every feature name, the hashing settings and
+:data:`FEATURE_VERSION` (bump it when the meaning of a feature changes), so a model trained on
+one schema is never served on another.
 
 Every value is finite whatever the input: missing fields, ``None``, strings where numbers belong,
-negative counts and unknown categories all map to 0 or to the ``other`` bucket of their group.
-Counts and durations are ``log1p``-scaled and clipped into ``[0, 1]``.
+negative counts map to 0. Counts and durations are ``log1p``-scaled and clipped into ``[0, 1]``.
 
 >>> from ray_app.catalog import load_catalog
 >>> schema = FeatureSchema.from_catalog(load_catalog())
 >>> x = schema.featurize(None, None, {"device": "mobile"}, now_ms=0)
 >>> x.dtype, x.shape == (schema.dim,), float(x[schema.index("cold")])
 (dtype('float32'), True, 1.0)
->>> float(x[schema.index("ctx:device:mobile")]), len(schema.hash)
+>>> float(x[schema.bucket("x:device=mobile")]), len(schema.hash)
 (1.0, 16)
+>>> p = {"traits": {"jobFunction": "Nurse", "seats": 40, "email": "a@b.c"}}
+>>> sorted(schema.tokens(p, None, None))
+['t:jobFunction=nurse', 't:jobFunction=nurse&t:seats=#5', 't:seats=#5']
 >>> p = {"stepsCompleted": ["welcome"], "steps": {"welcome": {"completions": 1, "timeMs": "oops"}}}
 >>> float(schema.featurize(p, None, None, now_ms=0)[schema.index("step:welcome:completed")])
 1.0
@@ -27,6 +47,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -37,15 +59,15 @@ if TYPE_CHECKING:
     from ray_app.catalog import Catalog
 
 __all__ = [
-    "DEFAULT_VOCABULARIES",
+    "DEFAULT_HASHING",
     "EVENT_COUNTS",
     "FEATURE_VERSION",
     "FeatureSchema",
-    "Vocabularies",
+    "Hashing",
 ]
 
 #: Bump when a feature's meaning changes without its name changing (it changes :attr:`hash`).
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 #: The ``counts`` keys of a profile that become features (event kinds and onboarding tracks).
 EVENT_COUNTS: tuple[str, ...] = (
@@ -62,8 +84,8 @@ EVENT_COUNTS: tuple[str, ...] = (
     "track:Onboarding Completed",
 )
 
-#: Values treated as "missing" for a categorical (all zeros, not ``other``).
-_MISSING = frozenset({"", "unknown", "none", "null", "n/a"})
+#: Values treated as "missing" for a categorical (no token).
+_MISSING = frozenset({"", "unknown", "none", "null", "n/a", "undefined"})
 
 # Caps of log1p-scaled values: the value at the cap maps to 1.0.
 _CAP_COUNT = 1000.0
@@ -74,54 +96,89 @@ _CAP_5M = 300.0
 _CAP_60M = 3000.0
 _CAP_RECENCY_S = 30 * 86400.0
 _CAP_AGE_S = 90 * 86400.0
-_CAP_EMPLOYEES = 100_000.0
+
+#: Keys left out of hashing by default (case-insensitive): identifiers and personal data of the
+#: Segment spec's reserved traits and context, and the enrichment's own bookkeeping.
+DEFAULT_EXCLUDE: frozenset[str] = frozenset(
+    {
+        "email", "name", "firstname", "lastname", "phone", "username", "id", "avatar", "website",
+        "description", "address", "birthday", "password", "token", "ip", "useragent",
+        "useragentdata", "traits", "library", "page", "screen", "onramp", "found", "by",
+        "messageid", "requestid", "sessionid",
+    }
+)  # fmt: skip
+#: Keys that name an identifier or a time (``accountId``, ``account_id``, ``createdAt``).
+_ID_OR_TIME = re.compile(r"(?:Id|ID|_id|At|_at)$")
+_MAX_TEXT = 64
 
 
 @dataclass(frozen=True)
-class Vocabularies:
-    """The known values of each categorical feature; anything else goes to ``other``.
+class Hashing:
+    """How traits, CRM columns and context fields become hashed features.
 
-    The defaults match the simulator's population and CRM (:mod:`ray_app.sim.population`).
+    ``include`` (when set) keeps only these keys; ``exclude`` adds to :data:`DEFAULT_EXCLUDE`;
+    ``numeric`` keys are read as numbers (log2 buckets) even when sent as text; ``categorical``
+    keys keep numbers as exact values. Keys are matched case-insensitively, a nested key as
+    ``parent.child``. ``cross_fields``: at most this many trait/CRM fields (by key order) are
+    crossed in pairs.
     """
 
-    roles: tuple[str, ...] = (
-        "founder",
-        "ceo",
-        "manager",
-        "ops",
-        "it_admin",
-        "director",
-        "engineer",
-    )
-    company_sizes: tuple[str, ...] = ("1-10", "11-50", "51-200", "201-1000", "1000+")
-    segments: tuple[str, ...] = ("startup_founder", "smb_manager", "enterprise_admin", "developer")
-    referrals: tuple[str, ...] = (
-        "product_hunt",
-        "twitter",
-        "google",
-        "referral",
-        "sales",
-        "partner",
-        "github",
-        "docs",
-    )
-    plans: tuple[str, ...] = ("free", "starter", "team", "enterprise")
-    industries: tuple[str, ...] = ("saas", "fintech", "retail", "health", "education")
-    regions: tuple[str, ...] = ("na", "emea", "apac")
-    devices: tuple[str, ...] = ("desktop", "mobile", "tablet")
-    referrers: tuple[str, ...] = (
-        "direct",
-        "google",
-        "github",
-        "docs",
-        "twitter",
-        "product_hunt",
-        "partner",
-        "email",
-    )
+    buckets: int = 512
+    include: frozenset[str] | None = None
+    exclude: frozenset[str] = frozenset()
+    numeric: frozenset[str] = frozenset()
+    categorical: frozenset[str] = frozenset()
+    crosses: bool = True
+    cross_fields: int = 12
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.buckets, int) and 16 <= self.buckets <= 1 << 20):
+            raise ValueError(
+                f"features.buckets must be an integer in [16, 2**20], got {self.buckets!r}"
+            )
+        if not (isinstance(self.cross_fields, int) and self.cross_fields >= 2):
+            raise ValueError(
+                f"features.cross_fields must be an integer >= 2, got {self.cross_fields!r}"
+            )
+        for name in ("include", "exclude", "numeric", "categorical"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, frozenset(k.strip().lower() for k in v))
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None) -> Hashing:
+        """From a catalog's ``features:`` section (``None``: the defaults)."""
+        if not spec:
+            return DEFAULT_HASHING
+        kw: dict[str, Any] = dict(spec)
+        for name in ("include", "exclude", "numeric", "categorical"):
+            if kw.get(name) is not None:
+                kw[name] = frozenset(kw[name])
+        return cls(**kw)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Canonical content (part of the schema hash)."""
+        return {
+            "buckets": self.buckets,
+            "include": None if self.include is None else sorted(self.include),
+            "exclude": sorted(self.exclude),
+            "numeric": sorted(self.numeric),
+            "categorical": sorted(self.categorical),
+            "crosses": self.crosses,
+            "cross_fields": self.cross_fields,
+        }
+
+    def keeps(self, key: str) -> bool:
+        k = key.lower()
+        if self.include is not None:
+            return k in self.include
+        if k in DEFAULT_EXCLUDE or k in self.exclude:
+            return False
+        leaf = key.rsplit(".", 1)[-1]
+        return leaf.lower() not in DEFAULT_EXCLUDE and not _ID_OR_TIME.search(leaf)
 
 
-DEFAULT_VOCABULARIES = Vocabularies()
+DEFAULT_HASHING = Hashing()
 
 
 def _num(value: Any) -> float:
@@ -156,29 +213,60 @@ def _get(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, Mapping) else None
 
 
-def _category(value: Any) -> str | None:
-    """A categorical value as lower-case text; ``None`` when missing."""
-    if isinstance(value, bool) or value is None:
+def _token_value(key: str, value: Any, h: Hashing) -> str | None:
+    """One attribute's value as the text of its token; ``None`` to leave it out."""
+    if value is None:
         return None
+    k = key.lower()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if k in h.categorical:
+            f = float(value)
+            if not math.isfinite(f):
+                return None
+            return str(int(f)) if f.is_integer() and abs(f) < 1e15 else repr(f)
+        return _log2_bucket(_num(value))
     if isinstance(value, str):
         v = value.strip().lower()
-    elif isinstance(value, int | float):
-        v = str(value)
-    else:
-        return None
-    return None if v in _MISSING else v
+        if v in _MISSING or len(v) > _MAX_TEXT or "@" in v or "://" in v:
+            return None
+        if k in h.numeric:
+            f = _num(v)
+            return _log2_bucket(f) if f or v in ("0", "0.0") else None
+        return v
+    return None
 
 
-@dataclass(frozen=True)
-class _OneHot:
-    offset: int  # position of the first value; ``other`` follows the known values
-    positions: dict[str, int]
-    other: int
+def _log2_bucket(v: float) -> str:
+    """``#n`` with ``n = floor(log2(1 + |v|))`` (``#-n`` below zero): 0 -> #0, 1 -> #1,
+    2-3 -> #1..2, 128-254 -> #7."""
+    n = int(math.log2(1.0 + min(abs(v), 1e300)))
+    return f"#-{n}" if v < 0 else f"#{n}"
 
-    def set(self, out: list[float], value: Any) -> None:
-        v = _category(value)
-        if v is not None:
-            out[self.positions.get(v, self.other)] = 1.0
+
+def _attributes(prefix: str, d: Any, h: Hashing, out: list[tuple[str, str]]) -> None:
+    """(key, token) of every kept scalar attribute of ``d``, nested objects one level deep."""
+    if not isinstance(d, Mapping):
+        return
+    for key, value in d.items():
+        if not isinstance(key, str) or not key:
+            continue
+        if isinstance(value, Mapping):
+            if h.include is None and not h.keeps(key):
+                continue
+            for sub, v in value.items():
+                if isinstance(sub, str) and sub and not isinstance(v, Mapping):
+                    name = f"{key}.{sub}"
+                    if h.keeps(name) and (t := _token_value(name, v, h)) is not None:
+                        out.append((name, f"{prefix}:{name}={t}"))
+            continue
+        if h.keeps(key) and (t := _token_value(key, value, h)) is not None:
+            out.append((key, f"{prefix}:{key}={t}"))
+
+
+def _bucket(token: str, buckets: int) -> int:
+    return zlib.crc32(token.encode("utf-8", "surrogatepass")) % buckets
 
 
 class _Positions(NamedTuple):
@@ -190,7 +278,6 @@ class _Positions(NamedTuple):
     activity_5m: int
     activity_60m: int
     crm_found: int
-    crm_employees: int
 
 
 _FIXED_NAMES = (
@@ -202,34 +289,32 @@ _FIXED_NAMES = (
     "activity:last5m",
     "activity:last60m",
     "crm:found",
-    "crm:employees",
 )
 
 
 @dataclass(frozen=True)
 class FeatureSchema:
-    """The feature vector's layout for a set of onboarding steps and vocabularies.
+    """The feature vector's layout for a set of onboarding steps and hashing settings.
 
     Picklable and immutable; build it once per catalog (:meth:`from_catalog`) and share it.
     """
 
     steps: tuple[str, ...]
-    vocab: Vocabularies = DEFAULT_VOCABULARIES
+    hashing: Hashing = DEFAULT_HASHING
     version: int = FEATURE_VERSION
     names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     hash: str = field(init=False, repr=False, compare=False)
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
-    _hot: dict[str, _OneHot] = field(init=False, repr=False, compare=False)
+    _current: dict[str, int] = field(init=False, repr=False, compare=False)
     _steps: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False)
     _counts: int = field(init=False, repr=False, compare=False)
     _pos: _Positions = field(init=False, repr=False, compare=False)
+    _hashed: int = field(init=False, repr=False, compare=False)
 
     @classmethod
-    def from_catalog(
-        cls, catalog: Catalog, vocab: Vocabularies = DEFAULT_VOCABULARIES
-    ) -> FeatureSchema:
-        """The schema for a catalog's known steps."""
-        return cls(tuple(catalog.known_steps), vocab)
+    def from_catalog(cls, catalog: Catalog) -> FeatureSchema:
+        """The schema for a catalog's known steps and its ``features:`` section."""
+        return cls(tuple(catalog.known_steps), Hashing.from_spec(catalog.features))
 
     def __post_init__(self) -> None:
         names: list[str] = ["cold", "onboarding_completed", "progress"]
@@ -243,36 +328,24 @@ class FeatureSchema:
             ]
         names += [f"count:{k}" for k in EVENT_COUNTS]
         names += _FIXED_NAMES
-        hot: dict[str, _OneHot] = {}
-        v = self.vocab
-        groups: dict[str, tuple[str, ...]] = {
-            "current_step": self.steps,
-            "trait:role": v.roles,
-            "trait:company_size": v.company_sizes,
-            "trait:segment": v.segments,
-            "trait:referral": v.referrals,
-            "crm:plan": v.plans,
-            "crm:industry": v.industries,
-            "crm:region": v.regions,
-            "ctx:device": v.devices,
-            "ctx:referrer": v.referrers,
-        }
-        for group, values in groups.items():
-            offset = len(names)
-            known = tuple(dict.fromkeys(x.strip().lower() for x in values))
-            names += [f"{group}:{x}" for x in known] + [f"{group}:other"]
-            hot[group] = _OneHot(
-                offset, {x: offset + i for i, x in enumerate(known)}, offset + len(known)
-            )
+        current = len(names)
+        names += [f"current_step:{s}" for s in self.steps]
+        hashed = len(names)
+        names += [f"hash:{i}" for i in range(self.hashing.buckets)]
         if len(set(names)) != len(names):
-            raise ValueError("feature names collide: check the steps and vocabularies")
+            raise ValueError("feature names collide: check the catalog's steps")
         digest = hashlib.sha256(
-            json.dumps({"version": self.version, "names": names}).encode()
+            json.dumps(
+                {"version": self.version, "names": names, "hashing": self.hashing.as_dict()}
+            ).encode()
         ).hexdigest()
         object.__setattr__(self, "names", tuple(names))
         object.__setattr__(self, "hash", digest[:16])
         object.__setattr__(self, "_index", {n: i for i, n in enumerate(names)})
-        object.__setattr__(self, "_hot", hot)
+        object.__setattr__(
+            self, "_current", {s.strip().lower(): current + i for i, s in enumerate(self.steps)}
+        )
+        object.__setattr__(self, "_hashed", hashed)
         index = self._index
         object.__setattr__(
             self, "_steps", tuple((st, index[f"step:{st}:completed"]) for st in self.steps)
@@ -293,6 +366,32 @@ class FeatureSchema:
         """The non-zero features of a vector by name (for logs and debugging)."""
         return {self.names[i]: float(x[i]) for i in np.flatnonzero(x)}
 
+    def bucket(self, token: str) -> int:
+        """Position of a hashed token's bucket (e.g. ``t:role=admin``, ``x:device=mobile``)."""
+        return self._hashed + _bucket(token, self.hashing.buckets)
+
+    def tokens(
+        self,
+        profile: Mapping[str, Any] | None,
+        enrichment: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> list[str]:
+        """The hashed tokens of these inputs: traits, CRM columns, context fields and the crosses
+        of trait/CRM pairs (what the ``hash:*`` features are made of)."""
+        h = self.hashing
+        user: list[tuple[str, str]] = []
+        traits = profile.get("traits") if isinstance(profile, Mapping) else None
+        _attributes("t", traits, h, user)
+        if isinstance(enrichment, Mapping) and enrichment.get("found") is True:
+            _attributes("c", enrichment, h, user)
+        ctx: list[tuple[str, str]] = []
+        _attributes("x", context, h, ctx)
+        out = [t for _, t in user] + [t for _, t in ctx]
+        if h.crosses and len(user) > 1:
+            crossed = sorted(t for _, t in user)[: h.cross_fields]
+            out += [f"{a}&{b}" for i, a in enumerate(crossed) for b in crossed[i + 1 :]]
+        return out
+
     # -------------------------------------------------------------------------- featurize
 
     def featurize(
@@ -306,7 +405,8 @@ class FeatureSchema:
 
         ``profile`` is a ``Profile.as_dict()`` (``None``: unknown user, the ``cold`` feature is 1),
         ``enrichment`` the CRM row of ``CrmTable.enrich``, ``context`` the request's context
-        (``device``, ``referrer``) and ``now_ms`` the decision time (for recency).
+        (any fields: ``device``, ``referrer``, ``locale``...) and ``now_ms`` the decision time
+        (for recency).
         """
         out = [0.0] * len(self.names)
         self._fill(out, profile, enrichment, context, now_ms)
@@ -361,25 +461,18 @@ class FeatureSchema:
         context: Any,
         now_ms: Any,
     ) -> None:
-        hot = self._hot
         pos = self._pos
         if isinstance(profile, Mapping) and profile:
             self._fill_profile(out, profile, _num(now_ms))
         else:
             out[0] = 1.0  # cold
-        if isinstance(enrichment, Mapping):
-            if enrichment.get("found") is True:
-                out[pos.crm_found] = 1.0
-            out[pos.crm_employees] = _scaled(enrichment.get("employees"), _CAP_EMPLOYEES)
-            hot["crm:plan"].set(out, enrichment.get("plan"))
-            hot["crm:industry"].set(out, enrichment.get("industry"))
-            hot["crm:region"].set(out, enrichment.get("region"))
-        if isinstance(context, Mapping):
-            hot["ctx:device"].set(out, context.get("device"))
-            hot["ctx:referrer"].set(out, context.get("referrer"))
+        if isinstance(enrichment, Mapping) and enrichment.get("found") is True:
+            out[pos.crm_found] = 1.0
+        base, n = self._hashed, self.hashing.buckets
+        for token in self.tokens(profile, enrichment, context):
+            out[base + _bucket(token, n)] = 1.0
 
     def _fill_profile(self, out: list[float], p: Mapping[str, Any], now: float) -> None:
-        hot = self._hot
         pos = self._pos
         out[1] = 1.0 if p.get("completedAt") is not None else 0.0
         done = p.get("stepsCompleted")
@@ -431,11 +524,7 @@ class FeatureSchema:
             out[pos.activity_5m] = _scaled(act.get("last5m"), _CAP_5M)
             out[pos.activity_60m] = _scaled(act.get("last60m"), _CAP_60M)
         current = p.get("currentStep")
-        if current is not None:
-            hot["current_step"].set(out, current)
-        traits = p.get("traits")
-        if isinstance(traits, Mapping) and traits:
-            hot["trait:role"].set(out, traits.get("role"))
-            hot["trait:company_size"].set(out, traits.get("companySize"))
-            hot["trait:segment"].set(out, traits.get("segment"))
-            hot["trait:referral"].set(out, traits.get("referral"))
+        if isinstance(current, str):
+            at = self._current.get(current.strip().lower())
+            if at is not None:
+                out[at] = 1.0

@@ -8,8 +8,7 @@ content slots: follows the content shown). The preferences are designed so that
 * the static flow (the catalog's ``default`` order) is never the best choice for ``next_step``
   and clearly beats uniform random, and the oracle clearly beats both;
 * the best action differs by segment, and a user's segment can be read from the identify traits
-  alone (``segment``, ``role``, ``companySize``, ``referral``: the values of
-  :data:`ray_app.features.DEFAULT_VOCABULARIES`);
+  alone (``segment``, ``role``, ``companySize``, ``referral``);
 * the **drift** scenario swaps each segment's favourite and least favourite action in every slot
   (from user ``drift_at_user`` on): the pre-drift optimum becomes the worst choice, the rest is
   unchanged, so the static flow and random keep their rates and only a learner that explores

@@ -132,7 +132,7 @@ GARBAGE: list[tuple[str, Callable[[dict[str, Any]], Any], str, str]] = [
         "unknown top-level key",
         lambda d: d.__setitem__("extra", 1),
         "extra",
-        "unknown key; expected one of: version, steps, segments, slots",
+        "unknown key; expected one of: version, steps, segments, negative_events, features, slots",
     ),
     (
         "string where a list belongs",
@@ -455,3 +455,24 @@ def test_catalog_and_errors_survive_pickle():
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err)
         assert back.field == err.field and back.context == err.context
+
+
+def test_negative_events_and_features_sections():
+    from ray_app.catalog import Catalog, CatalogError
+    from ray_app.features import FeatureSchema
+
+    base = load_catalog().as_dict()
+    c = Catalog.from_dict(
+        {**base, "negative_events": ["Step Abandoned", "Tour Skipped"],
+         "features": {"buckets": 128, "exclude": ["plan"]}}
+    )  # fmt: skip
+    assert c.negative_events == ("Step Abandoned", "Tour Skipped")
+    assert c.digest != load_catalog().digest and Catalog.from_dict(c.as_dict()) == c
+    schema = FeatureSchema.from_catalog(c)
+    assert schema.hashing.buckets == 128 and schema.tokens({"traits": {"plan": "pro"}}) == []
+    with pytest.raises(CatalogError, match="positive outcome"):
+        Catalog.from_dict({**base, "negative_events": ["Step Completed"]})
+    with pytest.raises(CatalogError, match=r"features: features.buckets must be an integer"):
+        Catalog.from_dict({**base, "features": {"buckets": 3}})
+    with pytest.raises(CatalogError, match="unknown key"):
+        Catalog.from_dict({**base, "features": {"bucket": 3}})

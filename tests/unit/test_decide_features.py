@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ray_app.catalog import load_catalog
 from ray_app.enrich import DEFAULTS
-from ray_app.features import FEATURE_VERSION, FeatureSchema, Vocabularies
+from ray_app.features import FEATURE_VERSION, FeatureSchema, Hashing
 from ray_app.sim.population import STEPS
 from ray_app.state.event import Event
 from ray_app.state.profile import Profile, apply
@@ -28,6 +28,15 @@ def value(x: np.ndarray, name: str) -> float:
 
 def group(x: np.ndarray, prefix: str) -> dict[str, float]:
     return {n: float(x[i]) for i, n in enumerate(SCHEMA.names) if n.startswith(prefix) and x[i]}
+
+
+def hashed(x: np.ndarray) -> set[int]:
+    """The positions of the hashed features that are on."""
+    return {i for i in np.flatnonzero(x) if SCHEMA.names[i].startswith("hash:")}
+
+
+def buckets(*tokens: str) -> set[int]:
+    return {SCHEMA.bucket(t) for t in tokens}
 
 
 def real_profile() -> dict:
@@ -59,28 +68,56 @@ def test_names_dim_and_hash():
     assert FeatureSchema(STEPS).hash == SCHEMA.hash and FeatureSchema(STEPS) == SCHEMA
     for s in STEPS:
         assert f"step:{s}:completed" in SCHEMA.names and f"current_step:{s}" in SCHEMA.names
-    for g in ("trait:role", "crm:plan", "crm:industry", "crm:region", "ctx:device", "ctx:referrer"):
-        assert f"{g}:other" in SCHEMA.names
+    assert sum(n.startswith("hash:") for n in SCHEMA.names) == SCHEMA.hashing.buckets == 512
 
 
-def test_hash_changes_with_steps_vocabularies_and_version():
+def test_hash_changes_with_steps_hashing_and_version():
     hashes = {
         SCHEMA.hash,
         FeatureSchema(STEPS[:-1]).hash,
-        FeatureSchema(STEPS, Vocabularies(plans=("free", "pro"))).hash,
+        FeatureSchema(STEPS, Hashing(buckets=256)).hash,
+        FeatureSchema(STEPS, Hashing(exclude=frozenset({"plan"}))).hash,
         FeatureSchema(STEPS, version=FEATURE_VERSION + 1).hash,
     }
-    assert len(hashes) == 4
+    assert len(hashes) == 5
 
 
-def test_vocabularies_are_case_folded_and_collisions_refused():
-    folded = FeatureSchema(STEPS, Vocabularies(devices=("mobile", "Mobile")))
-    assert [n for n in folded.names if n.startswith("ctx:device:")] == [
-        "ctx:device:mobile",
-        "ctx:device:other",
+def test_a_growing_vocabulary_never_changes_the_layout():
+    before = (SCHEMA.dim, SCHEMA.hash)
+    # values and keys never seen before land in their buckets; the layout stays
+    x = SCHEMA.featurize({"traits": {"clinicType": "veterinary", "beds": 12}}, None, None)
+    assert hashed(x) == buckets(
+        "t:clinicType=veterinary", "t:beds=#3", "t:beds=#3&t:clinicType=veterinary"
+    )
+    assert (SCHEMA.dim, SCHEMA.hash) == before
+    again = FeatureSchema.from_catalog(load_catalog())
+    assert again.bucket("t:clinicType=veterinary") == SCHEMA.bucket("t:clinicType=veterinary")
+
+
+def test_identifiers_and_personal_data_are_left_out_and_the_catalog_can_type_keys():
+    traits = {"email": "a@b.co", "firstName": "Ada", "accountId": "acct-9", "createdAt": "2026",
+              "bio": "x" * 65, "site": "https://a.b", "plan": "Pro", "zip": 10115}  # fmt: skip
+    assert SCHEMA.tokens({"traits": traits}) == ["t:plan=pro", "t:zip=#13", "t:plan=pro&t:zip=#13"]
+    typed = FeatureSchema(
+        STEPS, Hashing(categorical=frozenset({"zip"}), numeric=frozenset({"seats"}),
+                       exclude=frozenset({"plan"}), crosses=False)
+    )  # fmt: skip
+    assert typed.tokens({"traits": {**traits, "seats": "40"}}) == ["t:zip=10115", "t:seats=#5"]
+    only = FeatureSchema(STEPS, Hashing(include=frozenset({"Plan", "company.tier"})))
+    assert only.tokens({"traits": {**traits, "company": {"tier": "Gold", "size": 3}}}) == [
+        "t:plan=pro",
+        "t:company.tier=gold",
+        "t:company.tier=gold&t:plan=pro",
     ]
-    with pytest.raises(ValueError, match="collide"):
-        FeatureSchema(STEPS, Vocabularies(plans=("other",)))
+
+
+def test_two_trait_preferences_have_their_own_feature():
+    """A cross of two traits is on only for that combination: a linear head can learn a
+    preference of (role, size) that neither trait predicts alone."""
+    cells = [{"role": r, "size": z} for r in ("a", "b") for z in ("s", "l")]
+    crosses = [{SCHEMA.names[i] for i in hashed(SCHEMA.featurize({"traits": c}))} for c in cells]
+    own = [c - set().union(*(o for o in crosses if o is not c)) for c in crosses]
+    assert all(own), "every (role, size) cell has a feature no other cell has"
 
 
 # ----------------------------------------------------------------------------------- contents
@@ -92,7 +129,7 @@ def test_cold_start_vector():
     assert SCHEMA.describe(x) == {"cold": 1.0}
     assert SCHEMA.describe(SCHEMA.featurize({}, None, None)) == {"cold": 1.0}
     x = SCHEMA.featurize(None, {"found": False, "by": None, **DEFAULTS}, {"device": "mobile"})
-    assert SCHEMA.describe(x) == {"cold": 1.0, "ctx:device:mobile": 1.0}
+    assert SCHEMA.describe(x) == {"cold": 1.0, SCHEMA.names[SCHEMA.bucket("x:device=mobile")]: 1.0}
 
 
 def test_a_real_profile():
@@ -105,9 +142,10 @@ def test_a_real_profile():
     assert 0 < value(x, "step:welcome:time") < 1
     assert value(x, "progress") == pytest.approx(1 / 7)
     assert group(x, "current_step:") == {"current_step:role": 1.0}
-    assert group(x, "trait:role:") == {"trait:role:engineer": 1.0}  # case-insensitive
-    assert group(x, "trait:referral:") == {"trait:referral:other": 1.0}
-    assert group(x, "trait:company_size:") == {"trait:company_size:11-50": 1.0}
+    tokens = SCHEMA.tokens(prof)
+    assert "t:role=engineer" in tokens  # case-insensitive
+    assert "t:referral=carrier_pigeon" in tokens and "t:companySize=11-50&t:role=engineer" in tokens
+    assert hashed(x) == buckets(*tokens)
     assert value(x, "count:track:Step Viewed") > value(x, "count:track:Form Error") > 0
     assert value(x, "count:page") == 0.0
     assert 0 < value(x, "recency") < value(x, "age") < 1
@@ -115,17 +153,20 @@ def test_a_real_profile():
 
 
 def test_enrichment_and_context():
-    found = {"found": True, "plan": "Enterprise", "industry": "mining", "employees": 1200,
-             "region": "unknown"}  # fmt: skip
+    found = {"found": True, "by": "accountId", "plan": "Enterprise", "industry": "mining",
+             "employees": 1200, "region": "unknown"}  # fmt: skip
     x = SCHEMA.featurize(None, found, {"device": "tablet", "referrer": "Google"})
-    assert value(x, "crm:found") == 1.0 and 0 < value(x, "crm:employees") < 1
-    assert group(x, "crm:plan:") == {"crm:plan:enterprise": 1.0}
-    assert group(x, "crm:industry:") == {"crm:industry:other": 1.0}
-    assert group(x, "crm:region:") == {}  # "unknown" is missing, not "other"
-    assert group(x, "ctx:") == {"ctx:device:tablet": 1.0, "ctx:referrer:google": 1.0}
-    y = SCHEMA.featurize(None, {"employees": "1200"}, {"device": "fridge"})
-    assert value(y, "crm:employees") == value(x, "crm:employees")  # numeric text is a number
-    assert group(y, "ctx:") == {"ctx:device:other": 1.0}
+    assert value(x, "crm:found") == 1.0
+    assert set(SCHEMA.tokens(None, found, {"device": "tablet", "referrer": "Google"})) == {
+        "c:plan=enterprise", "c:industry=mining", "c:employees=#10",  # "unknown" is missing
+        "c:employees=#10&c:industry=mining", "c:employees=#10&c:plan=enterprise",
+        "c:industry=mining&c:plan=enterprise", "x:device=tablet", "x:referrer=google",
+    }  # fmt: skip
+    assert hashed(x) == buckets(
+        *SCHEMA.tokens(None, found, {"device": "tablet", "referrer": "Google"})
+    )
+    # a CRM miss carries defaults, not the user's data: no tokens
+    assert SCHEMA.tokens(None, {"found": False, "by": None, **DEFAULTS}, None) == []
 
 
 def test_recency_is_clipped():

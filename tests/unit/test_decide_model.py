@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ray_app.catalog import Catalog, load_catalog
-from ray_app.features import FeatureSchema, Vocabularies
+from ray_app.features import FeatureSchema, Hashing
 from ray_app.model import (
     MAGIC,
     Choice,
@@ -145,7 +145,7 @@ def weights_of(state: dict) -> bytes:
     return buf.getvalue()
 
 
-OTHER_SCHEMA = FeatureSchema(STEPS, Vocabularies(plans=("free", "pro")))
+OTHER_SCHEMA = FeatureSchema(STEPS, Hashing(buckets=256))
 
 
 def bad_files(bundle: ModelBundle) -> list[tuple[str, object, str, str]]:

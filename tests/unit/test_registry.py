@@ -12,7 +12,7 @@ import torch
 from ray_app.catalog import load_catalog
 from ray_app.cli import main as cli
 from ray_app.decide import Arms, Decider
-from ray_app.features import FeatureSchema, Vocabularies
+from ray_app.features import FeatureSchema, Hashing
 from ray_app.learn.learner import LearnerConfig, OnlineLearner
 from ray_app.learn.reward import RewardRecord
 from ray_app.model import ModelBundle, ModelFileError, Policy, cold_start_bundle
@@ -128,7 +128,7 @@ def test_errors_name_what_is_wrong(tmp_path):
         reg.promote(1, serve, SCHEMA, CATALOG)
     with pytest.raises(RegistryError, match="nothing has been promoted"):
         reg.rollback(serve, SCHEMA, CATALOG)
-    other = FeatureSchema.from_catalog(CATALOG, Vocabularies(devices=("desktop", "watch")))
+    other = FeatureSchema(tuple(CATALOG.known_steps), Hashing(buckets=64))
     reg.register(cold_start_bundle(other, CATALOG))
     with pytest.raises(RegistryError, match=r"feature schema .* current feature schema") as info:
         reg.promote(1, serve, SCHEMA, CATALOG)
