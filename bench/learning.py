@@ -1,34 +1,62 @@
-"""Does Onramp learn? The full loop over simulated users with a known optimum.
+"""Does Onramp learn? The full loop over simulated users with a known optimum, on shipped
+settings, beside Vowpal Wabbit.
 
 Starts the embedded broker, Ray, the stream workers, the online learner and the Onramp app on
-Serve, then lets simulator v2 (``ray_app/sim/live.py``) walk users through it over HTTP: each
-user signs up, asks ``/v1/decide`` for ``next_step`` and completes or abandons the step shown,
-as the hidden ground truth of their segment says. The stream joins decisions with outcomes into
-rewards, the learner trains on them and publishes weights, the decision replicas swap them in.
-Halfway (``--drift-at``) the users' preferences change.
+Serve, then lets simulated users of a world (``ray_app/sim/worlds.py``; ``--world``) walk through
+it over HTTP (``ray_app/sim/live.py``): each user signs up (``identify`` with the world's own
+traits, top level or in ``context.traits``), asks ``/v1/decide`` for ``next_step`` and completes
+or abandons the step shown, as the hidden ground truth of their cell says. The stream joins
+decisions with outcomes into rewards, the learner trains on them and publishes weights, the
+decision replicas swap them in. At ``--drift-at`` the users' preferences change (``--drift``).
+
+Onramp runs on its **shipped settings**: the environment sets only ports, keys, the state
+directory, the Kafka client and the experiment's split (``decide.arms``, ``--treatment-share``);
+no timing or learner setting is overridden (a benchmark that needs timing overrides measures
+something users never get).
+
+Before the stack starts, **Vowpal Wabbit** (``bench/vw_baseline.py``; ``--cb_explore_adf
+--squarecb`` with the trait interactions written by hand) learns online from the same users in
+the same order with immediate rewards, twice: ``-q UA --cubic UUA`` (``vw_cubic``) and ``-q UA``
+(``vw_quadratic``). It takes seconds.
+
+Worlds (``--world``): ``teams`` (the default), ``clinics`` (a numeric trait), ``campus``, and
+``v2`` (the project's own simulator, which the feature code was first written against). Drift
+(``--drift``): ``abrupt`` (every user from ``--drift-at`` on), ``gradual`` (the drifted share
+ramps over ``--drift-span`` users from ``--drift-at``) or ``none``.
 
 Reported (last line, JSON):
 
-* completion rate per decision (made with the user's live profile; the share of cold starts is
-  reported beside) of the treatment arm (Onramp's model) over the last users before
-  the drift, beside the exact expected rates of the static flow, uniform random and the oracle
-  (computed from the ground truth), and the control arm's measured rate;
-* the share of the oracle's gain over the static flow that the treatment arm captured there;
+* ``curve``: per block of 1,000 users (by user index), the share of the oracle's gain over the
+  static flow captured by the treatment arm, the control arm and both VW runs, valued with the
+  ground truth's expected completion probability of the action each user was shown (less noisy
+  than the sampled outcome; cold starts left out); ``milestones`` picks users 2,000, 6,000,
+  10,000 and 20,000 from it;
+* ``longest_treatment_below_control_users``: after the first 2,000 users, the longest run of
+  consecutive treatment users during which the treatment arm's rolling expected rate (over its
+  last 1,000 users) is below the control arm's over the same users' index range (the
+  guardrail's job: the goal is <= 1,000, ``guardrail_ok``);
+* ``value``: the share of the oracle's gain captured by the treatment arm (measured completions)
+  over its last ``--window`` users before the drift, beside the exact expected rates of the
+  static flow, uniform random and the oracle, and the control arm's measured rate;
 * users after the drift until the treatment arm's rolling rate is back to 90% of its pre-drift
   share of the (post-drift) oracle gain;
-* the median time from an outcome event to the published weights that include it.
+* the time from an outcome event to the published weights that include it (p50, p90).
 
-    .venv/bin/python bench/learning.py                    # ~5 minutes on 2 cores
-    .venv/bin/python bench/learning.py --users 6000 --drift-at 4000 --window 1000   # quicker look
+    .venv/bin/python bench/learning.py                       # teams, 12,000 users: ~5 min
+    .venv/bin/python bench/learning.py --world clinics --drift gradual
+    .venv/bin/python bench/learning.py --users 20000 --drift-at 14000   # the 20,000-user goal
+    .venv/bin/python bench/learning.py --users 3000 --drift none        # a quick look
 """
 
 import argparse
 import asyncio
+import bisect
 import dataclasses
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +66,11 @@ from bench._common import emit, git_rev, machine
 
 WRITE_KEY = "bench-write-key"
 READ_KEY = "bench-read-key"
+
+#: Users per point of the curve.
+BLOCK = 1_000
+#: Users at which the curve is summarized (the issue's goals).
+MILESTONES = (2_000, 6_000, 10_000, 20_000)
 
 
 def rolling(outcomes: list[Any], arm: str, window: int) -> list[tuple[int, float]]:
@@ -74,16 +107,226 @@ def users_to_recover(
     )
 
 
+@dataclass(frozen=True)
+class Row:
+    """One decision, valued by the ground truth: the expected completion probability of the
+    action shown (``p``), of the static flow's (``static``) and of the oracle's (``oracle``) for
+    that user, in the user's world (drifted or not)."""
+
+    index: int
+    arm: str
+    p: float
+    static: float
+    oracle: float
+
+
+def reference_rows(truth: Any, outcomes: list[Any]) -> list[Row]:
+    """Outcomes (of a live run, the twin or the VW baseline) -> :class:`Row` per decision made
+    with the live profile (cold starts are left out, and counted apart), by user index.
+    Expected probabilities, not the sampled outcomes: far less noise per user."""
+    slot = "next_step"
+    refs: dict[tuple[str, bool], tuple[float, float]] = {}
+    out = []
+    for o in sorted(outcomes, key=lambda o: o.index):
+        if o.cold_start:
+            continue
+        key = (o.segment, bool(o.drifted))
+        if key not in refs:
+            el = truth.eligible(o.segment, slot)
+            refs[key] = (
+                truth.p_complete(o.segment, slot, truth.static_choice(slot, el), o.drifted),
+                truth.p_complete(
+                    o.segment, slot, truth.oracle_choice(o.segment, slot, el, o.drifted), o.drifted
+                ),
+            )
+        static, oracle = refs[key]
+        out.append(
+            Row(o.index, o.arm, truth.p_complete(o.segment, slot, o.action, o.drifted), static,
+                oracle)
+        )  # fmt: skip
+    return out
+
+
+def gain_share(rows: list[Row]) -> float | None:
+    """The share of the oracle's gain over the static flow that ``rows`` captured."""
+    gain = sum(r.oracle - r.static for r in rows)
+    return None if not rows or gain <= 0 else round(sum(r.p - r.static for r in rows) / gain, 4)
+
+
+def gain_curve(rows: list[Row], arm: str, block: int = BLOCK) -> list[float | None]:
+    """:func:`gain_share` of ``arm`` per block of ``block`` users (by user index: users
+    0-999, 1,000-1,999, ...)."""
+    by_block: dict[int, list[Row]] = {}
+    for r in rows:
+        if r.arm == arm:
+            by_block.setdefault(r.index // block, []).append(r)
+    last = max((r.index // block for r in rows), default=-1)
+    return [gain_share(by_block.get(b, [])) for b in range(last + 1)]
+
+
+def longest_treatment_below_control(
+    rows: list[Row], after: int = 2_000, window: int = 1_000
+) -> int:
+    """The guardrail's figure: after user ``after``, the longest run of consecutive treatment
+    users during which the treatment arm's rolling expected rate (over its last ``window``
+    users) is below the control arm's expected rate over the same users' index range."""
+    treat = [r for r in rows if r.arm == "treatment"]
+    control = [r for r in rows if r.arm == "control"]
+    c_index = [r.index for r in control]
+    c_sum = [0.0]
+    for r in control:
+        c_sum.append(c_sum[-1] + r.p)
+    run = longest = 0
+    acc = 0.0
+    for k, r in enumerate(treat):
+        acc += r.p
+        if k >= window:
+            acc -= treat[k - window].p
+        if k + 1 < window or r.index < after:
+            continue
+        lo = bisect.bisect_left(c_index, treat[k + 1 - window].index)
+        hi = bisect.bisect_right(c_index, r.index)
+        if hi <= lo:
+            continue
+        below = acc / window < (c_sum[hi] - c_sum[lo]) / (hi - lo)
+        run = run + 1 if below else 0
+        longest = max(longest, run)
+    return longest
+
+
+def curve_table(rows: dict[str, tuple[list[Row], str]], users: int) -> list[dict[str, Any]]:
+    """Curves side by side: ``rows`` maps a column name to (rows, the arm to read)."""
+    curves = {name: gain_curve(rs, arm) for name, (rs, arm) in rows.items()}
+    blocks = -(-users // BLOCK)
+    return [
+        {"users": min((b + 1) * BLOCK, users),
+         **{name: (c[b] if b < len(c) else None) for name, c in curves.items()}}
+        for b in range(blocks)
+    ]  # fmt: skip
+
+
+def milestones(curve: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The curve's points at :data:`MILESTONES` users (those the run reached)."""
+    at = {point["users"]: point for point in curve}
+    return {str(m): {k: v for k, v in at[m].items() if k != "users"} for m in MILESTONES if m in at}
+
+
+def users_to_recover_expected(
+    rows: list[Row], drift_at: int, captured: float, window: int = 500
+) -> int | None:
+    """Users after ``drift_at`` until the treatment arm's rolling share of the oracle's gain
+    (expected probabilities, over its last ``window`` users, all after the drift) is back to 90%
+    of ``captured``; ``None`` if it never is."""
+    post = [r for r in rows if r.arm == "treatment" and r.index >= drift_at]
+    acc = gain = 0.0
+    for k, r in enumerate(post):
+        acc += r.p - r.static
+        gain += r.oracle - r.static
+        if k >= window:
+            old = post[k - window]
+            acc -= old.p - old.static
+            gain -= old.oracle - old.static
+        if k + 1 >= window and gain > 0 and acc / gain >= 0.9 * captured:
+            return r.index - drift_at
+    return None
+
+
+def settings_env(client: str, port: int, state_dir: Path, treatment_share: float) -> dict[str, str]:
+    """The benchmark's settings: ports, keys, state directory, Kafka client and the experiment's
+    split. Nothing else: Onramp runs on its shipped defaults.
+
+    >>> sorted(settings_env("kafka-python", 8123, Path("/tmp/x"), 0.9))  # doctest: +NORMALIZE_WHITESPACE
+    ['ONRAMP_COLLECTOR__PORT', 'ONRAMP_COLLECTOR__READ_KEYS', 'ONRAMP_COLLECTOR__WRITE_KEYS',
+     'ONRAMP_DECIDE__ARMS', 'ONRAMP_KAFKA__CLIENT', 'ONRAMP_STATE_DIR']
+    """
+    return {
+        "ONRAMP_KAFKA__CLIENT": client,
+        "ONRAMP_COLLECTOR__PORT": str(port),
+        "ONRAMP_COLLECTOR__WRITE_KEYS": json.dumps({"bench": WRITE_KEY}),
+        "ONRAMP_COLLECTOR__READ_KEYS": json.dumps({"bench": READ_KEY}),
+        "ONRAMP_STATE_DIR": str(state_dir),
+        "ONRAMP_DECIDE__ARMS": json.dumps(
+            {"control": round(1 - treatment_share, 6), "treatment": treatment_share}
+        ),
+    }
+
+
+def world_args(ap: argparse.ArgumentParser, users: int, drift_at: int) -> None:
+    """The world options that ``bench/learning.py`` and ``bench/learning_twin.py`` share."""
+    from ray_app.sim.worlds import DEFAULT_WORLD, DRIFTS, WORLDS
+
+    ap.add_argument(
+        "--world",
+        choices=list(WORLDS),
+        default=DEFAULT_WORLD,
+        help=f"the simulated customer (ray_app/sim/worlds.py; default: {DEFAULT_WORLD})",
+    )
+    ap.add_argument("--users", type=int, default=users, help="simulated users in all")
+    ap.add_argument("--drift", choices=DRIFTS, default="abrupt", help="how the preferences change")
+    ap.add_argument("--drift-at", type=int, default=drift_at, help="first user after the drift")
+    ap.add_argument(
+        "--drift-span",
+        type=int,
+        default=3_000,
+        help="--drift gradual: users over which the drifted share ramps from 0 to 1",
+    )
+
+
+def make_world(args: argparse.Namespace, seed: int) -> Any:
+    """The ground truth of ``--world`` with the run's drift."""
+    from ray_app.sim.worlds import world
+
+    options = {} if args.world == "v2" else {"drift_span": args.drift_span}
+    drift_at = None if args.drift == "none" else args.drift_at
+    return world(args.world, seed=seed, drift_at=drift_at, drift=args.drift, **options)
+
+
+def learning_summary(
+    truth: Any,
+    outcomes: list[Any],
+    vw: dict[str, list[Any]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """What both learning benchmarks report from a run's outcomes and the VW baselines: the
+    curve per 1,000 users, its milestones, the guardrail figure, and the expected-probability
+    share before the drift and recovery after it."""
+    rows = reference_rows(truth, outcomes)
+    columns: dict[str, tuple[list[Row], str]] = {
+        "treatment": (rows, "treatment"),
+        "control": (rows, "control"),
+    }
+    for name, xs in vw.items():
+        columns[name] = (reference_rows(truth, xs), "vw")
+    curve = curve_table(columns, args.users)
+    drift_at = args.users if args.drift == "none" else args.drift_at
+    pre = [r for r in rows if r.index < drift_at and r.arm == "treatment"][-args.window :]
+    captured = gain_share(pre)
+    longest = longest_treatment_below_control(rows)
+    return {
+        "curve": curve,
+        "milestones": milestones(curve),
+        "captured_expected_before_drift": captured,
+        "users_to_recover_after_drift_expected": None
+        if captured is None or args.drift == "none"
+        else users_to_recover_expected(rows, drift_at, captured),
+        "longest_treatment_below_control_users": longest,
+        "guardrail_ok": longest <= 1_000,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--users", type=int, default=12_000, help="simulated users in all")
-    ap.add_argument("--drift-at", type=int, default=7_000, help="first user after the drift")
+    world_args(ap, users=12_000, drift_at=7_000)
     ap.add_argument("--concurrency", type=int, default=100, help="users in flight")
     ap.add_argument("--window", type=int, default=2_000, help="users per rolling rate")
-    ap.add_argument("--treatment-share", type=float, default=0.9)
-    ap.add_argument("--epsilon", type=float, default=0.03)
+    ap.add_argument(
+        "--treatment-share",
+        type=float,
+        default=0.9,
+        help="the experiment's split (decide.arms): the rest is the control arm",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python")
     ap.add_argument(
@@ -94,34 +337,22 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    from bench.vw_baseline import run_all
     from ray_app.config import load_settings
     from ray_app.kafka.broker import free_port
     from ray_app.sim.live import LearningRun
-    from ray_app.sim.v2 import GroundTruth
     from ray_app.up import Stack
 
+    truth = make_world(args, args.seed)
+    print(f"Vowpal Wabbit on {args.world} ...", file=sys.stderr, flush=True)
+    vw_started = time.monotonic()
+    vw = run_all(truth, args.users, args.seed)
+    vw_seconds = time.monotonic() - vw_started
+
     workdir = Path("/tmp") / f"onramp-bench-learning-{os.getpid()}"
-    share = args.treatment_share
     settings = load_settings(
-        env={
-            "ONRAMP_KAFKA__CLIENT": args.client,
-            "ONRAMP_COLLECTOR__PORT": str(free_port()),
-            "ONRAMP_COLLECTOR__WRITE_KEYS": json.dumps({"bench": WRITE_KEY}),
-            "ONRAMP_COLLECTOR__READ_KEYS": json.dumps({"bench": READ_KEY}),
-            "ONRAMP_STATE_DIR": str(workdir),
-            "ONRAMP_DECIDE__ARMS": json.dumps({"control": 1 - share, "treatment": share}),
-            "ONRAMP_DECIDE__EPSILON": str(args.epsilon),
-            "ONRAMP_DECIDE__MODEL_POLL_S": "0.25",
-            "ONRAMP_STREAM__ALLOWED_LATENESS_MS": "3000",
-            "ONRAMP_STREAM__REORDER_WAIT_MS": "1000",
-            "ONRAMP_STREAM__ATTRIBUTION_WINDOW_S": "5",
-            "ONRAMP_STREAM__POLL_MAX_RECORDS": "1000",
-            "ONRAMP_LEARN__PUBLISH_INTERVAL_S": "2",
-            "ONRAMP_LEARN__GUARDRAIL_TOLERANCE": "0.2",
-            "ONRAMP_LEARN__BOOST_SECONDS": "30",
-        }
+        env=settings_env(args.client, free_port(), workdir, args.treatment_share)
     )
-    truth = GroundTruth(seed=args.seed, drift_at_user=args.drift_at)
     print("starting broker + Ray + stream + learner + Serve ...", file=sys.stderr, flush=True)
     with Stack(settings) as stack:
         run = LearningRun(
@@ -168,8 +399,9 @@ def main() -> None:
 
         learner = ray.get(stack.learner.status.remote())
     outcomes = run.outcomes
-    pre = [o for o in outcomes if o.index < args.drift_at]
-    post = [o for o in outcomes if o.index >= args.drift_at]
+    drift_at = args.users if args.drift == "none" else args.drift_at
+    pre = [o for o in outcomes if o.index < drift_at]
+    post = [o for o in outcomes if o.index >= drift_at]
 
     def expected(policy: str, drifted: bool) -> float:
         return float(truth.expected_rate(policy, drifted=drifted))
@@ -220,24 +452,26 @@ def main() -> None:
     captured = None if treat_pre is None else (treat_pre - ref["before"]["static"]) / gain
     recovery_users = (
         None
-        if captured is None
+        if captured is None or not post
         else users_to_recover(
-            post, args.drift_at, captured, ref["drifted"]["static"], ref["drifted"]["oracle"],
+            post, drift_at, captured, ref["drifted"]["static"], ref["drifted"]["oracle"],
             min(w, 500),
         )
     )  # fmt: skip
-    curve = [
-        {"user": i, "treatment": round(r, 4)} for i, r in rolling(outcomes, "treatment", w)[::500]
-    ]
+    summary = learning_summary(truth, outcomes, vw, args)
     emit(
         {
             "benchmark": "learning",
+            "world": args.world,
+            "drift": args.drift,
             "figure": "share of the oracle's gain over the static flow captured by the treatment "
             f"arm over its last {w} users before the drift",
             "value": None if captured is None else round(captured, 3),
-            "baseline": "static flow (expected rate from the ground truth)",
+            "baseline": "static flow (expected rate from the ground truth); Vowpal Wabbit "
+            "(--cb_explore_adf --squarecb -q UA --cubic UUA) on the same users: vw_cubic",
             "baseline_value": ref["before"]["static"],
             "ratio": None if treat_pre is None else round(treat_pre / ref["before"]["static"], 3),
+            **summary,
             "treatment_rate_before_drift": treat_pre,
             "control_rate_measured": last_rate(pre, "control", w),
             "expected_rates": ref,
@@ -248,9 +482,9 @@ def main() -> None:
             "outcome_to_weights_ms_p50": learner["outcomeToWeightsMs"]["p50"],
             "outcome_to_weights_ms_p90": learner["outcomeToWeightsMs"]["p90"],
             "model_version": learner["version"],
-            "learner": {k: learner[k] for k in ("counters", "drift", "guardrail")},
+            "learner": {k: learner[k] for k in ("counters", "drift", "guardrail") if k in learner},
             "users": args.users,
-            "drift_at": args.drift_at,
+            "drift_at": None if args.drift == "none" else args.drift_at,
             "completed_users": len(outcomes),
             "cold_start_share": round(
                 sum(o.cold_start for o in outcomes) / max(1, len(outcomes)), 4
@@ -261,7 +495,12 @@ def main() -> None:
             },
             "errors": run.errors,
             "seconds": round(elapsed, 1),
-            "curve": curve,
+            "vw_seconds": round(vw_seconds, 1),
+            "curve_rolling_rate": [
+                {"user": i, "treatment": round(r, 4)}
+                for i, r in rolling(outcomes, "treatment", w)[::500]
+            ],
+            "settings_overrides": sorted(settings_env(args.client, 0, workdir, 0.9)),
             "kafka_client": args.client,
             "machine": machine(),
             "git": git_rev(),

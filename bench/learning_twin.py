@@ -2,39 +2,52 @@
 
 ``bench/learning.py`` runs the real system and takes about 5 minutes for one seed, and one seed
 says little: the share of the oracle's gain it reports moves by +-0.05 from run to run. This twin
-runs the same pieces in one process with a simulated clock, about a minute per seed:
+runs the same pieces in one process with a simulated clock, about 20 s per seed:
 
-* the same users, segments and responses (:class:`ray_app.sim.v2.GroundTruth`);
-* the same profiles: each user's sign-up events folded by the stream's own ``apply`` into a
-  :class:`~ray_app.state.profile.Profile`, featurized by the serving
-  :class:`~ray_app.features.FeatureSchema` at the decision time (recency, activity and the rest
-  as live);
-* the same policy (:class:`~ray_app.model.Policy`, epsilon-greedy, 90% treatment / 10% static
-  control) and the same :class:`~ray_app.learn.learner.OnlineLearner`, fed every
-  ``--learn-every`` seconds with the rewards that are due by then and publishing as often as
-  ``bench/learning.py`` lets it;
-* rewards arriving as the stream emits them: a completion ``--completion-delay`` after it
-  happens, a drop-off at the end of the attribution window (``--timeout-delay`` after the
-  decision: window + allowed lateness in ``bench/learning.py``);
-* the drift at ``--drift-at``, signalled to the learner ``--drift-detect-s`` after it (about when
-  the live Page-Hinkley detector fires).
+* the same world, users and responses (``--world``, :mod:`ray_app.sim.worlds`; the default is
+  the same as ``bench/learning.py``'s), beside the same Vowpal Wabbit baselines on the same
+  users (``bench/vw_baseline.py``);
+* the same profiles: each user's sign-up calls (``identify``, with traits top level or in
+  ``context.traits`` as the world says, then ``welcome`` viewed and completed) go through the
+  collector's own parsing (:func:`~ray_app.collect.parse.parse_request`), the stream's decoder
+  and ``apply`` into a :class:`~ray_app.state.profile.Profile`, featurized by the serving
+  :class:`~ray_app.features.FeatureSchema` at the decision time;
+* the shipped settings: the :class:`~ray_app.learn.learner.OnlineLearner` is configured from
+  ``load_settings(env={})`` by the learner service's own code, and the policy as the decision
+  replicas build it (``decide.policy``, ``decide.epsilon``, raised by the learner's published
+  epsilon); a flag overrides one setting only when given;
+* the learner fed every ``--learn-every`` seconds (its poll) with the rewards due by then; a
+  published model reaches the decisions ``decide.model_poll_s`` later (the replicas' poll);
+* rewards arriving as the stream emits them: an explicit outcome (``Step Completed`` and
+  ``Step Abandoned`` alike) ``--outcome-delay`` seconds after it happens (the worlds' users
+  always complete or abandon, so nobody waits for the end of an attribution window);
+* 90% treatment / 10% control (``--treatment-share``, the experiment's split);
+* the drift at ``--drift-at`` (``--drift``), signalled to the learner ``--drift-detect-s`` after
+  it (about when the live Page-Hinkley detector fires).
 
 Not modelled: cold starts (profile reads past their deadline), Kafka and HTTP latency, CPU
 contention. So its figures are for comparing learner settings, not a substitute for
 ``bench/learning.py``, which is the end-to-end figure.
 
-    .venv/bin/python bench/learning_twin.py                          # 4 seeds, ~4 minutes
-    .venv/bin/python bench/learning_twin.py --weight-decay 0 --seeds 1 2   # one setting, 2 seeds
-    .venv/bin/python bench/learning_twin.py --warmup-rewards 0             # without the warm-up
+    .venv/bin/python bench/learning_twin.py                          # 4 seeds on teams
+    .venv/bin/python bench/learning_twin.py --world campus --seeds 1 2
+    .venv/bin/python bench/learning_twin.py --weight-decay 0 --seeds 1   # one setting changed
 
-The last line is JSON: the mean share of the oracle's gain captured over the seeds (and each
-seed's), users to recover after the drift, against the static flow's expected rate.
+The last line is JSON: per seed and on average, the curve per 1,000 users (the share of the
+oracle's gain over the static flow of the treatment arm, the control arm and the VW runs, from
+expected probabilities), the guardrail figure (the longest run of treatment users below the
+control arm after user 2,000), the share captured before the drift and the users to recover
+after it.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
+import datetime as dt
 import heapq
+import json
 import random
 import statistics
 import sys
@@ -45,47 +58,152 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit, git_rev, machine
-from bench.learning import last_rate, users_to_recover
+from bench.learning import (
+    BLOCK,
+    last_rate,
+    learning_summary,
+    make_world,
+    users_to_recover,
+    world_args,
+)
+
+_WRITE_KEY = "twin-write-key"
+_AUTH = "Basic " + base64.b64encode(f"{_WRITE_KEY}:".encode()).decode()
+
+#: LearnerConfig fields a flag may override (``None``: the shipped setting).
+_LEARNER_FLAGS = ("epsilon", "lr", "weight_decay", "replay_steps", "warmup_rewards")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
+    world_args(ap, users=12_000, drift_at=7_000)
+    ap.add_argument("--window", type=int, default=2_000, help="users per pre-drift rate")
+    ap.add_argument("--rate", type=float, default=40.0, help="users per second")
+    ap.add_argument("--treatment-share", type=float, default=0.9)
+    ap.add_argument("--no-vw", action="store_true", help="skip the Vowpal Wabbit baselines")
+    shipped = ap.add_argument_group("settings (default: the shipped ones)")
+    shipped.add_argument("--epsilon", type=float, default=None, help="decide.epsilon")
+    shipped.add_argument("--lr", type=float, default=None, help="learn.lr")
+    shipped.add_argument("--weight-decay", type=float, default=None, help="learn.weight_decay")
+    shipped.add_argument("--replay-steps", type=int, default=None, help="learn.replay_steps")
+    shipped.add_argument(
+        "--warmup-rewards", type=int, default=None, help="learn.warmup_rewards (0: no warm-up)"
+    )
+    shipped.add_argument("--model-poll-s", type=float, default=None, help="decide.model_poll_s")
+    sim = ap.add_argument_group("the simulated system")
+    sim.add_argument(
+        "--learn-every", type=float, default=0.2, help="seconds between learn calls (its poll)"
+    )
+    sim.add_argument(
+        "--outcome-delay",
+        type=float,
+        default=1.0,
+        help="seconds from an explicit outcome (completed or abandoned) to its reward",
+    )
+    sim.add_argument("--time-scale", type=float, default=0.02, help="as bench/learning.py")
+    sim.add_argument("--drift-detect-s", type=float, default=20.0)
+    return ap
+
+
+def learner_config(overrides: dict[str, Any] | None = None) -> Any:
+    """The :class:`~ray_app.learn.learner.LearnerConfig` of the shipped settings, built by the
+    learner service's own :func:`~ray_app.learn.service.learner_config` from
+    ``load_settings(env={})``, with ``overrides`` (``None`` values ignored).
+
+    >>> from ray_app.config import load_settings
+    >>> learner_config().epsilon == load_settings(env={}).decide.epsilon
+    True
+    """
+    from ray_app.config import load_settings
+    from ray_app.learn.service import learner_config as shipped
+
+    config = shipped(load_settings(env={}))
+    return dataclasses.replace(
+        config, **{k: v for k, v in (overrides or {}).items() if v is not None}
+    )
+
+
+def _iso(ms: int) -> str:
+    from ray_app.collect.parse import iso_ms
+
+    return iso_ms(ms)
+
+
+def signup_events(user: Any, i: int, signup_ms: int) -> list[Any]:
+    """User ``i``'s sign-up as the stream sees it: the wire calls of ``bench/learning.py``
+    (``identify``, ``welcome`` viewed and completed) through the collector's parsing and the
+    stream's decoder."""
+    from ray_app.collect.parse import parse_request
+    from ray_app.sim.live import identify_call
+    from ray_app.state.event import decode_event
+
+    at = _iso(signup_ms)
+    session = f"s-{user.user_id}"
+
+    def step(name: str, seq: int) -> dict[str, Any]:
+        return {
+            "type": "track",
+            "userId": user.user_id,
+            "event": name,
+            "messageId": f"m{i}-{seq + 1}",
+            "timestamp": at,
+            "properties": {},
+            "context": {"onramp": {"sessionId": session, "seq": seq, "stepId": "welcome"}},
+        }
+
+    batch = [identify_call(user, f"m{i}-0", at), step("Step Viewed", 0), step("Step Completed", 1)]
+    parsed = parse_request(
+        "batch",
+        json.dumps({"batch": batch}).encode(),
+        content_encoding=None,
+        authorization=_AUTH,
+        write_keys={"twin": _WRITE_KEY},
+        received_at=dt.datetime.fromtimestamp(signup_ms / 1000, dt.UTC),
+    )
+    if parsed.rejections:
+        raise RuntimeError(f"the collector refused a sign-up: {parsed.rejections}")
+    return [decode_event(record) for _, record in parsed.events]
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """One run of the twin; ``args`` missing an option take the parser's default."""
     import torch
 
+    from bench.vw_baseline import run_all
     from ray_app.catalog import load_catalog
+    from ray_app.config import load_settings
     from ray_app.enrich import DEFAULTS
     from ray_app.features import FeatureSchema
-    from ray_app.learn.learner import LearnerConfig, OnlineLearner
+    from ray_app.learn.learner import OnlineLearner
     from ray_app.learn.reward import RewardRecord
     from ray_app.model import Policy, cold_start_bundle, score_batch
     from ray_app.sim.live import Outcome
-    from ray_app.sim.v2 import GroundTruth
-    from ray_app.state.event import Event
     from ray_app.state.profile import Profile, apply
 
+    args = argparse.Namespace(**{**vars(parser().parse_args([])), **vars(args)})
     torch.set_num_threads(1)
+    shipped = load_settings(env={})
+    d = shipped.decide
+    model_poll_s = d.model_poll_s if args.model_poll_s is None else args.model_poll_s
     catalog = load_catalog()
     schema = FeatureSchema.from_catalog(catalog)
     bundle = cold_start_bundle(schema, catalog)
-    config = LearnerConfig(
-        epsilon=args.epsilon,
-        publish_interval_s=2.0,
-        guardrail_tolerance=0.2,
-        boost_seconds=30.0,
-        weight_decay=args.weight_decay,
-        lr=args.lr,
-        replay_steps=args.replay_steps,
-        warmup_rewards=args.warmup_rewards,
-    )
+    config = learner_config({k: getattr(args, k) for k in _LEARNER_FLAGS})
     learner = OnlineLearner(bundle, config, clock=lambda: 0.0)
-    served, epsilon = bundle, args.epsilon
-    truth = GroundTruth(seed=seed, drift_at_user=args.drift_at)
+    policy = Policy(kind=d.policy, epsilon=config.epsilon, temperature=d.temperature, seed=d.seed)
+    served = bundle
+    published: list[tuple[float, Any]] = []  # (reaches the replicas at, bundle)
+    truth = make_world(args, seed)
     slot = catalog.slot("next_step")
     enrichment = {"found": False, **DEFAULTS}
     rng = random.Random(seed)
     due: list[tuple[float, int, RewardRecord]] = []
     outcomes: list[Outcome] = []
     last_learn = 0.0
-    told = False
+    told = args.drift == "none"
     t0 = 1_800_000_000_000  # event time of user 0's sign-up (ms)
     for i in range(args.users):
         t = i / args.rate
@@ -100,31 +218,20 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                 learner.learn(ready, now=t)
             fresh = learner.maybe_publish(now=t)
             if fresh is not None:
-                served, epsilon = fresh, fresh.metadata.get("epsilon", epsilon)
+                published.append((t + model_poll_s, fresh))
             last_learn = t
+        while published and published[0][0] <= t:
+            served = published.pop(0)[1]
+            epsilon = served.metadata.get("epsilon")  # as the replicas take it
+            if isinstance(epsilon, int | float) and 0 <= epsilon <= 1:
+                policy = dataclasses.replace(policy, epsilon=float(epsilon))
         user = truth.user(i)
         signup = t0 + int(t * 1000)
         profile = Profile(user.user_id)
-        for n, (kind, name) in enumerate(
-            [("identify", None), ("track", "Step Viewed"), ("track", "Step Completed")]
-        ):
-            apply(
-                profile,
-                Event(
-                    f"m{i}-{n}",
-                    user.user_id,
-                    kind,
-                    name,
-                    signup,
-                    signup,
-                    session_id=f"s-{i}",
-                    seq=None if kind == "identify" else n - 1,
-                    step_id=None if kind == "identify" else "welcome",
-                    user_id=user.user_id,
-                    traits=user.traits if kind == "identify" else {},
-                ),
-            )
-        decided = signup + int(1000 * rng.uniform(0.7, 1.3))  # the welcome screen's think time
+        for event in signup_events(user, i, signup):
+            apply(profile, event)
+        think = rng.uniform(0.7, 1.3)  # the welcome screen's think time
+        decided = signup + int(1000 * think)
         x = schema.featurize(profile.as_dict(), enrichment, None, decided)
         eligible = catalog.eligible("next_step", profile.as_dict(), enrichment)
         arm = "treatment" if rng.random() < args.treatment_share else "control"
@@ -133,9 +240,10 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             action, p = truth.static_choice("next_step", eligible), 1.0
         else:
             scores = score_batch(served, x, slot.index)[0]
-            choice = Policy("epsilon_greedy", epsilon=epsilon).choose(scores, eligible, did)
+            choice = policy.choose(scores, eligible, did)
             action, p = choice.chosen, choice.propensity
         done, seconds = truth.simulate_response(user, "next_step", action, rng)
+        react = min(seconds * args.time_scale, 10.0)
         record = RewardRecord(
             did,
             user.user_id,
@@ -146,29 +254,36 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             float(p),
             x.tolist(),
             float(done),
-            "completed" if done else "timeout",
+            "completed" if done else "abandoned",
             decided,
-            decided,
+            decided + int(1000 * react),
             served.version,
+            [slot.actions[a].id for a in eligible],
         )
-        react = min(seconds * args.time_scale, 10.0)
-        delay = react + args.completion_delay if done else args.timeout_delay
-        heapq.heappush(due, (t + 1.0 + delay, i, record))
+        heapq.heappush(due, (t + think + react + args.outcome_delay, i, record))
         outcomes.append(
             Outcome(i, user.segment, arm, slot.actions[action].id, done, False,
                     served.version, truth.drifted(user), t)
         )  # fmt: skip
 
+    vw = {} if args.no_vw else run_all(truth, args.users, seed)
+    summary = learning_summary(truth, outcomes, vw, args)
+    drift_at = args.users if args.drift == "none" else args.drift_at
     static = truth.expected_rate("static")
-    rate = last_rate([o for o in outcomes if not o.drifted], "treatment", args.window) or 0.0
+    rate = last_rate([o for o in outcomes if o.index < drift_at], "treatment", args.window) or 0.0
     captured = (rate - static) / (truth.expected_rate("oracle") - static)
-    recovery = users_to_recover(
-        [o for o in outcomes if o.drifted],
-        args.drift_at,
-        captured,
-        truth.expected_rate("static", drifted=True),
-        truth.expected_rate("oracle", drifted=True),
-        500,
+    post = [o for o in outcomes if o.index >= drift_at]
+    recovery = (
+        None
+        if not post
+        else users_to_recover(
+            post,
+            drift_at,
+            captured,
+            truth.expected_rate("static", drifted=True),
+            truth.expected_rate("oracle", drifted=True),
+            500,
+        )
     )
     return {
         "seed": seed,
@@ -176,63 +291,72 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "treatment_rate_before_drift": round(rate, 4),
         "users_to_recover_after_drift": recovery,
         "rollbacks": learner.counters["rollbacks"],
+        "learner_counters": dict(learner.counters),
+        **summary,
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
-    ap.add_argument("--users", type=int, default=12_000)
-    ap.add_argument("--drift-at", type=int, default=7_000)
-    ap.add_argument("--window", type=int, default=2_000, help="users per pre-drift rate")
-    ap.add_argument("--rate", type=float, default=40.0, help="users per second")
-    ap.add_argument("--treatment-share", type=float, default=0.9)
-    ap.add_argument("--epsilon", type=float, default=0.03)
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--weight-decay", type=float, default=None, help="default: the learner's")
-    ap.add_argument("--replay-steps", type=int, default=4)
-    ap.add_argument(
-        "--warmup-rewards", type=int, default=None, help="default: the learner's (0: no warm-up)"
-    )
-    ap.add_argument("--learn-every", type=float, default=0.2, help="seconds between learn calls")
-    ap.add_argument("--completion-delay", type=float, default=1.0)
-    ap.add_argument("--timeout-delay", type=float, default=9.0)
-    ap.add_argument("--time-scale", type=float, default=0.02, help="as bench/learning.py")
-    ap.add_argument("--drift-detect-s", type=float, default=20.0)
-    args = ap.parse_args()
-    from ray_app.learn.learner import LearnerConfig
+def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The seeds' curves averaged point by point (``None`` where a seed has no value)."""
+    out = []
+    for points in zip(*(r["curve"] for r in runs), strict=True):
+        row: dict[str, Any] = {"users": points[0]["users"]}
+        for key in points[0]:
+            if key != "users":
+                xs = [p[key] for p in points if p[key] is not None]
+                row[key] = round(statistics.mean(xs), 4) if xs else None
+        out.append(row)
+    return out
 
-    if args.weight_decay is None:
-        args.weight_decay = LearnerConfig().weight_decay
-    if args.warmup_rewards is None:
-        args.warmup_rewards = LearnerConfig().warmup_rewards
+
+def main() -> None:
+    args = parser().parse_args()
     started = time.monotonic()
     runs = []
     for seed in args.seeds:
         runs.append(one_seed(args, seed))
-        print(runs[-1], file=sys.stderr, flush=True)
-    from ray_app.sim.v2 import GroundTruth
-
-    static = GroundTruth().expected_rate("static")
+        brief = {k: v for k, v in runs[-1].items() if k not in ("curve", "milestones")}
+        print(brief, file=sys.stderr, flush=True)
+    truth = make_world(args, args.seeds[0])
+    static = truth.expected_rate("static")
     recoveries = [r["users_to_recover_after_drift"] for r in runs]
+    curve = _mean_curve(runs)
+    at = {p["users"]: p for p in curve}
     emit(
         {
             "benchmark": "learning_twin",
+            "world": args.world,
+            "drift": args.drift,
             "figure": "mean share of the oracle's gain over the static flow captured by the "
             f"treatment arm over its last {args.window} users before the drift "
-            f"({len(runs)} seeds, in-process twin)",
+            f"({len(runs)} seeds, in-process twin, shipped settings)",
             "value": round(statistics.mean(r["captured"] for r in runs), 3),
-            "baseline": "static flow (expected rate from the ground truth)",
+            "baseline": "static flow (expected rate from the ground truth); Vowpal Wabbit "
+            "(--cb_explore_adf --squarecb -q UA --cubic UUA) on the same users: vw_cubic",
             "baseline_value": round(static, 4),
             "ratio": round(
                 statistics.mean(r["treatment_rate_before_drift"] for r in runs) / static, 3
             ),
             "min_captured": min(r["captured"] for r in runs),
+            "curve": curve,
+            "milestones": {
+                str(m): {k: v for k, v in at[m].items() if k != "users"}
+                for m in (2_000, 6_000, 10_000, 20_000)
+                if m in at
+            },
+            "longest_treatment_below_control_users": max(
+                r["longest_treatment_below_control_users"] for r in runs
+            ),
+            "guardrail_ok": all(r["guardrail_ok"] for r in runs),
             "recovered_within_5000": sum(1 for u in recoveries if u is not None and u <= 5000),
-            "settings": {k: v for k, v in vars(args).items() if k not in ("seeds",)},
-            "runs": runs,
+            "block_users": BLOCK,
+            "settings": {
+                "learner": dataclasses.asdict(
+                    learner_config({k: getattr(args, k) for k in _LEARNER_FLAGS})
+                ),
+                **{k: v for k, v in vars(args).items() if k not in ("seeds", *_LEARNER_FLAGS)},
+            },
+            "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs],
             "seconds": round(time.monotonic() - started, 1),
             "kafka_client": "none (in-process twin)",
             "machine": machine(),

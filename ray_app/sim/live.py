@@ -4,10 +4,15 @@
 
 Each user: signs up (``identify`` with their traits, then the ``welcome`` step viewed and
 completed, one batch), reads the welcome screen for ``think_s``, asks ``/v1/decide`` for
-``next_step``, and reacts as the hidden ground truth (:class:`ray_app.sim.v2.GroundTruth`) says:
-completes the step shown (``Step Completed``, echoing the decision id) or gives up
-(``Step Abandoned``). Users run ``concurrency`` at a time; times are real (the watermark follows
-the clock), a user's reaction time is the ground truth's, scaled by ``time_scale``.
+``next_step``, and reacts as the hidden ground truth says: completes the step shown
+(``Step Completed``, echoing the decision id) or gives up (``Step Abandoned``). The ground truth
+is any world (duck-typed): one of :mod:`ray_app.sim.worlds` or simulator v2's
+:class:`~ray_app.sim.v2.GroundTruth`. A world's user whose ``traits_in_context`` is set sends its
+traits in ``context.traits``, as RudderStack's browser SDK does, instead of top-level
+``traits`` (:func:`identify_call`). An :class:`Outcome`'s ``segment`` is the world's hidden
+label of the user (a v2 segment, a world's cell). Users run ``concurrency`` at a time; times are
+real (the watermark follows the clock), a user's reaction time is the ground truth's, scaled by
+``time_scale``.
 
 Events of all users in flight go out together, one ``/v1/batch`` every ``flush_s`` (as a
 server-side Segment library batches many users' calls), so the HTTP path carries mostly
@@ -25,9 +30,32 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_app.sim.v2 import GroundTruth, SimUserV2
+__all__ = ["LearningRun", "Outcome", "identify_call"]
 
-__all__ = ["LearningRun", "Outcome"]
+
+def identify_call(user: Any, message_id: str, timestamp: str) -> dict[str, Any]:
+    """The Segment ``identify`` call of a simulated user (a world's or simulator v2's): traits
+    top level, or in ``context.traits`` when the user's ``traits_in_context`` is set.
+
+    >>> from ray_app.sim.worlds import world
+    >>> w = world("teams", seed=1)
+    >>> top, ctx = (identify_call(w.user(i), "m", "2026-01-01T00:00:00.000Z") for i in (0, 6))
+    >>> top["traits"] == w.user(0).traits, ctx["context"]["traits"] == w.user(6).traits
+    (True, True)
+    >>> "traits" in ctx, w.user(6).traits_in_context
+    (False, True)
+    """
+    call: dict[str, Any] = {
+        "type": "identify",
+        "userId": user.user_id,
+        "timestamp": timestamp,
+        "messageId": message_id,
+    }
+    if getattr(user, "traits_in_context", False):
+        call["context"] = {"traits": dict(user.traits)}
+    else:
+        call["traits"] = dict(user.traits)
+    return call
 
 
 @dataclass(frozen=True)
@@ -54,7 +82,10 @@ class LearningRun:
     base_url: str
     write_key: str
     read_key: str
-    truth: GroundTruth
+    #: the hidden ground truth: a :class:`~ray_app.sim.worlds.World` or a
+    #: :class:`~ray_app.sim.v2.GroundTruth` (anything with their ``user``, ``drifted`` and
+    #: ``simulate_response``)
+    truth: Any
     users: int
     concurrency: int = 64
     think_s: float = 1.5
@@ -127,7 +158,7 @@ class LearningRun:
             raise RuntimeError(f"collector answered {r.status_code}: {r.text[:200]}")
         raise RuntimeError("collector kept answering 503")
 
-    async def _one(self, http: Any, user: SimUserV2) -> None:
+    async def _one(self, http: Any, user: Any) -> None:
         rng = random.Random(f"{self.seed}/{user.index}")
         session = f"s-{user.user_id}"
 
@@ -144,13 +175,7 @@ class LearningRun:
 
         await self._send(
             [
-                {
-                    "type": "identify",
-                    "userId": user.user_id,
-                    "traits": user.traits,
-                    "timestamp": _now_iso(),
-                    "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
-                },
+                identify_call(user, str(uuid.UUID(int=rng.getrandbits(128))), _now_iso()),
                 event("Step Viewed", "welcome", 0),
                 event("Step Completed", "welcome", 1),
             ],
