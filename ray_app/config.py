@@ -324,10 +324,20 @@ class DecideSettings(_Section):
         None, description="Model file of the optional arm treatment_b (empty: cold start)."
     )
     model_poll_s: float = Field(1.0, gt=0, description="How often replicas check the files.")
-    policy: Literal["epsilon_greedy", "softmax", "thompson"] = Field(
-        "epsilon_greedy", description="Exploration of the model arms."
+    policy: Literal["squarecb", "epsilon_greedy", "softmax", "thompson"] = Field(
+        "squarecb",
+        description="Exploration of the model arms. squarecb (inverse gap weighting, as Vowpal "
+        "Wabbit's --squarecb) explores actions in proportion to how close the model rates them "
+        "to the best, less as it learns (gamma rides in the model file); epsilon_greedy explores "
+        "a fixed share uniformly.",
     )
     epsilon: float = Field(0.1, ge=0, le=1, description="epsilon_greedy: share explored.")
+    gamma: float = Field(
+        10.0,
+        gt=0,
+        description="squarecb: gamma until the learner publishes its own (it grows as "
+        "learn.gamma_scale * sqrt(rewards learned)).",
+    )
     temperature: float = Field(0.5, gt=0, description="softmax: temperature of the scores.")
     seed: int = Field(0, description="Seed of the policy's draws (with the decision id).")
     experiment: str = Field("onboarding", min_length=1, description="Experiment name.")
@@ -408,9 +418,37 @@ class LearnSettings(_Section):
         "of greedy choices wrong after 5k users, 0.5 left 0.4-3%.",
     )
     boost_epsilon: float = Field(
-        0.5, ge=0, le=1, description="Exploration served for a while after a drift alert."
+        0.5,
+        ge=0,
+        le=1,
+        description="Exploration served for a while after a drift alert or a rollback below "
+        "the control arm.",
     )
-    boost_seconds: float = Field(600.0, ge=0, description="How long the boost lasts.")
+    boost_rewards: int = Field(
+        1_000,
+        ge=0,
+        description="How long the boost lasts, in rewards trained on (as warmup_rewards): as many "
+        "users at any traffic (0: no boost).",
+    )
+    control_z: float = Field(
+        3.09,
+        ge=0,
+        description="Guardrail against the static flow: roll back when the treatment arm's "
+        "completion rate is below the control arm's with z < -control_z (one-sided "
+        "two-proportion test, repeated at every publish; 3.09: 0.1%). 0 turns it off.",
+    )
+    control_window: int = Field(
+        2_000, ge=1, description="Guardrail against the static flow: recent rewards per arm."
+    )
+    control_min_treatment: int = Field(
+        300,
+        ge=1,
+        description="Guardrail against the static flow: treatment rewards it needs to judge "
+        "(after a rollback: of the new version's decisions).",
+    )
+    control_min_control: int = Field(
+        100, ge=1, description="Guardrail against the static flow: control rewards it needs."
+    )
     drift_delta: float = Field(
         0.05, ge=0, description="Page-Hinkley on the reward rate: tolerated change of the mean."
     )
@@ -420,12 +458,27 @@ class LearnSettings(_Section):
     drift_min_samples: int = Field(
         1_500, ge=1, description="Page-Hinkley: rewards seen before (and after each) alert."
     )
+    drift_settle_s: float = Field(
+        30.0,
+        ge=0,
+        description="Page-Hinkley is fed explicit outcomes (not timeouts) in decision order, this "
+        "long after the decision; later ones are not fed.",
+    )
     psi_window: int = Field(
         2_000, ge=10, description="Feature drift: decisions per PSI window (and reference)."
     )
     state_path: Path | None = Field(
         None, description="Learner state (weights, offsets); empty: <state_dir>/learner.state."
     )
+
+    @model_validator(mode="after")
+    def _control_windows(self) -> LearnSettings:
+        if max(self.control_min_treatment, self.control_min_control) > self.control_window:
+            raise ValueError(
+                "learn.control_min_treatment and learn.control_min_control must not exceed "
+                "learn.control_window"
+            )
+        return self
 
 
 class RegistrySettings(_Section):

@@ -9,6 +9,8 @@
   survives restarts (weights, optimizer, dedupe memory, reward offsets).
 * :class:`PageHinkley`, :func:`psi`, :class:`FeatureDrift` (:mod:`ray_app.learn.drift`): drift of
   the reward rate and of the feature distributions.
+* :class:`ControlGuardrail` (:mod:`ray_app.learn.guardrail`): the treatment arm against the static
+  flow, live; a model significantly worse than control is rolled back.
 
 All of it is pure: lists of records and a clock in, bundles and reports out. The Ray actor that
 reads the reward topic and ships bundles to the decision replicas only calls it.
@@ -24,7 +26,8 @@ reads the reward topic and ships bundles to the decision replicas only calls it.
 
 from __future__ import annotations
 
-from ray_app.learn.drift import DriftReport, FeatureDrift, PageHinkley, psi
+from ray_app.learn.drift import DriftReport, FeatureDrift, PageHinkley, RewardRateDrift, psi
+from ray_app.learn.guardrail import ControlComparison, ControlGuardrail
 from ray_app.learn.learner import (
     GuardrailCheck,
     LearnerConfig,
@@ -44,6 +47,8 @@ from ray_app.learn.reward import (
 __all__ = [
     "OUTCOMES",
     "REWARD_SCHEMA",
+    "ControlComparison",
+    "ControlGuardrail",
     "DriftReport",
     "FeatureDrift",
     "GuardrailCheck",
@@ -54,6 +59,7 @@ __all__ = [
     "Outcome",
     "PageHinkley",
     "RewardRecord",
+    "RewardRateDrift",
     "RewardRecordError",
     "psi",
     "reward_of",

@@ -35,11 +35,37 @@ good weights go back into the trainer (with a fresh optimizer), and they are pub
 under a new version, so versions always increase. Below ``guardrail_min_records`` records the
 check cannot judge and the candidate is accepted.
 
+**Guardrail against the static flow.** The loss guardrail only compares the learner with its
+own past. Every reward also feeds a :class:`~ray_app.learn.guardrail.ControlGuardrail`, which
+compares the live completion rate of the ``treatment`` arm (the one this learner's model
+serves) with the ``control`` arm's (the catalog's static flow) over the last
+``control_window`` rewards of each. At each publish: when treatment is at least as good as
+control (with ``control_min_treatment`` and ``control_min_control`` rewards), the weights
+being served are kept as *the last weights that beat control*; when treatment is
+significantly worse (one-sided two-proportion test, ``z < -control_z``), the learner **rolls
+back** to those weights, or to the cold-start model (a given ``cold_start`` bundle, see
+:meth:`~OnlineLearner.set_cold_start`; the initial bundle's weights if that was a cold start)
+if none beat control since, explores as after a drift, and publishes them as a new version
+``V`` (``metadata["rollback"] == "below_control"``, with the comparison in
+``metadata["control"]``), counted in ``counters["control_rollbacks"]``. From then on only the
+rewards of decisions made by versions ``>= V`` count for treatment, so the comparison needs
+``control_min_treatment`` fresh rewards before it can fire again. A snapshot is used once: if
+the weights it restored fire again before they beat control, the next rollback goes to the
+cold start. (The window's rewards come from the decisions of the last few publishes, so the
+snapshot is the newest weights of a run that beat control; under a slow decline they may
+already be a little worse, and then the second rollback, to the cold start, follows.) While the
+learner explores on purpose (the warm-up, the boost after a drift or a rollback) the
+comparison is paused: exploring at ``boost_epsilon`` costs completions by design and must not
+fire it; the first publish after the boost restarts it on its own decisions.
+
 **Drift.** :meth:`~OnlineLearner.exploration` is the epsilon to serve: ``epsilon``, or
-``boost_epsilon`` for ``boost_seconds`` after :meth:`~OnlineLearner.drift` was signalled (and
-for the first ``warmup_rewards`` rewards of a learner that starts from a cold-start model); for as
-long, updates use ``boost_lr_factor * lr`` from a fresh optimizer, and the guardrail slice starts
-empty (rewards from the old world must not veto adapting to the new one).
+``boost_epsilon`` for the next ``boost_rewards`` trained rewards after
+:meth:`~OnlineLearner.drift` was signalled or the control guardrail fired (and for the first
+``warmup_rewards`` rewards of a learner that starts from a cold-start model); for as long,
+updates use ``boost_lr_factor * lr`` from a fresh optimizer, and the guardrail slice and the
+replay buffer start empty (rewards from the old world must not veto adapting to the new one).
+Counted in rewards, not seconds, the boost costs as many users at any traffic and always lasts
+long enough to learn from.
 
 >>> from ray_app.catalog import load_catalog
 >>> from ray_app.features import FeatureSchema
@@ -72,7 +98,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -80,7 +106,8 @@ import torch
 from torch.nn import functional as F
 
 from ray_app.errors import OnrampError
-from ray_app.experiments import HOLDOUT
+from ray_app.experiments import CONTROL, HOLDOUT
+from ray_app.learn.guardrail import TREATMENT, ControlComparison, ControlGuardrail
 from ray_app.learn.reward import RewardRecord
 from ray_app.model import ModelBundle, Scorer, score_batch
 
@@ -103,8 +130,13 @@ _COUNTERS = (
     "updates",
     "publishes",
     "rollbacks",
+    "control_rollbacks",
     "drifts",
+    "refused_at_start",
 )
+"""Counter names. ``rollbacks``: loss-guardrail rollbacks; ``control_rollbacks``: rollbacks of
+the guardrail against the static flow; ``refused_at_start``: learner states or model files
+the service found on start and did not adopt (another feature schema or catalog, unreadable)."""
 
 
 class LearnerStateError(OnrampError):
@@ -131,7 +163,10 @@ class LearnerConfig:
     dedupe_horizon: int = 1_000_000
     epsilon: float = 0.1
     boost_epsilon: float = 0.5
-    boost_seconds: float = 600.0
+    boost_rewards: int = 1_000
+    """After a drift or a rollback to beat the static flow, serve ``boost_epsilon`` and learn at
+    ``boost_lr_factor`` times ``lr`` until this many more rewards were trained on (0: no boost);
+    counted like ``warmup_rewards``."""
     boost_lr_factor: float = 3.0
     weight_decay: float = 0.3
     """Decoupled weight decay (AdamW; plain L2 for SGD) per step."""
@@ -148,6 +183,17 @@ class LearnerConfig:
     no warm-up): with ``epsilon`` alone, a segment whose best action the first updates underrate
     sees that action ``epsilon / n`` of the time and stays on a worse one for thousands of users.
     Counted in rewards, not seconds, so it lasts as long at any traffic."""
+    control_z: float = 3.09
+    """The guardrail against the static flow fires when treatment's completion rate is below
+    control's with ``z < -control_z`` (one-sided; 3.09: 0.1%); 0 turns it off."""
+    control_window: int = 2_000
+    """Rewards of each arm (treatment, control) that the comparison looks at, most recent."""
+    control_min_treatment: int = 300
+    control_min_control: int = 100
+    """Rewards each window needs before the comparison can fire or a snapshot be taken."""
+    treatment_arms: tuple[str, ...] = (TREATMENT,)
+    """The arms that serve this learner's model (compared with ``control_arm``)."""
+    control_arm: str = CONTROL
     guardrail_salt: str = "onramp-guardrail"
     holdout_arm: str = HOLDOUT
 
@@ -157,9 +203,9 @@ class LearnerConfig:
         for name in (
             "lr",
             "publish_interval_s",
-            "boost_seconds",
             "boost_lr_factor",
             "weight_decay",
+            "control_z",
         ):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
@@ -168,9 +214,18 @@ class LearnerConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.boost_lr_factor > 0:
             raise ValueError(f"boost_lr_factor must be > 0, got {self.boost_lr_factor!r}")
-        if not (isinstance(self.warmup_rewards, int) and self.warmup_rewards >= 0):
-            raise ValueError(f"warmup_rewards must be an integer >= 0, got {self.warmup_rewards!r}")
-        for name in ("batch_size", "guardrail_window", "dedupe_horizon"):
+        for name in ("warmup_rewards", "boost_rewards"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in (
+            "batch_size",
+            "guardrail_window",
+            "dedupe_horizon",
+            "control_window",
+            "control_min_treatment",
+            "control_min_control",
+        ):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -191,6 +246,12 @@ class LearnerConfig:
             raise ValueError(
                 f"guardrail_tolerance must be a number >= 0, got {self.guardrail_tolerance!r}"
             )
+        if max(self.control_min_treatment, self.control_min_control) > self.control_window:
+            raise ValueError(
+                "control_min_treatment and control_min_control must fit control_window"
+            )
+        if self.control_arm in self.treatment_arms:
+            raise ValueError(f"{self.control_arm!r} cannot be a treatment arm")
 
 
 @dataclass(frozen=True)
@@ -254,6 +315,13 @@ def _clone(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
+def _check_weights(weights: Mapping[str, torch.Tensor], scorer: Scorer) -> dict[str, torch.Tensor]:
+    """``weights`` cloned, after checking that they load into ``scorer``'s architecture."""
+    probe = copy.deepcopy(scorer)
+    probe.load_state_dict(weights)
+    return _clone(weights)
+
+
 class _Group(NamedTuple):
     """Guardrail records of one slot as tensors."""
 
@@ -269,7 +337,11 @@ class OnlineLearner:
     """Trains a copy of ``bundle``'s scorer on reward records and publishes guarded versions.
 
     ``clock`` (seconds; default :func:`time.time`) is read only where a method's ``now`` is left
-    out; published bundles take it as ``created_at``. Not thread-safe: one caller drives it.
+    out; published bundles take it as ``created_at``. ``cold_start``: the cold-start bundle of
+    the same schema, catalog and architecture, what the guardrail against the static flow rolls
+    back to when no weights beat control (default: ``bundle`` itself if it is a cold start, else
+    the weights the learner starts from; see :meth:`set_cold_start`). Not thread-safe: one
+    caller drives it.
     """
 
     def __init__(
@@ -277,6 +349,7 @@ class OnlineLearner:
         bundle: ModelBundle,
         config: LearnerConfig | None = None,
         clock: Callable[[], float] = time.time,
+        cold_start: ModelBundle | None = None,
     ) -> None:
         self.config = config or LearnerConfig()
         self._clock = clock
@@ -319,12 +392,38 @@ class OnlineLearner:
         self._pending_rewards = 0
         self._last_publish_at: float | None = None
         self._published_epsilon = self.config.epsilon
-        self._boost_until: float | None = None
+        self._boost_until: int | None = None  # the trained count at which the boost ends
         self._warmup = (
             self.config.warmup_rewards > 0 and bundle.metadata.get("kind") == "cold_start"
         )
         #: The guardrail check of the last publish (``None`` before the first).
         self.last_check: GuardrailCheck | None = None
+        cfg = self.config
+        #: The guardrail against the static flow (``None`` when ``control_z`` is 0).
+        self.control: ControlGuardrail | None = (
+            ControlGuardrail(
+                window=cfg.control_window,
+                control_window=cfg.control_window,
+                min_treatment=cfg.control_min_treatment,
+                min_control=cfg.control_min_control,
+                z=cfg.control_z,
+                treatment_arms=cfg.treatment_arms,
+                control_arm=cfg.control_arm,
+            )
+            if cfg.control_z > 0
+            else None
+        )
+        #: The comparison with control at the last publish (``None`` before the first).
+        self.last_control: ControlComparison | None = None
+        self._explored = False  # a version published while boosted is being served
+        # the last weights that beat control: ((promotion, version) served, weights)
+        self._beat_control: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
+        self._fallback = _clone(self.scorer.state_dict())
+        self._fallback_kind = (
+            "cold_start" if bundle.metadata.get("kind") == "cold_start" else "initial"
+        )
+        if cold_start is not None:
+            self.set_cold_start(cold_start)
 
     # ------------------------------------------------------------------------------ learning
 
@@ -353,11 +452,13 @@ class OnlineLearner:
     ) -> LearnReport:
         """Train on ``records`` (see the module docstring); ``offsets`` (partition -> next offset
         of the reward topic that these records reach) are stored with the state, so that a
-        restarted learner knows where to resume reading. ``now`` (default: the clock) decides
-        whether the learning rate is boosted after a drift."""
+        restarted learner knows where to resume reading. Every new record of a treatment or the
+        control arm (training and guardrail slice alike) also feeds :attr:`control`. ``now`` is
+        not used (the boosts are counted in rewards); kept for callers that pass it."""
         cfg = self.config
         n = trained = guard = holdout = dup = invalid = 0
         batch: list[RewardRecord] = []
+        control = self.control
         for r in records:
             n += 1
             if r.arm == cfg.holdout_arm:
@@ -371,6 +472,8 @@ class OnlineLearner:
                 dup += 1
                 continue
             self._remember(h)
+            if control is not None:
+                control.observe(r)
             if self.in_guardrail(r.decision_id):
                 self._guardrail.append(r)
                 guard += 1
@@ -516,8 +619,10 @@ class OnlineLearner:
         """Continue from ``bundle`` (a newly promoted registry version): its weights become the
         trainer's and the last good ones, its version and promotion the current ones; offsets,
         dedupe memory, counters and the guardrail slice are kept, the replay buffer (rewards
-        learned into the old weights) and the optimizer's moments are dropped. ``ValueError``
-        if it does not have the learner's architecture and actions.
+        learned into the old weights) and the optimizer's moments are dropped; the comparison
+        with control starts again on the decisions of the new version (the last weights that
+        beat control are kept). ``ValueError`` if it does not have the learner's architecture
+        and actions.
 
         >>> from ray_app.catalog import load_catalog
         >>> from ray_app.features import FeatureSchema
@@ -548,6 +653,10 @@ class OnlineLearner:
         self._since_good = set()
         self._pending_updates = 0
         self._pending_rewards = 0
+        if self.control is not None:
+            # judge the promoted weights by their own decisions (a promotion may lower the
+            # version: decisions of the old lineage's later versions still count for a moment)
+            self.control.restart(min_version=self.version)
 
     def _bundle(
         self, weights: Mapping[str, torch.Tensor], version: int, metadata: dict[str, Any]
@@ -633,52 +742,140 @@ class OnlineLearner:
     # ---------------------------------------------------------------------------- publishing
 
     def exploration(self, now: float | None = None) -> float:
-        """The epsilon to serve at ``now``: ``boost_epsilon`` within ``boost_seconds`` of the last
-        :meth:`drift` or during the warm-up (``warmup_rewards``), else ``epsilon``.
+        """The epsilon to serve: ``boost_epsilon`` for ``boost_rewards`` trained rewards after
+        the last :meth:`drift` (or rollback below control) and during the warm-up
+        (``warmup_rewards``), else ``epsilon``. ``now`` is not used.
 
         >>> from ray_app.catalog import load_catalog
         >>> from ray_app.features import FeatureSchema
         >>> from ray_app.model import cold_start_bundle
         >>> c = load_catalog()
         >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c),
-        ...                         LearnerConfig(epsilon=0.1, boost_epsilon=0.4, boost_seconds=60,
+        ...                         LearnerConfig(epsilon=0.1, boost_epsilon=0.4, boost_rewards=500,
         ...                                       warmup_rewards=0))
-        >>> learner.drift(now=100.0)
-        >>> learner.exploration(now=150.0), learner.exploration(now=160.0)
-        (0.4, 0.1)
+        >>> learner.drift()
+        >>> learner.exploration(), learner.boost_left
+        (0.4, 500)
+        >>> learner.counters["trained"] += 500           # as if 500 rewards were trained on
+        >>> learner.exploration(), learner.boost_left
+        (0.1, 0)
         """
-        return self.config.boost_epsilon if self._boosted(now) else self.config.epsilon
+        return self.config.boost_epsilon if self._boosted() else self.config.epsilon
 
-    def _boosted(self, now: float | None) -> bool:
+    @property
+    def boost_left(self) -> int:
+        """Trained rewards until the boost after a drift or a rollback ends (0: none running;
+        the warm-up is not counted here)."""
+        if self._boost_until is None:
+            return 0
+        return max(self._boost_until - self.counters["trained"], 0)
+
+    def _boosted(self, now: float | None = None) -> bool:
         if self._warmup:  # explore while an untrained model learns its first rewards
             if self.counters["trained"] < self.config.warmup_rewards:
                 return True
             self._warmup = False
         if self._boost_until is None:
             return False
-        return (self._clock() if now is None else now) < self._boost_until
+        if self.counters["trained"] < self._boost_until:
+            return True
+        self._boost_until = None
+        return False
+
+    def _boost(self) -> None:
+        """Explore and learn faster for ``boost_rewards`` rewards, from a fresh optimizer (moments
+        of the old world would slow the move to the new one), with empty guardrail slice and
+        replay buffer (rewards from before would judge candidates by a world that is gone, and
+        pull towards it)."""
+        self._boost_until = self.counters["trained"] + self.config.boost_rewards
+        self._guardrail.clear()
+        self._replay.clear()
+        self._since_good = set()
+        self._optimizer = self._make_optimizer()
 
     def drift(self, now: float | None = None) -> None:
-        """Signal a drift (from a detector). For ``boost_seconds`` the learner then serves
-        ``boost_epsilon`` and learns at ``boost_lr_factor`` times ``lr``, from a fresh optimizer
-        (moments of the old world would slow the move to the new one). The guardrail slice is
-        emptied: rewards from before the drift would judge candidates by a world that is gone
-        and roll back the very updates that adapt to the new one; until
-        ``guardrail_min_records`` new guardrail rewards have arrived, candidates are accepted."""
-        now = self._clock() if now is None else now
-        self._boost_until = now + self.config.boost_seconds
-        self._guardrail.clear()
-        self._replay.clear()  # rewards of the old world would pull towards it
-        self._optimizer = self._make_optimizer()
+        """Signal a drift (from a detector). For the next ``boost_rewards`` trained rewards the
+        learner then serves ``boost_epsilon`` and learns at ``boost_lr_factor`` times ``lr``, from
+        a fresh optimizer; the guardrail slice and the replay buffer are emptied: rewards from
+        before the drift would judge candidates by a world that is gone and roll back the very
+        updates that adapt to the new one; until ``guardrail_min_records`` new guardrail rewards
+        have arrived, candidates are accepted. ``now`` is not used."""
+        self._boost()
         self.counters["drifts"] += 1
+
+    def set_cold_start(self, bundle: ModelBundle) -> None:
+        """The weights to roll back to when the model is below control and no weights beat
+        control since (the cold-start model, whose greedy choice is the static flow's).
+        ``ValueError`` unless ``bundle`` has the learner's architecture, actions and schema
+        (build it with ``cold_start_bundle(schema, catalog, hidden=...)``)."""
+        if (
+            bundle.scorer.architecture != self._arch
+            or bundle.slot_actions != self._slot_actions
+            or bundle.schema_hash != self._schema_hash
+        ):
+            raise ValueError(
+                "the cold-start bundle's architecture, actions or feature schema differ from the "
+                "learner's"
+            )
+        self._fallback = _clone(bundle.scorer.state_dict())
+        self._fallback_kind = "cold_start"
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The scorer's architecture (``dim``, ``slot_sizes``, ``hidden``)."""
+        return dict(self._arch)
+
+    @property
+    def beat_control_version(self) -> int | None:
+        """The version whose weights last beat control (what a rollback below control restores;
+        ``None``: none since the start or the last such rollback, which then restores the cold
+        start)."""
+        return None if self._beat_control is None else self._beat_control[0][1]
+
+    def _serving_key(self) -> tuple[int, int]:
+        return (self.lineage.get("promotion", 0), self.version)
+
+    def _compare_with_control(self) -> ControlComparison | None:
+        """The comparison with control; keeps the weights being served when they beat it.
+        Paused (neither fires nor beats) while the learner explores on purpose."""
+        if self.control is None:
+            return None
+        comparison = self.control.compare()
+        if self._boosted() or self._explored:
+            return replace(comparison, fires=False, beats=False, paused=True)
+        if comparison.beats:
+            key = self._serving_key()
+            if self._beat_control is None or self._beat_control[0] != key:
+                self._beat_control = (key, _clone(self._last_good))
+        return comparison
+
+    def _roll_back_below_control(self) -> str:
+        """Restore the last weights that beat control (or the cold start) into the trainer and
+        the last good weights, and boost; returns what was restored."""
+        if self._beat_control is not None:
+            (_, version), weights = self._beat_control
+            restored = f"version {version}"
+            self._beat_control = None  # used once: if they fire again, the cold start is next
+        else:
+            weights, restored = self._fallback, self._fallback_kind
+        self.scorer.load_state_dict(_clone(weights))
+        self._last_good = _clone(weights)
+        self._boost()
+        self.counters["control_rollbacks"] += 1
+        return restored
 
     def maybe_publish(self, now: float | None = None) -> ModelBundle | None:
         """A new bundle to serve, or ``None``: not before ``publish_interval_s`` after the last
-        publish, and only if there were updates (or the exploration to serve changed) since.
+        publish, and only if there were updates (or the exploration to serve changed, or the
+        control guardrail fired) since.
 
-        The candidate is checked on the guardrail slice first; a breach rolls it back and
-        re-publishes the last good weights (``metadata["rolled_back"]`` is then True). The
-        version is the last published one plus one.
+        First the treatment arm is compared with control (see the module docstring): below it,
+        the last weights that beat control (or the cold start) are published
+        (``metadata["rollback"] == "below_control"``, ``metadata["rolled_back_to"]`` says which)
+        and only decisions of this version and later count for treatment from now on. Otherwise
+        the candidate is checked on the guardrail slice; a breach rolls it back and re-publishes
+        the last good weights (``metadata["rollback"] == "loss"``). ``metadata["rolled_back"]``
+        is True after either. The version is the last published one plus one.
         """
         now = self._clock() if now is None else now
         cfg = self.config
@@ -687,24 +884,39 @@ class OnlineLearner:
             and now - self._last_publish_at < cfg.publish_interval_s
         ):
             return None
+        control = self._compare_with_control()
+        below = control is not None and control.fires
+        restored: str | None = None
+        if below:
+            restored = self._roll_back_below_control()
+            check = GuardrailCheck(0, None, None, None, None, cfg.guardrail_tolerance, False)
         epsilon = self.exploration(now)
-        if self._pending_updates == 0 and epsilon == self._published_epsilon:
-            return None
-        check = self._check()
-        if check.breached:
-            self.scorer.load_state_dict(self._last_good)
-            self._optimizer = self._make_optimizer()
-            # the rewards learned since the last good weights (behind the breach) are not
-            # replayed again; older ones stay
-            kept = [r for r in self._replay if id(r) not in self._since_good]
-            self._replay.clear()
-            self._replay.extend(kept)
-            self.counters["rollbacks"] += 1
-        else:
-            self._last_good = _clone(self.scorer.state_dict())
+        if not below:
+            if self._pending_updates == 0 and epsilon == self._published_epsilon:
+                return None
+            check = self._check()
+            if check.breached:
+                self.scorer.load_state_dict(self._last_good)
+                self._optimizer = self._make_optimizer()
+                # the rewards learned since the last good weights (behind the breach) are not
+                # replayed again; older ones stay
+                kept = [r for r in self._replay if id(r) not in self._since_good]
+                self._replay.clear()
+                self._replay.extend(kept)
+                self.counters["rollbacks"] += 1
+            else:
+                self._last_good = _clone(self.scorer.state_dict())
         self._since_good = set()
         self.version += 1
         self.counters["publishes"] += 1
+        if self.control is not None:
+            if below:
+                self.control.restart(min_version=self.version)
+            elif self._explored and not self._boosted():
+                # the first version served at the base epsilon after a boost: judge from here
+                self.control.restart(min_version=self.version)
+        self._explored = self._boosted()
+        rollback = "below_control" if below else ("loss" if check.breached else None)
         metadata = {
             "kind": "online",
             "updates": self.counters["updates"],
@@ -712,8 +924,12 @@ class OnlineLearner:
             "new_updates": self._pending_updates,
             "new_rewards": self._pending_rewards,
             "guardrail": check.as_dict(),
-            "rolled_back": check.breached,
+            "control": None if control is None else control.as_dict(),
+            "rolled_back": rollback is not None,
+            "rollback": rollback,
+            "rolled_back_to": restored,
             "rollbacks": self.counters["rollbacks"],
+            "control_rollbacks": self.counters["control_rollbacks"],
             "epsilon": epsilon,
             "offsets": {str(p): o for p, o in sorted(self._offsets.items())},
             **self.lineage,
@@ -725,6 +941,7 @@ class OnlineLearner:
         self._pending_rewards = 0
         self._published_epsilon = epsilon
         self.last_check = check
+        self.last_control = control
         return bundle
 
     # ------------------------------------------------------------------------------- restart
@@ -746,8 +963,9 @@ class OnlineLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a restarted learner needs: weights, optimizer state, last good weights,
-        version, dedupe memory, reward offsets, guardrail slice and counters (plain Python and
-        tensors: ``torch.save``-able, readable with ``weights_only=True``)."""
+        version, dedupe memory, reward offsets, guardrail slice, counters, the control
+        guardrail's windows, the last weights that beat control and the cold-start weights
+        (plain Python and tensors: ``torch.save``-able, readable with ``weights_only=True``)."""
         return {
             "kind": _STATE_KIND,
             "schema_hash": self._schema_hash,
@@ -772,9 +990,20 @@ class OnlineLearner:
             "pending_rewards": self._pending_rewards,
             "last_publish_at": self._last_publish_at,
             "published_epsilon": self._published_epsilon,
-            "boost_until": self._boost_until,
+            "boost_until_trained": self._boost_until,
+            "explored": self._explored,
             "warmup": self._warmup,
             "lineage": dict(self.lineage),
+            "control": None if self.control is None else self.control.state_dict(),
+            "beat_control": None
+            if self._beat_control is None
+            else {
+                "promotion": self._beat_control[0][0],
+                "version": self._beat_control[0][1],
+                "weights": _clone(self._beat_control[1]),
+            },
+            "fallback": _clone(self._fallback),
+            "fallback_kind": self._fallback_kind,
         }
 
     @classmethod
@@ -783,12 +1012,31 @@ class OnlineLearner:
         state: Mapping[str, Any],
         config: LearnerConfig | None = None,
         clock: Callable[[], float] = time.time,
+        schema_hash: str | None = None,
+        catalog_digest: str | None = None,
     ) -> OnlineLearner:
         """A learner that resumes where :meth:`state_dict` left off, under ``config`` (which may
-        differ: a new learning rate applies; a different optimizer kind starts fresh)."""
+        differ: a new learning rate applies; a different optimizer kind starts fresh).
+
+        With ``schema_hash`` / ``catalog_digest`` (the current feature schema's and catalog's), a
+        state saved under another one is refused: :class:`LearnerStateError` with
+        ``context["reason"] == "foreign"``, ``context["field"]`` the one that differs and
+        ``context["state"]`` / ``context["current"]`` both values."""
         try:
             if state.get("kind") != _STATE_KIND:
                 raise LearnerStateError(f"not a learner state (kind {state.get('kind')!r})")
+            for field, want in (("schema_hash", schema_hash), ("catalog_digest", catalog_digest)):
+                got = state.get(field)
+                if want is not None and got != want:
+                    what = "feature schema" if field == "schema_hash" else "catalog"
+                    raise LearnerStateError(
+                        f"the learner state was saved under another {what} ({field} {got}; "
+                        f"the current one is {want})",
+                        reason="foreign",
+                        field=field,
+                        state=got,
+                        current=want,
+                    )
             arch = state["architecture"]
             scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
             scorer.load_state_dict(state["weights"])
@@ -822,9 +1070,21 @@ class OnlineLearner:
             learner._pending_rewards = int(state["pending_rewards"])
             learner._last_publish_at = state["last_publish_at"]
             learner._published_epsilon = float(state["published_epsilon"])
-            learner._boost_until = state["boost_until"]
+            # a boost counted in trained rewards ("boost_until", in seconds, is not carried over)
+            boost = state.get("boost_until_trained")
+            learner._boost_until = None if boost is None else int(boost)
+            learner._explored = bool(state.get("explored", False))
             learner._warmup = bool(state.get("warmup", False)) and learner.config.warmup_rewards > 0
             learner.lineage = _lineage(state.get("lineage") or {})
+            if learner.control is not None and state.get("control"):
+                learner.control.load_state(state["control"])
+            beat = state.get("beat_control")
+            if beat:
+                key = (int(beat["promotion"]), int(beat["version"]))
+                learner._beat_control = (key, _check_weights(beat["weights"], scorer))
+            if state.get("fallback") is not None:
+                learner._fallback = _check_weights(state["fallback"], scorer)
+                learner._fallback_kind = str(state.get("fallback_kind", "initial"))
         except LearnerStateError:
             raise
         except Exception as exc:  # a bad state can fail in many ways; report one kind
@@ -845,8 +1105,11 @@ class OnlineLearner:
         data: bytes,
         config: LearnerConfig | None = None,
         clock: Callable[[], float] = time.time,
+        schema_hash: str | None = None,
+        catalog_digest: str | None = None,
     ) -> OnlineLearner:
-        """Restore from :meth:`to_bytes` (read with ``weights_only=True``: no pickled code runs).
+        """Restore from :meth:`to_bytes` (read with ``weights_only=True``: no pickled code runs);
+        ``schema_hash`` / ``catalog_digest``: see :meth:`from_state`.
 
         >>> from ray_app.catalog import load_catalog
         >>> from ray_app.features import FeatureSchema
@@ -855,6 +1118,10 @@ class OnlineLearner:
         >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c))
         >>> OnlineLearner.from_bytes(learner.to_bytes()).version
         0
+        >>> OnlineLearner.from_bytes(learner.to_bytes(), schema_hash="another")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ray_app.learn.learner.LearnerStateError: the learner state was saved under another feature schema (schema_hash ... the current one is another)
         >>> OnlineLearner.from_bytes(b"junk")
         Traceback (most recent call last):
         ...
@@ -869,4 +1136,4 @@ class OnlineLearner:
             ) from None
         if not isinstance(state, dict):
             raise LearnerStateError(f"not a learner state: {type(state).__name__}")
-        return cls.from_state(state, config, clock)
+        return cls.from_state(state, config, clock, schema_hash, catalog_digest)

@@ -2,15 +2,28 @@
 
 Its loop, on one thread (Kafka consumers are not thread-safe): poll reward records -> validate
 (bad ones are counted and logged, never trained on) -> :meth:`OnlineLearner.learn` (dedupe by
-decision id, importance weights, guardrail slice) -> feed the drift detectors (Page-Hinkley on
-the reward rate, PSI on the logged features; every detection is logged as an alert, and a drop
-of the reward rate also raises exploration for a while) -> :meth:`OnlineLearner.maybe_publish`
-at most every ``learn.publish_interval_s`` -> write the model file (temporary file + rename: the decision
-replicas watching it never read half of one) and the learner's state (weights, optimizer, reward
-offsets, dedupe memory) the same way. A restarted learner resumes from that state: the offsets
-say where to read, the dedupe memory drops what it had already learned from. Without a state it
-starts from the model registry's promoted version (``onramp models promote``); a promotion made
-while it runs, or since its state was saved, is adopted within ``_REGISTRY_POLL_S`` seconds
+decision id, importance weights, guardrail slice, the comparison with the control arm) -> feed
+the drift detectors (:class:`~ray_app.learn.drift.RewardRateDrift`: Page-Hinkley on the reward
+rate of explicit outcomes, ``learn.drift_settle_s`` after their decision; PSI on the logged
+features; every detection is logged as an alert, and a change of the reward rate also raises
+exploration for ``learn.boost_rewards`` rewards) -> :meth:`OnlineLearner.maybe_publish` at most
+every ``learn.publish_interval_s`` (a treatment arm significantly below control is rolled back
+there, logged at WARNING and counted) -> write the model file (temporary file + rename: the
+decision replicas watching it never read half of one) and the learner's state (weights,
+optimizer, reward offsets, dedupe memory) the same way.
+
+**Start** (:func:`restore_learner`). A restarted learner resumes from that state: the offsets
+say where to read, the dedupe memory drops what it had already learned from. A state saved
+under another feature schema or catalog is refused (an ERROR names both hashes; it is moved
+aside to ``<state>.refused`` and counted in ``counters["refused_at_start"]``) and the learner
+starts as if there were none; so is an unreadable one. A state of the same schema and catalog
+from another world cannot be told from its bytes: the resume is logged at WARNING (version,
+rewards trained, when it was saved), and the comparison with the control arm starts afresh on
+the new decisions, so a model worse than the static flow is rolled back. Without a state the
+learner starts from the model registry's promoted version (``onramp models promote``), else the
+model file (checked by :meth:`ModelBundle.from_bytes` against the schema and the catalog's
+actions; refused ones are logged and counted too), else the cold start. A promotion made while
+it runs, or since its state was saved, is adopted within ``_REGISTRY_POLL_S`` seconds
 (:meth:`OnlineLearner.adopt`), so its next publishes build on the promoted weights.
 
 Outcome-to-weights time: for each positive outcome a publish includes, the wall time of the
@@ -21,27 +34,36 @@ publish minus the outcome's event time (the collector's clock, after skew correc
 
 from __future__ import annotations
 
-import heapq
+import datetime as dt
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ray_app.catalog import load_catalog
+from ray_app.catalog import Catalog, load_catalog
 from ray_app.config import Settings
 from ray_app.features import FeatureSchema
 from ray_app.kafka.client import make_consumer
-from ray_app.learn.drift import FeatureDrift, PageHinkley
+from ray_app.learn.drift import FeatureDrift, RewardRateDrift
 from ray_app.learn.learner import LearnerConfig, LearnerStateError, OnlineLearner
 from ray_app.learn.reward import RewardRecord, RewardRecordError
 from ray_app.model import ModelBundle, ModelFileError, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, RegistryError
 from ray_app.storage import write_file_atomically
 
-__all__ = ["LEARNER_NAME", "LearnerService", "start_learner_actor"]
+__all__ = [
+    "LEARNER_NAME",
+    "LearnerService",
+    "control_rollback_message",
+    "learner_config",
+    "restore_learner",
+    "start_learner_actor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +72,188 @@ LEARNER_NAME = "onramp-learner"
 
 #: How often the running learner looks for a new promotion in the registry (seconds).
 _REGISTRY_POLL_S = 2.0
+
+
+def learner_config(settings: Settings) -> LearnerConfig:
+    """The learner's configuration from the settings (``learn.*``, and ``decide.epsilon``)."""
+    s = settings.learn
+    return LearnerConfig(
+        lr=s.lr,
+        batch_size=s.batch_size,
+        publish_interval_s=s.publish_interval_s,
+        guardrail_tolerance=s.guardrail_tolerance,
+        epsilon=settings.decide.epsilon,
+        boost_epsilon=s.boost_epsilon,
+        boost_rewards=s.boost_rewards,
+        replay_size=s.replay_size,
+        replay_steps=s.replay_steps,
+        min_propensity=s.min_propensity,
+        weight_decay=s.weight_decay,
+        warmup_rewards=s.warmup_rewards,
+        control_z=s.control_z,
+        control_window=s.control_window,
+        control_min_treatment=s.control_min_treatment,
+        control_min_control=s.control_min_control,
+    )
+
+
+def control_rollback_message(metadata: dict[str, Any], version: int, config: LearnerConfig) -> str:
+    """What the WARNING of a rollback below control says (from the published bundle's metadata).
+
+    >>> meta = {"control": {"treatment_rate": 0.3, "treatment_n": 400, "control_rate": 0.6,
+    ...                     "control_n": 380, "z": -8.5, "threshold": 3.09},
+    ...         "rolled_back_to": "cold_start"}
+    >>> print(control_rollback_message(meta, 12, LearnerConfig()))  # doctest: +NORMALIZE_WHITESPACE
+    ROLLBACK below the static flow: the treatment arm completed 0.300 of its last 400 rewards,
+    the control arm 0.600 of 380 (z = -8.50 < -3.09). Published the cold_start model (no weights
+    beat control since the last rollback or the start) as version 12; exploration at 0.5 for the
+    next 1000 rewards; only decisions of version 12 and later count for treatment from now on.
+    """
+    c = metadata.get("control") or {}
+    restored = str(metadata.get("rolled_back_to"))
+    target = (
+        f"the last weights that beat control ({restored})"
+        if restored.startswith("version")
+        else f"the {restored} model (no weights beat control since the last rollback or the start)"
+    )
+    return (
+        f"ROLLBACK below the static flow: the treatment arm completed "
+        f"{c.get('treatment_rate') or 0.0:.3f} of its last {c.get('treatment_n', 0)} rewards, "
+        f"the control arm {c.get('control_rate') or 0.0:.3f} of {c.get('control_n', 0)} "
+        f"(z = {c.get('z') or 0.0:.2f} < -{c.get('threshold', 0.0):g}). Published {target} as "
+        f"version {version}; exploration at {config.boost_epsilon:g} for the next "
+        f"{config.boost_rewards} rewards; only decisions of version {version} and later count "
+        f"for treatment from now on."
+    )
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Move a refused file to ``<path>.refused`` (the next save would overwrite it)."""
+    aside = path.with_name(path.name + ".refused")
+    try:
+        path.replace(aside)
+    except OSError as exc:
+        log.warning("%s: could not move the refused file aside: %s", path, exc)
+        return None
+    return aside
+
+
+def _when(path: Path) -> str:
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return "at an unknown time"
+    return dt.datetime.fromtimestamp(mtime, dt.UTC).isoformat(timespec="seconds")
+
+
+def restore_learner(
+    state_path: Path,
+    model_path: Path,
+    schema: FeatureSchema,
+    catalog: Catalog,
+    config: LearnerConfig,
+    promoted: Callable[[], ModelBundle | None] = lambda: None,
+    adopt: Callable[[OnlineLearner], None] = lambda learner: None,
+) -> OnlineLearner:
+    """The learner to start with (see the module docstring): from the state at ``state_path``
+    if it was saved under this ``schema`` and ``catalog`` (then ``adopt`` may continue it from a
+    newer promotion), else ``promoted()``, else the model file, else the cold start. Whatever is
+    refused on the way is logged at ERROR and counted in ``counters["refused_at_start"]``; a
+    resumed or trained model is logged at WARNING. The learner rolls back to the cold start of
+    this schema and catalog when it is below control, and its comparison with control counts
+    only the decisions of the version it starts at and later. No I/O but the two files."""
+    refused = 0
+    learner: OnlineLearner | None = None
+    if state_path.exists():
+        try:
+            learner = OnlineLearner.from_bytes(
+                state_path.read_bytes(),
+                config,
+                schema_hash=schema.hash,
+                catalog_digest=catalog.digest,
+            )
+        except LearnerStateError as exc:
+            refused += 1
+            ctx = exc.context
+            saved = _when(state_path)
+            aside = _set_aside(state_path)
+            if ctx.get("reason") == "foreign":
+                log.error(
+                    "learner state %s (saved %s) REFUSED: it was saved under %s %s, the current "
+                    "one is %s %s; starting as if there were no state%s",
+                    state_path,
+                    saved,
+                    ctx.get("field"),
+                    ctx.get("state"),
+                    ctx.get("field"),
+                    ctx.get("current"),
+                    "" if aside is None else f" (moved to {aside})",
+                )
+            else:
+                log.error(
+                    "learner state %s REFUSED: %s; starting as if there were no state%s",
+                    state_path,
+                    exc,
+                    "" if aside is None else f" (moved to {aside})",
+                )
+        else:
+            saved = _when(state_path)
+            log.warning(
+                "learner RESUMED from %s (saved %s): version %d, %d rewards trained, %d "
+                "control rollbacks so far. Same feature schema and catalog; whether it was "
+                "learned in this world cannot be told from its bytes: the guardrail against the "
+                "static flow compares its decisions with the control arm's from now on and rolls "
+                "it back if they are significantly worse",
+                state_path,
+                saved,
+                learner.version,
+                learner.counters.get("trained", 0),
+                learner.counters.get("control_rollbacks", 0),
+            )
+            adopt(learner)
+    if learner is None:
+        bundle = promoted()
+        if bundle is not None:
+            log.info("learner starts from the registry's promoted version %d", bundle.version)
+        elif model_path.exists():
+            try:
+                bundle = ModelBundle.from_bytes(model_path.read_bytes(), schema, catalog, False)
+            except ModelFileError as exc:
+                refused += 1
+                log.error(
+                    "model file %s REFUSED: %s; starting from the cold-start model", model_path, exc
+                )
+            else:
+                if bundle.catalog_digest != catalog.digest:
+                    log.warning(
+                        "model file %s was trained on catalog %s, the current one is %s (same "
+                        "slots and actions): continuing from it",
+                        model_path,
+                        bundle.catalog_digest,
+                        catalog.digest,
+                    )
+                if bundle.metadata.get("kind") != "cold_start":
+                    log.warning(
+                        "learner starts from the model file %s: version %d, %s rewards, written "
+                        "%s; the guardrail against the static flow compares it with the control "
+                        "arm and rolls it back if it is significantly worse",
+                        model_path,
+                        bundle.version,
+                        bundle.metadata.get("rewards", "unknown"),
+                        _when(model_path),
+                    )
+        learner = OnlineLearner(bundle or cold_start_bundle(schema, catalog), config)
+    try:
+        hidden = int(learner.architecture["hidden"])
+        learner.set_cold_start(cold_start_bundle(schema, catalog, hidden=hidden))
+    except ValueError as exc:
+        log.warning(
+            "no cold-start model of the learner's shape (%s): it rolls back to its own", exc
+        )
+    if learner.control is not None:
+        learner.control.restart(min_version=learner.version, keep_control=False)
+    learner.counters["refused_at_start"] += refused
+    return learner
 
 
 class LearnerService:
@@ -63,20 +267,7 @@ class LearnerService:
         self.schema = FeatureSchema.from_catalog(self.catalog)
         self.model_path = settings.model_path
         self.state_path = settings.learner_state_path
-        self.config = LearnerConfig(
-            lr=s.lr,
-            batch_size=s.batch_size,
-            publish_interval_s=s.publish_interval_s,
-            guardrail_tolerance=s.guardrail_tolerance,
-            epsilon=settings.decide.epsilon,
-            boost_epsilon=s.boost_epsilon,
-            boost_seconds=s.boost_seconds,
-            replay_size=s.replay_size,
-            replay_steps=s.replay_steps,
-            min_propensity=s.min_propensity,
-            weight_decay=s.weight_decay,
-            warmup_rewards=s.warmup_rewards,
-        )
+        self.config = learner_config(settings)
         self.registry = ModelRegistry.from_settings(settings)
         self._registry_checked = time.monotonic()
         self.learner = self._restore()
@@ -90,20 +281,16 @@ class LearnerService:
         # the world: rewards of the static flow (control arm) moving either way; the model:
         # rewards of the model arms falling (their rise is the learner doing its job)
         # (min_samples: the first rewards of a fresh model move for reasons of its own)
-        self.world_drift = PageHinkley(
-            delta=s.drift_delta, threshold=s.drift_threshold, min_samples=s.drift_min_samples
-        )
-        self.reward_drift = PageHinkley(
-            delta=s.drift_delta, threshold=s.drift_threshold, min_samples=s.drift_min_samples
+        self.rate_drift = RewardRateDrift(
+            delta=s.drift_delta,
+            threshold=s.drift_threshold,
+            min_samples=s.drift_min_samples,
+            settle_ms=int(s.drift_settle_s * 1000),
         )
         self.feature_drift = FeatureDrift(
             reference_size=s.psi_window, window=s.psi_window, names=list(self.schema.names)
         )
         self.alerts: deque[dict[str, Any]] = deque(maxlen=50)
-        self._by_decision_time: list[tuple[int, str, RewardRecord]] = []
-        self._latest_decision = 0
-        st = settings.stream
-        self._settle_ms = int(st.attribution_window_s * 1000) + st.allowed_lateness_ms + 2_000
         self.invalid = 0
         self.arms: dict[str, list[int]] = {}  # arm -> [rewards, positives]
         self.recent: dict[str, deque[float]] = {}
@@ -144,29 +331,16 @@ class LearnerService:
         )
 
     def _restore(self) -> OnlineLearner:
-        """From the learner's state if there is one, else the registry's promoted version, else
-        the model file, else the cold start; a promotion newer than the state is adopted."""
-        if self.state_path.exists():
-            try:
-                learner = OnlineLearner.from_bytes(self.state_path.read_bytes(), self.config)
-                log.info("learner resumed at version %d from %s", learner.version, self.state_path)
-                self._adopt_promotion(learner)
-                return learner
-            except LearnerStateError as exc:
-                log.error("%s: %s; starting from the model file instead", self.state_path, exc)
-        promoted = self._promoted()
-        if promoted is not None:
-            log.info("learner starts from the registry's promoted version %d", promoted.version)
-            return OnlineLearner(promoted, self.config)
-        bundle: ModelBundle | None = None
-        if self.model_path.exists():
-            try:
-                bundle = ModelBundle.from_bytes(
-                    self.model_path.read_bytes(), self.schema, self.catalog, False
-                )
-            except ModelFileError as exc:
-                log.error("%s: %s; starting from the cold-start model", self.model_path, exc)
-        return OnlineLearner(bundle or cold_start_bundle(self.schema, self.catalog), self.config)
+        """:func:`restore_learner` with this service's files, registry and settings."""
+        return restore_learner(
+            self.state_path,
+            self.model_path,
+            self.schema,
+            self.catalog,
+            self.config,
+            promoted=self._promoted,
+            adopt=self._adopt_promotion,
+        )
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -207,8 +381,6 @@ class LearnerService:
             counts[0] += 1
             counts[1] += r.reward > 0
             self.recent.setdefault(r.arm, deque(maxlen=500)).append(r.reward)
-            heapq.heappush(self._by_decision_time, (r.decided_at_ms, r.decision_id, r))
-            self._latest_decision = max(self._latest_decision, r.decided_at_ms)
             if (
                 fresh
                 and r.reward > 0
@@ -217,7 +389,8 @@ class LearnerService:
                 and not self.learner.in_guardrail(r.decision_id)
             ):
                 self._awaiting.append(r.outcome_at_ms)
-        self._feed_reward_drift()
+        for kind, detail in self.rate_drift.update(records):
+            self._alert(kind, detail)
         if records:
             report = self.feature_drift.update([r.features for r in records])
             if report is not None:
@@ -235,24 +408,9 @@ class LearnerService:
         )
         del self.timeline[:-3_600]
 
-    def _feed_reward_drift(self) -> None:
-        """Feed the Page-Hinkley detectors in decision-time order, once a decision's outcome can
-        no longer be pending: rewards arrive out of that order (a completion at once, a timeout
-        only when its window closes), and fed as they arrive, the wave of timeouts after a
-        wave of completions would look like a fall of the reward rate."""
-        settled = self._latest_decision - self._settle_ms
-        heap = self._by_decision_time
-        while heap and heap[0][0] < settled:
-            _, _, r = heapq.heappop(heap)
-            if r.arm == "control":
-                if self.world_drift.update(r.reward):
-                    self._alert("control_reward_rate", {"change": self.world_drift.last_change})
-            elif r.arm != "holdout" and self.reward_drift.update(r.reward):
-                if self.reward_drift.last_change == "decrease":
-                    self._alert("model_reward_rate", {"change": "decrease"})
-
     def _alert(self, kind: str, detail: dict[str, Any], boost: bool = True) -> None:
-        """Log and keep an alert; a reward-rate drift also raises exploration for a while."""
+        """Log and keep an alert; a reward-rate drift also raises exploration for
+        ``learn.boost_rewards`` rewards."""
         if boost:
             self.learner.drift()
         alert = {"at": time.time(), "kind": kind, "boosted": boost, **detail}
@@ -285,7 +443,12 @@ class LearnerService:
         self.latencies_ms.extend(published_ms - t for t in self._awaiting)
         self._awaiting = []
         write_file_atomically(self.state_path, self.learner.to_bytes())
-        if bundle.metadata.get("rolled_back"):
+        rollback = bundle.metadata.get("rollback")
+        if rollback == "below_control":
+            log.warning(
+                "%s", control_rollback_message(bundle.metadata, bundle.version, self.config)
+            )
+        elif rollback == "loss":
             log.warning(
                 "guardrail breached (%s): rolled back to the last good weights as version %d",
                 bundle.metadata.get("guardrail"),
@@ -322,6 +485,7 @@ class LearnerService:
     def _status(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
         check = self.learner.last_check
+        control = self.learner.control
         return {
             "version": self.learner.version,
             "counters": dict(self.learner.counters),
@@ -335,8 +499,15 @@ class LearnerService:
             },
             "recentRate": {arm: sum(v) / len(v) for arm, v in sorted(self.recent.items()) if v},
             "guardrail": None if check is None else check.as_dict(),
+            # the comparison at the last publish (paused while exploring), else the live one
+            "control": None
+            if control is None
+            else (self.learner.last_control or control.compare()).as_dict(),
             "drift": {
-                "rewardStatistic": self.reward_drift.statistic,
+                "rewardStatistic": self.rate_drift.model.statistic,
+                "controlStatistic": self.rate_drift.world.statistic,
+                "fed": self.rate_drift.fed,
+                "late": self.rate_drift.late,
                 "featureMaxPsi": self.last_psi,
                 "alerts": list(self.alerts),
             },

@@ -1,4 +1,4 @@
-"""Prometheus text for the online learner: model version, rewards by arm, guardrail, drift."""
+"""Prometheus text for the online learner: model version, rewards by arm, guardrails, drift."""
 
 from __future__ import annotations
 
@@ -19,8 +19,13 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
     # TYPE onramp_learner_model_version gauge
     onramp_learner_model_version 7
     ...
+    onramp_learner_rollbacks_total{reason="loss"} 1
+    onramp_learner_rollbacks_total{reason="below_control"} 0
+    ...
     onramp_rewards_total{arm="treatment",reward="1"} 60
     onramp_rewards_total{arm="treatment",reward="0"} 40
+    ...
+    onramp_learner_control_rate{arm="treatment"} NaN
     ...
     """
     arms = status.get("arms", {})
@@ -36,6 +41,13 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
         "# HELP onramp_learner_events_total Learner counters (trained, duplicates, rollbacks...).",
         "# TYPE onramp_learner_events_total counter",
         *[f'onramp_learner_events_total{{kind="{k}"}} {v}' for k, v in sorted(counters.items())],
+        "# HELP onramp_learner_rollbacks_total Weights rolled back and republished, by reason: "
+        "loss (a candidate worse than the last good weights on the guardrail slice), "
+        "below_control (the treatment arm significantly below the static flow).",
+        "# TYPE onramp_learner_rollbacks_total counter",
+        f'onramp_learner_rollbacks_total{{reason="loss"}} {counters.get("rollbacks", 0)}',
+        'onramp_learner_rollbacks_total{reason="below_control"} '
+        f"{counters.get('control_rollbacks', 0)}",
         "# HELP onramp_rewards_total Rewards read by the learner, by arm and value.",
         "# TYPE onramp_rewards_total counter",
     ]
@@ -45,14 +57,28 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
             f'onramp_rewards_total{{arm="{arm}",reward="0"}} {a["rewards"] - a["positives"]}'
         )
     lines += [
-        "# HELP onramp_drift_score Drift detectors: Page-Hinkley statistic of the reward rate, "
-        "max PSI of the features.",
+        "# HELP onramp_drift_score Drift detectors: Page-Hinkley statistic of the model arms' "
+        "and of the control arm's reward rate, max PSI of the features.",
         "# TYPE onramp_drift_score gauge",
         f'onramp_drift_score{{detector="reward_page_hinkley"}} {drift.get("rewardStatistic", 0)}',
+        f'onramp_drift_score{{detector="control_page_hinkley"}} {drift.get("controlStatistic", 0)}',
         f'onramp_drift_score{{detector="feature_psi"}} {drift.get("featureMaxPsi", 0)}',
         "# HELP onramp_drift_alerts Drift alerts raised (recent).",
         "# TYPE onramp_drift_alerts gauge",
         f"onramp_drift_alerts {len(drift.get('alerts', []))}",
+    ]
+    control = status.get("control") or {}
+    lines += [
+        "# HELP onramp_learner_control_rate Completion rate over the guardrail's recent rewards "
+        "of the treatment arm and of the control arm (static flow); NaN before any.",
+        "# TYPE onramp_learner_control_rate gauge",
+        f'onramp_learner_control_rate{{arm="treatment"}} {_num(control.get("treatment_rate"))}',
+        f'onramp_learner_control_rate{{arm="control"}} {_num(control.get("control_rate"))}',
+        "# HELP onramp_learner_control_z Treatment against control, two-proportion z "
+        "(negative: treatment worse; rolled back below -learn.control_z); NaN below the "
+        "minimum samples.",
+        "# TYPE onramp_learner_control_z gauge",
+        f"onramp_learner_control_z {_num(control.get('z'))}",
     ]
     p50 = (status.get("outcomeToWeightsMs") or {}).get("p50")
     if p50 is not None:
@@ -63,3 +89,8 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
             f"onramp_outcome_to_weights_seconds {p50 / 1000:g}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _num(v: Any) -> str:
+    """A gauge value; NaN for an unknown one."""
+    return "NaN" if v is None else f"{float(v):g}"

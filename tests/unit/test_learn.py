@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import random
 from dataclasses import replace
@@ -10,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from ray_app.catalog import load_catalog
 from ray_app.config import Settings
@@ -22,6 +24,8 @@ from ray_app.learn import (
     RewardRecord,
     RewardRecordError,
 )
+from ray_app.learn.drift import PageHinkley, RewardRateDrift
+from ray_app.learn.service import learner_config, restore_learner
 from ray_app.model import ModelBundle, cold_start_bundle, score_batch
 from ray_app.sim.v2 import GroundTruth, SimUserV2
 
@@ -271,7 +275,7 @@ def test_guardrail_rolls_back_a_bad_update():
 
 def test_publish_cadence_versions_and_exploration_boost():
     gt = GroundTruth(seed=5)
-    learner = new_learner(publish_interval_s=5.0, epsilon=0.1, boost_epsilon=0.5, boost_seconds=60)
+    learner = new_learner(publish_interval_s=5.0, epsilon=0.1, boost_epsilon=0.5, boost_rewards=400)
     assert learner.maybe_publish(now=0.0) is None  # nothing learned yet
     learner.learn(logged(gt, 0, 300, seed=5))
     first = learner.maybe_publish(now=1.0)
@@ -281,22 +285,38 @@ def test_publish_cadence_versions_and_exploration_boost():
     learner.drift(now=4.0)
     boosted = learner.maybe_publish(now=6.0)
     assert boosted is not None and boosted.version == 2 and boosted.metadata["epsilon"] == 0.5
-    assert learner.exploration(now=63.9) == 0.5
-    # no new rewards, but the boost ended: publish the same weights with the base epsilon
+    # the boost lasts boost_rewards trained rewards, however long they take
+    assert learner.exploration(now=1e9) == 0.5 and learner.boost_left == 400
+    trained = learner.counters["trained"]
+    learner.learn(logged(gt, 600, 300, seed=10), now=7.0)
+    assert learner.exploration() == 0.5 and learner.boost_left == 400 - (
+        learner.counters["trained"] - trained
+    )
+    learner.learn(logged(gt, 900, 200, seed=11), now=8.0)
+    assert learner.counters["trained"] - trained >= 400
+    assert learner.exploration() == 0.1 and learner.boost_left == 0
+    # the boost ended: publish with the base epsilon
     calm = learner.maybe_publish(now=64.0)
     assert calm is not None and calm.version == 3 and calm.metadata["epsilon"] == 0.1
-    assert same_weights(calm.scorer, boosted.scorer) and calm.metadata["new_rewards"] == 0
     assert learner.maybe_publish(now=100.0) is None
     assert learner.counters["drifts"] == 1 and learner.counters["publishes"] == 3
+    # no new rewards, but the exploration changed: the same weights are published again
+    learner.drift()
+    again = learner.maybe_publish(now=106.0)
+    assert again is not None and again.metadata["epsilon"] == 0.5
+    assert same_weights(again.scorer, calm.scorer) and again.metadata["new_rewards"] == 0
     # a drift also boosts the learning rate (from a fresh optimizer) and empties the guardrail
-    learner.learn(logged(gt, 600, 2_000, seed=7), now=101.0)
+    learner.learn(logged(gt, 1_100, 2_000, seed=7), now=101.0)
     assert learner._guardrail and learner._optimizer.state
     learner.drift(now=102.0)
-    assert not learner._guardrail and not learner._optimizer.state
-    boosted_lr = learner.learn(logged(gt, 2_600, 100, seed=8), now=103.0).lr
+    assert not learner._guardrail and not learner._optimizer.state and not learner._replay
+    boosted_lr = learner.learn(logged(gt, 3_100, 100, seed=8), now=103.0).lr
     assert boosted_lr == pytest.approx(3 * learner.config.lr)
-    assert learner.learn(logged(gt, 2_700, 100, seed=9), now=1_000.0).lr == learner.config.lr
-    assert learner.last_good().version == 3
+    learner.learn(logged(gt, 3_200, 400, seed=9))
+    assert learner.learn(logged(gt, 3_600, 100, seed=12)).lr == learner.config.lr
+    assert learner.last_good().version == 4
+    with pytest.raises(ValueError, match="boost_rewards"):
+        LearnerConfig(boost_rewards=-1)
 
 
 def test_a_cold_start_model_explores_with_the_boost_for_its_first_rewards():
@@ -476,9 +496,192 @@ def test_restore_under_a_new_config_and_bad_states():
     assert same_weights(slower.scorer, learner.scorer)
     fresh = OnlineLearner.from_state(state, LearnerConfig(optimizer="sgd"))
     assert isinstance(fresh._optimizer, torch.optim.SGD)
+    # a state saved before the boost was counted in rewards and before the control guardrail
+    new_keys = ("boost_until_trained", "explored", "control", "beat_control", "fallback")
+    old = {k: v for k, v in state.items() if k not in new_keys} | {"boost_until": 1e12}
+    older = OnlineLearner.from_state(old, LearnerConfig(warmup_rewards=0))
+    assert older.exploration() == older.config.epsilon and older.boost_left == 0
+    assert older.control is not None and older.control.compare().treatment_n == 0
     with pytest.raises(LearnerStateError, match="not a learner state"):
         OnlineLearner.from_state({**state, "kind": "something"})
     with pytest.raises(LearnerStateError, match="cannot restore"):
         OnlineLearner.from_state({**state, "weights": {"trunk.weight": torch.zeros(1)}})
     with pytest.raises(LearnerStateError, match="cannot read"):
         OnlineLearner.from_bytes(b"not a state")
+
+
+# -------------------------------------------------------------- the service's pure parts: start
+
+
+def _cfg() -> LearnerConfig:
+    return LearnerConfig(warmup_rewards=0)
+
+
+def _trained_state(tmp_path, **changes: object):
+    """A learner trained a little and saved to ``tmp_path / "learner.state"`` (with ``changes``
+    to the saved state); returns the learner and the path."""
+    learner = new_learner()
+    learner.learn(logged(GroundTruth(seed=15), 0, 300, seed=15), offsets={0: 300})
+    assert learner.maybe_publish(now=1.0) is not None
+    state = {**learner.state_dict(), **changes}
+    path = tmp_path / "learner.state"
+    torch.save(state, path)
+    return learner, path
+
+
+@pytest.mark.parametrize("field", ["schema_hash", "catalog_digest"])
+def test_a_state_from_another_schema_or_catalog_is_refused_logged_and_counted(
+    tmp_path, caplog, field
+):
+    _, path = _trained_state(tmp_path, **{field: "f" * 16})
+    with caplog.at_level(logging.ERROR, logger="ray_app.learn.service"):
+        learner = restore_learner(path, tmp_path / "model.bin", SCHEMA, CATALOG, _cfg())
+    # started as if there were no state: the cold start, offsets from the beginning
+    assert learner.version == 0 and learner.offsets == {} and learner.counters["trained"] == 0
+    assert learner.counters["refused_at_start"] == 1
+    current = SCHEMA.hash if field == "schema_hash" else CATALOG.digest
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "REFUSED" in error.getMessage() and "f" * 16 in error.getMessage()
+    assert current in error.getMessage() and field in error.getMessage()
+    assert not path.exists() and (tmp_path / "learner.state.refused").exists()
+    with pytest.raises(LearnerStateError) as err:
+        OnlineLearner.from_bytes(
+            (tmp_path / "learner.state.refused").read_bytes(),
+            schema_hash=SCHEMA.hash,
+            catalog_digest=CATALOG.digest,
+        )
+    assert err.value.context["reason"] == "foreign" and err.value.context["field"] == field
+
+
+def test_a_resumed_state_is_logged_and_judged_against_control_afresh(tmp_path, caplog):
+    saved, path = _trained_state(tmp_path)
+    assert saved.control is not None and saved.control.compare().treatment_n > 0
+    with caplog.at_level(logging.WARNING, logger="ray_app.learn.service"):
+        learner = restore_learner(path, tmp_path / "model.bin", SCHEMA, CATALOG, _cfg())
+    assert learner.version == saved.version == 1 and learner.offsets == {0: 300}
+    assert learner.counters["refused_at_start"] == 0
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = warning.getMessage()
+    assert "RESUMED" in message and "version 1" in message
+    assert f"{saved.counters['trained']} rewards trained" in message and "control" in message
+    # the comparison starts again on the decisions of the resumed version and later
+    assert learner.control is not None
+    c = learner.control.compare()
+    assert (c.treatment_n, c.control_n, c.min_version) == (0, 0, 1)
+    assert learner._fallback_kind == "cold_start"
+    cold = cold_start_bundle(SCHEMA, CATALOG)
+    assert all(torch.equal(learner._fallback[k], v) for k, v in cold.scorer.state_dict().items())
+
+
+def test_an_unreadable_state_and_a_foreign_model_file_are_refused_and_counted(tmp_path, caplog):
+    state = tmp_path / "learner.state"
+    state.write_bytes(b"not a state")
+    foreign = cold_start_bundle(SCHEMA, CATALOG, seed=3)
+    foreign.schema_hash = "0" * 16
+    model = tmp_path / "model.bin"
+    model.write_bytes(foreign.to_bytes())
+    with caplog.at_level(logging.ERROR, logger="ray_app.learn.service"):
+        learner = restore_learner(state, model, SCHEMA, CATALOG, _cfg())
+    assert learner.counters["refused_at_start"] == 2 and learner.version == 0
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
+    cold = cold_start_bundle(SCHEMA, CATALOG)
+    assert same_weights(learner.scorer, cold.scorer)
+    # a model file of this schema and catalog is continued from, with a warning
+    trained = cold_start_bundle(SCHEMA, CATALOG, seed=5)
+    trained.version, trained.metadata = 9, {"kind": "online", "rewards": 1234}
+    model.write_bytes(trained.to_bytes())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ray_app.learn.service"):
+        learner = restore_learner(tmp_path / "none.state", model, SCHEMA, CATALOG, _cfg())
+    assert learner.version == 9 and learner.counters["refused_at_start"] == 0
+    assert any("1234 rewards" in r.getMessage() for r in caplog.records)
+    assert learner.control is not None and learner.control.min_version == 9
+
+
+def test_settings_map_to_the_learner_config():
+    cfg = learner_config(
+        Settings.model_validate({"learn": {"boost_rewards": 250, "control_z": 2.5}})
+    )
+    assert (cfg.boost_rewards, cfg.control_z, cfg.control_window) == (250, 2.5, 2_000)
+    assert not hasattr(cfg, "boost_seconds")
+    with pytest.raises(ValidationError, match="boost_seconds"):
+        Settings.model_validate({"learn": {"boost_seconds": 600}})
+    with pytest.raises(ValidationError, match="control_window"):
+        Settings.model_validate({"learn": {"control_window": 200}})
+
+
+# ------------------------------------------------------------- the service's pure parts: drift
+
+
+def _explicit_stream(
+    seed: int, users_per_s: float, n: int, complete_s: float, abandon_s: float, rate: float = 0.6
+) -> list[RewardRecord]:
+    """Control-arm rewards in arrival order: completions ``complete_s`` after their decision,
+    abandonments ``abandon_s`` (log-normal), up to the time of the last decision."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / users_per_s
+    done = rng.random(n) < rate
+    arrival = t + np.where(done, complete_s, abandon_s) * np.exp(rng.normal(0.0, 0.5, n))
+    [r] = logged(GroundTruth(seed=1), 0, 1, seed=1, arm="control")
+    out = []
+    for i in np.argsort(arrival, kind="stable"):
+        if arrival[i] > t[-1]:
+            continue
+        ms = int(t[i] * 1000)
+        reward = float(done[i])
+        out.append(
+            replace(
+                r,
+                decision_id=f"d{i}",
+                reward=reward,
+                outcome="completed" if reward else "abandoned",
+                decided_at_ms=ms,
+                outcome_at_ms=int(arrival[i] * 1000),
+            )
+        )
+    return out
+
+
+def test_a_fresh_stream_of_explicit_rewards_does_not_fire_the_drift_detectors():
+    """Completions after 1 s, abandonments after 3 s, 200 users/s, a constant rate: fed in
+    arrival order (bare Page-Hinkley) this looks like a fall; RewardRateDrift does not fire."""
+    spurious = quiet = 0
+    for seed in range(5):
+        stream = _explicit_stream(seed, 200.0, 20_000, complete_s=1.0, abandon_s=3.0)
+        bare = PageHinkley(delta=0.05, threshold=50.0, min_samples=1_500)
+        spurious += any(bare.update(r.reward) for r in stream)
+        drift = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=30_000)
+        alerts = [a for k in range(0, len(stream), 500) for a in drift.update(stream[k : k + 500])]
+        quiet += not alerts
+        assert drift.fed > 10_000 and drift.late < 50
+    assert spurious == 5 and quiet == 5
+
+
+def test_reward_rate_drift_finds_a_fall_of_the_control_rate_within_seconds_not_minutes():
+    before = _explicit_stream(1, 50.0, 5_000, complete_s=2.0, abandon_s=2.0, rate=0.6)
+    after = _explicit_stream(2, 50.0, 5_000, complete_s=2.0, abandon_s=2.0, rate=0.3)
+    shift = before[-1].decided_at_ms + 20
+    after = [
+        replace(r, decided_at_ms=r.decided_at_ms + shift, outcome_at_ms=r.outcome_at_ms + shift)  # type: ignore[operator]
+        for r in after
+    ]
+    timeouts = [replace(r, outcome="timeout", reward=0.0, outcome_at_ms=None) for r in before]
+    drift = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=30_000)
+    assert drift.update(before + timeouts) == [] and drift.timeouts == len(timeouts)
+    fired_at = None
+    for k in range(0, len(after), 50):
+        if drift.update(after[k : k + 50]):
+            fired_at = after[k].decided_at_ms - shift
+            break
+    assert drift.world.last_change == "decrease" and fired_at is not None
+    assert fired_at < 60_000  # about 30 s of settling and a few hundred rewards
+    # rewards of the model arms: a rise is the learner's progress, only a fall is reported
+    model = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=30_000)
+    up = [replace(r, arm="treatment") for r in after] + [
+        replace(r, arm="treatment", decided_at_ms=r.decided_at_ms + 2 * shift) for r in before
+    ]
+    assert model.update(up) == [] and model.world.seen == 0
+    assert model.model.detections >= 1 and model.model.last_change == "increase"
+    down = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=30_000)
+    alerts = down.update([replace(r, arm="treatment") for r in before + after])
+    assert alerts == [("model_reward_rate", {"change": "decrease"})]
