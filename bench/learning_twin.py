@@ -86,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-vw", action="store_true", help="skip the Vowpal Wabbit baselines")
     shipped = ap.add_argument_group("settings (default: the shipped ones)")
     shipped.add_argument("--epsilon", type=float, default=None, help="decide.epsilon")
+    shipped.add_argument("--policy", default=None, help="decide.policy")
     shipped.add_argument("--lr", type=float, default=None, help="learn.lr")
     shipped.add_argument("--weight-decay", type=float, default=None, help="learn.weight_decay")
     shipped.add_argument("--replay-steps", type=int, default=None, help="learn.replay_steps")
@@ -175,6 +176,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from bench.vw_baseline import run_all
     from ray_app.catalog import load_catalog
     from ray_app.config import load_settings
+    from ray_app.decide import policy_for
     from ray_app.enrich import DEFAULTS
     from ray_app.features import FeatureSchema
     from ray_app.learn.learner import OnlineLearner
@@ -193,7 +195,13 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     bundle = cold_start_bundle(schema, catalog)
     config = learner_config({k: getattr(args, k) for k in _LEARNER_FLAGS})
     learner = OnlineLearner(bundle, config, clock=lambda: 0.0)
-    policy = Policy(kind=d.policy, epsilon=config.epsilon, temperature=d.temperature, seed=d.seed)
+    policy = Policy(
+        kind=args.policy or d.policy,
+        epsilon=config.epsilon,
+        gamma=d.gamma,
+        temperature=d.temperature,
+        seed=d.seed,
+    )
     served = bundle
     published: list[tuple[float, Any]] = []  # (reaches the replicas at, bundle)
     truth = make_world(args, seed)
@@ -222,9 +230,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             last_learn = t
         while published and published[0][0] <= t:
             served = published.pop(0)[1]
-            epsilon = served.metadata.get("epsilon")  # as the replicas take it
-            if isinstance(epsilon, int | float) and 0 <= epsilon <= 1:
-                policy = dataclasses.replace(policy, epsilon=float(epsilon))
+            policy = policy_for(policy, served.metadata)  # as the replicas take it
         user = truth.user(i)
         signup = t0 + int(t * 1000)
         profile = Profile(user.user_id)

@@ -11,7 +11,7 @@ decisions that arrive together into one model forward.
 One deployment serves both the collector and the decisions: on this kind of machine an extra
 deployment hop would cost more than the decision itself. It autoscales on ongoing requests
 (``decide.min_replicas``/``max_replicas``/``target_ongoing_requests``), and its ``user_config``
-(``model_path``, ``model_b_path``, ``policy``, ``epsilon``, ``temperature``) changes the model
+(``model_path``, ``model_b_path``, ``policy``, ``epsilon``, ``gamma``, ``temperature``) changes the model
 and the policy of running replicas through ``reconfigure`` without a restart.
 """
 
@@ -245,14 +245,17 @@ class CollectorIngress:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve's ``user_config``: model files and policy, changed without a restart."""
-        unknown = set(config) - {"model_path", "model_b_path", "policy", "epsilon", "temperature"}
+        unknown = set(config) - {
+            "model_path", "model_b_path", "policy", "epsilon", "gamma", "temperature"
+        }  # fmt: skip
         if unknown:
             raise ValueError(f"user_config: unknown keys {sorted(unknown)}")
         policy = self.decider.policy
-        if {"policy", "epsilon", "temperature"} & set(config):  # validate before changing anything
+        if {"policy", "epsilon", "gamma", "temperature"} & set(config):  # validate first
             policy = Policy(
                 kind=config.get("policy", policy.kind),
                 epsilon=config.get("epsilon", policy.epsilon),
+                gamma=config.get("gamma", policy.gamma),
                 temperature=config.get("temperature", policy.temperature),
                 seed=policy.seed,
             )

@@ -424,6 +424,13 @@ class LearnSettings(_Section):
         description="Exploration served for a while after a drift alert or a rollback below "
         "the control arm.",
     )
+    gamma_scale: float = Field(
+        10.0,
+        gt=0,
+        description="squarecb exploration (decide.policy): the learner publishes gamma = "
+        "gamma_scale * sqrt(1 + rewards learned since a cold start, drift or rollback); a larger "
+        "scale explores less. Vowpal Wabbit's default.",
+    )
     boost_rewards: int = Field(
         1_000,
         ge=0,

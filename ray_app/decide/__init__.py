@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +146,27 @@ class Decision:
         }
 
 
+def policy_for(policy: Policy, metadata: Mapping[str, Any]) -> Policy:
+    """``policy`` with the exploration a model file carries: the learner publishes ``epsilon``
+    (raised for a while after a drift) and ``gamma`` (squarecb: growing as it learns).
+
+    >>> policy_for(Policy("squarecb"), {"gamma": 120.0, "epsilon": 2}).gamma
+    120.0
+    """
+    epsilon = _number(metadata.get("epsilon"))
+    gamma = _number(metadata.get("gamma"))
+    if epsilon is not None and 0 <= epsilon <= 1 and policy.epsilon != epsilon:
+        policy = dataclasses.replace(policy, epsilon=epsilon)
+    if gamma is not None and 0 < gamma < 1e12 and policy.gamma != gamma:
+        policy = dataclasses.replace(policy, gamma=gamma)
+    return policy
+
+
+def _number(v: Any) -> float | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
 class Arms:
     """Experiment assignment, sticky across split changes without storing assignments.
 
@@ -232,7 +254,9 @@ class Decider:
     @classmethod
     def from_settings(cls, settings: Settings) -> Decider:
         d = settings.decide
-        policy = Policy(kind=d.policy, epsilon=d.epsilon, temperature=d.temperature, seed=d.seed)
+        policy = Policy(
+            kind=d.policy, epsilon=d.epsilon, gamma=d.gamma, temperature=d.temperature, seed=d.seed
+        )
         return cls(load_catalog(d.catalog_path), Arms(d), policy)
 
     def swap(self, arm: str, bundle: ModelBundle) -> bool:
@@ -249,13 +273,7 @@ class Decider:
         ):
             return False
         self.bundles[arm] = bundle
-        epsilon = bundle.metadata.get("epsilon")  # the learner raises it for a while on drift
-        if (
-            isinstance(epsilon, int | float)
-            and 0 <= epsilon <= 1
-            and self.policy.epsilon != epsilon
-        ):
-            self.policy = dataclasses.replace(self.policy, epsilon=float(epsilon))
+        self.policy = policy_for(self.policy, bundle.metadata)
         return True
 
     def versions(self) -> dict[str, int]:

@@ -168,6 +168,12 @@ class LearnerConfig:
     ``boost_lr_factor`` times ``lr`` until this many more rewards were trained on (0: no boost);
     counted like ``warmup_rewards``."""
     boost_lr_factor: float = 3.0
+    gamma_scale: float = 10.0
+    gamma_exponent: float = 0.5
+    """The ``gamma`` published for a ``squarecb`` policy: ``gamma_scale * (1 + n) **
+    gamma_exponent``, ``n`` the rewards trained on since the learner started from a cold model,
+    or since the last drift or rollback below control (exploration starts over then); Vowpal
+    Wabbit's defaults."""
     weight_decay: float = 0.3
     """Decoupled weight decay (AdamW; plain L2 for SGD) per step."""
     replay_size: int = 5_000
@@ -212,6 +218,10 @@ class LearnerConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (math.isfinite(self.gamma_scale) and self.gamma_scale > 0):
+            raise ValueError(f"gamma_scale must be a number > 0, got {self.gamma_scale!r}")
+        if not (math.isfinite(self.gamma_exponent) and 0 <= self.gamma_exponent <= 1):
+            raise ValueError(f"gamma_exponent must be in [0, 1], got {self.gamma_exponent!r}")
         if not self.boost_lr_factor > 0:
             raise ValueError(f"boost_lr_factor must be > 0, got {self.boost_lr_factor!r}")
         for name in ("warmup_rewards", "boost_rewards"):
@@ -393,6 +403,9 @@ class OnlineLearner:
         self._last_publish_at: float | None = None
         self._published_epsilon = self.config.epsilon
         self._boost_until: int | None = None  # the trained count at which the boost ends
+        # the trained count since which squarecb's gamma grows (0: a cold model learns from 0;
+        # a trained one is as sure as its lineage makes it)
+        self._explore_from = 0
         self._warmup = (
             self.config.warmup_rewards > 0 and bundle.metadata.get("kind") == "cold_start"
         )
@@ -762,6 +775,24 @@ class OnlineLearner:
         """
         return self.config.boost_epsilon if self._boosted() else self.config.epsilon
 
+    def gamma(self) -> float:
+        """The ``gamma`` to serve to a ``squarecb`` policy (see :class:`LearnerConfig`).
+
+        >>> from ray_app.catalog import load_catalog
+        >>> from ray_app.features import FeatureSchema
+        >>> from ray_app.model import cold_start_bundle
+        >>> c = load_catalog()
+        >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c))
+        >>> learner.gamma()
+        10.0
+        >>> learner.counters["trained"] += 99; learner.gamma()
+        100.0
+        >>> learner.drift(); learner.gamma()   # a drift: exploration starts over
+        10.0
+        """
+        n = max(self.counters["trained"] - self._explore_from, 0)
+        return float(self.config.gamma_scale * (1.0 + n) ** self.config.gamma_exponent)
+
     @property
     def boost_left(self) -> int:
         """Trained rewards until the boost after a drift or a rollback ends (0: none running;
@@ -788,6 +819,7 @@ class OnlineLearner:
         replay buffer (rewards from before would judge candidates by a world that is gone, and
         pull towards it)."""
         self._boost_until = self.counters["trained"] + self.config.boost_rewards
+        self._explore_from = self.counters["trained"]
         self._guardrail.clear()
         self._replay.clear()
         self._since_good = set()
@@ -931,6 +963,7 @@ class OnlineLearner:
             "rollbacks": self.counters["rollbacks"],
             "control_rollbacks": self.counters["control_rollbacks"],
             "epsilon": epsilon,
+            "gamma": round(self.gamma(), 3),
             "offsets": {str(p): o for p, o in sorted(self._offsets.items())},
             **self.lineage,
         }
@@ -991,6 +1024,7 @@ class OnlineLearner:
             "last_publish_at": self._last_publish_at,
             "published_epsilon": self._published_epsilon,
             "boost_until_trained": self._boost_until,
+            "explore_from": self._explore_from,
             "explored": self._explored,
             "warmup": self._warmup,
             "lineage": dict(self.lineage),
@@ -1073,6 +1107,7 @@ class OnlineLearner:
             # a boost counted in trained rewards ("boost_until", in seconds, is not carried over)
             boost = state.get("boost_until_trained")
             learner._boost_until = None if boost is None else int(boost)
+            learner._explore_from = int(state.get("explore_from", 0))
             learner._explored = bool(state.get("explored", False))
             learner._warmup = bool(state.get("warmup", False)) and learner.config.warmup_rewards > 0
             learner.lineage = _lineage(state.get("lineage") or {})

@@ -83,6 +83,7 @@ def learner_config(settings: Settings) -> LearnerConfig:
         publish_interval_s=s.publish_interval_s,
         guardrail_tolerance=s.guardrail_tolerance,
         epsilon=settings.decide.epsilon,
+        gamma_scale=s.gamma_scale,
         boost_epsilon=s.boost_epsilon,
         boost_rewards=s.boost_rewards,
         replay_size=s.replay_size,

@@ -11,6 +11,13 @@ Kinds:
 * ``epsilon_greedy``: the best-scored action with probability ``1 - epsilon``, else a uniform
   eligible one: ``p(a) = (1 - epsilon) * [a is best] + epsilon / n``. Ties go to the lower action
   index, deterministically.
+* ``squarecb``: inverse gap weighting (Foster & Rakhlin's SquareCB, as in Vowpal Wabbit's
+  ``--squarecb``): with ``y = sigmoid(score)`` the predicted completion rate, each action other
+  than the best gets ``p(a) = 1 / (n + gamma * (y_best - y(a)))`` and the best the rest. An
+  action predicted nearly as good as the best is explored nearly as often; a clearly worse one
+  rarely. ``gamma`` grows as the model learns (the learner publishes it with the weights,
+  ``gamma_scale * sqrt(rewards)``), so exploration fades where the model is sure, and starts
+  over after a drift.
 * ``softmax``: ``p = (1 - floor) * softmax(scores / temperature) + floor / n``.
 * ``thompson``: each action's score is perturbed by Gaussian noise (``uncertainty`` per action,
   e.g. :func:`uncertainty_from_counts`, else ``prior_std``) and the best perturbed action wins.
@@ -20,8 +27,8 @@ Kinds:
   so its propensity is exact (not an estimate of an estimate), and the cost is one
   ``[draws, n]`` numpy operation.
 
-With ``epsilon > 0`` (epsilon-greedy) or ``floor > 0`` (softmax, thompson) every eligible action
-has a probability > 0.
+With ``epsilon > 0`` (epsilon-greedy), any finite ``gamma`` (squarecb) or ``floor > 0`` (softmax,
+thompson) every eligible action has a probability > 0.
 
 >>> policy = Policy("epsilon_greedy", epsilon=0.2, seed=7)
 >>> c = policy.choose(np.array([0.1, 2.0, 0.5]), [0, 1, 2], key="decision-1")
@@ -29,6 +36,9 @@ has a probability > 0.
 ([1, 2, 0], 0.8667, True)
 >>> ControlPolicy((0, 1, 2)).choose(np.zeros(3), [1, 2], key="d").chosen
 1
+>>> p = Policy("squarecb", gamma=50.0).probabilities(np.array([0.0, 2.0, 1.9]), [0, 1, 2])
+>>> [round(p[a], 3) for a in (0, 1, 2)]   # the near-best action is explored far more
+[0.045, 0.673, 0.282]
 """
 
 from __future__ import annotations
@@ -46,8 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Choice", "ControlPolicy", "Policy", "PolicyKind", "uncertainty_from_counts", "uniform"]
 
-PolicyKind = Literal["softmax", "epsilon_greedy", "thompson"]
-_KINDS = ("softmax", "epsilon_greedy", "thompson")
+PolicyKind = Literal["softmax", "epsilon_greedy", "thompson", "squarecb"]
+_KINDS = ("softmax", "epsilon_greedy", "thompson", "squarecb")
 _BIG = 1e30
 
 
@@ -119,6 +129,13 @@ def _rank(el: list[int], vals: list[float]) -> list[int]:
     return [el[j] for j in sorted(range(len(el)), key=lambda j: -vals[j])]
 
 
+def _sigmoid(v: float) -> float:
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-min(v, 700.0)))
+    e = math.exp(max(v, -700.0))
+    return e / (1.0 + e)
+
+
 def _draw(p: list[float], u: float) -> int:
     """Inverse CDF: the position whose cumulative share first exceeds ``u`` (never a 0 share)."""
     target = u * sum(p)
@@ -139,6 +156,7 @@ class Policy:
 
     kind: PolicyKind = "epsilon_greedy"
     epsilon: float = 0.1
+    gamma: float = 10.0
     temperature: float = 0.5
     floor: float = 0.05
     prior_std: float = 1.0
@@ -155,7 +173,7 @@ class Policy:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
-        for name in ("temperature", "prior_std"):
+        for name in ("temperature", "prior_std", "gamma"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -202,6 +220,13 @@ class Policy:
             p = [self.epsilon / n] * n
             best = max(range(n), key=vals.__getitem__)  # the first maximum: the lowest index
             p[best] += 1.0 - self.epsilon
+            return p
+        if self.kind == "squarecb":
+            best = max(range(n), key=vals.__getitem__)  # the first maximum: the lowest index
+            y = [_sigmoid(v) for v in vals]
+            p = [1.0 / (n + self.gamma * (y[best] - yj)) for yj in y]
+            p[best] = 0.0
+            p[best] = 1.0 - sum(p)
             return p
         if self.kind == "softmax":
             top, t = max(vals), self.temperature

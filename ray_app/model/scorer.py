@@ -1,8 +1,11 @@
-"""The PyTorch scorer: a shared MLP trunk over the context features, one linear head per slot.
+"""The PyTorch scorer: wide and deep. Per slot, the logit of each action is a linear function of
+the features (the *wide* part) plus a linear head over a shared MLP trunk (the *deep* part).
 
 ``Scorer(x, slot_index)`` gives, for each row of ``x`` and each action of the slot, the logit of
 P(outcome | context, action): the model scores every (context, action) pair of a slot in one
-forward pass.
+forward pass. The wide part starts at zero and learns the effect of each hashed trait and trait
+cross on each action directly (what a contextual bandit with hand-written interactions learns,
+and as fast); the trunk finds what the crosses do not spell out.
 
 >>> import torch
 >>> scorer = Scorer(dim=10, slot_sizes=(3, 4), hidden=8, seed=1)
@@ -31,7 +34,8 @@ __all__ = ["Scorer", "score_batch"]
 
 
 class Scorer(nn.Module):
-    """``dim`` features -> ``hidden`` (ReLU) -> one linear head of ``slot_sizes[k]`` per slot.
+    """``dim`` features -> ``hidden`` (ReLU) -> one linear head of ``slot_sizes[k]`` per slot,
+    plus one bias-free linear map ``dim -> slot_sizes[k]`` per slot (``wides``, zero at first).
 
     Initialized from ``seed`` alone (a private generator: the global torch RNG is untouched), so
     the same arguments give the same weights. Picklable (it crosses Ray as a plain module).
@@ -52,13 +56,18 @@ class Scorer(nn.Module):
         # skip_init: no default init, so torch's global RNG is not consumed
         self.trunk = skip_init(nn.Linear, self.dim, self.hidden)
         self.heads = nn.ModuleList(skip_init(nn.Linear, self.hidden, n) for n in self.slot_sizes)
+        self.wides = nn.ModuleList(
+            skip_init(nn.Linear, self.dim, n, bias=False) for n in self.slot_sizes
+        )
         gen = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
-            for module in self.modules():
+            for module in [self.trunk, *self.heads]:
                 if isinstance(module, nn.Linear):  # torch's default init, from our generator
                     bound = 1.0 / math.sqrt(module.in_features)
                     module.weight.uniform_(-bound, bound, generator=gen)
                     module.bias.uniform_(-bound, bound, generator=gen)
+            for module in self.wides:
+                cast(nn.Linear, module).weight.zero_()
 
     @property
     def architecture(self) -> dict[str, Any]:
@@ -69,8 +78,9 @@ class Scorer(nn.Module):
         """``[B, dim]`` features -> ``[B, slot_sizes[slot_index]]`` logits (``[dim]`` -> ``[n]``)."""
         # functional calls on the layers' parameters: a third of the module-call overhead at B=1
         head = cast(nn.Linear, self.heads[slot_index])
+        wide = cast(nn.Linear, self.wides[slot_index])
         h = torch.relu(F.linear(x, self.trunk.weight, self.trunk.bias))
-        return F.linear(h, head.weight, head.bias)
+        return F.linear(h, head.weight, head.bias) + F.linear(x, wide.weight)
 
 
 def score_batch(bundle: ModelBundle | Scorer, x: np.ndarray, slot_index: int) -> np.ndarray:
