@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
         help="simulated users who ask /v1/decide and react (0: none); default 20000",
     )
     demo.add_argument(
+        "--world",
+        default="teams",
+        choices=DEMO_WORLDS,
+        help="the simulated world the learning users come from: teams (default), clinics, "
+        "campus (trait names and values of their own, two-trait preferences), or v2",
+    )
+    demo.add_argument(
         "--plot", type=Path, help="where to write the PNG (default: <state_dir>/learning.png)"
     )
 
@@ -330,16 +337,20 @@ def _sample_decision(stack: Any, settings: Settings, sim: Any, tick: int) -> str
     )
 
 
+#: The worlds ``demo --world`` takes (those of :data:`ray_app.sim.worlds.WORLDS`).
+DEMO_WORLDS = ("teams", "clinics", "campus", "v2")
+
+
 def _start_learning(
     stack: Any, settings: Settings, args: argparse.Namespace, stop: Any
 ) -> tuple[Any, threading.Thread] | None:
-    """Simulator v2 users in a thread of their own (see ray_app/sim/live.py)."""
+    """Simulated users of ``--world`` in a thread of their own (see ray_app/sim/live.py)."""
     if not args.learning_users or not settings.collector.read_keys:
         return None
     import asyncio
 
     from ray_app.sim.live import LearningRun
-    from ray_app.sim.v2 import GroundTruth
+    from ray_app.sim.worlds import world
 
     _, write = next(iter(settings.collector.write_keys.items()))
     read = next(iter(settings.collector.read_keys.values())).get_secret_value()
@@ -347,7 +358,7 @@ def _start_learning(
         stack.base_url,
         write.get_secret_value(),
         read,
-        GroundTruth(seed=settings.sim.seed),
+        world(args.world, seed=settings.sim.seed, drift="none"),
         users=args.learning_users,
         concurrency=48,
         think_s=1.0,

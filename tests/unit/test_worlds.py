@@ -209,3 +209,10 @@ def test_vw_learns_above_random_on_a_one_trait_world():
         w.expected_rate("oracle") - w.expected_rate("static")
     )
     assert share > random_share + 0.5, (share, random_share)
+
+
+def test_the_demo_offers_every_world():
+    from ray_app.cli import DEMO_WORLDS
+    from ray_app.sim.worlds import WORLDS
+
+    assert set(DEMO_WORLDS) == set(WORLDS)
