@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ray_app.catalog import Catalog, load_catalog
 from ray_app.sim.population import _BASE_SECONDS, SEGMENTS
+from ray_app.sim.truth import POLICIES, ReferencePolicies
 
 __all__ = [
     "PREFERENCES",
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 PolicyName = Literal["static", "random", "oracle", "stale_oracle"]
-_POLICIES = ("static", "random", "oracle", "stale_oracle")
+_POLICIES = POLICIES
 
 #: slot -> segment -> (action, completion probability), favourite first. Actions a segment cannot
 #: get (``talk_to_sales`` outside its audiences) are left out and complete with ``_FLOOR``.
@@ -194,7 +195,7 @@ class SimUserV2:
 
 
 @dataclass(frozen=True)
-class GroundTruth:
+class GroundTruth(ReferencePolicies):
     """The hidden preferences, the users and their responses (see the module docstring).
 
     ``drift_at_user``: the index of the first user who lives in the drifted world (``None``: no
@@ -225,21 +226,12 @@ class GroundTruth:
         }
         return SimUserV2(index, f"sim2-{self.seed}-{index:07d}", seg.name, traits)
 
-    def users(self, n: int, start: int = 0) -> list[SimUserV2]:
-        """Users ``start .. start + n - 1``."""
-        return [self.user(i) for i in range(start, start + n)]
-
     def drifted(self, user: SimUserV2 | int) -> bool:
         """Whether a user (or user index) lives in the drifted world."""
         index = user.index if isinstance(user, SimUserV2) else int(user)
         return self.drift_at_user is not None and index >= self.drift_at_user
 
     # ------------------------------------------------------------------------------ the truth
-
-    def _action_id(self, slot: str, action: str | int) -> str:
-        if isinstance(action, str):
-            return action
-        return self.catalog.slot(slot).actions[action].id
 
     def p_complete(
         self, segment: str, slot: str, action: str | int, drifted: bool = False
@@ -263,25 +255,6 @@ class GroundTruth:
         ``completed``."""
         traits = user.traits if isinstance(user, SimUserV2) else {"segment": user}
         return self.catalog.eligible(slot, {"traits": traits, "stepsCompleted": list(completed)})
-
-    def oracle_choice(
-        self, segment: str, slot: str, eligible: Sequence[int], drifted: bool = False
-    ) -> int:
-        """The eligible action with the highest completion probability (ties: lower index)."""
-        if not eligible:
-            raise ValueError(f"slot {slot!r}: no eligible action to choose from")
-        return max(sorted(eligible), key=lambda a: self.p_complete(segment, slot, a, drifted))
-
-    def static_choice(self, slot: str, eligible: Sequence[int]) -> int:
-        """The static flow's choice: the first eligible action in the catalog's default order."""
-        return self.catalog.control_choice(slot, eligible)
-
-    @staticmethod
-    def random_choice(eligible: Sequence[int], rng: random.Random) -> int:
-        """A uniformly random eligible action."""
-        if not eligible:
-            raise ValueError("no eligible action to choose from")
-        return rng.choice(sorted(eligible))
 
     def simulate_response(
         self,
@@ -314,19 +287,6 @@ class GroundTruth:
         return completed, seconds
 
     # ----------------------------------------------------------------------- reference lines
-
-    def _distribution(
-        self, policy: str, segment: str, slot: str, eligible: Sequence[int], drifted: bool
-    ) -> dict[int, float]:
-        if policy == "static":
-            return {self.static_choice(slot, eligible): 1.0}
-        if policy == "random":
-            return {a: 1.0 / len(eligible) for a in eligible}
-        if policy == "oracle":
-            return {self.oracle_choice(segment, slot, eligible, drifted): 1.0}
-        if policy == "stale_oracle":
-            return {self.oracle_choice(segment, slot, eligible, False): 1.0}
-        raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, got {policy!r}")
 
     def expected_rate(
         self,

@@ -86,11 +86,12 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ray_app.catalog import Catalog, load_catalog
+from ray_app.sim.truth import POLICIES, ReferencePolicies
 from ray_app.sim.v2 import _STEP_SECONDS, GroundTruth
 
 __all__ = [
@@ -119,7 +120,7 @@ _OTHERS = ("team_size", "goals", "integrations", "invite_teammates", "first_proj
 _FIXED = {"welcome": 0.95}
 _FLOOR = 0.05
 
-_POLICIES = ("static", "random", "oracle", "stale_oracle")
+_POLICIES = POLICIES
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ def _preferences(
 
 
 @dataclass(frozen=True)
-class World:
+class World(ReferencePolicies):
     """A simulated customer (see the module docstring): the traits its users send, the hidden
     preferences over the default catalog's ``next_step``, and their drift.
 
@@ -293,10 +294,6 @@ class World:
         uid = f"{self.name}-{self.seed}-{index:07d}"
         return WorldUser(index, uid, self._label(i, j), traits, in_context)
 
-    def users(self, n: int, start: int = 0) -> list[WorldUser]:
-        """Users ``start .. start + n - 1``."""
-        return [self.user(i) for i in range(start, start + n)]
-
     def drifted(self, user: WorldUser | int) -> bool:
         """Whether a user (or user index) lives in the drifted world."""
         index = user.index if isinstance(user, WorldUser) else int(user)
@@ -311,11 +308,6 @@ class World:
         return random.Random(f"onramp-world/{self.name}/{self.seed}/drift/{index}").random() < share
 
     # ------------------------------------------------------------------------------ the truth
-
-    def _action_id(self, slot: str, action: str | int) -> str:
-        if isinstance(action, str):
-            return action
-        return self.catalog.slot(slot).actions[action].id
 
     def p_complete(
         self, segment: str, slot: str, action: str | int, drifted: bool = False
@@ -340,25 +332,6 @@ class World:
         ``completed``."""
         traits = user.traits if isinstance(user, WorldUser) else {}
         return self.catalog.eligible(slot, {"traits": traits, "stepsCompleted": list(completed)})
-
-    def oracle_choice(
-        self, segment: str, slot: str, eligible: Sequence[int], drifted: bool = False
-    ) -> int:
-        """The eligible action with the highest completion probability (ties: lower index)."""
-        if not eligible:
-            raise ValueError(f"slot {slot!r}: no eligible action to choose from")
-        return max(sorted(eligible), key=lambda a: self.p_complete(segment, slot, a, drifted))
-
-    def static_choice(self, slot: str, eligible: Sequence[int]) -> int:
-        """The static flow's choice: the first eligible action in the catalog's default order."""
-        return self.catalog.control_choice(slot, eligible)
-
-    @staticmethod
-    def random_choice(eligible: Sequence[int], rng: random.Random) -> int:
-        """A uniformly random eligible action."""
-        if not eligible:
-            raise ValueError("no eligible action to choose from")
-        return rng.choice(sorted(eligible))
 
     def simulate_response(
         self,
@@ -385,19 +358,6 @@ class World:
         return completed, seconds
 
     # ----------------------------------------------------------------------- reference lines
-
-    def _distribution(
-        self, policy: str, segment: str, slot: str, eligible: Sequence[int], drifted: bool
-    ) -> dict[int, float]:
-        if policy == "static":
-            return {self.static_choice(slot, eligible): 1.0}
-        if policy == "random":
-            return {a: 1.0 / len(eligible) for a in eligible}
-        if policy == "oracle":
-            return {self.oracle_choice(segment, slot, eligible, drifted): 1.0}
-        if policy == "stale_oracle":
-            return {self.oracle_choice(segment, slot, eligible, False): 1.0}
-        raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, got {policy!r}")
 
     def expected_rate(
         self,
