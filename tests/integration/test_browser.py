@@ -88,6 +88,7 @@ def web(broker, serve_port, tmp_path_factory) -> Iterator[Web]:
         ONRAMP_COLLECTOR__CORS_ORIGINS=json.dumps([page_origin]),
         # the model arm, exploring uniformly: the order differs from the static flow's
         ONRAMP_DECIDE__ARMS='{"control": 0, "treatment": 1}',
+        ONRAMP_DECIDE__POLICY="epsilon_greedy",
         ONRAMP_DECIDE__EPSILON="1",
         ONRAMP_STREAM__CHECKPOINT_URI=str(tmp_path_factory.mktemp("browser-ckpt")),
     )

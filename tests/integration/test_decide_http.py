@@ -117,7 +117,7 @@ def test_model_arm_explores_with_exact_propensities(collector, stream):
         probs = {r["action"]: r["probability"] for r in a["ranked"]}
         assert abs(sum(probs.values()) - 1) < 1e-3
         assert a["propensity"] == pytest.approx(probs[a["chosen"]], abs=1e-6)
-        assert a["policy"] == "epsilon_greedy" and 0 < a["propensity"] < 1
+        assert a["policy"] == "squarecb" and 0 < a["propensity"] < 1  # the shipped policy
     # greedy under the cold-start model is the static flow's first choice
     assert max(answers[0]["ranked"], key=lambda r: r["probability"])["action"] == "checklist_intro"
     # the same decision id gives the same draw (idempotent retries)
@@ -227,6 +227,7 @@ def test_hot_swap_under_load_fails_no_request(broker, serve_port, tmp_path):
         ONRAMP_DECIDE__MODEL_PATH=str(model),
         ONRAMP_DECIDE__MODEL_POLL_S="0.1",
         ONRAMP_DECIDE__ARMS='{"control": 0, "treatment": 1}',
+        ONRAMP_DECIDE__POLICY="epsilon_greedy",
         ONRAMP_DECIDE__EPSILON="0",
     )
     app = deploy("decide-swap", "/swap", settings, serve_port)

@@ -75,6 +75,7 @@ def test_trained_model_is_promoted_and_served_without_restart(
         "ONRAMP_DECIDE__MODEL_PATH": str(model),
         "ONRAMP_DECIDE__MODEL_POLL_S": "0.1",
         "ONRAMP_DECIDE__ARMS": '{"control": 0, "treatment": 1}',
+        "ONRAMP_DECIDE__POLICY": "epsilon_greedy",
         "ONRAMP_DECIDE__EPSILON": "0",
     }
     settings = make_settings(broker.bootstrap, **env)

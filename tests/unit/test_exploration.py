@@ -72,7 +72,7 @@ def test_the_learner_publishes_a_growing_gamma_that_the_replicas_take():
 
 def test_the_wide_part_starts_at_zero_and_the_cold_start_keeps_the_static_order():
     bundle = cold_start_bundle(SCHEMA, CATALOG)
-    assert all(float(w.weight.abs().sum()) == 0.0 for w in bundle.scorer.wides)
+    assert all(float(w.weight.detach().abs().sum()) == 0.0 for w in bundle.scorer.wides)
     x = SCHEMA.featurize({"traits": {"plan": "pro", "seats": 40}}, None, {"device": "mobile"})
     scores = score_batch(bundle, x, CATALOG.slot("next_step").index)[0]
     order = list(np.argsort(-scores, kind="stable"))
