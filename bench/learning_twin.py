@@ -71,7 +71,7 @@ _WRITE_KEY = "twin-write-key"
 _AUTH = "Basic " + base64.b64encode(f"{_WRITE_KEY}:".encode()).decode()
 
 #: LearnerConfig fields a flag may override (``None``: the shipped setting).
-_LEARNER_FLAGS = ("epsilon", "lr", "weight_decay", "replay_steps", "warmup_rewards")
+_LEARNER_FLAGS = ("epsilon", "lr", "weight_decay", "replay_steps", "warmup_rewards", "gamma_scale")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     shipped.add_argument("--epsilon", type=float, default=None, help="decide.epsilon")
     shipped.add_argument("--policy", default=None, help="decide.policy")
     shipped.add_argument("--lr", type=float, default=None, help="learn.lr")
+    shipped.add_argument("--gamma-scale", type=float, default=None, help="learn.gamma_scale")
     shipped.add_argument("--weight-decay", type=float, default=None, help="learn.weight_decay")
     shipped.add_argument("--replay-steps", type=int, default=None, help="learn.replay_steps")
     shipped.add_argument(

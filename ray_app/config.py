@@ -393,7 +393,11 @@ class LearnSettings(_Section):
         5_000, ge=0, description="Recent rewards replayed in later updates (0: none)."
     )
     replay_steps: int = Field(
-        4, ge=0, description="Replayed mini-batches per batch_size new rewards."
+        8,
+        ge=0,
+        description="Replayed mini-batches per batch_size new rewards. 8: on the twin's teams "
+        "world (8 seeds) 0.03 more of the oracle's gain by users 2,000-7,000 than 4; 16 and 0 "
+        "were worse.",
     )
     warmup_rewards: int = Field(
         1_000,

@@ -178,7 +178,7 @@ class LearnerConfig:
     """Decoupled weight decay (AdamW; plain L2 for SGD) per step."""
     replay_size: int = 5_000
     """Recent trained rewards kept for replay (0: none). Emptied on drift."""
-    replay_steps: int = 4
+    replay_steps: int = 8
     """Extra mini-batches drawn from the replay buffer per ``batch_size`` new rewards (however
     the rewards are split over :meth:`~OnlineLearner.learn` calls): each reward is then
     learned from several times while it is recent, which online updates need here (a single
