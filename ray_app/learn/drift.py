@@ -175,7 +175,7 @@ class RewardRateDrift:
         delta: float = 0.05,
         threshold: float = 50.0,
         min_samples: int = 30,
-        settle_ms: int = 30_000,
+        settle_ms: int = 10_000,
         control_arm: str = CONTROL,
         holdout_arm: str = HOLDOUT,
     ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -24,7 +25,6 @@ import httpx
 import pytest
 import yaml
 
-from ray_app.kafka.broker import free_port
 from tests.conftest import WRITE_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,6 +80,21 @@ def _deploy_config(tmp: Path, http_port: int) -> Path:
     return path
 
 
+def _distinct_ports(n: int) -> list[int]:
+    """``n`` free loopback ports, all different: each socket stays bound until all are chosen
+    (ports freed one by one can come back twice, and Ray refuses two components on one port)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _wait(lines, marker: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -125,14 +140,14 @@ def _batch(user: str) -> dict:
 def test_serve_deploy_brings_up_onramp_on_a_ray_started_by_the_cli(broker):
     cmd = _namespace_cmd()
     tmp = Path(tempfile.mkdtemp(prefix="orsd"))  # short: Ray's socket paths live under it
-    http_port = free_port()
-    ports = {
-        name: str(free_port())
-        for name in ("P_GCS", "P_NM", "P_OM", "P_CLIENT", "P_RTE", "P_METRICS", "P_AGENT")
-    }
-    ports.update(P_AGENT_GRPC=str(free_port()), P_DASH=str(free_port()))
-    base = free_port()
-    ports.update(P_W0=str(base % 20000 + 30000), P_W1=str(base % 20000 + 30200))
+    names = ("P_GCS", "P_NM", "P_OM", "P_CLIENT", "P_RTE", "P_METRICS", "P_AGENT")
+    names += ("P_AGENT_GRPC", "P_DASH", "HTTP")
+    free = _distinct_ports(len(names))
+    ports = {name: str(port) for name, port in zip(names, free, strict=True)}
+    http_port = int(ports.pop("HTTP"))
+    # the workers' range: 201 ports clear of every port above
+    base = next(b for b in range(30000, 60000, 250) if all(not b <= p <= b + 200 for p in free))
+    ports.update(P_W0=str(base), P_W1=str(base + 200))
     _deploy_config(tmp, http_port)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ONRAMP_"))}
     env.update(ports)

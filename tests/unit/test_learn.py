@@ -650,7 +650,7 @@ def test_a_fresh_stream_of_explicit_rewards_does_not_fire_the_drift_detectors():
         stream = _explicit_stream(seed, 200.0, 20_000, complete_s=1.0, abandon_s=3.0)
         bare = PageHinkley(delta=0.05, threshold=50.0, min_samples=1_500)
         spurious += any(bare.update(r.reward) for r in stream)
-        drift = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=30_000)
+        drift = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=10_000)
         alerts = [a for k in range(0, len(stream), 500) for a in drift.update(stream[k : k + 500])]
         quiet += not alerts
         assert drift.fed > 10_000 and drift.late < 50
@@ -666,7 +666,7 @@ def test_reward_rate_drift_finds_a_fall_of_the_control_rate_within_seconds_not_m
         for r in after
     ]
     timeouts = [replace(r, outcome="timeout", reward=0.0, outcome_at_ms=None) for r in before]
-    drift = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=30_000)
+    drift = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=10_000)
     assert drift.update(before + timeouts) == [] and drift.timeouts == len(timeouts)
     fired_at = None
     for k in range(0, len(after), 50):
@@ -674,14 +674,14 @@ def test_reward_rate_drift_finds_a_fall_of_the_control_rate_within_seconds_not_m
             fired_at = after[k].decided_at_ms - shift
             break
     assert drift.world.last_change == "decrease" and fired_at is not None
-    assert fired_at < 60_000  # about 30 s of settling and a few hundred rewards
+    assert fired_at < 40_000  # about 10 s of settling and a few hundred rewards
     # rewards of the model arms: a rise is the learner's progress, only a fall is reported
-    model = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=30_000)
+    model = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=10_000)
     up = [replace(r, arm="treatment") for r in after] + [
         replace(r, arm="treatment", decided_at_ms=r.decided_at_ms + 2 * shift) for r in before
     ]
     assert model.update(up) == [] and model.world.seen == 0
     assert model.model.detections >= 1 and model.model.last_change == "increase"
-    down = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=30_000)
+    down = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=10_000)
     alerts = down.update([replace(r, arm="treatment") for r in before + after])
     assert alerts == [("model_reward_rate", {"change": "decrease"})]
