@@ -7,7 +7,8 @@
    in a sane range of ``receivedAt``, non-negative durations, known call types and step ids,
    a plausible per-user rate); a failing event is *rejected* too, with the check's reason code;
 3. routes it to *late* if its event time is behind the watermark (``max event time - allowed
-   lateness``), whatever else is true of it;
+   lateness``, where each event counts with ``min(event time, receivedAt)``: a client clock
+   ahead of the server's cannot move the watermark), whatever else is true of it;
 4. drops it as a *duplicate* if its ``messageId`` was seen (see :mod:`ray_app.state.dedupe`);
 5. otherwise passes it through the session reorder buffer and *applies* what that releases.
 
@@ -208,8 +209,12 @@ class SessionShard:
                 if traces is not None:
                     out.duplicate_indices.append(index)
                 continue
-            if event.ts > self.max_ts:
-                self.max_ts = event.ts
+            # the watermark follows event time only as far as the server's own clock: a client
+            # that stamps its events in the future (up to max_future_ms passes validation) must
+            # not make everybody else's events late
+            trusted = event.ts if event.ts <= event.received else event.received
+            if trusted > self.max_ts:
+                self.max_ts = trusted
                 self.watermark = self.max_ts - lateness
             released = self.order.offer(event)
             released += self.order.advance(self.watermark, self.max_ts - wait)

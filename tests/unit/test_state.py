@@ -455,3 +455,37 @@ def test_context_traits_count_as_traits_and_top_level_identify_traits_win():
     # a group call's traits describe the account, not the user
     apply(p, decode_event(rec("d", "group", "2026-01-01T00:00:03Z", traits={"plan": "acme"})))
     assert p.traits == {"jobFunction": "nurse", "seats": 14, "plan": "pro"}
+
+
+def test_a_client_clock_ahead_of_the_server_cannot_make_honest_events_late():
+    """The attack of issue 15: events stamped just under max_event_future ahead, every 100 ms,
+    used to drag every partition's watermark to "now" and send honest events to the late topic."""
+    import datetime as dt
+
+    import orjson
+
+    from ray_app.state import SessionShard, StateConfig
+
+    config = StateConfig(allowed_lateness_ms=60_000, max_future_ms=300_000, reorder_wait_ms=0)
+    shard = SessionShard(0, config)
+    t0 = int(dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+    def iso(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+    def record(mid: str, user: str, ts: int, received: int) -> tuple[bytes, bytes]:
+        return user.encode(), orjson.dumps(
+            {"messageId": mid, "type": "track", "event": "Clicked", "userKey": user,
+             "timestamp": iso(ts), "receivedAt": iso(received)}
+        )  # fmt: skip
+
+    attack = [record(f"a{i}", "attacker", t0 + i * 100 + 299_000, t0 + i * 100) for i in range(200)]
+    honest = [
+        record(f"h{i}", f"u{i}", t0 + 1_500 + i * 100, t0 + 1_500 + i * 100) for i in range(192)
+    ]
+    batch = sorted(attack + honest, key=lambda kv: orjson.loads(kv[1])["receivedAt"])
+    result = shard.process(batch)
+    assert len(result.rejected) == 0 and len(result.late) == 0
+    assert all(shard.profile(f"u{i}") is not None for i in range(192))
+    # the watermark is the server's clock less the lateness, not the attacker's clock
+    assert shard.watermark <= t0 + 200 * 100 + 1_500 - 60_000
