@@ -181,8 +181,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from ray_app.enrich import DEFAULTS
     from ray_app.features import FeatureSchema
     from ray_app.learn.learner import OnlineLearner
-    from ray_app.learn.reward import RewardRecord
     from ray_app.model import Policy, cold_start_bundle, score_batch
+    from ray_app.records import RewardRecord
     from ray_app.sim.live import Outcome
     from ray_app.state.profile import Profile, apply
 

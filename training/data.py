@@ -1,6 +1,6 @@
 """Training data: reward records from an archive (JSON lines at a filesystem URI), read with Ray Data.
 
-A reward record (:class:`ray_app.learn.reward.RewardRecord`, schema ``onramp.reward/1``) carries
+A reward record (:class:`ray_app.records.RewardRecord`, schema ``onramp.reward/1``) carries
 the decision's feature vector as logged at decision time (computed by the serving path's
 :meth:`FeatureSchema.featurize`), the action served, its propensity and the reward, so training
 features are serving features by construction; :mod:`training.replay` checks that the features
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from ray_app.errors import FieldError
-from ray_app.learn.reward import RewardRecord, RewardRecordError
+from ray_app.records import RewardRecord, RewardRecordError
 from ray_app.storage import Storage
 
 if TYPE_CHECKING:

@@ -94,7 +94,7 @@ def onramp_log_from_records(
     :class:`OnrampLog`. ``slot_actions`` (slot -> action ids in head order) fixes the action
     space, e.g. a catalog's or a model bundle's. Records of other schemas are skipped (counted).
     """
-    from ray_app.learn.reward import RewardRecord
+    from ray_app.records import RewardRecord
 
     decisions: dict[str, Mapping[str, Any]] = {}
     rewards: dict[str, Mapping[str, Any]] = {}

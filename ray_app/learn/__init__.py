@@ -1,6 +1,6 @@
 """Learning online: reward records, the online learner's pure core, and drift detectors.
 
-* :class:`RewardRecord` (:mod:`ray_app.learn.reward`): a logged decision joined with its outcome
+* :class:`RewardRecord` (:mod:`ray_app.records`): a logged decision joined with its outcome
   (schema ``onramp.reward/1``), what the learner trains on.
 * :class:`OnlineLearner` (:mod:`ray_app.learn.learner`): importance-weighted mini-batch updates
   from reward records, guarded publishes (a holdout slice of rewards decides between the candidate
@@ -35,7 +35,7 @@ from ray_app.learn.learner import (
     LearnReport,
     OnlineLearner,
 )
-from ray_app.learn.reward import (
+from ray_app.records import (
     OUTCOMES,
     REWARD_SCHEMA,
     Outcome,

@@ -1,7 +1,7 @@
 """The online learner's pure core: reward records in, importance-weighted updates, guarded publishes.
 
 :class:`OnlineLearner` holds a copy of a :class:`~ray_app.model.ModelBundle`'s scorer and trains
-it on lists of :class:`~ray_app.learn.reward.RewardRecord`; an actor (or a test) drives it with
+it on lists of :class:`~ray_app.records.RewardRecord`; an actor (or a test) drives it with
 records and a clock, and ships what :meth:`OnlineLearner.maybe_publish` returns to the decision
 replicas. Nothing here does I/O.
 
@@ -108,8 +108,8 @@ from torch.nn import functional as F
 from ray_app.errors import OnrampError
 from ray_app.experiments import CONTROL, HOLDOUT
 from ray_app.learn.guardrail import TREATMENT, ControlComparison, ControlGuardrail
-from ray_app.learn.reward import RewardRecord
 from ray_app.model import ModelBundle, Scorer, score_batch
+from ray_app.records import RewardRecord
 
 __all__ = [
     "GuardrailCheck",

@@ -51,9 +51,9 @@ from ray_app.features import FeatureSchema
 from ray_app.kafka.client import make_consumer
 from ray_app.learn.drift import FeatureDrift, RewardRateDrift
 from ray_app.learn.learner import LearnerConfig, LearnerStateError, OnlineLearner
-from ray_app.learn.reward import RewardRecord, RewardRecordError
 from ray_app.model import ModelBundle, ModelFileError, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, RegistryError
+from ray_app.records import RewardRecord, RewardRecordError
 from ray_app.storage import write_file_atomically
 
 __all__ = [

@@ -224,8 +224,10 @@ class Policy:
         if self.kind == "squarecb":
             best = max(range(n), key=vals.__getitem__)  # the first maximum: the lowest index
             y = [_sigmoid(v) for v in vals]
-            p = [1.0 / (n + self.gamma * (y[best] - yj)) for yj in y]
-            p[best] = 0.0
+            p = [
+                0.0 if j == best else 1.0 / (n + self.gamma * (y[best] - yj))
+                for j, yj in enumerate(y)
+            ]
             p[best] = 1.0 - sum(p)
             return p
         if self.kind == "softmax":

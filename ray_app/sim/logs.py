@@ -6,7 +6,7 @@ the ``welcome`` step viewed and completed); their profile is built by the stream
 exactly as ``/v1/decide`` does. A logging policy picks the ``next_step`` action (uniformly among
 the eligible ones with probability ``epsilon``, else the static flow's choice: every action has a
 known propensity > 0), the ground truth decides the outcome, and the result is a
-:class:`~ray_app.learn.reward.RewardRecord` with the logged propensity.
+:class:`~ray_app.records.RewardRecord` with the logged propensity.
 
 :func:`write_reward_archive` writes records in ``onramp archive``'s layout, so
 ``onramp train --data DIR`` reads them like archived production logs.
@@ -31,7 +31,7 @@ import orjson
 
 from ray_app.catalog import Catalog, load_catalog
 from ray_app.features import FeatureSchema
-from ray_app.learn.reward import RewardRecord
+from ray_app.records import RewardRecord
 from ray_app.sim.v2 import GroundTruth
 from ray_app.state import Event, Profile, apply
 from ray_app.storage import Storage

@@ -14,9 +14,9 @@ from ray_app.cli import main as cli
 from ray_app.decide import Arms, Decider
 from ray_app.features import FeatureSchema, Hashing
 from ray_app.learn.learner import LearnerConfig, OnlineLearner
-from ray_app.learn.reward import RewardRecord
 from ray_app.model import ModelBundle, ModelFileError, Policy, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, RegistryError, read_header
+from ray_app.records import RewardRecord
 from tests.conftest import make_settings
 
 CATALOG = load_catalog()
