@@ -30,7 +30,7 @@ class ReasonCode(enum.StrEnum):
     INVALID_UTF8 = "invalid_utf8"
     """The body is not UTF-8 text."""
     INVALID_JSON = "invalid_json"
-    """The body is not a JSON document."""
+    """The body is not a JSON document (or nests deeper than the JSON decoder can follow)."""
     NOT_AN_OBJECT = "not_an_object"
     """The body (or one element of ``batch``) is JSON but not an object."""
     INVALID_BATCH = "invalid_batch"
@@ -60,9 +60,21 @@ class ReasonCode(enum.StrEnum):
     INVALID_FIELD = "invalid_field"
     """A field has the wrong type or an impossible value."""
     INVALID_TIMESTAMP = "invalid_timestamp"
-    """``timestamp``, ``originalTimestamp`` or ``sentAt`` is not an ISO-8601 date-time."""
+    """``timestamp``, ``originalTimestamp`` or ``sentAt`` is not an ISO-8601 date-time, or lies
+    outside the years 1970..2200."""
     INVALID_ONRAMP_CONTEXT = "invalid_onramp_context"
     """``context.onramp`` (session id, ``seq``, step id) is malformed."""
+    NESTING_TOO_DEEP = "nesting_too_deep"
+    """Objects and arrays in one event nest more than 32 levels (the event itself is level 1)."""
+    NUMBER_OUT_OF_RANGE = "number_out_of_range"
+    """A number no consumer can hold: an integer outside signed 64 bits, ``NaN``, ``Infinity``,
+    a float that overflows (``1e999``), or a literal over 64 characters."""
+    INVALID_STRING = "invalid_string"
+    """A string or key holds a lone UTF-16 surrogate (a ``\\ud800`` escape): not valid Unicode."""
+    UNPROCESSABLE = "unprocessable"
+    """The event (or, with no index, the request) could not be processed for a reason no other
+    code names: the last-resort catch, so that one event never fails its batch and no input
+    becomes a 500; the message names the error."""
 
     # -- stream batch validation (semantic checks on decoded events) ----------------------------
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"

@@ -12,6 +12,25 @@ Onramp's own onboarding context rides in ``context.onramp``::
 
 ``stepId`` may also be given as ``properties.stepId`` (the context wins when both are present).
 
+Besides each call's fields, the contract bounds what any JSON value in an event may be, so that a
+record Onramp accepts can be read back by every consumer (the stream decodes with orjson; the
+training export writes int64 and float64 columns) and no value makes a consumer recurse without
+end:
+
+* nesting: at most :data:`MAX_NESTING_DEPTH` (32) levels of objects and arrays, the event object
+  itself being level 1 -> ``nesting_too_deep``;
+* numbers: integers within signed 64 bits (:data:`INT_MIN` .. :data:`INT_MAX`), floats finite
+  (no ``NaN``, ``Infinity``, ``1e999``), no literal longer than :data:`MAX_NUMBER_CHARS`
+  characters -> ``number_out_of_range``;
+* strings (keys included): valid Unicode; a lone UTF-16 surrogate sent as ``"\\ud800"`` is
+  refused -> ``invalid_string``;
+* times: ``timestamp``, ``originalTimestamp`` and ``sentAt`` between the years
+  :data:`TIME_MIN_YEAR` and :data:`TIME_MAX_YEAR` -> ``invalid_timestamp``; within those, clock
+  skew correction cannot overflow.
+
+:func:`check_json_value` checks the first three without recursion;
+:func:`nesting_depth_exceeds` is its cheap part alone.
+
 >>> call = parse_call({"type": "track", "event": "Signed Up", "anonymousId": "a1"})
 >>> call.event, call.user_key
 ('Signed Up', 'a1')
@@ -24,6 +43,7 @@ validation.wire.WireError: missing_field at event: Field required
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -40,6 +60,12 @@ from validation.reasons import ReasonCode
 
 __all__ = [
     "CALL_TYPES",
+    "INT_MAX",
+    "INT_MIN",
+    "MAX_NESTING_DEPTH",
+    "MAX_NUMBER_CHARS",
+    "TIME_MAX_YEAR",
+    "TIME_MIN_YEAR",
     "AliasCall",
     "Call",
     "EventContext",
@@ -49,10 +75,28 @@ __all__ = [
     "PageCall",
     "ScreenCall",
     "TrackCall",
+    "UnrepresentableNumber",
     "WireError",
+    "check_json_value",
     "json_schema",
+    "nesting_depth_exceeds",
     "parse_call",
+    "safe_text",
 ]
+
+#: Levels of objects and arrays an event may nest (the event object is level 1).
+MAX_NESTING_DEPTH = 32
+#: The integers an event may carry: signed 64 bits, what every consumer's int64 column holds.
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
+#: The longest number literal read as a number (an int64 has at most 20 characters).
+MAX_NUMBER_CHARS = 64
+#: Event and send times must lie in these years (inclusive, wall clock of the given offset), so
+#: that converting to UTC and correcting clock skew stay far from ``datetime``'s limits.
+TIME_MIN_YEAR = 1970
+TIME_MAX_YEAR = 2200
+
+_FIELD_CHARS = 256  # longest field path a rejection reports
 
 
 class WireError(ValueError):
@@ -69,6 +113,174 @@ class WireError(ValueError):
         return f"{self.reason.value}{where}: {self.message}"
 
 
+class UnrepresentableNumber:
+    """A JSON number that was read but cannot be carried (out of int64, not finite, too long).
+
+    The collector's decoder puts one in place of such a number instead of failing the whole
+    body, so that only the event holding it is refused, with the field named
+    (:func:`check_json_value`). It is not JSON-serializable on purpose: nothing can forward it.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+    def __repr__(self) -> str:
+        return f"UnrepresentableNumber({self.text!r})"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def safe_text(text: str, limit: int = _FIELD_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with lone surrogates written as ``\\udXXX`` escapes,
+    so that it can be put in an HTTP answer or a record whatever a client sent."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def nesting_depth_exceeds(value: Any, limit: int = MAX_NESTING_DEPTH) -> bool:
+    """True when ``value`` nests objects/arrays more than ``limit`` levels (itself: level 1).
+
+    Iterative, so any depth the JSON decoder produced is safe; only containers are visited.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        kind = type(node)
+        if kind is dict:
+            children: Any = node.values()
+        elif kind is list:
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                push((child, depth + 1))
+    return False
+
+
+def check_json_value(value: Any, field: str = "", max_depth: int = MAX_NESTING_DEPTH) -> None:
+    """Raise :class:`WireError` for the first part of ``value`` outside the contract's bounds.
+
+    Checks nesting depth, numbers (int64, finite, :class:`UnrepresentableNumber`) and strings
+    (valid Unicode, keys too); ``field`` prefixes the reported path. Iterative, constant work per
+    value (a path is spelled out only for the part refused): the collector calls it for an event
+    that orjson refused to encode, to name the field.
+
+    >>> check_json_value({"properties": {"n": float("nan")}})
+    Traceback (most recent call last):
+    ...
+    validation.wire.WireError: number_out_of_range at properties.n: nan is not a finite number
+    """
+    # A path is a chain (parent chain, key or index), rooted at None.
+    stack: list[tuple[Any, _Path, int]] = [(value, None, 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > max_depth:
+                raise _too_deep(field, path, max_depth)
+            children: list[tuple[Any, _Path, int]] = []
+            for key, child in node.items():
+                if not isinstance(key, str) or not _is_unicode(key):
+                    raise WireError(
+                        ReasonCode.INVALID_STRING,
+                        _spelled(field, (path, str(key))),
+                        "a key holds a lone UTF-16 surrogate (not valid Unicode)",
+                    )
+                children.append((child, (path, key), depth + 1))
+            stack.extend(reversed(children))
+        elif isinstance(node, list):
+            if depth > max_depth:
+                raise _too_deep(field, path, max_depth)
+            stack.extend((node[i], (path, i), depth + 1) for i in range(len(node) - 1, -1, -1))
+        elif isinstance(node, str):
+            if not _is_unicode(node):
+                raise WireError(
+                    ReasonCode.INVALID_STRING,
+                    _spelled(field, path),
+                    "the string holds a lone UTF-16 surrogate (not valid Unicode)",
+                )
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int):
+            if not INT_MIN <= node <= INT_MAX:
+                raise WireError(
+                    ReasonCode.NUMBER_OUT_OF_RANGE,
+                    _spelled(field, path),
+                    f"integers must lie within {INT_MIN}..{INT_MAX} (signed 64 bits)",
+                )
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise WireError(
+                    ReasonCode.NUMBER_OUT_OF_RANGE,
+                    _spelled(field, path),
+                    f"{node} is not a finite number",
+                )
+        elif isinstance(node, UnrepresentableNumber):
+            raise WireError(
+                ReasonCode.NUMBER_OUT_OF_RANGE,
+                _spelled(field, path),
+                f"{node.text} is not a finite number within signed 64 bits "
+                f"or {MAX_NUMBER_CHARS} characters",
+            )
+        else:
+            raise WireError(
+                ReasonCode.INVALID_FIELD,
+                _spelled(field, path),
+                f"{type(node).__name__} is not a JSON value",
+            )
+
+
+_Path = tuple[Any, str | int] | None
+
+
+def _spelled(field: str, path: _Path) -> str | None:
+    """``field`` followed by the keys and indexes of ``path``: ``properties.items[2].name``."""
+    parts: list[str | int] = []
+    while path is not None:
+        path, part = path
+        parts.append(part)
+    out = field
+    for part in reversed(parts):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            key = safe_text(part, 64)
+            out = f"{out}.{key}" if out else key
+        if len(out) > _FIELD_CHARS:
+            break
+    return safe_text(out) or None
+
+
+def _too_deep(field: str, path: _Path, max_depth: int) -> WireError:
+    return WireError(
+        ReasonCode.NESTING_TOO_DEEP,
+        _spelled(field, path),
+        f"objects and arrays nest more than {max_depth} levels",
+    )
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _id_string(value: Any) -> Any:
     # Segment accepts numeric ids and treats them as strings; so do we (bools are not ids).
     if isinstance(value, int) and not isinstance(value, bool):
@@ -81,7 +293,13 @@ JsonObject = dict[str, Any]
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is not None and value.tzinfo is None:
+    if value is None:
+        return None
+    if not TIME_MIN_YEAR <= value.year <= TIME_MAX_YEAR:
+        # Year 1 with an offset, or 9999 minus a skew, would overflow datetime in UTC conversion
+        # or skew correction; no real clock sends these.
+        raise ValueError(f"year {value.year} is outside {TIME_MIN_YEAR}..{TIME_MAX_YEAR}")
+    if value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)  # Segment reads naive times as UTC
     return value
 
@@ -134,9 +352,10 @@ class _CallBase(BaseModel):
 
     requires_user_id: ClassVar[bool] = False
 
-    _normalize_times = field_validator("timestamp", "originalTimestamp", "sentAt")(
-        classmethod(lambda cls, v: _utc(v))
-    )
+    @field_validator("timestamp", "originalTimestamp", "sentAt")
+    @classmethod
+    def _normalize_times(cls, value: dt.datetime | None) -> dt.datetime | None:
+        return _utc(value)
 
     @model_validator(mode="after")
     def _identity(self) -> _CallBase:
@@ -225,8 +444,8 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 def _wire_error(exc: ValidationError) -> WireError:
     err = exc.errors(include_url=False)[0]
     loc = tuple(err["loc"])
-    field = _dotted(loc) or None
-    message = str(err["msg"])
+    field = safe_text(_dotted(loc)) or None
+    message = safe_text(str(err["msg"]), 512)
     if "missing_identity" in message:
         return WireError(ReasonCode.MISSING_IDENTITY, "userId", message.split(": ", 2)[-1])
     if loc and loc[0] in _TIME_FIELDS:
@@ -252,18 +471,31 @@ def parse_call(raw: Any, route_type: str | None = None) -> Call:
         raise WireError(ReasonCode.MISSING_TYPE, "type", "Field required")
     if route_type is not None and kind != route_type:
         raise WireError(
-            ReasonCode.TYPE_MISMATCH, "type", f"type {kind!r} posted to the {route_type} route"
+            ReasonCode.TYPE_MISMATCH,
+            "type",
+            f"type {_brief(kind)} posted to the {route_type} route",
         )
     model = CALL_TYPES.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise WireError(
-            ReasonCode.UNKNOWN_TYPE, "type", f"{kind!r} is not one of {', '.join(CALL_TYPES)}"
+            ReasonCode.UNKNOWN_TYPE, "type", f"{_brief(kind)} is not one of {', '.join(CALL_TYPES)}"
         )
     try:
         call = model.model_validate(raw if "type" in raw else {**raw, "type": kind})
     except ValidationError as exc:
         raise _wire_error(exc) from None
     return call  # type: ignore[return-value]
+
+
+def _brief(value: Any) -> str:
+    # A short, printable stand-in for a client's value in a message (never a deep repr).
+    if isinstance(value, str):
+        return safe_text(repr(value[:64]), 80)
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        return f"an integer of {value.bit_length()} bits"  # repr would be slow, or refused
+    if value is None or isinstance(value, bool | int | float):
+        return safe_text(repr(value), 80)
+    return f"a {type(value).__name__}"
 
 
 def json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:

@@ -240,12 +240,26 @@ def test_a_mixed_batch_accepts_the_good_and_dead_letters_the_bad():
     assert d[1]["raw"] == "not an event"
 
 
-def test_values_orjson_refuses_are_kept_exactly():
-    raw = b'{"event": "x", "userId": "u", "properties": {"big": 100000000000000000000000000001, "s": "\\ud800"}}'
-    p = req("track", None, raw=raw)
-    assert p.status == 200
-    (e,) = events(p)
-    assert e["properties"] == {"big": 100000000000000000000000000001, "s": "\ud800"}
+def test_values_no_consumer_can_read_are_refused_with_the_field_named():
+    # The stream decodes with orjson, which reads neither a lone surrogate nor an int past
+    # 64 bits: such an event is refused at the edge, with the field, rather than downstream.
+    for raw, reason, where in [
+        (
+            b'{"event": "x", "userId": "u", "properties": {"big": 100000000000000000000000000001}}',
+            ReasonCode.NUMBER_OUT_OF_RANGE,
+            "properties.big",
+        ),
+        (
+            b'{"event": "x", "userId": "u", "properties": {"s": "\\ud800"}}',
+            ReasonCode.INVALID_STRING,
+            "properties.s",
+        ),
+    ]:
+        p = req("track", None, raw=raw)
+        assert p.status == 400 and not p.events
+        assert (p.rejections[0].reason, p.rejections[0].field) == (reason, where)
+        (d,) = dlq(p)
+        assert d["reason"] == reason.value and d["raw"]["event"] == "x"
 
 
 # -- no input makes the parser raise --------------------------------------------------------
@@ -294,3 +308,44 @@ def test_arbitrary_events_never_raise_and_every_event_is_accounted_for(batch):
     assert len(p.dlq) == len(p.rejections)
     for _, v in p.events:
         json.loads(v)
+
+
+def test_a_batch_context_that_would_expand_past_the_limit_refuses_the_request_before_any_work():
+    import datetime as _dt
+    import json as _json
+    import time as _time
+
+    from ray_app.collect.parse import Limits as _Limits
+    from ray_app.collect.parse import parse_request as _parse
+
+    events = [{"type": "track", "userId": f"u{i}", "event": "E"} for i in range(2300)]
+    body = _json.dumps(
+        {"writeKey": "k", "batch": events, "context": {f"k{i}": "v" * 20 for i in range(1000)}}
+    ).encode()
+    started = _time.perf_counter()
+    parsed = _parse(
+        "batch",
+        body,
+        content_encoding=None,
+        authorization=None,
+        write_keys={"w": "k"},
+        received_at=_dt.datetime.now(_dt.UTC),
+    )
+    assert _time.perf_counter() - started < 0.1  # refused up front, not after 60 MB of records
+    assert parsed.status == 413 and not parsed.events
+    (rej,) = parsed.rejections
+    assert (rej.reason.value, rej.field) == ("body_too_large", "context")
+    # the same context on a small batch is fine: the bound is on the expansion
+    small = _json.dumps(
+        {"writeKey": "k", "batch": events[:100], "context": {f"k{i}": "v" for i in range(100)}}
+    ).encode()
+    ok = _parse(
+        "batch",
+        small,
+        content_encoding=None,
+        authorization=None,
+        write_keys={"w": "k"},
+        received_at=_dt.datetime.now(_dt.UTC),
+        limits=_Limits(),
+    )
+    assert ok.status == 200 and len(ok.events) == 100

@@ -4,7 +4,16 @@ import jsonschema
 import pytest
 
 from validation.reasons import ReasonCode
-from validation.wire import CALL_TYPES, WireError, json_schema, parse_call
+from validation.wire import (
+    CALL_TYPES,
+    MAX_NESTING_DEPTH,
+    UnrepresentableNumber,
+    WireError,
+    check_json_value,
+    json_schema,
+    nesting_depth_exceeds,
+    parse_call,
+)
 
 VALID = {
     "track": {"type": "track", "event": "Signed Up", "userId": "u1", "properties": {"plan": "pro"}},
@@ -122,3 +131,70 @@ def test_rejections_carry_reason_and_field(raw, route, reason, field):
 def test_every_reason_code_has_a_4xx_status():
     for code in ReasonCode:
         assert 400 <= code.http_status < 500, code
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "field"),
+    [
+        ({"a": [[[1]]]}, None, None),
+        ({"a": {"b": [1, {"c": 2**63}]}}, ReasonCode.NUMBER_OUT_OF_RANGE, "a.b[1].c"),
+        ({"a": -(2**63) - 1}, ReasonCode.NUMBER_OUT_OF_RANGE, "a"),
+        ({"a": float("inf")}, ReasonCode.NUMBER_OUT_OF_RANGE, "a"),
+        ({"a": UnrepresentableNumber("9" * 5000)}, ReasonCode.NUMBER_OUT_OF_RANGE, "a"),
+        ({"a": ["ok", "\ud800"]}, ReasonCode.INVALID_STRING, "a[1]"),
+        ({"\udfff": 1}, ReasonCode.INVALID_STRING, "\\udfff"),
+        ({"a": object()}, ReasonCode.INVALID_FIELD, "a"),
+    ],
+)
+def test_check_json_value_names_the_first_value_out_of_bounds(value, reason, field):
+    if reason is None:
+        check_json_value(value)
+        return
+    with pytest.raises(WireError) as info:
+        check_json_value(value)
+    assert (info.value.reason, info.value.field) == (reason, field)
+
+
+def test_nesting_is_checked_iteratively_at_any_depth():
+    deep: list = []
+    for _ in range(100_000):  # far past the interpreter's recursion limit
+        deep = [deep]
+    assert nesting_depth_exceeds(deep)
+    with pytest.raises(WireError) as info:
+        check_json_value({"p": deep})
+    assert info.value.reason is ReasonCode.NESTING_TOO_DEEP
+    assert info.value.field.startswith("p[0][0]") and len(info.value.field) <= 256
+    flat: list = [1]
+    for _ in range(MAX_NESTING_DEPTH - 1):
+        flat = [flat]
+    assert not nesting_depth_exceeds(flat)
+    assert nesting_depth_exceeds([flat])
+
+
+@pytest.mark.parametrize(
+    ("stamp", "ok"),
+    [
+        ("1970-01-01T00:00:00Z", True),
+        ("2200-12-31T23:59:59+14:00", True),
+        ("1969-12-31T23:59:59Z", False),
+        ("0001-01-01T00:00:00+05:00", False),
+        ("9999-12-31T23:59:59Z", False),
+    ],
+)
+def test_times_must_lie_in_1970_to_2200(stamp, ok):
+    raw = {"type": "track", "event": "x", "userId": "u", "sentAt": stamp}
+    if ok:
+        assert parse_call(raw).sentAt.year in (1970, 2200)
+        return
+    with pytest.raises(WireError) as info:
+        parse_call(raw)
+    assert (info.value.reason, info.value.field) == (ReasonCode.INVALID_TIMESTAMP, "sentAt")
+
+
+def test_messages_quote_client_values_briefly():
+    with pytest.raises(WireError) as info:
+        parse_call({"type": "x" * 10_000, "userId": "u"})
+    assert len(info.value.message) < 200
+    with pytest.raises(WireError) as info:
+        parse_call({"type": 10**5000, "userId": "u"})  # repr() of it would be refused
+    assert "integer of" in info.value.message
