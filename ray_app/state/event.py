@@ -18,7 +18,14 @@ import orjson
 from validation.reasons import ReasonCode
 from validation.wire import WireError
 
-__all__ = ["Event", "EventDecodeError", "decode_event", "parse_ms"]
+__all__ = [
+    "TOMBSTONE_REASON",
+    "Event",
+    "EventDecodeError",
+    "decode_event",
+    "decode_record",
+    "parse_ms",
+]
 
 
 class EventDecodeError(WireError):
@@ -55,6 +62,10 @@ class Event:
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
+#: The reason a tombstone (a record whose value is null) is rejected with: no value is no JSON
+#: document.
+TOMBSTONE_REASON = ReasonCode.INVALID_JSON
+
 
 def parse_ms(value: Any, field_name: str) -> int:
     """ISO-8601 text -> milliseconds since the epoch (UTC)."""
@@ -70,7 +81,12 @@ def parse_ms(value: Any, field_name: str) -> int:
         ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
-    return (t - _EPOCH) // dt.timedelta(milliseconds=1)
+    try:
+        return (t - _EPOCH) // dt.timedelta(milliseconds=1)
+    except (OverflowError, ValueError):  # an offset that takes year 1 or 9999 past the range
+        raise EventDecodeError(
+            ReasonCode.INVALID_TIMESTAMP, field_name, f"out of range: {value!r}"
+        ) from None
 
 
 def _str(d: dict[str, Any], key: str, required: bool = False) -> str | None:
@@ -86,15 +102,42 @@ def _str(d: dict[str, Any], key: str, required: bool = False) -> str | None:
     return v
 
 
-def decode_event(value: bytes, trace: str | None = None) -> Event:
-    """Decode a normalized record (``trace``: its ``traceparent`` header, if any); raises
-    :class:`EventDecodeError` with a reason code."""
+def decode_record(value: bytes | None, what: str = "record") -> dict[str, Any]:
+    """A record's value as a JSON object; raises :class:`EventDecodeError` for a tombstone (a
+    record without a value), bytes that are not UTF-8, text that is not JSON, and JSON that is
+    not an object. Shared by the events and the decisions topic, so both reject alike.
+
+    >>> try:
+    ...     decode_record(None)
+    ... except EventDecodeError as exc:
+    ...     print(exc)
+    invalid_json: tombstone: the record has no value
+    """
+    if value is None:
+        raise EventDecodeError(TOMBSTONE_REASON, None, "tombstone: the record has no value")
     try:
         d = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
+        try:
+            bytes(value).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise EventDecodeError(
+                ReasonCode.INVALID_UTF8,
+                None,
+                f"{what} is not UTF-8: {bad.reason} at byte {bad.start}",
+            ) from None
         raise EventDecodeError(ReasonCode.INVALID_JSON, None, str(exc)) from None
     if not isinstance(d, dict):
-        raise EventDecodeError(ReasonCode.NOT_AN_OBJECT, None, "record is not a JSON object")
+        raise EventDecodeError(
+            ReasonCode.NOT_AN_OBJECT, None, f"{what} is a JSON {type(d).__name__}, not an object"
+        )
+    return d
+
+
+def decode_event(value: bytes | None, trace: str | None = None) -> Event:
+    """Decode a normalized record (``trace``: its ``traceparent`` header, if any); raises
+    :class:`EventDecodeError` with a reason code."""
+    d = decode_record(value)
     kind = _str(d, "type", required=True)
     seq = d.get("seq")
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):

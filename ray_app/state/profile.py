@@ -7,6 +7,15 @@ step) are decided by each event's :attr:`Event.order_key` (event time, then ``se
 ``messageId``), never by arrival; counts, sets, minima and maxima commute by nature; windows are
 built to (see :mod:`ray_app.state.windows`).
 
+Bounded: a profile keeps at most ``max_event_names`` distinct ``track`` names in ``counts``,
+``max_traits`` trait keys and ``max_sessions`` onboarding session ids (:class:`ProfileConfig`).
+A *new* name or trait key past its cap is dropped (known ones still update) and a session id past
+its cap drops the least recent session; each of these is counted in the ``hits`` mapping
+``apply`` is given (the shard keeps it, checkpointed, for ``onramp_stream_profile_caps_total``).
+Below the caps ``apply`` commutes; past one, which keys are kept depends on the order events are
+applied in, and that order is itself deterministic (offset order through the reorder buffer), so a
+replay from a checkpoint still gives the same profile.
+
 Onboarding vocabulary (the SDK and the simulator send these ``track`` names):
 ``Step Viewed``, ``Step Completed`` (``properties.durationMs`` optional), ``Step Abandoned``,
 ``Form Error``, ``Onboarding Completed``.
@@ -22,6 +31,7 @@ from ray_app.state.event import Event
 from ray_app.state.windows import SessionWindows, TumblingCounts
 
 __all__ = [
+    "CAPS",
     "FORM_ERROR",
     "ONBOARDING_COMPLETED",
     "STEP_ABANDONED",
@@ -53,6 +63,16 @@ class ProfileConfig:
     tumbling_ms: int = 60_000
     tumbling_retention_ms: int = 60 * 60_000
     max_anonymous_ids: int = 16
+    max_event_names: int = 256
+    """Distinct ``track`` event names counted per profile (new ones past it are dropped)."""
+    max_traits: int = 256
+    """Distinct trait keys per profile (new ones past it are dropped; known ones update)."""
+    max_sessions: int = 64
+    """Onboarding session ids per profile (past it the least recent one is dropped)."""
+
+
+#: Names of the caps, as counted in ``apply``'s ``hits`` and labelled on the metric.
+CAPS = ("event_names", "traits", "sessions")
 
 
 @dataclass
@@ -118,6 +138,8 @@ class Profile:
     traits: dict[str, Any] = field(default_factory=dict)
     trait_stamps: dict[str, Stamp] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    names: int = 0
+    """Distinct ``track:<name>`` keys in ``counts`` (what ``max_event_names`` bounds)."""
     first_seen: int | None = None
     last_seen: int | None = None
     last_received: int | None = None
@@ -125,7 +147,8 @@ class Profile:
     current_step: str | None = None
     current_stamp: Stamp | None = None
     completed_at: int | None = None
-    session_ids: set[str] = field(default_factory=set)
+    session_ids: dict[str, int] = field(default_factory=dict)
+    """Onboarding session id -> its latest event time (the least recent goes past the cap)."""
     activity: TumblingCounts | None = None
     sessions: SessionWindows | None = None
     trace: str | None = None
@@ -187,12 +210,25 @@ def _count(profile: Profile, key: str) -> None:
     profile.counts[key] = profile.counts.get(key, 0) + 1
 
 
-def apply(profile: Profile, event: Event) -> Profile:
-    """Fold one event into the profile (in place; returns it). Commutative over events."""
+def _hit(hits: dict[str, int] | None, cap: str) -> None:
+    if hits is not None:
+        hits[cap] = hits.get(cap, 0) + 1
+
+
+def apply(profile: Profile, event: Event, hits: dict[str, int] | None = None) -> Profile:
+    """Fold one event into the profile (in place; returns it). Commutative over events below
+    the caps of :class:`ProfileConfig`; what a cap drops is counted in ``hits`` (cap -> n)."""
     stamp = event.order_key
-    _count(profile, event.kind)
+    config = profile.config
+    _count(profile, event.kind)  # call types: a handful (batch validation refuses others)
     if event.kind == "track" and event.name:
-        _count(profile, f"track:{event.name}")
+        key = f"track:{event.name}"
+        if key in profile.counts or profile.names < config.max_event_names:
+            if key not in profile.counts:
+                profile.names += 1
+            _count(profile, key)
+        else:
+            _hit(hits, "event_names")
     profile.first_seen = _min(profile.first_seen, event.ts)
     profile.last_seen = _max(profile.last_seen, event.ts)
     profile.last_received = _max(profile.last_received, event.received)
@@ -206,11 +242,20 @@ def apply(profile: Profile, event: Event) -> Profile:
     if event.traits:  # identify traits, and any call's context.traits
         for k, v in event.traits.items():
             old = profile.trait_stamps.get(k)
+            if old is None and len(profile.trait_stamps) >= config.max_traits:
+                _hit(hits, "traits")
+                continue
             if old is None or stamp > old:
                 profile.traits[k] = v
                 profile.trait_stamps[k] = stamp
     if event.session_id:
-        profile.session_ids.add(event.session_id)
+        sessions = profile.session_ids
+        last = sessions.get(event.session_id)
+        if last is None or event.ts > last:
+            sessions[event.session_id] = event.ts
+        if len(sessions) > config.max_sessions:  # the least recent (then smallest id) goes
+            del sessions[min(sessions, key=lambda sid: (sessions[sid], sid))]
+            _hit(hits, "sessions")
     trace = getattr(event, "trace", None)  # events buffered by an older checkpoint have none
     if trace is not None and (profile.trace_stamp is None or stamp > profile.trace_stamp):
         profile.trace, profile.trace_stamp = trace, stamp

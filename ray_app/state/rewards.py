@@ -131,42 +131,61 @@ class LoggedOutcome(NamedTuple):
 
 
 def _ms(record: dict[str, Any]) -> int:
-    try:
-        t = dt.datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00"))
-    except ValueError:
+    value = record["timestamp"]
+    if not isinstance(value, str):
         raise EventDecodeError(
-            ReasonCode.INVALID_TIMESTAMP, "timestamp", f"not ISO-8601: {record['timestamp']!r}"
+            ReasonCode.INVALID_TIMESTAMP, "timestamp", f"expected ISO-8601 text, got {value!r}"
+        )
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.UTC)
+        return int(t.timestamp() * 1000)
+    except (ValueError, OverflowError):
+        raise EventDecodeError(
+            ReasonCode.INVALID_TIMESTAMP, "timestamp", f"not an ISO-8601 time: {value!r}"
         ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1000)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _invalid(field: str, expected: str, got: Any) -> EventDecodeError:
+    shown = repr(got)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return EventDecodeError(ReasonCode.INVALID_FIELD, field, f"expected {expected}, got {shown}")
 
 
 def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> PendingDecision:
-    """A decision log record -> what the join keeps; raises :class:`EventDecodeError`."""
+    """A decision log record -> what the join keeps; raises :class:`EventDecodeError` for any
+    field missing or of the wrong type (a record from another writer, or bytes gone bad), so a
+    worker rejects the record to the DLQ instead of failing on it."""
     for key in _REQUIRED:
         if record.get(key) is None:
             raise EventDecodeError(ReasonCode.MISSING_FIELD, key, "required in a decision record")
+    for key in ("decisionId", "userKey", "slot", "chosen"):
+        if not isinstance(record[key], str) or not record[key]:
+            raise _invalid(key, "a non-empty string", record[key])
     decided_at = _ms(record)
     p = record["propensity"]
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
-        raise EventDecodeError(
-            ReasonCode.INVALID_FIELD, "propensity", "expected a number in (0, 1]"
-        )
+    if not _number(p) or not 0 < p <= 1:
+        raise _invalid("propensity", "a number in (0, 1]", p)
     index = record.get("actionIndex")
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise EventDecodeError(
-            ReasonCode.INVALID_FIELD, "actionIndex", f"expected an integer >= 0, got {index!r}"
-        )
-    features = record.get("features") or []
-    if not isinstance(features, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in features
+        raise _invalid("actionIndex", "an integer >= 0", index)
+    features = record.get("features")
+    features = [] if features is None else features
+    if not isinstance(features, list) or not all(_number(v) for v in features):
+        raise _invalid("features", "a list of numbers", features)
+    ranked = record.get("ranked")
+    ranked = [] if ranked is None else ranked
+    if not isinstance(ranked, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("action"), str) for r in ranked
     ):
-        raise EventDecodeError(ReasonCode.INVALID_FIELD, "features", "expected a list of numbers")
-    ranked = record.get("ranked") or []
-    ids = (
-        [r.get("action") for r in ranked if isinstance(r, dict)] if isinstance(ranked, list) else []
-    )
+        raise _invalid("ranked", 'a list of {"action": id, ...} objects', ranked)
+    ids = [r["action"] for r in ranked]
     if ids and record["chosen"] not in ids:
         raise EventDecodeError(
             ReasonCode.INVALID_FIELD,
@@ -177,20 +196,29 @@ def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> Pendi
     if cands is not None and not (
         isinstance(cands, list) and all(isinstance(c, str) for c in cands)
     ):
-        raise EventDecodeError(ReasonCode.INVALID_FIELD, "candidates", "expected a list of ids")
-    slot = str(record["slot"])
+        raise _invalid("candidates", "a list of ids", cands)
+    arm = record.get("arm")
+    arm = "" if arm is None else arm
+    if not isinstance(arm, str):
+        raise _invalid("arm", "a string", arm)
+    version = record.get("modelVersion")
+    version = 0 if version is None else version
+    integral = isinstance(version, int) or (isinstance(version, float) and version.is_integer())
+    if isinstance(version, bool) or not integral or version < 0:
+        raise _invalid("modelVersion", "an integer >= 0", version)
+    slot = record["slot"]
     return PendingDecision(
-        decision_id=str(record["decisionId"]),
-        user_key=str(record["userKey"]),
+        decision_id=record["decisionId"],
+        user_key=record["userKey"],
         slot=slot,
         step_slot=slot in step_slots,
-        action=str(record["chosen"]),
+        action=record["chosen"],
         action_index=index,
-        arm=str(record.get("arm", "")),
+        arm=arm,
         propensity=float(p),
         features=tuple(float(v) for v in features),
         decided_at=decided_at,
-        model_version=int(record.get("modelVersion") or 0),
+        model_version=int(version),
         candidates=None if cands is None else tuple(cands),
     )
 

@@ -17,6 +17,29 @@ the counters reconcile: ``records = applied + duplicates + late + rejected + buf
 Decisions depend only on the records and their order, never on a clock: replaying the same
 records from a snapshot gives the same state, which is what exactly-once checkpoints rely on.
 
+**No record can stop the partition.** A tombstone (a record without a value), bytes that are not
+UTF-8, JSON that is not an object, a field of the wrong type, and any exception raised while one
+record is validated or applied all make that record *rejected* (its reason code, the field when
+known, a message), and processing goes on with the next one. The same holds for
+:meth:`SessionShard.process_decisions` (counted in ``decisions_rejected``, by reason). A record
+that fails the same way every time is rejected the same way on a replay, so the state stays
+deterministic.
+
+**Bounded profiles.** A profile is evicted once the watermark passes its last event time plus
+``profile_idle_ttl_ms``; eviction is checked each time the watermark moves (per record, never per
+batch), so it happens at the same record whatever the batch boundaries, and a replay from a
+checkpoint evicts the same profiles. Deltas carry evictions. Per-profile caps (distinct event
+names, trait keys, sessions: :class:`~ray_app.state.profile.ProfileConfig`) bound what one profile
+holds. Evictions (``profiles_evicted``) and cap hits (``cap_hits``, by cap) are counted in the
+checkpointed state.
+
+**Snapshots are data, not code.** :meth:`SessionShard.restore` unpickles with an allowlist of the
+state's own classes (the Python docs' "Restricting Globals"): a blob that names anything else
+(``os.system``, ``builtins.eval``...) is refused with :class:`SnapshotRefused` before anything it
+names is looked up. Checkpoints are also signed (HMAC-SHA256) by
+:class:`~ray_app.stream.checkpoint.CheckpointStore`, which refuses a blob whose signature does
+not verify before it gets here.
+
 >>> shard = SessionShard(0, StateConfig(allowed_lateness_ms=60_000))
 >>> rec = lambda mid, seq, t: (b"u1", ('{"messageId":"%s","type":"track","event":"Step Viewed",'
 ...     '"userKey":"u1","timestamp":"2026-01-01T00:%02d:00Z","receivedAt":"2026-01-01T00:%02d:00Z",'
@@ -31,17 +54,19 @@ records from a snapshot gives the same state, which is what exactly-once checkpo
 
 from __future__ import annotations
 
+import heapq
+import io
 import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
 from ray_app.collect.parse import iso_ms
 from ray_app.records import RewardRecord
 from ray_app.state.dedupe import Deduplicator
-from ray_app.state.event import Event, EventDecodeError, decode_event
+from ray_app.state.event import Event, EventDecodeError, decode_event, decode_record
 from ray_app.state.ordering import Reorderer
 from ray_app.state.profile import Profile, ProfileConfig, apply
 from ray_app.state.rewards import NEGATIVE_EVENTS, RewardJoin
@@ -50,9 +75,22 @@ from validation.reasons import ReasonCode
 if TYPE_CHECKING:
     from validation.batch import BatchValidator, DataQuality
 
-__all__ = ["BatchResult", "SessionShard", "ShardStats", "StateConfig"]
+__all__ = [
+    "PROCESSING_FAILED_REASON",
+    "SNAPSHOT_VERSION",
+    "BatchResult",
+    "SessionShard",
+    "ShardStats",
+    "SnapshotRefused",
+    "StateConfig",
+]
 
-SNAPSHOT_VERSION = 5
+#: 6: signed checkpoints, restricted unpickling, profile eviction and caps (5 and older are
+#: refused: they were written unsigned).
+SNAPSHOT_VERSION = 6
+#: The reason a record is rejected with when validating or applying it raised (a value of a type
+#: nothing checked for): the last-resort catch; the DLQ record's message names the error.
+PROCESSING_FAILED_REASON = ReasonCode.UNPROCESSABLE
 _DAY_MS = 86_400_000
 _NO_WATERMARK = -(2**62)
 
@@ -89,6 +127,8 @@ class StateConfig:
     """Slots whose actions are steps (rewarded when that step is completed)."""
     negative_events: frozenset[str] = NEGATIVE_EVENTS
     """``track`` events that reward 0 at once (the catalog's ``negative_events``)."""
+    profile_idle_ttl_ms: int = 30 * _DAY_MS
+    """A profile is evicted once the watermark is this far past its last event time."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
@@ -114,8 +154,11 @@ class BatchResult:
     duplicates: int = 0
     late: list[tuple[int, bytes | None, bytes, dict[str, Any]]] = field(default_factory=list)
     """(index in the batch, key, value, why) of every late record."""
-    rejected: list[tuple[int, bytes | None, bytes, EventDecodeError]] = field(default_factory=list)
-    """(index in the batch, key, value, error) of every record that is not an event."""
+    rejected: list[tuple[int, bytes | None, bytes | None, EventDecodeError]] = field(
+        default_factory=list
+    )
+    """(index in the batch, key, value, error) of every record that is not an event (value None:
+    a tombstone)."""
     received_ms: list[int] = field(default_factory=list)
     """``receivedAt`` of every applied event, for freshness."""
     users: set[str] = field(default_factory=set)
@@ -150,6 +193,15 @@ class SessionShard:
         )
         self.decision_offset = 0
         """Next offset of this partition of ``onramp.decisions`` (checkpointed with the state)."""
+        self.decisions_rejected: dict[str, int] = {}
+        """Records of ``onramp.decisions`` rejected (to the DLQ), by reason."""
+        self.profiles_evicted = 0
+        """Profiles dropped because the watermark passed their last event + the idle TTL."""
+        self.cap_hits: dict[str, int] = {}
+        """Keys a profile cap dropped, by cap (``event_names``, ``traits``, ``sessions``)."""
+        self._expiry: list[tuple[int, str]] = []
+        """(last event time, user): candidates for eviction. Entries go stale lazily (checked
+        against the profile when popped); rebuilt from the profiles on restore, never pickled."""
 
     @property
     def validator(self) -> BatchValidator:
@@ -166,99 +218,169 @@ class SessionShard:
 
     def process(
         self,
-        records: Iterable[tuple[bytes | None, bytes]],
+        records: Iterable[tuple[bytes | None, bytes | None]],
         traces: Sequence[str | None] | None = None,
     ) -> BatchResult:
         """Apply records of this partition, in offset order; ``traces`` (aligned with the
-        records, when tracing is on) are their ``traceparent`` headers."""
+        records, when tracing is on) are their ``traceparent`` headers. A value of None is a
+        tombstone (rejected)."""
         out = BatchResult()
-        lateness = self.config.allowed_lateness_ms
-        wait = min(self.config.reorder_wait_ms, lateness)
         decoded: list[tuple[int, bytes | None, bytes, Event]] = []
         for index, (key, value) in enumerate(records):
             self.stats.records += 1
             try:
                 trace = traces[index] if traces is not None else None
-                decoded.append((index, key, value, decode_event(value, trace)))
+                event = decode_event(value, trace)
+                decoded.append((index, key, cast(bytes, value), event))  # decoded: not None
             except EventDecodeError as exc:
                 self._reject(out, index, key, value, exc)
-        failed = self._validate(decoded) if self.config.validate and decoded else {}
+            except Exception as exc:  # anything else about this one record: it alone is rejected
+                self._reject(out, index, key, value, _failed(exc))
+        failed = self._validate_safely(decoded) if self.config.validate and decoded else {}
+        origin = {id(e): (index, key, value) for index, key, value, e in decoded}
         for n, (index, key, value, event) in enumerate(decoded):
             if n in failed:
                 self._reject(out, index, key, value, failed[n])
                 continue
-            if event.ts < self.watermark:
-                self.stats.late += 1
-                out.late.append(
-                    (
-                        index,
-                        key,
-                        value,
-                        {
-                            "reason": "late",
-                            "watermark": self.watermark,
-                            "behindMs": self.watermark - event.ts,
-                            "allowedLatenessMs": lateness,
-                        },
-                    )
-                )
-                continue
-            if self.dedupe.seen(event.message_id, event.ts):
-                self.stats.duplicates += 1
-                out.duplicates += 1
-                if traces is not None:
-                    out.duplicate_indices.append(index)
-                continue
-            # the watermark follows event time only as far as the server's own clock: a client
-            # that stamps its events in the future (up to max_future_ms passes validation) must
-            # not make everybody else's events late
-            trusted = event.ts if event.ts <= event.received else event.received
-            if trusted > self.max_ts:
-                self.max_ts = trusted
-                self.watermark = self.max_ts - lateness
-            released = self.order.offer(event)
-            released += self.order.advance(self.watermark, self.max_ts - wait)
-            for e in released:
-                self._apply(e, out)
+            try:
+                self._take(event, index, key, value, out, traces is not None, origin)
+            except Exception as exc:
+                self._reject(out, index, key, value, _failed(exc))
         self.dedupe.advance(self.watermark)
         out.rewards += self.rewards.advance(self.watermark)
         if out.rejected and len(out.rejected) > 1:
             out.rejected.sort(key=lambda r: r[0])
         return out
 
+    def _take(
+        self,
+        event: Event,
+        index: int,
+        key: bytes | None,
+        value: bytes,
+        out: BatchResult,
+        traced: bool,
+        origin: dict[int, tuple[int, bytes | None, bytes]],
+    ) -> None:
+        """Route one decoded, validated event: late, duplicate, or on to the reorder buffer
+        and the profiles."""
+        lateness = self.config.allowed_lateness_ms
+        if event.ts < self.watermark:
+            self.stats.late += 1
+            out.late.append(
+                (
+                    index,
+                    key,
+                    value,
+                    {
+                        "reason": "late",
+                        "watermark": self.watermark,
+                        "behindMs": self.watermark - event.ts,
+                        "allowedLatenessMs": lateness,
+                    },
+                )
+            )
+            return
+        if self.dedupe.seen(event.message_id, event.ts):
+            self.stats.duplicates += 1
+            out.duplicates += 1
+            if traced:
+                out.duplicate_indices.append(index)
+            return
+        # the watermark follows event time only as far as the server's own clock: a client
+        # that stamps its events in the future (up to max_future_ms passes validation) must
+        # not make everybody else's events late
+        trusted = event.ts if event.ts <= event.received else event.received
+        if trusted > self.max_ts:
+            self.max_ts = trusted
+            self.watermark = self.max_ts - lateness
+            self._evict()
+        released = self.order.offer(event)
+        released += self.order.advance(
+            self.watermark, self.max_ts - min(self.config.reorder_wait_ms, lateness)
+        )
+        for e in released:
+            try:
+                self._apply(e, out)
+            except Exception as exc:
+                # the record that carried ``e`` (this batch), else the one that released it
+                i, k, v = origin.get(id(e), (index, e.user_key.encode(), _event_bytes(e)))
+                self._reject(out, i, k, v, _failed(exc, e.message_id))
+
+    def _evict(self) -> None:
+        """Drop the profiles whose last event the watermark has passed by the idle TTL."""
+        heap = self._expiry
+        horizon = self.watermark - self.config.profile_idle_ttl_ms
+        while heap and heap[0][0] < horizon:
+            last, user = heapq.heappop(heap)
+            p = self.profiles.get(user)
+            if p is None or p.last_seen != last:
+                continue  # stale: the profile was evicted already, or has newer events
+            del self.profiles[user]
+            self._touched.add(user)  # a delta carries the eviction
+            self.profiles_evicted += 1
+
+    def _compact_expiry(self) -> None:
+        """Rebuild the lazy eviction heap once stale entries outnumber live ones."""
+        self._expiry = [
+            (p.last_seen, u) for u, p in self.profiles.items() if p.last_seen is not None
+        ]
+        heapq.heapify(self._expiry)
+
     def process_decisions(
-        self, records: Iterable[tuple[bytes | None, bytes]], next_offset: int
+        self, records: Iterable[tuple[bytes | None, bytes | None]], next_offset: int
     ) -> BatchResult:
         """Take records of this partition of ``onramp.decisions`` (in offset order) into the
         reward join; ``next_offset`` is checkpointed with the state. Rewards already decided by
-        the profile or the watermark come back at once; malformed records are rejected."""
+        the profile or the watermark come back at once; malformed records (tombstones, not
+        JSON objects, any field missing or of the wrong type) are rejected, never raised."""
         out = BatchResult()
         for index, (key, value) in enumerate(records):
             try:
-                record = orjson.loads(value)
-                if not isinstance(record, dict):
-                    raise EventDecodeError(
-                        ReasonCode.NOT_AN_OBJECT, None, "decision record is not an object"
-                    )
+                record = decode_record(value, "decision record")
                 if "chosen" in record and record["chosen"] is None:
                     continue  # nothing was shown: nothing to reward
                 out.rewards += self.rewards.offer_decision(record, self.watermark)
-            except orjson.JSONDecodeError as exc:
-                out.rejected.append(
-                    (index, key, value, EventDecodeError(ReasonCode.INVALID_JSON, None, str(exc)))
-                )
-            except EventDecodeError as exc:
-                out.rejected.append((index, key, value, exc))
+            except Exception as exc:
+                err = exc if isinstance(exc, EventDecodeError) else _failed(exc)
+                reason = err.reason.value
+                self.decisions_rejected[reason] = self.decisions_rejected.get(reason, 0) + 1
+                out.rejected.append((index, key, value, err))
         self.decision_offset = next_offset
         return out
 
     def _reject(
-        self, out: BatchResult, index: int, key: bytes | None, value: bytes, exc: EventDecodeError
+        self,
+        out: BatchResult,
+        index: int,
+        key: bytes | None,
+        value: bytes | None,
+        exc: EventDecodeError,
     ) -> None:
         self.stats.rejected += 1
         reason = exc.reason.value
         self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
         out.rejected.append((index, key, value, exc))
+
+    def _validate_safely(
+        self, decoded: list[tuple[int, bytes | None, bytes, Event]]
+    ) -> dict[int, EventDecodeError]:
+        """:meth:`_validate`, and if the batch as a whole raises, each event on its own: an
+        event that raises alone is rejected, the others are validated as usual (a failed
+        attempt leaves the per-user rates as they were, so no event counts twice)."""
+        try:
+            return self._validate(decoded)
+        except Exception:
+            out: dict[int, EventDecodeError] = {}
+            for n, item in enumerate(decoded):
+                try:
+                    failed = self._validate([item])
+                except Exception as exc:
+                    out[n] = _failed(exc)
+                else:
+                    if failed:
+                        out[n] = failed[0]
+            return out
 
     def _validate(
         self, decoded: list[tuple[int, bytes | None, bytes, Event]]
@@ -271,6 +393,7 @@ class SessionShard:
             "user_rate": [], "segment": [],
         }  # fmt: skip
         rates = self.rates
+        batch: dict[str, tuple[int, int]] = {}  # kept apart until validation went through
         for _, _, _, e in decoded:
             cols["ts"].append(e.ts)
             cols["received"].append(e.received)
@@ -281,20 +404,21 @@ class SessionShard:
                 d if isinstance(d, int | float) and not isinstance(d, bool) else None
             )
             second = e.ts // 1000
-            last = rates.get(e.user_key)
+            last = batch.get(e.user_key) or rates.get(e.user_key)
             n = last[1] + 1 if last is not None and last[0] == second else 1
-            rates[e.user_key] = (second, n)
+            batch[e.user_key] = (second, n)
             cols["user_rate"].append(n)
             seg = e.traits.get("segment")
             if seg is None:
                 p = self.profiles.get(e.user_key)
                 seg = p.traits.get("segment") if p is not None else None
             cols["segment"].append(seg if isinstance(seg, str) else None)
+        reasons = self.validator.failures_columns(cols, self.quality)
+        rates.update(batch)
         if len(rates) > 2 * self._rates_pruned_at + 10_000:
             horizon = self.watermark // 1000
             self.rates = {u: r for u, r in rates.items() if r[0] >= horizon}
             self._rates_pruned_at = len(self.rates)
-        reasons = self.validator.failures_columns(cols, self.quality)
         out: dict[int, EventDecodeError] = {}
         for n, reason in reasons.items():
             e = decoded[n][3]
@@ -307,8 +431,13 @@ class SessionShard:
         profile = self.profiles.get(event.user_key)
         if profile is None:
             profile = self.profiles[event.user_key] = Profile(event.user_key, self.config.profile)
-        apply(profile, event)
-        self._touched.add(event.user_key)
+        self._touched.add(event.user_key)  # first: a delta carries even a half-applied event
+        last = profile.last_seen
+        apply(profile, event, self.cap_hits)
+        if profile.last_seen != last and profile.last_seen is not None:
+            heapq.heappush(self._expiry, (profile.last_seen, event.user_key))
+            if len(self._expiry) > 2 * len(self.profiles) + 256:
+                self._compact_expiry()
         if event.kind == "track" and self.rewards.is_outcome(event.name):
             echo = event.properties.get("decisionId")
             out.rewards += self.rewards.on_outcome(
@@ -368,7 +497,7 @@ class SessionShard:
         meta = {k: v for k, v in self.__dict__.items() if k not in _NOT_IN_DELTA}
         delta = (
             meta,
-            {u: self.profiles[u] for u in touched},
+            {u: self.profiles.get(u) for u in touched},  # None: evicted
             self.dedupe.take_added(),
             self.dedupe.evicted_early,
             self.rewards.take_delta(),
@@ -377,35 +506,114 @@ class SessionShard:
 
     @classmethod
     def restore(cls, data: bytes, deltas: Iterable[bytes] = ()) -> SessionShard:
-        """The shard a :meth:`snapshot` and the deltas taken after it describe."""
-        _, kind, state = _load(data)
+        """The shard a :meth:`snapshot` and the deltas taken after it describe. Raises
+        :class:`SnapshotRefused` (with the blob's ``index``: 0 the base, 1... the deltas) for a
+        blob that names a class outside the state's allowlist, is not a snapshot of this version,
+        or does not unpickle."""
+        _, kind, state = _load(data, 0)
         if kind != "base":
-            raise ValueError("restore() needs a base snapshot first, then its deltas")
+            raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
         shard = cls.__new__(cls)
         shard.__dict__.update(state)
         shard._validator = None
         shard._touched = set()
-        for d in deltas:
-            _, kind, (meta, profiles, added, evicted, join) = _load(d)
+        for i, d in enumerate(deltas, start=1):
+            _, kind, body = _load(d, i)
             if kind != "delta":
-                raise ValueError("a base snapshot where a delta was expected")
+                raise SnapshotRefused(i, "a base snapshot where a delta was expected")
+            meta, profiles, added, evicted, join = body
             shard.__dict__.update(meta)
-            shard.profiles.update(profiles)
+            for user, profile in profiles.items():
+                if profile is None:
+                    shard.profiles.pop(user, None)
+                else:
+                    shard.profiles[user] = profile
             shard.dedupe.replay(added, shard.watermark, evicted)
             shard.rewards.apply_delta(join)
+        shard._compact_expiry()
         return shard
 
 
-_NOT_PICKLED = frozenset({"_validator", "_touched"})
+_NOT_PICKLED = frozenset({"_validator", "_touched", "_expiry"})
 _NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe", "rewards"}
 
 
-def _load(data: bytes) -> tuple[int, str, Any]:
-    loaded = pickle.loads(data)
-    if not isinstance(loaded, tuple) or loaded[0] != SNAPSHOT_VERSION or len(loaded) != 3:
+class SnapshotRefused(ValueError):
+    """A snapshot blob that :meth:`SessionShard.restore` will not load; ``index`` says which
+    (0: the base, n: the n-th delta)."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(index, message)
+        self.index = index
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+#: (module, name) of every class a snapshot may name: the state's own classes. Containers (dict,
+#: list, tuple, set, frozenset) and scalars are pickle opcodes and need no entry.
+ALLOWED_CLASSES = frozenset(
+    {
+        ("ray_app.state.dedupe", "Deduplicator"),
+        ("ray_app.state.event", "Event"),
+        ("ray_app.state.ordering", "Reorderer"),
+        ("ray_app.state.ordering", "SessionCursor"),
+        ("ray_app.state.profile", "Profile"),
+        ("ray_app.state.profile", "ProfileConfig"),
+        ("ray_app.state.profile", "StepStats"),
+        ("ray_app.state.rewards", "LoggedOutcome"),
+        ("ray_app.state.rewards", "PendingDecision"),
+        ("ray_app.state.rewards", "RewardJoin"),
+        ("ray_app.state.shard", "ShardStats"),
+        ("ray_app.state.shard", "StateConfig"),
+        ("ray_app.state.windows", "SessionWindows"),
+        ("ray_app.state.windows", "TumblingCounts"),
+        ("validation.batch", "DataQuality"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+    }
+)
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """Unpickles only :data:`ALLOWED_CLASSES` ("Restricting Globals", in the pickle docs)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ALLOWED_CLASSES:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which is not a class of the stream state "
+                "(refused without loading it)"
+            )
+        return super().find_class(module, name)
+
+
+def _load(data: bytes, index: int) -> tuple[int, str, Any]:
+    what = "the base snapshot" if index == 0 else f"delta {index}"
+    try:
+        loaded = _StateUnpickler(io.BytesIO(data)).load()
+    except Exception as exc:  # UnpicklingError, EOFError, ValueError...: bytes we do not load
+        raise SnapshotRefused(index, f"{what} does not load: {exc}") from None
+    if not isinstance(loaded, tuple) or len(loaded) != 3 or loaded[0] != SNAPSHOT_VERSION:
         version = loaded[0] if isinstance(loaded, tuple) and loaded else "?"
-        raise ValueError(f"snapshot version {version}; this Onramp reads {SNAPSHOT_VERSION}")
-    return loaded  # type: ignore[no-any-return]
+        raise SnapshotRefused(
+            index, f"{what} is snapshot version {version}; this Onramp reads {SNAPSHOT_VERSION}"
+        )
+    return loaded
+
+
+def _failed(exc: Exception, message_id: str | None = None) -> EventDecodeError:
+    """A record that raised something other than a decode error while it was taken."""
+    about = f" (event {message_id!r})" if message_id else ""
+    text = f"{type(exc).__name__}: {exc}"
+    return EventDecodeError(
+        PROCESSING_FAILED_REASON, None, f"could not be processed{about}: {text[:500]}"
+    )
+
+
+def _event_bytes(e: Event) -> bytes:
+    """An event as JSON, for a DLQ record when its own record is in an earlier batch."""
+    return orjson.dumps({f: getattr(e, f) for f in e.__dataclass_fields__}, default=str)
 
 
 def _new_quality() -> DataQuality:

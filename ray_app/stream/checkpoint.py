@@ -12,8 +12,21 @@ longer matches) and then deletes them; a crash between the two leaves files that
 Deltas keep the cost of a checkpoint proportional to what changed, not to the whole state (the
 state of a busy partition is many megabytes; the users who changed in the last second are few).
 
+**Signed.** A snapshot is a pickle, and unpickling runs code: whoever can write the checkpoint
+location must not be able to run code in the workers. So every object (base and delta) carries an
+HMAC-SHA256 over its name, header and payload, under a key kept apart from the store
+(``stream.checkpoint_key``, else a key file outside it: :func:`checkpoint_key`, resolved once by
+the supervisor and handed to every worker). :meth:`CheckpointStore.load` verifies each object
+before it reads its header, and raises :class:`CheckpointRefused` (partition, file, reason) for
+one that does not verify, was written by an older Onramp without a signature (format 1), or is
+not a checkpoint at all; nothing of it is unpickled. (The state core unpickles with an allowlist
+of its own classes besides: :class:`~ray_app.state.shard.SnapshotRefused`.) What the signature
+does not stop: someone with the store *and* the key, or putting back an older, validly signed
+checkpoint of the same partition (a rollback; its offsets come with it, so the state stays
+consistent and the replay redoes the rest).
+
 >>> import tempfile
->>> store = CheckpointStore(tempfile.mkdtemp())
+>>> store = CheckpointStore(tempfile.mkdtemp(), key=b"k" * 32)
 >>> store.save(3, b"state", next_offset=120)
 >>> store.save_delta(3, b"+a", next_offset=130)
 >>> store.save_delta(3, b"+b", next_offset=135)
@@ -28,18 +41,52 @@ True
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
 import os
+import secrets
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Checkpoint", "CheckpointStore"]
+from ray_app.errors import ConfigError, OnrampError
 
-_MAGIC = b"ONRAMPCK1\n"
+if TYPE_CHECKING:
+    from ray_app.config import StreamSettings
+
+__all__ = [
+    "DEFAULT_KEY_FILE",
+    "Checkpoint",
+    "CheckpointRefused",
+    "CheckpointStore",
+    "checkpoint_key",
+]
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"ONRAMPCK2\n"
+"""Format 2: magic, HMAC-SHA256 (32 bytes), header length (4 bytes), JSON header, payload."""
+_UNSIGNED_MAGIC = b"ONRAMPCK1\n"
+_MAC = 32
+_DOMAIN = b"onramp.checkpoint/2\0"
+_MIN_KEY = 16
+
+#: Where the checkpoint key is kept when ``stream.checkpoint_key`` and ``checkpoint_key_file``
+#: are both empty.
+DEFAULT_KEY_FILE = Path("~/.onramp/checkpoint.key")
+
+
+class CheckpointRefused(OnrampError, ValueError):
+    """A checkpoint that will not be loaded (bad signature, unsigned, foreign, or a snapshot the
+    state core refuses); ``context`` holds ``partition``, ``file`` and ``reason``."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        OnrampError.__init__(self, message, **context)
 
 
 @dataclass(frozen=True)
@@ -48,12 +95,70 @@ class Checkpoint:
     next_offset: int
     snapshot: bytes
     deltas: tuple[bytes, ...] = ()
+    files: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """Where the snapshot and each delta were read from (to name one that is refused)."""
+
+
+def checkpoint_key(settings: StreamSettings, checkpoint_uri: str | None = None) -> bytes:
+    """The key that signs checkpoints: ``stream.checkpoint_key``, else the key file
+    (``stream.checkpoint_key_file``, else ``~/.onramp/checkpoint.key``), created with 32 random
+    bytes (mode 0600) on first use. Call it once per deployment (the supervisor does) and hand the
+    bytes to every worker. Raises :class:`ConfigError` for a key under 16 bytes, or a key file
+    inside the (local) checkpoint store: the key must not be writable by whoever writes the
+    checkpoints.
+
+    >>> from pydantic import SecretStr
+    >>> from ray_app.config import StreamSettings
+    >>> checkpoint_key(StreamSettings(checkpoint_key=SecretStr("a-long-enough-secret")))
+    b'a-long-enough-secret'
+    """
+    if settings.checkpoint_key is not None:
+        key = settings.checkpoint_key.get_secret_value().encode()
+        if len(key) < _MIN_KEY:
+            raise ConfigError(
+                f"stream.checkpoint_key: {len(key)} bytes; use at least {_MIN_KEY}",
+                key="stream.checkpoint_key",
+            )
+        return key
+    path = Path(settings.checkpoint_key_file or DEFAULT_KEY_FILE).expanduser().resolve()
+    if checkpoint_uri is not None and (
+        "://" not in checkpoint_uri or checkpoint_uri.startswith("file://")
+    ):
+        store = Path(checkpoint_uri.removeprefix("file://")).expanduser().resolve()
+        if path.is_relative_to(store):
+            raise ConfigError(
+                f"stream.checkpoint_key_file {path} lies inside the checkpoint store {store}: "
+                "whoever can write checkpoints could then sign them; keep it elsewhere",
+                key="stream.checkpoint_key_file",
+            )
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = secrets.token_bytes(32)
+        try:  # O_EXCL: two processes racing to create it end with one key
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = path.read_bytes()
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(key)
+            log.warning("created the checkpoint signing key %s (keep it; keep it private)", path)
+    if len(key) < _MIN_KEY:
+        raise ConfigError(
+            f"checkpoint key file {path}: {len(key)} bytes; use at least {_MIN_KEY}",
+            key="stream.checkpoint_key_file",
+        )
+    return key
 
 
 class CheckpointStore:
-    """Checkpoints under a local directory or any fsspec URI."""
+    """Checkpoints under a local directory or any fsspec URI, signed with ``key``."""
 
-    def __init__(self, uri: str | os.PathLike[str]) -> None:
+    def __init__(self, uri: str | os.PathLike[str], key: bytes) -> None:
+        if len(key) < _MIN_KEY:
+            raise ValueError(f"a checkpoint key needs at least {_MIN_KEY} bytes")
+        self._key = key
         self.uri = str(uri)
         self._local: Path | None = None
         self._base: dict[int, tuple[str, int]] = {}  # partition -> (base id, last delta seq)
@@ -114,27 +219,63 @@ class CheckpointStore:
             except FileNotFoundError:
                 pass
 
-    @staticmethod
-    def _pack(header: dict[str, Any], payload: bytes) -> bytes:
-        h = json.dumps({**header, "savedAt": time.time(), "bytes": len(payload)}).encode()
-        return _MAGIC + len(h).to_bytes(4, "big") + h + payload
+    def _mac(self, name: str, body: bytes) -> bytes:
+        """The signature binds the object's name too: a base or delta copied under another
+        partition's (or sequence number's) name does not verify."""
+        return hmac.new(self._key, _DOMAIN + name.encode() + b"\0" + body, hashlib.sha256).digest()
 
-    def _unpack(self, name: str, data: bytes) -> tuple[dict[str, Any], bytes]:
-        if not data.startswith(_MAGIC):
-            raise ValueError(f"{self.uri}/{name} is not an Onramp checkpoint")
-        n = int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "big")
-        start = len(_MAGIC) + 4
-        return json.loads(data[start : start + n]), data[start + n :]
+    def _pack(self, name: str, header: dict[str, Any], payload: bytes) -> bytes:
+        h = json.dumps({**header, "savedAt": time.time(), "bytes": len(payload)}).encode()
+        body = len(h).to_bytes(4, "big") + h + payload
+        return _MAGIC + self._mac(name, body) + body
+
+    def _unpack(self, partition: int, name: str, data: bytes) -> tuple[dict[str, Any], bytes]:
+        """Verify, then split into header and payload; raises :class:`CheckpointRefused`."""
+
+        def refuse(reason: str, why: str) -> CheckpointRefused:
+            return CheckpointRefused(
+                f"partition {partition}: refused checkpoint {self.uri}/{name}: {why}",
+                partition=partition,
+                file=f"{self.uri}/{name}",
+                reason=reason,
+            )
+
+        if data.startswith(_UNSIGNED_MAGIC):
+            raise refuse(
+                "unsigned",
+                "written unsigned by an older Onramp (checkpoint format 1, snapshot version 5 or "
+                "older), so it cannot be told from a forged one and is not loaded. Drain the "
+                "stream with the older version, or delete this partition's checkpoint files to "
+                "start it empty from the earliest offset Kafka still holds",
+            )
+        if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _MAC + 4:
+            raise refuse("foreign", "not an Onramp checkpoint")
+        mac = data[len(_MAGIC) : len(_MAGIC) + _MAC]
+        body = data[len(_MAGIC) + _MAC :]
+        if not hmac.compare_digest(mac, self._mac(name, body)):
+            raise refuse(
+                "signature",
+                "its signature does not verify: it was signed with another key "
+                "(stream.checkpoint_key or the key file) or altered since it was written",
+            )
+        n = int.from_bytes(body[:4], "big")
+        header: dict[str, Any] = json.loads(body[4 : 4 + n])
+        if header.get("partition") != partition:
+            raise refuse("partition", f"it is a checkpoint of partition {header.get('partition')}")
+        return header, body[4 + n :]
 
     # -- the API -----------------------------------------------------------------------------
 
     def save(self, partition: int, snapshot: bytes, next_offset: int) -> None:
         """Write a new base (the whole state); older deltas of the partition stop counting."""
         base_id = uuid.uuid4().hex
+        name = self._name(partition)
         self._write(
-            self._name(partition),
+            name,
             self._pack(
-                {"partition": partition, "nextOffset": next_offset, "baseId": base_id}, snapshot
+                name,
+                {"partition": partition, "nextOffset": next_offset, "baseId": base_id},
+                snapshot,
             ),
         )
         self._base[partition] = (base_id, 0)
@@ -147,9 +288,11 @@ class CheckpointStore:
             raise RuntimeError(f"partition {partition}: save a base before its deltas")
         base_id, seq = self._base[partition]
         seq += 1
+        name = f"{self._delta_prefix(partition)}{seq:08d}"
         self._write(
-            f"{self._delta_prefix(partition)}{seq:08d}",
+            name,
             self._pack(
+                name,
                 {
                     "partition": partition,
                     "nextOffset": next_offset,
@@ -166,17 +309,20 @@ class CheckpointStore:
         return partition in self._base
 
     def load(self, partition: int) -> Checkpoint | None:
-        """The base and the unbroken run of its deltas, or None if there is no checkpoint."""
+        """The base and the unbroken run of its deltas, or None if there is no checkpoint.
+        Every object is verified first; raises :class:`CheckpointRefused` for one that does not
+        verify (a partition is loaded whole or not at all)."""
         name = self._name(partition)
         try:
-            header, snapshot = self._unpack(name, self._read(name))
+            header, snapshot = self._unpack(partition, name, self._read(name))
         except FileNotFoundError:
             return None
         base_id, next_offset = header.get("baseId"), int(header["nextOffset"])
         deltas: list[bytes] = []
+        files = [name]
         for dname in self._list(self._delta_prefix(partition)):
             try:
-                dheader, payload = self._unpack(dname, self._read(dname))
+                dheader, payload = self._unpack(partition, dname, self._read(dname))
             except FileNotFoundError:  # deleted by a writer meanwhile
                 continue
             if dheader.get("baseId") != base_id:
@@ -184,5 +330,6 @@ class CheckpointStore:
             if dheader["seq"] != len(deltas) + 1:
                 break
             deltas.append(payload)
+            files.append(dname)
             next_offset = int(dheader["nextOffset"])
-        return Checkpoint(partition, next_offset, snapshot, tuple(deltas))
+        return Checkpoint(partition, next_offset, snapshot, tuple(deltas), tuple(files))

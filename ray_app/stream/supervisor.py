@@ -14,6 +14,14 @@ a node joins and the spread is uneven (a node runs 2 more workers than another),
 moved one at a time: the moved worker writes a final checkpoint and its replacement on the new
 node resumes from it, while the other workers keep running. Checkpoints must then be where every
 node reads them (``stream.checkpoint_uri`` on shared storage, e.g. ``s3://``).
+
+Checkpoint key: the supervisor resolves the key that signs checkpoints once
+(:func:`~ray_app.stream.checkpoint.checkpoint_key`: ``stream.checkpoint_key``, else the key file
+on the supervisor's node) and hands it to every worker it starts, so all workers of one
+deployment sign and verify with the same key wherever they run. A worker whose checkpoint of a
+partition is refused keeps running its other partitions; the supervisor logs the refusal at ERROR
+each time it starts that worker, and ``status()`` carries it (``refused``), so a refused partition
+is never started empty behind the operator's back.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 
 from ray_app.config import Settings
 from ray_app.kafka.client import partition_for
+from ray_app.stream.checkpoint import checkpoint_key
 from ray_app.stream.worker import StreamWorker
 
 __all__ = [
@@ -72,7 +81,10 @@ class StreamSupervisor:
             or settings.stream.checkpoint_uri
             or str(Path(settings.state_dir) / "checkpoints")
         )
+        self.checkpoint_key = checkpoint_key(settings.stream, self.checkpoint_uri)
         self.monitor_interval_s = monitor_interval_s
+        self.refused: dict[int, str] = {}
+        """Partition -> why its checkpoint was refused, as the latest worker that owns it said."""
         self.workers: list[Any] = []
         self.assignment: list[list[int]] = []
         self.generation = 0
@@ -98,7 +110,14 @@ class StreamSupervisor:
         options: dict[str, Any] = {"max_restarts": 0, "num_cpus": s.worker_num_cpus}
         if s.worker_resources:
             options["resources"] = dict(s.worker_resources)
-        args = (name, self.settings, self.bootstrap, partitions, self.checkpoint_uri)
+        args = (
+            name,
+            self.settings,
+            self.bootstrap,
+            partitions,
+            self.checkpoint_uri,
+            self.checkpoint_key,
+        )
         node = (node or self._least_loaded(index, avoid=avoid)) if s.placement == "spread" else None
         worker = None
         if node is not None:
@@ -118,6 +137,12 @@ class StreamSupervisor:
             worker = actor_cls.options(**options).remote(*args)
             ray.get(worker.start.remote(), timeout=120)
         where = ray.get(worker.node_id.remote(), timeout=30)
+        refused = ray.get(worker.refused_partitions.remote(), timeout=30)
+        for p in partitions:
+            self.refused.pop(p, None)
+        for p, why in refused.items():
+            self.refused[p] = why
+            log.error("worker %d does not run partition %d: %s", index, p, why)
         while len(self.worker_nodes) <= index:
             self.worker_nodes.append(None)
         self.worker_nodes[index] = where

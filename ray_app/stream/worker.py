@@ -9,11 +9,34 @@ the same state (the state core is deterministic). The late and DLQ topics are at
 records written after the last checkpoint are written again on replay (same content and
 ``messageId``), while the counters, which live in the checkpointed state, stay exact.
 
+**A record cannot stop the loop.** Whatever a record of ``onramp.events`` or ``onramp.decisions``
+holds (a tombstone, bytes that are not UTF-8, JSON that is not an object, fields of the wrong
+type, a value that makes validation or ``apply`` raise), the state core rejects it alone and the
+worker writes it to the DLQ (schema ``onramp.dlq/1``: reason, field, message, its origin topic,
+partition and offset, and the raw value, at most 32 KB, as text or ``rawBase64``); the offsets
+move on. A worker that stopped on a record would be restarted onto the same record forever.
+
+**No checkpoint runs ahead of Kafka.** The late, DLQ and reward records a poll produced are
+acknowledged by Kafka before any checkpoint can cover that poll's offsets. If they are not (Kafka
+down past the timeout), the loop stops with the error and nothing is checkpointed past the last
+acknowledged poll: :meth:`StreamWorker.stop` first retries the unacknowledged records, and skips
+its final checkpoint if they still are not acknowledged (or if the loop did not stop in time),
+so the replay from the previous checkpoint writes them again.
+
+**Refused checkpoints.** A partition whose checkpoint is refused (its signature does not verify,
+it is unsigned, or it names a class outside the state: see :mod:`ray_app.stream.checkpoint`) is
+*not started*: the worker runs its other partitions, logs the refusal at ERROR, and reports it in
+``status()["refused"]`` (metric ``onramp_stream_checkpoint_refused_partitions``). Starting the
+partition empty instead would silently lose its state (and replay only what Kafka still holds);
+the files stay where they are, untouched, for the operator: restore the right key
+(``stream.checkpoint_key``), or delete the partition's checkpoint files to start it empty.
+
 ``StreamWorker`` is a plain class; :mod:`ray_app.stream.supervisor` runs it as a Ray actor.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -21,12 +44,19 @@ from typing import Any
 
 import orjson
 
+from ray_app.collect.parse import DLQ_SCHEMA
 from ray_app.config import Settings
 from ray_app.kafka.client import OutRecord, make_consumer, make_producer
 from ray_app.records import RewardRecord
 from ray_app.state import SessionShard, StateConfig
-from ray_app.state.profile import ProfileConfig
-from ray_app.stream.checkpoint import CheckpointStore
+from ray_app.state.profile import CAPS, ProfileConfig
+from ray_app.state.shard import SnapshotRefused
+from ray_app.stream.checkpoint import (
+    Checkpoint,
+    CheckpointRefused,
+    CheckpointStore,
+    checkpoint_key,
+)
 from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
 
 __all__ = ["FRESHNESS_BUCKETS_MS", "StreamWorker", "state_config"]
@@ -42,6 +72,10 @@ FRESHNESS_BUCKETS_MS = (
 
 #: Records processed per hold of the state lock (bounds how long a profile read waits).
 _LOCK_CHUNK = 256
+#: How long a poll's side outputs (late, DLQ, rewards) may take to be acknowledged.
+_ACK_TIMEOUT_S = 60.0
+#: Raw bytes of a record kept in its DLQ record.
+_DLQ_RAW_CAP = 32 * 1024
 
 
 def state_config(settings: Settings) -> StateConfig:
@@ -62,12 +96,21 @@ def state_config(settings: Settings) -> StateConfig:
         step_slots=frozenset(n for n, slot in catalog.slots.items() if slot.kind == "step"),
         negative_events=frozenset(catalog.negative_events),
         known_steps=frozenset(catalog.known_steps) if s.validate_steps else None,
-        profile=ProfileConfig(session_gap_ms=s.session_gap_ms),
+        profile_idle_ttl_ms=int(s.profile_idle_ttl_s * 1000),
+        profile=ProfileConfig(
+            session_gap_ms=s.session_gap_ms,
+            max_event_names=s.max_event_names_per_profile,
+            max_traits=s.max_traits_per_profile,
+            max_sessions=s.max_sessions_per_profile,
+        ),
     )
 
 
 class StreamWorker:
-    """Consumes its partitions and keeps their state; see the module docstring."""
+    """Consumes its partitions and keeps their state; see the module docstring.
+
+    ``checkpoint_key`` signs and verifies the checkpoints; the supervisor resolves it once and
+    passes it to every worker (None: resolve it here, from the settings)."""
 
     def __init__(
         self,
@@ -76,26 +119,33 @@ class StreamWorker:
         bootstrap: str,
         partitions: list[int],
         checkpoint_uri: str,
+        checkpoint_key: bytes | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.settings = settings
         self.topics = settings.topics
-        self.partitions = sorted(partitions)
-        self.store = CheckpointStore(checkpoint_uri)
+        key = checkpoint_key or _resolve_key(settings, checkpoint_uri)
+        self.store = CheckpointStore(checkpoint_uri, key)
         cfg = state_config(settings)
         self.shards: dict[int, SessionShard] = {}
         self.next_offset: dict[int, int] = {}
         self.restored: dict[int, int] = {}
-        for p in self.partitions:
-            ck = self.store.load(p)
-            if ck is None:
+        self.refused: dict[int, str] = {}
+        """Partition -> why its checkpoint was refused (the partition is not consumed)."""
+        for p in sorted(partitions):
+            try:
+                ck = self.store.load(p)
+                shard = None if ck is None else _restore(ck, self.store.uri)
+            except CheckpointRefused as exc:
+                self.refused[p] = str(exc)
+                log.error("%s; partition %d is NOT started (see ray_app.stream.worker)", exc, p)
+                continue
+            if ck is None or shard is None:
                 self.shards[p], self.next_offset[p] = SessionShard(p, cfg), 0
             else:
-                self.shards[p], self.next_offset[p] = (
-                    SessionShard.restore(ck.snapshot, ck.deltas),
-                    ck.next_offset,
-                )
+                self.shards[p], self.next_offset[p] = shard, ck.next_offset
                 self.restored[p] = ck.next_offset
+        self.partitions = sorted(self.shards)
         self._consumer = make_consumer(bootstrap, settings.kafka)
         self._consumer.assign_at(
             {(self.topics.events, p): self.next_offset[p] for p in self.partitions}
@@ -109,7 +159,11 @@ class StreamWorker:
         self._deltas: dict[int, int] = {}  # partition -> deltas written since its base
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._owed: list[OutRecord] | None = []
+        """Side outputs of applied records not yet acknowledged by Kafka: [] none; None unknown
+        (a poll stopped half way), so no checkpoint may cover the current state."""
         self.checkpoints = 0
+        self.checkpoints_skipped = 0
         self.freshness = [0] * (len(FRESHNESS_BUCKETS_MS) + 1)
         self.freshness_sum_ms = 0.0
         self.lag: dict[int, int] = {}
@@ -135,6 +189,8 @@ class StreamWorker:
                 if records:
                     self._process(records)
                 self._update_lag()
+                if self._stop.is_set():
+                    break  # stop() writes the final checkpoint (or decides not to)
                 if self._dirty and (
                     self._since_checkpoint >= s.checkpoint_every_records
                     or time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
@@ -145,9 +201,12 @@ class StreamWorker:
             log.exception("worker %s stopped", self.worker_id)
 
     def _process(self, records: list[Any]) -> None:
+        self._owed = None  # until this poll's outputs are built and acknowledged
         by_partition: dict[int, list[Any]] = {}
         decisions: dict[int, list[Any]] = {}
         for r in records:
+            if r.partition not in self.shards:
+                continue  # not ours (a refused partition is never assigned; defensive)
             if r.topic == self.topics.decisions:
                 decisions.setdefault(r.partition, []).append(r)
             else:
@@ -193,11 +252,35 @@ class StreamWorker:
                     outcomes = {i: "duplicate" for i in result.duplicate_indices}
                     outcomes.update((late[0], "late") for late in result.late)
                     outcomes.update((rej[0], "rejected") for rej in result.rejected)
-                    self.traced += self.tracing.consumed(recs, outcomes, started_ns, now_ns())
+                    try:
+                        self.traced += self.tracing.consumed(recs, outcomes, started_ns, now_ns())
+                    except Exception:  # telemetry never stops the stream
+                        log.exception("tracing the consumed records failed")
                 for received in result.received_ms:
                     self._observe(now_ms - received)
+        self._owed = outputs
         if outputs:  # acknowledged before any checkpoint can cover these offsets
-            self._producer.send_all(outputs).result(timeout=60)
+            self._producer.send_all(outputs).result(timeout=_ACK_TIMEOUT_S)
+        self._owed = []
+
+    def _settle(self) -> bool:
+        """Whether the state may be checkpointed: every side output of what it applied is
+        acknowledged. Retries owed outputs once (after the loop stopped on a failed send)."""
+        if self._owed is None:
+            return False
+        if self._owed:
+            try:
+                self._producer.send_all(self._owed).result(timeout=_ACK_TIMEOUT_S)
+            except Exception as exc:
+                log.error(
+                    "worker %s: %d late/DLQ/reward records still unacknowledged (%s)",
+                    self.worker_id,
+                    len(self._owed),
+                    exc,
+                )
+                return False
+            self._owed = []
+        return True
 
     def _reward_records(self, rewards: list[RewardRecord]) -> list[OutRecord]:
         return [
@@ -216,8 +299,17 @@ class StreamWorker:
     def checkpoint(self, wait_commit: bool = False) -> int:
         """Write every changed partition's snapshot with its next offset, then commit those
         offsets to the consumer group; returns how many partitions. Called on the loop's thread
-        (or after it stopped): the consumer is not thread-safe."""
+        (or after it stopped): the consumer is not thread-safe. Writes nothing (returns 0, counts
+        ``checkpoints_skipped``) while side outputs of the state are unacknowledged."""
         per_base = self.settings.stream.checkpoint_deltas_per_base
+        if not self._settle():
+            self.checkpoints_skipped += 1
+            log.error(
+                "worker %s: checkpoint skipped: the state holds records whose late/DLQ/reward "
+                "outputs Kafka has not acknowledged; the last checkpoint stands",
+                self.worker_id,
+            )
+            return 0
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             saved = []
@@ -245,11 +337,20 @@ class StreamWorker:
         return len(saved)
 
     def stop(self) -> dict[str, int]:
-        """Stop the loop, checkpoint, close; returns the offsets checkpointed."""
+        """Stop the loop, checkpoint (only what Kafka acknowledged the outputs of), close;
+        returns the next offsets (those checkpointed unless a checkpoint was skipped)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.checkpoint(wait_commit=True)
+        if self._thread is not None and self._thread.is_alive():
+            # still inside a poll (a send waiting on Kafka): its state is half done and the
+            # consumer is not ours to use; the last checkpoint stands, the replay redoes the rest
+            self.checkpoints_skipped += 1
+            log.error(
+                "worker %s: the loop did not stop in 30 s; no final checkpoint", self.worker_id
+            )
+        else:
+            self.checkpoint(wait_commit=True)
         self._consumer.close()
         self._producer.close()
         self.tracing.shutdown()
@@ -305,6 +406,10 @@ class StreamWorker:
                 "users": sum(len(sh.profiles) for sh in self.shards.values()),
             }
 
+    def refused_partitions(self) -> dict[int, str]:
+        """Partition -> why its checkpoint was refused (those partitions are not consumed)."""
+        return dict(self.refused)
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -319,12 +424,18 @@ class StreamWorker:
                         "quality": self.shards[p].quality.as_dict(),
                         "rejectedByReason": dict(self.shards[p].rejected_by_reason),
                         "decisionOffset": self.shards[p].decision_offset,
+                        "decisionsRejectedByReason": dict(self.shards[p].decisions_rejected),
+                        "profiles": len(self.shards[p].profiles),
+                        "profilesEvicted": self.shards[p].profiles_evicted,
+                        "profileCaps": {c: self.shards[p].cap_hits.get(c, 0) for c in CAPS},
                         **self.shards[p].rewards.stats(),
                     }
                     for p in self.partitions
                 },
+                "refused": {str(p): why for p, why in self.refused.items()},
                 "restoredFrom": {str(p): o for p, o in self.restored.items()},
                 "checkpoints": self.checkpoints,
+                "checkpointsSkipped": self.checkpoints_skipped,
                 "traced": self.traced,
                 "commitFailures": getattr(self._consumer, "commit_failures", 0),
                 "freshnessBucketsMs": list(FRESHNESS_BUCKETS_MS),
@@ -332,6 +443,25 @@ class StreamWorker:
                 "freshnessSumMs": self.freshness_sum_ms,
                 "error": self.error,
             }
+
+
+def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:
+    return checkpoint_key(settings.stream, checkpoint_uri)
+
+
+def _restore(ck: Checkpoint, uri: str) -> SessionShard:
+    """The shard of a verified checkpoint; a snapshot the state core refuses (a class outside its
+    allowlist, another snapshot version) is a refused checkpoint, naming the file."""
+    try:
+        return SessionShard.restore(ck.snapshot, ck.deltas)
+    except SnapshotRefused as exc:
+        name = ck.files[exc.index] if exc.index < len(ck.files) else "?"
+        raise CheckpointRefused(
+            f"partition {ck.partition}: refused checkpoint {uri}/{name}: {exc}",
+            partition=ck.partition,
+            file=f"{uri}/{name}",
+            reason="snapshot",
+        ) from None
 
 
 def _origin(rec: Any) -> dict[str, Any]:
@@ -346,15 +476,38 @@ def _late_record(value: bytes, why: dict[str, Any], rec: Any) -> bytes:
     return orjson.dumps({"schema": "onramp.late/1", **why, "event": event, "origin": _origin(rec)})
 
 
-def _dlq_record(value: bytes, exc: Any, rec: Any) -> bytes:
+def _dlq_record(value: bytes | None, exc: Any, rec: Any) -> bytes:
+    """One rejected record (schema ``onramp.dlq/1``, as the collector writes them): reason,
+    field, message, origin, and at most 32 KB of the raw value (``rawText`` if UTF-8, else
+    ``rawBase64``; a tombstone has ``rawSize`` 0 and ``tombstone`` true)."""
+    raw: dict[str, Any]
+    if value is None:
+        raw = {"rawSize": 0, "rawTruncated": False, "tombstone": True}
+    else:
+        kept = bytes(value[:_DLQ_RAW_CAP])
+        raw = {"rawSize": len(value), "rawTruncated": len(value) > len(kept)}
+        text = _utf8(kept, truncated=len(value) > len(kept))
+        if text is not None:
+            raw["rawText"] = text
+        else:
+            raw["rawBase64"] = base64.b64encode(kept).decode("ascii")
     return orjson.dumps(
         {
-            "schema": "onramp.dlq/1",
+            "schema": DLQ_SCHEMA,
             "reason": exc.reason.value,
             "field": exc.field,
             "message": exc.message,
-            "rawText": value.decode("utf-8", "replace")[:32_768],
-            "rawSize": len(value),
             "origin": _origin(rec),
+            **raw,
         }
     )
+
+
+def _utf8(data: bytes, truncated: bool) -> str | None:
+    """``data`` as text if it is UTF-8 (a character the cut split at the end is left out)."""
+    for trim in range(4 if truncated else 1):
+        try:
+            return data[: len(data) - trim].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None

@@ -1,9 +1,15 @@
 """Prometheus text for the stream workers' state: outcomes, buffered events, consumer lag and the
-freshness histogram (``receivedAt`` at the collector -> state updated), per partition."""
+freshness histogram (``receivedAt`` at the collector -> state updated), per partition; the bounds
+on profiles (live profiles, evictions past the idle TTL, keys dropped by each per-profile cap),
+rejected decision records, and the checkpoints the workers refused to load or skipped writing.
+Every family has a sample whatever the status holds (0 where a key is absent), so dashboards and
+alert rules always find it."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from ray_app.state.profile import CAPS
 
 __all__ = ["stream_metrics_text"]
 
@@ -32,6 +38,11 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     buffered: list[str] = []
     lag: list[str] = []
     rejected: list[str] = []
+    decisions_rejected: list[str] = []
+    profiles: list[str] = []
+    evicted: list[str] = []
+    caps: list[str] = []
+    refused = skipped = 0
     nulls: list[str] = []
     bounds: list[int] = []
     counts: list[int] = []
@@ -51,11 +62,28 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
                 rejected.append(
                     f'onramp_stream_rejected_total{{partition="{p}",reason="{reason}"}} {n}'
                 )
+            for reason, n in sorted(st.get("decisionsRejectedByReason", {}).items()):
+                decisions_rejected.append(
+                    f'onramp_stream_decisions_rejected_total{{partition="{p}",reason="{reason}"}} {n}'
+                )
+            profiles.append(f'onramp_stream_profiles{{partition="{p}"}} {st.get("profiles", 0)}')
+            evicted.append(
+                f'onramp_stream_profiles_evicted_total{{partition="{p}"}} '
+                f"{st.get('profilesEvicted', 0)}"
+            )
+            hits = st.get("profileCaps", {})
+            for cap in CAPS:
+                caps.append(
+                    f'onramp_stream_profile_caps_total{{partition="{p}",cap="{cap}"}} '
+                    f"{hits.get(cap, 0)}"
+                )
             for column, rate in sorted(st.get("quality", {}).get("nullRate", {}).items()):
                 nulls.append(f'onramp_stream_null_rate{{partition="{p}",column="{column}"}} {rate}')
             buffered.append(f'onramp_stream_buffered_events{{partition="{p}"}} {st["buffered"]}')
             if st.get("lag") is not None:
                 lag.append(f'onramp_stream_consumer_lag_records{{partition="{p}"}} {st["lag"]}')
+        refused += len(worker.get("refused", {}))
+        skipped += worker.get("checkpointsSkipped", 0)
         bounds = worker["freshnessBucketsMs"]
         c = worker["freshnessCounts"]
         counts = [a + b for a, b in zip(counts, c, strict=True)] if counts else list(c)
@@ -67,6 +95,31 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         "# HELP onramp_stream_null_rate Share of validated events without the column (data quality).",
         "# TYPE onramp_stream_null_rate gauge",
         *nulls,
+    ]
+    lines += [
+        "# HELP onramp_stream_decisions_rejected_total Decision records sent to the DLQ by stream "
+        "workers, by reason.",
+        "# TYPE onramp_stream_decisions_rejected_total counter",
+        *decisions_rejected,
+        "# HELP onramp_stream_profiles Profiles held, per partition.",
+        "# TYPE onramp_stream_profiles gauge",
+        *profiles,
+        "# HELP onramp_stream_profiles_evicted_total Profiles evicted: the watermark passed their "
+        "last event + stream.profile_idle_ttl_s.",
+        "# TYPE onramp_stream_profiles_evicted_total counter",
+        *evicted,
+        "# HELP onramp_stream_profile_caps_total Keys dropped by a per-profile cap "
+        "(event_names, traits, sessions).",
+        "# TYPE onramp_stream_profile_caps_total counter",
+        *caps,
+        "# HELP onramp_stream_checkpoint_refused_partitions Partitions not running because their "
+        "checkpoint was refused (bad signature, unsigned, or not the state's classes).",
+        "# TYPE onramp_stream_checkpoint_refused_partitions gauge",
+        f"onramp_stream_checkpoint_refused_partitions {refused}",
+        "# HELP onramp_stream_checkpoints_skipped_total Checkpoints not written because side "
+        "outputs (late, DLQ, rewards) were not acknowledged by Kafka.",
+        "# TYPE onramp_stream_checkpoints_skipped_total counter",
+        f"onramp_stream_checkpoints_skipped_total {skipped}",
     ]
     lines += [
         "# HELP onramp_stream_buffered_events Events held in reorder buffers.",

@@ -1,0 +1,304 @@
+"""Poison records: whatever a record of onramp.events or onramp.decisions holds, it becomes one
+DLQ record with a reason, and the partition moves on. The state core is driven directly; the
+worker with the in-memory Kafka twin (its DLQ records, and no checkpoint ahead of Kafka's
+acknowledgement of its side outputs). The same runs against the real broker and Ray in
+tests/integration/test_stream_poison.py."""
+
+import base64
+import json
+
+import pytest
+
+from ray_app.kafka.client import InMemoryBroker, InMemoryConsumer, InMemoryProducer, Record
+from ray_app.state import SessionShard
+from ray_app.stream import worker as worker_module
+from ray_app.stream.checkpoint import CheckpointStore
+from ray_app.stream.worker import StreamWorker
+from ray_app.telemetry.stream import stream_metrics_text
+from tests.conftest import make_settings
+from tests.unit.test_state import T0, iso
+
+KEY = b"test-checkpoint-key-0123456789ab"
+
+
+def good(mid: str, t: int = 0, user: str = "u1") -> bytes:
+    return json.dumps(
+        {
+            "messageId": mid,
+            "type": "track",
+            "event": "Clicked",
+            "userKey": user,
+            "timestamp": iso(T0 + t),
+            "receivedAt": iso(T0 + t + 20),
+        }
+    ).encode()
+
+
+def event_with(**fields) -> bytes:
+    d = json.loads(good("bad"))
+    d.update(fields)
+    return json.dumps(d).encode()
+
+
+#: (value, reason, field) of every malformed event record
+BAD_EVENTS = [
+    (None, "invalid_json", None),  # a tombstone
+    (b"\xff\xfe\x00garbage", "invalid_utf8", None),
+    (b"not json", "invalid_json", None),
+    (b"[1, 2, 3]", "not_an_object", None),
+    (b"null", "not_an_object", None),
+    (b'"a string"', "not_an_object", None),
+    (b'{"messageId": 1e999}', "invalid_json", None),
+    (b'{"n": 123456789012345678901234567890}', "missing_field", "type"),  # a float to orjson
+    (event_with(type=5), "invalid_field", "type"),
+    (event_with(userKey={"a": 1}), "invalid_field", "userKey"),
+    (event_with(messageId=None), "missing_field", "messageId"),
+    (event_with(timestamp=12345), "invalid_timestamp", "timestamp"),
+    (event_with(timestamp="0001-01-01T00:00:00+14:00"), None, None),  # any reason, no crash
+    (event_with(seq="x", sessionId="s"), "invalid_onramp_context", "seq"),
+    (event_with(properties="str"), "invalid_field", "traits/properties"),
+    (event_with(type="identify", traits=[1]), "invalid_field", "traits/properties"),
+    (event_with(sessionId=["s"]), "invalid_field", "sessionId"),
+    (event_with(context={"traits": "x"}, messageId="ctx"), "applied", None),  # ignored, fine
+]
+
+
+def decision(**fields) -> bytes:
+    d = {"decisionId": "d1", "userKey": "u1", "slot": "next_step", "chosen": "role",
+         "actionIndex": 1, "propensity": 0.5, "features": [0.0], "arm": "treatment",
+         "modelVersion": 3, "timestamp": iso(T0), "candidates": ["role", "goals"],
+         "ranked": [{"action": "role"}, {"action": "goals"}]}  # fmt: skip
+    d.update(fields)
+    return json.dumps(d).encode()
+
+
+#: (value, reason, field) of every malformed decision record
+BAD_DECISIONS = [
+    (None, "invalid_json", None),
+    (b"\xc3\x28", "invalid_utf8", None),
+    (b"{not json", "invalid_json", None),
+    (b'["d1"]', "not_an_object", None),
+    (decision(ranked="role"), "invalid_field", "ranked"),
+    (decision(ranked=[1, 2]), "invalid_field", "ranked"),
+    (decision(ranked={"action": "role"}), "invalid_field", "ranked"),
+    (decision(modelVersion="v3"), "invalid_field", "modelVersion"),
+    (decision(modelVersion=2.5), "invalid_field", "modelVersion"),
+    (decision(propensity="0.5"), "invalid_field", "propensity"),
+    (decision(propensity=0), "invalid_field", "propensity"),
+    (decision(actionIndex=1.5), "invalid_field", "actionIndex"),
+    (decision(features="x"), "invalid_field", "features"),
+    (decision(decisionId=5), "invalid_field", "decisionId"),
+    (decision(userKey=["u1"]), "invalid_field", "userKey"),
+    (decision(timestamp=5), "invalid_timestamp", "timestamp"),
+    (decision(timestamp="99999-01-01"), "invalid_timestamp", "timestamp"),
+    (decision(candidates="role"), "invalid_field", "candidates"),
+    (decision(arm=3), "invalid_field", "arm"),
+    (decision(slot=None), "missing_field", "slot"),
+]
+
+
+def test_every_malformed_event_is_rejected_alone_with_its_reason():
+    shard = SessionShard(0)
+    records = []
+    for n, (value, _, _) in enumerate(BAD_EVENTS):
+        records += [(b"u1", good(f"g{n}", n)), (b"u1", value)]
+    result = shard.process(records)
+    rejected = {index: exc for index, _, _, exc in result.rejected}
+    for n, (value, reason, field) in enumerate(BAD_EVENTS):
+        index = 2 * n + 1
+        if reason == "applied":
+            assert index not in rejected
+            continue
+        assert index in rejected, value
+        if reason is not None:
+            assert (rejected[index].reason.value, rejected[index].field) == (reason, field), value
+    assert shard.profile("u1")["counts"]["track:Clicked"] == len(BAD_EVENTS) + 1
+    s = shard.stats
+    assert s.records == s.applied + s.duplicates + s.late + s.rejected + shard.buffered
+
+
+def test_every_malformed_decision_is_rejected_alone_with_its_reason():
+    shard = SessionShard(0)
+    records = [(b"u1", value) for value, _, _ in BAD_DECISIONS] + [(b"u1", decision())]
+    result = shard.process_decisions(records, next_offset=len(records))
+    got = [(exc.reason.value, exc.field) for _, _, _, exc in result.rejected]
+    assert got == [(reason, field) for _, reason, field in BAD_DECISIONS]
+    assert list(shard.rewards.pending) == ["d1"] and shard.decision_offset == len(records)
+    assert sum(shard.decisions_rejected.values()) == len(BAD_DECISIONS)
+
+
+def test_an_exception_inside_apply_rejects_that_record_only_and_replays_the_same(monkeypatch):
+    from ray_app.state import shard as shard_module
+
+    real = shard_module.apply
+
+    def apply(profile, event, hits=None):
+        if event.message_id == "boom":
+            profile.counts["half-applied"] = 1  # a partial change before the failure
+            raise TypeError("unhashable thing")
+        return real(profile, event, hits)
+
+    monkeypatch.setattr(shard_module, "apply", apply)
+    records = [(b"u1", good("a", 0)), (b"u1", good("boom", 1)), (b"u1", good("c", 2))]
+    shard = SessionShard(0)
+    base = shard.snapshot()
+    result = shard.process(records)
+    ((index, _, value, exc),) = result.rejected
+    assert (index, value, exc.reason.value) == (1, records[1][1], "unprocessable")
+    assert "TypeError: unhashable thing" in exc.message and "'boom'" in exc.message
+    assert result.applied == 2 and shard.stats.rejected == 1
+    # the half-applied change is in the delta, so a restore equals the live shard
+    restored = SessionShard.restore(base, [shard.snapshot_delta()])
+    assert restored.profiles_as_dicts() == shard.profiles_as_dicts()
+    replayed = SessionShard(0)
+    replayed.process(records)
+    assert replayed.profiles_as_dicts() == shard.profiles_as_dicts()
+
+
+# -- the worker, over the in-memory Kafka twin ---------------------------------------------
+
+
+@pytest.fixture
+def twin(monkeypatch):
+    broker = InMemoryBroker(partitions=2)
+    monkeypatch.setattr(worker_module, "make_consumer", lambda *a, **k: InMemoryConsumer(broker))
+    monkeypatch.setattr(worker_module, "make_producer", lambda *a, **k: InMemoryProducer(broker))
+    return broker
+
+
+def _worker(tmp_path, partitions=(0,), prefix="poison"):
+    settings = make_settings(ONRAMP_KAFKA__TOPIC_PREFIX=prefix, ONRAMP_KAFKA__PARTITIONS="2")
+    return StreamWorker(
+        "w0", settings, "in-memory", list(partitions), str(tmp_path / "ckpt"), KEY
+    ), settings
+
+
+def _produce(broker, settings, topic, values):
+    """Append raw values (None: a tombstone) to partition 0 of ``topic``, as a broken producer
+    would."""
+    part = broker.topics.setdefault(topic, [[] for _ in range(broker.partitions)])[0]
+    for v in values:
+        part.append(Record(topic, 0, len(part), b"u1", v))
+
+
+def test_the_worker_writes_each_poison_record_to_the_dlq_and_moves_on(twin, tmp_path):
+    w, settings = _worker(tmp_path)
+    t = settings.topics
+    events = []
+    for n, (value, _, _) in enumerate(BAD_EVENTS):
+        events += [good(f"g{n}", n), value]
+    events.append(b"x" * 20_000 + "é".encode() * 10_000)  # 40 KB, not JSON: truncated raw text
+    events.append(b"\xff" * 40_000)  # 40 KB, not UTF-8: truncated base64
+    _produce(twin, settings, t.events, events)
+    _produce(twin, settings, t.decisions, [v for v, _, _ in BAD_DECISIONS] + [decision()])
+    w._process(w._consumer.poll(max_records=100_000))
+    assert w.checkpoint() == 1 and w.error is None
+    assert w.next_offset[0] == len(events)
+    ck = CheckpointStore(tmp_path / "ckpt", KEY).load(0)
+    assert ck.next_offset == len(events)
+    assert twin.committed[(t.events, 0)] == len(events)
+
+    dlq = [json.loads(r.value) for r in twin.records(t.dlq)]
+    by_origin = {(d["origin"]["topic"], d["origin"]["offset"]): d for d in dlq}
+    expected_events = {2 * n + 1 for n, (_, r, _) in enumerate(BAD_EVENTS) if r != "applied"}
+    expected_events |= {len(events) - 2, len(events) - 1}
+    assert {o for (topic, o) in by_origin if topic == t.events} == expected_events
+    assert {o for (topic, o) in by_origin if topic == t.decisions} == set(range(len(BAD_DECISIONS)))
+    assert len(dlq) == len(expected_events) + len(BAD_DECISIONS)  # one each
+    for d in dlq:
+        assert d["schema"] == "onramp.dlq/1" and d["reason"] and d["message"]
+        assert d["origin"]["partition"] == 0 and d["origin"]["stage"] == "stream"
+    tomb = by_origin[(t.events, 1)]
+    assert tomb["tombstone"] is True and tomb["rawSize"] == 0 and "tombstone" in tomb["message"]
+    binary = by_origin[(t.events, 3)]
+    assert base64.b64decode(binary["rawBase64"]) == BAD_EVENTS[1][0]
+    assert binary["reason"] == "invalid_utf8"
+    big_text = by_origin[(t.events, len(events) - 2)]
+    assert big_text["rawTruncated"] and big_text["rawSize"] == 40_000
+    assert len(big_text["rawText"].encode()) <= 32 * 1024
+    big_binary = by_origin[(t.events, len(events) - 1)]
+    assert len(base64.b64decode(big_binary["rawBase64"])) == 32 * 1024
+    ranked = by_origin[(t.decisions, 4)]
+    assert (ranked["reason"], ranked["field"]) == ("invalid_field", "ranked")
+
+    status = w.status()
+    part = status["partitions"]["0"]
+    assert part["applied"] == len(BAD_EVENTS) + 1 and part["pendingDecisions"] == 1
+    assert sum(part["decisionsRejectedByReason"].values()) == len(BAD_DECISIONS)
+    text = stream_metrics_text([status])
+    assert 'onramp_stream_decisions_rejected_total{partition="0",reason="invalid_field"}' in text
+    w.stop()
+
+
+def test_no_checkpoint_covers_side_outputs_kafka_has_not_acknowledged(twin, tmp_path, monkeypatch):
+    monkeypatch.setattr(worker_module, "_ACK_TIMEOUT_S", 0.2)
+    w, settings = _worker(tmp_path)
+    t = settings.topics
+    _produce(twin, settings, t.events, [good("a"), b"not json"])
+    w._process(w._consumer.poll())
+    assert w.checkpoint() == 1  # offsets 0..1, DLQ record acknowledged
+    _produce(twin, settings, t.events, [good("b", 5), b"[1]", good("c", 6)])
+    twin.available = False  # Kafka stops acknowledging
+    with pytest.raises(TimeoutError):
+        w._process(w._consumer.poll())
+    assert w.next_offset[0] == 5  # the state moved on...
+    assert w.checkpoint() == 0 and w.checkpoints_skipped == 1  # ...the checkpoint did not
+    store = CheckpointStore(tmp_path / "ckpt", KEY)
+    assert store.load(0).next_offset == 2 and twin.committed[(t.events, 0)] == 2
+    w.stop()  # Kafka still down: its final checkpoint is skipped too
+    assert store.load(0).next_offset == 2 and w.checkpoints_skipped == 2
+    assert w.status()["checkpointsSkipped"] == 2
+    assert "onramp_stream_checkpoints_skipped_total 2" in stream_metrics_text([w.status()])
+
+    # a worker whose owed outputs go through on stop checkpoints them
+    w2, _ = _worker(tmp_path)
+    twin.available = True
+    _produce(twin, settings, t.events, [b"null"])
+    twin.available = False
+    with pytest.raises(TimeoutError):
+        w2._process(w2._consumer.poll())
+    twin.available = True
+    w2.stop()  # retries the owed DLQ records, then checkpoints
+    assert store.load(0).next_offset == 6
+    dlq = [json.loads(r.value)["origin"]["offset"] for r in twin.records(t.dlq)]
+    assert 5 in dlq
+
+
+def test_a_refused_checkpoint_stops_only_its_partition(twin, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    store = CheckpointStore(ckpt, KEY)
+    store.save(1, SessionShard(1).snapshot(), next_offset=0)
+    data = bytearray((ckpt / "partition-0001.ckpt").read_bytes())
+    data[-3] ^= 0xFF
+    (ckpt / "partition-0001.ckpt").write_bytes(bytes(data))
+    w, settings = _worker(tmp_path, partitions=(0, 1))
+    assert w.partitions == [0] and list(w.refused) == [1]
+    assert "signature does not verify" in w.refused[1] and "partition-0001.ckpt" in w.refused[1]
+    status = w.status()
+    assert list(status["partitions"]) == ["0"] and "1" in status["refused"]
+    assert "onramp_stream_checkpoint_refused_partitions 1" in stream_metrics_text([status])
+    _produce(twin, settings, settings.topics.events, [good("a")])
+    w._process(w._consumer.poll())
+    assert w.status()["partitions"]["0"]["applied"] == 1 and w.profile(1, "u1") is None
+    w.stop()
+    assert (ckpt / "partition-0001.ckpt").read_bytes() == bytes(data)  # left as it was
+
+
+def test_a_batch_validation_that_raises_rejects_only_the_event_that_makes_it_raise(monkeypatch):
+    from validation.batch import BatchValidator
+
+    real = BatchValidator.failures_columns
+
+    def failures_columns(self, cols, quality):
+        if "screen" in cols["kind"]:
+            raise TypeError("pandera choked")
+        return real(self, cols, quality)
+
+    monkeypatch.setattr(BatchValidator, "failures_columns", failures_columns)
+    shard = SessionShard(0)
+    screen = event_with(type="screen", messageId="scr")
+    result = shard.process([(b"u1", good("a", 0)), (b"u1", screen), (b"u1", good("c", 1))])
+    ((index, _, _, exc),) = result.rejected
+    assert (index, exc.reason.value) == (1, "unprocessable") and "pandera choked" in exc.message
+    assert result.applied == 2
+    assert shard.rates["u1"][1] == 2  # the failed attempt counted nobody twice
