@@ -81,4 +81,4 @@ bench-collect: venv ## collector throughput with kafka-python
 	$(PY) bench/collect.py
 
 clean: ## remove .venv, caches and local state
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .onramp *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .schemathesis .onramp *.egg-info

@@ -21,7 +21,7 @@ from typing import Any
 from ray.serve import Application
 
 from deployments.collector import CollectorIngress
-from ray_app.config import Settings, load_settings
+from ray_app.config import Settings, load_settings, require_safe_keys
 from ray_app.errors import ConfigError
 
 __all__ = ["ARGS", "build_app", "build_stream_app"]
@@ -45,6 +45,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             "no Kafka to write to: set kafka.bootstrap_servers (ONRAMP_KAFKA__BOOTSTRAP_SERVERS) "
             "or start Onramp with `onramp up`, which runs the embedded broker"
         )
+    require_safe_keys(settings, bootstrap)
     d = settings.decide
     return CollectorIngress.options(
         autoscaling_config={

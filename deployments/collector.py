@@ -1,9 +1,10 @@
 """The collector as a Ray Serve ingress deployment (FastAPI): the Segment tracking API over HTTP.
 
 Routes: ``POST /v1/batch|track|identify|page|screen|group|alias`` and the analytics.js short forms
-``/v1/b|t|i|p``; ``OPTIONS`` (CORS preflight) on all of them; ``GET /v1/profiles/{user_id}`` and
-``POST|GET /v1/decide`` (read key); ``GET /healthz``; ``GET /metrics``; the demo onboarding app
-at ``GET /demo/`` (:mod:`deployments.demo`).
+``/v1/b|t|i|p`` (write key); ``OPTIONS`` (CORS preflight) on all of them; ``POST|GET /v1/decide``
+(decide or read key); ``GET /v1/profiles/{user_id}`` (read key); ``GET /healthz`` (up or down;
+the details with a read key); ``GET /metrics``; the demo onboarding app at ``GET /demo/``
+(:mod:`deployments.demo`), only where :func:`ray_app.config.local_only` holds.
 The work is done by :class:`ray_app.collect.Collector` and :class:`ray_app.decide.Decider`; this
 module only moves bytes and headers, reads profiles from the stream workers, and batches the
 decisions that arrive together into one model forward.
@@ -28,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 
-from deployments.demo import demo_config, demo_file
+from deployments.demo import demo_config, demo_enabled, demo_file
 from ray_app import __version__
 from ray_app.catalog import DecisionRequestError
 from ray_app.collect import Collector, Reply, kafka_producer_factory
@@ -104,6 +105,11 @@ optionally `Content-Encoding: gzip`. A 200 means Kafka acknowledged every record
 api = FastAPI(title="Onramp", version=__version__, description=_DESCRIPTION)
 
 
+#: What the replica serving this document knows (its catalog's slots), so that the document says
+#: which slots exist rather than "any string".
+_LIVE: dict[str, Any] = {}
+
+
 def _openapi() -> dict[str, Any]:
     if api.openapi_schema:
         return api.openapi_schema
@@ -114,6 +120,19 @@ def _openapi() -> dict[str, Any]:
     )
     defs = json_schema("#/components/schemas/{model}")["$defs"]
     schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+    slots = _LIVE.get("slots")
+    if slots:
+        decide = schema["paths"]["/v1/decide"]
+        body = decide["post"]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["slot"]["enum"] = slots
+        actions = _LIVE.get("actions")
+        candidates = body["properties"].get("candidates", {})
+        for option in candidates.get("anyOf", []):
+            if option.get("type") == "array" and actions:
+                option["items"] = {"type": "string", "enum": actions}
+        for param in decide["get"].get("parameters", []):
+            if param["name"] == "slot":
+                param["schema"]["enum"] = slots
     api.openapi_schema = schema
     return schema
 
@@ -141,10 +160,31 @@ _DECIDE_STATUSES: dict[int | str, dict[str, Any]] = {
         "eligible), its propensity, the decision id, the model version and the experiment arm."
     },
     400: {"description": "Malformed body: `field` names what is wrong."},
-    401: {"description": "Read key missing or unknown."},
+    401: {"description": "Decide or read key missing or unknown."},
+    413: {"description": "Body over 64 KB."},
     422: {"description": "Unknown slot or action, or ineligible candidates (`field` says which)."},
     503: {"description": "The decision log is not keeping up; retry after Retry-After."},
 }
+
+
+#: Largest ``POST /v1/decide`` body: a decision request is a few hundred bytes.
+MAX_DECIDE_BYTES = 64 * 1024
+
+_DECIDE_QUERY = [
+    {"name": name, "in": "query", "required": required, "schema": schema, "description": text}
+    for name, required, schema, text in (
+        ("user_id", False, {"type": "string", "minLength": 1, "maxLength": 512},
+         "The user (or anonymous_id)."),
+        ("anonymous_id", False, {"type": "string", "minLength": 1, "maxLength": 512},
+         "The visitor, before a user id."),
+        ("slot", True, {"type": "string", "minLength": 1, "maxLength": 128},
+         "Catalog slot to decide."),
+        ("candidates", False, {"type": "string", "minLength": 1},
+         "Comma-separated actions to choose among."),
+        ("decision_id", False, {"type": "string", "minLength": 1, "maxLength": 128},
+         "Idempotency key."),
+    )
+]  # fmt: skip
 
 
 def _bad(error: str, field: str | None, message: str) -> dict[str, Any]:
@@ -174,6 +214,7 @@ class CollectorIngress:
     def __init__(self, settings: Settings, bootstrap: str) -> None:
         logging.basicConfig(level=logging.INFO)
         self.settings = settings
+        self.bootstrap = bootstrap
         self.hooks = OtelHooks.from_settings(settings.telemetry)
         self.tracing = make_tracing(settings.telemetry, "collector")
         self.collector = Collector(
@@ -181,11 +222,22 @@ class CollectorIngress:
         )
         self.collector.connect()
         self._max_body = settings.collector.max_request_bytes
-        self._read_keys = {n: k.get_secret_value() for n, k in settings.collector.read_keys.items()}
+        c = settings.collector
+        self._read_keys = {n: k.get_secret_value() for n, k in c.read_keys.items()}
+        # /v1/decide takes a decide key (browsers) or a read key (servers)
+        self._decide_keys = {
+            **{f"decide:{n}": k.get_secret_value() for n, k in c.decide_keys.items()},
+            **{f"read:{n}": k.get_secret_value() for n, k in c.read_keys.items()},
+        }
+        self._demo = demo_enabled(settings, bootstrap)
         self.profiles = ProfileReader(settings.ray.namespace)
         self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s)
         # decisions
         self.decider = Decider.from_settings(settings)
+        catalog = self.decider.catalog
+        _LIVE["slots"] = sorted(catalog.slots)
+        _LIVE["actions"] = sorted({a.id for s in catalog.slots.values() for a in s.actions})
+        api.openapi_schema = None  # rebuilt with this catalog's slots
         self.model_paths: dict[str, Path | None] = {
             "treatment": settings.model_path,
             "treatment_b": settings.decide.model_b_path,
@@ -274,14 +326,15 @@ class CollectorIngress:
         )
         return self._respond(reply, headers.get("origin"))
 
-    async def _read_body(self, request: Request) -> bytes:
-        # Read at most one byte past the limit: enough to answer 413 without buffering a flood.
+    async def _read_body(self, request: Request, limit: int | None = None) -> bytes:
+        # Read at most one chunk past the limit: enough to answer 413 without buffering a flood.
+        limit = self._max_body if limit is None else limit
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             chunks.append(chunk)
             size += len(chunk)
-            if size > self._max_body:
+            if size > limit:
                 break
         return b"".join(chunks)
 
@@ -333,6 +386,7 @@ class CollectorIngress:
         responses={
             204: {"description": "Preflight allowed."},
             403: {"description": "Origin not allowed."},
+            404: {"description": "No such route (a path no route matches, e.g. with a newline)."},
         },
         summary="CORS preflight",
     )
@@ -354,10 +408,10 @@ class CollectorIngress:
     )
     async def profile(self, user_id: str, request: Request) -> Response:
         origin = request.headers.get("origin")
-        if not self._read_key_ok(request.headers.get("authorization")):
+        if not self._key_ok(request.headers.get("authorization"), self._read_keys):
             body = {
                 "error": "unauthorized",
-                "message": "send a read key: Authorization: Bearer <key>",
+                "message": "send a read key (collector.read_keys): Authorization: Bearer <key>",
             }
             return self._json(401, body, origin)
         try:
@@ -385,14 +439,17 @@ class CollectorIngress:
         }
         return self._json(200, body, origin)
 
-    def _read_key_ok(self, authorization: str | None) -> bool:
+    @staticmethod
+    def _key_ok(authorization: str | None, keys: dict[str, str]) -> bool:
+        """Whether ``Authorization`` (Bearer, or Basic with the key as user name) holds one of
+        ``keys``."""
         if not authorization:
             return False
         scheme, _, token = authorization.partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else write_key_from_header(authorization)
         if not key:
             return False
-        return key_owner(key, self._read_keys) is not None
+        return key_owner(key, keys) is not None
 
     def _json(
         self,
@@ -418,9 +475,12 @@ class CollectorIngress:
     )
     async def decide_post(self, request: Request) -> Response:
         origin = request.headers.get("origin")
-        if not self._read_key_ok(request.headers.get("authorization")):
+        if not self._key_ok(request.headers.get("authorization"), self._decide_keys):
             return self._unauthorized(origin)
-        raw = await self._read_body(request)
+        raw = await self._read_body(request, MAX_DECIDE_BYTES)
+        if len(raw) > MAX_DECIDE_BYTES:
+            body = _bad("body_too_large", None, f"the limit is {MAX_DECIDE_BYTES} bytes")
+            return self._json(413, body, origin)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -429,11 +489,16 @@ class CollectorIngress:
             return self._json(400, _bad("not_an_object", None, "send a JSON object"), origin)
         return await self._decide(data, origin, request.headers.get(TRACEPARENT))
 
-    @api.get("/v1/decide", responses=_DECIDE_STATUSES, summary="Decide (query-string form)")
+    @api.get(
+        "/v1/decide",
+        responses=_DECIDE_STATUSES,
+        openapi_extra={"parameters": _DECIDE_QUERY},
+        summary="Decide (query-string form; context fields as context.<name>=)",
+    )
     async def decide_get(self, request: Request) -> Response:
         """``?user_id=&slot=&candidates=a,b&context.device=mobile&decision_id=``"""
         origin = request.headers.get("origin")
-        if not self._read_key_ok(request.headers.get("authorization")):
+        if not self._key_ok(request.headers.get("authorization"), self._decide_keys):
             return self._unauthorized(origin)
         data: dict[str, Any] = {}
         context: dict[str, Any] = {}
@@ -541,23 +606,47 @@ class CollectorIngress:
         return self.decider.decide_many(items, now_ms=int(time.time() * 1000), cold_reasons=cold)
 
     def _unauthorized(self, origin: str | None) -> Response:
-        body = {"error": "unauthorized", "message": "send a read key: Authorization: Bearer <key>"}
+        body = {
+            "error": "unauthorized",
+            "message": "send a decide or read key (collector.decide_keys, collector.read_keys): "
+            "Authorization: Bearer <key>",
+        }
         return self._json(401, body, origin)
 
     @api.get(
-        "/healthz", responses={200: {"description": "The replica is up; Kafka state in the body."}}
+        "/healthz",
+        responses={
+            200: {
+                "description": '`{"status": "ok"}`: the replica answers. With a read key '
+                "also the Kafka client state, model version per arm, decision-log counters and "
+                "the experiment (its salt decides arms, so it is not public)."
+            },
+        },
+        summary="Up or down (details with a read key)",
     )
-    async def healthz(self) -> JSONResponse:
+    async def healthz(self, request: Request) -> JSONResponse:
+        health = self.collector.health()
+        if not self._key_ok(request.headers.get("authorization"), self._read_keys):
+            return JSONResponse({"status": health["status"]})
         return JSONResponse(
             {
-                **self.collector.health(),
+                **health,
                 "models": self.decider.versions(),
                 "decisionLog": self.decision_log.stats(),
                 "experiment": self.decider.arms.current.describe(),
             }
         )
 
-    @api.get("/metrics", responses={200: {"description": "Prometheus text exposition."}})
+    @api.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition.",
+                "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def metrics(self) -> Response:
         text = self.hooks.prometheus_text()
         try:
@@ -584,13 +673,25 @@ class CollectorIngress:
 
     # -- the demo onboarding app (deployments/demo.py) --------------------------------------
 
+    def _no_demo(self) -> Response:
+        body = {
+            "error": "not_found",
+            "message": "the demo is served only where Onramp is reachable from this machine "
+            "alone (collector.host and Kafka on loopback)",
+        }
+        return JSONResponse(body, status_code=404)
+
     @api.get("/demo", include_in_schema=False)
     async def demo_root(self, request: Request) -> Response:
+        if not self._demo:
+            return self._no_demo()
         return Response(status_code=307, headers={"Location": f"{request.url.path}/"})
 
     @api.get("/demo/config.json", include_in_schema=False)
     async def demo_settings(self) -> Response:
-        config = demo_config(self.settings)
+        if not self._demo:
+            return self._no_demo()
+        config = demo_config(self.settings, self.bootstrap)
         if config is None:
             body = {
                 "error": "demo_disabled",
@@ -601,6 +702,8 @@ class CollectorIngress:
 
     @api.get("/demo/{name:path}", include_in_schema=False)
     async def demo_static(self, name: str) -> Response:
+        if not self._demo:
+            return self._no_demo()
         found = demo_file(name)
         if found is None:
             return JSONResponse({"error": "not_found", "message": name}, status_code=404)

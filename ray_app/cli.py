@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from ray_app import __version__
-from ray_app.config import Settings, described, load_settings, masked
+from ray_app.config import Settings, described, load_settings, local_only, masked
 from ray_app.errors import ConfigError, OnrampError
 
 __all__ = ["main"]
@@ -253,7 +253,8 @@ def _print_urls(stack: Any, settings: Settings) -> None:
     print(f"  Kafka bootstrap : {stack.bootstrap}" + ("  (embedded Tansu)" if stack.broker else ""))
     for name, url in stack.urls().items():
         print(f"  {name:<16}: {url}")
-    if "demo" in settings.collector.write_keys:  # deployments/demo.py serves only the 'demo' key
+    # deployments/demo.py serves the demo only on loopback, with the keys named 'demo'
+    if "demo" in settings.collector.write_keys and local_only(settings, stack.bootstrap):
         print(f"  {'demo app':<16}: {stack.base_url}/demo/  (open it in a browser)")
     print(
         f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)"
@@ -263,13 +264,22 @@ def _print_urls(stack: Any, settings: Settings) -> None:
         f'\'{{"userId":"u1","event":"Signed Up"}}\' {stack.base_url}/v1/track',
         flush=True,
     )
-    if settings.collector.read_keys:
-        read = next(iter(settings.collector.read_keys.values())).get_secret_value()
+    decide_key = _decide_key(settings)
+    if decide_key:
         print(
-            f"  try deciding    : curl -H 'Authorization: Bearer {read}' "
+            f"  try deciding    : curl -H 'Authorization: Bearer {decide_key}' "
             f"'{stack.base_url}/v1/decide?user_id=u1&slot=next_step'",
             flush=True,
         )
+
+
+def _decide_key(settings: Settings) -> str | None:
+    """A key that may call /v1/decide: a decide key, else a read key (servers may use those)."""
+    c = settings.collector
+    for keys in (c.decide_keys, c.read_keys):
+        if keys:
+            return next(iter(keys.values())).get_secret_value()
+    return None
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -309,9 +319,9 @@ def _sample_decision(stack: Any, settings: Settings, sim: Any, tick: int) -> str
     """Ask /v1/decide what one simulated user should see next (one user per tick)."""
     import httpx
 
-    if not settings.collector.read_keys or not sim.plan.sends:
+    if not _decide_key(settings) or not sim.plan.sends:
         return None
-    read = next(iter(settings.collector.read_keys.values())).get_secret_value()
+    read = _decide_key(settings)
     sent = sim.plan.sends[: max(sim.stats.sent, 1)]
     users = sorted({c["userId"] for _, c in sent if isinstance(c, dict) and c.get("userId")})
     if not users:
@@ -345,7 +355,8 @@ def _start_learning(
     stack: Any, settings: Settings, args: argparse.Namespace, stop: Any
 ) -> tuple[Any, threading.Thread] | None:
     """Simulated users of ``--world`` in a thread of their own (see ray_app/sim/live.py)."""
-    if not args.learning_users or not settings.collector.read_keys:
+    read = _decide_key(settings)
+    if not args.learning_users or read is None:
         return None
     import asyncio
 
@@ -353,7 +364,6 @@ def _start_learning(
     from ray_app.sim.worlds import world
 
     _, write = next(iter(settings.collector.write_keys.items()))
-    read = next(iter(settings.collector.read_keys.values())).get_secret_value()
     run = LearningRun(
         stack.base_url,
         write.get_secret_value(),

@@ -38,11 +38,23 @@ __all__ = [
     "SimSettings",
     "StreamSettings",
     "TelemetrySettings",
+    "DEMO_KEYS",
+    "key_exposure",
     "load_settings",
+    "local_only",
     "masked",
+    "require_safe_keys",
 ]
 
 ENV_PREFIX = "ONRAMP_"
+
+#: The keys Onramp ships with, by scope. Accepted only when Onramp is reachable from this machine
+#: alone (see :func:`key_exposure`).
+DEMO_KEYS: dict[str, str] = {
+    "write": "onramp-demo-write-key",
+    "decide": "onramp-demo-decide-key",
+    "read": "onramp-demo-read-key",
+}
 CONFIG_ENV = "ONRAMP_CONFIG"
 
 
@@ -154,12 +166,19 @@ class CollectorSettings(_Section):
     host: str = Field("127.0.0.1", description="Address Serve's HTTP ingress binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port of Serve's HTTP ingress.")
     write_keys: dict[str, SecretStr] = Field(
-        default_factory=lambda: {"demo": SecretStr("onramp-demo-write-key")},
-        description="Source name -> write key. Requests authenticate with one of the keys.",
+        default_factory=lambda: {"demo": SecretStr(DEMO_KEYS["write"])},
+        description="Source name -> write key (scope `write`: send events, nothing else). "
+        "Public: it ships in every browser.",
+    )
+    decide_keys: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"demo": SecretStr(DEMO_KEYS["decide"])},
+        description="Name -> decide key (scope `decide`: POST|GET /v1/decide only). Safe in a "
+        "browser: it reads no profile.",
     )
     read_keys: dict[str, SecretStr] = Field(
-        default_factory=lambda: {"demo": SecretStr("onramp-demo-read-key")},
-        description="Name -> read key for GET /v1/profiles (and, later, /v1/decide).",
+        default_factory=lambda: {"demo": SecretStr(DEMO_KEYS["read"])},
+        description="Name -> read key (scope `read`: profiles, /v1/decide, /healthz details). "
+        "Server side only: it reads any user's traits and CRM data.",
     )
     cors_origins: list[str] = Field(
         default_factory=lambda: ["*"],
@@ -237,7 +256,10 @@ class StreamSettings(_Section):
         "skew correction) go to the DLQ as timestamp_out_of_range.",
     )
     max_event_future_s: float = Field(
-        300.0, ge=0, description="...and events this far in the future of their receivedAt."
+        60.0,
+        ge=0,
+        description="...and events this far in the future of their receivedAt (after skew "
+        "correction; well below the allowed lateness: a client clock cannot move time for others).",
     )
     max_user_events_per_s: int = Field(
         50,
@@ -276,6 +298,43 @@ class StreamSettings(_Section):
         gt=0,
         description="placement 'spread': how often the supervisor compares workers per node "
         "with the live nodes (a new node gets workers moved onto it).",
+    )
+    checkpoint_key: SecretStr | None = Field(
+        None,
+        description="Secret (16+ characters) that signs every checkpoint (HMAC-SHA256); a "
+        "checkpoint whose signature does not verify is refused, never unpickled. Keep it out of "
+        "the checkpoint store. Empty: the key file (stream.checkpoint_key_file).",
+    )
+    checkpoint_key_file: Path | None = Field(
+        None,
+        description="Where the checkpoint key is kept when stream.checkpoint_key is empty: "
+        "created (32 random bytes, mode 0600) on first use; must lie outside the checkpoint "
+        "store. Empty: ~/.onramp/checkpoint.key. Every node of a cluster needs the same key: "
+        "set stream.checkpoint_key there.",
+    )
+    profile_idle_ttl_s: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="A profile is evicted once the watermark (event time) is this far past its "
+        "last event; a later event of the user starts a new profile.",
+    )
+    max_event_names_per_profile: int = Field(
+        256,
+        ge=1,
+        description="Distinct track event names counted per profile; new names past it are "
+        'dropped and counted (onramp_stream_profile_caps_total{cap="event_names"}).',
+    )
+    max_traits_per_profile: int = Field(
+        256,
+        ge=1,
+        description="Distinct trait keys kept per profile; new keys past it are dropped and "
+        'counted (cap="traits"); known keys still update.',
+    )
+    max_sessions_per_profile: int = Field(
+        64,
+        ge=1,
+        description="Onboarding session ids kept per profile; past it the least recent session "
+        'is dropped and counted (cap="sessions").',
     )
 
 
@@ -683,3 +742,95 @@ def described(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple
         else:
             out.append((f"{prefix}{name}", field.description or ""))
     return out
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bootstrap_hosts(bootstrap: str) -> list[str]:
+    hosts = []
+    for server in bootstrap.split(","):
+        server = server.strip().split("://", 1)[-1]
+        if not server:
+            continue
+        if server.startswith("["):  # [::1]:9092
+            hosts.append(server[1 : server.find("]")])
+        else:
+            hosts.append(server.rsplit(":", 1)[0] if server.count(":") == 1 else server)
+    return hosts
+
+
+def local_only(settings: Settings, bootstrap: str | None = None) -> bool:
+    """True when Onramp can be reached from this machine alone: the HTTP ingress binds a
+    loopback address and Kafka is the embedded broker or another one on loopback. Only then are
+    the shipped demo keys accepted and ``/demo/`` served.
+
+    >>> local_only(Settings())
+    True
+    >>> local_only(Settings(collector={"host": "0.0.0.0"}))
+    False
+    >>> local_only(Settings(kafka={"bootstrap_servers": "kafka-1.prod:9092"}))
+    False
+    """
+    if not _is_loopback(settings.collector.host):
+        return False
+    servers = bootstrap if bootstrap is not None else settings.kafka.bootstrap_servers
+    if not servers:
+        return _is_loopback(settings.broker.host)
+    return all(_is_loopback(h) for h in _bootstrap_hosts(servers))
+
+
+def key_exposure(settings: Settings, bootstrap: str | None = None) -> list[str]:
+    """Why these keys must not serve a reachable Onramp (empty: fine). Onramp refuses to start
+    with any of these problems unless :func:`local_only`.
+
+    >>> key_exposure(Settings())
+    []
+    >>> key_exposure(Settings(collector={"host": "0.0.0.0"}))[0]
+    'collector.write_keys.demo is the shipped demo key: set your own (or remove it)'
+    """
+    if local_only(settings, bootstrap):
+        return []
+    problems = []
+    c = settings.collector
+    for scope, keys in (("write", c.write_keys), ("decide", c.decide_keys), ("read", c.read_keys)):
+        for name, key in keys.items():
+            if key.get_secret_value() in DEMO_KEYS.values():
+                problems.append(
+                    f"collector.{scope}_keys.{name} is the shipped demo key: set your own "
+                    "(or remove it)"
+                )
+    if not c.write_keys:
+        problems.append("collector.write_keys is empty: no source could send events")
+    if settings.stream.checkpoint_key is None:
+        problems.append(
+            "stream.checkpoint_key is not set: every node must sign and verify checkpoints "
+            "with the same key (a key file is one machine's)"
+        )
+    return problems
+
+
+def require_safe_keys(settings: Settings, bootstrap: str | None = None) -> None:
+    """Raise :class:`ConfigError` when :func:`key_exposure` finds a problem: a reachable Onramp
+    never runs with keys anybody can read in this repository."""
+    problems = key_exposure(settings, bootstrap)
+    if problems:
+        raise ConfigError(
+            "refusing to start a reachable Onramp with these keys: "
+            + "; ".join(problems)
+            + ". The shipped demo keys are accepted only when the HTTP ingress (collector.host) "
+            "and Kafka are on loopback. See the README's Security section.",
+            problems=problems,
+        )

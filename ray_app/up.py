@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ray_app.config import Settings
+from ray_app.config import Settings, require_safe_keys
 from ray_app.errors import OnrampError
 from ray_app.kafka.broker import EmbeddedBroker, free_port
 from ray_app.kafka.topics import ensure_topics
@@ -154,6 +154,7 @@ class Stack:
         from ray import serve
 
         s = self.settings
+        require_safe_keys(s, self.bootstrap)
         state_dir = Path(s.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         if not self.bootstrap:

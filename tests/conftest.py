@@ -32,6 +32,8 @@ def make_settings(bootstrap: str | None = None, **env: str) -> Settings:
         "ONRAMP_ENRICH__RELOAD_INTERVAL_S": "0.2",
         # never a developer's .onramp/ (a demo's model file would change what tests decide)
         "ONRAMP_STATE_DIR": str(STATE_DIR),
+        # checkpoints are signed; never a key file in the developer's home
+        "ONRAMP_STREAM__CHECKPOINT_KEY": "test-checkpoint-signing-key-0123456789",
     }
     if bootstrap:
         base["ONRAMP_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap

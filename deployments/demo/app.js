@@ -33,6 +33,7 @@ async function main() {
   const client = (state.client = init({
     host,
     writeKey: config.writeKey,
+    decideKey: config.decideKey || '',
     readKey: config.readKey || '',
     flushIntervalMs: Number(params.get('flushMs') || 500),
     retryBaseMs: 300,

@@ -7,8 +7,11 @@ Guarantees:
 * **200 means written.** The answer waits until Kafka acknowledged every record of the request
   (``acks=all``, idempotent producer): accepted events in ``onramp.events``, rejected ones in
   ``onramp.events.dlq``.
-* **Bounded memory.** Bytes awaiting acknowledgement are capped per replica
-  (``collector.max_inflight_bytes``); past the cap, requests get 503 at once.
+* **Bounded memory and work.** Bytes awaiting acknowledgement are capped per replica
+  (``collector.max_inflight_bytes``). The budget is taken record by record while the request is
+  parsed, so a request that would pass it stops being built at that record and gets 503 at once;
+  the bytes are given back when Kafka settles the records, or at once in every other path (a
+  refused request, no producer, a send error, a cancelled request).
 * **Kafka slow or down: 503 with Retry-After.** If the acknowledgement does not come within
   ``kafka.ack_timeout_s`` the client is told to retry. Records of that request may still be
   written later; a retry then writes them again with the same ``messageId``, which is the event
@@ -164,13 +167,20 @@ class Collector:
             write_keys=self.write_keys,
             received_at=self.clock(),
             limits=self.limits,
+            reserve=self._reserve,
             origin={
                 "requestId": request_id,
                 "ip": client,
                 "userAgent": headers.get("user-agent"),
             },
         )
-        if span is None:
+        if parsed.over_budget:
+            self._release(parsed.reserved)
+            self.hooks.kafka_unavailable("backpressure")
+            reply = self._unavailable("Kafka is not keeping up; retry later", request_id)
+            if span is not None:
+                self.tracing.end(span, reply.status)
+        elif span is None:
             reply = await self._write(parsed, request_id)
         else:
             reply = await self._write_traced(parsed, request_id, span)
@@ -201,37 +211,35 @@ class Collector:
     async def _write(
         self, parsed: ParsedRequest, request_id: str, headers: tuple[tuple[str, bytes], ...] = ()
     ) -> Reply:
-        records = [OutRecord(self.topics.events, v, k, headers) for k, v in parsed.events]
-        records += [OutRecord(self.topics.dlq, v, k, headers) for k, v in parsed.dlq]
-        rejected = [r.public() for r in parsed.rejections]
-        if not records:  # nothing Kafka must hold: an auth failure
-            for r in parsed.rejections:
-                self.hooks.events_rejected(r.reason.value, 1)
-            return Reply(parsed.status, {"success": False, "accepted": 0, "rejected": rejected})
-        size = sum(len(r.value) + len(r.key or b"") for r in records)
-        with self._inflight_lock:
-            if self._inflight + size > self.settings.collector.max_inflight_bytes:
-                admitted = False
-            else:
-                self._inflight += size
-                admitted = True
-        if not admitted:
-            self.hooks.kafka_unavailable("backpressure")
-            return self._unavailable("Kafka is not keeping up; retry later", request_id)
-        loop = asyncio.get_running_loop()
+        """Hand the records to the producer and wait for Kafka's acknowledgement. The bytes
+        ``parse_request`` reserved belong to this call until the send thread takes them over
+        (:meth:`_send`); whatever happens before that gives them back."""
+        size = parsed.reserved
+        handed_over = False
         try:
-            future = await loop.run_in_executor(self._sender, self._send, records)
+            records = [OutRecord(self.topics.events, v, k, headers) for k, v in parsed.events]
+            records += [OutRecord(self.topics.dlq, v, k, headers) for k, v in parsed.dlq]
+            rejected = [r.public() for r in parsed.rejections]
+            if not records:  # nothing Kafka must hold: an auth failure
+                for r in parsed.rejections:
+                    self.hooks.events_rejected(r.reason.value, 1)
+                return Reply(parsed.status, {"success": False, "accepted": 0, "rejected": rejected})
+            job = self._sender.submit(self._send, records, size)
+            handed_over = True  # the send thread releases the bytes from here on
+            # shielded: a cancelled request must not cancel the queued send (which would then
+            # never run, and never give the bytes back)
+            future = await asyncio.shield(asyncio.wrap_future(job))
         except Exception as exc:
-            self._release(size)
             self.hooks.kafka_unavailable("error")
             return self._unavailable(f"cannot write to Kafka: {exc}", request_id)
+        finally:
+            if not handed_over:
+                self._release(size)
         if future is None:
-            self._release(size)
             self.hooks.kafka_unavailable("reconnecting")
             return self._unavailable(
                 f"not connected to Kafka ({self._slot.last_error or 'connecting'})", request_id
             )
-        future.add_done_callback(lambda f: self._settled(f, size))
         try:
             await asyncio.wait_for(
                 asyncio.shield(asyncio.wrap_future(future)), self.settings.kafka.ack_timeout_s
@@ -255,11 +263,29 @@ class Collector:
             {"success": status == 200, "accepted": len(parsed.events), "rejected": rejected},
         )
 
-    def _send(self, records: list[OutRecord]) -> cf.Future[Any] | None:
-        producer = self._slot.get()
-        if producer is None:
+    def _send(self, records: list[OutRecord], size: int) -> cf.Future[Any] | None:
+        """On the send thread: give the records to the producer, and ``size`` reserved bytes
+        with them (released when Kafka settles them, or here if they never reach it). Runs even
+        when the request that queued it was cancelled meanwhile."""
+        try:
+            producer = self._slot.get()
+            future = None if producer is None else producer.send_all(records)
+        except BaseException:
+            self._release(size)
+            raise
+        if future is None:
+            self._release(size)
             return None
-        return producer.send_all(records)
+        future.add_done_callback(lambda f: self._settled(f, size))
+        return future
+
+    def _reserve(self, size: int) -> bool:
+        """Take ``size`` bytes of the in-flight budget, or refuse (nothing taken)."""
+        with self._inflight_lock:
+            if self._inflight + size > self.settings.collector.max_inflight_bytes:
+                return False
+            self._inflight += size
+            return True
 
     def _settled(self, future: cf.Future[Any], size: int) -> None:
         self._release(size)

@@ -41,17 +41,37 @@ from ray_app.model import ControlPolicy, ModelBundle, Policy, cold_start_bundle,
 
 __all__ = ["Arms", "DecideRequest", "Decider", "Decision"]
 
+#: A context value: what features read (flat fields, one level of nesting, short lists). The type
+#: is the limit, so that the OpenAPI document says exactly what is accepted and a request nested
+#: deeper is a 400 that names the field, not work for the replica.
+_Scalar = str | int | float | bool | None
+_ContextValue = _Scalar | list[_Scalar] | dict[str, _Scalar | list[_Scalar]]
+
 
 class DecideRequest(BaseModel):
     """``POST /v1/decide`` (or the query string of ``GET /v1/decide``)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        # the identity rule below, in the OpenAPI document too
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["userId"], "properties": {"userId": {"type": "string"}}},
+                {"required": ["anonymousId"], "properties": {"anonymousId": {"type": "string"}}},
+            ]
+        },
+    )
 
     user_id: str | None = Field(None, alias="userId", min_length=1, max_length=512)
     anonymous_id: str | None = Field(None, alias="anonymousId", min_length=1, max_length=512)
     slot: str = Field(min_length=1, max_length=128, description="Catalog slot to decide.")
-    context: dict[str, Any] = Field(
-        default_factory=dict, description="Request context (device, referrer, locale, ...)."
+    context: dict[str, _ContextValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Request context (device, referrer, locale, ...): at most 64 fields, each a "
+        "scalar, a list of scalars or an object of those (one level).",
     )
     candidates: list[str] | None = Field(
         None,

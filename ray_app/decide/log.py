@@ -1,14 +1,17 @@
 """The decision log: every answered decision, as one record in ``onramp.decisions``.
 
 A decision is handed to Kafka before its answer leaves the replica, but the answer does not wait
-for Kafka's acknowledgement (that round trip would double the latency of ``/v1/decide``). What
-keeps the log complete instead:
+for Kafka's acknowledgement (that round trip would double the latency of ``/v1/decide``), and the
+request never waits for the producer either: :meth:`DecisionLog.offer` only counts and queues, and
+one sender thread hands the records to the producer (which may block on metadata, a full buffer
+or a reconnect: never on the event loop that serves requests). What keeps the log complete:
 
 * the producer is idempotent with ``acks=all`` and retries on its own;
-* at most ``decide.log_max_pending`` records may wait for their acknowledgement; beyond that the
-  route answers 503 with Retry-After rather than serve decisions the log may not get;
-* on shutdown the replica flushes the producer before it exits (``close``);
-* every record that Kafka finally refuses is counted (``failed``) and logged with its id.
+* at most ``decide.log_max_pending`` records may be queued or await their acknowledgement; beyond
+  that the route answers 503 with Retry-After rather than serve decisions the log may not get;
+* on shutdown the replica drains the queue and flushes the producer before it exits (``close``);
+* every record that Kafka finally refuses, or that the producer would not take, is counted
+  (``failed``) and logged with its id.
 
 >>> from ray_app.kafka.client import InMemoryBroker, InMemoryProducer
 >>> broker = InMemoryBroker(partitions=2)
@@ -22,6 +25,7 @@ True
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,9 +38,12 @@ __all__ = ["DecisionLog"]
 
 log = logging.getLogger(__name__)
 
+_STOP = object()
+
 
 class DecisionLog:
-    """Sends decision records with a bound on the records awaiting acknowledgement."""
+    """Sends decision records from a background thread, with a bound on the records queued or
+    awaiting acknowledgement."""
 
     def __init__(
         self,
@@ -51,38 +58,47 @@ class DecisionLog:
         self._producer: Producer | None = None
         self._lock = threading.Lock()
         self._on_result = on_result
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
+        self._closed = False
         self.pending = 0
         self.acked = 0
         self.failed = 0
 
     def connect(self) -> None:
-        if self._producer is None:
-            self._producer = self._factory()
+        """Start the sender thread, which builds the producer first (so the first decision does
+        not pay for it)."""
+        with self._lock:
+            if self._sender is None and not self._closed:
+                self._sender = threading.Thread(
+                    target=self._run, name="onramp-decision-log", daemon=True
+                )
+                self._sender.start()
 
     def offer(self, records: Sequence[tuple[bytes, dict[str, Any]]]) -> bool:
-        """Queue (key, record) pairs; False (nothing queued) if that would pass the bound."""
+        """Queue (key, record) pairs; False (nothing queued) if that would pass the bound or the
+        log is closed. Never blocks on Kafka."""
         with self._lock:
-            if self.pending + len(records) > self.max_pending:
+            if self._closed or self.pending + len(records) > self.max_pending:
                 return False
             self.pending += len(records)
         self.connect()
-        assert self._producer is not None
-        for n, (key, record) in enumerate(records):
-            try:
-                self._producer.send(
-                    OutRecord(self.topic, orjson.dumps(record), key=key),
-                    self._done(record.get("decisionId")),
-                )
-            except Exception as exc:  # the queue refused it: count every unsent one as failed
-                unsent = len(records) - n
-                log.error("decision log: %d records not queued: %s", unsent, exc)
-                with self._lock:
-                    self.pending -= unsent
-                    self.failed += unsent
-                if self._on_result:
-                    self._on_result(0, unsent)
-                raise
+        for key, record in records:
+            self._queue.put((key, orjson.dumps(record), record.get("decisionId")))
         return True
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            key, value, decision_id = item
+            try:
+                if self._producer is None:
+                    self._producer = self._factory()
+                self._producer.send(OutRecord(self.topic, value, key=key), self._done(decision_id))
+            except Exception as exc:  # no producer, or it refused the record: counted, not lost
+                self._done(decision_id)(None, exc)
 
     def _done(self, decision_id: Any) -> Callable[[Delivered | None, BaseException | None], None]:
         def callback(delivered: Delivered | None, error: BaseException | None) -> None:
@@ -104,7 +120,13 @@ class DecisionLog:
             self._producer.flush(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Flush what is queued, then release the producer."""
+        """Send what is queued, flush the producer, then release it."""
+        with self._lock:
+            self._closed = True
+            sender, self._sender = self._sender, None
+        if sender is not None:
+            self._queue.put(_STOP)
+            sender.join(timeout_s)
         if self._producer is not None:
             self._producer.close(timeout_s)
             self._producer = None

@@ -103,15 +103,23 @@ def control_rollback_message(metadata: dict[str, Any], version: int, config: Lea
 
     >>> meta = {"control": {"treatment_rate": 0.3, "treatment_n": 400, "control_rate": 0.6,
     ...                     "control_n": 380, "z": -8.5, "threshold": 3.09},
-    ...         "rolled_back_to": "cold_start"}
+    ...         "rolled_back_to": "cold_start", "gamma": 10.0}
     >>> print(control_rollback_message(meta, 12, LearnerConfig()))  # doctest: +NORMALIZE_WHITESPACE
     ROLLBACK below the static flow: the treatment arm completed 0.300 of its last 400 rewards,
     the control arm 0.600 of 380 (z = -8.50 < -3.09). Published the cold_start model (no weights
-    beat control since the last rollback or the start) as version 12; exploration at 0.5 for the
-    next 1000 rewards; only decisions of version 12 and later count for treatment from now on.
+    beat control since the last rollback or the start) as version 12; exploration restarted
+    (squarecb gamma 10; epsilon 0.5 under epsilon_greedy) for the next 1000 rewards; only
+    decisions of version 12 and later count for treatment from now on.
     """
     c = metadata.get("control") or {}
     restored = str(metadata.get("rolled_back_to"))
+    gamma = metadata.get("gamma")
+    exploration = (
+        f"exploration restarted (squarecb gamma {gamma:g}; epsilon {config.boost_epsilon:g} under "
+        "epsilon_greedy)"
+        if isinstance(gamma, int | float)
+        else f"exploration at {config.boost_epsilon:g}"
+    )
     target = (
         f"the last weights that beat control ({restored})"
         if restored.startswith("version")
@@ -122,9 +130,8 @@ def control_rollback_message(metadata: dict[str, Any], version: int, config: Lea
         f"{c.get('treatment_rate') or 0.0:.3f} of its last {c.get('treatment_n', 0)} rewards, "
         f"the control arm {c.get('control_rate') or 0.0:.3f} of {c.get('control_n', 0)} "
         f"(z = {c.get('z') or 0.0:.2f} < -{c.get('threshold', 0.0):g}). Published {target} as "
-        f"version {version}; exploration at {config.boost_epsilon:g} for the next "
-        f"{config.boost_rewards} rewards; only decisions of version {version} and later count "
-        f"for treatment from now on."
+        f"version {version}; {exploration} for the next {config.boost_rewards} rewards; only "
+        f"decisions of version {version} and later count for treatment from now on."
     )
 
 

@@ -8,6 +8,9 @@ export interface OnrampOptions {
   /** The source's write key (public: it can only send events). */
   writeKey: string;
   /** A key that /v1/decide accepts (Authorization: Bearer). Without it decide() answers the fallback. */
+  /** A `collector.decide_keys` value: lets `decide()` ask for decisions, reads no profile. */
+  decideKey?: string;
+  /** @deprecated use `decideKey` (an old read key still works for `/v1/decide`). */
   readKey?: string;
   /** Send as soon as this many events wait (default 20; also the largest batch). */
   flushAt?: number;
@@ -76,7 +79,7 @@ export interface Decision {
   ranked: RankedAction[];
   /** True when `chosen` is the caller's fallback. */
   fallback: boolean;
-  /** Why the fallback: "timeout", "network", "http_<status>", "no_read_key", "nothing_eligible". */
+  /** Why the fallback: "timeout", "network", "http_<status>", "no_decide_key", "nothing_eligible". */
   reason: string | null;
   status: number | null;
   propensity?: number | null;

@@ -18,7 +18,8 @@ const VERSION = '0.1.0';
 const DEFAULTS = {
   host: '',
   writeKey: '',
-  readKey: '',
+  decideKey: '',
+  readKey: '', // deprecated alias of decideKey (before keys had scopes)
   flushAt: 20,
   flushIntervalMs: 1000,
   maxQueueSize: 1000,
@@ -354,7 +355,8 @@ function createClient(options = {}) {
       emit('decision', out);
       return out;
     };
-    if (!o.readKey) return fall('no_read_key');
+    const decideKey = o.decideKey || o.readKey;
+    if (!decideKey) return fall('no_decide_key');
     const payload = { slot };
     if (userId) payload.userId = userId;
     else payload.anonymousId = anonymousId;
@@ -366,7 +368,7 @@ function createClient(options = {}) {
     const request = (async () => {
       const res = await fetchFn(`${host}/v1/decide`, {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${o.readKey}` },
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${decideKey}` },
         body: JSON.stringify(payload),
         signal: ctrl ? ctrl.signal : undefined,
       });

@@ -16,6 +16,7 @@ from tests.conftest import WRITE_KEY, deploy, make_settings
 pytestmark = pytest.mark.integration
 
 READ = {"authorization": "Bearer onramp-demo-read-key"}
+DECIDE = {"authorization": "Bearer onramp-demo-decide-key"}
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +153,30 @@ def test_bad_requests_get_precise_4xx(collector, body, status, error, field):
     assert r.json()["message"]
 
 
-def test_a_read_key_is_required(collector):
+def test_a_decide_or_read_key_is_required(collector):
     url = f"{collector.base_url}/v1/decide"
-    assert httpx.post(url, json={"user_id": "u", "slot": "next_step"}).status_code == 401
+    ask = {"user_id": "u", "slot": "next_step"}
+    assert httpx.post(url, json=ask).status_code == 401
     bad = {"authorization": "Bearer nope"}
-    assert (
-        httpx.get(url, params={"user_id": "u", "slot": "next_step"}, headers=bad).status_code == 401
-    )
+    assert httpx.get(url, params=ask, headers=bad).status_code == 401
+    write = {"authorization": "Bearer test-write-key"}  # a write key only sends events
+    assert httpx.post(url, json=ask, headers=write).status_code == 401
+    assert httpx.post(url, json=ask, headers=DECIDE).status_code == 200
+    assert httpx.post(url, json=ask, headers=READ).status_code == 200
+
+
+def test_scopes_a_browser_key_reads_no_profile_and_no_health_details(collector):
+    base = collector.base_url
+    # the decide key ships in pages: it must not read traits or CRM data
+    assert httpx.get(f"{base}/v1/profiles/u", headers=DECIDE).status_code == 401
+    assert httpx.get(f"{base}/v1/profiles/u", auth=("test-write-key", "")).status_code == 401
+    # /healthz: up or down for anybody, the details (the experiment salt decides arms) for
+    # a read key only
+    public = httpx.get(f"{base}/healthz")
+    assert public.status_code == 200 and public.json() == {"status": "ok"}
+    assert httpx.get(f"{base}/healthz", headers=DECIDE).json() == {"status": "ok"}
+    detailed = httpx.get(f"{base}/healthz", headers=READ).json()
+    assert detailed["status"] == "ok" and "salt" in str(detailed["experiment"])
 
 
 def test_every_answered_decision_is_in_the_log(collector, read_topic):
@@ -267,7 +285,7 @@ def test_hot_swap_under_load_fails_no_request(broker, serve_port, tmp_path):
 
     try:
         asyncio.run(run())
-        health = httpx.get(f"{app.base_url}/healthz", timeout=10).json()
+        health = httpx.get(f"{app.base_url}/healthz", headers=READ, timeout=10).json()
     finally:
         serve.delete("decide-swap")
     assert not failures, failures[:5]

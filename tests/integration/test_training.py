@@ -112,7 +112,7 @@ def test_trained_model_is_promoted_and_served_without_restart(
                     break
                 time.sleep(0.2)
             assert after["modelVersion"] == version, after
-            assert http.get("/healthz").json()["models"]["treatment"] == version
+            assert http.get("/healthz", headers=READ).json()["models"]["treatment"] == version
     finally:
         serve.delete("train-serve")
     registry = ModelRegistry.from_settings(settings)

@@ -69,14 +69,15 @@ def test_setup_installs_onramp_and_start_commands_load_the_environment(config):
         assert start and all(". ~/onramp.env" in c for c in start), key
     # the environment file's example lines are real Onramp settings
     header = CLUSTER.read_text().split("cluster_name:")[0]
-    env = dict(
-        line.removeprefix("#   ").split("=", 1)
+    env = dict(  # as `set -a; . ~/onramp.env` reads it: shell words
+        shlex.split(line.removeprefix("#   "))[0].split("=", 1)
         for line in header.splitlines()
         if re.match(r"#   ONRAMP_[A-Z_]+=", line)
     )
     assert "ONRAMP_KAFKA__BOOTSTRAP_SERVERS" in env and "ONRAMP_STREAM__CHECKPOINT_URI" in env
     settings = load_settings(env=env)
     assert settings.kafka.bootstrap_servers.startswith("b-1.")
+    assert set(settings.collector.decide_keys) == {"web"}
     for c in config["setup_commands"]:
         shlex.split(c)  # each command is valid shell quoting
 

@@ -70,13 +70,13 @@ def test_kafka_not_acknowledging_gives_503_with_retry_after_and_counts_nothing_a
 
 def test_memory_bound_turns_requests_away_with_503():
     c, broker, hooks = make(
-        ONRAMP_KAFKA__ACK_TIMEOUT_S="0.1", ONRAMP_COLLECTOR__MAX_INFLIGHT_BYTES="2000"
+        ONRAMP_KAFKA__ACK_TIMEOUT_S="0.1", ONRAMP_COLLECTOR__MAX_INFLIGHT_BYTES="10000"
     )
     broker.available = False
     first = run(c.handle("batch", body(*[GOOD] * 5), AUTH))
     assert first.status == 503
     held = c.inflight_bytes
-    assert 0 < held <= 2000
+    assert 0 < held <= 10000
     second = run(c.handle("batch", body(*[GOOD] * 20), AUTH))
     assert second.status == 503 and c.inflight_bytes == held  # not admitted: nothing queued
     assert b'cause="backpressure"' in hooks.prometheus_text()
@@ -131,3 +131,54 @@ def test_cors(origin, allowed):
 def test_wildcard_cors():
     c, _, _ = make(ONRAMP_COLLECTOR__CORS_ORIGINS='["*"]')
     assert c.cors_headers("https://any.example")["Access-Control-Allow-Origin"] == "*"
+
+
+def test_the_budget_is_taken_while_records_are_built_and_given_back_at_once_when_refused():
+    c, broker, hooks = make(ONRAMP_COLLECTOR__MAX_INFLIGHT_BYTES="3000")
+    big = [dict(GOOD, messageId=f"m{i}", properties={"pad": "p" * 200}) for i in range(40)]
+    reply = run(c.handle("batch", body(*big), AUTH))
+    assert reply.status == 503 and reply.headers["Retry-After"] == "5"
+    assert c.inflight_bytes == 0  # what was reserved before the refusal is released
+    assert not broker.topics  # nothing of a refused request reaches Kafka
+    assert b'cause="backpressure"' in hooks.prometheus_text()
+    assert run(c.handle("batch", body(GOOD), AUTH)).status == 200
+    assert c.inflight_bytes == 0
+
+
+def test_a_request_cancelled_while_waiting_for_kafka_gives_its_bytes_back():
+    c, broker, _ = make(ONRAMP_KAFKA__ACK_TIMEOUT_S="30")
+    broker.available = False  # Kafka never acknowledges while the client waits
+
+    async def cancelled() -> None:
+        task = asyncio.create_task(c.handle("batch", body(GOOD, GOOD), AUTH))
+        await asyncio.sleep(0.2)
+        assert c.inflight_bytes > 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancelled())
+    assert c.inflight_bytes > 0  # Kafka still owes the records: still counted
+    broker.recover()  # they settle: the bytes come back even though nobody awaits them
+    assert c.inflight_bytes == 0
+
+
+def test_a_request_cancelled_before_the_send_thread_runs_gives_its_bytes_back():
+    import threading
+
+    c, broker, _ = make()
+    gate = threading.Event()
+    c._sender.submit(gate.wait, 5)  # the send thread is busy: the next job waits in its queue
+
+    async def cancelled() -> None:
+        task = asyncio.create_task(c.handle("batch", body(GOOD), AUTH))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancelled())
+    gate.set()
+    c._sender.submit(lambda: None).result(5)  # the queued send ran (and was settled)
+    assert c.inflight_bytes == 0
+    assert len(broker.records("onramp.events")) == 1  # sent anyway: a retry dedupes on messageId

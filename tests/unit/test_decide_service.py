@@ -2,6 +2,8 @@
 each request on its own, and the decision log never takes more than its bound."""
 
 import datetime as dt
+import threading
+import time
 
 import pytest
 from pydantic import ValidationError
@@ -82,7 +84,47 @@ def test_the_log_refuses_past_its_bound_and_counts_failures():
     assert not log.offer([(b"u", {"decisionId": "4"})])  # would pass the bound
     assert log.stats() == {"pending": 3, "acked": 0, "failed": 0}
     broker.recover()
-    assert log.stats() == {"pending": 0, "acked": 3, "failed": 0}
+    _until(lambda: log.stats() == {"pending": 0, "acked": 3, "failed": 0})
     assert log.offer([(b"u", {"decisionId": "5"})])
     log.close()
     assert len(broker.records("d")) == 4
+    assert not log.offer([(b"u", {"decisionId": "6"})])  # closed: refused, not lost
+
+
+def _until(check, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_offering_a_decision_never_waits_for_the_producer():
+    # a producer that takes 2 s to build (metadata, a reconnect): the request path must not wait
+    broker = InMemoryBroker(partitions=1)
+    release = threading.Event()
+
+    def slow_factory():
+        release.wait(5)
+        return InMemoryProducer(broker)
+
+    log = DecisionLog(slow_factory, "d", max_pending=10)
+    started = time.perf_counter()
+    assert log.offer([(b"u", {"decisionId": "1"})])
+    assert time.perf_counter() - started < 0.5
+    assert log.stats()["pending"] == 1
+    release.set()
+    _until(lambda: log.stats()["acked"] == 1)
+    log.close()
+
+
+def test_a_producer_that_cannot_be_built_counts_failures_and_frees_the_bound():
+    def broken():
+        raise ConnectionError("no broker")
+
+    results = []
+    log = DecisionLog(broken, "d", max_pending=2, on_result=lambda ok, bad: results.append(bad))
+    assert log.offer([(b"u", {"decisionId": "1"}), (b"u", {"decisionId": "2"})])
+    _until(lambda: log.stats() == {"pending": 0, "acked": 0, "failed": 2})
+    assert sum(results) == 2
+    assert log.offer([(b"u", {"decisionId": "3"})])  # the bound was given back
+    log.close()

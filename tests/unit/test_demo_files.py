@@ -28,3 +28,13 @@ def test_only_keys_named_demo_reach_the_page():
     assert demo.demo_config(production) is None
     no_read = Settings(collector={"write_keys": {"demo": "w"}, "read_keys": {"ops": "r-secret"}})
     assert demo.demo_config(no_read)["readKey"] is None
+
+
+def test_the_demo_exists_only_where_nobody_else_can_reach_it():
+    assert demo.demo_config(Settings())["decideKey"] == "onramp-demo-decide-key"
+    reachable = Settings(collector={"host": "0.0.0.0"})
+    assert not demo.demo_enabled(reachable) and demo.demo_config(reachable) is None
+    remote_kafka = Settings(kafka={"bootstrap_servers": "kafka.internal:9092"})
+    assert demo.demo_config(remote_kafka) is None
+    # a broker on loopback given explicitly (a test broker) is as private as the embedded one
+    assert demo.demo_enabled(Settings(kafka={"bootstrap_servers": "127.0.0.1:9092,[::1]:9093"}))

@@ -84,7 +84,7 @@ export function client(over = {}) {
   const c = createClient({
     host: 'http://onramp.test',
     writeKey: 'wk',
-    readKey: 'rk',
+    decideKey: 'rk',
     storage,
     fetch: net.fetch,
     now: timers.now,

@@ -247,8 +247,11 @@ test('decide: errors and a missing read key give the fallback, never a rejection
   assert.deepEqual([d.chosen, d.reason], ['role', 'http_422']);
   const down = client({ answer: () => { throw new TypeError('down'); } });
   assert.equal((await down.c.decide('x', { fallback: 'y' })).reason, 'network');
-  const nokey = client({ options: { readKey: '' } });
-  assert.equal((await nokey.c.decide('x', { fallback: 'y' })).reason, 'no_read_key');
+  const nokey = client({ options: { decideKey: '' } });
+  assert.equal((await nokey.c.decide('x', { fallback: 'y' })).reason, 'no_decide_key');
+  // the pre-scope option name still works
+  const legacy = client({ options: { decideKey: '', readKey: 'old' } });
+  assert.notEqual((await legacy.c.decide('x', { fallback: 'y' })).reason, 'no_decide_key');
 });
 
 test('the IIFE build is up to date and exposes window.Onramp', () => {
