@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from ray import serve
 
 from deployments.demo import demo_config, demo_enabled, demo_file
@@ -35,7 +34,14 @@ from ray_app.catalog import DecisionRequestError
 from ray_app.collect import Collector, Reply, kafka_producer_factory
 from ray_app.collect.parse import iso_ms, key_owner, write_key_from_header
 from ray_app.config import Settings
-from ray_app.decide import Decider, DecideRequest, Decision
+from ray_app.decide import (
+    MAX_DECIDE_BYTES,
+    Decider,
+    DecideRefused,
+    DecideRequest,
+    Decision,
+    parse_decide,
+)
 from ray_app.decide.log import DecisionLog
 from ray_app.enrich import CrmTable
 from ray_app.kafka.client import make_producer
@@ -166,9 +172,6 @@ _DECIDE_STATUSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "The decision log is not keeping up; retry after Retry-After."},
 }
 
-
-#: Largest ``POST /v1/decide`` body: a decision request is a few hundred bytes.
-MAX_DECIDE_BYTES = 64 * 1024
 
 _DECIDE_QUERY = [
     {"name": name, "in": "query", "required": required, "schema": schema, "description": text}
@@ -478,16 +481,7 @@ class CollectorIngress:
         if not self._key_ok(request.headers.get("authorization"), self._decide_keys):
             return self._unauthorized(origin)
         raw = await self._read_body(request, MAX_DECIDE_BYTES)
-        if len(raw) > MAX_DECIDE_BYTES:
-            body = _bad("body_too_large", None, f"the limit is {MAX_DECIDE_BYTES} bytes")
-            return self._json(413, body, origin)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return self._json(400, _bad("invalid_json", None, str(exc)), origin)
-        if not isinstance(data, dict):
-            return self._json(400, _bad("not_an_object", None, "send a JSON object"), origin)
-        return await self._decide(data, origin, request.headers.get(TRACEPARENT))
+        return await self._decide(parse_decide(raw), origin, request.headers.get(TRACEPARENT))
 
     @api.get(
         "/v1/decide",
@@ -511,19 +505,18 @@ class CollectorIngress:
                 data[key] = value
         if context:
             data["context"] = context
-        return await self._decide(data, origin, request.headers.get(TRACEPARENT))
+        return await self._decide(parse_decide(data), origin, request.headers.get(TRACEPARENT))
 
     async def _decide(
-        self, data: dict[str, Any], origin: str | None, traceparent: str | None = None
+        self,
+        req: DecideRequest | DecideRefused,
+        origin: str | None,
+        traceparent: str | None = None,
     ) -> Response:
         started = time.perf_counter()
         started_ns = now_ns() if self.tracing.enabled else None
-        try:
-            req = DecideRequest.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or None
-            return self._json(400, _bad("invalid_request", where, err["msg"]), origin)
+        if isinstance(req, DecideRefused):
+            return self._json(req.status, req.body(), origin)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((req, future))
         if not self._batch_running:

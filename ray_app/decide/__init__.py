@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ray_app.catalog import Catalog, DecisionRequestError, load_catalog
 from ray_app.config import DecideSettings, Settings
@@ -39,7 +40,18 @@ from ray_app.experiments import CONTROL, HOLDOUT, Experiment
 from ray_app.features import FeatureSchema
 from ray_app.model import ControlPolicy, ModelBundle, Policy, cold_start_bundle, score_batch
 
-__all__ = ["Arms", "DecideRequest", "Decider", "Decision"]
+__all__ = [
+    "MAX_DECIDE_BYTES",
+    "Arms",
+    "DecideRefused",
+    "DecideRequest",
+    "Decider",
+    "Decision",
+    "parse_decide",
+]
+
+#: Largest ``POST /v1/decide`` body: a decision request is a few hundred bytes.
+MAX_DECIDE_BYTES = 64 * 1024
 
 #: A context value: what features read (flat fields, one level of nesting, short lists). The type
 #: is the limit, so that the OpenAPI document says exactly what is accepted and a request nested
@@ -97,6 +109,60 @@ class DecideRequest(BaseModel):
     def user_key(self) -> str:
         """The key events of this user are partitioned by (as the collector keys them)."""
         return self.user_id or self.anonymous_id or ""
+
+
+_CONTEXT_SHAPE = "a context value is a scalar, a list of scalars or an object of those (one level)"
+
+
+@dataclass(frozen=True)
+class DecideRefused:
+    """Why a ``/v1/decide`` request cannot be read: the HTTP status and the error body."""
+
+    status: int
+    error: str
+    field: str | None
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "field": self.field, "message": self.message}
+
+
+def parse_decide(body: bytes | Mapping[str, Any]) -> DecideRequest | DecideRefused:
+    """A ``POST`` body (bytes) or a query string's fields (a mapping) -> the request, or why not.
+    Never raises: any input is a request or a 4xx with the field named.
+
+    >>> parse_decide(b'{"userId": "u1", "slot": "next_step"}').user_key
+    'u1'
+    >>> parse_decide(b'[1]')
+    DecideRefused(status=400, error='not_an_object', field=None, message='send a JSON object')
+    >>> parse_decide(b'{"userId": "u1", "slot": "s", "context": {"a": {"b": {"c": 1}}}}')
+    ... # doctest: +NORMALIZE_WHITESPACE
+    DecideRefused(status=400, error='invalid_request', field='context.a', message='a context value
+    is a scalar, a list of scalars or an object of those (one level)')
+    """
+    data: Any = body
+    if isinstance(body, bytes | bytearray | memoryview):
+        if len(body) > MAX_DECIDE_BYTES:
+            return DecideRefused(
+                413, "body_too_large", None, f"the limit is {MAX_DECIDE_BYTES} bytes"
+            )
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return DecideRefused(400, "invalid_json", None, str(exc))
+    if not isinstance(data, Mapping):
+        return DecideRefused(400, "not_an_object", None, "send a JSON object")
+    try:
+        return DecideRequest.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        loc = err["loc"]
+        if len(loc) >= 2 and loc[0] == "context" and err["type"] != "too_long":
+            return DecideRefused(400, "invalid_request", f"context.{loc[1]}", _CONTEXT_SHAPE)
+        where = ".".join(str(p) for p in loc) or None
+        return DecideRefused(400, "invalid_request", where, str(err["msg"])[:512])
+    except Exception as exc:  # last resort: no body may become a 500
+        return DecideRefused(400, "invalid_request", None, f"{type(exc).__name__}: {exc}"[:512])
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""``/v1/decide``'s request parsing never raises: any body is a request or a 4xx naming the field."""
+
+import json
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ray_app.decide import MAX_DECIDE_BYTES, DecideRefused, DecideRequest, parse_decide
+
+TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=40)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT
+    | st.sampled_from(["\ud800", "next_step", "", "x" * 600])
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=30,
+)
+FIELDS = st.sampled_from(
+    ["userId", "user_id", "anonymousId", "anonymous_id", "slot", "context", "candidates",
+     "decisionId", "decision_id", "extra"]
+)  # fmt: skip
+BODIES = st.dictionaries(FIELDS, JSON, max_size=6) | JSON
+
+
+def _encode(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def _check(result: object) -> None:
+    if isinstance(result, DecideRefused):
+        assert 400 <= result.status < 500
+        orjson.dumps(result.body())  # the answer itself always encodes
+    else:
+        assert isinstance(result, DecideRequest)
+        assert result.user_key
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(BODIES)
+def test_any_json_body_is_a_request_or_a_4xx(value):
+    _check(parse_decide(_encode(value)))
+    if isinstance(value, dict):
+        _check(parse_decide(value))  # the query-string form hands over a mapping
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=400))
+def test_any_bytes_are_a_request_or_a_4xx(raw):
+    _check(parse_decide(raw))
+
+
+def test_the_measured_cases_are_4xx():
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    cases = [
+        b'{"userId": "u", "slot": "next_step", "context": ' + deep + b"}",
+        b"[" * 3000 + b"]" * 3000,
+        b'{"userId": "\\ud800", "slot": "next_step"}',
+        b'{"userId": "u", "slot": "next_step", "context": {"n": ' + b"9" * 5000 + b"}}",
+        b"x" * (MAX_DECIDE_BYTES + 1),
+        b'{"slot": "next_step"}',
+        b'{"userId": "u", "slot": "next_step", "context": {"a": {"b": {"c": 1}}}}',
+    ]
+    statuses = [parse_decide(c).status for c in cases]  # type: ignore[union-attr]
+    assert statuses == [400, 400, 400, 400, 413, 400, 400]
+    refused = parse_decide(cases[-1])
+    assert isinstance(refused, DecideRefused) and refused.field == "context.a"
