@@ -7,7 +7,11 @@ Arguments (``args`` in a Serve config, or keyword arguments from ``onramp up``):
   settings (``serve deploy``: ``args.settings`` in the Serve config) applied over ``config`` and
   the environment, checked like any settings (unknown keys are an error that names them);
 * ``config``: path of an Onramp YAML settings file (``serve deploy``); the environment applies too;
-* ``bootstrap``: Kafka bootstrap servers; defaults to ``kafka.bootstrap_servers``.
+* ``bootstrap``: Kafka bootstrap servers; defaults to ``kafka.bootstrap_servers``;
+* ``http_host``: the address Serve's HTTP proxy binds, given by ``onramp up`` (which starts
+  Serve itself). Without it (``serve deploy``) Onramp counts as reachable from other machines:
+  the shipped demo keys are refused and ``/demo/`` is not served
+  (:func:`ray_app.config.require_safe_keys`).
 
 :func:`build_stream_app` (same arguments) builds the stream supervision application: the stream
 workers and the online learner, which ``onramp up`` starts without Serve
@@ -27,7 +31,10 @@ from ray_app.errors import ConfigError
 __all__ = ["ARGS", "build_app", "build_stream_app"]
 
 #: The arguments both builders accept.
-ARGS = ("settings", "config", "bootstrap")
+ARGS = ("settings", "config", "bootstrap", "http_host")
+
+#: What counts as the HTTP bind address when the caller does not say: reachable.
+_ANY_HOST = "0.0.0.0"
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -38,6 +45,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     if not isinstance(settings, Settings):
         raise ConfigError("build_app: 'settings' must be an onramp Settings object")
     bootstrap = args.pop("bootstrap", None) or settings.kafka.bootstrap_servers
+    http_host = args.pop("http_host", None) or _ANY_HOST
     if args:
         raise ConfigError(f"build_app: unknown arguments {sorted(args)}", arguments=sorted(args))
     if not bootstrap:
@@ -45,7 +53,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             "no Kafka to write to: set kafka.bootstrap_servers (ONRAMP_KAFKA__BOOTSTRAP_SERVERS) "
             "or start Onramp with `onramp up`, which runs the embedded broker"
         )
-    require_safe_keys(settings, bootstrap)
+    require_safe_keys(settings, bootstrap, http_host)
     d = settings.decide
     return CollectorIngress.options(
         autoscaling_config={
@@ -55,7 +63,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             "target_ongoing_requests": d.target_ongoing_requests,
         },
         ray_actor_options={"num_cpus": 0.25},
-    ).bind(settings, bootstrap)
+    ).bind(settings, bootstrap, http_host)
 
 
 def _settings_from(config: str | None, overrides: dict[str, Any] | None) -> Settings:
@@ -88,6 +96,7 @@ def build_stream_app(args: dict[str, Any] | None = None) -> Application:
     if settings is None or isinstance(settings, dict):
         settings = _settings_from(args.pop("config", None), settings)
     bootstrap = args.pop("bootstrap", None) or settings.kafka.bootstrap_servers
+    http_host = args.pop("http_host", None) or _ANY_HOST
     if args:
         raise ConfigError(
             f"build_stream_app: unknown arguments {sorted(args)}", arguments=sorted(args)
@@ -96,6 +105,8 @@ def build_stream_app(args: dict[str, Any] | None = None) -> Application:
         raise ConfigError(
             "no Kafka to read: set kafka.bootstrap_servers (ONRAMP_KAFKA__BOOTSTRAP_SERVERS)"
         )
+    # the same keys serve the collector app beside it; above all, one checkpoint key
+    require_safe_keys(settings, bootstrap, http_host)
     return StreamSupervision.options(user_config={"workers": settings.stream.workers}).bind(
         settings, bootstrap
     )

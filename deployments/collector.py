@@ -214,10 +214,11 @@ def _decision_producer(settings: Settings, bootstrap: str) -> Any:
 class CollectorIngress:
     """One replica: a Collector with its own idempotent producer."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, http_host: str = "0.0.0.0") -> None:
         logging.basicConfig(level=logging.INFO)
         self.settings = settings
         self.bootstrap = bootstrap
+        self._http_host = http_host
         self.hooks = OtelHooks.from_settings(settings.telemetry)
         self.tracing = make_tracing(settings.telemetry, "collector")
         self.collector = Collector(
@@ -232,7 +233,7 @@ class CollectorIngress:
             **{f"decide:{n}": k.get_secret_value() for n, k in c.decide_keys.items()},
             **{f"read:{n}": k.get_secret_value() for n, k in c.read_keys.items()},
         }
-        self._demo = demo_enabled(settings, bootstrap)
+        self._demo = demo_enabled(settings, bootstrap, http_host)
         self.profiles = ProfileReader(settings.ray.namespace)
         self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s)
         # decisions
@@ -684,7 +685,7 @@ class CollectorIngress:
     async def demo_settings(self) -> Response:
         if not self._demo:
             return self._no_demo()
-        config = demo_config(self.settings, self.bootstrap)
+        config = demo_config(self.settings, self.bootstrap, self._http_host)
         if config is None:
             body = {
                 "error": "demo_disabled",

@@ -55,16 +55,20 @@ def demo_file(name: str) -> tuple[bytes, str] | None:
         return None
 
 
-def demo_enabled(settings: Settings, bootstrap: str | None = None) -> bool:
+def demo_enabled(
+    settings: Settings, bootstrap: str | None = None, http_host: str | None = None
+) -> bool:
     """Whether ``/demo/`` is served: only by an Onramp nobody else can reach."""
-    return local_only(settings, bootstrap)
+    return local_only(settings, bootstrap, http_host)
 
 
-def demo_config(settings: Settings, bootstrap: str | None = None) -> dict[str, Any] | None:
+def demo_config(
+    settings: Settings, bootstrap: str | None = None, http_host: str | None = None
+) -> dict[str, Any] | None:
     """What the demo page needs, or None when the demo is off or there is no write key named
     ``demo``."""
     write = settings.collector.write_keys.get(DEMO_KEY_NAME)
-    if write is None or not demo_enabled(settings, bootstrap):
+    if write is None or not demo_enabled(settings, bootstrap, http_host):
         return None
     decide = settings.collector.decide_keys.get(DEMO_KEY_NAME)
     read = settings.collector.read_keys.get(DEMO_KEY_NAME)

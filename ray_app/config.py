@@ -48,6 +48,9 @@ __all__ = [
 
 ENV_PREFIX = "ONRAMP_"
 
+#: Shortest key a reachable Onramp accepts.
+MIN_KEY_CHARS = 16
+
 #: The keys Onramp ships with, by scope. Accepted only when Onramp is reachable from this machine
 #: alone (see :func:`key_exposure`).
 DEMO_KEYS: dict[str, str] = {
@@ -772,10 +775,13 @@ def _bootstrap_hosts(bootstrap: str) -> list[str]:
     return hosts
 
 
-def local_only(settings: Settings, bootstrap: str | None = None) -> bool:
+def local_only(
+    settings: Settings, bootstrap: str | None = None, http_host: str | None = None
+) -> bool:
     """True when Onramp can be reached from this machine alone: the HTTP ingress binds a
-    loopback address and Kafka is the embedded broker or another one on loopback. Only then are
-    the shipped demo keys accepted and ``/demo/`` served.
+    loopback address (``http_host``, the address Serve's proxy really binds; default
+    ``collector.host``, which ``onramp up`` binds) and Kafka is the embedded broker or another one
+    on loopback. Only then are the shipped demo keys accepted and ``/demo/`` served.
 
     >>> local_only(Settings())
     True
@@ -784,7 +790,7 @@ def local_only(settings: Settings, bootstrap: str | None = None) -> bool:
     >>> local_only(Settings(kafka={"bootstrap_servers": "kafka-1.prod:9092"}))
     False
     """
-    if not _is_loopback(settings.collector.host):
+    if not _is_loopback(settings.collector.host if http_host is None else http_host):
         return False
     servers = bootstrap if bootstrap is not None else settings.kafka.bootstrap_servers
     if not servers:
@@ -792,7 +798,9 @@ def local_only(settings: Settings, bootstrap: str | None = None) -> bool:
     return all(_is_loopback(h) for h in _bootstrap_hosts(servers))
 
 
-def key_exposure(settings: Settings, bootstrap: str | None = None) -> list[str]:
+def key_exposure(
+    settings: Settings, bootstrap: str | None = None, http_host: str | None = None
+) -> list[str]:
     """Why these keys must not serve a reachable Onramp (empty: fine). Onramp refuses to start
     with any of these problems unless :func:`local_only`.
 
@@ -801,17 +809,25 @@ def key_exposure(settings: Settings, bootstrap: str | None = None) -> list[str]:
     >>> key_exposure(Settings(collector={"host": "0.0.0.0"}))[0]
     'collector.write_keys.demo is the shipped demo key: set your own (or remove it)'
     """
-    if local_only(settings, bootstrap):
+    if local_only(settings, bootstrap, http_host):
         return []
     problems = []
     c = settings.collector
+    public: dict[str, str] = {}  # secret -> the write/decide key holding it (browsers see those)
     for scope, keys in (("write", c.write_keys), ("decide", c.decide_keys), ("read", c.read_keys)):
         for name, key in keys.items():
-            if key.get_secret_value() in DEMO_KEYS.values():
+            secret = key.get_secret_value()
+            where = f"collector.{scope}_keys.{name}"
+            if secret in DEMO_KEYS.values():
+                problems.append(f"{where} is the shipped demo key: set your own (or remove it)")
+            elif len(secret) < MIN_KEY_CHARS:
+                problems.append(f"{where} is shorter than {MIN_KEY_CHARS} characters")
+            elif scope == "read" and secret in public:
                 problems.append(
-                    f"collector.{scope}_keys.{name} is the shipped demo key: set your own "
-                    "(or remove it)"
+                    f"{where} is also {public[secret]}: a browser would hold read scope"
                 )
+            if scope != "read":
+                public.setdefault(secret, where)
     if not c.write_keys:
         problems.append("collector.write_keys is empty: no source could send events")
     if settings.stream.checkpoint_key is None:
@@ -822,15 +838,18 @@ def key_exposure(settings: Settings, bootstrap: str | None = None) -> list[str]:
     return problems
 
 
-def require_safe_keys(settings: Settings, bootstrap: str | None = None) -> None:
+def require_safe_keys(
+    settings: Settings, bootstrap: str | None = None, http_host: str | None = None
+) -> None:
     """Raise :class:`ConfigError` when :func:`key_exposure` finds a problem: a reachable Onramp
     never runs with keys anybody can read in this repository."""
-    problems = key_exposure(settings, bootstrap)
+    problems = key_exposure(settings, bootstrap, http_host)
     if problems:
         raise ConfigError(
             "refusing to start a reachable Onramp with these keys: "
             + "; ".join(problems)
             + ". The shipped demo keys are accepted only when the HTTP ingress (collector.host) "
-            "and Kafka are on loopback. See the README's Security section.",
+            "and Kafka are on loopback (under `serve deploy`, never: Serve's proxy binds "
+            "http_options.host). See the README's Security section.",
             problems=problems,
         )

@@ -202,7 +202,9 @@ class Stack:
         serve.start(http_options={"host": s.collector.host, "port": s.collector.port})
         build = _import_attr(APP_IMPORT_PATH)
         serve.run(
-            build({"settings": s, "bootstrap": self.bootstrap}), name=APP_NAME, route_prefix="/"
+            build({"settings": s, "bootstrap": self.bootstrap, "http_host": s.collector.host}),
+            name=APP_NAME,
+            route_prefix="/",
         )
         self._wait_healthy()
         return self

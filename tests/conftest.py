@@ -17,7 +17,7 @@ from ray_app.config import Settings, load_settings
 from ray_app.kafka import EmbeddedBroker, ensure_topics, make_consumer
 from ray_app.kafka.broker import free_port
 
-WRITE_KEY = "test-write-key"
+WRITE_KEY = "test-write-key-0123456789"
 CRM_PATH = Path(tempfile.gettempdir()) / f"onramp-test-crm-{os.getpid()}.csv"
 STATE_DIR = Path(tempfile.gettempdir()) / f"onramp-test-state-{os.getpid()}"
 PARTITIONS = 4
@@ -88,7 +88,10 @@ def deploy(name: str, prefix: str, settings: Settings, port: int) -> ServeApp:
 
     from deployments.app import build_app
 
-    serve.run(build_app({"settings": settings}), name=name, route_prefix=prefix)
+    # Serve's proxy binds loopback here (serve_port): the demo keys are fine
+    serve.run(
+        build_app({"settings": settings, "http_host": "127.0.0.1"}), name=name, route_prefix=prefix
+    )
     base = f"http://127.0.0.1:{port}{prefix.rstrip('/')}"
     import httpx
 

@@ -197,9 +197,13 @@ class Collector:
         """:meth:`_write` inside a producer span whose ``traceparent`` every record carries."""
         if not parsed.events and not parsed.dlq:
             return await self._write(parsed, request_id)
-        produce, headers = self.tracing.produce_span(
-            span, self.topics.events, len(parsed.events) + len(parsed.dlq)
-        )
+        try:
+            produce, headers = self.tracing.produce_span(
+                span, self.topics.events, len(parsed.events) + len(parsed.dlq)
+            )
+        except BaseException:  # the budget is still this request's: give it back
+            self._release(parsed.reserved)
+            raise
         status: int | None = 500
         try:
             reply = await self._write(parsed, request_id, headers)

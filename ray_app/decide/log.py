@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,10 +41,15 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 
+#: After the producer cannot be built, records fail at once for this long (no connect attempt per
+#: record while Kafka is down); then the next record tries again.
+_RETRY_AFTER_S = 1.0
+
 
 class DecisionLog:
     """Sends decision records from a background thread, with a bound on the records queued or
-    awaiting acknowledgement."""
+    awaiting acknowledgement. The sender thread owns the producer: it builds it, sends with it
+    and closes it, so nothing else touches it concurrently."""
 
     def __init__(
         self,
@@ -61,44 +67,69 @@ class DecisionLog:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         self._closed = False
+        self._down_until = 0.0
+        self._close_timeout_s = 10.0
         self.pending = 0
         self.acked = 0
         self.failed = 0
 
     def connect(self) -> None:
-        """Start the sender thread, which builds the producer first (so the first decision does
-        not pay for it)."""
+        """Start the sender thread (which builds the producer with the first record)."""
         with self._lock:
-            if self._sender is None and not self._closed:
-                self._sender = threading.Thread(
-                    target=self._run, name="onramp-decision-log", daemon=True
-                )
-                self._sender.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._sender is None and not self._closed:
+            self._sender = threading.Thread(
+                target=self._run, name="onramp-decision-log", daemon=True
+            )
+            self._sender.start()
 
     def offer(self, records: Sequence[tuple[bytes, dict[str, Any]]]) -> bool:
         """Queue (key, record) pairs; False (nothing queued) if that would pass the bound or the
-        log is closed. Never blocks on Kafka."""
-        with self._lock:
-            if self._closed or self.pending + len(records) > self.max_pending:
+        log is closed. Never blocks on Kafka; a record that cannot be encoded raises before
+        anything is queued."""
+        encoded = [(key, orjson.dumps(record), record.get("decisionId")) for key, record in records]
+        with self._lock:  # one lock for the check, the count and the queueing: close() waits
+            if self._closed or self.pending + len(encoded) > self.max_pending:
                 return False
-            self.pending += len(records)
-        self.connect()
-        for key, record in records:
-            self._queue.put((key, orjson.dumps(record), record.get("decisionId")))
+            self.pending += len(encoded)
+            self._start_locked()
+            for item in encoded:
+                self._queue.put(item)
         return True
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP:
-                return
+                break
             key, value, decision_id = item
             try:
-                if self._producer is None:
-                    self._producer = self._factory()
-                self._producer.send(OutRecord(self.topic, value, key=key), self._done(decision_id))
-            except Exception as exc:  # no producer, or it refused the record: counted, not lost
+                producer = self._producer_or_none()
+                if producer is None:
+                    raise ConnectionError("no Kafka producer (retrying shortly)")
+                producer.send(OutRecord(self.topic, value, key=key), self._done(decision_id))
+            except Exception as exc:  # refused or no producer: counted, never silent
                 self._done(decision_id)(None, exc)
+        if self._producer is not None:
+            try:
+                self._producer.close(self._close_timeout_s)
+            except Exception:
+                log.warning("decision log: closing the producer failed", exc_info=True)
+            self._producer = None
+
+    def _producer_or_none(self) -> Producer | None:
+        if self._producer is None:
+            if time.monotonic() < self._down_until:
+                return None
+            try:
+                self._producer = self._factory()
+            except Exception as exc:
+                self._down_until = time.monotonic() + _RETRY_AFTER_S
+                log.warning("decision log: cannot connect to Kafka: %s", exc)
+                return None
+        return self._producer
 
     def _done(self, decision_id: Any) -> Callable[[Delivered | None, BaseException | None], None]:
         def callback(delivered: Delivered | None, error: BaseException | None) -> None:
@@ -111,25 +142,28 @@ class DecisionLog:
             if error is not None:
                 log.error("decision %s was not logged: %s", decision_id, error)
             if self._on_result:
-                self._on_result(1 if error is None else 0, 0 if error is None else 1)
+                try:
+                    self._on_result(1 if error is None else 0, 0 if error is None else 1)
+                except Exception:  # a metrics hook must never stop the log
+                    log.exception("decision log: on_result hook failed")
 
         return callback
 
-    def flush(self, timeout_s: float = 10.0) -> None:
-        if self._producer is not None:
-            self._producer.flush(timeout_s)
-
     def close(self, timeout_s: float = 10.0) -> None:
-        """Send what is queued, flush the producer, then release it."""
+        """Send what is queued, flush and close the producer (on the sender thread), then
+        return; at most about ``2 * timeout_s``. Offers after this are refused."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            sender, self._sender = self._sender, None
+            self._close_timeout_s = timeout_s
+            sender = self._sender
+            if sender is not None:
+                self._queue.put(_STOP)  # after every record offered before the close
         if sender is not None:
-            self._queue.put(_STOP)
-            sender.join(timeout_s)
-        if self._producer is not None:
-            self._producer.close(timeout_s)
-            self._producer = None
+            sender.join(2 * timeout_s)
+            if sender.is_alive():
+                log.warning("decision log: %d records still unsent at shutdown", self.pending)
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -125,7 +125,10 @@ def main() -> dict[str, Any]:
         # two decision replicas (the Serve app), deployed while the stream workers start
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         serve._run(
-            build_app({"settings": settings}), name="onramp", route_prefix="/", _blocking=False
+            build_app({"settings": settings, "http_host": "127.0.0.1"}),
+            name="onramp",
+            route_prefix="/",
+            _blocking=False,
         )
         phase("cluster")
         sup = StreamSupervisor(

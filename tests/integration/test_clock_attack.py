@@ -35,7 +35,15 @@ def test_a_client_clock_ahead_of_the_server_leaves_no_honest_event_late(
     from ray_app.stream import start_supervisor_actor
 
     run = uuid.uuid4().hex[:8]
-    settings = make_settings(broker.bootstrap, ONRAMP_STREAM__CHECKPOINT_URI=str(tmp_path))
+    # A lateness shorter than how far ahead the attacker may stamp: with the watermark following
+    # event time (the old rule) every honest event would be late; the shipped defaults (300 s
+    # lateness, 60 s future) leave a margin that would hide the bug from this test.
+    settings = make_settings(
+        broker.bootstrap,
+        ONRAMP_STREAM__CHECKPOINT_URI=str(tmp_path),
+        ONRAMP_STREAM__ALLOWED_LATENESS_MS="10000",
+        ONRAMP_STREAM__MAX_EVENT_FUTURE_S="120",
+    )
     ahead_s = settings.stream.max_event_future_s - 5  # accepted by validation, barely
     sup = start_supervisor_actor(settings, broker.bootstrap)
     late = read_topic(settings.topics.late)

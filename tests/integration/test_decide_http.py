@@ -159,7 +159,7 @@ def test_a_decide_or_read_key_is_required(collector):
     assert httpx.post(url, json=ask).status_code == 401
     bad = {"authorization": "Bearer nope"}
     assert httpx.get(url, params=ask, headers=bad).status_code == 401
-    write = {"authorization": "Bearer test-write-key"}  # a write key only sends events
+    write = {"authorization": f"Bearer {WRITE_KEY}"}  # a write key only sends events
     assert httpx.post(url, json=ask, headers=write).status_code == 401
     assert httpx.post(url, json=ask, headers=DECIDE).status_code == 200
     assert httpx.post(url, json=ask, headers=READ).status_code == 200
@@ -169,7 +169,7 @@ def test_scopes_a_browser_key_reads_no_profile_and_no_health_details(collector):
     base = collector.base_url
     # the decide key ships in pages: it must not read traits or CRM data
     assert httpx.get(f"{base}/v1/profiles/u", headers=DECIDE).status_code == 401
-    assert httpx.get(f"{base}/v1/profiles/u", auth=("test-write-key", "")).status_code == 401
+    assert httpx.get(f"{base}/v1/profiles/u", auth=(WRITE_KEY, "")).status_code == 401
     # /healthz: up or down for anybody, the details (the experiment salt decides arms) for
     # a read key only
     public = httpx.get(f"{base}/healthz")

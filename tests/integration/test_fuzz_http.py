@@ -21,6 +21,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -125,6 +126,36 @@ def test_schemathesis_finds_no_server_error_on_decide(collector):
         "--include-path-regex", "^/v1/decide",
         "--header", f"Authorization: Bearer {DECIDE_KEY}",
     )  # fmt: skip
+    _assert_clean(done)
+
+
+def test_schemathesis_finds_no_server_error_with_a_read_key(collector, broker, tmp_path):
+    # profiles and the health details answer 200 only to a read key; profiles need stream
+    # workers (without them the answer is a documented 503 with Retry-After)
+    import ray
+
+    from ray_app.stream import start_supervisor_actor
+    from tests.conftest import make_settings
+
+    settings = make_settings(broker.bootstrap, ONRAMP_STREAM__CHECKPOINT_URI=str(tmp_path))
+    sup = start_supervisor_actor(settings, broker.bootstrap)
+    try:
+        deadline = time.monotonic() + 60
+        read = {"authorization": "Bearer onramp-demo-read-key"}
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{collector.base_url}/v1/profiles/nobody", headers=read, timeout=10)
+            if r.status_code == 404:
+                break
+            time.sleep(0.5)
+        done = _schemathesis(
+            collector.base_url,
+            "read",
+            "--include-path-regex", "^/(v1/profiles|healthz)",
+            "--header", "Authorization: Bearer onramp-demo-read-key",
+        )  # fmt: skip
+    finally:
+        ray.get(sup.stop.remote(), timeout=120)
+        ray.kill(sup)
     _assert_clean(done)
 
 

@@ -30,7 +30,9 @@ from tests.conftest import WRITE_KEY
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-READ = {"authorization": "Bearer onramp-demo-read-key"}
+# `serve deploy` counts as reachable from other machines: the shipped demo keys are refused
+READ_KEY = "sd-read-key-0123456789"
+READ = {"authorization": f"Bearer {READ_KEY}"}
 
 SCRIPT = r"""
 set -eu
@@ -163,6 +165,9 @@ def test_serve_deploy_brings_up_onramp_on_a_ray_started_by_the_cli(broker):
         ONRAMP_KAFKA__PARTITIONS="4",
         ONRAMP_KAFKA__TOPIC_PREFIX=f"sd{uuid.uuid4().hex[:6]}",  # its own topics on the broker
         ONRAMP_COLLECTOR__WRITE_KEYS=json.dumps({"test": WRITE_KEY}),
+        ONRAMP_COLLECTOR__DECIDE_KEYS=json.dumps({"web": "sd-decide-key-0123456789"}),
+        ONRAMP_COLLECTOR__READ_KEYS=json.dumps({"ops": READ_KEY}),
+        ONRAMP_STREAM__CHECKPOINT_KEY="sd-checkpoint-key-0123456789",
         ONRAMP_STATE_DIR=str(tmp / "state"),
     )
     proc = subprocess.Popen(

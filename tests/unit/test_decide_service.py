@@ -128,3 +128,32 @@ def test_a_producer_that_cannot_be_built_counts_failures_and_frees_the_bound():
     assert sum(results) == 2
     assert log.offer([(b"u", {"decisionId": "3"})])  # the bound was given back
     log.close()
+
+
+def test_close_sends_everything_offered_before_it_and_builds_nothing_after():
+    broker = InMemoryBroker(partitions=1)
+    built = []
+
+    def factory():
+        built.append(1)
+        time.sleep(0.3)  # a slow connect: close() comes while the sender is still building
+        return InMemoryProducer(broker)
+
+    log = DecisionLog(factory, "d", max_pending=100)
+    assert log.offer([(b"u", {"decisionId": str(i)}) for i in range(20)])
+    log.close(timeout_s=5)
+    assert log.stats() == {"pending": 0, "acked": 20, "failed": 0}
+    assert len(broker.records("d")) == 20 and built == [1]
+    assert not log.offer([(b"u", {"decisionId": "late"})])
+    time.sleep(0.1)
+    assert built == [1]  # nothing rebuilt a producer after the close
+
+
+def test_a_record_that_cannot_be_encoded_queues_nothing_of_its_batch():
+    broker = InMemoryBroker(partitions=1)
+    log = DecisionLog(lambda: InMemoryProducer(broker), "d", max_pending=10)
+    with pytest.raises(TypeError):
+        log.offer([(b"u", {"decisionId": "1"}), (b"u", {"decisionId": object()})])
+    assert log.stats()["pending"] == 0
+    log.close()
+    assert broker.records("d") == []

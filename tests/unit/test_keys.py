@@ -88,3 +88,26 @@ def test_no_write_key_at_all_is_refused_when_reachable():
 def test_a_reachable_onramp_needs_a_checkpoint_key_every_node_shares():
     s = Settings(collector={"host": "0.0.0.0", **_own_keys()})
     assert [p.split(" ")[0] for p in key_exposure(s)] == ["stream.checkpoint_key"]
+
+
+def test_short_keys_and_a_read_secret_shared_with_a_browser_key_are_refused():
+    keys = _own_keys(decide_keys={"web": "short"}, read_keys={"ops": "w-0123456789abcdef"})
+    s = Settings(collector={"host": "0.0.0.0", **keys}, stream=CHECKPOINT)
+    assert key_exposure(s) == [
+        "collector.decide_keys.web is shorter than 16 characters",
+        "collector.read_keys.ops is also collector.write_keys.web: a browser would hold read scope",
+    ]
+
+
+def test_serve_deploy_counts_as_reachable_whatever_collector_host_says():
+    # Serve's proxy binds http_options.host (0.0.0.0 in serve_config.yaml), not collector.host:
+    # only `onramp up`, which starts Serve itself, says where it binds
+    from deployments.app import build_app, build_stream_app
+
+    local_kafka = Settings(kafka={"bootstrap_servers": "127.0.0.1:9092"})
+    for build in (build_app, build_stream_app):
+        with pytest.raises(ConfigError, match="shipped demo key"):
+            build({"settings": local_kafka})
+    assert build_app({"settings": local_kafka, "http_host": "127.0.0.1"}) is not None
+    assert local_only(local_kafka, http_host="127.0.0.1")
+    assert not local_only(local_kafka, http_host="0.0.0.0")
