@@ -166,7 +166,11 @@ def main() -> None:
                   f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  {r['statuses']}",
                   file=sys.stderr, flush=True)  # fmt: skip
         health = json.loads(
-            subprocess.run(["curl", "-s", f"{url}/healthz"], capture_output=True, text=True).stdout
+            subprocess.run(  # the decision-log counters are health details: a read key's
+                ["curl", "-s", "-H", f"Authorization: Bearer {READ_KEY}", f"{url}/healthz"],
+                capture_output=True,
+                text=True,
+            ).stdout
             or "{}"
         )
         deploy_trivial("/trivial", "/v1/decide", b'{"chosen":"welcome"}')
