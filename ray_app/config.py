@@ -339,6 +339,19 @@ class StreamSettings(_Section):
         description="Onboarding session ids kept per profile; past it the least recent session "
         'is dropped and counted (cap="sessions").',
     )
+    max_merges_per_profile: int = Field(
+        16,
+        ge=0,
+        description="Identity stitching: other ids (anonymous ids, aliases) one profile may "
+        "merge into itself; past it a link is refused and counted "
+        '(onramp_identity_merges_total{outcome="cap"}). 0 turns stitching off.',
+    )
+    allow_known_user_merge: bool = Field(
+        False,
+        description="Identity stitching: let an identify or alias merge a known user (a profile "
+        "with a userId) into another userId. Off: such a merge is refused and counted "
+        '(outcome="refused_known"), so a write key cannot join two customers\' accounts.',
+    )
 
 
 class EnrichSettings(_Section):

@@ -76,6 +76,10 @@ class ReasonCode(enum.StrEnum):
     code names: the last-resort catch, so that one event never fails its batch and no input
     becomes a 500; the message names the error."""
 
+    IDENTITY_LOOP = "identity_loop"
+    """A forwarded event, decision or merge of a merged id went round more hops than any chain
+    of merges needs (ids merged into each other both ways): kept in the DLQ, not applied."""
+
     # -- stream batch validation (semantic checks on decoded events) ----------------------------
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     """Event time (after skew correction) too far before or after ``receivedAt``."""

@@ -306,8 +306,20 @@ class Arms:
         return chosen
 
     def assign(self, user_key: str, profile: dict[str, Any] | None) -> str:
+        """The user's arm. A person whose ids were merged (identity stitching) keeps the arm of
+        the first id seen of them (the profile's ``assignmentKey``), whichever id asks.
+
+        >>> from ray_app.config import DecideSettings
+        >>> arms = Arms(DecideSettings())
+        >>> merged = {"assignmentKey": "anon-7", "firstSeen": 1}
+        >>> arms.assign("user-7", merged) == arms.assign("anon-7", None)
+        True
+        """
         first = profile.get("firstSeen") if profile else None
-        return self.in_force(first if isinstance(first, int) else None).assign(user_key)
+        key = profile.get("assignmentKey") if profile else None
+        return self.in_force(first if isinstance(first, int) else None).assign(
+            key if isinstance(key, str) and key else user_key
+        )
 
 
 def _ms(t: dt.datetime) -> int:
@@ -445,10 +457,13 @@ class Decider:
                     for a in choice.ranking
                 ]
             last = profile.get("lastReceived") if profile else None
+            # logged under the id whose profile answered (an id merged into another reads the
+            # survivor's profile): the decision's reward join lives in that id's partition
+            owner = profile.get("userKey") if profile else None
             decisions.append(
                 Decision(
                     decision_id=decision_id,
-                    user_key=req.user_key,
+                    user_key=owner if isinstance(owner, str) and owner else req.user_key,
                     slot=slot.name,
                     arm=arm,
                     experiment=self.arms.name,

@@ -24,6 +24,7 @@ __all__ = [
     "EventDecodeError",
     "decode_event",
     "decode_record",
+    "event_from_record",
     "parse_ms",
 ]
 
@@ -53,6 +54,10 @@ class Event:
     properties: dict[str, Any] = field(default_factory=dict)
     trace: str | None = None
     """W3C ``traceparent`` of the record (from its Kafka headers), when it was traced."""
+    previous_id: str | None = None
+    """An ``alias`` call's ``previousId`` (the id it merges into ``user_id``). Events pickled
+    before this field existed have no slot for it: read it with ``getattr(e, "previous_id",
+    None)``."""
 
     @property
     def order_key(self) -> tuple[int, int, str]:
@@ -137,7 +142,11 @@ def decode_record(value: bytes | None, what: str = "record") -> dict[str, Any]:
 def decode_event(value: bytes | None, trace: str | None = None) -> Event:
     """Decode a normalized record (``trace``: its ``traceparent`` header, if any); raises
     :class:`EventDecodeError` with a reason code."""
-    d = decode_record(value)
+    return event_from_record(decode_record(value), trace)
+
+
+def event_from_record(d: dict[str, Any], trace: str | None = None) -> Event:
+    """:func:`decode_event` of a record already decoded to a JSON object."""
     kind = _str(d, "type", required=True)
     seq = d.get("seq")
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
@@ -170,4 +179,5 @@ def decode_event(value: bytes | None, trace: str | None = None) -> Event:
         traits=traits,
         properties=props,
         trace=trace,
+        previous_id=_str(d, "previousId") if kind == "alias" else None,
     )

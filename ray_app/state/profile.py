@@ -41,6 +41,7 @@ __all__ = [
     "ProfileConfig",
     "StepStats",
     "apply",
+    "merge_into",
 ]
 
 STEP_VIEWED = "Step Viewed"
@@ -69,6 +70,8 @@ class ProfileConfig:
     """Distinct trait keys per profile (new ones past it are dropped; known ones update)."""
     max_sessions: int = 64
     """Onboarding session ids per profile (past it the least recent one is dropped)."""
+    max_merges: int = 16
+    """Other ids (anonymous ids, aliases) one profile may ask to merge into itself."""
 
 
 #: Names of the caps, as counted in ``apply``'s ``hits`` and labelled on the metric.
@@ -155,6 +158,26 @@ class Profile:
     """``traceparent`` of the latest traced event (by event order): what a decision made from
     this profile links its span to."""
     trace_stamp: Stamp | None = None
+    # Identity stitching (see ray_app.state.identity). Plain defaults, so that profiles pickled
+    # before these fields existed restore with them empty.
+    merged_from: frozenset[str] | None = None
+    """Ids whose profiles were merged into this one, transitively."""
+    links: frozenset[str] | None = None
+    """Ids this profile asked to merge (identify with an ``anonymousId``, ``alias``), at most
+    ``max_merges``."""
+    assignment: tuple[int, str] | None = None
+    """(first seen, id) of the earliest id merged in, when it was seen before this one."""
+
+    @property
+    def first_id(self) -> tuple[int, str]:
+        """(first seen, id) of the earliest of this person's ids (ties: the smaller id)."""
+        own = (self.first_seen if self.first_seen is not None else 2**62, self.user_key)
+        return own if self.assignment is None else min(own, self.assignment)
+
+    @property
+    def assignment_key(self) -> str:
+        """The id whose experiment arm this person keeps: the first id seen of all merged."""
+        return self.first_id[1]
 
     def __post_init__(self) -> None:
         if self.activity is None:
@@ -202,6 +225,8 @@ class Profile:
                 "last5m": self.activity.count_between(last - 5 * 60_000, last + 1),
                 "last60m": self.activity.count_between(last - 60 * 60_000, last + 1),
             },
+            "mergedFrom": sorted(self.merged_from or ()),
+            "assignmentKey": self.assignment_key,
             **({"traceparent": self.trace} if self.trace is not None else {}),
         }
 
@@ -296,4 +321,90 @@ def apply(profile: Profile, event: Event, hits: dict[str, int] | None = None) ->
                 st.form_errors += 1
     if event.kind == "track" and event.name == ONBOARDING_COMPLETED:
         profile.completed_at = _min(profile.completed_at, event.ts)
+    return profile
+
+
+def _newer(a: Stamp | None, b: Stamp | None) -> bool:
+    """Whether stamp ``b`` wins over ``a`` (last write by event order)."""
+    return b is not None and (a is None or b > a)
+
+
+def _merge_step(st: StepStats, other: StepStats) -> None:
+    st.views += other.views
+    st.completions += other.completions
+    st.abandons += other.abandons
+    st.form_errors += other.form_errors
+    for name in ("first_seen", "first_viewed"):
+        theirs = getattr(other, name)
+        if theirs is not None:
+            setattr(st, name, _min(getattr(st, name), theirs))
+    if other.last_completed is not None:
+        st.last_completed = _max(st.last_completed, other.last_completed)
+    if _newer(st.reported_stamp, other.reported_stamp):
+        st.reported_ms, st.reported_stamp = other.reported_ms, other.reported_stamp
+    if other.completed_times:
+        st.completed_times = sorted(st.completed_times + other.completed_times)[
+            :MAX_COMPLETED_TIMES
+        ]
+
+
+def merge_into(profile: Profile, other: Profile, hits: dict[str, int] | None = None) -> Profile:
+    """Fold ``other`` (another id of the same person) into ``profile``, in place; returns it.
+
+    The result is what applying both profiles' events to one profile gives (below the caps of
+    :class:`ProfileConfig`), whatever order the events and the merge came in: counts add,
+    minima and maxima combine, last-write-wins fields compare their event-order stamps, windows
+    join (:meth:`~ray_app.state.windows.SessionWindows.merge`). ``profile`` keeps its key;
+    ``other``'s key and what it had merged go to ``merged_from``."""
+    config = profile.config
+    for key, n in other.counts.items():
+        if key.startswith("track:") and key not in profile.counts:
+            if profile.names >= config.max_event_names:
+                _hit(hits, "event_names")
+                continue
+            profile.names += 1
+        profile.counts[key] = profile.counts.get(key, 0) + n
+    if other.first_seen is not None:
+        profile.first_seen = _min(profile.first_seen, other.first_seen)
+    if other.last_seen is not None:
+        profile.last_seen = _max(profile.last_seen, other.last_seen)
+    if other.last_received is not None:
+        profile.last_received = _max(profile.last_received, other.last_received)
+    if _newer(profile.user_id_stamp, other.user_id_stamp):
+        profile.user_id, profile.user_id_stamp = other.user_id, other.user_id_stamp
+    ids = profile.anonymous_ids | other.anonymous_ids
+    profile.anonymous_ids = set(sorted(ids)[: config.max_anonymous_ids])
+    for k, stamp in other.trait_stamps.items():
+        old = profile.trait_stamps.get(k)
+        if old is None and len(profile.trait_stamps) >= config.max_traits:
+            _hit(hits, "traits")
+            continue
+        if old is None or stamp > old:
+            profile.traits[k] = other.traits.get(k)
+            profile.trait_stamps[k] = stamp
+    sessions = profile.session_ids
+    for sid, ts in other.session_ids.items():
+        if sid not in sessions or ts > sessions[sid]:
+            sessions[sid] = ts
+    while len(sessions) > config.max_sessions:
+        del sessions[min(sessions, key=lambda sid: (sessions[sid], sid))]
+        _hit(hits, "sessions")
+    if _newer(profile.trace_stamp, other.trace_stamp):
+        profile.trace, profile.trace_stamp = other.trace, other.trace_stamp
+    assert profile.activity is not None and profile.sessions is not None
+    assert other.activity is not None and other.sessions is not None
+    profile.activity.merge(other.activity)
+    profile.sessions.merge(other.sessions)
+    for step, theirs in other.steps.items():
+        _merge_step(profile.steps.setdefault(step, StepStats()), theirs)
+    if _newer(profile.current_stamp, other.current_stamp):
+        profile.current_step, profile.current_stamp = other.current_step, other.current_stamp
+    if other.completed_at is not None:
+        profile.completed_at = _min(profile.completed_at, other.completed_at)
+    merged = {other.user_key, *(other.merged_from or ())}
+    profile.merged_from = frozenset((profile.merged_from or frozenset()) | merged)
+    profile.links = frozenset((profile.links or frozenset()) | (other.links or frozenset()))
+    first = other.first_id
+    mine = profile.assignment
+    profile.assignment = first if mine is None or first < mine else mine
     return profile

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from ray_app.records import Outcome, RewardRecord
@@ -279,7 +279,9 @@ class RewardJoin:
 
     def offer_decision(self, record: dict[str, Any], watermark: int) -> list[RewardRecord]:
         """A decision log record; raises :class:`EventDecodeError` for a malformed one."""
-        d = decode_decision(record, self.step_slots)
+        return self._offer(decode_decision(record, self.step_slots), watermark)
+
+    def _offer(self, d: PendingDecision, watermark: int) -> list[RewardRecord]:
         if d.decision_id in self.pending or d.decision_id in self.decided:
             self.repeated += 1
             return []
@@ -349,6 +351,45 @@ class RewardJoin:
                     self.log[user] = kept
                 else:
                     del self.log[user]
+        return out
+
+    # -- identity stitching --------------------------------------------------------------------
+
+    def detach(self, user_key: str) -> tuple[list[PendingDecision], list[LoggedOutcome]]:
+        """Remove a user's pending decisions and logged outcomes (their id was merged into
+        another, whose partition adopts them): nothing is rewarded here."""
+        decisions = [self.pending[did] for did in self.by_user.pop(user_key, [])]
+        for d in decisions:
+            del self.pending[d.decision_id]
+            if self.added.pop(d.decision_id, None) is None:
+                self.removed.add(d.decision_id)
+        outcomes = self.log.pop(user_key, [])
+        if outcomes:
+            self.log_touched.add(user_key)
+        return decisions, outcomes
+
+    def adopt(
+        self,
+        user_key: str,
+        decisions: list[PendingDecision],
+        outcomes: list[LoggedOutcome],
+        watermark: int,
+    ) -> list[RewardRecord]:
+        """Take another id's pending decisions and outcome log as ``user_key``'s (the other id
+        was merged into it). The outcomes join the log after this partition's own (in apply
+        order); each decision is then offered like a decision record: decided at once by the
+        first matching outcome in the log, by its timeout if the watermark passed its window,
+        else pending. A decision already pending or decided here is not taken twice."""
+        for o in outcomes:
+            self.seq += 1
+            entries = self.log.setdefault(user_key, [])
+            if len(entries) < MAX_LOGGED_OUTCOMES:
+                entries.append(o._replace(seq=self.seq))
+                self.log_touched.add(user_key)
+                heapq.heappush(self.log_expiry, (o.ts + self._retention, user_key))
+        out = []
+        for d in sorted(decisions, key=lambda d: (d.decided_at, d.decision_id)):
+            out += self._offer(replace(d, user_key=user_key), watermark)
         return out
 
     # -- internals ---------------------------------------------------------------------------

@@ -65,11 +65,13 @@ import orjson
 
 from ray_app.collect.parse import iso_ms
 from ray_app.records import RewardRecord
+from ray_app.state import identity
 from ray_app.state.dedupe import Deduplicator
-from ray_app.state.event import Event, EventDecodeError, decode_event, decode_record
+from ray_app.state.event import Event, EventDecodeError, decode_record, event_from_record
+from ray_app.state.identity import CONTROL_TYPES, Control, MergeOutcome
 from ray_app.state.ordering import Reorderer
-from ray_app.state.profile import Profile, ProfileConfig, apply
-from ray_app.state.rewards import NEGATIVE_EVENTS, RewardJoin
+from ray_app.state.profile import Profile, ProfileConfig, apply, merge_into
+from ray_app.state.rewards import NEGATIVE_EVENTS, LoggedOutcome, RewardJoin, decode_decision
 from validation.reasons import ReasonCode
 
 if TYPE_CHECKING:
@@ -128,7 +130,10 @@ class StateConfig:
     negative_events: frozenset[str] = NEGATIVE_EVENTS
     """``track`` events that reward 0 at once (the catalog's ``negative_events``)."""
     profile_idle_ttl_ms: int = 30 * _DAY_MS
-    """A profile is evicted once the watermark is this far past its last event time."""
+    """A profile is evicted once the watermark is this far past its last event time (an alias
+    of a merged id, this far past the last record it forwarded)."""
+    allow_known_merge: bool = False
+    """Identity stitching may merge a known user (a profile with a ``userId``) into another."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
@@ -141,9 +146,16 @@ class ShardStats:
     duplicates: int = 0
     late: int = 0
     rejected: int = 0
+    forwarded: int = 0
+    """Events of merged ids sent on to the id they were merged into (counted again there)."""
+    control: int = 0
+    """Link and merge records taken (identity stitching: :mod:`ray_app.state.identity`)."""
+    relayed: int = 0
+    """Forwarded events received from other partitions (each is then one of applied,
+    duplicate, late or rejected here). Records a client wrote = records - control - relayed."""
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
 
 @dataclass
@@ -166,6 +178,9 @@ class BatchResult:
     """Reward records decided by this batch (see :mod:`ray_app.state.rewards`)."""
     duplicate_indices: list[int] = field(default_factory=list)
     """Indices of the duplicates (kept only when ``traces`` were given, for their spans)."""
+    forward: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    """(``"events"`` or ``"decisions"``, key, value) of the link, merge and forward records this
+    batch asks for (:mod:`ray_app.state.identity`): written like the other side outputs."""
 
 
 class SessionShard:
@@ -202,6 +217,12 @@ class SessionShard:
         self._expiry: list[tuple[int, str]] = []
         """(last event time, user): candidates for eviction. Entries go stale lazily (checked
         against the profile when popped); rebuilt from the profiles on restore, never pickled."""
+        self.aliases: dict[str, tuple[str, int]] = {}
+        """Merged id -> (the id it was merged into, last event time it forwarded)."""
+        self.identity: dict[str, int] = {}
+        """Link and merge outcomes (:class:`~ray_app.state.identity.MergeOutcome`) -> count."""
+        self._alias_expiry: list[tuple[int, str]] = []
+        self._aliases_touched: set[str] = set()
 
     @property
     def validator(self) -> BatchValidator:
@@ -226,24 +247,50 @@ class SessionShard:
         tombstone (rejected)."""
         out = BatchResult()
         decoded: list[tuple[int, bytes | None, bytes, Event]] = []
+        controls: dict[int, Control] = {}
+        """Position in ``decoded`` -> the link, merge or forward record it is (its Event slot
+        holds the forwarded event, or a placeholder)."""
         for index, (key, value) in enumerate(records):
             self.stats.records += 1
             try:
                 trace = traces[index] if traces is not None else None
-                event = decode_event(value, trace)
-                decoded.append((index, key, cast(bytes, value), event))  # decoded: not None
+                d = decode_record(value)
+                if d.get("type") in CONTROL_TYPES:
+                    control = identity.decode_control(d)
+                    e = _NO_EVENT
+                    if control.kind == identity.FORWARD:
+                        self.stats.relayed += 1
+                        e = identity.event_from_json(d.get("event"), control.user_key)
+                    controls[len(decoded)] = control
+                else:
+                    e = event_from_record(d, trace)
+                decoded.append((index, key, cast(bytes, value), e))  # decoded: not None
             except EventDecodeError as exc:
                 self._reject(out, index, key, value, exc)
             except Exception as exc:  # anything else about this one record: it alone is rejected
                 self._reject(out, index, key, value, _failed(exc))
-        failed = self._validate_safely(decoded) if self.config.validate and decoded else {}
+        failed: dict[int, EventDecodeError] = {}
+        if self.config.validate and len(decoded) > len(controls):
+            # forwarded events were validated where they were first taken
+            plain = [n for n in range(len(decoded)) if n not in controls]
+            checked = self._validate_safely([decoded[n] for n in plain])
+            failed = {plain[m]: err for m, err in checked.items()}
         origin = {id(e): (index, key, value) for index, key, value, e in decoded}
         for n, (index, key, value, event) in enumerate(decoded):
             if n in failed:
                 self._reject(out, index, key, value, failed[n])
                 continue
             try:
-                self._take(event, index, key, value, out, traces is not None, origin)
+                c = controls.get(n)
+                if c is None:
+                    self._take(event, index, key, value, out, traces is not None, origin)
+                elif c.kind == identity.FORWARD:
+                    self._take(event, index, key, value, out, traces is not None, origin, c)
+                else:
+                    self._link(c, out) if c.kind == identity.LINK else self._merge(c, out)
+                    self.stats.control += 1
+            except EventDecodeError as exc:  # a malformed identity record: its own reason
+                self._reject(out, index, key, value, exc)
             except Exception as exc:
                 self._reject(out, index, key, value, _failed(exc))
         self.dedupe.advance(self.watermark)
@@ -261,9 +308,11 @@ class SessionShard:
         out: BatchResult,
         traced: bool,
         origin: dict[int, tuple[int, bytes | None, bytes]],
+        forwarded: Control | None = None,
     ) -> None:
         """Route one decoded, validated event: late, duplicate, or on to the reorder buffer
-        and the profiles."""
+        and the profiles. A ``forwarded`` event (its id was merged into this one) was ordered
+        by the partition it came from: it skips the reorder buffer."""
         lateness = self.config.allowed_lateness_ms
         if event.ts < self.watermark:
             self.stats.late += 1
@@ -295,7 +344,12 @@ class SessionShard:
             self.max_ts = trusted
             self.watermark = self.max_ts - lateness
             self._evict()
-        released = self.order.offer(event)
+        if forwarded is not None:
+            if forwarded.body.get("hops", 0) >= _MAX_HOPS:
+                raise _loop(forwarded)
+            released = [event]
+        else:
+            released = self.order.offer(event)
         released += self.order.advance(
             self.watermark, self.max_ts - min(self.config.reorder_wait_ms, lateness)
         )
@@ -319,6 +373,13 @@ class SessionShard:
             del self.profiles[user]
             self._touched.add(user)  # a delta carries the eviction
             self.profiles_evicted += 1
+        heap = self._alias_expiry
+        while heap and heap[0][0] < horizon:
+            last, old = heapq.heappop(heap)
+            alias = self.aliases.get(old)
+            if alias is not None and alias[1] == last:
+                del self.aliases[old]
+                self._aliases_touched.add(old)
 
     def _compact_expiry(self) -> None:
         """Rebuild the lazy eviction heap once stale entries outnumber live ones."""
@@ -340,6 +401,16 @@ class SessionShard:
                 record = decode_record(value, "decision record")
                 if "chosen" in record and record["chosen"] is None:
                     continue  # nothing was shown: nothing to reward
+                user = record.get("userKey")
+                alias = self.aliases.get(user) if isinstance(user, str) else None
+                if alias is not None:  # made for an id merged into another: its join is there
+                    hops = record.get("hops", 0)
+                    if not isinstance(hops, int) or hops >= _MAX_HOPS:
+                        raise _loop(None)
+                    decode_decision(record, self.rewards.step_slots)  # refuse garbage here
+                    fwd = {**record, "userKey": alias[0], "hops": hops + 1}
+                    out.forward.append(("decisions", alias[0].encode(), orjson.dumps(fwd)))
+                    continue
                 out.rewards += self.rewards.offer_decision(record, self.watermark)
             except Exception as exc:
                 err = exc if isinstance(exc, EventDecodeError) else _failed(exc)
@@ -428,6 +499,10 @@ class SessionShard:
         return out
 
     def _apply(self, event: Event, out: BatchResult) -> None:
+        alias = self.aliases.get(event.user_key)
+        if alias is not None:  # merged into another id: its profile is there
+            self._forward(event, alias, out)
+            return
         profile = self.profiles.get(event.user_key)
         if profile is None:
             profile = self.profiles[event.user_key] = Profile(event.user_key, self.config.profile)
@@ -447,10 +522,110 @@ class SessionShard:
                 event.ts,
                 echo if isinstance(echo, str) else None,
             )
+        if event.kind in ("identify", "alias"):
+            old = event.anonymous_id if event.kind == "identify" else event_previous_id(event)
+            if old and old != event.user_key:
+                self._ask_merge(profile, old, event, out)
         self.stats.applied += 1
         out.applied += 1
         out.received_ms.append(event.received)
         out.users.add(event.user_key)
+
+    # -- identity stitching (see ray_app.state.identity) -------------------------------------
+
+    def _count(self, outcome: MergeOutcome) -> None:
+        self.identity[outcome.value] = self.identity.get(outcome.value, 0) + 1
+
+    def _ask_merge(self, profile: Profile, old: str, event: Event, out: BatchResult) -> None:
+        """``event`` says ``old`` is this user too: ask ``old``'s partition for its state."""
+        if profile.config.max_merges == 0:
+            return  # stitching is off
+        links = profile.links or frozenset()
+        if old in links or old in (profile.merged_from or ()):
+            return  # asked already (every identify of a signed-in user names its anonymous id)
+        if len(links) >= profile.config.max_merges:
+            self._count(MergeOutcome.CAP)
+            return
+        profile.links = links | {old}
+        out.forward.append(("events", *identity.link_record(old, event.user_key, event)))
+
+    def _forward(self, event: Event, alias: tuple[str, int], out: BatchResult) -> None:
+        target, last = alias
+        if event.ts > last:
+            self.aliases[event.user_key] = (target, event.ts)
+            self._aliases_touched.add(event.user_key)
+            heapq.heappush(
+                self._alias_expiry, (event.ts + self.config.profile_idle_ttl_ms, event.user_key)
+            )
+        key, value = identity.forward_record(target, event)
+        out.forward.append(("events", key, value))
+        self.stats.forwarded += 1
+
+    def _link(self, c: Control, out: BatchResult) -> None:
+        """A link record (keyed by the old id): seal the old id's state and send it on."""
+        old, new = c.user_key, c.other
+        alias = self.aliases.get(old)
+        if alias is not None or old == new:
+            same = old == new or (alias is not None and alias[0] == new)
+            self._count(MergeOutcome.DUPLICATE if same else MergeOutcome.CONFLICT)
+            return
+        profile = self.profiles.get(old)
+        if profile is not None:
+            if new in (profile.merged_from or ()):  # new was merged into old: a cycle
+                self._count(MergeOutcome.CONFLICT)
+                return
+            if profile.user_id is not None and not self.config.allow_known_merge:
+                self._count(MergeOutcome.REFUSED_KNOWN)
+                return
+            del self.profiles[old]
+            self._touched.add(old)
+        decisions, outcomes = self.rewards.detach(old)
+        self.aliases[old] = (new, c.ts)
+        self._aliases_touched.add(old)
+        heapq.heappush(self._alias_expiry, (c.ts + self.config.profile_idle_ttl_ms, old))
+        key, value = identity.merge_record(
+            old,
+            new,
+            c,
+            profile,
+            [_decision_json(d) for d in decisions],
+            [list(o) for o in outcomes],
+        )
+        out.forward.append(("events", key, value))
+
+    def _merge(self, c: Control, out: BatchResult) -> None:
+        """A merge record (keyed by the surviving id): fold the old id's state in, once."""
+        new, old = c.user_key, c.other
+        hops = c.body.get("hops", 0)
+        if not isinstance(hops, int) or hops >= _MAX_HOPS:
+            raise _loop(c)
+        alias = self.aliases.get(new)
+        if alias is not None:  # the surviving id was itself merged on: follow the chain
+            body = {**c.body, "userKey": alias[0], "hops": hops + 1}
+            out.forward.append(("events", alias[0].encode(), orjson.dumps(body)))
+            return
+        profile = self.profiles.get(new)
+        if profile is not None and old in (profile.merged_from or ()):
+            self._count(MergeOutcome.DUPLICATE)
+            return
+        # decode all of it before changing anything: a bad record merges nothing (DLQ)
+        state = c.body.get("profile")
+        source = None if state is None else identity.profile_from_state(state, self.config.profile)
+        raw = c.body.get("decisions") or []
+        if not isinstance(raw, list):
+            raise EventDecodeError(ReasonCode.INVALID_FIELD, "decisions", "expected a list")
+        decisions = [decode_decision(d, self.rewards.step_slots) for d in raw]
+        outcomes = [_logged_outcome(o) for o in c.body.get("outcomes") or []]
+        if profile is None:
+            profile = self.profiles[new] = Profile(new, self.config.profile)
+        self._touched.add(new)
+        if source is not None:
+            merge_into(profile, source, self.cap_hits)
+        profile.merged_from = (profile.merged_from or frozenset()) | {old}
+        if profile.last_seen is not None:
+            heapq.heappush(self._expiry, (profile.last_seen, new))
+        out.rewards += self.rewards.adopt(new, decisions, outcomes, self.watermark)
+        self._count(MergeOutcome.MERGED)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -458,7 +633,9 @@ class SessionShard:
         """The user's profile as of the watermark, or None if this partition never saw them."""
         p = self.profiles.get(user_key)
         if p is None:
-            return None
+            alias = self.aliases.get(user_key)
+            # merged into another id: where to read it (ProfileReader follows this)
+            return None if alias is None else {"userKey": user_key, "mergedInto": alias[0]}
         p.advance(self.watermark)
         return p.as_dict()
 
@@ -483,6 +660,7 @@ class SessionShard:
         data = pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=pickle.HIGHEST_PROTOCOL)
         if rebase:
             self._touched = set()
+            self._aliases_touched = set()
         else:
             self.dedupe.added = added
             self.rewards.added, self.rewards.removed = join_changes[0], join_changes[1]
@@ -495,12 +673,14 @@ class SessionShard:
         buffers). Costs in proportion to the change, not to the state."""
         touched, self._touched = self._touched, set()
         meta = {k: v for k, v in self.__dict__.items() if k not in _NOT_IN_DELTA}
+        aliases, self._aliases_touched = self._aliases_touched, set()
         delta = (
             meta,
             {u: self.profiles.get(u) for u in touched},  # None: evicted
             self.dedupe.take_added(),
             self.dedupe.evicted_early,
             self.rewards.take_delta(),
+            {a: self.aliases.get(a) for a in aliases},  # None: expired
         )
         return pickle.dumps((SNAPSHOT_VERSION, "delta", delta), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -514,14 +694,21 @@ class SessionShard:
         if kind != "base":
             raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
         shard = cls.__new__(cls)
+        shard.aliases, shard.identity = {}, {}  # snapshots from before identity stitching
         shard.__dict__.update(state)
         shard._validator = None
         shard._touched = set()
+        shard._aliases_touched = set()
         for i, d in enumerate(deltas, start=1):
             _, kind, body = _load(d, i)
             if kind != "delta":
                 raise SnapshotRefused(i, "a base snapshot where a delta was expected")
-            meta, profiles, added, evicted, join = body
+            meta, profiles, added, evicted, join, *more = body
+            for old, alias in (more[0] if more else {}).items():
+                if alias is None:
+                    shard.aliases.pop(old, None)
+                else:
+                    shard.aliases[old] = alias
             shard.__dict__.update(meta)
             for user, profile in profiles.items():
                 if profile is None:
@@ -531,11 +718,66 @@ class SessionShard:
             shard.dedupe.replay(added, shard.watermark, evicted)
             shard.rewards.apply_delta(join)
         shard._compact_expiry()
+        ttl = shard.config.profile_idle_ttl_ms
+        shard._alias_expiry = [(last + ttl, old) for old, (_, last) in shard.aliases.items()]
+        heapq.heapify(shard._alias_expiry)
         return shard
 
 
-_NOT_PICKLED = frozenset({"_validator", "_touched", "_expiry"})
-_NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe", "rewards"}
+_NOT_PICKLED = frozenset({"_validator", "_touched", "_expiry", "_alias_expiry", "_aliases_touched"})
+_NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe", "rewards", "aliases"}
+#: Most times one record is forwarded along a chain of merged ids (a loop stops here, to the DLQ).
+_MAX_HOPS = 8
+#: The Event slot of a link or merge record in ``process`` (never applied).
+_NO_EVENT = Event("", "", "", None, 0, 0)
+
+
+def event_previous_id(e: Event) -> str | None:
+    """An alias call's ``previousId`` (events restored from older snapshots lack the slot)."""
+    return getattr(e, "previous_id", None)
+
+
+def _loop(c: Control | None) -> EventDecodeError:
+    what = "a decision" if c is None else f"a {c.kind} record of {c.other!r}"
+    return EventDecodeError(
+        ReasonCode.IDENTITY_LOOP,
+        "hops",
+        f"{what} was forwarded {_MAX_HOPS} times along merged ids (a loop): not applied",
+    )
+
+
+def _decision_json(d: Any) -> dict[str, Any]:
+    """A pending decision as the decision record :func:`decode_decision` reads back."""
+    return {
+        "decisionId": d.decision_id,
+        "userKey": d.user_key,
+        "slot": d.slot,
+        "chosen": d.action,
+        "actionIndex": d.action_index,
+        "arm": d.arm,
+        "propensity": d.propensity,
+        "features": list(d.features),
+        "timestamp": iso_ms(d.decided_at),
+        "modelVersion": d.model_version,
+        "candidates": None if d.candidates is None else list(d.candidates),
+    }
+
+
+def _logged_outcome(o: Any) -> LoggedOutcome:
+    ok = (
+        isinstance(o, list)
+        and len(o) == 6
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in o[:2])
+        and all(isinstance(v, bool) for v in o[2:4])
+        and all(v is None or isinstance(v, str) for v in o[4:])
+    )
+    if not ok:
+        raise EventDecodeError(
+            ReasonCode.INVALID_FIELD,
+            "outcomes",
+            "expected [seq, ts, positive, onboarding, step, echo]",
+        )
+    return LoggedOutcome(*o)
 
 
 class SnapshotRefused(ValueError):

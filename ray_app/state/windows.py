@@ -45,6 +45,11 @@ class TumblingCounts:
         start = ts - ts % self.size_ms
         self.buckets[start] = self.buckets.get(start, 0) + 1
 
+    def merge(self, other: TumblingCounts) -> None:
+        """Fold another user's buckets into these (identity stitching)."""
+        for b, n in other.buckets.items():
+            self.buckets[b] = self.buckets.get(b, 0) + n
+
     def count_between(self, start: int, end: int) -> int:
         """Events in the buckets that overlap ``[start, end)``: a sliding window at bucket grain."""
         return sum(n for b, n in self.buckets.items() if b < end and b + self.size_ms > start)
@@ -70,18 +75,33 @@ class SessionWindows:
     closed_active_ms: int = 0
 
     def add(self, ts: int) -> None:
-        # Open windows are sorted and more than gap_ms apart, so ts can join at most the window
-        # starting at or before it and the one starting after it.
-        i = bisect.bisect_right(self.open, (ts, 2**62))
-        lo = hi = ts
-        a = b = i
-        if i > 0 and self.open[i - 1][1] >= ts - self.gap_ms:
-            a = i - 1
-            lo, hi = self.open[a][0], max(hi, self.open[a][1])
-        if i < len(self.open) and self.open[i][0] <= ts + self.gap_ms:
-            b = i + 1
-            hi = max(hi, self.open[i][1])
+        self.add_span(ts, ts)
+
+    def add_span(self, first: int, last: int) -> None:
+        """Add an open session ``[first, last]`` (one event: ``first == last``), joining every
+        open window it comes within ``gap_ms`` of: adding the events of two users one by one,
+        or each user's windows into the other's, gives the same windows."""
+        # Open windows are sorted and more than gap_ms apart: the span joins a contiguous run.
+        a = bisect.bisect_left(self.open, (first - self.gap_ms, -(2**62)))
+        if a > 0 and self.open[a - 1][1] >= first - self.gap_ms:
+            a -= 1
+        b = a
+        lo, hi = first, last
+        while b < len(self.open) and self.open[b][0] <= last + self.gap_ms:
+            if self.open[b][1] < first - self.gap_ms:
+                b += 1
+                a = b
+                continue
+            lo, hi = min(lo, self.open[b][0]), max(hi, self.open[b][1])
+            b += 1
         self.open[a:b] = [(lo, hi)]
+
+    def merge(self, other: SessionWindows) -> None:
+        """Fold another user's windows into these (identity stitching)."""
+        self.closed += other.closed
+        self.closed_active_ms += other.closed_active_ms
+        for first, last in other.open:
+            self.add_span(first, last)
 
     def advance(self, watermark: int) -> None:
         keep = []

@@ -330,27 +330,40 @@ class StreamSupervisor:
         return [ray.get(w.status.remote(), timeout=30) for w in workers]
 
     def totals(self) -> dict[str, int]:
-        """Counters summed over every partition (records, applied, duplicates, late, rejected,
-        buffered)."""
+        """Counters summed over every partition: ``records`` (those clients wrote: link, merge
+        and forwarded records of identity stitching are counted apart, in ``control`` and
+        ``relayed``), applied, duplicates, late, rejected, buffered, forwarded. They reconcile:
+        ``records = applied + duplicates + late + rejected + buffered + forwarded - relayed``
+        (a forwarded event is taken again where it was sent)."""
+        keys = ("records", "applied", "duplicates", "late", "rejected", "buffered")
         out: dict[str, int] = {}
         for st in self.status():
             for part in st["partitions"].values():
-                for k in ("records", "applied", "duplicates", "late", "rejected", "buffered"):
-                    out[k] = out.get(k, 0) + part[k]
+                for k in (*keys, "forwarded", "control", "relayed"):
+                    out[k] = out.get(k, 0) + part.get(k, 0)
+        if out:
+            out["records"] -= out["control"] + out["relayed"]
         return out
 
     def wait_for(self, records: int, timeout_s: float = 120.0) -> dict[str, int]:
-        """Block until the workers have taken ``records`` records (for tests and benchmarks)."""
+        """Block until the workers have taken ``records`` records that clients wrote and the
+        link, merge and forwarded records those caused (identity stitching) have settled: the
+        totals unchanged over two reads and no partition lagging (for tests and benchmarks)."""
         deadline = time.monotonic() + timeout_s
         totals: dict[str, int] = {}
+        previous: dict[str, int] | None = None
         while time.monotonic() < deadline:
             try:
                 totals = self.totals()
+                lagging = any(
+                    part.get("lag") for st in self.status() for part in st["partitions"].values()
+                )
             except Exception:  # a worker is being replaced
                 time.sleep(0.2)
                 continue
-            if totals.get("records", 0) >= records:
+            if totals.get("records", 0) >= records and not lagging and totals == previous:
                 return totals
+            previous = totals
             time.sleep(0.2)
         return totals
 
@@ -391,6 +404,10 @@ def start_supervisor_actor(
     return actor
 
 
+#: Merges a profile read follows (anonymous -> user -> account is 2).
+_MAX_MERGE_HOPS = 8
+
+
 class ProfileReader:
     """Looks profiles up from anywhere in the cluster (a Serve replica, say): key -> partition ->
     owning worker, with the routing table cached and refreshed when a worker was replaced."""
@@ -421,7 +438,29 @@ class ProfileReader:
         return result
 
     async def get_many(self, user_keys: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Profiles of many users with one actor call per owning worker (concurrently)."""
+        """Profiles of many users with one actor call per owning worker (concurrently). An id
+        merged into another (identity stitching) answers with the profile it was merged into
+        (its ``userKey`` is the surviving id), following a chain of merges."""
+        out: dict[str, dict[str, Any] | None] = {}
+        wanted = {key: key for key in dict.fromkeys(user_keys)}  # asked -> where to read it
+        for _ in range(_MAX_MERGE_HOPS):
+            found = await self._read(list(dict.fromkeys(wanted.values())))
+            pointers: dict[str, str] = {}
+            for asked, at in wanted.items():
+                profile = found.get(at)
+                target = profile.get("mergedInto") if profile is not None else None
+                if isinstance(target, str):
+                    pointers[asked] = target
+                else:
+                    out[asked] = profile
+            if not pointers:
+                return out
+            wanted = pointers
+        out.update(dict.fromkeys(wanted))  # a loop of merges: nothing to answer from
+        return out
+
+    async def _read(self, user_keys: list[str]) -> dict[str, dict[str, Any] | None]:
+        """One round of lookups: key -> partition -> owning worker."""
         import asyncio
 
         import ray
@@ -433,7 +472,7 @@ class ProfileReader:
             if not workers:
                 raise StreamUnavailable("stream workers are not running")
             by_worker: dict[int, list[tuple[int, str]]] = {}
-            for key in dict.fromkeys(user_keys):
+            for key in user_keys:
                 p = partition_for(key.encode(), partitions)
                 by_worker.setdefault(p % len(workers), []).append((p, key))
             try:

@@ -49,6 +49,7 @@ from ray_app.config import Settings
 from ray_app.kafka.client import OutRecord, make_consumer, make_producer
 from ray_app.records import RewardRecord
 from ray_app.state import SessionShard, StateConfig
+from ray_app.state.identity import MergeOutcome
 from ray_app.state.profile import CAPS, ProfileConfig
 from ray_app.state.shard import SnapshotRefused
 from ray_app.stream.checkpoint import (
@@ -97,11 +98,13 @@ def state_config(settings: Settings) -> StateConfig:
         negative_events=frozenset(catalog.negative_events),
         known_steps=frozenset(catalog.known_steps) if s.validate_steps else None,
         profile_idle_ttl_ms=int(s.profile_idle_ttl_s * 1000),
+        allow_known_merge=s.allow_known_user_merge,
         profile=ProfileConfig(
             session_gap_ms=s.session_gap_ms,
             max_event_names=s.max_event_names_per_profile,
             max_traits=s.max_traits_per_profile,
             max_sessions=s.max_sessions_per_profile,
+            max_merges=s.max_merges_per_profile,
         ),
     )
 
@@ -222,6 +225,7 @@ class StreamWorker:
                 )
                 self._dirty.add(p)
             outputs += self._reward_records(result.rewards)
+            outputs += self._identity_records(result.forward)
             for index, key, value, exc in result.rejected:
                 outputs.append(
                     OutRecord(self.topics.dlq, _dlq_record(value, exc, recs[index]), key=key)
@@ -248,6 +252,7 @@ class StreamWorker:
                         OutRecord(self.topics.dlq, _dlq_record(value, exc, recs[index]), key=key)
                     )
                 outputs += self._reward_records(result.rewards)
+                outputs += self._identity_records(result.forward)
                 if traces is not None:
                     outcomes = {i: "duplicate" for i in result.duplicate_indices}
                     outcomes.update((late[0], "late") for late in result.late)
@@ -287,6 +292,11 @@ class StreamWorker:
             OutRecord(self.topics.rewards, orjson.dumps(r.to_json()), key=r.user_key.encode())
             for r in rewards
         ]
+
+    def _identity_records(self, forward: list[tuple[str, bytes, bytes]]) -> list[OutRecord]:
+        """Link, merge and forward records (:mod:`ray_app.state.identity`) to their topics."""
+        topics = {"events": self.topics.events, "decisions": self.topics.decisions}
+        return [OutRecord(topics[role], value, key=key) for role, key, value in forward]
 
     def _observe(self, ms: float) -> None:
         self.freshness_sum_ms += ms
@@ -428,6 +438,10 @@ class StreamWorker:
                         "profiles": len(self.shards[p].profiles),
                         "profilesEvicted": self.shards[p].profiles_evicted,
                         "profileCaps": {c: self.shards[p].cap_hits.get(c, 0) for c in CAPS},
+                        "aliases": len(self.shards[p].aliases),
+                        "identity": {
+                            o.value: self.shards[p].identity.get(o.value, 0) for o in MergeOutcome
+                        },
                         **self.shards[p].rewards.stats(),
                     }
                     for p in self.partitions

@@ -42,6 +42,7 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     profiles: list[str] = []
     evicted: list[str] = []
     caps: list[str] = []
+    merges: list[str] = []
     refused = skipped = 0
     nulls: list[str] = []
     bounds: list[int] = []
@@ -54,7 +55,11 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
                 ("duplicate", "duplicates"),
                 ("late", "late"),
                 ("rejected", "rejected"),
+                ("forwarded", "forwarded"),
+                ("identity", "control"),
             ):
+                if key not in st:
+                    continue
                 lines.append(
                     f'onramp_stream_records_total{{partition="{p}",outcome="{outcome}"}} {st[key]}'
                 )
@@ -76,6 +81,10 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
                 caps.append(
                     f'onramp_stream_profile_caps_total{{partition="{p}",cap="{cap}"}} '
                     f"{hits.get(cap, 0)}"
+                )
+            for outcome, n in sorted(st.get("identity", {}).items()):
+                merges.append(
+                    f'onramp_identity_merges_total{{partition="{p}",outcome="{outcome}"}} {n}'
                 )
             for column, rate in sorted(st.get("quality", {}).get("nullRate", {}).items()):
                 nulls.append(f'onramp_stream_null_rate{{partition="{p}",column="{column}"}} {rate}')
@@ -112,6 +121,10 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         "(event_names, traits, sessions).",
         "# TYPE onramp_stream_profile_caps_total counter",
         *caps,
+        "# HELP onramp_identity_merges_total Identity stitching: links and merges by outcome "
+        "(merged, duplicate, conflict, refused_known, cap), per partition.",
+        "# TYPE onramp_identity_merges_total counter",
+        *merges,
         "# HELP onramp_stream_checkpoint_refused_partitions Partitions not running because their "
         "checkpoint was refused (bad signature, unsigned, or not the state's classes).",
         "# TYPE onramp_stream_checkpoint_refused_partitions gauge",

@@ -114,6 +114,10 @@ export interface OnrampClient {
   readonly queued: number;
   identify(userId: string | null, traits?: Record<string, unknown>, options?: CallOptions): void;
   identify(traits: Record<string, unknown>, options?: CallOptions): void;
+  /** Segment's alias: `userId` and `previousId` (default: the current userId, else the
+   * anonymousId) are the same user; afterwards `userId` is this client's user id (persisted). */
+  alias(userId: string, previousId?: string | null, options?: CallOptions): void;
+  alias(userId: string, options: CallOptions): void;
   track(event: string, properties?: Record<string, unknown>, options?: CallOptions): void;
   page(name?: string, properties?: Record<string, unknown>, options?: CallOptions): void;
   decide(slot: string, options?: DecideOptions): Promise<Decision>;
@@ -132,6 +136,7 @@ export interface OnrampClient {
 export declare function createClient(options: OnrampOptions): OnrampClient;
 export declare function init(options: OnrampOptions): OnrampClient;
 export declare const identify: OnrampClient['identify'];
+export declare const alias: OnrampClient['alias'];
 export declare function track(event: string, properties?: Record<string, unknown>, options?: CallOptions): void;
 export declare function page(name?: string, properties?: Record<string, unknown>, options?: CallOptions): void;
 export declare function decide(slot: string, options?: DecideOptions): Promise<Decision>;

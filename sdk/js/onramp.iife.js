@@ -1,7 +1,7 @@
 // Generated from onramp.js by build.mjs: do not edit.
 (function () {
 'use strict';
-// Onramp browser SDK: Segment-compatible track/identify/page plus decide(). No dependencies.
+// Onramp browser SDK: Segment-compatible track/identify/page/alias plus decide(). No dependencies.
 //
 // Events are queued (in memory and in localStorage, so a reload loses nothing), sent in batches to
 // `${host}/v1/batch` when `flushAt` events are waiting or `flushIntervalMs` after the first one,
@@ -439,6 +439,17 @@ function createClient(options = {}) {
     enqueue(base('identify', { traits }, callOpts));
   }
 
+  /** Segment's alias: `userId` and `previousId` (default: the current userId, else the
+   * anonymousId) are the same user. From then on the client's userId is `userId`. */
+  function alias(id, previousId, callOpts = {}) {
+    if (previousId && typeof previousId === 'object') return alias(id, null, previousId);
+    if (id == null || id === '') throw new Error('onramp.alias(userId): a user id is required');
+    const previous = previousId == null || previousId === '' ? userId || anonymousId : String(previousId);
+    userId = String(id);
+    save('userId', userId);
+    enqueue(base('alias', { previousId: previous }, callOpts));
+  }
+
   function track(event, properties = {}, callOpts = {}) {
     if (typeof event !== 'string' || !event) throw new Error('onramp.track(event): a name is required');
     const props = { ...properties };
@@ -516,6 +527,7 @@ function createClient(options = {}) {
   return {
     version: VERSION,
     identify,
+    alias,
     track,
     page,
     decide,
@@ -565,6 +577,7 @@ function init(options) {
   return client;
 }
 const identify = (...a) => need().identify(...a);
+const alias = (...a) => need().alias(...a);
 const track = (...a) => need().track(...a);
 const page = (...a) => need().page(...a);
 const decide = (...a) => need().decide(...a);
@@ -573,5 +586,5 @@ const flush = () => need().flush();
 const reset = () => need().reset();
 const on = (...a) => need().on(...a);
 
-globalThis.Onramp = { VERSION, uuid4, backoffMs, parseRetryAfter, classifyStatus, createClient, init, identify, track, page, decide, reportOutcome, flush, reset, on };
+globalThis.Onramp = { VERSION, uuid4, backoffMs, parseRetryAfter, classifyStatus, createClient, init, identify, alias, track, page, decide, reportOutcome, flush, reset, on };
 })();

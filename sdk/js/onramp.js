@@ -1,4 +1,4 @@
-// Onramp browser SDK: Segment-compatible track/identify/page plus decide(). No dependencies.
+// Onramp browser SDK: Segment-compatible track/identify/page/alias plus decide(). No dependencies.
 //
 // Events are queued (in memory and in localStorage, so a reload loses nothing), sent in batches to
 // `${host}/v1/batch` when `flushAt` events are waiting or `flushIntervalMs` after the first one,
@@ -436,6 +436,17 @@ export function createClient(options = {}) {
     enqueue(base('identify', { traits }, callOpts));
   }
 
+  /** Segment's alias: `userId` and `previousId` (default: the current userId, else the
+   * anonymousId) are the same user. From then on the client's userId is `userId`. */
+  function alias(id, previousId, callOpts = {}) {
+    if (previousId && typeof previousId === 'object') return alias(id, null, previousId);
+    if (id == null || id === '') throw new Error('onramp.alias(userId): a user id is required');
+    const previous = previousId == null || previousId === '' ? userId || anonymousId : String(previousId);
+    userId = String(id);
+    save('userId', userId);
+    enqueue(base('alias', { previousId: previous }, callOpts));
+  }
+
   function track(event, properties = {}, callOpts = {}) {
     if (typeof event !== 'string' || !event) throw new Error('onramp.track(event): a name is required');
     const props = { ...properties };
@@ -513,6 +524,7 @@ export function createClient(options = {}) {
   return {
     version: VERSION,
     identify,
+    alias,
     track,
     page,
     decide,
@@ -562,6 +574,7 @@ export function init(options) {
   return client;
 }
 export const identify = (...a) => need().identify(...a);
+export const alias = (...a) => need().alias(...a);
 export const track = (...a) => need().track(...a);
 export const page = (...a) => need().page(...a);
 export const decide = (...a) => need().decide(...a);

@@ -318,6 +318,42 @@ def test_what_is_queued_goes_out_by_beacon_when_the_page_is_left(browser, web, r
     context.close()
 
 
+def test_alias_links_the_anonymous_browser_to_a_user_id(browser, web, read_topic):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(web.demo)
+    page.wait_for_selector("#step form")  # the SDK is up, nobody identified yet
+    user = f"aliased-{time.time_ns()}"
+    sent = page.evaluate(
+        "user => { const c = window.onrampDemo.client; c.alias(user); c.track('Aliased');"
+        " return {anonymousId: c.anonymousId, userId: c.userId,"
+        " events: c.queuedEvents().slice(-2)}; }",
+        user,
+    )
+    alias, after = sent["events"]
+    assert sent["userId"] == user
+    assert (alias["type"], alias["userId"], alias["previousId"]) == (
+        "alias",
+        user,
+        sent["anonymousId"],
+    )
+    _drain(page)
+    stats = _sdk(page, "c.stats()")
+    assert stats["dropped"] == 0 and stats["sent"] >= 2, stats  # the collector took both
+    ids = {alias["messageId"], after["messageId"]}
+    found = {
+        f["value"]["messageId"]: f
+        for f in read_topic("onramp.events").wait_for(lambda v: v["messageId"] in ids, 2)
+    }
+    assert set(found) == ids
+    a = found[alias["messageId"]]
+    assert a["key"] == user.encode()
+    assert (a["value"]["type"], a["value"]["previousId"]) == ("alias", sent["anonymousId"])
+    t = found[after["messageId"]]["value"]
+    assert (t["userKey"], t["anonymousId"]) == (user, sent["anonymousId"])
+    context.close()
+
+
 # -- an unmodified third-party client: Segment's analytics-next ------------------------------
 
 

@@ -52,6 +52,75 @@ test('payloads are Segment calls with Onramp session context and a per-session s
   assert.equal(t.context.onramp.stepId, 'role');
 });
 
+test('identity: after identify every call carries userId and the same anonymousId, across a reload', async () => {
+  const storage = memoryStorage();
+  const { c, timers, net } = client({ storage });
+  const anon = c.anonymousId;
+  c.track('Before');
+  c.identify('u1');
+  c.track('After', { n: 1 });
+  c.page('Home');
+  await timers.advance(1000);
+  const [before, i, t, p] = sentEvents(net);
+  assert.equal(before.userId, undefined);
+  assert.equal(c.anonymousId, anon, 'identify keeps the anonymousId');
+  for (const e of [before, i, t, p]) assert.equal(e.anonymousId, anon);
+  for (const e of [i, t, p]) assert.equal(e.userId, 'u1');
+  const again = client({ storage });
+  assert.deepEqual([again.c.userId, again.c.anonymousId], ['u1', anon], 'both kept in storage');
+  again.c.track('Reloaded');
+  const [r] = again.c.queuedEvents();
+  assert.deepEqual([r.userId, r.anonymousId], ['u1', anon]);
+});
+
+test('alias: a Segment alias call; previousId defaults to the anonymousId before identify', async () => {
+  const storage = memoryStorage();
+  const { c, timers, net } = client({ storage });
+  const anon = c.anonymousId;
+  c.alias('u1', { context: { campaign: 'x' }, stepId: 'signup' });
+  c.track('Signed Up');
+  await timers.advance(1000);
+  const [a, t] = sentEvents(net);
+  assert.equal(a.type, 'alias');
+  assert.equal(a.userId, 'u1');
+  assert.equal(a.previousId, anon);
+  assert.equal(a.anonymousId, anon);
+  assert.match(a.messageId, UUID);
+  assert.equal(a.context.campaign, 'x', 'options as the second argument');
+  assert.equal(a.context.onramp.stepId, 'signup');
+  assert.deepEqual([a.context.onramp.seq, t.context.onramp.seq], [0, 1]);
+  assert.equal(a.event, undefined);
+  assert.equal(a.traits, undefined);
+  assert.deepEqual([t.userId, t.anonymousId], ['u1', anon], 'the new userId from then on');
+  assert.equal(c.userId, 'u1');
+  assert.equal(client({ storage }).c.userId, 'u1', 'persisted like identify');
+});
+
+test('alias: previousId defaults to the current userId, or is the one given', async () => {
+  const storage = memoryStorage();
+  const { c, timers, net } = client({ storage });
+  c.identify('guest-7');
+  c.alias('user-42');
+  c.alias('user-43', 'legacy-1');
+  c.alias(99, null);
+  const d = c.decide('next_step', { fallback: 'role' });
+  await timers.advance(1000);
+  await d;
+  const aliases = sentEvents(net).filter((e) => e.type === 'alias');
+  assert.deepEqual(
+    aliases.map((e) => [e.userId, e.previousId]),
+    [['user-42', 'guest-7'], ['user-43', 'legacy-1'], ['99', 'user-43']],
+  );
+  assert.equal(c.userId, '99');
+  assert.equal(JSON.parse(storage.getItem('onramp.userId')), '99');
+  const req = net.requests.find((r) => r.url.endsWith('/v1/decide'));
+  assert.equal(req.json.userId, '99', 'decide asks for the aliased user');
+  assert.throws(() => c.alias(''), /user id is required/);
+  assert.throws(() => c.alias(), /user id is required/);
+  c.reset();
+  assert.equal(c.userId, null, 'reset forgets an aliased user too');
+});
+
 test('a new session starts after the inactivity timeout, seq restarts at 0', async () => {
   const { c, timers } = client({ options: { sessionTimeoutMs: 60_000, flushIntervalMs: 600_000 } });
   c.track('A');
@@ -264,6 +333,8 @@ test('the IIFE build is up to date and exposes window.Onramp', () => {
   assert.equal(sandbox.Onramp.VERSION, JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version);
   const c = sandbox.Onramp.init({ writeKey: 'k', host: 'http://x', listenToPage: false, fetch: async () => ({ status: 200 }) });
   sandbox.Onramp.track('A');
-  assert.equal(c.queued, 1);
+  sandbox.Onramp.alias('u1');
+  assert.equal(c.queued, 2);
+  assert.equal(c.userId, 'u1');
   c.close();
 });

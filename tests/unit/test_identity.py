@@ -1,0 +1,373 @@
+"""Identity stitching in the state core: across partitions, interleavings and crashes, the merged
+profile is the one a single ordered pass over the person's events gives."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ray_app.kafka.client import partition_for
+from ray_app.state import SessionShard, StateConfig
+from ray_app.state.event import decode_event
+from ray_app.state.identity import (
+    LINK,
+    MERGE,
+    profile_from_state,
+    profile_to_state,
+)
+from ray_app.state.profile import Profile, ProfileConfig, apply, merge_into
+
+PARTITIONS = 3
+T0 = 1_767_225_600_000  # 2026-01-01
+CONFIG = StateConfig(
+    allowed_lateness_ms=10 * 86_400_000,  # nothing is late: every event must be applied
+    reorder_wait_ms=3_600_000,
+    known_steps=None,
+)
+
+
+def _ids(n: int) -> list[str]:
+    """``n`` ids on ``n`` different partitions (so every merge crosses partitions)."""
+    out: list[str] = []
+    seen: set[int] = set()
+    i = 0
+    while len(out) < n:
+        key = f"id-{i}"
+        p = partition_for(key.encode(), PARTITIONS)
+        if p not in seen:
+            seen.add(p)
+            out.append(key)
+        i += 1
+    return out
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _event(mid: str, t: int, kind: str, **f) -> dict:
+    d = {
+        "messageId": mid,
+        "type": kind,
+        "timestamp": _iso(T0 + t),
+        "receivedAt": _iso(T0 + t + 50),
+        **f,
+    }
+    d["userKey"] = d.get("userId") or d.get("anonymousId")
+    return d
+
+
+def person(anon: str, user: str, rng: random.Random) -> list[dict]:
+    """A visitor's anonymous steps, sign-up (identify with both ids), known steps, and a second
+    tab that stays anonymous after sign-up (its events reach the anonymous id's partition)."""
+    out = []
+    t = 0
+    steps = ["welcome", "role", "goals", "invite", "tour"]
+    n_anon = rng.randint(0, 4)
+    for seq in range(n_anon):
+        t += rng.randint(200, 5_000)
+        name = rng.choice(["Step Viewed", "Step Completed", "Form Error"])
+        out.append(
+            _event(
+                f"a{seq}", t, "track", anonymousId=anon, event=name,
+                sessionId="s1", seq=seq, stepId=steps[seq % len(steps)],
+                properties={"durationMs": rng.randint(0, 9_000)},
+            )
+        )  # fmt: skip
+    t += rng.randint(200, 5_000)
+    traits = {"plan": rng.choice(["free", "team"]), "seats": rng.randint(1, 50)}
+    out.append(
+        _event("idf", t, "identify", userId=user, anonymousId=anon, traits=traits,
+               sessionId="s1", seq=n_anon)
+    )  # fmt: skip
+    for k in range(rng.randint(0, 4)):
+        t += rng.randint(200, 5_000)
+        out.append(
+            _event(
+                f"k{k}", t, "track", userId=user, anonymousId=anon, event="Step Completed",
+                sessionId="s1", seq=n_anon + 1 + k, stepId=steps[k % len(steps)],
+            )
+        )  # fmt: skip
+    for k in range(rng.randint(0, 3)):  # another tab, never identified
+        out.append(
+            _event(
+                f"t{k}", t + rng.randint(-20_000, 20_000), "page", anonymousId=anon,
+                name="Pricing", sessionId="s2", seq=k, context={"traits": {"tab": k}},
+            )
+        )  # fmt: skip
+    return out
+
+
+class Cluster:
+    """Partitions of ``onramp.events`` and ``onramp.decisions`` as lists, one shard per partition
+    with a checkpoint (snapshot + offsets); side outputs are appended to the topic they name, as
+    Kafka would (a replay after a crash appends them again)."""
+
+    def __init__(self, config: StateConfig = CONFIG) -> None:
+        self.config = config
+        self.events: list[list[tuple[bytes, bytes]]] = [[] for _ in range(PARTITIONS)]
+        self.decisions: list[list[tuple[bytes, bytes]]] = [[] for _ in range(PARTITIONS)]
+        self.shards = [SessionShard(p, config) for p in range(PARTITIONS)]
+        self.pos = [0] * PARTITIONS
+        self.dpos = [0] * PARTITIONS
+        self.saved: list[tuple[bytes, int, int] | None] = [None] * PARTITIONS
+        self.rewards: list = []
+        self.rejected: list = []
+
+    def send(self, record: dict, topic: str = "events") -> None:
+        key = record["userKey"].encode()
+        log = self.events if topic == "events" else self.decisions
+        log[partition_for(key, PARTITIONS)].append((key, json.dumps(record).encode()))
+
+    def _out(self, result) -> None:
+        self.rewards += result.rewards
+        self.rejected += result.rejected
+        for role, key, value in result.forward:
+            log = self.events if role == "events" else self.decisions
+            log[partition_for(key, PARTITIONS)].append((key, value))
+
+    def step(self, p: int, n: int) -> int:
+        shard = self.shards[p]
+        recs = self.decisions[p][self.dpos[p] : self.dpos[p] + n]
+        if recs:
+            self.dpos[p] += len(recs)
+            self._out(shard.process_decisions(recs, self.dpos[p]))
+        recs = self.events[p][self.pos[p] : self.pos[p] + n]
+        if recs:
+            self.pos[p] += len(recs)
+            self._out(shard.process(recs))
+        return len(recs)
+
+    def checkpoint(self, p: int) -> None:
+        self.saved[p] = (self.shards[p].snapshot(), self.pos[p], self.dpos[p])
+
+    def crash(self, p: int) -> None:
+        saved = self.saved[p]
+        if saved is None:
+            self.shards[p], self.pos[p], self.dpos[p] = SessionShard(p, self.config), 0, 0
+        else:
+            self.shards[p] = SessionShard.restore(saved[0])
+            self.pos[p], self.dpos[p] = saved[1], saved[2]
+
+    def pending(self) -> bool:
+        return any(self.pos[p] < len(self.events[p]) for p in range(PARTITIONS)) or any(
+            self.dpos[p] < len(self.decisions[p]) for p in range(PARTITIONS)
+        )
+
+    def run(self, rng: random.Random, crashes: bool = True) -> None:
+        for _ in range(10_000):
+            if not self.pending():
+                return
+            p = rng.randrange(PARTITIONS)
+            self.step(p, rng.randint(1, 4))
+            r = rng.random()
+            if crashes and r < 0.15:
+                self.crash(p)
+            elif r < 0.4:
+                self.checkpoint(p)
+        raise AssertionError("the records did not settle")
+
+    def profile(self, key: str) -> Profile | None:
+        found = [s.profiles[key] for s in self.shards if key in s.profiles]
+        assert len(found) <= 1
+        return found[0] if found else None
+
+
+def one_pass(key: str, records: list[dict]) -> dict:
+    """The reference: every event of the person applied to one profile, in event order."""
+    p = Profile(key, CONFIG.profile)
+    events = [decode_event(json.dumps(r).encode()) for r in records]
+    for e in sorted(events, key=lambda e: e.order_key):
+        apply(p, replace(e, user_key=key))
+    return p.as_dict()
+
+
+def _without_identity(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("mergedFrom", "assignmentKey")}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+@given(seed=st.integers(0, 2**32 - 1), crashes=st.booleans())
+def test_any_interleaving_and_crashes_give_the_one_pass_profile(seed, crashes):
+    rng = random.Random(seed)
+    anon, user, _ = _ids(3)
+    records = person(anon, user, rng)
+    arrival = records[:]
+    rng.shuffle(arrival)  # the order the collector wrote them in, across both partitions
+    arrival += rng.sample(records, k=min(2, len(records)))  # client retries
+    cluster = Cluster()
+    for r in arrival:
+        cluster.send(r)
+    cluster.run(rng, crashes)
+
+    assert cluster.profile(anon) is None, "the anonymous profile was merged away"
+    merged = cluster.profile(user)
+    assert merged is not None
+    got = merged.as_dict()
+    assert _without_identity(got) == _without_identity(one_pass(user, records))
+    assert got["mergedFrom"] == [anon]
+    first = min((r["timestamp"], r["userKey"]) for r in records)[1]
+    assert got["assignmentKey"] == first, "the first id seen keeps its experiment arm"
+    assert not cluster.rejected
+    totals = [s.identity for s in cluster.shards]
+    assert sum(t.get("merged", 0) for t in totals) == 1
+    for s in cluster.shards:  # every record is exactly one thing
+        st_ = s.stats
+        assert st_.records == cluster.pos[s.partition]
+        assert st_.records == (
+            st_.applied + st_.duplicates + st_.late + st_.rejected + s.buffered
+            + st_.forwarded + st_.control
+        )  # fmt: skip
+
+
+def test_a_chain_of_merges_resolves_to_one_profile():
+    """anonymous -> user (identify), user -> account (alias): one profile under the last id."""
+    rng = random.Random(5)
+    anon, user, account = _ids(3)
+    records = person(anon, user, rng)
+    alias = _event("al", 10**6, "alias", userId=account, previousId=user)
+    later = _event("late-anon", 10**6 + 500, "page", anonymousId=anon, name="Docs")
+    config = replace(CONFIG, allow_known_merge=True)
+    cluster = Cluster(config)
+    for r in [*records, alias, later]:
+        cluster.send(r)
+    cluster.run(rng, crashes=False)
+    assert cluster.profile(anon) is None and cluster.profile(user) is None
+    got = cluster.profile(account).as_dict()
+    want = one_pass(account, [*records, alias, later])
+    assert _without_identity(got) == _without_identity(want)
+    assert got["mergedFrom"] == sorted([anon, user])
+    # either old id reads as a pointer to where the person is now
+    pointers = [s.profile(anon) for s in cluster.shards if anon in s.aliases]
+    assert pointers == [{"userKey": anon, "mergedInto": user}]
+
+
+def test_known_users_are_not_merged_unless_allowed():
+    rng = random.Random(9)
+    anon, user, account = _ids(3)
+    records = person(anon, user, rng)
+    alias = _event("al", 10**6, "alias", userId=account, previousId=user)
+    cluster = Cluster()
+    for r in [*records, alias]:
+        cluster.send(r)
+    cluster.run(rng, crashes=False)
+    assert cluster.profile(user) is not None, "a known user keeps their profile by default"
+    assert cluster.profile(account).as_dict()["mergedFrom"] == []
+    outcomes = {}
+    for s in cluster.shards:
+        for k, v in s.identity.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    assert outcomes == {"merged": 1, "refused_known": 1}
+
+
+def test_the_first_identify_wins_and_merges_per_profile_are_capped():
+    anon, user, other = _ids(3)
+    cluster = Cluster()
+    cluster.send(_event("p", 0, "page", anonymousId=anon, name="Home"))
+    cluster.send(_event("i1", 1_000, "identify", userId=user, anonymousId=anon))
+    cluster.run(random.Random(1), crashes=False)
+    cluster.send(_event("i2", 2_000, "identify", userId=other, anonymousId=anon))
+    cluster.run(random.Random(1), crashes=False)
+    assert cluster.profile(user).as_dict()["counts"]["page"] == 1
+    assert cluster.profile(other).as_dict()["mergedFrom"] == []
+    assert sum(s.identity.get("conflict", 0) for s in cluster.shards) == 1
+
+    capped = Cluster(replace(CONFIG, profile=ProfileConfig(max_merges=2)))
+    for n in range(4):
+        capped.send(_event(f"c{n}", n * 1000, "identify", userId=user, anonymousId=f"anon-{n}"))
+    capped.run(random.Random(2), crashes=False)
+    assert len(capped.profile(user).as_dict()["mergedFrom"]) == 2
+    assert sum(s.identity.get("cap", 0) for s in capped.shards) == 2
+
+
+def test_decisions_follow_the_person_and_are_rewarded_once():
+    """A decision made for the anonymous id is rewarded by the step the known user completes,
+    and a decision logged for the anonymous id after the merge is forwarded to the same join."""
+    anon, user, _ = _ids(3)
+    window = StateConfig().attribution_window_ms
+
+    def decision(did: str, t: int, action: str) -> dict:
+        return {
+            "decisionId": did, "userKey": anon, "slot": "next_step", "chosen": action,
+            "actionIndex": 0, "propensity": 0.5, "features": [1.0], "arm": "treatment",
+            "modelVersion": 1, "timestamp": _iso(T0 + t), "candidates": [action, "tour"],
+            "ranked": [{"action": action}, {"action": "tour"}],
+        }  # fmt: skip
+
+    for crashes in (False, True):
+        cluster = Cluster(replace(CONFIG, attribution_window_ms=window))
+        cluster.send(_event("p", 0, "page", anonymousId=anon, name="Home"))
+        cluster.send(decision("d-before", 100, "role"), "decisions")
+        cluster.run(random.Random(3), crashes=False)
+        cluster.send(_event("i", 1_000, "identify", userId=user, anonymousId=anon))
+        cluster.run(random.Random(3), crashes=crashes)
+        cluster.send(decision("d-after", 1_500, "goals"), "decisions")  # a stale replica
+        done = {"stepId": "role", "userId": user, "anonymousId": anon, "event": "Step Completed"}
+        cluster.send(_event("c1", 2_000, "track", **done))
+        cluster.send(_event("c2", 2_500, "track", **{**done, "stepId": "goals"}))
+        cluster.run(random.Random(4), crashes=crashes)
+        got = {(r.decision_id, r.reward, r.user_key) for r in cluster.rewards}
+        assert got == {("d-before", 1.0, user), ("d-after", 1.0, user)}
+
+
+def test_profile_state_round_trips_and_merge_commutes_with_apply():
+    rng = random.Random(11)
+    anon, user, _ = _ids(3)
+    records = person(anon, user, rng) + person(anon, user, random.Random(12))
+    for n, r in enumerate(records):
+        r["messageId"] = f"m{n}"
+    events = [decode_event(json.dumps(r).encode()) for r in records]
+    a, b = Profile(user, CONFIG.profile), Profile(anon, CONFIG.profile)
+    half = len(events) // 2
+    for e in events[:half]:
+        apply(a, replace(e, user_key=user))
+    for e in events[half:]:
+        apply(b, e)
+    restored = profile_from_state(json.loads(json.dumps(profile_to_state(b))), CONFIG.profile)
+    assert restored.as_dict() == b.as_dict()
+    merge_into(a, restored)
+    assert _without_identity(a.as_dict()) == _without_identity(one_pass(user, records))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": MERGE, "messageId": "m", "userKey": "u", "from": "a", "timestamp": "x"},
+        {"type": MERGE, "messageId": "m", "userKey": "u", "from": "a",
+         "timestamp": "2026-01-01T00:00:00Z", "profile": {"userKey": "a", "counts": {"x": "1"}}},
+        {"type": MERGE, "messageId": "m", "userKey": "u", "from": "a",
+         "timestamp": "2026-01-01T00:00:00Z", "outcomes": [[1]]},
+        {"type": LINK, "messageId": "m", "userKey": "a", "timestamp": "2026-01-01T00:00:00Z"},
+        {"type": "onramp.forward", "messageId": "m", "userKey": "u", "from": "a",
+         "timestamp": "2026-01-01T00:00:00Z", "event": {"kind": 3}},
+    ],
+)  # fmt: skip
+def test_a_malformed_identity_record_is_rejected_alone_and_merges_nothing(bad):
+    shard = SessionShard(0, CONFIG)
+    ok = _event("ok", 0, "page", userId="u", name="Home")
+    result = shard.process([(b"u", json.dumps(bad).encode()), (b"u", json.dumps(ok).encode())])
+    assert len(result.rejected) == 1 and result.applied == 1
+    assert shard.profile("u")["mergedFrom"] == []
+
+
+def test_a_forwarding_loop_stops_in_the_dlq():
+    """Two ids that each point at the other (no identify makes this: a link that would close
+    a cycle is refused, but a race of two could): a merge goes round 8 hops, then to the DLQ."""
+    a, b, c = _ids(3)
+    cluster = Cluster()
+    cluster.shards[partition_for(a.encode(), PARTITIONS)].aliases[a] = (b, 0)
+    cluster.shards[partition_for(b.encode(), PARTITIONS)].aliases[b] = (a, 0)
+    cluster.send(
+        {"type": MERGE, "messageId": "m", "userKey": a, "from": c, "profile": None,
+         "timestamp": "2026-01-01T00:00:00Z"}
+    )  # fmt: skip
+    cluster.run(random.Random(1), crashes=False)
+    assert [r[3].reason.value for r in cluster.rejected] == ["identity_loop"]
