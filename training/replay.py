@@ -15,6 +15,11 @@ without a profile (``coldReason`` set) had none. The stream applies a user's eve
 this is exact unless one collector batch of a user was split between two stream polls (its events
 share one receive time); such a decision would show up as a mismatch, not be hidden.
 
+Identity stitching: a decision made from a merged profile logs the ids merged in
+(``mergedFrom``); the replay folds in the state each carried, from the archived merge records
+(``onramp.merge``, keyed by the surviving id), with :func:`~ray_app.state.profile.merge_into`,
+and counts forwarded events (``onramp.forward``) as the surviving id's own.
+
 Features are logged rounded to 6 decimals; the replay rounds the same way and compares exactly.
 """
 
@@ -29,7 +34,8 @@ import numpy as np
 import orjson
 
 from ray_app.features import FeatureSchema
-from ray_app.state import Event, EventDecodeError, Profile, apply, decode_event
+from ray_app.state import Event, EventDecodeError, Profile, apply, decode_event, identity
+from ray_app.state.profile import merge_into
 
 __all__ = ["ParityReport", "replay_parity"]
 
@@ -78,10 +84,24 @@ def replay_parity(
     decision records), optionally only those of ``users``; ``enrich(profile_dict)`` is the CRM
     lookup the serving path used (``CrmTable.enrich``; ``None``: no enrichment)."""
     by_user: dict[str, list[tuple[int, Event]]] = {}
+    merges: dict[tuple[str, str], dict[str, Any]] = {}
+    """(surviving id, merged id) -> the profile state its merge record carried."""
     for rec in events:
         body = {k: v for k, v in rec.items() if k != "_kafka"}
         try:
-            e = decode_event(orjson.dumps(body))
+            kind = body.get("type")
+            if kind == identity.MERGE:
+                state = body.get("profile")
+                key = (str(body.get("userKey")), str(body.get("from")))
+                if isinstance(state, dict):
+                    merges.setdefault(key, state)
+                continue
+            if kind == identity.FORWARD:
+                e = identity.event_from_json(body.get("event"), str(body.get("userKey")))
+            elif kind in identity.CONTROL_TYPES:
+                continue  # a link: no state of its own
+            else:
+                e = decode_event(orjson.dumps(body))
         except EventDecodeError:
             continue  # the stream rejects it too (it went to the DLQ)
         if users is not None and e.user_key not in users:
@@ -111,7 +131,12 @@ def replay_parity(
                 if e.received <= cutoff and e.message_id not in seen:
                     seen.add(e.message_id)
                     apply(p, e)
-            profile = p.as_dict() if seen else None
+            merged = d.get("mergedFrom")
+            for old in merged if isinstance(merged, list) else []:
+                state = merges.get((str(user), str(old)))
+                if state is not None and old not in (p.merged_from or ()):
+                    merge_into(p, identity.profile_from_state(state, p.config))
+            profile = p.as_dict() if seen or p.merged_from else None
         else:
             report.cold += 1
         enrichment = None
@@ -125,7 +150,7 @@ def replay_parity(
         if diff == 0.0:
             report.matched += 1
         else:
-            differ = np.flatnonzero(replayed != logged) if len(logged) == len(replayed) else []
+            differ: Any = np.flatnonzero(replayed != logged) if len(logged) == len(replayed) else []
             report.mismatches.append(
                 {
                     "decisionId": d.get("decisionId"),

@@ -1,5 +1,6 @@
 // The demo onboarding flow: every screen after sign-up is chosen by Onramp's /v1/decide, and
-// every interaction is sent with the SDK. The panel shows the profile Onramp keeps for the user.
+// every interaction is sent with the SDK. The panel shows the profile Onramp keeps for the user:
+// before sign-up the anonymous visitor's; after, the user's, with the anonymous steps merged in.
 import { init } from './sdk/onramp.js';
 
 const STEPS = ['welcome', 'role', 'team_size', 'goals', 'integrations', 'invite_teammates', 'first_project'];
@@ -70,7 +71,9 @@ async function show(step, decision = null) {
   save();
   renderProgress();
   const main = $('#step');
-  if (step !== 'signup' && step !== 'done') state.client.track('Step Viewed', { stepId: step });
+  // the sign-up screen is viewed before identify: an anonymous step, which Onramp merges into
+  // the user's profile at sign-up (identity stitching; the panel shows `merged from`)
+  if (step !== 'done') state.client.track('Step Viewed', { stepId: step });
   const html = await SCREENS[step]();
   main.innerHTML = html;
   main.dataset.decided = decision && !decision.fallback ? 'onramp' : decision ? `fallback:${decision.reason}` : 'fixed';
@@ -246,8 +249,11 @@ async function refreshProfile() {
     $('#freshness').textContent = body.freshness.ageMs == null ? '' : `(last event ${Math.round(body.freshness.ageMs / 100) / 10}s ago)`;
     const traits = Object.entries(p.traits).map(([k, v]) => `${esc(k)}=${esc(v)}`).join(', ');
     $('#profile').innerHTML = `<dl>
+      <dt>profile of</dt><dd id="profile-key">${esc(p.userKey)}</dd>
+      <dt>merged from</dt><dd id="profile-merged">${esc((p.mergedFrom || []).join(', ') || '—')}</dd>
       <dt>current step</dt><dd id="profile-current">${esc(p.currentStep || '—')}</dd>
       <dt>completed</dt><dd id="profile-completed">${esc(p.stepsCompleted.join(', ') || '—')}</dd>
+      <dt>seen</dt><dd id="profile-seen">${esc(p.stepsSeen.join(', ') || '—')}</dd>
       <dt>traits</dt><dd>${traits || '—'}</dd>
       <dt>events</dt><dd>${Object.values(p.counts).length ? esc(JSON.stringify(p.counts)) : '—'}</dd>
       <dt>sessions</dt><dd>${p.onboardingSessions.length}</dd>

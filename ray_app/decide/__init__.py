@@ -196,6 +196,8 @@ class Decision:
     event_trace: str | None = None
     """``traceparent`` of the latest traced event of the profile decided from (what the
     decision's span links to)."""
+    merged_from: list[str] | None = None
+    """Ids merged into the profile decided from (identity stitching), for the parity replay."""
 
     def answer(self) -> dict[str, Any]:
         """The HTTP answer."""
@@ -229,6 +231,7 @@ class Decision:
                 timespec="milliseconds"
             ),
             **({"traceId": self.trace_id} if self.trace_id is not None else {}),
+            **({"mergedFrom": self.merged_from} if self.merged_from else {}),
         }
 
 
@@ -482,6 +485,7 @@ class Decider:
                     profile_age_ms=now_ms - last if isinstance(last, int) else None,
                     action_index=chosen_index,
                     event_trace=profile.get("traceparent") if profile else None,
+                    merged_from=profile.get("mergedFrom") if profile else None,
                 )
             )
         return decisions

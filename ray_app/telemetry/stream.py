@@ -43,6 +43,7 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     evicted: list[str] = []
     caps: list[str] = []
     merges: list[str] = []
+    forwarded: list[str] = []
     refused = skipped = 0
     nulls: list[str] = []
     bounds: list[int] = []
@@ -55,11 +56,7 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
                 ("duplicate", "duplicates"),
                 ("late", "late"),
                 ("rejected", "rejected"),
-                ("forwarded", "forwarded"),
-                ("identity", "control"),
             ):
-                if key not in st:
-                    continue
                 lines.append(
                     f'onramp_stream_records_total{{partition="{p}",outcome="{outcome}"}} {st[key]}'
                 )
@@ -82,6 +79,9 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
                     f'onramp_stream_profile_caps_total{{partition="{p}",cap="{cap}"}} '
                     f"{hits.get(cap, 0)}"
                 )
+            forwarded.append(
+                f'onramp_identity_forwarded_total{{partition="{p}"}} {st.get("forwarded", 0)}'
+            )
             for outcome, n in sorted(st.get("identity", {}).items()):
                 merges.append(
                     f'onramp_identity_merges_total{{partition="{p}",outcome="{outcome}"}} {n}'
@@ -125,6 +125,10 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         "(merged, duplicate, conflict, refused_known, cap), per partition.",
         "# TYPE onramp_identity_merges_total counter",
         *merges,
+        "# HELP onramp_identity_forwarded_total Events of merged ids sent on to the id they were "
+        "merged into, per partition of the merged id.",
+        "# TYPE onramp_identity_forwarded_total counter",
+        *forwarded,
         "# HELP onramp_stream_checkpoint_refused_partitions Partitions not running because their "
         "checkpoint was refused (bad signature, unsigned, or not the state's classes).",
         "# TYPE onramp_stream_checkpoint_refused_partitions gauge",

@@ -219,12 +219,14 @@ def test_a_user_walks_the_demo_and_onramp_sees_every_event_in_order(browser, web
     assert [v["seq"] for v in values] == list(range(len(values)))
     assert {v["sessionId"] for v in values} == {demo["sessionId"]}
     assert len({v["messageId"] for v in values}) == len(values)
-    assert all(v["userKey"] == demo["userId"] for v in values[1:])  # all but the page view
-    assert values[0]["type"] == "page" and values[0]["userKey"] == demo["anonymousId"]
+    # the page view and the sign-up screen are anonymous; everything from identify on is the user's
+    assert all(v["userKey"] == demo["userId"] for v in values[2:])
+    assert [v["userKey"] for v in values[:2]] == [demo["anonymousId"]] * 2
     viewed = [v["stepId"] for v in values if v.get("event") == "Step Viewed"]
-    assert viewed == shown[:-1]
+    assert viewed == ["signup", *shown[:-1]]
     names = [v.get("event") or v["type"] for v in values]
-    assert names[:3] == ["page", "identify", "Signed Up"] and names[-1] == "Onboarding Completed"
+    assert names[:4] == ["page", "Step Viewed", "identify", "Signed Up"]
+    assert names[-1] == "Onboarding Completed"
     # the SDK echoes each step decision's id on the step's events: rewards join exactly
     ids = {d["chosen"]: d["decisionId"] for d in answered}
     for v in values:
@@ -238,13 +240,24 @@ def test_a_user_walks_the_demo_and_onramp_sees_every_event_in_order(browser, web
         if not d["fallback"]:
             assert logged[d["decisionId"]] == d["chosen"]
 
-    # the panel shows the live profile as Onramp keeps it
+    # the panel shows the live profile as Onramp keeps it, the anonymous steps merged in
     page.wait_for_function(
         "n => (document.querySelector('#profile-completed')?.textContent || '')"
         ".split(', ').length === n",
         arg=len(FLOW),
         timeout=20_000,
     )
+    page.wait_for_function(
+        "anon => document.querySelector('#profile-merged')?.textContent === anon",
+        arg=demo["anonymousId"],
+        timeout=20_000,
+    )
+    panel = page.evaluate(
+        "() => Object.fromEntries(['key', 'merged', 'seen'].map(k =>"
+        " [k, document.querySelector('#profile-' + k).textContent]))"
+    )
+    assert panel["key"] == demo["userId"] and panel["merged"] == demo["anonymousId"], panel
+    assert "signup" in panel["seen"].split(", "), panel
     page.screenshot(path=str(SHOTS / "demo-09-done-with-profile.png"))
     context.close()
 
