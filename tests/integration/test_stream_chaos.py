@@ -138,9 +138,7 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
             == injected_late + plan.count("duplicate") + replayed
         )
         merges = sum(
-            part["identity"]["merged"]
-            for st in sup.status()
-            for part in st["partitions"].values()
+            part["identity"]["merged"] for st in sup.status() for part in st["partitions"].values()
         )
         assert merges == len({k for k, v in records if b'"identify"' in v and b"anonymousId" in v})
 

@@ -1,0 +1,169 @@
+"""Snapshot blobs of the stream state: the version, and loading them as data, not code.
+
+:meth:`~ray_app.state.shard.SessionShard.restore` unpickles with an allowlist of the state's own
+classes (the Python docs' "Restricting Globals"): a blob that names anything else
+(``os.system``, ``builtins.eval``...) is refused with :class:`SnapshotRefused` before anything it
+names is looked up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import pickle
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ray_app.state.shard import SessionShard
+
+__all__ = [
+    "ALLOWED_CLASSES",
+    "SNAPSHOT_VERSION",
+    "SnapshotRefused",
+    "dump_base",
+    "dump_delta",
+    "load_blob",
+    "load_into",
+]
+
+#: 6: signed checkpoints, restricted unpickling, profile eviction and caps (5 and older are
+#: refused: they were written unsigned). Identity stitching added fields with defaults (a
+#: version-6 snapshot from before it restores with no aliases and no merges).
+SNAPSHOT_VERSION = 6
+
+
+class SnapshotRefused(ValueError):
+    """A snapshot blob that :meth:`SessionShard.restore` will not load; ``index`` says which
+    (0: the base, n: the n-th delta)."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(index, message)
+        self.index = index
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+#: (module, name) of every class a snapshot may name: the state's own classes. Containers (dict,
+#: list, tuple, set, frozenset) and scalars are pickle opcodes and need no entry.
+ALLOWED_CLASSES = frozenset(
+    {
+        ("ray_app.state.dedupe", "Deduplicator"),
+        ("ray_app.state.event", "Event"),
+        ("ray_app.state.ordering", "Reorderer"),
+        ("ray_app.state.ordering", "SessionCursor"),
+        ("ray_app.state.profile", "Profile"),
+        ("ray_app.state.profile", "ProfileConfig"),
+        ("ray_app.state.profile", "StepStats"),
+        ("ray_app.state.rewards", "LoggedOutcome"),
+        ("ray_app.state.rewards", "PendingDecision"),
+        ("ray_app.state.rewards", "RewardJoin"),
+        ("ray_app.state.config", "ShardStats"),
+        ("ray_app.state.config", "StateConfig"),
+        ("ray_app.state.shard", "ShardStats"),  # snapshots written before they moved
+        ("ray_app.state.shard", "StateConfig"),
+        ("ray_app.state.windows", "SessionWindows"),
+        ("ray_app.state.windows", "TumblingCounts"),
+        ("validation.batch", "DataQuality"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+    }
+)
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """Unpickles only :data:`ALLOWED_CLASSES` ("Restricting Globals", in the pickle docs)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ALLOWED_CLASSES:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which is not a class of the stream state "
+                "(refused without loading it)"
+            )
+        return super().find_class(module, name)
+
+
+def load_blob(data: bytes, index: int) -> tuple[int, str, Any]:
+    what = "the base snapshot" if index == 0 else f"delta {index}"
+    try:
+        loaded = _StateUnpickler(io.BytesIO(data)).load()
+    except Exception as exc:  # UnpicklingError, EOFError, ValueError...: bytes we do not load
+        raise SnapshotRefused(index, f"{what} does not load: {exc}") from None
+    if not isinstance(loaded, tuple) or len(loaded) != 3 or loaded[0] != SNAPSHOT_VERSION:
+        version = loaded[0] if isinstance(loaded, tuple) and loaded else "?"
+        raise SnapshotRefused(
+            index, f"{what} is snapshot version {version}; this Onramp reads {SNAPSHOT_VERSION}"
+        )
+    return loaded
+
+
+_NOT_PICKLED = frozenset({"_validator", "_touched", "_expiry", "_alias_expiry", "_aliases_touched"})
+_NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe", "rewards", "aliases"}
+
+
+def dump_base(shard: SessionShard, rebase: bool) -> bytes:
+    """:meth:`SessionShard.snapshot <ray_app.state.shard.SessionShard.snapshot>`."""
+    added = shard.dedupe.added
+    shard.dedupe.added = []
+    join_changes = shard.rewards.take_delta()
+    state = {k: v for k, v in shard.__dict__.items() if k not in _NOT_PICKLED}
+    data = pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=pickle.HIGHEST_PROTOCOL)
+    if rebase:
+        shard._touched = set()
+        shard._aliases_touched = set()
+    else:
+        shard.dedupe.added = added
+        shard.rewards.added, shard.rewards.removed = join_changes[0], join_changes[1]
+        shard.rewards.decided_added, shard.rewards.forgotten = join_changes[2], join_changes[3]
+    return data
+
+
+def dump_delta(shard: SessionShard) -> bytes:
+    """:meth:`SessionShard.snapshot_delta <ray_app.state.shard.SessionShard.snapshot_delta>`."""
+    touched, shard._touched = shard._touched, set()
+    meta = {k: v for k, v in shard.__dict__.items() if k not in _NOT_IN_DELTA}
+    aliases, shard._aliases_touched = shard._aliases_touched, set()
+    delta = (
+        meta,
+        {u: shard.profiles.get(u) for u in touched},  # None: evicted
+        shard.dedupe.take_added(),
+        shard.dedupe.evicted_early,
+        shard.rewards.take_delta(),
+        {a: shard.aliases.get(a) for a in aliases},  # None: expired
+    )
+    return pickle.dumps((SNAPSHOT_VERSION, "delta", delta), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None:
+    """Fill a bare shard from a base snapshot and its deltas (see ``SessionShard.restore``)."""
+    _, kind, state = load_blob(data, 0)
+    if kind != "base":
+        raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
+    shard.aliases, shard.identity = {}, {}  # snapshots from before identity stitching
+    shard.__dict__.update(state)
+    shard._validator = None
+    shard._touched = set()
+    shard._aliases_touched = set()
+    for i, d in enumerate(deltas, start=1):
+        _, kind, body = load_blob(d, i)
+        if kind != "delta":
+            raise SnapshotRefused(i, "a base snapshot where a delta was expected")
+        meta, profiles, added, evicted, join, *more = body
+        for old, alias in (more[0] if more else {}).items():
+            if alias is None:
+                shard.aliases.pop(old, None)
+            else:
+                shard.aliases[old] = alias
+        shard.__dict__.update(meta)
+        for user, profile in profiles.items():
+            if profile is None:
+                shard.profiles.pop(user, None)
+            else:
+                shard.profiles[user] = profile
+        shard.dedupe.replay(added, shard.watermark, evicted)
+        shard.rewards.apply_delta(join)
+    ttl = shard.config.profile_idle_ttl_ms
+    shard._alias_expiry = [(last + ttl, old) for old, (_, last) in shard.aliases.items()]
+    heapq.heapify(shard._alias_expiry)
