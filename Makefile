@@ -49,7 +49,7 @@ demo: venv ## run Onramp on embedded defaults with simulated onboarding traffic 
 up: venv ## run Onramp (broker, Ray, Serve) without traffic (Ctrl-C stops)
 	$(VENV)/bin/onramp up
 
-test: venv ## run every test: unit, doctests, integration (real broker, Ray, Serve) and slow
+test: venv lint ## lint first (what `make lint` runs), then every test: unit, doctests, integration (real broker, Ray, Serve) and slow
 	$(PY) -m pytest
 
 test-unit: venv ## run the fast tests only (no broker, Ray or Serve)

@@ -81,14 +81,6 @@ class DataQuality:
             "segmentMix": share(self.segments),
         }
 
-    def merge(self, other: DataQuality) -> DataQuality:
-        """The sum of two (e.g. of every partition), as a new object."""
-        out = DataQuality(self.rows + other.rows, self.batches + other.batches)
-        for name in ("failed", "nulls", "kinds", "segments"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            setattr(out, name, {k: mine.get(k, 0) + theirs.get(k, 0) for k in {*mine, *theirs}})
-        return out
-
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:
     counts[key] = counts.get(key, 0) + n

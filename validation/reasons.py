@@ -95,11 +95,6 @@ class ReasonCode(enum.StrEnum):
         """The status the collector answers with when this code decides the response."""
         return _HTTP_STATUS.get(self, 400)
 
-    @property
-    def request_level(self) -> bool:
-        """True when the code rejects a whole request rather than one event of it."""
-        return self in _REQUEST_LEVEL
-
 
 _HTTP_STATUS: dict[ReasonCode, int] = {
     ReasonCode.BODY_TOO_LARGE: 413,
@@ -109,17 +104,3 @@ _HTTP_STATUS: dict[ReasonCode, int] = {
     ReasonCode.AUTH_MISSING: 401,
     ReasonCode.AUTH_INVALID: 401,
 }
-
-_REQUEST_LEVEL = frozenset(
-    {
-        ReasonCode.BODY_TOO_LARGE,
-        ReasonCode.UNSUPPORTED_ENCODING,
-        ReasonCode.INVALID_GZIP,
-        ReasonCode.INVALID_UTF8,
-        ReasonCode.INVALID_JSON,
-        ReasonCode.INVALID_BATCH,
-        ReasonCode.TOO_MANY_EVENTS,
-        ReasonCode.AUTH_MISSING,
-        ReasonCode.AUTH_INVALID,
-    }
-)

@@ -304,10 +304,6 @@ class CheckpointStore:
         )
         self._base[partition] = (base_id, seq)
 
-    def has_base(self, partition: int) -> bool:
-        """True once this store wrote a base for the partition (deltas may follow)."""
-        return partition in self._base
-
     def load(self, partition: int) -> Checkpoint | None:
         """The base and the unbroken run of its deltas, or None if there is no checkpoint.
         Every object is verified first; raises :class:`CheckpointRefused` for one that does not
