@@ -240,6 +240,39 @@ def _hit(hits: dict[str, int] | None, cap: str) -> None:
         hits[cap] = hits.get(cap, 0) + 1
 
 
+def _apply_step(profile: Profile, event: Event, step: str, stamp: Stamp) -> None:
+    """The step half of :func:`apply`: what ``event`` tells about onboarding step ``step``."""
+    st = profile.steps.setdefault(step, StepStats())
+    st.first_seen = _min(st.first_seen, event.ts)
+    if profile.current_stamp is None or stamp > profile.current_stamp:
+        profile.current_step, profile.current_stamp = step, stamp
+    if event.kind == "track":
+        if event.name == STEP_VIEWED:
+            st.views += 1
+            st.first_viewed = _min(st.first_viewed, event.ts)
+        elif event.name == STEP_COMPLETED:
+            st.completions += 1
+            st.last_completed = _max(st.last_completed, event.ts)
+            echo = event.properties.get("decisionId")
+            entry = (event.ts, echo if isinstance(echo, str) else "")
+            times = st.completed_times
+            if len(times) < MAX_COMPLETED_TIMES or entry < times[-1]:
+                bisect.insort(times, entry)  # keep the earliest: order-independent
+                del times[MAX_COMPLETED_TIMES:]
+            reported = event.properties.get("durationMs")
+            if (
+                isinstance(reported, int)
+                and not isinstance(reported, bool)
+                and reported >= 0
+                and (st.reported_stamp is None or stamp > st.reported_stamp)
+            ):
+                st.reported_ms, st.reported_stamp = reported, stamp
+        elif event.name == STEP_ABANDONED:
+            st.abandons += 1
+        elif event.name == FORM_ERROR:
+            st.form_errors += 1
+
+
 def apply(profile: Profile, event: Event, hits: dict[str, int] | None = None) -> Profile:
     """Fold one event into the profile (in place; returns it). Commutative over events below
     the caps of :class:`ProfileConfig`; what a cap drops is counted in ``hits`` (cap -> n)."""
@@ -288,37 +321,8 @@ def apply(profile: Profile, event: Event, hits: dict[str, int] | None = None) ->
     profile.activity.add(event.ts)
     profile.sessions.add(event.ts)
 
-    step = event.step_id
-    if step:
-        st = profile.steps.setdefault(step, StepStats())
-        st.first_seen = _min(st.first_seen, event.ts)
-        if profile.current_stamp is None or stamp > profile.current_stamp:
-            profile.current_step, profile.current_stamp = step, stamp
-        if event.kind == "track":
-            if event.name == STEP_VIEWED:
-                st.views += 1
-                st.first_viewed = _min(st.first_viewed, event.ts)
-            elif event.name == STEP_COMPLETED:
-                st.completions += 1
-                st.last_completed = _max(st.last_completed, event.ts)
-                echo = event.properties.get("decisionId")
-                entry = (event.ts, echo if isinstance(echo, str) else "")
-                times = st.completed_times
-                if len(times) < MAX_COMPLETED_TIMES or entry < times[-1]:
-                    bisect.insort(times, entry)  # keep the earliest: order-independent
-                    del times[MAX_COMPLETED_TIMES:]
-                reported = event.properties.get("durationMs")
-                if (
-                    isinstance(reported, int)
-                    and not isinstance(reported, bool)
-                    and reported >= 0
-                    and (st.reported_stamp is None or stamp > st.reported_stamp)
-                ):
-                    st.reported_ms, st.reported_stamp = reported, stamp
-            elif event.name == STEP_ABANDONED:
-                st.abandons += 1
-            elif event.name == FORM_ERROR:
-                st.form_errors += 1
+    if event.step_id:
+        _apply_step(profile, event, event.step_id, stamp)
     if event.kind == "track" and event.name == ONBOARDING_COMPLETED:
         profile.completed_at = _min(profile.completed_at, event.ts)
     return profile
