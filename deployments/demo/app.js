@@ -71,9 +71,11 @@ async function show(step, decision = null) {
   save();
   renderProgress();
   const main = $('#step');
-  // the sign-up screen is viewed before identify: an anonymous step, which Onramp merges into
-  // the user's profile at sign-up (identity stitching; the panel shows `merged from`)
-  if (step !== 'done') state.client.track('Step Viewed', { stepId: step });
+  // the sign-up screen is seen before identify, by an anonymous visitor: Onramp merges what it
+  // did into the user's profile at sign-up (identity stitching; the panel shows `merged from`).
+  // Not a Step Viewed: sign-up is not a step of the catalog (its stepId would be refused).
+  if (step === 'signup') state.client.track('Sign Up Viewed');
+  else if (step !== 'done') state.client.track('Step Viewed', { stepId: step });
   const html = await SCREENS[step]();
   main.innerHTML = html;
   main.dataset.decided = decision && !decision.fallback ? 'onramp' : decision ? `fallback:${decision.reason}` : 'fixed';
@@ -253,9 +255,8 @@ async function refreshProfile() {
       <dt>merged from</dt><dd id="profile-merged">${esc((p.mergedFrom || []).join(', ') || '—')}</dd>
       <dt>current step</dt><dd id="profile-current">${esc(p.currentStep || '—')}</dd>
       <dt>completed</dt><dd id="profile-completed">${esc(p.stepsCompleted.join(', ') || '—')}</dd>
-      <dt>seen</dt><dd id="profile-seen">${esc(p.stepsSeen.join(', ') || '—')}</dd>
       <dt>traits</dt><dd>${traits || '—'}</dd>
-      <dt>events</dt><dd>${Object.values(p.counts).length ? esc(JSON.stringify(p.counts)) : '—'}</dd>
+      <dt>events</dt><dd id="profile-events">${Object.values(p.counts).length ? esc(JSON.stringify(p.counts)) : '—'}</dd>
       <dt>sessions</dt><dd>${p.onboardingSessions.length}</dd>
       <dt>CRM</dt><dd>${body.enrichment && body.enrichment.found ? esc(JSON.stringify(body.enrichment)) : 'no match'}</dd></dl>`;
   } catch (err) {

@@ -219,13 +219,13 @@ def test_a_user_walks_the_demo_and_onramp_sees_every_event_in_order(browser, web
     assert [v["seq"] for v in values] == list(range(len(values)))
     assert {v["sessionId"] for v in values} == {demo["sessionId"]}
     assert len({v["messageId"] for v in values}) == len(values)
-    # the page view and the sign-up screen are anonymous; everything from identify on is the user's
+    # the page view and the sign-up screen's are anonymous; from identify on, the user's
     assert all(v["userKey"] == demo["userId"] for v in values[2:])
     assert [v["userKey"] for v in values[:2]] == [demo["anonymousId"]] * 2
     viewed = [v["stepId"] for v in values if v.get("event") == "Step Viewed"]
-    assert viewed == ["signup", *shown[:-1]]
+    assert viewed == shown[:-1]
     names = [v.get("event") or v["type"] for v in values]
-    assert names[:4] == ["page", "Step Viewed", "identify", "Signed Up"]
+    assert names[:4] == ["page", "Sign Up Viewed", "identify", "Signed Up"]
     assert names[-1] == "Onboarding Completed"
     # the SDK echoes each step decision's id on the step's events: rewards join exactly
     ids = {d["chosen"]: d["decisionId"] for d in answered}
@@ -253,11 +253,11 @@ def test_a_user_walks_the_demo_and_onramp_sees_every_event_in_order(browser, web
         timeout=20_000,
     )
     panel = page.evaluate(
-        "() => Object.fromEntries(['key', 'merged', 'seen'].map(k =>"
+        "() => Object.fromEntries(['key', 'merged', 'events'].map(k =>"
         " [k, document.querySelector('#profile-' + k).textContent]))"
     )
     assert panel["key"] == demo["userId"] and panel["merged"] == demo["anonymousId"], panel
-    assert "signup" in panel["seen"].split(", "), panel
+    assert '"track:Sign Up Viewed":1' in panel["events"], panel  # the anonymous history
     page.screenshot(path=str(SHOTS / "demo-09-done-with-profile.png"))
     context.close()
 
@@ -322,7 +322,7 @@ def test_what_is_queued_goes_out_by_beacon_when_the_page_is_left(browser, web, r
     page = context.new_page()
     _sign_up(page, web.demo + "?flushMs=600000")  # the time bound is 10 minutes: nothing sent
     queued = page.evaluate("() => JSON.parse(localStorage.getItem('onramp.queue'))")
-    assert len(queued) >= 4, queued  # page, identify, Signed Up, Step Viewed
+    assert len(queued) >= 5, queued  # page, Sign Up Viewed, identify, Signed Up, Step Viewed
     assert page.evaluate("() => window.onrampDemo.client.stats().sent") == 0
     page.goto("about:blank")  # pagehide: the SDK hands the queue to navigator.sendBeacon
     ids = {e["messageId"] for e in queued}
