@@ -1,0 +1,89 @@
+"""What the ``onramp`` commands share: the common options, Ctrl-C handling, setting overrides."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ray_app.config import Settings
+from ray_app.errors import ConfigError
+
+__all__ = [
+    "Command",
+    "Stop",
+    "common_options",
+    "decide_key",
+    "import_attr",
+    "with_overrides",
+]
+
+#: A parsed command: ``(args, settings) -> exit status``.
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every command takes (``--config``, ``--log-level``), as a parent parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="FILE", help="YAML settings file (default: $ONRAMP_CONFIG, else none)"
+    )
+    common.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level",
+    )
+    return common
+
+
+class Stop:
+    """Set by Ctrl-C or SIGTERM; commands poll it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.event.wait(timeout)
+
+
+def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """``settings`` with the options given on the command line (``None``: not given) in place.
+
+    >>> s = with_overrides(Settings(), sim={"users": 7, "rate": None})
+    >>> s.sim.users, s.sim.rate == Settings().sim.rate
+    (7, True)
+    """
+    data = settings.model_dump()
+    for section, values in sections.items():
+        data[section].update({k: v for k, v in values.items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except Exception as exc:
+        raise ConfigError(f"invalid argument: {exc}") from None
+
+
+def decide_key(settings: Settings) -> str | None:
+    """A key that may call /v1/decide: a decide key, else a read key (servers may use those)."""
+    c = settings.collector
+    for keys in (c.decide_keys, c.read_keys):
+        if keys:
+            return next(iter(keys.values())).get_secret_value()
+    return None
+
+
+def import_attr(path: str) -> Any:
+    """The object at ``module:attr``, imported now.
+
+    >>> import_attr("json:dumps")([1])
+    '[1]'
+    """
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)

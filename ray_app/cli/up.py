@@ -1,0 +1,68 @@
+"""``onramp up``: the broker, Ray and the Serve app until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ray_app import __version__
+from ray_app.cli.common import Stop, decide_key, with_overrides
+from ray_app.config import Settings, local_only
+
+__all__ = ["add_parser", "print_urls", "run"]
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    up = sub.add_parser(
+        "up",
+        parents=[common],
+        help="run the broker, Ray and the Serve app until Ctrl-C",
+        description="Start the embedded broker (unless kafka.bootstrap_servers is set), Ray "
+        "(local unless ray.address is set) and Onramp's Serve app; print the URLs and the demo "
+        "write key; run until Ctrl-C or SIGTERM, then stop everything in order.",
+    )
+    up.add_argument("--port", type=int, help="HTTP port (default: collector.port)")
+
+
+def print_urls(stack: Any, settings: Settings) -> None:
+    """What is up where, the write key, and a curl line to try it (``up`` and ``demo``)."""
+    key_name, key = next(iter(settings.collector.write_keys.items()))
+    print(f"Onramp {__version__} is up (HTTP path: {stack.http_mode})", flush=True)
+    print(f"  Kafka bootstrap : {stack.bootstrap}" + ("  (embedded Tansu)" if stack.broker else ""))
+    for name, url in stack.urls().items():
+        print(f"  {name:<16}: {url}")
+    # deployments/demo.py serves the demo only on loopback, with the keys named 'demo'
+    if "demo" in settings.collector.write_keys and local_only(settings, stack.bootstrap):
+        print(f"  {'demo app':<16}: {stack.base_url}/demo/  (open it in a browser)")
+    print(
+        f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)"
+    )
+    print(
+        f"  try it          : curl -u {key.get_secret_value()}: -d "
+        f'\'{{"userId":"u1","event":"Signed Up"}}\' {stack.base_url}/v1/track',
+        flush=True,
+    )
+    decide = decide_key(settings)
+    if decide:
+        print(
+            f"  try deciding    : curl -H 'Authorization: Bearer {decide}' "
+            f"'{stack.base_url}/v1/decide?user_id=u1&slot=next_step'",
+            flush=True,
+        )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ray_app.up import Stack
+
+    settings = with_overrides(settings, collector={"port": args.port})
+    stop = Stop()
+    stop.install()
+    with Stack(settings) as stack:
+        stop.install()  # again: ray.init() put its own SIGTERM handler in place
+        print_urls(stack, settings)
+        print("Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("stopping: Serve, Ray, broker ...", flush=True)
+    print("stopped", flush=True)
+    return 0
