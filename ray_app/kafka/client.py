@@ -529,14 +529,17 @@ class InMemoryBroker:
     available: bool = True
     pending: list[tuple[OutRecord, Callback]] = field(default_factory=list)
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Producers on several threads (stream workers in one process) append one at a time."""
 
     def append(self, record: OutRecord) -> Delivered:
-        parts = self.topics.setdefault(record.topic, [[] for _ in range(self.partitions)])
-        p = partition_for(record.key, self.partitions) if record.key else 0
-        offset = len(parts[p])
-        parts[p].append(
-            Record(record.topic, p, offset, record.key, record.value, 0, record.headers)
-        )
+        with self.lock:
+            parts = self.topics.setdefault(record.topic, [[] for _ in range(self.partitions)])
+            p = partition_for(record.key, self.partitions) if record.key else 0
+            offset = len(parts[p])
+            parts[p].append(
+                Record(record.topic, p, offset, record.key, record.value, 0, record.headers)
+            )
         return Delivered(record.topic, p, offset)
 
     def records(self, topic: str) -> list[Record]:
@@ -606,6 +609,8 @@ class InMemoryConsumer:
             recs = part[p][pos : pos + max_records - len(out)] if p < len(part) else []
             out += recs
             self._positions[(t, p)] = pos + len(recs)
+        if not out and timeout_s > 0:
+            time.sleep(min(timeout_s, 0.01))  # as a real poll waits: no busy loop when idle
         return out
 
     def close(self) -> None:

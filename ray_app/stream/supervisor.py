@@ -34,8 +34,11 @@ from typing import Any
 
 from ray_app.config import Settings
 from ray_app.kafka.client import partition_for
+from ray_app.stream import placement
 from ray_app.stream.checkpoint import checkpoint_key
-from ray_app.stream.worker import StreamWorker
+from ray_app.stream.placement import assign_partitions, owner_index
+from ray_app.stream.reader import SUPERVISOR_NAME, ProfileReader, StreamUnavailable
+from ray_app.stream.runtime import RayRuntime, WorkerGone, WorkerRuntime
 
 __all__ = [
     "SUPERVISOR_NAME",
@@ -46,23 +49,12 @@ __all__ = [
     "start_supervisor_actor",
 ]
 
-#: Name of the supervisor actor in Onramp's Ray namespace (``ray.namespace``).
-SUPERVISOR_NAME = "onramp-supervisor"
-
 log = logging.getLogger(__name__)
 
 
-def assign_partitions(partitions: int, workers: int) -> list[list[int]]:
-    """Partition ``p`` -> worker ``p % workers``.
-
-    >>> assign_partitions(5, 2)
-    [[0, 2, 4], [1, 3]]
-    """
-    return [[p for p in range(partitions) if p % workers == w] for w in range(workers)]
-
-
 class StreamSupervisor:
-    """Runs the stream workers as Ray actors (call from the driver, or run it as an actor)."""
+    """Runs the stream workers (call from the driver, or run it as an actor). ``runtime`` says
+    how: Ray actors by default, or :class:`~ray_app.stream.runtime.LocalRuntime` in tests."""
 
     def __init__(
         self,
@@ -71,9 +63,11 @@ class StreamSupervisor:
         workers: int | None = None,
         checkpoint_uri: str | None = None,
         monitor_interval_s: float = 0.5,
+        runtime: WorkerRuntime | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
+        self.runtime: WorkerRuntime = runtime or RayRuntime()
         self.partitions = settings.kafka.partitions
         self.n_workers = min(workers or settings.stream.workers, self.partitions)
         self.checkpoint_uri = (
@@ -99,45 +93,32 @@ class StreamSupervisor:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
+    # -- workers -----------------------------------------------------------------------------
+
     def _spawn(
         self, index: int, partitions: list[int], node: str | None = None, avoid: str | None = None
     ) -> Any:
-        import ray
-
         s = self.settings.stream
-        actor_cls = ray.remote(num_cpus=0, max_concurrency=8)(StreamWorker)  # type: ignore[call-overload]
+        rt = self.runtime
         name = f"w{index}-g{self.generation}-r{self.restarts}-m{self.moves}"
-        options: dict[str, Any] = {"max_restarts": 0, "num_cpus": s.worker_num_cpus}
-        if s.worker_resources:
-            options["resources"] = dict(s.worker_resources)
-        args = (
-            name,
-            self.settings,
-            self.bootstrap,
-            partitions,
-            self.checkpoint_uri,
-            self.checkpoint_key,
-        )
+        args: tuple[Any, ...] = (name, self.settings, self.bootstrap, partitions)
+        args += (self.checkpoint_uri, self.checkpoint_key)
+        resources = dict(s.worker_resources)
         node = (node or self._least_loaded(index, avoid=avoid)) if s.placement == "spread" else None
         worker = None
         if node is not None:
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            # Hard affinity: Ray places a soft one on the caller's node when it can. If the
-            # node went away meanwhile, fall back to Ray's own choice below.
-            pinned = NodeAffinitySchedulingStrategy(node, soft=False)
-            worker = actor_cls.options(**options, scheduling_strategy=pinned).remote(*args)
+            worker = rt.spawn(args, s.worker_num_cpus, resources, node)
             try:
-                ray.get(worker.start.remote(), timeout=60)
-            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+                rt.call(worker, "start", timeout=60)
+            except WorkerGone as exc:  # the node went away meanwhile: the runtime's own choice
                 log.warning("worker %d could not start on node %s (%s)", index, node, exc)
-                ray.kill(worker)
+                rt.kill(worker)
                 worker = None
         if worker is None:
-            worker = actor_cls.options(**options).remote(*args)
-            ray.get(worker.start.remote(), timeout=120)
-        where = ray.get(worker.node_id.remote(), timeout=30)
-        refused = ray.get(worker.refused_partitions.remote(), timeout=30)
+            worker = rt.spawn(args, s.worker_num_cpus, resources, None)
+            rt.call(worker, "start", timeout=120)
+        where = rt.call(worker, "node_id", timeout=30)
+        refused = rt.call(worker, "refused_partitions", timeout=30)
         for p in partitions:
             self.refused.pop(p, None)
         for p, why in refused.items():
@@ -148,40 +129,30 @@ class StreamSupervisor:
         self.worker_nodes[index] = where
         return worker
 
+    def _retire(self, worker: Any) -> None:
+        """Stop a worker with its final checkpoint (if it still answers), then kill it."""
+        try:
+            self.runtime.call(worker, "stop", timeout=60)
+        except WorkerGone:
+            pass  # it died: its last checkpoint stands and the replay covers the rest
+        self.runtime.kill(worker)
+
     def nodes(self) -> list[str]:
         """Live nodes that can run a stream worker (enough CPUs and ``worker_resources``)."""
-        import ray
-
         s = self.settings.stream
-        need = {"CPU": s.worker_num_cpus, **s.worker_resources}
-        out = []
-        for n in ray.nodes():
-            have = n.get("Resources") or {}
-            if n.get("Alive") and all(have.get(k, 0) >= v for k, v in need.items() if v > 0):
-                out.append(n["NodeID"])
-        return sorted(out)
+        return self.runtime.nodes({"CPU": s.worker_num_cpus, **s.worker_resources})
+
+    def _usable(self, nodes: list[str]) -> list[str]:
+        out, self._suspect = placement.usable(nodes, self._suspect, time.monotonic())
+        return out
 
     def _least_loaded(
         self, index: int, nodes: list[str] | None = None, avoid: str | None = None
     ) -> str | None:
-        """The live node running the fewest workers (not counting worker ``index``), other than
-        ``avoid`` (the node a dead worker ran on: Ray may not know yet that it is gone) unless
-        it is the only one."""
         nodes = self._usable(self.nodes()) if nodes is None else nodes
-        nodes = [n for n in nodes if n != avoid] or nodes
-        if not nodes:
-            return None
-        load = dict.fromkeys(nodes, 0)
-        for i, node in enumerate(self.worker_nodes[: len(self.workers)]):
-            if i != index and node in load:
-                load[node] += 1
-        return min(nodes, key=lambda n: load[n])
-
-    def _usable(self, nodes: list[str], suspect_s: float = 60.0) -> list[str]:
-        """``nodes`` without those where a worker died in the last ``suspect_s`` seconds."""
-        now = time.monotonic()
-        self._suspect = {n: t for n, t in self._suspect.items() if now - t < suspect_s}
-        return [n for n in nodes if n not in self._suspect]
+        return placement.least_loaded(
+            nodes, self.worker_nodes[: len(self.workers)], index, avoid=avoid
+        )
 
     def placement(self) -> dict[str, list[int]]:
         """Node id -> indices of the workers running there."""
@@ -194,32 +165,18 @@ class StreamSupervisor:
     def rebalance(self) -> int:
         """Move workers, one at a time, from the busiest node to the idlest until no live node
         runs 2 more workers than another; returns how many moved (placement ``spread`` only)."""
-        import ray
-
         if self.settings.stream.placement != "spread":
             return 0
         moved = 0
         with self._lock:
             for _ in range(len(self.workers)):  # bounded: a fallback placement may not help
                 nodes = self._usable(self.nodes())
-                if len(nodes) < 2:
+                move = placement.next_move(nodes, self.worker_nodes[: len(self.workers)])
+                if move is None:
                     return moved
-                load: dict[str, list[int]] = {n: [] for n in nodes}
-                for i, node in enumerate(self.worker_nodes[: len(self.workers)]):
-                    if node in load:
-                        load[node].append(i)
-                busiest = max(nodes, key=lambda n: len(load[n]))
-                idlest = min(nodes, key=lambda n: len(load[n]))
-                if len(load[busiest]) - len(load[idlest]) <= 1:
-                    return moved
-                i = load[busiest][-1]
+                i, busiest, idlest = move
                 log.info("moving worker %d from node %s to %s", i, busiest[:8], idlest[:8])
-                old = self.workers[i]
-                try:  # its final checkpoint is what the replacement resumes from
-                    ray.get(old.stop.remote(), timeout=60)
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                    pass  # it died meanwhile: its last checkpoint stands, the replay covers the rest
-                ray.kill(old)
+                self._retire(self.workers[i])  # its final checkpoint is what the new one resumes
                 self.moves += 1
                 self.workers[i] = self._spawn(i, self.assignment[i], idlest)
                 moved += 1
@@ -261,22 +218,17 @@ class StreamSupervisor:
 
     def check(self) -> int:
         """Restart dead workers; returns how many were restarted."""
-        import ray
-
         restarted = 0
         with self._lock:
             for i, w in enumerate(list(self.workers)):
                 try:
-                    error = ray.get(w.ping.remote(), timeout=10)
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-                    error = f"{type(exc).__name__}"
+                    error = self.runtime.call(w, "ping", timeout=10)
+                except WorkerGone as exc:
+                    error = str(exc).split(":")[0]
                 if error is None:
                     continue
                 log.warning("worker %d is down (%s); restarting it from its checkpoints", i, error)
-                try:
-                    ray.kill(w)
-                except Exception:
-                    pass
+                self.runtime.kill(w)
                 dead_node = self.worker_nodes[i] if i < len(self.worker_nodes) else None
                 if dead_node is not None:
                     self._suspect[dead_node] = time.monotonic()
@@ -285,17 +237,17 @@ class StreamSupervisor:
                 restarted += 1
         return restarted
 
+    def kill(self, index: int) -> None:
+        """Kill worker ``index`` as a crash would (no final checkpoint); the monitor restarts
+        it. For chaos tests."""
+        with self._lock:
+            self.runtime.kill(self.workers[index])
+
     def rescale(self, workers: int) -> None:
         """Move to ``workers`` workers; every partition's state moves with it via its checkpoint."""
-        import ray
-
         with self._lock:
             for w in self.workers:  # final checkpoints before anyone else owns the partitions
-                try:
-                    ray.get(w.stop.remote(), timeout=60)
-                except ray.exceptions.RayActorError:
-                    pass  # it died: its last checkpoint stands and the replay covers the rest
-                ray.kill(w)
+                self._retire(w)
             self.generation += 1
             self.n_workers = min(workers, self.partitions)
             self.assignment = assign_partitions(self.partitions, self.n_workers)
@@ -303,31 +255,30 @@ class StreamSupervisor:
             for i, parts in enumerate(self.assignment):
                 self.workers.append(self._spawn(i, parts))
 
+    # -- reading ----------------------------------------------------------------------------
+
     def owner(self, partition: int) -> Any:
         with self._lock:
-            return self.workers[partition % self.n_workers]
+            return self.workers[owner_index(partition, self.n_workers)]
 
     def profile(self, user_key: str) -> dict[str, Any] | None:
         """key -> partition -> owning worker -> the live profile."""
-        import ray
-
         p = partition_for(user_key.encode(), self.partitions)
-        return ray.get(self.owner(p).profile.remote(p, user_key), timeout=10)
+        result: dict[str, Any] | None = self.runtime.call(
+            self.owner(p), "profile", p, user_key, timeout=10
+        )
+        return result
 
     def profiles(self) -> dict[str, dict[str, Any]]:
-        import ray
-
         out: dict[str, dict[str, Any]] = {}
         for p in range(self.partitions):
-            out.update(ray.get(self.owner(p).profiles.remote(p), timeout=60))
+            out.update(self.runtime.call(self.owner(p), "profiles", p, timeout=60))
         return out
 
     def status(self) -> list[dict[str, Any]]:
-        import ray
-
         with self._lock:
             workers = list(self.workers)
-        return [ray.get(w.status.remote(), timeout=30) for w in workers]
+        return [self.runtime.call(w, "status", timeout=30) for w in workers]
 
     def totals(self) -> dict[str, int]:
         """Counters summed over every partition: ``records`` (those clients wrote: link, merge
@@ -368,26 +319,16 @@ class StreamSupervisor:
         return totals
 
     def stop(self) -> None:
-        import ray
-
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5)
         with self._lock:
             for w in self.workers:
                 try:
-                    ray.get(w.stop.remote(), timeout=60)
-                except Exception:
-                    pass
-                try:
-                    ray.kill(w)
-                except Exception:
+                    self._retire(w)
+                except Exception:  # stopping: nothing may keep the others running
                     pass
             self.workers = []
-
-
-class StreamUnavailable(Exception):
-    """The stream workers are not running (or not reachable) right now."""
 
 
 def start_supervisor_actor(
@@ -402,93 +343,3 @@ def start_supervisor_actor(
     )
     ray.get(actor.launch.remote(), timeout=300)
     return actor
-
-
-#: Merges a profile read follows (anonymous -> user -> account is 2).
-_MAX_MERGE_HOPS = 8
-
-
-class ProfileReader:
-    """Looks profiles up from anywhere in the cluster (a Serve replica, say): key -> partition ->
-    owning worker, with the routing table cached and refreshed when a worker was replaced."""
-
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self._routes: tuple[int, list[Any]] | None = None
-
-    async def _load(self) -> tuple[int, list[Any]]:
-        import ray
-
-        try:
-            sup = ray.get_actor(SUPERVISOR_NAME, namespace=self.namespace)
-            self._routes = await sup.routes.remote()
-        except (ValueError, ray.exceptions.RayActorError) as exc:
-            raise StreamUnavailable(f"stream workers are not running: {exc}") from None
-        return self._routes
-
-    async def stream_status(self) -> list[dict[str, Any]]:
-        """The supervisor's ``status()``: per worker, per partition counters, lag, freshness."""
-        import ray
-
-        try:
-            sup = ray.get_actor(SUPERVISOR_NAME, namespace=self.namespace)
-            result: list[dict[str, Any]] = await sup.status.remote()
-        except (ValueError, ray.exceptions.RayActorError) as exc:
-            raise StreamUnavailable(f"stream workers are not running: {exc}") from None
-        return result
-
-    async def get_many(self, user_keys: list[str]) -> dict[str, dict[str, Any] | None]:
-        """Profiles of many users with one actor call per owning worker (concurrently). An id
-        merged into another (identity stitching) answers with the profile it was merged into
-        (its ``userKey`` is the surviving id), following a chain of merges."""
-        out: dict[str, dict[str, Any] | None] = {}
-        wanted = {key: key for key in dict.fromkeys(user_keys)}  # asked -> where to read it
-        for _ in range(_MAX_MERGE_HOPS):
-            found = await self._read(list(dict.fromkeys(wanted.values())))
-            pointers: dict[str, str] = {}
-            for asked, at in wanted.items():
-                profile = found.get(at)
-                target = profile.get("mergedInto") if profile is not None else None
-                if isinstance(target, str):
-                    pointers[asked] = target
-                else:
-                    out[asked] = profile
-            if not pointers:
-                return out
-            wanted = pointers
-        out.update(dict.fromkeys(wanted))  # a loop of merges: nothing to answer from
-        return out
-
-    async def _read(self, user_keys: list[str]) -> dict[str, dict[str, Any] | None]:
-        """One round of lookups: key -> partition -> owning worker."""
-        import asyncio
-
-        import ray
-
-        for attempt in range(2):
-            partitions, workers = (
-                self._routes if self._routes and attempt == 0 else await self._load()
-            )
-            if not workers:
-                raise StreamUnavailable("stream workers are not running")
-            by_worker: dict[int, list[tuple[int, str]]] = {}
-            for key in user_keys:
-                p = partition_for(key.encode(), partitions)
-                by_worker.setdefault(p % len(workers), []).append((p, key))
-            try:
-                answers = await asyncio.gather(
-                    *[workers[w].profiles_of.remote(keys) for w, keys in by_worker.items()]
-                )
-            except ray.exceptions.RayActorError:
-                self._routes = None  # a worker was replaced: refresh the table once
-                continue
-            out: dict[str, dict[str, Any] | None] = {}
-            for keys, profiles in zip(by_worker.values(), answers, strict=True):
-                for (_, key), profile in zip(keys, profiles, strict=True):
-                    out[key] = profile
-            return out
-        raise StreamUnavailable("a worker owning these users is restarting; retry shortly")
-
-    async def get(self, user_key: str) -> dict[str, Any] | None:
-        """One user's profile (see :meth:`get_many`)."""
-        return (await self.get_many([user_key]))[user_key]

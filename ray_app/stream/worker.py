@@ -46,7 +46,7 @@ import orjson
 
 from ray_app.collect.parse import DLQ_SCHEMA
 from ray_app.config import Settings
-from ray_app.kafka.client import OutRecord, make_consumer, make_producer
+from ray_app.kafka.client import Consumer, OutRecord, Producer, make_consumer, make_producer
 from ray_app.records import RewardRecord
 from ray_app.state import SessionShard, StateConfig
 from ray_app.state.identity import MergeOutcome
@@ -113,7 +113,9 @@ class StreamWorker:
     """Consumes its partitions and keeps their state; see the module docstring.
 
     ``checkpoint_key`` signs and verifies the checkpoints; the supervisor resolves it once and
-    passes it to every worker (None: resolve it here, from the settings)."""
+    passes it to every worker (None: resolve it here, from the settings). ``consumer``,
+    ``producer`` and ``store`` replace the Kafka clients and checkpoint store built from the
+    settings (the in-memory twins, in tests)."""
 
     def __init__(
         self,
@@ -123,12 +125,18 @@ class StreamWorker:
         partitions: list[int],
         checkpoint_uri: str,
         checkpoint_key: bytes | None = None,
+        *,
+        consumer: Consumer | None = None,
+        producer: Producer | None = None,
+        store: CheckpointStore | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.settings = settings
         self.topics = settings.topics
-        key = checkpoint_key or _resolve_key(settings, checkpoint_uri)
-        self.store = CheckpointStore(checkpoint_uri, key)
+        if store is None:
+            key = checkpoint_key or _resolve_key(settings, checkpoint_uri)
+            store = CheckpointStore(checkpoint_uri, key)
+        self.store = store
         cfg = state_config(settings)
         self.shards: dict[int, SessionShard] = {}
         self.next_offset: dict[int, int] = {}
@@ -149,12 +157,12 @@ class StreamWorker:
                 self.shards[p], self.next_offset[p] = shard, ck.next_offset
                 self.restored[p] = ck.next_offset
         self.partitions = sorted(self.shards)
-        self._consumer = make_consumer(bootstrap, settings.kafka)
+        self._consumer = consumer or make_consumer(bootstrap, settings.kafka)
         self._consumer.assign_at(
             {(self.topics.events, p): self.next_offset[p] for p in self.partitions}
             | {(self.topics.decisions, p): self.shards[p].decision_offset for p in self.partitions}
         )
-        self._producer = make_producer(bootstrap, settings.kafka)
+        self._producer = producer or make_producer(bootstrap, settings.kafka)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -365,6 +373,14 @@ class StreamWorker:
         self._producer.close()
         self.tracing.shutdown()
         return {str(p): o for p, o in self.next_offset.items()}
+
+    def crash(self) -> None:
+        """Stop as a killed process would: the loop ends, nothing is checkpointed or flushed
+        (what a ``kill -9`` leaves; the in-process runtime's kill, for tests)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._consumer.close()
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""The supervisor and its workers in this process, on the in-memory broker (``LocalRuntime``):
+chaos (workers killed mid-stream), a rescale and the reward join, as fast unit tests. The same
+scenarios run against the real broker and Ray in tests/integration (test_stream_chaos.py,
+test_rewards_stream.py); these check the supervisor's and the worker's logic without them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import time
+
+import pytest
+
+from ray_app.config import SimSettings
+from ray_app.kafka.client import InMemoryBroker, InMemoryProducer, OutRecord
+from ray_app.sim import TrafficPlan
+from ray_app.state import SessionShard
+from ray_app.stream import StreamSupervisor, placement, state_config
+from ray_app.stream.runtime import LocalRuntime
+from tests.conftest import make_settings
+from tests.unit.test_rewards import _scenario
+
+PARTITIONS = 4
+
+
+def _supervisor(broker, tmp_path, **env) -> StreamSupervisor:
+    settings = make_settings(
+        None,
+        ONRAMP_KAFKA__PARTITIONS=str(PARTITIONS),
+        ONRAMP_STREAM__CHECKPOINT_INTERVAL_S="0.05",
+        ONRAMP_STREAM__POLL_MAX_RECORDS="200",
+        **env,
+    )
+    return StreamSupervisor(
+        settings,
+        "in-memory",
+        workers=2,
+        checkpoint_uri=str(tmp_path / "ckpt"),
+        monitor_interval_s=0.05,
+        runtime=LocalRuntime(broker),
+    )
+
+
+def _kill_and_wait(sup: StreamSupervisor, index: int) -> None:
+    before = sup.restarts
+    sup.kill(index)
+    deadline = time.monotonic() + 30
+    while sup.restarts == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sup.restarts == before + 1, "the supervisor did not restart the killed worker"
+
+
+def test_kills_and_a_rescale_keep_state_exact_in_process(tmp_path):
+    broker = InMemoryBroker(partitions=PARTITIONS)
+    plan = TrafficPlan.build(SimSettings(users=300, seed=4, duplicate_share=0.05))
+    records = plan.normalized(dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    sup = _supervisor(broker, tmp_path).start()
+    topic = sup.settings.topics.events
+    producer = InMemoryProducer(broker)
+    rng = random.Random(2)
+    try:
+        size = len(records) // 4 + 1
+        for n, start in enumerate(range(0, len(records), size)):
+            wave = records[start : start + size]
+            producer.send_all([OutRecord(topic, v, key=k) for k, v in wave]).result(5)
+            time.sleep(rng.uniform(0.01, 0.05))
+            if n == 2:
+                sup.rescale(3)
+            else:
+                _kill_and_wait(sup, rng.randrange(sup.n_workers))
+        totals = sup.wait_for(len(records), timeout_s=60)
+        assert totals["records"] == len(records), totals
+        assert sup.restarts == 3 and sup.generation == 1 and sup.n_workers == 3
+        assert totals["control"] > 0, "sign-ups merged anonymous profiles meanwhile"
+        assert (
+            totals["applied"] + totals["duplicates"] + totals["late"] + totals["rejected"]
+            + totals["buffered"] + totals["forwarded"] - totals["relayed"]
+        ) == len(records)  # fmt: skip
+        live = sup.profiles()
+    finally:
+        sup.stop()
+    reference = {}
+    for p in range(PARTITIONS):  # one ordered pass over what each partition holds
+        shard = SessionShard(p, state_config(sup.settings))
+        shard.process([(r.key, r.value) for r in broker.topics[topic][p]])
+        reference.update(shard.profiles_as_dicts())
+    assert len(live) == len(reference) >= 250
+    assert live == reference
+
+
+def test_the_reward_join_is_exact_across_kills_in_process(tmp_path):
+    broker = InMemoryBroker(partitions=PARTITIONS)
+    sup = _supervisor(
+        broker,
+        tmp_path,
+        ONRAMP_STREAM__ALLOWED_LATENESS_MS="10000",
+        ONRAMP_STREAM__REORDER_WAIT_MS="0",
+        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="30",
+    ).start()
+    topics = sup.settings.topics
+    events, decisions, expected = _scenario(users=300, spacing_ms=200)
+    ticks = [
+        (k.encode(), v.replace(b'"ticker"', f'"{k}"'.encode()))
+        for k in (f"ticker-{p}" for p in range(16))
+        for _, v in events
+        if b'"ticker"' in v
+    ]
+    body = [kv for kv in events if b'"ticker"' not in kv[1]]
+    producer = InMemoryProducer(broker)
+    rng = random.Random(5)
+    try:
+        half, dhalf = len(body) // 2, len(decisions) // 2
+        for ev, dec in ((body[:half], decisions[:dhalf]), (body[half:], decisions[dhalf:])):
+            producer.send_all(
+                [OutRecord(topics.decisions, v, key=k) for k, v in dec]
+                + [OutRecord(topics.events, v, key=k) for k, v in ev]
+            ).result(5)
+            time.sleep(rng.uniform(0.01, 0.05))
+            _kill_and_wait(sup, rng.randrange(sup.n_workers))
+        producer.send_all([OutRecord(topics.events, v, key=k) for k, v in ticks]).result(5)
+        sup.wait_for(len(body) + len(ticks), timeout_s=60)
+        deadline = time.monotonic() + 30
+        decided = 0
+        while time.monotonic() < deadline:
+            status = sup.status()
+            decided = sum(p["rewards"] for w in status for p in w["partitions"].values())
+            if decided >= len(expected):
+                break
+            time.sleep(0.05)
+        assert decided == len(expected)  # the state counted each decision once
+    finally:
+        sup.stop()
+    seen: dict[str, tuple] = {}
+    for r in broker.records(topics.rewards):  # at least once: copies are identical
+        rec = json.loads(r.value)
+        value = (rec["reward"], rec["outcome"])
+        assert seen.setdefault(rec["decisionId"], value) == value, "two different rewards"
+    assert seen == expected
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_every_partition_has_exactly_one_owner(workers):
+    owners = placement.assign_partitions(8, workers)
+    assert sorted(p for ps in owners for p in ps) == list(range(8))
+    for w, ps in enumerate(owners):
+        assert all(placement.owner_index(p, workers) == w for p in ps)
+
+
+def test_moves_even_out_the_spread_one_at_a_time():
+    nodes = ["a", "b", "c"]
+    worker_nodes: list[str | None] = ["a"] * 5
+    moves = 0
+    while (move := placement.next_move(nodes, worker_nodes)) is not None:
+        i, src, dst = move
+        assert worker_nodes[i] == src and src != dst
+        worker_nodes[i] = dst
+        moves += 1
+    counts = sorted(worker_nodes.count(n) for n in nodes)
+    assert counts == [1, 2, 2] and moves == 3
+    assert placement.least_loaded(nodes, worker_nodes, index=0, avoid="a") in ("b", "c")
+    kept, suspects = placement.usable(nodes, {"b": 100.0, "c": 0.0}, now=120.0)
+    assert kept == ["a", "c"] and suspects == {"b": 100.0}  # b lost a worker 20 s ago
