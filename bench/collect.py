@@ -163,6 +163,7 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    from deployments.app import build_app
     from ray_app.config import load_settings
     from ray_app.kafka.broker import free_port
     from ray_app.up import Stack
@@ -180,7 +181,7 @@ def main() -> None:
     )
     print(f"starting broker + Ray + Serve (client {args.client}) ...", file=sys.stderr, flush=True)
     scenarios: list[dict[str, Any]] = []
-    with Stack(settings, start_stream=False) as stack:  # the collector alone
+    with Stack(settings, build_app, start_stream=False) as stack:  # the collector alone
         assert stack.bootstrap is not None
         url = stack.base_url
         run_scenario(url, "/v1/batch", 100, 4, 2.0)  # warm up

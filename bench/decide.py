@@ -134,6 +134,7 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    from deployments.app import build_app
     from ray_app.config import load_settings
     from ray_app.kafka.broker import free_port
     from ray_app.up import Stack
@@ -153,7 +154,7 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     print(f"starting broker + Ray + stream + Serve (client {args.client}) ...", file=sys.stderr)
     results: dict[str, list[dict[str, Any]]] = {"decide": [], "trivial_serve": [], "fastapi": []}
-    with Stack(settings) as stack:
+    with Stack(settings, build_app) as stack:
         users = load_profiles(stack, settings, args.users)
         known = users + [f"unknown-{i}" for i in range(len(users) // 10)]  # ~10% cold start
         print(f"{len(users)} users with live profiles", file=sys.stderr, flush=True)

@@ -338,6 +338,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     from bench.vw_baseline import run_all
+    from deployments.app import build_app
     from ray_app.config import load_settings
     from ray_app.kafka.broker import free_port
     from ray_app.sim.live import LearningRun
@@ -354,7 +355,7 @@ def main() -> None:
         env=settings_env(args.client, free_port(), workdir, args.treatment_share)
     )
     print("starting broker + Ray + stream + learner + Serve ...", file=sys.stderr, flush=True)
-    with Stack(settings) as stack:
+    with Stack(settings, build_app) as stack:
         run = LearningRun(
             stack.base_url,
             WRITE_KEY,

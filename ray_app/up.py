@@ -4,17 +4,18 @@ On embedded defaults everything runs on this machine: the Tansu broker on a free
 a local Ray, Serve's HTTP ingress on ``collector.port``. With ``kafka.bootstrap_servers`` set the
 broker is not started; with ``ray.address`` set Onramp joins that Ray cluster.
 
-The Serve application is found by its import path (:data:`APP_IMPORT_PATH`), the same string a
-``serve deploy`` config names, so the engine (``ray_app``) never imports ``deployments``.
+The Serve application's builder is passed in (``Stack(settings, build_app)``: the CLI and the
+benchmarks pass ``deployments.app.build_app``, the function a ``serve deploy`` config names as
+:data:`APP_IMPORT_PATH`), so the engine (``ray_app``) never imports ``deployments``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -106,15 +107,15 @@ def ray_init_address(address: str | None) -> str | None:
     return None if os.environ.get("RAY_ADDRESS") else "local"
 
 
-def _import_attr(path: str) -> Any:
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 class Stack:
     """Broker (embedded unless configured), Ray and Onramp's Serve application."""
 
-    def __init__(self, settings: Settings, start_stream: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        build_app: Callable[[dict[str, Any]], Any],
+        start_stream: bool = True,
+    ) -> None:
         # Actors and replicas may run in another directory: make the local paths absolute.
         settings = settings.model_copy(update={"state_dir": Path(settings.state_dir).resolve()})
         if settings.enrich.crm_path is not None:
@@ -123,6 +124,7 @@ class Stack:
             )
             settings = settings.model_copy(update={"enrich": enrich})
         self.settings = settings
+        self.build_app = build_app
         self.start_stream = start_stream
         self.supervisor: Any = None
         self.learner: Any = None
@@ -200,9 +202,10 @@ class Stack:
                     )
                 self.learner = start_learner_actor(s, self.bootstrap)
         serve.start(http_options={"host": s.collector.host, "port": s.collector.port})
-        build = _import_attr(APP_IMPORT_PATH)
         serve.run(
-            build({"settings": s, "bootstrap": self.bootstrap, "http_host": s.collector.host}),
+            self.build_app(
+                {"settings": s, "bootstrap": self.bootstrap, "http_host": s.collector.host}
+            ),
             name=APP_NAME,
             route_prefix="/",
         )
