@@ -4,15 +4,13 @@ from ray_app.kafka.broker import EmbeddedBroker
 from ray_app.kafka.client import (
     Consumer,
     Delivered,
-    InMemoryBroker,
-    InMemoryConsumer,
-    InMemoryProducer,
     OutRecord,
     Producer,
     Record,
     make_consumer,
     make_producer,
 )
+from ray_app.kafka.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
 from ray_app.kafka.topics import Topics, ensure_topics, list_topics
 
 __all__ = [

@@ -11,7 +11,8 @@ reached the end offset it had when the archiver started and a poll of ``idle_s``
 new (the embedded broker under-reports end offsets, so the end is confirmed by reading), or until
 ``max_seconds``.
 
->>> from ray_app.kafka.client import InMemoryBroker, InMemoryProducer, InMemoryConsumer, OutRecord
+>>> from ray_app.kafka.client import OutRecord
+>>> from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer, InMemoryConsumer
 >>> import tempfile
 >>> broker = InMemoryBroker(partitions=2)
 >>> p = InMemoryProducer(broker)

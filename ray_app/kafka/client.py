@@ -1,17 +1,13 @@
-"""A thin adapter over the Kafka client libraries, and an in-memory twin for unit tests.
+"""A thin adapter over the Kafka client libraries (the in-memory twin for unit tests is
+:mod:`ray_app.kafka.memory`).
 
 Onramp's code talks to :class:`Producer` and :class:`Consumer`; which library sits behind them is
 a setting (``kafka.client``): ``kafka-python`` (pure Python, the default) or ``confluent``
 (librdkafka, about 20x the producer throughput). Producers are always idempotent with
 ``acks=all``: a record counts as written only once every in-sync replica has it.
 
-The in-memory twin partitions keys with Kafka's own murmur2, so partition assignment in unit tests
-is the one a real broker would see.
-
->>> broker = InMemoryBroker(partitions=4)
->>> producer = InMemoryProducer(broker)
->>> producer.send_all([OutRecord("onramp.events", b'{"a":1}', key=b"u1")]).result(timeout=1)
-[Delivered(topic='onramp.events', partition=0, offset=0)]
+>>> partition_for(b"u1", 4)
+0
 """
 
 from __future__ import annotations
@@ -21,11 +17,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ray_app.config import KafkaSettings
 from ray_app.errors import ConfigError, KafkaUnavailable
+from ray_app.kafka.security import security_confluent, security_kafka_python
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +31,6 @@ __all__ = [
     "ConfluentProducer",
     "Consumer",
     "Delivered",
-    "InMemoryBroker",
-    "InMemoryConsumer",
-    "InMemoryProducer",
     "KafkaPythonConsumer",
     "KafkaPythonProducer",
     "OutRecord",
@@ -149,42 +143,6 @@ class _ProducerBase:
         return result
 
 
-def _security_kafka_python(s: KafkaSettings) -> dict[str, Any]:
-    out: dict[str, Any] = {"security_protocol": s.security_protocol}
-    if s.sasl_mechanism:
-        out["sasl_mechanism"] = s.sasl_mechanism
-        out["sasl_plain_username"] = s.sasl_username
-        out["sasl_plain_password"] = s.sasl_password.get_secret_value() if s.sasl_password else None
-    if s.ssl_cafile:
-        out["ssl_cafile"] = str(s.ssl_cafile)
-    if s.ssl_certfile:
-        out["ssl_certfile"] = str(s.ssl_certfile)
-        out["ssl_keyfile"] = str(s.ssl_keyfile)
-    if s.ssl_key_password is not None:
-        out["ssl_password"] = s.ssl_key_password.get_secret_value()
-    if s.security_protocol.endswith("SSL"):
-        out["ssl_check_hostname"] = s.ssl_check_hostname
-    return out
-
-
-def _security_confluent(s: KafkaSettings) -> dict[str, Any]:
-    out: dict[str, Any] = {"security.protocol": s.security_protocol.lower()}
-    if s.sasl_mechanism:
-        out["sasl.mechanisms"] = s.sasl_mechanism
-        out["sasl.username"] = s.sasl_username or ""
-        out["sasl.password"] = s.sasl_password.get_secret_value() if s.sasl_password else ""
-    if s.ssl_cafile:
-        out["ssl.ca.location"] = str(s.ssl_cafile)
-    if s.ssl_certfile:
-        out["ssl.certificate.location"] = str(s.ssl_certfile)
-        out["ssl.key.location"] = str(s.ssl_keyfile)
-    if s.ssl_key_password is not None:
-        out["ssl.key.password"] = s.ssl_key_password.get_secret_value()
-    if s.security_protocol.endswith("SSL"):
-        out["ssl.endpoint.identification.algorithm"] = "https" if s.ssl_check_hostname else "none"
-    return out
-
-
 class KafkaPythonProducer(_ProducerBase):
     """Idempotent ``acks=all`` producer on kafka-python."""
 
@@ -200,7 +158,7 @@ class KafkaPythonProducer(_ProducerBase):
             "linger_ms": settings.linger_ms,
             "max_block_ms": int(settings.ack_timeout_s * 1000),
             "client_id": "onramp",
-            **_security_kafka_python(settings),
+            **security_kafka_python(settings),
             **overrides,
         }
         self._producer = KafkaProducer(**config)
@@ -242,7 +200,7 @@ class ConfluentProducer(_ProducerBase):
             "partitioner": "murmur2_random",
             "linger.ms": settings.linger_ms,
             "client.id": "onramp",
-            **_security_confluent(settings),
+            **security_confluent(settings),
             **overrides,
         }
         self._producer = confluent.Producer(config)
@@ -335,7 +293,7 @@ class KafkaPythonConsumer:
             client_id="onramp",
             group_id=settings.consumer_group,
             fetch_max_wait_ms=50,  # freshness: do not let an idle fetch sit for 500 ms
-            **_security_kafka_python(settings),
+            **security_kafka_python(settings),
             **overrides,
         )
 
@@ -425,7 +383,7 @@ class ConfluentConsumer:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 50,
-                **_security_confluent(settings),
+                **security_confluent(settings),
                 **overrides,
             }
         )
@@ -515,103 +473,3 @@ def make_consumer(bootstrap: str, settings: KafkaSettings, **overrides: Any) -> 
     """The consumer that ``settings.client`` selects."""
     cls = ConfluentConsumer if settings.client == "confluent" else KafkaPythonConsumer
     return cls(bootstrap, settings, **overrides)
-
-
-# -- in-memory twin ---------------------------------------------------------------------------
-
-
-@dataclass
-class InMemoryBroker:
-    """Topics as lists in memory. ``available = False`` leaves sends unacknowledged (an outage)."""
-
-    partitions: int = 8
-    topics: dict[str, list[list[Record]]] = field(default_factory=dict)
-    available: bool = True
-    pending: list[tuple[OutRecord, Callback]] = field(default_factory=list)
-    committed: dict[tuple[str, int], int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    """Producers on several threads (stream workers in one process) append one at a time."""
-
-    def append(self, record: OutRecord) -> Delivered:
-        with self.lock:
-            parts = self.topics.setdefault(record.topic, [[] for _ in range(self.partitions)])
-            p = partition_for(record.key, self.partitions) if record.key else 0
-            offset = len(parts[p])
-            parts[p].append(
-                Record(record.topic, p, offset, record.key, record.value, 0, record.headers)
-            )
-        return Delivered(record.topic, p, offset)
-
-    def records(self, topic: str) -> list[Record]:
-        return [r for part in self.topics.get(topic, []) for r in part]
-
-    def recover(self) -> None:
-        """End the outage: acknowledge what was pending."""
-        self.available = True
-        pending, self.pending = self.pending, []
-        for record, callback in pending:
-            callback(self.append(record), None)
-
-
-class InMemoryProducer(_ProducerBase):
-    """Producer twin over :class:`InMemoryBroker`; acknowledges synchronously."""
-
-    client_name = "in-memory"
-
-    def __init__(self, broker: InMemoryBroker) -> None:
-        self.broker = broker
-
-    def send(self, record: OutRecord, callback: Callback) -> None:
-        if not self.broker.available:
-            self.broker.pending.append((record, callback))
-            return
-        callback(self.broker.append(record), None)
-
-    def flush(self, timeout_s: float) -> None:
-        if self.broker.pending:
-            raise KafkaUnavailable(f"{len(self.broker.pending)} records unacknowledged")
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        pass
-
-
-class InMemoryConsumer:
-    """Consumer twin over :class:`InMemoryBroker`."""
-
-    client_name = "in-memory"
-
-    def __init__(self, broker: InMemoryBroker) -> None:
-        self.broker = broker
-        self._positions: dict[tuple[str, int], int] = {}
-
-    def assign(self, partitions: Iterable[tuple[str, int]], from_beginning: bool = True) -> None:
-        for t, p in partitions:
-            end = len(self.broker.topics.get(t, [[]] * (p + 1))[p])
-            self._positions[(t, p)] = 0 if from_beginning else end
-
-    def assign_at(self, offsets: dict[tuple[str, int], int]) -> None:
-        self._positions = dict(offsets)
-
-    def commit(self, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
-        self.broker.committed.update(offsets)
-
-    def committed(self, topic: str, partition: int) -> int | None:
-        return self.broker.committed.get((topic, partition))
-
-    def highwater(self, topic: str, partition: int) -> int | None:
-        parts = self.broker.topics.get(topic, [])
-        return len(parts[partition]) if partition < len(parts) else None
-
-    def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
-        out: list[Record] = []
-        for (t, p), pos in self._positions.items():
-            part = self.broker.topics.get(t, [])
-            recs = part[p][pos : pos + max_records - len(out)] if p < len(part) else []
-            out += recs
-            self._positions[(t, p)] = pos + len(recs)
-        if not out and timeout_s > 0:
-            time.sleep(min(timeout_s, 0.01))  # as a real poll waits: no busy loop when idle
-        return out
-
-    def close(self) -> None:
-        pass

@@ -24,14 +24,14 @@ log = logging.getLogger(__name__)
 def _admin(bootstrap: str, settings: KafkaSettings, timeout_s: float) -> Any:
     from kafka.admin import KafkaAdminClient
 
-    from ray_app.kafka.client import _security_kafka_python
+    from ray_app.kafka.security import security_kafka_python
 
     try:
         return KafkaAdminClient(
             bootstrap_servers=bootstrap.split(","),
             client_id="onramp-admin",
             request_timeout_ms=int(timeout_s * 1000),
-            **_security_kafka_python(settings),
+            **security_kafka_python(settings),
         )
     except Exception as exc:
         raise KafkaUnavailable(

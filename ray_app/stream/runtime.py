@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ray_app.kafka.client import InMemoryBroker
+    from ray_app.kafka.memory import InMemoryBroker
 
 __all__ = ["LocalRuntime", "RayRuntime", "WorkerGone", "WorkerRuntime"]
 
@@ -103,7 +103,7 @@ class LocalRuntime:
     def spawn(
         self, args: tuple[Any, ...], num_cpus: float, resources: dict[str, float], node: str | None
     ) -> Any:
-        from ray_app.kafka.client import InMemoryConsumer, InMemoryProducer
+        from ray_app.kafka.memory import InMemoryConsumer, InMemoryProducer
         from ray_app.stream.worker import StreamWorker
 
         worker = StreamWorker(

@@ -12,7 +12,7 @@ from ray_app.catalog import IneligibleCandidates, UnknownSlot
 from ray_app.config import DecideSettings, Settings
 from ray_app.decide import Arms, Decider, DecideRequest
 from ray_app.decide.log import DecisionLog
-from ray_app.kafka.client import InMemoryBroker, InMemoryProducer
+from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer
 
 T0 = int(dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp() * 1000)
 

@@ -9,7 +9,7 @@ from kafka.admin import KafkaAdminClient
 
 from ray_app.config import KafkaSettings, load_settings
 from ray_app.errors import ConfigError
-from ray_app.kafka.client import _security_confluent, _security_kafka_python
+from ray_app.kafka.security import security_confluent, security_kafka_python
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_sasl_scram_over_tls_maps_to_both_clients():
         sasl_password="s3cret",
         ssl_cafile="/etc/ssl/ca.pem",
     )
-    assert _security_kafka_python(s) == {
+    assert security_kafka_python(s) == {
         "security_protocol": "SASL_SSL",
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "onramp",
@@ -61,7 +61,7 @@ def test_sasl_scram_over_tls_maps_to_both_clients():
         "ssl_cafile": "/etc/ssl/ca.pem",
         "ssl_check_hostname": True,
     }
-    assert _security_confluent(s) == {
+    assert security_confluent(s) == {
         "security.protocol": "sasl_ssl",
         "sasl.mechanisms": "SCRAM-SHA-512",
         "sasl.username": "onramp",
@@ -80,10 +80,10 @@ def test_mutual_tls_maps_to_both_clients(pem):
         ssl_key_password="k3y",
         ssl_check_hostname=False,
     )
-    kp = _security_kafka_python(s)
+    kp = security_kafka_python(s)
     assert kp["ssl_certfile"] == str(pem / "cert.pem") and kp["ssl_keyfile"] == str(pem / "key.pem")
     assert kp["ssl_password"] == "k3y" and kp["ssl_check_hostname"] is False
-    cf = _security_confluent(s)
+    cf = security_confluent(s)
     assert cf["ssl.certificate.location"] == str(pem / "cert.pem")
     assert cf["ssl.key.location"] == str(pem / "key.pem") and cf["ssl.key.password"] == "k3y"
     assert cf["ssl.endpoint.identification.algorithm"] == "none"
@@ -92,8 +92,8 @@ def test_mutual_tls_maps_to_both_clients(pem):
 
 def test_plaintext_maps_to_nothing_but_the_protocol():
     s = KafkaSettings()
-    assert _security_kafka_python(s) == {"security_protocol": "PLAINTEXT"}
-    assert _security_confluent(s) == {"security.protocol": "plaintext"}
+    assert security_kafka_python(s) == {"security_protocol": "PLAINTEXT"}
+    assert security_confluent(s) == {"security.protocol": "plaintext"}
 
 
 SETTINGS = [
@@ -119,7 +119,7 @@ def _settings(spec, pem):
 
 @pytest.mark.parametrize("spec", SETTINGS, ids=["plain", "scram", "mtls"])
 def test_kafka_python_knows_every_option(spec, pem):
-    options = _security_kafka_python(_settings(spec, pem))
+    options = security_kafka_python(_settings(spec, pem))
     for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):
         unknown = set(options) - set(client.DEFAULT_CONFIG)
         assert not unknown, (client.__name__, unknown)
@@ -130,7 +130,7 @@ def test_librdkafka_accepts_every_option(spec, pem):
     """librdkafka checks property names and values (and reads the PEM files) when a client is
     made, before any connection."""
     confluent_kafka = pytest.importorskip("confluent_kafka")
-    conf = {"bootstrap.servers": "127.0.0.1:1", **_security_confluent(_settings(spec, pem))}
+    conf = {"bootstrap.servers": "127.0.0.1:1", **security_confluent(_settings(spec, pem))}
     confluent_kafka.Producer(conf).flush(0)
     confluent_kafka.Consumer({**conf, "group.id": "g"}).close()
     with pytest.raises(confluent_kafka.KafkaException, match="No such configuration property"):

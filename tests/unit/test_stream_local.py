@@ -13,7 +13,8 @@ import time
 import pytest
 
 from ray_app.config import SimSettings
-from ray_app.kafka.client import InMemoryBroker, InMemoryProducer, OutRecord
+from ray_app.kafka.client import OutRecord
+from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer
 from ray_app.sim import TrafficPlan
 from ray_app.state import SessionShard
 from ray_app.stream import StreamSupervisor, placement, state_config

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from ray_app.kafka.client import InMemoryBroker, InMemoryConsumer, InMemoryProducer, Record
+from ray_app.kafka.client import Record
+from ray_app.kafka.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
 from ray_app.state import SessionShard
 from ray_app.stream import worker as worker_module
 from ray_app.stream.checkpoint import CheckpointStore

@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind
 from ray_app.collect import Collector
 from ray_app.decide import Decider, DecideRequest
 from ray_app.errors import ConfigError
-from ray_app.kafka.client import InMemoryBroker, InMemoryProducer
+from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer
 from ray_app.state import SessionShard
 from ray_app.stream.worker import state_config
 from ray_app.telemetry.tracing import (
