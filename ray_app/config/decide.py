@@ -1,0 +1,255 @@
+"""Settings of decisions, experiments, the online learner, the model registry and telemetry."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from ray_app.config.base import Section as _Section
+
+__all__ = [
+    "DecideSettings",
+    "ExperimentSplit",
+    "LearnSettings",
+    "RegistrySettings",
+    "TelemetrySettings",
+]
+
+
+class ExperimentSplit(_Section):
+    """An earlier split of the experiment, in force from ``since`` until the next one."""
+
+    since: dt.datetime = Field(description="When this split started (ISO-8601, UTC if no zone).")
+    arms: dict[str, float] = Field(description="Arm -> weight, as in decide.arms.")
+
+
+class DecideSettings(_Section):
+    """``/v1/decide``: the catalog, the model and its policy, the experiment, serving limits."""
+
+    catalog_path: Path | None = Field(
+        None, description="Onboarding catalog (YAML); empty: the packaged default catalog."
+    )
+    model_path: Path | None = Field(
+        None,
+        description="Model file of the treatment arm (an Onramp model bundle), watched for "
+        "changes and hot-swapped; empty: cold start from the catalog's default flow.",
+    )
+    model_b_path: Path | None = Field(
+        None, description="Model file of the optional arm treatment_b (empty: cold start)."
+    )
+    model_poll_s: float = Field(1.0, gt=0, description="How often replicas check the files.")
+    policy: Literal["squarecb", "epsilon_greedy", "softmax", "thompson"] = Field(
+        "squarecb",
+        description="Exploration of the model arms. squarecb (inverse gap weighting, as Vowpal "
+        "Wabbit's --squarecb) explores actions in proportion to how close the model rates them "
+        "to the best, less as it learns (gamma rides in the model file); epsilon_greedy explores "
+        "a fixed share uniformly.",
+    )
+    epsilon: float = Field(0.1, ge=0, le=1, description="epsilon_greedy: share explored.")
+    gamma: float = Field(
+        10.0,
+        gt=0,
+        description="squarecb: gamma until the learner publishes its own (it grows as "
+        "learn.gamma_scale * sqrt(rewards learned)).",
+    )
+    temperature: float = Field(0.5, gt=0, description="softmax: temperature of the scores.")
+    seed: int = Field(0, description="Seed of the policy's draws (with the decision id).")
+    experiment: str = Field("onboarding", min_length=1, description="Experiment name.")
+    salt: str = Field("onramp", min_length=1, description="Hash salt of the arm assignment.")
+    arms: dict[str, float] = Field(
+        default_factory=lambda: {"control": 0.5, "treatment": 0.5},
+        description="Arm -> weight. control gets the static flow, treatment the model, "
+        "treatment_b the second model.",
+    )
+    holdout: float = Field(
+        0.0, ge=0, lt=1, description="Share of users who always get the static flow."
+    )
+    earlier_splits: list[ExperimentSplit] = Field(
+        default_factory=list,
+        description="Earlier splits: a user keeps the arm of the split in force when they were "
+        "first seen, so changing decide.arms does not reassign users already assigned.",
+    )
+    reassign: bool = Field(
+        False, description="Assign every user by the current split (ignore earlier_splits)."
+    )
+    profile_deadline_ms: float = Field(
+        200.0, gt=0, description="Wait this long for the live profile, then answer cold-start."
+    )
+    log_max_pending: int = Field(
+        20_000,
+        ge=1,
+        description="Decisions waiting for Kafka's ack; beyond it /v1/decide answers 503 "
+        "(no decision is served that is not logged).",
+    )
+    min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest ingress replicas.")
+    max_replicas: int = Field(2, ge=1, description="Autoscaling: most ingress replicas.")
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Autoscaling: requests in flight per replica to aim for."
+    )
+
+
+class LearnSettings(_Section):
+    """The online learner: rewards in, guarded model versions out."""
+
+    enabled: bool = Field(True, description="Run the online learner with the stream workers.")
+    lr: float = Field(0.01, gt=0, description="Learning rate (Adam).")
+    batch_size: int = Field(64, ge=1, description="Rewards per update.")
+    publish_interval_s: float = Field(
+        2.0, gt=0, description="Publish new weights at most this often."
+    )
+    guardrail_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="Roll back when the candidate's log loss on the guardrail slice is worse "
+        "than the last good weights' by more than this share.",
+    )
+    replay_size: int = Field(
+        5_000, ge=0, description="Recent rewards replayed in later updates (0: none)."
+    )
+    replay_steps: int = Field(
+        8,
+        ge=0,
+        description="Replayed mini-batches per batch_size new rewards. 8: on the twin's teams "
+        "world (8 seeds) 0.03 more of the oracle's gain by users 2,000-7,000 than 4; 16 and 0 "
+        "were worse.",
+    )
+    warmup_rewards: int = Field(
+        1_000,
+        ge=0,
+        description="A learner starting from an untrained model explores at boost_epsilon (and "
+        "learns at 3x the rate) until it has trained on this many rewards (0: no warm-up).",
+    )
+    weight_decay: float = Field(
+        0.3,
+        ge=0,
+        description="Decoupled weight decay (AdamW). Profiles carry many features that predict "
+        "nothing (CRM fields, activity counts, recency); without decay the scorer fits their "
+        "noise in the recent rewards it replays.",
+    )
+    min_propensity: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Importance weights are 1/max(propensity, this): 0.5 clips them at 2. The "
+        "scorer is a reward model of every (context, action), which unclipped weights (up to "
+        "1/propensity of a rarely explored action) make noisy: on simulator v2, 0.05 left 8-19% "
+        "of greedy choices wrong after 5k users, 0.5 left 0.4-3%.",
+    )
+    boost_epsilon: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Exploration served for a while after a drift alert or a rollback below "
+        "the control arm.",
+    )
+    gamma_scale: float = Field(
+        10.0,
+        gt=0,
+        description="squarecb exploration (decide.policy): the learner publishes gamma = "
+        "gamma_scale * sqrt(1 + rewards learned since a cold start, drift or rollback); a larger "
+        "scale explores less. Vowpal Wabbit's default.",
+    )
+    boost_rewards: int = Field(
+        1_000,
+        ge=0,
+        description="How long the boost lasts, in rewards trained on (as warmup_rewards): as many "
+        "users at any traffic (0: no boost).",
+    )
+    control_z: float = Field(
+        3.09,
+        ge=0,
+        description="Guardrail against the static flow: roll back when the treatment arm's "
+        "completion rate is below the control arm's with z < -control_z (one-sided "
+        "two-proportion test, repeated at every publish; 3.09: 0.1%). 0 turns it off.",
+    )
+    control_window: int = Field(
+        2_000, ge=1, description="Guardrail against the static flow: recent rewards per arm."
+    )
+    control_min_treatment: int = Field(
+        300,
+        ge=1,
+        description="Guardrail against the static flow: treatment rewards it needs to judge "
+        "(after a rollback: of the new version's decisions).",
+    )
+    control_min_control: int = Field(
+        100, ge=1, description="Guardrail against the static flow: control rewards it needs."
+    )
+    drift_delta: float = Field(
+        0.05, ge=0, description="Page-Hinkley on the reward rate: tolerated change of the mean."
+    )
+    drift_threshold: float = Field(
+        50.0, gt=0, description="Page-Hinkley: cumulative deviation that raises an alert."
+    )
+    drift_min_samples: int = Field(
+        1_500, ge=1, description="Page-Hinkley: rewards seen before (and after each) alert."
+    )
+    drift_settle_s: float = Field(
+        10.0,
+        ge=0,
+        description="Page-Hinkley is fed explicit outcomes (not timeouts) in decision order, this "
+        "long after the decision; later ones are not fed (counted). Every second of it delays a "
+        "drift alert by a second of traffic: 30 s was 1,700 users at the benchmark's rate.",
+    )
+    psi_window: int = Field(
+        2_000, ge=10, description="Feature drift: decisions per PSI window (and reference)."
+    )
+    state_path: Path | None = Field(
+        None, description="Learner state (weights, offsets); empty: <state_dir>/learner.state."
+    )
+
+    @model_validator(mode="after")
+    def _control_windows(self) -> LearnSettings:
+        if max(self.control_min_treatment, self.control_min_control) > self.control_window:
+            raise ValueError(
+                "learn.control_min_treatment and learn.control_min_control must not exceed "
+                "learn.control_window"
+            )
+        return self
+
+
+class RegistrySettings(_Section):
+    """The model registry: trained and online model versions, and which one is promoted."""
+
+    uri: str | None = Field(
+        None,
+        description="Where the registry lives: a directory, file://..., or any pyarrow "
+        "filesystem URI (s3://bucket/prefix); empty: <state_dir>/registry.",
+    )
+
+
+class TelemetrySettings(_Section):
+    """Traces and metrics over OpenTelemetry (metrics are also served as Prometheus text)."""
+
+    traces: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of collector requests and decisions traced (W3C trace context in "
+        "Kafka record headers, followed by the stream workers and into the decisions the "
+        "event influenced); 0 turns tracing off: no spans, no headers, no cost.",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP receiver base URL (e.g. http://otel-collector:4318); traces go to "
+        "<url>/v1/traces and metrics to <url>/v1/metrics. Empty: no OTLP export.",
+    )
+    otlp_headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Headers sent with every OTLP export (e.g. API keys)."
+    )
+    export_interval_s: float = Field(
+        5.0, gt=0, description="How often spans and metrics are sent to the OTLP endpoint."
+    )
+    service_name: str = Field(
+        "onramp", min_length=1, description="OpenTelemetry service.name of every process."
+    )
+
+    @model_validator(mode="after")
+    def _exporter(self) -> TelemetrySettings:
+        if self.traces > 0 and not self.otlp_endpoint:
+            raise ValueError(
+                "telemetry.traces > 0 needs somewhere to send spans: set telemetry.otlp_endpoint"
+            )
+        return self
