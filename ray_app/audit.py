@@ -98,7 +98,7 @@ def mix_shift(
     >>> mix_shift("device", {"mobile": 500, "desktop": 500}, {"mobile": 800, "desktop": 200}).drifted
     True
     """
-    from ray_app.experiments.report import _chi2_sf
+    from ray_app.experiments.stats import chi2_sf
 
     values = sorted(set(reference) | set(recent))
     n_ref, n_cur = sum(reference.values()), sum(recent.values())
@@ -107,7 +107,7 @@ def mix_shift(
     floor = 0.5 / max(n_ref, 1)
     chi2 = sum((recent.get(v, 0) - n_cur * max(ref[v], floor)) ** 2 / (n_cur * max(ref[v], floor))
                for v in values) if n_cur else 0.0  # fmt: skip
-    p = _chi2_sf(chi2, max(len(values) - 1, 1)) if n_cur and len(values) > 1 else 1.0
+    p = chi2_sf(chi2, max(len(values) - 1, 1)) if n_cur and len(values) > 1 else 1.0
     move = max((abs(cur[v] - ref[v]) for v in values), default=0.0)
     return MixShift(segment, ref, cur, chi2, p, move, bool(p < alpha and move > tolerance))
 

@@ -233,7 +233,7 @@ def test_chi_square_tail_matches_torch():
     """The report's own chi-square tail (no SciPy here) against torch's regularized gamma."""
     import torch
 
-    from ray_app.experiments.report import _chi2_sf
+    from ray_app.experiments.stats import chi2_sf
 
     for df in (1, 2, 3, 7, 30):
         for x in (0.01, 0.5, 1.0, 3.84, 10.0, 25.0, 80.0):
@@ -243,4 +243,4 @@ def test_chi_square_tail_matches_torch():
                     torch.tensor(x / 2, dtype=torch.float64),
                 )
             )
-            assert _chi2_sf(x, df) == pytest.approx(want, rel=1e-9, abs=1e-15), (df, x)
+            assert chi2_sf(x, df) == pytest.approx(want, rel=1e-9, abs=1e-15), (df, x)
