@@ -151,62 +151,8 @@ class ModelBundle:
         Raises :class:`ModelFileError` for anything but a complete, intact bundle trained on this
         feature schema and catalog (see :meth:`check` for ``strict_catalog``).
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise ModelFileError("data", f"expected bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if not data.startswith(MAGIC):
-            if MAGIC.startswith(data):
-                raise ModelFileError("magic", f"truncated: {len(data)} bytes")
-            raise ModelFileError(
-                "magic", f"not an Onramp model file (it starts with {data[:12]!r})"
-            )
-        start = len(MAGIC) + _LEN.size
-        if len(data) < start:
-            raise ModelFileError("header", f"truncated: {len(data)} bytes")
-        (n,) = _LEN.unpack_from(data, len(MAGIC))
-        if len(data) < start + n:
-            raise ModelFileError(
-                "header", f"truncated: the header needs {n} bytes, {len(data) - start} are left"
-            )
-        try:
-            head = json.loads(data[start : start + n])
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ModelFileError("header", f"not JSON: {exc}") from None
-        if not isinstance(head, dict):
-            raise ModelFileError("header", f"expected a JSON object, got {type(head).__name__}")
-        fmt = head.get("format")
-        if fmt != FORMAT:
-            raise ModelFileError(
-                "format", f"format {fmt!r} is not the one this Onramp reads ({FORMAT})"
-            )
-        _want(head, "schema_hash", str)
-        _want(head, "catalog_digest", str)
-        version = _want(head, "version", int)
-        if version < 0:
-            raise ModelFileError("version", f"must be >= 0, got {version}")
-        created = _want(head, "created_at", int | float)
-        if not math.isfinite(created):
-            raise ModelFileError("created_at", f"must be a finite time, got {created}")
-        metadata = _want(head, "metadata", dict)
-        arch = _want(head, "architecture", dict)
-        slot_actions = _want(head, "slot_actions", dict)
-        size = _want(head, "weights_bytes", int)
-        digest = _want(head, "weights_sha256", str)
-        for key in ("dim", "hidden"):
-            v = arch.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ModelFileError(
-                    f"architecture.{key}", f"expected a positive integer, got {v!r}"
-                )
-        sizes = arch.get("slot_sizes")
-        if not (
-            isinstance(sizes, list)
-            and sizes
-            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in sizes)
-        ):
-            raise ModelFileError(
-                "architecture.slot_sizes", f"expected a list of positive integers, got {sizes!r}"
-            )
+        data, head, weights = _split(data)
+        version, created, metadata, arch, slot_actions = _read_header(head)
         _check_compatible(
             head["schema_hash"],
             head["catalog_digest"],
@@ -216,42 +162,111 @@ class ModelBundle:
             catalog,
             strict_catalog,
         )
-        weights = data[start + n :]
-        if len(weights) != size:
-            what = "truncated" if len(weights) < size else "trailing bytes"
-            raise ModelFileError(
-                "weights", f"{what}: the header says {size} bytes, the file holds {len(weights)}"
-            )
-        if hashlib.sha256(weights).hexdigest() != digest:
-            raise ModelFileError("weights", "checksum mismatch: the file is corrupted")
-        try:
-            state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
-        except Exception as exc:  # torch raises many kinds on bad input; none may escape
-            raise ModelFileError("weights", f"cannot load: {type(exc).__name__}: {exc}") from None
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
-            raise ModelFileError("weights", "not a state_dict of tensors")
-        scorer = Scorer(arch["dim"], sizes, arch["hidden"])
-        try:
-            scorer.load_state_dict(state, strict=True)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelFileError("weights", f"do not fit the architecture {arch}: {exc}") from None
-        for name, tensor in scorer.state_dict().items():
-            if not bool(torch.isfinite(tensor).all()):
-                raise ModelFileError("weights", f"{name} holds NaN or inf")
+        scorer = _load_weights(weights, head, arch)
         return cls(
             scorer=scorer,
             schema_hash=head["schema_hash"],
             catalog_digest=head["catalog_digest"],
             version=version,
-            created_at=float(created),
+            created_at=created,
             metadata=metadata,
             # in the catalog's (= the heads') order: the JSON header stores them sorted by name
             slot_actions={
                 name: list(slot_actions[name]) for name in catalog.slots if name in slot_actions
             },
         )
+
+
+def _split(data: Any) -> tuple[bytes, dict[str, Any], bytes]:
+    """(the bytes, the JSON header, the weights) of a model file; checks the framing."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ModelFileError("data", f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):
+            raise ModelFileError("magic", f"truncated: {len(data)} bytes")
+        raise ModelFileError("magic", f"not an Onramp model file (it starts with {data[:12]!r})")
+    start = len(MAGIC) + _LEN.size
+    if len(data) < start:
+        raise ModelFileError("header", f"truncated: {len(data)} bytes")
+    (n,) = _LEN.unpack_from(data, len(MAGIC))
+    if len(data) < start + n:
+        raise ModelFileError(
+            "header", f"truncated: the header needs {n} bytes, {len(data) - start} are left"
+        )
+    try:
+        head = json.loads(data[start : start + n])
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelFileError("header", f"not JSON: {exc}") from None
+    if not isinstance(head, dict):
+        raise ModelFileError("header", f"expected a JSON object, got {type(head).__name__}")
+    fmt = head.get("format")
+    if fmt != FORMAT:
+        raise ModelFileError(
+            "format", f"format {fmt!r} is not the one this Onramp reads ({FORMAT})"
+        )
+    return data, head, data[start + n :]
+
+
+def _read_header(head: dict[str, Any]) -> tuple[int, float, dict[str, Any], dict[str, Any], Any]:
+    """(version, created at, metadata, architecture, slot actions), each checked."""
+    _want(head, "schema_hash", str)
+    _want(head, "catalog_digest", str)
+    version = _want(head, "version", int)
+    if version < 0:
+        raise ModelFileError("version", f"must be >= 0, got {version}")
+    created = _want(head, "created_at", int | float)
+    if not math.isfinite(created):
+        raise ModelFileError("created_at", f"must be a finite time, got {created}")
+    metadata = _want(head, "metadata", dict)
+    arch = _want(head, "architecture", dict)
+    slot_actions = _want(head, "slot_actions", dict)
+    _want(head, "weights_bytes", int)
+    _want(head, "weights_sha256", str)
+    for key in ("dim", "hidden"):
+        v = arch.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ModelFileError(f"architecture.{key}", f"expected a positive integer, got {v!r}")
+    sizes = arch.get("slot_sizes")
+    if not (
+        isinstance(sizes, list)
+        and sizes
+        and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in sizes)
+    ):
+        raise ModelFileError(
+            "architecture.slot_sizes", f"expected a list of positive integers, got {sizes!r}"
+        )
+    return version, float(created), metadata, arch, slot_actions
+
+
+def _load_weights(weights: bytes, head: dict[str, Any], arch: dict[str, Any]) -> Scorer:
+    """The scorer the weights describe: size and checksum as the header says, a state_dict of
+    finite tensors that fits the architecture."""
+    size, digest = head["weights_bytes"], head["weights_sha256"]
+    if len(weights) != size:
+        what = "truncated" if len(weights) < size else "trailing bytes"
+        raise ModelFileError(
+            "weights", f"{what}: the header says {size} bytes, the file holds {len(weights)}"
+        )
+    if hashlib.sha256(weights).hexdigest() != digest:
+        raise ModelFileError("weights", "checksum mismatch: the file is corrupted")
+    try:
+        state = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises many kinds on bad input; none may escape
+        raise ModelFileError("weights", f"cannot load: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelFileError("weights", "not a state_dict of tensors")
+    scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
+    try:
+        scorer.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelFileError("weights", f"do not fit the architecture {arch}: {exc}") from None
+    for name, tensor in scorer.state_dict().items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError("weights", f"{name} holds NaN or inf")
+    return scorer
 
 
 def _want(head: dict[str, Any], key: str, kind: Any) -> Any:
