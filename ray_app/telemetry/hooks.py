@@ -80,43 +80,11 @@ class OtelHooks:
         export_interval_s: float = 5.0,
         service: str = "onramp",
     ) -> None:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-        from opentelemetry.sdk.resources import Resource
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry()
-        reader = PrometheusMetricReader(
-            disable_target_info=True, scope_info_enabled=False, registry=self.registry
-        )
-        readers: list[Any] = [reader]
-        if otlp_endpoint:  # the same instruments pushed over OTLP/HTTP as well
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-            readers.append(
-                PeriodicExportingMetricReader(
-                    OTLPMetricExporter(
-                        endpoint=f"{otlp_endpoint.rstrip('/')}/v1/metrics",
-                        headers=otlp_headers or {},
-                    ),
-                    export_interval_millis=export_interval_s * 1000,
-                )
-            )
-        self._provider = MeterProvider(
-            resource=Resource.create({"service.name": service}),
-            metric_readers=readers,
-            views=[
-                View(
-                    instrument_name="onramp.http.request.duration",
-                    aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
-                ),
-                View(
-                    instrument_name="onramp.decide.duration",
-                    aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
-                ),
-            ],
+        self._provider = _meter_provider(
+            self.registry, otlp_endpoint, otlp_headers or {}, export_interval_s, service
         )
         meter = self._provider.get_meter("onramp.collector")
         self._accepted = meter.create_counter(
@@ -207,3 +175,50 @@ class OtelHooks:
 
     def shutdown(self) -> None:
         self._provider.shutdown()
+
+
+def _meter_provider(
+    registry: Any,
+    otlp_endpoint: str,
+    otlp_headers: dict[str, str],
+    export_interval_s: float,
+    service: str,
+) -> Any:
+    """A meter provider read into ``registry`` (Prometheus) and, with an endpoint, pushed over
+    OTLP/HTTP too; latency histograms get Onramp's buckets."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+    from opentelemetry.sdk.resources import Resource
+
+    reader = PrometheusMetricReader(
+        disable_target_info=True, scope_info_enabled=False, registry=registry
+    )
+    readers: list[Any] = [reader]
+    if otlp_endpoint:  # the same instruments pushed over OTLP/HTTP as well
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(
+                    endpoint=f"{otlp_endpoint.rstrip('/')}/v1/metrics",
+                    headers=otlp_headers,
+                ),
+                export_interval_millis=export_interval_s * 1000,
+            )
+        )
+    return MeterProvider(
+        resource=Resource.create({"service.name": service}),
+        metric_readers=readers,
+        views=[
+            View(
+                instrument_name="onramp.http.request.duration",
+                aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
+            ),
+            View(
+                instrument_name="onramp.decide.duration",
+                aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS),
+            ),
+        ],
+    )

@@ -67,6 +67,18 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
         "# TYPE onramp_drift_alerts gauge",
         f"onramp_drift_alerts {len(drift.get('alerts', []))}",
     ]
+    lines += _guardrail_lines(status)
+    return "\n".join(lines) + "\n"
+
+
+def _num(v: Any) -> str:
+    """A gauge value; NaN for an unknown one."""
+    return "NaN" if v is None else f"{float(v):g}"
+
+
+def _guardrail_lines(status: dict[str, Any]) -> list[str]:
+    """The guardrail against control and the outcome-to-weights latency."""
+    lines: list[str] = []
     control = status.get("control") or {}
     lines += [
         "# HELP onramp_learner_control_rate Completion rate over the guardrail's recent rewards "
@@ -88,9 +100,4 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
             "# TYPE onramp_outcome_to_weights_seconds gauge",
             f"onramp_outcome_to_weights_seconds {p50 / 1000:g}",
         ]
-    return "\n".join(lines) + "\n"
-
-
-def _num(v: Any) -> str:
-    """A gauge value; NaN for an unknown one."""
-    return "NaN" if v is None else f"{float(v):g}"
+    return lines
