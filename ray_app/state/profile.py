@@ -240,6 +240,18 @@ def _hit(hits: dict[str, int] | None, cap: str) -> None:
         hits[cap] = hits.get(cap, 0) + 1
 
 
+def _set_trait(
+    profile: Profile, key: str, value: Any, stamp: Stamp, hits: dict[str, int] | None
+) -> None:
+    """Last write (by event order) wins; a new key past ``max_traits`` is dropped and counted."""
+    old = profile.trait_stamps.get(key)
+    if old is None and len(profile.trait_stamps) >= profile.config.max_traits:
+        _hit(hits, "traits")
+    elif old is None or stamp > old:
+        profile.traits[key] = value
+        profile.trait_stamps[key] = stamp
+
+
 def _apply_step(profile: Profile, event: Event, step: str, stamp: Stamp) -> None:
     """The step half of :func:`apply`: what ``event`` tells about onboarding step ``step``."""
     st = profile.steps.setdefault(step, StepStats())
@@ -297,15 +309,8 @@ def apply(profile: Profile, event: Event, hits: dict[str, int] | None = None) ->
         ids.add(event.anonymous_id)
         if len(ids) > profile.config.max_anonymous_ids:  # keep the smallest: order-independent
             ids.remove(max(ids))
-    if event.traits:  # identify traits, and any call's context.traits
-        for k, v in event.traits.items():
-            old = profile.trait_stamps.get(k)
-            if old is None and len(profile.trait_stamps) >= config.max_traits:
-                _hit(hits, "traits")
-                continue
-            if old is None or stamp > old:
-                profile.traits[k] = v
-                profile.trait_stamps[k] = stamp
+    for k, v in event.traits.items():  # identify traits, and any call's context.traits
+        _set_trait(profile, k, v, stamp, hits)
     if event.session_id:
         sessions = profile.session_ids
         last = sessions.get(event.session_id)
@@ -379,13 +384,7 @@ def merge_into(profile: Profile, other: Profile, hits: dict[str, int] | None = N
     ids = profile.anonymous_ids | other.anonymous_ids
     profile.anonymous_ids = set(sorted(ids)[: config.max_anonymous_ids])
     for k, stamp in other.trait_stamps.items():
-        old = profile.trait_stamps.get(k)
-        if old is None and len(profile.trait_stamps) >= config.max_traits:
-            _hit(hits, "traits")
-            continue
-        if old is None or stamp > old:
-            profile.traits[k] = other.traits.get(k)
-            profile.trait_stamps[k] = stamp
+        _set_trait(profile, k, other.traits.get(k), stamp, hits)
     sessions = profile.session_ids
     for sid, ts in other.session_ids.items():
         if sid not in sessions or ts > sessions[sid]:
