@@ -24,7 +24,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.collector import CollectorIngress
+from deployments.ingress import CollectorIngress
 from ray_app.config import Settings, load_settings, require_safe_keys
 from ray_app.errors import ConfigError
 

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
-__all__ = ["BrokerError", "ConfigError", "FieldError", "KafkaUnavailable", "OnrampError"]
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "DecisionLogBacklog",
+    "ErrorCode",
+    "FieldError",
+    "KafkaUnavailable",
+    "NotFound",
+    "OnrampError",
+    "ProfilesUnavailable",
+    "Unauthorized",
+    "error_body",
+]
+
+
+class ErrorCode(StrEnum):
+    """The public ``error`` of an HTTP error body: part of the API, so named here, once, rather
+    than derived from class names (a rename must not change what clients see)."""
+
+    INTERNAL = "internal"
+    INVALID_CONFIG = "invalid_config"
+    BROKER = "broker"
+    KAFKA_UNAVAILABLE = "kafka_unavailable"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    DEMO_DISABLED = "demo_disabled"
+    STREAM_UNAVAILABLE = "stream_unavailable"
+    DECISION_LOG_BACKLOG = "decision_log_backlog"
+    INVALID_DECISION_REQUEST = "invalid_decision_request"
+    UNKNOWN_SLOT = "unknown_slot"
+    UNKNOWN_ACTION = "unknown_action"
+    INELIGIBLE_CANDIDATES = "ineligible_candidates"
 
 
 class OnrampError(Exception):
     """Root of every error Onramp raises on purpose.
 
-    ``http_status`` is what the HTTP layer answers when the error reaches it; ``context`` holds
-    whatever locates the problem (setting name, topic, partition, offset, port, path).
+    ``http_status`` is what the HTTP layer answers when the error reaches it and ``error_code``
+    the public ``error`` of its body (:func:`error_body`); ``context`` holds whatever locates the
+    problem (setting name, topic, partition, offset, port, path).
     """
 
-    http_status: int = 500
+    http_status: ClassVar[int] = 500
+    error_code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
 
     def __init__(self, message: str, **context: Any) -> None:
         super().__init__(message)
@@ -54,13 +88,67 @@ class ConfigError(OnrampError):
     """A settings file, environment variable or CLI argument is invalid."""
 
     http_status = 400
+    error_code = ErrorCode.INVALID_CONFIG
 
 
 class BrokerError(OnrampError):
     """The embedded broker could not be found, started or stopped."""
+
+    error_code = ErrorCode.BROKER
 
 
 class KafkaUnavailable(OnrampError):
     """Kafka did not acknowledge in time; the caller may retry later."""
 
     http_status = 503
+    error_code = ErrorCode.KAFKA_UNAVAILABLE
+
+
+class Unauthorized(OnrampError):
+    """A request without a key, or with a key of the wrong kind."""
+
+    http_status = 401
+    error_code = ErrorCode.UNAUTHORIZED
+
+
+class NotFound(OnrampError):
+    """Nothing at this address (a user with no events applied yet, a demo file)."""
+
+    http_status = 404
+    error_code = ErrorCode.NOT_FOUND
+
+
+class ProfilesUnavailable(OnrampError):
+    """The stream workers that hold the profiles are not running or are restarting; retry."""
+
+    http_status = 503
+    error_code = ErrorCode.STREAM_UNAVAILABLE
+
+
+class DecisionLogBacklog(OnrampError):
+    """The decision log is not keeping up, so a decision cannot be logged; retry.
+
+    Its HTTP body has a ``field`` (null), like every ``/v1/decide`` error.
+    """
+
+    http_status = 503
+    error_code = ErrorCode.DECISION_LOG_BACKLOG
+    field: str | None = None
+
+
+def error_body(exc: OnrampError, code: ErrorCode | None = None) -> dict[str, Any]:
+    """The JSON body of the HTTP answer to ``exc`` (sent with ``exc.http_status``):
+    ``{"error": code, "message": ...}``, and ``field`` when the error names one (``None``
+    included: the ``/v1/decide`` errors always carry it). ``code`` overrides
+    ``exc.error_code``.
+
+    >>> error_body(Unauthorized("send a read key"))
+    {'error': 'unauthorized', 'message': 'send a read key'}
+    >>> error_body(DecisionLogBacklog("not keeping up"))
+    {'error': 'decision_log_backlog', 'field': None, 'message': 'not keeping up'}
+    """
+    body: dict[str, Any] = {"error": str(code or exc.error_code)}
+    if hasattr(exc, "field"):
+        body["field"] = exc.field
+    body["message"] = str(exc)
+    return body

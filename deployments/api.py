@@ -1,0 +1,208 @@
+"""Onramp's HTTP API as a document: the FastAPI app the ingress (:mod:`deployments.ingress`)
+serves, the answers each route documents, and the OpenAPI schema, which names the slots and actions
+of the replica's catalog (:func:`describe_catalog`) rather than "any string"."""
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from ray_app import __version__
+from ray_app.catalog import Catalog
+from ray_app.decide import DecideRequest
+from validation.reasons import ReasonCode
+from validation.wire import json_schema
+
+__all__ = [
+    "COLLECT_STATUSES",
+    "DECIDE_BODY",
+    "DECIDE_QUERY",
+    "DECIDE_STATUSES",
+    "HEALTH_STATUSES",
+    "METRICS_STATUSES",
+    "PREFLIGHT_STATUSES",
+    "PROFILE_STATUSES",
+    "api",
+    "collect_route",
+    "describe_catalog",
+]
+
+
+class RejectionOut(BaseModel):
+    reason: ReasonCode = Field(description="Reason code (see `onramp schema --reasons`).")
+    field: str | None = Field(
+        description="Dotted path of the offending field, e.g. batch[3].timestamp."
+    )
+    message: str
+    index: int | None = Field(None, description="Position in `batch` (batch routes only).")
+    messageId: str | None = None
+
+
+class CollectAnswer(BaseModel):
+    success: bool = Field(description="True when every event was accepted.")
+    accepted: int = Field(description="Events acknowledged by Kafka in onramp.events.")
+    rejected: list[RejectionOut] = Field(
+        description="Refused events, each also written to onramp.events.dlq (except auth failures)."
+    )
+
+
+class UnavailableAnswer(BaseModel):
+    success: bool = False
+    error: str = "kafka_unavailable"
+    message: str
+    retryAfter: int = Field(description="Seconds; also in the Retry-After header.")
+
+
+COLLECT_STATUSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": CollectAnswer, "description": "Every event acknowledged by Kafka (acks=all)."},
+    400: {
+        "model": CollectAnswer,
+        "description": "Malformed body or some events invalid: the valid ones were accepted, "
+        "the rest are in onramp.events.dlq with a reason code.",
+    },
+    401: {"model": CollectAnswer, "description": "Write key missing or unknown."},
+    413: {"model": CollectAnswer, "description": "Over 500 KB per request or 32 KB per event."},
+    415: {"model": CollectAnswer, "description": "Content-Encoding other than gzip."},
+    503: {
+        "model": UnavailableAnswer,
+        "description": "Kafka did not acknowledge in time or is not keeping up; retry after "
+        "Retry-After seconds. Nothing of the request is reported as accepted.",
+    },
+}
+
+
+_DESCRIPTION = """\
+Onramp's collector speaks the [Segment tracking API](https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/):
+point an analytics client at it unchanged. Authenticate with the write key as the HTTP Basic
+user name, or `writeKey` in the body. Bodies are JSON (any Content-Type, `text/plain` included),
+optionally `Content-Encoding: gzip`. A 200 means Kafka acknowledged every record.
+"""
+
+api = FastAPI(title="Onramp", version=__version__, description=_DESCRIPTION)
+
+
+#: What the replica serving this document knows (its catalog's slots), so that the document says
+#: which slots exist rather than "any string".
+_LIVE: dict[str, Any] = {}
+
+
+def describe_catalog(catalog: Catalog) -> None:
+    """Name ``catalog``'s slots and actions in the OpenAPI document (rebuilt on next request)."""
+    _LIVE["slots"] = sorted(catalog.slots)
+    _LIVE["actions"] = sorted({a.id for s in catalog.slots.values() for a in s.actions})
+    api.openapi_schema = None
+
+
+def _openapi() -> dict[str, Any]:
+    if api.openapi_schema:
+        return api.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(
+        title=api.title, version=api.version, description=api.description, routes=api.routes
+    )
+    defs = json_schema("#/components/schemas/{model}")["$defs"]
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+    slots = _LIVE.get("slots")
+    if slots:
+        decide = schema["paths"]["/v1/decide"]
+        body = decide["post"]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["slot"]["enum"] = slots
+        actions = _LIVE.get("actions")
+        candidates = body["properties"].get("candidates", {})
+        for option in candidates.get("anyOf", []):
+            if option.get("type") == "array" and actions:
+                option["items"] = {"type": "string", "enum": actions}
+        for param in decide["get"].get("parameters", []):
+            if param["name"] == "slot":
+                param["schema"]["enum"] = slots
+    api.openapi_schema = schema
+    return schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
+
+
+def _body(ref: str) -> dict[str, Any]:
+    content = {"schema": {"$ref": f"#/components/schemas/{ref}"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": content, "text/plain": content},
+        }
+    }
+
+
+def collect_route(path: str, ref: str, summary: str) -> Any:
+    """``POST path`` of the tracking API, its body documented as the wire schema ``ref``."""
+    return api.post(path, responses=COLLECT_STATUSES, openapi_extra=_body(ref), summary=summary)
+
+
+DECIDE_STATUSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "ranked actions with scores, the chosen action (null when none is "
+        "eligible), its propensity, the decision id, the model version and the experiment arm."
+    },
+    400: {"description": "Malformed body: `field` names what is wrong."},
+    401: {"description": "Decide or read key missing or unknown."},
+    413: {"description": "Body over 64 KB."},
+    422: {"description": "Unknown slot or action, or ineligible candidates (`field` says which)."},
+    503: {"description": "The decision log is not keeping up; retry after Retry-After."},
+}
+
+
+DECIDE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": DecideRequest.model_json_schema()}},
+    }
+}
+
+
+PROFILE_STATUSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The live profile and its freshness."},
+    401: {"description": "Read key missing or unknown (Bearer, or Basic user name)."},
+    404: {"description": "No event of this user has been applied yet."},
+    503: {"description": "Stream workers not running or restarting; retry."},
+}
+
+
+PREFLIGHT_STATUSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "Preflight allowed."},
+    403: {"description": "Origin not allowed."},
+    404: {"description": "No such route (a path no route matches, e.g. with a newline)."},
+}
+
+
+HEALTH_STATUSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": '`{"status": "ok"}`: the replica answers. With a read key '
+        "also the Kafka client state, model version per arm, decision-log counters and "
+        "the experiment (its salt decides arms, so it is not public)."
+    },
+}
+
+
+METRICS_STATUSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition.",
+        "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+    }
+}
+
+
+DECIDE_QUERY = [
+    {"name": name, "in": "query", "required": required, "schema": schema, "description": text}
+    for name, required, schema, text in (
+        ("user_id", False, {"type": "string", "minLength": 1, "maxLength": 512},
+         "The user (or anonymous_id)."),
+        ("anonymous_id", False, {"type": "string", "minLength": 1, "maxLength": 512},
+         "The visitor, before a user id."),
+        ("slot", True, {"type": "string", "minLength": 1, "maxLength": 128},
+         "Catalog slot to decide."),
+        ("candidates", False, {"type": "string", "minLength": 1},
+         "Comma-separated actions to choose among."),
+        ("decision_id", False, {"type": "string", "minLength": 1, "maxLength": 128},
+         "Idempotency key."),
+    )
+]  # fmt: skip

@@ -1,0 +1,487 @@
+"""Onramp's HTTP ingress as a Ray Serve deployment (FastAPI): routes, and nothing else.
+
+Routes: ``POST /v1/batch|track|identify|page|screen|group|alias`` and the analytics.js short forms
+``/v1/b|t|i|p`` (write key); ``OPTIONS`` (CORS preflight) on all of them; ``POST|GET /v1/decide``
+(decide or read key); ``GET /v1/profiles/{user_id}`` (read key); ``GET /healthz`` (up or down;
+the details with a read key); ``GET /metrics``; the demo onboarding app at ``GET /demo/``
+(:mod:`deployments.demo`), only where :func:`ray_app.config.local_only` holds.
+
+Each route moves bytes and headers to the core and back: events to :class:`ray_app.collect.Collector`,
+decisions to :class:`ray_app.decide.batcher.DecisionBatcher` (which batches the decisions that
+arrive together into one model forward), profiles from :class:`ray_app.stream.reader.ProfileReader`;
+:class:`ray_app.model.watcher.ModelWatcher` hot-swaps the models, and every error becomes an answer
+in :meth:`CollectorIngress._error` (:func:`ray_app.errors.error_body`). The OpenAPI document is
+:mod:`deployments.api`.
+
+One deployment (named ``Collector``) serves both the collector and the decisions: on this kind of
+machine an extra deployment hop would cost more than the decision itself. It autoscales on
+ongoing requests (``decide.min_replicas``/``max_replicas``/``target_ongoing_requests``), and its
+``user_config`` (``model_path``, ``model_b_path``, ``policy``, ``epsilon``, ``gamma``,
+``temperature``) changes the model and the policy of running replicas through ``reconfigure``
+without a restart.
+"""
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+
+from deployments.api import (
+    DECIDE_BODY,
+    DECIDE_QUERY,
+    DECIDE_STATUSES,
+    HEALTH_STATUSES,
+    METRICS_STATUSES,
+    PREFLIGHT_STATUSES,
+    PROFILE_STATUSES,
+    api,
+    collect_route,
+    describe_catalog,
+)
+from deployments.demo import demo_config, demo_enabled, demo_file
+from ray_app.catalog import (
+    DecisionRequestError,
+    IneligibleCandidates,
+    UnknownAction,
+    UnknownSlot,
+)
+from ray_app.collect import Collector, Reply, kafka_producer_factory
+from ray_app.collect.parse import iso_ms, key_owner, write_key_from_header
+from ray_app.config import Settings
+from ray_app.decide import MAX_DECIDE_BYTES, Decider, DecideRefused, DecideRequest, parse_decide
+from ray_app.decide.batcher import DecisionBatcher
+from ray_app.decide.log import DecisionLog
+from ray_app.enrich import CrmTable
+from ray_app.errors import (
+    DecisionLogBacklog,
+    ErrorCode,
+    NotFound,
+    OnrampError,
+    ProfilesUnavailable,
+    Unauthorized,
+    error_body,
+)
+from ray_app.kafka.client import make_producer
+from ray_app.model import Policy
+from ray_app.model.watcher import ModelWatcher
+from ray_app.stream.reader import ProfileReader, StreamUnavailable
+from ray_app.telemetry import OtelHooks
+from ray_app.telemetry.stream import stream_metrics_text
+from ray_app.telemetry.tracing import TRACEPARENT, make_tracing, now_ns
+
+__all__ = ["CollectorIngress", "api"]
+
+log = logging.getLogger("onramp.collector")
+
+#: The public codes of the catalog's refusals of a decision request (HTTP 422).
+_DECISION_CODES: dict[type[DecisionRequestError], ErrorCode] = {
+    UnknownSlot: ErrorCode.UNKNOWN_SLOT,
+    UnknownAction: ErrorCode.UNKNOWN_ACTION,
+    IneligibleCandidates: ErrorCode.INELIGIBLE_CANDIDATES,
+}
+
+_READ_KEY = "send a read key (collector.read_keys): Authorization: Bearer <key>"
+_DECIDE_KEY = (
+    "send a decide or read key (collector.decide_keys, collector.read_keys): "
+    "Authorization: Bearer <key>"
+)
+_NO_DEMO = (
+    "the demo is served only where Onramp is reachable from this machine "
+    "alone (collector.host and Kafka on loopback)"
+)
+
+#: What ``user_config`` may hold (``reconfigure``).
+_USER_CONFIG = {"model_path", "model_b_path", "policy", "epsilon", "gamma", "temperature"}
+
+
+def _decision_producer(settings: Settings, bootstrap: str) -> Any:
+    from ray_app.kafka.topics import ensure_topics
+
+    ensure_topics(bootstrap, settings.kafka, timeout_s=settings.kafka.ack_timeout_s)
+    producer = make_producer(bootstrap, settings.kafka)
+    warm = getattr(producer, "partitions_for", None)
+    if warm is not None:
+        warm(settings.topics.decisions)
+    return producer
+
+
+def _key_ok(authorization: str | None, keys: dict[str, str]) -> bool:
+    """Whether ``Authorization`` (Bearer, or Basic with the key as user name) holds one of
+    ``keys``."""
+    if not authorization:
+        return False
+    scheme, _, token = authorization.partition(" ")
+    key = token.strip() if scheme.lower() == "bearer" else write_key_from_header(authorization)
+    if not key:
+        return False
+    return key_owner(key, keys) is not None
+
+
+@serve.deployment(name="Collector", max_ongoing_requests=512, graceful_shutdown_timeout_s=10)
+@serve.ingress(api)
+class CollectorIngress:
+    """One replica of the ingress: a Collector with its own idempotent producer, a decision
+    batcher and log, and a model watcher."""
+
+    def __init__(self, settings: Settings, bootstrap: str, http_host: str = "0.0.0.0") -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self._http_host = http_host
+        self.hooks = OtelHooks.from_settings(settings.telemetry)
+        self.tracing = make_tracing(settings.telemetry, "collector")
+        self.collector = Collector(
+            settings, kafka_producer_factory(settings, bootstrap), self.hooks, tracing=self.tracing
+        )
+        self.collector.connect()
+        self._max_body = settings.collector.max_request_bytes
+        c = settings.collector
+        self._read_keys = {n: k.get_secret_value() for n, k in c.read_keys.items()}
+        # /v1/decide takes a decide key (browsers) or a read key (servers)
+        self._decide_keys = {
+            **{f"decide:{n}": k.get_secret_value() for n, k in c.decide_keys.items()},
+            **{f"read:{n}": k.get_secret_value() for n, k in c.read_keys.items()},
+        }
+        self._demo = demo_enabled(settings, bootstrap, http_host)
+        self.profiles = ProfileReader(settings.ray.namespace)
+        self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s)
+        # decisions
+        self.decider = Decider.from_settings(settings)
+        describe_catalog(self.decider.catalog)
+        self.watcher = ModelWatcher(
+            self.decider,
+            {"treatment": settings.model_path, "treatment_b": settings.decide.model_b_path},
+            settings.decide.model_poll_s,
+            self.hooks.model_version,
+        )
+        self._stop = self.watcher.stopped
+        self.watcher.load()
+        self.decision_log = DecisionLog(
+            lambda: _decision_producer(settings, bootstrap),
+            settings.topics.decisions,
+            settings.decide.log_max_pending,
+            self.hooks.decisions_logged,
+        )
+        self.decision_log.connect()
+        self.batcher = DecisionBatcher(
+            self.decider,
+            self.profiles,
+            self.crm.enrich,
+            deadline_s=settings.decide.profile_deadline_ms / 1000,
+        )
+        self.watcher.start()
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve's ``user_config``: model files and policy, changed without a restart."""
+        unknown = set(config) - _USER_CONFIG
+        if unknown:
+            raise ValueError(f"user_config: unknown keys {sorted(unknown)}")
+        policy = self.decider.policy
+        if {"policy", "epsilon", "gamma", "temperature"} & set(config):  # validate first
+            policy = Policy(
+                kind=config.get("policy", policy.kind),
+                epsilon=config.get("epsilon", policy.epsilon),
+                gamma=config.get("gamma", policy.gamma),
+                temperature=config.get("temperature", policy.temperature),
+                seed=policy.seed,
+            )
+        for key, arm in (("model_path", "treatment"), ("model_b_path", "treatment_b")):
+            if key in config:
+                self.watcher.set_path(arm, Path(config[key]) if config[key] else None)
+        self.decider.policy = policy
+        self.watcher.load()
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def _respond(self, reply: Reply, origin: str | None) -> Response:
+        headers = {**reply.headers, **self.collector.cors_headers(origin)}
+        if reply.status == 204:
+            return Response(status_code=204, headers=headers)
+        return Response(
+            content=reply.json_bytes(),
+            status_code=reply.status,
+            headers=headers,
+            media_type="application/json",
+        )
+
+    def _json(
+        self,
+        status: int,
+        body: dict[str, Any],
+        origin: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        return self._respond(Reply(status, body, dict(headers or {})), origin)
+
+    def _error(
+        self, exc: OnrampError, origin: str | None, code: ErrorCode | None = None
+    ) -> Response:
+        """The one answer to an error: its ``http_status``, its public code (``code``, else the
+        error's own) and message, and Retry-After when it is worth retrying (503)."""
+        headers = {}
+        if exc.http_status == 503:
+            headers["Retry-After"] = str(self.settings.collector.retry_after_s)
+        return self._json(exc.http_status, error_body(exc, code), origin, headers)
+
+    # -- the tracking API -------------------------------------------------------------------
+
+    async def _collect(self, route: str, request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = await self._read_body(request)
+        reply = await self.collector.handle(
+            route, body, headers, request.client.host if request.client else None
+        )
+        return self._respond(reply, headers.get("origin"))
+
+    async def _read_body(self, request: Request, limit: int | None = None) -> bytes:
+        # Read at most one chunk past the limit: enough to answer 413 without buffering a flood.
+        limit = self._max_body if limit is None else limit
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+        return b"".join(chunks)
+
+    @collect_route("/v1/batch", "Batch", "Send a batch of calls")
+    @collect_route("/v1/b", "Batch", "Send a batch of calls (analytics.js short form)")
+    async def batch(self, request: Request) -> Response:
+        return await self._collect("batch", request)
+
+    @collect_route("/v1/track", "TrackCall", "Record an action")
+    @collect_route("/v1/t", "TrackCall", "Record an action (short form)")
+    async def track(self, request: Request) -> Response:
+        return await self._collect("track", request)
+
+    @collect_route("/v1/identify", "IdentifyCall", "Tie a user to traits")
+    @collect_route("/v1/i", "IdentifyCall", "Tie a user to traits (short form)")
+    async def identify(self, request: Request) -> Response:
+        return await self._collect("identify", request)
+
+    @collect_route("/v1/page", "PageCall", "Record a page view")
+    @collect_route("/v1/p", "PageCall", "Record a page view (short form)")
+    async def page(self, request: Request) -> Response:
+        return await self._collect("page", request)
+
+    @collect_route("/v1/screen", "ScreenCall", "Record a screen view")
+    async def screen(self, request: Request) -> Response:
+        return await self._collect("screen", request)
+
+    @collect_route("/v1/group", "GroupCall", "Tie a user to an account")
+    async def group(self, request: Request) -> Response:
+        return await self._collect("group", request)
+
+    @collect_route("/v1/alias", "AliasCall", "Merge two user ids")
+    async def alias(self, request: Request) -> Response:
+        return await self._collect("alias", request)
+
+    @api.options("/v1/{path:path}", responses=PREFLIGHT_STATUSES, summary="CORS preflight")
+    async def preflight(self, request: Request, path: str) -> Response:
+        reply = self.collector.preflight(
+            request.headers.get("origin"), request.headers.get("access-control-request-headers")
+        )
+        return self._respond(reply, None)
+
+    # -- profiles ---------------------------------------------------------------------------
+
+    @api.get("/v1/profiles/{user_id}", responses=PROFILE_STATUSES, summary="A user's live profile")
+    async def profile(self, user_id: str, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if not _key_ok(request.headers.get("authorization"), self._read_keys):
+            return self._error(Unauthorized(_READ_KEY), origin)
+        try:
+            profile = await self.profiles.get(user_id)
+        except StreamUnavailable as exc:
+            return self._error(ProfilesUnavailable(str(exc)), origin)
+        if profile is None:
+            return self._error(NotFound(f"no events applied for {user_id!r}"), origin)
+        last = profile.get("lastReceived")
+        freshness = {
+            "lastEventReceivedAt": iso_ms(last) if last else None,
+            "ageMs": int(time.time() * 1000) - last if last else None,
+        }
+        enrichment = self.crm.enrich(profile)
+        self.hooks.enrichment(enrichment["found"])
+        body = {
+            "userKey": user_id,
+            "profile": profile,
+            "enrichment": enrichment,
+            "freshness": freshness,
+        }
+        return self._json(200, body, origin)
+
+    # -- decisions --------------------------------------------------------------------------
+
+    @api.post(
+        "/v1/decide",
+        responses=DECIDE_STATUSES,
+        openapi_extra=DECIDE_BODY,
+        summary="What this user should see next",
+    )
+    async def decide_post(self, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if not _key_ok(request.headers.get("authorization"), self._decide_keys):
+            return self._error(Unauthorized(_DECIDE_KEY), origin)
+        raw = await self._read_body(request, MAX_DECIDE_BYTES)
+        return await self._decide(parse_decide(raw), origin, request.headers.get(TRACEPARENT))
+
+    @api.get(
+        "/v1/decide",
+        responses=DECIDE_STATUSES,
+        openapi_extra={"parameters": DECIDE_QUERY},
+        summary="Decide (query-string form; context fields as context.<name>=)",
+    )
+    async def decide_get(self, request: Request) -> Response:
+        """``?user_id=&slot=&candidates=a,b&context.device=mobile&decision_id=``"""
+        origin = request.headers.get("origin")
+        if not _key_ok(request.headers.get("authorization"), self._decide_keys):
+            return self._error(Unauthorized(_DECIDE_KEY), origin)
+        data: dict[str, Any] = {}
+        context: dict[str, Any] = {}
+        for key, value in request.query_params.multi_items():
+            if key.startswith("context."):
+                context[key.removeprefix("context.")] = value
+            elif key == "candidates":
+                data["candidates"] = [c for c in value.split(",") if c]
+            else:
+                data[key] = value
+        if context:
+            data["context"] = context
+        return await self._decide(parse_decide(data), origin, request.headers.get(TRACEPARENT))
+
+    async def _decide(
+        self,
+        req: DecideRequest | DecideRefused,
+        origin: str | None,
+        traceparent: str | None = None,
+    ) -> Response:
+        started = time.perf_counter()
+        started_ns = now_ns() if self.tracing.enabled else None
+        if isinstance(req, DecideRefused):
+            return self._json(req.status, req.body(), origin)
+        decision = await self.batcher.decide(req)
+        if isinstance(decision, DecisionRequestError):
+            code = _DECISION_CODES.get(type(decision), ErrorCode.INVALID_DECISION_REQUEST)
+            return self._error(decision, origin, code)
+        span = None
+        if self.tracing.enabled:
+            span = self.tracing.decision_span(
+                decision.slot, traceparent, decision.event_trace, started_ns
+            )
+            decision.trace_id = self.tracing.trace_id(span)
+        if decision.chosen is not None and not self.decision_log.offer(
+            [(decision.user_key.encode(), decision.record())]
+        ):
+            self.hooks.kafka_unavailable("decision_log")
+            self.tracing.end(span, 503)
+            return self._error(DecisionLogBacklog("the decision log is not keeping up"), origin)
+        self.tracing.end(
+            span,
+            200,
+            **{
+                "onramp.decision_id": decision.decision_id,
+                "onramp.arm": decision.arm,
+                "onramp.chosen": decision.chosen,
+                "onramp.cold_start": decision.cold_start,
+            },
+        )
+        self.hooks.decision(
+            decision.slot, decision.arm, decision.cold_start, time.perf_counter() - started
+        )
+        return self._json(200, decision.answer(), origin)
+
+    # -- operations -------------------------------------------------------------------------
+
+    @api.get("/healthz", responses=HEALTH_STATUSES, summary="Up or down (details with a read key)")
+    async def healthz(self, request: Request) -> JSONResponse:
+        health = self.collector.health()
+        if not _key_ok(request.headers.get("authorization"), self._read_keys):
+            return JSONResponse({"status": health["status"]})
+        return JSONResponse(
+            {
+                **health,
+                "models": self.decider.versions(),
+                "decisionLog": self.decision_log.stats(),
+                "experiment": self.decider.arms.current.describe(),
+            }
+        )
+
+    @api.get("/metrics", response_class=Response, responses=METRICS_STATUSES)
+    async def metrics(self) -> Response:
+        text = self.hooks.prometheus_text()
+        try:
+            status = await asyncio.wait_for(self.profiles.stream_status(), timeout=3)
+            text += stream_metrics_text(status).encode()
+        except StreamUnavailable:
+            pass  # no stream workers in this deployment: collector metrics only
+        except Exception:  # a worker restarting mid-scrape must not fail the scrape
+            log.warning("stream metrics unavailable for this scrape", exc_info=True)
+        try:
+            import ray
+
+            from ray_app.learn.service import LEARNER_NAME
+            from ray_app.telemetry.learn import learner_metrics_text
+
+            learner = ray.get_actor(LEARNER_NAME, namespace=self.settings.ray.namespace)
+            status = await asyncio.wait_for(learner.status.remote(), timeout=3)
+            text += learner_metrics_text(status).encode()
+        except ValueError:
+            pass  # no learner running
+        except Exception:
+            log.warning("learner metrics unavailable for this scrape", exc_info=True)
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    # -- the demo onboarding app (deployments/demo.py) --------------------------------------
+
+    @api.get("/demo", include_in_schema=False)
+    async def demo_root(self, request: Request) -> Response:
+        if not self._demo:
+            return self._error(NotFound(_NO_DEMO), None)
+        return Response(status_code=307, headers={"Location": f"{request.url.path}/"})
+
+    @api.get("/demo/config.json", include_in_schema=False)
+    async def demo_settings(self) -> Response:
+        if not self._demo:
+            return self._error(NotFound(_NO_DEMO), None)
+        config = demo_config(self.settings, self.bootstrap, self._http_host)
+        if config is None:
+            message = "the demo needs a write key named 'demo' (collector.write_keys)"
+            return self._error(NotFound(message), None, ErrorCode.DEMO_DISABLED)
+        return JSONResponse(config, headers={"Cache-Control": "no-store"})
+
+    @api.get("/demo/{name:path}", include_in_schema=False)
+    async def demo_static(self, name: str) -> Response:
+        if not self._demo:
+            return self._error(NotFound(_NO_DEMO), None)
+        found = demo_file(name)
+        if found is None:
+            return self._error(NotFound(name), None)
+        content, media = found
+        return Response(content, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    def __del__(self) -> None:
+        # Serve calls this on graceful shutdown: flush what is queued, so nothing acknowledged
+        # to Kafka's buffer is abandoned.
+        collector = getattr(self, "collector", None)
+        if collector is not None:
+            collector.close(timeout_s=5.0)
+        for name in ("tracing", "hooks"):  # export what is pending
+            exporter = getattr(self, name, None)
+            if exporter is not None:
+                try:
+                    exporter.shutdown()
+                except Exception:
+                    pass
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            watcher.stop()
+        decision_log = getattr(self, "decision_log", None)
+        if decision_log is not None:
+            decision_log.close(timeout_s=10.0)

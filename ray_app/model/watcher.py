@@ -1,0 +1,108 @@
+"""The model-file watcher: keeps the model each arm serves in step with its published file.
+
+Each arm (``treatment``, ``treatment_b``) may have a model file; the watcher loads it at start,
+then polls its modification time and hot-swaps a newer version into the decider. A file that is
+missing, broken or not newer leaves the current model serving. No Serve here: the ingress starts
+and stops it, and :meth:`ModelWatcher.load` is also called directly (on ``reconfigure``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from ray_app.model.bundle import ModelBundle, ModelFileError
+
+__all__ = ["ModelWatcher", "Swappable"]
+
+log = logging.getLogger("onramp.model")
+
+
+class Swappable(Protocol):
+    """What the watcher swaps models into (:class:`ray_app.decide.Decider`)."""
+
+    schema: Any
+    catalog: Any
+    bundles: Mapping[str, ModelBundle]
+
+    def swap(self, arm: str, bundle: ModelBundle) -> bool: ...
+
+
+def _ignore(arm: str, version: int) -> None:
+    return None
+
+
+class ModelWatcher:
+    """Loads ``paths`` (arm -> model file, ``None`` for the built-in model) into ``target``, now
+    and every ``poll_s`` seconds once :meth:`start` ed; ``on_version(arm, version)`` hears the
+    version each arm serves after every load."""
+
+    def __init__(
+        self,
+        target: Swappable,
+        paths: Mapping[str, Path | None],
+        poll_s: float,
+        on_version: Callable[[str, int], None] = _ignore,
+    ) -> None:
+        self.target = target
+        self.paths: dict[str, Path | None] = dict(paths)
+        self.poll_s = poll_s
+        self.on_version = on_version
+        self.stopped = threading.Event()
+        self._mtimes: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def set_path(self, arm: str, path: Path | None) -> None:
+        """Serve ``arm`` from ``path`` from the next :meth:`load` on, even if unchanged since."""
+        self.paths[arm] = path
+        self._mtimes.pop(arm, None)
+
+    def load(self) -> None:
+        """Swap in every model file that changed since the last load and is newer."""
+        for arm, path in self.paths.items():
+            if path is None:
+                self.on_version(arm, self.target.bundles[arm].version)
+                continue
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # not published yet: keep serving what we have
+            if self._mtimes.get(arm) == mtime:
+                continue
+            self._mtimes[arm] = mtime
+            self._load_file(arm, path)
+            self.on_version(arm, self.target.bundles[arm].version)
+
+    def _load_file(self, arm: str, path: Path) -> None:
+        target = self.target
+        try:
+            bundle = ModelBundle.from_bytes(path.read_bytes(), target.schema, target.catalog, False)
+            if target.swap(arm, bundle):
+                log.info("arm %s now serves model version %d", arm, bundle.version)
+            else:
+                log.warning(
+                    "%s: version %d is not newer than %d; kept the current model",
+                    path,
+                    bundle.version,
+                    target.bundles[arm].version,
+                )
+        except (ModelFileError, OSError) as exc:
+            log.error("%s: not loaded, kept the current model: %s", path, exc)
+
+    def start(self) -> None:
+        """Poll in a daemon thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.poll_s):
+            try:
+                self.load()
+            except Exception:  # a broken file must never stop the watcher
+                log.exception("model watcher")

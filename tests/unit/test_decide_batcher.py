@@ -1,0 +1,129 @@
+"""The decision batcher without Serve: the requests that arrive together share one profile lookup
+and one decide, a slow or absent stream makes cold starts (not errors), a catalog refusal stays
+with its request, and a failed batch fails every request in it, none left hanging."""
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from ray_app.catalog import UnknownSlot
+from ray_app.config import Settings
+from ray_app.decide import Decider, DecideRequest, Decision
+from ray_app.decide.batcher import DecisionBatcher
+from ray_app.stream.reader import StreamUnavailable
+
+T0 = int(dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+class FakeProfiles:
+    """A profile source: ``profiles`` by user key; records each lookup; ``delay_s`` before it
+    answers; ``fail`` raised instead of answering."""
+
+    def __init__(
+        self,
+        profiles: dict[str, dict[str, Any]] | None = None,
+        delay_s: float = 0.0,
+        fail: Exception | None = None,
+    ) -> None:
+        self.profiles = profiles or {}
+        self.delay_s = delay_s
+        self.fail = fail
+        self.lookups: list[list[str]] = []
+
+    async def get_many(self, user_keys: list[str]) -> dict[str, dict[str, Any] | None]:
+        self.lookups.append(list(user_keys))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        return {k: self.profiles.get(k) for k in user_keys}
+
+
+def _batcher(profiles: FakeProfiles, deadline_s: float = 1.0) -> DecisionBatcher:
+    enriched: list[dict[str, Any]] = []
+
+    def enrich(profile: dict[str, Any]) -> dict[str, Any]:
+        enriched.append(profile)
+        return {"found": False}
+
+    batcher = DecisionBatcher(
+        Decider.from_settings(Settings()), profiles, enrich, deadline_s, clock_ms=lambda: T0
+    )
+    batcher.enriched = enriched  # type: ignore[attr-defined]
+    return batcher
+
+
+def _req(user: str, slot: str = "next_step") -> DecideRequest:
+    return DecideRequest(user_id=user, slot=slot, decision_id=f"d-{user}")
+
+
+async def _decide_all(batcher: DecisionBatcher, requests: list[DecideRequest]) -> list[Any]:
+    return await asyncio.gather(*(batcher.decide(r) for r in requests))
+
+
+def test_requests_that_arrive_together_share_one_lookup():
+    known = {"stepsCompleted": ["welcome"], "firstSeen": T0, "lastReceived": T0, "userId": "u1"}
+    profiles = FakeProfiles({"u1": known})
+    batcher = _batcher(profiles)
+    results = asyncio.run(_decide_all(batcher, [_req("u1"), _req("u2"), _req("u3")]))
+    assert profiles.lookups == [["u1", "u2", "u3"]]
+    assert all(isinstance(r, Decision) for r in results)
+    assert [r.decision_id for r in results] == ["d-u1", "d-u2", "d-u3"]
+    assert [r.cold_reason for r in results] == [None, "unknown_user", "unknown_user"]
+    assert all(r.at_ms == T0 for r in results)
+    # an unknown user is enriched from a stand-in profile
+    assert batcher.enriched[1] == {"userId": "u2", "traits": {}}  # type: ignore[attr-defined]
+
+
+def test_requests_during_a_batch_form_the_next_one():
+    profiles = FakeProfiles(delay_s=0.05)
+    batcher = _batcher(profiles)
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(batcher.decide(_req("u1")))
+        await asyncio.sleep(0.01)  # the first batch is waiting for its profiles
+        later = [asyncio.ensure_future(batcher.decide(_req(u))) for u in ("u2", "u3")]
+        return await asyncio.gather(first, *later)
+
+    results = asyncio.run(scenario())
+    assert profiles.lookups == [["u1"], ["u2", "u3"]]
+    assert all(isinstance(r, Decision) for r in results)
+
+
+@pytest.mark.parametrize(
+    ("profiles", "reason"),
+    [
+        (FakeProfiles(delay_s=0.5), "deadline"),
+        (FakeProfiles(fail=StreamUnavailable("no workers")), "stream_unavailable"),
+    ],
+)
+def test_no_profiles_in_time_is_a_cold_start(profiles, reason):
+    batcher = _batcher(profiles, deadline_s=0.02)
+    [result] = asyncio.run(_decide_all(batcher, [_req("u1")]))
+    assert isinstance(result, Decision)
+    assert (result.cold_start, result.cold_reason, result.chosen) == (True, reason, "welcome")
+
+
+def test_a_catalog_refusal_stays_with_its_request():
+    batcher = _batcher(FakeProfiles())
+    good, bad = asyncio.run(_decide_all(batcher, [_req("u1"), _req("u2", slot="nxt")]))
+    assert isinstance(good, Decision)
+    assert isinstance(bad, UnknownSlot) and bad.field == "slot"
+
+
+def test_a_failed_batch_fails_each_request_and_the_next_batch_runs():
+    profiles = FakeProfiles(fail=RuntimeError("boom"))
+    batcher = _batcher(profiles)
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            *(batcher.decide(_req(u)) for u in ("u1", "u2")), return_exceptions=True
+        )
+
+    results = asyncio.run(scenario())
+    assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+    profiles.fail = None
+    [again] = asyncio.run(_decide_all(batcher, [_req("u3")]))
+    assert isinstance(again, Decision)
