@@ -1,0 +1,131 @@
+"""The CRM table: a CSV or Parquet file joined to profiles by user id or account id.
+
+The table is a CSV or Parquet file (``enrich.crm_path``) with a ``userId`` and/or an
+``accountId`` column and any others (plan, industry, employees, region, ...). A profile is joined
+by its user id first, then by the ``accountId`` trait its user sent with ``identify``. The file
+is re-read when its modification time changes (checked at most every
+``enrich.reload_interval_s``). A user with no row gets :data:`DEFAULTS` and is counted as a miss.
+
+The join happens when a profile is read, not when events are applied: the stream state stays a
+pure function of the events (so replays after a crash stay exact), and a CRM change shows on
+the next read instead of waiting for the user's next event.
+
+>>> import tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "crm.csv"
+>>> _ = path.write_text("accountId,plan,employees\\nacct-1,enterprise,1200\\n")
+>>> table = CrmTable(path)
+>>> table.enrich({"userId": "u1", "traits": {"accountId": "acct-1"}})
+{'found': True, 'by': 'accountId', 'accountId': 'acct-1', 'plan': 'enterprise', 'employees': 1200}
+>>> table.enrich({"userId": "u2", "traits": {}})["found"], table.misses
+(False, 1)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULTS", "CrmTable", "write_demo_crm"]
+
+#: What an unknown user is enriched with.
+DEFAULTS: dict[str, Any] = {
+    "plan": "unknown",
+    "industry": "unknown",
+    "employees": None,
+    "region": "unknown",
+}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalars -> Python
+        return value.item()
+    return value
+
+
+class CrmTable:
+    """The CRM table in memory, reloaded when the file changes."""
+
+    def __init__(self, path: str | Path | None, reload_interval_s: float = 5.0) -> None:
+        self.path = Path(path) if path else None
+        self.reload_interval_s = reload_interval_s
+        self.by_user: dict[str, dict[str, Any]] = {}
+        self.by_account: dict[str, dict[str, Any]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.loads = 0
+        self.error: str | None = None
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self._maybe_reload(force=True)
+
+    def _maybe_reload(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.path is None or (not force and now - self._checked < self.reload_interval_s):
+            return
+        self._checked = now
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            self.by_user, self.by_account, self._mtime = {}, {}, None
+            return
+        if mtime == self._mtime:
+            return
+        import pandas as pd
+
+        try:
+            df = (
+                pd.read_parquet(self.path)
+                if self.path.suffix == ".parquet"
+                else pd.read_csv(self.path)
+            )
+        except Exception as exc:  # a half-written or broken file: keep the last good table
+            self.error = f"cannot read {self.path}: {exc}"
+            return
+        by_user: dict[str, dict[str, Any]] = {}
+        by_account: dict[str, dict[str, Any]] = {}
+        for rec in df.to_dict(orient="records"):
+            row = {str(k): _clean(v) for k, v in rec.items()}
+            if row.get("userId") is not None:
+                by_user[str(row["userId"])] = row
+            elif row.get("accountId") is not None:
+                by_account[str(row["accountId"])] = row
+        self.by_user, self.by_account, self._mtime = by_user, by_account, mtime
+        self.loads += 1
+        self.error = None
+
+    def enrich(self, profile: dict[str, Any]) -> dict[str, Any]:
+        """The CRM row for a profile (``found``, ``by`` and the row's columns), or the defaults."""
+        with self._lock:
+            self._maybe_reload()
+            user_id = profile.get("userId") or profile.get("userKey")
+            account = (profile.get("traits") or {}).get("accountId")
+            row, by = None, None
+            if user_id is not None and str(user_id) in self.by_user:
+                row, by = self.by_user[str(user_id)], "userId"
+            elif account is not None and str(account) in self.by_account:
+                row, by = self.by_account[str(account)], "accountId"
+            if row is None:
+                self.misses += 1
+                return {"found": False, "by": None, **DEFAULTS}
+            self.hits += 1
+            return {"found": True, "by": by, **{k: v for k, v in row.items() if k != "userId"}}
+
+
+def write_demo_crm(path: Path, accounts: dict[str, dict[str, Any]]) -> Path:
+    """Write a CRM CSV for the simulator's accounts (account id -> columns)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = ["accountId", "plan", "industry", "employees", "region"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for acct, row in sorted(accounts.items()):
+            w.writerow({"accountId": acct, **{c: row.get(c) for c in cols[1:]}})
+    return path
