@@ -3,6 +3,7 @@
 import json
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,7 @@ def _check(result: object) -> None:
         assert result.user_key
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(BODIES)
 def test_any_json_body_is_a_request_or_a_4xx(value):

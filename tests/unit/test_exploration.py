@@ -43,6 +43,7 @@ def test_squarecb_explores_less_as_gamma_grows_and_more_for_near_best_actions():
     assert early[1] > early[2] and late[1] > 10 * late[2]
 
 
+@pytest.mark.slow
 def test_the_learner_publishes_a_growing_gamma_that_the_replicas_take():
     learner = OnlineLearner(
         cold_start_bundle(SCHEMA, CATALOG),

@@ -150,6 +150,7 @@ def test_equal_arms_do_not_fire():
 # ------------------------------------------------------------------------------ in the learner
 
 
+@pytest.mark.slow
 def test_a_model_below_control_is_rolled_back_to_the_last_weights_that_beat_it():
     traffic = Traffic(3)
     learner = new_learner(boost_rewards=1_000, epsilon=0.05, boost_epsilon=0.5)
@@ -270,6 +271,7 @@ def test_equal_arms_do_not_roll_the_learner_back_and_it_can_be_turned_off():
             LearnerConfig(**bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_the_comparison_and_the_snapshot_survive_a_restart():
     traffic = Traffic(6)
     learner = new_learner()

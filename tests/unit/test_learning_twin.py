@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from bench.learning_twin import one_seed, parser
 
 
@@ -15,6 +17,7 @@ def twin_args(**over: object) -> argparse.Namespace:
     return argparse.Namespace(**args)
 
 
+@pytest.mark.slow
 def test_the_twin_learns_a_two_trait_world_it_has_never_seen():
     run = one_seed(twin_args(), seed=1)
     curve = {c["users"]: c for c in run["curve"]}

@@ -269,6 +269,7 @@ def test_arbitrary_bytes_never_raise(route, body, auth):
     check(parse(route, gzip.compress(body), auth=auth, encoding="gzip"))
 
 
+@pytest.mark.slow
 @fast(2000)
 @given(data=st.data(), route=st.sampled_from(ROUTES))
 def test_adversarial_json_never_raises_and_every_event_is_accounted_for(data, route):

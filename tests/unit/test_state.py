@@ -365,6 +365,7 @@ def test_simulated_traffic_reconciles_and_catches_every_duplicate():
     assert completed | waiting == finished and not completed & waiting
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32))
 def test_crash_and_replay_from_any_snapshot_gives_the_same_state(seed):
@@ -387,6 +388,7 @@ def test_crash_and_replay_from_any_snapshot_gives_the_same_state(seed):
     assert shard.stats.as_dict() == reference.stats.as_dict()
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32))
 def test_crash_and_replay_from_base_plus_deltas_gives_the_same_state(seed):
