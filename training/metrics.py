@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ray_app.learn.objective import greedy_ips, ips_loss
 from ray_app.model import Scorer
 
 __all__ = ["MIN_PROPENSITY", "auc", "evaluate", "logged_action_logits"]
@@ -70,9 +71,10 @@ def evaluate(
     scorer: Scorer, data: dict[str, np.ndarray], min_propensity: float = MIN_PROPENSITY
 ) -> dict[str, Any]:
     """Metrics of ``scorer`` on the arrays of :meth:`training.data.RewardData.columns` plus
-    ``mask`` (eligible actions): ``loss`` (log loss of the logged action, importance-weighted
-    with propensities clipped at ``min_propensity``),
-    ``auc``, ``precision``/``recall`` at 0.5, ``ips``/``snips`` (value of the greedy policy),
+    ``mask`` (eligible actions): ``loss`` (:func:`~ray_app.learn.objective.ips_loss`, the log
+    loss of the logged action importance-weighted with propensities clipped at
+    ``min_propensity``, in float64), ``auc``, ``precision``/``recall`` at 0.5, ``ips``/``snips``
+    (:func:`~ray_app.learn.objective.greedy_ips`: the value of the greedy policy, unclipped),
     ``logged`` (mean reward of the logging policy) and ``match`` (share of rows where the greedy
     choice is the logged one)."""
     n = len(data["reward"])
@@ -82,7 +84,7 @@ def evaluate(
     slot = torch.tensor(data["slot"], dtype=torch.int64)
     action = torch.tensor(data["action"], dtype=torch.int64)
     y = data["reward"].astype(np.float64)
-    w = 1.0 / np.maximum(data["propensity"].astype(np.float64), min_propensity)
+    propensity = data["propensity"].astype(np.float64)
     with torch.no_grad():
         logit = logged_action_logits(scorer, x, slot, action).numpy().astype(np.float64)
         greedy = np.zeros(n, dtype=np.int64)
@@ -91,24 +93,25 @@ def evaluate(
             scores = scorer(x[rows], int(s)).numpy()
             mask = data["mask"][rows][:, : scores.shape[1]]
             greedy[rows] = np.where(mask, scores, -np.inf).argmax(axis=1)
+    loss = ips_loss(
+        torch.from_numpy(logit), torch.from_numpy(y), torch.from_numpy(propensity), min_propensity
+    )
     p = 1.0 / (1.0 + np.exp(-logit))
-    eps = 1e-7
-    bce = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps))
     predicted = p >= 0.5
     positive = y > 0.5
     tp = int((predicted & positive).sum())
-    hit = (greedy == data["action"]).astype(np.float64)
-    iw = hit / data["propensity"].astype(np.float64)  # unclipped: IPS is unbiased
+    logged = data["action"]
     out: dict[str, Any] = {
         "records": n,
-        "loss": float((bce * w).sum() / w.sum()),
+        "loss": float(loss),
         "auc": auc(y, p),
         "precision": tp / int(predicted.sum()) if predicted.any() else None,
         "recall": tp / int(positive.sum()) if positive.any() else None,
-        "ips": float((y * iw).sum() / n),
-        "snips": float((y * iw).sum() / iw.sum()) if iw.sum() > 0 else None,
+        # unclipped propensities: IPS is unbiased (SNIPS is NaN, then None, with no match)
+        "ips": greedy_ips(y, propensity, greedy, logged),
+        "snips": greedy_ips(y, propensity, greedy, logged, self_normalized=True),
         "logged": float(y.mean()),
-        "match": float(hit.mean()),
+        "match": float((greedy == logged).mean()),
     }
     return {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()

@@ -7,7 +7,8 @@ Steps: read the reward records with Ray Data (:func:`training.data.load_rewards`
 latest ``--validation`` share by decision time, train a :class:`~ray_app.model.Scorer` of the
 serving architecture with ``TorchTrainer`` (``--workers`` data-parallel workers, DDP; CPU unless
 ``--gpu``) on the importance-weighted log loss of the logged action (the online learner's
-objective: propensities clipped at ``learn.min_propensity``), evaluate every epoch on the
+objective, :func:`ray_app.learn.objective.ips_loss`: propensities clipped at
+``learn.min_propensity``), evaluate every epoch on the
 held-out records (loss, AUC, precision, recall of the outcome prediction; IPS and SNIPS
 estimates of the greedy policy's value with the logged, unclipped propensities; see
 :mod:`training.metrics`), checkpoint every epoch, and register the final model in the registry
@@ -51,6 +52,7 @@ from ray_app.catalog import load_catalog
 from ray_app.config import Settings, load_settings
 from ray_app.errors import FieldError, OnrampError
 from ray_app.features import FeatureSchema
+from ray_app.learn.objective import ips_loss
 from ray_app.model import ModelBundle, Scorer, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, served_version
 from training.data import load_rewards, reward_files
@@ -113,6 +115,27 @@ class TrainOptions:
 # -- the worker loop ---------------------------------------------------------------------------
 
 
+def _resume(
+    scorer: nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load the checkpoint to resume from into ``scorer`` and ``optimizer``: a restart within
+    this run (Ray Train's own), else the one ``--resume`` found; returns (first epoch to run,
+    history so far), ``(0, [])`` without one."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", weights_only=True, map_location="cpu")
+        scorer.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        meta = json.loads((Path(d) / "meta.json").read_text())
+    return meta["epoch"] + 1, meta["history"]
+
+
 def _train_loop(config: dict[str, Any]) -> None:  # runs on every Ray Train worker
     import ray.train
     import ray.train.torch
@@ -127,18 +150,7 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs on every Ray Train work
     optimizer = torch.optim.Adam(
         scorer.parameters(), lr=config["lr"], weight_decay=config.get("weight_decay", 0.0)
     )
-    start_epoch, history = 0, []
-    # a restart within this run (Ray Train's own), else the checkpoint --resume found
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=True, map_location="cpu")
-            scorer.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            meta = json.loads((Path(d) / "meta.json").read_text())
-            start_epoch, history = meta["epoch"] + 1, meta["history"]
+    start_epoch, history = _resume(scorer, optimizer, config)
     scorer.to(device)
     for group in optimizer.state.values():
         for k, v in group.items():
@@ -165,11 +177,8 @@ def _train_loop(config: dict[str, Any]) -> None:  # runs on every Ray Train work
             a = torch.from_numpy(train["action"][idx]).to(device)
             y = torch.from_numpy(train["reward"][idx]).to(device)
             p = torch.from_numpy(train["propensity"][idx]).to(device)
-            w = 1.0 / p.clamp(min=config["min_propensity"])
-            w = w / w.mean()
             logit = model(x, s, a, _logged=True)  # through DDP's forward: its hooks sync grads
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y, reduction="none")
-            loss = (bce * w).mean()
+            loss = ips_loss(logit, y, p, config["min_propensity"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

@@ -7,6 +7,9 @@
   and the last good weights, with rollback), exploration boosts after drift and while an untrained
   model learns its first rewards, and a state that
   survives restarts (weights, optimizer, dedupe memory, reward offsets).
+* :func:`~ray_app.learn.objective.ips_loss` and :func:`~ray_app.learn.objective.greedy_ips`
+  (:mod:`ray_app.learn.objective`): the importance-weighted loss and the IPS value of a greedy
+  policy, the one objective the online learner, its guardrail and offline training share.
 * :class:`PageHinkley`, :func:`psi`, :class:`FeatureDrift` (:mod:`ray_app.learn.drift`): drift of
   the reward rate and of the feature distributions.
 * :class:`ControlGuardrail` (:mod:`ray_app.learn.guardrail`): the treatment arm against the static

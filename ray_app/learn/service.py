@@ -12,18 +12,10 @@ there, logged at WARNING and counted) -> write the model file (temporary file + 
 decision replicas watching it never read half of one) and the learner's state (weights,
 optimizer, reward offsets, dedupe memory) the same way.
 
-**Start** (:func:`restore_learner`). A restarted learner resumes from that state: the offsets
-say where to read, the dedupe memory drops what it had already learned from. A state saved
-under another feature schema or catalog is refused (an ERROR names both hashes; it is moved
-aside to ``<state>.refused`` and counted in ``counters["refused_at_start"]``) and the learner
-starts as if there were none; so is an unreadable one. A state of the same schema and catalog
-from another world cannot be told from its bytes: the resume is logged at WARNING (version,
-rewards trained, when it was saved), and the comparison with the control arm starts afresh on
-the new decisions, so a model worse than the static flow is rolled back. Without a state the
-learner starts from the model registry's promoted version (``onramp models promote``), else the
-model file (checked by :meth:`ModelBundle.from_bytes` against the schema and the catalog's
-actions; refused ones are logged and counted too), else the cold start. A promotion made while
-it runs, or since its state was saved, is adopted within ``_REGISTRY_POLL_S`` seconds
+**Start** (:func:`~ray_app.learn.startup.restore_learner`): the saved state if it was saved
+under this feature schema and catalog, else the registry's promoted version, else the model
+file, else the cold start; what is refused is logged and counted. A promotion made while it
+runs, or since its state was saved, is adopted within ``_REGISTRY_POLL_S`` seconds
 (:meth:`OnlineLearner.adopt`), so its next publishes build on the promoted weights.
 
 Outcome-to-weights time: for each positive outcome a publish includes, the wall time of the
@@ -34,24 +26,22 @@ publish minus the outcome's event time (the collector's clock, after skew correc
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ray_app.catalog import Catalog, load_catalog
+from ray_app.catalog import load_catalog
 from ray_app.config import Settings
 from ray_app.features import FeatureSchema
 from ray_app.kafka.client import make_consumer
 from ray_app.learn.drift import FeatureDrift, RewardRateDrift
-from ray_app.learn.learner import LearnerConfig, LearnerStateError, OnlineLearner
-from ray_app.model import ModelBundle, ModelFileError, cold_start_bundle
+from ray_app.learn.learner import LearnerConfig, OnlineLearner
+from ray_app.learn.startup import restore_learner
+from ray_app.model import ModelBundle, ModelFileError
 from ray_app.model.registry import ModelRegistry, RegistryError
 from ray_app.records import RewardRecord, RewardRecordError
 from ray_app.storage import write_file_atomically
@@ -133,135 +123,6 @@ def control_rollback_message(metadata: dict[str, Any], version: int, config: Lea
         f"version {version}; {exploration} for the next {config.boost_rewards} rewards; only "
         f"decisions of version {version} and later count for treatment from now on."
     )
-
-
-def _set_aside(path: Path) -> Path | None:
-    """Move a refused file to ``<path>.refused`` (the next save would overwrite it)."""
-    aside = path.with_name(path.name + ".refused")
-    try:
-        path.replace(aside)
-    except OSError as exc:
-        log.warning("%s: could not move the refused file aside: %s", path, exc)
-        return None
-    return aside
-
-
-def _when(path: Path) -> str:
-    try:
-        mtime = path.stat().st_mtime
-    except OSError:
-        return "at an unknown time"
-    return dt.datetime.fromtimestamp(mtime, dt.UTC).isoformat(timespec="seconds")
-
-
-def restore_learner(
-    state_path: Path,
-    model_path: Path,
-    schema: FeatureSchema,
-    catalog: Catalog,
-    config: LearnerConfig,
-    promoted: Callable[[], ModelBundle | None] = lambda: None,
-    adopt: Callable[[OnlineLearner], None] = lambda learner: None,
-) -> OnlineLearner:
-    """The learner to start with (see the module docstring): from the state at ``state_path``
-    if it was saved under this ``schema`` and ``catalog`` (then ``adopt`` may continue it from a
-    newer promotion), else ``promoted()``, else the model file, else the cold start. Whatever is
-    refused on the way is logged at ERROR and counted in ``counters["refused_at_start"]``; a
-    resumed or trained model is logged at WARNING. The learner rolls back to the cold start of
-    this schema and catalog when it is below control, and its comparison with control counts
-    only the decisions of the version it starts at and later. No I/O but the two files."""
-    refused = 0
-    learner: OnlineLearner | None = None
-    if state_path.exists():
-        try:
-            learner = OnlineLearner.from_bytes(
-                state_path.read_bytes(),
-                config,
-                schema_hash=schema.hash,
-                catalog_digest=catalog.digest,
-            )
-        except LearnerStateError as exc:
-            refused += 1
-            ctx = exc.context
-            saved = _when(state_path)
-            aside = _set_aside(state_path)
-            if ctx.get("reason") == "foreign":
-                log.error(
-                    "learner state %s (saved %s) REFUSED: it was saved under %s %s, the current "
-                    "one is %s %s; starting as if there were no state%s",
-                    state_path,
-                    saved,
-                    ctx.get("field"),
-                    ctx.get("state"),
-                    ctx.get("field"),
-                    ctx.get("current"),
-                    "" if aside is None else f" (moved to {aside})",
-                )
-            else:
-                log.error(
-                    "learner state %s REFUSED: %s; starting as if there were no state%s",
-                    state_path,
-                    exc,
-                    "" if aside is None else f" (moved to {aside})",
-                )
-        else:
-            saved = _when(state_path)
-            log.warning(
-                "learner RESUMED from %s (saved %s): version %d, %d rewards trained, %d "
-                "control rollbacks so far. Same feature schema and catalog; whether it was "
-                "learned in this world cannot be told from its bytes: the guardrail against the "
-                "static flow compares its decisions with the control arm's from now on and rolls "
-                "it back if they are significantly worse",
-                state_path,
-                saved,
-                learner.version,
-                learner.counters.get("trained", 0),
-                learner.counters.get("control_rollbacks", 0),
-            )
-            adopt(learner)
-    if learner is None:
-        bundle = promoted()
-        if bundle is not None:
-            log.info("learner starts from the registry's promoted version %d", bundle.version)
-        elif model_path.exists():
-            try:
-                bundle = ModelBundle.from_bytes(model_path.read_bytes(), schema, catalog, False)
-            except ModelFileError as exc:
-                refused += 1
-                log.error(
-                    "model file %s REFUSED: %s; starting from the cold-start model", model_path, exc
-                )
-            else:
-                if bundle.catalog_digest != catalog.digest:
-                    log.warning(
-                        "model file %s was trained on catalog %s, the current one is %s (same "
-                        "slots and actions): continuing from it",
-                        model_path,
-                        bundle.catalog_digest,
-                        catalog.digest,
-                    )
-                if bundle.metadata.get("kind") != "cold_start":
-                    log.warning(
-                        "learner starts from the model file %s: version %d, %s rewards, written "
-                        "%s; the guardrail against the static flow compares it with the control "
-                        "arm and rolls it back if it is significantly worse",
-                        model_path,
-                        bundle.version,
-                        bundle.metadata.get("rewards", "unknown"),
-                        _when(model_path),
-                    )
-        learner = OnlineLearner(bundle or cold_start_bundle(schema, catalog), config)
-    try:
-        hidden = int(learner.architecture["hidden"])
-        learner.set_cold_start(cold_start_bundle(schema, catalog, hidden=hidden))
-    except ValueError as exc:
-        log.warning(
-            "no cold-start model of the learner's shape (%s): it rolls back to its own", exc
-        )
-    if learner.control is not None:
-        learner.control.restart(min_version=learner.version, keep_control=False)
-    learner.counters["refused_at_start"] += refused
-    return learner
 
 
 class LearnerService:

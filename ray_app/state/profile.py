@@ -201,7 +201,7 @@ class Profile:
             "userKey": self.user_key,
             "userId": self.user_id,
             "anonymousIds": sorted(self.anonymous_ids),
-            "traits": dict(sorted(self.traits.items())),
+            "traits": {k: _own(v) for k, v in sorted(self.traits.items())},
             "counts": dict(sorted(self.counts.items())),
             "firstSeen": self.first_seen,
             "lastSeen": self.last_seen,
@@ -248,8 +248,18 @@ def _set_trait(
     if old is None and len(profile.trait_stamps) >= profile.config.max_traits:
         _hit(hits, "traits")
     elif old is None or stamp > old:
-        profile.traits[key] = value
+        profile.traits[key] = _own(value)
         profile.trait_stamps[key] = stamp
+
+
+def _own(value: Any) -> Any:
+    """A nested trait value copied (a dict or list shared with an event, or with a caller of
+    :meth:`Profile.as_dict`, could change the profile behind its back); scalars as they are."""
+    if isinstance(value, dict):
+        return {k: _own(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_own(v) for v in value]
+    return value
 
 
 def _apply_step(profile: Profile, event: Event, step: str, stamp: Stamp) -> None:

@@ -1,0 +1,168 @@
+"""The online learner's settings, counters and state error.
+
+:class:`LearnerConfig` says how :class:`~ray_app.learn.learner.OnlineLearner` trains, guards and
+publishes (see :mod:`ray_app.learn.learner` for what each part does); it is frozen and checked
+when built.
+
+>>> LearnerConfig(batch_size=8).batch_size
+8
+>>> LearnerConfig(optimizer="rmsprop")
+Traceback (most recent call last):
+...
+ValueError: optimizer must be 'adam' or 'sgd', got 'rmsprop'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from ray_app.errors import OnrampError
+from ray_app.experiments import CONTROL, HOLDOUT
+from ray_app.learn.guardrail import TREATMENT
+
+__all__ = ["COUNTERS", "LearnerConfig", "LearnerStateError"]
+
+COUNTERS = (
+    "received",
+    "trained",
+    "duplicates",
+    "holdout",
+    "guardrail",
+    "invalid",
+    "updates",
+    "publishes",
+    "rollbacks",
+    "control_rollbacks",
+    "drifts",
+    "refused_at_start",
+)
+"""Counter names. ``rollbacks``: loss-guardrail rollbacks; ``control_rollbacks``: rollbacks of
+the guardrail against the static flow; ``refused_at_start``: learner states or model files
+the service found on start and did not adopt (another feature schema or catalog, unreadable)."""
+
+
+class LearnerStateError(OnrampError):
+    """A learner state (``state_dict`` / bytes) that cannot be restored, and why."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the learner trains, guards and publishes (see the module docstring)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 0.01
+    batch_size: int = 64
+    min_propensity: float = 0.5
+    """Training: importance weights are ``1 / max(propensity, min_propensity)``."""
+    eval_min_propensity: float = 0.05
+    """The guardrail's loss and IPS value: the same weights clipped much wider (an estimate of a
+    policy's value needs the real ratios; only the training step trades them for variance)."""
+    guardrail_share: float = 0.1
+    guardrail_window: int = 2_000
+    guardrail_min_records: int = 100
+    guardrail_tolerance: float = 0.1
+    publish_interval_s: float = 5.0
+    dedupe_horizon: int = 1_000_000
+    epsilon: float = 0.1
+    boost_epsilon: float = 0.5
+    boost_rewards: int = 1_000
+    """After a drift or a rollback to beat the static flow, serve ``boost_epsilon`` and learn at
+    ``boost_lr_factor`` times ``lr`` until this many more rewards were trained on (0: no boost);
+    counted like ``warmup_rewards``."""
+    boost_lr_factor: float = 3.0
+    gamma_scale: float = 10.0
+    gamma_exponent: float = 0.5
+    """The ``gamma`` published for a ``squarecb`` policy: ``gamma_scale * (1 + n) **
+    gamma_exponent``, ``n`` the rewards trained on since the learner started from a cold model,
+    or since the last drift or rollback below control (exploration starts over then); Vowpal
+    Wabbit's defaults."""
+    weight_decay: float = 0.3
+    """Decoupled weight decay (AdamW; plain L2 for SGD) per step."""
+    replay_size: int = 5_000
+    """Recent trained rewards kept for replay (0: none). Emptied on drift."""
+    replay_steps: int = 8
+    """Extra mini-batches drawn from the replay buffer per ``batch_size`` new rewards (however
+    the rewards are split over :meth:`~OnlineLearner.learn` calls): each reward is then
+    learned from several times while it is recent, which online updates need here (a single
+    pass over ε-greedy logs learns the rarely explored actions far too slowly)."""
+    warmup_rewards: int = 1_000
+    """A learner that starts from an untrained model (a cold-start bundle) explores as after a
+    drift (``boost_epsilon``, ``boost_lr_factor``) until it has trained on this many rewards (0:
+    no warm-up): with ``epsilon`` alone, a segment whose best action the first updates underrate
+    sees that action ``epsilon / n`` of the time and stays on a worse one for thousands of users.
+    Counted in rewards, not seconds, so it lasts as long at any traffic."""
+    control_z: float = 3.09
+    """The guardrail against the static flow fires when treatment's completion rate is below
+    control's with ``z < -control_z`` (one-sided; 3.09: 0.1%); 0 turns it off."""
+    control_window: int = 2_000
+    """Rewards of each arm (treatment, control) that the comparison looks at, most recent."""
+    control_min_treatment: int = 300
+    control_min_control: int = 100
+    """Rewards each window needs before the comparison can fire or a snapshot be taken."""
+    treatment_arms: tuple[str, ...] = (TREATMENT,)
+    """The arms that serve this learner's model (compared with ``control_arm``)."""
+    control_arm: str = CONTROL
+    guardrail_salt: str = "onramp-guardrail"
+    holdout_arm: str = HOLDOUT
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        for name in (
+            "lr",
+            "publish_interval_s",
+            "boost_lr_factor",
+            "weight_decay",
+            "control_z",
+        ):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (math.isfinite(self.gamma_scale) and self.gamma_scale > 0):
+            raise ValueError(f"gamma_scale must be a number > 0, got {self.gamma_scale!r}")
+        if not (math.isfinite(self.gamma_exponent) and 0 <= self.gamma_exponent <= 1):
+            raise ValueError(f"gamma_exponent must be in [0, 1], got {self.gamma_exponent!r}")
+        if not self.boost_lr_factor > 0:
+            raise ValueError(f"boost_lr_factor must be > 0, got {self.boost_lr_factor!r}")
+        for name in ("warmup_rewards", "boost_rewards"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in (
+            "batch_size",
+            "guardrail_window",
+            "dedupe_horizon",
+            "control_window",
+            "control_min_treatment",
+            "control_min_control",
+        ):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not (isinstance(self.guardrail_min_records, int) and self.guardrail_min_records >= 1):
+            raise ValueError(
+                f"guardrail_min_records must be an integer >= 1, got {self.guardrail_min_records!r}"
+            )
+        for name in ("min_propensity", "eval_min_propensity", "epsilon", "boost_epsilon"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        for name in ("min_propensity", "eval_min_propensity"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not (0.0 <= self.guardrail_share < 1.0):
+            raise ValueError(f"guardrail_share must be in [0, 1), got {self.guardrail_share!r}")
+        if not (math.isfinite(self.guardrail_tolerance) and self.guardrail_tolerance >= 0):
+            raise ValueError(
+                f"guardrail_tolerance must be a number >= 0, got {self.guardrail_tolerance!r}"
+            )
+        if max(self.control_min_treatment, self.control_min_control) > self.control_window:
+            raise ValueError(
+                "control_min_treatment and control_min_control must fit control_window"
+            )
+        if self.control_arm in self.treatment_arms:
+            raise ValueError(f"{self.control_arm!r} cannot be a treatment arm")

@@ -1,0 +1,149 @@
+"""What the online learner remembers of past rewards: decision ids (dedupe) and a replay buffer.
+
+* :class:`SeenIds`: a 64-bit hash of the last ``horizon`` decision ids, so a replayed reward
+  topic is not learned twice (about 80 bytes an id in memory, 8 in a saved state).
+* :class:`ReplayBuffer`: the most recent trained rewards, replayed in extra mini-batches in
+  proportion to the new rewards (see :attr:`~ray_app.learn.config.LearnerConfig.replay_steps`);
+  it remembers which entries were learned since the last good weights, so a rollback does not
+  replay them again. Its sampling is seeded and its state (records, generator, credit) saved.
+
+>>> seen = SeenIds(horizon=2)
+>>> [seen.add(d) for d in ("a", "b", "a", "c", "a")]   # "a" falls out of a horizon of 2
+[True, True, False, True, True]
+>>> buf = ReplayBuffer(size=3)
+>>> buf.add(["r1", "r2", "r3", "r4"], credit=0.0)
+>>> list(buf), len(buf.sample(2))
+(['r2', 'r3', 'r4'], 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+__all__ = ["ReplayBuffer", "SeenIds", "id_hash"]
+
+_R = TypeVar("_R")
+
+
+def id_hash(decision_id: str) -> int:
+    """A signed 64-bit hash of a decision id (fits an int64 tensor).
+
+    >>> id_hash("d1") == id_hash("d1") != id_hash("d2")
+    True
+    """
+    h = hashlib.blake2b(decision_id.encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big", signed=True)
+
+
+class SeenIds:
+    """The hashes of the last ``horizon`` decision ids added, oldest first."""
+
+    def __init__(self, horizon: int) -> None:
+        self.horizon = horizon
+        self._set: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def add(self, decision_id: str) -> bool:
+        """Remember ``decision_id``; ``False`` if it was already remembered."""
+        h = id_hash(decision_id)
+        if h in self._set:
+            return False
+        self.remember(h)
+        return True
+
+    def remember(self, h: int) -> None:
+        """Remember a hash (from :meth:`hashes` of a saved state); the oldest goes past the
+        horizon."""
+        self._set.add(h)
+        self._order.append(h)
+        if len(self._order) > self.horizon:
+            self._set.discard(self._order.popleft())
+
+    def hashes(self) -> list[int]:
+        """The remembered hashes, oldest first (what :meth:`remember` restores)."""
+        return list(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class ReplayBuffer(Generic[_R]):
+    """The last ``size`` records added (at least one), sampled without replacement by a
+    generator seeded with ``seed``.
+
+    ``credit`` counts the replayed mini-batches owed to the records added so far; see
+    :meth:`add` and :meth:`owed_batches`.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self._records: deque[_R] = deque(maxlen=max(size, 1))
+        self._rng = random.Random(seed)
+        self.credit = 0.0
+        self._since_good: set[int] = set()  # ids of the entries added since mark_good()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[_R]:
+        return iter(self._records)
+
+    def add(self, records: Iterable[_R], credit: float) -> None:
+        """Append ``records`` (the oldest go past ``size``) and owe ``credit`` more batches."""
+        records = list(records)
+        self._records.extend(records)
+        self._since_good.update(id(r) for r in records)
+        self.credit += credit
+
+    def sample(self, k: int) -> list[_R]:
+        """``k`` distinct entries (none for ``k <= 0``)."""
+        if k <= 0:
+            return []
+        picks = self._rng.sample(range(len(self._records)), k)
+        return [self._records[i] for i in picks]
+
+    def owed_batches(self, batch_size: int, max_credit: float) -> Iterator[list[_R]]:
+        """Mini-batches of ``batch_size`` entries while a whole batch is owed and the buffer
+        holds more than one batch; then the credit left is capped at ``max_credit`` (rewards
+        that arrive while the buffer is too small are not paid back in a burst later)."""
+        while self.credit >= 1.0 and len(self._records) > batch_size:
+            self.credit -= 1.0
+            yield self.sample(batch_size)
+        self.credit = min(self.credit, max_credit)
+
+    def mark_good(self) -> None:
+        """The entries added so far are behind the last good weights."""
+        self._since_good = set()
+
+    def drop_since_good(self) -> None:
+        """Forget the entries added since :meth:`mark_good` (the rollback of the weights that
+        learned them); older ones stay, in order."""
+        kept = [r for r in self._records if id(r) not in self._since_good]
+        self._records.clear()
+        self._records.extend(kept)
+        self._since_good = set()
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._since_good = set()
+
+    def state(self, encode: Callable[[_R], Any]) -> dict[str, Any]:
+        """The entries (each through ``encode``), the generator's state and the credit, under
+        the keys of a learner state (``replay``, ``replay_rng``, ``replay_credit``)."""
+        return {
+            "replay": [encode(r) for r in self._records],
+            "replay_rng": list(self._rng.getstate()[1]),
+            "replay_credit": self.credit,
+        }
+
+    def load_state(self, state: Mapping[str, Any], decode: Callable[[Any], _R]) -> None:
+        """Restore what :meth:`state` saved (each entry through ``decode``); keys left out keep
+        their defaults (states saved before replay existed)."""
+        for rec in state.get("replay", ()):
+            self._records.append(decode(rec))
+        if state.get("replay_rng"):
+            self._rng.setstate((3, tuple(state["replay_rng"]), None))
+        self.credit = float(state.get("replay_credit", 0.0))
