@@ -172,6 +172,7 @@ def test_reward_record_from_a_real_decision_record():
 # ------------------------------------------------------------------------------------ learning
 
 
+@pytest.mark.slow
 def test_learner_captures_most_of_the_oracle_gain_from_uniform_random_logs():
     """20k rewards logged by a uniform-random policy: the greedy policy of the published model
     gets >= 90% of the oracle's gain over the static flow (exact expected rates, fresh users)."""
@@ -242,6 +243,7 @@ def test_sgd_optimizer_and_config_validation():
 # ----------------------------------------------------------------------------------- guardrail
 
 
+@pytest.mark.slow
 def test_guardrail_rolls_back_a_bad_update():
     gt = GroundTruth(seed=21)
     learner = new_learner(publish_interval_s=0.0)
@@ -273,6 +275,7 @@ def test_guardrail_rolls_back_a_bad_update():
     assert gain_share(after, GroundTruth(seed=98).users(200), gt) >= 0.8
 
 
+@pytest.mark.slow
 def test_publish_cadence_versions_and_exploration_boost():
     gt = GroundTruth(seed=5)
     learner = new_learner(publish_interval_s=5.0, epsilon=0.1, boost_epsilon=0.5, boost_rewards=400)
@@ -319,6 +322,7 @@ def test_publish_cadence_versions_and_exploration_boost():
         LearnerConfig(boost_rewards=-1)
 
 
+@pytest.mark.slow
 def test_a_cold_start_model_explores_with_the_boost_for_its_first_rewards():
     gt = GroundTruth(seed=6)
     learner = new_learner(warmup_rewards=500, epsilon=0.03, boost_epsilon=0.5)
@@ -343,6 +347,7 @@ def test_a_cold_start_model_explores_with_the_boost_for_its_first_rewards():
     assert new_learner(warmup_rewards=0, epsilon=0.03).exploration(now=0.0) == 0.03
 
 
+@pytest.mark.slow
 def test_short_batches_are_topped_up_and_replay_follows_the_rewards_not_the_calls():
     gt = GroundTruth(seed=8)
     records = [r for r in logged(gt, 0, 3_000, seed=8)]
@@ -453,6 +458,7 @@ def test_dedupe_memory_is_bounded_by_the_horizon():
 # ------------------------------------------------------------------------------------ restart
 
 
+@pytest.mark.slow
 def test_restart_resumes_identically():
     gt = GroundTruth(seed=13)
     records = logged(gt, 0, 5_000, seed=13)
@@ -487,6 +493,7 @@ def test_restart_resumes_identically():
     assert same_weights(pa.scorer, pb.scorer)
 
 
+@pytest.mark.slow
 def test_restore_under_a_new_config_and_bad_states():
     learner = new_learner()
     learner.learn(logged(GroundTruth(seed=14), 0, 500, seed=14))
@@ -529,6 +536,7 @@ def _trained_state(tmp_path, **changes: object):
     return learner, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field", ["schema_hash", "catalog_digest"])
 def test_a_state_from_another_schema_or_catalog_is_refused_logged_and_counted(
     tmp_path, caplog, field
@@ -553,6 +561,7 @@ def test_a_state_from_another_schema_or_catalog_is_refused_logged_and_counted(
     assert err.value.context["reason"] == "foreign" and err.value.context["field"] == field
 
 
+@pytest.mark.slow
 def test_a_resumed_state_is_logged_and_judged_against_control_afresh(tmp_path, caplog):
     saved, path = _trained_state(tmp_path)
     assert saved.control is not None and saved.control.compare().treatment_n > 0
