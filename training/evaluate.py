@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ray_app.errors import FieldError, OnrampError
+from ray_app.records import DECISION_SCHEMA, REWARD_SCHEMA, RewardRecord
 from training.ope import BanditLog, Estimate, evaluate
 
 __all__ = [
@@ -49,9 +50,6 @@ __all__ = [
     "print_obd_policy_report",
     "read_jsonl",
 ]
-
-DECISION_SCHEMA = "onramp.decision/1"
-REWARD_SCHEMA = "onramp.reward/1"
 
 
 def read_jsonl(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -94,8 +92,6 @@ def onramp_log_from_records(
     :class:`OnrampLog`. ``slot_actions`` (slot -> action ids in head order) fixes the action
     space, e.g. a catalog's or a model bundle's. Records of other schemas are skipped (counted).
     """
-    from ray_app.records import RewardRecord
-
     decisions: dict[str, Mapping[str, Any]] = {}
     rewards: dict[str, Mapping[str, Any]] = {}
     skipped = 0

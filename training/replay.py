@@ -25,7 +25,6 @@ Features are logged rounded to 6 decimals; the replay rounds the same way and co
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 import orjson
 
 from ray_app.features import FeatureSchema
+from ray_app.records import DECISION_SCHEMA, DecisionRecord, DecisionRecordError
 from ray_app.state import Event, EventDecodeError, Profile, apply, decode_event, identity
 from ray_app.state.profile import merge_into
 
@@ -66,11 +66,14 @@ class ParityReport:
         }
 
 
-def _ms(stamp: str) -> int:
-    t = dt.datetime.fromisoformat(stamp)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return round(t.timestamp() * 1000)
+def _decision(raw: Mapping[str, Any]) -> DecisionRecord | None:
+    """An archived decision record, or None for anything else (another schema, bad fields)."""
+    if raw.get("schema") != DECISION_SCHEMA or not isinstance(raw.get("features"), list):
+        return None
+    try:
+        return DecisionRecord.from_json(raw)
+    except DecisionRecordError:
+        return None
 
 
 def replay_parity(
@@ -109,31 +112,30 @@ def replay_parity(
         offset = (rec.get("_kafka") or {}).get("offset", 0)
         by_user.setdefault(e.user_key, []).append((offset, e))
     report = ParityReport()
-    for d in decisions:
-        user = d.get("userKey")
+    for raw in decisions:
+        user = raw.get("userKey")
         if users is not None and user not in users:
             continue
-        if d.get("schema") != "onramp.decision/1" or not isinstance(d.get("features"), list):
+        d = _decision(raw)
+        if d is None:
             report.skipped["not_a_decision"] = report.skipped.get("not_a_decision", 0) + 1
             continue
-        if d.get("featureSchema") != schema.hash:
+        if d.feature_schema != schema.hash:
             report.skipped["feature_schema"] = report.skipped.get("feature_schema", 0) + 1
             continue
         report.decisions += 1
-        at = _ms(str(d["timestamp"]))
-        age = d.get("profileAgeMs")
+        at, age = d.at_ms, d.profile_age_ms
         profile: dict[str, Any] | None = None
-        if d.get("coldReason") is None and isinstance(age, int):
+        if d.cold_reason is None and age is not None:
             cutoff = at - age
-            p = Profile(str(user))
+            p = Profile(d.user_key)
             seen: set[str] = set()
-            for _, e in sorted(by_user.get(str(user), []), key=lambda oe: oe[0]):
+            for _, e in sorted(by_user.get(d.user_key, []), key=lambda oe: oe[0]):
                 if e.received <= cutoff and e.message_id not in seen:
                     seen.add(e.message_id)
                     apply(p, e)
-            merged = d.get("mergedFrom")
-            for old in merged if isinstance(merged, list) else []:
-                state = merges.get((str(user), str(old)))
+            for old in d.merged_from or []:
+                state = merges.get((d.user_key, old))
                 if state is not None and old not in (p.merged_from or ()):
                     merge_into(p, identity.profile_from_state(state, p.config))
             profile = p.as_dict() if seen or p.merged_from else None
@@ -142,9 +144,9 @@ def replay_parity(
         enrichment = None
         if enrich is not None:
             enrichment = enrich(profile or {"userId": user, "traits": {}})
-        x = schema.featurize(profile, enrichment, d.get("context") or {}, now_ms=at)
+        x = schema.featurize(profile, enrichment, d.context or {}, now_ms=at)
         replayed = np.round(x.astype(np.float64), 6)
-        logged = np.asarray(d["features"], dtype=np.float64)
+        logged = np.asarray(d.features, dtype=np.float64)
         diff = float(np.abs(replayed - logged).max()) if len(logged) == len(replayed) else np.inf
         report.max_abs_diff = max(report.max_abs_diff, diff)
         if diff == 0.0:
@@ -153,7 +155,7 @@ def replay_parity(
             differ: Any = np.flatnonzero(replayed != logged) if len(logged) == len(replayed) else []
             report.mismatches.append(
                 {
-                    "decisionId": d.get("decisionId"),
+                    "decisionId": d.decision_id,
                     "userKey": user,
                     "features": {
                         schema.names[i]: {"logged": logged[i], "replayed": replayed[i]}

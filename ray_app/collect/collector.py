@@ -31,7 +31,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -375,18 +375,23 @@ class Collector:
         self._slot.close(timeout_s)
 
 
-def kafka_producer_factory(settings: Settings, bootstrap: str) -> Callable[[], Producer]:
-    """A factory that makes sure the topics exist, connects, and caches topic metadata, so that
-    later sends never block on a metadata fetch."""
+def kafka_producer_factory(
+    settings: Settings, bootstrap: str, topics: Sequence[str] | None = None
+) -> Callable[[], Producer]:
+    """A factory that makes sure the topics exist, connects, and caches the metadata of the
+    ``topics`` it will write (default: the events topic and its DLQ; the decision log passes
+    ``[settings.topics.decisions]``), so that later sends never block on a metadata fetch."""
     from ray_app.kafka.client import make_producer
     from ray_app.kafka.topics import ensure_topics
+
+    warmed = tuple(topics) if topics is not None else (settings.topics.events, settings.topics.dlq)
 
     def build() -> Producer:
         ensure_topics(bootstrap, settings.kafka, timeout_s=settings.kafka.ack_timeout_s)
         producer = make_producer(bootstrap, settings.kafka)
         warm = getattr(producer, "partitions_for", None)
         if warm is not None:
-            for topic in (settings.topics.events, settings.topics.dlq):
+            for topic in warmed:
                 warm(topic)
         return producer
 

@@ -73,6 +73,8 @@ from typing import Any
 
 import orjson
 
+from ray_app.records import DlqRecord
+from ray_app.timefmt import iso, iso_ms
 from validation.reasons import ReasonCode
 from validation.wire import (
     INT_MAX,
@@ -113,7 +115,6 @@ ROUTE_TYPES: dict[str, str | None] = {
     "alias": "alias",
 }
 
-DLQ_SCHEMA = "onramp.dlq/1"
 EVENT_SCHEMA = "onramp.event/1"
 _DLQ_RAW_CAP = 32 * 1024  # bytes of a refused body or event kept in its DLQ record
 _MESSAGE_CHARS = 512  # longest message a rejection carries
@@ -233,15 +234,7 @@ class ParsedRequest:
         return 400
 
 
-def iso(t: dt.datetime) -> str:
-    """UTC ISO-8601 with milliseconds and ``Z``."""
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def iso_ms(ms: int) -> str:
-    """Milliseconds since the epoch -> :func:`iso` text."""
-    return iso(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
-
+# ``iso`` and ``iso_ms`` live in :mod:`ray_app.timefmt`; imported here for existing callers.
 
 _TIME_FLOOR = dt.datetime.min.replace(tzinfo=dt.UTC)
 _TIME_CEILING = dt.datetime.max.replace(tzinfo=dt.UTC)
@@ -509,34 +502,38 @@ def _dlq_json(value: Any) -> bytes:
 
 
 def _raw_event_payload(raw: Any, blob: bytes | None) -> dict[str, Any]:
-    """The refused event as sent: JSON under ``raw`` up to 32 KB, else the start of its text."""
+    """The refused event as sent, as :class:`DlqRecord` arguments: its JSON (``raw``) up to
+    32 KB, else the start of its text."""
     if blob is None:
         blob = _dlq_json(raw)
     if len(blob) <= _DLQ_RAW_CAP:
-        return {"raw": orjson.Fragment(blob)}
+        return {"raw_json": blob, "raw_size": len(blob)}
     return {
-        "rawText": _fit_text(blob[:_DLQ_RAW_CAP].decode("utf-8", "ignore"), _DLQ_RAW_CAP),
-        "rawSize": len(blob),
-        "rawTruncated": True,
+        "raw_text": _fit_text(blob[:_DLQ_RAW_CAP].decode("utf-8", "ignore"), _DLQ_RAW_CAP),
+        "raw_size": len(blob),
+        "raw_truncated": True,
     }
 
 
 def _raw_bytes_payload(body: bytes) -> dict[str, Any]:
-    """A refused body for its DLQ record: its start as text, or as base64 when it is not UTF-8,
-    taking at most 32 KB once encoded."""
+    """A refused body as :class:`DlqRecord` arguments: its start as text, or as base64 when it
+    is not UTF-8, taking at most 32 KB once encoded."""
     kept = body[:_DLQ_RAW_CAP]
-    out: dict[str, Any] = {"rawSize": len(body)}
     try:
         text = kept.decode("utf-8")
     except UnicodeDecodeError:
         kept = body[: _DLQ_RAW_CAP // 4 * 3]
-        out["rawBase64"] = base64.b64encode(kept).decode("ascii")
-        out["rawTruncated"] = len(body) > len(kept)
-        return out
+        return {
+            "raw_base64": base64.b64encode(kept).decode("ascii"),
+            "raw_size": len(body),
+            "raw_truncated": len(body) > len(kept),
+        }
     fitted = _fit_text(text, _DLQ_RAW_CAP)
-    out["rawText"] = fitted
-    out["rawTruncated"] = len(body) > len(kept) or len(fitted) < len(text)
-    return out
+    return {
+        "raw_text": fitted,
+        "raw_size": len(body),
+        "raw_truncated": len(body) > len(kept) or len(fitted) < len(text),
+    }
 
 
 def _fit_text(text: str, cap: int) -> str:
@@ -552,16 +549,20 @@ def _fit_text(text: str, cap: int) -> str:
 def _dlq_record(
     rejection: Rejection, origin: Mapping[str, Any], raw: dict[str, Any], key: bytes | None
 ) -> tuple[bytes | None, bytes]:
-    record = {
-        "schema": DLQ_SCHEMA,
-        "reason": rejection.reason.value,
-        "field": rejection.field,
-        "message": rejection.message,
-        "messageId": rejection.message_id,
-        "origin": {**origin, "index": rejection.index},
+    """The (key, value) of a rejection's :class:`DlqRecord`; ``raw`` is what
+    :func:`_raw_event_payload` or :func:`_raw_bytes_payload` kept of the refused value."""
+    record = DlqRecord(
+        reason=rejection.reason,
+        field=rejection.field,
+        message=rejection.message,
+        message_id=rejection.message_id,
+        origin={**origin, "index": rejection.index},
         **raw,
-    }
-    return key, _dlq_json(record)
+    )
+    try:
+        return key, record.encode()
+    except TypeError:  # text no encoder takes (a lone surrogate in a header): sanitized
+        return key, orjson.dumps(_sanitized(record.to_json()))
 
 
 def _client_id(value: Any) -> str | None:

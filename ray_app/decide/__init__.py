@@ -39,6 +39,7 @@ from ray_app.config import DecideSettings, Settings
 from ray_app.experiments import CONTROL, HOLDOUT, Experiment
 from ray_app.features import FeatureSchema
 from ray_app.model import ControlPolicy, ModelBundle, Policy, cold_start_bundle, score_batch
+from ray_app.records import DecisionRecord
 
 __all__ = [
     "MAX_DECIDE_BYTES",
@@ -216,23 +217,30 @@ class Decision:
         }
 
     def record(self) -> dict[str, Any]:
-        """The decision log record (schema ``onramp.decision/1``)."""
-        return {
-            "schema": "onramp.decision/1",
-            **self.answer(),
-            "userKey": self.user_key,
-            "actionIndex": self.action_index,
-            "candidates": self.candidates,
-            "features": self.features,
-            "featureSchema": self.schema_hash,
-            "context": self.context,
-            "profileAgeMs": self.profile_age_ms,
-            "timestamp": dt.datetime.fromtimestamp(self.at_ms / 1000, dt.UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            **({"traceId": self.trace_id} if self.trace_id is not None else {}),
-            **({"mergedFrom": self.merged_from} if self.merged_from else {}),
-        }
+        """The decision log record (schema ``onramp.decision/1``, :class:`DecisionRecord`)."""
+        return DecisionRecord(
+            decision_id=self.decision_id,
+            user_key=self.user_key,
+            slot=self.slot,
+            chosen=self.chosen,
+            propensity=self.propensity,
+            action_index=self.action_index,
+            features=self.features,
+            at_ms=self.at_ms,
+            arm=self.arm,
+            model_version=self.model_version,
+            candidates=self.candidates,
+            ranked=self.ranked,
+            experiment=self.experiment,
+            policy=self.policy,
+            cold_start=self.cold_start,
+            cold_reason=self.cold_reason,
+            feature_schema=self.schema_hash,
+            context=self.context,
+            profile_age_ms=self.profile_age_ms,
+            trace_id=self.trace_id,
+            merged_from=self.merged_from,
+        ).to_json()
 
 
 def policy_for(policy: Policy, metadata: Mapping[str, Any]) -> Policy:

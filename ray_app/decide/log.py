@@ -13,7 +13,7 @@ or a reconnect: never on the event loop that serves requests). What keeps the lo
 * every record that Kafka finally refuses, or that the producer would not take, is counted
   (``failed``) and logged with its id.
 
->>> from ray_app.kafka.client import InMemoryBroker, InMemoryProducer
+>>> from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer
 >>> broker = InMemoryBroker(partitions=2)
 >>> log = DecisionLog(lambda: InMemoryProducer(broker), "onramp.decisions", max_pending=10)
 >>> log.offer([(b"u1", {"decisionId": "d1"})])

@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ray_app.timefmt import ms_from_iso
 from validation.reasons import ReasonCode
 from validation.wire import WireError
 
@@ -65,30 +65,33 @@ class Event:
         return (self.ts, -1 if self.seq is None else self.seq, self.message_id)
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
 #: The reason a tombstone (a record whose value is null) is rejected with: no value is no JSON
 #: document.
 TOMBSTONE_REASON = ReasonCode.INVALID_JSON
 
 
 def parse_ms(value: Any, field_name: str) -> int:
-    """ISO-8601 text -> milliseconds since the epoch (UTC)."""
-    if not isinstance(value, str):
+    """ISO-8601 text -> milliseconds since the epoch (UTC), by :func:`~ray_app.timefmt.ms_from_iso`;
+    :class:`EventDecodeError` (``invalid_timestamp`` at ``field_name``) if it is not one.
+
+    >>> parse_ms("2026-01-01T00:00:01.000Z", "timestamp")
+    1767225601000
+    >>> parse_ms("soon", "receivedAt")
+    Traceback (most recent call last):
+    ...
+    ray_app.state.event.EventDecodeError: invalid_timestamp at receivedAt: not ISO-8601: 'soon'
+    """
+    try:
+        return ms_from_iso(value)
+    except TypeError:
         raise EventDecodeError(
             ReasonCode.INVALID_TIMESTAMP, field_name, "expected an ISO-8601 string"
-        )
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        ) from None
     except ValueError:
         raise EventDecodeError(
             ReasonCode.INVALID_TIMESTAMP, field_name, f"not ISO-8601: {value!r}"
         ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    try:
-        return (t - _EPOCH) // dt.timedelta(milliseconds=1)
-    except (OverflowError, ValueError):  # an offset that takes year 1 or 9999 past the range
+    except OverflowError:
         raise EventDecodeError(
             ReasonCode.INVALID_TIMESTAMP, field_name, f"out of range: {value!r}"
         ) from None

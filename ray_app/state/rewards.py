@@ -48,14 +48,12 @@ record that reaches the stream when the watermark is already ``retention_ms`` pa
 
 from __future__ import annotations
 
-import datetime as dt
 import heapq
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from ray_app.records import Outcome, RewardRecord
+from ray_app.records import DecisionRecord, DecisionRecordError, Outcome, RewardRecord
 from ray_app.state.event import EventDecodeError
-from validation.reasons import ReasonCode
 
 __all__ = [
     "NEGATIVE_EVENTS",
@@ -65,8 +63,6 @@ __all__ = [
     "RewardJoin",
     "decode_decision",
 ]
-
-_REQUIRED = ("decisionId", "userKey", "slot", "chosen", "propensity", "timestamp")
 
 STEP_COMPLETED = "Step Completed"
 ONBOARDING_COMPLETED = "Onboarding Completed"
@@ -130,96 +126,29 @@ class LoggedOutcome(NamedTuple):
     """The decision id the event echoed, if any."""
 
 
-def _ms(record: dict[str, Any]) -> int:
-    value = record["timestamp"]
-    if not isinstance(value, str):
-        raise EventDecodeError(
-            ReasonCode.INVALID_TIMESTAMP, "timestamp", f"expected ISO-8601 text, got {value!r}"
-        )
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=dt.UTC)
-        return int(t.timestamp() * 1000)
-    except (ValueError, OverflowError):
-        raise EventDecodeError(
-            ReasonCode.INVALID_TIMESTAMP, "timestamp", f"not an ISO-8601 time: {value!r}"
-        ) from None
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _invalid(field: str, expected: str, got: Any) -> EventDecodeError:
-    shown = repr(got)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return EventDecodeError(ReasonCode.INVALID_FIELD, field, f"expected {expected}, got {shown}")
-
-
 def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> PendingDecision:
     """A decision log record -> what the join keeps; raises :class:`EventDecodeError` for any
     field missing or of the wrong type (a record from another writer, or bytes gone bad), so a
-    worker rejects the record to the DLQ instead of failing on it."""
-    for key in _REQUIRED:
-        if record.get(key) is None:
-            raise EventDecodeError(ReasonCode.MISSING_FIELD, key, "required in a decision record")
-    for key in ("decisionId", "userKey", "slot", "chosen"):
-        if not isinstance(record[key], str) or not record[key]:
-            raise _invalid(key, "a non-empty string", record[key])
-    decided_at = _ms(record)
-    p = record["propensity"]
-    if not _number(p) or not 0 < p <= 1:
-        raise _invalid("propensity", "a number in (0, 1]", p)
-    index = record.get("actionIndex")
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise _invalid("actionIndex", "an integer >= 0", index)
-    features = record.get("features")
-    features = [] if features is None else features
-    if not isinstance(features, list) or not all(_number(v) for v in features):
-        raise _invalid("features", "a list of numbers", features)
-    ranked = record.get("ranked")
-    ranked = [] if ranked is None else ranked
-    if not isinstance(ranked, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("action"), str) for r in ranked
-    ):
-        raise _invalid("ranked", 'a list of {"action": id, ...} objects', ranked)
-    ids = [r["action"] for r in ranked]
-    if ids and record["chosen"] not in ids:
-        raise EventDecodeError(
-            ReasonCode.INVALID_FIELD,
-            "chosen",
-            f"{record['chosen']!r} is not among the ranked actions",
-        )
-    cands = record.get("candidates")
-    if cands is not None and not (
-        isinstance(cands, list) and all(isinstance(c, str) for c in cands)
-    ):
-        raise _invalid("candidates", "a list of ids", cands)
-    arm = record.get("arm")
-    arm = "" if arm is None else arm
-    if not isinstance(arm, str):
-        raise _invalid("arm", "a string", arm)
-    version = record.get("modelVersion")
-    version = 0 if version is None else version
-    integral = isinstance(version, int) or (isinstance(version, float) and version.is_integer())
-    if isinstance(version, bool) or not integral or version < 0:
-        raise _invalid("modelVersion", "an integer >= 0", version)
-    slot = record["slot"]
+    worker rejects the record to the DLQ instead of failing on it. The record is read by
+    :meth:`DecisionRecord.from_json`, whose reason code, field and message the error carries."""
+    try:
+        d = DecisionRecord.from_json(record)
+    except DecisionRecordError as exc:
+        raise EventDecodeError(exc.code, exc.field, exc.reason) from None
+    assert d.chosen is not None and d.propensity is not None and d.action_index is not None
     return PendingDecision(
-        decision_id=record["decisionId"],
-        user_key=record["userKey"],
-        slot=slot,
-        step_slot=slot in step_slots,
-        action=record["chosen"],
-        action_index=index,
-        arm=arm,
-        propensity=float(p),
-        features=tuple(float(v) for v in features),
-        decided_at=decided_at,
-        model_version=int(version),
-        candidates=None if cands is None else tuple(cands),
+        decision_id=d.decision_id,
+        user_key=d.user_key,
+        slot=d.slot,
+        step_slot=d.slot in step_slots,
+        action=d.chosen,
+        action_index=d.action_index,
+        arm=d.arm,
+        propensity=d.propensity,
+        features=tuple(d.features),
+        decided_at=d.at_ms,
+        model_version=d.model_version,
+        candidates=None if d.candidates is None else tuple(d.candidates),
     )
 
 

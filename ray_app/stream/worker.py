@@ -44,10 +44,9 @@ from typing import Any
 
 import orjson
 
-from ray_app.collect.parse import DLQ_SCHEMA
 from ray_app.config import Settings
 from ray_app.kafka.client import Consumer, OutRecord, Producer, make_consumer, make_producer
-from ray_app.records import RewardRecord
+from ray_app.records import DlqRecord, LateRecord, RewardRecord, stream_origin
 from ray_app.state import SessionShard, StateConfig
 from ray_app.state.identity import MergeOutcome
 from ray_app.state.profile import CAPS, ProfileConfig
@@ -495,42 +494,43 @@ def _restore(ck: Checkpoint, uri: str) -> SessionShard:
 
 
 def _origin(rec: Any) -> dict[str, Any]:
-    return {"stage": "stream", "topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+    return stream_origin(rec.topic, rec.partition, rec.offset)
 
 
 def _late_record(value: bytes, why: dict[str, Any], rec: Any) -> bytes:
+    """The :class:`LateRecord` of an event behind the watermark (``why``: what the shard says)."""
     try:
         event: Any = orjson.loads(value)
     except orjson.JSONDecodeError:
         event = value.decode("utf-8", "replace")
-    return orjson.dumps({"schema": "onramp.late/1", **why, "event": event, "origin": _origin(rec)})
+    return LateRecord(
+        event=event,
+        watermark=why["watermark"],
+        behind_ms=why["behindMs"],
+        allowed_lateness_ms=why["allowedLatenessMs"],
+        origin=_origin(rec),
+        reason=why["reason"],
+    ).encode()
 
 
 def _dlq_record(value: bytes | None, exc: Any, rec: Any) -> bytes:
-    """One rejected record (schema ``onramp.dlq/1``, as the collector writes them): reason,
-    field, message, origin, and at most 32 KB of the raw value (``rawText`` if UTF-8, else
-    ``rawBase64``; a tombstone has ``rawSize`` 0 and ``tombstone`` true)."""
+    """The :class:`DlqRecord` of a rejected record: reason, field, message, origin, and at most
+    32 KB of the raw value (``rawText`` if UTF-8, else ``rawBase64``; a tombstone has
+    ``rawSize`` 0 and ``tombstone`` true)."""
     raw: dict[str, Any]
     if value is None:
-        raw = {"rawSize": 0, "rawTruncated": False, "tombstone": True}
+        raw = {"raw_size": 0, "tombstone": True}
     else:
         kept = bytes(value[:_DLQ_RAW_CAP])
-        raw = {"rawSize": len(value), "rawTruncated": len(value) > len(kept)}
+        raw = {"raw_size": len(value), "raw_truncated": len(value) > len(kept)}
         text = _utf8(kept, truncated=len(value) > len(kept))
         if text is not None:
-            raw["rawText"] = text
+            raw["raw_text"] = text
         else:
-            raw["rawBase64"] = base64.b64encode(kept).decode("ascii")
-    return orjson.dumps(
-        {
-            "schema": DLQ_SCHEMA,
-            "reason": exc.reason.value,
-            "field": exc.field,
-            "message": exc.message,
-            "origin": _origin(rec),
-            **raw,
-        }
-    )
+            raw["raw_base64"] = base64.b64encode(kept).decode("ascii")
+    return DlqRecord(
+        reason=exc.reason, field=exc.field, message=exc.message, origin=_origin(rec), **raw
+    ).encode()
 
 
 def _utf8(data: bytes, truncated: bool) -> str | None:

@@ -1,6 +1,4 @@
-"""Wire records that cross processes, one definition each: today the reward record.
-
-Reward records: one logged decision joined with what the user did next. The stream's reward join
+"""Reward records: one logged decision joined with what the user did next. The stream's reward join
 (:mod:`ray_app.state.rewards`) builds them, the stream worker writes them to ``onramp.rewards``
 with :meth:`RewardRecord.to_json`, and the online learner, training and ``onramp report`` read
 them with :meth:`RewardRecord.from_json`.
@@ -21,30 +19,26 @@ True
 >>> RewardRecord.from_json({**r.to_json(), "propensity": 0})
 Traceback (most recent call last):
 ...
-ray_app.records.RewardRecordError: propensity: must be in (0, 1], got 0
+ray_app.records.errors.RewardRecordError: propensity: must be in (0, 1], got 0
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ray_app.errors import FieldError
+import orjson
+
+from ray_app.records._read import _integer, _number, _text
+from ray_app.records.errors import RewardRecordError
+from ray_app.timefmt import ms_from_iso
 
 if TYPE_CHECKING:
     from ray_app.catalog import Catalog
 
-__all__ = [
-    "OUTCOMES",
-    "REWARD_SCHEMA",
-    "Outcome",
-    "RewardRecord",
-    "RewardRecordError",
-    "reward_of",
-]
+__all__ = ["OUTCOMES", "REWARD_SCHEMA", "Outcome", "RewardRecord", "reward_of"]
 
 REWARD_SCHEMA = "onramp.reward/1"
 
@@ -71,17 +65,6 @@ def reward_of(outcome: str) -> float:
         raise ValueError(
             f"unknown outcome {outcome!r}; expected one of {sorted(OUTCOMES)}"
         ) from None
-
-
-class RewardRecordError(FieldError):
-    """A reward record that cannot be read: the ``field`` at fault and why. Picklable.
-
-    >>> import pickle
-    >>> pickle.loads(pickle.dumps(RewardRecordError("reward", "must be 0 or 1"))).field
-    'reward'
-    """
-
-    http_status = 422
 
 
 @dataclass(frozen=True)
@@ -136,6 +119,10 @@ class RewardRecord:
         if self.candidates is not None:
             out["candidates"] = list(self.candidates)
         return out
+
+    def encode(self) -> bytes:
+        """:meth:`to_json` as JSON bytes."""
+        return orjson.dumps(self.to_json())
 
     @classmethod
     def from_json(
@@ -245,11 +232,9 @@ class RewardRecord:
             raise RewardRecordError("chosen", f"unknown action {chosen!r} in slot {slot_name!r}")
         stamp = decision.get("timestamp")
         try:
-            at = dt.datetime.fromisoformat(str(stamp))
-        except ValueError:
+            decided_at = ms_from_iso(str(stamp))
+        except (ValueError, OverflowError):
             raise RewardRecordError("timestamp", f"not an ISO time: {stamp!r}") from None
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=dt.UTC)
         cands = decision.get("candidates")
         return cls.from_json(
             {
@@ -263,30 +248,9 @@ class RewardRecord:
                 "features": decision.get("features"),
                 "reward": reward_of(outcome),
                 "outcome": outcome,
-                "decidedAtMs": round(at.timestamp() * 1000),
+                "decidedAtMs": decided_at,
                 "outcomeAtMs": outcome_at_ms,
                 "modelVersion": decision.get("modelVersion"),
                 "candidates": list(cands) if isinstance(cands, list) else None,
             }
         )
-
-
-def _text(data: Mapping[str, Any], key: str) -> str:
-    v = data.get(key)
-    if not isinstance(v, str) or not v:
-        raise RewardRecordError(key, f"expected a non-empty string, got {v!r}")
-    return v
-
-
-def _number(data: Mapping[str, Any], key: str) -> float:
-    v = data.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise RewardRecordError(key, f"expected a finite number, got {v!r}")
-    return float(v)
-
-
-def _integer(data: Mapping[str, Any], key: str) -> int:
-    v = data.get(key)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise RewardRecordError(key, f"expected an integer, got {v!r}")
-    return v

@@ -1,0 +1,249 @@
+"""Decision records (schema ``onramp.decision/1``): every answered decision that served an action,
+as ``/v1/decide`` logs it to ``onramp.decisions``; read by the stream's reward join
+(:func:`ray_app.state.rewards.decode_decision`), the parity replay and ``onramp report``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ray_app.records.errors import DecisionRecordError
+from ray_app.timefmt import ms_from_iso, utc_ms
+from validation.reasons import ReasonCode
+
+__all__ = ["DECISION_SCHEMA", "DecisionRecord"]
+
+DECISION_SCHEMA = "onramp.decision/1"
+
+#: What a logged decision must carry (a decision that served nothing is not logged).
+_DECISION_REQUIRED = ("decisionId", "userKey", "slot", "chosen", "propensity", "timestamp")
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One answered decision as ``onramp.decisions`` receives it (schema ``onramp.decision/1``).
+
+    The answer (``chosen``, its ``propensity``, ``ranked``, ``arm``, ``experiment``,
+    ``model_version``, ``policy``, ``cold_start``, ``cold_reason``) and what the reward join,
+    the learner and the parity replay need: the ``user_key`` whose partition joins it, the
+    served action's ``action_index``, the eligible ``candidates``, the ``features`` with their
+    ``feature_schema`` hash, the request's ``context``, the ``profile_age_ms`` of the profile
+    decided from, and the decision time ``at_ms`` (``timestamp`` on the wire: ISO-8601 with
+    milliseconds and ``+00:00``). ``traceId`` is written only when set, ``mergedFrom`` only when
+    not empty.
+
+    Only decisions that served an action are logged, so :meth:`from_json` requires ``chosen``,
+    ``propensity`` and ``actionIndex``; the other fields may be missing or null (a record forwarded
+    along merged ids carries only what the join needs) and read as their defaults.
+
+    >>> d = DecisionRecord(decision_id="d1", user_key="u1", slot="next_step", chosen="role",
+    ...                    propensity=0.5, action_index=1, features=[0.25], at_ms=1767225600000,
+    ...                    arm="treatment", model_version=3, ranked=[{"action": "role"}])
+    >>> DecisionRecord.from_json(orjson.loads(d.encode())) == d
+    True
+    >>> d.to_json()["timestamp"]
+    '2026-01-01T00:00:00.000+00:00'
+    >>> DecisionRecord.from_json({**d.to_json(), "propensity": 0})
+    Traceback (most recent call last):
+    ...
+    ray_app.records.errors.DecisionRecordError: propensity: expected a number in (0, 1], got 0
+    """
+
+    decision_id: str
+    user_key: str
+    slot: str
+    chosen: str | None
+    propensity: float | None
+    action_index: int | None
+    features: list[float]
+    at_ms: int
+    arm: str = ""
+    model_version: int = 0
+    candidates: list[str] | None = None
+    ranked: list[dict[str, Any]] = field(default_factory=list)
+    experiment: str | None = None
+    policy: str | None = None
+    cold_start: bool | None = None
+    cold_reason: str | None = None
+    feature_schema: str | None = None
+    context: dict[str, Any] | None = None
+    profile_age_ms: int | None = None
+    trace_id: str | None = None
+    merged_from: list[str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (schema ``onramp.decision/1``): the HTTP answer's
+        keys first, in its order, then the rest."""
+        out: dict[str, Any] = {
+            "schema": DECISION_SCHEMA,
+            "decisionId": self.decision_id,
+            "slot": self.slot,
+            "chosen": self.chosen,
+            "propensity": self.propensity,
+            "ranked": self.ranked,
+            "arm": self.arm,
+            "experiment": self.experiment,
+            "modelVersion": self.model_version,
+            "policy": self.policy,
+            "coldStart": self.cold_start,
+            "coldReason": self.cold_reason,
+            "userKey": self.user_key,
+            "actionIndex": self.action_index,
+            "candidates": self.candidates,
+            "features": self.features,
+            "featureSchema": self.feature_schema,
+            "context": self.context,
+            "profileAgeMs": self.profile_age_ms,
+            "timestamp": utc_ms(self.at_ms).isoformat(timespec="milliseconds"),
+        }
+        if self.trace_id is not None:
+            out["traceId"] = self.trace_id
+        if self.merged_from:
+            out["mergedFrom"] = self.merged_from
+        return out
+
+    def encode(self) -> bytes:
+        """:meth:`to_json` as JSON bytes."""
+        return orjson.dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, data: Any) -> DecisionRecord:
+        """Read and validate a decision record; :class:`DecisionRecordError` (with the DLQ
+        reason code) for a field missing or of the wrong type.
+
+        >>> DecisionRecord.from_json({"decisionId": "d1", "userKey": "u1", "slot": "s"})
+        Traceback (most recent call last):
+        ...
+        ray_app.records.errors.DecisionRecordError: chosen: required in a decision record
+        >>> bad = {"decisionId": "d1", "userKey": "u1", "slot": "s", "chosen": "a",
+        ...        "propensity": 1, "timestamp": "soon"}
+        >>> try:
+        ...     DecisionRecord.from_json(bad)
+        ... except DecisionRecordError as e:
+        ...     print(e.code.value, e.field, e.reason)
+        invalid_timestamp timestamp not an ISO-8601 time: 'soon'
+        """
+        if not isinstance(data, Mapping):
+            raise DecisionRecordError(
+                ReasonCode.NOT_AN_OBJECT, "", f"expected a JSON object, got {type(data).__name__}"
+            )
+        for key in _DECISION_REQUIRED:
+            if data.get(key) is None:
+                raise DecisionRecordError(
+                    ReasonCode.MISSING_FIELD, key, "required in a decision record"
+                )
+        for key in ("decisionId", "userKey", "slot", "chosen"):
+            if not isinstance(data[key], str) or not data[key]:
+                raise _bad_decision(key, "a non-empty string", data[key])
+        at_ms = _decision_ms(data["timestamp"])
+        p = data["propensity"]
+        if not _is_number(p) or not 0 < p <= 1:
+            raise _bad_decision("propensity", "a number in (0, 1]", p)
+        index = data.get("actionIndex")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise _bad_decision("actionIndex", "an integer >= 0", index)
+        features = _or(data.get("features"), [])
+        if not isinstance(features, list) or not all(_is_number(v) for v in features):
+            raise _bad_decision("features", "a list of numbers", features)
+        ranked = _or(data.get("ranked"), [])
+        if not isinstance(ranked, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("action"), str) for r in ranked
+        ):
+            raise _bad_decision("ranked", 'a list of {"action": id, ...} objects', ranked)
+        chosen = data["chosen"]
+        if ranked and chosen not in [r["action"] for r in ranked]:
+            raise DecisionRecordError(
+                ReasonCode.INVALID_FIELD, "chosen", f"{chosen!r} is not among the ranked actions"
+            )
+        cands = data.get("candidates")
+        if cands is not None and not _is_texts(cands):
+            raise _bad_decision("candidates", "a list of ids", cands)
+        arm = _or(data.get("arm"), "")
+        if not isinstance(arm, str):
+            raise _bad_decision("arm", "a string", arm)
+        version = _or(data.get("modelVersion"), 0)
+        integral = isinstance(version, int) or (isinstance(version, float) and version.is_integer())
+        if isinstance(version, bool) or not integral or version < 0:
+            raise _bad_decision("modelVersion", "an integer >= 0", version)
+        schema = data.get("schema")
+        if schema is not None and schema != DECISION_SCHEMA:
+            raise _bad_decision("schema", repr(DECISION_SCHEMA), schema)
+        return cls(
+            decision_id=data["decisionId"],
+            user_key=data["userKey"],
+            slot=data["slot"],
+            chosen=chosen,
+            propensity=float(p),
+            action_index=index,
+            features=[float(v) for v in features],
+            at_ms=at_ms,
+            arm=arm,
+            model_version=int(version),
+            candidates=None if cands is None else list(cands),
+            ranked=list(ranked),
+            experiment=_optional(data, "experiment", str, "a string"),
+            policy=_optional(data, "policy", str, "a string"),
+            cold_start=_optional(data, "coldStart", bool, "true or false"),
+            cold_reason=_optional(data, "coldReason", str, "a string"),
+            feature_schema=_optional(data, "featureSchema", str, "a string"),
+            context=_optional(data, "context", dict, "an object"),
+            profile_age_ms=_optional_int(data, "profileAgeMs"),
+            trace_id=_optional(data, "traceId", str, "a string"),
+            merged_from=_optional_texts(data, "mergedFrom"),
+        )
+
+
+def _decision_ms(stamp: Any) -> int:
+    try:
+        return ms_from_iso(stamp)
+    except TypeError:
+        raise DecisionRecordError(
+            ReasonCode.INVALID_TIMESTAMP, "timestamp", f"expected ISO-8601 text, got {stamp!r}"
+        ) from None
+    except (ValueError, OverflowError):
+        raise DecisionRecordError(
+            ReasonCode.INVALID_TIMESTAMP, "timestamp", f"not an ISO-8601 time: {stamp!r}"
+        ) from None
+
+
+def _bad_decision(key: str, expected: str, got: Any) -> DecisionRecordError:
+    shown = repr(got)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return DecisionRecordError(ReasonCode.INVALID_FIELD, key, f"expected {expected}, got {shown}")
+
+
+def _optional(data: Mapping[str, Any], key: str, kind: type, expected: str) -> Any:
+    v = data.get(key)
+    if v is not None and not isinstance(v, kind):
+        raise _bad_decision(key, expected, v)
+    return v
+
+
+def _optional_int(data: Mapping[str, Any], key: str) -> int | None:
+    v = data.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        raise _bad_decision(key, "an integer", v)
+    return v
+
+
+def _optional_texts(data: Mapping[str, Any], key: str) -> list[str] | None:
+    v = data.get(key)
+    if v is not None and not _is_texts(v):
+        raise _bad_decision(key, "a list of ids", v)
+    return None if v is None else list(v)
+
+
+def _or(v: Any, default: Any) -> Any:
+    return default if v is None else v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_texts(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(c, str) for c in v)

@@ -1,0 +1,72 @@
+"""Times on the wire: ISO-8601 text <-> milliseconds since the epoch (UTC), written once.
+
+Every record that crosses a process carries its times as ISO-8601 text (``timestamp``,
+``receivedAt``) or as integer milliseconds (``decidedAtMs``); these three functions are the only
+conversions between the two. Callers map the errors of :func:`ms_from_iso` to their own (a
+reason code and a field for an event or a decision record, a field error for a reward record).
+
+>>> ms_from_iso("2026-01-01T00:00:01.250Z")
+1767225601250
+>>> iso_ms(1767225601250)
+'2026-01-01T00:00:01.250Z'
+>>> ms_from_iso("2026-01-01T00:00:01.250+00:00") == ms_from_iso("2026-01-01T00:00:01.250")
+True
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+__all__ = ["iso", "iso_ms", "ms_from_iso", "utc_ms"]
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
+
+
+def iso(t: dt.datetime) -> str:
+    """UTC ISO-8601 with milliseconds and ``Z``."""
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch -> :func:`iso` text."""
+    return iso(utc_ms(ms))
+
+
+def utc_ms(ms: int) -> dt.datetime:
+    """Milliseconds since the epoch -> an aware UTC ``datetime``, exactly (no float on the way).
+
+    >>> utc_ms(253_402_300_799_999).isoformat(timespec="milliseconds")
+    '9999-12-31T23:59:59.999+00:00'
+    """
+    return _EPOCH + ms * _MS
+
+
+def ms_from_iso(value: object) -> int:
+    """ISO-8601 text -> milliseconds since the epoch, exactly (integer arithmetic, rounded down);
+    a time without an offset is UTC.
+
+    Raises ``TypeError`` if ``value`` is not text, ``ValueError`` if it is not ISO-8601, and
+    ``OverflowError`` if its offset were to take it out of the range ``datetime`` can hold
+    (defensive: the subtraction is exact for every year from 1 to 9999 and any offset).
+
+    >>> ms_from_iso("1969-12-31T23:59:59.9995Z"), ms_from_iso("0001-01-01T00:00:00+14:00")
+    (-1, -62135647200000)
+    >>> ms_from_iso(17)
+    Traceback (most recent call last):
+    ...
+    TypeError: expected ISO-8601 text, got int
+    >>> ms_from_iso("yesterday")
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid isoformat string: 'yesterday'
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"expected ISO-8601 text, got {type(value).__name__}")
+    t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    try:
+        return (t - _EPOCH) // _MS
+    except (OverflowError, ValueError):  # an offset that takes year 1 or 9999 past the range
+        raise OverflowError(f"out of range: {value!r}") from None

@@ -1,0 +1,337 @@
+"""Wire records (ray_app.records): each encodes and decodes to itself, each decoder names the field
+at fault and why, and the writers (Decision.record, the collector, the stream) produce what the
+decoders read."""
+
+from __future__ import annotations
+
+import base64
+import pickle
+from typing import Any
+
+import orjson
+import pytest
+
+from ray_app.records import (
+    DECISION_SCHEMA,
+    DLQ_SCHEMA,
+    LATE_SCHEMA,
+    REWARD_SCHEMA,
+    DecisionRecord,
+    DecisionRecordError,
+    DlqRecord,
+    DlqRecordError,
+    LateRecord,
+    LateRecordError,
+    RecordError,
+    RewardRecord,
+    RewardRecordError,
+    stream_origin,
+)
+from ray_app.timefmt import iso_ms, ms_from_iso
+from validation.reasons import ReasonCode
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+DECISION = DecisionRecord(
+    decision_id="d1",
+    user_key="u1",
+    slot="next_step",
+    chosen="role",
+    propensity=0.5,
+    action_index=1,
+    features=[0.25, 1.0],
+    at_ms=T0 + 123,
+    arm="treatment",
+    model_version=3,
+    candidates=["role", "goals"],
+    ranked=[{"action": "role", "score": 0.7, "probability": 0.5}, {"action": "goals"}],
+    experiment="onboarding",
+    policy="epsilon_greedy",
+    cold_start=False,
+    cold_reason=None,
+    feature_schema="abc123",
+    context={"page": "/welcome"},
+    profile_age_ms=40,
+    trace_id="0af7651916cd43dd8448eb211c80319c",
+    merged_from=["anon-1"],
+)
+
+REWARD = RewardRecord(
+    decision_id="d1",
+    user_key="u1",
+    slot="next_step",
+    action="role",
+    action_index=1,
+    arm="treatment",
+    propensity=0.5,
+    features=[0.25, 1.0],
+    reward=1.0,
+    outcome="completed",
+    decided_at_ms=T0,
+    outcome_at_ms=T0 + 4_000,
+    model_version=3,
+    candidates=["role", "goals"],
+)
+
+ORIGIN = stream_origin("onramp.events", 2, 41)
+
+DLQS = [
+    DlqRecord(ReasonCode.INVALID_JSON, None, "not JSON", ORIGIN, raw_size=8, raw_text="not json"),
+    DlqRecord(
+        ReasonCode.INVALID_UTF8,
+        None,
+        "not UTF-8",
+        ORIGIN,
+        raw_size=40_000,
+        raw_truncated=True,
+        raw_base64=base64.b64encode(b"\xff\xfe").decode(),
+    ),
+    DlqRecord(ReasonCode.INVALID_JSON, None, "a tombstone", ORIGIN, raw_size=0, tombstone=True),
+    DlqRecord(
+        ReasonCode.MISSING_FIELD,
+        "batch[1].type",
+        "required",
+        {"route": "/v1/batch", "source": "web", "requestId": "r1", "index": 1},
+        raw_size=26,
+        raw_json=orjson.dumps({"userId": "u2", "x": [1, None]}),
+        message_id="m-7",
+    ),
+    DlqRecord(ReasonCode.NOT_AN_OBJECT, "batch[0]", "null", ORIGIN, raw_size=4, raw_json=b"null"),
+]
+
+LATE = LateRecord(
+    {"messageId": "m1", "timestamp": "2026-01-01T00:00:00.000Z"},
+    watermark=T0 + 600_000,
+    behind_ms=600_000,
+    allowed_lateness_ms=60_000,
+    origin=ORIGIN,
+)
+
+
+def wire(record: Any) -> dict[str, Any]:
+    """What a reader gets: the record's bytes decoded as JSON."""
+    return orjson.loads(record.encode())
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+
+def test_a_decision_record_round_trips_through_its_bytes():
+    assert DecisionRecord.from_json(wire(DECISION)) == DECISION
+    d = wire(DECISION)
+    assert d["schema"] == DECISION_SCHEMA and d["timestamp"] == "2026-01-01T00:00:00.123+00:00"
+    assert d["traceId"] == DECISION.trace_id and d["mergedFrom"] == ["anon-1"]
+
+
+def test_a_minimal_decision_record_reads_with_its_defaults_and_round_trips():
+    minimal = {
+        "decisionId": "d2",
+        "userKey": "u1",
+        "slot": "welcome_content",
+        "chosen": "video_tour",
+        "actionIndex": 0,
+        "propensity": 1,
+        "timestamp": iso_ms(T0),
+        "hops": 1,  # a forwarded record's own field: not part of the record
+    }
+    d = DecisionRecord.from_json(minimal)
+    assert (d.arm, d.model_version, d.features, d.ranked, d.candidates) == ("", 0, [], [], None)
+    assert d.at_ms == T0 and d.propensity == 1.0 and isinstance(d.propensity, float)
+    assert DecisionRecord.from_json(wire(d)) == d
+    assert "traceId" not in wire(d) and "mergedFrom" not in wire(d)
+
+
+def test_the_decision_a_decider_answers_is_logged_in_the_record_shape():
+    from ray_app.decide import Decision
+
+    decision = Decision(
+        decision_id="d1", user_key="u1", slot="next_step", arm="treatment", experiment="e",
+        model_version=3, policy="greedy", ranked=[{"action": "role"}], chosen="role",
+        propensity=0.5, features=[0.25], schema_hash="h", candidates=["role"], at_ms=T0,
+        cold_start=False, action_index=1,
+    )  # fmt: skip
+    record = decision.record()
+    assert list(record)[:12] == ["schema", *decision.answer()]
+    assert DecisionRecord.from_json(orjson.loads(orjson.dumps(record))).to_json() == record
+
+
+def test_a_reward_record_round_trips_through_its_bytes():
+    assert RewardRecord.from_json(wire(REWARD)) == REWARD
+    assert wire(REWARD)["schema"] == REWARD_SCHEMA
+
+
+@pytest.mark.parametrize("record", DLQS, ids=lambda r: r.message)
+def test_a_dlq_record_round_trips_through_its_bytes(record):
+    assert DlqRecord.from_json(wire(record)) == record
+    d = wire(record)
+    assert d["schema"] == DLQ_SCHEMA and "messageId" in d
+    assert sum(k in d for k in ("raw", "rawText", "rawBase64")) == (0 if record.tombstone else 1)
+
+
+def test_a_dlq_record_written_without_raw_size_reads_the_size_it_kept():
+    d = wire(DLQS[3])
+    del d["rawSize"], d["rawTruncated"]
+    assert DlqRecord.from_json(d).raw_size == len(DLQS[3].raw_json or b"")
+
+
+def test_a_late_record_round_trips_through_its_bytes():
+    assert LateRecord.from_json(wire(LATE)) == LATE
+    assert wire(LATE)["schema"] == LATE_SCHEMA
+    text = LateRecord("not json", 5, 1, 0, ORIGIN)
+    assert LateRecord.from_json(wire(text)) == text
+
+
+def test_errors_carry_field_and_reason_and_survive_pickling():
+    for err in (
+        DecisionRecordError(ReasonCode.INVALID_FIELD, "arm", "expected a string, got 3"),
+        DlqRecordError("origin", "expected an object"),
+        LateRecordError("watermark", "expected an integer"),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert isinstance(back, RecordError) and type(back) is type(err)
+        assert (back.field, back.reason) == (err.field, err.reason)
+    missing = DecisionRecordError(ReasonCode.MISSING_FIELD, "slot", "required")
+    assert pickle.loads(pickle.dumps(missing)).code is ReasonCode.MISSING_FIELD
+
+
+# -- malformed records -----------------------------------------------------------------------
+
+
+def decision(**fields: Any) -> dict[str, Any]:
+    return {**wire(DECISION), **fields}
+
+
+BAD_DECISIONS = [
+    ([1], "not_an_object", ""),
+    (decision(slot=None), "missing_field", "slot"),
+    (decision(chosen=None), "missing_field", "chosen"),
+    (decision(decisionId=5), "invalid_field", "decisionId"),
+    (decision(timestamp=5), "invalid_timestamp", "timestamp"),
+    (decision(timestamp="99999-01-01"), "invalid_timestamp", "timestamp"),
+    (decision(propensity=0), "invalid_field", "propensity"),
+    (decision(propensity=True), "invalid_field", "propensity"),
+    (decision(actionIndex=-1), "invalid_field", "actionIndex"),
+    (decision(features=["x"]), "invalid_field", "features"),
+    (decision(ranked=[{"id": "role"}]), "invalid_field", "ranked"),
+    (decision(chosen="other"), "invalid_field", "chosen"),
+    (decision(candidates="role"), "invalid_field", "candidates"),
+    (decision(arm=3), "invalid_field", "arm"),
+    (decision(modelVersion=2.5), "invalid_field", "modelVersion"),
+    (decision(schema="onramp.reward/1"), "invalid_field", "schema"),
+    (decision(coldStart="no"), "invalid_field", "coldStart"),
+    (decision(context=[1]), "invalid_field", "context"),
+    (decision(profileAgeMs=1.5), "invalid_field", "profileAgeMs"),
+    (decision(mergedFrom="anon-1"), "invalid_field", "mergedFrom"),
+]
+
+
+@pytest.mark.parametrize(("data", "code", "field"), BAD_DECISIONS)
+def test_a_malformed_decision_record_names_its_reason_code_and_field(data, code, field):
+    with pytest.raises(DecisionRecordError) as info:
+        DecisionRecord.from_json(data)
+    assert (info.value.code.value, info.value.field) == (code, field) and info.value.reason
+
+
+def test_a_decision_error_reads_like_the_stream_reports_it():
+    with pytest.raises(DecisionRecordError) as info:
+        DecisionRecord.from_json(decision(timestamp="soon"))
+    assert info.value.reason == "not an ISO-8601 time: 'soon'"
+    with pytest.raises(DecisionRecordError) as info:
+        DecisionRecord.from_json(decision(arm=["x" * 200]))
+    assert info.value.field == "arm" and len(info.value.reason) < 120
+    assert info.value.reason.endswith("...")
+
+
+def dlq(**fields: Any) -> dict[str, Any]:
+    d = {**wire(DLQS[0]), **fields}
+    return {k: v for k, v in d.items() if v is not ...}
+
+
+BAD_DLQS = [
+    ("x", ""),
+    (dlq(schema="onramp.late/1"), "schema"),
+    (dlq(reason="nope"), "reason"),
+    (dlq(message=None), "message"),
+    (dlq(origin="stream"), "origin"),
+    (dlq(rawText=5), "rawText"),
+    (dlq(rawText=..., rawBase64="%%%"), "rawBase64"),
+    (dlq(rawSize=-1), "rawSize"),
+    (dlq(rawTruncated="yes"), "rawTruncated"),
+    (dlq(rawBase64="AAAA"), "raw"),  # two forms of the value at once
+    (dlq(tombstone=True), "raw"),  # a tombstone keeps no value
+    (dlq(field=7), "field"),
+]
+
+
+@pytest.mark.parametrize(("data", "field"), BAD_DLQS)
+def test_a_malformed_dlq_record_names_its_field(data, field):
+    with pytest.raises(DlqRecordError) as info:
+        DlqRecord.from_json(data)
+    assert info.value.field == field and info.value.reason
+
+
+BAD_LATES = [
+    (None, ""),
+    ({**wire(LATE), "schema": DLQ_SCHEMA}, "schema"),
+    ({k: v for k, v in wire(LATE).items() if k != "event"}, "event"),
+    ({**wire(LATE), "watermark": "1"}, "watermark"),
+    ({**wire(LATE), "behindMs": True}, "behindMs"),
+    ({**wire(LATE), "allowedLatenessMs": None}, "allowedLatenessMs"),
+    ({**wire(LATE), "origin": []}, "origin"),
+    ({**wire(LATE), "reason": ""}, "reason"),
+]
+
+
+@pytest.mark.parametrize(("data", "field"), BAD_LATES)
+def test_a_malformed_late_record_names_its_field(data, field):
+    with pytest.raises(LateRecordError) as info:
+        LateRecord.from_json(data)
+    assert info.value.field == field and info.value.reason
+
+
+def test_a_malformed_reward_record_names_its_field():
+    with pytest.raises(RewardRecordError) as info:
+        RewardRecord.from_json({**wire(REWARD), "outcome": "maybe"})
+    assert info.value.field == "outcome" and "expected one of" in info.value.reason
+
+
+# -- the writers -----------------------------------------------------------------------------
+
+
+def test_the_collector_and_the_stream_write_dlq_records_the_decoder_reads():
+    import datetime as dt
+
+    from ray_app.collect.parse import parse_request
+    from ray_app.stream.worker import _dlq_record, _late_record
+    from validation.wire import WireError
+
+    parsed = parse_request(
+        "batch",
+        orjson.dumps({"writeKey": "k1", "batch": [5]}),
+        content_encoding=None,
+        authorization=None,
+        write_keys={"demo": "k1"},
+        received_at=dt.datetime(2026, 5, 1, tzinfo=dt.UTC),
+        origin={"requestId": "r1"},
+    )
+    (_, value), *_ = parsed.dlq
+    record = DlqRecord.from_json(orjson.loads(value))
+    assert record.origin["requestId"] == "r1" and record.origin["index"] == 0
+    assert record.raw_json == b"5" and record.message_id is None
+
+    class Rec:
+        topic, partition, offset = "onramp.events", 0, 9
+
+    err = WireError(ReasonCode.INVALID_UTF8, None, "not UTF-8")
+    for value in (None, b"\xff\xfe", b"text"):
+        record = DlqRecord.from_json(orjson.loads(_dlq_record(value, err, Rec())))
+        assert record.origin == stream_origin("onramp.events", 0, 9)
+        assert record.tombstone is (value is None)
+    why = {"reason": "late", "watermark": 10, "behindMs": 5, "allowedLatenessMs": 1}
+    late = LateRecord.from_json(orjson.loads(_late_record(b'{"a": 1}', why, Rec())))
+    assert late.event == {"a": 1} and late.behind_ms == 5
+
+
+def test_iso_times_convert_exactly_both_ways():
+    for ms in (0, 1, T0 + 999, -1, 253_402_300_799_999):
+        assert ms_from_iso(iso_ms(ms)) == ms
