@@ -34,7 +34,7 @@ import orjson
 
 from ray_app.features import FeatureSchema
 from ray_app.records import DECISION_SCHEMA, DecisionRecord, DecisionRecordError
-from ray_app.state import Event, EventDecodeError, Profile, apply, decode_event, identity
+from ray_app.state import Event, Profile, RecordRejected, apply, decode_event, identity
 from ray_app.state.profile import merge_into
 
 __all__ = ["ParityReport", "replay_parity"]
@@ -105,7 +105,7 @@ def replay_parity(
                 continue  # a link: no state of its own
             else:
                 e = decode_event(orjson.dumps(body))
-        except EventDecodeError:
+        except RecordRejected:
             continue  # the stream rejects it too (it went to the DLQ)
         if users is not None and e.user_key not in users:
             continue

@@ -5,7 +5,7 @@ directly and replayed exactly after a crash. Stream workers (Ray actors) only ca
 """
 
 from ray_app.state.dedupe import Deduplicator
-from ray_app.state.event import Event, EventDecodeError, decode_event
+from ray_app.state.event import Event, RecordRejected, decode_event
 from ray_app.state.ordering import Reorderer
 from ray_app.state.profile import Profile, ProfileConfig, apply
 from ray_app.state.shard import BatchResult, SessionShard, ShardStats, StateConfig
@@ -15,7 +15,7 @@ __all__ = [
     "BatchResult",
     "Deduplicator",
     "Event",
-    "EventDecodeError",
+    "RecordRejected",
     "Profile",
     "ProfileConfig",
     "Reorderer",

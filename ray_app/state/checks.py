@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ray_app.collect.parse import iso_ms
-from ray_app.state.event import Event, EventDecodeError
+from ray_app.state.event import Event, RecordRejected
 from ray_app.state.profile import Profile
 from validation.reasons import ReasonCode
 
@@ -49,14 +49,14 @@ class BatchChecks:
 
     def _validate_safely(
         self, decoded: list[tuple[int, bytes | None, bytes, Event]]
-    ) -> dict[int, EventDecodeError]:
+    ) -> dict[int, RecordRejected]:
         """:meth:`_validate`, and if the batch as a whole raises, each event on its own: an
         event that raises alone is rejected, the others are validated as usual (a failed
         attempt leaves the per-user rates as they were, so no event counts twice)."""
         try:
             return self._validate(decoded)
         except Exception:
-            out: dict[int, EventDecodeError] = {}
+            out: dict[int, RecordRejected] = {}
             for n, item in enumerate(decoded):
                 try:
                     failed = self._validate([item])
@@ -69,7 +69,7 @@ class BatchChecks:
 
     def _validate(
         self, decoded: list[tuple[int, bytes | None, bytes, Event]]
-    ) -> dict[int, EventDecodeError]:
+    ) -> dict[int, RecordRejected]:
         """Position in ``decoded`` -> why it fails batch validation."""
         from validation.batch import FIELD_OF
 
@@ -104,12 +104,10 @@ class BatchChecks:
             horizon = self.watermark // 1000
             self.rates = {u: r for u, r in rates.items() if r[0] >= horizon}
             self._rates_pruned_at = len(self.rates)
-        out: dict[int, EventDecodeError] = {}
+        out: dict[int, RecordRejected] = {}
         for n, reason in reasons.items():
             e = decoded[n][3]
-            out[n] = EventDecodeError(
-                reason, FIELD_OF.get(reason), _explain(reason, e, self.config)
-            )
+            out[n] = RecordRejected(reason, FIELD_OF.get(reason), _explain(reason, e, self.config))
         return out
 
 
@@ -142,10 +140,10 @@ def _explain(reason: Any, e: Event, c: StateConfig) -> str:
     return str(reason)
 
 
-def failed_error(exc: Exception, message_id: str | None = None) -> EventDecodeError:
+def failed_error(exc: Exception, message_id: str | None = None) -> RecordRejected:
     """A record that raised something other than a decode error while it was taken."""
     about = f" (event {message_id!r})" if message_id else ""
     text = f"{type(exc).__name__}: {exc}"
-    return EventDecodeError(
+    return RecordRejected(
         PROCESSING_FAILED_REASON, None, f"could not be processed{about}: {text[:500]}"
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from ray_app.errors import OnrampError
 from ray_app.timefmt import ms_from_iso
 from validation.reasons import ReasonCode
 from validation.wire import WireError
@@ -22,6 +23,7 @@ __all__ = [
     "TOMBSTONE_REASON",
     "Event",
     "EventDecodeError",
+    "RecordRejected",
     "decode_event",
     "decode_record",
     "event_from_record",
@@ -29,8 +31,22 @@ __all__ = [
 ]
 
 
-class EventDecodeError(WireError):
-    """A record of ``onramp.events`` that is not a normalized event (it goes to the DLQ)."""
+class RecordRejected(WireError, OnrampError):
+    """A record the stream rejects to the DLQ, with a reason code, the field and why: not a
+    normalized event, an event that fails batch validation (pandera), a decision record or an
+    identity record of the wrong shape, or one that could not be processed."""
+
+    def __init__(self, reason: ReasonCode, field: str | None, message: str) -> None:
+        super().__init__(reason, field, message)
+        self.context = {"reason": reason.value, "field": field}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.field, self.message))
+
+
+#: The name :class:`RecordRejected` had before it also carried validation, decision-record and
+#: identity-record failures (kept for code written against it).
+EventDecodeError = RecordRejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,27 +88,27 @@ TOMBSTONE_REASON = ReasonCode.INVALID_JSON
 
 def parse_ms(value: Any, field_name: str) -> int:
     """ISO-8601 text -> milliseconds since the epoch (UTC), by :func:`~ray_app.timefmt.ms_from_iso`;
-    :class:`EventDecodeError` (``invalid_timestamp`` at ``field_name``) if it is not one.
+    :class:`RecordRejected` (``invalid_timestamp`` at ``field_name``) if it is not one.
 
     >>> parse_ms("2026-01-01T00:00:01.000Z", "timestamp")
     1767225601000
     >>> parse_ms("soon", "receivedAt")
     Traceback (most recent call last):
     ...
-    ray_app.state.event.EventDecodeError: invalid_timestamp at receivedAt: not ISO-8601: 'soon'
+    ray_app.state.event.RecordRejected: invalid_timestamp at receivedAt: not ISO-8601: 'soon'
     """
     try:
         return ms_from_iso(value)
     except TypeError:
-        raise EventDecodeError(
+        raise RecordRejected(
             ReasonCode.INVALID_TIMESTAMP, field_name, "expected an ISO-8601 string"
         ) from None
     except ValueError:
-        raise EventDecodeError(
+        raise RecordRejected(
             ReasonCode.INVALID_TIMESTAMP, field_name, f"not ISO-8601: {value!r}"
         ) from None
     except OverflowError:
-        raise EventDecodeError(
+        raise RecordRejected(
             ReasonCode.INVALID_TIMESTAMP, field_name, f"out of range: {value!r}"
         ) from None
 
@@ -102,7 +118,7 @@ def _str(d: dict[str, Any], key: str, required: bool = False) -> str | None:
     if v is None and not required:
         return None
     if not isinstance(v, str) or not v:
-        raise EventDecodeError(
+        raise RecordRejected(
             ReasonCode.MISSING_FIELD if v is None else ReasonCode.INVALID_FIELD,
             key,
             "required" if v is None else "expected a non-empty string",
@@ -111,32 +127,32 @@ def _str(d: dict[str, Any], key: str, required: bool = False) -> str | None:
 
 
 def decode_record(value: bytes | None, what: str = "record") -> dict[str, Any]:
-    """A record's value as a JSON object; raises :class:`EventDecodeError` for a tombstone (a
+    """A record's value as a JSON object; raises :class:`RecordRejected` for a tombstone (a
     record without a value), bytes that are not UTF-8, text that is not JSON, and JSON that is
     not an object. Shared by the events and the decisions topic, so both reject alike.
 
     >>> try:
     ...     decode_record(None)
-    ... except EventDecodeError as exc:
+    ... except RecordRejected as exc:
     ...     print(exc)
     invalid_json: tombstone: the record has no value
     """
     if value is None:
-        raise EventDecodeError(TOMBSTONE_REASON, None, "tombstone: the record has no value")
+        raise RecordRejected(TOMBSTONE_REASON, None, "tombstone: the record has no value")
     try:
         d = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         try:
             bytes(value).decode("utf-8")
         except UnicodeDecodeError as bad:
-            raise EventDecodeError(
+            raise RecordRejected(
                 ReasonCode.INVALID_UTF8,
                 None,
                 f"{what} is not UTF-8: {bad.reason} at byte {bad.start}",
             ) from None
-        raise EventDecodeError(ReasonCode.INVALID_JSON, None, str(exc)) from None
+        raise RecordRejected(ReasonCode.INVALID_JSON, None, str(exc)) from None
     if not isinstance(d, dict):
-        raise EventDecodeError(
+        raise RecordRejected(
             ReasonCode.NOT_AN_OBJECT, None, f"{what} is a JSON {type(d).__name__}, not an object"
         )
     return d
@@ -144,7 +160,7 @@ def decode_record(value: bytes | None, what: str = "record") -> dict[str, Any]:
 
 def decode_event(value: bytes | None, trace: str | None = None) -> Event:
     """Decode a normalized record (``trace``: its ``traceparent`` header, if any); raises
-    :class:`EventDecodeError` with a reason code."""
+    :class:`RecordRejected` with a reason code."""
     return event_from_record(decode_record(value), trace)
 
 
@@ -153,11 +169,11 @@ def event_from_record(d: dict[str, Any], trace: str | None = None) -> Event:
     kind = _str(d, "type", required=True)
     seq = d.get("seq")
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
-        raise EventDecodeError(ReasonCode.INVALID_ONRAMP_CONTEXT, "seq", "expected an integer >= 0")
+        raise RecordRejected(ReasonCode.INVALID_ONRAMP_CONTEXT, "seq", "expected an integer >= 0")
     traits = d.get("traits") or {}
     props = d.get("properties") or {}
     if not isinstance(traits, dict) or not isinstance(props, dict):
-        raise EventDecodeError(ReasonCode.INVALID_FIELD, "traits/properties", "expected objects")
+        raise RecordRejected(ReasonCode.INVALID_FIELD, "traits/properties", "expected objects")
     if kind != "identify":
         traits = {}  # a group call's traits describe the account, not the user
     context = d.get("context")

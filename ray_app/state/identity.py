@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from ray_app.state.event import Event, EventDecodeError
+from ray_app.state.event import Event, RecordRejected
 from ray_app.state.profile import Profile, ProfileConfig, StepStats
 from ray_app.state.windows import SessionWindows, TumblingCounts
 from validation.reasons import ReasonCode
@@ -157,7 +157,7 @@ def forward_record(new: str, event: Event) -> tuple[bytes, bytes]:
 
 def decode_control(d: dict[str, Any]) -> Control:
     """A link, merge or forward record (already a JSON object whose ``type`` is one of
-    :data:`CONTROL_TYPES`) -> :class:`Control`; raises :class:`EventDecodeError`."""
+    :data:`CONTROL_TYPES`) -> :class:`Control`; raises :class:`RecordRejected`."""
     from ray_app.state.event import parse_ms
 
     kind = d["type"]
@@ -165,7 +165,7 @@ def decode_control(d: dict[str, Any]) -> Control:
     for name in ("messageId", "userKey", other_field):
         v = d.get(name)
         if not isinstance(v, str) or not v:
-            raise EventDecodeError(
+            raise RecordRejected(
                 ReasonCode.MISSING_FIELD if v is None else ReasonCode.INVALID_FIELD,
                 name,
                 f"a {kind} record needs a non-empty string",
@@ -195,9 +195,9 @@ def event_to_json(e: Event) -> dict[str, Any]:
 
 
 def event_from_json(d: Any, user_key: str) -> Event:
-    """A forwarded event, re-keyed to ``user_key``; raises :class:`EventDecodeError`."""
+    """A forwarded event, re-keyed to ``user_key``; raises :class:`RecordRejected`."""
     if not isinstance(d, dict):
-        raise EventDecodeError(ReasonCode.INVALID_FIELD, "event", "expected an object")
+        raise RecordRejected(ReasonCode.INVALID_FIELD, "event", "expected an object")
     r = _Reader(d, "event")
     return Event(
         message_id=r.text("message_id"),
@@ -273,15 +273,15 @@ def profile_to_state(p: Profile) -> dict[str, Any]:
 
 
 class _Reader:
-    """Typed reads of one JSON object, each failure an :class:`EventDecodeError` naming the
+    """Typed reads of one JSON object, each failure an :class:`RecordRejected` naming the
     field (a merge record is written by a worker, but it crossed Kafka: it is checked)."""
 
     def __init__(self, d: dict[str, Any], where: str) -> None:
         self.d, self.where = d, where
 
-    def bad(self, name: str, expected: str) -> EventDecodeError:
+    def bad(self, name: str, expected: str) -> RecordRejected:
         got = repr(self.d.get(name))[:60]
-        return EventDecodeError(
+        return RecordRejected(
             ReasonCode.INVALID_FIELD, f"{self.where}.{name}", f"expected {expected}, got {got}"
         )
 
@@ -339,10 +339,10 @@ class _Reader:
 
 
 def profile_from_state(d: Any, config: ProfileConfig) -> Profile:
-    """The profile a merge record carries; raises :class:`EventDecodeError` for anything of the
+    """The profile a merge record carries; raises :class:`RecordRejected` for anything of the
     wrong shape (the record then goes to the DLQ and nothing is merged)."""
     if not isinstance(d, dict):
-        raise EventDecodeError(ReasonCode.INVALID_FIELD, "profile", "expected an object")
+        raise RecordRejected(ReasonCode.INVALID_FIELD, "profile", "expected an object")
     r = _Reader(d, "profile")
     p = Profile(r.text("userKey"), config)
     p.user_id = r.text("userId", optional=True)

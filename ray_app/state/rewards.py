@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from ray_app.records import DecisionRecord, DecisionRecordError, Outcome, RewardRecord
-from ray_app.state.event import EventDecodeError
+from ray_app.state.event import RecordRejected
 
 __all__ = [
     "NEGATIVE_EVENTS",
@@ -127,14 +127,14 @@ class LoggedOutcome(NamedTuple):
 
 
 def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> PendingDecision:
-    """A decision log record -> what the join keeps; raises :class:`EventDecodeError` for any
+    """A decision log record -> what the join keeps; raises :class:`RecordRejected` for any
     field missing or of the wrong type (a record from another writer, or bytes gone bad), so a
     worker rejects the record to the DLQ instead of failing on it. The record is read by
     :meth:`DecisionRecord.from_json`, whose reason code, field and message the error carries."""
     try:
         d = DecisionRecord.from_json(record)
     except DecisionRecordError as exc:
-        raise EventDecodeError(exc.code, exc.field, exc.reason) from None
+        raise RecordRejected(exc.code, exc.field, exc.reason) from None
     assert d.chosen is not None and d.propensity is not None and d.action_index is not None
     return PendingDecision(
         decision_id=d.decision_id,
@@ -207,7 +207,7 @@ class RewardJoin:
     # -- inputs ----------------------------------------------------------------------------
 
     def offer_decision(self, record: dict[str, Any], watermark: int) -> list[RewardRecord]:
-        """A decision log record; raises :class:`EventDecodeError` for a malformed one."""
+        """A decision log record; raises :class:`RecordRejected` for a malformed one."""
         return self._offer(decode_decision(record, self.step_slots), watermark)
 
     def _offer(self, d: PendingDecision, watermark: int) -> list[RewardRecord]:

@@ -68,7 +68,7 @@ from ray_app.state.checks import (
 )
 from ray_app.state.config import ShardStats, StateConfig
 from ray_app.state.dedupe import Deduplicator
-from ray_app.state.event import Event, EventDecodeError, decode_record, event_from_record
+from ray_app.state.event import Event, RecordRejected, decode_record, event_from_record
 from ray_app.state.identity import CONTROL_TYPES, Control
 from ray_app.state.ordering import Reorderer
 from ray_app.state.profile import Profile, apply
@@ -107,7 +107,7 @@ class BatchResult:
     duplicates: int = 0
     late: list[tuple[int, bytes | None, bytes, dict[str, Any]]] = field(default_factory=list)
     """(index in the batch, key, value, why) of every late record."""
-    rejected: list[tuple[int, bytes | None, bytes | None, EventDecodeError]] = field(
+    rejected: list[tuple[int, bytes | None, bytes | None, RecordRejected]] = field(
         default_factory=list
     )
     """(index in the batch, key, value, error) of every record that is not an event (value None:
@@ -195,11 +195,11 @@ class SessionShard(BatchChecks, Stitching):
                 else:
                     e = event_from_record(d, trace)
                 decoded.append((index, key, cast(bytes, value), e))  # decoded: not None
-            except EventDecodeError as exc:
+            except RecordRejected as exc:
                 self._reject(out, index, key, value, exc)
             except Exception as exc:  # anything else about this one record: it alone is rejected
                 self._reject(out, index, key, value, failed_error(exc))
-        failed: dict[int, EventDecodeError] = {}
+        failed: dict[int, RecordRejected] = {}
         if self.config.validate and len(decoded) > len(controls):
             # forwarded events were validated where they were first taken
             plain = [n for n in range(len(decoded)) if n not in controls]
@@ -219,7 +219,7 @@ class SessionShard(BatchChecks, Stitching):
                 else:
                     self._link(c, out) if c.kind == identity.LINK else self._merge(c, out)
                     self.stats.control += 1
-            except EventDecodeError as exc:  # a malformed identity record: its own reason
+            except RecordRejected as exc:  # a malformed identity record: its own reason
                 self._reject(out, index, key, value, exc)
             except Exception as exc:
                 self._reject(out, index, key, value, failed_error(exc))
@@ -343,7 +343,7 @@ class SessionShard(BatchChecks, Stitching):
                     continue
                 out.rewards += self.rewards.offer_decision(record, self.watermark)
             except Exception as exc:
-                err = exc if isinstance(exc, EventDecodeError) else failed_error(exc)
+                err = exc if isinstance(exc, RecordRejected) else failed_error(exc)
                 reason = err.reason.value
                 self.decisions_rejected[reason] = self.decisions_rejected.get(reason, 0) + 1
                 out.rejected.append((index, key, value, err))
@@ -356,7 +356,7 @@ class SessionShard(BatchChecks, Stitching):
         index: int,
         key: bytes | None,
         value: bytes | None,
-        exc: EventDecodeError,
+        exc: RecordRejected,
     ) -> None:
         self.stats.rejected += 1
         reason = exc.reason.value

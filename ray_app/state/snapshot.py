@@ -14,6 +14,8 @@ import pickle
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ray_app.errors import OnrampError
+
 if TYPE_CHECKING:
     from ray_app.state.shard import SessionShard
 
@@ -33,17 +35,16 @@ __all__ = [
 SNAPSHOT_VERSION = 6
 
 
-class SnapshotRefused(ValueError):
+class SnapshotRefused(OnrampError, ValueError):
     """A snapshot blob that :meth:`SessionShard.restore` will not load; ``index`` says which
     (0: the base, n: the n-th delta)."""
 
     def __init__(self, index: int, message: str) -> None:
-        super().__init__(index, message)
+        super().__init__(message, index=index)
         self.index = index
-        self.message = message
 
-    def __str__(self) -> str:
-        return self.message
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.message))
 
 
 #: (module, name) of every class a snapshot may name: the state's own classes. Containers (dict,

@@ -13,7 +13,7 @@ import orjson
 
 from ray_app.collect.parse import iso_ms
 from ray_app.state import identity
-from ray_app.state.event import Event, EventDecodeError
+from ray_app.state.event import Event, RecordRejected
 from ray_app.state.identity import Control, MergeOutcome
 from ray_app.state.profile import Profile, merge_into
 from ray_app.state.rewards import LoggedOutcome, RewardJoin, decode_decision
@@ -36,9 +36,9 @@ def event_previous_id(e: Event) -> str | None:
     return getattr(e, "previous_id", None)
 
 
-def loop_error(c: Control | None) -> EventDecodeError:
+def loop_error(c: Control | None) -> RecordRejected:
     what = "a decision" if c is None else f"a {c.kind} record of {c.other!r}"
-    return EventDecodeError(
+    return RecordRejected(
         ReasonCode.IDENTITY_LOOP,
         "hops",
         f"{what} was forwarded {MAX_HOPS} times along merged ids (a loop): not applied",
@@ -71,7 +71,7 @@ def _logged_outcome(o: Any) -> LoggedOutcome:
         and all(v is None or isinstance(v, str) for v in o[4:])
     )
     if not ok:
-        raise EventDecodeError(
+        raise RecordRejected(
             ReasonCode.INVALID_FIELD,
             "outcomes",
             "expected [seq, ts, positive, onboarding, step, echo]",
@@ -176,7 +176,7 @@ class Stitching:
         source = None if state is None else identity.profile_from_state(state, self.config.profile)
         raw = c.body.get("decisions") or []
         if not isinstance(raw, list):
-            raise EventDecodeError(ReasonCode.INVALID_FIELD, "decisions", "expected a list")
+            raise RecordRejected(ReasonCode.INVALID_FIELD, "decisions", "expected a list")
         decisions = [decode_decision(d, self.rewards.step_slots) for d in raw]
         outcomes = [_logged_outcome(o) for o in c.body.get("outcomes") or []]
         if profile is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray_app.errors import ProfilesUnavailable
 from ray_app.kafka.client import partition_for
 from ray_app.stream.placement import owner_index
 
@@ -15,7 +16,7 @@ __all__ = ["SUPERVISOR_NAME", "ProfileReader", "StreamUnavailable"]
 SUPERVISOR_NAME = "onramp-supervisor"
 
 
-class StreamUnavailable(Exception):
+class StreamUnavailable(ProfilesUnavailable):
     """The stream workers are not running (or not reachable) right now."""
 
 

@@ -10,13 +10,15 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ray_app.errors import OnrampError
+
 if TYPE_CHECKING:
     from ray_app.kafka.memory import InMemoryBroker
 
 __all__ = ["LocalRuntime", "RayRuntime", "WorkerGone", "WorkerRuntime"]
 
 
-class WorkerGone(Exception):
+class WorkerGone(OnrampError):
     """A worker did not answer: it died, was killed, or timed out."""
 
 

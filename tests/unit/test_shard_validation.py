@@ -4,7 +4,7 @@ counted, never applied, and the verdict does not depend on how records are batch
 import json
 
 from ray_app.state import SessionShard, StateConfig
-from ray_app.state.event import EventDecodeError
+from ray_app.state.event import RecordRejected
 from validation.reasons import ReasonCode
 
 STEPS = frozenset({"welcome", "role"})
@@ -51,7 +51,7 @@ def test_each_semantic_failure_is_rejected_with_its_reason_and_field():
         "burst3": (ReasonCode.IMPLAUSIBLE_RATE, "timestamp"),
         "burst4": (ReasonCode.IMPLAUSIBLE_RATE, "timestamp"),
     }
-    assert all(isinstance(e, EventDecodeError) and e.message for *_, e in r.rejected)
+    assert all(isinstance(e, RecordRejected) and e.message for *_, e in r.rejected)
     assert r.applied == 4  # ok + burst0..2
     assert shard.stats.rejected == 5
     assert shard.rejected_by_reason == {
