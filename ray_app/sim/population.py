@@ -39,7 +39,7 @@ _EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the simulated devices' clock s
 
 def virtual_iso(at: float) -> str:
     """Virtual seconds -> an ISO time on the simulated devices' clock."""
-    from ray_app.collect.parse import iso
+    from ray_app.timefmt import iso
 
     return iso(dt.datetime.fromtimestamp(_EPOCH + at, dt.UTC))
 

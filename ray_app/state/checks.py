@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ray_app.collect.parse import iso_ms
 from ray_app.state.event import Event, RecordRejected
 from ray_app.state.profile import Profile
+from ray_app.timefmt import iso_ms
 from validation.reasons import ReasonCode
 
 if TYPE_CHECKING:

@@ -99,7 +99,7 @@ class Control:
 
 
 def _iso(ms: int) -> str:
-    from ray_app.collect.parse import iso_ms
+    from ray_app.timefmt import iso_ms
 
     return iso_ms(ms)
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ray_app.collect.parse import iso_ms
 from ray_app.state import identity
 from ray_app.state.event import Event, RecordRejected
 from ray_app.state.identity import Control, MergeOutcome
 from ray_app.state.profile import Profile, merge_into
 from ray_app.state.rewards import LoggedOutcome, RewardJoin, decode_decision
+from ray_app.timefmt import iso_ms
 from validation.reasons import ReasonCode
 
 if TYPE_CHECKING:
