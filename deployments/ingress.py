@@ -66,7 +66,6 @@ from ray_app.errors import (
     Unauthorized,
     error_body,
 )
-from ray_app.kafka.client import make_producer
 from ray_app.model import Policy
 from ray_app.model.watcher import ModelWatcher
 from ray_app.stream.reader import ProfileReader, StreamUnavailable
@@ -97,17 +96,6 @@ _NO_DEMO = (
 
 #: What ``user_config`` may hold (``reconfigure``).
 _USER_CONFIG = {"model_path", "model_b_path", "policy", "epsilon", "gamma", "temperature"}
-
-
-def _decision_producer(settings: Settings, bootstrap: str) -> Any:
-    from ray_app.kafka.topics import ensure_topics
-
-    ensure_topics(bootstrap, settings.kafka, timeout_s=settings.kafka.ack_timeout_s)
-    producer = make_producer(bootstrap, settings.kafka)
-    warm = getattr(producer, "partitions_for", None)
-    if warm is not None:
-        warm(settings.topics.decisions)
-    return producer
 
 
 def _key_ok(authorization: str | None, keys: dict[str, str]) -> bool:
@@ -162,7 +150,7 @@ class CollectorIngress:
         self._stop = self.watcher.stopped
         self.watcher.load()
         self.decision_log = DecisionLog(
-            lambda: _decision_producer(settings, bootstrap),
+            kafka_producer_factory(settings, bootstrap, [settings.topics.decisions]),
             settings.topics.decisions,
             settings.decide.log_max_pending,
             self.hooks.decisions_logged,
