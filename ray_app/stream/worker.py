@@ -36,7 +36,6 @@ the files stay where they are, untouched, for the operator: restore the right ke
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -46,10 +45,10 @@ import orjson
 
 from ray_app.config import Settings
 from ray_app.kafka.client import Consumer, OutRecord, Producer, make_consumer, make_producer
-from ray_app.records import DlqRecord, LateRecord, RewardRecord, stream_origin
-from ray_app.state import SessionShard, StateConfig
+from ray_app.records import RewardRecord
+from ray_app.state import SessionShard
 from ray_app.state.identity import MergeOutcome
-from ray_app.state.profile import CAPS, ProfileConfig
+from ray_app.state.profile import CAPS
 from ray_app.state.shard import SnapshotRefused
 from ray_app.stream.checkpoint import (
     Checkpoint,
@@ -57,6 +56,8 @@ from ray_app.stream.checkpoint import (
     CheckpointStore,
     checkpoint_key,
 )
+from ray_app.stream.config import state_config
+from ray_app.stream.outputs import dlq_record, late_record
 from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
 
 __all__ = ["FRESHNESS_BUCKETS_MS", "StreamWorker", "state_config"]
@@ -74,38 +75,6 @@ FRESHNESS_BUCKETS_MS = (
 _LOCK_CHUNK = 256
 #: How long a poll's side outputs (late, DLQ, rewards) may take to be acknowledged.
 _ACK_TIMEOUT_S = 60.0
-#: Raw bytes of a record kept in its DLQ record.
-_DLQ_RAW_CAP = 32 * 1024
-
-
-def state_config(settings: Settings) -> StateConfig:
-    """The state core's semantics from the settings (and the onboarding catalog: its step ids
-    for validation, its step slots for rewards)."""
-    from ray_app.catalog import load_catalog
-
-    s = settings.stream
-    catalog = load_catalog(settings.decide.catalog_path)
-    return StateConfig(
-        allowed_lateness_ms=s.allowed_lateness_ms,
-        reorder_max_buffer=s.reorder_max_buffer,
-        reorder_wait_ms=s.reorder_wait_ms,
-        max_age_ms=int(s.max_event_age_s * 1000),
-        max_future_ms=int(s.max_event_future_s * 1000),
-        max_user_events_per_s=s.max_user_events_per_s,
-        attribution_window_ms=int(s.attribution_window_s * 1000),
-        step_slots=frozenset(n for n, slot in catalog.slots.items() if slot.kind == "step"),
-        negative_events=frozenset(catalog.negative_events),
-        known_steps=frozenset(catalog.known_steps) if s.validate_steps else None,
-        profile_idle_ttl_ms=int(s.profile_idle_ttl_s * 1000),
-        allow_known_merge=s.allow_known_user_merge,
-        profile=ProfileConfig(
-            session_gap_ms=s.session_gap_ms,
-            max_event_names=s.max_event_names_per_profile,
-            max_traits=s.max_traits_per_profile,
-            max_sessions=s.max_sessions_per_profile,
-            max_merges=s.max_merges_per_profile,
-        ),
-    )
 
 
 class StreamWorker:
@@ -235,7 +204,7 @@ class StreamWorker:
             outputs += self._identity_records(result.forward)
             for index, key, value, exc in result.rejected:
                 outputs.append(
-                    OutRecord(self.topics.dlq, _dlq_record(value, exc, recs[index]), key=key)
+                    OutRecord(self.topics.dlq, dlq_record(value, exc, recs[index]), key=key)
                 )
         for p, all_recs in by_partition.items():
             for start in range(0, len(all_recs), _LOCK_CHUNK):
@@ -252,11 +221,11 @@ class StreamWorker:
                     self._since_checkpoint += len(recs)
                 for index, key, value, why in result.late:
                     outputs.append(
-                        OutRecord(self.topics.late, _late_record(value, why, recs[index]), key=key)
+                        OutRecord(self.topics.late, late_record(value, why, recs[index]), key=key)
                     )
                 for index, key, value, exc in result.rejected:
                     outputs.append(
-                        OutRecord(self.topics.dlq, _dlq_record(value, exc, recs[index]), key=key)
+                        OutRecord(self.topics.dlq, dlq_record(value, exc, recs[index]), key=key)
                     )
                 outputs += self._reward_records(result.rewards)
                 outputs += self._identity_records(result.forward)
@@ -491,53 +460,3 @@ def _restore(ck: Checkpoint, uri: str) -> SessionShard:
             file=f"{uri}/{name}",
             reason="snapshot",
         ) from None
-
-
-def _origin(rec: Any) -> dict[str, Any]:
-    return stream_origin(rec.topic, rec.partition, rec.offset)
-
-
-def _late_record(value: bytes, why: dict[str, Any], rec: Any) -> bytes:
-    """The :class:`LateRecord` of an event behind the watermark (``why``: what the shard says)."""
-    try:
-        event: Any = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        event = value.decode("utf-8", "replace")
-    return LateRecord(
-        event=event,
-        watermark=why["watermark"],
-        behind_ms=why["behindMs"],
-        allowed_lateness_ms=why["allowedLatenessMs"],
-        origin=_origin(rec),
-        reason=why["reason"],
-    ).encode()
-
-
-def _dlq_record(value: bytes | None, exc: Any, rec: Any) -> bytes:
-    """The :class:`DlqRecord` of a rejected record: reason, field, message, origin, and at most
-    32 KB of the raw value (``rawText`` if UTF-8, else ``rawBase64``; a tombstone has
-    ``rawSize`` 0 and ``tombstone`` true)."""
-    raw: dict[str, Any]
-    if value is None:
-        raw = {"raw_size": 0, "tombstone": True}
-    else:
-        kept = bytes(value[:_DLQ_RAW_CAP])
-        raw = {"raw_size": len(value), "raw_truncated": len(value) > len(kept)}
-        text = _utf8(kept, truncated=len(value) > len(kept))
-        if text is not None:
-            raw["raw_text"] = text
-        else:
-            raw["raw_base64"] = base64.b64encode(kept).decode("ascii")
-    return DlqRecord(
-        reason=exc.reason, field=exc.field, message=exc.message, origin=_origin(rec), **raw
-    ).encode()
-
-
-def _utf8(data: bytes, truncated: bool) -> str | None:
-    """``data`` as text if it is UTF-8 (a character the cut split at the end is left out)."""
-    for trim in range(4 if truncated else 1):
-        try:
-            return data[: len(data) - trim].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return None
