@@ -126,64 +126,29 @@ class DecisionRecord:
         ...     print(e.code.value, e.field, e.reason)
         invalid_timestamp timestamp not an ISO-8601 time: 'soon'
         """
-        if not isinstance(data, Mapping):
-            raise DecisionRecordError(
-                ReasonCode.NOT_AN_OBJECT, "", f"expected a JSON object, got {type(data).__name__}"
-            )
-        for key in _DECISION_REQUIRED:
-            if data.get(key) is None:
-                raise DecisionRecordError(
-                    ReasonCode.MISSING_FIELD, key, "required in a decision record"
-                )
-        for key in ("decisionId", "userKey", "slot", "chosen"):
-            if not isinstance(data[key], str) or not data[key]:
-                raise _bad_decision(key, "a non-empty string", data[key])
+        data = _identified(data)
         at_ms = _decision_ms(data["timestamp"])
-        p = data["propensity"]
-        if not _is_number(p) or not 0 < p <= 1:
-            raise _bad_decision("propensity", "a number in (0, 1]", p)
-        index = data.get("actionIndex")
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise _bad_decision("actionIndex", "an integer >= 0", index)
-        features = _or(data.get("features"), [])
-        if not isinstance(features, list) or not all(_is_number(v) for v in features):
-            raise _bad_decision("features", "a list of numbers", features)
-        ranked = _or(data.get("ranked"), [])
-        if not isinstance(ranked, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("action"), str) for r in ranked
-        ):
-            raise _bad_decision("ranked", 'a list of {"action": id, ...} objects', ranked)
-        chosen = data["chosen"]
-        if ranked and chosen not in [r["action"] for r in ranked]:
-            raise DecisionRecordError(
-                ReasonCode.INVALID_FIELD, "chosen", f"{chosen!r} is not among the ranked actions"
-            )
-        cands = data.get("candidates")
-        if cands is not None and not _is_texts(cands):
-            raise _bad_decision("candidates", "a list of ids", cands)
-        arm = _or(data.get("arm"), "")
-        if not isinstance(arm, str):
-            raise _bad_decision("arm", "a string", arm)
-        version = _or(data.get("modelVersion"), 0)
-        integral = isinstance(version, int) or (isinstance(version, float) and version.is_integer())
-        if isinstance(version, bool) or not integral or version < 0:
-            raise _bad_decision("modelVersion", "an integer >= 0", version)
-        schema = data.get("schema")
-        if schema is not None and schema != DECISION_SCHEMA:
-            raise _bad_decision("schema", repr(DECISION_SCHEMA), schema)
+        propensity = _propensity(data["propensity"])
+        index = _action_index(data.get("actionIndex"))
+        features = _features(data.get("features"))
+        ranked = _ranked(data.get("ranked"), data["chosen"])
+        candidates = _optional_texts(data, "candidates")
+        arm = _optional(data, "arm", str, "a string") or ""
+        version = _model_version(data.get("modelVersion"))
+        _check_schema(data.get("schema"))
         return cls(
             decision_id=data["decisionId"],
             user_key=data["userKey"],
             slot=data["slot"],
-            chosen=chosen,
-            propensity=float(p),
+            chosen=data["chosen"],
+            propensity=propensity,
             action_index=index,
-            features=[float(v) for v in features],
+            features=features,
             at_ms=at_ms,
             arm=arm,
-            model_version=int(version),
-            candidates=None if cands is None else list(cands),
-            ranked=list(ranked),
+            model_version=version,
+            candidates=candidates,
+            ranked=ranked,
             experiment=_optional(data, "experiment", str, "a string"),
             policy=_optional(data, "policy", str, "a string"),
             cold_start=_optional(data, "coldStart", bool, "true or false"),
@@ -194,6 +159,73 @@ class DecisionRecord:
             trace_id=_optional(data, "traceId", str, "a string"),
             merged_from=_optional_texts(data, "mergedFrom"),
         )
+
+
+# The checks of :meth:`DecisionRecord.from_json`, in the order it runs them (the first failing
+# check names the record's fault).
+
+
+def _identified(data: Any) -> Mapping[str, Any]:
+    """``data`` if it is an object with every required field, and the ids non-empty strings."""
+    if not isinstance(data, Mapping):
+        raise DecisionRecordError(
+            ReasonCode.NOT_AN_OBJECT, "", f"expected a JSON object, got {type(data).__name__}"
+        )
+    for key in _DECISION_REQUIRED:
+        if data.get(key) is None:
+            raise DecisionRecordError(
+                ReasonCode.MISSING_FIELD, key, "required in a decision record"
+            )
+    for key in ("decisionId", "userKey", "slot", "chosen"):
+        if not isinstance(data[key], str) or not data[key]:
+            raise _bad_decision(key, "a non-empty string", data[key])
+    return data
+
+
+def _propensity(p: Any) -> float:
+    if not _is_number(p) or not 0 < p <= 1:
+        raise _bad_decision("propensity", "a number in (0, 1]", p)
+    return float(p)
+
+
+def _action_index(index: Any) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise _bad_decision("actionIndex", "an integer >= 0", index)
+    return index
+
+
+def _features(features: Any) -> list[float]:
+    features = _or(features, [])
+    if not isinstance(features, list) or not all(_is_number(v) for v in features):
+        raise _bad_decision("features", "a list of numbers", features)
+    return [float(v) for v in features]
+
+
+def _ranked(ranked: Any, chosen: str) -> list[dict[str, Any]]:
+    """The ranked actions (missing: none), which must include ``chosen`` if there are any."""
+    ranked = _or(ranked, [])
+    if not isinstance(ranked, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("action"), str) for r in ranked
+    ):
+        raise _bad_decision("ranked", 'a list of {"action": id, ...} objects', ranked)
+    if ranked and chosen not in [r["action"] for r in ranked]:
+        raise DecisionRecordError(
+            ReasonCode.INVALID_FIELD, "chosen", f"{chosen!r} is not among the ranked actions"
+        )
+    return list(ranked)
+
+
+def _model_version(version: Any) -> int:
+    version = _or(version, 0)
+    integral = isinstance(version, int) or (isinstance(version, float) and version.is_integer())
+    if isinstance(version, bool) or not integral or version < 0:
+        raise _bad_decision("modelVersion", "an integer >= 0", version)
+    return int(version)
+
+
+def _check_schema(schema: Any) -> None:
+    if schema is not None and schema != DECISION_SCHEMA:
+        raise _bad_decision("schema", repr(DECISION_SCHEMA), schema)
 
 
 def _decision_ms(stamp: Any) -> int:

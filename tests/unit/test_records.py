@@ -302,7 +302,7 @@ def test_the_collector_and_the_stream_write_dlq_records_the_decoder_reads():
     import datetime as dt
 
     from ray_app.collect.parse import parse_request
-    from ray_app.stream.worker import _dlq_record, _late_record
+    from ray_app.stream.outputs import dlq_record, late_record
     from validation.wire import WireError
 
     parsed = parse_request(
@@ -324,11 +324,11 @@ def test_the_collector_and_the_stream_write_dlq_records_the_decoder_reads():
 
     err = WireError(ReasonCode.INVALID_UTF8, None, "not UTF-8")
     for value in (None, b"\xff\xfe", b"text"):
-        record = DlqRecord.from_json(orjson.loads(_dlq_record(value, err, Rec())))
+        record = DlqRecord.from_json(orjson.loads(dlq_record(value, err, Rec())))
         assert record.origin == stream_origin("onramp.events", 0, 9)
         assert record.tombstone is (value is None)
     why = {"reason": "late", "watermark": 10, "behindMs": 5, "allowedLatenessMs": 1}
-    late = LateRecord.from_json(orjson.loads(_late_record(b'{"a": 1}', why, Rec())))
+    late = LateRecord.from_json(orjson.loads(late_record(b'{"a": 1}', why, Rec())))
     assert late.event == {"a": 1} and late.behind_ms == 5
 
 

@@ -1,0 +1,332 @@
+"""Deciding: :class:`Decider` turns a batch of requests into decisions (:class:`Decision`).
+
+Catalog eligibility -> features -> one batched model forward per (arm, slot) -> policy (control:
+the static flow with propensity 1; model arms: the exploring policy, with the exploration the
+served model file carries (:func:`policy_for`), and the exact propensity of what it chose) ->
+:class:`Decision`, which is also the decision log record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ray_app.catalog import Catalog, DecisionRequestError, Slot, load_catalog
+from ray_app.config import Settings
+from ray_app.decide.arms import Arms
+from ray_app.decide.request import DecideRequest
+from ray_app.experiments import Experiment
+from ray_app.features import FeatureSchema
+from ray_app.model import (
+    Choice,
+    ControlPolicy,
+    ModelBundle,
+    Policy,
+    cold_start_bundle,
+    score_batch,
+)
+from ray_app.records import DecisionRecord
+
+__all__ = ["Decider", "Decision", "policy_for"]
+
+#: One request to decide: the request, the live profile (None: none yet) and its enrichment.
+_Input = tuple[DecideRequest, dict[str, Any] | None, dict[str, Any] | None]
+
+
+@dataclass
+class Decision:
+    """One answered decision; :meth:`record` is what ``onramp.decisions`` receives."""
+
+    decision_id: str
+    user_key: str
+    slot: str
+    arm: str
+    experiment: str
+    model_version: int
+    policy: str
+    ranked: list[dict[str, Any]]
+    chosen: str | None
+    propensity: float | None
+    features: list[float]
+    schema_hash: str
+    candidates: list[str]
+    at_ms: int
+    cold_start: bool
+    context: dict[str, Any] = field(default_factory=dict)
+    profile_age_ms: int | None = None
+    action_index: int | None = None
+    """Index of ``chosen`` among the slot's actions (the model head's output)."""
+    cold_reason: str | None = None
+    """Why there was no live profile: ``unknown_user``, ``deadline``, ``stream_unavailable``."""
+    trace_id: str | None = None
+    """Trace id of the decision's span when it was traced (its span links to the trace of the
+    profile's latest event); in the record as ``traceId``."""
+    event_trace: str | None = None
+    """``traceparent`` of the latest traced event of the profile decided from (what the
+    decision's span links to)."""
+    merged_from: list[str] | None = None
+    """Ids merged into the profile decided from (identity stitching), for the parity replay."""
+
+    def answer(self) -> dict[str, Any]:
+        """The HTTP answer."""
+        return {
+            "decisionId": self.decision_id,
+            "slot": self.slot,
+            "chosen": self.chosen,
+            "propensity": self.propensity,
+            "ranked": self.ranked,
+            "arm": self.arm,
+            "experiment": self.experiment,
+            "modelVersion": self.model_version,
+            "policy": self.policy,
+            "coldStart": self.cold_start,
+            "coldReason": self.cold_reason,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The decision log record (schema ``onramp.decision/1``, :class:`DecisionRecord`)."""
+        return DecisionRecord(
+            decision_id=self.decision_id,
+            user_key=self.user_key,
+            slot=self.slot,
+            chosen=self.chosen,
+            propensity=self.propensity,
+            action_index=self.action_index,
+            features=self.features,
+            at_ms=self.at_ms,
+            arm=self.arm,
+            model_version=self.model_version,
+            candidates=self.candidates,
+            ranked=self.ranked,
+            experiment=self.experiment,
+            policy=self.policy,
+            cold_start=self.cold_start,
+            cold_reason=self.cold_reason,
+            feature_schema=self.schema_hash,
+            context=self.context,
+            profile_age_ms=self.profile_age_ms,
+            trace_id=self.trace_id,
+            merged_from=self.merged_from,
+        ).to_json()
+
+
+def policy_for(policy: Policy, metadata: Mapping[str, Any]) -> Policy:
+    """``policy`` with the exploration a model file carries: the learner publishes ``epsilon``
+    (raised for a while after a drift) and ``gamma`` (squarecb: growing as it learns).
+
+    >>> policy_for(Policy("squarecb"), {"gamma": 120.0, "epsilon": 2}).gamma
+    120.0
+    """
+    epsilon = _number(metadata.get("epsilon"))
+    gamma = _number(metadata.get("gamma"))
+    if epsilon is not None and 0 <= epsilon <= 1 and policy.epsilon != epsilon:
+        policy = dataclasses.replace(policy, epsilon=epsilon)
+    if gamma is not None and 0 < gamma < 1e12 and policy.gamma != gamma:
+        policy = dataclasses.replace(policy, gamma=gamma)
+    return policy
+
+
+def _number(v: Any) -> float | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A request the catalog accepted, ready to score: its slot, eligible action indices, arm,
+    feature vector and why it had no live profile (None: it had one)."""
+
+    request: DecideRequest
+    profile: dict[str, Any] | None
+    slot: Slot
+    eligible: list[int]
+    arm: str
+    x: np.ndarray
+    cold_reason: str | None
+
+
+class Decider:
+    """Everything a replica needs to decide; see the module docstring. Not thread-safe for
+    swaps; a swap replaces one attribute, so a request in flight finishes with what it read."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        arms: Arms,
+        policy: Policy,
+        bundles: dict[str, ModelBundle] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.schema = FeatureSchema.from_catalog(catalog)
+        self.arms = arms
+        self.policy = policy
+        cold = cold_start_bundle(self.schema, catalog)
+        self.bundles: dict[str, ModelBundle] = {"treatment": cold, "treatment_b": cold}
+        for arm, bundle in (bundles or {}).items():
+            self.swap(arm, bundle)
+        self._control = {name: ControlPolicy.for_slot(catalog, name) for name in catalog.slot_names}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Decider:
+        d = settings.decide
+        policy = Policy(
+            kind=d.policy, epsilon=d.epsilon, gamma=d.gamma, temperature=d.temperature, seed=d.seed
+        )
+        return cls(load_catalog(d.catalog_path), Arms(d), policy)
+
+    def swap(self, arm: str, bundle: ModelBundle) -> bool:
+        """Serve ``bundle`` to ``arm`` if it is newer than what the arm serves; True if swapped.
+        Newer is a higher :attr:`~ray_app.model.ModelBundle.serving_rank` (a registry promotion
+        or rollback, then the version). Raises :class:`~ray_app.model.ModelFileError` if it
+        cannot serve this catalog."""
+        bundle.check(self.schema, self.catalog, strict_catalog=False)
+        current = self.bundles.get(arm)
+        if (
+            current is not None
+            and bundle.serving_rank <= current.serving_rank
+            and current.serving_rank > (0, 0)
+        ):
+            return False
+        self.bundles[arm] = bundle
+        self.policy = policy_for(self.policy, bundle.metadata)
+        return True
+
+    def versions(self) -> dict[str, int]:
+        return {arm: b.version for arm, b in self.bundles.items()}
+
+    def decide_many(
+        self,
+        requests: Sequence[_Input],
+        now_ms: int,
+        cold_reasons: Sequence[str | None] | None = None,
+    ) -> list[Decision | DecisionRequestError]:
+        """Decide a batch of (request, live profile or None, enrichment or None).
+
+        A request naming an unknown slot, an unknown action or ineligible candidates gets the
+        catalog's :class:`~ray_app.catalog.DecisionRequestError` in its place (an HTTP 422
+        with the field and the reason); the others are decided. ``cold_reasons`` (one per
+        request) says why a request has no live profile; without it, no profile is
+        ``unknown_user``.
+        """
+        bundles = dict(self.bundles)  # one model per arm for the whole batch, whatever swaps
+        policy = self.policy
+        prepared = self._prepare(requests, now_ms, cold_reasons)
+        scores = _score(prepared, bundles)
+        return [
+            p
+            if isinstance(p, DecisionRequestError)
+            else self._decision(p, scores.get(i), bundles, policy, now_ms)
+            for i, p in enumerate(prepared)
+        ]
+
+    def _prepare(
+        self,
+        requests: Sequence[_Input],
+        now_ms: int,
+        cold_reasons: Sequence[str | None] | None,
+    ) -> list[_Prepared | DecisionRequestError]:
+        """Each request checked against the catalog, assigned an arm and featurized; a request
+        the catalog refuses is its error."""
+        prepared: list[_Prepared | DecisionRequestError] = []
+        for i, (req, profile, enrichment) in enumerate(requests):
+            try:
+                slot = self.catalog.slot(req.slot)
+                eligible = self.catalog.eligible(req.slot, profile, enrichment, req.candidates)
+            except DecisionRequestError as exc:
+                prepared.append(exc)
+                continue
+            arm = self.arms.assign(req.user_key, profile)
+            x = self.schema.featurize(profile, enrichment, req.context, now_ms)
+            if cold_reasons is None:
+                cold = "unknown_user" if profile is None else None
+            else:
+                cold = cold_reasons[i]
+            prepared.append(_Prepared(req, profile, slot, eligible, arm, x, cold))
+        return prepared
+
+    def _choose(
+        self, p: _Prepared, scores: np.ndarray | None, policy: Policy, decision_id: str
+    ) -> Choice:
+        """The draw among the eligible actions: the static flow for control, else ``policy``
+        over the model's ``scores``."""
+        if Experiment.serves_control(p.arm):
+            zeros = np.zeros(p.slot.size, dtype=np.float32)
+            return self._control[p.slot.name].choose(zeros, p.eligible, decision_id)
+        assert scores is not None, "a model arm's eligible request is scored"
+        return policy.choose(scores, p.eligible, decision_id)
+
+    def _decision(
+        self,
+        p: _Prepared,
+        scores: np.ndarray | None,
+        bundles: Mapping[str, ModelBundle],
+        policy: Policy,
+        now_ms: int,
+    ) -> Decision:
+        """One prepared request's :class:`Decision` (``scores``: the model's, None for control)."""
+        req, profile, slot = p.request, p.profile, p.slot
+        decision_id = req.decision_id or str(uuid.uuid4())
+        control = Experiment.serves_control(p.arm)
+        choice = self._choose(p, scores, policy, decision_id) if p.eligible else None
+        last = profile.get("lastReceived") if profile else None
+        # logged under the id whose profile answered (an id merged into another reads the
+        # survivor's profile): the decision's reward join lives in that id's partition
+        owner = profile.get("userKey") if profile else None
+        return Decision(
+            decision_id=decision_id,
+            user_key=owner if isinstance(owner, str) and owner else req.user_key,
+            slot=slot.name,
+            arm=p.arm,
+            experiment=self.arms.name,
+            model_version=0 if control else bundles[p.arm].version,
+            policy="control" if control else policy.kind,
+            ranked=[] if choice is None else _ranked(slot, choice, None if control else scores),
+            chosen=None if choice is None else slot.actions[choice.chosen].id,
+            propensity=None if choice is None else choice.propensity,
+            features=np.round(p.x.astype(np.float64), 6).tolist(),
+            schema_hash=self.schema.hash,
+            candidates=[slot.actions[a].id for a in p.eligible],
+            at_ms=now_ms,
+            cold_start=p.cold_reason is not None,
+            cold_reason=p.cold_reason,
+            context=dict(req.context),
+            profile_age_ms=now_ms - last if isinstance(last, int) else None,
+            action_index=None if choice is None else choice.chosen,
+            event_trace=profile.get("traceparent") if profile else None,
+            merged_from=profile.get("mergedFrom") if profile else None,
+        )
+
+
+def _score(
+    prepared: Sequence[_Prepared | DecisionRequestError], bundles: Mapping[str, ModelBundle]
+) -> dict[int, np.ndarray]:
+    """One forward per (arm's bundle, slot) over every request that needs it (eligible, in a
+    model arm): request index -> its scores."""
+    groups: dict[tuple[str, int], list[tuple[int, _Prepared]]] = {}
+    for i, p in enumerate(prepared):
+        if isinstance(p, _Prepared) and p.eligible and not Experiment.serves_control(p.arm):
+            groups.setdefault((p.arm, p.slot.index), []).append((i, p))
+    scores: dict[int, np.ndarray] = {}
+    for (arm, slot_index), members in groups.items():
+        out = score_batch(bundles[arm], np.stack([p.x for _, p in members]), slot_index)
+        for row, (i, _) in enumerate(members):
+            scores[i] = out[row]
+    return scores
+
+
+def _ranked(slot: Slot, choice: Choice, scores: np.ndarray | None) -> list[dict[str, Any]]:
+    """The eligible actions best first, with their scores (None for control) and probabilities."""
+    return [
+        {
+            "action": slot.actions[a].id,
+            "score": None if scores is None else round(float(scores[a]), 6),
+            "probability": round(choice.probabilities.get(a, 0.0), 6),
+        }
+        for a in choice.ranking
+    ]

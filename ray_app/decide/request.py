@@ -1,0 +1,127 @@
+"""The request body of ``/v1/decide``: :class:`DecideRequest`, read by :func:`parse_decide`, which
+answers every input with a request or a :class:`DecideRefused` (a 4xx with the field named)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["MAX_DECIDE_BYTES", "DecideRefused", "DecideRequest", "parse_decide"]
+
+#: Largest ``POST /v1/decide`` body: a decision request is a few hundred bytes.
+MAX_DECIDE_BYTES = 64 * 1024
+
+#: A context value: what features read (flat fields, one level of nesting, short lists). The type
+#: is the limit, so that the OpenAPI document says exactly what is accepted and a request nested
+#: deeper is a 400 that names the field, not work for the replica.
+_Scalar = str | int | float | bool | None
+_ContextValue = _Scalar | list[_Scalar] | dict[str, _Scalar | list[_Scalar]]
+
+
+class DecideRequest(BaseModel):
+    """``POST /v1/decide`` (or the query string of ``GET /v1/decide``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        # the identity rule below, in the OpenAPI document too
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["userId"], "properties": {"userId": {"type": "string"}}},
+                {"required": ["anonymousId"], "properties": {"anonymousId": {"type": "string"}}},
+            ]
+        },
+    )
+
+    user_id: str | None = Field(None, alias="userId", min_length=1, max_length=512)
+    anonymous_id: str | None = Field(None, alias="anonymousId", min_length=1, max_length=512)
+    slot: str = Field(min_length=1, max_length=128, description="Catalog slot to decide.")
+    context: dict[str, _ContextValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Request context (device, referrer, locale, ...): at most 64 fields, each a "
+        "scalar, a list of scalars or an object of those (one level).",
+    )
+    candidates: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Restrict the answer to these actions (each must be eligible).",
+    )
+    decision_id: str | None = Field(
+        None,
+        alias="decisionId",
+        min_length=1,
+        max_length=128,
+        description="Idempotency key: the same id gives the same draw (default: a new UUID).",
+    )
+
+    @model_validator(mode="after")
+    def _identity(self) -> DecideRequest:
+        if self.user_id is None and self.anonymous_id is None:
+            raise ValueError("send user_id or anonymous_id")
+        return self
+
+    @property
+    def user_key(self) -> str:
+        """The key events of this user are partitioned by (as the collector keys them)."""
+        return self.user_id or self.anonymous_id or ""
+
+
+_CONTEXT_SHAPE = "a context value is a scalar, a list of scalars or an object of those (one level)"
+
+
+@dataclass(frozen=True)
+class DecideRefused:
+    """Why a ``/v1/decide`` request cannot be read: the HTTP status and the error body."""
+
+    status: int
+    error: str
+    field: str | None
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "field": self.field, "message": self.message}
+
+
+def parse_decide(body: bytes | Mapping[str, Any]) -> DecideRequest | DecideRefused:
+    """A ``POST`` body (bytes) or a query string's fields (a mapping) -> the request, or why not.
+    Never raises: any input is a request or a 4xx with the field named.
+
+    >>> parse_decide(b'{"userId": "u1", "slot": "next_step"}').user_key
+    'u1'
+    >>> parse_decide(b'[1]')
+    DecideRefused(status=400, error='not_an_object', field=None, message='send a JSON object')
+    >>> parse_decide(b'{"userId": "u1", "slot": "s", "context": {"a": {"b": {"c": 1}}}}')
+    ... # doctest: +NORMALIZE_WHITESPACE
+    DecideRefused(status=400, error='invalid_request', field='context.a', message='a context value
+    is a scalar, a list of scalars or an object of those (one level)')
+    """
+    data: Any = body
+    if isinstance(body, bytes | bytearray | memoryview):
+        if len(body) > MAX_DECIDE_BYTES:
+            return DecideRefused(
+                413, "body_too_large", None, f"the limit is {MAX_DECIDE_BYTES} bytes"
+            )
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return DecideRefused(400, "invalid_json", None, str(exc))
+    if not isinstance(data, Mapping):
+        return DecideRefused(400, "not_an_object", None, "send a JSON object")
+    try:
+        return DecideRequest.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        loc = err["loc"]
+        if len(loc) >= 2 and loc[0] == "context" and err["type"] != "too_long":
+            return DecideRefused(400, "invalid_request", f"context.{loc[1]}", _CONTEXT_SHAPE)
+        where = ".".join(str(p) for p in loc) or None
+        return DecideRefused(400, "invalid_request", where, str(err["msg"])[:512])
+    except Exception as exc:  # last resort: no body may become a 500
+        return DecideRefused(400, "invalid_request", None, f"{type(exc).__name__}: {exc}"[:512])
