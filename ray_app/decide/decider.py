@@ -32,6 +32,7 @@ from ray_app.model import (
     score_batch,
 )
 from ray_app.records import DecisionRecord
+from ray_app.records.decision import decision_answer
 
 __all__ = ["Decider", "Decision", "policy_for"]
 
@@ -75,19 +76,7 @@ class Decision:
 
     def answer(self) -> dict[str, Any]:
         """The HTTP answer."""
-        return {
-            "decisionId": self.decision_id,
-            "slot": self.slot,
-            "chosen": self.chosen,
-            "propensity": self.propensity,
-            "ranked": self.ranked,
-            "arm": self.arm,
-            "experiment": self.experiment,
-            "modelVersion": self.model_version,
-            "policy": self.policy,
-            "coldStart": self.cold_start,
-            "coldReason": self.cold_reason,
-        }
+        return decision_answer(self)
 
     def record(self) -> dict[str, Any]:
         """The decision log record (schema ``onramp.decision/1``, :class:`DecisionRecord`)."""

@@ -14,12 +14,30 @@ from ray_app.records.errors import DecisionRecordError
 from ray_app.timefmt import ms_from_iso, utc_ms
 from validation.reasons import ReasonCode
 
-__all__ = ["DECISION_SCHEMA", "DecisionRecord"]
+__all__ = ["DECISION_SCHEMA", "DecisionRecord", "decision_answer"]
 
 DECISION_SCHEMA = "onramp.decision/1"
 
 #: What a logged decision must carry (a decision that served nothing is not logged).
 _DECISION_REQUIRED = ("decisionId", "userKey", "slot", "chosen", "propensity", "timestamp")
+
+
+def decision_answer(d: Any) -> dict[str, Any]:
+    """The keys of a decision that its HTTP answer shows, in the answer's order: one list for
+    the answer (:meth:`ray_app.decide.Decision.answer`) and the record that starts with it."""
+    return {
+        "decisionId": d.decision_id,
+        "slot": d.slot,
+        "chosen": d.chosen,
+        "propensity": d.propensity,
+        "ranked": d.ranked,
+        "arm": d.arm,
+        "experiment": d.experiment,
+        "modelVersion": d.model_version,
+        "policy": d.policy,
+        "coldStart": d.cold_start,
+        "coldReason": d.cold_reason,
+    }
 
 
 @dataclass(frozen=True)
@@ -79,17 +97,7 @@ class DecisionRecord:
         keys first, in its order, then the rest."""
         out: dict[str, Any] = {
             "schema": DECISION_SCHEMA,
-            "decisionId": self.decision_id,
-            "slot": self.slot,
-            "chosen": self.chosen,
-            "propensity": self.propensity,
-            "ranked": self.ranked,
-            "arm": self.arm,
-            "experiment": self.experiment,
-            "modelVersion": self.model_version,
-            "policy": self.policy,
-            "coldStart": self.cold_start,
-            "coldReason": self.cold_reason,
+            **decision_answer(self),
             "userKey": self.user_key,
             "actionIndex": self.action_index,
             "candidates": self.candidates,
