@@ -1,0 +1,147 @@
+"""The DLQ record of a refused event or request: what was refused, why, and what was sent.
+
+The DLQ record of a refused event keeps the event as sent (not merged with the batch's
+envelope): as JSON under ``raw`` when it fits in 32 KB, else its first 32 KB of text under
+``rawText`` with ``rawSize`` and ``rawTruncated``. A refused body is kept as its start, as text,
+or as base64 when it is not UTF-8. Any value can be written, whatever it holds: lone surrogates,
+numbers out of range and nesting too deep are sanitized first.
+
+>>> raw_event_payload({"type": "track"}, None)
+{'raw_json': b'{"type":"track"}', 'raw_size': 16}
+>>> dlq_key({"anonymousId": "a-1"})
+b'a-1'
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ray_app.collect.rejection import Rejection, client_id
+from ray_app.records import DlqRecord
+from validation.wire import INT_MAX, INT_MIN, MAX_NESTING_DEPTH, UnrepresentableNumber, safe_text
+
+__all__ = ["dlq_key", "dlq_record", "raw_bytes_payload", "raw_event_payload"]
+
+_DLQ_RAW_CAP = 32 * 1024  # bytes of a refused body or event kept in its DLQ record
+_TOO_DEEP = f"<nested deeper than {MAX_NESTING_DEPTH} levels>"
+
+
+def dlq_record(
+    rejection: Rejection, origin: Mapping[str, Any], raw: dict[str, Any], key: bytes | None
+) -> tuple[bytes | None, bytes]:
+    """The (key, value) of a rejection's :class:`DlqRecord`; ``raw`` is what
+    :func:`raw_event_payload` or :func:`raw_bytes_payload` kept of the refused value."""
+    record = DlqRecord(
+        reason=rejection.reason,
+        field=rejection.field,
+        message=rejection.message,
+        message_id=rejection.message_id,
+        origin={**origin, "index": rejection.index},
+        **raw,
+    )
+    try:
+        return key, record.encode()
+    except TypeError:  # text no encoder takes (a lone surrogate in a header): sanitized
+        return key, orjson.dumps(_sanitized(record.to_json()))
+
+
+def dlq_key(raw: Any) -> bytes | None:
+    """The key of a refused event's DLQ record: like the user's events when the event names a
+    usable id."""
+    if not isinstance(raw, dict):
+        return None
+    user = client_id(raw.get("userId")) or client_id(raw.get("anonymousId"))
+    return user.encode() if user else None
+
+
+def raw_event_payload(raw: Any, blob: bytes | None) -> dict[str, Any]:
+    """The refused event as sent, as :class:`DlqRecord` arguments: its JSON (``raw``) up to
+    32 KB, else the start of its text."""
+    if blob is None:
+        blob = _dlq_json(raw)
+    if len(blob) <= _DLQ_RAW_CAP:
+        return {"raw_json": blob, "raw_size": len(blob)}
+    return {
+        "raw_text": _fit_text(blob[:_DLQ_RAW_CAP].decode("utf-8", "ignore"), _DLQ_RAW_CAP),
+        "raw_size": len(blob),
+        "raw_truncated": True,
+    }
+
+
+def raw_bytes_payload(body: bytes) -> dict[str, Any]:
+    """A refused body as :class:`DlqRecord` arguments: its start as text, or as base64 when it
+    is not UTF-8, taking at most 32 KB once encoded."""
+    kept = body[:_DLQ_RAW_CAP]
+    try:
+        text = kept.decode("utf-8")
+    except UnicodeDecodeError:
+        kept = body[: _DLQ_RAW_CAP // 4 * 3]
+        return {
+            "raw_base64": base64.b64encode(kept).decode("ascii"),
+            "raw_size": len(body),
+            "raw_truncated": len(body) > len(kept),
+        }
+    fitted = _fit_text(text, _DLQ_RAW_CAP)
+    return {
+        "raw_text": fitted,
+        "raw_size": len(body),
+        "raw_truncated": len(body) > len(kept) or len(fitted) < len(text),
+    }
+
+
+def _fit_text(text: str, cap: int) -> str:
+    """``text`` cut so that it takes at most ``cap`` bytes as a JSON string: escapes (quotes,
+    control characters) can make the encoding several times longer than the text."""
+    size = len(orjson.dumps(text))
+    while size > cap:
+        text = text[: max(0, len(text) * cap // size - 8)]
+        size = len(orjson.dumps(text))
+    return text
+
+
+def _dlq_json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return orjson.dumps(_sanitized(value))
+
+
+def _sanitized(value: Any) -> Any:
+    """A copy of ``value`` that any JSON encoder takes: lone surrogates escaped, number markers
+    and other non-JSON values as text, nesting cut at the contract's depth. Iterative; only for
+    DLQ records of values already refused."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 1)]
+    while stack:
+        node, parent, slot, depth = stack.pop()
+        out: Any
+        if isinstance(node, dict | list) and depth > MAX_NESTING_DEPTH:
+            out = _TOO_DEEP
+        elif isinstance(node, dict):
+            out = {}
+            for key, child in node.items():
+                clean = safe_text(str(key), _DLQ_RAW_CAP)
+                out[clean] = None
+                stack.append((child, out, clean, depth + 1))
+        elif isinstance(node, list):
+            out = [None] * len(node)
+            stack.extend((child, out, i, depth + 1) for i, child in enumerate(node))
+        elif isinstance(node, str):
+            out = safe_text(node, _DLQ_RAW_CAP)
+        elif node is None or isinstance(node, bool | orjson.Fragment):
+            out = node
+        elif isinstance(node, int):
+            out = node if INT_MIN <= node <= INT_MAX else f"<integer of {node.bit_length()} bits>"
+        elif isinstance(node, float):
+            out = node if math.isfinite(node) else str(node)
+        elif isinstance(node, UnrepresentableNumber):
+            out = node.text
+        else:
+            out = f"<{type(node).__name__}>"
+        parent[slot] = out
+    return root[0]
