@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ray_app.errors import OnrampError
 from validation.reasons import ReasonCode
 from validation.wire import INT_MAX, INT_MIN, WireError, safe_text
 
@@ -70,12 +71,15 @@ def rejection(
     )
 
 
-class RequestRejected(Exception):
+class RequestRejected(OnrampError):
     """The request as a whole cannot be read; carries the rejection."""
 
     def __init__(self, rejection: Rejection) -> None:
         super().__init__(rejection.message)
         self.rejection = rejection
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.rejection,))
 
 
 def event_rejection(exc: Exception, raw: Any, field_prefix: str, index: int | None) -> Rejection:

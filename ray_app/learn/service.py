@@ -388,10 +388,6 @@ class LearnerService:
             "error": self.error,
         }
 
-    def timeline_points(self) -> list[dict[str, Any]]:
-        """Recent reward rate per arm, about once a second (for the demo's plot)."""
-        return list(self.timeline)
-
 
 def start_learner_actor(settings: Settings, bootstrap: str) -> Any:
     """Run :class:`LearnerService` as the named actor :data:`LEARNER_NAME` and start it."""

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from ray_app.config import Settings
-from ray_app.kafka.client import partition_for
 from ray_app.stream import placement
 from ray_app.stream.checkpoint import checkpoint_key
 from ray_app.stream.placement import assign_partitions, owner_index
@@ -260,14 +259,6 @@ class StreamSupervisor:
     def owner(self, partition: int) -> Any:
         with self._lock:
             return self.workers[owner_index(partition, self.n_workers)]
-
-    def profile(self, user_key: str) -> dict[str, Any] | None:
-        """key -> partition -> owning worker -> the live profile."""
-        p = partition_for(user_key.encode(), self.partitions)
-        result: dict[str, Any] | None = self.runtime.call(
-            self.owner(p), "profile", p, user_key, timeout=10
-        )
-        return result
 
     def profiles(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
