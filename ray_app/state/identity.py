@@ -44,6 +44,7 @@ import orjson
 from ray_app.state.event import Event, RecordRejected
 from ray_app.state.profile import Profile, ProfileConfig, StepStats
 from ray_app.state.windows import SessionWindows, TumblingCounts
+from ray_app.timefmt import iso_ms
 from validation.reasons import ReasonCode
 
 __all__ = [
@@ -98,12 +99,6 @@ class Control:
     body: dict[str, Any]
 
 
-def _iso(ms: int) -> str:
-    from ray_app.timefmt import iso_ms
-
-    return iso_ms(ms)
-
-
 def link_record(old: str, new: str, via: Event) -> tuple[bytes, bytes]:
     """(key, value) of the link asking ``old``'s partition to merge it into ``new``."""
     return old.encode(), orjson.dumps(
@@ -113,7 +108,7 @@ def link_record(old: str, new: str, via: Event) -> tuple[bytes, bytes]:
             "userKey": old,
             "to": new,
             "via": via.kind,
-            "timestamp": _iso(via.ts),
+            "timestamp": iso_ms(via.ts),
         }
     )
 
@@ -133,7 +128,7 @@ def merge_record(
             "messageId": f"merge:{link.message_id}",
             "userKey": new,
             "from": old,
-            "timestamp": _iso(link.ts),
+            "timestamp": iso_ms(link.ts),
             "profile": None if profile is None else profile_to_state(profile),
             "decisions": decisions,
             "outcomes": outcomes,
@@ -149,7 +144,7 @@ def forward_record(new: str, event: Event) -> tuple[bytes, bytes]:
             "messageId": event.message_id,
             "userKey": new,
             "from": event.user_key,
-            "timestamp": _iso(event.ts),
+            "timestamp": iso_ms(event.ts),
             "event": event_to_json(event),
         }
     )

@@ -92,6 +92,23 @@ class PendingDecision:
     model_version: int
     candidates: tuple[str, ...] | None = None
 
+    def record(self) -> dict[str, Any]:
+        """This decision as the decision record :func:`decode_decision` reads back (what a merge
+        record carries to the partition of the id it was merged into)."""
+        return DecisionRecord(
+            decision_id=self.decision_id,
+            user_key=self.user_key,
+            slot=self.slot,
+            chosen=self.action,
+            propensity=self.propensity,
+            action_index=self.action_index,
+            features=list(self.features),
+            at_ms=self.decided_at,
+            arm=self.arm,
+            model_version=self.model_version,
+            candidates=None if self.candidates is None else list(self.candidates),
+        ).to_json()
+
     def reward(self, value: float, outcome: Outcome, outcome_at: int | None) -> RewardRecord:
         """The reward record of this decision (schema ``onramp.reward/1``)."""
         return RewardRecord(
@@ -231,20 +248,10 @@ class RewardJoin:
     ) -> list[RewardRecord]:
         """An outcome event (``is_outcome(name)``) of ``user_key`` was applied: log it and decide
         the pending decisions it matches."""
-        self.seq += 1
-        o = LoggedOutcome(
-            self.seq,
-            ts,
-            name in POSITIVE_EVENTS,
-            name == ONBOARDING_COMPLETED,
-            step,
-            echo,
+        o = self._log(
+            user_key,
+            LoggedOutcome(0, ts, name in POSITIVE_EVENTS, name == ONBOARDING_COMPLETED, step, echo),
         )
-        entries = self.log.setdefault(user_key, [])
-        if len(entries) < MAX_LOGGED_OUTCOMES:
-            entries.append(o)
-            self.log_touched.add(user_key)
-            heapq.heappush(self.log_expiry, (ts + self._retention, user_key))
         ids = self.by_user.get(user_key)
         if not ids:
             return []
@@ -310,18 +317,25 @@ class RewardJoin:
         first matching outcome in the log, by its timeout if the watermark passed its window,
         else pending. A decision already pending or decided here is not taken twice."""
         for o in outcomes:
-            self.seq += 1
-            entries = self.log.setdefault(user_key, [])
-            if len(entries) < MAX_LOGGED_OUTCOMES:
-                entries.append(o._replace(seq=self.seq))
-                self.log_touched.add(user_key)
-                heapq.heappush(self.log_expiry, (o.ts + self._retention, user_key))
+            self._log(user_key, o)
         out = []
         for d in sorted(decisions, key=lambda d: (d.decided_at, d.decision_id)):
             out += self._offer(replace(d, user_key=user_key), watermark)
         return out
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _log(self, user_key: str, o: LoggedOutcome) -> LoggedOutcome:
+        """Append ``o`` to the user's outcome log at the next position in apply order (the
+        earliest ``MAX_LOGGED_OUTCOMES`` are kept); returns it with that position."""
+        self.seq += 1
+        o = o._replace(seq=self.seq)
+        entries = self.log.setdefault(user_key, [])
+        if len(entries) < MAX_LOGGED_OUTCOMES:
+            entries.append(o)
+            self.log_touched.add(user_key)
+            heapq.heappush(self.log_expiry, (o.ts + self._retention, user_key))
+        return o
 
     def _decide_by(self, d: PendingDecision, o: LoggedOutcome) -> RewardRecord:
         if o.positive:

@@ -16,7 +16,6 @@ from ray_app.state.event import Event, RecordRejected
 from ray_app.state.identity import Control, MergeOutcome
 from ray_app.state.profile import Profile, merge_into
 from ray_app.state.rewards import LoggedOutcome, RewardJoin, decode_decision
-from ray_app.timefmt import iso_ms
 from validation.reasons import ReasonCode
 
 if TYPE_CHECKING:
@@ -43,23 +42,6 @@ def loop_error(c: Control | None) -> RecordRejected:
         "hops",
         f"{what} was forwarded {MAX_HOPS} times along merged ids (a loop): not applied",
     )
-
-
-def _decision_json(d: Any) -> dict[str, Any]:
-    """A pending decision as the decision record :func:`decode_decision` reads back."""
-    return {
-        "decisionId": d.decision_id,
-        "userKey": d.user_key,
-        "slot": d.slot,
-        "chosen": d.action,
-        "actionIndex": d.action_index,
-        "arm": d.arm,
-        "propensity": d.propensity,
-        "features": list(d.features),
-        "timestamp": iso_ms(d.decided_at),
-        "modelVersion": d.model_version,
-        "candidates": None if d.candidates is None else list(d.candidates),
-    }
 
 
 def _logged_outcome(o: Any) -> LoggedOutcome:
@@ -151,7 +133,7 @@ class Stitching:
             new,
             c,
             profile,
-            [_decision_json(d) for d in decisions],
+            [d.record() for d in decisions],
             [list(o) for o in outcomes],
         )
         out.forward.append(("events", key, value))

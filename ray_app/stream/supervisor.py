@@ -271,7 +271,7 @@ class StreamSupervisor:
             workers = list(self.workers)
         return [self.runtime.call(w, "status", timeout=30) for w in workers]
 
-    def totals(self) -> dict[str, int]:
+    def totals(self, status: list[dict[str, Any]] | None = None) -> dict[str, int]:
         """Counters summed over every partition: ``records`` (those clients wrote: link, merge
         and forwarded records of identity stitching are counted apart, in ``control`` and
         ``relayed``), applied, duplicates, late, rejected, buffered, forwarded. They reconcile:
@@ -279,7 +279,7 @@ class StreamSupervisor:
         (a forwarded event is taken again where it was sent)."""
         keys = ("records", "applied", "duplicates", "late", "rejected", "buffered")
         out: dict[str, int] = {}
-        for st in self.status():
+        for st in self.status() if status is None else status:
             for part in st["partitions"].values():
                 for k in (*keys, "forwarded", "control", "relayed"):
                     out[k] = out.get(k, 0) + part.get(k, 0)
@@ -296,9 +296,10 @@ class StreamSupervisor:
         previous: dict[str, int] | None = None
         while time.monotonic() < deadline:
             try:
-                totals = self.totals()
+                status = self.status()
+                totals = self.totals(status)
                 lagging = any(
-                    part.get("lag") for st in self.status() for part in st["partitions"].values()
+                    part.get("lag") for st in status for part in st["partitions"].values()
                 )
             except Exception:  # a worker is being replaced
                 time.sleep(0.2)
