@@ -1,9 +1,15 @@
-"""One root exception for Onramp; every error carries its context and survives pickling across Ray."""
+"""Onramp's errors: each carries its context and survives pickling across Ray.
+
+The root, :class:`OnrampError`, and the public :class:`ErrorCode` are defined in
+:mod:`validation.errors` (the lowest layer, so that the wire contract's errors share the root)
+and re-exported here.
+"""
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
+
+from validation.errors import ErrorCode, OnrampError
 
 __all__ = [
     "BrokerError",
@@ -18,52 +24,6 @@ __all__ = [
     "Unauthorized",
     "error_body",
 ]
-
-
-class ErrorCode(StrEnum):
-    """The public ``error`` of an HTTP error body: part of the API, so named here, once, rather
-    than derived from class names (a rename must not change what clients see)."""
-
-    INTERNAL = "internal"
-    INVALID_CONFIG = "invalid_config"
-    BROKER = "broker"
-    KAFKA_UNAVAILABLE = "kafka_unavailable"
-    UNAUTHORIZED = "unauthorized"
-    NOT_FOUND = "not_found"
-    DEMO_DISABLED = "demo_disabled"
-    STREAM_UNAVAILABLE = "stream_unavailable"
-    DECISION_LOG_BACKLOG = "decision_log_backlog"
-    INVALID_DECISION_REQUEST = "invalid_decision_request"
-    UNKNOWN_SLOT = "unknown_slot"
-    UNKNOWN_ACTION = "unknown_action"
-    INELIGIBLE_CANDIDATES = "ineligible_candidates"
-
-
-class OnrampError(Exception):
-    """Root of every error Onramp raises on purpose.
-
-    ``http_status`` is what the HTTP layer answers when the error reaches it and ``error_code``
-    the public ``error`` of its body (:func:`error_body`); ``context`` holds whatever locates the
-    problem (setting name, topic, partition, offset, port, path).
-    """
-
-    http_status: ClassVar[int] = 500
-    error_code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
-
-    def __init__(self, message: str, **context: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.context = context
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keep context across Ray's pickling
-        return (_rebuild, (type(self), self.message, self.context))
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def _rebuild(cls: type[OnrampError], message: str, context: dict[str, Any]) -> OnrampError:
-    return cls(message, **context)
 
 
 class FieldError(OnrampError):

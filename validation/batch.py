@@ -87,7 +87,11 @@ def _add(counts: dict[str, int], key: str, n: int) -> None:
 
 
 class BatchValidator:
-    """A pandera schema over the columns the state core reads (see the module docstring)."""
+    """A pandera schema over the columns the state core reads (see the module docstring).
+
+    The stream injects one into each partition's state (:class:`ray_app.state.SessionShard`
+    takes it as ``checks``; :meth:`for_state` builds it from the state's settings).
+    """
 
     def __init__(
         self,
@@ -98,6 +102,7 @@ class BatchValidator:
     ) -> None:
         import pandera.pandas as pa
 
+        self.field_of: Mapping[ReasonCode, str] = FIELD_OF
         self.known_steps = frozenset(known_steps) if known_steps is not None else None
         self.max_age_ms = max_age_ms
         self.max_future_ms = max_future_ms
@@ -133,6 +138,23 @@ class BatchValidator:
                 )
             )
         self.schema = pa.DataFrameSchema(checks=checks, name="onramp.events batch")
+
+    @classmethod
+    def for_state(cls, config: Any) -> BatchValidator:
+        """The validator for a state configured by ``config`` (anything with ``max_age_ms``,
+        ``max_future_ms``, ``known_steps`` and ``max_user_events_per_s``, such as
+        :class:`ray_app.state.StateConfig`)."""
+        return cls(
+            config.max_age_ms,
+            config.max_future_ms,
+            config.known_steps,
+            config.max_user_events_per_s,
+        )
+
+    @staticmethod
+    def new_quality() -> DataQuality:
+        """Empty running figures, for a state that keeps its own across batches."""
+        return DataQuality()
 
     def failures(
         self, rows: Sequence[Mapping[str, Any]], quality: DataQuality | None = None

@@ -56,6 +56,7 @@ from pydantic import (
     model_validator,
 )
 
+from validation.errors import ErrorCode, OnrampError
 from validation.reasons import ReasonCode
 
 __all__ = [
@@ -99,14 +100,27 @@ TIME_MAX_YEAR = 2200
 _FIELD_CHARS = 256  # longest field path a rejection reports
 
 
-class WireError(ValueError):
-    """One event broke the wire contract: a reason code, the offending field and why."""
+class WireError(OnrampError, ValueError):
+    """One event broke the wire contract: a reason code, the offending field and why.
+
+    A ``ValueError`` as well, for code that validates with the standard library's idiom.
+
+    >>> import pickle
+    >>> err = pickle.loads(pickle.dumps(WireError(ReasonCode.MISSING_FIELD, "event", "required")))
+    >>> str(err), err.context
+    ('missing_field at event: required', {'reason': 'missing_field', 'field': 'event'})
+    """
+
+    http_status = 400
+    error_code = ErrorCode.INVALID_EVENT
 
     def __init__(self, reason: ReasonCode, field: str | None, message: str) -> None:
-        super().__init__(reason, field, message)
+        super().__init__(message, reason=reason.value, field=field)
         self.reason = reason
         self.field = field
-        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.field, self.message))
 
     def __str__(self) -> str:
         where = f" at {self.field}" if self.field else ""

@@ -42,13 +42,12 @@ from ray_app.cli import (
     train,
     up,
 )
-from ray_app.cli.common import Command, common_options
+from ray_app.cli.common import Command, Parts, common_options
 from ray_app.cli.demo import DEMO_WORLDS
-from ray_app.cli.train import TRAIN_IMPORT_PATH
 from ray_app.config import load_settings
 from ray_app.errors import ConfigError, OnrampError
 
-__all__ = ["DEMO_WORLDS", "TRAIN_IMPORT_PATH", "main"]
+__all__ = ["DEMO_WORLDS", "Parts", "main"]
 
 #: The commands as they are listed in ``onramp --help``.
 _LISTED = (up, demo, sim, broker, config, schema, train, archive, models, evaluate, report, audit)
@@ -84,19 +83,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, parts: Parts | None = None) -> int:
     """Run one ``onramp`` command; returns its exit status (2: configuration error, 1: error).
+
+    ``parts`` are the Serve application and the training jobs, which ``up``, ``demo``,
+    ``train`` and ``evaluate`` run (the ``onramp`` entry point, :mod:`deployments.onramp`,
+    passes them; without them those commands say so and exit 1).
 
     >>> main(["config", "describe"])  # doctest: +ELLIPSIS
     kafka.bootstrap_servers ...
     0
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:  # the training job parses its own options
-        return train.run_argv(argv[1:])
-    if argv[:1] == ["evaluate"]:
-        return evaluate.run_argv(argv[1:])
+    parts = parts or Parts()
+    if argv[:1] in (["train"], ["evaluate"]):  # these jobs parse their own options
+        run_argv = train.run_argv if argv[0] == "train" else evaluate.run_argv
+        try:
+            return run_argv(argv[1:], parts)
+        except OnrampError as exc:
+            print(f"onramp: error: {exc}", file=sys.stderr)
+            return 1
     args = _parser().parse_args(argv)
+    args.parts = parts
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from ray_app.config import Settings
-from ray_app.errors import ConfigError
+from ray_app.errors import ConfigError, OnrampError
 
 __all__ = [
     "Command",
+    "Parts",
     "Stop",
     "common_options",
     "decide_key",
-    "import_attr",
     "with_overrides",
 ]
 
@@ -79,11 +79,26 @@ def decide_key(settings: Settings) -> str | None:
     return None
 
 
-def import_attr(path: str) -> Any:
-    """The object at ``module:attr``, imported now.
+@dataclass(frozen=True)
+class Parts:
+    """What the CLI runs from the layers above the engine: the Serve application's builder
+    (``onramp up``, ``demo``) and the training and evaluation jobs. The ``onramp`` entry point
+    (:mod:`deployments.onramp`) passes them in, so that ``ray_app`` imports neither
+    ``deployments`` nor ``training``."""
 
-    >>> import_attr("json:dumps")([1])
-    '[1]'
-    """
-    module, attr = path.split(":")
-    return getattr(importlib.import_module(module), attr)
+    build_app: Callable[[dict[str, Any]], Any] | None = None
+    train: Callable[..., int] | None = None
+    """``train(argv, prog=...)``: the offline training job on its own options."""
+    evaluate: Callable[[list[str]], int] | None = None
+    """``evaluate(argv)``: off-policy evaluation on its own options."""
+
+    def need(self, name: str) -> Callable[..., Any]:
+        """The part called ``name``, or an :class:`OnrampError` that says how to get it."""
+        part = getattr(self, name)
+        if part is None:
+            raise OnrampError(
+                f"this command needs the {name.replace('_', ' ')} part: run the `onramp` "
+                "command (deployments.onramp:main), which plugs it in",
+                part=name,
+            )
+        return cast(Callable[..., Any], part)

@@ -309,9 +309,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stop.install()
     started = time.monotonic()
     print("starting Onramp (broker, Ray, Serve) ...", flush=True)
-    from deployments.app import build_app
-
-    with Stack(settings, build_app) as stack:
+    with Stack(settings, args.parts.need("build_app")) as stack:
         stop.install()  # again: ray.init() put its own SIGTERM handler in place
         print_urls(stack, settings)
         _, key = next(iter(settings.collector.write_keys.items()))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ray_app.cli.common import Parts
+
 __all__ = ["add_parser", "run_argv"]
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    # `onramp evaluate ...` is handed whole to training.evaluate (see main); this entry lists it
+    # `onramp evaluate ...` is handed whole to the evaluation job (see main); this entry lists it
     sub.add_parser(
         "evaluate",
         help="off-policy evaluation: IPS/SNIPS/DM/DR with CIs on the Open Bandit Dataset or "
@@ -18,9 +20,6 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
-def run_argv(argv: list[str]) -> int:
-    """Run the evaluation on the options after ``evaluate``."""
-    # imported at call time: ray_app never imports training at import time
-    from training.evaluate import main as evaluate_main
-
-    return evaluate_main(argv)
+def run_argv(argv: list[str], parts: Parts) -> int:
+    """Run the evaluation (``parts.evaluate``) on the options after ``evaluate``."""
+    return int(parts.need("evaluate")(argv))

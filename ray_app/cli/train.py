@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ray_app.cli.common import import_attr
+from ray_app.cli.common import Parts
 
-__all__ = ["TRAIN_IMPORT_PATH", "add_parser", "run_argv"]
-
-#: The training job's entry point, by import path (``ray_app`` never imports ``training``).
-TRAIN_IMPORT_PATH = "training.train:main"
+__all__ = ["add_parser", "run_argv"]
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -22,6 +19,6 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
-def run_argv(argv: list[str]) -> int:
-    """Run the training job on the options after ``train``."""
-    return int(import_attr(TRAIN_IMPORT_PATH)(argv, prog="onramp train"))
+def run_argv(argv: list[str], parts: Parts) -> int:
+    """Run the training job (``parts.train``) on the options after ``train``."""
+    return int(parts.need("train")(argv, prog="onramp train"))

@@ -57,9 +57,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = with_overrides(settings, collector={"port": args.port})
     stop = Stop()
     stop.install()
-    from deployments.app import build_app
-
-    with Stack(settings, build_app) as stack:
+    with Stack(settings, args.parts.need("build_app")) as stack:
         stop.install()  # again: ray.init() put its own SIGTERM handler in place
         print_urls(stack, settings)
         print("Ctrl-C to stop", flush=True)

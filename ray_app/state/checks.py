@@ -1,13 +1,17 @@
-"""Batch validation inside the stream state: each micro-batch of decoded events goes through the
-declared pandera schema (:class:`validation.batch.BatchValidator`) once, row-wise, and a failing
-event is rejected with the check's reason code and a message that names the values.
-:class:`BatchChecks` is mixed into :class:`~ray_app.state.shard.SessionShard`; the validator is
-built lazily (pandera is imported only by a shard that validates).
+"""Batch validation inside the stream state: each micro-batch of decoded events goes through an
+injected :class:`BatchCheck` once, row-wise, and a failing event is rejected with the check's
+reason code and a message that names the values.
+
+The state core does not choose the validator: the stream gives each shard the declared pandera
+schema (:class:`validation.batch.BatchValidator`, built by ``BatchValidator.for_state``), and a
+shard given none validates nothing (what a benchmark of validation's cost compares against).
+:class:`BatchChecks` is mixed into :class:`~ray_app.state.shard.SessionShard`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_app.state.event import Event, RecordRejected
 from ray_app.state.profile import Profile
@@ -16,13 +20,35 @@ from validation.reasons import ReasonCode
 
 if TYPE_CHECKING:
     from ray_app.state.config import StateConfig
-    from validation.batch import BatchValidator, DataQuality
 
-__all__ = ["PROCESSING_FAILED_REASON", "BatchChecks", "failed_error", "new_quality"]
+__all__ = ["PROCESSING_FAILED_REASON", "BatchCheck", "BatchChecks", "Quality", "failed_error"]
 
 #: The reason a record is rejected with when validating or applying it raised (a value of a type
 #: nothing checked for): the last-resort catch; the DLQ record's message names the error.
 PROCESSING_FAILED_REASON = ReasonCode.UNPROCESSABLE
+
+
+class Quality(Protocol):
+    """Running data-quality figures a :class:`BatchCheck` keeps for a shard (checkpointed with it)."""
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class BatchCheck(Protocol):
+    """What the state core asks of a batch validator."""
+
+    field_of: Mapping[ReasonCode, str]
+    """The field a failing check blames, by reason (for DLQ records)."""
+
+    def new_quality(self) -> Quality: ...
+
+    def failures_columns(
+        self, columns: Mapping[str, list[Any]], quality: Any
+    ) -> Mapping[int, ReasonCode]:
+        """Row -> the first reason it fails for, from one list per column (``ts``, ``received``,
+        ``kind``, ``step_id``, ``duration_ms``, ``user_rate``, ``segment``); the batch's
+        figures go into ``quality``."""
+        ...
 
 
 class BatchChecks:
@@ -30,22 +56,11 @@ class BatchChecks:
 
     config: StateConfig
     profiles: dict[str, Profile]
-    quality: DataQuality
+    quality: Quality | None
     rates: dict[str, tuple[int, int]]
     _rates_pruned_at: int
-    _validator: BatchValidator | None
+    checks: BatchCheck | None
     watermark: int
-
-    @property
-    def validator(self) -> BatchValidator:
-        if self._validator is None:
-            from validation.batch import BatchValidator
-
-            c = self.config
-            self._validator = BatchValidator(
-                c.max_age_ms, c.max_future_ms, c.known_steps, c.max_user_events_per_s
-            )
-        return self._validator
 
     def _validate_safely(
         self, decoded: list[tuple[int, bytes | None, bytes, Event]]
@@ -70,9 +85,8 @@ class BatchChecks:
     def _validate(
         self, decoded: list[tuple[int, bytes | None, bytes, Event]]
     ) -> dict[int, RecordRejected]:
-        """Position in ``decoded`` -> why it fails batch validation."""
-        from validation.batch import FIELD_OF
-
+        """Position in ``decoded`` -> why it fails batch validation (:attr:`checks` is set)."""
+        assert self.checks is not None
         cols: dict[str, list[Any]] = {
             "ts": [], "received": [], "kind": [], "step_id": [], "duration_ms": [],
             "user_rate": [], "segment": [],
@@ -98,7 +112,7 @@ class BatchChecks:
                 p = self.profiles.get(e.user_key)
                 seg = p.traits.get("segment") if p is not None else None
             cols["segment"].append(seg if isinstance(seg, str) else None)
-        reasons = self.validator.failures_columns(cols, self.quality)
+        reasons = self.checks.failures_columns(cols, self.quality)
         rates.update(batch)
         if len(rates) > 2 * self._rates_pruned_at + 10_000:
             horizon = self.watermark // 1000
@@ -107,19 +121,13 @@ class BatchChecks:
         out: dict[int, RecordRejected] = {}
         for n, reason in reasons.items():
             e = decoded[n][3]
-            out[n] = RecordRejected(reason, FIELD_OF.get(reason), _explain(reason, e, self.config))
+            out[n] = RecordRejected(
+                reason, self.checks.field_of.get(reason), _explain(reason, e, self.config)
+            )
         return out
 
 
-def new_quality() -> DataQuality:
-    from validation.batch import DataQuality
-
-    return DataQuality()
-
-
-def _explain(reason: Any, e: Event, c: StateConfig) -> str:
-    from validation.reasons import ReasonCode
-
+def _explain(reason: ReasonCode, e: Event, c: StateConfig) -> str:
     if reason == ReasonCode.TIMESTAMP_OUT_OF_RANGE:
         return (
             f"event time {iso_ms(e.ts)} is {(e.ts - e.received) / 1000:+.1f} s from receivedAt "

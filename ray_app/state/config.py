@@ -37,8 +37,6 @@ class StateConfig:
     """Step ids of the onboarding catalog; others are rejected (None: any step id)."""
     max_user_events_per_s: int = 50
     """More events from one user in one second of event time are rejected as implausible."""
-    validate: bool = True
-    """Run batch validation at all (off only to measure what it costs)."""
     attribution_window_ms: int = 300_000
     """Rewards: how long after a decision (event time) its outcome counts."""
     step_slots: frozenset[str] = frozenset({"next_step"})

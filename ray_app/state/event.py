@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 
-from ray_app.errors import OnrampError
 from ray_app.timefmt import ms_from_iso
 from validation.reasons import ReasonCode
 from validation.wire import WireError
@@ -31,17 +30,10 @@ __all__ = [
 ]
 
 
-class RecordRejected(WireError, OnrampError):
+class RecordRejected(WireError):
     """A record the stream rejects to the DLQ, with a reason code, the field and why: not a
     normalized event, an event that fails batch validation (pandera), a decision record or an
     identity record of the wrong shape, or one that could not be processed."""
-
-    def __init__(self, reason: ReasonCode, field: str | None, message: str) -> None:
-        super().__init__(reason, field, message)
-        self.context = {"reason": reason.value, "field": field}
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason, self.field, self.message))
 
 
 #: The name :class:`RecordRejected` had before it also carried validation, decision-record and

@@ -3,9 +3,10 @@
 ``SessionShard.process`` takes records of one partition in offset order and, per record:
 
 1. decodes it (a record that is not a normalized event is *rejected*, for the DLQ);
-2. validates the decoded batch with pandera (:class:`validation.batch.BatchValidator`: event time
-   in a sane range of ``receivedAt``, non-negative durations, known call types and step ids,
-   a plausible per-user rate); a failing event is *rejected* too, with the check's reason code;
+2. validates the decoded batch with the shard's injected ``checks`` (the stream injects pandera's
+   :class:`validation.batch.BatchValidator`: event time in a sane range of ``receivedAt``,
+   non-negative durations, known call types and step ids, a plausible per-user rate); a failing
+   event is *rejected* too, with the check's reason code;
 3. routes it to *late* if its event time is behind the watermark (``max event time - allowed
    lateness``, where each event counts with ``min(event time, receivedAt)``: a client clock
    ahead of the server's cannot move the watermark), whatever else is true of it;
@@ -54,7 +55,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import orjson
 
@@ -62,9 +63,9 @@ from ray_app.records import RewardRecord
 from ray_app.state import identity, snapshot
 from ray_app.state.checks import (
     PROCESSING_FAILED_REASON,
+    BatchCheck,
     BatchChecks,
     failed_error,
-    new_quality,
 )
 from ray_app.state.config import ShardStats, StateConfig
 from ray_app.state.dedupe import Deduplicator
@@ -81,9 +82,6 @@ from ray_app.state.stitching import (
     event_previous_id,
     loop_error,
 )
-
-if TYPE_CHECKING:
-    from validation.batch import BatchValidator
 
 __all__ = [
     "PROCESSING_FAILED_REASON",
@@ -127,21 +125,24 @@ class BatchResult:
 class SessionShard(BatchChecks, Stitching):
     """The state of one partition: per-user profiles, dedupe, ordering, watermark."""
 
-    def __init__(self, partition: int, config: StateConfig | None = None) -> None:
+    def __init__(
+        self, partition: int, config: StateConfig | None = None, checks: BatchCheck | None = None
+    ) -> None:
         self.partition = partition
         self.config = config or StateConfig()
+        self.checks = checks
+        """Batch validation (None: none); not part of the state, so not in snapshots."""
         self.profiles: dict[str, Profile] = {}
         self.dedupe = Deduplicator(self.config.dedupe_horizon_ms, self.config.dedupe_max_ids)
         self.order = Reorderer(self.config.reorder_max_buffer, self.config.session_idle_ms)
         self.max_ts = _NO_WATERMARK
         self.watermark = _NO_WATERMARK
         self.stats = ShardStats()
-        self.quality = new_quality()
+        self.quality = checks.new_quality() if checks is not None else None
         self.rejected_by_reason: dict[str, int] = {}
         self.rates: dict[str, tuple[int, int]] = {}
         """user -> (second of event time, events in it so far), for the rate check."""
         self._rates_pruned_at = 0
-        self._validator: BatchValidator | None = None
         self._touched: set[str] = set()
         """Users whose profile changed since the last snapshot (what a delta must carry)."""
         self.rewards = RewardJoin(
@@ -200,7 +201,7 @@ class SessionShard(BatchChecks, Stitching):
             except Exception as exc:  # anything else about this one record: it alone is rejected
                 self._reject(out, index, key, value, failed_error(exc))
         failed: dict[int, RecordRejected] = {}
-        if self.config.validate and len(decoded) > len(controls):
+        if self.checks is not None and len(decoded) > len(controls):
             # forwarded events were validated where they were first taken
             plain = [n for n in range(len(decoded)) if n not in controls]
             checked = self._validate_safely([decoded[n] for n in plain])
@@ -431,13 +432,19 @@ class SessionShard(BatchChecks, Stitching):
         return snapshot.dump_delta(self)
 
     @classmethod
-    def restore(cls, data: bytes, deltas: Iterable[bytes] = ()) -> SessionShard:
-        """The shard a :meth:`snapshot` and the deltas taken after it describe. Raises
+    def restore(
+        cls, data: bytes, deltas: Iterable[bytes] = (), checks: BatchCheck | None = None
+    ) -> SessionShard:
+        """The shard a :meth:`snapshot` and the deltas taken after it describe, validating with
+        ``checks`` from now on (snapshots do not hold the validator). Raises
         :class:`SnapshotRefused` (with the blob's ``index``: 0 the base, 1... the deltas) for a
         blob that names a class outside the state's allowlist, is not a snapshot of this version,
         or does not unpickle."""
         shard = cls.__new__(cls)
         snapshot.load_into(shard, data, deltas)
+        shard.checks = checks
+        if shard.quality is None and checks is not None:
+            shard.quality = checks.new_quality()
         shard._compact_expiry()
         return shard
 

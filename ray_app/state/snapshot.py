@@ -100,7 +100,7 @@ def load_blob(data: bytes, index: int) -> tuple[int, str, Any]:
     return loaded
 
 
-_NOT_PICKLED = frozenset({"_validator", "_touched", "_expiry", "_alias_expiry", "_aliases_touched"})
+_NOT_PICKLED = frozenset({"checks", "_touched", "_expiry", "_alias_expiry", "_aliases_touched"})
 _NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe", "rewards", "aliases"}
 
 
@@ -144,7 +144,6 @@ def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None
         raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
     shard.aliases, shard.identity = {}, {}  # snapshots from before identity stitching
     shard.__dict__.update(state)
-    shard._validator = None
     shard._touched = set()
     shard._aliases_touched = set()
     for i, d in enumerate(deltas, start=1):

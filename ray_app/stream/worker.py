@@ -59,6 +59,7 @@ from ray_app.stream.checkpoint import (
 from ray_app.stream.config import state_config
 from ray_app.stream.outputs import dlq_record, late_record
 from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
+from validation.batch import BatchValidator
 
 __all__ = ["FRESHNESS_BUCKETS_MS", "StreamWorker", "state_config"]
 
@@ -106,6 +107,7 @@ class StreamWorker:
             store = CheckpointStore(checkpoint_uri, key)
         self.store = store
         cfg = state_config(settings)
+        checks = BatchValidator.for_state(cfg)  # the declared pandera schema, per partition
         self.shards: dict[int, SessionShard] = {}
         self.next_offset: dict[int, int] = {}
         self.restored: dict[int, int] = {}
@@ -114,13 +116,13 @@ class StreamWorker:
         for p in sorted(partitions):
             try:
                 ck = self.store.load(p)
-                shard = None if ck is None else _restore(ck, self.store.uri)
+                shard = None if ck is None else _restore(ck, self.store.uri, checks)
             except CheckpointRefused as exc:
                 self.refused[p] = str(exc)
                 log.error("%s; partition %d is NOT started (see ray_app.stream.worker)", exc, p)
                 continue
             if ck is None or shard is None:
-                self.shards[p], self.next_offset[p] = SessionShard(p, cfg), 0
+                self.shards[p], self.next_offset[p] = SessionShard(p, cfg, checks), 0
             else:
                 self.shards[p], self.next_offset[p] = shard, ck.next_offset
                 self.restored[p] = ck.next_offset
@@ -415,7 +417,7 @@ class StreamWorker:
                         "watermark": self.shards[p].watermark,
                         "lag": self.lag.get(p),
                         **self.shards[p].stats.as_dict(),
-                        "quality": self.shards[p].quality.as_dict(),
+                        "quality": _quality(self.shards[p]),
                         "rejectedByReason": dict(self.shards[p].rejected_by_reason),
                         "decisionOffset": self.shards[p].decision_offset,
                         "decisionsRejectedByReason": dict(self.shards[p].decisions_rejected),
@@ -447,11 +449,15 @@ def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:
     return checkpoint_key(settings.stream, checkpoint_uri)
 
 
-def _restore(ck: Checkpoint, uri: str) -> SessionShard:
+def _quality(shard: SessionShard) -> dict[str, Any]:
+    return shard.quality.as_dict() if shard.quality is not None else {}
+
+
+def _restore(ck: Checkpoint, uri: str, checks: BatchValidator | None = None) -> SessionShard:
     """The shard of a verified checkpoint; a snapshot the state core refuses (a class outside its
     allowlist, another snapshot version) is a refused checkpoint, naming the file."""
     try:
-        return SessionShard.restore(ck.snapshot, ck.deltas)
+        return SessionShard.restore(ck.snapshot, ck.deltas, checks)
     except SnapshotRefused as exc:
         name = ck.files[exc.index] if exc.index < len(ck.files) else "?"
         raise CheckpointRefused(

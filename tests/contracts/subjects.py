@@ -22,6 +22,7 @@ from ray_app.learn import LearnerConfig, OnlineLearner
 from ray_app.model import ControlPolicy, ModelBundle, Policy, Scorer, cold_start_bundle, score_batch
 from ray_app.records import RewardRecord
 from ray_app.state import Event, Profile, SessionShard, StateConfig, apply
+from validation.batch import BatchValidator
 
 CATALOG = load_catalog()
 SCHEMA = FeatureSchema.from_catalog(CATALOG)
@@ -297,10 +298,14 @@ class ShardSubject:
 
 
 SHARDS = [
-    ShardSubject("SessionShard(default)", lambda: SessionShard(0)),
     ShardSubject(
-        "SessionShard(no validation, small reorder buffer)",
-        lambda: SessionShard(1, StateConfig(validate=False, reorder_max_buffer=2)),
+        "SessionShard(pandera checks)",
+        lambda: SessionShard(0, checks=BatchValidator()),
+        lambda data, deltas=(): SessionShard.restore(data, deltas, BatchValidator()),
+    ),
+    ShardSubject(
+        "SessionShard(no checks, small reorder buffer)",
+        lambda: SessionShard(1, StateConfig(reorder_max_buffer=2)),
     ),
 ]
 

@@ -74,6 +74,7 @@ def main() -> dict[str, Any]:
     from ray_app.stream import StreamSupervisor, state_config
     from ray_app.up import configure_http_mode
     from tests.conftest import make_settings
+    from validation.batch import BatchValidator
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("ray_app.stream").setLevel(logging.INFO)
@@ -226,10 +227,11 @@ def main() -> dict[str, Any]:
         consumer.close()
         assert seen == in_topic, (seen, in_topic)
         reference: dict[str, Any] = {}
+        cfg = state_config(settings)  # the workers' state settings and validation
         for p, recs in by_partition.items():
             recs.sort()
             assert all(partition_for(k, PARTITIONS) == p for _, k, _ in recs)
-            shard = SessionShard(p, state_config(settings))
+            shard = SessionShard(p, cfg, BatchValidator.for_state(cfg))
             shard.process([(k, v) for _, k, v in recs])
             reference.update(shard.profiles_as_dicts())
         result["users"] = len(live)

@@ -74,7 +74,7 @@ def test_round_trip_through_each_client(broker, client):
 def test_onramp_broker_command_runs_in_the_foreground_and_stops_on_sigterm():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_app.cli", "broker", "--port", str(port)],
+        [sys.executable, "-m", "deployments.onramp", "broker", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -23,7 +23,7 @@ def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_
         [
             sys.executable,
             "-m",
-            "ray_app.cli",
+            "deployments.onramp",
             "demo",
             "--port",
             str(port),

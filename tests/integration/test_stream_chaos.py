@@ -16,6 +16,7 @@ from ray_app.sim import TrafficPlan
 from ray_app.state import SessionShard
 from ray_app.stream import StreamSupervisor, state_config
 from tests.conftest import make_settings
+from validation.batch import BatchValidator
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -161,10 +162,11 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
     consumer.close()
     assert seen == in_topic
     reference = {}
+    cfg = state_config(settings)  # the workers' state settings and validation
     for p, recs in by_partition.items():
         recs.sort()
         assert all(partition_for(k, PARTITIONS) == p for _, k, _ in recs)
-        shard = SessionShard(p, state_config(settings))
+        shard = SessionShard(p, cfg, BatchValidator.for_state(cfg))
         shard.process([(k, v) for _, k, v in recs])
         reference.update(shard.profiles_as_dicts())
     assert len(live) == len(reference) > 4000

@@ -66,7 +66,7 @@ def test_trained_model_is_promoted_and_served_without_restart(
     without a restart, and that model beats the static flow on the simulator's ground truth."""
     from ray import serve
 
-    from ray_app.cli import main as cli
+    from deployments.onramp import main as cli
 
     state = tmp_path / "state"
     model = tmp_path / "served" / "treatment.onramp"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ray_app import cli
+from deployments import onramp as cli
 from ray_app.catalog import load_catalog
 from ray_app.features import FeatureSchema
 from ray_app.model import cold_start_bundle

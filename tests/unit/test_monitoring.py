@@ -22,6 +22,7 @@ from ray_app.stream.worker import FRESHNESS_BUCKETS_MS
 from ray_app.telemetry import CollectorHooks, OtelHooks
 from ray_app.telemetry.learn import learner_metrics_text
 from ray_app.telemetry.stream import stream_metrics_text
+from validation.batch import BatchValidator
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deployments" / "monitoring"
@@ -57,7 +58,9 @@ def _collector_text() -> str:
 
 
 def _stream_text() -> str:
-    shard = SessionShard(0)  # a real shard takes a few real events: its stats and data quality
+    shard = SessionShard(
+        0, checks=BatchValidator()
+    )  # a real shard takes a few real events: its stats and data quality
     received = dt.datetime.now(dt.UTC)
     for n in range(3):
         event = {

@@ -5,6 +5,7 @@ import json
 
 from ray_app.state import SessionShard, StateConfig
 from ray_app.state.event import RecordRejected
+from validation.batch import BatchValidator
 from validation.reasons import ReasonCode
 
 STEPS = frozenset({"welcome", "role"})
@@ -29,7 +30,8 @@ def _rec(mid, t_s, *, received_s=None, step="role", seq=None, duration=None, use
 
 
 def _shard(**kw):
-    return SessionShard(0, StateConfig(known_steps=STEPS, max_future_ms=60_000, **kw))
+    config = StateConfig(known_steps=STEPS, max_future_ms=60_000, **kw)
+    return SessionShard(0, config, BatchValidator.for_state(config))
 
 
 def test_each_semantic_failure_is_rejected_with_its_reason_and_field():
@@ -76,7 +78,8 @@ def test_verdicts_do_not_depend_on_batching_and_survive_snapshots():
     parts = _shard(max_user_events_per_s=5)
     rejected = []
     for i in range(0, len(records), 9):
-        parts = SessionShard.restore(parts.snapshot())  # a crash between every batch
+        # a crash between every batch; the restarted worker injects its validator again
+        parts = SessionShard.restore(parts.snapshot(), checks=parts.checks)
         batch = records[i : i + 9]
         rejected += [
             json.loads(batch[j][1])["messageId"] for j, *_ in parts.process(batch).rejected
@@ -84,10 +87,10 @@ def test_verdicts_do_not_depend_on_batching_and_survive_snapshots():
     assert sorted(rejected) == whole
     assert parts.profiles_as_dicts() == one.profiles_as_dicts()
     assert parts.rejected_by_reason == one.rejected_by_reason
-    assert b"BatchValidator" not in parts.snapshot()  # the validator is rebuilt, never pickled
+    assert b"BatchValidator" not in parts.snapshot()  # the validator is injected, never pickled
 
 
 def test_validation_off_applies_everything_decodable():
-    shard = SessionShard(0, StateConfig(known_steps=STEPS, validate=False))
+    shard = SessionShard(0, StateConfig(known_steps=STEPS))  # no checks injected
     r = shard.process([_rec("neg", 100, duration=-5), _rec("step", 101, step="dance")])
     assert (r.applied, r.rejected) == (2, [])
