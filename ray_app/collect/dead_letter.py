@@ -14,7 +14,6 @@ b'a-1'
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -23,11 +22,11 @@ import orjson
 
 from ray_app.collect.rejection import Rejection, client_id
 from ray_app.records import DlqRecord
+from ray_app.records.dlq import RAW_CAP, fit_text
 from validation.wire import INT_MAX, INT_MIN, MAX_NESTING_DEPTH, UnrepresentableNumber, safe_text
 
-__all__ = ["dlq_key", "dlq_record", "raw_bytes_payload", "raw_event_payload"]
+__all__ = ["dlq_key", "dlq_record", "raw_event_payload"]
 
-_DLQ_RAW_CAP = 32 * 1024  # bytes of a refused body or event kept in its DLQ record
 _TOO_DEEP = f"<nested deeper than {MAX_NESTING_DEPTH} levels>"
 
 
@@ -35,7 +34,7 @@ def dlq_record(
     rejection: Rejection, origin: Mapping[str, Any], raw: dict[str, Any], key: bytes | None
 ) -> tuple[bytes | None, bytes]:
     """The (key, value) of a rejection's :class:`DlqRecord`; ``raw`` is what
-    :func:`raw_event_payload` or :func:`raw_bytes_payload` kept of the refused value."""
+    :func:`raw_event_payload` or :func:`~ray_app.records.raw_payload` kept of the refused value."""
     record = DlqRecord(
         reason=rejection.reason,
         field=rejection.field,
@@ -64,44 +63,13 @@ def raw_event_payload(raw: Any, blob: bytes | None) -> dict[str, Any]:
     32 KB, else the start of its text."""
     if blob is None:
         blob = _dlq_json(raw)
-    if len(blob) <= _DLQ_RAW_CAP:
+    if len(blob) <= RAW_CAP:
         return {"raw_json": blob, "raw_size": len(blob)}
     return {
-        "raw_text": _fit_text(blob[:_DLQ_RAW_CAP].decode("utf-8", "ignore"), _DLQ_RAW_CAP),
+        "raw_text": fit_text(blob[:RAW_CAP].decode("utf-8", "ignore")),
         "raw_size": len(blob),
         "raw_truncated": True,
     }
-
-
-def raw_bytes_payload(body: bytes) -> dict[str, Any]:
-    """A refused body as :class:`DlqRecord` arguments: its start as text, or as base64 when it
-    is not UTF-8, taking at most 32 KB once encoded."""
-    kept = body[:_DLQ_RAW_CAP]
-    try:
-        text = kept.decode("utf-8")
-    except UnicodeDecodeError:
-        kept = body[: _DLQ_RAW_CAP // 4 * 3]
-        return {
-            "raw_base64": base64.b64encode(kept).decode("ascii"),
-            "raw_size": len(body),
-            "raw_truncated": len(body) > len(kept),
-        }
-    fitted = _fit_text(text, _DLQ_RAW_CAP)
-    return {
-        "raw_text": fitted,
-        "raw_size": len(body),
-        "raw_truncated": len(body) > len(kept) or len(fitted) < len(text),
-    }
-
-
-def _fit_text(text: str, cap: int) -> str:
-    """``text`` cut so that it takes at most ``cap`` bytes as a JSON string: escapes (quotes,
-    control characters) can make the encoding several times longer than the text."""
-    size = len(orjson.dumps(text))
-    while size > cap:
-        text = text[: max(0, len(text) * cap // size - 8)]
-        size = len(orjson.dumps(text))
-    return text
 
 
 def _dlq_json(value: Any) -> bytes:
@@ -125,14 +93,14 @@ def _sanitized(value: Any) -> Any:
         elif isinstance(node, dict):
             out = {}
             for key, child in node.items():
-                clean = safe_text(str(key), _DLQ_RAW_CAP)
+                clean = safe_text(str(key), RAW_CAP)
                 out[clean] = None
                 stack.append((child, out, clean, depth + 1))
         elif isinstance(node, list):
             out = [None] * len(node)
             stack.extend((child, out, i, depth + 1) for i, child in enumerate(node))
         elif isinstance(node, str):
-            out = safe_text(node, _DLQ_RAW_CAP)
+            out = safe_text(node, RAW_CAP)
         elif node is None or isinstance(node, bool | orjson.Fragment):
             out = node
         elif isinstance(node, int):

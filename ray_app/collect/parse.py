@@ -64,7 +64,7 @@ import orjson
 # ``_DECODER`` is read here by the tests that compare the body decoder's two readings.
 from ray_app.collect.body import _DECODER as _DECODER
 from ray_app.collect.body import Limits, checked_json, decode_body
-from ray_app.collect.dead_letter import dlq_key, dlq_record, raw_bytes_payload, raw_event_payload
+from ray_app.collect.dead_letter import dlq_key, dlq_record, raw_event_payload
 from ray_app.collect.envelope import Envelope
 from ray_app.collect.keys import key_owner, write_key_from_header
 from ray_app.collect.rejection import (
@@ -74,6 +74,7 @@ from ray_app.collect.rejection import (
     event_rejection,
     rejection,
 )
+from ray_app.records import raw_payload
 
 # ``iso`` and ``iso_ms`` live in :mod:`ray_app.timefmt`; imported here for existing callers.
 from ray_app.timefmt import iso, iso_ms
@@ -255,7 +256,7 @@ class _Request:
         out.rejections.append(rej)
         if self.source is not None:
             origin = {**self.origin, "source": self.source}
-            record = dlq_record(rej, origin, raw_bytes_payload(self.body), None)
+            record = dlq_record(rej, origin, raw_payload(self.body), None)
             if self.admit(*record):
                 out.dlq.append(record)
 

@@ -22,7 +22,7 @@ One module per record (:mod:`~ray_app.records.decision`, :mod:`~ray_app.records.
 """
 
 from ray_app.records.decision import DECISION_SCHEMA, DecisionRecord
-from ray_app.records.dlq import DLQ_SCHEMA, DlqRecord, stream_origin
+from ray_app.records.dlq import DLQ_SCHEMA, DlqRecord, raw_payload, stream_origin
 from ray_app.records.errors import (
     DecisionRecordError,
     DlqRecordError,
@@ -49,6 +49,7 @@ __all__ = [
     "RecordError",
     "RewardRecord",
     "RewardRecordError",
+    "raw_payload",
     "reward_of",
     "stream_origin",
 ]

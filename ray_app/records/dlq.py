@@ -16,9 +16,12 @@ from ray_app.records._read import _flag, _maybe_text, _schema
 from ray_app.records.errors import DlqRecordError
 from validation.reasons import ReasonCode
 
-__all__ = ["DLQ_SCHEMA", "DlqRecord", "stream_origin"]
+__all__ = ["DLQ_SCHEMA", "RAW_CAP", "DlqRecord", "fit_text", "raw_payload", "stream_origin"]
 
 DLQ_SCHEMA = "onramp.dlq/1"
+
+#: Bytes a DLQ record keeps of the refused value, once encoded (JSON text or base64).
+RAW_CAP = 32 * 1024
 
 
 def stream_origin(topic: str, partition: int, offset: int) -> dict[str, Any]:
@@ -161,3 +164,56 @@ def _json_bytes(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:
         raise DlqRecordError("raw", "not a JSON value") from None
+
+
+def raw_payload(value: bytes | None) -> dict[str, Any]:
+    """What a DLQ record keeps of refused bytes, as :class:`DlqRecord` arguments: nothing for a
+    tombstone (``None``); else their start as text when they are UTF-8 (a character the cut
+    split is left out), or as base64 when not, taking at most :data:`RAW_CAP` bytes once
+    encoded. The collector (a body it cannot read) and the stream (a record it cannot apply)
+    both keep what this keeps.
+
+    >>> raw_payload(b"not json")
+    {'raw_text': 'not json', 'raw_size': 8, 'raw_truncated': False}
+    >>> raw_payload(bytes([255, 254]))
+    {'raw_base64': '//4=', 'raw_size': 2, 'raw_truncated': False}
+    >>> raw_payload(None)
+    {'raw_size': 0, 'tombstone': True}
+    """
+    if value is None:
+        return {"raw_size": 0, "tombstone": True}
+    kept = bytes(value[:RAW_CAP])
+    text = _utf8(kept, truncated=len(value) > len(kept))
+    if text is None:
+        kept = bytes(value[: RAW_CAP // 4 * 3])  # base64 takes 4 bytes for 3
+        return {
+            "raw_base64": base64.b64encode(kept).decode("ascii"),
+            "raw_size": len(value),
+            "raw_truncated": len(value) > len(kept),
+        }
+    fitted = fit_text(text, RAW_CAP)
+    return {
+        "raw_text": fitted,
+        "raw_size": len(value),
+        "raw_truncated": len(value) > len(kept) or len(fitted) < len(text),
+    }
+
+
+def fit_text(text: str, cap: int = RAW_CAP) -> str:
+    """``text`` cut so that it takes at most ``cap`` bytes as a JSON string: escapes (quotes,
+    control characters) can make the encoding several times longer than the text."""
+    size = len(orjson.dumps(text))
+    while size > cap:
+        text = text[: max(0, len(text) * cap // size - 8)]
+        size = len(orjson.dumps(text))
+    return text
+
+
+def _utf8(data: bytes, truncated: bool) -> str | None:
+    """``data`` as text if it is UTF-8 (a character the cut split at the end is left out)."""
+    for trim in range(4 if truncated else 1):
+        try:
+            return data[: len(data) - trim].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None

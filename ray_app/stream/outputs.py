@@ -3,17 +3,13 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import orjson
 
-from ray_app.records import DlqRecord, LateRecord, stream_origin
+from ray_app.records import DlqRecord, LateRecord, raw_payload, stream_origin
 
 __all__ = ["dlq_record", "late_record"]
-
-#: Raw bytes of a record kept in its DLQ record.
-_DLQ_RAW_CAP = 32 * 1024
 
 
 def _origin(rec: Any) -> dict[str, Any]:
@@ -37,30 +33,12 @@ def late_record(value: bytes, why: dict[str, Any], rec: Any) -> bytes:
 
 
 def dlq_record(value: bytes | None, exc: Any, rec: Any) -> bytes:
-    """The :class:`DlqRecord` of a rejected record: reason, field, message, origin, and at most
-    32 KB of the raw value (``rawText`` if UTF-8, else ``rawBase64``; a tombstone has
-    ``rawSize`` 0 and ``tombstone`` true)."""
-    raw: dict[str, Any]
-    if value is None:
-        raw = {"raw_size": 0, "tombstone": True}
-    else:
-        kept = bytes(value[:_DLQ_RAW_CAP])
-        raw = {"raw_size": len(value), "raw_truncated": len(value) > len(kept)}
-        text = _utf8(kept, truncated=len(value) > len(kept))
-        if text is not None:
-            raw["raw_text"] = text
-        else:
-            raw["raw_base64"] = base64.b64encode(kept).decode("ascii")
+    """The :class:`DlqRecord` of a rejected record: reason, field, message, origin, and what
+    :func:`~ray_app.records.raw_payload` keeps of the raw value (a tombstone keeps nothing)."""
     return DlqRecord(
-        reason=exc.reason, field=exc.field, message=exc.message, origin=_origin(rec), **raw
+        reason=exc.reason,
+        field=exc.field,
+        message=exc.message,
+        origin=_origin(rec),
+        **raw_payload(value),
     ).encode()
-
-
-def _utf8(data: bytes, truncated: bool) -> str | None:
-    """``data`` as text if it is UTF-8 (a character the cut split at the end is left out)."""
-    for trim in range(4 if truncated else 1):
-        try:
-            return data[: len(data) - trim].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return None

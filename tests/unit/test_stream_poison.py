@@ -18,6 +18,7 @@ from ray_app.stream.worker import StreamWorker
 from ray_app.telemetry.stream import stream_metrics_text
 from tests.conftest import make_settings
 from tests.unit.test_state import T0, iso
+from validation.batch import BatchValidator
 
 KEY = b"test-checkpoint-key-0123456789ab"
 
@@ -99,7 +100,7 @@ BAD_DECISIONS = [
 
 
 def test_every_malformed_event_is_rejected_alone_with_its_reason():
-    shard = SessionShard(0)
+    shard = SessionShard(0, checks=BatchValidator())
     records = []
     for n, (value, _, _) in enumerate(BAD_EVENTS):
         records += [(b"u1", good(f"g{n}", n)), (b"u1", value)]
@@ -218,7 +219,8 @@ def test_the_worker_writes_each_poison_record_to_the_dlq_and_moves_on(twin, tmp_
     assert big_text["rawTruncated"] and big_text["rawSize"] == 40_000
     assert len(big_text["rawText"].encode()) <= 32 * 1024
     big_binary = by_origin[(t.events, len(events) - 1)]
-    assert len(base64.b64decode(big_binary["rawBase64"])) == 32 * 1024
+    assert len(big_binary["rawBase64"]) == 32 * 1024  # 24 KB of it, base64: the record's bound
+    assert big_binary["rawTruncated"] and big_binary["rawSize"] > 32 * 1024
     ranked = by_origin[(t.decisions, 4)]
     assert (ranked["reason"], ranked["field"]) == ("invalid_field", "ranked")
 
@@ -286,8 +288,6 @@ def test_a_refused_checkpoint_stops_only_its_partition(twin, tmp_path):
 
 
 def test_a_batch_validation_that_raises_rejects_only_the_event_that_makes_it_raise(monkeypatch):
-    from validation.batch import BatchValidator
-
     real = BatchValidator.failures_columns
 
     def failures_columns(self, cols, quality):
@@ -296,7 +296,7 @@ def test_a_batch_validation_that_raises_rejects_only_the_event_that_makes_it_rai
         return real(self, cols, quality)
 
     monkeypatch.setattr(BatchValidator, "failures_columns", failures_columns)
-    shard = SessionShard(0)
+    shard = SessionShard(0, checks=BatchValidator())
     screen = event_with(type="screen", messageId="scr")
     result = shard.process([(b"u1", good("a", 0)), (b"u1", screen), (b"u1", good("c", 1))])
     ((index, _, _, exc),) = result.rejected
