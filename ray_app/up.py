@@ -4,9 +4,9 @@ On embedded defaults everything runs on this machine: the Tansu broker on a free
 a local Ray, Serve's HTTP ingress on ``collector.port``. With ``kafka.bootstrap_servers`` set the
 broker is not started; with ``ray.address`` set Onramp joins that Ray cluster.
 
-The Serve application's builder is passed in (``Stack(settings, build_app)``: the CLI and the
-benchmarks pass ``deployments.app.build_app``, the function a ``serve deploy`` config names as
-:data:`APP_IMPORT_PATH`), so the engine (``ray_app``) never imports ``deployments``.
+The Serve application's builder is passed in (``Stack(settings, build_app)``: the ``onramp``
+command and the benchmarks pass ``deployments.app.build_app``, the function a ``serve deploy``
+config names), so the engine (``ray_app``) never imports ``deployments``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from ray_app.errors import OnrampError
 from ray_app.kafka.broker import EmbeddedBroker, free_port
 from ray_app.kafka.topics import ensure_topics
 
-__all__ = ["APP_IMPORT_PATH", "APP_NAME", "Stack", "configure_http_mode"]
+__all__ = ["APP_NAME", "Stack", "configure_http_mode"]
 
 log = logging.getLogger(__name__)
 
-APP_IMPORT_PATH = "deployments.app:build_app"
 APP_NAME = "onramp"
 _HA_ENV = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS")
 
