@@ -36,9 +36,9 @@ from typing import Any
 
 from validation.reasons import ReasonCode
 
-__all__ = ["COLUMNS", "BatchValidator", "DataQuality"]
+__all__ = ["COLUMNS", "FIELD_OF", "KINDS", "BatchValidator", "DataQuality", "record_quality"]
 
-_KINDS = ("track", "identify", "page", "screen", "group", "alias")
+KINDS = ("track", "identify", "page", "screen", "group", "alias")
 _DAY_MS = 86_400_000
 
 #: The columns a batch carries, in order.
@@ -65,6 +65,11 @@ class DataQuality:
     nulls: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
     segments: dict[str, int] = field(default_factory=dict)
+    sampled: int = 0
+    """Batches also validated by the declared pandera schema (:class:`SampledChecks`)."""
+    disagreements: int = 0
+    """Rows of those on which the stream's checks and the pandera schema differed (0, always:
+    anything else is a bug, logged with the rows)."""
 
     def as_dict(self) -> dict[str, Any]:
         def share(counts: dict[str, int]) -> dict[str, float]:
@@ -79,11 +84,32 @@ class DataQuality:
             "nullRate": share(self.nulls),
             "kindMix": share(self.kinds),
             "segmentMix": share(self.segments),
+            "sampled": self.sampled,
+            "disagreements": self.disagreements,
         }
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:
     counts[key] = counts.get(key, 0) + n
+
+
+def record_quality(columns: Mapping[str, list[Any]], q: DataQuality) -> list[Any]:
+    """Add a batch's rows, null counts and mixes to ``q``; returns its segment column."""
+    n = len(columns["ts"])
+    segments = columns.get("segment") or [None] * n
+    q.rows += n
+    q.batches += 1
+    for col, values in (
+        ("step_id", columns["step_id"]),
+        ("duration_ms", columns["duration_ms"]),
+        ("segment", segments),
+    ):
+        _add(q.nulls, col, values.count(None))
+    for kind, k in Counter(columns["kind"]).items():
+        _add(q.kinds, str(kind), k)
+    for seg, k in Counter(segments).items():
+        _add(q.segments, "unknown" if seg is None else str(seg), k)
+    return segments
 
 
 class BatchValidator:
@@ -120,7 +146,7 @@ class BatchValidator:
                 ),
                 name=ReasonCode.TIMESTAMP_OUT_OF_RANGE.value,
             ),
-            pa.Check(lambda df: df["kind"].isin(_KINDS), name=ReasonCode.UNKNOWN_TYPE.value),
+            pa.Check(lambda df: df["kind"].isin(KINDS), name=ReasonCode.UNKNOWN_TYPE.value),
             pa.Check(
                 lambda df: df["duration_ms"].isna() | (df["duration_ms"] >= 0),
                 name=ReasonCode.NEGATIVE_DURATION.value,
@@ -181,19 +207,7 @@ class BatchValidator:
         if not n:
             return {}
         q = self.quality if quality is None else quality
-        segments = columns.get("segment") or [None] * n
-        q.rows += n
-        q.batches += 1
-        for col, values in (
-            ("step_id", columns["step_id"]),
-            ("duration_ms", columns["duration_ms"]),
-            ("segment", segments),
-        ):
-            _add(q.nulls, col, values.count(None))
-        for kind, k in Counter(columns["kind"]).items():
-            _add(q.kinds, str(kind), k)
-        for seg, k in Counter(segments).items():
-            _add(q.segments, "unknown" if seg is None else str(seg), k)
+        segments = record_quality(columns, q)
         df = pd.DataFrame(
             {
                 "ts": np.asarray(columns["ts"], dtype=np.int64),

@@ -58,8 +58,9 @@ from ray_app.stream.checkpoint import (
 )
 from ray_app.stream.config import state_config
 from ray_app.stream.outputs import dlq_record, late_record
+from ray_app.stream.writer import CheckpointWriter
 from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
-from validation.batch import BatchValidator
+from validation.columns import SampledChecks
 
 __all__ = ["FRESHNESS_BUCKETS_MS", "StreamWorker", "state_config"]
 
@@ -107,7 +108,8 @@ class StreamWorker:
             store = CheckpointStore(checkpoint_uri, key)
         self.store = store
         cfg = state_config(settings)
-        checks = BatchValidator.for_state(cfg)  # the declared pandera schema, per partition
+        # the batch checks, cross-checked with the declared pandera schema on a sample
+        checks = SampledChecks.for_state(cfg)
         self.shards: dict[int, SessionShard] = {}
         self.next_offset: dict[int, int] = {}
         self.restored: dict[int, int] = {}
@@ -138,6 +140,7 @@ class StreamWorker:
         self._thread: threading.Thread | None = None
         self._dirty: set[int] = set()
         self._deltas: dict[int, int] = {}  # partition -> deltas written since its base
+        self._writer = CheckpointWriter(self.store)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._owed: list[OutRecord] | None = []
@@ -176,7 +179,7 @@ class StreamWorker:
                     self._since_checkpoint >= s.checkpoint_every_records
                     or time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
                 ):
-                    self.checkpoint()
+                    self.checkpoint(wait=False)
         except Exception as exc:  # the supervisor sees the error and restarts the worker
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("worker %s stopped", self.worker_id)
@@ -284,12 +287,20 @@ class StreamWorker:
                 return
         self.freshness[-1] += 1
 
-    def checkpoint(self, wait_commit: bool = False) -> int:
-        """Write every changed partition's snapshot with its next offset, then commit those
-        offsets to the consumer group; returns how many partitions. Called on the loop's thread
-        (or after it stopped): the consumer is not thread-safe. Writes nothing (returns 0, counts
+    def checkpoint(self, wait: bool = True, wait_commit: bool = False) -> int:
+        """Snapshot every changed partition with its next offset and hand the blobs to the
+        checkpoint writer (:mod:`ray_app.stream.writer`); returns how many partitions. With
+        ``wait`` (the default; the loop passes False) the blobs are written, and the consumer
+        group told their offsets, before it returns. Called on the loop's thread (or after it
+        stopped): the consumer is not thread-safe. Writes nothing (returns 0) while the previous
+        checkpoint is still being written and ``wait`` is False, or (counting
         ``checkpoints_skipped``) while side outputs of the state are unacknowledged."""
         per_base = self.settings.stream.checkpoint_deltas_per_base
+        self._commit_written(wait_commit)
+        if self._writer.busy():
+            if not wait:
+                return 0  # the loop comes back next round
+            self._writer.flush()
         if not self._settle():
             self.checkpoints_skipped += 1
             log.error(
@@ -311,18 +322,21 @@ class StreamWorker:
                     self._deltas[p] = n + 1
             self._since_checkpoint = 0
             self._last_checkpoint = time.monotonic()
-        for p, snap, offset, full in saved:
-            if full:
-                self.store.save(p, snap, offset)
-            else:
-                self.store.save_delta(p, snap, offset)
+        if saved:
+            self._writer.submit(saved)
         self.checkpoints += len(saved)
-        # Only now, with the state durable, tell the group: its offsets are for monitoring lag
-        # with any Kafka tool; a restart resumes from the checkpoint, whatever the group says.
-        self._consumer.commit(
-            {(self.topics.events, p): offset for p, _, offset, _ in saved}, wait=wait_commit
-        )
+        if wait:
+            self._writer.flush()
+            self._commit_written(wait_commit)
         return len(saved)
+
+    def _commit_written(self, wait: bool = False) -> None:
+        """Tell the consumer group the offsets whose state is now durable (for monitoring lag
+        with any Kafka tool; a restart resumes from the checkpoint, whatever the group says).
+        Raises the error of a failed checkpoint write."""
+        done = self._writer.written()
+        if done:
+            self._consumer.commit({(self.topics.events, p): o for p, o in done.items()}, wait=wait)
 
     def stop(self) -> dict[str, int]:
         """Stop the loop, checkpoint (only what Kafka acknowledged the outputs of), close;
@@ -339,6 +353,7 @@ class StreamWorker:
             )
         else:
             self.checkpoint(wait_commit=True)
+        self._writer.close()
         self._consumer.close()
         self._producer.close()
         self.tracing.shutdown()
@@ -350,6 +365,7 @@ class StreamWorker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._writer.abandon()
         self._consumer.close()
 
     # -- reading -------------------------------------------------------------------------------
@@ -453,7 +469,7 @@ def _quality(shard: SessionShard) -> dict[str, Any]:
     return shard.quality.as_dict() if shard.quality is not None else {}
 
 
-def _restore(ck: Checkpoint, uri: str, checks: BatchValidator | None = None) -> SessionShard:
+def _restore(ck: Checkpoint, uri: str, checks: SampledChecks | None = None) -> SessionShard:
     """The shard of a verified checkpoint; a snapshot the state core refuses (a class outside its
     allowlist, another snapshot version) is a refused checkpoint, naming the file."""
     try:

@@ -1,0 +1,103 @@
+"""Checkpoint writes off the processing thread (:mod:`ray_app.stream.writer`): in order, the
+offsets of what is durable handed back for the commit, a failed write stops the writer and
+reaches the loop, and a slow store no longer holds up the records behind it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ray_app.stream.checkpoint import CheckpointStore
+from ray_app.stream.writer import CheckpointWriter
+from tests.unit.test_stream_poison import KEY, _produce, _worker, good, twin  # noqa: F401
+
+
+class _SlowStore(CheckpointStore):
+    """A store whose writes take ``delay`` seconds (an fsync on a busy disk, an S3 PUT)."""
+
+    delay = 0.0
+    fail_on: int | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[tuple[int, int, str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def save(self, partition, snapshot, next_offset):
+        self._slow(partition, next_offset, "base")
+        super().save(partition, snapshot, next_offset)
+
+    def save_delta(self, partition, delta, next_offset):
+        self._slow(partition, next_offset, "delta")
+        super().save_delta(partition, delta, next_offset)
+
+    def _slow(self, partition, offset, kind):
+        self.gate.wait()
+        time.sleep(self.delay)
+        if self.fail_on is not None and offset == self.fail_on:
+            raise OSError("disk full")
+        self.writes.append((partition, offset, kind))
+
+
+def test_writes_are_in_order_and_the_durable_offsets_come_back(tmp_path) -> None:
+    store = _SlowStore(tmp_path, KEY)
+    w = CheckpointWriter(store)
+    w.submit([(0, b"base-0", 5, True), (1, b"base-1", 7, True)])
+    w.submit([(0, b"delta-0", 9, False)])
+    assert w.flush(5)
+    assert store.writes == [(0, 5, "base"), (1, 7, "base"), (0, 9, "delta")]
+    assert w.written() == {0: 9, 1: 7} and w.written() == {}
+    w.close()
+
+
+def test_a_failed_write_stops_the_writer_and_reaches_the_loop(tmp_path) -> None:
+    store = _SlowStore(tmp_path, KEY)
+    store.fail_on = 9
+    w = CheckpointWriter(store)
+    w.submit([(0, b"b", 5, True)])
+    w.submit([(0, b"d1", 9, False)])
+    w.submit([(0, b"d2", 11, False)])  # must not follow the missing delta
+    w.flush(5)
+    with pytest.raises(OSError, match="disk full"):
+        w.written()
+    assert store.writes == [(0, 5, "base")]
+    with pytest.raises(OSError):
+        w.submit([(0, b"d3", 12, False)])
+
+
+def test_abandon_drops_what_is_queued_like_a_killed_process(tmp_path) -> None:
+    store = _SlowStore(tmp_path, KEY)
+    store.gate.clear()  # the first write hangs until the gate opens
+    w = CheckpointWriter(store)
+    w.submit([(0, b"b", 5, True)])
+    time.sleep(0.05)
+    w.submit([(0, b"d", 9, False)])
+    w.abandon()
+    store.gate.set()
+    time.sleep(0.2)
+    assert store.writes == [(0, 5, "base")]  # the one being written finished; the queued did not
+
+
+def test_the_loop_goes_on_while_a_slow_checkpoint_is_written(twin, tmp_path) -> None:  # noqa: F811
+    """The worker's loop checkpoints without waiting: records keep being applied while the
+    store takes its time, and the checkpoint, once written, covers what it snapshotted."""
+    w, settings = _worker(tmp_path)
+    store = _SlowStore(tmp_path / "slow", KEY)
+    store.delay = 0.5
+    w.store = store
+    w._writer = CheckpointWriter(store)
+    _produce(twin, settings, settings.topics.events, [good(f"a{n}", n) for n in range(5)])
+    w._process(w._consumer.poll(max_records=100))
+    started = time.monotonic()
+    assert w.checkpoint(wait=False) == 1
+    _produce(twin, settings, settings.topics.events, [good(f"b{n}", 5 + n) for n in range(5)])
+    w._process(w._consumer.poll(max_records=100))
+    assert time.monotonic() - started < 0.4  # did not wait for the store
+    assert w.checkpoint(wait=False) == 0  # the previous one is still being written
+    assert w.shards[0].stats.applied + w.shards[0].buffered == 10
+    assert w.checkpoint() == 1  # waits: both are durable now
+    assert store.writes == [(0, 5, "base"), (0, 10, "delta")]
+    assert CheckpointStore(tmp_path / "slow", KEY).load(0).next_offset == 10
