@@ -32,11 +32,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from validation.reasons import ReasonCode
 
-__all__ = ["COLUMNS", "FIELD_OF", "KINDS", "BatchValidator", "DataQuality", "record_quality"]
+__all__ = [
+    "COLUMNS",
+    "FIELD_OF",
+    "KINDS",
+    "BatchValidator",
+    "DataQuality",
+    "Limits",
+    "record_quality",
+]
 
 KINDS = ("track", "identify", "page", "screen", "group", "alias")
 _DAY_MS = 86_400_000
@@ -112,11 +120,10 @@ def record_quality(columns: Mapping[str, list[Any]], q: DataQuality) -> list[Any
     return segments
 
 
-class BatchValidator:
-    """A pandera schema over the columns the state core reads (see the module docstring).
-
-    The stream injects one into each partition's state (:class:`ray_app.state.SessionShard`
-    takes it as ``checks``; :meth:`for_state` builds it from the state's settings).
+class Limits:
+    """The bounds the batch checks enforce, and what the state core asks of a validator besides
+    its verdicts (``field_of``, ``new_quality``): shared by the declared schema
+    (:class:`BatchValidator`) and the stream's fast path (:class:`validation.columns.ColumnChecks`).
     """
 
     def __init__(
@@ -126,14 +133,45 @@ class BatchValidator:
         known_steps: Iterable[str] | None = None,
         max_user_events_per_s: int = 50,
     ) -> None:
-        import pandera.pandas as pa
-
         self.field_of: Mapping[ReasonCode, str] = FIELD_OF
         self.known_steps = frozenset(known_steps) if known_steps is not None else None
         self.max_age_ms = max_age_ms
         self.max_future_ms = max_future_ms
         self.max_user_events_per_s = max_user_events_per_s
         self.quality = DataQuality()
+
+    @classmethod
+    def for_state(cls, config: Any, **kwargs: Any) -> Self:
+        """The checks for a state configured by ``config`` (anything with ``max_age_ms``,
+        ``max_future_ms``, ``known_steps`` and ``max_user_events_per_s``, such as
+        :class:`ray_app.state.StateConfig`)."""
+        return cls(
+            config.max_age_ms,
+            config.max_future_ms,
+            config.known_steps,
+            config.max_user_events_per_s,
+            **kwargs,
+        )
+
+    @staticmethod
+    def new_quality() -> DataQuality:
+        """Empty running figures, for a state that keeps its own across batches."""
+        return DataQuality()
+
+
+class BatchValidator(Limits):
+    """A pandera schema over the columns the state core reads (see the module docstring).
+
+    The stream injects one into each partition's state (:class:`ray_app.state.SessionShard`
+    takes it as ``checks``; :meth:`for_state` builds it from the state's settings).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import pandera.pandas as pa
+
+        super().__init__(*args, **kwargs)
+        max_age_ms, max_future_ms = self.max_age_ms, self.max_future_ms
+        max_user_events_per_s = self.max_user_events_per_s
         steps = self.known_steps
         # Frame-wide checks, one per reason code: the frame is built by failures_columns with
         # fixed dtypes, so per-column dtype checks would only double the cost (about 0.5 ms a
@@ -164,23 +202,6 @@ class BatchValidator:
                 )
             )
         self.schema = pa.DataFrameSchema(checks=checks, name="onramp.events batch")
-
-    @classmethod
-    def for_state(cls, config: Any) -> BatchValidator:
-        """The validator for a state configured by ``config`` (anything with ``max_age_ms``,
-        ``max_future_ms``, ``known_steps`` and ``max_user_events_per_s``, such as
-        :class:`ray_app.state.StateConfig`)."""
-        return cls(
-            config.max_age_ms,
-            config.max_future_ms,
-            config.known_steps,
-            config.max_user_events_per_s,
-        )
-
-    @staticmethod
-    def new_quality() -> DataQuality:
-        """Empty running figures, for a state that keeps its own across batches."""
-        return DataQuality()
 
     def failures(
         self, rows: Sequence[Mapping[str, Any]], quality: DataQuality | None = None

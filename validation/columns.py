@@ -17,50 +17,20 @@ path costs about 1 us a row where building a frame for pandera costs about 20 (`
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from validation.batch import FIELD_OF, KINDS, BatchValidator, DataQuality, record_quality
+from validation.batch import KINDS, BatchValidator, DataQuality, Limits, record_quality
 from validation.reasons import ReasonCode
 
 __all__ = ["ColumnChecks", "SampledChecks"]
 
 log = logging.getLogger(__name__)
 
-_DAY_MS = 86_400_000
 
-
-class ColumnChecks:
+class ColumnChecks(Limits):
     """:class:`~validation.batch.BatchValidator`'s checks, row by row, first failing reason in
     the schema's order: event time, call type, duration, per-user rate, step id."""
-
-    def __init__(
-        self,
-        max_age_ms: int = 30 * _DAY_MS,
-        max_future_ms: int = 5 * 60_000,
-        known_steps: Iterable[str] | None = None,
-        max_user_events_per_s: int = 50,
-    ) -> None:
-        self.max_age_ms = max_age_ms
-        self.max_future_ms = max_future_ms
-        self.known_steps = frozenset(known_steps) if known_steps is not None else None
-        self.max_user_events_per_s = max_user_events_per_s
-        self.field_of: Mapping[ReasonCode, str] = FIELD_OF
-        self.quality = DataQuality()
-
-    @classmethod
-    def for_state(cls, config: Any) -> ColumnChecks:
-        """As :meth:`BatchValidator.for_state <validation.batch.BatchValidator.for_state>`."""
-        return cls(
-            config.max_age_ms,
-            config.max_future_ms,
-            config.known_steps,
-            config.max_user_events_per_s,
-        )
-
-    @staticmethod
-    def new_quality() -> DataQuality:
-        return DataQuality()
 
     def failures_columns(
         self, columns: Mapping[str, list[Any]], quality: DataQuality | None = None
@@ -113,16 +83,6 @@ class SampledChecks(ColumnChecks):
             self.max_age_ms, self.max_future_ms, self.known_steps, self.max_user_events_per_s
         )
         self._batches = 0
-
-    @classmethod
-    def for_state(cls, config: Any, every: int = 50) -> SampledChecks:
-        return cls(
-            config.max_age_ms,
-            config.max_future_ms,
-            config.known_steps,
-            config.max_user_events_per_s,
-            every=every,
-        )
 
     def failures_columns(
         self, columns: Mapping[str, list[Any]], quality: DataQuality | None = None
