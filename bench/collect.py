@@ -1,21 +1,31 @@
-"""Collector throughput: events/s acknowledged by Kafka through HTTP, beside the raw producer.
+"""Collector throughput: events/s acknowledged by Kafka through HTTP, beside the raw producer,
+and single events beside a trivial route on the same Serve HTTP path.
 
 Starts the embedded broker, a local Ray and the collector on Serve (HAProxy mode where
-available), then drives it from a separate load-generator process (asyncio + aiohttp):
+available), deploys a trivial Serve route beside it, then drives them with wrk (one thread,
+keep-alive connections, bench/wrk/post.lua cycling through many bodies):
 
-* batches of 100 events to ``/v1/batch`` at several concurrencies;
-* single events to ``/v1/track`` at several concurrencies.
+* batches of 100 events to ``/v1/batch`` at 1, 4 and 16 connections (the collector hands each
+  batch to the producer at once, so more connections only queue: the figure is the best);
+* single events to ``/v1/track`` and the trivial route, in turn, at 16, 64 and 256 connections:
+  2xx answers/s, p50, p99 and p99.9; the single-event ratio is at 64 connections (goal of
+  issue 18: at least 0.6);
+* open loop: single events at a fixed offered rate of half the best ``/v1/track`` rate, and the
+  trivial route at the same rate (wrk paced per connection against one schedule, rate x 1 s
+  connections; ``late_sends``, requests that found no free connection on time, 0 means the
+  offered rate held).
 
-Only 200 answers count: a 200 means Kafka acknowledged every record (acks=all). In the same run
-it measures the baseline: the same Kafka client's idempotent ``acks=all`` producer writing the
-same records straight to the broker from one process. Last line: one JSON object.
+Only 2xx answers count: a 200 means Kafka acknowledged every record (acks=all). Any connect,
+read, write or timeout error or non-2xx answer shows in ``errors`` of the JSON line. In the same
+run it measures the baseline of the batches: the same Kafka client's idempotent ``acks=all``
+producer writing the same records straight to the broker from one process. Last line: one JSON
+object.
 
     .venv/bin/python bench/collect.py                      # kafka-python (the default client)
     .venv/bin/python bench/collect.py --client confluent   # librdkafka
 """
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -27,9 +37,27 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import closed_loop, deploy_trivial, emit, git_rev, machine, run_loadgen
+from bench._common import (
+    SETTLE_OPEN_LOOP_S,
+    SETTLE_S,
+    at,
+    deploy_trivial,
+    describe,
+    emit,
+    git_rev,
+    load_generator,
+    machine,
+    open_loop_connections,
+    ratio,
+    side_by_side,
+    wrk,
+)
 
 WRITE_KEY = "bench-write-key"
+HEADERS = {
+    "Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode(),
+    "Content-Type": "application/json",
+}
 
 
 def _event(i: int, user: int) -> dict[str, Any]:
@@ -47,50 +75,22 @@ def _event(i: int, user: int) -> dict[str, Any]:
     }
 
 
-# -- load generator (runs in its own process) ------------------------------------------------
+def batch_bodies(count: int, per: int = 100) -> list[bytes]:
+    """``count`` bodies for /v1/batch of ``per`` events each."""
+    return [
+        json.dumps({"batch": [_event(i, b * 1000 + i) for i in range(per)]}).encode()
+        for b in range(count)
+    ]
 
 
-async def _load(
-    url: str, path: str, bodies: list[bytes], per_request: int, concurrency: int, seconds: float
-) -> dict[str, Any]:
-    auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
-    headers = {"Authorization": auth, "Content-Type": "application/json"}
-    r = await closed_loop(url, path, bodies, headers, concurrency, seconds)
-    return {
-        **r,
-        "events_per_request": per_request,
-        "events_per_s": round(r["requests_per_s"] * per_request, 1),
-    }
-
-
-def loadgen_main(spec: dict[str, Any]) -> None:
-    per = spec["events_per_request"]
+def track_bodies(count: int) -> list[bytes]:
+    """``count`` bodies for /v1/track, one event each (no ``type``: the route says it)."""
     bodies = []
-    for b in range(200):
-        events = [_event(i, b * 1000 + i) for i in range(per)]
-        if per == 1:
-            body = {k: v for k, v in events[0].items() if k != "type"}
-        else:
-            body = {"batch": events}
-        bodies.append(json.dumps(body).encode())
-    result = asyncio.run(
-        _load(spec["url"], spec["path"], bodies, per, spec["concurrency"], spec["seconds"])
-    )
-    print(json.dumps(result))
-
-
-def run_scenario(url: str, path: str, per: int, concurrency: int, seconds: float) -> dict[str, Any]:
-    spec = {
-        "url": url,
-        "path": path,
-        "events_per_request": per,
-        "concurrency": concurrency,
-        "seconds": seconds,
-    }
-    return run_loadgen(__file__, spec)
-
-
-# -- context: the HTTP ceiling of this machine ------------------------------------------------
+    for b in range(count):
+        event = _event(b % 100, b)
+        del event["type"]
+        bodies.append(json.dumps(event).encode())
+    return bodies
 
 
 # -- baseline: the raw producer --------------------------------------------------------------
@@ -141,12 +141,17 @@ def main() -> None:
         default="kafka-python",
         help="Kafka client of the collector and the baseline",
     )
-    ap.add_argument("--seconds", type=float, default=8.0, help="duration of each scenario")
+    ap.add_argument("--seconds", type=float, default=8.0, help="duration of each closed-loop run")
+    ap.add_argument("--batch-connections", default="1,4,16", help="for batches of 100")
+    ap.add_argument("--single-connections", default="16,64,256", help="for single events")
     ap.add_argument(
-        "--batch-concurrency", default="1,4,16", help="concurrencies for batches of 100"
+        "--ratio-at",
+        type=int,
+        default=64,
+        help="connections of the single-event ratio (one of --single-connections)",
     )
     ap.add_argument(
-        "--single-concurrency", default="1,16,64", help="concurrencies for single events"
+        "--open-seconds", type=float, default=15.0, help="duration of each open-loop run (0: none)"
     )
     ap.add_argument(
         "--raw-events", type=int, default=50_000, help="records for the raw-producer baseline"
@@ -154,11 +159,11 @@ def main() -> None:
     ap.add_argument(
         "--default-http", action="store_true", help="use Serve's default proxy instead of HAProxy"
     )
-    ap.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.loadgen:
-        loadgen_main(json.loads(args.loadgen))
-        return
+    batch_connections = [int(c) for c in args.batch_connections.split(",")]
+    single_connections = [int(c) for c in args.single_connections.split(",")]
+    if args.ratio_at not in single_connections:
+        ap.error(f"--ratio-at {args.ratio_at} is not in --single-connections")
 
     import logging
 
@@ -179,34 +184,49 @@ def main() -> None:
             "ONRAMP_STATE_DIR": os.path.join("/tmp", f"onramp-bench-{os.getpid()}"),
         }
     )
+    started = time.monotonic()
     print(f"starting broker + Ray + Serve (client {args.client}) ...", file=sys.stderr, flush=True)
-    scenarios: list[dict[str, Any]] = []
+    batches, singles = batch_bodies(200), track_bodies(2000)
+    results: dict[str, list[dict[str, Any]]] = {
+        "batch": [],
+        "track": [],
+        "trivial_serve": [],
+        "open_loop": [],
+    }
+
+    def run(
+        label: str, url: str, bodies: list[bytes], per: int, c: int, **kw: Any
+    ) -> dict[str, Any]:
+        time.sleep(kw.pop("settle", SETTLE_S))
+        r = wrk(url, bodies, HEADERS, c, kw.pop("seconds", args.seconds), **kw)
+        r |= {"events_per_request": per, "events_per_s": round(r["requests_per_s"] * per, 1)}
+        print(
+            describe(label, r) + f"  {r['events_per_s']:,.0f} events/s", file=sys.stderr, flush=True
+        )
+        return r
+
     with Stack(settings, build_app, start_stream=False) as stack:  # the collector alone
         assert stack.bootstrap is not None
-        url = stack.base_url
-        run_scenario(url, "/v1/batch", 100, 4, 2.0)  # warm up
-        plan = [("/v1/batch", 100, int(c)) for c in args.batch_concurrency.split(",")]
-        plan += [("/v1/track", 1, int(c)) for c in args.single_concurrency.split(",")]
-        for path, per, conc in plan:
-            r = run_scenario(url, path, per, conc, args.seconds)
-            scenarios.append(r)
-            print(
-                f"{path:<10} {per:>4} ev/req  c={conc:<3} {r['events_per_s']:>10,.0f} events/s  "
-                f"{r['requests_per_s']:>8,.0f} req/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  {r['statuses']}",
-                file=sys.stderr,
-                flush=True,
-            )
+        batch_url = stack.base_url + "/v1/batch"
+        track_url = stack.base_url + "/v1/track"
+        trivial_url = stack.base_url + "/trivial/v1/track"  # same proxy, same Serve path
         deploy_trivial("/trivial", "/v1/track", b'{"success":true}')
-        ceiling = []
-        for c in args.single_concurrency.split(","):
-            r = run_scenario(url + "/trivial", "/v1/track", 1, int(c), args.seconds)
-            ceiling.append(r)
-            print(
-                f"trivial ingress (HTTP ceiling) c={c:<3} {r['requests_per_s']:>8,.0f} req/s  "
-                f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms",
-                file=sys.stderr,
-                flush=True,
-            )
+        wrk(batch_url, batches, HEADERS, 4, 2)  # warm up every route
+        wrk(track_url, singles, HEADERS, 16, 2)
+        wrk(trivial_url, singles, HEADERS, 16, 2)
+        for c in batch_connections:
+            results["batch"].append(run("/v1/batch (100 events)", batch_url, batches, 100, c))
+        for c in single_connections:  # in turn at each concurrency: the same moment
+            results["track"].append(run("/v1/track", track_url, singles, 1, c))
+            results["trivial_serve"].append(run("trivial Serve", trivial_url, singles, 1, c))
+        single_peak = max(r["requests_per_s"] for r in results["track"])
+        if args.open_seconds > 0 and single_peak > 0:
+            rate = single_peak / 2
+            c = open_loop_connections(rate)
+            for route, url in (("track", track_url), ("trivial_serve", trivial_url)):
+                r = run(f"{route} open loop", url, singles, 1, c, seconds=args.open_seconds,
+                        rate=rate, settle=SETTLE_OPEN_LOOP_S)  # fmt: skip
+                results["open_loop"].append({"route": route, **r})
         from ray import serve
 
         serve.delete("trivial")
@@ -219,31 +239,56 @@ def main() -> None:
             flush=True,
         )
         http_mode = stack.http_mode
-    best = max(
-        (s for s in scenarios if s["events_per_request"] == 100), key=lambda s: s["events_per_s"]
-    )
-    best_single = max(
-        (s for s in scenarios if s["events_per_request"] == 1), key=lambda s: s["events_per_s"]
-    )
+
+    best = max(results["batch"], key=lambda s: s["events_per_s"])
+    single = at(results["track"], args.ratio_at)
+    trivial = at(results["trivial_serve"], args.ratio_at)
+    open_loop = {r["route"]: r for r in results["open_loop"]}
+    runs = [r for rows in results.values() for r in rows]
     emit(
         {
             "benchmark": "collect",
-            "figure": "events/s accepted (Kafka-acknowledged) through HTTP, batches of 100, best concurrency",
+            "figure": "events/s accepted (Kafka-acknowledged) through HTTP, batches of 100, "
+            "best of the connections, wrk closed loop",
             "value": best["events_per_s"],
-            "baseline": "raw idempotent acks=all producer of the same client, same records, one process",
+            "connections": best["connections"],
+            "p50_ms": best["p50_ms"],
+            "p99_ms": best["p99_ms"],
+            "p999_ms": best["p999_ms"],
+            "baseline": "raw idempotent acks=all producer of the same client, same records, "
+            "one process",
             "baseline_value": raw["events_per_s"],
-            "ratio": round(best["events_per_s"] / raw["events_per_s"], 3),
-            "single_event_best": {
-                k: best_single[k] for k in ("events_per_s", "concurrency", "p50_ms", "p99_ms")
+            "ratio": ratio(best["events_per_s"], raw["events_per_s"]),
+            "single_event": {
+                "figure": f"/v1/track events/s (2xx) at {args.ratio_at} connections, wrk closed "
+                "loop",
+                "value": single["requests_per_s"],
+                "p50_ms": single["p50_ms"],
+                "p99_ms": single["p99_ms"],
+                "p999_ms": single["p999_ms"],
+                "baseline": "trivial Serve deployment on the same HTTP path, same wrk load, "
+                "same run",
+                "baseline_value": trivial["requests_per_s"],
+                "ratio": ratio(single["requests_per_s"], trivial["requests_per_s"]),
+                "goal_ratio": 0.6,
+                "by_connections": side_by_side(
+                    "track", results["track"], results["trivial_serve"], single_connections
+                ),
+                "peak_req_per_s": single_peak,
+                "open_loop": {
+                    "note": "fixed offered rate, half the best /v1/track rate, on both routes; "
+                    "wrk paced per connection against one schedule; late_sends 0: the rate held",
+                    "track": open_loop.get("track"),
+                    "trivial_serve": open_loop.get("trivial_serve"),
+                },
             },
-            "http_ceiling_req_per_s": max(r["requests_per_s"] for r in ceiling),
-            "single_event_share_of_http_ceiling": round(
-                best_single["events_per_s"] / max(r["requests_per_s"] for r in ceiling), 3
-            ),
-            "http_ceiling_scenarios": ceiling,
+            "raw_producer": raw,
+            "errors": sum(r["error_count"] for r in runs),
+            "scenarios": results,
             "kafka_client": args.client,
             "http_mode": http_mode,
-            "scenarios": scenarios,
+            "load_generator": load_generator(),
+            "seconds": round(time.monotonic() - started, 1),
             "machine": machine(),
             "git": git_rev(),
         }

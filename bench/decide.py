@@ -1,24 +1,32 @@
-"""Decision latency and throughput: ``POST /v1/decide`` under closed-loop load, beside the HTTP
-ceilings of this machine measured in the same run.
+"""Decision latency and throughput: ``POST /v1/decide`` driven by wrk, beside a trivial route on
+the same Serve HTTP path measured in the same run.
 
 Starts the embedded broker, a local Ray, the stream workers and the Onramp app on Serve (HAProxy
 mode where available), loads simulated onboarding traffic so that most users have a live
-profile, then drives ``/v1/decide`` from a separate load-generator process (asyncio + aiohttp) at
-16 and 64 connections. Every answer is a full decision: profile read from the owning stream
-worker, CRM enrichment, features, model forward (batched per loop tick), policy with its
-propensity, decision record handed to Kafka (``onramp.decisions``).
+profile, deploys a trivial Serve route beside the app, then drives both with wrk (one thread,
+keep-alive connections, bench/wrk/post.lua cycling through one body per user):
 
-Baselines, same load generator, same run:
+* closed loop at 16, 64 and 256 connections, ``/v1/decide`` and the trivial route in turn at
+  each (so that both see the same moment of this shared machine): 2xx answers/s, p50, p99 and
+  p99.9. The figure is ``/v1/decide`` at 64 connections; the ratio is to the trivial route's
+  answers/s at 64;
+* open loop: a fixed offered rate of half the best ``/v1/decide`` rate above, on ``/v1/decide``
+  and at the same rate on the trivial route: the latency at half load, without the queue a
+  closed loop builds. The wrk script paces its connections against one schedule, with rate x 1 s
+  connections, so that a request waits for a free connection only when answers take over a
+  second; those late sends are counted (``late_sends``: 0 means the offered rate held).
 
-* a trivial Serve deployment on the same HTTP path (what Serve alone allows here);
-* a plain FastAPI app under uvicorn, no Ray (what Python HTTP allows here).
+Every answer is a full decision: profile read from the owning stream worker, CRM enrichment,
+features, model forward (batched per loop tick), policy with its propensity, decision record
+handed to Kafka (``onramp.decisions``). Context, after the stack is down: a plain FastAPI app
+under uvicorn, no Ray, at 64 connections (what Python HTTP allows here). Any connect, read,
+write or timeout error or non-2xx answer shows in ``errors`` of the JSON line.
 
     .venv/bin/python bench/decide.py                       # kafka-python
     .venv/bin/python bench/decide.py --client confluent    # librdkafka for the decision log
 """
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os
@@ -30,10 +38,25 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import closed_loop, deploy_trivial, emit, git_rev, machine, run_loadgen
+from bench._common import (
+    SETTLE_OPEN_LOOP_S,
+    SETTLE_S,
+    at,
+    deploy_trivial,
+    describe,
+    emit,
+    git_rev,
+    load_generator,
+    machine,
+    open_loop_connections,
+    ratio,
+    side_by_side,
+    wrk,
+)
 
 READ_KEY = "bench-read-key"
 SLOTS = ("next_step", "welcome_content", "checklist_order")
+HEADERS = {"Authorization": f"Bearer {READ_KEY}", "Content-Type": "application/json"}
 
 PLAIN_APP = """
 from fastapi import FastAPI, Request
@@ -47,25 +70,14 @@ async def decide(request: Request) -> Response:
 """
 
 
-def loadgen_main(spec: dict[str, Any]) -> None:
-    bodies = [
+def decide_bodies(users: list[str]) -> list[bytes]:
+    """One request body per user, the slots in turn."""
+    return [
         json.dumps(
             {"user_id": u, "slot": SLOTS[i % len(SLOTS)], "context": {"device": "web"}}
         ).encode()
-        for i, u in enumerate(spec["users"])
+        for i, u in enumerate(users)
     ]
-    headers = {"Authorization": f"Bearer {READ_KEY}", "Content-Type": "application/json"}
-    result = asyncio.run(
-        closed_loop(
-            spec["url"], "/v1/decide", bodies, headers, spec["concurrency"], spec["seconds"]
-        )
-    )
-    print(json.dumps(result))
-
-
-def run_scenario(url: str, users: list[str], concurrency: int, seconds: float) -> dict[str, Any]:
-    spec = {"url": url, "users": users, "concurrency": concurrency, "seconds": seconds}
-    return run_loadgen(__file__, spec)
 
 
 def plain_fastapi(port: int, workdir: Path) -> subprocess.Popen[bytes]:
@@ -122,14 +134,18 @@ def main() -> None:
     )
     ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python",
                     help="Kafka client of the decision log")  # fmt: skip
-    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each scenario")
-    ap.add_argument("--concurrency", default="16,64", help="connections, comma-separated")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each closed-loop run")
+    ap.add_argument("--connections", default="16,64,256", help="closed loop, comma-separated")
+    ap.add_argument("--ratio-at", type=int, default=64,
+                    help="connections of the figure and its ratio (one of --connections)")  # fmt: skip
+    ap.add_argument("--open-seconds", type=float, default=15.0,
+                    help="duration of each open-loop run (0: none)")  # fmt: skip
     ap.add_argument("--users", type=int, default=2000, help="simulated users with profiles")
-    ap.add_argument("--loadgen", help=argparse.SUPPRESS)
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain FastAPI context")
     args = ap.parse_args()
-    if args.loadgen:
-        loadgen_main(json.loads(args.loadgen))
-        return
+    connections = [int(c) for c in args.connections.split(",")]
+    if args.ratio_at not in connections:
+        ap.error(f"--ratio-at {args.ratio_at} is not in --connections {args.connections}")
 
     import logging
 
@@ -151,70 +167,108 @@ def main() -> None:
             "ONRAMP_STATE_DIR": str(workdir / "state"),
         }
     )
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    started = time.monotonic()
     print(f"starting broker + Ray + stream + Serve (client {args.client}) ...", file=sys.stderr)
-    results: dict[str, list[dict[str, Any]]] = {"decide": [], "trivial_serve": [], "fastapi": []}
+    results: dict[str, list[dict[str, Any]]] = {
+        "decide": [],
+        "trivial_serve": [],
+        "open_loop": [],
+        "fastapi": [],
+    }
+
+    def run(label: str, url: str, bodies: list[bytes], c: int, **kw: Any) -> dict[str, Any]:
+        time.sleep(kw.pop("settle", SETTLE_S))
+        r = wrk(url, bodies, HEADERS, c, kw.pop("seconds", args.seconds), **kw)
+        print(describe(label, r), file=sys.stderr, flush=True)
+        return r
+
     with Stack(settings, build_app) as stack:
         users = load_profiles(stack, settings, args.users)
         known = users + [f"unknown-{i}" for i in range(len(users) // 10)]  # ~10% cold start
+        bodies = decide_bodies(known)
         print(f"{len(users)} users with live profiles", file=sys.stderr, flush=True)
-        url = stack.base_url
-        run_scenario(url, known, 16, 2.0)  # warm up
-        for c in concurrencies:
-            r = run_scenario(url, known, c, args.seconds)
-            results["decide"].append(r)
-            print(f"/v1/decide        c={c:<3} {r['requests_per_s']:>8,.0f} req/s  "
-                  f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  {r['statuses']}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        decide_url = stack.base_url + "/v1/decide"
+        trivial_url = stack.base_url + "/trivial/v1/decide"  # same proxy, same Serve path
+        deploy_trivial("/trivial", "/v1/decide", b'{"chosen":"welcome"}')
+        wrk(decide_url, bodies, HEADERS, 16, 2)  # warm up both
+        wrk(trivial_url, bodies, HEADERS, 16, 2)
+        for c in connections:  # in turn at each concurrency: the same moment of this machine
+            results["decide"].append(run("/v1/decide", decide_url, bodies, c))
+            results["trivial_serve"].append(run("trivial Serve", trivial_url, bodies, c))
+        peak = max(r["requests_per_s"] for r in results["decide"])
+        if args.open_seconds > 0 and peak > 0:
+            rate = peak / 2
+            c = open_loop_connections(rate)
+            for route, url in (("decide", decide_url), ("trivial_serve", trivial_url)):
+                r = run(f"{route} open loop", url, bodies, c, seconds=args.open_seconds,
+                        rate=rate, settle=SETTLE_OPEN_LOOP_S)  # fmt: skip
+                results["open_loop"].append({"route": route, **r})
         health = json.loads(
             subprocess.run(  # the decision-log counters are health details: a read key's
-                ["curl", "-s", "-H", f"Authorization: Bearer {READ_KEY}", f"{url}/healthz"],
+                [
+                    "curl",
+                    "-s",
+                    "-H",
+                    f"Authorization: Bearer {READ_KEY}",
+                    f"{stack.base_url}/healthz",
+                ],
                 capture_output=True,
                 text=True,
             ).stdout
             or "{}"
         )
-        deploy_trivial("/trivial", "/v1/decide", b'{"chosen":"welcome"}')
-        for c in concurrencies:
-            r = run_scenario(url + "/trivial", known, c, args.seconds)
-            results["trivial_serve"].append(r)
-            print(f"trivial Serve     c={c:<3} {r['requests_per_s']:>8,.0f} req/s  "
-                  f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms", file=sys.stderr, flush=True)  # fmt: skip
         from ray import serve
 
         serve.delete("trivial")
         http_mode = stack.http_mode
-    port = free_port()
-    proc = plain_fastapi(port, workdir)
-    try:
-        for c in concurrencies:
-            r = run_scenario(f"http://127.0.0.1:{port}", known, c, args.seconds)
-            results["fastapi"].append(r)
-            print(f"plain FastAPI     c={c:<3} {r['requests_per_s']:>8,.0f} req/s  "
-                  f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms", file=sys.stderr, flush=True)  # fmt: skip
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    top = results["decide"][-1]
-    trivial = results["trivial_serve"][-1]
+    if not args.no_plain:
+        port = free_port()
+        proc = plain_fastapi(port, workdir)
+        try:
+            url = f"http://127.0.0.1:{port}/v1/decide"
+            wrk(url, bodies, HEADERS, 16, 1)  # warm up
+            results["fastapi"].append(run("plain FastAPI", url, bodies, args.ratio_at))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    top = at(results["decide"], args.ratio_at)
+    trivial = at(results["trivial_serve"], args.ratio_at)
+    open_loop = {r["route"]: r for r in results["open_loop"]}
+    runs = [r for rows in results.values() for r in rows]
     emit(
         {
             "benchmark": "decide",
-            "figure": f"/v1/decide requests/s at {top['concurrency']} connections "
-            "(profile read, features, model, policy, decision log)",
+            "figure": f"/v1/decide requests/s (2xx) at {args.ratio_at} connections, wrk closed "
+            "loop (profile read, features, model, policy, decision log)",
             "value": top["requests_per_s"],
             "p50_ms": top["p50_ms"],
             "p99_ms": top["p99_ms"],
-            "baseline": "trivial Serve deployment on the same HTTP path, same load",
+            "p999_ms": top["p999_ms"],
+            "baseline": "trivial Serve deployment on the same HTTP path, same wrk load, same run",
             "baseline_value": trivial["requests_per_s"],
-            "ratio": round(top["requests_per_s"] / trivial["requests_per_s"], 3)
-            if trivial["requests_per_s"]
+            "ratio": ratio(top["requests_per_s"], trivial["requests_per_s"]),
+            # every concurrency: decide beside trivial, with the latency quantiles
+            "by_connections": side_by_side(
+                "decide", results["decide"], results["trivial_serve"], connections
+            ),
+            "peak_req_per_s": peak,
+            "open_loop": {
+                "note": "fixed offered rate, half the best /v1/decide rate, on both routes; wrk "
+                "paced per connection against one schedule; late_sends 0: the rate held",
+                "decide": open_loop.get("decide"),
+                "trivial_serve": open_loop.get("trivial_serve"),
+            },
+            "plain_fastapi_req_per_s": results["fastapi"][0]["requests_per_s"]
+            if results["fastapi"]
             else None,
-            "plain_fastapi_req_per_s": results["fastapi"][-1]["requests_per_s"],
+            "errors": sum(r["error_count"] for r in runs),
             "scenarios": results,
             "decision_log": health.get("decisionLog"),
             "kafka_client": args.client,
             "http_mode": http_mode,
+            "load_generator": load_generator(),
+            "seconds": round(time.monotonic() - started, 1),
             "machine": machine(),
             "git": git_rev(),
         }
