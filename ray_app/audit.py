@@ -328,12 +328,13 @@ def _png(fig: Any) -> str:
 
 
 def write_audit(result: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``audit.html`` and ``audit.json`` to ``out_dir``; returns the HTML path."""
-    import json
+    """Write ``audit.html`` and ``audit.json`` (strict JSON: no NaN) to ``out_dir``; returns the
+    HTML path."""
+    from ray_app.cli.output import dumps
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.html").write_text(render_audit_html(result))
     plain = {k: v for k, v in result.items() if not k.startswith("_")}
-    (out / "audit.json").write_text(json.dumps(plain, indent=2))
+    (out / "audit.json").write_text(dumps(plain, indent=2))
     return out / "audit.html"

@@ -1,6 +1,6 @@
 """Bytes at paths under a filesystem URI: the local disk for plain paths and ``file://``, pyarrow's
-filesystems (``s3://``, ``gs://``, ``hdfs://``, ...) for the rest. Used by the model registry and
-the topic archiver.
+filesystems (``s3://``, ``gs://``, ``hdfs://``, ...) for the rest. Used by the model registry, the
+topic archiver and the readers of its archives (``onramp report``, ``onramp audit``).
 
 Local writes go through a temporary file and a rename (a reader never sees half a file); on
 object stores a write is one PUT, which is atomic too.
@@ -9,8 +9,8 @@ object stores a write is one PUT, which is atomic too.
 >>> store = Storage(tempfile.mkdtemp())
 >>> store.write("a/b.txt", b"hi"); store.read("a/b.txt"), store.read("a/nope.txt")
 (b'hi', None)
->>> store.subdirs(""), store.files("a")
-(['a'], ['b.txt'])
+>>> store.subdirs(""), store.files("a"), store.is_file(), Storage(store.path("a/b.txt")).is_file()
+(['a'], ['b.txt'], False, True)
 >>> Storage("nope://x")
 Traceback (most recent call last):
 ...
@@ -74,6 +74,14 @@ class Storage:
         from pyarrow import fs as pafs
 
         return bool(self._fs.get_file_info(self.root).type != pafs.FileType.NotFound)
+
+    def is_file(self) -> bool:
+        """Whether the root is a file: anything but a directory (a pipe, ``/dev/stdin`` too)."""
+        if self.local is not None:
+            return self.local.exists() and not self.local.is_dir()
+        from pyarrow import fs as pafs
+
+        return bool(self._fs.get_file_info(self.root).type == pafs.FileType.File)
 
     def path(self, rel: str) -> str:
         """The full path of ``rel`` on the filesystem (for readers such as Ray Data)."""

@@ -27,8 +27,6 @@ prints a JSON summary as its last line.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from ray_app.errors import FieldError, OnrampError
+from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, setup_logging
+from ray_app.cli.output import dumps, working
+from ray_app.config import Settings, load_settings
+from ray_app.errors import ConfigError, FieldError
 from ray_app.records import DECISION_SCHEMA, REWARD_SCHEMA, RewardRecord
 from training.ope import BanditLog, Estimate, evaluate
 
@@ -304,8 +305,9 @@ def _parser() -> argparse.ArgumentParser:
         "  (--obd-policy trains with the Ray Train job, as `onramp train --obd`)\n"
         "  onramp evaluate --logs rewards.jsonl decisions.jsonl --model model.bin\n"
         "The OBD sample is fetched once (pip download obp==0.4.1 --no-deps) into --cache-dir.\n"
-        "The last line printed is a JSON summary.",
+        "The last line printed is a JSON summary.\n\n" + EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options()],
     )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument(
@@ -346,14 +348,42 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.obd:
-        from training.obd import reproduce_quickstart
+def _quickstart(args: argparse.Namespace) -> Any:
+    """:func:`training.obd.reproduce_quickstart`'s steps, each announced with its duration (a
+    line every 15 s off a terminal): the reproduction takes minutes."""
+    import training.obd as obd
 
-        _progress("OBD quickstart: loading logs, BTS Monte Carlo, cross-fitted logistic model ...")
-        res = reproduce_quickstart(
-            args.campaign, args.cache_dir, args.n_sim, args.n_bootstrap, args.seed
+    name = f"OBD {args.campaign}"
+    with working(f"{name}: loading the Random logs and the BTS prior (fetched once)"):
+        logs = obd.load_obd("random", args.campaign, args.cache_dir)
+        alpha, beta = obd.load_bts_prior(args.campaign, args.cache_dir)
+        bts = obd.load_obd("bts", args.campaign, args.cache_dir)
+    if alpha.shape[0] != logs.n_actions:
+        raise obd.ObdUnavailable(
+            f"the BTS prior has {alpha.shape[0]} items but the {args.campaign} logs have "
+            f"{logs.n_actions}"
         )
+    with working(f"{name}: BTS action distribution ({args.n_sim:,} Monte Carlo draws)"):
+        dist = obd.bts_action_dist(alpha, beta, logs.len_list, args.n_sim, random_state=12345)
+    with working(f"{name}: outcome model (logistic, 3 folds on {logs.n_rounds:,} rounds)"):
+        q = obd.logistic_outcome_model(logs, n_folds=3, random_state=12345)
+    action_dist = np.broadcast_to(dist, (logs.n_rounds, *dist.shape))
+    with working(f"{name}: IPS/DM/DR with {args.n_bootstrap:,} bootstrap resamples"):
+        estimates = evaluate(
+            logs.bandit_log(), action_dist, q, n_bootstrap=args.n_bootstrap, seed=args.seed
+        )
+    published = dict(obd.PUBLISHED) if args.campaign == "all" else {}
+    published.pop("bts_ctr", None)
+    return obd.QuickstartResult(
+        campaign=args.campaign, estimates=estimates, published=published,
+        random_ctr=float(logs.reward.mean()), bts_ctr=float(bts.reward.mean()),
+        n_rounds=logs.n_rounds, n_sim=args.n_sim,
+    )  # fmt: skip
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    if args.obd:
+        res = _quickstart(args)
         results = {"bts_on_random": res.estimates}
         _print_table(results)
         errs = res.relative_errors()
@@ -368,7 +398,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         return {"mode": "obd", "plot": str(plot), **res.to_json()}
     if args.obd_policy:
-        from ray_app.config import load_settings
         from training.train import TrainOptions, train_obd
 
         _progress("OBD policy: training Onramp's scorer with Ray Train on the first 70% of the "
@@ -378,7 +407,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed, temperature=args.temperature, n_bootstrap=args.n_bootstrap,
             workers=args.workers, gpu=args.gpu,
         )  # fmt: skip
-        trained = train_obd(opts, load_settings())
+        trained = train_obd(opts, settings)
         rep = trained.report
         print_obd_policy_report(rep)
         plot = plot_estimates(
@@ -389,7 +418,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return {"mode": "obd-policy", "plot": str(plot), **rep.to_json(), "training": training}
     from ray_app.catalog import load_catalog
 
-    catalog = load_catalog(args.catalog)
+    catalog = load_catalog(args.catalog or settings.decide.catalog_path)
     bundle = None
     # the catalog's slot order is the scorer's head order (a bundle is checked against it)
     slot_actions: dict[str, list[str]] = {n: list(s.action_ids) for n, s in catalog.slots.items()}
@@ -417,22 +446,21 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m training.evaluate`` and ``onramp evaluate``."""
+    """Entry point of ``python -m training.evaluate`` and ``onramp evaluate``: the exit statuses
+    of every ``onramp`` command (0 ok, 1 runtime error, 2 usage or configuration, 130 Ctrl-C)."""
     args = _parser().parse_args(argv)
-    if args.n_bootstrap < 1:
-        print("onramp evaluate: error: --n-bootstrap must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        summary = _run(args)
-    except OnrampError as exc:
-        print(f"onramp evaluate: error: {exc}", file=sys.stderr)
-        return 1
-    print(
-        json.dumps(
-            summary, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)
-        )
-    )
-    return 0
+    setup_logging(args)
+
+    def run() -> int:
+        if args.n_bootstrap < 1:
+            raise ConfigError("--n-bootstrap: must be >= 1")
+        settings = load_settings(args.config)
+        summary = _run(args, settings)
+        print(f"plot: {summary['plot']}", file=sys.stderr)
+        print(dumps(summary))  # the last line: strict JSON (NaN as null)
+        return 0
+
+    return guarded("onramp evaluate", run)
 
 
 if __name__ == "__main__":

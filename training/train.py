@@ -49,8 +49,10 @@ import torch
 from torch import nn
 
 from ray_app.catalog import load_catalog
+from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, setup_logging
+from ray_app.cli.output import dumps
 from ray_app.config import Settings, load_settings
-from ray_app.errors import FieldError, OnrampError
+from ray_app.errors import ConfigError, FieldError
 from ray_app.features import FeatureSchema
 from ray_app.learn.objective import ips_loss
 from ray_app.model import ModelBundle, Scorer, cold_start_bundle
@@ -65,6 +67,7 @@ __all__ = [
     "OBD_WEIGHT_DECAY",
     "ObdTrainResult",
     "TrainError",
+    "TrainOptionError",
     "TrainOptions",
     "build_parser",
     "main",
@@ -82,6 +85,10 @@ class TrainError(FieldError):
     """A training run that cannot start or finish: the option at fault and why."""
 
     http_status = 400
+
+
+class TrainOptionError(TrainError, ConfigError):
+    """Options that make no sense together or out of range (exit status 2, not 1)."""
 
 
 class TrainOptions:
@@ -347,15 +354,15 @@ class ObdTrainResult:
 
 def _check_options(opts: TrainOptions) -> None:
     if opts.workers < 1:
-        raise TrainError("workers", f"must be >= 1, got {opts.workers}")
+        raise TrainOptionError("workers", f"must be >= 1, got {opts.workers}")
     if opts.epochs < 1:
-        raise TrainError("epochs", f"must be >= 1, got {opts.epochs}")
+        raise TrainOptionError("epochs", f"must be >= 1, got {opts.epochs}")
     if opts.batch_size < 1:
-        raise TrainError("batch_size", f"must be >= 1, got {opts.batch_size}")
+        raise TrainOptionError("batch_size", f"must be >= 1, got {opts.batch_size}")
     if not 0.0 <= opts.validation < 1.0:
-        raise TrainError("validation", f"must be in [0, 1), got {opts.validation}")
+        raise TrainOptionError("validation", f"must be in [0, 1), got {opts.validation}")
     if opts.init not in ("cold", "promoted"):
-        raise TrainError("init", f"expected 'cold' or 'promoted', got {opts.init!r}")
+        raise TrainOptionError("init", f"expected 'cold' or 'promoted', got {opts.init!r}")
 
 
 def _with_ray(settings: Settings, fn: Callable[[], _T]) -> _T:
@@ -402,17 +409,21 @@ def train_obd(opts: TrainOptions, settings: Settings) -> ObdTrainResult:
     Onramp's feature schema, so the decision service could not serve it)."""
     _check_options(opts)
     if not 0.0 < opts.validation < 1.0:
-        raise TrainError(
+        raise TrainOptionError(
             "validation", f"--obd needs a held-out share in (0, 1), got {opts.validation}"
         )
     if opts.init != "cold":
-        raise TrainError("init", "--obd trains a new OBD scorer; --init promoted is for --data")
+        raise TrainOptionError(
+            "init", "--obd trains a new OBD scorer; --init promoted is for --data"
+        )
     if opts.promote:
-        raise TrainError("promote", "OBD models are not registered (their features are OBD's)")
+        raise TrainOptionError(
+            "promote", "OBD models are not registered (their features are OBD's)"
+        )
     if opts.n_bootstrap < 1:
-        raise TrainError("n_bootstrap", f"must be >= 1, got {opts.n_bootstrap}")
+        raise TrainOptionError("n_bootstrap", f"must be >= 1, got {opts.n_bootstrap}")
     if not opts.temperature > 0:
-        raise TrainError("temperature", f"must be > 0, got {opts.temperature}")
+        raise TrainOptionError("temperature", f"must be > 0, got {opts.temperature}")
     from training.obd import obd_wheel
 
     obd_wheel(opts.cache_dir)  # fetched (or the reason it cannot be) before Ray starts
@@ -678,10 +689,11 @@ def build_parser(prog: str = "onramp train") -> argparse.ArgumentParser:
         "  onramp train --data .onramp/archive --workers 4 --epochs 10 --promote\n"
         "  onramp train --data s3://bucket/onramp/archive --gpu --workers 2\n"
         "  onramp train --data .onramp/archive --resume     # continue the last run\n"
-        "  onramp train --obd --epochs 3 --workers 2        # Onramp's model on OBD, held-out CTR",
+        "  onramp train --obd --epochs 3 --workers 2        # Onramp's model on OBD, held-out CTR\n\n"
+        + EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options()],
     )
-    p.add_argument("--config", metavar="FILE", help="YAML settings file (default: $ONRAMP_CONFIG)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--data",
@@ -728,46 +740,37 @@ def build_parser(prog: str = "onramp train") -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m training.train") -> int:
-    args = build_parser(prog).parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-        opts = TrainOptions(
-            obd=args.obd,
-            data=args.data or "",
-            workers=args.workers,
-            gpu=args.gpu,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            validation=args.validation,
-            cpus_per_worker=args.cpus_per_worker,
-            resume=args.resume,
-            run=args.run,
-            init=args.init,
-            promote=args.promote,
-            note=args.note,
-            progress=not args.no_progress,
-            stop_after=args.stop_after,
-            campaign=args.campaign,
-            cache_dir=args.cache_dir,
-            n_bootstrap=args.n_bootstrap,
-            temperature=args.temperature,
-        )
-        if opts.obd:
-            from training.evaluate import print_obd_policy_report
+def _options(args: argparse.Namespace) -> TrainOptions:
+    names = ("obd", "workers", "gpu", "epochs", "batch_size", "lr", "seed", "validation",
+             "cpus_per_worker", "resume", "run", "init", "promote", "note", "stop_after",
+             "campaign", "cache_dir", "n_bootstrap", "temperature")  # fmt: skip
+    return TrainOptions(
+        data=args.data or "",
+        progress=not args.no_progress,
+        **{n: getattr(args, n) for n in names},
+    )
 
-            result = train_obd(opts, settings)
-            print_obd_policy_report(result.report)
-            print(json.dumps(result.summary))  # the last line: the JSON summary
-            return 0
-        summary = train(opts, settings)
-    except OnrampError as exc:
-        print(f"onramp train: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    opts = _options(args)
+    if opts.obd:
+        from training.evaluate import print_obd_policy_report
+
+        result = train_obd(opts, settings)
+        print_obd_policy_report(result.report)
+        print(dumps(result.summary))  # the last line: the JSON summary
+        return 0
+    print(dumps(train(opts, settings), indent=2))
     return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m training.train") -> int:
+    """Entry point of ``python -m training.train`` and ``onramp train``: the exit statuses of
+    every ``onramp`` command (0 ok, 1 runtime error, 2 usage or configuration, 130 Ctrl-C)."""
+    args = build_parser(prog).parse_args(argv)
+    setup_logging(args)
+    return guarded(prog, lambda: _run(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@
     onramp report             experiment analysis: per-arm rates, uplift, SRM, CUPED (HTML + JSON)
     onramp audit              recent traffic vs training data: features, segment mix, DLQ/late
 
-Every command takes ``--config FILE`` (YAML settings); ``ONRAMP_*`` variables override it.
+Every command takes the common options ``--config FILE`` (YAML settings; ``ONRAMP_*`` variables
+override it), ``--log-level`` and ``--verbose``, before or after the command name, and exits with
+the same statuses (:data:`~ray_app.cli.common.EXIT_STATUS_HELP`).
 One module per command (``ray_app/cli/<command>.py``, each with ``add_parser`` and ``run``);
 what they share is in :mod:`ray_app.cli.common`. Command modules import Ray, Serve, torch and
 pandas inside ``run``, so that ``onramp --help`` starts fast.
@@ -23,7 +25,6 @@ pandas inside ``run``, so that ``onramp --help`` starts fast.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -42,10 +43,16 @@ from ray_app.cli import (
     train,
     up,
 )
-from ray_app.cli.common import Command, Parts, common_options
+from ray_app.cli.common import (
+    EXIT_STATUS_HELP,
+    Command,
+    Parts,
+    common_options,
+    guarded,
+    setup_logging,
+)
 from ray_app.cli.demo import DEMO_WORLDS
 from ray_app.config import load_settings
-from ray_app.errors import ConfigError, OnrampError
 
 __all__ = ["DEMO_WORLDS", "Parts", "main"]
 
@@ -68,23 +75,64 @@ _COMMANDS: dict[str, Command] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = common_options()
     p = argparse.ArgumentParser(
         prog="onramp",
         description="Onramp: real-time personalization of customer onboarding on Ray.",
-        epilog="Settings come from --config and ONRAMP_* variables, e.g. "
-        "ONRAMP_KAFKA__BOOTSTRAP_SERVERS=broker:9092. See `onramp config describe`.",
-        parents=[common],
+        epilog="Settings come from --config and ONRAMP_* variables, e.g.\n"
+        "ONRAMP_KAFKA__BOOTSTRAP_SERVERS=broker:9092. See `onramp config describe`.\n\n"
+        + EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options()],
+        allow_abbrev=False,
     )
     p.add_argument("--version", action="version", version=f"onramp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    inner = common_options(top=False)  # after the command: never overwrites a value given before
     for command in _LISTED:
-        command.add_parser(sub, common)
+        command.add_parser(sub, inner)
     return p
 
 
+#: The common options that take a value (``--config FILE``), and those that do not.
+_VALUED = ("--config", "--log-level")
+_FLAGS = ("-v", "--verbose")
+
+
+def _command_at(argv: list[str]) -> int | None:
+    """Where the command is in ``argv``: the first word after the common options, if any.
+
+    >>> _command_at(["--config", "a.yaml", "-v", "train", "--data", "x"])
+    3
+    >>> _command_at(["--log-level=INFO", "evaluate"]), _command_at(["--help"])
+    (1, None)
+    """
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _VALUED:
+            i += 2
+        elif word in _FLAGS or word.startswith(tuple(f"{o}=" for o in _VALUED)):
+            i += 1
+        else:
+            return None if word.startswith("-") else i
+    return None
+
+
+def _run_job(argv: list[str], at: int, parts: Parts) -> int:
+    """``onramp [common options] train|evaluate ...``: the job parses its own options, the common
+    ones included (those given before the command go first, so those after it win)."""
+    common = argparse.ArgumentParser(
+        prog="onramp", parents=[common_options()], add_help=False, allow_abbrev=False
+    )
+    args, _ = common.parse_known_args(argv[:at] + argv[at + 1 :])
+    setup_logging(args)
+    run_argv = train.run_argv if argv[at] == "train" else evaluate.run_argv
+    return run_argv(argv[:at] + argv[at + 1 :], parts)
+
+
 def main(argv: Sequence[str] | None = None, parts: Parts | None = None) -> int:
-    """Run one ``onramp`` command; returns its exit status (2: configuration error, 1: error).
+    """Run one ``onramp`` command; returns its exit status (see :data:`EXIT_STATUS_HELP`:
+    0 ok, 1 runtime error, 2 usage or configuration, 3 drift found, 130 Ctrl-C).
 
     ``parts`` are the Serve application and the training jobs, which ``up``, ``demo``,
     ``train`` and ``evaluate`` run (the ``onramp`` entry point, :mod:`deployments.onramp`,
@@ -96,29 +144,15 @@ def main(argv: Sequence[str] | None = None, parts: Parts | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parts = parts or Parts()
-    if argv[:1] in (["train"], ["evaluate"]):  # these jobs parse their own options
-        run_argv = train.run_argv if argv[0] == "train" else evaluate.run_argv
-        try:
-            return run_argv(argv[1:], parts)
-        except OnrampError as exc:
-            print(f"onramp: error: {exc}", file=sys.stderr)
-            return 1
+    at = _command_at(argv)
+    if at is not None and argv[at] in ("train", "evaluate"):  # these jobs parse their own options
+        return guarded(f"onramp {argv[at]}", lambda: _run_job(argv, at, parts))
     args = _parser().parse_args(argv)
     args.parts = parts
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
+    setup_logging(args)
+
+    def run() -> int:
         settings = load_settings(args.config)
         return _COMMANDS[args.command](args, settings)
-    except ConfigError as exc:
-        print(f"onramp: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except OnrampError as exc:
-        print(f"onramp: error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # `onramp config describe | head`
-        import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return guarded("onramp", run)

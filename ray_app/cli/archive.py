@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from ray_app.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Stop
+from ray_app.cli.output import Progress, dumps
 from ray_app.config import Settings
 from ray_app.errors import ConfigError
 
@@ -85,12 +86,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     topics = _topic_names(settings, args.topics)
     out = args.out or str(Path(settings.state_dir) / "archive")
     consumer = make_consumer(bootstrap, settings.kafka)
-    done = [0]
-
-    def progress(n: int) -> None:
-        done[0] += n
-        print(f"\rarchived {done[0]:,} records", end="", file=sys.stderr, flush=True)
-
+    progress = Progress("archived", unit="records")
+    stop = Stop()  # Ctrl-C ends the read; what was read is written
+    stop.install()
     try:
         report = archive_topics(
             consumer,
@@ -99,10 +97,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             settings.kafka.partitions,
             idle_s=args.idle,
             max_seconds=args.max_seconds,
-            on_progress=progress,
+            on_progress=progress.update,
+            stop=stop.is_set,
         )
     finally:
+        stop.restore()
         consumer.close()
-    print(file=sys.stderr)
-    print(json.dumps(report.as_dict(), indent=2))
-    return 0 if report.invalid == 0 else 1
+    progress.close()
+    print(dumps(report.as_dict(), indent=2))
+    print(f"wrote {len(report.files)} file(s) under {out}", file=sys.stderr)
+    if report.interrupted:
+        print(
+            f"onramp archive: interrupted; the {report.records:,} records read were written",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.invalid == 0 else EXIT_ERROR

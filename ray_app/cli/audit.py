@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ray_app.cli.common import EXIT_DRIFT, EXIT_OK
 from ray_app.config import Settings
 from ray_app.errors import OnrampError
 
@@ -20,18 +21,27 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Compares recent decisions with the reference (training) decisions: the PSI "
         "of every feature, the mix of context segments and arms (chi-square), and, from "
         "/metrics scrapes, the DLQ and late shares. Prints what drifted; writes audit.html "
-        "(histograms, segment bars) and audit.json.",
+        "(histograms, segment bars) and audit.json, and says where. The decisions are files, or "
+        "what `onramp archive` writes (an archive root or a topic's folder of per-partition "
+        "files), local or at a URI (s3://...).",
         epilog="examples:\n"
+        "  onramp audit --reference s3://b/archive/2026-11 --recent .onramp/archive\n"
         "  onramp audit --reference train-decisions.jsonl --recent last-day.jsonl\n"
         "  onramp audit --reference r.jsonl --recent c.jsonl --metrics http://127.0.0.1:8000/metrics\n"
         "  onramp audit ... --fail-on-drift   # exit status 3 when something drifted (CI, cron)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     audit.add_argument(
-        "--reference", required=True, metavar="FILE", help="training decisions (JSON lines)"
+        "--reference",
+        required=True,
+        metavar="URI",
+        help="training decisions: a JSON lines file, or an archive or folder of them",
     )
     audit.add_argument(
-        "--recent", required=True, metavar="FILE", help="recent decisions (JSON lines)"
+        "--recent",
+        required=True,
+        metavar="URI",
+        help="recent decisions: a JSON lines file, or an archive or folder of them",
     )
     audit.add_argument(
         "--metrics", metavar="URL|FILE", help="recent /metrics: a URL or a saved scrape"
@@ -77,9 +87,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from ray_app.audit import audit, write_audit
     from ray_app.experiments.report import read_json_lines
 
+    topic = settings.topics.decisions
     result = audit(
-        read_json_lines(args.reference),
-        read_json_lines(args.recent),
+        read_json_lines(args.reference, topic),
+        read_json_lines(args.recent, topic),
         _feature_names(settings),
         _read_metrics(args.metrics),
         _read_metrics(args.reference_metrics),
@@ -96,5 +107,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {line}")
     else:
         print("nothing drifted")
-    print(f"report: {page}")
-    return 3 if result["drifted"] and args.fail_on_drift else 0
+    print(f"wrote: {page} and {page.with_name('audit.json')}")
+    return EXIT_DRIFT if result["drifted"] and args.fail_on_drift else EXIT_OK

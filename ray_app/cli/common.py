@@ -1,9 +1,13 @@
-"""What the ``onramp`` commands share: the common options, Ctrl-C handling, setting overrides."""
+"""What the ``onramp`` commands share: the common options, the exit statuses and the one place
+that maps errors to them, Ctrl-C handling, setting overrides."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,45 +17,160 @@ from ray_app.config import Settings
 from ray_app.errors import ConfigError, OnrampError
 
 __all__ = [
+    "EXIT_DRIFT",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_STATUS_HELP",
+    "EXIT_USAGE",
     "Command",
     "Parts",
     "Stop",
     "common_options",
     "decide_key",
+    "guarded",
+    "log_level",
+    "setup_logging",
     "with_overrides",
 ]
 
 #: A parsed command: ``(args, settings) -> exit status``.
 Command = Callable[[argparse.Namespace, Settings], int]
 
+EXIT_OK = 0
+EXIT_ERROR = 1  #: a runtime error (Kafka unreachable, unreadable input, a failed run)
+EXIT_USAGE = 2  #: a usage or configuration error (argparse's own status for bad options)
+EXIT_DRIFT = 3  #: ``onramp audit --fail-on-drift`` found drift
+EXIT_INTERRUPTED = 130  #: Ctrl-C (128 + SIGINT, as shells report it)
 
-def common_options() -> argparse.ArgumentParser:
-    """The options every command takes (``--config``, ``--log-level``), as a parent parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", metavar="FILE", help="YAML settings file (default: $ONRAMP_CONFIG, else none)"
+EXIT_STATUS_HELP = """\
+exit status (the same for every command):
+  0    ok
+  1    runtime error (Kafka unreachable, an input that cannot be read, a failed run)
+  2    usage or configuration error (a bad option; a settings file missing or invalid)
+  3    drift found (onramp audit --fail-on-drift)
+  130  interrupted by Ctrl-C: one line on stderr, no traceback (archive first writes what it
+       has read); up, demo, sim and broker treat Ctrl-C as their way to stop and exit 0"""
+
+_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def common_options(top: bool = True) -> argparse.ArgumentParser:
+    """The options every command takes (``--config``, ``--log-level``, ``--verbose``), as a
+    parent parser. They may come before or after the command: the top-level parser (``top``)
+    holds the defaults, and the copies in the subcommands (``top=False``) default to
+    :data:`argparse.SUPPRESS`, so a subcommand never overwrites a value given before it.
+
+    >>> p = argparse.ArgumentParser(parents=[common_options()])
+    >>> sub = p.add_subparsers(dest="command")
+    >>> _ = sub.add_parser("show", parents=[common_options(top=False)])
+    >>> a = p.parse_args(["--config", "a.yaml", "show"])
+    >>> a.config, a.log_level, a.verbose
+    ('a.yaml', None, False)
+    >>> p.parse_args(["show", "--config", "b.yaml", "--verbose"]).config
+    'b.yaml'
+    """
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    group = common.add_argument_group("common options (before or after the command)")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default(None),
+        help="YAML settings file (default: $ONRAMP_CONFIG, else none); a missing file is an error",
     )
-    common.add_argument(
+    group.add_argument(
         "--log-level",
-        default="WARNING",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level",
+        default=default(None),
+        choices=_LEVELS,
+        help="level of Onramp's log lines (default WARNING; INFO with --verbose)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="more detail: Onramp's INFO log lines (unless --log-level says otherwise)",
     )
     return common
 
 
+def log_level(args: argparse.Namespace) -> str:
+    """The effective ``--log-level``: as given, else INFO with ``--verbose``, else WARNING."""
+    given = getattr(args, "log_level", None)
+    return str(given or ("INFO" if getattr(args, "verbose", False) else "WARNING"))
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Log to stderr at :func:`log_level`."""
+    logging.basicConfig(
+        level=log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger().setLevel(log_level(args))
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed: the status still tells
+        pass
+
+
+def guarded(prog: str, fn: Callable[[], int]) -> int:
+    """``fn()``'s exit status, with Onramp's errors and Ctrl-C mapped to the documented ones
+    (:data:`EXIT_STATUS_HELP`) and said in one line on stderr, without a traceback.
+
+    >>> def fails() -> int:
+    ...     raise OnrampError("no broker")
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     guarded("onramp x", fails)
+    1
+    >>> err.getvalue()
+    'onramp x: error: no broker\\n'
+    """
+    try:
+        return fn()
+    except ConfigError as exc:
+        _say(f"{prog}: configuration error: {exc}")
+        return EXIT_USAGE
+    except OnrampError as exc:
+        _say(f"{prog}: error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _say(f"\n{prog}: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `onramp config describe | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
 class Stop:
-    """Set by Ctrl-C or SIGTERM; commands poll it."""
+    """Set by Ctrl-C or SIGTERM; commands poll it. :meth:`restore` puts the previous handlers
+    back (a command that ends while the process goes on, as in tests)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.event.set())
+            previous = signal.signal(sig, lambda *_: self.event.set())
+            self._previous.setdefault(sig, previous)
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.event.wait(timeout)
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
 
 
 def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_app.cli.common import Stop, decide_key, with_overrides
+from ray_app.cli.output import dumps
 from ray_app.cli.up import print_urls
 from ray_app.config import Settings
 
@@ -332,7 +332,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             stop.event.set()
             counter.close()
             sim_thread.join(timeout=10)
-            print(f"simulator totals: {json.dumps(sim.stats.as_dict())}", flush=True)
+            print(f"simulator totals: {dumps(sim.stats.as_dict())}", flush=True)
             if learning is not None:
                 _finish_learning(args, settings, learning)
             print("stopping: Serve, Ray, broker ...", flush=True)

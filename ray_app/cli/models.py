@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from ray_app.cli.output import dumps
 from ray_app.config import Settings
 
 __all__ = ["add_parser", "run"]
@@ -53,7 +53,7 @@ def _show(registry: Any, version: int) -> int:
     meta = registry.get(version)
     body = meta.to_json()
     body["promoted"] = head is not None and head.version == meta.version
-    print(json.dumps(body, indent=2))
+    print(dumps(body, indent=2))
     return 0
 
 
@@ -63,7 +63,7 @@ def _list(registry: Any, as_json: bool) -> int:
     head = registry.promoted()
     versions = registry.list()
     if as_json:
-        print(json.dumps([v.to_json() for v in versions], indent=2))
+        print(dumps([v.to_json() for v in versions], indent=2))
         return 0
     if not versions:
         print(f"the registry at {registry.uri} is empty: `onramp train` registers versions")
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         p = registry.rollback(settings.model_path, schema, catalog)
     print(
-        json.dumps(
+        dumps(
             {
                 "promoted": p.version,
                 "promotion": p.epoch,

@@ -24,15 +24,27 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "outcome) and activation (users who completed onboarding) with confidence intervals, "
         "relative uplift against control, a sample-ratio-mismatch check against the configured "
         "split (decide.arms, decide.holdout) and, with --covariates, CUPED variance reduction. "
-        "Writes <experiment>.html (funnel and uplift-over-time plots) and summary.json.",
+        "Writes <experiment>.html (funnel and uplift-over-time plots) and summary.json. The logs "
+        "are files, or what `onramp archive` writes (an archive root or a topic's folder of "
+        "per-partition files), local or at a URI (s3://...).",
         epilog="examples:\n"
-        "  kafka-console-consumer ... --topic onramp.decisions > decisions.jsonl\n"
+        "  onramp archive --out .onramp/archive && onramp report --archive .onramp/archive\n"
         "  onramp report --decisions decisions.jsonl --rewards rewards.jsonl --out report/\n"
+        "  onramp report --archive s3://bucket/onramp/archive/2026-11-26\n"
         "  onramp report --table users.csv --covariates pre.csv --level 0.9",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    report.add_argument("--decisions", metavar="FILE", help="decision records (JSON lines)")
-    report.add_argument("--rewards", metavar="FILE", help="reward records (JSON lines)")
+    report.add_argument(
+        "--archive",
+        metavar="URI",
+        help="an archive written by `onramp archive`: its decisions and rewards topics",
+    )
+    report.add_argument(
+        "--decisions", metavar="URI", help="decision records: a JSON lines file or folder"
+    )
+    report.add_argument(
+        "--rewards", metavar="URI", help="reward records: a JSON lines file or folder"
+    )
     report.add_argument(
         "--table",
         metavar="FILE",
@@ -58,7 +70,7 @@ def _read_covariates(path: str) -> dict[str, float]:
     return dict(zip(cov["user"].astype(str), cov["covariate"].astype(float), strict=True))
 
 
-def _experiments(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
+def _experiments(args: argparse.Namespace, settings: Settings) -> dict[str, pd.DataFrame]:
     """One table of users per experiment, from ``--table`` or from the decision/reward logs."""
     from ray_app.experiments.report import read_json_lines, read_user_table, users_from_logs
 
@@ -68,12 +80,12 @@ def _experiments(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
         if covariates is not None:
             for name, df in experiments.items():
                 experiments[name] = df.assign(covariate=df["user"].map(covariates))
-    elif args.decisions and args.rewards:
-        experiments = users_from_logs(
-            read_json_lines(args.decisions), read_json_lines(args.rewards), covariates
-        )
+    elif (args.decisions or args.archive) and (args.rewards or args.archive):
+        decisions = read_json_lines(args.decisions or args.archive, settings.topics.decisions)
+        rewards = read_json_lines(args.rewards or args.archive, settings.topics.rewards)
+        experiments = users_from_logs(decisions, rewards, covariates)
     else:
-        raise ConfigError("report: give --decisions and --rewards, or --table")
+        raise ConfigError("report: give --archive, or --decisions and --rewards, or --table")
     if not experiments:
         raise OnrampError("report: no decision with a chosen action in the input")
     return experiments
@@ -98,7 +110,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if not 0 < args.level < 1:
         raise ConfigError(f"--level: must be between 0 and 1, got {args.level}")
-    experiments = _experiments(args)
+    experiments = _experiments(args, settings)
     d = settings.decide
     shares = Experiment(name=d.experiment, salt=d.salt, arms=d.arms, holdout=d.holdout).shares()
     summary = write_report(experiments, args.out, shares, args.control, args.level)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 from typing import Any
 
+from ray_app.cli.output import dumps
 from ray_app.config import Settings
 
 __all__ = ["add_parser", "reason_docs", "run"]
@@ -58,5 +58,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for code in ReasonCode:
             print(f"{code.value:<24} {code.http_status}  {docs.get(code.value, '')}")
         return 0
-    print(json.dumps(json_schema(), indent=2))
+    print(dumps(json_schema(), indent=2))
     return 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from ray_app.cli.common import Stop, with_overrides
+from ray_app.cli.output import dumps
 from ray_app.config import Settings
 
 __all__ = ["add_parser", "run"]
@@ -40,5 +41,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stop.install()
     sim = Simulator(args.url, key, settings.sim, truth_path=args.truth)
     stats = sim.run(stop.event.is_set)
-    print(json.dumps(stats.as_dict()))
+    print(dumps(stats.as_dict()))
+    if args.truth is not None:
+        print(f"ground truth: {args.truth}", file=sys.stderr)
     return 0 if stats.failed_requests == 0 else 1

@@ -265,31 +265,30 @@ def users_from_logs(
 # -- HTML -------------------------------------------------------------------------------------
 
 
-def read_json_lines(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file (``.gz`` read as gzip; blank lines skipped). An unreadable
-    file or a line that is not a JSON object is a :class:`FieldError` naming ``file[:line]``."""
-    import gzip
-
+def read_json_lines(path: str | Path, topic: str | None = None) -> list[dict[str, Any]]:
+    """Records of JSON lines at ``path``: a file, or what ``onramp archive`` writes (an archive
+    root, whose ``<topic>/`` folder is read, or a folder of per-partition files), on the local
+    disk or at a filesystem URI (``s3://``...), read through :mod:`ray_app.storage` by
+    :func:`ray_app.kafka.archive.archived_files` (``.gz`` read as gzip; blank lines skipped).
+    An unreadable input or a line that is not a JSON object is a :class:`FieldError` naming
+    ``file[:line]``."""
     import orjson
 
     from ray_app.errors import FieldError
+    from ray_app.kafka.archive import archived_files
 
-    p = Path(path)
-    try:
-        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise FieldError(str(p), f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     out = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise FieldError(f"{p}:{n}", f"not JSON: {exc}") from None
-        if not isinstance(rec, dict):
-            raise FieldError(f"{p}:{n}", f"expected a JSON object, got {type(rec).__name__}")
-        out.append(rec)
+    for name, raw in archived_files(path, topic):
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise FieldError(f"{name}:{n}", f"not JSON: {exc}") from None
+            if not isinstance(rec, dict):
+                raise FieldError(f"{name}:{n}", f"expected a JSON object, got {type(rec).__name__}")
+            out.append(rec)
     return out
 
 
@@ -323,7 +322,7 @@ def write_report(
 ) -> dict[str, Any]:
     """Analyse every experiment; write one page per experiment (``<experiment>.html``) and
     ``summary.json`` with every experiment's numbers. Returns the summary."""
-    import json
+    from ray_app.cli.output import dumps
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,7 +333,7 @@ def write_report(
         page = out / f"{_safe(name)}.html"
         page.write_text(render_html(name, s, users))
         s["html"] = str(page)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "summary.json").write_text(dumps(summary, indent=2))  # strict: NaN as null
     return summary
 
 

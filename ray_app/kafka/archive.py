@@ -9,7 +9,8 @@ first few are named in :attr:`ArchiveReport.problems`.
 The read is bounded: each partition is read from ``start`` (default: the beginning) until it has
 reached the end offset it had when the archiver started and a poll of ``idle_s`` brings nothing
 new (the embedded broker under-reports end offsets, so the end is confirmed by reading), or until
-``max_seconds``.
+``max_seconds``, or until ``stop()`` says so (Ctrl-C in ``onramp archive``): what was read is
+written either way, and :attr:`ArchiveReport.interrupted` tells an interrupted read.
 
 >>> from ray_app.kafka.client import OutRecord
 >>> from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer, InMemoryConsumer
@@ -34,10 +35,14 @@ from typing import Any
 
 import orjson
 
+from ray_app.errors import FieldError
 from ray_app.kafka.client import Consumer
 from ray_app.storage import Storage
 
-__all__ = ["ArchiveReport", "archive_topics"]
+#: What a reader of an archive takes for a JSON lines file.
+_JSONL = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+
+__all__ = ["ArchiveReport", "archive_topics", "archived_files"]
 
 
 @dataclass
@@ -50,6 +55,7 @@ class ArchiveReport:
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
 
     @property
     def records(self) -> int:
@@ -67,6 +73,7 @@ class ArchiveReport:
             "files": len(self.files),
             "problems": self.problems,
             "seconds": round(self.seconds, 2),
+            "interrupted": self.interrupted,
         }
 
 
@@ -79,11 +86,13 @@ def archive_topics(
     idle_s: float = 1.0,
     max_seconds: float = 600.0,
     on_progress: Callable[[int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> ArchiveReport:
     """Read ``topics`` (``partitions`` each) through ``consumer`` into JSON lines under ``out``.
 
-    ``on_progress(n)`` is called with the number of records read by each poll. The consumer is
-    not closed.
+    ``on_progress(n)`` is called with the number of records read by each poll; ``stop()`` is
+    asked after each poll and ends the read early (what was read is still written). The
+    consumer is not closed.
     """
     store = Storage(out, field="out")
     started = time.monotonic()
@@ -96,6 +105,9 @@ def archive_topics(
     report = ArchiveReport(str(out))
     quiet_since = time.monotonic()
     while time.monotonic() - started < max_seconds:
+        if stop is not None and stop():
+            report.interrupted = True
+            break
         batch = consumer.poll(timeout_s=min(0.2, idle_s), max_records=5_000)
         if batch:
             quiet_since = time.monotonic()
@@ -138,3 +150,45 @@ def archive_topics(
         report.by_topic.setdefault(t, 0)
     report.seconds = time.monotonic() - started
     return report
+
+
+def archived_files(
+    uri: str | Path, topic: str | None = None, field: str | None = None
+) -> list[tuple[str, bytes]]:
+    """The JSON lines files at ``uri`` (a path or filesystem URI, see :mod:`ray_app.storage`),
+    as ``(name, bytes)`` in name order: the file itself; else the files of the folder
+    ``<uri>/<topic>`` (an archive root written by :func:`archive_topics`); else those of the
+    folder ``uri`` itself (one topic's folder, or any folder of ``*.jsonl``). ``.gz`` files are
+    returned decompressed. A :class:`FieldError` (``field``, default ``uri`` itself) when there
+    is nothing to read.
+
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> Storage(root).write("onramp.rewards/part-0000-1-2.jsonl", b'{"a": 1}\\n')
+    >>> [n.rsplit("/", 2)[-2:] for n, _ in archived_files(root, "onramp.rewards")]
+    [['onramp.rewards', 'part-0000-1-2.jsonl']]
+    """
+    import gzip
+
+    text = str(uri)
+    field = field or text
+    store = Storage(text, field=field)
+    try:
+        if store.is_file():
+            data = store.read("") or b""
+            return [(text, gzip.decompress(data) if text.endswith(".gz") else data)]
+        if not store.exists():
+            raise FieldError(field, "cannot read: no such file or directory")
+        for rel in (*([topic] if topic else []), ""):
+            names = [n for n in store.files(rel) if n.endswith(_JSONL)]
+            if names:
+                out = []
+                for n in names:
+                    path = f"{text.rstrip('/')}/{rel}/{n}" if rel else f"{text.rstrip('/')}/{n}"
+                    data = store.read(f"{rel}/{n}" if rel else n) or b""
+                    out.append((path, gzip.decompress(data) if n.endswith(".gz") else data))
+                return out
+    except (OSError, EOFError) as exc:
+        raise FieldError(field, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    under = f" or under {topic}/" if topic else ""
+    raise FieldError(field, f"no JSON lines files (*.jsonl) here{under}")

@@ -32,8 +32,8 @@ def test_missing_and_empty_data_are_clear_errors(tmp_path, capsys):
         reward_files(str(tmp_path))
     with pytest.raises(TrainingDataError, match="no reward records to train on"):
         reward_data([], SCHEMA, CATALOG)
-    # the CLI answers with the reason before starting anything
-    assert train_main(["--data", str(tmp_path / "nope")]) == 2
+    # the CLI answers with the reason before starting anything (missing input: a runtime error)
+    assert train_main(["--data", str(tmp_path / "nope")]) == 1
     assert "data: " in capsys.readouterr().err
 
 

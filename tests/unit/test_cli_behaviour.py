@@ -1,0 +1,413 @@
+"""How every ``onramp`` command behaves at the shell (issue 19, "CLI"): the common options in
+every position, the same exit statuses for every command, Ctrl-C, progress, where outputs went,
+strict JSON, and ``report``/``audit`` reading what ``archive`` writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deployments.onramp import main
+from ray_app.cli.output import Progress, dumps
+from ray_app.config import Settings
+from ray_app.kafka.archive import archive_topics
+from ray_app.kafka.client import OutRecord
+from ray_app.kafka.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
+from tests.unit.test_audit import decisions as audit_decisions
+from tests.unit.test_experiment_report import _logs
+
+ROOT = Path(__file__).resolve().parents[2]
+TOPICS = Settings().topics
+
+
+def _strict(text: str) -> Any:
+    """JSON as a strict parser reads it: NaN, Infinity are errors."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger():
+    """The commands set the root logger's level: put it back."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
+@pytest.fixture
+def settings_file(tmp_path: Path) -> Path:
+    f = tmp_path / "prod.yaml"
+    f.write_text("kafka:\n  partitions: 7\n")
+    return f
+
+
+# -- 1. the common options, before or after the command ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "{f}", "config", "show"],
+        ["config", "--config", "{f}", "show"],
+        ["config", "show", "--config", "{f}"],
+        ["--config=/nowhere.yaml", "config", "show", "--config", "{f}"],  # the last one wins
+    ],
+)
+def test_config_is_honoured_before_or_after_the_command(argv, settings_file, capsys) -> None:
+    assert main([a.replace("{f}", str(settings_file)) for a in argv]) == 0
+    assert "partitions: 7" in capsys.readouterr().out
+
+
+def test_a_missing_settings_file_is_exit_2_naming_it_in_every_position(tmp_path, capsys) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    for argv in (
+        ["--config", missing, "config", "show"],
+        ["config", "show", "--config", missing],
+        ["--config", missing, "report", "--table", "t.csv"],
+        ["--config", missing, "train", "--data", str(tmp_path)],
+        ["train", "--data", str(tmp_path), "--config", missing],
+        ["--config", missing, "evaluate", "--logs", "x.jsonl"],
+        ["evaluate", "--logs", "x.jsonl", "--config", missing],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "configuration error" in err and "missing.yaml" in err, argv
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["--log-level", "DEBUG", "config", "describe"], logging.DEBUG),
+        (["config", "describe", "--log-level", "ERROR"], logging.ERROR),
+        (["--verbose", "config", "describe"], logging.INFO),
+        (["config", "describe", "-v"], logging.INFO),
+        (["-v", "--log-level", "ERROR", "schema"], logging.ERROR),
+    ],
+)
+def test_log_level_and_verbose_are_honoured_in_every_position(argv, level, capsys) -> None:
+    logging.getLogger().setLevel(logging.CRITICAL)
+    assert main(argv) == 0
+    assert logging.getLogger().level == level
+
+
+def test_train_and_evaluate_take_the_common_options(tmp_path, capsys) -> None:
+    """They parse their own options: the common ones are among them, and those given before the
+    command reach them (today: 'unrecognized arguments', or ignored)."""
+    logging.getLogger().setLevel(logging.CRITICAL)
+    assert main(["-v", "evaluate", "--logs", str(tmp_path / "nope.jsonl")]) == 1
+    assert "nope.jsonl: cannot read" in capsys.readouterr().err
+    assert logging.getLogger().level == logging.INFO
+    assert main(["--log-level", "DEBUG", "train", "--data", str(tmp_path / "nope")]) == 1
+    assert "no such file or directory" in capsys.readouterr().err
+    assert logging.getLogger().level == logging.DEBUG
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config FILE" in out and "--verbose" in out and "exit status" in out
+
+
+# -- 2. one set of exit statuses; Ctrl-C -----------------------------------------------------------
+
+
+def test_help_documents_the_exit_statuses(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit status" in out
+    for line in ("0    ok", "1    runtime error", "2    usage or configuration", "3    drift",
+                 "130  interrupted"):  # fmt: skip
+        assert line in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["config", "show"],
+        ["report", "--table", "t.csv"],
+        ["audit", "--reference", "a", "--recent", "b"],
+        ["models", "list"],
+        ["train", "--data", "nope"],
+        ["evaluate", "--logs", "x.jsonl"],
+    ],
+)
+def test_invalid_settings_are_exit_2_for_every_command(argv, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("ONRAMP_KAFKA__PARTITIONS", "lots")
+    assert main(argv) == 2
+    assert "kafka.partitions" in capsys.readouterr().err
+
+
+def test_runtime_errors_are_1_and_usage_errors_2_for_train_and_evaluate(tmp_path, capsys) -> None:
+    # a missing input is a runtime error, as for every command (train said 2 for any error)
+    assert main(["train", "--data", str(tmp_path / "nope")]) == 1
+    assert main(["evaluate", "--logs", str(tmp_path / "nope.jsonl")]) == 1
+    assert main(["report", "--decisions", str(tmp_path / "n"), "--rewards", "n"]) == 1
+    # options out of range are usage errors
+    assert main(["train", "--data", str(tmp_path), "--workers", "0"]) == 2
+    assert main(["evaluate", "--logs", "x", "--n-bootstrap", "0"]) == 2
+    assert main(["report", "--table", "t.csv", "--level", "2"]) == 2
+    capsys.readouterr()
+
+
+def _interrupt(*_: Any, **__: Any) -> Any:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("argv", "target"),
+    [
+        (["config", "show"], "ray_app.cli.config.yaml.safe_dump"),
+        (["report", "--table", "t.csv"], "ray_app.experiments.report.read_user_table"),
+        (["train", "--data", "x"], "training.train.train"),
+        (["evaluate", "--logs", "x"], "training.evaluate.read_jsonl"),
+    ],
+)
+def test_ctrl_c_is_one_line_and_exit_130(argv, target, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(target, _interrupt)
+    try:
+        rc = main(argv)
+    except KeyboardInterrupt:  # today's code: a traceback
+        rc = None
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert err.strip().endswith("interrupted") and "Traceback" not in err
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_ctrl_c_in_a_real_process_leaves_no_traceback(tmp_path) -> None:
+    """SIGINT while `onramp evaluate` waits on its input (a FIFO nobody writes to)."""
+    fifo = tmp_path / "logs.jsonl"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.onramp", "evaluate", "--logs", str(fifo)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    opened = threading.Event()
+    holder: list[Any] = []
+
+    def writer() -> None:  # returns once the command has opened the FIFO to read it
+        holder.append(open(fifo, "w"))
+        opened.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    try:
+        assert opened.wait(60), "the command never opened its input"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # a writer still waiting: released
+        for f in holder:
+            f.close()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().endswith("onramp evaluate: interrupted")
+
+
+def _archive_env(monkeypatch, broker: InMemoryBroker, consumer: Any = None) -> None:
+    import ray_app.kafka.client as client
+
+    monkeypatch.setenv("ONRAMP_KAFKA__BOOTSTRAP_SERVERS", "memory:9092")
+    monkeypatch.setenv("ONRAMP_KAFKA__PARTITIONS", "2")
+    monkeypatch.setattr(client, "make_consumer", lambda *_: consumer or InMemoryConsumer(broker))
+
+
+def _fill(broker: InMemoryBroker, topic: str, rows: list[dict[str, Any]]) -> None:
+    p = InMemoryProducer(broker)
+    p.send_all(
+        [
+            OutRecord(topic, json.dumps(r).encode(), key=str(i % 5).encode())
+            for i, r in enumerate(rows)
+        ]
+    ).result(5)
+
+
+class _InterruptedConsumer(InMemoryConsumer):
+    """Ctrl-C (a real SIGINT to this process) after the first poll that brought records."""
+
+    def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Any]:
+        out = super().poll(timeout_s, max_records=40)
+        if out:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+
+def test_ctrl_c_in_archive_writes_what_it_read(tmp_path, monkeypatch, capsys) -> None:
+    broker = InMemoryBroker(partitions=2)
+    _fill(broker, TOPICS.rewards, [{"n": i} for i in range(500)])
+    _archive_env(monkeypatch, broker, _InterruptedConsumer(broker))
+    previous = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "archive"
+    try:
+        rc = main(["archive", "--topics", "rewards", "--out", str(out), "--idle", "5"])
+    except KeyboardInterrupt:  # today's code: a traceback and nothing written
+        rc = None
+    assert signal.getsignal(signal.SIGINT) == previous  # the handler is put back
+    assert rc == 130
+    captured = capsys.readouterr()
+    report = _strict(captured.out)
+    assert report["interrupted"] is True and 0 < report["records"][TOPICS.rewards] < 500
+    written = sum(1 for f in out.rglob("*.jsonl") for _ in f.open())
+    assert written == report["records"][TOPICS.rewards]
+    assert "interrupted" in captured.err and f"under {out}" in captured.err
+
+
+# -- 3. progress, where outputs went, strict JSON ----------------------------------------------
+
+
+def test_archive_progress_off_a_terminal_is_plain_lines(tmp_path, monkeypatch, capsys) -> None:
+    broker = InMemoryBroker(partitions=2)
+    _fill(broker, TOPICS.rewards, [{"n": i} for i in range(300)])
+    _archive_env(monkeypatch, broker)
+    out = tmp_path / "archive"
+    assert main(["archive", "--topics", "rewards", "--out", str(out), "--idle", "0.05"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err  # stderr is not a terminal here
+    assert "archived: 300 records" in captured.err
+    assert f"under {out}" in captured.err
+    assert _strict(captured.out)["records"] == {TOPICS.rewards: 300}
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    tty, pipe = _Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        p = Progress("training", total=10, stream=stream, every_s=0, tty_every_s=0)
+        for _ in range(10):
+            p.update(1)
+        p.close()
+    assert tty.getvalue().count("\r") >= 10 and "[" in tty.getvalue()
+    assert "100% 10/10 steps" in tty.getvalue()
+    lines = pipe.getvalue().splitlines()
+    assert "\r" not in pipe.getvalue() and len(lines) == 11
+    assert lines[-1].startswith("training: [########################] 100% 10/10 steps")
+
+
+def _fake_obd(policy: str = "random", campaign: str = "all", cache_dir: Any = None) -> Any:
+    from training.obd import ObdLogs
+
+    rng = np.random.default_rng(0 if policy == "random" else 1)
+    n, items, positions = 600, 4, 2
+    return ObdLogs(
+        policy, campaign, pd.DataFrame({"t": range(n)}), rng.integers(0, items, n),
+        rng.integers(0, positions, n), rng.binomial(1, 0.2, n).astype(float),
+        np.full(n, 1 / items), np.eye(3)[rng.integers(0, 3, n)], np.eye(items), items, positions,
+    )  # fmt: skip
+
+
+def test_evaluate_obd_reports_each_long_step(tmp_path, monkeypatch, capsys) -> None:
+    """`evaluate --obd` says what it is doing, step by step, and gets the reproduction's
+    numbers (today: one line for minutes of work)."""
+    import training.obd as obd
+
+    monkeypatch.setattr(obd, "load_obd", _fake_obd)
+    monkeypatch.setattr(obd, "load_bts_prior", lambda *_: (np.full(4, 2.0), np.full(4, 9.0)))
+    want = obd.reproduce_quickstart("all", None, n_sim=2000, n_bootstrap=20, seed=3)
+    argv = ["evaluate", "--obd", "--n-sim", "2000", "--n-bootstrap", "20", "--seed", "3",
+            "--plot", str(tmp_path / "p.png")]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    for step in ("loading the Random logs", "BTS action distribution (2,000 Monte Carlo",
+                 "outcome model", "20 bootstrap resamples"):  # fmt: skip
+        assert f"{step}" in captured.err and captured.err.count("done in") == 4
+    summary = _strict(captured.out.strip().splitlines()[-1])
+    assert summary["estimates"] == json.loads(dumps(want.to_json()))["estimates"]
+    assert f"plot: {tmp_path / 'p.png'}" in captured.err
+
+
+def test_evaluate_and_train_print_strict_json(monkeypatch, capsys) -> None:
+    """NaN (an AUC with one class, a CI with no data) is null, never the bare NaN json writes."""
+    import training.evaluate as ev
+    import training.train as tr
+
+    monkeypatch.setattr(ev, "_run", lambda *_: {"plot": "p.png", "snips": float("nan")})
+    assert main(["evaluate", "--logs", "x"]) == 0
+    assert _strict(capsys.readouterr().out.splitlines()[-1]) == {"plot": "p.png", "snips": None}
+    monkeypatch.setattr(tr, "train", lambda *_: {"metrics": {"val_auc": np.float32("nan")}})
+    assert main(["train", "--data", "x"]) == 0
+    assert _strict(capsys.readouterr().out) == {"metrics": {"val_auc": None}}
+
+
+def test_dumps_is_strict() -> None:
+    assert _strict(dumps({"a": [float("inf"), np.float64("nan"), np.int64(3)]})) == {
+        "a": [None, None, 3]
+    }
+
+
+# -- 4. report and audit read what archive writes ----------------------------------------------
+
+
+def _archive(root: Path, topic: str, rows: list[dict[str, Any]]) -> None:
+    broker = InMemoryBroker(partitions=3)
+    _fill(broker, topic, rows)
+    archive_topics(InMemoryConsumer(broker), [topic], root, partitions=3, idle_s=0.01)
+
+
+def _rounded(x: Any) -> Any:
+    """``x`` with floats to 9 significant digits (sums in another order differ in the last)."""
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return float(f"{x:.9g}") if isinstance(x, float) else x
+
+
+def test_report_reads_an_archive_root_or_its_topic_folders(tmp_path, capsys) -> None:
+    _, decisions, rewards = _logs()
+    root = tmp_path / "archive"
+    _archive(root, TOPICS.decisions, decisions)
+    _archive(root, TOPICS.rewards, rewards)
+    assert len(list((root / TOPICS.decisions).glob("part-*.jsonl"))) == 3  # one per partition
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "d.jsonl").write_text("\n".join(json.dumps(x) for x in decisions))
+    (files / "r.jsonl").write_text("\n".join(json.dumps(x) for x in rewards))
+    rewards_uri = f"file://{root / TOPICS.rewards}"
+    runs = {
+        "files": ["--decisions", str(files / "d.jsonl"), "--rewards", str(files / "r.jsonl")],
+        "root": ["--archive", str(root)],
+        "folders": ["--decisions", str(root / TOPICS.decisions), "--rewards", rewards_uri],
+    }
+    summaries = {}
+    for name, args in runs.items():
+        assert main(["report", *args, "--out", str(tmp_path / name)]) == 0, name
+        summary = _strict((tmp_path / name / "summary.json").read_text())["onboarding"]
+        summaries[name] = _rounded({k: summary[k] for k in ("users", "arms", "srm")})
+    capsys.readouterr()
+    assert summaries["root"] == summaries["files"] == summaries["folders"]
+
+
+def test_audit_reads_archives_and_says_where_it_wrote(tmp_path, capsys) -> None:
+    ref, recent = tmp_path / "ref", tmp_path / "recent"
+    _archive(ref, TOPICS.decisions, audit_decisions(1, n=600))
+    _archive(recent, TOPICS.decisions, audit_decisions(2, n=600, shift=True))
+    out = tmp_path / "audit"
+    argv = ["audit", "--reference", str(ref), "--recent", str(recent / TOPICS.decisions),
+            "--out", str(out), "--fail-on-drift"]  # fmt: skip
+    assert main(argv) == 3
+    printed = capsys.readouterr().out
+    assert "reference: 600 decisions, recent: 600" in printed
+    assert str(out / "audit.html") in printed and str(out / "audit.json") in printed
+    _strict((out / "audit.json").read_text())
+    assert main(["audit", "--reference", str(tmp_path / "empty"), "--recent", str(recent)]) == 1
+    assert "no such file or directory" in capsys.readouterr().err
