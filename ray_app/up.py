@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ray_app import embedded
 from ray_app.config import Settings, require_safe_keys
 from ray_app.errors import OnrampError
 from ray_app.kafka.broker import EmbeddedBroker, free_port
@@ -114,6 +115,7 @@ class Stack:
         settings: Settings,
         build_app: Callable[[dict[str, Any]], Any],
         start_stream: bool = True,
+        fresh: bool = False,
     ) -> None:
         # Actors and replicas may run in another directory: make the local paths absolute.
         settings = settings.model_copy(update={"state_dir": Path(settings.state_dir).resolve()})
@@ -125,6 +127,9 @@ class Stack:
         self.settings = settings
         self.build_app = build_app
         self.start_stream = start_stream
+        self.fresh = fresh
+        self.notes: list[str] = []
+        """What an embedded run kept from earlier ones and what it removed (:mod:`embedded`)."""
         self.supervisor: Any = None
         self.learner: Any = None
         self.broker: EmbeddedBroker | None = None
@@ -164,6 +169,7 @@ class Stack:
                 b.host, b.port, b.binary, b.start_timeout_s, log_path=state_dir / "broker.log"
             ).start()
             self.bootstrap = self.broker.bootstrap
+            self.notes = embedded.prepare(state_dir, s.model_path, self.fresh)
         created = ensure_topics(self.bootstrap, s.kafka)
         if created:
             log.info("created topics: %s", ", ".join(created))
@@ -185,9 +191,7 @@ class Stack:
             if checkpoints is None and self.broker is not None:
                 # The embedded broker keeps topics in memory: offsets of an earlier run mean
                 # nothing to it, so its checkpoints start afresh with it.
-                checkpoints = str(
-                    state_dir.resolve() / "checkpoints" / f"embedded-{int(time.time())}"
-                )
+                checkpoints = str(state_dir.resolve() / "checkpoints" / embedded.run_name())
             self.supervisor = start_supervisor_actor(s, self.bootstrap, checkpoints)
             if s.learn.enabled:
                 from ray_app.learn.service import start_learner_actor
@@ -195,7 +199,7 @@ class Stack:
                 if s.learn.state_path is None and self.broker is not None:
                     # same reason: reward offsets of an earlier run mean nothing to this broker;
                     # the learner starts from the model file that run published
-                    run_state = state_dir.resolve() / "learner" / f"embedded-{int(time.time())}"
+                    run_state = state_dir.resolve() / "learner" / embedded.run_name()
                     s = s.model_copy(
                         update={"learn": s.learn.model_copy(update={"state_path": run_state})}
                     )

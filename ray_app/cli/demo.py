@@ -36,6 +36,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "end, writes a PNG plot of the completion rate per arm over time.",
     )
     demo.add_argument("--port", type=int, help="HTTP port (default: collector.port)")
+    demo.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from the cold-start policy: remove the served model an earlier embedded run "
+        "learned (checkpoints and learner state of earlier runs are always removed)",
+    )
     demo.add_argument("--users", type=int, help="users to simulate (default: sim.users)")
     demo.add_argument("--rate", type=float, help="events per second (default: sim.rate)")
     demo.add_argument("--seed", type=int, help="simulation seed (default: sim.seed)")
@@ -309,7 +315,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stop.install()
     started = time.monotonic()
     print("starting Onramp (broker, Ray, Serve) ...", flush=True)
-    with Stack(settings, args.parts.need("build_app")) as stack:
+    with Stack(settings, args.parts.need("build_app"), fresh=args.fresh) as stack:
         stop.install()  # again: ray.init() put its own SIGTERM handler in place
         print_urls(stack, settings)
         _, key = next(iter(settings.collector.write_keys.items()))

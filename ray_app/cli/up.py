@@ -22,12 +22,20 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "write key; run until Ctrl-C or SIGTERM, then stop everything in order.",
     )
     up.add_argument("--port", type=int, help="HTTP port (default: collector.port)")
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from the cold-start policy: remove the served model an earlier embedded run "
+        "learned (checkpoints and learner state of earlier runs are always removed)",
+    )
 
 
 def print_urls(stack: Any, settings: Settings) -> None:
     """What is up where, the write key, and a curl line to try it (``up`` and ``demo``)."""
     key_name, key = next(iter(settings.collector.write_keys.items()))
     print(f"Onramp {__version__} is up (HTTP path: {stack.http_mode})", flush=True)
+    for note in stack.notes:
+        print(f"  {note}")
     print(f"  Kafka bootstrap : {stack.bootstrap}" + ("  (embedded Tansu)" if stack.broker else ""))
     for name, url in stack.urls().items():
         print(f"  {name:<16}: {url}")
@@ -57,7 +65,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = with_overrides(settings, collector={"port": args.port})
     stop = Stop()
     stop.install()
-    with Stack(settings, args.parts.need("build_app")) as stack:
+    with Stack(settings, args.parts.need("build_app"), fresh=args.fresh) as stack:
         stop.install()  # again: ray.init() put its own SIGTERM handler in place
         print_urls(stack, settings)
         print("Ctrl-C to stop", flush=True)

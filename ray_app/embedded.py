@@ -1,0 +1,94 @@
+"""What an embedded run (Onramp's own broker) keeps from earlier runs in ``state_dir``, what it
+starts afresh, and the clean start.
+
+The embedded broker keeps its topics in memory, so whatever points into an earlier run's topics
+is of no use to a new one: stream checkpoints (partition offsets) and learner states (reward
+offsets) of earlier runs are removed when a run starts (a run still going, in another process,
+keeps its own). Kept, and said so: the served model file that the last run's learner published
+(the new run decides with it, and its learner starts from it) and the model registry. A fresh
+start (``onramp up --fresh``, ``onramp demo --fresh``) also removes the served model file when
+it lies in ``state_dir``, so the run starts from the cold-start policy.
+
+>>> import tempfile
+>>> d = Path(tempfile.mkdtemp())
+>>> (d / "checkpoints" / "embedded-1700000000").mkdir(parents=True)   # an old run's
+>>> notes = prepare(d, d / "models" / "treatment.onramp", fresh=False)
+>>> (d / "checkpoints" / "embedded-1700000000").exists(), notes[0]
+(False, 'removed 1 earlier embedded run (checkpoints, learner state): their broker is gone')
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from pathlib import Path
+
+__all__ = ["RUN_PREFIX", "prepare", "run_name"]
+
+#: Names of the per-run folders under ``checkpoints/`` and files under ``learner/``.
+RUN_PREFIX = "embedded-"
+
+
+def run_name() -> str:
+    """This run's name: ``embedded-<start time>-<pid>`` (the pid tells a live run's files)."""
+    return f"{RUN_PREFIX}{int(time.time())}-{os.getpid()}"
+
+
+def prepare(state_dir: Path, model_path: Path, fresh: bool) -> list[str]:
+    """Remove what no embedded run can use (and, with ``fresh``, the served model); returns
+    one line per thing kept or removed, for the command to print."""
+    notes: list[str] = []
+    gone = 0
+    for sub in ("checkpoints", "learner"):
+        for path in sorted((state_dir / sub).glob(f"{RUN_PREFIX}*")):
+            if _live(path.name):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            gone += 1
+    if gone:
+        runs = "run" if gone == 1 else "runs"
+        notes.append(
+            f"removed {gone} earlier embedded {runs} (checkpoints, learner state): "
+            "their broker is gone"
+        )
+    model_path = model_path.resolve()
+    if model_path.exists():
+        in_state = model_path.is_relative_to(state_dir.resolve())
+        if fresh and in_state:
+            model_path.unlink()
+            notes.append(f"fresh start: removed the served model {model_path}; cold-start policy")
+        else:
+            saved = dt.datetime.fromtimestamp(model_path.stat().st_mtime).isoformat(
+                sep=" ", timespec="seconds"
+            )
+            notes.append(
+                f"kept: the served model {model_path} (saved {saved}), which the last run "
+                "learned; the learner starts from it"
+                + (" (--fresh starts from the cold-start policy)" if in_state else "")
+            )
+    registry = state_dir / "registry"
+    if registry.exists():
+        notes.append(f"kept: the model registry {registry}")
+    return notes
+
+
+def _live(name: str) -> bool:
+    """Whether the run that named a file ``embedded-<time>-<pid>`` is still running here."""
+    parts = name[len(RUN_PREFIX) :].split("-")
+    if len(parts) != 2 or not parts[1].isdigit():
+        return False  # an older name without the pid: its run is over
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

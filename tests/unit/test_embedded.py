@@ -1,0 +1,73 @@
+"""An embedded run cleans up what no run can use, keeps and names what it carries over, and
+starts clean on request (:mod:`ray_app.embedded`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ray_app.embedded import prepare, run_name
+
+
+def _layout(d: Path, live_pid: int) -> dict[str, Path]:
+    paths = {
+        "legacy": d / "checkpoints" / "embedded-1700000000",  # before names carried a pid
+        "dead": d / "checkpoints" / "embedded-1700000001-999999999",
+        "live": d / "checkpoints" / f"embedded-1700000002-{live_pid}",
+        "learner_dead": d / "learner" / "embedded-1700000001-999999999",
+        "learner_live": d / "learner" / f"embedded-1700000002-{live_pid}",
+        "other": d / "checkpoints" / "prod",  # not an embedded run's: never touched
+    }
+    for name, p in paths.items():
+        if name.startswith("learner"):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"state")
+        else:
+            (p / "part-0").mkdir(parents=True)
+    return paths
+
+
+def test_earlier_runs_go_a_live_run_and_other_folders_stay(tmp_path: Path) -> None:
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        paths = _layout(tmp_path, live.pid)
+        notes = prepare(tmp_path, tmp_path / "models" / "treatment.onramp", fresh=False)
+    finally:
+        live.kill()
+    left = {name for name, p in paths.items() if p.exists()}
+    assert left == {"live", "learner_live", "other"}
+    assert notes == [
+        "removed 3 earlier embedded runs (checkpoints, learner state): their broker is gone"
+    ]
+
+
+def test_the_served_model_is_kept_and_named_unless_fresh(tmp_path: Path) -> None:
+    model = tmp_path / "models" / "treatment.onramp"
+    model.parent.mkdir()
+    model.write_bytes(b"weights")
+    (tmp_path / "registry").mkdir()
+    notes = prepare(tmp_path, model, fresh=False)
+    assert model.exists()
+    assert any(n.startswith(f"kept: the served model {model}") and "--fresh" in n for n in notes)
+    assert f"kept: the model registry {tmp_path / 'registry'}" in notes
+    notes = prepare(tmp_path, model, fresh=True)
+    assert not model.exists()
+    assert notes[0] == f"fresh start: removed the served model {model}; cold-start policy"
+    assert (tmp_path / "registry").exists()  # trained versions are the user's: kept
+
+
+def test_fresh_never_removes_a_model_outside_the_state_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere" / "model.onramp"
+    outside.parent.mkdir()
+    outside.write_bytes(b"weights")
+    state = tmp_path / "state"
+    state.mkdir()
+    notes = prepare(state, outside, fresh=True)
+    assert outside.exists() and "kept: the served model" in notes[0]
+
+
+def test_a_run_name_carries_this_process_id() -> None:
+    import os
+
+    assert run_name().endswith(f"-{os.getpid()}")
