@@ -37,9 +37,10 @@ $(SYSTEM_STAMP): Makefile | $(VENV)/bin/python
 	fi
 	@touch $@
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
+# constraints.txt: the exact versions tested (pyproject.toml holds the supported ranges)
+$(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
 venv: $(STAMP) $(SYSTEM_STAMP) ## create or refresh .venv with everything installed

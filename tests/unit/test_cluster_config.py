@@ -135,3 +135,35 @@ def test_check_module_examples_run():
 
     result = doctest.testmod(deployments.check)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_worker_nodes_get_credentials_and_cpu_nodes_the_cpu_torch(config):
+    """Ray gives its IAM role to the head only: every worker type names an instance profile, so
+    s3:// checkpoints and archives work there; CPU nodes install torch's CPU build (the default
+    wheel pulls CUDA libraries), the GPU type the CUDA one; S3 support comes from the declared
+    `s3` extra at the tested versions."""
+    types = config["available_node_types"]
+    for name, t in types.items():
+        if name != "head":
+            assert t["node_config"].get("IamInstanceProfile"), name
+    setup = " ".join(config["setup_commands"])
+    assert "download.pytorch.org/whl/cpu" in setup and "torch==2.13.0" in setup
+    assert "[confluent,s3]" in setup and "constraints.txt" in setup
+    assert "s3fs" not in setup  # through the extra, not by hand
+    assert any("torch" in c for c in types["train"]["worker_setup_commands"])
+
+
+def test_direct_imports_are_declared_and_the_tested_set_is_pinned():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[ ]", d)[0].lower() for d in project["dependencies"]}
+    assert {"numpy", "pandas", "pyarrow", "fsspec", "torch"} <= declared
+    assert project["optional-dependencies"]["s3"] == ["s3fs>=2024.6"]
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    assert {"numpy", "pandas", "pyarrow", "fsspec", "ray", "torch"} <= set(pins)
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
