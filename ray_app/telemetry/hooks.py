@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ray_app.telemetry.resource import resource_attributes
+
 if TYPE_CHECKING:
     from ray_app.config import TelemetrySettings
 
@@ -209,7 +211,7 @@ def _meter_provider(
             )
         )
     return MeterProvider(
-        resource=Resource.create({"service.name": service}),
+        resource=Resource.create(resource_attributes(service, "collector")),
         metric_readers=readers,
         views=[
             View(

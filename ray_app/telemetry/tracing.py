@@ -33,6 +33,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ray_app.telemetry.resource import resource_attributes
+
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, SpanContext
 
@@ -235,7 +237,7 @@ class OtelTracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-        resource = Resource.create({"service.name": service, "onramp.component": component})
+        resource = Resource.create(resource_attributes(service, component))
         self._provider = TracerProvider(resource=resource, sampler=_sampler(ratio))
         if exporter is not None:  # tests: an in-memory exporter, exported synchronously
             self._provider.add_span_processor(SimpleSpanProcessor(exporter))

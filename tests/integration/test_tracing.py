@@ -69,6 +69,7 @@ class OtlpReceiver:
                             "links": [(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links],
                             "component": res.get("onramp.component"),
                             "service": res.get("service.name"),
+                            "instance": res.get("service.instance.id"),
                         }
                     )
         with self._lock:
@@ -180,6 +181,9 @@ def test_one_trace_goes_collector_kafka_worker_decision(broker, serve_port, tmp_
             lambda s: s["trace"] == trace and s["component"] == "stream", timeout_s=30
         )
         assert len(consumed) == 2 and {s["parent"] for s in consumed} == {producer_span}
+        # each process reports its own service.instance.id: a backend tells replicas apart
+        assert publish["instance"] and consumed[0]["instance"]
+        assert publish["instance"] != consumed[0]["instance"]
         (decide,) = receiver.wait(lambda s: s["trace"] == decision["traceId"])
         assert decide["name"] == "onramp.decide" and decide["component"] == "collector"
         assert decide["links"] == [(trace, producer_span)]
