@@ -28,7 +28,7 @@ from deployments.ingress import CollectorIngress
 from ray_app.config import Settings, load_settings, require_safe_keys
 from ray_app.errors import ConfigError
 
-__all__ = ["ARGS", "build_app", "build_stream_app"]
+__all__ = ["ARGS", "SETTINGS_OWNED", "build_app", "build_stream_app", "ingress_options"]
 
 #: The arguments both builders accept.
 ARGS = ("settings", "config", "bootstrap", "http_host")
@@ -54,16 +54,38 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             "or start Onramp with `onramp up`, which runs the embedded broker"
         )
     require_safe_keys(settings, bootstrap, http_host)
+    return CollectorIngress.options(**ingress_options(settings)).bind(
+        settings, bootstrap, http_host
+    )
+
+
+#: The ingress deployment's options that :func:`ingress_options` sets from the settings: a Serve
+#: config that sets them too would override the settings silently (deployments.check refuses).
+SETTINGS_OWNED = ("autoscaling_config", "num_replicas", "ray_actor_options")
+
+
+def ingress_options(settings: Settings) -> dict[str, Any]:
+    """Scaling and placement of the ingress replicas, from ``decide.*`` (and
+    ``collector.replicas``, the initial count): the one place they are set.
+
+    >>> ingress_options(Settings())["autoscaling_config"]["target_ongoing_requests"]
+    32.0
+    """
     d = settings.decide
-    return CollectorIngress.options(
-        autoscaling_config={
+    actor: dict[str, Any] = {"num_cpus": d.replica_cpus}
+    if d.replica_resources:
+        actor["resources"] = dict(d.replica_resources)
+    return {
+        "autoscaling_config": {
             "min_replicas": d.min_replicas,
             "initial_replicas": max(settings.collector.replicas, d.min_replicas),
             "max_replicas": max(d.max_replicas, settings.collector.replicas, d.min_replicas),
             "target_ongoing_requests": d.target_ongoing_requests,
+            "upscale_delay_s": d.upscale_delay_s,
+            "downscale_delay_s": d.downscale_delay_s,
         },
-        ray_actor_options={"num_cpus": 0.25},
-    ).bind(settings, bootstrap, http_host)
+        "ray_actor_options": actor,
+    }
 
 
 def _settings_from(config: str | None, overrides: dict[str, Any] | None) -> Settings:

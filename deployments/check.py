@@ -309,6 +309,17 @@ def serve_config_problems(config: dict[str, Any]) -> list[str]:
             problems += _user_config_problems(
                 str(dep.get("name")), dep.get("user_config"), f"{there}.user_config"
             )
+            if app.get("import_path") == "deployments.app:build_app":
+                from deployments.app import SETTINGS_OWNED
+
+                problems += [
+                    f"{there}.{key}: set by Onramp's settings (decide.min_replicas, "
+                    "max_replicas, target_ongoing_requests, upscale_delay_s, downscale_delay_s, "
+                    "replica_cpus, replica_resources; collector.replicas): set them in "
+                    f"{here}.args.settings; a value here would override them silently"
+                    for key in SETTINGS_OWNED
+                    if key in dep
+                ]
             actor = dep.get("ray_actor_options") or {}
             if isinstance(actor, dict):
                 problems += _runtime_env_problems(

@@ -84,10 +84,28 @@ class DecideSettings(_Section):
         description="Decisions waiting for Kafka's ack; beyond it /v1/decide answers 503 "
         "(no decision is served that is not logged).",
     )
+    # How the ingress replicas (collector + /v1/decide) are scaled and placed: set here, for
+    # `onramp up` and `serve deploy` alike (a Serve config sets them in `args.settings`; its own
+    # autoscaling_config / ray_actor_options would override these silently, and
+    # `python -m deployments.check` refuses them).
     min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest ingress replicas.")
     max_replicas: int = Field(2, ge=1, description="Autoscaling: most ingress replicas.")
     target_ongoing_requests: float = Field(
         32.0, gt=0, description="Autoscaling: requests in flight per replica to aim for."
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="Autoscaling: how long the load must stay high to add replicas."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="Autoscaling: how long it must stay low to remove replicas."
+    )
+    replica_cpus: float = Field(
+        0.25, gt=0, description="CPUs each ingress replica reserves from Ray (2 on a cluster)."
+    )
+    replica_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each ingress replica asks for, e.g. "
+        '{"onramp_decide": 1} to place replicas on cluster.yaml\'s decide nodes.',
     )
 
 

@@ -74,8 +74,9 @@ def _deploy_config(tmp: Path, http_port: int) -> Path:
     config = yaml.safe_load((ROOT / "deployments" / "serve_config.yaml").read_text())
     config["http_options"].update(host="127.0.0.1", port=http_port)
     apps = {a["name"]: a for a in config["applications"]}
-    collector = apps["onramp"]["deployments"][0]
-    collector["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=2)
+    settings = apps["onramp"]["args"]["settings"]  # scaling is Onramp settings (decide.*)
+    settings["decide"].update(min_replicas=1, max_replicas=2)
+    settings["collector"]["replicas"] = 1
     apps["onramp-stream"]["deployments"][0]["user_config"]["workers"] = 1
     path = tmp / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))

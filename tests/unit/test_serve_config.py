@@ -9,7 +9,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.app import ARGS, _settings_from
+from deployments.app import ARGS, _settings_from, ingress_options
 from deployments.check import USER_CONFIG_KEYS, check_serve_config, serve_config_problems
 from deployments.stream import USER_CONFIG_KEYS as STREAM_USER_CONFIG
 from ray_app.errors import ConfigError
@@ -31,8 +31,13 @@ def test_shipped_config_passes_serve_schema_and_the_strict_check(config):
     assert apps["onramp-stream"].import_path == "deployments.app:build_stream_app"
     assert apps["onramp-stream"].route_prefix is None  # not on HTTP
     collector = apps["onramp"].deployments[0]
-    auto = collector.autoscaling_config
+    assert "autoscaling_config" not in config["applications"][0]["deployments"][0]  # settings
+    settings = _settings_from(None, apps["onramp"].args["settings"])
+    options = ingress_options(settings)
+    auto = options["autoscaling_config"]
     assert auto["min_replicas"] >= 1 and auto["max_replicas"] > auto["min_replicas"]
+    assert auto["initial_replicas"] == 2 and auto["downscale_delay_s"] == 300
+    assert options["ray_actor_options"] == {"num_cpus": 2, "resources": {"onramp_decide": 1}}
     assert set(collector.user_config) <= set(USER_CONFIG_KEYS["Collector"])
     assert apps["onramp-stream"].deployments[0].num_replicas == 1
     assert serve_config_problems(config) == []
@@ -56,7 +61,7 @@ def test_serve_schema_silently_accepts_unknown_fields_ours_names_them(config):
 
 def test_nested_models_are_walked(config):
     bad = copy.deepcopy(config)
-    bad["applications"][0]["deployments"][0]["autoscaling_config"]["upscale_delay"] = 1
+    bad["applications"][0]["deployments"][0]["autoscaling_config"] = {"upscale_delay": 1}
     bad["logging_config"]["levle"] = "INFO"
     problems = serve_config_problems(bad)
     assert "applications[0].deployments[0].autoscaling_config.upscale_delay: unknown field" in (
@@ -130,3 +135,28 @@ def test_args_settings_sit_between_the_file_and_the_environment(tmp_path, monkey
     assert (s.kafka.partitions, s.kafka.topic_prefix, s.stream.workers) == (6, "fromargs", 3)
     with pytest.raises(ConfigError, match=r"args.settings: stream.wrkers: unknown setting"):
         _settings_from(None, {"stream": {"wrkers": 3}})
+
+
+def test_scaling_set_in_the_serve_config_is_refused_as_a_silent_override(config):
+    """Serve lets a config's autoscaling_config and ray_actor_options override the builder's:
+    the settings would be ignored without a word, so the check names both."""
+    bad = copy.deepcopy(config)
+    collector = bad["applications"][0]["deployments"][0]
+    collector["autoscaling_config"] = {"min_replicas": 1}
+    collector["ray_actor_options"] = {"num_cpus": 0.25}
+    ServeDeploySchema.model_validate(bad)  # Serve: no complaint
+    problems = serve_config_problems(bad)
+    for key in ("autoscaling_config", "ray_actor_options"):
+        assert any(
+            p.startswith(f"applications[0].deployments[0].{key}: set by Onramp's settings")
+            for p in problems
+        ), problems
+
+
+def test_the_settings_scale_onramp_up_and_serve_deploy_alike():
+    from ray_app.config import load_settings
+
+    s = load_settings(env={"ONRAMP_DECIDE__MAX_REPLICAS": "5", "ONRAMP_DECIDE__REPLICA_CPUS": "1"})
+    options = ingress_options(s)
+    assert options["autoscaling_config"]["max_replicas"] == 5
+    assert options["ray_actor_options"] == {"num_cpus": 1.0}
