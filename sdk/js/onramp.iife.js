@@ -1,7 +1,8 @@
 // Generated from onramp.js by build.mjs: do not edit.
 (function () {
 'use strict';
-// Onramp browser SDK: Segment-compatible track/identify/page/alias plus decide(). No dependencies.
+// Onramp browser SDK: Segment-compatible track/identify/page/group/alias plus decide(). No
+// dependencies.
 //
 // Events are queued (in memory and in localStorage, so a reload loses nothing), sent in batches to
 // `${host}/v1/batch` when `flushAt` events are waiting or `flushIntervalMs` after the first one,
@@ -10,6 +11,12 @@
 // anonymousId persisted in localStorage and Onramp's session context (`context.onramp.sessionId`
 // and a per-session `seq`). `decide()` never rejects and never waits longer than its timeout: on a
 // timeout or an error it resolves with the caller's fallback.
+//
+// Like analytics.js, the SDK never throws into the page: every call returns a promise that
+// resolves (a call result, a decision, a flush outcome) and never rejects; a bad call (track()
+// without an event name, an unknown decision in reportOutcome, properties that are not a JSON
+// object) is refused with a console warning and an `on('error')` report (kind "invalid_call"),
+// and sends nothing.
 //
 // See README.md beside this file for the copy-paste snippets.
 
@@ -32,7 +39,11 @@ const DEFAULTS = {
   storagePrefix: 'onramp',
   echoDecisions: true,
   listenToPage: true,
+  reuseSegmentAnonymousId: false,
 };
+
+/** Where analytics.js keeps its anonymous id: a localStorage key and a cookie of this name. */
+const SEGMENT_ANONYMOUS_ID_KEY = 'ajs_anonymous_id';
 
 const STEP_EVENTS = new Set(['Step Viewed', 'Step Completed', 'Step Abandoned', 'Form Error']);
 
@@ -105,13 +116,141 @@ function byteLength(text) {
   return typeof TextEncoder === 'function' ? new TextEncoder().encode(text).length : text.length;
 }
 
+/** A call the SDK refuses (bad arguments): logged and reported, never thrown into the page. */
+class BadCall extends Error {}
+
+function isObject(v) {
+  return v != null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** `value` as a JSON object for the event (`null`/`undefined`: empty); refuses anything else. */
+function jsonObject(value, what) {
+  if (value == null) return {};
+  if (!isObject(value)) throw new BadCall(`${what} must be an object, not ${Array.isArray(value) ? 'an array' : typeof value}`);
+  try {
+    JSON.stringify(value);
+  } catch (err) {
+    throw new BadCall(`${what} cannot be sent as JSON (${err && err.message})`);
+  }
+  return value;
+}
+
+/** An id argument (userId, groupId, previousId): a non-empty string or a finite number. */
+function idArg(value, what) {
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+  if (typeof value === 'string' && value !== '') return value;
+  throw new BadCall(`${what} must be a non-empty string`);
+}
+
+function defaultWarn(message) {
+  if (typeof console !== 'undefined' && console.warn) console.warn(message);
+}
+
+/** An id analytics.js stored: JSON-encoded (`"id"`, analytics.js in localStorage and classic
+ * analytics.js in its cookie) or raw (analytics-next's cookie). Anything else: null. */
+function storedId(raw) {
+  if (raw == null) return null;
+  let v = String(raw).trim();
+  try {
+    const parsed = JSON.parse(v);
+    if (typeof parsed === 'string' || typeof parsed === 'number') v = String(parsed);
+    else return null; // an object, null, true: not an id
+  } catch {
+    /* a raw id */
+  }
+  v = v.trim();
+  return v && v.length <= 256 ? v : null;
+}
+
+/** One cookie's value from a `document.cookie` string (percent-decoded), or null. */
+function cookieValue(cookies, name) {
+  for (const part of String(cookies || '').split(';')) {
+    const eq = part.indexOf('=');
+    if (eq < 0 || part.slice(0, eq).trim() !== name) continue;
+    const raw = part.slice(eq + 1).trim();
+    try {
+      return decodeURIComponent(raw);
+    } catch {
+      return raw;
+    }
+  }
+  return null;
+}
+
+/** The anonymous id of an analytics.js (Segment) install on this page: its localStorage entry
+ * first, then its cookie (analytics-next's own order), or null when there is none. */
+function segmentAnonymousId({ storage, cookie }) {
+  try {
+    const v = storage ? storedId(storage.getItem(SEGMENT_ANONYMOUS_ID_KEY)) : null;
+    if (v) return v;
+  } catch {
+    /* storage unavailable */
+  }
+  try {
+    return storedId(cookieValue(cookie ? cookie() : '', SEGMENT_ANONYMOUS_ID_KEY));
+  } catch {
+    return null;
+  }
+}
+
+function fallbackDecision(slot, fallback, reason, latencyMs = 0) {
+  return { decisionId: null, slot, chosen: fallback, ranked: [], fallback: true, reason, status: null, latencyMs };
+}
+
+const EVENT_CALLS = ['identify', 'alias', 'group', 'track', 'page', 'reportOutcome'];
+
+/** A client that refuses every call (what `createClient` gives when it cannot start: no
+ * writeKey, no usable crypto): each call resolves, nothing is sent, `disabled` says why. */
+function disabledClient(reason, warn) {
+  const refuse = (name) => () => {
+    warn(`onramp.${name}: ${reason}`);
+    return Promise.resolve({ ok: false, event: null, error: reason });
+  };
+  const c = {
+    version: VERSION,
+    disabled: reason,
+    anonymousId: '',
+    userId: null,
+    groupId: null,
+    sessionId: null,
+    queued: 0,
+    decide: (slot, opts) => Promise.resolve(fallbackDecision(slot, isObject(opts) ? opts.fallback ?? null : null, 'disabled')),
+    flush: () => Promise.resolve(false),
+    reset() {},
+    on: () => () => {},
+    beaconFlush: () => 0,
+    close() {},
+    queuedEvents: () => [],
+    stats: () => ({ enqueued: 0, sent: 0, dropped: 0, retries: 0, batches: 0, beaconed: 0, queued: 0, attempt: 0, healthy: false }),
+  };
+  for (const name of EVENT_CALLS) c[name] = refuse(name);
+  return c;
+}
+
 /**
  * A client. `createClient(options)` is what `init()` calls; tests pass their own `fetch`,
- * `storage`, `now`, `random`, `setTimeout`/`clearTimeout` and `sendBeacon`.
+ * `storage`, `cookie`, `now`, `random`, `setTimeout`/`clearTimeout`, `sendBeacon` and `warn`.
+ * It never throws: without a writeKey (or if the browser lacks what it needs) it warns and
+ * returns a client that refuses every call (`client.disabled` says why).
  */
 function createClient(options = {}) {
-  const o = { ...DEFAULTS, ...options };
-  if (!o.writeKey) throw new Error('onramp: init({writeKey}) is required');
+  const opts = isObject(options) ? options : {};
+  const warn = typeof opts.warn === 'function' ? opts.warn : defaultWarn;
+  if (!opts.writeKey) {
+    const reason = 'init({writeKey}) is required: this client sends nothing';
+    warn(`onramp: ${reason}`);
+    return disabledClient(reason, warn);
+  }
+  try {
+    return makeClient({ ...DEFAULTS, ...opts }, warn);
+  } catch (err) {
+    const reason = `cannot start (${err && err.message}): this client sends nothing`;
+    warn(`onramp: ${reason}`);
+    return disabledClient(reason, warn);
+  }
+}
+
+function makeClient(o, warn) {
   const host = String(o.host || '').replace(/\/+$/, '');
   const storage = o.storage || defaultStorage();
   const now = o.now || (() => Date.now());
@@ -124,6 +263,9 @@ function createClient(options = {}) {
     (typeof navigator !== 'undefined' && navigator.sendBeacon
       ? (url, data) => navigator.sendBeacon(url, data)
       : null);
+  const cookie =
+    o.cookie ||
+    (() => (typeof document !== 'undefined' && typeof document.cookie === 'string' ? document.cookie : ''));
   const key = (name) => `${o.storagePrefix}.${name}`;
   const listeners = { error: [], sent: [], decision: [] };
 
@@ -161,7 +303,23 @@ function createClient(options = {}) {
     save('anonymousId', anonymousId);
   }
   let userId = load('userId', null);
+  let groupId = load('groupId', null);
   let session = load('session', null);
+
+  /** The anonymous id for the next call: with `reuseSegmentAnonymousId`, analytics.js's when it
+   * has one (read on every call, so an id Segment writes after init, or a new one after
+   * Segment's reset(), is picked up); else this SDK's own. */
+  function currentAnonymousId() {
+    if (o.reuseSegmentAnonymousId) {
+      const seg = segmentAnonymousId({ storage, cookie });
+      if (seg && seg !== anonymousId) {
+        anonymousId = seg;
+        save('anonymousId', anonymousId); // kept if Segment's storage is cleared later
+      }
+    }
+    return anonymousId;
+  }
+  currentAnonymousId();
 
   function nextSeq() {
     const t = now();
@@ -296,6 +454,10 @@ function createClient(options = {}) {
             return false;
           }
         }
+      } catch (err) {
+        inflight = 0; // never reject: report it, the events stay queued for the next flush
+        emit('error', { kind: 'internal', error: err });
+        return false;
       } finally {
         flushing = null;
       }
@@ -312,7 +474,13 @@ function createClient(options = {}) {
       const batch = takeBatch(o.maxBeaconBytes, o.flushAt);
       const data = body(batch);
       const blob = typeof Blob === 'function' ? new Blob([data], { type: 'text/plain' }) : data;
-      if (!beacon(`${host}/v1/batch`, blob)) break;
+      let ok = false;
+      try {
+        ok = beacon(`${host}/v1/batch`, blob);
+      } catch (err) {
+        emit('error', { kind: 'beacon', error: err });
+      }
+      if (!ok) break;
       queue = queue.slice(batch.length);
       sent += batch.length;
     }
@@ -337,29 +505,38 @@ function createClient(options = {}) {
     return d ? d.decisionId : null;
   }
 
+  /** Ask which action to show. Never rejects, never waits past its timeout: on a timeout, an
+   * error, a refusal or a bad call it resolves with the caller's fallback. */
   async function decide(slot, opts = {}) {
-    const timeoutMs = opts.timeoutMs ?? o.decideTimeoutMs;
-    const fallback = opts.fallback ?? null;
     const started = now();
+    if (opts == null) opts = {};
+    const fallback = isObject(opts) ? opts.fallback ?? null : null;
     const fall = (reason, status = null) => {
-      const out = {
-        decisionId: null,
-        slot,
-        chosen: fallback,
-        ranked: [],
-        fallback: true,
-        reason,
-        status,
-        latencyMs: now() - started,
-      };
+      const out = { ...fallbackDecision(slot, fallback, reason, now() - started), status };
       emit('decision', out);
       return out;
     };
+    try {
+      if (typeof slot !== 'string' || !slot) throw new BadCall('a slot name is required');
+      if (!isObject(opts)) throw new BadCall('options must be an object');
+      return await ask(slot, opts, started, fallback, fall);
+    } catch (err) {
+      if (err instanceof BadCall) {
+        report('decide', err);
+        return fall('invalid_call');
+      }
+      emit('error', { kind: 'internal', error: err });
+      return fall('error');
+    }
+  }
+
+  async function ask(slot, opts, started, fallback, fall) {
+    const timeoutMs = opts.timeoutMs ?? o.decideTimeoutMs;
     const decideKey = o.decideKey || o.readKey;
     if (!decideKey) return fall('no_decide_key');
     const payload = { slot };
     if (userId) payload.userId = userId;
-    else payload.anonymousId = anonymousId;
+    else payload.anonymousId = currentAnonymousId();
     if (opts.candidates) payload.candidates = opts.candidates;
     if (opts.context) payload.context = opts.context;
     if (opts.decisionId) payload.decisionId = opts.decisionId;
@@ -388,7 +565,7 @@ function createClient(options = {}) {
     try {
       const r = await Promise.race([request, timeout]);
       if (r === null || timedOut) return fall('timeout');
-      if (r.status !== 200 || !r.answer) return fall(`http_${r.status}`, r.status);
+      if (r.status !== 200 || !isObject(r.answer)) return fall(`http_${r.status}`, r.status);
       const out = { ...r.answer, fallback: false, reason: null, status: 200, latencyMs: now() - started };
       if (out.chosen == null && fallback != null) {
         return { ...fall('nothing_eligible', 200), decisionId: out.decisionId };
@@ -402,10 +579,44 @@ function createClient(options = {}) {
   }
 
   // -- calls ---------------------------------------------------------------------------------
+  // Each call below checks its arguments (throwing BadCall), queues one event and returns it;
+  // `guarded` turns that into the public call: a promise of {ok, event, error}, never a throw.
+
+  function report(name, err) {
+    const message = `onramp.${name}: ${err && err.message ? err.message : String(err)}`;
+    if (err instanceof BadCall) {
+      warn(message);
+      emit('error', { kind: 'invalid_call', call: name, error: message });
+    } else {
+      warn(`${message} (an Onramp SDK error: the call was dropped)`);
+      emit('error', { kind: 'internal', call: name, error: err });
+    }
+    return message;
+  }
+
+  function guarded(name, f) {
+    return (...args) => {
+      try {
+        const event = f(...args);
+        return Promise.resolve({ ok: true, event: JSON.parse(JSON.stringify(event)), error: null });
+      } catch (err) {
+        return Promise.resolve({ ok: false, event: null, error: report(name, err) });
+      }
+    };
+  }
+
+  function callOptions(value) {
+    if (value == null) return {};
+    if (!isObject(value)) throw new BadCall('options must be an object');
+    if (value.context != null) jsonObject(value.context, 'options.context');
+    if (value.stepId != null && typeof value.stepId !== 'string') throw new BadCall('options.stepId must be a string');
+    return value;
+  }
+
   function base(type, extra, callOpts = {}) {
     const { sessionId, seq } = nextSeq();
     const ctx = { ...(callOpts.context || {}) };
-    const onramp = { ...(ctx.onramp || {}), sessionId, seq };
+    const onramp = { ...(isObject(ctx.onramp) ? ctx.onramp : {}), sessionId, seq };
     const props = extra.properties;
     const stepId = callOpts.stepId || (props && typeof props.stepId === 'string' ? props.stepId : null);
     if (stepId) onramp.stepId = stepId;
@@ -425,81 +636,135 @@ function createClient(options = {}) {
       if (navigator.language) ctx.locale = navigator.language;
     }
     const ts = isoNow(now());
-    const event = { type, messageId: uuid4(random), timestamp: ts, anonymousId, context: ctx, ...extra };
+    const event = {
+      type,
+      messageId: uuid4(random),
+      timestamp: ts,
+      anonymousId: currentAnonymousId(),
+      context: ctx,
+      ...extra,
+    };
     if (userId) event.userId = userId;
+    enqueue(event);
     return event;
   }
 
-  function identify(id, traits = {}, callOpts = {}) {
-    if (id && typeof id === 'object') return identify(null, id, traits);
+  function identify(id, traits, callOpts) {
+    if (isObject(id)) return identify(null, id, traits);
+    const t = jsonObject(traits, 'traits');
+    const co = callOptions(callOpts);
     if (id != null) {
-      userId = String(id);
+      userId = idArg(id, 'userId');
       save('userId', userId);
     }
-    enqueue(base('identify', { traits }, callOpts));
+    return base('identify', { traits: { ...t } }, co);
   }
 
   /** Segment's alias: `userId` and `previousId` (default: the current userId, else the
    * anonymousId) are the same user. From then on the client's userId is `userId`. */
-  function alias(id, previousId, callOpts = {}) {
-    if (previousId && typeof previousId === 'object') return alias(id, null, previousId);
-    if (id == null || id === '') throw new Error('onramp.alias(userId): a user id is required');
-    const previous = previousId == null || previousId === '' ? userId || anonymousId : String(previousId);
-    userId = String(id);
+  function alias(id, previousId, callOpts) {
+    if (isObject(previousId)) return alias(id, null, previousId);
+    if (id == null || id === '') throw new BadCall('a user id is required');
+    const next = idArg(id, 'userId');
+    const co = callOptions(callOpts);
+    const previous =
+      previousId == null || previousId === '' ? userId || currentAnonymousId() : idArg(previousId, 'previousId');
+    userId = next;
     save('userId', userId);
-    enqueue(base('alias', { previousId: previous }, callOpts));
+    return base('alias', { previousId: previous }, co);
   }
 
-  function track(event, properties = {}, callOpts = {}) {
-    if (typeof event !== 'string' || !event) throw new Error('onramp.track(event): a name is required');
-    const props = { ...properties };
-    const stepId = callOpts.stepId || props.stepId;
+  /** Segment's group: the user belongs to account/team `groupId` (kept, like analytics.js keeps
+   * it); `traits` describe the group. `group(traits)` updates the traits of the current group. */
+  function group(id, traits, callOpts) {
+    if (isObject(id)) return group(null, id, traits);
+    const t = jsonObject(traits, 'traits');
+    const co = callOptions(callOpts);
+    const gid = id == null || id === '' ? groupId : idArg(id, 'groupId');
+    if (!gid) throw new BadCall('a group id is required');
+    groupId = gid;
+    save('groupId', groupId);
+    return base('group', { groupId: gid, traits: { ...t } }, co);
+  }
+
+  function track(event, properties, callOpts) {
+    if (typeof event !== 'string' || !event) throw new BadCall('an event name is required');
+    const props = { ...jsonObject(properties, 'properties') };
+    const co = callOptions(callOpts);
+    const stepId = co.stepId || props.stepId;
     if (o.echoDecisions && STEP_EVENTS.has(event) && props.decisionId == null) {
       const echo = echoFor(stepId);
       if (echo) props.decisionId = echo;
     }
-    enqueue(base('track', { event, properties: props }, callOpts));
+    return base('track', { event, properties: props }, co);
   }
 
-  function page(name, properties = {}, callOpts = {}) {
-    const props = { ...properties };
+  /** `page(name?, properties?, options?)`, or Segment's `page(category, name, properties?,
+   * options?)` when the second argument is a string. */
+  function page(name, properties, callOpts, segmentOpts) {
+    if (isObject(name)) return page(null, name, properties);
+    let category = null;
+    if (typeof properties === 'string') {
+      [category, name, properties, callOpts] = [name, properties, callOpts, segmentOpts];
+    }
+    for (const [v, what] of [[name, 'name'], [category, 'category']]) {
+      if (v != null && typeof v !== 'string') throw new BadCall(`the page ${what} must be a string`);
+    }
+    const props = { ...jsonObject(properties, 'properties') };
+    const co = callOptions(callOpts);
     if (typeof location !== 'undefined') {
       props.path = props.path ?? location.pathname;
       props.url = props.url ?? location.href;
     }
     const extra = { properties: props };
     if (name) extra.name = name;
-    enqueue(base('page', extra, callOpts));
+    if (category) extra.category = category;
+    return base('page', extra, co);
   }
 
   /** Report what happened after a decision: `completed` or `abandoned` (a step decision: sends
    * Step Completed / Step Abandoned for the chosen step with the decision id) or `converted`
    * (sends Onboarding Completed). */
-  function reportOutcome(decisionId, outcome, properties = {}) {
+  function reportOutcome(decisionId, outcome, properties) {
+    if (typeof decisionId !== 'string' || !decisionId) throw new BadCall('a decision id is required');
+    const extra = jsonObject(properties, 'properties');
     const entry = Object.entries(decisions).find(([, d]) => d.decisionId === decisionId);
-    const stepId = entry ? entry[0] : properties.stepId;
-    const props = { ...properties, decisionId };
+    const stepId = entry ? entry[0] : extra.stepId;
+    const props = { ...extra, decisionId };
     if (outcome === 'converted') return track('Onboarding Completed', props);
     if (outcome !== 'completed' && outcome !== 'abandoned') {
-      throw new Error(`onramp.reportOutcome: outcome must be completed, abandoned or converted, not ${outcome}`);
+      throw new BadCall(`outcome must be completed, abandoned or converted, not ${outcome}`);
     }
-    if (!stepId) throw new Error(`onramp.reportOutcome: unknown decision ${decisionId}; pass properties.stepId`);
-    track(outcome === 'completed' ? 'Step Completed' : 'Step Abandoned', { ...props, stepId });
+    if (!stepId) throw new BadCall(`unknown decision ${decisionId}; pass properties.stepId`);
+    return track(outcome === 'completed' ? 'Step Completed' : 'Step Abandoned', { ...props, stepId });
   }
 
   function reset() {
     userId = null;
+    groupId = null;
     session = null;
     anonymousId = uuid4(random);
     for (const k of Object.keys(decisions)) delete decisions[k];
-    for (const n of ['userId', 'session', 'decisions']) storage.removeItem(key(n));
+    for (const n of ['userId', 'groupId', 'session', 'decisions']) {
+      try {
+        storage.removeItem(key(n));
+      } catch {
+        /* storage unavailable: the in-memory state is reset */
+      }
+    }
     save('anonymousId', anonymousId);
   }
 
   function on(kind, f) {
-    if (!listeners[kind]) throw new Error(`onramp.on: unknown event ${kind}`);
+    if (!listeners[kind] || typeof f !== 'function') {
+      warn(`onramp.on: unknown event ${kind} (error, sent or decision) or a listener that is not a function`);
+      return () => {};
+    }
     listeners[kind].push(f);
-    return () => listeners[kind].splice(listeners[kind].indexOf(f) >>> 0, 1);
+    return () => {
+      const i = listeners[kind].indexOf(f);
+      if (i >= 0) listeners[kind].splice(i, 1);
+    };
   }
 
   function detach() {}
@@ -526,26 +791,44 @@ function createClient(options = {}) {
 
   return {
     version: VERSION,
-    identify,
-    alias,
-    track,
-    page,
+    disabled: null,
+    identify: guarded('identify', identify),
+    alias: guarded('alias', alias),
+    group: guarded('group', group),
+    track: guarded('track', track),
+    page: guarded('page', page),
     decide,
-    reportOutcome,
+    reportOutcome: guarded('reportOutcome', reportOutcome),
     flush,
-    reset,
+    reset() {
+      try {
+        reset();
+      } catch (err) {
+        report('reset', err);
+      }
+    },
     on,
-    beaconFlush,
+    beaconFlush() {
+      try {
+        return beaconFlush();
+      } catch (err) {
+        emit('error', { kind: 'internal', error: err });
+        return 0;
+      }
+    },
     close() {
       if (timer !== null) clearT(timer);
       timer = null;
       detachPage();
     },
     get anonymousId() {
-      return anonymousId;
+      return currentAnonymousId();
     },
     get userId() {
       return userId;
+    },
+    get groupId() {
+      return groupId;
     },
     get sessionId() {
       return session ? session.id : null;
@@ -564,27 +847,40 @@ function createClient(options = {}) {
 
 // -- the page-wide client (Segment-style globals) ------------------------------------------------
 let client = null;
+const NOT_STARTED = 'call init({host, writeKey}) first';
 
-function need() {
-  if (!client) throw new Error('onramp: call init({host, writeKey}) first');
-  return client;
-}
-
-/** Create the page-wide client (a second call replaces it). */
+/** Create the page-wide client (a second call replaces it). Never throws (see createClient). */
 function init(options) {
   if (client) client.close();
   client = createClient(options);
   return client;
 }
-const identify = (...a) => need().identify(...a);
-const alias = (...a) => need().alias(...a);
-const track = (...a) => need().track(...a);
-const page = (...a) => need().page(...a);
-const decide = (...a) => need().decide(...a);
-const reportOutcome = (...a) => need().reportOutcome(...a);
-const flush = () => need().flush();
-const reset = () => need().reset();
-const on = (...a) => need().on(...a);
 
-globalThis.Onramp = { VERSION, uuid4, backoffMs, parseRetryAfter, classifyStatus, createClient, init, identify, alias, track, page, decide, reportOutcome, flush, reset, on };
+function pageWide(name) {
+  return (...a) => {
+    if (client) return client[name](...a);
+    defaultWarn(`onramp.${name}: ${NOT_STARTED}`);
+    return Promise.resolve({ ok: false, event: null, error: NOT_STARTED });
+  };
+}
+const identify = pageWide('identify');
+const alias = pageWide('alias');
+const group = pageWide('group');
+const track = pageWide('track');
+const page = pageWide('page');
+const reportOutcome = pageWide('reportOutcome');
+const decide = (slot, opts) => {
+  if (client) return client.decide(slot, opts);
+  defaultWarn(`onramp.decide: ${NOT_STARTED}`);
+  return Promise.resolve(fallbackDecision(slot, isObject(opts) ? opts.fallback ?? null : null, 'not_initialized'));
+};
+const flush = () => (client ? client.flush() : Promise.resolve(false));
+const reset = () => (client ? client.reset() : undefined);
+const on = (kind, f) => {
+  if (client) return client.on(kind, f);
+  defaultWarn(`onramp.on: ${NOT_STARTED}`);
+  return () => {};
+};
+
+globalThis.Onramp = { VERSION, SEGMENT_ANONYMOUS_ID_KEY, uuid4, backoffMs, parseRetryAfter, classifyStatus, cookieValue, segmentAnonymousId, createClient, init, identify, alias, group, track, page, reportOutcome, decide, flush, reset, on };
 })();

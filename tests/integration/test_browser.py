@@ -406,6 +406,7 @@ def _segment_page(web: Web) -> str:
 window.sent = (async () => {{
   const [analytics] = await AnalyticsNext.AnalyticsBrowser.load(
     {{ writeKey: {json.dumps(DEMO_WRITE_KEY)}, cdnSettings: {json.dumps(settings)} }});
+  window.segment = analytics;
   const out = [];
   out.push(await analytics.identify('seg-' + Math.random().toString(16).slice(2), {{ plan: 'team' }}));
   out.push(await analytics.track('Signed Up', {{ method: 'email' }}));
@@ -428,6 +429,14 @@ def segment_site(web, analytics_next) -> Iterator[str]:
                 self.send_header("Content-Length", str(len(page_html)))
                 self.end_headers()
                 self.wfile.write(page_html)
+                return
+            if self.path == "/onramp.js":  # Onramp's SDK beside analytics-next, same origin
+                body = (ROOT / "sdk" / "js" / "onramp.js").read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/javascript; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
                 return
             if self.path.startswith("/analytics-next/bundles/"):
                 self.path = self.path.removeprefix("/analytics-next/bundles")
@@ -492,4 +501,72 @@ def test_unmodified_segment_analytics_next_reaches_kafka(
         collector.base_url + "/v1/track",
     )
     assert blocked == "blocked"
+    context.close()
+
+
+def test_onramp_beside_segment_shares_its_anonymous_id(browser, web, segment_site, read_topic):
+    """analytics-next on the page, then Onramp's SDK with reuseSegmentAnonymousId: one anonymous
+    id for both libraries (read from analytics-next's localStorage entry, and from its cookie
+    alone), a group() call reaches Kafka, and bad calls resolve instead of throwing."""
+    context = browser.new_context()
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    page.goto(segment_site)
+    segment_sent = page.evaluate("() => window.sent")
+    assert all(s["failed"] is None for s in segment_sent), segment_sent
+    group_id = f"acct-{time.time_ns()}"
+    out = page.evaluate(
+        """async ([host, writeKey, groupId]) => {
+          const onramp = await import('/onramp.js');
+          const options = { host, writeKey, listenToPage: false, reuseSegmentAnonymousId: true };
+          const segmentId = window.segment.user().anonymousId();
+          const c = onramp.createClient({ ...options, storagePrefix: 'onramp-a' });
+          const fromStorage = c.anonymousId;
+          const g = await c.group(groupId, { plan: 'team', seats: 12 });
+          const t = await c.track('Shared Anonymous Id');
+          const bad = [];
+          for (const call of [() => c.track(), () => c.track('E', 'not an object'),
+                              () => c.reportOutcome('unknown-decision', 'completed'), () => c.alias()]) {
+            try {
+              const p = call();
+              const r = await p;
+              bad.push(p instanceof Promise && r.ok === false && typeof r.error === 'string');
+            } catch (e) {
+              bad.push('threw: ' + e);
+            }
+          }
+          const delivered = await c.flush();
+          const stats = c.stats();
+          c.close();
+          localStorage.removeItem('ajs_anonymous_id');  // only analytics-next's cookie is left
+          const c2 = onramp.createClient({ ...options, storagePrefix: 'onramp-b' });
+          const fromCookie = c2.anonymousId;
+          c2.close();
+          return { segmentId, fromStorage, fromCookie, cookie: document.cookie, bad, delivered, stats,
+                   ids: [g.event.messageId, t.event.messageId] };
+        }""",
+        [web.base, DEMO_WRITE_KEY, group_id],
+    )
+    segment_id = out["segmentId"]
+    assert segment_id and out["fromStorage"] == segment_id, out
+    assert out["fromCookie"] == segment_id, out  # analytics-next's raw cookie value
+    assert out["bad"] == [True] * 4, out["bad"]
+    assert out["delivered"] is True and out["stats"]["sent"] == 2, out["stats"]
+    assert page_errors == []
+    ids = set(out["ids"]) | {s["id"] for s in segment_sent}
+    found = {
+        f["value"]["messageId"]: f["value"]
+        for f in read_topic("onramp.events").wait_for(lambda v: v["messageId"] in ids, len(ids))
+    }
+    assert set(found) == ids
+    # analytics-next's own events and Onramp's carry one anonymous id
+    assert {v["anonymousId"] for v in found.values()} == {segment_id}
+    g = found[out["ids"][0]]
+    assert (g["type"], g["groupId"], g["traits"]) == (
+        "group",
+        group_id,
+        {"plan": "team", "seats": 12},
+    )
+    assert found[out["ids"][1]]["event"] == "Shared Anonymous Id"
     context.close()

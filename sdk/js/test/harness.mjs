@@ -1,5 +1,6 @@
 // An in-memory twin of what the SDK touches in a browser: a manual clock and timers, a fetch
-// that records requests and answers from a script, localStorage and sendBeacon.
+// that records requests and answers from a script, localStorage, document.cookie, sendBeacon
+// and console.warn.
 import { createClient } from '../onramp.js';
 
 export function memoryStorage(initial = {}) {
@@ -10,6 +11,15 @@ export function memoryStorage(initial = {}) {
     setItem: (k, v) => m.set(k, String(v)),
     removeItem: (k) => m.delete(k),
   };
+}
+
+/** document.cookie twin: `jar()` is the cookie string, `jar.set(name, value)` writes one
+ * (value as given: encode it the way the writer under test does). */
+export function cookieJar(initial = {}) {
+  const m = new Map(Object.entries(initial));
+  const jar = () => [...m].map(([k, v]) => `${k}=${v}`).join('; ');
+  jar.set = (k, v) => m.set(k, v);
+  return jar;
 }
 
 export function fakeTimers(start = Date.UTC(2026, 0, 1)) {
@@ -81,6 +91,7 @@ export function client(over = {}) {
   const timers = over.timers || fakeTimers();
   const storage = over.storage || memoryStorage();
   const net = over.net || fakeFetch(over.answer);
+  const warnings = [];
   const c = createClient({
     host: 'http://onramp.test',
     writeKey: 'wk',
@@ -92,7 +103,9 @@ export function client(over = {}) {
     clearTimeout: timers.clearTimeout,
     random: seededRandom(),
     listenToPage: false,
+    cookie: () => '',
+    warn: (message) => warnings.push(message),
     ...over.options,
   });
-  return { c, timers, storage, net };
+  return { c, timers, storage, net, warnings };
 }

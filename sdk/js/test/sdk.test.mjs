@@ -115,8 +115,12 @@ test('alias: previousId defaults to the current userId, or is the one given', as
   assert.equal(JSON.parse(storage.getItem('onramp.userId')), '99');
   const req = net.requests.find((r) => r.url.endsWith('/v1/decide'));
   assert.equal(req.json.userId, '99', 'decide asks for the aliased user');
-  assert.throws(() => c.alias(''), /user id is required/);
-  assert.throws(() => c.alias(), /user id is required/);
+  for (const bad of [[''], [], [null, 'x']]) {
+    const r = await c.alias(...bad);
+    assert.equal(r.ok, false);
+    assert.match(r.error, /user id is required/);
+  }
+  assert.equal(c.userId, '99', 'a refused alias changes nothing');
   c.reset();
   assert.equal(c.userId, null, 'reset forgets an aliased user too');
 });
