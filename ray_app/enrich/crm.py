@@ -104,10 +104,13 @@ class CrmTable:
         with self._lock:
             self._maybe_reload()
             user_id = profile.get("userId") or profile.get("userKey")
+            group = profile.get("groupId")
             account = (profile.get("traits") or {}).get("accountId")
             row, by = None, None
             if user_id is not None and str(user_id) in self.by_user:
                 row, by = self.by_user[str(user_id)], "userId"
+            elif group is not None and str(group) in self.by_account:
+                row, by = self.by_account[str(group)], "groupId"  # Segment's group call
             elif account is not None and str(account) in self.by_account:
                 row, by = self.by_account[str(account)], "accountId"
             if row is None:

@@ -66,6 +66,9 @@ class Event:
     """An ``alias`` call's ``previousId`` (the id it merges into ``user_id``). Events pickled
     before this field existed have no slot for it: read it with ``getattr(e, "previous_id",
     None)``."""
+    group_id: str | None = None
+    """A ``group`` call's ``groupId`` (the account the user belongs to; the CRM join's key).
+    Read it with ``getattr(e, "group_id", None)``, like ``previous_id``."""
 
     @property
     def order_key(self) -> tuple[int, int, str]:
@@ -191,4 +194,5 @@ def event_from_record(d: dict[str, Any], trace: str | None = None) -> Event:
         properties=props,
         trace=trace,
         previous_id=_str(d, "previousId") if kind == "alias" else None,
+        group_id=_str(d, "groupId") if kind == "group" else None,
     )

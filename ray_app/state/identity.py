@@ -185,7 +185,8 @@ _EVENT_FIELDS = (
 
 def event_to_json(e: Event) -> dict[str, Any]:
     return {f: getattr(e, f, None) for f in _EVENT_FIELDS} | {
-        "previous_id": getattr(e, "previous_id", None)
+        "previous_id": getattr(e, "previous_id", None),
+        "group_id": getattr(e, "group_id", None),
     }
 
 
@@ -210,6 +211,7 @@ def event_from_json(d: Any, user_key: str) -> Event:
         properties=r.obj("properties"),
         trace=r.text("trace", optional=True),
         previous_id=r.text("previous_id", optional=True),
+        group_id=r.text("group_id", optional=True),
     )
 
 
@@ -228,6 +230,8 @@ def profile_to_state(p: Profile) -> dict[str, Any]:
         "userKey": p.user_key,
         "userId": p.user_id,
         "userIdStamp": _stamp(p.user_id_stamp),
+        "groupId": p.group_id,
+        "groupIdStamp": _stamp(p.group_id_stamp),
         "anonymousIds": sorted(p.anonymous_ids),
         "traits": [[k, p.traits.get(k), list(s)] for k, s in sorted(p.trait_stamps.items())],
         "counts": p.counts,
@@ -342,6 +346,8 @@ def profile_from_state(d: Any, config: ProfileConfig) -> Profile:
     p = Profile(r.text("userKey"), config)
     p.user_id = r.text("userId", optional=True)
     p.user_id_stamp = r.stamp("userIdStamp")
+    p.group_id = r.text("groupId", optional=True)  # absent in records of older workers
+    p.group_id_stamp = r.stamp("groupIdStamp")
     p.anonymous_ids = {str(x) for x in r.array("anonymousIds")}
     for k, v, s in r.pairs("traits", r.array("traits"), 3):
         p.traits[str(k)] = v

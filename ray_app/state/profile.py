@@ -137,6 +137,9 @@ class Profile:
     config: ProfileConfig = field(default_factory=ProfileConfig)
     user_id: str | None = None
     user_id_stamp: Stamp | None = None
+    group_id: str | None = None
+    """The account of the latest ``group`` call (the CRM join's key), by event order."""
+    group_id_stamp: Stamp | None = None
     anonymous_ids: set[str] = field(default_factory=set)
     traits: dict[str, Any] = field(default_factory=dict)
     trait_stamps: dict[str, Stamp] = field(default_factory=dict)
@@ -200,6 +203,7 @@ class Profile:
         return {
             "userKey": self.user_key,
             "userId": self.user_id,
+            "groupId": self.group_id,
             "anonymousIds": sorted(self.anonymous_ids),
             "traits": {k: _own(v) for k, v in sorted(self.traits.items())},
             "counts": dict(sorted(self.counts.items())),
@@ -314,6 +318,9 @@ def apply(profile: Profile, event: Event, hits: dict[str, int] | None = None) ->
     profile.last_received = _max(profile.last_received, event.received)
     if event.user_id and (profile.user_id_stamp is None or stamp > profile.user_id_stamp):
         profile.user_id, profile.user_id_stamp = event.user_id, stamp
+    group = getattr(event, "group_id", None)  # events buffered by an older checkpoint: none
+    if group and (profile.group_id_stamp is None or stamp > profile.group_id_stamp):
+        profile.group_id, profile.group_id_stamp = group, stamp
     if event.anonymous_id:
         ids = profile.anonymous_ids
         ids.add(event.anonymous_id)
@@ -391,6 +398,8 @@ def merge_into(profile: Profile, other: Profile, hits: dict[str, int] | None = N
         profile.last_received = _max(profile.last_received, other.last_received)
     if _newer(profile.user_id_stamp, other.user_id_stamp):
         profile.user_id, profile.user_id_stamp = other.user_id, other.user_id_stamp
+    if _newer(profile.group_id_stamp, other.group_id_stamp):
+        profile.group_id, profile.group_id_stamp = other.group_id, other.group_id_stamp
     ids = profile.anonymous_ids | other.anonymous_ids
     profile.anonymous_ids = set(sorted(ids)[: config.max_anonymous_ids])
     for k, stamp in other.trait_stamps.items():
