@@ -1,7 +1,14 @@
 """Onramp's HTTP API as a document: the FastAPI app the ingress (:mod:`deployments.ingress`)
 serves, the answers each route documents, and the OpenAPI schema, which names the slots and actions
-of the replica's catalog (:func:`describe_catalog`) rather than "any string"."""
+of the replica's catalog (:func:`describe_catalog`) rather than "any string".
 
+A hot route may also be answered ahead of FastAPI (:func:`fast_post`): ``POST /v1/decide`` costs
+about as much in FastAPI's routing, dependency solving and response objects as in deciding, so the
+replica answers it from the ASGI messages directly (:func:`read_body`, :func:`send_json`); the
+route stays in the app, and so in the document.
+"""
+
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,6 +32,9 @@ __all__ = [
     "api",
     "collect_route",
     "describe_catalog",
+    "fast_post",
+    "read_body",
+    "send_json",
 ]
 
 
@@ -79,6 +89,76 @@ optionally `Content-Encoding: gzip`. A 200 means Kafka acknowledged every record
 """
 
 api = FastAPI(title="Onramp", version=__version__, description=_DESCRIPTION)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: ``POST`` routes answered ahead of FastAPI: path -> ASGI handler (:func:`fast_post`).
+_FAST_POST: dict[str, Handler] = {}
+
+
+def fast_post(path: str, handler: Handler | None) -> None:
+    """Answer ``POST path`` with ``handler`` (an ASGI callable) before FastAPI routes it; None
+    gives the route back to FastAPI. The replica that serves ``api`` registers its handlers (one
+    replica per process)."""
+    if handler is None:
+        _FAST_POST.pop(path, None)
+    else:
+        _FAST_POST[path] = handler
+
+
+class _FastPost:
+    """ASGI middleware: a ``POST`` to a path of :func:`fast_post` goes to its handler."""
+
+    def __init__(self, app: Handler) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and _FAST_POST:
+            handler = _FAST_POST.get(_route_path(scope))
+            if handler is not None:
+                return await handler(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as the app's routes see it (without the ``root_path`` it is mounted at)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
+
+
+api.add_middleware(_FastPost)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, reading at most one chunk past ``limit`` (enough to answer 413 without
+    buffering a flood); None if the client went away."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # http.disconnect
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit or not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    """A JSON answer, with the headers a FastAPI ``Response(media_type="application/json")``
+    would have."""
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    raw.append((b"content-type", b"application/json"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 #: What the replica serving this document knows (its catalog's slots), so that the document says

@@ -7,8 +7,9 @@ the details with a read key); ``GET /metrics``; the demo onboarding app at ``GET
 (:mod:`deployments.demo`), only where :func:`ray_app.config.local_only` holds.
 
 Each route moves bytes and headers to the core and back: events to :class:`ray_app.collect.Collector`,
-decisions to :class:`ray_app.decide.batcher.DecisionBatcher` (which batches the decisions that
-arrive together into one model forward), profiles from :class:`ray_app.stream.reader.ProfileReader`;
+decisions to :class:`ray_app.decide.service.DecisionService` (whose batcher decides the requests
+that arrive together with one model forward; ``POST /v1/decide`` is answered ahead of FastAPI's
+routing, :func:`deployments.api.fast_post`), profiles from :class:`ray_app.stream.reader.ProfileReader`;
 :class:`ray_app.model.watcher.ModelWatcher` hot-swaps the models, and every error becomes an answer
 in :meth:`CollectorIngress._error` (:func:`ray_app.errors.error_body`). The OpenAPI document is
 :mod:`deployments.api`.
@@ -39,26 +40,31 @@ from deployments.api import (
     METRICS_STATUSES,
     PREFLIGHT_STATUSES,
     PROFILE_STATUSES,
+    Receive,
+    Scope,
+    Send,
     api,
     collect_route,
     describe_catalog,
+    fast_post,
+    read_body,
+    send_json,
 )
 from deployments.demo import demo_config, demo_enabled, demo_file
-from ray_app.catalog import (
-    DecisionRequestError,
-    IneligibleCandidates,
-    UnknownAction,
-    UnknownSlot,
-)
 from ray_app.collect import Collector, Reply, kafka_producer_factory
 from ray_app.collect.parse import iso_ms, key_owner, write_key_from_header
 from ray_app.config import Settings
-from ray_app.decide import MAX_DECIDE_BYTES, Decider, DecideRefused, DecideRequest, parse_decide
+from ray_app.decide import (
+    MAX_DECIDE_BYTES,
+    Decider,
+    decide_query,
+    parse_decide,
+)
 from ray_app.decide.batcher import DecisionBatcher
 from ray_app.decide.log import DecisionLog
+from ray_app.decide.service import Answer, DecisionService
 from ray_app.enrich import CrmTable
 from ray_app.errors import (
-    DecisionLogBacklog,
     ErrorCode,
     NotFound,
     OnrampError,
@@ -66,23 +72,16 @@ from ray_app.errors import (
     Unauthorized,
     error_body,
 )
-from ray_app.model import Policy
+from ray_app.model import Policy, serving_threads
 from ray_app.model.watcher import ModelWatcher
 from ray_app.stream.reader import ProfileReader, StreamUnavailable
 from ray_app.telemetry import OtelHooks
 from ray_app.telemetry.stream import stream_metrics_text
-from ray_app.telemetry.tracing import TRACEPARENT, make_tracing, now_ns
+from ray_app.telemetry.tracing import TRACEPARENT, make_tracing
 
 __all__ = ["CollectorIngress", "api"]
 
 log = logging.getLogger("onramp.collector")
-
-#: The public codes of the catalog's refusals of a decision request (HTTP 422).
-_DECISION_CODES: dict[type[DecisionRequestError], ErrorCode] = {
-    UnknownSlot: ErrorCode.UNKNOWN_SLOT,
-    UnknownAction: ErrorCode.UNKNOWN_ACTION,
-    IneligibleCandidates: ErrorCode.INELIGIBLE_CANDIDATES,
-}
 
 _READ_KEY = "send a read key (collector.read_keys): Authorization: Bearer <key>"
 _DECIDE_KEY = (
@@ -148,6 +147,7 @@ class CollectorIngress:
             self.hooks.model_version,
         )
         self._stop = self.watcher.stopped
+        serving_threads(1)  # one small forward per batch: a thread pool would only contend
         self.watcher.load()
         self.decision_log = DecisionLog(
             kafka_producer_factory(settings, bootstrap, [settings.topics.decisions]),
@@ -162,7 +162,11 @@ class CollectorIngress:
             self.crm.enrich,
             deadline_s=settings.decide.profile_deadline_ms / 1000,
         )
+        self.decisions = DecisionService(
+            self.batcher, self.decision_log, self.hooks, self.tracing, c.retry_after_s
+        )
         self.watcher.start()
+        fast_post("/v1/decide", self._decide_asgi)  # decide_post, ahead of FastAPI's routing
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve's ``user_config``: model files and policy, changed without a restart."""
@@ -215,6 +219,67 @@ class CollectorIngress:
         if exc.http_status == 503:
             headers["Retry-After"] = str(self.settings.collector.retry_after_s)
         return self._json(exc.http_status, error_body(exc, code), origin, headers)
+
+    # -- decisions (the first routes: Serve matches every request's route in this order) ------
+
+    @api.post(
+        "/v1/decide",
+        responses=DECIDE_STATUSES,
+        openapi_extra=DECIDE_BODY,
+        summary="What this user should see next",
+    )
+    async def decide_post(self, request: Request) -> Response:
+        # Answered by _decide_asgi ahead of FastAPI's routing (fast_post): this route documents
+        # it (no docstring: it would be the operation's description), and gives the same answer
+        # should a request reach it.
+        h = request.headers
+        if not _key_ok(h.get("authorization"), self._decide_keys):
+            answer = self.decisions.refuse(Unauthorized(_DECIDE_KEY))
+        else:
+            raw = await self._read_body(request, MAX_DECIDE_BYTES)
+            answer = await self.decisions.answer(parse_decide(raw), h.get(TRACEPARENT))
+        return self._decide_response(answer, h.get("origin"))
+
+    async def _decide_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/decide`` from the ASGI messages: :meth:`decide_post` without FastAPI's
+        routing, dependency solving and response objects."""
+        authorization = origin = traceparent = None
+        for name, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
+            if name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+            elif name == b"origin" and origin is None:
+                origin = value.decode("latin-1")
+            elif name == b"traceparent" and traceparent is None:
+                traceparent = value.decode("latin-1")
+        if not _key_ok(authorization, self._decide_keys):
+            status, body, headers = self.decisions.refuse(Unauthorized(_DECIDE_KEY))
+        else:
+            raw = await read_body(receive, MAX_DECIDE_BYTES)
+            if raw is None:
+                return  # the client went away
+            status, body, headers = await self.decisions.answer(parse_decide(raw), traceparent)
+        await send_json(send, status, body, {**headers, **self.collector.cors_headers(origin)})
+
+    @api.get(
+        "/v1/decide",
+        responses=DECIDE_STATUSES,
+        openapi_extra={"parameters": DECIDE_QUERY},
+        summary="Decide (query-string form; context fields as context.<name>=)",
+    )
+    async def decide_get(self, request: Request) -> Response:
+        """``?user_id=&slot=&candidates=a,b&context.device=mobile&decision_id=``"""
+        h = request.headers
+        if not _key_ok(h.get("authorization"), self._decide_keys):
+            answer = self.decisions.refuse(Unauthorized(_DECIDE_KEY))
+        else:
+            req = parse_decide(decide_query(request.query_params.multi_items()))
+            answer = await self.decisions.answer(req, h.get(TRACEPARENT))
+        return self._decide_response(answer, h.get("origin"))
+
+    def _decide_response(self, answer: Answer, origin: str | None) -> Response:
+        status, body, headers = answer
+        headers = {**headers, **self.collector.cors_headers(origin)}
+        return Response(body, status, headers, media_type="application/json")
 
     # -- the tracking API -------------------------------------------------------------------
 
@@ -304,86 +369,6 @@ class CollectorIngress:
             "freshness": freshness,
         }
         return self._json(200, body, origin)
-
-    # -- decisions --------------------------------------------------------------------------
-
-    @api.post(
-        "/v1/decide",
-        responses=DECIDE_STATUSES,
-        openapi_extra=DECIDE_BODY,
-        summary="What this user should see next",
-    )
-    async def decide_post(self, request: Request) -> Response:
-        origin = request.headers.get("origin")
-        if not _key_ok(request.headers.get("authorization"), self._decide_keys):
-            return self._error(Unauthorized(_DECIDE_KEY), origin)
-        raw = await self._read_body(request, MAX_DECIDE_BYTES)
-        return await self._decide(parse_decide(raw), origin, request.headers.get(TRACEPARENT))
-
-    @api.get(
-        "/v1/decide",
-        responses=DECIDE_STATUSES,
-        openapi_extra={"parameters": DECIDE_QUERY},
-        summary="Decide (query-string form; context fields as context.<name>=)",
-    )
-    async def decide_get(self, request: Request) -> Response:
-        """``?user_id=&slot=&candidates=a,b&context.device=mobile&decision_id=``"""
-        origin = request.headers.get("origin")
-        if not _key_ok(request.headers.get("authorization"), self._decide_keys):
-            return self._error(Unauthorized(_DECIDE_KEY), origin)
-        data: dict[str, Any] = {}
-        context: dict[str, Any] = {}
-        for key, value in request.query_params.multi_items():
-            if key.startswith("context."):
-                context[key.removeprefix("context.")] = value
-            elif key == "candidates":
-                data["candidates"] = [c for c in value.split(",") if c]
-            else:
-                data[key] = value
-        if context:
-            data["context"] = context
-        return await self._decide(parse_decide(data), origin, request.headers.get(TRACEPARENT))
-
-    async def _decide(
-        self,
-        req: DecideRequest | DecideRefused,
-        origin: str | None,
-        traceparent: str | None = None,
-    ) -> Response:
-        started = time.perf_counter()
-        started_ns = now_ns() if self.tracing.enabled else None
-        if isinstance(req, DecideRefused):
-            return self._json(req.status, req.body(), origin)
-        decision = await self.batcher.decide(req)
-        if isinstance(decision, DecisionRequestError):
-            code = _DECISION_CODES.get(type(decision), ErrorCode.INVALID_DECISION_REQUEST)
-            return self._error(decision, origin, code)
-        span = None
-        if self.tracing.enabled:
-            span = self.tracing.decision_span(
-                decision.slot, traceparent, decision.event_trace, started_ns
-            )
-            decision.trace_id = self.tracing.trace_id(span)
-        if decision.chosen is not None and not self.decision_log.offer(
-            [(decision.user_key.encode(), decision.record())]
-        ):
-            self.hooks.kafka_unavailable("decision_log")
-            self.tracing.end(span, 503)
-            return self._error(DecisionLogBacklog("the decision log is not keeping up"), origin)
-        self.tracing.end(
-            span,
-            200,
-            **{
-                "onramp.decision_id": decision.decision_id,
-                "onramp.arm": decision.arm,
-                "onramp.chosen": decision.chosen,
-                "onramp.cold_start": decision.cold_start,
-            },
-        )
-        self.hooks.decision(
-            decision.slot, decision.arm, decision.cold_start, time.perf_counter() - started
-        )
-        return self._json(200, decision.answer(), origin)
 
     # -- operations -------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ The pieces (each pure and tested alone) come together here, without HTTP or Ray:
   which is also the decision log record;
 * :mod:`~ray_app.decide.batcher` - the requests that arrive together, decided together;
 * :mod:`~ray_app.decide.log` - :class:`~ray_app.decide.log.DecisionLog`, which logs every decision
-  to ``onramp.decisions``.
+  to ``onramp.decisions``;
+* :mod:`~ray_app.decide.service` - :class:`~ray_app.decide.service.DecisionService`: a request ->
+  its answer (status, JSON body once encoded, headers), logged and counted.
 
 ``deployments/ingress.py`` serves it over HTTP.
 
@@ -28,7 +30,13 @@ from __future__ import annotations
 
 from ray_app.decide.arms import Arms
 from ray_app.decide.decider import Decider, Decision, policy_for
-from ray_app.decide.request import MAX_DECIDE_BYTES, DecideRefused, DecideRequest, parse_decide
+from ray_app.decide.request import (
+    MAX_DECIDE_BYTES,
+    DecideRefused,
+    DecideRequest,
+    decide_query,
+    parse_decide,
+)
 from ray_app.experiments import CONTROL, HOLDOUT
 
 __all__ = [
@@ -38,6 +46,7 @@ __all__ = [
     "DecideRequest",
     "Decider",
     "Decision",
+    "decide_query",
     "parse_decide",
     "policy_for",
 ]

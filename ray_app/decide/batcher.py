@@ -1,7 +1,12 @@
 """The decision batcher: the ``/v1/decide`` requests that arrive together, decided together.
 
-Requests queue up while a batch is in flight; the next batch takes all of them: one profile
-lookup per owning stream worker and one model forward per (arm, slot) for the whole batch.
+Requests queue up; a batch takes what has queued (at most ``max_batch``): one profile lookup per
+owning stream worker and one model forward per (arm, slot) for the whole batch. With no batch in
+flight the next one starts at once (on the next turn of the event loop, so that the requests that
+arrived together go together); while ``max_inflight`` batches wait for their profiles, the
+requests arriving meanwhile queue for the next free turn, and a batch that is not the only one in
+flight waits up to ``linger_s`` to fill. So a profile lookup (an actor round trip) overlaps the
+deciding of the batch before it, and each batch is as large as the load makes it.
 No Serve and no HTTP here: the ingress awaits :meth:`DecisionBatcher.decide`, and a test drives it
 with a fake profile source.
 
@@ -56,12 +61,12 @@ def _wall_clock_ms() -> int:
 
 
 class DecisionBatcher:
-    """Decides queued requests batch after batch on the running event loop.
+    """Decides queued requests in batches on the running event loop.
 
     ``enrich`` turns a profile (or a stand-in ``{"userId": ..., "traits": {}}`` for an unknown
     user) into its CRM enrichment; ``deadline_s`` bounds the profile lookup, past which the batch
     is decided from cold-start features (cold reason ``deadline``); ``clock_ms`` is the decision
-    time.
+    time. ``max_batch``, ``max_inflight`` and ``linger_s`` shape the batches (module docstring).
     """
 
     def __init__(
@@ -71,15 +76,24 @@ class DecisionBatcher:
         enrich: Callable[[Profile], Profile | None] = _no_enrichment,
         deadline_s: float = 0.05,
         clock_ms: Callable[[], int] = _wall_clock_ms,
+        max_batch: int = 256,
+        max_inflight: int = 2,
+        linger_s: float = 0.002,
     ) -> None:
+        if max_batch < 1 or max_inflight < 1 or linger_s < 0:
+            raise ValueError("max_batch and max_inflight must be >= 1 and linger_s >= 0")
         self.decider = decider
         self.profiles = profiles
         self.enrich = enrich
         self.deadline_s = deadline_s
         self.clock_ms = clock_ms
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self.linger_s = linger_s
         self._queue: list[tuple[DecideRequest, asyncio.Future[Any]]] = []
-        self._running = False
-        self._task: asyncio.Task[None] | None = None  # held, so the loop cannot drop it
+        self._inflight = 0
+        self._timer: asyncio.Handle | None = None  # the pending start of the next batch
+        self._tasks: set[asyncio.Task[None]] = set()  # held, so the loop cannot drop them
 
     async def decide(self, request: DecideRequest) -> Decision | DecisionRequestError:
         """The decision for ``request``, or the catalog's reason it cannot be decided (an HTTP
@@ -87,30 +101,52 @@ class DecisionBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((request, future))
-        if not self._running:
-            self._running = True
-            self._task = loop.create_task(self._run_batches())
+        if self._timer is None:
+            self._schedule(loop)
         result = await future
         if isinstance(result, Exception) and not isinstance(result, DecisionRequestError):
             raise result
         return result  # type: ignore[no-any-return]
 
-    async def _run_batches(self) -> None:
-        """Decide what queued up, batch after batch, until the queue is empty. Requests that
-        arrive while a batch waits for its profiles form the next one."""
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Arrange the start of the next batch, if one may start (see the module docstring)."""
+        if not self._queue or self._inflight >= self.max_inflight:
+            return  # a finishing batch schedules the next one
+        if self._inflight == 0 or len(self._queue) >= self.max_batch or not self.linger_s:
+            self._timer = loop.call_soon(self._start)
+        else:
+            self._timer = loop.call_later(self.linger_s, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if not self._queue or self._inflight >= self.max_inflight:
+            return
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        self._inflight += 1
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self._queue:  # more than one batch's worth queued: the next may start too
+            self._schedule(asyncio.get_running_loop())
+
+    async def _run(self, queued: list[tuple[DecideRequest, asyncio.Future[Any]]]) -> None:
+        """Decide one batch and answer each of its requests (never leaving one hanging)."""
         try:
-            while self._queue:
-                queued, self._queue = self._queue, []
-                try:
-                    results = await self.decide_batch([q[0] for q in queued])
-                except Exception as exc:  # never leave a request hanging
-                    log.exception("decide batch failed")
-                    results = [exc] * len(queued)
-                for (_, future), result in zip(queued, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+            try:
+                results = await self.decide_batch([q[0] for q in queued])
+            except Exception as exc:  # never leave a request hanging
+                log.exception("decide batch failed")
+                results = [exc] * len(queued)
+            for (_, future), result in zip(queued, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
         finally:
-            self._running = False
+            self._inflight -= 1
+            if self._timer is not None and self._inflight == 0:  # no lingering when idle
+                self._timer.cancel()
+                self._timer = None
+            if self._timer is None:
+                self._schedule(asyncio.get_running_loop())
 
     async def decide_batch(self, requests: list[DecideRequest]) -> list[Any]:
         """One batch: the profiles of all its users in one lookup, then one
@@ -127,8 +163,9 @@ class DecisionBatcher:
             why_cold = "stream_unavailable"
         items = []
         cold: list[str | None] = []
+        enrich = self.enrich
         for r in requests:
             profile = profiles.get(r.user_key)
-            items.append((r, profile, self.enrich(profile or {"userId": r.user_id, "traits": {}})))
+            items.append((r, profile, enrich(profile or {"userId": r.user_id, "traits": {}})))
             cold.append(why_cold or ("unknown_user" if profile is None else None))
         return self.decider.decide_many(items, now_ms=self.clock_ms(), cold_reasons=cold)

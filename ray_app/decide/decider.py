@@ -126,18 +126,29 @@ def _number(v: Any) -> float | None:
     return float(v) if ok else None
 
 
-@dataclass(frozen=True)
 class _Prepared:
     """A request the catalog accepted, ready to score: its slot, eligible action indices, arm,
-    feature vector and why it had no live profile (None: it had one)."""
+    row in the batch's feature matrix and why it had no live profile (None: it had one)."""
 
-    request: DecideRequest
-    profile: dict[str, Any] | None
-    slot: Slot
-    eligible: list[int]
-    arm: str
-    x: np.ndarray
-    cold_reason: str | None
+    __slots__ = ("arm", "cold_reason", "eligible", "profile", "request", "row", "slot")
+
+    def __init__(
+        self,
+        request: DecideRequest,
+        profile: dict[str, Any] | None,
+        slot: Slot,
+        eligible: list[int],
+        arm: str,
+        row: int,
+        cold_reason: str | None,
+    ) -> None:
+        self.request = request
+        self.profile = profile
+        self.slot = slot
+        self.eligible = eligible
+        self.arm = arm
+        self.row = row
+        self.cold_reason = cold_reason
 
 
 class Decider:
@@ -205,12 +216,14 @@ class Decider:
         """
         bundles = dict(self.bundles)  # one model per arm for the whole batch, whatever swaps
         policy = self.policy
-        prepared = self._prepare(requests, now_ms, cold_reasons)
-        scores = _score(prepared, bundles)
+        prepared, x = self._prepare(requests, now_ms, cold_reasons)
+        scores = _score(prepared, x, bundles)
+        # the logged features, rounded once for the whole batch
+        logged: list[list[float]] = np.round(x.astype(np.float64), 6).tolist()
         return [
             p
             if isinstance(p, DecisionRequestError)
-            else self._decision(p, scores.get(i), bundles, policy, now_ms)
+            else self._decision(p, scores.get(i), logged[p.row], bundles, policy, now_ms)
             for i, p in enumerate(prepared)
         ]
 
@@ -219,25 +232,33 @@ class Decider:
         requests: Sequence[_Input],
         now_ms: int,
         cold_reasons: Sequence[str | None] | None,
-    ) -> list[_Prepared | DecisionRequestError]:
-        """Each request checked against the catalog, assigned an arm and featurized; a request
-        the catalog refuses is its error."""
+    ) -> tuple[list[_Prepared | DecisionRequestError], np.ndarray]:
+        """Each request checked against the catalog and assigned an arm, and the feature matrix
+        of those the catalog accepted (row :attr:`_Prepared.row`); a request the catalog refuses
+        is its error."""
         prepared: list[_Prepared | DecisionRequestError] = []
+        profiles: list[dict[str, Any] | None] = []
+        enrichments: list[dict[str, Any] | None] = []
+        contexts: list[dict[str, Any]] = []
+        catalog, arms = self.catalog, self.arms
         for i, (req, profile, enrichment) in enumerate(requests):
             try:
-                slot = self.catalog.slot(req.slot)
-                eligible = self.catalog.eligible(req.slot, profile, enrichment, req.candidates)
+                slot = catalog.slot(req.slot)
+                eligible = catalog.eligible(req.slot, profile, enrichment, req.candidates)
             except DecisionRequestError as exc:
                 prepared.append(exc)
                 continue
-            arm = self.arms.assign(req.user_key, profile)
-            x = self.schema.featurize(profile, enrichment, req.context, now_ms)
             if cold_reasons is None:
                 cold = "unknown_user" if profile is None else None
             else:
                 cold = cold_reasons[i]
-            prepared.append(_Prepared(req, profile, slot, eligible, arm, x, cold))
-        return prepared
+            arm = arms.assign(req.user_key, profile)
+            prepared.append(_Prepared(req, profile, slot, eligible, arm, len(profiles), cold))
+            profiles.append(profile)
+            enrichments.append(enrichment)
+            contexts.append(req.context)
+        x = self.schema.featurize_many(profiles, enrichments, contexts, now_ms)
+        return prepared, x
 
     def _choose(
         self, p: _Prepared, scores: np.ndarray | None, policy: Policy, decision_id: str
@@ -254,11 +275,13 @@ class Decider:
         self,
         p: _Prepared,
         scores: np.ndarray | None,
+        features: list[float],
         bundles: Mapping[str, ModelBundle],
         policy: Policy,
         now_ms: int,
     ) -> Decision:
-        """One prepared request's :class:`Decision` (``scores``: the model's, None for control)."""
+        """One prepared request's :class:`Decision` (``scores``: the model's, None for control;
+        ``features``: its feature vector as logged)."""
         req, profile, slot = p.request, p.profile, p.slot
         decision_id = req.decision_id or str(uuid.uuid4())
         control = Experiment.serves_control(p.arm)
@@ -278,7 +301,7 @@ class Decider:
             ranked=[] if choice is None else _ranked(slot, choice, None if control else scores),
             chosen=None if choice is None else slot.actions[choice.chosen].id,
             propensity=None if choice is None else choice.propensity,
-            features=np.round(p.x.astype(np.float64), 6).tolist(),
+            features=features,
             schema_hash=self.schema.hash,
             candidates=[slot.actions[a].id for a in p.eligible],
             at_ms=now_ms,
@@ -293,19 +316,22 @@ class Decider:
 
 
 def _score(
-    prepared: Sequence[_Prepared | DecisionRequestError], bundles: Mapping[str, ModelBundle]
+    prepared: Sequence[_Prepared | DecisionRequestError],
+    x: np.ndarray,
+    bundles: Mapping[str, ModelBundle],
 ) -> dict[int, np.ndarray]:
-    """One forward per (arm's bundle, slot) over every request that needs it (eligible, in a
+    """One forward per (arm's bundle, slot) over the rows of ``x`` that need it (eligible, in a
     model arm): request index -> its scores."""
-    groups: dict[tuple[str, int], list[tuple[int, _Prepared]]] = {}
+    groups: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for i, p in enumerate(prepared):
         if isinstance(p, _Prepared) and p.eligible and not Experiment.serves_control(p.arm):
-            groups.setdefault((p.arm, p.slot.index), []).append((i, p))
+            groups.setdefault((p.arm, p.slot.index), []).append((i, p.row))
     scores: dict[int, np.ndarray] = {}
     for (arm, slot_index), members in groups.items():
-        out = score_batch(bundles[arm], np.stack([p.x for _, p in members]), slot_index)
-        for row, (i, _) in enumerate(members):
-            scores[i] = out[row]
+        rows = [row for _, row in members]
+        out = score_batch(bundles[arm], x if len(rows) == len(x) else x[rows], slot_index)
+        for k, (i, _) in enumerate(members):
+            scores[i] = out[k]
     return scores
 
 

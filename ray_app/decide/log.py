@@ -4,7 +4,9 @@ A decision is handed to Kafka before its answer leaves the replica, but the answ
 for Kafka's acknowledgement (that round trip would double the latency of ``/v1/decide``), and the
 request never waits for the producer either: :meth:`DecisionLog.offer` only counts and queues, and
 one sender thread hands the records to the producer (which may block on metadata, a full buffer
-or a reconnect: never on the event loop that serves requests). What keeps the log complete:
+or a reconnect: never on the event loop that serves requests). The sender is woken only when it
+is idle and takes everything queued at once, so a burst of offers costs one wake-up, not one per
+record. What keeps the log complete:
 
 * the producer is idempotent with ``acks=all`` and retries on its own;
 * at most ``decide.log_max_pending`` records may be queued or await their acknowledgement; beyond
@@ -25,7 +27,6 @@ True
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +39,6 @@ from ray_app.kafka.client import Delivered, OutRecord, Producer
 __all__ = ["DecisionLog"]
 
 log = logging.getLogger(__name__)
-
-_STOP = object()
 
 #: After the producer cannot be built, records fail at once for this long (no connect attempt per
 #: record while Kafka is down); then the next record tries again.
@@ -63,8 +62,10 @@ class DecisionLog:
         self._factory = producer_factory
         self._producer: Producer | None = None
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._on_result = on_result
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: list[tuple[bytes, bytes, Any]] = []  # taken whole by the sender
+        self._idle = False  # the sender waits for records: the next offer wakes it
         self._sender: threading.Thread | None = None
         self._closed = False
         self._down_until = 0.0
@@ -95,23 +96,34 @@ class DecisionLog:
                 return False
             self.pending += len(encoded)
             self._start_locked()
-            for item in encoded:
-                self._queue.put(item)
+            self._queue += encoded
+            if self._idle:
+                self._idle = False
+                self._wake.notify()
         return True
 
+    def _take(self) -> list[tuple[bytes, bytes, Any]] | None:
+        """Everything queued, waiting for it if nothing is; None once closed and drained."""
+        with self._lock:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._idle = True
+                self._wake.wait()
+            items, self._queue = self._queue, []
+            self._idle = False
+            return items
+
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            key, value, decision_id = item
-            try:
-                producer = self._producer_or_none()
-                if producer is None:
-                    raise ConnectionError("no Kafka producer (retrying shortly)")
-                producer.send(OutRecord(self.topic, value, key=key), self._done(decision_id))
-            except Exception as exc:  # refused or no producer: counted, never silent
-                self._done(decision_id)(None, exc)
+        while (items := self._take()) is not None:
+            for key, value, decision_id in items:
+                try:
+                    producer = self._producer_or_none()
+                    if producer is None:
+                        raise ConnectionError("no Kafka producer (retrying shortly)")
+                    producer.send(OutRecord(self.topic, value, key=key), self._done(decision_id))
+                except Exception as exc:  # refused or no producer: counted, never silent
+                    self._done(decision_id)(None, exc)
         if self._producer is not None:
             try:
                 self._producer.close(self._close_timeout_s)
@@ -155,11 +167,10 @@ class DecisionLog:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            self._closed = True  # the sender sends what was offered before, then stops
             self._close_timeout_s = timeout_s
             sender = self._sender
-            if sender is not None:
-                self._queue.put(_STOP)  # after every record offered before the close
+            self._wake.notify()
         if sender is not None:
             sender.join(2 * timeout_s)
             if sender.is_alive():

@@ -3,14 +3,14 @@ answers every input with a request or a :class:`DecideRefused` (a 4xx with the f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["MAX_DECIDE_BYTES", "DecideRefused", "DecideRequest", "parse_decide"]
+__all__ = ["MAX_DECIDE_BYTES", "DecideRefused", "DecideRequest", "decide_query", "parse_decide"]
 
 #: Largest ``POST /v1/decide`` body: a decision request is a few hundred bytes.
 MAX_DECIDE_BYTES = 64 * 1024
@@ -87,6 +87,27 @@ class DecideRefused:
 
     def body(self) -> dict[str, Any]:
         return {"error": self.error, "field": self.field, "message": self.message}
+
+
+def decide_query(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The fields of ``GET /v1/decide``'s query string (``user_id=&slot=&candidates=a,b&
+    context.device=mobile&decision_id=``) as the body :func:`parse_decide` reads.
+
+    >>> decide_query([("user_id", "u1"), ("candidates", "a,,b"), ("context.device", "mobile")])
+    {'user_id': 'u1', 'candidates': ['a', 'b'], 'context': {'device': 'mobile'}}
+    """
+    data: dict[str, Any] = {}
+    context: dict[str, Any] = {}
+    for key, value in items:
+        if key.startswith("context."):
+            context[key.removeprefix("context.")] = value
+        elif key == "candidates":
+            data["candidates"] = [c for c in value.split(",") if c]
+        else:
+            data[key] = value
+    if context:
+        data["context"] = context
+    return data
 
 
 def parse_decide(body: bytes | Mapping[str, Any]) -> DecideRequest | DecideRefused:

@@ -13,9 +13,8 @@ negative counts map to 0. Counts and durations are ``log1p``-scaled and clipped 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ray_app.features.hashing import bucket
 from ray_app.features.values import as_number, scaled
 
 if TYPE_CHECKING:
@@ -49,33 +48,39 @@ _CAP_RECENCY_S = 30 * 86400.0
 _CAP_AGE_S = 90 * 86400.0
 
 
+def _is_map(d: Any) -> TypeGuard[Mapping[str, Any]]:
+    """``isinstance(d, Mapping)``, at a dict's cost for a dict (what profiles are)."""
+    return type(d) is dict or isinstance(d, Mapping)
+
+
 def _get(d: Any, key: str) -> Any:
-    return d.get(key) if isinstance(d, Mapping) else None
+    return d.get(key) if _is_map(d) else None
 
 
 def fill_row(
     schema: FeatureSchema,
-    out: list[float],
+    out: dict[int, float],
     profile: Any,
     enrichment: Any,
     context: Any,
     now_ms: Any,
 ) -> None:
-    """Write the features of these inputs into ``out`` (zeros, :attr:`FeatureSchema.dim` long)."""
+    """The features of these inputs that are not 0, by position (``out``: empty; a position may
+    be written twice, the last value counts)."""
     pos = schema._pos
-    if isinstance(profile, Mapping) and profile:
+    if _is_map(profile) and profile:
         _fill_profile(schema, out, profile, as_number(now_ms))
     else:
         out[0] = 1.0  # cold
-    if isinstance(enrichment, Mapping) and enrichment.get("found") is True:
+    if _is_map(enrichment) and enrichment.get("found") is True:
         out[pos.crm_found] = 1.0
-    base, n = schema._hashed, schema.hashing.buckets
-    for token in schema.tokens(profile, enrichment, context):
-        out[base + bucket(token, n)] = 1.0
+    base = schema._hashed
+    for b in schema.hashing.token_buckets(schema.tokens(profile, enrichment, context)):
+        out[base + b] = 1.0
 
 
 def _fill_profile(
-    schema: FeatureSchema, out: list[float], p: Mapping[str, Any], now: float
+    schema: FeatureSchema, out: dict[int, float], p: Mapping[str, Any], now: float
 ) -> None:
     pos = schema._pos
     out[1] = 1.0 if p.get("completedAt") is not None else 0.0
@@ -86,12 +91,12 @@ def _fill_profile(
         else ()
     )
     steps = p.get("steps")
-    if not isinstance(steps, Mapping):
+    if not _is_map(steps):
         steps = {}
     n_done = 0
     for s, base in schema._steps:
         st = steps.get(s)
-        if not isinstance(st, Mapping) or not st:
+        if not _is_map(st) or not st:
             if s in done_set:
                 out[base] = 1.0
                 n_done += 1
@@ -109,7 +114,7 @@ def _fill_profile(
         out[base + 4] = scaled(as_number(st.get("timeMs")) / 1000.0, _CAP_STEP_SECONDS)
     out[2] = n_done / len(schema.steps) if schema.steps else 0.0
     counts = p.get("counts")
-    if isinstance(counts, Mapping) and counts:
+    if _is_map(counts) and counts:
         base = schema._counts
         for i, k in enumerate(EVENT_COUNTS):
             c = counts.get(k)
@@ -124,7 +129,7 @@ def _fill_profile(
     if first is not None:
         out[pos.age] = scaled((now - as_number(first)) / 1000.0, _CAP_AGE_S)
     act = p.get("activity")
-    if isinstance(act, Mapping):
+    if _is_map(act):
         out[pos.activity_5m] = scaled(act.get("last5m"), _CAP_5M)
         out[pos.activity_60m] = scaled(act.get("last60m"), _CAP_60M)
     current = p.get("currentStep")

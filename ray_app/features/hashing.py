@@ -51,6 +51,9 @@ DEFAULT_EXCLUDE: frozenset[str] = frozenset(
 #: Keys that name an identifier or a time (``accountId``, ``account_id``, ``createdAt``).
 _ID_OR_TIME = re.compile(r"(?:Id|ID|_id|At|_at)$")
 _MAX_TEXT = 64
+#: Entries a :class:`Hashing` remembers of each of its answers (which keys it keeps, the bucket
+#: of a token): the same traits come back with every user; past it the memory starts afresh.
+_CACHE = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,23 @@ class Hashing:
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, frozenset(k.strip().lower() for k in v))
+        # memories of keeps() and token_buckets(): not fields (not compared, not pickled)
+        object.__setattr__(self, "_keeps", {})
+        object.__setattr__(self, "_buckets", {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (
+                self.buckets,
+                self.include,
+                self.exclude,
+                self.numeric,
+                self.categorical,
+                self.crosses,
+                self.cross_fields,
+            ),
+        )
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | None) -> Hashing:
@@ -110,6 +130,31 @@ class Hashing:
         }
 
     def keeps(self, key: str) -> bool:
+        """Whether the attribute ``key`` (``parent.child`` when nested) becomes a token."""
+        memory: dict[str, bool] = self._keeps  # type: ignore[attr-defined]
+        kept = memory.get(key)
+        if kept is None:
+            kept = self._keeps_now(key)
+            if len(memory) >= _CACHE:
+                memory.clear()
+            memory[key] = kept
+        return kept
+
+    def token_buckets(self, tokens: list[str]) -> list[int]:
+        """The bucket of each token (:func:`bucket` among :attr:`buckets`)."""
+        memory: dict[str, int] = self._buckets  # type: ignore[attr-defined]
+        out = []
+        for token in tokens:
+            b = memory.get(token)
+            if b is None:
+                b = bucket(token, self.buckets)
+                if len(memory) >= _CACHE:
+                    memory.clear()
+                memory[token] = b
+            out.append(b)
+        return out
+
+    def _keeps_now(self, key: str) -> bool:
         k = key.lower()
         if self.include is not None:
             return k in self.include

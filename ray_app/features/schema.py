@@ -142,6 +142,10 @@ class FeatureSchema:
 
     # -------------------------------------------------------------------------- featurize
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the layout is rebuilt from what it is made of (and the hashing's memories stay here)
+        return (type(self), (self.steps, self.hashing, self.version))
+
     def featurize(
         self,
         profile: Mapping[str, Any] | None,
@@ -156,9 +160,11 @@ class FeatureSchema:
         (any fields: ``device``, ``referrer``, ``locale``...) and ``now_ms`` the decision time
         (for recency).
         """
-        out = [0.0] * len(self.names)
+        out: dict[int, float] = {}
         fill_row(self, out, profile, enrichment, context, now_ms)
-        return np.array(out, dtype=np.float32)
+        x = np.zeros(len(self.names), dtype=np.float32)
+        x[list(out)] = list(out.values())
+        return x
 
     def featurize_many(
         self,
@@ -188,9 +194,11 @@ class FeatureSchema:
             nows = now_ms
             if len(nows) != n:
                 raise ValueError(f"now_ms: {len(nows)} rows for {n} profiles")
-        x = np.zeros((n, len(self.names)), dtype=np.float32)
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
         for i in range(n):
-            out = [0.0] * len(self.names)
+            out: dict[int, float] = {}
             fill_row(
                 self,
                 out,
@@ -199,5 +207,9 @@ class FeatureSchema:
                 None if contexts is None else contexts[i],
                 nows[i],
             )
-            x[i] = out
+            rows += [i] * len(out)
+            cols += out
+            values += out.values()
+        x = np.zeros((n, len(self.names)), dtype=np.float32)
+        x[rows, cols] = values  # one scatter for the batch: the vectors are mostly zeros
         return x

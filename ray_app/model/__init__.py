@@ -36,7 +36,7 @@ from ray_app.model.policy import (
     uniform,
 )
 from ray_app.model.registry import ModelRegistry, ModelVersion, Promotion, RegistryError
-from ray_app.model.scorer import Scorer, score_batch
+from ray_app.model.scorer import Scorer, score_batch, serving_threads
 
 __all__ = [
     "FORMAT",
@@ -54,6 +54,7 @@ __all__ = [
     "Scorer",
     "cold_start_bundle",
     "score_batch",
+    "serving_threads",
     "uncertainty_from_counts",
     "uniform",
 ]

@@ -30,7 +30,7 @@ from torch.nn.utils import skip_init
 if TYPE_CHECKING:
     from ray_app.model.bundle import ModelBundle
 
-__all__ = ["Scorer", "score_batch"]
+__all__ = ["Scorer", "score_batch", "serving_threads"]
 
 
 class Scorer(nn.Module):
@@ -86,7 +86,8 @@ class Scorer(nn.Module):
 def score_batch(bundle: ModelBundle | Scorer, x: np.ndarray, slot_index: int) -> np.ndarray:
     """Logits ``[B, n_actions]`` (float32) for features ``[B, dim]`` (or one ``[dim]`` row).
 
-    Runs under ``torch.inference_mode()``; thread settings are left to the caller.
+    Runs under ``torch.inference_mode()``; thread settings are left to the caller (a serving
+    process sets them once with :func:`serving_threads`).
 
     >>> s = Scorer(4, (2,), hidden=3)
     >>> score_batch(s, np.zeros(4, dtype=np.float32), 0).shape
@@ -101,3 +102,14 @@ def score_batch(bundle: ModelBundle | Scorer, x: np.ndarray, slot_index: int) ->
         out = scorer.forward(t, slot_index).numpy()
     # one row runs as a matrix-vector product: about half the cost of a [1, dim] matmul
     return out.reshape(1, -1) if one else out
+
+
+def serving_threads(threads: int = 1) -> None:
+    """Run this process's forwards on ``threads`` threads (a serving replica: 1).
+
+    A decision batch is a few small matrix products (microseconds each): more threads do not make
+    them faster, and on a machine whose cores are busy (the event loop, Kafka, the stream workers)
+    a thread of the pool that is not scheduled makes the others spin and wait, so that one forward
+    took milliseconds instead of tens of microseconds in the decide benchmark.
+    """
+    torch.set_num_threads(threads)

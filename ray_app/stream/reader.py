@@ -23,6 +23,10 @@ class StreamUnavailable(ProfilesUnavailable):
 #: Merges a profile read follows (anonymous -> user -> account is 2).
 _MAX_MERGE_HOPS = 8
 
+#: Keys whose partition a reader remembers (murmur2 in Python costs microseconds a key, and the
+#: same users ask again and again); past it the memory starts afresh.
+_PARTITION_CACHE = 100_000
+
 
 class ProfileReader:
     """Looks profiles up from anywhere in the cluster (a Serve replica, say): key -> partition ->
@@ -31,6 +35,18 @@ class ProfileReader:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self._routes: tuple[int, list[Any]] | None = None
+        self._partitions: dict[str, int] = {}  # user key -> partition, for _partition_count
+        self._partition_count = 0
+
+    def _partition(self, key: str, partitions: int) -> int:
+        """The partition of ``key`` among ``partitions`` (Kafka's default partitioner)."""
+        if partitions != self._partition_count or len(self._partitions) >= _PARTITION_CACHE:
+            self._partitions = {}
+            self._partition_count = partitions
+        p = self._partitions.get(key)
+        if p is None:
+            p = self._partitions[key] = partition_for(key.encode(), partitions)
+        return p
 
     async def _load(self) -> tuple[int, list[Any]]:
         import ray
@@ -89,7 +105,7 @@ class ProfileReader:
                 raise StreamUnavailable("stream workers are not running")
             by_worker: dict[int, list[tuple[int, str]]] = {}
             for key in user_keys:
-                p = partition_for(key.encode(), partitions)
+                p = self._partition(key, partitions)
                 by_worker.setdefault(owner_index(p, len(workers)), []).append((p, key))
             try:
                 answers = await asyncio.gather(

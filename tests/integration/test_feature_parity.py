@@ -82,8 +82,8 @@ def test_replayed_features_equal_the_features_logged_at_decision_time(
     import ray
     from ray import serve
 
-    from ray_app.catalog import load_catalog
     from deployments.onramp import main as cli
+    from ray_app.catalog import load_catalog
     from ray_app.stream import start_supervisor_actor
 
     env = {

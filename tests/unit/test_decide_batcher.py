@@ -127,3 +127,80 @@ def test_a_failed_batch_fails_each_request_and_the_next_batch_runs():
     profiles.fail = None
     [again] = asyncio.run(_decide_all(batcher, [_req("u3")]))
     assert isinstance(again, Decision)
+
+
+def test_a_second_batch_looks_up_while_the_first_waits_and_a_third_waits_its_turn():
+    profiles = FakeProfiles(delay_s=0.05)
+    batcher = DecisionBatcher(
+        Decider.from_settings(Settings()),
+        profiles,
+        deadline_s=1.0,
+        clock_ms=lambda: T0,
+        max_inflight=2,
+        linger_s=0.0,
+    )
+
+    async def scenario() -> list[Any]:
+        tasks = [asyncio.ensure_future(batcher.decide(_req("u1")))]
+        await asyncio.sleep(0.01)  # batch 1 waits for its profiles
+        tasks.append(asyncio.ensure_future(batcher.decide(_req("u2"))))
+        await asyncio.sleep(0.01)  # batch 2 waits too: two in flight
+        tasks += [asyncio.ensure_future(batcher.decide(_req(u))) for u in ("u3", "u4")]
+        await asyncio.sleep(0.01)
+        looked_up_meanwhile = list(profiles.lookups)
+        return [looked_up_meanwhile, await asyncio.gather(*tasks)]
+
+    meanwhile, results = asyncio.run(scenario())
+    assert meanwhile == [["u1"], ["u2"]]  # the third waits for a free turn...
+    assert profiles.lookups == [["u1"], ["u2"], ["u3", "u4"]]  # ...and takes all that queued
+    assert [r.decision_id for r in results] == ["d-u1", "d-u2", "d-u3", "d-u4"]
+
+
+def test_one_batch_in_flight_when_asked_and_batches_of_at_most_max_batch():
+    profiles = FakeProfiles(delay_s=0.02)
+    batcher = DecisionBatcher(
+        Decider.from_settings(Settings()), profiles, max_batch=2, max_inflight=1
+    )
+    users = [f"u{i}" for i in range(5)]
+    results = asyncio.run(_decide_all(batcher, [_req(u) for u in users]))
+    assert profiles.lookups == [["u0", "u1"], ["u2", "u3"], ["u4"]]
+    assert [r.decision_id for r in results] == [f"d-{u}" for u in users]
+
+
+def test_a_batch_that_may_not_be_alone_lingers_to_fill():
+    profiles = FakeProfiles(delay_s=0.05)
+    batcher = DecisionBatcher(
+        Decider.from_settings(Settings()), profiles, max_inflight=2, linger_s=0.02
+    )
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(batcher.decide(_req("u1")))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(batcher.decide(_req("u2")))
+        await asyncio.sleep(0.005)  # within the linger: u3 joins u2's batch
+        third = asyncio.ensure_future(batcher.decide(_req("u3")))
+        await asyncio.gather(first, second, third)
+
+    asyncio.run(scenario())
+    assert profiles.lookups == [["u1"], ["u2", "u3"]]
+
+
+def test_batch_settings_are_checked():
+    with pytest.raises(ValueError, match="max_inflight"):
+        DecisionBatcher(Decider.from_settings(Settings()), FakeProfiles(), max_inflight=0)
+
+
+def test_the_reader_remembers_partitions_as_kafka_places_keys(monkeypatch):
+    from ray_app.kafka.client import partition_for
+    from ray_app.stream import reader
+
+    r = reader.ProfileReader("onramp")
+    keys = [f"u{i}" for i in range(300)]
+    assert [r._partition(k, 8) for k in keys] == [partition_for(k.encode(), 8) for k in keys]
+    assert [r._partition(k, 8) for k in keys] == [partition_for(k.encode(), 8) for k in keys]
+    # another partition count (a topic grown): forgotten and computed again
+    assert [r._partition(k, 12) for k in keys] == [partition_for(k.encode(), 12) for k in keys]
+    monkeypatch.setattr(reader, "_PARTITION_CACHE", 10)
+    for k in keys:
+        r._partition(k, 12)
+    assert len(r._partitions) <= 10

@@ -294,3 +294,23 @@ def test_never_nan_whatever_the_input(profile, enrichment, context, now):
     assert np.isfinite(x).all()
     assert ((x >= 0) & (x <= 1)).all()
     assert np.array_equal(x, SCHEMA.featurize(profile, enrichment, context, now))
+
+
+def test_the_hashing_memories_answer_as_the_functions_do_and_stay_bounded(monkeypatch):
+    from ray_app.features import hashing
+
+    h = Hashing(exclude=frozenset({"plan"}))
+    tokens = [f"t:role=r{i}" for i in range(50)]
+    assert h.token_buckets(tokens) == [hashing.bucket(t, h.buckets) for t in tokens]
+    assert h.token_buckets(tokens) == h.token_buckets(tokens)  # from memory: the same
+    keys = ["role", "plan", "accountId", "company.plan", "company.size", "email"]
+    fresh = Hashing(exclude=frozenset({"plan"}))
+    assert [h.keeps(k) for k in keys] == [fresh._keeps_now(k) for k in keys]
+    assert [h.keeps(k) for k in keys] == [True, False, False, True, True, False]
+    monkeypatch.setattr(hashing, "_CACHE", 8)
+    h.token_buckets([f"t:n={i}" for i in range(100)])
+    assert len(h._buckets) <= 8  # type: ignore[attr-defined]
+    # memories are not part of what a hashing is: equal, and not pickled
+    again = pickle.loads(pickle.dumps(h))
+    assert again == h and again._buckets == {}  # type: ignore[attr-defined]
+    assert pickle.loads(pickle.dumps(SCHEMA)).hashing._buckets == {}

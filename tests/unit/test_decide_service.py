@@ -1,18 +1,24 @@
 """The decision service without HTTP: arms stay sticky when the split changes, a batch decides
-each request on its own, and the decision log never takes more than its bound."""
+each request on its own, the decision log never takes more than its bound, and an answer is a
+logged decision, a refusal that names the field, or a 503 while the log is behind."""
 
+import asyncio
 import datetime as dt
 import threading
 import time
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
 from ray_app.catalog import IneligibleCandidates, UnknownSlot
 from ray_app.config import DecideSettings, Settings
-from ray_app.decide import Arms, Decider, DecideRequest
+from ray_app.decide import Arms, Decider, DecideRequest, parse_decide
+from ray_app.decide.batcher import DecisionBatcher
 from ray_app.decide.log import DecisionLog
+from ray_app.decide.service import DecisionService
 from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer
+from ray_app.telemetry.tracing import NoopTracing
 
 T0 = int(dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp() * 1000)
 
@@ -157,3 +163,99 @@ def test_a_record_that_cannot_be_encoded_queues_nothing_of_its_batch():
     assert log.stats()["pending"] == 0
     log.close()
     assert broker.records("d") == []
+
+
+def test_the_sender_takes_what_queued_while_it_was_busy_in_order():
+    broker = InMemoryBroker(partitions=1)
+    sends: list[bytes] = []
+
+    class SlowProducer(InMemoryProducer):
+        def send(self, record, callback):  # type: ignore[no-untyped-def]
+            sends.append(record.value)
+            time.sleep(0.002)  # a busy sender: offers pile up meanwhile
+            super().send(record, callback)
+
+    log = DecisionLog(lambda: SlowProducer(broker), "d", max_pending=1000)
+    for i in range(200):
+        assert log.offer([(b"u", {"decisionId": str(i)})])
+    log.close(timeout_s=5)
+    assert log.stats() == {"pending": 0, "acked": 200, "failed": 0}
+    assert [orjson.loads(v)["decisionId"] for v in sends] == [str(i) for i in range(200)]
+
+
+class _Hooks:
+    def __init__(self) -> None:
+        self.decisions: list[tuple[str, str, bool]] = []
+        self.unavailable: list[str] = []
+
+    def decision(self, slot: str, arm: str, cold: bool, seconds: float) -> None:
+        self.decisions.append((slot, arm, cold))
+
+    def kafka_unavailable(self, cause: str) -> None:
+        self.unavailable.append(cause)
+
+
+def _service(log: DecisionLog, hooks: _Hooks) -> DecisionService:
+    class NoProfiles:
+        async def get_many(self, user_keys):  # type: ignore[no-untyped-def]
+            return {}
+
+    batcher = DecisionBatcher(Decider.from_settings(Settings()), NoProfiles(), clock_ms=lambda: T0)
+    return DecisionService(batcher, log, hooks, NoopTracing(), retry_after_s=7)
+
+
+def test_the_service_answers_logs_and_counts_each_decision():
+    broker = InMemoryBroker(partitions=1)
+    log = DecisionLog(lambda: InMemoryProducer(broker), "d", max_pending=10)
+    hooks = _Hooks()
+    service = _service(log, hooks)
+    body = b'{"userId": "u1", "slot": "next_step", "decisionId": "d1"}'
+    status, raw, headers = asyncio.run(service.answer(parse_decide(body)))
+    log.close()
+    answer = orjson.loads(raw)
+    assert (status, headers) == (200, {})
+    [record] = [orjson.loads(r.value) for r in broker.records("d")]
+    assert record["decisionId"] == answer["decisionId"] == "d1"
+    assert list(answer) == list(record)[1 : len(answer) + 1]  # the answer's keys lead the record
+    assert hooks.decisions == [("next_step", answer["arm"], True)]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "field"),
+    [
+        (b"{nope", 400, "invalid_json", None),
+        (b'{"userId": "u1"}', 400, "invalid_request", "slot"),
+        (b'{"userId": "u1", "slot": "nxt"}', 422, "unknown_slot", "slot"),
+        (b'{"userId": "u1", "slot": "next_step", "candidates": ["dance"]}', 422,
+         "unknown_action", "candidates[0]"),
+    ],
+)  # fmt: skip
+def test_the_service_refuses_with_the_field_and_logs_nothing(body, status, error, field):
+    broker = InMemoryBroker(partitions=1)
+    log = DecisionLog(lambda: InMemoryProducer(broker), "d", max_pending=10)
+    hooks = _Hooks()
+    got, raw, headers = asyncio.run(_service(log, hooks).answer(parse_decide(body)))
+    log.close()
+    assert (got, headers) == (status, {})
+    assert orjson.loads(raw)["error"] == error and orjson.loads(raw)["field"] == field
+    assert broker.records("d") == [] and hooks.decisions == []
+
+
+def test_the_service_answers_503_with_retry_after_when_the_log_is_behind():
+    broker = InMemoryBroker(partitions=1)
+    broker.available = False
+    log = DecisionLog(lambda: InMemoryProducer(broker), "d", max_pending=1)
+    hooks = _Hooks()
+    service = _service(log, hooks)
+    ask = b'{"userId": "u1", "slot": "next_step"}'
+    assert asyncio.run(service.answer(parse_decide(ask)))[0] == 200
+    status, raw, headers = asyncio.run(service.answer(parse_decide(ask)))
+    assert (status, headers) == (503, {"Retry-After": "7"})
+    assert orjson.loads(raw) == {
+        "error": "decision_log_backlog",
+        "field": None,
+        "message": "the decision log is not keeping up",
+    }
+    assert hooks.unavailable == ["decision_log"] and len(hooks.decisions) == 1
+    broker.recover()
+    log.close()

@@ -1,0 +1,108 @@
+"""``/v1/decide`` without HTTP: a parsed request -> its answer (status, JSON body, headers).
+
+:class:`DecisionService` joins the pieces a replica serves decisions with: the
+:class:`~ray_app.decide.batcher.DecisionBatcher` (profiles, features, model, policy), the
+:class:`~ray_app.decide.log.DecisionLog` (a decision is answered only once its record is queued
+for ``onramp.decisions``; past the log's bound the answer is 503 with Retry-After), the metrics
+hooks and the decision's trace span. Each answer's body is encoded once, by orjson; the route
+(:mod:`deployments.ingress`) adds its CORS headers and sends it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from ray_app.catalog import (
+    DecisionRequestError,
+    IneligibleCandidates,
+    UnknownAction,
+    UnknownSlot,
+)
+from ray_app.decide.batcher import DecisionBatcher
+from ray_app.decide.log import DecisionLog
+from ray_app.decide.request import DecideRefused, DecideRequest
+from ray_app.errors import DecisionLogBacklog, ErrorCode, OnrampError, error_body
+from ray_app.telemetry.tracing import now_ns
+
+__all__ = ["Answer", "DecisionService"]
+
+#: An HTTP answer: status, JSON body, headers.
+Answer = tuple[int, bytes, dict[str, str]]
+
+#: The public codes of the catalog's refusals of a decision request (HTTP 422).
+_DECISION_CODES: dict[type[DecisionRequestError], ErrorCode] = {
+    UnknownSlot: ErrorCode.UNKNOWN_SLOT,
+    UnknownAction: ErrorCode.UNKNOWN_ACTION,
+    IneligibleCandidates: ErrorCode.INELIGIBLE_CANDIDATES,
+}
+
+
+class DecisionService:
+    """Answers decision requests. ``hooks`` are the replica's metrics
+    (:class:`~ray_app.telemetry.OtelHooks`: ``decision``, ``kafka_unavailable``), ``tracing`` its
+    tracing (:func:`~ray_app.telemetry.tracing.make_tracing`), ``retry_after_s`` the Retry-After
+    of a 503."""
+
+    def __init__(
+        self,
+        batcher: DecisionBatcher,
+        decision_log: DecisionLog,
+        hooks: Any,
+        tracing: Any,
+        retry_after_s: int,
+    ) -> None:
+        self.batcher = batcher
+        self.decision_log = decision_log
+        self.hooks = hooks
+        self.tracing = tracing
+        self.retry_after_s = retry_after_s
+
+    def refuse(self, exc: OnrampError, code: ErrorCode | None = None) -> Answer:
+        """The answer to an error: its ``http_status`` and :func:`~ray_app.errors.error_body`,
+        with Retry-After on a 503."""
+        headers = {"Retry-After": str(self.retry_after_s)} if exc.http_status == 503 else {}
+        return exc.http_status, orjson.dumps(error_body(exc, code)), headers
+
+    async def answer(
+        self, req: DecideRequest | DecideRefused, traceparent: str | None = None
+    ) -> Answer:
+        """The answer to one request (``traceparent``: the caller's trace, if any): a decision
+        (200), the reason the request was refused (4xx), or 503 when the log is behind."""
+        started = time.perf_counter()
+        started_ns = now_ns() if self.tracing.enabled else None
+        if isinstance(req, DecideRefused):
+            return req.status, orjson.dumps(req.body()), {}
+        decision = await self.batcher.decide(req)
+        if isinstance(decision, DecisionRequestError):
+            code = _DECISION_CODES.get(type(decision), ErrorCode.INVALID_DECISION_REQUEST)
+            return self.refuse(decision, code)
+        span = None
+        if self.tracing.enabled:
+            span = self.tracing.decision_span(
+                decision.slot, traceparent, decision.event_trace, started_ns
+            )
+            decision.trace_id = self.tracing.trace_id(span)
+        if decision.chosen is not None and not self.decision_log.offer(
+            [(decision.user_key.encode(), decision.record())]
+        ):
+            self.hooks.kafka_unavailable("decision_log")
+            self.tracing.end(span, 503)
+            return self.refuse(DecisionLogBacklog("the decision log is not keeping up"))
+        if span is not None:
+            self.tracing.end(
+                span,
+                200,
+                **{
+                    "onramp.decision_id": decision.decision_id,
+                    "onramp.arm": decision.arm,
+                    "onramp.chosen": decision.chosen,
+                    "onramp.cold_start": decision.cold_start,
+                },
+            )
+        self.hooks.decision(
+            decision.slot, decision.arm, decision.cold_start, time.perf_counter() - started
+        )
+        return 200, orjson.dumps(decision.answer()), {}
