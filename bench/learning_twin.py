@@ -95,6 +95,15 @@ def parser() -> argparse.ArgumentParser:
         "--warmup-rewards", type=int, default=None, help="learn.warmup_rewards (0: no warm-up)"
     )
     shipped.add_argument("--model-poll-s", type=float, default=None, help="decide.model_poll_s")
+    shipped.add_argument(
+        "--set",
+        dest="learner_set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any LearnerConfig field (VALUE as JSON, else text), e.g. --set batch_size=32 "
+        "--set publish_interval_s=1; repeatable",
+    )
     sim = ap.add_argument_group("the simulated system")
     sim.add_argument(
         "--learn-every", type=float, default=0.2, help="seconds between learn calls (its poll)"
@@ -108,6 +117,84 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--time-scale", type=float, default=0.02, help="as bench/learning.py")
     sim.add_argument("--drift-detect-s", type=float, default=20.0)
     return ap
+
+
+def learner_sets(pairs: list[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` pairs -> LearnerConfig overrides (VALUE parsed as JSON when it is
+    JSON, else kept as text); ``SystemExit`` for a field LearnerConfig does not have.
+
+    >>> learner_sets(["batch_size=32", "optimizer=sgd", 'treatment_arms=["a"]'])
+    {'batch_size': 32, 'optimizer': 'sgd', 'treatment_arms': ('a',)}
+    """
+    from ray_app.learn import LearnerConfig
+
+    fields = {f.name for f in dataclasses.fields(LearnerConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a LearnerConfig field")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The learner flags given (``None``: not given) and the ``--set`` pairs."""
+    return {
+        **{k: getattr(args, k) for k in _LEARNER_FLAGS},
+        **learner_sets(getattr(args, "learner_set", None) or []),
+    }
+
+
+def cell_diagnostics(
+    truth: Any, outcomes: list[Any], start: int, stop: int, top: int = 5
+) -> dict[str, Any]:
+    """Where the treatment arm of users ``start`` to ``stop - 1`` lost against the oracle:
+    the share of decisions that explored (served another action than the model's top one),
+    the share whose top action was the oracle's, and the ``top`` cells (hidden segments, for
+    reporting only) that lost the most expected completions, with their users and the share of
+    their top actions that were the oracle's. A cell whose favourite the model never found
+    shows a share near 0; one it found, near 1 less the exploration."""
+    slot_name = "next_step"
+    slot = truth.catalog.slot(slot_name)
+    cells: dict[str, list[float]] = {}
+    explored = hits = n = 0
+    for o in outcomes:
+        if o.arm != "treatment" or not start <= o.index < stop or o.cold_start:
+            continue
+        el = truth.eligible(o.segment, slot_name)
+        best_index = truth.oracle_choice(o.segment, slot_name, el, o.drifted)
+        best = slot.actions[best_index].id
+        lost = truth.p_complete(o.segment, slot_name, best_index, o.drifted) - truth.p_complete(
+            o.segment, slot_name, o.action, o.drifted
+        )
+        c = cells.setdefault(o.segment, [0, 0.0, 0])
+        c[0] += 1
+        c[1] += lost
+        c[2] += o.greedy == best
+        n += 1
+        explored += o.greedy is not None and o.action != o.greedy
+        hits += o.greedy == best
+    worst = sorted(cells.items(), key=lambda kv: -kv[1][1])[:top]
+    return {
+        "users": n,
+        "explored": round(explored / n, 3) if n else None,
+        "greedy_is_oracle": round(hits / n, 3) if n else None,
+        "lost_completions": round(sum(c[1] for c in cells.values()), 1),
+        "worst_cells": [
+            {
+                "cell": k,
+                "users": int(c[0]),
+                "lost": round(c[1], 1),
+                "greedy_is_oracle": round(c[2] / c[0], 2),
+            }
+            for k, c in worst
+        ],
+    }
 
 
 def learner_config(overrides: dict[str, Any] | None = None) -> Any:
@@ -194,7 +281,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     catalog = load_catalog()
     schema = FeatureSchema.from_catalog(catalog)
     bundle = cold_start_bundle(schema, catalog)
-    config = learner_config({k: getattr(args, k) for k in _LEARNER_FLAGS})
+    config = learner_config(_overrides(args))
     learner = OnlineLearner(bundle, config, clock=lambda: 0.0)
     policy = Policy(
         kind=args.policy or d.policy,
@@ -243,12 +330,14 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         eligible = catalog.eligible("next_step", profile.as_dict(), enrichment)
         arm = "treatment" if rng.random() < args.treatment_share else "control"
         did = f"d{seed}-{i}"
+        greedy: str | None = None
         if arm == "control":
             action, p = truth.static_choice("next_step", eligible), 1.0
         else:
             scores = score_batch(served, x, slot.index)[0]
             choice = policy.choose(scores, eligible, did)
             action, p = choice.chosen, choice.propensity
+            greedy = slot.actions[choice.ranking[0]].id
         done, seconds = truth.simulate_response(user, "next_step", action, rng)
         react = min(seconds * args.time_scale, 10.0)
         record = RewardRecord(
@@ -270,7 +359,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         heapq.heappush(due, (t + think + react + args.outcome_delay, i, record))
         outcomes.append(
             Outcome(i, user.segment, arm, slot.actions[action].id, done, False,
-                    served.version, truth.drifted(user), t)
+                    served.version, truth.drifted(user), t, greedy=greedy)
         )  # fmt: skip
 
     vw = {} if args.no_vw else run_all(truth, args.users, seed)
@@ -299,6 +388,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "users_to_recover_after_drift": recovery,
         "rollbacks": learner.counters["rollbacks"],
         "learner_counters": dict(learner.counters),
+        "cells_before_drift": cell_diagnostics(
+            truth, outcomes, max(drift_at - args.window, 0), drift_at
+        ),
         **summary,
     }
 
@@ -358,10 +450,12 @@ def main() -> None:
             "recovered_within_5000": sum(1 for u in recoveries if u is not None and u <= 5000),
             "block_users": BLOCK,
             "settings": {
-                "learner": dataclasses.asdict(
-                    learner_config({k: getattr(args, k) for k in _LEARNER_FLAGS})
-                ),
-                **{k: v for k, v in vars(args).items() if k not in ("seeds", *_LEARNER_FLAGS)},
+                "learner": dataclasses.asdict(learner_config(_overrides(args))),
+                **{
+                    k: v
+                    for k, v in vars(args).items()
+                    if k not in ("seeds", "learner_set", *_LEARNER_FLAGS)
+                },
             },
             "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs],
             "seconds": round(time.monotonic() - started, 1),

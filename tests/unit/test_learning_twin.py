@@ -26,3 +26,42 @@ def test_the_twin_learns_a_two_trait_world_it_has_never_seen():
     assert curve[4000]["treatment"] > 0.3, run["curve"]
     assert curve[4000]["treatment"] > curve[1000]["treatment"] + 0.3
     assert run["learner_counters"]["control_rollbacks"] == 0  # it never fell below control
+
+
+def test_set_overrides_any_learner_field_and_refuses_unknown_ones():
+    from bench.learning_twin import learner_config, learner_sets
+
+    over = learner_sets(["publish_interval_s=0.5", "optimizer=sgd"])
+    config = learner_config(over)
+    assert (config.publish_interval_s, config.optimizer) == (0.5, "sgd")
+    with pytest.raises(SystemExit):
+        learner_sets(["no_such_field=1"])
+
+
+def test_cell_diagnostics_find_the_cell_whose_favourite_the_model_never_serves():
+    from bench.learning_twin import cell_diagnostics
+    from ray_app.sim.live import Outcome
+    from ray_app.sim.worlds import world
+
+    w = world("teams", seed=1)
+    slot = w.catalog.slot("next_step")
+    outcomes = []
+    for i in range(400):
+        user = w.user(i)
+        el = w.eligible(user, "next_step")
+        best = slot.actions[w.oracle_choice(user.segment, "next_step", el)].id
+        # the model's top action is the oracle's everywhere but in one cell, where it serves
+        # the static flow's step; one decision in ten explores
+        wrong = user.segment == "illustrator/solo"
+        greedy = slot.actions[w.static_choice("next_step", el)].id if wrong else best
+        action = "goals" if i % 10 == 0 and greedy != "goals" else greedy
+        outcomes.append(
+            Outcome(i, user.segment, "treatment", action, True, False, 1, False, 0.0,
+                    greedy=greedy)
+        )  # fmt: skip
+    d = cell_diagnostics(w, outcomes, 0, 400)
+    assert d["users"] == 400
+    assert 0.05 < d["explored"] < 0.15
+    worst = d["worst_cells"][0]
+    assert worst["cell"] == "illustrator/solo" and worst["greedy_is_oracle"] == 0.0
+    assert d["greedy_is_oracle"] < 1.0 and d["lost_completions"] > worst["lost"] > 0
