@@ -76,6 +76,7 @@ from ray_app.model import Policy, serving_threads
 from ray_app.model.watcher import ModelWatcher
 from ray_app.stream.reader import ProfileReader, StreamUnavailable
 from ray_app.telemetry import OtelHooks
+from ray_app.telemetry.replicas import Publisher, replica_name
 from ray_app.telemetry.stream import stream_metrics_text
 from ray_app.telemetry.tracing import TRACEPARENT, make_tracing
 
@@ -166,6 +167,11 @@ class CollectorIngress:
             self.batcher, self.decision_log, self.hooks, self.tracing, c.retry_after_s
         )
         self.watcher.start()
+        # /metrics answers with every replica's series, whichever replica Serve routes it to
+        self.replica_metrics = Publisher(
+            settings.ray.namespace, replica_name(), self.hooks.prometheus_text
+        )
+        self.replica_metrics.start()
         fast_post("/v1/decide", self._decide_asgi)  # decide_post, ahead of FastAPI's routing
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -388,7 +394,7 @@ class CollectorIngress:
 
     @api.get("/metrics", response_class=Response, responses=METRICS_STATUSES)
     async def metrics(self) -> Response:
-        text = self.hooks.prometheus_text()
+        text = await self.replica_metrics.scrape()
         try:
             status = await asyncio.wait_for(self.profiles.stream_status(), timeout=3)
             text += stream_metrics_text(status).encode()
@@ -455,6 +461,9 @@ class CollectorIngress:
         watcher = getattr(self, "watcher", None)
         if watcher is not None:
             watcher.stop()
+        publisher = getattr(self, "replica_metrics", None)
+        if publisher is not None:
+            publisher.stop()
         decision_log = getattr(self, "decision_log", None)
         if decision_log is not None:
             decision_log.close(timeout_s=10.0)

@@ -20,18 +20,25 @@ onramp_x_total{replica="r2",source="web"} 4.0
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = [
     "HUB_NAME",
     "PUBLISH_INTERVAL_S",
+    "Publisher",
     "ReplicaMetrics",
     "ReplicaMetricsStore",
     "merge_expositions",
     "metrics_hub",
+    "replica_name",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The named actor replicas publish to (in Onramp's Ray namespace).
 HUB_NAME = "onramp-replica-metrics"
@@ -55,7 +62,7 @@ def merge_expositions(texts: Mapping[str, str]) -> bytes:
             if merged is None:
                 merged = families[fam.name] = Metric(fam.name, fam.documentation, fam.type)
             for s in fam.samples:
-                merged.add_sample(s.name, {"replica": replica, **s.labels}, s.value, s.timestamp)
+                merged.add_sample(s.name, {**s.labels, "replica": replica}, s.value, s.timestamp)
 
     class _Families:
         def collect(self) -> Iterator[Metric]:
@@ -112,3 +119,62 @@ def metrics_hub(namespace: str) -> Any:
         )
         .remote()
     )
+
+
+class Publisher:
+    """One replica's side: publishes ``own()`` (its exposition) to the hub every
+    :data:`PUBLISH_INTERVAL_S` on a daemon thread, and answers a scrape with every replica's
+    figures (its own as of now). Without Ray, or with the hub unreachable, a scrape still
+    answers with this replica's own series, labelled."""
+
+    def __init__(self, namespace: str, replica: str, own: Callable[[], bytes]) -> None:
+        self.namespace, self.replica, self.own = namespace, replica, own
+        self._hub: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="onramp-replica-metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _handle(self) -> Any:
+        if self._hub is None:
+            self._hub = metrics_hub(self.namespace)
+        return self._hub
+
+    def _run(self) -> None:
+        import ray
+
+        while not self._stop.wait(PUBLISH_INTERVAL_S):
+            try:
+                ray.get(self._handle().put.remote(self.replica, self.own().decode()), timeout=5)
+            except Exception:  # the hub went with the replica that owned it: start another
+                self._hub = None
+                log.debug("publishing replica metrics failed", exc_info=True)
+
+    async def scrape(self, timeout_s: float = 3.0) -> bytes:
+        """Every live replica's series, each labelled ``replica``."""
+        texts: dict[str, str] = {}
+        try:
+            texts = await asyncio.wait_for(self._handle().texts.remote(), timeout_s)
+        except Exception:
+            self._hub = None
+            log.warning("other replicas' metrics unavailable for this scrape", exc_info=True)
+        texts[self.replica] = self.own().decode()
+        return merge_expositions(texts)
+
+
+def replica_name() -> str:
+    """This Serve replica's tag (what ``replica`` labels its series with), else a process id."""
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_tag)
+    except Exception:
+        from ray_app.telemetry.resource import instance_id
+
+        return instance_id()

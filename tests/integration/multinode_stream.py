@@ -44,6 +44,41 @@ def _healthy(port: int) -> bool:
         return False
 
 
+def _scrape(port: int) -> tuple[dict[str, float], set[str]]:
+    """Refused bodies by replica, and every replica any series is labelled with."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+    refused = {
+        s.labels.get("replica", "?"): s.value
+        for s in samples
+        if s.name == "onramp_events_rejected_total" and s.labels.get("reason") == "invalid_json"
+    }
+    return refused, {s.labels["replica"] for s in samples if "replica" in s.labels}
+
+
+def _scrapes_add_up(port: int, settings: Any) -> list[Any]:
+    """Bodies sent, then /metrics scraped again and again: whichever replica answers (Serve
+    prefers the one on the proxy's node), both replicas' series are there, each once and
+    labelled, and the counts add up to what was sent, the same in every scrape. (Bodies that
+    are not JSON: counted and sent to the DLQ, they leave the stream's event time alone.)"""
+    key = next(iter(settings.collector.write_keys.values())).get_secret_value()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(key, "")) as http:
+        for n in range(60):
+            sent = http.post("/v1/track", content=b"not json %d" % n)
+            assert sent.status_code == 400, sent.text
+
+    def settled() -> bool:
+        accepted, replicas = _scrape(port)
+        return sum(accepted.values()) == 60 and len(replicas) == 2
+
+    _wait(settled, 30, "both replicas' series in a scrape")
+    scrapes = [_scrape(port) for _ in range(8)]
+    assert all(s == scrapes[0] for s in scrapes), scrapes  # the same, whoever answered
+    return [scrapes[0][0], sorted(scrapes[0][1])]
+
+
 def _replica_nodes() -> list[str]:
     """Node ids of the live replicas of the decision (Collector) deployment."""
     from ray._private.state import state
@@ -146,6 +181,8 @@ def main() -> dict[str, Any]:
             replicas = _replica_nodes()
             result["decisionReplicaNodes"] = len(set(replicas))
             assert len(replicas) == 2 and len(set(replicas)) == 2, replicas
+            result["metricsScrapes"] = _scrapes_add_up(port, settings)
+            phase("metrics")
 
             producer.send_all([OutRecord(topic, v, key=k) for k, v in waves[0]]).result(60)
             _wait(lambda: sup.totals().get("records", 0) > 0, 60, "the first records taken")

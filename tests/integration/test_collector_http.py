@@ -252,9 +252,12 @@ def test_openapi_lists_every_status(http):
 def test_healthz_and_metrics(http):
     assert http.get("/healthz").json()["status"] == "ok"
     http.post("/v1/track", content=b"nope", auth=AUTH)
+    accepted = http.post("/v1/track", json={"userId": "m1", "event": "Clicked"}, auth=AUTH)
+    assert accepted.status_code == 200, accepted.text
     text = http.get("/metrics").text
-    assert 'onramp_events_rejected_total{reason="invalid_json"}' in text
-    assert "onramp_events_accepted_total" in text
+    # every series is labelled with the replica that counted it (telemetry.replicas)
+    assert 'onramp_events_rejected_total{reason="invalid_json",replica="' in text
+    assert "onramp_events_accepted_total{" in text
     assert "onramp_http_request_duration_seconds_bucket" in text
 
 
