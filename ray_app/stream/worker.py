@@ -184,6 +184,7 @@ class StreamWorker:
                 self._update_lag()
                 if self._stop.is_set():
                     break  # stop() writes the final checkpoint (or decides not to)
+                self._commit_written()  # offsets of checkpoints the writer has finished
                 if self._dirty and (
                     self._since_checkpoint >= s.checkpoint_every_records
                     or time.monotonic() - self._last_checkpoint >= s.checkpoint_interval_s
