@@ -294,6 +294,7 @@ class StreamSupervisor:
         deadline = time.monotonic() + timeout_s
         totals: dict[str, int] = {}
         previous: dict[str, int] | None = None
+        steady = 0  # reads in a row with the same totals
         while time.monotonic() < deadline:
             try:
                 status = self.status()
@@ -304,10 +305,14 @@ class StreamSupervisor:
             except Exception:  # a worker is being replaced
                 time.sleep(0.2)
                 continue
-            if totals.get("records", 0) >= records and not lagging and totals == previous:
+            steady = steady + 1 if totals == previous else 0
+            # unchanged for about a second: longer than a fetch and a poll, so records a worker
+            # just wrote (links, merges) show up as lag or as taken before this returns (a
+            # client's cached high watermarks can lag behind a produce for a fetch or two)
+            if totals.get("records", 0) >= records and not lagging and steady >= 4:
                 return totals
             previous = totals
-            time.sleep(0.2)
+            time.sleep(0.25)
         return totals
 
     def stop(self) -> None:
