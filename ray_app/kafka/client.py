@@ -428,8 +428,17 @@ class ConfluentConsumer:
         return None if high is None or high < 0 else int(high)
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
+        """What is fetched already, at once; else the first record within ``timeout_s`` and
+        whatever came with it. (librdkafka's ``consume(n, timeout)`` waits for ``n`` records or
+        the whole timeout: at a steady trickle every poll would wait the timeout out, which
+        kafka-python's poll does not.)"""
         out = []
-        for m in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
+        got = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not got:
+            got = self._consumer.consume(num_messages=1, timeout=timeout_s)
+            if got and max_records > 1:
+                got += self._consumer.consume(num_messages=max_records - 1, timeout=0)
+        for m in got:
             if m.error():
                 if m.error().code() == self._confluent.KafkaError._PARTITION_EOF:
                     continue
