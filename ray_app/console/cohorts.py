@@ -1,0 +1,265 @@
+"""The console's experiment and funnel figures, kept up to date record by record.
+
+:class:`Cohorts` holds, per experiment, one row per user with the columns of
+:data:`ray_app.experiments.report.USER_COLUMNS`, built by the rules of
+:func:`~ray_app.experiments.report.users_from_logs` (what ``onramp report`` reads the logs with),
+but incrementally: a decision record opens (or extends) its user's row and waits for its reward;
+the first reward of a waiting decision counts (decisions and rewards are written at least once:
+a second copy of either is ignored). Rows are kept column-wise in plain lists, so that
+:meth:`Cohorts.frame` hands :func:`~ray_app.experiments.report.analyze` a DataFrame without a pass
+over the users in Python: the console's numbers come from the report's own code.
+
+The funnel counts, per arm, the users who completed each onboarding step (``Step Completed``
+events, from the events topic) and who completed onboarding (``Onboarding Completed``): a user's
+steps are remembered as a bit mask, and counted under their arm once their first decision says
+which arm that is.
+
+>>> c = Cohorts()
+>>> c.decision({"decisionId": "d1", "userKey": "u1", "arm": "control", "experiment": "e",
+...             "chosen": "role", "slot": "next_step", "timestamp": 1000})
+True
+>>> c.reward({"decisionId": "d1", "reward": 1.0, "outcome": "completed", "action": "role"})
+True
+>>> c.reward({"decisionId": "d1", "reward": 1.0, "outcome": "completed", "action": "role"})
+False
+>>> c.frame("e")[["arm", "decisions", "positives", "steps"]].to_dict("records")
+[{'arm': 'control', 'decisions': 1, 'positives': 1, 'steps': 1}]
+>>> c.step_completed("u1", "welcome"); c.funnel()["control"]["steps"]["welcome"]
+1
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ray_app.timefmt import ms_from_iso
+
+__all__ = ["Cohorts", "ExperimentRows", "record_ms"]
+
+#: Decided ids remembered to ignore a second copy of a decision or reward (at least once).
+DONE_IDS = 1_000_000
+#: Rewards whose decision has not been read yet (the two topics are read side by side).
+ORPHANS = 100_000
+#: Decisions waiting for a reward, at most (a decision whose reward never comes is dropped).
+PENDING = 1_000_000
+
+
+def record_ms(ts: Any) -> int:
+    """A record's time in ms: a number as is, else ISO-8601 text (``ValueError`` if neither)."""
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return int(ts)
+    if isinstance(ts, str):
+        return ms_from_iso(ts)
+    raise ValueError(f"not a time: {ts!r}")
+
+
+@dataclass
+class ExperimentRows:
+    """One experiment's users, column-wise (row ``i`` is ``users[i]``)."""
+
+    index: dict[str, int] = field(default_factory=dict)
+    users: list[str] = field(default_factory=list)
+    arm: list[int] = field(default_factory=list)
+    first_ms: list[int] = field(default_factory=list)
+    decisions: list[int] = field(default_factory=list)
+    positives: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    step_mask: list[int] = field(default_factory=list)
+    activated: list[int] = field(default_factory=list)
+
+    def row(self, user: str, arm: int, ms: int) -> int:
+        i = self.index.get(user)
+        if i is None:
+            i = self.index[user] = len(self.users)
+            self.users.append(user)
+            self.arm.append(arm)
+            self.first_ms.append(ms)
+            for col in (self.decisions, self.positives, self.steps, self.step_mask):
+                col.append(0)
+            self.activated.append(0)
+        elif ms < self.first_ms[i]:
+            self.first_ms[i] = ms
+        return i
+
+
+class Cohorts:
+    """Per experiment, the per-user rows of the report; per arm, the onboarding funnel."""
+
+    def __init__(self) -> None:
+        self.experiments: dict[str, ExperimentRows] = {}
+        self.arms: list[str] = []  # arm code -> name
+        self._arm_codes: dict[str, int] = {}
+        self._actions: dict[str, int] = {}  # action -> bit of the rows' step masks
+        self._pending: OrderedDict[str, tuple[str, int]] = OrderedDict()  # id -> (exp, row)
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._orphans: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        # funnel: user -> (arm code or -1, completed step mask, onboarding completed)
+        self._user_arm: dict[str, int] = {}
+        self._user_steps: dict[str, int] = {}
+        self._user_done: set[str] = set()
+        self._steps: dict[str, int] = {}  # step -> bit of the funnel masks
+        self._reached: dict[int, dict[str, int]] = {}  # arm code -> step -> users
+        self._completed: dict[int, int] = {}  # arm code -> users who completed onboarding
+        self._arm_users: dict[int, int] = {}  # arm code -> users with a decision
+        self.version = 0  # grows with every change that moves a figure
+        self.ignored = 0
+
+    # -- decisions and rewards (the report's rows) ---------------------------------------------
+
+    def _arm(self, name: str) -> int:
+        code = self._arm_codes.get(name)
+        if code is None:
+            code = self._arm_codes[name] = len(self.arms)
+            self.arms.append(name)
+        return code
+
+    def decision(self, d: Mapping[str, Any]) -> bool:
+        """A decision record (``onramp.decision/1``); False when it does not count (it served
+        nothing, is a second copy, or is unreadable)."""
+        try:
+            if d.get("chosen") is None:
+                return False
+            did = str(d["decisionId"])
+            if did in self._pending or did in self._done:
+                return False
+            exp = str(d.get("experiment", "default"))
+            user = str(d["userKey"])
+            arm = self._arm(str(d["arm"]))
+            ms = record_ms(d["timestamp"])
+        except (KeyError, TypeError, ValueError):
+            self.ignored += 1
+            return False
+        rows = self.experiments.setdefault(exp, ExperimentRows())
+        self._pending[did] = (exp, rows.row(user, arm, ms))
+        if len(self._pending) > PENDING:
+            self._pending.popitem(last=False)
+        self._assign(user, arm)
+        self.version += 1
+        orphan = self._orphans.pop(did, None)
+        if orphan is not None:
+            self.reward(orphan)
+        return True
+
+    def reward(self, r: Mapping[str, Any]) -> bool:
+        """A reward record (``onramp.reward/1``); True when it counted (the first reward of a
+        decision read before it; a reward ahead of its decision waits for it)."""
+        try:
+            did = str(r["decisionId"])
+            value = float(r["reward"])
+        except (KeyError, TypeError, ValueError):
+            self.ignored += 1
+            return False
+        where = self._pending.pop(did, None)
+        if where is None:
+            if did not in self._done:
+                self._orphans[did] = r
+                if len(self._orphans) > ORPHANS:
+                    self._orphans.popitem(last=False)
+            return False
+        self._done[did] = None
+        if len(self._done) > DONE_IDS:
+            self._done.popitem(last=False)
+        rows = self.experiments[where[0]]
+        i = where[1]
+        rows.decisions[i] += 1
+        if value > 0:
+            rows.positives[i] += 1
+            outcome = r.get("outcome")
+            if outcome == "converted":
+                rows.activated[i] = 1
+            elif outcome == "completed":
+                bit = 1 << self._actions.setdefault(str(r.get("action")), len(self._actions))
+                if not rows.step_mask[i] & bit:
+                    rows.step_mask[i] |= bit
+                    rows.steps[i] += 1
+        self.version += 1
+        return True
+
+    def frame(self, experiment: str, since_ms: int | None = None) -> pd.DataFrame:
+        """The experiment's per-user frame (:data:`~ray_app.experiments.report.USER_COLUMNS`),
+        only users first seen at or after ``since_ms`` when given."""
+        rows = self.experiments[experiment]
+        names = np.array(self.arms, dtype=object)
+        first = np.array(rows.first_ms, dtype=np.int64)
+        df = pd.DataFrame(
+            {
+                "user": np.array(rows.users, dtype=object),
+                "arm": names[np.array(rows.arm, dtype=np.int64)],
+                "first_ms": first,
+                "decisions": np.array(rows.decisions, dtype=np.int64),
+                "positives": np.array(rows.positives, dtype=np.int64),
+                "steps": np.array(rows.steps, dtype=np.int64),
+                "activated": np.array(rows.activated, dtype=np.int64),
+            }
+        )
+        if since_ms is not None:
+            df = df[first >= since_ms].reset_index(drop=True)
+        return df
+
+    # -- the funnel ---------------------------------------------------------------------------
+
+    def _assign(self, user: str, arm: int) -> None:
+        """The user's funnel arm: the arm of their first decision."""
+        if user in self._user_arm:
+            return
+        self._user_arm[user] = arm
+        self._arm_users[arm] = self._arm_users.get(arm, 0) + 1
+        mask = self._user_steps.get(user, 0)
+        if mask:
+            reached = self._reached.setdefault(arm, {})
+            for step, bit in self._steps.items():
+                if mask & (1 << bit):
+                    reached[step] = reached.get(step, 0) + 1
+        if user in self._user_done:
+            self._completed[arm] = self._completed.get(arm, 0) + 1
+
+    def step_completed(self, user: str, step: str) -> None:
+        """A ``Step Completed`` of ``step`` by ``user`` (a second one changes nothing)."""
+        bit = 1 << self._steps.setdefault(step, len(self._steps))
+        mask = self._user_steps.get(user, 0)
+        if mask & bit:
+            return
+        self._user_steps[user] = mask | bit
+        arm = self._user_arm.get(user)
+        if arm is not None:
+            reached = self._reached.setdefault(arm, {})
+            reached[step] = reached.get(step, 0) + 1
+        self.version += 1
+
+    def onboarding_completed(self, user: str) -> None:
+        """An ``Onboarding Completed`` by ``user``."""
+        if user in self._user_done:
+            return
+        self._user_done.add(user)
+        arm = self._user_arm.get(user)
+        if arm is not None:
+            self._completed[arm] = self._completed.get(arm, 0) + 1
+        self.version += 1
+
+    def funnel(self) -> dict[str, dict[str, Any]]:
+        """Per arm: its users (with a decision), users who completed each step, and users who
+        completed onboarding."""
+        return {
+            self.arms[a]: {
+                "users": n,
+                "steps": dict(self._reached.get(a, {})),
+                "completed": self._completed.get(a, 0),
+            }
+            for a, n in sorted(self._arm_users.items())
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Sizes, to show the aggregation stays bounded."""
+        return {
+            "users": sum(len(r.users) for r in self.experiments.values()),
+            "funnelUsers": len(self._user_steps),
+            "pending": len(self._pending),
+            "orphans": len(self._orphans),
+            "ignored": self.ignored,
+        }

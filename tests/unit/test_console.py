@@ -1,0 +1,352 @@
+"""The console's aggregation without Ray, Kafka or Serve: the experiment rows equal what
+``onramp report`` builds from the same records (in any order, with copies), the funnel, the
+timeline, the user log, the health figures, the model history, the API's keys and routes, and the
+replica's feed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+
+from ray_app.catalog import load_catalog
+from ray_app.console.api import ConsoleApi, catalog_panel
+from ray_app.console.cohorts import Cohorts
+from ray_app.console.feed import ConsoleFeed, ConsoleUnavailable
+from ray_app.console.health import HealthWindow, figures, quantile
+from ray_app.console.models import ModelHistory
+from ray_app.console.state import ConsoleState
+from ray_app.console.timeline import Timeline
+from ray_app.console.userlog import UserLog
+from ray_app.experiments.report import analyze, users_from_logs
+
+T0 = 1_767_225_600_000
+SHARES = {"control": 0.5, "treatment": 0.5}
+
+
+def _logs(users: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Decision and reward records of ``users`` users, a few decisions each."""
+    rng = random.Random(seed)
+    decisions, rewards = [], []
+    for u in range(users):
+        arm = "control" if rng.random() < 0.5 else "treatment"
+        for k in range(rng.randint(1, 4)):
+            did = f"d{u}-{k}"
+            action = rng.choice(["role", "goals", "team_size"])
+            at = T0 + u * 1_000 + k * 100
+            decisions.append(
+                {"decisionId": did, "userKey": f"u{u}", "arm": arm, "experiment": "onboarding",
+                 "slot": "next_step", "chosen": action, "propensity": 0.5, "modelVersion": 2,
+                 "timestamp": pd.Timestamp(at, unit="ms", tz="UTC").isoformat()}
+            )  # fmt: skip
+            if rng.random() < 0.9:  # some decisions are still waiting for their outcome
+                good = rng.random() < (0.4 if arm == "control" else 0.5)
+                outcome = (
+                    ("converted" if rng.random() < 0.2 else "completed") if good else "abandoned"
+                )
+                rewards.append(
+                    {"decisionId": did, "userKey": f"u{u}", "arm": arm, "action": action,
+                     "reward": float(good), "outcome": outcome, "decidedAtMs": at,
+                     "outcomeAtMs": at + 500, "modelVersion": 2}
+                )  # fmt: skip
+    return decisions, rewards
+
+
+def _fed(decisions: list[dict[str, Any]], rewards: list[dict[str, Any]], seed: int) -> Cohorts:
+    """Cohorts fed both topics interleaved in a random order, with a copy of some records."""
+    rng = random.Random(seed)
+    records = [("d", d) for d in decisions] + [("r", r) for r in rewards]
+    records += rng.sample(records, len(records) // 10)  # at-least-once copies
+    rng.shuffle(records)  # a reward may come before its decision
+    c = Cohorts()
+    for kind, rec in records:
+        (c.decision if kind == "d" else c.reward)(rec)
+    return c
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cohorts_give_the_reports_rows_and_numbers_whatever_the_order(seed: int) -> None:
+    decisions, rewards = _logs(400, seed)
+    want = users_from_logs(decisions, rewards)["onboarding"]
+    got = _fed(decisions, rewards, seed).frame("onboarding")
+    key = ["user"]
+    pd.testing.assert_frame_equal(
+        got.sort_values(key).reset_index(drop=True),
+        want.sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+    )
+    _assert_close(analyze(got, SHARES), analyze(want, SHARES))
+
+
+def _assert_close(a: Any, b: Any, where: str = "") -> None:
+    """Equal, floats to 1e-12 (sums over rows in another order round differently)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-15), where
+    else:
+        assert a == b, where
+
+
+def test_cohorts_frame_keeps_the_users_first_seen_since() -> None:
+    decisions, rewards = _logs(100)
+    c = _fed(decisions, rewards, 0)
+    since = T0 + 50_000
+    assert set(c.frame("onboarding", since)["user"]) == {f"u{u}" for u in range(50, 100)}
+
+
+def test_funnel_counts_steps_done_before_the_first_decision_and_ignores_copies() -> None:
+    c = Cohorts()
+    c.step_completed("u1", "welcome")  # before any decision: no arm yet
+    c.step_completed("u1", "welcome")
+    assert c.funnel() == {}
+    c.decision({"decisionId": "d1", "userKey": "u1", "arm": "treatment", "chosen": "role",
+                "timestamp": T0})  # fmt: skip
+    c.step_completed("u1", "role")
+    c.onboarding_completed("u1")
+    c.onboarding_completed("u1")
+    c.decision({"decisionId": "d2", "userKey": "u2", "arm": "treatment", "chosen": "role",
+                "timestamp": T0})  # fmt: skip
+    assert c.funnel() == {
+        "treatment": {"users": 2, "steps": {"welcome": 1, "role": 1}, "completed": 1}
+    }
+
+
+def test_state_funnel_panel_in_catalog_order_with_drop_off() -> None:
+    s = ConsoleState(SHARES, steps=["welcome", "role", "goals"], clock=lambda: T0 / 1000)
+    for u in range(4):
+        s.feed("decisions", orjson.dumps({"decisionId": f"d{u}", "userKey": f"u{u}",
+               "arm": "control", "chosen": "role", "timestamp": T0}))  # fmt: skip
+        s.feed("events", orjson.dumps({"type": "track", "event": "Step Completed",
+               "userKey": f"u{u}", "stepId": "welcome"}))  # fmt: skip
+    s.feed("events", orjson.dumps({"type": "track", "event": "Step Completed",
+           "userKey": "u0", "stepId": "role"}))  # fmt: skip
+    s.feed("events", b'{"type":"track","event":"Step Viewed","userKey":"u1","stepId":"goals"}')
+    rows = s.funnel(0)["arms"]["control"]["steps"]
+    assert [(r["step"], r["users"], r["rate"], r["dropOff"]) for r in rows] == [
+        ("welcome", 4, 1.0, 0.0),
+        ("role", 1, 0.25, 0.75),
+        ("goals", 0, 0.0, 1.0),
+    ]
+    assert s.counts["events"] == 5  # the Step Viewed was skipped without decoding
+
+
+def test_state_experiment_panels_per_range_and_cached() -> None:
+    decisions, rewards = _logs(300)
+    now = [(T0 + 300_000) / 1000]
+    s = ConsoleState(SHARES, clock=lambda: now[0])
+    for d in decisions:
+        s.feed("decisions", orjson.dumps(d))
+    for r in rewards:
+        s.feed("rewards", orjson.dumps(r))
+    panels = s.panels()
+    assert {k for k in panels if k.startswith("experiments/")} == {
+        "experiments/15m", "experiments/1h", "experiments/24h", "experiments/all"
+    }  # fmt: skip
+    everything = orjson.loads(panels["experiments/all"])["experiments"]["onboarding"]
+    want = analyze(users_from_logs(decisions, rewards)["onboarding"], SHARES)
+    _assert_close(everything, orjson.loads(orjson.dumps(want)))
+    now[0] += 3600  # an hour on: nobody was first seen in the last 15 minutes
+    s.feed("decisions", orjson.dumps({**decisions[0], "decisionId": "new"}))
+    late = orjson.loads(s.panels(experiments_every_s=0)["experiments/15m"])
+    assert late["experiments"]["onboarding"]["users"] == 0
+    assert "error" in late["experiments"]["onboarding"]
+
+
+def test_state_counts_unreadable_records_and_keeps_going() -> None:
+    s = ConsoleState(SHARES)
+    s.feed("decisions", b"not json")
+    s.feed("rewards", b"[1, 2]")
+    s.feed("decisions", orjson.dumps({"decisionId": "d", "userKey": "u", "chosen": "a"}))
+    s.feed("dlq", b"garbage")
+    assert s.counts["unreadable"] == 2 and s.cohorts.ignored == 1
+    assert s.dlq.as_dict()["unreadable"][0]["raw"] == "garbage"
+    assert set(s.panels()) >= {"learning", "funnel", "health"}
+
+
+def test_timeline_stays_bounded_and_merges_to_the_points_asked() -> None:
+    t = Timeline(bucket_ms=1_000, keep=100)
+    for i in range(1_000):
+        t.add("control", i * 1_000, float(i % 2))
+    series = t.series(points=10)
+    rows = series["arms"]["control"]
+    assert len(rows) == 10 and series["bucketMs"] == 10_000
+    assert sum(n for _, n, _ in rows) == 100 and rows[0][0] == 900_000
+
+
+def test_user_log_forgets_the_least_recent_user_and_answers_in_time_order() -> None:
+    log = UserLog(users=2, per_user=2)
+    for user, ms in (("a", 3), ("a", 1), ("b", 1), ("a", 2), ("c", 1)):
+        log.decision({"decisionId": f"{user}{ms}", "userKey": user}, ms)
+    assert log.entries("b") is None  # b was seen least recently when c came
+    assert [e["at"] for e in log.entries("a") or []] == [1, 2]  # at most 2, oldest first
+
+
+def test_health_rates_quantiles_and_restarts() -> None:
+    def text(accepted: float, le_01: float, total: float) -> str:
+        return (
+            "# TYPE onramp_events_accepted_total counter\n"
+            f'onramp_events_accepted_total{{replica="r",source="w"}} {accepted}\n'
+            "# TYPE onramp_stream_freshness_seconds histogram\n"
+            f'onramp_stream_freshness_seconds_bucket{{le="0.1"}} {le_01}\n'
+            f'onramp_stream_freshness_seconds_bucket{{le="+Inf"}} {total}\n'
+            f"onramp_stream_freshness_seconds_count {total}\n"
+        )
+
+    w = HealthWindow(window_s=60)
+    w.add(figures(text(100, 10, 10)), now=0.0)
+    w.add(figures(text(300, 10, 20)), now=10.0)
+    p = w.panel()
+    assert p["acceptedPerS"] == 20.0 and p["acceptedTotal"] == 300
+    assert p["freshnessMs"]["p50"] == 100.0  # half of all within 0.1 s
+    assert p["freshnessRecentMs"]["p50"] == 100.0  # the last 10 s: all above 0.1 s
+    w.add(figures(text(5, 10, 20)), now=20.0)  # a replica restarted: its counter began again
+    assert w.panel()["acceptedPerS"] is None
+    assert quantile([], 0.5) is None
+
+
+def _bundle_bytes(version: int, metadata: dict[str, Any], at: float) -> bytes:
+    from ray_app.features import FeatureSchema
+    from ray_app.model import cold_start_bundle
+
+    catalog = load_catalog()
+    bundle = cold_start_bundle(FeatureSchema.from_catalog(catalog), catalog)
+    bundle.version = version
+    bundle.metadata = metadata
+    bundle.created_at = at
+    return bundle.to_bytes()
+
+
+def test_model_history_tells_publishes_rollbacks_and_promotions(tmp_path: Path) -> None:
+    path = tmp_path / "treatment.onramp"
+    history = ModelHistory({"treatment": path, "treatment_b": None}, registry=None)
+    assert not history.poll()  # no file yet
+    path.write_bytes(_bundle_bytes(1, {"kind": "online", "new_rewards": 10, "new_updates": 1}, 1.0))
+    assert history.poll() and not history.poll()
+    path.write_bytes(_bundle_bytes(2, {"kind": "online", "rollback": "loss"}, 2.0))
+    history.poll()
+    path.write_bytes(_bundle_bytes(2, {"kind": "online", "promotion": 1}, 3.0))
+    history.poll()
+    assert [(e["version"], e["action"]) for e in history.as_list()] == [
+        (2, "promoted"),
+        (2, "rolled back"),
+        (1, "published"),
+    ]
+
+
+class _Actor:
+    """An aggregator stand-in: ``panels.remote()`` and ``user.remote()`` awaitables."""
+
+    def __init__(self, panels: dict[str, bytes], delay_s: float = 0.0) -> None:
+        self.calls = 0
+        outer = self
+
+        class _Method:
+            def __init__(self, fn: Any) -> None:
+                self.fn = fn
+
+            def remote(self, *args: Any) -> Any:
+                outer.calls += 1
+                return self.fn(*args)
+
+        async def panels_() -> dict[str, bytes]:
+            await asyncio.sleep(delay_s)
+            return dict(panels)
+
+        async def user_(key: str) -> Any:
+            return [{"kind": "decision", "at": 1}] if key == "u1" else None
+
+        self.panels = _Method(panels_)
+        self.user = _Method(user_)
+
+
+def test_feed_answers_from_memory_and_refreshes_in_the_background() -> None:
+    now = [0.0]
+    actor = _Actor({"health": b"{}"}, delay_s=0.05)
+    feed = ConsoleFeed(lambda: actor, refresh_s=2.0, clock=lambda: now[0])
+
+    async def scenario() -> None:
+        assert await feed.panel("health") == b"{}"  # the first poll waits for the panels
+        assert actor.calls == 1
+        now[0] = 5.0  # stale: answered at once, one fetch started
+        started = time.perf_counter()
+        assert await feed.panel("health") == b"{}"
+        assert await feed.panel("health") == b"{}"
+        assert time.perf_counter() - started < 0.04
+        await asyncio.sleep(0.1)
+        assert actor.calls == 2
+
+    asyncio.run(scenario())
+
+
+def test_feed_unavailable_until_the_aggregator_answers() -> None:
+    def broken() -> Any:
+        raise RuntimeError("no Ray here")
+
+    with pytest.raises(ConsoleUnavailable):
+        asyncio.run(ConsoleFeed(broken).panel("health"))
+
+
+def _api(feed: ConsoleFeed | None, profile: dict[str, Any] | None = None) -> ConsoleApi:
+    async def profiles(key: str) -> dict[str, Any] | None:
+        return profile if key == "u1" else None
+
+    return ConsoleApi(
+        feed, {"ops": "k1"}, load_catalog(), profiles, lambda p: {"found": False, "by": None}
+    )
+
+
+def test_api_needs_a_read_key_on_every_route() -> None:
+    api = _api(ConsoleFeed(lambda: _Actor({"health": b'{"x":1}'})))
+    import base64
+
+    basic = "Basic " + base64.b64encode(b"k1:").decode()
+    for path in ("health", "catalog", "experiments", "users/u1", "nope"):
+        for header in (None, "Bearer wrong", "Bearer ", "k1"):
+            status, body = asyncio.run(api.answer(path, {}, header))
+            assert status == 401 and b"x" not in body.replace(b"unauthorized", b"")
+    assert asyncio.run(api.answer("health", {}, basic)) == (200, b'{"x":1}')
+
+
+def test_api_routes() -> None:
+    panels = {"experiments/1h": b'{"range":"1h"}', "learning": b"{}"}
+    api = _api(ConsoleFeed(lambda: _Actor(panels)), profile={"userKey": "u1", "lastReceived": 5})
+    key = "Bearer k1"
+    assert asyncio.run(api.answer("experiments", {"range": "1h"}, key)) == (
+        200,
+        panels["experiments/1h"],
+    )
+    assert asyncio.run(api.answer("experiments", {"range": "2d"}, key))[0] == 400
+    assert asyncio.run(api.answer("nope", {}, key))[0] == 404
+    assert asyncio.run(api.answer("funnel", {}, key))[0] == 503  # not rendered yet
+    status, body = asyncio.run(api.answer("users/u1", {}, key))
+    user = orjson.loads(body)
+    assert status == 200 and user["profile"]["userKey"] == "u1" and user["historyKept"]
+    assert user["enrichment"] == {"found": False, "by": None}
+    assert asyncio.run(api.answer("users/u2", {}, key))[0] == 404
+    assert asyncio.run(_api(None).answer("health", {}, key))[0] == 503
+    catalog = orjson.loads(asyncio.run(api.answer("catalog", {}, key))[1])
+    assert catalog == orjson.loads(orjson.dumps(catalog_panel(load_catalog())))
+    assert catalog["slots"][0]["staticFlow"][0] == "welcome"
+
+
+def test_a_poll_costs_the_api_well_under_a_millisecond() -> None:
+    api = _api(ConsoleFeed(lambda: _Actor({"health": b"{}" * 5_000})))
+    key = "Bearer k1"
+
+    async def polls() -> float:
+        await api.answer("health", {}, key)
+        started = time.perf_counter()
+        for _ in range(1_000):
+            await api.answer("health", {}, key)
+        return (time.perf_counter() - started) / 1_000
+
+    assert asyncio.run(polls()) < 0.001
