@@ -4,7 +4,8 @@ Routes: ``POST /v1/batch|track|identify|page|screen|group|alias`` and the analyt
 ``/v1/b|t|i|p`` (write key); ``OPTIONS`` (CORS preflight) on all of them; ``POST|GET /v1/decide``
 (decide or read key); ``GET /v1/profiles/{user_id}`` (read key); ``GET /healthz`` (up or down;
 the details with a read key); ``GET /metrics``; the demo onboarding app at ``GET /demo/``
-(:mod:`deployments.demo`), only where :func:`ray_app.config.local_only` holds.
+(:mod:`deployments.demo`), only where :func:`ray_app.config.local_only` holds; the console at
+``GET /console/`` (:mod:`deployments.console`; its data with a read key).
 
 Each route moves bytes and headers to the core and back: events to :class:`ray_app.collect.Collector`,
 decisions to :class:`ray_app.decide.service.DecisionService` (whose batcher decides the requests
@@ -50,6 +51,7 @@ from deployments.api import (
     read_body,
     send_json,
 )
+from deployments.console import ConsoleRoutes
 from deployments.demo import demo_config, demo_enabled, demo_file
 from ray_app.collect import Collector, Reply, kafka_producer_factory
 from ray_app.collect.parse import iso_ms, key_owner, write_key_from_header
@@ -173,6 +175,8 @@ class CollectorIngress:
         )
         self.replica_metrics.start()
         fast_post("/v1/decide", self._decide_asgi)  # decide_post, ahead of FastAPI's routing
+        for_console = (self._read_keys, self.decider.catalog, self.profiles, self.crm.enrich)
+        self.console_routes = ConsoleRoutes(settings, bootstrap, *for_console)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve's ``user_config``: model files and policy, changed without a restart."""
@@ -416,6 +420,11 @@ class CollectorIngress:
         except Exception:
             log.warning("learner metrics unavailable for this scrape", exc_info=True)
         return Response(text, media_type="text/plain; version=0.0.4")
+
+    @api.get("/console{name:path}", include_in_schema=False)
+    async def console(self, name: str, request: Request) -> Response:
+        """The Onramp console (deployments/console.py): the page, and its data with a read key."""
+        return await self.console_routes.answer(name, request)
 
     # -- the demo onboarding app (deployments/demo.py) --------------------------------------
 
