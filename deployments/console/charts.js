@@ -4,8 +4,13 @@ const NS = "http://www.w3.org/2000/svg";
 
 export const ARM_COLORS = ["var(--arm0)", "var(--arm1)", "var(--arm2)", "var(--arm3)", "var(--arm4)"];
 
+// Arms in one order on every panel (control first), so an arm keeps its color everywhere.
+export function orderArms(arms) {
+  return [...arms].sort((a, b) => (a !== "control") - (b !== "control") || a.localeCompare(b));
+}
+
 export function armColor(arms, arm) {
-  const i = arms.indexOf(arm);
+  const i = orderArms(arms).indexOf(arm);
   return ARM_COLORS[(i < 0 ? 0 : i) % ARM_COLORS.length];
 }
 
@@ -45,8 +50,8 @@ export function lineChart(series, { yLabel = "", colors = {} } = {}) {
     const path = el("path", { d, fill: "none", stroke: colors[name] || "var(--arm0)", "stroke-width": 2 });
     path.dataset.series = name;
     svg.append(path);
-    if (points.length === 1) {
-      svg.append(el("circle", { cx: sx(points[0][0]), cy: sy(points[0][1]), r: 3, fill: colors[name] || "var(--arm0)" }));
+    if (points.length <= 40) {
+      for (const p of points) svg.append(el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: colors[name] || "var(--arm0)" }));
     }
   }
   return svg;

@@ -1,6 +1,6 @@
 // Renders each console panel from its JSON (GET /console/api/<panel>). Text goes in as text
 // (never innerHTML): DLQ examples and profiles hold whatever clients sent.
-import { armColor, intervalBar, lineChart } from "./charts.js";
+import { armColor, intervalBar, lineChart, orderArms } from "./charts.js";
 
 export function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -90,7 +90,7 @@ function rollingRates(points, window = 3) {
 }
 
 export function renderLearning(body, data) {
-  const arms = Object.keys(data.completion.arms);
+  const arms = orderArms(Object.keys(data.completion.arms));
   const series = {}, colors = {};
   for (const arm of arms) { series[arm] = rollingRates(data.completion.arms[arm]); colors[arm] = armColor(arms, arm); }
   const l = data.learner;
@@ -128,7 +128,7 @@ function tile(metric, value, text, label) {
 // -- funnel ----------------------------------------------------------------------------------
 
 export function renderFunnel(body, data) {
-  const arms = Object.keys(data.arms);
+  const arms = orderArms(Object.keys(data.arms));
   if (!arms.length) return body.replaceChildren(h("p", { class: "muted" }, "No users with a decision yet."));
   const head = h("tr", {}, h("th", {}, "step"), arms.map((a) => h("th", {}, `${a} (${num(data.arms[a].users)})`)));
   const rows = data.steps.map((step, i) => h("tr", { "data-step": step }, h("td", {}, `${i + 1}. ${step}`),

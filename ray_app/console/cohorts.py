@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,10 @@ class ExperimentRows:
 class Cohorts:
     """Per experiment, the per-user rows of the report; per arm, the onboarding funnel."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: tuple[str, ...] | list[str] = ()) -> None:
+        order = list(steps)
+        self._prev = {b: a for a, b in pairwise(order)}  # step -> the step before it
+        self._next = {a: b for a, b in pairwise(order)}
         self.experiments: dict[str, ExperimentRows] = {}
         self.arms: list[str] = []  # arm code -> name
         self._arm_codes: dict[str, int] = {}
@@ -107,6 +111,9 @@ class Cohorts:
         self._reached: dict[int, dict[str, int]] = {}  # arm code -> step -> users
         self._completed: dict[int, int] = {}  # arm code -> users who completed onboarding
         self._arm_users: dict[int, int] = {}  # arm code -> users with a decision
+        self._after: dict[
+            int, dict[str, int]
+        ] = {}  # arm -> step -> users with it and the one before
         self.version = 0  # grows with every change that moves a figure
         self.ignored = 0
 
@@ -216,6 +223,9 @@ class Cohorts:
             for step, bit in self._steps.items():
                 if mask & (1 << bit):
                     reached[step] = reached.get(step, 0) + 1
+                    if self._done_step(mask, self._prev.get(step)):
+                        after = self._after.setdefault(arm, {})
+                        after[step] = after.get(step, 0) + 1
         if user in self._user_done:
             self._completed[arm] = self._completed.get(arm, 0) + 1
 
@@ -230,7 +240,17 @@ class Cohorts:
         if arm is not None:
             reached = self._reached.setdefault(arm, {})
             reached[step] = reached.get(step, 0) + 1
+            after = self._after.setdefault(arm, {})
+            if self._done_step(mask, self._prev.get(step)):
+                after[step] = after.get(step, 0) + 1
+            following = self._next.get(step)
+            if following is not None and self._done_step(mask, following):
+                after[following] = after.get(following, 0) + 1
         self.version += 1
+
+    def _done_step(self, mask: int, step: str | None) -> bool:
+        bit = None if step is None else self._steps.get(step)
+        return bit is not None and bool(mask & (1 << bit))
 
     def onboarding_completed(self, user: str) -> None:
         """An ``Onboarding Completed`` by ``user``."""
@@ -243,12 +263,14 @@ class Cohorts:
         self.version += 1
 
     def funnel(self) -> dict[str, dict[str, Any]]:
-        """Per arm: its users (with a decision), users who completed each step, and users who
+        """Per arm: its users (with a decision), users who completed each step, users who
+        completed each step and the one before it in catalog order (``after``), and users who
         completed onboarding."""
         return {
             self.arms[a]: {
                 "users": n,
                 "steps": dict(self._reached.get(a, {})),
+                "after": dict(self._after.get(a, {})),
                 "completed": self._completed.get(a, 0),
             }
             for a, n in sorted(self._arm_users.items())

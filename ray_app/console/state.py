@@ -76,7 +76,7 @@ class ConsoleState:
         self.level = level
         self.steps = list(steps)
         self.clock = clock
-        self.cohorts = Cohorts()
+        self.cohorts = Cohorts(self.steps)
         self.timeline = Timeline()
         self.served = ModelVersions()
         self.userlog = UserLog(users=users)
@@ -233,14 +233,16 @@ class ConsoleState:
         arms: dict[str, Any] = {}
         for arm, f in by_arm.items():
             rows, before = [], f["users"]
-            for step in steps:
+            for i, step in enumerate(steps):
                 reached = f["steps"].get(step, 0)
+                # of those who completed the step before, the share who did not complete this one
+                kept = reached if i == 0 else f["after"].get(step, 0)
                 rows.append(
                     {
                         "step": step,
                         "users": reached,
                         "rate": reached / f["users"] if f["users"] else None,
-                        "dropOff": 1 - reached / before if before else None,
+                        "dropOff": 1 - kept / before if before else None,
                     }
                 )
                 before = reached

@@ -1,8 +1,9 @@
 """Each recent user's decisions and rewards, for the console's user lookup.
 
 A bounded memory: the last ``per_user`` entries of the last ``users`` users seen (least recently
-seen users go first), each entry kept as its compact JSON bytes, so 20,000 users of a few
-decisions cost tens of MB, not a dict per decision. A lookup answers the entries in time order.
+seen users go first), each entry kept as its compact JSON bytes (copied to their exact size:
+orjson's own bytes keep a 4 KB buffer), so 20,000 users of a few decisions cost tens of MB, not a
+dict per decision. A lookup answers the entries in time order.
 
 >>> log = UserLog(users=2, per_user=3)
 >>> log.decision({"decisionId": "d1", "userKey": "u1", "slot": "next_step", "chosen": "role",
@@ -45,7 +46,8 @@ class UserLog:
                 self._log.popitem(last=False)
         else:
             self._log.move_to_end(user)
-        q.append((ms, orjson.dumps(entry)))
+        # orjson's bytes keep the 4 KB buffer they were written in: copy to the exact size
+        q.append((ms, bytes(memoryview(orjson.dumps(entry)))))
 
     def decision(self, d: Mapping[str, Any], ms: int) -> None:
         ranked = [

@@ -104,7 +104,7 @@ def test_cohorts_frame_keeps_the_users_first_seen_since() -> None:
 
 
 def test_funnel_counts_steps_done_before_the_first_decision_and_ignores_copies() -> None:
-    c = Cohorts()
+    c = Cohorts(["welcome", "role"])
     c.step_completed("u1", "welcome")  # before any decision: no arm yet
     c.step_completed("u1", "welcome")
     assert c.funnel() == {}
@@ -116,7 +116,12 @@ def test_funnel_counts_steps_done_before_the_first_decision_and_ignores_copies()
     c.decision({"decisionId": "d2", "userKey": "u2", "arm": "treatment", "chosen": "role",
                 "timestamp": T0})  # fmt: skip
     assert c.funnel() == {
-        "treatment": {"users": 2, "steps": {"welcome": 1, "role": 1}, "completed": 1}
+        "treatment": {
+            "users": 2,
+            "steps": {"welcome": 1, "role": 1},
+            "after": {"role": 1},
+            "completed": 1,
+        }
     }
 
 
@@ -130,13 +135,21 @@ def test_state_funnel_panel_in_catalog_order_with_drop_off() -> None:
     s.feed("events", orjson.dumps({"type": "track", "event": "Step Completed",
            "userKey": "u0", "stepId": "role"}))  # fmt: skip
     s.feed("events", b'{"type":"track","event":"Step Viewed","userKey":"u1","stepId":"goals"}')
+    s.feed("decisions", orjson.dumps({"decisionId": "d9", "userKey": "u9", "arm": "control",
+           "chosen": "goals", "timestamp": T0}))  # fmt: skip
+    s.feed(
+        "events",
+        orjson.dumps(
+            {"type": "track", "event": "Step Completed", "userKey": "u9", "stepId": "goals"}
+        ),
+    )  # fmt: skip (goals without role: personalized)
     rows = s.funnel(0)["arms"]["control"]["steps"]
-    assert [(r["step"], r["users"], r["rate"], r["dropOff"]) for r in rows] == [
-        ("welcome", 4, 1.0, 0.0),
-        ("role", 1, 0.25, 0.75),
-        ("goals", 0, 0.0, 1.0),
+    assert [(r["step"], r["users"], r["rate"], round(r["dropOff"], 9)) for r in rows] == [
+        ("welcome", 4, 0.8, 0.2),  # u9 has a decision but no welcome
+        ("role", 1, 0.2, 0.75),
+        ("goals", 1, 0.2, 1.0),  # u0 did role, not goals: u9's goals does not hide that
     ]
-    assert s.counts["events"] == 5  # the Step Viewed was skipped without decoding
+    assert s.counts["events"] == 6  # the Step Viewed was skipped without decoding
 
 
 def test_state_experiment_panels_per_range_and_cached() -> None:
