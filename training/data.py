@@ -210,6 +210,17 @@ def reward_data(
     if not xs:
         why = f" (skipped: {skipped})" if skipped else ""
         raise TrainingDataError("data", f"{uri or 'the data'}: no reward records to train on{why}")
+    return _packed(xs, masks, meta, uri, skipped)
+
+
+def _packed(
+    xs: list[list[float]],
+    masks: list[np.ndarray],
+    meta: list[tuple[int, int, int, float, float, int]],
+    uri: str,
+    skipped: dict[str, int],
+) -> RewardData:
+    """The validated rows as arrays, in decision-time order (ties: in the order read)."""
     order = sorted(range(len(meta)), key=lambda i: (meta[i][2], i))
     x = np.asarray(xs, dtype=np.float32)[order]
     m = np.stack(masks)[order]
@@ -236,7 +247,7 @@ def load_rewards(
 
     files = reward_files(uri, rewards_topic)
     # a small CPU share per read task: the Serve replicas and trainers share the cluster
-    ds = ray.data.read_json(files, lines=True, ray_remote_args={"num_cpus": 0.25})
+    ds = ray.data.read_json(files, lines=True, num_cpus=0.25)
     rows: list[dict[str, Any]] = []
     for batch in ds.iter_batches(batch_size=4096, batch_format="pandas"):
         rows.extend(cast(Any, batch).to_dict("records"))  # a pandas DataFrame

@@ -17,6 +17,13 @@ estimates of the greedy policy's value with the logged, unclipped propensities; 
 Checkpoints live under ``<state_dir>/train/<run>``; ``--resume`` continues the latest run (or
 ``--run NAME``) from its last checkpoint, e.g. after an interruption.
 
+What it prints: its own progress (a bar per epoch drawn from the workers' ``tqdm_ray`` bars, a
+line of metrics per epoch) and results (the JSON summary on stdout; on stderr where the model,
+the checkpoint and the log went). Ray's own lines (its loggers, warnings raised in its code, what
+its workers and actors print) go to ``ray.log`` in the run's folder; ``--verbose`` also shows them
+(:mod:`training.console`). The worker loop is :mod:`training.loop`, the run's driver side
+:mod:`training.trainer`.
+
 The model starts from the cold-start bundle (the static flow's ranking, ``--seed``) or, with
 ``--init promoted``, from the registry's promoted version (recorded as the parent).
 
@@ -33,34 +40,40 @@ and the decision service expect Onramp's feature schema).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
-
-from ray_app.catalog import load_catalog
+from ray_app.catalog import Catalog, load_catalog
 from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, setup_logging
-from ray_app.cli.output import dumps
+from ray_app.cli.output import dumps, working
 from ray_app.config import Settings, load_settings
-from ray_app.errors import ConfigError, FieldError
 from ray_app.features import FeatureSchema
-from ray_app.learn.objective import ips_loss
-from ray_app.model import ModelBundle, Scorer, cold_start_bundle
+from ray_app.model import ModelBundle, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, served_version
-from training.data import load_rewards, reward_files
-from training.metrics import evaluate, logged_action_logits
+from training.data import RewardData, load_rewards, reward_files
+from training.metrics import evaluate
+from training.trainer import (
+    Fitted,
+    RunPlan,
+    Source,
+    TrainError,
+    TrainOptionError,
+    TrainOptions,
+    check_options,
+    check_resources,
+    fit,
+    plan_run,
+    with_ray,
+)
 
 if TYPE_CHECKING:
+    from training.console import RayConsole
     from training.obd_policy import ObdPolicyReport
 
 __all__ = [
@@ -78,270 +91,6 @@ __all__ = [
 #: Adam's weight decay for OBD runs (the in-process OBD trainer's); reward-record runs use none.
 OBD_WEIGHT_DECAY = 1e-4
 
-_T = TypeVar("_T")
-
-
-class TrainError(FieldError):
-    """A training run that cannot start or finish: the option at fault and why."""
-
-    http_status = 400
-
-
-class TrainOptionError(TrainError, ConfigError):
-    """Options that make no sense together or out of range (exit status 2, not 1)."""
-
-
-class TrainOptions:
-    """The training job's options (the CLI's, as attributes)."""
-
-    def __init__(self, **kw: Any) -> None:
-        self.obd: bool = kw.get("obd", False)  # the OBD Random logs instead of --data
-        self.data: str = kw.get("data", "")
-        self.workers: int = kw.get("workers", 2)
-        self.gpu: bool = kw.get("gpu", False)
-        self.epochs: int = kw.get("epochs", 5)
-        self.batch_size: int = kw.get("batch_size", 256)
-        self.lr: float = kw.get("lr", 0.005)
-        self.seed: int = kw.get("seed", 0)
-        validation = kw.get("validation")  # default: 0.2, or OBD's 0.3
-        self.validation: float = (0.3 if self.obd else 0.2) if validation is None else validation
-        self.cpus_per_worker: float = kw.get("cpus_per_worker", 1.0)
-        self.resume: bool = kw.get("resume", False)
-        self.run: str | None = kw.get("run")
-        self.init: str = kw.get("init", "cold")
-        self.promote: bool = kw.get("promote", False)
-        self.note: str = kw.get("note", "")
-        self.progress: bool = kw.get("progress", True)
-        self.stop_after: int | None = kw.get("stop_after")
-        self.campaign: str = kw.get("campaign", "all")  # --obd: the OBD campaign
-        self.cache_dir: str | None = kw.get("cache_dir")  # --obd: where the obp wheel is cached
-        self.n_bootstrap: int = kw.get("n_bootstrap", 1000)  # --obd: the evaluation's resamples
-        self.temperature: float = kw.get("temperature", 0.1)  # --obd: the softmax policy's
-
-
-# -- the worker loop ---------------------------------------------------------------------------
-
-
-def _resume(
-    scorer: nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]
-) -> tuple[int, list[dict[str, Any]]]:
-    """Load the checkpoint to resume from into ``scorer`` and ``optimizer``: a restart within
-    this run (Ray Train's own), else the one ``--resume`` found; returns (first epoch to run,
-    history so far), ``(0, [])`` without one."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
-    if checkpoint is None:
-        return 0, []
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", weights_only=True, map_location="cpu")
-        scorer.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        meta = json.loads((Path(d) / "meta.json").read_text())
-    return meta["epoch"] + 1, meta["history"]
-
-
-def _train_loop(config: dict[str, Any]) -> None:  # runs on every Ray Train worker
-    import ray.train
-    import ray.train.torch
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(config["seed"] + rank)
-    arch = config["architecture"]
-    scorer = _LoggedScorer(arch["dim"], arch["slot_sizes"], arch["hidden"], seed=config["seed"])
-    scorer.load_state_dict(config["init_weights"])
-    optimizer = torch.optim.Adam(
-        scorer.parameters(), lr=config["lr"], weight_decay=config.get("weight_decay", 0.0)
-    )
-    start_epoch, history = _resume(scorer, optimizer, config)
-    scorer.to(device)
-    for group in optimizer.state.values():
-        for k, v in group.items():
-            if isinstance(v, torch.Tensor):
-                group[k] = v.to(device)
-    model = ray.train.torch.prepare_model(scorer, move_to_device=False)
-    train = config["train"]
-    n = len(train["reward"])
-    own = np.arange(rank, n, world)  # this worker's shard
-    rng = np.random.default_rng(config["seed"] + 1000 * rank)
-    batch = config["batch_size"]
-    steps = int(config["steps_per_epoch"])  # the same on every worker: DDP syncs every step
-    for epoch in range(start_epoch, config["epochs"]):
-        started = time.monotonic()
-        order = rng.permutation(own) if len(own) else own
-        total = weight = 0.0
-        bar = _bar(rank == 0 and config["progress"], steps, f"epoch {epoch + 1}/{config['epochs']}")
-        for step in range(steps):
-            idx = order[(step * batch) % max(len(order), 1) :][:batch] if len(order) else order
-            if len(idx) < batch and len(order):  # wrap around so every step has a full batch
-                idx = np.concatenate([idx, order[: batch - len(idx)]])
-            x = torch.from_numpy(train["x"][idx]).to(device)
-            s = torch.from_numpy(train["slot"][idx]).to(device)
-            a = torch.from_numpy(train["action"][idx]).to(device)
-            y = torch.from_numpy(train["reward"][idx]).to(device)
-            p = torch.from_numpy(train["propensity"][idx]).to(device)
-            logit = model(x, s, a, _logged=True)  # through DDP's forward: its hooks sync grads
-            loss = ips_loss(logit, y, p, config["min_propensity"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            weight += len(idx)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        inner = cast(nn.Module, model.module if hasattr(model, "module") else model)
-        cpu = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
-        cpu.load_state_dict({k: v.detach().cpu() for k, v in inner.state_dict().items()})
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(weight, 1.0)}
-        if rank == 0:
-            val = (
-                evaluate(cpu, config["validation"], config["min_propensity"])
-                if len(config["validation"]["reward"])
-                else {}
-            )
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            metrics["seconds"] = round(time.monotonic() - started, 3)
-            metrics["records_per_s"] = round(weight * world / max(metrics["seconds"], 1e-9), 1)
-            history.append(metrics)
-            if config["progress"]:
-                print(_epoch_line(metrics), file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory() as d:
-            ckpt = None
-            if rank == 0:
-                torch.save(
-                    {"model": cpu.state_dict(), "optimizer": optimizer.state_dict()},
-                    Path(d) / "state.pt",
-                )
-                (Path(d) / "meta.json").write_text(json.dumps({"epoch": epoch, "history": history}))
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
-        if config.get("stop_after") is not None and epoch + 1 >= config["stop_after"]:
-            raise _Interrupted(f"stopped after epoch {epoch + 1} (--stop-after)")
-
-
-class _Interrupted(RuntimeError):
-    """Raised by a worker to simulate an interruption (tests of --resume)."""
-
-
-class _Progress:
-    """A progress line on stderr (rewritten in place on a terminal, a line every few seconds
-    otherwise): steps done, rate, time left."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.done = total, desc, 0
-        self.started = self.shown = time.monotonic()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.shown >= (0.5 if self.tty else 5.0) or self.done == self.total:
-            self.shown = now
-            rate = self.done / max(now - self.started, 1e-9)
-            left = (self.total - self.done) / rate if rate > 0 else 0.0
-            line = (
-                f"{self.desc}: {self.done}/{self.total} steps, {rate:.1f} steps/s, {left:.0f}s left"
-            )
-            print(
-                ("\r" + line) if self.tty else line,
-                end="" if self.tty else "\n",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr, flush=True)
-
-
-def _bar(enabled: bool, total: int, desc: str) -> _Progress | None:
-    return _Progress(total, desc) if enabled else None
-
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _epoch_line(m: dict[str, Any]) -> str:
-    keys = (
-        "train_loss",
-        "val_loss",
-        "val_auc",
-        "val_precision",
-        "val_recall",
-        "val_ips",
-        "val_snips",
-    )
-    return f"epoch {m['epoch']}: " + " ".join(f"{k}={_fmt(m.get(k))}" for k in keys)
-
-
-# -- the driver ----------------------------------------------------------------------------------
-
-
-class _LoggedScorer(Scorer):
-    """A Scorer whose forward can also return the logged action's logits (for DDP)."""
-
-    def forward(  # type: ignore[override]
-        self, x: torch.Tensor, slot_index: Any, action: Any = None, _logged: bool = False
-    ) -> torch.Tensor:
-        if _logged:
-            return logged_action_logits(self, x, slot_index, action)
-        return super().forward(x, slot_index)
-
-
-def _find_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint with the highest epoch under ``run_dir`` (``None``: none)."""
-    best: tuple[int, Path] | None = None
-    for meta in run_dir.rglob("meta.json"):
-        if not (meta.parent / "state.pt").exists():
-            continue
-        try:
-            epoch = int(json.loads(meta.read_text())["epoch"])
-        except (ValueError, KeyError, OSError):
-            continue
-        if best is None or epoch > best[0]:
-            best = (epoch, meta.parent)
-    return None if best is None else best[1]
-
-
-def _latest_run(root: Path) -> Path | None:
-    runs = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
-    runs = [d for d in runs if _find_checkpoint(d) is not None]
-    return max(runs, key=lambda d: d.stat().st_mtime) if runs else None
-
-
-@dataclass
-class _Source:
-    """What one run trains on: Onramp's reward records or the OBD Random logs, as the columns
-    the worker loop reads (``x``, ``slot``, ``action``, ``reward``, ``propensity``; the
-    validation columns also ``mask``), the starting scorer, and where its runs live."""
-
-    train: dict[str, np.ndarray]
-    validation: dict[str, np.ndarray]
-    init: Scorer
-    root: Path
-    describe: str
-    run_prefix: str
-    weight_decay: float = 0.0
-
-
-@dataclass
-class _Fitted:
-    """A finished ``TorchTrainer`` run: the final scorer, its per-epoch metrics, its run name and
-    last checkpoint, and when the run started (``time.monotonic``)."""
-
-    scorer: Scorer
-    history: list[dict[str, Any]]
-    run: str
-    checkpoint: Path
-    started: float
-
 
 @dataclass(frozen=True)
 class ObdTrainResult:
@@ -352,51 +101,25 @@ class ObdTrainResult:
     report: ObdPolicyReport
 
 
-def _check_options(opts: TrainOptions) -> None:
-    if opts.workers < 1:
-        raise TrainOptionError("workers", f"must be >= 1, got {opts.workers}")
-    if opts.epochs < 1:
-        raise TrainOptionError("epochs", f"must be >= 1, got {opts.epochs}")
-    if opts.batch_size < 1:
-        raise TrainOptionError("batch_size", f"must be >= 1, got {opts.batch_size}")
-    if not 0.0 <= opts.validation < 1.0:
-        raise TrainOptionError("validation", f"must be in [0, 1), got {opts.validation}")
-    if opts.init not in ("cold", "promoted"):
-        raise TrainOptionError("init", f"expected 'cold' or 'promoted', got {opts.init!r}")
-
-
-def _with_ray(settings: Settings, fn: Callable[[], _T]) -> _T:
-    """``fn()`` with Ray up: unless this process has already joined one, a new local Ray is
-    started (and shut down after), or the cluster at ``ray.address`` is joined."""
-    import ray
-
-    started_ray = False
-    if not ray.is_initialized():
-        from ray_app.up import ray_init_address
-
-        ray.init(
-            address=ray_init_address(settings.ray.address),
-            num_cpus=settings.ray.num_cpus if settings.ray.address is None else None,
-            include_dashboard=False,
-            log_to_driver=True,
-        )
-        started_ray = True
-    try:
-        return fn()
-    finally:
-        if started_ray:
-            ray.shutdown()
+def _tell(console: RayConsole | None, line: str) -> None:
+    """A line of progress on stderr (through the console while Ray's output is routed)."""
+    if console is not None:
+        console.show(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     """Run the training job (see the module docstring); returns a JSON-ready summary with the
-    registered version (with ``opts.obd``: :func:`train_obd`'s summary). Starts a local Ray
-    unless one is running (or ``ray.address`` is set)."""
+    registered version, its model file and the log of Ray's lines (with ``opts.obd``:
+    :func:`train_obd`'s summary). Starts a local Ray unless one is running (or ``ray.address``
+    is set)."""
     if opts.obd:
         return train_obd(opts, settings).summary
-    _check_options(opts)
+    check_options(opts)
     reward_files(opts.data, settings.topics.rewards)  # missing or empty data: fail before Ray
-    return _with_ray(settings, lambda: _train(opts, settings))
+    plan = plan_run(Path(settings.state_dir).resolve() / "train", "train", opts)
+    return with_ray(settings, opts, plan.log, lambda c: _train(opts, settings, plan, c))
 
 
 def train_obd(opts: TrainOptions, settings: Settings) -> ObdTrainResult:
@@ -407,7 +130,7 @@ def train_obd(opts: TrainOptions, settings: Settings) -> ObdTrainResult:
     that share by :func:`training.obd_policy.evaluate_onramp_on_obd`. Checkpoints live under
     ``<state_dir>/train-obd``; the model is not registered (its features are OBD's, not
     Onramp's feature schema, so the decision service could not serve it)."""
-    _check_options(opts)
+    check_options(opts)
     if not 0.0 < opts.validation < 1.0:
         raise TrainOptionError(
             "validation", f"--obd needs a held-out share in (0, 1), got {opts.validation}"
@@ -427,159 +150,96 @@ def train_obd(opts: TrainOptions, settings: Settings) -> ObdTrainResult:
     from training.obd import obd_wheel
 
     obd_wheel(opts.cache_dir)  # fetched (or the reason it cannot be) before Ray starts
-    return _with_ray(settings, lambda: _train_obd(opts, settings))
+    root = Path(settings.state_dir).resolve() / "train-obd"
+    plan = plan_run(root, f"obd-{opts.campaign}", opts)
+    return with_ray(settings, opts, plan.log, lambda c: _train_obd(opts, settings, plan, c))
 
 
-def _check_resources(opts: TrainOptions) -> None:
-    import ray
-
-    if opts.gpu:
-        have = float(ray.cluster_resources().get("GPU", 0))
-        if have < opts.workers:
-            raise TrainError(
-                "gpu",
-                f"--gpu asks for {opts.workers} GPU worker(s), the Ray cluster has {have:g} "
-                "GPU(s): drop --gpu to train on CPUs, or lower --workers",
-            )
-    cpus = float(ray.cluster_resources().get("CPU", 0))
-    if not opts.gpu and cpus < opts.workers * opts.cpus_per_worker:
-        raise TrainError(
-            "workers",
-            f"{opts.workers} workers x {opts.cpus_per_worker:g} CPU need "
-            f"{opts.workers * opts.cpus_per_worker:g} CPUs, the Ray cluster has {cpus:g}: lower "
-            "--workers or --cpus-per-worker",
-        )
+def _read(
+    opts: TrainOptions, settings: Settings, schema: FeatureSchema, cat: Catalog
+) -> RewardData:
+    """The reward records under ``--data`` (read with Ray Data), saying so unless quiet."""
+    with working(f"reading reward records from {opts.data}") if opts.progress else nullcontext():
+        return load_rewards(opts.data, schema, cat, settings.topics.rewards)
 
 
-def _fit(source: _Source, opts: TrainOptions, settings: Settings) -> _Fitted:
-    """Train ``source`` with ``TorchTrainer`` (the worker loop above): a new run, or with
-    ``--resume`` the latest (or ``--run``) under ``source.root`` from its last checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+@dataclass(frozen=True)
+class _Job:
+    """What every step of a run on reward records uses."""
 
-    root = source.root
-    resume_from: Path | None = None
-    if opts.resume:
-        run_dir = root / opts.run if opts.run else _latest_run(root)
-        found = _find_checkpoint(run_dir) if run_dir is not None else None
-        if run_dir is None or found is None:
-            raise TrainError(
-                "resume", f"no checkpoint to resume from under {run_dir or root} (train once first)"
-            )
-        run_name = run_dir.name
-        resume_from = found
-    else:
-        run_name = opts.run or dt.datetime.now(dt.UTC).strftime(
-            f"{source.run_prefix}-%Y%m%d-%H%M%S"
-        )
-    n_train = len(source.train["reward"])
-    steps = max(1, -(-(n_train // opts.workers) // opts.batch_size))
-    arch = source.init.architecture
-    config = {
-        "seed": opts.seed,
-        "lr": opts.lr,
-        "weight_decay": source.weight_decay,
-        "epochs": opts.epochs,
-        "batch_size": opts.batch_size,
-        "steps_per_epoch": steps,
-        "architecture": arch,
-        "init_weights": {k: v.clone() for k, v in source.init.state_dict().items()},
-        "train": source.train,
-        "validation": source.validation,
-        "progress": opts.progress,
-        "stop_after": opts.stop_after,
-        "resume_from": None if resume_from is None else str(resume_from),
-        "min_propensity": settings.learn.min_propensity,
-    }
-    resources = {"CPU": opts.cpus_per_worker}
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=opts.workers, use_gpu=opts.gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=str(root),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=0),
-        ),
-    )
-    if opts.progress:
-        print(
-            f"training on {source.describe}: {opts.workers} {'GPU' if opts.gpu else 'CPU'} "
-            f"worker(s), {opts.epochs} epochs, run {run_name}{' (resumed)' if resume_from else ''}",
-            file=sys.stderr,
-            flush=True,
-        )
-    started = time.monotonic()
-    try:
-        result = trainer.fit()
-    except Exception as exc:
-        cause = _root_cause(exc)
-        if isinstance(cause, _Interrupted):
-            raise TrainError("run", f"{cause}; continue with --resume --run {run_name}") from None
-        raise
-    if getattr(result, "error", None) is not None:
-        raise TrainError("run", f"training failed: {result.error}")
-    found = _find_checkpoint(root / run_name)
-    if found is None:
-        raise TrainError("run", f"the run {run_name} left no checkpoint")
-    state = torch.load(found / "state.pt", weights_only=True, map_location="cpu")
-    history = json.loads((found / "meta.json").read_text())["history"]
-    scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
-    scorer.load_state_dict(state["model"])
-    scorer.eval()
-    return _Fitted(scorer, history, run_name, found, started)
+    settings: Settings
+    registry: ModelRegistry
+    schema: FeatureSchema
+    catalog: Catalog
 
 
-def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
-    _check_resources(opts)
+def _start_from(opts: TrainOptions, job: _Job) -> tuple[ModelBundle, int | None]:
+    """The starting model (``--init``) and its registry version (the new one's parent)."""
+    if opts.init != "promoted":
+        return cold_start_bundle(job.schema, job.catalog, seed=opts.seed), None
+    base = job.registry.promoted_bundle(job.schema, job.catalog)
+    promoted = job.registry.promoted()
+    if base is None or promoted is None:
+        raise TrainError("init", "--init promoted: nothing is promoted in the registry yet")
+    return base, promoted.version
+
+
+def _train(
+    opts: TrainOptions, settings: Settings, plan: RunPlan, console: RayConsole | None
+) -> dict[str, Any]:
+    check_resources(opts)
     catalog = load_catalog(settings.decide.catalog_path)
     schema = FeatureSchema.from_catalog(catalog)
-    registry = ModelRegistry.from_settings(settings)
-    data = load_rewards(opts.data, schema, catalog, settings.topics.rewards)
+    job = _Job(settings, ModelRegistry.from_settings(settings), schema, catalog)
+    data = _read(opts, settings, schema, catalog)
     train_data, val_data = data.split(opts.validation)
     if len(train_data) == 0:
         raise TrainError("validation", f"nothing left to train on ({len(data)} records)")
-    parent: int | None = None
-    if opts.init == "promoted":
-        base = registry.promoted_bundle(schema, catalog)
-        if base is None:
-            raise TrainError("init", "--init promoted: nothing is promoted in the registry yet")
-        parent = registry.promoted().version  # type: ignore[union-attr]
-    else:
-        base = cold_start_bundle(schema, catalog, seed=opts.seed)
+    base, parent = _start_from(opts, job)
     validation = {**val_data.columns(), "mask": val_data.mask}
-    source = _Source(
+    source = Source(
         train=train_data.columns(),
         validation=validation,
         init=base.scorer,
-        root=Path(settings.state_dir).resolve() / "train",
         describe=f"{len(train_data)} records ({len(val_data)} held out) from {opts.data}",
-        run_prefix="train",
     )
-    fitted = _fit(source, opts, settings)
-    scorer, history, run_name, found = (
-        fitted.scorer, fitted.history, fitted.run, fitted.checkpoint
-    )  # fmt: skip
-    final = evaluate(scorer, validation, settings.learn.min_propensity) if len(val_data) else {}
+    fitted = fit(source, plan, opts, settings, console)
+    final = (
+        evaluate(fitted.scorer, validation, settings.learn.min_propensity) if len(val_data) else {}
+    )
+    summary = _register(opts, job, fitted, final, data, len(train_data), parent)
+    if console is not None:
+        summary["log"] = str(console.log.path)
+    return summary
+
+
+def _register(
+    opts: TrainOptions,
+    job: _Job,
+    fitted: Fitted,
+    final: dict[str, Any],
+    data: RewardData,
+    n_train: int,
+    parent: int | None,
+) -> dict[str, Any]:
+    """Register the trained model (and promote it with ``--promote``); the run's summary."""
+    settings, registry, catalog = job.settings, job.registry, job.catalog
     bundle = ModelBundle(
-        scorer=scorer,
-        schema_hash=schema.hash,
+        scorer=fitted.scorer,
+        schema_hash=job.schema.hash,
         catalog_digest=catalog.digest,
         version=0,
-        metadata={"kind": "trained", "run": run_name, "seed": opts.seed, "epochs": opts.epochs},
+        metadata={"kind": "trained", "run": fitted.run, "seed": opts.seed, "epochs": opts.epochs},
         slot_actions={name: list(s.action_ids) for name, s in catalog.slots.items()},
     )
     metrics = {
-        **{k: v for k, v in final.items()},
-        "epochs": len(history),
+        **final,
+        "epochs": len(fitted.history),
         "workers": opts.workers,
         "device": "gpu" if opts.gpu else "cpu",
-        "train_records": len(train_data),
+        "train_records": n_train,
         "seconds": round(time.monotonic() - fitted.started, 2),
-        "history": history,
+        "history": fitted.history,
     }
     meta = registry.register(
         bundle,
@@ -593,48 +253,48 @@ def _train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "version": meta.version,
         "registry": registry.uri,
-        "run": run_name,
-        "checkpoint": str(found),
+        "model": registry.model_file(meta.version),
+        "run": fitted.run,
+        "checkpoint": str(fitted.checkpoint),
         "metrics": {k: v for k, v in metrics.items() if k != "history"},
         "promoted": False,
     }
     if opts.promote:
-        p = registry.promote(meta.version, settings.model_path, schema, catalog)
+        p = registry.promote(meta.version, settings.model_path, job.schema, catalog)
         summary["promoted"] = True
         summary["promotion"] = p.epoch
         summary["served"] = str(settings.model_path)
     return summary
 
 
-def _train_obd(opts: TrainOptions, settings: Settings) -> ObdTrainResult:
+def _train_obd(
+    opts: TrainOptions, settings: Settings, plan: RunPlan, console: RayConsole | None
+) -> ObdTrainResult:
     from training.obd import load_obd
     from training.obd_policy import evaluate_onramp_on_obd, init_obd_scorer, obd_training_columns
 
-    _check_resources(opts)
+    check_resources(opts)
     logs = load_obd("random", opts.campaign, opts.cache_dir)
     train_fraction = 1.0 - opts.validation
     train_logs, test_logs = logs.split(train_fraction)
     # the Random policy is uniform (every propensity 1/80): the loop's importance weights are
     # all equal, so this is the plain log loss of the clicks, as the in-process trainer's
     validation = obd_training_columns(test_logs, mask=True)
-    source = _Source(
+    source = Source(
         train=obd_training_columns(train_logs),
         validation=validation,
         init=init_obd_scorer(train_logs, seed=opts.seed),
-        root=Path(settings.state_dir).resolve() / "train-obd",
         describe=f"the first {train_logs.n_rounds} rows of the OBD Random/{opts.campaign} logs "
         f"(the last {test_logs.n_rounds} held out)",
-        run_prefix=f"obd-{opts.campaign}",
         weight_decay=OBD_WEIGHT_DECAY,
     )
-    fitted = _fit(source, opts, settings)
+    fitted = fit(source, plan, opts, settings, console)
     fit_seconds = round(time.monotonic() - fitted.started, 2)
     if opts.progress:
-        print(
+        _tell(
+            console,
             f"evaluating off-policy on the {test_logs.n_rounds} held-out rows "
             f"({opts.n_bootstrap} bootstrap resamples) ...",
-            file=sys.stderr,
-            flush=True,
         )
     report = evaluate_onramp_on_obd(
         opts.campaign, opts.cache_dir, train_fraction=train_fraction, seed=opts.seed,
@@ -659,15 +319,9 @@ def _train_obd(opts: TrainOptions, settings: Settings) -> ObdTrainResult:
         "history": fitted.history,
         "report": report.to_json(),
     }
+    if console is not None:
+        summary["log"] = str(console.log.path)
     return ObdTrainResult(summary, report)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The ``--stop-after`` interruption inside Ray's wrappers, if that is what failed."""
-    text = f"{exc!r} {exc}"
-    if "--stop-after" in text:
-        return _Interrupted("the run was interrupted (--stop-after)")
-    return exc
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -683,7 +337,10 @@ def build_parser(prog: str = "onramp train") -> argparse.ArgumentParser:
         "the same job on the Open Bandit Dataset's Random logs (the first 70% by time), then "
         "the model's CTR estimated off-policy (IPS/SNIPS/DR, bootstrap CIs) on the rest, beside "
         "the logged Random and BTS policies; that model is not registered (its features are "
-        "OBD's) and the last line printed is a JSON summary.",
+        "OBD's) and the last line printed is a JSON summary. It shows its own progress (a bar "
+        "per epoch, a line of metrics per epoch) and says where its outputs went (model, "
+        "checkpoint, log); Ray's own log lines go to ray.log in the run's folder, and "
+        "--verbose shows them here too.",
         epilog="examples:\n"
         "  onramp archive --out .onramp/archive && onramp train --data .onramp/archive\n"
         "  onramp train --data .onramp/archive --workers 4 --epochs 10 --promote\n"
@@ -747,8 +404,23 @@ def _options(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(
         data=args.data or "",
         progress=not args.no_progress,
+        verbose=bool(getattr(args, "verbose", False)),
         **{n: getattr(args, n) for n in names},
     )
+
+
+def _outputs(summary: dict[str, Any]) -> None:
+    """Where the run's outputs went, on stderr (the summary on stdout says it too)."""
+    lines = []
+    if "model" in summary:
+        served = f" (promoted: served from {summary['served']})" if summary.get("promoted") else ""
+        lines.append(f"model: version {summary['version']}, {summary['model']}{served}")
+    if summary.get("checkpoint"):
+        lines.append(f"checkpoint: {summary['checkpoint']}")
+    if summary.get("log"):
+        lines.append(f"Ray's log: {summary['log']}")
+    if lines:
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -759,9 +431,12 @@ def _run(args: argparse.Namespace) -> int:
 
         result = train_obd(opts, settings)
         print_obd_policy_report(result.report)
+        _outputs(result.summary)
         print(dumps(result.summary))  # the last line: the JSON summary
         return 0
-    print(dumps(train(opts, settings), indent=2))
+    summary = train(opts, settings)
+    _outputs(summary)
+    print(dumps(summary, indent=2))
     return 0
 
 

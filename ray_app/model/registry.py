@@ -224,6 +224,12 @@ class ModelRegistry:
             )
         return ModelVersion.from_json(json.loads(raw))
 
+    def model_file(self, version: int) -> str:
+        """Where a version's model file is: a local path, or a URI under a remote registry."""
+        rel = f"versions/{version:06d}/model.onramp"
+        local = self._store.local is not None
+        return self._store.path(rel) if local else f"{self.uri.rstrip('/')}/{rel}"
+
     def load(
         self, version: int, schema: FeatureSchema, catalog: Catalog, strict_catalog: bool = False
     ) -> ModelBundle:
