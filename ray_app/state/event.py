@@ -9,14 +9,18 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ray_app.state.compact import shared
 from ray_app.timefmt import ms_from_iso
 from validation.reasons import ReasonCode
 from validation.wire import WireError
+
+_intern = sys.intern
 
 __all__ = [
     "TOMBSTONE_REASON",
@@ -178,21 +182,25 @@ def event_from_record(d: dict[str, Any], trace: str | None = None) -> Event:
         # Segment libraries on every call): they count as traits; top-level ones win
         traits = {**ctx_traits, **traits}
     name = d.get("event") if kind == "track" else d.get("name")
+    # the ids and names a profile keeps are interned: one object each, however many profiles
+    # and structures hold it, so a snapshot writes it once (see ray_app.state.compact)
+    session_id, step_id = _str(d, "sessionId"), _str(d, "stepId")
+    user_id, anonymous_id = _str(d, "userId"), _str(d, "anonymousId")
     return Event(
         message_id=_str(d, "messageId", required=True) or "",
-        user_key=_str(d, "userKey", required=True) or "",
-        kind=kind or "",
+        user_key=_intern(_str(d, "userKey", required=True) or ""),
+        kind=_intern(kind or ""),
         name=name if isinstance(name, str) else None,
         ts=parse_ms(d.get("timestamp"), "timestamp"),
         received=parse_ms(d.get("receivedAt"), "receivedAt"),
-        session_id=_str(d, "sessionId"),
+        session_id=session_id and _intern(session_id),
         seq=seq,
-        step_id=_str(d, "stepId"),
-        user_id=_str(d, "userId"),
-        anonymous_id=_str(d, "anonymousId"),
+        step_id=step_id and _intern(step_id),
+        user_id=user_id and _intern(user_id),
+        anonymous_id=anonymous_id and _intern(anonymous_id),
         traits=traits,
         properties=props,
         trace=trace,
-        previous_id=_str(d, "previousId") if kind == "alias" else None,
-        group_id=_str(d, "groupId") if kind == "group" else None,
+        previous_id=shared(_str(d, "previousId")) if kind == "alias" else None,
+        group_id=shared(_str(d, "groupId")) if kind == "group" else None,
     )

@@ -36,11 +36,13 @@ history). A known user (a profile with a ``userId``) is merged into another only
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from ray_app.state.compact import shared
 from ray_app.state.event import Event, RecordRejected
 from ray_app.state.profile import Profile, ProfileConfig, StepStats
 from ray_app.state.windows import SessionWindows, TumblingCounts
@@ -168,8 +170,8 @@ def decode_control(d: dict[str, Any]) -> Control:
     return Control(
         kind,
         d["messageId"],
-        d["userKey"],
-        d[other_field],
+        sys.intern(d["userKey"]),
+        sys.intern(d[other_field]),
         parse_ms(d.get("timestamp"), "timestamp"),
         d,
     )
@@ -198,20 +200,20 @@ def event_from_json(d: Any, user_key: str) -> Event:
     return Event(
         message_id=r.text("message_id"),
         user_key=user_key,
-        kind=r.text("kind"),
-        name=r.text("name", optional=True),
+        kind=sys.intern(r.text("kind")),
+        name=shared(r.text("name", optional=True)),
         ts=r.integer("ts"),
         received=r.integer("received"),
-        session_id=r.text("session_id", optional=True),
+        session_id=shared(r.text("session_id", optional=True)),
         seq=r.integer("seq", optional=True),
-        step_id=r.text("step_id", optional=True),
-        user_id=r.text("user_id", optional=True),
-        anonymous_id=r.text("anonymous_id", optional=True),
+        step_id=shared(r.text("step_id", optional=True)),
+        user_id=shared(r.text("user_id", optional=True)),
+        anonymous_id=shared(r.text("anonymous_id", optional=True)),
         traits=r.obj("traits"),
         properties=r.obj("properties"),
         trace=r.text("trace", optional=True),
-        previous_id=r.text("previous_id", optional=True),
-        group_id=r.text("group_id", optional=True),
+        previous_id=shared(r.text("previous_id", optional=True)),
+        group_id=shared(r.text("group_id", optional=True)),
     )
 
 
@@ -249,7 +251,7 @@ def profile_to_state(p: Profile) -> dict[str, Any]:
                 st.last_completed,
                 st.reported_ms,
                 _stamp(st.reported_stamp),
-                [list(t) for t in st.completed_times],
+                [],  # the completion times steps no longer keep (the row keeps its length)
             ]
             for k, st in p.steps.items()
         },
@@ -343,17 +345,17 @@ def profile_from_state(d: Any, config: ProfileConfig) -> Profile:
     if not isinstance(d, dict):
         raise RecordRejected(ReasonCode.INVALID_FIELD, "profile", "expected an object")
     r = _Reader(d, "profile")
-    p = Profile(r.text("userKey"), config)
-    p.user_id = r.text("userId", optional=True)
+    p = Profile(sys.intern(r.text("userKey")), config)
+    p.user_id = shared(r.text("userId", optional=True))
     p.user_id_stamp = r.stamp("userIdStamp")
-    p.group_id = r.text("groupId", optional=True)  # absent in records of older workers
+    p.group_id = shared(r.text("groupId", optional=True))  # absent in records of older workers
     p.group_id_stamp = r.stamp("groupIdStamp")
-    p.anonymous_ids = {str(x) for x in r.array("anonymousIds")}
+    p.anonymous_ids = {sys.intern(str(x)) for x in r.array("anonymousIds")}
     for k, v, s in r.pairs("traits", r.array("traits"), 3):
-        p.traits[str(k)] = v
-        p.trait_stamps[str(k)] = r.stamp("traits", s) or (0, -1, "")
+        p.traits[sys.intern(str(k))] = v
+        p.trait_stamps[sys.intern(str(k))] = r.stamp("traits", s) or (0, -1, "")
     for k, v in r.obj("counts").items():
-        p.counts[k] = r.integer("counts", v=v)
+        p.counts[sys.intern(k)] = r.integer("counts", v=v)
     p.names = sum(1 for k in p.counts if k.startswith("track:"))
     p.first_seen = r.integer("firstSeen", optional=True)
     p.last_seen = r.integer("lastSeen", optional=True)
@@ -369,15 +371,14 @@ def profile_from_state(d: Any, config: ProfileConfig) -> Profile:
             r.integer("steps", optional=True, v=x) for x in row[4:8]
         )
         st.reported_stamp = r.stamp("steps", row[8])
-        st.completed_times = sorted(
-            (r.integer("steps", v=t), e if isinstance(e, str) else "")
-            for t, e in r.pairs("steps", row[9])
-        )
-        p.steps[str(step)] = st
-    p.current_step = r.text("currentStep", optional=True)
+        r.pairs("steps", row[9])  # completion times (older workers send them): unused
+        p.steps[sys.intern(str(step))] = st
+    p.current_step = shared(r.text("currentStep", optional=True))
     p.current_stamp = r.stamp("currentStamp")
     p.completed_at = r.integer("completedAt", optional=True)
-    p.session_ids = {str(k): r.integer("sessionIds", v=v) for k, v in r.obj("sessionIds").items()}
+    p.session_ids = {
+        sys.intern(str(k)): r.integer("sessionIds", v=v) for k, v in r.obj("sessionIds").items()
+    }
     p.activity = TumblingCounts(config.tumbling_ms, config.tumbling_retention_ms)
     for b, n in r.pairs("activity", r.array("activity")):
         p.activity.buckets[r.integer("activity", v=b)] = r.integer("activity", v=n)
@@ -393,11 +394,11 @@ def profile_from_state(d: Any, config: ProfileConfig) -> Profile:
     )
     p.trace = r.text("trace", optional=True)
     p.trace_stamp = r.stamp("traceStamp")
-    p.merged_from = frozenset(str(x) for x in r.array("mergedFrom")) or None
-    p.links = frozenset(str(x) for x in r.array("links")) or None
+    p.merged_from = frozenset(sys.intern(str(x)) for x in r.array("mergedFrom")) or None
+    p.links = frozenset(sys.intern(str(x)) for x in r.array("links")) or None
     a = d.get("assignment")
     if a is not None:
         if not (isinstance(a, list) and len(a) == 2 and isinstance(a[1], str)):
             raise r.bad("assignment", "[first seen, id]")
-        p.assignment = (r.integer("assignment", v=a[0]), a[1])
+        p.assignment = (r.integer("assignment", v=a[0]), sys.intern(a[1]))
     return p

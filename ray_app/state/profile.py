@@ -23,11 +23,13 @@ Onboarding vocabulary (the SDK and the simulator send these ``track`` names):
 
 from __future__ import annotations
 
-import bisect
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray_app.state.compact import Compact, shared
 from ray_app.state.event import Event
+from ray_app.state.packing import pack_profile, unpack_profile
 from ray_app.state.windows import SessionWindows, TumblingCounts
 
 __all__ = [
@@ -52,9 +54,6 @@ ONBOARDING_COMPLETED = "Onboarding Completed"
 
 Stamp = tuple[int, int, str]
 
-#: Completion times kept per step.
-MAX_COMPLETED_TIMES = 8
-
 
 @dataclass(frozen=True)
 class ProfileConfig:
@@ -74,12 +73,16 @@ class ProfileConfig:
     """Other ids (anonymous ids, aliases) one profile may ask to merge into itself."""
 
 
+#: Trait values this short (an enumeration: a role, a plan, a company size) are interned; longer
+#: ones (free text, URLs) are not, so the interned set stays a vocabulary.
+_SHARED_TRAIT_CHARS = 32
+
 #: Names of the caps, as counted in ``apply``'s ``hits`` and labelled on the metric.
 CAPS = ("event_names", "traits", "sessions")
 
 
 @dataclass
-class StepStats:
+class StepStats(Compact):
     """What one onboarding step saw."""
 
     views: int = 0
@@ -91,9 +94,9 @@ class StepStats:
     last_completed: int | None = None
     reported_ms: int | None = None
     reported_stamp: Stamp | None = None
-    completed_times: list[tuple[int, str]] = field(default_factory=list)
-    """(event time, echoed decision id or "") of the completions, the earliest
-    ``MAX_COMPLETED_TIMES``, sorted: what the reward join looks a decision's window up in."""
+    # (The completion times a step kept for the reward join until it got its own outcome log,
+    # ``completed_times``, are gone: nothing read them. A snapshot of version 6 still has them;
+    # they are dropped on its next snapshot.)
 
     @property
     def retries(self) -> int:
@@ -130,7 +133,7 @@ def _max(a: int | None, b: int) -> int:
 
 
 @dataclass
-class Profile:
+class Profile(Compact):
     """Everything Onramp knows about one user, as of the events applied so far."""
 
     user_key: str
@@ -189,6 +192,16 @@ class Profile:
             )
         if self.sessions is None:
             self.sessions = SessionWindows(self.config.session_gap_ms)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        """One flat tuple, times as small differences (:mod:`ray_app.state.packing`)."""
+        return pack_profile(self)
+
+    def __setstate__(self, state: tuple[Any, ...] | dict[str, Any]) -> None:
+        if isinstance(state, dict):  # snapshot version 6: field by field
+            Compact.__setstate__(self, state)
+        else:
+            unpack_profile(self, state, StepStats)
 
     def advance(self, watermark: int) -> None:
         """Close what the watermark has passed (sessions, old activity buckets)."""
@@ -252,7 +265,13 @@ def _set_trait(
     if old is None and len(profile.trait_stamps) >= profile.config.max_traits:
         _hit(hits, "traits")
     elif old is None or stamp > old:
-        profile.traits[key] = _own(value)
+        if old is None:
+            key = sys.intern(key)  # a new key: the same object in every profile
+        if type(value) is not str:
+            profile.traits[key] = _own(value)
+        elif profile.traits.get(key) != value:  # (an equal one: the object held stays)
+            short = len(value) <= _SHARED_TRAIT_CHARS  # "engineer": one object for all
+            profile.traits[key] = sys.intern(value) if short else value
         profile.trait_stamps[key] = stamp
 
 
@@ -279,12 +298,6 @@ def _apply_step(profile: Profile, event: Event, step: str, stamp: Stamp) -> None
         elif event.name == STEP_COMPLETED:
             st.completions += 1
             st.last_completed = _max(st.last_completed, event.ts)
-            echo = event.properties.get("decisionId")
-            entry = (event.ts, echo if isinstance(echo, str) else "")
-            times = st.completed_times
-            if len(times) < MAX_COMPLETED_TIMES or entry < times[-1]:
-                bisect.insort(times, entry)  # keep the earliest: order-independent
-                del times[MAX_COMPLETED_TIMES:]
             reported = event.properties.get("durationMs")
             if (
                 isinstance(reported, int)
@@ -306,7 +319,7 @@ def apply(profile: Profile, event: Event, hits: dict[str, int] | None = None) ->
     config = profile.config
     _count(profile, event.kind)  # call types: a handful (batch validation refuses others)
     if event.kind == "track" and event.name:
-        key = f"track:{event.name}"
+        key = shared(f"track:{event.name}") or ""  # one object for every profile's key
         if key in profile.counts or profile.names < config.max_event_names:
             if key not in profile.counts:
                 profile.names += 1
@@ -368,10 +381,6 @@ def _merge_step(st: StepStats, other: StepStats) -> None:
         st.last_completed = _max(st.last_completed, other.last_completed)
     if _newer(st.reported_stamp, other.reported_stamp):
         st.reported_ms, st.reported_stamp = other.reported_ms, other.reported_stamp
-    if other.completed_times:
-        st.completed_times = sorted(st.completed_times + other.completed_times)[
-            :MAX_COMPLETED_TIMES
-        ]
 
 
 def merge_into(profile: Profile, other: Profile, hits: dict[str, int] | None = None) -> Profile:

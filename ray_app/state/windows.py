@@ -27,11 +27,13 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from ray_app.state.compact import Compact
+
 __all__ = ["SessionWindows", "TumblingCounts"]
 
 
 @dataclass
-class TumblingCounts:
+class TumblingCounts(Compact):
     """Event counts in fixed, aligned windows of ``size_ms``; sliding counts are sums of them.
 
     Buckets that end more than ``retention_ms`` behind the watermark are dropped.
@@ -61,7 +63,7 @@ class TumblingCounts:
 
 
 @dataclass
-class SessionWindows:
+class SessionWindows(Compact):
     """Activity sessions: events closer than ``gap_ms`` belong to one session.
 
     Open sessions are kept as ``(first, last)`` event times, merged as events arrive in any order;
