@@ -33,14 +33,16 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Any
 
+from ray_app.state.compact import Compact
 from ray_app.state.event import Event
 
 __all__ = ["Reorderer", "SessionCursor"]
 
 
 @dataclass
-class SessionCursor:
+class SessionCursor(Compact):
     next_seq: int = 0
     buffer: dict[int, Event] = field(default_factory=dict)
     last_ts: int = 0
@@ -137,3 +139,32 @@ class Reorderer:
     @property
     def buffered(self) -> int:
         return sum(len(c.buffer) for c in self.sessions.values())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields less ``idle`` (one entry per session: rebuilt from the sessions on
+        restore, as :meth:`_compact` rebuilds it), the sessions as one flat tuple: id, next
+        seq, buffer (None: empty) and last event time as the difference from the previous
+        session's (a small number, fewer bytes)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("idle", "sessions")}
+        flat: list[Any] = []
+        last = 0
+        for sid, c in self.sessions.items():
+            flat += (sid, c.next_seq, c.buffer or None, c.last_ts - last)
+            last = c.last_ts
+        state["cursors"] = tuple(flat)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        flat = state.pop("cursors", None)
+        self.__dict__.update(state)
+        if flat is None:  # snapshot version 6: the sessions and the heap as they were
+            return
+        self.sessions = {}
+        last = 0
+        for i in range(0, len(flat), 4):
+            sid, next_seq, buffer, gap = flat[i : i + 4]
+            last += gap
+            self.sessions[sid] = SessionCursor(next_seq, buffer or {}, last)
+        self.idle = [(c.last_ts, sid) for sid, c in self.sessions.items()]
+        heapq.heapify(self.idle)

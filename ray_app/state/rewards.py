@@ -49,6 +49,7 @@ record that reaches the stream when the watermark is already ``retention_ms`` pa
 from __future__ import annotations
 
 import heapq
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -155,7 +156,7 @@ def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> Pendi
     assert d.chosen is not None and d.propensity is not None and d.action_index is not None
     return PendingDecision(
         decision_id=d.decision_id,
-        user_key=d.user_key,
+        user_key=sys.intern(d.user_key),  # the same object as the profile's key
         slot=d.slot,
         step_slot=d.slot in step_slots,
         action=d.chosen,
@@ -411,6 +412,27 @@ class RewardJoin:
         self.rewards, self.positives, self.explicit_negatives, self.repeated, self.seq = counters
         self.reset_changes()
 
+    # -- pickling ----------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields, less the three heaps (rebuilt from what they index on restore) and with
+        each user's outcome log packed (see :func:`_pack_log`)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in _HEAPS}
+        state["log"] = {u: _pack_log(entries) for u, entries in self.log.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "log_expiry" in state:  # snapshot version 6: the heaps and the log as they were
+            return
+        self.log = {u: _unpack_log(packed) for u, packed in state["log"].items()}
+        retention, window = self._retention, self.window_ms
+        self.log_expiry = [(o.ts + retention, u) for u, log in self.log.items() for o in log]
+        self.closing = [(d.decided_at + window, did) for did, d in self.pending.items()]
+        self.forget = [(end + window, did) for did, end in self.decided.items()]
+        for heap in (self.log_expiry, self.closing, self.forget):
+            heapq.heapify(heap)
+
     def stats(self) -> dict[str, int]:
         return {
             "pendingDecisions": len(self.pending),
@@ -420,3 +442,38 @@ class RewardJoin:
             "repeatedDecisions": self.repeated,
             "loggedOutcomeUsers": len(self.log),
         }
+
+
+#: RewardJoin's heaps: each holds (time, key) for what ``log``, ``pending`` or ``decided`` holds
+#: (stale entries, skipped when popped, aside), so a snapshot leaves them out.
+_HEAPS = frozenset({"closing", "forget", "log_expiry"})
+
+
+def _pack_log(entries: list[LoggedOutcome]) -> tuple[Any, ...]:
+    """One user's outcome log as one flat tuple: per outcome its position and time as the
+    difference from the previous one's (small numbers pickle in fewer bytes), both flags in one
+    number, its step and the decision id it echoed.
+
+    >>> log = [LoggedOutcome(5, 1_000, True, False, "role", None),
+    ...        LoggedOutcome(9, 1_400, False, False, "goals", "d1")]
+    >>> _pack_log(log)
+    (5, 1000, 1, 'role', None, 4, 400, 0, 'goals', 'd1')
+    >>> _unpack_log(_pack_log(log)) == log
+    True
+    """
+    out: list[Any] = []
+    seq = ts = 0
+    for o in entries:
+        out += (o.seq - seq, o.ts - ts, o.positive | o.onboarding << 1, o.step, o.echo)
+        seq, ts = o.seq, o.ts
+    return tuple(out)
+
+
+def _unpack_log(packed: tuple[Any, ...]) -> list[LoggedOutcome]:
+    out = []
+    seq = ts = 0
+    for i in range(0, len(packed), 5):
+        d_seq, d_ts, flags, step, echo = packed[i : i + 5]
+        seq, ts = seq + d_seq, ts + d_ts
+        out.append(LoggedOutcome(seq, ts, bool(flags & 1), bool(flags & 2), step, echo))
+    return out

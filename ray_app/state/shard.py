@@ -382,7 +382,7 @@ class SessionShard(BatchChecks, Stitching):
         if event.kind == "track" and self.rewards.is_outcome(event.name):
             echo = event.properties.get("decisionId")
             out.rewards += self.rewards.on_outcome(
-                event.user_key,
+                profile.user_key,  # the profile's own str: a snapshot stores it once
                 event.name or "",
                 event.step_id,
                 event.ts,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_CLASSES",
+    "READABLE_VERSIONS",
     "SNAPSHOT_VERSION",
     "SnapshotRefused",
     "dump_base",
@@ -29,10 +30,18 @@ __all__ = [
     "load_into",
 ]
 
-#: 6: signed checkpoints, restricted unpickling, profile eviction and caps (5 and older are
-#: refused: they were written unsigned). Identity stitching added fields with defaults (a
-#: version-6 snapshot from before it restores with no aliases and no merges).
-SNAPSHOT_VERSION = 6
+#: 7: compact per-user state (issue 18): dedupe remembers 64-bit hashes of the ids, profiles
+#: pickle as flat tuples with relative times (:mod:`ray_app.state.packing`), heaps that index
+#: other fields are rebuilt on restore. 6: signed checkpoints, restricted unpickling, profile
+#: eviction and caps; identity stitching added fields with defaults (a version-6 snapshot from
+#: before it restores with no aliases and no merges). 5 and older are refused: they were written
+#: unsigned.
+SNAPSHOT_VERSION = 7
+
+#: Versions :func:`load_blob` reads: this one, and 6, whose objects restore field by field and
+#: are converted as they load (ids hashed, heaps kept); the next snapshot is written as 7. An
+#: Onramp that reads only 6 refuses a version-7 blob by its version, with a clear error.
+READABLE_VERSIONS = frozenset({6, SNAPSHOT_VERSION})
 
 
 class SnapshotRefused(OnrampError, ValueError):
@@ -92,10 +101,11 @@ def load_blob(data: bytes, index: int) -> tuple[int, str, Any]:
         loaded = _StateUnpickler(io.BytesIO(data)).load()
     except Exception as exc:  # UnpicklingError, EOFError, ValueError...: bytes we do not load
         raise SnapshotRefused(index, f"{what} does not load: {exc}") from None
-    if not isinstance(loaded, tuple) or len(loaded) != 3 or loaded[0] != SNAPSHOT_VERSION:
+    if not isinstance(loaded, tuple) or len(loaded) != 3 or loaded[0] not in READABLE_VERSIONS:
         version = loaded[0] if isinstance(loaded, tuple) and loaded else "?"
+        readable = " and ".join(str(v) for v in sorted(READABLE_VERSIONS))
         raise SnapshotRefused(
-            index, f"{what} is snapshot version {version}; this Onramp reads {SNAPSHOT_VERSION}"
+            index, f"{what} is snapshot version {version}; this Onramp reads {readable}"
         )
     return loaded
 
@@ -110,6 +120,7 @@ def dump_base(shard: SessionShard, rebase: bool) -> bytes:
     shard.dedupe.added = []
     join_changes = shard.rewards.take_delta()
     state = {k: v for k, v in shard.__dict__.items() if k not in _NOT_PICKLED}
+    state["aliases"] = _pack_aliases(shard.aliases)
     data = pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=pickle.HIGHEST_PROTOCOL)
     if rebase:
         shard._touched = set()
@@ -144,6 +155,8 @@ def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None
         raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
     shard.aliases, shard.identity = {}, {}  # snapshots from before identity stitching
     shard.__dict__.update(state)
+    if isinstance(shard.aliases, tuple):  # version 7 (6 has the dict itself)
+        shard.aliases = _unpack_aliases(shard.aliases)
     shard._touched = set()
     shard._aliases_touched = set()
     for i, d in enumerate(deltas, start=1):
@@ -167,3 +180,23 @@ def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None
     ttl = shard.config.profile_idle_ttl_ms
     shard._alias_expiry = [(last + ttl, old) for old, (_, last) in shard.aliases.items()]
     heapq.heapify(shard._alias_expiry)
+
+
+def _pack_aliases(aliases: dict[str, tuple[str, int]]) -> tuple[Any, ...]:
+    """Merged id -> (the id it went to, last time) as one flat tuple, each time as the difference
+    from the previous one's (aliases are made in event-time order: small numbers)."""
+    flat: list[Any] = []
+    last = 0
+    for old, (new, t) in aliases.items():
+        flat += (old, new, t - last)
+        last = t
+    return tuple(flat)
+
+
+def _unpack_aliases(flat: tuple[Any, ...]) -> dict[str, tuple[str, int]]:
+    out = {}
+    last = 0
+    for i in range(0, len(flat), 3):
+        last += flat[i + 2]
+        out[flat[i]] = (flat[i + 1], last)
+    return out
