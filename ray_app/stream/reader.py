@@ -4,6 +4,7 @@ worker for a batch of keys, following identity merges."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ray_app.errors import ProfilesUnavailable
@@ -30,11 +31,14 @@ _PARTITION_CACHE = 100_000
 
 class ProfileReader:
     """Looks profiles up from anywhere in the cluster (a Serve replica, say): key -> partition ->
-    owning worker, with the routing table cached and refreshed when a worker was replaced."""
+    owning worker, with the routing table cached and refreshed when a worker was replaced. A
+    table without workers (the stream app still starting) is not cached: every lookup asks the
+    supervisor again until it has workers."""
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self._routes: tuple[int, list[Any]] | None = None
+        self._loading: asyncio.Future[tuple[int, list[Any]]] | None = None
         self._partitions: dict[str, int] = {}  # user key -> partition, for _partition_count
         self._partition_count = 0
 
@@ -49,14 +53,29 @@ class ProfileReader:
         return p
 
     async def _load(self) -> tuple[int, list[Any]]:
+        """The route table, from the supervisor. One load at a time, which callers share and
+        which a caller giving up does not cancel (``/v1/decide`` waits ``profile_deadline_ms``
+        for a profile): a supervisor that answers slower than that deadline (a loaded machine;
+        its health checks hold the lock ``routes()`` takes) still fills the table for the next
+        lookups, instead of every lookup starting a load that is cancelled in turn."""
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.ensure_future(self._fetch_routes())
+            self._loading.add_done_callback(_retrieved)
+        return await asyncio.shield(self._loading)
+
+    async def _fetch_routes(self) -> tuple[int, list[Any]]:
         import ray
 
         try:
             sup = ray.get_actor(SUPERVISOR_NAME, namespace=self.namespace)
-            self._routes = await sup.routes.remote()
+            routes: tuple[int, list[Any]] = await sup.routes.remote()
         except (ValueError, ray.exceptions.RayActorError) as exc:
             raise StreamUnavailable(f"stream workers are not running: {exc}") from None
-        return self._routes
+        # A supervisor that is still starting its workers (its actor is up, launch() has not
+        # taken its lock yet) answers with none: that is never remembered, or a replica that
+        # asked that early would answer cold-start until it is replaced.
+        self._routes = routes if routes[1] else None
+        return routes
 
     async def stream_status(self) -> list[dict[str, Any]]:
         """The supervisor's ``status()``: per worker, per partition counters, lag, freshness."""
@@ -93,8 +112,6 @@ class ProfileReader:
 
     async def _read(self, user_keys: list[str]) -> dict[str, dict[str, Any] | None]:
         """One round of lookups: key -> partition -> owning worker."""
-        import asyncio
-
         import ray
 
         for attempt in range(2):
@@ -102,7 +119,8 @@ class ProfileReader:
                 self._routes if self._routes and attempt == 0 else await self._load()
             )
             if not workers:
-                raise StreamUnavailable("stream workers are not running")
+                self._routes = None  # ask the supervisor again next time
+                raise StreamUnavailable("stream workers are not running (yet)")
             by_worker: dict[int, list[tuple[int, str]]] = {}
             for key in user_keys:
                 p = self._partition(key, partitions)
@@ -124,3 +142,9 @@ class ProfileReader:
     async def get(self, user_key: str) -> dict[str, Any] | None:
         """One user's profile (see :meth:`get_many`)."""
         return (await self.get_many([user_key]))[user_key]
+
+
+def _retrieved(load: asyncio.Future[Any]) -> None:
+    """A load whose callers all gave up: its error is not news (asyncio would log it)."""
+    if not load.cancelled():
+        load.exception()
