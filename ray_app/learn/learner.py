@@ -252,6 +252,9 @@ class OnlineLearner(Publishing):
         cfg = self.config
         batch, counts = self._admit(records)
         lr = cfg.lr * (cfg.boost_lr_factor if self._boosted(now) else 1.0)
+        if cfg.lr_decay_rewards > 0:
+            n = max(self.counters["trained"] - self._schedule.explore_from, 0)
+            lr *= (1.0 + n / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
         for group in self._optimizer.param_groups:
             group["lr"] = lr
         updates, loss_sum = self._train(batch)

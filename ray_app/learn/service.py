@@ -81,6 +81,7 @@ def learner_config(settings: Settings) -> LearnerConfig:
         min_propensity=s.min_propensity,
         weight_decay=s.weight_decay,
         warmup_rewards=s.warmup_rewards,
+        lr_decay_rewards=s.lr_decay_rewards,
         control_z=s.control_z,
         control_window=s.control_window,
         control_min_treatment=s.control_min_treatment,

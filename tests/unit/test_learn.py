@@ -235,6 +235,8 @@ def test_sgd_optimizer_and_config_validation():
         {"epsilon": 1.5},
         {"weight_decay": -0.1},
         {"warmup_rewards": -1},
+        {"lr_decay_rewards": -1},
+        {"lr_decay_power": 1.5},
     ):
         with pytest.raises(ValueError):
             LearnerConfig(**bad)  # type: ignore[arg-type]
@@ -278,7 +280,10 @@ def test_guardrail_rolls_back_a_bad_update():
 @pytest.mark.slow
 def test_publish_cadence_versions_and_exploration_boost():
     gt = GroundTruth(seed=5)
-    learner = new_learner(publish_interval_s=5.0, epsilon=0.1, boost_epsilon=0.5, boost_rewards=400)
+    learner = new_learner(
+        publish_interval_s=5.0, epsilon=0.1, boost_epsilon=0.5, boost_rewards=400,
+        lr_decay_rewards=0,  # the step size here is only the boost's (the decay: its own test)
+    )  # fmt: skip
     assert learner.maybe_publish(now=0.0) is None  # nothing learned yet
     learner.learn(logged(gt, 0, 300, seed=5))
     first = learner.maybe_publish(now=1.0)
@@ -325,7 +330,7 @@ def test_publish_cadence_versions_and_exploration_boost():
 @pytest.mark.slow
 def test_a_cold_start_model_explores_with_the_boost_for_its_first_rewards():
     gt = GroundTruth(seed=6)
-    learner = new_learner(warmup_rewards=500, epsilon=0.03, boost_epsilon=0.5)
+    learner = new_learner(warmup_rewards=500, epsilon=0.03, boost_epsilon=0.5, lr_decay_rewards=0)
     assert learner.exploration(now=0.0) == 0.5  # an untrained model: explore from the start
     report = learner.learn(logged(gt, 0, 300, seed=6), now=10.0)
     assert report.lr == pytest.approx(3 * learner.config.lr) and report.trained < 500
@@ -394,6 +399,26 @@ def test_weight_decay_is_adamw_and_follows_the_config_on_restore():
     )
     assert again._optimizer.param_groups[0]["weight_decay"] == 0.0
     assert again._optimizer.state  # the moments were kept
+
+
+def test_the_learning_rate_decays_with_rewards_learned_and_starts_over_after_a_drift():
+    learner = new_learner(lr=0.01, lr_decay_rewards=400, lr_decay_power=0.5)
+    learner.learn(logged(GroundTruth(seed=5), 0, 200, seed=5))
+    first = learner._optimizer.param_groups[0]["lr"]
+    assert first == pytest.approx(0.01, rel=0.2)  # set before the step, from what came before
+    learner.learn(logged(GroundTruth(seed=5), 200, 1_400, seed=5))
+    n = learner.counters["trained"]
+    assert n > 1_000
+    learner.learn(logged(GroundTruth(seed=5), 1_400, 1_410, seed=5))
+    later = learner._optimizer.param_groups[0]["lr"]
+    assert later == pytest.approx(0.01 / (1 + n / 400) ** 0.5, rel=0.02)
+    learner.drift()  # exploration and the step size start over (after the boost, lr again)
+    learner.learn(logged(GroundTruth(seed=5), 1_410, 1_420, seed=5))
+    boost = learner.config.boost_lr_factor
+    assert learner._optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * boost, rel=0.05)
+    constant = new_learner(lr=0.01, lr_decay_rewards=0)
+    constant.learn(logged(GroundTruth(seed=5), 0, 1_410, seed=5))
+    assert constant._optimizer.param_groups[0]["lr"] == 0.01
 
 
 def test_injected_clock_is_used_when_now_is_left_out():
