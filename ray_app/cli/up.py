@@ -42,6 +42,12 @@ def print_urls(stack: Any, settings: Settings) -> None:
     # deployments/demo.py serves the demo only on loopback, with the keys named 'demo'
     if "demo" in settings.collector.write_keys and local_only(settings, stack.bootstrap):
         print(f"  {'demo app':<16}: {stack.base_url}/demo/  (open it in a browser)")
+    read = next(iter(settings.collector.read_keys.values()), None)
+    if read is not None:
+        print(
+            f"  {'console':<16}: {stack.base_url}/console/  (log in with the read key "
+            f"{read.get_secret_value()})"
+        )
     print(
         f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)"
     )

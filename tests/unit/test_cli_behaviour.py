@@ -411,3 +411,23 @@ def test_audit_reads_archives_and_says_where_it_wrote(tmp_path, capsys) -> None:
     _strict((out / "audit.json").read_text())
     assert main(["audit", "--reference", str(tmp_path / "empty"), "--recent", str(recent)]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_up_prints_the_console_with_its_read_key_and_no_console_without_one(capsys) -> None:
+    from types import SimpleNamespace
+
+    from ray_app.cli.up import print_urls
+
+    stack = SimpleNamespace(
+        http_mode="proxy", notes=[], bootstrap="127.0.0.1:9092", broker=None,
+        base_url="http://127.0.0.1:8000", urls=lambda: {"health": "http://127.0.0.1:8000/healthz"},
+    )  # fmt: skip
+    settings = Settings.model_validate(
+        {"collector": {"read_keys": {"ops": "read-key-0123456789abcdef"}}}
+    )
+    print_urls(stack, settings)
+    out = capsys.readouterr().out
+    assert "console         : http://127.0.0.1:8000/console/" in out
+    assert "read-key-0123456789abcdef" in out
+    print_urls(stack, Settings.model_validate({"collector": {"read_keys": {}}}))
+    assert "/console/" not in capsys.readouterr().out
