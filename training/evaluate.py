@@ -405,7 +405,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         opts = TrainOptions(
             obd=True, campaign=args.campaign, cache_dir=args.cache_dir, epochs=args.epochs,
             seed=args.seed, temperature=args.temperature, n_bootstrap=args.n_bootstrap,
-            workers=args.workers, gpu=args.gpu,
+            workers=args.workers, gpu=args.gpu, verbose=bool(getattr(args, "verbose", False)),
         )  # fmt: skip
         trained = train_obd(opts, settings)
         rep = trained.report

@@ -431,3 +431,20 @@ def test_up_prints_the_console_with_its_read_key_and_no_console_without_one(caps
     assert "read-key-0123456789abcdef" in out
     print_urls(stack, Settings.model_validate({"collector": {"read_keys": {}}}))
     assert "/console/" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["-v", "evaluate", "--obd-policy"], ["evaluate", "--obd-policy"]])
+def test_evaluate_obd_policy_passes_verbose_to_its_training_run(argv, monkeypatch) -> None:
+    """`evaluate --obd-policy` trains with Ray Train like `train --obd`: --verbose shows Ray's
+    lines there too (it was dropped on the way)."""
+    import training.train as tr
+
+    seen: list[bool] = []
+
+    def fake_train_obd(opts: Any, settings: Any) -> Any:
+        seen.append(opts.verbose)
+        raise KeyboardInterrupt  # stop here: the rest is the OBD evaluation's
+
+    monkeypatch.setattr(tr, "train_obd", fake_train_obd)
+    assert main(argv) == 130
+    assert seen == ["-v" in argv]
