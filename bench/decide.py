@@ -20,7 +20,9 @@ Every answer is a full decision: profile read from the owning stream worker, CRM
 features, model forward (batched per loop tick), policy with its propensity, decision record
 handed to Kafka (``onramp.decisions``). Context, after the stack is down: a plain FastAPI app
 under uvicorn, no Ray, at 64 connections (what Python HTTP allows here). Any connect, read,
-write or timeout error or non-2xx answer shows in ``errors`` of the JSON line.
+write or timeout error or non-2xx answer shows in ``errors`` of the JSON line. ``replicas``: the
+ingress replicas by state right after each ``/v1/decide`` run (the shipped autoscaling settings;
+tests/integration/test_autoscaling.py shows a load step scaling them up and back down).
 
     .venv/bin/python bench/decide.py                       # kafka-python
     .venv/bin/python bench/decide.py --client confluent    # librdkafka for the decision log
@@ -98,6 +100,20 @@ def plain_fastapi(port: int, workdir: Path) -> subprocess.Popen[bytes]:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("uvicorn did not start")
+
+
+def ingress_replicas() -> dict[str, int]:
+    """The ingress replicas by state right after a run (``{"RUNNING": 1}``): whether Serve's
+    autoscaling added any under that load (a replica added stays for decide.downscale_delay_s)."""
+    from ray import serve
+
+    from ray_app.up import APP_NAME
+
+    app = serve.status().applications.get(APP_NAME)
+    deployment = app.deployments.get("Collector") if app else None
+    if deployment is None:
+        return {}
+    return {str(getattr(k, "value", k)): n for k, n in deployment.replica_states.items() if n}
 
 
 def load_profiles(stack: Any, settings: Any, users: int) -> list[str]:
@@ -193,7 +209,9 @@ def main() -> None:
         wrk(decide_url, bodies, HEADERS, 16, 2)  # warm up both
         wrk(trivial_url, bodies, HEADERS, 16, 2)
         for c in connections:  # in turn at each concurrency: the same moment of this machine
-            results["decide"].append(run("/v1/decide", decide_url, bodies, c))
+            results["decide"].append(
+                {**run("/v1/decide", decide_url, bodies, c), "replicas": ingress_replicas()}
+            )
             results["trivial_serve"].append(run("trivial Serve", trivial_url, bodies, c))
         peak = max(r["requests_per_s"] for r in results["decide"])
         if args.open_seconds > 0 and peak > 0:
@@ -253,6 +271,8 @@ def main() -> None:
                 "decide", results["decide"], results["trivial_serve"], connections
             ),
             "peak_req_per_s": peak,
+            # the ingress replicas by state after the figure's run (shipped autoscaling settings)
+            "replicas": top.get("replicas"),
             "open_loop": {
                 "note": "fixed offered rate, half the best /v1/decide rate, on both routes; wrk "
                 "paced per connection against one schedule; late_sends 0: the rate held",
