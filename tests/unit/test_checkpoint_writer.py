@@ -9,8 +9,11 @@ import time
 
 import pytest
 
+from ray_app.kafka.client import Record
 from ray_app.stream.checkpoint import CheckpointStore
+from ray_app.stream.worker import StreamWorker
 from ray_app.stream.writer import CheckpointWriter
+from tests.conftest import make_settings
 from tests.unit.test_stream_poison import KEY, _produce, _worker, good, twin  # noqa: F401
 
 
@@ -101,3 +104,37 @@ def test_the_loop_goes_on_while_a_slow_checkpoint_is_written(twin, tmp_path) -> 
     assert w.checkpoint() == 1  # waits: both are durable now
     assert store.writes == [(0, 5, "base"), (0, 10, "delta")]
     assert CheckpointStore(tmp_path / "slow", KEY).load(0).next_offset == 10
+
+
+def test_partitions_due_together_rebase_one_checkpoint_apart(twin, tmp_path) -> None:  # noqa: F811
+    """A worker's partitions come due for a full snapshot together; they rebase one checkpoint
+    apart (a base of every partition at once held the loop for their sum), and what the store
+    holds (a base and its deltas, however many) restores the same state."""
+    settings = make_settings(
+        ONRAMP_KAFKA__TOPIC_PREFIX="rebase",
+        ONRAMP_KAFKA__PARTITIONS="2",
+        ONRAMP_STREAM__CHECKPOINT_DELTAS_PER_BASE="2",
+    )
+    store = _SlowStore(tmp_path / "ckpt", KEY)
+    w = StreamWorker("w0", settings, "in-memory", [0, 1], str(tmp_path / "ckpt"), KEY, store=store)
+    w._writer = CheckpointWriter(store)
+    topic = settings.topics.events
+    parts = twin.topics.setdefault(topic, [[] for _ in range(twin.partitions)])
+    rounds = []
+    for n in range(12):
+        for p in (0, 1):
+            parts[p].append(
+                Record(topic, p, len(parts[p]), b"u%d" % p, good(f"m{p}-{n}", n, f"u{p}"))
+            )
+        w._process(w._consumer.poll(max_records=100))
+        before = len(store.writes)
+        assert w.checkpoint() == 2
+        rounds.append(sorted(p for p, _, kind in store.writes[before:] if kind == "base"))
+    assert rounds[0] == [0, 1]  # no base yet: both
+    assert all(len(r) <= 1 for r in rounds[1:]), rounds
+    for p in (0, 1):  # each still rebases about every per_base + 1 checkpoints
+        assert sum(p in r for r in rounds[1:]) >= 3, rounds
+    again = StreamWorker("w1", settings, "in-memory", [0, 1], str(tmp_path / "ckpt"), KEY)
+    for p in (0, 1):
+        assert again.next_offset[p] == 12
+        assert again.shards[p].profiles_as_dicts() == w.shards[p].profiles_as_dicts()
