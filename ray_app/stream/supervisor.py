@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ray_app.config import Settings
 from ray_app.stream import placement
@@ -49,6 +49,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class _Launched(NamedTuple):
+    """A worker created but not yet started (:meth:`StreamSupervisor._launch`)."""
+
+    position: int
+    partitions: list[int]
+    args: tuple[Any, ...]
+    node: str | None
+    handle: Any
 
 
 class StreamSupervisor:
@@ -97,24 +107,37 @@ class StreamSupervisor:
     def _spawn(
         self, index: int, partitions: list[int], node: str | None = None, avoid: str | None = None
     ) -> Any:
+        return self._started(self._launch(index, partitions, node, avoid))
+
+    def _launch(
+        self, index: int, partitions: list[int], node: str | None = None, avoid: str | None = None
+    ) -> _Launched:
+        """Create a worker (Ray builds it in the background) on ``node`` or the least loaded."""
         s = self.settings.stream
-        rt = self.runtime
         name = f"w{index}-g{self.generation}-r{self.restarts}-m{self.moves}"
         args: tuple[Any, ...] = (name, self.settings, self.bootstrap, partitions)
         args += (self.checkpoint_uri, self.checkpoint_key)
         resources = dict(s.worker_resources)
         node = (node or self._least_loaded(index, avoid=avoid)) if s.placement == "spread" else None
-        worker = None
+        handle = self.runtime.spawn(args, s.worker_num_cpus, resources, node)
+        return _Launched(index, partitions, args, node, handle)
+
+    def _started(self, launched: _Launched) -> Any:
+        """Start a launched worker (once it is built), elsewhere if its node went away; record
+        where it runs and which of its partitions it refused."""
+        s = self.settings.stream
+        rt = self.runtime
+        index, partitions, args, node, worker = launched
         if node is not None:
-            worker = rt.spawn(args, s.worker_num_cpus, resources, node)
             try:
                 rt.call(worker, "start", timeout=60)
             except WorkerGone as exc:  # the node went away meanwhile: the runtime's own choice
                 log.warning("worker %d could not start on node %s (%s)", index, node, exc)
                 rt.kill(worker)
                 worker = None
-        if worker is None:
-            worker = rt.spawn(args, s.worker_num_cpus, resources, None)
+        if worker is None or node is None:
+            if worker is None:
+                worker = rt.spawn(args, s.worker_num_cpus, dict(s.worker_resources), None)
             rt.call(worker, "start", timeout=120)
         where = rt.call(worker, "node_id", timeout=30)
         refused = rt.call(worker, "refused_partitions", timeout=30)
@@ -127,6 +150,18 @@ class StreamSupervisor:
             self.worker_nodes.append(None)
         self.worker_nodes[index] = where
         return worker
+
+    def _spawn_all(self) -> None:
+        """A worker per group of ``assignment``, all created before any is waited for: they
+        build (a process, imports, their checkpoints) side by side, not one after another."""
+        self.workers, self.worker_nodes = [], []
+        launched = []
+        for i, parts in enumerate(self.assignment):
+            launched.append(self._launch(i, parts))
+            self.workers.append(launched[-1].handle)  # so the next one's placement
+            self.worker_nodes.append(launched[-1].node)  # counts this one
+        for i, one in enumerate(launched):
+            self.workers[i] = self._started(one)
 
     def _retire(self, worker: Any) -> None:
         """Stop a worker with its final checkpoint (if it still answers), then kill it."""
@@ -184,9 +219,7 @@ class StreamSupervisor:
     def start(self) -> StreamSupervisor:
         with self._lock:
             self.assignment = assign_partitions(self.partitions, self.n_workers)
-            self.workers, self.worker_nodes = [], []
-            for i, parts in enumerate(self.assignment):
-                self.workers.append(self._spawn(i, parts))
+            self._spawn_all()
         if self._monitor is None:
             self._monitor = threading.Thread(
                 target=self._watch, name="onramp-supervisor", daemon=True
@@ -250,9 +283,7 @@ class StreamSupervisor:
             self.generation += 1
             self.n_workers = min(workers, self.partitions)
             self.assignment = assign_partitions(self.partitions, self.n_workers)
-            self.workers, self.worker_nodes = [], []
-            for i, parts in enumerate(self.assignment):
-                self.workers.append(self._spawn(i, parts))
+            self._spawn_all()
 
     # -- reading ----------------------------------------------------------------------------
 
