@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ray_app.config import KafkaSettings
 from ray_app.errors import ConfigError, KafkaUnavailable
@@ -63,9 +63,9 @@ class Delivered:
     offset: int
 
 
-@dataclass(frozen=True)
-class Record:
-    """A consumed record."""
+class Record(NamedTuple):
+    """A consumed record (a named tuple: built for every record a worker takes, where a frozen
+    dataclass costs three times as much)."""
 
     topic: str
     partition: int
