@@ -12,7 +12,12 @@ Basic with the key as user name. Without one the answer is 401 and carries no da
 * ``health``: events accepted per second, rejections by reason with the latest DLQ examples,
   late share, consumer lag, freshness p50/p99, from the exposition ``/metrics`` serves;
 * ``catalog``: slots, actions, eligibility rules and static flow, as this replica loaded them;
-* ``users/<id>``: the live profile, its enrichment, the user's decisions and rewards in time order.
+* ``users/<id>``: the live profile, its enrichment, the user's decisions and rewards in time order;
+* ``panels?range=...[&catalog=1]``: experiments, learning, funnel and health (and the catalog)
+  in one answer, each as its own route gives it, so that the page loads and polls with one
+  request: ``{"experiments": ..., "learning": ..., "funnel": ..., "health": ..., "errors":
+  {panel: why}}``; a panel that is not ready is left out and said under ``errors``, and the
+  answer is 200 whenever the key is good.
 
 >>> import asyncio
 >>> from ray_app.catalog import load_catalog
@@ -22,6 +27,8 @@ Basic with the key as user name. Without one the answer is 401 and carries no da
 >>> status, body = asyncio.run(api.answer("catalog", {}, "Bearer k"))
 >>> status, orjson.loads(body)["slots"][0]["name"]
 (200, 'next_step')
+>>> orjson.loads(asyncio.run(api.answer("panels", {"catalog": "1"}, "Bearer k"))[1])["errors"]
+{'experiments': 'no console aggregation in this replica', 'learning': 'no console aggregation in this replica', 'funnel': 'no console aggregation in this replica', 'health': 'no console aggregation in this replica'}
 """
 
 from __future__ import annotations
@@ -109,6 +116,8 @@ class ConsoleApi:
             return _error(401, "unauthorized", READ_KEY)
         if path == "catalog":
             return 200, self._catalog
+        if path == "panels":
+            return await self._panels(query)
         if self.feed is None:
             return _error(503, "console_unavailable", "no console aggregation in this replica")
         try:
@@ -127,6 +136,28 @@ class ConsoleApi:
         if body is None:
             return _error(503, "console_unavailable", f"{path}: not rendered yet; retry shortly")
         return 200, body
+
+    async def _panels(self, query: Mapping[str, str]) -> tuple[int, bytes]:
+        name = query.get("range", "all")
+        if name not in RANGES:
+            return _error(400, "invalid_field", f"range: one of {list(RANGES)}")
+        catalog = [b'"catalog":' + self._catalog] if query.get("catalog") == "1" else []
+        found: list[bytes] = []
+        errors: dict[str, str] = {}
+        try:
+            if self.feed is None:
+                raise ConsoleUnavailable("no console aggregation in this replica")
+            for panel in ("experiments", *PANELS):
+                key = f"experiments/{name}" if panel == "experiments" else panel
+                body = await self.feed.panel(key)
+                if body is None:
+                    errors[panel] = f"{key}: not rendered yet; retry shortly"
+                else:
+                    found.append(b'"' + panel.encode() + b'":' + body)
+        except ConsoleUnavailable as exc:  # the same for every panel: not asked again
+            found = []
+            errors = dict.fromkeys(("experiments", *PANELS), str(exc))
+        return 200, b"{" + b",".join([*catalog, *found, b'"errors":' + orjson.dumps(errors)]) + b"}"
 
     async def _user(self, user_key: str) -> tuple[int, bytes]:
         if not user_key or len(user_key) > _MAX_USER_KEY:

@@ -209,7 +209,8 @@ def _values(page: Any, selector: str) -> dict[str, float]:
 
 
 def test_without_a_key_the_console_asks_for_one_and_the_api_serves_nothing(console, browser):
-    for path in ("experiments", "learning", "funnel", "health", "catalog", "users/anyone"):
+    routes = ("experiments", "learning", "funnel", "health", "catalog", "panels", "users/x")
+    for path in routes:
         for key in (None, "not-a-key"):
             r = console.api(path, key)
             assert r.status_code == 401, (path, r.text)
@@ -241,6 +242,16 @@ def test_every_panel_agrees_with_the_report_and_metrics(console, browser, broker
     loaded_s = time.monotonic() - started
     assert loaded_s < 10, loaded_s  # (the benchmark measures the load time; this is a sanity bound)
     assert page.evaluate("sessionStorage.getItem('onramp.console.readKey')") == READ_KEY
+    # reloaded with the key in the tab: every panel from the one request index.html starts
+    page.reload()
+    for panel in ("experiments", "learning", "funnel", "health", "catalog"):
+        page.wait_for_selector(f"#{panel}[data-state=ok]", timeout=20_000)
+    asked = page.evaluate(
+        "performance.getEntriesByType('resource').map(r => r.name.split('/console/')[1])"
+        ".filter(n => n.startsWith('api/'))"
+    )
+    assert asked[0] == "api/panels?range=all&catalog=1", asked
+    assert all(n.startswith("api/panels?range=all") for n in asked), asked
 
     # experiments: the report's numbers, arm by arm
     exp, want = next(iter(report.items()))

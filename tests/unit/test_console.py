@@ -322,7 +322,7 @@ def test_api_needs_a_read_key_on_every_route() -> None:
     import base64
 
     basic = "Basic " + base64.b64encode(b"k1:").decode()
-    for path in ("health", "catalog", "experiments", "users/u1", "nope"):
+    for path in ("health", "catalog", "experiments", "panels", "users/u1", "nope"):
         for header in (None, "Bearer wrong", "Bearer ", "k1"):
             status, body = asyncio.run(api.answer(path, {}, header))
             assert status == 401 and b"x" not in body.replace(b"unauthorized", b"")
@@ -351,15 +351,47 @@ def test_api_routes() -> None:
     assert catalog["slots"][0]["staticFlow"][0] == "welcome"
 
 
-def test_a_poll_costs_the_api_well_under_a_millisecond() -> None:
-    api = _api(ConsoleFeed(lambda: _Actor({"health": b"{}" * 5_000})))
+def test_api_panels_route_answers_every_polled_panel_as_its_own_route_does() -> None:
+    panels = {"experiments/1h": b'{"range":"1h"}', "learning": b'{"l":1}', "health": b"{}"}
+    api = _api(ConsoleFeed(lambda: _Actor(panels)))
     key = "Bearer k1"
 
-    async def polls() -> float:
-        await api.answer("health", {}, key)
+    def answer(query: dict[str, str], a: ConsoleApi = api) -> tuple[int, Any]:
+        status, body = asyncio.run(a.answer("panels", query, key))
+        return status, orjson.loads(body)
+
+    status, body = answer({"range": "1h", "catalog": "1"})
+    assert status == 200
+    for name in ("experiments", "learning", "health", "catalog"):
+        route = asyncio.run(api.answer(name, {"range": "1h"}, key))
+        assert route[0] == 200 and body[name] == orjson.loads(route[1]), name
+    assert "funnel" not in body and body["errors"] == {
+        "funnel": "funnel: not rendered yet; retry shortly"
+    }
+    status, body = answer({})  # range all, not rendered; no catalog unless asked
+    assert "catalog" not in body and set(body["errors"]) == {"experiments", "funnel"}
+    assert answer({"range": "2d"})[0] == 400
+
+    def broken() -> Any:
+        raise RuntimeError("no Ray here")
+
+    for feed in (None, ConsoleFeed(broken)):  # the catalog still, every panel's reason
+        status, body = answer({"catalog": "1"}, _api(feed))
+        assert status == 200 and body["catalog"]["slots"]
+        assert set(body) == {"catalog", "errors"} and len(body["errors"]) == 4
+
+
+def test_a_poll_costs_the_api_well_under_a_millisecond() -> None:
+    panels = {n: b"{}" * 5_000 for n in ("experiments/all", "learning", "funnel", "health")}
+    api = _api(ConsoleFeed(lambda: _Actor(panels)))
+    key = "Bearer k1"
+
+    async def polls(path: str) -> float:
+        await api.answer(path, {}, key)
         started = time.perf_counter()
         for _ in range(1_000):
-            await api.answer("health", {}, key)
+            await api.answer(path, {}, key)
         return (time.perf_counter() - started) / 1_000
 
-    assert asyncio.run(polls()) < 0.001
+    assert asyncio.run(polls("health")) < 0.001
+    assert asyncio.run(polls("panels")) < 0.001  # all four in one answer
