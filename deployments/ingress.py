@@ -41,6 +41,7 @@ from deployments.api import (
     METRICS_STATUSES,
     PREFLIGHT_STATUSES,
     PROFILE_STATUSES,
+    Handler,
     Receive,
     Scope,
     Send,
@@ -95,6 +96,12 @@ _NO_DEMO = (
     "the demo is served only where Onramp is reachable from this machine "
     "alone (collector.host and Kafka on loopback)"
 )
+
+#: The tracking API's paths (long and analytics.js short forms) -> their route.
+_COLLECT_PATHS = {
+    **{f"/v1/{r}": r for r in ("batch", "track", "identify", "page", "screen", "group", "alias")},
+    **{"/v1/b": "batch", "/v1/t": "track", "/v1/i": "identify", "/v1/p": "page"},
+}
 
 #: What ``user_config`` may hold (``reconfigure``).
 _USER_CONFIG = {"model_path", "model_b_path", "policy", "epsilon", "gamma", "temperature"}
@@ -175,6 +182,8 @@ class CollectorIngress:
         )
         self.replica_metrics.start()
         fast_post("/v1/decide", self._decide_asgi)  # decide_post, ahead of FastAPI's routing
+        for path, route in _COLLECT_PATHS.items():  # the tracking API too (_collect_asgi)
+            fast_post(path, self._collect_asgi(route))
         for_console = (self._read_keys, self.decider.catalog, self.profiles, self.crm.enrich)
         self.console_routes = ConsoleRoutes(settings, bootstrap, *for_console)
 
@@ -300,6 +309,23 @@ class CollectorIngress:
             route, body, headers, request.client.host if request.client else None
         )
         return self._respond(reply, headers.get("origin"))
+
+    def _collect_asgi(self, route: str) -> Handler:
+        """``POST /v1/<route>`` from the ASGI messages: :meth:`_collect` without FastAPI's
+        routing (a match against every route), dependency solving and response objects."""
+
+        async def collect(scope: Scope, receive: Receive, send: Send) -> None:
+            # as request.headers.items() into a dict: names are lower-case, the last one wins
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            body = await read_body(receive, self._max_body)
+            if body is None:
+                return  # the client went away
+            client = scope.get("client")
+            reply = await self.collector.handle(route, body, headers, client[0] if client else None)
+            cors = self.collector.cors_headers(headers.get("origin"))
+            await send_json(send, reply.status, reply.json_bytes(), {**reply.headers, **cors})
+
+        return collect
 
     async def _read_body(self, request: Request, limit: int | None = None) -> bytes:
         # Read at most one chunk past the limit: enough to answer 413 without buffering a flood.

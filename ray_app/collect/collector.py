@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray_app.collect.handover import Handover, NotConnected, NotHandedOver
 from ray_app.collect.parse import Limits, ParsedRequest, parse_request
 from ray_app.config import Settings
 from ray_app.kafka.client import OutRecord, Producer
@@ -133,6 +134,7 @@ class Collector:
         self.clock = clock
         self._slot = _ProducerSlot(producer_factory)
         self._sender = cf.ThreadPoolExecutor(1, thread_name_prefix="onramp-send")
+        self._handover = Handover(self._sender, self._send, self._release)
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._cors = set(c.cors_origins)
@@ -216,8 +218,8 @@ class Collector:
         self, parsed: ParsedRequest, request_id: str, headers: tuple[tuple[str, bytes], ...] = ()
     ) -> Reply:
         """Hand the records to the producer and wait for Kafka's acknowledgement. The bytes
-        ``parse_request`` reserved belong to this call until the send thread takes them over
-        (:meth:`_send`); whatever happens before that gives them back."""
+        ``parse_request`` reserved belong to this call until :class:`Handover` takes them (with
+        the records, to :meth:`_send`); whatever happens before that gives them back."""
         size = parsed.reserved
         handed_over = False
         try:
@@ -228,34 +230,14 @@ class Collector:
                 for r in parsed.rejections:
                     self.hooks.events_rejected(r.reason.value, 1)
                 return Reply(parsed.status, {"success": False, "accepted": 0, "rejected": rejected})
-            job = self._sender.submit(self._send, records, size)
+            acked = self._handover.submit(records, size)
             handed_over = True  # the send thread releases the bytes from here on
-            # shielded: a cancelled request must not cancel the queued send (which would then
-            # never run, and never give the bytes back)
-            future = await asyncio.shield(asyncio.wrap_future(job))
-        except Exception as exc:
-            self.hooks.kafka_unavailable("error")
-            return self._unavailable(f"cannot write to Kafka: {exc}", request_id)
         finally:
             if not handed_over:
                 self._release(size)
-        if future is None:
-            self.hooks.kafka_unavailable("reconnecting")
-            return self._unavailable(
-                f"not connected to Kafka ({self._slot.last_error or 'connecting'})", request_id
-            )
-        try:
-            await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(future)), self.settings.kafka.ack_timeout_s
-            )
-        except TimeoutError:
-            self.hooks.kafka_unavailable("timeout")
-            return self._unavailable(
-                f"Kafka did not acknowledge within {self.settings.kafka.ack_timeout_s}s", request_id
-            )
-        except Exception as exc:
-            self.hooks.kafka_unavailable("error")
-            return self._unavailable(f"Kafka refused the records: {type(exc).__name__}", request_id)
+        failed = await self._acknowledgement(acked, request_id)
+        if failed is not None:
+            return failed
         self.last_ack = time.time()
         if parsed.events:
             self.hooks.events_accepted(parsed.source or "unknown", len(parsed.events))
@@ -266,6 +248,32 @@ class Collector:
             status,
             {"success": status == 200, "accepted": len(parsed.events), "rejected": rejected},
         )
+
+    async def _acknowledgement(self, acked: asyncio.Future[Any], request_id: str) -> Reply | None:
+        """Wait (at most ``kafka.ack_timeout_s``) for Kafka to acknowledge a request's records:
+        None once it did, else the 503 to answer. The wait ends, the send does not: records
+        still owed by Kafka keep their bytes until they settle."""
+        timeout_s = self.settings.kafka.ack_timeout_s
+        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, acked)
+        try:
+            await acked
+        except TimeoutError:
+            self.hooks.kafka_unavailable("timeout")
+            return self._unavailable(f"Kafka did not acknowledge within {timeout_s}s", request_id)
+        except NotConnected:
+            self.hooks.kafka_unavailable("reconnecting")
+            return self._unavailable(
+                f"not connected to Kafka ({self._slot.last_error or 'connecting'})", request_id
+            )
+        except NotHandedOver as exc:
+            self.hooks.kafka_unavailable("error")
+            return self._unavailable(f"cannot write to Kafka: {exc}", request_id)
+        except Exception as exc:
+            self.hooks.kafka_unavailable("error")
+            return self._unavailable(f"Kafka refused the records: {type(exc).__name__}", request_id)
+        finally:
+            timer.cancel()
+        return None
 
     def _send(self, records: list[OutRecord], size: int) -> cf.Future[Any] | None:
         """On the send thread: give the records to the producer, and ``size`` reserved bytes
@@ -373,6 +381,12 @@ class Collector:
         """Flush what is queued and close the producer."""
         self._sender.shutdown(wait=True)
         self._slot.close(timeout_s)
+
+
+def _expire(acked: asyncio.Future[Any]) -> None:
+    """The acknowledgement did not come in time: the request stops waiting for it."""
+    if not acked.done():
+        acked.set_exception(TimeoutError())
 
 
 def kafka_producer_factory(
