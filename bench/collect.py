@@ -154,6 +154,12 @@ def main() -> None:
         "--open-seconds", type=float, default=15.0, help="duration of each open-loop run (0: none)"
     )
     ap.add_argument(
+        "--open-rate",
+        type=float,
+        default=0.0,
+        help="offered rate of the open-loop runs, requests/s (default: half the best /v1/track rate)",
+    )
+    ap.add_argument(
         "--raw-events", type=int, default=50_000, help="records for the raw-producer baseline"
     )
     ap.add_argument(
@@ -221,7 +227,7 @@ def main() -> None:
             results["trivial_serve"].append(run("trivial Serve", trivial_url, singles, 1, c))
         single_peak = max(r["requests_per_s"] for r in results["track"])
         if args.open_seconds > 0 and single_peak > 0:
-            rate = single_peak / 2
+            rate = args.open_rate or single_peak / 2
             c = open_loop_connections(rate)
             for route, url in (("track", track_url), ("trivial_serve", trivial_url)):
                 r = run(f"{route} open loop", url, singles, 1, c, seconds=args.open_seconds,
