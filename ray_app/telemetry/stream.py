@@ -33,17 +33,14 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     """
     fam: dict[str, list[str]] = {name: [] for name, _, _ in _FAMILIES}
     refused = skipped = 0
-    bounds: list[int] = []
-    counts: list[int] = []
+    histograms: list[tuple[list[int], list[int]]] = []
     total_ms = 0.0
     for worker in status:
         for p, st in sorted(worker["partitions"].items(), key=lambda kv: int(kv[0])):
             _partition_samples(fam, p, st)
         refused += len(worker.get("refused", {}))
         skipped += worker.get("checkpointsSkipped", 0)
-        bounds = worker["freshnessBucketsMs"]
-        c = worker["freshnessCounts"]
-        counts = [a + b for a, b in zip(counts, c, strict=True)] if counts else list(c)
+        histograms.append((worker["freshnessBucketsMs"], worker["freshnessCounts"]))
         total_ms += worker.get("freshnessSumMs", 0.0)
     fam["onramp_stream_checkpoint_refused_partitions"].append(
         f"onramp_stream_checkpoint_refused_partitions {refused}"
@@ -58,14 +55,40 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         "# HELP onramp_stream_freshness_seconds From the collector's receivedAt to the state update.",
         "# TYPE onramp_stream_freshness_seconds histogram",
     ]
-    cumulative = 0
-    for bound, n in zip([*bounds, None], counts, strict=False):
-        cumulative += n
+    bounds, cumulative = merge_histograms(histograms)
+    for bound, n in zip([*bounds, None], cumulative, strict=True):
         le = "+Inf" if bound is None else f"{bound / 1000:g}"
-        lines.append(f'onramp_stream_freshness_seconds_bucket{{le="{le}"}} {cumulative}')
+        lines.append(f'onramp_stream_freshness_seconds_bucket{{le="{le}"}} {n}')
     lines.append(f"onramp_stream_freshness_seconds_sum {total_ms / 1000:g}")
-    lines.append(f"onramp_stream_freshness_seconds_count {cumulative}")
+    lines.append(f"onramp_stream_freshness_seconds_count {cumulative[-1]}")
     return "\n".join(lines) + "\n"
+
+
+def merge_histograms(histograms: list[tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
+    """Workers' histograms (bucket bounds, counts per bucket with the overflow last) as one:
+    the bounds every worker has, with cumulative counts (``le``) over all workers, ``+Inf`` last.
+
+    Workers of different versions may have different bounds (during a rolling upgrade); a
+    cumulative count is exact only at a bound a worker has, so only the common bounds are kept.
+
+    >>> merge_histograms([([10, 100], [4, 1, 0]), ([10, 40, 100], [1, 2, 3, 4])])
+    ([10, 100], [5, 11, 15])
+    >>> merge_histograms([])
+    ([], [0])
+    """
+    if not histograms:
+        return [], [0]
+    common = sorted(set.intersection(*(set(b) for b, _ in histograms)))
+    cumulative = [0] * (len(common) + 1)
+    for bounds, counts in histograms:
+        running, at = 0, dict[int, int]()
+        for bound, n in zip(bounds, counts, strict=False):
+            running += n
+            at[bound] = running
+        for i, bound in enumerate(common):
+            cumulative[i] += at[bound]
+        cumulative[-1] += sum(counts)
+    return common, cumulative
 
 
 #: (name, type, help) of each family, in the order they are written.

@@ -208,3 +208,23 @@ def test_alerts_cover_freshness_lag_dlq_drift_and_rollbacks():
     for rule in alerts.values():
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"]
+
+
+def test_freshness_of_workers_with_different_buckets_merges_at_the_common_bounds() -> None:
+    """During a rolling upgrade workers may count freshness in different buckets: the scrape
+    still answers (it raised), with the bounds both have and every event counted once."""
+
+    def worker(name: str, bounds: list[int], counts: list[int]) -> dict:
+        return {"worker": name, "partitions": {}, "freshnessBucketsMs": bounds,
+                "freshnessCounts": counts, "freshnessSumMs": 1.0}  # fmt: skip
+
+    text = stream_metrics_text(
+        [worker("old", [10, 100, 1000], [4, 1, 0, 2]), worker("new", [10, 40, 100], [1, 2, 3, 4])]
+    )
+    buckets = [line for line in text.splitlines() if "freshness_seconds_bucket" in line]
+    assert buckets == [
+        'onramp_stream_freshness_seconds_bucket{le="0.01"} 5',
+        'onramp_stream_freshness_seconds_bucket{le="0.1"} 11',
+        'onramp_stream_freshness_seconds_bucket{le="+Inf"} 17',
+    ]
+    assert "onramp_stream_freshness_seconds_count 17" in text
