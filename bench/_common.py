@@ -102,9 +102,11 @@ def wrk(
     *,
     rate: float | None = None,
     timeout_s: float = 10.0,
+    method: str = "POST",
 ) -> dict[str, Any]:
     """HTTP load from wrk: POST to ``url`` over ``connections`` keep-alive connections for
-    ``seconds`` (whole seconds), cycling through ``bodies`` with ``headers``.
+    ``seconds`` (whole seconds), cycling through ``bodies`` with ``headers`` (``method="GET"``:
+    a GET for each body instead, the body not sent).
 
     Closed loop (``rate`` None): each connection sends its next request as soon as the answer
     to the last one arrived; the server's throughput at that concurrency.
@@ -148,7 +150,8 @@ def wrk(
             repr(offered),
             *(f"{k}: {v}" for k, v in headers.items()),
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        env = {**os.environ, "WRK_METHOD": method}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("ONRAMP_WRK ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout}")

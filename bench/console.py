@@ -13,7 +13,7 @@ Two parts, one command:
    stream workers: the console's data are the topics): the same 100k users' records produced
    to ``onramp.decisions``, ``onramp.rewards`` and ``onramp.events``, the console's aggregator
    caught up, then: each route's replica time as its ``Server-Timing`` header says (sequential
-   polls); wrk (bench/wrk/get.lua, closed loop) on ``GET /console/api/health`` and on
+   polls); wrk (bench/wrk/post.lua with WRK_METHOD=GET, closed loop) on ``GET /console/api/health`` and on
    ``GET /healthz``; and the page in Debian's chromium (Playwright): from navigation to every
    panel showing data, the first time and 20 times warm (in-page time and requests beside).
 
@@ -42,7 +42,6 @@ from bench._common import describe, emit, git_rev, load_generator, machine, rati
 READ_KEY = "bench-console-read-key"
 HEADERS = {"Authorization": f"Bearer {READ_KEY}"}
 ROUTES = ("experiments?range=all", "experiments?range=1h", "learning", "funnel", "health")
-GET_SCRIPT = Path(__file__).resolve().parent / "wrk" / "get.lua"
 T0 = 1_767_225_600_000
 
 
@@ -309,7 +308,6 @@ def main() -> None:
             "ONRAMP_STATE_DIR": str(workdir / "state"),
         }
     )
-    common.WRK_SCRIPT = GET_SCRIPT  # wrk() runs this script: GET with the headers
     with Stack(settings, build_app, start_stream=False) as stack:
         base = stack.base_url
         produce_s = produce(stack.bootstrap, settings, recs)
@@ -319,12 +317,12 @@ def main() -> None:
         timing = server_timing(base, args.polls)
         print(f"Server-Timing: {json.dumps(timing)}", file=sys.stderr, flush=True)
         console_url, health_url = f"{base}/console/api/health", f"{base}/healthz"
-        wrk(console_url, [b"-"], HEADERS, args.connections, 2)  # warm up both
-        wrk(health_url, [b"-"], HEADERS, args.connections, 2)
+        wrk(console_url, [b"-"], HEADERS, args.connections, 2, method="GET")  # warm up both
+        wrk(health_url, [b"-"], HEADERS, args.connections, 2, method="GET")
         runs = {}
         for label, url in (("console_health", console_url), ("healthz", health_url)):
             time.sleep(common.SETTLE_S)
-            runs[label] = wrk(url, [b"-"], HEADERS, args.connections, args.seconds)
+            runs[label] = wrk(url, [b"-"], HEADERS, args.connections, args.seconds, method="GET")
             print(describe(label, runs[label]), file=sys.stderr, flush=True)
         page = page_load(f"{base}/console/", args.page_loads)
         print(f"page: {json.dumps(page)}", file=sys.stderr, flush=True)
@@ -351,7 +349,7 @@ def main() -> None:
             "aggregator_caught_up_s": round(caught_up_s, 1),
             "http_mode": http_mode,
             "errors": c["error_count"] + h["error_count"],
-            "load_generator": load_generator(),
+            "load_generator": f"{load_generator()} (WRK_METHOD=GET)",
             "kafka_client": settings.kafka.client,
             "machine": machine(),
             "git": git_rev(),

@@ -8,7 +8,8 @@ replica answers it from the ASGI messages directly (:func:`read_body`, :func:`se
 route stays in the app, and so in the document.
 """
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from validation.reasons import ReasonCode
 from validation.wire import json_schema
 
 __all__ = [
+    "COLLECT_PATHS",
     "COLLECT_STATUSES",
     "DECIDE_BODY",
     "DECIDE_QUERY",
@@ -33,6 +35,7 @@ __all__ = [
     "collect_route",
     "describe_catalog",
     "fast_post",
+    "static_file",
     "read_body",
     "send_json",
 ]
@@ -94,6 +97,27 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The tracking API's paths (long and analytics.js short forms) -> their route.
+COLLECT_PATHS = {
+    **{f"/v1/{r}": r for r in ("batch", "track", "identify", "page", "screen", "group", "alias")},
+    **{"/v1/b": "batch", "/v1/t": "track", "/v1/i": "identify", "/v1/p": "page"},
+}
+
+
+def static_file(files: Mapping[str, tuple[Path, str]], name: str) -> tuple[bytes, str] | None:
+    """(content, media type) of ``name`` in ``files`` (name -> (path, media type); the empty
+    name is ``index.html``), or None when it is not one of them or cannot be read: a page's files
+    are served from a fixed list, never from a path the request names."""
+    entry = files.get(name or "index.html")
+    if entry is None:
+        return None
+    path, media = entry
+    try:
+        return path.read_bytes(), media
+    except OSError:
+        return None
+
 
 #: ``POST`` routes answered ahead of FastAPI: path -> ASGI handler (:func:`fast_post`).
 _FAST_POST: dict[str, Handler] = {}

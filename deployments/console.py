@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from deployments.api import static_file
 from ray_app.catalog import Catalog
 from ray_app.config import Settings
 from ray_app.console.api import ConsoleApi
@@ -47,14 +48,7 @@ _NOT_FOUND = b'{"error":"not_found","message":"no such console file"}'
 
 def console_file(name: str) -> tuple[bytes, str] | None:
     """(content, media type) of a console file, or None when it is not one."""
-    entry = FILES.get(name or "index.html")
-    if entry is None:
-        return None
-    path, media = entry
-    try:
-        return path.read_bytes(), media
-    except OSError:
-        return None
+    return static_file(FILES, name)
 
 
 class ConsoleRoutes:

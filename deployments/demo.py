@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deployments.api import static_file
 from ray_app import __version__
 from ray_app.config import Settings, local_only
 
@@ -45,14 +46,7 @@ FILES: dict[str, tuple[Path, str]] = {
 
 def demo_file(name: str) -> tuple[bytes, str] | None:
     """(content, media type) of a demo file, or None when it is not one (or not installed)."""
-    entry = FILES.get(name or "index.html")
-    if entry is None:
-        return None
-    path, media = entry
-    try:
-        return path.read_bytes(), media
-    except OSError:
-        return None
+    return static_file(FILES, name)
 
 
 def demo_enabled(

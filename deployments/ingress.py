@@ -9,8 +9,8 @@ the details with a read key); ``GET /metrics``; the demo onboarding app at ``GET
 
 Each route moves bytes and headers to the core and back: events to :class:`ray_app.collect.Collector`,
 decisions to :class:`ray_app.decide.service.DecisionService` (whose batcher decides the requests
-that arrive together with one model forward; ``POST /v1/decide`` is answered ahead of FastAPI's
-routing, :func:`deployments.api.fast_post`), profiles from :class:`ray_app.stream.reader.ProfileReader`;
+that arrive together with one model forward; ``POST /v1/decide`` and the tracking routes are
+answered ahead of FastAPI's routing, :func:`deployments.api.fast_post`), profiles from :class:`ray_app.stream.reader.ProfileReader`;
 :class:`ray_app.model.watcher.ModelWatcher` hot-swaps the models, and every error becomes an answer
 in :meth:`CollectorIngress._error` (:func:`ray_app.errors.error_body`). The OpenAPI document is
 :mod:`deployments.api`.
@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from deployments.api import (
+    COLLECT_PATHS,
     DECIDE_BODY,
     DECIDE_QUERY,
     DECIDE_STATUSES,
@@ -96,12 +97,6 @@ _NO_DEMO = (
     "the demo is served only where Onramp is reachable from this machine "
     "alone (collector.host and Kafka on loopback)"
 )
-
-#: The tracking API's paths (long and analytics.js short forms) -> their route.
-_COLLECT_PATHS = {
-    **{f"/v1/{r}": r for r in ("batch", "track", "identify", "page", "screen", "group", "alias")},
-    **{"/v1/b": "batch", "/v1/t": "track", "/v1/i": "identify", "/v1/p": "page"},
-}
 
 #: What ``user_config`` may hold (``reconfigure``).
 _USER_CONFIG = {"model_path", "model_b_path", "policy", "epsilon", "gamma", "temperature"}
@@ -182,7 +177,7 @@ class CollectorIngress:
         )
         self.replica_metrics.start()
         fast_post("/v1/decide", self._decide_asgi)  # decide_post, ahead of FastAPI's routing
-        for path, route in _COLLECT_PATHS.items():  # the tracking API too (_collect_asgi)
+        for path, route in COLLECT_PATHS.items():  # the tracking API too (_collect_asgi)
             fast_post(path, self._collect_asgi(route))
         for_console = (self._read_keys, self.decider.catalog, self.profiles, self.crm.enrich)
         self.console_routes = ConsoleRoutes(settings, bootstrap, *for_console)

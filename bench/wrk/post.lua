@@ -3,6 +3,9 @@
 --
 --   wrk -t1 -c64 -d10s --timeout 10s --latency -s bench/wrk/post.lua URL -- BODIES RATE [HEADER...]
 --
+-- With WRK_METHOD=GET in the environment it sends GETs instead, one a line of BODIES, without
+-- the line (bench/console.py).
+--
 -- BODIES: a file with one request body a line (JSON without newlines). RATE: requests/s this
 -- wrk thread offers, or 0 for a closed loop (each connection sends its next request as soon as
 -- the answer to the last one arrived). HEADER: "Name: value", as many as needed.
@@ -51,6 +54,7 @@ local next_request = 0
 
 function init(args)
   local bodies, rate = args[1], tonumber(args[2])
+  local method = os.getenv("WRK_METHOD") or "POST"
   local headers = {}
   for i = 3, #args do
     local name, value = args[i]:match("^([^:]+):%s*(.*)$")
@@ -59,7 +63,11 @@ function init(args)
   -- every request pre-formatted once: request() only picks the next one
   for body in io.lines(bodies) do
     if #body > 0 then
-      table.insert(requests, wrk.format("POST", nil, headers, body))
+      if method == "GET" then
+        table.insert(requests, wrk.format("GET", nil, headers))
+      else
+        table.insert(requests, wrk.format("POST", nil, headers, body))
+      end
     end
   end
   assert(#requests > 0, "no request bodies in " .. bodies)
