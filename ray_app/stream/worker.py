@@ -60,7 +60,7 @@ from ray_app.stream.checkpoint import (
 )
 from ray_app.stream.config import state_config
 from ray_app.stream.outputs import dlq_record, late_record
-from ray_app.stream.writer import CheckpointWriter
+from ray_app.stream.writer import CheckpointWriter, rebase_partitions
 from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
 from validation.columns import SampledChecks
 
@@ -321,7 +321,7 @@ class StreamWorker:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             saved = []
-            rebase = _rebase(dirty, self._deltas, per_base)
+            rebase = rebase_partitions(dirty, self._deltas, per_base)
             for p in sorted(dirty):
                 if p in rebase:
                     saved.append((p, self.shards[p].snapshot(), self.next_offset[p], True))
@@ -468,27 +468,6 @@ class StreamWorker:
                 "freshnessSumMs": self.freshness_sum_ms,
                 "error": self.error,
             }
-
-
-def _rebase(dirty: set[int], deltas: dict[int, int], per_base: int) -> set[int]:
-    """The partitions of a checkpoint that get a full snapshot rather than a delta: those with
-    none yet, and of those due (``per_base`` deltas since their base) only the one longest due,
-    so that a worker's partitions, which come due together, rebase one checkpoint apart (a base
-    of every partition at once held the loop, and the freshness of what it was taking, for the
-    sum of their snapshots). ``per_base`` 0: every partition, every time.
-
-    >>> sorted(_rebase({0, 1, 2}, {1: 30, 2: 31}, 30))
-    [0, 2]
-    >>> sorted(_rebase({1, 2}, {1: 5, 2: 0}, 0))
-    [1, 2]
-    """
-    first = {p for p in dirty if p not in deltas}
-    due = [p for p in dirty if p in deltas and deltas[p] >= per_base]
-    if per_base == 0:
-        return first | set(due)
-    if due:
-        first.add(max(due, key=lambda p: (deltas[p], -p)))
-    return first
 
 
 def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:

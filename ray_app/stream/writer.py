@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ray_app.stream.checkpoint import CheckpointStore
 
-__all__ = ["CheckpointWriter", "Saved"]
+__all__ = ["CheckpointWriter", "Saved", "rebase_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +119,24 @@ class CheckpointWriter:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+
+def rebase_partitions(dirty: set[int], deltas: dict[int, int], per_base: int) -> set[int]:
+    """The partitions of a checkpoint that get a full snapshot rather than a delta: those with
+    none yet, and of those due (``per_base`` deltas since their base) only the one longest due,
+    so that a worker's partitions, which come due together, rebase one checkpoint apart (a base
+    of every partition at once held the loop, and the freshness of what it was taking, for the
+    sum of their snapshots). ``per_base`` 0: every partition, every time.
+
+    >>> sorted(rebase_partitions({0, 1, 2}, {1: 30, 2: 31}, 30))
+    [0, 2]
+    >>> sorted(rebase_partitions({1, 2}, {1: 5, 2: 0}, 0))
+    [1, 2]
+    """
+    first = {p for p in dirty if p not in deltas}
+    due = [p for p in dirty if p in deltas and deltas[p] >= per_base]
+    if per_base == 0:
+        return first | set(due)
+    if due:
+        first.add(max(due, key=lambda p: (deltas[p], -p)))
+    return first
