@@ -44,26 +44,6 @@ FLOW = [
 ]
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise AssertionError("Debian's chromium is needed: `make venv` installs it (apt-get)")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=_chromium(), headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        yield b
-        b.close()
-
-
 class Web:
     def __init__(self, app: ServeApp, page_origin: str, page_port: int) -> None:
         self.app = app

@@ -24,7 +24,6 @@ import httpx
 import pytest
 
 from tests.conftest import WRITE_KEY, ServeApp, deploy, make_settings
-from tests.integration.test_browser import _chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -186,18 +185,6 @@ def _wait_health(console: Console) -> dict[str, Any]:
             return {"health": health, "metrics": text}
         assert time.monotonic() < deadline, (health, _metric_sum(text, "onramp_events_accepted"))
         time.sleep(1.0)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=_chromium(), headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        yield b
-        b.close()
 
 
 def _values(page: Any, selector: str) -> dict[str, float]:
