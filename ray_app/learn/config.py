@@ -76,7 +76,9 @@ class LearnerConfig:
     lr_decay_power: float = 0.5
     """The step size shrinks as the model learns: ``lr * (1 + n / lr_decay_rewards) **
     -lr_decay_power``, ``n`` the rewards trained on since the learner started from a cold model,
-    or since the last drift or rollback below control (it starts over then, like exploration);
+    or since the last drift or rollback below control (it starts over then, like exploration;
+    weights published by a learner carry their ``n`` as ``learned``, and a learner started from
+    them counts on from it);
     0 keeps ``lr`` constant. A constant step keeps the weights moving around the optimum by as
     much as one step's noise, which costs about a tenth of the oracle's gain after 10,000 users
     on the learning twin; a decay that starts this late costs a few points in the first 6,000."""

@@ -33,8 +33,9 @@ class BoostSchedule:
     until: int | None = None
     """The trained count at which the running boost ends (``None``: none)."""
     explore_from: int = 0
-    """The trained count since which squarecb's ``gamma`` grows (0: a cold model learns from
-    0; a trained one is as sure as its lineage makes it)."""
+    """The trained count since which squarecb's ``gamma`` grows and the step size decays (0: a
+    cold model learns from 0; a learner started from trained weights sets it to minus what they
+    had learned, so it is as sure as their lineage makes it)."""
     explored: bool = False
     """A version published while boosted is being served."""
 

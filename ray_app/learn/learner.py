@@ -114,7 +114,7 @@ from ray_app.learn.config import COUNTERS as _COUNTERS
 from ray_app.learn.config import LearnerConfig, LearnerStateError
 from ray_app.learn.exploration import BoostSchedule
 from ray_app.learn.guardrail import ControlComparison, ControlGuardrail
-from ray_app.learn.learner_state import clone_weights, lineage_of
+from ray_app.learn.learner_state import clone_weights, learned_of, lineage_of
 from ray_app.learn.loss_guardrail import GuardrailCheck
 from ray_app.learn.memory import ReplayBuffer, SeenIds
 from ray_app.learn.publishing import Publishing
@@ -174,6 +174,8 @@ class OnlineLearner(Publishing):
         self._schedule = BoostSchedule(
             cfg.warmup_rewards, cfg.boost_rewards, warmup=cfg.warmup_rewards > 0 and cold
         )
+        # trained weights go on from where their lineage is (gamma, step size), not from zero
+        self._schedule.explore_from = -learned_of(bundle.metadata)
         #: The guardrail check of the last publish (``None`` before the first).
         self.last_check: GuardrailCheck | None = None
         #: The guardrail against the static flow (``None`` when ``control_z`` is 0).
@@ -253,8 +255,7 @@ class OnlineLearner(Publishing):
         batch, counts = self._admit(records)
         lr = cfg.lr * (cfg.boost_lr_factor if self._boosted(now) else 1.0)
         if cfg.lr_decay_rewards > 0:
-            n = max(self.counters["trained"] - self._schedule.explore_from, 0)
-            lr *= (1.0 + n / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
+            lr *= (1.0 + self.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
         for group in self._optimizer.param_groups:
             group["lr"] = lr
         updates, loss_sum = self._train(batch)
@@ -349,7 +350,8 @@ class OnlineLearner(Publishing):
         """Continue from ``bundle`` (a newly promoted registry version): its weights become the
         trainer's and the last good ones, its version and promotion the current ones; offsets,
         dedupe memory, counters and the guardrail slice are kept, the replay buffer (rewards
-        learned into the old weights) and the optimizer's moments are dropped; the comparison
+        learned into the old weights) and the optimizer's moments are dropped; exploration
+        (``gamma``) and the step size go on from the bundle's own ``learned``; the comparison
         with control starts again on the decisions of the new version (the last weights that
         beat control are kept). ``ValueError`` if it does not have the learner's architecture
         and actions.
@@ -371,6 +373,7 @@ class OnlineLearner(Publishing):
         self._catalog_digest = bundle.catalog_digest
         self.version = int(bundle.version)
         self.lineage = lineage_of(bundle.metadata)
+        self._schedule.explore_from = self.counters["trained"] - learned_of(bundle.metadata)
         self._optimizer = self._make_optimizer()
         self._replay.clear()
         self._pending_updates = 0

@@ -40,6 +40,7 @@ __all__ = [
     "check_weights",
     "clone_weights",
     "dump",
+    "learned_of",
     "lineage_of",
     "read_bytes",
     "restore",
@@ -59,6 +60,18 @@ def check_weights(weights: Mapping[str, torch.Tensor], scorer: Scorer) -> dict[s
     probe = copy.deepcopy(scorer)
     probe.load_state_dict(weights)
     return clone_weights(weights)
+
+
+def learned_of(metadata: Mapping[str, Any]) -> int:
+    """The rewards a published bundle's weights learned since their last cold start, drift or
+    rollback (``learned`` in its metadata; 0 when absent, as for a cold start or an offline
+    model): a learner that starts from the weights explores and steps as far along as they are.
+
+    >>> learned_of({"learned": 1800}), learned_of({"kind": "offline"}), learned_of({"learned": -3})
+    (1800, 0, 0)
+    """
+    v = metadata.get("learned")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
 
 def lineage_of(metadata: Mapping[str, Any]) -> dict[str, int]:

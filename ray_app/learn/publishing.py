@@ -81,7 +81,9 @@ class Publishing:
     def last_good(self) -> ModelBundle:
         """The last good weights as a bundle (what was last published, or the initial bundle)."""
         return self._bundle(
-            self._last_good, self.version, {"kind": "online", "last_good": True, **self.lineage}
+            self._last_good,
+            self.version,
+            {"kind": "online", "last_good": True, "learned": self.learned, **self.lineage},
         )
 
     def _check_fits(self, bundle: ModelBundle, what: str) -> None:
@@ -149,8 +151,14 @@ class Publishing:
         >>> learner.drift(); learner.gamma()   # a drift: exploration starts over
         10.0
         """
-        n = max(self.counters["trained"] - self._schedule.explore_from, 0)
-        return float(self.config.gamma_scale * (1.0 + n) ** self.config.gamma_exponent)
+        return float(self.config.gamma_scale * (1.0 + self.learned) ** self.config.gamma_exponent)
+
+    @property
+    def learned(self) -> int:
+        """Rewards the weights learned since a cold start, drift or rollback below control (the
+        ``learned`` of a published bundle; a learner started from one counts on from it): how
+        far squarecb's ``gamma`` and the step-size decay are along."""
+        return max(self.counters["trained"] - self._schedule.explore_from, 0)
 
     @property
     def boost_left(self) -> int:
@@ -309,6 +317,7 @@ class Publishing:
             "kind": "online",
             "updates": self.counters["updates"],
             "rewards": self.counters["trained"],
+            "learned": self.learned,
             "new_updates": self._pending_updates,
             "new_rewards": self._pending_rewards,
             "guardrail": check.as_dict(),

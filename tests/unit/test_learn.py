@@ -421,6 +421,34 @@ def test_the_learning_rate_decays_with_rewards_learned_and_starts_over_after_a_d
     assert constant._optimizer.param_groups[0]["lr"] == 0.01
 
 
+def test_weights_carry_how_far_they_learned_to_a_learner_started_or_adopting_them():
+    """The step size and squarecb's gamma belong to the weights' lineage: a learner started
+    from published weights (its state lost, refused, or a new deployment) or adopting them goes
+    on from their ``learned``, as a restored learner does (it started at the full step)."""
+    cfg = LearnerConfig(lr=0.01, lr_decay_rewards=400, warmup_rewards=0)
+    gt = GroundTruth(seed=5)
+    a = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), cfg)
+    a.learn(logged(gt, 0, 2_000, seed=5))
+    published = a.maybe_publish(now=1e9)
+    assert published is not None and published.metadata["learned"] == a.learned > 1_500
+    assert a.last_good().metadata["learned"] == a.learned
+    promoted = replace(published, metadata={**published.metadata, "promotion": 1})
+    started = OnlineLearner(promoted, cfg)
+    adopting = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), cfg)
+    adopting.learn(logged(gt, 0, 300, seed=6))
+    adopting.adopt(promoted)
+    restored = OnlineLearner.from_state(a.state_dict(), cfg)
+    n, gamma = a.learned, a.gamma()
+    for x in (a, started, adopting, restored):
+        assert (x.learned, x.gamma()) == (n, gamma)
+        x.learn(logged(gt, 2_000, 10, seed=5))
+    steps = [x._optimizer.param_groups[0]["lr"] for x in (a, started, adopting, restored)]
+    assert steps == pytest.approx([0.01 / (1 + n / 400) ** 0.5] * 4, rel=0.02)
+    # a cold start and an offline model (no "learned") start from the full step
+    offline = replace(promoted, metadata={"kind": "offline"})
+    assert OnlineLearner(offline, cfg).learned == 0
+
+
 def test_injected_clock_is_used_when_now_is_left_out():
     now = [1_000.0]
     learner = OnlineLearner(
