@@ -10,8 +10,8 @@ request keeps its own records, its own producer call and its own outcome: an err
 request's records fails that request alone, and a request is told its records were written only
 once Kafka acknowledged them.
 
-It serves one event loop at a time (a Serve replica's); a future of a loop that has gone (a
-test's ``asyncio.run``) is never resolved.
+It serves one event loop at a time (a Serve replica's); the futures of a loop it no longer
+serves (a test's earlier ``asyncio.run``) are never resolved, though their records are sent.
 
 >>> import asyncio, concurrent.futures as cf
 >>> def send(records, size):  # on the send thread: a producer's future, or None (no producer)
@@ -72,8 +72,10 @@ class Handover:
         :class:`NotHandedOver`, or the delivery error. The send happens even if the future is
         cancelled (the bytes are given back when the records settle)."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new loop (tests): the old one's requests are gone
-            self._loop, self._pending, self._settled = loop, [], deque()
+        if loop is not self._loop:  # a new loop (tests): nobody waits for the old one's requests
+            if self._pending:  # but their records still go out (and their bytes come back)
+                self._flush()
+            self._loop, self._settled = loop, deque()
             with self._wake_lock:
                 self._wake_due = False
         future: asyncio.Future[Any] = loop.create_future()
@@ -119,7 +121,11 @@ class Handover:
     def _settle(
         self, future: asyncio.Future[Any], result: Any, error: BaseException | None
     ) -> None:
-        """From any thread: queue an outcome, and wake the loop unless a wake-up is due."""
+        """From any thread: queue an outcome, and wake the loop unless a wake-up is due (an
+        outcome for a loop that is no longer served is dropped: waking that loop would leave a
+        wake-up due that never runs)."""
+        if future.get_loop() is not self._loop:
+            return
         self._settled.append((future, result, error))
         with self._wake_lock:
             if self._wake_due:

@@ -165,6 +165,35 @@ def test_outcomes_after_the_loop_closed_are_dropped_and_a_new_loop_works():
     assert asyncio.run(again()) == "new written"
 
 
+def test_an_old_loop_left_open_neither_stalls_the_new_one_nor_keeps_its_records() -> None:
+    """A loop that is left open (not run any more): an outcome of it that arrives late must not
+    leave a wake-up due that never runs (every later request of the new loop would time out),
+    and records it queued but never flushed still go to the producer."""
+    producer = FakeProducer()
+    handover, _, _ = make(producer)
+    old = asyncio.new_event_loop()
+
+    async def abandon():
+        handover.submit(["old"], 1)
+        await until(lambda: len(producer.acks) == 1)
+        handover.submit(["queued, never flushed"], 2)  # its flush would run on the next turn
+
+    old.run_until_complete(abandon())
+
+    async def again():
+        fresh = handover.submit(["new"], 3)
+        await until(lambda: len(producer.acks) == 3)
+        producer.acks[0].set_result("late")  # the old loop's ack arrives now
+        producer.acks[-1].set_result("new written")
+        return await asyncio.wait_for(fresh, 5.0)
+
+    try:
+        assert asyncio.run(again()) == "new written"
+        assert [r for r, _ in producer.sent] == [["old"], ["queued, never flushed"], ["new"]]
+    finally:
+        old.close()
+
+
 @pytest.mark.parametrize("requests", [200])
 def test_many_concurrent_requests_each_get_their_own_ack(requests):
     producer = FakeProducer()
