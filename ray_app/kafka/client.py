@@ -213,9 +213,10 @@ class ConfluentProducer(_ProducerBase):
         # A metadata request at once: without it librdkafka's idempotent producer asks for its
         # producer id on a timer, and the first records wait 0.5-1 s for it (measured against
         # the embedded broker; with it they are acknowledged ~50 ms after the producer starts).
-        # On this thread, so a broker that is down does not block the constructor.
+        # On this thread, so a broker that is down does not block the constructor; briefly, as
+        # no delivery report is served while it waits.
         try:
-            self._producer.list_topics(timeout=self._queue_wait_s)
+            self._producer.list_topics(timeout=min(self._queue_wait_s, 2.0))
         except Exception as exc:  # unreachable for now: records wait for it as before
             log.debug("producer metadata request failed: %s", exc)
         while not self._stop.is_set():
