@@ -253,11 +253,18 @@ class ConfluentProducer(_ProducerBase):
             raise KafkaUnavailable(f"{left} records still unacknowledged after {timeout_s}s")
 
     def close(self, timeout_s: float = 5.0) -> None:
+        """Flush for up to ``timeout_s``; what is still not acknowledged then fails in its
+        callback (purged), so that no caller waits for a record this producer will never send."""
         try:
             self._producer.flush(timeout_s)
         finally:
             self._stop.set()
             self._poller.join(timeout=1.0)
+            try:
+                self._producer.purge()
+                self._producer.poll(0)  # serve the purged records' delivery reports
+            except Exception as exc:  # a producer that cannot purge cannot send either
+                log.debug("producer purge failed: %s", exc)
 
 
 class Consumer(Protocol):

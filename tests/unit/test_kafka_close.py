@@ -1,0 +1,30 @@
+"""A producer closed with records it never sent fails them in their callbacks: a caller waiting
+for their acknowledgement (the collector's request, its in-flight bytes) is told, not left."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ray_app.config import Settings
+from ray_app.kafka.broker import free_port
+from ray_app.kafka.client import OutRecord, make_producer
+
+
+def test_a_confluent_producer_closed_before_delivery_fails_what_it_held() -> None:
+    pytest.importorskip("confluent_kafka")
+    settings = Settings().kafka.model_copy(update={"client": "confluent", "ack_timeout_s": 1.0})
+    producer = make_producer(f"127.0.0.1:{free_port()}", settings)  # nobody listens there
+    outcomes: list[tuple[object, object]] = []
+    done = threading.Event()
+
+    def callback(delivered: object, error: object) -> None:
+        outcomes.append((delivered, error))
+        done.set()
+
+    producer.send(OutRecord("onramp.events", b"v", b"k"), callback)
+    producer.close(timeout_s=0.0)
+    assert done.wait(5.0), "the record's callback never ran"
+    [(delivered, error)] = outcomes
+    assert delivered is None and "delivery failed" in str(error)
