@@ -163,6 +163,21 @@ def _wait_consistent(console: Console, broker: Any) -> dict[str, Any]:
         topics.consumer.close()
 
 
+def _wait_learning(console: Console, decisions: dict[str, int]) -> dict[str, Any]:
+    """Until the learning panel's completion over time counts every arm's rewarded decisions as
+    the report counts its decisions (the panel is rendered on its own cadence, from rewards: on
+    a loaded machine it can trail the experiments panel by a render or a reward batch)."""
+    deadline = time.monotonic() + 60
+    while True:
+        learning = console.api("learning").json()
+        arms = learning.get("completion", {}).get("arms", {})
+        counted = {arm: sum(n for _, n, _ in arms.get(arm, [])) for arm in decisions}
+        if counted == decisions:
+            return learning
+        assert time.monotonic() < deadline, (counted, decisions)
+        time.sleep(1.0)
+
+
 def _metric_sum(text: str, family: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -267,10 +282,8 @@ def test_every_panel_agrees_with_the_report_and_metrics(console, browser, broker
 
     # learning: the learner's exploration and version, completion counted as the report counts
     status = __import__("ray").get(console.learner.status.remote(), timeout=10)
-    learning = console.api("learning").json()
+    learning = _wait_learning(console, {arm: w["decisions"] for arm, w in want["arms"].items()})
     assert learning["learner"]["version"] <= status["version"]
-    for arm, w in want["arms"].items():
-        assert sum(n for _, n, _ in learning["completion"]["arms"][arm]) == w["decisions"]
     assert page.locator("#learning svg.chart path[data-series]").count() == len(want["arms"])
     assert page.get_attribute("#learning [data-metric=exploration]", "data-value") != ""
     assert page.locator("#versions tbody tr").count() >= 1

@@ -3,11 +3,24 @@ answered ahead of FastAPI's routing, anything else is not; its answers carry the
 FastAPI JSON response would; its body reading stops past the limit and notices a client gone."""
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from starlette.responses import Response
 
-from deployments.api import _FastPost, fast_post, read_body, send_json
+from deployments.api import _FAST_POST, _FastPost, fast_post, read_body, send_json
+
+
+@pytest.fixture(autouse=True)
+def no_other_fast_routes() -> Iterator[None]:
+    """The registry is per process: an ingress built by an earlier test (it registers the
+    tracking routes too) is set aside while these run."""
+    registered = dict(_FAST_POST)
+    _FAST_POST.clear()
+    yield
+    _FAST_POST.clear()
+    _FAST_POST.update(registered)
 
 
 def _scope(method: str, path: str, root_path: str = "") -> dict[str, Any]:
@@ -15,6 +28,7 @@ def _scope(method: str, path: str, root_path: str = "") -> dict[str, Any]:
 
 
 def _route(scope: dict[str, Any]) -> str:
+    """Where ``scope`` goes with only ``POST /v1/decide`` registered."""
     seen: list[str] = []
 
     async def app(scope, receive, send):  # type: ignore[no-untyped-def]
