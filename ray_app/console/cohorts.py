@@ -31,7 +31,7 @@ False
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -92,8 +92,14 @@ class ExperimentRows:
 class Cohorts:
     """Per experiment, the per-user rows of the report; per arm, the onboarding funnel."""
 
-    def __init__(self, steps: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(
+        self,
+        steps: tuple[str, ...] | list[str] = (),
+        counted: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
         order = list(steps)
+        #: Called with each reward when it counts: at once, or when its decision arrives after it.
+        self.counted = counted
         self._prev = {b: a for a, b in pairwise(order)}  # step -> the step before it
         self._next = {a: b for a, b in pairwise(order)}
         self.experiments: dict[str, ExperimentRows] = {}
@@ -186,6 +192,8 @@ class Cohorts:
                     rows.step_mask[i] |= bit
                     rows.steps[i] += 1
         self.version += 1
+        if self.counted is not None:
+            self.counted(r)
         return True
 
     def frame(self, experiment: str, since_ms: int | None = None) -> pd.DataFrame:

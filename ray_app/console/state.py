@@ -76,7 +76,7 @@ class ConsoleState:
         self.level = level
         self.steps = list(steps)
         self.clock = clock
-        self.cohorts = Cohorts(self.steps)
+        self.cohorts = Cohorts(self.steps, counted=self._counted)
         self.timeline = Timeline()
         self.served = ModelVersions()
         self.userlog = UserLog(users=users)
@@ -123,8 +123,9 @@ class ConsoleState:
             self.served.add(str(d.get("arm")), version, ms)
 
     def _reward(self, r: dict[str, Any]) -> None:
-        if not self.cohorts.reward(r):
-            return
+        self.cohorts.reward(r)  # counted now (or when its decision arrives): _counted
+
+    def _counted(self, r: Mapping[str, Any]) -> None:
         self.userlog.reward(r)
         decided = r.get("decidedAtMs")
         if isinstance(decided, int):

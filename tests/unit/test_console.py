@@ -174,6 +174,28 @@ def test_state_experiment_panels_per_range_and_cached() -> None:
     assert "error" in late["experiments"]["onboarding"]
 
 
+def test_state_learning_and_user_log_count_rewards_read_before_their_decisions() -> None:
+    """An aggregator reading the topics from the start meets a reward before its decision when
+    the decision topic has a longer backlog: the reward counts once the decision arrives, in the
+    learning panel's completion and the user's log as in the experiments (it was only there)."""
+    decisions, rewards = _logs(200, seed=4)
+    s = ConsoleState(SHARES, clock=lambda: (T0 + 300_000) / 1000)
+    for r in rewards:
+        s.feed("rewards", orjson.dumps(r))
+    for d in decisions:
+        s.feed("decisions", orjson.dumps(d))
+    for r in rewards[:20]:
+        s.feed("rewards", orjson.dumps(r))  # copies: counted once
+    arms = orjson.loads(s.panels()["learning"])["completion"]["arms"]
+    for arm in ("control", "treatment"):
+        mine = [r for r in rewards if r["arm"] == arm]
+        assert sum(n for _, n, _ in arms[arm]) == len(mine)
+        assert sum(k for _, _, k in arms[arm]) == sum(r["reward"] > 0 for r in mine)
+    log = s.user("u0")
+    assert log is not None
+    assert sum(e.get("kind") == "reward" for e in log) == sum(r["userKey"] == "u0" for r in rewards)
+
+
 def test_state_counts_unreadable_records_and_keeps_going() -> None:
     s = ConsoleState(SHARES)
     s.feed("decisions", b"not json")
