@@ -102,14 +102,15 @@ def plain_fastapi(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError("uvicorn did not start")
 
 
-def ingress_replicas() -> dict[str, int]:
-    """The ingress replicas by state right after a run (``{"RUNNING": 1}``): whether Serve's
-    autoscaling added any under that load (a replica added stays for decide.downscale_delay_s)."""
+def ingress_replicas(app_name: str | None = None) -> dict[str, int]:
+    """The ingress replicas of ``app_name`` (default: Onramp's app) by state, e.g.
+    ``{"RUNNING": 2, "STARTING": 1}``: after a run, whether Serve's autoscaling added any under
+    that load (a replica added stays for decide.downscale_delay_s)."""
     from ray import serve
 
     from ray_app.up import APP_NAME
 
-    app = serve.status().applications.get(APP_NAME)
+    app = serve.status().applications.get(app_name or APP_NAME)
     deployment = app.deployments.get("Collector") if app else None
     if deployment is None:
         return {}

@@ -111,7 +111,7 @@ class ConsoleState:
         if kind == "decisions":
             self._decision(d)
         elif kind == "rewards":
-            self._reward(d)
+            self.cohorts.reward(d)  # counted now, or when its decision arrives: _counted
 
     def _decision(self, d: dict[str, Any]) -> None:
         if not self.cohorts.decision(d):
@@ -121,9 +121,6 @@ class ConsoleState:
         version = d.get("modelVersion")
         if isinstance(version, int):
             self.served.add(str(d.get("arm")), version, ms)
-
-    def _reward(self, r: dict[str, Any]) -> None:
-        self.cohorts.reward(r)  # counted now (or when its decision arrives): _counted
 
     def _counted(self, r: Mapping[str, Any]) -> None:
         self.userlog.reward(r)

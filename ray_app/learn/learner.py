@@ -172,10 +172,11 @@ class OnlineLearner(Publishing):
         self._published_epsilon = cfg.epsilon
         cold = bundle.metadata.get("kind") == "cold_start"
         self._schedule = BoostSchedule(
-            cfg.warmup_rewards, cfg.boost_rewards, warmup=cfg.warmup_rewards > 0 and cold
+            cfg.warmup_rewards,
+            cfg.boost_rewards,
+            warmup=cfg.warmup_rewards > 0 and cold,
+            explore_from=-learned_of(bundle.metadata),  # trained weights go on from their lineage
         )
-        # trained weights go on from where their lineage is (gamma, step size), not from zero
-        self._schedule.explore_from = -learned_of(bundle.metadata)
         #: The guardrail check of the last publish (``None`` before the first).
         self.last_check: GuardrailCheck | None = None
         #: The guardrail against the static flow (``None`` when ``control_z`` is 0).

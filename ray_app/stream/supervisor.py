@@ -134,10 +134,9 @@ class StreamSupervisor:
             except WorkerGone as exc:  # the node went away meanwhile: the runtime's own choice
                 log.warning("worker %d could not start on node %s (%s)", index, node, exc)
                 rt.kill(worker)
-                worker = None
-        if worker is None or node is None:
-            if worker is None:
                 worker = rt.spawn(args, s.worker_num_cpus, dict(s.worker_resources), None)
+                node = None
+        if node is None:
             rt.call(worker, "start", timeout=120)
         where = rt.call(worker, "node_id", timeout=30)
         refused = rt.call(worker, "refused_partitions", timeout=30)

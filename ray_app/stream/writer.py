@@ -133,10 +133,10 @@ def rebase_partitions(dirty: set[int], deltas: dict[int, int], per_base: int) ->
     >>> sorted(rebase_partitions({1, 2}, {1: 5, 2: 0}, 0))
     [1, 2]
     """
+    if per_base == 0:
+        return set(dirty)
     first = {p for p in dirty if p not in deltas}
     due = [p for p in dirty if p in deltas and deltas[p] >= per_base]
-    if per_base == 0:
-        return first | set(due)
     if due:
         first.add(max(due, key=lambda p: (deltas[p], -p)))
     return first

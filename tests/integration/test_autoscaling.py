@@ -25,13 +25,13 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.decide import ingress_replicas
 from tests.conftest import ServeApp, deploy, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 APP = "autoscale"
 PREFIX = "/autoscale"
-DEPLOYMENT = "Collector"
 DECIDE_KEY = "onramp-demo-decide-key"  # the demo keys are fine: Serve binds loopback here
 WRK_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "wrk" / "post.lua"
 
@@ -43,17 +43,6 @@ CONNECTIONS = 16  # 8x the target: desired replicas well above 1 even if half th
 UP_DEADLINE_S = 75.0  # Serve's metrics push every 10 s, averaged over 30 s, then 1 s delay
 HOLD_S = 5.0  # load kept on the scaled-up deployment, so the new replicas answer too
 DOWN_DEADLINE_S = 100.0  # the 30 s window must empty, then 5 s downscale delay
-
-
-def _running(app: str = APP) -> dict[str, int]:
-    """Replicas of the ingress by state, e.g. ``{"RUNNING": 2, "STARTING": 1}``."""
-    from ray import serve
-
-    status = serve.status().applications.get(app)
-    if status is None or DEPLOYMENT not in status.deployments:
-        return {}
-    states = status.deployments[DEPLOYMENT].replica_states
-    return {str(getattr(k, "value", k)): n for k, n in states.items() if n}
 
 
 @pytest.fixture
@@ -120,7 +109,7 @@ def test_load_step_scales_ingress_up_and_back_down(scaling_app, tmp_path):
     started = time.monotonic()
 
     def watch(phase: str) -> dict[str, int]:
-        states = _running()
+        states = ingress_replicas(APP)
         if not timeline or timeline[-1][1:] != (phase, states):
             timeline.append((round(time.monotonic() - started, 1), phase, states))
         return states
