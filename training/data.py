@@ -1,6 +1,6 @@
 """Training data: reward records from an archive (JSON lines at a filesystem URI), read with Ray Data.
 
-A reward record (:class:`ray_app.records.RewardRecord`, schema ``onramp.reward/1``) carries
+A reward record (:class:`ray_app.records.RewardRecord`, schema ``onramp.reward/2``) carries
 the decision's feature vector as logged at decision time (computed by the serving path's
 :meth:`FeatureSchema.featurize`), the action served, its propensity and the reward, so training
 features are serving features by construction; :mod:`training.replay` checks that the features
@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from ray_app.errors import FieldError
 from ray_app.records import RewardRecord, RewardRecordError
@@ -133,7 +134,7 @@ def reward_files(uri: str, rewards_topic: str = "onramp.rewards") -> list[str]:
 
 
 def reward_data(
-    rows: Iterable[dict[str, Any]], schema: FeatureSchema, catalog: Catalog, uri: str = ""
+    rows: Iterable[Any], schema: FeatureSchema, catalog: Catalog, uri: str = ""
 ) -> RewardData:
     """Validate reward-record dicts and turn them into :class:`RewardData` (see the module
     docstring for the errors).
@@ -168,7 +169,8 @@ def reward_data(
 
     for row in rows:
         try:
-            r = RewardRecord.from_json({k: v for k, v in row.items() if k != "_kafka"})
+            data = {k: v for k, v in row.items() if k != "_kafka"} if isinstance(row, dict) else row
+            r = RewardRecord.from_json(data)
         except RewardRecordError as exc:
             skip(f"invalid:{exc.field}")
             continue
@@ -241,32 +243,26 @@ def _packed(
 def load_rewards(
     uri: str, schema: FeatureSchema, catalog: Catalog, rewards_topic: str = "onramp.rewards"
 ) -> RewardData:
-    """Read the reward records under ``uri`` with Ray Data (``ray.data.read_json``) and validate
-    them (:func:`reward_data`). Needs a running Ray (``ray.init``)."""
+    """Read the reward records under ``uri`` with Ray Data and validate them
+    (:func:`reward_data`). Needs a running Ray (``ray.init``).
+
+    Lines are read as text and decoded one by one: an archive that spans an upgrade holds
+    records of both schemas (``features`` a list in ``/1``, an object in ``/2``), which a
+    columnar JSON reader cannot put in one column; a line that is not JSON is skipped and
+    counted (``invalid:``) like any other invalid record."""
     import ray.data
 
     files = reward_files(uri, rewards_topic)
     # a small CPU share per read task: the Serve replicas and trainers share the cluster
-    ds = ray.data.read_json(files, lines=True, num_cpus=0.25)
-    rows: list[dict[str, Any]] = []
-    for batch in ds.iter_batches(batch_size=4096, batch_format="pandas"):
-        rows.extend(cast(Any, batch).to_dict("records"))  # a pandas DataFrame
-    return reward_data((_plain(r) for r in rows), schema, catalog, uri)
+    ds = ray.data.read_text(files, num_cpus=0.25)
+    rows: list[Any] = []
+    for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
+        rows.extend(_json_or_none(line) for line in batch["text"])
+    return reward_data(rows, schema, catalog, uri)
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """A pandas row -> JSON-like values (numpy scalars and arrays to Python, NaN to None)."""
-    out: dict[str, Any] = {}
-    for k, v in row.items():
-        if isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and v != v:
-            v = None
-        if k in ("actionIndex", "decidedAtMs", "outcomeAtMs", "modelVersion") and isinstance(
-            v, float
-        ):
-            v = int(v) if v.is_integer() else v
-        out[k] = v
-    return out
+def _json_or_none(line: str) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # refused by RewardRecord.from_json: not a JSON object

@@ -39,7 +39,7 @@ from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, setup_
 from ray_app.cli.output import dumps, working
 from ray_app.config import Settings, load_settings
 from ray_app.errors import ConfigError, FieldError
-from ray_app.records import DECISION_SCHEMA, REWARD_SCHEMA, RewardRecord
+from ray_app.records import DECISION_SCHEMAS, REWARD_SCHEMA, REWARD_SCHEMAS, RewardRecord
 from training.ope import BanditLog, Estimate, evaluate
 
 __all__ = [
@@ -99,14 +99,14 @@ def onramp_log_from_records(
     for rec in records:
         schema = rec.get("schema", REWARD_SCHEMA if "reward" in rec else None)
         did = str(rec.get("decisionId"))
-        if schema == DECISION_SCHEMA:
+        if schema in DECISION_SCHEMAS:
             decisions.setdefault(did, rec)
-        elif schema == REWARD_SCHEMA:
+        elif schema in REWARD_SCHEMAS:
             rewards.setdefault(did, rec)
         else:
             skipped += 1
     if not rewards:
-        raise FieldError("logs", "no reward records (schema onramp.reward/1) to evaluate")
+        raise FieldError("logs", "no reward records (schema onramp.reward/1 or /2) to evaluate")
     slots = list(slot_actions)
     offset, total = {}, 0
     for s in slots:

@@ -1,7 +1,7 @@
 """Feature parity: archived events replayed through the stream's state code and the serving feature
 code give the features the decisions logged.
 
-For each logged decision (``onramp.decisions``, schema ``onramp.decision/1``) the replay takes the
+For each logged decision (``onramp.decisions``, schema ``onramp.decision/2``) the replay takes the
 user's archived events (``onramp.events``), keeps those the live profile had applied when the
 decision was made, folds them into a fresh :class:`ray_app.state.Profile` with
 :func:`ray_app.state.apply` (deduplicated by message id, as the stream does), enriches the profile
@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from ray_app.features import FeatureSchema
-from ray_app.records import DECISION_SCHEMA, DecisionRecord, DecisionRecordError
+from ray_app.records import DECISION_SCHEMAS, DecisionRecord, DecisionRecordError
 from ray_app.state import Event, Profile, RecordRejected, apply, decode_event, identity
 from ray_app.state.profile import merge_into
 
@@ -68,7 +68,7 @@ class ParityReport:
 
 def _decision(raw: Mapping[str, Any]) -> DecisionRecord | None:
     """An archived decision record, or None for anything else (another schema, bad fields)."""
-    if raw.get("schema") != DECISION_SCHEMA or not isinstance(raw.get("features"), list):
+    if raw.get("schema") not in DECISION_SCHEMAS or raw.get("features") is None:
         return None
     try:
         return DecisionRecord.from_json(raw)
@@ -146,7 +146,7 @@ def replay_parity(
             enrichment = enrich(profile or {"userId": user, "traits": {}})
         x = schema.featurize(profile, enrichment, d.context or {}, now_ms=at)
         replayed = np.round(x.astype(np.float64), 6)
-        logged = np.asarray(d.features, dtype=np.float64)
+        logged = np.asarray(d.features.dense(), dtype=np.float64)
         diff = float(np.abs(replayed - logged).max()) if len(logged) == len(replayed) else np.inf
         report.max_abs_diff = max(report.max_abs_diff, diff)
         if diff == 0.0:

@@ -133,7 +133,7 @@ class Cohorts:
         return code
 
     def decision(self, d: Mapping[str, Any]) -> bool:
-        """A decision record (``onramp.decision/1``); False when it does not count (it served
+        """A decision record (``onramp.decision/2``); False when it does not count (it served
         nothing, is a second copy, or is unreadable)."""
         try:
             if d.get("chosen") is None:
@@ -160,7 +160,7 @@ class Cohorts:
         return True
 
     def reward(self, r: Mapping[str, Any]) -> bool:
-        """A reward record (``onramp.reward/1``); True when it counted (the first reward of a
+        """A reward record (``onramp.reward/2``); True when it counted (the first reward of a
         decision read before it; a reward ahead of its decision waits for it)."""
         try:
             did = str(r["decisionId"])

@@ -33,6 +33,7 @@ from ray_app.model import (
 )
 from ray_app.records import DecisionRecord
 from ray_app.records.decision import decision_answer
+from ray_app.records.features import SparseFeatures
 
 __all__ = ["Decider", "Decision", "policy_for"]
 
@@ -54,7 +55,7 @@ class Decision:
     ranked: list[dict[str, Any]]
     chosen: str | None
     propensity: float | None
-    features: list[float]
+    features: SparseFeatures
     schema_hash: str
     candidates: list[str]
     at_ms: int
@@ -79,7 +80,7 @@ class Decision:
         return decision_answer(self)
 
     def record(self) -> dict[str, Any]:
-        """The decision log record (schema ``onramp.decision/1``, :class:`DecisionRecord`)."""
+        """The decision log record (schema ``onramp.decision/2``, :class:`DecisionRecord`)."""
         return DecisionRecord(
             decision_id=self.decision_id,
             user_key=self.user_key,
@@ -219,7 +220,7 @@ class Decider:
         prepared, x = self._prepare(requests, now_ms, cold_reasons)
         scores = _score(prepared, x, bundles)
         # the logged features, rounded once for the whole batch
-        logged: list[list[float]] = np.round(x.astype(np.float64), 6).tolist()
+        logged = [SparseFeatures.from_dense(row) for row in np.round(x.astype(np.float64), 6)]
         return [
             p
             if isinstance(p, DecisionRequestError)
@@ -275,7 +276,7 @@ class Decider:
         self,
         p: _Prepared,
         scores: np.ndarray | None,
-        features: list[float],
+        features: SparseFeatures,
         bundles: Mapping[str, ModelBundle],
         policy: Policy,
         now_ms: int,

@@ -16,7 +16,7 @@ The unit of analysis is the user (the unit the experiment randomizes), one row p
   estimates the same effect with variance reduced by about ``corr(x, y)**2``.
 
 Pure functions over numbers and a pandas frame; :func:`users_from_logs` builds the frame from the
-decision log (``onramp.decision/1``) and reward records (``onramp.reward/1``) as JSON lines, and
+decision log (``onramp.decision/2``) and reward records (``onramp.reward/2``) as JSON lines, and
 :func:`render_html` writes the report with its plots.
 
 >>> e = proportion(30, 100)
@@ -208,8 +208,8 @@ def users_from_logs(
     rewards: Iterable[Mapping[str, Any]],
     covariates: Mapping[str, float] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Per experiment, the per-user frame from decision records (``onramp.decision/1``) and
-    reward records (``onramp.reward/1``), each deduplicated by decision id (both topics are
+    """Per experiment, the per-user frame from decision records (``onramp.decision/2``) and
+    reward records (``onramp.reward/2``), each deduplicated by decision id (both topics are
     written at least once). A decision counts for conversion once its reward is decided.
 
     >>> d = [{"decisionId": "d1", "userKey": "u1", "arm": "control", "experiment": "e",

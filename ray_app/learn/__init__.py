@@ -1,7 +1,7 @@
 """Learning online: reward records, the online learner's pure core, and drift detectors.
 
 * :class:`RewardRecord` (:mod:`ray_app.records`): a logged decision joined with its outcome
-  (schema ``onramp.reward/1``), what the learner trains on.
+  (schema ``onramp.reward/2``), what the learner trains on.
 * :class:`OnlineLearner` (:mod:`ray_app.learn.learner`): importance-weighted mini-batch updates
   from reward records, guarded publishes (a holdout slice of rewards decides between the candidate
   and the last good weights, with rollback), exploration boosts after drift and while an untrained

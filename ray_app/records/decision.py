@@ -1,6 +1,9 @@
-"""Decision records (schema ``onramp.decision/1``): every answered decision that served an action,
+"""Decision records (schema ``onramp.decision/2``): every answered decision that served an action,
 as ``/v1/decide`` logs it to ``onramp.decisions``; read by the stream's reward join
-(:func:`ray_app.state.rewards.decode_decision`), the parity replay and ``onramp report``."""
+(:func:`ray_app.state.rewards.decode_decision`), the parity replay and ``onramp report``.
+
+Schema ``/2`` carries the features sparse (:mod:`ray_app.records.features`); records of schema
+``/1`` (the dense list) still read back."""
 
 from __future__ import annotations
 
@@ -11,12 +14,15 @@ from typing import Any
 import orjson
 
 from ray_app.records.errors import DecisionRecordError
+from ray_app.records.features import SparseFeatures, parse_features
 from ray_app.timefmt import ms_from_iso, utc_ms
 from validation.reasons import ReasonCode
 
-__all__ = ["DECISION_SCHEMA", "DecisionRecord", "decision_answer"]
+__all__ = ["DECISION_SCHEMA", "DECISION_SCHEMAS", "DecisionRecord", "decision_answer"]
 
-DECISION_SCHEMA = "onramp.decision/1"
+DECISION_SCHEMA = "onramp.decision/2"
+#: The schemas a decision record may carry (``/1``: the features as a dense list).
+DECISION_SCHEMAS = frozenset({"onramp.decision/1", DECISION_SCHEMA})
 
 #: What a logged decision must carry (a decision that served nothing is not logged).
 _DECISION_REQUIRED = ("decisionId", "userKey", "slot", "chosen", "propensity", "timestamp")
@@ -42,7 +48,7 @@ def decision_answer(d: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DecisionRecord:
-    """One answered decision as ``onramp.decisions`` receives it (schema ``onramp.decision/1``).
+    """One answered decision as ``onramp.decisions`` receives it (schema ``onramp.decision/2``).
 
     The answer (``chosen``, its ``propensity``, ``ranked``, ``arm``, ``experiment``,
     ``model_version``, ``policy``, ``cold_start``, ``cold_reason``) and what the reward join,
@@ -62,8 +68,8 @@ class DecisionRecord:
     ...                    arm="treatment", model_version=3, ranked=[{"action": "role"}])
     >>> DecisionRecord.from_json(orjson.loads(d.encode())) == d
     True
-    >>> d.to_json()["timestamp"]
-    '2026-01-01T00:00:00.000+00:00'
+    >>> d.to_json()["timestamp"], d.to_json()["features"]
+    ('2026-01-01T00:00:00.000+00:00', {'size': 1, 'indices': [0], 'values': [0.25]})
     >>> DecisionRecord.from_json({**d.to_json(), "propensity": 0})
     Traceback (most recent call last):
     ...
@@ -76,7 +82,7 @@ class DecisionRecord:
     chosen: str | None
     propensity: float | None
     action_index: int | None
-    features: list[float]
+    features: SparseFeatures
     at_ms: int
     arm: str = ""
     model_version: int = 0
@@ -92,8 +98,12 @@ class DecisionRecord:
     trace_id: str | None = None
     merged_from: list[str] | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.features, SparseFeatures):  # a dense vector given
+            object.__setattr__(self, "features", SparseFeatures.from_dense(self.features))
+
     def to_json(self) -> dict[str, Any]:
-        """The record as a JSON-ready dict (schema ``onramp.decision/1``): the HTTP answer's
+        """The record as a JSON-ready dict (schema ``onramp.decision/2``): the HTTP answer's
         keys first, in its order, then the rest."""
         out: dict[str, Any] = {
             "schema": DECISION_SCHEMA,
@@ -101,7 +111,7 @@ class DecisionRecord:
             "userKey": self.user_key,
             "actionIndex": self.action_index,
             "candidates": self.candidates,
-            "features": self.features,
+            "features": self.features.to_json(),
             "featureSchema": self.feature_schema,
             "context": self.context,
             "profileAgeMs": self.profile_age_ms,
@@ -202,11 +212,11 @@ def _action_index(index: Any) -> int:
     return index
 
 
-def _features(features: Any) -> list[float]:
-    features = _or(features, [])
-    if not isinstance(features, list) or not all(_is_number(v) for v in features):
-        raise _bad_decision("features", "a list of numbers", features)
-    return [float(v) for v in features]
+def _features(features: Any) -> SparseFeatures:
+    try:
+        return parse_features(_or(features, []))
+    except ValueError as exc:
+        raise DecisionRecordError(ReasonCode.INVALID_FIELD, "features", str(exc)) from None
 
 
 def _ranked(ranked: Any, chosen: str) -> list[dict[str, Any]]:
@@ -232,8 +242,8 @@ def _model_version(version: Any) -> int:
 
 
 def _check_schema(schema: Any) -> None:
-    if schema is not None and schema != DECISION_SCHEMA:
-        raise _bad_decision("schema", repr(DECISION_SCHEMA), schema)
+    if schema is not None and schema not in DECISION_SCHEMAS:
+        raise _bad_decision("schema", " or ".join(map(repr, sorted(DECISION_SCHEMAS))), schema)
 
 
 def _decision_ms(stamp: Any) -> int:

@@ -6,7 +6,9 @@ them with :meth:`RewardRecord.from_json`.
 A :class:`RewardRecord` carries everything the online learner needs from the decision (its
 features, the action served, its propensity, the arm and model version) and the outcome (a reward
 of 1.0 for ``completed``/``converted``, 0.0 for ``abandoned``/``timeout``). On the wire it is a
-JSON object of schema ``onramp.reward/1`` in camelCase, like the decision record it comes from.
+JSON object of schema ``onramp.reward/2`` in camelCase, like the decision record it comes from,
+with the features sparse (:mod:`ray_app.records.features`); records of schema ``/1`` (the dense
+list) still read back. In memory the features are the dense list the learner trains on.
 
 >>> r = RewardRecord(decision_id="d1", user_key="u1", slot="next_step", action="goals",
 ...                  action_index=3, arm="treatment", propensity=0.25, features=[0.0, 1.0],
@@ -15,7 +17,7 @@ JSON object of schema ``onramp.reward/1`` in camelCase, like the decision record
 >>> RewardRecord.from_json(r.to_json()) == r
 True
 >>> r.to_json()["schema"], r.latency_ms
-('onramp.reward/1', 3000)
+('onramp.reward/2', 3000)
 >>> RewardRecord.from_json({**r.to_json(), "propensity": 0})
 Traceback (most recent call last):
 ...
@@ -24,7 +26,6 @@ ray_app.records.errors.RewardRecordError: propensity: must be in (0, 1], got 0
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -33,14 +34,17 @@ import orjson
 
 from ray_app.records._read import _integer, _number, _text
 from ray_app.records.errors import RewardRecordError
+from ray_app.records.features import SparseFeatures, parse_features
 from ray_app.timefmt import ms_from_iso
 
 if TYPE_CHECKING:
     from ray_app.catalog import Catalog
 
-__all__ = ["OUTCOMES", "REWARD_SCHEMA", "Outcome", "RewardRecord", "reward_of"]
+__all__ = ["OUTCOMES", "REWARD_SCHEMA", "REWARD_SCHEMAS", "Outcome", "RewardRecord", "reward_of"]
 
-REWARD_SCHEMA = "onramp.reward/1"
+REWARD_SCHEMA = "onramp.reward/2"
+#: The schemas a reward record may carry (``/1``: the features as a dense list).
+REWARD_SCHEMAS = frozenset({"onramp.reward/1", REWARD_SCHEMA})
 
 Outcome = Literal["completed", "abandoned", "timeout", "converted"]
 
@@ -99,7 +103,7 @@ class RewardRecord:
         return None if self.outcome_at_ms is None else self.outcome_at_ms - self.decided_at_ms
 
     def to_json(self) -> dict[str, Any]:
-        """The record as a JSON-ready dict (schema ``onramp.reward/1``)."""
+        """The record as a JSON-ready dict (schema ``onramp.reward/2``)."""
         out: dict[str, Any] = {
             "schema": REWARD_SCHEMA,
             "decisionId": self.decision_id,
@@ -109,7 +113,7 @@ class RewardRecord:
             "actionIndex": self.action_index,
             "arm": self.arm,
             "propensity": self.propensity,
-            "features": [float(v) for v in self.features],
+            "features": SparseFeatures.from_dense(self.features).to_json(),
             "reward": self.reward,
             "outcome": self.outcome,
             "decidedAtMs": self.decided_at_ms,
@@ -142,8 +146,9 @@ class RewardRecord:
         if not isinstance(data, Mapping):
             raise RewardRecordError("", f"expected a JSON object, got {type(data).__name__}")
         schema = data.get("schema", REWARD_SCHEMA)
-        if schema != REWARD_SCHEMA:
-            raise RewardRecordError("schema", f"expected {REWARD_SCHEMA!r}, got {schema!r}")
+        if schema not in REWARD_SCHEMAS:
+            expected = " or ".join(map(repr, sorted(REWARD_SCHEMAS)))
+            raise RewardRecordError("schema", f"expected {expected}, got {schema!r}")
         outcome = _text(data, "outcome")
         if outcome not in OUTCOMES:
             raise RewardRecordError(
@@ -155,14 +160,7 @@ class RewardRecord:
         propensity = _number(data, "propensity")
         if not 0.0 < propensity <= 1.0:
             raise RewardRecordError("propensity", f"must be in (0, 1], got {data['propensity']}")
-        feats = data.get("features")
-        if not isinstance(feats, list) or not feats:
-            raise RewardRecordError("features", "expected a non-empty list of numbers")
-        features: list[float] = []
-        for i, v in enumerate(feats):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise RewardRecordError(f"features[{i}]", f"expected a finite number, got {v!r}")
-            features.append(float(v))
+        features = _features(data.get("features"))
         slot, action = _text(data, "slot"), _text(data, "action")
         if data.get("actionIndex") is None and slot_actions is not None:
             ids = list(slot_actions.get(slot) or ())
@@ -208,7 +206,7 @@ class RewardRecord:
         outcome: Outcome,
         outcome_at_ms: int | None,
     ) -> RewardRecord:
-        """Join a decision log record (``Decision.record()``, schema ``onramp.decision/1``) with
+        """Join a decision log record (``Decision.record()``, schema ``onramp.decision/2``) with
         its outcome. :class:`RewardRecordError` if the decision served nothing or names an action
         the catalog does not have.
 
@@ -254,3 +252,14 @@ class RewardRecord:
                 "candidates": list(cands) if isinstance(cands, list) else None,
             }
         )
+
+
+def _features(raw: Any) -> list[float]:
+    """The dense features of a reward record (sparse on the wire, or schema ``/1``'s list)."""
+    try:
+        sparse = parse_features(raw)
+    except ValueError as exc:
+        raise RewardRecordError("features", str(exc)) from None
+    if not sparse.size:
+        raise RewardRecordError("features", "expected at least one feature, got none")
+    return sparse.dense()

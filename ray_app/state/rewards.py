@@ -54,6 +54,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from ray_app.records import DecisionRecord, DecisionRecordError, Outcome, RewardRecord
+from ray_app.records.features import SparseFeatures
 from ray_app.state.event import RecordRejected
 
 __all__ = [
@@ -88,7 +89,8 @@ class PendingDecision:
     action_index: int
     arm: str
     propensity: float
-    features: tuple[float, ...]
+    features: SparseFeatures | tuple[float, ...]
+    """Sparse; a dense tuple in checkpoints written before the decision log went sparse."""
     decided_at: int
     model_version: int
     candidates: tuple[str, ...] | None = None
@@ -103,7 +105,7 @@ class PendingDecision:
             chosen=self.action,
             propensity=self.propensity,
             action_index=self.action_index,
-            features=list(self.features),
+            features=SparseFeatures.of(self.features),
             at_ms=self.decided_at,
             arm=self.arm,
             model_version=self.model_version,
@@ -111,7 +113,7 @@ class PendingDecision:
         ).to_json()
 
     def reward(self, value: float, outcome: Outcome, outcome_at: int | None) -> RewardRecord:
-        """The reward record of this decision (schema ``onramp.reward/1``)."""
+        """The reward record of this decision (schema ``onramp.reward/2``)."""
         return RewardRecord(
             decision_id=self.decision_id,
             user_key=self.user_key,
@@ -120,7 +122,7 @@ class PendingDecision:
             action_index=self.action_index,
             arm=self.arm,
             propensity=self.propensity,
-            features=list(self.features),
+            features=SparseFeatures.of(self.features).dense(),
             reward=value,
             outcome=outcome,
             decided_at_ms=self.decided_at,
@@ -163,7 +165,7 @@ def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> Pendi
         action_index=d.action_index,
         arm=d.arm,
         propensity=d.propensity,
-        features=tuple(d.features),
+        features=d.features,
         decided_at=d.at_ms,
         model_version=d.model_version,
         candidates=None if d.candidates is None else tuple(d.candidates),

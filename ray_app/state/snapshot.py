@@ -60,6 +60,7 @@ class SnapshotRefused(OnrampError, ValueError):
 #: list, tuple, set, frozenset) and scalars are pickle opcodes and need no entry.
 ALLOWED_CLASSES = frozenset(
     {
+        ("ray_app.records.features", "SparseFeatures"),
         ("ray_app.state.dedupe", "Deduplicator"),
         ("ray_app.state.event", "Event"),
         ("ray_app.state.ordering", "Reorderer"),

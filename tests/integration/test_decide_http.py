@@ -204,14 +204,19 @@ def test_every_answered_decision_is_in_the_log(collector, read_topic):
     assert set(by_id) == ids
     for a in answers:
         rec = by_id[a["decisionId"]]
-        assert rec["schema"] == "onramp.decision/1"
+        assert rec["schema"] == "onramp.decision/2"
         assert (rec["chosen"], rec["propensity"], rec["arm"], rec["modelVersion"]) == (
             a["chosen"],
             a["propensity"],
             a["arm"],
             a["modelVersion"],
         )
-        assert len(rec["features"]) > 50 and rec["featureSchema"] and rec["candidates"]
+        assert (
+            rec["features"]["size"] > 50
+            and rec["features"]["indices"]
+            and rec["featureSchema"]
+            and rec["candidates"]
+        )
         assert rec["context"] == {"device": "mobile"} and rec["timestamp"].endswith("+00:00")
 
 

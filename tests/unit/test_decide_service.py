@@ -61,7 +61,7 @@ def test_a_batch_decides_each_request_on_its_own():
         assert out[3].chosen == "team_size"
     assert "role" not in out[3].candidates and out[3].profile_age_ms == 5000
     rec = out[3].record()
-    assert rec["schema"] == "onramp.decision/1" and len(rec["features"]) == d.schema.dim
+    assert rec["schema"] == "onramp.decision/2" and rec["features"]["size"] == d.schema.dim
 
 
 def test_nothing_eligible_is_an_answer_without_a_choice():

@@ -125,14 +125,20 @@ def test_reward_record_json_round_trip_and_validation():
     [r] = logged(GroundTruth(seed=1), 0, 1, seed=1)
     wire = json.loads(json.dumps(r.to_json()))
     assert RewardRecord.from_json(wire) == r
-    assert wire["schema"] == "onramp.reward/1" and wire["candidates"][0] == "role"
+    assert wire["schema"] == "onramp.reward/2" and wire["candidates"][0] == "role"
+    # a record written before the features went sparse (schema /1: the dense list) reads the same
+    assert (
+        RewardRecord.from_json({**wire, "schema": "onramp.reward/1", "features": r.features}) == r
+    )
     for field, value, where in [
         ("reward", 0.5, "reward"),
         ("outcome", "clicked", "outcome"),
-        ("features", [0.1, float("nan")], "features[1]"),
+        ("features", [0.1, float("nan")], "features"),
+        ("features", {"size": 3, "indices": [2], "values": [True]}, "features"),
+        ("features", {"size": 0, "indices": [], "values": []}, "features"),
         ("actionIndex", -1, "actionIndex"),
         ("decisionId", "", "decisionId"),
-        ("schema", "onramp.reward/2", "schema"),
+        ("schema", "onramp.reward/3", "schema"),
     ]:
         with pytest.raises(RewardRecordError) as err:
             RewardRecord.from_json({**wire, field: value})
@@ -164,7 +170,10 @@ def test_reward_record_from_a_real_decision_record():
         1.0,
     )
     assert CATALOG.slot("next_step").actions[r.action_index].id == r.action
-    assert r.latency_ms == 1_500 and r.features == record["features"] and r.arm == record["arm"]
+    dense = [0.0] * record["features"]["size"]
+    for i, v in zip(record["features"]["indices"], record["features"]["values"], strict=True):
+        dense[i] = v
+    assert r.latency_ms == 1_500 and r.features == dense and r.arm == record["arm"]
     with pytest.raises(RewardRecordError, match="chosen"):
         RewardRecord.from_decision({**record, "chosen": None}, CATALOG, "timeout", None)
 

@@ -25,6 +25,7 @@ from ray_app.records import (
     RecordError,
     RewardRecord,
     RewardRecordError,
+    SparseFeatures,
     stream_origin,
 )
 from ray_app.timefmt import iso_ms, ms_from_iso
@@ -135,7 +136,8 @@ def test_a_minimal_decision_record_reads_with_its_defaults_and_round_trips():
         "hops": 1,  # a forwarded record's own field: not part of the record
     }
     d = DecisionRecord.from_json(minimal)
-    assert (d.arm, d.model_version, d.features, d.ranked, d.candidates) == ("", 0, [], [], None)
+    assert (d.arm, d.model_version, d.ranked, d.candidates) == ("", 0, [], None)
+    assert d.features == SparseFeatures(0, (), ())
     assert d.at_ms == T0 and d.propensity == 1.0 and isinstance(d.propensity, float)
     assert DecisionRecord.from_json(wire(d)) == d
     assert "traceId" not in wire(d) and "mergedFrom" not in wire(d)
@@ -335,3 +337,71 @@ def test_the_collector_and_the_stream_write_dlq_records_the_decoder_reads():
 def test_iso_times_convert_exactly_both_ways():
     for ms in (0, 1, T0 + 999, -1, 253_402_300_799_999):
         assert ms_from_iso(iso_ms(ms)) == ms
+
+
+# ------------------------------------------------------------------------------ sparse features
+
+
+def test_decision_and_reward_records_carry_the_features_sparse_and_read_the_dense_form_too():
+    dense = [0.0] * 500 + [1.0, 0.0, 0.375] + [0.0] * 73
+    d = DecisionRecord(
+        decision_id="d9", user_key="u1", slot="next_step", chosen="role", propensity=0.5,
+        action_index=1, features=dense, at_ms=T0, arm="treatment",
+    )  # fmt: skip
+    out = wire(d)
+    assert out["schema"] == DECISION_SCHEMA == "onramp.decision/2"
+    assert out["features"] == {"size": 576, "indices": [500, 502], "values": [1.0, 0.375]}
+    assert len(orjson.dumps(out["features"])) < len(orjson.dumps(dense)) // 10
+    assert DecisionRecord.from_json(out) == d and d.features.dense() == dense
+    # a record of schema /1 (the dense list) reads as the same record
+    assert DecisionRecord.from_json({**out, "schema": "onramp.decision/1", "features": dense}) == d
+    r = RewardRecord.from_decision(out, _catalog(), "completed", T0 + 1000)
+    assert r.features == dense and r.to_json()["features"] == out["features"]
+    assert r.to_json()["schema"] == REWARD_SCHEMA == "onramp.reward/2"
+
+
+@pytest.mark.parametrize(
+    "features, reason",
+    [
+        (
+            {"size": 4, "indices": [3, 1], "values": [1, 1]},
+            "indices: expected increasing positions",
+        ),
+        (
+            {"size": 4, "indices": [4], "values": [1]},
+            "indices: expected increasing positions in [0, 4)",
+        ),
+        ({"size": 4, "indices": [1], "values": [1, 2]}, "values: expected 1 finite numbers"),
+        ({"size": -1, "indices": [], "values": []}, "size: expected an integer >= 0"),
+        ({"indices": [1], "values": [1]}, "size: expected an integer >= 0, got None"),
+        ({"size": 4, "indices": [True], "values": [1]}, "indices: expected increasing positions"),
+        ("0,1,0", "expected {"),
+        ([0, "1"], "expected a list of finite numbers"),
+    ],
+)
+def test_garbage_features_are_refused_with_the_part_at_fault(features: Any, reason: str):
+    with pytest.raises(DecisionRecordError) as err:
+        DecisionRecord.from_json({**wire(DECISION), "features": features})
+    assert err.value.field == "features" and reason in err.value.reason
+    assert err.value.code == ReasonCode.INVALID_FIELD
+
+
+def test_a_pending_decision_from_an_old_checkpoint_keeps_its_dense_features():
+    """Checkpoints written before the decision log went sparse hold each pending decision's
+    features as a dense tuple: its reward and its forwarded record still carry them."""
+    from ray_app.state.rewards import PendingDecision
+
+    dense = (0.0, 2.0, 0.0)
+    old = PendingDecision(
+        decision_id="d1", user_key="u1", slot="next_step", step_slot=True, action="role",
+        action_index=1, arm="treatment", propensity=0.5, features=dense, decided_at=T0,
+        model_version=1,
+    )  # fmt: skip
+    assert old.reward(1.0, "completed", T0 + 5).features == list(dense)
+    assert old.record()["features"] == {"size": 3, "indices": [1], "values": [2.0]}
+
+
+def _catalog() -> Any:
+    from ray_app.catalog import load_catalog
+
+    return load_catalog()

@@ -38,8 +38,13 @@ def test_missing_and_empty_data_are_clear_errors(tmp_path, capsys):
 
 
 def test_records_from_another_feature_schema_are_refused():
-    rows = [r.to_json() for r in simulated_rewards(5, seed=2)]
-    short = [{**r, "features": r["features"][:-4]} for r in rows]
+    records = simulated_rewards(5, seed=2)
+    rows = [r.to_json() for r in records]
+    # four features fewer, as schema /1 wrote them (the dense list): read the same way
+    short = [
+        {**row, "schema": "onramp.reward/1", "features": r.features[:-4]}
+        for row, r in zip(rows, records, strict=True)
+    ]
     with pytest.raises(TrainingDataError, match="another feature schema") as info:
         reward_data(short, SCHEMA, CATALOG)
     assert info.value.field == "features"

@@ -1,0 +1,111 @@
+"""Feature vectors on the wire: sparse, since a decision's vector is mostly zeros.
+
+A decision logs the feature vector it was decided from, and its reward record carries it on to
+the learner. The vector is as long as the feature schema (hundreds of hashed buckets) and a user
+sets a few dozen of them, so records carry it as ``{"size": n, "indices": [...], "values": [...]}``
+(the non-zero positions in increasing order and their values): a fifth of the bytes of the dense
+list, and a stream worker keeps a pending decision's vector in a few hundred bytes instead of
+nineteen thousand. Records written before (schema ``/1``) carry the dense list; both read back.
+
+>>> v = SparseFeatures.from_dense([0.0, 1.0, 0.0, 0.25])
+>>> v
+SparseFeatures(size=4, indices=(1, 3), values=(1.0, 0.25))
+>>> v.to_json()
+{'size': 4, 'indices': [1, 3], 'values': [1.0, 0.25]}
+>>> parse_features(v.to_json()) == v, v.dense()
+(True, [0.0, 1.0, 0.0, 0.25])
+>>> parse_features([0, 2.5]).values
+(2.5,)
+>>> parse_features({"size": 2, "indices": [1, 0], "values": [1, 1]})
+Traceback (most recent call last):
+...
+ValueError: indices: expected increasing positions in [0, 2), got [1, 0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["SparseFeatures", "parse_features"]
+
+
+class SparseFeatures(NamedTuple):
+    """A feature vector of ``size`` positions: ``values[k]`` at ``indices[k]``, zero elsewhere."""
+
+    size: int
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @classmethod
+    def from_dense(cls, features: Sequence[float] | np.ndarray) -> SparseFeatures:
+        """The sparse form of a dense vector (a list, a tuple or a 1-d numpy array)."""
+        if isinstance(features, np.ndarray):
+            nz = np.flatnonzero(features)
+            return cls(len(features), tuple(nz.tolist()), tuple(features[nz].tolist()))
+        index = tuple(i for i, v in enumerate(features) if v)
+        return cls(len(features), index, tuple(float(features[i]) for i in index))
+
+    @classmethod
+    def of(cls, features: SparseFeatures | Sequence[float]) -> SparseFeatures:
+        """``features`` in the sparse form (as it is if it already is)."""
+        return features if isinstance(features, SparseFeatures) else cls.from_dense(features)
+
+    def dense(self) -> list[float]:
+        """The dense vector."""
+        out = [0.0] * self.size
+        for i, v in zip(self.indices, self.values, strict=True):
+            out[i] = v
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form."""
+        return {"size": self.size, "indices": list(self.indices), "values": list(self.values)}
+
+
+def parse_features(raw: Any) -> SparseFeatures:
+    """A record's ``features``: the sparse object, or the dense list of schema ``/1`` records.
+    ``ValueError`` names the part at fault (``size``, ``indices``, ``values``; the list itself
+    for a dense one) and why."""
+    if isinstance(raw, list):
+        if not all(_finite(v) for v in raw):
+            raise ValueError(f"expected a list of finite numbers, got {_shown(raw)}")
+        return SparseFeatures.from_dense(raw)
+    if not isinstance(raw, dict):
+        raise ValueError(
+            'expected {"size": n, "indices": [...], "values": [...]} or a list of numbers, '
+            f"got {_shown(raw)}"
+        )
+    size, index, value = raw.get("size"), raw.get("indices"), raw.get("values")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"size: expected an integer >= 0, got {size!r}")
+    if not isinstance(index, list) or not _increasing(index, size):
+        raise ValueError(
+            f"indices: expected increasing positions in [0, {size}), got {_shown(index)}"
+        )
+    if not isinstance(value, list) or len(value) != len(index) or not all(map(_finite, value)):
+        raise ValueError(
+            f"values: expected {len(index)} finite numbers (one per index), got {_shown(value)}"
+        )
+    return SparseFeatures(size, tuple(index), tuple(float(v) for v in value))
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _increasing(index: list[Any], size: int) -> bool:
+    last = -1
+    for i in index:
+        if isinstance(i, bool) or not isinstance(i, int) or not last < i < size:
+            return False
+        last = i
+    return True
+
+
+def _shown(v: Any) -> str:
+    shown = repr(v)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
