@@ -211,6 +211,9 @@ class Stack:
             ),
             name=APP_NAME,
             route_prefix="/",
+            # as deployments/serve_config.yaml: Serve's access log line per request costs
+            # about 3% of a replica's time on /v1/decide (Onramp's metrics count requests)
+            logging_config={"enable_access_log": False},
         )
         self._wait_healthy()
         return self
