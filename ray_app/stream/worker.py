@@ -210,18 +210,20 @@ class StreamWorker:
         outputs: list[OutRecord] = []
         # The lock is held per chunk, not per poll: profile reads (decisions waiting on them)
         # get in between. Only this thread checkpoints, so no checkpoint sees a half poll.
-        for p, recs in decisions.items():
-            with self._lock:
-                result = self.shards[p].process_decisions(
-                    [(r.key, r.value) for r in recs], recs[-1].offset + 1
-                )
-                self._dirty.add(p)
-            outputs += self._reward_records(result.rewards)
-            outputs += self._identity_records(result.forward)
-            for index, key, value, exc in result.rejected:
-                outputs.append(
-                    OutRecord(self.topics.dlq, dlq_record(value, exc, recs[index]), key=key)
-                )
+        for p, all_decisions in decisions.items():
+            for start in range(0, len(all_decisions), _LOCK_CHUNK):
+                recs = all_decisions[start : start + _LOCK_CHUNK]
+                with self._lock:
+                    result = self.shards[p].process_decisions(
+                        [(r.key, r.value) for r in recs], recs[-1].offset + 1
+                    )
+                    self._dirty.add(p)
+                outputs += self._reward_records(result.rewards)
+                outputs += self._identity_records(result.forward)
+                for index, key, value, exc in result.rejected:
+                    outputs.append(
+                        OutRecord(self.topics.dlq, dlq_record(value, exc, recs[index]), key=key)
+                    )
         for p, all_recs in by_partition.items():
             for start in range(0, len(all_recs), _LOCK_CHUNK):
                 recs = all_recs[start : start + _LOCK_CHUNK]
