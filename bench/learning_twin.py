@@ -22,8 +22,10 @@ runs the same pieces in one process with a simulated clock, about 20 s per seed:
   ``Step Abandoned`` alike) ``--outcome-delay`` seconds after it happens (the worlds' users
   always complete or abandon, so nobody waits for the end of an attribution window);
 * 90% treatment / 10% control (``--treatment-share``, the experiment's split);
-* the drift at ``--drift-at`` (``--drift``), signalled to the learner ``--drift-detect-s`` after
-  it (about when the live Page-Hinkley detector fires).
+* the drift at ``--drift-at`` (``--drift``), found by the learner service's own reward-rate
+  detector (:class:`~ray_app.learn.drift.RewardRateDrift` under the shipped ``learn.drift_*``
+  settings, fed the rewards as the learner gets them; an alert boosts as in the service), or
+  signalled ``--drift-detect-s`` after the drift when that is given.
 
 Not modelled: cold starts (profile reads past their deadline), Kafka and HTTP latency, CPU
 contention. So its figures are for comparing learner settings, not a substitute for
@@ -115,7 +117,12 @@ def parser() -> argparse.ArgumentParser:
         help="seconds from an explicit outcome (completed or abandoned) to its reward",
     )
     sim.add_argument("--time-scale", type=float, default=0.02, help="as bench/learning.py")
-    sim.add_argument("--drift-detect-s", type=float, default=20.0)
+    sim.add_argument(
+        "--drift-detect-s",
+        type=float,
+        default=None,
+        help="signal the drift this long after it instead of running the shipped detector",
+    )
     return ap
 
 
@@ -215,6 +222,19 @@ def learner_config(overrides: dict[str, Any] | None = None) -> Any:
     )
 
 
+def rate_detector(settings: Any) -> Any:
+    """The learner service's reward-rate drift detector under ``settings.learn``."""
+    from ray_app.learn.drift import RewardRateDrift
+
+    s = settings.learn
+    return RewardRateDrift(
+        delta=s.drift_delta,
+        threshold=s.drift_threshold,
+        min_samples=s.drift_min_samples,
+        settle_ms=int(s.drift_settle_s * 1000),
+    )
+
+
 def _iso(ms: int) -> str:
     from ray_app.collect.parse import iso_ms
 
@@ -299,7 +319,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     due: list[tuple[float, int, RewardRecord]] = []
     outcomes: list[Outcome] = []
     last_learn = 0.0
-    told = args.drift == "none"
+    told = args.drift == "none" or args.drift_detect_s is None
+    detector = rate_detector(shipped) if args.drift_detect_s is None else None
+    alerts: list[float] = []
     t0 = 1_800_000_000_000  # event time of user 0's sign-up (ms)
     for i in range(args.users):
         t = i / args.rate
@@ -312,6 +334,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                 ready.append(heapq.heappop(due)[2])
             if ready:
                 learner.learn(ready, now=t)
+                for _kind, _detail in detector.update(ready) if detector else ():
+                    learner.drift(now=t)  # as the service's alert does
+                    alerts.append(round(t * args.rate))
             fresh = learner.maybe_publish(now=t)
             if fresh is not None:
                 published.append((t + model_poll_s, fresh))
@@ -387,6 +412,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "treatment_rate_before_drift": round(rate, 4),
         "users_to_recover_after_drift": recovery,
         "rollbacks": learner.counters["rollbacks"],
+        "drift_alerts_at_users": alerts,
         "learner_counters": dict(learner.counters),
         "cells_before_drift": cell_diagnostics(
             truth, outcomes, max(drift_at - args.window, 0), drift_at

@@ -26,6 +26,9 @@ def test_the_twin_learns_a_two_trait_world_it_has_never_seen():
     assert curve[4000]["treatment"] > 0.3, run["curve"]
     assert curve[4000]["treatment"] > curve[1000]["treatment"] + 0.3
     assert run["learner_counters"]["control_rollbacks"] == 0  # it never fell below control
+    # the shipped reward-rate detector runs on the same rewards and stays quiet without a drift
+    # (with drift_restart a false alarm would throw away what was learned)
+    assert run["drift_alerts_at_users"] == [] and run["learner_counters"]["drifts"] == 0
 
 
 def test_set_overrides_any_learner_field_and_refuses_unknown_ones():
