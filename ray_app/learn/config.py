@@ -72,6 +72,17 @@ class LearnerConfig:
     ``boost_lr_factor`` times ``lr`` until this many more rewards were trained on (0: no boost);
     counted like ``warmup_rewards``."""
     boost_lr_factor: float = 3.0
+    drift_restart: bool = True
+    """On a drift, go back to the cold-start weights (the static flow's choices, see
+    :meth:`~OnlineLearner.set_cold_start`) and learn from there, instead of going on from
+    weights fitted to a world that is gone; the last weights that beat control are forgotten
+    too (they beat it in that world). False: keep the weights and only boost."""
+    drift_gamma_head_start: int = 1_000
+    """After a drift restart (``drift_restart``), squarecb's ``gamma`` grows as if this many
+    rewards had been learned already: the cold-start weights are the static flow, which is
+    worth exploring around, not away from (with ``gamma_scale`` 10, gamma 10 explores the
+    other actions of a cold start over half the time and 316 about a twentieth); the step
+    size still starts over."""
     lr_decay_rewards: int = 3_000
     lr_decay_power: float = 0.5
     """The step size shrinks as the model learns: ``lr * (1 + n / lr_decay_rewards) **

@@ -38,6 +38,10 @@ class BoostSchedule:
     had learned, so it is as sure as their lineage makes it)."""
     explored: bool = False
     """A version published while boosted is being served."""
+    head_start: int = 0
+    """Rewards squarecb's ``gamma`` counts as learned on top of those since ``explore_from`` (a
+    restart after a drift explores around the cold-start weights less than an untrained model:
+    see ``LearnerConfig.drift_gamma_head_start``)."""
 
     def active(self, trained: int) -> bool:
         """Whether the warm-up or a boost runs at ``trained`` (ended ones are forgotten)."""
@@ -52,10 +56,12 @@ class BoostSchedule:
         self.until = None
         return False
 
-    def start(self, trained: int) -> None:
-        """Boost for the next ``boost_rewards`` rewards; exploration starts over."""
+    def start(self, trained: int, head_start: int = 0) -> None:
+        """Boost for the next ``boost_rewards`` rewards; exploration starts over (from
+        ``head_start`` rewards for ``gamma``)."""
         self.until = trained + self.boost_rewards
         self.explore_from = trained
+        self.head_start = head_start
 
     def left(self, trained: int) -> int:
         """Trained rewards until the boost ends (0: none runs; the warm-up is not counted)."""
@@ -67,6 +73,7 @@ class BoostSchedule:
             "boost_until_trained": self.until,
             "explore_from": self.explore_from,
             "explored": self.explored,
+            "gamma_head_start": self.head_start,
             "warmup": self.warmup,
         }
 
@@ -77,4 +84,5 @@ class BoostSchedule:
         self.until = None if boost is None else int(boost)
         self.explore_from = int(state.get("explore_from", 0))
         self.explored = bool(state.get("explored", False))
+        self.head_start = int(state.get("gamma_head_start", 0))
         self.warmup = bool(state.get("warmup", False)) and self.warmup_rewards > 0

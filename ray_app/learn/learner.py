@@ -375,6 +375,7 @@ class OnlineLearner(Publishing):
         self.version = int(bundle.version)
         self.lineage = lineage_of(bundle.metadata)
         self._schedule.explore_from = self.counters["trained"] - learned_of(bundle.metadata)
+        self._schedule.head_start = 0
         self._optimizer = self._make_optimizer()
         self._replay.clear()
         self._pending_updates = 0

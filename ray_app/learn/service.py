@@ -76,6 +76,8 @@ def learner_config(settings: Settings) -> LearnerConfig:
         gamma_scale=s.gamma_scale,
         boost_epsilon=s.boost_epsilon,
         boost_rewards=s.boost_rewards,
+        drift_restart=s.drift_restart,
+        drift_gamma_head_start=s.drift_gamma_head_start,
         replay_size=s.replay_size,
         replay_steps=s.replay_steps,
         min_propensity=s.min_propensity,

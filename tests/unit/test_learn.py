@@ -292,6 +292,7 @@ def test_publish_cadence_versions_and_exploration_boost():
     learner = new_learner(
         publish_interval_s=5.0, epsilon=0.1, boost_epsilon=0.5, boost_rewards=400,
         lr_decay_rewards=0,  # the step size here is only the boost's (the decay: its own test)
+        drift_restart=False,  # a drift keeps the weights here (the restart: its own test)
     )  # fmt: skip
     assert learner.maybe_publish(now=0.0) is None  # nothing learned yet
     learner.learn(logged(gt, 0, 300, seed=5))
@@ -471,6 +472,22 @@ def test_injected_clock_is_used_when_now_is_left_out():
     learner.drift()
     now[0] += 10
     assert learner.exploration() == learner.config.boost_epsilon
+
+
+def test_a_drift_restarts_from_the_cold_start_weights():
+    gt = GroundTruth(seed=8)
+    cold = cold_start_bundle(SCHEMA, CATALOG)
+    learner = new_learner(publish_interval_s=1.0)
+    learner.learn(logged(gt, 0, 1_000, seed=8))
+    learned = learner.maybe_publish(now=10.0)
+    assert learned is not None and not same_weights(learned.scorer, cold.scorer)
+    learner._beat_control = ((0, learned.version), learner._last_good)  # as if it beat control
+    learner.drift()
+    # the weights of the world that is gone are neither served nor restored by a later rollback
+    assert same_weights(learner.scorer, cold.scorer) and learner.beat_control_version is None
+    restarted = learner.maybe_publish(now=20.0)
+    assert restarted is not None and same_weights(restarted.scorer, cold.scorer)
+    assert restarted.metadata["learned"] == 0 and learner.boost_left == learner.config.boost_rewards
 
 
 # ------------------------------------------------------------------------------ dedupe, skips
@@ -752,7 +769,8 @@ def test_reward_rate_drift_finds_a_fall_of_the_control_rate_within_seconds_not_m
         replace(r, arm="treatment", decided_at_ms=r.decided_at_ms + 2 * shift) for r in before
     ]
     assert model.update(up) == [] and model.world.seen == 0
-    assert model.model.detections >= 1 and model.model.last_change == "increase"
+    # ...and a rise does not reset it (that would blind it for min_samples rewards)
+    assert model.model.detections == 0 and model.model.n == model.fed
     down = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=10_000)
     alerts = down.update([replace(r, arm="treatment") for r in before + after])
     assert alerts == [("model_reward_rate", {"change": "decrease"})]
