@@ -64,6 +64,8 @@ fire it; the first publish after the boost restarts it on its own decisions.
 ``warmup_rewards`` rewards of a learner that starts from a cold-start model); for as long,
 updates use ``boost_lr_factor * lr`` from a fresh optimizer, and the guardrail slice and the
 replay buffer start empty (rewards from the old world must not veto adapting to the new one).
+With ``drift_restart`` (the default) a drift also puts the cold-start weights back (the static
+flow, explored around with a ``gamma`` head start) instead of the old world's.
 Counted in rewards, not seconds, the boost costs as many users at any traffic and always lasts
 long enough to learn from.
 
