@@ -226,13 +226,7 @@ def rate_detector(settings: Any) -> Any:
     """The learner service's reward-rate drift detector under ``settings.learn``."""
     from ray_app.learn.drift import RewardRateDrift
 
-    s = settings.learn
-    return RewardRateDrift(
-        delta=s.drift_delta,
-        threshold=s.drift_threshold,
-        min_samples=s.drift_min_samples,
-        settle_ms=int(s.drift_settle_s * 1000),
-    )
+    return RewardRateDrift.from_settings(settings.learn)
 
 
 def _iso(ms: int) -> str:

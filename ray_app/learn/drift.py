@@ -212,6 +212,17 @@ class RewardRateDrift:
         self.late = 0
         self.timeouts = 0
 
+    @classmethod
+    def from_settings(cls, learn: Any) -> RewardRateDrift:
+        """The detector under ``learn.drift_*`` (a :class:`~ray_app.config.LearnSettings`): the
+        learner service's, and the learning twin's."""
+        return cls(
+            delta=learn.drift_delta,
+            threshold=learn.drift_threshold,
+            min_samples=learn.drift_min_samples,
+            settle_ms=int(learn.drift_settle_s * 1000),
+        )
+
     @property
     def held(self) -> int:
         """Explicit rewards waiting for their turn."""

@@ -153,12 +153,7 @@ class LearnerService:
         # the world: rewards of the static flow (control arm) moving either way; the model:
         # rewards of the model arms falling (their rise is the learner doing its job)
         # (min_samples: the first rewards of a fresh model move for reasons of its own)
-        self.rate_drift = RewardRateDrift(
-            delta=s.drift_delta,
-            threshold=s.drift_threshold,
-            min_samples=s.drift_min_samples,
-            settle_ms=int(s.drift_settle_s * 1000),
-        )
+        self.rate_drift = RewardRateDrift.from_settings(s)
         self.feature_drift = FeatureDrift(
             reference_size=s.psi_window, window=s.psi_window, names=list(self.schema.names)
         )
