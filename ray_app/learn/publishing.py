@@ -192,8 +192,8 @@ class Publishing:
         to the cold-start weights, and the last weights that beat control are forgotten: the
         model then serves the static flow's choices while it relearns, instead of the choices of
         a world that is gone (on the learning twin those were below the static flow until the
-        new world was learned; restarting recovered 4 of 4 seeds within 5,000 users against 2 of
-        4). A false alarm then costs what was learned, hence a detector tuned to rarely fire on
+        new world was learned; with the service's detector, restarting recovered 3 of 4 seeds
+        within 5,000 users against 2 of 4). A false alarm then costs what was learned, hence a detector tuned to rarely fire on
         a stationary stream."""
         if self.config.drift_restart:
             self.scorer.load_state_dict(clone_weights(self._fallback))
