@@ -222,13 +222,6 @@ def learner_config(overrides: dict[str, Any] | None = None) -> Any:
     )
 
 
-def rate_detector(settings: Any) -> Any:
-    """The learner service's reward-rate drift detector under ``settings.learn``."""
-    from ray_app.learn.drift import RewardRateDrift
-
-    return RewardRateDrift.from_settings(settings.learn)
-
-
 def _iso(ms: int) -> str:
     from ray_app.collect.parse import iso_ms
 
@@ -281,6 +274,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from ray_app.decide import policy_for
     from ray_app.enrich import DEFAULTS
     from ray_app.features import FeatureSchema
+    from ray_app.learn.drift import RewardRateDrift
     from ray_app.learn.learner import OnlineLearner
     from ray_app.model import Policy, cold_start_bundle, score_batch
     from ray_app.records import RewardRecord
@@ -314,7 +308,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     outcomes: list[Outcome] = []
     last_learn = 0.0
     told = args.drift == "none" or args.drift_detect_s is None
-    detector = rate_detector(shipped) if args.drift_detect_s is None else None
+    # the learner service's own reward-rate detector, unless the drift is signalled at a delay
+    detector = RewardRateDrift.from_settings(shipped.learn) if args.drift_detect_s is None else None
     alerts: list[float] = []
     t0 = 1_800_000_000_000  # event time of user 0's sign-up (ms)
     for i in range(args.users):

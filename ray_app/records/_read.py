@@ -9,6 +9,12 @@ from typing import Any
 from ray_app.records.errors import RecordError, RewardRecordError
 
 
+def _shown(v: Any) -> str:
+    """``repr(v)``, cut to 80 characters for an error message."""
+    shown = repr(v)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
 def _schema(data: Mapping[str, Any], expected: str, err: type[RecordError]) -> None:
     schema = data.get("schema")
     if schema != expected:

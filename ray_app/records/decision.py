@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ray_app.records._read import _shown
 from ray_app.records.errors import DecisionRecordError
 from ray_app.records.features import SparseFeatures, parse_features
 from ray_app.timefmt import ms_from_iso, utc_ms
@@ -260,10 +261,9 @@ def _decision_ms(stamp: Any) -> int:
 
 
 def _bad_decision(key: str, expected: str, got: Any) -> DecisionRecordError:
-    shown = repr(got)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return DecisionRecordError(ReasonCode.INVALID_FIELD, key, f"expected {expected}, got {shown}")
+    return DecisionRecordError(
+        ReasonCode.INVALID_FIELD, key, f"expected {expected}, got {_shown(got)}"
+    )
 
 
 def _optional(data: Mapping[str, Any], key: str, kind: type, expected: str) -> Any:

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ray_app.records._read import _shown
+
 __all__ = ["SparseFeatures", "parse_features"]
 
 
@@ -104,8 +106,3 @@ def _increasing(index: list[Any], size: int) -> bool:
             return False
         last = i
     return True
-
-
-def _shown(v: Any) -> str:
-    shown = repr(v)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
