@@ -276,7 +276,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from ray_app.features import FeatureSchema
     from ray_app.learn.drift import RewardRateDrift
     from ray_app.learn.learner import OnlineLearner
-    from ray_app.model import Policy, cold_start_bundle, score_batch
+    from ray_app.model import Policy, cold_start_bundle, explore_scores
     from ray_app.records import RewardRecord
     from ray_app.sim.live import Outcome
     from ray_app.state.profile import Profile, apply
@@ -348,7 +348,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         if arm == "control":
             action, p = truth.static_choice("next_step", eligible), 1.0
         else:
-            scores = score_batch(served, x, slot.index)[0]
+            scores = explore_scores(served, x, slot.index)[0]
             choice = policy.choose(scores, eligible, did)
             action, p = choice.chosen, choice.propensity
             greedy = slot.actions[choice.ranking[0]].id

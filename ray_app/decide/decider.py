@@ -1,6 +1,7 @@
 """Deciding: :class:`Decider` turns a batch of requests into decisions (:class:`Decision`).
 
-Catalog eligibility -> features -> one batched model forward per (arm, slot) -> policy (control:
+Catalog eligibility -> features -> one batched model forward per (arm, slot), with the bonus for
+what the model is unsure of (:func:`~ray_app.model.explore_scores`) -> policy (control:
 the static flow with propensity 1; model arms: the exploring policy, with the exploration the
 served model file carries (:func:`policy_for`), and the exact propensity of what it chose) ->
 :class:`Decision`, which is also the decision log record.
@@ -29,7 +30,7 @@ from ray_app.model import (
     ModelBundle,
     Policy,
     cold_start_bundle,
-    score_batch,
+    explore_scores,
 )
 from ray_app.records import DecisionRecord
 from ray_app.records.decision import decision_answer
@@ -322,7 +323,8 @@ def _score(
     bundles: Mapping[str, ModelBundle],
 ) -> dict[int, np.ndarray]:
     """One forward per (arm's bundle, slot) over the rows of ``x`` that need it (eligible, in a
-    model arm): request index -> its scores."""
+    model arm): request index -> its scores (the logits plus the bundle's exploration bonus:
+    :func:`~ray_app.model.explore_scores`; what the policy ranks by and the record logs)."""
     groups: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for i, p in enumerate(prepared):
         if isinstance(p, _Prepared) and p.eligible and not Experiment.serves_control(p.arm):
@@ -330,7 +332,7 @@ def _score(
     scores: dict[int, np.ndarray] = {}
     for (arm, slot_index), members in groups.items():
         rows = [row for _, row in members]
-        out = score_batch(bundles[arm], x if len(rows) == len(x) else x[rows], slot_index)
+        out = explore_scores(bundles[arm], x if len(rows) == len(x) else x[rows], slot_index)
         for k, (i, _) in enumerate(members):
             scores[i] = out[k]
     return scores

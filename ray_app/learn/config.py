@@ -99,6 +99,15 @@ class LearnerConfig:
     gamma_exponent``, ``n`` the rewards trained on since the learner started from a cold model,
     or since the last drift or rollback below control (exploration starts over then); Vowpal
     Wabbit's defaults."""
+    optimism: float = 1.0
+    """Published with the weights: a model arm's policy ranks by the logits plus this many times
+    the scorer's uncertainty (:meth:`~ray_app.model.Scorer.uncertainty`, from the rewards each
+    action was learned from in each context), so squarecb explores an action where the model has
+    not seen it (a segment whose best action was never shown there) instead of fading
+    exploration everywhere alike; 0 ranks by the logits. On the learning twin (4 seeds, 7,000
+    users) it raised the share of the oracle's gain at users 2,000 / 6,000 from 0.24 / 0.63 to
+    0.27 / 0.70 (teams), 0.23 / 0.57 to 0.29 / 0.66 (campus) and 0.13 / 0.42 to 0.16 / 0.44
+    (clinics); 0.5 did less."""
     weight_decay: float = 0.3
     """Decoupled weight decay (AdamW; plain L2 for SGD) per step."""
     replay_size: int = 5_000
@@ -170,6 +179,8 @@ class LearnerConfig:
             raise ValueError(
                 f"guardrail_min_records must be an integer >= 1, got {self.guardrail_min_records!r}"
             )
+        if not (math.isfinite(self.optimism) and self.optimism >= 0):
+            raise ValueError(f"optimism must be a number >= 0, got {self.optimism!r}")
         for name in ("min_propensity", "eval_min_propensity", "epsilon", "boost_epsilon"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):

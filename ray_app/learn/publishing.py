@@ -342,6 +342,7 @@ class Publishing:
             "control_rollbacks": self.counters["control_rollbacks"],
             "epsilon": epsilon,
             "gamma": round(self.gamma(), 3),
+            "optimism": self.config.optimism,
             "offsets": {str(p): o for p, o in sorted(self._offsets.items())},
             **self.lineage,
         }

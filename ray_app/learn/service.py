@@ -74,6 +74,7 @@ def learner_config(settings: Settings) -> LearnerConfig:
         guardrail_tolerance=s.guardrail_tolerance,
         epsilon=settings.decide.epsilon,
         gamma_scale=s.gamma_scale,
+        optimism=s.optimism,
         boost_epsilon=s.boost_epsilon,
         boost_rewards=s.boost_rewards,
         drift_restart=s.drift_restart,

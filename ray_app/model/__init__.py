@@ -36,7 +36,7 @@ from ray_app.model.policy import (
     uniform,
 )
 from ray_app.model.registry import ModelRegistry, ModelVersion, Promotion, RegistryError
-from ray_app.model.scorer import Scorer, score_batch, serving_threads
+from ray_app.model.scorer import Scorer, explore_scores, score_batch, serving_threads
 
 __all__ = [
     "FORMAT",
@@ -53,6 +53,7 @@ __all__ = [
     "RegistryError",
     "Scorer",
     "cold_start_bundle",
+    "explore_scores",
     "score_batch",
     "serving_threads",
     "uncertainty_from_counts",

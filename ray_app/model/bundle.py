@@ -266,6 +266,8 @@ def _load_weights(weights: bytes, head: dict[str, Any], arch: dict[str, Any]) ->
     for name, tensor in scorer.state_dict().items():
         if not bool(torch.isfinite(tensor).all()):
             raise ModelFileError("weights", f"{name} holds NaN or inf")
+        if name.startswith("evidence_") and bool((tensor < 0).any()):
+            raise ModelFileError("weights", f"{name} holds negative counts")
     return scorer
 
 

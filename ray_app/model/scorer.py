@@ -7,6 +7,17 @@ forward pass. The wide part starts at zero and learns the effect of each hashed 
 cross on each action directly (what a contextual bandit with hand-written interactions learns,
 and as fast); the trunk finds what the crosses do not spell out.
 
+The scorer also keeps its *evidence*: per slot, per action and per feature, the sum of the
+squared feature values of the rewards it learned from (:meth:`Scorer.observe`). That is the
+diagonal of the wide part's design matrix, as LinUCB keeps the whole of it, so
+:meth:`Scorer.uncertainty` says how little the model has seen of an action in a context:
+``sqrt(sum_i x_i**2 / (1 + evidence[a, i]))``. A context whose trait cross was never shown an
+action keeps that action's uncertainty high however many rewards the others brought;
+:func:`score_batch` adds ``optimism`` times each action's uncertainty above the context's surest
+action to the logits, so the exploring policy tries an action where it is unsure of it rather
+than everywhere alike. A context seen alike under every action (or never: a cold or offline
+model has no evidence) keeps its logits.
+
 >>> import torch
 >>> scorer = Scorer(dim=10, slot_sizes=(3, 4), hidden=8, seed=1)
 >>> scorer(torch.zeros(2, 10), 1).shape
@@ -18,7 +29,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -30,12 +41,14 @@ from torch.nn.utils import skip_init
 if TYPE_CHECKING:
     from ray_app.model.bundle import ModelBundle
 
-__all__ = ["Scorer", "score_batch", "serving_threads"]
+__all__ = ["Scorer", "explore_scores", "score_batch", "serving_threads"]
 
 
 class Scorer(nn.Module):
     """``dim`` features -> ``hidden`` (ReLU) -> one linear head of ``slot_sizes[k]`` per slot,
-    plus one bias-free linear map ``dim -> slot_sizes[k]`` per slot (``wides``, zero at first).
+    plus one bias-free linear map ``dim -> slot_sizes[k]`` per slot (``wides``, zero at first),
+    and per slot a buffer ``evidence_k`` of ``[slot_sizes[k], dim]`` (zero at first; see the
+    module docstring). Weights saved without evidence (before it existed) load with none.
 
     Initialized from ``seed`` alone (a private generator: the global torch RNG is untouched), so
     the same arguments give the same weights. Picklable (it crosses Ray as a plain module).
@@ -68,11 +81,44 @@ class Scorer(nn.Module):
                     module.bias.uniform_(-bound, bound, generator=gen)
             for module in self.wides:
                 cast(nn.Linear, module).weight.zero_()
+        for k, n in enumerate(self.slot_sizes):
+            self.register_buffer(f"evidence_{k}", torch.zeros(n, self.dim))
 
     @property
     def architecture(self) -> dict[str, Any]:
         """What rebuilds an empty scorer of the same shape (``Scorer(**architecture)``)."""
         return {"dim": self.dim, "hidden": self.hidden, "slot_sizes": list(self.slot_sizes)}
+
+    def evidence(self, slot_index: int) -> torch.Tensor:
+        """``[n_actions, dim]``: the summed squared features learned from, per action."""
+        return cast(torch.Tensor, getattr(self, f"evidence_{slot_index}"))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor, actions: torch.Tensor, slot_index: int) -> None:
+        """Count rewards learned from: rows ``x`` ``[B, dim]`` whose logged actions are
+        ``actions`` ``[B]`` (indices of the slot's head)."""
+        self.evidence(slot_index).index_add_(0, actions, x * x)
+
+    def uncertainty(self, x: torch.Tensor, slot_index: int) -> torch.Tensor:
+        """``[B, n_actions]`` (``[n_actions]`` for one ``[dim]`` row): how little the model has
+        seen of each action in each row's context (see the module docstring).
+
+        >>> s = Scorer(dim=2, slot_sizes=(2,), hidden=1)
+        >>> s.observe(torch.tensor([[1.0, 0.0]] * 3), torch.tensor([0, 0, 0]), 0)
+        >>> s.uncertainty(torch.tensor([1.0, 0.0]), 0).tolist()   # action 0 seen 3 times here
+        [0.5, 1.0]
+        """
+        return torch.sqrt(F.linear(x * x, 1.0 / (1.0 + self.evidence(slot_index))))
+
+    def load_state_dict(  # type: ignore[override]
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """As ``nn.Module.load_state_dict``; a state without the evidence buffers (written
+        before they existed) loads with zero evidence."""
+        full = dict(state_dict)
+        for name, buf in self.named_buffers():
+            full.setdefault(name, torch.zeros_like(buf))
+        return super().load_state_dict(full, strict=strict, assign=assign)
 
     def forward(self, x: torch.Tensor, slot_index: int) -> torch.Tensor:
         """``[B, dim]`` features -> ``[B, slot_sizes[slot_index]]`` logits (``[dim]`` -> ``[n]``)."""
@@ -83,8 +129,12 @@ class Scorer(nn.Module):
         return F.linear(h, head.weight, head.bias) + F.linear(x, wide.weight)
 
 
-def score_batch(bundle: ModelBundle | Scorer, x: np.ndarray, slot_index: int) -> np.ndarray:
-    """Logits ``[B, n_actions]`` (float32) for features ``[B, dim]`` (or one ``[dim]`` row).
+def score_batch(
+    bundle: ModelBundle | Scorer, x: np.ndarray, slot_index: int, optimism: float = 0.0
+) -> np.ndarray:
+    """Logits ``[B, n_actions]`` (float32) for features ``[B, dim]`` (or one ``[dim]`` row),
+    plus ``optimism`` times each action's :meth:`~Scorer.uncertainty` above the row's least
+    uncertain action (what an exploring policy ranks by: see :func:`explore_scores`).
 
     Runs under ``torch.inference_mode()``; thread settings are left to the caller (a serving
     process sets them once with :func:`serving_threads`).
@@ -99,9 +149,35 @@ def score_batch(bundle: ModelBundle | Scorer, x: np.ndarray, slot_index: int) ->
     one = x.ndim == 1 or x.shape[0] == 1
     t = torch.from_numpy(x.reshape(-1) if one else x)
     with torch.inference_mode():
-        out = scorer.forward(t, slot_index).numpy()
+        logits = scorer.forward(t, slot_index)
+        if optimism:
+            u = scorer.uncertainty(t, slot_index)
+            # relative to the row's surest action: a context seen alike for every action (or not
+            # at all) keeps its logits, whatever the policy makes of their level
+            logits = logits + optimism * (u - u.min(dim=-1, keepdim=True).values)
+        out = logits.numpy()
     # one row runs as a matrix-vector product: about half the cost of a [1, dim] matmul
     return out.reshape(1, -1) if one else out
+
+
+def explore_scores(bundle: ModelBundle, x: np.ndarray, slot_index: int) -> np.ndarray:
+    """What a model arm's policy ranks by: :func:`score_batch` with the ``optimism`` the bundle's
+    metadata carries (the online learner publishes ``learn.optimism``; none: 0, the plain logits).
+
+    >>> from ray_app.catalog import load_catalog
+    >>> from ray_app.features import FeatureSchema
+    >>> from ray_app.model import cold_start_bundle
+    >>> c = load_catalog()
+    >>> b = cold_start_bundle(FeatureSchema.from_catalog(c), c)
+    >>> x = np.ones(b.scorer.dim, dtype=np.float32)
+    >>> b.metadata["optimism"] = 1.0    # no evidence yet: the same bonus for every action
+    >>> d = explore_scores(b, x, 0) - score_batch(b, x, 0)
+    >>> bool(np.allclose(d, d[0, 0]))
+    True
+    """
+    o = bundle.metadata.get("optimism", 0.0)
+    ok = isinstance(o, int | float) and not isinstance(o, bool) and math.isfinite(o) and o > 0
+    return score_batch(bundle, x, slot_index, float(o) if ok else 0.0)
 
 
 def serving_threads(threads: int = 1) -> None:

@@ -115,6 +115,22 @@ def test_bundle_bytes_round_trip(bundle):
     assert again.to_bytes() == data  # stable bytes
 
 
+def test_a_model_file_keeps_its_evidence_and_one_written_before_it_had_none_loads(bundle):
+    x = torch.from_numpy(features(3))
+    bundle.scorer.observe(x, torch.tensor([0, 2, 2]), 0)
+    data = bundle.to_bytes()
+    again = ModelBundle.from_bytes(data, SCHEMA, CATALOG)
+    assert torch.equal(again.scorer.evidence(0), bundle.scorer.evidence(0))
+    assert (
+        float(again.scorer.evidence(0)[2].sum()) > 0 and float(again.scorer.evidence(1).sum()) == 0
+    )
+    head, _ = split(data)
+    old = {k: v for k, v in bundle.scorer.state_dict().items() if not k.startswith("evidence_")}
+    loaded = ModelBundle.from_bytes(forge(head, weights_of(old)), SCHEMA, CATALOG)
+    assert float(loaded.scorer.evidence(0).sum()) == 0.0
+    assert np.array_equal(score_batch(loaded, features(), 0), score_batch(bundle, features(), 0))
+
+
 def test_bundle_survives_pickle(bundle):
     again = pickle.loads(pickle.dumps(bundle))
     assert again.version == bundle.version and again.schema_hash == bundle.schema_hash
@@ -156,6 +172,8 @@ def bad_files(bundle: ModelBundle) -> list[tuple[str, object, str, str]]:
     nan_state["trunk.bias"][0] = float("nan")
     wrong_shape = {k: v.clone() for k, v in state.items()}
     wrong_shape["trunk.weight"] = wrong_shape["trunk.weight"][:, :-1]
+    negative = {k: v.clone() for k, v in state.items()}
+    negative["evidence_0"][1, 2] = -1.0
     flipped = bytearray(data)
     flipped[-10] ^= 0xFF
     return [
@@ -188,6 +206,7 @@ def bad_files(bundle: ModelBundle) -> list[tuple[str, object, str, str]]:
         ("weights wrong shape", forge(head, weights_of(wrong_shape)), "weights", "do not fit the architecture"),
         ("weights not a state dict", forge(head, weights_of({"a": 1})), "weights", "not a state_dict of tensors"),
         ("weights with NaN", forge(head, weights_of(nan_state)), "weights", "trunk.bias holds NaN or inf"),
+        ("negative evidence", forge(head, weights_of(negative)), "weights", "evidence_0 holds negative counts"),
     ]  # fmt: skip
 
 
