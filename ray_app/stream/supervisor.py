@@ -36,6 +36,7 @@ from ray_app.config import Settings
 from ray_app.stream import placement
 from ray_app.stream.checkpoint import checkpoint_key
 from ray_app.stream.placement import assign_partitions, owner_index
+from ray_app.stream.profile_socket import Address
 from ray_app.stream.reader import SUPERVISOR_NAME, ProfileReader, StreamUnavailable
 from ray_app.stream.runtime import RayRuntime, WorkerGone, WorkerRuntime
 
@@ -94,6 +95,8 @@ class StreamSupervisor:
         self.restarts = 0
         self.moves = 0
         self.worker_nodes: list[str | None] = []
+        self.worker_addresses: dict[int, Address | None] = {}
+        """Worker index -> its profile socket (:meth:`StreamWorker.profile_address`)."""
         self._last_rebalance = 0.0
         self._suspect: dict[str, float] = {}
         """Node -> when a worker on it died: Ray may list a lost node as alive for a while
@@ -148,12 +151,13 @@ class StreamSupervisor:
         while len(self.worker_nodes) <= index:
             self.worker_nodes.append(None)
         self.worker_nodes[index] = where
+        self.worker_addresses[index] = rt.call(worker, "profile_address", timeout=30)
         return worker
 
     def _spawn_all(self) -> None:
         """A worker per group of ``assignment``, all created before any is waited for: they
         build (a process, imports, their checkpoints) side by side, not one after another."""
-        self.workers, self.worker_nodes = [], []
+        self.workers, self.worker_nodes, self.worker_addresses = [], [], {}
         launched = []
         for i, parts in enumerate(self.assignment):
             launched.append(self._launch(i, parts))
@@ -231,10 +235,15 @@ class StreamSupervisor:
         self.start()
         return True
 
-    def routes(self) -> tuple[int, list[Any]]:
-        """(partition count, worker handles by index) for callers that look profiles up directly."""
+    def routes(self, addresses: bool = False) -> tuple[Any, ...]:
+        """(partition count, worker handles by index) for callers that look profiles up
+        directly; with ``addresses``, their profile sockets by index too (None: none, or not
+        started yet), for :class:`~ray_app.stream.reader.ProfileReader`."""
         with self._lock:
-            return self.partitions, list(self.workers)
+            if not addresses:
+                return self.partitions, list(self.workers)
+            where = [self.worker_addresses.get(i) for i in range(len(self.workers))]
+            return self.partitions, list(self.workers), where
 
     def _watch(self) -> None:
         while not self._stop.wait(self.monitor_interval_s):

@@ -60,6 +60,7 @@ from ray_app.stream.checkpoint import (
 )
 from ray_app.stream.config import state_config
 from ray_app.stream.outputs import dlq_record, late_record
+from ray_app.stream.profile_socket import Address, ProfileServer, serve_profiles
 from ray_app.stream.writer import CheckpointWriter, rebase_partitions
 from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
 from validation.columns import SampledChecks
@@ -159,6 +160,7 @@ class StreamWorker:
         self.error: str | None = None
         self.tracing = make_tracing(settings.telemetry, "stream")
         self.traced = 0
+        self._profile_server: ProfileServer | None = None
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -174,6 +176,8 @@ class StreamWorker:
                 target=self._run, name=f"onramp-{self.worker_id}", daemon=True
             )
             self._thread.start()
+        if self._profile_server is None and self.settings.stream.profile_socket:
+            self._profile_server = serve_profiles(self.profiles_of)
         return True
 
     def _run(self) -> None:
@@ -368,6 +372,8 @@ class StreamWorker:
         self._consumer.close()
         self._producer.close()
         self.tracing.shutdown()
+        if self._profile_server is not None:
+            self._profile_server.close()
         return {str(p): o for p, o in self.next_offset.items()}
 
     def crash(self) -> None:
@@ -378,6 +384,8 @@ class StreamWorker:
             self._thread.join(timeout=30)
         self._writer.abandon()
         self._consumer.close()
+        if self._profile_server is not None:
+            self._profile_server.close()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -393,6 +401,10 @@ class StreamWorker:
     def ping(self) -> str | None:
         """None when healthy, else the error that stopped the loop."""
         return self.error
+
+    def profile_address(self) -> Address | None:
+        """(host, port, token) of this worker's profile socket (None: reads are actor calls)."""
+        return None if self._profile_server is None else self._profile_server.address
 
     def profile(self, partition: int, user_key: str) -> dict[str, Any] | None:
         with self._lock:

@@ -1,5 +1,7 @@
 """ProfileReader's route table: asked again when the supervisor has no workers yet, refreshed
-when a worker was replaced (fake supervisor and workers in place of Ray's actors)."""
+when a worker was replaced (fake supervisor and workers in place of Ray's actors); reads over a
+worker's profile socket (a real server thread) once it is open, through the actor when it is
+not."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 import ray
 
 from ray_app.stream import reader
+from ray_app.stream.profile_socket import Address, ProfileServer
 from ray_app.stream.reader import ProfileReader, StreamUnavailable
 
 
@@ -48,13 +51,18 @@ class _Worker:
 
 
 class _Supervisor:
+    """Answers ``routes()`` as an older supervisor did, without addresses, until it has some."""
+
     def __init__(self) -> None:
         self.workers: list[_Worker] = []
+        self.addresses: list[Address | None] | None = None
         self.asked = 0
         self.routes = _Method(self._routes)
 
-    def _routes(self) -> tuple[int, list[_Worker]]:
+    def _routes(self, addresses: bool = False) -> tuple[Any, ...]:
         self.asked += 1
+        if addresses and self.addresses is not None:
+            return 4, list(self.workers), list(self.addresses)
         return 4, list(self.workers)
 
 
@@ -106,10 +114,11 @@ def test_the_table_is_kept_while_it_works_and_refreshed_once_when_a_worker_is_re
 
 def test_a_supervisor_slower_than_the_callers_deadline_still_fills_the_table(supervisor):
     """Every caller gives up after 50 ms (the decide deadline) and the supervisor answers in
-    100 ms (a loaded machine): the one load goes on, and later lookups use its table (each
+    120 ms (a loaded machine; at 100 ms the second caller's deadline raced the answer): the
+    one load goes on, and later lookups use its table (each
     caller used to start a load of its own, cancelled in turn: cold-start for ever)."""
     supervisor.workers = [_Worker("w0")]
-    supervisor.routes.delay_s = 0.1
+    supervisor.routes.delay_s = 0.12
     r = ProfileReader("onramp")
 
     async def scenario() -> list[Any]:
@@ -124,3 +133,29 @@ def test_a_supervisor_slower_than_the_callers_deadline_still_fills_the_table(sup
     answers = asyncio.run(scenario())
     assert answers[:2] == ["deadline", "deadline"]
     assert answers[-1] == {"userKey": "u1", "worker": "w0"} and supervisor.asked == 1
+
+
+def test_reads_go_over_the_socket_once_it_is_open_and_through_the_actor_when_it_breaks(
+    supervisor,
+):
+    """The first read opens the socket in the background and is answered by the actor call
+    (no caller waits for a connect); the next ones go over the socket; a server that went away
+    (its worker stopping) sends reads back to the actor, without asking for a new table."""
+    server = ProfileServer(
+        lambda keys: [{"userKey": k, "worker": "socket"} for _, k in keys], host="127.0.0.1"
+    ).start()
+    supervisor.workers = [_Worker("w0")]
+    supervisor.addresses = [server.address]
+    r = ProfileReader("onramp")
+
+    async def scenario() -> list[Any]:
+        answers = [await r.get_many(["u1", "u2"])]
+        await asyncio.sleep(0.1)  # the connect
+        answers += [await r.get_many(["u1", "u2"]), await r.get_many(["u3"])]
+        server.close()
+        answers += [await r.get_many(["u1"]), await r.get_many(["u1"])]
+        r.close()
+        return [sorted({p["worker"] for p in a.values()}) for a in answers]
+
+    assert asyncio.run(scenario()) == [["w0"], ["socket"], ["socket"], ["w0"], ["w0"]]
+    assert r.socket_reads == 2 and server.served == 2 and supervisor.asked == 1
