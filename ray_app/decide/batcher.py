@@ -5,8 +5,8 @@ owning stream worker and one model forward per (arm, slot) for the whole batch. 
 flight the next one starts at once (on the next turn of the event loop, so that the requests that
 arrived together go together); while ``max_inflight`` batches wait for their profiles, the
 requests arriving meanwhile queue for the next free turn, and a batch that is not the only one in
-flight waits up to ``linger_s`` to fill. So a profile lookup (an actor round trip) overlaps the
-deciding of the batch before it, and each batch is as large as the load makes it.
+flight waits up to ``linger_s`` to fill. So a profile lookup (a round trip to the stream worker)
+overlaps the deciding of the batch before it, and each batch is as large as the load makes it.
 No Serve and no HTTP here: the ingress awaits :meth:`DecisionBatcher.decide`, and a test drives it
 with a fake profile source.
 

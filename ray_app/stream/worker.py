@@ -49,8 +49,6 @@ from ray_app.config import Settings
 from ray_app.kafka.client import Consumer, OutRecord, Producer, make_consumer, make_producer
 from ray_app.records import RewardRecord
 from ray_app.state import SessionShard
-from ray_app.state.identity import MergeOutcome
-from ray_app.state.profile import CAPS
 from ray_app.state.shard import SnapshotRefused
 from ray_app.stream.checkpoint import (
     Checkpoint,
@@ -61,6 +59,7 @@ from ray_app.stream.checkpoint import (
 from ray_app.stream.config import state_config
 from ray_app.stream.outputs import dlq_record, late_record
 from ray_app.stream.profile_socket import Address, ProfileServer, serve_profiles
+from ray_app.stream.status import partition_status
 from ray_app.stream.writer import CheckpointWriter, rebase_partitions
 from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
 from validation.columns import SampledChecks
@@ -450,25 +449,7 @@ class StreamWorker:
             return {
                 "worker": self.worker_id,
                 "partitions": {
-                    str(p): {
-                        "nextOffset": self.next_offset[p],
-                        "buffered": self.shards[p].buffered,
-                        "watermark": self.shards[p].watermark,
-                        "lag": self.lag.get(p),
-                        **self.shards[p].stats.as_dict(),
-                        "quality": _quality(self.shards[p]),
-                        "rejectedByReason": dict(self.shards[p].rejected_by_reason),
-                        "decisionOffset": self.shards[p].decision_offset,
-                        "decisionsRejectedByReason": dict(self.shards[p].decisions_rejected),
-                        "profiles": len(self.shards[p].profiles),
-                        "profilesEvicted": self.shards[p].profiles_evicted,
-                        "profileCaps": {c: self.shards[p].cap_hits.get(c, 0) for c in CAPS},
-                        "aliases": len(self.shards[p].aliases),
-                        "identity": {
-                            o.value: self.shards[p].identity.get(o.value, 0) for o in MergeOutcome
-                        },
-                        **self.shards[p].rewards.stats(),
-                    }
+                    str(p): partition_status(self.shards[p], self.next_offset[p], self.lag.get(p))
                     for p in self.partitions
                 },
                 "refused": {str(p): why for p, why in self.refused.items()},
@@ -486,10 +467,6 @@ class StreamWorker:
 
 def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:
     return checkpoint_key(settings.stream, checkpoint_uri)
-
-
-def _quality(shard: SessionShard) -> dict[str, Any]:
-    return shard.quality.as_dict() if shard.quality is not None else {}
 
 
 def _restore(ck: Checkpoint, uri: str, checks: SampledChecks | None = None) -> SessionShard:
