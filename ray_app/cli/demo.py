@@ -17,7 +17,7 @@ from ray_app.config import Settings
 __all__ = ["DEMO_WORLDS", "add_parser", "run"]
 
 #: The worlds ``demo --world`` takes (those of :data:`ray_app.sim.worlds.WORLDS`).
-DEMO_WORLDS = ("teams", "clinics", "campus", "v2")
+DEMO_WORLDS = ("teams", "clinics", "fleets", "campus", "v2")
 
 #: Simulated users who ask /v1/decide, and the thread they run in.
 _Learning = tuple[Any, threading.Thread]

@@ -6,8 +6,10 @@ becomes a token ``t:key=value`` (``c:`` for CRM, ``x:`` for context), and every 
 trait/CRM tokens a cross token ``t:a=1&t:b=2``, so that a preference that depends on two traits
 together (role and company size, not each alone) is one feature. Tokens are hashed into
 :attr:`Hashing.buckets` buckets (CRC-32: the same bucket in every process and release). Text is
-case-folded; numbers become log2 buckets (``#7`` for 128-255); nested objects are flattened one
-level (``company.plan``). Identifiers and personal data are left out by default (keys like
+case-folded; a number becomes two tokens, its log2 bucket (``#7`` for 128-255) and its decimal
+order of magnitude (``~2`` for 100-999), so that a preference that changes at some size is
+learnable from the coarse bands when the fine ones are still thin (both are crossed with the
+other fields, not with each other); nested objects are flattened one level (``company.plan``). Identifiers and personal data are left out by default (keys like
 ``email``, ``name``, ``phone``, ``*Id``, ``*At``, values with an ``@`` or longer than 64
 characters): they would be noise, one value per user.
 
@@ -18,6 +20,8 @@ include, exclude or type keys (:class:`Hashing`).
 >>> hashed_tokens(DEFAULT_HASHING, {"traits": {"role": "Admin", "accountId": "a-1"}}, None,
 ...               {"device": "mobile"})
 ['t:role=admin', 'x:device=mobile']
+>>> hashed_tokens(DEFAULT_HASHING, {"traits": {"role": "admin", "seats": 140}})
+['t:role=admin', 't:seats=#7', 't:seats=~2', 't:role=admin&t:seats=#7', 't:role=admin&t:seats=~2']
 >>> bucket("t:role=admin", 512) == bucket("t:role=admin", 512) < 512
 True
 """
@@ -61,7 +65,7 @@ class Hashing:
     """How traits, CRM columns and context fields become hashed features.
 
     ``include`` (when set) keeps only these keys; ``exclude`` adds to :data:`DEFAULT_EXCLUDE`;
-    ``numeric`` keys are read as numbers (log2 buckets) even when sent as text; ``categorical``
+    ``numeric`` keys are read as numbers (log2 and decimal buckets) even when sent as text; ``categorical``
     keys keep numbers as exact values. Keys are matched case-insensitively, a nested key as
     ``parent.child``. ``cross_fields``: at most this many trait/CRM fields (by key order) are
     crossed in pairs.
@@ -167,36 +171,42 @@ class Hashing:
 DEFAULT_HASHING = Hashing()
 
 
-def _token_value(key: str, value: Any, h: Hashing) -> str | None:
-    """One attribute's value as the text of its token; ``None`` to leave it out."""
+def _token_values(key: str, value: Any, h: Hashing) -> tuple[str, ...]:
+    """One attribute's value as the text of its tokens (none: leave it out)."""
     if value is None:
-        return None
+        return ()
     k = key.lower()
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return ("true" if value else "false",)
     if isinstance(value, int | float):
         if k in h.categorical:
             f = float(value)
             if not math.isfinite(f):
-                return None
-            return str(int(f)) if f.is_integer() and abs(f) < 1e15 else repr(f)
-        return _log2_bucket(as_number(value))
+                return ()
+            return (str(int(f)) if f.is_integer() and abs(f) < 1e15 else repr(f),)
+        return _number_buckets(as_number(value))
     if isinstance(value, str):
         v = value.strip().lower()
         if v in _MISSING or len(v) > _MAX_TEXT or "@" in v or "://" in v:
-            return None
+            return ()
         if k in h.numeric:
             f = as_number(v)
-            return _log2_bucket(f) if f or v in ("0", "0.0") else None
-        return v
-    return None
+            return _number_buckets(f) if f or v in ("0", "0.0") else ()
+        return (v,)
+    return ()
 
 
-def _log2_bucket(v: float) -> str:
-    """``#n`` with ``n = floor(log2(1 + |v|))`` (``#-n`` below zero): 0 -> #0, 1 -> #1,
-    2-3 -> #1..2, 128-254 -> #7."""
-    n = int(math.log2(1.0 + min(abs(v), 1e300)))
-    return f"#-{n}" if v < 0 else f"#{n}"
+def _number_buckets(v: float) -> tuple[str, str]:
+    """``#n`` with ``n = floor(log2(1 + |v|))`` and ``~d`` with ``d = floor(log10(|v|))`` (0
+    below 1); ``#-n``, ``~-d`` below zero: 0 -> #0 ~0, 1 -> #1 ~0, 2-3 -> #1..2, 128-254 -> #7,
+    100-999 -> ~2.
+
+    >>> _number_buckets(140), _number_buckets(-3), _number_buckets(0.0)
+    (('#7', '~2'), ('#-2', '~-0'), ('#0', '~0'))
+    """
+    a = min(abs(v), 1e300)
+    n, d = int(math.log2(1.0 + a)), int(math.log10(a)) if a >= 1.0 else 0
+    return (f"#-{n}", f"~-{d}") if v < 0 else (f"#{n}", f"~{d}")
 
 
 def _attributes(prefix: str, d: Any, h: Hashing, out: list[tuple[str, str]]) -> None:
@@ -212,11 +222,11 @@ def _attributes(prefix: str, d: Any, h: Hashing, out: list[tuple[str, str]]) -> 
             for sub, v in value.items():
                 if isinstance(sub, str) and sub and not isinstance(v, Mapping):
                     name = f"{key}.{sub}"
-                    if h.keeps(name) and (t := _token_value(name, v, h)) is not None:
-                        out.append((name, f"{prefix}:{name}={t}"))
+                    if h.keeps(name):
+                        out += [(name, f"{prefix}:{name}={t}") for t in _token_values(name, v, h)]
             continue
-        if h.keeps(key) and (t := _token_value(key, value, h)) is not None:
-            out.append((key, f"{prefix}:{key}={t}"))
+        if h.keeps(key):
+            out += [(key, f"{prefix}:{key}={t}") for t in _token_values(key, value, h)]
 
 
 def bucket(token: str, buckets: int) -> int:
@@ -241,6 +251,12 @@ def hashed_tokens(
     _attributes("x", context, h, ctx)
     out = [t for _, t in user] + [t for _, t in ctx]
     if h.crosses and len(user) > 1:
-        crossed = sorted(t for _, t in user)[: h.cross_fields]
-        out += [f"{a}&{b}" for i, a in enumerate(crossed) for b in crossed[i + 1 :]]
+        fields = sorted({k for k, _ in user})[: h.cross_fields]
+        crossed = sorted((t, k) for k, t in user if k in fields)
+        out += [
+            f"{a}&{b}"
+            for i, (a, ka) in enumerate(crossed)
+            for b, kb in crossed[i + 1 :]
+            if ka != kb
+        ]
     return out

@@ -37,6 +37,10 @@ The worlds (:data:`WORLDS`; :func:`world` builds one by name):
 ``clinics``
     Practice-management software. ``specialty`` (5 values) x ``beds``, a **number** (1 to 9,999)
     whose decade (1-9, 10-99, 100-999, 1000+) matters = 20 cells; noise: ``pmsVendor``.
+``fleets``
+    Fleet dispatch. ``cargo`` (5 values) x ``vehicles``, a **number** (1 to 1,999) whose band
+    matters, on bounds that are neither decades nor powers of two (1-4, 5-24, 25-149, 150+) =
+    20 cells; noise: ``dispatchApp``.
 ``campus``
     A course platform. ``faculty`` (6 values) x ``cohort`` (5 values) = 30 cells; noise:
     ``dormitory``.
@@ -385,6 +389,16 @@ _SPECS: dict[str, tuple[Trait, Trait, Trait]] = {
         Trait("beds", _BED_LABELS, (0.40, 0.30, 0.20, 0.10), _BED_BOUNDS),
         Trait("pmsVendor", ("chartwise", "ledgerly", "paperbound", "stethodesk")),
     ),
+    "fleets": (
+        Trait("cargo", ("produce", "lumber", "furniture", "chemicals", "livestock")),
+        Trait(
+            "vehicles",
+            ("1-4", "5-24", "25-149", "150+"),
+            (0.35, 0.30, 0.20, 0.15),
+            ((1, 4), (5, 24), (25, 149), (150, 1_999)),
+        ),
+        Trait("dispatchApp", ("routewise", "haulpad", "fleetbook", "truckly")),
+    ),
     "campus": (
         Trait(
             "faculty",
@@ -459,7 +473,7 @@ def world(
     >>> world("atlantis")
     Traceback (most recent call last):
     ...
-    ValueError: unknown world 'atlantis' (known: teams, clinics, campus, v2)
+    ValueError: unknown world 'atlantis' (known: teams, clinics, fleets, campus, v2)
     """
     try:
         make = WORLDS[name]

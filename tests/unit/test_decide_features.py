@@ -87,8 +87,9 @@ def test_a_growing_vocabulary_never_changes_the_layout():
     # values and keys never seen before land in their buckets; the layout stays
     x = SCHEMA.featurize({"traits": {"clinicType": "veterinary", "beds": 12}}, None, None)
     assert hashed(x) == buckets(
-        "t:clinicType=veterinary", "t:beds=#3", "t:beds=#3&t:clinicType=veterinary"
-    )
+        "t:clinicType=veterinary", "t:beds=#3", "t:beds=~1",
+        "t:beds=#3&t:clinicType=veterinary", "t:beds=~1&t:clinicType=veterinary",
+    )  # fmt: skip
     assert (SCHEMA.dim, SCHEMA.hash) == before
     again = FeatureSchema.from_catalog(load_catalog())
     assert again.bucket("t:clinicType=veterinary") == SCHEMA.bucket("t:clinicType=veterinary")
@@ -97,12 +98,16 @@ def test_a_growing_vocabulary_never_changes_the_layout():
 def test_identifiers_and_personal_data_are_left_out_and_the_catalog_can_type_keys():
     traits = {"email": "a@b.co", "firstName": "Ada", "accountId": "acct-9", "createdAt": "2026",
               "bio": "x" * 65, "site": "https://a.b", "plan": "Pro", "zip": 10115}  # fmt: skip
-    assert SCHEMA.tokens({"traits": traits}) == ["t:plan=pro", "t:zip=#13", "t:plan=pro&t:zip=#13"]
+    assert SCHEMA.tokens({"traits": traits}) == [
+        "t:plan=pro", "t:zip=#13", "t:zip=~4", "t:plan=pro&t:zip=#13", "t:plan=pro&t:zip=~4",
+    ]  # fmt: skip
     typed = FeatureSchema(
         STEPS, Hashing(categorical=frozenset({"zip"}), numeric=frozenset({"seats"}),
                        exclude=frozenset({"plan"}), crosses=False)
     )  # fmt: skip
-    assert typed.tokens({"traits": {**traits, "seats": "40"}}) == ["t:zip=10115", "t:seats=#5"]
+    assert typed.tokens({"traits": {**traits, "seats": "40"}}) == [
+        "t:zip=10115", "t:seats=#5", "t:seats=~1",
+    ]  # fmt: skip
     only = FeatureSchema(STEPS, Hashing(include=frozenset({"Plan", "company.tier"})))
     assert only.tokens({"traits": {**traits, "company": {"tier": "Gold", "size": 3}}}) == [
         "t:plan=pro",
@@ -158,8 +163,9 @@ def test_enrichment_and_context():
     x = SCHEMA.featurize(None, found, {"device": "tablet", "referrer": "Google"})
     assert value(x, "crm:found") == 1.0
     assert set(SCHEMA.tokens(None, found, {"device": "tablet", "referrer": "Google"})) == {
-        "c:plan=enterprise", "c:industry=mining", "c:employees=#10",  # "unknown" is missing
+        "c:plan=enterprise", "c:industry=mining", "c:employees=#10", "c:employees=~3",
         "c:employees=#10&c:industry=mining", "c:employees=#10&c:plan=enterprise",
+        "c:employees=~3&c:industry=mining", "c:employees=~3&c:plan=enterprise",  # not "unknown"
         "c:industry=mining&c:plan=enterprise", "x:device=tablet", "x:referrer=google",
     }  # fmt: skip
     assert hashed(x) == buckets(

@@ -165,6 +165,17 @@ def test_a_numeric_trait_counts_by_its_decade():
         assert label == t.values[min(int(math.log10(value)), len(t.values) - 1)]
 
 
+def test_a_numeric_trait_on_bounds_of_its_own():
+    w = world("fleets", seed=3)
+    t = w.second
+    assert t.numeric and t.bounds is not None
+    for u in w.users(300):
+        value = u.traits[t.name]
+        label = u.segment.split("/")[1]
+        lo, hi = t.bounds[t.values.index(label)]
+        assert isinstance(value, int) and lo <= value <= hi
+
+
 def test_v2_wraps_the_original_simulator():
     gt = world("v2", seed=1, drift_at=50)
     assert gt.user(3) == GroundTruth(seed=1, drift_at_user=50).user(3)
