@@ -65,7 +65,7 @@ from ray_app.decide import (
     parse_decide,
 )
 from ray_app.decide.batcher import DecisionBatcher
-from ray_app.decide.log import DecisionLog
+from ray_app.decide.log import DecisionLog, lingering
 from ray_app.decide.service import Answer, DecisionService
 from ray_app.enrich import CrmTable
 from ray_app.errors import (
@@ -155,7 +155,7 @@ class CollectorIngress:
         serving_threads(1)  # one small forward per batch: a thread pool would only contend
         self.watcher.load()
         self.decision_log = DecisionLog(
-            kafka_producer_factory(settings, bootstrap, [settings.topics.decisions]),
+            kafka_producer_factory(lingering(settings), bootstrap, [settings.topics.decisions]),
             settings.topics.decisions,
             settings.decide.log_max_pending,
             self.hooks.decisions_logged,

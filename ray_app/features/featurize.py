@@ -49,8 +49,9 @@ _CAP_AGE_S = 90 * 86400.0
 
 
 def _is_map(d: Any) -> TypeGuard[Mapping[str, Any]]:
-    """``isinstance(d, Mapping)``, at a dict's cost for a dict (what profiles are)."""
-    return type(d) is dict or isinstance(d, Mapping)
+    """``isinstance(d, Mapping)``, at a dict's cost for a dict (what profiles are) and for None
+    (a step, count or enrichment a profile lacks; an ABC check costs ten times as much)."""
+    return type(d) is dict or (d is not None and isinstance(d, Mapping))
 
 
 def _get(d: Any, key: str) -> Any:

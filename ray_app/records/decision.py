@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -19,7 +20,13 @@ from ray_app.records.features import SparseFeatures, parse_features
 from ray_app.timefmt import ms_from_iso, utc_ms
 from validation.reasons import ReasonCode
 
-__all__ = ["DECISION_SCHEMA", "DECISION_SCHEMAS", "DecisionRecord", "decision_answer"]
+__all__ = [
+    "DECISION_SCHEMA",
+    "DECISION_SCHEMAS",
+    "DecisionRecord",
+    "decision_answer",
+    "decision_json",
+]
 
 DECISION_SCHEMA = "onramp.decision/2"
 #: The schemas a decision record may carry (``/1``: the features as a dense list).
@@ -45,6 +52,37 @@ def decision_answer(d: Any) -> dict[str, Any]:
         "coldStart": d.cold_start,
         "coldReason": d.cold_reason,
     }
+
+
+def decision_json(d: Any, feature_schema: str | None) -> dict[str, Any]:
+    """The record of a decision as a JSON-ready dict (schema ``onramp.decision/2``), from any
+    object with :class:`DecisionRecord`'s fields (``features`` sparse or dense): the one encoder of
+    :meth:`DecisionRecord.to_json` and of :meth:`ray_app.decide.Decision.record`, which logs
+    every decision a replica answers and so skips building a frozen 21-field record first."""
+    out: dict[str, Any] = {
+        "schema": DECISION_SCHEMA,
+        **decision_answer(d),
+        "userKey": d.user_key,
+        "actionIndex": d.action_index,
+        "candidates": d.candidates,
+        "features": SparseFeatures.of(d.features).to_json(),
+        "featureSchema": feature_schema,
+        "context": d.context,
+        "profileAgeMs": d.profile_age_ms,
+        "timestamp": _timestamp(d.at_ms),
+    }
+    if d.trace_id is not None:
+        out["traceId"] = d.trace_id
+    if d.merged_from:
+        out["mergedFrom"] = d.merged_from
+    return out
+
+
+@lru_cache(maxsize=256)
+def _timestamp(at_ms: int) -> str:
+    """``at_ms`` on the wire: a batch of decisions shares one decision time, so the text is
+    made once per batch, not once per record."""
+    return utc_ms(at_ms).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -106,23 +144,7 @@ class DecisionRecord:
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (schema ``onramp.decision/2``): the HTTP answer's
         keys first, in its order, then the rest."""
-        out: dict[str, Any] = {
-            "schema": DECISION_SCHEMA,
-            **decision_answer(self),
-            "userKey": self.user_key,
-            "actionIndex": self.action_index,
-            "candidates": self.candidates,
-            "features": self.features.to_json(),
-            "featureSchema": self.feature_schema,
-            "context": self.context,
-            "profileAgeMs": self.profile_age_ms,
-            "timestamp": utc_ms(self.at_ms).isoformat(timespec="milliseconds"),
-        }
-        if self.trace_id is not None:
-            out["traceId"] = self.trace_id
-        if self.merged_from:
-            out["mergedFrom"] = self.merged_from
-        return out
+        return decision_json(self, self.feature_schema)
 
     def encode(self) -> bytes:
         """:meth:`to_json` as JSON bytes."""

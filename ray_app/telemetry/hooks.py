@@ -104,15 +104,25 @@ class OtelHooks:
         self._enrichment = meter.create_counter(
             "onramp.enrichment.lookups", description="CRM lookups on profile reads, hit or miss"
         )
-        self._decisions = meter.create_counter(
-            "onramp.decisions", description="Decisions answered, by slot, arm and cold start"
+        # Per-decision counts are plain dict increments, read by OpenTelemetry when it collects
+        # (an observable counter exports the same cumulative counter): Counter.add costs a few
+        # microseconds of attribute cleaning and hashing per call, paid for every decision.
+        self._decision_counts: dict[tuple[str, str, bool], int] = {}
+        self._logged_counts = {"acked": 0, "failed": 0}
+        meter.create_observable_counter(
+            "onramp.decisions",
+            callbacks=[self._observe_decisions],
+            description="Decisions answered, by slot, arm and cold start",
         )
         self._decide_latency = meter.create_histogram(
             "onramp.decide.duration", unit="s", description="Time to decide (in the replica)"
         )
-        self._logged = meter.create_counter(
-            "onramp.decisions.logged", description="Decision records acknowledged by Kafka"
+        meter.create_observable_counter(
+            "onramp.decisions.logged",
+            callbacks=[self._observe_logged],
+            description="Decision records acknowledged by Kafka",
         )
+        self._slot_attrs: dict[str, dict[str, str]] = {}  # {"slot": s}, built once per slot
         self._versions: dict[str, int] = {}
 
         def _observe_versions(_options: Any) -> list[Any]:
@@ -157,14 +167,35 @@ class OtelHooks:
         self._enrichment.add(1, {"result": "hit" if found else "miss"})
 
     def decision(self, slot: str, arm: str, cold: bool, seconds: float) -> None:
-        self._decisions.add(1, {"slot": slot, "arm": arm, "cold_start": str(cold).lower()})
-        self._decide_latency.record(seconds, {"slot": slot})
+        # called on the replica's event loop only: one writer, so the increment is safe
+        key = (slot, arm, cold)
+        self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
+        attrs = self._slot_attrs.get(slot)
+        if attrs is None:
+            attrs = self._slot_attrs[slot] = {"slot": slot}
+        self._decide_latency.record(seconds, attrs)
 
     def decisions_logged(self, ok: int, failed: int) -> None:
+        # called on the decision log's producer thread only (its delivery callbacks): one writer
         if ok:
-            self._logged.add(ok, {"result": "acked"})
+            self._logged_counts["acked"] += ok
         if failed:
-            self._logged.add(failed, {"result": "failed"})
+            self._logged_counts["failed"] += failed
+
+    def _observe_decisions(self, _options: Any) -> list[Any]:
+        from opentelemetry.metrics import Observation
+
+        counts = self._decision_counts.copy()  # one C call: safe against the loop's increments
+        return [
+            Observation(n, {"slot": s, "arm": a, "cold_start": str(c).lower()})
+            for (s, a, c), n in counts.items()
+        ]
+
+    def _observe_logged(self, _options: Any) -> list[Any]:
+        from opentelemetry.metrics import Observation
+
+        counts = self._logged_counts.copy()
+        return [Observation(n, {"result": r}) for r, n in counts.items() if n]
 
     def model_version(self, arm: str, version: int) -> None:
         self._versions[arm] = version
