@@ -198,7 +198,8 @@ class Decider:
         policy = self.policy
         prepared, x = self._prepare(requests, now_ms, cold_reasons)
         scores = _score(prepared, x, bundles)
-        logged = _sparse_rows(x)
+        # the logged features, rounded once for the whole batch
+        logged = SparseFeatures.from_rows(np.round(x.astype(np.float64), 6))
         return [
             p
             if isinstance(p, DecisionRequestError)
@@ -313,23 +314,6 @@ def _score(
         for k, (i, _) in enumerate(members):
             scores[i] = out[k]
     return scores
-
-
-def _sparse_rows(x: np.ndarray) -> list[SparseFeatures]:
-    """The logged features of each row of ``x``: rounded to 6 decimals, sparse, as
-    :meth:`SparseFeatures.from_dense` of each rounded row, with one ``nonzero`` and one
-    ``tolist`` for the whole batch rather than a few numpy calls per decision."""
-    rounded = np.round(x.astype(np.float64), 6)
-    rows, cols = np.nonzero(rounded)
-    values = rounded[rows, cols].tolist()
-    cols_l = cols.tolist()
-    ends = np.cumsum(np.bincount(rows, minlength=len(rounded))).tolist()
-    size = rounded.shape[1]
-    out, start = [], 0
-    for end in ends:
-        out.append(SparseFeatures(size, tuple(cols_l[start:end]), tuple(values[start:end])))
-        start = end
-    return out
 
 
 def _ranked(slot: Slot, choice: Choice, scores: np.ndarray | None) -> list[dict[str, Any]]:

@@ -120,7 +120,7 @@ from ray_app.learn.learner_state import clone_weights, learned_of, lineage_of
 from ray_app.learn.loss_guardrail import GuardrailCheck
 from ray_app.learn.memory import ReplayBuffer, SeenIds
 from ray_app.learn.publishing import Publishing
-from ray_app.learn.update import LearnReport, record_tensors, valid_record, weighted_step
+from ray_app.learn.update import LearnReport, valid_record, weighted_step
 from ray_app.model import ModelBundle, Scorer, score_batch
 from ray_app.records import RewardRecord
 
@@ -314,7 +314,6 @@ class OnlineLearner(Publishing):
             # whatever the batch) is not taken on the noise of a handful of recent rewards.
             fill = min(cfg.batch_size - len(chunk), len(self._replay)) if replaying else 0
             loss_sum += self._step(chunk + self._replay.sample(fill), fresh=len(chunk))
-            self._observe(chunk)
             updates += 1
             if replaying:
                 # replay in proportion to the new rewards, not to how often learn() is called
@@ -324,16 +323,10 @@ class OnlineLearner(Publishing):
                     updates += 1
         return updates, loss_sum
 
-    def _observe(self, records: list[RewardRecord]) -> None:
-        """Add new rewards to the scorer's evidence (replayed ones were counted already)."""
-        x, a, _, _, slots = record_tensors(records, self._slot_index)
-        for s in set(slots):
-            rows = torch.tensor([i for i, k in enumerate(slots) if k == s], dtype=torch.int64)
-            self.scorer.observe(x[rows], a[rows], s)
-
     def _step(self, records: list[RewardRecord], fresh: int | None = None) -> float:
         """One optimizer step on ``records``; returns the summed weighted loss of the first
-        ``fresh`` of them (default: all), the new rewards a report averages over."""
+        ``fresh`` of them (default: all), the new rewards a report averages over and the
+        scorer's evidence counts (replayed rewards were counted when they were new)."""
         return weighted_step(
             self.scorer,
             self._optimizer,
@@ -341,6 +334,7 @@ class OnlineLearner(Publishing):
             self._slot_index,
             self.config.min_propensity,
             fresh,
+            observe=fresh or 0,
         )
 
     # ----------------------------------------------------------------------------- scoring

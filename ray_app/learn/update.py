@@ -111,16 +111,22 @@ def weighted_step(
     slot_index: Mapping[str, int],
     min_propensity: float,
     fresh: int | None = None,
+    observe: int = 0,
 ) -> float:
     """One optimizer step on the :func:`~ray_app.learn.objective.ips_loss` of ``records``
     (propensities floored at ``min_propensity``); returns the summed per-row terms of the first
-    ``fresh`` of them (default: all), the new rewards a report averages over."""
+    ``fresh`` of them (default: all), the new rewards a report averages over. The first
+    ``observe`` records are added to the scorer's evidence (:meth:`Scorer.observe`: new rewards,
+    not replayed ones)."""
     x, a, y, p, slots = record_tensors(records, slot_index)
     optimizer.zero_grad(set_to_none=True)
     terms = ips_loss(logged_logits(scorer, x, a, slots), y, p, min_propensity, reduction="none")
     loss = terms.sum() / len(records)
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
+    for s in set(slots[:observe]):
+        rows = torch.tensor([i for i in range(observe) if slots[i] == s], dtype=torch.int64)
+        scorer.observe(x[rows], a[rows], s)
     n = len(records) if fresh is None else fresh
     return float(terms[:n].detach().sum())
 

@@ -52,6 +52,25 @@ class SparseFeatures(NamedTuple):
         return cls(len(features), index, tuple(float(features[i]) for i in index))
 
     @classmethod
+    def from_rows(cls, matrix: np.ndarray) -> list[SparseFeatures]:
+        """:meth:`from_dense` of each row of a 2-d array, with one ``nonzero`` and one
+        ``tolist`` for the whole matrix rather than a few numpy calls per row (a decision batch).
+
+        >>> SparseFeatures.from_rows(np.array([[0.0, 2.0], [0.0, 0.0]]))[0].indices
+        (1,)
+        """
+        rows, cols = np.nonzero(matrix)
+        values = matrix[rows, cols].tolist()
+        cols_l = cols.tolist()
+        ends = np.cumsum(np.bincount(rows, minlength=len(matrix))).tolist()
+        size = matrix.shape[1]
+        out, start = [], 0
+        for end in ends:
+            out.append(cls(size, tuple(cols_l[start:end]), tuple(values[start:end])))
+            start = end
+        return out
+
+    @classmethod
     def of(cls, features: SparseFeatures | Sequence[float]) -> SparseFeatures:
         """``features`` in the sparse form (as it is if it already is)."""
         return features if isinstance(features, SparseFeatures) else cls.from_dense(features)
