@@ -2,9 +2,12 @@
 
 Each worker trains the scorer on its shard of the rows (DDP syncs the gradients every step),
 rank 0 evaluates on the held-out rows every epoch and writes the checkpoint (``state.pt``: model
-and optimizer; ``meta.json``: epoch and history). Progress is a Ray ``tqdm_ray`` bar per epoch
-and one line of metrics per epoch, from rank 0 only; the driver draws and prints them
-(:mod:`training.console`).
+and optimizer; ``meta.json``: epoch, history and that the evidence is counted). Before the
+first epoch the training rows are added to the scorer's evidence once, as the online learner
+counts the rewards it learns from (:func:`count_evidence`: every worker its shard, summed over
+the workers), so a learner that continues from the trained model knows what it has seen and
+explores where the data was thin. Progress is a Ray ``tqdm_ray`` bar per epoch and one line of
+metrics per epoch, from rank 0 only; the driver draws and prints them (:mod:`training.console`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ray_app.model import Scorer
 from training.console import say
 from training.metrics import evaluate, logged_action_logits
 
-__all__ = ["Interrupted", "LoggedScorer", "epoch_line", "train_loop"]
+__all__ = ["Interrupted", "LoggedScorer", "count_evidence", "epoch_line", "train_loop"]
 
 
 class Interrupted(RuntimeError):
@@ -45,29 +48,68 @@ class LoggedScorer(Scorer):
 
 def _resume(
     scorer: nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]
-) -> tuple[int, list[dict[str, Any]]]:
+) -> tuple[int, list[dict[str, Any]], bool]:
     """Load the checkpoint to resume from into ``scorer`` and ``optimizer``: a restart within
     this run (Ray Train's own), else the one ``--resume`` found; returns (first epoch to run,
-    history so far), ``(0, [])`` without one."""
+    history so far, whether its model holds the training rows' evidence), ``(0, [], False)``
+    without one."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and config.get("resume_from"):
         checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
     if checkpoint is None:
-        return 0, []
+        return 0, [], False
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", weights_only=True, map_location="cpu")
         scorer.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         meta = json.loads((Path(d) / "meta.json").read_text())
-    return meta["epoch"] + 1, meta["history"]
+    # checkpoints written before the evidence was counted lack the flag: count it now
+    return meta["epoch"] + 1, meta["history"], bool(meta.get("evidence", False))
+
+
+def count_evidence(
+    scorer: Scorer, train: dict[str, np.ndarray], own: np.ndarray, device: torch.device
+) -> None:
+    """Add the training rows to ``scorer``'s evidence, once: this worker's rows ``own`` of
+    ``train`` (its shard), each through :meth:`Scorer.observe` with its logged features and
+    action in its slot, as the online learner counts a reward it learns from; with a process
+    group (several Ray Train workers), the shards' evidence is summed over the workers
+    (``all_reduce``), so every worker holds that of all the training rows (DDP would copy rank
+    0's). What the starting weights had seen (a promoted model's evidence) is kept beneath.
+
+    >>> s = Scorer(dim=2, slot_sizes=(2, 3), hidden=1)
+    >>> cols = {"x": np.array([[1, 2], [3, 0], [1, 1]], dtype=np.float32),
+    ...         "slot": np.array([0, 1, 0]), "action": np.array([1, 2, 1])}
+    >>> count_evidence(s, cols, np.arange(3), torch.device("cpu"))
+    >>> s.evidence(0).tolist(), s.evidence(1)[2].tolist()
+    ([[0.0, 0.0], [2.0, 5.0]], [9.0, 0.0])
+    """
+    import torch.distributed as dist
+
+    slots = range(len(scorer.slot_sizes))
+    before = [scorer.evidence(k).clone() for k in slots]
+    for k in slots:
+        scorer.evidence(k).zero_()
+    own_slots = train["slot"][own]
+    for k in np.unique(own_slots):
+        rows = own[own_slots == k]
+        x = torch.from_numpy(np.ascontiguousarray(train["x"][rows], dtype=np.float32)).to(device)
+        a = torch.from_numpy(np.asarray(train["action"][rows], dtype=np.int64)).to(device)
+        scorer.observe(x, a, int(k))
+    if dist.is_available() and dist.is_initialized():
+        for k in slots:
+            dist.all_reduce(scorer.evidence(k), op=dist.ReduceOp.SUM)
+    for k in slots:
+        scorer.evidence(k).add_(before[k])
 
 
 def _setup(
-    config: dict[str, Any], rank: int, device: torch.device
+    config: dict[str, Any], rank: int, world: int, device: torch.device
 ) -> tuple[nn.Module, torch.optim.Optimizer, int, list[dict[str, Any]]]:
-    """The DDP model on ``device``, its optimizer, the first epoch to run and the history."""
+    """The DDP model on ``device`` (with the training rows' evidence), its optimizer, the
+    first epoch to run and the history."""
     import ray.train.torch
 
     torch.manual_seed(config["seed"] + rank)
@@ -77,14 +119,21 @@ def _setup(
     optimizer = torch.optim.Adam(
         scorer.parameters(), lr=config["lr"], weight_decay=config.get("weight_decay", 0.0)
     )
-    start_epoch, history = _resume(scorer, optimizer, config)
+    start_epoch, history, counted = _resume(scorer, optimizer, config)
     scorer.to(device)
     for group in optimizer.state.values():
         for k, v in group.items():
             if isinstance(v, torch.Tensor):
                 group[k] = v.to(device)
+    if not counted:  # on every worker (the all_reduce needs them all), before DDP wraps it
+        count_evidence(scorer, config["train"], _shard(config, rank, world), device)
     model = ray.train.torch.prepare_model(scorer, move_to_device=False)
     return model, optimizer, start_epoch, history
+
+
+def _shard(config: dict[str, Any], rank: int, world: int) -> np.ndarray:
+    """The training rows of worker ``rank`` of ``world``."""
+    return np.arange(rank, len(config["train"]["reward"]), world)
 
 
 def _bar(config: dict[str, Any], rank: int, steps: int, epoch: int) -> Any:
@@ -167,7 +216,8 @@ def _checkpoint(
                 {"model": cpu.state_dict(), "optimizer": optimizer.state_dict()},
                 Path(d) / "state.pt",
             )
-            (Path(d) / "meta.json").write_text(json.dumps({"epoch": epoch, "history": history}))
+            meta = {"epoch": epoch, "history": history, "evidence": True}
+            (Path(d) / "meta.json").write_text(json.dumps(meta))
             ckpt = ray.train.Checkpoint.from_directory(d)
         ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
 
@@ -180,9 +230,9 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    model, optimizer, start_epoch, history = _setup(config, rank, device)
+    model, optimizer, start_epoch, history = _setup(config, rank, world, device)
     arch = config["architecture"]
-    own = np.arange(rank, len(config["train"]["reward"]), world)  # this worker's shard
+    own = _shard(config, rank, world)
     rng = np.random.default_rng(config["seed"] + 1000 * rank)
     steps = int(config["steps_per_epoch"])  # the same on every worker: DDP syncs every step
     for epoch in range(start_epoch, config["epochs"]):

@@ -12,7 +12,8 @@ objective, :func:`ray_app.learn.objective.ips_loss`: propensities clipped at
 held-out records (loss, AUC, precision, recall of the outcome prediction; IPS and SNIPS
 estimates of the greedy policy's value with the logged, unclipped propensities; see
 :mod:`training.metrics`), checkpoint every epoch, and register the final model in the registry
-(promoted only with ``--promote``).
+(promoted only with ``--promote``). The model carries the evidence of its training rows, each
+counted once as the online learner counts a reward (:func:`training.loop.count_evidence`).
 
 Checkpoints live under ``<state_dir>/train/<run>``; ``--resume`` continues the latest run (or
 ``--run NAME``) from its last checkpoint, e.g. after an interruption.

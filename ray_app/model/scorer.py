@@ -15,8 +15,9 @@ diagonal of the wide part's design matrix, as LinUCB keeps the whole of it, so
 action keeps that action's uncertainty high however many rewards the others brought;
 :func:`score_batch` adds ``optimism`` times each action's uncertainty above the context's surest
 action to the logits, so the exploring policy tries an action where it is unsure of it rather
-than everywhere alike. A context seen alike under every action (or never: a cold or offline
-model has no evidence) keeps its logits.
+than everywhere alike. A context seen alike under every action (or never: a cold model has no
+evidence) keeps its logits. The online learner counts each new reward it learns from; offline
+training (:mod:`training.loop`) counts each of its training rows once, the same way.
 
 >>> import torch
 >>> scorer = Scorer(dim=10, slot_sizes=(3, 4), hidden=8, seed=1)

@@ -1,6 +1,7 @@
 """Offline training with Ray Train on the session's real Ray: a 2-worker CPU run that checkpoints
-and resumes, the GPU error, and a model trained by `onramp train` on simulated logs that is
-promoted and served by /v1/decide without restarting the Serve app."""
+and resumes, the GPU error, the evidence two workers write into the model (the sum of their
+shards), and a model trained by `onramp train` on simulated logs that is promoted and served by
+/v1/decide without restarting the Serve app."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import pytest
 
 from ray_app.catalog import load_catalog
 from ray_app.features import FeatureSchema
+from ray_app.model import cold_start_bundle
 from ray_app.model.registry import ModelRegistry
 from ray_app.sim.logs import simulated_rewards, write_reward_archive
 from ray_app.sim.v2 import GroundTruth
 from tests.conftest import deploy, make_settings
+from training.data import reward_data
 from training.train import TrainError, TrainOptions, train
+from training.trainer import RunPlan, Source, fit
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +36,42 @@ def test_gpu_without_gpus_is_a_clear_error(ray_session, tmp_path):
     with pytest.raises(TrainError, match=r"the Ray cluster has 0 GPU") as info:
         train(opts, make_settings(ONRAMP_STATE_DIR=str(tmp_path / "state")))
     assert info.value.field == "gpu"
+
+
+def _evidence_of(columns: dict[str, np.ndarray], slot: int, n_actions: int) -> np.ndarray:
+    """One pass over the rows: the summed squared features of ``slot``'s rows, per action."""
+    rows = columns["slot"] == slot
+    ev = np.zeros((n_actions, columns["x"].shape[1]))
+    np.add.at(ev, columns["action"][rows], columns["x"][rows].astype(np.float64) ** 2)
+    return ev
+
+
+def test_two_workers_write_the_sum_of_their_shards_evidence(ray_session, tmp_path):
+    """Each Ray Train worker counts its shard of the training rows once; the model read back
+    from the run's checkpoint holds their sum (DDP alone would keep rank 0's), not the
+    held-out rows, and not once per epoch."""
+    catalog = load_catalog()
+    schema = FeatureSchema.from_catalog(catalog)
+    records = simulated_rewards(300, seed=3)
+    train_data, val_data = reward_data([r.to_json() for r in records], schema, catalog).split(0.2)
+    source = Source(
+        train=train_data.columns(),
+        validation={**val_data.columns(), "mask": val_data.mask},
+        init=cold_start_bundle(schema, catalog, seed=0).scorer,
+        describe="evidence",
+    )
+    opts = TrainOptions(
+        data="-", workers=2, epochs=2, batch_size=32, cpus_per_worker=float(CPUS), progress=False
+    )
+    settings = make_settings(ONRAMP_STATE_DIR=str(tmp_path / "state"))
+    fitted = fit(source, RunPlan(tmp_path / "train", "evidence"), opts, settings)
+    slot = catalog.slot("next_step")
+    want = _evidence_of(source.train, slot.index, slot.size)
+    got = fitted.scorer.evidence(slot.index).numpy()
+    assert want.sum() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    held_out = _evidence_of(source.validation, slot.index, slot.size)
+    assert held_out.sum() > 0  # and none of it was counted: got is the training rows' alone
 
 
 def _greedy_value(scorer, truth: GroundTruth, users: int) -> tuple[float, float]:
@@ -129,6 +169,17 @@ def test_trained_model_is_promoted_and_served_without_restart(
     # flow's on the simulator's ground truth, and its SNIPS estimate beats the logging policy
     catalog = load_catalog()
     bundle = registry.load(version, FeatureSchema.from_catalog(catalog), catalog)
+    # the model carries the evidence of its 2,400 training rows, each counted once over 2
+    # workers, 8 epochs and a resume (the rows held out are not counted)
+    logged = [r.to_json() for r in simulated_rewards(3000, seed=21)]
+    schema = FeatureSchema.from_catalog(catalog)
+    columns = reward_data(logged, schema, catalog).split(0.2)[0].columns()
+    slot = catalog.slot("next_step")
+    np.testing.assert_allclose(
+        bundle.scorer.evidence(slot.index).numpy(),
+        _evidence_of(columns, slot.index, slot.size),
+        rtol=1e-5,
+    )
     trained, static = _greedy_value(bundle.scorer, GroundTruth(seed=21), 400)
     print(f"trained greedy {trained:.4f} vs static {static:.4f}; metrics {meta.metrics}")
     assert trained > static + 0.05, (trained, static)
