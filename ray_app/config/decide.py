@@ -125,7 +125,13 @@ class LearnSettings(_Section):
         "than the last good weights' by more than this share.",
     )
     replay_size: int = Field(
-        5_000, ge=0, description="Recent rewards replayed in later updates (0: none)."
+        20_000,
+        ge=0,
+        description="Recent rewards replayed in later updates (0: none). 20,000 (was 5,000): "
+        "a segment a fiftieth of the traffic keeps its rewards in the updates long enough to "
+        "be learned; on the learning twin (teams, 4 seeds, no drift) the share of the oracle's "
+        "gain from user 13,000 to 20,000 went from 0.81-0.87 to 0.87-0.91. About 5 KB of "
+        "memory a reward at 576 features; saved with the learner state, each encoded once.",
     )
     replay_steps: int = Field(
         8,

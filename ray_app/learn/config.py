@@ -110,8 +110,10 @@ class LearnerConfig:
     (clinics); 0.5 did less."""
     weight_decay: float = 0.3
     """Decoupled weight decay (AdamW; plain L2 for SGD) per step."""
-    replay_size: int = 5_000
-    """Recent trained rewards kept for replay (0: none). Emptied on drift."""
+    replay_size: int = 20_000
+    """Recent trained rewards kept for replay (0: none). Emptied on drift. Large enough that a
+    rare segment's rewards stay in the updates until its cells are learned (5,000 left the
+    learning twin at 0.85 of the oracle's gain at 20,000 users; 20,000 reached 0.91)."""
     replay_steps: int = 8
     """Extra mini-batches drawn from the replay buffer per ``batch_size`` new rewards (however
     the rewards are split over :meth:`~OnlineLearner.learn` calls): each reward is then

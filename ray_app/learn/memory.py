@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
+import orjson
+
 __all__ = ["ReplayBuffer", "SeenIds", "id_hash"]
 
 _R = TypeVar("_R")
@@ -84,6 +86,9 @@ class ReplayBuffer(Generic[_R]):
         self._rng = random.Random(seed)
         self.credit = 0.0
         self._since_good: set[int] = set()  # ids of the entries added since mark_good()
+        # id -> (entry, its JSON): an entry is encoded once, not at every save (the entry is
+        # held, so its id is not reused while cached)
+        self._encoded: dict[int, tuple[_R, bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._records)
@@ -129,20 +134,33 @@ class ReplayBuffer(Generic[_R]):
     def clear(self) -> None:
         self._records.clear()
         self._since_good = set()
+        self._encoded = {}
 
     def state(self, encode: Callable[[_R], Any]) -> dict[str, Any]:
-        """The entries (each through ``encode``), the generator's state and the credit, under
-        the keys of a learner state (``replay``, ``replay_rng``, ``replay_credit``)."""
+        """The entries as one JSON array (each through ``encode``, once in its life: a learner
+        saves its state at every publish, and a buffer of 20,000 rewards encoded and pickled
+        one by one took seconds), the generator's state and the credit, under the keys of a
+        learner state (``replay_json``, ``replay_rng``, ``replay_credit``)."""
+        cache, fresh, parts = self._encoded, {}, []
+        for r in self._records:
+            hit = cache.get(id(r))
+            if hit is None or hit[0] is not r:
+                hit = (r, orjson.dumps(encode(r)))
+            fresh[id(r)] = hit
+            parts.append(hit[1])
+        self._encoded = fresh
         return {
-            "replay": [encode(r) for r in self._records],
+            "replay_json": b"[" + b",".join(parts) + b"]",
             "replay_rng": list(self._rng.getstate()[1]),
             "replay_credit": self.credit,
         }
 
     def load_state(self, state: Mapping[str, Any], decode: Callable[[Any], _R]) -> None:
         """Restore what :meth:`state` saved (each entry through ``decode``); keys left out keep
-        their defaults (states saved before replay existed)."""
-        for rec in state.get("replay", ()):
+        their defaults (states saved before replay existed; ``replay``: the entries as a list,
+        as states were saved before ``replay_json``)."""
+        saved = state.get("replay_json")
+        for rec in state.get("replay", ()) if saved is None else orjson.loads(saved):
             self._records.append(decode(rec))
         if state.get("replay_rng"):
             self._rng.setstate((3, tuple(state["replay_rng"]), None))
