@@ -118,7 +118,7 @@ from ray_app.learn.exploration import BoostSchedule
 from ray_app.learn.guardrail import ControlComparison, ControlGuardrail
 from ray_app.learn.learner_state import clone_weights, learned_of, lineage_of
 from ray_app.learn.loss_guardrail import GuardrailCheck
-from ray_app.learn.memory import ReplayBuffer, SeenIds
+from ray_app.learn.memory import JsonArray, ReplayBuffer, SeenIds
 from ray_app.learn.publishing import Publishing
 from ray_app.learn.update import LearnReport, valid_record, weighted_step
 from ray_app.model import ModelBundle, Scorer, score_batch
@@ -166,6 +166,7 @@ class OnlineLearner(Publishing):
         self._replay: ReplayBuffer[RewardRecord] = ReplayBuffer(cfg.replay_size)
         self._seen = SeenIds(cfg.dedupe_horizon)
         self._guardrail: deque[RewardRecord] = deque(maxlen=cfg.guardrail_window)
+        self._guardrail_json = JsonArray[RewardRecord]()  # its saved form, encoded once a reward
         self._offsets: dict[int, int] = {}
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._pending_updates = 0

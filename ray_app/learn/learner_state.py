@@ -24,6 +24,7 @@ import io
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import torch
 
 from ray_app.learn.config import LearnerStateError
@@ -106,7 +107,7 @@ def dump(learner: OnlineLearner) -> dict[str, Any]:
         "seen": torch.tensor(learner._seen.hashes(), dtype=torch.int64),
         "offsets": dict(learner._offsets),
         "counters": dict(learner.counters),
-        "guardrail": [r.to_json() for r in learner._guardrail],
+        "guardrail_json": learner._guardrail_json.dump(learner._guardrail, RewardRecord.to_json),
         **learner._replay.state(RewardRecord.to_json),
         "pending_updates": learner._pending_updates,
         "pending_rewards": learner._pending_rewards,
@@ -176,7 +177,8 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
         learner._seen.remember(int(h))
     learner._offsets = {int(p): int(o) for p, o in state["offsets"].items()}
     learner.counters.update({k: int(v) for k, v in state["counters"].items()})
-    for rec in state["guardrail"]:
+    saved = state.get("guardrail_json")  # a list under "guardrail" in states saved before
+    for rec in state["guardrail"] if saved is None else orjson.loads(saved):
         learner._guardrail.append(RewardRecord.from_json(rec))
     learner._replay.load_state(state, RewardRecord.from_json)
     learner._pending_updates = int(state["pending_updates"])

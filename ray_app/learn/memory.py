@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-__all__ = ["ReplayBuffer", "SeenIds", "id_hash"]
+__all__ = ["JsonArray", "ReplayBuffer", "SeenIds", "id_hash"]
 
 _R = TypeVar("_R")
 
@@ -73,6 +73,34 @@ class SeenIds:
         return len(self._order)
 
 
+class JsonArray(Generic[_R]):
+    """Entries as one JSON array of bytes, each entry encoded once in its life: a learner saves
+    its replay buffer and guardrail slice at every publish, and 20,000 rewards encoded and
+    pickled one by one took seconds. An entry is held while its encoding is cached, so its
+    ``id`` is not reused meanwhile; each :meth:`dump` forgets the entries that are gone.
+
+    >>> calls = []
+    >>> arr = JsonArray()
+    >>> a, b = {"n": 1}, {"n": 2}
+    >>> arr.dump([a, b], lambda e: calls.append(e) or e), arr.dump([b], dict), len(calls)
+    (b'[{"n":1},{"n":2}]', b'[{"n":2}]', 2)
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[_R, bytes]] = {}
+
+    def dump(self, entries: Iterable[_R], encode: Callable[[_R], Any]) -> bytes:
+        cache, fresh, parts = self._cache, {}, []
+        for e in entries:
+            hit = cache.get(id(e))
+            if hit is None or hit[0] is not e:
+                hit = (e, orjson.dumps(encode(e)))
+            fresh[id(e)] = hit
+            parts.append(hit[1])
+        self._cache = fresh
+        return b"[" + b",".join(parts) + b"]"
+
+
 class ReplayBuffer(Generic[_R]):
     """The last ``size`` records added (at least one), sampled without replacement by a
     generator seeded with ``seed``.
@@ -86,9 +114,7 @@ class ReplayBuffer(Generic[_R]):
         self._rng = random.Random(seed)
         self.credit = 0.0
         self._since_good: set[int] = set()  # ids of the entries added since mark_good()
-        # id -> (entry, its JSON): an entry is encoded once, not at every save (the entry is
-        # held, so its id is not reused while cached)
-        self._encoded: dict[int, tuple[_R, bytes]] = {}
+        self._json = JsonArray[_R]()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -134,23 +160,15 @@ class ReplayBuffer(Generic[_R]):
     def clear(self) -> None:
         self._records.clear()
         self._since_good = set()
-        self._encoded = {}
+        self._json = JsonArray()
 
     def state(self, encode: Callable[[_R], Any]) -> dict[str, Any]:
         """The entries as one JSON array (each through ``encode``, once in its life: a learner
         saves its state at every publish, and a buffer of 20,000 rewards encoded and pickled
         one by one took seconds), the generator's state and the credit, under the keys of a
         learner state (``replay_json``, ``replay_rng``, ``replay_credit``)."""
-        cache, fresh, parts = self._encoded, {}, []
-        for r in self._records:
-            hit = cache.get(id(r))
-            if hit is None or hit[0] is not r:
-                hit = (r, orjson.dumps(encode(r)))
-            fresh[id(r)] = hit
-            parts.append(hit[1])
-        self._encoded = fresh
         return {
-            "replay_json": b"[" + b",".join(parts) + b"]",
+            "replay_json": self._json.dump(self._records, encode),
             "replay_rng": list(self._rng.getstate()[1]),
             "replay_credit": self.credit,
         }

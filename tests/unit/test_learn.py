@@ -9,6 +9,7 @@ import random
 from dataclasses import replace
 
 import numpy as np
+import orjson
 import pytest
 import torch
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from ray_app.learn import (
     OnlineLearner,
     RewardRecord,
     RewardRecordError,
+    learner_state,
 )
 from ray_app.learn.drift import PageHinkley, RewardRateDrift
 from ray_app.learn.service import learner_config, restore_learner
@@ -551,6 +553,15 @@ def test_restart_resumes_identically():
 
     data = learner.to_bytes()
     restored = OnlineLearner.from_bytes(data, cfg)
+    assert list(restored._replay) == list(learner._replay) and len(learner._replay) > 100
+    assert list(restored._guardrail) == list(learner._guardrail) and learner._guardrail
+    # a state saved when the replay buffer and guardrail slice were lists still loads
+    old = learner.state_dict()
+    old["replay"] = orjson.loads(old.pop("replay_json"))
+    old["guardrail"] = orjson.loads(old.pop("guardrail_json"))
+    from_old = OnlineLearner.from_bytes(learner_state.to_bytes(old), cfg)
+    assert list(from_old._replay) == list(learner._replay)
+    assert list(from_old._guardrail) == list(learner._guardrail)
     assert restored.offsets == learner.offsets == {0: 4_000, 1: 17}
     assert restored.version == learner.version == 1
     assert restored.counters == learner.counters and restored.seen == learner.seen == 4_000
