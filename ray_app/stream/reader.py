@@ -97,8 +97,8 @@ class ProfileReader:
             answer = await sup.routes.remote(True)
         except (ValueError, ray.exceptions.RayActorError) as exc:
             raise StreamUnavailable(f"stream workers are not running: {exc}") from None
-        partitions, workers, addresses = answer if len(answer) == 3 else (*answer, None)
-        routes: Routes = (partitions, workers, addresses or [None] * len(workers))
+        partitions, workers, addresses = answer
+        routes: Routes = (partitions, workers, addresses)
         self._forget_links(set(routes[2]))
         # A supervisor that is still starting its workers (its actor is up, launch() has not
         # taken its lock yet) answers with none: that is never remembered, or a replica that

@@ -51,7 +51,7 @@ class _Worker:
 
 
 class _Supervisor:
-    """Answers ``routes()`` as an older supervisor did, without addresses, until it has some."""
+    """Answers ``routes(True)`` with no profile sockets (None each) until it has some."""
 
     def __init__(self) -> None:
         self.workers: list[_Worker] = []
@@ -61,9 +61,10 @@ class _Supervisor:
 
     def _routes(self, addresses: bool = False) -> tuple[Any, ...]:
         self.asked += 1
-        if addresses and self.addresses is not None:
-            return 4, list(self.workers), list(self.addresses)
-        return 4, list(self.workers)
+        if not addresses:
+            return 4, list(self.workers)
+        where = [None] * len(self.workers) if self.addresses is None else self.addresses
+        return 4, list(self.workers), list(where)
 
 
 @pytest.fixture
