@@ -323,8 +323,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                 ready.append(heapq.heappop(due)[2])
             if ready:
                 learner.learn(ready, now=t)
-                for _kind, _detail in detector.update(ready) if detector else ():
-                    learner.drift(now=t)  # as the service's alert does
+                for _kind, detail in detector.update(ready) if detector else ():
+                    learner.drift(now=t, since_ms=detail.get("sinceMs"))  # as the service does
                     alerts.append(round(t * args.rate))
             fresh = learner.maybe_publish(now=t)
             if fresh is not None:

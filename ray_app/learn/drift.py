@@ -83,6 +83,8 @@ class PageHinkley:
         #: Detections so far, and the direction of the last one.
         self.detections = 0
         self.last_change: Literal["increase", "decrease"] | None = None
+        #: The tag of the first value after the last detection's estimated change point.
+        self.change_at: int | None = None
         #: Values seen in total (across resets).
         self.seen = 0
         self.reset()
@@ -95,33 +97,44 @@ class PageHinkley:
         self._up_min = 0.0
         self._down = 0.0
         self._down_max = 0.0
+        self._up_min_at: int | None = None  # the tag of the value where each extremum was
+        self._down_max_at: int | None = None
 
     @property
     def statistic(self) -> float:
         """The larger of the two excursions (fires above ``threshold``)."""
         return max(self._up - self._up_min, self._down_max - self._down)
 
-    def update(self, x: float) -> bool:
+    def update(self, x: float, tag: int | None = None) -> bool:
         """Add one value; True when a change is detected (the detector has then reset).
-        Non-finite values are ignored."""
+        Non-finite values are ignored. ``tag`` (default: the count of values seen) names the
+        value; :attr:`change_at` is then the tag of the first value after the estimated change
+        point (the first value of the stretch when the change began there)."""
         x = float(x)
         if not math.isfinite(x):
             return False
         self.seen += 1
         self.n += 1
+        tag = self.seen if tag is None else tag
+        if self.n == 1:
+            self._up_min_at = self._down_max_at = tag
         self.mean += (x - self.mean) / self.n
         self._up += x - self.mean - self.delta
         if self._up < self._up_min:
-            self._up_min = self._up
+            self._up_min, self._up_min_at = self._up, None
+        elif self._up_min_at is None:
+            self._up_min_at = tag  # the first value after the minimum
         self._down += x - self.mean + self.delta
         if self._down > self._down_max:
-            self._down_max = self._down
+            self._down_max, self._down_max_at = self._down, None
+        elif self._down_max_at is None:
+            self._down_max_at = tag
         if self.n < self.min_samples:
             return False
         if self.watch == "both" and self._up - self._up_min > self.threshold:
-            self.last_change = "increase"
+            self.last_change, self.change_at = "increase", self._up_min_at
         elif self._down_max - self._down > self.threshold:
-            self.last_change = "decrease"
+            self.last_change, self.change_at = "decrease", self._down_max_at
         else:
             return False
         self.detections += 1
@@ -164,8 +177,11 @@ class RewardRateDrift:
     not fed.
 
     :meth:`update` returns the alerts of the records it fed, as ``(kind, detail)``:
-    ``("control_reward_rate", {"change": "increase" | "decrease"})`` and
-    ``("model_reward_rate", {"change": "decrease"})``.
+    ``("control_reward_rate", {"change": "increase" | "decrease", "sinceMs": ...})`` and
+    ``("model_reward_rate", {"change": "decrease", "sinceMs": ...})``, ``sinceMs`` the decision
+    time of the first reward after the estimated change point (the extremum of Page-Hinkley's
+    cumulative sum): the rewards since then come from the new world. Below, the rate falls at
+    decision 400 (40,000 ms), and the change point is put 200 ms before it.
 
     >>> from types import SimpleNamespace as R
     >>> drift = RewardRateDrift(delta=0.05, threshold=5.0, min_samples=10, settle_ms=1_000)
@@ -177,7 +193,7 @@ class RewardRateDrift:
     >>> drift.fed, drift.held                           # the last second waits for its turn
     (389, 11)
     >>> drift.update(rewards(400, 400, 0.2))
-    [('control_reward_rate', {'change': 'decrease'})]
+    [('control_reward_rate', {'change': 'decrease', 'sinceMs': 39800})]
     >>> drift.update([R(arm="control", reward=0.0, outcome="timeout", decided_at_ms=0)])
     []
     >>> drift.timeouts, drift.late
@@ -250,13 +266,15 @@ class RewardRateDrift:
         cut = self._latest - self.settle_ms
         held = self._held
         while held and held[0][0] < cut:
-            _, _, control, reward = heapq.heappop(held)
+            at, _, control, reward = heapq.heappop(held)
             self.fed += 1
             if control:
-                if self.world.update(reward):
-                    alerts.append(("control_reward_rate", {"change": self.world.last_change}))
-            elif self.model.update(reward) and self.model.last_change == "decrease":
-                alerts.append(("model_reward_rate", {"change": "decrease"}))
+                if self.world.update(reward, at):
+                    change = {"change": self.world.last_change, "sinceMs": self.world.change_at}
+                    alerts.append(("control_reward_rate", change))
+            elif self.model.update(reward, at) and self.model.last_change == "decrease":
+                change = {"change": "decrease", "sinceMs": self.model.change_at}
+                alerts.append(("model_reward_rate", change))
         if self._released is None or cut > self._released:
             self._released = cut
         return alerts

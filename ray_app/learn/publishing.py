@@ -180,7 +180,7 @@ class Publishing:
         self._replay.clear()
         self._optimizer = self._make_optimizer()
 
-    def drift(self, now: float | None = None) -> None:
+    def drift(self, now: float | None = None, since_ms: int | None = None) -> None:
         """Signal a drift (from a detector). For the next ``boost_rewards`` trained rewards the
         learner then serves ``boost_epsilon`` and learns at ``boost_lr_factor`` times ``lr``, from
         a fresh optimizer; the guardrail slice and the replay buffer are emptied: rewards from
@@ -193,13 +193,22 @@ class Publishing:
         model then serves the static flow's choices while it relearns, instead of the choices of
         a world that is gone (on the learning twin those were below the static flow until the
         new world was learned; with the service's detector, restarting recovered 3 of 4 seeds
-        within 5,000 users against 2 of 4). A false alarm then costs what was learned, hence a detector tuned to rarely fire on
-        a stationary stream."""
+        within 5,000 users against 2 of 4). A false alarm then costs what was learned, hence a
+        detector tuned to rarely fire on a stationary stream.
+
+        ``since_ms`` (the detector's estimate of when the change began, as decision time): the
+        replayed rewards of decisions made since then are kept, and the restarted weights learn
+        them again at once, as if they had just arrived; the world they come from is the new
+        one (a detector needs some hundreds of rewards to be sure)."""
         if self.config.drift_restart:
             self.scorer.load_state_dict(clone_weights(self._fallback))
             self._last_good = clone_weights(self._fallback)
             self._beat_control = None
-        self._boost(self.config.drift_gamma_head_start if self.config.drift_restart else 0)
+        cfg = self.config
+        since = None if since_ms is None or not cfg.drift_restart else since_ms
+        kept = [] if since is None else [r for r in self._replay if r.decided_at_ms >= since]
+        self._boost(cfg.drift_gamma_head_start if cfg.drift_restart else 0)
+        self._replay.add(kept, credit=(1 + cfg.replay_steps) * len(kept) / cfg.batch_size)
         self.counters["drifts"] += 1
 
     # ------------------------------------------------------------------- guarding, publishing

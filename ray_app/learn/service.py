@@ -280,7 +280,7 @@ class LearnerService:
         """Log and keep an alert; a reward-rate drift also raises exploration for
         ``learn.boost_rewards`` rewards."""
         if boost:
-            self.learner.drift()
+            self.learner.drift(since_ms=detail.get("sinceMs"))
         alert = {"at": time.time(), "kind": kind, "boosted": boost, **detail}
         self.alerts.append(alert)
         log.warning(

@@ -492,6 +492,33 @@ def test_a_drift_restarts_from_the_cold_start_weights():
     assert restarted.metadata["learned"] == 0 and learner.boost_left == learner.config.boost_rewards
 
 
+def test_a_drift_restart_learns_again_from_the_rewards_since_the_change_point():
+    gt = GroundTruth(seed=8)
+    records = logged(gt, 0, 1_500, seed=8)
+    since = records[1_000].decided_at_ms  # the detector's estimate of when the world changed
+    plain, keeping = new_learner(), new_learner()
+    for learner in (plain, keeping):
+        learner.learn(records)
+    plain.drift()
+    keeping.drift(since_ms=since)
+    assert len(plain._replay) == 0
+    trained_since = {
+        r.decision_id for r in records[1_000:] if not keeping.in_guardrail(r.decision_id)
+    }
+    assert {r.decision_id for r in keeping._replay} == trained_since
+    # the restarted weights learn them again with the next rewards, as if they had just come
+    cold = cold_start_bundle(SCHEMA, CATALOG)
+    assert same_weights(keeping.scorer, cold.scorer)
+    nxt = logged(gt, 1_500, 64, seed=9)
+    a, b = plain.learn(nxt), keeping.learn(nxt)
+    cfg = keeping.config
+    owed = (1 + cfg.replay_steps) * len(trained_since) // cfg.batch_size
+    assert b.updates >= a.updates + owed - 1 and b.trained == a.trained
+    assert gain_share(keeping, gt.users(400, 9_000), gt) > gain_share(
+        plain, gt.users(400, 9_000), gt
+    )
+
+
 # ------------------------------------------------------------------------------ dedupe, skips
 
 
@@ -784,4 +811,7 @@ def test_reward_rate_drift_finds_a_fall_of_the_control_rate_within_seconds_not_m
     assert model.model.detections == 0 and model.model.n == model.fed
     down = RewardRateDrift(delta=0.05, threshold=50.0, min_samples=1_500, settle_ms=10_000)
     alerts = down.update([replace(r, arm="treatment") for r in before + after])
-    assert alerts == [("model_reward_rate", {"change": "decrease"})]
+    assert [(kind, d["change"]) for kind, d in alerts] == [("model_reward_rate", "decrease")]
+    # the change point it estimates (what a drift restart keeps to learn from again) is within
+    # a few seconds of the fall, not where the alert fired
+    assert abs(alerts[0][1]["sinceMs"] - shift) < 5_000 < fired_at
