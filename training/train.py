@@ -230,7 +230,15 @@ def _register(
         schema_hash=job.schema.hash,
         catalog_digest=catalog.digest,
         version=0,
-        metadata={"kind": "trained", "run": fitted.run, "seed": opts.seed, "epochs": opts.epochs},
+        metadata={
+            "kind": "trained",
+            "run": fitted.run,
+            "seed": opts.seed,
+            "epochs": opts.epochs,
+            # served as it is, it explores where its training rows were thin, as the online
+            # learner's versions do (its evidence is those rows')
+            "optimism": settings.learn.optimism,
+        },
         slot_actions={name: list(s.action_ids) for name, s in catalog.slots.items()},
     )
     metrics = {

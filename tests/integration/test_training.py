@@ -180,6 +180,7 @@ def test_trained_model_is_promoted_and_served_without_restart(
         _evidence_of(columns, slot.index, slot.size),
         rtol=1e-5,
     )
+    assert bundle.metadata["optimism"] == settings.learn.optimism > 0  # the replicas' bonus
     trained, static = _greedy_value(bundle.scorer, GroundTruth(seed=21), 400)
     print(f"trained greedy {trained:.4f} vs static {static:.4f}; metrics {meta.metrics}")
     assert trained > static + 0.05, (trained, static)
