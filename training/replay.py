@@ -76,19 +76,14 @@ def _decision(raw: Mapping[str, Any]) -> DecisionRecord | None:
         return None
 
 
-def replay_parity(
-    events: Iterable[Mapping[str, Any]],
-    decisions: Iterable[Mapping[str, Any]],
-    schema: FeatureSchema,
-    enrich: Any = None,
-    users: set[str] | None = None,
-) -> ParityReport:
-    """Replay ``events`` (archived event records) for every decision in ``decisions`` (archived
-    decision records), optionally only those of ``users``; ``enrich(profile_dict)`` is the CRM
-    lookup the serving path used (``CrmTable.enrich``; ``None``: no enrichment)."""
+def _index_events(
+    events: Iterable[Mapping[str, Any]], users: set[str] | None
+) -> tuple[dict[str, list[tuple[int, Event]]], dict[tuple[str, str], dict[str, Any]]]:
+    """The archived events by user key, with their offsets (forwarded events under the id they
+    were forwarded to), and (surviving id, merged id) -> the profile state its merge record
+    carried; records the stream rejects are left out, as it leaves them out."""
     by_user: dict[str, list[tuple[int, Event]]] = {}
     merges: dict[tuple[str, str], dict[str, Any]] = {}
-    """(surviving id, merged id) -> the profile state its merge record carried."""
     for rec in events:
         body = {k: v for k, v in rec.items() if k != "_kafka"}
         try:
@@ -111,6 +106,41 @@ def replay_parity(
             continue
         offset = (rec.get("_kafka") or {}).get("offset", 0)
         by_user.setdefault(e.user_key, []).append((offset, e))
+    return by_user, merges
+
+
+def _profile_at(
+    d: DecisionRecord,
+    cutoff: int,
+    by_user: dict[str, list[tuple[int, Event]]],
+    merges: dict[tuple[str, str], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """The profile of ``d``'s user from the events received by ``cutoff`` (in offset order,
+    each id once) and the merges it had folded in (``None``: none of either)."""
+    p = Profile(d.user_key)
+    seen: set[str] = set()
+    for _, e in sorted(by_user.get(d.user_key, []), key=lambda oe: oe[0]):
+        if e.received <= cutoff and e.message_id not in seen:
+            seen.add(e.message_id)
+            apply(p, e)
+    for old in d.merged_from or []:
+        state = merges.get((d.user_key, old))
+        if state is not None and old not in (p.merged_from or ()):
+            merge_into(p, identity.profile_from_state(state, p.config))
+    return p.as_dict() if seen or p.merged_from else None
+
+
+def replay_parity(
+    events: Iterable[Mapping[str, Any]],
+    decisions: Iterable[Mapping[str, Any]],
+    schema: FeatureSchema,
+    enrich: Any = None,
+    users: set[str] | None = None,
+) -> ParityReport:
+    """Replay ``events`` (archived event records) for every decision in ``decisions`` (archived
+    decision records), optionally only those of ``users``; ``enrich(profile_dict)`` is the CRM
+    lookup the serving path used (``CrmTable.enrich``; ``None``: no enrichment)."""
+    by_user, merges = _index_events(events, users)
     report = ParityReport()
     for raw in decisions:
         user = raw.get("userKey")
@@ -127,18 +157,7 @@ def replay_parity(
         at, age = d.at_ms, d.profile_age_ms
         profile: dict[str, Any] | None = None
         if d.cold_reason is None and age is not None:
-            cutoff = at - age
-            p = Profile(d.user_key)
-            seen: set[str] = set()
-            for _, e in sorted(by_user.get(d.user_key, []), key=lambda oe: oe[0]):
-                if e.received <= cutoff and e.message_id not in seen:
-                    seen.add(e.message_id)
-                    apply(p, e)
-            for old in d.merged_from or []:
-                state = merges.get((d.user_key, old))
-                if state is not None and old not in (p.merged_from or ()):
-                    merge_into(p, identity.profile_from_state(state, p.config))
-            profile = p.as_dict() if seen or p.merged_from else None
+            profile = _profile_at(d, at - age, by_user, merges)
         else:
             report.cold += 1
         enrichment = None
