@@ -130,8 +130,8 @@ class LearnSettings(_Section):
         description="Recent rewards replayed in later updates (0: none). 20,000 (was 5,000): "
         "a segment a fiftieth of the traffic keeps its rewards in the updates long enough to "
         "be learned; on the learning twin (teams, 4 seeds, no drift) the share of the oracle's "
-        "gain from user 13,000 to 20,000 went from 0.81-0.87 to 0.87-0.91. About 5 KB of "
-        "memory a reward at 576 features; saved with the learner state, each encoded once.",
+        "gain from user 13,000 to 20,000 went from 0.81-0.87 to 0.86-0.91. About 1.3 KB of "
+        "memory a reward (features held sparse); saved with the learner state, each encoded once.",
     )
     replay_steps: int = Field(
         8,

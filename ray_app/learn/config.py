@@ -111,7 +111,8 @@ class LearnerConfig:
     weight_decay: float = 0.3
     """Decoupled weight decay (AdamW; plain L2 for SGD) per step."""
     replay_size: int = 20_000
-    """Recent trained rewards kept for replay (0: none). Emptied on drift. Large enough that a
+    """Recent trained rewards kept for replay (0: none). Emptied on drift, but for the rewards
+    decided since the detector's change point (:meth:`~OnlineLearner.drift`). Large enough that a
     rare segment's rewards stay in the updates until its cells are learned (5,000 left the
     learning twin at 0.85 of the oracle's gain at 20,000 users; 20,000 reached 0.91)."""
     replay_steps: int = 8

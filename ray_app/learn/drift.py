@@ -120,12 +120,12 @@ class PageHinkley:
             self._up_min_at = self._down_max_at = tag
         self.mean += (x - self.mean) / self.n
         self._up += x - self.mean - self.delta
-        if self._up < self._up_min:
+        if self._up <= self._up_min:  # a tie moves the change point to the later value
             self._up_min, self._up_min_at = self._up, None
         elif self._up_min_at is None:
             self._up_min_at = tag  # the first value after the minimum
         self._down += x - self.mean + self.delta
-        if self._down > self._down_max:
+        if self._down >= self._down_max:
             self._down_max, self._down_max_at = self._down, None
         elif self._down_max_at is None:
             self._down_max_at = tag

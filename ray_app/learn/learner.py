@@ -118,7 +118,14 @@ from ray_app.learn.exploration import BoostSchedule
 from ray_app.learn.guardrail import ControlComparison, ControlGuardrail
 from ray_app.learn.learner_state import clone_weights, learned_of, lineage_of
 from ray_app.learn.loss_guardrail import GuardrailCheck
-from ray_app.learn.memory import JsonArray, ReplayBuffer, SeenIds, pack_reward, unpack_reward
+from ray_app.learn.memory import (
+    JsonArray,
+    ReplayBuffer,
+    SeenIds,
+    pack_reward,
+    peek_reward,
+    unpack_reward,
+)
 from ray_app.learn.publishing import Publishing
 from ray_app.learn.update import LearnReport, valid_record, weighted_step
 from ray_app.model import ModelBundle, Scorer, score_batch
@@ -164,7 +171,7 @@ class OnlineLearner(Publishing):
         self.lineage: dict[str, int] = lineage_of(bundle.metadata)
         self._optimizer = self._make_optimizer()
         self._replay = ReplayBuffer[RewardRecord](
-            cfg.replay_size, pack=pack_reward, unpack=unpack_reward
+            cfg.replay_size, pack=pack_reward, unpack=unpack_reward, peek=peek_reward
         )
         self._seen = SeenIds(cfg.dedupe_horizon)
         self._guardrail: deque[RewardRecord] = deque(maxlen=cfg.guardrail_window)

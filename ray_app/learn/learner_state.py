@@ -1,4 +1,4 @@
-"""The online learner's state as plain data (kind ``onramp.learner/1``) and back.
+"""The online learner's state as plain data (kind ``onramp.learner/2``) and back.
 
 :func:`dump` is what :meth:`OnlineLearner.state_dict
 <ray_app.learn.learner.OnlineLearner.state_dict>` returns: weights, optimizer state, last good
@@ -10,7 +10,7 @@ learner from it (:meth:`~ray_app.learn.learner.OnlineLearner.from_state`); :func
 :func:`read_bytes` are the file format.
 
 >>> read_bytes(to_bytes({"kind": STATE_KIND, "version": 3}))
-{'kind': 'onramp.learner/1', 'version': 3}
+{'kind': 'onramp.learner/2', 'version': 3}
 >>> check_origin({"kind": "other"}, None, None)
 Traceback (most recent call last):
 ...
@@ -48,7 +48,10 @@ __all__ = [
     "to_bytes",
 ]
 
-STATE_KIND = "onramp.learner/1"
+STATE_KIND = "onramp.learner/2"
+#: The kinds this release reads: ``/1`` saved the replay buffer and the guardrail slice as lists
+#: (``/2``: one JSON array each), which a ``/1`` reader cannot load.
+STATE_KINDS = frozenset({"onramp.learner/1", STATE_KIND})
 
 
 def clone_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,7 +134,7 @@ def check_origin(
     ``schema_hash`` and ``catalog_digest`` (each checked only when given): ``context["reason"]
     == "foreign"``, ``context["field"]`` the one that differs, ``context["state"]`` /
     ``context["current"]`` both values."""
-    if state.get("kind") != STATE_KIND:
+    if state.get("kind") not in STATE_KINDS:
         raise LearnerStateError(f"not a learner state (kind {state.get('kind')!r})")
     for field, want in (("schema_hash", schema_hash), ("catalog_digest", catalog_digest)):
         got = state.get(field)

@@ -31,7 +31,15 @@ import orjson
 from ray_app.records import RewardRecord
 from ray_app.records.features import SparseFeatures
 
-__all__ = ["JsonArray", "ReplayBuffer", "SeenIds", "id_hash", "pack_reward", "unpack_reward"]
+__all__ = [
+    "JsonArray",
+    "ReplayBuffer",
+    "SeenIds",
+    "id_hash",
+    "pack_reward",
+    "peek_reward",
+    "unpack_reward",
+]
 
 _R = TypeVar("_R")
 
@@ -99,7 +107,8 @@ class JsonArray(Generic[_R]):
         for e in entries:
             hit = cache.get(id(e))
             if hit is None or hit[0] is not e:
-                hit = (e, orjson.dumps(encode(e)))
+                # a copy: orjson's bytes keep its whole output buffer (16 KB for 650 B)
+                hit = (e, memoryview(orjson.dumps(encode(e))).tobytes())
             fresh[id(e)] = hit
             parts.append(hit[1])
         self._cache = fresh
@@ -120,6 +129,12 @@ def pack_reward(r: RewardRecord) -> tuple[RewardRecord, int, array[int], array[f
     sparse = SparseFeatures.from_dense(r.features)
     packed = (array("i", sparse.indices), array("d", sparse.values))
     return (replace(r, features=_NO_FEATURES), sparse.size, *packed)
+
+
+def peek_reward(entry: tuple[RewardRecord, int, array[int], array[float]]) -> RewardRecord:
+    """The record of a :func:`pack_reward` entry without its features (empty): what a filter
+    on its other fields needs, without rebuilding the dense vector."""
+    return entry[0]
 
 
 def unpack_reward(entry: tuple[RewardRecord, int, array[int], array[float]]) -> RewardRecord:
@@ -154,6 +169,7 @@ class ReplayBuffer(Generic[_R]):
         seed: int = 0,
         pack: Callable[[_R], Any] = _same,
         unpack: Callable[[Any], _R] = _same,
+        peek: Callable[[Any], _R] | None = None,
     ) -> None:
         self._records: deque[Any] = deque(maxlen=max(size, 1))
         self._rng = random.Random(seed)
@@ -161,6 +177,7 @@ class ReplayBuffer(Generic[_R]):
         self._since_good: set[int] = set()  # ids of the entries added since mark_good()
         self._json = JsonArray[Any]()
         self._pack, self._unpack = pack, unpack
+        self._peek = unpack if peek is None else peek
 
     def __len__(self) -> int:
         return len(self._records)
@@ -204,9 +221,19 @@ class ReplayBuffer(Generic[_R]):
         self._since_good = set()
 
     def clear(self) -> None:
+        """Forget every entry, and the batches owed to them."""
+        self.retain(lambda r: False)
+
+    def retain(self, keep: Callable[[_R], bool]) -> int:
+        """Keep only the entries ``keep`` accepts, in order, with no batches owed; how many.
+        ``keep`` sees each entry through ``peek`` (a cheap view of it; default: the record)."""
+        kept = [e for e in self._records if keep(self._peek(e))]
         self._records.clear()
-        self._since_good = set()
-        self._json = JsonArray()
+        self._records.extend(kept)
+        ids = {id(e) for e in kept}
+        self._since_good &= ids
+        self.credit = 0.0
+        return len(kept)
 
     def state(self, encode: Callable[[_R], Any]) -> dict[str, Any]:
         """The entries as one JSON array (each through ``encode``, once in its life: a learner

@@ -34,7 +34,7 @@ from ray_app.learn.guardrail import ControlComparison, ControlGuardrail
 from ray_app.learn.learner_state import clone_weights
 from ray_app.learn.loss_guardrail import GuardrailCheck, check_candidate
 from ray_app.learn.memory import ReplayBuffer
-from ray_app.learn.update import make_optimizer
+from ray_app.learn.update import make_optimizer, observe_records
 from ray_app.model import ModelBundle, Scorer
 from ray_app.records import RewardRecord
 
@@ -170,20 +170,29 @@ class Publishing:
     def _boosted(self, now: float | None = None) -> bool:
         return self._schedule.active(self.counters["trained"])
 
-    def _boost(self, head_start: int = 0) -> None:
+    def _boost(self, head_start: int = 0, since_ms: int | None = None) -> None:
         """Explore and learn faster for ``boost_rewards`` rewards, from a fresh optimizer (moments
         of the old world would slow the move to the new one), with empty guardrail slice and
         replay buffer (rewards from before would judge candidates by a world that is gone, and
-        pull towards it)."""
+        pull towards it). With ``since_ms`` (a drift restart's change point) the replay keeps
+        the rewards decided since then: they are the new world's, so they are counted in the
+        evidence of the restarted weights and owed as many batches as new rewards."""
         self._schedule.start(self.counters["trained"], head_start)
         self._guardrail.clear()
-        self._replay.clear()
         self._optimizer = self._make_optimizer()
+        if since_ms is None or not self.config.drift_restart:
+            self._replay.clear()
+            return
+        cfg = self.config
+        kept = self._replay.retain(lambda r: r.decided_at_ms >= since_ms)
+        observe_records(self.scorer, list(self._replay), self._slot_index)
+        self._replay.credit = (1 + cfg.replay_steps) * kept / cfg.batch_size
 
     def drift(self, now: float | None = None, since_ms: int | None = None) -> None:
         """Signal a drift (from a detector). For the next ``boost_rewards`` trained rewards the
         learner then serves ``boost_epsilon`` and learns at ``boost_lr_factor`` times ``lr``, from
-        a fresh optimizer; the guardrail slice and the replay buffer are emptied: rewards from
+        a fresh optimizer; the guardrail slice and the replay buffer are emptied (the replay
+        keeps the rewards since ``since_ms``, see below): rewards from
         before the drift would judge candidates by a world that is gone and roll back the very
         updates that adapt to the new one; until ``guardrail_min_records`` new guardrail rewards
         have arrived, candidates are accepted. ``now`` is not used.
@@ -196,19 +205,18 @@ class Publishing:
         within 5,000 users against 2 of 4). A false alarm then costs what was learned, hence a
         detector tuned to rarely fire on a stationary stream.
 
-        ``since_ms`` (the detector's estimate of when the change began, as decision time): the
-        replayed rewards of decisions made since then are kept, and the restarted weights learn
-        them again at once, as if they had just arrived; the world they come from is the new
-        one (a detector needs some hundreds of rewards to be sure)."""
+        ``since_ms`` (the detector's estimate of when the change began, as decision time; used
+        with ``drift_restart`` only): the replayed rewards of decisions made since then are kept,
+        counted in the restarted weights' evidence and owed as many replayed batches as new
+        rewards, so the restarted weights learn them at once; they come from the new world (a
+        detector needs some hundreds of rewards to be sure). They do not count as learned for
+        ``gamma`` and the step size, which start over."""
         if self.config.drift_restart:
             self.scorer.load_state_dict(clone_weights(self._fallback))
             self._last_good = clone_weights(self._fallback)
             self._beat_control = None
         cfg = self.config
-        since = None if since_ms is None or not cfg.drift_restart else since_ms
-        kept = [] if since is None else [r for r in self._replay if r.decided_at_ms >= since]
-        self._boost(cfg.drift_gamma_head_start if cfg.drift_restart else 0)
-        self._replay.add(kept, credit=(1 + cfg.replay_steps) * len(kept) / cfg.batch_size)
+        self._boost(cfg.drift_gamma_head_start if cfg.drift_restart else 0, since_ms)
         self.counters["drifts"] += 1
 
     # ------------------------------------------------------------------- guarding, publishing

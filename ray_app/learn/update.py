@@ -124,11 +124,24 @@ def weighted_step(
     loss = terms.sum() / len(records)
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
-    for s in set(slots[:observe]):
-        rows = torch.tensor([i for i in range(observe) if slots[i] == s], dtype=torch.int64)
-        scorer.observe(x[rows], a[rows], s)
+    _observe(scorer, x[:observe], a[:observe], slots[:observe])
     n = len(records) if fresh is None else fresh
     return float(terms[:n].detach().sum())
+
+
+def observe_records(
+    scorer: Scorer, records: Sequence[RewardRecord], slot_index: Mapping[str, int]
+) -> None:
+    """Add ``records`` to the scorer's evidence (:meth:`Scorer.observe`) without a step."""
+    if records:
+        x, a, _, _, slots = record_tensors(records, slot_index)
+        _observe(scorer, x, a, slots)
+
+
+def _observe(scorer: Scorer, x: torch.Tensor, a: torch.Tensor, slots: Sequence[int]) -> None:
+    for s in set(slots):
+        rows = torch.tensor([i for i, si in enumerate(slots) if si == s], dtype=torch.int64)
+        scorer.observe(x[rows], a[rows], s)
 
 
 def make_optimizer(
