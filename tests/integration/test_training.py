@@ -14,14 +14,12 @@ import pytest
 
 from ray_app.catalog import load_catalog
 from ray_app.features import FeatureSchema
-from ray_app.model import cold_start_bundle
 from ray_app.model.registry import ModelRegistry
 from ray_app.sim.logs import simulated_rewards, write_reward_archive
 from ray_app.sim.v2 import GroundTruth
 from tests.conftest import deploy, make_settings
 from training.data import reward_data
 from training.train import TrainError, TrainOptions, train
-from training.trainer import RunPlan, Source, fit
 
 pytestmark = pytest.mark.integration
 
@@ -44,34 +42,6 @@ def _evidence_of(columns: dict[str, np.ndarray], slot: int, n_actions: int) -> n
     ev = np.zeros((n_actions, columns["x"].shape[1]))
     np.add.at(ev, columns["action"][rows], columns["x"][rows].astype(np.float64) ** 2)
     return ev
-
-
-def test_two_workers_write_the_sum_of_their_shards_evidence(ray_session, tmp_path):
-    """Each Ray Train worker counts its shard of the training rows once; the model read back
-    from the run's checkpoint holds their sum (DDP alone would keep rank 0's), not the
-    held-out rows, and not once per epoch."""
-    catalog = load_catalog()
-    schema = FeatureSchema.from_catalog(catalog)
-    records = simulated_rewards(300, seed=3)
-    train_data, val_data = reward_data([r.to_json() for r in records], schema, catalog).split(0.2)
-    source = Source(
-        train=train_data.columns(),
-        validation={**val_data.columns(), "mask": val_data.mask},
-        init=cold_start_bundle(schema, catalog, seed=0).scorer,
-        describe="evidence",
-    )
-    opts = TrainOptions(
-        data="-", workers=2, epochs=2, batch_size=32, cpus_per_worker=float(CPUS), progress=False
-    )
-    settings = make_settings(ONRAMP_STATE_DIR=str(tmp_path / "state"))
-    fitted = fit(source, RunPlan(tmp_path / "train", "evidence"), opts, settings)
-    slot = catalog.slot("next_step")
-    want = _evidence_of(source.train, slot.index, slot.size)
-    got = fitted.scorer.evidence(slot.index).numpy()
-    assert want.sum() > 0
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    held_out = _evidence_of(source.validation, slot.index, slot.size)
-    assert held_out.sum() > 0  # and none of it was counted: got is the training rows' alone
 
 
 def _greedy_value(scorer, truth: GroundTruth, users: int) -> tuple[float, float]:
