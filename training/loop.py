@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ray_app.learn.objective import ips_loss
+from ray_app.learn.update import observe_rows
 from ray_app.model import Scorer
 from training.console import say
 from training.metrics import evaluate, logged_action_logits
@@ -92,12 +93,9 @@ def count_evidence(
     before = [scorer.evidence(k).clone() for k in slots]
     for k in slots:
         scorer.evidence(k).zero_()
-    own_slots = train["slot"][own]
-    for k in np.unique(own_slots):
-        rows = own[own_slots == k]
-        x = torch.from_numpy(np.ascontiguousarray(train["x"][rows], dtype=np.float32)).to(device)
-        a = torch.from_numpy(np.asarray(train["action"][rows], dtype=np.int64)).to(device)
-        scorer.observe(x, a, int(k))
+    x = torch.from_numpy(np.ascontiguousarray(train["x"][own], dtype=np.float32)).to(device)
+    a = torch.from_numpy(np.asarray(train["action"][own], dtype=np.int64)).to(device)
+    observe_rows(scorer, x, a, torch.from_numpy(np.asarray(train["slot"][own], dtype=np.int64)))
     if dist.is_available() and dist.is_initialized():
         for k in slots:
             dist.all_reduce(scorer.evidence(k), op=dist.ReduceOp.SUM)

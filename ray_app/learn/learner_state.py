@@ -24,10 +24,10 @@ import io
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import torch
 
 from ray_app.learn.config import LearnerStateError
+from ray_app.learn.memory import saved_entries
 from ray_app.model import ModelBundle, Scorer
 from ray_app.records import RewardRecord
 
@@ -180,8 +180,7 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
         learner._seen.remember(int(h))
     learner._offsets = {int(p): int(o) for p, o in state["offsets"].items()}
     learner.counters.update({k: int(v) for k, v in state["counters"].items()})
-    saved = state.get("guardrail_json")  # a list under "guardrail" in states saved before
-    for rec in state["guardrail"] if saved is None else orjson.loads(saved):
+    for rec in saved_entries(state, "guardrail_json", "guardrail"):
         learner._guardrail.append(RewardRecord.from_json(rec))
     learner._replay.load_state(state, RewardRecord.from_json)
     learner._pending_updates = int(state["pending_updates"])

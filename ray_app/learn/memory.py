@@ -38,6 +38,7 @@ __all__ = [
     "id_hash",
     "pack_reward",
     "peek_reward",
+    "saved_entries",
     "unpack_reward",
 ]
 
@@ -113,6 +114,13 @@ class JsonArray(Generic[_R]):
             parts.append(hit[1])
         self._cache = fresh
         return b"[" + b",".join(parts) + b"]"
+
+
+def saved_entries(state: Mapping[str, Any], key: str, before: str) -> list[Any]:
+    """The entries a state saved under ``key`` as one :class:`JsonArray`, or as a list under
+    ``before`` (states saved before; neither: none)."""
+    saved = state.get(key)
+    return list(state.get(before, ())) if saved is None else orjson.loads(saved)
 
 
 def _same(entry: Any) -> Any:
@@ -222,7 +230,9 @@ class ReplayBuffer(Generic[_R]):
 
     def clear(self) -> None:
         """Forget every entry, and the batches owed to them."""
-        self.retain(lambda r: False)
+        self._records.clear()
+        self._since_good = set()
+        self.credit = 0.0
 
     def retain(self, keep: Callable[[_R], bool]) -> int:
         """Keep only the entries ``keep`` accepts, in order, with no batches owed; how many.
@@ -251,8 +261,7 @@ class ReplayBuffer(Generic[_R]):
         """Restore what :meth:`state` saved (each entry through ``decode``); keys left out keep
         their defaults (states saved before replay existed; ``replay``: the entries as a list,
         as states were saved before ``replay_json``)."""
-        saved = state.get("replay_json")
-        for rec in state.get("replay", ()) if saved is None else orjson.loads(saved):
+        for rec in saved_entries(state, "replay_json", "replay"):
             self._records.append(self._pack(decode(rec)))
         if state.get("replay_rng"):
             self._rng.setstate((3, tuple(state["replay_rng"]), None))

@@ -124,7 +124,7 @@ def weighted_step(
     loss = terms.sum() / len(records)
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
-    _observe(scorer, x[:observe], a[:observe], slots[:observe])
+    observe_rows(scorer, x[:observe], a[:observe], slots[:observe])
     n = len(records) if fresh is None else fresh
     return float(terms[:n].detach().sum())
 
@@ -135,13 +135,18 @@ def observe_records(
     """Add ``records`` to the scorer's evidence (:meth:`Scorer.observe`) without a step."""
     if records:
         x, a, _, _, slots = record_tensors(records, slot_index)
-        _observe(scorer, x, a, slots)
+        observe_rows(scorer, x, a, slots)
 
 
-def _observe(scorer: Scorer, x: torch.Tensor, a: torch.Tensor, slots: Sequence[int]) -> None:
-    for s in set(slots):
-        rows = torch.tensor([i for i, si in enumerate(slots) if si == s], dtype=torch.int64)
-        scorer.observe(x[rows], a[rows], s)
+def observe_rows(
+    scorer: Scorer, x: torch.Tensor, a: torch.Tensor, slots: Sequence[int] | torch.Tensor
+) -> None:
+    """Add rows (features ``x``, logged actions ``a``, each row's slot index) to the scorer's
+    evidence, each row in its slot's (:meth:`Scorer.observe`)."""
+    slot_of = torch.as_tensor(slots, dtype=torch.int64, device=x.device)
+    for s in slot_of.unique().tolist():
+        rows = slot_of == s
+        scorer.observe(x[rows], a[rows], int(s))
 
 
 def make_optimizer(
