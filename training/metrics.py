@@ -59,8 +59,8 @@ def logged_action_logits(
     takes part in each forward, which DistributedDataParallel needs), then rows pick their slot."""
     h = torch.relu(F.linear(x, scorer.trunk.weight, scorer.trunk.bias))
     out = torch.zeros(len(x), dtype=h.dtype, device=h.device)
-    for s, (head, wide) in enumerate(zip(scorer.heads, scorer.wides, strict=True)):
-        logits = head(h) + wide(x)
+    for s, head in enumerate(scorer.heads):
+        logits = head(h) + scorer.wide_logits(x, s)
         a = action.clamp(max=logits.shape[1] - 1)
         chosen = logits.gather(1, a.unsqueeze(1)).squeeze(1)
         out = torch.where(slot == s, chosen, out)

@@ -167,11 +167,13 @@ def bundle_of(state: Mapping[str, Any]) -> ModelBundle:
 
 def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     """Put the rest of ``state`` into ``learner`` (built from :func:`bundle_of` of it, under
-    the config to resume with: an optimizer of another kind starts fresh, a new learning rate
-    and weight decay apply)."""
+    the config to resume with: an optimizer of another kind, or one saved over other parameters
+    (before the scorer's wide scales), starts fresh; a new learning rate and weight decay
+    apply)."""
     learner._last_good = clone_weights(state["last_good"])
     opt = state["optimizer"]
-    if opt["kind"] == learner.config.optimizer:
+    params = sum(len(g["params"]) for g in opt["state"]["param_groups"])
+    if opt["kind"] == learner.config.optimizer and params == len(list(learner.scorer.parameters())):
         learner._optimizer.load_state_dict(opt["state"])
         for group in learner._optimizer.param_groups:
             group["lr"] = learner.config.lr

@@ -131,6 +131,21 @@ def test_a_model_file_keeps_its_evidence_and_one_written_before_it_had_none_load
     assert np.array_equal(score_batch(loaded, features(), 0), score_batch(bundle, features(), 0))
 
 
+def test_a_model_file_written_before_the_wide_scales_loads_with_scales_of_one(bundle):
+    with torch.no_grad():
+        bundle.scorer.wides[0].weight.normal_(generator=torch.Generator().manual_seed(3))
+    head, _ = split(bundle.to_bytes())
+    old = {k: v for k, v in bundle.scorer.state_dict().items() if not k.startswith("wide_scales")}
+    loaded = ModelBundle.from_bytes(forge(head, weights_of(old)), SCHEMA, CATALOG)
+    assert all(bool((s == 1).all()) for s in loaded.scorer.wide_scales)
+    assert np.array_equal(score_batch(loaded, features(), 0), score_batch(bundle, features(), 0))
+    # and a scale multiplies its feature's wide weights for every action of the slot
+    with torch.no_grad():
+        loaded.scorer.wide_scales[0][:] = 0.0
+    x = torch.from_numpy(features(2))
+    assert torch.equal(loaded.scorer.wide_logits(x, 0), torch.zeros(2, SIZES[0]))
+
+
 def test_bundle_survives_pickle(bundle):
     again = pickle.loads(pickle.dumps(bundle))
     assert again.version == bundle.version and again.schema_hash == bundle.schema_hash
