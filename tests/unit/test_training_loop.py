@@ -156,6 +156,26 @@ def test_a_resumed_run_does_not_count_its_rows_again(tmp_path, monkeypatch):
         np.testing.assert_allclose(trained.evidence(k).numpy(), direct[k], rtol=1e-6)
 
 
+def test_a_checkpoint_from_before_the_wide_scales_resumes(tmp_path, monkeypatch, capsys):
+    data = reward_data([r.to_json() for r in _records()], SCHEMA, CATALOG)
+    config = _config_for(data, tmp_path, epochs=2, stop_after=1)
+    twin = RayTrainTwin(tmp_path / "first")
+    twin.install(monkeypatch)
+    with pytest.raises(Interrupted):
+        train_loop(config)
+    stopped = twin.checkpoints[-1]
+    state = torch.load(stopped / "state.pt", weights_only=True)
+    state["model"] = {k: v for k, v in state["model"].items() if "wide_scales" not in k}
+    old = [torch.zeros(1) for k in state["model"] if not k.startswith("evidence")]
+    state["optimizer"] = torch.optim.AdamW(old).state_dict()  # over the older parameters
+    torch.save(state, stopped / "state.pt")
+    again = RayTrainTwin(tmp_path / "again")
+    again.install(monkeypatch)
+    train_loop({**config, "stop_after": None, "resume_from": str(stopped)})
+    assert [m["epoch"] for m in again.metrics] == [2]
+    assert "resuming with a fresh optimizer" in capsys.readouterr().err
+
+
 def test_each_worker_counts_its_shard_and_the_shards_add_up_to_the_rows(tmp_path, monkeypatch):
     """Without a process group nothing is summed: each worker holds its own shard's evidence
     (under Ray Train, ``all_reduce`` adds them up; see the integration test)."""
