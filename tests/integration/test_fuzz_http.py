@@ -63,13 +63,28 @@ def _schemathesis(base: str, name: str, *args: str) -> subprocess.CompletedProce
 
 
 def _only_generator_crashes(report: str) -> bool:
-    """The run found no failure; its only errors are the generator's own crash."""
+    """The run found no failure; its only errors are the generator's own crash: each error
+    section's message line (not its traceback's last line, which repeats it) is the crash."""
+    crashes = sum(line.strip().startswith(GENERATOR_CRASH) for line in report.splitlines())
     return (
-        GENERATOR_CRASH in report
+        crashes > 0
         and "FAILURES" not in report
         and "Failures:" not in report
-        and report.count("Runtime Error") == report.count(GENERATOR_CRASH) + 1  # + the summary
+        and report.count("Runtime Error") == crashes + 1  # + the summary
     )
+
+
+def test_a_report_whose_only_error_is_the_generator_crash_is_told_apart():
+    section = (
+        f"_____ POST /v1/alias _____\nRuntime Error\n\n{GENERATOR_CRASH} (before=228, after=191)\n"
+    )
+    traceback = f"    Traceback ...\n    SystemError: {GENERATOR_CRASH} (before=228, after=191)\n"
+    summary = "Errors:\n  Runtime Error: 1\n"
+    assert _only_generator_crashes(section + summary)
+    assert _only_generator_crashes(section + traceback + summary)  # the traceback repeats it
+    other = "_____ POST /v1/b _____\nRuntime Error\n\nConnection refused\n"
+    assert not _only_generator_crashes(section + other + "Errors:\n  Runtime Error: 2\n")
+    assert not _only_generator_crashes(section + "FAILURES\n" + summary)
 
 
 def _assert_clean(done: subprocess.CompletedProcess[str]) -> None:
