@@ -19,6 +19,7 @@ import gzip
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -62,29 +63,41 @@ def _schemathesis(base: str, name: str, *args: str) -> subprocess.CompletedProce
     return _schemathesis_once(base, name, "1515", *args)
 
 
+#: An error section's title line in schemathesis' report (``____ POST /v1/alias ____``).
+_SECTION = re.compile(r"^_{3,} .+ _{3,}$", re.MULTILINE)
+
+
 def _only_generator_crashes(report: str) -> bool:
-    """The run found no failure; its only errors are the generator's own crash: each error
-    section's message line (not its traceback's last line, which repeats it) is the crash."""
-    crashes = sum(line.strip().startswith(GENERATOR_CRASH) for line in report.splitlines())
+    """The run found no failure, and every error section of its report is the generator's own
+    crash. The crash comes in several forms (its message alone, with its traceback, or inside
+    "Inconsistent results" with an exception group): each section only has to contain it, and
+    there must be as many sections as the summary's runtime errors."""
+    if "FAILURES" in report or "Failures:" in report or "ERRORS" not in report:
+        return False
+    errors = report.split("ERRORS", 1)[1].split("Need more help?", 1)[0]
+    bodies = _SECTION.split(errors)[1:]
+    counted = re.search(r"Runtime Error: (\d+)", report)
     return (
-        crashes > 0
-        and "FAILURES" not in report
-        and "Failures:" not in report
-        and report.count("Runtime Error") == crashes + 1  # + the summary
+        bool(bodies)
+        and all(GENERATOR_CRASH in body for body in bodies)
+        and counted is not None
+        and int(counted.group(1)) == len(bodies)
     )
 
 
 def test_a_report_whose_only_error_is_the_generator_crash_is_told_apart():
-    section = (
-        f"_____ POST /v1/alias _____\nRuntime Error\n\n{GENERATOR_CRASH} (before=228, after=191)\n"
-    )
-    traceback = f"    Traceback ...\n    SystemError: {GENERATOR_CRASH} (before=228, after=191)\n"
-    summary = "Errors:\n  Runtime Error: 1\n"
-    assert _only_generator_crashes(section + summary)
-    assert _only_generator_crashes(section + traceback + summary)  # the traceback repeats it
-    other = "_____ POST /v1/b _____\nRuntime Error\n\nConnection refused\n"
-    assert not _only_generator_crashes(section + other + "Errors:\n  Runtime Error: 2\n")
-    assert not _only_generator_crashes(section + "FAILURES\n" + summary)
+    crash = f"{GENERATOR_CRASH} (before=228, after=191)"
+    head = "===== ERRORS =====\n____ POST /v1/alias ____\nRuntime Error\n\n"
+    tail = "\nNeed more help?\n===== SUMMARY =====\nErrors:\n  Runtime Error: 1\n"
+    assert _only_generator_crashes(head + crash + tail)
+    traced = f"{crash}\n    Traceback ...\n    SystemError: {crash}\n"
+    assert _only_generator_crashes(head + traced + tail)  # the traceback repeats it
+    grouped = f"Inconsistent results: ...\n  + Exception Group\n    | SystemError: {crash}\n"
+    assert _only_generator_crashes(head + grouped + tail)
+    other = f"{crash}\n____ POST /v1/b ____\nRuntime Error\n\nConnection refused\n"
+    assert not _only_generator_crashes(head + other + tail.replace(": 1", ": 2"))
+    assert not _only_generator_crashes(head + crash + "\nFAILURES\n" + tail)
+    assert not _only_generator_crashes("===== SUMMARY =====\n  Runtime Error: 1\n")
 
 
 def _assert_clean(done: subprocess.CompletedProcess[str]) -> None:
