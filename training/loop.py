@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ray_app.learn.objective import ips_loss
-from ray_app.learn.update import observe_rows
+from ray_app.learn.update import observe_rows, optimizer_fits
 from ray_app.model import Scorer
 from training.console import say
 from training.metrics import evaluate, logged_action_logits
@@ -64,23 +64,18 @@ def _resume(
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", weights_only=True, map_location="cpu")
         scorer.load_state_dict(state["model"])
-        saved = state["optimizer"]
-        if _params(saved) == _params(optimizer.state_dict()):
-            optimizer.load_state_dict(saved)
-        else:  # written over fewer parameters (before the scorer's wide scales): moments afresh
+        if optimizer_fits(optimizer, state["optimizer"]):
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # written before the scorer's wide scales: its moments start afresh
             print(
-                f"resuming with a fresh optimizer: the checkpoint's holds {_params(saved)} "
-                f"parameters, the scorer has {_params(optimizer.state_dict())}",
+                "resuming with a fresh optimizer: the checkpoint's was written over other "
+                "parameters (before the scorer's wide scales)",
                 file=sys.stderr,
                 flush=True,
             )
         meta = json.loads((Path(d) / "meta.json").read_text())
     # checkpoints written before the evidence was counted lack the flag: count it now
     return meta["epoch"] + 1, meta["history"], bool(meta.get("evidence", False))
-
-
-def _params(optimizer_state: dict[str, Any]) -> int:
-    return sum(len(g["params"]) for g in optimizer_state["param_groups"])
 
 
 def count_evidence(

@@ -28,6 +28,7 @@ import torch
 
 from ray_app.learn.config import LearnerStateError
 from ray_app.learn.memory import saved_entries
+from ray_app.learn.update import optimizer_fits
 from ray_app.model import ModelBundle, Scorer
 from ray_app.records import RewardRecord
 
@@ -172,8 +173,7 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     apply)."""
     learner._last_good = clone_weights(state["last_good"])
     opt = state["optimizer"]
-    params = sum(len(g["params"]) for g in opt["state"]["param_groups"])
-    if opt["kind"] == learner.config.optimizer and params == len(list(learner.scorer.parameters())):
+    if opt["kind"] == learner.config.optimizer and optimizer_fits(learner._optimizer, opt["state"]):
         learner._optimizer.load_state_dict(opt["state"])
         for group in learner._optimizer.param_groups:
             group["lr"] = learner.config.lr

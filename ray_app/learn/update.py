@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,6 +39,7 @@ __all__ = [
     "LearnReport",
     "logged_logits",
     "make_optimizer",
+    "optimizer_fits",
     "record_tensors",
     "valid_record",
     "weighted_step",
@@ -157,3 +159,14 @@ def make_optimizer(
     if kind == "adam":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+
+def optimizer_fits(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) -> bool:
+    """Whether ``saved`` (an optimizer's ``state_dict()``) was written over as many parameters
+    as ``optimizer`` holds: one saved before the scorer's wide scales was not, and
+    ``load_state_dict`` would refuse it (its moments are then started afresh)."""
+
+    def count(groups: Any) -> int:
+        return sum(len(g["params"]) for g in groups)
+
+    return count(saved["param_groups"]) == count(optimizer.param_groups)

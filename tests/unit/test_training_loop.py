@@ -137,14 +137,19 @@ def test_a_trained_model_carries_its_training_rows_evidence_once(tmp_path, monke
     assert _direct_evidence(data.columns())[1].sum() > direct[1].sum()
 
 
-def test_a_resumed_run_does_not_count_its_rows_again(tmp_path, monkeypatch):
+def _interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int) -> tuple[dict, Path]:
+    """A run of ``epochs`` stopped after its first: (its config, its checkpoint)."""
     data = reward_data([r.to_json() for r in _records()], SCHEMA, CATALOG)
-    config = _config_for(data, tmp_path, epochs=3, stop_after=1)
+    config = _config_for(data, tmp_path, epochs=epochs, stop_after=1)
     twin = RayTrainTwin(tmp_path / "first")
     twin.install(monkeypatch)
     with pytest.raises(Interrupted):
         train_loop(config)
-    stopped = twin.checkpoints[-1]
+    return config, twin.checkpoints[-1]
+
+
+def test_a_resumed_run_does_not_count_its_rows_again(tmp_path, monkeypatch):
+    config, stopped = _interrupted(tmp_path, monkeypatch, epochs=3)
     assert json.loads((stopped / "meta.json").read_text())["evidence"] is True
     again = RayTrainTwin(tmp_path / "again")
     again.install(monkeypatch)
@@ -157,13 +162,7 @@ def test_a_resumed_run_does_not_count_its_rows_again(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_from_before_the_wide_scales_resumes(tmp_path, monkeypatch, capsys):
-    data = reward_data([r.to_json() for r in _records()], SCHEMA, CATALOG)
-    config = _config_for(data, tmp_path, epochs=2, stop_after=1)
-    twin = RayTrainTwin(tmp_path / "first")
-    twin.install(monkeypatch)
-    with pytest.raises(Interrupted):
-        train_loop(config)
-    stopped = twin.checkpoints[-1]
+    config, stopped = _interrupted(tmp_path, monkeypatch, epochs=2)
     state = torch.load(stopped / "state.pt", weights_only=True)
     state["model"] = {k: v for k, v in state["model"].items() if "wide_scales" not in k}
     old = [torch.zeros(1) for k in state["model"] if not k.startswith("evidence")]
