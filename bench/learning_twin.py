@@ -34,6 +34,12 @@ contention. So its figures are for comparing learner settings, not a substitute 
     .venv/bin/python bench/learning_twin.py                          # 4 seeds on teams
     .venv/bin/python bench/learning_twin.py --world campus --seeds 1 2
     .venv/bin/python bench/learning_twin.py --weight-decay 0 --seeds 1   # one setting changed
+    # a second run from the first one's model file (a restarted `onramp up`), and a model
+    # file from another world
+    .venv/bin/python bench/learning_twin.py --users 5000 --drift none --save-model /tmp/teams
+    .venv/bin/python bench/learning_twin.py --users 4000 --drift none --start-model /tmp/teams
+    .venv/bin/python bench/learning_twin.py --users 4000 --drift none --start-model /tmp/teams \
+        --world campus
 
 The last line is JSON: per seed and on average, the curve per 1,000 users (the share of the
 oracle's gain over the static flow of the treatment arm, the control arm and the VW runs, from
@@ -86,6 +92,22 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rate", type=float, default=40.0, help="users per second")
     ap.add_argument("--treatment-share", type=float, default=0.9)
     ap.add_argument("--no-vw", action="store_true", help="skip the Vowpal Wabbit baselines")
+    ap.add_argument(
+        "--save-model",
+        metavar="PREFIX",
+        default=None,
+        help="write each seed's last published model file to PREFIX-SEED.onramp (what the "
+        "learner service keeps at decide.model_path)",
+    )
+    ap.add_argument(
+        "--start-model",
+        metavar="PREFIX",
+        default=None,
+        help="start each seed's learner and replicas from PREFIX-SEED.onramp, by the learner "
+        "service's own start-up (ray_app.learn.startup), as a restarted `onramp up` on the "
+        "embedded broker does (its learner state's reward offsets mean nothing to a new broker); "
+        "a file saved in another --world is a model from another world",
+    )
     shipped = ap.add_argument_group("settings (default: the shipped ones)")
     shipped.add_argument("--epsilon", type=float, default=None, help="decide.epsilon")
     shipped.add_argument("--policy", default=None, help="decide.policy")
@@ -276,7 +298,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from ray_app.features import FeatureSchema
     from ray_app.learn.drift import RewardRateDrift
     from ray_app.learn.learner import OnlineLearner
-    from ray_app.model import Policy, cold_start_bundle, explore_scores
+    from ray_app.learn.startup import restore_learner
+    from ray_app.model import ModelBundle, Policy, cold_start_bundle, explore_scores
     from ray_app.records import RewardRecord
     from ray_app.sim.live import Outcome
     from ray_app.state.profile import Profile, apply
@@ -288,9 +311,15 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     model_poll_s = d.model_poll_s if args.model_poll_s is None else args.model_poll_s
     catalog = load_catalog()
     schema = FeatureSchema.from_catalog(catalog)
-    bundle = cold_start_bundle(schema, catalog)
     config = learner_config(_overrides(args))
-    learner = OnlineLearner(bundle, config, clock=lambda: 0.0)
+    if args.start_model:
+        model_file = Path(f"{args.start_model}-{seed}.onramp")
+        no_state = model_file.with_suffix(".no-learner-state")
+        learner = restore_learner(no_state, model_file, schema, catalog, config)
+        bundle = ModelBundle.from_bytes(model_file.read_bytes(), schema, catalog, False)
+    else:
+        bundle = cold_start_bundle(schema, catalog)
+        learner = OnlineLearner(bundle, config, clock=lambda: 0.0)
     policy = Policy(
         kind=args.policy or d.policy,
         epsilon=config.epsilon,
@@ -298,7 +327,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         temperature=d.temperature,
         seed=d.seed,
     )
-    served = bundle
+    if args.start_model:
+        policy = policy_for(policy, bundle.metadata)  # the replicas serve the file
+    served = last_published = bundle
     published: list[tuple[float, Any]] = []  # (reaches the replicas at, bundle)
     truth = make_world(args, seed)
     slot = catalog.slot("next_step")
@@ -329,6 +360,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             fresh = learner.maybe_publish(now=t)
             if fresh is not None:
                 published.append((t + model_poll_s, fresh))
+                last_published = fresh
             last_learn = t
         while published and published[0][0] <= t:
             served = published.pop(0)[1]
@@ -376,6 +408,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                     served.version, truth.drifted(user), t, greedy=greedy)
         )  # fmt: skip
 
+    if args.save_model:
+        Path(f"{args.save_model}-{seed}.onramp").write_bytes(last_published.to_bytes())
     vw = {} if args.no_vw else run_all(truth, args.users, seed)
     summary = learning_summary(truth, outcomes, vw, args)
     drift_at = args.users if args.drift == "none" else args.drift_at

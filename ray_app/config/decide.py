@@ -155,6 +155,24 @@ class LearnSettings(_Section):
         "gain at 20,000 users, for 0.67 -> 0.63 at 6,000: a constant step keeps moving the "
         "weights by one step's noise.",
     )
+    settle_lr_factor: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="A learner that starts from trained weights with a new optimizer (the model "
+        "file of an earlier run, a registry promotion) steps at this factor of the scheduled "
+        "rate at first, growing to the full rate over settle_rewards (1: no settling). Adam "
+        "normalizes steps by the gradients it has seen, and a new one near the optimum takes "
+        "full-size steps off it: on the learning twin a learner started from a 5,000-user model "
+        "fell from 0.69 to 0.44 of the oracle's gain without settling and went on at 0.74 with "
+        "it. Weights whose logits hardly predict the first 512 new rewards (learned in another "
+        "world) relearn at the full rate.",
+    )
+    settle_rewards: int = Field(
+        20_000,
+        ge=0,
+        description="Trained rewards over which settle_lr_factor grows to 1 (0: no settling).",
+    )
     weight_decay: float = Field(
         0.3,
         ge=0,

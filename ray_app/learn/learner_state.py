@@ -173,7 +173,10 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     apply)."""
     learner._last_good = clone_weights(state["last_good"])
     opt = state["optimizer"]
-    if opt["kind"] == learner.config.optimizer and optimizer_fits(learner._optimizer, opt["state"]):
+    fits = opt["kind"] == learner.config.optimizer and optimizer_fits(
+        learner._optimizer, opt["state"]
+    )
+    if fits:
         learner._optimizer.load_state_dict(opt["state"])
         for group in learner._optimizer.param_groups:
             group["lr"] = learner.config.lr
@@ -190,6 +193,8 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     learner._last_publish_at = state["last_publish_at"]
     learner._published_epsilon = float(state["published_epsilon"])
     learner._schedule.load_state(state)
+    if not fits:  # the fresh optimizer is on trained weights: it settles first
+        learner._schedule.fresh_optimizer(learner.counters["trained"], learner.learned)
     learner.lineage = lineage_of(state.get("lineage") or {})
     if learner.control is not None and state.get("control"):
         learner.control.load_state(state["control"])

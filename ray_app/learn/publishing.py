@@ -74,9 +74,16 @@ class Publishing:
     _slot_index: dict[str, int]
     _action_index: dict[str, dict[str, int]]
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _renew_optimizer(self, settle: bool = True) -> None:
+        """A fresh optimizer for the trainer's weights; with ``settle``, on weights that already
+        learned it settles first (``settle_lr_factor``, see :meth:`BoostSchedule.settle`).
+        A rollback to the last good weights does not settle (they are a few updates old; a
+        settling that runs goes on): after a drift, settling would slow the relearning that a
+        rollback interrupts (on the learning twin one of four ``campus`` seeds did not recover)."""
         cfg = self.config
-        return make_optimizer(self.scorer, cfg.optimizer, cfg.lr, cfg.weight_decay)
+        self._optimizer = make_optimizer(self.scorer, cfg.optimizer, cfg.lr, cfg.weight_decay)
+        if settle:
+            self._schedule.fresh_optimizer(self.counters["trained"], self.learned)
 
     def last_good(self) -> ModelBundle:
         """The last good weights as a bundle (what was last published, or the initial bundle)."""
@@ -179,7 +186,7 @@ class Publishing:
         evidence of the restarted weights and owed as many batches as new rewards."""
         self._schedule.start(self.counters["trained"], head_start)
         self._guardrail.clear()
-        self._optimizer = self._make_optimizer()
+        self._renew_optimizer()
         if since_ms is None or not self.config.drift_restart:
             self._replay.clear()
             return
@@ -285,7 +292,7 @@ class Publishing:
         )
         if check.breached:
             self.scorer.load_state_dict(self._last_good)
-            self._optimizer = self._make_optimizer()
+            self._renew_optimizer(settle=False)
             self._replay.drop_since_good()
             self.counters["rollbacks"] += 1
         else:

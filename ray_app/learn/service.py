@@ -85,6 +85,8 @@ def learner_config(settings: Settings) -> LearnerConfig:
         weight_decay=s.weight_decay,
         warmup_rewards=s.warmup_rewards,
         lr_decay_rewards=s.lr_decay_rewards,
+        settle_lr_factor=s.settle_lr_factor,
+        settle_rewards=s.settle_rewards,
         control_z=s.control_z,
         control_window=s.control_window,
         control_min_treatment=s.control_min_treatment,

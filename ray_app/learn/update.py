@@ -41,6 +41,7 @@ __all__ = [
     "make_optimizer",
     "optimizer_fits",
     "record_tensors",
+    "predicted_rows",
     "valid_record",
     "weighted_step",
 ]
@@ -129,6 +130,22 @@ def weighted_step(
     observe_rows(scorer, x[:observe], a[:observe], slots[:observe])
     n = len(records) if fresh is None else fresh
     return float(terms[:n].detach().sum())
+
+
+def predicted_rows(
+    scorer: Scorer,
+    records: Sequence[RewardRecord],
+    slot_index: Mapping[str, int],
+    min_propensity: float,
+) -> list[tuple[float, float, float]]:
+    """Per record, without a step: the logit of its logged action under ``scorer``, its
+    reward and its row weight ``1 / max(propensity, min_propensity)`` (as
+    :func:`~ray_app.learn.objective.ips_loss` weighs it)."""
+    x, a, y, p, slots = record_tensors(records, slot_index)
+    with torch.no_grad():
+        z = logged_logits(scorer, x, a, slots)
+    w = 1.0 / p.clamp(min=min_propensity)
+    return list(zip(z.tolist(), y.tolist(), w.tolist(), strict=True))
 
 
 def observe_records(

@@ -31,6 +31,21 @@ def test_the_twin_learns_a_two_trait_world_it_has_never_seen():
     assert run["drift_alerts_at_users"] == [] and run["learner_counters"]["drifts"] == 0
 
 
+@pytest.mark.slow
+def test_a_second_run_starts_from_the_first_runs_model_file(tmp_path):
+    """--save-model / --start-model: the second run's learner and replicas start from the model
+    file by the learner service's own start-up, as a restarted `onramp up` does."""
+    prefix = str(tmp_path / "m")
+    first = one_seed(twin_args(users=3_000, save_model=prefix), seed=1)
+    saved = tmp_path / "m-1.onramp"
+    assert saved.exists()
+    second = one_seed(twin_args(users=1_000, start_model=prefix), seed=1)
+    assert second["learner_counters"]["refused_at_start"] == 0
+    assert second["learner_counters"]["foreign_weights"] == 0  # the same world: it settles
+    # the replicas served the file from the first user on: already well above the static flow
+    assert second["curve"][0]["treatment"] > first["curve"][0]["treatment"] + 0.2
+
+
 def test_set_overrides_any_learner_field_and_refuses_unknown_ones():
     from bench.learning_twin import learner_config, learner_sets
 
