@@ -80,11 +80,15 @@ class BoostSchedule:
         """Trained rewards until the boost ends (0: none runs; the warm-up is not counted)."""
         return 0 if self.until is None else max(self.until - trained, 0)
 
-    def fresh_optimizer(self, trained: int, learned: int) -> None:
-        """A new optimizer was made at ``trained``, on weights that had learned ``learned``
-        rewards (0: cold, or restarted from the cold start; nothing to settle)."""
-        self.settle_from = trained if learned > 0 else None
-        self.settle_evidence = None if self.settle_from is None else []
+    def fresh_optimizer(self, trained: int) -> None:
+        """A new optimizer was made at ``trained`` on trained weights: it settles, and is judged
+        first (:meth:`judge_settling`)."""
+        self.settle_from = trained
+        self.settle_evidence = []
+
+    def settled(self) -> None:
+        """No settling (any more): the full rate."""
+        self.settle_from = self.settle_evidence = None
 
     def judge_settling(
         self, rows: list[tuple[float, float, float]], needed: int, threshold: float
@@ -97,7 +101,7 @@ class BoostSchedule:
         (also when nothing is being judged).
 
         >>> s = BoostSchedule(warmup_rewards=0, boost_rewards=0)
-        >>> s.fresh_optimizer(trained=0, learned=5_000)
+        >>> s.fresh_optimizer(trained=0)
         >>> s.judge_settling([(0.5, 1.0, 1.0), (0.5, 0.0, 1.0)] * 30, 100, 0.02)  # not yet
         >>> s.judge_settling([(0.5, 1.0, 1.0), (0.5, 0.0, 1.0)] * 30, 100, 0.02)  # uninformed
         0.0
@@ -129,17 +133,17 @@ class BoostSchedule:
         users).
 
         >>> s = BoostSchedule(warmup_rewards=0, boost_rewards=0)
-        >>> s.fresh_optimizer(trained=100, learned=5_000)
+        >>> s.fresh_optimizer(trained=100)
         >>> [round(s.settle(t, 0.1, 1_000), 3) for t in (100, 600, 1_100, 9_000)]
         [0.1, 0.316, 1.0, 1.0]
-        >>> s.settle_from is None, s.fresh_optimizer(trained=0, learned=0), s.settle(0, 0.1, 1_000)
-        (True, None, 1.0)
+        >>> s.settle_from is None
+        True
         """
         if self.settle_from is None:
             return 1.0
         age = trained - self.settle_from
         if rewards <= 0 or age >= rewards:
-            self.settle_from = self.settle_evidence = None
+            self.settled()
             return 1.0
         return float(factor ** (1.0 - max(age, 0) / rewards))
 

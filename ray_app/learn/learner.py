@@ -201,7 +201,7 @@ class OnlineLearner(Publishing):
             warmup=cfg.warmup_rewards > 0 and cold,
             explore_from=-learned_of(bundle.metadata),  # trained weights go on from their lineage
         )
-        self._renew_optimizer()
+        self._renew_optimizer(settle=not cold)
         #: The guardrail check of the last publish (``None`` before the first).
         self.last_check: GuardrailCheck | None = None
         #: The guardrail against the static flow (``None`` when ``control_z`` is 0).
@@ -437,7 +437,7 @@ class OnlineLearner(Publishing):
         self.lineage = lineage_of(bundle.metadata)
         self._schedule.explore_from = self.counters["trained"] - learned_of(bundle.metadata)
         self._schedule.head_start = 0
-        self._renew_optimizer()
+        self._renew_optimizer(settle=bundle.metadata.get("kind") != "cold_start")
         self._replay.clear()
         self._pending_updates = 0
         self._pending_rewards = 0

@@ -193,8 +193,8 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     learner._last_publish_at = state["last_publish_at"]
     learner._published_epsilon = float(state["published_epsilon"])
     learner._schedule.load_state(state)
-    if not fits:  # the fresh optimizer is on trained weights: it settles first
-        learner._schedule.fresh_optimizer(learner.counters["trained"], learner.learned)
+    if not fits and (learner.counters["trained"] > 0 or learner.learned > 0):
+        learner._schedule.fresh_optimizer(learner.counters["trained"])  # on trained weights
     learner.lineage = lineage_of(state.get("lineage") or {})
     if learner.control is not None and state.get("control"):
         learner.control.load_state(state["control"])

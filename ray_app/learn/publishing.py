@@ -74,16 +74,17 @@ class Publishing:
     _slot_index: dict[str, int]
     _action_index: dict[str, dict[str, int]]
 
-    def _renew_optimizer(self, settle: bool = True) -> None:
-        """A fresh optimizer for the trainer's weights; with ``settle``, on weights that already
-        learned it settles first (``settle_lr_factor``, see :meth:`BoostSchedule.settle`).
-        A rollback to the last good weights does not settle (they are a few updates old; a
-        settling that runs goes on): after a drift, settling would slow the relearning that a
-        rollback interrupts (on the learning twin one of four ``campus`` seeds did not recover)."""
+    def _renew_optimizer(self, settle: bool) -> None:
+        """A fresh optimizer for the trainer's weights; with ``settle`` (the weights are trained:
+        a model file, a promotion, an old learner state) it settles first
+        (``settle_lr_factor``, see :meth:`BoostSchedule.settle`). A rollback to the last good
+        weights does not settle (they are a few updates old; a settling that runs goes on):
+        after a drift, settling would slow the relearning that a rollback interrupts (on the
+        learning twin one of four ``campus`` seeds did not recover)."""
         cfg = self.config
         self._optimizer = make_optimizer(self.scorer, cfg.optimizer, cfg.lr, cfg.weight_decay)
         if settle:
-            self._schedule.fresh_optimizer(self.counters["trained"], self.learned)
+            self._schedule.fresh_optimizer(self.counters["trained"])
 
     def last_good(self) -> ModelBundle:
         """The last good weights as a bundle (what was last published, or the initial bundle)."""
@@ -186,7 +187,8 @@ class Publishing:
         evidence of the restarted weights and owed as many batches as new rewards."""
         self._schedule.start(self.counters["trained"], head_start)
         self._guardrail.clear()
-        self._renew_optimizer()
+        self._renew_optimizer(settle=False)
+        self._schedule.settled()  # the cold-start weights, or a new world: the full rate
         if since_ms is None or not self.config.drift_restart:
             self._replay.clear()
             return

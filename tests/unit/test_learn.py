@@ -496,6 +496,10 @@ def test_a_new_optimizer_on_trained_weights_settles_and_a_restored_one_does_not(
     assert reports["restored"].lr == pytest.approx(full)
     assert reports["started"].lr == pytest.approx(0.1 * full, rel=0.01)
     assert reports["adopting"].lr == pytest.approx(0.1 * full, rel=0.01)
+    # a model trained offline (`onramp train`: no "learned") settles too, from the full step
+    offline = OnlineLearner(replace(published, metadata={"kind": "trained"}), cfg)
+    assert offline.learn(logged(gt, 2_000, 100, seed=8)).lr == pytest.approx(0.1 * cfg.lr)
+    assert new_learner().learn(logged(gt, 2_000, 100, seed=8)).lr == pytest.approx(cfg.lr)
     # part way through settle_rewards; its saved state goes on settling
     started.learn(logged(gt, 2_100, 2_000, seed=9))
     again = OnlineLearner.from_state(started.state_dict(), cfg)
