@@ -42,9 +42,9 @@ COUNTERS = (
 """Counter names. ``rollbacks``: loss-guardrail rollbacks; ``control_rollbacks``: rollbacks of
 the guardrail against the static flow; ``refused_at_start``: learner states or model files
 the service found on start and did not adopt (another feature schema or catalog, unreadable);
-``foreign_weights``: trained weights the learner started from (or adopted) that predicted the
-first new rewards worse than the cold start, so they relearn at the full rate instead of
-settling (``settle_lr_factor``)."""
+``foreign_weights``: trained weights the learner started from (or adopted) whose logits hardly
+predicted the first new rewards, so they relearn at the full rate instead of settling
+(``settle_lr_factor``, :mod:`ray_app.learn.settling`)."""
 
 
 class LearnerStateError(OnrampError):
@@ -99,19 +99,19 @@ class LearnerConfig:
     on the learning twin; a decay that starts this late costs a few points in the first 6,000."""
     settle_lr_factor: float = 0.1
     settle_rewards: int = 20_000
-    """A fresh optimizer on weights that already learned (a learner started from a model file or
-    a promotion, or rolled back to its last good weights; an old learner state's optimizer that
-    no longer fits) steps at ``settle_lr_factor`` times the scheduled rate at first, growing
-    geometrically to the full rate over ``settle_rewards`` trained rewards (1 or 0 rewards: no
-    settling). Adam normalizes each step by the gradients it has seen: a new one sees only the
-    small gradients near the optimum, and its full-size steps walk the weights off it. On the
-    learning twin (``teams``, 4 seeds) a learner started from a 5,000-user model file captured
-    0.37 / 0.57 / 0.68 / 0.73 of the oracle's gain over its next four 1,000 users without
-    settling, 0.66 / 0.79 / 0.81 / 0.86 with it (the learner that went on without a restart:
-    0.75 / 0.79 / 0.80 / 0.83). Weights from another world must not settle: the first
-    ``SETTLE_JUDGE_REWARDS`` new rewards are predicted by them and by the cold-start weights
-    before they are trained on, and unless the weights do better, settling ends (counted as
-    ``foreign_weights``)."""
+    """A fresh optimizer on trained weights (a learner started from a model file, a model of
+    ``onramp train`` or a promotion; an old learner state's optimizer that no longer fits) steps
+    at ``settle_lr_factor`` times the scheduled rate at first, growing geometrically to the full
+    rate over ``settle_rewards`` trained rewards (1 or 0 rewards: no settling). Adam normalizes
+    each step by the gradients it has seen: a new one sees only the small gradients near the
+    optimum, and its full-size steps walk the weights off it. On the learning twin (``teams``,
+    4 seeds) a learner started from a 5,000-user model file captured 0.44 / 0.54 / 0.63 / 0.69
+    of the oracle's gain over its next four 1,000 users without settling, 0.74 / 0.80 / 0.83 /
+    0.87 with it (the learner that went on without a restart: 0.75 / 0.79 / 0.80 / 0.83).
+    Weights from another world must not settle: the first ``SETTLE_JUDGE_REWARDS`` new rewards
+    are predicted by them before they are trained on, and unless their logits carry information
+    about them (:mod:`ray_app.learn.settling`), settling ends (counted as ``foreign_weights``).
+    A rollback to the last good weights keeps the running settling and starts none."""
     gamma_scale: float = 10.0
     gamma_exponent: float = 0.5
     """The ``gamma`` published for a ``squarecb`` policy: ``gamma_scale * (1 + n) **

@@ -49,8 +49,8 @@ class BoostSchedule:
     restart after a drift explores around the cold-start weights less than an untrained model:
     see ``LearnerConfig.drift_gamma_head_start``)."""
     settle_from: int | None = None
-    """The trained count at which a fresh optimizer was made on weights that had already learned
-    (``None``: the optimizer has been with the weights since they were cold)."""
+    """The trained count at which a fresh optimizer was made on trained weights (``None``: the
+    optimizer has been with the weights since they were cold, or has settled)."""
     settle_evidence: list[tuple[float, float, float]] | None = None
     """While settling and not judged yet: per new reward, the logit of its logged action under
     the weights before training on it, the reward and its row weight (see
@@ -129,7 +129,7 @@ class BoostSchedule:
         been with the weights since they were cold remembers the large gradients of an untrained
         model; a new one on trained weights sees only the small ones near the optimum, and its
         full-size steps walk the weights off it (on the learning twin a learner started from a
-        5,000-user model file fell from 0.69 to 0.37 of the oracle's gain over its first 1,000
+        5,000-user model file fell from 0.69 to 0.44 of the oracle's gain over its first 1,000
         users).
 
         >>> s = BoostSchedule(warmup_rewards=0, boost_rewards=0)
