@@ -316,6 +316,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         model_file = Path(f"{args.start_model}-{seed}.onramp")
         no_state = model_file.with_suffix(".no-learner-state")
         learner = restore_learner(no_state, model_file, schema, catalog, config)
+        if not model_file.exists() or learner.counters["refused_at_start"]:
+            raise SystemExit(f"--start-model: {model_file} is missing or was refused (see above)")
         bundle = ModelBundle.from_bytes(model_file.read_bytes(), schema, catalog, False)
     else:
         bundle = cold_start_bundle(schema, catalog)

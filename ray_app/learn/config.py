@@ -102,7 +102,8 @@ class LearnerConfig:
     """A fresh optimizer on trained weights (a learner started from a model file, a model of
     ``onramp train`` or a promotion; an old learner state's optimizer that no longer fits) steps
     at ``settle_lr_factor`` times the scheduled rate at first, growing geometrically to the full
-    rate over ``settle_rewards`` trained rewards (1 or 0 rewards: no settling). Adam normalizes
+    rate over ``settle_rewards`` trained rewards (``settle_lr_factor`` 1 or ``settle_rewards`` 0:
+    no settling; Adam only, plain SGD keeps no memory to lose). Adam normalizes
     each step by the gradients it has seen: a new one sees only the small gradients near the
     optimum, and its full-size steps walk the weights off it. On the learning twin (``teams``,
     4 seeds) a learner started from a 5,000-user model file captured 0.44 / 0.54 / 0.63 / 0.69

@@ -117,7 +117,7 @@ from ray_app.learn.config import COUNTERS as _COUNTERS
 from ray_app.learn.config import LearnerConfig, LearnerStateError
 from ray_app.learn.exploration import BoostSchedule
 from ray_app.learn.guardrail import ControlComparison, ControlGuardrail
-from ray_app.learn.learner_state import clone_weights, learned_of, lineage_of
+from ray_app.learn.learner_state import clone_weights, learned_of, lineage_of, trained_weights
 from ray_app.learn.loss_guardrail import GuardrailCheck
 from ray_app.learn.memory import (
     JsonArray,
@@ -201,7 +201,7 @@ class OnlineLearner(Publishing):
             warmup=cfg.warmup_rewards > 0 and cold,
             explore_from=-learned_of(bundle.metadata),  # trained weights go on from their lineage
         )
-        self._renew_optimizer(settle=not cold)
+        self._renew_optimizer(settle=trained_weights(bundle.metadata))
         #: The guardrail check of the last publish (``None`` before the first).
         self.last_check: GuardrailCheck | None = None
         #: The guardrail against the static flow (``None`` when ``control_z`` is 0).
@@ -372,8 +372,8 @@ class OnlineLearner(Publishing):
             return
         self.counters["foreign_weights"] += 1
         log.warning(
-            "the trained weights the learner started from hardly predict this world's first "
-            "%d rewards (information %.3f < %.3f): learned elsewhere, they relearn at the full "
+            "the trained weights the learner started from (or adopted) hardly predict this "
+            "world's first %d rewards (information %.3f < %.3f): learned elsewhere, they relearn at the full "
             "step size",
             SETTLE_JUDGE_REWARDS,
             info,
@@ -437,7 +437,7 @@ class OnlineLearner(Publishing):
         self.lineage = lineage_of(bundle.metadata)
         self._schedule.explore_from = self.counters["trained"] - learned_of(bundle.metadata)
         self._schedule.head_start = 0
-        self._renew_optimizer(settle=bundle.metadata.get("kind") != "cold_start")
+        self._renew_optimizer(settle=trained_weights(bundle.metadata))
         self._replay.clear()
         self._pending_updates = 0
         self._pending_rewards = 0

@@ -47,6 +47,7 @@ __all__ = [
     "read_bytes",
     "restore",
     "to_bytes",
+    "trained_weights",
 ]
 
 STATE_KIND = "onramp.learner/2"
@@ -77,6 +78,20 @@ def learned_of(metadata: Mapping[str, Any]) -> int:
     """
     v = metadata.get("learned")
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+def trained_weights(metadata: Mapping[str, Any]) -> bool:
+    """Whether a bundle's weights were trained (a learner starting from them settles, see
+    ``LearnerConfig.settle_lr_factor``): not a cold start, nor a version an online learner
+    published before it had learned anything (its first publish, or the first after a drift
+    restart: ``learned`` 0).
+
+    >>> [trained_weights(m) for m in ({"kind": "cold_start"}, {"kind": "online", "learned": 0},
+    ...                                {"kind": "online", "learned": 900}, {"kind": "trained"})]
+    [False, False, True, True]
+    """
+    kind = metadata.get("kind")
+    return kind != "cold_start" and not (kind == "online" and learned_of(metadata) == 0)
 
 
 def lineage_of(metadata: Mapping[str, Any]) -> dict[str, int]:
@@ -194,7 +209,7 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     learner._published_epsilon = float(state["published_epsilon"])
     learner._schedule.load_state(state)
     if not fits and (learner.counters["trained"] > 0 or learner.learned > 0):
-        learner._schedule.fresh_optimizer(learner.counters["trained"])  # on trained weights
+        learner._start_settling()  # a new optimizer on trained weights
     learner.lineage = lineage_of(state.get("lineage") or {})
     if learner.control is not None and state.get("control"):
         learner.control.load_state(state["control"])

@@ -74,17 +74,28 @@ class Publishing:
     _slot_index: dict[str, int]
     _action_index: dict[str, dict[str, int]]
 
-    def _renew_optimizer(self, settle: bool) -> None:
-        """A fresh optimizer for the trainer's weights; with ``settle`` (the weights are trained:
-        a model file, a promotion, an old learner state) it settles first
-        (``settle_lr_factor``, see :meth:`BoostSchedule.settle`). A rollback to the last good
-        weights does not settle (they are a few updates old; a settling that runs goes on):
-        after a drift, settling would slow the relearning that a rollback interrupts (on the
-        learning twin one of four ``campus`` seeds did not recover)."""
+    def _renew_optimizer(self, settle: bool | None) -> None:
+        """A fresh optimizer for the trainer's weights. ``settle``: True on trained weights (a
+        model file, a model of ``onramp train``, a promotion): it settles first
+        (``settle_lr_factor``, see :meth:`BoostSchedule.settle`); False: the full rate
+        (cold-start weights; a drift or a rollback below control, which boost); None: a running
+        settling goes on and none starts (a rollback to the last good weights, a few updates old:
+        after a drift, settling would slow the relearning that such a rollback interrupts; on
+        the learning twin one of four ``campus`` seeds did not recover)."""
         cfg = self.config
         self._optimizer = make_optimizer(self.scorer, cfg.optimizer, cfg.lr, cfg.weight_decay)
         if settle:
+            self._start_settling()
+        elif settle is not None:
+            self._schedule.settled()
+
+    def _start_settling(self) -> None:
+        """Settle the new optimizer, if it is Adam (plain SGD keeps no memory of the gradients
+        that a new one would lack)."""
+        if self.config.optimizer == "adam":
             self._schedule.fresh_optimizer(self.counters["trained"])
+        else:
+            self._schedule.settled()
 
     def last_good(self) -> ModelBundle:
         """The last good weights as a bundle (what was last published, or the initial bundle)."""
@@ -187,8 +198,9 @@ class Publishing:
         evidence of the restarted weights and owed as many batches as new rewards."""
         self._schedule.start(self.counters["trained"], head_start)
         self._guardrail.clear()
+        # the cold-start weights, a new world, or (after a rollback below control) weights that
+        # beat control: relearn at the boosted full rate
         self._renew_optimizer(settle=False)
-        self._schedule.settled()  # the cold-start weights, or a new world: the full rate
         if since_ms is None or not self.config.drift_restart:
             self._replay.clear()
             return
@@ -294,7 +306,7 @@ class Publishing:
         )
         if check.breached:
             self.scorer.load_state_dict(self._last_good)
-            self._renew_optimizer(settle=False)
+            self._renew_optimizer(settle=None)
             self._replay.drop_since_good()
             self.counters["rollbacks"] += 1
         else:

@@ -521,6 +521,50 @@ def test_a_new_optimizer_on_trained_weights_settles_and_a_restored_one_does_not(
     assert boosted.lr == pytest.approx(cfg.lr * cfg.boost_lr_factor)
 
 
+def test_what_settles_and_what_does_not():
+    """Untrained weights in a model file (an online learner's first publish), a cold-start
+    promotion adopted mid-settling and plain SGD step at the full rate; a restored state whose
+    optimizer no longer fits settles; a state saved mid-judgment round-trips its evidence; a
+    loss rollback keeps the running settling; a rollback below control ends it."""
+    cfg = LearnerConfig(warmup_rewards=0)
+    gt = GroundTruth(seed=5)
+
+    def scheduled(x: OnlineLearner) -> float:  # the full rate, before the next learn() call
+        c = x.config
+        return c.lr * (1 + x.learned / c.lr_decay_rewards) ** -c.lr_decay_power
+
+    _, published = _published_after(2_000, cfg)
+    first_publish = replace(published, metadata={"kind": "online", "learned": 0})
+    assert OnlineLearner(first_publish, cfg).learn(logged(gt, 0, 64, seed=1)).lr == cfg.lr
+    sgd = OnlineLearner(published, replace(cfg, optimizer="sgd", lr=0.05))
+    full = scheduled(sgd)
+    assert sgd.learn(logged(gt, 0, 64, seed=1)).lr == pytest.approx(full)
+    settling = OnlineLearner(published, cfg)
+    settling.learn(logged(gt, 2_000, 100, seed=2))
+    assert settling._schedule.settle_from is not None and settling._schedule.settle_evidence
+    again = OnlineLearner.from_bytes(settling.to_bytes(), cfg)  # mid-judgment
+    assert again._schedule.settle_evidence == settling._schedule.settle_evidence
+    assert again._schedule.settle_from == settling._schedule.settle_from
+    cold = cold_start_bundle(SCHEMA, CATALOG)
+    cold.version, cold.metadata = 9, {**cold.metadata, "promotion": 3}
+    settling.adopt(cold)
+    full = scheduled(settling)
+    assert settling.learn(logged(gt, 2_100, 64, seed=3)).lr == pytest.approx(full)
+    # a state whose optimizer no longer fits (another optimizer kind) settles on restore
+    state = OnlineLearner(published, cfg)
+    state.learn(logged(gt, 2_000, 600, seed=4))
+    saved = state.state_dict()
+    saved["optimizer"] = {**saved["optimizer"], "kind": "sgd"}
+    restored = OnlineLearner.from_state(saved, cfg)
+    expected = scheduled(restored) * cfg.settle_lr_factor
+    assert restored.learn(logged(gt, 2_600, 64, seed=5)).lr == pytest.approx(expected, rel=0.01)
+    # rollbacks: the loss guardrail's keeps settling, the one below control ends it
+    restored._renew_optimizer(settle=None)
+    assert restored._schedule.settle_from is not None
+    restored._roll_back_below_control()
+    assert restored._schedule.settle_from is None
+
+
 def test_settling_keeps_trained_weights_where_a_full_step_walks_them_off():
     """The resume dip: on the same world, a learner started from a 3,000-reward model keeps its
     share of the oracle's gain while it settles; at the full rate (``settle_lr_factor=1``) the
