@@ -371,14 +371,20 @@ class OnlineLearner(Publishing):
             )
             return
         self.counters["foreign_weights"] += 1
+        cold = self._fallback_kind == "cold_start"
         log.warning(
             "the trained weights the learner started from (or adopted) hardly predict this "
-            "world's first %d rewards (information %.3f < %.3f): learned elsewhere, they relearn at the full "
-            "step size",
+            "world's first %d rewards (information %.3f < %.3f): learned elsewhere, %s",
             SETTLE_JUDGE_REWARDS,
             info,
             SETTLE_MIN_INFORMATION,
+            "the learner restarts from the cold-start weights, as after a drift, and relearns "
+            "from the rewards so far"
+            if cold
+            else "they relearn at the full step size",
         )
+        if cold:  # every reward so far is this world's: all are kept and learned again
+            self._restart_from_fallback(since_ms=0)
 
     def _step(self, records: list[RewardRecord], fresh: int | None = None) -> float:
         """One optimizer step on ``records``; returns the summed weighted loss of the first

@@ -209,6 +209,16 @@ class Publishing:
         observe_records(self.scorer, list(self._replay), self._slot_index)
         self._replay.credit = (1 + cfg.replay_steps) * kept / cfg.batch_size
 
+    def _restart_from_fallback(self, since_ms: int | None) -> None:
+        """The trainer and the last good weights go back to the fallback (the cold-start
+        weights), the last weights that beat control are forgotten, and the learner boosts from
+        there (see :meth:`drift`; ``since_ms``: the replayed rewards decided since then are
+        kept and learned again)."""
+        self.scorer.load_state_dict(clone_weights(self._fallback))
+        self._last_good = clone_weights(self._fallback)
+        self._beat_control = None
+        self._boost(self.config.drift_gamma_head_start, since_ms)
+
     def drift(self, now: float | None = None, since_ms: int | None = None) -> None:
         """Signal a drift (from a detector). For the next ``boost_rewards`` trained rewards the
         learner then serves ``boost_epsilon`` and learns at ``boost_lr_factor`` times ``lr``, from
@@ -233,11 +243,9 @@ class Publishing:
         detector needs some hundreds of rewards to be sure). They do not count as learned for
         ``gamma`` and the step size, which start over."""
         if self.config.drift_restart:
-            self.scorer.load_state_dict(clone_weights(self._fallback))
-            self._last_good = clone_weights(self._fallback)
-            self._beat_control = None
-        cfg = self.config
-        self._boost(cfg.drift_gamma_head_start if cfg.drift_restart else 0, since_ms)
+            self._restart_from_fallback(since_ms)
+        else:
+            self._boost(0, since_ms)
         self.counters["drifts"] += 1
 
     # ------------------------------------------------------------------- guarding, publishing

@@ -584,14 +584,16 @@ def test_settling_keeps_trained_weights_where_a_full_step_walks_them_off():
     assert started.counters["foreign_weights"] == 0
 
 
-def test_weights_from_another_world_relearn_at_the_full_rate(caplog):
+def test_weights_from_another_world_are_dropped_for_the_cold_start(caplog):
     """Weights whose logits hardly predict the first new rewards were learned elsewhere (here
-    a world whose users complete what the weights rank last): settling ends, logged and
-    counted, and the learner steps at the full rate."""
+    a world whose users complete what the weights rank last): the learner restarts from the
+    cold-start weights as after a drift (boosted, the rewards so far kept and learned again),
+    logged and counted; without a cold start to go back to, they relearn at the full rate."""
     cfg = LearnerConfig(warmup_rewards=0)
     gt = GroundTruth(seed=5)
     _, published = _published_after(2_000, cfg)
-    started = OnlineLearner(published, cfg, cold_start=cold_start_bundle(SCHEMA, CATALOG))
+    cold = cold_start_bundle(SCHEMA, CATALOG)
+    started = OnlineLearner(published, cfg, cold_start=cold)
     flipped = logged(gt, 2_000, 1_000, seed=8, flip=True)  # what it learned is the wrong way
     first = started.learn(flipped[:256])
     scheduled = cfg.lr * (1 + started.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
@@ -599,12 +601,21 @@ def test_weights_from_another_world_relearn_at_the_full_rate(caplog):
     with caplog.at_level(logging.WARNING, "ray_app.learn.learner"):
         started.learn(flipped[256:600])
     assert started.counters["foreign_weights"] == 1
-    assert "learned elsewhere" in caplog.text
-    scheduled = cfg.lr * (1 + started.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
+    assert started.counters["drifts"] == 0
+    assert "learned elsewhere, the learner restarts from the cold-start weights" in caplog.text
+    assert started.learned < 600 and started.boost_left > 0  # exploration starts over
+    assert started.version == published.version
     report = started.learn(flipped[600:])
-    assert report.lr == pytest.approx(scheduled)
+    assert report.lr > cfg.lr  # boosted, from the top of the schedule
+    assert not same_weights(started.scorer, published.scorer)
+    # no cold start to go back to: the weights stay, at the full rate
+    alone = OnlineLearner(published, cfg)
+    alone.learn(flipped[:600])
+    assert alone.counters["foreign_weights"] == 1
+    scheduled = cfg.lr * (1 + alone.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
+    assert alone.learn(flipped[600:]).lr == pytest.approx(scheduled)
     # the same weights on their own world settle on
-    same = OnlineLearner(published, cfg, cold_start=cold_start_bundle(SCHEMA, CATALOG))
+    same = OnlineLearner(published, cfg, cold_start=cold)
     same.learn(logged(gt, 2_000, 1_000, seed=8))
     assert same.counters["foreign_weights"] == 0
     assert same.learn(logged(gt, 3_000, 64, seed=9)).lr < 0.2 * report.lr
