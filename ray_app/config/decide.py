@@ -166,7 +166,7 @@ class LearnSettings(_Section):
         "full-size steps off it: on the learning twin a learner started from a 5,000-user model "
         "fell from 0.69 to 0.44 of the oracle's gain without settling and went on at 0.74 with "
         "it. Weights whose logits hardly predict the first 512 new rewards (learned in another "
-        "world) relearn at the full rate.",
+        "world) are dropped for the cold-start weights, as after a drift.",
     )
     settle_rewards: int = Field(
         20_000,

@@ -43,8 +43,9 @@ COUNTERS = (
 the guardrail against the static flow; ``refused_at_start``: learner states or model files
 the service found on start and did not adopt (another feature schema or catalog, unreadable);
 ``foreign_weights``: trained weights the learner started from (or adopted) whose logits hardly
-predicted the first new rewards, so they relearn at the full rate instead of settling
-(``settle_lr_factor``, :mod:`ray_app.learn.settling`)."""
+predicted the first new rewards, so the learner restarted from the cold-start weights (or, with
+none, relearned at the full rate) instead of settling (``settle_lr_factor``,
+:mod:`ray_app.learn.settling`)."""
 
 
 class LearnerStateError(OnrampError):
@@ -111,7 +112,8 @@ class LearnerConfig:
     0.87 with it (the learner that went on without a restart: 0.75 / 0.79 / 0.80 / 0.83).
     Weights from another world must not settle: the first ``SETTLE_JUDGE_REWARDS`` new rewards
     are predicted by them before they are trained on, and unless their logits carry information
-    about them (:mod:`ray_app.learn.settling`), settling ends (counted as ``foreign_weights``).
+    about them (:mod:`ray_app.learn.settling`), they are dropped for the cold-start weights as
+    after a drift (counted as ``foreign_weights``).
     A rollback to the last good weights keeps the running settling and starts none."""
     gamma_scale: float = 10.0
     gamma_exponent: float = 0.5

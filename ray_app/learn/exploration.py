@@ -97,7 +97,7 @@ class BoostSchedule:
         weights before training on them. Once ``needed`` are in, the weights are judged: unless
         their logits carry at least ``threshold`` of the rewards' information
         (:func:`~ray_app.learn.settling.information`), settling ends (weights learned in another
-        world relearn at the full rate). Returns the information once judged, else ``None``
+        world are the learner's to drop). Returns the information once judged, else ``None``
         (also when nothing is being judged).
 
         >>> s = BoostSchedule(warmup_rewards=0, boost_rewards=0)

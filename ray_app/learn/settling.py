@@ -3,7 +3,8 @@
 A learner that starts from trained weights with a new optimizer *settles*: it steps at a fraction
 of its scheduled rate at first (``LearnerConfig.settle_lr_factor``,
 :meth:`~ray_app.learn.exploration.BoostSchedule.settle`). That is right for weights learned in
-this world and wrong for weights learned in another one, which must relearn at the full rate. So
+this world and wrong for weights learned in another one, which the learner drops for the
+cold-start weights (as after a drift; with none to go back to, they relearn at the full rate). So
 the first new rewards are predicted by the weights before they are trained on (progressive
 validation), and the weights settle on only if their logits carry information about them.
 
