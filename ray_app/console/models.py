@@ -10,6 +10,10 @@ rollback, and why) and the model registry (its versions and its promotion histor
 ('rolled back', 'treatment below the static flow (z = -4.20): back to cold_start')
 >>> why({"kind": "cold_start"})
 ('published', 'cold start (no training yet)')
+>>> why({"kind": "online", "restarted": "foreign_weights", "new_rewards": 64})[1]
+'the weights it started from were learned elsewhere: back to the cold start, relearning'
+>>> why({"kind": "online", "restarted": "drift"})
+('restarted', 'drift detected: back to the cold start, relearning')
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ def why(meta: Mapping[str, Any]) -> tuple[str, str]:
         )
     if rollback:
         return "rolled back", str(rollback)
+    restarted = meta.get("restarted")
+    if restarted == "foreign_weights":
+        return "restarted", (
+            "the weights it started from were learned elsewhere: back to the cold start, relearning"
+        )
+    if restarted == "drift":
+        return "restarted", "drift detected: back to the cold start, relearning"
     kind = meta.get("kind")
     if kind == "online":
         eps = meta.get("epsilon")

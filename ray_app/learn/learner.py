@@ -194,6 +194,9 @@ class OnlineLearner(Publishing):
         self._pending_rewards = 0
         self._last_publish_at: float | None = None
         self._published_epsilon = cfg.epsilon
+        #: Why the weights last went back to the cold start ("drift", "foreign_weights"), for
+        #: the next publish's metadata (``restarted``).
+        self._restart_reason: str | None = None
         cold = bundle.metadata.get("kind") == "cold_start"
         self._schedule = BoostSchedule(
             cfg.warmup_rewards,
@@ -384,7 +387,7 @@ class OnlineLearner(Publishing):
             else "they relearn at the full step size",
         )
         if cold:  # every reward so far is this world's: all are kept and learned again
-            self._restart_from_fallback(since_ms=0)
+            self._restart_from_fallback(since_ms=0, reason="foreign_weights")
 
     def _step(self, records: list[RewardRecord], fresh: int | None = None) -> float:
         """One optimizer step on ``records``; returns the summed weighted loss of the first

@@ -132,6 +132,7 @@ def dump(learner: OnlineLearner) -> dict[str, Any]:
         "pending_rewards": learner._pending_rewards,
         "last_publish_at": learner._last_publish_at,
         "published_epsilon": learner._published_epsilon,
+        "restart_reason": learner._restart_reason,
         **learner._schedule.state(),
         "lineage": dict(learner.lineage),
         "control": None if learner.control is None else learner.control.state_dict(),
@@ -207,6 +208,8 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     learner._pending_rewards = int(state["pending_rewards"])
     learner._last_publish_at = state["last_publish_at"]
     learner._published_epsilon = float(state["published_epsilon"])
+    reason = state.get("restart_reason")
+    learner._restart_reason = None if reason is None else str(reason)
     learner._schedule.load_state(state)
     if not fits and (learner.counters["trained"] > 0 or learner.learned > 0):
         learner._start_settling()  # a new optimizer on trained weights

@@ -60,6 +60,7 @@ class Publishing:
     _pending_rewards: int
     _last_publish_at: float | None
     _published_epsilon: float
+    _restart_reason: str | None
     _schedule: BoostSchedule
     last_check: GuardrailCheck | None
     control: ControlGuardrail | None
@@ -209,11 +210,12 @@ class Publishing:
         observe_records(self.scorer, list(self._replay), self._slot_index)
         self._replay.credit = (1 + cfg.replay_steps) * kept / cfg.batch_size
 
-    def _restart_from_fallback(self, since_ms: int | None) -> None:
+    def _restart_from_fallback(self, since_ms: int | None, reason: str) -> None:
         """The trainer and the last good weights go back to the fallback (the cold-start
         weights), the last weights that beat control are forgotten, and the learner boosts from
         there (see :meth:`drift`; ``since_ms``: the replayed rewards decided since then are
-        kept and learned again)."""
+        kept and learned again). The next publish says ``reason`` as ``restarted``."""
+        self._restart_reason = reason
         self.scorer.load_state_dict(clone_weights(self._fallback))
         self._last_good = clone_weights(self._fallback)
         self._beat_control = None
@@ -243,7 +245,7 @@ class Publishing:
         detector needs some hundreds of rewards to be sure). They do not count as learned for
         ``gamma`` and the step size, which start over."""
         if self.config.drift_restart:
-            self._restart_from_fallback(since_ms)
+            self._restart_from_fallback(since_ms, "drift")
         else:
             self._boost(0, since_ms)
         self.counters["drifts"] += 1
@@ -384,6 +386,7 @@ class Publishing:
             "rolled_back": rollback is not None,
             "rollback": rollback,
             "rolled_back_to": restored,
+            "restarted": self._restart_reason,
             "rollbacks": self.counters["rollbacks"],
             "control_rollbacks": self.counters["control_rollbacks"],
             "epsilon": epsilon,
@@ -397,6 +400,7 @@ class Publishing:
         self._last_publish_at = float(now)
         self._pending_updates = 0
         self._pending_rewards = 0
+        self._restart_reason = None
         self._published_epsilon = epsilon
         self.last_check = check
         self.last_control = control

@@ -604,9 +604,12 @@ def test_weights_from_another_world_are_dropped_for_the_cold_start(caplog):
     assert started.counters["drifts"] == 0
     assert "learned elsewhere, the learner restarts from the cold-start weights" in caplog.text
     assert started.learned < 600 and started.boost_left > 0  # exploration starts over
-    assert started.version == published.version
+    restarted = started.maybe_publish(now=1e12)  # says why, once
+    assert restarted is not None and restarted.metadata["restarted"] == "foreign_weights"
     report = started.learn(flipped[600:])
     assert report.lr > cfg.lr  # boosted, from the top of the schedule
+    later = started.maybe_publish(now=2e12)
+    assert later is not None and later.metadata["restarted"] is None
     assert not same_weights(started.scorer, published.scorer)
     # no cold start to go back to: the weights stay, at the full rate
     alone = OnlineLearner(published, cfg)
@@ -650,6 +653,7 @@ def test_a_drift_restarts_from_the_cold_start_weights():
     restarted = learner.maybe_publish(now=20.0)
     assert restarted is not None and same_weights(restarted.scorer, cold.scorer)
     assert restarted.metadata["learned"] == 0 and learner.boost_left == learner.config.boost_rewards
+    assert restarted.metadata["restarted"] == "drift"  # the console tells why
 
 
 def test_a_drift_restart_learns_again_from_the_rewards_since_the_change_point():
