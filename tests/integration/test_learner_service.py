@@ -115,3 +115,47 @@ def test_learner_starts_from_the_promoted_version_and_follows_promotions(broker,
     # the learner's publish builds on promotion 2, so replicas take it after the promotion
     assert published.serving_rank[0] == 2 and published.version == st["version"] >= 3
     assert published.metadata["registryVersion"] == 2
+
+
+def test_a_model_file_from_another_world_is_dropped_for_the_cold_start(broker, tmp_path, caplog):
+    """Started from a model file (no learner state), the service's learner settles on it; the
+    first rewards show it was learned elsewhere (here: users who complete what it ranks last),
+    so it goes back to the cold start, counts it, and its next model file says why."""
+    import logging
+
+    from ray_app.learn import LearnerConfig, OnlineLearner
+    from ray_app.model import cold_start_bundle
+    from ray_app.model.registry import read_header
+
+    settings = make_settings(
+        broker.bootstrap,
+        ONRAMP_KAFKA__TOPIC_PREFIX="learner-foreign",
+        ONRAMP_STATE_DIR=str(tmp_path),
+        ONRAMP_LEARN__PUBLISH_INTERVAL_S="1",  # polled 5 times between two publishes
+    )
+    ensure_topics(broker.bootstrap, settings.kafka)
+    gt = GroundTruth(seed=4)
+    elsewhere = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), LearnerConfig(warmup_rewards=0))
+    elsewhere.learn(logged(gt, 0, 2_000, seed=1))
+    trained = elsewhere.maybe_publish(now=1e9)
+    assert trained is not None
+    settings.model_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.model_path.write_bytes(trained.to_bytes())
+    _send(broker, settings, logged(gt, 2_000, 1_000, seed=2, flip=True))
+    service = LearnerService(settings, broker.bootstrap)
+    assert service.learner.version == trained.version  # it starts from the file
+    said: list[object] = []
+
+    def restarted(st: dict) -> bool:  # the model file of every publish, as replicas read it
+        meta = read_header(settings.model_path.read_bytes()).get("metadata") or {}
+        said.append(meta.get("restarted"))
+        return st["counters"]["foreign_weights"] == 1 and "foreign_weights" in said
+
+    with caplog.at_level(logging.WARNING, "ray_app.learn.learner"):
+        service.start()
+        try:
+            _wait(service, restarted)
+        finally:
+            st = service.stop()
+    assert st["error"] is None and st["counters"]["drifts"] == 0
+    assert "learned elsewhere, the learner restarts from the cold-start weights" in caplog.text
