@@ -165,7 +165,7 @@ class LearnSettings(_Section):
         "normalizes steps by the gradients it has seen, and a new one near the optimum takes "
         "full-size steps off it: on the learning twin a learner started from a 5,000-user model "
         "fell from 0.69 to 0.44 of the oracle's gain without settling and went on at 0.74 with "
-        "it. Weights whose logits hardly predict the first 512 new rewards (learned in another "
+        "it. Weights whose logits hardly predict the first 1,024 new rewards (learned in another "
         "world) are dropped for the cold-start weights, as after a drift.",
     )
     settle_rewards: int = Field(

@@ -144,12 +144,13 @@ log = logging.getLogger(__name__)
 
 #: New rewards over which settling weights are judged (:mod:`ray_app.learn.settling`): a few
 #: mini-batches, seconds of traffic.
-SETTLE_JUDGE_REWARDS = 512
+SETTLE_JUDGE_REWARDS = 1024
 #: The least :func:`~ray_app.learn.settling.information` of settling weights that go on settling.
 #: On the learning twin (4 worlds, 4 seeds) the model files of 3,000 and 5,000 users scored
-#: 0.013-0.092 on their own world's next 512 rewards, those of 5,000 users 0.000-0.011 on other
-#: worlds but for one seed (0.027); models of 1,500 users 0.002-0.048 (below it they relearn
-#: at the full rate, as every learner did before settling).
+#: 0.014-0.091 on their own world's next 1,024 rewards, those of 5,000 users 0.000-0.009 on the
+#: other worlds but for 4 seeds of 45 (0.012-0.030); models of 1,500 users 0.001-0.048. Over 512
+#: rewards the noise was twice as large (own world 0.013-0.092, but a model of the `make demo`
+#: world scored 0.019; others up to 0.027).
 SETTLE_MIN_INFORMATION = 0.01
 
 

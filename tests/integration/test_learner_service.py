@@ -141,7 +141,7 @@ def test_a_model_file_from_another_world_is_dropped_for_the_cold_start(broker, t
     assert trained is not None
     settings.model_path.parent.mkdir(parents=True, exist_ok=True)
     settings.model_path.write_bytes(trained.to_bytes())
-    _send(broker, settings, logged(gt, 2_000, 1_000, seed=2, flip=True))
+    _send(broker, settings, logged(gt, 2_000, 1_500, seed=2, flip=True))
     service = LearnerService(settings, broker.bootstrap)
     assert service.learner.version == trained.version  # it starts from the file
     said: list[object] = []

@@ -594,34 +594,35 @@ def test_weights_from_another_world_are_dropped_for_the_cold_start(caplog):
     _, published = _published_after(2_000, cfg)
     cold = cold_start_bundle(SCHEMA, CATALOG)
     started = OnlineLearner(published, cfg, cold_start=cold)
-    flipped = logged(gt, 2_000, 1_000, seed=8, flip=True)  # what it learned is the wrong way
+    flipped = logged(gt, 2_000, 2_000, seed=8, flip=True)  # what it learned is the wrong way
     first = started.learn(flipped[:256])
     scheduled = cfg.lr * (1 + started.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
     assert first.lr < 0.11 * scheduled
     with caplog.at_level(logging.WARNING, "ray_app.learn.learner"):
-        started.learn(flipped[256:600])
+        started.learn(flipped[256:1_300])
     assert started.counters["foreign_weights"] == 1
     assert started.counters["drifts"] == 0
     assert "learned elsewhere, the learner restarts from the cold-start weights" in caplog.text
-    assert started.learned < 600 and started.boost_left > 0  # exploration starts over
+    assert started.learned < 1_300 and started.boost_left > 0  # exploration starts over
     restarted = started.maybe_publish(now=1e12)  # says why, once
     assert restarted is not None and restarted.metadata["restarted"] == "foreign_weights"
-    report = started.learn(flipped[600:])
+    report = started.learn(flipped[1_300:])
     assert report.lr > cfg.lr  # boosted, from the top of the schedule
     later = started.maybe_publish(now=2e12)
     assert later is not None and later.metadata["restarted"] is None
     assert not same_weights(started.scorer, published.scorer)
     # no cold start to go back to: the weights stay, at the full rate
     alone = OnlineLearner(published, cfg)
-    alone.learn(flipped[:600])
+    alone.learn(flipped[:1_300])
     assert alone.counters["foreign_weights"] == 1
     scheduled = cfg.lr * (1 + alone.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
-    assert alone.learn(flipped[600:]).lr == pytest.approx(scheduled)
+    assert alone.learn(flipped[1_300:]).lr == pytest.approx(scheduled)
     # the same weights on their own world settle on
     same = OnlineLearner(published, cfg, cold_start=cold)
-    same.learn(logged(gt, 2_000, 1_000, seed=8))
+    same.learn(logged(gt, 2_000, 1_300, seed=8))
     assert same.counters["foreign_weights"] == 0
-    assert same.learn(logged(gt, 3_000, 64, seed=9)).lr < 0.2 * report.lr
+    assert same._schedule.settle_evidence is None and same._schedule.settle_from is not None
+    assert same.learn(logged(gt, 3_300, 64, seed=9)).lr < 0.2 * report.lr
 
 
 def test_injected_clock_is_used_when_now_is_left_out():

@@ -39,7 +39,7 @@ def test_a_second_run_starts_from_the_first_runs_model_file(tmp_path):
     first = one_seed(twin_args(users=3_000, save_model=prefix), seed=1)
     saved = tmp_path / "m-1.onramp"
     assert saved.exists()
-    second = one_seed(twin_args(users=1_000, start_model=prefix), seed=1)
+    second = one_seed(twin_args(users=1_500, start_model=prefix), seed=1)
     assert second["learner_counters"]["refused_at_start"] == 0
     assert second["learner_counters"]["foreign_weights"] == 0  # the same world: it settles
     # the replicas served the file from the first user on: already well above the static flow
