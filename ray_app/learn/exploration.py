@@ -139,11 +139,17 @@ class BoostSchedule:
         >>> s.settle_from is None
         True
         """
+        now = self.settle_factor(trained, factor, rewards)
+        if now == 1.0:
+            self.settled()
+        return now
+
+    def settle_factor(self, trained: int, factor: float, rewards: int) -> float:
+        """:meth:`settle`'s factor, without ending a settling that is over (for a status)."""
         if self.settle_from is None:
             return 1.0
         age = trained - self.settle_from
         if rewards <= 0 or age >= rewards:
-            self.settled()
             return 1.0
         return float(factor ** (1.0 - max(age, 0) / rewards))
 

@@ -195,6 +195,8 @@ class OnlineLearner(Publishing):
         self._pending_rewards = 0
         self._last_publish_at: float | None = None
         self._published_epsilon = cfg.epsilon
+        #: The settling judge's last figure (:mod:`ray_app.learn.settling`; ``None``: none yet).
+        self.settle_information: float | None = None
         #: Why the weights last went back to the cold start ("drift", "foreign_weights"), for
         #: the next publish's metadata (``restarted``).
         self._restart_reason: str | None = None
@@ -366,6 +368,7 @@ class OnlineLearner(Publishing):
         info = self._schedule.judge_settling(rows, SETTLE_JUDGE_REWARDS, SETTLE_MIN_INFORMATION)
         if info is None:
             return
+        self.settle_information = info
         if info >= SETTLE_MIN_INFORMATION:
             log.info(
                 "the trained weights predict this world's first new rewards (information %.3f "

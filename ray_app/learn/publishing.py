@@ -182,6 +182,15 @@ class Publishing:
         return max(self.counters["trained"] - self._schedule.explore_from, 0)
 
     @property
+    def settle_factor(self) -> float:
+        """The step-size factor of a settling optimizer now (1: not settling; see
+        ``LearnerConfig.settle_lr_factor``)."""
+        cfg = self.config
+        return self._schedule.settle_factor(
+            self.counters["trained"], cfg.settle_lr_factor, cfg.settle_rewards
+        )
+
+    @property
     def boost_left(self) -> int:
         """Trained rewards until the boost after a drift or a rollback ends (0: none running;
         the warm-up is not counted here)."""

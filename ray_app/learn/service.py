@@ -363,6 +363,8 @@ class LearnerService:
             "resumedFrom": {str(p): o for p, o in self.resumed_from.items()},
             "invalid": self.invalid,
             "epsilon": self.learner.exploration(),
+            "settleFactor": self.learner.settle_factor,
+            "settleInformation": self.learner.settle_information,
             "arms": {
                 arm: {"rewards": n, "positives": k, "rate": k / n if n else None}
                 for arm, (n, k) in sorted(self.arms.items())

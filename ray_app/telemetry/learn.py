@@ -38,6 +38,16 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
         "# HELP onramp_learner_epsilon Exploration the learner publishes (raised after drift).",
         "# TYPE onramp_learner_epsilon gauge",
         f"onramp_learner_epsilon {status.get('epsilon', 0)}",
+        "# HELP onramp_learner_settle_factor Step-size factor of a new optimizer on trained "
+        "weights (a model file, a promotion), growing to 1 (learn.settle_lr_factor); 1: not "
+        "settling.",
+        "# TYPE onramp_learner_settle_factor gauge",
+        f"onramp_learner_settle_factor {status.get('settleFactor', 1.0)}",
+        "# HELP onramp_learner_settle_information How well the trained weights the learner "
+        "started from predicted this world's first rewards (below 0.01: learned elsewhere, "
+        "dropped for the cold start); NaN before a judgment since the learner started.",
+        "# TYPE onramp_learner_settle_information gauge",
+        f"onramp_learner_settle_information {_num(status.get('settleInformation'))}",
         "# HELP onramp_learner_events_total Learner counters (trained, duplicates, rollbacks...).",
         "# TYPE onramp_learner_events_total counter",
         *[f'onramp_learner_events_total{{kind="{k}"}} {v}' for k, v in sorted(counters.items())],

@@ -158,4 +158,5 @@ def test_a_model_file_from_another_world_is_dropped_for_the_cold_start(broker, t
         finally:
             st = service.stop()
     assert st["error"] is None and st["counters"]["drifts"] == 0
+    assert st["settleInformation"] < 0.01 and st["settleFactor"] == 1.0
     assert "learned elsewhere, the learner restarts from the cold-start weights" in caplog.text

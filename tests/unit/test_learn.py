@@ -495,6 +495,9 @@ def test_a_new_optimizer_on_trained_weights_settles_and_a_restored_one_does_not(
     full = reports["a"].lr
     assert reports["restored"].lr == pytest.approx(full)
     assert reports["started"].lr == pytest.approx(0.1 * full, rel=0.01)
+    assert (a.settle_factor, restored.settle_factor) == (1.0, 1.0)
+    expected = 0.1 ** (1 - started.counters["trained"] / 4_000)  # what the status shows
+    assert started.settle_factor == pytest.approx(expected)
     assert reports["adopting"].lr == pytest.approx(0.1 * full, rel=0.01)
     # a model trained offline (`onramp train`: no "learned") settles too, from the full step
     offline = OnlineLearner(replace(published, metadata={"kind": "trained"}), cfg)
@@ -601,6 +604,8 @@ def test_weights_from_another_world_are_dropped_for_the_cold_start(caplog):
     with caplog.at_level(logging.WARNING, "ray_app.learn.learner"):
         started.learn(flipped[256:1_300])
     assert started.counters["foreign_weights"] == 1
+    assert started.settle_information is not None and started.settle_information < 0.01
+    assert started.settle_factor == 1.0  # the cold start learns at the full rate
     assert started.counters["drifts"] == 0
     assert "learned elsewhere, the learner restarts from the cold-start weights" in caplog.text
     assert started.learned < 1_300 and started.boost_left > 0  # exploration starts over
