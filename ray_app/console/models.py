@@ -29,6 +29,13 @@ __all__ = ["ModelHistory", "why"]
 log = logging.getLogger(__name__)
 
 
+#: Why a learner went back to the cold start (a publish's ``restarted``), as the console says it.
+_RESTARTS = {
+    "foreign_weights": "the weights it started from were learned elsewhere",
+    "drift": "drift detected",
+}
+
+
 def why(meta: Mapping[str, Any]) -> tuple[str, str]:
     """(action, reason) of a served bundle from its metadata."""
     rollback = meta.get("rollback")
@@ -44,13 +51,9 @@ def why(meta: Mapping[str, Any]) -> tuple[str, str]:
         )
     if rollback:
         return "rolled back", str(rollback)
-    restarted = meta.get("restarted")
-    if restarted == "foreign_weights":
-        return "restarted", (
-            "the weights it started from were learned elsewhere: back to the cold start, relearning"
-        )
-    if restarted == "drift":
-        return "restarted", "drift detected: back to the cold start, relearning"
+    restarted = _RESTARTS.get(str(meta.get("restarted")))
+    if restarted:
+        return "restarted", f"{restarted}: back to the cold start, relearning"
     kind = meta.get("kind")
     if kind == "online":
         eps = meta.get("epsilon")

@@ -361,9 +361,6 @@ class OnlineLearner(Publishing):
         """Predict new rewards by the settling weights before training on them (see
         :mod:`ray_app.learn.settling`); log the verdict."""
         cfg = self.config
-        if cfg.settle_lr_factor >= 1:  # settling at the full rate: nothing to judge
-            self._schedule.settle_evidence = None
-            return
         rows = predicted_rows(self.scorer, chunk, self._slot_index, cfg.min_propensity)
         info = self._schedule.judge_settling(rows, SETTLE_JUDGE_REWARDS, SETTLE_MIN_INFORMATION)
         if info is None:

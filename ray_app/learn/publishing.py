@@ -92,8 +92,10 @@ class Publishing:
 
     def _start_settling(self) -> None:
         """Settle the new optimizer, if it is Adam (plain SGD keeps no memory of the gradients
-        that a new one would lack)."""
-        if self.config.optimizer == "adam":
+        that a new one would lack) and settling is configured (``settle_lr_factor`` below 1,
+        ``settle_rewards`` above 0)."""
+        cfg = self.config
+        if cfg.optimizer == "adam" and cfg.settle_lr_factor < 1 and cfg.settle_rewards > 0:
             self._schedule.fresh_optimizer(self.counters["trained"])
         else:
             self._schedule.settled()
