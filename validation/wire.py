@@ -48,13 +48,15 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from validation.errors import ErrorCode, OnrampError
 from validation.reasons import ReasonCode
@@ -295,14 +297,36 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def _id_string(value: Any) -> Any:
-    # Segment accepts numeric ids and treats them as strings; so do we (bools are not ids).
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
+class _IdText:
+    """An id (``messageId``, ``userId``, ``context.onramp.sessionId``...): a string of 1 to 256
+    characters or, as Segment allows, an integer, kept as its decimal text (not a boolean). One
+    error for any other value: the field and what it must be.
+
+    Checked inside pydantic-core, with no Python call for a string (the usual case): three ids
+    an event, this was 8% of the collector's parsing per event as a ``BeforeValidator``.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        return core_schema.union_schema(
+            [
+                core_schema.str_schema(min_length=1, max_length=_ID_CHARS, strict=True),
+                core_schema.no_info_after_validator_function(
+                    str, core_schema.int_schema(strict=True)
+                ),
+            ],
+            custom_error_type="id_string",
+            custom_error_message=f"must be a non-empty string of at most {_ID_CHARS} "
+            "characters, or an integer",
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: GetJsonSchemaHandler) -> Any:
+        return {"type": "string", "minLength": 1, "maxLength": _ID_CHARS}
 
 
-IdString = Annotated[str, BeforeValidator(_id_string), Field(min_length=1, max_length=256)]
+_ID_CHARS = 256
+IdString = Annotated[str, _IdText]
 JsonObject = dict[str, Any]
 
 

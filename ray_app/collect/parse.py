@@ -405,6 +405,15 @@ def _normalize(
     message_id = call.messageId or _derived_message_id(source, raw)
     original = call.timestamp or call.originalTimestamp
     timestamp = correct_skew(request.received_at, call.sentAt, original)
+    # each time written once (about a microsecond each): without ``sentAt`` the event time is
+    # the client's, without a client time it is the receipt
+    original_iso = None if original is None else iso(original)
+    if timestamp is original:
+        timestamp_iso = original_iso
+    elif timestamp is request.received_at:
+        timestamp_iso = request.received_iso
+    else:
+        timestamp_iso = iso(timestamp)
     record = call.model_dump(mode="json", exclude_none=True)
     onramp = call.context.onramp
     step_id = onramp.stepId if onramp and onramp.stepId else None
@@ -416,14 +425,14 @@ def _normalize(
         {
             "schema": EVENT_SCHEMA,
             "messageId": message_id,
-            "timestamp": iso(timestamp),
+            "timestamp": timestamp_iso,
             "receivedAt": request.received_iso,
             "source": source,
             "userKey": call.user_key,
         }
     )
-    if original is not None:
-        record["originalTimestamp"] = iso(original)
+    if original_iso is not None:
+        record["originalTimestamp"] = original_iso
     if onramp is not None and onramp.sessionId is not None:
         record["sessionId"] = onramp.sessionId
     if onramp is not None and onramp.seq is not None:

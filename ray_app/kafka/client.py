@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from ray_app.config import KafkaSettings
@@ -108,39 +109,49 @@ class _ProducerBase:
         raise NotImplementedError
 
     def send_all(self, records: Sequence[OutRecord]) -> cf.Future[list[Delivered]]:
-        result: cf.Future[list[Delivered]] = cf.Future()
-        out: list[Delivered | None] = [None] * len(records)
-        remaining = [len(records)]
-        lock = threading.Lock()
-        if not records:
-            result.set_result([])
-            return result
-
-        def done(index: int) -> Callback:
-            def callback(delivered: Delivered | None, error: BaseException | None) -> None:
-                with lock:
-                    if result.done():
-                        return
-                    if error is not None:
-                        result.set_exception(error)
-                        return
-                    out[index] = delivered
-                    remaining[0] -= 1
-                    finished = remaining[0] == 0
-                if finished:
-                    result.set_result([d for d in out if d is not None])
-
-            return callback
-
+        acks = _Acks(len(records))
         for i, record in enumerate(records):
             try:
-                self.send(record, done(i))
+                self.send(record, partial(acks.settle, i))
             except Exception as exc:  # queue refused it: fail the whole batch now
-                with lock:
-                    if not result.done():
-                        result.set_exception(exc)
+                acks.refuse(exc)
                 break
-        return result
+        return acks.future
+
+
+class _Acks:
+    """What one ``send_all`` waits for: every record's :class:`Delivered`, in the records'
+    order, or the first error. Settled from whichever thread serves the delivery reports."""
+
+    __slots__ = ("_left", "_lock", "_out", "future")
+
+    def __init__(self, count: int) -> None:
+        self.future: cf.Future[list[Delivered]] = cf.Future()
+        self._out: list[Any] = [None] * count
+        self._left = count
+        self._lock = threading.Lock()
+        if not count:
+            self.future.set_result([])
+
+    def settle(self, index: int, delivered: Delivered | None, error: BaseException | None) -> None:
+        """A :data:`Callback` for record ``index`` (with ``functools.partial``)."""
+        with self._lock:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+                return
+            self._out[index] = delivered
+            self._left -= 1
+            if self._left:
+                return
+        self.future.set_result(self._out)
+
+    def refuse(self, error: BaseException) -> None:
+        """The producer would not take a record: the batch fails now."""
+        with self._lock:
+            if not self.future.done():
+                self.future.set_exception(error)
 
 
 class KafkaPythonProducer(_ProducerBase):
@@ -223,12 +234,37 @@ class ConfluentProducer(_ProducerBase):
             self._producer.poll(0.05)
 
     def send(self, record: OutRecord, callback: Callback) -> None:
-        def on_delivery(err: Any, msg: Any) -> None:
-            if err is not None:
-                callback(None, KafkaUnavailable(f"delivery failed: {err}", topic=record.topic))
-            else:
-                callback(Delivered(msg.topic(), msg.partition(), msg.offset()), None)
+        self._produce(record, partial(_confluent_report, callback))
 
+    def send_all(self, records: Sequence[OutRecord]) -> cf.Future[list[Delivered]]:
+        # the base's loop, without its per-record frames: a batch of the collector's or the
+        # stream's costs a produce() call and two partials a record
+        acks = _Acks(len(records))
+        produce, settle = self._producer.produce, acks.settle
+        for i, record in enumerate(records):
+            on_delivery = partial(_confluent_report, partial(settle, i))
+            try:
+                produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=list(record.headers) if record.headers else None,
+                    on_delivery=on_delivery,
+                )
+            except BufferError:
+                try:
+                    self._produce(record, on_delivery)
+                except Exception as exc:
+                    acks.refuse(exc)
+                    break
+            except Exception as exc:  # the producer refused it: fail the whole batch now
+                acks.refuse(exc)
+                break
+        return acks.future
+
+    def _produce(self, record: OutRecord, on_delivery: Callable[[Any, Any], None]) -> None:
+        """Hand one record to librdkafka, waiting up to ``ack_timeout_s`` for room in its
+        queue (delivery reports served meanwhile)."""
         deadline = time.monotonic() + self._queue_wait_s
         while True:
             try:
@@ -236,7 +272,7 @@ class ConfluentProducer(_ProducerBase):
                     record.topic,
                     value=record.value,
                     key=record.key,
-                    headers=list(record.headers) or None,
+                    headers=list(record.headers) if record.headers else None,
                     on_delivery=on_delivery,
                 )
                 return
@@ -265,6 +301,14 @@ class ConfluentProducer(_ProducerBase):
                 self._producer.poll(0)  # serve the purged records' delivery reports
             except Exception as exc:  # a producer that cannot purge cannot send either
                 log.debug("producer purge failed: %s", exc)
+
+
+def _confluent_report(callback: Callback, err: Any, msg: Any) -> None:
+    """librdkafka's delivery report of one record, to a :data:`Callback`."""
+    if err is None:
+        callback(Delivered(msg.topic(), msg.partition(), msg.offset()), None)
+    else:
+        callback(None, KafkaUnavailable(f"delivery failed: {err}", topic=msg.topic()))
 
 
 class Consumer(Protocol):

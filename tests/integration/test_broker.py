@@ -59,6 +59,13 @@ def test_round_trip_through_each_client(broker, client):
     delivered = producer.send_all(records).result(timeout=30)
     producer.close()
     assert len(delivered) == 500
+    # one Delivered per record, in the records' order: its partition, and offsets rising within one
+    assert [(d.topic, d.partition) for d in delivered] == [
+        (topic, partition_for(r.key, 4)) for r in records
+    ]
+    for p in range(4):
+        offsets = [d.offset for d in delivered if d.partition == p]
+        assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
     consumer = make_consumer(broker.bootstrap, s)
     consumer.assign([(topic, p) for p in range(4)])
     got = []

@@ -28,3 +28,13 @@ def test_a_confluent_producer_closed_before_delivery_fails_what_it_held() -> Non
     assert done.wait(5.0), "the record's callback never ran"
     [(delivered, error)] = outcomes
     assert delivered is None and "delivery failed" in str(error)
+
+
+def test_a_confluent_batch_closed_before_delivery_fails_its_future() -> None:
+    pytest.importorskip("confluent_kafka")
+    settings = Settings().kafka.model_copy(update={"client": "confluent", "ack_timeout_s": 1.0})
+    producer = make_producer(f"127.0.0.1:{free_port()}", settings)  # nobody listens there
+    acked = producer.send_all([OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(50)])
+    producer.close(timeout_s=0.0)
+    with pytest.raises(Exception, match="delivery failed"):
+        acked.result(timeout=5.0)

@@ -79,6 +79,26 @@ def test_batch_sent_at_applies_to_events_and_record_keeps_the_original_time():
     assert e["receivedAt"] == "2026-05-01T12:00:00.000Z"
 
 
+def test_record_times_without_sent_at_or_without_a_client_time():
+    # the client's time alone is the event time (in +02:00 here: written in UTC); none at all is
+    # the receipt, and no originalTimestamp is written
+    only, none = events(
+        req(
+            "batch",
+            {
+                "batch": [
+                    {"type": "track", "event": "x", "userId": "u1",
+                     "originalTimestamp": "2026-05-01T11:00:00.25+02:00"},
+                    {"type": "track", "event": "x", "userId": "u2"},
+                ]
+            },
+        )
+    )  # fmt: skip
+    assert only["timestamp"] == only["originalTimestamp"] == "2026-05-01T09:00:00.250Z"
+    assert none["timestamp"] == none["receivedAt"] == "2026-05-01T12:00:00.000Z"
+    assert "originalTimestamp" not in none
+
+
 # -- normalization --------------------------------------------------------------------------
 
 
