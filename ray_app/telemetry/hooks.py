@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_app.telemetry.resource import resource_attributes
@@ -89,24 +90,38 @@ class OtelHooks:
             self.registry, otlp_endpoint, otlp_headers or {}, export_interval_s, service
         )
         meter = self._provider.get_meter("onramp.collector")
-        self._accepted = meter.create_counter(
-            "onramp.events.accepted", description="Events acknowledged by Kafka in onramp.events"
-        )
-        self._rejected = meter.create_counter(
-            "onramp.events.rejected", description="Events or requests refused, by reason code"
-        )
-        self._requests = meter.create_counter(
-            "onramp.http.requests", description="HTTP requests answered, by route and status"
+        # Counts are plain dict increments, read by OpenTelemetry when it collects (an
+        # observable counter exports the same cumulative counter): Counter.add costs a few
+        # microseconds of attribute cleaning and hashing per call (3.7 us measured), paid for
+        # every request and every decision. Each has one writer (the replica's event loop; the
+        # decision log's producer thread for its own) and is copied whole, in one C call, by the
+        # collecting thread.
+        self._accepted: dict[str, int] = {}
+        self._rejected: dict[str, int] = {}
+        self._requests: dict[tuple[str, str], int] = {}
+        self._unavailable: dict[str, int] = {}
+        self._enrichment: dict[str, int] = {}
+        for name, counts, label, description in (
+            ("onramp.events.accepted", self._accepted, "source",
+             "Events acknowledged by Kafka in onramp.events"),
+            ("onramp.events.rejected", self._rejected, "reason",
+             "Events or requests refused, by reason code"),
+            ("onramp.kafka.unavailable", self._unavailable, "cause",
+             "503 answers because Kafka did not acknowledge"),
+            ("onramp.enrichment.lookups", self._enrichment, "result",
+             "CRM lookups on profile reads, hit or miss"),
+        ):  # fmt: skip
+            meter.create_observable_counter(
+                name, callbacks=[partial(_observe, counts, (label,))], description=description
+            )
+        meter.create_observable_counter(
+            "onramp.http.requests",
+            callbacks=[partial(_observe, self._requests, ("route", "status"))],
+            description="HTTP requests answered, by route and status",
         )
         self._latency = meter.create_histogram(
             "onramp.http.request.duration", unit="s", description="HTTP request latency"
         )
-        self._enrichment = meter.create_counter(
-            "onramp.enrichment.lookups", description="CRM lookups on profile reads, hit or miss"
-        )
-        # Per-decision counts are plain dict increments, read by OpenTelemetry when it collects
-        # (an observable counter exports the same cumulative counter): Counter.add costs a few
-        # microseconds of attribute cleaning and hashing per call, paid for every decision.
         self._decision_counts: dict[tuple[str, str, bool], int] = {}
         self._logged_counts = {"acked": 0, "failed": 0}
         meter.create_observable_counter(
@@ -123,6 +138,7 @@ class OtelHooks:
             description="Decision records acknowledged by Kafka",
         )
         self._slot_attrs: dict[str, dict[str, str]] = {}  # {"slot": s}, built once per slot
+        self._route_attrs: dict[str, dict[str, str]] = {}  # {"route": r}, built once per route
         self._versions: dict[str, int] = {}
 
         def _observe_versions(_options: Any) -> list[Any]:
@@ -134,9 +150,6 @@ class OtelHooks:
             "onramp.model.version",
             callbacks=[_observe_versions],
             description="Model version each arm serves",
-        )
-        self._unavailable = meter.create_counter(
-            "onramp.kafka.unavailable", description="503 answers because Kafka did not acknowledge"
         )
 
     @classmethod
@@ -150,21 +163,25 @@ class OtelHooks:
         )
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
-        attrs = {"route": route, "status": str(status)}
-        self._requests.add(1, attrs)
-        self._latency.record(seconds, {"route": route})
+        key = (route, str(status))
+        self._requests[key] = self._requests.get(key, 0) + 1
+        attrs = self._route_attrs.get(route)
+        if attrs is None:
+            attrs = self._route_attrs[route] = {"route": route}
+        self._latency.record(seconds, attrs)
 
     def events_accepted(self, source: str, n: int) -> None:
-        self._accepted.add(n, {"source": source})
+        self._accepted[source] = self._accepted.get(source, 0) + n
 
     def events_rejected(self, reason: str, n: int) -> None:
-        self._rejected.add(n, {"reason": reason})
+        self._rejected[reason] = self._rejected.get(reason, 0) + n
 
     def kafka_unavailable(self, cause: str) -> None:
-        self._unavailable.add(1, {"cause": cause})
+        self._unavailable[cause] = self._unavailable.get(cause, 0) + 1
 
     def enrichment(self, found: bool) -> None:
-        self._enrichment.add(1, {"result": "hit" if found else "miss"})
+        result = "hit" if found else "miss"
+        self._enrichment[result] = self._enrichment.get(result, 0) + 1
 
     def decision(self, slot: str, arm: str, cold: bool, seconds: float) -> None:
         # called on the replica's event loop only: one writer, so the increment is safe
@@ -208,6 +225,17 @@ class OtelHooks:
 
     def shutdown(self) -> None:
         self._provider.shutdown()
+
+
+def _observe(counts: dict[Any, int], labels: tuple[str, ...], _options: Any) -> list[Any]:
+    """An observable counter's callback: one observation per key of ``counts`` (a label value,
+    or a tuple of them, named ``labels``)."""
+    from opentelemetry.metrics import Observation
+
+    copy = counts.copy()  # one C call: safe against the loop's increments
+    if len(labels) == 1:
+        return [Observation(n, {labels[0]: k}) for k, n in copy.items()]
+    return [Observation(n, dict(zip(labels, k, strict=True))) for k, n in copy.items()]
 
 
 def _meter_provider(
