@@ -106,6 +106,43 @@ def _learner_text() -> str:
     return learner_metrics_text(status)
 
 
+def test_collector_counts_add_up_by_label_and_scrape_as_counters():
+    # the counts are dict increments read at collection: what a scrape sees is every call summed
+    hooks = OtelHooks()
+    try:
+        for _ in range(3):
+            hooks.request_done("/v1/track", 200, 0.003)
+            hooks.events_accepted("web", 2)
+        hooks.request_done("/v1/track", 503, 0.003)
+        hooks.events_rejected("invalid_json", 1)
+        hooks.events_rejected("invalid_json", 4)
+        hooks.kafka_unavailable("timeout")
+        hooks.enrichment(False)
+        families = {
+            f.name: f for f in text_string_to_metric_families(hooks.prometheus_text().decode())
+        }
+    finally:
+        hooks.shutdown()
+
+    def values(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        family = families[name]
+        assert family.type == "counter", name
+        return {
+            tuple(sorted(s.labels.items())): s.value
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
+
+    assert values("onramp_http_requests") == {
+        (("route", "/v1/track"), ("status", "200")): 3.0,
+        (("route", "/v1/track"), ("status", "503")): 1.0,
+    }
+    assert values("onramp_events_accepted") == {(("source", "web"),): 6.0}
+    assert values("onramp_events_rejected") == {(("reason", "invalid_json"),): 5.0}
+    assert values("onramp_kafka_unavailable") == {(("cause", "timeout"),): 1.0}
+    assert values("onramp_enrichment_lookups") == {(("result", "miss"),): 1.0}
+
+
 @pytest.fixture(scope="module")
 def exported() -> dict[str, list[dict[str, str]]]:
     """Sample name (as scraped, suffixes included) -> the label sets it is exported with."""
