@@ -38,3 +38,19 @@ def test_a_confluent_batch_closed_before_delivery_fails_its_future() -> None:
     producer.close(timeout_s=0.0)
     with pytest.raises(Exception, match="delivery failed"):
         acked.result(timeout=5.0)
+
+
+def test_a_confluent_batch_that_finds_the_queue_full_fails_with_why() -> None:
+    # librdkafka's queue holds 2 records and nobody takes them: the third waits ack_timeout_s
+    # for room, then the batch fails (the records already queued settle later, unheard)
+    pytest.importorskip("confluent_kafka")
+    settings = Settings().kafka.model_copy(update={"client": "confluent", "ack_timeout_s": 0.3})
+    producer = make_producer(
+        f"127.0.0.1:{free_port()}", settings, **{"queue.buffering.max.messages": 2}
+    )
+    try:
+        acked = producer.send_all([OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(5)])
+        with pytest.raises(Exception, match=r"producer queue full for 0\.3s"):
+            acked.result(timeout=5.0)
+    finally:
+        producer.close(timeout_s=0.0)
