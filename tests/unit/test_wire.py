@@ -56,12 +56,12 @@ def test_numeric_ids_become_strings_and_naive_times_are_utc():
     assert (nested.anonymousId, nested.context.onramp.sessionId) == ("7", "9")
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 257, 1.5, False, [], {}])
+@pytest.mark.parametrize("bad", ["", "x" * 257, 1.5, False, [], {}, 2**63, -(2**63) - 1, 10**300])
 def test_an_id_that_is_not_text_or_an_integer_is_refused_with_what_it_must_be(bad):
     with pytest.raises(WireError) as err:
         parse_call({"type": "track", "event": "x", "userId": bad})
     assert err.value.reason is ReasonCode.INVALID_FIELD and err.value.field == "userId"
-    assert "non-empty string of at most 256 characters, or an integer" in err.value.message
+    assert "non-empty string of at most 256 characters, or a 64-bit integer" in err.value.message
 
 
 def test_unknown_fields_are_kept():
