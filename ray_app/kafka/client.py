@@ -231,7 +231,11 @@ class ConfluentProducer(_ProducerBase):
         except Exception as exc:  # unreachable for now: records wait for it as before
             log.debug("producer metadata request failed: %s", exc)
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except Exception:  # a delivery callback raised: poll() re-raises it. The thread must
+                # live on, or no later record is ever acknowledged to anyone.
+                log.exception("a delivery callback of the producer failed")
 
     def send(self, record: OutRecord, callback: Callback) -> None:
         self._produce(record, partial(_confluent_report, callback))

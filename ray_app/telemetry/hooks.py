@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -93,9 +94,9 @@ class OtelHooks:
         # Counts are plain dict increments, read by OpenTelemetry when it collects (an
         # observable counter exports the same cumulative counter): Counter.add costs a few
         # microseconds of attribute cleaning and hashing per call (3.7 us measured), paid for
-        # every request and every decision. Each has one writer (the replica's event loop; the
-        # decision log's producer thread for its own) and is copied whole, in one C call, by the
-        # collecting thread.
+        # every request and every decision. Each has one writer, the replica's event loop (the
+        # decision log's counts, two: see decisions_logged), and is copied whole, in one C call,
+        # by the collecting thread.
         self._accepted: dict[str, int] = {}
         self._rejected: dict[str, int] = {}
         self._requests: dict[tuple[str, str], int] = {}
@@ -124,6 +125,7 @@ class OtelHooks:
         )
         self._decision_counts: dict[tuple[str, str, bool], int] = {}
         self._logged_counts = {"acked": 0, "failed": 0}
+        self._logged_lock = threading.Lock()
         meter.create_observable_counter(
             "onramp.decisions",
             callbacks=[self._observe_decisions],
@@ -193,11 +195,13 @@ class OtelHooks:
         self._decide_latency.record(seconds, attrs)
 
     def decisions_logged(self, ok: int, failed: int) -> None:
-        # called on the decision log's producer thread only (its delivery callbacks): one writer
-        if ok:
-            self._logged_counts["acked"] += ok
-        if failed:
-            self._logged_counts["failed"] += failed
+        # called from delivery reports, which confluent-kafka serves on its poller thread and on
+        # the decision log's sender thread while a full queue makes it wait: two writers, a lock
+        with self._logged_lock:
+            if ok:
+                self._logged_counts["acked"] += ok
+            if failed:
+                self._logged_counts["failed"] += failed
 
     def _observe_decisions(self, _options: Any) -> list[Any]:
         from opentelemetry.metrics import Observation

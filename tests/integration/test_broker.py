@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -101,3 +102,27 @@ def test_onramp_broker_command_runs_in_the_foreground_and_stops_on_sigterm():
         assert not probe_metadata("127.0.0.1", port)
     finally:
         proc.kill()
+
+
+def test_a_confluent_delivery_callback_that_raises_does_not_stop_later_acknowledgements(
+    broker, caplog
+):
+    pytest.importorskip("confluent_kafka")
+    s = KafkaSettings(partitions=1, client="confluent")
+    topic = "rt-callback-raises"
+    ensure_topics(broker.bootstrap, s, [topic])
+    producer = make_producer(broker.bootstrap, s)
+    try:
+        raised = threading.Event()
+
+        def bad(delivered, error):
+            raised.set()
+            raise RuntimeError("a broken hook")
+
+        producer.send(OutRecord(topic, b"first", key=b"k"), bad)
+        assert raised.wait(10.0)
+        delivered = producer.send_all([OutRecord(topic, b"later", key=b"k")]).result(timeout=10)
+        assert [d.topic for d in delivered] == [topic]
+    finally:
+        producer.close()
+    assert "a delivery callback of the producer failed" in caplog.text
