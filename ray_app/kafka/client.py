@@ -233,9 +233,8 @@ class ConfluentProducer(_ProducerBase):
         while not self._stop.is_set():
             try:
                 self._producer.poll(0.05)
-            except Exception:  # a delivery callback raised: poll() re-raises it. The thread must
-                # live on, or no later record is ever acknowledged to anyone.
-                log.exception("a delivery callback of the producer failed")
+            except Exception:  # the thread must live on, or no later record is acknowledged
+                log.exception("the producer's poll failed")
 
     def send(self, record: OutRecord, callback: Callback) -> None:
         self._produce(record, partial(_confluent_report, callback))
@@ -308,11 +307,16 @@ class ConfluentProducer(_ProducerBase):
 
 
 def _confluent_report(callback: Callback, err: Any, msg: Any) -> None:
-    """librdkafka's delivery report of one record, to a :data:`Callback`."""
-    if err is None:
-        callback(Delivered(msg.topic(), msg.partition(), msg.offset()), None)
-    else:
-        callback(None, KafkaUnavailable(f"delivery failed: {err}", topic=msg.topic()))
+    """librdkafka's delivery report of one record, to a :data:`Callback`. What the callback
+    raises is logged here: raised into librdkafka, ``poll()`` would re-raise it on the poller
+    thread, and the exception it keeps would hold the producer alive."""
+    try:
+        if err is None:
+            callback(Delivered(msg.topic(), msg.partition(), msg.offset()), None)
+        else:
+            callback(None, KafkaUnavailable(f"delivery failed: {err}", topic=msg.topic()))
+    except Exception:
+        log.exception("a delivery callback of the producer failed")
 
 
 class Consumer(Protocol):

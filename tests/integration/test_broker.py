@@ -1,11 +1,14 @@
 """The embedded broker and both Kafka clients, for real."""
 
+import gc
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -105,9 +108,17 @@ def test_onramp_broker_command_runs_in_the_foreground_and_stops_on_sigterm():
 
 
 def test_a_confluent_delivery_callback_that_raises_does_not_stop_later_acknowledgements(
-    broker, caplog
+    broker, monkeypatch
 ):
     pytest.importorskip("confluent_kafka")
+    # the client's log to a list of our own (pytest's capture would keep its records, and
+    # with them the producer, to the end of the test)
+    logged: list[logging.LogRecord] = []
+    client_log = logging.getLogger("ray_app.kafka.client")
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    monkeypatch.setattr(client_log, "propagate", False)
+    client_log.addHandler(handler)
     s = KafkaSettings(partitions=1, client="confluent")
     topic = "rt-callback-raises"
     ensure_topics(broker.bootstrap, s, [topic])
@@ -125,4 +136,12 @@ def test_a_confluent_delivery_callback_that_raises_does_not_stop_later_acknowled
         assert [d.topic for d in delivered] == [topic]
     finally:
         producer.close()
-    assert "a delivery callback of the producer failed" in caplog.text
+        client_log.removeHandler(handler)
+    assert [r.getMessage() for r in logged] == ["a delivery callback of the producer failed"]
+    # and nothing it raised keeps the closed producer alive once the log lets go of it (it
+    # would go on reaching for the broker until the process ends)
+    logged.clear()
+    gone = weakref.ref(producer)
+    del producer
+    gc.collect()
+    assert gone() is None
