@@ -239,36 +239,10 @@ class ConfluentProducer(_ProducerBase):
     def send(self, record: OutRecord, callback: Callback) -> None:
         self._produce(record, partial(_confluent_report, callback))
 
-    def send_all(self, records: Sequence[OutRecord]) -> cf.Future[list[Delivered]]:
-        # the base's loop, without its per-record frames: a batch of the collector's or the
-        # stream's costs a produce() call and two partials a record
-        acks = _Acks(len(records))
-        produce, settle = self._producer.produce, acks.settle
-        for i, record in enumerate(records):
-            on_delivery = partial(_confluent_report, partial(settle, i))
-            try:
-                produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=list(record.headers) if record.headers else None,
-                    on_delivery=on_delivery,
-                )
-            except BufferError:
-                try:
-                    self._produce(record, on_delivery)
-                except Exception as exc:
-                    acks.refuse(exc)
-                    break
-            except Exception as exc:  # the producer refused it: fail the whole batch now
-                acks.refuse(exc)
-                break
-        return acks.future
-
     def _produce(self, record: OutRecord, on_delivery: Callable[[Any, Any], None]) -> None:
-        """Hand one record to librdkafka, waiting up to ``ack_timeout_s`` for room in its
-        queue (delivery reports served meanwhile)."""
-        deadline = time.monotonic() + self._queue_wait_s
+        """Hand one record to librdkafka; while its queue is full, wait up to
+        ``ack_timeout_s`` for room (delivery reports served meanwhile)."""
+        deadline: float | None = None
         while True:
             try:
                 self._producer.produce(
@@ -280,7 +254,10 @@ class ConfluentProducer(_ProducerBase):
                 )
                 return
             except BufferError:  # librdkafka's local queue is full: wait for deliveries
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self._queue_wait_s
+                elif now > deadline:
                     raise KafkaUnavailable(
                         f"producer queue full for {self._queue_wait_s}s", topic=record.topic
                     ) from None

@@ -123,12 +123,12 @@ class OtelHooks:
         self._latency = meter.create_histogram(
             "onramp.http.request.duration", unit="s", description="HTTP request latency"
         )
-        self._decision_counts: dict[tuple[str, str, bool], int] = {}
-        self._logged_counts = {"acked": 0, "failed": 0}
+        self._decision_counts: dict[tuple[str, str, str], int] = {}  # (slot, arm, cold_start)
+        self._logged_counts: dict[str, int] = {}
         self._logged_lock = threading.Lock()
         meter.create_observable_counter(
             "onramp.decisions",
-            callbacks=[self._observe_decisions],
+            callbacks=[partial(_observe, self._decision_counts, ("slot", "arm", "cold_start"))],
             description="Decisions answered, by slot, arm and cold start",
         )
         self._decide_latency = meter.create_histogram(
@@ -136,7 +136,7 @@ class OtelHooks:
         )
         meter.create_observable_counter(
             "onramp.decisions.logged",
-            callbacks=[self._observe_logged],
+            callbacks=[partial(_observe, self._logged_counts, ("result",))],
             description="Decision records acknowledged by Kafka",
         )
         self._slot_attrs: dict[str, dict[str, str]] = {}  # {"slot": s}, built once per slot
@@ -187,7 +187,7 @@ class OtelHooks:
 
     def decision(self, slot: str, arm: str, cold: bool, seconds: float) -> None:
         # called on the replica's event loop only: one writer, so the increment is safe
-        key = (slot, arm, cold)
+        key = (slot, arm, "true" if cold else "false")
         self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
         attrs = self._slot_attrs.get(slot)
         if attrs is None:
@@ -198,25 +198,11 @@ class OtelHooks:
         # called from delivery reports, which confluent-kafka serves on its poller thread and on
         # the decision log's sender thread while a full queue makes it wait: two writers, a lock
         with self._logged_lock:
+            counts = self._logged_counts
             if ok:
-                self._logged_counts["acked"] += ok
+                counts["acked"] = counts.get("acked", 0) + ok
             if failed:
-                self._logged_counts["failed"] += failed
-
-    def _observe_decisions(self, _options: Any) -> list[Any]:
-        from opentelemetry.metrics import Observation
-
-        counts = self._decision_counts.copy()  # one C call: safe against the loop's increments
-        return [
-            Observation(n, {"slot": s, "arm": a, "cold_start": str(c).lower()})
-            for (s, a, c), n in counts.items()
-        ]
-
-    def _observe_logged(self, _options: Any) -> list[Any]:
-        from opentelemetry.metrics import Observation
-
-        counts = self._logged_counts.copy()
-        return [Observation(n, {"result": r}) for r, n in counts.items() if n]
+                counts["failed"] = counts.get("failed", 0) + failed
 
     def model_version(self, arm: str, version: int) -> None:
         self._versions[arm] = version
