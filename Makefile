@@ -71,15 +71,15 @@ format: venv ## apply ruff's formatting and safe fixes
 
 bench: venv ## run every benchmark (each prints one JSON line last)
 	$(PY) bench/collect.py
-	$(PY) bench/collect.py --client confluent
+	$(PY) bench/collect.py --client kafka-python
 	$(PY) bench/stream.py
-	$(PY) bench/stream.py --client confluent
+	$(PY) bench/stream.py --client kafka-python
 	$(PY) bench/decide.py
-	$(PY) bench/decide.py --client confluent
+	$(PY) bench/decide.py --client kafka-python
 	$(PY) bench/learning.py
 	$(PY) bench/learning_twin.py
 
-bench-collect: venv ## collector throughput with kafka-python
+bench-collect: venv ## collector throughput with the default client (confluent-kafka)
 	$(PY) bench/collect.py
 
 clean: ## remove .venv, caches and local state

@@ -21,8 +21,8 @@ run it measures the baseline of the batches: the same Kafka client's idempotent 
 producer writing the same records straight to the broker from one process. Last line: one JSON
 object.
 
-    .venv/bin/python bench/collect.py                      # kafka-python (the default client)
-    .venv/bin/python bench/collect.py --client confluent   # librdkafka
+    .venv/bin/python bench/collect.py                         # confluent-kafka (the default client)
+    .venv/bin/python bench/collect.py --client kafka-python   # the pure-Python client
 """
 
 import argparse
@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument(
         "--client",
         choices=["kafka-python", "confluent"],
-        default="kafka-python",
+        default="confluent",
         help="Kafka client of the collector and the baseline",
     )
     ap.add_argument("--seconds", type=float, default=8.0, help="duration of each closed-loop run")

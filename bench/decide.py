@@ -24,8 +24,8 @@ write or timeout error or non-2xx answer shows in ``errors`` of the JSON line. `
 ingress replicas by state right after each ``/v1/decide`` run (the shipped autoscaling settings;
 tests/integration/test_autoscaling.py shows a load step scaling them up and back down).
 
-    .venv/bin/python bench/decide.py                       # kafka-python
-    .venv/bin/python bench/decide.py --client confluent    # librdkafka for the decision log
+    .venv/bin/python bench/decide.py                          # confluent-kafka (the default)
+    .venv/bin/python bench/decide.py --client kafka-python    # the pure-Python decision log
 """
 
 import argparse
@@ -149,7 +149,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python",
+    ap.add_argument("--client", choices=["kafka-python", "confluent"], default="confluent",
                     help="Kafka client of the decision log")  # fmt: skip
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each closed-loop run")
     ap.add_argument("--connections", default="16,64,256", help="closed loop, comma-separated")

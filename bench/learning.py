@@ -328,7 +328,7 @@ def main() -> None:
         help="the experiment's split (decide.arms): the rest is the control arm",
     )
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python")
+    ap.add_argument("--client", choices=["kafka-python", "confluent"], default="confluent")
     ap.add_argument(
         "--outcomes", type=Path, help="also write every user's outcome here (JSON lines)"
     )

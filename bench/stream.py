@@ -10,8 +10,8 @@ Starts the embedded broker and a local Ray, loads a backlog of simulated onboard
    at production; the workers' histogram of ``now - receivedAt`` at state update gives p50/p99;
 4. bytes of state per user: the size of the partition snapshots over the users they hold.
 
-    .venv/bin/python bench/stream.py                       # kafka-python
-    .venv/bin/python bench/stream.py --client confluent    # librdkafka
+    .venv/bin/python bench/stream.py                          # confluent-kafka (the default)
+    .venv/bin/python bench/stream.py --client kafka-python    # the pure-Python client
 """
 
 import argparse
@@ -68,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--client", choices=["kafka-python", "confluent"], default="kafka-python")
+    ap.add_argument("--client", choices=["kafka-python", "confluent"], default="confluent")
     ap.add_argument("--events", type=int, default=200_000, help="backlog size")
     ap.add_argument("--workers", type=int, default=2, help="stream worker actors")
     ap.add_argument("--partitions", type=int, default=8)

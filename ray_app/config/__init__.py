@@ -7,7 +7,7 @@ Unknown keys are an error that names them. Secrets are ``SecretStr`` and print m
 
 >>> s = load_settings(env={"ONRAMP_KAFKA__PARTITIONS": "4"})
 >>> s.kafka.partitions, s.kafka.client
-(4, 'kafka-python')
+(4, 'confluent')
 >>> load_settings(env={"ONRAMP_KAFKA__PARTITONS": "4"})
 Traceback (most recent call last):
 ...

@@ -21,8 +21,9 @@ class KafkaSettings(_Section):
         description="Comma-separated host:port list of a real Kafka. Empty: start the embedded broker.",
     )
     client: Literal["kafka-python", "confluent"] = Field(
-        "kafka-python",
-        description="Kafka client library. 'confluent' needs the confluent-kafka package (20x faster).",
+        "confluent",
+        description="Kafka client library: 'confluent' (librdkafka, the default) or 'kafka-python' "
+        "(pure Python, several times slower).",
     )
     topic_prefix: str = Field(
         "onramp", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Prefix of every Onramp topic."
@@ -66,6 +67,23 @@ class KafkaSettings(_Section):
         "monitoring with any Kafka tool; partitions are assigned by Onramp, not by the group).",
     )
     linger_ms: int = Field(1, ge=0, le=10_000, description="Producer batching delay.")
+    delivery_timeout_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="How long a producer keeps trying to write a record before failing it "
+        "(librdkafka's message.timeout.ms; kafka-python's delivery_timeout_ms, at least 30 s plus "
+        "linger_ms). A failed record "
+        "makes the collector rebuild its producer.",
+    )
+    buffer_bytes: int = Field(
+        32 * 2**20,
+        ge=2**20,
+        le=2**31,
+        description="Bytes of records a confluent-kafka producer holds before Kafka acknowledges "
+        "them (librdkafka's queue.buffering.max.kbytes); past it a send waits up to "
+        "ack_timeout_s for room, then fails (the collector answers 503).",
+    )
     ack_timeout_s: float = Field(
         5.0,
         gt=0,
@@ -138,8 +156,12 @@ class CollectorSettings(_Section):
     max_event_bytes: int = Field(32 * 1024, ge=256, description="Per-event size limit (413).")
     max_request_bytes: int = Field(500 * 1024, ge=1024, description="Per-request body limit (413).")
     max_batch_events: int = Field(2500, ge=1, description="Most events in one batch request.")
+    # 32 MiB, not 64: a replica holds about ten bytes of memory per budgeted byte under a flood
+    # of maximum-size batches (the records, librdkafka's copies, the parse). With confluent-kafka,
+    # which drains fast enough to keep the budget full, 64 MiB grew a replica's RSS by 675-737
+    # MiB (tests/integration/test_flood_memory.py, bound 512); 32 MiB: 421 MiB, as many accepted.
     max_inflight_bytes: int = Field(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024,
         description="Bytes awaiting Kafka acknowledgement per replica; past it new requests get 503.",
     )

@@ -10,7 +10,7 @@ from ray_app.errors import ConfigError
 def test_defaults_are_embedded():
     s = load_settings(env={})
     assert s.kafka.bootstrap_servers is None and s.ray.address is None
-    assert s.kafka.client == "kafka-python" and s.collector.max_request_bytes == 500 * 1024
+    assert s.kafka.client == "confluent" and s.collector.max_request_bytes == 500 * 1024
 
 
 def test_yaml_then_env_precedence(tmp_path):
