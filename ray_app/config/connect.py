@@ -73,8 +73,7 @@ class KafkaSettings(_Section):
         le=3600,
         description="How long a producer keeps trying to write a record before failing it "
         "(librdkafka's message.timeout.ms; kafka-python's delivery_timeout_ms, at least 30 s plus "
-        "linger_ms). A failed record "
-        "makes the collector rebuild its producer.",
+        "linger_ms). A failed record makes the collector rebuild its producer.",
     )
     buffer_bytes: int = Field(
         32 * 2**20,

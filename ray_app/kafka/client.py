@@ -3,8 +3,9 @@
 
 Onramp's code talks to :class:`Producer` and :class:`Consumer`; which library sits behind them is
 a setting (``kafka.client``): ``confluent`` (librdkafka, the default) or ``kafka-python`` (pure
-Python, for where librdkafka cannot be installed; about a twentieth of the producer throughput). Producers are always idempotent with
-``acks=all``: a record counts as written only once every in-sync replica has it.
+Python, for where librdkafka cannot be installed; about a twentieth of the producer throughput).
+Producers are always idempotent with ``acks=all``: a record counts as written only once every
+in-sync replica has it.
 
 >>> partition_for(b"u1", 4)
 0
@@ -216,7 +217,7 @@ class ConfluentProducer(_ProducerBase):
             "linger.ms": settings.linger_ms,
             # librdkafka's default is 1 GiB: a collector whose broker fell behind held every
             # record it had answered 503 for (RSS +675 MiB in a 20 s flood of 500 kB batches)
-            "queue.buffering.max.kbytes": max(1, settings.buffer_bytes // 1024),
+            "queue.buffering.max.kbytes": settings.buffer_bytes // 1024,
             # librdkafka's default is 300 s: an idempotent producer whose broker came back
             # without its state (the embedded broker's memory storage) hung every record, new
             # ones included, that long; failed, the collector builds a new producer
