@@ -16,10 +16,9 @@ vocabulary never changes the layout, and every value is finite whatever the inpu
 (dtype('float32'), True, 1.0)
 >>> float(x[schema.bucket("x:device=mobile")]), len(schema.hash)
 (1.0, 16)
->>> p = {"traits": {"jobFunction": "Nurse", "seats": 40, "email": "a@b.c"}}
->>> sorted(schema.tokens(p, None, None))  # doctest: +NORMALIZE_WHITESPACE
-['t:jobFunction=nurse', 't:jobFunction=nurse&t:seats=#5', 't:jobFunction=nurse&t:seats=~1',
- 't:seats=#5', 't:seats=~1']
+>>> p = {"traits": {"jobFunction": "Nurse", "seats": 3, "email": "a@b.c"}}
+>>> schema.tokens(p, None, None)[:3], len(schema.tokens(p, None, None))
+(['t:jobFunction=nurse', 't:seats=~0', 't:seats=^0'], 17)
 >>> p = {"stepsCompleted": ["welcome"], "steps": {"welcome": {"completions": 1, "timeMs": "oops"}}}
 >>> float(schema.featurize(p, None, None, now_ms=0)[schema.index("step:welcome:completed")])
 1.0

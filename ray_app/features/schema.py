@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["FEATURE_VERSION", "FeatureSchema"]
 
 #: Bump when a feature's meaning changes without its name changing (it changes :attr:`hash`).
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 
 
 class _Positions(NamedTuple):

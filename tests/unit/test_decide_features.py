@@ -39,6 +39,11 @@ def buckets(*tokens: str) -> set[int]:
     return {SCHEMA.bucket(t) for t in tokens}
 
 
+def thermometer(token: str, low: int, high: int, cross: str = "") -> list[str]:
+    """A number's threshold tokens ``^low`` ... ``^high``, each crossed with ``cross`` if given."""
+    return [f"{token}=^{k}" + (f"&{cross}" if cross else "") for k in range(low, high + 1)]
+
+
 def real_profile() -> dict:
     p = Profile("u1")
     events = [
@@ -87,26 +92,50 @@ def test_a_growing_vocabulary_never_changes_the_layout():
     # values and keys never seen before land in their buckets; the layout stays
     x = SCHEMA.featurize({"traits": {"clinicType": "veterinary", "beds": 12}}, None, None)
     assert hashed(x) == buckets(
-        "t:clinicType=veterinary", "t:beds=#3", "t:beds=~1",
-        "t:beds=#3&t:clinicType=veterinary", "t:beds=~1&t:clinicType=veterinary",
+        "t:clinicType=veterinary", "t:beds=~1", "t:beds=~1&t:clinicType=veterinary",
+        *thermometer("t:beds", 0, 14), *thermometer("t:beds", 0, 14, "t:clinicType=veterinary"),
     )  # fmt: skip
     assert (SCHEMA.dim, SCHEMA.hash) == before
     again = FeatureSchema.from_catalog(load_catalog())
     assert again.bucket("t:clinicType=veterinary") == SCHEMA.bucket("t:clinicType=veterinary")
 
 
+def test_a_preference_that_changes_at_any_size_is_learnable_from_a_number():
+    # a linear model on a number's tokens (what the wide part is) represents a step at any of the
+    # thermometer's thresholds exactly, and a step elsewhere but for the values between the two
+    # thresholds around it; one log2 bucket per number could not tell 4 from 5
+    values = np.arange(1, 20_000)
+    rows = [SCHEMA.tokens({"traits": {"seats": int(v)}}) for v in values]
+    vocabulary = sorted({t for r in rows for t in r})
+    x = np.zeros((len(values), len(vocabulary) + 1))
+    x[:, -1] = 1.0
+    at = {t: i for i, t in enumerate(vocabulary)}
+    for i, r in enumerate(rows):
+        x[i, [at[t] for t in r]] = 1.0
+
+    def misfit(step: float) -> list[int]:
+        y = (values >= step).astype(float)
+        w = np.linalg.lstsq(x, y, rcond=None)[0]
+        return [int(v) for v in values[np.abs(x @ w - y) > 0.25]]
+
+    assert misfit(5) == [] and misfit(2 ** (33 / 4)) == [] and misfit(1_000) == []
+    assert set(misfit(25)) <= set(range(23, 27))  # 2**(18/4) = 22.6 and 2**(19/4) = 26.9
+    assert set(misfit(150)) <= set(range(129, 153))
+
+
 def test_identifiers_and_personal_data_are_left_out_and_the_catalog_can_type_keys():
     traits = {"email": "a@b.co", "firstName": "Ada", "accountId": "acct-9", "createdAt": "2026",
               "bio": "x" * 65, "site": "https://a.b", "plan": "Pro", "zip": 10115}  # fmt: skip
     assert SCHEMA.tokens({"traits": traits}) == [
-        "t:plan=pro", "t:zip=#13", "t:zip=~4", "t:plan=pro&t:zip=#13", "t:plan=pro&t:zip=~4",
+        "t:plan=pro", "t:zip=~4", *thermometer("t:zip", 38, 53),
+        *sorted(["t:plan=pro&t:zip=~4", *[f"t:plan=pro&{t}" for t in thermometer("t:zip", 38, 53)]]),
     ]  # fmt: skip
     typed = FeatureSchema(
         STEPS, Hashing(categorical=frozenset({"zip"}), numeric=frozenset({"seats"}),
                        exclude=frozenset({"plan"}), crosses=False)
     )  # fmt: skip
     assert typed.tokens({"traits": {**traits, "seats": "40"}}) == [
-        "t:zip=10115", "t:seats=#5", "t:seats=~1",
+        "t:zip=10115", "t:seats=~1", *thermometer("t:seats", 6, 21),
     ]  # fmt: skip
     only = FeatureSchema(STEPS, Hashing(include=frozenset({"Plan", "company.tier"})))
     assert only.tokens({"traits": {**traits, "company": {"tier": "Gold", "size": 3}}}) == [
@@ -163,8 +192,10 @@ def test_enrichment_and_context():
     x = SCHEMA.featurize(None, found, {"device": "tablet", "referrer": "Google"})
     assert value(x, "crm:found") == 1.0
     assert set(SCHEMA.tokens(None, found, {"device": "tablet", "referrer": "Google"})) == {
-        "c:plan=enterprise", "c:industry=mining", "c:employees=#10", "c:employees=~3",
-        "c:employees=#10&c:industry=mining", "c:employees=#10&c:plan=enterprise",
+        "c:plan=enterprise", "c:industry=mining", "c:employees=~3",
+        *thermometer("c:employees", 25, 40),
+        *thermometer("c:employees", 25, 40, "c:industry=mining"),
+        *thermometer("c:employees", 25, 40, "c:plan=enterprise"),
         "c:employees=~3&c:industry=mining", "c:employees=~3&c:plan=enterprise",  # not "unknown"
         "c:industry=mining&c:plan=enterprise", "x:device=tablet", "x:referrer=google",
     }  # fmt: skip
