@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from ray_app.features.hashing import hashed_buckets
 from ray_app.features.values import as_number, scaled
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def fill_row(
     if _is_map(enrichment) and enrichment.get("found") is True:
         out[pos.crm_found] = 1.0
     base = schema._hashed
-    for b in schema.hashing.token_buckets(schema.tokens(profile, enrichment, context)):
+    for b in hashed_buckets(schema.hashing, profile, enrichment, context):
         out[base + b] = 1.0
 
 

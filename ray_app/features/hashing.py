@@ -52,7 +52,14 @@ from typing import Any
 
 from ray_app.features.values import as_number
 
-__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_HASHING", "Hashing", "bucket", "hashed_tokens"]
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "DEFAULT_HASHING",
+    "Hashing",
+    "bucket",
+    "hashed_buckets",
+    "hashed_tokens",
+]
 
 #: Values treated as "missing" for a categorical (no token).
 _MISSING = frozenset({"", "unknown", "none", "null", "n/a", "undefined"})
@@ -73,6 +80,9 @@ _MAX_TEXT = 64
 #: Entries a :class:`Hashing` remembers of each of its answers (which keys it keeps, the bucket
 #: of a token): the same traits come back with every user; past it the memory starts afresh.
 _CACHE = 1 << 15
+#: Sets of trait/CRM tokens whose crosses' buckets a :class:`Hashing` remembers (a few hundred
+#: buckets each: about 4 MB).
+_CROSSES_CACHE = 1 << 12
 
 
 @dataclass(frozen=True)
@@ -107,9 +117,12 @@ class Hashing:
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, frozenset(k.strip().lower() for k in v))
-        # memories of keeps() and token_buckets(): not fields (not compared, not pickled)
+        # memories of keeps(), token_buckets(), an attribute's tokens and a cross's bucket: not
+        # fields (not compared, not pickled)
         object.__setattr__(self, "_keeps", {})
         object.__setattr__(self, "_buckets", {})
+        object.__setattr__(self, "_attrs", {})
+        object.__setattr__(self, "_crosses", {})
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -243,7 +256,12 @@ def _number_buckets(v: float) -> tuple[str, ...]:
     return (f"~{sign}{d}", *(f"^{sign}{k}" for k in range(low, top + 1)))
 
 
-def _attributes(prefix: str, d: Any, h: Hashing, out: list[tuple[str, str, bool]]) -> None:
+_Token = tuple[str, str, bool]
+#: Attribute values whose tokens are remembered (by value and type: ``True`` is not ``1``).
+_SCALARS = (str, int, float, bool)
+
+
+def _attributes(prefix: str, d: Any, h: Hashing, out: list[_Token]) -> None:
     """(key, token, whether it is a number's threshold) of every kept scalar attribute of
     ``d``, nested objects one level deep."""
     if not isinstance(d, Mapping):
@@ -258,21 +276,66 @@ def _attributes(prefix: str, d: Any, h: Hashing, out: list[tuple[str, str, bool]
                 if isinstance(sub, str) and sub and not isinstance(v, Mapping):
                     name = f"{key}.{sub}"
                     if h.keeps(name):
-                        _add(out, prefix, name, *_token_values(name, v, h))
+                        out += _attribute_tokens(h, prefix, name, v)
             continue
         if h.keeps(key):
-            _add(out, prefix, key, *_token_values(key, value, h))
+            out += _attribute_tokens(h, prefix, key, value)
 
 
-def _add(
-    out: list[tuple[str, str, bool]], prefix: str, key: str, texts: tuple[str, ...], number: bool
-) -> None:
-    out += [(key, f"{prefix}:{key}={t}", number and t[0] == "^") for t in texts]
+def _attribute_tokens(h: Hashing, prefix: str, key: str, value: Any) -> tuple[_Token, ...]:
+    """(key, token, whether it is a number's threshold) of one kept attribute, remembered: the
+    same traits and CRM columns come back with every decision of a user."""
+    memory: dict[tuple[str, str, Any, type], tuple[_Token, ...]] = h._attrs  # type: ignore[attr-defined]
+    kind = type(value)
+    remember = kind in _SCALARS
+    if remember:
+        known = memory.get((prefix, key, value, kind))
+        if known is not None:
+            return known
+    texts, number = _token_values(key, value, h)
+    tokens = tuple((key, f"{prefix}:{key}={t}", number and t[0] == "^") for t in texts)
+    if remember:
+        if len(memory) >= _CACHE:
+            memory.clear()
+        memory[(prefix, key, value, kind)] = tokens
+    return tokens
 
 
 def bucket(token: str, buckets: int) -> int:
     """The bucket of a token among ``buckets`` (CRC-32 of its UTF-8: stable across processes)."""
     return zlib.crc32(token.encode("utf-8", "surrogatepass")) % buckets
+
+
+def _fields(
+    h: Hashing,
+    profile: Mapping[str, Any] | None,
+    enrichment: Mapping[str, Any] | None,
+    context: Mapping[str, Any] | None,
+) -> tuple[list[_Token], list[_Token]]:
+    """The tokens of the trait/CRM attributes (what is crossed) and of the context fields."""
+    user: list[_Token] = []
+    traits = profile.get("traits") if isinstance(profile, Mapping) else None
+    _attributes("t", traits, h, user)
+    if isinstance(enrichment, Mapping) and enrichment.get("found") is True:
+        _attributes("c", enrichment, h, user)
+    ctx: list[_Token] = []
+    _attributes("x", context, h, ctx)
+    return user, ctx
+
+
+def _pairs(h: Hashing, user: list[_Token]) -> list[tuple[str, str]]:
+    """The pairs of trait/CRM tokens that are crossed (``a < b``): two fields' tokens, of the
+    first :attr:`Hashing.cross_fields` fields, but not two numbers' thresholds."""
+    if not (h.crosses and len(user) > 1):
+        return []
+    fields = sorted({k for k, _, _ in user})[: h.cross_fields]
+    crossed = sorted((t, k, thr) for k, t, thr in user if k in fields)
+    return [
+        (a, b)
+        for i, (a, ka, ta) in enumerate(crossed)
+        for b, kb, tb in crossed[i + 1 :]
+        if ka != kb and not (ta and tb)
+    ]
 
 
 def hashed_tokens(
@@ -283,21 +346,36 @@ def hashed_tokens(
 ) -> list[str]:
     """The tokens of these inputs under ``h``: traits, CRM columns (of a ``found`` row), context
     fields and the crosses of trait/CRM pairs (what the ``hash:*`` features are made of)."""
-    user: list[tuple[str, str, bool]] = []
-    traits = profile.get("traits") if isinstance(profile, Mapping) else None
-    _attributes("t", traits, h, user)
-    if isinstance(enrichment, Mapping) and enrichment.get("found") is True:
-        _attributes("c", enrichment, h, user)
-    ctx: list[tuple[str, str, bool]] = []
-    _attributes("x", context, h, ctx)
-    out = [t for _, t, _ in user] + [t for _, t, _ in ctx]
-    if h.crosses and len(user) > 1:
-        fields = sorted({k for k, _, _ in user})[: h.cross_fields]
-        crossed = sorted((t, k, thr) for k, t, thr in user if k in fields)
-        out += [
-            f"{a}&{b}"
-            for i, (a, ka, ta) in enumerate(crossed)
-            for b, kb, tb in crossed[i + 1 :]
-            if ka != kb and not (ta and tb)
-        ]
+    user, ctx = _fields(h, profile, enrichment, context)
+    singles = [t for _, t, _ in user] + [t for _, t, _ in ctx]
+    return singles + [f"{a}&{b}" for a, b in _pairs(h, user)]
+
+
+def hashed_buckets(
+    h: Hashing,
+    profile: Mapping[str, Any] | None,
+    enrichment: Mapping[str, Any] | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> list[int]:
+    """The bucket of each of :func:`hashed_tokens`, in the same order, without writing out the
+    crosses (remembered for each set of trait/CRM tokens: a user's come back with every decision).
+
+    >>> p = {"traits": {"role": "admin", "seats": 40}}
+    >>> hashed_buckets(DEFAULT_HASHING, p) == [
+    ...     bucket(t, 512) for t in hashed_tokens(DEFAULT_HASHING, p)]
+    True
+    """
+    user, ctx = _fields(h, profile, enrichment, context)
+    out = h.token_buckets([t for _, t, _ in user] + [t for _, t, _ in ctx])
+    if not (h.crosses and len(user) > 1):
+        return out
+    memory: dict[tuple[_Token, ...], list[int]] = h._crosses  # type: ignore[attr-defined]
+    key = tuple(user)
+    crosses = memory.get(key)
+    if crosses is None:
+        crosses = [bucket(f"{a}&{b}", h.buckets) for a, b in _pairs(h, user)]
+        if len(memory) >= _CROSSES_CACHE:
+            memory.clear()
+        memory[key] = crosses
+    out += crosses
     return out

@@ -351,3 +351,28 @@ def test_the_hashing_memories_answer_as_the_functions_do_and_stay_bounded(monkey
     again = pickle.loads(pickle.dumps(h))
     assert again == h and again._buckets == {}  # type: ignore[attr-defined]
     assert pickle.loads(pickle.dumps(SCHEMA)).hashing._buckets == {}
+
+
+REMEMBERING = FeatureSchema(STEPS, Hashing(buckets=4096))
+TRAIT_VALUES = (
+    st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=True)
+    | st.sampled_from(["^5", "~1", "Admin", "0", "", "c", "b=c"]) | st.none()
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["role", "seats", "a=b", "a", "b=c", "tier"]), TRAIT_VALUES),
+    st.dictionaries(st.sampled_from(["plan", "employees"]), TRAIT_VALUES),
+    st.dictionaries(st.sampled_from(["device", "count"]), TRAIT_VALUES),
+)
+def test_the_vector_has_the_buckets_of_the_tokens_remembered_or_not(traits, crm, context):
+    # serving writes buckets without spelling the crosses out and remembers them per user:
+    # always the buckets of the tokens (True is not 1, a text "^5" is not a number's threshold,
+    # the key "a=b" with "c" is not "a" with "b=c"), whatever the examples before remembered
+    schema = REMEMBERING
+    for _ in range(2):
+        x = schema.featurize({"traits": traits}, {"found": True, **crm}, context, now_ms=0)
+        tokens = schema.tokens({"traits": traits}, {"found": True, **crm}, context)
+        on = {i for i in np.flatnonzero(x) if schema.names[i].startswith("hash:")}
+        assert on == {schema.bucket(t) for t in tokens}
