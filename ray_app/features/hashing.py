@@ -338,6 +338,19 @@ def _pairs(h: Hashing, user: list[_Token]) -> list[tuple[str, str]]:
     ]
 
 
+def _cross_buckets(h: Hashing, user: list[_Token]) -> list[int]:
+    """The buckets of :func:`_pairs`' crosses, in their order: CRC-32 runs on from ``a&`` over
+    ``b``, so no cross is written out."""
+    fields = sorted({k for k, _, _ in user})[: h.cross_fields]
+    crossed = sorted((t, k, thr) for k, t, thr in user if k in fields)
+    raw = [(t.encode("utf-8", "surrogatepass"), k, thr) for t, k, thr in crossed]
+    n, crc, out = h.buckets, zlib.crc32, []
+    for i, (a, ka, ta) in enumerate(raw):
+        head = crc(a + b"&")
+        out += [crc(b, head) % n for b, kb, tb in raw[i + 1 :] if ka != kb and not (ta and tb)]
+    return out
+
+
 def hashed_tokens(
     h: Hashing,
     profile: Mapping[str, Any] | None,
@@ -373,7 +386,7 @@ def hashed_buckets(
     key = tuple(user)
     crosses = memory.get(key)
     if crosses is None:
-        crosses = [bucket(f"{a}&{b}", h.buckets) for a, b in _pairs(h, user)]
+        crosses = _cross_buckets(h, user)
         if len(memory) >= _CROSSES_CACHE:
             memory.clear()
         memory[key] = crosses
