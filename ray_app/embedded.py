@@ -5,7 +5,9 @@ The embedded broker keeps its topics in memory, so whatever points into an earli
 is of no use to a new one: stream checkpoints (partition offsets) and learner states (reward
 offsets) of earlier runs are removed when a run starts (a run still going, in another process,
 keeps its own). Kept, and said so: the served model file that the last run's learner published
-(the new run decides with it, and its learner starts from it) and the model registry. A fresh
+(the new run decides with it, and its learner starts from it; one learned on another feature
+schema or catalog, as after an upgrade that changed the features, is named as not served: the
+learner and the replicas refuse it and start from the cold-start policy) and the model registry. A fresh
 start (``onramp up --fresh``, ``onramp demo --fresh``) also removes the served model file when
 it lies in ``state_dir``, so the run starts from the cold-start policy.
 
@@ -23,6 +25,7 @@ import datetime as dt
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["RUN_PREFIX", "prepare", "run_name"]
@@ -36,9 +39,24 @@ def run_name() -> str:
     return f"{RUN_PREFIX}{int(time.time())}-{os.getpid()}"
 
 
-def prepare(state_dir: Path, model_path: Path, fresh: bool) -> list[str]:
+def prepare(
+    state_dir: Path,
+    model_path: Path,
+    fresh: bool,
+    refusal: Callable[[Path], str | None] | None = None,
+) -> list[str]:
     """Remove what no embedded run can use (and, with ``fresh``, the served model); returns
-    one line per thing kept or removed, for the command to print."""
+    one line per thing kept or removed, for the command to print. ``refusal`` says why the
+    served model cannot be served now (another feature schema or catalog), ``None`` if it can.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "m.onramp").write_bytes(b"x")
+    1
+    >>> note = prepare(d, d / "m.onramp", False, lambda p: "schema_hash: trained on another")[0]
+    >>> note.startswith("kept, not served"), "cannot use (schema_hash: trained on another)" in note
+    (True, True)
+    """
     notes: list[str] = []
     gone = 0
     for sub in ("checkpoints", "learner"):
@@ -66,15 +84,25 @@ def prepare(state_dir: Path, model_path: Path, fresh: bool) -> list[str]:
             saved = dt.datetime.fromtimestamp(model_path.stat().st_mtime).isoformat(
                 sep=" ", timespec="seconds"
             )
+            why = refusal(model_path) if refusal is not None else None
+            if why is not None:
+                notes.append(
+                    f"kept, not served: the model file {model_path} (saved {saved}), which an "
+                    f"earlier run learned on what this one cannot use ({why}); the learner "
+                    "starts from the cold-start policy and replaces it"
+                )
+                return notes + _registry(state_dir)
             notes.append(
                 f"kept: the served model {model_path} (saved {saved}), which the last run "
                 "learned; the learner starts from it"
                 + (" (--fresh starts from the cold-start policy)" if in_state else "")
             )
+    return notes + _registry(state_dir)
+
+
+def _registry(state_dir: Path) -> list[str]:
     registry = state_dir / "registry"
-    if registry.exists():
-        notes.append(f"kept: the model registry {registry}")
-    return notes
+    return [f"kept: the model registry {registry}"] if registry.exists() else []
 
 
 def _live(name: str) -> bool:

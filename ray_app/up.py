@@ -155,6 +155,23 @@ class Stack:
             "decide": f"{base}/v1/decide",
         }
 
+    def _refusal(self, path: Path) -> str | None:
+        """Why the model file at ``path`` cannot be served with this run's catalog and feature
+        schema (as the learner and the replicas will judge it), ``None`` if it can."""
+        from ray_app.catalog import load_catalog
+        from ray_app.errors import FieldError
+        from ray_app.features import FeatureSchema
+        from ray_app.model.bundle import ModelBundle
+
+        try:
+            catalog = load_catalog(self.settings.decide.catalog_path)
+            ModelBundle.from_bytes(
+                path.read_bytes(), FeatureSchema.from_catalog(catalog), catalog, False
+            )
+        except (FieldError, OSError, ValueError) as exc:
+            return str(exc)
+        return None
+
     def start(self) -> Stack:
         import ray
         from ray import serve
@@ -169,7 +186,7 @@ class Stack:
                 b.host, b.port, b.binary, b.start_timeout_s, log_path=state_dir / "broker.log"
             ).start()
             self.bootstrap = self.broker.bootstrap
-            self.notes = embedded.prepare(state_dir, s.model_path, self.fresh)
+            self.notes = embedded.prepare(state_dir, s.model_path, self.fresh, self._refusal)
         created = ensure_topics(self.bootstrap, s.kafka)
         if created:
             log.info("created topics: %s", ", ".join(created))

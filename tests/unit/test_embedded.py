@@ -71,3 +71,29 @@ def test_a_run_name_carries_this_process_id() -> None:
     import os
 
     assert run_name().endswith(f"-{os.getpid()}")
+
+
+def test_a_model_file_of_another_feature_schema_is_named_not_served(tmp_path):
+    # after an upgrade that changes the features, the banner must not say the learner starts
+    # from the old model file: the learner and the replicas refuse it (another schema hash)
+    from ray_app.catalog import load_catalog
+    from ray_app.config import load_settings
+    from ray_app.features import FEATURE_VERSION, FeatureSchema
+    from ray_app.model.bundle import cold_start_bundle
+    from ray_app.up import Stack
+
+    catalog = load_catalog()
+    stack = Stack(load_settings(env={"ONRAMP_STATE_DIR": str(tmp_path)}), lambda _: None)
+    model = tmp_path / "models" / "treatment.onramp"
+    model.parent.mkdir()
+    model.write_bytes(cold_start_bundle(FeatureSchema.from_catalog(catalog), catalog).to_bytes())
+    assert stack._refusal(model) is None
+    assert "the learner starts from it" in prepare(tmp_path, model, False, stack._refusal)[0]
+
+    older = FeatureSchema(FeatureSchema.from_catalog(catalog).steps, version=FEATURE_VERSION - 1)
+    model.write_bytes(cold_start_bundle(older, catalog).to_bytes())
+    note = prepare(tmp_path, model, False, stack._refusal)[0]
+    assert note.startswith("kept, not served") and "schema_hash" in note, note
+    assert "cold-start policy" in note and model.exists()
+    model.write_bytes(b"garbage")
+    assert "kept, not served" in prepare(tmp_path, model, False, stack._refusal)[0]
