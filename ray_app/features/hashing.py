@@ -331,26 +331,32 @@ def _pairs(h: Hashing, user: list[_Token]) -> list[tuple[str, str]]:
     first :attr:`Hashing.cross_fields` fields, but not two numbers' thresholds."""
     if not (h.crosses and len(user) > 1):
         return []
+    crossed = _crossed(h, user)
+    return [(a, b) for i, (a, _, _) in enumerate(crossed) for b in _partners(crossed, i)]
+
+
+def _crossed(h: Hashing, user: list[_Token]) -> list[tuple[str, str, bool]]:
+    """(token, key, threshold) of the tokens of the first :attr:`Hashing.cross_fields` fields,
+    sorted by token."""
     fields = sorted({k for k, _, _ in user})[: h.cross_fields]
-    crossed = sorted((t, k, thr) for k, t, thr in user if k in fields)
-    return [
-        (a, b)
-        for i, (a, ka, ta) in enumerate(crossed)
-        for b, kb, tb in crossed[i + 1 :]
-        if ka != kb and not (ta and tb)
-    ]
+    return sorted((t, k, thr) for k, t, thr in user if k in fields)
+
+
+def _partners(crossed: list[tuple[Any, str, bool]], i: int) -> list[Any]:
+    """The tokens after the ``i``-th that it is crossed with: another field's, and not two
+    numbers' thresholds."""
+    _, ka, ta = crossed[i]
+    return [b for b, kb, tb in crossed[i + 1 :] if ka != kb and not (ta and tb)]
 
 
 def _cross_buckets(h: Hashing, user: list[_Token]) -> list[int]:
     """The buckets of :func:`_pairs`' crosses, in their order: CRC-32 runs on from ``a&`` over
     ``b``, so no cross is written out."""
-    fields = sorted({k for k, _, _ in user})[: h.cross_fields]
-    crossed = sorted((t, k, thr) for k, t, thr in user if k in fields)
-    raw = [(t.encode("utf-8", "surrogatepass"), k, thr) for t, k, thr in crossed]
+    raw = [(t.encode("utf-8", "surrogatepass"), k, thr) for t, k, thr in _crossed(h, user)]
     n, crc, out = h.buckets, zlib.crc32, []
-    for i, (a, ka, ta) in enumerate(raw):
+    for i, (a, _, _) in enumerate(raw):
         head = crc(a + b"&")
-        out += [crc(b, head) % n for b, kb, tb in raw[i + 1 :] if ka != kb and not (ta and tb)]
+        out += [crc(b, head) % n for b in _partners(raw, i)]
     return out
 
 
