@@ -23,7 +23,7 @@ profile of many numbers stays a few hundred tokens.
 
 Identifiers and personal data are left out by default (keys like
 ``email``, ``name``, ``phone``, ``*Id``, ``*At``, values with an ``@`` or longer than 64
-characters): they would be noise, one value per user.
+characters, keys longer than 128): they would be noise, one value per user.
 
 Nothing is configured per value: a new trait value or a new trait key lands in its bucket, so a
 growing vocabulary never changes the vector's layout. A catalog's ``features:`` section may
@@ -80,12 +80,14 @@ DEFAULT_EXCLUDE: frozenset[str] = frozenset(
 #: Keys that name an identifier or a time (``accountId``, ``account_id``, ``createdAt``).
 _ID_OR_TIME = re.compile(r"(?:Id|ID|_id|At|_at)$")
 _MAX_TEXT = 64
+_MAX_KEY = 128
 #: Entries a :class:`Hashing` remembers of each of its answers (which keys it keeps, the bucket
 #: of a token): the same traits come back with every user; past it the memory starts afresh.
 _CACHE = 1 << 15
 #: Sets of trait/CRM tokens whose crosses' buckets a :class:`Hashing` remembers (a few hundred
-#: buckets each: about 4 MB).
+#: buckets each: a few MB), and the most tokens a set it remembers has (tens of MB at worst).
 _CROSSES_CACHE = 1 << 12
+_CROSSES_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ class Hashing:
 
     def keeps(self, key: str) -> bool:
         """Whether the attribute ``key`` (``parent.child`` when nested) becomes a token."""
+        if len(key) > _MAX_KEY:
+            return False  # nobody's feature, and not worth remembering
         memory: dict[str, bool] = self._keeps  # type: ignore[attr-defined]
         kept = memory.get(key)
         if kept is None:
@@ -290,7 +294,8 @@ def _attribute_tokens(h: Hashing, prefix: str, key: str, value: Any) -> tuple[_T
     same traits and CRM columns come back with every decision of a user."""
     memory: dict[tuple[str, str, Any, type], tuple[_Token, ...]] = h._attrs  # type: ignore[attr-defined]
     kind = type(value)
-    remember = kind in _SCALARS
+    # a text too long to be a token is not remembered either (it would only hold memory)
+    remember = kind in _SCALARS and (kind is not str or len(value) <= _MAX_TEXT)
     if remember:
         known = memory.get((prefix, key, value, kind))
         if known is not None:
@@ -391,6 +396,8 @@ def hashed_buckets(
     out = h.token_buckets([t for _, t, _ in user] + [t for _, t, _ in ctx])
     if not (h.crosses and len(user) > 1):
         return out
+    if len(user) > _CROSSES_TOKENS:
+        return out + _cross_buckets(h, user)
     memory: dict[tuple[_Token, ...], list[int]] = h._crosses  # type: ignore[attr-defined]
     key = tuple(user)
     crosses = memory.get(key)

@@ -35,6 +35,10 @@ def hashed(x: np.ndarray) -> set[int]:
     return {i for i in np.flatnonzero(x) if SCHEMA.names[i].startswith("hash:")}
 
 
+def hashed_of(schema: FeatureSchema, x: np.ndarray) -> set[int]:
+    return {i for i in np.flatnonzero(x) if schema.names[i].startswith("hash:")}
+
+
 def buckets(*tokens: str) -> set[int]:
     return {SCHEMA.bucket(t) for t in tokens}
 
@@ -374,5 +378,20 @@ def test_the_vector_has_the_buckets_of_the_tokens_remembered_or_not(traits, crm,
     for _ in range(2):
         x = schema.featurize({"traits": traits}, {"found": True, **crm}, context, now_ms=0)
         tokens = schema.tokens({"traits": traits}, {"found": True, **crm}, context)
-        on = {i for i in np.flatnonzero(x) if schema.names[i].startswith("hash:")}
-        assert on == {schema.bucket(t) for t in tokens}
+        assert hashed_of(schema, x) == {schema.bucket(t) for t in tokens}
+
+
+def test_what_serving_remembers_stays_small_whatever_the_traits():
+    # a hostile client's long keys and texts are neither features nor remembered, and a profile
+    # of very many traits is featurized without being remembered
+    schema = FeatureSchema(STEPS, Hashing())  # its own memory, not the default's
+    for i in range(200):
+        traits = {"k" * 129: "x", "bio": f"{i}" + "y" * 10_000, "role": "admin", "seats": i}
+        assert schema.tokens({"traits": traits})[:1] == ["t:role=admin"]
+        schema.featurize({"traits": traits}, None, None, now_ms=0)
+    memory = schema.hashing._attrs  # type: ignore[attr-defined]
+    assert all(len(str(value)) <= 64 for (_, _, value, _) in memory) and len(memory) == 201
+    many = {f"trait{i}": f"v{i}" for i in range(80)}
+    x = schema.featurize({"traits": many}, None, None, now_ms=0)
+    assert hashed_of(schema, x) == {schema.bucket(t) for t in schema.tokens({"traits": many})}
+    assert all(len(key) <= 64 for key in schema.hashing._crosses)  # type: ignore[attr-defined]
