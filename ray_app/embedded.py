@@ -7,8 +7,8 @@ offsets) of earlier runs are removed when a run starts (a run still going, in an
 keeps its own). Kept, and said so: the served model file that the last run's learner published
 (the new run decides with it, and its learner starts from it; one learned on another feature
 schema or catalog, as after an upgrade that changed the features, is named as not served: the
-learner and the replicas refuse it and start from the cold-start policy) and the model registry. A fresh
-start (``onramp up --fresh``, ``onramp demo --fresh``) also removes the served model file when
+learner and the replicas refuse it and start from the cold-start policy) and the model
+registry. A fresh start (``onramp up --fresh``, ``onramp demo --fresh``) also removes the served model file when
 it lies in ``state_dir``, so the run starts from the cold-start policy.
 
 >>> import tempfile
@@ -91,18 +91,16 @@ def prepare(
                     f"earlier run learned on what this one cannot use ({why}); the learner "
                     "starts from the cold-start policy and replaces it"
                 )
-                return notes + _registry(state_dir)
-            notes.append(
-                f"kept: the served model {model_path} (saved {saved}), which the last run "
-                "learned; the learner starts from it"
-                + (" (--fresh starts from the cold-start policy)" if in_state else "")
-            )
-    return notes + _registry(state_dir)
-
-
-def _registry(state_dir: Path) -> list[str]:
+            else:
+                notes.append(
+                    f"kept: the served model {model_path} (saved {saved}), which the last run "
+                    "learned; the learner starts from it"
+                    + (" (--fresh starts from the cold-start policy)" if in_state else "")
+                )
     registry = state_dir / "registry"
-    return [f"kept: the model registry {registry}"] if registry.exists() else []
+    if registry.exists():
+        notes.append(f"kept: the model registry {registry}")
+    return notes
 
 
 def _live(name: str) -> bool:
