@@ -138,6 +138,13 @@ def parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds from an explicit outcome (completed or abandoned) to its reward",
     )
+    sim.add_argument(
+        "--abandon-delay",
+        type=float,
+        default=0.0,
+        help="seconds more for an abandonment (a product that reports a step abandoned when "
+        "its screen times out, not when the user leaves)",
+    )
     sim.add_argument("--time-scale", type=float, default=0.02, help="as bench/learning.py")
     sim.add_argument(
         "--drift-detect-s",
@@ -387,7 +394,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             action, p = choice.chosen, choice.propensity
             greedy = slot.actions[choice.ranking[0]].id
         done, seconds = truth.simulate_response(user, "next_step", action, rng)
-        react = min(seconds * args.time_scale, 10.0)
+        react = min(seconds * args.time_scale, 10.0) + (0.0 if done else args.abandon_delay)
         record = RewardRecord(
             did,
             user.user_id,
@@ -438,6 +445,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "users_to_recover_after_drift": recovery,
         "rollbacks": learner.counters["rollbacks"],
         "drift_alerts_at_users": alerts,
+        "drift_settle_ms": None if detector is None else detector.settle,
         "learner_counters": dict(learner.counters),
         "cells_before_drift": cell_diagnostics(
             truth, outcomes, max(drift_at - args.window, 0), drift_at

@@ -4,9 +4,9 @@ Its loop, on one thread (Kafka consumers are not thread-safe): poll reward recor
 (bad ones are counted and logged, never trained on) -> :meth:`OnlineLearner.learn` (dedupe by
 decision id, importance weights, guardrail slice, the comparison with the control arm) -> feed
 the drift detectors (:class:`~ray_app.learn.drift.RewardRateDrift`: Page-Hinkley on the reward
-rate of explicit outcomes, ``learn.drift_settle_s`` after their decision; PSI on the logged
-features; every detection is logged as an alert, and a change of the reward rate also raises
-exploration for ``learn.boost_rewards`` rewards) -> :meth:`OnlineLearner.maybe_publish` at most
+rate of explicit outcomes once their decision's outcomes are in: the p99 of how late they
+arrive, at most ``learn.drift_settle_s``; PSI on the logged features; every detection is logged
+as an alert, and a change of the reward rate also raises exploration for ``learn.boost_rewards`` rewards) -> :meth:`OnlineLearner.maybe_publish` at most
 every ``learn.publish_interval_s`` (a treatment arm significantly below control is rolled back
 there, logged at WARNING and counted) -> write the model file (temporary file + rename: the
 decision replicas watching it never read half of one) and the learner's state (weights,
@@ -380,6 +380,7 @@ class LearnerService:
                 "controlStatistic": self.rate_drift.world.statistic,
                 "fed": self.rate_drift.fed,
                 "late": self.rate_drift.late,
+                "settleMs": self.rate_drift.settle,
                 "featureMaxPsi": self.last_psi,
                 "alerts": list(self.alerts),
             },

@@ -936,13 +936,23 @@ def test_settings_map_to_the_learner_config():
 
 
 def _explicit_stream(
-    seed: int, users_per_s: float, n: int, complete_s: float, abandon_s: float, rate: float = 0.6
+    seed: int,
+    users_per_s: float,
+    n: int,
+    complete_s: float,
+    abandon_s: float,
+    rate: float = 0.6,
+    fall: tuple[int, float] | None = None,
 ) -> list[RewardRecord]:
     """Control-arm rewards in arrival order: completions ``complete_s`` after their decision,
-    abandonments ``abandon_s`` (log-normal), up to the time of the last decision."""
+    abandonments ``abandon_s`` (log-normal), up to the time of the last decision. ``fall``:
+    from decision ``fall[0]`` on, the rate is ``fall[1]``."""
     rng = np.random.default_rng(seed)
     t = np.arange(n) / users_per_s
-    done = rng.random(n) < rate
+    rates = np.full(n, rate)
+    if fall is not None:
+        rates[fall[0] :] = fall[1]
+    done = rng.random(n) < rates
     arrival = t + np.where(done, complete_s, abandon_s) * np.exp(rng.normal(0.0, 0.5, n))
     [r] = logged(GroundTruth(seed=1), 0, 1, seed=1, arm="control")
     out = []
@@ -1011,3 +1021,65 @@ def test_reward_rate_drift_finds_a_fall_of_the_control_rate_within_seconds_not_m
     # the change point it estimates (what a drift restart keeps to learn from again) is within
     # a few seconds of the fall, not where the alert fired
     assert abs(alerts[0][1]["sinceMs"] - shift) < 5_000
+
+
+def _fed_in_batches(drift: RewardRateDrift, records: list[RewardRecord]) -> list[int]:
+    """Feed 50 records at a time; the decision times of the batches whose records fired."""
+    return [
+        records[k].decided_at_ms
+        for k in range(0, len(records), 50)
+        if drift.update(records[k : k + 50])
+    ]
+
+
+def test_the_drift_settle_follows_how_late_this_streams_outcomes_arrive():
+    """Completions reported after 1 s and abandonments after 20 s (log-normal: a product whose
+    screen times out): a fixed settle of 5 s feeds the completions only and never sees the
+    control rate fall from 0.6 to 0.3 at 200 s; the adaptive settle waits for the outcomes (up to
+    its 60 s), feeds nearly every one, stays quiet before the fall and finds it once. With
+    outcomes after 2 s either way (their p99: 6 s) it waits about 8 s and finds the fall sooner
+    than a fixed 30 s."""
+    for seed in (1, 2, 3):
+        stream = _explicit_stream(seed, 50.0, 20_000, 1.0, 20.0, fall=(10_000, 0.3))
+        fixed = RewardRateDrift(delta=0.05, threshold=25.0, min_samples=1_500, settle_ms=5_000)
+        assert _fed_in_batches(fixed, stream) == []
+        assert fixed.late > 0.3 * len(stream)  # the abandonments: it was fed a rate near 1
+        adaptive = RewardRateDrift(
+            delta=0.05, threshold=25.0, min_samples=1_500, settle_ms=60_000, settle_quantile=0.99
+        )
+        fired = _fed_in_batches(adaptive, stream)
+        assert adaptive.settle > 30_000 and adaptive.late < 0.02 * len(stream)
+        assert len(fired) == 1 and 200_000 < fired[0] < 300_000, fired
+        assert adaptive.world.last_change == "decrease"
+
+        stream = _explicit_stream(seed, 50.0, 15_000, 2.0, 2.0, fall=(10_000, 0.3))
+        fixed = RewardRateDrift(delta=0.05, threshold=25.0, min_samples=1_500, settle_ms=30_000)
+        adaptive = RewardRateDrift(
+            delta=0.05, threshold=25.0, min_samples=1_500, settle_ms=60_000, settle_quantile=0.99
+        )
+        [fixed_at], [adaptive_at] = (
+            _fed_in_batches(fixed, stream),
+            _fed_in_batches(adaptive, stream),
+        )
+        assert 5_000 < adaptive.settle < 10_000 and adaptive.late < 0.02 * len(stream)
+        assert 200_000 < adaptive_at < fixed_at - 15_000  # 15 s of traffic sooner, at least
+
+
+def test_the_adaptive_settle_waits_its_whole_cap_before_it_adapts():
+    """The first outcomes to arrive are the quickest: until the detector has watched
+    ``settle_ms`` of decision time it waits all of it, and only then fits the settle."""
+    stream = _explicit_stream(5, 50.0, 6_000, complete_s=1.0, abandon_s=8.0)
+    drift = RewardRateDrift(min_samples=1_500, settle_ms=60_000, settle_quantile=0.99)
+    at_cap = []
+    for k in range(0, len(stream), 50):
+        drift.update(stream[k : k + 50])
+        if drift._latest is not None and drift._latest < 60_000:
+            at_cap.append(drift.settle)
+    assert at_cap and set(at_cap) == {60_000}
+    assert 15_000 < drift.settle < 40_000 and drift.fed > 0  # the 8 s abandonments are in its wait
+    with pytest.raises(ValueError, match="settle_quantile"):
+        RewardRateDrift(settle_quantile=1.5)
+    learn = Settings().learn
+    assert RewardRateDrift.from_settings(learn).settle_quantile == learn.drift_settle_quantile
+    off = Settings.model_validate({"learn": {"drift_settle_quantile": 0}}).learn
+    assert RewardRateDrift.from_settings(off).settle_quantile is None
