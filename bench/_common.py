@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -151,7 +152,9 @@ def wrk(
             *(f"{k}: {v}" for k, v in headers.items()),
         ]
         env = {**os.environ, "WRK_METHOD": method}
+        before, t0 = cpu_ticks(), time.monotonic()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        cores = cores_by_process(before, cpu_ticks(), time.monotonic() - t0)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("ONRAMP_WRK ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout}")
@@ -175,6 +178,8 @@ def wrk(
         "statuses": statuses,
         "errors": errors,
         "error_count": sum(errors.values()),
+        # where the machine's cores went during the run (wrk itself included)
+        "cores": cores,
     }
     if rate:
         result |= {
@@ -184,6 +189,59 @@ def wrk(
             "max_lag_ms": round(raw["max_lag_ms"], 1),
         }
     return result
+
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def _process_label(pid: str) -> str:
+    """A process's name for the CPU accounting: a Ray worker's title (``ray::ServeReplica:...``,
+    ``ray::StreamWorker...``, up to its first space or parenthesis), else its executable's name."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return "?"
+    if argv0.startswith("ray::"):
+        return argv0.split(" ", 1)[0].split("(", 1)[0]
+    return os.path.basename(argv0.split(" ", 1)[0]) or "?"
+
+
+def cpu_ticks() -> dict[tuple[str, str], int]:
+    """User + system CPU ticks of every process now, by (pid, label) (Linux ``/proc``; empty
+    elsewhere). Two snapshots give what each process spent between them, threads included."""
+    out: dict[tuple[str, str], int] = {}
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out[(pid, _process_label(pid))] = int(fields[11]) + int(fields[12])  # utime + stime
+    return out
+
+
+def cores_by_process(
+    before: dict[tuple[str, str], int], after: dict[tuple[str, str], int], seconds: float
+) -> dict[str, float]:
+    """Cores each kind of process used between two :func:`cpu_ticks` snapshots ``seconds``
+    apart (CPU seconds / wall seconds), by label, the busiest first; those under 0.02 cores are
+    added up as ``other``, and ``total`` is the sum (at most the machine's cores)."""
+    if seconds <= 0:
+        return {}
+    used: dict[str, float] = {}
+    for key, ticks in after.items():
+        spent = (ticks - before.get(key, 0)) * _TICK_S / seconds
+        if spent > 0:
+            used[key[1]] = used.get(key[1], 0.0) + spent
+    top = {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.02}
+    top["other"] = round(sum(v for v in used.values() if v < 0.02), 2)
+    top["total"] = round(sum(used.values()), 2)
+    return top
 
 
 def open_loop_connections(rate: float, max_latency_s: float = 1.0) -> int:

@@ -272,6 +272,9 @@ def main() -> None:
                 "decide", results["decide"], results["trivial_serve"], connections
             ),
             "peak_req_per_s": peak,
+            # cores by process during the figure's two runs: what a decision costs beyond the
+            # trivial route, and where (replica, stream worker, broker, HAProxy, wrk)
+            "cores": {"decide": top.get("cores"), "trivial_serve": trivial.get("cores")},
             # the ingress replicas by state after the figure's run (shipped autoscaling settings)
             "replicas": top.get("replicas"),
             "open_loop": {
