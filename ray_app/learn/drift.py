@@ -103,8 +103,11 @@ class PageHinkley:
 
     @property
     def statistic(self) -> float:
-        """The larger of the two excursions (fires above ``threshold``)."""
-        return max(self._up - self._up_min, self._down_max - self._down)
+        """The excursion it watches (the larger of the two, or the fall's alone with
+        ``watch="decrease"``); fires above ``threshold``. A rise it does not watch is not
+        shown: the model arms' rise is the learner's progress, not a drift."""
+        down = self._down_max - self._down
+        return down if self.watch == "decrease" else max(self._up - self._up_min, down)
 
     def update(self, x: float, tag: int | None = None) -> bool:
         """Add one value; True when a change is detected (the detector has then reset).

@@ -7,6 +7,10 @@ from typing import Any
 __all__ = ["learner_metrics_text"]
 
 
+def _ms_to_s(ms: Any) -> float | None:
+    return ms / 1000 if isinstance(ms, int | float) else None
+
+
 def learner_metrics_text(status: dict[str, Any]) -> str:
     """Render the learner's ``status()`` as Prometheus text.
 
@@ -24,6 +28,8 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
     ...
     onramp_rewards_total{arm="treatment",reward="1"} 60
     onramp_rewards_total{arm="treatment",reward="0"} 40
+    ...
+    onramp_drift_settle_seconds NaN
     ...
     onramp_learner_control_rate{arm="treatment"} NaN
     ...
@@ -76,6 +82,15 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
         "# HELP onramp_drift_alerts Drift alerts raised (recent).",
         "# TYPE onramp_drift_alerts gauge",
         f"onramp_drift_alerts {len(drift.get('alerts', []))}",
+        "# HELP onramp_drift_settle_seconds How long the reward-rate detector waits for a "
+        "decision's outcomes (the p99 of their lateness, at most learn.drift_settle_s).",
+        "# TYPE onramp_drift_settle_seconds gauge",
+        f"onramp_drift_settle_seconds {_num(_ms_to_s(drift.get('settleMs')))}",
+        "# HELP onramp_drift_outcomes_total Explicit outcomes the reward-rate detector was fed, "
+        "and those that came after their turn (not fed).",
+        "# TYPE onramp_drift_outcomes_total counter",
+        f'onramp_drift_outcomes_total{{fed="true"}} {drift.get("fed", 0)}',
+        f'onramp_drift_outcomes_total{{fed="late"}} {drift.get("late", 0)}',
     ]
     lines += _guardrail_lines(status)
     return "\n".join(lines) + "\n"

@@ -165,3 +165,16 @@ def test_feature_drift_checks_its_input():
         monitor.update([0.1, 0.2, 0.3])
     with pytest.raises(ValueError):
         FeatureDrift(window=0)
+
+
+def test_a_decrease_only_detector_does_not_show_the_rise_it_ignores():
+    """The model arms' detector watches falls only; its exported statistic (the
+    ``onramp_drift_score{detector="reward_page_hinkley"}`` gauge) must not show the learner's
+    own progress as an excursion."""
+    rising = [float(i % 10 < 3 + 5 * i // 4_000) for i in range(4_000)]  # 0.3 -> 0.8
+    both = PageHinkley(delta=0.05, threshold=1e9, min_samples=10)
+    down = PageHinkley(delta=0.05, threshold=1e9, min_samples=10, watch="decrease")
+    for x in rising:
+        both.update(x)
+        down.update(x)
+    assert both.statistic > 100 and down.statistic < 5
