@@ -30,10 +30,19 @@ from ray_app.collect.parse import (
     decode_body,
     key_owner,
     parse_request,
+    record_json,
     write_key_from_header,
 )
+from ray_app.collect.body import checked_json
 from validation.reasons import ReasonCode
-from validation.wire import INT_MAX, INT_MIN, MAX_NESTING_DEPTH, UnrepresentableNumber
+from validation.wire import (
+    INT_MAX,
+    INT_MIN,
+    MAX_NESTING_DEPTH,
+    UnrepresentableNumber,
+    WireError,
+    parse_call,
+)
 
 KEYS = {"demo": "k1", "web": "k2"}
 NOW = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -652,3 +661,46 @@ def test_reserve_covers_request_level_dlq_records_and_auth_failures_reserve_noth
     budget = Budget(10**9)
     p = parse("batch", mixed_batch(3), auth="nope", reserve=budget)
     assert p.status == 401 and p.reserved == 0 and budget.asked == []
+
+
+# -- the record: the call's JSON with the collector's fields set over it ------------------------
+
+OURS = ["schema", "messageId", "timestamp", "receivedAt", "source", "userKey",
+        "originalTimestamp", "sessionId", "seq", "stepId"]  # fmt: skip
+
+
+def _each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), f"a key twice in the record: {keys}"
+    return dict(pairs)
+
+
+@fast(1500)
+@given(
+    raw=event_like,
+    clash=st.dictionaries(st.sampled_from(OURS), small_values, max_size=4),
+    ours=st.lists(st.sampled_from(OURS), unique=True),
+    route=st.sampled_from([None, "track", "identify"]),
+)
+def test_the_record_is_the_calls_json_with_the_collectors_fields_set_over_it(
+    raw, clash, ours, route
+):
+    """``record_json`` joins pydantic's JSON of the call (without the collector's keys) and the
+    collector's fields: the same object as the call's ``model_dump`` updated with them, each key
+    once, whatever extra top-level keys (``schema``, ``stepId``, ``seq``...) the client sent."""
+    raw = {**clash, **raw, "userId": "u-1"}
+    try:
+        checked_json(raw)  # what the collector refuses before it builds a call
+        call = parse_call(raw, route)
+    except WireError:
+        return
+    mine = {k: f"set-{k}" for k in ours}
+    got = json.loads(record_json(call, mine), object_pairs_hook=_each_key_once)
+    assert got == {**call.model_dump(mode="json", exclude_none=True), **mine}
+
+
+def test_record_json_on_a_call_with_clashing_extras_and_empty_parts():
+    call = parse_call({"type": "track", "event": "e", "userId": "u", "schema": "x", "seq": 3})
+    got = json.loads(record_json(call, {"schema": "s", "seq": 4}), object_pairs_hook=_each_key_once)
+    assert got == {**call.model_dump(mode="json", exclude_none=True), "schema": "s", "seq": 4}
+    assert json.loads(record_json(call, {})) == call.model_dump(mode="json", exclude_none=True)
