@@ -421,7 +421,7 @@ def _normalize(
         candidate = props.get("stepId")
         step_id = candidate if isinstance(candidate, str) and candidate else None
     user_key = call.user_key
-    ours = {
+    ours: dict[str, Any] = {
         "schema": EVENT_SCHEMA,
         "messageId": message_id,
         "timestamp": timestamp_iso,

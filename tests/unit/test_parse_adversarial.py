@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ray_app.collect.parse as parse_module
+from ray_app.collect.body import checked_json
 from ray_app.collect.parse import (
     RECORD_OVERHEAD_BYTES,
     Limits,
@@ -33,7 +34,6 @@ from ray_app.collect.parse import (
     record_json,
     write_key_from_header,
 )
-from ray_app.collect.body import checked_json
 from validation.reasons import ReasonCode
 from validation.wire import (
     INT_MAX,
