@@ -277,7 +277,8 @@ class LearnSettings(_Section):
         "stream's outcomes arrive (with a quarter more and 0.25 s to spare), and at most this "
         "long; outcomes later than the wait are not fed (counted). Every second of wait delays a "
         "drift alert by a second of traffic. Was a fixed 5 s: tuned to users who answer within "
-        "a second, it fed a product whose steps take 20 s nothing at all.",
+        "a second, it fed a product that reports abandonments 20 s after completions only the "
+        "completions, and found no drift.",
     )
     drift_settle_quantile: float = Field(
         0.99,

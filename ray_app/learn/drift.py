@@ -164,36 +164,35 @@ class RewardRateDrift:
     they arrive from the reward topic.
 
     **What is fed.** Explicit outcomes only (``completed``, ``converted``, ``abandoned``...): they
-    arrive seconds after their decision (how many depends on the product). A ``timeout`` is not fed: it arrives a whole
-    attribution window (plus the allowed lateness) after its decision, and fed then, a wave of
-    timeouts after a wave of completions looks like a fall of the rate; the guardrail against
-    the static flow counts them. The ``holdout`` arm is not fed.
+    arrive seconds after their decision (how many depends on the product). A ``timeout`` is not
+    fed: it arrives a whole attribution window (plus the allowed lateness) after its decision,
+    and fed then, a wave of timeouts after a wave of completions looks like a fall of the rate;
+    the guardrail against the static flow counts them. The ``holdout`` arm is not fed.
 
-    **In which order.** In decision-time order, ``settle_ms`` after the decision: a record is
-    held until a reward of a decision made ``settle_ms`` later has arrived (decision time is
-    the clock: replays and lagging consumers see the same order). Fed in arrival order, a stream
-    whose completions come faster than its abandonments begins richer in completions than it
-    is, and so does every restart of traffic after a pause: simulated with completions after
-    1 s and abandonments after 3 s (log-normal) at 200 users/s, the arrival order fired a
-    spurious ``decrease`` within seconds in 20 runs out of 20; in decision-time order the rate
-    of what is fed is the rate of the decisions, from the first one. An explicit outcome that
-    arrives after its decision's turn (later than the settle) is counted in :attr:`late` and
-    not fed.
+    **In which order.** In decision-time order, a settle after the decision (below): a record is
+    held until a reward of a decision made a settle later has arrived (decision time is the
+    clock: replays and lagging consumers see the same order). Fed in arrival order, a stream
+    whose completions come faster than its abandonments begins richer in completions than it is,
+    and so does every restart of traffic after a pause: simulated with completions after 1 s and
+    abandonments after 3 s (log-normal) at 200 users/s, the arrival order fired a spurious
+    ``decrease`` within seconds in 20 runs out of 20; in decision-time order the rate of what is
+    fed is the rate of the decisions, from the first one. An explicit outcome that arrives after
+    its decision's turn (later than the settle) is counted in :attr:`late` and not fed.
 
-    **How long it waits.** With ``settle_quantile`` (the service's default, 0.99) the settle
-    follows this stream's own outcomes: how far behind the clock each explicit outcome arrives
-    (the latest decision time seen, less its own) is kept for the last
-    ``SETTLE_WINDOW`` outcomes, and the detector waits for that quantile of it, with a quarter
-    more and ``SETTLE_PAD_MS`` to spare, and at most ``settle_ms``. Until it has watched
-    ``settle_ms`` of decision time (and ``SETTLE_MIN_OBSERVED`` outcomes) it waits all of
-    ``settle_ms``: the first outcomes to arrive are the quickest, and a settle fitted to them
-    would feed completions and leave the later abandonments out (on the learning twin, with
-    abandonments reported 20 s after completions, that fired a false ``decrease`` at user 3,200
-    on each of 4 seeds). A product whose users answer within a second or two is then watched
-    with a settle of two or three seconds; one that reports an abandoned step 20 s after a
-    completed one waits 25 s, where a fixed 5 s fed it completions only, and no drift was ever
-    found. Every second of settle is a second of traffic before an alert. Without
-    ``settle_quantile`` it waits ``settle_ms``.
+    **How long it waits.** With ``settle_quantile`` (the service's default, 0.99) the settle follows
+    this stream's own outcomes: how far behind the clock each explicit outcome arrives (the
+    latest decision time seen, less its own) is kept for the last ``SETTLE_WINDOW`` outcomes,
+    and the detector waits for that quantile of it, with a quarter more and ``SETTLE_PAD_MS`` to
+    spare, and at most ``settle_ms``. Until it has watched ``settle_ms`` of decision time (and
+    ``SETTLE_MIN_OBSERVED`` outcomes) it waits all of ``settle_ms``: the first outcomes to
+    arrive are the quickest, and a settle fitted to them would feed completions and leave the
+    later abandonments out (on the learning twin, with abandonments reported 20 s after
+    completions, that fired a false ``decrease`` at user 3,200 on each of 4 seeds). A product
+    whose users answer within a second or two is then watched with a settle of a few seconds
+    (3.5 s on the learning twin); one that reports an abandoned step 20 s after a completed one
+    waits about 27 s, where a fixed 5 s fed it completions only, and no drift was ever found.
+    Every second of settle is a second of traffic before an alert. Without ``settle_quantile``
+    it waits ``settle_ms``.
 
     :meth:`update` returns the alerts of the records it fed, as ``(kind, detail)``:
     ``("control_reward_rate", {"change": "increase" | "decrease", "sinceMs": ...})`` and
