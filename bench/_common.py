@@ -158,7 +158,7 @@ def wrk(
         # wrk has exited by now: its CPU is this process's waited-for children's
         spent = os.times()
         wrk_s = spent.children_user + spent.children_system - mine.children_user
-        after[("wrk", "wrk")] = round((wrk_s - mine.children_system) / _TICK_S)
+        after["wrk"] = ("wrk", round((wrk_s - mine.children_system) / _TICK_S))
         cores = cores_by_process(before, after, seconds)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("ONRAMP_WRK ")]
     if out.returncode != 0 or not lines:
@@ -212,10 +212,12 @@ def _process_label(pid: str) -> str:
     return os.path.basename(argv0.split(" ", 1)[0]) or "?"
 
 
-def cpu_ticks() -> dict[tuple[str, str], int]:
-    """User + system CPU ticks of every process now, by (pid, label) (Linux ``/proc``; empty
-    elsewhere). Two snapshots give what each process spent between them, threads included."""
-    out: dict[tuple[str, str], int] = {}
+def cpu_ticks() -> dict[str, tuple[str, int]]:
+    """User + system CPU ticks of every process now: pid -> (label, ticks) (Linux ``/proc``;
+    empty elsewhere). Two snapshots give what each process spent between them, threads
+    included. Processes are matched by pid, not label: a Ray actor's title names the method it
+    runs (``ray::ServeController.listen_for_change``), so it changes between snapshots."""
+    out: dict[str, tuple[str, int]] = {}
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
@@ -226,23 +228,36 @@ def cpu_ticks() -> dict[tuple[str, str], int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        out[(pid, _process_label(pid))] = int(fields[11]) + int(fields[12])  # utime + stime
+        out[pid] = (_process_label(pid), int(fields[11]) + int(fields[12]))  # utime + stime
     return out
 
 
 def cores_by_process(
-    before: dict[tuple[str, str], int], after: dict[tuple[str, str], int], seconds: float
+    before: dict[str, tuple[str, int]], after: dict[str, tuple[str, int]], seconds: float
 ) -> dict[str, float]:
     """Cores each kind of process used between two :func:`cpu_ticks` snapshots ``seconds``
-    apart (CPU seconds / wall seconds), by label, the busiest first; those under 0.02 cores are
-    added up as ``other``, and ``total`` is the sum (at most the machine's cores)."""
+    apart (CPU seconds / wall seconds), by label (the first snapshot's, up to a ``.method``
+    suffix), the busiest first; those under 0.02 cores are added up as ``other``, and ``total``
+    is the sum (at most the machine's cores). A process born between the snapshots counts
+    whole.
+
+    >>> ticks = 1 / _TICK_S  # a second of CPU
+    >>> before = {"7": ("ray::A.f", 0), "9": ("tansu-v0.6", 0)}
+    >>> after = {"7": ("ray::A.g", ticks // 2), "8": ("x", ticks // 10), "9": ("tansu-v0.6", 0)}
+    >>> cores_by_process(before, after, 1.0)
+    {'ray::A': 0.5, 'x': 0.1, 'other': 0, 'total': 0.6}
+    """
     if seconds <= 0:
         return {}
     used: dict[str, float] = {}
-    for key, ticks in after.items():
-        spent = (ticks - before.get(key, 0)) * _TICK_S / seconds
+    for pid, (label, ticks) in after.items():
+        first = before.get(pid)
+        name = first[0] if first else label
+        if name.startswith("ray::"):
+            name = name.split(".", 1)[0]  # the actor, not the method it ran
+        spent = (ticks - (first[1] if first else 0)) * _TICK_S / seconds
         if spent > 0:
-            used[key[1]] = used.get(key[1], 0.0) + spent
+            used[name] = used.get(name, 0.0) + spent
     top = {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.02}
     top["other"] = round(sum(v for v in used.values() if v < 0.02), 2)
     top["total"] = round(sum(used.values()), 2)
