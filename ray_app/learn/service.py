@@ -6,8 +6,9 @@ decision id, importance weights, guardrail slice, the comparison with the contro
 the drift detectors (:class:`~ray_app.learn.drift.RewardRateDrift`: Page-Hinkley on the reward
 rate of explicit outcomes once their decision's outcomes are in: the p99 of how late they
 arrive, at most ``learn.drift_settle_s``; PSI on the logged features; every detection is logged
-as an alert, and a change of the reward rate also raises exploration for ``learn.boost_rewards`` rewards) -> :meth:`OnlineLearner.maybe_publish` at most
-every ``learn.publish_interval_s`` (a treatment arm significantly below control is rolled back
+as an alert, and a change of the reward rate also raises exploration for
+``learn.boost_rewards`` rewards) -> :meth:`OnlineLearner.maybe_publish` at most every
+``learn.publish_interval_s`` (a treatment arm significantly below control is rolled back
 there, logged at WARNING and counted) -> write the model file (temporary file + rename: the
 decision replicas watching it never read half of one) and the learner's state (weights,
 optimizer, reward offsets, dedupe memory) the same way.

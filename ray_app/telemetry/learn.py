@@ -7,10 +7,6 @@ from typing import Any
 __all__ = ["learner_metrics_text"]
 
 
-def _ms_to_s(ms: Any) -> float | None:
-    return ms / 1000 if isinstance(ms, int | float) else None
-
-
 def learner_metrics_text(status: dict[str, Any]) -> str:
     """Render the learner's ``status()`` as Prometheus text.
 
@@ -36,6 +32,7 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
     """
     arms = status.get("arms", {})
     drift = status.get("drift", {})
+    settle_ms = drift.get("settleMs")
     counters = status.get("counters", {})
     lines = [
         "# HELP onramp_learner_model_version Version of the last published weights.",
@@ -85,7 +82,7 @@ def learner_metrics_text(status: dict[str, Any]) -> str:
         "# HELP onramp_drift_settle_seconds How long the reward-rate detector waits for a "
         "decision's outcomes (the p99 of their lateness, at most learn.drift_settle_s).",
         "# TYPE onramp_drift_settle_seconds gauge",
-        f"onramp_drift_settle_seconds {_num(_ms_to_s(drift.get('settleMs')))}",
+        f"onramp_drift_settle_seconds {_num(None if settle_ms is None else settle_ms / 1000)}",
         "# HELP onramp_drift_outcomes_total Explicit outcomes the reward-rate detector was fed, "
         "and those that came after their turn (not fed).",
         "# TYPE onramp_drift_outcomes_total counter",
