@@ -151,8 +151,15 @@ def main() -> dict[str, Any]:
             head_node_args={
                 "num_cpus": 1,
                 "include_dashboard": False,
-                # 2 shared cores can starve a raylet for seconds: do not declare it dead for that
-                "_system_config": {"health_check_failure_threshold": 20},
+                # 2 shared cores can starve a raylet for seconds: do not declare it dead for that.
+                # A check of a starved raylet fails only at its timeout (10 s): 20 of them in a
+                # row take over 200 s. A killed raylet refuses the check at once: 20 checks
+                # 0.5 s apart declare it dead in ~10 s (at Ray's 3 s period, 60 s of waiting for
+                # Serve to replace the decision replica that was on it).
+                "_system_config": {
+                    "health_check_failure_threshold": 20,
+                    "health_check_period_ms": 500,
+                },
             },
         )
         nodes = [cluster.add_node(num_cpus=1)]
@@ -274,6 +281,9 @@ def main() -> dict[str, Any]:
         result["users"] = len(live)
         assert len(live) == len(reference) >= 100, (len(live), len(reference))
         assert live == reference, "live profiles differ from one ordered pass"
+        # the closed producer and consumer still hold connections, and Tansu waits for its
+        # clients on SIGTERM: it would be killed after 5 s anyway
+        broker.stop(timeout_s=2)
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 
