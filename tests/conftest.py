@@ -3,7 +3,6 @@ expensive on 2 cores); everything is started lazily, only when an integration te
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -47,10 +46,6 @@ def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as b:
         ensure_topics(b.bootstrap, make_settings(b.bootstrap).kafka)
         yield b
-        # Tansu waits for its clients to hang up on SIGTERM (those of this process never all
-        # do), so it is killed in the end anyway: after 2 s, not the default 5 s
-        with contextlib.suppress(Exception):
-            b.stop(timeout_s=2)
 
 
 @pytest.fixture(scope="session")
