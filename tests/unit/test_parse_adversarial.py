@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ray_app.collect.parse as parse_module
-from ray_app.collect.body import checked_json
+from ray_app.collect.body import _may_hold_long_ints, checked_json
 from ray_app.collect.parse import (
     RECORD_OVERHEAD_BYTES,
     Limits,
@@ -34,6 +34,7 @@ from ray_app.collect.parse import (
     record_json,
     write_key_from_header,
 )
+from ray_app.collect.rejection import RequestRejected
 from validation.reasons import ReasonCode
 from validation.wire import (
     INT_MAX,
@@ -378,6 +379,67 @@ def test_the_plain_decoder_shortcut_reads_numbers_as_the_hooked_one(literals):
     assert _plain(decode_body(body, None, DEFAULT_LIMITS)) == _plain(
         parse_module._DECODER.decode(body.decode())
     )
+
+
+class _Token(tuple):
+    """A bracket or a key in :func:`_exact`'s list (never a decoded value)."""
+
+
+def _exact(value: Any) -> list[Any]:
+    """``value`` as a flat list (brackets, keys, :func:`_plain` leaves, in order), built
+    without recursion: bodies nest deeper than Python's stack."""
+    out: list[Any] = []
+    stack: list[Any] = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, _Token):
+            out.append(v)
+        elif isinstance(v, dict):
+            out.append(_Token("{"))
+            stack.append(_Token("}"))
+            for k, item in reversed(list(v.items())):
+                stack.extend([item, _Token(("key", k))])
+        elif isinstance(v, list):
+            out.append(_Token("["))
+            stack.append(_Token("]"))
+            stack.extend(reversed(v))
+        else:
+            out.append(_plain(v))
+    return out
+
+
+@fast(1500)
+@given(value=json_values, ascii=st.booleans(), pad=st.sampled_from(["", " ", "\n\t "]))
+def test_a_body_decodes_as_the_hooked_standard_decoder_reads_it(value, ascii, pad):
+    # orjson decodes nearly every body (no long integer); whatever it refuses (non-finite or
+    # long numbers, lone surrogates, nesting past 1,024 levels) falls to the hooked decoder.
+    # Either way the value, its markers and the error's reason code are the hooked decoder's,
+    # except that orjson reads nesting the standard library's recursion cannot (it refused the
+    # whole body; now the events that hold it are refused, by depth, one by one).
+    body = (pad + encode(value, ascii) + pad).encode("utf-8", "surrogatepass")
+    too_deep = False
+    expected: Any
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:  # raw lone surrogates
+        expected = ReasonCode.INVALID_UTF8
+    else:
+        try:
+            expected = parse_module._DECODER.decode(text)
+        except RecursionError:
+            too_deep, expected = True, ReasonCode.INVALID_JSON
+        except ValueError:
+            expected = ReasonCode.INVALID_JSON
+    try:
+        got: Any = decode_body(body, None, DEFAULT_LIMITS)
+    except RequestRejected as exc:
+        got = exc.rejection.reason
+    if too_deep and got is not ReasonCode.INVALID_JSON:
+        assert isinstance(got, list | dict) and not _may_hold_long_ints(body)
+    elif isinstance(expected, ReasonCode):
+        assert got is expected
+    else:
+        assert _exact(got) == _exact(expected)
 
 
 # -- each case that once raised --------------------------------------------------------------
