@@ -13,8 +13,9 @@ less than the standard library's decoder, 14.7 -> 13.7 us an event parsed). It r
 exactly as the hooked decoder does: every number literal in it is an int64 or shorter than
 ``MAX_NUMBER_CHARS``, and orjson refuses what the hooks and errors are for (non-finite numbers,
 ``NaN``, lone surrogates, a BOM, nesting past 1,024 levels), which then goes to the hooked
-decoder. The one difference: nesting the standard library's recursion limit refuses for the
-whole body, orjson reads, and the events that hold it are refused one by one.
+decoder. The one difference: a body nested deeper than the standard library's recursion allows
+(but within 1,024 levels) was refused whole; orjson reads it, and each event holding such
+nesting is refused by depth.
 
 >>> decode_body(b'{"n": 1, "big": 99999999999999999999}', None, Limits())
 {'n': 1, 'big': UnrepresentableNumber('99999999999999999999')}
