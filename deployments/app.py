@@ -83,6 +83,7 @@ def ingress_options(settings: Settings) -> dict[str, Any]:
             "target_ongoing_requests": d.target_ongoing_requests,
             "upscale_delay_s": d.upscale_delay_s,
             "downscale_delay_s": d.downscale_delay_s,
+            "look_back_period_s": d.look_back_period_s,
         },
         "ray_actor_options": actor,
     }

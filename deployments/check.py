@@ -315,7 +315,8 @@ def serve_config_problems(config: dict[str, Any]) -> list[str]:
                 problems += [
                     f"{there}.{key}: set by Onramp's settings (decide.min_replicas, "
                     "max_replicas, target_ongoing_requests, upscale_delay_s, downscale_delay_s, "
-                    "replica_cpus, replica_resources; collector.replicas): set them in "
+                    "look_back_period_s, replica_cpus, replica_resources; collector.replicas): "
+                    "set them in "
                     f"{here}.args.settings; a value here would override them silently"
                     for key in SETTINGS_OWNED
                     if key in dep

@@ -99,6 +99,13 @@ class DecideSettings(_Section):
     downscale_delay_s: float = Field(
         600.0, ge=0, description="Autoscaling: how long it must stay low to remove replicas."
     )
+    look_back_period_s: float = Field(
+        30.0,
+        gt=10,
+        description="Autoscaling: the window Serve averages ongoing requests over (shorter "
+        "reacts to a change of load sooner, and to a short burst too); more than Serve's 10 s "
+        "metrics interval.",
+    )
     replica_cpus: float = Field(
         0.25, gt=0, description="CPUs each ingress replica reserves from Ray (2 on a cluster)."
     )

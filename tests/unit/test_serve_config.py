@@ -37,6 +37,7 @@ def test_shipped_config_passes_serve_schema_and_the_strict_check(config):
     auto = options["autoscaling_config"]
     assert auto["min_replicas"] >= 1 and auto["max_replicas"] > auto["min_replicas"]
     assert auto["initial_replicas"] == 2 and auto["downscale_delay_s"] == 300
+    assert auto["look_back_period_s"] == 30.0  # Serve's own default, from decide.*
     assert options["ray_actor_options"] == {"num_cpus": 2, "resources": {"onramp_decide": 1}}
     assert set(collector.user_config) <= set(USER_CONFIG_KEYS["Collector"])
     assert apps["onramp-stream"].deployments[0].num_replicas == 1
