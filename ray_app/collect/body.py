@@ -2,8 +2,8 @@
 wire contract's bounds on the JSON of each event (nesting, numbers, lone surrogates).
 
 The bounds cost little on the hot path (about 1.3 us per event): the decoder puts a marker in
-place of a number out of range (no exception, no whole-body failure; its hook on integers runs
-only for a body holding a run of 19 digits), orjson's encoding of each event (needed for its
+place of a number out of range (no exception, no whole-body failure; it runs only for a body
+holding a run of 19 digits or one orjson refuses, below), orjson's encoding of each event (needed for its
 size anyway) refuses markers, surrogates and very deep values, and only an event whose encoding
 holds more than 32 brackets gets an iterative depth scan. The field is looked for only once an
 event is refused.
@@ -93,11 +93,6 @@ def _decode_float(text: str) -> float | UnrepresentableNumber:
 _DECODER = json.JSONDecoder(
     parse_int=_decode_int, parse_float=_decode_float, parse_constant=UnrepresentableNumber
 )
-# Without the hook on integers (one Python call each, and events hold many): for bodies in which
-# no integer can be out of range, which is nearly all of them.
-_SHORT_INTS_DECODER = json.JSONDecoder(
-    parse_float=_decode_float, parse_constant=UnrepresentableNumber
-)
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 
 
@@ -105,8 +100,9 @@ def _may_hold_long_ints(body: bytes) -> bool:
     """False when every integer literal in ``body`` is an int64, judged at C speed.
 
     One with at most 18 digits is; a longer one needs a run of 19 digits somewhere in the body.
-    Digits inside strings only give false alarms, which cost the hook's time and nothing else.
-    (Float literals always go through their hook: there are few of them.)
+    Digits inside strings only give false alarms, which cost the hooked decoder's time and
+    nothing else. Without such a run no number literal is longer than 58 characters either
+    (under ``MAX_NUMBER_CHARS``), so orjson reads every number as the hooks would.
     """
     return b"0" * 19 in body.translate(_DIGITS_AS_ZERO)
 
@@ -115,8 +111,9 @@ def decode_body(body: bytes, content_encoding: str | None, limits: Limits) -> An
     """Bytes -> JSON value; raises :class:`RequestRejected` with the reason code.
 
     Numbers no event may carry are decoded as :class:`~validation.wire.UnrepresentableNumber`
-    markers, so that only the event holding one is refused; the hook on integers runs only for a
-    body that may hold a long one (:func:`_may_hold_long_ints`).
+    markers, so that only the event holding one is refused; a body that cannot hold a long
+    integer (:func:`_may_hold_long_ints`) is read by orjson, and by the hooked decoder only if
+    orjson refuses it.
     """
     if len(body) > limits.max_request_bytes:
         raise RequestRejected(
@@ -153,7 +150,7 @@ def decode_body(body: bytes, content_encoding: str | None, limits: Limits) -> An
             )
         ) from None
     try:
-        return (_DECODER if _may_hold_long_ints(body) else _SHORT_INTS_DECODER).decode(text)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         msg = f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
     except RecursionError:

@@ -374,7 +374,7 @@ number_literals = st.one_of(
 
 @fast(1000)
 @given(literals=st.lists(number_literals, min_size=1, max_size=6))
-def test_the_plain_decoder_shortcut_reads_numbers_as_the_hooked_one(literals):
+def test_the_orjson_shortcut_reads_numbers_as_the_hooked_decoder(literals):
     body = ("[" + ",".join(literals) + "]").encode()
     assert _plain(decode_body(body, None, DEFAULT_LIMITS)) == _plain(
         parse_module._DECODER.decode(body.decode())
