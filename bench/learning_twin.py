@@ -11,7 +11,10 @@ runs the same pieces in one process with a simulated clock, about 20 s per seed:
   ``context.traits`` as the world says, then ``welcome`` viewed and completed) go through the
   collector's own parsing (:func:`~ray_app.collect.parse.parse_request`), the stream's decoder
   and ``apply`` into a :class:`~ray_app.state.profile.Profile`, featurized by the serving
-  :class:`~ray_app.features.FeatureSchema` at the decision time;
+  :class:`~ray_app.features.FeatureSchema` at the decision time, whose hashing has each
+  run's own seed (``--hash-seed``: which tokens share a bucket moves a world's curve by a few
+  hundredths, and a mean over world seeds under one hash seed is one draw of it; ``--hash-seed
+  0`` is the shipped hashing);
 * the shipped settings: the :class:`~ray_app.learn.learner.OnlineLearner` is configured from
   ``load_settings(env={})`` by the learner service's own code, and the policy as the decision
   replicas build it (``decide.policy``, ``decide.epsilon``, raised by the learner's published
@@ -93,6 +96,15 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--treatment-share", type=float, default=0.9)
     ap.add_argument("--no-vw", action="store_true", help="skip the Vowpal Wabbit baselines")
     ap.add_argument(
+        "--hash-seed",
+        type=hash_seed_arg,
+        default="run",
+        metavar="run|N",
+        help="the feature hashing's seed (catalog features.hash_seed): 'run' (the default) "
+        "gives each run its world seed, so that a mean over seeds is also a mean over which "
+        "tokens collide; N gives every run seed N (0: the shipped hashing)",
+    )
+    ap.add_argument(
         "--save-model",
         metavar="PREFIX",
         default=None,
@@ -153,6 +165,40 @@ def parser() -> argparse.ArgumentParser:
         help="signal the drift this long after it instead of running the shipped detector",
     )
     return ap
+
+
+def hash_seed_arg(text: str) -> str | int:
+    """``--hash-seed``: ``run`` or an integer in [0, 2**32).
+
+    >>> hash_seed_arg("run"), hash_seed_arg("0")
+    ('run', 0)
+    """
+    if text == "run":
+        return text
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 1 << 32:
+        raise argparse.ArgumentTypeError(
+            f"expected 'run' or an integer in [0, 2**32), got {text!r}"
+        )
+    return seed
+
+
+def twin_catalog(hash_seed: int) -> Any:
+    """The shipped catalog, its features hashed with ``hash_seed`` (0: the shipped catalog).
+
+    >>> twin_catalog(0).features is None, twin_catalog(3).features["hash_seed"]
+    (True, 3)
+    """
+    from ray_app.catalog import Catalog, load_catalog
+
+    catalog = load_catalog()
+    if not hash_seed:
+        return catalog
+    features = {**(catalog.features or {}), "hash_seed": hash_seed}
+    return Catalog.from_dict({**catalog.as_dict(), "features": features}, source="twin")
 
 
 def learner_sets(pairs: list[str]) -> dict[str, Any]:
@@ -298,7 +344,6 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     import torch
 
     from bench.vw_baseline import run_all
-    from ray_app.catalog import load_catalog
     from ray_app.config import load_settings
     from ray_app.decide import policy_for
     from ray_app.enrich import DEFAULTS
@@ -316,7 +361,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     shipped = load_settings(env={})
     d = shipped.decide
     model_poll_s = d.model_poll_s if args.model_poll_s is None else args.model_poll_s
-    catalog = load_catalog()
+    catalog = twin_catalog(seed if args.hash_seed == "run" else args.hash_seed)
     schema = FeatureSchema.from_catalog(catalog)
     config = learner_config(_overrides(args))
     if args.start_model:

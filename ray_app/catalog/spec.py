@@ -74,6 +74,7 @@ class FeaturesSpec(_Spec):
     categorical: list[str] = []
     crosses: bool = True
     cross_fields: int = 12
+    hash_seed: int = 0
 
 
 class CatalogSpec(_Spec):

@@ -128,7 +128,7 @@ class FeatureSchema:
 
     def bucket(self, token: str) -> int:
         """Position of a hashed token's bucket (e.g. ``t:role=admin``, ``x:device=mobile``)."""
-        return self._hashed + bucket(token, self.hashing.buckets)
+        return self._hashed + bucket(token, self.hashing.buckets, self.hashing.hash_seed)
 
     def tokens(
         self,

@@ -476,3 +476,12 @@ def test_negative_events_and_features_sections():
         Catalog.from_dict({**base, "features": {"buckets": 3}})
     with pytest.raises(CatalogError, match="unknown key"):
         Catalog.from_dict({**base, "features": {"bucket": 3}})
+    # a hash seed is part of the catalog and the schema; seed 0 leaves both as they were
+    seeded = Catalog.from_dict({**base, "features": {"hash_seed": 7}})
+    assert seeded.features is not None and seeded.features["hash_seed"] == 7
+    assert FeatureSchema.from_catalog(seeded).hashing.hash_seed == 7
+    plain = Catalog.from_dict({**base, "features": {"buckets": 512}})
+    same = Catalog.from_dict({**base, "features": {"buckets": 512, "hash_seed": 0}})
+    assert plain.digest == same.digest and "hash_seed" not in (same.features or {})
+    with pytest.raises(CatalogError, match=r"features: features.hash_seed must be an integer"):
+        Catalog.from_dict({**base, "features": {"hash_seed": -3}})

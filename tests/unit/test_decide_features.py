@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import zlib
 
 import numpy as np
 import pytest
@@ -89,6 +90,27 @@ def test_hash_changes_with_steps_hashing_and_version():
         FeatureSchema(STEPS, version=FEATURE_VERSION + 1).hash,
     }
     assert len(hashes) == 5
+
+
+def test_a_hash_seed_is_another_draw_of_the_collisions_and_seed_0_is_the_plain_crc():
+    # seed 0: the schema hash and the buckets of every release before the seed existed
+    assert Hashing(hash_seed=0) == Hashing() and "hash_seed" not in SCHEMA.hashing.as_dict()
+    assert SCHEMA.hash == FeatureSchema(STEPS, Hashing(hash_seed=0)).hash
+    start = SCHEMA.names.index("hash:0")
+    assert SCHEMA.bucket("t:role=admin") == start + zlib.crc32(b"t:role=admin") % 512
+    seeded = FeatureSchema(STEPS, Hashing(hash_seed=12345))
+    assert seeded.hash != SCHEMA.hash and seeded.dim == SCHEMA.dim
+    assert pickle.loads(pickle.dumps(seeded)) == seeded and pickle.loads(
+        pickle.dumps(seeded)).hash == seeded.hash  # fmt: skip
+    profile = {"traits": {"role": "admin", "seats": 40, "plan": "pro"}}
+    tokens = seeded.tokens(profile)
+    # the seed moves the singles and the crosses alike (the crosses' CRC runs on from a&)
+    assert hashed_of(seeded, seeded.featurize(profile)) == {seeded.bucket(t) for t in tokens}
+    moved = sum(seeded.bucket(t) != SCHEMA.bucket(t) for t in tokens)
+    assert moved >= len(tokens) - 2, (moved, len(tokens))
+    for bad in (-1, 1 << 32, 1.5, True, "1"):
+        with pytest.raises(ValueError, match=r"features\.hash_seed must be an integer"):
+            Hashing(hash_seed=bad)
 
 
 def test_a_growing_vocabulary_never_changes_the_layout():

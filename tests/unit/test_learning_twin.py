@@ -46,6 +46,23 @@ def test_a_second_run_starts_from_the_first_runs_model_file(tmp_path):
     assert second["curve"][0]["treatment"] > first["curve"][0]["treatment"] + 0.2
 
 
+def test_each_run_hashes_with_its_own_seed_unless_told():
+    from bench.learning_twin import twin_catalog
+    from ray_app.catalog import load_catalog
+    from ray_app.features import FeatureSchema
+
+    assert parser().parse_args([]).hash_seed == "run"
+    assert parser().parse_args(["--hash-seed", "0"]).hash_seed == 0
+    for bad in ("-1", "4294967296", "seed"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["--hash-seed", bad])
+    shipped = FeatureSchema.from_catalog(load_catalog())
+    assert FeatureSchema.from_catalog(twin_catalog(0)).hash == shipped.hash
+    seeded = FeatureSchema.from_catalog(twin_catalog(2))
+    assert seeded.hashing.hash_seed == 2 and seeded.hash != shipped.hash
+    assert seeded.bucket("t:crewSize=solo") != shipped.bucket("t:crewSize=solo")
+
+
 def test_set_overrides_any_learner_field_and_refuses_unknown_ones():
     from bench.learning_twin import learner_config, learner_sets
 
