@@ -22,7 +22,7 @@ def test_the_twin_learns_a_two_trait_world_it_has_never_seen():
     run = one_seed(twin_args(), seed=1)
     curve = {c["users"]: c for c in run["curve"]}
     # users 3,000-4,000: the model's picks capture a good share of the oracle's gain over the
-    # static flow (measured 0.57; VW with hand-written interactions: 0.69 on the same users)
+    # static flow (measured 0.60 with hash seed 1; VW with hand-written interactions: 0.69)
     assert curve[4000]["treatment"] > 0.3, run["curve"]
     assert curve[4000]["treatment"] > curve[1000]["treatment"] + 0.3
     assert run["learner_counters"]["control_rollbacks"] == 0  # it never fell below control
