@@ -43,6 +43,8 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -438,22 +440,29 @@ class StreamWorker:
     def profile(self, partition: int, user_key: str) -> dict[str, Any] | None:
         return self.profiles_of([(partition, user_key)])[0]
 
-    def profiles_of(self, keys: list[tuple[int, str]]) -> list[dict[str, Any] | None]:
-        """Many (partition, user key) lookups in one call: one actor round trip for a batch.
-        Queued on the state lock where the stream thread sees it (:meth:`_let_readers_in`)."""
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The state lock for a read from another thread (a profile read, the console's, the
+        status and size of the supervisor's health checks), queued where the stream thread sees
+        it between two chunks (:meth:`_let_readers_in`)."""
         self._readers.append(None)  # deque.append and pop are atomic
         try:
             with self._lock:
-                out = []
-                for partition, user_key in keys:
-                    shard = self.shards.get(partition)
-                    out.append(None if shard is None else shard.profile(user_key))
-                return out
+                yield
         finally:
             self._readers.pop()
 
+    def profiles_of(self, keys: list[tuple[int, str]]) -> list[dict[str, Any] | None]:
+        """Many (partition, user key) lookups in one call: one actor round trip for a batch."""
+        with self._reading():
+            out = []
+            for partition, user_key in keys:
+                shard = self.shards.get(partition)
+                out.append(None if shard is None else shard.profile(user_key))
+            return out
+
     def profiles(self, partition: int) -> dict[str, dict[str, Any]]:
-        with self._lock:
+        with self._reading():
             return self.shards[partition].profiles_as_dicts()
 
     def _update_lag(self) -> None:
@@ -467,7 +476,7 @@ class StreamWorker:
 
     def state_size(self) -> dict[str, int]:
         """Bytes of the snapshots of this worker's partitions and the users they hold."""
-        with self._lock:
+        with self._reading():
             return {
                 "bytes": sum(len(sh.snapshot(rebase=False)) for sh in self.shards.values()),
                 "users": sum(len(sh.profiles) for sh in self.shards.values()),
@@ -478,7 +487,7 @@ class StreamWorker:
         return dict(self.refused)
 
     def status(self) -> dict[str, Any]:
-        with self._lock:
+        with self._reading():
             return {
                 "worker": self.worker_id,
                 "partitions": {

@@ -7,29 +7,46 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from ray_app.stream import worker as worker_module
 from tests.unit.test_stream_poison import _produce, _worker, good, twin  # noqa: F401
 
 CHUNKS = 8
 
+#: Every read another thread makes under the state lock: the decisions' profile reads, the
+#: console's, and the supervisor's health checks (status and state size).
+READS: dict[str, Callable[[Any], Any]] = {
+    "profiles_of": lambda w: w.profiles_of([(0, "u1")])[0],
+    "profiles": lambda w: w.profiles(0)["u1"],
+    "status": lambda w: w.status()["partitions"]["0"],
+    "state_size": lambda w: w.state_size(),
+}
 
-def test_a_read_waiting_on_the_lock_gets_it_at_the_next_chunk(twin, tmp_path, monkeypatch):  # noqa: F811
+
+@pytest.mark.parametrize("kind", list(READS))
+def test_a_read_waiting_on_the_lock_gets_it_at_the_next_chunk(twin, tmp_path, monkeypatch, kind):  # noqa: F811
     # a generous wait, so that a loaded machine cannot make the handoff time out
     monkeypatch.setattr(worker_module, "_READERS_WAIT_S", 10.0)
     w, settings = _worker(tmp_path)
     n = worker_module._LOCK_CHUNK * CHUNKS
     _produce(twin, settings, settings.topics.events, [good(f"m{i}", i) for i in range(n)])
     shard = w.shards[0]
-    process = shard.process
+    process = type(shard).process
     started: list[int] = []
     answered: list[tuple[int, dict | None]] = []
     after_two: list[dict | None] = []
     reader: list[threading.Thread] = []
 
+    asked = threading.Event()
+
     def read() -> None:
-        [profile] = w.profiles_of([(0, "u1")])
-        answered.append((len(started), profile))
+        asked.set()
+        answer = READS[kind](w)
+        answered.append((len(started), answer))  # the chunks begun when it was answered
 
     class Busy:
         """The state lock, as a busy machine shows it to a reader: woken late (0.3 s), while
@@ -48,26 +65,32 @@ def test_a_read_waiting_on_the_lock_gets_it_at_the_next_chunk(twin, tmp_path, mo
 
     w._lock = Busy(w._lock)  # type: ignore[assignment]
 
-    def chunk(*args, **kwargs):  # called under the state lock
+    def chunk(self, *args, **kwargs):  # called under the state lock
         started.append(len(started))
         if len(started) == 2:  # a read arrives during the second chunk and waits on the lock
             reader.append(threading.Thread(target=read, name="reader"))
             reader[0].start()
-            while not w._readers:
-                pass
+            asked.wait(timeout=10)
+            # a read that queues does so before it reaches the lock; one that does not (the
+            # paths that took the plain lock) is still on its way (0.3 s) when the poll goes on
+            queued = time.monotonic() + 0.1
+            while not w._readers and time.monotonic() < queued:
+                time.sleep(0.001)
         if len(started) == 3:
             after_two.append(shard.profile("u1"))
-        return process(*args, **kwargs)
+        return process(self, *args, **kwargs)
 
-    monkeypatch.setattr(shard, "process", chunk)
+    # on the class: a shard holding a local function could not be pickled (state_size snapshots)
+    monkeypatch.setattr(type(shard), "process", chunk)
     w._process(w._consumer.poll(max_records=n))
     reader[0].join(timeout=30)
     assert len(started) == CHUNKS and w.next_offset[0] == n
     # answered between the second chunk and the third, from the state after two chunks
-    [(chunks_started, profile)] = answered
+    [(chunks_started, answer)] = answered
     assert chunks_started == 2
-    assert profile is not None and profile == after_two[0]
-    assert profile != shard.profile("u1")  # the poll went on after the read
+    if kind == "profiles_of":
+        assert answer is not None and answer == after_two[0]
+        assert answer != shard.profile("u1")  # the poll went on after the read
 
 
 def test_the_stream_waits_for_queued_readers_only_and_only_so_long(twin, tmp_path, monkeypatch):  # noqa: F811
