@@ -63,6 +63,16 @@ def test_each_run_hashes_with_its_own_seed_unless_told():
     assert seeded.bucket("t:crewSize=solo") != shipped.bucket("t:crewSize=solo")
 
 
+def test_the_mean_curve_says_how_sure_its_treatment_figure_is():
+    from bench.learning_twin import _mean_curve
+
+    runs = [{"curve": [{"users": 1000, "treatment": t, "vw_cubic": None}]} for t in (0.4, 0.6, 0.8)]
+    [row] = _mean_curve(runs)
+    assert row["treatment"] == 0.6 and row["vw_cubic"] is None
+    assert row["treatment_se"] == round(0.2 / 3**0.5, 4)  # stdev 0.2 over 3 runs
+    assert _mean_curve(runs[:1])[0]["treatment_se"] is None  # one run: no error to give
+
+
 def test_set_overrides_any_learner_field_and_refuses_unknown_ones():
     from bench.learning_twin import learner_config, learner_sets
 
