@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ray_app.features.featurize import EVENT_COUNTS, fill_row
-from ray_app.features.hashing import DEFAULT_HASHING, Hashing, bucket, hashed_tokens
+from ray_app.features.hashing import DEFAULT_HASHING, Hashing, hashed_tokens
 
 if TYPE_CHECKING:
     from ray_app.catalog import Catalog
@@ -128,7 +128,7 @@ class FeatureSchema:
 
     def bucket(self, token: str) -> int:
         """Position of a hashed token's bucket (e.g. ``t:role=admin``, ``x:device=mobile``)."""
-        return self._hashed + bucket(token, self.hashing.buckets, self.hashing.hash_seed)
+        return self._hashed + self.hashing.token_buckets([token])[0]
 
     def tokens(
         self,
