@@ -84,6 +84,38 @@ def _first_forwards_late(recs: list[tuple[int, bytes, bytes]], late: set[int]) -
     return n
 
 
+def _stall_report(sup: StreamSupervisor, broker_bootstrap: str, settings, topic: str) -> str:
+    """Where the records stand when the workers fall short: per worker, each partition's next
+    offset, measured lag and record count beside the topic's end offset, the checkpoint each
+    partition was restored from and any error, so a stall names its partition."""
+    consumer = make_consumer(broker_bootstrap, settings.kafka)
+    try:
+        consumer.assign([(topic, p) for p in range(PARTITIONS)])
+        for _ in range(3):  # a fetch or two reports the end offsets
+            consumer.poll(0.3, 1)
+        ends: object = {p: consumer.highwater(topic, p) for p in range(PARTITIONS)}
+    except Exception as exc:  # the report must not hide the failure it explains
+        ends = repr(exc)
+    finally:
+        consumer.close()
+    lines = [f"topic end offsets: {ends}", f"restarts {sup.restarts}, generation {sup.generation}"]
+    try:
+        statuses = sup.status()
+    except Exception as exc:
+        return "\n".join([*lines, f"status failed: {exc!r}"])
+    for st in statuses:
+        lines.append(
+            f"worker {st['worker']}: error={st['error']!r} refused={st['refused']} "
+            f"restoredFrom={st['restoredFrom']} checkpoints={st['checkpoints']}"
+        )
+        for p, part in sorted(st["partitions"].items()):
+            lines.append(
+                f"  partition {p}: nextOffset={part['nextOffset']} lag={part['lag']} "
+                f"records={part['records']} buffered={part['buffered']}"
+            )
+    return "\n".join(lines)
+
+
 def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path):
     import ray
 
@@ -130,7 +162,9 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
                 kill_one()
                 kills += 1
         totals = sup.wait_for(produced, timeout_s=240)
-        assert totals["records"] == produced, totals
+        if totals.get("records") != produced:
+            report = _stall_report(sup, broker.bootstrap, settings, topic)
+            pytest.fail(f"{produced} records produced, totals {totals}\n{report}")
         assert kills == 5 and sup.restarts == 5 and sup.generation == 1
 
         # reconciliation: every record is exactly one thing; a forwarded event (an anonymous
