@@ -85,9 +85,9 @@ class LearnerConfig:
     drift_gamma_head_start: int = 1_000
     """After a drift restart (``drift_restart``), squarecb's ``gamma`` grows as if this many
     rewards had been learned already: the cold-start weights are the static flow, which is
-    worth exploring around, not away from (with ``gamma_scale`` 10, gamma 10 explores the
-    other actions of a cold start over half the time and 316 about a twentieth); the step
-    size still starts over."""
+    worth exploring around, not away from (gamma ``gamma_scale`` explores the other actions
+    of a cold start far more than ``gamma_scale * sqrt(1001)``); the step size still starts
+    over."""
     lr_decay_rewards: int = 3_000
     lr_decay_power: float = 0.5
     """The step size shrinks as the model learns: ``lr * (1 + n / lr_decay_rewards) **
@@ -115,12 +115,13 @@ class LearnerConfig:
     about them (:mod:`ray_app.learn.settling`), they are dropped for the cold-start weights as
     after a drift (counted as ``foreign_weights``).
     A rollback to the last good weights keeps the running settling and starts none."""
-    gamma_scale: float = 10.0
+    gamma_scale: float = 40.0
     gamma_exponent: float = 0.5
     """The ``gamma`` published for a ``squarecb`` policy: ``gamma_scale * (1 + n) **
     gamma_exponent``, ``n`` the rewards trained on since the learner started from a cold model,
-    or since the last drift or rollback below control (exploration starts over then); Vowpal
-    Wabbit's defaults."""
+    or since the last drift or rollback below control (exploration starts over then). The
+    exponent is Vowpal Wabbit's; its scale is 10, and 40 here because the optimism bonus
+    (``optimism``) already explores where the model is unsure (see ``LearnSettings``)."""
     optimism: float = 1.0
     """Published with the weights: a model arm's policy ranks by the logits plus this many times
     the scorer's uncertainty (:meth:`~ray_app.model.Scorer.uncertainty`, from the rewards each

@@ -64,10 +64,11 @@ def test_the_learner_publishes_a_growing_gamma_that_the_replicas_take():
         assert bundle is not None
         gammas.append(bundle.metadata["gamma"])
         assert policy_for(Policy("squarecb"), bundle.metadata).gamma == bundle.metadata["gamma"]
-    assert gammas == sorted(gammas) and gammas[0] > 10.0
+    scale = learner.config.gamma_scale
+    assert gammas == sorted(gammas) and gammas[0] > scale
     learner.drift()  # a drift: exploration starts over, around the cold-start weights
     assert learner.gamma() == pytest.approx(
-        10.0 * (1 + learner.config.drift_gamma_head_start) ** 0.5
+        scale * (1 + learner.config.drift_gamma_head_start) ** 0.5
     )
     # garbage in a model file's metadata leaves the policy as it was
     policy = Policy("squarecb", gamma=42.0)
