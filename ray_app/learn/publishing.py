@@ -167,11 +167,11 @@ class Publishing:
         >>> c = load_catalog()
         >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c))
         >>> learner.gamma()
-        10.0
+        40.0
         >>> learner.counters["trained"] += 99; learner.gamma()
-        100.0
+        400.0
         >>> learner.drift(); round(learner.gamma(), 1)  # a drift: starts over, around the cold start
-        316.4
+        1265.5
         """
         n = self.learned + self._schedule.head_start
         return float(self.config.gamma_scale * (1.0 + n) ** self.config.gamma_exponent)
