@@ -326,14 +326,19 @@ class StreamSupervisor:
             out["records"] -= out["control"] + out["relayed"]
         return out
 
-    def wait_for(self, records: int, timeout_s: float = 120.0) -> dict[str, int]:
+    def wait_for(
+        self, records: int, timeout_s: float = 120.0, stall_s: float | None = None
+    ) -> dict[str, int]:
         """Block until the workers have taken ``records`` records that clients wrote and the
         link, merge and forwarded records those caused (identity stitching) have settled: the
-        totals unchanged over two reads and no partition lagging (for tests and benchmarks)."""
+        totals unchanged over two reads and no partition lagging (for tests and benchmarks).
+        Gives up after ``timeout_s``, or sooner with ``stall_s`` when no record was taken for
+        that long (a slow drain may go on; a stuck one returns)."""
         deadline = time.monotonic() + timeout_s
         totals: dict[str, int] = {}
         previous: dict[str, int] | None = None
         steady = 0  # reads in a row with the same totals
+        taken, moved = -1, time.monotonic()  # records taken when they last grew, and when
         while time.monotonic() < deadline:
             try:
                 status = self.status()
@@ -349,6 +354,10 @@ class StreamSupervisor:
             # just wrote (links, merges) show up as lag or as taken before this returns (a
             # client's cached high watermarks can lag behind a produce for a fetch or two)
             if totals.get("records", 0) >= records and not lagging and steady >= 4:
+                return totals
+            if totals.get("records", 0) > taken:
+                taken, moved = totals.get("records", 0), time.monotonic()
+            elif stall_s is not None and time.monotonic() - moved >= stall_s:
                 return totals
             previous = totals
             time.sleep(0.25)

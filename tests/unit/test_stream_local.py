@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import threading
 import time
 
 import pytest
@@ -50,6 +51,34 @@ def _kill_and_wait(sup: StreamSupervisor, index: int) -> None:
     while sup.restarts == before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sup.restarts == before + 1, "the supervisor did not restart the killed worker"
+
+
+def test_wait_for_gives_up_on_a_stall_but_not_on_a_slow_drain(tmp_path):
+    broker = InMemoryBroker(partitions=PARTITIONS)
+    plan = TrafficPlan.build(SimSettings(users=40, seed=5))
+    records = plan.normalized(dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    sup = _supervisor(broker, tmp_path).start()
+    topic = sup.settings.topics.events
+    producer = InMemoryProducer(broker)
+    try:
+        producer.send_all([OutRecord(topic, v, key=k) for k, v in records]).result(5)
+        began = time.monotonic()  # more records than were sent: they never come
+        totals = sup.wait_for(len(records) + 1, timeout_s=30, stall_s=1.0)
+        assert totals["records"] == len(records)
+        assert time.monotonic() - began < 10, "a stall returns after stall_s, not the timeout"
+
+        def drip() -> None:  # a slow drain: a record every half second, under stall_s each
+            for k, v in records[:6]:
+                time.sleep(0.5)
+                producer.send_all([OutRecord(topic, v, key=k)]).result(5)
+
+        dripping = threading.Thread(target=drip)
+        dripping.start()
+        totals = sup.wait_for(len(records) + 6, timeout_s=30, stall_s=1.0)
+        dripping.join()
+        assert totals["records"] == len(records) + 6  # waited through the slow drain
+    finally:
+        sup.stop()
 
 
 def test_kills_and_a_rescale_keep_state_exact_in_process(tmp_path):
