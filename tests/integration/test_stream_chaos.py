@@ -86,33 +86,48 @@ def _first_forwards_late(recs: list[tuple[int, bytes, bytes]], late: set[int]) -
 
 def _stall_report(sup: StreamSupervisor, broker_bootstrap: str, settings, topic: str) -> str:
     """Where the records stand when the workers fall short: per worker, each partition's next
-    offset, measured lag and record count beside the topic's end offset, the checkpoint each
-    partition was restored from and any error, so a stall names its partition."""
-    consumer = make_consumer(broker_bootstrap, settings.kafka)
-    try:
-        consumer.assign([(topic, p) for p in range(PARTITIONS)])
-        for _ in range(3):  # a fetch or two reports the end offsets
-            consumer.poll(0.3, 1)
-        ends: object = {p: consumer.highwater(topic, p) for p in range(PARTITIONS)}
-    except Exception as exc:  # the report must not hide the failure it explains
-        ends = repr(exc)
-    finally:
-        consumer.close()
-    lines = [f"topic end offsets: {ends}", f"restarts {sup.restarts}, generation {sup.generation}"]
+    offset, measured lag and record count, the checkpoint it was restored from and any error;
+    then what a fresh consumer reads from each partition's next offset on (records there that
+    the worker has not taken: a worker that does not ask, if the fresh consumer gets them; a
+    broker that does not answer at that offset, if it gets none though the topic has more)."""
+    lines = [f"restarts {sup.restarts}, generation {sup.generation}"]
     try:
         statuses = sup.status()
     except Exception as exc:
         return "\n".join([*lines, f"status failed: {exc!r}"])
+    next_offsets: dict[int, int] = {}
     for st in statuses:
         lines.append(
             f"worker {st['worker']}: error={st['error']!r} refused={st['refused']} "
             f"restoredFrom={st['restoredFrom']} checkpoints={st['checkpoints']}"
         )
         for p, part in sorted(st["partitions"].items()):
+            next_offsets[int(p)] = part["nextOffset"]
             lines.append(
                 f"  partition {p}: nextOffset={part['nextOffset']} lag={part['lag']} "
                 f"records={part['records']} buffered={part['buffered']}"
             )
+    for label, start in (("from the next offsets", next_offsets), ("from 0", None)):
+        consumer = make_consumer(broker_bootstrap, settings.kafka)
+        try:
+            if start is None:
+                consumer.assign([(topic, p) for p in range(PARTITIONS)])
+            else:
+                consumer.assign_at({(topic, p): o for p, o in start.items()})
+            got: dict[int, list[int]] = {}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                for r in consumer.poll(0.5, 10_000):
+                    got.setdefault(r.partition, []).append(r.offset)
+            seen: object = {
+                p: (len(o), min(o), max(o), consumer.highwater(topic, p))
+                for p, o in sorted(got.items())
+            }
+        except Exception as exc:  # the report must not hide the failure it explains
+            seen = repr(exc)
+        finally:
+            consumer.close()
+        lines.append(f"a fresh consumer {label}: partition -> (records, first, last, end) {seen}")
     return "\n".join(lines)
 
 
