@@ -167,6 +167,10 @@ class StreamWorker:
         self.freshness = [0] * (len(FRESHNESS_BUCKETS_MS) + 1)
         self.freshness_sum_ms = 0.0
         self.lag: dict[int, int] = {}
+        self.redelivered: dict[int, int] = {}
+        self.offset_gaps: dict[int, int] = {}
+        """Per partition, since this worker started: records fetched again before the next
+        offset (dropped), and offsets skipped (see :meth:`_in_order`)."""
         self.error: str | None = None
         self.tracing = make_tracing(settings.telemetry, "stream")
         self.traced = 0
@@ -225,6 +229,10 @@ class StreamWorker:
                 decisions.setdefault(r.partition, []).append(r)
             else:
                 by_partition.setdefault(r.partition, []).append(r)
+        for p, recs in list(by_partition.items()):
+            by_partition[p] = self._in_order(p, recs, self.next_offset[p], "events")
+        for p, recs in list(decisions.items()):
+            decisions[p] = self._in_order(p, recs, self.shards[p].decision_offset, "decisions")
         outputs: list[OutRecord] = []
         # The lock is held per chunk, not per poll: profile reads (decisions waiting on them)
         # get in between. Only this thread checkpoints, so no checkpoint sees a half poll.
@@ -283,6 +291,40 @@ class StreamWorker:
         if outputs:  # acknowledged before any checkpoint can cover these offsets
             self._producer.send_all(outputs).result(timeout=_ACK_TIMEOUT_S)
         self._owed = []
+
+    def _in_order(self, p: int, recs: list[Any], expected: int, topic: str) -> list[Any]:
+        """A partition's records of this poll from its next offset on: records before it were
+        applied already (a client that fetched them again) and are dropped, counted in
+        ``redelivered``; offsets skipped past it (a broker's transaction markers or compaction,
+        else records the client never handed over) are counted in ``offsetGaps``, and logged,
+        so that records missing from the state show where they went."""
+        if recs and recs[0].offset < expected:
+            kept = [r for r in recs if r.offset >= expected]
+            self.redelivered[p] = self.redelivered.get(p, 0) + len(recs) - len(kept)
+            log.warning(
+                "worker %s: %s partition %d: %d records before the next offset %d delivered "
+                "again; not applied twice",
+                self.worker_id,
+                topic,
+                p,
+                len(recs) - len(kept),
+                expected,
+            )
+            recs = kept
+        if recs:
+            gap = recs[-1].offset + 1 - expected - len(recs)
+            if gap:
+                self.offset_gaps[p] = self.offset_gaps.get(p, 0) + gap
+                log.warning(
+                    "worker %s: %s partition %d: %d offsets skipped between %d and %d",
+                    self.worker_id,
+                    topic,
+                    p,
+                    gap,
+                    expected,
+                    recs[-1].offset,
+                )
+        return recs
 
     def _let_readers_in(self) -> None:
         """Between two chunks: wait until the profile reads queued on the state lock have had
@@ -492,6 +534,10 @@ class StreamWorker:
                 "worker": self.worker_id,
                 "partitions": {
                     str(p): partition_status(self.shards[p], self.next_offset[p], self.lag.get(p))
+                    | {
+                        "redelivered": self.redelivered.get(p, 0),
+                        "offsetGaps": self.offset_gaps.get(p, 0),
+                    }
                     for p in self.partitions
                 },
                 "refused": {str(p): why for p, why in self.refused.items()},

@@ -119,6 +119,12 @@ _FAMILIES = (
      "by Kafka."),
     ("onramp_stream_buffered_events", "gauge", "Events held in reorder buffers."),
     ("onramp_stream_consumer_lag_records", "gauge", "Records not yet taken, per partition."),
+    ("onramp_stream_redelivered_records_total", "counter",
+     "Records the Kafka client handed over again before a partition's next offset (not applied "
+     "twice), since the worker started."),
+    ("onramp_stream_offset_gaps_total", "counter",
+     "Offsets a partition's records skipped (transaction markers or compaction; else records "
+     "the client never handed over), since the worker started."),
 )  # fmt: skip
 
 _OUTCOMES = (
@@ -155,3 +161,5 @@ def _partition_samples(fam: dict[str, list[str]], p: str, st: dict[str, Any]) ->
     add("onramp_stream_buffered_events", st["buffered"])
     if st.get("lag") is not None:
         add("onramp_stream_consumer_lag_records", st["lag"])
+    add("onramp_stream_redelivered_records_total", st.get("redelivered", 0))
+    add("onramp_stream_offset_gaps_total", st.get("offsetGaps", 0))

@@ -105,7 +105,8 @@ def _stall_report(sup: StreamSupervisor, broker_bootstrap: str, settings, topic:
             next_offsets[int(p)] = part["nextOffset"]
             lines.append(
                 f"  partition {p}: nextOffset={part['nextOffset']} lag={part['lag']} "
-                f"records={part['records']} buffered={part['buffered']}"
+                f"records={part['records']} buffered={part['buffered']} "
+                f"redelivered={part['redelivered']} offsetGaps={part['offsetGaps']}"
             )
     for label, start in (("from the next offsets", next_offsets), ("from 0", None)):
         consumer = make_consumer(broker_bootstrap, settings.kafka)

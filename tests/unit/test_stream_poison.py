@@ -303,3 +303,27 @@ def test_a_batch_validation_that_raises_rejects_only_the_event_that_makes_it_rai
     assert (index, exc.reason.value) == (1, "unprocessable") and "pandera choked" in exc.message
     assert result.applied == 2
     assert shard.rates["u1"][1] == 2  # the failed attempt counted nobody twice
+
+
+def test_records_fetched_again_are_not_applied_twice_and_skipped_offsets_are_counted(
+    twin, tmp_path
+):
+    """A client that hands over records before the next offset again (a re-fetch) must not
+    count or apply them twice; offsets it skips are counted, so records missing from the
+    state show where they went."""
+    w, settings = _worker(tmp_path)
+    t = settings.topics
+    _produce(twin, settings, t.events, [good(f"m{n}", n) for n in range(10)])
+    w._process(w._consumer.poll(max_records=100))
+    assert w.next_offset[0] == 10 and w.shards[0].stats.records == 10
+    w._consumer.assign_at({(t.events, 0): 4})  # the client goes back six records
+    _produce(twin, settings, t.events, [good(f"m{n}", n) for n in range(10, 12)])
+    w._process(w._consumer.poll(max_records=100))
+    part = w.status()["partitions"]["0"]
+    assert part["records"] == 12 and part["duplicates"] == 0 and part["applied"] == 12
+    assert part["redelivered"] == 6 and part["offsetGaps"] == 0 and part["nextOffset"] == 12
+    _produce(twin, settings, t.events, [good(f"m{n}", n) for n in range(12, 17)])
+    w._consumer.assign_at({(t.events, 0): 14})  # the client skips offsets 12 and 13
+    w._process(w._consumer.poll(max_records=100))
+    part = w.status()["partitions"]["0"]
+    assert part["offsetGaps"] == 2 and part["nextOffset"] == 17 and part["records"] == 15
