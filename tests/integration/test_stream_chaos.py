@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import random
 import time
+from collections import Counter
 
 import pytest
 
@@ -84,12 +85,20 @@ def _first_forwards_late(recs: list[tuple[int, bytes, bytes]], late: set[int]) -
     return n
 
 
-def _stall_report(sup: StreamSupervisor, broker_bootstrap: str, settings, topic: str) -> str:
+def _stall_report(
+    sup: StreamSupervisor,
+    broker_bootstrap: str,
+    settings,
+    topic: str,
+    delivered: list[tuple[int, int]],
+) -> str:
     """Where the records stand when the workers fall short: per worker, each partition's next
     offset, measured lag and record count, the checkpoint it was restored from and any error;
     then what a fresh consumer reads from each partition's next offset on (records there that
     the worker has not taken: a worker that does not ask, if the fresh consumer gets them; a
-    broker that does not answer at that offset, if it gets none though the topic has more)."""
+    broker that does not answer at that offset, if it gets none though the topic has more);
+    and whether every offset the broker acknowledged to the test's producer (``delivered``) is
+    unique and served from 0 (if not, the broker lost records it had acknowledged)."""
     lines = [f"restarts {sup.restarts}, generation {sup.generation}"]
     try:
         statuses = sup.status()
@@ -124,6 +133,15 @@ def _stall_report(sup: StreamSupervisor, broker_bootstrap: str, settings, topic:
                 p: (len(o), min(o), max(o), consumer.highwater(topic, p))
                 for p, o in sorted(got.items())
             }
+            if start is None:
+                served = {(p, o) for p, offsets in got.items() for o in offsets}
+                acked = set(delivered)
+                lines.append(
+                    f"acknowledged to the producer: {len(delivered)} records, "
+                    f"{len(delivered) - len(acked)} offsets acknowledged twice, "
+                    f"{len(acked - served)} not served from 0, by partition "
+                    f"{dict(sorted(Counter(p for p, _ in acked - served).items()))}"
+                )
         except Exception as exc:  # the report must not hide the failure it explains
             seen = repr(exc)
         finally:
@@ -157,6 +175,7 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
     ).start()
     rng = random.Random(7)
     kills = 0
+    delivered: list[tuple[int, int]] = []  # (partition, offset) the broker acknowledged
 
     def kill_one():
         before = sup.restarts
@@ -170,7 +189,8 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
         size = produced // 6 + 1
         waves = [records[i : i + size] for i in range(0, produced, size)]
         for n, wave in enumerate(waves):
-            producer.send_all([OutRecord(topic, v, key=k) for k, v in wave]).result(timeout=120)
+            acked = producer.send_all([OutRecord(topic, v, key=k) for k, v in wave])
+            delivered += [(d.partition, d.offset) for d in acked.result(timeout=120)]
             time.sleep(rng.uniform(0.2, 0.8))  # let the workers get into the wave, then strike
             if n == 3:
                 sup.rescale(3)
@@ -182,7 +202,7 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
         # speed, which is slow, not wrong; a minute without a record taken is a stall
         totals = sup.wait_for(produced, timeout_s=600, stall_s=60)
         if totals.get("records") != produced:
-            report = _stall_report(sup, broker.bootstrap, settings, topic)
+            report = _stall_report(sup, broker.bootstrap, settings, topic, delivered)
             pytest.fail(f"{produced} records produced, totals {totals}\n{report}")
         assert kills == 5 and sup.restarts == 5 and sup.generation == 1
 
