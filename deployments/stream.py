@@ -5,7 +5,9 @@ supervisor (and through it the stream workers) and the online learner as Ray act
 ``serve deploy deployments/serve_config.yaml`` gets them from this deployment instead, so one
 Serve config brings up the whole of Onramp and Serve keeps it up: the replica's health check
 pings both actors, and when one is gone Serve replaces the replica, whose new actors resume from
-the checkpoints (stream) and the saved learner state.
+the checkpoints (stream) and the saved learner state. A dead stream worker is not a failed check:
+the supervisor restarts it (a check that waited on every worker failed whenever one was being
+restarted, and replaced every actor for the one).
 
 The actors are owned by the replica (not detached): they go when it goes, so a replaced or
 deleted replica never leaves a stale supervisor holding the actor name.
@@ -124,7 +126,11 @@ class StreamSupervision:
 
         if self.supervisor is None:
             self._start(self.workers)
-        ray.get(self.supervisor.totals.remote(), timeout=20)
+        # the supervisor, not every worker: a worker being restarted is the supervisor's job,
+        # and failing this check would replace the replica and every actor with it
+        error = ray.get(self.supervisor.ping.remote(), timeout=20)
+        if error is not None:
+            raise RuntimeError(f"the stream supervisor cannot keep its workers up: {error}")
         if self.learner is not None:
             error = ray.get(self.learner.ping.remote(), timeout=20)
             if error is not None:

@@ -306,9 +306,22 @@ class StreamSupervisor:
         return out
 
     def status(self) -> list[dict[str, Any]]:
-        with self._lock:
-            workers = list(self.workers)
+        """Each worker's status. Not behind the supervisor's lock, which a restart holds while
+        the replacement starts (20-25 s on a loaded machine): a worker being replaced raises
+        :class:`~ray_app.stream.runtime.WorkerGone` here at once, as it does between its death
+        and the monitor noticing it, instead of every status, scrape and console read waiting
+        for the restart."""
+        workers = list(self.workers)  # one atomic copy; rescale and restarts swap entries
         return [self.runtime.call(w, "status", timeout=30) for w in workers]
+
+    def ping(self) -> str | None:
+        """None while the supervisor can keep its workers up (its monitor thread runs), else
+        why not. Answers at once, a restart or rescale in progress or not: a health check on
+        it does not time out because a worker is being replaced (see
+        :class:`deployments.stream.StreamSupervision`)."""
+        if self._monitor is not None and not self._monitor.is_alive() and not self._stop.is_set():
+            return "the supervisor's monitor thread stopped"
+        return None
 
     def totals(self, status: list[dict[str, Any]] | None = None) -> dict[str, int]:
         """Counters summed over every partition: ``records`` (those clients wrote: link, merge

@@ -81,6 +81,39 @@ def test_wait_for_gives_up_on_a_stall_but_not_on_a_slow_drain(tmp_path):
         sup.stop()
 
 
+def test_status_and_ping_answer_at_once_while_a_worker_is_being_replaced(tmp_path):
+    """A restart holds the supervisor's lock while the replacement starts (20-25 s under
+    load): status (scrapes, the console) must not wait for it, and ping (the deployment's health
+    check) must not fail for it, or Serve replaces every actor for one dead worker."""
+    broker = InMemoryBroker(partitions=PARTITIONS)
+    sup = _supervisor(broker, tmp_path).start()
+    started = sup._started
+    entered, releasing = threading.Event(), threading.Event()
+
+    def slow_start(launched):
+        entered.set()  # the restart holds the supervisor's lock from here
+        releasing.wait(10)  # the replacement takes its time to start
+        return started(launched)
+
+    sup._started = slow_start
+    try:
+        sup.kill(0)
+        assert entered.wait(5), "the supervisor did not begin the restart"
+        began = time.monotonic()
+        with pytest.raises(Exception, match="killed"):  # the dead worker, at once
+            sup.status()
+        assert sup.ping() is None
+        assert time.monotonic() - began < 1.0, "status and ping waited for the restart"
+        releasing.set()
+        deadline = time.monotonic() + 10
+        while sup.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sup.restarts == 1 and len(sup.status()) == 2
+    finally:
+        releasing.set()
+        sup.stop()
+
+
 def test_kills_and_a_rescale_keep_state_exact_in_process(tmp_path):
     broker = InMemoryBroker(partitions=PARTITIONS)
     plan = TrafficPlan.build(SimSettings(users=300, seed=4, duplicate_share=0.05))
