@@ -172,6 +172,7 @@ class StreamWorker:
         """Per partition, since this worker started: records fetched again before the next
         offset (dropped), and offsets skipped (see :meth:`_in_order`)."""
         self.error: str | None = None
+        self._waiting_since: float | None = None  # when the loop began waiting on Kafka acks
         self.tracing = make_tracing(settings.telemetry, "stream")
         self.traced = 0
         self._profile_server: ProfileServer | None = None
@@ -289,8 +290,18 @@ class StreamWorker:
                         self._observe(now_ms - received)
         self._owed = outputs
         if outputs:  # acknowledged before any checkpoint can cover these offsets
-            self._producer.send_all(outputs).result(timeout=_ACK_TIMEOUT_S)
+            self._acknowledged(outputs)
         self._owed = []
+
+    def _acknowledged(self, outputs: list[OutRecord]) -> None:
+        """Send side outputs and wait for Kafka's acknowledgement (at most
+        :data:`_ACK_TIMEOUT_S`); how long the loop has waited shows in ``status()``
+        (``waitingOnKafkaS``): a worker whose records stopped moving while its lag reads 0."""
+        self._waiting_since = time.monotonic()
+        try:
+            self._producer.send_all(outputs).result(timeout=_ACK_TIMEOUT_S)
+        finally:
+            self._waiting_since = None
 
     def _in_order(self, p: int, recs: list[Any], expected: int, topic: str) -> list[Any]:
         """A partition's records of this poll from its next offset on: records before it were
@@ -348,7 +359,7 @@ class StreamWorker:
             return False
         if self._owed:
             try:
-                self._producer.send_all(self._owed).result(timeout=_ACK_TIMEOUT_S)
+                self._acknowledged(self._owed)
             except Exception as exc:
                 log.error(
                     "worker %s: %d late/DLQ/reward records still unacknowledged (%s)",
@@ -550,7 +561,12 @@ class StreamWorker:
                 "freshnessCounts": list(self.freshness),
                 "freshnessSumMs": self.freshness_sum_ms,
                 "error": self.error,
+                "waitingOnKafkaS": self._waiting_on_kafka_s(),
             }
+
+    def _waiting_on_kafka_s(self) -> float:
+        since = self._waiting_since
+        return 0.0 if since is None else round(time.monotonic() - since, 1)
 
 
 def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:

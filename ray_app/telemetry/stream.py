@@ -33,6 +33,7 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     """
     fam: dict[str, list[str]] = {name: [] for name, _, _ in _FAMILIES}
     refused = skipped = 0
+    waiting = 0.0
     histograms: list[tuple[list[int], list[int]]] = []
     total_ms = 0.0
     for worker in status:
@@ -40,6 +41,7 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
             _partition_samples(fam, p, st)
         refused += len(worker.get("refused", {}))
         skipped += worker.get("checkpointsSkipped", 0)
+        waiting = max(waiting, worker.get("waitingOnKafkaS", 0.0))
         histograms.append((worker["freshnessBucketsMs"], worker["freshnessCounts"]))
         total_ms += worker.get("freshnessSumMs", 0.0)
     fam["onramp_stream_checkpoint_refused_partitions"].append(
@@ -47,6 +49,9 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     )
     fam["onramp_stream_checkpoints_skipped_total"].append(
         f"onramp_stream_checkpoints_skipped_total {skipped}"
+    )
+    fam["onramp_stream_waiting_on_kafka_seconds"].append(
+        f"onramp_stream_waiting_on_kafka_seconds {waiting:g}"
     )
     lines: list[str] = []
     for name, kind, text in _FAMILIES:
@@ -119,6 +124,10 @@ _FAMILIES = (
      "by Kafka."),
     ("onramp_stream_buffered_events", "gauge", "Events held in reorder buffers."),
     ("onramp_stream_consumer_lag_records", "gauge", "Records not yet taken, per partition."),
+    ("onramp_stream_waiting_on_kafka_seconds", "gauge",
+     "Longest a stream worker has been waiting, right now, for Kafka to acknowledge the late, "
+     "DLQ, reward and identity records of a poll (it takes nothing meanwhile; 60 s at most, "
+     "then it fails and is restarted)."),
     ("onramp_stream_redelivered_records_total", "counter",
      "Records the Kafka client handed over again before a partition's next offset (not applied "
      "twice), since the worker started."),

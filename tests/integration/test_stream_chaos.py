@@ -108,6 +108,7 @@ def _stall_report(
     for st in statuses:
         lines.append(
             f"worker {st['worker']}: error={st['error']!r} refused={st['refused']} "
+            f"waitingOnKafkaS={st['waitingOnKafkaS']} "
             f"restoredFrom={st['restoredFrom']} checkpoints={st['checkpoints']}"
         )
         for p, part in sorted(st["partitions"].items()):
@@ -199,12 +200,15 @@ def test_chaos_kills_and_rescale_keep_state_exact(broker, ray_session, tmp_path)
                 kills += 1
         # as long as the records taken keep growing: on a loaded machine (the whole suite on 2
         # cores) the five restarts take 20-25 s each and the drain runs at a fraction of its
-        # speed, which is slow, not wrong; a minute without a record taken is a stall
-        totals = sup.wait_for(produced, timeout_s=600, stall_s=60)
+        # speed, which is slow, not wrong. A stall is longer without a record taken than a
+        # worker's own way out: it waits up to 60 s on Kafka's acknowledgements, then fails
+        # and is restarted (an unplanned restart fails the restart count below)
+        totals = sup.wait_for(produced, timeout_s=600, stall_s=150)
         if totals.get("records") != produced:
             report = _stall_report(sup, broker.bootstrap, settings, topic, delivered)
             pytest.fail(f"{produced} records produced, totals {totals}\n{report}")
-        assert kills == 5 and sup.restarts == 5 and sup.generation == 1
+        assert kills == 5 and sup.generation == 1
+        assert sup.restarts == 5, "a worker failed on its own (its error is in the log above)"
 
         # reconciliation: every record is exactly one thing; a forwarded event (an anonymous
         # id's event taken after its merge) is taken again in the survivor's partition

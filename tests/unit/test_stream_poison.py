@@ -6,6 +6,8 @@ tests/integration/test_stream_poison.py."""
 
 import base64
 import json
+import threading
+import time
 
 import pytest
 
@@ -265,6 +267,33 @@ def test_no_checkpoint_covers_side_outputs_kafka_has_not_acknowledged(twin, tmp_
     assert store.load(0).next_offset == 6
     dlq = [json.loads(r.value)["origin"]["offset"] for r in twin.records(t.dlq)]
     assert 5 in dlq
+
+
+def test_status_says_how_long_the_loop_has_waited_on_kafka(twin, tmp_path, monkeypatch):
+    """A worker blocked on Kafka's acknowledgements takes nothing and its lag reads stale:
+    status and /metrics say it is waiting, and for how long."""
+    monkeypatch.setattr(worker_module, "_ACK_TIMEOUT_S", 1.0)
+    w, settings = _worker(tmp_path)
+    _produce(twin, settings, settings.topics.events, [b"not json"])  # a DLQ record to send
+    twin.available = False
+    raised: list[BaseException] = []
+
+    def process() -> None:
+        try:
+            w._process(w._consumer.poll())
+        except BaseException as exc:
+            raised.append(exc)
+
+    blocked = threading.Thread(target=process)
+    blocked.start()
+    time.sleep(0.5)
+    waited = w.status()["waitingOnKafkaS"]
+    assert 0.3 <= waited <= 1.0
+    text = stream_metrics_text([w.status()])
+    assert "onramp_stream_waiting_on_kafka_seconds 0." in text
+    blocked.join()
+    assert [type(e) for e in raised] == [TimeoutError]  # gave up after _ACK_TIMEOUT_S
+    assert w.status()["waitingOnKafkaS"] == 0.0
 
 
 def test_a_refused_checkpoint_stops_only_its_partition(twin, tmp_path):
