@@ -150,8 +150,9 @@ class LearnSettings(_Section):
     warmup_rewards: int = Field(
         1_000,
         ge=0,
-        description="A learner starting from an untrained model explores at boost_epsilon (and "
-        "learns at 3x the rate) until it has trained on this many rewards (0: no warm-up).",
+        description="A learner starting from an untrained model learns at boost_lr_factor "
+        "times the rate (and, under an epsilon_greedy policy, explores at boost_epsilon) until "
+        "it has trained on this many rewards (0: no warm-up).",
     )
     lr_decay_rewards: int = Field(
         3_000,
@@ -200,8 +201,10 @@ class LearnSettings(_Section):
         0.5,
         ge=0,
         le=1,
-        description="Exploration served for a while after a drift alert or a rollback below "
-        "the control arm.",
+        description="The epsilon served for a while after a drift alert or a rollback below "
+        "the control arm, and during the warm-up, when decide.policy is epsilon_greedy. "
+        "squarecb (the default) has no epsilon: its gamma starts over instead (gamma_scale, "
+        "drift_gamma_head_start).",
     )
     gamma_scale: float = Field(
         40.0,
