@@ -129,11 +129,12 @@ _FAMILIES = (
      "DLQ, reward and identity records of a poll (it takes nothing meanwhile; 60 s at most, "
      "then it fails and is restarted)."),
     ("onramp_stream_redelivered_records_total", "counter",
-     "Records the Kafka client handed over again before a partition's next offset (not applied "
-     "twice), since the worker started."),
+     "Records the Kafka client handed over again before a partition's next offset, events and "
+     "decisions together (not applied twice), since the worker started."),
     ("onramp_stream_offset_gaps_total", "counter",
-     "Offsets a partition's records skipped (transaction markers or compaction; else records "
-     "the client never handed over), since the worker started."),
+     "Offsets a partition's records skipped, events and decisions together (transaction "
+     "markers or compaction; else records the client never handed over), since the worker "
+     "started."),
 )  # fmt: skip
 
 _OUTCOMES = (
