@@ -171,7 +171,7 @@ class Publishing:
         >>> learner.counters["trained"] += 99; learner.gamma()
         400.0
         >>> learner.drift(); round(learner.gamma(), 1)  # a drift: starts over, around the cold start
-        1265.5
+        2530.1
         """
         n = self.learned + self._schedule.head_start
         return float(self.config.gamma_scale * (1.0 + n) ** self.config.gamma_exponent)
