@@ -153,10 +153,10 @@ class LearnerConfig:
     7,000 users) the share of the oracle's gain at user 6,000 fell from 0.71 to 0.63
     (``clinics``) and from 0.64 to 0.55 (``fleets``) without the warm-up, and to 0.65 and 0.56
     with it at ``boost_lr_factor`` 1; ``teams`` did not move and ``campus`` gained 0.04
-    (+-0.02) without it; 400 and 2,000 rewards were no better over the four worlds. Under ``epsilon_greedy``, with ``epsilon`` alone a
-    segment whose best action the first updates underrate sees that action ``epsilon / n`` of
-    the time and stays on a worse one for thousands of users. Counted in rewards, not seconds,
-    so it lasts as long at any traffic."""
+    (+-0.02) without it; 400 and 2,000 rewards were no better over the four worlds. Under
+    ``epsilon_greedy``, with ``epsilon`` alone a segment whose best action the first updates
+    underrate sees that action ``epsilon / n`` of the time and stays on a worse one for
+    thousands of users. Counted in rewards, not seconds, so it lasts as long at any traffic."""
     control_z: float = 3.09
     """The guardrail against the static flow fires when treatment's completion rate is below
     control's with ``z < -control_z`` (one-sided; 3.09: 0.1%); 0 turns it off."""

@@ -12,10 +12,20 @@ from ray_app.state.profile import CAPS
 __all__ = ["partition_status"]
 
 
-def partition_status(shard: SessionShard, next_offset: int, lag: int | None) -> dict[str, Any]:
-    """One partition's entry of the worker's status (``lag``: None before it was measured)."""
+def partition_status(
+    shard: SessionShard,
+    next_offset: int,
+    lag: int | None,
+    redelivered: int = 0,
+    offset_gaps: int = 0,
+) -> dict[str, Any]:
+    """One partition's entry of the worker's status (``lag``: None before it was measured;
+    ``redelivered`` and ``offset_gaps``: what the worker's client did, see
+    :meth:`~ray_app.stream.worker.StreamWorker._in_order`)."""
     return {
         "nextOffset": next_offset,
+        "redelivered": redelivered,
+        "offsetGaps": offset_gaps,
         "buffered": shard.buffered,
         "watermark": shard.watermark,
         "lag": lag,

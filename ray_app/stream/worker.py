@@ -230,10 +230,14 @@ class StreamWorker:
                 decisions.setdefault(r.partition, []).append(r)
             else:
                 by_partition.setdefault(r.partition, []).append(r)
-        for p, recs in list(by_partition.items()):
-            by_partition[p] = self._in_order(p, recs, self.next_offset[p], "events")
-        for p, recs in list(decisions.items()):
-            decisions[p] = self._in_order(p, recs, self.shards[p].decision_offset, "decisions")
+        by_partition = {
+            p: self._in_order(p, recs, self.next_offset[p], "events")
+            for p, recs in by_partition.items()
+        }
+        decisions = {
+            p: self._in_order(p, recs, self.shards[p].decision_offset, "decisions")
+            for p, recs in decisions.items()
+        }
         outputs: list[OutRecord] = []
         # The lock is held per chunk, not per poll: profile reads (decisions waiting on them)
         # get in between. Only this thread checkpoints, so no checkpoint sees a half poll.
@@ -544,11 +548,13 @@ class StreamWorker:
             return {
                 "worker": self.worker_id,
                 "partitions": {
-                    str(p): partition_status(self.shards[p], self.next_offset[p], self.lag.get(p))
-                    | {
-                        "redelivered": self.redelivered.get(p, 0),
-                        "offsetGaps": self.offset_gaps.get(p, 0),
-                    }
+                    str(p): partition_status(
+                        self.shards[p],
+                        self.next_offset[p],
+                        self.lag.get(p),
+                        self.redelivered.get(p, 0),
+                        self.offset_gaps.get(p, 0),
+                    )
                     for p in self.partitions
                 },
                 "refused": {str(p): why for p, why in self.refused.items()},
