@@ -67,6 +67,7 @@ from ray_app.collect.body import Limits, checked_json, decode_body
 from ray_app.collect.dead_letter import dlq_key, dlq_record, raw_event_payload
 from ray_app.collect.envelope import Envelope
 from ray_app.collect.keys import key_owner, write_key_from_header
+from ray_app.collect.plain import MAX_PLAIN_BYTES, plain_call, plain_record
 from ray_app.collect.rejection import (
     Rejection,
     RequestRejected,
@@ -398,29 +399,58 @@ def _parse_events(
 def _normalize(
     request: _Request, source: str, raw: Any, blob: bytes | None, envelope: Envelope
 ) -> tuple[bytes, bytes, str]:
-    """The (key, value, messageId) of one event's record; raises when the event is refused."""
+    """The (key, value, messageId) of one event's record; raises when the event is refused.
+
+    A plain event (:mod:`~ray_app.collect.plain`) is read without the pydantic models; any
+    other is read by them, which accept it or say why not.
+    """
+    plain = None
     if isinstance(raw, dict) and blob is not None:
         raw = envelope.take(raw, blob, request.limits.max_event_bytes)
-    call = parse_call(raw, request.route_type)
-    message_id = call.messageId or _derived_message_id(source, raw)
-    original = call.timestamp or call.originalTimestamp
-    timestamp = correct_skew(request.received_at, call.sentAt, original)
+        if len(blob) < MAX_PLAIN_BYTES:
+            plain = plain_call(raw, request.route_type)
+    if plain is not None:
+        fields = (
+            plain.message_id,
+            plain.timestamp or plain.original_timestamp,
+            plain.sent_at,
+            plain.session_id,
+            plain.seq,
+            plain.step_id,
+            plain.user_key,
+            plain.client_time_text,
+        )
+        properties = plain.theirs.get("properties")
+    else:
+        call = parse_call(raw, request.route_type)
+        onramp = call.context.onramp
+        fields = (
+            call.messageId,
+            call.timestamp or call.originalTimestamp,
+            call.sentAt,
+            onramp.sessionId if onramp is not None else None,
+            onramp.seq if onramp is not None else None,
+            onramp.stepId if onramp is not None else None,
+            call.user_key,
+            None,
+        )
+        properties = getattr(call, "properties", None)
+    message_id, original, sent_at, session_id, seq, step_id, user_key, original_iso = fields
+    message_id = message_id or _derived_message_id(source, raw)
+    timestamp = correct_skew(request.received_at, sent_at, original)
     # each time written once (about a microsecond each): without ``sentAt`` the event time is
     # the client's, without a client time it is the receipt
-    original_iso = None if original is None else iso(original)
+    if original_iso is None and original is not None:
+        original_iso = iso(original)
     if timestamp is original:
         timestamp_iso = original_iso
     elif timestamp is request.received_at:
         timestamp_iso = request.received_iso
     else:
         timestamp_iso = iso(timestamp)
-    onramp = call.context.onramp
-    step_id = onramp.stepId if onramp and onramp.stepId else None
-    if step_id is None:
-        props = getattr(call, "properties", None) or {}
-        candidate = props.get("stepId")
+    if not step_id and isinstance(properties, dict):
+        candidate = properties.get("stepId")
         step_id = candidate if isinstance(candidate, str) and candidate else None
-    user_key = call.user_key
     ours: dict[str, Any] = {
         "schema": EVENT_SCHEMA,
         "messageId": message_id,
@@ -431,13 +461,14 @@ def _normalize(
     }
     if original_iso is not None:
         ours["originalTimestamp"] = original_iso
-    if onramp is not None and onramp.sessionId is not None:
-        ours["sessionId"] = onramp.sessionId
-    if onramp is not None and onramp.seq is not None:
-        ours["seq"] = onramp.seq
-    if step_id is not None:
+    if session_id is not None:
+        ours["sessionId"] = session_id
+    if seq is not None:
+        ours["seq"] = seq
+    if step_id:
         ours["stepId"] = step_id
-    return user_key.encode(), record_json(call, ours), message_id
+    record = plain_record(plain, ours) if plain is not None else record_json(call, ours)
+    return user_key.encode(), record, message_id
 
 
 def record_json(call: Any, ours: dict[str, Any]) -> bytes:

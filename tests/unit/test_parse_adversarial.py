@@ -587,15 +587,18 @@ def test_deep_envelope_context_refuses_the_events_that_take_it():
     assert p.rejections[1].reason is ReasonCode.INVALID_FIELD
 
 
-def test_an_event_that_fails_unexpectedly_is_refused_alone(monkeypatch):
-    real = parse_module.parse_call
+@pytest.mark.parametrize("reader", ["plain_call", "parse_call"])
+def test_an_event_that_fails_unexpectedly_is_refused_alone(monkeypatch, reader):
+    real = getattr(parse_module, reader)
 
     def flaky(raw: Any, route_type: str | None = None) -> Any:
         if raw.get("userId") == "boom":
             raise RuntimeError("a bug")
         return real(raw, route_type)
 
-    monkeypatch.setattr(parse_module, "parse_call", flaky)
+    monkeypatch.setattr(parse_module, reader, flaky)
+    if reader == "parse_call":  # every event to the models
+        monkeypatch.setattr(parse_module, "plain_call", lambda raw, route_type: None)
     body = json.dumps(
         {"batch": [{"type": "page", "userId": "boom"}, {"type": "page", "userId": "u"}]}
     ).encode()
