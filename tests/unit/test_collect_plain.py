@@ -293,3 +293,15 @@ def test_plain_events_take_the_plain_path(event, monkeypatch):
 def test_events_the_models_must_judge_are_left_to_them(event, monkeypatch):
     assert plain_call(event, None) is None
     both_ways("batch", json.dumps({"batch": [event]}).encode(), monkeypatch)
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_an_extra_properties_field_that_is_not_an_object_is_kept(plain, monkeypatch):
+    """``properties`` is an extra field of ``identify``: any JSON value. The collector looks for
+    ``properties.stepId`` only in an object (it used to refuse this event as unprocessable)."""
+    if not plain:
+        monkeypatch.setattr(parse_module, "plain_call", lambda raw, route_type: None)
+    body = json.dumps({"userId": "u", "properties": [1], "traits": {"role": "cto"}}).encode()
+    p = _parse("identify", body)
+    assert (p.status, p.rejections) == (200, [])
+    assert orjson.loads(p.events[0][1])["properties"] == [1]
