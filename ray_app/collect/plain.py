@@ -60,6 +60,7 @@ _DATETIME = TypeAdapter(dt.datetime)
 # sentAt is written back as pydantic writes it; a batch's events share one, so it is kept.
 _SENT_AT_JSON: dict[Any, tuple[dt.datetime, str]] = {}
 _SENT_AT_KEPT = 256
+_SENT_AT_CHARS = 64  # a time's text is shorter; a longer one is read, not kept
 
 
 class PlainCall:
@@ -116,7 +117,8 @@ def _time(value: Any) -> dt.datetime | None:
 
 
 def _sent_at(value: Any) -> tuple[dt.datetime, str] | None:
-    if type(value) is str:
+    keep = type(value) is str and len(value) <= _SENT_AT_CHARS
+    if keep:
         kept = _SENT_AT_JSON.get(value)
         if kept is not None:
             return kept
@@ -124,7 +126,7 @@ def _sent_at(value: Any) -> tuple[dt.datetime, str] | None:
     if parsed is None:
         return None
     out = (parsed, _DATETIME.dump_python(parsed, mode="json"))
-    if type(value) is str:
+    if keep:
         if len(_SENT_AT_JSON) >= _SENT_AT_KEPT:
             _SENT_AT_JSON.clear()
         _SENT_AT_JSON[value] = out
