@@ -281,7 +281,7 @@ class Collector:
         when the request that queued it was cancelled meanwhile."""
         try:
             producer = self._slot.get()
-            future = None if producer is None else producer.send_all(records)
+            future = None if producer is None else producer.send_many(records)
         except BaseException:
             self._release(size)
             raise

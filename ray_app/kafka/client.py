@@ -96,6 +96,10 @@ class Producer(Protocol):
     def send_all(self, records: Sequence[OutRecord]) -> cf.Future[list[Delivered]]:
         """Queue records; the future resolves when all are acknowledged, or fails on the first error."""
 
+    def send_many(self, records: Sequence[OutRecord]) -> cf.Future[int]:
+        """As ``send_all``, without where each record landed: the future resolves to the number
+        of records once all are acknowledged. The collector's and the stream's path."""
+
     def flush(self, timeout_s: float) -> None:
         """Block until queued records are acknowledged or failed, or the timeout passes."""
 
@@ -118,6 +122,62 @@ class _ProducerBase:
                 acks.refuse(exc)
                 break
         return acks.future
+
+    def send_many(self, records: Sequence[OutRecord]) -> cf.Future[int]:
+        count = _Count(len(records))
+        settle = count.settle
+        for record in records:
+            try:
+                self.send(record, settle)
+            except Exception as exc:  # queue refused it: fail the whole batch now
+                count.refuse(exc)
+                break
+        return count.future
+
+
+class _Count:
+    """What one ``send_many`` waits for: every record acknowledged, or the first error. One
+    callback for all the records (no object a record), settled from whichever thread serves
+    the delivery reports."""
+
+    __slots__ = ("_count", "_left", "_lock", "future")
+
+    def __init__(self, count: int) -> None:
+        self.future: cf.Future[int] = cf.Future()
+        self._count = self._left = count
+        self._lock = threading.Lock()
+        if not count:
+            self.future.set_result(0)
+
+    def settle(self, delivered: Delivered | None, error: BaseException | None) -> None:
+        """A :data:`Callback` for any of the records."""
+        with self._lock:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+                return
+            self._left -= 1
+            if self._left:
+                return
+        self.future.set_result(self._count)
+
+    def librdkafka_report(self, err: Any, msg: Any) -> None:
+        """librdkafka's delivery report of any of the records (``on_delivery``): no
+        :class:`Delivered` built. Never raises into librdkafka (see ``_confluent_report``)."""
+        try:
+            if err is None:
+                self.settle(None, None)
+            else:
+                self.settle(None, KafkaUnavailable(f"delivery failed: {err}", topic=msg.topic()))
+        except Exception:
+            log.exception("a delivery report of the producer failed")
+
+    def refuse(self, error: BaseException) -> None:
+        """The producer would not take a record: the batch fails now."""
+        with self._lock:
+            if not self.future.done():
+                self.future.set_exception(error)
 
 
 class _Acks:
@@ -250,6 +310,20 @@ class ConfluentProducer(_ProducerBase):
 
     def send(self, record: OutRecord, callback: Callback) -> None:
         self._produce(record, partial(_confluent_report, callback))
+
+    def send_many(self, records: Sequence[OutRecord]) -> cf.Future[int]:
+        # One delivery-report callable for every record, and no Delivered built for each:
+        # 3.2 us of process CPU a record against 9-17 us through send_all (100,000 records in
+        # batches of 100 to the embedded broker, in one process).
+        count = _Count(len(records))
+        report = count.librdkafka_report
+        for record in records:
+            try:
+                self._produce(record, report)
+            except Exception as exc:  # queue refused it: fail the whole batch now
+                count.refuse(exc)
+                break
+        return count.future
 
     def _produce(self, record: OutRecord, on_delivery: Callable[[Any, Any], None]) -> None:
         """Hand one record to librdkafka; while its queue is full, wait up to

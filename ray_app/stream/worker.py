@@ -303,7 +303,7 @@ class StreamWorker:
         (``waitingOnKafkaS``): a worker whose records stopped moving while its lag reads 0."""
         self._waiting_since = time.monotonic()
         try:
-            self._producer.send_all(outputs).result(timeout=_ACK_TIMEOUT_S)
+            self._producer.send_many(outputs).result(timeout=_ACK_TIMEOUT_S)
         finally:
             self._waiting_since = None
 

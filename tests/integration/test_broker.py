@@ -78,6 +78,30 @@ def test_round_trip_through_each_client(broker, client):
         got += consumer.poll(0.2)
     consumer.close()
     assert sorted(r.value for r in got) == sorted(r.value for r in records)
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_send_many_resolves_once_every_record_is_in_kafka(broker, client):
+    s = KafkaSettings(partitions=4, client=client)
+    topic = f"many-{client}"
+    ensure_topics(broker.bootstrap, s, [topic])
+    producer = make_producer(broker.bootstrap, s)
+    batches = [
+        [OutRecord(topic, f"v{b}-{i}".encode(), key=f"k{i % 7}".encode()) for i in range(100)]
+        for b in range(5)
+    ]
+    futures = [producer.send_many(batch) for batch in batches]
+    assert [f.result(timeout=30) for f in futures] == [100] * 5
+    assert producer.send_many([]).result(timeout=1) == 0
+    producer.close()
+    consumer = make_consumer(broker.bootstrap, s)
+    consumer.assign([(topic, p) for p in range(4)])
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 500 and time.monotonic() < deadline:
+        got += consumer.poll(0.2)
+    consumer.close()
+    assert sorted(r.value for r in got) == sorted(r.value for b in batches for r in b)
     # Kafka's murmur2 in both clients, and in the in-memory twin: key -> partition is one function
     assert all(r.partition == partition_for(r.key, 4) for r in got)
 

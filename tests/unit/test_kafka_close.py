@@ -11,6 +11,10 @@ from ray_app.config import Settings
 from ray_app.kafka.broker import free_port
 from ray_app.kafka.client import OutRecord, make_producer
 
+# send_all answers where each record landed; send_many (the collector's and the stream's) only
+# that all did, with one delivery callback for the batch: both fail the same way.
+BATCH_METHODS = ["send_all", "send_many"]
+
 
 def test_a_confluent_producer_closed_before_delivery_fails_what_it_held() -> None:
     pytest.importorskip("confluent_kafka")
@@ -30,17 +34,19 @@ def test_a_confluent_producer_closed_before_delivery_fails_what_it_held() -> Non
     assert delivered is None and "delivery failed" in str(error)
 
 
-def test_a_confluent_batch_closed_before_delivery_fails_its_future() -> None:
+@pytest.mark.parametrize("method", BATCH_METHODS)
+def test_a_confluent_batch_closed_before_delivery_fails_its_future(method: str) -> None:
     pytest.importorskip("confluent_kafka")
     settings = Settings().kafka.model_copy(update={"client": "confluent", "ack_timeout_s": 1.0})
     producer = make_producer(f"127.0.0.1:{free_port()}", settings)  # nobody listens there
-    acked = producer.send_all([OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(50)])
+    acked = getattr(producer, method)([OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(50)])
     producer.close(timeout_s=0.0)
     with pytest.raises(Exception, match="delivery failed"):
         acked.result(timeout=5.0)
 
 
-def test_a_confluent_producer_holds_at_most_buffer_bytes() -> None:
+@pytest.mark.parametrize("method", BATCH_METHODS)
+def test_a_confluent_producer_holds_at_most_buffer_bytes(method: str) -> None:
     # 1 MiB of room (librdkafka's own default is 1 GiB) and nobody takes the records: the third
     # 512 KiB record finds the queue full and the batch fails
     settings = Settings().kafka.model_copy(
@@ -49,14 +55,15 @@ def test_a_confluent_producer_holds_at_most_buffer_bytes() -> None:
     producer = make_producer(f"127.0.0.1:{free_port()}", settings)  # nobody listens there
     try:
         big = b"x" * 2**19
-        acked = producer.send_all([OutRecord("onramp.events", big, b"k") for _ in range(3)])
+        acked = getattr(producer, method)([OutRecord("onramp.events", big, b"k") for _ in range(3)])
         with pytest.raises(Exception, match=r"producer queue full for 0\.3s"):
             acked.result(timeout=5.0)
     finally:
         producer.close(timeout_s=0.0)
 
 
-def test_a_confluent_record_nobody_takes_fails_after_the_delivery_timeout() -> None:
+@pytest.mark.parametrize("method", BATCH_METHODS)
+def test_a_confluent_record_nobody_takes_fails_after_the_delivery_timeout(method: str) -> None:
     # librdkafka's own default is 300 s: a producer whose broker came back without its state
     # hung every record that long (kafka-python cannot go below its 30 s request timeout; the
     # integration tests build it with this setting against the real broker)
@@ -65,14 +72,15 @@ def test_a_confluent_record_nobody_takes_fails_after_the_delivery_timeout() -> N
     )
     producer = make_producer(f"127.0.0.1:{free_port()}", settings)  # nobody listens there
     try:
-        acked = producer.send_all([OutRecord("onramp.events", b"v", b"k")])
+        acked = getattr(producer, method)([OutRecord("onramp.events", b"v", b"k")])
         with pytest.raises(Exception, match="Message timed out"):
             acked.result(timeout=10.0)
     finally:
         producer.close(timeout_s=0.0)
 
 
-def test_a_confluent_batch_that_finds_the_queue_full_fails_with_why() -> None:
+@pytest.mark.parametrize("method", BATCH_METHODS)
+def test_a_confluent_batch_that_finds_the_queue_full_fails_with_why(method: str) -> None:
     # librdkafka's queue holds 2 records and nobody takes them: the third waits ack_timeout_s
     # for room, then the batch fails (the records already queued settle later, unheard)
     pytest.importorskip("confluent_kafka")
@@ -81,8 +89,31 @@ def test_a_confluent_batch_that_finds_the_queue_full_fails_with_why() -> None:
         f"127.0.0.1:{free_port()}", settings, **{"queue.buffering.max.messages": 2}
     )
     try:
-        acked = producer.send_all([OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(5)])
+        acked = getattr(producer, method)([OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(5)])
         with pytest.raises(Exception, match=r"producer queue full for 0\.3s"):
             acked.result(timeout=5.0)
     finally:
         producer.close(timeout_s=0.0)
+
+
+def test_send_many_counts_acknowledgements_waits_out_an_outage_and_fails_on_a_refusal() -> None:
+    from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer
+
+    broker = InMemoryBroker()
+    producer = InMemoryProducer(broker)
+    records = [OutRecord("t", b"v%d" % i, b"k%d" % i) for i in range(7)]
+    assert producer.send_many(records).result(timeout=1) == 7
+    broker.available = False  # an outage: nothing is acknowledged until it ends
+    pending = producer.send_many(records)
+    assert not pending.done()
+    broker.recover()
+    assert pending.result(timeout=1) == 7 and len(broker.records("t")) == 14
+
+    class Refusing(InMemoryProducer):
+        def send(self, record, callback):  # type: ignore[no-untyped-def]
+            if record.value == b"v3":
+                raise RuntimeError("queue full")
+            super().send(record, callback)
+
+    with pytest.raises(RuntimeError, match="queue full"):
+        Refusing(broker).send_many(records).result(timeout=1)
