@@ -39,7 +39,9 @@ def test_a_confluent_batch_closed_before_delivery_fails_its_future(method: str) 
     pytest.importorskip("confluent_kafka")
     settings = Settings().kafka.model_copy(update={"client": "confluent", "ack_timeout_s": 1.0})
     producer = make_producer(f"127.0.0.1:{free_port()}", settings)  # nobody listens there
-    acked = getattr(producer, method)([OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(50)])
+    acked = getattr(producer, method)(
+        [OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(50)]
+    )
     producer.close(timeout_s=0.0)
     with pytest.raises(Exception, match="delivery failed"):
         acked.result(timeout=5.0)
@@ -89,7 +91,9 @@ def test_a_confluent_batch_that_finds_the_queue_full_fails_with_why(method: str)
         f"127.0.0.1:{free_port()}", settings, **{"queue.buffering.max.messages": 2}
     )
     try:
-        acked = getattr(producer, method)([OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(5)])
+        acked = getattr(producer, method)(
+            [OutRecord("onramp.events", b"v%d" % i, b"k") for i in range(5)]
+        )
         with pytest.raises(Exception, match=r"producer queue full for 0\.3s"):
             acked.result(timeout=5.0)
     finally:
