@@ -70,13 +70,7 @@ def test_round_trip_through_each_client(broker, client):
     for p in range(4):
         offsets = [d.offset for d in delivered if d.partition == p]
         assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
-    consumer = make_consumer(broker.bootstrap, s)
-    consumer.assign([(topic, p) for p in range(4)])
-    got = []
-    deadline = time.monotonic() + 20
-    while len(got) < 500 and time.monotonic() < deadline:
-        got += consumer.poll(0.2)
-    consumer.close()
+    got = _read_back(broker, s, topic, 500)
     assert sorted(r.value for r in got) == sorted(r.value for r in records)
 
 
@@ -94,14 +88,20 @@ def test_send_many_resolves_once_every_record_is_in_kafka(broker, client):
     assert [f.result(timeout=30) for f in futures] == [100] * 5
     assert producer.send_many([]).result(timeout=1) == 0
     producer.close()
-    consumer = make_consumer(broker.bootstrap, s)
-    consumer.assign([(topic, p) for p in range(4)])
+    got = _read_back(broker, s, topic, 500)
+    assert sorted(r.value for r in got) == sorted(r.value for b in batches for r in b)
+
+
+def _read_back(broker, settings, topic, n):
+    """What the topic holds, read from every partition until ``n`` records (20 s at most)."""
+    consumer = make_consumer(broker.bootstrap, settings)
+    consumer.assign([(topic, p) for p in range(settings.partitions)])
     got = []
     deadline = time.monotonic() + 20
-    while len(got) < 500 and time.monotonic() < deadline:
+    while len(got) < n and time.monotonic() < deadline:
         got += consumer.poll(0.2)
     consumer.close()
-    assert sorted(r.value for r in got) == sorted(r.value for b in batches for r in b)
+    return got
     # Kafka's murmur2 in both clients, and in the in-memory twin: key -> partition is one function
     assert all(r.partition == partition_for(r.key, 4) for r in got)
 
