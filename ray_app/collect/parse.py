@@ -67,7 +67,7 @@ from ray_app.collect.body import Limits, checked_json, decode_body
 from ray_app.collect.dead_letter import dlq_key, dlq_record, raw_event_payload
 from ray_app.collect.envelope import Envelope
 from ray_app.collect.keys import key_owner, write_key_from_header
-from ray_app.collect.plain import MAX_PLAIN_BYTES, plain_call, plain_record
+from ray_app.collect.plain import MAX_PLAIN_BYTES, PlainCall, plain_call, plain_record
 from ray_app.collect.rejection import (
     Rejection,
     RequestRejected,
@@ -404,42 +404,23 @@ def _normalize(
     A plain event (:mod:`~ray_app.collect.plain`) is read without the pydantic models; any
     other is read by them, which accept it or say why not.
     """
-    plain = None
+    fields = call = None
     if isinstance(raw, dict) and blob is not None:
         raw = envelope.take(raw, blob, request.limits.max_event_bytes)
         if len(blob) < MAX_PLAIN_BYTES:
-            plain = plain_call(raw, request.route_type)
-    if plain is not None:
-        fields = (
-            plain.message_id,
-            plain.timestamp or plain.original_timestamp,
-            plain.sent_at,
-            plain.session_id,
-            plain.seq,
-            plain.step_id,
-            plain.user_key,
-            plain.client_time_text,
-        )
-        properties = plain.theirs.get("properties")
-    else:
+            fields = plain_call(raw, request.route_type)
+    if fields is None:
         call = parse_call(raw, request.route_type)
-        onramp = call.context.onramp
-        fields = (
-            call.messageId,
-            call.timestamp or call.originalTimestamp,
-            call.sentAt,
-            onramp.sessionId if onramp is not None else None,
-            onramp.seq if onramp is not None else None,
-            onramp.stepId if onramp is not None else None,
-            call.user_key,
-            None,
-        )
+        fields = _model_fields(call)
         properties = getattr(call, "properties", None)
-    message_id, original, sent_at, session_id, seq, step_id, user_key, original_iso = fields
-    message_id = message_id or _derived_message_id(source, raw)
-    timestamp = correct_skew(request.received_at, sent_at, original)
+    else:
+        properties = fields.theirs.get("properties")
+    message_id = fields.message_id or _derived_message_id(source, raw)
+    original = fields.timestamp or fields.original_timestamp
+    timestamp = correct_skew(request.received_at, fields.sent_at, original)
     # each time written once (about a microsecond each): without ``sentAt`` the event time is
     # the client's, without a client time it is the receipt
+    original_iso = fields.client_time_text
     if original_iso is None and original is not None:
         original_iso = iso(original)
     if timestamp is original:
@@ -448,6 +429,7 @@ def _normalize(
         timestamp_iso = request.received_iso
     else:
         timestamp_iso = iso(timestamp)
+    step_id = fields.step_id
     if not step_id and isinstance(properties, dict):
         candidate = properties.get("stepId")
         step_id = candidate if isinstance(candidate, str) and candidate else None
@@ -457,18 +439,31 @@ def _normalize(
         "timestamp": timestamp_iso,
         "receivedAt": request.received_iso,
         "source": source,
-        "userKey": user_key,
+        "userKey": fields.user_key,
     }
     if original_iso is not None:
         ours["originalTimestamp"] = original_iso
-    if session_id is not None:
-        ours["sessionId"] = session_id
-    if seq is not None:
-        ours["seq"] = seq
+    if fields.session_id is not None:
+        ours["sessionId"] = fields.session_id
+    if fields.seq is not None:
+        ours["seq"] = fields.seq
     if step_id:
         ours["stepId"] = step_id
-    record = plain_record(plain, ours) if plain is not None else record_json(call, ours)
-    return user_key.encode(), record, message_id
+    record = plain_record(fields, ours) if call is None else record_json(call, ours)
+    return fields.user_key.encode(), record, message_id
+
+
+def _model_fields(call: Any) -> PlainCall:
+    """The fields the collector reads of an event, from the models' reading of it (the record
+    itself is written from ``call`` by :func:`record_json`)."""
+    fields = PlainCall()
+    fields.message_id, fields.user_key = call.messageId, call.user_key
+    fields.timestamp, fields.original_timestamp = call.timestamp, call.originalTimestamp
+    fields.sent_at = call.sentAt
+    onramp = call.context.onramp
+    if onramp is not None:
+        fields.session_id, fields.seq, fields.step_id = onramp.sessionId, onramp.seq, onramp.stepId
+    return fields
 
 
 def record_json(call: Any, ours: dict[str, Any]) -> bytes:

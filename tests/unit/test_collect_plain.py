@@ -21,26 +21,11 @@ from hypothesis import strategies as st
 
 import ray_app.collect.parse as parse_module
 from ray_app.collect.body import Limits, checked_json, decode_body
-from ray_app.collect.parse import ParsedRequest, iso, parse_request
+from ray_app.collect.parse import ParsedRequest, iso
 from ray_app.collect.plain import plain_call, plain_record
 from ray_app.collect.rejection import RequestRejected
-from tests.unit.test_parse_adversarial import encode, event_like, small_values
+from tests.unit.test_parse_adversarial import encode, event_like, parse, small_values
 from validation.wire import WireError, parse_call
-
-KEYS = {"demo": "k1"}
-NOW = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
-AUTH = "Basic azE6"  # base64("k1:")
-
-
-def _parse(route: str, body: bytes) -> ParsedRequest:
-    return parse_request(
-        route,
-        body,
-        content_encoding=None,
-        authorization=AUTH,
-        write_keys=KEYS,
-        received_at=NOW,
-    )
 
 
 def _answer(p: ParsedRequest) -> dict[str, Any]:
@@ -59,10 +44,10 @@ def _body(doc: Any) -> bytes:
 
 def both_ways(route: str, body: bytes, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The answer to ``body``, checked to be the models' answer too; returns it."""
-    shipped = _answer(_parse(route, body))
+    shipped = _answer(parse(route, body))
     with monkeypatch.context() as m:
         m.setattr(parse_module, "plain_call", lambda raw, route_type: None)
-        models = _answer(_parse(route, body))
+        models = _answer(parse(route, body))
     assert shipped == models
     return shipped
 
@@ -302,6 +287,6 @@ def test_an_extra_properties_field_that_is_not_an_object_is_kept(plain, monkeypa
     if not plain:
         monkeypatch.setattr(parse_module, "plain_call", lambda raw, route_type: None)
     body = json.dumps({"userId": "u", "properties": [1], "traits": {"role": "cto"}}).encode()
-    p = _parse("identify", body)
+    p = parse("identify", body)
     assert (p.status, p.rejections) == (200, [])
     assert orjson.loads(p.events[0][1])["properties"] == [1]
