@@ -382,6 +382,10 @@ class Consumer(Protocol):
 
     def assign_at(self, offsets: dict[tuple[str, int], int]) -> None: ...
 
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read an assigned partition from ``offset`` on: records of it fetched already and not
+        yet handed over are dropped (a stream worker fetches again what a fetch skipped)."""
+
     def highwater(self, topic: str, partition: int) -> int | None:
         """The end offset last reported by the broker for an assigned partition (no request)."""
 
@@ -430,6 +434,11 @@ class KafkaPythonConsumer:
         self._consumer.assign([TopicPartition(t, p) for t, p in offsets])
         for (t, p), off in offsets.items():
             self._consumer.seek(TopicPartition(t, p), off)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        from kafka import TopicPartition
+
+        self._consumer.seek(TopicPartition(topic, partition), offset)
 
     commit_failures = 0
 
@@ -515,6 +524,10 @@ class ConfluentConsumer:
         self._consumer.assign(
             [self._confluent.TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         )
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        # librdkafka drops what it fetched of the partition before the seek (op versions)
+        self._consumer.seek(self._confluent.TopicPartition(topic, partition, offset))
 
     commit_failures = 0
 

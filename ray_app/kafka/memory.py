@@ -101,6 +101,11 @@ class InMemoryConsumer:
     def assign_at(self, offsets: dict[tuple[str, int], int]) -> None:
         self._positions = dict(offsets)
 
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        if (topic, partition) not in self._positions:
+            raise KafkaUnavailable(f"seek on {topic}[{partition}], which is not assigned")
+        self._positions[(topic, partition)] = offset
+
     def commit(self, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
         self.broker.committed.update(offsets)
 

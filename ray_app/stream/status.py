@@ -18,14 +18,16 @@ def partition_status(
     lag: int | None,
     redelivered: int = 0,
     offset_gaps: int = 0,
+    fetched_again: int = 0,
 ) -> dict[str, Any]:
     """One partition's entry of the worker's status (``lag``: None before it was measured;
-    ``redelivered`` and ``offset_gaps``: what the worker's client did, see
+    ``redelivered``, ``offset_gaps`` and ``fetched_again``: what the worker's client did, see
     :meth:`~ray_app.stream.worker.StreamWorker._in_order`)."""
     return {
         "nextOffset": next_offset,
         "redelivered": redelivered,
         "offsetGaps": offset_gaps,
+        "fetchedAgain": fetched_again,
         "buffered": shard.buffered,
         "watermark": shard.watermark,
         "lag": lag,

@@ -132,9 +132,13 @@ _FAMILIES = (
      "Records the Kafka client handed over again before a partition's next offset, events and "
      "decisions together (not applied twice), since the worker started."),
     ("onramp_stream_offset_gaps_total", "counter",
-     "Offsets a partition's records skipped, events and decisions together (transaction "
-     "markers or compaction; else records the client never handed over), since the worker "
-     "started."),
+     "Offsets a partition's records skipped, events and decisions together, that fetching "
+     "again did not bring back (transaction markers or compaction; else records lost), since "
+     "the worker started."),
+    ("onramp_stream_fetched_again_total", "counter",
+     "Times a partition was read again from an offset a fetch skipped, events and decisions "
+     "together, since the worker started (what came back is applied; what never does is "
+     "counted in onramp_stream_offset_gaps_total)."),
 )  # fmt: skip
 
 _OUTCOMES = (
@@ -173,3 +177,4 @@ def _partition_samples(fam: dict[str, list[str]], p: str, st: dict[str, Any]) ->
         add("onramp_stream_consumer_lag_records", st["lag"])
     add("onramp_stream_redelivered_records_total", st.get("redelivered", 0))
     add("onramp_stream_offset_gaps_total", st.get("offsetGaps", 0))
+    add("onramp_stream_fetched_again_total", st.get("fetchedAgain", 0))

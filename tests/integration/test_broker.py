@@ -101,9 +101,37 @@ def _read_back(broker, settings, topic, n):
     while len(got) < n and time.monotonic() < deadline:
         got += consumer.poll(0.2)
     consumer.close()
-    return got
     # Kafka's murmur2 in both clients, and in the in-memory twin: key -> partition is one function
-    assert all(r.partition == partition_for(r.key, 4) for r in got)
+    assert all(r.partition == partition_for(r.key, settings.partitions) for r in got)
+    return got
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_seek_reads_a_partition_again_from_the_offset_and_drops_what_was_fetched(broker, client):
+    """What a stream worker does when a fetch skipped offsets: read again from the first one
+    skipped, with nothing the client fetched before the seek handed over after it."""
+    s = KafkaSettings(partitions=1, client=client)
+    topic = f"seek-{client}"
+    ensure_topics(broker.bootstrap, s, [topic])
+    producer = make_producer(broker.bootstrap, s)
+    producer.send_many([OutRecord(topic, f"v{i}".encode()) for i in range(3000)]).result(30)
+    producer.close()
+    consumer = make_consumer(broker.bootstrap, s)
+    consumer.assign_at({(topic, 0): 0})
+    got: list = []
+    deadline = time.monotonic() + 20
+    while not got and time.monotonic() < deadline:
+        got = consumer.poll(0.2, max_records=10)  # the client has fetched more than these
+    assert [r.offset for r in got] == list(range(len(got)))
+    for target in (2500, 5):  # forward past what was fetched, then back before it
+        consumer.seek(topic, 0, target)
+        after: list = []
+        deadline = time.monotonic() + 20
+        while len(after) < 100 and time.monotonic() < deadline:
+            after += consumer.poll(0.2, max_records=100 - len(after))
+        assert [r.offset for r in after] == list(range(target, target + 100))
+        assert after[0].value == f"v{target}".encode()
+    consumer.close()
 
 
 def test_onramp_broker_command_runs_in_the_foreground_and_stops_on_sigterm():

@@ -116,7 +116,8 @@ def _stall_report(
             lines.append(
                 f"  partition {p}: nextOffset={part['nextOffset']} lag={part['lag']} "
                 f"records={part['records']} buffered={part['buffered']} "
-                f"redelivered={part['redelivered']} offsetGaps={part['offsetGaps']}"
+                f"redelivered={part['redelivered']} offsetGaps={part['offsetGaps']} "
+                f"fetchedAgain={part['fetchedAgain']}"
             )
     for label, start in (("from the next offsets", next_offsets), ("from 0", None)):
         consumer = make_consumer(broker_bootstrap, settings.kafka)

@@ -334,12 +334,12 @@ def test_a_batch_validation_that_raises_rejects_only_the_event_that_makes_it_rai
     assert shard.rates["u1"][1] == 2  # the failed attempt counted nobody twice
 
 
-def test_records_fetched_again_are_not_applied_twice_and_skipped_offsets_are_counted(
+def test_records_fetched_again_are_not_applied_twice_and_skipped_offsets_are_fetched_again(
     twin, tmp_path
 ):
     """A client that hands over records before the next offset again (a re-fetch) must not
-    count or apply them twice; offsets it skips are counted, so records missing from the
-    state show where they went."""
+    count or apply them twice; a fetch that skips offsets is not believed: the partition is read
+    again from the first offset skipped, and what comes back is applied."""
     w, settings = _worker(tmp_path)
     t = settings.topics
     _produce(twin, settings, t.events, [good(f"m{n}", n) for n in range(10)])
@@ -352,7 +352,42 @@ def test_records_fetched_again_are_not_applied_twice_and_skipped_offsets_are_cou
     assert part["records"] == 12 and part["duplicates"] == 0 and part["applied"] == 12
     assert part["redelivered"] == 6 and part["offsetGaps"] == 0 and part["nextOffset"] == 12
     _produce(twin, settings, t.events, [good(f"m{n}", n) for n in range(12, 17)])
-    w._consumer.assign_at({(t.events, 0): 14})  # the client skips offsets 12 and 13
+    w._consumer.assign_at({(t.events, 0): 14})  # a fetch hands over 14.. when 12 was next
     w._process(w._consumer.poll(max_records=100))
     part = w.status()["partitions"]["0"]
-    assert part["offsetGaps"] == 2 and part["nextOffset"] == 17 and part["records"] == 15
+    assert part["nextOffset"] == 12 and part["fetchedAgain"] == 1  # 14..16 held back
+    w._process(w._consumer.poll(max_records=100))  # read again from 12
+    part = w.status()["partitions"]["0"]
+    assert part["nextOffset"] == 17 and part["records"] == 17 and part["applied"] == 17
+    assert part["offsetGaps"] == 0 and part["redelivered"] == 6
+    assert "onramp_stream_fetched_again_total" in stream_metrics_text([w.status()])
+
+
+class _Holed(InMemoryConsumer):
+    """A client of a partition with a hole every fetch shows (compaction, transaction markers)."""
+
+    hole = range(3, 5)
+
+    def poll(self, timeout_s=0.5, max_records=5000):
+        return [r for r in super().poll(timeout_s, max_records) if r.offset not in self.hole]
+
+
+def test_offsets_every_fetch_skips_are_taken_as_a_hole_only_after_fetching_again(
+    twin, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(worker_module, "make_consumer", lambda *a, **k: _Holed(twin))
+    w, settings = _worker(tmp_path)
+    _produce(twin, settings, settings.topics.events, [good(f"m{n}", n) for n in range(8)])
+    for _ in range(6):  # fetched again and again, but not yet for _GAP_SETTLE_S
+        w._process(w._consumer.poll(max_records=100))
+    part = w.status()["partitions"]["0"]
+    assert part["nextOffset"] == 3 and part["offsetGaps"] == 0 and part["fetchedAgain"] == 6
+    monkeypatch.setattr(worker_module, "_GAP_SETTLE_S", 0.0)
+    w._process(w._consumer.poll(max_records=100))  # the same skip again, long enough: a hole
+    part = w.status()["partitions"]["0"]
+    assert part["offsetGaps"] == 2 and part["nextOffset"] == 8 and part["records"] == 6
+    assert part["fetchedAgain"] == 6 and part["applied"] == 6
+    _produce(twin, settings, settings.topics.events, [good(f"m{n}", n) for n in range(8, 10)])
+    w._process(w._consumer.poll(max_records=100))  # and the partition goes on as before
+    part = w.status()["partitions"]["0"]
+    assert part["nextOffset"] == 10 and part["offsetGaps"] == 2 and part["fetchedAgain"] == 6
