@@ -26,6 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 
@@ -328,19 +329,30 @@ def test_ten_thousand_hostile_requests_get_no_5xx(collector):
     errors: list[str] = []
 
     async def run() -> None:
+        # aiohttp rather than httpx: the load generator shares the 2 cores with the server, and
+        # httpx took about three times its time (this test: 57 s with httpx, 18 s with aiohttp)
         queue: asyncio.Queue = asyncio.Queue()
         for case in cases:
             queue.put_nowait(case)
-        limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=collector.base_url, timeout=60, limits=limits) as c:
+        connector = aiohttp.TCPConnector(limit=64)
+        timeout = aiohttp.ClientTimeout(total=60)
+        # no Content-Type of its own on a body: the bytes and headers are the case's, as sent
+        async with aiohttp.ClientSession(
+            collector.base_url,
+            connector=connector,
+            timeout=timeout,
+            skip_auto_headers=("Content-Type", "User-Agent"),
+            auto_decompress=False,
+        ) as c:
 
             async def worker() -> None:
                 while not queue.empty():
                     route, body, headers = queue.get_nowait()
-                    r = await c.post(route, content=body, headers=headers)
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                    if r.status_code >= 500 and len(errors) < 10:
-                        errors.append(f"{r.status_code} {route} {body[:300]!r}: {r.text[:300]}")
+                    async with c.post(route, data=body, headers=headers) as r:
+                        text = await r.text(errors="replace")
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                    if r.status >= 500 and len(errors) < 10:
+                        errors.append(f"{r.status} {route} {body[:300]!r}: {text[:300]}")
 
             await asyncio.gather(*[worker() for _ in range(64)])
 
