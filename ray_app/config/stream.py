@@ -38,6 +38,15 @@ class StreamSettings(_Section):
     poll_max_records: int = Field(
         5_000, ge=1, description="Most records one poll hands to the state core."
     )
+    skip_refetch_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="Offsets a fetch skipped are fetched again (at least 3 times) for this long "
+        "before the skip is taken as a hole in the partition (transaction markers, compaction). "
+        "0: after one fetch again; set 0 where another producer writes onramp.events or "
+        "onramp.decisions with transactions, so that each marker costs one fetch, not this wait.",
+    )
     allowed_lateness_ms: int = Field(
         300_000,
         ge=0,

@@ -92,10 +92,9 @@ _READERS_WAIT_S = 0.005
 _READERS_NAP_S = 0.00005
 #: How long a poll's side outputs (late, DLQ, rewards) may take to be acknowledged.
 _ACK_TIMEOUT_S = 60.0
-#: Skipped offsets are fetched again at least this many times, over at least this long, before
-#: they are taken as a hole in the partition (see :meth:`StreamWorker._in_order`).
+#: Skipped offsets are fetched again at least this many times (over ``stream.skip_refetch_s``)
+#: before they are taken as a hole in the partition (see :meth:`StreamWorker._in_order`).
 _GAP_FETCHES = 3
-_GAP_SETTLE_S = 0.5
 
 
 class StreamWorker:
@@ -324,9 +323,9 @@ class StreamWorker:
         they are dropped and counted in ``redelivered``. A skipped offset is first taken for a
         bad fetch, not for a hole in the partition: the records up to it are kept, the
         partition is read again from it (:meth:`_fetch_again`), and only a skip that every
-        fetch repeats (:data:`_GAP_FETCHES` of them, over at least :data:`_GAP_SETTLE_S`: a
-        broker's transaction markers or compaction) is taken as a hole, counted in
-        ``offsetGaps`` and logged. (A chaos run on the embedded broker once had a fetch hand
+        fetch repeats (:data:`_GAP_FETCHES` of them over at least ``stream.skip_refetch_s``, or
+        one with that setting 0: a broker's transaction markers or compaction) is taken as a
+        hole, counted in ``offsetGaps`` and logged. (A chaos run on the embedded broker once had a fetch hand
         over a partition from offset 4,492 when 3,049 was asked for; the 1,443 records between
         were there when fetched again.)"""
         if recs and recs[0].offset < expected:
@@ -366,12 +365,14 @@ class StreamWorker:
         """Whether partition ``p`` of ``topic`` ("events" or "decisions") is read again from
         offset ``missing`` (True), because a fetch handed over ``got`` instead; False once
         fetches have skipped the same offsets :data:`_GAP_FETCHES` times over at least
-        :data:`_GAP_SETTLE_S` (the skip is then taken as a hole in the partition)."""
+        ``stream.skip_refetch_s``, or once with that setting 0 (the skip is then taken as a
+        hole in the partition)."""
         now = time.monotonic()
+        settle = self.settings.stream.skip_refetch_s
         tried = self._gap_tries.get((topic, p))
         if tried is None or tried[0] != missing:
             tried = (missing, 0, now)
-        if tried[1] >= _GAP_FETCHES and now - tried[2] >= _GAP_SETTLE_S:
+        if tried[1] >= (_GAP_FETCHES if settle else 1) and now - tried[2] >= settle:
             del self._gap_tries[(topic, p)]
             return False
         self._gap_tries[(topic, p)] = (missing, tried[1] + 1, tried[2])

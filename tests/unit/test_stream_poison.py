@@ -170,8 +170,8 @@ def twin(monkeypatch):
     return broker
 
 
-def _worker(tmp_path, partitions=(0,), prefix="poison"):
-    settings = make_settings(ONRAMP_KAFKA__TOPIC_PREFIX=prefix, ONRAMP_KAFKA__PARTITIONS="2")
+def _worker(tmp_path, partitions=(0,), prefix="poison", **env):
+    settings = make_settings(ONRAMP_KAFKA__TOPIC_PREFIX=prefix, ONRAMP_KAFKA__PARTITIONS="2", **env)
     return StreamWorker(
         "w0", settings, "in-memory", list(partitions), str(tmp_path / "ckpt"), KEY
     ), settings
@@ -375,14 +375,17 @@ class _Holed(InMemoryConsumer):
 def test_offsets_every_fetch_skips_are_taken_as_a_hole_only_after_fetching_again(
     twin, tmp_path, monkeypatch
 ):
+    """By default a skip is fetched again for half a second (3 times at least) before it is a
+    hole; with ``stream.skip_refetch_s`` 0 (topics written with transactions), after once."""
     monkeypatch.setattr(worker_module, "make_consumer", lambda *a, **k: _Holed(twin))
     w, settings = _worker(tmp_path)
     _produce(twin, settings, settings.topics.events, [good(f"m{n}", n) for n in range(8)])
-    for _ in range(6):  # fetched again and again, but not yet for _GAP_SETTLE_S
+    assert w.settings.stream.skip_refetch_s == 0.5  # the default
+    for _ in range(6):  # fetched again and again, but not yet for skip_refetch_s
         w._process(w._consumer.poll(max_records=100))
     part = w.status()["partitions"]["0"]
     assert part["nextOffset"] == 3 and part["offsetGaps"] == 0 and part["fetchedAgain"] == 6
-    monkeypatch.setattr(worker_module, "_GAP_SETTLE_S", 0.0)
+    time.sleep(0.5)
     w._process(w._consumer.poll(max_records=100))  # the same skip again, long enough: a hole
     part = w.status()["partitions"]["0"]
     assert part["offsetGaps"] == 2 and part["nextOffset"] == 8 and part["records"] == 6
@@ -391,3 +394,12 @@ def test_offsets_every_fetch_skips_are_taken_as_a_hole_only_after_fetching_again
     w._process(w._consumer.poll(max_records=100))  # and the partition goes on as before
     part = w.status()["partitions"]["0"]
     assert part["nextOffset"] == 10 and part["offsetGaps"] == 2 and part["fetchedAgain"] == 6
+    w.stop()
+
+    w, settings = _worker(tmp_path / "txn", prefix="holed", ONRAMP_STREAM__SKIP_REFETCH_S="0")
+    _produce(twin, settings, settings.topics.events, [good(f"m{n}", n) for n in range(8)])
+    w._process(w._consumer.poll(max_records=100))
+    w._process(w._consumer.poll(max_records=100))  # one fetch again, then it is a hole
+    part = w.status()["partitions"]["0"]
+    assert part["nextOffset"] == 8 and part["offsetGaps"] == 2 and part["fetchedAgain"] == 1
+    w.stop()
