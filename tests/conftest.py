@@ -41,6 +41,22 @@ def make_settings(bootstrap: str | None = None, **env: str) -> Settings:
     return load_settings(env={**base, **env})
 
 
+#: Session fixtures of a real component: a test that uses one crosses a process.
+_REAL = frozenset({"broker", "ray_session", "serve_port"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``): every test that
+    crosses a process (marked ``integration``, or using the real broker, Ray or Serve) goes to
+    one of them, in collection order, with the one Ray and broker that worker starts; the
+    in-process tests run beside them on the other. (Most of the integration tests' time is
+    spent waiting on other processes: the suite used about 30% of the two cores.) Without
+    xdist the mark does nothing."""
+    for item in items:
+        if item.get_closest_marker("integration") or _REAL & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("integration"))
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as b:
