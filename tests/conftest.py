@@ -51,10 +51,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     one of them, in collection order, with the one Ray and broker that worker starts; the
     in-process tests run beside them on the other. (Most of the integration tests' time is
     spent waiting on other processes: the suite used about 30% of the two cores.) Without
-    xdist the mark does nothing."""
+    xdist the mark does nothing. Tests marked ``last`` run after all the others."""
     for item in items:
         if item.get_closest_marker("integration") or _REAL & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("integration"))
+    # measurements that other load skews go last: by then the in-process tests are done
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
 
 
 @pytest.fixture(scope="session")
