@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import WRITE_KEY
 
 # last: make test's other worker runs the in-process tests meanwhile, and under that load the
-# replica's peak grew by 519 MiB in one run (417-467 MiB alone, the same day)
+# replica's peak grew by 519 MiB in one run (458 and 467 MiB alone, the same day)
 pytestmark = [pytest.mark.slow, pytest.mark.last]
 
 #: The documented bound (README, Security): growth of a replica's RSS under this flood.
