@@ -52,7 +52,7 @@ up: venv ## run Onramp (broker, Ray, Serve) without traffic (Ctrl-C stops)
 	$(VENV)/bin/onramp up
 
 test: venv lint ## lint first (what `make lint` runs), then every test: unit, doctests, integration (real broker, Ray, Serve) and slow
-	$(PY) -m pytest -n 2
+	$(PY) -m pytest
 
 test-unit: venv ## run the fast tests only (no broker, Ray or Serve)
 	$(PY) -m pytest -m "not integration and not slow"

@@ -41,31 +41,6 @@ def make_settings(bootstrap: str | None = None, **env: str) -> Settings:
     return load_settings(env={**base, **env})
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``make test`` runs two pytest-xdist workers (``-n 2``): the tests under
-    ``tests/integration/`` (everything that uses the real broker, Ray or Serve, or runs Onramp in
-    a subprocess) go to one of them as one unit, in collection order, with the one Ray and
-    broker that worker starts; the in-process tests and doctests are spread over both. (Most
-    of the integration tests' time is spent waiting on other processes: the single-process
-    suite used about 30% of the two cores.) xdist's own ``--dist loadgroup`` would do this with
-    marks, but its group suffix on node ids has no effect under pytest 9 (every group was
-    split over both workers, and each started a Ray of its own)."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class CrossingTogether(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "integration" if nodeid.startswith("tests/integration/") else nodeid
-
-    return CrossingTogether(config, log)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``last`` (a measurement other load on the machine skews) run after all the
-    others: under ``make test`` the in-process tests are done by then."""
-    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
-
-
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as b:

@@ -21,9 +21,7 @@ import pytest
 
 from tests.conftest import WRITE_KEY
 
-# last: make test's other worker runs the in-process tests meanwhile, and under that load the
-# replica's peak grew by 519 MiB in one run (458 and 467 MiB alone, the same day)
-pytestmark = [pytest.mark.slow, pytest.mark.last]
+pytestmark = pytest.mark.slow
 
 #: The documented bound (README, Security): growth of a replica's RSS under this flood.
 FLOOD_RSS_BOUND_BYTES = 512 * 1024 * 1024
