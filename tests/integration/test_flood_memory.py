@@ -5,7 +5,7 @@ replica must answer (200, 400, 413 or 503 with Retry-After, never 5xx otherwise)
 memory must stay within the bound the README documents: the replica's idle RSS plus
 ``FLOOD_RSS_BOUND_BYTES``. What bounds it: bodies are read at most one chunk past the request
 limit, records are built only while the in-flight budget (``collector.max_inflight_bytes``,
-32 MiB) admits them, and the bytes are given back in every path.
+24 MiB) admits them, and the bytes are given back in every path.
 """
 
 from __future__ import annotations

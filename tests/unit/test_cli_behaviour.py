@@ -7,7 +7,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +187,39 @@ def test_ctrl_c_is_one_line_and_exit_130(argv, target, monkeypatch, capsys) -> N
     assert rc == 130
     err = capsys.readouterr().err
     assert err.strip().endswith("interrupted") and "Traceback" not in err
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_ctrl_c_in_a_real_process_leaves_no_traceback(tmp_path) -> None:
+    """SIGINT while `onramp evaluate` waits on its input (a FIFO nobody writes to)."""
+    fifo = tmp_path / "logs.jsonl"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.onramp", "evaluate", "--logs", str(fifo)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    opened = threading.Event()
+    holder: list[Any] = []
+
+    def writer() -> None:  # returns once the command has opened the FIFO to read it
+        holder.append(open(fifo, "w"))
+        opened.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    try:
+        assert opened.wait(60), "the command never opened its input"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # a writer still waiting: released
+        for f in holder:
+            f.close()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().endswith("onramp evaluate: interrupted")
 
 
 def _archive_env(monkeypatch, broker: InMemoryBroker, consumer: Any = None) -> None:
