@@ -325,9 +325,9 @@ class StreamWorker:
         partition is read again from it (:meth:`_fetch_again`), and only a skip that every
         fetch repeats (:data:`_GAP_FETCHES` of them over at least ``stream.skip_refetch_s``, or
         one with that setting 0: a broker's transaction markers or compaction) is taken as a
-        hole, counted in ``offsetGaps`` and logged. (A chaos run on the embedded broker once had a fetch hand
-        over a partition from offset 4,492 when 3,049 was asked for; the 1,443 records between
-        were there when fetched again.)"""
+        hole, counted in ``offsetGaps`` and logged. (A chaos run on the embedded broker once
+        had a fetch hand over a partition from offset 4,492 when 3,049 was asked for; the 1,443
+        records between were there when fetched again.)"""
         if recs and recs[0].offset < expected:
             kept = [r for r in recs if r.offset >= expected]
             self.redelivered[p] = self.redelivered.get(p, 0) + len(recs) - len(kept)
@@ -346,7 +346,7 @@ class StreamWorker:
         at = expected
         for i, r in enumerate(recs):
             if r.offset != at:
-                if self._fetch_again(p, topic, at, r.offset):
+                if self._fetch_again(p, topic, r.topic, at, r.offset):
                     return recs[:i]
                 self.offset_gaps[p] = self.offset_gaps.get(p, 0) + r.offset - at
                 log.error(
@@ -361,12 +361,12 @@ class StreamWorker:
             at = r.offset + 1
         return recs
 
-    def _fetch_again(self, p: int, topic: str, missing: int, got: int) -> bool:
-        """Whether partition ``p`` of ``topic`` ("events" or "decisions") is read again from
-        offset ``missing`` (True), because a fetch handed over ``got`` instead; False once
-        fetches have skipped the same offsets :data:`_GAP_FETCHES` times over at least
-        ``stream.skip_refetch_s``, or once with that setting 0 (the skip is then taken as a
-        hole in the partition)."""
+    def _fetch_again(self, p: int, topic: str, name: str, missing: int, got: int) -> bool:
+        """Whether partition ``p`` of ``topic`` ("events" or "decisions", Kafka topic ``name``)
+        is read again from offset ``missing`` (True), because a fetch handed over ``got``
+        instead; False once fetches have skipped the same offsets :data:`_GAP_FETCHES` times
+        over at least ``stream.skip_refetch_s``, or once with that setting 0 (the skip is then
+        taken as a hole in the partition)."""
         now = time.monotonic()
         settle = self.settings.stream.skip_refetch_s
         tried = self._gap_tries.get((topic, p))
@@ -386,7 +386,6 @@ class StreamWorker:
             got - 1,
             missing,
         )
-        name = self.topics.events if topic == "events" else self.topics.decisions
         self._consumer.seek(name, p, missing)
         return True
 
