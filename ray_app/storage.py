@@ -20,13 +20,15 @@ ray_app.errors.FieldError: uri: cannot open 'nope://x': ...
 from __future__ import annotations
 
 import os
+import select
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ray_app.errors import FieldError
 
-__all__ = ["Storage", "write_file_atomically"]
+__all__ = ["Storage", "read_stream", "write_file_atomically"]
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:
@@ -44,6 +46,38 @@ def write_file_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_stream(path: Path, wait_s: float = 0.25) -> bytes:
+    """All bytes of a local file that is not a regular file (a FIFO, ``/dev/stdin``) up to its
+    end, in a loop that never blocks in ``read`` for longer than ``wait_s``.
+
+    Why: a Ctrl-C whose signal lands after the file is opened but before the blocking ``read``
+    starts is only flagged by the C handler; the ``read`` then blocks with the
+    ``KeyboardInterrupt`` pending until a writer closes, which for a FIFO may be never
+    (``onramp evaluate --logs`` on a FIFO once outlived its Ctrl-C). Waiting in ``select``
+    returns to Python at least every ``wait_s``, where the pending signal is raised.
+
+    >>> r, w = os.pipe(); os.write(w, b"ab"); os.close(w)
+    2
+    >>> read_stream(Path(f"/dev/fd/{r}"))
+    b'ab'
+    """
+    if stat.S_ISDIR(path.stat().st_mode):
+        raise IsADirectoryError(str(path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            ready, _, _ = select.select([fd], [], [], wait_s)
+            if not ready:
+                continue  # back in Python: a pending Ctrl-C is raised here
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 class Storage:
@@ -90,8 +124,11 @@ class Storage:
     def read(self, rel: str) -> bytes | None:
         """The bytes at ``rel``, or ``None`` if there is no such file."""
         if self.local is not None:
+            path = self.local / rel
             try:
-                return (self.local / rel).read_bytes()
+                if stat.S_ISREG(path.stat().st_mode):
+                    return path.read_bytes()
+                return read_stream(path)
             except (FileNotFoundError, IsADirectoryError):
                 return None
         try:
