@@ -239,7 +239,9 @@ def cell_diagnostics(
 ) -> dict[str, Any]:
     """Where the treatment arm of users ``start`` to ``stop - 1`` lost against the oracle:
     the share of decisions that explored (served another action than the model's top one),
-    the share whose top action was the oracle's, and the ``top`` cells (hidden segments, for
+    the expected completions that exploring cost (``lost_to_exploration``: the top action's
+    completion probability less the served one's, summed; the rest of ``lost_completions`` is
+    the top action not being the oracle's), the share whose top action was the oracle's, and the ``top`` cells (hidden segments, for
     reporting only) that lost the most expected completions, with their users and the share of
     their top actions that were the oracle's. A cell whose favourite the model never found
     shows a share near 0; one it found, near 1 less the exploration."""
@@ -247,6 +249,7 @@ def cell_diagnostics(
     slot = truth.catalog.slot(slot_name)
     cells: dict[str, list[float]] = {}
     explored = hits = n = 0
+    explore_lost = 0.0
     for o in outcomes:
         if o.arm != "treatment" or not start <= o.index < stop or o.cold_start:
             continue
@@ -256,6 +259,10 @@ def cell_diagnostics(
         lost = truth.p_complete(o.segment, slot_name, best_index, o.drifted) - truth.p_complete(
             o.segment, slot_name, o.action, o.drifted
         )
+        if o.greedy is not None:  # what serving another action than the top one cost
+            explore_lost += truth.p_complete(
+                o.segment, slot_name, o.greedy, o.drifted
+            ) - truth.p_complete(o.segment, slot_name, o.action, o.drifted)
         c = cells.setdefault(o.segment, [0, 0.0, 0])
         c[0] += 1
         c[1] += lost
@@ -269,6 +276,7 @@ def cell_diagnostics(
         "explored": round(explored / n, 3) if n else None,
         "greedy_is_oracle": round(hits / n, 3) if n else None,
         "lost_completions": round(sum(c[1] for c in cells.values()), 1),
+        "lost_to_exploration": round(explore_lost, 1),
         "worst_cells": [
             {
                 "cell": k,
