@@ -201,17 +201,23 @@ class Stack:
                 log_to_driver=False,
             )
             self._ray_started = True
+        # The stream supervisor's workers and the learner start while Serve does (each is
+        # mostly processes importing their modules): waited for before the stack is up.
+        starting: list[tuple[str, Any, float]] = []
         if self.start_stream:
-            from ray_app.stream.supervisor import start_supervisor_actor
+            from ray_app.stream import supervisor
 
             checkpoints = s.stream.checkpoint_uri
             if checkpoints is None and self.broker is not None:
                 # The embedded broker keeps topics in memory: offsets of an earlier run mean
                 # nothing to it, so its checkpoints start afresh with it.
                 checkpoints = str(state_dir.resolve() / "checkpoints" / embedded.run_name())
-            self.supervisor = start_supervisor_actor(s, self.bootstrap, checkpoints)
+            self.supervisor, launched = supervisor.launch_supervisor_actor(
+                s, self.bootstrap, checkpoints
+            )
+            starting.append(("the stream workers", launched, supervisor.LAUNCH_TIMEOUT_S))
             if s.learn.enabled:
-                from ray_app.learn.service import start_learner_actor
+                from ray_app.learn import service
 
                 if s.learn.state_path is None and self.broker is not None:
                     # same reason: reward offsets of an earlier run mean nothing to this broker;
@@ -220,7 +226,8 @@ class Stack:
                     s = s.model_copy(
                         update={"learn": s.learn.model_copy(update={"state_path": run_state})}
                     )
-                self.learner = start_learner_actor(s, self.bootstrap)
+                self.learner, launched = service.launch_learner_actor(s, self.bootstrap)
+                starting.append(("the learner", launched, service.LAUNCH_TIMEOUT_S))
         serve.start(http_options={"host": s.collector.host, "port": s.collector.port})
         serve.run(
             self.build_app(
@@ -232,6 +239,11 @@ class Stack:
             # about 3% of a replica's time on /v1/decide (Onramp's metrics count requests)
             logging_config={"enable_access_log": False},
         )
+        for what, launched, timeout_s in starting:
+            try:
+                ray.get(launched, timeout=timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                raise OnrampError(f"{what} did not start within {timeout_s:.0f} s") from None
         self._wait_healthy()
         return self
 

@@ -394,13 +394,26 @@ class LearnerService:
         }
 
 
-def start_learner_actor(settings: Settings, bootstrap: str) -> Any:
-    """Run :class:`LearnerService` as the named actor :data:`LEARNER_NAME` and start it."""
+def launch_learner_actor(settings: Settings, bootstrap: str) -> tuple[Any, Any]:
+    """Create :class:`LearnerService` as the named actor :data:`LEARNER_NAME` and ask it to
+    start without waiting: ``(actor, ref)``, ``ray.get(ref)`` once it has started."""
     import ray
 
     cls = ray.remote(num_cpus=0, max_concurrency=4)(LearnerService)  # type: ignore[call-overload]
     actor = cls.options(name=LEARNER_NAME, namespace=settings.ray.namespace).remote(
         settings, bootstrap
     )
-    ray.get(actor.start.remote(), timeout=120)
+    return actor, actor.start.remote()
+
+
+#: How long the learner's start (its model file and state read, its consumer) may take.
+LAUNCH_TIMEOUT_S = 120
+
+
+def start_learner_actor(settings: Settings, bootstrap: str) -> Any:
+    """Run :class:`LearnerService` as the named actor :data:`LEARNER_NAME` and start it."""
+    import ray
+
+    actor, started = launch_learner_actor(settings, bootstrap)
+    ray.get(started, timeout=LAUNCH_TIMEOUT_S)
     return actor

@@ -389,15 +389,31 @@ class StreamSupervisor:
             self.workers = []
 
 
-def start_supervisor_actor(
+def launch_supervisor_actor(
     settings: Settings, bootstrap: str, checkpoint_uri: str | None = None
-) -> Any:
-    """Run the supervisor as the named actor :data:`SUPERVISOR_NAME` and start its workers."""
+) -> tuple[Any, Any]:
+    """Create the supervisor as the named actor :data:`SUPERVISOR_NAME` and ask it to start its
+    workers without waiting: ``(actor, ref)``, ``ray.get(ref)`` once they are started (``onramp
+    up`` starts Serve meanwhile)."""
     import ray
 
     cls = ray.remote(num_cpus=0, max_concurrency=16)(StreamSupervisor)  # type: ignore[call-overload]
     actor = cls.options(name=SUPERVISOR_NAME, namespace=settings.ray.namespace).remote(
         settings, bootstrap, checkpoint_uri=checkpoint_uri
     )
-    ray.get(actor.launch.remote(), timeout=300)
+    return actor, actor.launch.remote()
+
+
+def start_supervisor_actor(
+    settings: Settings, bootstrap: str, checkpoint_uri: str | None = None
+) -> Any:
+    """Run the supervisor as the named actor :data:`SUPERVISOR_NAME` and start its workers."""
+    import ray
+
+    actor, launched = launch_supervisor_actor(settings, bootstrap, checkpoint_uri)
+    ray.get(launched, timeout=LAUNCH_TIMEOUT_S)
     return actor
+
+
+#: How long starting the supervisor's workers may take.
+LAUNCH_TIMEOUT_S = 300
