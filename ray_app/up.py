@@ -93,6 +93,33 @@ def configure_http_mode(high_throughput: bool) -> str:
     return "haproxy"
 
 
+def stop_own_haproxy() -> int:
+    """SIGTERM to the HAProxy processes that run with this process's HAProxy config
+    (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC``, see :func:`configure_http_mode`); how many. Serve's
+    HAProxy manager starts HAProxy and does not take it along when Ray's processes are killed:
+    the orphan keeps the HTTP port, and the next ``onramp up`` fails to bind it. Linux
+    (``/proc``); elsewhere 0."""
+    import signal
+
+    config = os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")
+    if not config:
+        return 0
+    base = str(Path(config).parent)
+    stopped = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"haproxy") and any(base.encode() in a for a in argv):
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+                stopped += 1
+            except OSError:
+                pass
+    return stopped
+
+
 def ray_init_address(address: str | None) -> str | None:
     """What to pass to ``ray.init(address=...)`` for ``ray.address``: the setting when set; else
     ``None`` when Ray's own ``RAY_ADDRESS`` is set (``ray job submit`` sets it), so Ray follows
@@ -263,13 +290,55 @@ class Stack:
             time.sleep(0.2)
         raise OnrampError(f"the collector did not become healthy in {timeout_s}s: {last}")
 
+    def _ray_lost(self, wait_s: float = 0.3) -> list[str]:
+        """The processes of the local Ray this stack started that are gone, after waiting up to
+        ``wait_s`` for one to go: a SIGTERM to the whole process group (``timeout``, a
+        supervisor that signals every process of a service) reaches Ray's own processes too,
+        and they exit at once (Ray blocks only SIGINT in them: Ctrl-C in a terminal is fine)."""
+        if not self._ray_started:
+            return []
+        try:
+            from ray._private import worker
+
+            node = worker._global_node
+        except Exception:
+            return []
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                gone: list[str] = (
+                    [kind for kind, _ in node.dead_processes()] if node is not None else []
+                )
+            except Exception:
+                return []
+            if gone or time.monotonic() >= deadline:
+                return gone
+            time.sleep(0.05)
+
     def stop(self) -> None:
-        """Stop in reverse order: Serve (replicas flush their producers), Ray, then the broker."""
+        """Stop in reverse order: Serve (replicas flush their producers), Ray, then the broker.
+
+        If Ray's own processes were stopped from outside, Serve and the actors cannot be asked
+        to stop (Serve alone would wait 30 s for its controller, then Ray's driver aborts the
+        process a minute later with the broker still running): Ray is shut down at once, the
+        HAProxy of this process (Serve starts it; it outlives its manager) is stopped, then the
+        broker. The stream's and learner's state since their last checkpoints is lost then, as
+        after any crash; no acknowledged event is."""
         import ray
         from ray import serve
 
         try:
-            if ray.is_initialized():
+            lost = self._ray_lost() if ray.is_initialized() else []
+            if lost:
+                log.warning(
+                    "Ray's processes were stopped from outside (%s gone; a signal to the whole "
+                    "process group?): shutting Ray down without stopping Serve and the stream "
+                    "in order",
+                    ", ".join(sorted(set(lost))),
+                )
+                ray.shutdown()
+                stop_own_haproxy()
+            elif ray.is_initialized():
                 try:
                     serve.shutdown()
                     if self.learner is not None:

@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,6 +110,18 @@ def _recv_exact(s: socket.socket, n: int) -> bytes | None:
     return buf
 
 
+def _die_with_parent() -> None:
+    """In the broker's process before it runs (Linux): SIGTERM when the thread that started it
+    ends, so a process that dies without stopping it (SIGKILL, or Ray's driver aborting after
+    its own processes were killed) leaves no broker behind holding its port. Brokers are
+    started from the main thread."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class EmbeddedBroker:
     """A Tansu broker process on a loopback port, started and stopped by Onramp."""
 
@@ -167,6 +180,7 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

@@ -37,6 +37,26 @@ def test_start_answers_metadata_and_stop_frees_the_port():
     assert not b.running and not probe_metadata(b.host, b.port)
 
 
+def test_a_broker_does_not_outlive_a_process_killed_without_stopping_it():
+    """SIGKILL to the process that started the broker (nothing of it runs to stop it): the
+    broker gets its parent-death signal and frees its port."""
+    code = (
+        "from ray_app.kafka import EmbeddedBroker; import time; "
+        "b = EmbeddedBroker().start(); print(b.port, flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        assert probe_metadata("127.0.0.1", port)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while probe_metadata("127.0.0.1", port, timeout_s=0.5) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not probe_metadata("127.0.0.1", port, timeout_s=0.5)
+
+
 def test_port_taken_is_a_clear_error(broker):
     with pytest.raises(BrokerError, match=f"port {broker.port} on 127.0.0.1 is taken"):
         EmbeddedBroker(port=broker.port).start()

@@ -97,3 +97,27 @@ def test_a_model_file_of_another_feature_schema_is_named_not_served(tmp_path):
     assert "cold-start policy" in note and model.exists()
     model.write_bytes(b"garbage")
     assert "kept, not served" in prepare(tmp_path, model, False, stack._refusal)[0]
+
+
+def test_stop_own_haproxy_stops_only_the_haproxy_of_this_process_config(tmp_path, monkeypatch):
+    """Serve's HAProxy outlives Ray's processes when they are killed from outside; the one
+    running with this process's config folder is stopped, another Onramp's is not."""
+    from ray_app.up import stop_own_haproxy
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", str(ours / "haproxy.cfg"))
+    nap = "import time; time.sleep(60)"
+    procs = [  # a Python under HAProxy's name, with a config path as Serve starts it
+        subprocess.Popen(
+            ["haproxy", "-c", nap, "-f", f"{d}/abc/haproxy.cfg"], executable=sys.executable
+        )
+        for d in (ours, theirs)
+    ]
+    try:
+        assert stop_own_haproxy() == 1
+        assert procs[0].wait(timeout=10) == -15  # SIGTERM
+        assert procs[1].poll() is None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
