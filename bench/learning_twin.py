@@ -241,9 +241,9 @@ def cell_diagnostics(
     the share of decisions that explored (served another action than the model's top one),
     the expected completions that exploring cost (``lost_to_exploration``: the top action's
     completion probability less the served one's, summed; the rest of ``lost_completions`` is
-    the top action not being the oracle's), the share whose top action was the oracle's, and the ``top`` cells (hidden segments, for
-    reporting only) that lost the most expected completions, with their users and the share of
-    their top actions that were the oracle's. A cell whose favourite the model never found
+    the top action not being the oracle's), the share whose top action was the oracle's, and
+    the ``top`` cells (hidden segments, for reporting only) that lost the most expected
+    completions, with their users and the share of their top actions that were the oracle's. A cell whose favourite the model never found
     shows a share near 0; one it found, near 1 less the exploration."""
     slot_name = "next_step"
     slot = truth.catalog.slot(slot_name)
@@ -256,13 +256,10 @@ def cell_diagnostics(
         el = truth.eligible(o.segment, slot_name)
         best_index = truth.oracle_choice(o.segment, slot_name, el, o.drifted)
         best = slot.actions[best_index].id
-        lost = truth.p_complete(o.segment, slot_name, best_index, o.drifted) - truth.p_complete(
-            o.segment, slot_name, o.action, o.drifted
-        )
+        served = truth.p_complete(o.segment, slot_name, o.action, o.drifted)
+        lost = truth.p_complete(o.segment, slot_name, best_index, o.drifted) - served
         if o.greedy is not None:  # what serving another action than the top one cost
-            explore_lost += truth.p_complete(
-                o.segment, slot_name, o.greedy, o.drifted
-            ) - truth.p_complete(o.segment, slot_name, o.action, o.drifted)
+            explore_lost += truth.p_complete(o.segment, slot_name, o.greedy, o.drifted) - served
         c = cells.setdefault(o.segment, [0, 0.0, 0])
         c[0] += 1
         c[1] += lost

@@ -394,6 +394,10 @@ class LearnerService:
         }
 
 
+#: How long the learner's start (its model file and state read, its consumer) may take.
+LAUNCH_TIMEOUT_S = 120
+
+
 def launch_learner_actor(settings: Settings, bootstrap: str) -> tuple[Any, Any]:
     """Create :class:`LearnerService` as the named actor :data:`LEARNER_NAME` and ask it to
     start without waiting: ``(actor, ref)``, ``ray.get(ref)`` once it has started."""
@@ -404,10 +408,6 @@ def launch_learner_actor(settings: Settings, bootstrap: str) -> tuple[Any, Any]:
         settings, bootstrap
     )
     return actor, actor.start.remote()
-
-
-#: How long the learner's start (its model file and state read, its consumer) may take.
-LAUNCH_TIMEOUT_S = 120
 
 
 def start_learner_actor(settings: Settings, bootstrap: str) -> Any:

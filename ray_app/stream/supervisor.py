@@ -389,6 +389,10 @@ class StreamSupervisor:
             self.workers = []
 
 
+#: How long starting the supervisor's workers may take.
+LAUNCH_TIMEOUT_S = 300
+
+
 def launch_supervisor_actor(
     settings: Settings, bootstrap: str, checkpoint_uri: str | None = None
 ) -> tuple[Any, Any]:
@@ -413,7 +417,3 @@ def start_supervisor_actor(
     actor, launched = launch_supervisor_actor(settings, bootstrap, checkpoint_uri)
     ray.get(launched, timeout=LAUNCH_TIMEOUT_S)
     return actor
-
-
-#: How long starting the supervisor's workers may take.
-LAUNCH_TIMEOUT_S = 300
