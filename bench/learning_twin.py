@@ -379,7 +379,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             raise SystemExit(f"--start-model: {model_file} is missing or was refused (see above)")
         bundle = ModelBundle.from_bytes(model_file.read_bytes(), schema, catalog, False)
     else:
-        bundle = cold_start_bundle(schema, catalog)
+        bundle = cold_start_bundle(schema, catalog, hidden=config.hidden)
         learner = OnlineLearner(bundle, config, clock=lambda: 0.0)
     policy = Policy(
         kind=args.policy or d.policy,

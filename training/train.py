@@ -177,7 +177,8 @@ class _Job:
 def _start_from(opts: TrainOptions, job: _Job) -> tuple[ModelBundle, int | None]:
     """The starting model (``--init``) and its registry version (the new one's parent)."""
     if opts.init != "promoted":
-        return cold_start_bundle(job.schema, job.catalog, seed=opts.seed), None
+        hidden = job.settings.learn.hidden
+        return cold_start_bundle(job.schema, job.catalog, seed=opts.seed, hidden=hidden), None
     base = job.registry.promoted_bundle(job.schema, job.catalog)
     promoted = job.registry.promoted()
     if base is None or promoted is None:

@@ -58,6 +58,9 @@ class LearnerConfig:
 
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 0.01
+    hidden: int = 0
+    """Hidden units of a cold-start model the learner service builds (``LearnSettings.hidden``);
+    a learner restored from a state or a model file keeps that one's shape."""
     batch_size: int = 64
     min_propensity: float = 0.5
     """Training: importance weights are ``1 / max(propensity, min_propensity)``."""

@@ -70,6 +70,7 @@ def learner_config(settings: Settings) -> LearnerConfig:
     s = settings.learn
     return LearnerConfig(
         lr=s.lr,
+        hidden=s.hidden,
         batch_size=s.batch_size,
         publish_interval_s=s.publish_interval_s,
         guardrail_tolerance=s.guardrail_tolerance,

@@ -223,10 +223,12 @@ def _read_header(head: dict[str, Any]) -> tuple[int, float, dict[str, Any], dict
     slot_actions = _want(head, "slot_actions", dict)
     _want(head, "weights_bytes", int)
     _want(head, "weights_sha256", str)
-    for key in ("dim", "hidden"):
+    for key, least in (("dim", 1), ("hidden", 0)):
         v = arch.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ModelFileError(f"architecture.{key}", f"expected a positive integer, got {v!r}")
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            raise ModelFileError(
+                f"architecture.{key}", f"expected an integer >= {least}, got {v!r}"
+            )
     sizes = arch.get("slot_sizes")
     if not (
         isinstance(sizes, list)
@@ -331,7 +333,7 @@ def cold_start_bundle(
     schema: FeatureSchema,
     catalog: Catalog,
     seed: int = 0,
-    hidden: int = 48,
+    hidden: int = 0,
     gap: float = 0.5,
     created_at: float = 0.0,
 ) -> ModelBundle:
@@ -340,7 +342,9 @@ def cold_start_bundle(
     Each head's weights are zero and its bias is ``-gap * position in the control order``
     (``default`` first, then the rest in catalog order), so the scores ignore the features and
     rank the eligible actions exactly as the static flow does: treatment starts as good as
-    control and learns from there (the trunk is seeded and random, so gradients flow at once).
+    control and learns from there. ``hidden`` units give it a deep part (see
+    :class:`~ray_app.model.scorer.Scorer`; 0, the default, is the wide part alone), whose trunk
+    is seeded and random, so gradients flow at once.
     ``created_at`` is fixed so that the same arguments give the same bytes.
 
     >>> from ray_app.catalog import load_catalog

@@ -42,8 +42,8 @@ def bundle() -> ModelBundle:
     b.version = 7
     b.metadata = {"trained_on": "test", "auc": 0.71}
     with torch.no_grad():  # a trained-looking model: features matter
-        for head in b.scorer.heads:
-            head.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+        for wide in b.scorer.wides:
+            wide.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
     return b
 
 
@@ -70,6 +70,36 @@ def test_scorer_shapes_and_seeded_init():
     assert not torch.equal(scorer.trunk.weight, other.trunk.weight)
     with pytest.raises(ValueError, match="slot_sizes"):
         Scorer(SCHEMA.dim, [3, 0])
+
+
+def test_the_scorer_is_wide_alone_unless_asked_and_a_deep_model_file_still_serves():
+    cold = cold_start_bundle(SCHEMA, CATALOG)
+    scorer = cold.scorer
+    assert scorer.hidden == 0 and scorer.architecture["hidden"] == 0
+    assert scorer.trunk.weight.numel() == 0 and all(h.weight.numel() == 0 for h in scorer.heads)
+    with torch.no_grad():
+        for wide in scorer.wides:
+            wide.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
+    x = torch.as_tensor(features(4))
+    for k, head in enumerate(scorer.heads):  # the logits: the actions' biases plus the wide part
+        assert torch.allclose(scorer(x, k), head.bias + scorer.wide_logits(x, k))
+    again = ModelBundle.from_bytes(cold.to_bytes(), SCHEMA, CATALOG)
+    assert again.scorer.hidden == 0 and np.array_equal(
+        score_batch(again, features(4), 1), score_batch(cold, features(4), 1)
+    )
+    # a model file with a deep part (48 hidden units: every model written before the default
+    # changed) keeps its shape, and its trunk counts
+    deep = cold_start_bundle(SCHEMA, CATALOG, seed=3, hidden=48)
+    with torch.no_grad():
+        for head in deep.scorer.heads:
+            head.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    loaded = ModelBundle.from_bytes(deep.to_bytes(), SCHEMA, CATALOG)
+    assert loaded.scorer.hidden == 48
+    wide_only = loaded.scorer.wide_logits(x, 1) + loaded.scorer.heads[1].bias
+    assert not torch.allclose(loaded.scorer(x, 1), wide_only)
+    assert np.array_equal(score_batch(loaded, features(4), 1), score_batch(deep, features(4), 1))
+    with pytest.raises(ValueError, match="hidden >= 0"):
+        Scorer(SCHEMA.dim, SIZES, hidden=-1)
 
 
 def test_scorer_survives_pickle(bundle):
@@ -184,9 +214,9 @@ def bad_files(bundle: ModelBundle) -> list[tuple[str, object, str, str]]:
     head, weights = split(data)
     state = bundle.scorer.state_dict()
     nan_state = {k: v.clone() for k, v in state.items()}
-    nan_state["trunk.bias"][0] = float("nan")
+    nan_state["heads.0.bias"][0] = float("nan")
     wrong_shape = {k: v.clone() for k, v in state.items()}
-    wrong_shape["trunk.weight"] = wrong_shape["trunk.weight"][:, :-1]
+    wrong_shape["wides.0.weight"] = wrong_shape["wides.0.weight"][:, :-1]
     negative = {k: v.clone() for k, v in state.items()}
     negative["evidence_0"][1, 2] = -1.0
     flipped = bytearray(data)
@@ -205,7 +235,7 @@ def bad_files(bundle: ModelBundle) -> list[tuple[str, object, str, str]]:
         ("missing version", forge({k: v for k, v in head.items() if k != "version"}, weights), "version", "missing from the header"),
         ("version as text", forge({**head, "version": "7"}, weights), "version", "unexpected type str"),
         ("negative version", forge({**head, "version": -1}, weights), "version", "must be >= 0"),
-        ("bad architecture", forge({**head, "architecture": {**head["architecture"], "hidden": 0}}, weights), "architecture.hidden", "expected a positive integer"),
+        ("bad architecture", forge({**head, "architecture": {**head["architecture"], "hidden": -1}}, weights), "architecture.hidden", "expected an integer >= 0"),
         ("other feature schema", forge({**head, "schema_hash": OTHER_SCHEMA.hash}, weights), "schema_hash",
          f"model was trained on feature schema {OTHER_SCHEMA.hash}, serving uses {SCHEMA.hash}"),
         ("other catalog", forge({**head, "catalog_digest": "ab" * 32}, weights), "catalog_digest",
@@ -220,7 +250,7 @@ def bad_files(bundle: ModelBundle) -> list[tuple[str, object, str, str]]:
         ("weights not torch", forge(head, b"garbage" * 20), "weights", "cannot load"),
         ("weights wrong shape", forge(head, weights_of(wrong_shape)), "weights", "do not fit the architecture"),
         ("weights not a state dict", forge(head, weights_of({"a": 1})), "weights", "not a state_dict of tensors"),
-        ("weights with NaN", forge(head, weights_of(nan_state)), "weights", "trunk.bias holds NaN or inf"),
+        ("weights with NaN", forge(head, weights_of(nan_state)), "weights", "heads.0.bias holds NaN or inf"),
         ("negative evidence", forge(head, weights_of(negative)), "weights", "evidence_0 holds negative counts"),
     ]  # fmt: skip
 

@@ -223,12 +223,12 @@ def test_learner_trains_every_slot_head_in_mixed_batches():
     ]
     random.Random(0).shuffle(records)
     learner = new_learner(replay_size=0)  # one update per mini-batch, nothing replayed
-    before = [h.weight.detach().clone() for h in learner.scorer.heads]
+    before = [w.weight.detach().clone() for w in learner.scorer.wides]
     report = learner.learn(records)
     assert report.trained + report.guardrail == 1_200 and report.updates == -(-report.trained // 64)
     assert report.loss is not None and 0 < report.loss < 2
     assert all(
-        not torch.equal(b, h.weight) for b, h in zip(before, learner.scorer.heads, strict=True)
+        not torch.equal(b, w.weight) for b, w in zip(before, learner.scorer.wides, strict=True)
     )
 
 
@@ -902,6 +902,9 @@ def test_an_unreadable_state_and_a_foreign_model_file_are_refused_and_counted(tm
         learner = restore_learner(state, model, SCHEMA, CATALOG, _cfg())
     assert learner.counters["refused_at_start"] == 2 and learner.version == 0
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
+    assert learner.architecture["hidden"] == 0  # a cold start of the configured shape
+    deep = restore_learner(state, model, SCHEMA, CATALOG, replace(_cfg(), hidden=8))
+    assert deep.architecture["hidden"] == 8 and deep.version == 0
     cold = cold_start_bundle(SCHEMA, CATALOG)
     assert same_weights(learner.scorer, cold.scorer)
     # a model file of this schema and catalog is continued from, with a warning
@@ -923,6 +926,10 @@ def test_settings_map_to_the_learner_config():
     assert (cfg.boost_rewards, cfg.control_z, cfg.control_window) == (250, 2.5, 2_000)
     settle = learner_config(Settings.model_validate({"learn": {"settle_lr_factor": 1}}))
     assert (settle.settle_lr_factor, settle.settle_rewards) == (1, 20_000)
+    assert cfg.hidden == 0  # the wide part alone, unless a deep part is asked for
+    assert learner_config(Settings.model_validate({"learn": {"hidden": 48}})).hidden == 48
+    with pytest.raises(ValidationError, match="hidden"):
+        Settings.model_validate({"learn": {"hidden": -1}})
     with pytest.raises(ValidationError, match="settle_lr_factor"):
         Settings.model_validate({"learn": {"settle_lr_factor": 0}})
     assert not hasattr(cfg, "boost_seconds")
