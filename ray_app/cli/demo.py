@@ -115,6 +115,8 @@ def _sample_decision(stack: Any, settings: Settings, sim: Any, tick: int) -> str
     if r.status_code != 200:
         return f"decide for {user}: {r.status_code} {a.get('error')}"
     p = a["propensity"]
+    if a["chosen"] is None:  # the catalog leaves nothing to show (every step done)
+        return f"decide next_step for {user}: nothing left to show (no step is eligible)"
     return (
         f"decide next_step for {user}: {a['chosen']}  (arm {a['arm']}, model v{a['modelVersion']}, "
         f"propensity {'-' if p is None else f'{p:.2f}'}, "

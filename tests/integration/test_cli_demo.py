@@ -14,6 +14,8 @@ from ray_app.kafka.broker import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+#: A decision the demo shows as it happens: the step, arm, model version and propensity.
+SHOWN = re.compile(r"decide next_step for u\S+: \w+ +\(arm \w+, model v\d+, propensity")
 _SESSION_SERVE_ENV = ("RAY_SERVE_HAPROXY_", "RAY_SERVE_FALLBACK_PROXY_")
 
 
@@ -58,14 +60,12 @@ def test_demo_prints_urls_and_accepted_events_then_stops_cleanly_on_sigterm(tmp_
             m = re.search(r"accepted (\d+)", line)
             if m and int(m.group(1)) > 0:
                 accepted = int(m.group(1))
-            if accepted and "decide next_step for" in line:
+            if accepted and SHOWN.search(line):  # a user with nothing left to show says so
                 break
         out = "".join(lines)
         assert accepted > 0, out
         # the demo shows decisions as they happen: arm, model version, propensity
-        assert re.search(
-            r"decide next_step for u\S+: \w+ +\(arm \w+, model v\d+, propensity", out
-        ), out
+        assert SHOWN.search(out), out
         assert f"http://127.0.0.1:{port}/v1/decide" in out
         assert f"http://127.0.0.1:{port}/v1/batch" in out and "write key" in out
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
