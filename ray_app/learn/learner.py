@@ -425,8 +425,11 @@ class OnlineLearner(Publishing):
         learned into the old weights) and the optimizer's moments are dropped; exploration
         (``gamma``) and the step size go on from the bundle's own ``learned``; the comparison
         with control starts again on the decisions of the new version (the last weights that
-        beat control are kept). ``ValueError`` if it does not have the learner's architecture
-        and actions.
+        beat control are kept). A promotion with another number of hidden units (a model of
+        ``onramp train`` under another ``learn.hidden`` than the learner's state was written
+        with: a learner resumed from before the scorer lost its deep part, adopting a wide
+        model) is taken with its own shape (:meth:`_reshape`). ``ValueError`` if it does not
+        have the learner's features and actions.
 
         >>> from ray_app.catalog import load_catalog
         >>> from ray_app.features import FeatureSchema
@@ -439,6 +442,10 @@ class OnlineLearner(Publishing):
         >>> learner.version, learner.lineage, learner.last_good().serving_rank
         (7, {'promotion': 3, 'registryVersion': 7}, (3, 7))
         """
+        arch = bundle.scorer.architecture
+        if arch["hidden"] != self._arch["hidden"]:
+            self._check_fits(bundle, "the bundle's", {**arch, "hidden": self._arch["hidden"]})
+            self._reshape(bundle)
         self._check_fits(bundle, "the bundle's")
         self.scorer.load_state_dict(clone_weights(bundle.scorer.state_dict()))
         self._last_good = clone_weights(self.scorer.state_dict())
@@ -455,6 +462,29 @@ class OnlineLearner(Publishing):
             # judge the promoted weights by their own decisions (a promotion may lower the
             # version: decisions of the old lineage's later versions still count for a moment)
             self.control.restart(min_version=self.version)
+
+    def _reshape(self, bundle: ModelBundle) -> None:
+        """Take another number of hidden units (:meth:`adopt` loads the weights next). The
+        cold-start weights keep their logits: every tensor of the same shape is kept and the
+        heads' weights are zero (the new trunk is seeded and random, as a cold start's); initial
+        weights of the old shape cannot be carried over, so the adopted ones take their place.
+        The weights that beat control were of the old shape and are dropped: a rollback below
+        control then restores the cold start."""
+        arch, old = bundle.scorer.architecture, self._fallback
+        self.scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
+        self._arch = dict(arch)
+        fallback = self.scorer.state_dict()
+        if self._fallback_kind == "cold_start":
+            for name, value in fallback.items():
+                if name in old and old[name].shape == value.shape:
+                    value.copy_(old[name])
+                elif name.startswith("heads.") and name.endswith(".weight"):
+                    value.zero_()
+            self._fallback = clone_weights(fallback)
+        else:
+            self._fallback = clone_weights(bundle.scorer.state_dict())
+        self._beat_control = None
+        log.warning("the learner takes the promoted model's shape: %d hidden units", arch["hidden"])
 
     @property
     def architecture(self) -> dict[str, Any]:

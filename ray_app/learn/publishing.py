@@ -108,9 +108,13 @@ class Publishing:
             {"kind": "online", "last_good": True, "learned": self.learned, **self.lineage},
         )
 
-    def _check_fits(self, bundle: ModelBundle, what: str) -> None:
+    def _check_fits(
+        self, bundle: ModelBundle, what: str, arch: Mapping[str, Any] | None = None
+    ) -> None:
+        """``ValueError`` unless ``bundle`` (its architecture, or ``arch`` when given) has the
+        learner's architecture, actions and feature schema."""
         if (
-            bundle.scorer.architecture != self._arch
+            (bundle.scorer.architecture if arch is None else dict(arch)) != self._arch
             or bundle.slot_actions != self._slot_actions
             or bundle.schema_hash != self._schema_hash
         ):

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from ray_app.catalog import load_catalog
 from ray_app.config import Settings
 from ray_app.decide import Decider, DecideRequest
-from ray_app.features import FeatureSchema
+from ray_app.features import FeatureSchema, Hashing
 from ray_app.learn import (
     LearnerConfig,
     LearnerStateError,
@@ -29,6 +29,7 @@ from ray_app.learn import (
 from ray_app.learn.drift import PageHinkley, RewardRateDrift
 from ray_app.learn.service import learner_config, restore_learner
 from ray_app.model import ModelBundle, cold_start_bundle, score_batch
+from ray_app.sim.population import STEPS
 from ray_app.sim.v2 import GroundTruth, SimUserV2
 
 CATALOG = load_catalog()
@@ -461,6 +462,45 @@ def test_weights_carry_how_far_they_learned_to_a_learner_started_or_adopting_the
     # a cold start and an offline model (no "learned") start from the full step
     offline = replace(promoted, metadata={"kind": "offline"})
     assert OnlineLearner(offline, cfg).learned == 0
+
+
+def test_a_learner_with_a_deep_part_adopts_a_wide_promotion_with_its_shape(caplog):
+    """A learner resumed from a state of the deep scorer (48 hidden units, before the default
+    became 0) adopts a wide model of ``onramp train``: its weights, its shape, and a cold start
+    of that shape to roll back or restart to; its state saves and restores; a learner of
+    another feature width still refuses it."""
+    cfg = LearnerConfig(warmup_rewards=0)
+    gt = GroundTruth(seed=5)
+    deep = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG, hidden=48), cfg)
+    deep.set_cold_start(cold_start_bundle(SCHEMA, CATALOG, hidden=48))
+    deep.learn(logged(gt, 0, 600, seed=5))
+    wide = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), cfg)
+    wide.learn(logged(gt, 0, 600, seed=7))
+    promoted = wide.maybe_publish(now=1e9)
+    assert promoted is not None and promoted.scorer.hidden == 0
+    promoted = replace(promoted, metadata={**promoted.metadata, "promotion": 1})
+    with caplog.at_level(logging.WARNING, logger="ray_app.learn.learner"):
+        deep.adopt(promoted)
+    assert any("0 hidden units" in r.getMessage() for r in caplog.records)
+    assert deep.architecture["hidden"] == 0 and same_weights(deep.scorer, promoted.scorer)
+    assert deep.lineage["promotion"] == 1
+    report = deep.learn(logged(gt, 600, 300, seed=5))  # it learns on, in its new shape
+    assert report.trained > 0
+    after = deep.maybe_publish(now=2e9)
+    assert after is not None and after.scorer.hidden == 0
+    again = OnlineLearner.from_bytes(deep.to_bytes(), cfg)
+    assert again.architecture["hidden"] == 0 and same_weights(again.scorer, deep.scorer)
+    # the cold start it falls back to is the static flow's, in the new shape
+    x = logged(gt, 900, 50, seed=5)
+    rows = np.asarray([r.features for r in x], dtype=np.float32)
+    static = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), cfg).scores(rows, "next_step")
+    deep.drift(now=3e9)
+    assert np.allclose(deep.scores(rows, "next_step"), static)
+    # features of another width are still refused
+    narrow = FeatureSchema(STEPS, Hashing(buckets=256))
+    other = cold_start_bundle(narrow, CATALOG)
+    with pytest.raises(ValueError, match="architecture"):
+        deep.adopt(replace(other, metadata={"promotion": 2}))
 
 
 def _published_after(rewards: int, cfg: LearnerConfig) -> tuple[OnlineLearner, ModelBundle]:
