@@ -130,8 +130,10 @@ class LearnSettings(_Section):
         "the wide part alone. On the learning twin (8 runs a world, 6,000 users) the share of "
         "the oracle's gain by user 6,000 went from 0.73 to 0.79 (teams), 0.62 to 0.74 (campus) "
         "and 0.71 to 0.75 (clinics) without the 48 units it had, and stayed at 0.59 (fleets): "
-        "online, from a few thousand rewards, the trunk mostly learned noise. A model file "
-        "keeps the shape it was written with.",
+        "online, from a few thousand rewards, the trunk mostly learned noise. It pays later: "
+        "over 20,000 users of teams it reached 0.96 against the wide part's 0.92, so 48 suits "
+        "a deployment with a long, stable history. A model file keeps the shape it was written "
+        "with.",
     )
     publish_interval_s: float = Field(
         2.0, gt=0, description="Publish new weights at most this often."

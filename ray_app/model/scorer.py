@@ -14,7 +14,10 @@ rewards it mostly fitted noise: on the learning twin (8 runs a world, 6,000 user
 settings) dropping the 48 hidden units it had raised the share of the oracle's gain by user
 6,000 from 0.73 to 0.79 (``teams``), 0.62 to 0.74 (``campus``) and 0.71 to 0.75 (``clinics``),
 left ``fleets`` at 0.59, and the loss guardrail, which rolled the deep model back 1-4 times a
-run on ``clinics`` and ``fleets``, hardly fired. With ``hidden=0`` the trunk and the heads'
+run on ``clinics`` and ``fleets``, hardly fired. The trunk pays later, with many rewards: over
+20,000 users of ``teams`` (4 runs) the wide scorer captured 0.78 / 0.88 / 0.92 by users 6,000 /
+12,000 / 20,000 and the deep one 0.77 / 0.92 / 0.96, so ``hidden=48`` suits a deployment with a
+long, stable history. With ``hidden=0`` the trunk and the heads'
 weights are empty tensors (the state dict keeps its keys), so model files of either shape load
 as they were written.
 
