@@ -243,8 +243,9 @@ def cell_diagnostics(
     completion probability less the served one's, summed; the rest of ``lost_completions`` is
     the top action not being the oracle's), the share whose top action was the oracle's, and
     the ``top`` cells (hidden segments, for reporting only) that lost the most expected
-    completions, with their users and the share of their top actions that were the oracle's. A cell whose favourite the model never found
-    shows a share near 0; one it found, near 1 less the exploration."""
+    completions, with their users and the share of their top actions that were the oracle's.
+    A cell whose favourite the model never found shows a share near 0; one it found, near 1
+    less the exploration."""
     slot_name = "next_step"
     slot = truth.catalog.slot(slot_name)
     cells: dict[str, list[float]] = {}

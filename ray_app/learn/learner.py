@@ -442,11 +442,9 @@ class OnlineLearner(Publishing):
         >>> learner.version, learner.lineage, learner.last_good().serving_rank
         (7, {'promotion': 3, 'registryVersion': 7}, (3, 7))
         """
-        arch = bundle.scorer.architecture
-        if arch["hidden"] != self._arch["hidden"]:
-            self._check_fits(bundle, "the bundle's", {**arch, "hidden": self._arch["hidden"]})
+        self._check_fits(bundle, "the bundle's", any_hidden=True)
+        if bundle.scorer.hidden != self._arch["hidden"]:
             self._reshape(bundle)
-        self._check_fits(bundle, "the bundle's")
         self.scorer.load_state_dict(clone_weights(bundle.scorer.state_dict()))
         self._last_good = clone_weights(self.scorer.state_dict())
         self._catalog_digest = bundle.catalog_digest

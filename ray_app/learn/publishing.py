@@ -108,13 +108,14 @@ class Publishing:
             {"kind": "online", "last_good": True, "learned": self.learned, **self.lineage},
         )
 
-    def _check_fits(
-        self, bundle: ModelBundle, what: str, arch: Mapping[str, Any] | None = None
-    ) -> None:
-        """``ValueError`` unless ``bundle`` (its architecture, or ``arch`` when given) has the
-        learner's architecture, actions and feature schema."""
+    def _check_fits(self, bundle: ModelBundle, what: str, any_hidden: bool = False) -> None:
+        """``ValueError`` unless ``bundle`` has the learner's architecture (with ``any_hidden``,
+        but for its hidden units), actions and feature schema."""
+        arch = bundle.scorer.architecture
+        if any_hidden:
+            arch["hidden"] = self._arch["hidden"]
         if (
-            (bundle.scorer.architecture if arch is None else dict(arch)) != self._arch
+            arch != self._arch
             or bundle.slot_actions != self._slot_actions
             or bundle.schema_hash != self._schema_hash
         ):

@@ -83,8 +83,8 @@ def restore_learner(
             bundle = _model_file(model_path, schema, catalog)
             if bundle is None:
                 refused += 1
-        cold = bundle or cold_start_bundle(schema, catalog, hidden=config.hidden)
-        learner = OnlineLearner(cold, config)
+        start = bundle or cold_start_bundle(schema, catalog, hidden=config.hidden)
+        learner = OnlineLearner(start, config)
     try:
         hidden = int(learner.architecture["hidden"])
         learner.set_cold_start(cold_start_bundle(schema, catalog, hidden=hidden))
