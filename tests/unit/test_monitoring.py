@@ -265,3 +265,27 @@ def test_freshness_of_workers_with_different_buckets_merges_at_the_common_bounds
         'onramp_stream_freshness_seconds_bucket{le="+Inf"} 17',
     ]
     assert "onramp_stream_freshness_seconds_count 17" in text
+
+
+def test_hooks_shut_down_once_and_exit_quietly():
+    """The meter provider is shut down once: by ``shutdown()``, or at exit for hooks nobody shut
+    down (the SDK's own exit hook repeated a first shutdown with a warning on stderr, at the end
+    of every process that had stopped its hooks)."""
+    import subprocess
+    import sys
+
+    script = (
+        "from ray_app.telemetry import OtelHooks\n"
+        "stopped, left = OtelHooks(), OtelHooks()\n"
+        "stopped.request_done('batch', 200, 0.001)\n"
+        "stopped.shutdown(); stopped.shutdown()\n"
+        "left.request_done('batch', 200, 0.001)\n"
+        "flush = left._provider.shutdown\n"
+        "left._provider.shutdown = lambda *a, **k: (print('left flushed'), flush(*a, **k))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    assert run.stdout.strip() == "left flushed"  # the hooks nobody stopped, at exit
