@@ -107,6 +107,14 @@ def parser() -> argparse.ArgumentParser:
         "tokens collide; N gives every run seed N (0: the shipped hashing)",
     )
     ap.add_argument(
+        "--threshold-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="the value of a number's thresholds (catalog features.threshold_weight, in (0, 1]; "
+        "default: the shipped catalog's)",
+    )
+    ap.add_argument(
         "--save-model",
         metavar="PREFIX",
         default=None,
@@ -188,18 +196,25 @@ def hash_seed_arg(text: str) -> str | int:
     return seed
 
 
-def twin_catalog(hash_seed: int) -> Any:
-    """The shipped catalog, its features hashed with ``hash_seed`` (0: the shipped catalog).
+def twin_catalog(hash_seed: int, threshold_weight: float | None = None) -> Any:
+    """The shipped catalog, its features hashed with ``hash_seed`` and a number's thresholds
+    worth ``threshold_weight`` (0 and None: the shipped catalog's).
 
     >>> twin_catalog(0).features is None, twin_catalog(3).features["hash_seed"]
     (True, 3)
+    >>> twin_catalog(0, 0.5).features["threshold_weight"]
+    0.5
     """
     from ray_app.catalog import Catalog, load_catalog
 
     catalog = load_catalog()
-    if not hash_seed:
+    features = dict(catalog.features or {})
+    if hash_seed:
+        features["hash_seed"] = hash_seed
+    if threshold_weight is not None:
+        features["threshold_weight"] = threshold_weight
+    if features == (catalog.features or {}):
         return catalog
-    features = {**(catalog.features or {}), "hash_seed": hash_seed}
     return Catalog.from_dict({**catalog.as_dict(), "features": features}, source="twin")
 
 
@@ -369,7 +384,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     shipped = load_settings(env={})
     d = shipped.decide
     model_poll_s = d.model_poll_s if args.model_poll_s is None else args.model_poll_s
-    catalog = twin_catalog(seed if args.hash_seed == "run" else args.hash_seed)
+    catalog = twin_catalog(
+        seed if args.hash_seed == "run" else args.hash_seed, args.threshold_weight
+    )
     schema = FeatureSchema.from_catalog(catalog)
     config = learner_config(_overrides(args))
     if args.start_model:

@@ -125,6 +125,8 @@ def _features(spec: FeaturesSpec | None, source: str) -> dict[str, Any] | None:
     data = spec.model_dump()
     if not data["hash_seed"]:  # the catalog digests of seed 0 are those from before it existed
         del data["hash_seed"]
+    if data["threshold_weight"] == FeaturesSpec.model_fields["threshold_weight"].default:
+        del data["threshold_weight"]  # and so are those of the default weight
     try:
         Hashing.from_spec(data)
     except ValueError as exc:

@@ -75,6 +75,7 @@ class FeaturesSpec(_Spec):
     crosses: bool = True
     cross_fields: int = 12
     hash_seed: int = 0
+    threshold_weight: float = 1.0
 
 
 class CatalogSpec(_Spec):

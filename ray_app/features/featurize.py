@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ray_app.features.hashing import hashed_buckets
+from ray_app.features.hashing import hashed_buckets, hashed_features
 from ray_app.features.values import as_number, scaled
 
 if TYPE_CHECKING:
@@ -77,7 +77,15 @@ def fill_row(
     if _is_map(enrichment) and enrichment.get("found") is True:
         out[pos.crm_found] = 1.0
     base = schema._hashed
-    for b in hashed_buckets(schema.hashing, profile, enrichment, context):
+    weight = schema.hashing.threshold_weight
+    if weight == 1.0:
+        for b in hashed_buckets(schema.hashing, profile, enrichment, context):
+            out[base + b] = 1.0
+        return
+    ones, thresholds = hashed_features(schema.hashing, profile, enrichment, context)
+    for b in thresholds:
+        out[base + b] = weight
+    for b in ones:  # a bucket shared with a token worth 1 is worth 1
         out[base + b] = 1.0
 
 

@@ -485,3 +485,12 @@ def test_negative_events_and_features_sections():
     assert plain.digest == same.digest and "hash_seed" not in (same.features or {})
     with pytest.raises(CatalogError, match=r"features: features.hash_seed must be an integer"):
         Catalog.from_dict({**base, "features": {"hash_seed": -3}})
+    # so is the weight of a number's thresholds; the default leaves the digest as it was
+    weighed = Catalog.from_dict({**base, "features": {"threshold_weight": 0.5}})
+    assert FeatureSchema.from_catalog(weighed).hashing.threshold_weight == 0.5
+    assert weighed.digest != plain.digest
+    default = Catalog.from_dict({**base, "features": {"buckets": 512, "threshold_weight": 1}})
+    assert default.digest == plain.digest and "threshold_weight" not in (default.features or {})
+    assert FeatureSchema.from_catalog(default).hashing.threshold_weight == 1.0
+    with pytest.raises(CatalogError, match=r"features: features.threshold_weight must be"):
+        Catalog.from_dict({**base, "features": {"threshold_weight": 2}})

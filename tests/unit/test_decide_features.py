@@ -113,6 +113,37 @@ def test_a_hash_seed_is_another_draw_of_the_collisions_and_seed_0_is_the_plain_c
             Hashing(hash_seed=bad)
 
 
+def test_a_numbers_thresholds_and_their_crosses_weigh_the_threshold_weight():
+    profile = {"traits": {"role": "admin", "seats": 40}}
+    tokens = SCHEMA.tokens(profile)
+    thresholds = {t for t in tokens if "=^" in t}  # seats' thermometer, alone and x role
+    assert len(thresholds) == 2 * len(thermometer("t:seats", 6, 21)) == 32
+    # by default every token is worth 1, as in every release before the weight existed
+    assert SCHEMA.hashing.threshold_weight == 1.0 and "threshold_weight" not in (
+        SCHEMA.hashing.as_dict()
+    )
+    x = SCHEMA.featurize(profile)
+    assert {float(x[i]) for i in hashed(x)} == {1.0}
+    half = FeatureSchema(STEPS, Hashing(threshold_weight=0.5))
+    assert half.hash != SCHEMA.hash and half.hashing.as_dict()["threshold_weight"] == 0.5
+    assert pickle.loads(pickle.dumps(half)).hashing.threshold_weight == 0.5
+    xh = half.featurize(profile)
+    ones = {half.bucket(t) for t in tokens if t not in thresholds}
+    assert ones and {float(xh[i]) for i in ones} == {1.0}
+    # a bucket shared with a token worth 1 is worth 1; the others weigh the threshold weight
+    weighed = {half.bucket(t) for t in thresholds} - ones
+    assert weighed and {float(xh[i]) for i in weighed} == {0.5}
+    assert hashed_of(half, xh) == ones | weighed == hashed(x)  # the same buckets, same layout
+    # no number, nothing weighed: the vector of a categorical profile is the same
+    plain = {"traits": {"role": "admin", "plan": "pro"}}
+    assert np.array_equal(SCHEMA.featurize(plain), half.featurize(plain))
+    rows = half.featurize_many([profile, plain])
+    assert np.array_equal(rows[0], xh)  # the batch path weighs them too
+    for bad in (0, -0.5, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match=r"features\.threshold_weight must be a number"):
+            Hashing(threshold_weight=bad)
+
+
 def test_a_growing_vocabulary_never_changes_the_layout():
     before = (SCHEMA.dim, SCHEMA.hash)
     # values and keys never seen before land in their buckets; the layout stays
