@@ -198,7 +198,7 @@ def hash_seed_arg(text: str) -> str | int:
 
 def twin_catalog(hash_seed: int, threshold_weight: float | None = None) -> Any:
     """The shipped catalog, its features hashed with ``hash_seed`` and a number's thresholds
-    worth ``threshold_weight`` (0 and None: the shipped catalog's).
+    worth ``threshold_weight`` (0, and None or 1: the shipped catalog's).
 
     >>> twin_catalog(0).features is None, twin_catalog(3).features["hash_seed"]
     (True, 3)
@@ -211,7 +211,7 @@ def twin_catalog(hash_seed: int, threshold_weight: float | None = None) -> Any:
     features = dict(catalog.features or {})
     if hash_seed:
         features["hash_seed"] = hash_seed
-    if threshold_weight is not None:
+    if threshold_weight is not None and threshold_weight != 1.0:  # 1: the shipped weight
         features["threshold_weight"] = threshold_weight
     if features == (catalog.features or {}):
         return catalog

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import threading
-import weakref
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -89,11 +88,12 @@ class OtelHooks:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry()
+        self._shutdown_lock = threading.Lock()
         self._shutdown_pending = True
         self._provider = _meter_provider(
             self.registry, otlp_endpoint, otlp_headers or {}, export_interval_s, service
         )
-        atexit.register(_shutdown_at_exit, weakref.ref(self))
+        atexit.register(self.shutdown)  # flushed at exit unless shut down before
         meter = self._provider.get_meter("onramp.collector")
         # Counts are plain dict increments, read by OpenTelemetry when it collects (an
         # observable counter exports the same cumulative counter): Counter.add costs a few
@@ -218,18 +218,13 @@ class OtelHooks:
         return generate_latest(self.registry)
 
     def shutdown(self) -> None:
-        """Flush and stop the meter provider; once (a second call, or the exit hook after a
-        first call, does nothing: the SDK's own exit hook would warn "shutdown can only be
-        called once" on every process that had shut it down already)."""
-        if self._shutdown_pending:
-            self._shutdown_pending = False
+        """Flush and stop the meter provider, once: a second call (the exit hook after an
+        explicit call, or a replica's ``__del__`` run twice) does nothing, where the
+        provider's own second shutdown logs "shutdown can only be called once"."""
+        with self._shutdown_lock:
+            pending, self._shutdown_pending = self._shutdown_pending, False
+        if pending:
             self._provider.shutdown()
-
-
-def _shutdown_at_exit(hooks: weakref.ref[Any]) -> None:
-    live = hooks()
-    if live is not None:
-        live.shutdown()
 
 
 def _observe(counts: dict[Any, int], labels: tuple[str, ...], _options: Any) -> list[Any]:
@@ -275,7 +270,7 @@ def _meter_provider(
             )
         )
     return MeterProvider(
-        shutdown_on_exit=False,  # the hooks' own exit hook shuts it down, once
+        shutdown_on_exit=False,  # the hooks' exit hook shuts it down, once
         resource=Resource.create(resource_attributes(service, "collector")),
         metric_readers=readers,
         views=[

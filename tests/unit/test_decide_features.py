@@ -122,6 +122,10 @@ def test_a_numbers_thresholds_and_their_crosses_weigh_the_threshold_weight():
     assert SCHEMA.hashing.threshold_weight == 1.0 and "threshold_weight" not in (
         SCHEMA.hashing.as_dict()
     )
+    # the schema hash's input about hashing is that of the releases before the weight
+    assert sorted(SCHEMA.hashing.as_dict()) == sorted(
+        ["buckets", "include", "exclude", "numeric", "categorical", "crosses", "cross_fields"]
+    )
     x = SCHEMA.featurize(profile)
     assert {float(x[i]) for i in hashed(x)} == {1.0}
     half = FeatureSchema(STEPS, Hashing(threshold_weight=0.5))

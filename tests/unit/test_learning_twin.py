@@ -61,6 +61,12 @@ def test_each_run_hashes_with_its_own_seed_unless_told():
     seeded = FeatureSchema.from_catalog(twin_catalog(2))
     assert seeded.hashing.hash_seed == 2 and seeded.hash != shipped.hash
     assert seeded.bucket("t:crewSize=solo") != shipped.bucket("t:crewSize=solo")
+    # --threshold-weight: the weight of a number's thresholds (1, the shipped one, changes nothing)
+    assert parser().parse_args([]).threshold_weight is None
+    assert parser().parse_args(["--threshold-weight", "0.5"]).threshold_weight == 0.5
+    weighed = FeatureSchema.from_catalog(twin_catalog(2, 0.5))
+    assert (weighed.hashing.threshold_weight, weighed.hashing.hash_seed) == (0.5, 2)
+    assert twin_catalog(0, 1.0).digest == load_catalog().digest
 
 
 def test_the_mean_curve_says_how_sure_its_treatment_figure_is():

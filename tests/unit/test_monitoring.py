@@ -268,9 +268,10 @@ def test_freshness_of_workers_with_different_buckets_merges_at_the_common_bounds
 
 
 def test_hooks_shut_down_once_and_exit_quietly():
-    """The meter provider is shut down once: by ``shutdown()``, or at exit for hooks nobody shut
-    down (the SDK's own exit hook repeated a first shutdown with a warning on stderr, at the end
-    of every process that had stopped its hooks)."""
+    """The meter provider is shut down once: a second ``shutdown()`` (an ingress replica's
+    ``__del__`` may run twice) or the exit hook after one does nothing (the provider's own
+    second shutdown logged "shutdown can only be called once"), and hooks nobody stopped are
+    flushed at exit."""
     import subprocess
     import sys
 
