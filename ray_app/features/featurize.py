@@ -78,11 +78,11 @@ def fill_row(
         out[pos.crm_found] = 1.0
     base = schema._hashed
     weight = schema.hashing.threshold_weight
-    if weight == 1.0:
-        for b in hashed_buckets(schema.hashing, profile, enrichment, context):
-            out[base + b] = 1.0
-        return
-    ones, thresholds = hashed_features(schema.hashing, profile, enrichment, context)
+    thresholds: list[int]
+    if weight == 1.0:  # every token is worth 1: no need to tell the thresholds apart
+        ones, thresholds = hashed_buckets(schema.hashing, profile, enrichment, context), []
+    else:
+        ones, thresholds = hashed_features(schema.hashing, profile, enrichment, context)
     for b in thresholds:
         out[base + b] = weight
     for b in ones:  # a bucket shared with a token worth 1 is worth 1

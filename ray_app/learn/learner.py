@@ -469,7 +469,7 @@ class OnlineLearner(Publishing):
         The weights that beat control were of the old shape and are dropped: a rollback below
         control then restores the cold start."""
         arch, old = bundle.scorer.architecture, self._fallback
-        self.scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
+        self.scorer = Scorer(**arch)
         self._arch = dict(arch)
         fallback = self.scorer.state_dict()
         if self._fallback_kind == "cold_start":
