@@ -61,10 +61,12 @@ import dataclasses
 import datetime as dt
 import heapq
 import json
+import math
 import random
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -260,10 +262,20 @@ def cell_diagnostics(
     the ``top`` cells (hidden segments, for reporting only) that lost the most expected
     completions, with their users and the share of their top actions that were the oracle's.
     A cell whose favourite the model never found shows a share near 0; one it found, near 1
-    less the exploration."""
+    less the exploration. For each such cell also: the oracle's action (``best``), its true
+    completion rate, the model's mean predicted rate of it (``best_rated``, the logits
+    without the exploration bonus; ``None`` where no decision was rated) and the share of the
+    cell's users it was served to (``best_served``), and the same true and predicted rates of
+    the action the model ranked first most often there (``top``): a favourite that wins only in
+    that pair of traits is underrated by the sum of its two traits' effects elsewhere, and
+    shown too rarely to be corrected."""
     slot_name = "next_step"
     slot = truth.catalog.slot(slot_name)
     cells: dict[str, list[float]] = {}
+    # per cell: action -> [times rated, summed rating], times served, times ranked first
+    rated: dict[str, dict[str, list[float]]] = {}
+    served_n: dict[str, Counter[str]] = {}
+    first_n: dict[str, Counter[str]] = {}
     explored = hits = n = 0
     explore_lost = 0.0
     for o in outcomes:
@@ -280,10 +292,39 @@ def cell_diagnostics(
         c[0] += 1
         c[1] += lost
         c[2] += o.greedy == best
+        served_n.setdefault(o.segment, Counter())[o.action] += 1
+        if o.greedy is not None:
+            first_n.setdefault(o.segment, Counter())[o.greedy] += 1
+        for a, r in (o.rated or {}).items():
+            acc = rated.setdefault(o.segment, {}).setdefault(a, [0, 0.0])
+            acc[0] += 1
+            acc[1] += r
         n += 1
         explored += o.greedy is not None and o.action != o.greedy
         hits += o.greedy == best
     worst = sorted(cells.items(), key=lambda kv: -kv[1][1])[:top]
+
+    def rates(cell: str, action: str, drifted: bool) -> dict[str, Any]:
+        got = rated.get(cell, {}).get(action)
+        return {
+            "true": round(truth.p_complete(cell, slot_name, action, drifted), 3),
+            "rated": round(got[1] / got[0], 3) if got else None,
+        }
+
+    def pair(cell: str, users: float) -> dict[str, Any]:
+        drifted = any(o.drifted for o in outcomes if o.segment == cell and start <= o.index < stop)
+        el = truth.eligible(cell, slot_name)
+        best = slot.actions[truth.oracle_choice(cell, slot_name, el, drifted)].id
+        b = rates(cell, best, drifted)
+        out = {"best": best, "best_true": b["true"], "best_rated": b["rated"],
+               "best_served": round(served_n.get(cell, Counter())[best] / users, 2)}  # fmt: skip
+        firsts = first_n.get(cell)
+        if firsts:
+            first = firsts.most_common(1)[0][0]
+            t = rates(cell, first, drifted)
+            out.update(top=first, top_true=t["true"], top_rated=t["rated"])
+        return out
+
     return {
         "users": n,
         "explored": round(explored / n, 3) if n else None,
@@ -296,6 +337,7 @@ def cell_diagnostics(
                 "users": int(c[0]),
                 "lost": round(c[1], 1),
                 "greedy_is_oracle": round(c[2] / c[0], 2),
+                **pair(k, c[0]),
             }
             for k, c in worst
         ],
@@ -374,7 +416,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from ray_app.learn.drift import RewardRateDrift
     from ray_app.learn.learner import OnlineLearner
     from ray_app.learn.startup import restore_learner
-    from ray_app.model import ModelBundle, Policy, cold_start_bundle, explore_scores
+    from ray_app.model import ModelBundle, Policy, cold_start_bundle, explore_scores, score_batch
     from ray_app.records import RewardRecord
     from ray_app.sim.live import Outcome
     from ray_app.state.profile import Profile, apply
@@ -456,6 +498,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         arm = "treatment" if rng.random() < args.treatment_share else "control"
         did = f"d{seed}-{i}"
         greedy: str | None = None
+        rated: dict[str, float] | None = None
         if arm == "control":
             action, p = truth.static_choice("next_step", eligible), 1.0
         else:
@@ -463,6 +506,10 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             choice = policy.choose(scores, eligible, did)
             action, p = choice.chosen, choice.propensity
             greedy = slot.actions[choice.ranking[0]].id
+            logits = score_batch(served, x, slot.index)[0]
+            rated = {
+                slot.actions[a].id: 1.0 / (1.0 + math.exp(-float(logits[a]))) for a in eligible
+            }
         done, seconds = truth.simulate_response(user, "next_step", action, rng)
         react = min(seconds * args.time_scale, 10.0) + (0.0 if done else args.abandon_delay)
         record = RewardRecord(
@@ -484,7 +531,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         heapq.heappush(due, (t + think + react + args.outcome_delay, i, record))
         outcomes.append(
             Outcome(i, user.segment, arm, slot.actions[action].id, done, False,
-                    served.version, truth.drifted(user), t, greedy=greedy)
+                    served.version, truth.drifted(user), t, greedy=greedy, rated=rated)
         )  # fmt: skip
 
     if args.save_model:

@@ -27,6 +27,7 @@ import datetime as dt
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,9 @@ class Outcome:
     #: the eligible actions the decision chose among
     eligible: tuple[str, ...] = ()
     propensity: float | None = None
+    #: the model's predicted completion rate of each eligible action (the logits without the
+    #: exploration bonus, through a sigmoid); only the learning twin fills it
+    rated: Mapping[str, float] | None = None
 
 
 @dataclass

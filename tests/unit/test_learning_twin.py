@@ -106,9 +106,11 @@ def test_cell_diagnostics_find_the_cell_whose_favourite_the_model_never_serves()
         wrong = user.segment == "illustrator/solo"
         greedy = slot.actions[w.static_choice("next_step", el)].id if wrong else best
         action = "goals" if i % 10 == 0 and greedy != "goals" else greedy
+        # the model rates its top action 0.6 and every other one 0.2
+        rated = {slot.actions[a].id: 0.6 if slot.actions[a].id == greedy else 0.2 for a in el}
         outcomes.append(
             Outcome(i, user.segment, "treatment", action, True, False, 1, False, 0.0,
-                    greedy=greedy)
+                    greedy=greedy, rated=rated)
         )  # fmt: skip
     d = cell_diagnostics(w, outcomes, 0, 400)
     assert d["users"] == 400
@@ -116,3 +118,13 @@ def test_cell_diagnostics_find_the_cell_whose_favourite_the_model_never_serves()
     worst = d["worst_cells"][0]
     assert worst["cell"] == "illustrator/solo" and worst["greedy_is_oracle"] == 0.0
     assert d["greedy_is_oracle"] < 1.0 and d["lost_completions"] > worst["lost"] > 0
+    # the oracle's action there: its true rate, the model's rating of it, how often it was served
+    el = w.eligible("illustrator/solo", "next_step")
+    best = slot.actions[w.oracle_choice("illustrator/solo", "next_step", el)].id
+    static = slot.actions[w.static_choice("next_step", el)].id
+    assert worst["best"] == best != static == worst["top"]
+    assert worst["best_true"] == round(w.p_complete("illustrator/solo", "next_step", best), 3)
+    assert worst["best_rated"] == 0.2 and worst["top_rated"] == 0.6
+    served = [o.action for o in outcomes if o.segment == "illustrator/solo"]
+    assert worst["best_served"] == round(served.count(best) / len(served), 2)
+    assert worst["top_true"] == round(w.p_complete("illustrator/solo", "next_step", static), 3)
