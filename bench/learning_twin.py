@@ -117,6 +117,14 @@ def parser() -> argparse.ArgumentParser:
         "default: the shipped catalog's)",
     )
     ap.add_argument(
+        "--cross-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="the value of each cross of two traits (catalog features.cross_weight, in [1, 8]; "
+        "default: the shipped catalog's, 2; 1 is every release's before it)",
+    )
+    ap.add_argument(
         "--save-model",
         metavar="PREFIX",
         default=None,
@@ -198,16 +206,21 @@ def hash_seed_arg(text: str) -> str | int:
     return seed
 
 
-def twin_catalog(hash_seed: int, threshold_weight: float | None = None) -> Any:
-    """The shipped catalog, its features hashed with ``hash_seed`` and a number's thresholds
-    worth ``threshold_weight`` (0, and None or 1: the shipped catalog's).
+def twin_catalog(
+    hash_seed: int, threshold_weight: float | None = None, cross_weight: float | None = None
+) -> Any:
+    """The shipped catalog, its features hashed with ``hash_seed``, a number's thresholds worth
+    ``threshold_weight`` and each cross ``cross_weight`` (0, and None: the shipped catalog's).
 
     >>> twin_catalog(0).features is None, twin_catalog(3).features["hash_seed"]
     (True, 3)
     >>> twin_catalog(0, 0.5).features["threshold_weight"]
     0.5
+    >>> twin_catalog(0, None, 1).features["cross_weight"]
+    1.0
     """
     from ray_app.catalog import Catalog, load_catalog
+    from ray_app.features import Hashing
 
     catalog = load_catalog()
     features = dict(catalog.features or {})
@@ -215,6 +228,8 @@ def twin_catalog(hash_seed: int, threshold_weight: float | None = None) -> Any:
         features["hash_seed"] = hash_seed
     if threshold_weight is not None and threshold_weight != 1.0:  # 1: the shipped weight
         features["threshold_weight"] = threshold_weight
+    if cross_weight is not None and cross_weight != Hashing.cross_weight:  # the shipped weight
+        features["cross_weight"] = float(cross_weight)
     if features == (catalog.features or {}):
         return catalog
     return Catalog.from_dict({**catalog.as_dict(), "features": features}, source="twin")
@@ -427,7 +442,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     d = shipped.decide
     model_poll_s = d.model_poll_s if args.model_poll_s is None else args.model_poll_s
     catalog = twin_catalog(
-        seed if args.hash_seed == "run" else args.hash_seed, args.threshold_weight
+        seed if args.hash_seed == "run" else args.hash_seed,
+        args.threshold_weight,
+        args.cross_weight,
     )
     schema = FeatureSchema.from_catalog(catalog)
     config = learner_config(_overrides(args))

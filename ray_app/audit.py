@@ -3,7 +3,8 @@
 Three questions, each answered from data Onramp already writes:
 
 * **features**: the population stability index of each decision feature (the vectors the decision
-  log records, in [0, 1]), recent against reference; over ``psi_threshold`` (0.25: shifted) a
+  log records, in [0, 1] but a cross of two traits, worth ``features.cross_weight``), recent
+  against reference; over ``psi_threshold`` (0.25: shifted) a
   feature has drifted;
 * **segment mix**: the shares of each context value (``device``, ``plan``... as the decisions
   carry them in ``context``) and of experiment arms; a chi-square test of the recent counts
@@ -262,7 +263,8 @@ def render_audit_html(result: Mapping[str, Any], top: int = 6) -> str:
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
         for ax, f in zip(axes.ravel(), worst, strict=False):
             i = names.index(f["name"])
-            bins = np.linspace(0, 1, 21)
+            high = max(1.0, float(ref_x[:, i].max(initial=0)), float(cur_x[:, i].max(initial=0)))
+            bins = np.linspace(0, high, 21)  # a cross is worth more than 1
             ax.hist(ref_x[:, i], bins, alpha=0.5, density=True, label="reference")
             ax.hist(cur_x[:, i], bins, alpha=0.5, density=True, label="recent")
             ax.set_title(f"{f['name']} (PSI {f['psi']:.2f})", fontsize=9)

@@ -127,6 +127,8 @@ def _features(spec: FeaturesSpec | None, source: str) -> dict[str, Any] | None:
         del data["hash_seed"]
     if data["threshold_weight"] == FeaturesSpec.model_fields["threshold_weight"].default:
         del data["threshold_weight"]  # and so are those of the default weight
+    if data["cross_weight"] == FeaturesSpec.model_fields["cross_weight"].default:
+        del data["cross_weight"]  # (the schema hash does tell the cross weight, see Hashing)
     try:
         Hashing.from_spec(data)
     except ValueError as exc:

@@ -76,6 +76,7 @@ class FeaturesSpec(_Spec):
     cross_fields: int = 12
     hash_seed: int = 0
     threshold_weight: float = 1.0
+    cross_weight: float = 2.0
 
 
 class CatalogSpec(_Spec):

@@ -77,16 +77,13 @@ def fill_row(
     if _is_map(enrichment) and enrichment.get("found") is True:
         out[pos.crm_found] = 1.0
     base = schema._hashed
-    weight = schema.hashing.threshold_weight
-    thresholds: list[int]
-    if weight == 1.0:  # every token is worth 1: no need to tell the thresholds apart
-        ones, thresholds = hashed_buckets(schema.hashing, profile, enrichment, context), []
-    else:
-        ones, thresholds = hashed_features(schema.hashing, profile, enrichment, context)
-    for b in thresholds:
-        out[base + b] = weight
-    for b in ones:  # a bucket shared with a token worth 1 is worth 1
-        out[base + b] = 1.0
+    h = schema.hashing
+    if h.threshold_weight == 1.0 and h.cross_weight == 1.0:  # every token is worth 1
+        for b in hashed_buckets(h, profile, enrichment, context):
+            out[base + b] = 1.0
+        return
+    for b, value in hashed_features(h, profile, enrichment, context):
+        out[base + b] = value  # a bucket written twice keeps a single token's value
 
 
 def _fill_profile(

@@ -12,7 +12,8 @@ Both are small, deterministic, pure objects fed one value (or one batch) at a ti
   feeds explicit outcomes only, in decision-time order, once ``settle_ms`` of decision time
   has passed (see the class).
 * :func:`psi` compares two samples of feature vectors, feature by feature, with the population
-  stability index over fixed bins on ``[0, 1]`` (every Onramp feature lies there);
+  stability index over fixed bins on ``[0, 1]`` (every Onramp feature lies there, but a cross
+  of two traits, worth ``features.cross_weight``, which counts in the top bin like a 1);
   :class:`FeatureDrift` keeps a reference window and tumbling current windows and reports the
   worst features of each window.
 

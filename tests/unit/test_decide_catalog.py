@@ -494,3 +494,12 @@ def test_negative_events_and_features_sections():
     assert FeatureSchema.from_catalog(default).hashing.threshold_weight == 1.0
     with pytest.raises(CatalogError, match=r"features: features.threshold_weight must be"):
         Catalog.from_dict({**base, "features": {"threshold_weight": 2}})
+    # and the weight of a cross: the default (2) leaves the digest as it was
+    crossed = Catalog.from_dict({**base, "features": {"cross_weight": 1}})
+    assert FeatureSchema.from_catalog(crossed).hashing.cross_weight == 1.0
+    assert crossed.digest != plain.digest
+    default = Catalog.from_dict({**base, "features": {"buckets": 512, "cross_weight": 2}})
+    assert default.digest == plain.digest and "cross_weight" not in (default.features or {})
+    assert FeatureSchema.from_catalog(default).hashing.cross_weight == 2.0
+    with pytest.raises(CatalogError, match=r"features: features.cross_weight must be"):
+        Catalog.from_dict({**base, "features": {"cross_weight": 0.5}})

@@ -21,6 +21,8 @@ from ray_app.state.profile import Profile, apply
 CATALOG = load_catalog()
 SCHEMA = FeatureSchema.from_catalog(CATALOG)
 MIN = 60_000
+#: The largest value of a feature: a cross's (every other feature is at most 1).
+MAX = SCHEMA.hashing.cross_weight
 
 
 def value(x: np.ndarray, name: str) -> float:
@@ -118,34 +120,70 @@ def test_a_numbers_thresholds_and_their_crosses_weigh_the_threshold_weight():
     tokens = SCHEMA.tokens(profile)
     thresholds = {t for t in tokens if "=^" in t}  # seats' thermometer, alone and x role
     assert len(thresholds) == 2 * len(thermometer("t:seats", 6, 21)) == 32
-    # by default every token is worth 1, as in every release before the weight existed
+    # by default a number's thresholds are worth what any other token is
     assert SCHEMA.hashing.threshold_weight == 1.0 and "threshold_weight" not in (
         SCHEMA.hashing.as_dict()
     )
-    # the schema hash's input about hashing is that of the releases before the weight
-    assert sorted(SCHEMA.hashing.as_dict()) == sorted(
+    # with crosses worth 1, the schema hash's input about hashing is that of the releases
+    # before either weight existed
+    flat = Hashing(cross_weight=1)
+    assert sorted(flat.as_dict()) == sorted(
         ["buckets", "include", "exclude", "numeric", "categorical", "crosses", "cross_fields"]
     )
-    x = SCHEMA.featurize(profile)
+    x = FeatureSchema(STEPS, flat).featurize(profile)
     assert {float(x[i]) for i in hashed(x)} == {1.0}
-    half = FeatureSchema(STEPS, Hashing(threshold_weight=0.5))
+    half = FeatureSchema(STEPS, Hashing(threshold_weight=0.5, cross_weight=1))
     assert half.hash != SCHEMA.hash and half.hashing.as_dict()["threshold_weight"] == 0.5
     assert pickle.loads(pickle.dumps(half)).hashing.threshold_weight == 0.5
     xh = half.featurize(profile)
     ones = {half.bucket(t) for t in tokens if t not in thresholds}
     assert ones and {float(xh[i]) for i in ones} == {1.0}
-    # a bucket shared with a token worth 1 is worth 1; the others weigh the threshold weight
+    # a bucket shared with a single token worth 1 is worth 1; the others weigh the weight
+    singles = {half.bucket(t) for t in tokens if "&" not in t and t not in thresholds}
     weighed = {half.bucket(t) for t in thresholds} - ones
-    assert weighed and {float(xh[i]) for i in weighed} == {0.5}
+    assert weighed and {float(xh[i]) for i in weighed - singles} == {0.5}
     assert hashed_of(half, xh) == ones | weighed == hashed(x)  # the same buckets, same layout
     # no number, nothing weighed: the vector of a categorical profile is the same
     plain = {"traits": {"role": "admin", "plan": "pro"}}
-    assert np.array_equal(SCHEMA.featurize(plain), half.featurize(plain))
+    assert np.array_equal(FeatureSchema(STEPS, flat).featurize(plain), half.featurize(plain))
     rows = half.featurize_many([profile, plain])
     assert np.array_equal(rows[0], xh)  # the batch path weighs them too
     for bad in (0, -0.5, 1.5, float("nan"), True, "0.5"):
         with pytest.raises(ValueError, match=r"features\.threshold_weight must be a number"):
             Hashing(threshold_weight=bad)
+
+
+def test_a_cross_of_two_traits_weighs_the_cross_weight():
+    profile = {"traits": {"role": "admin", "plan": "pro", "seats": 40}}
+    tokens = SCHEMA.tokens(profile)
+    crosses = {SCHEMA.bucket(t) for t in tokens if "&" in t}
+    singles = {SCHEMA.bucket(t) for t in tokens if "&" not in t}
+    assert len(crosses) > 20 and len(singles) > 15
+    # by default each cross is worth 2 and every single token 1; a bucket that a cross shares
+    # with a single token is worth the single token's 1
+    assert SCHEMA.hashing.cross_weight == 2.0 and SCHEMA.hashing.as_dict()["cross_weight"] == 2.0
+    x = SCHEMA.featurize(profile)
+    assert {float(x[i]) for i in singles} == {1.0}
+    assert {float(x[i]) for i in crosses - singles} == {2.0}
+    assert hashed(x) == crosses | singles
+    assert np.array_equal(SCHEMA.featurize_many([profile, None])[0], x)  # the batch path too
+    # the weight is part of the schema hash: a model fitted to crosses worth 1 is another schema
+    flat = FeatureSchema(STEPS, Hashing(cross_weight=1))
+    assert flat.hash != SCHEMA.hash and flat.dim == SCHEMA.dim
+    assert hashed_of(flat, flat.featurize(profile)) == hashed(x)  # the same buckets
+    # a cross with a number's threshold weighs both weights
+    both = FeatureSchema(STEPS, Hashing(threshold_weight=0.5, cross_weight=3))
+    assert pickle.loads(pickle.dumps(both)).hashing.cross_weight == 3.0
+    xb = both.featurize(profile)
+    role_x_seats = {both.bucket(t) for t in tokens if "&" in t and "=^" in t and "role" in t}
+    role_x_plan = both.bucket("t:plan=pro&t:role=admin")
+    taken = {both.bucket(t) for t in tokens if t.count("^") == 0 or "&" not in t}
+    assert {float(xb[i]) for i in role_x_seats - taken} == {1.5}
+    assert role_x_plan not in {both.bucket(t) for t in tokens if "&" not in t}
+    assert float(xb[role_x_plan]) == 3.0
+    for bad in (0.5, 0, 9, float("inf"), float("nan"), True, "2"):
+        with pytest.raises(ValueError, match=r"features\.cross_weight must be a number"):
+            Hashing(cross_weight=bad)
 
 
 def test_a_growing_vocabulary_never_changes_the_layout():
@@ -381,7 +419,7 @@ def test_odd_values_in_every_field(odd):
     enrichment = dict.fromkeys(("found", "plan", "industry", "employees", "region"), odd)
     for now in (odd, 0, 10**13):
         x = SCHEMA.featurize(profile, enrichment, {"device": odd, "referrer": odd}, now)
-        assert np.isfinite(x).all() and ((x >= 0) & (x <= 1)).all(), SCHEMA.describe(x)
+        assert np.isfinite(x).all() and ((x >= 0) & (x <= MAX)).all(), SCHEMA.describe(x)
 
 
 @settings(max_examples=300, deadline=None)
@@ -390,7 +428,7 @@ def test_never_nan_whatever_the_input(profile, enrichment, context, now):
     x = SCHEMA.featurize(profile, enrichment, context, now)
     assert x.dtype == np.float32 and x.shape == (SCHEMA.dim,)
     assert np.isfinite(x).all()
-    assert ((x >= 0) & (x <= 1)).all()
+    assert ((x >= 0) & (x <= MAX)).all()
     assert np.array_equal(x, SCHEMA.featurize(profile, enrichment, context, now))
 
 

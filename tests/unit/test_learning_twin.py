@@ -67,6 +67,12 @@ def test_each_run_hashes_with_its_own_seed_unless_told():
     weighed = FeatureSchema.from_catalog(twin_catalog(2, 0.5))
     assert (weighed.hashing.threshold_weight, weighed.hashing.hash_seed) == (0.5, 2)
     assert twin_catalog(0, 1.0).digest == load_catalog().digest
+    # --cross-weight: the weight of a cross (2, the shipped one, changes nothing)
+    assert parser().parse_args([]).cross_weight is None
+    assert parser().parse_args(["--cross-weight", "1"]).cross_weight == 1.0
+    flat = FeatureSchema.from_catalog(twin_catalog(2, None, 1))
+    assert (flat.hashing.cross_weight, flat.hashing.hash_seed) == (1.0, 2)
+    assert twin_catalog(0, None, 2.0).digest == load_catalog().digest
 
 
 def test_the_mean_curve_says_how_sure_its_treatment_figure_is():
