@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ray_app.features.hashing import hashed_buckets, hashed_features
+from ray_app.features.hashing import hashed_features, hashed_parts
 from ray_app.features.values import as_number, scaled
 
 if TYPE_CHECKING:
@@ -78,12 +78,16 @@ def fill_row(
         out[pos.crm_found] = 1.0
     base = schema._hashed
     h = schema.hashing
-    if h.threshold_weight == 1.0 and h.cross_weight == 1.0:  # every token is worth 1
-        for b in hashed_buckets(h, profile, enrichment, context):
+    if h.threshold_weight == 1.0:  # a cross is worth cross_weight, every single token 1
+        singles, _, crosses, _ = hashed_parts(h, profile, enrichment, context)
+        cw = h.cross_weight
+        for b in crosses:
+            out[base + b] = cw
+        for b in singles:  # a bucket shared with a single token is worth 1
             out[base + b] = 1.0
         return
     for b, value in hashed_features(h, profile, enrichment, context):
-        out[base + b] = value  # a bucket written twice keeps a single token's value
+        out[base + b] = value  # in order of precedence (hashed_features): the last one counts
 
 
 def _fill_profile(

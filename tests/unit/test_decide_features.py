@@ -186,6 +186,30 @@ def test_a_cross_of_two_traits_weighs_the_cross_weight():
             Hashing(cross_weight=bad)
 
 
+@pytest.mark.parametrize("tw, cw", [(1.0, 2.0), (0.5, 3.0), (0.5, 1.0)])
+def test_a_shared_bucket_takes_a_single_tokens_value_over_a_crosss_whatever_the_order(tw, cw):
+    # 16 buckets for ~100 tokens: nearly every bucket is shared
+    schema = FeatureSchema(STEPS, Hashing(buckets=16, threshold_weight=tw, cross_weight=cw))
+    traits = {"role": "admin", "plan": "pro", "seats": 40, "region": "emea"}
+    context = {"device": "tablet", "visits": 300}
+    profile = {"traits": traits}
+    # precedence: a single token without a threshold, a threshold, a cross, a cross with one
+    rank = {(False, False): (3, 1.0), (False, True): (2, tw), (True, False): (1, cw),
+            (True, True): (0, cw * tw)}  # fmt: skip
+    best: dict[int, tuple[int, float]] = {}
+    for t in schema.tokens(profile, None, context):
+        r = rank[("&" in t, "=^" in t)]
+        b = schema.bucket(t)
+        best[b] = max(best.get(b, r), r)
+    x = schema.featurize(profile, None, context)
+    assert {i: float(x[i]) for i in hashed_of(schema, x)} == {b: v for b, (_, v) in best.items()}
+    assert len({r for r, _ in best.values()}) >= 3  # the collisions put several kinds to the test
+    # the order in which the traits come does not matter
+    again = {"traits": dict(reversed(list(traits.items())))}
+    assert np.array_equal(schema.featurize(again, None, dict(reversed(list(context.items())))), x)
+    assert np.array_equal(schema.featurize_many([profile], None, [context])[0], x)
+
+
 def test_a_growing_vocabulary_never_changes_the_layout():
     before = (SCHEMA.dim, SCHEMA.hash)
     # values and keys never seen before land in their buckets; the layout stays
