@@ -125,6 +125,11 @@ _CROSSES_CACHE = 1 << 12
 _CROSSES_TOKENS = 64
 
 
+def _is_number(v: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class Hashing:
     """How traits, CRM columns and context fields become hashed features.
@@ -180,21 +185,11 @@ class Hashing:
                 f"features.hash_seed must be an integer in [0, 2**32), got {self.hash_seed!r}"
             )
         w = self.threshold_weight
-        if not (
-            isinstance(w, int | float)
-            and not isinstance(w, bool)
-            and math.isfinite(w)
-            and 0 < w <= 1
-        ):
+        if not (_is_number(w) and 0 < w <= 1):
             raise ValueError(f"features.threshold_weight must be a number in (0, 1], got {w!r}")
         object.__setattr__(self, "threshold_weight", float(w))
         c = self.cross_weight
-        if not (
-            isinstance(c, int | float)
-            and not isinstance(c, bool)
-            and math.isfinite(c)
-            and 1 <= c <= 8
-        ):
+        if not (_is_number(c) and 1 <= c <= 8):
             raise ValueError(f"features.cross_weight must be a number in [1, 8], got {c!r}")
         object.__setattr__(self, "cross_weight", float(c))
         for name in ("include", "exclude", "numeric", "categorical"):
@@ -494,7 +489,8 @@ def hashed_buckets(
     ...     bucket(t, 512) for t in hashed_tokens(DEFAULT_HASHING, p)]
     True
     """
-    return _buckets(h, profile, enrichment, context)[0]
+    singles, _, crosses, _ = hashed_parts(h, profile, enrichment, context)
+    return singles + crosses
 
 
 def hashed_features(
@@ -528,18 +524,6 @@ def hashed_features(
         *((b, tw) for b, t in zip(singles, single_thr, strict=True) if t),
         *((b, 1.0) for b, t in zip(singles, single_thr, strict=True) if not t),
     ]
-
-
-def _buckets(
-    h: Hashing,
-    profile: Mapping[str, Any] | None,
-    enrichment: Mapping[str, Any] | None,
-    context: Mapping[str, Any] | None,
-) -> tuple[list[int], list[bool]]:
-    """The bucket of each of :func:`hashed_tokens` and whether it is (or crosses) a number's
-    threshold, in the same order."""
-    singles, single_thr, crosses, cross_thr = hashed_parts(h, profile, enrichment, context)
-    return singles + crosses, single_thr + cross_thr
 
 
 def hashed_parts(
