@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import threading
+from bisect import bisect_left
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,10 +14,62 @@ from ray_app.telemetry.resource import resource_attributes
 if TYPE_CHECKING:
     from ray_app.config import TelemetrySettings
 
-__all__ = ["CollectorHooks", "NoopHooks", "OtelHooks"]
+__all__ = ["CollectorHooks", "LoopHistogram", "NoopHooks", "OtelHooks"]
 
 # Request latency buckets (seconds): the collector answers in milliseconds unless Kafka is slow.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LoopHistogram:
+    """A latency histogram by one label, written by one thread (a replica's event loop) and read
+    by Prometheus, for a tenth of what OpenTelemetry's ``Histogram.record`` costs.
+
+    ``record`` is a ``bisect`` and two list increments (0.5 us against 8 us measured for the
+    OpenTelemetry call, paid by every decision and every collector request: a few per cent of
+    the replica's event loop under load). The scrape (:meth:`collect`, a ``prometheus_client``
+    custom collector) exposes the same series as the OpenTelemetry exporter did: ``NAME_bucket``
+    with ``le`` per bound and ``+Inf``, ``NAME_count``, ``NAME_sum``. It copies each series in
+    one C call, so a scrape never blocks the writer; it can see a value's bucket before its sum
+    (one value's worth, made good by the next scrape).
+
+    >>> h = LoopHistogram("x_seconds", "What", "route", (0.01, 0.1))
+    >>> h.record(0.01, "a"); h.record(0.05, "a"); h.record(3.0, "a")
+    >>> [(s.name, s.labels, s.value) for s in next(h.collect()).samples][:4]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('x_seconds_bucket', {'route': 'a', 'le': '0.01'}, 1.0),
+     ('x_seconds_bucket', {'route': 'a', 'le': '0.1'}, 2.0),
+     ('x_seconds_bucket', {'route': 'a', 'le': '+Inf'}, 3.0),
+     ('x_seconds_count', {'route': 'a'}, 3.0)]
+    """
+
+    def __init__(self, name: str, description: str, label: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.description, self.label = name, description, label
+        self._bounds = tuple(float(b) for b in bounds)
+        self._series: dict[str, list[float]] = {}  # label value -> counts per bucket, then the sum
+
+    def record(self, value: float, key: str) -> None:
+        """One value under label value ``key`` (from the writer thread only)."""
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = [0] * (len(self._bounds) + 2)
+        series[bisect_left(self._bounds, value)] += 1  # le: a value on a bound counts in it
+        series[-1] += value
+
+    def collect(self) -> Iterator[Any]:
+        """The histogram family for ``prometheus_client`` (a registry calls this on a scrape)."""
+        from prometheus_client.core import HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        family = HistogramMetricFamily(self.name, self.description, labels=[self.label])
+        les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        for key, series in self._series.copy().items():
+            counts = series.copy()  # one C call: safe against the writer's increments
+            running, buckets = 0.0, []
+            for le, n in zip(les, counts[:-1], strict=True):
+                running += n
+                buckets.append((le, running))
+            family.add_metric([key], buckets, sum_value=counts[-1])
+        yield family
 
 
 class CollectorHooks(Protocol):
@@ -93,6 +147,13 @@ class OtelHooks:
         self._provider = _meter_provider(
             self.registry, otlp_endpoint, otlp_headers or {}, export_interval_s, service
         )
+        # the latency histograms' OTLP side: a provider of its own, pushed only (on /metrics
+        # they are LoopHistograms, below)
+        self._otlp_provider = (
+            _meter_provider(None, otlp_endpoint, otlp_headers or {}, export_interval_s, service)
+            if otlp_endpoint
+            else None
+        )
         atexit.register(self.shutdown)  # flushed at exit unless shut down before
         meter = self._provider.get_meter("onramp.collector")
         # Counts are plain dict increments, read by OpenTelemetry when it collects (an
@@ -124,9 +185,28 @@ class OtelHooks:
             callbacks=[partial(_observe, self._requests, ("route", "status"))],
             description="HTTP requests answered, by route and status",
         )
-        self._latency = meter.create_histogram(
-            "onramp.http.request.duration", unit="s", description="HTTP request latency"
-        )
+        # The latency histograms: LoopHistogram on /metrics (Prometheus), and with an OTLP
+        # endpoint OpenTelemetry's own histograms as well (pushed; their record costs more)
+        self._latency = LoopHistogram(
+            "onramp_http_request_duration_seconds", "HTTP request latency", "route",
+            _LATENCY_BUCKETS,
+        )  # fmt: skip
+        self._decide_latency = LoopHistogram(
+            "onramp_decide_duration_seconds", "Time to decide (in the replica)", "slot",
+            _LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.registry.register(self._latency)
+        self.registry.register(self._decide_latency)
+        self._otlp_latency: Any = None
+        self._otlp_decide_latency: Any = None
+        if self._otlp_provider is not None:
+            pushed = self._otlp_provider.get_meter("onramp.collector")
+            self._otlp_latency = pushed.create_histogram(
+                "onramp.http.request.duration", unit="s", description="HTTP request latency"
+            )
+            self._otlp_decide_latency = pushed.create_histogram(
+                "onramp.decide.duration", unit="s", description="Time to decide (in the replica)"
+            )
         self._decision_counts: dict[tuple[str, str, str], int] = {}  # (slot, arm, cold_start)
         self._logged_counts: dict[str, int] = {}
         self._logged_lock = threading.Lock()
@@ -134,9 +214,6 @@ class OtelHooks:
             "onramp.decisions",
             callbacks=[partial(_observe, self._decision_counts, ("slot", "arm", "cold_start"))],
             description="Decisions answered, by slot, arm and cold start",
-        )
-        self._decide_latency = meter.create_histogram(
-            "onramp.decide.duration", unit="s", description="Time to decide (in the replica)"
         )
         meter.create_observable_counter(
             "onramp.decisions.logged",
@@ -171,10 +248,12 @@ class OtelHooks:
     def request_done(self, route: str, status: int, seconds: float) -> None:
         key = (route, str(status))
         self._requests[key] = self._requests.get(key, 0) + 1
-        attrs = self._route_attrs.get(route)
-        if attrs is None:
-            attrs = self._route_attrs[route] = {"route": route}
-        self._latency.record(seconds, attrs)
+        self._latency.record(seconds, route)
+        if self._otlp_latency is not None:
+            attrs = self._route_attrs.get(route)
+            if attrs is None:
+                attrs = self._route_attrs[route] = {"route": route}
+            self._otlp_latency.record(seconds, attrs)
 
     def events_accepted(self, source: str, n: int) -> None:
         self._accepted[source] = self._accepted.get(source, 0) + n
@@ -193,10 +272,12 @@ class OtelHooks:
         # called on the replica's event loop only: one writer, so the increment is safe
         key = (slot, arm, "true" if cold else "false")
         self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
-        attrs = self._slot_attrs.get(slot)
-        if attrs is None:
-            attrs = self._slot_attrs[slot] = {"slot": slot}
-        self._decide_latency.record(seconds, attrs)
+        self._decide_latency.record(seconds, slot)
+        if self._otlp_decide_latency is not None:
+            attrs = self._slot_attrs.get(slot)
+            if attrs is None:
+                attrs = self._slot_attrs[slot] = {"slot": slot}
+            self._otlp_decide_latency.record(seconds, attrs)
 
     def decisions_logged(self, ok: int, failed: int) -> None:
         # called from delivery reports, which confluent-kafka serves on its poller thread and on
@@ -225,6 +306,8 @@ class OtelHooks:
             pending, self._shutdown_pending = self._shutdown_pending, False
         if pending:
             self._provider.shutdown()
+            if self._otlp_provider is not None:
+                self._otlp_provider.shutdown()
 
 
 def _observe(counts: dict[Any, int], labels: tuple[str, ...], _options: Any) -> list[Any]:
@@ -245,17 +328,20 @@ def _meter_provider(
     export_interval_s: float,
     service: str,
 ) -> Any:
-    """A meter provider read into ``registry`` (Prometheus) and, with an endpoint, pushed over
-    OTLP/HTTP too; latency histograms get Onramp's buckets."""
+    """A meter provider read into ``registry`` (Prometheus; ``None``: not read there) and, with
+    an endpoint, pushed over OTLP/HTTP too; latency histograms get Onramp's buckets."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
     from opentelemetry.sdk.resources import Resource
 
-    reader = PrometheusMetricReader(
-        disable_target_info=True, scope_info_enabled=False, registry=registry
-    )
-    readers: list[Any] = [reader]
+    readers: list[Any] = []
+    if registry is not None:
+        readers.append(
+            PrometheusMetricReader(
+                disable_target_info=True, scope_info_enabled=False, registry=registry
+            )
+        )
     if otlp_endpoint:  # the same instruments pushed over OTLP/HTTP as well
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader

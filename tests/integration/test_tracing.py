@@ -189,9 +189,15 @@ def test_one_trace_goes_collector_kafka_worker_decision(broker, serve_port, tmp_
         assert decide["links"] == [(trace, producer_span)]
         # the collector's metrics reach the OTLP endpoint too
         deadline = time.monotonic() + 20
-        while "onramp.events.accepted" not in receiver.metrics and time.monotonic() < deadline:
+        pushed = {
+            "onramp.events.accepted",
+            "onramp.decisions",
+            "onramp.http.request.duration",
+            "onramp.decide.duration",
+        }
+        while not pushed <= receiver.metrics and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert {"onramp.events.accepted", "onramp.decisions"} <= receiver.metrics
+        assert pushed <= receiver.metrics, receiver.metrics
     finally:
         serve.delete("traced")
         ray.get(sup.stop.remote(), timeout=120)
