@@ -262,10 +262,13 @@ class OnlineLearner(Publishing):
         >>> from ray_app.features import FeatureSchema
         >>> from ray_app.model import cold_start_bundle
         >>> c = load_catalog()
-        >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c))
+        >>> bundle = cold_start_bundle(FeatureSchema.from_catalog(c), c)
+        >>> learner = OnlineLearner(bundle, LearnerConfig(guardrail_share=0.1))
         >>> share = sum(learner.in_guardrail(f"d{i}") for i in range(10_000)) / 10_000
         >>> 0.09 < share < 0.11
         True
+        >>> OnlineLearner(bundle).in_guardrail("d1")  # none by default: every reward trains
+        False
         """
         h = hashlib.blake2b(
             f"{self.config.guardrail_salt}\x1f{decision_id}".encode(), digest_size=8

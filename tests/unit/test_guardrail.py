@@ -216,7 +216,7 @@ def test_exploring_on_purpose_does_not_fire_it():
     design; the comparison waits for the first version served at the base epsilon."""
     traffic = Traffic(8)
     learner = new_learner(warmup_rewards=1_000, epsilon=0.05, boost_epsilon=0.5)
-    for k in range(12):
+    for k in range(10):  # every reward trained on: the warm-up ends with the tenth batch
         learner.learn(traffic.records(100, 0.4, 0.6, version=learner.version))
         bundle = learner.maybe_publish(now=float(k))
         assert bundle is not None and not bundle.metadata["rolled_back"]

@@ -113,6 +113,8 @@ def new_learner(**config: object) -> OnlineLearner:
     """A learner from a cold-start model; without the warm-up boost unless asked (it would make
     the learning rate and the epsilon of these tests depend on the wall clock)."""
     config.setdefault("warmup_rewards", 0)
+    # with the loss guardrail's slice (off by default): these tests check it too
+    config.setdefault("guardrail_share", 0.1)
     return OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), LearnerConfig(**config))  # type: ignore[arg-type]
 
 
@@ -213,6 +215,26 @@ def test_learner_captures_most_of_the_oracle_gain_from_uniform_random_logs():
     assert meta["guardrail"]["ips_value"] == pytest.approx(gt.expected_rate("oracle"), abs=0.12)
     again = ModelBundle.from_bytes(last.to_bytes(), SCHEMA, CATALOG)  # metadata is JSON
     assert again.version == last.version and again.metadata == json.loads(json.dumps(meta))
+
+
+def test_by_default_every_reward_is_trained_on_and_the_loss_guardrail_does_not_judge():
+    gt = GroundTruth(seed=12)
+    learner = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), LearnerConfig(warmup_rewards=0))
+    assert learner.config.guardrail_share == 0.0
+    records = logged(gt, 0, 1_000, seed=12)
+    report = learner.learn(records)
+    assert report.trained == 1_000 and report.guardrail == 0
+    assert learner.counters["trained"] == 1_000 and learner.counters["guardrail"] == 0
+    bundle = learner.maybe_publish(now=10.0)
+    assert bundle is not None and not bundle.metadata["rolled_back"]
+    assert bundle.metadata["guardrail"]["records"] == 0
+    assert bundle.metadata["guardrail"]["loss"] is None  # unjudged: passed
+    # the setting reaches the learner from the settings
+    assert learner_config(Settings()).guardrail_share == 0.0
+    on = learner_config(Settings.model_validate({"learn": {"guardrail_share": 0.1}}))
+    assert on.guardrail_share == 0.1
+    with pytest.raises(ValidationError, match="guardrail_share"):
+        Settings.model_validate({"learn": {"guardrail_share": 1.0}})
 
 
 def test_learner_trains_every_slot_head_in_mixed_batches():
@@ -547,7 +569,7 @@ def test_a_new_optimizer_on_trained_weights_settles_and_a_restored_one_does_not(
     started.learn(logged(gt, 2_100, 2_000, seed=9))
     again = OnlineLearner.from_state(started.state_dict(), cfg)
     age = started.counters["trained"]  # it started at 0
-    assert 1_500 < age < 2_000  # the guardrail slice is not trained on
+    assert age == 2_100  # every reward is trained on (no guardrail slice by default)
     for x in (started, again):
         scheduled = cfg.lr * (1 + x.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
         report = x.learn(logged(gt, 4_100, 64, seed=10))
@@ -632,7 +654,7 @@ def test_weights_from_another_world_are_dropped_for_the_cold_start(caplog):
     a world whose users complete what the weights rank last): the learner restarts from the
     cold-start weights as after a drift (boosted, the rewards so far kept and learned again),
     logged and counted; without a cold start to go back to, they relearn at the full rate."""
-    cfg = LearnerConfig(warmup_rewards=0)
+    cfg = LearnerConfig(warmup_rewards=0, guardrail_share=0.1)  # the counts below assume it
     gt = GroundTruth(seed=5)
     _, published = _published_after(2_000, cfg)
     cold = cold_start_bundle(SCHEMA, CATALOG)
@@ -789,7 +811,7 @@ def test_dedupe_memory_is_bounded_by_the_horizon():
 def test_restart_resumes_identically():
     gt = GroundTruth(seed=13)
     records = logged(gt, 0, 5_000, seed=13)
-    cfg = LearnerConfig(publish_interval_s=5.0)
+    cfg = LearnerConfig(publish_interval_s=5.0, guardrail_share=0.1)  # the slice is saved too
     learner = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), cfg)
     learner.learn(records[:3_000], offsets={0: 3_000, 1: 17})
     assert learner.maybe_publish(now=100.0) is not None
