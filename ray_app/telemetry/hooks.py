@@ -46,14 +46,20 @@ class LoopHistogram:
         self.name, self.description, self.label = name, description, label
         self._bounds = tuple(float(b) for b in bounds)
         self._series: dict[str, list[float]] = {}  # label value -> counts per bucket, then the sum
+        self.pushed: Any = None
+        """An OpenTelemetry histogram each value is also recorded into (OTLP), or ``None``."""
+        self._attrs: dict[str, dict[str, str]] = {}  # its attributes, built once per label value
 
     def record(self, value: float, key: str) -> None:
         """One value under label value ``key`` (from the writer thread only)."""
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = [0] * (len(self._bounds) + 2)
+            self._attrs[key] = {self.label: key}
         series[bisect_left(self._bounds, value)] += 1  # le: a value on a bound counts in it
         series[-1] += value
+        if self.pushed is not None:
+            self.pushed.record(value, self._attrs[key])
 
     def collect(self) -> Iterator[Any]:
         """The histogram family for ``prometheus_client`` (a registry calls this on a scrape)."""
@@ -197,14 +203,12 @@ class OtelHooks:
         )  # fmt: skip
         self.registry.register(self._latency)
         self.registry.register(self._decide_latency)
-        self._otlp_latency: Any = None
-        self._otlp_decide_latency: Any = None
         if self._otlp_provider is not None:
             pushed = self._otlp_provider.get_meter("onramp.collector")
-            self._otlp_latency = pushed.create_histogram(
+            self._latency.pushed = pushed.create_histogram(
                 "onramp.http.request.duration", unit="s", description="HTTP request latency"
             )
-            self._otlp_decide_latency = pushed.create_histogram(
+            self._decide_latency.pushed = pushed.create_histogram(
                 "onramp.decide.duration", unit="s", description="Time to decide (in the replica)"
             )
         self._decision_counts: dict[tuple[str, str, str], int] = {}  # (slot, arm, cold_start)
@@ -220,8 +224,6 @@ class OtelHooks:
             callbacks=[partial(_observe, self._logged_counts, ("result",))],
             description="Decision records acknowledged by Kafka",
         )
-        self._slot_attrs: dict[str, dict[str, str]] = {}  # {"slot": s}, built once per slot
-        self._route_attrs: dict[str, dict[str, str]] = {}  # {"route": r}, built once per route
         self._versions: dict[str, int] = {}
 
         def _observe_versions(_options: Any) -> list[Any]:
@@ -249,11 +251,6 @@ class OtelHooks:
         key = (route, str(status))
         self._requests[key] = self._requests.get(key, 0) + 1
         self._latency.record(seconds, route)
-        if self._otlp_latency is not None:
-            attrs = self._route_attrs.get(route)
-            if attrs is None:
-                attrs = self._route_attrs[route] = {"route": route}
-            self._otlp_latency.record(seconds, attrs)
 
     def events_accepted(self, source: str, n: int) -> None:
         self._accepted[source] = self._accepted.get(source, 0) + n
@@ -273,11 +270,6 @@ class OtelHooks:
         key = (slot, arm, "true" if cold else "false")
         self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
         self._decide_latency.record(seconds, slot)
-        if self._otlp_decide_latency is not None:
-            attrs = self._slot_attrs.get(slot)
-            if attrs is None:
-                attrs = self._slot_attrs[slot] = {"slot": slot}
-            self._otlp_decide_latency.record(seconds, attrs)
 
     def decisions_logged(self, ok: int, failed: int) -> None:
         # called from delivery reports, which confluent-kafka serves on its poller thread and on

@@ -87,7 +87,7 @@ def test_with_an_otlp_endpoint_each_histogram_is_pushed_and_on_metrics_once():
 def test_without_an_otlp_endpoint_nothing_records_opentelemetry_histograms():
     hooks = OtelHooks()
     try:
-        assert hooks._otlp_provider is None and hooks._otlp_latency is None
+        assert hooks._otlp_provider is None and hooks._latency.pushed is None
         hooks.decision("next_step", "control", True, 0.5)
         assert 'onramp_decide_duration_seconds_sum{slot="next_step"} 0.5' in (
             hooks.prometheus_text().decode()
