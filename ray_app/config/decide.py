@@ -147,8 +147,8 @@ class LearnSettings(_Section):
         "weights before it is published. 0, the default: every reward is trained on and only "
         "the guardrail against the static flow judges. 0.1 until 2026-12-06: on the learning "
         "twin (16 paired runs a world) training on every reward raised the share of the "
-        "oracle's gain by user 6,000 from 0.83 to 0.85 (teams), 0.75 to 0.78 (campus), 0.75 "
-        "to 0.79 (clinics) and 0.669 to 0.674 (fleets); the slice's rollbacks of the wide "
+        "oracle's gain by user 6,000 from 0.83 to 0.85 (teams), 0.75 to 0.77 (campus), 0.75 "
+        "to 0.78 (clinics) and 0.669 to 0.674 (fleets); the slice's rollbacks of the wide "
         "model were not worth the tenth of the rewards it held out.",
     )
     guardrail_tolerance: float = Field(

@@ -73,9 +73,9 @@ class LearnerConfig:
     is trained on and the loss guardrail does not judge (the guardrail against the static flow
     still does). 0.1 until 2026-12-06: on the learning twin (16 paired runs a world, 6,000
     users) training on every reward raised the share of the oracle's gain by user 6,000 from
-    0.83 to 0.85 (``teams``, 13 runs of 16 better), 0.75 to 0.78 (``campus``), 0.75 to 0.79
+    0.83 to 0.85 (``teams``, 13 runs of 16 better), 0.75 to 0.77 (``campus``), 0.75 to 0.78
     (``clinics``, every run at 0.70 or more; 12 of 16 before) and 0.669 to 0.674 (``fleets``),
-    and the slice's rollbacks of the wide model (0-4 a run, on ``clinics`` and ``fleets``) were
+    and the slice's rollbacks of the wide model (0-4 a run on ``clinics``, 0-1 on ``fleets`` and ``teams``) were
     not worth the tenth of the rewards it never learned from (``LearnSettings.guardrail_share``)."""
     guardrail_window: int = 2_000
     guardrail_min_records: int = 100

@@ -26,7 +26,8 @@ a 64-bit hash of the last ``dedupe_horizon`` decision ids (about 80 bytes each i
 of a reward topic shorter than that; upstream, the reward join is already exactly-once.
 
 **Guardrail.** A deterministic ``guardrail_share`` of the records (by a hash of the decision id,
-see :meth:`~OnlineLearner.in_guardrail`) is never trained on: the last ``guardrail_window`` of
+see :meth:`~OnlineLearner.in_guardrail`; 0 by default, when every record is trained on and this
+check never judges) is never trained on: the last ``guardrail_window`` of
 them form a holdout slice on which every candidate is compared with the last good weights before
 it is published. The metric is the importance-weighted log loss of the logged action; the
 report also holds an IPS estimate of the greedy policy's value. A candidate whose loss exceeds
@@ -267,9 +268,12 @@ class OnlineLearner(Publishing):
         >>> share = sum(learner.in_guardrail(f"d{i}") for i in range(10_000)) / 10_000
         >>> 0.09 < share < 0.11
         True
-        >>> OnlineLearner(bundle).in_guardrail("d1")  # none by default: every reward trains
-        False
+        >>> none = OnlineLearner(bundle)  # by default every reward trains
+        >>> sum(none.in_guardrail(f"d{i}") for i in range(10_000))
+        0
         """
+        if self.config.guardrail_share <= 0.0:
+            return False
         h = hashlib.blake2b(
             f"{self.config.guardrail_salt}\x1f{decision_id}".encode(), digest_size=8
         ).digest()

@@ -202,7 +202,11 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     learner._offsets = {int(p): int(o) for p, o in state["offsets"].items()}
     learner.counters.update({k: int(v) for k, v in state["counters"].items()})
     for rec in saved_entries(state, "guardrail_json", "guardrail"):
-        learner._guardrail.append(RewardRecord.from_json(rec))
+        held = RewardRecord.from_json(rec)
+        # a slice saved under another guardrail_share (0.1 until 2026-12-06, 0 now) keeps only
+        # the records this config holds out: a stale slice would go on judging candidates
+        if learner.in_guardrail(held.decision_id):
+            learner._guardrail.append(held)
     learner._replay.load_state(state, RewardRecord.from_json)
     learner._pending_updates = int(state["pending_updates"])
     learner._pending_rewards = int(state["pending_rewards"])

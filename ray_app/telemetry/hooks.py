@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import math
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -24,9 +25,10 @@ class LoopHistogram:
     """A latency histogram by one label, written by one thread (a replica's event loop) and read
     by Prometheus, for a tenth of what OpenTelemetry's ``Histogram.record`` costs.
 
-    ``record`` is a ``bisect`` and two list increments (0.5 us against 8 us measured for the
-    OpenTelemetry call, paid by every decision and every collector request: a few per cent of
-    the replica's event loop under load). The scrape (:meth:`collect`, a ``prometheus_client``
+    ``record`` is a ``bisect`` and two list increments (0.5-0.75 us a call against 8.8 us
+    measured for the OpenTelemetry call, paid by every decision and every collector request: a
+    few per cent of the replica's event loop under load). Like OpenTelemetry's histogram it
+    drops a negative or non-finite value (a latency cannot be one). The scrape (:meth:`collect`, a ``prometheus_client``
     custom collector) exposes the same series as the OpenTelemetry exporter did: ``NAME_bucket``
     with ``le`` per bound and ``+Inf``, ``NAME_count``, ``NAME_sum``. It copies each series in
     one C call, so a scrape never blocks the writer; it can see a value's bucket before its sum
@@ -52,6 +54,8 @@ class LoopHistogram:
 
     def record(self, value: float, key: str) -> None:
         """One value under label value ``key`` (from the writer thread only)."""
+        if not 0.0 <= value < math.inf:  # negative, inf or nan: dropped
+            return
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = [0] * (len(self._bounds) + 2)
@@ -291,15 +295,17 @@ class OtelHooks:
         return generate_latest(self.registry)
 
     def shutdown(self) -> None:
-        """Flush and stop the meter provider, once: a second call (the exit hook after an
+        """Flush and stop the meter providers, once: a second call (the exit hook after an
         explicit call, or a replica's ``__del__`` run twice) does nothing, where the
         provider's own second shutdown logs "shutdown can only be called once"."""
         with self._shutdown_lock:
             pending, self._shutdown_pending = self._shutdown_pending, False
         if pending:
-            self._provider.shutdown()
-            if self._otlp_provider is not None:
-                self._otlp_provider.shutdown()
+            try:
+                self._provider.shutdown()
+            finally:
+                if self._otlp_provider is not None:  # the pushed histograms' last points
+                    self._otlp_provider.shutdown()
 
 
 def _observe(counts: dict[Any, int], labels: tuple[str, ...], _options: Any) -> list[Any]:

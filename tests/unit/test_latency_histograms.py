@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ray_app.telemetry.hooks import _LATENCY_BUCKETS, LoopHistogram, OtelHooks
-from tests.integration.test_tracing import OtlpReceiver
+from tests.otlp_receiver import OtlpReceiver
 
 
 def _histogram_lines(text: bytes) -> list[str]:
@@ -89,8 +89,11 @@ def test_without_an_otlp_endpoint_nothing_records_opentelemetry_histograms():
     try:
         assert hooks._otlp_provider is None and hooks._latency.pushed is None
         hooks.decision("next_step", "control", True, 0.5)
-        assert 'onramp_decide_duration_seconds_sum{slot="next_step"} 0.5' in (
-            hooks.prometheus_text().decode()
-        )
+        hooks.decision("next_step", "control", True, float("nan"))  # dropped, as OTel does
+        hooks.decision("next_step", "control", True, -1.0)
+        text = hooks.prometheus_text().decode()
+        assert text.count("# TYPE onramp_decide_duration_seconds histogram") == 1, text
+        assert 'onramp_decide_duration_seconds_sum{slot="next_step"} 0.5' in text
+        assert 'onramp_decide_duration_seconds_count{slot="next_step"} 1.0' in text
     finally:
         hooks.shutdown()

@@ -237,6 +237,21 @@ def test_by_default_every_reward_is_trained_on_and_the_loss_guardrail_does_not_j
         Settings.model_validate({"learn": {"guardrail_share": 1.0}})
 
 
+def test_a_state_saved_with_a_slice_restored_without_one_holds_nothing_out():
+    """A state saved under the old default (a 10% slice) restored under the new one (none): the
+    saved slice is dropped, so the loss guardrail does not go on judging on a stale slice."""
+    gt = GroundTruth(seed=14)
+    old = new_learner()  # the slice on, as before 2026-12-06
+    old.learn(logged(gt, 0, 2_000, seed=14))
+    assert len(old._guardrail) > 100  # enough to judge
+    restored = OnlineLearner.from_state(old.state_dict(), LearnerConfig(warmup_rewards=0))
+    assert len(restored._guardrail) == 0
+    bundle = restored.maybe_publish(now=1e9)
+    assert bundle is not None and bundle.metadata["guardrail"]["records"] == 0
+    again = OnlineLearner.from_state(old.state_dict(), old.config)  # the same share: kept
+    assert list(again._guardrail) == list(old._guardrail)
+
+
 def test_learner_trains_every_slot_head_in_mixed_batches():
     gt = GroundTruth(seed=3)
     records = [
