@@ -142,6 +142,14 @@ class Publisher:
         self._stop.set()
 
     def _handle(self) -> Any:
+        """The hub, or ``None`` while this process is not connected to Ray: reaching for an
+        actor then would start a Ray of its own (Ray's auto-init), which a daemon thread did at
+        the exit of a process whose Ray had been shut down."""
+        import ray
+
+        if not ray.is_initialized():
+            self._hub = None
+            return None
         if self._hub is None:
             self._hub = metrics_hub(self.namespace)
         return self._hub
@@ -151,7 +159,9 @@ class Publisher:
 
         while not self._stop.wait(PUBLISH_INTERVAL_S):
             try:
-                ray.get(self._handle().put.remote(self.replica, self.own().decode()), timeout=5)
+                hub = self._handle()
+                if hub is not None:
+                    ray.get(hub.put.remote(self.replica, self.own().decode()), timeout=5)
             except Exception:  # the hub went with the replica that owned it: start another
                 self._hub = None
                 log.debug("publishing replica metrics failed", exc_info=True)
@@ -160,7 +170,9 @@ class Publisher:
         """Every live replica's series, each labelled ``replica``."""
         texts: dict[str, str] = {}
         try:
-            texts = await asyncio.wait_for(self._handle().texts.remote(), timeout_s)
+            hub = self._handle()
+            if hub is not None:
+                texts = await asyncio.wait_for(hub.texts.remote(), timeout_s)
         except Exception:
             self._hub = None
             log.warning("other replicas' metrics unavailable for this scrape", exc_info=True)

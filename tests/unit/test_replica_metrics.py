@@ -6,7 +6,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ray_app.telemetry.replicas import ReplicaMetricsStore, merge_expositions
+from ray_app.telemetry import replicas
+from ray_app.telemetry.replicas import Publisher, ReplicaMetricsStore, merge_expositions
 
 
 def _replica(accepted: int, latency: list[float]) -> str:
@@ -52,3 +53,25 @@ def test_a_silent_replica_drops_out_after_the_ttl() -> None:
     assert store.texts(now=12) == {"r2": "b"}
     store.put("r1", "c", now=13)  # back (a replacement with the same id, say)
     assert store.texts(now=14) == {"r1": "c", "r2": "b"}
+
+
+def test_without_ray_the_publisher_never_starts_one(monkeypatch) -> None:
+    """Publishing and scraping outside Ray (a process whose Ray was shut down, at its exit) must
+    not reach for the hub actor: Ray's auto-init would start a Ray of its own."""
+    import asyncio
+    import threading
+
+    import ray
+
+    called = threading.Event()
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(replicas, "metrics_hub", lambda namespace: called.set())
+    monkeypatch.setattr(replicas, "PUBLISH_INTERVAL_S", 0.01)
+    pub = Publisher("ns", "r1", lambda: b"onramp_x_total 1.0\n")
+    pub.start()
+    try:
+        text = asyncio.run(pub.scrape()).decode()
+        assert not called.wait(0.3), "the hub was reached for without Ray"
+    finally:
+        pub.stop()
+    assert 'onramp_x_total{replica="r1"} 1.0' in text  # its own series, labelled
