@@ -318,9 +318,6 @@ class Publishing:
         becomes the last good weights) or rolled back (the last good weights go back into the
         trainer, with a fresh optimizer; the rewards learned since are not replayed again)."""
         cfg = self.config
-        if len(self._guardrail) < cfg.guardrail_min_records:  # cannot judge (no slice: share 0)
-            self._last_good = clone_weights(self.scorer.state_dict())
-            return GuardrailCheck.unjudged(len(self._guardrail), cfg.guardrail_tolerance)
         last_good = Scorer(self._arch["dim"], self._arch["slot_sizes"], self._arch["hidden"])
         last_good.load_state_dict(self._last_good)
         check = check_candidate(

@@ -485,21 +485,17 @@ def test_negative_events_and_features_sections():
     assert plain.digest == same.digest and "hash_seed" not in (same.features or {})
     with pytest.raises(CatalogError, match=r"features: features.hash_seed must be an integer"):
         Catalog.from_dict({**base, "features": {"hash_seed": -3}})
-    # so is the weight of a number's thresholds; the default leaves the digest as it was
-    weighed = Catalog.from_dict({**base, "features": {"threshold_weight": 0.5}})
-    assert FeatureSchema.from_catalog(weighed).hashing.threshold_weight == 0.5
-    assert weighed.digest != plain.digest
-    default = Catalog.from_dict({**base, "features": {"buckets": 512, "threshold_weight": 1}})
-    assert default.digest == plain.digest and "threshold_weight" not in (default.features or {})
-    assert FeatureSchema.from_catalog(default).hashing.threshold_weight == 1.0
-    with pytest.raises(CatalogError, match=r"features: features.threshold_weight must be"):
-        Catalog.from_dict({**base, "features": {"threshold_weight": 2}})
-    # and the weight of a cross: the default (2) leaves the digest as it was
-    crossed = Catalog.from_dict({**base, "features": {"cross_weight": 1}})
-    assert FeatureSchema.from_catalog(crossed).hashing.cross_weight == 1.0
-    assert crossed.digest != plain.digest
-    default = Catalog.from_dict({**base, "features": {"buckets": 512, "cross_weight": 2}})
-    assert default.digest == plain.digest and "cross_weight" not in (default.features or {})
-    assert FeatureSchema.from_catalog(default).hashing.cross_weight == 2.0
-    with pytest.raises(CatalogError, match=r"features: features.cross_weight must be"):
-        Catalog.from_dict({**base, "features": {"cross_weight": 0.5}})
+    # so are the weights of a number's thresholds and of a cross; a default (1 and 2) leaves
+    # the digest as it was
+    for field, weight, default_weight, bad in (
+        ("threshold_weight", 0.5, 1, 2),
+        ("cross_weight", 1, 2, 0.5),
+    ):
+        weighed = Catalog.from_dict({**base, "features": {field: weight}})
+        assert getattr(FeatureSchema.from_catalog(weighed).hashing, field) == weight
+        assert weighed.digest != plain.digest
+        default = Catalog.from_dict({**base, "features": {"buckets": 512, field: default_weight}})
+        assert default.digest == plain.digest and field not in (default.features or {})
+        assert getattr(FeatureSchema.from_catalog(default).hashing, field) == default_weight
+        with pytest.raises(CatalogError, match=rf"features: features.{field} must be"):
+            Catalog.from_dict({**base, "features": {field: bad}})
