@@ -134,6 +134,59 @@ def ray_init_address(address: str | None) -> str | None:
     return None if os.environ.get("RAY_ADDRESS") else "local"
 
 
+#: How many times :func:`start_serve` asks Serve to start before it gives up.
+SERVE_START_ATTEMPTS = 3
+
+
+def start_serve(
+    http_options: dict[str, Any],
+    start: Callable[..., Any] | None = None,
+    attempts: int = SERVE_START_ATTEMPTS,
+) -> None:
+    """``serve.start(http_options=...)``, asked again when the HTTP proxy it waits for dies or
+    is not ready in time.
+
+    On a busy machine Serve's controller kills a proxy whose health check is late and starts
+    another; ``serve.start``, which waits on the first one, then raises Ray's ``ActorDiedError``
+    (``onramp demo`` failed to start that way, with a Ray traceback, while the machine's two
+    cores ran other work). Asked again, ``serve.start`` joins the controller that is already
+    running, which brings up the replacement; :meth:`Stack.start` then waits for the collector
+    to answer over HTTP. After ``attempts`` failures, an :class:`OnrampError` that names the
+    cause (one line from the CLI, no traceback).
+
+    >>> calls = []
+    >>> def flaky(http_options):
+    ...     calls.append(http_options)
+    ...     if len(calls) == 1:
+    ...         raise TimeoutError("HTTP proxies not available after 60s.")
+    >>> start_serve({"port": 8000}, flaky)
+    >>> len(calls)
+    2
+    """
+    import ray
+
+    if start is None:
+        from ray import serve
+
+        start = serve.start
+    for attempt in range(1, attempts + 1):
+        try:
+            start(http_options=http_options)
+            return
+        except (ray.exceptions.RayActorError, TimeoutError) as exc:
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if attempt == attempts:
+                raise OnrampError(
+                    f"Serve's HTTP proxy did not start ({attempts} tries; last: {cause})"
+                ) from exc
+            log.warning(
+                "Serve's HTTP proxy did not start (%s); asking again (%d of %d)",
+                cause,
+                attempt + 1,
+                attempts,
+            )
+
+
 class Stack:
     """Broker (embedded unless configured), Ray and Onramp's Serve application."""
 
@@ -255,7 +308,7 @@ class Stack:
                     )
                 self.learner, launched = service.launch_learner_actor(s, self.bootstrap)
                 starting.append(("the learner", launched, service.LAUNCH_TIMEOUT_S))
-        serve.start(http_options={"host": s.collector.host, "port": s.collector.port})
+        start_serve({"host": s.collector.host, "port": s.collector.port})
         serve.run(
             self.build_app(
                 {"settings": s, "bootstrap": self.bootstrap, "http_host": s.collector.host}

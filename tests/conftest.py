@@ -77,10 +77,10 @@ class ServeApp:
 
 @pytest.fixture(scope="session")
 def serve_port(ray_session: None) -> int:
-    from ray import serve
+    from ray_app.up import start_serve
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve({"host": "127.0.0.1", "port": port})  # as onramp up: again if a proxy dies
     return port
 
 

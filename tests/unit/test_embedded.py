@@ -121,3 +121,45 @@ def test_stop_own_haproxy_stops_only_the_haproxy_of_this_process_config(tmp_path
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_serve_is_asked_again_when_its_proxy_dies_while_starting(caplog):
+    """Serve's controller kills a proxy that is late to start and starts another; serve.start,
+    waiting on the first, raises ActorDiedError. Onramp asks again (joining the running
+    controller), and says so; if every try fails, one OnrampError names the cause."""
+    import pytest
+    from ray.exceptions import ActorDiedError
+
+    from ray_app.errors import OnrampError
+    from ray_app.up import start_serve
+
+    calls: list[dict[str, object]] = []
+
+    def dies_once(http_options: dict[str, object]) -> None:
+        calls.append(http_options)
+        if len(calls) == 1:
+            raise ActorDiedError()
+
+    with caplog.at_level("WARNING", logger="ray_app.up"):
+        start_serve({"host": "127.0.0.1", "port": 8000}, dies_once)
+    assert calls == [{"host": "127.0.0.1", "port": 8000}] * 2
+    assert "asking again (2 of 3)" in caplog.text
+    assert "The actor died unexpectedly" in caplog.text
+
+    def always_dies(http_options: dict[str, object]) -> None:
+        calls.append(http_options)
+        raise ActorDiedError()
+
+    calls.clear()
+    with pytest.raises(OnrampError, match=r"did not start \(3 tries; last: The actor died"):
+        start_serve({"port": 8000}, always_dies)
+    assert len(calls) == 3
+
+    def refused(http_options: dict[str, object]) -> None:  # not a proxy's death: not retried
+        calls.append(http_options)
+        raise ValueError("bad http_options")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="bad http_options"):
+        start_serve({"port": 8000}, refused)
+    assert len(calls) == 1
