@@ -1,6 +1,7 @@
 """The pure state core: profile semantics, commutativity, dedupe, ordering, lateness, snapshots."""
 
 import datetime as dt
+import functools
 import json
 import random
 from collections import Counter
@@ -365,14 +366,22 @@ def test_simulated_traffic_reconciles_and_catches_every_duplicate():
     assert completed | waiting == finished and not completed & waiting
 
 
+@functools.cache
+def _one_partition_and_its_state() -> tuple[tuple[tuple[str, bytes], ...], SessionShard]:
+    """The crash tests' input (one partition of 60 simulated users) and the state of a shard
+    that processed it without a crash: built once, not for each of the tests' examples (the
+    tests only read them)."""
+    _, parts = _simulated_partitions(users=60, partitions=1, seed=3)
+    reference = SessionShard(0)
+    reference.process(parts[0])
+    return tuple(parts[0]), reference
+
+
 @pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32))
 def test_crash_and_replay_from_any_snapshot_gives_the_same_state(seed):
-    _, parts = _simulated_partitions(users=60, partitions=1, seed=3)
-    recs = parts[0]
-    reference = SessionShard(0)
-    reference.process(recs)
+    recs, reference = _one_partition_and_its_state()
     rng = random.Random(seed)
     shard, committed_state, committed_offset, offset = SessionShard(0), None, 0, 0
     while offset < len(recs):
@@ -394,10 +403,7 @@ def test_crash_and_replay_from_any_snapshot_gives_the_same_state(seed):
 def test_crash_and_replay_from_base_plus_deltas_gives_the_same_state(seed):
     """Incremental checkpoints: a base, then deltas of what changed; a crash restores
     base + deltas and replays from the last delta's offset."""
-    _, parts = _simulated_partitions(users=60, partitions=1, seed=3)
-    recs = parts[0]
-    reference = SessionShard(0)
-    reference.process(recs)
+    recs, reference = _one_partition_and_its_state()
     rng = random.Random(seed)
     shard, base, deltas, committed_offset, offset = SessionShard(0), None, [], 0, 0
     while offset < len(recs):
