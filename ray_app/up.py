@@ -136,55 +136,89 @@ def ray_init_address(address: str | None) -> str | None:
 
 #: How many times :func:`start_serve` asks Serve to start before it gives up.
 SERVE_START_ATTEMPTS = 3
+#: How long :func:`start_serve` waits for a replacement proxy to be healthy.
+PROXY_HEALTHY_TIMEOUT_S = 60.0
+
+
+def _cause(exc: BaseException) -> str:
+    """An exception in one line: its type and its message's last non-empty line (a Ray error's
+    first line is a generic one)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+
+
+def _proxies_healthy(status: Callable[[], Any]) -> bool:
+    proxies = status().proxies
+    return bool(proxies) and all(str(getattr(p, "value", p)) == "HEALTHY" for p in proxies.values())
 
 
 def start_serve(
     http_options: dict[str, Any],
     start: Callable[..., Any] | None = None,
     attempts: int = SERVE_START_ATTEMPTS,
+    status: Callable[[], Any] | None = None,
+    healthy_timeout_s: float = PROXY_HEALTHY_TIMEOUT_S,
 ) -> None:
-    """``serve.start(http_options=...)``, asked again when the HTTP proxy it waits for dies or
-    is not ready in time.
+    """``serve.start(http_options=...)``, asked again when the HTTP proxy it waits for is
+    killed or is not ready in time.
 
     On a busy machine Serve's controller kills a proxy whose health check is late and starts
     another; ``serve.start``, which waits on the first one, then raises Ray's ``ActorDiedError``
     (``onramp demo`` failed to start that way, with a Ray traceback, while the machine's two
     cores ran other work). Asked again, ``serve.start`` joins the controller that is already
-    running, which brings up the replacement; :meth:`Stack.start` then waits for the collector
-    to answer over HTTP. After ``attempts`` failures, an :class:`OnrampError` that names the
-    cause (one line from the CLI, no traceback).
+    running without waiting for any proxy, so this waits (``healthy_timeout_s``) until
+    ``serve.status()`` shows every proxy healthy. A proxy whose constructor failed is not
+    retried. Every failure ends in an :class:`OnrampError` that names the cause (one line from
+    the CLI, no traceback); a port already taken is Serve's own error, not retried either.
+    ``start`` and ``status`` stand in for ``serve.start`` and ``serve.status`` in tests.
 
     >>> calls = []
     >>> def flaky(http_options):
     ...     calls.append(http_options)
     ...     if len(calls) == 1:
     ...         raise TimeoutError("HTTP proxies not available after 60s.")
-    >>> start_serve({"port": 8000}, flaky)
+    >>> class Healthy:
+    ...     proxies = {"node-1": "HEALTHY"}
+    >>> start_serve({"port": 8000}, flaky, status=Healthy)
     >>> len(calls)
     2
     """
     import ray
 
-    if start is None:
+    if start is None or status is None:
         from ray import serve
 
-        start = serve.start
+        start = start or serve.start
+        status = status or serve.status
+    first: str | None = None
     for attempt in range(1, attempts + 1):
         try:
             start(http_options=http_options)
-            return
         except (ray.exceptions.RayActorError, TimeoutError) as exc:
-            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            cause = _cause(exc)
+            if getattr(exc, "actor_init_failed", False):
+                raise OnrampError(f"Serve's HTTP proxy failed to start ({cause})") from exc
+            first = first or cause
             if attempt == attempts:
-                raise OnrampError(
-                    f"Serve's HTTP proxy did not start ({attempts} tries; last: {cause})"
-                ) from exc
+                raise OnrampError(f"Serve did not start ({attempts} tries; last: {cause})") from exc
             log.warning(
                 "Serve's HTTP proxy did not start (%s); asking again (%d of %d)",
                 cause,
                 attempt + 1,
                 attempts,
             )
+            continue
+        if first is None:
+            return  # serve.start itself waited for the proxies
+        deadline = time.monotonic() + healthy_timeout_s
+        while not _proxies_healthy(status):
+            if time.monotonic() > deadline:
+                raise OnrampError(
+                    f"Serve's HTTP proxy was not healthy {healthy_timeout_s:.0f} s after it "
+                    f"was restarted (it had failed with {first})"
+                )
+            time.sleep(0.2)
+        return
 
 
 class Stack:

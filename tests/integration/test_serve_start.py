@@ -24,7 +24,7 @@ import threading, time
 import httpx, ray
 from ray import serve
 from ray_app.kafka.broker import free_port
-from ray_app.up import configure_http_mode, start_serve
+from ray_app.up import configure_http_mode, start_serve, stop_own_haproxy
 
 configure_http_mode(True)
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -63,6 +63,7 @@ try:
 finally:
     serve.shutdown()
     ray.shutdown()
+    stop_own_haproxy()  # a killed HAProxy manager does not take its HAProxy along
 """
 
 

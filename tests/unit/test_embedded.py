@@ -126,14 +126,21 @@ def test_stop_own_haproxy_stops_only_the_haproxy_of_this_process_config(tmp_path
 def test_serve_is_asked_again_when_its_proxy_dies_while_starting(caplog):
     """Serve's controller kills a proxy that is late to start and starts another; serve.start,
     waiting on the first, raises ActorDiedError. Onramp asks again (joining the running
-    controller), and says so; if every try fails, one OnrampError names the cause."""
+    controller), says so, and waits until Serve reports the replacement healthy; a proxy whose
+    constructor failed, a replacement that never becomes healthy, or three failed tries end in
+    one OnrampError that names the cause."""
     import pytest
-    from ray.exceptions import ActorDiedError
+    from ray.exceptions import ActorDiedError, RayActorError
 
     from ray_app.errors import OnrampError
     from ray_app.up import start_serve
 
     calls: list[dict[str, object]] = []
+    states = iter(["STARTING", "STARTING", "HEALTHY"])
+
+    class Status:  # serve.status(): the replacement starts, then is healthy
+        def __init__(self) -> None:
+            self.proxies = {"node-1": next(states)}
 
     def dies_once(http_options: dict[str, object]) -> None:
         calls.append(http_options)
@@ -141,19 +148,37 @@ def test_serve_is_asked_again_when_its_proxy_dies_while_starting(caplog):
             raise ActorDiedError()
 
     with caplog.at_level("WARNING", logger="ray_app.up"):
-        start_serve({"host": "127.0.0.1", "port": 8000}, dies_once)
+        start_serve({"host": "127.0.0.1", "port": 8000}, dies_once, status=Status)
     assert calls == [{"host": "127.0.0.1", "port": 8000}] * 2
+    assert next(states, "all read") == "all read"  # it waited for HEALTHY
+    assert "ActorDiedError: The actor died unexpectedly" in caplog.text
     assert "asking again (2 of 3)" in caplog.text
-    assert "The actor died unexpectedly" in caplog.text
+
+    class NeverHealthy:
+        def __init__(self) -> None:
+            self.proxies = {"node-1": "UNHEALTHY"}
+
+    calls.clear()
+    with pytest.raises(OnrampError, match="not healthy 0 s after it was restarted"):
+        start_serve({"port": 8000}, dies_once, status=NeverHealthy, healthy_timeout_s=0.0)
 
     def always_dies(http_options: dict[str, object]) -> None:
         calls.append(http_options)
         raise ActorDiedError()
 
     calls.clear()
-    with pytest.raises(OnrampError, match=r"did not start \(3 tries; last: The actor died"):
-        start_serve({"port": 8000}, always_dies)
+    with pytest.raises(OnrampError, match=r"Serve did not start \(3 tries; last: ActorDied"):
+        start_serve({"port": 8000}, always_dies, status=NeverHealthy)
     assert len(calls) == 3
+
+    def constructor_fails(http_options: dict[str, object]) -> None:
+        calls.append(http_options)
+        raise RayActorError(error_msg="RuntimeError: boom", actor_init_failed=True)
+
+    calls.clear()
+    with pytest.raises(OnrampError, match=r"proxy failed to start .*RuntimeError: boom"):
+        start_serve({"port": 8000}, constructor_fails, status=NeverHealthy)
+    assert len(calls) == 1  # not retried: it would fail the same way
 
     def refused(http_options: dict[str, object]) -> None:  # not a proxy's death: not retried
         calls.append(http_options)
@@ -161,5 +186,5 @@ def test_serve_is_asked_again_when_its_proxy_dies_while_starting(caplog):
 
     calls.clear()
     with pytest.raises(ValueError, match="bad http_options"):
-        start_serve({"port": 8000}, refused)
+        start_serve({"port": 8000}, refused, status=NeverHealthy)
     assert len(calls) == 1

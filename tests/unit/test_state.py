@@ -369,8 +369,9 @@ def test_simulated_traffic_reconciles_and_catches_every_duplicate():
 @functools.cache
 def _one_partition_and_its_state() -> tuple[tuple[tuple[str, bytes], ...], SessionShard]:
     """The crash tests' input (one partition of 60 simulated users) and the state of a shard
-    that processed it without a crash: built once, not for each of the tests' examples (the
-    tests only read them)."""
+    that processed it without a crash: built once, not for each of the tests' examples. The
+    tests only read them (``profiles_as_dicts`` advances each profile to the shard's watermark,
+    which the first read already did), so no example depends on another."""
     _, parts = _simulated_partitions(users=60, partitions=1, seed=3)
     reference = SessionShard(0)
     reference.process(parts[0])
