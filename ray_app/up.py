@@ -147,9 +147,11 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
 
 
-def _proxies_healthy(status: Callable[[], Any]) -> bool:
-    proxies = status().proxies
-    return bool(proxies) and all(str(getattr(p, "value", p)) == "HEALTHY" for p in proxies.values())
+def _a_proxy_healthy(status: Callable[[], Any]) -> bool:
+    """Whether ``serve.status()`` shows a healthy proxy (on a cluster, proxies of nodes without
+    replicas may be draining; whether this machine's answers is what :meth:`Stack.start` checks
+    next, over HTTP)."""
+    return any(str(getattr(p, "value", p)) == "HEALTHY" for p in status().proxies.values())
 
 
 def start_serve(
@@ -167,7 +169,7 @@ def start_serve(
     (``onramp demo`` failed to start that way, with a Ray traceback, while the machine's two
     cores ran other work). Asked again, ``serve.start`` joins the controller that is already
     running without waiting for any proxy, so this waits (``healthy_timeout_s``) until
-    ``serve.status()`` shows every proxy healthy. A proxy whose constructor failed is not
+    ``serve.status()`` shows a healthy proxy. A proxy whose constructor failed is not
     retried. Every failure ends in an :class:`OnrampError` that names the cause (one line from
     the CLI, no traceback); a port already taken is Serve's own error, not retried either.
     ``start`` and ``status`` stand in for ``serve.start`` and ``serve.status`` in tests.
@@ -211,7 +213,7 @@ def start_serve(
         if first is None:
             return  # serve.start itself waited for the proxies
         deadline = time.monotonic() + healthy_timeout_s
-        while not _proxies_healthy(status):
+        while not _a_proxy_healthy(status):
             if time.monotonic() > deadline:
                 raise OnrampError(
                     f"Serve's HTTP proxy was not healthy {healthy_timeout_s:.0f} s after it "

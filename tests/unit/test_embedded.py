@@ -139,8 +139,8 @@ def test_serve_is_asked_again_when_its_proxy_dies_while_starting(caplog):
     states = iter(["STARTING", "STARTING", "HEALTHY"])
 
     class Status:  # serve.status(): the replacement starts, then is healthy
-        def __init__(self) -> None:
-            self.proxies = {"node-1": next(states)}
+        def __init__(self) -> None:  # (another node's proxy, without replicas, is drained)
+            self.proxies = {"node-1": next(states), "node-2": "DRAINED"}
 
     def dies_once(http_options: dict[str, object]) -> None:
         calls.append(http_options)
