@@ -247,7 +247,13 @@ def main() -> dict[str, Any]:
                 - totals["relayed"]
                 == produced
             ), totals
-            assert totals["duplicates"] == plan.count("duplicate"), totals
+            # a forward record that the lost node's worker wrote again on its replay is dropped
+            # once more where it lands, as a duplicate (or as late), as in test_stream_chaos
+            replayed = totals["relayed"] - totals["forwarded"]
+            assert replayed >= 0, totals
+            assert totals["duplicates"] + totals["late"] == plan.count("duplicate") + replayed, (
+                totals
+            )
             live = sup.profiles()
             phase("allTaken")
         finally:
