@@ -200,13 +200,21 @@ def test_ctrl_c_in_a_real_process_leaves_no_traceback(tmp_path, attempt) -> None
     suite saw it hang under load); `ray_app.storage.read_stream` does not."""
     fifo = tmp_path / "logs.jsonl"
     os.mkfifo(fifo)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deployments.onramp", "evaluate", "--logs", str(fifo)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The command starts as from a terminal, with SIGINT at its default. A process inherits an
+    # ignored SIGINT, and a shell's background job has it ignored (`make test &` from a script,
+    # then the pytest-xdist worker); Python then installs no handler and the command rightly
+    # never sees a Ctrl-C. A handler of our own here is reset to the default by exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deployments.onramp", "evaluate", "--logs", str(fifo)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     opened = threading.Event()
     holder: list[int] = []
 
