@@ -51,8 +51,15 @@ demo: venv ## run Onramp on embedded defaults with simulated onboarding traffic 
 up: venv ## run Onramp (broker, Ray, Serve) without traffic (Ctrl-C stops)
 	$(VENV)/bin/onramp up
 
+# `make test` runs two pytest-xdist workers, each given whole test files: about half of a
+# one-process run is waiting on other processes (Ray starting, Serve deploying, a Ray Train
+# run), and the other worker's tests fill those waits. Each worker is a pytest session with
+# its own broker, Ray and Serve, started only when one of its tests asks (tests/conftest.py).
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: venv lint ## lint first (what `make lint` runs), then every test: unit, doctests, integration (real broker, Ray, Serve) and slow
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: venv ## run the fast tests only (no broker, Ray or Serve)
 	$(PY) -m pytest -m "not integration and not slow"

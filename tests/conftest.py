@@ -1,5 +1,7 @@
 """Shared fixtures. One broker, one local Ray and one Serve app per test session (they are
-expensive on 2 cores); everything is started lazily, only when an integration test asks."""
+expensive on 2 cores); everything is started lazily, only when an integration test asks.
+`make test` runs two pytest-xdist workers, each a session of its own, given whole test files
+(`--dist loadfile`): a worker starts these only if one of its files asks."""
 
 from __future__ import annotations
 
