@@ -55,17 +55,17 @@ up: venv ## run Onramp (broker, Ray, Serve) without traffic (Ctrl-C stops)
 # one-process run is waiting on other processes (Ray starting, Serve deploying, a Ray Train
 # run), and the other worker's tests fill those waits. Each worker is a pytest session with
 # its own broker, Ray and Serve, started only when one of its tests asks (tests/conftest.py).
-# TEST_WORKERS=0 runs everything in one process.
+# test-unit and test-integration run the same way. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 
 test: venv lint ## lint first (what `make lint` runs), then every test: unit, doctests, integration (real broker, Ray, Serve) and slow
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: venv ## run the fast tests only (no broker, Ray or Serve)
-	$(PY) -m pytest -m "not integration and not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow"
 
 test-integration: venv ## run the tests that cross processes
-	$(PY) -m pytest -m "integration or slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "integration or slow"
 
 lint: venv ## ruff (lint + format check) and mypy on ray_app and validation
 	$(VENV)/bin/ruff check .
