@@ -213,8 +213,8 @@ def test_ctrl_c_in_a_real_process_leaves_no_traceback(tmp_path, attempt) -> None
             stderr=subprocess.PIPE,
             text=True,
         )
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # None: a handler set outside Python, which cannot be put back from here
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     opened = threading.Event()
     holder: list[int] = []
 
