@@ -9,7 +9,10 @@ keep-alive connections, bench/wrk/post.lua cycling through one body per user):
 * closed loop at 16, 64 and 256 connections, ``/v1/decide`` and the trivial route in turn at
   each (so that both see the same moment of this shared machine): 2xx answers/s, p50, p99 and
   p99.9. The figure is ``/v1/decide`` at 64 connections; the ratio is to the trivial route's
-  answers/s at 64;
+  answers/s at 64. This machine's speed drifts within a run (the trivial route alone moved
+  between 1,651 and 2,762 answers/s from run to run on one sitting), so the pair at 64 is run
+  ``--rounds`` times (3), the order of the two routes alternating; the figure is the round with
+  the median ratio, and every round's ratio is in ``ratio_rounds``;
 * open loop: a fixed offered rate of half the best ``/v1/decide`` rate above, on ``/v1/decide``
   and at the same rate on the trivial route: the latency at half load, without the queue a
   closed loop builds. The wrk script paces its connections against one schedule, with rate x 1 s
@@ -157,12 +160,17 @@ def main() -> None:
                     help="connections of the figure and its ratio (one of --connections)")  # fmt: skip
     ap.add_argument("--open-seconds", type=float, default=15.0,
                     help="duration of each open-loop run (0: none)")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="pairs of runs (decide, trivial) at --ratio-at; the figure is the "
+                    "median round's")  # fmt: skip
     ap.add_argument("--users", type=int, default=2000, help="simulated users with profiles")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain FastAPI context")
     args = ap.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     if args.ratio_at not in connections:
         ap.error(f"--ratio-at {args.ratio_at} is not in --connections {args.connections}")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
 
     import logging
 
@@ -191,6 +199,7 @@ def main() -> None:
         "trivial_serve": [],
         "open_loop": [],
         "fastapi": [],
+        "rounds": [],  # (decide, trivial) pairs at --ratio-at after the first
     }
 
     def run(label: str, url: str, bodies: list[bytes], c: int, **kw: Any) -> dict[str, Any]:
@@ -214,6 +223,17 @@ def main() -> None:
                 {**run("/v1/decide", decide_url, bodies, c), "replicas": ingress_replicas()}
             )
             results["trivial_serve"].append(run("trivial Serve", trivial_url, bodies, c))
+        c = args.ratio_at
+        for n in range(1, args.rounds):  # more pairs at the figure's concurrency, order alternating
+            pair = [("/v1/decide", decide_url), ("trivial Serve", trivial_url)]
+            done = {
+                label: run(f"{label} (round {n + 1})", url, bodies, c)
+                for label, url in (pair[::-1] if n % 2 else pair)
+            }
+            done["/v1/decide"]["replicas"] = ingress_replicas()
+            results["rounds"].append(
+                {"decide": done["/v1/decide"], "trivial_serve": done["trivial Serve"]}
+            )
         peak = max(r["requests_per_s"] for r in results["decide"])
         if args.open_seconds > 0 and peak > 0:
             rate = peak / 2
@@ -251,10 +271,18 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=10)
 
-    top = at(results["decide"], args.ratio_at)
-    trivial = at(results["trivial_serve"], args.ratio_at)
+    rounds = [
+        {"decide": at(results["decide"], args.ratio_at),
+         "trivial_serve": at(results["trivial_serve"], args.ratio_at)},
+        *results["rounds"],
+    ]  # fmt: skip
+    ratios = [ratio(r["decide"]["requests_per_s"], r["trivial_serve"]["requests_per_s"]) or 0.0
+              for r in rounds]  # fmt: skip
+    median = sorted(range(len(rounds)), key=lambda i: ratios[i])[(len(rounds) - 1) // 2]
+    top, trivial = rounds[median]["decide"], rounds[median]["trivial_serve"]
     open_loop = {r["route"]: r for r in results["open_loop"]}
-    runs = [r for rows in results.values() for r in rows]
+    runs = [r for name, rows in results.items() if name != "rounds" for r in rows]
+    runs += [pair[route] for pair in results["rounds"] for route in ("decide", "trivial_serve")]
     emit(
         {
             "benchmark": "decide",
@@ -267,6 +295,9 @@ def main() -> None:
             "baseline": "trivial Serve deployment on the same HTTP path, same wrk load, same run",
             "baseline_value": trivial["requests_per_s"],
             "ratio": ratio(top["requests_per_s"], trivial["requests_per_s"]),
+            # every round's ratio at --ratio-at, in order; the figure is the median round's
+            "ratio_rounds": ratios,
+            "median_round": median + 1,
             # every concurrency: decide beside trivial, with the latency quantiles
             "by_connections": side_by_side(
                 "decide", results["decide"], results["trivial_serve"], connections
