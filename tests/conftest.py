@@ -57,6 +57,13 @@ def ray_session() -> Iterator[None]:
     from ray_app.up import configure_http_mode
 
     configure_http_mode(True)
+    # Serve's direct ingress gives replicas ports from the lowest free one of a range: each
+    # pytest-xdist worker's Serve gets a range of its own (gw0 30000-30499, gw1 30500-30999...),
+    # so that a port one worker's replica let go is never taken by the other worker's
+    worker = int("".join(c for c in os.environ.get("PYTEST_XDIST_WORKER", "") if c.isdigit()) or 0)
+    for proto, base in (("HTTP", 30000), ("GRPC", 40000)):
+        os.environ[f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT"] = str(base + 500 * worker)
+        os.environ[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] = str(base + 500 * worker + 499)
     ray.init(
         address="local",  # never a cluster a `ray start` left behind on this machine
         num_cpus=2,

@@ -248,12 +248,12 @@ def main() -> dict[str, Any]:
                 == produced
             ), totals
             # a forward record that the lost node's worker wrote again on its replay is dropped
-            # once more where it lands, as a duplicate (or as late), as in test_stream_chaos
+            # once more where it lands, as a duplicate or as late (a forward may be late on its
+            # first arrival too, after the restart: test_stream_chaos counts those exactly)
             replayed = totals["relayed"] - totals["forwarded"]
             assert replayed >= 0, totals
-            assert totals["duplicates"] + totals["late"] == plan.count("duplicate") + replayed, (
-                totals
-            )
+            planned = plan.count("duplicate")
+            assert planned <= totals["duplicates"] <= planned + replayed, totals
             live = sup.profiles()
             phase("allTaken")
         finally:
