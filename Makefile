@@ -57,15 +57,16 @@ up: venv ## run Onramp (broker, Ray, Serve) without traffic (Ctrl-C stops)
 # its own broker, Ray and Serve, started only when one of its tests asks (tests/conftest.py).
 # test-unit and test-integration run the same way. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: venv lint ## lint first (what `make lint` runs), then every test: unit, doctests, integration (real broker, Ray, Serve) and slow
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PYTEST)
 
 test-unit: venv ## run the fast tests only (no broker, Ray or Serve)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow"
+	$(PYTEST) -m "not integration and not slow"
 
 test-integration: venv ## run the tests that cross processes
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "integration or slow"
+	$(PYTEST) -m "integration or slow"
 
 lint: venv ## ruff (lint + format check) and mypy on ray_app and validation
 	$(VENV)/bin/ruff check .

@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (
     SETTLE_OPEN_LOOP_S,
     SETTLE_S,
-    at,
     deploy_trivial,
     describe,
     emit,
@@ -201,7 +200,7 @@ def main() -> None:
         "trivial_serve": [],
         "open_loop": [],
         "fastapi": [],
-        "rounds": [],  # (decide, trivial) pairs at --ratio-at after the first (then every one)
+        "rounds": [],  # every (decide, trivial) pair at --ratio-at, the sweep's first
     }
 
     def run(label: str, url: str, bodies: list[bytes], c: int, **kw: Any) -> dict[str, Any]:
@@ -227,6 +226,9 @@ def main() -> None:
             results["trivial_serve"].append(run("trivial Serve", trivial_url, bodies, c))
             if c != args.ratio_at:
                 continue
+            results["rounds"].append(
+                {"decide": results["decide"][-1], "trivial_serve": results["trivial_serve"][-1]}
+            )
             # more pairs at the figure's concurrency, straight after the first (before a heavier
             # load makes Serve add a replica), the routes' order alternating
             for n in range(1, args.rounds):
@@ -239,10 +241,8 @@ def main() -> None:
                 results["rounds"].append(
                     {"decide": done["/v1/decide"], "trivial_serve": done["trivial Serve"]}
                 )
-        peak = max(
-            r["requests_per_s"]
-            for r in [*results["decide"], *(pair["decide"] for pair in results["rounds"])]
-        )
+        peak = max(pair["decide"]["requests_per_s"] for pair in results["rounds"])
+        peak = max(peak, *(r["requests_per_s"] for r in results["decide"]))
         if args.open_seconds > 0 and peak > 0:
             rate = peak / 2
             c = open_loop_connections(rate)
@@ -279,11 +279,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=10)
 
-    rounds = [
-        {"decide": at(results["decide"], args.ratio_at),
-         "trivial_serve": at(results["trivial_serve"], args.ratio_at)},
-        *results["rounds"],
-    ]  # fmt: skip
+    rounds = results["rounds"]
     ratios = [ratio(r["decide"]["requests_per_s"], r["trivial_serve"]["requests_per_s"]) or 0.0
               for r in rounds]  # fmt: skip
     # a round where Serve had added (or was adding) an ingress replica does not compare with the
@@ -292,16 +288,9 @@ def main() -> None:
     alike = [i for i, r in enumerate(rounds) if r["decide"].get("replicas") == first]
     median = sorted(alike, key=lambda i: ratios[i])[(len(alike) - 1) // 2]  # the lower middle
     top, trivial = rounds[median]["decide"], rounds[median]["trivial_serve"]
-    # the figure's concurrency in by_connections is the median round's
-    results["decide"] = [top if r["connections"] == args.ratio_at else r for r in results["decide"]]
-    results["trivial_serve"] = [
-        trivial if r["connections"] == args.ratio_at else r for r in results["trivial_serve"]
-    ]
-    results["rounds"] = rounds  # every pair at --ratio-at, the first included
     open_loop = {r["route"]: r for r in results["open_loop"]}
     runs = [r for name, rows in results.items() if name != "rounds" for r in rows]
-    runs += [pair[route] for pair in rounds for route in ("decide", "trivial_serve")]
-    runs = list({id(r): r for r in runs}.values())  # each run once
+    runs += [pair[route] for pair in rounds[1:] for route in ("decide", "trivial_serve")]
     emit(
         {
             "benchmark": "decide",
@@ -320,8 +309,14 @@ def main() -> None:
             "replicas_rounds": [r["decide"].get("replicas") for r in rounds],
             "median_round": median + 1,
             # every concurrency: decide beside trivial, with the latency quantiles
-            "by_connections": side_by_side(
-                "decide", results["decide"], results["trivial_serve"], connections
+            "by_connections": side_by_side(  # at --ratio-at, the median round
+                "decide",
+                [top if r["connections"] == args.ratio_at else r for r in results["decide"]],
+                [
+                    trivial if r["connections"] == args.ratio_at else r
+                    for r in results["trivial_serve"]
+                ],
+                connections,
             ),
             "peak_req_per_s": peak,
             # cores by process during the figure's two runs: what a decision costs beyond the
