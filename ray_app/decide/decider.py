@@ -199,7 +199,7 @@ class Decider:
         prepared, x = self._prepare(requests, now_ms, cold_reasons)
         scores = _score(prepared, x, bundles)
         # the logged features, rounded once for the whole batch
-        logged = SparseFeatures.from_rows(np.round(x.astype(np.float64), 6))
+        logged = SparseFeatures.from_rows(x, decimals=6)
         return [
             p
             if isinstance(p, DecisionRequestError)
