@@ -67,7 +67,7 @@ class SlotSpec(_Spec):
 class FeaturesSpec(_Spec):
     """The ``features:`` section (see :class:`ray_app.features.Hashing`)."""
 
-    buckets: int = 512
+    buckets: int = 2048
     include: list[str] | None = None
     exclude: list[str] = []
     numeric: list[str] = []

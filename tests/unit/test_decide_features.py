@@ -80,7 +80,7 @@ def test_names_dim_and_hash():
     assert FeatureSchema(STEPS).hash == SCHEMA.hash and FeatureSchema(STEPS) == SCHEMA
     for s in STEPS:
         assert f"step:{s}:completed" in SCHEMA.names and f"current_step:{s}" in SCHEMA.names
-    assert sum(n.startswith("hash:") for n in SCHEMA.names) == SCHEMA.hashing.buckets == 512
+    assert sum(n.startswith("hash:") for n in SCHEMA.names) == SCHEMA.hashing.buckets == 2048
 
 
 def test_hash_changes_with_steps_hashing_and_version():
@@ -99,7 +99,7 @@ def test_a_hash_seed_is_another_draw_of_the_collisions_and_seed_0_is_the_plain_c
     assert Hashing(hash_seed=0) == Hashing() and "hash_seed" not in SCHEMA.hashing.as_dict()
     assert SCHEMA.hash == FeatureSchema(STEPS, Hashing(hash_seed=0)).hash
     start = SCHEMA.names.index("hash:0")
-    assert SCHEMA.bucket("t:role=admin") == start + zlib.crc32(b"t:role=admin") % 512
+    assert SCHEMA.bucket("t:role=admin") == start + zlib.crc32(b"t:role=admin") % 2048
     seeded = FeatureSchema(STEPS, Hashing(hash_seed=12345))
     assert seeded.hash != SCHEMA.hash and seeded.dim == SCHEMA.dim
     assert pickle.loads(pickle.dumps(seeded)) == seeded and pickle.loads(
