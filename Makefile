@@ -86,6 +86,7 @@ bench: venv ## run every benchmark (each prints one JSON line last)
 	$(PY) bench/decide.py --client kafka-python
 	$(PY) bench/learning.py
 	$(PY) bench/learning_twin.py
+	$(PY) bench/learning_ceiling.py
 
 bench-collect: venv ## collector throughput with the default client (confluent-kafka)
 	$(PY) bench/collect.py
