@@ -264,8 +264,12 @@ class LearnerService:
                 self._awaiting.append(r.outcome_at_ms)
         for kind, detail in self.rate_drift.update(records):
             self._alert(kind, detail)
-        if records:
-            report = self.feature_drift.update([r.features for r in records])
+        # only vectors of this schema's length: a reward of another schema (one decided before
+        # an upgrade changed the features, read again by a learner that started cold) is the
+        # learner's invalid record, and would stop the drift check (and the learner) on its shape
+        vectors = [r.features for r in records if len(r.features) == self.schema.dim]
+        if vectors:
+            report = self.feature_drift.update(vectors)
             if report is not None:
                 self.last_psi = report.max_psi
                 if report.fired:

@@ -160,3 +160,34 @@ def test_a_model_file_from_another_world_is_dropped_for_the_cold_start(broker, t
     assert st["error"] is None and st["counters"]["drifts"] == 0
     assert st["settleInformation"] < 0.01 and st["settleFactor"] == 1.0
     assert "learned elsewhere, the learner restarts from the cold-start weights" in caplog.text
+
+
+def test_rewards_of_another_feature_schema_are_invalid_and_the_learner_goes_on(broker, tmp_path):
+    """After an upgrade that changes the features (512 -> 2,048 hash buckets), a learner that
+    started cold reads the rewards topic from its start: rewards decided under the old schema
+    carry shorter vectors. They are counted invalid, and neither the learner nor its feature
+    drift check stops on them, in batches of either width or of both."""
+    import dataclasses
+
+    settings = make_settings(
+        broker.bootstrap,
+        ONRAMP_KAFKA__TOPIC_PREFIX="learner-widths",
+        ONRAMP_STATE_DIR=str(tmp_path),
+        ONRAMP_LEARN__PUBLISH_INTERVAL_S="0.3",
+    )
+    ensure_topics(broker.bootstrap, settings.kafka)
+    gt = GroundTruth(seed=5)
+    records = logged(gt, 0, 1_600, seed=3)
+    old_width = SCHEMA.dim - 1_536  # the vector of 512 buckets
+    old = [dataclasses.replace(r, features=r.features[:old_width]) for r in records[:400]]
+    mixed = old[:200] + records[400:1_000] + old[200:] + records[1_000:]  # widths interleaved
+    _send(broker, settings, mixed)
+    service = LearnerService(settings, broker.bootstrap)
+    service.start()
+    try:
+        st = _wait(service, lambda s: s["counters"]["received"] >= 1_600 and s["version"] >= 1)
+    finally:
+        st = service.stop()
+    assert st["error"] is None
+    assert st["counters"]["invalid"] == 400
+    assert st["counters"]["trained"] == 1_200
