@@ -275,6 +275,11 @@ def test_hot_swap_under_load_fails_no_request(broker, serve_port, tmp_path):
                 seen.append((a["modelVersion"], a["chosen"]))
 
     async def publisher() -> None:
+        # the cold-start model answers first: wait for its answers (a second of them), however
+        # long the new app's first requests take on a busy machine
+        deadline = time.monotonic() + 60
+        while not any(v == 0 for v, _ in seen) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
         for version, favour in ((1, 2), (2, 0), (3, 1)):
             _publish(model, _bundle(version, favour).to_bytes())
