@@ -133,7 +133,7 @@ _NO_FEATURES: list[float] = []
 def pack_reward(r: RewardRecord) -> tuple[RewardRecord, int, array[int], array[float]]:
     """A reward as a replay buffer holds it: the record without its dense features, their
     length, and the positions and values of the non-zero ones as arrays (about 1 KB a reward
-    instead of 5 KB at 576 features)."""
+    instead of 5 KB at 576 features, and 17 KB at 2,112)."""
     sparse = SparseFeatures.from_dense(r.features)
     packed = (array("i", sparse.indices), array("d", sparse.values))
     return (replace(r, features=_NO_FEATURES), sparse.size, *packed)
@@ -168,7 +168,7 @@ class ReplayBuffer(Generic[_R]):
     ``credit`` counts the replayed mini-batches owed to the records added so far; see
     :meth:`add` and :meth:`owed_batches`. ``pack`` turns a record into what the buffer holds
     and ``unpack`` back (a learner's rewards are held with sparse features: 20,000 of them with
-    dense ones took 100 MB); every method takes and gives records.
+    dense ones took 100 MB at 576 features, and would take about 350 MB at 2,112); every method takes and gives records.
     """
 
     def __init__(
