@@ -76,10 +76,9 @@ class SparseFeatures(NamedTuple):
             rows, cols, values = rows[kept], cols[kept], rounded[kept].tolist()
         cols_l = cols.tolist()
         ends = np.cumsum(np.bincount(rows, minlength=len(matrix))).tolist()
-        size = matrix.shape[1]
         out, start = [], 0
         for end in ends:
-            out.append(cls(size, tuple(cols_l[start:end]), tuple(values[start:end])))
+            out.append(cls(width, tuple(cols_l[start:end]), tuple(values[start:end])))
             start = end
         return out
 

@@ -1,6 +1,7 @@
 """The online learner against the real broker: reads onramp.rewards, publishes model files the
 decision replicas can load, and resumes after a restart from its saved offsets and weights."""
 
+import dataclasses
 import time
 
 import orjson
@@ -167,8 +168,6 @@ def test_rewards_of_another_feature_schema_are_invalid_and_the_learner_goes_on(b
     started cold reads the rewards topic from its start: rewards decided under the old schema
     carry shorter vectors. They are counted invalid, and neither the learner nor its feature
     drift check stops on them, in batches of either width or of both."""
-    import dataclasses
-
     settings = make_settings(
         broker.bootstrap,
         ONRAMP_KAFKA__TOPIC_PREFIX="learner-widths",
