@@ -107,7 +107,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,9 +122,11 @@ from ray_app.learn.learner_state import clone_weights, learned_of, lineage_of, t
 from ray_app.learn.loss_guardrail import GuardrailCheck
 from ray_app.learn.memory import (
     JsonArray,
+    PackedReward,
     ReplayBuffer,
     SeenIds,
     pack_reward,
+    packed_features,
     peek_reward,
     unpack_reward,
 )
@@ -354,13 +356,13 @@ class OnlineLearner(Publishing):
             # replayed rewards: every step sees a full mini-batch, so Adam's step (about lr
             # whatever the batch) is not taken on the noise of a handful of recent rewards.
             fill = min(cfg.batch_size - len(chunk), len(self._replay)) if replaying else 0
-            loss_sum += self._step(chunk + self._replay.sample(fill), fresh=len(chunk))
+            loss_sum += self._step(chunk, self._replay.sample(fill), fresh=len(chunk))
             updates += 1
             if replaying:
                 # replay in proportion to the new rewards, not to how often learn() is called
                 self._replay.add(chunk, credit=cfg.replay_steps * len(chunk) / cfg.batch_size)
                 for replayed in self._replay.owed_batches(cfg.batch_size, float(cfg.replay_steps)):
-                    self._step(replayed)
+                    self._step([], replayed)
                     updates += 1
         return updates, loss_sum
 
@@ -397,18 +399,30 @@ class OnlineLearner(Publishing):
         if cold:  # every reward so far is this world's: all are kept and learned again
             self._restart_from_fallback(since_ms=0, reason="foreign_weights")
 
-    def _step(self, records: list[RewardRecord], fresh: int | None = None) -> float:
-        """One optimizer step on ``records``; returns the summed weighted loss of the first
-        ``fresh`` of them (default: all), the new rewards a report averages over and the
-        scorer's evidence counts (replayed rewards were counted when they were new)."""
+    def _step(
+        self,
+        records: list[RewardRecord],
+        replayed: Sequence[PackedReward] = (),
+        fresh: int | None = None,
+    ) -> float:
+        """One optimizer step on ``records`` followed by ``replayed`` (entries of the replay
+        buffer, whose features are filled in from their sparse form); returns the summed
+        weighted loss of the first ``fresh`` of them (default: all), the new rewards a report
+        averages over and the scorer's evidence counts (replayed rewards were counted when
+        they were new)."""
+        dim = self._arch["dim"]
+        x = np.array([r.features for r in records], dtype=np.float32).reshape(len(records), dim)
+        if replayed:
+            x = np.concatenate([x, packed_features(replayed, dim)])
         return weighted_step(
             self.scorer,
             self._optimizer,
-            records,
+            [*records, *map(peek_reward, replayed)],
             self._slot_index,
             self.config.min_propensity,
             fresh,
             observe=fresh or 0,
+            features=x,
         )
 
     # ----------------------------------------------------------------------------- scoring

@@ -7,6 +7,7 @@ import logging
 import pickle
 import random
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import orjson
@@ -413,9 +414,9 @@ def test_short_batches_are_topped_up_and_replay_follows_the_rewards_not_the_call
     def run(learner: OnlineLearner, key: str, chunks: list[list[RewardRecord]]) -> int:
         step = learner._step
 
-        def counting(rs: list[RewardRecord], fresh: int | None = None) -> float:
-            sizes[key].append(len(rs))
-            return step(rs, fresh)
+        def counting(rs: list[RewardRecord], replayed: Any = (), fresh: int | None = None) -> float:
+            sizes[key].append(len(rs) + len(replayed))
+            return step(rs, replayed, fresh)
 
         learner._step = counting  # type: ignore[method-assign]
         for chunk in chunks:

@@ -1,11 +1,22 @@
 """The replay buffer's saved state: one JSON array, each entry encoded once in its life, and the
-list form of states saved before it still read back."""
+list form of states saved before it still read back; the packed form a learner trains from."""
 
 import tracemalloc
 
+import numpy as np
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ray_app.learn.memory import JsonArray, ReplayBuffer
+from ray_app.learn.memory import (
+    JsonArray,
+    ReplayBuffer,
+    pack_reward,
+    packed_features,
+    peek_reward,
+    unpack_reward,
+)
+from ray_app.records import RewardRecord
 
 
 def _encode_counting(calls: list[str]):
@@ -97,3 +108,40 @@ def test_cached_encodings_take_about_their_own_size():
     finally:
         tracemalloc.stop()
     assert held / len(entries) < 2 * len(out) / len(entries) + 200, held / len(entries)
+
+
+_value = st.one_of(
+    st.just(0.0),
+    st.just(-0.0),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.sampled_from([1.0, 0.1, 1e-45, 3.4e38, -2.5]),
+)
+
+
+@given(st.integers(0, 40).flatmap(lambda d: st.lists(st.lists(_value, min_size=d, max_size=d))))
+def test_packed_rewards_give_the_matrix_of_their_dense_features(rows):
+    """What a learner steps on from its replay buffer is the matrix ``np.array`` makes of the
+    dense lists, value for value (float64 rounded to float32 alike)."""
+    dim = len(rows[0]) if rows else 3
+    records = [
+        RewardRecord(f"d{i}", "u", "s", "a", 0, "treatment", 0.5, f, 1.0, "completed", 0, 1, 0)
+        for i, f in enumerate(rows)
+    ]
+    entries = [pack_reward(r) for r in records]
+    x = packed_features(entries, dim)
+    want = np.array([r.features for r in records], dtype=np.float32).reshape(len(rows), dim)
+    assert x.dtype == np.float32 and x.shape == want.shape
+    assert np.array_equal(x, want)
+    assert [unpack_reward(e) for e in entries] == records
+    assert [peek_reward(e).decision_id for e in entries] == [r.decision_id for r in records]
+
+
+def test_sample_and_owed_batches_give_the_entries_as_held():
+    buf: ReplayBuffer[dict] = ReplayBuffer(
+        size=10, pack=lambda r: ("held", r["n"]), unpack=lambda e: {"n": e[1]}
+    )
+    buf.add([{"n": n} for n in range(5)], credit=2.0)
+    assert sorted(buf.sample(5)) == [("held", n) for n in range(5)]
+    batches = list(buf.owed_batches(batch_size=2, max_credit=2.0))
+    assert len(batches) == 2 and all(e[0] == "held" for b in batches for e in b)
+    assert list(buf) == [{"n": n} for n in range(5)]
