@@ -403,6 +403,7 @@ class OnlineLearner(Publishing):
         self,
         records: list[RewardRecord],
         replayed: Sequence[PackedReward] = (),
+        *,
         fresh: int | None = None,
     ) -> float:
         """One optimizer step on ``records`` followed by ``replayed`` (entries of the replay

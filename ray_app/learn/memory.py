@@ -182,6 +182,9 @@ def packed_features(entries: Sequence[PackedReward], dim: int) -> np.ndarray:
     >>> x.dtype, x.shape, bool((x == np.array([r.features] * 2, dtype=np.float32)).all())
     (dtype('float32'), (2, 3), True)
     """
+    wrong = next((e[1] for e in entries if e[1] != dim), None)
+    if wrong is not None:  # a reward of another width (only a hand-edited saved state has one)
+        raise ValueError(f"a replayed reward has {wrong} features, the model {dim}")
     x = np.zeros((len(entries), dim), dtype=np.float32)
     if entries:
         counts = [len(e[2]) for e in entries]

@@ -414,9 +414,11 @@ def test_short_batches_are_topped_up_and_replay_follows_the_rewards_not_the_call
     def run(learner: OnlineLearner, key: str, chunks: list[list[RewardRecord]]) -> int:
         step = learner._step
 
-        def counting(rs: list[RewardRecord], replayed: Any = (), fresh: int | None = None) -> float:
+        def counting(
+            rs: list[RewardRecord], replayed: Any = (), *, fresh: int | None = None
+        ) -> float:
             sizes[key].append(len(rs) + len(replayed))
-            return step(rs, replayed, fresh)
+            return step(rs, replayed, fresh=fresh)
 
         learner._step = counting  # type: ignore[method-assign]
         for chunk in chunks:

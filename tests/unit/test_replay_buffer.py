@@ -5,6 +5,7 @@ import tracemalloc
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -145,3 +146,11 @@ def test_sample_and_owed_batches_give_the_entries_as_held():
     batches = list(buf.owed_batches(batch_size=2, max_credit=2.0))
     assert len(batches) == 2 and all(e[0] == "held" for b in batches for e in b)
     assert list(buf) == [{"n": n} for n in range(5)]
+
+
+def test_a_packed_reward_of_another_width_is_refused_not_padded():
+    r = RewardRecord(
+        "d1", "u", "s", "a", 0, "treatment", 0.5, [1.0, 2.0], 1.0, "completed", 0, 1, 0
+    )
+    with pytest.raises(ValueError, match="2 features, the model 3"):
+        packed_features([pack_reward(r)], 3)
