@@ -119,10 +119,12 @@ _value = st.one_of(
 )
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @given(st.integers(0, 40).flatmap(lambda d: st.lists(st.lists(_value, min_size=d, max_size=d))))
 def test_packed_rewards_give_the_matrix_of_their_dense_features(rows):
     """What a learner steps on from its replay buffer is the matrix ``np.array`` makes of the
-    dense lists, value for value (float64 rounded to float32 alike)."""
+    dense lists, value for value (float64 rounded to float32 alike, a float64 beyond float32's
+    range to inf on both sides, with numpy's overflow warning)."""
     dim = len(rows[0]) if rows else 3
     records = [
         RewardRecord(f"d{i}", "u", "s", "a", 0, "treatment", 0.5, f, 1.0, "completed", 0, 1, 0)
