@@ -163,8 +163,8 @@ class Hashing:
     (``teams``), 0.85 to 0.88 (``campus``), 0.82 to 0.86 (``clinics``) and 0.70 to 0.73
     (``fleets``); learning online (the learning twin, 16 paired runs a world, by user 6,000)
     from 0.854 to 0.879, 0.775 to 0.825, 0.785 to 0.768 and 0.674 to 0.700. The vector is 3.7
-    times as long, but it is sparse on the wire and in the learner's replay buffer; a decision
-    batch costs the same, the learner's steps about twice as much.
+    times as long, but it is sparse on the wire and in the learner's replay buffer (whose
+    mini-batches are filled from that sparse form); a decision batch costs the same.
     """
 
     buckets: int = 2048

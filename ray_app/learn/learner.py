@@ -131,7 +131,13 @@ from ray_app.learn.memory import (
     unpack_reward,
 )
 from ray_app.learn.publishing import Publishing
-from ray_app.learn.update import LearnReport, predicted_rows, valid_record, weighted_step
+from ray_app.learn.update import (
+    LearnReport,
+    feature_matrix,
+    predicted_rows,
+    valid_record,
+    weighted_step,
+)
 from ray_app.model import ModelBundle, Scorer, score_batch
 from ray_app.records import RewardRecord
 
@@ -412,7 +418,7 @@ class OnlineLearner(Publishing):
         averages over and the scorer's evidence counts (replayed rewards were counted when
         they were new)."""
         dim = self._arch["dim"]
-        x = np.array([r.features for r in records], dtype=np.float32).reshape(len(records), dim)
+        x = feature_matrix(records, dim)
         if replayed:
             x = np.concatenate([x, packed_features(replayed, dim)])
         return weighted_step(

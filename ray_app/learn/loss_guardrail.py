@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ray_app.learn.objective import greedy_ips, ips_loss
+from ray_app.learn.update import feature_matrix
 from ray_app.model import Scorer
 from ray_app.records import RewardRecord
 
@@ -99,7 +100,7 @@ def slice_groups(
         groups.append(
             SliceGroup(
                 slot=slot_index[name],
-                x=torch.from_numpy(np.array([r.features for r in rs], dtype=np.float32)),
+                x=torch.from_numpy(feature_matrix(rs)),
                 a=torch.tensor([r.action_index for r in rs], dtype=torch.int64),
                 y=torch.tensor([r.reward for r in rs], dtype=torch.float32),
                 p=torch.tensor([r.propensity for r in rs], dtype=torch.float32),

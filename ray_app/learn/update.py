@@ -38,6 +38,7 @@ from ray_app.records import RewardRecord
 
 __all__ = [
     "LearnReport",
+    "feature_matrix",
     "logged_logits",
     "make_optimizer",
     "optimizer_fits",
@@ -82,6 +83,18 @@ def valid_record(r: RewardRecord, slot_actions: Mapping[str, Sequence[str]], dim
     return s - s == 0.0  # no nan, no inf
 
 
+def feature_matrix(records: Sequence[RewardRecord], dim: int | None = None) -> np.ndarray:
+    """The records' features as one float32 matrix ``[len(records), dim]``, through numpy: 2.7
+    ms for 64 lists of 2,112 floats, against 8.3 ms for ``torch.tensor`` of the lists (the same
+    float32 values). ``dim`` gives an empty batch its width (and checks a full one's).
+
+    >>> feature_matrix([], dim=3).shape
+    (0, 3)
+    """
+    x = np.array([r.features for r in records], dtype=np.float32)
+    return x if dim is None else x.reshape(len(records), dim)
+
+
 def record_tensors(
     records: Sequence[RewardRecord],
     slot_index: Mapping[str, int],
@@ -91,11 +104,8 @@ def record_tensors(
 
     ``features``, when given, is the float32 matrix of the records' features, built by the
     caller (a learner builds replayed rewards' from their sparse form, and their records carry
-    none); otherwise it goes through numpy from the records' lists: 2.7 ms for 64 lists of
-    2,112 floats, against 8.3 ms for ``torch.tensor`` of the lists (the same float32 values)."""
-    if features is None:
-        features = np.array([r.features for r in records], dtype=np.float32)
-    x = torch.from_numpy(features)
+    none); otherwise :func:`feature_matrix` of the records."""
+    x = torch.from_numpy(feature_matrix(records) if features is None else features)
     a = torch.tensor([r.action_index for r in records], dtype=torch.int64)
     y = torch.tensor([r.reward for r in records], dtype=torch.float32)
     p = torch.tensor([r.propensity for r in records], dtype=torch.float32)

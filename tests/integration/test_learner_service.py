@@ -38,23 +38,36 @@ def _wait(service, predicate, timeout_s=60):
     raise AssertionError(f"timed out; last status {st}")
 
 
-def test_learner_publishes_and_resumes_where_it_stopped(broker, tmp_path):
+def _settings(broker, tmp_path, prefix, publish_interval_s="0.3"):
+    """Settings of a learner on its own topics (``prefix``), created, and state in ``tmp_path``."""
     settings = make_settings(
         broker.bootstrap,
-        ONRAMP_KAFKA__TOPIC_PREFIX="learner-it",
+        ONRAMP_KAFKA__TOPIC_PREFIX=prefix,
         ONRAMP_STATE_DIR=str(tmp_path),
-        ONRAMP_LEARN__PUBLISH_INTERVAL_S="0.3",
+        ONRAMP_LEARN__PUBLISH_INTERVAL_S=publish_interval_s,
     )
     ensure_topics(broker.bootstrap, settings.kafka)
+    return settings
+
+
+def _run_until(service, predicate, timeout_s=60):
+    """Start ``service``, wait for ``predicate`` of its status, stop it (whatever happened);
+    the status ``stop`` returns."""
+    service.start()
+    try:
+        _wait(service, predicate, timeout_s)
+    finally:
+        st = service.stop()
+    return st
+
+
+def test_learner_publishes_and_resumes_where_it_stopped(broker, tmp_path):
+    settings = _settings(broker, tmp_path, "learner-it")
     gt = GroundTruth(seed=4)
     first = logged(gt, 0, 3_000, seed=1)
     _send(broker, settings, first)
     service = LearnerService(settings, broker.bootstrap)
-    service.start()
-    try:
-        st = _wait(service, lambda s: s["counters"]["received"] >= 3_000 and s["version"] >= 1)
-    finally:
-        st = service.stop()
+    st = _run_until(service, lambda s: s["counters"]["received"] >= 3_000 and s["version"] >= 1)
     assert st["error"] is None and st["invalid"] == 0
     offsets = st["offsets"]
     assert sum(offsets.values()) == 3_000
@@ -70,12 +83,9 @@ def test_learner_publishes_and_resumes_where_it_stopped(broker, tmp_path):
     again = LearnerService(settings, broker.bootstrap)
     assert again.status()["resumedFrom"] == offsets
     assert again.learner.version == st["version"]
-    again.start()
-    try:
-        st2 = _wait(again, lambda s: s["counters"]["received"] >= 4_500)
-        st2 = _wait(again, lambda s: s["version"] > st["version"])
-    finally:
-        st2 = again.stop()
+    st2 = _run_until(
+        again, lambda s: s["counters"]["received"] >= 4_500 and s["version"] > st["version"]
+    )
     assert st2["counters"]["duplicates"] - st["counters"]["duplicates"] == 500
     assert st2["counters"]["received"] == 4_500
     assert sum(st2["offsets"].values()) == 4_500
@@ -87,13 +97,7 @@ def test_learner_starts_from_the_promoted_version_and_follows_promotions(broker,
     from ray_app.model import cold_start_bundle
     from ray_app.model.registry import ModelRegistry
 
-    settings = make_settings(
-        broker.bootstrap,
-        ONRAMP_KAFKA__TOPIC_PREFIX="learner-reg",
-        ONRAMP_STATE_DIR=str(tmp_path),
-        ONRAMP_LEARN__PUBLISH_INTERVAL_S="0.3",
-    )
-    ensure_topics(broker.bootstrap, settings.kafka)
+    settings = _settings(broker, tmp_path, "learner-reg")
     registry = ModelRegistry.from_settings(settings)
     registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=1))
     registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=2))
@@ -128,13 +132,7 @@ def test_a_model_file_from_another_world_is_dropped_for_the_cold_start(broker, t
     from ray_app.model import cold_start_bundle
     from ray_app.model.registry import read_header
 
-    settings = make_settings(
-        broker.bootstrap,
-        ONRAMP_KAFKA__TOPIC_PREFIX="learner-foreign",
-        ONRAMP_STATE_DIR=str(tmp_path),
-        ONRAMP_LEARN__PUBLISH_INTERVAL_S="1",  # polled 5 times between two publishes
-    )
-    ensure_topics(broker.bootstrap, settings.kafka)
+    settings = _settings(broker, tmp_path, "learner-foreign", "1")  # 5 polls a publish
     gt = GroundTruth(seed=4)
     elsewhere = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), LearnerConfig(warmup_rewards=0))
     elsewhere.learn(logged(gt, 0, 2_000, seed=1))
@@ -153,11 +151,7 @@ def test_a_model_file_from_another_world_is_dropped_for_the_cold_start(broker, t
         return st["counters"]["foreign_weights"] == 1 and "foreign_weights" in said
 
     with caplog.at_level(logging.WARNING, "ray_app.learn.learner"):
-        service.start()
-        try:
-            _wait(service, restarted)
-        finally:
-            st = service.stop()
+        st = _run_until(service, restarted)
     assert st["error"] is None and st["counters"]["drifts"] == 0
     assert st["settleInformation"] < 0.01 and st["settleFactor"] == 1.0
     assert "learned elsewhere, the learner restarts from the cold-start weights" in caplog.text
@@ -168,13 +162,7 @@ def test_rewards_of_another_feature_schema_are_invalid_and_the_learner_goes_on(b
     started cold reads the rewards topic from its start: rewards decided under the old schema
     carry shorter vectors. They are counted invalid, and neither the learner nor its feature
     drift check stops on them, in batches of either width or of both."""
-    settings = make_settings(
-        broker.bootstrap,
-        ONRAMP_KAFKA__TOPIC_PREFIX="learner-widths",
-        ONRAMP_STATE_DIR=str(tmp_path),
-        ONRAMP_LEARN__PUBLISH_INTERVAL_S="0.3",
-    )
-    ensure_topics(broker.bootstrap, settings.kafka)
+    settings = _settings(broker, tmp_path, "learner-widths")
     gt = GroundTruth(seed=5)
     records = logged(gt, 0, 1_600, seed=3)
     old_width = SCHEMA.dim - 1_536  # the vector of 512 buckets
@@ -182,11 +170,7 @@ def test_rewards_of_another_feature_schema_are_invalid_and_the_learner_goes_on(b
     mixed = old[:200] + records[400:1_000] + old[200:] + records[1_000:]  # widths interleaved
     _send(broker, settings, mixed)
     service = LearnerService(settings, broker.bootstrap)
-    service.start()
-    try:
-        st = _wait(service, lambda s: s["counters"]["received"] >= 1_600 and s["version"] >= 1)
-    finally:
-        st = service.stop()
+    st = _run_until(service, lambda s: s["counters"]["received"] >= 1_600 and s["version"] >= 1)
     assert st["error"] is None
     assert st["counters"]["invalid"] == 400
     assert st["counters"]["trained"] == 1_200
