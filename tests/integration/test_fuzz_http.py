@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -322,11 +323,31 @@ def _dumps(payload: object, rng: random.Random) -> bytes:
 REQUESTS = int(os.environ.get("ONRAMP_FUZZ_REQUESTS", "10000"))
 
 
+def _broker_was_slow(headers: Mapping[str, str], text: str) -> bool:
+    """The collector's 503 for Kafka not acknowledging in time (``kafka.ack_timeout_s``):
+    ``kafka_unavailable`` with a Retry-After, which the README tells clients to honour."""
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return False
+    return error == "kafka_unavailable" and "Retry-After" in headers
+
+
+def test_only_the_slow_broker_answer_is_sent_again():
+    slow = '{"success":false,"error":"kafka_unavailable","message":"...","retryAfter":5}'
+    assert _broker_was_slow({"Retry-After": "5"}, slow)
+    assert not _broker_was_slow({}, slow)  # without Retry-After it is not the documented answer
+    assert not _broker_was_slow({"Retry-After": "5"}, '{"error":"internal"}')
+    assert not _broker_was_slow({"Retry-After": "5"}, "Internal Server Error")
+    assert not _broker_was_slow({"Retry-After": "5"}, "[1]")
+
+
 def test_ten_thousand_hostile_requests_get_no_5xx(collector):
     rng = random.Random(20261203)
     cases = [_body(rng) for _ in range(REQUESTS)]
     statuses: dict[int, int] = {}
     errors: list[str] = []
+    retried: list[str] = []
 
     async def run() -> None:
         # aiohttp rather than httpx: the load generator shares the 2 cores with the server, and
@@ -345,19 +366,34 @@ def test_ten_thousand_hostile_requests_get_no_5xx(collector):
             auto_decompress=False,
         ) as c:
 
+            async def send(route: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+                """One request as a Segment library sends it: a 503 that says Kafka did not
+                acknowledge (with Retry-After) is the documented answer to a slow broker, not
+                to the input, and is sent again (at most 3 times); any other 5xx is kept."""
+                for attempt in range(4):
+                    async with c.post(route, data=body, headers=headers) as r:
+                        text = await r.text(errors="replace")
+                    if not (r.status == 503 and _broker_was_slow(r.headers, text)) or attempt == 3:
+                        return r.status, text
+                    retried.append(route)
+                    await asyncio.sleep(1.0)
+                raise AssertionError("unreachable")
+
             async def worker() -> None:
                 while not queue.empty():
                     route, body, headers = queue.get_nowait()
-                    async with c.post(route, data=body, headers=headers) as r:
-                        text = await r.text(errors="replace")
-                    statuses[r.status] = statuses.get(r.status, 0) + 1
-                    if r.status >= 500 and len(errors) < 10:
-                        errors.append(f"{r.status} {route} {body[:300]!r}: {text[:300]}")
+                    status, text = await send(route, body, headers)
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if status >= 500 and len(errors) < 10:
+                        errors.append(f"{status} {route} {body[:300]!r}: {text[:300]}")
 
             await asyncio.gather(*[worker() for _ in range(64)])
 
     asyncio.run(run())
     assert sum(statuses.values()) == REQUESTS
     assert not errors, (statuses, errors)
+    # a broker that stalls now and then on a loaded machine, not one that fails the input: a
+    # request refused with 503 for its content would be refused again, and fail above
+    assert len(retried) <= REQUESTS // 100, (len(retried), statuses)
     # the generator reaches every kind of answer, not only one rejection
     assert {200, 400, 401} <= set(statuses), statuses
