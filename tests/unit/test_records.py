@@ -5,11 +5,14 @@ decoders read."""
 from __future__ import annotations
 
 import base64
+import math
 import pickle
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ray_app.records import (
     DECISION_SCHEMA,
@@ -28,6 +31,7 @@ from ray_app.records import (
     SparseFeatures,
     stream_origin,
 )
+from ray_app.records.features import parse_features
 from ray_app.timefmt import iso_ms, ms_from_iso
 from validation.reasons import ReasonCode
 
@@ -384,6 +388,61 @@ def test_garbage_features_are_refused_with_the_part_at_fault(features: Any, reas
         DecisionRecord.from_json({**wire(DECISION), "features": features})
     assert err.value.field == "features" and reason in err.value.reason
     assert err.value.code == ReasonCode.INVALID_FIELD
+
+
+def _reference_parse(raw: dict[str, Any]) -> tuple[int, tuple[int, ...], tuple[float, ...]] | None:
+    """The sparse form's checks item by item, as written before they ran per list in C."""
+    size, index, value = raw["size"], raw["indices"], raw["values"]
+    last = -1
+    for i in index:
+        if type(i) is not int or not last < i < size:
+            return None
+        last = i
+
+    def finite(v: Any) -> bool:
+        if type(v) not in (int, float):
+            return False
+        try:
+            return math.isfinite(v)
+        except OverflowError:
+            return False
+
+    if len(value) != len(index) or not all(map(finite, value)):
+        return None
+    return size, tuple(index), tuple(float(v) for v in value)
+
+
+_ITEMS = st.one_of(
+    st.integers(-3, 40),
+    st.integers(min_value=2**63, max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e308, -1e308, -0.0, True, False, None, "1", 1.5]),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    size=st.integers(0, 40),
+    index=st.one_of(st.lists(st.integers(0, 40), max_size=12).map(sorted), st.lists(_ITEMS)),
+    value=st.lists(_ITEMS, max_size=12),
+)
+def test_the_sparse_features_checks_agree_with_the_item_by_item_reference(size, index, value):
+    raw = {"size": size, "indices": index, "values": value}
+    want = _reference_parse(raw)
+    if want is None:
+        with pytest.raises(ValueError):
+            parse_features(raw)
+    else:
+        got = parse_features(raw)
+        assert (got.size, got.indices, got.values) == want
+        assert all(type(v) is float for v in got.values)
+
+
+def test_finite_values_that_add_up_past_the_largest_float_are_kept():
+    got = parse_features({"size": 3, "indices": [0, 1, 2], "values": [1e308, 1e308, 10**300]})
+    assert got.values == (1e308, 1e308, 1e300)
+    with pytest.raises(ValueError, match="values"):
+        parse_features({"size": 2, "indices": [0, 1], "values": [1.0, 10**400]})
 
 
 def test_a_pending_decision_from_an_old_checkpoint_keeps_its_dense_features():
