@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import operator
+from array import array
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -33,7 +34,7 @@ import numpy as np
 
 from ray_app.records._read import _shown
 
-__all__ = ["SparseFeatures", "parse_features"]
+__all__ = ["PackedFeatures", "SparseFeatures", "parse_features"]
 
 
 class SparseFeatures(NamedTuple):
@@ -84,9 +85,19 @@ class SparseFeatures(NamedTuple):
         return out
 
     @classmethod
-    def of(cls, features: SparseFeatures | Sequence[float]) -> SparseFeatures:
+    def of(cls, features: SparseFeatures | PackedFeatures | Sequence[float]) -> SparseFeatures:
         """``features`` in the sparse form (as it is if it already is)."""
-        return features if isinstance(features, SparseFeatures) else cls.from_dense(features)
+        if isinstance(features, SparseFeatures):
+            return features
+        if isinstance(features, PackedFeatures):
+            return features.sparse()
+        return cls.from_dense(features)
+
+    def packed(self) -> PackedFeatures:
+        """The same vector with its positions and values as two machine arrays."""
+        return PackedFeatures(
+            self.size, array("i", self.indices).tobytes(), array("d", self.values).tobytes()
+        )
 
     def dense(self) -> list[float]:
         """The dense vector."""
@@ -98,6 +109,33 @@ class SparseFeatures(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         """The wire form."""
         return {"size": self.size, "indices": list(self.indices), "values": list(self.values)}
+
+
+class PackedFeatures(NamedTuple):
+    """A :class:`SparseFeatures` held as two byte strings: the positions as 32-bit ints and the
+    values as 64-bit floats (the same values, bit for bit), in the machine's byte order.
+
+    What a stream worker keeps of each pending decision's vector until its outcome: tens of
+    thousands of them a partition at a thousand decisions a second, and every base checkpoint
+    pickles them all while holding the worker's lock (the profile reads of ``/v1/decide`` wait
+    on it). Two byte strings pickle as two copies; the tuples of a sparse vector pickle one
+    boxed number at a time, and load one at a time too.
+
+    >>> v = SparseFeatures(4, (1, 3), (1.0, 0.25))
+    >>> p = v.packed()
+    >>> len(p.indices), len(p.values), p.sparse() == v
+    (8, 16, True)
+    """
+
+    size: int
+    indices: bytes
+    values: bytes
+
+    def sparse(self) -> SparseFeatures:
+        index, value = array("i"), array("d")
+        index.frombytes(self.indices)
+        value.frombytes(self.values)
+        return SparseFeatures(self.size, tuple(index), tuple(value))
 
 
 def parse_features(raw: Any) -> SparseFeatures:

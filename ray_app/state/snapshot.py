@@ -60,6 +60,7 @@ class SnapshotRefused(OnrampError, ValueError):
 #: list, tuple, set, frozenset) and scalars are pickle opcodes and need no entry.
 ALLOWED_CLASSES = frozenset(
     {
+        ("ray_app.records.features", "PackedFeatures"),
         ("ray_app.records.features", "SparseFeatures"),
         ("ray_app.state.dedupe", "Deduplicator"),
         ("ray_app.state.event", "Event"),
@@ -70,6 +71,7 @@ ALLOWED_CLASSES = frozenset(
         ("ray_app.state.profile", "StepStats"),
         ("ray_app.state.rewards", "LoggedOutcome"),
         ("ray_app.state.rewards", "PendingDecision"),
+        ("ray_app.state.rewards", "_pending"),
         ("ray_app.state.rewards", "RewardJoin"),
         ("ray_app.state.config", "ShardStats"),
         ("ray_app.state.config", "StateConfig"),

@@ -1,14 +1,21 @@
 """The reward join: decisions meet the outcomes that followed them, exactly once, whatever the
 interleaving of the two topics, across snapshots and deltas."""
 
+import copyreg
+import dataclasses
 import datetime as dt
+import io
 import json
+import pickle
 import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ray_app.records.features import PackedFeatures, SparseFeatures
 from ray_app.state import SessionShard, StateConfig
+from ray_app.state.rewards import PendingDecision
+from ray_app.state.snapshot import _NOT_PICKLED, SNAPSHOT_VERSION
 
 T0 = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
 CONFIG = StateConfig(allowed_lateness_ms=10_000, attribution_window_ms=30_000, reorder_wait_ms=0)
@@ -183,3 +190,51 @@ def test_the_outcome_log_is_pruned_after_its_retention_and_counts_abandons():
     # a decision that arrives after its window closed, with its outcome pruned: a timeout
     r = shard.process_decisions([_decision("d2", "u1", T0 - 500)], 2)
     assert [(x.reward, x.outcome) for x in r.rewards] == [(0.0, "timeout")]
+
+
+def test_a_pending_decision_keeps_its_features_packed_and_its_reward_carries_them_exactly():
+    """Pending decisions hold their vectors as two byte strings (what a base checkpoint pickles
+    by the thousand under the worker's lock); the reward and a restored shard see the values
+    the decision logged, bit for bit."""
+    values = [0.1, 1.0, 2.0, 0.123457, 5e-324]
+    record = json.loads(_decision("dp", "u1", T0)[1])
+    record |= {"schema": "onramp.decision/2",
+               "features": {"size": 2112, "indices": [0, 7, 300, 2000, 2111], "values": values}}  # fmt: skip
+    shard = SessionShard(0, CONFIG)
+    shard.process_decisions([(b"u1", json.dumps(record).encode())], 1)
+    pending = shard.rewards.pending["dp"]
+    assert isinstance(pending.features, PackedFeatures)
+    restored = SessionShard.restore(shard.snapshot())
+    assert restored.rewards.pending["dp"] == pending
+    r = restored.process([_event("c", "u1", T0 + 1_000, "Step Completed", "role")]).rewards
+    assert [x.decision_id for x in r] == ["dp"]
+    dense = r[0].features
+    assert len(dense) == 2112 and [dense[i] for i in (0, 7, 300, 2000, 2111)] == values
+    assert sum(v != 0 for v in dense) == 5
+
+
+def test_a_checkpoint_of_the_previous_release_still_restores_its_pending_decisions():
+    """Before 2026-12-07 a pending decision pickled as a slots dataclass does (its __getstate__)
+    with its vector as a SparseFeatures: such a checkpoint loads and its rewards come out."""
+    shard = SessionShard(0, CONFIG)
+    shard.process_decisions([_decision("old", "u1", T0)], 1)
+    p = shard.rewards.pending["old"]
+    old = dataclasses.replace(p, features=SparseFeatures.of(p.features))
+
+    class PreviousRelease(pickle.Pickler):
+        def reducer_override(self, obj):
+            if type(obj) is PendingDecision:
+                return (copyreg.__newobj__, (PendingDecision,), PendingDecision.__getstate__(obj))
+            return NotImplemented
+
+    shard.rewards.pending["old"] = old
+    buf = io.BytesIO()
+    PreviousRelease(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(
+        (SNAPSHOT_VERSION, "base", {k: v for k, v in shard.__dict__.items() if k not in _NOT_PICKLED}
+         | {"aliases": ()})
+    )  # fmt: skip
+    assert b"_pending" not in buf.getvalue()  # the old form, not this release's
+    restored = SessionShard.restore(buf.getvalue())
+    assert restored.rewards.pending["old"] == old
+    r = restored.process([_event("c", "u1", T0 + 1_000, "Step Completed", "role")]).rewards
+    assert [(x.decision_id, x.reward, x.features) for x in r] == [("old", 1.0, [0.25, 0.5])]
