@@ -469,6 +469,10 @@ class RewardJoin:
         each user's outcome log packed (see :func:`_pack_log`)."""
         state = {k: v for k, v in self.__dict__.items() if k not in _HEAPS}
         state["log"] = {u: _pack_log(entries) for u, entries in self.log.items()}
+        # a snapshot is a fresh start for the deltas after it: what changed before is in it
+        # (so pickling changes nothing, and may run beside the thread that applies records)
+        state |= {"added": {}, "removed": set(), "decided_added": {}, "forgotten": set()}
+        state["log_touched"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

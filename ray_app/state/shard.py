@@ -53,7 +53,7 @@ Identity stitching (links, merges, forwarded events) is :mod:`ray_app.state.stit
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -424,6 +424,13 @@ class SessionShard(BatchChecks, Stitching):
         Later :meth:`snapshot_delta` calls are relative to this one unless ``rebase`` is False
         (e.g. to measure the state's size)."""
         return snapshot.dump_base(self, rebase)
+
+    def begin_snapshot(self) -> Callable[[], bytes]:
+        """:meth:`snapshot` in two steps: this call takes what a profile read touches, the call
+        it returns the reward join (which only the thread that applies records touches) and
+        gives the bytes. Nothing may be applied between the two (see
+        :func:`~ray_app.state.snapshot.begin_base`)."""
+        return snapshot.begin_base(self, rebase=True)
 
     def snapshot_delta(self) -> bytes:
         """What changed since the previous snapshot or delta: the profiles of the users touched,

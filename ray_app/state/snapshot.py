@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import io
 import pickle
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ray_app.errors import OnrampError
@@ -24,24 +24,27 @@ __all__ = [
     "READABLE_VERSIONS",
     "SNAPSHOT_VERSION",
     "SnapshotRefused",
+    "begin_base",
     "dump_base",
     "dump_delta",
     "load_blob",
     "load_into",
 ]
 
-#: 7: compact per-user state (issue 18): dedupe remembers 64-bit hashes of the ids, profiles
-#: pickle as flat tuples with relative times (:mod:`ray_app.state.packing`), heaps that index
-#: other fields are rebuilt on restore. 6: signed checkpoints, restricted unpickling, profile
-#: eviction and caps; identity stitching added fields with defaults (a version-6 snapshot from
-#: before it restores with no aliases and no merges). 5 and older are refused: they were written
-#: unsigned.
-SNAPSHOT_VERSION = 7
+#: 8: a base snapshot is two pickles, one after the other: the state without its reward join,
+#: then the join (see :func:`begin_base`); deltas are as in 7. 7: compact per-user state (issue
+#: 18): dedupe remembers 64-bit hashes of the ids, profiles pickle as flat tuples with relative
+#: times (:mod:`ray_app.state.packing`), heaps that index other fields are rebuilt on restore. 6:
+#: signed checkpoints, restricted unpickling, profile eviction and caps; identity stitching
+#: added fields with defaults (a version-6 snapshot from before it restores with no aliases and
+#: no merges). 5 and older are refused: they were written unsigned.
+SNAPSHOT_VERSION = 8
 
-#: Versions :func:`load_blob` reads: this one, and 6, whose objects restore field by field and
-#: are converted as they load (ids hashed, heaps kept); the next snapshot is written as 7. An
-#: Onramp that reads only 6 refuses a version-7 blob by its version, with a clear error.
-READABLE_VERSIONS = frozenset({6, SNAPSHOT_VERSION})
+#: Versions :func:`load_blob` reads: this one, 7, and 6, whose objects restore field by field
+#: and are converted as they load (ids hashed, heaps kept); the next snapshot is written as 8. An
+#: Onramp that reads only 7 refuses a version-8 blob by its version, with a clear error (it
+#: would otherwise load a base without its pending decisions).
+READABLE_VERSIONS = frozenset({6, 7, SNAPSHOT_VERSION})
 
 
 class SnapshotRefused(OnrampError, ValueError):
@@ -98,10 +101,12 @@ class _StateUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_blob(data: bytes, index: int) -> tuple[int, str, Any]:
+def load_blob(data: bytes | io.BytesIO, index: int) -> tuple[int, str, Any]:
+    """The (version, kind, body) a blob starts with (a stream: read from where it stands)."""
     what = "the base snapshot" if index == 0 else f"delta {index}"
+    stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
     try:
-        loaded = _StateUnpickler(io.BytesIO(data)).load()
+        loaded = _StateUnpickler(stream).load()
     except Exception as exc:  # UnpicklingError, EOFError, ValueError...: bytes we do not load
         raise SnapshotRefused(index, f"{what} does not load: {exc}") from None
     if not isinstance(loaded, tuple) or len(loaded) != 3 or loaded[0] not in READABLE_VERSIONS:
@@ -119,20 +124,44 @@ _NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe", "rewards", "aliases"}
 
 def dump_base(shard: SessionShard, rebase: bool) -> bytes:
     """:meth:`SessionShard.snapshot <ray_app.state.shard.SessionShard.snapshot>`."""
+    return begin_base(shard, rebase)()
+
+
+def begin_base(shard: SessionShard, rebase: bool) -> Callable[[], bytes]:
+    """A base snapshot in two steps: this call pickles the state but its reward join, and the
+    call it returns pickles the join and gives the whole blob.
+
+    The join holds every pending decision (30,000 a partition at a thousand decisions a
+    second, most of a base's bytes); only the thread that applies records changes it, profile
+    reads never touch it, and pickling it changes nothing. So a worker takes the first step
+    under the lock that profile reads wait on and the second after releasing it, before it
+    applies anything else: the blob is still one moment of the state. Profiles are pickled in
+    the first step: a read advances their windows, under that lock.
+
+    >>> from ray_app.state import SessionShard
+    >>> shard = SessionShard(0)
+    >>> finish = begin_base(shard, rebase=True)
+    >>> SessionShard.restore(finish()).rewards.stats() == shard.rewards.stats()
+    True
+    """
     added = shard.dedupe.added
     shard.dedupe.added = []
-    join_changes = shard.rewards.take_delta()
-    state = {k: v for k, v in shard.__dict__.items() if k not in _NOT_PICKLED}
+    skipped = _NOT_PICKLED | {"rewards"}
+    state = {k: v for k, v in shard.__dict__.items() if k not in skipped}
     state["aliases"] = _pack_aliases(shard.aliases)
-    data = pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=pickle.HIGHEST_PROTOCOL)
-    if rebase:
+    head = pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=pickle.HIGHEST_PROTOCOL)
+    if rebase:  # later deltas are relative to this base
         shard._touched = set()
         shard._aliases_touched = set()
+        shard.rewards.reset_changes()  # the join pickles without its changes either way
     else:
         shard.dedupe.added = added
-        shard.rewards.added, shard.rewards.removed = join_changes[0], join_changes[1]
-        shard.rewards.decided_added, shard.rewards.forgotten = join_changes[2], join_changes[3]
-    return data
+    join = shard.rewards
+
+    def finish() -> bytes:
+        return head + pickle.dumps(join, protocol=pickle.HIGHEST_PROTOCOL)
+
+    return finish
 
 
 def dump_delta(shard: SessionShard) -> bytes:
@@ -153,12 +182,25 @@ def dump_delta(shard: SessionShard) -> bytes:
 
 def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None:
     """Fill a bare shard from a base snapshot and its deltas (see ``SessionShard.restore``)."""
-    _, kind, state = load_blob(data, 0)
+    stream = io.BytesIO(data)
+    version, kind, state = load_blob(stream, 0)
     if kind != "base":
         raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
+    if version >= 8:  # the reward join follows the state (begin_base)
+        try:
+            join = _StateUnpickler(stream).load()
+        except Exception as exc:
+            raise SnapshotRefused(
+                0, f"the base snapshot's reward join does not load: {exc}"
+            ) from None
+        from ray_app.state.rewards import RewardJoin
+
+        if not isinstance(join, RewardJoin) or stream.read(1):
+            raise SnapshotRefused(0, "the base snapshot does not end with its reward join")
+        state["rewards"] = join
     shard.aliases, shard.identity = {}, {}  # snapshots from before identity stitching
     shard.__dict__.update(state)
-    if isinstance(shard.aliases, tuple):  # version 7 (6 has the dict itself)
+    if isinstance(shard.aliases, tuple):  # version 7 and 8 (6 has the dict itself)
         shard.aliases = _unpack_aliases(shard.aliases)
     shard._touched = set()
     shard._aliases_touched = set()

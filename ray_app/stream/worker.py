@@ -464,15 +464,21 @@ class StreamWorker:
             dirty, self._dirty = self._dirty, set()
             saved = []
             rebase = rebase_partitions(dirty, self._deltas, per_base)
+            later = []
             for p in sorted(dirty):
                 if p in rebase:
-                    saved.append((p, self.shards[p].snapshot(), self.next_offset[p], True))
+                    later.append((p, self.shards[p].begin_snapshot(), self.next_offset[p]))
                     self._deltas[p] = 0
                 else:
                     saved.append((p, self.shards[p].snapshot_delta(), self.next_offset[p], False))
                     self._deltas[p] += 1
             self._since_checkpoint = 0
             self._last_checkpoint = time.monotonic()
+        # A base's reward join (every pending decision: most of its bytes) is pickled after the
+        # lock is released, so profile reads do not wait for it. Only this thread changes a join
+        # (a profile read never touches one), and it applies nothing until the blob is done: the
+        # blob is still one moment of the state.
+        saved += [(p, finish(), offset, True) for p, finish, offset in later]
         if saved:
             self._writer.submit(saved)
         self.checkpoints += len(saved)

@@ -211,8 +211,8 @@ def test_a_version_6_checkpoint_runs_on_exactly_as_version_6_did():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_a_version_6_state_checkpointed_again_as_version_7_runs_on_the_same(seed):
-    """Restored from 6, checkpointed as 7 (a base, then deltas) at random points, crashed and
+def test_a_version_6_state_checkpointed_again_as_this_version_runs_on_the_same(seed):
+    """Restored from 6, checkpointed as this version (a base, then deltas) at random points, crashed and
     restored from those: the end is still version 6's."""
     fixture, shard = _v6()
     events, decisions = _queues(fixture)
@@ -237,3 +237,14 @@ def test_other_snapshot_versions_are_refused_by_name(version):
     expected = f"is snapshot version {version}; this Onramp reads 6 and 7"
     with pytest.raises(SnapshotRefused, match=expected):
         SessionShard.restore(blob)
+
+
+def test_a_base_cut_short_before_its_reward_join_is_refused():
+    shard = SessionShard(0)
+    whole = shard.snapshot()
+    head = pickle.dumps(pickle.loads(whole))  # the first pickle alone: the state, no join
+    assert len(head) < len(whole)
+    for blob in (head, whole + b"\x80"):
+        with pytest.raises(SnapshotRefused) as refused:
+            SessionShard.restore(blob)
+        assert refused.value.index == 0 and "reward join" in str(refused.value)

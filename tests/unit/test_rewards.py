@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ray_app.records.features import PackedFeatures, SparseFeatures
 from ray_app.state import SessionShard, StateConfig
 from ray_app.state.rewards import PendingDecision
-from ray_app.state.snapshot import _NOT_PICKLED, SNAPSHOT_VERSION
+from ray_app.state.snapshot import _NOT_PICKLED
 
 T0 = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp() * 1000)
 CONFIG = StateConfig(allowed_lateness_ms=10_000, attribution_window_ms=30_000, reorder_wait_ms=0)
@@ -214,8 +214,9 @@ def test_a_pending_decision_keeps_its_features_packed_and_its_reward_carries_the
 
 
 def test_a_checkpoint_of_the_previous_release_still_restores_its_pending_decisions():
-    """Before 2026-12-07 a pending decision pickled as a slots dataclass does (its __getstate__)
-    with its vector as a SparseFeatures: such a checkpoint loads and its rewards come out."""
+    """Before 2026-12-07 a base snapshot was one pickle (version 7), its reward join inside, and
+    a pending decision pickled as a slots dataclass does (its __getstate__) with its vector as a
+    SparseFeatures: such a checkpoint loads and its rewards come out."""
     shard = SessionShard(0, CONFIG)
     shard.process_decisions([_decision("old", "u1", T0)], 1)
     p = shard.rewards.pending["old"]
@@ -230,7 +231,7 @@ def test_a_checkpoint_of_the_previous_release_still_restores_its_pending_decisio
     shard.rewards.pending["old"] = old
     buf = io.BytesIO()
     PreviousRelease(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(
-        (SNAPSHOT_VERSION, "base", {k: v for k, v in shard.__dict__.items() if k not in _NOT_PICKLED}
+        (7, "base", {k: v for k, v in shard.__dict__.items() if k not in _NOT_PICKLED}
          | {"aliases": ()})
     )  # fmt: skip
     assert b"_pending" not in buf.getvalue()  # the old form, not this release's

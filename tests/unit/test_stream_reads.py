@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ray_app.state import SessionShard
 from ray_app.stream import worker as worker_module
 from tests.unit.test_stream_poison import _produce, _worker, good, twin  # noqa: F401
 
@@ -109,3 +110,42 @@ def test_the_stream_waits_for_queued_readers_only_and_only_so_long(twin, tmp_pat
     t = time.monotonic()
     w._let_readers_in()
     assert 0.05 < time.monotonic() - t < 5.0
+
+
+def test_a_base_checkpoint_pickles_the_pending_decisions_with_the_lock_free(
+    twin,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """The reward join (every pending decision: most of a base's bytes) is pickled after the
+    state lock is released, so profile reads do not wait for it; what is restored is the state
+    of that moment, pending decisions and profiles alike."""
+    from ray_app.state.rewards import RewardJoin
+    from ray_app.stream.checkpoint import CheckpointStore
+    from tests.unit.test_stream_poison import KEY, decision
+
+    w, settings = _worker(tmp_path)
+    _produce(twin, settings, settings.topics.events, [good(f"m{i}", i) for i in range(20)])
+    _produce(
+        twin,
+        settings,
+        settings.topics.decisions,
+        [decision(decisionId=f"d{i}", userKey="u1") for i in range(50)],
+    )
+    w._process(w._consumer.poll(max_records=1_000))
+    held: list[bool] = []
+    getstate = RewardJoin.__getstate__
+
+    def watched(self: RewardJoin) -> dict[str, Any]:
+        held.append(w._lock.locked())
+        return getstate(self)
+
+    monkeypatch.setattr(RewardJoin, "__getstate__", watched)
+    assert w.checkpoint() == 1  # the partition's first: a base
+    assert held == [False]
+    ck = CheckpointStore(tmp_path / "ckpt", KEY).load(0)
+    assert ck is not None and not ck.deltas
+    restored = SessionShard.restore(ck.snapshot, ck.deltas)
+    assert set(restored.rewards.pending) == {f"d{i}" for i in range(50)}
+    assert restored.profile("u1") == w.shards[0].profile("u1")
+    w.stop()
