@@ -239,3 +239,16 @@ def test_a_checkpoint_of_the_previous_release_still_restores_its_pending_decisio
     assert restored.rewards.pending["old"] == old
     r = restored.process([_event("c", "u1", T0 + 1_000, "Step Completed", "role")]).rewards
     assert [(x.decision_id, x.reward, x.features) for x in r] == [("old", 1.0, [0.25, 0.5])]
+
+
+def test_measuring_a_snapshot_changes_nothing_the_next_delta_carries():
+    """``snapshot(rebase=False)`` (the stream benchmark's state size) leaves the changes since
+    the last base to the next delta: the outcome logs touched as well as the decisions."""
+    shard = SessionShard(0, CONFIG)
+    base = shard.snapshot()
+    shard.process_decisions([_decision("d1", "u1", T0)], 1)
+    shard.process([_event("a", "u2", T0 + 500, "Step Completed", "goals")])  # a logged outcome
+    shard.snapshot(rebase=False)
+    restored = SessionShard.restore(base, [shard.snapshot_delta()])
+    assert restored.rewards.log == shard.rewards.log and restored.rewards.log
+    assert set(restored.rewards.pending) == {"d1"}
