@@ -53,7 +53,7 @@ Identity stitching (links, merges, forwarded events) is :mod:`ray_app.state.stit
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -74,7 +74,7 @@ from ray_app.state.identity import CONTROL_TYPES, Control
 from ray_app.state.ordering import Reorderer
 from ray_app.state.profile import Profile, apply
 from ray_app.state.rewards import RewardJoin, decode_decision
-from ray_app.state.snapshot import SNAPSHOT_VERSION, SnapshotRefused
+from ray_app.state.snapshot import SNAPSHOT_VERSION, Finish, SnapshotRefused
 from ray_app.state.stitching import (
     MAX_HOPS,
     NO_EVENT,
@@ -425,11 +425,11 @@ class SessionShard(BatchChecks, Stitching):
         (e.g. to measure the state's size)."""
         return snapshot.dump_base(self, rebase)
 
-    def begin_snapshot(self) -> Callable[[], bytes]:
-        """:meth:`snapshot` in two steps: this call takes what a profile read touches, the call
-        it returns the reward join (which only the thread that applies records touches) and
-        gives the bytes. Nothing may be applied between the two (see
-        :func:`~ray_app.state.snapshot.begin_base`)."""
+    def begin_snapshot(self) -> Finish:
+        """:meth:`snapshot` in two steps: this call marks the moment (later deltas start here);
+        the call it returns (``hold``: the context each slice of profiles is pickled in,
+        ``between``: what runs after each) pickles the state and gives the bytes. Nothing may
+        be applied until it has (see :func:`~ray_app.state.snapshot.begin_base`)."""
         return snapshot.begin_base(self, rebase=True)
 
     def snapshot_delta(self) -> bytes:

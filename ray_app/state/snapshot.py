@@ -12,7 +12,8 @@ import heapq
 import io
 import pickle
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_app.errors import OnrampError
 
@@ -31,8 +32,9 @@ __all__ = [
     "load_into",
 ]
 
-#: 8: a base snapshot is two pickles, one after the other: the state without its reward join,
-#: then the join (see :func:`begin_base`); deltas are as in 7. 7: compact per-user state (issue
+#: 8: a base snapshot is pickles one after the other: the state without its profiles and its
+#: reward join, the profiles in slices, then the join (see :func:`begin_base`); deltas are as in
+#: 7. 7: compact per-user state (issue
 #: 18): dedupe remembers 64-bit hashes of the ids, profiles pickle as flat tuples with relative
 #: times (:mod:`ray_app.state.packing`), heaps that index other fields are rebuilt on restore. 6:
 #: signed checkpoints, restricted unpickling, profile eviction and caps; identity stitching
@@ -127,16 +129,31 @@ def dump_base(shard: SessionShard, rebase: bool) -> bytes:
     return begin_base(shard, rebase)()
 
 
-def begin_base(shard: SessionShard, rebase: bool) -> Callable[[], bytes]:
-    """A base snapshot in two steps: this call pickles the state but its reward join, and the
-    call it returns pickles the join and gives the whole blob.
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
-    The join holds every pending decision (30,000 a partition at a thousand decisions a
-    second, most of a base's bytes); only the thread that applies records changes it, profile
-    reads never touch it, and pickling it changes nothing. So a worker takes the first step
-    under the lock that profile reads wait on and the second after releasing it, before it
-    applies anything else: the blob is still one moment of the state. Profiles are pickled in
-    the first step: a read advances their windows, under that lock.
+#: Profiles in each pickle of a base snapshot's profiles: a worker holds its state lock for one
+#: slice at a time (about 20 us a profile: 5 ms a slice), not for every profile of a partition.
+PROFILE_SLICE = 256
+
+
+def _nothing() -> None:
+    return None
+
+
+def begin_base(shard: SessionShard, rebase: bool) -> Finish:
+    """A base snapshot in two steps: this call marks the moment (the deltas after the base start
+    here), and the call it returns pickles the state: its profiles :data:`PROFILE_SLICE` at a
+    time, each slice inside ``hold()`` and followed by ``between()``, everything else outside
+    it; it gives the blob.
+
+    A partition holds tens of thousands of profiles, ids and pending decisions; pickled at once
+    under the lock that profile reads wait on, they held ``/v1/decide`` for hundreds of
+    milliseconds a base. Only the thread that applies records changes the state, and it applies
+    nothing until the blob is done, so a worker takes the first step under its lock and the
+    second with the lock taken for each slice of profiles only: a read advances a profile's
+    windows as of the watermark, which does not move meanwhile (a profile pickled before or
+    after such a read restores to the same reads), and touches nothing else; pickling changes
+    nothing. The blob is one moment of the state.
 
     >>> from ray_app.state import SessionShard
     >>> shard = SessionShard(0)
@@ -144,24 +161,54 @@ def begin_base(shard: SessionShard, rebase: bool) -> Callable[[], bytes]:
     >>> SessionShard.restore(finish()).rewards.stats() == shard.rewards.stats()
     True
     """
-    added = shard.dedupe.added
-    shard.dedupe.added = []
-    skipped = _NOT_PICKLED | {"rewards"}
-    state = {k: v for k, v in shard.__dict__.items() if k not in skipped}
-    state["aliases"] = _pack_aliases(shard.aliases)
-    head = pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=pickle.HIGHEST_PROTOCOL)
-    if rebase:  # later deltas are relative to this base
+    profiles = shard.profiles
+    users = list(profiles)  # which users has no reason to change until records apply again
+    slices = [users[i : i + PROFILE_SLICE] for i in range(0, len(users), PROFILE_SLICE)]
+    if rebase:  # later deltas are relative to this base (the ids since the last delta are in
+        # it; the rest of this is not pickled either way)
+        shard.dedupe.added = []
         shard._touched = set()
         shard._aliases_touched = set()
-        shard.rewards.reset_changes()  # the join pickles without its changes either way
-    else:
-        shard.dedupe.added = added
-    join = shard.rewards
+        shard.rewards.reset_changes()
 
-    def finish() -> bytes:
-        return head + pickle.dumps(join, protocol=pickle.HIGHEST_PROTOCOL)
+    def finish(
+        hold: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        between: Callable[[], None] = _nothing,
+    ) -> bytes:
+        skipped = _NOT_PICKLED | {"rewards", "profiles"}
+        state = {k: v for k, v in shard.__dict__.items() if k not in skipped}
+        state["aliases"] = _pack_aliases(shard.aliases)
+        state["profiles"] = len(slices)  # the pickles of profiles that follow this one
+        if shard.dedupe.added:  # a measure (rebase=False): without the ids a delta owes
+            state["dedupe"] = _without_added(shard.dedupe)
+        parts = [pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=_PROTOCOL)]
+        for some in slices:
+            with hold():
+                parts.append(pickle.dumps({u: profiles[u] for u in some}, protocol=_PROTOCOL))
+            between()
+        parts.append(pickle.dumps(shard.rewards, protocol=_PROTOCOL))
+        return b"".join(parts)
 
     return finish
+
+
+def _without_added(dedupe: Any) -> Any:
+    """A shallow copy of ``dedupe`` with no ids owed to a delta (the original is untouched: a
+    measure runs beside the thread that owns it)."""
+    clone = object.__new__(type(dedupe))
+    clone.__dict__.update(dedupe.__dict__)
+    clone.added = []
+    return clone
+
+
+class Finish(Protocol):
+    """The second step of :func:`begin_base`."""
+
+    def __call__(
+        self,
+        hold: Callable[[], AbstractContextManager[Any]] = ...,
+        between: Callable[[], None] = ...,
+    ) -> bytes: ...
 
 
 def dump_delta(shard: SessionShard) -> bytes:
@@ -186,18 +233,8 @@ def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None
     version, kind, state = load_blob(stream, 0)
     if kind != "base":
         raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
-    if version >= 8:  # the reward join follows the state (begin_base)
-        try:
-            join = _StateUnpickler(stream).load()
-        except Exception as exc:
-            raise SnapshotRefused(
-                0, f"the base snapshot's reward join does not load: {exc}"
-            ) from None
-        from ray_app.state.rewards import RewardJoin
-
-        if not isinstance(join, RewardJoin) or stream.read(1):
-            raise SnapshotRefused(0, "the base snapshot does not end with its reward join")
-        state["rewards"] = join
+    if version >= 8:  # the profiles, then the reward join, follow the state (begin_base)
+        state["profiles"], state["rewards"] = _load_rest(stream, state.get("profiles"))
     shard.aliases, shard.identity = {}, {}  # snapshots from before identity stitching
     shard.__dict__.update(state)
     if isinstance(shard.aliases, tuple):  # version 7 and 8 (6 has the dict itself)
@@ -225,6 +262,30 @@ def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None
     ttl = shard.config.profile_idle_ttl_ms
     shard._alias_expiry = [(last + ttl, old) for old, (_, last) in shard.aliases.items()]
     heapq.heapify(shard._alias_expiry)
+
+
+def _load_rest(stream: io.BytesIO, slices: Any) -> tuple[dict[str, Any], Any]:
+    """The profiles and the reward join a version-8 base holds after its state."""
+    from ray_app.state.profile import Profile
+    from ray_app.state.rewards import RewardJoin
+
+    if isinstance(slices, bool) or not isinstance(slices, int) or slices < 0:
+        raise SnapshotRefused(0, f"the base snapshot names {slices!r} slices of profiles")
+    profiles: dict[str, Any] = {}
+    try:
+        for _ in range(slices):
+            part = _StateUnpickler(stream).load()
+            if not isinstance(part, dict) or not all(type(p) is Profile for p in part.values()):
+                raise ValueError("a slice of profiles is not a dict of profiles")
+            profiles.update(part)
+        join = _StateUnpickler(stream).load()
+    except Exception as exc:
+        raise SnapshotRefused(
+            0, f"the base snapshot's profiles or reward join do not load: {exc}"
+        ) from None
+    if not isinstance(join, RewardJoin) or stream.read(1):
+        raise SnapshotRefused(0, "the base snapshot does not end with its reward join")
+    return profiles, join
 
 
 def _pack_aliases(aliases: dict[str, tuple[str, int]]) -> tuple[Any, ...]:

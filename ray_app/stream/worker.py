@@ -474,11 +474,15 @@ class StreamWorker:
                     self._deltas[p] += 1
             self._since_checkpoint = 0
             self._last_checkpoint = time.monotonic()
-        # A base's reward join (every pending decision: most of its bytes) is pickled after the
-        # lock is released, so profile reads do not wait for it. Only this thread changes a join
-        # (a profile read never touches one), and it applies nothing until the blob is done: the
-        # blob is still one moment of the state.
-        saved += [(p, finish(), offset, True) for p, finish, offset in later]
+        # A base is pickled after the lock is released, but for its profiles, a slice at a time
+        # under the lock with readers let in between (a read advances a profile's windows):
+        # profile reads do not wait for a whole partition's profiles, ids and pending decisions.
+        # Only this thread changes the state, and it applies nothing until the blob is done, so
+        # the blob is still one moment of the state (ray_app.state.snapshot.begin_base).
+        saved += [
+            (p, finish(lambda: self._lock, self._let_readers_in), offset, True)
+            for p, finish, offset in later
+        ]
         if saved:
             self._writer.submit(saved)
         self.checkpoints += len(saved)

@@ -21,7 +21,7 @@ from ray_app.state.packing import pack_profile
 from ray_app.state.profile import ProfileConfig, merge_into
 from ray_app.state.snapshot import SNAPSHOT_VERSION, SnapshotRefused
 from tests.unit import snapshot_v6
-from tests.unit.test_state import T0, _simulated_partitions, events_st
+from tests.unit.test_state import T0, _simulated_partitions, events_st, record
 
 FIXTURE = Path(__file__).parent / "data" / "state-v6.json.gz"
 
@@ -248,3 +248,22 @@ def test_a_base_cut_short_before_its_reward_join_is_refused():
         with pytest.raises(SnapshotRefused) as refused:
             SessionShard.restore(blob)
         assert refused.value.index == 0 and "reward join" in str(refused.value)
+
+
+def test_a_profile_read_between_slices_of_a_base_changes_no_read_after_a_restore(monkeypatch):
+    """A read advances a profile's windows to the watermark (closing its sessions): a base whose
+    profiles are pickled a slice at a time, with reads in between, restores to the same reads,
+    whether a profile was pickled before or after its read."""
+    from ray_app.state import snapshot as snap
+
+    monkeypatch.setattr(snap, "PROFILE_SLICE", 3)
+    shard = SessionShard(0, StateConfig(allowed_lateness_ms=0, reorder_wait_ms=0))
+    users = [f"u{i}" for i in range(10)]
+    shard.process([record(f"m{i}", user=u, ts=T0 + i) for i, u in enumerate(users)])
+    shard.process([record("late", user="u-clock", ts=T0 + 3_600_000)])  # the watermark moves on
+    finish = snap.begin_base(shard, rebase=True)
+    order = iter(users)
+    blob = finish(between=lambda: [shard.profile(next(order, "u0")) for _ in range(2)])
+    restored = SessionShard.restore(blob)
+    assert restored.profiles_as_dicts() == shard.profiles_as_dicts()
+    assert any(p["sessions"]["closed"] for p in shard.profiles_as_dicts().values())

@@ -252,3 +252,4 @@ def test_measuring_a_snapshot_changes_nothing_the_next_delta_carries():
     restored = SessionShard.restore(base, [shard.snapshot_delta()])
     assert restored.rewards.log == shard.rewards.log and restored.rewards.log
     assert set(restored.rewards.pending) == {"d1"}
+    assert restored.dedupe.ids == shard.dedupe.ids and len(shard.dedupe.ids) == 1

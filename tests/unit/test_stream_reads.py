@@ -112,20 +112,25 @@ def test_the_stream_waits_for_queued_readers_only_and_only_so_long(twin, tmp_pat
     assert 0.05 < time.monotonic() - t < 5.0
 
 
-def test_a_base_checkpoint_pickles_the_pending_decisions_with_the_lock_free(
+def test_a_base_checkpoint_holds_the_lock_a_slice_of_profiles_at_a_time_and_not_for_the_join(
     twin,  # noqa: F811
     tmp_path,
     monkeypatch,
 ):
-    """The reward join (every pending decision: most of a base's bytes) is pickled after the
-    state lock is released, so profile reads do not wait for it; what is restored is the state
-    of that moment, pending decisions and profiles alike."""
+    """A base checkpoint takes the state lock for a slice of profiles at a time, letting reads in
+    after each, and pickles the reward join (every pending decision) without it, so profile
+    reads do not wait for a whole partition; what is restored is the state of that moment,
+    pending decisions and profiles alike."""
+    from ray_app.state import snapshot
+    from ray_app.state.profile import Profile
     from ray_app.state.rewards import RewardJoin
     from ray_app.stream.checkpoint import CheckpointStore
     from tests.unit.test_stream_poison import KEY, decision
 
+    monkeypatch.setattr(snapshot, "PROFILE_SLICE", 2)
     w, settings = _worker(tmp_path)
-    _produce(twin, settings, settings.topics.events, [good(f"m{i}", i) for i in range(20)])
+    events = [good(f"m{i}", i, user=f"u{i % 5}") for i in range(20)]
+    _produce(twin, settings, settings.topics.events, events)
     _produce(
         twin,
         settings,
@@ -133,19 +138,36 @@ def test_a_base_checkpoint_pickles_the_pending_decisions_with_the_lock_free(
         [decision(decisionId=f"d{i}", userKey="u1") for i in range(50)],
     )
     w._process(w._consumer.poll(max_records=1_000))
-    held: list[bool] = []
-    getstate = RewardJoin.__getstate__
+    assert len(w.shards[0].profiles) == 5
+    held: list[tuple[str, bool]] = []
+    getstate, profile_state = RewardJoin.__getstate__, Profile.__getstate__
+    let_in = w._let_readers_in
 
-    def watched(self: RewardJoin) -> dict[str, Any]:
-        held.append(w._lock.locked())
+    def join_state(self: RewardJoin) -> dict[str, Any]:
+        held.append(("join", w._lock.locked()))
         return getstate(self)
 
-    monkeypatch.setattr(RewardJoin, "__getstate__", watched)
+    def profile_getstate(self: Profile) -> Any:
+        held.append(("profile", w._lock.locked()))
+        return profile_state(self)
+
+    def readers_in() -> None:
+        held.append(("readers", w._lock.locked()))
+        let_in()
+
+    monkeypatch.setattr(RewardJoin, "__getstate__", join_state)
+    monkeypatch.setattr(Profile, "__getstate__", profile_getstate)
+    monkeypatch.setattr(w, "_let_readers_in", readers_in)
     assert w.checkpoint() == 1  # the partition's first: a base
-    assert held == [False]
+    # 5 profiles in slices of 2 under the lock, readers let in after each, the join without it
+    assert held == (
+        [("profile", True)] * 2 + [("readers", False)]
+        + [("profile", True)] * 2 + [("readers", False)]
+        + [("profile", True), ("readers", False), ("join", False)]
+    )  # fmt: skip
     ck = CheckpointStore(tmp_path / "ckpt", KEY).load(0)
     assert ck is not None and not ck.deltas
     restored = SessionShard.restore(ck.snapshot, ck.deltas)
     assert set(restored.rewards.pending) == {f"d{i}" for i in range(50)}
-    assert restored.profile("u1") == w.shards[0].profile("u1")
+    assert restored.profiles_as_dicts() == w.shards[0].profiles_as_dicts()
     w.stop()
