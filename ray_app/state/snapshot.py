@@ -32,9 +32,9 @@ __all__ = [
     "load_into",
 ]
 
-#: 8: a base snapshot is pickles one after the other, from one pickler (a shared memo): the
-#: state without its profiles and its reward join, the profiles in slices, then the join (see
-#: :func:`begin_base`); deltas are as in 7. 7: compact per-user state (issue
+#: 8: a base snapshot is pickles one after the other: the state without its profiles and its
+#: reward join, the profiles in slices, then the join (see :func:`begin_base`); deltas are as in
+#: 7. 7: compact per-user state (issue
 #: 18): dedupe remembers 64-bit hashes of the ids, profiles pickle as flat tuples with relative
 #: times (:mod:`ray_app.state.packing`), heaps that index other fields are rebuilt on restore. 6:
 #: signed checkpoints, restricted unpickling, profile eviction and caps; identity stitching
@@ -103,12 +103,12 @@ class _StateUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_blob(data: bytes | pickle.Unpickler, index: int) -> tuple[int, str, Any]:
-    """The (version, kind, body) a blob starts with (an unpickler: the next pickle it reads)."""
+def load_blob(data: bytes | io.BytesIO, index: int) -> tuple[int, str, Any]:
+    """The (version, kind, body) a blob starts with (a stream: read from where it stands)."""
     what = "the base snapshot" if index == 0 else f"delta {index}"
-    unpickler = data if isinstance(data, pickle.Unpickler) else _StateUnpickler(io.BytesIO(data))
+    stream = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
     try:
-        loaded = unpickler.load()
+        loaded = _StateUnpickler(stream).load()
     except Exception as exc:  # UnpicklingError, EOFError, ValueError...: bytes we do not load
         raise SnapshotRefused(index, f"{what} does not load: {exc}") from None
     if not isinstance(loaded, tuple) or len(loaded) != 3 or loaded[0] not in READABLE_VERSIONS:
@@ -181,17 +181,13 @@ def begin_base(shard: SessionShard, rebase: bool) -> Finish:
         state["profiles"] = len(slices)  # the pickles of profiles that follow this one
         if shard.dedupe.added:  # a measure (rebase=False): without the ids a delta owes
             state["dedupe"] = _without_added(shard.dedupe)
-        # one pickler for the whole base: its pickles share a memo, so what several hold (a
-        # user's key in a slice of profiles and in the join's outcome log) is written once
-        out = io.BytesIO()
-        pickler = pickle.Pickler(out, protocol=_PROTOCOL)
-        pickler.dump((SNAPSHOT_VERSION, "base", state))
+        parts = [pickle.dumps((SNAPSHOT_VERSION, "base", state), protocol=_PROTOCOL)]
         for some in slices:
             with hold():
-                pickler.dump({u: profiles[u] for u in some})
+                parts.append(pickle.dumps({u: profiles[u] for u in some}, protocol=_PROTOCOL))
             between()
-        pickler.dump(shard.rewards)
-        return out.getvalue()
+        parts.append(pickle.dumps(shard.rewards, protocol=_PROTOCOL))
+        return b"".join(parts)
 
     return finish
 
@@ -234,12 +230,11 @@ def dump_delta(shard: SessionShard) -> bytes:
 def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None:
     """Fill a bare shard from a base snapshot and its deltas (see ``SessionShard.restore``)."""
     stream = io.BytesIO(data)
-    unpickler = _StateUnpickler(stream)  # one for the whole base: its pickles share a memo
-    version, kind, state = load_blob(unpickler, 0)
+    version, kind, state = load_blob(stream, 0)
     if kind != "base":
         raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
     if version >= 8:  # the profiles, then the reward join, follow the state (begin_base)
-        state["profiles"], state["rewards"] = _load_rest(unpickler, stream, state.get("profiles"))
+        state["profiles"], state["rewards"] = _load_rest(stream, state.get("profiles"))
     shard.aliases, shard.identity = {}, {}  # snapshots from before identity stitching
     shard.__dict__.update(state)
     if isinstance(shard.aliases, tuple):  # version 7 and 8 (6 has the dict itself)
@@ -269,9 +264,7 @@ def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None
     heapq.heapify(shard._alias_expiry)
 
 
-def _load_rest(
-    unpickler: pickle.Unpickler, stream: io.BytesIO, slices: Any
-) -> tuple[dict[str, Any], Any]:
+def _load_rest(stream: io.BytesIO, slices: Any) -> tuple[dict[str, Any], Any]:
     """The profiles and the reward join a version-8 base holds after its state."""
     from ray_app.state.profile import Profile
     from ray_app.state.rewards import RewardJoin
@@ -281,11 +274,11 @@ def _load_rest(
     profiles: dict[str, Any] = {}
     try:
         for _ in range(slices):
-            part = unpickler.load()
+            part = _StateUnpickler(stream).load()
             if not isinstance(part, dict) or not all(type(p) is Profile for p in part.values()):
                 raise ValueError("a slice of profiles is not a dict of profiles")
             profiles.update(part)
-        join = unpickler.load()
+        join = _StateUnpickler(stream).load()
     except Exception as exc:
         raise SnapshotRefused(
             0, f"the base snapshot's profiles or reward join do not load: {exc}"
