@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from array import array
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -34,7 +35,16 @@ import numpy as np
 
 from ray_app.records._read import _shown
 
-__all__ = ["PackedFeatures", "SparseFeatures", "parse_features"]
+__all__ = ["MAX_SIZE", "PackedFeatures", "SparseFeatures", "parse_features"]
+
+
+#: The longest vector a record may carry: past any feature schema (``features.buckets`` is at most
+#: 2**20, plus the catalog's named features). A record that claims more is refused: its reward's
+#: dense list would be allocated on the stream's thread (a MemoryError there, on every replay).
+MAX_SIZE = 1 << 21
+
+#: Packed vectors are little-endian whatever the machine, so a checkpoint restores on any.
+_SWAP = sys.byteorder == "big"
 
 
 class SparseFeatures(NamedTuple):
@@ -94,10 +104,12 @@ class SparseFeatures(NamedTuple):
         return cls.from_dense(features)
 
     def packed(self) -> PackedFeatures:
-        """The same vector with its positions and values as two machine arrays."""
-        return PackedFeatures(
-            self.size, array("i", self.indices).tobytes(), array("d", self.values).tobytes()
-        )
+        """The same vector with its positions and values as two little-endian arrays."""
+        index, value = array("i", self.indices), array("d", self.values)
+        if _SWAP:
+            index.byteswap()
+            value.byteswap()
+        return PackedFeatures(self.size, index.tobytes(), value.tobytes())
 
     def dense(self) -> list[float]:
         """The dense vector."""
@@ -113,7 +125,7 @@ class SparseFeatures(NamedTuple):
 
 class PackedFeatures(NamedTuple):
     """A :class:`SparseFeatures` held as two byte strings: the positions as 32-bit ints and the
-    values as 64-bit floats (the same values, bit for bit), in the machine's byte order.
+    values as 64-bit floats (the same values, bit for bit), little-endian.
 
     What a stream worker keeps of each pending decision's vector until its outcome: tens of
     thousands of them a partition at a thousand decisions a second, and every base checkpoint
@@ -135,6 +147,9 @@ class PackedFeatures(NamedTuple):
         index, value = array("i"), array("d")
         index.frombytes(self.indices)
         value.frombytes(self.values)
+        if _SWAP:
+            index.byteswap()
+            value.byteswap()
         return SparseFeatures(self.size, tuple(index), tuple(value))
 
 
@@ -143,6 +158,8 @@ def parse_features(raw: Any) -> SparseFeatures:
     ``ValueError`` names the part at fault (``size``, ``indices``, ``values``; the list itself
     for a dense one) and why."""
     if isinstance(raw, list):
+        if len(raw) > MAX_SIZE:
+            raise ValueError(f"expected at most {MAX_SIZE} numbers, got {len(raw)}")
         if not all(_finite(v) for v in raw):
             raise ValueError(f"expected a list of finite numbers, got {_shown(raw)}")
         return SparseFeatures.from_dense(raw)
@@ -152,8 +169,8 @@ def parse_features(raw: Any) -> SparseFeatures:
             f"got {_shown(raw)}"
         )
     size, index, value = raw.get("size"), raw.get("indices"), raw.get("values")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ValueError(f"size: expected an integer >= 0, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
+        raise ValueError(f"size: expected an integer in [0, {MAX_SIZE}], got {size!r}")
     if not isinstance(index, list) or not _increasing(index, size):
         raise ValueError(
             f"indices: expected increasing positions in [0, {size}), got {_shown(index)}"

@@ -233,6 +233,8 @@ def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None
     version, kind, state = load_blob(stream, 0)
     if kind != "base":
         raise SnapshotRefused(0, "restore() needs a base snapshot first, then its deltas")
+    if not isinstance(state, dict):
+        raise SnapshotRefused(0, f"the base snapshot's state is a {type(state).__name__}")
     if version >= 8:  # the profiles, then the reward join, follow the state (begin_base)
         state["profiles"], state["rewards"] = _load_rest(stream, state.get("profiles"))
     shard.aliases, shard.identity = {}, {}  # snapshots from before identity stitching

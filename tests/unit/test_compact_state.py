@@ -248,6 +248,8 @@ def test_a_base_cut_short_before_its_reward_join_is_refused():
         with pytest.raises(SnapshotRefused) as refused:
             SessionShard.restore(blob)
         assert refused.value.index == 0 and "reward join" in str(refused.value)
+    with pytest.raises(SnapshotRefused, match="state is a list"):
+        SessionShard.restore(pickle.dumps((SNAPSHOT_VERSION, "base", [1])))
 
 
 def test_a_profile_read_between_slices_of_a_base_changes_no_read_after_a_restore(monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import math
 import pickle
+import struct
 from typing import Any
 
 import orjson
@@ -376,8 +377,10 @@ def test_decision_and_reward_records_carry_the_features_sparse_and_read_the_dens
             "indices: expected increasing positions in [0, 4)",
         ),
         ({"size": 4, "indices": [1], "values": [1, 2]}, "values: expected 1 finite numbers"),
-        ({"size": -1, "indices": [], "values": []}, "size: expected an integer >= 0"),
-        ({"indices": [1], "values": [1]}, "size: expected an integer >= 0, got None"),
+        ({"size": -1, "indices": [], "values": []}, "size: expected an integer in [0, 2097152]"),
+        ({"indices": [1], "values": [1]}, "size: expected an integer in [0, 2097152], got None"),
+        # a dense list of 10**12 floats for its reward would be a MemoryError on every replay
+        ({"size": 10**12, "indices": [], "values": []}, "size: expected an integer in [0, "),
         ({"size": 4, "indices": [True], "values": [1]}, "indices: expected increasing positions"),
         ("0,1,0", "expected {"),
         ([0, "1"], "expected a list of finite numbers"),
@@ -436,6 +439,13 @@ def test_the_sparse_features_checks_agree_with_the_item_by_item_reference(size, 
         got = parse_features(raw)
         assert (got.size, got.indices, got.values) == want
         assert all(type(v) is float for v in got.values)
+
+
+def test_packed_features_are_little_endian_whatever_the_machine():
+    p = SparseFeatures(4, (1, 3), (1.0, 0.25)).packed()
+    assert p.indices == (1).to_bytes(4, "little") + (3).to_bytes(4, "little")
+    assert p.values == struct.pack("<2d", 1.0, 0.25)
+    assert p.sparse() == SparseFeatures(4, (1, 3), (1.0, 0.25))
 
 
 def test_finite_values_that_add_up_past_the_largest_float_are_kept():

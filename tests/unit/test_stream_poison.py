@@ -88,6 +88,8 @@ BAD_DECISIONS = [
     (decision(modelVersion="v3"), "invalid_field", "modelVersion"),
     (decision(modelVersion=2.5), "invalid_field", "modelVersion"),
     (decision(propensity="0.5"), "invalid_field", "propensity"),
+    # its reward's dense list would not fit in memory: refused here, not a crash on every replay
+    (decision(features={"size": 10**12, "indices": [], "values": []}), "invalid_field", "features"),
     (decision(propensity=0), "invalid_field", "propensity"),
     (decision(actionIndex=1.5), "invalid_field", "actionIndex"),
     (decision(features="x"), "invalid_field", "features"),
