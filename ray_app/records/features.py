@@ -40,7 +40,8 @@ __all__ = ["MAX_SIZE", "PackedFeatures", "SparseFeatures", "parse_features"]
 
 #: The longest vector a record may carry: past any feature schema (``features.buckets`` is at most
 #: 2**20, plus the catalog's named features). A record that claims more is refused: its reward's
-#: dense list would be allocated on the stream's thread (a MemoryError there, on every replay).
+#: dense list would not fit in memory (the outcome that matched such a decision was refused as
+#: unprocessable, and the decision left the join without a reward).
 MAX_SIZE = 1 << 21
 
 #: Packed vectors are little-endian whatever the machine, so a checkpoint restores on any.

@@ -379,7 +379,7 @@ def test_decision_and_reward_records_carry_the_features_sparse_and_read_the_dens
         ({"size": 4, "indices": [1], "values": [1, 2]}, "values: expected 1 finite numbers"),
         ({"size": -1, "indices": [], "values": []}, "size: expected an integer in [0, 2097152]"),
         ({"indices": [1], "values": [1]}, "size: expected an integer in [0, 2097152], got None"),
-        # a dense list of 10**12 floats for its reward would be a MemoryError on every replay
+        # a dense list of 10**12 floats for its reward would not fit in memory
         ({"size": 10**12, "indices": [], "values": []}, "size: expected an integer in [0, "),
         ({"size": 4, "indices": [True], "values": [1]}, "indices: expected increasing positions"),
         ("0,1,0", "expected {"),

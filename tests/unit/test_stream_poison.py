@@ -88,7 +88,7 @@ BAD_DECISIONS = [
     (decision(modelVersion="v3"), "invalid_field", "modelVersion"),
     (decision(modelVersion=2.5), "invalid_field", "modelVersion"),
     (decision(propensity="0.5"), "invalid_field", "propensity"),
-    # its reward's dense list would not fit in memory: refused here, not a crash on every replay
+    # its reward's dense list would not fit in memory: refused here, not when its outcome comes
     (decision(features={"size": 10**12, "indices": [], "values": []}), "invalid_field", "features"),
     (decision(propensity=0), "invalid_field", "propensity"),
     (decision(actionIndex=1.5), "invalid_field", "actionIndex"),
