@@ -7,8 +7,10 @@ Records whose value is not a JSON object are not written; they are counted (``in
 first few are named in :attr:`ArchiveReport.problems`.
 
 The read is bounded: each partition is read from ``start`` (default: the beginning) until it has
-reached the end offset it had when the archiver started and a poll of ``idle_s`` brings nothing
-new (the embedded broker under-reports end offsets, so the end is confirmed by reading), or until
+reached the end offset it had when the archiver started (or, for one whose end was not known yet,
+when its first fetch came back: waited for up to :data:`UNKNOWN_END_WAIT` idle periods) and a
+poll of ``idle_s`` brings nothing new (the embedded broker under-reports end offsets, so the end
+is confirmed by reading), or until
 ``max_seconds``, or until ``stop()`` says so (Ctrl-C in ``onramp archive``): what was read is
 written either way, and :attr:`ArchiveReport.interrupted` tells an interrupted read.
 
@@ -77,6 +79,11 @@ class ArchiveReport:
         }
 
 
+#: Idle periods (``idle_s``) the read waits for a partition whose end offset the broker has not
+#: reported yet (a consumer knows it from its first fetch of the partition).
+UNKNOWN_END_WAIT = 5
+
+
 def archive_topics(
     consumer: Consumer,
     topics: Sequence[str],
@@ -135,7 +142,16 @@ def archive_topics(
             report.by_topic[rec.topic] = report.by_topic.get(rec.topic, 0) + 1
         if on_progress is not None and batch:
             on_progress(len(batch))
-        reached = all(end is None or last.get(tp, -1) + 1 >= end for tp, end in ends.items())
+        for tp in [tp for tp, end in ends.items() if end is None]:
+            ends[tp] = consumer.highwater(*tp)  # known once a fetch of it has come back
+        # a partition whose end the broker has not reported yet may still have everything to
+        # give (on a loaded machine its first fetch took over a second): it is waited for, up to
+        # UNKNOWN_END_WAIT idle periods, before the idle rule may end the read
+        known = all(end is not None for end in ends.values())
+        known = known or time.monotonic() - started >= UNKNOWN_END_WAIT * idle_s
+        reached = known and all(
+            end is None or last.get(tp, -1) + 1 >= end for tp, end in ends.items()
+        )
         if reached and not batch and time.monotonic() - quiet_since >= idle_s:
             break
     for (topic, part), rows in sorted(lines.items()):

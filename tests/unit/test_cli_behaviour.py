@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +465,31 @@ def test_evaluate_obd_policy_passes_verbose_to_its_training_run(argv, monkeypatc
     monkeypatch.setattr(tr, "train_obd", fake_train_obd)
     assert main(argv) == 130
     assert seen == ["-v" in argv]
+
+
+def test_archive_waits_for_a_partition_whose_end_is_not_known_yet(tmp_path) -> None:
+    """A consumer knows a partition's end from its first fetch of it (confluent-kafka's cached
+    watermarks); on a loaded machine that fetch came back after more than one idle period, and
+    the archive ended with none of that topic's records (CI, 2026-12-07)."""
+
+    class SlowFirstFetch(InMemoryConsumer):
+        """Nothing, and no end offsets, for the first three polls."""
+
+        def __init__(self, broker: InMemoryBroker) -> None:
+            super().__init__(broker)
+            self.polls = 0
+
+        def highwater(self, topic: str, partition: int) -> int | None:
+            return None if self.polls <= 3 else super().highwater(topic, partition)
+
+        def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list:
+            self.polls += 1
+            if self.polls <= 3:
+                time.sleep(timeout_s)
+                return []
+            return super().poll(timeout_s, max_records)
+
+    broker = InMemoryBroker(partitions=2)
+    _fill(broker, "t", [{"n": i} for i in range(6)])
+    report = archive_topics(SlowFirstFetch(broker), ["t"], tmp_path, partitions=2, idle_s=0.05)
+    assert report.records == 6
