@@ -99,7 +99,7 @@ class PendingDecision:
     def __reduce__(self) -> tuple[Any, ...]:
         # Its fields in order, a packed vector's parts among them, for _pending to rebuild: a
         # base checkpoint pickles every pending decision (30,000 a partition at a thousand
-        # decisions a second) while it holds the worker's lock. A slots dataclass pickles
+        # decisions a second). A slots dataclass pickles
         # through __getstate__ and __setstate__ written in Python, and a NamedTuple through its
         # __getnewargs__; this is one call a decision. Snapshots of the old form still load
         # (the class keeps its __setstate__).

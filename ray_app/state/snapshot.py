@@ -34,12 +34,12 @@ __all__ = [
 
 #: 8: a base snapshot is pickles one after the other: the state without its profiles and its
 #: reward join, the profiles in slices, then the join (see :func:`begin_base`); deltas are as in
-#: 7. 7: compact per-user state (issue
-#: 18): dedupe remembers 64-bit hashes of the ids, profiles pickle as flat tuples with relative
-#: times (:mod:`ray_app.state.packing`), heaps that index other fields are rebuilt on restore. 6:
-#: signed checkpoints, restricted unpickling, profile eviction and caps; identity stitching
-#: added fields with defaults (a version-6 snapshot from before it restores with no aliases and
-#: no merges). 5 and older are refused: they were written unsigned.
+#: 7. 7: compact per-user state (issue 18): dedupe remembers 64-bit hashes of the ids, profiles
+#: pickle as flat tuples with relative times (:mod:`ray_app.state.packing`), heaps that index
+#: other fields are rebuilt on restore. 6: signed checkpoints, restricted unpickling, profile
+#: eviction and caps; identity stitching added fields with defaults (a version-6 snapshot from
+#: before it restores with no aliases and no merges). 5 and older are refused: they were written
+#: unsigned.
 SNAPSHOT_VERSION = 8
 
 #: Versions :func:`load_blob` reads: this one, 7, and 6, whose objects restore field by field
@@ -164,8 +164,7 @@ def begin_base(shard: SessionShard, rebase: bool) -> Finish:
     profiles = shard.profiles
     users = list(profiles)  # which users has no reason to change until records apply again
     slices = [users[i : i + PROFILE_SLICE] for i in range(0, len(users), PROFILE_SLICE)]
-    if rebase:  # later deltas are relative to this base (the ids since the last delta are in
-        # it; the rest of this is not pickled either way)
+    if rebase:  # later deltas start here
         shard.dedupe.added = []
         shard._touched = set()
         shard._aliases_touched = set()

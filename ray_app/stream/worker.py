@@ -442,12 +442,12 @@ class StreamWorker:
         """Snapshot every changed partition with its next offset and hand the blobs to the
         checkpoint writer (:mod:`ray_app.stream.writer`); returns how many partitions. With
         ``wait`` (the default; the loop passes False) the blobs are written, and the consumer
-        group told their offsets, before it returns. Called on the loop's thread (or after it
-        stopped): the consumer is not thread-safe. Writes nothing (returns 0) while the previous
-        checkpoint is still being written and ``wait`` is False, or (counting
-        ``checkpoints_skipped``) while side outputs of the state are unacknowledged. Only ever
-        on the loop's thread or after it stopped: a base is pickled after the lock is released,
-        and is one moment of the state only because no other thread applies records."""
+        group told their offsets, before it returns. Called on the loop's thread only (or after it
+        stopped): the consumer is not thread-safe, and a base, pickled after the lock is
+        released, is one moment of the state only because no other thread applies records.
+        Writes nothing (returns 0) while the previous checkpoint is still being written and
+        ``wait`` is False, or (counting ``checkpoints_skipped``) while side outputs of the state
+        are unacknowledged."""
         per_base = self.settings.stream.checkpoint_deltas_per_base
         self._commit_written(wait_commit)
         if self._writer.busy():
