@@ -391,12 +391,15 @@ class RewardJoin:
     def _decide_by(self, d: PendingDecision, o: LoggedOutcome) -> RewardRecord:
         if o.positive:
             return self._decide(d, 1.0, "completed" if d.step_slot else "converted", o.ts)
+        reward = self._decide(d, 0.0, "abandoned", o.ts)
         self.explicit_negatives += 1
-        return self._decide(d, 0.0, "abandoned", o.ts)
+        return reward
 
     def _decide(
         self, d: PendingDecision, value: float, outcome: Outcome, at: int | None
     ) -> RewardRecord:
+        # the record first: should building it fail, the decision is still pending, not lost
+        record = d.reward(value, outcome, at)
         if self.pending.pop(d.decision_id, None) is not None:
             if self.added.pop(d.decision_id, None) is None:
                 self.removed.add(d.decision_id)
@@ -410,7 +413,7 @@ class RewardJoin:
         heapq.heappush(self.forget, (end + self.window_ms, d.decision_id))
         self.rewards += 1
         self.positives += value > 0
-        return d.reward(value, outcome, at)
+        return record
 
     # -- incremental checkpoints -------------------------------------------------------------
 

@@ -253,3 +253,28 @@ def test_measuring_a_snapshot_changes_nothing_the_next_delta_carries():
     assert restored.rewards.log == shard.rewards.log and restored.rewards.log
     assert set(restored.rewards.pending) == {"d1"}
     assert restored.dedupe.ids == shard.dedupe.ids and len(shard.dedupe.ids) == 1
+
+
+def test_a_reward_that_fails_to_build_leaves_its_decision_pending(monkeypatch):
+    """Deciding is one step: the record is built before the decision leaves ``pending``, so a
+    failure there loses nothing and counts nothing; the next outcome rewards it once."""
+    shard = SessionShard(0, CONFIG)
+    shard.process_decisions([_decision("d1", "u1", T0)], 1)
+    join = shard.rewards
+    build = PendingDecision.reward
+
+    def broken(self, *args):
+        raise RuntimeError("no memory for the record")
+
+    monkeypatch.setattr(PendingDecision, "reward", broken)
+    try:
+        join.on_outcome("u1", "Step Abandoned", "role", T0 + 1_000, None)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failure was swallowed")
+    assert "d1" in join.pending and join.rewards == 0 and join.explicit_negatives == 0
+    monkeypatch.setattr(PendingDecision, "reward", build)
+    r = join.on_outcome("u1", "Step Completed", "role", T0 + 2_000, None)
+    assert [(x.decision_id, x.reward, x.outcome) for x in r] == [("d1", 1.0, "completed")]
+    assert "d1" not in join.pending and join.rewards == 1
