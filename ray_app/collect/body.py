@@ -69,6 +69,9 @@ class Limits:
 # -- decoding -------------------------------------------------------------------------------
 
 
+_GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of a gzip member (RFC 1952)
+
+
 def _decode_int(text: str) -> int | UnrepresentableNumber:
     # Called by the JSON decoder for every integer literal: a marker instead of an int64
     # overflow, and no int() of thousands of digits (which Python refuses past 4300).
@@ -161,28 +164,48 @@ def decode_body(body: bytes, content_encoding: str | None, limits: Limits) -> An
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    """``body`` decompressed: every member of it, as ``gzip -d`` reads concatenated members
+    (RFC 1952); bytes after the last member that do not start another are refused, as are more
+    than ``limit`` bytes in all."""
     too_large = RequestRejected(
         rejection(
             ReasonCode.BODY_TOO_LARGE, None, f"request body is over {limit} bytes once decompressed"
         )
     )
-    try:
-        out = d.decompress(body, limit + 1)
-        if len(out) > limit or d.unconsumed_tail:
+    out = b""
+    rest = body
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = d.decompress(rest, limit + 1 - len(out))
+            if len(out) + len(part) > limit or d.unconsumed_tail:
+                raise too_large
+            part += d.flush()
+        except zlib.error as exc:
+            raise RequestRejected(
+                rejection(
+                    ReasonCode.INVALID_GZIP, "Content-Encoding", f"body is not valid gzip: {exc}"
+                )
+            ) from None
+        out += part
+        if len(out) > limit:
             raise too_large
-        out += d.flush()
-    except zlib.error as exc:
-        raise RequestRejected(
-            rejection(ReasonCode.INVALID_GZIP, "Content-Encoding", f"body is not valid gzip: {exc}")
-        ) from None
-    if len(out) > limit:
-        raise too_large
-    if not d.eof:
-        raise RequestRejected(
-            rejection(ReasonCode.INVALID_GZIP, "Content-Encoding", "gzip stream is truncated")
-        )
-    return out
+        if not d.eof:
+            raise RequestRejected(
+                rejection(ReasonCode.INVALID_GZIP, "Content-Encoding", "gzip stream is truncated")
+            )
+        rest = d.unused_data
+        if not rest:
+            return out
+        if not rest.startswith(_GZIP_MAGIC):
+            raise RequestRejected(
+                rejection(
+                    ReasonCode.INVALID_GZIP,
+                    "Content-Encoding",
+                    f"{len(rest)} bytes after the end of the gzip stream that do not start "
+                    "another gzip member",
+                )
+            )
 
 
 # -- encoding and the contract's bounds -----------------------------------------------------

@@ -191,6 +191,28 @@ def test_gzip_bodies_are_decoded_and_bad_gzip_rejected():
     assert truncated.rejections[0].reason is ReasonCode.INVALID_GZIP
 
 
+def test_every_gzip_member_is_read_and_bytes_after_the_stream_are_refused():
+    """A body of concatenated gzip members is all of them (as ``gzip -d`` reads it): the events
+    of the second member are not dropped. Bytes after the stream that start no member are
+    refused by name, as is a total over the limit across members."""
+    first = b'{"batch": [{"type": "track", "event": "a", "userId": "u", "messageId": "m1"}, '
+    second = b'{"type": "track", "event": "b", "userId": "u", "messageId": "m2"}]}'
+    p = req("batch", None, raw=gzip.compress(first) + gzip.compress(second), encoding="gzip")
+    assert p.status == 200 and p.event_ids == ["m1", "m2"], p.rejections
+    whole = gzip.compress(first + second)
+    for tail in (b"\x00garbage", b"\x00"):
+        bad = req("batch", None, raw=whole + tail, encoding="gzip")
+        assert bad.status == 400 and bad.rejections[0].reason is ReasonCode.INVALID_GZIP
+        assert "after the end of the gzip stream" in bad.rejections[0].message
+    # a second member cut short is a truncated stream, not a shorter body
+    cut = req("batch", None, raw=whole + gzip.compress(b" ")[:-8], encoding="gzip")
+    assert cut.status == 400 and cut.rejections[0].reason is ReasonCode.INVALID_GZIP
+    limits = Limits(max_event_bytes=1024, max_request_bytes=2048)
+    members = b"".join(gzip.compress(b" " * 1500) for _ in range(2)) + gzip.compress(first)
+    over = req("batch", None, raw=members, encoding="gzip", limits=limits)
+    assert over.status == 413 and over.rejections[0].reason is ReasonCode.BODY_TOO_LARGE
+
+
 def test_unsupported_encoding_is_415():
     p = req("track", {"event": "x", "userId": "u"}, encoding="br")
     assert p.status == 415 and p.rejections[0].reason is ReasonCode.UNSUPPORTED_ENCODING
