@@ -80,7 +80,7 @@ from ray_app.records import raw_payload
 # ``iso`` and ``iso_ms`` live in :mod:`ray_app.timefmt`; imported here for existing callers.
 from ray_app.timefmt import iso, iso_ms
 from validation.reasons import ReasonCode
-from validation.wire import parse_call
+from validation.wire import WireError, parse_call
 
 __all__ = [
     "RECORD_OVERHEAD_BYTES",
@@ -110,6 +110,9 @@ ROUTE_TYPES: dict[str, str | None] = {
 
 EVENT_SCHEMA = "onramp.event/1"
 _DEFAULT_LIMITS = Limits()
+#: Top-level fields of the event record that Onramp writes from ``context.onramp`` (and
+#: ``properties.stepId``): a client's own top-level value is taken only when it says the same.
+_ONRAMP_TOP_LEVEL = ("sessionId", "seq", "stepId")
 
 #: Takes the byte size of a record about to be built; False when the in-flight budget is spent.
 Reserve = Callable[[int], bool]
@@ -373,6 +376,8 @@ def _parse_events(
         blob: bytes | None = None
         try:
             if isinstance(raw, dict):
+                if "writeKey" in raw:  # a secret: no topic gets it (as with a single call's)
+                    raw = {k: v for k, v in raw.items() if k != "writeKey"}
                 blob = checked_json(raw)
             key, record, message_id = _normalize(request, source, raw, blob, envelope)
         except Exception as exc:
@@ -449,8 +454,28 @@ def _normalize(
         ours["seq"] = fields.seq
     if step_id:
         ours["stepId"] = step_id
+    if isinstance(raw, dict):
+        _check_top_level(raw, ours)
     record = plain_record(fields, ours) if call is None else record_json(call, ours)
     return fields.user_key.encode(), record, message_id
+
+
+def _check_top_level(raw: Mapping[str, Any], ours: Mapping[str, Any]) -> None:
+    """Refuse a top-level ``sessionId``, ``seq`` or ``stepId`` that differs from the one Onramp
+    writes there: the stream reads those fields of the record as the onboarding context, so a
+    client's own value would pass unchecked and be refused downstream after a 200 (or, when
+    valid, override the context without being asked for)."""
+    for key in _ONRAMP_TOP_LEVEL:
+        value = raw.get(key)
+        if value is not None and value != ours.get(key):
+            raise WireError(
+                ReasonCode.INVALID_ONRAMP_CONTEXT,
+                key,
+                f"a top-level {key} is Onramp's own field, written from "
+                f"context.onramp.{key}"
+                + (" or properties.stepId" if key == "stepId" else "")
+                + f"; send it there (this event's context gives {ours.get(key)!r})",
+            )
 
 
 def _model_fields(call: Any) -> PlainCall:

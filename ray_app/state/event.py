@@ -125,6 +125,10 @@ def _str(d: dict[str, Any], key: str, required: bool = False) -> str | None:
     return v
 
 
+#: The calls whose ``properties`` are a declared field (an object) of the wire contract.
+_WITH_PROPERTIES = frozenset({"track", "page", "screen"})
+
+
 def decode_record(value: bytes | None, what: str = "record") -> dict[str, Any]:
     """A record's value as a JSON object; raises :class:`RecordRejected` for a tombstone (a
     record without a value), bytes that are not UTF-8, text that is not JSON, and JSON that is
@@ -169,12 +173,12 @@ def event_from_record(d: dict[str, Any], trace: str | None = None) -> Event:
     seq = d.get("seq")
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
         raise RecordRejected(ReasonCode.INVALID_ONRAMP_CONTEXT, "seq", "expected an integer >= 0")
-    traits = d.get("traits") or {}
-    props = d.get("properties") or {}
+    # traits are read from an identify, properties from the calls that declare them; on any
+    # other call either is an extra the collector keeps as sent (any JSON value), not read here
+    traits = (d.get("traits") or {}) if kind == "identify" else {}
+    props = (d.get("properties") or {}) if kind in _WITH_PROPERTIES else {}
     if not isinstance(traits, dict) or not isinstance(props, dict):
         raise RecordRejected(ReasonCode.INVALID_FIELD, "traits/properties", "expected objects")
-    if kind != "identify":
-        traits = {}  # a group call's traits describe the account, not the user
     context = d.get("context")
     ctx_traits = context.get("traits") if isinstance(context, dict) else None
     if isinstance(ctx_traits, dict) and ctx_traits:

@@ -391,3 +391,43 @@ def test_a_batch_context_that_would_expand_past_the_limit_refuses_the_request_be
         limits=_Limits(),
     )
     assert ok.status == 200 and len(ok.events) == 100
+
+
+def test_a_top_level_onboarding_field_is_taken_only_when_it_says_what_the_context_says():
+    """``sessionId``, ``seq`` and ``stepId`` at the top of the record are the stream's reading of
+    the onboarding context: a client's own top-level value that differs is refused by name
+    (the stream used to refuse it after the collector's 200), one that agrees is kept."""
+    base = {"event": "e", "userId": "u"}
+    for extra, field in (
+        ({"seq": "abc"}, "seq"),
+        ({"seq": -1}, "seq"),
+        ({"sessionId": ""}, "sessionId"),
+        ({"sessionId": {"a": 1}}, "sessionId"),
+        ({"stepId": 7}, "stepId"),
+        ({"sessionId": "s2", "context": {"onramp": {"sessionId": "s1"}}}, "sessionId"),
+    ):
+        p = req("track", {**base, **extra})
+        assert p.status == 400, extra
+        assert [(r.reason, r.field) for r in p.rejections] == [
+            (ReasonCode.INVALID_ONRAMP_CONTEXT, field)
+        ], extra
+        assert f"context.onramp.{field}" in p.rejections[0].message
+        assert len(p.dlq) == 1  # refused, not lost
+    agreeing = {"seq": 3, "sessionId": "s1", "context": {"onramp": {"sessionId": "s1", "seq": 3}}}
+    p = req("track", {**base, **agreeing, "stepId": "role", "properties": {"stepId": "role"}})
+    assert p.status == 200, p.rejections
+    record = json.loads(p.events[0][1])
+    assert (record["sessionId"], record["seq"], record["stepId"]) == ("s1", 3, "role")
+
+
+def test_an_events_own_write_key_is_not_written_to_the_topic():
+    """A batch event's ``writeKey`` (a secret) is left out of its record and of its DLQ record,
+    as a single call's body key is."""
+    ok = {"type": "track", "event": "e", "userId": "u", "writeKey": "k1"}
+    bad = {"type": "track", "userId": "u", "writeKey": "k1"}  # no event name: refused
+    p = req("batch", {"batch": [ok, bad]})
+    assert len(p.events) == 1 and len(p.dlq) == 1
+    assert "writeKey" not in json.loads(p.events[0][1])
+    assert b"k1" not in p.dlq[0][1]
+    single = req("track", {"event": "e", "userId": "u", "writeKey": "k1"})
+    assert "writeKey" not in json.loads(single.events[0][1])

@@ -498,3 +498,22 @@ def test_a_client_clock_ahead_of_the_server_cannot_make_honest_events_late():
     assert all(shard.profile(f"u{i}") is not None for i in range(192))
     # the watermark is the server's clock less the lateness, not the attacker's clock
     assert shard.watermark <= t0 + 200 * 100 + 1_500 - 60_000
+
+
+def test_extras_the_stream_does_not_read_do_not_refuse_the_event():
+    """``traits`` is read from an identify and ``properties`` from a track, page or screen; on
+    another call either is an extra the collector keeps as sent (any JSON value), which used to
+    make the stream refuse the whole event, traits and all."""
+    from ray_app.state.event import RecordRejected, event_from_record
+
+    common = {"messageId": "m", "userKey": "u", "userId": "u", "timestamp": "2026-01-01T00:00:00Z",
+              "receivedAt": "2026-01-01T00:00:00Z"}  # fmt: skip
+    identify = event_from_record({**common, "type": "identify", "traits": {"role": "cto"},
+                                  "properties": [1]})  # fmt: skip
+    assert identify.traits == {"role": "cto"} and identify.properties == {}
+    track = event_from_record({**common, "type": "track", "event": "e", "traits": "abc",
+                               "properties": {"stepId": "role"}})  # fmt: skip
+    assert track.traits == {} and track.properties == {"stepId": "role"}
+    for kind, field in (("identify", "traits"), ("track", "properties"), ("page", "properties")):
+        with pytest.raises(RecordRejected, match="expected objects"):  # where it is read
+            event_from_record({**common, "type": kind, "event": "e", field: [1]})
