@@ -278,8 +278,13 @@ class RewardJoin:
         """A decision log record; raises :class:`RecordRejected` for a malformed one."""
         return self._offer(decode_decision(record, self.step_slots), watermark)
 
+    def knows(self, decision_id: str) -> bool:
+        """Whether ``decision_id`` is pending or was decided here (within its forget horizon):
+        a decision record with it again is a repeat, whichever id it names now."""
+        return decision_id in self.pending or decision_id in self.decided
+
     def _offer(self, d: PendingDecision, watermark: int) -> list[RewardRecord]:
-        if d.decision_id in self.pending or d.decision_id in self.decided:
+        if self.knows(d.decision_id):
             self.repeated += 1
             return []
         for o in self.log.get(d.user_key, ()):

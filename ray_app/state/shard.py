@@ -304,11 +304,12 @@ class SessionShard(BatchChecks, Stitching):
             del self.profiles[user]
             self._touched.add(user)  # a delta carries the eviction
             self.profiles_evicted += 1
-        heap = self._alias_expiry
-        while heap and heap[0][0] < horizon:
-            last, old = heapq.heappop(heap)
+        # an alias's entry is the time it expires, its last forwarded record's + the TTL
+        heap, ttl = self._alias_expiry, self.config.profile_idle_ttl_ms
+        while heap and heap[0][0] < self.watermark:
+            expires, old = heapq.heappop(heap)
             alias = self.aliases.get(old)
-            if alias is not None and alias[1] == last:
+            if alias is not None and alias[1] + ttl == expires:
                 del self.aliases[old]
                 self._aliases_touched.add(old)
 
@@ -338,7 +339,12 @@ class SessionShard(BatchChecks, Stitching):
                     hops = record.get("hops", 0)
                     if not isinstance(hops, int) or hops >= MAX_HOPS:
                         raise loop_error(None)
-                    decode_decision(record, self.rewards.step_slots)  # refuse garbage here
+                    # refuse garbage here; a repeat of one decided here before the merge (a
+                    # client's retry) is a repeat, not a new decision for the surviving id
+                    d = decode_decision(record, self.rewards.step_slots)
+                    if self.rewards.knows(d.decision_id):
+                        self.rewards.repeated += 1
+                        continue
                     fwd = {**record, "userKey": alias[0], "hops": hops + 1}
                     out.forward.append(("decisions", alias[0].encode(), orjson.dumps(fwd)))
                     continue

@@ -22,6 +22,7 @@ from ray_app.state.identity import (
     profile_to_state,
 )
 from ray_app.state.profile import Profile, ProfileConfig, apply, merge_into
+from ray_app.state.stitching import MAX_HOPS
 
 PARTITIONS = 3
 T0 = 1_767_225_600_000  # 2026-01-01
@@ -371,3 +372,78 @@ def test_a_forwarding_loop_stops_in_the_dlq():
     )  # fmt: skip
     cluster.run(random.Random(1), crashes=False)
     assert [r[3].reason.value for r in cluster.rejected] == ["identity_loop"]
+
+
+def _feed(shard: SessionShard, records: list[dict]) -> None:
+    """``records`` processed, and what they send on to the events topic fed back (one shard
+    stands for every partition)."""
+    todo = [(r["userKey"].encode(), json.dumps(r).encode()) for r in records]
+    for _ in range(MAX_HOPS + 2):
+        if not todo:
+            return
+        out = shard.process(todo)
+        todo = [(k, v) for topic, k, v in out.forward if topic == "events"]
+
+
+def test_an_alias_expires_its_idle_ttl_after_the_last_record_it_forwarded():
+    """``profile_idle_ttl_ms`` holds for a merged id's alias as for a profile (the alias used to
+    be kept for ever, in memory and in every base checkpoint), also after a restore."""
+    config = StateConfig(allowed_lateness_ms=10_000, reorder_wait_ms=0, profile_idle_ttl_ms=60_000)
+    for restore in (False, True):
+        shard = SessionShard(0, config)
+        _feed(shard, [_event("a0", 0, "track", anonymousId="anon", event="X")])
+        _feed(shard, [_event("i1", 1_000, "identify", userId="user", anonymousId="anon")])
+        assert shard.aliases["anon"][0] == "user"
+        # the second tab's record, forwarded at 30 s, keeps it alive past 61 s
+        _feed(shard, [_event("t1", 30_000, "page", anonymousId="anon", name="P")])
+        if restore:
+            shard = SessionShard.restore(shard.snapshot())
+        _feed(shard, [_event("z1", 95_000, "track", anonymousId="other", event="X")])
+        assert "anon" in shard.aliases  # watermark 85 s: 30 s + 60 s not yet passed
+        _feed(shard, [_event("z2", 101_000, "track", anonymousId="other", event="X")])
+        assert "anon" not in shard.aliases, restore  # watermark 91 s: expired
+
+
+def _decision_record(did: str, user: str, t: int) -> bytes:
+    return json.dumps(
+        {"schema": "onramp.decision/1", "decisionId": did, "userKey": user, "slot": "next_step",
+         "chosen": "role", "actionIndex": 1, "propensity": 0.5, "arm": "treatment",
+         "modelVersion": 1, "features": [0.25], "timestamp": _iso(T0 + t),
+         "candidates": ["role", "goals"]}
+    ).encode()  # fmt: skip
+
+
+def test_a_decision_logged_again_after_its_id_was_merged_is_rewarded_once():
+    """A decision rewarded for the anonymous id, logged again (a client's retry) after that id
+    was merged into the signed-in one: the copy is a repeat where it was decided, not a new
+    decision for the surviving id (it got a second, conflicting reward there)."""
+    config = StateConfig(allowed_lateness_ms=10_000, reorder_wait_ms=0)
+    anon, user = _ids(2)
+    shards = {anon: SessionShard(0, config), user: SessionShard(1, config)}
+    rewards: list = []
+
+    def feed(key: str, value: bytes, decisions: bool = False) -> None:
+        shard = shards[key]
+        r = (
+            shard.process_decisions([(key.encode(), value)], 0)
+            if decisions
+            else shard.process([(key.encode(), value)])
+        )
+        rewards.extend(r.rewards)
+        for topic, k, v in r.forward:
+            feed(k.decode(), v, topic == "decisions")
+
+    def event(mid: str, t: int, kind: str, **f) -> None:
+        e = _event(mid, t, kind, **f)
+        feed(e["userKey"], json.dumps(e).encode())
+
+    feed(anon, _decision_record("d1", anon, 0), decisions=True)
+    event("u1", 1_000, "track", userId=user, event="Step Abandoned", stepId="role")
+    event("a1", 2_000, "track", anonymousId=anon, event="Step Completed", stepId="role")
+    event("i1", 3_000, "identify", userId=user, anonymousId=anon)
+    assert shards[anon].aliases[anon][0] == user
+    feed(anon, _decision_record("d1", anon, 0), decisions=True)  # the retry
+    event("z1", 60_000, "track", userId=user, event="X")
+    event("z2", 60_000, "track", anonymousId=anon, event="X")
+    assert [(r.decision_id, r.reward, r.outcome) for r in rewards] == [("d1", 1.0, "completed")]
+    assert shards[anon].rewards.stats()["repeatedDecisions"] == 1
