@@ -369,12 +369,22 @@ class RewardJoin:
     ) -> list[RewardRecord]:
         """Take another id's pending decisions and outcome log as ``user_key``'s (the other id
         was merged into it). The outcomes join the log after this partition's own (in apply
-        order); each decision is then offered like a decision record: decided at once by the
-        first matching outcome in the log, by its timeout if the watermark passed its window,
-        else pending. A decision already pending or decided here is not taken twice."""
-        for o in outcomes:
-            self._log(user_key, o)
+        order), and a decision already pending here is decided by the first of them it matches,
+        as if they had arrived as events; each adopted decision is then offered like a decision
+        record: decided at once by the first matching outcome in the log, by its timeout if the
+        watermark passed its window, else pending. A decision already pending or decided here is
+        not taken twice."""
+        logged = [self._log(user_key, o) for o in outcomes]
         out = []
+        # the decisions already pending here meet the adopted outcomes as they would have met
+        # them arriving as events (the first that matches in apply order decides), so that the
+        # reward does not depend on whether the decision or the merge came first
+        if logged:
+            for did in list(self.by_user.get(user_key, ())):
+                d = self.pending[did]
+                o = next((o for o in logged if _matches(d, o, self.window_ms)), None)
+                if o is not None:
+                    out.append(self._decide_by(d, o))
         for d in sorted(decisions, key=lambda d: (d.decided_at, d.decision_id)):
             out += self._offer(replace(d, user_key=user_key), watermark)
         return out

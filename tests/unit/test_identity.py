@@ -447,3 +447,35 @@ def test_a_decision_logged_again_after_its_id_was_merged_is_rewarded_once():
     event("z2", 60_000, "track", anonymousId=anon, event="X")
     assert [(r.decision_id, r.reward, r.outcome) for r in rewards] == [("d1", 1.0, "completed")]
     assert shards[anon].rewards.stats()["repeatedDecisions"] == 1
+
+
+@pytest.mark.parametrize("decision_first", [True, False])
+def test_an_outcome_adopted_in_a_merge_decides_a_decision_pending_for_the_survivor(decision_first):
+    """The signed-in id's decision, and its step completed in a second, anonymous tab before the
+    merge reached that tab's partition: rewarded 1 whether the decision record was read before
+    the merge (it timed out to 0 before) or after it."""
+    config = StateConfig(allowed_lateness_ms=10_000, reorder_wait_ms=0)
+    shard = SessionShard(0, config)
+    rewards: list = []
+
+    def events(*records: dict) -> list:
+        r = shard.process([(e["userKey"].encode(), json.dumps(e).encode()) for e in records])
+        rewards.extend(r.rewards)
+        return [(k, v) for topic, k, v in r.forward if topic == "events"]
+
+    def decision() -> None:
+        r = shard.process_decisions([(b"user", _decision_record("d1", "user", 1_000))], 1)
+        rewards.extend(r.rewards)
+
+    link = events(_event("i1", 0, "identify", userId="user", anonymousId="anon"))
+    if decision_first:
+        decision()
+    events(_event("a1", 5_000, "track", anonymousId="anon", event="Step Completed", stepId="role"))
+    merge = shard.process(link)  # the link, sealing anon's state into a merge record
+    rewards.extend(merge.rewards)
+    done = shard.process([(k, v) for topic, k, v in merge.forward if topic == "events"])
+    rewards.extend(done.rewards)
+    if not decision_first:
+        decision()
+    events(_event("z", 60_000, "track", anonymousId="other", event="X"))
+    assert [(r.decision_id, r.reward, r.outcome) for r in rewards] == [("d1", 1.0, "completed")]
