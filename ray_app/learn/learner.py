@@ -475,7 +475,9 @@ class OnlineLearner(Publishing):
             self._reshape(bundle)
         self.scorer.load_state_dict(clone_weights(bundle.scorer.state_dict()))
         self._last_good = clone_weights(self.scorer.state_dict())
-        self._catalog_digest = bundle.catalog_digest
+        # the learner stays under its own catalog: the bundle fits its slots and actions
+        # (_check_fits), and a digest taken from another catalog would make the next start
+        # refuse the learner's saved state as foreign
         self.version = int(bundle.version)
         self.lineage = lineage_of(bundle.metadata)
         self._schedule.explore_from = self.counters["trained"] - learned_of(bundle.metadata)

@@ -147,5 +147,6 @@ def check_candidate(
     groups = slice_groups(records, slot_index, action_index)
     loss, ips = slice_metrics(candidate, groups, eval_min_propensity)
     good_loss, good_ips = slice_metrics(last_good, groups, eval_min_propensity)
-    breached = loss > good_loss * (1.0 + tolerance) + 1e-12
+    # a loss that is not a number (weights gone to NaN) is a breach, not a pass
+    breached = not loss <= good_loss * (1.0 + tolerance) + 1e-12
     return GuardrailCheck(len(records), loss, good_loss, ips, good_ips, tolerance, breached)

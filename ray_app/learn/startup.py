@@ -16,6 +16,7 @@ logged and counted too), else the cold start. No I/O but the two files.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -157,11 +158,14 @@ def _model_file(model_path: Path, schema: FeatureSchema, catalog: Catalog) -> Mo
     if bundle.catalog_digest != catalog.digest:
         log.warning(
             "model file %s was trained on catalog %s, the current one is %s (same "
-            "slots and actions): continuing from it",
+            "slots and actions): continuing from it under the current catalog",
             model_path,
             bundle.catalog_digest,
             catalog.digest,
         )
+        # learned and published from now on under this catalog: its state, saved with the
+        # bundle's digest, would be refused as foreign by the next start
+        bundle = dataclasses.replace(bundle, catalog_digest=catalog.digest)
     if bundle.metadata.get("kind") != "cold_start":
         log.warning(
             "learner starts from the model file %s: version %d, %s rewards, written "

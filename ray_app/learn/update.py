@@ -24,7 +24,6 @@ True
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,9 +68,16 @@ class LearnReport:
     lr: float = 0.0
 
 
+#: The largest feature value (in magnitude) trained on. Onramp's features lie in [0, 8]; a value
+#: far past it is a record not written by a feature schema, and one past about 1e19 overflows
+#: float32 once squared for the scorer's evidence (inf, then NaN weights no replica accepts).
+MAX_ABS_FEATURE = 1e6
+
+
 def valid_record(r: RewardRecord, slot_actions: Mapping[str, Sequence[str]], dim: int) -> bool:
     """Whether ``r`` can be trained on: a known slot and action (at its index), ``dim``
-    finite features, a propensity in (0, 1] and a reward in [0, 1]."""
+    finite features within +-:data:`MAX_ABS_FEATURE`, a propensity in (0, 1] and a reward in
+    [0, 1]."""
     ids = slot_actions.get(r.slot)
     if ids is None or not (0 <= r.action_index < len(ids)) or ids[r.action_index] != r.action:
         return False
@@ -79,8 +85,12 @@ def valid_record(r: RewardRecord, slot_actions: Mapping[str, Sequence[str]], dim
         return False
     if not (0.0 < r.propensity <= 1.0) or not (0.0 <= r.reward <= 1.0):
         return False
-    s = math.fsum(r.features)
-    return s - s == 0.0  # no nan, no inf
+    if not r.features:
+        return True
+    s = sum(r.features)  # nan or inf when any is (or when they overflow a float: refused too)
+    return (
+        s - s == 0.0 and -MAX_ABS_FEATURE <= min(r.features) <= max(r.features) <= MAX_ABS_FEATURE
+    )
 
 
 def feature_matrix(records: Sequence[RewardRecord], dim: int | None = None) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import random
 from dataclasses import replace
@@ -807,9 +808,15 @@ def test_holdout_and_invalid_records_are_skipped():
         replace(ok, decision_id="x3", action_index=99),
         replace(ok, decision_id="x4", action="goals", action_index=1),
         replace(ok, decision_id="x5", features=[float("inf")] * SCHEMA.dim),
+        # finite, but past what float32 squares (evidence) or fsum adds: NaN weights, or a
+        # learner stopped by an OverflowError on every restart, before
+        replace(ok, decision_id="x6", features=[1e20] + [0.0] * (SCHEMA.dim - 1)),
+        replace(ok, decision_id="x7", features=[1e308, 1e308] + [0.0] * (SCHEMA.dim - 2)),
+        replace(ok, decision_id="x8", features=[-1e7] + [0.0] * (SCHEMA.dim - 1)),
+        replace(ok, decision_id="x9", features=[float("nan")] + [0.0] * (SCHEMA.dim - 1)),
     ]
     report = learner.learn(holdout + bad)
-    assert (report.holdout, report.invalid, report.trained, report.guardrail) == (20, 5, 0, 0)
+    assert (report.holdout, report.invalid, report.trained, report.guardrail) == (20, 9, 0, 0)
     assert report.updates == 0 and report.loss is None and learner.seen == 0
 
 
@@ -1170,3 +1177,52 @@ def test_the_adaptive_settle_waits_its_whole_cap_before_it_adapts():
     assert RewardRateDrift.from_settings(learn).settle_quantile == learn.drift_settle_quantile
     off = Settings.model_validate({"learn": {"drift_settle_quantile": 0}}).learn
     assert RewardRateDrift.from_settings(off).settle_quantile is None
+
+
+def test_a_model_file_of_a_reworded_catalog_is_learned_under_the_current_one(tmp_path):
+    """A model file written under a catalog that differs only in its wording (the same slots and
+    actions) is taken, and learned and saved under the current catalog: the next start resumes
+    the saved state (it used to refuse it as foreign, then read the rewards again from the
+    beginning with an empty dedupe memory). A promotion from it does not change that either."""
+    from importlib import resources
+
+    from ray_app.catalog.model import Catalog
+
+    text = resources.files("ray_app.catalog").joinpath("default.yaml").read_text()
+    reworded = text.replace("The onboarding step to show next.", "The next onboarding step.")
+    assert reworded != text
+    old = Catalog.from_yaml(reworded, source="old")
+    assert old.digest != CATALOG.digest and FeatureSchema.from_catalog(old).hash == SCHEMA.hash
+    bundle = cold_start_bundle(SCHEMA, old)
+    bundle.metadata, bundle.version = {"kind": "trained"}, 5
+    model, state = tmp_path / "model.bin", tmp_path / "learner.state"
+    model.write_bytes(bundle.to_bytes())
+    first = restore_learner(state, model, SCHEMA, CATALOG, _cfg())
+    assert first.version == 5 and first.state_dict()["catalog_digest"] == CATALOG.digest
+    promoted = cold_start_bundle(SCHEMA, old, seed=3)
+    promoted.version, promoted.metadata = 9, {"promotion": 1, "registryVersion": 9}
+    first.adopt(promoted)
+    first._offsets = {0: 12_345}
+    state.write_bytes(first.to_bytes())
+    second = restore_learner(state, model, SCHEMA, CATALOG, _cfg())
+    assert second.counters["refused_at_start"] == 0 and second.offsets == {0: 12_345}
+    assert second.version == 9
+
+
+def test_a_candidate_whose_loss_is_not_a_number_is_a_breach():
+    """NaN weights give a NaN loss, which compares false with anything: it used to pass the
+    loss guardrail and become the last good weights."""
+    from ray_app.learn.loss_guardrail import check_candidate
+
+    records = logged(GroundTruth(seed=21), 0, 40, seed=21)
+    good = cold_start_bundle(SCHEMA, CATALOG).scorer
+    broken = cold_start_bundle(SCHEMA, CATALOG).scorer
+    with torch.no_grad():
+        broken.wides[0].weight.fill_(float("nan"))
+    slot_index = {name: i for i, name in enumerate(CATALOG.slot_names)}
+    action_index = {n: {a: j for j, a in enumerate(s.action_ids)} for n, s in CATALOG.slots.items()}
+    check = check_candidate(
+        broken, good, records, slot_index, action_index,
+        min_records=10, tolerance=0.1, eval_min_propensity=0.05,
+    )  # fmt: skip
+    assert math.isnan(check.loss) and check.breached
