@@ -124,6 +124,9 @@ class Stitching:
                 return
             del self.profiles[old]
             self._touched.add(old)
+            # sealed as of this partition's watermark, whether or not a read advanced it
+            # already: what it sends does not depend on when /v1/decide looked
+            profile.advance(self.watermark)
         decisions, outcomes = self.rewards.detach(old)
         self.aliases[old] = (new, c.ts)
         self._aliases_touched.add(old)
@@ -165,6 +168,10 @@ class Stitching:
             profile = self.profiles[new] = Profile(new, self.config.profile)
         self._touched.add(new)
         if source is not None:
+            # both as of this watermark (a read advances a profile to it, and merged windows
+            # join open ones only): the merged profile does not depend on reads before it
+            profile.advance(self.watermark)
+            source.advance(self.watermark)
             merge_into(profile, source, self.cap_hits)
         profile.merged_from = (profile.merged_from or frozenset()) | {old}
         if profile.last_seen is not None:

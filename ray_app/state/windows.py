@@ -106,9 +106,11 @@ class SessionWindows(Compact):
             self.add_span(first, last)
 
     def advance(self, watermark: int) -> None:
+        # strictly past: an event at the watermark is on time, and joins a session that ended
+        # gap_ms before it
         keep = []
         for s, e in self.open:
-            if e + self.gap_ms <= watermark:
+            if e + self.gap_ms < watermark:
                 self.closed += 1
                 self.closed_active_ms += e - s
             else:

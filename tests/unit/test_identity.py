@@ -479,3 +479,35 @@ def test_an_outcome_adopted_in_a_merge_decides_a_decision_pending_for_the_surviv
         decision()
     events(_event("z", 60_000, "track", anonymousId="other", event="X"))
     assert [(r.decision_id, r.reward, r.outcome) for r in rewards] == [("d1", 1.0, "completed")]
+
+
+@pytest.mark.parametrize("read", [False, True])
+def test_a_profile_read_changes_nothing_the_records_decide(read):
+    """``/v1/decide`` reads a profile as of the watermark, which closes the sessions it has
+    passed. What the records make of a profile must not depend on such a read: an event at the
+    watermark (on time) still joins a session that ended a gap before it, and a merge folds
+    both ids' sessions as of its own watermark (either used to depend on whether a read came
+    first)."""
+    from ray_app.state.profile import ProfileConfig
+
+    config = StateConfig(
+        allowed_lateness_ms=10_000, reorder_wait_ms=0, profile=ProfileConfig(session_gap_ms=30_000)
+    )
+    shard = SessionShard(0, config)
+    # the watermark at 30 s: u's session (0 s) ends exactly a gap before it
+    _feed(shard, [_event("a", 0, "track", userId="u", event="X"),
+                  _event("b", 40_000, "track", userId="v", event="X")])  # fmt: skip
+    if read:
+        shard.profile("u")
+    _feed(shard, [_event("c", 30_000, "track", userId="u", event="X")])  # on time
+    assert shard.profile("u")["sessions"]["count"] == 1
+    # user and anon active 10 s apart, both sessions past the watermark (190 s) at the merge
+    _feed(shard, [_event("u0", 100_000, "track", userId="user", event="X"),
+                  _event("a0", 110_000, "track", anonymousId="anon", event="X"),
+                  _event("o0", 200_000, "track", userId="v", event="X")])  # fmt: skip
+    if read:
+        shard.profile("user")
+        shard.profile("anon")
+    _feed(shard, [_event("i1", 200_000, "identify", userId="user", anonymousId="anon")])
+    sessions = shard.profile("user")["sessions"]
+    assert (sessions["count"], sessions["closed"], sessions["closedActiveMs"]) == (3, 2, 0)
