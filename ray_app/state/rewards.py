@@ -347,6 +347,12 @@ class RewardJoin:
 
     # -- identity stitching --------------------------------------------------------------------
 
+    def of_user(self, user_key: str) -> tuple[list[PendingDecision], list[LoggedOutcome]]:
+        """A user's pending decisions and logged outcomes, as :meth:`detach` would take them
+        (nothing changes)."""
+        decisions = [self.pending[did] for did in self.by_user.get(user_key, ())]
+        return decisions, list(self.log.get(user_key, ()))
+
     def detach(self, user_key: str) -> tuple[list[PendingDecision], list[LoggedOutcome]]:
         """Remove a user's pending decisions and logged outcomes (their id was merged into
         another, whose partition adopts them): nothing is rewarded here."""

@@ -122,15 +122,12 @@ class Stitching:
             if profile.user_id is not None and not self.config.allow_known_merge:
                 self._count(MergeOutcome.REFUSED_KNOWN)
                 return
-            del self.profiles[old]
-            self._touched.add(old)
             # sealed as of this partition's watermark, whether or not a read advanced it
             # already: what it sends does not depend on when /v1/decide looked
             profile.advance(self.watermark)
-        decisions, outcomes = self.rewards.detach(old)
-        self.aliases[old] = (new, c.ts)
-        self._aliases_touched.add(old)
-        heapq.heappush(self._alias_expiry, (c.ts + self.config.profile_idle_ttl_ms, old))
+        # the merge record first: should writing it fail, the link is refused and the old id
+        # keeps its profile, pending decisions and outcomes
+        decisions, outcomes = self.rewards.of_user(old)
         key, value = identity.merge_record(
             old,
             new,
@@ -139,6 +136,13 @@ class Stitching:
             [d.record() for d in decisions],
             [list(o) for o in outcomes],
         )
+        if profile is not None:
+            del self.profiles[old]
+            self._touched.add(old)
+        self.rewards.detach(old)
+        self.aliases[old] = (new, c.ts)
+        self._aliases_touched.add(old)
+        heapq.heappush(self._alias_expiry, (c.ts + self.config.profile_idle_ttl_ms, old))
         out.forward.append(("events", key, value))
 
     def _merge(self, c: Control, out: BatchResult) -> None:

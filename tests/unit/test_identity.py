@@ -511,3 +511,35 @@ def test_a_profile_read_changes_nothing_the_records_decide(read):
     _feed(shard, [_event("i1", 200_000, "identify", userId="user", anonymousId="anon")])
     sessions = shard.profile("user")["sessions"]
     assert (sessions["count"], sessions["closed"], sessions["closedActiveMs"]) == (3, 2, 0)
+
+
+def test_a_link_whose_merge_record_cannot_be_written_changes_nothing():
+    """The merge record is written before the old id's state is sealed: traits nested past what
+    the encoder writes (a record not from the collector, which caps nesting) refuse the link,
+    and the old id keeps its profile and its pending decision, which is still rewarded (both
+    used to be gone, the decision never rewarded)."""
+    config = StateConfig(allowed_lateness_ms=10_000, reorder_wait_ms=0)
+    shard = SessionShard(0, config)
+    deep: object = 1
+    for _ in range(300):
+        deep = {"x": deep}
+    shard.process_decisions([(b"anon", _decision_record("d1", "anon", 0))], 1)
+    _feed(shard, [_event("a0", 500, "identify", anonymousId="anon", traits={"prefs": deep})])
+    link = shard.process(
+        [
+            (
+                b"user",
+                json.dumps(
+                    _event("i1", 1_000, "identify", userId="user", anonymousId="anon")
+                ).encode(),
+            )
+        ]
+    )
+    out = shard.process([(k, v) for topic, k, v in link.forward if topic == "events"])
+    assert len(out.rejected) == 1 and not out.forward
+    assert "anon" in shard.profiles and "anon" not in shard.aliases
+    assert list(shard.rewards.pending) == ["d1"]
+    late = shard.process(
+        [(b"o", json.dumps(_event("z", 400_000, "track", userId="o", event="X")).encode())]
+    )
+    assert [(r.decision_id, r.outcome) for r in late.rewards] == [("d1", "timeout")]
