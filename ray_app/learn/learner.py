@@ -202,6 +202,7 @@ class OnlineLearner(Publishing):
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._pending_updates = 0
         self._pending_rewards = 0
+        self._restarted_in_call = False  # set by _train when the fallback took over in it
         self._last_publish_at: float | None = None
         self._published_epsilon = cfg.epsilon
         #: The settling judge's last figure (:mod:`ray_app.learn.settling`; ``None``: none yet).
@@ -298,21 +299,15 @@ class OnlineLearner(Publishing):
         restarted learner knows where to resume reading. Every new record of a treatment or the
         control arm (training and guardrail slice alike) also feeds :attr:`control`. ``now`` is
         not used (the boosts are counted in rewards); kept for callers that pass it."""
-        cfg = self.config
         batch, counts = self._admit(records)
-        lr = cfg.lr * (cfg.boost_lr_factor if self._boosted(now) else 1.0)
-        if cfg.lr_decay_rewards > 0:
-            lr *= (1.0 + self.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
-        lr *= self._schedule.settle(
-            self.counters["trained"], cfg.settle_lr_factor, cfg.settle_rewards
-        )
-        for group in self._optimizer.param_groups:
-            group["lr"] = lr
-        updates, loss_sum = self._train(batch)
+        lr = self._set_lr()
+        updates, loss_sum = self._train(batch)  # counts "trained" as it goes
+        if self._restarted_in_call:
+            lr = self._optimizer.param_groups[0]["lr"]
         trained = len(batch)
         if offsets:
             self._offsets.update({int(p): int(o) for p, o in offsets.items()})
-        for name, n in (*counts.items(), ("trained", trained), ("updates", updates)):
+        for name, n in (*counts.items(), ("updates", updates)):
             self.counters[name] += n
         self._pending_updates += updates
         self._pending_rewards += trained
@@ -347,23 +342,48 @@ class OnlineLearner(Publishing):
                     batch.append(r)
         return batch, counts
 
+    def _set_lr(self) -> float:
+        """The step size for the rewards trained on now (boost, decay with what was learned,
+        settling), set on the optimizer; returned."""
+        cfg = self.config
+        lr = cfg.lr * (cfg.boost_lr_factor if self._boosted(None) else 1.0)
+        if cfg.lr_decay_rewards > 0:
+            lr *= (1.0 + self.learned / cfg.lr_decay_rewards) ** -cfg.lr_decay_power
+        lr *= self._schedule.settle(
+            self.counters["trained"], cfg.settle_lr_factor, cfg.settle_rewards
+        )
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
     def _train(self, batch: list[RewardRecord]) -> tuple[int, float]:
         """Mini-batch steps on ``batch``, topped up and followed by replay; returns (steps,
-        summed loss of the new rewards)."""
+        summed loss of the new rewards). ``counters["trained"]`` counts each mini-batch once
+        it is trained on: a restart from the fallback weights in the middle of a long batch
+        (weights learned elsewhere, :meth:`_judge_settling`) starts its boost and its schedule
+        from the rewards trained so far, and the rest of the batch at the boost's step size."""
         cfg = self.config
         updates = 0
         loss_sum = 0.0
         replaying = cfg.replay_size > 0
+        self._restarted_in_call = False
         for start in range(0, len(batch), cfg.batch_size):
             chunk = batch[start : start + cfg.batch_size]
             if self._schedule.settle_evidence is not None:
+                foreign = self.counters["foreign_weights"]
                 self._judge_settling(chunk)
+                if self.counters["foreign_weights"] != foreign and self._fallback_kind == (
+                    "cold_start"
+                ):  # restarted: the rest of the batch at the restarted schedule's step size
+                    self._restarted_in_call = True
+                    self._set_lr()
             # A short chunk (the stream hands over a few rewards at a time) is topped up with
             # replayed rewards: every step sees a full mini-batch, so Adam's step (about lr
             # whatever the batch) is not taken on the noise of a handful of recent rewards.
             fill = min(cfg.batch_size - len(chunk), len(self._replay)) if replaying else 0
             loss_sum += self._step(chunk, self._replay.sample(fill), fresh=len(chunk))
             updates += 1
+            self.counters["trained"] += len(chunk)
             if replaying:
                 # replay in proportion to the new rewards, not to how often learn() is called
                 self._replay.add(chunk, credit=cfg.replay_steps * len(chunk) / cfg.batch_size)

@@ -1226,3 +1226,26 @@ def test_a_candidate_whose_loss_is_not_a_number_is_a_breach():
         min_records=10, tolerance=0.1, eval_min_propensity=0.05,
     )  # fmt: skip
     assert math.isnan(check.loss) and check.breached
+
+
+def test_a_restart_in_the_middle_of_a_long_batch_counts_from_where_it_happened():
+    """Weights from another world are found out in the middle of a learn() call (a backlog read
+    at start): the boost and the schedule start from the rewards trained so far, and the rest
+    of the call learns at the boost's step size, as when the same rewards come a few at a time
+    (the call's earlier rewards used to count as learned after the restart and use up the
+    boost, and the rest ran at the unboosted step size)."""
+    cfg = LearnerConfig(warmup_rewards=0)  # every reward trained on: the same chunks
+    gt = GroundTruth(seed=5)
+    _, published = _published_after(2_000, cfg)
+    cold = cold_start_bundle(SCHEMA, CATALOG)
+    flipped = logged(gt, 2_000, 1_500, seed=8, flip=True)
+    at_once = OnlineLearner(published, cfg, cold_start=cold)
+    report = at_once.learn(flipped)
+    in_steps = OnlineLearner(published, cfg, cold_start=cold)
+    for i in range(0, len(flipped), 64):
+        in_steps.learn(flipped[i : i + 64])
+    assert at_once.counters["foreign_weights"] == in_steps.counters["foreign_weights"] == 1
+    assert at_once.counters["trained"] == in_steps.counters["trained"]
+    assert (at_once.learned, at_once.boost_left) == (in_steps.learned, in_steps.boost_left)
+    assert 0 < at_once.learned < at_once.counters["trained"] and at_once.boost_left > 0
+    assert report.lr == at_once._optimizer.param_groups[0]["lr"] > cfg.lr  # boosted
