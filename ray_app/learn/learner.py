@@ -118,7 +118,13 @@ from ray_app.learn.config import COUNTERS as _COUNTERS
 from ray_app.learn.config import LearnerConfig, LearnerStateError
 from ray_app.learn.exploration import BoostSchedule
 from ray_app.learn.guardrail import ControlComparison, ControlGuardrail
-from ray_app.learn.learner_state import clone_weights, learned_of, lineage_of, trained_weights
+from ray_app.learn.learner_state import (
+    clone_weights,
+    gamma_head_start_of,
+    learned_of,
+    lineage_of,
+    trained_weights,
+)
 from ray_app.learn.loss_guardrail import GuardrailCheck
 from ray_app.learn.memory import (
     JsonArray,
@@ -216,6 +222,7 @@ class OnlineLearner(Publishing):
             cfg.boost_rewards,
             warmup=cfg.warmup_rewards > 0 and cold,
             explore_from=-learned_of(bundle.metadata),  # trained weights go on from their lineage
+            head_start=gamma_head_start_of(bundle.metadata),
         )
         self._renew_optimizer(settle=trained_weights(bundle.metadata))
         #: The guardrail check of the last publish (``None`` before the first).
@@ -501,7 +508,7 @@ class OnlineLearner(Publishing):
         self.version = int(bundle.version)
         self.lineage = lineage_of(bundle.metadata)
         self._schedule.explore_from = self.counters["trained"] - learned_of(bundle.metadata)
-        self._schedule.head_start = 0
+        self._schedule.head_start = gamma_head_start_of(bundle.metadata)
         self._renew_optimizer(settle=trained_weights(bundle.metadata))
         self._replay.clear()
         self._pending_updates = 0

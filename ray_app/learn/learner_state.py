@@ -42,6 +42,7 @@ __all__ = [
     "check_weights",
     "clone_weights",
     "dump",
+    "gamma_head_start_of",
     "learned_of",
     "lineage_of",
     "read_bytes",
@@ -77,6 +78,19 @@ def learned_of(metadata: Mapping[str, Any]) -> int:
     (1800, 0, 0)
     """
     v = metadata.get("learned")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+def gamma_head_start_of(metadata: Mapping[str, Any]) -> int:
+    """The rewards squarecb's ``gamma`` counted on top of ``learned`` when a bundle was
+    published (``gamma_head_start``: a restart after a drift explores around the cold start
+    less than an untrained model); 0 when absent. A learner that starts from or adopts the
+    bundle serves the same gamma.
+
+    >>> gamma_head_start_of({"gamma_head_start": 4000}), gamma_head_start_of({})
+    (4000, 0)
+    """
+    v = metadata.get("gamma_head_start")
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
 

@@ -105,7 +105,13 @@ class Publishing:
         return self._bundle(
             self._last_good,
             self.version,
-            {"kind": "online", "last_good": True, "learned": self.learned, **self.lineage},
+            {
+                "kind": "online",
+                "last_good": True,
+                "learned": self.learned,
+                "gamma_head_start": self._schedule.head_start,
+                **self.lineage,
+            },
         )
 
     def _check_fits(self, bundle: ModelBundle, what: str, any_hidden: bool = False) -> None:
@@ -395,6 +401,7 @@ class Publishing:
             "updates": self.counters["updates"],
             "rewards": self.counters["trained"],
             "learned": self.learned,
+            "gamma_head_start": self._schedule.head_start,
             "new_updates": self._pending_updates,
             "new_rewards": self._pending_rewards,
             "guardrail": check.as_dict(),

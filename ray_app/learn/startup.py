@@ -155,6 +155,13 @@ def _model_file(model_path: Path, schema: FeatureSchema, catalog: Catalog) -> Mo
     except ModelFileError as exc:
         log.error("model file %s REFUSED: %s; starting from the cold-start model", model_path, exc)
         return None
+    if not bundle.slot_actions:  # a hand-made or legacy file: which head is which action?
+        log.error(
+            "model file %s REFUSED for learning: it names no slot_actions, so its heads cannot "
+            "be mapped to the catalog's actions; starting from the cold-start model",
+            model_path,
+        )
+        return None
     if bundle.catalog_digest != catalog.digest:
         log.warning(
             "model file %s was trained on catalog %s, the current one is %s (same "

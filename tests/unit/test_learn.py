@@ -1249,3 +1249,38 @@ def test_a_restart_in_the_middle_of_a_long_batch_counts_from_where_it_happened()
     assert (at_once.learned, at_once.boost_left) == (in_steps.learned, in_steps.boost_left)
     assert 0 < at_once.learned < at_once.counters["trained"] and at_once.boost_left > 0
     assert report.lr == at_once._optimizer.param_groups[0]["lr"] > cfg.lr  # boosted
+
+
+def test_a_learner_started_from_or_adopting_weights_published_after_a_drift_serves_their_gamma():
+    """After a drift restart, squarecb's gamma counts a head start on top of what was learned;
+    the published file carries it, so a learner that starts from the file or adopts it serves
+    the same gamma (it used to drop to the gamma of the few rewards learned, exploring about
+    six times as much)."""
+    cfg = LearnerConfig(warmup_rewards=0, control_z=0)
+    gt = GroundTruth(seed=12)
+    learner = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), cfg, clock=lambda: 0.0)
+    learner.learn(logged(gt, 0, 1_000, seed=12))
+    learner.drift()
+    learner.learn(logged(gt, 1_000, 100, seed=13))
+    published = learner.maybe_publish(now=1e9)
+    assert published is not None and published.metadata["gamma_head_start"] > 0
+    bundle = ModelBundle.from_bytes(published.to_bytes(), SCHEMA, CATALOG)
+    started = OnlineLearner(bundle, cfg, clock=lambda: 0.0)
+    adopting = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), cfg, clock=lambda: 0.0)
+    adopting.adopt(bundle)
+    want = published.metadata["gamma"]
+    assert round(started.gamma(), 3) == round(adopting.gamma(), 3) == want
+
+
+def test_a_model_file_that_names_no_actions_is_refused_for_learning(tmp_path, caplog):
+    """A model file without ``slot_actions`` (hand-made, or older than them) loads for serving,
+    but the learner cannot tell which head is which action: it starts cold, logged and counted
+    (it used to stop the learner service with a ValueError)."""
+    bundle = cold_start_bundle(SCHEMA, CATALOG)
+    bundle.slot_actions, bundle.metadata = {}, {"kind": "trained"}
+    model = tmp_path / "model.bin"
+    model.write_bytes(bundle.to_bytes())
+    with caplog.at_level(logging.ERROR, logger="ray_app.learn.service"):
+        learner = restore_learner(tmp_path / "learner.state", model, SCHEMA, CATALOG, _cfg())
+    assert learner.version == 0 and learner.counters["refused_at_start"] == 1
+    assert "names no slot_actions" in caplog.text
