@@ -84,7 +84,7 @@ class Envelope:
         when it takes a part outside the contract's bounds.
         """
         sent_at, context = self.sent_at, self.context
-        takes_sent_at = sent_at is not None and "sentAt" not in raw
+        takes_sent_at = sent_at is not None and raw.get("sentAt") is None  # null: not sent
         takes_context = context is not None and isinstance(raw.get("context", {}), dict)
         size = len(blob)
         if takes_sent_at and sent_at is not None:

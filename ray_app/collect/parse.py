@@ -239,6 +239,8 @@ class _Request:
     reserve: Reserve | None
     #: The write key's owner, once known.
     source: str | None = None
+    #: An ``Authorization`` header was sent that holds no write key (not Basic, or not base64).
+    malformed_auth: bool = False
     out: ParsedRequest = field(default_factory=lambda: ParsedRequest(source=None))
 
     def admit(self, key: bytes | None, value: bytes) -> bool:
@@ -278,6 +280,7 @@ def _read(
     """The request's source, its events as sent and the envelope they take; None when the
     request was refused (its answer in ``request.out``)."""
     header_key = write_key_from_header(authorization)
+    request.malformed_auth = header_key is None and bool(authorization and authorization.strip())
     request.source = key_owner(header_key, write_keys)
     if header_key is not None and request.source is None:
         request.unauthorized(
@@ -313,6 +316,15 @@ def _body_source(request: _Request, payload: Any, write_keys: Mapping[str, str])
     """The owner of the body's ``writeKey`` (the request's source), or None, the request
     refused, when it has none or an unknown one."""
     body_key = payload.get("writeKey") if isinstance(payload, dict) else None
+    if (not isinstance(body_key, str) or not body_key) and request.malformed_auth:
+        request.unauthorized(
+            rejection(
+                ReasonCode.AUTH_INVALID,
+                "Authorization",
+                "the Authorization header holds no write key: send Basic base64(writeKey:)",
+            )
+        )
+        return None
     if not isinstance(body_key, str) or not body_key:
         request.unauthorized(
             rejection(
@@ -344,6 +356,16 @@ def _read_batch(request: _Request, payload: dict[str, Any]) -> tuple[list[Any], 
                 ReasonCode.TOO_MANY_EVENTS,
                 "batch",
                 f"{len(batch)} events in one request; the limit is {limits.max_batch_events}",
+            )
+        )
+        return None
+    env_context = payload.get("context")
+    if env_context is not None and not isinstance(env_context, dict):
+        request.refuse(
+            rejection(
+                ReasonCode.INVALID_FIELD,
+                "context",
+                f"the batch's context must be an object, got {type(env_context).__name__}",
             )
         )
         return None

@@ -22,6 +22,10 @@ _Scalar = str | int | float | bool | None
 _ContextValue = _Scalar | list[_Scalar] | dict[str, _Scalar | list[_Scalar]]
 
 
+#: The refusal of a request naming no user (the field it names: ``userId``).
+_NO_IDENTITY = "send userId or anonymousId (user_id, anonymous_id)"
+
+
 class DecideRequest(BaseModel):
     """``POST /v1/decide`` (or the query string of ``GET /v1/decide``)."""
 
@@ -64,7 +68,7 @@ class DecideRequest(BaseModel):
     @model_validator(mode="after")
     def _identity(self) -> DecideRequest:
         if self.user_id is None and self.anonymous_id is None:
-            raise ValueError("send user_id or anonymous_id")
+            raise ValueError(_NO_IDENTITY)
         return self
 
     @property
@@ -143,6 +147,8 @@ def parse_decide(body: bytes | Mapping[str, Any]) -> DecideRequest | DecideRefus
         if len(loc) >= 2 and loc[0] == "context" and err["type"] != "too_long":
             return DecideRefused(400, "invalid_request", f"context.{loc[1]}", _CONTEXT_SHAPE)
         where = ".".join(str(p) for p in loc) or None
+        if where is None and _NO_IDENTITY in str(err["msg"]):
+            where = "userId"
         return DecideRefused(400, "invalid_request", where, str(err["msg"])[:512])
     except Exception as exc:  # last resort: no body may become a 500
         return DecideRefused(400, "invalid_request", None, f"{type(exc).__name__}: {exc}"[:512])

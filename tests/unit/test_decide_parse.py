@@ -73,3 +73,11 @@ def test_the_measured_cases_are_4xx():
     assert statuses == [400, 400, 400, 400, 413, 400, 400]
     refused = parse_decide(cases[-1])
     assert isinstance(refused, DecideRefused) and refused.field == "context.a"
+
+
+def test_a_request_that_names_no_user_is_refused_on_user_id():
+    """No ``userId`` and no ``anonymousId``: the refusal names the field, in the body's own
+    spelling (it named none)."""
+    refused = parse_decide(b'{"slot": "next_step"}')
+    assert isinstance(refused, DecideRefused) and refused.field == "userId"
+    assert "userId or anonymousId" in refused.message

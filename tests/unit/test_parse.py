@@ -431,3 +431,43 @@ def test_an_events_own_write_key_is_not_written_to_the_topic():
     assert b"k1" not in p.dlq[0][1]
     single = req("track", {"event": "e", "userId": "u", "writeKey": "k1"})
     assert "writeKey" not in json.loads(single.events[0][1])
+
+
+def test_a_batch_envelope_is_read_alike_whatever_its_events_say():
+    """An event's ``"sentAt": null`` is no sentAt: it takes the batch's, as an event without the
+    key does (the skew correction was skipped for it); a batch context that is not an object
+    is refused by name (it was ignored)."""
+    event = {"type": "track", "event": "e", "userId": "u", "timestamp": "2026-05-01T11:00:00Z"}
+    sent = "2026-05-01T11:00:10Z"  # the device clock an hour behind the receipt (12:00:00)
+    absent = req("batch", {"batch": [event], "sentAt": sent})
+    null = req("batch", {"batch": [{**event, "sentAt": None}], "sentAt": sent})
+    times = [json.loads(p.events[0][1])["timestamp"] for p in (absent, null)]
+    assert times[0] == times[1] == "2026-05-01T11:59:50.000Z"
+    for context in ("garbage", [1, 2], 3):
+        p = req("batch", {"batch": [event], "context": context})
+        assert p.status == 400 and [(r.reason, r.field) for r in p.rejections] == [
+            (ReasonCode.INVALID_FIELD, "context")
+        ]
+
+
+def test_an_authorization_header_that_holds_no_write_key_is_named():
+    """A malformed ``Authorization`` (another scheme, bad base64) with no body key is refused
+    as ``auth_invalid`` on that header, not as a missing write key; a body key still counts."""
+    for header in ("Bearer k1", "Basic =azE6", "Basic"):
+        p = parse_request(
+            "track", json.dumps({"event": "e", "userId": "u"}).encode(), content_encoding=None,
+            authorization=header, write_keys=KEYS, received_at=NOW,
+        )  # fmt: skip
+        assert p.status == 401, header
+        assert [(r.reason, r.field) for r in p.rejections] == [
+            (ReasonCode.AUTH_INVALID, "Authorization")
+        ], header
+    with_body_key = parse_request(
+        "track", json.dumps({"event": "e", "userId": "u", "writeKey": "k1"}).encode(),
+        content_encoding=None, authorization="Bearer other", write_keys=KEYS, received_at=NOW,
+    )  # fmt: skip
+    assert with_body_key.status == 200
+    missing = req("track", {"event": "e", "userId": "u"}, auth=None)
+    assert [(r.reason, r.field) for r in missing.rejections] == [
+        (ReasonCode.AUTH_MISSING, "writeKey")
+    ]
