@@ -19,6 +19,10 @@ __all__ = [
 ]
 
 
+#: The arms a decision replica serves: the static flow and the two model files' arms.
+SERVED_ARMS = ("control", "treatment", "treatment_b")
+
+
 class ExperimentSplit(_Section):
     """An earlier split of the experiment, in force from ``since`` until the next one."""
 
@@ -70,7 +74,13 @@ class DecideSettings(_Section):
     earlier_splits: list[ExperimentSplit] = Field(
         default_factory=list,
         description="Earlier splits: a user keeps the arm of the split in force when they were "
-        "first seen, so changing decide.arms does not reassign users already assigned.",
+        "first seen, so changing decide.arms does not reassign users already assigned. Each is "
+        "in force from its since until the next one's, the last until decide.arms_since.",
+    )
+    arms_since: dt.datetime | None = Field(
+        None,
+        description="When the current split (decide.arms) started (ISO-8601, UTC if no zone); "
+        "required with earlier_splits: users first seen since then get the current split.",
     )
     reassign: bool = Field(
         False, description="Assign every user by the current split (ignore earlier_splits)."
@@ -114,6 +124,40 @@ class DecideSettings(_Section):
         description="Custom Ray resources each ingress replica asks for, e.g. "
         '{"onramp_decide": 1} to place replicas on cluster.yaml\'s decide nodes.',
     )
+
+    @model_validator(mode="after")
+    def _served_arms(self) -> DecideSettings:
+        splits = [("decide.arms", self.arms)] + [
+            (f"decide.earlier_splits[{n}].arms", sp.arms)
+            for n, sp in enumerate(self.earlier_splits)
+        ]
+        for where, arms in splits:
+            unknown = sorted(set(arms) - set(SERVED_ARMS))
+            if unknown:  # a model arm needs a model file to serve it: only these have one
+                raise ValueError(
+                    f"{where}.{unknown[0]}: unknown arm {unknown[0]!r}; the arms served are "
+                    f"{', '.join(SERVED_ARMS)} (decide.model_path serves treatment, "
+                    "decide.model_b_path treatment_b)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _current_split_start(self) -> DecideSettings:
+        if not self.earlier_splits:
+            return self
+        if self.arms_since is None:
+            raise ValueError(
+                "decide.arms_since is required with decide.earlier_splits: when did the current "
+                "split (decide.arms) start? Users first seen since then get it; without it the "
+                "last earlier split would never end"
+            )
+        latest = max(_utc(sp.since) for sp in self.earlier_splits)
+        if _utc(self.arms_since) <= latest:
+            raise ValueError(
+                f"decide.arms_since ({self.arms_since.isoformat()}) must be after the start of "
+                f"every earlier split (the latest: {latest.isoformat()})"
+            )
+        return self
 
 
 class LearnSettings(_Section):
@@ -392,3 +436,8 @@ class TelemetrySettings(_Section):
                 "telemetry.traces > 0 needs somewhere to send spans: set telemetry.otlp_endpoint"
             )
         return self
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    """``t`` with UTC for a time given without a zone (as the splits are read)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)

@@ -24,10 +24,13 @@ class Arms:
 
     >>> from ray_app.config import DecideSettings
     >>> s = DecideSettings(arms={"control": 1.0, "treatment": 0.0}, earlier_splits=[
-    ...     {"since": "2026-01-01T00:00:00Z", "arms": {"control": 0.0, "treatment": 1.0}}])
+    ...     {"since": "2026-01-01T00:00:00Z", "arms": {"control": 0.0, "treatment": 1.0}}],
+    ...     arms_since="2026-02-01T00:00:00Z")
     >>> arms = Arms(s)
     >>> arms.assign("u1", {"firstSeen": 1_767_225_600_000 + 5})   # first seen under the old split
     'treatment'
+    >>> arms.assign("u1", {"firstSeen": 1_769_904_000_000})       # first seen since the change
+    'control'
     >>> arms.assign("u1", None)                                    # new user: the current split
     'control'
     """
@@ -47,19 +50,25 @@ class Arms:
         self.name = settings.experiment
         self.current = experiment(settings.arms)
         self.reassign = settings.reassign
-        splits = sorted(settings.earlier_splits, key=lambda s: s.since)
+        splits = sorted(settings.earlier_splits, key=lambda s: _ms(s.since))
         self.earlier: list[tuple[int, Experiment]] = [
             (_ms(sp.since), experiment(sp.arms, f"decide.earlier_splits[{n}]"))
             for n, sp in enumerate(splits)
         ]
+        #: When the current split started (``decide.arms_since``; set with earlier splits).
+        self.current_since = None if settings.arms_since is None else _ms(settings.arms_since)
+        #: user key -> (assignment key, first seen) of the last profile read: what
+        #: :meth:`assign_unread` goes by when a profile cannot be read in time.
+        self._basis: dict[str, tuple[str | None, int | None]] = {}
 
     def in_force(self, first_seen_ms: int | None) -> Experiment:
-        """The split in force at a time (None: now)."""
+        """The split in force at a time (None: now): each earlier split from its start until
+        the next one's, the last until the current split's (``decide.arms_since``)."""
         if first_seen_ms is None or self.reassign:
             return self.current
         chosen = self.current
-        for i, (since, exp) in enumerate(self.earlier):
-            until = self.earlier[i + 1][0] if i + 1 < len(self.earlier) else None
+        ends = [since for since, _ in self.earlier[1:]] + [self.current_since]
+        for (since, exp), until in zip(self.earlier, ends, strict=False):  # none: no earlier
             if first_seen_ms >= since and (until is None or first_seen_ms < until):
                 chosen = exp
         return chosen
@@ -76,9 +85,32 @@ class Arms:
         """
         first = profile.get("firstSeen") if profile else None
         key = profile.get("assignmentKey") if profile else None
-        return self.in_force(first if isinstance(first, int) else None).assign(
-            key if isinstance(key, str) and key else user_key
-        )
+        first = first if isinstance(first, int) else None
+        key = key if isinstance(key, str) and key else None
+        if first is not None or key is not None:
+            if len(self._basis) >= _REMEMBERED:
+                self._basis.clear()  # the memory starts afresh: it is only a fallback
+            self._basis[user_key] = (key, first)
+        return self.in_force(first).assign(key or user_key)
+
+    def assign_unread(self, user_key: str) -> str:
+        """The arm of a user whose profile could not be read in time (a deadline, the stream
+        down): by what the last profile read of them said (their first id, when they were
+        first seen), so that a stitched user or one assigned under an earlier split does not
+        switch arms for a decision; a user this replica has not read yet by the current split.
+
+        >>> from ray_app.config import DecideSettings
+        >>> arms = Arms(DecideSettings())
+        >>> read = arms.assign("user-7", {"assignmentKey": "anon-7", "firstSeen": 1})
+        >>> arms.assign_unread("user-7") == read == arms.assign("anon-7", None)
+        True
+        """
+        key, first = self._basis.get(user_key, (None, None))
+        return self.in_force(first).assign(key or user_key)
+
+
+#: Users whose assignment basis an :class:`Arms` remembers (a few MB); past it, afresh.
+_REMEMBERED = 1 << 16
 
 
 def _ms(t: dt.datetime) -> int:

@@ -37,6 +37,9 @@ from ray_app.records.features import SparseFeatures
 
 __all__ = ["Decider", "Decision", "policy_for"]
 
+#: Why a request has no profile when one may well exist: its arm goes by the last one read.
+_UNREAD = frozenset({"deadline", "stream_unavailable"})
+
 #: One request to decide: the request, the live profile (None: none yet) and its enrichment.
 _Input = tuple[DecideRequest, dict[str, Any] | None, dict[str, Any] | None]
 
@@ -174,7 +177,6 @@ class Decider:
         ):
             return False
         self.bundles[arm] = bundle
-        self.policy = policy_for(self.policy, bundle.metadata)
         return True
 
     def versions(self) -> dict[str, int]:
@@ -195,7 +197,10 @@ class Decider:
         ``unknown_user``.
         """
         bundles = dict(self.bundles)  # one model per arm for the whole batch, whatever swaps
-        policy = self.policy
+        # each model arm explores as its own model file says (the learner publishes gamma and
+        # epsilon with the weights), over the configured policy
+        base = self.policy
+        policies = {arm: policy_for(base, b.metadata) for arm, b in bundles.items()}
         prepared, x = self._prepare(requests, now_ms, cold_reasons)
         scores = _score(prepared, x, bundles)
         # the logged features, rounded once for the whole batch
@@ -203,7 +208,9 @@ class Decider:
         return [
             p
             if isinstance(p, DecisionRequestError)
-            else self._decision(p, scores.get(i), logged[p.row], bundles, policy, now_ms)
+            else self._decision(
+                p, scores.get(i), logged[p.row], bundles, policies.get(p.arm, base), now_ms
+            )
             for i, p in enumerate(prepared)
         ]
 
@@ -232,7 +239,10 @@ class Decider:
                 cold = "unknown_user" if profile is None else None
             else:
                 cold = cold_reasons[i]
-            arm = arms.assign(req.user_key, profile)
+            if profile is None and cold in _UNREAD:
+                arm = arms.assign_unread(req.user_key)
+            else:
+                arm = arms.assign(req.user_key, profile)
             prepared.append(_Prepared(req, profile, slot, eligible, arm, len(profiles), cold))
             profiles.append(profile)
             enrichments.append(enrichment)

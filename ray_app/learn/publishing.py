@@ -122,7 +122,8 @@ class Publishing:
             arch["hidden"] = self._arch["hidden"]
         if (
             arch != self._arch
-            or bundle.slot_actions != self._slot_actions
+            # in head order: a dict's == would take the same slots in another order
+            or list(bundle.slot_actions.items()) != list(self._slot_actions.items())
             or bundle.schema_hash != self._schema_hash
         ):
             raise ValueError(

@@ -106,6 +106,9 @@ class ModelBundle:
             "metadata": self.metadata,
             "architecture": self.scorer.architecture,
             "slot_actions": self.slot_actions,
+            # the heads' slots in order (the JSON writes slot_actions sorted by name); None
+            # for a bundle that names no actions (its heads go by the catalog's order)
+            "slot_order": list(self.slot_actions) or None,
         }
 
     def to_bytes(self) -> bytes:
@@ -136,6 +139,7 @@ class ModelBundle:
             schema,
             catalog,
             strict_catalog,
+            list(self.slot_actions) or None,
         )
 
     @classmethod
@@ -153,6 +157,11 @@ class ModelBundle:
         """
         data, head, weights = _split(data)
         version, created, metadata, arch, slot_actions = _read_header(head)
+        slot_order = head.get("slot_order")
+        if slot_order is not None and not (
+            isinstance(slot_order, list) and all(isinstance(n, str) for n in slot_order)
+        ):
+            raise ModelFileError("slot_order", "expected a list of slot names")
         _check_compatible(
             head["schema_hash"],
             head["catalog_digest"],
@@ -161,6 +170,7 @@ class ModelBundle:
             schema,
             catalog,
             strict_catalog,
+            slot_order,
         )
         scorer = _load_weights(weights, head, arch)
         return cls(
@@ -290,6 +300,7 @@ def _check_compatible(
     schema: FeatureSchema,
     catalog: Catalog,
     strict_catalog: bool,
+    slot_order: list[str] | None = None,
 ) -> None:
     if schema_hash != schema.hash:
         raise ModelFileError(
@@ -321,6 +332,14 @@ def _check_compatible(
             raise ModelFileError(
                 f"slot_actions.{extra[0]}", "model has a slot the catalog does not"
             )
+    # heads are taken by the slot's position: two slots of the same size listed in another
+    # order would each be scored by the other's head (files before slot_order cannot tell)
+    if slot_order is not None and list(slot_order) != list(catalog.slots):
+        raise ModelFileError(
+            "slot_order",
+            f"model's heads are for the slots {list(slot_order)} in this order, the catalog "
+            f"lists {list(catalog.slots)}",
+        )
     if catalog_digest != catalog.digest and strict_catalog:
         raise ModelFileError(
             "catalog_digest",
