@@ -37,6 +37,8 @@ __all__ = ["RewardData", "TrainingDataError", "load_rewards", "reward_data", "re
 
 #: Arm whose rewards are not trained on (as in the online learner).
 HOLDOUT = "holdout"
+#: Arm that shows the static flow, one action with propensity 1 (not exploring).
+CONTROL = "control"
 
 
 class TrainingDataError(FieldError):
@@ -51,7 +53,10 @@ class RewardData:
 
     ``x`` [N, dim] float32 features; ``slot`` [N] slot index; ``action`` [N] action index within
     the slot; ``reward`` [N]; ``propensity`` [N]; ``mask`` [N, max actions] the eligible
-    candidates (all of the slot's actions when not logged); ``decided_at_ms`` [N].
+    candidates (all of the slot's actions when not logged); ``decided_at_ms`` [N]; ``explored``
+    [N] whether the row was logged by an exploring arm (a model arm, not ``control``, whose
+    static flow shows one action with propensity 1: its rows train the model, but an IPS
+    estimate of another policy needs the rows where the other actions could be shown).
     """
 
     x: np.ndarray
@@ -63,6 +68,11 @@ class RewardData:
     decided_at_ms: np.ndarray
     uri: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
+    explored: np.ndarray = field(default_factory=lambda: np.ones(0, dtype=np.bool_))
+
+    def __post_init__(self) -> None:
+        if len(self.explored) != len(self.reward):  # not given: every row explored
+            self.explored = np.ones(len(self.reward), dtype=np.bool_)
 
     def __len__(self) -> int:
         return len(self.reward)
@@ -78,6 +88,7 @@ class RewardData:
             self.decided_at_ms[index],
             self.uri,
             dict(self.skipped),
+            self.explored[index],
         )
 
     def split(self, validation: float) -> tuple[RewardData, RewardData]:
@@ -163,6 +174,7 @@ def reward_data(
     skipped: dict[str, int] = {}
     dims: dict[int, int] = {}
     seen: set[str] = set()
+    explored: list[bool] = []
 
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
@@ -199,6 +211,7 @@ def reward_data(
         masks.append(m)
         xs.append(r.features)
         meta.append((s, r.action_index, r.decided_at_ms, r.reward, r.propensity, len(xs) - 1))
+        explored.append(r.arm != CONTROL)
     if dims and not xs:
         got = ", ".join(f"{n} ({k} records)" for n, k in sorted(dims.items()))
         raise TrainingDataError(
@@ -212,7 +225,7 @@ def reward_data(
     if not xs:
         why = f" (skipped: {skipped})" if skipped else ""
         raise TrainingDataError("data", f"{uri or 'the data'}: no reward records to train on{why}")
-    return _packed(xs, masks, meta, uri, skipped)
+    return _packed(xs, masks, meta, uri, skipped, explored)
 
 
 def _packed(
@@ -221,6 +234,7 @@ def _packed(
     meta: list[tuple[int, int, int, float, float, int]],
     uri: str,
     skipped: dict[str, int],
+    explored: list[bool],
 ) -> RewardData:
     """The validated rows as arrays, in decision-time order (ties: in the order read)."""
     order = sorted(range(len(meta)), key=lambda i: (meta[i][2], i))
@@ -237,6 +251,7 @@ def _packed(
         decided_at_ms=arr[:, 2].astype(np.int64),
         uri=uri,
         skipped=skipped,
+        explored=np.asarray(explored, dtype=np.bool_)[order],
     )
 
 

@@ -79,6 +79,10 @@ class OnrampLog:
     offset: dict[str, int]
     allowed: np.ndarray
     skipped: int
+    #: Rewards of the control arm left out: its static flow shows one action with propensity
+    #: 1, so its rows never show what another policy would choose (no positivity); the
+    #: estimates are for the users of the exploring arms, a random share of all by the split.
+    control: int = 0
 
     @property
     def n_actions(self) -> int:
@@ -91,7 +95,8 @@ def onramp_log_from_records(
 ) -> OnrampLog:
     """Join decision and reward records (by decision id; the first reward of an id wins) into an
     :class:`OnrampLog`. ``slot_actions`` (slot -> action ids in head order) fixes the action
-    space, e.g. a catalog's or a model bundle's. Records of other schemas are skipped (counted).
+    space, e.g. a catalog's or a model bundle's. Records of other schemas are skipped (counted),
+    and so are the control arm's (:attr:`OnrampLog.control`).
     """
     decisions: dict[str, Mapping[str, Any]] = {}
     rewards: dict[str, Mapping[str, Any]] = {}
@@ -113,7 +118,11 @@ def onramp_log_from_records(
         offset[s] = total
         total += len(slot_actions[s])
     rows = []
+    control = 0
     for did, rec in rewards.items():
+        if rec.get("arm") == "control":
+            control += 1
+            continue
         d = decisions.get(did)
         if (
             rec.get("candidates") is None
@@ -127,6 +136,12 @@ def onramp_log_from_records(
         if r.action_index >= len(slot_actions[r.slot]):
             raise FieldError("actionIndex", f"decision {did}: {r.action_index} is out of range")
         rows.append(r)
+    if not rows:
+        raise FieldError(
+            "logs",
+            f"no reward records of an exploring arm to evaluate ({control} of the control arm, "
+            "whose static flow shows one action with propensity 1, are left out)",
+        )
     dims = {len(r.features) for r in rows}
     if len(dims) != 1:
         raise FieldError("features", f"rows have different feature lengths {sorted(dims)}")
@@ -152,6 +167,7 @@ def onramp_log_from_records(
         offset=offset,
         allowed=allowed,
         skipped=skipped,
+        control=control,
     )
 
 
@@ -440,6 +456,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "mode": "logs",
         "n": table.log.n,
         "skipped_records": table.skipped,
+        "control_records_left_out": table.control,
         "plot": str(plot),
         "policies": {p: {k: e.to_json() for k, e in r.items()} for p, r in results.items()},
     }

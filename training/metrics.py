@@ -76,7 +76,10 @@ def evaluate(
     ``min_propensity``, in float64), ``auc``, ``precision``/``recall`` at 0.5, ``ips``/``snips``
     (:func:`~ray_app.learn.objective.greedy_ips`: the value of the greedy policy, unclipped),
     ``logged`` (mean reward of the logging policy) and ``match`` (share of rows where the greedy
-    choice is the logged one)."""
+    choice is the logged one). With ``explored`` in ``data``, ``ips``/``snips`` are over the
+    rows an exploring arm logged (``ips_records`` of them): the control arm's static flow shows
+    one action with propensity 1, and rows that never show the greedy policy's other choices
+    would bias its estimate."""
     n = len(data["reward"])
     if n == 0:
         return {"records": 0}
@@ -101,6 +104,8 @@ def evaluate(
     positive = y > 0.5
     tp = int((predicted & positive).sum())
     logged = data["action"]
+    explored = data.get("explored")
+    e = np.ones(n, dtype=bool) if explored is None else np.asarray(explored, dtype=bool)
     out: dict[str, Any] = {
         "records": n,
         "loss": float(loss),
@@ -108,8 +113,11 @@ def evaluate(
         "precision": tp / int(predicted.sum()) if predicted.any() else None,
         "recall": tp / int(positive.sum()) if positive.any() else None,
         # unclipped propensities: IPS is unbiased (SNIPS is NaN, then None, with no match)
-        "ips": greedy_ips(y, propensity, greedy, logged),
-        "snips": greedy_ips(y, propensity, greedy, logged, self_normalized=True),
+        "ips": greedy_ips(y[e], propensity[e], greedy[e], logged[e]) if e.any() else None,
+        "snips": greedy_ips(y[e], propensity[e], greedy[e], logged[e], self_normalized=True)
+        if e.any()
+        else None,
+        "ips_records": int(e.sum()),
         "logged": float(y.mean()),
         "match": float((greedy == logged).mean()),
     }

@@ -198,7 +198,7 @@ def _train(
     if len(train_data) == 0:
         raise TrainError("validation", f"nothing left to train on ({len(data)} records)")
     base, parent = _start_from(opts, job)
-    validation = {**val_data.columns(), "mask": val_data.mask}
+    validation = {**val_data.columns(), "mask": val_data.mask, "explored": val_data.explored}
     source = Source(
         train=train_data.columns(),
         validation=validation,

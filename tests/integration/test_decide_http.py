@@ -136,7 +136,7 @@ def test_model_arm_explores_with_exact_propensities(collector, stream):
         (b"{nope", 400, "invalid_json", None),
         (b"[1]", 400, "not_an_object", None),
         (b'{"user_id": "u"}', 400, "invalid_request", "slot"),
-        (b'{"slot": "next_step"}', 400, "invalid_request", None),
+        (b'{"slot": "next_step"}', 400, "invalid_request", "userId"),
         (b'{"user_id": "u", "slot": "next_step", "colour": 1}', 400, "invalid_request", "colour"),
         (b'{"user_id": "u", "slot": "next_step", "candidates": "role"}', 400, "invalid_request",
          "candidates"),

@@ -68,6 +68,14 @@ def test_reward_data_orders_by_decision_time_and_splits_the_latest_off():
     ) and train.decided_at_ms.max() <= val.decided_at_ms.min()
     assert data.mask[np.arange(len(data)), data.action].all()  # the logged action is eligible
     assert data.data_range()["records"] == 29
+    assert data.explored is not None and data.explored.all()  # every row from treatment
+    # the control arm's rows train too, marked as not exploring (left out of the IPS metrics)
+    rows[5]["arm"] = "control"
+    mixed = reward_data(rows, SCHEMA, CATALOG)
+    assert mixed.explored is not None and int((~mixed.explored).sum()) == 1
+    [at] = np.flatnonzero(~mixed.explored)
+    assert int(mixed.decided_at_ms[at]) == rows[5]["decidedAtMs"]
+    assert mixed.take(np.array([at])).explored.tolist() == [False]
 
 
 def test_auc_against_a_brute_force_count():

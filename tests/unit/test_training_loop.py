@@ -191,3 +191,31 @@ def test_each_worker_counts_its_shard_and_the_shards_add_up_to_the_rows(tmp_path
     for k in range(len(CATALOG.slots)):
         assert shards[0][k].sum() < direct[k].sum() or direct[k].sum() == 0
         np.testing.assert_allclose(shards[0][k] + shards[1][k], direct[k], rtol=1e-6)
+
+
+def test_validation_ips_is_over_the_rows_an_exploring_arm_logged():
+    """The greedy policy's IPS value on validation rows: the control arm's rows (one action,
+    propensity 1) would count as zeros wherever the greedy choice is another action, halving
+    the estimate here; with ``explored`` they are left out of it (``ips_records``)."""
+    from training.metrics import evaluate
+
+    scorer = Scorer(dim=1, slot_sizes=(2,), hidden=0, seed=0)
+    with torch.no_grad():
+        scorer.heads[0].bias.copy_(torch.tensor([0.0, 1.0]))  # greedy: action 1 (b)
+    rng = np.random.default_rng(1)
+    n = 4000
+    control = np.arange(n) % 2 == 1
+    action = np.where(control, 0, rng.integers(0, 2, n))
+    reward = (rng.random(n) < np.where(action == 1, 0.9, 0.1)).astype(np.float32)
+    data = {
+        "x": np.ones((n, 1), dtype=np.float32),
+        "slot": np.zeros(n, dtype=np.int64),
+        "action": action.astype(np.int64),
+        "reward": reward,
+        "propensity": np.where(control, 1.0, 0.5).astype(np.float32),
+        "mask": np.ones((n, 2), dtype=bool),
+    }
+    mixed = evaluate(scorer, data)
+    explored = evaluate(scorer, {**data, "explored": ~control})
+    assert explored["ips_records"] == n // 2 and mixed["ips_records"] == n
+    assert abs(explored["ips"] - 0.9) < 0.05 and abs(mixed["ips"] - 0.45) < 0.05
