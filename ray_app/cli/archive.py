@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ray_app.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Stop
+from ray_app.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Stop, seconds
 from ray_app.cli.output import Progress, dumps
 from ray_app.config import Settings
-from ray_app.errors import ConfigError
+from ray_app.errors import ConfigError, KafkaUnavailable
 
 __all__ = ["add_parser", "run"]
 
@@ -40,10 +40,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--out", metavar="URI", help="where to write (default: <state_dir>/archive)"
     )
     archive.add_argument(
-        "--idle", type=float, default=1.0, help="seconds without new records that end the read"
+        "--idle", type=seconds, default=1.0, help="seconds without new records that end the read"
     )
     archive.add_argument(
-        "--max-seconds", type=float, default=600.0, help="stop reading after this long"
+        "--max-seconds", type=seconds, default=600.0, help="stop reading after this long"
     )
 
 
@@ -105,6 +105,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         consumer.close()
     progress.close()
     print(dumps(report.as_dict(), indent=2))
+    if report.unreachable:
+        raise KafkaUnavailable(
+            f"Kafka at {bootstrap} reported none of the {report.partitions} partitions of "
+            f"{', '.join(topics)} in {report.seconds:.0f} s: is it running, and are these its "
+            "topics? (nothing was written)"
+        )
     print(f"wrote {len(report.files)} file(s) under {out}", file=sys.stderr)
     if report.interrupted:
         print(

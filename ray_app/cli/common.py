@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -117,6 +118,26 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
     except (OSError, ValueError):  # stderr closed: the status still tells
         pass
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (a negative poll timeout would wait
+    for ever, NaN would end a read at once).
+
+    >>> seconds("1.5")
+    1.5
+    >>> seconds("-5")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a finite number of seconds > 0, got '-5'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return value
 
 
 def guarded(prog: str, fn: Callable[[], int]) -> int:

@@ -58,6 +58,9 @@ class ArchiveReport:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    partitions: int = 0
+    #: Partitions whose end offset the broker never reported (all of them: nothing answered).
+    unknown_ends: int = 0
 
     @property
     def records(self) -> int:
@@ -76,7 +79,15 @@ class ArchiveReport:
             "problems": self.problems,
             "seconds": round(self.seconds, 2),
             "interrupted": self.interrupted,
+            "partitions": self.partitions,
+            "unknown_ends": self.unknown_ends,
         }
+
+    @property
+    def unreachable(self) -> bool:
+        """Nothing was read and no partition's end offset was ever reported: the broker did
+        not answer (or has none of the topics)."""
+        return self.records == 0 and self.partitions > 0 and self.unknown_ends == self.partitions
 
 
 #: Idle periods (``idle_s``) the read waits for a partition whose end offset the broker has not
@@ -164,6 +175,8 @@ def archive_topics(
         report.files.append(store.path(rel))
     for t in topics:
         report.by_topic.setdefault(t, 0)
+    report.partitions = len(tps)
+    report.unknown_ends = sum(1 for end in ends.values() if end is None)
     report.seconds = time.monotonic() - started
     return report
 

@@ -493,3 +493,37 @@ def test_archive_waits_for_a_partition_whose_end_is_not_known_yet(tmp_path) -> N
     _fill(broker, "t", [{"n": i} for i in range(6)])
     report = archive_topics(SlowFirstFetch(broker), ["t"], tmp_path, partitions=2, idle_s=0.05)
     assert report.records == 6
+
+
+def test_archive_refuses_a_read_that_could_not_end_and_a_broker_that_never_answered(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """``--idle -5`` became a poll timeout of -5 (librdkafka: wait for ever; Ctrl-C and
+    --max-seconds never got a turn), NaN ended the read at once: both are refused by name. A
+    broker that reports none of the partitions is exit 1, not a successful empty archive."""
+    for bad in ("-5", "0", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["archive", "--idle", bad])
+        assert stopped.value.code == 2
+        assert f"argument --idle: expected a finite number of seconds > 0, got '{bad}'" in (
+            capsys.readouterr().err
+        )
+    with pytest.raises(SystemExit):
+        main(["archive", "--max-seconds", "-1"])
+    assert "argument --max-seconds" in capsys.readouterr().err
+
+    class Silent(InMemoryConsumer):
+        def highwater(self, topic: str, partition: int) -> int | None:
+            return None
+
+        def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list:
+            time.sleep(timeout_s)
+            return []
+
+    broker = InMemoryBroker(partitions=2)
+    _archive_env(monkeypatch, broker, Silent(broker))
+    rc = main(["archive", "--topics", "rewards", "--out", str(tmp_path / "a"), "--idle", "0.05",
+               "--max-seconds", "0.3"])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "reported none of the 2 partitions" in err and "nothing was written" in err
