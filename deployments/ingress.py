@@ -414,6 +414,7 @@ class CollectorIngress:
                 "models": self.decider.versions(),
                 "decisionLog": self.decision_log.stats(),
                 "experiment": self.decider.arms.current.describe(),
+                "crm": self.crm.health(),
             }
         )
 

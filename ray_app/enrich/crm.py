@@ -22,11 +22,14 @@ the next read instead of waiting for the user's next event.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("onramp.enrich")
 
 __all__ = ["DEFAULTS", "CrmTable", "write_demo_crm"]
 
@@ -58,6 +61,9 @@ class CrmTable:
         self.hits = 0
         self.misses = 0
         self.loads = 0
+        #: Rows of the last read that repeated an earlier row's id (the last one is used).
+        self.repeated = 0
+        #: Why the table could not be (re)read, until it is read again; None: it was.
         self.error: str | None = None
         self._mtime: float | None = None
         self._checked = 0.0
@@ -73,6 +79,12 @@ class CrmTable:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
             self.by_user, self.by_account, self._mtime = {}, {}, None
+            self._fail(
+                f"{self.path} does not exist (enrich.crm_path): every user gets the defaults"
+            )
+            return
+        except OSError as exc:
+            self._fail(f"cannot read {self.path}: {exc.strerror or exc}")
             return
         if mtime == self._mtime:
             return
@@ -85,19 +97,59 @@ class CrmTable:
                 else pd.read_csv(self.path)
             )
         except Exception as exc:  # a half-written or broken file: keep the last good table
-            self.error = f"cannot read {self.path}: {exc}"
+            self._fail(f"cannot read {self.path}: {exc}")
+            return
+        columns = [str(c) for c in df.columns]
+        if "userId" not in columns and "accountId" not in columns:
+            # not a CRM table this join can use: keep the last good one, and say why
+            self._fail(
+                f"{self.path} has neither a userId nor an accountId column to join by "
+                f"(its columns: {', '.join(columns[:12]) or 'none'})"
+            )
             return
         by_user: dict[str, dict[str, Any]] = {}
         by_account: dict[str, dict[str, Any]] = {}
+        repeated = 0
         for rec in df.to_dict(orient="records"):
             row = {str(k): _clean(v) for k, v in rec.items()}
             if row.get("userId") is not None:
+                repeated += str(row["userId"]) in by_user
                 by_user[str(row["userId"])] = row
             elif row.get("accountId") is not None:
+                repeated += str(row["accountId"]) in by_account
                 by_account[str(row["accountId"])] = row
         self.by_user, self.by_account, self._mtime = by_user, by_account, mtime
         self.loads += 1
+        self.repeated = repeated
+        if repeated:
+            log.warning(
+                "CRM table %s: %d rows repeat a userId or accountId of an earlier row; the "
+                "last row of each is used",
+                self.path,
+                repeated,
+            )
+        if self.error is not None:
+            log.info("CRM table %s read again: %d users, %d accounts", self.path, len(by_user),
+                     len(by_account))  # fmt: skip
         self.error = None
+
+    def _fail(self, error: str) -> None:
+        """Note why the table could not be (re)read: logged once per distinct problem, shown
+        in ``/healthz``'s details (``crm``)."""
+        if error != self.error:
+            log.error("CRM table: %s", error)
+        self.error = error
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` shows of the table (with a read key)."""
+        return {
+            "path": None if self.path is None else str(self.path),
+            "users": len(self.by_user),
+            "accounts": len(self.by_account),
+            "loads": self.loads,
+            "repeatedRows": self.repeated,
+            "error": self.error,
+        }
 
     def enrich(self, profile: dict[str, Any]) -> dict[str, Any]:
         """The CRM row for a profile (``found``, ``by`` and the row's columns), or the defaults."""
