@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ray_app.catalog.errors import CatalogError
+from ray_app.yamlfile import load_yaml
 
 __all__ = [
     "ActionSpec",
@@ -146,33 +147,10 @@ def _explain(exc: ValidationError, source: str) -> CatalogError:
     return CatalogError(source, _path(loc), msg)
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that refuses duplicate keys instead of keeping the last one silently."""
-
-
-def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-        try:
-            dup = key in seen
-            seen.add(key)
-        except TypeError:
-            continue  # an unhashable key: SafeLoader reports it
-        if dup:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-    return loader.construct_mapping(node, deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
 def parse_yaml(text: str, source: str) -> Any:
     """Parse catalog YAML text (safely); :class:`CatalogError` with the line and column if not."""
     try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+        return load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

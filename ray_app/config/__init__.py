@@ -17,12 +17,14 @@ ray_app.errors.ConfigError: invalid settings (ONRAMP_* environment): kafka.parti
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from ray_app.config.base import CONFIG_ENV, DEMO_KEYS, ENV_PREFIX, MIN_KEY_CHARS
 from ray_app.config.base import Section as _Section
@@ -37,6 +39,7 @@ from ray_app.config.decide import (
 from ray_app.config.keys import key_exposure, local_only, require_safe_keys
 from ray_app.config.stream import EnrichSettings, SimSettings, StreamSettings
 from ray_app.errors import ConfigError
+from ray_app.yamlfile import load_yaml, yaml_problem
 
 __all__ = [
     "CONFIG_ENV",
@@ -137,10 +140,30 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if not path:
             continue
-        if value.strip().startswith(("[", "{")):  # lists and maps come as YAML/JSON text
-            value = yaml.safe_load(value)
+        if value.strip().startswith(("[", "{")) and not _takes_text(path):
+            # lists and maps come as YAML/JSON text; a text setting (a key, a secret) is taken
+            # as written, whatever its first character
+            try:
+                value = load_yaml(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(  # the value is not repeated: it may be a secret
+                    f"{name}: not YAML/JSON: {yaml_problem(exc)}", key=path
+                ) from None
         _set_path(tree, path, value)
     return tree
+
+
+def _takes_text(path: list[str]) -> bool:
+    """Whether the setting at ``path`` is text (str, a secret, a path), not a list or a map."""
+    model: Any = Settings
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        model = fields[part].annotation
+    union = typing.get_origin(model) in (typing.Union, types.UnionType)  # X | None
+    args = [a for a in typing.get_args(model) if a is not type(None)] if union else [model]
+    return bool(args) and all(a in (str, SecretStr, Path) for a in args)
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -173,15 +196,22 @@ def load_settings(
     if path:
         origin = f" in {path}"
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
                 f"cannot read settings file {path}: {exc.strerror}", path=str(path)
             ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"settings file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                path=str(path),
+            ) from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = load_yaml(text)  # duplicate keys refused: the first would vanish
         except yaml.YAMLError as exc:
-            raise ConfigError(f"settings file {path} is not YAML: {exc}", path=str(path)) from None
+            raise ConfigError(
+                f"settings file {path} is not YAML: {yaml_problem(exc)}", path=str(path)
+            ) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(
                 f"settings file {path} must hold a mapping at the top", path=str(path)

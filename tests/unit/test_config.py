@@ -39,6 +39,12 @@ def test_unknown_keys_are_named(tmp_path):
         ("kafka: [1, 2]", "kafka: Input should be"),
         ("- a\n- b\n", "mapping at the top"),
         ("a: [", "not YAML"),
+        # the first kafka block used to vanish without a word
+        (
+            "kafka:\n  partitions: 4\nkafka:\n  client: confluent\n",
+            "line 3, column 1: duplicate key 'kafka'",
+        ),
+        ("a: " + "[" * 5000, "not YAML: nested too deeply"),  # a RecursionError before
     ],
 )
 def test_bad_files_are_explained(tmp_path, text, needle):
@@ -99,3 +105,33 @@ def test_cli_schema_is_json_schema(capsys):
     assert main(["schema", "--reasons"]) == 0
     out = capsys.readouterr().out
     assert "invalid_timestamp" in out and "413" in out
+
+
+def test_a_settings_file_that_is_not_utf8_is_explained(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_bytes(b"\xff\xfe kafka: {}")
+    with pytest.raises(ConfigError, match="is not UTF-8 text: invalid start byte at byte 0"):
+        load_settings(f, env={})
+
+
+def test_environment_values_as_yaml_are_explained_and_text_settings_are_taken_as_written():
+    """A list or map setting's value is YAML/JSON text: garbage is a configuration error naming
+    the variable, without repeating the value (a traceback that printed it before). A text
+    setting (a key) is taken as written even when it starts with a bracket."""
+    with pytest.raises(
+        ConfigError, match=r"ONRAMP_DECIDE__ARMS: not YAML/JSON: line 1, column 7"
+    ) as info:
+        load_settings(env={"ONRAMP_DECIDE__ARMS": "{a: [1"})
+    assert "{a: [1" not in str(info.value)
+    key = "{my-secret-key-1234567890abcdef"
+    s = load_settings(env={"ONRAMP_STREAM__CHECKPOINT_KEY": key})
+    assert s.stream.checkpoint_key is not None
+    assert s.stream.checkpoint_key.get_secret_value() == key
+    listed = "[not-a-list-but-a-key-0123456789]"
+    assert (
+        load_settings(
+            env={"ONRAMP_STREAM__CHECKPOINT_KEY": listed}
+        ).stream.checkpoint_key.get_secret_value()
+        == listed
+    )  # type: ignore[union-attr]
+    assert load_settings(env={"ONRAMP_DECIDE__ARMS": "{control: 1}"}).decide.arms == {"control": 1}
