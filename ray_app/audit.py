@@ -127,19 +127,24 @@ def rates_from_metrics(text: str) -> dict[str, float | None]:
     all stream records) from Onramp's Prometheus text."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    from ray_app.errors import FieldError
+
     sums = dict.fromkeys(("accepted", "rejected", "records", "late", "stream_rejected"), 0.0)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "onramp_events_accepted_total":
-                sums["accepted"] += s.value
-            elif s.name == "onramp_events_rejected_total":
-                sums["rejected"] += s.value
-            elif s.name == "onramp_stream_records_total":
-                sums["records"] += s.value
-                if s.labels.get("outcome") == "late":
-                    sums["late"] += s.value
-                if s.labels.get("outcome") == "rejected":
-                    sums["stream_rejected"] += s.value
+    try:
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    except ValueError as exc:  # the parser's word for text that is not the exposition format
+        raise FieldError("metrics", f"not Prometheus text: {exc}") from None
+    for s in samples:
+        if s.name == "onramp_events_accepted_total":
+            sums["accepted"] += s.value
+        elif s.name == "onramp_events_rejected_total":
+            sums["rejected"] += s.value
+        elif s.name == "onramp_stream_records_total":
+            sums["records"] += s.value
+            if s.labels.get("outcome") == "late":
+                sums["late"] += s.value
+            if s.labels.get("outcome") == "rejected":
+                sums["stream_rejected"] += s.value
     seen = sums["accepted"] + sums["rejected"]
     return {
         "dlq_share": (sums["rejected"] + sums["stream_rejected"]) / seen if seen else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import sys
 import time
@@ -134,6 +135,14 @@ def check_options(opts: TrainOptions) -> None:
         raise TrainOptionError("validation", f"must be in [0, 1), got {opts.validation}")
     if opts.init not in ("cold", "promoted"):
         raise TrainOptionError("init", f"expected 'cold' or 'promoted', got {opts.init!r}")
+    if not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise TrainOptionError("lr", f"must be a finite number > 0, got {opts.lr}")
+    if not (math.isfinite(opts.cpus_per_worker) and opts.cpus_per_worker > 0):
+        raise TrainOptionError(
+            "cpus_per_worker", f"must be a finite number > 0, got {opts.cpus_per_worker}"
+        )
+    if not opts.obd and not opts.data.strip():
+        raise TrainOptionError("data", "empty: give the archive root, a folder or a file")
 
 
 # -- the run's folder ------------------------------------------------------------------------

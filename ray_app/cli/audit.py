@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ray_app.cli.common import EXIT_DRIFT, EXIT_OK
+from ray_app.cli.common import EXIT_DRIFT, EXIT_OK, positive
 from ray_app.config import Settings
 from ray_app.errors import OnrampError
 
@@ -50,7 +50,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--reference-metrics", metavar="URL|FILE", help="/metrics of the training period"
     )
     audit.add_argument(
-        "--psi-threshold", type=float, default=0.25, help="PSI above which a feature drifted"
+        "--psi-threshold", type=positive, default=0.25, help="PSI above which a feature drifted"
     )
     audit.add_argument("--out", default="onramp-audit", help="output directory")
     audit.add_argument("--fail-on-drift", action="store_true", help="exit with status 3 on drift")
@@ -72,15 +72,13 @@ def _read_metrics(where: str | None) -> str | None:
     return Path(where).read_text()
 
 
-def _feature_names(settings: Settings) -> list[str] | None:
-    """The catalog's feature names; ``None`` (f0, f1, ...) when there is no catalog."""
-    try:
-        from ray_app.catalog import load_catalog
-        from ray_app.features import FeatureSchema
+def _feature_names(settings: Settings) -> list[str]:
+    """The catalog's feature names (a catalog that cannot be read is the catalog's error: the
+    audit would name the features f0, f1, ... and compare them under another schema)."""
+    from ray_app.catalog import load_catalog
+    from ray_app.features import FeatureSchema
 
-        return list(FeatureSchema.from_catalog(load_catalog(settings.decide.catalog_path)).names)
-    except Exception:  # names are a nicety: f0, f1... without the catalog
-        return None
+    return list(FeatureSchema.from_catalog(load_catalog(settings.decide.catalog_path)).names)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ray_app.cli.common import Stop
+from ray_app.cli.common import Stop, port
 from ray_app.config import Settings
 
 __all__ = ["add_parser", "run"]
@@ -21,7 +21,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "Onramp's topics, print the bootstrap address, and run until Ctrl-C. Memory storage: "
         "topics are lost when it stops.",
     )
-    broker.add_argument("--port", type=int, help="port (default: broker.port; 0 picks a free one)")
+    broker.add_argument("--port", type=port, help="port (default: broker.port; 0 picks a free one)")
     broker.add_argument("--no-topics", action="store_true", help="do not create Onramp's topics")
 
 

@@ -120,6 +120,44 @@ def _say(line: str) -> None:
         pass
 
 
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0.
+
+    >>> positive("0.25")
+    0.25
+    >>> positive("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a finite number > 0, got 'nan'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free one) to 65535.
+
+    >>> port("8080"), port("0")
+    (8080, 0)
+    >>> port("70000")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a port from 0 to 65535, got '70000'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     """An argparse type: a finite number of seconds > 0 (a negative poll timeout would wait
     for ever, NaN would end a read at once).
@@ -152,6 +190,11 @@ def guarded(prog: str, fn: Callable[[], int]) -> int:
     1
     >>> err.getvalue()
     'onramp x: error: no broker\\n'
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     guarded("onramp x", lambda: open("/nonexistent/t.parquet").close() or 0)
+    1
+    >>> err.getvalue()
+    'onramp x: error: /nonexistent/t.parquet: No such file or directory\\n'
     """
     try:
         return fn()
@@ -167,6 +210,10 @@ def guarded(prog: str, fn: Callable[[], int]) -> int:
     except BrokenPipeError:  # `onramp config describe | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # a file a command was given: missing, a directory, not allowed
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"{prog}: error: {where}{exc.strerror or exc}")
+        return EXIT_ERROR
 
 
 class Stop:

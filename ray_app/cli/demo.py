@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_app.cli.common import Stop, decide_key, with_overrides
+from ray_app.cli.common import Stop, decide_key, port, with_overrides
 from ray_app.cli.output import dumps
 from ray_app.cli.up import print_urls
 from ray_app.config import Settings
@@ -35,7 +35,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "reason, records per topic, state, and the completion rate per experiment arm; at the "
         "end, writes a PNG plot of the completion rate per arm over time.",
     )
-    demo.add_argument("--port", type=int, help="HTTP port (default: collector.port)")
+    demo.add_argument("--port", type=port, help="HTTP port (default: collector.port)")
     demo.add_argument(
         "--fresh",
         action="store_true",

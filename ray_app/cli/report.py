@@ -64,10 +64,22 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def _read_covariates(path: str) -> dict[str, float]:
     import pandas as pd
 
-    cov = pd.read_csv(path)
+    try:
+        cov = pd.read_csv(path)
+    except OSError:
+        raise  # a missing file or a folder: the command says which
+    except Exception as exc:  # pandas raises many kinds for a file that is no CSV
+        raise ConfigError(f"--covariates {path}: not a CSV table: {exc}") from None
     if not {"user", "covariate"} <= set(cov.columns):
         raise ConfigError(f"--covariates {path}: needs columns user,covariate")
-    return dict(zip(cov["user"].astype(str), cov["covariate"].astype(float), strict=True))
+    values = pd.to_numeric(cov["covariate"], errors="coerce")
+    bad = cov["covariate"][values.isna() & cov["covariate"].notna()]
+    if len(bad):
+        raise ConfigError(
+            f"--covariates {path}: covariate must be a number, got {bad.iloc[0]!r} "
+            f"(row {int(bad.index[0]) + 2})"
+        )
+    return dict(zip(cov["user"].astype(str), values.astype(float), strict=True))
 
 
 def _experiments(args: argparse.Namespace, settings: Settings) -> dict[str, pd.DataFrame]:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ray_app import __version__
-from ray_app.cli.common import Stop, decide_key, with_overrides
+from ray_app.cli.common import Stop, decide_key, port, with_overrides
 from ray_app.config import Settings, local_only
 
 __all__ = ["add_parser", "print_urls", "run"]
@@ -21,7 +21,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "(local unless ray.address is set) and Onramp's Serve app; print the URLs and the demo "
         "write key; run until Ctrl-C or SIGTERM, then stop everything in order.",
     )
-    up.add_argument("--port", type=int, help="HTTP port (default: collector.port)")
+    up.add_argument("--port", type=port, help="HTTP port (default: collector.port)")
     up.add_argument(
         "--fresh",
         action="store_true",

@@ -298,7 +298,12 @@ def read_user_table(path: str | Path) -> dict[str, pd.DataFrame]:
     from ray_app.errors import FieldError
 
     p = Path(path)
-    df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    try:
+        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    except OSError:
+        raise  # a missing file or a folder: the command says which
+    except Exception as exc:  # pandas and pyarrow raise many kinds for a file that is no table
+        raise FieldError(f"{p}", f"not a {p.suffix.lstrip('.') or 'CSV'} table: {exc}") from None
     if "first_ms" not in df:
         df["first_ms"] = 0
     if "steps" not in df:

@@ -208,6 +208,8 @@ def _split(data: Any) -> tuple[bytes, dict[str, Any], bytes]:
         head = json.loads(data[start : start + n])
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelFileError("header", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ModelFileError("header", "not JSON Onramp writes: nested too deeply") from None
     if not isinstance(head, dict):
         raise ModelFileError("header", f"expected a JSON object, got {type(head).__name__}")
     fmt = head.get("format")
@@ -270,6 +272,17 @@ def _load_weights(weights: bytes, head: dict[str, Any], arch: dict[str, Any]) ->
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise ModelFileError("weights", "not a state_dict of tensors")
+    # the trunk's shape before a scorer of that shape is built: a header's hidden units are
+    # allocated as dim x hidden floats (10**12 of them: torch's out-of-memory error, not ours)
+    trunk = state.get("trunk.weight")
+    want = (arch["hidden"], arch["dim"])
+    if trunk is None or tuple(trunk.shape) != want:
+        got = None if trunk is None else tuple(trunk.shape)
+        raise ModelFileError(
+            "architecture.hidden",
+            f"the weights do not fit the architecture: trunk.weight is {got}, the header's "
+            f"hidden and dim make it {want}",
+        )
     scorer = Scorer(arch["dim"], arch["slot_sizes"], arch["hidden"])
     try:
         scorer.load_state_dict(state, strict=True)

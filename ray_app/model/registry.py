@@ -165,7 +165,10 @@ class Promotion:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Promotion:
-        return cls(int(d["version"]), int(d["epoch"]), float(d["at"]), d["action"])
+        action = d["action"]
+        if action not in ("promote", "rollback"):
+            raise ValueError(f"action must be promote or rollback, got {action!r}")
+        return cls(int(d["version"]), int(d["epoch"]), float(d["at"]), action)
 
 
 def read_header(data: bytes) -> dict[str, Any] | None:
@@ -222,7 +225,16 @@ class ModelRegistry:
             raise RegistryError(
                 "version", f"no version {version} in the registry (versions: {listed})"
             )
-        return ModelVersion.from_json(json.loads(raw))
+        try:
+            meta = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # a hand-edited or half-written file
+            raise RegistryError(f"versions/{version:06d}/meta.json", f"not JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise RegistryError(
+                f"versions/{version:06d}/meta.json",
+                f"expected a JSON object, got {type(meta).__name__}",
+            )
+        return ModelVersion.from_json(meta)
 
     def model_file(self, version: int) -> str:
         """Where a version's model file is: a local path, or a URI under a remote registry."""

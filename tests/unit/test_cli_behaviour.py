@@ -527,3 +527,44 @@ def test_archive_refuses_a_read_that_could_not_end_and_a_broker_that_never_answe
     assert rc == 1
     err = capsys.readouterr().err
     assert "reported none of the 2 partitions" in err and "nothing was written" in err
+
+
+def _garbage_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
+    (tmp / "r.parquet").write_bytes(b"PAR1 not really")
+    (tmp / "users.csv").write_text("user,arm,positives,activated\nu1,control,1,1\n")
+    (tmp / "cov.csv").write_text("user,covariate\nu1,abc\n")
+    (tmp / "m.txt").write_text("not prometheus { text\n")
+    (tmp / "ref.jsonl").write_text("")
+    return [
+        (["report", "--table", str(tmp / "absent.csv")], 1, "absent.csv: No such file or directory"),
+        (["report", "--table", str(tmp)], 1, "Is a directory"),
+        (["report", "--table", str(tmp / "r.parquet")], 1, "not a parquet table"),
+        (["report", "--table", str(tmp / "users.csv"), "--covariates", str(tmp / "cov.csv")], 2,
+         "covariate must be a number, got 'abc' (row 2)"),
+        (["audit", "--reference", str(tmp / "ref.jsonl"), "--recent", str(tmp / "ref.jsonl"),
+          "--metrics", str(tmp / "m.txt")], 1, "not Prometheus text"),
+        (["audit", "--reference", "x", "--recent", "y", "--psi-threshold", "nan"], 2,
+         "argument --psi-threshold: expected a finite number > 0"),
+        (["broker", "--port", "70000"], 2, "argument --port: expected a port from 0 to 65535"),
+        (["sim", "--truth", str(tmp), "--users", "1", "--url", "http://127.0.0.1:1"], 1,
+         "Is a directory"),
+        (["train", "--data", str(tmp / "absent"), "--lr", "nan"], 2, "lr: must be a finite number > 0"),
+        (["train", "--data", ""], 2, "data: empty"),
+    ]  # fmt: skip
+
+
+def test_garbage_on_the_command_line_is_one_line_and_an_exit_status(tmp_path, capsys) -> None:
+    """Files that are missing, folders or no table, numbers that are no number, a port past
+    65535, an empty --data: each a one-line error and the documented exit status (found in
+    review as tracebacks, or a NaN threshold that found nothing drifted)."""
+    from deployments import onramp
+
+    for argv, status, message in _garbage_inputs(tmp_path):
+        try:
+            rc = onramp.main(argv)
+        except SystemExit as exc:  # argparse's refusal of an argument
+            rc = exc.code
+        err = capsys.readouterr().err
+        assert rc == status, (argv, rc, err)
+        assert message in err, (argv, err)
+        assert "Traceback" not in err, (argv, err)

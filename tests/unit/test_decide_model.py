@@ -252,6 +252,10 @@ def bad_files(bundle: ModelBundle) -> list[tuple[str, object, str, str]]:
         ("weights corrupted", bytes(flipped), "weights", "checksum mismatch"),
         ("weights not torch", forge(head, b"garbage" * 20), "weights", "cannot load"),
         ("weights wrong shape", forge(head, weights_of(wrong_shape)), "weights", "do not fit the architecture"),
+        # a header asking for 10**12 hidden units: refused before anything that size is built
+        ("hidden units the weights lack", forge({**head, "architecture": {**head["architecture"], "hidden": 10**12}}, weights),
+         "architecture.hidden", "the weights do not fit the architecture"),
+        ("header nested too deeply", MAGIC + struct.pack(">I", 6000) + b"[" * 6000, "header", "nested too deeply"),
         ("weights not a state dict", forge(head, weights_of({"a": 1})), "weights", "not a state_dict of tensors"),
         ("weights with NaN", forge(head, weights_of(nan_state)), "weights", "heads.0.bias holds NaN or inf"),
         ("negative evidence", forge(head, weights_of(negative)), "weights", "evidence_0 holds negative counts"),

@@ -141,6 +141,20 @@ def test_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ModelFileError):
         reg.promote(2, serve, SCHEMA, CATALOG)
     assert not serve.exists() and reg.promoted() is None
+    # a hand-edited meta.json or promotions.json: a RegistryError naming the file, not a
+    # JSONDecodeError traceback from `onramp models list`
+    (tmp_path / "versions/000002/meta.json").write_text("{not json")
+    with pytest.raises(RegistryError, match="not JSON") as meta:
+        reg.get(2)
+    assert meta.value.field == "versions/000002/meta.json"
+    (tmp_path / "versions/000002/meta.json").write_text("[1]")
+    with pytest.raises(RegistryError, match="expected a JSON object, got list"):
+        reg.get(2)
+    (tmp_path / "promotions.json").write_text(
+        json.dumps({"history": [{"version": 1, "epoch": 1, "at": 0, "action": "bogus"}]})
+    )
+    with pytest.raises(RegistryError, match="action must be promote or rollback"):
+        reg.history()
 
 
 def test_learner_adopts_a_newer_promotion_and_keeps_its_offsets():
