@@ -100,6 +100,8 @@ _NO_DEMO = (
 
 #: What ``user_config`` may hold (``reconfigure``).
 _USER_CONFIG = {"model_path", "model_b_path", "policy", "epsilon", "gamma", "temperature"}
+#: The longest ``GET /v1/profiles/{id}`` waits for the stream workers (then 503, Retry-After).
+_PROFILE_READ_S = 10.0
 
 
 def _key_ok(authorization: str | None, keys: dict[str, str]) -> bool:
@@ -381,9 +383,14 @@ class CollectorIngress:
         if not _key_ok(request.headers.get("authorization"), self._read_keys):
             return self._error(Unauthorized(_READ_KEY), origin)
         try:
-            profile = await self.profiles.get(user_id)
+            profile = await asyncio.wait_for(self.profiles.get(user_id), _PROFILE_READ_S)
         except StreamUnavailable as exc:
             return self._error(ProfilesUnavailable(str(exc)), origin)
+        except TimeoutError:  # a worker that does not answer: not a request that hangs
+            return self._error(
+                ProfilesUnavailable(f"the profile read took over {_PROFILE_READ_S:g} s; retry"),
+                origin,
+            )
         if profile is None:
             return self._error(NotFound(f"no events applied for {user_id!r}"), origin)
         last = profile.get("lastReceived")

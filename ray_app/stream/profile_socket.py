@@ -66,6 +66,10 @@ _MAX_ANSWER = 1 << 28
 _AUTH_TIMEOUT_S = 5.0
 #: Unsent bytes past which a channel counts as stuck (the server stopped reading).
 _MAX_UNSENT = 1 << 22
+#: A request unanswered this long marks the channel broken (a peer gone without FIN or RST,
+#: or wedged): callers give up at their own deadlines, so without it the channel would stay
+#: "open" until TCP gave up, every read waiting its deadline out and no fallback tried.
+ANSWER_TIMEOUT_S = 2.0
 
 
 def frame(message: Any) -> bytes:
@@ -212,6 +216,9 @@ class ProfileChannel:
         self._writer = writer
         self._next_id = 0
         self._waiting: dict[int, asyncio.Future[list[Any] | None]] = {}
+        #: Request id -> when it was sent, until its answer arrives (a caller that gave up
+        #: leaves it here): the oldest is first.
+        self._sent: dict[int, float] = {}
         self.error: str | None = None
         self._task = asyncio.ensure_future(self._read_answers())
 
@@ -233,8 +240,13 @@ class ProfileChannel:
         if self._writer.transport.get_write_buffer_size() > _MAX_UNSENT:
             self._fail("the server stopped reading")
             raise ConnectionError(self.error)
+        now = self.loop.time()
+        if self._sent and now - next(iter(self._sent.values())) > ANSWER_TIMEOUT_S:
+            self._fail(f"no answer in {ANSWER_TIMEOUT_S:g} s")
+            raise ConnectionError(self.error)
         self._next_id += 1
         request_id = self._next_id
+        self._sent[request_id] = now
         answer = self._waiting[request_id] = self.loop.create_future()
         try:
             self._writer.write(frame([request_id, keys]))
@@ -253,6 +265,7 @@ class ProfileChannel:
                 if size > _MAX_ANSWER:
                     raise ValueError(f"an answer of {size} bytes")
                 request_id, profiles = orjson.loads(await self._reader.readexactly(size))
+                self._sent.pop(request_id, None)
                 answer = self._waiting.pop(request_id, None)
                 if answer is not None and not answer.done():  # else its caller gave up
                     answer.set_result(profiles)

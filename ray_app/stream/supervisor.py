@@ -127,7 +127,16 @@ class StreamSupervisor:
 
     def _started(self, launched: _Launched) -> Any:
         """Start a launched worker (once it is built), elsewhere if its node went away; record
-        where it runs and which of its partitions it refused."""
+        where it runs and which of its partitions it refused. When any of that fails, the
+        worker is killed before the error goes on: a start that timed out is not cancelled on
+        Ray, and a replacement left running would consume its partitions beside the next one."""
+        try:
+            return self._start_and_record(launched)
+        except BaseException:
+            self.runtime.kill(launched.handle)
+            raise
+
+    def _start_and_record(self, launched: _Launched) -> Any:
         s = self.settings.stream
         rt = self.runtime
         index, partitions, args, node, worker = launched
@@ -139,10 +148,15 @@ class StreamSupervisor:
                 rt.kill(worker)
                 worker = rt.spawn(args, s.worker_num_cpus, dict(s.worker_resources), None)
                 node = None
-        if node is None:
-            rt.call(worker, "start", timeout=120)
-        where = rt.call(worker, "node_id", timeout=30)
-        refused = rt.call(worker, "refused_partitions", timeout=30)
+        try:
+            if node is None:
+                rt.call(worker, "start", timeout=120)
+            where = rt.call(worker, "node_id", timeout=30)
+            refused = rt.call(worker, "refused_partitions", timeout=30)
+            address = rt.call(worker, "profile_address", timeout=30)
+        except BaseException:
+            rt.kill(worker)  # the one spawned elsewhere, if it came to that
+            raise
         for p in partitions:
             self.refused.pop(p, None)
         for p, why in refused.items():
@@ -151,7 +165,7 @@ class StreamSupervisor:
         while len(self.worker_nodes) <= index:
             self.worker_nodes.append(None)
         self.worker_nodes[index] = where
-        self.worker_addresses[index] = rt.call(worker, "profile_address", timeout=30)
+        self.worker_addresses[index] = address
         return worker
 
     def _spawn_all(self) -> None:
@@ -164,7 +178,15 @@ class StreamSupervisor:
             self.workers.append(launched[-1].handle)  # so the next one's placement
             self.worker_nodes.append(launched[-1].node)  # counts this one
         for i, one in enumerate(launched):
-            self.workers[i] = self._started(one)
+            try:
+                self.workers[i] = self._started(one)
+            except BaseException:
+                # the ones after it were launched but never started: killed, so that the
+                # monitor finds them down and restarts them (a worker that never started
+                # answered ping as healthy, its partitions never read)
+                for rest in launched[i + 1 :]:
+                    self.runtime.kill(rest.handle)
+                raise
 
     def _retire(self, worker: Any) -> None:
         """Stop a worker with its final checkpoint (if it still answers), then kill it."""

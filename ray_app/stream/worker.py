@@ -515,14 +515,22 @@ class StreamWorker:
                 "worker %s: the loop did not stop in 30 s; no final checkpoint", self.worker_id
             )
         else:
-            self.checkpoint(wait_commit=True)
+            try:
+                self.checkpoint(wait_commit=True)
+            finally:  # a failed write (its error raised again here) must not leak the rest
+                self._close()
+            return {str(p): o for p, o in self.next_offset.items()}
+        self._close()
+        return {str(p): o for p, o in self.next_offset.items()}
+
+    def _close(self) -> None:
+        """Close the writer, the Kafka clients, tracing and the profile socket."""
         self._writer.close()
         self._consumer.close()
         self._producer.close()
         self.tracing.shutdown()
         if self._profile_server is not None:
             self._profile_server.close()
-        return {str(p): o for p, o in self.next_offset.items()}
 
     def crash(self) -> None:
         """Stop as a killed process would: the loop ends, nothing is checkpointed or flushed
@@ -547,7 +555,9 @@ class StreamWorker:
             return None
 
     def ping(self) -> str | None:
-        """None when healthy, else the error that stopped the loop."""
+        """None when healthy, else the error that stopped the loop (or that it never ran)."""
+        if self.error is None and self._thread is None:
+            return "not started"
         return self.error
 
     def profile_address(self) -> Address | None:

@@ -131,3 +131,37 @@ def test_a_closed_server_breaks_its_channels(server):
         return channel
 
     assert asyncio.run(scenario()).broken
+
+
+def test_a_peer_that_stops_answering_breaks_the_channel(monkeypatch):
+    """A worker's node gone without FIN or RST (or a wedged peer): callers give up at their
+    own deadlines, so the channel used to stay open, every read waiting its deadline out and
+    never falling back to the actor. A request unanswered for ANSWER_TIMEOUT_S breaks it."""
+    from ray_app.stream import profile_socket
+
+    monkeypatch.setattr(profile_socket, "ANSWER_TIMEOUT_S", 0.2)
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:  # accepts, reads nothing, answers nothing
+        conn, _ = silent.accept()
+        held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    async def scenario() -> ProfileChannel:
+        channel = await ProfileChannel.open(("127.0.0.1", silent.getsockname()[1], b"t" * 32))
+        with pytest.raises(TimeoutError):  # the caller's deadline, as /v1/decide's
+            await asyncio.wait_for(channel.profiles_of([(0, "u1")]), 0.05)
+        assert not channel.broken  # a slow answer is not yet a dead peer
+        await asyncio.sleep(0.3)
+        with pytest.raises(ConnectionError, match=r"no answer in 0\.2 s"):
+            await channel.profiles_of([(0, "u1")])
+        return channel
+
+    try:
+        assert asyncio.run(scenario()).broken
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()

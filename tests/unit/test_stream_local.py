@@ -224,3 +224,76 @@ def test_moves_even_out_the_spread_one_at_a_time():
     assert placement.least_loaded(nodes, worker_nodes, index=0, avoid="a") in ("b", "c")
     kept, suspects = placement.usable(nodes, {"b": 100.0, "c": 0.0}, now=120.0)
     assert kept == ["a", "c"] and suspects == {"b": 100.0}  # b lost a worker 20 s ago
+
+
+class _FlakyRuntime(LocalRuntime):
+    """Fails the next ``fail[method]`` calls of a method as a Ray timeout does (WorkerGone);
+    keeps every handle it spawned."""
+
+    def __init__(self, broker: InMemoryBroker) -> None:
+        super().__init__(broker)
+        self.fail: dict[str, int] = {}
+        self.spawned: list = []
+
+    def spawn(self, *args):  # type: ignore[no-untyped-def]
+        handle = super().spawn(*args)
+        self.spawned.append(handle)
+        return handle
+
+    def call(self, handle, method, *args, timeout=30.0):  # type: ignore[no-untyped-def]
+        from ray_app.stream.runtime import WorkerGone
+
+        if self.fail.get(method):
+            self.fail[method] -= 1
+            raise WorkerGone(f"GetTimeoutError: {method} timed out")
+        return super().call(handle, method, *args, timeout=timeout)
+
+
+def _running(rt: _FlakyRuntime) -> list:
+    return [
+        h for h in rt.spawned
+        if not h.dead and h.worker._thread is not None and h.worker._thread.is_alive()
+    ]  # fmt: skip
+
+
+def test_a_replacement_whose_start_fails_halfway_is_killed_not_left_running(tmp_path):
+    """A call after the replacement's start times out (on Ray the worker runs on): the
+    supervisor kills it before the next check starts another, so one loop owns the partitions
+    (two used to, every side output written twice)."""
+    broker = InMemoryBroker(partitions=2)
+    settings = make_settings(None, ONRAMP_KAFKA__PARTITIONS="2")
+    rt = _FlakyRuntime(broker)
+    sup = StreamSupervisor(settings, "in-memory", workers=1, checkpoint_uri=str(tmp_path / "ck"),
+                           monitor_interval_s=3600, runtime=rt).start()  # fmt: skip
+    try:
+        sup.kill(0)
+        rt.fail["refused_partitions"] = 1
+        with pytest.raises(Exception, match="timed out"):
+            sup.check()
+        assert sup.check() == 1
+        assert len(_running(rt)) == 1 and _running(rt)[0] is sup.workers[0]
+    finally:
+        sup.stop()
+    assert _running(rt) == []
+
+
+def test_workers_a_failed_rescale_never_started_are_restarted(tmp_path):
+    """A rescale whose first worker fails to start: the workers launched after it were never
+    started yet answered ping as healthy, so their partitions were never read. They are killed
+    (and say "not started" if asked), and the next check restarts them."""
+    broker = InMemoryBroker(partitions=4)
+    settings = make_settings(None, ONRAMP_KAFKA__PARTITIONS="4")
+    rt = _FlakyRuntime(broker)
+    sup = StreamSupervisor(settings, "in-memory", workers=2, checkpoint_uri=str(tmp_path / "ck"),
+                           monitor_interval_s=3600, runtime=rt).start()  # fmt: skip
+    try:
+        rt.fail["start"] = 2  # worker 0's start, on its node and again elsewhere
+        with pytest.raises(Exception, match="timed out"):
+            sup.rescale(2)
+        assert sup.check() == 2
+        assert sup.check() == 0
+        running = _running(rt)
+        assert sorted(p for h in running for p in h.worker.partitions) == [0, 1, 2, 3]
+        assert all(rt.call(w, "ping") is None for w in sup.workers)
+    finally:
+        sup.stop()

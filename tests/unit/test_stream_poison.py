@@ -405,3 +405,35 @@ def test_offsets_every_fetch_skips_are_taken_as_a_hole_only_after_fetching_again
     part = w.status()["partitions"]["0"]
     assert part["nextOffset"] == 8 and part["offsetGaps"] == 2 and part["fetchedAgain"] == 1
     w.stop()
+
+
+def test_a_worker_whose_checkpoints_fail_still_closes_on_stop(tmp_path):
+    """The writer's failure stops the loop and is raised again by stop()'s final checkpoint;
+    the Kafka clients and the profile socket are closed all the same (stop() used to leave
+    them open, and an in-process rescale stopped partway)."""
+    from ray_app.kafka.client import OutRecord
+
+    key = b"k" * 32
+
+    class FailingStore(CheckpointStore):
+        def save(self, *args):  # type: ignore[no-untyped-def]
+            raise OSError("disk full")
+
+    broker = InMemoryBroker(partitions=1)
+    settings = make_settings(
+        None, ONRAMP_KAFKA__PARTITIONS="1", ONRAMP_STREAM__CHECKPOINT_INTERVAL_S="0.05"
+    )
+    w = StreamWorker("w0", settings, "x", [0], str(tmp_path), key,
+                     consumer=InMemoryConsumer(broker), producer=InMemoryProducer(broker),
+                     store=FailingStore(tmp_path, key))  # fmt: skip
+    w.start()
+    InMemoryProducer(broker).send_all(
+        [OutRecord(settings.topics.events, good("a"), key=b"u1")]
+    ).result(5)
+    deadline = time.monotonic() + 10
+    while w.error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert w.error is not None and "disk full" in w.error
+    with pytest.raises(OSError, match="disk full"):
+        w.stop()
+    assert w._profile_server is None or w._profile_server._closed
