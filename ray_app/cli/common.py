@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pydantic import ValidationError
+
 from ray_app.config import Settings
 from ray_app.errors import ConfigError, OnrampError
 
@@ -247,14 +249,25 @@ def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
     >>> s = with_overrides(Settings(), sim={"users": 7, "rate": None})
     >>> s.sim.users, s.sim.rate == Settings().sim.rate
     (7, True)
+    >>> with_overrides(Settings(), sim={"users": 0})
+    Traceback (most recent call last):
+    ...
+    ray_app.errors.ConfigError: --users: Input should be greater than or equal to 1
     """
     data = settings.model_dump()
     for section, values in sections.items():
         data[section].update({k: v for k, v in values.items() if v is not None})
     try:
         return Settings.model_validate(data)
-    except Exception as exc:
-        raise ConfigError(f"invalid argument: {exc}") from None
+    except ValidationError as exc:  # named as the option that set it (each is the key's name)
+        given = {(section, k) for section, values in sections.items() for k, v in values.items()
+                 if v is not None}  # fmt: skip
+        reasons = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(str(p) for p in err["loc"])
+            name = f"--{loc[1].replace('_', '-')}" if loc[:2] in given else ".".join(loc)
+            reasons.append(f"{name}: {err['msg']}")
+        raise ConfigError("; ".join(reasons)) from None
 
 
 def decide_key(settings: Settings) -> str | None:

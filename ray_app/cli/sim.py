@@ -10,6 +10,7 @@ from typing import Any
 from ray_app.cli.common import Stop, with_overrides
 from ray_app.cli.output import dumps
 from ray_app.config import Settings
+from ray_app.errors import ConfigError
 
 __all__ = ["add_parser", "run"]
 
@@ -36,6 +37,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = with_overrides(
         settings, sim={"users": args.users, "rate": args.rate, "seed": args.seed}
     )
+    if args.write_key is not None and not args.write_key.strip():
+        raise ConfigError("--write-key: empty (leave it out for the first of collector.write_keys)")
+    if not args.url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"--url: expected the collector's http:// or https:// URL, got {args.url!r}"
+        )
     key = args.write_key or next(iter(settings.collector.write_keys.values())).get_secret_value()
     stop = Stop()
     stop.install()

@@ -550,6 +550,9 @@ def _garbage_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
          "Is a directory"),
         (["train", "--data", str(tmp / "absent"), "--lr", "nan"], 2, "lr: must be a finite number > 0"),
         (["train", "--data", ""], 2, "data: empty"),
+        (["sim", "--users", "0"], 2, "--users: Input should be greater than or equal to 1"),
+        (["sim", "--write-key", ""], 2, "--write-key: empty"),
+        (["sim", "--url", "not-a-url", "--users", "1"], 2, "--url: expected the collector's"),
     ]  # fmt: skip
 
 
