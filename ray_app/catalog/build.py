@@ -150,6 +150,8 @@ def _slot(scope: _Scope, si: int, name: str, sspec: SlotSpec) -> Slot:
     for ai, aspec in enumerate(sspec.actions):
         actions.append(_action(scope, f"{at}.actions", ai, aspec, sspec.kind, index))
         index[aspec.id] = ai
+    if sspec.kind == "step":
+        _check_no_requires_cycle(scope, f"{at}.actions", actions)
     _check_default(scope, at, name, sspec.default, index)
     order, rank = control_order([index[a] for a in sspec.default], len(actions))
     return Slot(
@@ -221,6 +223,36 @@ def _check_requires(scope: _Scope, aat: str, requires: list[str]) -> None:
             )
         if req in requires[:ri]:
             raise scope.error(f"{aat}.requires[{ri}]", f"duplicate step {req!r}")
+
+
+def _check_no_requires_cycle(scope: _Scope, where: str, actions: list[Action]) -> None:
+    """A step slot whose actions require each other in a cycle (a requires b, b requires a):
+    a user who has completed none of them can be shown none of them."""
+    requires = {a.id: [r for r in a.requires if r != a.id] for a in actions}
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(step: str, path: list[str]) -> list[str] | None:
+        state[step] = 1
+        for req in requires.get(step, ()):
+            if state.get(req) == 1:
+                return [*path[path.index(req) :], req] if req in path else [step, req]
+            if req in requires and state.get(req) is None:
+                cycle = visit(req, [*path, req])
+                if cycle:
+                    return cycle
+        state[step] = 2
+        return None
+
+    for a in actions:
+        if state.get(a.id) is None:
+            cycle = visit(a.id, [a.id])
+            if cycle:
+                first = next(x for x in actions if x.id == cycle[0])
+                raise scope.error(
+                    f"{where}[{first.index}].requires",
+                    f"steps that require each other: {' -> '.join(cycle)}; a user who has "
+                    "completed none of them can be shown none of them",
+                )
 
 
 def _check_action_segments(scope: _Scope, aat: str, segments: list[str] | None) -> None:

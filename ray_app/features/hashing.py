@@ -207,6 +207,16 @@ class Hashing:
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, frozenset(k.strip().lower() for k in v))
+        if self.include is not None and not self.include:
+            raise ValueError(
+                "features.include is empty: it would keep no trait; leave it out to keep every one"
+            )
+        both = sorted(self.numeric & self.categorical)
+        if both:
+            raise ValueError(
+                f"features.numeric and features.categorical both name {both[0]!r}: a key is read "
+                "as a number or as exact values, not both"
+            )
         # memories of keeps(), token_buckets(), an attribute's tokens and a cross's bucket: not
         # fields (not compared, not pickled)
         object.__setattr__(self, "_keeps", {})

@@ -499,3 +499,33 @@ def test_negative_events_and_features_sections():
         assert getattr(FeatureSchema.from_catalog(default).hashing, field) == default_weight
         with pytest.raises(CatalogError, match=rf"features: features.{field} must be"):
             Catalog.from_dict({**base, "features": {field: bad}})
+
+
+def test_a_catalog_that_could_never_serve_as_written_is_refused():
+    """Found in review as accepted: steps that require each other in a cycle (a user who has
+    completed none can be shown none), ``features.include: []`` (no trait kept) and a key both
+    numeric and categorical."""
+    from importlib import resources
+
+    from ray_app.catalog.model import Catalog
+
+    text = resources.files("ray_app.catalog").joinpath("default.yaml").read_text()
+    cycle = text.replace(
+        "      - id: role\n        requires: [welcome]",
+        "      - id: role\n        requires: [goals]",
+    ).replace(
+        "      - id: goals\n        requires: [welcome]",
+        "      - id: goals\n        requires: [role]",
+    )
+    assert cycle != text
+    with pytest.raises(
+        CatalogError,
+        match=r"actions\[1\]\.requires: steps that require each other: role -> goals -> role",
+    ):
+        Catalog.from_yaml(cycle, source="c.yaml")
+    for features, needle in (
+        ("features:\n  include: []\n", "features.include is empty"),
+        ("features:\n  numeric: [seats]\n  categorical: [Seats]\n", "both name 'seats'"),
+    ):
+        with pytest.raises(CatalogError, match=needle):
+            Catalog.from_yaml(text + "\n" + features, source="c.yaml")
