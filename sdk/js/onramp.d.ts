@@ -27,6 +27,8 @@ export interface OnrampOptions {
   maxBatchBytes?: number;
   /** Largest sendBeacon body (default 60 KB; browsers refuse more than 64 KB). */
   maxBeaconBytes?: number;
+  /** Largest event (default 32 KB, the collector's limit): a bigger call is refused at once. */
+  maxEventBytes?: number;
   /** First retry delay; doubles per failure, with jitter (default 500 ms). */
   retryBaseMs?: number;
   /** Longest retry delay, unless Retry-After asks for more (default 30 s). */

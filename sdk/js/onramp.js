@@ -29,6 +29,7 @@ const DEFAULTS = {
   maxQueueSize: 1000,
   maxBatchBytes: 450 * 1024,
   maxBeaconBytes: 60 * 1024,
+  maxEventBytes: 32 * 1024, // the collector refuses a bigger event (collector.max_event_bytes)
   retryBaseMs: 500,
   retryMaxMs: 30000,
   sessionTimeoutMs: 30 * 60 * 1000,
@@ -118,6 +119,25 @@ class BadCall extends Error {}
 
 function isObject(v) {
   return v != null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** A stored session as this SDK writes it (another version's, or garbage, is not one). */
+function validSession(s) {
+  return (
+    isObject(s) &&
+    typeof s.id === 'string' &&
+    s.id !== '' &&
+    Number.isSafeInteger(s.seq) &&
+    s.seq >= 0 &&
+    Number.isFinite(s.last)
+  );
+}
+
+/** The queued events of a stored queue (anything that is not one is left out). */
+function validEvents(stored) {
+  return Array.isArray(stored)
+    ? stored.filter((e) => isObject(e) && typeof e.messageId === 'string' && e.messageId !== '')
+    : [];
 }
 
 /** `value` as a JSON object for the event (`null`/`undefined`: empty); refuses anything else. */
@@ -320,7 +340,10 @@ function makeClient(o, warn) {
 
   function nextSeq() {
     const t = now();
-    if (!session || typeof session.id !== 'string' || t - session.last > o.sessionTimeoutMs) {
+    // read again: another tab of this site may have taken seqs of the same session since
+    const stored = load('session', null);
+    if (validSession(stored)) session = stored;
+    if (!validSession(session) || t - session.last > o.sessionTimeoutMs) {
       session = { id: uuid4(random), seq: 0, last: t };
     }
     const seq = session.seq;
@@ -330,30 +353,58 @@ function makeClient(o, warn) {
   }
 
   // -- the queue -----------------------------------------------------------------------------
-  let queue = load('queue', []);
-  if (!Array.isArray(queue)) queue = [];
+  let queue = validEvents(load('queue', []));
+  const removed = new Set(); // messageIds this tab sent or dropped: not taken back from storage
   const stats = { enqueued: 0, sent: 0, dropped: 0, retries: 0, batches: 0, beaconed: 0 };
   let inflight = 0; // events at the head of the queue being sent now
   let timer = null;
   let attempt = 0; // consecutive failed attempts
   let healthy = true; // the last send reached the collector
   let flushing = null;
+  let retryAt = 0; // while backing off (a failed send, Retry-After): no send before this time
 
+  /** Write the queue, merged with what another tab of this site queued meanwhile (the key is
+   * shared: writing this tab's queue alone would drop theirs). Events another tab queued are
+   * sent by whichever tab flushes first; a repeat is one messageId, which the stream dedupes. */
   function persist() {
+    const stored = validEvents(load('queue', []));
+    if (stored.length) {
+      const mine = new Set(queue.map((e) => e.messageId));
+      for (const e of stored) {
+        if (!mine.has(e.messageId) && !removed.has(e.messageId)) queue.push(e);
+      }
+      while (queue.length > o.maxQueueSize) {
+        forget(queue.splice(inflight, 1).map((e) => e.messageId));
+        stats.dropped += 1;
+      }
+    }
     save('queue', queue);
+  }
+
+  function forget(ids) {
+    for (const id of ids) {
+      removed.add(id);
+      if (removed.size > 4 * o.maxQueueSize) removed.delete(removed.values().next().value);
+    }
   }
 
   function enqueue(event) {
     queue.push(event);
     stats.enqueued += 1;
     while (queue.length > o.maxQueueSize) {
-      // never drop what is being sent; drop the oldest waiting event
-      queue.splice(inflight, 1);
+      // never drop what is being sent; drop the oldest waiting event (and not take it back
+      // from storage, where it still is until the queue is written)
+      forget(queue.splice(inflight, 1).map((e) => e.messageId));
       stats.dropped += 1;
       emit('error', { kind: 'queue_full', dropped: 1 });
     }
     persist();
-    if (queue.length - inflight >= o.flushAt) schedule(0);
+    const wait = retryAt - now();
+    if (wait > 0) {
+      // backing off: a full queue waits for the retry too (sending at once would be a storm
+      // against a collector that asked for time)
+      if (timer === null) schedule(wait);
+    } else if (queue.length - inflight >= o.flushAt) schedule(0);
     else if (timer === null) schedule(o.flushIntervalMs);
   }
 
@@ -389,12 +440,15 @@ function makeClient(o, warn) {
     inflight = batch.length;
     let outcome;
     let retryAfterS = null;
+    const data = body(batch);
     try {
       const res = await fetchFn(`${host}/v1/batch`, {
         method: 'POST',
         headers: { 'Content-Type': 'text/plain' },
-        body: body(batch),
-        keepalive: false,
+        body: data,
+        // a send the browser finishes if the page closes meanwhile (keepalive bodies are
+        // limited to 64 KB in all; a bigger batch is beaconed again on close instead)
+        keepalive: byteLength(data) <= o.maxBeaconBytes,
       });
       outcome = classifyStatus(res.status);
       if (outcome === 'retry') {
@@ -419,11 +473,15 @@ function makeClient(o, warn) {
       healthy = false;
       attempt += 1;
       stats.retries += 1;
-      return { retry: backoffMs(attempt, { baseMs: o.retryBaseMs, maxMs: o.retryMaxMs, retryAfterS }) };
+      const wait = backoffMs(attempt, { baseMs: o.retryBaseMs, maxMs: o.retryMaxMs, retryAfterS });
+      retryAt = now() + wait;
+      return { retry: wait };
     }
     healthy = true;
     attempt = 0;
+    retryAt = 0;
     const ids = new Set(batch.map((e) => e.messageId));
+    forget(ids);
     queue = queue.filter((e) => !ids.has(e.messageId));
     persist();
     stats.batches += 1;
@@ -465,7 +523,10 @@ function makeClient(o, warn) {
   /** Page is going away: hand what is queued to sendBeacon (only when the collector was
    * reachable; during an outage the events stay in localStorage for the next page load). */
   function beaconFlush() {
-    if (!beacon || !healthy || inflight || !queue.length) return 0;
+    if (!beacon || !healthy || !queue.length) return 0;
+    // a send in flight is beaconed again: the browser may cancel it with the page, and a
+    // repeat is the same messageId, which the stream dedupes
+    inflight = 0;
     let sent = 0;
     while (queue.length) {
       const batch = takeBatch(o.maxBeaconBytes, o.flushAt);
@@ -478,7 +539,9 @@ function makeClient(o, warn) {
         emit('error', { kind: 'beacon', error: err });
       }
       if (!ok) break;
-      queue = queue.slice(batch.length);
+      const ids = new Set(batch.map((e) => e.messageId));
+      forget(ids);
+      queue = queue.filter((e) => !ids.has(e.messageId));
       sent += batch.length;
     }
     stats.beaconed += sent;
@@ -487,7 +550,14 @@ function makeClient(o, warn) {
   }
 
   // -- decisions -----------------------------------------------------------------------------
-  const decisions = load('decisions', {}); // action id -> last decision that chose it
+  // action id -> last decision that chose it (anything else stored there is dropped)
+  const decisions = {};
+  const storedDecisions = load('decisions', {});
+  if (isObject(storedDecisions)) {
+    for (const [k, v] of Object.entries(storedDecisions)) {
+      if (isObject(v) && typeof v.decisionId === 'string') decisions[k] = v;
+    }
+  }
 
   function remember(answer) {
     if (!answer || !answer.decisionId || !answer.chosen) return;
@@ -611,6 +681,14 @@ function makeClient(o, warn) {
   }
 
   function base(type, extra, callOpts = {}) {
+    // what the caller gave, measured before a seq is taken: the collector refuses an event
+    // over its limit, and one that size would also block the page-close send
+    const given = byteLength(JSON.stringify(extra)) + byteLength(JSON.stringify(callOpts.context || {}));
+    if (given > o.maxEventBytes - 2048) {
+      throw new BadCall(
+        `the event's fields are ${given} bytes; the collector refuses events over ${o.maxEventBytes}`,
+      );
+    }
     const { sessionId, seq } = nextSeq();
     const ctx = { ...(callOpts.context || {}) };
     const onramp = { ...(isObject(ctx.onramp) ? ctx.onramp : {}), sessionId, seq };

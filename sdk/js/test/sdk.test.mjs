@@ -342,3 +342,82 @@ test('the IIFE build is up to date and exposes window.Onramp', () => {
   assert.equal(c.userId, 'u1');
   c.close();
 });
+
+test('backing off: new events wait for the retry, a full queue does not start a storm', async () => {
+  const { c, timers, net } = client({ answer: () => ({ status: 429, headers: { 'Retry-After': '60' } }) });
+  for (let i = 0; i < 20; i++) c.track('E', { i });
+  await timers.advance(10);
+  assert.equal(net.requests.length, 1);
+  for (let i = 0; i < 30; i++) {
+    c.track('More', { i }); // past flushAt: used to send at once, every event
+    await timers.advance(100);
+  }
+  assert.equal(net.requests.length, 1, 'Retry-After: 60 s is kept');
+  await timers.advance(60_000);
+  assert.ok(net.requests.length >= 2, 'and the retry comes');
+});
+
+test('two tabs share the queue and the session: nothing overwritten, no seq taken twice', async () => {
+  const storage = memoryStorage();
+  const timers = fakeTimers();
+  const offline = () => { throw new TypeError('offline'); };
+  const a = client({ storage, timers, answer: offline });
+  const b = client({ storage, timers, answer: offline });
+  a.c.track('A1');
+  b.c.track('B1');
+  a.c.track('A2');
+  b.c.track('B2');
+  const events = new Map([...a.c.queuedEvents(), ...b.c.queuedEvents()].map((e) => [e.messageId, e]));
+  const seqs = [...events.values()].map((e) => e.context.onramp.seq).sort();
+  assert.deepEqual(seqs, [0, 1, 2, 3], 'each call its own seq of the shared session');
+  b.c.close(); // tab B closes during the outage: its events stay in storage
+  a.c.track('A3'); // tab A writes the queue again: B's events are kept
+  const stored = JSON.parse(storage.getItem('onramp.queue')).map((e) => e.event).sort();
+  assert.deepEqual(stored, ['A1', 'A2', 'A3', 'B1', 'B2']);
+  a.c.close();
+});
+
+test('garbage another version left in storage is not a crash: decisions, queue, session', async () => {
+  const storage = memoryStorage();
+  storage.setItem('onramp.decisions', JSON.stringify(null));
+  storage.setItem('onramp.queue', JSON.stringify([null, 7, { messageId: 'm-old', type: 'track', event: 'Old' }]));
+  storage.setItem('onramp.session', JSON.stringify({ id: 'sess-old' })); // no seq
+  const { c, timers, net } = client({ storage });
+  const viewed = await c.track('Step Viewed', { stepId: 'team_size' });
+  assert.ok(viewed.ok, viewed.error);
+  assert.equal(viewed.event.context.onramp.seq, 0, 'a session without seq is a new one, seq 0 (not null)');
+  await timers.advance(1000);
+  assert.deepEqual(sentEvents(net).map((e) => e.messageId ?? null).length, 2);
+  assert.equal(c.queued, 0, 'the queue drains: no null entry stalls it');
+  c.reset(); // logout works on a garbage decisions map
+  assert.equal(storage.getItem('onramp.userId'), null);
+});
+
+test('an event the collector would refuse for its size is refused at the call', async () => {
+  const { c } = client();
+  const r = await c.track('Big', { blob: 'x'.repeat(40 * 1024) });
+  assert.equal(r.ok, false);
+  assert.match(String(r.error), /refuses events over 32768/);
+  assert.equal(c.queued, 0);
+});
+
+test('closing the page while a send is in flight beacons the queue, and small sends use keepalive', async () => {
+  const beacons = [];
+  let release;
+  const storage = memoryStorage();
+  const { c, timers, net } = client({
+    storage,
+    answer: () => new Promise((resolve) => { release = () => resolve({ status: 200, body: { success: true } }); }),
+    options: { sendBeacon: (url, data) => { beacons.push(data); return true; } },
+  });
+  for (let i = 0; i < 8; i++) c.track('E', { i });
+  await timers.advance(1000);
+  assert.equal(net.requests.length, 1);
+  assert.equal(net.requests[0].keepalive, true, 'a small batch survives the page');
+  assert.equal(c.beaconFlush(), 8, 'the in-flight events again (one messageId each)');
+  const beaconed = (await Promise.all(beacons.map((b) => b.text()))).flatMap((t) => JSON.parse(t).batch);
+  assert.deepEqual(beaconed.map((e) => e.messageId).sort(), net.requests[0].json.batch.map((e) => e.messageId).sort());
+  release();
+  await settle();
+  assert.equal(c.queued, 0);
+});
