@@ -14,6 +14,8 @@ yaml.constructor.ConstructorError: duplicate key 'a'
   in "<unicode string>", line 2, column 1:
     a: 2
     ^
+>>> load_yaml("base: &b {x: 1, y: 2}\\nmine: {<<: *b, y: 3}")["mine"]  # merges as safe_load
+{'x': 1, 'y': 3}
 >>> load_yaml("[" * 5000)
 Traceback (most recent call last):
 ...
@@ -33,9 +35,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """Safe YAML that refuses duplicate keys instead of keeping the last one silently."""
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:  # ``<<: *defaults``: merged below, its keys overridable
+            continue
         key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
         try:
             dup = key in seen

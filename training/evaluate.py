@@ -39,6 +39,7 @@ from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, setup_
 from ray_app.cli.output import dumps, working
 from ray_app.config import Settings, load_settings
 from ray_app.errors import ConfigError, FieldError
+from ray_app.experiments import Experiment
 from ray_app.records import DECISION_SCHEMAS, REWARD_SCHEMA, REWARD_SCHEMAS, RewardRecord
 from training.ope import BanditLog, Estimate, evaluate
 
@@ -79,7 +80,7 @@ class OnrampLog:
     offset: dict[str, int]
     allowed: np.ndarray
     skipped: int
-    #: Rewards of the control arm left out: its static flow shows one action with propensity
+    #: Rewards of the arms that serve the static flow (control, holdout) left out: it shows one action with propensity
     #: 1, so its rows never show what another policy would choose (no positivity); the
     #: estimates are for the users of the exploring arms, a random share of all by the split.
     control: int = 0
@@ -120,7 +121,7 @@ def onramp_log_from_records(
     rows = []
     control = 0
     for did, rec in rewards.items():
-        if rec.get("arm") == "control":
+        if Experiment.serves_control(str(rec.get("arm"))):  # control and holdout alike
             control += 1
             continue
         d = decisions.get(did)

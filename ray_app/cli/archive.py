@@ -105,7 +105,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         consumer.close()
     progress.close()
     print(dumps(report.as_dict(), indent=2))
-    if report.unreachable:
+    if report.unreachable and not report.interrupted:
         raise KafkaUnavailable(
             f"Kafka at {bootstrap} reported none of the {report.partitions} partitions of "
             f"{', '.join(topics)} in {report.seconds:.0f} s: is it running, and are these its "

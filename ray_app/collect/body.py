@@ -70,6 +70,9 @@ class Limits:
 
 
 _GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of a gzip member (RFC 1952)
+#: Members one body may hold (a client concatenates a few; thousands of tiny ones cost the
+#: ingress a decompressor each).
+_MAX_GZIP_MEMBERS = 64
 
 
 def _decode_int(text: str) -> int | UnrepresentableNumber:
@@ -172,13 +175,14 @@ def _gunzip(body: bytes, limit: int) -> bytes:
             ReasonCode.BODY_TOO_LARGE, None, f"request body is over {limit} bytes once decompressed"
         )
     )
-    out = b""
+    parts: list[bytes] = []
+    size = 0
     rest = body
-    while True:
+    for _ in range(_MAX_GZIP_MEMBERS):
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            part = d.decompress(rest, limit + 1 - len(out))
-            if len(out) + len(part) > limit or d.unconsumed_tail:
+            part = d.decompress(rest, limit + 1 - size)
+            if size + len(part) > limit or d.unconsumed_tail:
                 raise too_large
             part += d.flush()
         except zlib.error as exc:
@@ -187,8 +191,9 @@ def _gunzip(body: bytes, limit: int) -> bytes:
                     ReasonCode.INVALID_GZIP, "Content-Encoding", f"body is not valid gzip: {exc}"
                 )
             ) from None
-        out += part
-        if len(out) > limit:
+        parts.append(part)
+        size += len(part)
+        if size > limit:
             raise too_large
         if not d.eof:
             raise RequestRejected(
@@ -196,7 +201,7 @@ def _gunzip(body: bytes, limit: int) -> bytes:
             )
         rest = d.unused_data
         if not rest:
-            return out
+            return b"".join(parts)
         if not rest.startswith(_GZIP_MAGIC):
             raise RequestRejected(
                 rejection(
@@ -206,6 +211,13 @@ def _gunzip(body: bytes, limit: int) -> bytes:
                     "another gzip member",
                 )
             )
+    raise RequestRejected(
+        rejection(
+            ReasonCode.INVALID_GZIP,
+            "Content-Encoding",
+            f"more than {_MAX_GZIP_MEMBERS} gzip members in one body",
+        )
+    )
 
 
 # -- encoding and the contract's bounds -----------------------------------------------------

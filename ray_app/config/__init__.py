@@ -158,9 +158,14 @@ def _takes_text(path: list[str]) -> bool:
     model: Any = Settings
     for part in path:
         fields = getattr(model, "model_fields", None)
-        if fields is None or part not in fields:
+        if fields is not None:
+            if part not in fields:
+                return False
+            model = fields[part].annotation
+        elif typing.get_origin(model) is dict:  # one entry of a map (a key by its name)
+            model = typing.get_args(model)[1]
+        else:
             return False
-        model = fields[part].annotation
     union = typing.get_origin(model) in (typing.Union, types.UnionType)  # X | None
     args = [a for a in typing.get_args(model) if a is not type(None)] if union else [model]
     return bool(args) and all(a in (str, SecretStr, Path) for a in args)

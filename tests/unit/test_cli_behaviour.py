@@ -571,3 +571,24 @@ def test_garbage_on_the_command_line_is_one_line_and_an_exit_status(tmp_path, ca
         assert rc == status, (argv, rc, err)
         assert message in err, (argv, err)
         assert "Traceback" not in err, (argv, err)
+
+
+def test_archive_interrupted_before_any_partition_answered_is_an_interruption(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """Ctrl-C before the broker reported anything is exit 130, not "is Kafka running?"."""
+
+    class SilentThenInterrupted(InMemoryConsumer):
+        def highwater(self, topic: str, partition: int) -> int | None:
+            return None
+
+        def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list:
+            signal.raise_signal(signal.SIGINT)
+            return []
+
+    broker = InMemoryBroker(partitions=2)
+    _archive_env(monkeypatch, broker, SilentThenInterrupted(broker))
+    rc = main(["archive", "--topics", "rewards", "--out", str(tmp_path / "a"), "--idle", "5"])
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "is it running" not in err

@@ -135,3 +135,17 @@ def test_environment_values_as_yaml_are_explained_and_text_settings_are_taken_as
         == listed
     )  # type: ignore[union-attr]
     assert load_settings(env={"ONRAMP_DECIDE__ARMS": "{control: 1}"}).decide.arms == {"control": 1}
+    one = load_settings(env={"ONRAMP_COLLECTOR__WRITE_KEYS__WEB": "[web-key-0123456789abcdef]"})
+    assert one.collector.write_keys["web"].get_secret_value() == "[web-key-0123456789abcdef]"
+
+
+def test_a_settings_file_may_use_yaml_merge_keys(tmp_path):
+    """``<<: *anchor`` merges as yaml.safe_load merges it (the duplicate-key check skips it)."""
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        "collector:\n"
+        "  write_keys: &keys {web: web-key-0123456789abcdefghij}\n"
+        "  read_keys:\n    <<: *keys\n    ops: ops-key-0123456789abcdefghij\n"
+    )
+    s = load_settings(f, env={})
+    assert sorted(s.collector.read_keys) == ["ops", "web"]

@@ -146,6 +146,8 @@ def test_off_policy_estimates_leave_the_control_arm_out():
     assert table.control == 2000 and table.log.n == 2000
     est = evaluate_onramp_logs(table, n_bootstrap=200)["uniform"]["ips"]
     assert est.ci_low <= 0.5 <= est.ci_high and abs(est.value - 0.5) < 0.05
+    holdout = [{**r, "arm": "holdout"} if r["arm"] == "control" else r for r in _mixed_arms_log()]
+    assert onramp_log_from_records(holdout, {"s": ["a", "b"]}).control == 2000  # static flow too
     only_control = [r for r in _mixed_arms_log(10) if r["arm"] == "control"]
     with pytest.raises(Exception, match="no reward records of an exploring arm"):
         onramp_log_from_records(only_control, {"s": ["a", "b"]})

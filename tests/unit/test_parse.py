@@ -211,6 +211,10 @@ def test_every_gzip_member_is_read_and_bytes_after_the_stream_are_refused():
     members = b"".join(gzip.compress(b" " * 1500) for _ in range(2)) + gzip.compress(first)
     over = req("batch", None, raw=members, encoding="gzip", limits=limits)
     assert over.status == 413 and over.rejections[0].reason is ReasonCode.BODY_TOO_LARGE
+    # thousands of tiny members would cost a decompressor each: refused past 64
+    many = b"".join(gzip.compress(b" ") for _ in range(65)) + gzip.compress(first + second)
+    refused = req("batch", None, raw=many, encoding="gzip")
+    assert refused.status == 400 and "more than 64 gzip members" in refused.rejections[0].message
 
 
 def test_unsupported_encoding_is_415():

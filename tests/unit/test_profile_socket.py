@@ -165,3 +165,25 @@ def test_a_peer_that_stops_answering_breaks_the_channel(monkeypatch):
         silent.close()
         for conn in held:
             conn.close()
+
+
+def test_answers_waiting_in_the_socket_are_taken_before_the_peer_is_judged(server, monkeypatch):
+    """A replica whose event loop was busy past the timeout: the answer is in the socket, not
+    missing, so the channel stays open (it was broken, and the read that had its answer with
+    it)."""
+    import time as clock
+
+    from ray_app.stream import profile_socket
+
+    monkeypatch.setattr(profile_socket, "ANSWER_TIMEOUT_S", 0.2)
+
+    async def scenario() -> bool:
+        channel = await ProfileChannel.open(server.address)
+        first = asyncio.ensure_future(channel.profiles_of([(0, "u1")]))
+        await asyncio.sleep(0)  # sent
+        clock.sleep(0.4)  # the loop is busy: the answer arrives meanwhile, unread
+        assert await channel.profiles_of([(0, "u2")]) == [{"userKey": "u2", "p": 0}]
+        assert await first == [{"userKey": "u1", "p": 0}]
+        return channel.broken
+
+    assert asyncio.run(scenario()) is False
