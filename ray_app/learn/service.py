@@ -148,6 +148,8 @@ class LearnerService:
         self.config = learner_config(settings)
         self.registry = ModelRegistry.from_settings(settings)
         self._registry_checked = time.monotonic()
+        #: A promotion this learner could not adopt (see _adopt_promotion): not tried again.
+        self._unadoptable_epoch: int | None = None
         self.learner = self._restore()
         self.topic = settings.topics.rewards
         self._consumer = make_consumer(bootstrap, settings.kafka)
@@ -187,17 +189,24 @@ class LearnerService:
             return None
 
     def _adopt_promotion(self, learner: OnlineLearner) -> None:
-        """Continue from the registry's promoted version if it is newer than the learner's."""
+        """Continue from the registry's promoted version if it is newer than the learner's. A
+        promotion that cannot be adopted (it cannot serve this catalog, or does not fit the
+        learner) is remembered as such: it neither blocks the learner's publishes (which would
+        otherwise be dropped for it for ever, nothing written) nor is tried again."""
         head = self.registry.promoted()
         if head is None or head.epoch <= learner.lineage.get("promotion", 0):
             return
+        if head.epoch == self._unadoptable_epoch:
+            return
         bundle = self._promoted()
         if bundle is None:
+            self._unadoptable_epoch = head.epoch
             return
         try:
             learner.adopt(bundle)
         except ValueError as exc:
             log.error("promoted version %d not adopted: %s", head.version, exc)
+            self._unadoptable_epoch = head.epoch
             return
         log.info(
             "learner continues from promoted version %d (promotion %d)", head.version, head.epoch
@@ -310,16 +319,24 @@ class LearnerService:
             head = self.registry.promoted()
         except (RegistryError, OSError):
             head = None
-        if head is not None and head.epoch > bundle.serving_rank[0]:
+        if (
+            head is not None
+            and head.epoch > bundle.serving_rank[0]
+            and head.epoch != self._unadoptable_epoch
+        ):
             # promoted since the last check: the promotion wins, this candidate is dropped
             # (written, it would replace the promoted file that new replicas load)
             self._adopt_promotion(self.learner)
-            return
+            if self._unadoptable_epoch != head.epoch:
+                return
+        # the state first: a crash between the two writes then skips a version number, where
+        # the other order would publish the same version again with other weights (which
+        # replicas that hold the first refuse, and new ones load)
+        write_file_atomically(self.state_path, self.learner.to_bytes())
         write_file_atomically(self.model_path, bundle.to_bytes())
         published_ms = int(time.time() * 1000)
         self.latencies_ms.extend(published_ms - t for t in self._awaiting)
         self._awaiting = []
-        write_file_atomically(self.state_path, self.learner.to_bytes())
         rollback = bundle.metadata.get("rollback")
         if rollback == "below_control":
             log.warning(

@@ -1,0 +1,116 @@
+"""The learner service's publishing, without Ray or Kafka: a stand-in consumer feeds it."""
+
+from __future__ import annotations
+
+import time
+import types
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import ray_app.learn.service as service
+from ray_app.model import cold_start_bundle
+from ray_app.model.registry import ModelRegistry
+from ray_app.sim.v2 import GroundTruth
+from tests.conftest import make_settings
+from tests.unit.test_learn import CATALOG, SCHEMA, logged
+
+
+class _Topic:
+    """One partition of reward records and a consumer of it."""
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+
+    def consumer(self, *args: Any, **kwargs: Any) -> Any:
+        topic = self
+
+        class Consumer:
+            def __init__(self) -> None:
+                self.pos = 0
+
+            def assign_at(self, offsets: dict) -> None:
+                self.pos = max([o for (_, p), o in offsets.items() if p == 0] or [0])
+
+            def poll(self, timeout_s: float = 0.2, max_records: int = 2000) -> list:
+                out = [
+                    types.SimpleNamespace(partition=0, offset=o, value=v)
+                    for o, v in enumerate(topic.records)
+                    if o >= self.pos
+                ]
+                self.pos = len(topic.records)
+                return out
+
+            def close(self) -> None:
+                pass
+
+        return Consumer()
+
+
+@pytest.fixture
+def topic(monkeypatch) -> _Topic:
+    t = _Topic()
+    monkeypatch.setattr(service, "make_consumer", t.consumer)
+    return t
+
+
+def _settings(tmp: Path, **env: str) -> Any:
+    return make_settings(
+        None, ONRAMP_STATE_DIR=str(tmp), ONRAMP_LEARN__PUBLISH_INTERVAL_S="0.01",
+        ONRAMP_KAFKA__PARTITIONS="1", **env,
+    )  # fmt: skip
+
+
+def _feed(s: Any, topic: _Topic, records: list) -> None:
+    topic.records += [orjson.dumps(r.to_json()) for r in records]
+    batch = s._consumer.poll()
+    with s._lock:
+        s._learn(batch)
+        time.sleep(0.02)
+        s._maybe_publish()
+
+
+def test_a_promotion_the_learner_cannot_adopt_does_not_stop_its_publishes(tmp_path, topic):
+    """A version promoted under an older catalog (the catalog gained an action since): the
+    learner cannot adopt it, and every candidate used to be dropped for it, for ever, with no
+    model file and no state written. It is remembered as not adoptable and the learner goes on
+    publishing."""
+    before = _settings(tmp_path)
+    registry = ModelRegistry.from_settings(before)
+    registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=1))
+    registry.promote(1, before.model_path, SCHEMA, CATALOG)
+    promoted = before.model_path.read_bytes()
+    text = resources.files("ray_app.catalog").joinpath("default.yaml").read_text()
+    grown = text.replace(
+        "      - template_gallery\n", "      - template_gallery\n      - webinar\n", 1
+    )
+    assert grown != text
+    (tmp_path / "catalog.yaml").write_text(grown)
+    after = _settings(tmp_path, ONRAMP_DECIDE__CATALOG_PATH=str(tmp_path / "catalog.yaml"))
+    s = service.LearnerService(after, "stand-in")
+    gt = GroundTruth(seed=4)
+    for k in range(3):
+        _feed(s, topic, logged(gt, k * 400, 400, seed=k))
+    assert s.learner.counters["publishes"] >= 1
+    assert after.model_path.read_bytes() != promoted, "the learner's candidate was written"
+    assert after.learner_state_path.exists(), "and its state with the offsets"
+
+
+def test_the_state_is_written_before_the_model_file(tmp_path, topic, monkeypatch):
+    """A crash between the two writes must not publish one version twice with two sets of
+    weights: the state first (a crash then skips a version), the model file second."""
+    written: list[str] = []
+    real = service.write_file_atomically
+
+    def recording(path: Path, data: bytes) -> None:
+        written.append(Path(path).name)
+        real(path, data)
+
+    monkeypatch.setattr(service, "write_file_atomically", recording)
+    settings = _settings(tmp_path)
+    s = service.LearnerService(settings, "stand-in")
+    _feed(s, topic, logged(GroundTruth(seed=5), 0, 400, seed=5))
+    assert written[:2] == [settings.learner_state_path.name, settings.model_path.name]
