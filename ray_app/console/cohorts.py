@@ -49,6 +49,12 @@ DONE_IDS = 1_000_000
 ORPHANS = 100_000
 #: Decisions waiting for a reward, at most (a decision whose reward never comes is dropped).
 PENDING = 1_000_000
+#: Steps the funnel counts beyond the catalog's (its rows after the catalog's): a stepId is
+#: whatever a client sends with the public write key, so past these a new one is ignored.
+EXTRA_STEPS = 32
+#: Users the funnel follows (a user id too is whatever a client sends): past it, new users
+#: are not counted in it (``funnelIgnored``).
+FUNNEL_USERS = 1_000_000
 
 
 def record_ms(ts: Any) -> int:
@@ -98,6 +104,8 @@ class Cohorts:
         counted: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         order = list(steps)
+        self._catalog_steps = frozenset(order)
+        self.funnel_ignored = 0  # step completions of steps or users past the bounds
         #: Called with each reward when it counts: at once, or when its decision arrives after it.
         self.counted = counted
         self._prev = {b: a for a, b in pairwise(order)}  # step -> the step before it
@@ -238,7 +246,16 @@ class Cohorts:
             self._completed[arm] = self._completed.get(arm, 0) + 1
 
     def step_completed(self, user: str, step: str) -> None:
-        """A ``Step Completed`` of ``step`` by ``user`` (a second one changes nothing)."""
+        """A ``Step Completed`` of ``step`` by ``user`` (a second one changes nothing). Steps
+        the catalog does not list are counted up to :data:`EXTRA_STEPS` of them, users up to
+        :data:`FUNNEL_USERS`; past either, the completion is ignored (and counted as such)."""
+        if step not in self._steps and step not in self._catalog_steps:
+            if len(self._steps) - len(self._catalog_steps & self._steps.keys()) >= EXTRA_STEPS:
+                self.funnel_ignored += 1
+                return
+        if user not in self._user_steps and len(self._user_steps) >= FUNNEL_USERS:
+            self.funnel_ignored += 1
+            return
         bit = 1 << self._steps.setdefault(step, len(self._steps))
         mask = self._user_steps.get(user, 0)
         if mask & bit:
@@ -292,4 +309,6 @@ class Cohorts:
             "pending": len(self._pending),
             "orphans": len(self._orphans),
             "ignored": self.ignored,
+            "funnelSteps": len(self._steps),
+            "funnelIgnored": self.funnel_ignored,
         }

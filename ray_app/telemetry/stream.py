@@ -64,7 +64,7 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     for bound, n in zip([*bounds, None], cumulative, strict=True):
         le = "+Inf" if bound is None else f"{bound / 1000:g}"
         lines.append(f'onramp_stream_freshness_seconds_bucket{{le="{le}"}} {n}')
-    lines.append(f"onramp_stream_freshness_seconds_sum {total_ms / 1000:g}")
+    lines.append(f"onramp_stream_freshness_seconds_sum {total_ms / 1000!r}")
     lines.append(f"onramp_stream_freshness_seconds_count {cumulative[-1]}")
     return "\n".join(lines) + "\n"
 

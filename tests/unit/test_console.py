@@ -417,3 +417,23 @@ def test_a_poll_costs_the_api_well_under_a_millisecond() -> None:
 
     assert asyncio.run(polls("health")) < 0.001
     assert asyncio.run(polls("panels")) < 0.001  # all four in one answer
+
+
+def test_the_funnel_stays_bounded_whatever_step_ids_and_users_clients_send(monkeypatch):
+    """A stepId and a user id are whatever a client sends with the public write key: steps the
+    catalog does not list are counted up to EXTRA_STEPS (each became a funnel row, without
+    bound), users up to FUNNEL_USERS; past them a completion is ignored and counted."""
+    from ray_app.console import cohorts as module
+
+    c = Cohorts(steps=("welcome", "role"))
+    c.step_completed("u1", "welcome")
+    for i in range(module.EXTRA_STEPS + 50):
+        c.step_completed("u1", f"junk-{i}")
+    c.step_completed("u1", "role")  # a catalog step is always counted
+    stats = c.stats()
+    assert stats["funnelSteps"] == 2 + module.EXTRA_STEPS
+    assert stats["funnelIgnored"] == 50
+    monkeypatch.setattr(module, "FUNNEL_USERS", 3)
+    for u in ("u2", "u3", "u4"):
+        c.step_completed(u, "welcome")
+    assert c.stats()["funnelUsers"] == 3 and c.stats()["funnelIgnored"] == 51

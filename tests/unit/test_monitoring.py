@@ -290,3 +290,13 @@ def test_hooks_shut_down_once_and_exit_quietly():
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
     assert run.stdout.strip() == "left flushed"  # the hooks nobody stopped, at exit
+
+
+def test_the_freshness_sum_keeps_full_precision() -> None:
+    """``rate(sum) / rate(count)`` needs the sum's every digit: it was written with 6
+    significant digits (123456.789 s as 123457), ever coarser as it grew."""
+    text = stream_metrics_text(
+        [{"worker": "w", "partitions": {}, "freshnessBucketsMs": [10],
+          "freshnessCounts": [1, 2], "freshnessSumMs": 123_456_789.0}]
+    )  # fmt: skip
+    assert "onramp_stream_freshness_seconds_sum 123456.789" in text
