@@ -255,8 +255,13 @@ class Stack:
 
     @property
     def base_url(self) -> str:
+        """Where the collector answers: its host, or for one bound to every interface, this
+        machine, unless Onramp joined a remote Ray cluster through Ray Client (``ray://``),
+        whose Serve proxies run on the cluster's nodes: then the head node's address."""
         c = self.settings.collector
-        host = "127.0.0.1" if c.host in ("0.0.0.0", "") else c.host
+        host = c.host
+        if host in ("0.0.0.0", ""):
+            host = _ray_client_host(self.settings.ray.address) or "127.0.0.1"
         return f"http://{host}:{c.port}"
 
     def urls(self) -> dict[str, str]:
@@ -429,7 +434,10 @@ class Stack:
                 stop_own_haproxy()
             elif ray.is_initialized():
                 try:
-                    serve.shutdown()
+                    if self._ray_started:
+                        serve.shutdown()
+                    else:  # a cluster this stack joined: only the application it deployed
+                        serve.delete(APP_NAME)
                     if self.learner is not None:
                         ray.get(self.learner.stop.remote(), timeout=60)
                         self.learner = None
@@ -457,3 +465,15 @@ class Stack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _ray_client_host(address: str | None) -> str | None:
+    """The head node of a Ray Client address (``ray://head:10001`` -> ``head``), else None.
+
+    >>> _ray_client_host("ray://head-node:10001"), _ray_client_host("auto"), _ray_client_host(None)
+    ('head-node', None, None)
+    """
+    if not address or not address.startswith("ray://"):
+        return None
+    host = address[len("ray://") :].rsplit(":", 1)[0].strip("[]")
+    return host or None

@@ -64,8 +64,8 @@ def check_topics(admin: Any, names: list[str], settings: KafkaSettings) -> None:
     ...     def describe_topics(self, names):
     ...         return [{"name": n, "error_code": 0,
     ...                  "partitions": [{"replica_nodes": [1]}] * 2} for n in names]
-    ...     def describe_configs(self, resources):
-    ...         return {"topic": {"t": {"retention.ms": "1000"}}}
+    ...     def describe_configs(self, resources, config_filter="modified"):  # kafka-python's shape
+    ...         return {"topic": {"t": {"retention.ms": {"value": "1000", "config_source": "x"}}}}
     >>> check_topics(Admin(), ["t"], KafkaSettings(partitions=2))
     >>> check_topics(Admin(), ["t"], KafkaSettings(partitions=2, replication_factor=3,
     ...                                            retention_ms=5000))
@@ -114,22 +114,43 @@ def check_topics(admin: Any, names: list[str], settings: KafkaSettings) -> None:
 def _retention_problems(admin: Any, names: list[str], want: int) -> list[str]:
     from kafka.admin import ConfigResource, ConfigResourceType
 
+    resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
     try:
-        reported = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
-        )
+        # every value, not only those set on the topic: a topic at the broker's default
+        # retention has it too (the default filter, "modified", left it out: never refused)
+        try:
+            reported = admin.describe_configs(resources, config_filter="all")
+        except TypeError:  # an admin without the filter
+            reported = admin.describe_configs(resources)
     except Exception as exc:  # an ACL may forbid DescribeConfigs: say so, do not refuse
         log.warning("cannot verify retention.ms of %s: %s", names, exc)
         return []
     by_topic = reported.get("topic", {}) if isinstance(reported, dict) else {}
     out = []
     for n in names:
-        value = (by_topic.get(n) or {}).get("retention.ms")
+        value = _config_value((by_topic.get(n) or {}).get("retention.ms"))
         if value is None:
             log.warning("the broker reports no retention.ms for %s: not verified", n)
-        elif int(value) != want:
+        elif value != want:
             out.append(f"{n} has retention.ms={value} (kafka.retention_ms={want})")
     return out
+
+
+def _config_value(entry: Any) -> int | None:
+    """A config's value as kafka-python reports it (text, or ``{"value": text, ...}``) as an
+    int; None when absent or not a number.
+
+    >>> _config_value({"value": "1000", "config_source": "DYNAMIC_TOPIC_CONFIG"}), _config_value("7")
+    (1000, 7)
+    >>> _config_value(None), _config_value({"value": None})
+    (None, None)
+    """
+    if isinstance(entry, dict):
+        entry = entry.get("value")
+    try:
+        return None if entry is None else int(entry)
+    except (TypeError, ValueError):
+        return None
 
 
 #: The former name (partitions were all it checked).

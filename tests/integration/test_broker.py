@@ -217,3 +217,17 @@ def test_a_confluent_delivery_callback_that_raises_does_not_stop_later_acknowled
     del producer
     gc.collect()
     assert gone() is None
+
+
+def test_an_existing_topic_with_another_retention_is_refused(broker):
+    """The broker's retention.ms of an existing topic is read (kafka-python reports each value
+    as a dict, on which the check raised; and its default filter, "modified", left out a topic
+    at the broker default, so that case was never refused)."""
+    from ray_app.errors import ConfigError
+
+    topic = "retention-check"
+    day = KafkaSettings(partitions=2, retention_ms=86_400_000)
+    assert ensure_topics(broker.bootstrap, day, [topic]) == [topic]
+    assert ensure_topics(broker.bootstrap, day, [topic]) == []  # the same: accepted
+    with pytest.raises(ConfigError, match=r"retention-check has retention.ms=86400000"):
+        ensure_topics(broker.bootstrap, KafkaSettings(partitions=2, retention_ms=1000), [topic])

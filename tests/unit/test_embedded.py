@@ -188,3 +188,20 @@ def test_serve_is_asked_again_when_its_proxy_dies_while_starting(caplog):
     with pytest.raises(ValueError, match="bad http_options"):
         start_serve({"port": 8000}, refused, status=NeverHealthy)
     assert len(calls) == 1
+
+
+def test_joined_through_ray_client_the_collector_is_looked_for_on_the_head_node(tmp_path):
+    """With ``ray.address=ray://head:10001`` Serve's proxies run on the cluster, not here: the
+    health check and the printed URLs name the head node (they named this machine, so
+    `onramp up` waited 60 s and gave up, then shut Serve down on the whole cluster)."""
+    from ray_app.config import load_settings
+    from ray_app.up import Stack
+
+    env = {"ONRAMP_STATE_DIR": str(tmp_path), "ONRAMP_COLLECTOR__HOST": "0.0.0.0"}
+    local = Stack(load_settings(env=env), lambda _: None)
+    assert local.base_url.startswith("http://127.0.0.1:")
+    joined = Stack(
+        load_settings(env={**env, "ONRAMP_RAY__ADDRESS": "ray://head-node:10001"}), lambda _: None
+    )
+    assert joined.base_url.startswith("http://head-node:")
+    assert joined.urls()["health"].startswith("http://head-node:")
