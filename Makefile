@@ -22,8 +22,12 @@ DEBIAN_COMMANDS := node:nodejs npm:npm
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
+# Python 3.11 (pyproject.toml), with its venv module (Debian's python3.11-venv): checked first,
+# and a half-made .venv is removed, so that the next `make` starts over instead of failing later.
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || \
+	  { echo "Onramp needs Python 3.11 ($(PYTHON) is $$($(PYTHON) --version 2>&1)); install python3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "$(PYTHON) -m venv failed: on Debian/Ubuntu install python3.11-venv"; exit 1; }
 
 $(SYSTEM_STAMP): Makefile | $(VENV)/bin/python
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
