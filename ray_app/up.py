@@ -252,6 +252,7 @@ class Stack:
         self.bootstrap: str | None = settings.kafka.bootstrap_servers
         self.http_mode = "default"
         self._ray_started = False
+        self._own_cluster = False
 
     @property
     def base_url(self) -> str:
@@ -322,6 +323,9 @@ class Stack:
                 log_to_driver=False,
             )
             self._ray_started = True
+            # a local Ray of its own (no address): Serve is this stack's alone, shut down whole
+            # on stop; a cluster it joined keeps its other applications
+            self._own_cluster = s.ray.address is None
         # The stream supervisor's workers and the learner start while Serve does (each is
         # mostly processes importing their modules): waited for before the stack is up.
         starting: list[tuple[str, Any, float]] = []
@@ -434,7 +438,7 @@ class Stack:
                 stop_own_haproxy()
             elif ray.is_initialized():
                 try:
-                    if self._ray_started:
+                    if self._own_cluster:
                         serve.shutdown()
                     else:  # a cluster this stack joined: only the application it deployed
                         serve.delete(APP_NAME)
@@ -472,8 +476,14 @@ def _ray_client_host(address: str | None) -> str | None:
 
     >>> _ray_client_host("ray://head-node:10001"), _ray_client_host("auto"), _ray_client_host(None)
     ('head-node', None, None)
+    >>> _ray_client_host("ray://[::1]:10001"), _ray_client_host("ray://[::1]"), _ray_client_host("ray://head")
+    ('[::1]', '[::1]', 'head')
     """
     if not address or not address.startswith("ray://"):
         return None
-    host = address[len("ray://") :].rsplit(":", 1)[0].strip("[]")
+    rest = address[len("ray://") :]
+    if rest.startswith("["):  # [IPv6]:port, kept in brackets for a URL
+        end = rest.find("]")
+        return rest[: end + 1] if end > 1 else None
+    host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
     return host or None

@@ -231,6 +231,9 @@ class Cohorts:
         """The user's funnel arm: the arm of their first decision."""
         if user in self._user_arm:
             return
+        if len(self._user_arm) >= FUNNEL_USERS:
+            self.funnel_ignored += 1
+            return
         self._user_arm[user] = arm
         self._arm_users[arm] = self._arm_users.get(arm, 0) + 1
         mask = self._user_steps.get(user, 0)
@@ -280,6 +283,9 @@ class Cohorts:
     def onboarding_completed(self, user: str) -> None:
         """An ``Onboarding Completed`` by ``user``."""
         if user in self._user_done:
+            return
+        if len(self._user_done) >= FUNNEL_USERS:
+            self.funnel_ignored += 1
             return
         self._user_done.add(user)
         arm = self._user_arm.get(user)

@@ -198,9 +198,16 @@ class LearnerService:
             return
         if head.epoch == self._unadoptable_epoch:
             return
-        bundle = self._promoted()
-        if bundle is None:
+        try:
+            bundle = self.registry.promoted_bundle(self.schema, self.catalog)
+        except ModelFileError as exc:  # it cannot serve this catalog: not retried
+            log.error("promoted version %d cannot serve this catalog: %s", head.version, exc)
             self._unadoptable_epoch = head.epoch
+            return
+        except (RegistryError, OSError) as exc:  # the registry answered badly this once
+            log.warning("registry %s: %s; the promotion is tried again", self.registry.uri, exc)
+            raise
+        if bundle is None:
             return
         try:
             learner.adopt(bundle)
@@ -221,8 +228,15 @@ class LearnerService:
             self.catalog,
             self.config,
             promoted=self._promoted,
-            adopt=self._adopt_promotion,
+            adopt=self._try_adopt,
         )
+
+    def _try_adopt(self, learner: OnlineLearner) -> None:
+        """:meth:`_adopt_promotion`, a registry that answered badly logged (tried again later)."""
+        try:
+            self._adopt_promotion(learner)
+        except (RegistryError, OSError):
+            pass  # logged by _adopt_promotion
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -308,10 +322,7 @@ class LearnerService:
     def _maybe_publish(self) -> None:
         if time.monotonic() - self._registry_checked >= _REGISTRY_POLL_S:
             self._registry_checked = time.monotonic()
-            try:
-                self._adopt_promotion(self.learner)
-            except (RegistryError, OSError) as exc:
-                log.warning("registry %s: %s", self.registry.uri, exc)
+            self._try_adopt(self.learner)
         bundle = self.learner.maybe_publish()
         if bundle is None:
             return
@@ -326,7 +337,10 @@ class LearnerService:
         ):
             # promoted since the last check: the promotion wins, this candidate is dropped
             # (written, it would replace the promoted file that new replicas load)
-            self._adopt_promotion(self.learner)
+            try:
+                self._adopt_promotion(self.learner)
+            except (RegistryError, OSError):
+                return  # logged; the next publish tries again
             if self._unadoptable_epoch != head.epoch:
                 return
         # the state first: a crash between the two writes then skips a version number, where

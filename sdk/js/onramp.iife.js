@@ -344,8 +344,10 @@ function makeClient(o, warn) {
   function nextSeq() {
     const t = now();
     // read again: another tab of this site may have taken seqs of the same session since
+    // (unless this tab is further along in it: its own writes are failing)
     const stored = load('session', null);
-    if (validSession(stored)) session = stored;
+    const ahead = validSession(session) && validSession(stored) && session.id === stored.id && session.seq > stored.seq;
+    if (validSession(stored) && !ahead) session = stored;
     if (!validSession(session) || t - session.last > o.sessionTimeoutMs) {
       session = { id: uuid4(random), seq: 0, last: t };
     }
@@ -366,22 +368,19 @@ function makeClient(o, warn) {
   let flushing = null;
   let retryAt = 0; // while backing off (a failed send, Retry-After): no send before this time
 
-  /** Write the queue, merged with what another tab of this site queued meanwhile (the key is
-   * shared: writing this tab's queue alone would drop theirs). Events another tab queued are
-   * sent by whichever tab flushes first; a repeat is one messageId, which the stream dedupes. */
+  /** Write this tab's queue, keeping what another tab of this site queued there (the key is
+   * shared: writing this tab's queue alone would drop theirs). This tab sends only its own
+   * events; another tab's stay stored until that tab sends them or the next page load takes
+   * them (a repeat is one messageId, which the stream dedupes). */
   function persist() {
     const stored = validEvents(load('queue', []));
+    let out = queue;
     if (stored.length) {
       const mine = new Set(queue.map((e) => e.messageId));
-      for (const e of stored) {
-        if (!mine.has(e.messageId) && !removed.has(e.messageId)) queue.push(e);
-      }
-      while (queue.length > o.maxQueueSize) {
-        forget(queue.splice(inflight, 1).map((e) => e.messageId));
-        stats.dropped += 1;
-      }
+      const others = stored.filter((e) => !mine.has(e.messageId) && !removed.has(e.messageId));
+      if (others.length) out = [...others.slice(-o.maxQueueSize), ...queue];
     }
-    save('queue', queue);
+    save('queue', out);
   }
 
   function forget(ids) {
@@ -684,17 +683,8 @@ function makeClient(o, warn) {
   }
 
   function base(type, extra, callOpts = {}) {
-    // what the caller gave, measured before a seq is taken: the collector refuses an event
-    // over its limit, and one that size would also block the page-close send
-    const given = byteLength(JSON.stringify(extra)) + byteLength(JSON.stringify(callOpts.context || {}));
-    if (given > o.maxEventBytes - 2048) {
-      throw new BadCall(
-        `the event's fields are ${given} bytes; the collector refuses events over ${o.maxEventBytes}`,
-      );
-    }
-    const { sessionId, seq } = nextSeq();
     const ctx = { ...(callOpts.context || {}) };
-    const onramp = { ...(isObject(ctx.onramp) ? ctx.onramp : {}), sessionId, seq };
+    const onramp = { ...(isObject(ctx.onramp) ? ctx.onramp : {}) };
     const props = extra.properties;
     const stepId = callOpts.stepId || (props && typeof props.stepId === 'string' ? props.stepId : null);
     if (stepId) onramp.stepId = stepId;
@@ -723,6 +713,16 @@ function makeClient(o, warn) {
       ...extra,
     };
     if (userId) event.userId = userId;
+    // measured as it will be sent (a margin for the session id and seq to come), before a seq
+    // is taken: the collector refuses an event over its limit, and one that size would also
+    // block the page-close send
+    const size = byteLength(JSON.stringify(event)) + 128;
+    if (size > o.maxEventBytes) {
+      throw new BadCall(`the event is ${size} bytes; the collector refuses events over ${o.maxEventBytes}`);
+    }
+    const { sessionId, seq } = nextSeq();
+    onramp.sessionId = sessionId;
+    onramp.seq = seq;
     enqueue(event);
     return event;
   }

@@ -437,3 +437,6 @@ def test_the_funnel_stays_bounded_whatever_step_ids_and_users_clients_send(monke
     for u in ("u2", "u3", "u4"):
         c.step_completed(u, "welcome")
     assert c.stats()["funnelUsers"] == 3 and c.stats()["funnelIgnored"] == 51
+    for u in ("u2", "u3", "u4", "spam-1", "spam-2"):
+        c.onboarding_completed(u)
+    assert len(c._user_done) == 3  # completions of users past the bound are not kept either

@@ -114,3 +114,33 @@ def test_the_state_is_written_before_the_model_file(tmp_path, topic, monkeypatch
     s = service.LearnerService(settings, "stand-in")
     _feed(s, topic, logged(GroundTruth(seed=5), 0, 400, seed=5))
     assert written[:2] == [settings.learner_state_path.name, settings.model_path.name]
+
+
+def test_a_registry_that_fails_once_does_not_make_a_promotion_unadoptable(
+    tmp_path, topic, monkeypatch
+):
+    """A passing registry error (an S3 hiccup) is tried again: the promotion is adopted on a
+    later publish and the learner's candidate is not written over the promoted file meanwhile
+    (one failure used to mark the promotion unadoptable for good)."""
+    settings = _settings(tmp_path)
+    s = service.LearnerService(settings, "stand-in")
+    registry = s.registry
+    registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=3))
+    registry.promote(1, settings.model_path, SCHEMA, CATALOG)
+    promoted = settings.model_path.read_bytes()
+    real = ModelRegistry.promoted_bundle
+    fails = [1]
+
+    def flaky(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if fails[0]:
+            fails[0] -= 1
+            raise OSError("S3 hiccup")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelRegistry, "promoted_bundle", flaky)
+    gt = GroundTruth(seed=6)
+    _feed(s, topic, logged(gt, 0, 400, seed=6))
+    assert s._unadoptable_epoch is None
+    assert settings.model_path.read_bytes() == promoted  # not written over meanwhile
+    _feed(s, topic, logged(gt, 400, 400, seed=7))
+    assert s.learner.lineage.get("promotion") == 1  # adopted on the next try

@@ -421,3 +421,48 @@ test('closing the page while a send is in flight beacons the queue, and small se
   await settle();
   assert.equal(c.queued, 0);
 });
+
+test('storage that reads but refuses writes (quota): the session seq still advances', async () => {
+  const storage = memoryStorage();
+  const { c } = client({ storage });
+  await c.track('First');
+  storage.setItem = () => { throw new Error('QuotaExceededError'); };
+  for (let i = 0; i < 4; i++) await c.track('Next', { i });
+  const seqs = c.queuedEvents().map((e) => e.context.onramp.seq);
+  assert.deepEqual(seqs, [0, 1, 2, 3, 4]);
+});
+
+test('two open tabs each send their own events, not copies of the other tab\'s', async () => {
+  const storage = memoryStorage();
+  const timers = fakeTimers();
+  const net = fakeFetch();
+  const a = client({ storage, timers, net });
+  const b = client({ storage, timers, net });
+  for (let i = 0; i < 5; i++) {
+    a.c.track('A', { i });
+    b.c.track('B', { i });
+  }
+  await timers.advance(1000);
+  const ids = sentEvents(net).map((e) => e.messageId);
+  assert.equal(ids.length, 10, 'each event once');
+  assert.equal(new Set(ids).size, 10);
+  assert.deepEqual(JSON.parse(storage.getItem('onramp.queue')), []);
+});
+
+test('the size check counts what the SDK adds (the page) too', async () => {
+  const { c } = client();
+  const had = globalThis.location;
+  globalThis.location = { pathname: '/', href: `https://app.test/?${'q'.repeat(2500)}`, search: '' };
+  try {
+    // 30,000 bytes of the caller's: under the limit alone, over it with the page's URL
+    const r = await c.track('Big', { note: 'x'.repeat(30000) });
+    assert.equal(r.ok, false);
+    assert.match(String(r.error), /refuses events over 32768/);
+    const ok = await c.track('Fine', { note: 'x'.repeat(1000) });
+    assert.ok(ok.ok, ok.error);
+    assert.equal(ok.event.context.onramp.seq, 0, 'the refused call took no seq');
+  } finally {
+    if (had === undefined) delete globalThis.location;
+    else globalThis.location = had;
+  }
+});
