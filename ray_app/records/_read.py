@@ -53,4 +53,6 @@ def _integer(data: Mapping[str, Any], key: str, err: type[RecordError] = RewardR
     v = data.get(key)
     if isinstance(v, bool) or not isinstance(v, int):
         raise err(key, f"expected an integer, got {v!r}")
+    if not -(1 << 63) <= v < 1 << 63:  # what the records' JSON encoder can write back
+        raise err(key, f"expected a 64-bit integer, got {v}")
     return v

@@ -259,8 +259,8 @@ def _ranked(ranked: Any, chosen: str) -> list[dict[str, Any]]:
 def _model_version(version: Any) -> int:
     version = _or(version, 0)
     integral = isinstance(version, int) or (isinstance(version, float) and version.is_integer())
-    if isinstance(version, bool) or not integral or version < 0:
-        raise _bad_decision("modelVersion", "an integer >= 0", version)
+    if isinstance(version, bool) or not integral or not 0 <= version <= _INT64_MAX:
+        raise _bad_decision("modelVersion", "an integer from 0 to 2**63 - 1", version)
     return int(version)
 
 
@@ -269,9 +269,20 @@ def _check_schema(schema: Any) -> None:
         raise _bad_decision("schema", " or ".join(map(repr, sorted(DECISION_SCHEMAS))), schema)
 
 
+#: The times a decision record can be written back with (years 1-9999 in UTC): a time whose
+#: offset takes it past them reads, but could not be written again (a merge re-encodes it).
+_MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+#: The largest integer the records' JSON encoder writes (64 bits).
+_INT64_MAX = (1 << 63) - 1
+
+
 def _decision_ms(stamp: Any) -> int:
     try:
-        return ms_from_iso(stamp)
+        ms = ms_from_iso(stamp)
+        if not _MIN_MS <= ms <= _MAX_MS:
+            raise ValueError(stamp)
+        return ms
     except TypeError:
         raise DecisionRecordError(
             ReasonCode.INVALID_TIMESTAMP, "timestamp", f"expected ISO-8601 text, got {stamp!r}"

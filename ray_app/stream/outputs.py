@@ -22,14 +22,21 @@ def late_record(value: bytes, why: dict[str, Any], rec: Any) -> bytes:
         event: Any = orjson.loads(value)
     except orjson.JSONDecodeError:
         event = value.decode("utf-8", "replace")
-    return LateRecord(
-        event=event,
-        watermark=why["watermark"],
-        behind_ms=why["behindMs"],
-        allowed_lateness_ms=why["allowedLatenessMs"],
-        origin=_origin(rec),
-        reason=why["reason"],
-    ).encode()
+
+    def record(event: Any) -> bytes:
+        return LateRecord(
+            event=event,
+            watermark=why["watermark"],
+            behind_ms=why["behindMs"],
+            allowed_lateness_ms=why["allowedLatenessMs"],
+            origin=_origin(rec),
+            reason=why["reason"],
+        ).encode()
+
+    try:
+        return record(event)
+    except (TypeError, ValueError):  # read, but not writable (nested past the encoder's depth)
+        return record(value.decode("utf-8", "replace"))  # kept as text: still nothing lost
 
 
 def dlq_record(value: bytes | None, exc: Any, rec: Any) -> bytes:

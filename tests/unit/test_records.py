@@ -474,3 +474,30 @@ def _catalog() -> Any:
     from ray_app.catalog import load_catalog
 
     return load_catalog()
+
+
+def test_what_decodes_can_be_written_back():
+    """A decoded record is re-encoded downstream (a reward, a merge): a value past what the
+    encoder writes is refused at the decoder, by name, instead of raising in the stream worker
+    (which stopped the partition, the same record again on every replay)."""
+    for version in (2**64, 1e300):
+        with pytest.raises(DecisionRecordError, match="modelVersion"):
+            DecisionRecord.from_json(decision(modelVersion=version))
+    for stamp in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-01:00"):
+        with pytest.raises(DecisionRecordError, match="timestamp"):
+            DecisionRecord.from_json(decision(timestamp=stamp))
+    ok = DecisionRecord.from_json(decision(modelVersion=2**63 - 1))
+    assert DecisionRecord.from_json(ok.to_json()).model_version == 2**63 - 1
+    with pytest.raises(RewardRecordError, match="decidedAtMs: expected a 64-bit integer"):
+        RewardRecord.from_json({**REWARD.to_json(), "decidedAtMs": 2**64})
+
+
+def test_a_late_event_nested_past_the_encoders_depth_is_kept_as_text():
+    from types import SimpleNamespace
+
+    from ray_app.stream.outputs import late_record
+
+    value = b'{"type": "track", "properties": {"x": ' + b"[" * 300 + b"]" * 300 + b"}}"
+    why = {"watermark": T0, "behindMs": 5, "allowedLatenessMs": 1, "reason": "late"}
+    out = orjson.loads(late_record(value, why, SimpleNamespace(topic="t", partition=0, offset=7)))
+    assert out["event"] == value.decode()
