@@ -92,6 +92,21 @@ class ArmResult:
     activation_uplift_cuped: Estimate | None = None
 
 
+def _proportion_mean_var(v: np.ndarray) -> tuple[float, float]:
+    """The share of 0/1 values and the variance of that mean, computed at ``(x + 1) / (n + 2)``
+    (Agresti and Caffo's adjustment): an arm with no event (or only events) has a variance, so
+    its uplift interval is not a single point (it was, with about 75% coverage at 100 users).
+
+    >>> _proportion_mean_var(np.zeros(100))
+    (0.0, 9.707804690503653e-05)
+    """
+    n = len(v)
+    if n < 2:
+        return (math.nan, math.nan)
+    p = (float(v.sum()) + 1) / (n + 2)
+    return float(v.mean()), p * (1 - p) / n
+
+
 def _mean_var(v: np.ndarray) -> tuple[float, float]:
     if len(v) < 2:
         return (math.nan, math.nan)
@@ -112,17 +127,21 @@ def analyze(
     arms = sorted(users["arm"].unique(), key=lambda a: (a != control, a))
     if control not in arms:
         raise ValueError(f"no user in the control arm {control!r}; arms: {arms}")
-    has_cov = "covariate" in users and users["covariate"].notna().all()
+    has_cov = "covariate" in users and users["covariate"].notna().any()
     cup = None
     if has_cov:
-        cup = cuped(users["activated"].to_numpy(float), users["covariate"].to_numpy(float))
+        # a user without a pre-period value (new since) takes the mean: the adjustment is then
+        # 0 for them, which keeps the estimate unbiased (CUPED used to be off for everybody)
+        covariate = users["covariate"].astype(float)
+        covariate = covariate.fillna(covariate.mean())
+        cup = cuped(users["activated"].to_numpy(float), covariate.to_numpy(float))
         users = users.assign(activated_cuped=cup.adjusted)
     results: dict[str, ArmResult] = {}
     stats: dict[str, dict[str, tuple[float, float]]] = {}
     for arm in arms:
         g = users[users["arm"] == arm]
         conv = ratio_mean(g["positives"].to_numpy(float), g["decisions"].to_numpy(float))
-        act = _mean_var(g["activated"].to_numpy(float))
+        act = _proportion_mean_var(g["activated"].to_numpy(float))
         stats[arm] = {"conversion": conv, "activation": act}
         results[arm] = ArmResult(
             arm,
@@ -241,7 +260,9 @@ def users_from_logs(
                 "activated": 0,
             },
         )
-        row["first_ms"] = min(row["first_ms"], _ms(d["timestamp"]))
+        at = _ms(d["timestamp"])
+        if at < row["first_ms"]:  # the arm of the user's earliest decision, whatever the order
+            row["first_ms"], row["arm"] = at, d["arm"]  # the files were read in
         got = outcome.get(did)
         if got is None:
             continue

@@ -89,7 +89,10 @@ def relative_uplift(
         return Estimate(math.nan, math.nan, math.nan, math.nan)
     value = mean_t / mean_c - 1
     var = var_t / mean_c**2 + mean_t**2 * var_c / mean_c**4
-    return Estimate.normal(value, var, level)
+    est = Estimate.normal(value, var, level)
+    if mean_t >= 0 and mean_c > 0 and est.low < -1:  # a rate cannot fall below zero
+        est = Estimate(est.value, est.std_error, -1.0, est.high)
+    return est
 
 
 @dataclass(frozen=True)

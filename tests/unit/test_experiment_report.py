@@ -244,3 +244,32 @@ def test_chi_square_tail_matches_torch():
                 )
             )
             assert chi2_sf(x, df) == pytest.approx(want, rel=1e-9, abs=1e-15), (df, x)
+
+
+def test_small_arms_missing_covariates_and_file_order_found_in_review():
+    """Three edge cases a review found: an arm with no activation had a zero-width uplift
+    interval; one user without a pre-period covariate turned CUPED off for everybody (it now
+    takes the mean for them); a user's arm was the first record read, not the earliest."""
+    users = pd.DataFrame(
+        {
+            "user": [f"u{i}" for i in range(200)],
+            "arm": ["control"] * 100 + ["treatment"] * 100,
+            "positives": [1] * 200,
+            "decisions": [1] * 200,
+            "activated": [1] * 10 + [0] * 90 + [0] * 100,
+            "steps": [1] * 200,
+            "first_ms": [0] * 200,
+        }
+    )
+    uplift = analyze(users)["arms"]["treatment"]["activation_uplift"]
+    assert uplift["low"] == -1.0 < uplift["high"], uplift  # not the single point -1
+    rng = np.random.default_rng(0)
+    with_cov = users.assign(covariate=rng.normal(size=200))
+    with_cov.loc[3, "covariate"] = np.nan
+    assert analyze(with_cov)["cuped"] is not None
+    decisions = [
+        {"decisionId": "d2", "userKey": "u", "arm": "treatment", "chosen": "a", "timestamp": 5000},
+        {"decisionId": "d1", "userKey": "u", "arm": "control", "chosen": "a", "timestamp": 1000},
+    ]
+    [frame] = users_from_logs(decisions, []).values()
+    assert frame.iloc[0]["arm"] == "control" and frame.iloc[0]["first_ms"] == 1000
