@@ -132,12 +132,16 @@ def positive(text: str) -> float:
     ...
     argparse.ArgumentTypeError: expected a finite number > 0, got 'nan'
     """
+    return _positive(text, "a finite number > 0")
+
+
+def _positive(text: str, expected: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
 
@@ -171,13 +175,7 @@ def seconds(text: str) -> float:
     ...
     argparse.ArgumentTypeError: expected a finite number of seconds > 0, got '-5'
     """
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
-    return value
+    return _positive(text, "a finite number of seconds > 0")
 
 
 def guarded(prog: str, fn: Callable[[], int]) -> int:

@@ -77,7 +77,12 @@ def learned_of(metadata: Mapping[str, Any]) -> int:
     >>> learned_of({"learned": 1800}), learned_of({"kind": "offline"}), learned_of({"learned": -3})
     (1800, 0, 0)
     """
-    v = metadata.get("learned")
+    return _count(metadata, "learned")
+
+
+def _count(metadata: Mapping[str, Any], key: str) -> int:
+    """A positive integer of a bundle's metadata; 0 when absent or anything else."""
+    v = metadata.get(key)
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
 
@@ -90,8 +95,7 @@ def gamma_head_start_of(metadata: Mapping[str, Any]) -> int:
     >>> gamma_head_start_of({"gamma_head_start": 4000}), gamma_head_start_of({})
     (4000, 0)
     """
-    v = metadata.get("gamma_head_start")
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+    return _count(metadata, "gamma_head_start")
 
 
 def trained_weights(metadata: Mapping[str, Any]) -> bool:

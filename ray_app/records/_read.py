@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ray_app.records.errors import RecordError, RewardRecordError
+from validation.wire import INT_MAX, INT_MIN
 
 
 def _shown(v: Any) -> str:
@@ -53,6 +54,6 @@ def _integer(data: Mapping[str, Any], key: str, err: type[RecordError] = RewardR
     v = data.get(key)
     if isinstance(v, bool) or not isinstance(v, int):
         raise err(key, f"expected an integer, got {v!r}")
-    if not -(1 << 63) <= v < 1 << 63:  # what the records' JSON encoder can write back
+    if not INT_MIN <= v <= INT_MAX:  # what the records' JSON encoder can write back
         raise err(key, f"expected a 64-bit integer, got {v}")
     return v

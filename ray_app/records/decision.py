@@ -19,6 +19,7 @@ from ray_app.records.errors import DecisionRecordError
 from ray_app.records.features import SparseFeatures, parse_features
 from ray_app.timefmt import ms_from_iso, utc_ms
 from validation.reasons import ReasonCode
+from validation.wire import INT_MAX
 
 __all__ = [
     "DECISION_SCHEMA",
@@ -259,7 +260,7 @@ def _ranked(ranked: Any, chosen: str) -> list[dict[str, Any]]:
 def _model_version(version: Any) -> int:
     version = _or(version, 0)
     integral = isinstance(version, int) or (isinstance(version, float) and version.is_integer())
-    if isinstance(version, bool) or not integral or not 0 <= version <= _INT64_MAX:
+    if isinstance(version, bool) or not integral or not 0 <= version <= INT_MAX:
         raise _bad_decision("modelVersion", "an integer from 0 to 2**63 - 1", version)
     return int(version)
 
@@ -273,8 +274,6 @@ def _check_schema(schema: Any) -> None:
 #: offset takes it past them reads, but could not be written again (a merge re-encodes it).
 _MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
 _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-#: The largest integer the records' JSON encoder writes (64 bits).
-_INT64_MAX = (1 << 63) - 1
 
 
 def _decision_ms(stamp: Any) -> int:

@@ -256,15 +256,24 @@ def _running(rt: _FlakyRuntime) -> list:
     ]  # fmt: skip
 
 
+def _flaky_supervisor(
+    tmp_path, partitions: int, workers: int
+) -> tuple[_FlakyRuntime, StreamSupervisor]:
+    """A started supervisor on a :class:`_FlakyRuntime` (its monitor idle: tests call check)."""
+    broker = InMemoryBroker(partitions=partitions)
+    settings = make_settings(None, ONRAMP_KAFKA__PARTITIONS=str(partitions))
+    rt = _FlakyRuntime(broker)
+    sup = StreamSupervisor(settings, "in-memory", workers=workers,
+                           checkpoint_uri=str(tmp_path / "ck"), monitor_interval_s=3600,
+                           runtime=rt).start()  # fmt: skip
+    return rt, sup
+
+
 def test_a_replacement_whose_start_fails_halfway_is_killed_not_left_running(tmp_path):
     """A call after the replacement's start times out (on Ray the worker runs on): the
     supervisor kills it before the next check starts another, so one loop owns the partitions
     (two used to, every side output written twice)."""
-    broker = InMemoryBroker(partitions=2)
-    settings = make_settings(None, ONRAMP_KAFKA__PARTITIONS="2")
-    rt = _FlakyRuntime(broker)
-    sup = StreamSupervisor(settings, "in-memory", workers=1, checkpoint_uri=str(tmp_path / "ck"),
-                           monitor_interval_s=3600, runtime=rt).start()  # fmt: skip
+    rt, sup = _flaky_supervisor(tmp_path, partitions=2, workers=1)
     try:
         sup.kill(0)
         rt.fail["refused_partitions"] = 1
@@ -281,11 +290,7 @@ def test_workers_a_failed_rescale_never_started_are_restarted(tmp_path):
     """A rescale whose first worker fails to start: the workers launched after it were never
     started yet answered ping as healthy, so their partitions were never read. They are killed
     (and say "not started" if asked), and the next check restarts them."""
-    broker = InMemoryBroker(partitions=4)
-    settings = make_settings(None, ONRAMP_KAFKA__PARTITIONS="4")
-    rt = _FlakyRuntime(broker)
-    sup = StreamSupervisor(settings, "in-memory", workers=2, checkpoint_uri=str(tmp_path / "ck"),
-                           monitor_interval_s=3600, runtime=rt).start()  # fmt: skip
+    rt, sup = _flaky_supervisor(tmp_path, partitions=4, workers=2)
     try:
         rt.fail["start"] = 2  # worker 0's start, on its node and again elsewhere
         with pytest.raises(Exception, match="timed out"):
