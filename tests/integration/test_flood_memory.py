@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 
 #: The documented bound (README, Security): growth of a replica's RSS under this flood.
 FLOOD_RSS_BOUND_BYTES = 512 * 1024 * 1024
+#: What the flood sends: the in-flight budget (24 MiB) several times over.
+FLOOD_BYTES = 120 * 2**20
 
 
 def _replicas() -> list[Path]:
@@ -91,9 +93,11 @@ def test_a_flood_of_maximum_size_batches_keeps_replica_memory_bounded(collector)
     statuses: dict[int, int] = {}
     sent_bytes = 0
 
-    async def flood(seconds: float) -> None:
+    async def flood(target_bytes: int, cap_s: float) -> None:
+        """Send until ``target_bytes`` are out (a flood is a volume, not a duration: a slower
+        machine takes longer to send it), giving up after ``cap_s``."""
         nonlocal sent_bytes
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + cap_s
         async with httpx.AsyncClient(
             base_url=collector.base_url,
             auth=(WRITE_KEY, ""),
@@ -104,7 +108,7 @@ def test_a_flood_of_maximum_size_batches_keeps_replica_memory_bounded(collector)
             async def one(k: int) -> None:
                 nonlocal sent_bytes
                 n = k
-                while time.monotonic() < deadline:
+                while sent_bytes < target_bytes and time.monotonic() < deadline:
                     body = bodies[n % len(bodies)]
                     n += 1
                     r = await c.post("/v1/batch", content=body)
@@ -116,7 +120,7 @@ def test_a_flood_of_maximum_size_batches_keeps_replica_memory_bounded(collector)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        asyncio.run(flood(20.0))
+        asyncio.run(flood(FLOOD_BYTES, cap_s=180.0))
     finally:
         stop.set()
         sampler.join(5)
@@ -127,7 +131,7 @@ def test_a_flood_of_maximum_size_batches_keeps_replica_memory_bounded(collector)
         f"peak {peak / 2**20:.0f} MiB (+{growth / 2**20:.0f} MiB)"
     )
     assert set(statuses) <= {200, 400, 413, 503}, statuses
-    assert sent_bytes > 100 * 2**20  # a real flood: more than the in-flight budget, many times
+    assert sent_bytes >= FLOOD_BYTES  # a real flood: more than the in-flight budget, many times
     assert growth < FLOOD_RSS_BOUND_BYTES, f"RSS grew by {growth / 2**20:.0f} MiB"
     # the collector still answers normally once the flood is over
     ok = httpx.post(
