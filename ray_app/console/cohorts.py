@@ -71,7 +71,7 @@ class ExperimentRows:
     """One experiment's users, column-wise (row ``i`` is ``users[i]``)."""
 
     index: dict[str, int] = field(default_factory=dict)
-    users: list[str] = field(default_factory=list)
+    users: list[str | None] = field(default_factory=list)
     arm: list[int] = field(default_factory=list)
     first_ms: list[int] = field(default_factory=list)
     decisions: list[int] = field(default_factory=list)
@@ -79,6 +79,36 @@ class ExperimentRows:
     steps: list[int] = field(default_factory=list)
     step_mask: list[int] = field(default_factory=list)
     activated: list[int] = field(default_factory=list)
+    #: Rows folded into another by a merge: row -> the row it went to (its user is None).
+    moved: dict[int, int] = field(default_factory=dict)
+
+    def at(self, i: int) -> int:
+        """Row ``i``, or the row it was folded into."""
+        while i in self.moved:
+            i = self.moved[i]
+        return i
+
+    def fold(self, old: str, into: str) -> None:
+        """``old``'s row becomes ``into``'s (the stream merged the two ids): its counts are
+        added, its steps joined, and the merged row takes the arm of the earlier first
+        decision."""
+        i = self.index.pop(old, None)
+        if i is None:
+            return
+        j = self.index.get(into)
+        if j is None:
+            self.index[into] = i
+            self.users[i] = into
+            return
+        if self.first_ms[i] < self.first_ms[j]:
+            self.first_ms[j], self.arm[j] = self.first_ms[i], self.arm[i]
+        self.decisions[j] += self.decisions[i]
+        self.positives[j] += self.positives[i]
+        self.activated[j] = max(self.activated[j], self.activated[i])
+        self.step_mask[j] |= self.step_mask[i]
+        self.steps[j] = self.step_mask[j].bit_count()
+        self.users[i] = None
+        self.moved[i] = j
 
     def row(self, user: str, arm: int, ms: int) -> int:
         i = self.index.get(user)
@@ -91,7 +121,7 @@ class ExperimentRows:
                 col.append(0)
             self.activated.append(0)
         elif ms < self.first_ms[i]:
-            self.first_ms[i] = ms
+            self.first_ms[i], self.arm[i] = ms, arm
         return i
 
 
@@ -117,6 +147,7 @@ class Cohorts:
         self._pending: OrderedDict[str, tuple[str, int]] = OrderedDict()  # id -> (exp, row)
         self._done: OrderedDict[str, None] = OrderedDict()
         self._orphans: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._alias: dict[str, str] = {}  # a merged user key -> the key it was merged into
         # funnel: user -> (arm code or -1, completed step mask, onboarding completed)
         self._user_arm: dict[str, int] = {}
         self._user_steps: dict[str, int] = {}
@@ -150,22 +181,43 @@ class Cohorts:
             if did in self._pending or did in self._done:
                 return False
             exp = str(d.get("experiment", "default"))
-            user = str(d["userKey"])
+            key = str(d["userKey"])
+            user = self._person(key)
             arm = self._arm(str(d["arm"]))
             ms = record_ms(d["timestamp"])
         except (KeyError, TypeError, ValueError):
             self.ignored += 1
             return False
+        merged = d.get("mergedFrom")
+        if merged and isinstance(merged, list | tuple):
+            for old in merged:
+                self._merge(self._person(str(old)), user)
         rows = self.experiments.setdefault(exp, ExperimentRows())
         self._pending[did] = (exp, rows.row(user, arm, ms))
         if len(self._pending) > PENDING:
             self._pending.popitem(last=False)
-        self._assign(user, arm)
+        self._assign(key, arm)  # the funnel follows the ids events carry
         self.version += 1
         orphan = self._orphans.pop(did, None)
         if orphan is not None:
             self.reward(orphan)
         return True
+
+    def _person(self, user: str) -> str:
+        """The key that ``user`` was merged into, last (itself if none)."""
+        while user in self._alias:
+            user = self._alias[user]
+        return user
+
+    def _merge(self, old: str, into: str) -> None:
+        """The stream merged ``old`` into ``into``: one user of every experiment from now on
+        (the report's rule, :func:`~ray_app.experiments.report.users_from_logs`)."""
+        if old == into:
+            return
+        self._alias[old] = into
+        for rows in self.experiments.values():
+            rows.fold(old, into)
+        self.version += 1
 
     def reward(self, r: Mapping[str, Any]) -> bool:
         """A reward record (``onramp.reward/2``); True when it counted (the first reward of a
@@ -187,7 +239,7 @@ class Cohorts:
         if len(self._done) > DONE_IDS:
             self._done.popitem(last=False)
         rows = self.experiments[where[0]]
-        i = where[1]
+        i = rows.at(where[1])
         rows.decisions[i] += 1
         if value > 0:
             rows.positives[i] += 1
@@ -221,8 +273,12 @@ class Cohorts:
                 "activated": np.array(rows.activated, dtype=np.int64),
             }
         )
+        keep = None if not rows.moved else df["user"].notna().to_numpy()
         if since_ms is not None:
-            df = df[first >= since_ms].reset_index(drop=True)
+            after = first >= since_ms
+            keep = after if keep is None else keep & after
+        if keep is not None:
+            df = df[keep].reset_index(drop=True)
         return df
 
     # -- the funnel ---------------------------------------------------------------------------
@@ -310,7 +366,7 @@ class Cohorts:
     def stats(self) -> dict[str, int]:
         """Sizes, to show the aggregation stays bounded."""
         return {
-            "users": sum(len(r.users) for r in self.experiments.values()),
+            "users": sum(len(r.users) - len(r.moved) for r in self.experiments.values()),
             "funnelUsers": len(self._user_steps),
             "pending": len(self._pending),
             "orphans": len(self._orphans),

@@ -1,7 +1,8 @@
 """Experiment analysis: per arm conversion and activation with confidence intervals, relative
 uplift against control, a sample-ratio-mismatch check and CUPED variance reduction.
 
-The unit of analysis is the user (the unit the experiment randomizes), one row per user:
+The unit of analysis is the user (the unit the experiment randomizes), one row per user; the
+ids the stream merged (an anonymous visitor who then signed up) are one user:
 
 * ``conversion``: decisions followed by a positive outcome within the attribution window, over
   decisions with a decided outcome (a ratio metric: its interval comes from the delta method over
@@ -34,7 +35,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,33 @@ def _ms(ts: Any) -> int:
     return int(pd.Timestamp(ts).timestamp() * 1000)
 
 
+def _people(decisions: Iterable[Mapping[str, Any]]) -> Callable[[str], str]:
+    """The person each user key belongs to: a decision made after the stream merged ids names
+    them in ``mergedFrom`` (an anonymous visitor who signed up is one user of the experiment,
+    not two), so keys joined by any decision's ``mergedFrom`` are one person, named by the key
+    that survived the last merge."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        root = key
+        while root in parent:
+            root = parent[root]
+        while key != root:
+            parent[key], key = root, parent[key]
+        return root
+
+    for d in sorted(decisions, key=lambda d: _ms(d["timestamp"])):
+        merged = d.get("mergedFrom")
+        if not merged or not isinstance(merged, list | tuple):
+            continue
+        survivor = find(str(d["userKey"]))
+        for old in merged:
+            root = find(str(old))
+            if root != survivor:
+                parent[root] = survivor
+    return find
+
+
 def users_from_logs(
     decisions: Iterable[Mapping[str, Any]],
     rewards: Iterable[Mapping[str, Any]],
@@ -229,7 +257,9 @@ def users_from_logs(
 ) -> dict[str, pd.DataFrame]:
     """Per experiment, the per-user frame from decision records (``onramp.decision/2``) and
     reward records (``onramp.reward/2``), each deduplicated by decision id (both topics are
-    written at least once). A decision counts for conversion once its reward is decided.
+    written at least once). A decision counts for conversion once its reward is decided. Ids
+    the stream merged (a decision's ``mergedFrom``) are one user, in the arm of their earliest
+    decision.
 
     >>> d = [{"decisionId": "d1", "userKey": "u1", "arm": "control", "experiment": "e",
     ...       "slot": "next_step", "chosen": "role", "timestamp": "2026-01-01T00:00:00Z"}]
@@ -245,9 +275,10 @@ def users_from_logs(
     for r in rewards:
         if str(r["decisionId"]) in by_id:
             outcome.setdefault(str(r["decisionId"]), r)
+    person = _people(by_id.values())
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for did, d in by_id.items():
-        key = (str(d.get("experiment", "default")), str(d["userKey"]))
+        key = (str(d.get("experiment", "default")), person(str(d["userKey"])))
         row = rows.setdefault(
             key,
             {

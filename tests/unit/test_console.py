@@ -84,6 +84,64 @@ def test_cohorts_give_the_reports_rows_and_numbers_whatever_the_order(seed: int)
     _assert_close(analyze(got, SHARES), analyze(want, SHARES))
 
 
+def _signed_up(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same decisions where every other user made their first decision anonymously and
+    the rest after signing up: those carry the anonymous id in ``mergedFrom``, as the stream
+    writes them once it merged the two ids."""
+    out, seen = [], set()
+    for d in decisions:
+        u = d["userKey"]
+        d = dict(d)
+        if int(u[1:]) % 2 == 0 and u not in seen:
+            d["userKey"] = f"anon-{u}"
+        elif int(u[1:]) % 2 == 0:
+            d["mergedFrom"] = [f"anon-{u}"]
+        seen.add(u)
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_user_merged_after_sign_up_is_one_user_in_the_console_and_the_report(
+    seed: int,
+) -> None:
+    decisions, rewards = _logs(300, seed)
+    merged = _signed_up(decisions)
+    want = users_from_logs(merged, rewards)["onboarding"]
+    # one row a person: the anonymous id of a user who decided again after signing up is theirs
+    assert len(want) == 300
+    never_again = {d["userKey"] for d in merged} - {
+        m for d in merged for m in d.get("mergedFrom", [])
+    }
+    assert set(want["user"]) == never_again  # anonymous only who never decided after signing up
+    plain = users_from_logs(decisions, rewards)["onboarding"]
+    pd.testing.assert_frame_equal(  # the same counts as had the ids never been apart
+        want.drop(columns="user").sort_values(["first_ms"]).reset_index(drop=True),
+        plain.drop(columns="user").sort_values(["first_ms"]).reset_index(drop=True),
+    )
+    got = _fed(merged, rewards, seed).frame("onboarding")
+    pd.testing.assert_frame_equal(
+        got.sort_values("first_ms").reset_index(drop=True),
+        want.sort_values("first_ms").reset_index(drop=True),
+        check_dtype=False,
+    )
+    _assert_close(analyze(got, SHARES), analyze(want, SHARES))
+    assert _fed(merged, rewards, seed).stats()["users"] == 300
+
+
+def test_cohorts_put_a_user_in_the_arm_of_their_earliest_decision_whatever_the_order() -> None:
+    decisions = [
+        {"decisionId": "d2", "userKey": "u", "arm": "treatment", "chosen": "a", "timestamp": 5000},
+        {"decisionId": "d1", "userKey": "u", "arm": "control", "chosen": "a", "timestamp": 1000},
+    ]
+    c = Cohorts()
+    for d in decisions:
+        c.decision(d)
+    [want] = users_from_logs(decisions, []).values()
+    got = c.frame("default")
+    assert got.iloc[0]["arm"] == want.iloc[0]["arm"] == "control"
+
+
 def _assert_close(a: Any, b: Any, where: str = "") -> None:
     """Equal, floats to 1e-12 (sums over rows in another order round differently)."""
     if isinstance(a, dict) and isinstance(b, dict):
