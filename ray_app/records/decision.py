@@ -34,7 +34,15 @@ DECISION_SCHEMA = "onramp.decision/2"
 DECISION_SCHEMAS = frozenset({"onramp.decision/1", DECISION_SCHEMA})
 
 #: What a logged decision must carry (a decision that served nothing is not logged).
-_DECISION_REQUIRED = ("decisionId", "userKey", "slot", "chosen", "propensity", "timestamp")
+_DECISION_REQUIRED = (
+    "decisionId",
+    "userKey",
+    "slot",
+    "chosen",
+    "propensity",
+    "timestamp",
+    "actionIndex",
+)
 
 
 def decision_answer(d: Any) -> dict[str, Any]:
@@ -199,7 +207,7 @@ class DecisionRecord:
             context=_optional(data, "context", dict, "an object"),
             profile_age_ms=_optional_int(data, "profileAgeMs"),
             trace_id=_optional(data, "traceId", str, "a string"),
-            merged_from=_optional_texts(data, "mergedFrom"),
+            merged_from=_optional_texts(data, "mergedFrom") or None,  # [] is written as absent
         )
 
 

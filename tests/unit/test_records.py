@@ -218,6 +218,7 @@ BAD_DECISIONS = [
     (decision(propensity=0), "invalid_field", "propensity"),
     (decision(propensity=True), "invalid_field", "propensity"),
     (decision(actionIndex=-1), "invalid_field", "actionIndex"),
+    (decision(actionIndex=None), "missing_field", "actionIndex"),
     (decision(features=["x"]), "invalid_field", "features"),
     (decision(ranked=[{"id": "role"}]), "invalid_field", "ranked"),
     (decision(chosen="other"), "invalid_field", "chosen"),
@@ -237,6 +238,13 @@ def test_a_malformed_decision_record_names_its_reason_code_and_field(data, code,
     with pytest.raises(DecisionRecordError) as info:
         DecisionRecord.from_json(data)
     assert (info.value.code.value, info.value.field) == (code, field) and info.value.reason
+
+
+def test_a_decision_merged_from_no_one_reads_back_as_written():
+    record = DecisionRecord.from_json(decision(mergedFrom=None))
+    empty = DecisionRecord.from_json(decision(mergedFrom=[]))
+    assert empty == record and "mergedFrom" not in empty.to_json()
+    assert DecisionRecord.from_json(empty.to_json()) == empty
 
 
 def test_a_decision_error_reads_like_the_stream_reports_it():
