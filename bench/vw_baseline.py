@@ -128,18 +128,27 @@ def main() -> None:
     args = ap.parse_args()
 
     from bench._common import emit, git_rev, machine
-    from bench.learning import gain_curve, reference_rows
+    from bench.learning import gain_curve, gain_share, reference_rows
 
     truth = world(args.world, seed=args.seed, drift_at=args.drift_at, drift=args.drift)
     started = time.monotonic()
-    curves = {
-        name: gain_curve(reference_rows(truth, xs), "vw")
+    rows = {
+        name: reference_rows(truth, xs)
         for name, xs in run_all(truth, args.users, args.seed).items()
     }
+    curves = {name: gain_curve(rs, "vw") for name, rs in rows.items()}
+    last = {name: gain_share(rs[-2_000:]) for name, rs in rows.items()}
+    cubic, quadratic = last.get("vw_cubic"), last.get("vw_quadratic")
     emit(
         {
             "benchmark": "vw_baseline",
-            "figure": "share of the oracle's gain over the static flow per 1,000 users",
+            "figure": "Vowpal Wabbit cubic (-q UA --cubic UUA): share of the oracle's gain over "
+            "the static flow over the last 2,000 users (curves: per 1,000 users)",
+            "value": cubic,
+            "baseline": "Vowpal Wabbit quadratic (-q UA: no two-trait interaction), same users",
+            "baseline_value": quadratic,
+            "ratio": None if cubic is None or not quadratic else round(cubic / quadratic, 3),
+            "kafka_client": "none (in process, no Kafka)",
             "world": args.world,
             "users": args.users,
             "curves": curves,
