@@ -3,7 +3,8 @@ freshness histogram (``receivedAt`` at the collector -> state updated), per part
 on profiles (live profiles, evictions past the idle TTL, keys dropped by each per-profile cap),
 rejected decision records, and the checkpoints the workers refused to load or skipped writing.
 Every family has a sample whatever the status holds (0 where a key is absent), so dashboards and
-alert rules always find it."""
+alert rules always find it; but for the families by ``reason``, which have a sample for each
+reason counted so far (alert rules read them with ``or vector(0)``)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     onramp_stream_freshness_seconds_count 5
     """
     fam: dict[str, list[str]] = {name: [] for name, _, _ in _FAMILIES}
-    refused = skipped = 0
+    refused = 0
+    skipped: dict[str, int] = {}  # worker slot -> checkpoints it skipped
     waiting = 0.0
     histograms: list[tuple[list[int], list[int]]] = []
     total_ms = 0.0
@@ -40,16 +42,22 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         for p, st in sorted(worker["partitions"].items(), key=lambda kv: int(kv[0])):
             _partition_samples(fam, p, st)
         refused += len(worker.get("refused", {}))
-        skipped += worker.get("checkpointsSkipped", 0)
+        # one series per worker slot (w0, w1, ...: a replacement keeps its predecessor's), so
+        # a restarted worker's count starting again from 0 reads as that counter's reset and
+        # not as a sum going down, which increase() counts as new skips
+        slot = str(worker.get("worker", "")).split("-", 1)[0]
+        skipped[slot] = skipped.get(slot, 0) + worker.get("checkpointsSkipped", 0)
         waiting = max(waiting, worker.get("waitingOnKafkaS", 0.0))
         histograms.append((worker["freshnessBucketsMs"], worker["freshnessCounts"]))
         total_ms += worker.get("freshnessSumMs", 0.0)
     fam["onramp_stream_checkpoint_refused_partitions"].append(
         f"onramp_stream_checkpoint_refused_partitions {refused}"
     )
-    fam["onramp_stream_checkpoints_skipped_total"].append(
-        f"onramp_stream_checkpoints_skipped_total {skipped}"
-    )
+    for slot, n in sorted(skipped.items()) or [("", 0)]:
+        labels = f'{{worker="{slot}"}}' if slot else ""
+        fam["onramp_stream_checkpoints_skipped_total"].append(
+            f"onramp_stream_checkpoints_skipped_total{labels} {n}"
+        )
     fam["onramp_stream_waiting_on_kafka_seconds"].append(
         f"onramp_stream_waiting_on_kafka_seconds {waiting:g}"
     )

@@ -11,6 +11,7 @@ import inspect
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -300,3 +301,64 @@ def test_the_freshness_sum_keeps_full_precision() -> None:
           "freshnessCounts": [1, 2], "freshnessSumMs": 123_456_789.0}]
     )  # fmt: skip
     assert "onramp_stream_freshness_seconds_sum 123456.789" in text
+
+
+def _closing(text: str, start: int) -> int:
+    """The index just past the parenthesis closing the one at ``start``."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i + 1
+    raise ValueError(f"unbalanced: {text!r}")
+
+
+def test_the_dlq_alert_reads_a_reason_never_counted_as_zero() -> None:
+    """The rejected counters have no series before their first rejection, and in PromQL a sum
+    over nothing is empty, as is anything added to it: each sum of the DLQ share must read an
+    empty one as 0, or the alert cannot fire until both the collector and the stream have
+    rejected something."""
+    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
+    [expr] = [
+        r["expr"] for g in rules["groups"] for r in g["rules"] if r["alert"] == "OnrampDLQSpike"
+    ]
+    sums = [m.start() for m in re.finditer(r"\bsum\(", expr)]
+    assert len(sums) == 4
+    for at in sums:
+        end = _closing(expr, at + len("sum"))
+        assert expr[end:].lstrip().startswith("or vector(0)"), expr[at:end]
+    idle = _stream_text_without_rejections()
+    assert "onramp_stream_rejected_total{" not in idle  # why: no series until the first one
+
+
+def _stream_text_without_rejections() -> str:
+    return stream_metrics_text(
+        [{"worker": "w0-g0-r0-m0", "partitions": {"0": {"applied": 5, "duplicates": 0, "late": 0,
+          "rejected": 0, "buffered": 0, "lag": 0}}, "freshnessBucketsMs": [10],
+          "freshnessCounts": [0, 0], "freshnessSumMs": 0.0}]
+    )  # fmt: skip
+
+
+def test_checkpoints_skipped_is_a_counter_per_worker_slot_that_resets_when_it_restarts() -> None:
+    def worker(name: str, skipped: int) -> dict[str, Any]:
+        return {"worker": name, "partitions": {}, "freshnessBucketsMs": [10],
+                "freshnessCounts": [0, 0], "freshnessSumMs": 0.0,
+                "checkpointsSkipped": skipped}  # fmt: skip
+
+    def samples(status: list[dict[str, Any]]) -> list[str]:
+        text = stream_metrics_text(status)
+        return [s for s in text.splitlines() if s.startswith("onramp_stream_checkpoints_skipped")]
+
+    before = samples([worker("w0-g0-r0-m0", 5), worker("w1-g0-r0-m0", 3)])
+    # w1 restarted: its count starts again; w0's series must not go down with it (a sum did,
+    # 8 -> 5, which increase() reads as a reset and counts 5 new skips)
+    after = samples([worker("w0-g0-r0-m0", 5), worker("w1-g0-r1-m0", 0)])
+    assert before == [
+        'onramp_stream_checkpoints_skipped_total{worker="w0"} 5',
+        'onramp_stream_checkpoints_skipped_total{worker="w1"} 3',
+    ]
+    assert after == [
+        'onramp_stream_checkpoints_skipped_total{worker="w0"} 5',
+        'onramp_stream_checkpoints_skipped_total{worker="w1"} 0',
+    ]
+    assert samples([]) == ["onramp_stream_checkpoints_skipped_total 0"]
