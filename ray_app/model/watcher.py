@@ -68,8 +68,11 @@ class ModelWatcher:
                 continue
             try:
                 mtime = path.stat().st_mtime
-            except FileNotFoundError:
-                continue  # not published yet: keep serving what we have
+            except FileNotFoundError:  # not published yet, or this replica cannot see it:
+                # keep serving what we have, and say which version that is (a replica that
+                # never reports one is invisible to the alert on replicas left behind)
+                self.on_version(arm, self.target.bundles[arm].version)
+                continue
             if self._mtimes.get(arm) == mtime:
                 continue
             self._mtimes[arm] = mtime

@@ -470,3 +470,24 @@ def test_uniform_is_in_the_open_unit_interval():
     us = [uniform(0, f"k{i}") for i in range(5000)]
     assert all(0.0 < u < 1.0 for u in us) and abs(np.mean(us) - 0.5) < 0.02
     assert uniform(0, "k1") == uniform(0, "k1") != uniform(0, "k1", counter=1)
+
+
+def test_the_watcher_reports_the_version_served_while_the_model_file_is_missing(tmp_path, bundle):
+    """A replica that cannot see the model file (not published yet, or the shared state
+    directory missing on its host) still says which version it serves: the alert on replicas
+    left behind compares that gauge with the learner's."""
+    from ray_app.model.watcher import ModelWatcher
+
+    class Target:
+        schema, catalog = None, None
+        bundles = {"treatment": bundle}
+
+        def swap(self, arm: str, b: ModelBundle) -> bool:
+            raise AssertionError("nothing to swap in")
+
+    heard: list[tuple[str, int]] = []
+    watcher = ModelWatcher(
+        Target(), {"treatment": tmp_path / "absent.onramp"}, 1.0, lambda a, v: heard.append((a, v))
+    )
+    watcher.load()
+    assert heard == [("treatment", bundle.version)]
