@@ -22,6 +22,7 @@ the next read instead of waiting for the user's next event.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import threading
@@ -42,12 +43,37 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Columns the join's answer names itself: a CRM column of one of these names is left out.
+RESERVED = ("found", "by")
+
+
 def _clean(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
+    """A cell as JSON-ready Python: NaN and NaT -> None, numpy scalars and arrays -> Python
+    numbers and lists, times -> ISO-8601 text, anything else unknown -> its text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dt.datetime | dt.date):
+        return None if value != value else value.isoformat()  # NaT is not equal to itself
+    if hasattr(value, "tolist"):  # numpy scalars and arrays (a Parquet list column)
+        return _clean(value.tolist())
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    return str(value)
+
+
+def _key(value: Any) -> str | None:
+    """A join key as text: ``1001`` for a float column's 1001.0 (a column with blanks reads
+    as floats), None for a blank."""
+    value = _clean(value)
+    if value is None or value == "":
         return None
-    if hasattr(value, "item"):  # numpy scalars -> Python
-        return value.item()
-    return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 class CrmTable:
@@ -94,7 +120,8 @@ class CrmTable:
             df = (
                 pd.read_parquet(self.path)
                 if self.path.suffix == ".parquet"
-                else pd.read_csv(self.path)
+                # ids as written: "007" stays "007", and a column with blanks is not floats
+                else pd.read_csv(self.path, dtype={"userId": str, "accountId": str})
             )
         except Exception as exc:  # a half-written or broken file: keep the last good table
             self._fail(f"cannot read {self.path}: {exc}")
@@ -107,17 +134,18 @@ class CrmTable:
                 f"(its columns: {', '.join(columns[:12]) or 'none'})"
             )
             return
-        by_user: dict[str, dict[str, Any]] = {}
-        by_account: dict[str, dict[str, Any]] = {}
-        repeated = 0
-        for rec in df.to_dict(orient="records"):
-            row = {str(k): _clean(v) for k, v in rec.items()}
-            if row.get("userId") is not None:
-                repeated += str(row["userId"]) in by_user
-                by_user[str(row["userId"])] = row
-            elif row.get("accountId") is not None:
-                repeated += str(row["accountId"]) in by_account
-                by_account[str(row["accountId"])] = row
+        try:
+            by_user, by_account, repeated = _index(df.to_dict(orient="records"))
+        except Exception as exc:  # a cell no answer can carry: keep the last good table
+            self._fail(f"cannot read the rows of {self.path}: {exc}")
+            return
+        reserved = [c for c in columns if c in RESERVED]
+        if reserved:
+            log.warning(
+                "CRM table %s: columns %s are left out (the answer's own fields)",
+                self.path,
+                ", ".join(reserved),
+            )
         self.by_user, self.by_account, self._mtime = by_user, by_account, mtime
         self.loads += 1
         self.repeated = repeated
@@ -170,6 +198,30 @@ class CrmTable:
                 return {"found": False, "by": None, **DEFAULTS}
             self.hits += 1
             return {"found": True, "by": by, **{k: v for k, v in row.items() if k != "userId"}}
+
+
+def _index(
+    records: list[dict[Any, Any]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], int]:
+    """Rows by user id and by account id (a row with a user id is joined by it only), and how
+    many rows repeated an earlier row's id."""
+    by_user: dict[str, dict[str, Any]] = {}
+    by_account: dict[str, dict[str, Any]] = {}
+    repeated = 0
+    for rec in records:
+        row = {str(k): _clean(v) for k, v in rec.items() if str(k) not in RESERVED}
+        user, account = _key(row.get("userId")), _key(row.get("accountId"))
+        if "userId" in row:
+            row["userId"] = user
+        if "accountId" in row:
+            row["accountId"] = account
+        if user is not None:
+            repeated += user in by_user
+            by_user[user] = row
+        elif account is not None:
+            repeated += account in by_account
+            by_account[account] = row
+    return by_user, by_account, repeated
 
 
 def write_demo_crm(path: Path, accounts: dict[str, dict[str, Any]]) -> Path:

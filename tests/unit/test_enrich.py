@@ -77,3 +77,47 @@ def test_a_table_that_cannot_serve_says_why_in_the_log_and_the_health(tmp_path, 
     assert again.error is None and again.health()["repeatedRows"] == 1
     assert again.enrich({"userId": "u1"})["plan"] == "enterprise"
     assert "repeat a userId or accountId" in caplog.text
+
+
+def test_numeric_ids_join_as_written(tmp_path):
+    """A userId column with blanks reads as floats (1001.0) and drops leading zeros (007 -> 7)
+    unless read as text: those users were all misses."""
+    path = tmp_path / "crm.csv"
+    path.write_text("userId,accountId,plan\n1001,,pro\n,42,enterprise\n007,,team\n")
+    t = CrmTable(path)
+    assert t.enrich({"userId": "1001"})["plan"] == "pro"
+    assert t.enrich({"userId": "007"})["plan"] == "team"
+    assert t.enrich({"userId": "u9", "traits": {"accountId": "42"}})["plan"] == "enterprise"
+    pq = tmp_path / "crm.parquet"
+    pd.DataFrame(
+        {"userId": [1001.0, None], "accountId": [None, 42.0], "plan": ["a", "b"]}
+    ).to_parquet(pq)
+    t = CrmTable(pq)
+    assert t.enrich({"userId": "1001"})["plan"] == "a"
+    assert t.enrich({"userId": "x", "traits": {"accountId": "42"}})["plan"] == "b"
+    assert t.misses == 0
+
+
+def test_any_parquet_cell_becomes_json_and_reserved_columns_stay_out(tmp_path):
+    """A list column used to raise on every reload attempt (and stop a replica starting on the
+    file); a time column made the profile answer unserializable; a column named ``found``
+    overwrote the join's own field."""
+    import json
+
+    pq = tmp_path / "crm.parquet"
+    pd.DataFrame(
+        {
+            "userId": ["u1", "u2"],
+            "tags": [["a", "b"], ["c"]],
+            "signedAt": [pd.Timestamp("2026-01-02T03:04:05Z"), pd.NaT],
+            "found": ["no", "no"],
+            "by": ["x", "x"],
+        }
+    ).to_parquet(pq)
+    t = CrmTable(pq)
+    assert t.error is None
+    got = t.enrich({"userId": "u1"})
+    assert got["found"] is True and got["by"] == "userId"
+    assert got["tags"] == ["a", "b"] and got["signedAt"].startswith("2026-01-02T03:04:05")
+    assert t.enrich({"userId": "u2"})["signedAt"] is None
+    json.dumps(got)  # what the profile answer does with it
