@@ -172,12 +172,45 @@ def _rate_checks(
     return out
 
 
-def _features(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, str | None]:
-    rows = [r["features"] for r in records if r.get("features")]
+#: Decisions of each set whose features the audit compares, at most (evenly spaced beyond):
+#: a PSI over 50,000 decisions is as sure as over more, and each is a dense row of floats.
+MAX_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class _Features:
+    x: np.ndarray  # one dense row per decision of the usual width
+    schema: str | None
+    unreadable: int  # features that are not a feature vector
+    other_width: int  # vectors of another width than the set's usual one
+
+
+def _features(records: Sequence[Mapping[str, Any]]) -> _Features:
+    """The decisions' feature vectors (the sparse object a decision record carries, or the
+    dense list of schema ``/1``) as a dense matrix of the set's most common width."""
+    from ray_app.records.features import parse_features
+
+    parsed = []
+    unreadable = 0
+    for r in records:
+        raw = r.get("features")
+        if raw is None or raw == []:
+            continue
+        try:
+            parsed.append(parse_features(raw))
+        except ValueError:
+            unreadable += 1
     schema = next((r.get("featureSchema") for r in records if r.get("featureSchema")), None)
-    width = max((len(r) for r in rows), default=0)
-    rows = [r for r in rows if len(r) == width]
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), width), schema
+    sizes = Counter(f.size for f in parsed)
+    width = sizes.most_common(1)[0][0] if sizes else 0
+    kept = [f for f in parsed if f.size == width]
+    if len(kept) > MAX_ROWS:
+        kept = [kept[i] for i in np.linspace(0, len(kept) - 1, MAX_ROWS).astype(int)]
+    x = np.zeros((len(kept), width), dtype=np.float32)
+    for i, f in enumerate(kept):
+        x[i, list(f.indices)] = f.values
+    return _Features(x, schema if isinstance(schema, str) else None, unreadable,
+                     len(parsed) - sizes[width])  # fmt: skip
 
 
 def _segments(records: Iterable[Mapping[str, Any]]) -> dict[str, Counter[str]]:
@@ -185,7 +218,8 @@ def _segments(records: Iterable[Mapping[str, Any]]) -> dict[str, Counter[str]]:
     for r in records:
         if r.get("arm") is not None:
             out.setdefault("arm", Counter())[str(r["arm"])] += 1
-        for k, v in (r.get("context") or {}).items():
+        context = r.get("context")
+        for k, v in (context if isinstance(context, Mapping) else {}).items():
             if isinstance(v, str | int | bool) and not isinstance(v, float):
                 out.setdefault(f"context.{k}", Counter())[str(v)] += 1
     return out
@@ -205,8 +239,10 @@ def audit(
     """Compare two sets of decision records (and optionally two ``/metrics`` texts)."""
     from ray_app.errors import FieldError
 
-    ref_x, ref_schema = _features(reference)
-    cur_x, cur_schema = _features(recent)
+    reference = [r for r in reference if isinstance(r, Mapping)]
+    recent = [r for r in recent if isinstance(r, Mapping)]
+    ref_f, cur_f = _features(reference), _features(recent)
+    ref_x, ref_schema, cur_x, cur_schema = ref_f.x, ref_f.schema, cur_f.x, cur_f.schema
     if ref_x.shape[1] != cur_x.shape[1] or (ref_schema and cur_schema and ref_schema != cur_schema):
         raise FieldError(
             "features",
@@ -241,8 +277,15 @@ def audit(
         + [f"{r.name} {100 * (r.recent or 0):.2f}%" for r in rates if r.drifted]
     )
     return {
-        "reference": {"decisions": len(reference), "withFeatures": len(ref_x)},
-        "recent": {"decisions": len(recent), "withFeatures": len(cur_x)},
+        **{
+            name: {
+                "decisions": len(records),
+                "withFeatures": len(f.x),
+                "unreadableFeatures": f.unreadable,
+                "otherWidth": f.other_width,
+            }
+            for name, records, f in (("reference", reference, ref_f), ("recent", recent, cur_f))
+        },
         "features": [asdict(f) for f in sorted(features, key=lambda f: -f.psi)],
         "segments": [asdict(m) for m in mix],
         "rates": [asdict(r) for r in rates],

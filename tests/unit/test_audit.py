@@ -109,3 +109,32 @@ def test_cli_prints_what_drifted_and_writes_plots(tmp_path, capsys):
     assert main(["audit", "--reference", str(ref), "--recent", str(same), "--fail-on-drift",
                  "--out", str(out)]) == 0  # fmt: skip
     assert "nothing drifted" in capsys.readouterr().out
+
+
+def test_the_audit_reads_the_decision_records_onramp_writes_and_counts_odd_ones():
+    """Decision records carry their features sparse ({"size", "indices", "values"}): the audit
+    read only dense lists, and failed on every record Onramp writes. A record of another width
+    or with unreadable features is counted, not a reason to compare nothing."""
+    import orjson
+
+    from ray_app.records.decision import DecisionRecord
+
+    def written(seed: int, shift: bool = False) -> list[dict]:
+        out = []
+        for d in decisions(seed, 2000, shift=shift):
+            record = DecisionRecord(
+                decision_id=d["decisionId"], user_key=d["decisionId"], slot="next_step",
+                chosen="role", propensity=0.5, action_index=1, features=d["features"],
+                at_ms=1767225600000, arm=d["arm"], context=d["context"],
+            )  # fmt: skip
+            out.append(orjson.loads(record.encode()))
+        return out
+
+    reference, recent = written(1), written(2, shift=True)
+    assert isinstance(recent[0]["features"], dict)
+    recent += [{**recent[0], "features": {"size": 9, "indices": [0], "values": [1.0]}},
+               {**recent[0], "features": "garbage"}, {**recent[0], "context": ["x"]}]  # fmt: skip
+    r = audit(reference, recent, NAMES)
+    assert r["recent"]["withFeatures"] == 2001
+    assert (r["recent"]["otherWidth"], r["recent"]["unreadableFeatures"]) == (1, 1)
+    assert [f["name"] for f in r["features"] if f["drifted"]] == ["progress"]
