@@ -60,7 +60,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         default="teams",
         choices=DEMO_WORLDS,
         help="the simulated world the learning users come from: teams (default), clinics, "
-        "campus (trait names and values of their own, two-trait preferences), or v2",
+        "campus, fleets (trait names and values of their own, two-trait preferences), or v2",
     )
     demo.add_argument(
         "--plot", type=Path, help="where to write the PNG (default: <state_dir>/learning.png)"

@@ -39,7 +39,8 @@ class DecideSettings(_Section):
     model_path: Path | None = Field(
         None,
         description="Model file of the treatment arm (an Onramp model bundle), watched for "
-        "changes and hot-swapped; empty: cold start from the catalog's default flow.",
+        "changes and hot-swapped; empty: <state_dir>/models/treatment.onramp, where the "
+        "learner publishes (the cold start from the catalog's default flow until it does).",
     )
     model_b_path: Path | None = Field(
         None, description="Model file of the optional arm treatment_b (empty: cold start)."
