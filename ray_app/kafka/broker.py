@@ -139,6 +139,7 @@ class EmbeddedBroker:
         self.start_timeout_s = start_timeout_s
         self.log_path = Path(log_path) if log_path else None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where this run's lines start in log_path
 
     @property
     def bootstrap(self) -> str:
@@ -173,6 +174,7 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         with open(self.log_path, "ab") as logf:
+            self._log_start = logf.tell()  # this run's lines start here (the log is appended to)
             self._proc = subprocess.Popen(
                 [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
                 stdout=logf,
@@ -208,8 +210,13 @@ class EmbeddedBroker:
         )
 
     def _log_tail(self, n: int = 2000) -> str:
+        """The last ``n`` characters this run wrote to the log (not an earlier run's)."""
+        if self.log_path is None:
+            return ""
         try:
-            return self.log_path.read_text(errors="replace")[-n:] if self.log_path else ""
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                return f.read().decode(errors="replace")[-n:]
         except OSError:
             return ""
 

@@ -435,6 +435,7 @@ class StreamWorker:
         return [OutRecord(topics[role], value, key=key) for role, key, value in forward]
 
     def _observe(self, ms: float) -> None:
+        ms = max(ms, 0.0)  # a collector clock ahead of this host's: not less than no time
         self.freshness_sum_ms += ms
         self.freshness[bisect.bisect_left(FRESHNESS_BUCKETS_MS, ms)] += 1  # first bound >= ms
 

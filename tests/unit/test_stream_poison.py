@@ -437,3 +437,13 @@ def test_a_worker_whose_checkpoints_fail_still_closes_on_stop(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         w.stop()
     assert w._profile_server is None or w._profile_server._closed
+
+
+def test_freshness_from_a_collector_clock_ahead_counts_as_no_time(twin, tmp_path):
+    """A negative freshness (the collector's host clock ahead of the worker's) falls in the
+    lowest bucket and must not lower the histogram's sum (a sum that goes down is read as a
+    counter reset)."""
+    w, _ = _worker(tmp_path)
+    w._observe(-250.0)
+    w._observe(40.0)
+    assert w.freshness_sum_ms == 40.0 and sum(w.freshness) == 2
