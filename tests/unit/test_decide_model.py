@@ -479,8 +479,9 @@ def test_the_watcher_reports_the_version_served_while_the_model_file_is_missing(
     from ray_app.model.watcher import ModelWatcher
 
     class Target:
-        schema, catalog = None, None
-        bundles = {"treatment": bundle}
+        def __init__(self) -> None:
+            self.schema, self.catalog = None, None
+            self.bundles = {"treatment": bundle}
 
         def swap(self, arm: str, b: ModelBundle) -> bool:
             raise AssertionError("nothing to swap in")
