@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -149,3 +151,13 @@ def test_a_settings_file_may_use_yaml_merge_keys(tmp_path):
     )
     s = load_settings(f, env={})
     assert sorted(s.collector.read_keys) == ["ops", "web"]
+
+
+def test_an_empty_path_is_its_default_or_refused_never_the_current_directory():
+    """``Path("")`` is ``.``: an empty ONRAMP_DECIDE__MODEL_PATH served and published the
+    model at the working directory, an empty ONRAMP_STATE_DIR wrote state there."""
+    s = load_settings(env={"ONRAMP_DECIDE__MODEL_PATH": "", "ONRAMP_ENRICH__CRM_PATH": " "})
+    assert s.decide.model_path is None and s.enrich.crm_path is None
+    assert s.model_path == Path(".onramp") / "models" / "treatment.onramp"
+    with pytest.raises(ConfigError, match=r"state_dir: .*an empty path"):
+        load_settings(env={"ONRAMP_STATE_DIR": ""})
