@@ -56,7 +56,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -406,6 +406,13 @@ def _parse_events(
             rej = event_rejection(
                 exc, raw, f"batch[{index}]" if batched else "", index if batched else None
             )
+            if rej.field == f"batch[{index}].sentAt" and _took_sent_at(raw, envelope):
+                rej = replace(
+                    rej,
+                    field="sentAt",
+                    message=f"the batch's sentAt, which this event takes (it has none of its "
+                    f"own): {rej.message}",
+                )
         else:
             if not request.admit(key, record):
                 return out
@@ -418,6 +425,11 @@ def _parse_events(
             return out
         out.dlq.append(dlq)
     return out
+
+
+def _took_sent_at(raw: Any, envelope: Envelope) -> bool:
+    """Whether ``raw`` took the batch's ``sentAt`` (it has none of its own)."""
+    return envelope.sent_at is not None and isinstance(raw, dict) and raw.get("sentAt") is None
 
 
 # -- one event ------------------------------------------------------------------------------

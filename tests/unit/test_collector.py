@@ -182,3 +182,20 @@ def test_a_request_cancelled_before_the_send_thread_runs_gives_its_bytes_back():
     c._sender.submit(lambda: None).result(5)  # the queued send ran (and was settled)
     assert c.inflight_bytes == 0
     assert len(broker.records("onramp.events")) == 1  # sent anyway: a retry dedupes on messageId
+
+
+def test_a_bad_batch_sent_at_is_named_as_the_batchs_not_the_events():
+    """An event without its own sentAt takes the batch's: when that one is not a time, the
+    rejection names the batch's field (the client's bug is there), not a batch[i].sentAt the
+    event never sent; an event's own bad sentAt is still its own."""
+    c, broker, _ = make()
+    bad_own = {**GOOD, "sentAt": "later"}
+    payload = {
+        "sentAt": "soon",
+        "batch": [GOOD, {**GOOD, "sentAt": "2026-01-01T00:00:00Z"}, bad_own],
+    }
+    reply = run(c.handle("batch", json.dumps(payload).encode(), AUTH))
+    rejected = reply.body["rejected"]
+    assert [(r["index"], r["field"]) for r in rejected] == [(0, "sentAt"), (2, "batch[2].sentAt")]
+    assert rejected[0]["message"].startswith("the batch's sentAt")
+    assert reply.body["accepted"] == 1 and len(broker.records("onramp.events.dlq")) == 2
