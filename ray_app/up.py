@@ -253,6 +253,7 @@ class Stack:
         self.http_mode = "default"
         self._ray_started = False
         self._own_cluster = False
+        self._deployed = False  # this stack ran serve.run of APP_NAME (so stop may delete it)
 
     @property
     def base_url(self) -> str:
@@ -326,6 +327,8 @@ class Stack:
             # a local Ray of its own (no address): Serve is this stack's alone, shut down whole
             # on stop; a cluster it joined keeps its other applications
             self._own_cluster = s.ray.address is None
+        if not self._own_cluster:
+            self._refuse_a_running_onramp()
         # The stream supervisor's workers and the learner start while Serve does (each is
         # mostly processes importing their modules): waited for before the stack is up.
         starting: list[tuple[str, Any, float]] = []
@@ -354,6 +357,7 @@ class Stack:
                 self.learner, launched = service.launch_learner_actor(s, self.bootstrap)
                 starting.append(("the learner", launched, service.LAUNCH_TIMEOUT_S))
         start_serve({"host": s.collector.host, "port": s.collector.port})
+        self._deployed = True
         serve.run(
             self.build_app(
                 {"settings": s, "bootstrap": self.bootstrap, "http_host": s.collector.host}
@@ -371,6 +375,22 @@ class Stack:
                 raise OnrampError(f"{what} did not start within {timeout_s:.0f} s") from None
         self._wait_healthy()
         return self
+
+    def _refuse_a_running_onramp(self) -> None:
+        """On a cluster this stack joined, an Onramp application already running there (one
+        ``serve deploy`` started) is not replaced by this one, nor deleted when it stops."""
+        from ray import serve
+
+        try:
+            running = APP_NAME in serve.status().applications
+        except Exception:  # Serve not started on the cluster: nothing runs there
+            return
+        if running:
+            raise OnrampError(
+                f"the Ray cluster at {self.settings.ray.address or 'this address'} already runs "
+                f"a Serve application {APP_NAME!r}: this would replace it. Stop it first "
+                f"(serve delete {APP_NAME}), or point ray.address at another cluster"
+            )
 
     def _wait_healthy(self, timeout_s: float = 60.0) -> None:
         import httpx
@@ -440,8 +460,8 @@ class Stack:
                 try:
                     if self._own_cluster:
                         serve.shutdown()
-                    else:  # a cluster this stack joined: only the application it deployed
-                        serve.delete(APP_NAME)
+                    elif self._deployed:  # a cluster it joined: only the application it
+                        serve.delete(APP_NAME)  # deployed, never one it found there
                     if self.learner is not None:
                         ray.get(self.learner.stop.remote(), timeout=60)
                         self.learner = None

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ray_app.embedded import prepare, run_name
 
 
@@ -205,3 +207,34 @@ def test_joined_through_ray_client_the_collector_is_looked_for_on_the_head_node(
     )
     assert joined.base_url.startswith("http://head-node:")
     assert joined.urls()["health"].startswith("http://head-node:")
+
+
+def test_a_stack_on_a_joined_cluster_never_replaces_nor_deletes_an_onramp_it_found(
+    tmp_path, monkeypatch
+):
+    """``ray.address`` at a cluster that already runs ``serve deploy``'s Onramp: the stack
+    refuses to start (serve.run would have replaced it), and a stack that failed before it
+    deployed anything does not delete it on the way out (it did: a failed ``onramp up`` took
+    the production collector down)."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray import serve
+
+    from ray_app.config import load_settings
+    from ray_app.errors import OnrampError
+    from ray_app.up import APP_NAME, Stack
+
+    env = {"ONRAMP_STATE_DIR": str(tmp_path), "ONRAMP_RAY__ADDRESS": "ray://head-node:10001"}
+    stack = Stack(load_settings(env=env), lambda _: None)
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={APP_NAME: object()}))
+    with pytest.raises(OnrampError, match="already runs a Serve application 'onramp'"):
+        stack._refuse_a_running_onramp()
+    deleted: list[str] = []
+    monkeypatch.setattr(serve, "delete", deleted.append)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    stack.stop()
+    assert deleted == []
+    stack._deployed = True  # one it deployed itself is deleted
+    stack.stop()
+    assert deleted == [APP_NAME]
