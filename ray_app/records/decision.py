@@ -169,7 +169,7 @@ class DecisionRecord:
         ...
         ray_app.records.errors.DecisionRecordError: chosen: required in a decision record
         >>> bad = {"decisionId": "d1", "userKey": "u1", "slot": "s", "chosen": "a",
-        ...        "propensity": 1, "timestamp": "soon"}
+        ...        "propensity": 1, "actionIndex": 0, "timestamp": "soon"}
         >>> try:
         ...     DecisionRecord.from_json(bad)
         ... except DecisionRecordError as e:

@@ -255,7 +255,9 @@ def test_no_checkpoint_covers_side_outputs_kafka_has_not_acknowledged(twin, tmp_
     w.stop()  # Kafka still down: its final checkpoint is skipped too
     assert store.load(0).next_offset == 2 and w.checkpoints_skipped == 2
     assert w.status()["checkpointsSkipped"] == 2
-    assert "onramp_stream_checkpoints_skipped_total 2" in stream_metrics_text([w.status()])
+    assert 'onramp_stream_checkpoints_skipped_total{worker="w0"} 2' in stream_metrics_text(
+        [w.status()]
+    )
 
     # a worker whose owed outputs go through on stop checkpoints them
     w2, _ = _worker(tmp_path)
