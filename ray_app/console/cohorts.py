@@ -181,8 +181,7 @@ class Cohorts:
             if did in self._pending or did in self._done:
                 return False
             exp = str(d.get("experiment", "default"))
-            key = str(d["userKey"])
-            user = self._person(key)
+            user = self._person(str(d["userKey"]))
             arm = self._arm(str(d["arm"]))
             ms = record_ms(d["timestamp"])
         except (KeyError, TypeError, ValueError):
@@ -196,7 +195,7 @@ class Cohorts:
         self._pending[did] = (exp, rows.row(user, arm, ms))
         if len(self._pending) > PENDING:
             self._pending.popitem(last=False)
-        self._assign(key, arm)  # the funnel follows the ids events carry
+        self._assign(user, arm)
         self.version += 1
         orphan = self._orphans.pop(did, None)
         if orphan is not None:
@@ -217,6 +216,7 @@ class Cohorts:
         self._alias[old] = into
         for rows in self.experiments.values():
             rows.fold(old, into)
+        self._merge_funnel(old, into)
         self.version += 1
 
     def reward(self, r: Mapping[str, Any]) -> bool:
@@ -291,23 +291,49 @@ class Cohorts:
             self.funnel_ignored += 1
             return
         self._user_arm[user] = arm
-        self._arm_users[arm] = self._arm_users.get(arm, 0) + 1
+        self._count(user, 1)
+
+    def _count(self, user: str, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) what ``user`` counts in their arm's funnel."""
+        arm = self._user_arm.get(user)
+        if arm is None:
+            return
+        self._arm_users[arm] = self._arm_users.get(arm, 0) + sign
         mask = self._user_steps.get(user, 0)
         if mask:
             reached = self._reached.setdefault(arm, {})
             for step, bit in self._steps.items():
                 if mask & (1 << bit):
-                    reached[step] = reached.get(step, 0) + 1
+                    reached[step] = reached.get(step, 0) + sign
                     if self._done_step(mask, self._prev.get(step)):
                         after = self._after.setdefault(arm, {})
-                        after[step] = after.get(step, 0) + 1
+                        after[step] = after.get(step, 0) + sign
         if user in self._user_done:
-            self._completed[arm] = self._completed.get(arm, 0) + 1
+            self._completed[arm] = self._completed.get(arm, 0) + sign
+
+    def _merge_funnel(self, old: str, into: str) -> None:
+        """``old``'s steps, completion and arm become ``into``'s: one user of the funnel, in
+        the arm of the id assigned first (the anonymous one: it decided before the merge)."""
+        if old not in self._user_arm and old not in self._user_steps and old not in self._user_done:
+            return
+        self._count(old, -1)
+        self._count(into, -1)
+        arm = self._user_arm.pop(old, None)
+        if arm is not None:
+            self._user_arm[into] = arm
+        mask = self._user_steps.pop(old, 0) | self._user_steps.get(into, 0)
+        if mask:
+            self._user_steps[into] = mask
+        if old in self._user_done:
+            self._user_done.discard(old)
+            self._user_done.add(into)
+        self._count(into, 1)
 
     def step_completed(self, user: str, step: str) -> None:
         """A ``Step Completed`` of ``step`` by ``user`` (a second one changes nothing). Steps
         the catalog does not list are counted up to :data:`EXTRA_STEPS` of them, users up to
         :data:`FUNNEL_USERS`; past either, the completion is ignored (and counted as such)."""
+        user = self._person(user)  # an id merged into another counts as that one
         if step not in self._steps and step not in self._catalog_steps:
             if len(self._steps) - len(self._catalog_steps & self._steps.keys()) >= EXTRA_STEPS:
                 self.funnel_ignored += 1
@@ -338,6 +364,7 @@ class Cohorts:
 
     def onboarding_completed(self, user: str) -> None:
         """An ``Onboarding Completed`` by ``user``."""
+        user = self._person(user)
         if user in self._user_done:
             return
         if len(self._user_done) >= FUNNEL_USERS:

@@ -498,3 +498,32 @@ def test_the_funnel_stays_bounded_whatever_step_ids_and_users_clients_send(monke
     for u in ("u2", "u3", "u4", "spam-1", "spam-2"):
         c.onboarding_completed(u)
     assert len(c._user_done) == 3  # completions of users past the bound are not kept either
+
+
+def test_the_funnel_counts_a_merged_person_once_with_every_step_they_took() -> None:
+    """A visitor who completed welcome anonymously and role after signing up is one user of
+    the funnel who did both (they were two: one stuck at welcome, one who skipped it)."""
+    c = Cohorts(["welcome", "role"])
+    c.decision({"decisionId": "d1", "userKey": "anon", "arm": "treatment", "experiment": "e",
+                "chosen": "welcome", "timestamp": 1000})  # fmt: skip
+    c.step_completed("anon", "welcome")
+    c.decision({"decisionId": "d2", "userKey": "u1", "arm": "treatment", "experiment": "e",
+                "chosen": "role", "timestamp": 2000, "mergedFrom": ["anon"]})  # fmt: skip
+    c.step_completed("u1", "role")
+    c.onboarding_completed("anon")  # a late event under the old id is the same person's
+    assert c.funnel()["treatment"] == {
+        "users": 1,
+        "steps": {"welcome": 1, "role": 1},
+        "after": {"role": 1},
+        "completed": 1,
+    }
+    # the same person seen the other way round: signed up first, merged before any step
+    d = Cohorts(["welcome", "role"])
+    d.step_completed("u2", "welcome")
+    d.decision({"decisionId": "d3", "userKey": "anon2", "arm": "control", "experiment": "e",
+                "chosen": "role", "timestamp": 1000})  # fmt: skip
+    d.step_completed("anon2", "role")
+    d.decision({"decisionId": "d4", "userKey": "u2", "arm": "control", "experiment": "e",
+                "chosen": "role", "timestamp": 2000, "mergedFrom": ["anon2"]})  # fmt: skip
+    assert d.funnel()["control"]["users"] == 1
+    assert d.funnel()["control"]["after"] == {"role": 1}
