@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ray_app.decide.user_config import USER_CONFIG_KEYS as DECIDE_USER_CONFIG
 from ray_app.errors import ConfigError
 
 __all__ = [
@@ -114,13 +115,8 @@ EC2_NODE_CONFIG_KEYS = frozenset(
 
 #: ``user_config`` keys each deployment's ``reconfigure`` accepts, and the setting it changes.
 USER_CONFIG_KEYS: dict[str, dict[str, str]] = {
-    "Collector": {
-        "model_path": "decide.model_path",
-        "model_b_path": "decide.model_b_path",
-        "policy": "decide.policy",
-        "epsilon": "decide.epsilon",
-        "temperature": "decide.temperature",
-    },
+    # each the decide setting of its name (ray_app.decide.user_config, what reconfigure reads)
+    "Collector": {key: f"decide.{key}" for key in DECIDE_USER_CONFIG},
     "StreamSupervision": {"workers": "stream.workers"},
 }
 

@@ -26,7 +26,6 @@ without a restart.
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -67,6 +66,7 @@ from ray_app.decide import (
 from ray_app.decide.batcher import DecisionBatcher
 from ray_app.decide.log import DecisionLog, lingering
 from ray_app.decide.service import Answer, DecisionService
+from ray_app.decide.user_config import decide_user_config
 from ray_app.enrich import CrmTable
 from ray_app.errors import (
     ErrorCode,
@@ -76,7 +76,7 @@ from ray_app.errors import (
     Unauthorized,
     error_body,
 )
-from ray_app.model import Policy, serving_threads
+from ray_app.model import serving_threads
 from ray_app.model.watcher import ModelWatcher
 from ray_app.stream.reader import ProfileReader, StreamUnavailable
 from ray_app.telemetry import OtelHooks
@@ -98,8 +98,6 @@ _NO_DEMO = (
     "alone (collector.host and Kafka on loopback)"
 )
 
-#: What ``user_config`` may hold (``reconfigure``).
-_USER_CONFIG = {"model_path", "model_b_path", "policy", "epsilon", "gamma", "temperature"}
 #: The longest ``GET /v1/profiles/{id}`` waits for the stream workers (then 503, Retry-After).
 _PROFILE_READ_S = 10.0
 
@@ -185,23 +183,13 @@ class CollectorIngress:
         self.console_routes = ConsoleRoutes(settings, bootstrap, *for_console)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Serve's ``user_config``: model files and policy, changed without a restart."""
-        unknown = set(config) - _USER_CONFIG
-        if unknown:
-            raise ValueError(f"user_config: unknown keys {sorted(unknown)}")
-        policy = self.decider.policy
-        if {"policy", "epsilon", "gamma", "temperature"} & set(config):  # validate first
-            policy = Policy(
-                kind=config.get("policy", policy.kind),
-                epsilon=config.get("epsilon", policy.epsilon),
-                gamma=config.get("gamma", policy.gamma),
-                temperature=config.get("temperature", policy.temperature),
-                seed=policy.seed,
-            )
-        for key, arm in (("model_path", "treatment"), ("model_b_path", "treatment_b")):
-            if key in config:
-                self.watcher.set_path(arm, Path(config[key]) if config[key] else None)
-        self.decider.policy = policy
+        """Serve's ``user_config``: model files and policy, changed without a restart; the
+        settings with it over them, checked whole first (:mod:`ray_app.decide.user_config`)."""
+        wanted = decide_user_config(self.settings, config)
+        for arm, path in wanted.paths.items():
+            if self.watcher.paths.get(arm) != path:
+                self.watcher.set_path(arm, path)
+        self.decider.policy = wanted.policy
         self.watcher.load()
 
     # -- answers ----------------------------------------------------------------------------

@@ -57,10 +57,13 @@ class DecideSettings(_Section):
     gamma: float = Field(
         10.0,
         gt=0,
+        allow_inf_nan=False,
         description="squarecb: gamma until the learner publishes its own (it grows as "
         "learn.gamma_scale * sqrt(rewards learned)).",
     )
-    temperature: float = Field(0.5, gt=0, description="softmax: temperature of the scores.")
+    temperature: float = Field(
+        0.5, gt=0, allow_inf_nan=False, description="softmax: temperature of the scores."
+    )
     seed: int = Field(0, description="Seed of the policy's draws (with the decision id).")
     experiment: str = Field("onboarding", min_length=1, description="Experiment name.")
     salt: str = Field("onramp", min_length=1, description="Hash salt of the arm assignment.")

@@ -157,11 +157,10 @@ class Decider:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Decider:
+        from ray_app.decide.user_config import policy_of
+
         d = settings.decide
-        policy = Policy(
-            kind=d.policy, epsilon=d.epsilon, gamma=d.gamma, temperature=d.temperature, seed=d.seed
-        )
-        return cls(load_catalog(d.catalog_path), Arms(d), policy)
+        return cls(load_catalog(d.catalog_path), Arms(d), policy_of(d))
 
     def swap(self, arm: str, bundle: ModelBundle) -> bool:
         """Serve ``bundle`` to ``arm`` if it is newer than what the arm serves; True if swapped.

@@ -112,20 +112,55 @@ def test_runtime_env_fields_are_checked(config):
 
 
 def test_user_config_keys_are_what_reconfigure_accepts():
-    """Each key the strict check allows passes the replica's own unknown-key check."""
+    """The strict check and the replica's reconfigure know the same keys, both ways (gamma
+    passed reconfigure and was refused by the check)."""
     from deployments.collector import CollectorIngress
     from deployments.stream import StreamSupervision
+    from ray_app.config import load_settings
 
     for name, deployment in (
         ("Collector", CollectorIngress),
         ("StreamSupervision", StreamSupervision),
     ):
         cls = deployment.func_or_class
-        bare = SimpleNamespace()  # reconfigure checks the keys before it touches the replica
+        # reconfigure checks the keys before it touches the replica
+        bare = SimpleNamespace(settings=load_settings(env={}))
         for key in USER_CONFIG_KEYS[name]:
             with pytest.raises(ValueError) as info:
                 cls.reconfigure(bare, {key: None, "zz_unknown": 1})
-            assert str(info.value) == "user_config: unknown keys ['zz_unknown']", (name, key)
+            assert str(info.value).startswith("user_config: unknown keys ['zz_unknown']")
+    from ray_app.decide.user_config import USER_CONFIG_KEYS as DECIDE
+
+    assert set(USER_CONFIG_KEYS["Collector"]) == set(DECIDE)
+
+
+@pytest.mark.parametrize(
+    ("user_config", "refused"),
+    [
+        ({"epsilon": "0.2"}, None),  # as the setting reads it: both take it
+        ({"gamma": 50.0, "policy": "squarecb"}, None),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"model_b_path": 5}, "model_b_path"),
+    ],
+)
+def test_the_check_and_reconfigure_answer_a_value_alike(user_config, refused):
+    """A value the pre-deploy check passes must not make reconfigure raise: Serve stops a
+    replica whose reconfigure raises, so a config the check approved took every decision
+    replica down."""
+    from ray_app.config import load_settings
+    from ray_app.decide.user_config import decide_user_config
+
+    config = {"applications": [{"name": "onramp", "import_path": "deployments.app:build_app",
+              "deployments": [{"name": "Collector", "user_config": user_config}]}]}  # fmt: skip
+    problems = [p for p in serve_config_problems(config) if "user_config" in p]
+    if refused is None:
+        assert problems == []
+        decide_user_config(load_settings(env={}), user_config)
+    else:
+        assert len(problems) == 1 and f"user_config.{refused}" in problems[0], problems
+        with pytest.raises(ValueError, match=f"user_config.{refused}"):
+            decide_user_config(load_settings(env={}), user_config)
 
 
 def test_args_settings_sit_between_the_file_and_the_environment(tmp_path, monkeypatch):
@@ -161,3 +196,30 @@ def test_the_settings_scale_onramp_up_and_serve_deploy_alike():
     options = ingress_options(s)
     assert options["autoscaling_config"]["max_replicas"] == 5
     assert options["ray_actor_options"] == {"num_cpus": 1.0}
+
+
+def test_a_user_config_is_the_settings_with_it_over_them_each_time():
+    """A key removed from user_config is its setting again, as on a replica started later (it
+    kept the last value on running replicas, so old and new replicas explored differently);
+    an empty model path is the settings' default, not the working directory."""
+    from ray_app.config import load_settings
+    from ray_app.decide.user_config import decide_user_config
+
+    settings = load_settings(env={})
+    first = decide_user_config(settings, {"policy": "epsilon_greedy", "model_path": "/m/a.onramp"})
+    assert first.policy.kind == "epsilon_greedy" and str(first.paths["treatment"]) == "/m/a.onramp"
+    again = decide_user_config(settings, {})
+    assert again.policy.kind == settings.decide.policy == "squarecb"
+    assert again.paths == {"treatment": settings.model_path, "treatment_b": None}
+    assert (
+        decide_user_config(settings, {"model_path": ""}).paths["treatment"] == settings.model_path
+    )
+
+
+def test_the_shipped_serve_config_explores_with_the_default_policy(config):
+    """serve_config.yaml pinned epsilon_greedy after squarecb became the default: serve deploy
+    ran another policy than onramp up, and left the learner's published gamma unused."""
+    from ray_app.config import load_settings
+
+    [collector] = [d for d in config["applications"][0]["deployments"] if d["name"] == "Collector"]
+    assert collector["user_config"]["policy"] == load_settings(env={}).decide.policy
