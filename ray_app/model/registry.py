@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import math
 import struct
 import time
@@ -68,6 +69,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from ray_app.errors import FieldError
 from ray_app.model.bundle import MAGIC, ModelBundle
 from ray_app.storage import Storage, write_file_atomically
+
+log = logging.getLogger("onramp.registry")
 
 if TYPE_CHECKING:
     from ray_app.catalog import Catalog
@@ -213,14 +216,28 @@ class ModelRegistry:
         return sorted(int(d) for d in self._store.subdirs("versions") if d.isdigit())
 
     def list(self) -> builtins.list[ModelVersion]:
-        """Every version's metadata, oldest first."""
-        return [self.get(v) for v in self.versions()]
+        """Every version's metadata, oldest first; a version whose register was interrupted
+        (its model file written, not its ``meta.json``) is left out, and logged."""
+        out = []
+        for v in self.versions():
+            raw = self._store.read(f"versions/{v:06d}/meta.json")
+            if raw is None:
+                log.warning("registry %s: version %d is incomplete (no meta.json)", self.uri, v)
+                continue
+            out.append(self.get(v))
+        return out
 
     def get(self, version: int) -> ModelVersion:
         """A version's metadata; :class:`RegistryError` naming the versions there are if unknown."""
         raw = self._store.read(f"versions/{version:06d}/meta.json")
         if raw is None:
             have = self.versions()
+            if version in have:
+                raise RegistryError(
+                    "version",
+                    f"version {version} is incomplete: its meta.json is missing (a register "
+                    "that was interrupted); register the model again",
+                )
             listed = ", ".join(map(str, have)) if have else "none: the registry is empty"
             raise RegistryError(
                 "version", f"no version {version} in the registry (versions: {listed})"
@@ -355,11 +372,19 @@ class ModelRegistry:
         served = _served_promotion(serve_path)
         epoch = max([0, served, *(p.epoch for p in history)]) + 1
         promotion = Promotion(version, epoch, time.time(), _action)
-        if serve_path is not None:
-            bundle.metadata = {**bundle.metadata, "promotion": epoch, "registryVersion": version}
-            write_file_atomically(serve_path, bundle.to_bytes())
+        # the record first, then the served file, and the record undone if that fails: the
+        # other way round, a failed record left the replicas serving a version the registry
+        # did not name (rollback then went back past it)
+        before = self._store.read("promotions.json")
         body = {"history": [p.to_json() for p in [*history, promotion]]}
         self._store.write("promotions.json", json.dumps(body, indent=2).encode())
+        if serve_path is not None:
+            bundle.metadata = {**bundle.metadata, "promotion": epoch, "registryVersion": version}
+            try:
+                write_file_atomically(serve_path, bundle.to_bytes())
+            except BaseException:
+                self._store.write("promotions.json", before or b'{"history": []}')
+                raise
         return promotion
 
     def rollback(

@@ -195,3 +195,53 @@ def test_cli_models_commands(tmp_path, capsys, monkeypatch):
     assert "*       2" in out and "0.6600" in out
     assert cli(["models", "show", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["promoted"] is False
+
+
+def test_an_interrupted_register_leaves_the_registry_listable(tmp_path):
+    """A register writes the model file, then meta.json: interrupted between the two, every
+    `onramp models list` failed ("no version 2 (versions: 1, 2)")."""
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register(_bundle(0))
+    reg.register(_bundle(1))
+    (tmp_path / "reg/versions/000002/meta.json").unlink()
+    assert [m.version for m in reg.list()] == [1]
+    with pytest.raises(RegistryError, match="version 2 is incomplete"):
+        reg.get(2)
+    assert reg.register(_bundle(2)).version == 3  # its number stays taken
+
+
+def test_a_failed_promotion_leaves_the_record_and_the_served_file_agreeing(tmp_path, monkeypatch):
+    """Whichever of the two writes fails, the registry names the version replicas serve: the
+    served file was written first, so a failed record (a full disk) left them serving a
+    version the registry did not name, and rollback went back past it."""
+    import ray_app.model.registry as registry_module
+
+    reg = ModelRegistry(tmp_path / "reg")
+    serve = tmp_path / "models" / "treatment.onramp"
+    for favour in (0, 1):
+        reg.register(_bundle(favour, favour=favour))
+    reg.promote(1, serve, SCHEMA, CATALOG)
+
+    def served() -> int:
+        return read_header(serve.read_bytes())["metadata"]["registryVersion"]
+
+    write = reg._store.write
+
+    def record_fails(rel: str, data: bytes) -> None:
+        if rel == "promotions.json":
+            raise OSError(28, "No space left on device")
+        write(rel, data)
+
+    monkeypatch.setattr(reg._store, "write", record_fails)
+    with pytest.raises(OSError, match="No space left"):
+        reg.promote(2, serve, SCHEMA, CATALOG)
+    monkeypatch.setattr(reg._store, "write", write)
+    assert reg.promoted().version == served() == 1  # type: ignore[union-attr]
+
+    def served_file_fails(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry_module, "write_file_atomically", served_file_fails)
+    with pytest.raises(OSError, match="No space left"):
+        reg.promote(2, serve, SCHEMA, CATALOG)
+    assert reg.promoted().version == served() == 1  # type: ignore[union-attr]
