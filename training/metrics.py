@@ -76,10 +76,11 @@ def evaluate(
     ``min_propensity``, in float64), ``auc``, ``precision``/``recall`` at 0.5, ``ips``/``snips``
     (:func:`~ray_app.learn.objective.greedy_ips`: the value of the greedy policy, unclipped),
     ``logged`` (mean reward of the logging policy) and ``match`` (share of rows where the greedy
-    choice is the logged one). With ``explored`` in ``data``, ``ips``/``snips`` are over the
-    rows an exploring arm logged (``ips_records`` of them): the control arm's static flow shows
-    one action with propensity 1, and rows that never show the greedy policy's other choices
-    would bias its estimate."""
+    choice is the logged one). With ``explored`` in ``data``, ``ips``/``snips``, ``logged`` and
+    ``match`` are over the rows an exploring arm logged (``ips_records`` of them): the control
+    arm's static flow shows one action with propensity 1, and rows that never show the greedy
+    policy's other choices would bias its estimate (``logged_all``: the mean reward of every
+    row)."""
     n = len(data["reward"])
     if n == 0:
         return {"records": 0}
@@ -118,8 +119,12 @@ def evaluate(
         if e.any()
         else None,
         "ips_records": int(e.sum()),
-        "logged": float(y.mean()),
-        "match": float((greedy == logged).mean()),
+        # the logging policy's value and the greedy policy's agreement with it on the same rows
+        # as ips (with the control arm's rows in, a policy identical to the exploring arm's
+        # read as a gain over it); logged_all: every row's mean reward
+        "logged": float(y[e].mean()) if e.any() else None,
+        "logged_all": float(y.mean()),
+        "match": float((greedy[e] == logged[e]).mean()) if e.any() else None,
     }
     return {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()

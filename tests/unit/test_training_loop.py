@@ -219,3 +219,7 @@ def test_validation_ips_is_over_the_rows_an_exploring_arm_logged():
     explored = evaluate(scorer, {**data, "explored": ~control})
     assert explored["ips_records"] == n // 2 and mixed["ips_records"] == n
     assert abs(explored["ips"] - 0.9) < 0.05 and abs(mixed["ips"] - 0.45) < 0.05
+    # the logging policy's value and the agreement beside ips are over the same rows: the
+    # exploring arm's mean reward (0.5), not every row's (the control arm showed the worse a)
+    assert abs(explored["logged"] - 0.5) < 0.03 and abs(explored["logged_all"] - 0.3) < 0.03
+    assert abs(explored["match"] - 0.5) < 0.03 and abs(mixed["match"] - 0.25) < 0.03
