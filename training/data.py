@@ -18,7 +18,7 @@ train on or the features were logged under another feature schema.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +144,20 @@ def reward_files(uri: str, rewards_topic: str = "onramp.rewards") -> list[str]:
     )
 
 
+def candidates_problem(candidates: Any, ids: Sequence[str], action: str) -> str | None:
+    """Why a record's ``candidates`` cannot be what its decision could show (an action the
+    slot does not have, or the served ``action`` not among them), or None. A record without
+    them could have shown any of the slot's actions."""
+    if not candidates:
+        return None
+    unknown = [c for c in candidates if c not in ids]
+    if unknown:
+        return f"{unknown[:3]} not actions of the slot"
+    if action not in candidates:
+        return f"the served action {action!r} is not among them"
+    return None
+
+
 def reward_data(
     rows: Iterable[Any], schema: FeatureSchema, catalog: Catalog, uri: str = ""
 ) -> RewardData:
@@ -203,6 +217,9 @@ def reward_data(
         sl = slots[s]
         if r.action_index >= sl.size or sl.actions[r.action_index].id != r.action:
             skip("unknown_action")
+            continue
+        if candidates_problem(r.candidates, [a.id for a in sl.actions], r.action) is not None:
+            skip("invalid:candidates")  # the propensity was of a choice among other actions
             continue
         m = np.zeros(width, dtype=np.bool_)
         cols = [sl.action_index[c] for c in (r.candidates or ()) if c in sl.action_index]

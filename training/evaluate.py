@@ -29,18 +29,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, setup_logging
+from ray_app.cli.common import (
+    EXIT_STATUS_HELP,
+    common_options,
+    count,
+    guarded,
+    plot_path,
+    seed,
+    setup_logging,
+)
 from ray_app.cli.output import dumps, working
 from ray_app.config import Settings, load_settings
 from ray_app.errors import ConfigError, FieldError
 from ray_app.experiments import Experiment
 from ray_app.records import DECISION_SCHEMAS, REWARD_SCHEMA, REWARD_SCHEMAS, RewardRecord
+from training.data import candidates_problem
 from training.ope import BanditLog, Estimate, evaluate
 
 __all__ = [
@@ -80,6 +89,10 @@ class OnrampLog:
     offset: dict[str, int]
     allowed: np.ndarray
     skipped: int
+    #: Reward records left out, by reason: ``duplicate`` (a second reward of a decision: the
+    #: topics are written at least once), ``action`` (its action is not the slot's action at its
+    #: ``actionIndex``), ``candidates`` (actions the slot does not have, or not the served one).
+    invalid: dict[str, int] = field(default_factory=dict)
     #: Rewards of the arms that serve the static flow (control, holdout) left out: it shows one action with propensity
     #: 1, so its rows never show what another policy would choose (no positivity); the
     #: estimates are for the users of the exploring arms, a random share of all by the split.
@@ -102,12 +115,19 @@ def onramp_log_from_records(
     decisions: dict[str, Mapping[str, Any]] = {}
     rewards: dict[str, Mapping[str, Any]] = {}
     skipped = 0
+    invalid: dict[str, int] = {}
+
+    def leave_out(reason: str) -> None:
+        invalid[reason] = invalid.get(reason, 0) + 1
+
     for rec in records:
         schema = rec.get("schema", REWARD_SCHEMA if "reward" in rec else None)
         did = str(rec.get("decisionId"))
         if schema in DECISION_SCHEMAS:
             decisions.setdefault(did, rec)
         elif schema in REWARD_SCHEMAS:
+            if did in rewards:
+                leave_out("duplicate")
             rewards.setdefault(did, rec)
         else:
             skipped += 1
@@ -136,6 +156,12 @@ def onramp_log_from_records(
             raise FieldError("slot", f"decision {did}: slot {r.slot!r} is not in {slots}")
         if r.action_index >= len(slot_actions[r.slot]):
             raise FieldError("actionIndex", f"decision {did}: {r.action_index} is out of range")
+        if slot_actions[r.slot][r.action_index] != r.action:
+            leave_out("action")  # a reward credited to another action than the one shown
+            continue
+        if candidates_problem(r.candidates, slot_actions[r.slot], r.action) is not None:
+            leave_out("candidates")  # its propensity was of a choice among other actions
+            continue
         rows.append(r)
     if not rows:
         raise FieldError(
@@ -168,6 +194,7 @@ def onramp_log_from_records(
         offset=offset,
         allowed=allowed,
         skipped=skipped,
+        invalid=invalid,
         control=control,
     )
 
@@ -341,12 +368,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache-dir", metavar="DIR", help="OBD cache (default ~/.cache/onramp/obd)")
     p.add_argument(
-        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)"
+        "--n-bootstrap", type=count, default=1000, help="bootstrap resamples (default 1000)"
     )
-    p.add_argument("--seed", type=int, default=12345, help="seed of the bootstrap and training")
-    p.add_argument("--n-sim", type=int, default=100_000, help="--obd: BTS Monte Carlo draws")
-    p.add_argument("--epochs", type=int, default=3, help="--obd-policy: training epochs")
-    p.add_argument("--workers", type=int, default=2, help="--obd-policy: Ray Train workers")
+    p.add_argument("--seed", type=seed, default=12345, help="seed of the bootstrap and training")
+    p.add_argument("--n-sim", type=count, default=100_000, help="--obd: BTS Monte Carlo draws")
+    p.add_argument("--epochs", type=count, default=3, help="--obd-policy: training epochs")
+    p.add_argument("--workers", type=count, default=2, help="--obd-policy: Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="--obd-policy: one GPU per worker")
     p.add_argument(
         "--temperature", type=float, default=0.1, help="--obd-policy: softmax temperature"
@@ -356,7 +383,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--catalog", metavar="FILE", help="--logs: catalog (default: the packaged one)")
     p.add_argument(
-        "--plot", metavar="PNG", default="ope.png", help="where to write the plot (default ope.png)"
+        "--plot",
+        metavar="PNG",
+        type=plot_path,
+        default="ope.png",
+        help="where to write the plot (default ope.png; .pdf, .svg, ... by the suffix)",
     )
     return p
 
@@ -457,6 +488,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "mode": "logs",
         "n": table.log.n,
         "skipped_records": table.skipped,
+        "invalid_records": table.invalid,
         "control_records_left_out": table.control,
         "plot": str(plot),
         "policies": {p: {k: e.to_json() for k, e in r.items()} for p, r in results.items()},

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray_app.catalog import Catalog, load_catalog
-from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, setup_logging
+from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, seed, setup_logging
 from ray_app.cli.output import dumps, working
 from ray_app.config import Settings, load_settings
 from ray_app.features import FeatureSchema
@@ -379,7 +379,7 @@ def build_parser(prog: str = "onramp train") -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
     p.add_argument("--batch-size", type=int, default=256, help="records per step and worker")
     p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate (default 0.005)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffles")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the weights and shuffles")
     p.add_argument(
         "--validation", type=float, help="latest share held out (default 0.2; --obd: 0.3)"
     )

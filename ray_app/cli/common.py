@@ -145,6 +145,64 @@ def _positive(text: str, expected: str) -> float:
     return value
 
 
+def _integer(text: str, low: int, expected: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed, an integer >= 0 (numpy's generators refuse a negative one,
+    which failed only once a run had started).
+
+    >>> seed("7")
+    7
+    >>> seed("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an integer >= 0, got '-1'
+    """
+    return _integer(text, 0, "an integer >= 0")
+
+
+def count(text: str) -> int:
+    """An argparse type: a count of things to do, an integer >= 1.
+
+    >>> count("3")
+    3
+    >>> count("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an integer >= 1, got '0'
+    """
+    return _integer(text, 1, "an integer >= 1")
+
+
+#: What a plot may be written as (matplotlib's Agg backend; the format is the suffix's).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".eps", ".ps", ".tif", ".tiff")
+
+
+def plot_path(text: str) -> str:
+    """An argparse type: where to write a plot, with a suffix matplotlib writes (checked before
+    a run, not after it: it failed once everything was computed).
+
+    >>> plot_path("ope.png")
+    'ope.png'
+    >>> plot_path("ope.txt")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a file ending in .png, .pdf, .svg, .jpg, .jpeg, .webp, .eps, .ps, .tif or .tiff, got 'ope.txt'
+    """
+    if not text.lower().endswith(PLOT_SUFFIXES):
+        names = ", ".join(PLOT_SUFFIXES[:-1]) + f" or {PLOT_SUFFIXES[-1]}"
+        raise argparse.ArgumentTypeError(f"expected a file ending in {names}, got {text!r}")
+    return text
+
+
 def port(text: str) -> int:
     """An argparse type: a TCP port, 0 (any free one) to 65535.
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_app.cli.common import Stop, decide_key, port, with_overrides
+from ray_app.cli.common import Stop, decide_key, port, seed, with_overrides
 from ray_app.cli.output import dumps
 from ray_app.cli.up import print_urls
 from ray_app.config import Settings
@@ -44,7 +44,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     demo.add_argument("--users", type=int, help="users to simulate (default: sim.users)")
     demo.add_argument("--rate", type=float, help="events per second (default: sim.rate)")
-    demo.add_argument("--seed", type=int, help="simulation seed (default: sim.seed)")
+    demo.add_argument("--seed", type=seed, help="simulation seed (default: sim.seed)")
     demo.add_argument(
         "--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)"
     )

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ray_app.cli.common import Stop, with_overrides
+from ray_app.cli.common import Stop, seed, with_overrides
 from ray_app.cli.output import dumps
 from ray_app.config import Settings
 from ray_app.errors import ConfigError
@@ -27,7 +27,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     sim.add_argument("--write-key", help="write key (default: the first of collector.write_keys)")
     sim.add_argument("--users", type=int, help="users to simulate (default: sim.users)")
     sim.add_argument("--rate", type=float, help="events per second (default: sim.rate)")
-    sim.add_argument("--seed", type=int, help="simulation seed (default: sim.seed)")
+    sim.add_argument("--seed", type=seed, help="simulation seed (default: sim.seed)")
     sim.add_argument("--truth", type=Path, help="ground-truth JSON lines file to write")
 
 

@@ -151,3 +151,66 @@ def test_off_policy_estimates_leave_the_control_arm_out():
     only_control = [r for r in _mixed_arms_log(10) if r["arm"] == "control"]
     with pytest.raises(Exception, match="no reward records of an exploring arm"):
         onramp_log_from_records(only_control, {"s": ["a", "b"]})
+
+
+def test_rewards_that_cannot_be_what_was_shown_are_left_out_and_counted():
+    """A reward whose action is not the one at its actionIndex, whose candidates name actions
+    the slot does not have (or leave out the one served), or that repeats a decision's reward:
+    each was taken as it came (credited to another action, a propensity of a choice among
+    other actions: an IPS of 2.0 for 0/1 rewards) or dropped without a count."""
+    from training.evaluate import onramp_log_from_records
+
+    good = [r for r in _mixed_arms_log(40) if r["arm"] == "treatment"]
+    odd = [
+        {**good[0], "decisionId": "x1", "action": "b", "actionIndex": 0},
+        {**good[1], "decisionId": "x2", "candidates": ["Welcome", "a"]},
+        {**good[2], "decisionId": "x3", "candidates": ["b"], "action": "a", "actionIndex": 0},
+        dict(good[3]),  # a second copy of a reward
+    ]
+    table = onramp_log_from_records(good + odd, {"s": ["a", "b"]})
+    assert table.log.n == len(good)
+    assert table.invalid == {"duplicate": 1, "action": 1, "candidates": 2}
+
+
+def test_training_leaves_out_rewards_whose_candidates_the_slot_does_not_have():
+    from ray_app.catalog import load_catalog
+    from ray_app.features import FeatureSchema
+    from training.data import reward_data
+
+    catalog = load_catalog()
+    schema = FeatureSchema.from_catalog(catalog)
+    row = {"decisionId": "d1", "userKey": "u", "slot": "next_step", "action": "goals",
+           "actionIndex": 3, "arm": "treatment", "propensity": 0.5, "features": [0.0] * schema.dim,
+           "reward": 1, "outcome": "completed", "decidedAtMs": 5, "outcomeAtMs": 9,
+           "modelVersion": 0}  # fmt: skip
+    data = reward_data(
+        [row, {**row, "decisionId": "d2", "candidates": ["Goals", "goals"]},
+         {**row, "decisionId": "d3", "candidates": ["role"]}],
+        schema, catalog,
+    )  # fmt: skip
+    assert len(data) == 1 and data.skipped == {"invalid:candidates": 2}
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--seed", "-1"], "--seed: expected an integer >= 0, got '-1'"),
+        (["--plot", "ope.txt"], "--plot: expected a file ending in .png"),
+        (["--n-sim", "0"], "--n-sim: expected an integer >= 1, got '0'"),
+        (["--n-bootstrap", "-5"], "--n-bootstrap: expected an integer >= 1"),
+    ],
+)
+def test_bad_arguments_are_refused_before_the_run(tmp_path, capsys, args, said) -> None:
+    """They were tracebacks from numpy or matplotlib, the plot's after the whole run."""
+    _, r, _ = _write_logs(tmp_path, n=4)
+    with pytest.raises(SystemExit) as info:
+        main(["--logs", str(r), *args])
+    assert info.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_train_refuses_a_negative_seed_before_it_starts_ray(capsys) -> None:
+    from training.train import main as train
+
+    with pytest.raises(SystemExit) as info:
+        train(["--data", "nowhere", "--seed", "-1"])
+    assert info.value.code == 2 and "--seed: expected an integer >= 0" in capsys.readouterr().err
