@@ -193,6 +193,12 @@ def plan_run(root: Path, prefix: str, opts: TrainOptions) -> RunPlan:
     ``--resume``, the latest run there (or ``--run``) from its last checkpoint. Needs no Ray."""
     if not opts.resume:
         name = opts.run or dt.datetime.now(dt.UTC).strftime(f"{prefix}-%Y%m%d-%H%M%S")
+        if find_checkpoint(root / name) is not None:  # the run's result is read back from
+            raise TrainError(  # its folder: an earlier run's later epoch would win
+                "run",
+                f"a run named {name!r} already has checkpoints under {root / name}: continue "
+                f"it with --resume --run {name}, or name a new run",
+            )
         return RunPlan(root, name)
     run_dir = root / opts.run if opts.run else _latest_run(root)
     found = find_checkpoint(run_dir) if run_dir is not None else None

@@ -223,3 +223,21 @@ def test_validation_ips_is_over_the_rows_an_exploring_arm_logged():
     # exploring arm's mean reward (0.5), not every row's (the control arm showed the worse a)
     assert abs(explored["logged"] - 0.5) < 0.03 and abs(explored["logged_all"] - 0.3) < 0.03
     assert abs(explored["match"] - 0.5) < 0.03 and abs(mixed["match"] - 0.25) < 0.03
+
+
+def test_a_new_run_under_a_name_with_checkpoints_is_refused(tmp_path):
+    """The run's model is read back from its folder's latest epoch: a new 3-epoch run named as
+    an old 10-epoch one registered the old run's model."""
+    import json
+
+    from training.trainer import TrainError, TrainOptions, plan_run
+
+    old = tmp_path / "nightly" / "TorchTrainer_old" / "checkpoint_000009"
+    old.mkdir(parents=True)
+    (old / "meta.json").write_text(json.dumps({"epoch": 9, "history": []}))
+    (old / "state.pt").write_bytes(b"")
+    with pytest.raises(TrainError, match=r"already has checkpoints.*--resume --run nightly"):
+        plan_run(tmp_path, "train", TrainOptions(data="-", run="nightly"))
+    assert plan_run(tmp_path, "train", TrainOptions(data="-", run="other")).name == "other"
+    resumed = plan_run(tmp_path, "train", TrainOptions(data="-", run="nightly", resume=True))
+    assert resumed.resume_from == old
