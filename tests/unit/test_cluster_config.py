@@ -167,3 +167,21 @@ def test_direct_imports_are_declared_and_the_tested_set_is_pinned():
     )
     assert {"numpy", "pandas", "pyarrow", "fsspec", "ray", "torch"} <= set(pins)
     assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_the_always_up_stream_nodes_hold_the_serve_configs_stream_workers(config):
+    """Each stream worker asks the onramp_stream resource the env file documents; the spread
+    placement pins workers to the nodes there are, so the stream nodes always up must hold the
+    workers serve_config.yaml runs (one unit a node held one of 8 workers: six never started)."""
+    stream = config["available_node_types"]["stream"]
+    per_worker = 1.0  # ONRAMP_STREAM__WORKER_RESOURCES='{"onramp_stream": 1}' (cluster.yaml)
+    assert "ONRAMP_STREAM__WORKER_RESOURCES='{\"onramp_stream\": 1}'" in CLUSTER.read_text()
+    serve = yaml.safe_load((ROOT / "deployments" / "serve_config.yaml").read_text())
+    [workers] = [
+        d["user_config"]["workers"]
+        for app in serve["applications"]
+        for d in app["deployments"]
+        if d["name"] == "StreamSupervision"
+    ]
+    held = stream["min_workers"] * stream["resources"]["onramp_stream"] // per_worker
+    assert held >= workers, (held, workers)
