@@ -187,8 +187,9 @@ class CollectorIngress:
         settings with it over them, checked whole first (:mod:`ray_app.decide.user_config`)."""
         wanted = decide_user_config(self.settings, config)
         for arm, path in wanted.paths.items():
-            if self.watcher.paths.get(arm) != path:
-                self.watcher.set_path(arm, path)
+            if self.watcher.paths.get(arm) != path:  # named by the operator: served whatever
+                self.watcher.set_path(arm, path, named=True)  # its version
+
         self.decider.policy = wanted.policy
         self.watcher.load()
 

@@ -162,15 +162,19 @@ class Decider:
         d = settings.decide
         return cls(load_catalog(d.catalog_path), Arms(d), policy_of(d))
 
-    def swap(self, arm: str, bundle: ModelBundle) -> bool:
+    def swap(self, arm: str, bundle: ModelBundle | None, force: bool = False) -> bool:
         """Serve ``bundle`` to ``arm`` if it is newer than what the arm serves; True if swapped.
         Newer is a higher :attr:`~ray_app.model.ModelBundle.serving_rank` (a registry promotion
-        or rollback, then the version). Raises :class:`~ray_app.model.ModelFileError` if it
-        cannot serve this catalog."""
+        or rollback, then the version); with ``force`` (an operator named this file) any
+        version, and ``None`` is the cold start. Raises
+        :class:`~ray_app.model.ModelFileError` if it cannot serve this catalog."""
+        if bundle is None:
+            bundle = cold_start_bundle(self.schema, self.catalog)
         bundle.check(self.schema, self.catalog, strict_catalog=False)
         current = self.bundles.get(arm)
         if (
-            current is not None
+            not force
+            and current is not None
             and bundle.serving_rank <= current.serving_rank
             and current.serving_rank > (0, 0)
         ):

@@ -28,7 +28,7 @@ class Swappable(Protocol):
     catalog: Any
     bundles: Mapping[str, ModelBundle]
 
-    def swap(self, arm: str, bundle: ModelBundle) -> bool: ...
+    def swap(self, arm: str, bundle: ModelBundle | None, force: bool = False) -> bool: ...
 
 
 def _ignore(arm: str, version: int) -> None:
@@ -54,21 +54,36 @@ class ModelWatcher:
         self.stopped = threading.Event()
         self._mtimes: dict[str, float] = {}
         self._thread: threading.Thread | None = None
+        #: Arms an operator pointed at another file: its next load serves it whatever its
+        #: version (a file of an older version is how to go back to one), ``None`` the cold start.
+        self._named: set[str] = set()
+        self._missing: set[str] = set()
 
-    def set_path(self, arm: str, path: Path | None) -> None:
-        """Serve ``arm`` from ``path`` from the next :meth:`load` on, even if unchanged since."""
+    def set_path(self, arm: str, path: Path | None, named: bool = False) -> None:
+        """Serve ``arm`` from ``path`` from the next :meth:`load` on, even if unchanged since;
+        ``named`` (``user_config`` changed it): whatever that file's version."""
         self.paths[arm] = path
         self._mtimes.pop(arm, None)
+        self._missing.discard(arm)
+        if named:
+            self._named.add(arm)
 
     def load(self) -> None:
         """Swap in every model file that changed since the last load and is newer."""
         for arm, path in self.paths.items():
             if path is None:
+                if arm in self._named:  # the built-in model named: the cold start again
+                    self._named.discard(arm)
+                    self.target.swap(arm, None, force=True)
+                    log.info("arm %s now serves the cold start", arm)
                 self.on_version(arm, self.target.bundles[arm].version)
                 continue
             try:
                 mtime = path.stat().st_mtime
             except FileNotFoundError:  # not published yet, or this replica cannot see it:
+                if arm in self._named and arm not in self._missing:
+                    self._missing.add(arm)  # said once; served once it appears
+                    log.error("%s (arm %s): no such file; kept the current model", path, arm)
                 # keep serving what we have, and say which version that is (a replica that
                 # never reports one is invisible to the alert on replicas left behind)
                 self.on_version(arm, self.target.bundles[arm].version)
@@ -81,9 +96,11 @@ class ModelWatcher:
 
     def _load_file(self, arm: str, path: Path) -> None:
         target = self.target
+        named = arm in self._named
+        self._named.discard(arm)  # forced once: later loads follow the file's versions
         try:
             bundle = ModelBundle.from_bytes(path.read_bytes(), target.schema, target.catalog, False)
-            if target.swap(arm, bundle):
+            if target.swap(arm, bundle, force=named):
                 log.info("arm %s now serves model version %d", arm, bundle.version)
             else:
                 log.warning(

@@ -492,3 +492,41 @@ def test_the_watcher_reports_the_version_served_while_the_model_file_is_missing(
     )
     watcher.load()
     assert heard == [("treatment", bundle.version)]
+
+
+def test_a_model_file_named_in_user_config_is_served_whatever_its_version(tmp_path):
+    """Pointing model_path at an older version's file (going back to it) answered ok and kept
+    the newer model; model_b_path: null kept the arm's model instead of the cold start. A file
+    named by the operator is served once whatever its version; later loads follow versions."""
+    import dataclasses
+
+    from ray_app.decide import Arms, Decider
+    from ray_app.model.watcher import ModelWatcher
+    from tests.conftest import make_settings
+
+    catalog = load_catalog()
+    schema = FeatureSchema.from_catalog(catalog)
+
+    def write(path, version):
+        b = dataclasses.replace(cold_start_bundle(schema, catalog), version=version)
+        path.write_bytes(b.to_bytes())
+        return path
+
+    latest, older = write(tmp_path / "latest.onramp", 7), write(tmp_path / "v3.onramp", 3)
+    decider = Decider(catalog, Arms(make_settings().decide), Policy("epsilon_greedy", epsilon=0))
+    watcher = ModelWatcher(decider, {"treatment": latest, "treatment_b": latest}, 1.0)
+    watcher.load()
+    assert decider.versions() == {"treatment": 7, "treatment_b": 7}
+    watcher.set_path("treatment", older, named=True)
+    watcher.set_path("treatment_b", None, named=True)
+    watcher.load()
+    assert decider.versions() == {"treatment": 3, "treatment_b": 0}
+    import os
+
+    write(older, 2)
+    os.utime(older, (1e9, 1e9))  # a new modification time: read again, and not newer
+    watcher.load()
+    assert decider.versions()["treatment"] == 3
+    watcher.set_path("treatment", tmp_path / "typo.onramp", named=True)
+    watcher.load()  # a file that is not there: logged, the current model kept
+    assert decider.versions()["treatment"] == 3
