@@ -41,6 +41,7 @@ and the decision service expect Onramp's feature schema).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -57,6 +58,7 @@ from ray_app.config import Settings, load_settings
 from ray_app.features import FeatureSchema
 from ray_app.model import ModelBundle, cold_start_bundle
 from ray_app.model.registry import ModelRegistry, served_version
+from ray_app.timefmt import iso_ms
 from training.data import RewardData, load_rewards, reward_files
 from training.metrics import evaluate
 from training.trainer import (
@@ -72,6 +74,8 @@ from training.trainer import (
     plan_run,
     with_ray,
 )
+
+log = logging.getLogger("onramp.train")
 
 if TYPE_CHECKING:
     from training.console import RayConsole
@@ -186,6 +190,31 @@ def _start_from(opts: TrainOptions, job: _Job) -> tuple[ModelBundle, int | None]
     return base, promoted.version
 
 
+def _starting_model_saw_held_out(
+    registry: ModelRegistry, parent: int | None, held_out: RewardData
+) -> str | None:
+    """A warning when the starting model (``--init promoted``) learned from records as late as
+    the first held-out one: the validation metrics then overstate the new model (they measure
+    what its starting weights already saw)."""
+    if parent is None or len(held_out) == 0:
+        return None
+    meta = registry.get(parent)
+    learned_to = meta.data.get("trainToMs", meta.data.get("toMs"))
+    if learned_to is None and meta.source == "online":  # it learned from live traffic
+        learned_to = int(meta.created_at * 1000)
+    first_held_out = int(held_out.decided_at_ms.min())
+    if learned_to is None or learned_to < first_held_out:
+        return None
+    text = (
+        f"the starting model (version {parent}) learned from records up to "
+        f"{iso_ms(learned_to)}, past the first held-out record ({iso_ms(first_held_out)}): "
+        "the validation metrics overstate the new model; hold out later records or train "
+        "from --init cold"
+    )
+    log.warning(text)
+    return text
+
+
 def _train(
     opts: TrainOptions, settings: Settings, plan: RunPlan, console: RayConsole | None
 ) -> dict[str, Any]:
@@ -198,6 +227,7 @@ def _train(
     if len(train_data) == 0:
         raise TrainError("validation", f"nothing left to train on ({len(data)} records)")
     base, parent = _start_from(opts, job)
+    seen = _starting_model_saw_held_out(job.registry, parent, val_data)
     validation = {**val_data.columns(), "mask": val_data.mask, "explored": val_data.explored}
     source = Source(
         train=train_data.columns(),
@@ -209,7 +239,9 @@ def _train(
     final = (
         evaluate(fitted.scorer, validation, settings.learn.min_propensity) if len(val_data) else {}
     )
-    summary = _register(opts, job, fitted, final, data, len(train_data), parent)
+    summary = _register(opts, job, fitted, final, data, train_data, parent)
+    if seen is not None:
+        summary["warnings"] = [seen]
     if console is not None:
         summary["log"] = str(console.log.path)
     return summary
@@ -221,7 +253,7 @@ def _register(
     fitted: Fitted,
     final: dict[str, Any],
     data: RewardData,
-    n_train: int,
+    train_data: RewardData,
     parent: int | None,
 ) -> dict[str, Any]:
     """Register the trained model (and promote it with ``--promote``); the run's summary."""
@@ -247,7 +279,7 @@ def _register(
         "epochs": len(fitted.history),
         "workers": opts.workers,
         "device": "gpu" if opts.gpu else "cpu",
-        "train_records": n_train,
+        "train_records": len(train_data),
         "seconds": round(time.monotonic() - fitted.started, 2),
         "history": fitted.history,
     }
@@ -255,7 +287,9 @@ def _register(
         bundle,
         "train",
         parent=parent,
-        data=data.data_range(),
+        # the rows it trained on apart from the held-out ones: a run started from this model
+        # can tell whether its own held-out rows are ones this model learned from
+        data={**data.data_range(), "trainToMs": train_data.data_range()["toMs"]},
         metrics=metrics,
         note=opts.note,
         above=served_version(settings.model_path),

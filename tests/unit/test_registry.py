@@ -245,3 +245,28 @@ def test_a_failed_promotion_leaves_the_record_and_the_served_file_agreeing(tmp_p
     with pytest.raises(OSError, match="No space left"):
         reg.promote(2, serve, SCHEMA, CATALOG)
     assert reg.promoted().version == served() == 1  # type: ignore[union-attr]
+
+
+def test_training_from_a_model_that_learned_the_held_out_records_is_warned(tmp_path):
+    """--init promoted holds out the latest records: when the starting model learned from
+    them (a run on the same archive, or the online learner), the new model's validation
+    metrics measure what its weights already saw."""
+    import numpy as np
+
+    from training.train import _starting_model_saw_held_out
+
+    class HeldOut:
+        decided_at_ms = np.array([5_000, 9_000], dtype=np.int64)
+
+        def __len__(self) -> int:
+            return 2
+
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register(_bundle(0), "train", data={"toMs": 8_000, "trainToMs": 4_000})
+    reg.register(_bundle(1), "train", data={"toMs": 8_000})
+    reg.register(_bundle(2), "online")
+    assert _starting_model_saw_held_out(reg, 1, HeldOut()) is None  # type: ignore[arg-type]
+    said = _starting_model_saw_held_out(reg, 2, HeldOut())  # type: ignore[arg-type]
+    assert said is not None and "(version 2) learned from records up to" in said
+    assert _starting_model_saw_held_out(reg, 3, HeldOut()) is not None  # type: ignore[arg-type]
+    assert _starting_model_saw_held_out(reg, None, HeldOut()) is None  # type: ignore[arg-type]
