@@ -502,8 +502,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args)
 
     def run() -> int:
-        if args.n_bootstrap < 1:
-            raise ConfigError("--n-bootstrap: must be >= 1")
         settings = load_settings(args.config)
         summary = _run(args, settings)
         print(f"plot: {summary['plot']}", file=sys.stderr)

@@ -161,7 +161,9 @@ def test_runtime_errors_are_1_and_usage_errors_2_for_train_and_evaluate(tmp_path
     assert main(["report", "--decisions", str(tmp_path / "n"), "--rewards", "n"]) == 1
     # options out of range are usage errors
     assert main(["train", "--data", str(tmp_path), "--workers", "0"]) == 2
-    assert main(["evaluate", "--logs", "x", "--n-bootstrap", "0"]) == 2
+    with pytest.raises(SystemExit) as usage:  # refused by argparse, as every command's options
+        main(["evaluate", "--logs", "x", "--n-bootstrap", "0"])
+    assert usage.value.code == 2
     assert main(["report", "--table", "t.csv", "--level", "2"]) == 2
     capsys.readouterr()
 
