@@ -46,7 +46,7 @@ from ray_app.cli.common import (
 )
 from ray_app.cli.output import dumps, working
 from ray_app.config import Settings, load_settings
-from ray_app.errors import ConfigError, FieldError
+from ray_app.errors import FieldError
 from ray_app.experiments import Experiment
 from ray_app.records import DECISION_SCHEMAS, REWARD_SCHEMA, REWARD_SCHEMAS, RewardRecord
 from training.data import candidates_problem

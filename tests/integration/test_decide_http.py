@@ -328,7 +328,7 @@ def test_user_config_reconfigures_model_and_policy_in_place(broker, tmp_path):
         assert (replica.decider.policy.kind, replica.decider.policy.epsilon) == ("softmax", 0.2)
         with pytest.raises(ValueError, match="unknown keys"):
             replica.reconfigure({"model": "x"})
-        with pytest.raises(ValueError, match="user_config.policy: Input should be"):
+        with pytest.raises(ValueError, match=r"user_config\.policy: Input should be"):
             replica.reconfigure({"policy": "greedy"})
         assert replica.decider.policy.kind == "softmax"  # a refused config changes nothing
     finally:
