@@ -157,6 +157,10 @@ class RewardRecord:
         reward = _number(data, "reward")
         if reward not in (0.0, 1.0):
             raise RewardRecordError("reward", f"must be 0 or 1, got {reward}")
+        if reward != OUTCOMES[outcome]:  # what the stream's reward join writes (reward_of)
+            raise RewardRecordError(
+                "reward", f"an outcome {outcome!r} is worth {OUTCOMES[outcome]:g}, got {reward:g}"
+            )
         propensity = _number(data, "propensity")
         if not 0.0 < propensity <= 1.0:
             raise RewardRecordError("propensity", f"must be in (0, 1], got {data['propensity']}")

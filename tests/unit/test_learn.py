@@ -145,6 +145,7 @@ def test_reward_record_json_round_trip_and_validation():
         ("features", {"size": 0, "indices": [], "values": []}, "features"),
         ("actionIndex", -1, "actionIndex"),
         ("decisionId", "", "decisionId"),
+        ("outcome", "abandoned" if wire["reward"] else "completed", "reward"),  # not its worth
         ("schema", "onramp.reward/3", "schema"),
     ]:
         with pytest.raises(RewardRecordError) as err:
