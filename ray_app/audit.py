@@ -213,6 +213,26 @@ def _features(records: Sequence[Mapping[str, Any]]) -> _Features:
                      len(parsed) - sizes[width])  # fmt: skip
 
 
+def _decisions(records: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """Each decision once: the topics are written at least once, an archive run again over the
+    same offsets writes them again, and the stream's copy of a decision forwarded to a merged
+    id's survivor (:func:`~ray_app.records.decision.forwarded_copy`) is not another decision."""
+    from ray_app.records.decision import forwarded_copy
+
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if not isinstance(r, Mapping) or forwarded_copy(r):
+            continue
+        did = r.get("decisionId")
+        if isinstance(did, str):
+            if did in seen:
+                continue
+            seen.add(did)
+        out.append(r)
+    return out
+
+
 def _segments(records: Iterable[Mapping[str, Any]]) -> dict[str, Counter[str]]:
     out: dict[str, Counter[str]] = {}
     for r in records:
@@ -239,8 +259,7 @@ def audit(
     """Compare two sets of decision records (and optionally two ``/metrics`` texts)."""
     from ray_app.errors import FieldError
 
-    reference = [r for r in reference if isinstance(r, Mapping)]
-    recent = [r for r in recent if isinstance(r, Mapping)]
+    reference, recent = _decisions(reference), _decisions(recent)
     ref_f, cur_f = _features(reference), _features(recent)
     ref_x, ref_schema, cur_x, cur_schema = ref_f.x, ref_f.schema, cur_f.x, cur_f.schema
     if ref_x.shape[1] != cur_x.shape[1] or (ref_schema and cur_schema and ref_schema != cur_schema):

@@ -34,6 +34,7 @@ import orjson
 
 from ray_app.features import FeatureSchema
 from ray_app.records import DECISION_SCHEMAS, DecisionRecord, DecisionRecordError
+from ray_app.records.decision import forwarded_copy
 from ray_app.state import Event, Profile, RecordRejected, apply, decode_event, identity
 from ray_app.state.profile import merge_into
 
@@ -143,6 +144,9 @@ def replay_parity(
     by_user, merges = _index_events(events, users)
     report = ParityReport()
     for raw in decisions:
+        if forwarded_copy(raw):  # the stream's copy for a merged id's survivor: the original
+            report.skipped["forwarded"] = report.skipped.get("forwarded", 0) + 1  # is replayed
+            continue
         user = raw.get("userKey")
         if users is not None and user not in users:
             continue

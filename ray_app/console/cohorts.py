@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ray_app.records.decision import forwarded_copy
 from ray_app.timefmt import ms_from_iso
 
 __all__ = ["Cohorts", "ExperimentRows", "record_ms"]
@@ -176,6 +177,11 @@ class Cohorts:
         nothing, is a second copy, or is unreadable)."""
         try:
             if d.get("chosen") is None:
+                return False
+            if forwarded_copy(d):  # the original counts; the copy says who it merged into
+                old, into = d.get("forwardedFrom"), d.get("userKey")
+                if isinstance(old, str) and isinstance(into, str):
+                    self._merge(self._person(old), self._person(into))
                 return False
             did = str(d["decisionId"])
             if did in self._pending or did in self._done:

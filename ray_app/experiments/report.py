@@ -54,6 +54,7 @@ from ray_app.experiments.stats import (
     relative_uplift,
     srm,
 )
+from ray_app.records.decision import forwarded_copy
 
 __all__ = [
     "ArmResult",
@@ -240,7 +241,10 @@ def _people(decisions: Iterable[Mapping[str, Any]]) -> Callable[[str], str]:
 
     for d in sorted(decisions, key=lambda d: _ms(d["timestamp"])):
         merged = d.get("mergedFrom")
-        if not merged or not isinstance(merged, list | tuple):
+        merged = list(merged) if isinstance(merged, list | tuple) else []
+        if forwarded_copy(d) and isinstance(d.get("forwardedFrom"), str):
+            merged.append(d["forwardedFrom"])  # a copy for the surviving id: a merge
+        if not merged:
             continue
         survivor = find(str(d["userKey"]))
         for old in merged:
@@ -258,8 +262,8 @@ def users_from_logs(
     """Per experiment, the per-user frame from decision records (``onramp.decision/2``) and
     reward records (``onramp.reward/2``), each deduplicated by decision id (both topics are
     written at least once). A decision counts for conversion once its reward is decided. Ids
-    the stream merged (a decision's ``mergedFrom``) are one user, in the arm of their earliest
-    decision.
+    the stream merged (a decision's ``mergedFrom``, or its copy forwarded to the surviving id)
+    are one user, in the arm of their earliest decision; a forwarded copy is not a decision.
 
     >>> d = [{"decisionId": "d1", "userKey": "u1", "arm": "control", "experiment": "e",
     ...       "slot": "next_step", "chosen": "role", "timestamp": "2026-01-01T00:00:00Z"}]
@@ -268,14 +272,19 @@ def users_from_logs(
     [{'user': 'u1', 'arm': 'control', 'decisions': 1, 'positives': 1, 'steps': 1}]
     """
     by_id: dict[str, Mapping[str, Any]] = {}
+    copies = []
     for d in decisions:
-        if d.get("chosen") is not None:
-            by_id.setdefault(str(d["decisionId"]), d)
+        if d.get("chosen") is None:
+            continue
+        if forwarded_copy(d):  # the original counts; the copy says who it merged into
+            copies.append(d)
+            continue
+        by_id.setdefault(str(d["decisionId"]), d)
     outcome: dict[str, Mapping[str, Any]] = {}
     for r in rewards:
         if str(r["decisionId"]) in by_id:
             outcome.setdefault(str(r["decisionId"]), r)
-    person = _people(by_id.values())
+    person = _people([*by_id.values(), *copies])
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for did, d in by_id.items():
         key = (str(d.get("experiment", "default")), person(str(d["userKey"])))

@@ -27,6 +27,7 @@ __all__ = [
     "DecisionRecord",
     "decision_answer",
     "decision_json",
+    "forwarded_copy",
 ]
 
 DECISION_SCHEMA = "onramp.decision/2"
@@ -43,6 +44,18 @@ _DECISION_REQUIRED = (
     "timestamp",
     "actionIndex",
 )
+
+
+def forwarded_copy(record: Mapping[str, Any]) -> bool:
+    """Whether a decision record in ``onramp.decisions`` is the stream's copy of another, made
+    for an id merged into another before the record reached its partition, written again for
+    the surviving id's reward join (``hops``; ``forwardedFrom`` names the id it was made for).
+    The original is on the topic too: readers count it, and read the copy as that merge.
+
+    >>> forwarded_copy({"decisionId": "d1", "hops": 1}), forwarded_copy({"decisionId": "d1"})
+    (True, False)
+    """
+    return bool(record.get("hops"))
 
 
 def decision_answer(d: Any) -> dict[str, Any]:

@@ -345,7 +345,14 @@ class SessionShard(BatchChecks, Stitching):
                     if self.rewards.knows(d.decision_id):
                         self.rewards.repeated += 1
                         continue
-                    fwd = {**record, "userKey": alias[0], "hops": hops + 1}
+                    # a copy for the surviving id's join; readers of the topic (report, console,
+                    # audit, replay) count the original and read the copy as the merge it is
+                    fwd = {
+                        **record,
+                        "userKey": alias[0],
+                        "hops": hops + 1,
+                        "forwardedFrom": record.get("forwardedFrom", user),
+                    }
                     out.forward.append(("decisions", alias[0].encode(), orjson.dumps(fwd)))
                     continue
                 out.rewards += self.rewards.offer_decision(record, self.watermark)

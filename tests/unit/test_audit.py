@@ -132,9 +132,42 @@ def test_the_audit_reads_the_decision_records_onramp_writes_and_counts_odd_ones(
 
     reference, recent = written(1), written(2, shift=True)
     assert isinstance(recent[0]["features"], dict)
-    recent += [{**recent[0], "features": {"size": 9, "indices": [0], "values": [1.0]}},
-               {**recent[0], "features": "garbage"}, {**recent[0], "context": ["x"]}]  # fmt: skip
+    recent += [{**recent[0], "decisionId": "w", "features": {"size": 9, "indices": [0], "values": [1.0]}},
+               {**recent[0], "decisionId": "g", "features": "garbage"},
+               {**recent[0], "decisionId": "c", "context": ["x"]}]  # fmt: skip
     r = audit(reference, recent, NAMES)
     assert r["recent"]["withFeatures"] == 2001
     assert (r["recent"]["otherWidth"], r["recent"]["unreadableFeatures"]) == (1, 1)
     assert [f["name"] for f in r["features"] if f["drifted"]] == ["progress"]
+
+
+def test_each_decision_counts_once_in_the_audit():
+    """An archive run again over the same offsets writes the records again, and the stream's
+    copy of a decision forwarded to a merged id's survivor is not another decision: both
+    weighed those decisions twice in the feature and segment comparisons."""
+    reference, recent = decisions(1, 500), decisions(2, 500)
+    again = recent + recent[:200] + [{**recent[0], "userKey": "u", "hops": 1, "forwardedFrom": "a"}]
+    assert audit(reference, again, NAMES)["recent"]["decisions"] == 500
+
+
+def test_the_parity_replay_leaves_out_decisions_forwarded_to_a_survivor():
+    """A forwarded copy carries the merged-away id's features under the survivor's key: the
+    replay rebuilt the survivor's profile for it and reported a false mismatch."""
+    import orjson
+
+    from ray_app.catalog import load_catalog
+    from ray_app.features import FeatureSchema
+    from ray_app.records.decision import DecisionRecord
+    from training.replay import replay_parity
+
+    schema = FeatureSchema.from_catalog(load_catalog())
+    original = orjson.loads(
+        DecisionRecord(
+            decision_id="d1", user_key="anon", slot="next_step", chosen="role", propensity=0.5,
+            action_index=1, features=[0.0] * schema.dim, at_ms=1767225600000,
+            feature_schema=schema.hash, cold_start=True, cold_reason="unknown_user",
+        ).encode()
+    )  # fmt: skip
+    copy = {**original, "userKey": "user", "hops": 1, "forwardedFrom": "anon"}
+    report = replay_parity([], [original, copy], schema)
+    assert report.decisions == 1 and report.skipped == {"forwarded": 1}

@@ -527,3 +527,33 @@ def test_the_funnel_counts_a_merged_person_once_with_every_step_they_took() -> N
                 "chosen": "role", "timestamp": 2000, "mergedFrom": ["anon2"]})  # fmt: skip
     assert d.funnel()["control"]["users"] == 1
     assert d.funnel()["control"]["after"] == {"role": 1}
+
+
+@pytest.mark.parametrize("copy_first", [False, True])
+def test_a_decision_forwarded_to_a_merged_ids_survivor_is_one_decision_and_a_merge(
+    copy_first: bool,
+) -> None:
+    """The stream writes a decision again for the surviving id when it reached its partition
+    after the merge (``hops``, ``forwardedFrom``): counted once, it was two decisions of two
+    users, or with the copy read first, one user's decision and another user."""
+    t = pd.Timestamp(T0, unit="ms", tz="UTC").isoformat()
+    original = {"decisionId": "d1", "userKey": "anon", "arm": "treatment", "experiment": "e",
+                "slot": "next_step", "chosen": "role", "timestamp": t}  # fmt: skip
+    copy = {**original, "userKey": "user", "hops": 1, "forwardedFrom": "anon"}
+    later = {**original, "decisionId": "d2", "userKey": "user"}
+    rewards = [{"decisionId": "d1", "reward": 1.0, "outcome": "completed", "action": "role"},
+               {"decisionId": "d2", "reward": 0.0, "outcome": "abandoned", "action": "role"}]  # fmt: skip
+    decisions = [copy, original, later] if copy_first else [original, copy, later]
+    [want] = users_from_logs(decisions, rewards).values()
+    assert want[["user", "decisions", "positives"]].to_dict("records") == [
+        {"user": "user", "decisions": 2, "positives": 1}
+    ]
+    c = Cohorts()
+    for d in decisions:
+        c.decision(d)
+    for r in rewards:
+        c.reward(r)
+    got = c.frame("e")
+    assert got[["user", "decisions", "positives"]].to_dict("records") == [
+        {"user": "user", "decisions": 2, "positives": 1}
+    ]
