@@ -133,12 +133,15 @@ class Cohorts:
         self,
         steps: tuple[str, ...] | list[str] = (),
         counted: Callable[[Mapping[str, Any]], None] | None = None,
+        merged: Callable[[str, str], None] | None = None,
     ) -> None:
         order = list(steps)
         self._catalog_steps = frozenset(order)
         self.funnel_ignored = 0  # step completions of steps or users past the bounds
         #: Called with each reward when it counts: at once, or when its decision arrives after it.
         self.counted = counted
+        #: Called with (old, into) when a decision says the stream merged ``old`` into ``into``.
+        self.merged = merged
         self._prev = {b: a for a, b in pairwise(order)}  # step -> the step before it
         self._next = {a: b for a, b in pairwise(order)}
         self.experiments: dict[str, ExperimentRows] = {}
@@ -181,13 +184,13 @@ class Cohorts:
             if forwarded_copy(d):  # the original counts; the copy says who it merged into
                 old, into = d.get("forwardedFrom"), d.get("userKey")
                 if isinstance(old, str) and isinstance(into, str):
-                    self._merge(self._person(old), self._person(into))
+                    self._merge(self.person(old), self.person(into))
                 return False
             did = str(d["decisionId"])
             if did in self._pending or did in self._done:
                 return False
             exp = str(d.get("experiment", "default"))
-            user = self._person(str(d["userKey"]))
+            user = self.person(str(d["userKey"]))
             arm = self._arm(str(d["arm"]))
             ms = record_ms(d["timestamp"])
         except (KeyError, TypeError, ValueError):
@@ -196,7 +199,7 @@ class Cohorts:
         merged = d.get("mergedFrom")
         if merged and isinstance(merged, list | tuple):
             for old in merged:
-                self._merge(self._person(str(old)), user)
+                self._merge(self.person(str(old)), user)
         rows = self.experiments.setdefault(exp, ExperimentRows())
         self._pending[did] = (exp, rows.row(user, arm, ms))
         if len(self._pending) > PENDING:
@@ -208,7 +211,7 @@ class Cohorts:
             self.reward(orphan)
         return True
 
-    def _person(self, user: str) -> str:
+    def person(self, user: str) -> str:
         """The key that ``user`` was merged into, last (itself if none)."""
         while user in self._alias:
             user = self._alias[user]
@@ -223,6 +226,8 @@ class Cohorts:
         for rows in self.experiments.values():
             rows.fold(old, into)
         self._merge_funnel(old, into)
+        if self.merged is not None:
+            self.merged(old, into)
         self.version += 1
 
     def reward(self, r: Mapping[str, Any]) -> bool:
@@ -339,7 +344,7 @@ class Cohorts:
         """A ``Step Completed`` of ``step`` by ``user`` (a second one changes nothing). Steps
         the catalog does not list are counted up to :data:`EXTRA_STEPS` of them, users up to
         :data:`FUNNEL_USERS`; past either, the completion is ignored (and counted as such)."""
-        user = self._person(user)  # an id merged into another counts as that one
+        user = self.person(user)  # an id merged into another counts as that one
         if step not in self._steps and step not in self._catalog_steps:
             if len(self._steps) - len(self._catalog_steps & self._steps.keys()) >= EXTRA_STEPS:
                 self.funnel_ignored += 1
@@ -370,7 +375,7 @@ class Cohorts:
 
     def onboarding_completed(self, user: str) -> None:
         """An ``Onboarding Completed`` by ``user``."""
-        user = self._person(user)
+        user = self.person(user)
         if user in self._user_done:
             return
         if len(self._user_done) >= FUNNEL_USERS:

@@ -76,7 +76,7 @@ class ConsoleState:
         self.level = level
         self.steps = list(steps)
         self.clock = clock
-        self.cohorts = Cohorts(self.steps, counted=self._counted)
+        self.cohorts = Cohorts(self.steps, counted=self._counted, merged=self._merged)
         self.timeline = Timeline()
         self.served = ModelVersions()
         self.userlog = UserLog(users=users)
@@ -117,13 +117,16 @@ class ConsoleState:
         if not self.cohorts.decision(d):
             return
         ms = record_ms(d["timestamp"])
-        self.userlog.decision(d, ms)
+        self.userlog.decision(d, ms, self.cohorts.person(str(d["userKey"])))
         version = d.get("modelVersion")
         if isinstance(version, int):
             self.served.add(str(d.get("arm")), version, ms)
 
+    def _merged(self, old: str, into: str) -> None:
+        self.userlog.fold(old, into)  # a person's decisions and rewards under one id
+
     def _counted(self, r: Mapping[str, Any]) -> None:
-        self.userlog.reward(r)
+        self.userlog.reward(r, self.cohorts.person(str(r.get("userKey"))))
         decided = r.get("decidedAtMs")
         if isinstance(decided, int):
             self.timeline.add(str(r.get("arm")), decided, float(r.get("reward") or 0.0))
@@ -256,4 +259,5 @@ class ConsoleState:
         }
 
     def user(self, user: str) -> list[dict[str, Any]] | None:
-        return self.userlog.entries(user)
+        """The person's entries, asked by any of their ids."""
+        return self.userlog.entries(self.cohorts.person(user))

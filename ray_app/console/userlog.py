@@ -7,12 +7,13 @@ dict per decision. A lookup answers the entries in time order.
 
 >>> log = UserLog(users=2, per_user=3)
 >>> log.decision({"decisionId": "d1", "userKey": "u1", "slot": "next_step", "chosen": "role",
-...               "propensity": 0.5, "ranked": [{"action": "role", "score": 0.7}],
+...               "propensity": 0.5, "ranked": [{"action": "role", "score": 0.7,
+...                                             "probability": 0.5}],
 ...               "arm": "treatment", "modelVersion": 3}, 2_000)
 >>> log.reward({"decisionId": "d1", "userKey": "u1", "action": "role", "reward": 1.0,
 ...             "outcome": "completed", "decidedAtMs": 2_000, "outcomeAtMs": 3_000})
->>> [e["kind"] for e in log.entries("u1")]
-['decision', 'reward']
+>>> [e["kind"] for e in log.entries("u1")], log.entries("u1")[0]["ranked"][0]["probability"]
+(['decision', 'reward'], 0.5)
 >>> log.entries("nobody")
 """
 
@@ -49,9 +50,20 @@ class UserLog:
         # orjson's bytes keep the 4 KB buffer they were written in: copy to the exact size
         q.append((ms, bytes(memoryview(orjson.dumps(entry)))))
 
-    def decision(self, d: Mapping[str, Any], ms: int) -> None:
+    def fold(self, old: str, into: str) -> None:
+        """``old``'s entries become ``into``'s (the stream merged the two ids), the latest
+        ``per_user`` of both kept."""
+        q = self._log.pop(old, None)
+        if q is None:
+            return
+        both = sorted([*q, *self._log.get(into, ())], key=lambda e: e[0])
+        self._log[into] = deque(both[-self.per_user :], maxlen=self.per_user)
+        self._log.move_to_end(into)
+
+    def decision(self, d: Mapping[str, Any], ms: int, user: str | None = None) -> None:
+        """A decision record, under ``user`` (default: its ``userKey``)."""
         ranked = [
-            {k: r.get(k) for k in ("action", "score", "propensity") if k in r}
+            {k: r.get(k) for k in ("action", "score", "probability") if k in r}
             for r in (d.get("ranked") or [])[:RANKED]
             if isinstance(r, Mapping)
         ]
@@ -69,9 +81,10 @@ class UserLog:
             "policy": d.get("policy"),
             "coldStart": d.get("coldStart"),
         }
-        self._put(str(d.get("userKey")), ms, entry)
+        self._put(user or str(d.get("userKey")), ms, entry)
 
-    def reward(self, r: Mapping[str, Any]) -> None:
+    def reward(self, r: Mapping[str, Any], user: str | None = None) -> None:
+        """A reward record, under ``user`` (default: its ``userKey``)."""
         at = next(
             (v for v in (r.get("outcomeAtMs"), r.get("decidedAtMs")) if isinstance(v, int)), 0
         )
@@ -85,7 +98,7 @@ class UserLog:
             "arm": r.get("arm"),
             "modelVersion": r.get("modelVersion"),
         }
-        self._put(str(r.get("userKey")), at, entry)
+        self._put(user or str(r.get("userKey")), at, entry)
 
     def entries(self, user: str) -> list[dict[str, Any]] | None:
         """The user's entries in time order (None: none kept, or the user was forgotten)."""

@@ -254,6 +254,31 @@ def test_state_learning_and_user_log_count_rewards_read_before_their_decisions()
     assert sum(e.get("kind") == "reward" for e in log) == sum(r["userKey"] == "u0" for r in rewards)
 
 
+def test_the_user_log_shows_a_merged_persons_decisions_and_rewards_under_either_id() -> None:
+    """A decision logged for the anonymous id is rewarded under the id it was merged into (the
+    stream re-keys its pending decisions): the log filed the decision under one id and its
+    reward under the other. Each ranked action keeps its probability, as the decision logs it."""
+    t = pd.Timestamp(T0, unit="ms", tz="UTC").isoformat()
+    s = ConsoleState(SHARES, clock=lambda: (T0 + 300_000) / 1000)
+    first = {"decisionId": "d1", "userKey": "anon", "arm": "treatment", "experiment": "e",
+             "slot": "next_step", "chosen": "role", "propensity": 0.9, "timestamp": t,
+             "ranked": [{"action": "role", "score": 0.7, "probability": 0.9},
+                        {"action": "goals", "score": 0.3, "probability": 0.1}]}  # fmt: skip
+    later = {**first, "decisionId": "d2", "userKey": "user", "mergedFrom": ["anon"]}
+    reward = {"decisionId": "d1", "userKey": "user", "arm": "treatment", "action": "role",
+              "reward": 1.0, "outcome": "completed", "decidedAtMs": T0, "outcomeAtMs": T0 + 1}  # fmt: skip
+    for kind, record in (("decisions", first), ("decisions", later), ("rewards", reward)):
+        s.feed(kind, orjson.dumps(record))
+    for asked in ("anon", "user"):
+        log = s.user(asked)
+        assert log is not None
+        assert sorted((e["kind"], e["decisionId"]) for e in log) == [
+            ("decision", "d1"), ("decision", "d2"), ("reward", "d1")
+        ], asked  # fmt: skip
+    [shown] = [e for e in log if e["decisionId"] == "d1" and e["kind"] == "decision"]
+    assert [r["probability"] for r in shown["ranked"]] == [0.9, 0.1]
+
+
 def test_state_counts_unreadable_records_and_keeps_going() -> None:
     s = ConsoleState(SHARES)
     s.feed("decisions", b"not json")
