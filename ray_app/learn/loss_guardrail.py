@@ -62,8 +62,12 @@ class GuardrailCheck:
         return cls(records, None, None, None, None, tolerance, False)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (the ``guardrail`` entry of a published bundle's metadata)."""
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """JSON-ready (the ``guardrail`` entry of a published bundle's metadata): a loss that
+        is not finite (a NaN candidate, a breach) is ``None``, which a model file can hold."""
+        return {
+            k: ((round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 class SliceGroup(NamedTuple):

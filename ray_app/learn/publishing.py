@@ -337,6 +337,10 @@ class Publishing:
             tolerance=cfg.guardrail_tolerance,
             eval_min_propensity=cfg.eval_min_propensity,
         )
+        if not check.breached and not _finite(self.scorer.state_dict()):
+            # weights gone NaN or infinite, which a check too small to judge let through: never
+            # the last good weights (replicas refuse such a model file)
+            check = replace(check, breached=True)
         if check.breached:
             self.scorer.load_state_dict(self._last_good)
             self._renew_optimizer(settle=None)
@@ -429,3 +433,8 @@ class Publishing:
         self.last_check = check
         self.last_control = control
         return bundle
+
+
+def _finite(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every weight of ``state`` is a finite number."""
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())

@@ -1285,3 +1285,23 @@ def test_a_model_file_that_names_no_actions_is_refused_for_learning(tmp_path, ca
         learner = restore_learner(tmp_path / "learner.state", model, SCHEMA, CATALOG, _cfg())
     assert learner.version == 0 and learner.counters["refused_at_start"] == 1
     assert "names no slot_actions" in caplog.text
+
+
+def test_weights_gone_nan_are_never_the_last_good_ones_and_a_nan_check_can_be_published():
+    """A NaN candidate breached the loss guardrail, but its check's loss (NaN) went into the
+    published file's metadata, which JSON cannot hold: the learner service stopped. With too
+    few guardrail records to judge, NaN weights became the last good weights."""
+    import json
+
+    from ray_app.learn.loss_guardrail import GuardrailCheck
+
+    check = GuardrailCheck(101, float("nan"), 0.5, None, None, 0.05, True)
+    json.dumps(check.as_dict(), allow_nan=False)
+    assert check.as_dict()["loss"] is None
+    learner = new_learner(guardrail_share=0.0)  # nothing to judge with
+    before = {k: v.clone() for k, v in learner.scorer.state_dict().items()}
+    with torch.no_grad():
+        learner.scorer.heads[0].bias.fill_(float("nan"))
+    assert learner._guard_candidate().breached
+    after = learner.scorer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
