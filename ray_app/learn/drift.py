@@ -34,7 +34,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -258,6 +258,10 @@ class RewardRateDrift:
         self._seq = 0
         self._latest: int | None = None
         self._released: int | None = None  # decisions before this were fed
+        self._model_from: int | None = None  # model arms' decisions before this are not fed
+        self._restarted_at: int | None = None  # the decision time of the last drift restart
+        #: Alerts not acted on: their change began before the last drift restart, which answered it.
+        self.answered_alerts = 0
         #: Explicit rewards fed; explicit rewards that arrived after their turn; timeouts seen.
         self.fed = 0
         self.late = 0
@@ -312,12 +316,38 @@ class RewardRateDrift:
                 if self.world.update(reward, at):
                     change = {"change": self.world.last_change, "sinceMs": self.world.change_at}
                     alerts.append(("control_reward_rate", change))
+            elif self._model_from is not None and at < self._model_from:
+                continue  # a decision of a model the learner has since replaced
             elif self.model.update(reward, at) and self.model.last_change == "decrease":
                 change = {"change": "decrease", "sinceMs": self.model.change_at}
                 alerts.append(("model_reward_rate", change))
         if self._released is None or cut > self._released:
             self._released = cut
         return alerts
+
+    def answered(self, detail: Mapping[str, Any]) -> bool:
+        """Whether an alert of :meth:`update` was answered by the last drift restart (its
+        change began before it: the other detector saw the same change first, maybe in the
+        same batch); counted in :attr:`answered_alerts`."""
+        since = detail.get("sinceMs")
+        if self._restarted_at is None or not isinstance(since, int) or since >= self._restarted_at:
+            return False
+        self.answered_alerts += 1
+        return True
+
+    def reacted(self, restarted: bool) -> None:
+        """The learner replaced the model it serves: ``restarted`` after a drift alert, else
+        rolled back below control or adopted a promotion. The model arms' rewards of decisions
+        made until now judge a model that is gone: the model detector starts again on the
+        decisions after. After a restart, an alert whose change began before it (the other
+        detector seeing the same change of the world) has been answered (:meth:`answered`).
+        Before, a drop a rollback had answered fired a drift restart later,
+        which threw the restored weights away, and one change of the world seen by both
+        detectors restarted the learner twice, some hundreds of users apart."""
+        self.model.reset()
+        self._model_from = self._latest
+        if restarted:
+            self._restarted_at = self._latest
 
     def _adapt(self, arrived: list[int]) -> None:
         """Note how far behind the clock these outcomes arrived; every 100, the settle again."""

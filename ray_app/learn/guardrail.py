@@ -10,8 +10,13 @@ static flow, on the rewards as they arrive.
 
     z = (p_t - p_c) / sqrt(p (1 - p) (1 / n_t + 1 / n_c))
 
-over the last ``window`` rewards of the treatment arms and the last ``control_window`` rewards
-of ``control`` (sliding windows counted in rewards, so the test means the same at any traffic).
+over the last ``window`` rewards of the treatment arms and, of the last ``control_window``
+rewards of ``control``, those of decisions made since the treatment window's first one (sliding
+windows counted in rewards, so the test means the same at any traffic; control's taken over the
+same time as treatment's, so a change of the world between the two does not read as a gap
+between the arms: after a drift the treatment window holds only the new world's rewards, and a
+control window reaching back into the old one had fired false rollbacks. Rewards without a
+decision time are compared whole).
 With at least ``min_treatment`` and ``min_control`` rewards in them, ``z < -z`` **fires**
 (treatment significantly below control), and ``p_t >= p_c`` **beats** control (the learner then
 snapshots the weights it serves). The default ``z = 3.09`` (one-sided 0.1%) is stricter than a
@@ -78,6 +83,15 @@ class _Reward(Protocol):
     def reward(self) -> float: ...
     @property
     def model_version(self) -> int: ...
+
+
+#: The decision time of a reward without one: compared with every window entry.
+_NO_TIME = -1
+
+
+def _decided(record: Any) -> int:
+    at = getattr(record, "decided_at_ms", None)
+    return at if isinstance(at, int) else _NO_TIME
 
 
 @dataclass(frozen=True)
@@ -148,8 +162,8 @@ class ControlGuardrail:
         self.control_arm = control_arm
         #: Treatment rewards of decisions made by model versions below this are ignored.
         self.min_version = int(min_version)
-        self._t: deque[float] = deque(maxlen=window)
-        self._c: deque[float] = deque(maxlen=control_window)
+        self._t: deque[tuple[int, float]] = deque(maxlen=window)  # (decided at, reward)
+        self._c: deque[tuple[int, float]] = deque(maxlen=control_window)
         self._t_sum = 0.0
         self._c_sum = 0.0
         #: Rewards ignored because their version is older than ``min_version``.
@@ -162,16 +176,16 @@ class ControlGuardrail:
             return
         if record.arm == self.control_arm:
             if len(self._c) == self._c.maxlen:
-                self._c_sum -= self._c[0]
-            self._c.append(r)
+                self._c_sum -= self._c[0][1]
+            self._c.append((_decided(record), r))
             self._c_sum += r
         elif record.arm in self.treatment_arms:
             if record.model_version < self.min_version:
                 self.stale += 1
                 return
             if len(self._t) == self._t.maxlen:
-                self._t_sum -= self._t[0]
-            self._t.append(r)
+                self._t_sum -= self._t[0][1]
+            self._t.append((_decided(record), r))
             self._t_sum += r
 
     def update(self, records: Iterable[_Reward]) -> None:
@@ -179,15 +193,24 @@ class ControlGuardrail:
         for r in records:
             self.observe(r)
 
+    def _control_since(self, since: int) -> tuple[int, float]:
+        """Control's rewards of decisions made at or after ``since``: (count, sum)."""
+        if since <= _NO_TIME:
+            return len(self._c), self._c_sum
+        kept = [r for at, r in self._c if at >= since or at == _NO_TIME]
+        return len(kept), math.fsum(kept)
+
     def compare(self) -> ControlComparison:
-        """The test over the current windows (O(1))."""
-        nt, nc = len(self._t), len(self._c)
+        """The test over the current windows (control's since treatment's first decision)."""
+        nt = len(self._t)
+        since = min(at for at, _ in self._t) if nt else _NO_TIME
+        nc, c_sum = self._control_since(since)
         pt = self._t_sum / nt if nt else None
-        pc = self._c_sum / nc if nc else None
+        pc = c_sum / nc if nc else None
         enough = nt >= self.min_treatment and nc >= self.min_control
         z: float | None = None
         if enough and pt is not None and pc is not None:
-            p = (self._t_sum + self._c_sum) / (nt + nc)
+            p = (self._t_sum + c_sum) / (nt + nc)
             se = math.sqrt(max(p * (1.0 - p), 0.0) * (1.0 / nt + 1.0 / nc))
             z = (pt - pc) / se if se > 0 else 0.0  # se 0: every reward alike, in both arms
         fires = z is not None and z < -self.z
@@ -211,8 +234,8 @@ class ControlGuardrail:
     def state_dict(self) -> dict[str, Any]:
         """Plain data (``torch.save``-able with ``weights_only=True``) for :meth:`load_state`."""
         return {
-            "treatment": list(self._t),
-            "control": list(self._c),
+            "treatment": [list(e) for e in self._t],
+            "control": [list(e) for e in self._c],
             "min_version": self.min_version,
             "stale": self.stale,
         }
@@ -229,9 +252,17 @@ class ControlGuardrail:
         >>> h.compare() == g.compare()
         True
         """
-        self._t = deque((float(v) for v in state.get("treatment", ())), maxlen=self.window)
-        self._c = deque((float(v) for v in state.get("control", ())), maxlen=self.control_window)
-        self._t_sum = math.fsum(self._t)
-        self._c_sum = math.fsum(self._c)
+        self._t = deque(map(_entry, state.get("treatment", ())), maxlen=self.window)
+        self._c = deque(map(_entry, state.get("control", ())), maxlen=self.control_window)
+        self._t_sum = math.fsum(r for _, r in self._t)
+        self._c_sum = math.fsum(r for _, r in self._c)
         self.min_version = int(state.get("min_version", 0))
         self.stale = int(state.get("stale", 0))
+
+
+def _entry(saved: Any) -> tuple[int, float]:
+    """A saved window entry: ``[decided at, reward]``, or a reward alone (a state saved before
+    the windows kept decision times: compared whole)."""
+    if isinstance(saved, list | tuple):
+        return int(saved[0]), float(saved[1])
+    return _NO_TIME, float(saved)

@@ -271,6 +271,8 @@ class Publishing:
             self._restart_from_fallback(since_ms, "drift")
         else:
             self._boost(0, since_ms)
+        if self.control is not None:  # the decisions of the versions before judge a model and
+            self.control.restart(min_version=self.version + 1)  # a world that are gone
         self.counters["drifts"] += 1
 
     # ------------------------------------------------------------------- guarding, publishing

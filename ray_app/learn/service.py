@@ -150,6 +150,10 @@ class LearnerService:
         self._registry_checked = time.monotonic()
         #: A promotion this learner could not adopt (see _adopt_promotion): not tried again.
         self._unadoptable_epoch: int | None = None
+        # the world: rewards of the static flow (control arm) moving either way; the model:
+        # rewards of the model arms falling (their rise is the learner doing its job)
+        # (min_samples: the first rewards of a fresh model move for reasons of its own)
+        self.rate_drift = RewardRateDrift.from_settings(s)
         self.learner = self._restore()
         self.topic = settings.topics.rewards
         self._consumer = make_consumer(bootstrap, settings.kafka)
@@ -158,10 +162,6 @@ class LearnerService:
         self._consumer.assign_at(
             {(self.topic, p): offsets.get(p, 0) for p in range(settings.kafka.partitions)}
         )
-        # the world: rewards of the static flow (control arm) moving either way; the model:
-        # rewards of the model arms falling (their rise is the learner doing its job)
-        # (min_samples: the first rewards of a fresh model move for reasons of its own)
-        self.rate_drift = RewardRateDrift.from_settings(s)
         self.feature_drift = FeatureDrift(
             reference_size=s.psi_window, window=s.psi_window, names=list(self.schema.names)
         )
@@ -215,6 +215,7 @@ class LearnerService:
             log.error("promoted version %d not adopted: %s", head.version, exc)
             self._unadoptable_epoch = head.epoch
             return
+        self.rate_drift.reacted(restarted=False)  # the model judged until now is gone
         log.info(
             "learner continues from promoted version %d (promotion %d)", head.version, head.epoch
         )
@@ -286,6 +287,9 @@ class LearnerService:
             ):
                 self._awaiting.append(r.outcome_at_ms)
         for kind, detail in self.rate_drift.update(records):
+            if self.rate_drift.answered(detail):  # the same change, restarted for already
+                log.info("drift (%s) %s: answered by the last restart", kind, detail)
+                continue
             self._alert(kind, detail)
         # only vectors of this schema's length: a reward of another schema (one decided before
         # an upgrade changed the features, read again by a learner that started cold) is the
@@ -313,6 +317,7 @@ class LearnerService:
         ``learn.boost_rewards`` rewards."""
         if boost:
             self.learner.drift(since_ms=detail.get("sinceMs"))
+            self.rate_drift.reacted(restarted=True)
         alert = {"at": time.time(), "kind": kind, "boosted": boost, **detail}
         self.alerts.append(alert)
         log.warning(
@@ -353,6 +358,7 @@ class LearnerService:
         self._awaiting = []
         rollback = bundle.metadata.get("rollback")
         if rollback == "below_control":
+            self.rate_drift.reacted(restarted=False)  # the model judged until now is gone
             log.warning(
                 "%s", control_rollback_message(bundle.metadata, bundle.version, self.config)
             )

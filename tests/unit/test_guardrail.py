@@ -102,9 +102,9 @@ def test_fires_on_a_treatment_worse_than_control_and_needs_fresh_samples_after()
 def test_minimum_samples_windows_and_arms():
     g = ControlGuardrail(window=500, control_window=400, min_treatment=300, min_control=100)
     traffic = Traffic(2)
-    g.update(traffic.records(150, 0.0, 1.0, version=0, share=0.0))  # control only
+    g.update(traffic.records(299, 0.0, 1.0, version=0, share=1.0))  # treatment only
     assert not g.compare().enough and g.compare().z is None
-    g.update(traffic.records(299, 0.0, 1.0, version=0, share=1.0))
+    g.update(traffic.records(150, 0.0, 1.0, version=0, share=0.0))  # control, decided since
     assert not g.compare().fires  # 299 treatment rewards: cannot judge
     g.update(traffic.records(1, 0.0, 1.0, version=0, share=1.0))
     assert g.compare().fires
@@ -296,3 +296,82 @@ def test_the_comparison_and_the_snapshot_survive_a_restart():
     assert same_weights(weights(pa), weights(pb))
     x = np.array([X], dtype=np.float32)
     assert np.array_equal(a.scores(x, "next_step"), b.scores(x, "next_step"))
+
+
+def test_a_change_of_the_world_is_not_a_gap_between_the_arms():
+    """Both arms at 0.6, then both at 0.4 (the world changed). After the drift restart the
+    treatment window holds only the new world's rewards; control's last 2,000 reached back into
+    the old one, and the test fired at z < -3 on arms that were equal all along. Control is now
+    taken over the same decisions' time as treatment."""
+    traffic = Traffic(seed=3)
+    g = ControlGuardrail()
+    g.update(traffic.records(4_000, 0.6, 0.6, version=1))
+    g.restart(min_version=2)  # the learner restarted at the change, publishing version 2
+    g.update(traffic.records(1_000, 0.4, 0.4, version=2))
+    c = g.compare()
+    assert c.enough and not c.fires, c
+    assert c.control_n < 2_000  # the old world's control rewards are left out
+    assert abs(c.control_rate - 0.4) < 0.06  # type: ignore[operator]
+    # saved and restored, the decision times come along (and a state saved before them reads)
+    h = ControlGuardrail()
+    h.load_state(g.state_dict())
+    assert h.compare() == c
+    h.load_state({"treatment": [0.0] * 300, "control": [1.0] * 100, "min_version": 0})
+    assert h.compare().fires
+
+
+def _rates(start: int, n: int, rate: float, arms: tuple[str, ...] = ("treatment",)) -> list:
+    return [
+        SimpleNamespace(arm=arm, reward=float((start + i) % 10 < rate * 10),
+                        outcome="completed", decided_at_ms=(start + i) * 100)
+        for i in range(n)
+        for arm in arms
+    ]  # fmt: skip
+
+
+def test_the_model_detector_starts_again_when_the_learner_replaces_its_model():
+    """A drop the learner answered by rolling back (the model arms' decisions before it judge
+    a model that is gone) fired a drift restart afterwards, which threw the restored weights
+    away: the detector went on accumulating the bad model's rewards."""
+    from ray_app.learn.drift import RewardRateDrift
+
+    def run(react: bool) -> list:
+        d = RewardRateDrift(delta=0.05, threshold=5.0, min_samples=10, settle_ms=1_000)
+        alerts = d.update(_rates(0, 400, 0.8)) + d.update(_rates(400, 14, 0.0))
+        if react:
+            d.reacted(restarted=False)  # the rollback, published before the detector fired
+        return alerts + d.update(_rates(414, 400, 0.8))
+
+    assert [kind for kind, _ in run(react=False)] == ["model_reward_rate"]
+    assert run(react=True) == []
+
+
+def test_one_change_seen_by_both_detectors_restarts_the_learner_once():
+    from ray_app.learn.drift import RewardRateDrift
+
+    d = RewardRateDrift(delta=0.05, threshold=5.0, min_samples=10, settle_ms=1_000)
+    acted = []
+    for k in range(0, 1_200, 10):
+        rate = 0.8 if k < 400 else 0.2  # the world changed: both arms fall
+        for kind, detail in d.update(_rates(k, 10, rate, ("treatment", "control"))):
+            if d.answered(detail):
+                continue
+            acted.append(kind)
+            d.reacted(restarted=True)  # what the service does on an alert: a drift restart
+    assert len(acted) == 1 and d.answered_alerts == 1
+
+
+def test_a_drift_restarts_the_treatment_window_of_the_control_guardrail():
+    """With no exploration boost (boost_rewards 0) nothing restarted the treatment window: the
+    pre-drift model's decisions, which the drift had answered, then fired a rollback too."""
+    learner = OnlineLearner(
+        cold_start_bundle(SCHEMA, CATALOG),
+        LearnerConfig(warmup_rewards=0, boost_rewards=0, publish_interval_s=0.0),
+    )
+    assert learner.control is not None
+    traffic = Traffic(seed=5)
+    learner.learn(traffic.records(600, 0.3, 0.6, version=learner.version), now=1.0)
+    assert learner.control.compare().treatment_n > 0
+    learner.drift(now=2.0)
+    assert learner.control.compare().treatment_n == 0
+    assert learner.control.min_version == learner.version + 1
