@@ -78,6 +78,33 @@ def read_stream(path: Path, wait_s: float = 0.25) -> bytes:
         os.close(fd)
 
 
+def local_path(uri: str | Path) -> Path:
+    """A plain path or a ``file://`` URI as an absolute local path, ``~`` expanded; a
+    ``file://`` URI's path is percent-decoded, and its host must be this machine (empty, as in
+    ``file:///data``, or ``localhost``). ``ValueError`` says why not.
+
+    >>> str(local_path("file:///tmp/my%20dir")), str(local_path("file://localhost/tmp/x"))
+    ('/tmp/my dir', '/tmp/x')
+    >>> local_path("file://other-host/x")
+    Traceback (most recent call last):
+    ...
+    ValueError: a file:// URI names a path on this machine (file:///path), not on host 'other-host'
+    """
+    text = str(uri)
+    if text.startswith("file://"):
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(
+                "a file:// URI names a path on this machine (file:///path), not on host "
+                f"{parts.netloc!r}"
+            )
+        text = url2pathname(parts.path)
+    return Path(text).expanduser().resolve()
+
+
 class Storage:
     """Bytes under the root ``uri`` (see the module docstring). ``field`` names the setting or
     argument the URI came from, for errors."""
@@ -96,7 +123,10 @@ class Storage:
                 raise FieldError(field, f"cannot open {text!r}: {exc}") from None
             self.root = root.rstrip("/")
         else:
-            self.local = Path(text.removeprefix("file://")).expanduser().resolve()
+            try:
+                self.local = local_path(text)
+            except ValueError as exc:
+                raise FieldError(field, str(exc)) from None
             self.root = str(self.local)
 
     def exists(self) -> bool:

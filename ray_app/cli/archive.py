@@ -69,7 +69,8 @@ def _topic_names(settings: Settings, given: list[str]) -> list[str]:
             raise ConfigError(
                 f"--topics: unknown topic {t!r}; expected one of {sorted(short)} or {sorted(known)}"
             )
-        topics.append(name)
+        if name not in topics:  # `rewards onramp.rewards` is one topic, read once
+            topics.append(name)
     return topics
 
 
@@ -118,4 +119,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if report.truncated:
+        print(
+            f"onramp archive: --max-seconds ({args.max_seconds:g}) ran out before "
+            f"{len(report.truncated)} partition(s) were read to their end "
+            f"({', '.join(report.truncated[:5])}{' ...' if len(report.truncated) > 5 else ''}): "
+            "what was read is written; run it again with a larger --max-seconds",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return EXIT_OK if report.invalid == 0 else EXIT_ERROR

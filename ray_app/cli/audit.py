@@ -69,7 +69,10 @@ def _read_metrics(where: str | None) -> str | None:
         except httpx.HTTPError as exc:
             raise OnrampError(f"cannot scrape {where}: {exc}") from None
         return r.text
-    return Path(where).read_text()
+    try:
+        return Path(where).read_text()
+    except UnicodeDecodeError:
+        raise OnrampError(f"{where}: not a /metrics text (Prometheus' text format)") from None
 
 
 def _feature_names(settings: Settings) -> list[str]:

@@ -30,6 +30,7 @@ written either way, and :attr:`ArchiveReport.interrupted` tells an interrupted r
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ class ArchiveReport:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    #: Partitions (``topic/partition``) whose records up to the end offset they had when the
+    #: read began were not all read when ``max_seconds`` ran out.
+    truncated: list[str] = field(default_factory=list)
     partitions: int = 0
     #: Partitions whose end offset the broker never reported (all of them: nothing answered).
     unknown_ends: int = 0
@@ -79,6 +83,7 @@ class ArchiveReport:
             "problems": self.problems,
             "seconds": round(self.seconds, 2),
             "interrupted": self.interrupted,
+            "truncated": self.truncated,
             "partitions": self.partitions,
             "unknown_ends": self.unknown_ends,
         }
@@ -177,8 +182,25 @@ def archive_topics(
         report.by_topic.setdefault(t, 0)
     report.partitions = len(tps)
     report.unknown_ends = sum(1 for end in ends.values() if end is None)
+    if not report.interrupted:
+        report.truncated = [
+            f"{t}/{p}"
+            for (t, p), end in sorted(ends.items())
+            if end is not None and last.get((t, p), -1) + 1 < end
+        ]
     report.seconds = time.monotonic() - started
     return report
+
+
+def _folder(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _other_topic(uri: str, topic: str) -> bool:
+    """Whether folder ``uri`` is, by its name, the archive folder of another topic of the same
+    prefix as ``topic`` (``onramp.rewards`` when ``onramp.decisions`` was asked for)."""
+    name, prefix = _folder(uri), topic.split(".", 1)[0] + "."
+    return name != topic and name.startswith(prefix)
 
 
 def archived_files(
@@ -210,6 +232,12 @@ def archived_files(
             raise FieldError(field, "cannot read: no such file or directory")
         for rel in (*([topic] if topic else []), ""):
             names = [n for n in store.files(rel) if n.endswith(_JSONL)]
+            if names and rel == "" and topic and _other_topic(text, topic):
+                raise FieldError(
+                    field,
+                    f"this is the folder of topic {_folder(text)!r}, not of {topic!r}: name the "
+                    f"archive's root or its {topic}/ folder",
+                )
             if names:
                 out = []
                 for n in names:
@@ -217,7 +245,7 @@ def archived_files(
                     data = store.read(f"{rel}/{n}" if rel else n) or b""
                     out.append((path, gzip.decompress(data) if n.endswith(".gz") else data))
                 return out
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # a corrupt .gz is a zlib.error
         raise FieldError(field, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     under = f" or under {topic}/" if topic else ""
     raise FieldError(field, f"no JSON lines files (*.jsonl) here{under}")

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray_app.errors import ConfigError, OnrampError
+from ray_app.storage import local_path
 
 if TYPE_CHECKING:
     from ray_app.config import StreamSettings
@@ -124,7 +125,7 @@ def checkpoint_key(settings: StreamSettings, checkpoint_uri: str | None = None) 
     if checkpoint_uri is not None and (
         "://" not in checkpoint_uri or checkpoint_uri.startswith("file://")
     ):
-        store = Path(checkpoint_uri.removeprefix("file://")).expanduser().resolve()
+        store = local_path(checkpoint_uri)
         if path.is_relative_to(store):
             raise ConfigError(
                 f"stream.checkpoint_key_file {path} lies inside the checkpoint store {store}: "
@@ -163,7 +164,7 @@ class CheckpointStore:
         self._local: Path | None = None
         self._base: dict[int, tuple[str, int]] = {}  # partition -> (base id, last delta seq)
         if "://" not in self.uri or self.uri.startswith("file://"):
-            self._local = Path(self.uri.removeprefix("file://"))
+            self._local = local_path(self.uri)  # ~ expanded, as the key check above does
             self._local.mkdir(parents=True, exist_ok=True)
             self._fs = None
         else:

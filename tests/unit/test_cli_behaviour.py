@@ -22,7 +22,7 @@ import pytest
 
 from deployments.onramp import main
 from ray_app.cli.output import Progress, dumps
-from ray_app.config import Settings
+from ray_app.config import Settings, load_settings
 from ray_app.kafka.archive import archive_topics
 from ray_app.kafka.client import OutRecord
 from ray_app.kafka.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
@@ -594,3 +594,53 @@ def test_archive_interrupted_before_any_partition_answered_is_an_interruption(
     assert rc == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "is it running" not in err
+
+
+def test_archive_readers_refuse_another_topics_folder_and_a_corrupt_gzip(tmp_path) -> None:
+    """A reader given the rewards folder for decisions read the rewards as decisions; a corrupt
+    .gz was a zlib traceback."""
+    from ray_app.errors import FieldError
+    from ray_app.experiments.report import read_json_lines
+
+    root = tmp_path / "archive"
+    _archive(root, TOPICS.rewards, [{"decisionId": "d1", "reward": 1.0}])
+    with pytest.raises(FieldError, match=f"folder of topic '{TOPICS.rewards}'"):
+        read_json_lines(root / TOPICS.rewards, TOPICS.decisions)
+    assert read_json_lines(root / TOPICS.rewards, TOPICS.rewards)  # its own topic reads
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage")
+    with pytest.raises(FieldError, match="cannot read"):
+        read_json_lines(bad)
+
+
+def test_an_archive_cut_short_by_max_seconds_says_so(tmp_path) -> None:
+    """The read ran out of --max-seconds before the partitions' end offsets: it exited 0 and
+    looked complete."""
+    broker = InMemoryBroker(partitions=2)
+    _fill(broker, "t", [{"i": i} for i in range(50)])
+    report = archive_topics(InMemoryConsumer(broker), ["t"], tmp_path, partitions=2, max_seconds=0)
+    assert report.truncated == ["t/0", "t/1"] and report.as_dict()["truncated"]
+    whole = archive_topics(
+        InMemoryConsumer(broker), ["t"], tmp_path / "b", partitions=2, idle_s=0.01
+    )
+    assert whole.truncated == [] and whole.records == 50
+
+
+def test_file_uris_are_paths_on_this_machine(tmp_path) -> None:
+    from ray_app.errors import FieldError
+    from ray_app.storage import Storage
+
+    spaced = tmp_path / "my dir"
+    Storage(f"file://localhost{spaced}").write("a.txt", b"x")
+    assert (spaced / "a.txt").read_bytes() == b"x"
+    assert Storage(f"file://{str(spaced).replace(' ', '%20')}").read("a.txt") == b"x"
+    with pytest.raises(FieldError, match="not on host 'elsewhere'"):
+        Storage("file://elsewhere/data", field="out")
+
+
+def test_repeated_topics_are_read_once(tmp_path) -> None:
+    from ray_app.cli.archive import _topic_names
+
+    settings = load_settings(env={})
+    assert _topic_names(settings, ["rewards", settings.topics.rewards]) == [settings.topics.rewards]
