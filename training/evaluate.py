@@ -63,14 +63,24 @@ __all__ = [
 ]
 
 
-def read_jsonl(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every JSON object of the given JSON-lines files (blank lines skipped).
+def read_jsonl(paths: Iterable[str | Path], topics: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every JSON object of the given JSON-lines files or folders (blank lines skipped); an
+    archive root (``onramp archive``'s ``--out``, with a folder per topic) is read in the
+    folders of ``topics`` it has.
 
     A line that is not a JSON object raises :class:`FieldError` naming ``file:line``.
     """
     from ray_app.experiments.report import read_json_lines
 
-    return [rec for path in paths for rec in read_json_lines(path)]
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        folders = [t for t in topics if Path(path, t).is_dir()]
+        if folders:
+            for t in folders:
+                out += read_json_lines(path, t)
+        else:
+            out += read_json_lines(path)
+    return out
 
 
 @dataclass(frozen=True)
@@ -480,7 +490,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         except OSError as exc:
             raise FieldError("model", f"cannot read {args.model}: {exc.strerror or exc}") from None
         bundle = ModelBundle.from_bytes(data, FeatureSchema.from_catalog(catalog), catalog, False)
-    table = onramp_log_from_records(read_jsonl(args.logs), slot_actions)
+    topics = (settings.topics.decisions, settings.topics.rewards)
+    table = onramp_log_from_records(read_jsonl(args.logs, topics), slot_actions)
     results = evaluate_onramp_logs(table, bundle, args.n_bootstrap, args.seed, heads)
     _print_table(results)
     plot = plot_estimates(results, args.plot, f"policies on {table.log.n} logged decisions")

@@ -214,3 +214,22 @@ def test_train_refuses_a_negative_seed_before_it_starts_ray(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         train(["--data", "nowhere", "--seed", "-1"])
     assert info.value.code == 2 and "--seed: expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_evaluate_reads_an_archive_root(tmp_path, capsys) -> None:
+    """Report, audit and train take `onramp archive`'s root; evaluate said there were no JSON
+    lines files there (they are in its topic folders)."""
+    from ray_app.config import load_settings
+
+    topics = load_settings(env={}).topics
+    d, r, mean_reward = _write_logs(tmp_path, n=40)
+    root = tmp_path / "archive"
+    for topic, src in ((topics.decisions, d), (topics.rewards, r)):
+        (root / topic).mkdir(parents=True)
+        (root / topic / "part-0000-000000000000-000000000040.jsonl").write_text(src.read_text())
+    assert (
+        main(["--logs", str(root), "--plot", str(tmp_path / "p.png"), "--n-bootstrap", "50"]) == 0
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] == 40
+    assert summary["policies"]["logged"]["ips"]["value"] == pytest.approx(mean_reward)
