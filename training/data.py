@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 
 from ray_app.errors import FieldError
+from ray_app.kafka.archive import JSONL_SUFFIXES
 from ray_app.records import RewardRecord, RewardRecordError
 from ray_app.storage import Storage
 
@@ -128,10 +129,11 @@ def reward_files(uri: str, rewards_topic: str = "onramp.rewards") -> list[str]:
     store = Storage(uri, field="data")
     if not store.exists():
         raise TrainingDataError("data", f"{uri}: no such file or directory")
-    if store.local is not None and store.local.is_file():
-        return [str(store.local)]
+    if store.is_file():  # one file, local or remote (a remote one: its URI, for Ray Data)
+        return [str(store.local) if store.local is not None else uri]
     for rel in (rewards_topic, ""):
-        files = [f for f in store.files(rel) if f.endswith((".jsonl", ".json"))]
+        # what the other archive readers take (gzip too: Ray Data decompresses by the suffix)
+        files = [f for f in store.files(rel) if f.endswith(JSONL_SUFFIXES)]
         if files:
             base = store.path(rel)
             if store.local is None and "://" in uri:  # hand Ray Data the URI, not a bare path

@@ -43,7 +43,7 @@ from ray_app.kafka.client import Consumer
 from ray_app.storage import Storage
 
 #: What a reader of an archive takes for a JSON lines file.
-_JSONL = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 
 __all__ = ["ArchiveReport", "archive_topics", "archived_files"]
 
@@ -231,7 +231,7 @@ def archived_files(
         if not store.exists():
             raise FieldError(field, "cannot read: no such file or directory")
         for rel in (*([topic] if topic else []), ""):
-            names = [n for n in store.files(rel) if n.endswith(_JSONL)]
+            names = [n for n in store.files(rel) if n.endswith(JSONL_SUFFIXES)]
             if names and rel == "" and topic and _other_topic(text, topic):
                 raise FieldError(
                     field,

@@ -87,3 +87,18 @@ def test_auc_against_a_brute_force_count():
         len(pos) * len(neg)
     )
     assert auc(y, s) == pytest.approx(brute)
+
+
+def test_reward_files_takes_what_the_other_archive_readers_take(tmp_path):
+    """A folder of .jsonl.gz files (which report and audit read) had no reward records for
+    training."""
+    import gzip
+
+    from training.data import reward_files
+
+    folder = tmp_path / "onramp.rewards"
+    folder.mkdir()
+    (folder / "part-0000-0-9.jsonl.gz").write_bytes(gzip.compress(b'{"a": 1}\n'))
+    assert reward_files(str(tmp_path)) == [f"{folder}/part-0000-0-9.jsonl.gz"]
+    one = folder / "part-0000-0-9.jsonl.gz"
+    assert reward_files(str(one)) == [str(one)]
