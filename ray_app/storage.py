@@ -78,6 +78,22 @@ def read_stream(path: Path, wait_s: float = 0.25) -> bytes:
         os.close(fd)
 
 
+def join_uri(uri: str, rel: str) -> str:
+    """``uri`` with ``rel`` added to its path, its query (``?endpoint_override=...``) kept
+    after it.
+
+    >>> join_uri("s3://bucket/arch?endpoint_override=localhost:9000", "onramp.rewards/a.jsonl")
+    's3://bucket/arch/onramp.rewards/a.jsonl?endpoint_override=localhost:9000'
+    >>> join_uri("s3://bucket/arch/", "")
+    's3://bucket/arch'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    path = parts.path.rstrip("/") + (f"/{rel}" if rel else "")
+    return urlunsplit(parts._replace(path=path))
+
+
 def local_path(uri: str | Path) -> Path:
     """A plain path or a ``file://`` URI as an absolute local path, ``~`` expanded; a
     ``file://`` URI's path is percent-decoded, and its host must be this machine (empty, as in

@@ -28,7 +28,7 @@ import orjson
 from ray_app.errors import FieldError
 from ray_app.kafka.archive import JSONL_SUFFIXES
 from ray_app.records import RewardRecord, RewardRecordError
-from ray_app.storage import Storage
+from ray_app.storage import Storage, join_uri
 
 if TYPE_CHECKING:
     from ray_app.catalog import Catalog
@@ -137,7 +137,7 @@ def reward_files(uri: str, rewards_topic: str = "onramp.rewards") -> list[str]:
         if files:
             base = store.path(rel)
             if store.local is None and "://" in uri:  # hand Ray Data the URI, not a bare path
-                base = uri.rstrip("/") + (f"/{rel}" if rel else "")
+                return [join_uri(uri, f"{rel}/{f}" if rel else f) for f in files]
             return [f"{base}/{f}" for f in files]
     raise TrainingDataError(
         "data",

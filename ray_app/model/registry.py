@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ray_app.errors import FieldError
 from ray_app.model.bundle import MAGIC, ModelBundle
-from ray_app.storage import Storage, write_file_atomically
+from ray_app.storage import Storage, join_uri, write_file_atomically
 
 log = logging.getLogger("onramp.registry")
 
@@ -257,7 +257,7 @@ class ModelRegistry:
         """Where a version's model file is: a local path, or a URI under a remote registry."""
         rel = f"versions/{version:06d}/model.onramp"
         local = self._store.local is not None
-        return self._store.path(rel) if local else f"{self.uri.rstrip('/')}/{rel}"
+        return self._store.path(rel) if local else join_uri(self.uri, rel)
 
     def load(
         self, version: int, schema: FeatureSchema, catalog: Catalog, strict_catalog: bool = False
