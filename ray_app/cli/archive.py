@@ -77,6 +77,7 @@ def _topic_names(settings: Settings, given: list[str]) -> list[str]:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from ray_app.kafka.archive import archive_topics
     from ray_app.kafka.client import make_consumer
+    from ray_app.kafka.topics import verify_topics
 
     bootstrap = settings.kafka.bootstrap_servers
     if not bootstrap:
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "(ONRAMP_KAFKA__BOOTSTRAP_SERVERS), e.g. the address `onramp up` prints"
         )
     topics = _topic_names(settings, args.topics)
+    # it reads kafka.partitions partitions of each: a topic with more would be archived in
+    # part, with nothing said (a ConfigError names each topic and its count)
+    verify_topics(bootstrap, settings.kafka, topics)
     out = args.out or str(Path(settings.state_dir) / "archive")
     consumer = make_consumer(bootstrap, settings.kafka)
     progress = Progress("archived", unit="records")

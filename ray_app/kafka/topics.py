@@ -16,6 +16,7 @@ __all__ = [
     "check_topics",
     "ensure_topics",
     "list_topics",
+    "verify_topics",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,25 @@ def list_topics(bootstrap: str, settings: KafkaSettings, timeout_s: float = 10.0
     admin = _admin(bootstrap, settings, timeout_s)
     try:
         return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def verify_topics(
+    bootstrap: str, settings: KafkaSettings, names: list[str], timeout_s: float = 10.0
+) -> None:
+    """:func:`check_topics` on those of ``names`` the cluster has (a reader of topics that
+    would read ``kafka.partitions`` partitions of each: another count leaves some unread).
+    :class:`KafkaUnavailable` when the cluster does not answer."""
+    admin = _admin(bootstrap, settings, timeout_s)
+    try:
+        try:
+            existing = set(admin.list_topics())
+        except Exception as exc:
+            raise KafkaUnavailable(
+                f"cannot list the topics of Kafka at {bootstrap}: {exc}", bootstrap=bootstrap
+            ) from None
+        check_topics(admin, [n for n in names if n in existing], settings)
     finally:
         admin.close()
 

@@ -243,10 +243,12 @@ def test_ctrl_c_in_a_real_process_leaves_no_traceback(tmp_path, attempt) -> None
 
 def _archive_env(monkeypatch, broker: InMemoryBroker, consumer: Any = None) -> None:
     import ray_app.kafka.client as client
+    import ray_app.kafka.topics as topics
 
     monkeypatch.setenv("ONRAMP_KAFKA__BOOTSTRAP_SERVERS", "memory:9092")
     monkeypatch.setenv("ONRAMP_KAFKA__PARTITIONS", "2")
     monkeypatch.setattr(client, "make_consumer", lambda *_: consumer or InMemoryConsumer(broker))
+    monkeypatch.setattr(topics, "verify_topics", lambda *_: None)  # no admin API in memory
 
 
 def _fill(broker: InMemoryBroker, topic: str, rows: list[dict[str, Any]]) -> None:
@@ -644,3 +646,22 @@ def test_repeated_topics_are_read_once(tmp_path) -> None:
 
     settings = load_settings(env={})
     assert _topic_names(settings, ["rewards", settings.topics.rewards]) == [settings.topics.rewards]
+
+
+def test_archive_refuses_topics_of_another_partition_count(tmp_path, monkeypatch, capsys) -> None:
+    """It reads kafka.partitions partitions of each topic: one with more was archived in part
+    and exited 0."""
+    import ray_app.kafka.topics as topics
+    from ray_app.errors import ConfigError
+
+    broker = InMemoryBroker(partitions=4)
+    _fill(broker, TOPICS.rewards, [{"n": i} for i in range(100)])
+    _archive_env(monkeypatch, broker)
+
+    def four_partitions(bootstrap, kafka, names, timeout_s=10.0):
+        raise ConfigError(f"existing topics do not match the settings: {names[0]} has 4 partitions")
+
+    monkeypatch.setattr(topics, "verify_topics", four_partitions)
+    out = tmp_path / "archive"
+    assert main(["archive", "--topics", "rewards", "--out", str(out), "--idle", "0.05"]) == 2
+    assert "has 4 partitions" in capsys.readouterr().err and not out.exists()
