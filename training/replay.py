@@ -143,7 +143,14 @@ def replay_parity(
     lookup the serving path used (``CrmTable.enrich``; ``None``: no enrichment)."""
     by_user, merges = _index_events(events, users)
     report = ParityReport()
+    seen: set[str] = set()
     for raw in decisions:
+        did = raw.get("decisionId")
+        if isinstance(did, str):  # written at least once, and again by each archive run
+            if did in seen:
+                report.skipped["duplicate"] = report.skipped.get("duplicate", 0) + 1
+                continue
+            seen.add(did)
         if forwarded_copy(raw):  # the stream's copy for a merged id's survivor: the original
             report.skipped["forwarded"] = report.skipped.get("forwarded", 0) + 1  # is replayed
             continue

@@ -169,5 +169,5 @@ def test_the_parity_replay_leaves_out_decisions_forwarded_to_a_survivor():
         ).encode()
     )  # fmt: skip
     copy = {**original, "userKey": "user", "hops": 1, "forwardedFrom": "anon"}
-    report = replay_parity([], [original, copy], schema)
-    assert report.decisions == 1 and report.skipped == {"forwarded": 1}
+    report = replay_parity([], [original, copy, original], schema)
+    assert report.decisions == 1 and report.skipped == {"forwarded": 1, "duplicate": 1}
