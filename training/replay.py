@@ -145,15 +145,15 @@ def replay_parity(
     report = ParityReport()
     seen: set[str] = set()
     for raw in decisions:
+        if forwarded_copy(raw):  # the stream's copy for a merged id's survivor: the original
+            report.skipped["forwarded"] = report.skipped.get("forwarded", 0) + 1  # is replayed
+            continue
         did = raw.get("decisionId")
         if isinstance(did, str):  # written at least once, and again by each archive run
             if did in seen:
                 report.skipped["duplicate"] = report.skipped.get("duplicate", 0) + 1
                 continue
             seen.add(did)
-        if forwarded_copy(raw):  # the stream's copy for a merged id's survivor: the original
-            report.skipped["forwarded"] = report.skipped.get("forwarded", 0) + 1  # is replayed
-            continue
         user = raw.get("userKey")
         if users is not None and user not in users:
             continue
