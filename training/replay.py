@@ -137,10 +137,19 @@ def replay_parity(
     schema: FeatureSchema,
     enrich: Any = None,
     users: set[str] | None = None,
+    late: Iterable[Mapping[str, Any]] = (),
 ) -> ParityReport:
     """Replay ``events`` (archived event records) for every decision in ``decisions`` (archived
     decision records), optionally only those of ``users``; ``enrich(profile_dict)`` is the CRM
-    lookup the serving path used (``CrmTable.enrich``; ``None``: no enrichment)."""
+    lookup the serving path used (``CrmTable.enrich``; ``None``: no enrichment). ``late``: the
+    archived late records (``onramp.events.late``): the stream never applied those events
+    (they came behind the watermark), so neither does the replay."""
+    never = {
+        e["messageId"]
+        for r in late
+        if isinstance(e := r.get("event"), Mapping) and isinstance(e.get("messageId"), str)
+    }
+    events = [e for e in events if e.get("messageId") not in never] if never else events
     by_user, merges = _index_events(events, users)
     report = ParityReport()
     seen: set[str] = set()

@@ -171,3 +171,51 @@ def test_the_parity_replay_leaves_out_decisions_forwarded_to_a_survivor():
     copy = {**original, "userKey": "user", "hops": 1, "forwardedFrom": "anon"}
     report = replay_parity([], [original, copy, original], schema)
     assert report.decisions == 1 and report.skipped == {"forwarded": 1, "duplicate": 1}
+
+
+def test_the_parity_replay_leaves_out_events_the_stream_sent_to_the_late_topic():
+    """An event that came behind the watermark went to onramp.events.late and was never
+    applied, but its record stays in onramp.events: the replay applied it and reported a
+    mismatch the serving path never had."""
+    import base64
+    import datetime as dt
+
+    import orjson
+
+    from ray_app.catalog import load_catalog
+    from ray_app.collect.parse import parse_request
+    from ray_app.features import FeatureSchema
+    from ray_app.records.decision import DecisionRecord
+    from ray_app.state import Profile, apply, decode_event
+    from training.replay import replay_parity
+
+    schema = FeatureSchema.from_catalog(load_catalog())
+    received = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def record(step: str, at: dt.datetime) -> dict:
+        body = orjson.dumps({"type": "track", "userId": "u", "event": "Step Completed",
+                             "properties": {"stepId": step}})  # fmt: skip
+        key = "k" * 20
+        parsed = parse_request(
+            "track", body, content_encoding=None, received_at=at, write_keys={"web": key},
+            authorization="Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+        )  # fmt: skip
+        return orjson.loads(parsed.events[0][1])
+
+    applied = record("welcome", received)
+    late = record("role", received + dt.timedelta(seconds=1))
+    profile = Profile("u")
+    apply(profile, decode_event(orjson.dumps(applied)))
+    at_ms = int((received + dt.timedelta(seconds=2)).timestamp() * 1000)
+    x = schema.featurize(profile.as_dict(), None, {}, now_ms=at_ms)
+    decision = orjson.loads(
+        DecisionRecord(
+            decision_id="d1", user_key="u", slot="next_step", chosen="role", propensity=0.5,
+            action_index=1, features=np.round(x.astype(np.float64), 6).tolist(), at_ms=at_ms,
+            feature_schema=schema.hash, profile_age_ms=0, context={},
+        ).encode()
+    )  # fmt: skip
+    events = [{**applied, "_kafka": {"offset": 0}}, {**late, "_kafka": {"offset": 1}}]
+    assert replay_parity(events, [decision], schema).matched == 0
+    late_topic = [{"schema": "onramp.late/1", "event": late}]
+    assert replay_parity(events, [decision], schema, late=late_topic).matched == 1
