@@ -49,37 +49,52 @@ T0 = 1_767_225_600_000
 
 
 def records(users: int, now_ms: int) -> list[tuple[str, str, bytes]]:
-    """(topic kind, user, value) of ``users`` users: a decision, its reward, a step completion."""
+    """(topic kind, user, value) of ``users`` users: a decision, its reward, a step completion.
+    The decision and reward records are written by the records' own code, as the decide path
+    and the stream write them: features sparse at the feature schema's width (60 of them set,
+    about what a profile with a few traits sets), the candidates, the ranked actions with their
+    probabilities."""
     import orjson
 
+    from ray_app.catalog import load_catalog
+    from ray_app.features import FeatureSchema
+    from ray_app.records import RewardRecord
+    from ray_app.records.decision import DecisionRecord
+    from ray_app.records.features import SparseFeatures
+
+    catalog = load_catalog()
+    schema = FeatureSchema.from_catalog(catalog)
+    ids = list(catalog.slot("next_step").action_ids)
     out = []
     arms = ("control", "treatment")
     steps = ("role", "team_size", "goals")
     for u in range(users):
         user, arm, step = f"user-{u}", arms[u % 2], steps[u % 3]
         at = now_ms - (users - u) * 20  # spread over the last users x 20 ms
-        iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at / 1000)) + f".{at % 1000:03d}Z"
         did = f"d-{u}"
-        decision = {
-            "schema": "onramp.decision/1", "decisionId": did, "userKey": user,
-            "slot": "next_step", "chosen": step, "propensity": 0.5, "actionIndex": 1,
-            "ranked": [{"action": step, "score": 0.5}, {"action": "welcome", "score": 0.1}],
-            "arm": arm, "experiment": "onboarding", "modelVersion": 3, "policy": "greedy",
-            "features": [0.0], "timestamp": iso,
-        }  # fmt: skip
+        set_at = tuple(sorted({(u * 37 + k * 101) % schema.dim for k in range(60)}))
+        features = SparseFeatures(schema.dim, set_at, tuple(1.0 for _ in set_at))
+        decision = DecisionRecord(
+            decision_id=did, user_key=user, slot="next_step", chosen=step, propensity=0.5,
+            action_index=ids.index(step), features=features, at_ms=at, arm=arm,
+            model_version=3, candidates=ids, experiment="onboarding", policy="squarecb",
+            ranked=[{"action": step, "score": 0.5, "probability": 0.5},
+                    {"action": "welcome", "score": 0.1, "probability": 0.5}],
+            feature_schema=schema.hash, profile_age_ms=40, context={"device": "desktop"},
+        ).encode()  # fmt: skip
+        iso = orjson.loads(decision)["timestamp"]
         good = (u * 7919) % 100 < (40 if arm == "control" else 46)
-        reward = {
-            "schema": "onramp.reward/1", "decisionId": did, "userKey": user,
-            "slot": "next_step", "action": step, "actionIndex": 1, "arm": arm,
-            "propensity": 0.5, "features": [0.0], "reward": float(good),
-            "outcome": "completed" if good else "abandoned", "decidedAtMs": at,
-            "outcomeAtMs": at + 500, "modelVersion": 3,
-        }  # fmt: skip
+        reward = RewardRecord(
+            decision_id=did, user_key=user, slot="next_step", action=step,
+            action_index=ids.index(step), arm=arm, propensity=0.5, features=features.dense(),
+            reward=float(good), outcome="completed" if good else "abandoned", decided_at_ms=at,
+            outcome_at_ms=at + 500, model_version=3, candidates=ids,
+        ).encode()  # fmt: skip
         event = {"type": "track", "event": "Step Completed", "userKey": user, "stepId": "welcome",
                  "messageId": f"m-{u}", "timestamp": iso, "receivedAt": iso}  # fmt: skip
         out += [
-            ("decisions", user, orjson.dumps(decision)),
-            ("rewards", user, orjson.dumps(reward)),
+            ("decisions", user, decision),
+            ("rewards", user, reward),
             ("events", user, orjson.dumps(event)),
         ]
     return out
