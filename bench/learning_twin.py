@@ -497,11 +497,11 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                     if detector.answered(detail):  # type: ignore[union-attr]
                         continue  # as the service does
                     learner.drift(now=t, since_ms=detail.get("sinceMs"))  # as the service does
-                    detector.reacted(restarted=True)  # type: ignore[union-attr]
+                    detector.reacted(True, learner.version + 1)  # type: ignore[union-attr]
                     alerts.append(round(t * args.rate))
             fresh = learner.maybe_publish(now=t)
             if fresh is not None and detector and fresh.metadata.get("rollback") == "below_control":
-                detector.reacted(restarted=False)  # as the service does
+                detector.reacted(False, fresh.version)  # as the service does
             if fresh is not None:
                 published.append((t + model_poll_s, fresh))
                 last_published = fresh

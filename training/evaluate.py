@@ -71,10 +71,13 @@ def read_jsonl(paths: Iterable[str | Path], topics: Sequence[str] = ()) -> list[
     A line that is not a JSON object raises :class:`FieldError` naming ``file:line``.
     """
     from ray_app.experiments.report import read_json_lines
+    from ray_app.storage import Storage
 
     out: list[dict[str, Any]] = []
     for path in paths:
-        folders = [t for t in topics if Path(path, t).is_dir()]
+        store = Storage(str(path), field="logs")  # a local path or a URI (s3://, file://)
+        have = set(store.subdirs("")) if store.exists() and not store.is_file() else set()
+        folders = [t for t in topics if t in have]
         if folders:
             for t in folders:
                 out += read_json_lines(path, t)

@@ -131,6 +131,12 @@ def _profile_at(
     return p.as_dict() if seen or p.merged_from else None
 
 
+def _read_at(record: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Where an archived record was in its topic: (partition, offset) of its ``_kafka``."""
+    k = record.get("_kafka")
+    return (k.get("partition"), k.get("offset")) if isinstance(k, Mapping) else (None, None)
+
+
 def replay_parity(
     events: Iterable[Mapping[str, Any]],
     decisions: Iterable[Mapping[str, Any]],
@@ -142,14 +148,17 @@ def replay_parity(
     """Replay ``events`` (archived event records) for every decision in ``decisions`` (archived
     decision records), optionally only those of ``users``; ``enrich(profile_dict)`` is the CRM
     lookup the serving path used (``CrmTable.enrich``; ``None``: no enrichment). ``late``: the
-    archived late records (``onramp.events.late``): the stream never applied those events
-    (they came behind the watermark), so neither does the replay."""
+    archived late records (``onramp.events.late``): the stream never applied those records
+    (they came behind the watermark), so neither does the replay. They are matched by where the
+    stream read them (``origin``: partition and offset), not by message id: a client's retry of
+    an event already applied can come late, and the event itself was applied."""
     never = {
-        e["messageId"]
+        (o.get("partition"), o.get("offset"))
         for r in late
-        if isinstance(e := r.get("event"), Mapping) and isinstance(e.get("messageId"), str)
+        if isinstance(o := r.get("origin"), Mapping)
     }
-    events = [e for e in events if e.get("messageId") not in never] if never else events
+    if never:
+        events = [e for e in events if _read_at(e) not in never]
     by_user, merges = _index_events(events, users)
     report = ParityReport()
     seen: set[str] = set()

@@ -154,6 +154,7 @@ class Cohorts:
         self._alias: dict[str, str] = {}  # a merged user key -> the key it was merged into
         # funnel: user -> (arm code or -1, completed step mask, onboarding completed)
         self._user_arm: dict[str, int] = {}
+        self._user_first: dict[str, int] = {}  # user -> time of the decision their arm is of
         self._user_steps: dict[str, int] = {}
         self._user_done: set[str] = set()
         self._steps: dict[str, int] = {}  # step -> bit of the funnel masks
@@ -204,7 +205,7 @@ class Cohorts:
         self._pending[did] = (exp, rows.row(user, arm, ms))
         if len(self._pending) > PENDING:
             self._pending.popitem(last=False)
-        self._assign(user, arm)
+        self._assign(user, arm, ms)
         self.version += 1
         orphan = self._orphans.pop(did, None)
         if orphan is not None:
@@ -294,14 +295,22 @@ class Cohorts:
 
     # -- the funnel ---------------------------------------------------------------------------
 
-    def _assign(self, user: str, arm: int) -> None:
-        """The user's funnel arm: the arm of their first decision."""
+    def _assign(self, user: str, arm: int, ms: int) -> None:
+        """The user's funnel arm: the arm of their earliest decision (as the report's rows),
+        whatever the order decisions are read in."""
         if user in self._user_arm:
+            if ms < self._user_first[user]:
+                self._user_first[user] = ms
+                if arm != self._user_arm[user]:
+                    self._count(user, -1)
+                    self._user_arm[user] = arm
+                    self._count(user, 1)
             return
         if len(self._user_arm) >= FUNNEL_USERS:
             self.funnel_ignored += 1
             return
         self._user_arm[user] = arm
+        self._user_first[user] = ms
         self._count(user, 1)
 
     def _count(self, user: str, sign: int) -> None:
@@ -324,14 +333,18 @@ class Cohorts:
 
     def _merge_funnel(self, old: str, into: str) -> None:
         """``old``'s steps, completion and arm become ``into``'s: one user of the funnel, in
-        the arm of the id assigned first (the anonymous one: it decided before the merge)."""
+        the arm of the earlier of the two ids' first decisions (as the report's rows)."""
         if old not in self._user_arm and old not in self._user_steps and old not in self._user_done:
             return
         self._count(old, -1)
         self._count(into, -1)
-        arm = self._user_arm.pop(old, None)
-        if arm is not None:
-            self._user_arm[into] = arm
+        arm, first = self._user_arm.pop(old, None), self._user_first.pop(old, None)
+        if (
+            arm is not None
+            and first is not None
+            and (into not in self._user_arm or first < self._user_first[into])
+        ):  # the arm of the person's earliest decision, under either id
+            self._user_arm[into], self._user_first[into] = arm, first
         mask = self._user_steps.pop(old, 0) | self._user_steps.get(into, 0)
         if mask:
             self._user_steps[into] = mask

@@ -59,8 +59,8 @@ class ArchiveReport:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
-    #: Partitions (``topic/partition``) whose records up to the end offset they had when the
-    #: read began were not all read when ``max_seconds`` ran out.
+    #: Partitions (``topic/partition``) read in part: their records up to the end offset they
+    #: had when the read began were not all read when ``max_seconds`` ran out.
     truncated: list[str] = field(default_factory=list)
     partitions: int = 0
     #: Partitions whose end offset the broker never reported (all of them: nothing answered).
@@ -183,10 +183,13 @@ def archive_topics(
     report.partitions = len(tps)
     report.unknown_ends = sum(1 for end in ends.values() if end is None)
     if not report.interrupted:
+        # read in part: cut short. A partition of which nothing came at all is most likely one
+        # whose records have all expired (its end offset stays, its log is empty), not one the
+        # read had no time for (every partition is fetched from the first poll on)
         report.truncated = [
             f"{t}/{p}"
             for (t, p), end in sorted(ends.items())
-            if end is not None and last.get((t, p), -1) + 1 < end
+            if end is not None and (t, p) in last and last[(t, p)] + 1 < end
         ]
     report.seconds = time.monotonic() - started
     return report

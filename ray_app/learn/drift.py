@@ -254,11 +254,12 @@ class RewardRateDrift:
         self._first: int | None = None  # the decision time of the first explicit outcome
         self.control_arm = control_arm
         self.holdout_arm = holdout_arm
-        self._held: list[tuple[int, int, bool, float]] = []  # (decided at, seq, control?, reward)
+        # (decided at, seq, control?, reward, model version)
+        self._held: list[tuple[int, int, bool, float, int]] = []
         self._seq = 0
         self._latest: int | None = None
         self._released: int | None = None  # decisions before this were fed
-        self._model_from: int | None = None  # model arms' decisions before this are not fed
+        self._model_min_version = 0  # model arms' decisions of older versions are not fed
         self._restarted_at: int | None = None  # the decision time of the last drift restart
         #: Alerts not acted on: their change began before the last drift restart, which answered it.
         self.answered_alerts = 0
@@ -300,7 +301,9 @@ class RewardRateDrift:
             if self._released is not None and at < self._released:
                 self.late += 1
                 continue
-            heapq.heappush(self._held, (at, self._seq, r.arm == self.control_arm, r.reward))
+            version = getattr(r, "model_version", 0)
+            entry = (at, self._seq, r.arm == self.control_arm, r.reward, version)
+            heapq.heappush(self._held, entry)
             self._seq += 1
         alerts: list[tuple[str, dict[str, Any]]] = []
         if self._latest is None:
@@ -310,13 +313,13 @@ class RewardRateDrift:
         cut = self._latest - self.settle
         held = self._held
         while held and held[0][0] < cut:
-            at, _, control, reward = heapq.heappop(held)
+            at, _, control, reward, version = heapq.heappop(held)
             self.fed += 1
             if control:
                 if self.world.update(reward, at):
                     change = {"change": self.world.last_change, "sinceMs": self.world.change_at}
                     alerts.append(("control_reward_rate", change))
-            elif self._model_from is not None and at < self._model_from:
+            elif version < self._model_min_version:
                 continue  # a decision of a model the learner has since replaced
             elif self.model.update(reward, at) and self.model.last_change == "decrease":
                 change = {"change": "decrease", "sinceMs": self.model.change_at}
@@ -335,17 +338,19 @@ class RewardRateDrift:
         self.answered_alerts += 1
         return True
 
-    def reacted(self, restarted: bool) -> None:
-        """The learner replaced the model it serves: ``restarted`` after a drift alert, else
-        rolled back below control or adopted a promotion. The model arms' rewards of decisions
-        made until now judge a model that is gone: the model detector starts again on the
-        decisions after. After a restart, an alert whose change began before it (the other
+    def reacted(self, restarted: bool, min_version: int) -> None:
+        """The learner replaced the model it serves, from ``min_version`` on: ``restarted``
+        after a drift alert, else rolled back below control or adopted a promotion. The model
+        arms' rewards of decisions by older versions judge a model that is gone: the model
+        detector starts again on those of ``min_version`` and later (by version, not time: a
+        promotion adopted at start comes before any reward, and replicas swap a few seconds
+        after a publish). After a restart, an alert whose change began before it (the other
         detector seeing the same change of the world) has been answered (:meth:`answered`).
         Before, a drop a rollback had answered fired a drift restart later,
         which threw the restored weights away, and one change of the world seen by both
         detectors restarted the learner twice, some hundreds of users apart."""
         self.model.reset()
-        self._model_from = self._latest
+        self._model_min_version = max(self._model_min_version, int(min_version))
         if restarted:
             self._restarted_at = self._latest
 

@@ -10,13 +10,13 @@ static flow, on the rewards as they arrive.
 
     z = (p_t - p_c) / sqrt(p (1 - p) (1 / n_t + 1 / n_c))
 
-over the last ``window`` rewards of the treatment arms and, of the last ``control_window``
-rewards of ``control``, those of decisions made since the treatment window's first one (sliding
-windows counted in rewards, so the test means the same at any traffic; control's taken over the
-same time as treatment's, so a change of the world between the two does not read as a gap
-between the arms: after a drift the treatment window holds only the new world's rewards, and a
-control window reaching back into the old one had fired false rollbacks. Rewards without a
-decision time are compared whole).
+over the last ``window`` rewards of the treatment arms and the last ``control_window`` rewards
+of ``control`` (sliding windows counted in rewards, so the test means the same at any traffic).
+After a :meth:`~ControlGuardrail.restart` (a rollback, a drift), control's count only from the
+first decision of treatment's new window on: a change of the world between the two must not
+read as a gap between the arms (after a drift the treatment window holds only the new world's
+rewards, and a control window reaching back into the old one had fired false rollbacks). Once
+control's window has turned over since, it is whole again, however small control's share.
 With at least ``min_treatment`` and ``min_control`` rewards in them, ``z < -z`` **fires**
 (treatment significantly below control), and ``p_t >= p_c`` **beats** control (the learner then
 snapshots the weights it serves). The default ``z = 3.09`` (one-sided 0.1%) is stricter than a
@@ -168,6 +168,10 @@ class ControlGuardrail:
         self._c_sum = 0.0
         #: Rewards ignored because their version is older than ``min_version``.
         self.stale = 0
+        #: Since the last restart: the first decision time of the treatment rewards counted
+        #: (control's before it are left out); ``_NO_TIME``: no cut.
+        self._since = _NO_TIME
+        self._restarted = False
 
     def observe(self, record: _Reward) -> None:
         """Add one reward (anything with ``arm``, ``reward`` and ``model_version``)."""
@@ -185,8 +189,12 @@ class ControlGuardrail:
                 return
             if len(self._t) == self._t.maxlen:
                 self._t_sum -= self._t[0][1]
-            self._t.append((_decided(record), r))
+            at = _decided(record)
+            self._t.append((at, r))
             self._t_sum += r
+            if self._restarted:  # the cut: treatment's first decision since the restart
+                self._since = at if self._since == _NO_TIME else min(self._since, at)
+                self._restarted = at != _NO_TIME  # a reward without a time: compared whole
 
     def update(self, records: Iterable[_Reward]) -> None:
         """:meth:`observe` each record."""
@@ -201,10 +209,10 @@ class ControlGuardrail:
         return len(kept), math.fsum(kept)
 
     def compare(self) -> ControlComparison:
-        """The test over the current windows (control's since treatment's first decision)."""
+        """The test over the current windows (after a restart, control's since treatment's
+        first decision counted)."""
         nt = len(self._t)
-        since = min(at for at, _ in self._t) if nt else _NO_TIME
-        nc, c_sum = self._control_since(since)
+        nc, c_sum = self._control_since(self._since)
         pt = self._t_sum / nt if nt else None
         pc = c_sum / nc if nc else None
         enough = nt >= self.min_treatment and nc >= self.min_control
@@ -227,6 +235,7 @@ class ControlGuardrail:
         self._t.clear()
         self._t_sum = 0.0
         self.min_version = int(min_version)
+        self._since, self._restarted = _NO_TIME, True
         if not keep_control:
             self._c.clear()
             self._c_sum = 0.0
@@ -238,6 +247,8 @@ class ControlGuardrail:
             "control": [list(e) for e in self._c],
             "min_version": self.min_version,
             "stale": self.stale,
+            "since": self._since,
+            "restarted": self._restarted,
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -258,6 +269,8 @@ class ControlGuardrail:
         self._c_sum = math.fsum(r for _, r in self._c)
         self.min_version = int(state.get("min_version", 0))
         self.stale = int(state.get("stale", 0))
+        self._since = int(state.get("since", _NO_TIME))
+        self._restarted = bool(state.get("restarted", False))
 
 
 def _entry(saved: Any) -> tuple[int, float]:

@@ -215,7 +215,7 @@ class LearnerService:
             log.error("promoted version %d not adopted: %s", head.version, exc)
             self._unadoptable_epoch = head.epoch
             return
-        self.rate_drift.reacted(restarted=False)  # the model judged until now is gone
+        self.rate_drift.reacted(restarted=False, min_version=learner.version)
         log.info(
             "learner continues from promoted version %d (promotion %d)", head.version, head.epoch
         )
@@ -317,7 +317,8 @@ class LearnerService:
         ``learn.boost_rewards`` rewards."""
         if boost:
             self.learner.drift(since_ms=detail.get("sinceMs"))
-            self.rate_drift.reacted(restarted=True)
+            # the model judged until now is gone: the next version is the restarted one
+            self.rate_drift.reacted(restarted=True, min_version=self.learner.version + 1)
         alert = {"at": time.time(), "kind": kind, "boosted": boost, **detail}
         self.alerts.append(alert)
         log.warning(
@@ -358,7 +359,7 @@ class LearnerService:
         self._awaiting = []
         rollback = bundle.metadata.get("rollback")
         if rollback == "below_control":
-            self.rate_drift.reacted(restarted=False)  # the model judged until now is gone
+            self.rate_drift.reacted(restarted=False, min_version=bundle.version)
             log.warning(
                 "%s", control_rollback_message(bundle.metadata, bundle.version, self.config)
             )

@@ -58,18 +58,24 @@ class ModelWatcher:
         #: version (a file of an older version is how to go back to one), ``None`` the cold start.
         self._named: set[str] = set()
         self._missing: set[str] = set()
+        self._lock = threading.RLock()
 
     def set_path(self, arm: str, path: Path | None, named: bool = False) -> None:
         """Serve ``arm`` from ``path`` from the next :meth:`load` on, even if unchanged since;
         ``named`` (``user_config`` changed it): whatever that file's version."""
-        self.paths[arm] = path
-        self._mtimes.pop(arm, None)
-        self._missing.discard(arm)
-        if named:
-            self._named.add(arm)
+        with self._lock:  # the path and its flag together, never half seen by a load
+            self.paths[arm] = path
+            self._mtimes.pop(arm, None)
+            self._missing.discard(arm)
+            if named:
+                self._named.add(arm)
 
     def load(self) -> None:
         """Swap in every model file that changed since the last load and is newer."""
+        with self._lock:  # the polling thread and reconfigure's load, one at a time
+            self._load()
+
+    def _load(self) -> None:
         for arm, path in self.paths.items():
             if path is None:
                 if arm in self._named:  # the built-in model named: the cold start again
@@ -97,10 +103,13 @@ class ModelWatcher:
     def _load_file(self, arm: str, path: Path) -> None:
         target = self.target
         named = arm in self._named
-        self._named.discard(arm)  # forced once: later loads follow the file's versions
         try:
             bundle = ModelBundle.from_bytes(path.read_bytes(), target.schema, target.catalog, False)
-            if target.swap(arm, bundle, force=named):
+            swapped = target.swap(arm, bundle, force=named)
+            # forced once, when it served: later loads follow the file's versions (a read that
+            # failed, a half-written copy, leaves the next one forced)
+            self._named.discard(arm)
+            if swapped:
                 log.info("arm %s now serves model version %d", arm, bundle.version)
             else:
                 log.warning(

@@ -215,7 +215,15 @@ def test_the_parity_replay_leaves_out_events_the_stream_sent_to_the_late_topic()
             feature_schema=schema.hash, profile_age_ms=0, context={},
         ).encode()
     )  # fmt: skip
-    events = [{**applied, "_kafka": {"offset": 0}}, {**late, "_kafka": {"offset": 1}}]
+    events = [
+        {**applied, "_kafka": {"partition": 0, "offset": 0}},
+        {**late, "_kafka": {"partition": 0, "offset": 1}},
+        {**applied, "_kafka": {"partition": 0, "offset": 2}},  # a retry of it, which came late
+    ]
     assert replay_parity(events, [decision], schema).matched == 0
-    late_topic = [{"schema": "onramp.late/1", "event": late}]
+    origin = {"stage": "stream", "topic": "onramp.events", "partition": 0}
+    late_topic = [
+        {"schema": "onramp.late/1", "event": late, "origin": {**origin, "offset": 1}},
+        {"schema": "onramp.late/1", "event": applied, "origin": {**origin, "offset": 2}},
+    ]
     assert replay_parity(events, [decision], schema, late=late_topic).matched == 1

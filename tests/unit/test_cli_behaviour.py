@@ -621,8 +621,15 @@ def test_an_archive_cut_short_by_max_seconds_says_so(tmp_path) -> None:
     looked complete."""
     broker = InMemoryBroker(partitions=2)
     _fill(broker, "t", [{"i": i} for i in range(50)])
-    report = archive_topics(InMemoryConsumer(broker), ["t"], tmp_path, partitions=2, max_seconds=0)
-    assert report.truncated == ["t/0", "t/1"] and report.as_dict()["truncated"]
+
+    class Slow(InMemoryConsumer):  # a few records a poll, a poll every 50 ms
+        def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Any]:
+            time.sleep(0.05)
+            return super().poll(timeout_s, max_records=4)
+
+    slow = Slow(broker)
+    report = archive_topics(slow, ["t"], tmp_path, partitions=2, max_seconds=0.3, idle_s=0.05)
+    assert report.truncated and report.as_dict()["truncated"] == report.truncated
     whole = archive_topics(
         InMemoryConsumer(broker), ["t"], tmp_path / "b", partitions=2, idle_s=0.01
     )

@@ -582,3 +582,26 @@ def test_a_decision_forwarded_to_a_merged_ids_survivor_is_one_decision_and_a_mer
     assert got[["user", "decisions", "positives"]].to_dict("records") == [
         {"user": "user", "decisions": 2, "positives": 1}
     ]
+
+
+def test_the_funnel_and_the_experiments_put_a_merged_person_in_the_same_arm() -> None:
+    """A known user decided first on one device (control), then anonymously on another
+    (treatment), and the two were merged into the known id: the funnel took the anonymous id's
+    arm, the experiments panel the earliest decision's."""
+    c = Cohorts(["welcome", "role"])
+    known = {"decisionId": "d1", "userKey": "B", "arm": "control", "experiment": "e",
+             "chosen": "welcome", "timestamp": 1_000}  # fmt: skip
+    anonymous = {
+        **known,
+        "decisionId": "d2",
+        "userKey": "A",
+        "arm": "treatment",
+        "timestamp": 2_000,
+    }
+    merged = {**known, "decisionId": "d3", "timestamp": 3_000, "mergedFrom": ["A"]}
+    for d in (anonymous, known, merged):  # read out of order across partitions
+        c.decision(d)
+    [row] = c.frame("e").to_dict("records")
+    funnel = c.funnel()
+    assert row["arm"] == "control"
+    assert funnel["control"]["users"] == 1 and funnel.get("treatment", {}).get("users", 0) == 0

@@ -227,9 +227,9 @@ def test_evaluate_reads_an_archive_root(tmp_path, capsys) -> None:
     for topic, src in ((topics.decisions, d), (topics.rewards, r)):
         (root / topic).mkdir(parents=True)
         (root / topic / "part-0000-000000000000-000000000040.jsonl").write_text(src.read_text())
-    assert (
-        main(["--logs", str(root), "--plot", str(tmp_path / "p.png"), "--n-bootstrap", "50"]) == 0
-    )
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["n"] == 40
-    assert summary["policies"]["logged"]["ips"]["value"] == pytest.approx(mean_reward)
+    for given in (str(root), f"file://{root}"):  # a URI too, as report, audit and train take
+        plot = str(tmp_path / "p.png")
+        assert main(["--logs", given, "--plot", plot, "--n-bootstrap", "50"]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["n"] == 40
+        assert summary["policies"]["logged"]["ips"]["value"] == pytest.approx(mean_reward)

@@ -102,9 +102,9 @@ def test_fires_on_a_treatment_worse_than_control_and_needs_fresh_samples_after()
 def test_minimum_samples_windows_and_arms():
     g = ControlGuardrail(window=500, control_window=400, min_treatment=300, min_control=100)
     traffic = Traffic(2)
-    g.update(traffic.records(299, 0.0, 1.0, version=0, share=1.0))  # treatment only
+    g.update(traffic.records(150, 0.0, 1.0, version=0, share=0.0))  # control only
     assert not g.compare().enough and g.compare().z is None
-    g.update(traffic.records(150, 0.0, 1.0, version=0, share=0.0))  # control, decided since
+    g.update(traffic.records(299, 0.0, 1.0, version=0, share=1.0))
     assert not g.compare().fires  # 299 treatment rewards: cannot judge
     g.update(traffic.records(1, 0.0, 1.0, version=0, share=1.0))
     assert g.compare().fires
@@ -320,10 +320,12 @@ def test_a_change_of_the_world_is_not_a_gap_between_the_arms():
     assert h.compare().fires
 
 
-def _rates(start: int, n: int, rate: float, arms: tuple[str, ...] = ("treatment",)) -> list:
+def _rates(
+    start: int, n: int, rate: float, arms: tuple[str, ...] = ("treatment",), version: int = 1
+) -> list:
     return [
-        SimpleNamespace(arm=arm, reward=float((start + i) % 10 < rate * 10),
-                        outcome="completed", decided_at_ms=(start + i) * 100)
+        SimpleNamespace(arm=arm, reward=float((start + i) % 10 < rate * 10), outcome="completed",
+                        decided_at_ms=(start + i) * 100, model_version=version)
         for i in range(n)
         for arm in arms
     ]  # fmt: skip
@@ -338,9 +340,10 @@ def test_the_model_detector_starts_again_when_the_learner_replaces_its_model():
     def run(react: bool) -> list:
         d = RewardRateDrift(delta=0.05, threshold=5.0, min_samples=10, settle_ms=1_000)
         alerts = d.update(_rates(0, 400, 0.8)) + d.update(_rates(400, 14, 0.0))
-        if react:
-            d.reacted(restarted=False)  # the rollback, published before the detector fired
-        return alerts + d.update(_rates(414, 400, 0.8))
+        if react:  # the rollback, published as version 2 before the detector fired
+            d.reacted(restarted=False, min_version=2)
+        # version 1's last rewards still arrive, and the restored weights serve as version 2
+        return alerts + d.update(_rates(414, 6, 0.0) + _rates(420, 400, 0.8, version=2))
 
     assert [kind for kind, _ in run(react=False)] == ["model_reward_rate"]
     assert run(react=True) == []
@@ -357,7 +360,7 @@ def test_one_change_seen_by_both_detectors_restarts_the_learner_once():
             if d.answered(detail):
                 continue
             acted.append(kind)
-            d.reacted(restarted=True)  # what the service does on an alert: a drift restart
+            d.reacted(restarted=True, min_version=2)  # the service's answer: a drift restart
     assert len(acted) == 1 and d.answered_alerts == 1
 
 
@@ -375,3 +378,19 @@ def test_a_drift_restarts_the_treatment_window_of_the_control_guardrail():
     learner.drift(now=2.0)
     assert learner.control.compare().treatment_n == 0
     assert learner.control.min_version == learner.version + 1
+
+
+def test_a_small_control_share_still_fires_once_its_window_turned_over():
+    """Control at 3% of traffic: the first cut (control since treatment's sliding window began)
+    left it about 60 rewards, under min_control, so the guardrail never judged. The cut is
+    from a restart on, and goes once control's window has turned over."""
+    traffic = Traffic(seed=7)
+    g = ControlGuardrail()
+    g.update(traffic.records(20_000, 0.3, 0.6, version=1, share=0.97))
+    assert g.compare().fires and g.compare().control_n > 500
+    g.restart(min_version=2)
+    g.update(traffic.records(2_000, 0.3, 0.6, version=2, share=0.97))
+    c = g.compare()
+    assert c.control_n < 100 and not c.enough  # only control decided since the restart
+    g.update(traffic.records(6_000, 0.3, 0.6, version=2, share=0.97))
+    assert g.compare().fires
