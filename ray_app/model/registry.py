@@ -348,6 +348,15 @@ class ModelRegistry:
                 stack.append(p.version)
         return stack
 
+    def _last_epoch(self) -> int:
+        """The highest epoch a promotion ever took here, undone ones too (0: none)."""
+        raw = self._store.read("promotions.json")
+        try:
+            last = json.loads(raw).get("lastEpoch", 0) if raw is not None else 0
+        except (ValueError, AttributeError):
+            return 0  # history() says what is wrong with the file
+        return last if isinstance(last, int) and not isinstance(last, bool) else 0
+
     def promoted(self) -> Promotion | None:
         """The promotion in force (``None``: nothing promoted yet)."""
         history = self.history()
@@ -370,20 +379,23 @@ class ModelRegistry:
         bundle = self.load(version, schema, catalog)
         history = self.history() if _history is None else _history
         served = _served_promotion(serve_path)
-        epoch = max([0, served, *(p.epoch for p in history)]) + 1
+        epoch = max([0, served, self._last_epoch(), *(p.epoch for p in history)]) + 1
         promotion = Promotion(version, epoch, time.time(), _action)
         # the record first, then the served file, and the record undone if that fails: the
         # other way round, a failed record left the replicas serving a version the registry
         # did not name (rollback then went back past it)
-        before = self._store.read("promotions.json")
-        body = {"history": [p.to_json() for p in [*history, promotion]]}
+        before = [p.to_json() for p in history]
+        body = {"history": [*before, promotion.to_json()], "lastEpoch": epoch}
         self._store.write("promotions.json", json.dumps(body, indent=2).encode())
         if serve_path is not None:
             bundle.metadata = {**bundle.metadata, "promotion": epoch, "registryVersion": version}
             try:
                 write_file_atomically(serve_path, bundle.to_bytes())
             except BaseException:
-                self._store.write("promotions.json", before or b'{"history": []}')
+                # undone, but its epoch stays used: a learner may have adopted it meanwhile,
+                # and skips an epoch it has seen (a later promotion must be a higher one)
+                undone = {"history": before, "lastEpoch": epoch}
+                self._store.write("promotions.json", json.dumps(undone, indent=2).encode())
                 raise
         return promotion
 

@@ -270,3 +270,28 @@ def test_training_from_a_model_that_learned_the_held_out_records_is_warned(tmp_p
     assert said is not None and "(version 2) learned from records up to" in said
     assert _starting_model_saw_held_out(reg, 3, HeldOut()) is not None  # type: ignore[arg-type]
     assert _starting_model_saw_held_out(reg, None, HeldOut()) is None  # type: ignore[arg-type]
+
+
+def test_an_undone_promotions_epoch_is_never_taken_again(tmp_path, monkeypatch):
+    """A learner that read the record between its write and the failed served-file write
+    adopted epoch E; the record was undone, the next promotion took E again, and the learner
+    skipped it as seen."""
+    import ray_app.model.registry as registry_module
+
+    reg = ModelRegistry(tmp_path / "reg")
+    serve = tmp_path / "models" / "treatment.onramp"
+    for favour in (0, 1):
+        reg.register(_bundle(favour, favour=favour))
+    first = reg.promote(1, serve, SCHEMA, CATALOG)
+    real = registry_module.write_file_atomically
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry_module, "write_file_atomically", full_disk)
+    with pytest.raises(OSError):
+        reg.promote(2, serve, SCHEMA, CATALOG)  # took epoch first.epoch + 1, then undone
+    monkeypatch.setattr(registry_module, "write_file_atomically", real)
+    again = reg.promote(2, serve, SCHEMA, CATALOG)
+    assert again.epoch == first.epoch + 2
+    assert [p.version for p in reg.history()] == [1, 2]
