@@ -51,6 +51,15 @@ def console_file(name: str) -> tuple[bytes, str] | None:
     return static_file(FILES, name)
 
 
+#: On every console answer: no content sniffing (an answer is what its type says), and the
+#: console is never framed by another site (clickjacking), nor given plugins or another base.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
+}
+
+
 class ConsoleRoutes:
     """``GET /console`` and everything under it, for one ingress replica."""
 
@@ -82,10 +91,15 @@ class ConsoleRoutes:
                 name[4:], request.query_params, request.headers.get("authorization")
             )
             cost = (time.perf_counter() - started) * 1000
-            headers = {"Cache-Control": "no-store", "Server-Timing": f"console;dur={cost:.3f}"}
+            headers = {
+                "Cache-Control": "no-store",
+                "Server-Timing": f"console;dur={cost:.3f}",
+                **SECURITY_HEADERS,
+            }
             return Response(body, status, headers, media_type="application/json")
         found = self._files.get(name or "index.html")
         if found is None:
             return Response(_NOT_FOUND, 404, media_type="application/json")
         content, media = found
-        return Response(content, media_type=media, headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", **SECURITY_HEADERS}
+        return Response(content, media_type=media, headers=headers)

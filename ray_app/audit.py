@@ -334,7 +334,8 @@ def render_audit_html(result: Mapping[str, Any], top: int = 6) -> str:
             bins = np.linspace(0, high, 21)  # a cross is worth more than 1
             ax.hist(ref_x[:, i], bins, alpha=0.5, density=True, label="reference")
             ax.hist(cur_x[:, i], bins, alpha=0.5, density=True, label="recent")
-            ax.set_title(f"{f['name']} (PSI {f['psi']:.2f})", fontsize=9)
+            # labels as text: a "$" would be matplotlib's math markup, and "$\\foo$" an error
+            ax.set_title(f"{f['name']} (PSI {f['psi']:.2f})", fontsize=9, parse_math=False)
         axes.ravel()[0].legend(fontsize=8)
         for ax in axes.ravel()[len(worst) :]:
             ax.axis("off")
@@ -347,8 +348,9 @@ def render_audit_html(result: Mapping[str, Any], top: int = 6) -> str:
             x = np.arange(len(values))
             ax.bar(x - 0.2, [m["reference"].get(v, 0) for v in values], 0.4, label="reference")
             ax.bar(x + 0.2, [m["recent"].get(v, 0) for v in values], 0.4, label="recent")
-            ax.set_xticks(x, values, rotation=30, fontsize=8)
-            ax.set_title(m["segment"], fontsize=9)
+            # the values are what requests sent in their context: text, never math markup
+            ax.set_xticks(x, values, rotation=30, fontsize=8, parse_math=False)
+            ax.set_title(m["segment"], fontsize=9, parse_math=False)
         axes.ravel()[0].legend(fontsize=8)
         images.append(("Segment mix", _png(fig)))
     drifted = result["drifted"]

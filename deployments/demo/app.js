@@ -187,7 +187,7 @@ const SCREENS = {
     const items = [...new Set(order.filter(Boolean))];
     $('#step').dataset.first = items[0];
     const li = items
-      .map((k, i) => `<li data-item="${k}" class="${i === 0 ? 'first' : ''} ${state.done.includes(CHECKLIST_DONE_BY[k]) ? 'done' : ''}">${esc(CHECKLIST[k])}</li>`)
+      .map((k, i) => `<li data-item="${esc(k)}" class="${i === 0 ? 'first' : ''} ${state.done.includes(CHECKLIST_DONE_BY[k]) ? 'done' : ''}">${esc(CHECKLIST[k])}</li>`)
       .join('');
     return `<h1>You're all set</h1><p>Your checklist:</p><ul class="checklist">${li}</ul>${why(d, 'This order')}
       <form><button type="button" class="secondary" id="restart">Start over as a new user</button></form>`;

@@ -41,7 +41,8 @@ def _funnel_plot(users: pd.DataFrame, arms: list[str]) -> str:
     ax.set_xticks(np.arange(len(stages)) + width * (len(arms) - 1) / 2, stages)
     ax.set_ylabel("share of the arm's users")
     ax.set_title("Onboarding completion funnel per arm")
-    ax.legend()
+    for text in ax.legend().get_texts():  # arm names as text, never math markup
+        text.set_parse_math(False)
     return _png(fig)
 
 
@@ -62,7 +63,8 @@ def _uplift_plot(series: dict[str, list[dict[str, Any]]]) -> str:
     ax.axhline(0, color="grey", lw=1)
     ax.set_ylabel("relative uplift of activation")
     ax.set_title("Uplift over time (cumulative, with confidence band)")
-    ax.legend()
+    for text in ax.legend().get_texts():  # arm names as text, never math markup
+        text.set_parse_math(False)
     fig.autofmt_xdate()
     return _png(fig)
 

@@ -217,6 +217,10 @@ def test_without_a_key_the_console_asks_for_one_and_the_api_serves_nothing(conso
             r = console.api(path, key)
             assert r.status_code == 401, (path, r.text)
             assert r.json()["error"] == "unauthorized" and "arms" not in r.text
+            assert r.headers["x-content-type-options"] == "nosniff"
+    shell = httpx.get(console.url, timeout=30)  # the page: never framed by another site
+    assert shell.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in shell.headers["content-security-policy"]
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(console.url)
     page.wait_for_selector("#login:not([hidden])")

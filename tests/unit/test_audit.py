@@ -227,3 +227,15 @@ def test_the_parity_replay_leaves_out_events_the_stream_sent_to_the_late_topic()
         {"schema": "onramp.late/1", "event": applied, "origin": {**origin, "offset": 2}},
     ]
     assert replay_parity(events, [decision], schema, late=late_topic).matched == 1
+
+
+def test_the_audit_page_draws_any_context_value_as_text():
+    """A decide request's context value like "$\\foo$" is matplotlib math markup: drawing it
+    as a tick label failed, and with it the whole audit page."""
+    from ray_app.audit import render_audit_html
+
+    ref = decisions(1, 300)
+    recent = [{**d, "context": {"plan": "$\\foo$"}} for d in decisions(2, 300)]
+    result = audit(ref, recent, NAMES)
+    assert "context.plan" in [m["segment"] for m in result["segments"]]
+    assert "Segment mix" in render_audit_html(result)  # drawn (it raised before)
