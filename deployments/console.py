@@ -81,9 +81,11 @@ class ConsoleRoutes:
     async def answer(self, name: str, request: Request) -> Response:
         """The answer to ``GET /console<name>``."""
         if name == "":
-            return Response(status_code=307, headers={"Location": f"{request.url.path}/"})
+            return Response(
+                status_code=307, headers={"Location": f"{request.url.path}/", **SECURITY_HEADERS}
+            )
         if not name.startswith("/"):  # /consolexyz
-            return Response(_NOT_FOUND, 404, media_type="application/json")
+            return Response(_NOT_FOUND, 404, SECURITY_HEADERS, media_type="application/json")
         name = name[1:]
         if name.startswith("api/"):
             started = time.perf_counter()
@@ -99,7 +101,7 @@ class ConsoleRoutes:
             return Response(body, status, headers, media_type="application/json")
         found = self._files.get(name or "index.html")
         if found is None:
-            return Response(_NOT_FOUND, 404, media_type="application/json")
+            return Response(_NOT_FOUND, 404, SECURITY_HEADERS, media_type="application/json")
         content, media = found
         headers = {"Cache-Control": "no-cache", **SECURITY_HEADERS}
         return Response(content, media_type=media, headers=headers)

@@ -156,6 +156,8 @@ def replay_parity(
         (o.get("partition"), o.get("offset"))
         for r in late
         if isinstance(o := r.get("origin"), Mapping)
+        and isinstance(o.get("partition"), int)
+        and isinstance(o.get("offset"), int)
     }
     if never:
         events = [e for e in events if _read_at(e) not in never]

@@ -235,6 +235,7 @@ class RewardRateDrift:
         control_arm: str = CONTROL,
         holdout_arm: str = HOLDOUT,
         settle_quantile: float | None = None,
+        model_arms: Sequence[str] = ("treatment",),
     ) -> None:
         if not (isinstance(settle_ms, int) and settle_ms >= 0):
             raise ValueError(f"settle_ms must be an integer >= 0, got {settle_ms!r}")
@@ -254,6 +255,8 @@ class RewardRateDrift:
         self._first: int | None = None  # the decision time of the first explicit outcome
         self.control_arm = control_arm
         self.holdout_arm = holdout_arm
+        #: The arms that serve the learner's model (what the model detector watches).
+        self.model_arms = frozenset(model_arms)
         # (decided at, seq, control?, reward, model version)
         self._held: list[tuple[int, int, bool, float, int]] = []
         self._seq = 0
@@ -291,6 +294,8 @@ class RewardRateDrift:
         for r in records:
             if r.arm == self.holdout_arm:
                 continue
+            if r.arm != self.control_arm and r.arm not in self.model_arms:
+                continue  # another model file (treatment_b): not the learner's, other versions
             if r.outcome == "timeout":
                 self.timeouts += 1
                 continue
@@ -350,7 +355,8 @@ class RewardRateDrift:
         which threw the restored weights away, and one change of the world seen by both
         detectors restarted the learner twice, some hundreds of users apart."""
         self.model.reset()
-        self._model_min_version = max(self._model_min_version, int(min_version))
+        # assigned, not raised: a registry rollback promotes an older version as the new one
+        self._model_min_version = int(min_version)
         if restarted:
             self._restarted_at = self._latest
 

@@ -269,8 +269,12 @@ class ControlGuardrail:
         self._c_sum = math.fsum(r for _, r in self._c)
         self.min_version = int(state.get("min_version", 0))
         self.stale = int(state.get("stale", 0))
-        self._since = int(state.get("since", _NO_TIME))
-        self._restarted = bool(state.get("restarted", False))
+        if "since" in state:
+            self._since = int(state["since"])
+            self._restarted = bool(state.get("restarted", False))
+        else:  # saved before the cut was kept: from treatment's window, as it was then
+            times = [at for at, _ in self._t if at != _NO_TIME]
+            self._since, self._restarted = (min(times), True) if times else (_NO_TIME, False)
 
 
 def _entry(saved: Any) -> tuple[int, float]:

@@ -394,3 +394,32 @@ def test_a_small_control_share_still_fires_once_its_window_turned_over():
     assert c.control_n < 100 and not c.enough  # only control decided since the restart
     g.update(traffic.records(6_000, 0.3, 0.6, version=2, share=0.97))
     assert g.compare().fires
+
+
+def test_the_model_detector_follows_a_registry_rollback_to_a_lower_version_and_one_arm():
+    """A promotion may lower the version (a registry rollback): keeping the highest version
+    ever reacted to left the detector blind to the learner's next ~40 publishes. treatment_b
+    serves another model file, with versions of its own: not the learner's to watch."""
+    from ray_app.learn.drift import RewardRateDrift
+
+    d = RewardRateDrift(delta=0.05, threshold=5.0, min_samples=10, settle_ms=1_000)
+    d.reacted(restarted=True, min_version=51)  # a drift restart at version 50
+    d.reacted(restarted=False, min_version=7)  # then a registry rollback adopted version 7
+    d.update(_rates(0, 50, 0.8, version=8))
+    assert d.model.seen > 30  # version 8's rewards (the last second held back)
+    b = RewardRateDrift(delta=0.05, threshold=5.0, min_samples=10, settle_ms=1_000)
+    b.update(_rates(0, 50, 0.8, ("treatment_b",), version=99))
+    assert b.model.seen == 0
+
+
+def test_a_guardrail_state_saved_before_the_cut_keeps_cutting_at_treatments_window():
+    traffic = Traffic(seed=9)
+    g = ControlGuardrail()
+    g.update(traffic.records(2_000, 0.6, 0.6, version=1))
+    g.restart(min_version=2)
+    g.update(traffic.records(600, 0.4, 0.4, version=2))
+    state = g.state_dict()
+    old = {k: v for k, v in state.items() if k not in ("since", "restarted")}
+    h = ControlGuardrail()
+    h.load_state(old)
+    assert h.compare() == g.compare()
