@@ -122,6 +122,9 @@ def archive_topics(
     tps = [(t, p) for t in topics for p in range(partitions)]
     consumer.assign(tps, from_beginning=True)
     ends = {tp: consumer.highwater(*tp) for tp in tps}
+    # where each partition's records begin: one whose records have all expired (its start at
+    # or past its end) has nothing to give, and is not waited for
+    starts = {tp: consumer.lowwater(*tp) for tp in tps}
     lines: dict[tuple[str, int], list[bytes]] = {tp: [] for tp in tps}
     first: dict[tuple[str, int], int] = {}
     last: dict[tuple[str, int], int] = {}
@@ -166,7 +169,7 @@ def archive_topics(
         known = all(end is not None for end in ends.values())
         known = known or time.monotonic() - started >= UNKNOWN_END_WAIT * idle_s
         reached = known and all(
-            end is None or last.get(tp, -1) + 1 >= end for tp, end in ends.items()
+            end is None or _read_from(tp, last, starts) >= end for tp, end in ends.items()
         )
         if reached and not batch and time.monotonic() - quiet_since >= idle_s:
             break
@@ -183,16 +186,28 @@ def archive_topics(
     report.partitions = len(tps)
     report.unknown_ends = sum(1 for end in ends.values() if end is None)
     if not report.interrupted:
-        # read in part: cut short. A partition of which nothing came at all is most likely one
-        # whose records have all expired (its end offset stays, its log is empty), not one the
-        # read had no time for (every partition is fetched from the first poll on)
+        # not read to the end it had: cut short. One of which nothing came and whose start
+        # the broker did not say is left out (most likely all expired: every partition is
+        # fetched from the first poll on)
         report.truncated = [
             f"{t}/{p}"
             for (t, p), end in sorted(ends.items())
-            if end is not None and (t, p) in last and last[(t, p)] + 1 < end
+            if end is not None
+            and ((t, p) in last or starts.get((t, p)) is not None)
+            and _read_from((t, p), last, starts) < end
         ]
     report.seconds = time.monotonic() - started
     return report
+
+
+def _read_from(
+    tp: tuple[str, int], last: dict[tuple[str, int], int], starts: dict[tuple[str, int], int | None]
+) -> int:
+    """The next offset to read of ``tp``: past the last record read, else where its records
+    begin (0 when the broker did not say)."""
+    if tp in last:
+        return last[tp] + 1
+    return starts.get(tp) or 0
 
 
 def _folder(uri: str) -> str:

@@ -389,6 +389,10 @@ class Consumer(Protocol):
     def highwater(self, topic: str, partition: int) -> int | None:
         """The end offset last reported by the broker for an assigned partition (no request)."""
 
+    def lowwater(self, topic: str, partition: int) -> int | None:
+        """The first offset the broker still holds for a partition (a request; ``None`` when
+        it cannot say): at or past the end offset, every record has expired."""
+
     def commit(self, offsets: dict[tuple[str, int], int], wait: bool = False) -> None:
         """Commit next offsets to the consumer's group (``kafka.consumer_group``) in the
         background (or, with ``wait``, before returning); a failure is logged and counted in ``commit_failures``, never raised: the
@@ -474,6 +478,16 @@ class KafkaPythonConsumer:
         hw = self._consumer.highwater(TopicPartition(topic, partition))
         return None if hw is None else int(hw)
 
+    def lowwater(self, topic: str, partition: int) -> int | None:
+        from kafka import TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        try:
+            low = self._consumer.beginning_offsets([tp]).get(tp)
+        except Exception:  # the broker did not say
+            return None
+        return None if low is None or low < 0 else int(low)
+
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         return [
@@ -557,6 +571,15 @@ class ConfluentConsumer:
         except Exception:  # not fetched yet
             return None
         return None if high is None or high < 0 else int(high)
+
+    def lowwater(self, topic: str, partition: int) -> int | None:
+        try:
+            low, _ = self._consumer.get_watermark_offsets(
+                self._confluent.TopicPartition(topic, partition), timeout=2, cached=False
+            )
+        except Exception:  # the broker did not say
+            return None
+        return None if low is None or low < 0 else int(low)
 
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         """What is fetched already, at once; else the first record within ``timeout_s`` and

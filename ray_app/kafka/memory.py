@@ -116,6 +116,11 @@ class InMemoryConsumer:
         parts = self.broker.topics.get(topic, [])
         return len(parts[partition]) if partition < len(parts) else None
 
+    def lowwater(self, topic: str, partition: int) -> int | None:
+        """Nothing expires here: 0 for a partition there is."""
+        parts = self.broker.topics.get(topic, [])
+        return 0 if partition < len(parts) else None
+
     def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Record]:
         out: list[Record] = []
         for (t, p), pos in self._positions.items():

@@ -672,3 +672,23 @@ def test_archive_refuses_topics_of_another_partition_count(tmp_path, monkeypatch
     out = tmp_path / "archive"
     assert main(["archive", "--topics", "rewards", "--out", str(out), "--idle", "0.05"]) == 2
     assert "has 4 partitions" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_archive_does_not_wait_for_a_partition_whose_records_all_expired(tmp_path) -> None:
+    """Its end offset stays where it was, and its log is empty: the read waited the whole
+    --max-seconds for it (600 s by default) and then called it cut short."""
+    broker = InMemoryBroker(partitions=2)
+    _fill(broker, "t", [{"i": i} for i in range(40)])
+    expired = len(broker.topics["t"][1])
+
+    class Expired(InMemoryConsumer):  # partition 1's records are gone, its end offset stays
+        def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list[Any]:
+            return [r for r in super().poll(timeout_s, max_records) if r.partition == 0]
+
+        def lowwater(self, topic: str, partition: int) -> int | None:
+            return expired if partition == 1 else 0
+
+    started = time.monotonic()
+    report = archive_topics(Expired(broker), ["t"], tmp_path, partitions=2, idle_s=0.05)
+    assert time.monotonic() - started < 5 and report.truncated == []
+    assert report.records == len(broker.topics["t"][0])
