@@ -299,16 +299,17 @@ def learning_summary(
         "treatment": (rows, "treatment"),
         "control": (rows, "control"),
     }
-    for name, xs in vw.items():
-        columns[name] = (reference_rows(truth, xs), "vw")
+    vw_rows = {name: reference_rows(truth, xs) for name, xs in vw.items()}
+    for name, vrows in vw_rows.items():
+        columns[name] = (vrows, "vw")
     curve = curve_table(columns, args.users)
     drift_at = args.users if args.drift == "none" else args.drift_at
     pre = [r for r in rows if r.index < drift_at and r.arm == "treatment"][-args.window :]
     captured = gain_share(pre)
     same_users = {r.index for r in pre}
     vw_same = {
-        name: gain_share([r for r in reference_rows(truth, xs) if r.index in same_users])
-        for name, xs in vw.items()
+        name: gain_share([r for r in vrows if r.index in same_users])
+        for name, vrows in vw_rows.items()
     }
     longest = longest_treatment_below_control(rows)
     return {

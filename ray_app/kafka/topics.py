@@ -65,15 +65,14 @@ def verify_topics(
             ) from None
         # a reader reads kafka.partitions of each: only their count matters to it (a longer
         # retention or more replicas than configured are no reason not to read)
-        only_partitions = settings.model_copy(
-            update={"replication_factor": 1, "retention_ms": None}
-        )
-        check_topics(admin, [n for n in names if n in existing], only_partitions)
+        check_topics(admin, [n for n in names if n in existing], settings, partitions_only=True)
     finally:
         admin.close()
 
 
-def check_topics(admin: Any, names: list[str], settings: KafkaSettings) -> None:
+def check_topics(
+    admin: Any, names: list[str], settings: KafkaSettings, partitions_only: bool = False
+) -> None:
     """Existing topics must fit the settings, else a :class:`ConfigError` names each one that
     does not and how:
 
@@ -97,6 +96,10 @@ def check_topics(admin: Any, names: list[str], settings: KafkaSettings) -> None:
     Traceback (most recent call last):
     ...
     ray_app.errors.ConfigError: existing topics do not match the settings: t has 1 replica per partition (kafka.replication_factor=3); t has retention.ms=1000 (kafka.retention_ms=5000). ...
+    >>> check_topics(Admin(), ["t"], KafkaSettings(partitions=2, replication_factor=3,
+    ...                                            retention_ms=5000), partitions_only=True)
+
+    ``partitions_only``: the first check alone (what a reader of the topics needs).
     """
     if not names:
         return
@@ -111,12 +114,12 @@ def check_topics(admin: Any, names: list[str], settings: KafkaSettings) -> None:
             wrong_partitions.append(f"{name} has {len(parts)}")
         replicas = min((len(p.get("replica_nodes") or p.get("replicas") or []) for p in parts),
                        default=0)  # fmt: skip
-        if parts and replicas < settings.replication_factor:
+        if parts and replicas < settings.replication_factor and not partitions_only:
             problems.append(
                 f"{name} has {replicas} replica{'s' if replicas != 1 else ''} per partition "
                 f"(kafka.replication_factor={settings.replication_factor})"
             )
-    if settings.retention_ms is not None:
+    if settings.retention_ms is not None and not partitions_only:
         problems += _retention_problems(admin, names, settings.retention_ms)
     if wrong_partitions:
         raise ConfigError(
