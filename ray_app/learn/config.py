@@ -81,6 +81,11 @@ class LearnerConfig:
     guardrail_min_records: int = 100
     guardrail_tolerance: float = 0.1
     publish_interval_s: float = 5.0
+    boost_publish_interval_s: float = 0.5
+    """While the learner is boosted (the warm-up of a cold start, and ``boost_rewards`` after a
+    drift or a rollback below control), publish at most this often instead (never less often
+    than ``publish_interval_s``): a model learning from scratch is most wrong and changes most
+    between versions then, and its state is small (``LearnSettings.boost_publish_interval_s``)."""
     dedupe_horizon: int = 1_000_000
     epsilon: float = 0.1
     boost_epsilon: float = 0.5
@@ -189,6 +194,7 @@ class LearnerConfig:
         for name in (
             "lr",
             "publish_interval_s",
+            "boost_publish_interval_s",
             "boost_lr_factor",
             "weight_decay",
             "control_z",

@@ -352,8 +352,31 @@ class Publishing:
             self._last_good = clone_weights(self.scorer.state_dict())
         return check
 
+    def publish_interval(self) -> float:
+        """Seconds from one publish to the next at the soonest: ``publish_interval_s``, or
+        ``boost_publish_interval_s`` (when shorter) while the learner is boosted.
+
+        >>> from ray_app.catalog import load_catalog
+        >>> from ray_app.features import FeatureSchema
+        >>> from ray_app.learn import LearnerConfig, OnlineLearner
+        >>> from ray_app.model import cold_start_bundle
+        >>> c = load_catalog()
+        >>> learner = OnlineLearner(cold_start_bundle(FeatureSchema.from_catalog(c), c),
+        ...                         LearnerConfig(publish_interval_s=2.0, warmup_rewards=100))
+        >>> learner.publish_interval()  # warming up: an untrained model
+        0.5
+        >>> learner.counters["trained"] += 100; learner.publish_interval()
+        2.0
+        >>> learner.drift(); learner.publish_interval()
+        0.5
+        """
+        cfg = self.config
+        if self._boosted():
+            return min(cfg.publish_interval_s, cfg.boost_publish_interval_s)
+        return cfg.publish_interval_s
+
     def maybe_publish(self, now: float | None = None) -> ModelBundle | None:
-        """A new bundle to serve, or ``None``: not before ``publish_interval_s`` after the last
+        """A new bundle to serve, or ``None``: not before :meth:`publish_interval` after the last
         publish, and only if there were updates (or the exploration to serve changed, or the
         control guardrail fired) since.
 
@@ -367,7 +390,7 @@ class Publishing:
         """
         now = self._clock() if now is None else now
         last = self._last_publish_at
-        if last is not None and now - last < self.config.publish_interval_s:
+        if last is not None and now - last < self.publish_interval():
             return None
         control = self._compare_with_control()
         restored: str | None = None

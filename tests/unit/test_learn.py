@@ -7,7 +7,7 @@ import logging
 import math
 import pickle
 import random
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from ray_app.catalog import load_catalog
-from ray_app.config import Settings
+from ray_app.config import LearnSettings, Settings
 from ray_app.decide import Decider, DecideRequest
 from ray_app.features import FeatureSchema, Hashing
 from ray_app.learn import (
@@ -1025,6 +1025,51 @@ def test_settings_map_to_the_learner_config():
         Settings.model_validate({"learn": {"boost_seconds": 600}})
     with pytest.raises(ValidationError, match="control_window"):
         Settings.model_validate({"learn": {"control_window": 200}})
+
+
+def test_every_learn_setting_of_a_learner_field_reaches_the_learner_config():
+    # a setting added to both but not passed on would be documented, validated and ignored
+    shared = sorted(set(LearnSettings.model_fields) & {f.name for f in fields(LearnerConfig)})
+    assert "boost_publish_interval_s" in shared and "publish_interval_s" in shared
+    for name in shared:
+        default = getattr(LearnSettings(), name)
+        if isinstance(default, bool):
+            value: object = not default
+        elif isinstance(default, int):
+            value = default + 1
+        else:
+            value = default * 0.5 if default else 0.25
+        cfg = learner_config(Settings.model_validate({"learn": {name: value}}))
+        assert getattr(cfg, name) == value, name
+
+
+def test_a_boosted_learner_publishes_at_the_boost_interval():
+    gt = GroundTruth(seed=7)
+    learner = new_learner(
+        publish_interval_s=2.0, boost_publish_interval_s=0.5, warmup_rewards=300,
+        lr_decay_rewards=0,
+    )  # fmt: skip
+    learner.learn(logged(gt, 0, 100, seed=7), now=0.0)
+    assert learner.maybe_publish(now=0.0) is not None
+    learner.learn(logged(gt, 100, 100, seed=8), now=0.3)
+    assert learner.maybe_publish(now=0.4) is None  # sooner than the boost interval
+    assert learner.maybe_publish(now=0.5) is not None  # warming up: every 0.5 s
+    learner.learn(logged(gt, 200, 200, seed=9), now=0.6)  # the warm-up is over
+    assert learner.publish_interval() == 2.0
+    assert learner.maybe_publish(now=1.0) is None  # 0.5 s on, but no longer boosted
+    assert learner.maybe_publish(now=2.5) is not None
+    learner.drift(now=3.0)  # boosted again: the next versions come sooner
+    learner.learn(logged(gt, 400, 100, seed=10), now=3.0)
+    assert learner.maybe_publish(now=3.0) is not None
+    learner.learn(logged(gt, 500, 100, seed=11), now=3.2)
+    assert learner.maybe_publish(now=3.5) is not None
+    # a boost interval longer than the base one is the base one
+    slow = new_learner(publish_interval_s=1.0, boost_publish_interval_s=5.0, warmup_rewards=300)
+    assert slow.publish_interval() == 1.0
+    with pytest.raises(ValueError, match="boost_publish_interval_s"):
+        LearnerConfig(boost_publish_interval_s=-1.0)
+    with pytest.raises(ValidationError, match="boost_publish_interval_s"):
+        Settings.model_validate({"learn": {"boost_publish_interval_s": 0}})
 
 
 # ------------------------------------------------------------- the service's pure parts: drift
