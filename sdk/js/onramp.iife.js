@@ -147,19 +147,31 @@ function validEvents(stored) {
 function jsonObject(value, what) {
   if (value == null) return {};
   if (!isObject(value)) throw new BadCall(`${what} must be an object, not ${Array.isArray(value) ? 'an array' : typeof value}`);
+  // a copy, taken now: an object the page changes later (or makes unserializable) must not
+  // change, or stall, what was queued
   try {
-    JSON.stringify(value);
+    return JSON.parse(JSON.stringify(value));
   } catch (err) {
     throw new BadCall(`${what} cannot be sent as JSON (${err && err.message})`);
   }
-  return value;
 }
 
-/** An id argument (userId, groupId, previousId): a non-empty string or a finite number. */
+/** The most characters of an id or an event name the collector takes (validation/wire.py). */
+const MAX_ID_CHARS = 256;
+
+/** An id argument (userId, groupId, previousId): a non-empty string of at most 256 characters,
+ * or a finite number. A longer one is refused here: kept, it would get every later call
+ * refused by the collector. */
 function idArg(value, what) {
-  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
-  if (typeof value === 'string' && value !== '') return value;
-  throw new BadCall(`${what} must be a non-empty string`);
+  const id = typeof value === 'number' && Number.isFinite(value) ? String(value) : value;
+  if (typeof id !== 'string' || id === '') throw new BadCall(`${what} must be a non-empty string`);
+  if (id.length > MAX_ID_CHARS) throw new BadCall(`${what} must be at most ${MAX_ID_CHARS} characters, not ${id.length}`);
+  return id;
+}
+
+/** An id read back from storage: what idArg accepts, else null (another version's, or garbage). */
+function storedIdOrNull(value) {
+  return typeof value === 'string' && value !== '' && value.length <= MAX_ID_CHARS ? value : null;
 }
 
 function defaultWarn(message) {
@@ -318,12 +330,12 @@ function makeClient(o, warn) {
 
   // -- identity and session ------------------------------------------------------------------
   let anonymousId = load('anonymousId', null);
-  if (typeof anonymousId !== 'string' || !anonymousId) {
+  if (storedIdOrNull(anonymousId) === null) {
     anonymousId = uuid4(random);
     save('anonymousId', anonymousId);
   }
-  let userId = load('userId', null);
-  let groupId = load('groupId', null);
+  let userId = storedIdOrNull(load('userId', null));
+  let groupId = storedIdOrNull(load('groupId', null));
   let session = load('session', null);
 
   /** The anonymous id for the next call: with `reuseSegmentAnonymousId`, analytics.js's when it
@@ -364,9 +376,17 @@ function makeClient(o, warn) {
   let inflight = 0; // events at the head of the queue being sent now
   let timer = null;
   let attempt = 0; // consecutive failed attempts
-  let healthy = true; // the last send reached the collector
+  // the last send reached the collector; a page that starts with a stored backlog has not
+  // seen it answer yet (the backlog says it did not, for the page before): until a send of
+  // this page is acknowledged, a page hide leaves the queue stored rather than beacon it,
+  // as a beacon's answer is never known
+  let healthy = queue.length === 0;
   let flushing = null;
   let retryAt = 0; // while backing off (a failed send, Retry-After): no send before this time
+  // events a batch at most: the collector refused a whole batch as too large (413, nothing
+  // accepted: an operator lowered its limits, or a proxy in front has its own) and it was split
+  let batchCap = Infinity;
+  let closed = false; // close() or a second init(): nothing more is sent or scheduled
 
   /** Write this tab's queue, keeping what another tab of this site queued there (the key is
    * shared: writing this tab's queue alone would drop theirs). This tab sends only its own
@@ -411,6 +431,7 @@ function makeClient(o, warn) {
   }
 
   function schedule(ms) {
+    if (closed) return;
     if (timer !== null) clearT(timer);
     timer = setT(() => {
       timer = null;
@@ -419,6 +440,7 @@ function makeClient(o, warn) {
   }
 
   function takeBatch(limitBytes, limitCount) {
+    limitCount = Math.min(limitCount, batchCap);
     const batch = [];
     let size = 64;
     for (const e of queue.slice(inflight)) {
@@ -464,6 +486,14 @@ function makeClient(o, warn) {
         } catch {
           /* not JSON */
         }
+        const accepted = detail && typeof detail.accepted === 'number' ? detail.accepted : 0;
+        if (res.status === 413 && accepted === 0 && batch.length > 1) {
+          // the request was too large, not its events: send them in smaller batches
+          batchCap = Math.max(1, Math.floor(batch.length / 2));
+          inflight = 0;
+          emit('error', { kind: 'split', status: res.status, detail, events: batch.length, batchCap });
+          return 'ok';
+        }
         emit('error', { kind: 'rejected', status: res.status, detail, events: batch.length });
       }
     } catch (err) {
@@ -496,6 +526,7 @@ function makeClient(o, warn) {
   /** Send everything queued now; resolves when the queue is empty or a send must wait to retry
    * (the retry is scheduled). */
   function flush() {
+    if (closed) return Promise.resolve(false);
     if (flushing) return flushing;
     if (timer !== null) {
       clearT(timer);
@@ -504,6 +535,7 @@ function makeClient(o, warn) {
     flushing = (async () => {
       try {
         for (;;) {
+          if (closed) return false;
           const r = await sendOne();
           if (r === 'empty') return true;
           if (r !== 'ok') {
@@ -677,9 +709,10 @@ function makeClient(o, warn) {
   function callOptions(value) {
     if (value == null) return {};
     if (!isObject(value)) throw new BadCall('options must be an object');
-    if (value.context != null) jsonObject(value.context, 'options.context');
+    const out = { ...value };
+    if (value.context != null) out.context = jsonObject(value.context, 'options.context');
     if (value.stepId != null && typeof value.stepId !== 'string') throw new BadCall('options.stepId must be a string');
-    return value;
+    return out;
   }
 
   function base(type, extra, callOpts = {}) {
@@ -687,6 +720,7 @@ function makeClient(o, warn) {
     const onramp = { ...(isObject(ctx.onramp) ? ctx.onramp : {}) };
     const props = extra.properties;
     const stepId = callOpts.stepId || (props && typeof props.stepId === 'string' ? props.stepId : null);
+    if (stepId && stepId.length > MAX_ID_CHARS) throw new BadCall(`the stepId must be at most ${MAX_ID_CHARS} characters`);
     if (stepId) onramp.stepId = stepId;
     ctx.onramp = onramp;
     ctx.library = { name: 'onramp.js', version: VERSION };
@@ -767,6 +801,7 @@ function makeClient(o, warn) {
 
   function track(event, properties, callOpts) {
     if (typeof event !== 'string' || !event) throw new BadCall('an event name is required');
+    if (event.length > MAX_ID_CHARS) throw new BadCall(`an event name must be at most ${MAX_ID_CHARS} characters`);
     const props = { ...jsonObject(properties, 'properties') };
     const co = callOptions(callOpts);
     const stepId = co.stepId || props.stepId;
@@ -895,6 +930,7 @@ function makeClient(o, warn) {
       }
     },
     close() {
+      closed = true; // a send in flight finishes, and schedules nothing after it
       if (timer !== null) clearT(timer);
       timer = null;
       detachPage();

@@ -466,3 +466,111 @@ test('the size check counts what the SDK adds (the page) too', async () => {
     else globalThis.location = had;
   }
 });
+
+test('a page that starts with a stored backlog beacons nothing until the collector answered it', async () => {
+  const storage = memoryStorage();
+  const down = client({ storage, answer: () => ({ status: 503 }), options: { retryBaseMs: 60_000 } });
+  for (let i = 0; i < 5; i++) down.c.track('E', { i });
+  await down.timers.advance(1000);
+  down.c.close();
+  assert.equal(JSON.parse(storage.getItem('onramp.queue')).length, 5);
+  // the next page: its first send hangs (the outage answers slowly), the user leaves
+  const beacons = [];
+  let release;
+  const next = client({
+    storage,
+    answer: () => new Promise((resolve) => { release = () => resolve({ status: 503 }); }),
+    options: { sendBeacon: (url, data) => { beacons.push(data); return true; } },
+  });
+  await next.timers.advance(0);
+  assert.equal(next.net.requests.length, 1);
+  assert.equal(next.c.beaconFlush(), 0, 'a beacon to a collector that never answered this page');
+  assert.equal(beacons.length, 0);
+  assert.equal(JSON.parse(storage.getItem('onramp.queue')).length, 5, 'kept for the next page');
+  release();
+  await settle();
+  // once a send is acknowledged, page hides beacon again
+  const ok = client({ storage, options: { sendBeacon: (url, data) => { beacons.push(data); return true; } } });
+  await ok.timers.advance(0);
+  assert.equal(ok.c.queued, 0);
+  ok.c.track('Later');
+  assert.equal(ok.c.beaconFlush(), 1);
+});
+
+test('a call takes a copy: the page changing its object later changes nothing queued, stalls nothing', async () => {
+  const { c, timers, net } = client({ options: { flushIntervalMs: 1000 } });
+  const props = { form: { field: 'email' } };
+  const ctx = { campaign: { name: 'spring' } };
+  await c.track('Form Error', props, { context: ctx });
+  props.form.field = 'CHANGED';
+  props.form.self = props; // unserializable from here on
+  ctx.campaign.name = 'CHANGED';
+  await c.track('Next');
+  await timers.advance(1000);
+  const sent = sentEvents(net);
+  assert.equal(sent.length, 2, 'both sent: the mutation did not stall the queue');
+  assert.deepEqual(sent[0].properties.form, { field: 'email' });
+  assert.equal(sent[0].context.campaign.name, 'spring');
+});
+
+test('ids and names the collector would refuse are refused at the call, and never stored', async () => {
+  const storage = memoryStorage();
+  const { c, timers, net } = client({ storage });
+  const long = 'auth0|' + 'x'.repeat(300);
+  assert.equal((await c.identify(long)).ok, false);
+  assert.equal(c.userId, null);
+  assert.equal(storage.getItem('onramp.userId'), null);
+  assert.equal((await c.track('E'.repeat(257))).ok, false);
+  assert.equal((await c.track('Step Viewed', { stepId: 's'.repeat(257) })).ok, false);
+  assert.equal((await c.identify('x'.repeat(256))).ok, true, '256 characters is the limit');
+  await timers.advance(1000);
+  assert.equal(sentEvents(net).length, 1);
+  // an id another version (or anything else) left in storage that the collector would refuse
+  const bad = memoryStorage({ 'onramp.userId': JSON.stringify('y'.repeat(300)), 'onramp.groupId': 'true' });
+  const again = client({ storage: bad });
+  assert.equal(again.c.userId, null);
+  assert.equal(again.c.groupId, null);
+});
+
+test('a 413 that accepted nothing splits the batch instead of dropping it', async () => {
+  const errors = [];
+  const { c, timers, net } = client({
+    // the operator set collector.max_batch_events to 3
+    answer: (req) => (req.json.batch.length > 3
+      ? { status: 413, body: { success: false, accepted: 0, rejected: [{ reason: 'too_many_events' }] } }
+      : { status: 200, body: { success: true, accepted: req.json.batch.length } }),
+    options: { flushAt: 10 },
+  });
+  c.on('error', (e) => errors.push(e));
+  for (let i = 0; i < 10; i++) c.track('E', { i });
+  await timers.advance(1000);
+  assert.deepEqual(sentEvents(net).filter((e, k, all) => all.findIndex((x) => x.messageId === e.messageId) === k).map((e) => e.properties.i),
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  assert.equal(c.queued, 0);
+  assert.equal(c.stats().sent, 10);
+  assert.equal(c.stats().dropped, 0);
+  assert.ok(errors.every((e) => e.kind === 'split'));
+  // a single event refused as too large is still dropped (it will never fit)
+  const one = client({ answer: () => ({ status: 413, body: { accepted: 0 } }) });
+  one.c.track('Big');
+  await one.timers.advance(1000);
+  assert.equal(one.c.queued, 0);
+  assert.equal(one.c.stats().dropped, 1);
+});
+
+test('close() and a second init stop the old client: a send in flight schedules no retry', async () => {
+  let release;
+  const { c, timers, net } = client({
+    answer: () => new Promise((resolve) => { release = () => resolve({ status: 503 }); }),
+  });
+  c.track('A');
+  await timers.advance(1000);
+  assert.equal(net.requests.length, 1);
+  c.close();
+  release();
+  await settle();
+  assert.deepEqual(timers.pending(), [], 'no retry timer after close');
+  await timers.advance(600_000);
+  assert.equal(net.requests.length, 1);
+  assert.equal(await c.flush(), false);
+});
