@@ -44,7 +44,7 @@ import orjson
 
 from ray_app.state.compact import shared
 from ray_app.state.event import Event, RecordRejected
-from ray_app.state.profile import Profile, ProfileConfig, StepStats
+from ray_app.state.profile import Profile, ProfileConfig, StepStats, legacy_assignment
 from ray_app.state.windows import SessionWindows, TumblingCounts
 from ray_app.timefmt import iso_ms
 from validation.reasons import ReasonCode
@@ -150,6 +150,21 @@ def forward_record(new: str, event: Event) -> tuple[bytes, bytes]:
             "event": event_to_json(event),
         }
     )
+
+
+def forwarded_id(event: Event, forward: Control) -> str:
+    """The id a forwarded copy of ``event`` is deduplicated by where it arrives: its
+    ``messageId`` with the id it was sent on to. The partition that sent it on took the original
+    by its ``messageId`` (the same partition when both ids hash to it, which then took the copy
+    for a repeat); a forward record delivered twice is still one copy, and each hop of a chain
+    of merges its own.
+
+    >>> e = Event("m1", "u-1", "track", "Step Viewed", 0, 0)
+    >>> copy = forwarded_id(e, Control(FORWARD, "m1", "u-1", "anon-1", 0, {}))
+    >>> copy.startswith("m1") and copy.endswith(">u-1") and copy != "m1"
+    True
+    """
+    return f"{event.message_id}\x1f>{forward.user_key}"
 
 
 def decode_control(d: dict[str, Any]) -> Control:
@@ -269,6 +284,9 @@ def profile_to_state(p: Profile) -> dict[str, Any]:
         "traceStamp": _stamp(p.trace_stamp),
         "mergedFrom": sorted(p.merged_from or ()),
         "links": sorted(p.links or ()),
+        # firstId: the person's earliest id, this one's included; assignment: the same, for a
+        # reader from before firstId (it compares it with this id's own first time too)
+        "firstId": None if p.assignment is None else list(p.assignment),
         "assignment": None if p.assignment is None else list(p.assignment),
     }
 
@@ -396,9 +414,12 @@ def profile_from_state(d: Any, config: ProfileConfig) -> Profile:
     p.trace_stamp = r.stamp("traceStamp")
     p.merged_from = frozenset(sys.intern(str(x)) for x in r.array("mergedFrom")) or None
     p.links = frozenset(sys.intern(str(x)) for x in r.array("links")) or None
-    a = d.get("assignment")
+    name = "firstId" if "firstId" in d else "assignment"  # before firstId: assignment alone
+    a = d.get(name)
     if a is not None:
         if not (isinstance(a, list) and len(a) == 2 and isinstance(a[1], str)):
-            raise r.bad("assignment", "[first seen, id]")
-        p.assignment = (r.integer("assignment", v=a[0]), sys.intern(a[1]))
+            raise r.bad(name, "[first seen, id]")
+        p.assignment = (r.integer(name, v=a[0]), sys.intern(a[1]))
+        if name == "assignment":
+            p.assignment = legacy_assignment(p)
     return p

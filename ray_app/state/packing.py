@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PROFILE_FORMAT", "pack_profile", "unpack_profile"]
 
-#: The first item of a packed profile (a profile of snapshot version 6 is a dict instead).
-PROFILE_FORMAT = 1
+#: The first item of a packed profile (a profile of snapshot version 6 is a dict instead). 2:
+#: ``assignment`` includes the profile's own id (format 1's is converted as it is unpacked).
+PROFILE_FORMAT = 2
 
 
 def _rel(t: int | None, base: int) -> int | None:
@@ -110,7 +111,7 @@ def unpack_profile(p: Profile, packed: tuple[Any, ...], step: Callable[..., Step
     """Fill a bare profile (``Profile.__new__``) from :func:`pack_profile`'s tuple; ``step``
     makes a :class:`~ray_app.state.profile.StepStats` from its fields."""
     (
-        _, p.user_key, c, base, first,
+        version, p.user_key, c, base, first,
         p.user_id, user_stamp, p.group_id, group_stamp,
         p.anonymous_ids, traits, p.counts, p.names,
         last, received, steps,
@@ -150,6 +151,10 @@ def unpack_profile(p: Profile, packed: tuple[Any, ...], step: Callable[..., Step
         closed_ms,
     )
     p.assignment = None if assignment is None else (assignment[0] + base, assignment[1])
+    if version < 2:
+        from ray_app.state.profile import legacy_assignment
+
+        p.assignment = legacy_assignment(p)
 
 
 def _rows(flat: tuple[Any, ...], width: int) -> Iterator[tuple[Any, ...]]:

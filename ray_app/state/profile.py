@@ -172,13 +172,25 @@ class Profile(Compact):
     """Ids this profile asked to merge (identify with an ``anonymousId``, ``alias``), at most
     ``max_merges``."""
     assignment: tuple[int, str] | None = None
-    """(first seen, id) of the earliest id merged in, when it was seen before this one."""
+    """(first seen, id) of the earliest of this person's ids, this one's included, once another
+    id was merged in or sent an event on here (``first_seen`` is then the person's, no longer
+    this id's own); None: this id alone, first seen at ``first_seen``."""
 
     @property
     def first_id(self) -> tuple[int, str]:
         """(first seen, id) of the earliest of this person's ids (ties: the smaller id)."""
-        own = (self.first_seen if self.first_seen is not None else 2**62, self.user_key)
-        return own if self.assignment is None else min(own, self.assignment)
+        if self.assignment is not None:
+            return self.assignment
+        return (self.first_seen if self.first_seen is not None else 2**62, self.user_key)
+
+    def saw(self, ts: int, origin: str | None = None) -> None:
+        """Count an event at ``ts`` of ``origin`` (an id merged into this one whose event was
+        sent on here; None: this id's own) in :attr:`first_id`, before the event is applied."""
+        if origin is None and self.assignment is None:
+            return  # this id alone: first_seen says it
+        first = self.first_id
+        seen = (ts, self.user_key if origin is None else origin)
+        self.assignment = seen if seen < first else first
 
     @property
     def assignment_key(self) -> str:
@@ -200,6 +212,7 @@ class Profile(Compact):
     def __setstate__(self, state: tuple[Any, ...] | dict[str, Any]) -> None:
         if isinstance(state, dict):  # snapshot version 6: field by field
             Compact.__setstate__(self, state)
+            self.assignment = legacy_assignment(self)
         else:
             unpack_profile(self, state, StepStats)
 
@@ -312,11 +325,28 @@ def _apply_step(profile: Profile, event: Event, step: str, stamp: Stamp) -> None
             st.form_errors += 1
 
 
-def apply(profile: Profile, event: Event, hits: dict[str, int] | None = None) -> Profile:
+def legacy_assignment(p: Profile) -> tuple[int, str] | None:
+    """``assignment`` of a profile saved before it included the profile's own id (until profile
+    format 1 and merge records without ``firstId``: the earliest id merged in, compared then
+    with ``(first_seen, user_key)``), as it is now: the same :attr:`Profile.first_id`."""
+    if p.assignment is None:
+        return None
+    own = (p.first_seen if p.first_seen is not None else 2**62, p.user_key)
+    return min(own, p.assignment)
+
+
+def apply(
+    profile: Profile,
+    event: Event,
+    hits: dict[str, int] | None = None,
+    origin: str | None = None,
+) -> Profile:
     """Fold one event into the profile (in place; returns it). Commutative over events below
-    the caps of :class:`ProfileConfig`; what a cap drops is counted in ``hits`` (cap -> n)."""
+    the caps of :class:`ProfileConfig`; what a cap drops is counted in ``hits`` (cap -> n).
+    ``origin``: the id the event was sent with, when it was merged into this one (forwarded)."""
     stamp = event.order_key
     config = profile.config
+    profile.saw(event.ts, origin)
     _count(profile, event.kind)  # call types: a handful (batch validation refuses others)
     if event.kind == "track" and event.name:
         key = shared(f"track:{event.name}") or ""  # one object for every profile's key
@@ -392,6 +422,8 @@ def merge_into(profile: Profile, other: Profile, hits: dict[str, int] | None = N
     join (:meth:`~ray_app.state.windows.SessionWindows.merge`). ``profile`` keeps its key;
     ``other``'s key and what it had merged go to ``merged_from``."""
     config = profile.config
+    # before first_seen takes the other's: the earliest id of both, each its own first time
+    first = min(profile.first_id, other.first_id)
     for key, n in other.counts.items():
         if key.startswith("track:") and key not in profile.counts:
             if profile.names >= config.max_event_names:
@@ -435,7 +467,5 @@ def merge_into(profile: Profile, other: Profile, hits: dict[str, int] | None = N
     merged = {other.user_key, *(other.merged_from or ())}
     profile.merged_from = frozenset((profile.merged_from or frozenset()) | merged)
     profile.links = frozenset((profile.links or frozenset()) | (other.links or frozenset()))
-    first = other.first_id
-    mine = profile.assignment
-    profile.assignment = first if mine is None or first < mine else mine
+    profile.assignment = first
     return profile

@@ -70,7 +70,7 @@ from ray_app.state.checks import (
 from ray_app.state.config import ShardStats, StateConfig
 from ray_app.state.dedupe import Deduplicator
 from ray_app.state.event import Event, RecordRejected, decode_record, event_from_record
-from ray_app.state.identity import CONTROL_TYPES, Control
+from ray_app.state.identity import CONTROL_TYPES, Control, forwarded_id
 from ray_app.state.ordering import Reorderer
 from ray_app.state.profile import Profile, apply
 from ray_app.state.rewards import RewardJoin, decode_decision
@@ -261,7 +261,10 @@ class SessionShard(BatchChecks, Stitching):
                 )
             )
             return
-        if self.dedupe.seen(event.message_id, event.ts):
+        # a forwarded copy is a new record for its target: the partition that sent it on saw
+        # the original's id (the same partition, when both ids hash to it)
+        seen_id = event.message_id if forwarded is None else forwarded_id(event, forwarded)
+        if self.dedupe.seen(seen_id, event.ts):
             self.stats.duplicates += 1
             out.duplicates += 1
             if traced:
@@ -286,7 +289,9 @@ class SessionShard(BatchChecks, Stitching):
         )
         for e in released:
             try:
-                self._apply(e, out)
+                self._apply(
+                    e, out, forwarded.other if forwarded is not None and e is event else None
+                )
             except Exception as exc:
                 # the record that carried ``e`` (this batch), else the one that released it
                 i, k, v = origin.get(id(e), (index, e.user_key.encode(), _event_bytes(e)))
@@ -377,7 +382,9 @@ class SessionShard(BatchChecks, Stitching):
         self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
         out.rejected.append((index, key, value, exc))
 
-    def _apply(self, event: Event, out: BatchResult) -> None:
+    def _apply(self, event: Event, out: BatchResult, origin: str | None = None) -> None:
+        """Apply ``event`` to its profile (``origin``: the id it was sent with, when it was
+        forwarded here), or send it on to the id its own was merged into."""
         alias = self.aliases.get(event.user_key)
         if alias is not None:  # merged into another id: its profile is there
             self._forward(event, alias, out)
@@ -387,7 +394,7 @@ class SessionShard(BatchChecks, Stitching):
             profile = self.profiles[event.user_key] = Profile(event.user_key, self.config.profile)
         self._touched.add(event.user_key)  # first: a delta carries even a half-applied event
         last = profile.last_seen
-        apply(profile, event, self.cap_hits)
+        apply(profile, event, self.cap_hits, origin)
         if profile.last_seen != last and profile.last_seen is not None:
             heapq.heappush(self._expiry, (profile.last_seen, event.user_key))
             if len(self._expiry) > 2 * len(self.profiles) + 256:

@@ -48,6 +48,21 @@ def _ids(n: int) -> list[str]:
     return out
 
 
+def _pair(same_partition: bool, known_sorts_first: bool) -> tuple[str, str]:
+    """(anonymous id, known id) on one partition or two, the known id sorting before or after
+    the anonymous one (a tie of first-seen times must not be broken by the ids' order)."""
+    anon_prefix, known_prefix = (
+        ("zz-anon", "aa-user") if known_sorts_first else ("aa-anon", "zz-user")
+    )
+    anon = f"{anon_prefix}-0"
+    home = partition_for(anon.encode(), PARTITIONS)
+    for i in range(1_000):
+        known = f"{known_prefix}-{i}"
+        if (partition_for(known.encode(), PARTITIONS) == home) == same_partition:
+            return anon, known
+    raise AssertionError("no such id")
+
+
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
@@ -196,10 +211,17 @@ def _without_identity(d: dict) -> dict:
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
-@given(seed=st.integers(0, 2**32 - 1), crashes=st.booleans())
-def test_any_interleaving_and_crashes_give_the_one_pass_profile(seed, crashes):
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    crashes=st.booleans(),
+    same_partition=st.booleans(),
+    known_sorts_first=st.booleans(),
+)
+def test_any_interleaving_and_crashes_give_the_one_pass_profile(
+    seed, crashes, same_partition, known_sorts_first
+):
     rng = random.Random(seed)
-    anon, user, _ = _ids(3)
+    anon, user = _pair(same_partition, known_sorts_first)
     records = person(anon, user, rng)
     arrival = records[:]
     rng.shuffle(arrival)  # the order the collector wrote them in, across both partitions
@@ -227,6 +249,50 @@ def test_any_interleaving_and_crashes_give_the_one_pass_profile(seed, crashes):
             st_.applied + st_.duplicates + st_.late + st_.rejected + s.buffered
             + st_.forwarded + st_.control
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("same_partition", [True, False])
+def test_an_anonymous_tab_after_sign_up_reaches_the_merged_profile(same_partition):
+    # the copy sent on to the surviving id came back to the partition that took the original,
+    # whose messageId it carries: when both ids hash to one partition, it was a "duplicate"
+    anon, user = _pair(same_partition, known_sorts_first=False)
+    cluster = Cluster()
+    first = [
+        _event("p1", 0, "page", anonymousId=anon, name="Home"),
+        _event("i1", 1_000, "identify", userId=user, anonymousId=anon),
+    ]
+    for r in first:
+        cluster.send(r)
+    cluster.run(random.Random(1), crashes=False)
+    tab = _event("t1", 2_000, "track", anonymousId=anon, event="Step Viewed", stepId="role")
+    cluster.send(tab)
+    cluster.send(tab)  # and the client's retry of it
+    cluster.run(random.Random(2), crashes=False)
+    merged = cluster.profile(user)
+    assert merged is not None and merged.counts.get("track:Step Viewed") == 1
+    assert merged.as_dict()["assignmentKey"] == anon
+    assert sum(s.stats.duplicates for s in cluster.shards) == 1  # the retry, not the copy
+
+
+def test_a_profile_saved_before_its_assignment_included_its_own_id_keeps_its_arm():
+    import pickle
+
+    from ray_app.state.packing import pack_profile, unpack_profile
+    from ray_app.state.profile import StepStats
+
+    # format 1: assignment was the earliest id merged in, compared with (first_seen, own id)
+    p = Profile("u-own", CONFIG.profile, first_seen=T0, assignment=(T0 + 5_000, "a-merged"))
+    old = (1, *pack_profile(p)[1:])
+    q = Profile.__new__(Profile)
+    unpack_profile(q, old, StepStats)
+    assert q.assignment_key == "u-own" and q.first_id == (T0, "u-own")
+    state = profile_to_state(p)
+    del state["firstId"]  # a merge record written before firstId
+    assert profile_from_state(state, CONFIG.profile).assignment_key == "u-own"
+    # today's: assignment is the person's first id whatever first_seen became in a merge
+    p.assignment = (T0 + 5_000, "a-merged")
+    assert pickle.loads(pickle.dumps(p)).assignment_key == "a-merged"
+    assert profile_from_state(profile_to_state(p), CONFIG.profile).assignment_key == "a-merged"
 
 
 def test_a_chain_of_merges_resolves_to_one_profile():
