@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 import orjson
@@ -474,6 +474,45 @@ class SessionShard(BatchChecks, Stitching):
             shard.quality = checks.new_quality()
         shard._compact_expiry()
         return shard
+
+    def reconfigure(self, config: StateConfig) -> list[str]:
+        """Go on under ``config`` (the settings and catalog of this run) instead of the one the
+        checkpoint was written under; returns the names of the fields that changed. Lateness,
+        limits, the reward join's window, step slots and negative events, and every profile's
+        caps follow it from the next record on; the watermark never moves back (a longer
+        lateness takes effect as event time moves on).
+
+        >>> shard = SessionShard(0, StateConfig(allowed_lateness_ms=60_000))
+        >>> restored = SessionShard.restore(shard.snapshot())
+        >>> restored.reconfigure(StateConfig(allowed_lateness_ms=5_000))
+        ['allowed_lateness_ms']
+        >>> restored.config.allowed_lateness_ms, restored.reconfigure(restored.config)
+        (5000, [])
+        """
+        old = self.config
+        changed = [
+            f.name for f in fields(StateConfig) if getattr(old, f.name) != getattr(config, f.name)
+        ]
+        if not changed:
+            return changed
+        self.config = config
+        self.dedupe.horizon_ms, self.dedupe.max_ids = (
+            config.dedupe_horizon_ms,
+            config.dedupe_max_ids,
+        )
+        self.order.max_buffer, self.order.idle_ms = (
+            config.reorder_max_buffer,
+            config.session_idle_ms,
+        )
+        join = self.rewards
+        join.window_ms, join.step_slots = config.attribution_window_ms, config.step_slots
+        join.negative_events = config.negative_events
+        if self.max_ts != _NO_WATERMARK:
+            self.watermark = max(self.watermark, self.max_ts - config.allowed_lateness_ms)
+        if config.profile != old.profile:
+            for profile in self.profiles.values():  # a restore reconfigures them again
+                profile.config = config.profile
+        return changed
 
 
 def _event_bytes(e: Event) -> bytes:

@@ -144,6 +144,11 @@ class StreamWorker:
             if ck is None or shard is None:
                 self.shards[p], self.next_offset[p] = SessionShard(p, cfg, checks), 0
             else:
+                # the checkpoint holds the config it was written under: this run's settings and
+                # catalog (lateness, limits, step slots, negative events, caps) win
+                changed = shard.reconfigure(cfg)
+                if changed:
+                    log.info("partition %d: restored under new settings: %s", p, ", ".join(changed))
                 self.shards[p], self.next_offset[p] = shard, ck.next_offset
                 self.restored[p] = ck.next_offset
         self.partitions = sorted(self.shards)

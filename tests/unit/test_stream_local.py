@@ -302,3 +302,37 @@ def test_workers_a_failed_rescale_never_started_are_restarted(tmp_path):
         assert all(rt.call(w, "ping") is None for w in sup.workers)
     finally:
         sup.stop()
+
+
+def test_a_restart_under_new_settings_restores_the_state_under_them(tmp_path):
+    # a checkpoint holds the config it was written under; the settings and catalog of the run
+    # that restores it must win (a lateness, a step slot, a cap changed in between)
+    broker = InMemoryBroker(partitions=PARTITIONS)
+    plan = TrafficPlan.build(SimSettings(users=40, seed=6))
+    records = plan.normalized(dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    sup = _supervisor(broker, tmp_path, ONRAMP_STREAM__ALLOWED_LATENESS_MS="300000").start()
+    try:
+        producer = InMemoryProducer(broker)
+        topic = sup.settings.topics.events
+        producer.send_all([OutRecord(topic, v, key=k) for k, v in records]).result(5)
+        sup.wait_for(len(records), timeout_s=60)
+    finally:
+        sup.stop()
+    again = _supervisor(
+        broker,
+        tmp_path,
+        ONRAMP_STREAM__ALLOWED_LATENESS_MS="30000",
+        ONRAMP_STREAM__MAX_MERGES_PER_PROFILE="0",
+    ).start()
+    try:
+        workers = [h.worker for h in again.workers]
+        shards = [s for w in workers for s in w.shards.values()]
+        assert len(shards) == PARTITIONS and all(w.restored for w in workers), (
+            "restored from the checkpoints"
+        )
+        want = state_config(again.settings)
+        assert want.allowed_lateness_ms == 30_000
+        assert all(s.config == want for s in shards)
+        assert all(p.config.max_merges == 0 for s in shards for p in s.profiles.values())
+    finally:
+        again.stop()
