@@ -14,8 +14,9 @@ counted in ``gaps``) when either
 * the session's buffer holds ``max_buffer`` events (bounded memory).
 
 An event whose ``seq`` is behind the next expected one (it arrived after its gap was given up on)
-is released at once and counted in ``behind``. Events without a session or ``seq`` pass straight
-through. A session's bookkeeping is dropped once the watermark is ``idle_ms`` past its last
+is released at once and counted in ``behind``, as is a second event with a ``seq`` already
+waiting in the buffer (two tabs, or two users sending one session id: both are kept). Events
+without a session or ``seq`` pass straight through. A session's bookkeeping is dropped once the watermark is ``idle_ms`` past its last
 event. Every decision depends on event time and arrival order only, never on a wall clock, so a
 replay of the same records releases the same events.
 
@@ -72,7 +73,9 @@ class Reorderer:
         if event.ts > cur.last_ts:
             cur.last_ts = event.ts
             heapq.heappush(self.idle, (event.ts, sid))
-        if seq < cur.next_seq:
+        if seq < cur.next_seq or seq in cur.buffer:
+            # behind the cursor, or a second event with a seq already waiting (two tabs, or two
+            # users sending one session id): let it through now rather than lose either
             self.behind += 1
             return [event]
         cur.buffer[seq] = event

@@ -8,7 +8,6 @@ names is looked up.
 
 from __future__ import annotations
 
-import heapq
 import io
 import pickle
 from collections.abc import Callable, Iterable
@@ -260,9 +259,7 @@ def load_into(shard: SessionShard, data: bytes, deltas: Iterable[bytes]) -> None
                 shard.profiles[user] = profile
         shard.dedupe.replay(added, shard.watermark, evicted)
         shard.rewards.apply_delta(join)
-    ttl = shard.config.profile_idle_ttl_ms
-    shard._alias_expiry = [(last + ttl, old) for old, (_, last) in shard.aliases.items()]
-    heapq.heapify(shard._alias_expiry)
+    shard.rebuild_alias_expiry()
 
 
 def _load_rest(stream: io.BytesIO, slices: Any) -> tuple[dict[str, Any], Any]:

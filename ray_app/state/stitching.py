@@ -94,14 +94,22 @@ class Stitching:
         profile.links = links | {old}
         out.forward.append(("events", *identity.link_record(old, event.user_key, event)))
 
+    def rebuild_alias_expiry(self) -> None:
+        """The lazy expiry heap of the aliases, one entry an alias (a restore, or once stale
+        entries outnumber live ones)."""
+        ttl = self.config.profile_idle_ttl_ms
+        self._alias_expiry = [(last + ttl, old) for old, (_, last) in self.aliases.items()]
+        heapq.heapify(self._alias_expiry)
+
     def _forward(self, event: Event, alias: tuple[str, int], out: BatchResult) -> None:
         target, last = alias
         if event.ts > last:
             self.aliases[event.user_key] = (target, event.ts)
             self._aliases_touched.add(event.user_key)
-            heapq.heappush(
-                self._alias_expiry, (event.ts + self.config.profile_idle_ttl_ms, event.user_key)
-            )
+            heap = self._alias_expiry
+            heapq.heappush(heap, (event.ts + self.config.profile_idle_ttl_ms, event.user_key))
+            if len(heap) > 2 * len(self.aliases) + 256:  # stale entries: one a forwarded event
+                self.rebuild_alias_expiry()
         key, value = identity.forward_record(target, event)
         out.forward.append(("events", key, value))
         self.stats.forwarded += 1

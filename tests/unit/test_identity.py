@@ -470,6 +470,19 @@ def test_an_alias_expires_its_idle_ttl_after_the_last_record_it_forwarded():
         assert "anon" not in shard.aliases, restore  # watermark 91 s: expired
 
 
+def test_the_alias_expiry_heap_stays_near_one_entry_an_alias():
+    # one entry was pushed for every forwarded event, and only a restore shrank the heap
+    config = StateConfig(allowed_lateness_ms=10_000, reorder_wait_ms=0)
+    shard = SessionShard(0, config)
+    _feed(shard, [_event("a0", 0, "track", anonymousId="anon", event="X")])
+    _feed(shard, [_event("i1", 1_000, "identify", userId="user", anonymousId="anon")])
+    for i in range(2_000):
+        _feed(shard, [_event(f"t{i}", 2_000 + i, "page", anonymousId="anon", name="P")])
+    assert shard.stats.forwarded == 2_000
+    assert len(shard._alias_expiry) <= 2 * len(shard.aliases) + 256
+    assert shard.aliases["anon"] == ("user", 2_000 + 1_999 + T0)
+
+
 def _decision_record(did: str, user: str, t: int) -> bytes:
     return json.dumps(
         {"schema": "onramp.decision/1", "decisionId": did, "userKey": user, "slot": "next_step",

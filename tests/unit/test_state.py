@@ -263,6 +263,26 @@ def test_events_are_released_in_seq_order_and_gaps_are_given_up():
     assert r.applied == 1 and shard.order.behind == 1
 
 
+def test_two_events_with_one_seq_waiting_in_a_session_are_both_applied():
+    # two users (a server integration) or two tabs sending one session id took the same seq:
+    # the second one waiting replaced the first in the buffer, unapplied and uncounted
+    shard = SessionShard(0, StateConfig(allowed_lateness_ms=60_000))
+    shard.process(
+        [
+            record("a0", user="alice", seq=0, ts=T0),
+            record("b0", user="bob", seq=0, ts=T0 + 10),
+            record("a2", user="alice", seq=2, ts=T0 + 2_000),
+            record("b2", user="bob", seq=2, ts=T0 + 2_010),
+        ]
+    )
+    st = shard.stats
+    assert st.records == 4 and st.applied + shard.buffered == 4, (st, shard.buffered)
+    shard.process([record("late-1", user="carol", seq=1, ts=T0 + 1_000)])
+    shard.process([record("x", user="dave", ts=T0 + 120_000, session="other")])
+    got = {u: shard.profiles[u].counts.get("track:Step Viewed") for u in ("alice", "bob")}
+    assert got == {"alice": 2, "bob": 2}
+
+
 def test_a_gap_is_given_up_after_the_reorder_wait():
     shard = SessionShard(0, StateConfig(allowed_lateness_ms=60_000, reorder_wait_ms=2_000))
     shard.process(
