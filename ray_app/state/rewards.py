@@ -75,6 +75,11 @@ NEGATIVE_EVENTS = frozenset({"Step Abandoned"})
 
 #: Outcomes kept per user in the log (the earliest in apply order; a bound against abuse).
 MAX_LOGGED_OUTCOMES = 64
+#: Decisions pending per user: a further one decides the user's oldest as a timeout at once (a
+#: bound against abuse: a merge record carries an id's pending decisions, and a client asking
+#: /v1/decide every second for one id would make it larger than Kafka takes, stopping the
+#: partition's worker at every restart).
+MAX_PENDING_PER_USER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,8 +300,11 @@ class RewardJoin:
             return [self._decide(d, 0.0, "timeout", None)]
         self.pending[d.decision_id] = d
         self.added[d.decision_id] = d
-        self.by_user.setdefault(d.user_key, []).append(d.decision_id)
+        ids = self.by_user.setdefault(d.user_key, [])
+        ids.append(d.decision_id)
         heapq.heappush(self.closing, (end, d.decision_id))
+        if len(ids) > MAX_PENDING_PER_USER:  # the oldest is superseded: its window cut short
+            return [self._decide(self.pending[ids[0]], 0.0, "timeout", None)]
         return []
 
     def on_outcome(

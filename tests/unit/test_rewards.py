@@ -176,6 +176,25 @@ def test_a_decision_logged_twice_is_rewarded_once_and_garbage_is_rejected():
     assert shard.rewards.stats()["repeatedDecisions"] == 1
 
 
+def test_a_user_asking_for_decisions_without_end_keeps_a_bounded_merge_record():
+    # a client asking /v1/decide every second for one anonymous id: its pending decisions all
+    # went into one merge record at sign-up, past the size Kafka takes (the worker stopped on
+    # it, again at every restart)
+    from ray_app.state.rewards import MAX_PENDING_PER_USER
+
+    shard = SessionShard(0, CONFIG)
+    n = MAX_PENDING_PER_USER + 36
+    r = shard.process_decisions([_decision(f"d{i}", "anon", T0 + i * 10) for i in range(n)], n)
+    assert [(x.decision_id, x.reward, x.outcome) for x in r.rewards] == [
+        (f"d{i}", 0.0, "timeout") for i in range(36)
+    ], "the oldest, superseded, decided once each"
+    decisions, _ = shard.rewards.of_user("anon")
+    assert len(decisions) == MAX_PENDING_PER_USER
+    r = shard.process([_event("c", "anon", T0 + 5_000, "Step Completed", "role")])
+    assert len(r.rewards) == MAX_PENDING_PER_USER and all(x.reward == 1.0 for x in r.rewards)
+    assert shard.rewards.rewards == n  # every decision rewarded exactly once
+
+
 def test_the_outcome_log_is_pruned_after_its_retention_and_counts_abandons():
     config = StateConfig(allowed_lateness_ms=1_000, attribution_window_ms=5_000, reorder_wait_ms=0)
     shard = SessionShard(0, config)
