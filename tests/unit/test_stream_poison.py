@@ -138,11 +138,11 @@ def test_an_exception_inside_apply_rejects_that_record_only_and_replays_the_same
 
     real = shard_module.apply
 
-    def apply(profile, event, hits=None):
+    def apply(profile, event, hits=None, origin=None):
         if event.message_id == "boom":
             profile.counts["half-applied"] = 1  # a partial change before the failure
             raise TypeError("unhashable thing")
-        return real(profile, event, hits)
+        return real(profile, event, hits, origin)
 
     monkeypatch.setattr(shard_module, "apply", apply)
     records = [(b"u1", good("a", 0)), (b"u1", good("boom", 1)), (b"u1", good("c", 2))]
