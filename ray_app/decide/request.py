@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = ["MAX_DECIDE_BYTES", "DecideRefused", "DecideRequest", "decide_query", "parse_decide"]
 
@@ -21,6 +28,12 @@ MAX_DECIDE_BYTES = 64 * 1024
 _Scalar = str | int | float | bool | None
 _ContextValue = _Scalar | list[_Scalar] | dict[str, _Scalar | list[_Scalar]]
 
+
+#: Values a context holds in all (each scalar, list item and nested field counts one), and the
+#: longest text among them: each value becomes hashed feature tokens (a number about 17), work the
+#: replica's event loop does before any other request, and the decision log keeps the context.
+MAX_CONTEXT_VALUES = 128
+MAX_CONTEXT_TEXT = 1024
 
 #: The refusal of a request naming no user (the field it names: ``userId``).
 _NO_IDENTITY = "send userId or anonymousId (user_id, anonymous_id)"
@@ -49,7 +62,8 @@ class DecideRequest(BaseModel):
         default_factory=dict,
         max_length=64,
         description="Request context (device, referrer, locale, ...): at most 64 fields, each a "
-        "scalar, a list of scalars or an object of those (one level).",
+        "scalar, a list of scalars or an object of those (one level); at most 128 values in all "
+        "and texts of at most 1,024 characters.",
     )
     candidates: list[str] | None = Field(
         None,
@@ -64,6 +78,26 @@ class DecideRequest(BaseModel):
         max_length=128,
         description="Idempotency key: the same id gives the same draw (default: a new UUID).",
     )
+
+    @field_validator("context")
+    @classmethod
+    def _bounded_context(cls, context: dict[str, Any]) -> dict[str, Any]:
+        count = 0
+        for name, value in context.items():
+            for item in value.values() if isinstance(value, dict) else (value,):
+                for leaf in item if isinstance(item, list) else (item,):
+                    count += 1
+                    if isinstance(leaf, str) and len(leaf) > MAX_CONTEXT_TEXT:
+                        raise ValueError(
+                            f"{name}: a text of {len(leaf)} characters; at most "
+                            f"{MAX_CONTEXT_TEXT} in a context value"
+                        )
+        if count > MAX_CONTEXT_VALUES:
+            raise ValueError(
+                f"{count} values in all (fields, list items and nested fields); at most "
+                f"{MAX_CONTEXT_VALUES}"
+            )
+        return context
 
     @model_validator(mode="after")
     def _identity(self) -> DecideRequest:
@@ -149,6 +183,7 @@ def parse_decide(body: bytes | Mapping[str, Any]) -> DecideRequest | DecideRefus
         where = ".".join(str(p) for p in loc) or None
         if where is None and _NO_IDENTITY in str(err["msg"]):
             where = "userId"
-        return DecideRefused(400, "invalid_request", where, str(err["msg"])[:512])
+        message = str(err["msg"]).removeprefix("Value error, ")  # pydantic's, for our checks
+        return DecideRefused(400, "invalid_request", where, message[:512])
     except Exception as exc:  # last resort: no body may become a 500
         return DecideRefused(400, "invalid_request", None, f"{type(exc).__name__}: {exc}"[:512])
