@@ -72,8 +72,9 @@ def why_ineligible(
         if missing:
             return f"requires {', '.join(missing)}"
     if action.segments is not None and segments.isdisjoint(action.segments):
-        have = ", ".join(sorted(segments)) or "none"
-        return f"only for segments {', '.join(action.segments)} (user's: {have})"
+        # not the user's own segments: the answer goes to whoever holds the public decide key,
+        # and they come from traits and the CRM table (a plan, a churn score)
+        return f"only for segments {', '.join(action.segments)}"
     return None
 
 
