@@ -83,6 +83,7 @@ def eligible_actions(
     profile: Mapping[str, Any] | None = None,
     enrichment: Mapping[str, Any] | None = None,
     candidates: Sequence[str] | None = None,
+    unread: bool = False,
 ) -> list[int]:
     """Indices of the slot's actions this user may get, in catalog order.
 
@@ -101,7 +102,7 @@ def eligible_actions(
         j = slot.action_index.get(cand) if isinstance(cand, str) else None
         if j is None:
             raise UnknownAction(slot.name, cand, i, slot.action_ids)
-        why = why_ineligible(slot.actions[j], done, segs)
+        why = None if unread else why_ineligible(slot.actions[j], done, segs)
         if why is None:
             chosen.add(j)
         elif cand not in reasons:

@@ -160,6 +160,7 @@ class Catalog:
         profile: Mapping[str, Any] | None = None,
         enrichment: Mapping[str, Any] | None = None,
         candidates: Sequence[str] | None = None,
+        unread: bool = False,
     ) -> list[int]:
         """Indices of the slot's actions this user may get, in catalog order.
 
@@ -168,8 +169,12 @@ class Catalog:
         ineligible ones are left out (``[]`` when none is left: the caller decides). With
         ``candidates`` (action ids; repeats are ignored) each must be an action of the slot
         (:class:`UnknownAction`) and eligible (:class:`IneligibleCandidates` says which and why).
+        ``unread``: the user's profile could not be read (its deadline passed, the stream is
+        down), so which candidates they may get is not known: the candidates are taken as the
+        client sent them, checked against the catalog only (a server-side outage is not the
+        client's error).
         """
-        return eligible_actions(self.slot(slot), profile, enrichment, candidates)
+        return eligible_actions(self.slot(slot), profile, enrichment, candidates, unread)
 
     def control_choice(self, slot: str, eligible: Sequence[int]) -> int:
         """The control's (static flow's) choice: the first of ``eligible`` in ``default`` order.

@@ -232,17 +232,18 @@ class Decider:
         contexts: list[dict[str, Any]] = []
         catalog, arms = self.catalog, self.arms
         for i, (req, profile, enrichment) in enumerate(requests):
-            try:
-                slot = catalog.slot(req.slot)
-                eligible = catalog.eligible(req.slot, profile, enrichment, req.candidates)
-            except DecisionRequestError as exc:
-                prepared.append(exc)
-                continue
             if cold_reasons is None:
                 cold = "unknown_user" if profile is None else None
             else:
                 cold = cold_reasons[i]
-            if profile is None and cold in _UNREAD:
+            unread = profile is None and cold in _UNREAD
+            try:
+                slot = catalog.slot(req.slot)
+                eligible = catalog.eligible(req.slot, profile, enrichment, req.candidates, unread)
+            except DecisionRequestError as exc:
+                prepared.append(exc)
+                continue
+            if unread:
                 arm = arms.assign_unread(req.user_key)
             else:
                 arm = arms.assign(req.user_key, profile)

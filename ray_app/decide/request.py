@@ -69,7 +69,8 @@ class DecideRequest(BaseModel):
         None,
         min_length=1,
         max_length=256,
-        description="Restrict the answer to these actions (each must be eligible).",
+        description="Restrict the answer to these actions (each must be eligible; when the "
+        "user's profile cannot be read in time, each must be an action of the slot).",
     )
     decision_id: str | None = Field(
         None,

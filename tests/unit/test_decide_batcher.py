@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ray_app.catalog import UnknownSlot
+from ray_app.catalog import UnknownAction, UnknownSlot
 from ray_app.config import Settings
 from ray_app.decide import Decider, DecideRequest, Decision
 from ray_app.decide.batcher import DecisionBatcher
@@ -104,6 +104,24 @@ def test_no_profiles_in_time_is_a_cold_start(profiles, reason):
     [result] = asyncio.run(_decide_all(batcher, [_req("u1")]))
     assert isinstance(result, Decision)
     assert (result.cold_start, result.cold_reason, result.chosen) == (True, reason, "welcome")
+
+
+@pytest.mark.parametrize(
+    "profiles",
+    [FakeProfiles(delay_s=0.5), FakeProfiles(fail=StreamUnavailable("no workers"))],
+)
+def test_candidates_of_a_profile_that_could_not_be_read_are_taken_as_sent(profiles):
+    # a returning user's candidates were checked against no profile at all: "goals: requires
+    # welcome", a 422 blaming the client for a server-side outage
+    batcher = _batcher(profiles, deadline_s=0.02)
+    asks = DecideRequest(user_id="u1", slot="next_step", candidates=["goals", "integrations"])
+    [result] = asyncio.run(_decide_all(batcher, [asks]))
+    assert isinstance(result, Decision), result
+    assert result.cold_start and result.chosen in ("goals", "integrations")
+    # what is not an action of the slot is still the client's error
+    wrong = DecideRequest(user_id="u1", slot="next_step", candidates=["nope"])
+    [refused] = asyncio.run(_decide_all(_batcher(profiles, deadline_s=0.02), [wrong]))
+    assert isinstance(refused, UnknownAction)
 
 
 def test_a_catalog_refusal_stays_with_its_request():
