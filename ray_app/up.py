@@ -255,6 +255,27 @@ class Stack:
         self._own_cluster = False
         self._deployed = False  # this stack ran serve.run of APP_NAME (so stop may delete it)
 
+    def _init_ray(self) -> None:
+        """``ray.init``: a local Ray of this stack's own, whose Serve is shut down whole on stop;
+        or the cluster ``ray.address`` names, or Ray's ``RAY_ADDRESS`` (``ray job submit`` sets
+        it), which keeps its other applications (only what this stack deployed is deleted)."""
+        import ray
+
+        s = self.settings
+        address = ray_init_address(s.ray.address)
+        own = address == "local"
+        if own:
+            self.http_mode = configure_http_mode(s.collector.high_throughput_http)
+        ray.init(
+            address=address,
+            namespace=s.ray.namespace,
+            num_cpus=s.ray.num_cpus if own else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+        self._ray_started = True
+        self._own_cluster = own
+
     @property
     def base_url(self) -> str:
         """Where the collector answers: its host, or for one bound to every interface, this
@@ -263,7 +284,12 @@ class Stack:
         c = self.settings.collector
         host = c.host
         if host in ("0.0.0.0", ""):
-            host = _ray_client_host(self.settings.ray.address) or "127.0.0.1"
+            joined = self.settings.ray.address or os.environ.get("RAY_ADDRESS")
+            host = _ray_client_host(joined) or "127.0.0.1"
+        elif host == "::":  # every IPv6 interface: this machine's
+            host = "::1"
+        if ":" in host and not host.startswith("["):  # an IPv6 address, bracketed in a URL
+            host = f"[{host}]"
         return f"http://{host}:{c.port}"
 
     def urls(self) -> dict[str, str]:
@@ -314,19 +340,7 @@ class Stack:
         if created:
             log.info("created topics: %s", ", ".join(created))
         if not ray.is_initialized():
-            if s.ray.address is None:
-                self.http_mode = configure_http_mode(s.collector.high_throughput_http)
-            ray.init(
-                address=ray_init_address(s.ray.address),
-                namespace=s.ray.namespace,
-                num_cpus=s.ray.num_cpus if s.ray.address is None else None,
-                include_dashboard=False,
-                log_to_driver=False,
-            )
-            self._ray_started = True
-            # a local Ray of its own (no address): Serve is this stack's alone, shut down whole
-            # on stop; a cluster it joined keeps its other applications
-            self._own_cluster = s.ray.address is None
+            self._init_ray()
         if not self._own_cluster:
             self._refuse_a_running_onramp()
         # The stream supervisor's workers and the learner start while Serve does (each is

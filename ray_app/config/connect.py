@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ray_app.config.base import DEMO_KEYS
 from ray_app.config.base import Section as _Section
@@ -182,3 +182,10 @@ class RaySettings(_Section):
     address: str | None = Field(None, description="Ray cluster address; empty: start a local Ray.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all).")
     namespace: str = Field("onramp", description="Ray namespace of Onramp's actors.")
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _empty_is_local(cls, value: Any) -> Any:
+        """An empty address (``ONRAMP_RAY__ADDRESS=``) is what the description says: a local Ray
+        (Ray itself refuses ``""`` with a traceback)."""
+        return None if isinstance(value, str) and not value.strip() else value

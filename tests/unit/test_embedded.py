@@ -209,6 +209,50 @@ def test_joined_through_ray_client_the_collector_is_looked_for_on_the_head_node(
     assert joined.urls()["health"].startswith("http://head-node:")
 
 
+def test_a_stack_that_joined_a_cluster_through_ray_address_treats_it_as_joined(
+    tmp_path, monkeypatch
+):
+    """``ray job submit -- onramp up`` sets Ray's ``RAY_ADDRESS``: the stack joins that cluster,
+    which is not its own (it was, as ``ray.address`` was empty: stopping it shut Serve down on
+    the whole cluster, every application with it, and ``ray.num_cpus`` made ``ray.init``
+    raise)."""
+    import ray
+
+    from ray_app.config import load_settings
+    from ray_app.up import Stack
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    env = {
+        "ONRAMP_STATE_DIR": str(tmp_path),
+        "ONRAMP_RAY__NUM_CPUS": "2",
+        "ONRAMP_COLLECTOR__HOST": "0.0.0.0",
+    }
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head-node:10001")
+    joined = Stack(load_settings(env=env), lambda _: None)
+    joined._init_ray()
+    assert calls[-1]["address"] is None and calls[-1]["num_cpus"] is None
+    assert not joined._own_cluster
+    assert joined.base_url.startswith("http://head-node:")
+    monkeypatch.delenv("RAY_ADDRESS")
+    local = Stack(load_settings(env={**env, "ONRAMP_RAY__ADDRESS": ""}), lambda _: None)
+    local._init_ray()  # an empty ray.address is a local Ray, as documented
+    assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2 and local._own_cluster
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("::1", "http://[::1]:"), ("::", "http://[::1]:"), ("127.0.0.1", "http://127.0.0.1:")],
+)
+def test_an_ipv6_collector_host_is_bracketed_in_its_urls(tmp_path, host, url):
+    from ray_app.config import load_settings
+    from ray_app.up import Stack
+
+    env = {"ONRAMP_STATE_DIR": str(tmp_path), "ONRAMP_COLLECTOR__HOST": host}
+    stack = Stack(load_settings(env=env), lambda _: None)
+    assert stack.base_url.startswith(url) and stack.urls()["health"].startswith(url)
+
+
 def test_a_stack_on_a_joined_cluster_never_replaces_nor_deletes_an_onramp_it_found(
     tmp_path, monkeypatch
 ):
