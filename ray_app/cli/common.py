@@ -287,6 +287,19 @@ class Stop:
             previous = signal.signal(sig, lambda *_: self.event.set())
             self._previous.setdefault(sig, previous)
 
+    def interrupt_while_starting(self) -> None:
+        """Until :meth:`install`: Ctrl-C or SIGTERM raise :class:`KeyboardInterrupt` where the
+        command is, so a start that takes minutes (workers, the learner, Serve) can be left: the
+        stack stops what it started and the command exits 130. (An event alone was read only
+        once the start was over.)"""
+
+        def interrupt(*_: Any) -> None:
+            raise KeyboardInterrupt
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(sig, interrupt)
+            self._previous.setdefault(sig, previous)
+
     def restore(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)

@@ -314,11 +314,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sim={"users": args.users, "rate": args.rate, "seed": args.seed},
     )
     stop = Stop()
-    stop.install()
+    stop.interrupt_while_starting()
     started = time.monotonic()
     print("starting Onramp (broker, Ray, Serve) ...", flush=True)
     with Stack(settings, args.parts.need("build_app"), fresh=args.fresh) as stack:
-        stop.install()  # again: ray.init() put its own SIGTERM handler in place
+        stop.install()  # started: Ctrl-C now stops it (ray.init put its own SIGTERM handler)
         print_urls(stack, settings)
         _, key = next(iter(settings.collector.write_keys.items()))
         truth = Path(settings.state_dir) / "sim" / "ground_truth.jsonl"

@@ -70,9 +70,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = with_overrides(settings, collector={"port": args.port})
     stop = Stop()
-    stop.install()
+    stop.interrupt_while_starting()
     with Stack(settings, args.parts.need("build_app"), fresh=args.fresh) as stack:
-        stop.install()  # again: ray.init() put its own SIGTERM handler in place
+        stop.install()  # started: Ctrl-C now stops it (ray.init put its own SIGTERM handler)
         print_urls(stack, settings)
         print("Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):

@@ -692,3 +692,37 @@ def test_an_archive_does_not_wait_for_a_partition_whose_records_all_expired(tmp_
     report = archive_topics(Expired(broker), ["t"], tmp_path, partitions=2, idle_s=0.05)
     assert time.monotonic() - started < 5 and report.truncated == []
     assert report.records == len(broker.topics["t"][0])
+
+
+@pytest.mark.parametrize("command", ["up", "demo"])
+def test_ctrl_c_while_starting_stops_what_started_and_exits_130(command, monkeypatch, tmp_path):
+    """Startup waits minutes for workers, the learner and Serve; Ctrl-C during it only set an
+    event read once the start was over (operators reached for kill -9, which left processes
+    and ports behind)."""
+    import os
+    import signal
+    import time as _time
+
+    import ray_app.up as up
+
+    stopped: list[bool] = []
+
+    class SlowStack(up.Stack):
+        def start(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the operator's Ctrl-C, mid-start
+            _time.sleep(30)  # a long wait of the start (never reached its end)
+            raise AssertionError("the interrupt did not stop the start")
+
+        def stop(self):
+            stopped.append(True)
+
+    monkeypatch.setattr(up, "Stack", SlowStack)
+    monkeypatch.setenv("ONRAMP_STATE_DIR", str(tmp_path))
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        started = _time.monotonic()
+        assert main([command]) == 130
+        assert _time.monotonic() - started < 20 and stopped == [True]
+    finally:
+        signal.signal(signal.SIGINT, before)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
