@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_app.cli.common import Stop, decide_key, port, seed, with_overrides
+from ray_app.cli.common import Stop, decide_key, plot_path, port, seconds, seed, with_overrides
 from ray_app.cli.output import dumps
 from ray_app.cli.up import print_urls
 from ray_app.config import Settings
@@ -46,9 +46,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     demo.add_argument("--rate", type=float, help="events per second (default: sim.rate)")
     demo.add_argument("--seed", type=seed, help="simulation seed (default: sim.seed)")
     demo.add_argument(
-        "--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)"
+        "--duration", type=seconds, help="stop after this many seconds (default: run until Ctrl-C)"
     )
-    demo.add_argument("--every", type=float, default=2.0, help="seconds between summary lines")
+    demo.add_argument("--every", type=seconds, default=2.0, help="seconds between summary lines")
     demo.add_argument(
         "--learning-users",
         type=int,
@@ -63,7 +63,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "campus, fleets (trait names and values of their own, two-trait preferences), or v2",
     )
     demo.add_argument(
-        "--plot", type=Path, help="where to write the PNG (default: <state_dir>/learning.png)"
+        "--plot",
+        type=lambda text: Path(plot_path(text)),
+        help="where to write the plot (default: <state_dir>/learning.png; .png, .pdf, .svg, "
+        "... by the suffix)",
     )
 
 
@@ -247,8 +250,13 @@ def _summary_line(
 
     topics = settings.topics.all()
     short = {t: t.removeprefix(settings.kafka.topic_prefix + ".") for t in topics}
-    metrics = httpx.get(stack.urls()["metrics"], timeout=5).text
-    accepted, rejected = metric_totals(metrics)
+    try:  # one slow or failed scrape (a worker restarting, a busy learner) is one line's gap
+        response = httpx.get(stack.urls()["metrics"], timeout=10)
+        response.raise_for_status()
+        accepted, rejected = metric_totals(response.text)
+    except (httpx.HTTPError, ValueError) as exc:
+        elapsed = time.monotonic() - started
+        return f"[{elapsed:6.1f}s] sent {sim.stats.sent}  (/metrics: {type(exc).__name__})", elapsed
     counts = counter.counts()
     elapsed = time.monotonic() - started
     rej = ", ".join(f"{k} {int(v)}" for k, v in sorted(rejected.items())) or "none"

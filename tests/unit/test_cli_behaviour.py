@@ -726,3 +726,31 @@ def test_ctrl_c_while_starting_stops_what_started_and_exits_130(command, monkeyp
     finally:
         signal.signal(signal.SIGINT, before)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_a_failed_metrics_scrape_is_a_gap_in_the_demo_summary_not_a_traceback() -> None:
+    """`onramp demo` scrapes /metrics every line; one scrape past its timeout (a worker
+    restarting) or a non-Prometheus answer ended the demo with a traceback."""
+    import socket
+    from types import SimpleNamespace
+
+    from ray_app.cli.demo import _summary_line
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    stack = SimpleNamespace(urls=lambda: {"metrics": f"http://127.0.0.1:{dead}/metrics"})
+    sim = SimpleNamespace(stats=SimpleNamespace(sent=12))
+    line, elapsed = _summary_line(stack, Settings(), sim, None, time.monotonic())
+    assert "sent 12" in line and "/metrics: ConnectError" in line and elapsed >= 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["demo", "--every", "0"], ["demo", "--every", "nan"], ["demo", "--duration", "-1"],
+     ["demo", "--plot", "learning.txt"]],
+)  # fmt: skip
+def test_demo_refuses_a_busy_loop_or_a_plot_it_cannot_write_before_starting(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "expected" in capsys.readouterr().err
