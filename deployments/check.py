@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from ray_app.decide.user_config import USER_CONFIG_KEYS as DECIDE_USER_CONFIG
 from ray_app.errors import ConfigError
+from ray_app.yamlfile import load_yaml, yaml_problem
 
 __all__ = [
     "AWS_PROVIDER_KEYS",
@@ -126,7 +127,17 @@ _BUILDERS = {"deployments.app:build_app", "deployments.app:build_stream_app"}
 def _load(path_or_data: str | Path | dict[str, Any]) -> dict[str, Any]:
     if isinstance(path_or_data, dict):
         return copy.deepcopy(path_or_data)
-    data = yaml.safe_load(Path(path_or_data).read_text())
+    path = Path(path_or_data)
+    try:
+        text = path.read_text()
+    except OSError as exc:  # missing, a directory, not allowed: one line, not a traceback
+        raise ConfigError(f"cannot read it: {exc.strerror or exc}", path=str(path)) from None
+    try:
+        # duplicate keys refused, as Onramp's own settings are: the first would vanish, and
+        # finding settings that are silently not used is what this check is for
+        data = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {yaml_problem(exc)}", path=str(path)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path_or_data}: must hold a mapping at the top", path=str(path_or_data))
     return data

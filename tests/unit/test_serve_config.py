@@ -223,3 +223,19 @@ def test_the_shipped_serve_config_explores_with_the_default_policy(config):
 
     [collector] = [d for d in config["applications"][0]["deployments"] if d["name"] == "Collector"]
     assert collector["user_config"]["policy"] == load_settings(env={}).decide.policy
+
+
+def test_the_check_refuses_duplicate_keys_and_names_an_unreadable_file(tmp_path, capsys):
+    """A Serve config with two ``collector:`` maps passed as ok, the first silently gone; a
+    missing file was a traceback."""
+    from deployments.check import main as check_main
+
+    dup = tmp_path / "serve.yaml"
+    dup.write_text(
+        "applications:\n- name: onramp\n  import_path: deployments.app:build_app\n"
+        "  args:\n    settings:\n      collector: {port: 1}\n      collector: {port: 2}\n"
+    )
+    assert check_main([str(dup), str(tmp_path / "missing.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "duplicate key 'collector'" in out and "line 7" in out
+    assert "missing.yaml: 1 problem(s)" in out and "cannot read it" in out
