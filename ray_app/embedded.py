@@ -28,10 +28,52 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["RUN_PREFIX", "prepare", "run_name"]
+__all__ = ["LOCK_NAME", "RUN_PREFIX", "claim", "prepare", "release", "run_name"]
 
 #: Names of the per-run folders under ``checkpoints/`` and files under ``learner/``.
 RUN_PREFIX = "embedded-"
+#: The file in ``state_dir`` naming the process whose embedded run uses it (its pid).
+LOCK_NAME = "run.pid"
+
+
+def claim(state_dir: Path) -> None:
+    """Take ``state_dir`` for this process's embedded run, or refuse (:class:`OnrampError`)
+    while a run still going in another process holds it: two runs in one folder publish to
+    one served model file (each run's replicas would serve the other's, learned from another
+    broker's traffic), and a fresh start would remove the one the other run serves.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> claim(d); (d / LOCK_NAME).read_text() == str(os.getpid())
+    True
+    >>> release(d); (d / LOCK_NAME).exists()
+    False
+    """
+    from ray_app.errors import OnrampError
+
+    lock = state_dir / LOCK_NAME
+    try:
+        pid: int | None = int(lock.read_text().strip())
+    except (OSError, ValueError):  # none, or unreadable: nobody's
+        pid = None
+    if pid is not None and pid != os.getpid() and _alive(pid):
+        raise OnrampError(
+            f"another Onramp run (pid {pid}) uses the state directory {state_dir.resolve()}: "
+            "its served model, learner state and broker log are there. Stop it, or give this "
+            "run its own (ONRAMP_STATE_DIR, or state_dir in the settings file); if no run is "
+            f"going, remove {lock}"
+        )
+    lock.write_text(str(os.getpid()))
+
+
+def release(state_dir: Path) -> None:
+    """Give ``state_dir`` back (when this process holds it)."""
+    lock = state_dir / LOCK_NAME
+    try:
+        if int(lock.read_text().strip()) == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def run_name() -> str:
@@ -109,12 +151,15 @@ def _live(name: str) -> bool:
     if len(parts) != 2 or not parts[1].isdigit():
         return False  # an older name without the pid: its run is over
     pid = int(parts[1])
-    if pid == os.getpid():
-        return False
+    return pid != os.getpid() and _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # someone else's
         return True
     return True

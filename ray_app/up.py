@@ -249,6 +249,7 @@ class Stack:
         self.supervisor: Any = None
         self.learner: Any = None
         self.broker: EmbeddedBroker | None = None
+        self._claimed: Path | None = None  # the state directory this stack's embedded run holds
         self.bootstrap: str | None = settings.kafka.bootstrap_servers
         self.http_mode = "default"
         self._ray_started = False
@@ -330,6 +331,8 @@ class Stack:
         state_dir = Path(s.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         if not self.bootstrap:
+            embedded.claim(state_dir)  # one embedded run a state directory
+            self._claimed = state_dir
             b = s.broker
             self.broker = EmbeddedBroker(
                 b.host, b.port, b.binary, b.start_timeout_s, log_path=state_dir / "broker.log"
@@ -488,6 +491,9 @@ class Stack:
         finally:
             if self.broker is not None:
                 self.broker.stop()
+            if self._claimed is not None:
+                embedded.release(self._claimed)
+                self._claimed = None
 
     def __enter__(self) -> Stack:
         try:

@@ -3,6 +3,7 @@ starts clean on request (:mod:`ray_app.embedded`)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -282,3 +283,36 @@ def test_a_stack_on_a_joined_cluster_never_replaces_nor_deletes_an_onramp_it_fou
     stack._deployed = True  # one it deployed itself is deleted
     stack.stop()
     assert deleted == [APP_NAME]
+
+
+def test_a_state_directory_holds_one_embedded_run_at_a_time(tmp_path):
+    """Two runs in one state directory published to one served model file (each run's replicas
+    served the other's, learned from another broker's traffic), and a second --fresh removed
+    the model the first one served. A run's folder is refused while its run is going, and
+    taken once it is over (a crashed run's lock is stale)."""
+    import subprocess
+    import sys
+
+    from ray_app.config import load_settings
+    from ray_app.embedded import LOCK_NAME, claim, release
+    from ray_app.errors import OnrampError
+    from ray_app.up import Stack
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(str(other.pid))
+        with pytest.raises(OnrampError, match=f"another Onramp run \\(pid {other.pid}\\)"):
+            claim(tmp_path)
+        stack = Stack(load_settings(env={"ONRAMP_STATE_DIR": str(tmp_path)}), lambda _: None)
+        with pytest.raises(OnrampError, match="uses the state directory"):
+            stack.start()  # refused before any broker starts
+        assert stack.broker is None
+        stack.stop()
+        assert (tmp_path / LOCK_NAME).read_text() == str(other.pid), "not ours to release"
+    finally:
+        other.kill()
+        other.wait()
+    claim(tmp_path)  # its run is over: taken
+    assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+    release(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()
