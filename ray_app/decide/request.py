@@ -134,14 +134,16 @@ def decide_query(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
 
     >>> decide_query([("user_id", "u1"), ("candidates", "a,,b"), ("context.device", "mobile")])
     {'user_id': 'u1', 'candidates': ['a', 'b'], 'context': {'device': 'mobile'}}
+    >>> decide_query([("candidates", "a"), ("candidates", "b,c")])  # repeated, as clients send lists
+    {'candidates': ['a', 'b', 'c']}
     """
     data: dict[str, Any] = {}
     context: dict[str, Any] = {}
     for key, value in items:
         if key.startswith("context."):
             context[key.removeprefix("context.")] = value
-        elif key == "candidates":
-            data["candidates"] = [c for c in value.split(",") if c]
+        elif key == "candidates":  # repeated (URLSearchParams.append, requests) or a,b
+            data.setdefault("candidates", []).extend(c for c in value.split(",") if c)
         else:
             data[key] = value
     if context:

@@ -100,3 +100,13 @@ def test_a_context_is_bounded_in_values_and_text_not_only_in_top_level_fields():
         "context": {"device": "web", "tags": ["a"] * 60, "utm": {f"k{i}": i for i in range(60)}},
     }
     assert isinstance(parse_decide(orjson.dumps(fine)), DecideRequest)
+
+
+def test_repeated_candidates_in_a_query_string_are_all_kept():
+    # ?candidates=goals&candidates=integrations (URLSearchParams.append, requests) kept the last
+    from ray_app.decide.request import decide_query
+
+    items = [("user_id", "u1"), ("slot", "next_step")]
+    items += [("candidates", "goals"), ("candidates", "integrations")]
+    req = parse_decide(decide_query(items))
+    assert isinstance(req, DecideRequest) and req.candidates == ["goals", "integrations"]
