@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_app.catalog import DecisionRequestError
-from ray_app.stream.reader import StreamUnavailable
+from ray_app.stream.reader import StreamUnavailable, not_read
 
 if TYPE_CHECKING:
     from ray_app.decide import Decider, DecideRequest, Decision
@@ -166,6 +166,12 @@ class DecisionBatcher:
         enrich = self.enrich
         for r in requests:
             profile = profiles.get(r.user_key)
+            unread = not_read(profile)  # its partition is not being consumed right now
+            if unread:
+                profile = None
             items.append((r, profile, enrich(profile or {"userId": r.user_id, "traits": {}})))
-            cold.append(why_cold or ("unknown_user" if profile is None else None))
+            if unread:
+                cold.append("stream_unavailable")
+            else:
+                cold.append(why_cold or ("unknown_user" if profile is None else None))
         return self.decider.decide_many(items, now_ms=self.clock_ms(), cold_reasons=cold)

@@ -17,7 +17,23 @@ from ray_app.kafka.client import partition_for
 from ray_app.stream.placement import owner_index
 from ray_app.stream.profile_socket import Address, ProfileChannel
 
-__all__ = ["SUPERVISOR_NAME", "ProfileReader", "StreamUnavailable"]
+__all__ = ["NOT_HELD", "SUPERVISOR_NAME", "ProfileReader", "StreamUnavailable", "not_read"]
+
+#: A worker's answer for a user of a partition it does not hold (the partition moved, or its
+#: checkpoint was refused and it is not consumed): not "no such user". A reader given it asks
+#: the supervisor for the routes again once; then it stays, for the decision to say the profile
+#: could not be read (an unknown user would get a new user's arm and eligibility).
+NOT_HELD = "notHeld"
+
+
+def not_read(profile: dict[str, Any] | None) -> bool:
+    """Whether a lookup's answer is :data:`NOT_HELD`'s, not a profile (nor None: no such user).
+
+    >>> not_read({NOT_HELD: 3}), not_read({"userKey": "u1"}), not_read(None)
+    (True, False, False)
+    """
+    return profile is not None and NOT_HELD in profile
+
 
 #: Name of the supervisor actor in Onramp's Ray namespace (``ray.namespace``).
 SUPERVISOR_NAME = "onramp-supervisor"
@@ -161,15 +177,28 @@ class ProfileReader:
                 self._routes = None  # a worker was replaced: refresh the table once
                 continue
             out: dict[str, dict[str, Any] | None] = {}
+            moved = False
             for keys, profiles in zip(by_worker.values(), answers, strict=True):
                 for (_, key), profile in zip(keys, profiles, strict=True):
                     out[key] = profile
+                    moved = moved or not_read(profile)
+            if moved and attempt == 0:
+                self._routes = None  # a partition moved since the routes were read: again
+                continue
             return out
         raise StreamUnavailable("a worker owning these users is restarting; retry shortly")
 
     async def get(self, user_key: str) -> dict[str, Any] | None:
-        """One user's profile (see :meth:`get_many`)."""
-        return (await self.get_many([user_key]))[user_key]
+        """One user's profile (see :meth:`get_many`); :class:`StreamUnavailable` while the
+        partition holding it is not being consumed."""
+        profile = (await self.get_many([user_key]))[user_key]
+        if not_read(profile):
+            assert profile is not None
+            raise StreamUnavailable(
+                f"partition {profile[NOT_HELD]} of {user_key!r} is not being consumed right now "
+                "(its worker is restarting, or its checkpoint was refused: see onramp status)"
+            )
+        return profile
 
     # -- profile sockets ----------------------------------------------------------------------
 

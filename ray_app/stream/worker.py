@@ -63,6 +63,7 @@ from ray_app.stream.checkpoint import (
 from ray_app.stream.config import state_config
 from ray_app.stream.outputs import dlq_record, late_record
 from ray_app.stream.profile_socket import Address, ProfileServer, serve_profiles
+from ray_app.stream.reader import NOT_HELD
 from ray_app.stream.status import partition_status
 from ray_app.stream.writer import CheckpointWriter, rebase_partitions
 from ray_app.telemetry.tracing import make_tracing, now_ns, traceparent_of
@@ -591,7 +592,8 @@ class StreamWorker:
             out = []
             for partition, user_key in keys:
                 shard = self.shards.get(partition)
-                out.append(None if shard is None else shard.profile(user_key))
+                # a partition this worker does not hold: not "no such user" (see NOT_HELD)
+                out.append({NOT_HELD: partition} if shard is None else shard.profile(user_key))
             return out
 
     def profiles(self, partition: int) -> dict[str, dict[str, Any]]:

@@ -222,3 +222,43 @@ def test_the_reader_remembers_partitions_as_kafka_places_keys(monkeypatch):
     for k in keys:
         r._partition(k, 12)
     assert len(r._partitions) <= 10
+
+
+def test_a_user_of_a_partition_not_being_consumed_is_unread_not_unknown():
+    """A worker asked for a partition it does not hold (moved, or its checkpoint refused)
+    answered as for a user never seen: a new user's arm and eligibility for a known one."""
+    from ray_app.stream.reader import NOT_HELD
+
+    profiles = FakeProfiles({"u1": {NOT_HELD: 3}})
+    [result] = asyncio.run(_decide_all(_batcher(profiles), [_req("u1")]))
+    assert isinstance(result, Decision)
+    assert (result.cold_start, result.cold_reason) == (True, "stream_unavailable")
+
+
+def test_the_reader_asks_for_the_routes_again_when_a_partition_moved(monkeypatch):
+    from ray_app.stream import reader
+
+    class Worker:
+        def __init__(self, held: bool) -> None:
+            self.held = held
+
+    r = reader.ProfileReader("onramp")
+    routes = [([0], [Worker(False)], [None]), ([0], [Worker(True)], [None])]
+    loads: list[int] = []
+
+    async def load():
+        loads.append(1)
+        r._routes = routes[min(len(loads), 2) - 1]
+        return r._routes
+
+    async def ask(worker, address, keys):
+        return [{"userKey": k} if worker.held else {reader.NOT_HELD: p} for p, k in keys]
+
+    monkeypatch.setattr(r, "_load", load)
+    monkeypatch.setattr(r, "_ask", ask)
+    monkeypatch.setattr(r, "_partition", lambda key, n: 0)
+    assert asyncio.run(r.get("u1")) == {"userKey": "u1"} and len(loads) == 2
+    routes[1] = routes[0]  # still not held after the refresh: unavailable, not unknown
+    r._routes = None
+    with pytest.raises(reader.StreamUnavailable, match="partition 0 of 'u1' is not being"):
+        asyncio.run(r.get("u1"))

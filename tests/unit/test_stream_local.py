@@ -334,5 +334,10 @@ def test_a_restart_under_new_settings_restores_the_state_under_them(tmp_path):
         assert want.allowed_lateness_ms == 30_000
         assert all(s.config == want for s in shards)
         assert all(p.config.max_merges == 0 for s in shards for p in s.profiles.values())
+        # a partition a worker does not hold is not "no such user" there
+        from ray_app.stream.reader import NOT_HELD
+
+        other = next(p for p in range(PARTITIONS) if p not in workers[0].shards)
+        assert workers[0].profiles_of([(other, "u1")]) == [{NOT_HELD: other}]
     finally:
         again.stop()
