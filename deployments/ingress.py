@@ -141,7 +141,7 @@ class CollectorIngress:
         }
         self._demo = demo_enabled(settings, bootstrap, http_host)
         self.profiles = ProfileReader(settings.ray.namespace)
-        self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s)
+        self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s, background=True)
         # decisions
         self.decider = Decider.from_settings(settings)
         describe_catalog(self.decider.catalog)

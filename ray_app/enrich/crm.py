@@ -79,9 +79,15 @@ def _key(value: Any) -> str | None:
 class CrmTable:
     """The CRM table in memory, reloaded when the file changes."""
 
-    def __init__(self, path: str | Path | None, reload_interval_s: float = 5.0) -> None:
+    def __init__(
+        self, path: str | Path | None, reload_interval_s: float = 5.0, background: bool = False
+    ) -> None:
+        """``background``: a daemon thread looks for a changed file every ``reload_interval_s``
+        and reads it (a serving replica: a read of a large table took most of a second on the
+        event loop every request shares); else :meth:`enrich` does when the interval is up."""
         self.path = Path(path) if path else None
         self.reload_interval_s = reload_interval_s
+        self.background = background
         self.by_user: dict[str, dict[str, Any]] = {}
         self.by_account: dict[str, dict[str, Any]] = {}
         self.hits = 0
@@ -95,6 +101,20 @@ class CrmTable:
         self._checked = 0.0
         self._lock = threading.Lock()
         self._maybe_reload(force=True)
+        self._stopped = threading.Event()
+        if background and self.path is not None:
+            threading.Thread(target=self._watch, name="crm-reload", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(max(self.reload_interval_s, 0.05)):
+            try:
+                self._maybe_reload(force=True)
+            except Exception:  # never let the thread die: the next look tries again
+                log.exception("CRM table: reload failed")
+
+    def close(self) -> None:
+        """Stop the background reloads."""
+        self._stopped.set()
 
     def _maybe_reload(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -146,7 +166,8 @@ class CrmTable:
                 self.path,
                 ", ".join(reserved),
             )
-        self.by_user, self.by_account, self._mtime = by_user, by_account, mtime
+        with self._lock:  # swapped whole between two lookups
+            self.by_user, self.by_account, self._mtime = by_user, by_account, mtime
         self.loads += 1
         self.repeated = repeated
         if repeated:
@@ -181,8 +202,9 @@ class CrmTable:
 
     def enrich(self, profile: dict[str, Any]) -> dict[str, Any]:
         """The CRM row for a profile (``found``, ``by`` and the row's columns), or the defaults."""
-        with self._lock:
+        if not self.background:
             self._maybe_reload()
+        with self._lock:
             user_id = profile.get("userId") or profile.get("userKey")
             group = profile.get("groupId")
             account = (profile.get("traits") or {}).get("accountId")
