@@ -40,7 +40,9 @@ def claim(state_dir: Path) -> None:
     """Take ``state_dir`` for this process's embedded run, or refuse (:class:`OnrampError`)
     while a run still going in another process holds it: two runs in one folder publish to
     one served model file (each run's replicas would serve the other's, learned from another
-    broker's traffic), and a fresh start would remove the one the other run serves.
+    broker's traffic), and a fresh start would remove the one the other run serves. The hold
+    is an exclusive ``flock`` on ``run.pid`` (which names the holder), kept until
+    :meth:`release` or the end of the process, so a crashed run leaves nothing stale.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -49,31 +51,41 @@ def claim(state_dir: Path) -> None:
     >>> release(d); (d / LOCK_NAME).exists()
     False
     """
+    import fcntl
+
     from ray_app.errors import OnrampError
 
+    key = str(state_dir.resolve())
+    if key in _HELD:
+        return
     lock = state_dir / LOCK_NAME
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        pid: int | None = int(lock.read_text().strip())
-    except (OSError, ValueError):  # none, or unreadable: nobody's
-        pid = None
-    if pid is not None and pid != os.getpid() and _alive(pid):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
         raise OnrampError(
-            f"another Onramp run (pid {pid}) uses the state directory {state_dir.resolve()}: "
-            "its served model, learner state and broker log are there. Stop it, or give this "
-            "run its own (ONRAMP_STATE_DIR, or state_dir in the settings file); if no run is "
-            f"going, remove {lock}"
-        )
-    lock.write_text(str(os.getpid()))
+            f"another Onramp run (pid {holder}) uses the state directory {key}: its served "
+            "model, learner state and broker log are there. Stop it, or give this run its own "
+            "(ONRAMP_STATE_DIR, or state_dir in the settings file)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[key] = fd
 
 
 def release(state_dir: Path) -> None:
     """Give ``state_dir`` back (when this process holds it)."""
-    lock = state_dir / LOCK_NAME
-    try:
-        if int(lock.read_text().strip()) == os.getpid():
-            lock.unlink()
-    except (OSError, ValueError):
-        pass
+    fd = _HELD.pop(str(state_dir.resolve()), None)
+    if fd is None:
+        return
+    (state_dir / LOCK_NAME).unlink(missing_ok=True)  # still ours: the lock is held until close
+    os.close(fd)
+
+
+#: State directories this process holds -> the open, locked ``run.pid``.
+_HELD: dict[str, int] = {}
 
 
 def run_name() -> str:

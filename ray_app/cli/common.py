@@ -294,6 +294,7 @@ class Stop:
         once the start was over.)"""
 
         def interrupt(*_: Any) -> None:
+            self.install()  # once: a second Ctrl-C must not cut the stop that follows short
             raise KeyboardInterrupt
 
         for sig in (signal.SIGINT, signal.SIGTERM):

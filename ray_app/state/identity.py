@@ -85,6 +85,16 @@ class MergeOutcome(enum.StrEnum):
     """Both ids are known users and ``stream.allow_known_user_merge`` is off."""
     CAP = "cap"
     """The profile already asked for ``stream.max_merges_per_profile`` ids."""
+    TOO_LARGE = "too_large"
+    """The old id's state (profile, pending decisions, outcomes) would make a merge record over
+    :data:`MAX_MERGE_RECORD_BYTES`: the old id keeps it (a record Kafka refuses would stop the
+    partition's worker at every restart)."""
+
+
+#: The largest merge record written (Kafka's producers and brokers take 1 MB by default). A
+#: profile keeps up to 256 traits of up to an event's size each, so a client with the public
+#: write key can build one past it before signing up.
+MAX_MERGE_RECORD_BYTES = 900_000
 
 
 @dataclass(frozen=True, slots=True)

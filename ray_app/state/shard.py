@@ -512,6 +512,8 @@ class SessionShard(BatchChecks, Stitching):
         if config.profile != old.profile:
             for profile in self.profiles.values():  # a restore reconfigures them again
                 profile.config = config.profile
+        if config.profile_idle_ttl_ms != old.profile_idle_ttl_ms:
+            self.rebuild_alias_expiry()  # its entries are last time + the TTL
         return changed
 
 

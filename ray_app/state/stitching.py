@@ -144,6 +144,9 @@ class Stitching:
             [d.record() for d in decisions],
             [list(o) for o in outcomes],
         )
+        if len(value) > identity.MAX_MERGE_RECORD_BYTES:
+            self._count(MergeOutcome.TOO_LARGE)  # the old id keeps its state, unmerged
+            return
         if profile is not None:
             del self.profiles[old]
             self._touched.add(old)

@@ -120,7 +120,7 @@ _FAMILIES = (
      "Keys dropped by a per-profile cap (event_names, traits, sessions)."),
     ("onramp_identity_merges_total", "counter",
      "Identity stitching: links and merges by outcome (merged, duplicate, conflict, "
-     "refused_known, cap), per partition."),
+     "refused_known, cap, too_large), per partition."),
     ("onramp_identity_forwarded_total", "counter",
      "Events of merged ids sent on to the id they were merged into, per partition of the "
      "merged id."),

@@ -289,7 +289,7 @@ def test_a_state_directory_holds_one_embedded_run_at_a_time(tmp_path):
     """Two runs in one state directory published to one served model file (each run's replicas
     served the other's, learned from another broker's traffic), and a second --fresh removed
     the model the first one served. A run's folder is refused while its run is going, and
-    taken once it is over (a crashed run's lock is stale)."""
+    taken once it is over (a crashed run leaves no stale lock)."""
     import subprocess
     import sys
 
@@ -298,9 +298,15 @@ def test_a_state_directory_holds_one_embedded_run_at_a_time(tmp_path):
     from ray_app.errors import OnrampError
     from ray_app.up import Stack
 
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hold = (
+        "import sys, time; from pathlib import Path; from ray_app.embedded import claim; "
+        "claim(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        (tmp_path / LOCK_NAME).write_text(str(other.pid))
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
         with pytest.raises(OnrampError, match=f"another Onramp run \\(pid {other.pid}\\)"):
             claim(tmp_path)
         stack = Stack(load_settings(env={"ONRAMP_STATE_DIR": str(tmp_path)}), lambda _: None)
@@ -310,9 +316,40 @@ def test_a_state_directory_holds_one_embedded_run_at_a_time(tmp_path):
         stack.stop()
         assert (tmp_path / LOCK_NAME).read_text() == str(other.pid), "not ours to release"
     finally:
-        other.kill()
+        other.kill()  # a crash: no release
         other.wait()
     claim(tmp_path)  # its run is over: taken
     assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
     release(tmp_path)
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def _claim_after(barrier, state_dir, results) -> None:
+    from ray_app.embedded import claim
+    from ray_app.errors import OnrampError
+
+    barrier.wait()
+    try:
+        claim(state_dir)
+        results.put("took")
+        barrier.wait()  # hold it while the other one tries
+    except OnrampError:
+        results.put("refused")
+        barrier.wait()
+
+
+def test_two_runs_starting_at_once_do_not_both_take_a_state_directory(tmp_path):
+    """The claim was read, then write: two runs started together both took it (2 in 15)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for trial in range(8):
+        state_dir = tmp_path / str(trial)
+        state_dir.mkdir()
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_claim_after, args=(barrier, state_dir, results)) for _ in "ab"]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert sorted(results.get(timeout=5) for _ in procs) == ["refused", "took"], trial

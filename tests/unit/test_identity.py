@@ -470,6 +470,34 @@ def test_an_alias_expires_its_idle_ttl_after_the_last_record_it_forwarded():
         assert "anon" not in shard.aliases, restore  # watermark 91 s: expired
 
 
+def test_an_alias_restored_under_a_shorter_idle_ttl_expires_by_it():
+    config = StateConfig(allowed_lateness_ms=10_000, reorder_wait_ms=0, profile_idle_ttl_ms=600_000)
+    shard = SessionShard(0, config)
+    _feed(shard, [_event("a0", 0, "track", anonymousId="anon", event="X")])
+    _feed(shard, [_event("i1", 1_000, "identify", userId="user", anonymousId="anon")])
+    restored = SessionShard.restore(shard.snapshot())
+    restored.reconfigure(replace(config, profile_idle_ttl_ms=60_000))
+    _feed(restored, [_event("z1", 80_000, "track", anonymousId="other", event="X")])
+    assert "anon" not in restored.aliases  # 1 s + 60 s passed by the watermark (70 s)
+
+
+def test_an_id_whose_state_would_not_fit_a_merge_record_keeps_it():
+    # 40 identify calls of 30 KB traits each, then a sign-up: a merge record of 1.2 MB, which
+    # Kafka refuses (the worker stopped on it at every restart)
+    shard = SessionShard(0, StateConfig(allowed_lateness_ms=10_000, reorder_wait_ms=0))
+    big = "x" * 30_000
+    for i in range(40):
+        trait = {f"t{i}": big}
+        _feed(shard, [_event(f"a{i}", i, "identify", anonymousId="anon", traits=trait)])
+    link = _event("i1", 1_000, "identify", userId="user", anonymousId="anon")
+    links = shard.process([(b"user", json.dumps(link).encode())]).forward  # the link record
+    assert [json.loads(v)["type"] for _, _, v in links] == ["onramp.link"]
+    merges = shard.process([(k, v) for _, k, v in links]).forward  # would carry anon's state
+    assert merges == [], "no merge record over the limit is written"
+    assert shard.identity.get("too_large") == 1
+    assert "anon" in shard.profiles and "anon" not in shard.aliases
+
+
 def test_the_alias_expiry_heap_stays_near_one_entry_an_alias():
     # one entry was pushed for every forwarded event, and only a restore shrank the heap
     config = StateConfig(allowed_lateness_ms=10_000, reorder_wait_ms=0)

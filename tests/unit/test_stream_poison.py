@@ -16,6 +16,7 @@ from ray_app.kafka.memory import InMemoryBroker, InMemoryConsumer, InMemoryProdu
 from ray_app.state import SessionShard
 from ray_app.stream import worker as worker_module
 from ray_app.stream.checkpoint import CheckpointStore
+from ray_app.stream.reader import NOT_HELD
 from ray_app.stream.worker import StreamWorker
 from ray_app.telemetry.stream import stream_metrics_text
 from tests.conftest import make_settings
@@ -315,7 +316,9 @@ def test_a_refused_checkpoint_stops_only_its_partition(twin, tmp_path):
     assert "onramp_stream_checkpoint_refused_partitions 1" in stream_metrics_text([status])
     _produce(twin, settings, settings.topics.events, [good("a")])
     w._process(w._consumer.poll())
-    assert w.status()["partitions"]["0"]["applied"] == 1 and w.profile(1, "u1") is None
+    assert w.status()["partitions"]["0"]["applied"] == 1
+    # its users are not read (a decision's cold start for stream_unavailable), not unknown
+    assert w.profile(1, "u1") == {NOT_HELD: 1}
     w.stop()
     assert (ckpt / "partition-0001.ckpt").read_bytes() == bytes(data)  # left as it was
 
