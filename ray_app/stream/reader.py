@@ -53,6 +53,8 @@ _PARTITION_CACHE = 100_000
 #: After a profile socket failed to open or broke, reads of that worker go through the actor
 #: this long before the socket is tried again (a worker being replaced, a firewall).
 _SOCKET_RETRY_S = 5.0
+#: How long a partition that fresh routes left without a worker is not asked about again.
+_NOT_HELD_S = 5.0
 
 #: A route table: partition count, worker handles, their profile socket addresses (or None).
 Routes = tuple[int, list[Any], list[Address | None]]
@@ -83,6 +85,9 @@ class ProfileReader:
         self._links: dict[Address, _Link] = {}
         self.socket_reads = 0
         """Worker reads answered over a profile socket (the rest went through the actor)."""
+        self._not_held: dict[int, float] = {}
+        """Partition -> until when (monotonic) a fresh route table still had no worker holding
+        it (its checkpoint refused): answered NOT_HELD without asking the supervisor again."""
 
     def _partition(self, key: str, partitions: int) -> int:
         """The partition of ``key`` among ``partitions`` (Kafka's default partitioner)."""
@@ -177,14 +182,18 @@ class ProfileReader:
                 self._routes = None  # a worker was replaced: refresh the table once
                 continue
             out: dict[str, dict[str, Any] | None] = {}
-            moved = False
+            moved: set[int] = set()
             for keys, profiles in zip(by_worker.values(), answers, strict=True):
-                for (_, key), profile in zip(keys, profiles, strict=True):
+                for (p, key), profile in zip(keys, profiles, strict=True):
                     out[key] = profile
-                    moved = moved or not_read(profile)
-            if moved and attempt == 0:
+                    if not_read(profile):
+                        moved.add(p)
+            now = time.monotonic()
+            if attempt == 0 and any(self._not_held.get(p, 0.0) < now for p in moved):
                 self._routes = None  # a partition moved since the routes were read: again
                 continue
+            if attempt == 1:  # held by nobody even in fresh routes: do not ask for a while
+                self._not_held.update(dict.fromkeys(moved, now + _NOT_HELD_S))
             return out
         raise StreamUnavailable("a worker owning these users is restarting; retry shortly")
 

@@ -262,3 +262,14 @@ def test_the_reader_asks_for_the_routes_again_when_a_partition_moved(monkeypatch
     r._routes = None
     with pytest.raises(reader.StreamUnavailable, match="partition 0 of 'u1' is not being"):
         asyncio.run(r.get("u1"))
+    # a partition fresh routes left without a worker (a refused checkpoint) is not a reason
+    # to ask the supervisor again on every read for a while
+    asked = len(loads)
+    for _ in range(5):
+        with pytest.raises(reader.StreamUnavailable):
+            asyncio.run(r.get("u1"))
+    assert len(loads) == asked
+    monkeypatch.setattr(reader.time, "monotonic", lambda: 1e12)  # much later: asked again
+    with pytest.raises(reader.StreamUnavailable):
+        asyncio.run(r.get("u1"))
+    assert len(loads) == asked + 1
