@@ -51,7 +51,7 @@ class DecideSettings(_Section):
         allow_inf_nan=False,
         description="How often replicas check the model files (a stat of each; a changed "
         "file is loaded). 0.25 (was 1): a new version reaches the decisions 0.4 s sooner on "
-        "average, which matters most while the learner warms up (learn.boost_publish_interval_s).",
+        "average, which matters most while the learner warms up (learn.boost_publish_factor).",
     )
     policy: Literal["squarecb", "epsilon_greedy", "softmax", "thompson"] = Field(
         "squarecb",
@@ -193,23 +193,26 @@ class LearnSettings(_Section):
     publish_interval_s: float = Field(
         2.0, gt=0, description="Publish new weights at most this often."
     )
-    boost_publish_interval_s: float = Field(
-        0.5,
+    boost_publish_factor: float = Field(
+        0.25,
         gt=0,
+        le=1,
         allow_inf_nan=False,
         description="While the learner is boosted (the warm-up of a cold start, and "
-        "boost_rewards after a drift or a rollback below control), publish at most this often "
-        "instead (never less often than publish_interval_s). A model learning from scratch is "
-        "most wrong and changes most between versions then, and each version served sooner is "
-        "fewer users served by the one before: on the learning twin (8 seeds a world, with "
-        "decide.model_poll_s 0.25) the share of the oracle's gain over the first 1,000 users "
-        "went from -0.016 to 0.008 (teams), -0.082 to -0.039 (campus), -0.052 to -0.040 "
-        "(clinics) and -0.160 to -0.101 (fleets); after an abrupt drift on fleets (8 seeds) "
-        "the longest run of treatment below control went from 808-1,218 users (6 runs over "
-        "1,000) to 626-1,005 (1 run, by 5 users); over users 4,000-6,000 it is within the noise "
-        "(teams, 16 seeds: 0.881 -> 0.873; campus, 8: 0.839 -> 0.822). A publish writes the learner state and the "
-        "model file, and every replica loads the model (about 5 ms each, 2 ms and 60 ms with "
-        "20,000 replayed rewards for the writes), so the steady state keeps publish_interval_s.",
+        "boost_rewards after a drift or a rollback below control), publish at most every "
+        "publish_interval_s times this (0.25: every 0.5 s at the default 2 s; 1: no faster). A "
+        "model learning from scratch is most wrong and changes most between versions then, and "
+        "each version served sooner is fewer users served by the one before: on the learning "
+        "twin (8 seeds a world, with decide.model_poll_s 0.25) the share of the oracle's gain "
+        "over the first 1,000 users went from -0.016 to 0.008 (teams), -0.082 to -0.039 "
+        "(campus), -0.052 to -0.040 (clinics) and -0.160 to -0.101 (fleets); after an abrupt "
+        "drift on fleets (8 seeds) the longest run of treatment below control went from "
+        "808-1,218 users (6 runs over 1,000) to 626-1,005 (1 run, by 5 users); over users "
+        "4,000-6,000 it is within the noise (teams, 16 seeds: 0.881 -> 0.873; campus, 8: 0.839 "
+        "-> 0.822). A publish writes the learner state and the model file, and every replica "
+        "loads the model (about 5 ms each, 2 ms and 60 ms with 20,000 replayed rewards for the "
+        "writes), so the steady state keeps publish_interval_s; a factor, not a time, so that "
+        "a deployment that publishes seldom on purpose publishes seldom while boosted too.",
     )
     guardrail_share: float = Field(
         0.0,

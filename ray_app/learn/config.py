@@ -81,11 +81,11 @@ class LearnerConfig:
     guardrail_min_records: int = 100
     guardrail_tolerance: float = 0.1
     publish_interval_s: float = 5.0
-    boost_publish_interval_s: float = 0.5
+    boost_publish_factor: float = 0.25
     """While the learner is boosted (the warm-up of a cold start, and ``boost_rewards`` after a
-    drift or a rollback below control), publish at most this often instead (never less often
-    than ``publish_interval_s``): a model learning from scratch is most wrong and changes most
-    between versions then, and its state is small (``LearnSettings.boost_publish_interval_s``)."""
+    drift or a rollback below control), publish at most every ``publish_interval_s`` times
+    this: a model learning from scratch is most wrong and changes most between versions then,
+    and its state is small (``LearnSettings.boost_publish_factor``)."""
     dedupe_horizon: int = 1_000_000
     epsilon: float = 0.1
     boost_epsilon: float = 0.5
@@ -194,7 +194,6 @@ class LearnerConfig:
         for name in (
             "lr",
             "publish_interval_s",
-            "boost_publish_interval_s",
             "boost_lr_factor",
             "weight_decay",
             "control_z",
@@ -208,6 +207,13 @@ class LearnerConfig:
             raise ValueError(f"gamma_scale must be a number > 0, got {self.gamma_scale!r}")
         if not (math.isfinite(self.gamma_exponent) and 0 <= self.gamma_exponent <= 1):
             raise ValueError(f"gamma_exponent must be in [0, 1], got {self.gamma_exponent!r}")
+        if not (
+            isinstance(self.boost_publish_factor, int | float)
+            and 0 < self.boost_publish_factor <= 1
+        ):
+            raise ValueError(
+                f"boost_publish_factor must be in (0, 1], got {self.boost_publish_factor!r}"
+            )
         if not self.boost_lr_factor > 0:
             raise ValueError(f"boost_lr_factor must be > 0, got {self.boost_lr_factor!r}")
         if not (math.isfinite(self.lr_decay_power) and 0 <= self.lr_decay_power <= 1):

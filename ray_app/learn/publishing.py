@@ -353,8 +353,8 @@ class Publishing:
         return check
 
     def publish_interval(self) -> float:
-        """Seconds from one publish to the next at the soonest: ``publish_interval_s``, or
-        ``boost_publish_interval_s`` (when shorter) while the learner is boosted.
+        """Seconds from one publish to the next at the soonest: ``publish_interval_s``, times
+        ``boost_publish_factor`` while the learner is boosted.
 
         >>> from ray_app.catalog import load_catalog
         >>> from ray_app.features import FeatureSchema
@@ -372,7 +372,7 @@ class Publishing:
         """
         cfg = self.config
         if self._boosted():
-            return min(cfg.publish_interval_s, cfg.boost_publish_interval_s)
+            return cfg.publish_interval_s * cfg.boost_publish_factor
         return cfg.publish_interval_s
 
     def maybe_publish(self, now: float | None = None) -> ModelBundle | None:

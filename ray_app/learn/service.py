@@ -73,7 +73,7 @@ def learner_config(settings: Settings) -> LearnerConfig:
         hidden=s.hidden,
         batch_size=s.batch_size,
         publish_interval_s=s.publish_interval_s,
-        boost_publish_interval_s=s.boost_publish_interval_s,
+        boost_publish_factor=s.boost_publish_factor,
         guardrail_share=s.guardrail_share,
         guardrail_tolerance=s.guardrail_tolerance,
         epsilon=settings.decide.epsilon,

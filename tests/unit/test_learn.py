@@ -1030,7 +1030,7 @@ def test_settings_map_to_the_learner_config():
 def test_every_learn_setting_of_a_learner_field_reaches_the_learner_config():
     # a setting added to both but not passed on would be documented, validated and ignored
     shared = sorted(set(LearnSettings.model_fields) & {f.name for f in fields(LearnerConfig)})
-    assert "boost_publish_interval_s" in shared and "publish_interval_s" in shared
+    assert "boost_publish_factor" in shared and "publish_interval_s" in shared
     for name in shared:
         default = getattr(LearnSettings(), name)
         if isinstance(default, bool):
@@ -1046,7 +1046,7 @@ def test_every_learn_setting_of_a_learner_field_reaches_the_learner_config():
 def test_a_boosted_learner_publishes_at_the_boost_interval():
     gt = GroundTruth(seed=7)
     learner = new_learner(
-        publish_interval_s=2.0, boost_publish_interval_s=0.5, warmup_rewards=300,
+        publish_interval_s=2.0, boost_publish_factor=0.25, warmup_rewards=300,
         lr_decay_rewards=0,
     )  # fmt: skip
     learner.learn(logged(gt, 0, 100, seed=7), now=0.0)
@@ -1063,13 +1063,13 @@ def test_a_boosted_learner_publishes_at_the_boost_interval():
     assert learner.maybe_publish(now=3.0) is not None
     learner.learn(logged(gt, 500, 100, seed=11), now=3.2)
     assert learner.maybe_publish(now=3.5) is not None
-    # a boost interval longer than the base one is the base one
-    slow = new_learner(publish_interval_s=1.0, boost_publish_interval_s=5.0, warmup_rewards=300)
-    assert slow.publish_interval() == 1.0
-    with pytest.raises(ValueError, match="boost_publish_interval_s"):
-        LearnerConfig(boost_publish_interval_s=-1.0)
-    with pytest.raises(ValidationError, match="boost_publish_interval_s"):
-        Settings.model_validate({"learn": {"boost_publish_interval_s": 0}})
+    # a deployment that publishes seldom on purpose publishes seldom while boosted too
+    slow = new_learner(publish_interval_s=60.0, warmup_rewards=300)
+    assert slow.publish_interval() == 15.0
+    with pytest.raises(ValueError, match="boost_publish_factor"):
+        LearnerConfig(boost_publish_factor=1.5)
+    with pytest.raises(ValidationError, match="boost_publish_factor"):
+        Settings.model_validate({"learn": {"boost_publish_factor": 0}})
 
 
 # ------------------------------------------------------------- the service's pure parts: drift
