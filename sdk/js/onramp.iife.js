@@ -512,6 +512,10 @@ function makeClient(o, warn) {
     healthy = true;
     attempt = 0;
     retryAt = 0;
+    // a batch at the cap went through: try twice as many next time (a limit that was a
+    // proxy's hiccup, or one oversized event among many, should not keep every later batch
+    // at a single event); at flushAt the cap is gone
+    if (batchCap !== Infinity && batch.length >= batchCap) batchCap = batchCap * 2 >= o.flushAt ? Infinity : batchCap * 2;
     const ids = new Set(batch.map((e) => e.messageId));
     forget(ids);
     queue = queue.filter((e) => !ids.has(e.messageId));

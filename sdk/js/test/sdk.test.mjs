@@ -550,6 +550,23 @@ test('a 413 that accepted nothing splits the batch instead of dropping it', asyn
   assert.equal(c.stats().sent, 10);
   assert.equal(c.stats().dropped, 0);
   assert.ok(errors.every((e) => e.kind === 'split'));
+  // one oversized event among many: split down to it, dropped, then batches grow back
+  const big = client({
+    answer: (req) => (req.json.batch.some((e) => e.event === 'Huge')
+      ? { status: 413, body: 'Request Entity Too Large' }
+      : { status: 200, body: { success: true } }),
+    options: { flushAt: 8 },
+  });
+  for (let i = 0; i < 8; i++) big.c.track(i === 5 ? 'Huge' : 'E', { i });
+  await big.timers.advance(1000);
+  assert.equal(big.c.queued, 0);
+  assert.equal(big.c.stats().dropped, 1);
+  for (let i = 0; i < 8; i++) big.c.track('Later', { i });
+  await big.timers.advance(1000);
+  for (let i = 0; i < 8; i++) big.c.track('Later2', { i });
+  await big.timers.advance(1000);
+  const last = big.net.requests[big.net.requests.length - 1].json.batch;
+  assert.equal(last.length, 8, 'back to flushAt a batch');
   // a single event refused as too large is still dropped (it will never fit)
   const one = client({ answer: () => ({ status: 413, body: { accepted: 0 } }) });
   one.c.track('Big');
