@@ -146,18 +146,33 @@ def _matches(console: dict[str, Any], report: dict[str, Any]) -> bool:
     return True
 
 
+def _counts(experiments: dict[str, Any]) -> dict[str, Any]:
+    """Users and decisions per arm of each experiment: what a failure shows of both sides."""
+    return {
+        exp: {arm: (a["users"], a["decisions"]) for arm, a in e["arms"].items()}
+        for exp, e in experiments.items()
+    }
+
+
 def _wait_consistent(console: Console, broker: Any) -> dict[str, Any]:
-    """Until the console's experiments (all time) equal the report's over the same topics."""
+    """Until the console's experiments (all time) equal the report's over the same topics.
+    The topics hold every decision of this worker's tests so far, which the console's feed
+    reads from the beginning beside this test's reader: on a loaded machine it can take a
+    while to catch up (it failed twice in five full runs at 90 s, never alone)."""
     settings = console.app.settings
     topics = _Topics(broker, settings)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while True:
             report = _report(settings, topics)
             r = console.api("experiments?range=all")
             if r.status_code == 200 and _matches(r.json(), report):
                 return report
-            assert time.monotonic() < deadline, (r.status_code, r.text[:2000], report)
+            if time.monotonic() >= deadline:  # both sides' counts, not truncated JSON
+                got = r.json().get("experiments", {}) if r.status_code == 200 else r.text[:500]
+                mine = _counts(report) if isinstance(report, dict) else report
+                theirs = _counts(got) if isinstance(got, dict) else got
+                raise AssertionError(f"console {theirs} != report {mine}")
             time.sleep(1.0)
     finally:
         topics.consumer.close()
