@@ -165,13 +165,9 @@ class DecisionBatcher:
         cold: list[str | None] = []
         enrich = self.enrich
         for r in requests:
-            profile = profiles.get(r.user_key)
-            unread = not_read(profile)  # its partition is not being consumed right now
-            if unread:
-                profile = None
+            profile, reason = profiles.get(r.user_key), why_cold
+            if not_read(profile):  # its partition is not being consumed right now
+                profile, reason = None, "stream_unavailable"
             items.append((r, profile, enrich(profile or {"userId": r.user_id, "traits": {}})))
-            if unread:
-                cold.append("stream_unavailable")
-            else:
-                cold.append(why_cold or ("unknown_user" if profile is None else None))
+            cold.append(reason or ("unknown_user" if profile is None else None))
         return self.decider.decide_many(items, now_ms=self.clock_ms(), cold_reasons=cold)

@@ -179,8 +179,11 @@ class Profile(Compact):
     @property
     def first_id(self) -> tuple[int, str]:
         """(first seen, id) of the earliest of this person's ids (ties: the smaller id)."""
-        if self.assignment is not None:
-            return self.assignment
+        return self.assignment if self.assignment is not None else self._own_first
+
+    @property
+    def _own_first(self) -> tuple[int, str]:
+        """(first seen, this id): what :attr:`first_id` is while no other id was merged in."""
         return (self.first_seen if self.first_seen is not None else 2**62, self.user_key)
 
     def saw(self, ts: int, origin: str | None = None) -> None:
@@ -329,10 +332,7 @@ def legacy_assignment(p: Profile) -> tuple[int, str] | None:
     """``assignment`` of a profile saved before it included the profile's own id (until profile
     format 1 and merge records without ``firstId``: the earliest id merged in, compared then
     with ``(first_seen, user_key)``), as it is now: the same :attr:`Profile.first_id`."""
-    if p.assignment is None:
-        return None
-    own = (p.first_seen if p.first_seen is not None else 2**62, p.user_key)
-    return min(own, p.assignment)
+    return None if p.assignment is None else min(p._own_first, p.assignment)
 
 
 def apply(
