@@ -184,6 +184,8 @@ def main() -> dict[str, Any]:
             assert len(sup.nodes()) == 2, sup.nodes()
             assert len(placement) == 2 and "?" not in placement, placement  # one per node
             _wait(lambda: _healthy(port), 120, "the Serve app")
+            # /healthz answers once one replica is up; the second may still be starting
+            _wait(lambda: len(_replica_nodes()) >= 2, 120, "both decision replicas")
             phase("serve")
             replicas = _replica_nodes()
             result["decisionReplicaNodes"] = len(set(replicas))
