@@ -201,11 +201,13 @@ class LearnerService:
             return
         try:
             bundle = self.registry.promoted_bundle(self.schema, self.catalog)
-        except ModelFileError as exc:  # it cannot serve this catalog: not retried
-            log.error("promoted version %d cannot serve this catalog: %s", head.version, exc)
+        except (ModelFileError, RegistryError) as exc:
+            # what the registry holds for it cannot serve here (another feature schema or
+            # catalog, no model file, unreadable metadata): reading it again gives the same
+            log.error("promoted version %d cannot be adopted: %s", head.version, exc)
             self._unadoptable_epoch = head.epoch
             return
-        except (RegistryError, OSError) as exc:  # the registry answered badly this once
+        except OSError as exc:  # the registry's store answered badly this once
             log.warning("registry %s: %s; the promotion is tried again", self.registry.uri, exc)
             raise
         if bundle is None:

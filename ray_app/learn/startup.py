@@ -11,7 +11,9 @@ when it was saved), and the comparison with the control arm starts afresh on the
 so a model worse than the static flow is rolled back. Without a state the learner starts from
 the model registry's promoted version (``onramp models promote``), else the model file (checked
 by :meth:`ModelBundle.from_bytes` against the schema and the catalog's actions; refused ones are
-logged and counted too), else the cold start. No I/O but the two files.
+logged and counted too), else the cold start; a learner that did not resume numbers its
+publishes on from the served file's version when that file is of its promotion, so that running
+replicas take them. No I/O but the two files.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ray_app.features import FeatureSchema
 from ray_app.learn.config import LearnerConfig, LearnerStateError
 from ray_app.learn.learner import OnlineLearner
 from ray_app.model import ModelBundle, ModelFileError, cold_start_bundle
+from ray_app.model.registry import served_rank
 
 __all__ = ["restore_learner"]
 
@@ -76,6 +79,7 @@ def restore_learner(
             refused += 1
         else:
             adopt(learner)
+    renumbered = False
     if learner is None:
         bundle = promoted()
         if bundle is not None:
@@ -86,6 +90,7 @@ def restore_learner(
                 refused += 1
         start = bundle or cold_start_bundle(schema, catalog, hidden=config.hidden)
         learner = OnlineLearner(start, config)
+        renumbered = _number_above_served(learner, model_path)
     try:
         hidden = int(learner.architecture["hidden"])
         learner.set_cold_start(cold_start_bundle(schema, catalog, hidden=hidden))
@@ -94,9 +99,31 @@ def restore_learner(
             "no cold-start model of the learner's shape (%s): it rolls back to its own", exc
         )
     if learner.control is not None:
-        learner.control.restart(min_version=learner.version, keep_control=False)
+        # a renumbered learner's served version is another model's: its decisions are not its
+        mine = learner.version + 1 if renumbered else learner.version
+        learner.control.restart(min_version=mine, keep_control=False)
     learner.counters["refused_at_start"] += refused
     return learner
+
+
+def _number_above_served(learner: OnlineLearner, model_path: Path) -> bool:
+    """A learner that did not resume its state (refused, lost) and starts from the promoted
+    version or the cold start numbers its publishes on from the served file's version when
+    that file is of its promotion: running replicas take only a higher
+    :attr:`~ray_app.model.ModelBundle.serving_rank`, so publishes numbered from the start's
+    version would be refused by them until they passed it (and taken by replicas started
+    meanwhile: two models served at once). Whether it did."""
+    promotion, version = served_rank(model_path)
+    if not (promotion == learner.lineage.get("promotion", 0) and version > learner.version):
+        return False
+    log.warning(
+        "learner numbers its publishes on from the served version %d (it starts from "
+        "version %d's weights)",
+        version,
+        learner.version,
+    )
+    learner.version = version
+    return True
 
 
 def _resume(

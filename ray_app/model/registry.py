@@ -83,6 +83,7 @@ __all__ = [
     "Promotion",
     "RegistryError",
     "read_header",
+    "served_rank",
     "served_version",
     "write_file_atomically",
 ]
@@ -451,3 +452,12 @@ def _served_promotion(path: Path | None) -> int:
 def served_version(path: Path | None) -> int:
     """The version of the model file at ``path`` (0 when there is none or it is unreadable)."""
     return _int_or_zero(_served_header(path).get("version"))
+
+
+def served_rank(path: Path | None) -> tuple[int, int]:
+    """The :attr:`~ray_app.model.ModelBundle.serving_rank` of the model file at ``path``
+    (``(0, 0)`` when there is none or it is unreadable): what running replicas hold."""
+    head = _served_header(path)
+    meta = head.get("metadata")
+    promotion = meta.get("promotion") if isinstance(meta, dict) else None
+    return _int_or_zero(promotion), _int_or_zero(head.get("version"))

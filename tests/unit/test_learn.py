@@ -1350,3 +1350,35 @@ def test_weights_gone_nan_are_never_the_last_good_ones_and_a_nan_check_can_be_pu
     assert learner._guard_candidate().breached
     after = learner.scorer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_learner_without_its_state_numbers_its_publishes_above_what_replicas_serve(tmp_path):
+    """The state lost or refused, the learner starts again from the promoted version's weights
+    while replicas serve its last publish of that promotion (version 41): its publishes must
+    rank above that one, or running replicas refuse them all (and replicas started meanwhile
+    take them: two models at once); the served version's decisions are not its own."""
+    from ray_app.model.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "registry")
+    serve = tmp_path / "treatment.onramp"
+    registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=2))
+    registry.promote(1, serve, SCHEMA, CATALOG)
+    served = registry.promoted_bundle(SCHEMA, CATALOG)
+    assert served is not None
+    served.version = 41  # the learner published 40 versions since the promotion
+    serve.write_bytes(served.to_bytes())
+    replica = ModelBundle.from_bytes(serve.read_bytes(), SCHEMA, CATALOG, False)
+
+    learner = restore_learner(
+        tmp_path / "learner.state",
+        serve,
+        SCHEMA,
+        CATALOG,
+        _cfg(),
+        promoted=lambda: registry.promoted_bundle(SCHEMA, CATALOG),
+    )
+    assert learner.version == 41 and learner.lineage.get("promotion") == 1
+    assert learner.control is not None and learner.control.compare().min_version == 42
+    learner.learn(logged(GroundTruth(seed=3), 0, 50, seed=3))
+    bundle = learner.maybe_publish(now=1e9)
+    assert bundle is not None and bundle.serving_rank > replica.serving_rank == (1, 41)

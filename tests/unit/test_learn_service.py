@@ -144,3 +144,22 @@ def test_a_registry_that_fails_once_does_not_make_a_promotion_unadoptable(
     assert settings.model_path.read_bytes() == promoted  # not written over meanwhile
     _feed(s, topic, logged(gt, 400, 400, seed=7))
     assert s.learner.lineage.get("promotion") == 1  # adopted on the next try
+
+
+def test_a_promotion_of_another_feature_schema_does_not_stop_the_publishes(tmp_path, topic):
+    """A promoted version whose metadata names another feature schema (a release changed the
+    features since it was trained) is refused by the registry for good, not for this once: it
+    used to be tried again at every publish, which dropped every candidate, so no model file and
+    no state were written again."""
+    settings = _settings(tmp_path)
+    s = service.LearnerService(settings, "stand-in")
+    s.registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=3))
+    s.registry.promote(1, None, SCHEMA, CATALOG)
+    meta = tmp_path / "registry" / "versions" / "000001" / "meta.json"
+    assert meta.exists(), sorted(p.name for p in tmp_path.rglob("*"))
+    meta.write_bytes(meta.read_bytes().replace(SCHEMA.hash.encode(), b"an-older-schema"))
+    gt = GroundTruth(seed=8)
+    for k in range(2):
+        _feed(s, topic, logged(gt, k * 400, 400, seed=k))
+    assert s._unadoptable_epoch == 1
+    assert settings.model_path.exists() and settings.learner_state_path.exists()
