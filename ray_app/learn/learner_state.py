@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +64,24 @@ def clone_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def check_weights(weights: Mapping[str, torch.Tensor], scorer: Scorer) -> dict[str, torch.Tensor]:
-    """``weights`` cloned, after checking that they load into ``scorer``'s architecture."""
+    """``weights`` cloned, after checking that they load into ``scorer``'s architecture and
+    are finite (what a state keeps besides the current weights is what it publishes on a
+    rollback: NaN there would be published, and refused by every replica, again and again)."""
     probe = copy.deepcopy(scorer)
     probe.load_state_dict(weights)
+    for name, tensor in weights.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} holds NaN or inf")
     return clone_weights(weights)
+
+
+def _time_or_none(value: Any, name: str) -> float | None:
+    """A saved clock reading: None, or a finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a time in seconds or None, got {value!r}")
+    return float(value)
 
 
 def learned_of(metadata: Mapping[str, Any]) -> int:
@@ -205,7 +220,7 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     the config to resume with: an optimizer of another kind, or one saved over other parameters
     (before the scorer's wide scales), starts fresh; a new learning rate and weight decay
     apply)."""
-    learner._last_good = clone_weights(state["last_good"])
+    learner._last_good = check_weights(state["last_good"], learner.scorer)
     opt = state["optimizer"]
     fits = opt["kind"] == learner.config.optimizer and optimizer_fits(
         learner._optimizer, opt["state"]
@@ -228,7 +243,7 @@ def restore(learner: OnlineLearner, state: Mapping[str, Any]) -> None:
     learner._replay.load_state(state, RewardRecord.from_json)
     learner._pending_updates = int(state["pending_updates"])
     learner._pending_rewards = int(state["pending_rewards"])
-    learner._last_publish_at = state["last_publish_at"]
+    learner._last_publish_at = _time_or_none(state["last_publish_at"], "last_publish_at")
     learner._published_epsilon = float(state["published_epsilon"])
     reason = state.get("restart_reason")
     learner._restart_reason = None if reason is None else str(reason)

@@ -390,7 +390,9 @@ class Publishing:
         """
         now = self._clock() if now is None else now
         last = self._last_publish_at
-        if last is not None and now - last < self.publish_interval():
+        # a clock stepped back (NTP, or a state saved on a host whose clock ran ahead) reads as
+        # time to publish, not as a wait as long as the step
+        if last is not None and 0 <= now - last < self.publish_interval():
             return None
         control = self._compare_with_control()
         restored: str | None = None

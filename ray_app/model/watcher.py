@@ -52,7 +52,7 @@ class ModelWatcher:
         self.poll_s = poll_s
         self.on_version = on_version
         self.stopped = threading.Event()
-        self._mtimes: dict[str, float] = {}
+        self._mtimes: dict[str, tuple[int, int, int]] = {}
         self._thread: threading.Thread | None = None
         #: Arms an operator pointed at another file: its next load serves it whatever its
         #: version (a file of an older version is how to go back to one), ``None`` the cold start.
@@ -85,7 +85,7 @@ class ModelWatcher:
                 self.on_version(arm, self.target.bundles[arm].version)
                 continue
             try:
-                mtime = path.stat().st_mtime
+                st = path.stat()
             except FileNotFoundError:  # not published yet, or this replica cannot see it:
                 if arm in self._named and arm not in self._missing:
                     self._missing.add(arm)  # said once; served once it appears
@@ -94,13 +94,19 @@ class ModelWatcher:
                 # never reports one is invisible to the alert on replicas left behind)
                 self.on_version(arm, self.target.bundles[arm].version)
                 continue
-            if self._mtimes.get(arm) == mtime:
+            # the inode too: two files written by an atomic replace within one tick of the
+            # file system's clock (a promote and a publish; coarse on network file systems)
+            # have the same mtime, never the same inode
+            seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if self._mtimes.get(arm) == seen:
                 continue
-            self._mtimes[arm] = mtime
-            self._load_file(arm, path)
+            if self._load_file(arm, path):
+                self._mtimes[arm] = seen
             self.on_version(arm, self.target.bundles[arm].version)
 
-    def _load_file(self, arm: str, path: Path) -> None:
+    def _load_file(self, arm: str, path: Path) -> bool:
+        """Whether this file is settled: read (served, or refused for what it holds), not a
+        read that failed (tried again at the next poll)."""
         target = self.target
         named = arm in self._named
         try:
@@ -118,8 +124,12 @@ class ModelWatcher:
                     bundle.version,
                     target.bundles[arm].version,
                 )
-        except (ModelFileError, OSError) as exc:
+        except ModelFileError as exc:
             log.error("%s: not loaded, kept the current model: %s", path, exc)
+        except OSError as exc:
+            log.error("%s: not read, kept the current model (tried again): %s", path, exc)
+            return False
+        return True
 
     def start(self) -> None:
         """Poll in a daemon thread until :meth:`stop`."""

@@ -9,6 +9,7 @@ import json
 import pickle
 import random
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -530,3 +531,53 @@ def test_a_model_file_named_in_user_config_is_served_whatever_its_version(tmp_pa
     watcher.set_path("treatment", tmp_path / "typo.onramp", named=True)
     watcher.load()  # a file that is not there: logged, the current model kept
     assert decider.versions()["treatment"] == 3
+
+
+def test_a_model_file_replaced_within_one_tick_of_the_clock_is_still_loaded(tmp_path):
+    """Two atomic replaces with the same modification time (a promote and a publish within a
+    tick of the file system's clock, coarse on network file systems) used to look unchanged to
+    the watcher, which kept the first file's model until the next publish. A read that fails
+    is tried again at the next poll."""
+    import dataclasses
+    import os
+
+    from ray_app.decide import Arms, Decider
+    from ray_app.model.watcher import ModelWatcher
+    from tests.conftest import make_settings
+
+    catalog = load_catalog()
+    schema = FeatureSchema.from_catalog(catalog)
+    served = tmp_path / "treatment.onramp"
+
+    def publish(version: int) -> None:
+        fresh = tmp_path / "fresh.onramp"
+        b = dataclasses.replace(cold_start_bundle(schema, catalog), version=version)
+        fresh.write_bytes(b.to_bytes())
+        os.utime(fresh, ns=(10**18, 10**18))  # one tick: the same mtime for both files
+        os.replace(fresh, served)
+
+    publish(4)
+    decider = Decider(catalog, Arms(make_settings().decide), Policy("epsilon_greedy", epsilon=0))
+    watcher = ModelWatcher(decider, {"treatment": served, "treatment_b": None}, 1.0)
+    watcher.load()
+    assert decider.versions()["treatment"] == 4
+    publish(5)
+    watcher.load()
+    assert decider.versions()["treatment"] == 5
+
+    real = Path.read_bytes
+    fails = [1]
+
+    def flaky(self: Path) -> bytes:
+        if self == served and fails[0]:
+            fails[0] -= 1
+            raise OSError("stale NFS file handle")
+        return real(self)
+
+    publish(6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "read_bytes", flaky)
+        watcher.load()
+        assert decider.versions()["treatment"] == 5 and not fails[0]
+        watcher.load()  # the same file, read again
+    assert decider.versions()["treatment"] == 6

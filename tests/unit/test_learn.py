@@ -1063,6 +1063,9 @@ def test_a_boosted_learner_publishes_at_the_boost_interval():
     assert learner.maybe_publish(now=3.0) is not None
     learner.learn(logged(gt, 500, 100, seed=11), now=3.2)
     assert learner.maybe_publish(now=3.5) is not None
+    # a clock stepped back an hour (NTP) is time to publish, not an hour's wait
+    learner.learn(logged(gt, 600, 100, seed=12), now=3.6)
+    assert learner.maybe_publish(now=3.5 - 3600) is not None
     # a deployment that publishes seldom on purpose publishes seldom while boosted too
     slow = new_learner(publish_interval_s=60.0, warmup_rewards=300)
     assert slow.publish_interval() == 15.0
@@ -1382,3 +1385,26 @@ def test_a_learner_without_its_state_numbers_its_publishes_above_what_replicas_s
     learner.learn(logged(GroundTruth(seed=3), 0, 50, seed=3))
     bundle = learner.maybe_publish(now=1e9)
     assert bundle is not None and bundle.serving_rank > replica.serving_rank == (1, 41)
+
+
+@pytest.mark.parametrize("bad", ["last_good_shape", "last_good_nan", "last_publish_at"])
+def test_a_state_whose_kept_weights_or_clock_are_bad_is_refused_at_start(bad):
+    """What a state keeps besides its weights is checked when it is read, as ``fallback`` and
+    ``beat_control`` were: a ``last_good`` of another shape used to be taken and crash the
+    first publish (the service restarted, resumed the same state, crashed again), a NaN one to
+    be published on every loss rollback and refused by every replica, and a clock reading that
+    is not a number to crash the first publish."""
+    learner = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), _cfg())
+    state = learner.state_dict()
+    good = state["last_good"]
+    if bad == "last_good_shape":
+        state["last_good"] = {k: v[..., :1] if v.ndim else v for k, v in good.items()}
+    elif bad == "last_good_nan":
+        state["last_good"] = {k: torch.full_like(v, float("nan")) for k, v in good.items()}
+    else:
+        state["last_publish_at"] = "yesterday"
+    with pytest.raises(LearnerStateError, match="cannot restore"):
+        OnlineLearner.from_bytes(
+            learner_state.to_bytes(state), _cfg(), schema_hash=SCHEMA.hash,
+            catalog_digest=CATALOG.digest,
+        )  # fmt: skip
