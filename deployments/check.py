@@ -129,9 +129,13 @@ def _load(path_or_data: str | Path | dict[str, Any]) -> dict[str, Any]:
         return copy.deepcopy(path_or_data)
     path = Path(path_or_data)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # whatever the machine's locale
     except OSError as exc:  # missing, a directory, not allowed: one line, not a traceback
         raise ConfigError(f"cannot read it: {exc.strerror or exc}", path=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=str(path)
+        ) from None
     try:
         # duplicate keys refused, as Onramp's own settings are: the first would vanish, and
         # finding settings that are silently not used is what this check is for

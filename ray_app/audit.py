@@ -41,6 +41,7 @@ __all__ = [
     "MixShift",
     "RateCheck",
     "audit",
+    "decision_records",
     "feature_shifts",
     "mix_shift",
     "rates_from_metrics",
@@ -213,7 +214,13 @@ def _features(records: Sequence[Mapping[str, Any]]) -> _Features:
                      len(parsed) - sizes[width])  # fmt: skip
 
 
-def _decisions(records: Iterable[Any]) -> list[Mapping[str, Any]]:
+def _is_decision(r: Any) -> bool:
+    """A record of ``onramp.decisions``: its features or its arm, and no reward (a reward
+    record carries its decision's fields too)."""
+    return isinstance(r, Mapping) and ("features" in r or "arm" in r) and "reward" not in r
+
+
+def decision_records(records: Iterable[Any]) -> list[Mapping[str, Any]]:
     """Each decision once: the topics are written at least once, an archive run again over the
     same offsets writes them again, and the stream's copy of a decision forwarded to a merged
     id's survivor (:func:`~ray_app.records.decision.forwarded_copy`) is not another decision."""
@@ -222,7 +229,7 @@ def _decisions(records: Iterable[Any]) -> list[Mapping[str, Any]]:
     seen: set[str] = set()
     out = []
     for r in records:
-        if not isinstance(r, Mapping) or forwarded_copy(r):
+        if not _is_decision(r) or forwarded_copy(r):
             continue
         did = r.get("decisionId")
         if isinstance(did, str):
@@ -259,7 +266,7 @@ def audit(
     """Compare two sets of decision records (and optionally two ``/metrics`` texts)."""
     from ray_app.errors import FieldError
 
-    reference, recent = _decisions(reference), _decisions(recent)
+    reference, recent = decision_records(reference), decision_records(recent)
     ref_f, cur_f = _features(reference), _features(recent)
     ref_x, ref_schema, cur_x, cur_schema = ref_f.x, ref_f.schema, cur_f.x, cur_f.schema
     if ref_x.shape[1] != cur_x.shape[1] or (ref_schema and cur_schema and ref_schema != cur_schema):

@@ -85,16 +85,28 @@ def _feature_names(settings: Settings) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ray_app.audit import audit, write_audit
+    from ray_app.audit import audit, decision_records, write_audit
     from ray_app.experiments.report import read_json_lines
 
+    metrics = _read_metrics(args.metrics), _read_metrics(args.reference_metrics)
     topic = settings.topics.decisions
+    reference = read_json_lines(args.reference, topic)
+    recent = read_json_lines(args.recent, topic)
+    for side, records, where in (
+        ("reference", reference, args.reference),
+        ("recent", recent, args.recent),
+    ):
+        if not decision_records(records):  # "nothing drifted" would be a pass on no data
+            what = f"{len(records)} records, none a decision" if records else "no records"
+            raise OnrampError(
+                f"--{side} {where}: {what} (records of {topic}, as `onramp archive` writes "
+                "them); nothing to compare"
+            )
     result = audit(
-        read_json_lines(args.reference, topic),
-        read_json_lines(args.recent, topic),
+        reference,
+        recent,
         _feature_names(settings),
-        _read_metrics(args.metrics),
-        _read_metrics(args.reference_metrics),
+        *metrics,
         psi_threshold=args.psi_threshold,
     )
     page = write_audit(result, args.out)

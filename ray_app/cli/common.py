@@ -340,6 +340,17 @@ def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
         raise ConfigError("; ".join(reasons)) from None
 
 
+def write_key(settings: Settings, needed_by: str) -> tuple[str, str]:
+    """The first of ``collector.write_keys`` (source name, key), or a :class:`ConfigError`
+    saying that ``needed_by`` sends events and there is none."""
+    for name, key in settings.collector.write_keys.items():
+        return name, key.get_secret_value()
+    raise ConfigError(
+        f"collector.write_keys is empty: {needed_by} sends events, which takes a write key "
+        "(add one: collector.write_keys.<source>: <key>)"
+    )
+
+
 def decide_key(settings: Settings) -> str | None:
     """A key that may call /v1/decide: a decide key, else a read key (servers may use those)."""
     c = settings.collector

@@ -9,7 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_app.cli.common import Stop, decide_key, plot_path, port, seconds, seed, with_overrides
+from ray_app.cli.common import (
+    Stop,
+    decide_key,
+    plot_path,
+    port,
+    seconds,
+    seed,
+    with_overrides,
+    write_key,
+)
 from ray_app.cli.output import dumps
 from ray_app.cli.up import print_urls
 from ray_app.config import Settings
@@ -139,10 +148,9 @@ def _start_learning(
     from ray_app.sim.live import LearningRun
     from ray_app.sim.worlds import world
 
-    _, write = next(iter(settings.collector.write_keys.items()))
     run = LearningRun(
         stack.base_url,
-        write.get_secret_value(),
+        write_key(settings, "onramp demo")[1],
         read,
         world(args.world, seed=settings.sim.seed, drift="none"),
         users=args.learning_users,
@@ -321,6 +329,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         collector={"port": args.port},
         sim={"users": args.users, "rate": args.rate, "seed": args.seed},
     )
+    _, key = write_key(settings, "onramp demo")  # before minutes of starting, not after
     stop = Stop()
     stop.interrupt_while_starting()
     started = time.monotonic()
@@ -328,10 +337,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with Stack(settings, args.parts.need("build_app"), fresh=args.fresh) as stack:
         stop.install()  # started: Ctrl-C now stops it (ray.init put its own SIGTERM handler)
         print_urls(stack, settings)
-        _, key = next(iter(settings.collector.write_keys.items()))
         truth = Path(settings.state_dir) / "sim" / "ground_truth.jsonl"
         _write_crm(settings)
-        sim = Simulator(stack.base_url, key.get_secret_value(), settings.sim, truth_path=truth)
+        sim = Simulator(stack.base_url, key, settings.sim, truth_path=truth)
         print(
             f"simulating {settings.sim.users} users ({len(sim.plan.sends)} events at "
             f"{settings.sim.rate:g}/s; ground truth: {truth}); Ctrl-C to stop",

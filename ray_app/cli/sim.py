@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ray_app.cli.common import Stop, seed, with_overrides
+from ray_app.cli.common import Stop, seed, with_overrides, write_key
 from ray_app.cli.output import dumps
 from ray_app.config import Settings
 from ray_app.errors import ConfigError
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             f"--url: expected the collector's http:// or https:// URL, got {args.url!r}"
         )
-    key = args.write_key or next(iter(settings.collector.write_keys.values())).get_secret_value()
+    key = args.write_key or write_key(settings, "onramp sim")[1]
     stop = Stop()
     stop.install()
     sim = Simulator(args.url, key, settings.sim, truth_path=args.truth)

@@ -31,8 +31,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def print_urls(stack: Any, settings: Settings) -> None:
-    """What is up where, the write key, and a curl line to try it (``up`` and ``demo``)."""
-    key_name, key = next(iter(settings.collector.write_keys.items()))
+    """What is up where, the write key, and a curl line to try it (``up`` and ``demo``). The
+    read key, which reads every user's profile and CRM row, only when Onramp can be reached
+    from this machine alone: a reachable deployment's output goes to logs."""
     print(f"Onramp {__version__} is up (HTTP path: {stack.http_mode})", flush=True)
     for note in stack.notes:
         print(f"  {note}")
@@ -44,19 +45,23 @@ def print_urls(stack: Any, settings: Settings) -> None:
         print(f"  {'demo app':<16}: {stack.base_url}/demo/  (open it in a browser)")
     read = next(iter(settings.collector.read_keys.values()), None)
     if read is not None:
-        print(
-            f"  {'console':<16}: {stack.base_url}/console/  (log in with the read key "
-            f"{read.get_secret_value()})"
+        login = (
+            f"the read key {read.get_secret_value()}"
+            if local_only(settings, stack.bootstrap)
+            else "a key of collector.read_keys"
         )
-    print(
-        f"  write key       : {key.get_secret_value()}  (source '{key_name}'; HTTP Basic user name)"
-    )
-    print(
-        f"  try it          : curl -u {key.get_secret_value()}: -d "
-        f'\'{{"userId":"u1","event":"Signed Up"}}\' {stack.base_url}/v1/track',
-        flush=True,
-    )
+        print(f"  {'console':<16}: {stack.base_url}/console/  (log in with {login})")
+    for key_name, key in list(settings.collector.write_keys.items())[:1]:
+        write = key.get_secret_value()  # public: every browser that sends events has it
+        print(f"  write key       : {write}  (source '{key_name}'; HTTP Basic user name)")
+        print(
+            f"  try it          : curl -u {write}: -d "
+            f'\'{{"userId":"u1","event":"Signed Up"}}\' {stack.base_url}/v1/track',
+            flush=True,
+        )
     decide = decide_key(settings)
+    if decide and not settings.collector.decide_keys and not local_only(settings, stack.bootstrap):
+        decide = None  # a read key, not for a reachable deployment's logs
     if decide:
         print(
             f"  try deciding    : curl -H 'Authorization: Bearer {decide}' "

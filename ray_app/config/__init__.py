@@ -195,6 +195,8 @@ def load_settings(
 ) -> Settings:
     """Build the settings from an optional YAML file and the environment (``os.environ``)."""
     env = os.environ if env is None else env
+    if path is not None and not str(path).strip():  # --config "$UNSET": not "no file"
+        raise ConfigError("--config: an empty path (leave it out to use no settings file)")
     path = path or env.get(CONFIG_ENV) or None
     data: dict[str, Any] = {}
     origin = ""

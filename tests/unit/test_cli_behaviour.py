@@ -89,6 +89,9 @@ def test_a_missing_settings_file_is_exit_2_naming_it_in_every_position(tmp_path,
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "configuration error" in err and "missing.yaml" in err, argv
+    # --config "$CFG" with CFG unset used to run on the defaults (or on $ONRAMP_CONFIG's file)
+    assert main(["--config", "", "config", "show"]) == 2
+    assert "--config: an empty path" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -432,6 +435,18 @@ def test_audit_reads_archives_and_says_where_it_wrote(tmp_path, capsys) -> None:
     _strict((out / "audit.json").read_text())
     assert main(["audit", "--reference", str(tmp_path / "empty"), "--recent", str(recent)]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+    # an empty archive, or the rewards topic's records, used to pass --fail-on-drift as
+    # "nothing drifted": a cron job pointed at the wrong folder always passed
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    rewards = tmp_path / "rewards.jsonl"
+    rewards.write_text(json.dumps({"decisionId": "d1", "reward": 1.0, "arm": "treatment"}))
+    for wrong, said in ((empty, "no records"), (rewards, "1 records, none a decision")):
+        argv = ["audit", "--reference", str(ref), "--recent", str(wrong), "--fail-on-drift",
+                "--out", str(out)]  # fmt: skip
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"--recent {wrong}: {said}" in err and "nothing to compare" in err
 
 
 def test_up_prints_the_console_with_its_read_key_and_no_console_without_one(capsys) -> None:
@@ -452,6 +467,42 @@ def test_up_prints_the_console_with_its_read_key_and_no_console_without_one(caps
     assert "read-key-0123456789abcdef" in out
     print_urls(stack, Settings.model_validate({"collector": {"read_keys": {}}}))
     assert "/console/" not in capsys.readouterr().out
+
+
+def test_up_on_a_reachable_deployment_prints_no_read_key_and_needs_no_write_key(capsys) -> None:
+    """The read key reads every user's profile and CRM row: a deployment others can reach
+    (its output goes to systemd's or Kubernetes' logs) used to print it on the console line, and
+    in the decide example when it had no decide key. No write key used to be a StopIteration
+    after minutes of starting; `onramp demo` and `onramp sim`, which send events, refuse it
+    before starting."""
+    from types import SimpleNamespace
+
+    from ray_app.cli.common import write_key
+    from ray_app.cli.up import print_urls
+    from ray_app.errors import ConfigError
+
+    secret = "SUPERSECRET-read-key-0123"
+    stack = SimpleNamespace(
+        http_mode="haproxy", notes=[], bootstrap="kafka-1.prod:9092", broker=None,
+        base_url="http://10.0.0.5:8000", urls=lambda: {"health": "http://10.0.0.5:8000/healthz"},
+    )  # fmt: skip
+    reachable = Settings.model_validate(
+        {
+            "collector": {"host": "0.0.0.0", "read_keys": {"ops": secret}, "decide_keys": {}},
+            "kafka": {"bootstrap_servers": "kafka-1.prod:9092"},
+        }
+    )
+    print_urls(stack, reachable)
+    out = capsys.readouterr().out
+    assert "/console/  (log in with a key of collector.read_keys)" in out
+    assert secret not in out
+    no_writes = reachable.model_copy(
+        update={"collector": reachable.collector.model_copy(update={"write_keys": {}})}
+    )
+    print_urls(stack, no_writes)
+    assert "write key" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"collector\.write_keys is empty: onramp demo"):
+        write_key(no_writes, "onramp demo")
 
 
 @pytest.mark.parametrize("argv", [["-v", "evaluate", "--obd-policy"], ["evaluate", "--obd-policy"]])
@@ -538,7 +589,7 @@ def _garbage_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
     (tmp / "users.csv").write_text("user,arm,positives,activated\nu1,control,1,1\n")
     (tmp / "cov.csv").write_text("user,covariate\nu1,abc\n")
     (tmp / "m.txt").write_text("not prometheus { text\n")
-    (tmp / "ref.jsonl").write_text("")
+    (tmp / "ref.jsonl").write_text('{"decisionId": "d1", "arm": "control", "features": [0.0]}')
     return [
         (["report", "--table", str(tmp / "absent.csv")], 1, "absent.csv: No such file or directory"),
         (["report", "--table", str(tmp)], 1, "Is a directory"),

@@ -239,3 +239,8 @@ def test_the_check_refuses_duplicate_keys_and_names_an_unreadable_file(tmp_path,
     out = capsys.readouterr().out
     assert "duplicate key 'collector'" in out and "line 7" in out
     assert "missing.yaml: 1 problem(s)" in out and "cannot read it" in out
+    latin = tmp_path / "latin.yaml"  # a Latin-1 comment: a UnicodeDecodeError traceback before
+    latin.write_bytes(b"# caf\xe9\napplications: []\n")
+    assert check_main([str(latin)]) == 1
+    out = capsys.readouterr().out
+    assert "latin.yaml: 1 problem(s)" in out and "not UTF-8 text" in out
