@@ -9,7 +9,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-__all__ = ["CONFIG_ENV", "DEMO_KEYS", "ENV_PREFIX", "MIN_KEY_CHARS", "Section"]
+__all__ = [
+    "CONFIG_ENV",
+    "DEMO_KEYS",
+    "ENV_PREFIX",
+    "MIN_KEY_CHARS",
+    "Section",
+    "check_ray_resources",
+]
 
 ENV_PREFIX = "ONRAMP_"
 
@@ -27,9 +34,13 @@ CONFIG_ENV = "ONRAMP_CONFIG"
 
 
 class Section(BaseModel):
-    """A settings section: frozen, unknown keys refused, defaults validated."""
+    """A settings section: frozen, unknown keys refused, defaults validated, numbers finite
+    (``.inf`` passed every bound and failed later, in every worker: "cannot convert float
+    infinity to integer")."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -46,3 +57,24 @@ class Section(BaseModel):
         if union and set(typing.get_args(annotation)) == {Path, type(None)}:
             return None
         return value
+
+
+#: Resources Ray names itself: a custom resource map may not ask for them (Ray refuses them when
+#: the actor is created, long after the settings were read).
+_RAY_OWN = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
+def check_ray_resources(resources: dict[str, float], where: str) -> dict[str, float]:
+    """A custom Ray resource map (``{stream: 1}``): names Ray does not reserve for itself,
+    amounts >= 0 (finiteness is the section's)."""
+    for name, amount in resources.items():
+        if not name.strip():
+            raise ValueError(f"{where}: an empty resource name")
+        if name in _RAY_OWN:
+            raise ValueError(
+                f"{where}.{name}: a resource Ray names itself; set the CPUs with "
+                "stream.worker_num_cpus or decide.replica_cpus"
+            )
+        if amount < 0:
+            raise ValueError(f"{where}.{name}: must be >= 0, got {amount}")
+    return resources

@@ -6,9 +6,10 @@ import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ray_app.config.base import Section as _Section
+from ray_app.config.base import check_ray_resources
 
 __all__ = [
     "DecideSettings",
@@ -136,6 +137,20 @@ class DecideSettings(_Section):
         '{"onramp_decide": 1} to place replicas on cluster.yaml\'s decide nodes.',
     )
 
+    @field_validator("replica_resources")
+    @classmethod
+    def _replica_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_ray_resources(value, "decide.replica_resources")
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> DecideSettings:
+        if self.min_replicas > self.max_replicas:  # was raised to min silently
+            raise ValueError(
+                f"decide.min_replicas ({self.min_replicas}) is more than decide.max_replicas "
+                f"({self.max_replicas})"
+            )
+        return self
+
     @model_validator(mode="after")
     def _served_arms(self) -> DecideSettings:
         splits = [("decide.arms", self.arms)] + [
@@ -143,6 +158,14 @@ class DecideSettings(_Section):
             for n, sp in enumerate(self.earlier_splits)
         ]
         for where, arms in splits:
+            # what the experiment refuses when a replica starts, said when the settings are read
+            for name, weight in arms.items():
+                if weight < 0:
+                    raise ValueError(f"{where}.{name}: a weight must be >= 0, got {weight}")
+            if "control" not in arms:
+                raise ValueError(f"{where}: must name control (the static flow)")
+            if sum(arms.values()) <= 0:
+                raise ValueError(f"{where}: the weights must sum to more than 0")
             unknown = sorted(set(arms) - set(SERVED_ARMS))
             if unknown:  # a model arm needs a model file to serve it: only these have one
                 raise ValueError(

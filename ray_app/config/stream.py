@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from ray_app.config.base import Section as _Section
+from ray_app.config.base import check_ray_resources
 
 __all__ = ["EnrichSettings", "SimSettings", "StreamSettings"]
 
@@ -114,6 +115,12 @@ class StreamSettings(_Section):
         description="Custom Ray resources each stream worker needs, e.g. {stream: 1} to run "
         "workers only on node types that offer a 'stream' resource (see cluster.yaml).",
     )
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _worker_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_ray_resources(value, "stream.worker_resources")
+
     rebalance_interval_s: float = Field(
         2.0,
         gt=0,

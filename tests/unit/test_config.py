@@ -161,3 +161,30 @@ def test_an_empty_path_is_its_default_or_refused_never_the_current_directory():
     assert s.model_path == Path(".onramp") / "models" / "treatment.onramp"
     with pytest.raises(ConfigError, match=r"state_dir: .*an empty path"):
         load_settings(env={"ONRAMP_STATE_DIR": ""})
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        # accepted, then "cannot convert float infinity to integer" in every stream worker
+        ("stream: {profile_idle_ttl_s: .inf}", "stream.profile_idle_ttl_s"),
+        ("stream: {attribution_window_s: .nan}", "stream.attribution_window_s"),
+        ("decide: {replica_cpus: .inf}", "decide.replica_cpus"),
+        # Ray refused these only when it created the actor
+        ("stream: {worker_resources: {stream: -1}}", "stream.worker_resources.stream"),
+        ("stream: {worker_resources: {CPU: 1}}", "stream.worker_resources.CPU"),
+        ("decide: {replica_resources: {decide: .nan}}", "decide.replica_resources"),
+        # max_replicas was raised to min_replicas silently
+        ("decide: {min_replicas: 6, max_replicas: 2}", "decide.min_replicas (6)"),
+        # the experiment refused these when a replica started (and `onramp report` crashed)
+        ("decide: {arms: {control: 0, treatment: 0}}", "sum to more than 0"),
+        ("decide: {arms: {control: -1, treatment: 2}}", "decide.arms.control"),
+        ("decide: {arms: {treatment: 1}}", "must name control"),
+    ],
+)
+def test_settings_that_fail_later_are_refused_when_read(tmp_path, text, needle):
+    path = tmp_path / "onramp.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, env={})
+    assert needle in str(err.value), str(err.value)
