@@ -123,6 +123,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not 0 < args.level < 1:
         raise ConfigError(f"--level: must be between 0 and 1, got {args.level}")
     experiments = _experiments(args, settings)
+    for name, users in experiments.items():
+        arms = sorted(str(a) for a in users["arm"].unique())
+        if args.control not in arms:
+            raise ConfigError(
+                f"--control: no user of experiment {name!r} is in arm {args.control!r}; its "
+                f"arms: {', '.join(arms)}"
+            )
     d = settings.decide
     shares = Experiment(name=d.experiment, salt=d.salt, arms=d.arms, holdout=d.holdout).shares()
     summary = write_report(experiments, args.out, shares, args.control, args.level)

@@ -218,10 +218,50 @@ def uplift_over_time(
 # -- input ------------------------------------------------------------------------------------
 
 
-def _ms(ts: Any) -> int:
-    if isinstance(ts, int | float):
+def _ms(ts: Any, where: str = "timestamp") -> int:
+    """A record's time in epoch ms: a number of ms, or ISO-8601 text; a :class:`FieldError`
+    naming ``where`` for anything else."""
+    from ray_app.errors import FieldError
+
+    if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
         return int(ts)
-    return int(pd.Timestamp(ts).timestamp() * 1000)
+    if isinstance(ts, str):
+        try:
+            stamp = pd.Timestamp(ts)
+            if not pd.isna(stamp):
+                return int(stamp.timestamp() * 1000)
+        except (ValueError, OverflowError):
+            pass
+    raise FieldError(where, f"expected epoch ms or an ISO-8601 time, got {ts!r:.80}")
+
+
+def _checked_decision(d: Any) -> Mapping[str, Any]:
+    """A decision record with the fields the report reads, or a :class:`FieldError` naming the
+    record and the field (an archive can be edited by hand, or be another topic's)."""
+    from ray_app.errors import FieldError
+
+    if not isinstance(d, Mapping):
+        raise FieldError("decision", f"expected a JSON object, got {type(d).__name__}")
+    did = d.get("decisionId")
+    if not isinstance(did, str | int) or isinstance(did, bool):
+        raise FieldError("decision.decisionId", f"missing or not an id: {did!r:.80}")
+    for name in ("userKey", "arm"):
+        if not isinstance(d.get(name), str) or not d[name]:
+            raise FieldError(
+                f"decision {did}: {name}", f"missing or not a text: {d.get(name)!r:.80}"
+            )
+    _ms(d.get("timestamp"), f"decision {did}: timestamp")
+    return d
+
+
+def _reward_value(r: Any) -> float:
+    """A reward record's ``reward``, or a :class:`FieldError` naming the record."""
+    from ray_app.errors import FieldError
+
+    value = r.get("reward")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise FieldError(f"reward {r.get('decisionId')}: reward", f"not a number: {value!r:.80}")
 
 
 def _people(decisions: Iterable[Mapping[str, Any]]) -> Callable[[str], str]:
@@ -274,7 +314,7 @@ def users_from_logs(
     by_id: dict[str, Mapping[str, Any]] = {}
     copies = []
     for d in decisions:
-        if d.get("chosen") is None:
+        if _checked_decision(d).get("chosen") is None:
             continue
         if forwarded_copy(d):  # the original counts; the copy says who it merged into
             copies.append(d)
@@ -282,7 +322,8 @@ def users_from_logs(
         by_id.setdefault(str(d["decisionId"]), d)
     outcome: dict[str, Mapping[str, Any]] = {}
     for r in rewards:
-        if str(r["decisionId"]) in by_id:
+        if isinstance(r, Mapping) and str(r.get("decisionId")) in by_id:
+            _reward_value(r)
             outcome.setdefault(str(r["decisionId"]), r)
     person = _people([*by_id.values(), *copies])
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -307,7 +348,7 @@ def users_from_logs(
         if got is None:
             continue
         row["decisions"] += 1
-        if float(got["reward"]) > 0:
+        if _reward_value(got) > 0:
             row["positives"] += 1
             if got.get("outcome") == "converted":
                 row["activated"] = 1
@@ -372,6 +413,18 @@ def read_user_table(path: str | Path) -> dict[str, pd.DataFrame]:
     missing = [c for c in USER_COLUMNS if c not in df]
     if missing:
         raise FieldError(f"{p}", f"missing columns {missing} (need {list(USER_COLUMNS)})")
+    for col in ("first_ms", "decisions", "positives", "steps", "activated", "covariate"):
+        if col not in df:
+            continue
+        numbers = pd.to_numeric(df[col], errors="coerce")
+        bad = numbers.isna() & df[col].notna() if col == "covariate" else numbers.isna()
+        bad |= ~np.isfinite(numbers.fillna(0.0))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise FieldError(
+                f"{p}", f"{col} must be a number, got {df[col].iloc[row]!r} (row {row + 2})"
+            )
+        df[col] = numbers
     if "experiment" not in df:
         df["experiment"] = "default"
     df["user"] = df["user"].astype(str)

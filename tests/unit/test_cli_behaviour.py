@@ -590,7 +590,26 @@ def _garbage_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
     (tmp / "cov.csv").write_text("user,covariate\nu1,abc\n")
     (tmp / "m.txt").write_text("not prometheus { text\n")
     (tmp / "ref.jsonl").write_text('{"decisionId": "d1", "arm": "control", "features": [0.0]}')
+    # a report's inputs edited by hand: each was a traceback (KeyError, DateParseError, ...)
+    decision = {"decisionId": "d1", "userKey": "u1", "arm": "control", "chosen": "welcome",
+                "timestamp": "2026-01-01T00:00:00Z", "experiment": "e"}  # fmt: skip
+    (tmp / "no-arm.jsonl").write_text(json.dumps({**decision, "arm": None}))
+    (tmp / "when.jsonl").write_text(json.dumps({**decision, "timestamp": "yesterday"}))
+    (tmp / "d.jsonl").write_text(json.dumps(decision))
+    (tmp / "lots.jsonl").write_text(json.dumps({"decisionId": "d1", "reward": "lots"}))
+    (tmp / "r.jsonl").write_text(json.dumps({"decisionId": "d1", "reward": 1.0}))
+    (tmp / "t.csv").write_text("user,arm,decisions,positives,activated\nu1,control,abc,1,1\n")
+    report = ["report", "--out", str(tmp / "out")]
     return [
+        ([*report, "--decisions", str(tmp / "no-arm.jsonl"), "--rewards", str(tmp / "r.jsonl")],
+         1, "decision d1: arm: missing or not a text"),
+        ([*report, "--decisions", str(tmp / "when.jsonl"), "--rewards", str(tmp / "r.jsonl")],
+         1, "decision d1: timestamp: expected epoch ms or an ISO-8601 time, got 'yesterday'"),
+        ([*report, "--decisions", str(tmp / "d.jsonl"), "--rewards", str(tmp / "lots.jsonl")],
+         1, "reward d1: reward: not a number: 'lots'"),
+        ([*report, "--table", str(tmp / "t.csv")], 1, "decisions must be a number, got 'abc' (row 2)"),
+        ([*report, "--decisions", str(tmp / "d.jsonl"), "--rewards", str(tmp / "r.jsonl"),
+          "--control", "bogus"], 2, "--control: no user of experiment 'e' is in arm 'bogus'"),
         (["report", "--table", str(tmp / "absent.csv")], 1, "absent.csv: No such file or directory"),
         (["report", "--table", str(tmp)], 1, "Is a directory"),
         (["report", "--table", str(tmp / "r.parquet")], 1, "not a parquet table"),
