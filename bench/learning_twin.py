@@ -478,12 +478,17 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     outcomes: list[Outcome] = []
     last_learn = 0.0
     told = args.drift == "none" or args.drift_detect_s is None
-    # the learner service's own reward-rate detector, unless the drift is signalled at a delay
-    detector = RewardRateDrift.from_settings(shipped.learn) if args.drift_detect_s is None else None
-    alerts: list[float] = []
     t0 = 1_800_000_000_000  # event time of user 0's sign-up (ms)
+    now_s = [0.0]  # the simulated clock, which the detector reads as its wall clock
+    # the learner service's own reward-rate detector, unless the drift is signalled at a delay
+    detector = (
+        RewardRateDrift.from_settings(shipped.learn, clock_ms=lambda: t0 + now_s[0] * 1000)
+        if args.drift_detect_s is None
+        else None
+    )
+    alerts: list[float] = []
     for i in range(args.users):
-        t = i / args.rate
+        t = now_s[0] = i / args.rate
         if not told and i >= args.drift_at and t >= args.drift_at / args.rate + args.drift_detect_s:
             learner.drift(now=t)
             told = True

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -158,6 +159,10 @@ class _Outcome(Protocol):
     def decided_at_ms(self) -> int: ...
 
 
+def _wall_clock_ms() -> float:
+    return time.time() * 1000
+
+
 class RewardRateDrift:
     """Page-Hinkley on the reward rate of the ``control`` arm (:attr:`world`: it serves a fixed
     policy, so a change either way is the world's) and of the model arms (:attr:`model`: its
@@ -178,7 +183,11 @@ class RewardRateDrift:
     abandonments after 3 s (log-normal) at 200 users/s, the arrival order fired a spurious
     ``decrease`` within seconds in 20 runs out of 20; in decision-time order the rate of what is
     fed is the rate of the decisions, from the first one. An explicit outcome that arrives after
-    its decision's turn (later than the settle) is counted in :attr:`late` and not fed.
+    its decision's turn (later than the settle) is counted in :attr:`late` and not fed. A
+    decision time more than ``MAX_AHEAD_MS`` past ``clock_ms()`` (the wall clock; the learning
+    twin passes its own) is counted in :attr:`future` and not fed: one record from a replica
+    whose clock ran a year ahead used to move the detector's clock there, after which every
+    reward was late and neither detector saw anything.
 
     **How long it waits.** With ``settle_quantile`` (the service's default, 0.99) the settle follows
     this stream's own outcomes: how far behind the clock each explicit outcome arrives (the
@@ -225,6 +234,8 @@ class RewardRateDrift:
     SETTLE_MIN_OBSERVED = 200
     #: Added to the quantile (with a quarter of it): the settle's spare.
     SETTLE_PAD_MS = 250
+    #: How far ahead of ``clock_ms()`` a decision time may be (replica clocks differ a little).
+    MAX_AHEAD_MS = 600_000
 
     def __init__(
         self,
@@ -236,6 +247,7 @@ class RewardRateDrift:
         holdout_arm: str = HOLDOUT,
         settle_quantile: float | None = None,
         model_arms: Sequence[str] = ("treatment",),
+        clock_ms: Callable[[], float] = _wall_clock_ms,
     ) -> None:
         if not (isinstance(settle_ms, int) and settle_ms >= 0):
             raise ValueError(f"settle_ms must be an integer >= 0, got {settle_ms!r}")
@@ -270,17 +282,23 @@ class RewardRateDrift:
         self.fed = 0
         self.late = 0
         self.timeouts = 0
+        #: Rewards whose decision time was past ``clock_ms() + MAX_AHEAD_MS``: not fed.
+        self.future = 0
+        self.clock_ms = clock_ms
 
     @classmethod
-    def from_settings(cls, learn: Any) -> RewardRateDrift:
+    def from_settings(
+        cls, learn: Any, clock_ms: Callable[[], float] | None = None
+    ) -> RewardRateDrift:
         """The detector under ``learn.drift_*`` (a :class:`~ray_app.config.LearnSettings`): the
-        learner service's, and the learning twin's."""
+        learner service's, and the learning twin's (with its simulated ``clock_ms``)."""
         return cls(
             delta=learn.drift_delta,
             threshold=learn.drift_threshold,
             min_samples=learn.drift_min_samples,
             settle_ms=int(learn.drift_settle_s * 1000),
             settle_quantile=learn.drift_settle_quantile or None,
+            clock_ms=clock_ms or _wall_clock_ms,
         )
 
     @property
@@ -291,6 +309,7 @@ class RewardRateDrift:
     def update(self, records: Iterable[_Outcome]) -> list[tuple[str, dict[str, Any]]]:
         """Add reward records (in arrival order); feed those whose turn came; the alerts."""
         arrived: list[int] = []
+        ahead = self.clock_ms() + self.MAX_AHEAD_MS
         for r in records:
             if r.arm == self.holdout_arm:
                 continue
@@ -300,6 +319,9 @@ class RewardRateDrift:
                 self.timeouts += 1
                 continue
             at = int(r.decided_at_ms)
+            if at > ahead:
+                self.future += 1
+                continue
             arrived.append(at)
             if self._latest is None or at > self._latest:
                 self._latest = at

@@ -428,6 +428,7 @@ class LearnerService:
                 "controlStatistic": self.rate_drift.world.statistic,
                 "fed": self.rate_drift.fed,
                 "late": self.rate_drift.late,
+                "future": self.rate_drift.future,
                 "settleMs": self.rate_drift.settle,
                 "featureMaxPsi": self.last_psi,
                 "alerts": list(self.alerts),

@@ -1166,6 +1166,34 @@ def test_reward_rate_drift_finds_a_fall_of_the_control_rate_within_seconds_not_m
     assert abs(alerts[0][1]["sinceMs"] - shift) < 5_000
 
 
+def test_one_reward_decided_far_in_the_future_does_not_blind_the_drift_detector():
+    """A replica whose clock ran a year ahead (or a garbage record) moved the detector's clock
+    there: every later reward was late, and a fall from 0.8 to 0.2 went unseen. Such a record
+    is counted and left out."""
+    from types import SimpleNamespace as R
+
+    now = [0.0]
+    drift = RewardRateDrift(
+        delta=0.05, threshold=5.0, min_samples=10, settle_ms=1_000, clock_ms=lambda: now[0]
+    )
+
+    def rewards(start: int, n: int, rate: float) -> list[Any]:
+        now[0] = (start + n) * 100
+        return [
+            R(arm="control", reward=float(i % 10 < rate * 10), outcome="completed",
+              decided_at_ms=(start + i) * 100)
+            for i in range(n)
+        ]  # fmt: skip
+
+    assert drift.update(rewards(0, 400, 0.8)) == []
+    year = 365 * 86_400_000
+    ahead = R(arm="control", reward=1.0, outcome="completed", decided_at_ms=40_000 + year)
+    assert drift.update([ahead]) == [] and drift.future == 1
+    alerts = drift.update(rewards(400, 2_000, 0.2))
+    assert [(kind, d["change"]) for kind, d in alerts] == [("control_reward_rate", "decrease")]
+    assert drift.late == 0
+
+
 def _fed_in_batches(drift: RewardRateDrift, records: list[RewardRecord]) -> list[int]:
     """Feed 50 records at a time; the decision times of the batches whose records fired."""
     return [
