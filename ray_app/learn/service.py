@@ -43,7 +43,7 @@ from ray_app.learn.drift import FeatureDrift, RewardRateDrift
 from ray_app.learn.learner import LearnerConfig, OnlineLearner
 from ray_app.learn.startup import restore_learner
 from ray_app.model import ModelBundle, ModelFileError
-from ray_app.model.registry import ModelRegistry, RegistryError
+from ray_app.model.registry import ModelRegistry, Promotion, RegistryError
 from ray_app.records import RewardRecord, RewardRecordError
 from ray_app.storage import write_file_atomically
 
@@ -204,8 +204,7 @@ class LearnerService:
         except (ModelFileError, RegistryError) as exc:
             # what the registry holds for it cannot serve here (another feature schema or
             # catalog, no model file, unreadable metadata): reading it again gives the same
-            log.error("promoted version %d cannot be adopted: %s", head.version, exc)
-            self._unadoptable_epoch = head.epoch
+            self._outrank(learner, head, exc)
             return
         except OSError as exc:  # the registry's store answered badly this once
             log.warning("registry %s: %s; the promotion is tried again", self.registry.uri, exc)
@@ -215,13 +214,29 @@ class LearnerService:
         try:
             learner.adopt(bundle)
         except ValueError as exc:
-            log.error("promoted version %d not adopted: %s", head.version, exc)
-            self._unadoptable_epoch = head.epoch
+            self._outrank(learner, head, exc)
             return
         self.rate_drift.reacted(restarted=False, min_version=learner.version)
         log.info(
             "learner continues from promoted version %d (promotion %d)", head.version, head.epoch
         )
+
+    def _outrank(self, learner: OnlineLearner, head: Promotion, why: Exception) -> None:
+        """A promotion the learner cannot adopt: remembered (not tried again), and the learner
+        goes on from its own weights numbered above it, so that its next publish is what every
+        replica serves. Numbered below it, running replicas refused its publishes (they hold
+        the promoted file) while replicas started later loaded them: two models at once."""
+        log.error(
+            "promoted version %d (promotion %d) cannot be adopted: %s; the learner goes on from "
+            "its own weights (version %d), which replace it at its next publish",
+            head.version,
+            head.epoch,
+            why,
+            learner.version,
+        )
+        self._unadoptable_epoch = head.epoch
+        learner.lineage = {"promotion": head.epoch}
+        learner.version = max(learner.version, head.version)
 
     def _restore(self) -> OnlineLearner:
         """:func:`restore_learner` with this service's files, registry and settings."""
@@ -349,9 +364,8 @@ class LearnerService:
             try:
                 self._adopt_promotion(self.learner)
             except (RegistryError, OSError):
-                return  # logged; the next publish tries again
-            if self._unadoptable_epoch != head.epoch:
-                return
+                pass  # logged; the next publish tries again
+            return  # adopted, or the learner now outranks it: the next publish is written
         # the state first: a crash between the two writes then skips a version number, where
         # the other order would publish the same version again with other weights (which
         # replicas that hold the first refuse, and new ones load)

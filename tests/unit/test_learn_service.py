@@ -13,7 +13,7 @@ import pytest
 
 import ray_app.learn.service as service
 from ray_app.model import cold_start_bundle
-from ray_app.model.registry import ModelRegistry
+from ray_app.model.registry import ModelRegistry, served_rank
 from ray_app.sim.v2 import GroundTruth
 from tests.conftest import make_settings
 from tests.unit.test_learn import CATALOG, SCHEMA, logged
@@ -64,6 +64,13 @@ def _settings(tmp: Path, **env: str) -> Any:
     )  # fmt: skip
 
 
+def served_rank_of(data: bytes) -> tuple[int, int]:
+    from ray_app.model.registry import read_header
+
+    head = read_header(data) or {}
+    return head.get("metadata", {}).get("promotion", 0), head.get("version", 0)
+
+
 def _feed(s: Any, topic: _Topic, records: list) -> None:
     topic.records += [orjson.dumps(r.to_json()) for r in records]
     batch = s._consumer.poll()
@@ -97,6 +104,9 @@ def test_a_promotion_the_learner_cannot_adopt_does_not_stop_its_publishes(tmp_pa
     assert s.learner.counters["publishes"] >= 1
     assert after.model_path.read_bytes() != promoted, "the learner's candidate was written"
     assert after.learner_state_path.exists(), "and its state with the offsets"
+    # ranked above the promotion: running replicas, which hold the promoted file, take it
+    # (ranked below, they refused it while replicas started later loaded it)
+    assert served_rank(after.model_path) > served_rank_of(promoted)
 
 
 def test_the_state_is_written_before_the_model_file(tmp_path, topic, monkeypatch):
@@ -163,3 +173,4 @@ def test_a_promotion_of_another_feature_schema_does_not_stop_the_publishes(tmp_p
         _feed(s, topic, logged(gt, k * 400, 400, seed=k))
     assert s._unadoptable_epoch == 1
     assert settings.model_path.exists() and settings.learner_state_path.exists()
+    assert served_rank(settings.model_path) > (1, 1)  # above the promotion replicas hold
