@@ -306,7 +306,7 @@ class OnlineLearner(Publishing):
         restarted learner knows where to resume reading. Every new record of a treatment or the
         control arm (training and guardrail slice alike) also feeds :attr:`control`. ``now`` is
         not used (the boosts are counted in rewards); kept for callers that pass it."""
-        batch, counts = self._admit(records)
+        batch, counts, taken = self._admit(records)
         lr = self._set_lr()
         updates, loss_sum = self._train(batch)  # counts "trained" as it goes
         if self._restarted_in_call:
@@ -323,14 +323,19 @@ class OnlineLearner(Publishing):
             updates=updates,
             loss=loss_sum / trained if trained else None,
             lr=lr,
+            taken=tuple(taken),
             **counts,
         )
 
-    def _admit(self, records: Iterable[RewardRecord]) -> tuple[list[RewardRecord], dict[str, int]]:
+    def _admit(
+        self, records: Iterable[RewardRecord]
+    ) -> tuple[list[RewardRecord], dict[str, int], list[RewardRecord]]:
         """The records to train on, after the holdout arm, invalid records, duplicates and the
-        guardrail slice are taken out (and counted); new records feed :attr:`control`."""
+        guardrail slice are taken out (and counted), and every record taken (those to train on
+        and the guardrail slice's); new records feed :attr:`control`."""
         counts = dict.fromkeys(("received", "guardrail", "holdout", "duplicates", "invalid"), 0)
         batch: list[RewardRecord] = []
+        taken: list[RewardRecord] = []
         for r in records:
             counts["received"] += 1
             if r.arm == self.config.holdout_arm:
@@ -340,6 +345,7 @@ class OnlineLearner(Publishing):
             elif not self._seen.add(r.decision_id):
                 counts["duplicates"] += 1
             else:
+                taken.append(r)
                 if self.control is not None:
                     self.control.observe(r)
                 if self.in_guardrail(r.decision_id):
@@ -347,7 +353,7 @@ class OnlineLearner(Publishing):
                     counts["guardrail"] += 1
                 else:
                     batch.append(r)
-        return batch, counts
+        return batch, counts, taken
 
     def _set_lr(self) -> float:
         """The step size for the rewards trained on now (boost, decay with what was learned,

@@ -287,24 +287,27 @@ class LearnerService:
             except (RewardRecordError, orjson.JSONDecodeError) as exc:
                 self.invalid += 1
                 log.warning("reward %s/%d: %s", rec.partition, rec.offset, exc)
-        seen_before = self.learner.counters.get("trained", 0)
-        self.learner.learn(records, offsets)
-        fresh = self.learner.counters.get("trained", 0) > seen_before
+        learned = self.learner.learn(records, offsets)
+        # what the learner took: a reward written again (a stream worker's replay after a
+        # crash) or an invalid one is not counted twice in the rates and the detectors
+        taken = [
+            *learned.taken,
+            *(r for r in records if r.arm == self.learner.config.holdout_arm),
+        ]
         now = time.time()
-        for r in records:
+        for r in taken:
             counts = self.arms.setdefault(r.arm, [0, 0])
             counts[0] += 1
             counts[1] += r.reward > 0
             self.recent.setdefault(r.arm, deque(maxlen=500)).append(r.reward)
             if (
-                fresh
-                and r.reward > 0
+                r.reward > 0
                 and r.outcome_at_ms is not None
-                and r.arm != "holdout"
+                and r.arm != self.learner.config.holdout_arm
                 and not self.learner.in_guardrail(r.decision_id)
             ):
                 self._awaiting.append(r.outcome_at_ms)
-        for kind, detail in self.rate_drift.update(records):
+        for kind, detail in self.rate_drift.update(taken):
             if self.rate_drift.answered(detail):  # the same change, restarted for already
                 log.info("drift (%s) %s: answered by the last restart", kind, detail)
                 continue

@@ -66,6 +66,9 @@ class LearnReport:
     updates: int = 0
     loss: float | None = None
     lr: float = 0.0
+    #: The records taken (trained on or held for the guardrail slice): neither duplicates nor
+    #: invalid nor the holdout's. What the service's rates and detectors count.
+    taken: tuple[RewardRecord, ...] = ()
 
 
 #: The largest feature value (in magnitude) trained on. Onramp's features lie in [0, 8]; a value

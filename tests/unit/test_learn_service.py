@@ -174,3 +174,21 @@ def test_a_promotion_of_another_feature_schema_does_not_stop_the_publishes(tmp_p
     assert s._unadoptable_epoch == 1
     assert settings.model_path.exists() and settings.learner_state_path.exists()
     assert served_rank(settings.model_path) > (1, 1)  # above the promotion replicas hold
+
+
+def test_rewards_written_again_are_not_counted_again_in_the_rates_and_detectors(tmp_path, topic):
+    """Reward records are written at least once (a stream worker's replay after a crash writes
+    them again). The learner drops the copies, but the service used to count them again in its
+    per-arm rates, its detectors and its outcome-to-weights latencies whenever the same poll
+    also brought a new record."""
+    settings = _settings(tmp_path)
+    s = service.LearnerService(settings, "stand-in")
+    gt = GroundTruth(seed=9)
+    first = logged(gt, 0, 200, seed=9)
+    _feed(s, topic, first)
+    counted = {arm: list(c) for arm, c in s.arms.items()}
+    fed = s.rate_drift.fed + s.rate_drift.held + s.rate_drift.late + s.rate_drift.timeouts
+    _feed(s, topic, [*first, *logged(gt, 200, 1, seed=10)])  # a replay, and one new record
+    assert sum(c[0] for c in s.arms.values()) == sum(c[0] for c in counted.values()) + 1
+    after = s.rate_drift.fed + s.rate_drift.held + s.rate_drift.late + s.rate_drift.timeouts
+    assert after == fed + 1
