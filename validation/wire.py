@@ -186,13 +186,34 @@ def nesting_depth_exceeds(value: Any, limit: int = MAX_NESTING_DEPTH) -> bool:
     return False
 
 
-def check_json_value(value: Any, field: str = "", max_depth: int = MAX_NESTING_DEPTH) -> None:
+def _too_many(field: str, most: int, max_bytes: int | None) -> WireError:
+    return WireError(
+        ReasonCode.EVENT_TOO_LARGE,
+        field or None,
+        f"more than {most} values: over the limit of {max_bytes} bytes",
+    )
+
+
+def check_json_value(
+    value: Any,
+    field: str = "",
+    max_depth: int = MAX_NESTING_DEPTH,
+    max_bytes: int | None = None,
+) -> None:
     """Raise :class:`WireError` for the first part of ``value`` outside the contract's bounds.
 
     Checks nesting depth, numbers (int64, finite, :class:`UnrepresentableNumber`) and strings
     (valid Unicode, keys too); ``field`` prefixes the reported path. Iterative, constant work per
     value (a path is spelled out only for the part refused): the collector calls it for an event
-    that orjson refused to encode, to name the field.
+    that orjson refused to encode, to name the field. With ``max_bytes``, a value of more than
+    ``max_bytes // 2`` parts is refused as ``event_too_large`` once they are counted (each part
+    takes at least two bytes of JSON with its separator), so the walk is bounded by the event
+    size limit, not by what a compressed body unpacks to.
+
+    >>> check_json_value([1] * 100 + [float("nan")], max_bytes=64)
+    Traceback (most recent call last):
+    ...
+    validation.wire.WireError: event_too_large: more than 32 values: over the limit of 64 bytes
 
     >>> check_json_value({"properties": {"n": float("nan")}})
     Traceback (most recent call last):
@@ -201,11 +222,18 @@ def check_json_value(value: Any, field: str = "", max_depth: int = MAX_NESTING_D
     """
     # A path is a chain (parent chain, key or index), rooted at None.
     stack: list[tuple[Any, _Path, int]] = [(value, None, 1)]
+    most = None if max_bytes is None else max_bytes // 2
+    seen = 0
     while stack:
         node, path, depth = stack.pop()
+        seen += 1
+        if most is not None and seen > most:
+            raise _too_many(field, most, max_bytes)
         if isinstance(node, dict):
             if depth > max_depth:
                 raise _too_deep(field, path, max_depth)
+            if most is not None and seen + len(node) > most:
+                raise _too_many(field, most, max_bytes)
             children: list[tuple[Any, _Path, int]] = []
             for key, child in node.items():
                 if not isinstance(key, str) or not _is_unicode(key):
@@ -219,6 +247,8 @@ def check_json_value(value: Any, field: str = "", max_depth: int = MAX_NESTING_D
         elif isinstance(node, list):
             if depth > max_depth:
                 raise _too_deep(field, path, max_depth)
+            if most is not None and seen + len(node) > most:  # counted without walking them
+                raise _too_many(field, most, max_bytes)
             stack.extend((node[i], (path, i), depth + 1) for i in range(len(node) - 1, -1, -1))
         elif isinstance(node, str):
             if not _is_unicode(node):

@@ -14,6 +14,7 @@ b'a-1'
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,7 @@ from validation.wire import INT_MAX, INT_MIN, MAX_NESTING_DEPTH, Unrepresentable
 __all__ = ["dlq_key", "dlq_record", "raw_event_payload"]
 
 _TOO_DEEP = f"<nested deeper than {MAX_NESTING_DEPTH} levels>"
+_CUT = "<cut>"
 
 
 def dlq_record(
@@ -79,26 +81,33 @@ def _dlq_json(value: Any) -> bytes:
         return orjson.dumps(_sanitized(value))
 
 
-def _sanitized(value: Any) -> Any:
+def _sanitized(value: Any, most: int = RAW_CAP // 2) -> Any:
     """A copy of ``value`` that any JSON encoder takes: lone surrogates escaped, number markers
     and other non-JSON values as text, nesting cut at the contract's depth. Iterative; only for
-    DLQ records of values already refused."""
+    DLQ records of values already refused. At most ``most`` parts are copied (the record keeps
+    the first 32 KB of the JSON, which holds fewer): past them, objects and lists are
+    ``<cut>``, so a refused value of a million parts costs no more than one of a few thousand."""
     root: list[Any] = [None]
     stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 1)]
+    left = most
     while stack:
         node, parent, slot, depth = stack.pop()
+        left -= 1
         out: Any
-        if isinstance(node, dict | list) and depth > MAX_NESTING_DEPTH:
+        if isinstance(node, dict | list) and left < 0:
+            out = _CUT
+        elif isinstance(node, dict | list) and depth > MAX_NESTING_DEPTH:
             out = _TOO_DEEP
         elif isinstance(node, dict):
             out = {}
-            for key, child in node.items():
+            for key, child in itertools.islice(node.items(), max(left, 0)):
                 clean = safe_text(str(key), RAW_CAP)
                 out[clean] = None
                 stack.append((child, out, clean, depth + 1))
         elif isinstance(node, list):
-            out = [None] * len(node)
-            stack.extend((child, out, i, depth + 1) for i, child in enumerate(node))
+            kept = node[: max(left, 0)]
+            out = [None] * len(kept)
+            stack.extend((child, out, i, depth + 1) for i, child in enumerate(kept))
         elif isinstance(node, str):
             out = safe_text(node, RAW_CAP)
         elif node is None or isinstance(node, bool | orjson.Fragment):

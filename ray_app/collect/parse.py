@@ -400,7 +400,7 @@ def _parse_events(
             if isinstance(raw, dict):
                 if "writeKey" in raw:  # a secret: no topic gets it (as with a single call's)
                     raw = {k: v for k, v in raw.items() if k != "writeKey"}
-                blob = checked_json(raw)
+                blob = checked_json(raw, max_bytes=request.limits.max_event_bytes)
             key, record, message_id = _normalize(request, source, raw, blob, envelope)
         except Exception as exc:
             rej = event_rejection(

@@ -83,9 +83,15 @@ class DecisionLog:
         topic: str,
         max_pending: int = 20_000,
         on_result: Callable[[int, int], None] | None = None,
+        max_pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.topic = topic
         self.max_pending = max_pending
+        #: The bytes queued or awaiting acknowledgement, at most: a record is a few hundred bytes,
+        #: but one whose request context was as large as allowed is a hundred kilobytes, and
+        #: ``max_pending`` of those while Kafka is slow would be gigabytes.
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_bytes = 0
         self._factory = producer_factory
         self._producer: Producer | None = None
         self._lock = threading.Lock()
@@ -118,10 +124,16 @@ class DecisionLog:
         log is closed. Never blocks on Kafka; a record that cannot be encoded raises before
         anything is queued."""
         encoded = [(key, orjson.dumps(record), record.get("decisionId")) for key, record in records]
+        size = sum(len(value) for _, value, _ in encoded)
         with self._lock:  # one lock for the check, the count and the queueing: close() waits
-            if self._closed or self.pending + len(encoded) > self.max_pending:
+            if (
+                self._closed
+                or self.pending + len(encoded) > self.max_pending
+                or (self.pending and self.pending_bytes + size > self.max_pending_bytes)
+            ):
                 return False
             self.pending += len(encoded)
+            self.pending_bytes += size
             self._start_locked()
             self._queue += encoded
             if self._idle:
@@ -148,9 +160,11 @@ class DecisionLog:
                     producer = self._producer_or_none()
                     if producer is None:
                         raise ConnectionError("no Kafka producer (retrying shortly)")
-                    producer.send(OutRecord(self.topic, value, key=key), self._done(decision_id))
+                    producer.send(
+                        OutRecord(self.topic, value, key=key), self._done(decision_id, len(value))
+                    )
                 except Exception as exc:  # refused or no producer: counted, never silent
-                    self._done(decision_id)(None, exc)
+                    self._done(decision_id, len(value))(None, exc)
         if self._producer is not None:
             try:
                 self._producer.close(self._close_timeout_s)
@@ -170,10 +184,13 @@ class DecisionLog:
                 return None
         return self._producer
 
-    def _done(self, decision_id: Any) -> Callable[[Delivered | None, BaseException | None], None]:
+    def _done(
+        self, decision_id: Any, size: int
+    ) -> Callable[[Delivered | None, BaseException | None], None]:
         def callback(delivered: Delivered | None, error: BaseException | None) -> None:
             with self._lock:
                 self.pending -= 1
+                self.pending_bytes -= size
                 if error is None:
                     self.acked += 1
                 else:
@@ -205,4 +222,9 @@ class DecisionLog:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"pending": self.pending, "acked": self.acked, "failed": self.failed}
+            return {
+                "pending": self.pending,
+                "pendingBytes": self.pending_bytes,
+                "acked": self.acked,
+                "failed": self.failed,
+            }

@@ -35,6 +35,18 @@ _ContextValue = _Scalar | list[_Scalar] | dict[str, _Scalar | list[_Scalar]]
 MAX_CONTEXT_VALUES = 128
 MAX_CONTEXT_TEXT = 1024
 
+#: The longest name of a context field (nested too): features ignore longer keys anyway.
+MAX_CONTEXT_KEY = 128
+
+
+def _short_key(key: str, where: str) -> None:
+    if len(key) > MAX_CONTEXT_KEY:
+        raise ValueError(
+            f"{where[:MAX_CONTEXT_KEY]}...: a field name of {len(key)} characters; at most "
+            f"{MAX_CONTEXT_KEY}"
+        )
+
+
 #: The refusal of a request naming no user (the field it names: ``userId``).
 _NO_IDENTITY = "send userId or anonymousId (user_id, anonymous_id)"
 
@@ -63,7 +75,8 @@ class DecideRequest(BaseModel):
         max_length=64,
         description="Request context (device, referrer, locale, ...): at most 64 fields, each a "
         "scalar, a list of scalars or an object of those (one level); at most 128 values in all "
-        "and texts of at most 1,024 characters.",
+        "(an empty list or object counts one), texts of at most 1,024 characters and field "
+        "names of at most 128.",
     )
     candidates: list[str] | None = Field(
         None,
@@ -83,11 +96,21 @@ class DecideRequest(BaseModel):
     @field_validator("context")
     @classmethod
     def _bounded_context(cls, context: dict[str, Any]) -> dict[str, Any]:
+        # an empty list or object counts one too: 5,500 nested empty lists counted none and
+        # made each decision record 60 KB
         count = 0
         for name, value in context.items():
-            for item in value.values() if isinstance(value, dict) else (value,):
-                for leaf in item if isinstance(item, list) else (item,):
-                    count += 1
+            _short_key(name, name)
+            items: Any = (value,)
+            if isinstance(value, dict):
+                for sub in value:
+                    _short_key(sub, f"{name}.{sub}")
+                count += not value
+                items = value.values()
+            for item in items:
+                leaves = item if isinstance(item, list) else (item,)
+                count += len(leaves) or 1
+                for leaf in leaves:
                     if isinstance(leaf, str) and len(leaf) > MAX_CONTEXT_TEXT:
                         raise ValueError(
                             f"{name}: a text of {len(leaf)} characters; at most "

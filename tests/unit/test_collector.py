@@ -50,6 +50,20 @@ def test_rejected_events_are_in_the_dlq_before_the_answer():
     assert b'onramp_events_rejected_total{reason="missing_field"} 1.0' in hooks.prometheus_text()
 
 
+def test_a_long_user_agent_is_kept_short_in_each_dlq_record():
+    """Every DLQ record of a request carries its origin: a 12 KB User-Agent on a batch of 1,800
+    refused events made 22 MB of records (and held the in-flight budget) from a 4 KB body."""
+    c, broker, _ = make()
+    agent = "Mozilla/5.0 " + "x" * 12_000
+    reply = run(c.handle("batch", body(*[1] * 200), {**AUTH, "user-agent": agent}))
+    assert reply.status == 400
+    dead = broker.records("onramp.events.dlq")
+    assert len(dead) == 200
+    kept = json.loads(dead[0].value)["origin"]["userAgent"]
+    assert kept.startswith("Mozilla/5.0 xxx") and kept.endswith("(11500 more characters)")
+    assert sum(len(d.value) for d in dead) < 200 * 1_500
+
+
 def test_auth_failure_writes_nothing():
     c, broker, _ = make()
     reply = run(c.handle("batch", body(GOOD), {}))

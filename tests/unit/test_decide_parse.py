@@ -83,6 +83,24 @@ def test_a_request_that_names_no_user_is_refused_on_user_id():
     assert "userId or anonymousId" in refused.message
 
 
+def test_empty_lists_and_long_field_names_count_against_the_context_bounds():
+    """5,500 nested empty lists counted as no value at all (each decision record 60 KB), and a
+    field name had no bound (60,000 characters went into every record)."""
+    empty = {"a": {f"k{i}": [] for i in range(5500)}}
+    refused = parse_decide(orjson.dumps({"userId": "u", "slot": "next_step", "context": empty}))
+    assert isinstance(refused, DecideRefused) and "5500 values in all" in refused.message
+    for context in ({"x" * 200: 1}, {"page": {"y" * 200: 1}}):
+        body = orjson.dumps({"userId": "u", "slot": "next_step", "context": context})
+        refused = parse_decide(body)
+        assert isinstance(refused, DecideRefused) and refused.status == 400
+        assert "a field name of 200 characters; at most 128" in refused.message
+    fine = {"device": "web", "tags": [], "utm": {}, "x" * 128: 1}
+    assert isinstance(
+        parse_decide(orjson.dumps({"userId": "u", "slot": "next_step", "context": fine})),
+        DecideRequest,
+    )
+
+
 def test_a_context_is_bounded_in_values_and_text_not_only_in_top_level_fields():
     # 4,000 numbers under one field fitted the 64 KB body and 64 fields: about 1,000 times a
     # normal request's hashing, on the event loop every request of the replica shares

@@ -102,13 +102,37 @@ def test_the_log_refuses_past_its_bound_and_counts_failures():
     broker.available = False  # an outage: nothing is acknowledged
     assert log.offer([(b"u", {"decisionId": str(i)}) for i in range(3)])
     assert not log.offer([(b"u", {"decisionId": "4"})])  # would pass the bound
-    assert log.stats() == {"pending": 3, "acked": 0, "failed": 0}
+    assert _counts(log) == {"pending": 3, "acked": 0, "failed": 0}
     broker.recover()
-    _until(lambda: log.stats() == {"pending": 0, "acked": 3, "failed": 0})
+    _until(lambda: _counts(log) == {"pending": 0, "acked": 3, "failed": 0})
     assert log.offer([(b"u", {"decisionId": "5"})])
     log.close()
     assert len(broker.records("d")) == 4
     assert not log.offer([(b"u", {"decisionId": "6"})])  # closed: refused, not lost
+
+
+def _counts(log: DecisionLog) -> dict[str, int]:
+    return {k: v for k, v in log.stats().items() if k != "pendingBytes"}
+
+
+def test_the_log_is_bounded_in_bytes_too():
+    """A record whose request context was as large as allowed is a hundred kilobytes: 20,000 of
+    them pending while Kafka is slow would be gigabytes. The log refuses past its bytes as past
+    its count (a 503 for that decision), and takes a record of any size when nothing waits."""
+    broker = InMemoryBroker(partitions=1)
+    log = DecisionLog(
+        lambda: InMemoryProducer(broker), "d", max_pending=100, max_pending_bytes=4_000
+    )
+    broker.available = False
+    big = "x" * 3_000
+    assert log.offer([(b"u", {"decisionId": "1", "context": big})])
+    assert not log.offer([(b"u", {"decisionId": "2", "context": big})])
+    assert log.stats()["pendingBytes"] > 3_000
+    broker.recover()
+    _until(lambda: log.stats()["pending"] == 0)
+    assert log.stats()["pendingBytes"] == 0
+    assert log.offer([(b"u", {"decisionId": "3", "context": "y" * 10_000})])  # alone: taken
+    log.close()
 
 
 def _until(check, timeout_s: float = 5.0) -> None:
@@ -144,7 +168,7 @@ def test_a_producer_that_cannot_be_built_counts_failures_and_frees_the_bound():
     results = []
     log = DecisionLog(broken, "d", max_pending=2, on_result=lambda ok, bad: results.append(bad))
     assert log.offer([(b"u", {"decisionId": "1"}), (b"u", {"decisionId": "2"})])
-    _until(lambda: log.stats() == {"pending": 0, "acked": 0, "failed": 2})
+    _until(lambda: _counts(log) == {"pending": 0, "acked": 0, "failed": 2})
     assert sum(results) == 2
     assert log.offer([(b"u", {"decisionId": "3"})])  # the bound was given back
     log.close()
@@ -162,7 +186,7 @@ def test_close_sends_everything_offered_before_it_and_builds_nothing_after():
     log = DecisionLog(factory, "d", max_pending=100)
     assert log.offer([(b"u", {"decisionId": str(i)}) for i in range(20)])
     log.close(timeout_s=5)
-    assert log.stats() == {"pending": 0, "acked": 20, "failed": 0}
+    assert _counts(log) == {"pending": 0, "acked": 20, "failed": 0}
     assert len(broker.records("d")) == 20 and built == [1]
     assert not log.offer([(b"u", {"decisionId": "late"})])
     time.sleep(0.1)
@@ -193,7 +217,7 @@ def test_the_sender_takes_what_queued_while_it_was_busy_in_order():
     for i in range(200):
         assert log.offer([(b"u", {"decisionId": str(i)})])
     log.close(timeout_s=5)
-    assert log.stats() == {"pending": 0, "acked": 200, "failed": 0}
+    assert _counts(log) == {"pending": 0, "acked": 200, "failed": 0}
     assert [orjson.loads(v)["decisionId"] for v in sends] == [str(i) for i in range(200)]
 
 

@@ -42,6 +42,7 @@ from validation.wire import (
     MAX_NESTING_DEPTH,
     UnrepresentableNumber,
     WireError,
+    check_json_value,
     parse_call,
 )
 
@@ -780,3 +781,27 @@ def test_record_json_on_a_call_with_clashing_extras_and_empty_parts():
     got = json.loads(record_json(call, {"schema": "s", "seq": 4}), object_pairs_hook=_each_key_once)
     assert got == {**call.model_dump(mode="json", exclude_none=True), "schema": "s", "seq": 4}
     assert json.loads(record_json(call, {})) == call.model_dump(mode="json", exclude_none=True)
+
+
+def test_a_compressed_event_of_a_quarter_million_values_is_refused_by_its_size_not_walked():
+    """587 bytes of gzip unpack to an event of 250,000 numbers and a NaN. Naming the NaN walked
+    every value in Python, and the DLQ record copied every value to keep 32 KB of them: about
+    0.7 s on the event loop that every request of the replica shares. A value of more parts than
+    the size limit allows is refused as too large once they are counted, and its DLQ record
+    copies no more parts than it keeps."""
+    from ray_app.collect.dead_letter import _sanitized
+
+    items = b",".join([b"1"] * 250_000)
+    body = b'{"type":"track","event":"e","userId":"u","properties":{"a":[' + items + b'],"b":NaN}}'
+    packed = gzip.compress(body, 9)
+    assert len(packed) < 1_000
+    p = parse("track", packed, encoding="gzip")
+    assert p.status == 413 and [r.reason for r in p.rejections] == ["event_too_large"]
+    assert "over the limit of 32768 bytes" in p.rejections[0].message
+    assert len(p.dlq) == 1 and len(p.dlq[0][1]) <= DLQ_BOUND
+    # the walk that names a refused part stops at the size limit's count of parts
+    with pytest.raises(WireError, match="event_too_large"):
+        check_json_value({"a": list(range(10_000)), "b": float("nan")}, max_bytes=1_024)
+    copied = _sanitized({"a": [float("nan")] * 1_000_000, "b": {str(i): i for i in range(10**5)}})
+    parts = sum(len(v) if isinstance(v, list | dict) else 1 for v in copied.values())
+    assert parts <= 32 * 1024 // 2 and "<cut>" in copied.values()
