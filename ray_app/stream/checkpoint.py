@@ -156,11 +156,16 @@ def checkpoint_key(settings: StreamSettings, checkpoint_uri: str | None = None) 
 class CheckpointStore:
     """Checkpoints under a local directory or any fsspec URI, signed with ``key``."""
 
-    def __init__(self, uri: str | os.PathLike[str], key: bytes) -> None:
+    def __init__(
+        self, uri: str | os.PathLike[str], key: bytes, partitions: int | None = None
+    ) -> None:
         if len(key) < _MIN_KEY:
             raise ValueError(f"a checkpoint key needs at least {_MIN_KEY} bytes")
         self._key = key
         self.uri = str(uri)
+        #: The topic's partition count this run hashes keys with (``kafka.partitions``): written
+        #: into every checkpoint, and a checkpoint written under another count is refused.
+        self.partitions = partitions
         self._local: Path | None = None
         self._base: dict[int, tuple[str, int]] = {}  # partition -> (base id, last delta seq)
         if "://" not in self.uri or self.uri.startswith("file://"):
@@ -263,7 +268,20 @@ class CheckpointStore:
         header: dict[str, Any] = json.loads(body[4 : 4 + n])
         if header.get("partition") != partition:
             raise refuse("partition", f"it is a checkpoint of partition {header.get('partition')}")
+        written = header.get("partitions")
+        if written is not None and self.partitions is not None and written != self.partitions:
+            raise refuse(
+                "partitions",
+                f"it was written when keys were hashed over {written} partitions and this run "
+                f"hashes them over {self.partitions} (kafka.partitions): a user's events now "
+                "land on another partition than their state. Set kafka.partitions back to "
+                f"{written}, or start on new topics (kafka.topic_prefix) with a new checkpoint "
+                "store",
+            )
         return header, body[4 + n :]
+
+    def _count(self) -> dict[str, int]:
+        return {} if self.partitions is None else {"partitions": self.partitions}
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -275,7 +293,12 @@ class CheckpointStore:
             name,
             self._pack(
                 name,
-                {"partition": partition, "nextOffset": next_offset, "baseId": base_id},
+                {
+                    "partition": partition,
+                    "nextOffset": next_offset,
+                    "baseId": base_id,
+                    **self._count(),
+                },
                 snapshot,
             ),
         )
@@ -299,6 +322,7 @@ class CheckpointStore:
                     "nextOffset": next_offset,
                     "baseId": base_id,
                     "seq": seq,
+                    **self._count(),
                 },
                 delta,
             ),

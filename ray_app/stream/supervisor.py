@@ -62,6 +62,10 @@ class _Launched(NamedTuple):
     handle: Any
 
 
+#: How often the monitor checks the topics' partition counts (a describe call to Kafka).
+TOPIC_CHECK_S = 60.0
+
+
 class StreamSupervisor:
     """Runs the stream workers (call from the driver, or run it as an actor). ``runtime`` says
     how: Ray actors by default, or :class:`~ray_app.stream.runtime.LocalRuntime` in tests."""
@@ -98,6 +102,9 @@ class StreamSupervisor:
         self.worker_addresses: dict[int, Address | None] = {}
         """Worker index -> its profile socket (:meth:`StreamWorker.profile_address`)."""
         self._last_rebalance = 0.0
+        self._topics_checked = time.monotonic()  # ensure_topics checked them at start
+        self.topic_problem: str | None = None
+        """Why the topics do not match ``kafka.partitions`` now (:meth:`check_topics`)."""
         self._suspect: dict[str, float] = {}
         """Node -> when a worker on it died: Ray may list a lost node as alive for a while
         (its health checks have to fail first), so no worker is placed there for a minute."""
@@ -270,6 +277,9 @@ class StreamSupervisor:
     def _watch(self) -> None:
         while not self._stop.wait(self.monitor_interval_s):
             try:
+                if time.monotonic() - self._topics_checked >= TOPIC_CHECK_S:
+                    self._topics_checked = time.monotonic()
+                    self.check_topics()
                 self.check()
                 every = self.settings.stream.rebalance_interval_s
                 if time.monotonic() - self._last_rebalance >= every:
@@ -277,6 +287,30 @@ class StreamSupervisor:
                     self.rebalance()
             except Exception:
                 log.exception("supervisor check failed")
+
+    def check_topics(self) -> str | None:
+        """Whether the topics still have ``kafka.partitions`` partitions (checked at start, and
+        every :data:`TOPIC_CHECK_S` by the monitor): a topic grown since sends the events of
+        some users to partitions no worker reads, and keys hash elsewhere. Logged at ERROR when
+        it changes; :attr:`topic_problem` holds it. A Kafka that does not answer is no answer."""
+        from ray_app.errors import ConfigError, KafkaUnavailable
+        from ray_app.kafka.topics import verify_topics
+
+        topics = [self.settings.topics.events, self.settings.topics.decisions]
+        try:
+            verify_topics(self.bootstrap, self.settings.kafka, topics, timeout_s=5.0)
+            problem = None
+        except ConfigError as exc:
+            problem = str(exc)
+        except (KafkaUnavailable, OSError):
+            return self.topic_problem
+        if problem != self.topic_problem:
+            if problem is not None:
+                log.error("%s: events of some users are not read", problem)
+            else:
+                log.info("the topics have kafka.partitions partitions again")
+        self.topic_problem = problem
+        return problem
 
     def check(self) -> int:
         """Restart dead workers; returns how many were restarted."""

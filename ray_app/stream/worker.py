@@ -124,7 +124,7 @@ class StreamWorker:
         self.topics = settings.topics
         if store is None:
             key = checkpoint_key or _resolve_key(settings, checkpoint_uri)
-            store = CheckpointStore(checkpoint_uri, key)
+            store = CheckpointStore(checkpoint_uri, key, settings.kafka.partitions)
         self.store = store
         cfg = state_config(settings)
         # the batch checks, cross-checked with the declared pandera schema on a sample

@@ -46,3 +46,34 @@ def test_fewer_replicas_than_configured_is_a_clear_error(broker):
     msg = str(info.value)
     assert f"{prefix}.events has 1 replica per partition (kafka.replication_factor=2)" in msg
     assert f"{prefix}.rewards has 1 replica" in msg
+
+
+def test_the_supervisor_notices_topics_whose_partitions_no_longer_match(broker, caplog):
+    """Grown after the start (kafka-topics --alter), a topic sends some users' events to
+    partitions no worker reads, which nothing noticed: the supervisor's monitor checks the
+    counts every minute and logs it at ERROR once, and again when it is mended."""
+    import logging
+
+    from ray_app.stream import StreamSupervisor
+    from tests.conftest import make_settings
+
+    prefix = f"tg{uuid.uuid4().hex[:6]}"
+    settings = make_settings(
+        broker.bootstrap, ONRAMP_KAFKA__TOPIC_PREFIX=prefix, ONRAMP_KAFKA__PARTITIONS="2"
+    )
+    ensure_topics(broker.bootstrap, settings.kafka)
+    sup = StreamSupervisor(settings, broker.bootstrap, workers=1)
+    assert sup.check_topics() is None
+    grown = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"partitions": 3})}
+    )
+    sup.settings = grown  # as if the topics had 2 partitions more than the run hashes over
+    with caplog.at_level(logging.ERROR, logger="ray_app.stream.supervisor"):
+        problem = sup.check_topics()
+        assert sup.check_topics() == problem  # said once
+    assert problem is not None and f"{prefix}.events has 2" in problem
+    assert [r.getMessage() for r in caplog.records].count(
+        f"{problem}: events of some users are not read"
+    ) == 1
+    sup.settings = settings
+    assert sup.check_topics() is None and sup.topic_problem is None
