@@ -562,9 +562,16 @@ class StreamWorker:
             return None
 
     def ping(self) -> str | None:
-        """None when healthy, else the error that stopped the loop (or that it never ran)."""
+        """None when healthy, else the error that stopped the loop (or that it never ran), or a
+        checkpoint write that has not finished in :func:`stuck_write_s` (the supervisor then
+        restarts the worker from its last whole checkpoint; left alone, it went on applying
+        records that no checkpoint would ever cover, its memory of them growing)."""
         if self.error is None and self._thread is None:
             return "not started"
+        if self.error is None:
+            taken = self._writer.writing_for()
+            if taken > stuck_write_s(self.settings):
+                return f"a checkpoint write to {self.store.uri} has not finished in {taken:.0f} s"
         return self.error
 
     def profile_address(self) -> Address | None:
@@ -656,6 +663,13 @@ class StreamWorker:
 
 def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:
     return checkpoint_key(settings.stream, checkpoint_uri)
+
+
+def stuck_write_s(settings: Settings) -> float:
+    """How long a checkpoint write may take before the worker reports itself unhealthy: 20
+    checkpoint intervals, and at least two minutes (a base snapshot of a large partition to an
+    object store takes a while)."""
+    return max(120.0, 20 * settings.stream.checkpoint_interval_s)
 
 
 def _restore(ck: Checkpoint, uri: str, checks: SampledChecks | None = None) -> SessionShard:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 
 from ray_app.stream.checkpoint import CheckpointStore
@@ -42,6 +43,7 @@ class CheckpointWriter:
         self._done: dict[int, int] = {}
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._writing_since: float | None = None  # monotonic start of the write in progress
 
     def submit(self, saved: Sequence[Saved]) -> None:
         """Queue one checkpoint (every changed partition's blob) for writing."""
@@ -55,6 +57,13 @@ class CheckpointWriter:
             )
             self._thread.start()
         self._queue.put(saved)
+
+    def writing_for(self) -> float:
+        """Seconds the checkpoint being written has taken so far (0 when none is): a store
+        that never answers (a hung mount, a PUT with no deadline) shows here, where nothing
+        else would notice it while the loop goes on."""
+        started = self._writing_since
+        return 0.0 if started is None else time.monotonic() - started
 
     def busy(self) -> bool:
         """Whether a checkpoint is queued or being written."""
@@ -102,6 +111,7 @@ class CheckpointWriter:
             saved = self._queue.get()
             if saved is None:
                 return
+            self._writing_since = time.monotonic()
             try:
                 if self._error is None:
                     for p, blob, offset, base in saved:
@@ -116,6 +126,7 @@ class CheckpointWriter:
                 with self._lock:
                     self._error = exc
             finally:
+                self._writing_since = None
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()

@@ -106,6 +106,34 @@ def test_the_loop_goes_on_while_a_slow_checkpoint_is_written(twin, tmp_path) -> 
     assert CheckpointStore(tmp_path / "slow", KEY).load(0).next_offset == 10
 
 
+def test_a_checkpoint_write_that_never_finishes_makes_the_worker_unhealthy(
+    twin,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+) -> None:
+    """A store that never answers (a hung mount, a PUT without a deadline): the loop went on
+    applying records no checkpoint would cover, its memory of them growing, while ping() said
+    healthy. Past stuck_write_s the worker says so, and the supervisor restarts it from its
+    last whole checkpoint."""
+    import ray_app.stream.worker as worker_module
+
+    w, settings = _worker(tmp_path)
+    store = _SlowStore(tmp_path / "stuck", KEY)
+    store.gate.clear()  # the write hangs until the gate opens
+    w.store = store
+    w._writer = CheckpointWriter(store)
+    w._thread = threading.current_thread()  # started, as far as ping() is concerned
+    _produce(twin, settings, settings.topics.events, [good(f"a{n}", n) for n in range(5)])
+    w._process(w._consumer.poll(max_records=100))
+    assert w.checkpoint(wait=False) == 1
+    time.sleep(0.2)
+    assert w.ping() is None  # a write in progress is no trouble yet
+    monkeypatch.setattr(worker_module, "stuck_write_s", lambda settings: 0.1)
+    assert "has not finished in" in (w.ping() or "")
+    store.gate.set()
+    assert w._writer.flush(5) and w.ping() is None
+
+
 def test_partitions_due_together_rebase_one_checkpoint_apart(twin, tmp_path) -> None:  # noqa: F811
     """A worker's partitions come due for a full snapshot together; they rebase one checkpoint
     apart (a base of every partition at once held the loop for their sum), and what the store
