@@ -70,6 +70,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Age past which a temporary file of a local store's write is taken as left by a killed writer.
+STALE_TEMP_S = 3600.0
+
 _MAGIC = b"ONRAMPCK2\n"
 """Format 2: magic, HMAC-SHA256 (32 bytes), header length (4 bytes), JSON header, payload."""
 _UNSIGNED_MAGIC = b"ONRAMPCK1\n"
@@ -172,11 +175,26 @@ class CheckpointStore:
             self._local = local_path(self.uri)  # ~ expanded, as the key check above does
             self._local.mkdir(parents=True, exist_ok=True)
             self._fs = None
+            self._remove_stale_temporaries()
         else:
             import fsspec
 
             self._fs, self._root = fsspec.core.url_to_fs(self.uri)
             self._fs.makedirs(self._root, exist_ok=True)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete what writes killed midway left (``.tmp-*``, up to a whole base snapshot each,
+        never read): those older than :data:`STALE_TEMP_S`, so that no write in progress in
+        another worker sharing the directory loses its file."""
+        assert self._local is not None
+        cutoff = time.time() - STALE_TEMP_S
+        for tmp in self._local.glob(".tmp-*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    log.info("removed %s, left by a checkpoint write that was killed", tmp)
+            except OSError:
+                continue  # gone already, or not ours to remove
 
     # -- names and raw objects -------------------------------------------------------------
 

@@ -347,13 +347,20 @@ class StreamWorker:
                 expected,
             )
             recs = kept
-        if not recs or recs[-1].offset + 1 - expected == len(recs):
-            return recs  # contiguous from the next offset (offsets only grow in a partition)
+        if not recs or (
+            recs[-1].offset + 1 - expected == len(recs)
+            and [r.offset for r in recs] == list(range(expected, expected + len(recs)))
+        ):
+            return recs  # contiguous from the next offset (a repeat and a gap may add up)
         at = expected
-        for i, r in enumerate(recs):
+        kept = []
+        for r in recs:
+            if r.offset < at:  # handed over twice in one fetch: applied once
+                self.redelivered[p] = self.redelivered.get(p, 0) + 1
+                continue
             if r.offset != at:
                 if self._fetch_again(p, topic, r.topic, at, r.offset):
-                    return recs[:i]
+                    return kept
                 self.offset_gaps[p] = self.offset_gaps.get(p, 0) + r.offset - at
                 log.error(
                     "worker %s: %s partition %d: offsets %d to %d skipped (every fetch since "
@@ -365,7 +372,8 @@ class StreamWorker:
                     r.offset - 1,
                 )
             at = r.offset + 1
-        return recs
+            kept.append(r)
+        return kept
 
     def _fetch_again(self, p: int, topic: str, name: str, missing: int, got: int) -> bool:
         """Whether partition ``p`` of ``topic`` ("events" or "decisions", Kafka topic ``name``)

@@ -175,3 +175,15 @@ def test_assignment_covers_every_partition_once(partitions, workers):
     parts = assign_partitions(partitions, workers)
     assert sorted(p for ps in parts for p in ps) == list(range(partitions))
     assert len(parts) == workers
+
+
+def test_temporary_files_left_by_killed_writes_are_removed_when_old(tmp_path):
+    """A worker killed between writing a checkpoint's temporary file and renaming it left the
+    file (up to a whole base snapshot) for good; one being written now is left alone."""
+    old = tmp_path / ".tmp-killed"
+    old.write_bytes(b"x" * 100)
+    os.utime(old, (1e9, 1e9))
+    fresh = tmp_path / ".tmp-in-progress"
+    fresh.write_bytes(b"y")
+    CheckpointStore(tmp_path, KEY)
+    assert not old.exists() and fresh.exists()

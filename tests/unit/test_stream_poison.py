@@ -452,3 +452,23 @@ def test_freshness_from_a_collector_clock_ahead_counts_as_no_time(twin, tmp_path
     w._observe(-250.0)
     w._observe(40.0)
     assert w.freshness_sum_ms == 40.0 and sum(w.freshness) == 2
+
+
+def test_a_repeated_offset_and_a_gap_in_one_fetch_are_not_taken_as_contiguous():
+    """[10, 11, 11, 13] has as many records as offsets 10..13: the contiguity check took it
+    whole, so 11 went in twice and 12 was skipped without a word."""
+    import types
+    from collections import namedtuple
+
+    rec = namedtuple("rec", "topic partition offset")
+    asked: list[tuple] = []
+    fake = types.SimpleNamespace(
+        redelivered={}, offset_gaps={}, worker_id="w",
+        _fetch_again=lambda *a: asked.append(a) or True,
+    )  # fmt: skip
+    recs = [rec("t", 0, o) for o in (10, 11, 11, 13)]
+    kept = StreamWorker._in_order(fake, 0, recs, 10, "events")  # type: ignore[arg-type]
+    assert [r.offset for r in kept] == [10, 11]  # the rest after 12 is fetched again
+    assert asked == [(0, "events", "t", 12, 13)] and fake.redelivered == {0: 1}
+    whole = [rec("t", 0, o) for o in range(10, 14)]
+    assert StreamWorker._in_order(fake, 0, whole, 10, "events") == whole  # type: ignore[arg-type]
