@@ -139,6 +139,9 @@ def archive_topics(
             quiet_since = time.monotonic()
         for rec in batch:
             tp = (rec.topic, rec.partition)
+            end = ends.get(tp)
+            if end is not None and rec.offset >= end:
+                continue  # written since the read began: the next archive's
             last[tp] = rec.offset
             first.setdefault(tp, rec.offset)
             try:
@@ -171,7 +174,12 @@ def archive_topics(
         reached = known and all(
             end is None or _read_from(tp, last, starts) >= end for tp, end in ends.items()
         )
-        if reached and not batch and time.monotonic() - quiet_since >= idle_s:
+        # every end known and reached: done, however busy the topic (it used to read on,
+        # past the ends, until max_seconds); an end never reported waits for a quiet period
+        settled = all(end is not None for end in ends.values()) or (
+            not batch and time.monotonic() - quiet_since >= idle_s
+        )
+        if reached and settled:
             break
     for (topic, part), rows in sorted(lines.items()):
         if not rows:

@@ -522,6 +522,35 @@ def test_evaluate_obd_policy_passes_verbose_to_its_training_run(argv, monkeypatc
     assert seen == ["-v" in argv]
 
 
+def test_archive_of_a_topic_written_on_stops_at_the_ends_it_began_with(tmp_path) -> None:
+    """On a live topic a poll is never empty: the archive read on, past the end offsets it had
+    taken, until --max-seconds (10 minutes by default), holding every record in memory."""
+    from ray_app.kafka.client import Record
+
+    class Live:
+        """One partition, its end at 5 when the archive starts, a producer writing on."""
+
+        def __init__(self) -> None:
+            self.next = 0
+
+        def assign(self, tps: Any, from_beginning: bool = True) -> None:
+            pass
+
+        def highwater(self, topic: str, partition: int) -> int:
+            return 5
+
+        def lowwater(self, topic: str, partition: int) -> int:
+            return 0
+
+        def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list:
+            self.next += 1
+            return [Record("t", 0, self.next - 1, b"k", b'{"a": %d}' % (self.next - 1))]
+
+    report = archive_topics(Live(), ["t"], tmp_path, partitions=1, idle_s=0.2, max_seconds=30)
+    assert report.records == 5 and report.truncated == [] and report.seconds < 10
+    assert [Path(f).name for f in report.files] == ["part-0000-000000000000-000000000004.jsonl"]
+
+
 def test_archive_waits_for_a_partition_whose_end_is_not_known_yet(tmp_path) -> None:
     """A consumer knows a partition's end from its first fetch of it (confluent-kafka's cached
     watermarks); on a loaded machine that fetch came back after more than one idle period, and
