@@ -121,6 +121,14 @@ class StreamSettings(_Section):
     def _worker_resources(cls, value: dict[str, float]) -> dict[str, float]:
         return check_ray_resources(value, "stream.worker_resources")
 
+    worker_start_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long a stream worker may take to start: a process, its imports and "
+        "the restore of its partitions' checkpoints (about 30 us a profile, plus reading them "
+        "from the store). A start past it is killed and tried again from scratch, so one "
+        "shorter than the restore never ends (it was 60-120 s, fixed).",
+    )
     rebalance_interval_s: float = Field(
         2.0,
         gt=0,

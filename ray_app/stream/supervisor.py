@@ -149,7 +149,7 @@ class StreamSupervisor:
         index, partitions, args, node, worker = launched
         if node is not None:
             try:
-                rt.call(worker, "start", timeout=60)
+                rt.call(worker, "start", timeout=s.worker_start_timeout_s)
             except WorkerGone as exc:  # the node went away meanwhile: the runtime's own choice
                 log.warning("worker %d could not start on node %s (%s)", index, node, exc)
                 rt.kill(worker)
@@ -157,7 +157,7 @@ class StreamSupervisor:
                 node = None
         try:
             if node is None:
-                rt.call(worker, "start", timeout=120)
+                rt.call(worker, "start", timeout=s.worker_start_timeout_s)
             where = rt.call(worker, "node_id", timeout=30)
             refused = rt.call(worker, "refused_partitions", timeout=30)
             address = rt.call(worker, "profile_address", timeout=30)

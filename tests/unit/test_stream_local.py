@@ -341,3 +341,25 @@ def test_a_restart_under_new_settings_restores_the_state_under_them(tmp_path):
         assert workers[0].profiles_of([(other, "u1")]) == [{NOT_HELD: other}]
     finally:
         again.stop()
+
+
+def test_a_worker_start_may_take_as_long_as_the_setting_says(tmp_path):
+    """A worker restores its partitions before its start answers: the start was given 60 s
+    (120 s elsewhere), fixed, and one that took longer was killed and begun again from scratch,
+    for ever. It is given stream.worker_start_timeout_s."""
+    broker = InMemoryBroker(partitions=PARTITIONS)
+    sup = _supervisor(broker, tmp_path, ONRAMP_STREAM__WORKER_START_TIMEOUT_S="900")
+    waited: list[float] = []
+    real = sup.runtime.call
+
+    def call(handle, method, *args, timeout=30.0):
+        if method == "start":
+            waited.append(timeout)
+        return real(handle, method, *args, timeout=timeout)
+
+    sup.runtime.call = call  # type: ignore[method-assign]
+    sup.start()
+    try:
+        assert waited == [900.0, 900.0]
+    finally:
+        sup.stop()
