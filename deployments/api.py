@@ -249,6 +249,10 @@ DECIDE_STATUSES: dict[int | str, dict[str, Any]] = {
     },
     400: {"description": "Malformed body: `field` names what is wrong."},
     401: {"description": "Decide or read key missing or unknown."},
+    403: {
+        "description": "collector.identity_secret is set and a decide key's request names a "
+        "userId without its userHash (`error`: `identity_unverified`, `field`: `userHash`)."
+    },
     413: {"description": "Body over 64 KB."},
     422: {"description": "Unknown slot or action, or ineligible candidates (`field` says which)."},
     503: {"description": "The decision log is not keeping up; retry after Retry-After."},
@@ -308,5 +312,7 @@ DECIDE_QUERY = [
          "Comma-separated actions to choose among."),
         ("decision_id", False, {"type": "string", "minLength": 1, "maxLength": 128},
          "Idempotency key."),
+        ("user_hash", False, {"type": "string", "minLength": 1, "maxLength": 128},
+         "With collector.identity_secret: the HMAC-SHA256 of user_id, from your server."),
     )
 ]  # fmt: skip

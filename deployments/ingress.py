@@ -65,6 +65,7 @@ from ray_app.decide import (
 )
 from ray_app.decide.batcher import DecisionBatcher
 from ray_app.decide.log import DecisionLog, lingering
+from ray_app.decide.request import DecideRefused, DecideRequest, verify_identity
 from ray_app.decide.service import Answer, DecisionService
 from ray_app.decide.user_config import decide_user_config
 from ray_app.enrich import CrmTable
@@ -102,16 +103,21 @@ _NO_DEMO = (
 _PROFILE_READ_S = 10.0
 
 
-def _key_ok(authorization: str | None, keys: dict[str, str]) -> bool:
-    """Whether ``Authorization`` (Bearer, or Basic with the key as user name) holds one of
-    ``keys``."""
+def _key_name(authorization: str | None, keys: dict[str, str]) -> str | None:
+    """The name of the key of ``keys`` that ``Authorization`` (Bearer, or Basic with the key as
+    user name) holds, or None."""
     if not authorization:
-        return False
+        return None
     scheme, _, token = authorization.partition(" ")
     key = token.strip() if scheme.lower() == "bearer" else write_key_from_header(authorization)
     if not key:
-        return False
-    return key_owner(key, keys) is not None
+        return None
+    return key_owner(key, keys)
+
+
+def _key_ok(authorization: str | None, keys: dict[str, str]) -> bool:
+    """Whether ``Authorization`` holds one of ``keys``."""
+    return _key_name(authorization, keys) is not None
 
 
 @serve.deployment(name="Collector", max_ongoing_requests=512, graceful_shutdown_timeout_s=10)
@@ -139,6 +145,8 @@ class CollectorIngress:
             **{f"decide:{n}": k.get_secret_value() for n, k in c.decide_keys.items()},
             **{f"read:{n}": k.get_secret_value() for n, k in c.read_keys.items()},
         }
+        secret = c.identity_secret
+        self._identity_secret = None if secret is None else secret.get_secret_value()
         self._demo = demo_enabled(settings, bootstrap, http_host)
         self.profiles = ProfileReader(settings.ray.namespace)
         self.crm = CrmTable(settings.crm_path, settings.enrich.reload_interval_s, background=True)
@@ -238,12 +246,22 @@ class CollectorIngress:
         # it (no docstring: it would be the operation's description), and gives the same answer
         # should a request reach it.
         h = request.headers
-        if not _key_ok(h.get("authorization"), self._decide_keys):
+        key = _key_name(h.get("authorization"), self._decide_keys)
+        if key is None:
             answer = self.decisions.refuse(Unauthorized(_DECIDE_KEY))
         else:
             raw = await self._read_body(request, MAX_DECIDE_BYTES)
-            answer = await self.decisions.answer(parse_decide(raw), h.get(TRACEPARENT))
+            req = self._verified(key, parse_decide(raw))
+            answer = await self.decisions.answer(req, h.get(TRACEPARENT))
         return self._decide_response(answer, h.get("origin"))
+
+    def _verified(self, key: str, req: DecideRequest | DecideRefused) -> Any:
+        """``req`` as :func:`~ray_app.decide.request.verify_identity` lets it through: a decide
+        key's request (a browser's) is checked when ``collector.identity_secret`` is set; a
+        read key's (a server's) is not."""
+        if key.startswith("read:"):
+            return req
+        return verify_identity(req, self._identity_secret)
 
     async def _decide_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/decide`` from the ASGI messages: :meth:`decide_post` without FastAPI's
@@ -256,13 +274,15 @@ class CollectorIngress:
                 origin = value.decode("latin-1")
             elif name == b"traceparent" and traceparent is None:
                 traceparent = value.decode("latin-1")
-        if not _key_ok(authorization, self._decide_keys):
+        key = _key_name(authorization, self._decide_keys)
+        if key is None:
             status, body, headers = self.decisions.refuse(Unauthorized(_DECIDE_KEY))
         else:
             raw = await read_body(receive, MAX_DECIDE_BYTES)
             if raw is None:
                 return  # the client went away
-            status, body, headers = await self.decisions.answer(parse_decide(raw), traceparent)
+            req = self._verified(key, parse_decide(raw))
+            status, body, headers = await self.decisions.answer(req, traceparent)
         await send_json(send, status, body, {**headers, **self.collector.cors_headers(origin)})
 
     @api.get(
@@ -274,11 +294,12 @@ class CollectorIngress:
     async def decide_get(self, request: Request) -> Response:
         """``?user_id=&slot=&candidates=a,b&context.device=mobile&decision_id=``"""
         h = request.headers
-        if not _key_ok(h.get("authorization"), self._decide_keys):
+        key = _key_name(h.get("authorization"), self._decide_keys)
+        if key is None:
             answer = self.decisions.refuse(Unauthorized(_DECIDE_KEY))
         else:
             req = parse_decide(decide_query(request.query_params.multi_items()))
-            answer = await self.decisions.answer(req, h.get(TRACEPARENT))
+            answer = await self.decisions.answer(self._verified(key, req), h.get(TRACEPARENT))
         return self._decide_response(answer, h.get("origin"))
 
     def _decide_response(self, answer: Answer, origin: str | None) -> Response:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from ray_app.config.base import DEMO_KEYS
+from ray_app.config.base import DEMO_KEYS, MIN_KEY_CHARS
 from ray_app.config.base import Section as _Section
 
 __all__ = ["BrokerSettings", "CollectorSettings", "KafkaSettings", "RaySettings"]
@@ -141,7 +141,17 @@ class CollectorSettings(_Section):
     decide_keys: dict[str, SecretStr] = Field(
         default_factory=lambda: {"demo": SecretStr(DEMO_KEYS["decide"])},
         description="Name -> decide key (scope `decide`: POST|GET /v1/decide only). Safe in a "
-        "browser: it reads no profile.",
+        "browser: it reads no profile. Its answers for a userId (the ranked actions, a refused "
+        "candidate's reason) say something of that user's progress: set identity_secret so "
+        "that a browser decides only for the user your server signed in.",
+    )
+    identity_secret: SecretStr | None = Field(
+        None,
+        description="Identity verification for decide keys (16+ characters; empty: off). With "
+        "it, a /v1/decide request made with a decide key that names a userId must carry "
+        "userHash, the hex HMAC-SHA256 of the userId under this secret, computed by your server "
+        "when the user signs in (as Intercom's identity verification); else 403. A request "
+        "naming only an anonymousId and a request made with a read key are not checked.",
     )
     read_keys: dict[str, SecretStr] = Field(
         default_factory=lambda: {"demo": SecretStr(DEMO_KEYS["read"])},
@@ -169,6 +179,17 @@ class CollectorSettings(_Section):
     )
     retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After on 503 answers.")
     replicas: int = Field(1, ge=1, le=64, description="Collector replicas.")
+
+    @field_validator("identity_secret", mode="before")
+    @classmethod
+    def _long_secret(cls, value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and not text.strip():
+            return None  # empty: off, as the description says
+        if isinstance(text, str) and len(text) < MIN_KEY_CHARS:
+            raise ValueError(f"at least {MIN_KEY_CHARS} characters (it signs user ids)")
+        return value
+
     high_throughput_http: bool = Field(
         True,
         description="Serve's HAProxy + direct-ingress HTTP path (about 20x the default); falls "

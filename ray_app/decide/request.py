@@ -3,6 +3,7 @@ answers every input with a request or a :class:`DecideRefused` (a 4xx with the f
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,15 @@ from pydantic import (
     model_validator,
 )
 
-__all__ = ["MAX_DECIDE_BYTES", "DecideRefused", "DecideRequest", "decide_query", "parse_decide"]
+__all__ = [
+    "MAX_DECIDE_BYTES",
+    "DecideRefused",
+    "DecideRequest",
+    "decide_query",
+    "parse_decide",
+    "user_hash",
+    "verify_identity",
+]
 
 #: Largest ``POST /v1/decide`` body: a decision request is a few hundred bytes.
 MAX_DECIDE_BYTES = 64 * 1024
@@ -85,6 +94,14 @@ class DecideRequest(BaseModel):
         description="Restrict the answer to these actions (each must be eligible; when the "
         "user's profile cannot be read in time, each must be an action of the slot).",
     )
+    user_hash: str | None = Field(
+        None,
+        alias="userHash",
+        min_length=1,
+        max_length=128,
+        description="With collector.identity_secret: the hex HMAC-SHA256 of userId under it, "
+        "from your server (required of decide keys when userId is sent).",
+    )
     decision_id: str | None = Field(
         None,
         alias="decisionId",
@@ -136,6 +153,46 @@ class DecideRequest(BaseModel):
 
 
 _CONTEXT_SHAPE = "a context value is a scalar, a list of scalars or an object of those (one level)"
+
+
+def user_hash(secret: str, user_id: str) -> str:
+    """What your server gives a signed-in user's browser for ``/v1/decide`` when
+    ``collector.identity_secret`` is set: the hex HMAC-SHA256 of the user id under it.
+
+    >>> user_hash("a-long-enough-secret", "u1")[:16]
+    '25ef22b64fae59b7'
+    """
+    return hmac.new(secret.encode(), user_id.encode("utf-8", "surrogatepass"), "sha256").hexdigest()
+
+
+def verify_identity(
+    req: DecideRequest | DecideRefused, secret: str | None
+) -> DecideRequest | DecideRefused:
+    """``req``, or a 403 when ``secret`` is set and it names a ``userId`` without that id's
+    :func:`user_hash` (a decide key's request: any browser holds the key, and the answer says
+    something of the user's progress). A request naming only an ``anonymousId`` passes.
+
+    >>> r = DecideRequest(userId="u1", slot="next_step")
+    >>> verify_identity(r, "a-long-enough-secret").status
+    403
+    >>> signed = DecideRequest(userId="u1", slot="next_step",
+    ...                        userHash=user_hash("a-long-enough-secret", "u1"))
+    >>> verify_identity(signed, "a-long-enough-secret") is signed
+    True
+    """
+    if secret is None or not isinstance(req, DecideRequest) or req.user_id is None:
+        return req
+    given = (req.user_hash or "").strip().lower().encode("ascii", "replace")
+    if hmac.compare_digest(given, user_hash(secret, req.user_id).encode("ascii")):
+        return req
+    why = "missing" if req.user_hash is None else "does not match userId"
+    return DecideRefused(
+        403,
+        "identity_unverified",
+        "userHash",
+        f"userHash {why}: with a decide key, send the HMAC-SHA256 of userId under "
+        "collector.identity_secret, computed by your server (or decide with anonymousId)",
+    )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ export interface OnrampOptions {
   decideKey?: string;
   /** @deprecated use `decideKey` (an old read key still works for `/v1/decide`). */
   readKey?: string;
+  /** With `collector.identity_secret`: the hex HMAC-SHA256 of the signed-in user's id, which
+   * your server computes and renders into the page; decide() sends it with the userId
+   * (cleared by reset()). */
+  userHash?: string;
   /** Send as soon as this many events wait (default 20; also the largest batch). */
   flushAt?: number;
   /** Send at most this long after the first waiting event (default 1000 ms). */
@@ -79,6 +83,8 @@ export interface DecideOptions {
   fallback?: string | null;
   /** Idempotency key: the same id gives the same draw. */
   decisionId?: string;
+  /** The userHash for this call (default: the `userHash` option). */
+  userHash?: string;
 }
 
 export interface RankedAction {

@@ -24,6 +24,7 @@ const DEFAULTS = {
   writeKey: '',
   decideKey: '',
   readKey: '', // deprecated alias of decideKey (before keys had scopes)
+  userHash: '', // collector.identity_secret's HMAC of the signed-in userId, from your server
   flushAt: 20,
   flushIntervalMs: 1000,
   maxQueueSize: 1000,
@@ -637,8 +638,11 @@ function makeClient(o, warn) {
     const decideKey = o.decideKey || o.readKey;
     if (!decideKey) return fall('no_decide_key');
     const payload = { slot };
-    if (userId) payload.userId = userId;
-    else payload.anonymousId = currentAnonymousId();
+    if (userId) {
+      payload.userId = userId;
+      const hash = opts.userHash || o.userHash;
+      if (hash) payload.userHash = String(hash);
+    } else payload.anonymousId = currentAnonymousId();
     if (opts.candidates) payload.candidates = opts.candidates;
     if (opts.context) payload.context = opts.context;
     if (opts.decisionId) payload.decisionId = opts.decisionId;
@@ -855,6 +859,7 @@ function makeClient(o, warn) {
 
   function reset() {
     userId = null;
+    o.userHash = ''; // the signed-in user's: the next user brings their own
     groupId = null;
     session = null;
     anonymousId = uuid4(random);

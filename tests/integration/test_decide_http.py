@@ -335,3 +335,57 @@ def test_user_config_reconfigures_model_and_policy_in_place(broker, tmp_path):
         replica._stop.set()
         replica.decision_log.close()
         replica.collector.close(timeout_s=5)
+
+
+def test_identity_verification_lets_a_decide_key_decide_only_for_the_signed_user(broker):
+    """A decide key is public (every browser holds it), and its answers for a userId say
+    something of that user's progress. With collector.identity_secret, a decide key's request
+    that names a userId carries the userHash your server computed, or is refused (403); a read
+    key's (a server's) and an anonymous visitor's are not checked. The replica's own ASGI path,
+    its Kafka decision log on the real broker; profiles from a stand-in (no stream here)."""
+    from deployments.collector import CollectorIngress
+    from ray_app.config import DEMO_KEYS
+    from ray_app.decide.request import user_hash
+
+    secret = "identity-secret-0123456789"
+    settings = make_settings(broker.bootstrap, ONRAMP_COLLECTOR__IDENTITY_SECRET=secret)
+    plain = CollectorIngress.func_or_class.__mro__[1]
+    replica = plain.__new__(plain)
+    plain.__init__(replica, settings, broker.bootstrap)
+
+    class NoProfiles:
+        async def get_many(self, keys):
+            return {}
+
+    replica.decisions.batcher.profiles = NoProfiles()
+
+    async def post(body: dict, key: str) -> tuple[int, dict]:
+        import orjson
+
+        sent: list[dict] = []
+        scope = {"headers": [(b"authorization", f"Bearer {key}".encode())]}
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await replica._decide_asgi(scope, receive, send)
+        return sent[0]["status"], orjson.loads(sent[1]["body"])
+
+    decide, read = DEMO_KEYS["decide"], DEMO_KEYS["read"]
+    try:
+        ask = {"userId": "victim", "slot": "next_step"}
+        status, body = asyncio.run(post(ask, decide))
+        assert (status, body["error"], body["field"]) == (403, "identity_unverified", "userHash")
+        status, body = asyncio.run(post({**ask, "userHash": "0" * 64}, decide))
+        assert status == 403 and "does not match" in body["message"]
+        status, body = asyncio.run(post({**ask, "userHash": user_hash(secret, "victim")}, decide))
+        assert status == 200 and body["chosen"]
+        assert asyncio.run(post(ask, read))[0] == 200  # a server's read key
+        assert asyncio.run(post({"anonymousId": "a-1", "slot": "next_step"}, decide))[0] == 200
+    finally:
+        replica._stop.set()
+        replica.decision_log.close()
+        replica.collector.close(timeout_s=5)

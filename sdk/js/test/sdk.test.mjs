@@ -280,6 +280,26 @@ test('sendBeacon on page hide when the collector is reachable, not during an out
   assert.equal(down.c.queued, 1);
 });
 
+test('decide: sends the userHash of the signed-in user, never an anonymous one, and reset() drops it', async () => {
+  const answer = { decisionId: 'd-2', slot: 'next_step', chosen: 'goals', ranked: [] };
+  const { c, net } = client({
+    answer: () => ({ status: 200, body: answer }),
+    options: { userHash: 'h-of-u9' },
+  });
+  const sent = () => net.requests.filter((r) => r.url.endsWith('/v1/decide')).map((r) => r.json);
+  await c.decide('next_step');
+  c.identify('u9');
+  await c.decide('next_step');
+  await c.decide('next_step', { userHash: 'h-per-call' });
+  c.reset();
+  c.identify('u10');
+  await c.decide('next_step');
+  assert.deepEqual(
+    sent().map((j) => [j.userId ?? null, j.userHash ?? null]),
+    [[null, null], ['u9', 'h-of-u9'], ['u9', 'h-per-call'], ['u10', null]],
+  );
+});
+
 test('decide: answer, decision id echoed on the step events that follow', async () => {
   const answer = { decisionId: 'd-1', slot: 'next_step', chosen: 'goals', ranked: [{ action: 'goals' }], arm: 'treatment' };
   const { c, timers, net } = client({
