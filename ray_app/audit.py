@@ -215,9 +215,9 @@ def _features(records: Sequence[Mapping[str, Any]]) -> _Features:
 
 
 def _is_decision(r: Any) -> bool:
-    """A record of ``onramp.decisions``: its features or its arm, and no reward (a reward
-    record carries its decision's fields too)."""
-    return isinstance(r, Mapping) and ("features" in r or "arm" in r) and "reward" not in r
+    """A record of a decision: one of ``onramp.decisions``, or of ``onramp.rewards`` (what
+    training reads, which carries its decision's features and arm)."""
+    return isinstance(r, Mapping) and ("features" in r or "arm" in r)
 
 
 def decision_records(records: Iterable[Any]) -> list[Mapping[str, Any]]:

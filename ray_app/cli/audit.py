@@ -97,10 +97,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ("recent", recent, args.recent),
     ):
         if not decision_records(records):  # "nothing drifted" would be a pass on no data
-            what = f"{len(records)} records, none a decision" if records else "no records"
+            what = f"{len(records)} records, none of a decision" if records else "no records"
             raise OnrampError(
-                f"--{side} {where}: {what} (records of {topic}, as `onramp archive` writes "
-                "them); nothing to compare"
+                f"--{side} {where}: {what} (records of {topic} or of the rewards topic, as "
+                "`onramp archive` writes them: with features and an arm); nothing to compare"
             )
     result = audit(
         reference,

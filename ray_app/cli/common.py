@@ -352,9 +352,14 @@ def write_key(settings: Settings, needed_by: str) -> tuple[str, str]:
 
 
 def decide_key(settings: Settings) -> str | None:
-    """A key that may call /v1/decide: a decide key, else a read key (servers may use those)."""
+    """A key that may call /v1/decide: a decide key, else a read key (servers may use those).
+    With ``collector.identity_secret`` a read key first: the CLI's clients (the demo's samples
+    and simulated users) decide for user ids as a server does, with no userHash."""
     c = settings.collector
-    for keys in (c.decide_keys, c.read_keys):
+    order = (c.decide_keys, c.read_keys)
+    if c.identity_secret is not None:
+        order = (c.read_keys, c.decide_keys)
+    for keys in order:
         if keys:
             return next(iter(keys.values())).get_secret_value()
     return None

@@ -60,7 +60,8 @@ def print_urls(stack: Any, settings: Settings) -> None:
             flush=True,
         )
     decide = decide_key(settings)
-    if decide and not settings.collector.decide_keys and not local_only(settings, stack.bootstrap):
+    reads = {k.get_secret_value() for k in settings.collector.read_keys.values()}
+    if decide in reads and not local_only(settings, stack.bootstrap):
         decide = None  # a read key, not for a reachable deployment's logs
     if decide:
         print(

@@ -41,9 +41,17 @@ class _EnvelopePart:
     problem: WireError | None = None
 
     @classmethod
-    def of(cls, value: Any, name: str, key_bytes: int, max_depth: int) -> _EnvelopePart:
+    def of(
+        cls,
+        value: Any,
+        name: str,
+        key_bytes: int,
+        max_depth: int,
+        max_bytes: int | None = None,
+    ) -> _EnvelopePart:
         try:
-            return cls(value, key_bytes + len(checked_json(value, name, max_depth)))
+            blob = checked_json(value, name, max_depth, max_bytes)
+            return cls(value, key_bytes + len(blob))
         except WireError as exc:
             return cls(value, 0, exc)
 
@@ -61,19 +69,25 @@ class Envelope:
     context: _EnvelopePart | None = None
 
     @classmethod
-    def of(cls, payload: Mapping[str, Any]) -> Envelope:
+    def of(cls, payload: Mapping[str, Any], max_event_bytes: int | None = None) -> Envelope:
         """The envelope of a batch request's body: ``sentAt`` when set, ``context`` when it is
-        a non-empty object, each checked as deep as the event's own fields may go."""
+        a non-empty object, each checked as deep as the event's own fields may go (and, with
+        ``max_event_bytes``, walked no further than an event may be large: a part that must be
+        larger is every taker's ``event_too_large``)."""
         sent_at = context = None
         if payload.get("sentAt") is not None:
             # sentAt sits in the event object: as deep as the event's own fields.
             sent_at = _EnvelopePart.of(
-                payload["sentAt"], "sentAt", _SENT_AT_KEY_BYTES, MAX_NESTING_DEPTH - 1
+                payload["sentAt"],
+                "sentAt",
+                _SENT_AT_KEY_BYTES,
+                MAX_NESTING_DEPTH - 1,
+                max_event_bytes,
             )
         env_context = payload.get("context")
         if isinstance(env_context, dict) and env_context:
             context = _EnvelopePart.of(
-                env_context, "context", _CONTEXT_KEY_BYTES, MAX_NESTING_DEPTH - 1
+                env_context, "context", _CONTEXT_KEY_BYTES, MAX_NESTING_DEPTH - 1, max_event_bytes
             )
         return cls(sent_at, context)
 

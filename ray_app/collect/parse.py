@@ -369,7 +369,7 @@ def _read_batch(request: _Request, payload: dict[str, Any]) -> tuple[list[Any], 
             )
         )
         return None
-    envelope = Envelope.of(payload)
+    envelope = Envelope.of(payload, limits.max_event_bytes)
     context = envelope.context
     if context is not None and context.extra * len(batch) > limits.max_expanded_bytes:
         request.refuse(

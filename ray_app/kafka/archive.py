@@ -126,6 +126,7 @@ def archive_topics(
     # or past its end) has nothing to give, and is not waited for
     starts = {tp: consumer.lowwater(*tp) for tp in tps}
     lines: dict[tuple[str, int], list[bytes]] = {tp: [] for tp in tps}
+    past_end: set[tuple[str, int]] = set()  # partitions a record at or past their end came from
     first: dict[tuple[str, int], int] = {}
     last: dict[tuple[str, int], int] = {}
     report = ArchiveReport(str(out))
@@ -141,7 +142,10 @@ def archive_topics(
             tp = (rec.topic, rec.partition)
             end = ends.get(tp)
             if end is not None and rec.offset >= end:
-                continue  # written since the read began: the next archive's
+                # written since the read began: the next archive's. And this partition is read
+                # to its end, whatever held the offsets before it (a transaction marker)
+                past_end.add(tp)
+                continue
             last[tp] = rec.offset
             first.setdefault(tp, rec.offset)
             try:
@@ -172,7 +176,8 @@ def archive_topics(
         known = all(end is not None for end in ends.values())
         known = known or time.monotonic() - started >= UNKNOWN_END_WAIT * idle_s
         reached = known and all(
-            end is None or _read_from(tp, last, starts) >= end for tp, end in ends.items()
+            end is None or tp in past_end or _read_from(tp, last, starts) >= end
+            for tp, end in ends.items()
         )
         # every end known and reached: done, however busy the topic (it used to read on,
         # past the ends, until max_seconds); an end never reported waits for a quiet period
@@ -202,6 +207,7 @@ def archive_topics(
             for (t, p), end in sorted(ends.items())
             if end is not None
             and ((t, p) in last or starts.get((t, p)) is not None)
+            and (t, p) not in past_end
             and _read_from((t, p), last, starts) < end
         ]
     report.seconds = time.monotonic() - started

@@ -41,6 +41,7 @@ from ray_app.features import FeatureSchema
 from ray_app.kafka.client import make_consumer
 from ray_app.learn.drift import FeatureDrift, RewardRateDrift
 from ray_app.learn.learner import LearnerConfig, OnlineLearner
+from ray_app.learn.memory import SeenIds
 from ray_app.learn.startup import restore_learner
 from ray_app.model import ModelBundle, ModelFileError
 from ray_app.model.registry import ModelRegistry, Promotion, RegistryError
@@ -151,6 +152,9 @@ class LearnerService:
         self._registry_checked = time.monotonic()
         #: A promotion this learner could not adopt (see _adopt_promotion): not tried again.
         self._unadoptable_epoch: int | None = None
+        # the learner does not take the holdout's rewards (nor remember their ids): counted
+        # once in the rates all the same, whatever a replay writes again
+        self._holdout_seen = SeenIds(100_000)
         # the world: rewards of the static flow (control arm) moving either way; the model:
         # rewards of the model arms falling (their rise is the learner doing its job)
         # (min_samples: the first rewards of a fresh model move for reasons of its own)
@@ -237,6 +241,8 @@ class LearnerService:
         self._unadoptable_epoch = head.epoch
         learner.lineage = {"promotion": head.epoch}
         learner.version = max(learner.version, head.version)
+        if learner.control is not None:  # what replicas serve until then is not the learner's
+            learner.control.restart(min_version=learner.version + 1)
 
     def _restore(self) -> OnlineLearner:
         """:func:`restore_learner` with this service's files, registry and settings."""
@@ -290,9 +296,10 @@ class LearnerService:
         learned = self.learner.learn(records, offsets)
         # what the learner took: a reward written again (a stream worker's replay after a
         # crash) or an invalid one is not counted twice in the rates and the detectors
+        holdout = self.learner.config.holdout_arm
         taken = [
             *learned.taken,
-            *(r for r in records if r.arm == self.learner.config.holdout_arm),
+            *(r for r in records if r.arm == holdout and self._holdout_seen.add(r.decision_id)),
         ]
         now = time.time()
         for r in taken:

@@ -276,10 +276,13 @@ class StreamSupervisor:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.monitor_interval_s):
-            try:
-                if time.monotonic() - self._topics_checked >= TOPIC_CHECK_S:
-                    self._topics_checked = time.monotonic()
+            if time.monotonic() - self._topics_checked >= TOPIC_CHECK_S:
+                self._topics_checked = time.monotonic()
+                try:
                     self.check_topics()
+                except Exception:  # never in the way of restarting dead workers
+                    log.exception("topic check failed")
+            try:
                 self.check()
                 every = self.settings.stream.rebalance_interval_s
                 if time.monotonic() - self._last_rebalance >= every:

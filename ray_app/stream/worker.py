@@ -571,7 +571,7 @@ class StreamWorker:
 
     def ping(self) -> str | None:
         """None when healthy, else the error that stopped the loop (or that it never ran), or a
-        checkpoint write that has not finished in :func:`stuck_write_s` (the supervisor then
+        checkpoint file that has not been written in :func:`stuck_write_s` (the supervisor then
         restarts the worker from its last whole checkpoint; left alone, it went on applying
         records that no checkpoint would ever cover, its memory of them growing)."""
         if self.error is None and self._thread is None:
@@ -674,10 +674,11 @@ def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:
 
 
 def stuck_write_s(settings: Settings) -> float:
-    """How long a checkpoint write may take before the worker reports itself unhealthy: 20
-    checkpoint intervals, and at least two minutes (a base snapshot of a large partition to an
-    object store takes a while)."""
-    return max(120.0, 20 * settings.stream.checkpoint_interval_s)
+    """How long one checkpoint file may take to write before the worker reports itself
+    unhealthy: as long as a start may take (``stream.worker_start_timeout_s``, which reads
+    the same state back), and at least 20 checkpoint intervals."""
+    s = settings.stream
+    return max(s.worker_start_timeout_s, 20 * s.checkpoint_interval_s)
 
 
 def _restore(ck: Checkpoint, uri: str, checks: SampledChecks | None = None) -> SessionShard:

@@ -59,7 +59,7 @@ class CheckpointWriter:
         self._queue.put(saved)
 
     def writing_for(self) -> float:
-        """Seconds the checkpoint being written has taken so far (0 when none is): a store
+        """Seconds the file being written has taken so far (0 when none is): a store
         that never answers (a hung mount, a PUT with no deadline) shows here, where nothing
         else would notice it while the loop goes on."""
         started = self._writing_since
@@ -111,10 +111,12 @@ class CheckpointWriter:
             saved = self._queue.get()
             if saved is None:
                 return
-            self._writing_since = time.monotonic()
             try:
                 if self._error is None:
                     for p, blob, offset, base in saved:
+                        # per file: a checkpoint of many partitions' bases (the first after a
+                        # restart) takes long in all, each file a part of it
+                        self._writing_since = time.monotonic()
                         if base:
                             self.store.save(p, blob, offset)
                         else:

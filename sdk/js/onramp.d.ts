@@ -18,8 +18,8 @@ export interface OnrampOptions {
   /** @deprecated use `decideKey` (an old read key still works for `/v1/decide`). */
   readKey?: string;
   /** With `collector.identity_secret`: the hex HMAC-SHA256 of the signed-in user's id, which
-   * your server computes and renders into the page; decide() sends it with the userId
-   * (cleared by reset()). */
+   * your server computes and renders into the page; decide() sends it with the userId. Also
+   * `identify(id, traits, { userHash })`; identify() of another user and reset() drop it. */
   userHash?: string;
   /** Send as soon as this many events wait (default 20; also the largest batch). */
   flushAt?: number;
@@ -70,6 +70,9 @@ export interface CallOptions {
   stepId?: string;
   /** Merged into the event's Segment context. */
   context?: Record<string, unknown>;
+  /** identify() and alias() only: the new user's userHash for decide() (not sent with the
+   * event). */
+  userHash?: string;
 }
 
 export interface DecideOptions {

@@ -770,11 +770,24 @@ function makeClient(o, warn) {
     if (isObject(id)) return identify(null, id, traits);
     const t = jsonObject(traits, 'traits');
     const co = callOptions(callOpts);
+    const hash = takeUserHash(co);
     if (id != null) {
-      userId = idArg(id, 'userId');
+      const next = idArg(id, 'userId');
+      if (userId && next !== userId) o.userHash = ''; // another user's hash is not theirs
+      userId = next;
       save('userId', userId);
     }
+    if (hash != null) o.userHash = hash;
     return base('identify', { traits: { ...t } }, co);
+  }
+
+  /** `options.userHash` of identify() and alias(): kept for decide(), not sent with the event. */
+  function takeUserHash(co) {
+    const hash = co.userHash;
+    delete co.userHash;
+    if (hash == null) return null;
+    if (typeof hash !== 'string') throw new BadCall('options.userHash must be a string');
+    return hash;
   }
 
   /** Segment's alias: `userId` and `previousId` (default: the current userId, else the
@@ -784,8 +797,11 @@ function makeClient(o, warn) {
     if (id == null || id === '') throw new BadCall('a user id is required');
     const next = idArg(id, 'userId');
     const co = callOptions(callOpts);
+    const hash = takeUserHash(co);
     const previous =
       previousId == null || previousId === '' ? userId || currentAnonymousId() : idArg(previousId, 'previousId');
+    if (userId && next !== userId) o.userHash = '';
+    if (hash != null) o.userHash = hash;
     userId = next;
     save('userId', userId);
     return base('alias', { previousId: previous }, co);

@@ -4,6 +4,7 @@ strict JSON, and ``report``/``audit`` reading what ``archive`` writes."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -435,13 +436,13 @@ def test_audit_reads_archives_and_says_where_it_wrote(tmp_path, capsys) -> None:
     _strict((out / "audit.json").read_text())
     assert main(["audit", "--reference", str(tmp_path / "empty"), "--recent", str(recent)]) == 1
     assert "no such file or directory" in capsys.readouterr().err
-    # an empty archive, or the rewards topic's records, used to pass --fail-on-drift as
-    # "nothing drifted": a cron job pointed at the wrong folder always passed
+    # an empty archive, or one of another topic, used to pass --fail-on-drift as "nothing
+    # drifted": a cron job pointed at the wrong folder always passed
     empty = tmp_path / "none.jsonl"
     empty.write_text("")
-    rewards = tmp_path / "rewards.jsonl"
-    rewards.write_text(json.dumps({"decisionId": "d1", "reward": 1.0, "arm": "treatment"}))
-    for wrong, said in ((empty, "no records"), (rewards, "1 records, none a decision")):
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"type": "track", "event": "Signed Up", "userId": "u1"}))
+    for wrong, said in ((empty, "no records"), (events, "1 records, none of a decision")):
         argv = ["audit", "--reference", str(ref), "--recent", str(wrong), "--fail-on-drift",
                 "--out", str(out)]  # fmt: skip
         assert main(argv) == 1
@@ -549,6 +550,18 @@ def test_archive_of_a_topic_written_on_stops_at_the_ends_it_began_with(tmp_path)
     report = archive_topics(Live(), ["t"], tmp_path, partitions=1, idle_s=0.2, max_seconds=30)
     assert report.records == 5 and report.truncated == [] and report.seconds < 10
     assert [Path(f).name for f in report.files] == ["part-0000-000000000000-000000000004.jsonl"]
+
+    class Marker(Live):
+        """Records at 0..3, a transaction marker at 4 (no record), the end at 5."""
+
+        def poll(self, timeout_s: float = 0.5, max_records: int = 5000) -> list:
+            self.next += 1
+            at = self.next - 1 if self.next <= 4 else self.next
+            return [Record("t", 0, at, b"k", b'{"a": %d}' % at)]
+
+    report = archive_topics(Marker(), ["t"], tmp_path / "m", partitions=1, idle_s=0.2,
+                            max_seconds=30)  # fmt: skip
+    assert report.records == 4 and report.truncated == [] and report.seconds < 10
 
 
 def test_archive_waits_for_a_partition_whose_end_is_not_known_yet(tmp_path) -> None:
@@ -853,3 +866,36 @@ def test_demo_refuses_a_busy_loop_or_a_plot_it_cannot_write_before_starting(argv
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and "expected" in capsys.readouterr().err
+
+
+def test_with_identity_verification_the_cli_decides_with_a_read_key_and_never_prints_it() -> None:
+    """With collector.identity_secret a decide key's request for a user id needs the user's
+    hash: the demo's samples and simulated users (no hash) got 403 and the simulation died. The
+    CLI's clients decide with a read key then, as a server does; on a reachable deployment the
+    example line still names no read key."""
+    from types import SimpleNamespace
+
+    from ray_app.cli.common import decide_key
+    from ray_app.cli.up import print_urls
+
+    secret_cfg = {"identity_secret": "identity-secret-0123456789"}
+    local = Settings.model_validate({"collector": secret_cfg})
+    assert decide_key(local) == "onramp-demo-read-key"
+    assert decide_key(Settings()) == "onramp-demo-decide-key"
+    reachable = Settings.model_validate(
+        {
+            "collector": {
+                **secret_cfg, "host": "0.0.0.0", "read_keys": {"ops": "SECRET-read-key-0123"},
+                "decide_keys": {"web": "public-decide-key-0123"},
+            },
+            "kafka": {"bootstrap_servers": "kafka-1.prod:9092"},
+        }
+    )  # fmt: skip
+    stack = SimpleNamespace(
+        http_mode="haproxy", notes=[], bootstrap="kafka-1.prod:9092", broker=None,
+        base_url="http://10.0.0.5:8000", urls=lambda: {},
+    )  # fmt: skip
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_urls(stack, reachable)
+    assert "SECRET-read-key-0123" not in out.getvalue()

@@ -184,11 +184,12 @@ def test_rewards_written_again_are_not_counted_again_in_the_rates_and_detectors(
     settings = _settings(tmp_path)
     s = service.LearnerService(settings, "stand-in")
     gt = GroundTruth(seed=9)
-    first = logged(gt, 0, 200, seed=9)
+    first = logged(gt, 0, 200, seed=9) + logged(gt, 300, 20, seed=11, arm="holdout")
     _feed(s, topic, first)
+    assert s.arms["holdout"][0] == 20
     counted = {arm: list(c) for arm, c in s.arms.items()}
     fed = s.rate_drift.fed + s.rate_drift.held + s.rate_drift.late + s.rate_drift.timeouts
     _feed(s, topic, [*first, *logged(gt, 200, 1, seed=10)])  # a replay, and one new record
     assert sum(c[0] for c in s.arms.values()) == sum(c[0] for c in counted.values()) + 1
     after = s.rate_drift.fed + s.rate_drift.held + s.rate_drift.late + s.rate_drift.timeouts
-    assert after == fed + 1
+    assert after == fed + 1 and s.arms["holdout"][0] == 20

@@ -805,3 +805,14 @@ def test_a_compressed_event_of_a_quarter_million_values_is_refused_by_its_size_n
     copied = _sanitized({"a": [float("nan")] * 1_000_000, "b": {str(i): i for i in range(10**5)}})
     parts = sum(len(v) if isinstance(v, list | dict) else 1 for v in copied.values())
     assert parts <= 32 * 1024 // 2 and "<cut>" in copied.values()
+
+
+def test_a_compressed_batch_context_of_a_quarter_million_values_is_not_walked_either():
+    """The batch's context is checked once for every event that takes it: the same 250,000
+    numbers and a NaN there were walked whole (found in review of the fix for events)."""
+    items = b",".join([b"1"] * 250_000)
+    body = b'{"batch":[{"type":"track","event":"e","userId":"u"}],"context":{"a":[' + items
+    body += b",NaN]}}"
+    p = parse("batch", gzip.compress(body, 9), encoding="gzip")
+    assert [r.reason for r in p.rejections] == ["event_too_large"]
+    assert "over the limit of 32768 bytes" in p.rejections[0].message

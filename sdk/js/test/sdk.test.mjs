@@ -294,10 +294,16 @@ test('decide: sends the userHash of the signed-in user, never an anonymous one, 
   c.reset();
   c.identify('u10');
   await c.decide('next_step');
+  c.identify('u11', {}, { userHash: 'h-of-u11' }); // signed in later: the hash comes with it
+  await c.decide('next_step');
+  c.identify('u12'); // another user: u11's hash is not theirs
+  await c.decide('next_step');
   assert.deepEqual(
     sent().map((j) => [j.userId ?? null, j.userHash ?? null]),
-    [[null, null], ['u9', 'h-of-u9'], ['u9', 'h-per-call'], ['u10', null]],
+    [[null, null], ['u9', 'h-of-u9'], ['u9', 'h-per-call'], ['u10', null], ['u11', 'h-of-u11'], ['u12', null]],
   );
+  const identified = net.requests.flatMap((r) => (r.json && r.json.batch) || []).filter((e) => e.type === 'identify');
+  assert.ok(identified.every((e) => !('userHash' in e) && !JSON.stringify(e).includes('h-of-u11')));
 });
 
 test('decide: answer, decision id echoed on the step events that follow', async () => {
