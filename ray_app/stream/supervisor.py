@@ -267,12 +267,15 @@ class StreamSupervisor:
     def routes(self, addresses: bool = False) -> tuple[Any, ...]:
         """(partition count, worker handles by index) for callers that look profiles up
         directly; with ``addresses``, their profile sockets by index too (None: none, or not
-        started yet), for :class:`~ray_app.stream.reader.ProfileReader`."""
-        with self._lock:
-            if not addresses:
-                return self.partitions, list(self.workers)
-            where = [self.worker_addresses.get(i) for i in range(len(self.workers))]
-            return self.partitions, list(self.workers), where
+        started yet), for :class:`~ray_app.stream.reader.ProfileReader`. Not behind the lock,
+        as :meth:`status` is not: a restart holds it while the replacement restores its
+        partitions (up to ``stream.worker_start_timeout_s``), and every profile read would
+        wait that long for its routes; a worker being replaced answers as gone at once."""
+        workers = list(self.workers)  # one atomic copy; restarts and rescale swap entries
+        if not addresses:
+            return self.partitions, workers
+        where = [self.worker_addresses.get(i) for i in range(len(workers))]
+        return self.partitions, workers, where
 
     def _watch(self) -> None:
         while not self._stop.wait(self.monitor_interval_s):

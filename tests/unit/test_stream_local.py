@@ -363,3 +363,35 @@ def test_a_worker_start_may_take_as_long_as_the_setting_says(tmp_path):
         assert waited == [900.0, 900.0]
     finally:
         sup.stop()
+
+
+def test_routes_answer_while_a_restart_holds_the_supervisors_lock(tmp_path):
+    """A restart holds the supervisor's lock while the replacement restores its partitions (up
+    to stream.worker_start_timeout_s): every profile read's routes waited as long."""
+    import threading
+
+    broker = InMemoryBroker(partitions=PARTITIONS)
+    sup = _supervisor(broker, tmp_path)
+    sup.start()
+    held, release = threading.Event(), threading.Event()
+
+    def restart_in_progress() -> None:
+        with sup._lock:
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=restart_in_progress)
+    t.start()
+    try:
+        assert held.wait(10)
+        got: list = []
+        reader = threading.Thread(target=lambda: got.append(sup.routes(addresses=True)))
+        reader.start()
+        reader.join(5)  # the lock is still held: routes must not wait for it
+        assert got, "routes() waited for the supervisor's lock"
+        partitions, workers, addresses = got[0]
+        assert partitions == PARTITIONS and len(workers) == len(addresses) == 2
+    finally:
+        release.set()
+        t.join()
+        sup.stop()
