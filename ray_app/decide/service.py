@@ -11,6 +11,7 @@ hooks and the decision's trace span. Each answer's body is encoded once, by orjs
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -40,6 +41,30 @@ _DECISION_CODES: dict[type[DecisionRequestError], ErrorCode] = {
 }
 
 
+class _Answered:
+    """The answers a replica gave to requests that named their own ``decisionId``, for
+    ``ttl_s`` and at most ``size`` of them (the oldest go first), by (user, slot, id)."""
+
+    def __init__(self, size: int = 10_000, ttl_s: float = 600.0) -> None:
+        self.size, self.ttl_s = size, ttl_s
+        self._kept: OrderedDict[tuple[str, str, str], tuple[float, bytes]] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str]) -> bytes | None:
+        kept = self._kept.get(key)
+        if kept is None:
+            return None
+        if time.monotonic() - kept[0] > self.ttl_s:
+            del self._kept[key]
+            return None
+        return kept[1]
+
+    def put(self, key: tuple[str, str, str], body: bytes) -> None:
+        self._kept[key] = (time.monotonic(), body)
+        self._kept.move_to_end(key)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+
+
 class DecisionService:
     """Answers decision requests. ``hooks`` are the replica's metrics
     (:class:`~ray_app.telemetry.OtelHooks`: ``decision``, ``kafka_unavailable``), ``tracing`` its
@@ -59,6 +84,12 @@ class DecisionService:
         self.hooks = hooks
         self.tracing = tracing
         self.retry_after_s = retry_after_s
+        # A decisionId the client sent is an idempotency key: a retry of the request gets the
+        # answer it got, not a new decision from a profile that changed meanwhile (both were
+        # logged, and the reward join kept the first, crediting an outcome of the second
+        # answer's action to the first's). Per replica: a retry that reaches another one is
+        # decided again (the same draw when the profile has not changed).
+        self.answered = _Answered()
 
     def refuse(self, exc: OnrampError, code: ErrorCode | None = None) -> Answer:
         """The answer to an error: its ``http_status`` and :func:`~ray_app.errors.error_body`,
@@ -75,6 +106,12 @@ class DecisionService:
         started_ns = now_ns() if self.tracing.enabled else None
         if isinstance(req, DecideRefused):
             return req.status, orjson.dumps(req.body()), {}
+        again = None
+        if req.decision_id is not None:
+            again = (req.user_key, req.slot, req.decision_id)
+            body = self.answered.get(again)
+            if body is not None:
+                return 200, body, {}
         decision = await self.batcher.decide(req)
         if isinstance(decision, DecisionRequestError):
             code = _DECISION_CODES.get(type(decision), ErrorCode.INVALID_DECISION_REQUEST)
@@ -105,4 +142,7 @@ class DecisionService:
         self.hooks.decision(
             decision.slot, decision.arm, decision.cold_start, time.perf_counter() - started
         )
-        return 200, orjson.dumps(decision.answer()), {}
+        body = orjson.dumps(decision.answer())
+        if again is not None:
+            self.answered.put(again, body)
+        return 200, body, {}

@@ -356,3 +356,38 @@ def test_a_profile_read_past_its_deadline_keeps_the_users_arm():
     # a user with no events yet is new: the current split, by the id asking
     fresh = d.decide_many([(DecideRequest(user_id="new", slot="next_step"), None, None)], T0)
     assert fresh[0].arm == d.arms.assign("new", None)
+
+
+def test_a_request_retried_with_its_decision_id_gets_the_answer_it_got():
+    """A decisionId is an idempotency key. A retry after the user completed a step (the
+    profile changed) was decided again: two answers under one id were served and logged, and
+    the reward join kept the first, crediting the second answer's outcome to the first's
+    action. A retry now gets the same answer, logged once; another id is a new decision."""
+    broker = InMemoryBroker(partitions=1)
+    log = DecisionLog(lambda: InMemoryProducer(broker), "d", max_pending=10)
+    profile: dict = {"stepsCompleted": [], "firstSeen": T0, "lastReceived": T0}
+
+    class Profiles:
+        async def get_many(self, user_keys):  # type: ignore[no-untyped-def]
+            return {k: dict(profile) for k in user_keys}
+
+    settings = Settings.model_validate({"decide": {"arms": {"control": 1.0}}})
+    batcher = DecisionBatcher(Decider.from_settings(settings), Profiles(), clock_ms=lambda: T0)
+    service = DecisionService(batcher, log, _Hooks(), NoopTracing(), retry_after_s=7)
+
+    def ask(decision_id: str) -> dict:
+        body = {"userId": "u1", "slot": "next_step", "decisionId": decision_id}
+        status, raw, _ = asyncio.run(service.answer(parse_decide(orjson.dumps(body))))
+        assert status == 200
+        return orjson.loads(raw)
+
+    first = ask("checkout-1")
+    assert first["chosen"] == "welcome"
+    profile["stepsCompleted"] = ["welcome"]  # completed before the retry
+    assert ask("checkout-1") == first
+    assert ask("checkout-2")["chosen"] != "welcome"  # a new id: decided from the profile now
+    log.close()
+    assert [orjson.loads(r.value)["decisionId"] for r in broker.records("d")] == [
+        "checkout-1",
+        "checkout-2",
+    ]
