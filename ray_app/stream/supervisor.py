@@ -374,7 +374,10 @@ class StreamSupervisor:
         and the monitor noticing it, instead of every status, scrape and console read waiting
         for the restart."""
         workers = list(self.workers)  # one atomic copy; rescale and restarts swap entries
-        return [self.runtime.call(w, "status", timeout=30) for w in workers]
+        problem = self.topic_problem  # the monitor's last check of the topics (check_topics)
+        return [
+            {**self.runtime.call(w, "status", timeout=30), "topicProblem": problem} for w in workers
+        ]
 
     def ping(self) -> str | None:
         """None while the supervisor can keep its workers up (its monitor thread runs), else

@@ -53,6 +53,10 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     fam["onramp_stream_checkpoint_refused_partitions"].append(
         f"onramp_stream_checkpoint_refused_partitions {refused}"
     )
+    mismatch = int(any(worker.get("topicProblem") for worker in status))
+    fam["onramp_stream_topic_partitions_mismatch"].append(
+        f"onramp_stream_topic_partitions_mismatch {mismatch}"
+    )
     for slot, n in sorted(skipped.items()) or [("", 0)]:
         labels = f'{{worker="{slot}"}}' if slot else ""
         fam["onramp_stream_checkpoints_skipped_total"].append(
@@ -127,6 +131,9 @@ _FAMILIES = (
     ("onramp_stream_checkpoint_refused_partitions", "gauge",
      "Partitions not running because their checkpoint was refused (bad signature, unsigned, or "
      "not the state's classes)."),
+    ("onramp_stream_topic_partitions_mismatch", "gauge",
+     "1 when the supervisor's last check (every minute) found a topic whose partition count is "
+     "not kafka.partitions: some users' events go to partitions no worker reads."),
     ("onramp_stream_checkpoints_skipped_total", "counter",
      "Checkpoints not written because side outputs (late, DLQ, rewards) were not acknowledged "
      "by Kafka."),

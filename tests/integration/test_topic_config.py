@@ -75,5 +75,13 @@ def test_the_supervisor_notices_topics_whose_partitions_no_longer_match(broker, 
     assert [r.getMessage() for r in caplog.records].count(
         f"{problem}: events of some users are not read"
     ) == 1
+    # on /metrics (from the supervisor's status, every worker's entry), for an alert rule
+    from ray_app.telemetry.stream import stream_metrics_text
+
+    worker = {"worker": "w0", "partitions": {}, "freshnessBucketsMs": [10],
+              "freshnessCounts": [0, 0], "freshnessSumMs": 0.0}  # fmt: skip
+    text = stream_metrics_text([{**worker, "topicProblem": problem}])
+    assert "onramp_stream_topic_partitions_mismatch 1" in text
     sup.settings = settings
     assert sup.check_topics() is None and sup.topic_problem is None
+    assert "onramp_stream_topic_partitions_mismatch 0" in stream_metrics_text([worker])

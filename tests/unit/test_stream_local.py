@@ -391,6 +391,8 @@ def test_routes_answer_while_a_restart_holds_the_supervisors_lock(tmp_path):
         assert got, "routes() waited for the supervisor's lock"
         partitions, workers, addresses = got[0]
         assert partitions == PARTITIONS and len(workers) == len(addresses) == 2
+        # status() needs no lock either, and carries the monitor's topic check for /metrics
+        assert [st["topicProblem"] for st in sup.status()] == [None, None]
     finally:
         release.set()
         t.join()
