@@ -310,7 +310,7 @@ class LearnerService:
             if (
                 r.reward > 0
                 and r.outcome_at_ms is not None
-                and r.arm != self.learner.config.holdout_arm
+                and r.arm != holdout
                 and not self.learner.in_guardrail(r.decision_id)
             ):
                 self._awaiting.append(r.outcome_at_ms)

@@ -379,7 +379,7 @@ class ModelRegistry:
         written atomically to ``serve_path`` (``None``: only recorded)."""
         bundle = self.load(version, schema, catalog)
         history = self.history() if _history is None else _history
-        served = _served_promotion(serve_path)
+        served = served_rank(serve_path)[0]
         epoch = max([0, served, self._last_epoch(), *(p.epoch for p in history)]) + 1
         promotion = Promotion(version, epoch, time.time(), _action)
         # the record first, then the served file, and the record undone if that fails: the
@@ -444,14 +444,9 @@ def _int_or_zero(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
-def _served_promotion(path: Path | None) -> int:
-    meta = _served_header(path).get("metadata")
-    return _int_or_zero(meta.get("promotion") if isinstance(meta, dict) else None)
-
-
 def served_version(path: Path | None) -> int:
     """The version of the model file at ``path`` (0 when there is none or it is unreadable)."""
-    return _int_or_zero(_served_header(path).get("version"))
+    return served_rank(path)[1]
 
 
 def served_rank(path: Path | None) -> tuple[int, int]:

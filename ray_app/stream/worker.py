@@ -347,11 +347,9 @@ class StreamWorker:
                 expected,
             )
             recs = kept
-        if not recs or (
-            recs[-1].offset + 1 - expected == len(recs)
-            and [r.offset for r in recs] == list(range(expected, expected + len(recs)))
-        ):
-            return recs  # contiguous from the next offset (a repeat and a gap may add up)
+        # contiguous from the next offset (not a count alone: a repeat and a gap add up)
+        if [r.offset for r in recs] == list(range(expected, expected + len(recs))):
+            return recs
         at = expected
         kept = []
         for r in recs:
