@@ -75,6 +75,8 @@ class ExperimentRows:
     users: list[str | None] = field(default_factory=list)
     arm: list[int] = field(default_factory=list)
     first_ms: list[int] = field(default_factory=list)
+    #: The id of the decision ``first_ms`` is of: decisions of one time are ordered by id.
+    first_id: list[str] = field(default_factory=list)
     decisions: list[int] = field(default_factory=list)
     positives: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
@@ -92,7 +94,7 @@ class ExperimentRows:
     def fold(self, old: str, into: str) -> None:
         """``old``'s row becomes ``into``'s (the stream merged the two ids): its counts are
         added, its steps joined, and the merged row takes the arm of the earlier first
-        decision."""
+        decision (of two at one time, the one with the smaller id)."""
         i = self.index.pop(old, None)
         if i is None:
             return
@@ -101,8 +103,9 @@ class ExperimentRows:
             self.index[into] = i
             self.users[i] = into
             return
-        if self.first_ms[i] < self.first_ms[j]:
-            self.first_ms[j], self.arm[j] = self.first_ms[i], self.arm[i]
+        if (self.first_ms[i], self.first_id[i]) < (self.first_ms[j], self.first_id[j]):
+            self.first_ms[j], self.first_id[j] = self.first_ms[i], self.first_id[i]
+            self.arm[j] = self.arm[i]
         self.decisions[j] += self.decisions[i]
         self.positives[j] += self.positives[i]
         self.activated[j] = max(self.activated[j], self.activated[i])
@@ -111,18 +114,20 @@ class ExperimentRows:
         self.users[i] = None
         self.moved[i] = j
 
-    def row(self, user: str, arm: int, ms: int) -> int:
+    def row(self, user: str, arm: int, ms: int, did: str) -> int:
+        """``user``'s row, opened or extended by decision ``did`` of ``arm`` at ``ms``."""
         i = self.index.get(user)
         if i is None:
             i = self.index[user] = len(self.users)
             self.users.append(user)
             self.arm.append(arm)
             self.first_ms.append(ms)
+            self.first_id.append(did)
             for col in (self.decisions, self.positives, self.steps, self.step_mask):
                 col.append(0)
             self.activated.append(0)
-        elif ms < self.first_ms[i]:
-            self.first_ms[i], self.arm[i] = ms, arm
+        elif (ms, did) < (self.first_ms[i], self.first_id[i]):
+            self.first_ms[i], self.first_id[i], self.arm[i] = ms, did, arm
         return i
 
 
@@ -154,7 +159,8 @@ class Cohorts:
         self._alias: dict[str, str] = {}  # a merged user key -> the key it was merged into
         # funnel: user -> (arm code or -1, completed step mask, onboarding completed)
         self._user_arm: dict[str, int] = {}
-        self._user_first: dict[str, int] = {}  # user -> time of the decision their arm is of
+        # user -> (time, id) of the decision their arm is of
+        self._user_first: dict[str, tuple[int, str]] = {}
         self._user_steps: dict[str, int] = {}
         self._user_done: set[str] = set()
         self._steps: dict[str, int] = {}  # step -> bit of the funnel masks
@@ -202,10 +208,10 @@ class Cohorts:
             for old in merged:
                 self._merge(self.person(str(old)), user)
         rows = self.experiments.setdefault(exp, ExperimentRows())
-        self._pending[did] = (exp, rows.row(user, arm, ms))
+        self._pending[did] = (exp, rows.row(user, arm, ms, did))
         if len(self._pending) > PENDING:
             self._pending.popitem(last=False)
-        self._assign(user, arm, ms)
+        self._assign(user, arm, (ms, did))
         self.version += 1
         orphan = self._orphans.pop(did, None)
         if orphan is not None:
@@ -295,12 +301,12 @@ class Cohorts:
 
     # -- the funnel ---------------------------------------------------------------------------
 
-    def _assign(self, user: str, arm: int, ms: int) -> None:
+    def _assign(self, user: str, arm: int, first: tuple[int, str]) -> None:
         """The user's funnel arm: the arm of their earliest decision (as the report's rows),
-        whatever the order decisions are read in."""
+        whatever the order decisions are read in; ``first`` is the decision's (time, id)."""
         if user in self._user_arm:
-            if ms < self._user_first[user]:
-                self._user_first[user] = ms
+            if first < self._user_first[user]:
+                self._user_first[user] = first
                 if arm != self._user_arm[user]:
                     self._count(user, -1)
                     self._user_arm[user] = arm
@@ -310,7 +316,7 @@ class Cohorts:
             self.funnel_ignored += 1
             return
         self._user_arm[user] = arm
-        self._user_first[user] = ms
+        self._user_first[user] = first
         self._count(user, 1)
 
     def _count(self, user: str, sign: int) -> None:

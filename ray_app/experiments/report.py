@@ -303,7 +303,8 @@ def users_from_logs(
     reward records (``onramp.reward/2``), each deduplicated by decision id (both topics are
     written at least once). A decision counts for conversion once its reward is decided. Ids
     the stream merged (a decision's ``mergedFrom``, or its copy forwarded to the surviving id)
-    are one user, in the arm of their earliest decision; a forwarded copy is not a decision.
+    are one user, in the arm of their earliest decision (of two at one time, the one with the
+    smaller id); a forwarded copy is not a decision.
 
     >>> d = [{"decisionId": "d1", "userKey": "u1", "arm": "control", "experiment": "e",
     ...       "slot": "next_step", "chosen": "role", "timestamp": "2026-01-01T00:00:00Z"}]
@@ -329,21 +330,21 @@ def users_from_logs(
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for did, d in by_id.items():
         key = (str(d.get("experiment", "default")), person(str(d["userKey"])))
+        at = (_ms(d["timestamp"]), did)  # decisions of one time are ordered by id
         row = rows.setdefault(
             key,
             {
                 "user": key[1],
                 "arm": d["arm"],
-                "first_ms": _ms(d["timestamp"]),
+                "first": at,
                 "decisions": 0,
                 "positives": 0,
                 "steps": set(),
                 "activated": 0,
             },
         )
-        at = _ms(d["timestamp"])
-        if at < row["first_ms"]:  # the arm of the user's earliest decision, whatever the order
-            row["first_ms"], row["arm"] = at, d["arm"]  # the files were read in
+        if at < row["first"]:  # the arm of the user's earliest decision, whatever the order
+            row["first"], row["arm"] = at, d["arm"]  # the files were read in
         got = outcome.get(did)
         if got is None:
             continue
@@ -356,7 +357,11 @@ def users_from_logs(
                 row["steps"].add(got.get("action"))
     frames: dict[str, pd.DataFrame] = {}
     for exp in sorted({k[0] for k in rows}):
-        recs = [dict(v, steps=len(v["steps"])) for k, v in rows.items() if k[0] == exp]
+        recs = [
+            dict(v, steps=len(v["steps"]), first_ms=v["first"][0])
+            for k, v in rows.items()
+            if k[0] == exp
+        ]
         df = pd.DataFrame.from_records(recs, columns=list(USER_COLUMNS))
         if covariates is not None:
             df["covariate"] = df["user"].map(covariates)

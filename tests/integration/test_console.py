@@ -57,9 +57,10 @@ def console(broker, serve_port, tmp_path_factory) -> Iterator[Console]:
     from ray_app.stream import start_supervisor_actor
 
     state = tmp_path_factory.mktemp("console-state")
-    # topics of its own: the shared ones hold every decision of this worker's tests so far,
-    # and the console and the report disagreed on them by one user in about one full run in
-    # four (console 92, report 93 treatment users; never on this test's own traffic alone)
+    # topics of its own: the shared ones hold every decision of this worker's tests so far.
+    # On them the console and the report disagreed by one user in about one full run in four:
+    # a merged person's two first decisions in one millisecond, in two arms, went to the arm
+    # each read first (now the smaller decision id's, in both; tests/unit/test_console.py)
     settings = make_settings(
         broker.bootstrap,
         ONRAMP_KAFKA__TOPIC_PREFIX="console",
