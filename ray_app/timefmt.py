@@ -16,8 +16,9 @@ True
 from __future__ import annotations
 
 import datetime as dt
+import math
 
-__all__ = ["iso", "iso_ms", "ms_from_iso", "utc_ms"]
+__all__ = ["iso", "iso_ms", "ms_from_iso", "record_ms", "utc_ms"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
@@ -70,3 +71,28 @@ def ms_from_iso(value: object) -> int:
         return (t - _EPOCH) // _MS
     except (OverflowError, ValueError):  # an offset that takes year 1 or 9999 past the range
         raise OverflowError(f"out of range: {value!r}") from None
+
+
+def record_ms(value: object) -> int:
+    """A logged record's time in ms, as the readers of logs take it (``onramp report``, the
+    console): a finite number of ms as is, or ISO-8601 text by :func:`ms_from_iso`;
+    ``ValueError`` for anything else (a bool, NaN, infinity, text that is no time, out of
+    range).
+
+    >>> record_ms(1767225601250.9), record_ms("2026-01-01T00:00:01.250Z")
+    (1767225601250, 1767225601250)
+    >>> record_ms(float("inf"))
+    Traceback (most recent call last):
+    ...
+    ValueError: not a time: inf
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return ms_from_iso(value)
+        except OverflowError as e:
+            raise ValueError(str(e)) from None
+    raise ValueError(f"not a time: {value!r:.80}")

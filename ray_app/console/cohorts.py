@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 
 from ray_app.records.decision import forwarded_copy
-from ray_app.timefmt import ms_from_iso
+from ray_app.timefmt import record_ms
 
-__all__ = ["Cohorts", "ExperimentRows", "record_ms"]
+__all__ = ["Cohorts", "ExperimentRows"]
 
 #: Decided ids remembered to ignore a second copy of a decision or reward (at least once).
 DONE_IDS = 1_000_000
@@ -56,15 +56,6 @@ EXTRA_STEPS = 32
 #: Users the funnel follows (a user id too is whatever a client sends): past it, new users
 #: are not counted in it (``funnelIgnored``).
 FUNNEL_USERS = 1_000_000
-
-
-def record_ms(ts: Any) -> int:
-    """A record's time in ms: a number as is, else ISO-8601 text (``ValueError`` if neither)."""
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        return int(ts)
-    if isinstance(ts, str):
-        return ms_from_iso(ts)
-    raise ValueError(f"not a time: {ts!r}")
 
 
 @dataclass

@@ -33,10 +33,11 @@ from typing import Any
 
 import orjson
 
-from ray_app.console.cohorts import Cohorts, record_ms
+from ray_app.console.cohorts import Cohorts
 from ray_app.console.health import DlqSamples, HealthWindow, figures
 from ray_app.console.timeline import ModelVersions, Timeline
 from ray_app.console.userlog import UserLog
+from ray_app.timefmt import record_ms
 
 __all__ = ["RANGES", "ConsoleState"]
 

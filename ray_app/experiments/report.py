@@ -55,6 +55,7 @@ from ray_app.experiments.stats import (
     srm,
 )
 from ray_app.records.decision import forwarded_copy
+from ray_app.timefmt import record_ms
 
 __all__ = [
     "ArmResult",
@@ -223,16 +224,10 @@ def _ms(ts: Any, where: str = "timestamp") -> int:
     naming ``where`` for anything else."""
     from ray_app.errors import FieldError
 
-    if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
-        return int(ts)
-    if isinstance(ts, str):
-        try:
-            stamp = pd.Timestamp(ts)
-            if not pd.isna(stamp):
-                return int(stamp.timestamp() * 1000)
-        except (ValueError, OverflowError):
-            pass
-    raise FieldError(where, f"expected epoch ms or an ISO-8601 time, got {ts!r:.80}")
+    try:
+        return record_ms(ts)
+    except ValueError:
+        raise FieldError(where, f"expected epoch ms or an ISO-8601 time, got {ts!r:.80}") from None
 
 
 def _checked_decision(d: Any) -> Mapping[str, Any]:

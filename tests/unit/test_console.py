@@ -359,6 +359,10 @@ def test_state_counts_unreadable_records_and_keeps_going() -> None:
     assert s.counts["unreadable"] == 2 and s.cohorts.ignored == 1
     assert s.dlq.as_dict()["unreadable"][0]["raw"] == "garbage"
     assert set(s.panels()) >= {"learning", "funnel", "health"}
+    for ts in (float("inf"), float("nan"), True, "2026-13-01"):  # one time parser: the report's
+        d = {"decisionId": f"d{ts}", "userKey": "u", "arm": "control", "chosen": "a"}
+        assert s.cohorts.decision({**d, "timestamp": ts}) is False
+    assert s.cohorts.ignored == 5
 
 
 def test_timeline_stays_bounded_and_merges_to_the_points_asked() -> None:
