@@ -253,6 +253,10 @@ DECIDE_STATUSES: dict[int | str, dict[str, Any]] = {
         "description": "collector.identity_secret is set and a decide key's request names a "
         "userId without its userHash (`error`: `identity_unverified`, `field`: `userHash`)."
     },
+    409: {
+        "description": "A decisionId sent again with other candidates or another context "
+        "(`error`: `decision_id_reused`): a retry repeats its request and gets its answer again."
+    },
     413: {"description": "Body over 64 KB."},
     422: {"description": "Unknown slot or action, or ineligible candidates (`field` says which)."},
     503: {"description": "The decision log is not keeping up; retry after Retry-After."},

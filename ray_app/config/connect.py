@@ -190,6 +190,24 @@ class CollectorSettings(_Section):
             raise ValueError(f"at least {MIN_KEY_CHARS} characters (it signs user ids)")
         return value
 
+    @model_validator(mode="after")
+    def _secret_of_its_own(self) -> CollectorSettings:
+        """The identity secret is no key: a write or decide key ships in every browser, and
+        with it anyone computes any user's userHash."""
+        if self.identity_secret is None:
+            return self
+        secret = self.identity_secret.get_secret_value()
+        if secret in DEMO_KEYS.values():
+            raise ValueError("identity_secret: is a shipped demo key; set a secret of its own")
+        for scope in ("write", "decide", "read"):
+            for name, key in getattr(self, f"{scope}_keys").items():
+                if key.get_secret_value() == secret:
+                    raise ValueError(
+                        f"identity_secret: is also collector.{scope}_keys.{name}; set a secret "
+                        "of its own (with a key that browsers hold, anyone could sign any user id)"
+                    )
+        return self
+
     high_throughput_http: bool = Field(
         True,
         description="Serve's HAProxy + direct-ingress HTTP path (about 20x the default); falls "

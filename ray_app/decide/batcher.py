@@ -56,6 +56,12 @@ def _no_enrichment(profile: Profile) -> Profile | None:
     return None
 
 
+def _identified(profile: Profile, key: str) -> bool:
+    """Whether ``profile``, read for the id ``key``, is a signed-in user's: it has a user id, or
+    ``key`` was merged into another id."""
+    return profile.get("userId") is not None or profile.get("userKey", key) != key
+
+
 def _wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -168,6 +174,8 @@ class DecisionBatcher:
             profile, reason = profiles.get(r.user_key), why_cold
             if not_read(profile):  # its partition is not being consumed right now
                 profile, reason = None, "stream_unavailable"
+            elif profile is not None and r.anonymous_only and _identified(profile, r.user_key):
+                profile = None  # a signed-in user's, and the request is not verified as theirs
             items.append((r, profile, enrich(profile or {"userId": r.user_id, "traits": {}})))
             cold.append(reason or ("unknown_user" if profile is None else None))
         return self.decider.decide_many(items, now_ms=self.clock_ms(), cold_reasons=cold)

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -146,10 +147,23 @@ class DecideRequest(BaseModel):
             raise ValueError(_NO_IDENTITY)
         return self
 
+    #: Set by :func:`verify_identity`: an unverified request, decided from an anonymous
+    #: visitor's profile only (see :attr:`anonymous_only`).
+    _anonymous_only: bool = PrivateAttr(default=False)
+
     @property
     def user_key(self) -> str:
         """The key events of this user are partitioned by (as the collector keys them)."""
         return self.user_id or self.anonymous_id or ""
+
+    @property
+    def anonymous_only(self) -> bool:
+        """Whether this request may read only an anonymous visitor's profile: a decide key's
+        request naming only an ``anonymousId`` while identity verification is on. User ids and
+        anonymous ids share one key space (the collector keys events by ``userId or
+        anonymousId``), so a browser could otherwise send a signed-in user's id as its
+        ``anonymousId`` and be answered from that user's profile."""
+        return self._anonymous_only
 
 
 _CONTEXT_SHAPE = "a context value is a scalar, a list of scalars or an object of those (one level)"
@@ -170,7 +184,9 @@ def verify_identity(
 ) -> DecideRequest | DecideRefused:
     """``req``, or a 403 when ``secret`` is set and it names a ``userId`` without that id's
     :func:`user_hash` (a decide key's request: any browser holds the key, and the answer says
-    something of the user's progress). A request naming only an ``anonymousId`` passes.
+    something of the user's progress). A request naming only an ``anonymousId`` passes, marked
+    :attr:`~DecideRequest.anonymous_only`: it is decided as an unknown user when its id is a
+    signed-in user's or was merged into one.
 
     >>> r = DecideRequest(userId="u1", slot="next_step")
     >>> verify_identity(r, "a-long-enough-secret").status
@@ -180,7 +196,10 @@ def verify_identity(
     >>> verify_identity(signed, "a-long-enough-secret") is signed
     True
     """
-    if secret is None or not isinstance(req, DecideRequest) or req.user_id is None:
+    if secret is None or not isinstance(req, DecideRequest):
+        return req
+    if req.user_id is None:
+        req._anonymous_only = True
         return req
     given = (req.user_hash or "").strip().lower().encode("ascii", "replace")
     if hmac.compare_digest(given, user_hash(secret, req.user_id).encode("ascii")):

@@ -10,6 +10,7 @@ hooks and the decision's trace span. Each answer's body is encoded once, by orjs
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from typing import Any
@@ -41,28 +42,65 @@ _DECISION_CODES: dict[type[DecisionRequestError], ErrorCode] = {
 }
 
 
+#: What a decisionId is remembered by: ("user" or "anonymous", the id, the slot, the decisionId).
+_AnswerKey = tuple[str, str, str, str]
+
+
 class _Answered:
     """The answers a replica gave to requests that named their own ``decisionId``, for
-    ``ttl_s`` and at most ``size`` of them (the oldest go first), by (user, slot, id)."""
+    ``ttl_s`` and at most ``size`` of them (the oldest go first), by :data:`_AnswerKey`, each
+    with the fingerprint of the request it answered (:func:`_fingerprint`). A request still
+    being decided is there too, as the future of its answer: a retry sent while the first is in
+    flight waits for that answer instead of being decided (and logged) a second time."""
 
     def __init__(self, size: int = 10_000, ttl_s: float = 600.0) -> None:
         self.size, self.ttl_s = size, ttl_s
-        self._kept: OrderedDict[tuple[str, str, str], tuple[float, bytes]] = OrderedDict()
+        self._kept: OrderedDict[_AnswerKey, tuple[float, bytes, asyncio.Future[Answer] | bytes]]
+        self._kept = OrderedDict()
 
-    def get(self, key: tuple[str, str, str]) -> bytes | None:
+    def get(self, key: _AnswerKey) -> tuple[bytes, asyncio.Future[Answer] | bytes] | None:
+        """(fingerprint, the answer's body or the future of the answer) or None."""
         kept = self._kept.get(key)
         if kept is None:
             return None
         if time.monotonic() - kept[0] > self.ttl_s:
             del self._kept[key]
             return None
-        return kept[1]
+        return kept[1], kept[2]
 
-    def put(self, key: tuple[str, str, str], body: bytes) -> None:
-        self._kept[key] = (time.monotonic(), body)
+    def put(
+        self, key: _AnswerKey, fingerprint: bytes, answer: asyncio.Future[Answer] | bytes
+    ) -> None:
+        self._kept[key] = (time.monotonic(), fingerprint, answer)
         self._kept.move_to_end(key)
         while len(self._kept) > self.size:
             self._kept.popitem(last=False)
+
+    def drop(self, key: _AnswerKey) -> None:
+        self._kept.pop(key, None)
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (not only a future it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _fingerprint(req: DecideRequest) -> bytes:
+    """What a retry must repeat to get the first answer again: its candidates and context."""
+    return orjson.dumps([req.candidates, req.context], option=orjson.OPT_SORT_KEYS)
+
+
+def _reused(decision_id: str) -> Answer:
+    """409: a decisionId sent again with other candidates or another context."""
+    body = {
+        "error": "decision_id_reused",
+        "field": "decisionId",
+        "message": f"decisionId {decision_id[:128]!r} was decided for a request with other "
+        "candidates or another context; a retry repeats the request, a new request takes a "
+        "new decisionId",
+    }
+    return 409, orjson.dumps(body), {}
 
 
 class DecisionService:
@@ -101,17 +139,52 @@ class DecisionService:
         self, req: DecideRequest | DecideRefused, traceparent: str | None = None
     ) -> Answer:
         """The answer to one request (``traceparent``: the caller's trace, if any): a decision
-        (200), the reason the request was refused (4xx), or 503 when the log is behind."""
-        started = time.perf_counter()
-        started_ns = now_ns() if self.tracing.enabled else None
+        (200), the reason the request was refused (4xx), or 503 when the log is behind. A
+        request naming its own ``decisionId`` that this replica answered (or is answering) gets
+        that answer again, or 409 when its candidates or context differ."""
         if isinstance(req, DecideRefused):
             return req.status, orjson.dumps(req.body()), {}
-        again = None
-        if req.decision_id is not None:
-            again = (req.user_key, req.slot, req.decision_id)
-            body = self.answered.get(again)
-            if body is not None:
-                return 200, body, {}
+        if req.decision_id is None:
+            return await self._decide(req, traceparent)
+        kind = "user" if req.user_id is not None else "anonymous"
+        key = (kind, req.user_key, req.slot, req.decision_id)
+        fingerprint = _fingerprint(req)
+        kept = self.answered.get(key)
+        if kept is not None:
+            if kept[0] != fingerprint:
+                return _reused(req.decision_id)
+            if isinstance(kept[1], bytes):
+                return 200, kept[1], {}
+            first = kept[1]  # the first is still being decided
+            try:
+                return await asyncio.shield(first)
+            except asyncio.CancelledError:
+                if first.cancelled() and not _cancelling():  # the first went away: decide
+                    return await self.answer(req, traceparent)
+                raise
+        pending: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.answered.put(key, fingerprint, pending)
+        try:
+            answer = await self._decide(req, traceparent)
+        except asyncio.CancelledError:  # the client went away: a retry waiting decides itself
+            self.answered.drop(key)
+            pending.cancel()
+            raise
+        except Exception as exc:
+            self.answered.drop(key)
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning without a retry
+            raise
+        if answer[0] == 200:
+            self.answered.put(key, fingerprint, answer[1])
+        else:  # a refusal or a 503 is not remembered: the retry is decided
+            self.answered.drop(key)
+        pending.set_result(answer)
+        return answer
+
+    async def _decide(self, req: DecideRequest, traceparent: str | None) -> Answer:
+        started = time.perf_counter()
+        started_ns = now_ns() if self.tracing.enabled else None
         decision = await self.batcher.decide(req)
         if isinstance(decision, DecisionRequestError):
             code = _DECISION_CODES.get(type(decision), ErrorCode.INVALID_DECISION_REQUEST)
@@ -142,7 +215,4 @@ class DecisionService:
         self.hooks.decision(
             decision.slot, decision.arm, decision.cold_start, time.perf_counter() - started
         )
-        body = orjson.dumps(decision.answer())
-        if again is not None:
-            self.answered.put(again, body)
-        return 200, body, {}
+        return 200, orjson.dumps(decision.answer()), {}

@@ -19,7 +19,8 @@ export interface OnrampOptions {
   readKey?: string;
   /** With `collector.identity_secret`: the hex HMAC-SHA256 of the signed-in user's id, which
    * your server computes and renders into the page; decide() sends it with the userId. Also
-   * `identify(id, traits, { userHash })`; identify() of another user and reset() drop it. */
+   * `identify(id, traits, { userHash })`. Kept in storage with the user it is for (init's is
+   * for the user identified next); identify() of another user and reset() drop it. */
   userHash?: string;
   /** Send as soon as this many events wait (default 20; also the largest batch). */
   flushAt?: number;

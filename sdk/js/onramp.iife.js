@@ -337,6 +337,14 @@ function makeClient(o, warn) {
   }
   let userId = storedIdOrNull(load('userId', null));
   let groupId = storedIdOrNull(load('groupId', null));
+  // decide()'s userHash and the user id it is for (null: not known yet, the next identify()'s).
+  // init's comes from the page your server rendered for whoever signed in; one identify()
+  // brought is that user's; either is kept with its user across page loads.
+  let hash = { value: String(o.userHash || ''), user: null };
+  if (!hash.value) {
+    const stored = load('userHash', null);
+    if (isObject(stored) && typeof stored.value === 'string' && stored.user === userId) hash = stored;
+  }
   let session = load('session', null);
 
   /** The anonymous id for the next call: with `reuseSegmentAnonymousId`, analytics.js's when it
@@ -643,8 +651,8 @@ function makeClient(o, warn) {
     const payload = { slot };
     if (userId) {
       payload.userId = userId;
-      const hash = opts.userHash || o.userHash;
-      if (hash) payload.userHash = String(hash);
+      const given = opts.userHash || (hash.user === null || hash.user === userId ? hash.value : '');
+      if (given) payload.userHash = String(given);
     } else payload.anonymousId = currentAnonymousId();
     if (opts.candidates) payload.candidates = opts.candidates;
     if (opts.context) payload.context = opts.context;
@@ -773,15 +781,31 @@ function makeClient(o, warn) {
     if (isObject(id)) return identify(null, id, traits);
     const t = jsonObject(traits, 'traits');
     const co = callOptions(callOpts);
-    const hash = takeUserHash(co);
+    const given = takeUserHash(co);
     if (id != null) {
-      const next = idArg(id, 'userId');
-      if (userId && next !== userId) o.userHash = ''; // another user's hash is not theirs
-      userId = next;
+      userId = idArg(id, 'userId');
       save('userId', userId);
     }
-    if (hash != null) o.userHash = hash;
+    signedIn(given);
     return base('identify', { traits: { ...t } }, co);
+  }
+
+  /** The user is `userId` now: a hash given with the call is theirs; a kept one is kept if it
+   * is theirs or was for nobody yet (init's), dropped if it was another user's. */
+  function signedIn(given) {
+    if (given != null) hash = { value: given, user: userId };
+    else if (hash.user !== userId && hash.user !== null) hash = { value: '', user: null };
+    else if (hash.value && userId) hash = { value: hash.value, user: userId };
+    if (hash.value && hash.user) save('userHash', hash);
+    else unsave('userHash');
+  }
+
+  function unsave(name) {
+    try {
+      storage.removeItem(key(name));
+    } catch {
+      /* storage unavailable: nothing kept */
+    }
   }
 
   /** `options.userHash` of identify() and alias(): kept for decide(), not sent with the event. */
@@ -800,13 +824,12 @@ function makeClient(o, warn) {
     if (id == null || id === '') throw new BadCall('a user id is required');
     const next = idArg(id, 'userId');
     const co = callOptions(callOpts);
-    const hash = takeUserHash(co);
+    const given = takeUserHash(co);
     const previous =
       previousId == null || previousId === '' ? userId || currentAnonymousId() : idArg(previousId, 'previousId');
-    if (userId && next !== userId) o.userHash = '';
-    if (hash != null) o.userHash = hash;
     userId = next;
     save('userId', userId);
+    signedIn(given);
     return base('alias', { previousId: previous }, co);
   }
 
@@ -878,12 +901,12 @@ function makeClient(o, warn) {
 
   function reset() {
     userId = null;
-    o.userHash = ''; // the signed-in user's: the next user brings their own
+    hash = { value: '', user: null }; // the signed-in user's: the next user brings their own
     groupId = null;
     session = null;
     anonymousId = uuid4(random);
     for (const k of Object.keys(decisions)) delete decisions[k];
-    for (const n of ['userId', 'groupId', 'session', 'decisions']) {
+    for (const n of ['userId', 'userHash', 'groupId', 'session', 'decisions']) {
       try {
         storage.removeItem(key(n));
       } catch {

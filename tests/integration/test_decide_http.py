@@ -353,11 +353,14 @@ def test_identity_verification_lets_a_decide_key_decide_only_for_the_signed_user
     replica = plain.__new__(plain)
     plain.__init__(replica, settings, broker.bootstrap)
 
-    class NoProfiles:
-        async def get_many(self, keys):
-            return {}
+    victim = {"userKey": "victim", "userId": "victim", "stepsCompleted": ["welcome"],
+              "firstSeen": 1_767_225_600_000, "lastReceived": 1_767_225_600_000}  # fmt: skip
 
-    replica.decisions.batcher.profiles = NoProfiles()
+    class Profiles:
+        async def get_many(self, keys):
+            return {k: dict(victim) for k in keys if k == "victim"}
+
+    replica.decisions.batcher.profiles = Profiles()
 
     async def post(body: dict, key: str) -> tuple[int, dict]:
         import orjson
@@ -382,9 +385,12 @@ def test_identity_verification_lets_a_decide_key_decide_only_for_the_signed_user
         status, body = asyncio.run(post({**ask, "userHash": "0" * 64}, decide))
         assert status == 403 and "does not match" in body["message"]
         status, body = asyncio.run(post({**ask, "userHash": user_hash(secret, "victim")}, decide))
-        assert status == 200 and body["chosen"]
+        assert status == 200 and body["chosen"] != "welcome" and not body["coldStart"]
         assert asyncio.run(post(ask, read))[0] == 200  # a server's read key
         assert asyncio.run(post({"anonymousId": "a-1", "slot": "next_step"}, decide))[0] == 200
+        # the victim's id as an anonymousId: answered as an unknown user's, not from the profile
+        status, body = asyncio.run(post({"anonymousId": "victim", "slot": "next_step"}, decide))
+        assert (status, body["chosen"], body["coldReason"]) == (200, "welcome", "unknown_user")
     finally:
         replica._stop.set()
         replica.decision_log.close()

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 
 from ray_app.cli import main
 from ray_app.config import Settings, described, load_settings
+from ray_app.config.base import DEMO_KEYS
 from ray_app.errors import ConfigError
 
 
@@ -188,3 +189,29 @@ def test_settings_that_fail_later_are_refused_when_read(tmp_path, text, needle):
     with pytest.raises(ConfigError) as err:
         load_settings(path, env={})
     assert needle in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("collector", "needle"),
+    [
+        ({"identity_secret": DEMO_KEYS["decide"]}, "is a shipped demo key"),
+        (
+            {"decide_keys": {"web": "web-decide-key-0123456789"},
+             "identity_secret": "web-decide-key-0123456789"},
+            "is also collector.decide_keys.web",
+        ),
+        (
+            {"write_keys": {"site": "site-write-key-0123456789"},
+             "identity_secret": "site-write-key-0123456789"},
+            "is also collector.write_keys.site",
+        ),
+    ],
+)  # fmt: skip
+def test_the_identity_secret_is_no_key_that_browsers_hold(tmp_path, collector, needle):
+    """With the identity secret equal to a decide or write key, which ship in every browser,
+    anyone could compute any user's userHash: nothing refused it."""
+    path = tmp_path / "onramp.yaml"
+    path.write_text(yaml.safe_dump({"collector": collector}))
+    with pytest.raises(ConfigError, match="identity_secret") as err:
+        load_settings(path, env={})
+    assert needle in str(err.value)

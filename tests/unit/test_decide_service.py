@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import threading
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -16,6 +17,7 @@ from ray_app.config import DecideSettings, Settings
 from ray_app.decide import Arms, Decider, DecideRequest, parse_decide
 from ray_app.decide.batcher import DecisionBatcher
 from ray_app.decide.log import DecisionLog
+from ray_app.decide.request import user_hash, verify_identity
 from ray_app.decide.service import DecisionService
 from ray_app.kafka.memory import InMemoryBroker, InMemoryProducer
 from ray_app.telemetry.tracing import NoopTracing
@@ -391,3 +393,97 @@ def test_a_request_retried_with_its_decision_id_gets_the_answer_it_got():
         "checkout-1",
         "checkout-2",
     ]
+
+
+def _retry_service(profile: dict, delay_s: float = 0.0) -> tuple[DecisionService, InMemoryBroker]:
+    """A service over one profile for every id (control only: the choice follows the profile),
+    its profile reads taking ``delay_s``."""
+    broker = InMemoryBroker(partitions=1)
+    log = DecisionLog(lambda: InMemoryProducer(broker), "d", max_pending=100)
+
+    class Profiles:
+        async def get_many(self, user_keys):  # type: ignore[no-untyped-def]
+            got = {k: dict(profile, userKey=k) for k in user_keys}  # read before the wait
+            await asyncio.sleep(delay_s)
+            return got
+
+    settings = Settings.model_validate({"decide": {"arms": {"control": 1.0}}})
+    batcher = DecisionBatcher(Decider.from_settings(settings), Profiles(), clock_ms=lambda: T0)
+    return DecisionService(batcher, log, _Hooks(), NoopTracing(), retry_after_s=7), broker
+
+
+def test_a_retry_sent_while_the_first_request_is_decided_gets_its_answer():
+    """A client that timed out and retried while its first request waited for the profile got
+    a second decision (from the profile as it changed meanwhile), and both were logged."""
+    profile: dict = {"stepsCompleted": [], "firstSeen": T0, "lastReceived": T0}
+    service, broker = _retry_service(profile, delay_s=0.01)
+    body = orjson.dumps({"userId": "u1", "slot": "next_step", "decisionId": "k-2"})
+
+    async def both() -> list:
+        first = asyncio.ensure_future(service.answer(parse_decide(body)))
+        await asyncio.sleep(0.002)  # the first has read the profile; then it changes
+        profile["stepsCompleted"] = ["welcome"]
+        retry = await service.answer(parse_decide(body))
+        return [await first, retry]
+
+    first, retry = asyncio.run(both())
+    assert first == retry and first[0] == 200
+    service.decision_log.close()
+    assert len(broker.records("d")) == 1
+
+
+def test_a_decision_id_sent_again_with_other_candidates_is_refused():
+    """The answer of a retry was served for a request with other candidates: a chosen action
+    outside the candidates asked for."""
+    service, _ = _retry_service({"stepsCompleted": [], "firstSeen": T0, "lastReceived": T0})
+
+    def ask(**fields: Any) -> tuple[int, dict]:
+        body = {"userId": "u1", "slot": "next_step", "decisionId": "d-1", **fields}
+        status, raw, _ = asyncio.run(service.answer(parse_decide(orjson.dumps(body))))
+        return status, orjson.loads(raw)
+
+    assert ask()[0] == 200
+    status, body = ask(candidates=["team_size"])
+    assert (status, body["error"], body["field"]) == (409, "decision_id_reused", "decisionId")
+    assert ask(context={"device": "mobile"})[0] == 409
+    assert ask()[0] == 200  # the request itself again: its answer
+
+
+def test_an_anonymous_id_that_is_a_signed_in_users_id_reads_no_profile_when_verifying():
+    """With identity verification on, a browser sent a signed-in user's id as its anonymousId
+    and was answered from that user's profile (user ids and anonymous ids share one key
+    space): no userHash needed. Such a request is now decided as an unknown user's, as is one
+    whose anonymous id was merged into a signed-in user's; an anonymous visitor's own profile
+    still counts, and so does everything without identity verification."""
+    secret = "a-long-enough-secret"
+    done = {"stepsCompleted": ["welcome"], "firstSeen": T0, "lastReceived": T0}
+    service, _ = _retry_service(done)
+
+    def ask(body: dict, secret: str | None = secret) -> dict:
+        req = verify_identity(parse_decide(orjson.dumps(body)), secret)
+        status, raw, _ = asyncio.run(service.answer(req))
+        assert status == 200
+        return orjson.loads(raw)
+
+    signed_in = {**done, "userId": "u1"}
+    service.batcher.profiles.get_many = _profiles({"u1": signed_in, "a1": signed_in})
+    for body in ({"anonymousId": "u1", "slot": "next_step"},  # another's user id
+                 {"anonymousId": "a1", "slot": "next_step"}):  # merged into it  # fmt: skip
+        answer = ask(body)
+        assert (answer["chosen"], answer["coldReason"]) == ("welcome", "unknown_user")
+    assert ask({"anonymousId": "u1", "slot": "next_step"}, secret=None)["chosen"] != "welcome"
+    hashed = user_hash(secret, "u1")
+    assert ask({"userId": "u1", "userHash": hashed, "slot": "next_step"})["chosen"] != "welcome"
+    visitor = {**done, "userId": None}
+    service.batcher.profiles.get_many = _profiles({"v1": {**visitor, "userKey": "v1"}})
+    assert ask({"anonymousId": "v1", "slot": "next_step"})["chosen"] != "welcome"
+
+
+def _profiles(by_key: dict) -> Any:
+    """A ``get_many`` answering the profiles of ``by_key`` (the key of a merged id -> the
+    survivor's profile, as the stream's reader answers)."""
+
+    async def get_many(user_keys):  # type: ignore[no-untyped-def]
+        return {k: dict(by_key[k]) for k in user_keys if k in by_key}
+
+    return get_many

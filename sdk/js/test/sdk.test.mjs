@@ -306,6 +306,33 @@ test('decide: sends the userHash of the signed-in user, never an anonymous one, 
   assert.ok(identified.every((e) => !('userHash' in e) && !JSON.stringify(e).includes('h-of-u11')));
 });
 
+test('decide: the userHash is kept with its user across page loads, and a hash from init is the next user\'s', async () => {
+  const answer = { decisionId: 'd-3', slot: 'next_step', chosen: 'goals', ranked: [] };
+  const storage = memoryStorage();
+  const page = (options = {}) => client({ answer: () => ({ status: 200, body: answer }), storage, options });
+  const first = page();
+  first.c.identify('u11', {}, { userHash: 'h-of-u11' });
+  // the next page load: the user id came back from storage, and the hash used to stay behind
+  // (every decide() of a signed-in user was 403 until identify() was called with it again)
+  const second = page();
+  await second.c.decide('next_step');
+  // alice signed out without reset(); the page rendered for bob gives bob's hash to init(),
+  // which used to be dropped as "another user's" when bob was identified
+  const third = page({ userHash: 'h-of-bob' });
+  third.c.identify('bob');
+  await third.c.decide('next_step');
+  const fourth = page();
+  await fourth.c.decide('next_step');
+  fourth.c.reset();
+  const fifth = page();
+  fifth.c.identify('u11');
+  await fifth.c.decide('next_step');
+  const asked = [second, third, fourth, fifth].flatMap(({ net }) =>
+    net.requests.filter((r) => r.url.endsWith('/v1/decide')).map((r) => [r.json.userId, r.json.userHash ?? null]),
+  );
+  assert.deepEqual(asked, [['u11', 'h-of-u11'], ['bob', 'h-of-bob'], ['bob', 'h-of-bob'], ['u11', null]]);
+});
+
 test('decide: answer, decision id echoed on the step events that follow', async () => {
   const answer = { decisionId: 'd-1', slot: 'next_step', chosen: 'goals', ranked: [{ action: 'goals' }], arm: 'treatment' };
   const { c, timers, net } = client({
