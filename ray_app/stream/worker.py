@@ -50,6 +50,7 @@ from typing import Any
 import orjson
 
 from ray_app.config import Settings
+from ray_app.heap import GC_THRESHOLDS
 from ray_app.kafka.client import Consumer, OutRecord, Producer, make_consumer, make_producer
 from ray_app.records import RewardRecord
 from ray_app.state import SessionShard
@@ -81,8 +82,6 @@ FRESHNESS_BUCKETS_MS = (
 )  # fmt: skip
 
 
-#: ``gc.set_threshold`` in a stream worker's process (see :meth:`StreamWorker.start`).
-GC_THRESHOLDS = (50_000, 20, 100)
 #: ``sys.setswitchinterval`` in a stream worker's process (see :meth:`StreamWorker.start`).
 SWITCH_INTERVAL_S = 0.0005
 #: Records processed per hold of the state lock (bounds how long a profile read waits).
