@@ -32,6 +32,9 @@ def _admin(bootstrap: str, settings: KafkaSettings, timeout_s: float) -> Any:
             bootstrap_servers=bootstrap.split(","),
             client_id="onramp-admin",
             request_timeout_ms=int(timeout_s * 1000),
+            # the first connection too: its default (30 s) held the stream supervisor's monitor,
+            # and the worker restarts it runs, for 30 s a minute while Kafka was unreachable
+            bootstrap_timeout_ms=int(timeout_s * 1000),
             **security_kafka_python(settings),
         )
     except Exception as exc:
@@ -125,8 +128,10 @@ def check_topics(
         raise ConfigError(
             f"existing topics do not match kafka.partitions={settings.partitions}: "
             + ", ".join(wrong_partitions)
-            + " partitions. Set ONRAMP_KAFKA__PARTITIONS to their count, or use new topics "
-            "(kafka.topic_prefix); Kafka cannot shrink a topic and growing one moves keys.",
+            + " partitions. Use new topics (kafka.topic_prefix) with a new checkpoint store "
+            "(stream.checkpoint_uri), or, if no stream has checkpointed these topics yet, set "
+            "ONRAMP_KAFKA__PARTITIONS to their count (checkpoints written under another count "
+            "are refused); Kafka cannot shrink a topic and growing one moves keys.",
             topics=wrong_partitions,
         )
     if problems:

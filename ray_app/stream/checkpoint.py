@@ -160,7 +160,11 @@ class CheckpointStore:
     """Checkpoints under a local directory or any fsspec URI, signed with ``key``."""
 
     def __init__(
-        self, uri: str | os.PathLike[str], key: bytes, partitions: int | None = None
+        self,
+        uri: str | os.PathLike[str],
+        key: bytes,
+        partitions: int | None = None,
+        stale_temp_s: float = STALE_TEMP_S,
     ) -> None:
         if len(key) < _MIN_KEY:
             raise ValueError(f"a checkpoint key needs at least {_MIN_KEY} bytes")
@@ -169,6 +173,8 @@ class CheckpointStore:
         #: The topic's partition count this run hashes keys with (``kafka.partitions``): written
         #: into every checkpoint, and a checkpoint written under another count is refused.
         self.partitions = partitions
+        #: Age past which a local write's temporary file is taken as left by a killed writer.
+        self.stale_temp_s = stale_temp_s
         self._local: Path | None = None
         self._base: dict[int, tuple[str, int]] = {}  # partition -> (base id, last delta seq)
         if "://" not in self.uri or self.uri.startswith("file://"):
@@ -184,10 +190,10 @@ class CheckpointStore:
 
     def _remove_stale_temporaries(self) -> None:
         """Delete what writes killed midway left (``.tmp-*``, up to a whole base snapshot each,
-        never read): those older than :data:`STALE_TEMP_S`, so that no write in progress in
+        never read): those older than ``stale_temp_s``, so that no write in progress in
         another worker sharing the directory loses its file."""
         assert self._local is not None
-        cutoff = time.time() - STALE_TEMP_S
+        cutoff = time.time() - self.stale_temp_s
         for tmp in self._local.glob(".tmp-*"):
             try:
                 if tmp.stat().st_mtime < cutoff:

@@ -56,6 +56,7 @@ from ray_app.records import RewardRecord
 from ray_app.state import SessionShard
 from ray_app.state.shard import SnapshotRefused
 from ray_app.stream.checkpoint import (
+    STALE_TEMP_S,
     Checkpoint,
     CheckpointRefused,
     CheckpointStore,
@@ -123,7 +124,11 @@ class StreamWorker:
         self.topics = settings.topics
         if store is None:
             key = checkpoint_key or _resolve_key(settings, checkpoint_uri)
-            store = CheckpointStore(checkpoint_uri, key, settings.kafka.partitions)
+            # a write's temporary file is another's to remove only well past the time in which
+            # a live writer is declared stuck and restarted (an hour was less than that with
+            # stream.worker_start_timeout_s over 3600)
+            stale = max(STALE_TEMP_S, 2 * stuck_write_s(settings))
+            store = CheckpointStore(checkpoint_uri, key, settings.kafka.partitions, stale)
         self.store = store
         cfg = state_config(settings)
         # the batch checks, cross-checked with the declared pandera schema on a sample
@@ -229,6 +234,9 @@ class StreamWorker:
                 ):
                     self.checkpoint(wait=False)
         except Exception as exc:  # the supervisor sees the error and restarts the worker
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("worker %s stopped", self.worker_id)
+        except BaseException as exc:  # SystemExit from a library: it ended the thread silently
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("worker %s stopped", self.worker_id)
 
@@ -573,6 +581,14 @@ class StreamWorker:
         records that no checkpoint would ever cover, its memory of them growing)."""
         if self.error is None and self._thread is None:
             return "not started"
+        thread = self._thread
+        if (
+            self.error is None
+            and thread is not None
+            and not thread.is_alive()
+            and not self._stop.is_set()
+        ):
+            return "the worker's loop ended without an error"  # never unread and healthy
         if self.error is None:
             taken = self._writer.writing_for()
             if taken > stuck_write_s(self.settings):

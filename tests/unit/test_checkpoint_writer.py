@@ -166,3 +166,44 @@ def test_partitions_due_together_rebase_one_checkpoint_apart(twin, tmp_path) -> 
     for p in (0, 1):
         assert again.next_offset[p] == 12
         assert again.shards[p].profiles_as_dicts() == w.shards[p].profiles_as_dicts()
+
+
+def test_a_loop_that_ends_on_system_exit_makes_the_worker_unhealthy(
+    twin,  # noqa: F811
+    tmp_path,
+) -> None:
+    """A SystemExit raised in the loop (a library calling sys.exit) ended the thread without
+    an error or a log line, and ping() said healthy while the worker's partitions went unread."""
+    w, _ = _worker(tmp_path)
+
+    def exit_now(**_: object) -> list[Record]:
+        raise SystemExit(3)
+
+    w._consumer.poll = exit_now  # type: ignore[method-assign]
+    w._thread = threading.Thread(target=w._run)
+    w._thread.start()
+    w._thread.join(5)
+    assert w.ping() == "SystemExit: 3"
+    w.error = None  # however it ended: a loop that is gone while not stopping is unhealthy
+    assert "ended" in (w.ping() or "")
+
+
+def test_a_write_is_not_taken_as_left_behind_before_it_could_be_declared_stuck(
+    twin,  # noqa: F811
+    tmp_path,
+) -> None:
+    """A temporary file was removed after an hour, where a live write is declared stuck (and
+    its worker restarted) only after stream.worker_start_timeout_s: with that over an hour, a
+    second worker's store deleted the file a live write was still writing."""
+    import os
+
+    from ray_app.stream.worker import stuck_write_s
+
+    (tmp_path / "ckpt").mkdir()
+    writing = tmp_path / "ckpt" / ".tmp-slow-write"
+    writing.write_bytes(b"x")
+    now = time.time()
+    os.utime(writing, (now - 3_700, now - 3_700))  # past the hour, within the stuck bound
+    w, settings = _worker(tmp_path, ONRAMP_STREAM__WORKER_START_TIMEOUT_S="7200")
+    assert stuck_write_s(settings) == 7200
+    assert writing.exists() and w.store.stale_temp_s == 2 * 7200

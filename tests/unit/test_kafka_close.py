@@ -121,3 +121,17 @@ def test_send_many_counts_acknowledgements_waits_out_an_outage_and_fails_on_a_re
 
     with pytest.raises(RuntimeError, match="queue full"):
         Refusing(broker).send_many(records).result(timeout=1)
+
+
+def test_an_unreachable_kafka_is_told_within_the_admin_timeout() -> None:
+    """The topic check asked for 5 s and waited 30 (kafka-python's bootstrap timeout), holding
+    the stream supervisor's monitor and the worker restarts it runs."""
+    import time
+
+    from ray_app.errors import KafkaUnavailable
+    from ray_app.kafka.topics import verify_topics
+
+    started = time.monotonic()
+    with pytest.raises(KafkaUnavailable):
+        verify_topics(f"127.0.0.1:{free_port()}", Settings().kafka, ["t"], timeout_s=1.0)
+    assert time.monotonic() - started < 10
