@@ -57,6 +57,11 @@ def _show(registry: Any, version: int) -> int:
     return 0
 
 
+def _count(value: Any) -> str:
+    """A count of a version's metadata as the table shows it ('-': none, or not a count)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
 def _list(registry: Any, as_json: bool) -> int:
     import datetime as dt
 
@@ -76,7 +81,7 @@ def _list(registry: Any, as_json: bool) -> int:
         m = v.metrics
         print(
             f"{mark}{v.version:>7}  {when:19}  {v.source:6}  {v.parent or '-':>6}  "
-            f"{v.data.get('records', '-'):>8}  {_num(m.get('auc')):>7}  "
+            f"{_count(v.data.get('records')):>8}  {_num(m.get('auc')):>7}  "
             f"{_num(m.get('snips')):>9}  {v.schema_hash}"
         )
     if head is not None:

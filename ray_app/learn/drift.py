@@ -309,7 +309,8 @@ class RewardRateDrift:
     def update(self, records: Iterable[_Outcome]) -> list[tuple[str, dict[str, Any]]]:
         """Add reward records (in arrival order); feed those whose turn came; the alerts."""
         arrived: list[int] = []
-        ahead = self.clock_ms() + self.MAX_AHEAD_MS
+        now = self.clock_ms()
+        ahead = now + self.MAX_AHEAD_MS
         for r in records:
             if r.arm == self.holdout_arm:
                 continue
@@ -323,8 +324,12 @@ class RewardRateDrift:
                 self.future += 1
                 continue
             arrived.append(at)
-            if self._latest is None or at > self._latest:
-                self._latest = at
+            # the detectors' clock never passes the learner's: one record of a replica whose
+            # clock ran minutes ahead made every later record "late" (fed to neither detector)
+            # for as long; such a record waits for its time instead
+            seen = min(at, int(now))
+            if self._latest is None or seen > self._latest:
+                self._latest = seen
             if self._released is not None and at < self._released:
                 self.late += 1
                 continue

@@ -211,6 +211,9 @@ class OnlineLearner(Publishing):
         self._restarted_in_call = False  # set by _train when the fallback took over in it
         self._last_publish_at: float | None = None
         self._published_epsilon = cfg.epsilon
+        #: Publish at the next chance even without updates (the weights of an adopted promotion,
+        #: under a number of the learner's own: :meth:`adopt`).
+        self._republish = False
         #: The settling judge's last figure (:mod:`ray_app.learn.settling`; ``None``: none yet).
         self.settle_information: float | None = None
         #: Why the weights last went back to the cold start ("drift", "foreign_weights"), for
@@ -484,9 +487,10 @@ class OnlineLearner(Publishing):
         trainer's and the last good ones, its version and promotion the current ones; offsets,
         dedupe memory, counters and the guardrail slice are kept, the replay buffer (rewards
         learned into the old weights) and the optimizer's moments are dropped; exploration
-        (``gamma``) and the step size go on from the bundle's own ``learned``; the comparison
-        with control starts again on the decisions of the new version (the last weights that
-        beat control are kept). A promotion with another number of hidden units (a model of
+        (``gamma``) and the step size go on from the bundle's own ``learned``; the weights are
+        published again at the next chance as the learner's next version (numbered above both
+        its own and the bundle's), and the comparison with control starts on that version's
+        decisions; the last weights that beat control are forgotten (the old lineage's). A promotion with another number of hidden units (a model of
         ``onramp train`` under another ``learn.hidden`` than the learner's state was written
         with: a learner resumed from before the scorer lost its deep part, adopting a wide
         model) is taken with its own shape (:meth:`_reshape`). ``ValueError`` if it does not
@@ -502,6 +506,8 @@ class OnlineLearner(Publishing):
         >>> learner.adopt(promoted)
         >>> learner.version, learner.lineage, learner.last_good().serving_rank
         (7, {'promotion': 3, 'registryVersion': 7}, (3, 7))
+        >>> learner.maybe_publish().serving_rank  # at once, under a number of its own
+        (3, 8)
         """
         self._check_fits(bundle, "the bundle's", any_hidden=True)
         if bundle.scorer.hidden != self._arch["hidden"]:
@@ -510,8 +516,15 @@ class OnlineLearner(Publishing):
         self._last_good = clone_weights(self.scorer.state_dict())
         # the learner stays under its own catalog: the bundle fits its slots and actions
         # (_check_fits), and a digest taken from another catalog would make the next start
-        # refuse the learner's saved state as foreign
-        self.version = int(bundle.version)
+        # refuse the learner's saved state as foreign.
+        # Its numbers go on from the higher of its own and the bundle's, and the adopted weights
+        # are published again at once under the next: decisions and rewards carry only the
+        # version, and a promotion (a rollback to an old version) numbered below the learner
+        # used to give the learner's next versions numbers that the old lineage's decisions
+        # carried too, whose late rewards then judged the promoted weights against control
+        self.version = max(self.version, int(bundle.version))
+        self._republish = True
+        self._beat_control = None  # the old lineage's: not what a rollback should restore
         self.lineage = lineage_of(bundle.metadata)
         self._schedule.explore_from = self.counters["trained"] - learned_of(bundle.metadata)
         self._schedule.head_start = gamma_head_start_of(bundle.metadata)
@@ -520,9 +533,9 @@ class OnlineLearner(Publishing):
         self._pending_updates = 0
         self._pending_rewards = 0
         if self.control is not None:
-            # judge the promoted weights by their own decisions (a promotion may lower the
-            # version: decisions of the old lineage's later versions still count for a moment)
-            self.control.restart(min_version=self.version)
+            # judge the promoted weights by the decisions of the version they are published
+            # again as: none of the old lineage's
+            self.control.restart(min_version=self.version + 1)
 
     def _reshape(self, bundle: ModelBundle) -> None:
         """Take another number of hidden units (:meth:`adopt` loads the weights next). The

@@ -60,6 +60,7 @@ class Publishing:
     _pending_rewards: int
     _last_publish_at: float | None
     _published_epsilon: float
+    _republish: bool
     _restart_reason: str | None
     _schedule: BoostSchedule
     last_check: GuardrailCheck | None
@@ -401,7 +402,11 @@ class Publishing:
             check = GuardrailCheck.unjudged(0, self.config.guardrail_tolerance)
             rollback: str | None = "below_control"
         else:
-            if self._pending_updates == 0 and self.exploration(now) == self._published_epsilon:
+            if (
+                self._pending_updates == 0
+                and self.exploration(now) == self._published_epsilon
+                and not self._republish
+            ):
                 return None
             check = self._guard_candidate()
             rollback = "loss" if check.breached else None
@@ -453,6 +458,7 @@ class Publishing:
         bundle = self._bundle(self._last_good, self.version, metadata)
         bundle.created_at = float(now)
         self._last_publish_at = float(now)
+        self._republish = False
         self._pending_updates = 0
         self._pending_rewards = 0
         self._restart_reason = None

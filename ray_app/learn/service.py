@@ -28,6 +28,7 @@ publish minus the outcome's event time (the collector's clock, after skew correc
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -44,7 +45,7 @@ from ray_app.learn.learner import LearnerConfig, OnlineLearner
 from ray_app.learn.memory import SeenIds
 from ray_app.learn.startup import restore_learner
 from ray_app.model import ModelBundle, ModelFileError
-from ray_app.model.registry import ModelRegistry, Promotion, RegistryError
+from ray_app.model.registry import ModelRegistry, Promotion, RegistryError, served_rank
 from ray_app.records import RewardRecord, RewardRecordError
 from ray_app.storage import write_file_atomically
 
@@ -182,6 +183,8 @@ class LearnerService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
+        #: Publishes whose state or model file could not be written (retried at the next one).
+        self.publish_failures = 0
 
     def _promoted(self) -> ModelBundle | None:
         """The registry's promoted version (``None``: none, or it cannot serve this catalog)."""
@@ -220,9 +223,13 @@ class LearnerService:
         except ValueError as exc:
             self._outrank(learner, head, exc)
             return
-        self.rate_drift.reacted(restarted=False, min_version=learner.version)
+        # the promoted weights are published again as the next version (OnlineLearner.adopt)
+        self.rate_drift.reacted(restarted=False, min_version=learner.version + 1)
         log.info(
-            "learner continues from promoted version %d (promotion %d)", head.version, head.epoch
+            "learner continues from promoted version %d (promotion %d), republished as version %d",
+            head.version,
+            head.epoch,
+            learner.version + 1,
         )
 
     def _outrank(self, learner: OnlineLearner, head: Promotion, why: Exception) -> None:
@@ -322,7 +329,8 @@ class LearnerService:
         # only vectors of this schema's length: a reward of another schema (one decided before
         # an upgrade changed the features, read again by a learner that started cold) is the
         # learner's invalid record, and would stop the drift check (and the learner) on its shape
-        vectors = [r.features for r in records if len(r.features) == self.schema.dim]
+        # (and, as the rates, each reward once: a replay's copies were counted twice in a window)
+        vectors = [r.features for r in taken if len(r.features) == self.schema.dim]
         if vectors:
             report = self.feature_drift.update(vectors)
             if report is not None:
@@ -379,8 +387,20 @@ class LearnerService:
         # the state first: a crash between the two writes then skips a version number, where
         # the other order would publish the same version again with other weights (which
         # replicas that hold the first refuse, and new ones load)
-        write_file_atomically(self.state_path, self.learner.to_bytes())
-        write_file_atomically(self.model_path, bundle.to_bytes())
+        try:
+            write_file_atomically(self.state_path, self.learner.to_bytes())
+            if served_rank(self.model_path)[0] > bundle.serving_rank[0]:
+                # promoted while the state was written (a second for a large state): written,
+                # this would replace the promoted file that replicas started later load
+                self._registry_checked = -math.inf  # adopted at the next publish
+                self.learner._republish = True
+                return
+            write_file_atomically(self.model_path, bundle.to_bytes())
+        except OSError as exc:  # a full disk, a store that failed once: not the loop's end
+            self.publish_failures += 1
+            self.learner._republish = True  # the weights again at the next chance
+            log.error("model version %d not published: %s; tried again", bundle.version, exc)
+            return
         published_ms = int(time.time() * 1000)
         self.latencies_ms.extend(published_ms - t for t in self._awaiting)
         self._awaiting = []
@@ -434,6 +454,7 @@ class LearnerService:
             "offsets": {str(p): o for p, o in self.learner.offsets.items()},
             "resumedFrom": {str(p): o for p, o in self.resumed_from.items()},
             "invalid": self.invalid,
+            "publishFailures": self.publish_failures,
             "epsilon": self.learner.exploration(),
             "settleFactor": self.learner.settle_factor,
             "settleInformation": self.learner.settle_information,

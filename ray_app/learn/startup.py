@@ -83,8 +83,12 @@ def restore_learner(
     if learner is None:
         bundle = promoted()
         if bundle is not None:
-            log.info("learner starts from the registry's promoted version %d", bundle.version)
-        elif model_path.exists():
+            bundle = _for_learning(bundle, f"promoted version {bundle.version}", catalog)
+            if bundle is None:
+                refused += 1
+            else:
+                log.info("learner starts from the registry's promoted version %d", bundle.version)
+        if bundle is None and model_path.exists():
             bundle = _model_file(model_path, schema, catalog)
             if bundle is None:
                 refused += 1
@@ -175,6 +179,33 @@ def _resume(
     return learner
 
 
+def _for_learning(bundle: ModelBundle, what: str, catalog: Catalog) -> ModelBundle | None:
+    """``bundle`` (a model file's, or the registry's promoted version) as a learner can start
+    from it, under the current catalog; ``None`` (logged) when its heads cannot be mapped to
+    the catalog's actions. A promoted version was taken as it was: without ``slot_actions`` the
+    learner failed at every start, and under an older catalog digest its saved state was
+    refused as foreign by every next start (all learning lost at each)."""
+    if not bundle.slot_actions:  # a hand-made or legacy file: which head is which action?
+        log.error(
+            "%s REFUSED for learning: it names no slot_actions, so its heads cannot be mapped "
+            "to the catalog's actions",
+            what,
+        )
+        return None
+    if bundle.catalog_digest != catalog.digest:
+        log.warning(
+            "%s was trained on catalog %s, the current one is %s (same slots and actions): "
+            "continuing from it under the current catalog",
+            what,
+            bundle.catalog_digest,
+            catalog.digest,
+        )
+        # learned and published from now on under this catalog: its state, saved with the
+        # bundle's digest, would be refused as foreign by the next start
+        bundle = dataclasses.replace(bundle, catalog_digest=catalog.digest)
+    return bundle
+
+
 def _model_file(model_path: Path, schema: FeatureSchema, catalog: Catalog) -> ModelBundle | None:
     """The model file's bundle, logged; ``None`` if it is refused (logged)."""
     try:
@@ -182,24 +213,10 @@ def _model_file(model_path: Path, schema: FeatureSchema, catalog: Catalog) -> Mo
     except ModelFileError as exc:
         log.error("model file %s REFUSED: %s; starting from the cold-start model", model_path, exc)
         return None
-    if not bundle.slot_actions:  # a hand-made or legacy file: which head is which action?
-        log.error(
-            "model file %s REFUSED for learning: it names no slot_actions, so its heads cannot "
-            "be mapped to the catalog's actions; starting from the cold-start model",
-            model_path,
-        )
+    checked = _for_learning(bundle, f"model file {model_path}", catalog)
+    if checked is None:
         return None
-    if bundle.catalog_digest != catalog.digest:
-        log.warning(
-            "model file %s was trained on catalog %s, the current one is %s (same "
-            "slots and actions): continuing from it under the current catalog",
-            model_path,
-            bundle.catalog_digest,
-            catalog.digest,
-        )
-        # learned and published from now on under this catalog: its state, saved with the
-        # bundle's digest, would be refused as foreign by the next start
-        bundle = dataclasses.replace(bundle, catalog_digest=catalog.digest)
+    bundle = checked
     if bundle.metadata.get("kind") != "cold_start":
         log.warning(
             "learner starts from the model file %s: version %d, %s rewards, written "

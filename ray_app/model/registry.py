@@ -57,6 +57,7 @@ ray_app.model.registry.RegistryError: version: no version 7 in the registry (ver
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import json
 import logging
 import math
@@ -139,10 +140,20 @@ class ModelVersion:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelVersion:
+        """Read back, every field checked: ``meta.json`` can be edited by hand (a time past
+        ``datetime``'s range, a list where a text belongs made ``onramp models list`` end in a
+        traceback)."""
         try:
+            created = float(d["createdAt"])
+            dt.datetime.fromtimestamp(created, dt.UTC)  # finite, and a time datetime can hold
+            if d["source"] not in _SOURCES:
+                raise ValueError(f"source {d['source']!r:.40} is none of {', '.join(_SOURCES)}")
+            for name in ("data", "metrics"):
+                if not isinstance(d.get(name) or {}, dict):
+                    raise ValueError(f"{name} is not an object")
             return cls(
                 version=int(d["version"]),
-                created_at=float(d["createdAt"]),
+                created_at=created,
                 source=d["source"],
                 schema_hash=str(d["schemaHash"]),
                 catalog_digest=str(d["catalogDigest"]),
@@ -151,7 +162,7 @@ class ModelVersion:
                 metrics=dict(d.get("metrics") or {}),
                 note=str(d.get("note") or ""),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
             raise RegistryError("meta.json", f"unreadable version metadata: {exc!r}") from None
 
 
@@ -337,7 +348,7 @@ class ModelRegistry:
             return []
         try:
             return [Promotion.from_json(d) for d in json.loads(raw)["history"]]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise RegistryError("promotions.json", f"unreadable: {exc!r}") from None
 
     def _stack(self, history: builtins.list[Promotion]) -> builtins.list[int]:
@@ -354,7 +365,7 @@ class ModelRegistry:
         raw = self._store.read("promotions.json")
         try:
             last = json.loads(raw).get("lastEpoch", 0) if raw is not None else 0
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return 0  # history() says what is wrong with the file
         return last if isinstance(last, int) and not isinstance(last, bool) else 0
 

@@ -1194,6 +1194,38 @@ def test_one_reward_decided_far_in_the_future_does_not_blind_the_drift_detector(
     assert drift.late == 0
 
 
+def test_one_reward_decided_minutes_ahead_waits_for_its_time():
+    """Within the 10 minutes ahead a replica's clock may run, one record moved the detector's
+    clock minutes forward: every record of those minutes was then late, fed to neither
+    detector, and a fall from 0.8 to 0.1 went unseen. The detector's clock no longer passes
+    the learner's."""
+    from types import SimpleNamespace as R
+
+    now = [1_000_000_000.0]
+    drift = RewardRateDrift(
+        delta=0.05, threshold=5.0, min_samples=10, settle_ms=5_000, clock_ms=lambda: now[0]
+    )
+
+    def rewards(t0: float, n: int, rate: float) -> list[Any]:
+        return [
+            R(arm="control", reward=float(i % 10 < rate * 10), outcome="completed",
+              decided_at_ms=int(t0 + i * 10), model_version=1)
+            for i in range(n)
+        ]  # fmt: skip
+
+    t = now[0]
+    assert drift.update(rewards(t - 20_000, 2_000, 0.8)) == []
+    early = R(arm="control", reward=1.0, outcome="completed", decided_at_ms=int(t + 300_000),
+              model_version=1)  # fmt: skip
+    assert drift.update([early]) == [] and drift.future == 0
+    alerts = []
+    for k in range(24):  # four minutes of a collapsed rate
+        now[0] = t + k * 10_000
+        alerts += drift.update(rewards(now[0], 1_000, 0.1))
+    assert ("control_reward_rate", "decrease") in [(kind, d["change"]) for kind, d in alerts]
+    assert drift.late == 0
+
+
 def _fed_in_batches(drift: RewardRateDrift, records: list[RewardRecord]) -> list[int]:
     """Feed 50 records at a time; the decision times of the batches whose records fired."""
     return [
@@ -1436,3 +1468,53 @@ def test_a_state_whose_kept_weights_or_clock_are_bad_is_refused_at_start(bad):
             learner_state.to_bytes(state), _cfg(), schema_hash=SCHEMA.hash,
             catalog_digest=CATALOG.digest,
         )  # fmt: skip
+
+
+def test_a_promotion_numbered_below_the_learner_is_republished_above_it():
+    """``onramp models rollback`` to version 3 while the learner was at 150: the learner went
+    on as 3, so its next versions 4, 5, ... were numbers the old lineage's decisions carried
+    too, and their late rewards judged the promoted weights against control (and rolled the
+    operator's choice back). The adopted weights are now published again at once as 151, the
+    comparison with control counts from 151, and the old lineage's weights that beat control
+    are not what a rollback restores."""
+    learner = OnlineLearner(cold_start_bundle(SCHEMA, CATALOG), _cfg())
+    learner.version = 150
+    learner._beat_control = ((0, 120), learner.last_good().scorer.state_dict())
+    promoted = cold_start_bundle(SCHEMA, CATALOG, seed=5)
+    promoted.version, promoted.metadata = 3, {"promotion": 2, "registryVersion": 3}
+    learner.adopt(promoted)
+    assert learner.version == 150 and learner.beat_control_version is None
+    assert learner.control is not None and learner.control.min_version == 151
+    again = learner.maybe_publish()  # nothing learned yet: published for the new number
+    assert again is not None and again.serving_rank == (2, 151)
+    got, want = again.scorer.state_dict(), promoted.scorer.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_promoted_version_under_an_older_catalog_or_without_actions_starts_the_learner(
+    tmp_path,
+):
+    """A promoted version trained before a harmless catalog edit was started from with its old
+    digest, so every next start refused the learner's state as foreign (all learning lost at
+    each); one without slot_actions (a legacy file the registry accepts) made the learner's
+    start fail with ValueError at every try."""
+    from importlib import resources
+
+    from ray_app.catalog.model import Catalog
+
+    text = resources.files("ray_app.catalog").joinpath("default.yaml").read_text()
+    old = Catalog.from_yaml(text.replace("The onboarding step to show next.", "Next."), "old")
+    assert old.digest != CATALOG.digest
+    promoted = cold_start_bundle(SCHEMA, old, seed=3)
+    promoted.version, promoted.metadata = 9, {"promotion": 1, "registryVersion": 9}
+    model, state = tmp_path / "model.bin", tmp_path / "learner.state"
+    first = restore_learner(state, model, SCHEMA, CATALOG, _cfg(), promoted=lambda: promoted)
+    assert first.state_dict()["catalog_digest"] == CATALOG.digest
+    state.write_bytes(first.to_bytes())
+    second = restore_learner(state, model, SCHEMA, CATALOG, _cfg(), promoted=lambda: promoted)
+    assert second.counters["refused_at_start"] == 0
+    legacy = replace(cold_start_bundle(SCHEMA, CATALOG), slot_actions={})
+    third = restore_learner(
+        tmp_path / "none.state", model, SCHEMA, CATALOG, _cfg(), promoted=lambda: legacy
+    )
+    assert third.counters["refused_at_start"] == 1 and third.version == 0

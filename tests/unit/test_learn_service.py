@@ -189,7 +189,63 @@ def test_rewards_written_again_are_not_counted_again_in_the_rates_and_detectors(
     assert s.arms["holdout"][0] == 20
     counted = {arm: list(c) for arm, c in s.arms.items()}
     fed = s.rate_drift.fed + s.rate_drift.held + s.rate_drift.late + s.rate_drift.timeouts
+    vectors = s.feature_drift._ref_n + s.feature_drift._cur_n
     _feed(s, topic, [*first, *logged(gt, 200, 1, seed=10)])  # a replay, and one new record
     assert sum(c[0] for c in s.arms.values()) == sum(c[0] for c in counted.values()) + 1
     after = s.rate_drift.fed + s.rate_drift.held + s.rate_drift.late + s.rate_drift.timeouts
     assert after == fed + 1 and s.arms["holdout"][0] == 20
+    # the feature-shift monitor too (its windows counted a replay's copies again)
+    assert s.feature_drift._ref_n + s.feature_drift._cur_n == vectors + 1
+
+
+def test_a_publish_that_cannot_be_written_is_tried_again_and_the_loop_goes_on(
+    tmp_path, topic, monkeypatch
+):
+    """One ENOSPC while writing the state stopped the learner's loop for good: no publish and
+    no learning until the whole stack was restarted. The publish is now counted as failed and
+    tried again, with the same weights, at the next chance."""
+    real = service.write_file_atomically
+    failures = [OSError(28, "No space left on device")]
+
+    def full_once(path: Path, data: bytes) -> None:
+        if failures:
+            raise failures.pop()
+        real(path, data)
+
+    monkeypatch.setattr(service, "write_file_atomically", full_once)
+    settings = _settings(tmp_path)
+    s = service.LearnerService(settings, "stand-in")
+    _feed(s, topic, logged(GroundTruth(seed=6), 0, 400, seed=6))
+    assert s.publish_failures == 1 and not settings.model_path.exists()
+    time.sleep(0.02)
+    with s._lock:
+        s._maybe_publish()  # nothing new learned: the weights of the failed publish again
+    assert settings.model_path.exists() and s.status()["publishFailures"] == 1
+
+
+def test_a_promotion_made_while_the_state_is_written_is_not_overwritten(
+    tmp_path, topic, monkeypatch
+):
+    """The learner checked the registry, then wrote its state (a second for a large one), then
+    its model file: a promotion in between was overwritten on disk by a lower-ranked file,
+    which replicas started later loaded. The learner now leaves the promoted file and adopts
+    the promotion at its next publish."""
+    settings = _settings(tmp_path)
+    registry = ModelRegistry.from_settings(settings)
+    registry.register(cold_start_bundle(SCHEMA, CATALOG, seed=2))
+    s = service.LearnerService(settings, "stand-in")
+    real = service.write_file_atomically
+
+    def promote_meanwhile(path: Path, data: bytes) -> None:
+        real(path, data)
+        if Path(path) == settings.learner_state_path and registry.promoted() is None:
+            registry.promote(1, settings.model_path, SCHEMA, CATALOG)
+
+    monkeypatch.setattr(service, "write_file_atomically", promote_meanwhile)
+    _feed(s, topic, logged(GroundTruth(seed=7), 0, 400, seed=7))
+    assert served_rank(settings.model_path)[0] == 1, "the promoted file stays"
+    time.sleep(0.02)
+    with s._lock:
+        s._maybe_publish()  # adopts the promotion, and publishes it under the learner's number
+    assert s.learner.lineage.get("promotion") == 1
+    assert served_rank(settings.model_path) == (1, s.learner.version)

@@ -295,3 +295,30 @@ def test_an_undone_promotions_epoch_is_never_taken_again(tmp_path, monkeypatch):
     again = reg.promote(2, serve, SCHEMA, CATALOG)
     assert again.epoch == first.epoch + 2
     assert [p.version for p in reg.history()] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("createdAt", 1e20), ("createdAt", float("nan")), ("version", 1e999),
+     ("source", ["train"]), ("data", [1]), ("metrics", "fast")],
+)  # fmt: skip
+def test_hand_edited_version_metadata_is_a_registry_error(tmp_path, field, value):
+    """``onramp models list`` ended in a traceback (OverflowError, TypeError in a format) on a
+    meta.json with a time past datetime's range, an infinite version, or a list where a text
+    belongs; each is now the registry's one-line error naming the file."""
+    reg = ModelRegistry(tmp_path)
+    reg.register(_bundle(1), "train", data={"records": 10})
+    path = tmp_path / "versions/000001/meta.json"
+    meta = json.loads(path.read_text())
+    meta[field] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(RegistryError, match=r"meta\.json"):
+        reg.list()
+
+
+def test_a_promotions_file_nested_past_the_decoder_is_a_registry_error(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    reg.register(_bundle(1), "train")
+    (tmp_path / "promotions.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RegistryError, match=r"promotions\.json"):
+        reg.promoted()
