@@ -55,6 +55,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -76,6 +78,7 @@ from ray_app.collect.rejection import (
     rejection,
 )
 from ray_app.records import raw_payload
+from ray_app.records.dlq import RAW_CAP
 
 # ``iso`` and ``iso_ms`` live in :mod:`ray_app.timefmt`; imported here for existing callers.
 from ray_app.timefmt import iso, iso_ms
@@ -226,6 +229,11 @@ def parse_request(
     return _parse_events(request, source, raws, envelope)
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+#: A body's ``"writeKey": "..."`` as JSON text writes it (what a refused body's DLQ record blanks).
+_WRITE_KEY_JSON = re.compile(rb'"writeKey"\s*:\s*"(?:[^"\\]|\\.)*"?')
+
+
 @dataclass
 class _Request:
     """One request being parsed: what its steps need, and the answer built so far."""
@@ -241,6 +249,8 @@ class _Request:
     source: str | None = None
     #: An ``Authorization`` header was sent that holds no write key (not Basic, or not base64).
     malformed_auth: bool = False
+    #: The decoded body, once it decoded.
+    payload: Any = None
     out: ParsedRequest = field(default_factory=lambda: ParsedRequest(source=None))
 
     def admit(self, key: bytes | None, value: bytes) -> bool:
@@ -262,9 +272,25 @@ class _Request:
         out.rejections.append(rej)
         if self.source is not None:
             origin = {**self.origin, "source": self.source}
-            record = dlq_record(rej, origin, raw_payload(self.body), None)
+            record = dlq_record(rej, origin, self._kept_body(), None)
             if self.admit(*record):
                 out.dlq.append(record)
+
+    def _kept_body(self) -> dict[str, Any]:
+        """What the DLQ keeps of a refused body: without its ``writeKey`` (a secret no topic
+        gets, as with a single event's). A gzip body is kept as the start of what it
+        decompresses to (the key is inside), or not at all when nothing decompresses."""
+        if isinstance(self.payload, dict):
+            kept = {k: v for k, v in self.payload.items() if k != "writeKey"}
+            return raw_event_payload(kept, None)
+        body = self.body
+        if body[:2] == _GZIP_MAGIC:
+            try:
+                body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, RAW_CAP)
+            except zlib.error:
+                return {"raw_size": len(self.body), "raw_truncated": True}
+        raw = raw_payload(_WRITE_KEY_JSON.sub(b'"writeKey":"(removed)"', body))
+        return {**raw, "raw_size": len(self.body)}
 
     def unauthorized(self, rej: Rejection) -> None:
         """Refuse a request whose write key is missing or unknown: never written to Kafka."""
@@ -292,6 +318,7 @@ def _read(
     except RequestRejected as exc:
         request.refuse(exc.rejection)
         return None
+    request.payload = payload
     source = request.source
     if source is None:
         source = _body_source(request, payload, write_keys)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from ray_app.collect.parse import Limits, correct_skew, parse_request, write_key_from_header
 from validation.reasons import ReasonCode
 
-KEYS = {"demo": "k1", "web": "k2"}
+KEYS = {"demo": "k1", "web": "k2", "site": "k3-secret-write-key"}
 NOW = dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 
 
@@ -435,6 +435,31 @@ def test_an_events_own_write_key_is_not_written_to_the_topic():
     assert b"k1" not in p.dlq[0][1]
     single = req("track", {"event": "e", "userId": "u", "writeKey": "k1"})
     assert "writeKey" not in json.loads(single.events[0][1])
+
+
+def test_a_refused_batchs_dlq_record_holds_no_write_key():
+    """A request refused whole (not a batch, too many events, a context that is no object, a
+    body that is no JSON) went to the DLQ as its raw body, the body's writeKey in it (in a gzip
+    body's compressed bytes too), where every refused event's DLQ record leaves it out."""
+    secret = "k3-secret-write-key"
+    event = {"type": "track", "event": "e", "userId": "u"}
+    cut = b'{"writeKey": "' + secret.encode() + b'", "batch": [1,'  # no JSON: header auth
+    cases = [
+        req("batch", {"writeKey": secret, "batch": "nope"}, auth=None),
+        req("batch", {"writeKey": secret, "batch": [event] * 3}, auth=None,
+            limits=Limits(max_batch_events=2)),
+        req("batch", {"writeKey": secret, "batch": [event], "context": [1]}, auth=None),
+        req("batch", None, raw=cut),
+        req("batch", None, encoding="gzip", raw=gzip.compress(cut)),
+    ]  # fmt: skip
+    for p in cases:
+        assert p.status >= 400 and len(p.dlq) == 1, p.rejections
+        assert secret.encode() not in p.dlq[0][1]
+    text = json.loads(cases[3].dlq[0][1])["rawText"]
+    assert text.startswith('{"writeKey":"(removed)"') and '"batch": [1,' in text
+    gz = json.loads(cases[4].dlq[0][1])
+    assert "rawBase64" not in gz and gz["rawText"].startswith('{"writeKey":"(removed)"')
+    assert json.loads(cases[0].dlq[0][1])["raw"] == {"batch": "nope"}  # the rest as sent
 
 
 def test_a_batch_envelope_is_read_alike_whatever_its_events_say():
