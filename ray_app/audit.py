@@ -269,6 +269,13 @@ def audit(
     reference, recent = decision_records(reference), decision_records(recent)
     ref_f, cur_f = _features(reference), _features(recent)
     ref_x, ref_schema, cur_x, cur_schema = ref_f.x, ref_f.schema, cur_f.x, cur_f.schema
+    for side, f in (("reference", ref_f), ("recent", cur_f)):
+        if not len(f.x):  # "nothing drifted" would be a pass on nothing compared
+            raise FieldError(
+                side,
+                f"no decision with a readable feature vector ({f.unreadable} unreadable); "
+                "nothing to compare",
+            )
     if ref_x.shape[1] != cur_x.shape[1] or (ref_schema and cur_schema and ref_schema != cur_schema):
         raise FieldError(
             "features",
@@ -278,9 +285,7 @@ def audit(
     names = list(feature_names or [])
     if len(names) != ref_x.shape[1]:
         names = [f"f{i}" for i in range(ref_x.shape[1])]
-    features = (
-        feature_shifts(ref_x, cur_x, names, psi_threshold) if len(ref_x) and len(cur_x) else []
-    )
+    features = feature_shifts(ref_x, cur_x, names, psi_threshold)
     ref_seg, cur_seg = _segments(reference), _segments(recent)
     mix = [
         mix_shift(s, ref_seg.get(s, Counter()), cur_seg.get(s, Counter()), tolerance=mix_tolerance)

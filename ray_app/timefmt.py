@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-__all__ = ["iso", "iso_ms", "ms_from_iso", "record_ms", "utc_ms"]
+__all__ = ["RECORD_MS_END", "iso", "iso_ms", "ms_from_iso", "record_ms", "utc_ms"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
@@ -85,14 +85,27 @@ def record_ms(value: object) -> int:
     Traceback (most recent call last):
     ...
     ValueError: not a time: inf
+    >>> record_ms(10**17)  # the year 3,170,843: past what the report's pandas can hold
+    Traceback (most recent call last):
+    ...
+    ValueError: not a time of the years 1970-2200 (the wire contract's): 100000000000000000
     """
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    if isinstance(value, str):
+        ms = value
+    elif isinstance(value, float) and math.isfinite(value):
+        ms = int(value)
+    elif isinstance(value, str):
         try:
-            return ms_from_iso(value)
+            ms = ms_from_iso(value)
         except OverflowError as e:
             raise ValueError(str(e)) from None
-    raise ValueError(f"not a time: {value!r:.80}")
+    else:
+        raise ValueError(f"not a time: {value!r:.80}")
+    if not 0 <= ms < RECORD_MS_END:
+        raise ValueError(f"not a time of the years 1970-2200 (the wire contract's): {value!r:.80}")
+    return ms
+
+
+#: The end of the years a logged record's time may fall in (the collector's wire contract,
+#: ``validation.wire.TIME_MAX_YEAR``): 2201-01-01.
+RECORD_MS_END = (dt.datetime(2201, 1, 1, tzinfo=dt.UTC) - _EPOCH) // _MS

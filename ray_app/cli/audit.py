@@ -85,7 +85,7 @@ def _feature_names(settings: Settings) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ray_app.audit import audit, decision_records, write_audit
+    from ray_app.audit import audit, decision_records, rates_from_metrics, write_audit
     from ray_app.experiments.report import read_json_lines
 
     metrics = _read_metrics(args.metrics), _read_metrics(args.reference_metrics)
@@ -102,6 +102,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 f"--{side} {where}: {what} (records of {topic} or of the rewards topic, as "
                 "`onramp archive` writes them: with features and an arm); nothing to compare"
             )
+    if metrics[0] is not None and all(v is None for v in rates_from_metrics(metrics[0]).values()):
+        raise OnrampError(  # "nothing drifted" would be a pass on rates never computed
+            f"--metrics {args.metrics}: none of Onramp's collector or stream counters "
+            "(onramp_events_*_total, onramp_stream_records_total): another service's scrape?"
+        )
     result = audit(
         reference,
         recent,

@@ -169,6 +169,19 @@ def seed(text: str) -> int:
     return _integer(text, 0, "an integer >= 0")
 
 
+def count_or_none(text: str) -> int:
+    """An argparse type: a count where 0 means none, an integer >= 0.
+
+    >>> count_or_none("0")
+    0
+    >>> count_or_none("-5")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an integer >= 0, got '-5'
+    """
+    return _integer(text, 0, "an integer >= 0")
+
+
 def count(text: str) -> int:
     """An argparse type: a count of things to do, an integer >= 1.
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ray_app.cli.common import (
     Stop,
+    count_or_none,
     decide_key,
     plot_path,
     port,
@@ -60,7 +61,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     demo.add_argument("--every", type=seconds, default=2.0, help="seconds between summary lines")
     demo.add_argument(
         "--learning-users",
-        type=int,
+        type=count_or_none,  # -5 was taken: a demo of no learning and an empty plot
         default=20_000,
         help="simulated users who ask /v1/decide and react (0: none); default 20000",
     )

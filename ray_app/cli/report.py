@@ -73,10 +73,11 @@ def _read_covariates(path: str) -> dict[str, float]:
     if not {"user", "covariate"} <= set(cov.columns):
         raise ConfigError(f"--covariates {path}: needs columns user,covariate")
     values = pd.to_numeric(cov["covariate"], errors="coerce")
-    bad = cov["covariate"][values.isna() & cov["covariate"].notna()]
+    infinite = values.isin([float("inf"), float("-inf")])  # CUPED's theta became null
+    bad = cov["covariate"][(values.isna() & cov["covariate"].notna()) | infinite]
     if len(bad):
         raise ConfigError(
-            f"--covariates {path}: covariate must be a number, got {bad.iloc[0]!r} "
+            f"--covariates {path}: covariate must be a finite number, got {str(bad.iloc[0])!r} "
             f"(row {int(bad.index[0]) + 2})"
         )
     return dict(zip(cov["user"].astype(str), values.astype(float), strict=True))

@@ -162,7 +162,14 @@ class CollectorSettings(_Section):
         default_factory=lambda: ["*"],
         description="Origins allowed to call the collector from a browser ('*' = any).",
     )
-    max_event_bytes: int = Field(32 * 1024, ge=256, description="Per-event size limit (413).")
+    max_event_bytes: int = Field(
+        32 * 1024,
+        ge=256,
+        le=512 * 1024,
+        description="Per-event size limit (413). At most 512 KB: an event's record, with the "
+        "fields the collector adds, must fit the producer's largest message (1 MB by "
+        "default); a larger one was accepted and then refused by Kafka on every retry (503).",
+    )
     max_request_bytes: int = Field(500 * 1024, ge=1024, description="Per-request body limit (413).")
     max_batch_events: int = Field(2500, ge=1, description="Most events in one batch request.")
     # 24 MiB, not 64 or 32: a replica holds about ten bytes of memory per budgeted byte under a

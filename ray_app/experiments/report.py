@@ -55,7 +55,7 @@ from ray_app.experiments.stats import (
     srm,
 )
 from ray_app.records.decision import forwarded_copy
-from ray_app.timefmt import record_ms
+from ray_app.timefmt import RECORD_MS_END, record_ms
 
 __all__ = [
     "ArmResult",
@@ -425,10 +425,24 @@ def read_user_table(path: str | Path) -> dict[str, pd.DataFrame]:
                 f"{p}", f"{col} must be a number, got {df[col].iloc[row]!r} (row {row + 2})"
             )
         df[col] = numbers
+
+    def refuse(bad: Any, what: str) -> None:
+        if bad.any():
+            row = int(np.flatnonzero(np.asarray(bad))[0])
+            raise FieldError(f"{p}", f"{what} (row {row + 2})")
+
+    for col in ("decisions", "positives", "steps"):  # counts: whole numbers, none below 0
+        v = df[col].to_numpy(dtype=float)
+        refuse((v < 0) | (v != np.floor(v)), f"{col} must be a count (a whole number >= 0)")
+    refuse(~df["activated"].isin([0, 1]), "activated must be 0 or 1")
+    refuse(df["positives"] > df["decisions"], "positives must be at most decisions")
+    first = df["first_ms"].to_numpy(dtype=float)
+    refuse((first < 0) | (first >= RECORD_MS_END), "first_ms must be a time of 1970-2200 in ms")
     if "experiment" not in df:
         df["experiment"] = "default"
-    df["user"] = df["user"].astype(str)
-    df["arm"] = df["arm"].astype(str)
+    for col in ("user", "arm", "experiment"):  # a blank cell: a row no report may drop silently
+        refuse(df[col].isna() | (df[col].astype(str).str.strip() == ""), f"{col} is empty")
+        df[col] = df[col].astype(str)
     return {str(e): g.drop(columns="experiment") for e, g in df.groupby("experiment")}
 
 

@@ -239,3 +239,19 @@ def test_the_audit_page_draws_any_context_value_as_text():
     result = audit(ref, recent, NAMES)
     assert "context.plan" in [m["segment"] for m in result["segments"]]
     assert "Segment mix" in render_audit_html(result)  # drawn (it raised before)
+
+
+def test_cli_fail_on_drift_fails_when_nothing_could_be_compared(tmp_path, capsys):
+    """Decisions whose feature vectors are all unreadable, or a --metrics scrape of another
+    service, compared nothing, and --fail-on-drift passed them as "nothing drifted"."""
+    ref, cur, m = tmp_path / "ref.jsonl", tmp_path / "cur.jsonl", tmp_path / "m.txt"
+    ref.write_text("\n".join(json.dumps(d) for d in decisions(1, n=200)))
+    cur.write_text("\n".join(json.dumps(dict(d, features="?")) for d in decisions(2, n=200)))
+    base = ["audit", "--reference", str(ref), "--fail-on-drift", "--out", str(tmp_path / "a")]
+    assert main([*base, "--recent", str(cur)]) == 1
+    assert "recent: no decision with a readable feature vector (200 unreadable)" in (
+        capsys.readouterr().err
+    )
+    m.write_text("# TYPE http_requests_total counter\nhttp_requests_total 7\n")
+    assert main([*base, "--recent", str(ref), "--metrics", str(m)]) == 1
+    assert "none of Onramp's collector or stream counters" in capsys.readouterr().err

@@ -656,7 +656,7 @@ def _garbage_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
         (["report", "--table", str(tmp)], 1, "Is a directory"),
         (["report", "--table", str(tmp / "r.parquet")], 1, "not a parquet table"),
         (["report", "--table", str(tmp / "users.csv"), "--covariates", str(tmp / "cov.csv")], 2,
-         "covariate must be a number, got 'abc' (row 2)"),
+         "covariate must be a finite number, got 'abc' (row 2)"),
         (["audit", "--reference", str(tmp / "ref.jsonl"), "--recent", str(tmp / "ref.jsonl"),
           "--metrics", str(tmp / "m.txt")], 1, "not Prometheus text"),
         (["audit", "--reference", "x", "--recent", "y", "--psi-threshold", "nan"], 2,
@@ -860,7 +860,7 @@ def test_a_failed_metrics_scrape_is_a_gap_in_the_demo_summary_not_a_traceback() 
 @pytest.mark.parametrize(
     "argv",
     [["demo", "--every", "0"], ["demo", "--every", "nan"], ["demo", "--duration", "-1"],
-     ["demo", "--plot", "learning.txt"]],
+     ["demo", "--plot", "learning.txt"], ["demo", "--learning-users", "-5"]],
 )  # fmt: skip
 def test_demo_refuses_a_busy_loop_or_a_plot_it_cannot_write_before_starting(argv, capsys) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -181,6 +181,8 @@ def test_an_empty_path_is_its_default_or_refused_never_the_current_directory():
         ("decide: {arms: {control: 0, treatment: 0}}", "sum to more than 0"),
         ("decide: {arms: {control: -1, treatment: 2}}", "decide.arms.control"),
         ("decide: {arms: {treatment: 1}}", "must name control"),
+        # accepted, and a 2 MB event was then refused by the producer on every retry (503)
+        ("collector: {max_event_bytes: 4000000}", "collector.max_event_bytes"),
     ],
 )
 def test_settings_that_fail_later_are_refused_when_read(tmp_path, text, needle):

@@ -273,3 +273,39 @@ def test_small_arms_missing_covariates_and_file_order_found_in_review():
     ]
     [frame] = users_from_logs(decisions, []).values()
     assert frame.iloc[0]["arm"] == "control" and frame.iloc[0]["first_ms"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("cell", "value", "needle"),
+    [
+        ("activated", 7, "activated must be 0 or 1"),  # a math domain error deep in the stats
+        ("activated", 2, "activated must be 0 or 1"),  # counted as 2 activations, exit 0
+        ("arm", "", "arm is empty"),  # a TypeError comparing str with float
+        ("experiment", "", "experiment is empty"),  # the row dropped by the groupby, exit 0
+        ("positives", 1_000, "positives must be at most decisions"),
+        ("decisions", 1.5, "decisions must be a count"),
+        ("first_ms", 10**17, "first_ms must be a time of 1970-2200"),  # OutOfBoundsDatetime
+    ],
+)
+def test_cli_table_cells_that_no_report_can_take_are_refused_by_row(
+    tmp_path, capsys, cell, value, needle
+):
+    df = simulate(11, n=50).assign(experiment="e1")
+    df[cell] = df[cell].astype(object)
+    df.loc[3, cell] = value
+    table = tmp_path / "users.csv"
+    df.to_csv(table, index=False)
+    assert main(["report", "--table", str(table), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and "(row 5)" in err and "Traceback" not in err
+
+
+def test_cli_an_infinite_covariate_is_refused(tmp_path, capsys):
+    """A covariate of inf passed, and CUPED's theta and correlation were written as null."""
+    df = simulate(11, n=50)
+    table, cov = tmp_path / "users.csv", tmp_path / "cov.csv"
+    df.to_csv(table, index=False)
+    cov.write_text("user,covariate\n" + "".join(f"{u},1.0\n" for u in df["user"][:-1]) + "x,inf\n")
+    args = ["report", "--table", str(table), "--covariates", str(cov), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert "covariate must be a finite number, got 'inf'" in capsys.readouterr().err
