@@ -274,9 +274,14 @@ class SessionShard(BatchChecks, Stitching):
         # that stamps its events in the future (up to max_future_ms passes validation) must
         # not make everybody else's events late
         trusted = event.ts if event.ts <= event.received else event.received
+        moved = False
         if trusted > self.max_ts:
             self.max_ts = trusted
-            self.watermark = self.max_ts - lateness
+            # never back: a restart with a longer allowed lateness pulled it back at the next
+            # event, and copies of events dedupe had already forgotten were applied again
+            if self.max_ts - lateness > self.watermark:
+                self.watermark = self.max_ts - lateness
+                moved = True
             self._evict()
         if forwarded is not None:
             if forwarded.body.get("hops", 0) >= MAX_HOPS:
@@ -296,6 +301,13 @@ class SessionShard(BatchChecks, Stitching):
                 # the record that carried ``e`` (this batch), else the one that released it
                 i, k, v = origin.get(id(e), (index, e.user_key.encode(), _event_bytes(e)))
                 self._reject(out, i, k, v, failed_error(exc, e.message_id))
+        if moved:
+            # windows close at the record that moved the watermark past them (every event below
+            # it is applied by now), not at the end of the batch: where a worker cuts its batches
+            # (timing) decided whether a later record's outcome (a merge's) still counted, and a
+            # replay could reward a decision otherwise
+            self.dedupe.advance(self.watermark)
+            out.rewards += self.rewards.advance(self.watermark)
 
     def _evict(self) -> None:
         """Drop the profiles whose last event the watermark has passed by the idle TTL."""

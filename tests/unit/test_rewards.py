@@ -297,3 +297,66 @@ def test_a_reward_that_fails_to_build_leaves_its_decision_pending(monkeypatch):
     r = join.on_outcome("u1", "Step Completed", "role", T0 + 2_000, None)
     assert [(x.decision_id, x.reward, x.outcome) for x in r] == [("d1", 1.0, "completed")]
     assert "d1" not in join.pending and join.rewards == 1
+
+
+def test_a_window_closes_at_the_record_that_passes_it_wherever_the_batch_is_cut():
+    """Timeouts ran once per batch: a merge later in the batch that moved the watermark past a
+    pending decision's window, carrying that decision's outcome, rewarded it, where the same
+    records cut into two batches timed it out. Where a worker cuts its batches is timing, so a
+    replay could reward a decision a second time, otherwise."""
+    config = dataclasses.replace(CONFIG, attribution_window_ms=60_000)
+    merge = (
+        b"U",
+        json.dumps(
+            {"type": "onramp.merge", "messageId": "merge:link:i1", "userKey": "U", "from": "A",
+             "timestamp": _iso(T0 + 20_000), "profile": None, "decisions": [],
+             "outcomes": [[7, T0 + 10_000, True, False, "role", None]]}
+        ).encode(),
+    )  # fmt: skip
+    passes = _event("x1", "Z", T0 + 200_000, "Step Viewed", "role")  # the watermark past it
+
+    def rewards(chunks: list[list]) -> list[tuple]:
+        shard = SessionShard(0, config)
+        shard.process([_event("u0", "U", T0 - 1_000, "Step Viewed", "role")])
+        out = shard.process_decisions([_decision("d1", "U", T0)], 1).rewards
+        for chunk in chunks:
+            out += shard.process(chunk).rewards
+        return [(r.decision_id, r.reward, r.outcome) for r in out]
+
+    assert rewards([[passes, merge]]) == rewards([[passes], [merge]]) == [("d1", 0.0, "timeout")]
+
+
+def test_the_watermark_never_moves_back_after_a_restart_with_a_longer_lateness():
+    """reconfigure() kept the watermark, but the next event set it to max_ts - lateness: with a
+    longer lateness it moved back, and a copy of an event that dedupe had forgotten (it was
+    behind the old watermark) was applied a second time."""
+    shard = SessionShard(0, dataclasses.replace(CONFIG, allowed_lateness_ms=60_000))
+    shard.process([_event("m1", "u1", T0, "Step Viewed", "role"),
+                   _event("m2", "u1", T0 + 600_000, "Step Viewed", "role")])  # fmt: skip
+    restored = SessionShard.restore(shard.snapshot())
+    restored.reconfigure(dataclasses.replace(CONFIG, allowed_lateness_ms=3_600_000))
+    mark = restored.watermark
+    restored.process([_event("m3", "u1", T0 + 600_001, "Step Viewed", "role")])
+    assert restored.watermark == mark
+    again = restored.process([_event("m1", "u1", T0, "Step Viewed", "role")])
+    assert again.applied == 0 and len(again.late) == 1
+    assert restored.profile("u1")["steps"]["role"]["views"] == 3
+
+
+def test_the_segment_mix_stays_bounded_whatever_segments_clients_send():
+    """traits.segment is whatever a client sends, and the data-quality mix counted every
+    distinct one for ever; checkpointed with the state, 10,000 of them made every delta of
+    the partition 2 MB."""
+    from validation.batch import MAX_SEGMENTS, OTHER_SEGMENTS
+    from validation.columns import SampledChecks
+
+    shard = SessionShard(0, CONFIG, SampledChecks.for_state(CONFIG))
+    events = []
+    for i in range(3 * MAX_SEGMENTS):
+        user, body = _event(f"m{i}", f"u{i}", T0 + i, "Step Viewed", "role")
+        data = json.loads(body)
+        data["context"] = {"traits": {"segment": f"segment-{i}"}}
+        events.append((user, json.dumps(data).encode()))
+    shard.process(events)
+    segments = shard.quality.segments
+    assert len(segments) == MAX_SEGMENTS + 1 and segments[OTHER_SEGMENTS] == 2 * MAX_SEGMENTS
