@@ -102,6 +102,8 @@ _NO_DEMO = (
 
 #: The longest ``GET /v1/profiles/{id}`` waits for the stream workers (then 503, Retry-After).
 _PROFILE_READ_S = 10.0
+#: How long a /metrics answer is reused (`CollectorIngress.metrics`).
+_METRICS_REUSE_S = 1.0
 
 
 def _key_name(authorization: str | None, keys: dict[str, str]) -> str | None:
@@ -197,6 +199,8 @@ class CollectorIngress:
         fast_post("/v1/decide", self._decide_asgi)  # decide_post, ahead of FastAPI's routing
         for path, route in COLLECT_PATHS.items():  # the tracking API too (_collect_asgi)
             fast_post(path, self._collect_asgi(route))
+        self._metrics_kept: tuple[float, bytes] | None = None  # (when, the /metrics body)
+        self._metrics_building: asyncio.Future[bytes] | None = None
         for_console = (self._read_keys, self.decider.catalog, self.profiles, self.crm.enrich)
         self.console_routes = ConsoleRoutes(settings, bootstrap, *for_console)
         # the start-up state out of the cyclic collector's reach: a full collection walked it
@@ -402,7 +406,9 @@ class CollectorIngress:
 
     # -- profiles ---------------------------------------------------------------------------
 
-    @api.get("/v1/profiles/{user_id}", responses=PROFILE_STATUSES, summary="A user's live profile")
+    @api.get(  # :path: a user id may hold "/" (sent as %2F), which {user_id} did not match
+        "/v1/profiles/{user_id:path}", responses=PROFILE_STATUSES, summary="A user's live profile"
+    )
     async def profile(self, user_id: str, request: Request) -> Response:
         origin = request.headers.get("origin")
         if not _key_ok(request.headers.get("authorization"), self._read_keys):
@@ -452,6 +458,26 @@ class CollectorIngress:
 
     @api.get("/metrics", response_class=Response, responses=METRICS_STATUSES)
     async def metrics(self) -> Response:
+        """Every replica's series with the stream's and the learner's. Anyone may ask (no key),
+        and one answer costs tens of milliseconds of this event loop (every replica's
+        exposition parsed and merged, the workers' and the learner's status), so one is built
+        at a time and reused for :data:`_METRICS_REUSE_S`: a scraper sees figures that old at
+        most, and a flood of requests cannot take the loop from /v1/decide."""
+        now = time.monotonic()
+        kept = self._metrics_kept
+        if kept is not None and now - kept[0] < _METRICS_REUSE_S:
+            return Response(kept[1], media_type="text/plain; version=0.0.4")
+        if self._metrics_building is None:
+            self._metrics_building = asyncio.ensure_future(self._build_metrics())
+        building = self._metrics_building
+        try:
+            text = await asyncio.shield(building)
+        finally:
+            if building.done() and self._metrics_building is building:
+                self._metrics_building = None
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    async def _build_metrics(self) -> bytes:
         text = await self.replica_metrics.scrape()
         try:
             status = await asyncio.wait_for(self.profiles.stream_status(), timeout=3)
@@ -473,7 +499,8 @@ class CollectorIngress:
             pass  # no learner running
         except Exception:
             log.warning("learner metrics unavailable for this scrape", exc_info=True)
-        return Response(text, media_type="text/plain; version=0.0.4")
+        self._metrics_kept = (time.monotonic(), text)
+        return text
 
     @api.get("/console{name:path}", include_in_schema=False)
     async def console(self, name: str, request: Request) -> Response:

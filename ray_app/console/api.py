@@ -33,6 +33,7 @@ Basic with the key as user name. Without one the answer is 401 and carries no da
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -49,6 +50,8 @@ __all__ = ["ConsoleApi", "catalog_panel"]
 READ_KEY = "send a read key (collector.read_keys): Authorization: Bearer <key>"
 PANELS = ("learning", "funnel", "health")
 _MAX_USER_KEY = 512
+#: The longest a user lookup waits for the stream workers' profile (as /v1/profiles does).
+_PROFILE_READ_S = 10.0
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
@@ -166,8 +169,10 @@ class ConsoleApi:
         history = await self.feed.user(user_key)
         profile, problem = None, None
         if self.profiles is not None:
-            try:
-                profile = await self.profiles(user_key)
+            try:  # bounded as /v1/profiles is: a worker that does not answer held the request
+                profile = await asyncio.wait_for(self.profiles(user_key), _PROFILE_READ_S)
+            except TimeoutError:
+                problem = f"the profile read took over {_PROFILE_READ_S:g} s"
             except Exception as exc:  # stream workers down or restarting: show what we have
                 problem = str(exc)
         if profile is None and history is None:

@@ -38,6 +38,17 @@ REFRESH_S = 2.0
 _CALL_TIMEOUT_S = 3.0
 
 
+#: The longest pause of the loop after a failure.
+_MAX_PAUSE_S = 30.0
+
+
+def _close_quietly(consumer: Any) -> None:
+    try:
+        consumer.close()
+    except Exception:
+        log.debug("closing the console's consumer", exc_info=True)
+
+
 def _shares(settings: Settings) -> dict[str, float]:
     """The configured split, as ``onramp report`` reads it."""
     from ray_app.experiments import Experiment
@@ -74,7 +85,9 @@ class ConsoleAggregator:
         self._thread: threading.Thread | None = None
         self._refreshed = 0.0
         self.refresh_ms: float | None = None
+        #: The last failure of the loop (it goes on after one), and how many there were.
         self.error: str | None = None
+        self.failures = 0
 
     def start(self) -> bool:
         if self._thread is None:
@@ -88,25 +101,41 @@ class ConsoleAggregator:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        """Read the topics from the beginning and refresh the panels, until stopped. A failure
+        (Kafka answering with an error, a refresh that raised) is logged and counted, and the
+        loop goes on from the next offset of each partition after a pause (1 s, doubling up to
+        30 s): it used to end for good, the console showing its last figures for ever."""
         from ray_app.kafka.client import make_consumer
 
-        try:
-            consumer = make_consumer(self.bootstrap, self.settings.kafka)
-            parts = range(self.settings.kafka.partitions)
-            consumer.assign_at({(topic, p): 0 for topic in self.topics for p in parts})
-            self.refresh()
-            while not self._stop.is_set():
+        parts = range(self.settings.kafka.partitions)
+        offsets = {(topic, p): 0 for topic in self.topics for p in parts}
+        consumer = None
+        pause = 1.0
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = make_consumer(self.bootstrap, self.settings.kafka)
+                    consumer.assign_at(dict(offsets))
                 batch = consumer.poll(timeout_s=0.2, max_records=5_000)
                 if batch:
                     with self._lock:
                         for rec in batch:
                             self.state.feed(self.topics[rec.topic], rec.value, rec.timestamp_ms)
+                            offsets[(rec.topic, rec.partition)] = rec.offset + 1
                 if time.monotonic() - self._refreshed >= REFRESH_S:
                     self.refresh()
-            consumer.close()
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("console aggregator stopped")
+                pause = 1.0
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.failures += 1
+                log.exception("console aggregator: going on in %.0f s", pause)
+                if consumer is not None:
+                    _close_quietly(consumer)
+                    consumer = None
+                self._stop.wait(pause)
+                pause = min(2 * pause, _MAX_PAUSE_S)
+        if consumer is not None:
+            _close_quietly(consumer)
 
     def refresh(self) -> None:
         """Read the figures kept elsewhere and render the panels."""
@@ -173,6 +202,7 @@ class ConsoleAggregator:
         return {
             "running": self._thread is not None and self._thread.is_alive(),
             "error": self.error,
+            "failures": self.failures,
             "refreshMs": self.refresh_ms,
             "counts": dict(self.state.counts),
         }

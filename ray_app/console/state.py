@@ -168,7 +168,9 @@ class ConsoleState:
     def _experiment_panels(self, now: float, every_s: float) -> dict[str, bytes]:
         cached = self._experiments
         version = self.cohorts.version
-        if cached is not None and (cached[0] == version or now - cached[1] < every_s):
+        # at most every ``every_s``, changed or not: a range of the last 15 minutes moves with
+        # the clock (reused while no record came, it kept users of hours ago, and its asOf)
+        if cached is not None and now - cached[1] < every_s:
             return cached[2]
         panels = {f"experiments/{r}": _dumps(p) for r, p in self.experiments(now).items()}
         self._experiments = (version, now, panels)
@@ -239,12 +241,15 @@ class ConsoleState:
                 reached = f["steps"].get(step, 0)
                 # of those who completed the step before, the share who did not complete this one
                 kept = reached if i == 0 else f["after"].get(step, 0)
+                # a step the catalog does not list has no step before it: no drop-off (it read
+                # 100% whoever completed it)
+                listed = i == 0 or step in self.steps
                 rows.append(
                     {
                         "step": step,
                         "users": reached,
                         "rate": reached / f["users"] if f["users"] else None,
-                        "dropOff": 1 - kept / before if before else None,
+                        "dropOff": 1 - kept / before if before and listed else None,
                     }
                 )
                 before = reached

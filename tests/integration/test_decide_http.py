@@ -170,6 +170,9 @@ def test_scopes_a_browser_key_reads_no_profile_and_no_health_details(collector):
     # the decide key ships in pages: it must not read traits or CRM data
     assert httpx.get(f"{base}/v1/profiles/u", headers=DECIDE).status_code == 401
     assert httpx.get(f"{base}/v1/profiles/u", auth=(WRITE_KEY, "")).status_code == 401
+    # a user id with a "/" in it reaches the route (it was FastAPI's {"detail": "Not Found"})
+    slash = httpx.get(f"{base}/v1/profiles/a%2Fb", headers=READ)
+    assert slash.status_code in (404, 503) and "error" in slash.json(), slash.text
     # /healthz: up or down for anybody, the details (the experiment salt decides arms) for
     # a read key only
     public = httpx.get(f"{base}/healthz")
@@ -391,6 +394,43 @@ def test_identity_verification_lets_a_decide_key_decide_only_for_the_signed_user
         # the victim's id as an anonymousId: answered as an unknown user's, not from the profile
         status, body = asyncio.run(post({"anonymousId": "victim", "slot": "next_step"}, decide))
         assert (status, body["chosen"], body["coldReason"]) == (200, "welcome", "unknown_user")
+    finally:
+        replica._stop.set()
+        replica.decision_log.close()
+        replica.collector.close(timeout_s=5)
+
+
+def test_metrics_answers_are_built_one_at_a_time_and_reused_for_a_second(broker, monkeypatch):
+    """/metrics needs no key, and each answer cost the replica's event loop tens of
+    milliseconds (every replica's exposition parsed and merged, the workers' and the learner's
+    status): about 40 anonymous requests a second took the loop from /v1/decide. Concurrent
+    requests now share one build, and an answer is reused for a second."""
+    from deployments.collector import CollectorIngress
+
+    settings = make_settings(broker.bootstrap)
+    plain = CollectorIngress.func_or_class.__mro__[1]
+    replica = plain.__new__(plain)
+    plain.__init__(replica, settings, broker.bootstrap)
+    builds = []
+
+    async def build() -> bytes:
+        builds.append(1)
+        await asyncio.sleep(0.05)
+        replica._metrics_kept = (time.monotonic(), b"onramp_up 1\n")
+        return b"onramp_up 1\n"
+
+    monkeypatch.setattr(replica, "_build_metrics", build)
+
+    async def scrape(n: int) -> list[bytes]:
+        answers = await asyncio.gather(*(replica.metrics() for _ in range(n)))
+        return [a.body for a in answers]
+
+    try:
+        assert asyncio.run(scrape(20)) == [b"onramp_up 1\n"] * 20 and len(builds) == 1
+        assert asyncio.run(scrape(5)) == [b"onramp_up 1\n"] * 5 and len(builds) == 1
+        replica._metrics_kept = (time.monotonic() - 2, b"old")
+        asyncio.run(scrape(3))
+        assert len(builds) == 2
     finally:
         replica._stop.set()
         replica.decision_log.close()

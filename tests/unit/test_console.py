@@ -680,3 +680,107 @@ def test_the_funnel_and_the_experiments_put_a_merged_person_in_the_same_arm() ->
     funnel = c.funnel()
     assert row["arm"] == "control"
     assert funnel["control"]["users"] == 1 and funnel.get("treatment", {}).get("users", 0) == 0
+
+
+def test_the_last_15_minutes_move_with_the_clock_when_no_record_comes() -> None:
+    """The experiment panels were reused while no new record came, however long: two hours
+    after the last decision, "the last 15 minutes" still showed its users and its asOf."""
+    clock = [T0 / 1000]
+    state = ConsoleState(SHARES, clock=lambda: clock[0])
+    decisions, rewards = _logs(40)
+    for d in decisions:
+        state.feed("decisions", orjson.dumps(d))
+    for r in rewards:
+        state.feed("rewards", orjson.dumps(r))
+    clock[0] = T0 / 1000 + 41 * 1_000  # right after the last user
+    before = orjson.loads(state.panels()["experiments/15m"])
+    clock[0] += 2 * 3600
+    after = orjson.loads(state.panels()["experiments/15m"])
+    assert before != after
+
+
+def test_a_step_the_catalog_does_not_list_has_no_drop_off() -> None:
+    """It read 100% drop-off whoever completed it: it has no step before it."""
+    state = ConsoleState(SHARES, steps=["welcome", "role"])
+    for u in range(10):
+        d = {"decisionId": f"d{u}", "userKey": f"u{u}", "arm": "control", "chosen": "welcome",
+             "experiment": "onboarding", "timestamp": T0 + u}  # fmt: skip
+        state.feed("decisions", orjson.dumps(d))
+        for step in ("welcome", "role", "checklist_done"):
+            event = {"type": "track", "event": "Step Completed", "userKey": f"u{u}",
+                     "stepId": step}  # fmt: skip
+            state.feed("events", orjson.dumps(event))
+    rows = {r["step"]: r for r in state.funnel(time.time())["arms"]["control"]["steps"]}
+    assert rows["checklist_done"]["users"] == 10 and rows["checklist_done"]["dropOff"] is None
+    assert rows["role"]["dropOff"] == 0.0
+
+
+def test_the_aggregator_goes_on_after_a_failure_from_the_next_offsets(monkeypatch) -> None:
+    """One error from Kafka (or a refresh that raised) ended the aggregator's loop for good: the
+    console showed its last figures for ever, and nothing restarted it."""
+    import types
+
+    import ray_app.console.service as service
+    import ray_app.kafka.client as client
+    from tests.conftest import make_settings
+
+    agg = service.ConsoleAggregator(make_settings(None), "stand-in")
+    topic = agg.settings.topics.decisions
+    decisions, _ = _logs(30)
+    records = [
+        types.SimpleNamespace(topic=topic, partition=0, offset=i, value=orjson.dumps(d),
+                              timestamp_ms=None)
+        for i, d in enumerate(decisions)
+    ]  # fmt: skip
+    made: list[dict] = []
+
+    class Flaky:
+        def __init__(self, *_: Any, **__: Any) -> None:
+            self.at: dict = {}
+            made.append(self.at)
+
+        def assign_at(self, offsets: dict) -> None:
+            self.at.update(offsets)
+
+        def poll(self, timeout_s: float = 0.2, max_records: int = 5_000) -> list:
+            start = self.at[(topic, 0)]
+            if len(made) == 1 and start >= 10:
+                raise RuntimeError("consume failed once")
+            batch = records[start : start + 10]
+            self.at[(topic, 0)] = start + len(batch)
+            return batch
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(client, "make_consumer", Flaky)
+    monkeypatch.setattr(service, "_MAX_PAUSE_S", 0.01)
+    monkeypatch.setattr(service.ConsoleAggregator, "refresh", lambda self: None)
+    agg._stop.wait = lambda timeout=None: agg._stop.is_set()  # type: ignore[method-assign]
+    agg.start()
+    deadline = time.monotonic() + 10
+    while agg.state.counts.get("decisions", 0) < len(records) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    agg.stop()
+    assert agg.failures == 1 and "consume failed once" in (agg.error or "")
+    assert agg.state.counts["decisions"] == len(records)  # each once: from the next offset
+    assert len(made) == 2 and made[1][(topic, 0)] == len(records)
+
+
+def test_a_user_lookup_does_not_wait_on_a_worker_that_does_not_answer(monkeypatch) -> None:
+    """The console's lookup awaited the profile read without a bound (/v1/profiles bounds it
+    at 10 s): a stuck stream worker held the request until Ray failed the call."""
+    import ray_app.console.api as console_api
+
+    monkeypatch.setattr(console_api, "_PROFILE_READ_S", 0.05)
+    api = _api(ConsoleFeed(lambda: _Actor({})))
+
+    async def stuck(key: str) -> dict[str, Any] | None:
+        await asyncio.sleep(60)
+        return None
+
+    api.profiles = stuck
+    started = time.monotonic()
+    status, body = asyncio.run(api.answer("users/u1", {}, "Bearer k1"))
+    assert time.monotonic() - started < 5
+    assert status in (200, 404) and b"the profile read took over" in body
