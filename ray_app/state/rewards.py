@@ -73,7 +73,10 @@ POSITIVE_EVENTS = frozenset({STEP_COMPLETED, ONBOARDING_COMPLETED})
 #: The default negative events (a catalog's ``negative_events`` replaces them).
 NEGATIVE_EVENTS = frozenset({"Step Abandoned"})
 
-#: Outcomes kept per user in the log (the earliest in apply order; a bound against abuse).
+#: Outcomes kept per user in the log (the latest in apply order; a bound against abuse). The
+#: latest: a decision that arrives after its outcome is a recent one, and once a user had 64
+#: outcomes in a day the log used to keep the first 64, so a later outcome that came ahead of
+#: its decision was lost (a timeout, where the other order rewarded it).
 MAX_LOGGED_OUTCOMES = 64
 #: Decisions pending per user: a further one decides the user's oldest as a timeout at once (a
 #: bound against abuse: a merge record carries an id's pending decisions, and a client asking
@@ -349,6 +352,9 @@ class RewardJoin:
                 self.log_touched.add(user)
                 if kept:
                     self.log[user] = kept
+                    # an entry that took an evicted one's place has no expiry entry of its own
+                    first = min(o.ts for o in kept) + self._retention
+                    heapq.heappush(self.log_expiry, (first, user))
                 else:
                     del self.log[user]
         return out
@@ -407,14 +413,19 @@ class RewardJoin:
 
     def _log(self, user_key: str, o: LoggedOutcome) -> LoggedOutcome:
         """Append ``o`` to the user's outcome log at the next position in apply order (the
-        earliest ``MAX_LOGGED_OUTCOMES`` are kept); returns it with that position."""
+        latest ``MAX_LOGGED_OUTCOMES`` are kept); returns it with that position."""
         self.seq += 1
         o = o._replace(seq=self.seq)
         entries = self.log.setdefault(user_key, [])
-        if len(entries) < MAX_LOGGED_OUTCOMES:
+        self.log_touched.add(user_key)
+        if len(entries) >= MAX_LOGGED_OUTCOMES:
+            # the earliest goes; its expiry entry stays for the new one (the heap holds at most
+            # MAX_LOGGED_OUTCOMES entries a user, whatever a flood of outcomes)
+            del entries[0]
             entries.append(o)
-            self.log_touched.add(user_key)
-            heapq.heappush(self.log_expiry, (o.ts + self._retention, user_key))
+            return o
+        entries.append(o)
+        heapq.heappush(self.log_expiry, (o.ts + self._retention, user_key))
         return o
 
     def _decide_by(self, d: PendingDecision, o: LoggedOutcome) -> RewardRecord:

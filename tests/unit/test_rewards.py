@@ -360,3 +360,32 @@ def test_the_segment_mix_stays_bounded_whatever_segments_clients_send():
     shard.process(events)
     segments = shard.quality.segments
     assert len(segments) == MAX_SEGMENTS + 1 and segments[OTHER_SEGMENTS] == 2 * MAX_SEGMENTS
+
+
+def test_a_users_latest_outcomes_are_kept_whatever_came_before():
+    """The outcome log kept a user's first 64 outcomes of a day: a later outcome that arrived
+    ahead of its decision was not logged, and the decision timed out where the other order
+    rewarded it. The latest are kept now, and the expiry heap stays bounded under a flood."""
+    from ray_app.state.rewards import MAX_LOGGED_OUTCOMES
+
+    config = dataclasses.replace(CONFIG, attribution_window_ms=300_000)
+    n = MAX_LOGGED_OUTCOMES
+    history = [_event(f"h{i}", "u1", T0 + i * 1_000, "Step Completed", "goals") for i in range(n)]
+    t = T0 + n * 1_000
+    outcome = _event("win", "u1", t + 10_000, "Step Completed", "role")
+    later = _event("tick", "u2", t + 3_600_000, "Step Viewed", "role")
+
+    def rewards(decision_first: bool) -> list[tuple]:
+        shard = SessionShard(0, config)
+        out = shard.process(history).rewards
+        steps = [lambda: shard.process_decisions([_decision("d1", "u1", t)], 1),
+                 lambda: shard.process([outcome])]  # fmt: skip
+        for step in steps if decision_first else steps[::-1]:
+            out += step().rewards
+        out += shard.process([later]).rewards
+        return [(r.decision_id, r.reward, r.outcome) for r in out]
+
+    assert rewards(True) == rewards(False) == [("d1", 1.0, "completed")]
+    flood = SessionShard(0, config)
+    flood.process([_event(f"f{i}", "u3", T0 + i, "Step Completed", "goals") for i in range(5 * n)])
+    assert len(flood.rewards.log["u3"]) == n and len(flood.rewards.log_expiry) <= n
