@@ -56,6 +56,11 @@ EXTRA_STEPS = 32
 #: Users the funnel follows (a user id too is whatever a client sends): past it, new users
 #: are not counted in it (``funnelIgnored``).
 FUNNEL_USERS = 1_000_000
+#: Users an experiment's rows hold, and ids merged into others remembered: past either, a new
+#: user's decisions (``usersIgnored``) or a new merge (``mergesIgnored``) are not counted. A
+#: decide key is public: without a bound, minted ids grew the aggregator for ever.
+EXPERIMENT_USERS = 1_000_000
+MERGES = 1_000_000
 
 
 @dataclass
@@ -134,6 +139,8 @@ class Cohorts:
         order = list(steps)
         self._catalog_steps = frozenset(order)
         self.funnel_ignored = 0  # step completions of steps or users past the bounds
+        self.users_ignored = 0  # decisions of new users past EXPERIMENT_USERS
+        self.merges_ignored = 0  # merges past MERGES
         #: Called with each reward when it counts: at once, or when its decision arrives after it.
         self.counted = counted
         #: Called with (old, into) when a decision says the stream merged ``old`` into ``into``.
@@ -199,6 +206,9 @@ class Cohorts:
             for old in merged:
                 self._merge(self.person(str(old)), user)
         rows = self.experiments.setdefault(exp, ExperimentRows())
+        if user not in rows.index and len(rows.index) >= EXPERIMENT_USERS:
+            self.users_ignored += 1
+            return False
         self._pending[did] = (exp, rows.row(user, arm, ms, did))
         if len(self._pending) > PENDING:
             self._pending.popitem(last=False)
@@ -219,6 +229,9 @@ class Cohorts:
         """The stream merged ``old`` into ``into``: one user of every experiment from now on
         (the report's rule, :func:`~ray_app.experiments.report.users_from_logs`)."""
         if old == into:
+            return
+        if len(self._alias) >= MERGES:
+            self.merges_ignored += 1
             return
         self._alias[old] = into
         for rows in self.experiments.values():
@@ -421,4 +434,6 @@ class Cohorts:
             "ignored": self.ignored,
             "funnelSteps": len(self._steps),
             "funnelIgnored": self.funnel_ignored,
+            "usersIgnored": self.users_ignored,
+            "mergesIgnored": self.merges_ignored,
         }
