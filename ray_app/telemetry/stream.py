@@ -26,18 +26,21 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     # TYPE onramp_stream_records_total counter
     onramp_stream_records_total{partition="0",outcome="applied"} 5
     ...
-    onramp_stream_freshness_seconds_bucket{le="0.01"} 4
-    onramp_stream_freshness_seconds_bucket{le="0.1"} 5
-    onramp_stream_freshness_seconds_bucket{le="+Inf"} 5
-    onramp_stream_freshness_seconds_sum 0.07
-    onramp_stream_freshness_seconds_count 5
+    onramp_stream_freshness_seconds_bucket{worker="w0",le="0.01"} 4
+    onramp_stream_freshness_seconds_bucket{worker="w0",le="0.1"} 5
+    onramp_stream_freshness_seconds_bucket{worker="w0",le="+Inf"} 5
+    onramp_stream_freshness_seconds_sum{worker="w0"} 0.07
+    onramp_stream_freshness_seconds_count{worker="w0"} 5
     """
     fam: dict[str, list[str]] = {name: [] for name, _, _ in _FAMILIES}
     refused = 0
     skipped: dict[str, int] = {}  # worker slot -> checkpoints it skipped
     waiting = 0.0
-    histograms: list[tuple[list[int], list[int]]] = []
-    total_ms = 0.0
+    # slot -> its histograms and its sum: one series per worker slot, as checkpointsSkipped (a
+    # sum over workers went down when one restarted, which rate() reads as a reset, counting
+    # every other worker's events again)
+    histograms: dict[str, list[tuple[list[int], list[int]]]] = {}
+    total_ms: dict[str, float] = {}
     for worker in status:
         for p, st in sorted(worker["partitions"].items(), key=lambda kv: int(kv[0])):
             _partition_samples(fam, p, st)
@@ -48,8 +51,10 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         slot = str(worker.get("worker", "")).split("-", 1)[0]
         skipped[slot] = skipped.get(slot, 0) + worker.get("checkpointsSkipped", 0)
         waiting = max(waiting, worker.get("waitingOnKafkaS", 0.0))
-        histograms.append((worker["freshnessBucketsMs"], worker["freshnessCounts"]))
-        total_ms += worker.get("freshnessSumMs", 0.0)
+        histograms.setdefault(slot, []).append(
+            (worker["freshnessBucketsMs"], worker["freshnessCounts"])
+        )
+        total_ms[slot] = total_ms.get(slot, 0.0) + worker.get("freshnessSumMs", 0.0)
     fam["onramp_stream_checkpoint_refused_partitions"].append(
         f"onramp_stream_checkpoint_refused_partitions {refused}"
     )
@@ -72,18 +77,29 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         "# HELP onramp_stream_freshness_seconds From the collector's receivedAt to the state update.",
         "# TYPE onramp_stream_freshness_seconds histogram",
     ]
-    bounds, cumulative = merge_histograms(histograms)
-    for bound, n in zip([*bounds, None], cumulative, strict=True):
-        le = "+Inf" if bound is None else f"{bound / 1000:g}"
-        lines.append(f'onramp_stream_freshness_seconds_bucket{{le="{le}"}} {n}')
-    lines.append(f"onramp_stream_freshness_seconds_sum {total_ms / 1000!r}")
-    lines.append(f"onramp_stream_freshness_seconds_count {cumulative[-1]}")
+    # the bounds every worker has (a rolling upgrade may change them), for every slot alike
+    everyone = [h for hs in histograms.values() for h in hs]
+    common = merge_histograms(everyone)[0]
+    for slot, hs in sorted(histograms.items()) or [("", [])]:
+        slot_label = f'worker="{slot}",' if slot else ""
+        bounds, cumulative = merge_histograms(hs, common)
+        for bound, n in zip([*bounds, None], cumulative, strict=True):
+            le = "+Inf" if bound is None else f"{bound / 1000:g}"
+            lines.append(f'onramp_stream_freshness_seconds_bucket{{{slot_label}le="{le}"}} {n}')
+        labels = f"{{{slot_label.rstrip(',')}}}" if slot else ""
+        lines.append(
+            f"onramp_stream_freshness_seconds_sum{labels} {total_ms.get(slot, 0.0) / 1000!r}"
+        )
+        lines.append(f"onramp_stream_freshness_seconds_count{labels} {cumulative[-1]}")
     return "\n".join(lines) + "\n"
 
 
-def merge_histograms(histograms: list[tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
+def merge_histograms(
+    histograms: list[tuple[list[int], list[int]]], bounds: list[int] | None = None
+) -> tuple[list[int], list[int]]:
     """Workers' histograms (bucket bounds, counts per bucket with the overflow last) as one:
-    the bounds every worker has, with cumulative counts (``le``) over all workers, ``+Inf`` last.
+    the bounds every worker has (or ``bounds``, a subset of those), with cumulative counts
+    (``le``) over all workers, ``+Inf`` last.
 
     Workers of different versions may have different bounds (during a rolling upgrade); a
     cumulative count is exact only at a bound a worker has, so only the common bounds are kept.
@@ -94,8 +110,10 @@ def merge_histograms(histograms: list[tuple[list[int], list[int]]]) -> tuple[lis
     ([], [0])
     """
     if not histograms:
-        return [], [0]
-    common = sorted(set.intersection(*(set(b) for b, _ in histograms)))
+        return list(bounds or []), [0] * (len(bounds or []) + 1)
+    common = (
+        sorted(set.intersection(*(set(b) for b, _ in histograms))) if bounds is None else bounds
+    )
     cumulative = [0] * (len(common) + 1)
     for bounds, counts in histograms:
         running, at = 0, dict[int, int]()

@@ -260,12 +260,33 @@ def test_freshness_of_workers_with_different_buckets_merges_at_the_common_bounds
         [worker("old", [10, 100, 1000], [4, 1, 0, 2]), worker("new", [10, 40, 100], [1, 2, 3, 4])]
     )
     buckets = [line for line in text.splitlines() if "freshness_seconds_bucket" in line]
-    assert buckets == [
-        'onramp_stream_freshness_seconds_bucket{le="0.01"} 5',
-        'onramp_stream_freshness_seconds_bucket{le="0.1"} 11',
-        'onramp_stream_freshness_seconds_bucket{le="+Inf"} 17',
+    assert buckets == [  # one series per worker slot, at the bounds every worker has
+        'onramp_stream_freshness_seconds_bucket{worker="new",le="0.01"} 1',
+        'onramp_stream_freshness_seconds_bucket{worker="new",le="0.1"} 6',
+        'onramp_stream_freshness_seconds_bucket{worker="new",le="+Inf"} 10',
+        'onramp_stream_freshness_seconds_bucket{worker="old",le="0.01"} 4',
+        'onramp_stream_freshness_seconds_bucket{worker="old",le="0.1"} 5',
+        'onramp_stream_freshness_seconds_bucket{worker="old",le="+Inf"} 7',
     ]
-    assert "onramp_stream_freshness_seconds_count 17" in text
+    assert 'onramp_stream_freshness_seconds_count{worker="old"} 7' in text
+
+
+def test_a_restarted_worker_takes_its_own_freshness_series_back_to_zero_not_the_sum() -> None:
+    """The freshness histogram was one sum over the workers: when one restarted, the sum went
+    down, which rate() reads as a reset, counting every other worker's events again (the
+    freshness alert and dashboards read it). Each worker slot has its own series now."""
+
+    def worker(name: str, n: int) -> dict:
+        return {"worker": name, "partitions": {}, "freshnessBucketsMs": [10],
+                "freshnessCounts": [n, 0], "freshnessSumMs": 1.0}  # fmt: skip
+
+    def count(text: str, slot: str) -> str:
+        key = f'onramp_stream_freshness_seconds_count{{worker="{slot}"}} '
+        return next(line for line in text.splitlines() if line.startswith(key)).split()[-1]
+
+    before = stream_metrics_text([worker("w0-1", 1_000_000), worker("w1-1", 500)])
+    after = stream_metrics_text([worker("w0-1", 1_000_010), worker("w1-2", 3)])  # w1 restarted
+    assert int(count(after, "w0")) > int(count(before, "w0"))  # untouched by w1's restart
 
 
 def test_hooks_shut_down_once_and_exit_quietly():
@@ -300,7 +321,7 @@ def test_the_freshness_sum_keeps_full_precision() -> None:
         [{"worker": "w", "partitions": {}, "freshnessBucketsMs": [10],
           "freshnessCounts": [1, 2], "freshnessSumMs": 123_456_789.0}]
     )  # fmt: skip
-    assert "onramp_stream_freshness_seconds_sum 123456.789" in text
+    assert 'onramp_stream_freshness_seconds_sum{worker="w"} 123456.789' in text
 
 
 def _closing(text: str, start: int) -> int:
