@@ -103,7 +103,7 @@ _NO_DEMO = (
 #: The longest ``GET /v1/profiles/{id}`` waits for the stream workers (then 503, Retry-After).
 _PROFILE_READ_S = 10.0
 #: How long a /metrics answer is reused (`CollectorIngress.metrics`).
-_METRICS_REUSE_S = 1.0
+_METRICS_REUSE_S = 0.25
 
 
 def _key_name(authorization: str | None, keys: dict[str, str]) -> str | None:
