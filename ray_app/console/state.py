@@ -86,7 +86,7 @@ class ConsoleState:
         self.learner: dict[str, Any] = {}
         self.model_events: list[dict[str, Any]] = []
         self.counts = {"decisions": 0, "rewards": 0, "dlq": 0, "events": 0, "unreadable": 0}
-        self._experiments: tuple[int, float, dict[str, bytes]] | None = None  # version, at
+        self._experiments: tuple[float, dict[str, bytes]] | None = None  # (built at, panels)
 
     # -- records --------------------------------------------------------------------------------
 
@@ -167,13 +167,12 @@ class ConsoleState:
 
     def _experiment_panels(self, now: float, every_s: float) -> dict[str, bytes]:
         cached = self._experiments
-        version = self.cohorts.version
         # at most every ``every_s``, changed or not: a range of the last 15 minutes moves with
         # the clock (reused while no record came, it kept users of hours ago, and its asOf)
-        if cached is not None and now - cached[1] < every_s:
-            return cached[2]
+        if cached is not None and now - cached[0] < every_s:
+            return cached[1]
         panels = {f"experiments/{r}": _dumps(p) for r, p in self.experiments(now).items()}
-        self._experiments = (version, now, panels)
+        self._experiments = (now, panels)
         return panels
 
     def experiments(self, now: float) -> dict[str, dict[str, Any]]:

@@ -93,14 +93,14 @@ def _fingerprint(req: DecideRequest) -> bytes:
 
 def _reused(decision_id: str) -> Answer:
     """409: a decisionId sent again with other candidates or another context."""
-    body = {
-        "error": "decision_id_reused",
-        "field": "decisionId",
-        "message": f"decisionId {decision_id[:128]!r} was decided for a request with other "
-        "candidates or another context; a retry repeats the request, a new request takes a "
-        "new decisionId",
-    }
-    return 409, orjson.dumps(body), {}
+    refused = DecideRefused(
+        409,
+        "decision_id_reused",
+        "decisionId",
+        f"decisionId {decision_id[:128]!r} was decided for a request with other candidates or "
+        "another context; a retry repeats the request, a new request takes a new decisionId",
+    )
+    return refused.status, orjson.dumps(refused.body()), {}
 
 
 class DecisionService:

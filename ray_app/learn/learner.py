@@ -490,11 +490,12 @@ class OnlineLearner(Publishing):
         (``gamma``) and the step size go on from the bundle's own ``learned``; the weights are
         published again at the next chance as the learner's next version (numbered above both
         its own and the bundle's), and the comparison with control starts on that version's
-        decisions; the last weights that beat control are forgotten (the old lineage's). A promotion with another number of hidden units (a model of
-        ``onramp train`` under another ``learn.hidden`` than the learner's state was written
-        with: a learner resumed from before the scorer lost its deep part, adopting a wide
-        model) is taken with its own shape (:meth:`_reshape`). ``ValueError`` if it does not
-        have the learner's features and actions.
+        decisions; the last weights that beat control are forgotten (the old lineage's). A
+        promotion with another number of hidden units (a model of ``onramp train`` under
+        another ``learn.hidden`` than the learner's state was written with: a learner resumed
+        from before the scorer lost its deep part, adopting a wide model) is taken with its own
+        shape (:meth:`_reshape`). ``ValueError`` if it does not have the learner's features and
+        actions.
 
         >>> from ray_app.catalog import load_catalog
         >>> from ray_app.features import FeatureSchema
@@ -523,7 +524,7 @@ class OnlineLearner(Publishing):
         # used to give the learner's next versions numbers that the old lineage's decisions
         # carried too, whose late rewards then judged the promoted weights against control
         self.version = max(self.version, int(bundle.version))
-        self._republish = True
+        self.republish()
         self._beat_control = None  # the old lineage's: not what a rollback should restore
         self.lineage = lineage_of(bundle.metadata)
         self._schedule.explore_from = self.counters["trained"] - learned_of(bundle.metadata)

@@ -376,6 +376,11 @@ class Publishing:
             return cfg.publish_interval_s * cfg.boost_publish_factor
         return cfg.publish_interval_s
 
+    def republish(self) -> None:
+        """Publish the last good weights at the next chance, updates or not (an adopted
+        promotion under a number of the learner's own; a publish that could not be written)."""
+        self._republish = True
+
     def maybe_publish(self, now: float | None = None) -> ModelBundle | None:
         """A new bundle to serve, or ``None``: not before :meth:`publish_interval` after the last
         publish, and only if there were updates (or the exploration to serve changed, or the

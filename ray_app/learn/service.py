@@ -393,12 +393,12 @@ class LearnerService:
                 # promoted while the state was written (a second for a large state): written,
                 # this would replace the promoted file that replicas started later load
                 self._registry_checked = -math.inf  # adopted at the next publish
-                self.learner._republish = True
+                self.learner.republish()
                 return
             write_file_atomically(self.model_path, bundle.to_bytes())
         except OSError as exc:  # a full disk, a store that failed once: not the loop's end
             self.publish_failures += 1
-            self.learner._republish = True  # the weights again at the next chance
+            self.learner.republish()  # the weights again at the next chance
             log.error("model version %d not published: %s; tried again", bundle.version, exc)
             return
         published_ms = int(time.time() * 1000)
