@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import struct
@@ -63,8 +64,33 @@ def resolve_binary(explicit: str | os.PathLike[str] | None = None) -> str:
         raise BrokerError(f"no tansu binary available: {exc}") from None
 
 
+#: Ports :func:`free_port` picks from: above Ray's worker ports (10002-19999 by default), below
+#: the kernel's ephemeral range (read from /proc where there is one).
+_PICK_LOW = 20_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now, for a listener started a little later.
+
+    It is picked below the kernel's ephemeral range: a port from that range (``bind(0)``) can
+    be given to an outgoing connection before whoever picked it listens on it. HAProxy's stats
+    port, picked when Serve's HTTP mode was set and bound once Serve started, was taken that way
+    (``Address already in use``, every Serve test of that session in error). Out of ports there
+    (or on a system whose ephemeral range starts low), the kernel picks one.
+    """
+    high = _ephemeral_low()
+    pick = random.SystemRandom()
+    for _ in range(64 if high - _PICK_LOW > 1_000 else 0):
+        port = pick.randrange(_PICK_LOW, high)
+        if not _port_taken(host, port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

@@ -135,3 +135,18 @@ def test_an_unreachable_kafka_is_told_within_the_admin_timeout() -> None:
     with pytest.raises(KafkaUnavailable):
         verify_topics(f"127.0.0.1:{free_port()}", Settings().kafka, ["t"], timeout_s=1.0)
     assert time.monotonic() - started < 10
+
+
+def test_a_free_port_is_picked_outside_the_ephemeral_range_and_is_free() -> None:
+    """A port taken from the kernel's ephemeral range can go to an outgoing connection before
+    its listener binds it: HAProxy's stats port did, and every Serve test of that session
+    errored with "Address already in use"."""
+    import socket
+
+    from ray_app.kafka.broker import _PICK_LOW, _ephemeral_low
+
+    for _ in range(20):
+        port = free_port()
+        assert _PICK_LOW <= port < _ephemeral_low()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))  # nobody listens on it
