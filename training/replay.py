@@ -37,6 +37,7 @@ from ray_app.records import DECISION_SCHEMAS, DecisionRecord, DecisionRecordErro
 from ray_app.records.decision import forwarded_copy
 from ray_app.state import Event, Profile, RecordRejected, apply, decode_event, identity
 from ray_app.state.profile import merge_into
+from ray_app.state.tick import TICK
 
 __all__ = ["ParityReport", "replay_parity"]
 
@@ -97,8 +98,8 @@ def _index_events(
                 continue
             if kind == identity.FORWARD:
                 e = identity.event_from_json(body.get("event"), str(body.get("userKey")))
-            elif kind in identity.CONTROL_TYPES:
-                continue  # a link: no state of its own
+            elif kind in identity.CONTROL_TYPES or kind == TICK:
+                continue  # a link, or a worker's tick (the time): no state of its own
             else:
                 e = decode_event(orjson.dumps(body))
         except RecordRejected:

@@ -38,6 +38,7 @@ __all__ = [
     "OutRecord",
     "Producer",
     "Record",
+    "key_for_partition",
     "make_consumer",
     "make_producer",
     "partition_for",
@@ -83,6 +84,23 @@ def partition_for(key: bytes, partitions: int) -> int:
     from kafka.partitioner.default import murmur2
 
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def key_for_partition(name: str, partition: int, partitions: int) -> bytes:
+    """The first key ``name/0``, ``name/1``, ... that Kafka's default partitioner puts on
+    ``partition`` of a topic of ``partitions``: a record a worker writes to one partition (a
+    tick) goes through the same producer call as every keyed record.
+
+    >>> key = key_for_partition("onramp.tick/5", 5, 64)
+    >>> partition_for(key, 64), key.startswith(b"onramp.tick/5/")
+    (5, True)
+    """
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} is not in 0..{partitions - 1}")
+    n = 0
+    while partition_for(f"{name}/{n}".encode(), partitions) != partition:
+        n += 1
+    return f"{name}/{n}".encode()
 
 
 class Producer(Protocol):

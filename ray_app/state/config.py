@@ -67,6 +67,9 @@ class ShardStats:
     relayed: int = 0
     """Forwarded events received from other partitions (each is then one of applied,
     duplicate, late or rejected here). Records a client wrote = records - control - relayed."""
+    ticks: int = 0
+    """Ticks taken (:mod:`ray_app.state.tick`: the time, written by the worker into a quiet
+    partition); not in ``records``."""
 
     def as_dict(self) -> dict[str, int]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}

@@ -82,6 +82,7 @@ from ray_app.state.stitching import (
     event_previous_id,
     loop_error,
 )
+from ray_app.state.tick import TICK, decode_tick
 
 __all__ = [
     "PROCESSING_FAILED_REASON",
@@ -186,6 +187,14 @@ class SessionShard(BatchChecks, Stitching):
             try:
                 trace = traces[index] if traces is not None else None
                 d = decode_record(value)
+                if d.get("type") == TICK:  # the time, from the worker (ray_app.state.tick)
+                    at = decode_tick(d)
+                    # the worker's clock, not a record of the stream's: outside ``records``
+                    self.stats.records -= 1
+                    self.stats.ticks += 1
+                    controls[len(decoded)] = Control(TICK, "", "", "", at, d)
+                    decoded.append((index, key, cast(bytes, value), NO_EVENT))
+                    continue
                 if d.get("type") in CONTROL_TYPES:
                     control = identity.decode_control(d)
                     e = NO_EVENT
@@ -217,6 +226,8 @@ class SessionShard(BatchChecks, Stitching):
                     self._take(event, index, key, value, out, traces is not None, origin)
                 elif c.kind == identity.FORWARD:
                     self._take(event, index, key, value, out, traces is not None, origin, c)
+                elif c.kind == TICK:
+                    self._advance_to(c.ts, index, key, value, out, origin)
                 else:
                     self._link(c, out) if c.kind == identity.LINK else self._merge(c, out)
                     self.stats.control += 1
@@ -274,21 +285,59 @@ class SessionShard(BatchChecks, Stitching):
         # that stamps its events in the future (up to max_future_ms passes validation) must
         # not make everybody else's events late
         trusted = event.ts if event.ts <= event.received else event.received
-        moved = False
-        if trusted > self.max_ts:
-            self.max_ts = trusted
-            # never back: a restart with a longer allowed lateness pulled it back at the next
-            # event, and copies of events dedupe had already forgotten were applied again
-            if self.max_ts - lateness > self.watermark:
-                self.watermark = self.max_ts - lateness
-                moved = True
-            self._evict()
+        moved = self._clock(trusted)
         if forwarded is not None:
             if forwarded.body.get("hops", 0) >= MAX_HOPS:
                 raise loop_error(forwarded)
             released = [event]
         else:
             released = self.order.offer(event)
+        self._release(released, moved, index, key, value, out, origin, event, forwarded)
+
+    def _advance_to(
+        self,
+        at: int,
+        index: int,
+        key: bytes | None,
+        value: bytes,
+        out: BatchResult,
+        origin: dict[int, tuple[int, bytes | None, bytes]],
+    ) -> None:
+        """A tick of time ``at``: the watermark moves as an event of that time would move it,
+        and what that releases is applied; nothing else."""
+        moved = self._clock(at)
+        self._release([], moved, index, key, value, out, origin, None, None)
+
+    def _clock(self, trusted: int) -> bool:
+        """Event time reached ``trusted``: move ``max_ts`` and the watermark (never back: a
+        restart with a longer allowed lateness pulled it back at the next event, and copies of
+        events dedupe had already forgotten were applied again) and evict what the watermark
+        passed. Whether the watermark moved."""
+        if trusted <= self.max_ts:
+            return False
+        self.max_ts = trusted
+        moved = False
+        if self.max_ts - self.config.allowed_lateness_ms > self.watermark:
+            self.watermark = self.max_ts - self.config.allowed_lateness_ms
+            moved = True
+        self._evict()
+        return moved
+
+    def _release(
+        self,
+        released: list[Event],
+        moved: bool,
+        index: int,
+        key: bytes | None,
+        value: bytes,
+        out: BatchResult,
+        origin: dict[int, tuple[int, bytes | None, bytes]],
+        event: Event | None,
+        forwarded: Control | None,
+    ) -> None:
+        """Apply ``released`` and what the reorder buffer gives up on at the current time; close
+        the windows the watermark passed if it ``moved``."""
+        lateness = self.config.allowed_lateness_ms
         released += self.order.advance(
             self.watermark, self.max_ts - min(self.config.reorder_wait_ms, lateness)
         )
@@ -428,6 +477,36 @@ class SessionShard(BatchChecks, Stitching):
         out.applied += 1
         out.received_ms.append(event.received)
         out.users.add(event.user_key)
+
+    # -- the time ------------------------------------------------------------------------
+
+    def clock_ms(self) -> int | None:
+        """The latest server time this partition's records have shown: its event time
+        (``max_ts``) or, if later, the time of the latest decision taken into the reward join
+        (a partition whose users asked for decisions before sending events). None: neither."""
+        clock = max(self.max_ts, self.rewards.newest)
+        return None if clock == _NO_WATERMARK else clock
+
+    def due_ms(self) -> int | None:
+        """The earliest event time whose record would release something waiting here: close a
+        pending decision's window (reward 0, ``timeout``) or give up on a reorder buffer's gap.
+        None: nothing waits on the watermark. A quiet partition gets a tick of that time or
+        later from its worker (:mod:`ray_app.state.tick`).
+
+        >>> shard = SessionShard(0, StateConfig(allowed_lateness_ms=1_000))
+        >>> shard.due_ms() is None
+        True
+        """
+        lateness = self.config.allowed_lateness_ms
+        due: int | None = None
+        join = self.rewards
+        if join.pending and join.closing:  # the head may be decided already: a tick clears it
+            due = join.closing[0][0] + lateness + 1
+        waiting = self.order.waiting
+        if waiting:
+            gap = waiting[0][0] + min(self.config.reorder_wait_ms, lateness) + 1
+            due = gap if due is None else min(due, gap)
+        return due
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -391,14 +391,15 @@ class StreamSupervisor:
     def totals(self, status: list[dict[str, Any]] | None = None) -> dict[str, int]:
         """Counters summed over every partition: ``records`` (those clients wrote: link, merge
         and forwarded records of identity stitching are counted apart, in ``control`` and
-        ``relayed``), applied, duplicates, late, rejected, buffered, forwarded. They reconcile:
+        ``relayed``), applied, duplicates, late, rejected, buffered, forwarded, and ``ticks``
+        (the workers' own, in no other counter). They reconcile:
         ``records = applied + duplicates + late + rejected + buffered + forwarded - relayed``
         (a forwarded event is taken again where it was sent)."""
         keys = ("records", "applied", "duplicates", "late", "rejected", "buffered")
         out: dict[str, int] = {}
         for st in self.status() if status is None else status:
             for part in st["partitions"].values():
-                for k in (*keys, "forwarded", "control", "relayed"):
+                for k in (*keys, "forwarded", "control", "relayed", "ticks"):
                     out[k] = out.get(k, 0) + part.get(k, 0)
         if out:
             out["records"] -= out["control"] + out["relayed"]

@@ -51,10 +51,18 @@ import orjson
 
 from ray_app.config import Settings
 from ray_app.heap import GC_THRESHOLDS
-from ray_app.kafka.client import Consumer, OutRecord, Producer, make_consumer, make_producer
+from ray_app.kafka.client import (
+    Consumer,
+    OutRecord,
+    Producer,
+    key_for_partition,
+    make_consumer,
+    make_producer,
+)
 from ray_app.records import RewardRecord
 from ray_app.state import SessionShard
 from ray_app.state.shard import SnapshotRefused
+from ray_app.state.tick import LIVE_MS, TICK, tick_record, tick_time
 from ray_app.stream.checkpoint import (
     STALE_TEMP_S,
     Checkpoint,
@@ -194,6 +202,13 @@ class StreamWorker:
         self.tracing = make_tracing(settings.telemetry, "stream")
         self.traced = 0
         self._profile_server: ProfileServer | None = None
+        started = time.monotonic()
+        self._heard = dict.fromkeys(self.partitions, started)
+        """Partition -> when its last record (event, decision or tick) was taken."""
+        self._ticked: dict[int, float] = {}
+        self.ticks: dict[int, int] = {}
+        """Ticks written per partition since this worker started (:meth:`_tick_quiet`)."""
+        self._tick_keys: dict[int, bytes] = {}
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -224,6 +239,7 @@ class StreamWorker:
                 records = self._consumer.poll(timeout_s=0.1, max_records=s.poll_max_records)
                 if records:
                     self._process(records)
+                self._tick_quiet()
                 self._update_lag()
                 if self._stop.is_set():
                     break  # stop() writes the final checkpoint (or decides not to)
@@ -251,6 +267,9 @@ class StreamWorker:
                 decisions.setdefault(r.partition, []).append(r)
             else:
                 by_partition.setdefault(r.partition, []).append(r)
+        heard = time.monotonic()
+        for p in by_partition.keys() | decisions.keys():
+            self._heard[p] = heard
         by_partition = {
             p: self._in_order(p, recs, self.next_offset[p], "events")
             for p, recs in by_partition.items()
@@ -317,6 +336,42 @@ class StreamWorker:
         if outputs:  # acknowledged before any checkpoint can cover these offsets
             self._acknowledged(outputs)
         self._owed = []
+
+    def _tick_quiet(self) -> None:
+        """Write a tick (:mod:`ray_app.state.tick`) to each partition that has taken no record
+        for ``stream.watermark_tick_s`` and has something due by the time it has been quiet
+        (:meth:`~ray_app.state.SessionShard.due_ms`), at most one a partition per that interval.
+        Not waited on: the tick changes the state only when it is read back in offset order, so
+        a lost one is only a later tick, and a replay reads what was written."""
+        every = self.settings.stream.watermark_tick_s
+        if not every:
+            return
+        now, wall_ms = time.monotonic(), time.time() * 1000
+        live_ms = max(self.settings.stream.allowed_lateness_ms, LIVE_MS)
+        ticks = []
+        for p in self.partitions:
+            quiet = now - self._heard[p]
+            if quiet < every or now - self._ticked.get(p, -every) < every:
+                continue
+            shard = self.shards[p]  # only this thread changes it: read without the lock
+            due, clock = shard.due_ms(), shard.clock_ms()
+            if due is None or clock is None:
+                continue
+            at = tick_time(clock, quiet)
+            if at < due or at < wall_ms - live_ms:
+                continue  # nothing due yet; or a partition of past times (a backfill): no tick
+            end = self._consumer.highwater(self.topics.events, p)
+            if end is not None and end > self.next_offset[p]:
+                continue  # records on their way: they move the watermark themselves
+            key = self._tick_keys.get(p)
+            if key is None:
+                key = key_for_partition(TICK, p, self.settings.kafka.partitions)
+                self._tick_keys[p] = key
+            ticks.append(OutRecord(self.topics.events, tick_record(at, p), key=key))
+            self._ticked[p] = now
+            self.ticks[p] = self.ticks.get(p, 0) + 1
+        if ticks:
+            self._producer.send_many(ticks).add_done_callback(_tick_failed)
 
     def _acknowledged(self, outputs: list[OutRecord]) -> None:
         """Send side outputs and wait for Kafka's acknowledgement (at most
@@ -661,6 +716,7 @@ class StreamWorker:
                         self.redelivered.get(p, 0),
                         self.offset_gaps.get(p, 0),
                         self.fetched_again.get(p, 0),
+                        self.ticks.get(p, 0),
                     )
                     for p in self.partitions
                 },
@@ -680,6 +736,11 @@ class StreamWorker:
     def _waiting_on_kafka_s(self) -> float:
         since = self._waiting_since
         return 0.0 if since is None else round(time.monotonic() - since, 1)
+
+
+def _tick_failed(future: Any) -> None:
+    if future.exception() is not None:
+        log.warning("a tick was not written (another follows): %s", future.exception())
 
 
 def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:

@@ -172,6 +172,10 @@ _FAMILIES = (
      "Times a partition was read again from an offset a fetch skipped, events and decisions "
      "together, since the worker started (what came back is applied; what never does is "
      "counted in onramp_stream_offset_gaps_total)."),
+    ("onramp_stream_ticks_total", "counter",
+     "Ticks a partition of onramp.events took: the time, written by its worker while the "
+     "partition was quiet and a decision's window or a held-back event waited on its watermark "
+     "(stream.watermark_tick_s)."),
 )  # fmt: skip
 
 _OUTCOMES = (
@@ -211,3 +215,4 @@ def _partition_samples(fam: dict[str, list[str]], p: str, st: dict[str, Any]) ->
     add("onramp_stream_redelivered_records_total", st.get("redelivered", 0))
     add("onramp_stream_offset_gaps_total", st.get("offsetGaps", 0))
     add("onramp_stream_fetched_again_total", st.get("fetchedAgain", 0))
+    add("onramp_stream_ticks_total", st.get("ticks", 0))

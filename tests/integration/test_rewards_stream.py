@@ -96,3 +96,51 @@ def test_reward_join_is_exact_across_worker_kills(broker, ray_session, tmp_path)
     consumer.close()
     assert seen == expected
     assert copies >= len(expected)  # replays may write a reward again, identical
+
+
+def test_a_quiet_partition_times_out_its_decision_through_kafka(broker, ray_session, tmp_path):
+    """No event follows a decision on its partition: the worker writes a tick to the partition
+    through the broker, reads it back in offset order, and the decision is rewarded 0 when its
+    window ends (before, it waited for the partition's next event, however long)."""
+    from tests.unit.test_rewards import _decision, _event
+
+    settings = make_settings(
+        broker.bootstrap,
+        ONRAMP_KAFKA__TOPIC_PREFIX="rewards-quiet",
+        ONRAMP_KAFKA__PARTITIONS=str(PARTITIONS),
+        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="1",
+        ONRAMP_STREAM__ALLOWED_LATENESS_MS="1000",
+        ONRAMP_STREAM__CHECKPOINT_INTERVAL_S="0.2",
+    )
+    ensure_topics(broker.bootstrap, settings.kafka)
+    topics = settings.topics
+    now = int(time.time() * 1000)
+    producer = make_producer(broker.bootstrap, settings.kafka)
+    producer.send_all(
+        [
+            OutRecord(topics.events, _event("q1", "quiet", now, "Step Viewed", "role")[1],
+                      key=b"quiet"),
+            OutRecord(topics.decisions, _decision("dq", "quiet", now)[1], key=b"quiet"),
+        ]
+    ).result(timeout=30)  # fmt: skip
+    producer.close()
+    sup = StreamSupervisor(
+        settings, broker.bootstrap, workers=1, checkpoint_uri=str(tmp_path / "ckpt")
+    ).start()
+    consumer = make_consumer(broker.bootstrap, settings.kafka)
+    consumer.assign([(topics.rewards, p) for p in range(PARTITIONS)])
+    rewards: list[dict] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not rewards and time.monotonic() < deadline:
+            rewards += [json.loads(r.value) for r in consumer.poll(0.3, 100)]
+        status = sup.status()
+    finally:
+        consumer.close()
+        sup.stop()
+    assert [(r["decisionId"], r["reward"], r["outcome"]) for r in rewards] == [
+        ("dq", 0.0, "timeout")
+    ]
+    p = str(partition_for(b"quiet", PARTITIONS))
+    partition = next(w["partitions"][p] for w in status if p in w["partitions"])
+    assert partition["ticks"] >= 1 and partition["records"] == 1 and partition["applied"] == 1

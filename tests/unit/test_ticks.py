@@ -1,0 +1,194 @@
+"""Ticks (ray_app.state.tick): a quiet partition's watermark moves on, so a decision without an
+outcome is rewarded 0 when its window ends, not at the partition's next event; and ticks change
+no reward a stream of events alone would give."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_app.kafka.client import partition_for
+from ray_app.kafka.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
+from ray_app.state import SessionShard, StateConfig
+from ray_app.state.tick import TICK, tick_record
+from ray_app.stream import worker as worker_module
+from ray_app.stream.worker import StreamWorker
+from tests.conftest import make_settings
+from tests.unit.test_rewards import CONFIG, T0, _decision, _event, _final, _run, _scenario
+
+KEY = b"test-checkpoint-key-0123456789ab"
+
+
+def _tick(at: int) -> tuple[bytes, bytes]:
+    return b"onramp.tick/0/0", tick_record(at, 0)
+
+
+def test_a_tick_closes_a_window_only_once_it_is_due():
+    shard = SessionShard(0, CONFIG)
+    assert shard.due_ms() is None and shard.clock_ms() is None
+    shard.process([_event("e1", "u1", T0, "Step Viewed", "role")])
+    shard.process_decisions([_decision("d1", "u1", T0 + 1_000)], 1)
+    due = T0 + 1_000 + CONFIG.attribution_window_ms + CONFIG.allowed_lateness_ms + 1
+    assert shard.due_ms() == due
+    assert shard.clock_ms() == T0 + 1_000  # the decision's time is later than the event's
+    assert shard.process([_tick(due - 1)]).rewards == []  # not yet
+    r = shard.process([_tick(due)])
+    assert [(x.decision_id, x.reward, x.outcome) for x in r.rewards] == [("d1", 0.0, "timeout")]
+    assert shard.due_ms() is None
+    # the worker's clock, not the stream's records: counted apart, never applied
+    assert (shard.stats.records, shard.stats.ticks, shard.stats.applied) == (1, 2, 1)
+    assert shard.profile("u1")["counts"] == {"track": 1, "track:Step Viewed": 1}
+
+
+def test_a_tick_releases_events_held_for_a_missing_seq():
+    config = StateConfig(allowed_lateness_ms=60_000, reorder_wait_ms=2_000)
+    shard = SessionShard(0, config)
+
+    def ev(mid: str, seq: int, t: int) -> tuple[bytes, bytes]:
+        return b"u1", json.dumps(
+            {"messageId": mid, "type": "track", "event": "Clicked", "userKey": "u1",
+             "timestamp": _iso(T0 + t), "receivedAt": _iso(T0 + t), "sessionId": "s",
+             "seq": seq}
+        ).encode()  # fmt: skip
+
+    shard.process([ev("a", 0, 0), ev("c", 2, 100)])  # seq 1 never comes
+    assert shard.buffered == 1
+    assert shard.due_ms() == T0 + 100 + 2_000 + 1
+    shard.process([_tick(T0 + 2_100)])
+    assert shard.buffered == 1
+    r = shard.process([_tick(T0 + 2_101)])
+    assert shard.buffered == 0 and r.applied == 1
+
+
+def test_a_tick_behind_the_clock_changes_nothing_and_a_bad_one_is_rejected():
+    shard = SessionShard(0, CONFIG)
+    shard.process([_event("e1", "u1", T0 + 50_000, "Step Viewed", "role")])
+    before = (shard.max_ts, shard.watermark)
+    shard.process([_tick(T0)])
+    assert (shard.max_ts, shard.watermark) == before
+    r = shard.process([(b"k", json.dumps({"type": TICK}).encode())])
+    (_, _, _, err) = r.rejected[0]
+    assert (err.reason.value, err.field) == ("missing_field", "timestamp")
+    r = shard.process([(b"k", json.dumps({"type": TICK, "timestamp": "soon"}).encode())])
+    assert r.rejected[0][3].reason.value == "invalid_timestamp"
+    assert shard.stats.rejected == 2 and shard.stats.records == 3
+
+
+def _with_ticks(events: list, rng: random.Random) -> list:
+    """The scenario's events with ticks where a partition could go quiet: between two events,
+    at a time no later than the next one's (a tick is the time now, and events written after it
+    are not older than it but for their lateness), and the closing traffic replaced by ticks of
+    the same times."""
+    body = [e for e in events if b'"ticker"' not in e[1]]
+    closing = [json.loads(v)["timestamp"] for _, v in events if b'"ticker"' in v]
+    out: list = []
+    for e in body:
+        t = _ms(json.loads(e[1])["timestamp"])
+        if out and rng.random() < 0.3:
+            out.append(_tick(t - rng.randint(0, 3_000)))
+        out.append(e)
+    return out + [_tick(_ms(ts)) for ts in closing]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_ticks_where_a_partition_goes_quiet_keep_every_reward(seed):
+    """The property tests of the reward join (tests/unit/test_rewards.py), with ticks wherever
+    the partition could go quiet and closing it instead of more events: the same reward for
+    every decision, exactly once, also across crashes and restores from deltas."""
+    events, decisions, expected = _scenario()
+    rng = random.Random(seed)
+    ticked = _with_ticks(events, rng)
+    shard, rewards = _run(ticked, decisions, rng)
+    assert _final(rewards) == expected and len(rewards) == len(expected)
+    assert shard.rewards.stats()["pendingDecisions"] == 0
+    shard, rewards = _run(ticked, decisions, rng, crash_every=0.3)
+    assert _final(rewards) == expected
+    assert shard.rewards.stats()["rewards"] == len(expected)
+
+
+def _iso(ms: int) -> str:
+    from tests.unit.test_rewards import _iso as iso
+
+    return str(iso(ms))
+
+
+def _ms(iso: str) -> int:
+    from ray_app.state.event import parse_ms
+
+    return parse_ms(iso, "timestamp")
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def twin(monkeypatch):
+    broker = InMemoryBroker(partitions=2)
+    monkeypatch.setattr(worker_module, "make_consumer", lambda *a, **k: InMemoryConsumer(broker))
+    monkeypatch.setattr(worker_module, "make_producer", lambda *a, **k: InMemoryProducer(broker))
+    return broker
+
+
+def _quiet_partition_run(
+    twin, tmp_path, tick_s: str, wait_s: float, ago_ms: int = 0
+) -> tuple[StreamWorker, list[dict]]:
+    """A decision for a user whose partition then goes quiet, on a worker whose attribution
+    window and lateness are short: the rewards it writes within a few seconds."""
+    settings = make_settings(
+        ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
+        ONRAMP_KAFKA__PARTITIONS="2",
+        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="0.5",
+        ONRAMP_STREAM__ALLOWED_LATENESS_MS="500",
+        ONRAMP_STREAM__WATERMARK_TICK_S=tick_s,
+    )
+    t = settings.topics
+    user = "quiet-user"
+    p = partition_for(user.encode(), 2)
+    w = StreamWorker("w0", settings, "in-memory", [0, 1], str(tmp_path / "ckpt"), KEY)
+    now = int(time.time() * 1000) - ago_ms
+    producer = InMemoryProducer(twin)
+    producer.send_all(
+        [
+            worker_module.OutRecord(t.events, _event("e1", user, now, "Step Viewed", "role")[1],
+                                    key=user.encode()),
+            worker_module.OutRecord(t.decisions, _decision("d1", user, now)[1], key=user.encode()),
+        ]
+    ).result(5)  # fmt: skip
+    w.start()
+    rewards: list[dict] = []
+    deadline = time.monotonic() + wait_s
+    while not rewards and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rewards = [json.loads(r.value) for r in twin.topics.get(t.rewards, [[]] * 2)[p]]
+    w.stop()
+    return w, rewards
+
+
+def test_a_quiet_partition_gets_a_tick_and_its_decision_times_out(twin, tmp_path):
+    w, rewards = _quiet_partition_run(twin, tmp_path, "0.2", wait_s=10)
+    assert [(r["decisionId"], r["reward"], r["outcome"]) for r in rewards] == [
+        ("d1", 0.0, "timeout")
+    ]
+    assert sum(w.ticks.values()) >= 1
+    status = w.status()["partitions"]
+    assert sum(s["ticks"] for s in status.values()) >= 1
+    assert all(s["records"] == (1 if s["applied"] else 0) for s in status.values())
+
+
+def test_without_ticks_the_decision_waits_for_the_next_event(twin, tmp_path):
+    w, rewards = _quiet_partition_run(twin, tmp_path, "0", wait_s=2.5)  # a tick is due at ~1 s
+    assert rewards == [] and w.ticks == {}
+
+
+def test_a_partition_of_past_times_gets_no_tick(twin, tmp_path):
+    """Records of an hour ago (a backfill written straight to the topic): a tick by the time the
+    partition is quiet would make the backfill's next records late after any pause; only its own
+    records move its time."""
+    w, rewards = _quiet_partition_run(twin, tmp_path, "0.2", wait_s=2.5, ago_ms=3_600_000)
+    assert rewards == [] and w.ticks == {}
