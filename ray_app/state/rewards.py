@@ -271,9 +271,6 @@ class RewardJoin:
     decided_added: dict[str, int] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
     log_touched: set[str] = field(default_factory=set)
-    newest: int = field(default=-(2**62), compare=False, repr=False)
-    """The latest decision time offered (not state: it times ticks, :mod:`ray_app.state.tick`;
-    a restore takes it from the pending decisions)."""
 
     @property
     def _retention(self) -> int:
@@ -295,8 +292,6 @@ class RewardJoin:
         return decision_id in self.pending or decision_id in self.decided
 
     def _offer(self, d: PendingDecision, watermark: int) -> list[RewardRecord]:
-        if d.decided_at > self.newest:
-            self.newest = d.decided_at
         if self.knows(d.decision_id):
             self.repeated += 1
             return []
@@ -492,7 +487,6 @@ class RewardJoin:
                 if not ids:
                     self.by_user.pop(d.user_key, None)
         for did, d in added.items():
-            self.newest = max(self.newest, d.decided_at)
             self.pending[did] = d
             self.by_user.setdefault(d.user_key, []).append(did)
             heapq.heappush(self.closing, (d.decided_at + self.window_ms, did))
@@ -516,7 +510,7 @@ class RewardJoin:
     def __getstate__(self) -> dict[str, Any]:
         """The fields, less the three heaps (rebuilt from what they index on restore) and with
         each user's outcome log packed (see :func:`_pack_log`)."""
-        state = {k: v for k, v in self.__dict__.items() if k not in _HEAPS and k != "newest"}
+        state = {k: v for k, v in self.__dict__.items() if k not in _HEAPS}
         state["log"] = {u: _pack_log(entries) for u, entries in self.log.items()}
         # a snapshot is a fresh start for the deltas after it: what changed before is in it
         # (so pickling changes nothing, and may run beside the thread that applies records)
@@ -526,7 +520,6 @@ class RewardJoin:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.newest = max((d.decided_at for d in self.pending.values()), default=-(2**62))
         if "log_expiry" in state:  # snapshot version 6: the heaps and the log as they were
             return
         self.log = {u: _unpack_log(packed) for u, packed in state["log"].items()}

@@ -126,6 +126,8 @@ class BatchResult:
 class SessionShard(BatchChecks, Stitching):
     """The state of one partition: per-user profiles, dedupe, ordering, watermark."""
 
+    clock_wall_ms: int | None = None  # snapshots written before ticks have none
+
     def __init__(
         self, partition: int, config: StateConfig | None = None, checks: BatchCheck | None = None
     ) -> None:
@@ -166,6 +168,10 @@ class SessionShard(BatchChecks, Stitching):
         """Link and merge outcomes (:class:`~ray_app.state.identity.MergeOutcome`) -> count."""
         self._alias_expiry: list[tuple[int, str]] = []
         self._aliases_touched: set[str] = set()
+        self.clock_wall_ms: int | None = None
+        """The wall clock of the worker that took the record which last moved ``max_ts``, as it
+        read it then (set by the worker, :mod:`ray_app.state.tick`). It only times ticks: no
+        record is processed otherwise for it, so the state stays a function of the records."""
 
     # -- processing ------------------------------------------------------------------------
 
@@ -189,9 +195,6 @@ class SessionShard(BatchChecks, Stitching):
                 d = decode_record(value)
                 if d.get("type") == TICK:  # the time, from the worker (ray_app.state.tick)
                     at = decode_tick(d)
-                    # the worker's clock, not a record of the stream's: outside ``records``
-                    self.stats.records -= 1
-                    self.stats.ticks += 1
                     controls[len(decoded)] = Control(TICK, "", "", "", at, d)
                     decoded.append((index, key, cast(bytes, value), NO_EVENT))
                     continue
@@ -227,7 +230,13 @@ class SessionShard(BatchChecks, Stitching):
                 elif c.kind == identity.FORWARD:
                     self._take(event, index, key, value, out, traces is not None, origin, c)
                 elif c.kind == TICK:
-                    self._advance_to(c.ts, index, key, value, out, origin)
+                    if c.body.get("partition", self.partition) == self.partition:
+                        self._advance_to(c.ts, index, key, value, out, origin)
+                    # a tick is the worker's clock, not a record of the stream's: outside
+                    # ``records`` (one for another partition, with the topic's partitions not
+                    # the settings', is counted and moves nothing here)
+                    self.stats.records -= 1
+                    self.stats.ticks += 1
                 else:
                     self._link(c, out) if c.kind == identity.LINK else self._merge(c, out)
                     self.stats.control += 1
@@ -479,13 +488,6 @@ class SessionShard(BatchChecks, Stitching):
         out.users.add(event.user_key)
 
     # -- the time ------------------------------------------------------------------------
-
-    def clock_ms(self) -> int | None:
-        """The latest server time this partition's records have shown: its event time
-        (``max_ts``) or, if later, the time of the latest decision taken into the reward join
-        (a partition whose users asked for decisions before sending events). None: neither."""
-        clock = max(self.max_ts, self.rewards.newest)
-        return None if clock == _NO_WATERMARK else clock
 
     def due_ms(self) -> int | None:
         """The earliest event time whose record would release something waiting here: close a

@@ -15,20 +15,25 @@ of that time would move the watermark, and applies nothing. Because the tick is 
 replay from a checkpoint reads the same ticks at the same offsets: the state stays a function of
 the records, never of the clock of the worker that replays them.
 
-The time of a tick is the partition's clock when it went quiet (its latest event time, or a
-later decision's time) plus how long it has been quiet, measured by the worker
-(:func:`tick_time`): event time moves on at the rate of the wall clock, from where the records
-left it. So a partition written with past times (a backfill, a test) is not pulled to the present
-by its first pause, and a live partition's ticks follow the collector's clock. A partition whose
-time is behind the worker's clock by more than its allowed lateness (at least
-:data:`LIVE_MS`) gets no tick at all: its records are past times (a backfill written straight
-to the topic, a test's fixed dates), and only its own records move its time.
+The time of a tick is the partition's event time (``max_ts``) plus the time since that last
+moved, by the worker's clock (:func:`tick_time`): event time moves on at the rate of the wall
+clock, from where the records left it, and a skew between the worker's clock and the
+collector's cancels out. The worker notes its wall clock each time a record moves the
+partition's event time (``SessionShard.clock_wall_ms``, checkpointed with the state), so a
+restarted worker goes on from there. A partition whose event time was more than its allowed
+lateness (at least :data:`LIVE_MS`) behind the worker's clock when it last moved gets no tick:
+its records are past times (a backfill written straight to the topic, a test's fixed dates, a
+backlog still being caught up), and only its own records move its time. Decisions do not move
+event time, and their times do not time ticks (a replica's clock is not the partition's).
+
+A tick names its partition; a shard takes a tick for another partition (written with a
+partition count other than the topic's) without moving its time.
 
 >>> tick_record(1_767_225_600_000, 3)
 b'{"type":"onramp.tick","messageId":"tick:3:1767225600000","timestamp":"2026-01-01T00:00:00.000Z","partition":3}'
 >>> decode_tick({"type": TICK, "timestamp": "2026-01-01T00:00:00.000Z"})
 1767225600000
->>> tick_time(1_767_225_600_000, quiet_s=2.5)
+>>> tick_time(1_767_225_600_000, since_s=2.5)
 1767225602500
 """
 
@@ -45,14 +50,14 @@ from validation.reasons import ReasonCode
 __all__ = ["LIVE_MS", "TICK", "decode_tick", "tick_record", "tick_time"]
 
 TICK = "onramp.tick"
-#: A partition is live, and may get ticks, while its time is within this much (or its allowed
-#: lateness, if longer) of the worker's clock.
+#: A partition is live, and may get ticks, when its event time was within this much (or its
+#: allowed lateness, if longer) of the worker's clock as it last moved.
 LIVE_MS = 60_000
 
 
-def tick_time(clock_ms: int, quiet_s: float) -> int:
-    """The time of a tick: the partition's clock when it went quiet plus the quiet time."""
-    return clock_ms + int(quiet_s * 1000)
+def tick_time(event_ms: int, since_s: float) -> int:
+    """The time of a tick: the partition's event time plus the time since it last moved."""
+    return event_ms + int(since_s * 1000)
 
 
 def tick_record(at_ms: int, partition: int) -> bytes:

@@ -19,18 +19,19 @@ def partition_status(
     redelivered: int = 0,
     offset_gaps: int = 0,
     fetched_again: int = 0,
-    ticks: int = 0,
+    ticks_written: int = 0,
 ) -> dict[str, Any]:
     """One partition's entry of the worker's status (``lag``: None before it was measured;
     ``redelivered``, ``offset_gaps`` and ``fetched_again``: what the worker's client did, see
-    :meth:`~ray_app.stream.worker.StreamWorker._in_order`; ``ticks``: the ticks the worker
-    wrote to the partition, :meth:`~ray_app.stream.worker.StreamWorker._tick_quiet`)."""
+    :meth:`~ray_app.stream.worker.StreamWorker._in_order`; ``ticks_written``: the ticks this
+    worker wrote to the partition, :meth:`~ray_app.stream.worker.StreamWorker._tick_quiet`,
+    where ``ticks`` counts those the partition took, checkpointed)."""
     return {
         "nextOffset": next_offset,
         "redelivered": redelivered,
         "offsetGaps": offset_gaps,
         "fetchedAgain": fetched_again,
-        "ticksWritten": ticks,
+        "ticksWritten": ticks_written,
         "buffered": shard.buffered,
         "watermark": shard.watermark,
         "lag": lag,

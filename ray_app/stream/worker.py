@@ -206,6 +206,8 @@ class StreamWorker:
         self._heard = dict.fromkeys(self.partitions, started)
         """Partition -> when its last record (event, decision or tick) was taken."""
         self._ticked: dict[int, float] = {}
+        self._moved: dict[int, float] = {}
+        """Partition -> when (monotonic) this worker last saw its event time move."""
         self.ticks: dict[int, int] = {}
         """Ticks written per partition since this worker started (:meth:`_tick_quiet`)."""
         self._tick_keys: dict[int, bytes] = {}
@@ -305,7 +307,12 @@ class StreamWorker:
                     traces = traces if any(traces) else None
                     started_ns = now_ns()
                 with self._lock:
-                    result = self.shards[p].process([(r.key, r.value) for r in recs], traces)
+                    shard = self.shards[p]
+                    event_time = shard.max_ts
+                    result = shard.process([(r.key, r.value) for r in recs], traces)
+                    if shard.max_ts != event_time:  # when event time moved, for ticks
+                        shard.clock_wall_ms = int(time.time() * 1000)
+                        self._moved[p] = time.monotonic()
                     self.next_offset[p] = recs[-1].offset + 1
                     self._dirty.add(p)
                     self._since_checkpoint += len(recs)
@@ -339,10 +346,11 @@ class StreamWorker:
 
     def _tick_quiet(self) -> None:
         """Write a tick (:mod:`ray_app.state.tick`) to each partition that has taken no record
-        for ``stream.watermark_tick_s`` and has something due by the time it has been quiet
-        (:meth:`~ray_app.state.SessionShard.due_ms`), at most one a partition per that interval.
-        Not waited on: the tick changes the state only when it is read back in offset order, so
-        a lost one is only a later tick, and a replay reads what was written."""
+        for ``stream.watermark_tick_s``, whose event time is live, and where something is due
+        by the time a tick would carry (:meth:`~ray_app.state.SessionShard.due_ms`); at most one
+        a partition per that interval. Not waited on: the tick changes the state only when it
+        is read back in offset order, so a lost one is only a later tick, and a replay reads
+        what was written."""
         every = self.settings.stream.watermark_tick_s
         if not every:
             return
@@ -350,16 +358,18 @@ class StreamWorker:
         live_ms = max(self.settings.stream.allowed_lateness_ms, LIVE_MS)
         ticks = []
         for p in self.partitions:
-            quiet = now - self._heard[p]
-            if quiet < every or now - self._ticked.get(p, -every) < every:
+            if now - self._heard[p] < every or now - self._ticked.get(p, -every) < every:
                 continue
             shard = self.shards[p]  # only this thread changes it: read without the lock
-            due, clock = shard.due_ms(), shard.clock_ms()
-            if due is None or clock is None:
+            seen = shard.clock_wall_ms
+            due = shard.due_ms()
+            if due is None or seen is None or seen - shard.max_ts > live_ms:
+                continue  # nothing waits; no event time yet; or past times (a backfill)
+            moved = self._moved.get(p)  # this worker's own reading, immune to a clock step
+            since = now - moved if moved is not None else (wall_ms - seen) / 1000
+            at = tick_time(shard.max_ts, since)
+            if at < due:
                 continue
-            at = tick_time(clock, quiet)
-            if at < due or at < wall_ms - live_ms:
-                continue  # nothing due yet; or a partition of past times (a backfill): no tick
             end = self._consumer.highwater(self.topics.events, p)
             if end is not None and end > self.next_offset[p]:
                 continue  # records on their way: they move the watermark themselves

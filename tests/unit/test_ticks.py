@@ -30,12 +30,11 @@ def _tick(at: int) -> tuple[bytes, bytes]:
 
 def test_a_tick_closes_a_window_only_once_it_is_due():
     shard = SessionShard(0, CONFIG)
-    assert shard.due_ms() is None and shard.clock_ms() is None
+    assert shard.due_ms() is None
     shard.process([_event("e1", "u1", T0, "Step Viewed", "role")])
     shard.process_decisions([_decision("d1", "u1", T0 + 1_000)], 1)
     due = T0 + 1_000 + CONFIG.attribution_window_ms + CONFIG.allowed_lateness_ms + 1
     assert shard.due_ms() == due
-    assert shard.clock_ms() == T0 + 1_000  # the decision's time is later than the event's
     assert shard.process([_tick(due - 1)]).rewards == []  # not yet
     r = shard.process([_tick(due)])
     assert [(x.decision_id, x.reward, x.outcome) for x in r.rewards] == [("d1", 0.0, "timeout")]
@@ -63,6 +62,17 @@ def test_a_tick_releases_events_held_for_a_missing_seq():
     assert shard.buffered == 1
     r = shard.process([_tick(T0 + 2_101)])
     assert shard.buffered == 0 and r.applied == 1
+
+
+def test_a_tick_for_another_partition_moves_nothing():
+    """A tick written with a partition count other than the topic's lands on another partition:
+    counted there, and that partition's time does not move by it."""
+    shard = SessionShard(1, CONFIG)
+    shard.process([_event("e1", "u1", T0, "Step Viewed", "role")])
+    shard.process_decisions([_decision("d1", "u1", T0)], 1)
+    r = shard.process([(b"k", tick_record(T0 + 3_600_000, 0))])
+    assert r.rewards == [] and shard.max_ts == T0 and shard.stats.ticks == 1
+    assert shard.process([(b"k", tick_record(T0 + 3_600_000, 1))]).rewards != []
 
 
 def test_a_tick_behind_the_clock_changes_nothing_and_a_bad_one_is_rejected():
@@ -136,10 +146,11 @@ def twin(monkeypatch):
 
 
 def _quiet_partition_run(
-    twin, tmp_path, tick_s: str, wait_s: float, ago_ms: int = 0
+    twin, tmp_path, tick_s: str, wait_s: float, ago_ms: int = 0, restart: bool = False
 ) -> tuple[StreamWorker, list[dict]]:
-    """A decision for a user whose partition then goes quiet, on a worker whose attribution
-    window and lateness are short: the rewards it writes within a few seconds."""
+    """A decision for a user whose partition then goes quiet (its one event ``ago_ms`` before
+    the decision), on a worker whose attribution window and lateness are short: the rewards it
+    writes within ``wait_s``. ``restart``: send nothing, start from the checkpoint there is."""
     settings = make_settings(
         ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
         ONRAMP_KAFKA__PARTITIONS="2",
@@ -151,15 +162,18 @@ def _quiet_partition_run(
     user = "quiet-user"
     p = partition_for(user.encode(), 2)
     w = StreamWorker("w0", settings, "in-memory", [0, 1], str(tmp_path / "ckpt"), KEY)
-    now = int(time.time() * 1000) - ago_ms
+    now = int(time.time() * 1000)
     producer = InMemoryProducer(twin)
-    producer.send_all(
-        [
-            worker_module.OutRecord(t.events, _event("e1", user, now, "Step Viewed", "role")[1],
-                                    key=user.encode()),
-            worker_module.OutRecord(t.decisions, _decision("d1", user, now)[1], key=user.encode()),
-        ]
-    ).result(5)  # fmt: skip
+    if not restart:
+        producer.send_all(
+            [
+                worker_module.OutRecord(
+                    t.events, _event("e1", user, now - ago_ms, "Step Viewed", "role")[1],
+                    key=user.encode()),
+                worker_module.OutRecord(
+                    t.decisions, _decision("d1", user, now)[1], key=user.encode()),
+            ]
+        ).result(5)  # fmt: skip
     w.start()
     rewards: list[dict] = []
     deadline = time.monotonic() + wait_s
@@ -168,6 +182,21 @@ def _quiet_partition_run(
         rewards = [json.loads(r.value) for r in twin.topics.get(t.rewards, [[]] * 2)[p]]
     w.stop()
     return w, rewards
+
+
+def test_a_restarted_worker_ticks_from_where_the_last_one_saw_event_time(
+    twin, tmp_path, monkeypatch
+):
+    """The wall clock at which event time last moved is checkpointed with the state: a worker
+    started on a partition quiet for two minutes (a deploy, a crash) ticks it on, and its
+    decision times out (timed from its own start, it took the partition for a backfill)."""
+    real = time.time
+    with monkeypatch.context() as m:  # the first worker ran two minutes ago
+        m.setattr(time, "time", lambda: real() - 120)
+        w, rewards = _quiet_partition_run(twin, tmp_path, "0", wait_s=0.5)
+    assert rewards == [] and w.checkpoints >= 1
+    w, rewards = _quiet_partition_run(twin, tmp_path, "0.2", wait_s=10, restart=True)
+    assert [(r["decisionId"], r["outcome"]) for r in rewards] == [("d1", "timeout")]
 
 
 def test_a_quiet_partition_gets_a_tick_and_its_decision_times_out(twin, tmp_path):
@@ -187,8 +216,8 @@ def test_without_ticks_the_decision_waits_for_the_next_event(twin, tmp_path):
 
 
 def test_a_partition_of_past_times_gets_no_tick(twin, tmp_path):
-    """Records of an hour ago (a backfill written straight to the topic): a tick by the time the
-    partition is quiet would make the backfill's next records late after any pause; only its own
-    records move its time."""
+    """Events of an hour ago (a backfill written straight to the topic) and a live decision: a
+    tick of the present would make the backfill's next records late after any pause; only its
+    own records move its time, and the decision's time is not the partition's."""
     w, rewards = _quiet_partition_run(twin, tmp_path, "0.2", wait_s=2.5, ago_ms=3_600_000)
     assert rewards == [] and w.ticks == {}
