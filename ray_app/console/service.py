@@ -180,7 +180,7 @@ class ConsoleAggregator:
 
         texts = self._call(HUB_NAME, "texts")
         text = merge_expositions(texts).decode() if texts else ""
-        stream = self._call(SUPERVISOR_NAME, "status")
+        stream = self._call(SUPERVISOR_NAME, "metrics_status")
         if stream:
             text += stream_metrics_text(stream)
         if learner:

@@ -128,12 +128,13 @@ class ProfileReader:
         return routes
 
     async def stream_status(self) -> list[dict[str, Any]]:
-        """The supervisor's ``status()``: per worker, per partition counters, lag, freshness."""
+        """The supervisor's ``metrics_status()``: per worker, per partition counters (never
+        below what an earlier call reported), lag, freshness."""
         import ray
 
         try:
             sup = ray.get_actor(SUPERVISOR_NAME, namespace=self.namespace)
-            result: list[dict[str, Any]] = await sup.status.remote()
+            result: list[dict[str, Any]] = await sup.metrics_status.remote()
         except (ValueError, ray.exceptions.RayActorError) as exc:
             raise StreamUnavailable(f"stream workers are not running: {exc}") from None
         return result

@@ -111,6 +111,9 @@ class StreamSupervisor:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._floors: dict[tuple[str, str, str], int] = {}
+        """(partition, counter, label) -> the highest value :meth:`metrics_status` reported."""
+        self._floors_lock = threading.Lock()
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -379,6 +382,22 @@ class StreamSupervisor:
             {**self.runtime.call(w, "status", timeout=30), "topicProblem": problem} for w in workers
         ]
 
+    def metrics_status(self) -> list[dict[str, Any]]:
+        """:meth:`status` for ``/metrics``: each partition's checkpointed counters
+        (:data:`CHECKPOINTED_COUNTERS`) never below what an earlier call reported. A worker
+        restored from its checkpoint after a crash counts again the records it replays (the
+        counters live in the state, restored to their value at the checkpoint), and a counter
+        that goes down reads in Prometheus as a reset: ``rate()`` counted its whole value again,
+        a spike of every record since the partition began in every graph, at every restart.
+        :meth:`status` and :meth:`totals` keep the state's own values (what ``wait_for`` and the
+        exactness checks compare)."""
+        out = self.status()
+        with self._floors_lock:
+            for worker in out:
+                for p, st in worker["partitions"].items():
+                    _floor(self._floors, p, st)
+        return out
+
     def ping(self) -> str | None:
         """None while the supervisor can keep its workers up (its monitor thread runs), else
         why not. Answers at once, a restart or rescale in progress or not: a health check on
@@ -483,3 +502,45 @@ def start_supervisor_actor(
     actor, launched = launch_supervisor_actor(settings, bootstrap, checkpoint_uri)
     ray.get(launched, timeout=LAUNCH_TIMEOUT_S)
     return actor
+
+
+#: Counters of a partition's status that live in its checkpointed state (the rest are gauges,
+#: or count since the worker started and start again from 0, a reset Prometheus reads right).
+CHECKPOINTED_COUNTERS = (
+    "records", "applied", "duplicates", "late", "rejected", "forwarded", "control", "relayed",
+    "ticks", "profilesEvicted", "rewards", "positiveRewards", "abandonedRewards",
+    "repeatedDecisions",
+)  # fmt: skip
+#: ...and those counted by a label (reason, cap, outcome).
+CHECKPOINTED_COUNTS = ("rejectedByReason", "decisionsRejectedByReason", "profileCaps", "identity")
+
+
+def _floor(floors: dict[tuple[str, str, str], int], p: str, st: dict[str, Any]) -> None:
+    """Raise each checkpointed counter of partition ``p``'s status ``st`` to the highest value
+    reported before, and remember the new highs.
+
+    >>> floors = {}
+    >>> _floor(floors, "0", {"applied": 10, "identity": {"merged": 2}})
+    >>> st = {"applied": 7, "identity": {"merged": 1}}  # restored from a checkpoint
+    >>> _floor(floors, "0", st)
+    >>> st
+    {'applied': 10, 'identity': {'merged': 2}}
+    """
+
+    def high(counter: str, label: str, value: Any) -> Any:
+        if not isinstance(value, int):
+            return value
+        key = (p, counter, label)
+        best = floors.get(key, value)
+        if value >= best:
+            floors[key] = value
+            return value
+        return best
+
+    for counter in CHECKPOINTED_COUNTERS:
+        if counter in st:
+            st[counter] = high(counter, "", st[counter])
+    for counter in CHECKPOINTED_COUNTS:
+        counts = st.get(counter)
+        if isinstance(counts, dict):
+            st[counter] = {label: high(counter, label, n) for label, n in counts.items()}
