@@ -47,7 +47,15 @@ class InMemoryBroker:
             p = partition_for(record.key, self.partitions) if record.key else 0
             offset = len(parts[p])
             parts[p].append(
-                Record(record.topic, p, offset, record.key, record.value, 0, record.headers)
+                Record(
+                    record.topic,
+                    p,
+                    offset,
+                    record.key,
+                    record.value,
+                    int(time.time() * 1000),
+                    record.headers,
+                )  # CreateTime, as a producer sets it
             )
         return Delivered(record.topic, p, offset)
 

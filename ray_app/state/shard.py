@@ -126,7 +126,7 @@ class BatchResult:
 class SessionShard(BatchChecks, Stitching):
     """The state of one partition: per-user profiles, dedupe, ordering, watermark."""
 
-    clock_wall_ms: int | None = None  # snapshots written before ticks have none
+    clock_kafka_ms: int | None = None  # snapshots written before ticks have none
 
     def __init__(
         self, partition: int, config: StateConfig | None = None, checks: BatchCheck | None = None
@@ -168,10 +168,10 @@ class SessionShard(BatchChecks, Stitching):
         """Link and merge outcomes (:class:`~ray_app.state.identity.MergeOutcome`) -> count."""
         self._alias_expiry: list[tuple[int, str]] = []
         self._aliases_touched: set[str] = set()
-        self.clock_wall_ms: int | None = None
-        """The wall clock of the worker that took the record which last moved ``max_ts``, as it
-        read it then (set by the worker, :mod:`ray_app.state.tick`). It only times ticks: no
-        record is processed otherwise for it, so the state stays a function of the records."""
+        self.clock_kafka_ms: int | None = None
+        """The Kafka timestamp (its producer's clock as it wrote it) of the record that last
+        moved ``max_ts``, as the worker found it (:mod:`ray_app.state.tick`). It only times
+        ticks: no record is processed otherwise for it."""
 
     # -- processing ------------------------------------------------------------------------
 

@@ -15,16 +15,19 @@ of that time would move the watermark, and applies nothing. Because the tick is 
 replay from a checkpoint reads the same ticks at the same offsets: the state stays a function of
 the records, never of the clock of the worker that replays them.
 
-The time of a tick is the partition's event time (``max_ts``) plus the time since that last
-moved, by the worker's clock (:func:`tick_time`): event time moves on at the rate of the wall
-clock, from where the records left it, and a skew between the worker's clock and the
-collector's cancels out. The worker notes its wall clock each time a record moves the
-partition's event time (``SessionShard.clock_wall_ms``, checkpointed with the state), so a
-restarted worker goes on from there. A partition whose event time was more than its allowed
-lateness (at least :data:`LIVE_MS`) behind the worker's clock when it last moved gets no tick:
-its records are past times (a backfill written straight to the topic, a test's fixed dates, a
-backlog still being caught up), and only its own records move its time. Decisions do not move
-event time, and their times do not time ticks (a replica's clock is not the partition's).
+The time of a tick is the partition's event time (``max_ts``) plus the time since the record
+that moved it was written: its Kafka timestamp (``SessionShard.clock_kafka_ms``, kept with the
+state), against the worker's clock now (:func:`tick_time`). Event time moves on at the rate of
+the wall clock, from where the records left it; a tick's own timestamp is the time it was
+written, so a chain of ticks does not fall behind, and a restarted worker, or one that
+caught up with a backlog, goes on from the records' own times. A partition whose event time was
+more than its allowed lateness (at least :data:`LIVE_MS`) behind the timestamp of the record
+that last moved it gets no tick: its records are past times written now (a backfill straight to
+the topic, a test's fixed dates), and only its own records move its time. Decisions do not move
+event time and do not time ticks (a replica's clock is not the partition's); a partition that
+has taken decisions only, or was restored from a checkpoint written before ticks, gets its
+first tick after its next event. The clocks of the producers (the collector's hosts) and of the
+workers must agree within the allowed lateness, as they must for ``receivedAt``.
 
 A tick names its partition; a shard takes a tick for another partition (written with a
 partition count other than the topic's) without moving its time.
@@ -33,7 +36,7 @@ partition count other than the topic's) without moving its time.
 b'{"type":"onramp.tick","messageId":"tick:3:1767225600000","timestamp":"2026-01-01T00:00:00.000Z","partition":3}'
 >>> decode_tick({"type": TICK, "timestamp": "2026-01-01T00:00:00.000Z"})
 1767225600000
->>> tick_time(1_767_225_600_000, since_s=2.5)
+>>> tick_time(1_767_225_600_000, written_ms=1_767_225_600_040, now_ms=1_767_225_602_540)
 1767225602500
 """
 
@@ -51,13 +54,14 @@ __all__ = ["LIVE_MS", "TICK", "decode_tick", "tick_record", "tick_time"]
 
 TICK = "onramp.tick"
 #: A partition is live, and may get ticks, when its event time was within this much (or its
-#: allowed lateness, if longer) of the worker's clock as it last moved.
+#: allowed lateness, if longer) of the timestamp of the record that last moved it.
 LIVE_MS = 60_000
 
 
-def tick_time(event_ms: int, since_s: float) -> int:
-    """The time of a tick: the partition's event time plus the time since it last moved."""
-    return event_ms + int(since_s * 1000)
+def tick_time(event_ms: int, written_ms: int, now_ms: int) -> int:
+    """The time of a tick: the partition's event time plus the time since the record that moved
+    it was written."""
+    return event_ms + (now_ms - written_ms)
 
 
 def tick_record(at_ms: int, partition: int) -> bytes:

@@ -202,12 +202,9 @@ class StreamWorker:
         self.tracing = make_tracing(settings.telemetry, "stream")
         self.traced = 0
         self._profile_server: ProfileServer | None = None
-        started = time.monotonic()
-        self._heard = dict.fromkeys(self.partitions, started)
-        """Partition -> when its last record (event, decision or tick) was taken."""
+        self._moved = dict.fromkeys(self.partitions, time.monotonic())
+        """Partition -> when (monotonic) this worker last saw its event time move (or started)."""
         self._ticked: dict[int, float] = {}
-        self._moved: dict[int, float] = {}
-        """Partition -> when (monotonic) this worker last saw its event time move."""
         self.ticks: dict[int, int] = {}
         """Ticks written per partition since this worker started (:meth:`_tick_quiet`)."""
         self._tick_keys: dict[int, bytes] = {}
@@ -269,9 +266,6 @@ class StreamWorker:
                 decisions.setdefault(r.partition, []).append(r)
             else:
                 by_partition.setdefault(r.partition, []).append(r)
-        heard = time.monotonic()
-        for p in by_partition.keys() | decisions.keys():
-            self._heard[p] = heard
         by_partition = {
             p: self._in_order(p, recs, self.next_offset[p], "events")
             for p, recs in by_partition.items()
@@ -311,7 +305,8 @@ class StreamWorker:
                     event_time = shard.max_ts
                     result = shard.process([(r.key, r.value) for r in recs], traces)
                     if shard.max_ts != event_time:  # when event time moved, for ticks
-                        shard.clock_wall_ms = int(time.time() * 1000)
+                        written = recs[-1].timestamp_ms
+                        shard.clock_kafka_ms = written if written > 0 else int(time.time() * 1000)
                         self._moved[p] = time.monotonic()
                     self.next_offset[p] = recs[-1].offset + 1
                     self._dirty.add(p)
@@ -345,34 +340,27 @@ class StreamWorker:
         self._owed = []
 
     def _tick_quiet(self) -> None:
-        """Write a tick (:mod:`ray_app.state.tick`) to each partition that has taken no record
-        for ``stream.watermark_tick_s``, whose event time is live, and where something is due
-        by the time a tick would carry (:meth:`~ray_app.state.SessionShard.due_ms`); at most one
-        a partition per that interval. Not waited on: the tick changes the state only when it
-        is read back in offset order, so a lost one is only a later tick, and a replay reads
-        what was written."""
+        """Write a tick (:mod:`ray_app.state.tick`) to each partition whose event time has not
+        moved for ``stream.watermark_tick_s``, is live, and has something due by the time a tick
+        would carry (:meth:`~ray_app.state.SessionShard.due_ms`); at most one a partition per
+        that interval. Not waited on: the tick changes the state only when it is read back in
+        offset order, so a lost one is only a later tick, and a replay reads what was written."""
         every = self.settings.stream.watermark_tick_s
         if not every:
             return
-        now, wall_ms = time.monotonic(), time.time() * 1000
+        now, wall_ms = time.monotonic(), int(time.time() * 1000)
         live_ms = max(self.settings.stream.allowed_lateness_ms, LIVE_MS)
         ticks = []
         for p in self.partitions:
-            if now - self._heard[p] < every or now - self._ticked.get(p, -every) < every:
+            if now - self._moved[p] < every or now - self._ticked.get(p, -every) < every:
                 continue
             shard = self.shards[p]  # only this thread changes it: read without the lock
-            seen = shard.clock_wall_ms
-            due = shard.due_ms()
-            if due is None or seen is None or seen - shard.max_ts > live_ms:
+            written, due = shard.clock_kafka_ms, shard.due_ms()
+            if due is None or written is None or written - shard.max_ts > live_ms:
                 continue  # nothing waits; no event time yet; or past times (a backfill)
-            moved = self._moved.get(p)  # this worker's own reading, immune to a clock step
-            since = now - moved if moved is not None else (wall_ms - seen) / 1000
-            at = tick_time(shard.max_ts, since)
-            if at < due:
+            at = tick_time(shard.max_ts, written, wall_ms)
+            if at < due or at <= shard.max_ts:
                 continue
-            end = self._consumer.highwater(self.topics.events, p)
-            if end is not None and end > self.next_offset[p]:
-                continue  # records on their way: they move the watermark themselves
             key = self._tick_keys.get(p)
             if key is None:
                 key = key_for_partition(TICK, p, self.settings.kafka.partitions)

@@ -205,6 +205,11 @@ def test_a_quiet_partition_gets_a_tick_and_its_decision_times_out(twin, tmp_path
         ("d1", 0.0, "timeout")
     ]
     assert sum(w.ticks.values()) >= 1
+    # a tick's own timestamp is when it was written: how far event time is behind the time
+    # records are written stays as the last event left it (a chain of ticks does not fall
+    # behind by each one's trip through Kafka, nor end up taken for a backfill)
+    shard = next(sh for sh in w.shards.values() if sh.stats.ticks)
+    assert abs((shard.clock_kafka_ms - shard.max_ts) - 0) < 100
     status = w.status()["partitions"]
     assert sum(s["ticks"] for s in status.values()) >= 1
     assert all(s["records"] == (1 if s["applied"] else 0) for s in status.values())
@@ -221,3 +226,51 @@ def test_a_partition_of_past_times_gets_no_tick(twin, tmp_path):
     own records move its time, and the decision's time is not the partition's."""
     w, rewards = _quiet_partition_run(twin, tmp_path, "0.2", wait_s=2.5, ago_ms=3_600_000)
     assert rewards == [] and w.ticks == {}
+
+
+def test_decisions_arriving_do_not_hold_ticks_back(twin, tmp_path):
+    """A client asking for decisions every fraction of a second on a partition whose events
+    stopped: decisions do not move event time, so they must not keep the partition from its
+    ticks either."""
+    import threading
+
+    settings = make_settings(
+        ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
+        ONRAMP_KAFKA__PARTITIONS="2",
+        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="0.5",
+        ONRAMP_STREAM__ALLOWED_LATENESS_MS="500",
+        ONRAMP_STREAM__WATERMARK_TICK_S="0.3",
+    )
+    t, user = settings.topics, "busy-user"
+    p = partition_for(user.encode(), 2)
+    producer = InMemoryProducer(twin)
+    now = int(time.time() * 1000)
+    producer.send_all(
+        [worker_module.OutRecord(t.events, _event("e1", user, now, "Step Viewed", "role")[1],
+                                 key=user.encode())]
+    ).result(5)  # fmt: skip
+    stop = threading.Event()
+
+    def ask() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            value = _decision(f"d{n}", user, int(time.time() * 1000))[1]
+            producer.send_all([worker_module.OutRecord(t.decisions, value, key=user.encode())])
+            time.sleep(0.1)
+
+    asking = threading.Thread(target=ask)
+    w = StreamWorker("w0", settings, "in-memory", [0, 1], str(tmp_path / "ckpt"), KEY)
+    asking.start()
+    w.start()
+    try:
+        rewards: list[dict] = []
+        deadline = time.monotonic() + 10
+        while not rewards and time.monotonic() < deadline:
+            time.sleep(0.05)
+            rewards = [json.loads(r.value) for r in twin.topics.get(t.rewards, [[]] * 2)[p]]
+    finally:
+        stop.set()
+        asking.join()
+        w.stop()
+    assert rewards and rewards[0]["decisionId"] == "d1" and rewards[0]["outcome"] == "timeout"
