@@ -18,7 +18,7 @@ train on or the features were logged under another feature schema.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from ray_app.errors import FieldError
 from ray_app.kafka.archive import JSONL_SUFFIXES
 from ray_app.records import RewardRecord, RewardRecordError
 from ray_app.storage import Storage, join_uri
+from ray_app.timefmt import record_ms
 
 if TYPE_CHECKING:
     from ray_app.catalog import Catalog
@@ -146,6 +147,32 @@ def reward_files(uri: str, rewards_topic: str = "onramp.rewards") -> list[str]:
     )
 
 
+def pending_horizon(
+    decisions: Iterable[tuple[str, int]], rewarded: Container[str], censor_ms: int
+) -> int | None:
+    """Where a log's rewards stop being complete, or None where they are: the time
+    ``censor_ms`` before the newest decision, if a decision after it has no reward yet.
+
+    A decision without an outcome is rewarded 0 only once its attribution window and the allowed
+    lateness have passed, so an archive's last stretch holds its decisions' quick outcomes and
+    not yet their timeouts: its rewards, counted, rate every policy too high. A log whose every
+    decision there has its reward (a simulated one, or one written after the traffic stopped)
+    is complete.
+
+    >>> pending_horizon([("a", 0), ("b", 900), ("c", 1000)], {"a", "c"}, 500)
+    500
+    >>> pending_horizon([("a", 0), ("b", 900), ("c", 1000)], {"a", "b", "c"}, 500) is None
+    True
+    """
+    decisions = list(decisions)
+    if censor_ms <= 0 or not decisions:
+        return None
+    horizon = max(t for _, t in decisions) - censor_ms
+    if any(t > horizon and did not in rewarded for did, t in decisions):
+        return horizon
+    return None
+
+
 def candidates_problem(candidates: Any, ids: Sequence[str], action: str) -> str | None:
     """Why a record's ``candidates`` cannot be what its decision could show (an action the
     slot does not have, or the served ``action`` not among them), or None. A record without
@@ -161,10 +188,18 @@ def candidates_problem(candidates: Any, ids: Sequence[str], action: str) -> str 
 
 
 def reward_data(
-    rows: Iterable[Any], schema: FeatureSchema, catalog: Catalog, uri: str = ""
+    rows: Iterable[Any],
+    schema: FeatureSchema,
+    catalog: Catalog,
+    uri: str = "",
+    censor_ms: int = 0,
+    decisions: Sequence[tuple[str, int]] = (),
 ) -> RewardData:
     """Validate reward-record dicts and turn them into :class:`RewardData` (see the module
-    docstring for the errors).
+    docstring for the errors). ``decisions`` ((decision id, time) of the archive's decision
+    records): where one made within ``censor_ms`` of the newest has no reward yet, the rewards
+    of that stretch are left out (``recent``, :func:`pending_horizon`); the held-out set, the
+    latest by decision time, would otherwise rate every model too high.
 
     >>> from ray_app.catalog import load_catalog
     >>> from ray_app.features import FeatureSchema
@@ -183,6 +218,9 @@ def reward_data(
     """
     slots = list(catalog.slots.values())
     slot_index = {sl.name: i for i, sl in enumerate(slots)}
+    # a record without an actionIndex (onramp.reward/1) is resolved from its action, as
+    # `onramp evaluate` resolves it
+    slot_actions = {sl.name: [a.id for a in sl.actions] for sl in slots}
     width = max(sl.size for sl in slots)
     xs: list[list[float]] = []
     meta: list[tuple[int, int, int, float, float, int]] = []
@@ -191,6 +229,7 @@ def reward_data(
     dims: dict[int, int] = {}
     seen: set[str] = set()
     explored: list[bool] = []
+    ids: list[str] = []
 
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
@@ -198,7 +237,7 @@ def reward_data(
     for row in rows:
         try:
             data = {k: v for k, v in row.items() if k != "_kafka"} if isinstance(row, dict) else row
-            r = RewardRecord.from_json(data)
+            r = RewardRecord.from_json(data, slot_actions)
         except RewardRecordError as exc:
             skip(f"invalid:{exc.field}")
             continue
@@ -230,6 +269,7 @@ def reward_data(
         masks.append(m)
         xs.append(r.features)
         meta.append((s, r.action_index, r.decided_at_ms, r.reward, r.propensity, len(xs) - 1))
+        ids.append(r.decision_id)
         explored.append(r.arm != CONTROL)
     if dims and not xs:
         got = ", ".join(f"{n} ({k} records)" for n, k in sorted(dims.items()))
@@ -241,10 +281,18 @@ def reward_data(
         )
     if dims:
         skipped["feature_schema"] = sum(dims.values())
+    horizon = pending_horizon(decisions, seen, censor_ms)
+    if horizon is not None and meta:
+        keep = [i for i, m in enumerate(meta) if m[2] <= horizon]
+        if len(keep) != len(meta):
+            skipped["recent"] = len(meta) - len(keep)
+            xs, masks, ids = [xs[i] for i in keep], [masks[i] for i in keep], [ids[i] for i in keep]
+            explored = [explored[i] for i in keep]
+            meta = [(*meta[i][:5], n) for n, i in enumerate(keep)]
     if not xs:
         why = f" (skipped: {skipped})" if skipped else ""
         raise TrainingDataError("data", f"{uri or 'the data'}: no reward records to train on{why}")
-    return _packed(xs, masks, meta, uri, skipped, explored)
+    return _packed(xs, masks, meta, uri, skipped, explored, ids)
 
 
 def _packed(
@@ -254,12 +302,17 @@ def _packed(
     uri: str,
     skipped: dict[str, int],
     explored: list[bool],
+    ids: list[str],
 ) -> RewardData:
-    """The validated rows as arrays, in decision-time order (ties: in the order read)."""
-    order = sorted(range(len(meta)), key=lambda i: (meta[i][2], i))
+    """The validated rows as arrays, in decision-time order (ties, a batch of decisions made at
+    once, by decision id: Ray Data reads the files of an archive in no fixed order, so the
+    order read gave the same archive other splits and other models from one seed)."""
+    order = sorted(range(len(meta)), key=lambda i: (meta[i][2], ids[i]))
     x = np.asarray(xs, dtype=np.float32)[order]
     m = np.stack(masks)[order]
     arr = np.asarray([meta[i][:5] for i in order], dtype=np.float64)
+    # times as integers: through float64 one near the int64 limit came back negative
+    decided = np.asarray([meta[i][2] for i in order], dtype=np.int64)
     return RewardData(
         x=np.ascontiguousarray(x),
         slot=arr[:, 0].astype(np.int64),
@@ -267,7 +320,7 @@ def _packed(
         reward=arr[:, 3].astype(np.float32),
         propensity=arr[:, 4].astype(np.float32),
         mask=m,
-        decided_at_ms=arr[:, 2].astype(np.int64),
+        decided_at_ms=decided,
         uri=uri,
         skipped=skipped,
         explored=np.asarray(explored, dtype=np.bool_)[order],
@@ -275,7 +328,12 @@ def _packed(
 
 
 def load_rewards(
-    uri: str, schema: FeatureSchema, catalog: Catalog, rewards_topic: str = "onramp.rewards"
+    uri: str,
+    schema: FeatureSchema,
+    catalog: Catalog,
+    rewards_topic: str = "onramp.rewards",
+    censor_ms: int = 0,
+    decisions_topic: str = "onramp.decisions",
 ) -> RewardData:
     """Read the reward records under ``uri`` with Ray Data and validate them
     (:func:`reward_data`). Needs a running Ray (``ray.init``).
@@ -292,7 +350,39 @@ def load_rewards(
     rows: list[Any] = []
     for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
         rows.extend(_json_or_none(line) for line in batch["text"])
-    return reward_data(rows, schema, catalog, uri)
+    decisions = _decision_times(uri, decisions_topic) if censor_ms > 0 else []
+    return reward_data(rows, schema, catalog, uri, censor_ms, decisions)
+
+
+def _decision_times(uri: str, decisions_topic: str) -> list[tuple[str, int]]:
+    """(decision id, time) of the decision records archived beside the rewards (under
+    ``decisions_topic/``), [] where there are none: what tells a complete log from one whose
+    last decisions wait for their timeouts (:func:`pending_horizon`)."""
+    import ray.data
+
+    store = Storage(uri, field="data")
+    if store.is_file():
+        return []
+    files = [f for f in store.files(decisions_topic) if f.endswith(JSONL_SUFFIXES)]
+    if not files:
+        return []
+    if store.local is None and "://" in uri:
+        paths = [join_uri(uri, f"{decisions_topic}/{f}") for f in files]
+    else:
+        paths = [f"{store.path(decisions_topic)}/{f}" for f in files]
+    out: list[tuple[str, int]] = []
+    for batch in ray.data.read_text(paths, num_cpus=0.25).iter_batches(
+        batch_size=4096, batch_format="numpy"
+    ):
+        for line in batch["text"]:
+            d = _json_or_none(line)
+            if not isinstance(d, dict) or d.get("forwardedFrom") is not None:
+                continue  # a copy forwarded to a merged id's survivor is not another decision
+            try:
+                out.append((str(d["decisionId"]), record_ms(d.get("timestamp"))))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out
 
 
 def _json_or_none(line: str) -> Any:

@@ -41,6 +41,7 @@ from ray_app.cli.common import (
     count,
     guarded,
     plot_path,
+    seconds_or_zero,
     seed,
     setup_logging,
 )
@@ -48,8 +49,14 @@ from ray_app.cli.output import dumps, working
 from ray_app.config import Settings, load_settings
 from ray_app.errors import FieldError
 from ray_app.experiments import Experiment
-from ray_app.records import DECISION_SCHEMAS, REWARD_SCHEMA, REWARD_SCHEMAS, RewardRecord
-from training.data import candidates_problem
+from ray_app.records import (
+    DECISION_SCHEMAS,
+    REWARD_SCHEMA,
+    REWARD_SCHEMAS,
+    RecordError,
+    RewardRecord,
+)
+from training.data import candidates_problem, pending_horizon
 from training.ope import BanditLog, Estimate, evaluate
 
 __all__ = [
@@ -118,12 +125,27 @@ class OnrampLog:
 
 
 def onramp_log_from_records(
-    records: Sequence[Mapping[str, Any]], slot_actions: Mapping[str, Sequence[str]]
+    records: Sequence[Mapping[str, Any]],
+    slot_actions: Mapping[str, Sequence[str]],
+    dim: int | None = None,
+    censor_ms: int = 0,
 ) -> OnrampLog:
     """Join decision and reward records (by decision id; the first reward of an id wins) into an
     :class:`OnrampLog`. ``slot_actions`` (slot -> action ids in head order) fixes the action
     space, e.g. a catalog's or a model bundle's. Records of other schemas are skipped (counted),
-    and so are the control arm's (:attr:`OnrampLog.control`).
+    and so are the control arm's (:attr:`OnrampLog.control`). A reward record that cannot be
+    used is left out and counted in :attr:`OnrampLog.invalid` by reason, as training counts
+    them (``invalid:<field>``, ``unknown_slot``, ``action``, ``candidates``), never raised.
+
+    ``dim``: the features a model takes (rows logged with another length, under another feature
+    schema, are left out as ``feature_schema``); None keeps no features (the model-free policies
+    need none, and an archive that spans a feature-schema change stays readable).
+
+    ``censor_ms``: where a decision record made within this long of the newest has no reward
+    yet, the rewards of that stretch are left out (``recent``, :func:`~training.data.pending_horizon`):
+    a decision without an outcome is rewarded 0 only once its attribution window and the
+    allowed lateness have passed, so that stretch holds its decisions' quick outcomes and not yet
+    their timeouts, and would inflate every estimate. Without decision records nothing tells.
     """
     decisions: dict[str, Mapping[str, Any]] = {}
     rewards: dict[str, Mapping[str, Any]] = {}
@@ -164,27 +186,44 @@ def onramp_log_from_records(
             and isinstance(d.get("candidates"), list)
         ):
             rec = {**rec, "candidates": d["candidates"]}
-        r = RewardRecord.from_json(rec, slot_actions)
+        try:
+            r = RewardRecord.from_json(rec, slot_actions)
+        except RecordError as exc:
+            leave_out(f"invalid:{getattr(exc, 'field', None) or 'record'}")
+            continue
         if r.slot not in offset:
-            raise FieldError("slot", f"decision {did}: slot {r.slot!r} is not in {slots}")
-        if r.action_index >= len(slot_actions[r.slot]):
-            raise FieldError("actionIndex", f"decision {did}: {r.action_index} is out of range")
-        if slot_actions[r.slot][r.action_index] != r.action:
+            leave_out("unknown_slot")  # a slot the catalog no longer has
+            continue
+        ids = slot_actions[r.slot]
+        if r.action_index >= len(ids) or ids[r.action_index] != r.action:
             leave_out("action")  # a reward credited to another action than the one shown
             continue
-        if candidates_problem(r.candidates, slot_actions[r.slot], r.action) is not None:
+        if candidates_problem(r.candidates, ids, r.action) is not None:
             leave_out("candidates")  # its propensity was of a choice among other actions
             continue
+        if dim is not None and len(r.features) != dim:
+            leave_out("feature_schema")  # logged under a feature schema the model does not take
+            continue
         rows.append(r)
+    times = [(did, at) for did, d in decisions.items() if (at := _decision_ms(d)) is not None]
+    horizon = pending_horizon(times, rewards, censor_ms)
+    if horizon is not None and rows:
+        kept = [r for r in rows if r.decided_at_ms <= horizon]
+        if len(kept) != len(rows):
+            invalid["recent"] = len(rows) - len(kept)
+        rows = kept
     if not rows:
+        why = f" (left out: {dict(sorted(invalid.items()))})" if invalid else ""
+        if "recent" in invalid:
+            why += (
+                "; 'recent': decisions within the attribution window and the allowed lateness "
+                "of the newest, whose timeouts are not written yet (--censor-s 0 keeps them)"
+            )
         raise FieldError(
             "logs",
             f"no reward records of an exploring arm to evaluate ({control} of the control arm, "
-            "whose static flow shows one action with propensity 1, are left out)",
+            f"whose static flow shows one action with propensity 1, are left out){why}",
         )
-    dims = {len(r.features) for r in rows}
-    if len(dims) != 1:
-        raise FieldError("features", f"rows have different feature lengths {sorted(dims)}")
     allowed = np.zeros((len(rows), total), dtype=bool)
     for i, r in enumerate(rows):
         ids = slot_actions[r.slot]
@@ -198,9 +237,14 @@ def onramp_log_from_records(
         reward=[r.reward for r in rows],
         pscore=[r.propensity for r in rows],
     )
+    features = (
+        np.asarray([r.features for r in rows], dtype=np.float32)
+        if dim is not None
+        else np.zeros((len(rows), 0), dtype=np.float32)
+    )
     return OnrampLog(
         log=log,
-        features=np.asarray([r.features for r in rows], dtype=np.float32),
+        features=features,
         slots=slots,
         slot_of_row=np.asarray([slots.index(r.slot) for r in rows]),
         slot_actions={s: list(v) for s, v in slot_actions.items()},
@@ -210,6 +254,16 @@ def onramp_log_from_records(
         invalid=invalid,
         control=control,
     )
+
+
+def _decision_ms(d: Mapping[str, Any]) -> int | None:
+    """A decision record's time (its ``timestamp``), or None when it has none readable."""
+    from ray_app.timefmt import record_ms
+
+    try:
+        return record_ms(d.get("timestamp"))
+    except (TypeError, ValueError):
+        return None
 
 
 def _logged_dist(t: OnrampLog) -> np.ndarray:
@@ -301,7 +355,7 @@ def plot_estimates(
     for j, est in enumerate(estimators):
         xs, ys, lo, hi = [], [], [], []
         for i, pol in enumerate(policies):
-            if est in results[pol]:
+            if est in results[pol] and np.isfinite(results[pol][est].value):  # NaN: undefined
                 e = results[pol][est]
                 xs.append(i + (j - (len(estimators) - 1) / 2) * width)
                 ys.append(e.value)
@@ -395,6 +449,15 @@ def _parser() -> argparse.ArgumentParser:
         "--model", metavar="FILE", help="--logs: a model bundle for the greedy policy and DM/DR"
     )
     p.add_argument("--catalog", metavar="FILE", help="--logs: catalog (default: the packaged one)")
+    p.add_argument(
+        "--censor-s",
+        type=seconds_or_zero,
+        metavar="SECONDS",
+        help="--logs: where a decision record made within this long of the newest has no "
+        "reward yet, leave out the rewards of that stretch: its timeouts (reward 0) are not "
+        "written yet, so it holds only quick outcomes (default: stream.attribution_window_s + "
+        "stream.allowed_lateness_ms; 0: keep all)",
+    )
     p.add_argument(
         "--plot",
         metavar="PNG",
@@ -494,7 +557,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             raise FieldError("model", f"cannot read {args.model}: {exc.strerror or exc}") from None
         bundle = ModelBundle.from_bytes(data, FeatureSchema.from_catalog(catalog), catalog, False)
     topics = (settings.topics.decisions, settings.topics.rewards)
-    table = onramp_log_from_records(read_jsonl(args.logs, topics), slot_actions)
+    lateness_ms = settings.stream.allowed_lateness_ms
+    censor_ms = (
+        int(settings.stream.attribution_window_s * 1000) + lateness_ms
+        if args.censor_s is None
+        else int(args.censor_s * 1000)
+    )
+    table = onramp_log_from_records(
+        read_jsonl(args.logs, topics),
+        slot_actions,
+        dim=bundle.scorer.dim if bundle is not None else None,
+        censor_ms=censor_ms,
+    )
     results = evaluate_onramp_logs(table, bundle, args.n_bootstrap, args.seed, heads)
     _print_table(results)
     plot = plot_estimates(results, args.plot, f"policies on {table.log.n} logged decisions")
@@ -504,6 +578,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "skipped_records": table.skipped,
         "invalid_records": table.invalid,
         "control_records_left_out": table.control,
+        "censor_s": censor_ms / 1000,
         "plot": str(plot),
         "policies": {p: {k: e.to_json() for k, e in r.items()} for p, r in results.items()},
     }

@@ -34,6 +34,7 @@ Confidence intervals are non-parametric bootstrap percentiles over rows, from a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -241,8 +242,9 @@ def estimate(
     num, w = round_rewards(estimator, log, action_dist, q)
     total = float(w.sum())
     if total <= 0:
-        # the target policy never takes a logged action: SNIPS is undefined, report 0 like IPS
-        return 0.0
+        # the target policy never takes a logged action: SNIPS is undefined (NaN; null in the
+        # JSON), not 0, a value the policy would be rated at with certainty
+        return math.nan
     return float(num.sum() / total)
 
 
@@ -257,7 +259,10 @@ def bootstrap_interval(
     """``(mean, low, high)`` of ``sum(num)/sum(weight)`` over rows resampled with replacement.
 
     Percentile interval at level ``1 - alpha`` from ``n_bootstrap`` resamples drawn with
-    ``numpy.random.default_rng(seed)``; the same seed gives the same interval.
+    ``numpy.random.default_rng(seed)``; the same seed gives the same interval. A resample whose
+    weights sum to 0 (SNIPS where the target policy takes none of its logged actions) has no
+    value: it is left out, not counted as 0, which pulled the interval's low end to 0; when
+    none has one, all three are NaN.
 
     >>> mean, low, high = bootstrap_interval(np.array([0.0, 1.0] * 50), np.ones(100), 500, seed=3)
     >>> round(mean, 2), low < 0.5 < high, round(high - low, 1)
@@ -269,16 +274,28 @@ def bootstrap_interval(
         raise FieldError("alpha", f"must be in (0, 1), got {alpha}")
     rng = np.random.default_rng(seed)
     n = num.shape[0]
+    # at most ~4M drawn indices at once (64 resamples of a million rows took 1.5 GB); the same
+    # draws, in more, smaller chunks
+    chunk = max(1, min(chunk, _MAX_DRAWN // max(n, 1)))
     values = np.empty(n_bootstrap)
     done = 0
     while done < n_bootstrap:
         c = min(chunk, n_bootstrap - done)
         idx = rng.integers(0, n, size=(c, n))
         top, bottom = num[idx].sum(axis=1), weight[idx].sum(axis=1)
-        values[done : done + c] = np.divide(top, bottom, out=np.zeros_like(top), where=bottom > 0)
+        values[done : done + c] = np.divide(
+            top, bottom, out=np.full_like(top, np.nan, dtype=np.float64), where=bottom > 0
+        )
         done += c
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return math.nan, math.nan, math.nan
     low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return float(values.mean()), float(round(low, 12)), float(round(high, 12))
+
+
+#: Most row indices :func:`bootstrap_interval` draws in one chunk of resamples.
+_MAX_DRAWN = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -325,7 +342,7 @@ def evaluate(
     for name in names:
         num, w = round_rewards(name, log, action_dist, q)
         total = float(w.sum())
-        value = float(num.sum() / total) if total > 0 else 0.0
+        value = float(num.sum() / total) if total > 0 else math.nan  # undefined (SNIPS)
         mean, low, high = bootstrap_interval(num, w, n_bootstrap, alpha, seed)
         out[name] = Estimate(name, value, low, high, mean, log.n, n_bootstrap, 1 - alpha)
     return out

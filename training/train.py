@@ -165,7 +165,13 @@ def _read(
 ) -> RewardData:
     """The reward records under ``--data`` (read with Ray Data), saying so unless quiet."""
     with working(f"reading reward records from {opts.data}") if opts.progress else nullcontext():
-        return load_rewards(opts.data, schema, cat, settings.topics.rewards)
+        # the decisions still within their window and the lateness of the newest: their
+        # timeouts are not written yet (training.data.reward_data)
+        s = settings.stream
+        censor_ms = int(s.attribution_window_s * 1000) + s.allowed_lateness_ms
+        return load_rewards(
+            opts.data, schema, cat, settings.topics.rewards, censor_ms, settings.topics.decisions
+        )
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,25 @@ def positive(text: str) -> float:
     return _positive(text, "a finite number > 0")
 
 
+def seconds_or_zero(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0 (0: off).
+
+    >>> seconds_or_zero("0"), seconds_or_zero("600")
+    (0.0, 600.0)
+    >>> seconds_or_zero("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a finite number of seconds >= 0, got '-1'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _positive(text: str, expected: str) -> float:
     try:
         value = float(text)

@@ -179,3 +179,21 @@ def test_positions_beyond_the_distribution_are_refused() -> None:
     log = BanditLog([0, 1], [1.0, 0.0], [0.5, 0.5], position=[0, 2])
     with pytest.raises(FieldError, match="has 1 positions but the log uses 3"):
         estimate("ips", log, [[0.5, 0.5]] * 2)
+
+
+def test_snips_where_the_policy_takes_no_logged_action_is_undefined_not_zero():
+    """SNIPS divides by the weights of the rows the target policy would take: none, and it has
+    no value (it was 0 with an interval of [0, 0]); a resample without such a row has none
+    either, and was counted as 0, pulling the interval's low end down to 0."""
+    import math
+
+    n = 200
+    log = BanditLog(action=[0] * n, reward=[0.0] * (n - 1) + [1.0], pscore=[0.5] * n)
+    one = np.tile([1.0, 0.0], (n, 1))
+    one[: n - 1] = [0.0, 1.0]  # the target takes the logged action on the last row only
+    est = evaluate(log, one, estimators=["snips"], n_bootstrap=300, seed=1)["snips"]
+    assert (est.value, est.ci_low, est.ci_high, est.bootstrap_mean) == (1.0, 1.0, 1.0, 1.0)
+    never = np.tile([0.0, 1.0], (n, 1))
+    est = evaluate(log, never, estimators=["snips", "ips"], n_bootstrap=50, seed=1)
+    assert math.isnan(est["snips"].value) and math.isnan(est["snips"].ci_low)
+    assert est["ips"].value == 0.0  # IPS is defined: the policy's rows reward nothing

@@ -102,3 +102,37 @@ def test_reward_files_takes_what_the_other_archive_readers_take(tmp_path):
     assert reward_files(str(tmp_path)) == [f"{folder}/part-0000-0-9.jsonl.gz"]
     one = folder / "part-0000-0-9.jsonl.gz"
     assert reward_files(str(one)) == [str(one)]
+
+
+def test_a_batch_decided_at_once_trains_the_same_whatever_order_its_files_are_read():
+    """Ray Data reads an archive's partition files in no fixed order, and a batch of decisions
+    shares one time: ties went by the order read, so one archive gave other splits (and models)
+    from one seed."""
+    rows = [r.to_json() for r in simulated_rewards(40, seed=4)]
+    for n, row in enumerate(rows):
+        row["decidedAtMs"] = rows[0]["decidedAtMs"] + n // 8 * 1_000  # batches of 8
+    a = reward_data(rows, SCHEMA, CATALOG)
+    b = reward_data(list(reversed(rows)), SCHEMA, CATALOG)
+    for name in ("x", "slot", "action", "reward", "propensity", "decided_at_ms"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert np.array_equal(a.split(0.2)[1].reward, b.split(0.2)[1].reward)
+
+
+def test_the_last_stretch_is_left_out_where_its_decisions_wait_for_their_timeouts():
+    """An archive taken while decisions of its last window still wait for their timeouts holds
+    only their quick outcomes: left out (``recent``) when the archive's decision records show a
+    decision there without a reward; a complete log (every decision rewarded) is kept whole."""
+    rows = [r.to_json() for r in simulated_rewards(30, seed=5)]
+    times = [(row["decisionId"], row["decidedAtMs"]) for row in rows]
+    newest = max(t for _, t in times)
+    waiting = [("waiting", newest)]  # decided last, no reward yet
+    data = reward_data(rows, SCHEMA, CATALOG, censor_ms=10_000, decisions=times + waiting)
+    assert data.skipped == {"recent": 10} and len(data) == 20  # one user a second
+    assert len(reward_data(rows, SCHEMA, CATALOG, censor_ms=10_000, decisions=times)) == 30
+    assert len(reward_data(rows, SCHEMA, CATALOG, censor_ms=0, decisions=times + waiting)) == 30
+
+
+def test_a_time_near_the_int64_limit_is_not_turned_negative():
+    rows = [r.to_json() for r in simulated_rewards(3, seed=6)]
+    rows[0]["decidedAtMs"] = 2**63 - 1
+    assert int(reward_data(rows, SCHEMA, CATALOG).decided_at_ms.max()) == 2**63 - 1
