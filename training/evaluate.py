@@ -41,6 +41,8 @@ from ray_app.cli.common import (
     count,
     guarded,
     plot_path,
+    positive,
+    refuse_outside,
     seconds_or_zero,
     seed,
     setup_logging,
@@ -443,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=count, default=2, help="--obd-policy: Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="--obd-policy: one GPU per worker")
     p.add_argument(
-        "--temperature", type=float, default=0.1, help="--obd-policy: softmax temperature"
+        "--temperature", type=positive, default=0.1, help="--obd-policy: softmax temperature"
     )
     p.add_argument(
         "--model", metavar="FILE", help="--logs: a model bundle for the greedy policy and DM/DR"
@@ -587,7 +589,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training.evaluate`` and ``onramp evaluate``: the exit statuses
     of every ``onramp`` command (0 ok, 1 runtime error, 2 usage or configuration, 130 Ctrl-C)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    obd, policy, logs = args.obd, args.obd_policy, args.logs is not None
+    refuse_outside(
+        parser,
+        args,
+        {
+            "--n-sim": ("--obd", obd),
+            **dict.fromkeys(
+                ("--epochs", "--workers", "--gpu", "--temperature"), ("--obd-policy", policy)
+            ),
+            **dict.fromkeys(("--campaign", "--cache-dir"), ("--obd and --obd-policy", not logs)),
+            **dict.fromkeys(("--model", "--catalog", "--censor-s"), ("--logs", logs)),
+        },
+    )
     setup_logging(args)
 
     def run() -> int:

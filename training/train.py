@@ -52,7 +52,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray_app.catalog import Catalog, load_catalog
-from ray_app.cli.common import EXIT_STATUS_HELP, common_options, guarded, seed, setup_logging
+from ray_app.cli.common import (
+    EXIT_STATUS_HELP,
+    common_options,
+    guarded,
+    refuse_outside,
+    seed,
+    setup_logging,
+)
 from ray_app.cli.output import dumps, working
 from ray_app.config import Settings, load_settings
 from ray_app.features import FeatureSchema
@@ -493,7 +500,20 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, prog: str = "python -m training.train") -> int:
     """Entry point of ``python -m training.train`` and ``onramp train``: the exit statuses of
     every ``onramp`` command (0 ok, 1 runtime error, 2 usage or configuration, 130 Ctrl-C)."""
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    obd = bool(args.obd)
+    refuse_outside(
+        parser,
+        args,
+        {
+            **dict.fromkeys(
+                ("--campaign", "--cache-dir", "--n-bootstrap", "--temperature"), ("--obd", obd)
+            ),
+            # OBD models are not registered (--init and --promote say so with the reason)
+            "--note": ("--data", not obd),
+        },
+    )
     setup_logging(args)
     return guarded(prog, lambda: _run(args))
 

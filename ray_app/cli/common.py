@@ -154,6 +154,29 @@ def seconds_or_zero(text: str) -> float:
     return value
 
 
+def refuse_outside(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    applies: dict[str, tuple[str, bool]],
+) -> None:
+    """A usage error (exit 2) for an option given where it does nothing: ``applies`` maps an
+    option (``--epochs``) to the mode it applies to and whether that mode is on. An option left
+    at its default passes.
+
+    >>> p = argparse.ArgumentParser(prog="x", exit_on_error=False)
+    >>> _ = p.add_argument("--obd", action="store_true"); _ = p.add_argument("--epochs", type=int)
+    >>> refuse_outside(p, p.parse_args(["--obd", "--epochs", "3"]), {"--epochs": ("--obd", True)})
+    >>> args = p.parse_args(["--epochs", "3"])
+    >>> p.error = lambda message: print(message)  # argparse exits with status 2
+    >>> refuse_outside(p, args, {"--epochs": ("--obd", args.obd)})
+    --epochs applies to --obd only
+    """
+    for option, (mode, on) in applies.items():
+        dest = option.lstrip("-").replace("-", "_")
+        if not on and getattr(args, dest) != parser.get_default(dest):
+            parser.error(f"{option} applies to {mode} only")
+
+
 def _positive(text: str, expected: str) -> float:
     try:
         value = float(text)

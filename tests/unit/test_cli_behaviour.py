@@ -172,6 +172,30 @@ def test_runtime_errors_are_1_and_usage_errors_2_for_train_and_evaluate(tmp_path
     capsys.readouterr()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--logs", "x", "--epochs", "5"], "--epochs applies to --obd-policy only"),
+        (["evaluate", "--logs", "x", "--temperature", "0.5"], "--temperature applies to"),
+        (["evaluate", "--logs", "x", "--campaign", "men"], "--campaign applies to --obd and"),
+        (["evaluate", "--obd", "--model", "m.bin"], "--model applies to --logs only"),
+        (["evaluate", "--obd-policy", "--censor-s", "0"], "--censor-s applies to --logs only"),
+        (["evaluate", "--obd", "--epochs", "2"], "--epochs applies to --obd-policy only"),
+        (["evaluate", "--obd-policy", "--temperature", "-1"], "expected a finite number > 0"),
+        (["train", "--data", "x", "--campaign", "men"], "--campaign applies to --obd only"),
+        (["train", "--data", "x", "--n-bootstrap", "50"], "--n-bootstrap applies to --obd only"),
+        (["train", "--obd", "--note", "x"], "--note applies to --data only"),
+    ],
+)
+def test_an_option_of_another_mode_is_a_usage_error(argv, message, capsys) -> None:
+    """Options that did nothing in the mode given (`evaluate --logs --epochs 5`, `train --data
+    --campaign men`, `--temperature -1`) were accepted in silence."""
+    with pytest.raises(SystemExit) as usage:
+        main(argv)
+    assert usage.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def _interrupt(*_: Any, **__: Any) -> Any:
     raise KeyboardInterrupt
 
