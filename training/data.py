@@ -378,6 +378,8 @@ def _decision_times(uri: str, decisions_topic: str) -> list[tuple[str, int]]:
             d = _json_or_none(line)
             if not isinstance(d, dict) or d.get("forwardedFrom") is not None:
                 continue  # a copy forwarded to a merged id's survivor is not another decision
+            if "chosen" in d and d["chosen"] is None:
+                continue  # nothing was shown: it is never rewarded
             try:
                 out.append((str(d["decisionId"]), record_ms(d.get("timestamp"))))
             except (KeyError, TypeError, ValueError):

@@ -207,7 +207,12 @@ def onramp_log_from_records(
             leave_out("feature_schema")  # logged under a feature schema the model does not take
             continue
         rows.append(r)
-    times = [(did, at) for did, d in decisions.items() if (at := _decision_ms(d)) is not None]
+    times = [
+        (did, at)
+        for did, d in decisions.items()
+        if d.get("chosen", "") is not None  # nothing shown: never rewarded
+        and (at := _decision_ms(d)) is not None
+    ]
     horizon = pending_horizon(times, rewards, censor_ms)
     if horizon is not None and rows:
         kept = [r for r in rows if r.decided_at_ms <= horizon]

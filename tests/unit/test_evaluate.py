@@ -176,6 +176,12 @@ def test_the_decisions_still_in_their_window_are_left_out(tmp_path, capsys):
     assert table.log.n == 40 and table.invalid == {"recent": 2}
     assert float(np.mean(table.log.reward)) == 0.5
     assert onramp_log_from_records(records, slots).log.n == 42  # 0: all kept
+    # every decision of the stretch rewarded (and one that showed nothing, never rewarded): a
+    # complete log, read whole
+    complete = [x for x in records if x.get("decisionId") not in ("r2", "r3")]
+    complete.append({**json.loads(decisions.read_text().splitlines()[0]), "decisionId": "n0",
+                     "chosen": None})  # fmt: skip
+    assert onramp_log_from_records(complete, slots, censor_ms=600_000).log.n == 42
 
 
 def test_missing_file_and_model_mismatch_are_errors(tmp_path, capsys) -> None:
