@@ -515,7 +515,7 @@ class KafkaPythonConsumer:
                 r.offset,
                 r.key,
                 r.value,
-                r.timestamp,
+                r.timestamp if r.timestamp is not None else 0,  # None: message format v0
                 tuple((k, v) for k, v in (r.headers or ())),
             )
             for recs in batches.values()

@@ -127,6 +127,7 @@ class SessionShard(BatchChecks, Stitching):
     """The state of one partition: per-user profiles, dedupe, ordering, watermark."""
 
     clock_kafka_ms: int | None = None  # snapshots written before ticks have none
+    _stamps: Sequence[int] | None = None  # the batch's Kafka timestamps, while it is processed
 
     def __init__(
         self, partition: int, config: StateConfig | None = None, checks: BatchCheck | None = None
@@ -169,9 +170,9 @@ class SessionShard(BatchChecks, Stitching):
         self._alias_expiry: list[tuple[int, str]] = []
         self._aliases_touched: set[str] = set()
         self.clock_kafka_ms: int | None = None
-        """The Kafka timestamp (its producer's clock as it wrote it) of the record that last
-        moved ``max_ts``, as the worker found it (:mod:`ray_app.state.tick`). It only times
-        ticks: no record is processed otherwise for it."""
+        """When the record that last moved ``max_ts`` was written: its Kafka timestamp (its
+        producer's clock), see :meth:`_written` and :mod:`ray_app.state.tick`. A function of
+        the records like the rest of the state; it only times ticks."""
 
     # -- processing ------------------------------------------------------------------------
 
@@ -179,11 +180,14 @@ class SessionShard(BatchChecks, Stitching):
         self,
         records: Iterable[tuple[bytes | None, bytes | None]],
         traces: Sequence[str | None] | None = None,
+        stamps: Sequence[int] | None = None,
     ) -> BatchResult:
         """Apply records of this partition, in offset order; ``traces`` (aligned with the
-        records, when tracing is on) are their ``traceparent`` headers. A value of None is a
-        tombstone (rejected)."""
+        records, when tracing is on) are their ``traceparent`` headers, ``stamps`` their Kafka
+        timestamps (they time ticks: :attr:`clock_kafka_ms`). A value of None is a tombstone
+        (rejected)."""
         out = BatchResult()
+        self._stamps = stamps
         decoded: list[tuple[int, bytes | None, bytes, Event]] = []
         controls: dict[int, Control] = {}
         """Position in ``decoded`` -> the link, merge or forward record it is (its Event slot
@@ -244,6 +248,7 @@ class SessionShard(BatchChecks, Stitching):
                 self._reject(out, index, key, value, exc)
             except Exception as exc:
                 self._reject(out, index, key, value, failed_error(exc))
+        self._stamps = None
         self.dedupe.advance(self.watermark)
         out.rewards += self.rewards.advance(self.watermark)
         if out.rejected and len(out.rejected) > 1:
@@ -294,7 +299,10 @@ class SessionShard(BatchChecks, Stitching):
         # that stamps its events in the future (up to max_future_ms passes validation) must
         # not make everybody else's events late
         trusted = event.ts if event.ts <= event.received else event.received
+        before = self.max_ts
         moved = self._clock(trusted)
+        if self.max_ts != before:
+            self._written(index, event, forwarded is not None)
         if forwarded is not None:
             if forwarded.body.get("hops", 0) >= MAX_HOPS:
                 raise loop_error(forwarded)
@@ -314,8 +322,23 @@ class SessionShard(BatchChecks, Stitching):
     ) -> None:
         """A tick of time ``at``: the watermark moves as an event of that time would move it,
         and what that releases is applied; nothing else."""
+        before = self.max_ts
         moved = self._clock(at)
+        if self.max_ts != before and self.clock_kafka_ms is not None:
+            # written when its time was read: the gap between event time and the time records
+            # are written stays as the events left it, whatever the tick's trip through Kafka
+            # (a broker's LogAppendTime) or the records after it in the chunk
+            self.clock_kafka_ms += self.max_ts - before
         self._release([], moved, index, key, value, out, origin, None, None)
+
+    def _written(self, index: int, event: Event, forwarded: bool) -> None:
+        """The event at ``index`` moved event time: note when it was written
+        (:attr:`clock_kafka_ms`): its record's Kafka timestamp; for an event forwarded from a
+        merged id (written again by the partition that forwarded it, maybe while it caught up
+        with a backlog) or a record without a timestamp, its ``receivedAt``."""
+        stamps = self._stamps
+        stamp = stamps[index] if stamps is not None and not forwarded else 0
+        self.clock_kafka_ms = stamp if stamp > 0 else event.received
 
     def _clock(self, trusted: int) -> bool:
         """Event time reached ``trusted``: move ``max_ts`` and the watermark (never back: a

@@ -119,7 +119,9 @@ def load_blob(data: bytes | io.BytesIO, index: int) -> tuple[int, str, Any]:
     return loaded
 
 
-_NOT_PICKLED = frozenset({"checks", "_touched", "_expiry", "_alias_expiry", "_aliases_touched"})
+_NOT_PICKLED = frozenset(
+    {"checks", "_touched", "_expiry", "_alias_expiry", "_aliases_touched", "_stamps"}
+)
 _NOT_IN_DELTA = _NOT_PICKLED | {"profiles", "dedupe", "rewards", "aliases"}
 
 

@@ -16,18 +16,21 @@ replay from a checkpoint reads the same ticks at the same offsets: the state sta
 the records, never of the clock of the worker that replays them.
 
 The time of a tick is the partition's event time (``max_ts``) plus the time since the record
-that moved it was written: its Kafka timestamp (``SessionShard.clock_kafka_ms``, kept with the
-state), against the worker's clock now (:func:`tick_time`). Event time moves on at the rate of
-the wall clock, from where the records left it; a tick's own timestamp is the time it was
-written, so a chain of ticks does not fall behind, and a restarted worker, or one that
-caught up with a backlog, goes on from the records' own times. A partition whose event time was
-more than its allowed lateness (at least :data:`LIVE_MS`) behind the timestamp of the record
-that last moved it gets no tick: its records are past times written now (a backfill straight to
-the topic, a test's fixed dates), and only its own records move its time. Decisions do not move
-event time and do not time ticks (a replica's clock is not the partition's); a partition that
-has taken decisions only, or was restored from a checkpoint written before ticks, gets its
-first tick after its next event. The clocks of the producers (the collector's hosts) and of the
-workers must agree within the allowed lateness, as they must for ``receivedAt``.
+that moved it was written (``SessionShard.clock_kafka_ms``: its Kafka timestamp; for an event
+forwarded from a merged id, or a record without a timestamp, its ``receivedAt``), against the
+worker's clock now (:func:`tick_time`), and never past the worker's clock. Event time moves on
+at the rate of the wall clock, from where the records left it. ``clock_kafka_ms`` is part of
+the state, a function of the records like the rest, so a restarted worker, or one that caught
+up with a backlog, goes on from the records' own times; a tick that moves event time moves it
+by as much, so a chain of ticks keeps the gap the events left, whatever the tick's own trip
+through Kafka. A partition whose event time was more than its allowed lateness (at least
+:data:`LIVE_MS`) behind the time its last moving record was written gets no tick: its records
+are past times written now (a backfill straight to the topic, a test's fixed dates), and only
+its own records move its time. Decisions do not move event time and do not time ticks (a
+replica's clock is not the partition's); a partition that has taken decisions only, or was
+restored from a checkpoint written before ticks, gets its first tick after its next event. The
+clocks of the producers (the collector's hosts) and of the workers must agree within the
+allowed lateness, as they must for ``receivedAt``.
 
 A tick names its partition; a shard takes a tick for another partition (written with a
 partition count other than the topic's) without moving its time.

@@ -303,10 +303,10 @@ class StreamWorker:
                 with self._lock:
                     shard = self.shards[p]
                     event_time = shard.max_ts
-                    result = shard.process([(r.key, r.value) for r in recs], traces)
+                    result = shard.process(
+                        [(r.key, r.value) for r in recs], traces, [r.timestamp_ms for r in recs]
+                    )
                     if shard.max_ts != event_time:  # when event time moved, for ticks
-                        written = recs[-1].timestamp_ms
-                        shard.clock_kafka_ms = written if written > 0 else int(time.time() * 1000)
                         self._moved[p] = time.monotonic()
                     self.next_offset[p] = recs[-1].offset + 1
                     self._dirty.add(p)
@@ -358,7 +358,9 @@ class StreamWorker:
             written, due = shard.clock_kafka_ms, shard.due_ms()
             if due is None or written is None or written - shard.max_ts > live_ms:
                 continue  # nothing waits; no event time yet; or past times (a backfill)
-            at = tick_time(shard.max_ts, written, wall_ms)
+            # never past the worker's own clock (a record stamped behind its event time, by a
+            # clock behind the collector's, must not make a tick claim a time yet to come)
+            at = min(tick_time(shard.max_ts, written, wall_ms), wall_ms)
             if at < due or at <= shard.max_ts:
                 continue
             key = self._tick_keys.get(p)

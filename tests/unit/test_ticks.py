@@ -75,6 +75,25 @@ def test_a_tick_for_another_partition_moves_nothing():
     assert shard.process([(b"k", tick_record(T0 + 3_600_000, 1))]).rewards != []
 
 
+def test_the_clock_is_the_record_that_moved_event_time_and_ticks_keep_its_gap():
+    """The time a partition's event time was written is its moving record's Kafka timestamp, not
+    the chunk's last (a retried batch lands after newer records with its older timestamp: the
+    tick after it claimed a time 30 s ahead); a tick moves it by as much as event time, whatever
+    its own timestamp (LogAppendTime, or records after it in the chunk)."""
+    shard = SessionShard(0, CONFIG)
+    ev = _event("e1", "u1", T0, "Step Viewed", "role")
+    retried = _event("e0", "u2", T0 - 30_100, "Step Viewed", "role")
+    shard.process([ev, retried], stamps=[T0 + 40, T0 - 30_000])
+    assert shard.clock_kafka_ms == T0 + 40 and shard.max_ts == T0
+    shard.process([_tick(T0 + 5_000)], stamps=[T0 + 9_000])  # stamped late by the broker
+    assert shard.clock_kafka_ms - shard.max_ts == 40
+    shard.process([_tick(T0 + 9_000), retried], stamps=[T0 + 9_500, T0 - 30_000])
+    assert shard.clock_kafka_ms - shard.max_ts == 40
+    # without a timestamp (a client that gives none, kafka-python's v0 batches): its receivedAt
+    shard.process([_event("e2", "u1", T0 + 20_000, "Step Viewed", "role")], stamps=[0])
+    assert shard.clock_kafka_ms == T0 + 20_000
+
+
 def test_a_tick_behind_the_clock_changes_nothing_and_a_bad_one_is_rejected():
     shard = SessionShard(0, CONFIG)
     shard.process([_event("e1", "u1", T0 + 50_000, "Step Viewed", "role")])
@@ -148,9 +167,10 @@ def twin(monkeypatch):
 def _quiet_partition_run(
     twin, tmp_path, tick_s: str, wait_s: float, ago_ms: int = 0, restart: bool = False
 ) -> tuple[StreamWorker, list[dict]]:
-    """A decision for a user whose partition then goes quiet (its one event ``ago_ms`` before
-    the decision), on a worker whose attribution window and lateness are short: the rewards it
-    writes within ``wait_s``. ``restart``: send nothing, start from the checkpoint there is."""
+    """An event and a decision (both ``ago_ms`` ago, written now) for a user whose partition
+    then goes quiet, on a worker whose attribution window and lateness are short: the rewards
+    it writes within ``wait_s``. ``restart``: send nothing, start from the checkpoint there
+    is."""
     settings = make_settings(
         ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
         ONRAMP_KAFKA__PARTITIONS="2",
@@ -171,7 +191,7 @@ def _quiet_partition_run(
                     t.events, _event("e1", user, now - ago_ms, "Step Viewed", "role")[1],
                     key=user.encode()),
                 worker_module.OutRecord(
-                    t.decisions, _decision("d1", user, now)[1], key=user.encode()),
+                    t.decisions, _decision("d1", user, now - ago_ms)[1], key=user.encode()),
             ]
         ).result(5)  # fmt: skip
     w.start()
@@ -199,6 +219,42 @@ def test_a_restarted_worker_ticks_from_where_the_last_one_saw_event_time(
     assert [(r["decisionId"], r["outcome"]) for r in rewards] == [("d1", "timeout")]
 
 
+def test_a_worker_catching_up_with_records_written_minutes_ago_ticks_them_on(
+    twin, tmp_path, monkeypatch
+):
+    """Records written two minutes ago (a worker down meanwhile: a deploy, a crash) and read
+    only now: live when written, so the partition gets its ticks (timed by when its records were
+    taken, it looked like a backfill and its decisions waited for the next event)."""
+    real = time.time
+    settings = make_settings(
+        ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
+        ONRAMP_KAFKA__PARTITIONS="2",
+        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="0.5",
+        ONRAMP_STREAM__ALLOWED_LATENESS_MS="500",
+        ONRAMP_STREAM__WATERMARK_TICK_S="0.2",
+    )
+    t, user = settings.topics, "late-reader"
+    p = partition_for(user.encode(), 2)
+    with monkeypatch.context() as m:  # the collector wrote them two minutes ago
+        m.setattr(time, "time", lambda: real() - 120)
+        then = int(time.time() * 1000)
+        InMemoryProducer(twin).send_all(
+            [worker_module.OutRecord(t.events, _event("e1", user, then, "Step Viewed", "role")[1],
+                                     key=user.encode()),
+             worker_module.OutRecord(t.decisions, _decision("d1", user, then)[1],
+                                     key=user.encode())]
+        ).result(5)  # fmt: skip
+    w = StreamWorker("w0", settings, "in-memory", [0, 1], str(tmp_path / "ckpt"), KEY)
+    w.start()
+    rewards: list[dict] = []
+    deadline = time.monotonic() + 10
+    while not rewards and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rewards = [json.loads(r.value) for r in twin.topics.get(t.rewards, [[]] * 2)[p]]
+    w.stop()
+    assert [(r["decisionId"], r["outcome"]) for r in rewards] == [("d1", "timeout")]
+
+
 def test_a_quiet_partition_gets_a_tick_and_its_decision_times_out(twin, tmp_path):
     w, rewards = _quiet_partition_run(twin, tmp_path, "0.2", wait_s=10)
     assert [(r["decisionId"], r["reward"], r["outcome"]) for r in rewards] == [
@@ -221,9 +277,9 @@ def test_without_ticks_the_decision_waits_for_the_next_event(twin, tmp_path):
 
 
 def test_a_partition_of_past_times_gets_no_tick(twin, tmp_path):
-    """Events of an hour ago (a backfill written straight to the topic) and a live decision: a
-    tick of the present would make the backfill's next records late after any pause; only its
-    own records move its time, and the decision's time is not the partition's."""
+    """Records of an hour ago written now (a backfill straight to the topic), with a decision
+    due in their own time: a tick of the present would make the backfill's next records late
+    after any pause; only its own records move its time."""
     w, rewards = _quiet_partition_run(twin, tmp_path, "0.2", wait_s=2.5, ago_ms=3_600_000)
     assert rewards == [] and w.ticks == {}
 
