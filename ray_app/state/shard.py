@@ -171,7 +171,7 @@ class SessionShard(BatchChecks, Stitching):
         self._aliases_touched: set[str] = set()
         self.clock_kafka_ms: int | None = None
         """When the record that last moved ``max_ts`` was written: its Kafka timestamp (its
-        producer's clock), see :meth:`_written` and :mod:`ray_app.state.tick`. A function of
+        producer's clock), see :meth:`_take` and :mod:`ray_app.state.tick`. A function of
         the records like the rest of the state; it only times ticks."""
 
     # -- processing ------------------------------------------------------------------------
@@ -299,10 +299,15 @@ class SessionShard(BatchChecks, Stitching):
         # that stamps its events in the future (up to max_future_ms passes validation) must
         # not make everybody else's events late
         trusted = event.ts if event.ts <= event.received else event.received
-        before = self.max_ts
-        moved = self._clock(trusted)
-        if self.max_ts != before:
-            self._written(index, event, forwarded is not None)
+        moved = False
+        if trusted > self.max_ts:  # (inline: most events of a live stream move it)
+            moved = self._clock(trusted)
+            stamps = self._stamps
+            # when it was written (clock_kafka_ms): its record's Kafka timestamp; an event
+            # forwarded from a merged id (written again by the partition that forwarded it,
+            # maybe while it caught up with a backlog), or one without a timestamp: receivedAt
+            stamp = stamps[index] if stamps is not None and forwarded is None else 0
+            self.clock_kafka_ms = stamp if stamp > 0 else event.received
         if forwarded is not None:
             if forwarded.body.get("hops", 0) >= MAX_HOPS:
                 raise loop_error(forwarded)
@@ -330,15 +335,6 @@ class SessionShard(BatchChecks, Stitching):
             # (a broker's LogAppendTime) or the records after it in the chunk
             self.clock_kafka_ms += self.max_ts - before
         self._release([], moved, index, key, value, out, origin, None, None)
-
-    def _written(self, index: int, event: Event, forwarded: bool) -> None:
-        """The event at ``index`` moved event time: note when it was written
-        (:attr:`clock_kafka_ms`): its record's Kafka timestamp; for an event forwarded from a
-        merged id (written again by the partition that forwarded it, maybe while it caught up
-        with a backlog) or a record without a timestamp, its ``receivedAt``."""
-        stamps = self._stamps
-        stamp = stamps[index] if stamps is not None and not forwarded else 0
-        self.clock_kafka_ms = stamp if stamp > 0 else event.received
 
     def _clock(self, trusted: int) -> bool:
         """Event time reached ``trusted``: move ``max_ts`` and the watermark (never back: a
