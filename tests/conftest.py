@@ -43,6 +43,18 @@ def make_settings(bootstrap: str | None = None, **env: str) -> Settings:
     return load_settings(env={**base, **env})
 
 
+@pytest.fixture
+def twin(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The in-memory Kafka twin (two partitions) under every stream worker built in the test."""
+    from ray_app.kafka.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
+    from ray_app.stream import worker as worker_module
+
+    memory = InMemoryBroker(partitions=2)
+    monkeypatch.setattr(worker_module, "make_consumer", lambda *a, **k: InMemoryConsumer(memory))
+    monkeypatch.setattr(worker_module, "make_producer", lambda *a, **k: InMemoryProducer(memory))
+    return memory
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as b:

@@ -165,14 +165,6 @@ def test_an_exception_inside_apply_rejects_that_record_only_and_replays_the_same
 # -- the worker, over the in-memory Kafka twin ---------------------------------------------
 
 
-@pytest.fixture
-def twin(monkeypatch):
-    broker = InMemoryBroker(partitions=2)
-    monkeypatch.setattr(worker_module, "make_consumer", lambda *a, **k: InMemoryConsumer(broker))
-    monkeypatch.setattr(worker_module, "make_producer", lambda *a, **k: InMemoryProducer(broker))
-    return broker
-
-
 def _worker(tmp_path, partitions=(0,), prefix="poison", **env):
     settings = make_settings(ONRAMP_KAFKA__TOPIC_PREFIX=prefix, ONRAMP_KAFKA__PARTITIONS="2", **env)
     return StreamWorker(

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import random
 import time
+from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_app.kafka.client import partition_for
-from ray_app.kafka.memory import InMemoryBroker, InMemoryConsumer, InMemoryProducer
+from ray_app.kafka.memory import InMemoryProducer
 from ray_app.state import SessionShard, StateConfig
 from ray_app.state.tick import TICK, tick_record
 from ray_app.stream import worker as worker_module
@@ -156,12 +156,15 @@ def _ms(iso: str) -> int:
 # -- the worker ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def twin(monkeypatch):
-    broker = InMemoryBroker(partitions=2)
-    monkeypatch.setattr(worker_module, "make_consumer", lambda *a, **k: InMemoryConsumer(broker))
-    monkeypatch.setattr(worker_module, "make_producer", lambda *a, **k: InMemoryProducer(broker))
-    return broker
+def _settings(tick_s: str = "0.2") -> Any:
+    """A short attribution window and lateness: a decision is due a second after it's made."""
+    return make_settings(
+        ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
+        ONRAMP_KAFKA__PARTITIONS="2",
+        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="0.5",
+        ONRAMP_STREAM__ALLOWED_LATENESS_MS="500",
+        ONRAMP_STREAM__WATERMARK_TICK_S=tick_s,
+    )
 
 
 def _quiet_partition_run(
@@ -171,13 +174,7 @@ def _quiet_partition_run(
     then goes quiet, on a worker whose attribution window and lateness are short: the rewards
     it writes within ``wait_s``. ``restart``: send nothing, start from the checkpoint there
     is."""
-    settings = make_settings(
-        ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
-        ONRAMP_KAFKA__PARTITIONS="2",
-        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="0.5",
-        ONRAMP_STREAM__ALLOWED_LATENESS_MS="500",
-        ONRAMP_STREAM__WATERMARK_TICK_S=tick_s,
-    )
+    settings = _settings(tick_s)
     t = settings.topics
     user = "quiet-user"
     p = partition_for(user.encode(), 2)
@@ -226,13 +223,7 @@ def test_a_worker_catching_up_with_records_written_minutes_ago_ticks_them_on(
     only now: live when written, so the partition gets its ticks (timed by when its records were
     taken, it looked like a backfill and its decisions waited for the next event)."""
     real = time.time
-    settings = make_settings(
-        ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
-        ONRAMP_KAFKA__PARTITIONS="2",
-        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="0.5",
-        ONRAMP_STREAM__ALLOWED_LATENESS_MS="500",
-        ONRAMP_STREAM__WATERMARK_TICK_S="0.2",
-    )
+    settings = _settings()
     t, user = settings.topics, "late-reader"
     p = partition_for(user.encode(), 2)
     with monkeypatch.context() as m:  # the collector wrote them two minutes ago
@@ -290,13 +281,7 @@ def test_decisions_arriving_do_not_hold_ticks_back(twin, tmp_path):
     ticks either."""
     import threading
 
-    settings = make_settings(
-        ONRAMP_KAFKA__TOPIC_PREFIX="ticks",
-        ONRAMP_KAFKA__PARTITIONS="2",
-        ONRAMP_STREAM__ATTRIBUTION_WINDOW_S="0.5",
-        ONRAMP_STREAM__ALLOWED_LATENESS_MS="500",
-        ONRAMP_STREAM__WATERMARK_TICK_S="0.3",
-    )
+    settings = _settings("0.3")
     t, user = settings.topics, "busy-user"
     p = partition_for(user.encode(), 2)
     producer = InMemoryProducer(twin)
