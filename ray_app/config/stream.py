@@ -57,12 +57,12 @@ class StreamSettings(_Section):
         1.0,
         ge=0,
         le=3600,
-        description="A partition of onramp.events with no record for this long, where a "
-        "decision's window or an event held for a missing seq waits on the watermark, gets a "
-        "tick from its worker: a record that moves the watermark as an event would, by the time "
-        "the partition has been quiet (so a decision without an outcome is rewarded 0 when its "
-        "window ends, not at the partition's next event). 0: never (the watermark moves with "
-        "events only).",
+        description="A partition of onramp.events whose event time has not moved for this "
+        "long, where a decision's window or an event held for a missing seq waits on the "
+        "watermark, gets a tick from its worker: a record that moves event time on by the time "
+        "since the record that last moved it was written (so a decision without an outcome is "
+        "rewarded 0 when its window ends, not at the partition's next event). 0: never (the "
+        "watermark moves with events only).",
     )
     reorder_max_buffer: int = Field(
         64, ge=1, description="Events a session may hold back waiting for a seq."
