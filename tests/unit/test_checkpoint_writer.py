@@ -14,7 +14,7 @@ from ray_app.stream.checkpoint import CheckpointStore
 from ray_app.stream.worker import StreamWorker
 from ray_app.stream.writer import CheckpointWriter
 from tests.conftest import make_settings
-from tests.unit.test_stream_poison import KEY, _produce, _worker, good, twin  # noqa: F401
+from tests.unit.test_stream_poison import KEY, _produce, _worker, good
 
 
 class _SlowStore(CheckpointStore):
@@ -84,7 +84,7 @@ def test_abandon_drops_what_is_queued_like_a_killed_process(tmp_path) -> None:
     assert store.writes == [(0, 5, "base")]  # the one being written finished; the queued did not
 
 
-def test_the_loop_goes_on_while_a_slow_checkpoint_is_written(twin, tmp_path) -> None:  # noqa: F811
+def test_the_loop_goes_on_while_a_slow_checkpoint_is_written(twin, tmp_path) -> None:
     """The worker's loop checkpoints without waiting: records keep being applied while the
     store takes its time, and the checkpoint, once written, covers what it snapshotted."""
     w, settings = _worker(tmp_path)
@@ -107,7 +107,7 @@ def test_the_loop_goes_on_while_a_slow_checkpoint_is_written(twin, tmp_path) -> 
 
 
 def test_a_checkpoint_write_that_never_finishes_makes_the_worker_unhealthy(
-    twin,  # noqa: F811
+    twin,
     tmp_path,
     monkeypatch,
 ) -> None:
@@ -134,7 +134,7 @@ def test_a_checkpoint_write_that_never_finishes_makes_the_worker_unhealthy(
     assert w._writer.flush(5) and w.ping() is None
 
 
-def test_partitions_due_together_rebase_one_checkpoint_apart(twin, tmp_path) -> None:  # noqa: F811
+def test_partitions_due_together_rebase_one_checkpoint_apart(twin, tmp_path) -> None:
     """A worker's partitions come due for a full snapshot together; they rebase one checkpoint
     apart (a base of every partition at once held the loop for their sum), and what the store
     holds (a base and its deltas, however many) restores the same state."""
@@ -169,7 +169,7 @@ def test_partitions_due_together_rebase_one_checkpoint_apart(twin, tmp_path) -> 
 
 
 def test_a_loop_that_ends_on_system_exit_makes_the_worker_unhealthy(
-    twin,  # noqa: F811
+    twin,
     tmp_path,
 ) -> None:
     """A SystemExit raised in the loop (a library calling sys.exit) ended the thread without
@@ -189,7 +189,7 @@ def test_a_loop_that_ends_on_system_exit_makes_the_worker_unhealthy(
 
 
 def test_a_write_is_not_taken_as_left_behind_before_it_could_be_declared_stuck(
-    twin,  # noqa: F811
+    twin,
     tmp_path,
 ) -> None:
     """A temporary file was removed after an hour, where a live write is declared stuck (and

@@ -14,7 +14,7 @@ import pytest
 
 from ray_app.state import SessionShard
 from ray_app.stream import worker as worker_module
-from tests.unit.test_stream_poison import _produce, _worker, good, twin  # noqa: F401
+from tests.unit.test_stream_poison import _produce, _worker, good
 
 CHUNKS = 8
 
@@ -29,7 +29,7 @@ READS: dict[str, Callable[[Any], Any]] = {
 
 
 @pytest.mark.parametrize("kind", list(READS))
-def test_a_read_waiting_on_the_lock_gets_it_at_the_next_chunk(twin, tmp_path, monkeypatch, kind):  # noqa: F811
+def test_a_read_waiting_on_the_lock_gets_it_at_the_next_chunk(twin, tmp_path, monkeypatch, kind):
     # a generous wait, so that a loaded machine cannot make the handoff time out
     monkeypatch.setattr(worker_module, "_READERS_WAIT_S", 10.0)
     w, settings = _worker(tmp_path)
@@ -94,7 +94,7 @@ def test_a_read_waiting_on_the_lock_gets_it_at_the_next_chunk(twin, tmp_path, mo
         assert answer != shard.profile("u1")  # the poll went on after the read
 
 
-def test_the_stream_waits_for_queued_readers_only_and_only_so_long(twin, tmp_path, monkeypatch):  # noqa: F811
+def test_the_stream_waits_for_queued_readers_only_and_only_so_long(twin, tmp_path, monkeypatch):
     w, _ = _worker(tmp_path)
     monkeypatch.setattr(worker_module, "_READERS_WAIT_S", 10.0)
     t = time.monotonic()
@@ -113,7 +113,7 @@ def test_the_stream_waits_for_queued_readers_only_and_only_so_long(twin, tmp_pat
 
 
 def test_a_base_checkpoint_holds_the_lock_a_slice_of_profiles_at_a_time_and_not_for_the_join(
-    twin,  # noqa: F811
+    twin,
     tmp_path,
     monkeypatch,
 ):
