@@ -133,18 +133,44 @@ def reward_files(uri: str, rewards_topic: str = "onramp.rewards") -> list[str]:
     if store.is_file():  # one file, local or remote (a remote one: its URI, for Ray Data)
         return [str(store.local) if store.local is not None else uri]
     for rel in (rewards_topic, ""):
-        # what the other archive readers take (gzip too: Ray Data decompresses by the suffix)
-        files = [f for f in store.files(rel) if f.endswith(JSONL_SUFFIXES)]
+        files = _jsonl_files(uri, store, rel)
         if files:
-            base = store.path(rel)
-            if store.local is None and "://" in uri:  # hand Ray Data the URI, not a bare path
-                return [join_uri(uri, f"{rel}/{f}" if rel else f) for f in files]
-            return [f"{base}/{f}" for f in files]
+            return files
     raise TrainingDataError(
         "data",
         f"{uri}: no reward records (*.jsonl) here or under {rewards_topic}/: write them with "
         f"`onramp archive --topics {rewards_topic} --out {uri}`",
     )
+
+
+def _jsonl_files(uri: str, store: Storage, rel: str) -> list[str]:
+    """The JSON lines files of folder ``rel`` of the archive at ``uri`` (gzip too: Ray Data
+    decompresses by the suffix), as Ray Data takes them: paths, or URIs of a remote store."""
+    files = [f for f in store.files(rel) if f.endswith(JSONL_SUFFIXES)]
+    if store.local is None and "://" in uri:  # hand Ray Data the URI, not a bare path
+        return [join_uri(uri, f"{rel}/{f}" if rel else f) for f in files]
+    base = store.path(rel)
+    return [f"{base}/{f}" for f in files]
+
+
+def decision_time(d: Any) -> tuple[str, int] | None:
+    """(decision id, time) of a decision record that awaits a reward, or None: a record that is
+    not one, a copy forwarded to a merged id's survivor (not another decision), one that showed
+    nothing (never rewarded), or one without a readable time.
+
+    >>> decision_time({"decisionId": "d1", "chosen": "a", "timestamp": "2026-01-01T00:00:00Z"})
+    ('d1', 1767225600000)
+    >>> decision_time({"decisionId": "d1", "chosen": None, "timestamp": 0}) is None
+    True
+    """
+    if not isinstance(d, dict) or d.get("forwardedFrom") is not None:
+        return None
+    if "chosen" in d and d["chosen"] is None:
+        return None
+    try:
+        return str(d["decisionId"]), record_ms(d.get("timestamp"))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def pending_horizon(
@@ -363,27 +389,17 @@ def _decision_times(uri: str, decisions_topic: str) -> list[tuple[str, int]]:
     store = Storage(uri, field="data")
     if store.is_file():
         return []
-    files = [f for f in store.files(decisions_topic) if f.endswith(JSONL_SUFFIXES)]
-    if not files:
+    paths = _jsonl_files(uri, store, decisions_topic)
+    if not paths:
         return []
-    if store.local is None and "://" in uri:
-        paths = [join_uri(uri, f"{decisions_topic}/{f}") for f in files]
-    else:
-        paths = [f"{store.path(decisions_topic)}/{f}" for f in files]
     out: list[tuple[str, int]] = []
     for batch in ray.data.read_text(paths, num_cpus=0.25).iter_batches(
         batch_size=4096, batch_format="numpy"
     ):
         for line in batch["text"]:
-            d = _json_or_none(line)
-            if not isinstance(d, dict) or d.get("forwardedFrom") is not None:
-                continue  # a copy forwarded to a merged id's survivor is not another decision
-            if "chosen" in d and d["chosen"] is None:
-                continue  # nothing was shown: it is never rewarded
-            try:
-                out.append((str(d["decisionId"]), record_ms(d.get("timestamp"))))
-            except (KeyError, TypeError, ValueError):
-                continue
+            t = decision_time(_json_or_none(line))
+            if t is not None:
+                out.append(t)
     return out
 
 

@@ -58,7 +58,7 @@ from ray_app.records import (
     RecordError,
     RewardRecord,
 )
-from training.data import candidates_problem, pending_horizon
+from training.data import candidates_problem, decision_time, pending_horizon
 from training.ope import BanditLog, Estimate, evaluate
 
 __all__ = [
@@ -207,12 +207,7 @@ def onramp_log_from_records(
             leave_out("feature_schema")  # logged under a feature schema the model does not take
             continue
         rows.append(r)
-    times = [
-        (did, at)
-        for did, d in decisions.items()
-        if d.get("chosen", "") is not None  # nothing shown: never rewarded
-        and (at := _decision_ms(d)) is not None
-    ]
+    times = [t for d in decisions.values() if (t := decision_time(d)) is not None]
     horizon = pending_horizon(times, rewards, censor_ms)
     if horizon is not None and rows:
         kept = [r for r in rows if r.decided_at_ms <= horizon]
@@ -261,16 +256,6 @@ def onramp_log_from_records(
         invalid=invalid,
         control=control,
     )
-
-
-def _decision_ms(d: Mapping[str, Any]) -> int | None:
-    """A decision record's time (its ``timestamp``), or None when it has none readable."""
-    from ray_app.timefmt import record_ms
-
-    try:
-        return record_ms(d.get("timestamp"))
-    except (TypeError, ValueError):
-        return None
 
 
 def _logged_dist(t: OnrampLog) -> np.ndarray:
