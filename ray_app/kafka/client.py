@@ -14,6 +14,7 @@ in-sync replica has it.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import logging
 import threading
 import time
@@ -47,9 +48,9 @@ __all__ = [
 Callback = Callable[["Delivered | None", "BaseException | None"], None]
 
 
-@dataclass(frozen=True)
-class OutRecord:
-    """A record to produce."""
+class OutRecord(NamedTuple):
+    """A record to produce (a named tuple: the collector builds one an event, where a frozen
+    dataclass cost 0.56 us against 0.15)."""
 
     topic: str
     value: bytes
@@ -161,13 +162,17 @@ class _ProducerBase:
 class _Count:
     """What one ``send_many`` waits for: every record acknowledged, or the first error. One
     callback for all the records (no object a record), settled from whichever thread serves
-    the delivery reports."""
+    the delivery reports. An acknowledgement takes no lock: ``next`` of an
+    :func:`itertools.count` is one atomic step, so two threads serving reports (the poller and a
+    ``flush``) never lose one; only the last one, or an error, takes the lock to settle the
+    future (0.64 -> 0.1 us a record)."""
 
-    __slots__ = ("_count", "_left", "_lock", "future")
+    __slots__ = ("_acked", "_count", "_lock", "future")
 
     def __init__(self, count: int) -> None:
         self.future: cf.Future[Any] = cf.Future()
-        self._count = self._left = count
+        self._count = count
+        self._acked = itertools.count(1).__next__
         self._lock = threading.Lock()
         if not count:
             self.future.set_result(self._result())
@@ -177,30 +182,33 @@ class _Count:
 
     def settle(self, delivered: Delivered | None, error: BaseException | None) -> None:
         """A :data:`Callback` for any of the records."""
+        if error is not None:
+            self.refuse(error)
+        elif self._acked() == self._count:
+            self._complete()
+
+    def _complete(self) -> None:
         with self._lock:
-            if self.future.done():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-                return
-            self._left -= 1
-            if self._left:
-                return
-        self.future.set_result(self._result())
+            if not self.future.done():  # else an error came first
+                self.future.set_result(self._result())
 
     def librdkafka_report(self, err: Any, msg: Any) -> None:
         """librdkafka's delivery report of any of the records (``on_delivery``): no
         :class:`Delivered` built. Never raises into librdkafka (see ``_confluent_report``)."""
+        if err is None:
+            if self._acked() == self._count:
+                try:
+                    self._complete()
+                except Exception:
+                    log.exception("a delivery report of the producer failed")
+            return
         try:
-            if err is None:
-                self.settle(None, None)
-            else:
-                self.settle(None, KafkaUnavailable(f"delivery failed: {err}", topic=msg.topic()))
+            self.refuse(KafkaUnavailable(f"delivery failed: {err}", topic=msg.topic()))
         except Exception:
             log.exception("a delivery report of the producer failed")
 
     def refuse(self, error: BaseException) -> None:
-        """The producer would not take a record: the batch fails now."""
+        """The batch fails now: the producer would not take a record, or one failed."""
         with self._lock:
             if not self.future.done():
                 self.future.set_exception(error)
@@ -324,11 +332,32 @@ class ConfluentProducer(_ProducerBase):
     def send(self, record: OutRecord, callback: Callback) -> None:
         self._produce(record, partial(_confluent_report, callback))
 
-    def _counted(self, count: _Count) -> tuple[Callable[[OutRecord, Any], None], Any]:
-        # librdkafka's own report for every record, and no Delivered built for each: 3.2-4.2
-        # us of process CPU a record through send_many against 8.5-16.6 us through send_all
-        # (100,000 records in batches of 100 to the embedded broker, in one process).
-        return self._produce, count.librdkafka_report
+    def send_many(self, records: Sequence[OutRecord]) -> cf.Future[int]:
+        """librdkafka's own report for every record, no :class:`Delivered` built for each
+        (3.2-4.2 us of process CPU a record against 8.5-16.6 us through ``send_all``), and
+        ``produce`` called in a tight loop, with headers only where a record has some (1.2 ->
+        0.9 us a record): only when librdkafka's queue is full do the rest go through
+        :meth:`_produce`, which waits for room."""
+        count = _Count(len(records))
+        report = count.librdkafka_report
+        produce = self._producer.produce
+        queued = 0
+        try:
+            for topic, value, key, headers in records:
+                if headers:
+                    produce(topic, value, key, on_delivery=report, headers=list(headers))
+                else:
+                    produce(topic, value, key, on_delivery=report)
+                queued += 1
+        except BufferError:  # the queue is full: the rest wait for room, one at a time
+            try:
+                for record in records[queued:]:
+                    self._produce(record, report)
+            except Exception as exc:  # still no room: the batch fails now
+                count.refuse(exc)
+        except Exception as exc:  # the producer refused a record: the batch fails now
+            count.refuse(exc)
+        return count.future
 
     def _produce(self, record: OutRecord, on_delivery: Callable[[Any, Any], None]) -> None:
         """Hand one record to librdkafka; while its queue is full, wait up to

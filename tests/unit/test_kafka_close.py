@@ -150,3 +150,40 @@ def test_a_free_port_is_picked_outside_the_ephemeral_range_and_is_free() -> None
         assert _PICK_LOW <= port < _ephemeral_low()
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", port))  # nobody listens on it
+
+
+def test_a_batch_acknowledged_from_two_threads_at_once_resolves_once_with_its_count() -> None:
+    # librdkafka serves delivery reports on whichever thread polls: the producer's poller and a
+    # flush() may both be serving one batch's reports; none may be lost or counted twice
+    from ray_app.kafka.client import _Count
+
+    for _ in range(20):
+        count = _Count(20_000)
+        resolved = []
+        count.future.add_done_callback(resolved.append)
+        report = count.librdkafka_report
+        threads = [
+            threading.Thread(target=lambda r=report: [r(None, None) for _ in range(10_000)])
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert count.future.result(timeout=1) == 20_000 and len(resolved) == 1
+
+
+def test_a_delivery_error_fails_the_batch_and_later_acknowledgements_change_nothing() -> None:
+    from ray_app.kafka.client import _Count
+
+    class Msg:
+        def topic(self) -> str:
+            return "onramp.events"
+
+    count = _Count(3)
+    count.librdkafka_report(None, None)
+    count.librdkafka_report("_MSG_TIMED_OUT", Msg())
+    count.librdkafka_report(None, None)
+    count.librdkafka_report(None, None)  # the last one: the batch stays failed
+    with pytest.raises(Exception, match="delivery failed: _MSG_TIMED_OUT"):
+        count.future.result(timeout=1)
