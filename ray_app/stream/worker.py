@@ -37,6 +37,7 @@ the files stay where they are, untouched, for the operator: restore the right ke
 from __future__ import annotations
 
 import bisect
+import concurrent.futures as cf
 import gc
 import logging
 import sys
@@ -45,6 +46,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import orjson
@@ -206,7 +208,10 @@ class StreamWorker:
         """Partition -> when (monotonic) this worker last saw its event time move (or started)."""
         self._ticked: dict[int, float] = {}
         self.ticks: dict[int, int] = {}
-        """Ticks written per partition since this worker started (:meth:`_tick_quiet`)."""
+        """Ticks Kafka acknowledged per partition since this worker started (:meth:`_tick_quiet`;
+        counted on the producer's thread, read here)."""
+        self.ticks_failed = 0
+        """Ticks whose send failed (a later tick takes their place)."""
         self._tick_keys: dict[int, bytes] = {}
 
     # -- the loop ----------------------------------------------------------------------------
@@ -350,7 +355,7 @@ class StreamWorker:
             return
         now, wall_ms = time.monotonic(), int(time.time() * 1000)
         live_ms = max(self.settings.stream.allowed_lateness_ms, LIVE_MS)
-        ticks = []
+        ticks, ticked = [], []
         for p in self.partitions:
             if now - self._moved[p] < every or now - self._ticked.get(p, -every) < every:
                 continue
@@ -369,9 +374,21 @@ class StreamWorker:
                 self._tick_keys[p] = key
             ticks.append(OutRecord(self.topics.events, tick_record(at, p), key=key))
             self._ticked[p] = now
-            self.ticks[p] = self.ticks.get(p, 0) + 1
+            ticked.append(p)
         if ticks:
-            self._producer.send_many(ticks).add_done_callback(_tick_failed)
+            self._producer.send_many(ticks).add_done_callback(partial(self._ticks_settled, ticked))
+
+    def _ticks_settled(self, partitions: list[int], future: cf.Future[Any]) -> None:
+        """On the producer's thread: count the ticks Kafka acknowledged, or those that failed
+        (the batch fails whole at its first error: some of it may have been written, so
+        ``ticksWritten`` is then short, never over)."""
+        error = future.exception()
+        if error is not None:
+            self.ticks_failed += len(partitions)
+            log.warning("%d ticks were not written (others follow): %s", len(partitions), error)
+            return
+        for p in partitions:
+            self.ticks[p] = self.ticks.get(p, 0) + 1
 
     def _acknowledged(self, outputs: list[OutRecord]) -> None:
         """Send side outputs and wait for Kafka's acknowledgement (at most
@@ -724,6 +741,7 @@ class StreamWorker:
                 "restoredFrom": {str(p): o for p, o in self.restored.items()},
                 "checkpoints": self.checkpoints,
                 "checkpointsSkipped": self.checkpoints_skipped,
+                "ticksFailed": self.ticks_failed,
                 "traced": self.traced,
                 "commitFailures": getattr(self._consumer, "commit_failures", 0),
                 "freshnessBucketsMs": list(FRESHNESS_BUCKETS_MS),
@@ -736,11 +754,6 @@ class StreamWorker:
     def _waiting_on_kafka_s(self) -> float:
         since = self._waiting_since
         return 0.0 if since is None else round(time.monotonic() - since, 1)
-
-
-def _tick_failed(future: Any) -> None:
-    if future.exception() is not None:
-        log.warning("a tick was not written (another follows): %s", future.exception())
 
 
 def _resolve_key(settings: Settings, checkpoint_uri: str) -> bytes:

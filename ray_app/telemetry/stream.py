@@ -35,6 +35,7 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
     fam: dict[str, list[str]] = {name: [] for name, _, _ in _FAMILIES}
     refused = 0
     skipped: dict[str, int] = {}  # worker slot -> checkpoints it skipped
+    tick_failures: dict[str, int] = {}  # worker slot -> ticks whose send failed
     waiting = 0.0
     # slot -> its histograms and its sum: one series per worker slot, as checkpointsSkipped (a
     # sum over workers went down when one restarted, which rate() reads as a reset, counting
@@ -50,6 +51,7 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         # not as a sum going down, which increase() counts as new skips
         slot = str(worker.get("worker", "")).split("-", 1)[0]
         skipped[slot] = skipped.get(slot, 0) + worker.get("checkpointsSkipped", 0)
+        tick_failures[slot] = tick_failures.get(slot, 0) + worker.get("ticksFailed", 0)
         waiting = max(waiting, worker.get("waitingOnKafkaS", 0.0))
         histograms.setdefault(slot, []).append(
             (worker["freshnessBucketsMs"], worker["freshnessCounts"])
@@ -66,6 +68,11 @@ def stream_metrics_text(status: list[dict[str, Any]]) -> str:
         labels = f'{{worker="{slot}"}}' if slot else ""
         fam["onramp_stream_checkpoints_skipped_total"].append(
             f"onramp_stream_checkpoints_skipped_total{labels} {n}"
+        )
+    for slot, n in sorted(tick_failures.items()) or [("", 0)]:
+        labels = f'{{worker="{slot}"}}' if slot else ""
+        fam["onramp_stream_ticks_failed_total"].append(
+            f"onramp_stream_ticks_failed_total{labels} {n}"
         )
     fam["onramp_stream_waiting_on_kafka_seconds"].append(
         f"onramp_stream_waiting_on_kafka_seconds {waiting:g}"
@@ -155,6 +162,9 @@ _FAMILIES = (
     ("onramp_stream_checkpoints_skipped_total", "counter",
      "Checkpoints not written because side outputs (late, DLQ, rewards) were not acknowledged "
      "by Kafka."),
+    ("onramp_stream_ticks_failed_total", "counter",
+     "Ticks (the time written into a quiet partition) whose send failed; a later tick takes "
+     "their place."),
     ("onramp_stream_buffered_events", "gauge", "Events held in reorder buffers."),
     ("onramp_stream_consumer_lag_records", "gauge", "Records not yet taken, per partition."),
     ("onramp_stream_waiting_on_kafka_seconds", "gauge",

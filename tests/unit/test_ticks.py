@@ -315,3 +315,34 @@ def test_decisions_arriving_do_not_hold_ticks_back(twin, tmp_path):
         asking.join()
         w.stop()
     assert rewards and rewards[0]["decisionId"] == "d1" and rewards[0]["outcome"] == "timeout"
+
+
+def test_ticks_written_counts_what_kafka_acknowledged_and_failed_sends_apart(twin, tmp_path):
+    """``ticksWritten`` counts a tick once Kafka acknowledged it; a send that failed (a broker
+    down: a later tick takes its place) shows in ``ticksFailed`` instead, so that the status
+    never reports as written a tick the partition will never read."""
+    import concurrent.futures as cf
+
+    w = StreamWorker("w0", _settings(), "in-memory", [0, 1], str(tmp_path / "ckpt"), KEY)
+    acked: cf.Future = cf.Future()
+    acked.set_result(2)
+    failed: cf.Future = cf.Future()
+    failed.set_exception(RuntimeError("broker down"))
+    w._ticks_settled([0, 1], acked)
+    w._ticks_settled([1], failed)
+    status = w.status()
+    assert {p: s["ticksWritten"] for p, s in status["partitions"].items()} == {"0": 1, "1": 1}
+    assert status["ticksFailed"] == 1
+
+
+def test_failed_ticks_are_a_counter_per_worker_slot_on_metrics():
+    from ray_app.telemetry.stream import stream_metrics_text
+
+    def worker(name: str, failed: int) -> dict:
+        return {"worker": name, "partitions": {}, "freshnessBucketsMs": [10],
+                "freshnessCounts": [0, 0], "freshnessSumMs": 0.0, "ticksFailed": failed}  # fmt: skip
+
+    text = stream_metrics_text([worker("w0-g0-r0-m0", 2), worker("w1-g0-r1-m0", 0)])
+    assert 'onramp_stream_ticks_failed_total{worker="w0"} 2' in text
+    assert 'onramp_stream_ticks_failed_total{worker="w1"} 0' in text
+    assert "onramp_stream_ticks_failed_total 0" in stream_metrics_text([])
