@@ -106,7 +106,15 @@ def _id(value: Any) -> str | None:
 
 
 def _time(value: Any) -> dt.datetime | None:
-    # pydantic's own datetime reading, then the contract's year bounds and naive-is-UTC.
+    # pydantic's own datetime reading, then the contract's year bounds and naive-is-UTC; a
+    # canonical text (``2026-11-01T10:00:00.000Z``, what browsers write) names one instant
+    # whichever reads it, and the standard library's C parser reads it in a third of the time.
+    if _is_canonical(value):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None  # the models refuse it too (a month 13): they will say why
+        return parsed if TIME_MIN_YEAR <= parsed.year <= TIME_MAX_YEAR else None
     try:
         parsed = _DATETIME.validate_python(value)
     except ValidationError:
@@ -133,8 +141,16 @@ def _sent_at(value: Any) -> tuple[dt.datetime, str] | None:
     return out
 
 
+def _without_none(value: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``value`` without its None items (as the models write, ``exclude_none``): a
+    plain copy when it holds none, nearly always (no JSON value but null equals None)."""
+    if None in value.values():
+        return {key: item for key, item in value.items() if item is not None}
+    return value.copy()
+
+
 def _onramp(value: dict[str, Any], call: PlainCall) -> dict[str, Any] | None:
-    out = {key: item for key, item in value.items() if item is not None}
+    out = _without_none(value)
     session_id = out.get("sessionId")
     if session_id is not None:
         session_id = out["sessionId"] = call.session_id = _id(session_id)
@@ -156,7 +172,7 @@ def _onramp(value: dict[str, Any], call: PlainCall) -> dict[str, Any] | None:
 def _context(value: Any, call: PlainCall) -> dict[str, Any] | None:
     if type(value) is not dict:
         return None
-    out = {key: item for key, item in value.items() if item is not None}
+    out = _without_none(value)
     onramp = out.get("onramp")
     if onramp is not None:
         if type(onramp) is not dict:
@@ -191,7 +207,7 @@ def plain_call(raw: dict[str, Any], route_type: str | None) -> PlainCall | None:
         return None
     # exclude_none, as the models write: a None is an absent optional field or a dropped
     # extra, and where the models refuse None (context, the objects, event) the event is theirs
-    theirs = {key: value for key, value in raw.items() if value is not None}
+    theirs = _without_none(raw)
     if len(theirs) != len(raw) and any(raw.get(key, kind) is None for key in _NOT_NONE):
         return None
     theirs["type"] = kind
@@ -264,5 +280,9 @@ def plain_call(raw: dict[str, Any], route_type: str | None) -> PlainCall | None:
 
 
 def plain_record(call: PlainCall, ours: dict[str, Any]) -> bytes:
-    """The record of ``call``: its fields with ``ours`` set over them (as ``record_json``)."""
-    return orjson.dumps({**call.theirs, **ours})
+    """The record of ``call``: its fields with ``ours`` set over them (as ``record_json``).
+    ``call.theirs`` (its own copy) takes them in place: the same keys in the same order as
+    ``{**call.theirs, **ours}`` without building a third dict."""
+    theirs = call.theirs
+    theirs.update(ours)
+    return orjson.dumps(theirs)

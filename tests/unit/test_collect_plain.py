@@ -290,3 +290,29 @@ def test_an_extra_properties_field_that_is_not_an_object_is_kept(plain, monkeypa
     p = parse("identify", body)
     assert (p.status, p.rejections) == (200, [])
     assert orjson.loads(p.events[0][1])["properties"] == [1]
+
+
+_CANONICAL_CHARS = st.sampled_from("0123456789-:.TZ+ x\u0661")  # an Arabic-Indic digit too
+
+
+@given(
+    when=st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31))
+    | st.builds(lambda chars: "".join(chars), st.lists(_CANONICAL_CHARS, min_size=24, max_size=24)),
+)
+def test_a_canonical_time_is_the_instant_the_models_read(when):
+    """The plain path reads a time written as ``toISOString`` writes it with the standard
+    library's parser: whatever it accepts the models accept as the same instant (what it
+    refuses goes to the models, which accept it or say why not)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from ray_app.collect.plain import _time
+
+    text = when.isoformat(timespec="milliseconds") + "Z" if isinstance(when, dt.datetime) else when
+    ours = _time(text)
+    if ours is None:
+        return
+    try:
+        theirs = TypeAdapter(dt.datetime).validate_python(text)
+    except ValidationError:
+        pytest.fail(f"the plain path read {text!r}, which the models refuse")
+    assert ours == theirs and ours.utcoffset() == dt.timedelta(0)
