@@ -7,6 +7,9 @@ keep-alive connections, bench/wrk/post.lua cycling through many bodies):
 
 * batches of 100 events to ``/v1/batch`` at 1, 4 and 16 connections (the collector hands each
   batch to the producer at once, so more connections only queue: the figure is the best);
+  then, at the best of those connections, the same batches with the batch's ``sentAt`` as
+  browser SDKs send it (each event takes it and its time is corrected for clock skew:
+  ``sdk_batches`` in the JSON);
 * single events to ``/v1/track`` and the trivial route, in turn, at 16, 64 and 256 connections:
   2xx answers/s, p50, p99 and p99.9; the single-event ratio is at 64 connections (goal of
   issue 18: at least 0.6);
@@ -75,10 +78,17 @@ def _event(i: int, user: int) -> dict[str, Any]:
     }
 
 
-def batch_bodies(count: int, per: int = 100) -> list[bytes]:
-    """``count`` bodies for /v1/batch of ``per`` events each."""
+#: When the client sent the batch, as browser SDKs (Onramp's, analytics.js) write it on every
+#: batch: each event then takes it, and its time is corrected for the client's clock skew.
+SDK_SENT_AT = "2026-11-01T10:00:01.500Z"
+
+
+def batch_bodies(count: int, per: int = 100, sent_at: str | None = None) -> list[bytes]:
+    """``count`` bodies for /v1/batch of ``per`` events each (with the batch's ``sentAt``, as
+    an SDK sends it, when given)."""
+    envelope = {} if sent_at is None else {"sentAt": sent_at}
     return [
-        json.dumps({"batch": [_event(i, b * 1000 + i) for i in range(per)]}).encode()
+        json.dumps({"batch": [_event(i, b * 1000 + i) for i in range(per)], **envelope}).encode()
         for b in range(count)
     ]
 
@@ -194,8 +204,10 @@ def main() -> None:
     started = time.monotonic()
     print(f"starting broker + Ray + Serve (client {args.client}) ...", file=sys.stderr, flush=True)
     batches, singles = batch_bodies(200), track_bodies(2000)
+    sdk_batches = batch_bodies(200, sent_at=SDK_SENT_AT)
     results: dict[str, list[dict[str, Any]]] = {
         "batch": [],
+        "sdk_batch": [],
         "track": [],
         "trivial_serve": [],
         "open_loop": [],
@@ -223,6 +235,9 @@ def main() -> None:
         wrk(trivial_url, singles, HEADERS, 16, 2)
         for c in batch_connections:
             results["batch"].append(run("/v1/batch (100 events)", batch_url, batches, 100, c))
+        best_c = max(results["batch"], key=lambda r: r["events_per_s"])["connections"]
+        sdk = run("/v1/batch, with sentAt", batch_url, sdk_batches, 100, best_c)
+        results["sdk_batch"].append(sdk)
         for c in single_connections:  # in turn at each concurrency: the same moment
             results["track"].append(run("/v1/track", track_url, singles, 1, c))
             results["trivial_serve"].append(run("trivial Serve", trivial_url, singles, 1, c))
@@ -266,6 +281,16 @@ def main() -> None:
             "one process, send_many (the collector's call)",
             "baseline_value": raw["events_per_s"],
             "ratio": ratio(best["events_per_s"], raw["events_per_s"]),
+            "sdk_batches": {
+                "figure": "events/s through HTTP, batches of 100 with the batch's sentAt (as "
+                "browser SDKs send them: each event's time corrected for clock skew), at the "
+                "best connections of the batches above",
+                "value": sdk["events_per_s"],
+                "connections": sdk["connections"],
+                "p50_ms": sdk["p50_ms"],
+                "p99_ms": sdk["p99_ms"],
+                "ratio_to_raw_producer": ratio(sdk["events_per_s"], raw["events_per_s"]),
+            },
             "single_event": {
                 "figure": f"/v1/track events/s (2xx) at {args.ratio_at} connections, wrk closed "
                 "loop",
