@@ -509,3 +509,30 @@ def test_a_late_event_nested_past_the_encoders_depth_is_kept_as_text():
     why = {"watermark": T0, "behindMs": 5, "allowedLatenessMs": 1, "reason": "late"}
     out = orjson.loads(late_record(value, why, SimpleNamespace(topic="t", partition=0, offset=7)))
     assert out["event"] == value.decode()
+
+
+@settings(max_examples=500)
+@given(
+    when=st.datetimes(timezones=st.timezones()),
+    naive=st.datetimes(),
+)
+def test_iso_writes_every_time_as_astimezone_and_isoformat_do(when, naive):
+    """``iso`` writes from the milliseconds since the epoch and a kept text of their second: the
+    same text as ``astimezone(UTC).isoformat(timespec="milliseconds")`` for any offset, and a
+    naive time read as that reads it (local time)."""
+    import datetime as dt
+
+    from ray_app.timefmt import iso
+
+    def reference(t: dt.datetime) -> str:
+        return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    for t in (when, naive):
+        try:
+            expected = reference(t)
+        except (OverflowError, ValueError) as exc:  # an offset past year 1 or 9999
+            with pytest.raises(type(exc)):
+                iso(t)
+            continue
+        assert iso(t) == expected
+        assert iso(t) == expected  # and once its second's text is kept
