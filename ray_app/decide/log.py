@@ -11,6 +11,10 @@ record. What keeps the log complete:
 * the producer is idempotent with ``acks=all`` and retries on its own;
 * at most ``decide.log_max_pending`` records may be queued or await their acknowledgement; beyond
   that the route answers 503 with Retry-After rather than serve decisions the log may not get;
+* while the producer cannot be built (Kafka unreachable when the replica started), nothing is
+  queued either: the route answers 503 and the sender tries again every second on its own (its
+  records would fail at once, so the bound above never filled and every decision was served
+  unlogged). Only the records offered before the first attempt failed are lost, counted;
 * on shutdown the replica drains the queue and flushes the producer before it exits (``close``);
 * every record that Kafka finally refuses, or that the producer would not take, is counted
   (``failed``) and logged with its id.
@@ -101,6 +105,8 @@ class DecisionLog:
         self._idle = False  # the sender waits for records: the next offer wakes it
         self._sender: threading.Thread | None = None
         self._closed = False
+        #: The producer could not be built at the last attempt: offers are refused until it is.
+        self._down = False
         self._down_until = 0.0
         self._close_timeout_s = 10.0
         self.pending = 0
@@ -128,6 +134,7 @@ class DecisionLog:
         with self._lock:  # one lock for the check, the count and the queueing: close() waits
             if (
                 self._closed
+                or self._down
                 or self.pending + len(encoded) > self.max_pending
                 or (self.pending and self.pending_bytes + size > self.max_pending_bytes)
             ):
@@ -142,12 +149,18 @@ class DecisionLog:
         return True
 
     def _take(self) -> list[tuple[bytes, bytes, Any]] | None:
-        """Everything queued, waiting for it if nothing is; None once closed and drained."""
+        """Everything queued, waiting for it if nothing is; None once closed and drained; an
+        empty list, after ``_RETRY_AFTER_S``, while the producer cannot be built (nothing is
+        offered then: the sender tries to build it again on its own)."""
         with self._lock:
             while not self._queue:
                 if self._closed:
                     return None
                 self._idle = True
+                if self._down:
+                    self._wake.wait(_RETRY_AFTER_S)
+                    self._idle = False
+                    return []
                 self._wake.wait()
             items, self._queue = self._queue, []
             self._idle = False
@@ -155,6 +168,9 @@ class DecisionLog:
 
     def _run(self) -> None:
         while (items := self._take()) is not None:
+            if not items:  # down: try to build the producer again
+                self._producer_or_none()
+                continue
             for key, value, decision_id in items:
                 try:
                     producer = self._producer_or_none()
@@ -180,8 +196,15 @@ class DecisionLog:
                 self._producer = self._factory()
             except Exception as exc:
                 self._down_until = time.monotonic() + _RETRY_AFTER_S
-                log.warning("decision log: cannot connect to Kafka: %s", exc)
+                with self._lock:
+                    if not self._down:
+                        log.warning("decision log: cannot connect to Kafka: %s", exc)
+                    self._down = True
                 return None
+            with self._lock:
+                if self._down:
+                    log.warning("decision log: connected to Kafka again")
+                self._down = False
         return self._producer
 
     def _done(
@@ -220,6 +243,11 @@ class DecisionLog:
             if sender.is_alive():
                 log.warning("decision log: %d records still unsent at shutdown", self.pending)
 
+    @property
+    def down(self) -> bool:
+        """Whether the producer could not be built at the last attempt (offers are refused)."""
+        return self._down
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {
@@ -227,4 +255,5 @@ class DecisionLog:
                 "pendingBytes": self.pending_bytes,
                 "acked": self.acked,
                 "failed": self.failed,
+                "down": int(self._down),
             }

@@ -200,7 +200,8 @@ class DecisionService:
         ):
             self.hooks.kafka_unavailable("decision_log")
             self.tracing.end(span, 503)
-            return self.refuse(DecisionLogBacklog("the decision log is not keeping up"))
+            why = "cannot reach Kafka" if self.decision_log.down else "is not keeping up"
+            return self.refuse(DecisionLogBacklog(f"the decision log {why}"))
         if span is not None:
             self.tracing.end(
                 span,

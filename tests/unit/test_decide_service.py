@@ -114,7 +114,7 @@ def test_the_log_refuses_past_its_bound_and_counts_failures():
 
 
 def _counts(log: DecisionLog) -> dict[str, int]:
-    return {k: v for k, v in log.stats().items() if k != "pendingBytes"}
+    return {k: v for k, v in log.stats().items() if k not in ("pendingBytes", "down")}
 
 
 def test_the_log_is_bounded_in_bytes_too():
@@ -163,17 +163,35 @@ def test_offering_a_decision_never_waits_for_the_producer():
     log.close()
 
 
-def test_a_producer_that_cannot_be_built_counts_failures_and_frees_the_bound():
-    def broken():
-        raise ConnectionError("no broker")
+def test_while_the_producer_cannot_be_built_decisions_are_refused_until_it_is():
+    """Kafka unreachable when the replica starts: the records offered before the first attempt
+    fail, counted; from then on every offer is refused (the route answers 503) rather than
+    served and lost, and the sender tries to build the producer again on its own. Before, each
+    record failed at once and gave its place in the bound back, so every decision was served
+    with a 200 and none was logged."""
+    broker = InMemoryBroker(partitions=1)
+    reachable = threading.Event()
+    attempts = []
+
+    def factory():
+        attempts.append(1)
+        if not reachable.is_set():
+            raise ConnectionError("no broker")
+        return InMemoryProducer(broker)
 
     results = []
-    log = DecisionLog(broken, "d", max_pending=2, on_result=lambda ok, bad: results.append(bad))
+    log = DecisionLog(factory, "d", max_pending=2, on_result=lambda ok, bad: results.append(bad))
     assert log.offer([(b"u", {"decisionId": "1"}), (b"u", {"decisionId": "2"})])
     _until(lambda: _counts(log) == {"pending": 0, "acked": 0, "failed": 2})
-    assert sum(results) == 2
-    assert log.offer([(b"u", {"decisionId": "3"})])  # the bound was given back
+    assert sum(results) == 2 and log.stats()["down"] == 1
+    assert not any(log.offer([(b"u", {"decisionId": f"x{i}"})]) for i in range(100))
+    _until(lambda: len(attempts) >= 2)  # retried with nothing offered
+    reachable.set()
+    _until(lambda: log.stats()["down"] == 0)
+    assert log.offer([(b"u", {"decisionId": "3"})])
+    _until(lambda: _counts(log) == {"pending": 0, "acked": 1, "failed": 2})
     log.close()
+    assert [orjson.loads(r.value)["decisionId"] for r in broker.records("d")] == ["3"]
 
 
 def test_close_sends_everything_offered_before_it_and_builds_nothing_after():
