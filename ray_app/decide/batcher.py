@@ -62,6 +62,10 @@ def _identified(profile: Profile, key: str) -> bool:
     return profile.get("userId") is not None or profile.get("userKey", key) != key
 
 
+#: What an unverified visitor's CRM enrichment is looked up by: nothing (the defaults).
+_NOBODY: Profile = {"traits": {}}
+
+
 def _wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -176,6 +180,13 @@ class DecisionBatcher:
                 profile, reason = None, "stream_unavailable"
             elif profile is not None and r.anonymous_only and _identified(profile, r.user_key):
                 profile = None  # a signed-in user's, and the request is not verified as theirs
-            items.append((r, profile, enrich(profile or {"userId": r.user_id, "traits": {}})))
+            if r.anonymous_only:
+                # an unverified visitor's CRM row is nobody's: its anonymous id, or a group or
+                # account it claimed, could name a customer's, whose columns (a plan) would
+                # then shape, and through eligibility show in, what this browser is answered
+                crm = enrich(_NOBODY)
+            else:
+                crm = enrich(profile or {"userId": r.user_id, "traits": {}})
+            items.append((r, profile, crm))
             cold.append(reason or ("unknown_user" if profile is None else None))
         return self.decider.decide_many(items, now_ms=self.clock_ms(), cold_reasons=cold)

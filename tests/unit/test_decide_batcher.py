@@ -273,3 +273,20 @@ def test_the_reader_asks_for_the_routes_again_when_a_partition_moved(monkeypatch
     with pytest.raises(reader.StreamUnavailable):
         asyncio.run(r.get("u1"))
     assert len(loads) == asked + 1
+
+
+def test_an_unverified_visitor_is_enriched_from_no_crm_row():
+    """With identity verification on, a browser could send a track with a customer's CRM user
+    id (or account) as its anonymousId, then decide unverified with that anonymousId: its
+    anonymous profile's key named the customer's CRM row, whose columns (a plan) shaped the
+    features and, through eligibility, showed in the answer. An unverified request's CRM
+    lookup names nobody; a verified one's names its user."""
+    visitor = {"userKey": "crm-user-42", "traits": {"accountId": "acct-7"}, "groupId": "acct-7"}
+    batcher = _batcher(FakeProfiles({"crm-user-42": visitor}))
+    unverified = DecideRequest(anonymous_id="crm-user-42", slot="next_step", decision_id="d1")
+    unverified._anonymous_only = True
+    asyncio.run(batcher.decide(unverified))
+    assert batcher.enriched == [{"traits": {}}]  # type: ignore[attr-defined]
+    verified = DecideRequest(anonymous_id="crm-user-42", slot="next_step", decision_id="d2")
+    asyncio.run(batcher.decide(verified))
+    assert batcher.enriched[-1]["userKey"] == "crm-user-42"  # type: ignore[attr-defined]
