@@ -72,7 +72,9 @@ class DecideSettings(_Section):
     temperature: float = Field(
         0.5, gt=0, allow_inf_nan=False, description="softmax: temperature of the scores."
     )
-    seed: int = Field(0, description="Seed of the policy's draws (with the decision id).")
+    seed: int = Field(
+        0, ge=0, description="Seed of the policy's draws (with the decision id); not negative."
+    )
     experiment: str = Field("onboarding", min_length=1, description="Experiment name.")
     salt: str = Field("onramp", min_length=1, description="Hash salt of the arm assignment.")
     arms: dict[str, float] = Field(

@@ -189,4 +189,17 @@ class DecisionBatcher:
                 crm = enrich(profile or {"userId": r.user_id, "traits": {}})
             items.append((r, profile, crm))
             cold.append(reason or ("unknown_user" if profile is None else None))
-        return self.decider.decide_many(items, now_ms=self.clock_ms(), cold_reasons=cold)
+        now_ms = self.clock_ms()
+        try:
+            return self.decider.decide_many(items, now_ms=now_ms, cold_reasons=cold)
+        except Exception:  # one request's failure is its own: the rest are decided alone
+            log.exception(
+                "a decision batch failed: deciding its %d requests one by one", len(items)
+            )
+        results: list[Any] = []
+        for item, reason in zip(items, cold, strict=True):
+            try:
+                results += self.decider.decide_many([item], now_ms=now_ms, cold_reasons=[reason])
+            except Exception as exc:
+                results.append(exc)
+        return results

@@ -1,6 +1,7 @@
 """The decision batcher without Serve: the requests that arrive together share one profile lookup
 and one decide, a slow or absent stream makes cold starts (not errors), a catalog refusal stays
-with its request, and a failed batch fails every request in it, none left hanging."""
+with its request, a failed profile lookup fails every request of its batch, none left hanging,
+and a request whose decision fails fails alone."""
 
 import asyncio
 import datetime as dt
@@ -59,8 +60,12 @@ def _req(user: str, slot: str = "next_step") -> DecideRequest:
     return DecideRequest(user_id=user, slot=slot, decision_id=f"d-{user}")
 
 
-async def _decide_all(batcher: DecisionBatcher, requests: list[DecideRequest]) -> list[Any]:
-    return await asyncio.gather(*(batcher.decide(r) for r in requests))
+async def _decide_all(
+    batcher: DecisionBatcher, requests: list[DecideRequest], return_exceptions: bool = False
+) -> list[Any]:
+    return await asyncio.gather(
+        *(batcher.decide(r) for r in requests), return_exceptions=return_exceptions
+    )
 
 
 def test_requests_that_arrive_together_share_one_lookup():
@@ -290,3 +295,30 @@ def test_an_unverified_visitor_is_enriched_from_no_crm_row():
     verified = DecideRequest(anonymous_id="crm-user-42", slot="next_step", decision_id="d2")
     asyncio.run(batcher.decide(verified))
     assert batcher.enriched[-1]["userKey"] == "crm-user-42"  # type: ignore[attr-defined]
+
+
+def test_a_request_that_fails_its_decision_fails_alone():
+    """A request whose decision raises (a bug, a value the model cannot take) failed its whole
+    batch: up to 256 answers of 500, control's included. The batch is now decided again one
+    request at a time, and only that request fails."""
+    batcher = _batcher(FakeProfiles())
+    decide_many = batcher.decider.decide_many
+
+    def fragile(items, **kw):  # type: ignore[no-untyped-def]
+        if any(r.user_key == "poison" for r, _, _ in items):
+            raise ValueError("cannot decide for poison")
+        return decide_many(items, **kw)
+
+    batcher.decider.decide_many = fragile  # type: ignore[method-assign]
+    results = asyncio.run(
+        _decide_all(batcher, [_req("u1"), _req("poison"), _req("u2")], return_exceptions=True)
+    )
+    assert [type(r).__name__ for r in results] == ["Decision", "ValueError", "Decision"]
+    assert [r.user_key for r in results if isinstance(r, Decision)] == ["u1", "u2"]
+
+
+def test_a_negative_policy_seed_is_refused_at_load():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="seed"):
+        Settings.model_validate({"decide": {"seed": -1}})
