@@ -57,8 +57,9 @@ class Arms:
         ]
         #: When the current split started (``decide.arms_since``; set with earlier splits).
         self.current_since = None if settings.arms_since is None else _ms(settings.arms_since)
-        #: user key -> (assignment key, first seen) of the last profile read: what
-        #: :meth:`assign_unread` goes by when a profile cannot be read in time.
+        #: user key -> (assignment key, first seen) of the last profile read, for the users
+        #: whose arm their key alone does not tell: what :meth:`assign_unread` goes by when a
+        #: profile cannot be read in time (least recently read first out past ``_REMEMBERED``).
         self._basis: dict[str, tuple[str | None, int | None]] = {}
 
     def in_force(self, first_seen_ms: int | None) -> Experiment:
@@ -87,11 +88,18 @@ class Arms:
         key = profile.get("assignmentKey") if profile else None
         first = first if isinstance(first, int) else None
         key = key if isinstance(key, str) and key else None
-        if first is not None or key is not None:
-            if len(self._basis) >= _REMEMBERED:
-                self._basis.clear()  # the memory starts afresh: it is only a fallback
-            self._basis[user_key] = (key, first)
-        return self.in_force(first).assign(key or user_key)
+        split = self.in_force(first)
+        basis = self._basis
+        if (key is not None and key != user_key) or split is not self.current:
+            # what assign_unread could not tell without this profile: remembered, the least
+            # recently read user forgotten first
+            basis.pop(user_key, None)
+            if len(basis) >= _REMEMBERED:
+                del basis[next(iter(basis))]
+            basis[user_key] = (key, first)
+        elif basis:
+            basis.pop(user_key, None)  # assign_unread's default is this user's arm
+        return split.assign(key or user_key)
 
     def assign_unread(self, user_key: str) -> str:
         """The arm of a user whose profile could not be read in time (a deadline, the stream
@@ -109,7 +117,10 @@ class Arms:
         return self.in_force(first).assign(key or user_key)
 
 
-#: Users whose assignment basis an :class:`Arms` remembers (a few MB); past it, afresh.
+#: Users whose assignment basis an :class:`Arms` remembers (a few MB), the least recently read
+#: forgotten first: only those whose arm a replica could not tell from their id (merged ids,
+#: or first seen under an earlier split). Before, every user read was remembered and the whole
+#: memory was emptied when it filled, so a deadline missed after that switched such users' arms.
 _REMEMBERED = 1 << 16
 
 
