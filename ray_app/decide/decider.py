@@ -255,15 +255,16 @@ class Decider:
         return prepared, x
 
     def _choose(
-        self, p: _Prepared, scores: np.ndarray | None, policy: Policy, decision_id: str
+        self, p: _Prepared, scores: np.ndarray | None, policy: Policy, draw_key: str
     ) -> Choice:
         """The draw among the eligible actions: the static flow for control, else ``policy``
-        over the model's ``scores``."""
+        over the model's ``scores``; ``draw_key`` (the user, the slot and the decision id) is
+        what the draw depends on."""
         if Experiment.serves_control(p.arm):
             zeros = np.zeros(p.slot.size, dtype=np.float32)
-            return self._control[p.slot.name].choose(zeros, p.eligible, decision_id)
+            return self._control[p.slot.name].choose(zeros, p.eligible, draw_key)
         assert scores is not None, "a model arm's eligible request is scored"
-        return policy.choose(scores, p.eligible, decision_id)
+        return policy.choose(scores, p.eligible, draw_key)
 
     def _decision(
         self,
@@ -279,7 +280,10 @@ class Decider:
         req, profile, slot = p.request, p.profile, p.slot
         decision_id = req.decision_id or str(uuid.uuid4())
         control = Experiment.serves_control(p.arm)
-        choice = self._choose(p, scores, policy, decision_id) if p.eligible else None
+        # the draw is the request's own: a client's id reused for another user or slot (or
+        # picked to steer one user's draws onto another's) does not repeat another's draw
+        draw_key = f"{req.user_key}\x1f{slot.name}\x1f{decision_id}"
+        choice = self._choose(p, scores, policy, draw_key) if p.eligible else None
         last = profile.get("lastReceived") if profile else None
         # logged under the id whose profile answered (an id merged into another reads the
         # survivor's profile): the decision's reward join lives in that id's partition

@@ -322,3 +322,31 @@ def test_a_negative_policy_seed_is_refused_at_load():
 
     with pytest.raises(ValidationError, match="seed"):
         Settings.model_validate({"decide": {"seed": -1}})
+
+
+def test_a_decision_id_reused_across_users_does_not_repeat_one_draw():
+    """The policy's draw depended on the decision id alone: a client reusing an id
+    (``"page-1"``) for every user gave all of them the same draw, and one who picked ids could
+    steer any user's draw. It is now the user's, the slot's and the id's; a retry of the same
+    request still draws the same."""
+    from ray_app.catalog import load_catalog
+    from ray_app.config import DecideSettings
+    from ray_app.decide import Arms
+    from ray_app.model.policy import Policy
+
+    decider = Decider(
+        load_catalog(),
+        Arms(DecideSettings(arms={"control": 0.0, "treatment": 1.0})),
+        Policy("epsilon_greedy", epsilon=1.0),  # uniform over the eligible steps: the draw alone
+    )
+    profile = {"stepsCompleted": ["welcome"], "firstSeen": T0, "lastReceived": T0}
+    items = [
+        (DecideRequest(user_id=f"u{i}", slot="next_step", decision_id="page-1"),
+         {**profile, "userKey": f"u{i}"}, None)
+        for i in range(40)
+    ]  # fmt: skip
+    first = decider.decide_many(items, now_ms=T0)
+    assert len({d.chosen for d in first}) > 1  # one id, forty users: not one draw
+    again = decider.decide_many(items, now_ms=T0)
+    assert [d.chosen for d in again] == [d.chosen for d in first]
+    assert len({round(d.propensity, 6) for d in first}) == 1  # uniform: one propensity
