@@ -511,7 +511,7 @@ def test_a_late_event_nested_past_the_encoders_depth_is_kept_as_text():
     assert out["event"] == value.decode()
 
 
-@settings(max_examples=500)
+@settings(max_examples=200)
 @given(
     when=st.datetimes(timezones=st.timezones()),
     naive=st.datetimes(),
