@@ -65,6 +65,9 @@ LEARNER_NAME = "onramp-learner"
 
 #: How often the running learner looks for a new promotion in the registry (seconds).
 _REGISTRY_POLL_S = 2.0
+#: Outcome times of positive rewards kept for the outcome -> new weights latency until the next
+#: publish (the oldest dropped beyond it).
+_AWAITING_KEPT = 100_000
 
 
 def learner_config(settings: Settings) -> LearnerConfig:
@@ -176,7 +179,9 @@ class LearnerService:
         self.arms: dict[str, list[int]] = {}  # arm -> [rewards, positives]
         self.recent: dict[str, deque[float]] = {}
         self.timeline: list[dict[str, Any]] = []
-        self._awaiting: list[int] = []  # outcome times (ms) of positives not yet published
+        # outcome times (ms) of positives not yet published; bounded: while publishes fail
+        # (a full disk) it grew by one a positive reward, without end
+        self._awaiting: deque[int] = deque(maxlen=_AWAITING_KEPT)
         self.latencies_ms: deque[int] = deque(maxlen=5_000)
         self.last_psi = 0.0
         self._lock = threading.Lock()
@@ -403,7 +408,7 @@ class LearnerService:
             return
         published_ms = int(time.time() * 1000)
         self.latencies_ms.extend(published_ms - t for t in self._awaiting)
-        self._awaiting = []
+        self._awaiting.clear()
         rollback = bundle.metadata.get("rollback")
         if rollback == "below_control":
             self.rate_drift.reacted(restarted=False, min_version=bundle.version)

@@ -103,8 +103,11 @@ def restore_learner(
             "no cold-start model of the learner's shape (%s): it rolls back to its own", exc
         )
     if learner.control is not None:
-        # a renumbered learner's served version is another model's: its decisions are not its
+        # a renumbered learner's served version is another model's: its decisions are not its;
+        # and a promotion adopted above cut the old lineage's decisions off at a later version
+        # (adopt), which this must not undo
         mine = learner.version + 1 if renumbered else learner.version
+        mine = max(mine, learner.control.min_version)
         learner.control.restart(min_version=mine, keep_control=False)
     learner.counters["refused_at_start"] += refused
     return learner
@@ -136,8 +139,17 @@ def _resume(
     """The learner saved at ``state_path``, logged; ``None`` if it is refused (logged, and the
     file moved aside)."""
     try:
+        blob = state_path.read_bytes()
+    except OSError as exc:  # a directory, no permission, an I/O error: refused, not a crash
+        log.error(
+            "learner state %s REFUSED: it cannot be read (%s); starting as if there were no state",
+            state_path,
+            exc,
+        )
+        return None
+    try:
         learner = OnlineLearner.from_bytes(
-            state_path.read_bytes(), config, schema_hash=schema.hash, catalog_digest=catalog.digest
+            blob, config, schema_hash=schema.hash, catalog_digest=catalog.digest
         )
     except LearnerStateError as exc:
         ctx = exc.context

@@ -1518,3 +1518,31 @@ def test_a_promoted_version_under_an_older_catalog_or_without_actions_starts_the
         tmp_path / "none.state", model, SCHEMA, CATALOG, _cfg(), promoted=lambda: legacy
     )
     assert third.counters["refused_at_start"] == 1 and third.version == 0
+
+
+def test_a_state_that_cannot_be_read_is_refused_not_a_crash(tmp_path, caplog):
+    """A state path that cannot be read (a directory, no permission, an I/O error) stopped the
+    learner from starting at all; it is refused and counted, as a corrupt one is."""
+    state = tmp_path / "learner.state"
+    state.mkdir()  # read_bytes() raises IsADirectoryError
+    with caplog.at_level(logging.ERROR, logger="ray_app.learn.service"):
+        learner = restore_learner(state, tmp_path / "model.bin", SCHEMA, CATALOG, _cfg())
+    assert learner.counters["refused_at_start"] == 1 and learner.version == 0
+    assert any("cannot be read" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_a_promotion_adopted_at_start_keeps_its_cut_on_the_old_lineages_decisions(tmp_path):
+    """A learner resumed at version 1 that adopts a promotion numbered at or below it is
+    judged only on decisions of the version it publishes the promoted weights as (adopt cuts at
+    version + 1); the start then restarted the comparison at its own version, so the old
+    lineage's decisions of that version, and their late timeouts, judged the promoted weights
+    against control (a false rollback, straight to the cold start)."""
+    _, path = _trained_state(tmp_path)
+    promoted = cold_start_bundle(SCHEMA, CATALOG, seed=4)
+    promoted.version, promoted.metadata = 1, {"promotion": 2, "registryVersion": 1}
+    learner = restore_learner(
+        path, tmp_path / "model.bin", SCHEMA, CATALOG, _cfg(), adopt=lambda lr: lr.adopt(promoted)
+    )
+    assert learner.version == 1 and learner.control is not None
+    assert learner.control.min_version == 2
