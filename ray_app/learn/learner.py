@@ -343,7 +343,7 @@ class OnlineLearner(Publishing):
             counts["received"] += 1
             if r.arm == self.config.holdout_arm:
                 counts["holdout"] += 1
-            elif not valid_record(r, self._slot_actions, self._arch["dim"]):
+            elif not valid_record(r, self._slot_actions, self._arch["dim"], self._schema_hash):
                 counts["invalid"] += 1
             elif not self._seen.add(r.decision_id):
                 counts["duplicates"] += 1

@@ -77,10 +77,19 @@ class LearnReport:
 MAX_ABS_FEATURE = 1e6
 
 
-def valid_record(r: RewardRecord, slot_actions: Mapping[str, Sequence[str]], dim: int) -> bool:
+def valid_record(
+    r: RewardRecord,
+    slot_actions: Mapping[str, Sequence[str]],
+    dim: int,
+    schema_hash: str | None = None,
+) -> bool:
     """Whether ``r`` can be trained on: a known slot and action (at its index), ``dim``
-    finite features within +-:data:`MAX_ABS_FEATURE`, a propensity in (0, 1] and a reward in
-    [0, 1]."""
+    finite features within +-:data:`MAX_ABS_FEATURE`, a propensity in (0, 1], a reward in
+    [0, 1], and (with ``schema_hash``) features of that feature schema when the record names
+    one: a schema of the same width (a ``features.hash_seed`` changed) gives every bucket
+    another meaning."""
+    if schema_hash is not None and r.feature_schema is not None and r.feature_schema != schema_hash:
+        return False
     ids = slot_actions.get(r.slot)
     if ids is None or not (0 <= r.action_index < len(ids)) or ids[r.action_index] != r.action:
         return False

@@ -96,6 +96,9 @@ class RewardRecord:
     outcome_at_ms: int | None
     model_version: int
     candidates: list[str] | None = None
+    feature_schema: str | None = None
+    """The hash of the feature schema ``features`` were made under (``featureSchema``; absent
+    from records written before it was kept, and from decisions that did not log it)."""
 
     @property
     def latency_ms(self) -> int | None:
@@ -122,6 +125,8 @@ class RewardRecord:
         }
         if self.candidates is not None:
             out["candidates"] = list(self.candidates)
+        if self.feature_schema is not None:
+            out["featureSchema"] = self.feature_schema
         return out
 
     def encode(self) -> bytes:
@@ -185,6 +190,9 @@ class RewardRecord:
             isinstance(cands, list) and all(isinstance(c, str) for c in cands)
         ):
             raise RewardRecordError("candidates", "expected a list of action ids")
+        feature_schema = data.get("featureSchema")
+        if feature_schema is not None and not isinstance(feature_schema, str):
+            raise RewardRecordError("featureSchema", "expected a feature schema hash (text)")
         return cls(
             decision_id=_text(data, "decisionId"),
             user_key=_text(data, "userKey"),
@@ -200,6 +208,7 @@ class RewardRecord:
             outcome_at_ms=outcome_at,
             model_version=_integer(data, "modelVersion"),
             candidates=None if cands is None else list(cands),
+            feature_schema=feature_schema,
         )
 
     @classmethod
@@ -254,6 +263,7 @@ class RewardRecord:
                 "outcomeAtMs": outcome_at_ms,
                 "modelVersion": decision.get("modelVersion"),
                 "candidates": list(cands) if isinstance(cands, list) else None,
+                "featureSchema": decision.get("featureSchema"),
             }
         )
 

@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import heapq
 import sys
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 from ray_app.records import DecisionRecord, DecisionRecordError, Outcome, RewardRecord
@@ -103,6 +104,16 @@ class PendingDecision:
     decided_at: int
     model_version: int
     candidates: tuple[str, ...] | None = None
+    feature_schema: str | None = None
+    """The hash of the feature schema its vector was made under (the decision record's
+    ``featureSchema``), carried into its reward: a learner refuses a vector of another schema
+    even of the same width (a ``features.hash_seed`` changed)."""
+
+    def __setstate__(self, state: Sequence[Any]) -> None:
+        """A snapshot of the slots form (before ``__reduce__``): its fields in order, those it
+        predates (``feature_schema``) at their defaults."""
+        for i, f in enumerate(fields(self)):
+            object.__setattr__(self, f.name, state[i] if i < len(state) else f.default)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Its fields in order, a packed vector's parts among them, for _pending to rebuild: a
@@ -118,7 +129,7 @@ class PendingDecision:
             (
                 self.decision_id, self.user_key, self.slot, self.step_slot, self.action,
                 self.action_index, self.arm, self.propensity, *parts, self.decided_at,
-                self.model_version, self.candidates,
+                self.model_version, self.candidates, self.feature_schema,
             ),
         )  # fmt: skip
 
@@ -137,6 +148,7 @@ class PendingDecision:
             arm=self.arm,
             model_version=self.model_version,
             candidates=None if self.candidates is None else list(self.candidates),
+            feature_schema=self.feature_schema,
         ).to_json()
 
     def reward(self, value: float, outcome: Outcome, outcome_at: int | None) -> RewardRecord:
@@ -156,6 +168,7 @@ class PendingDecision:
             outcome_at_ms=outcome_at,
             model_version=self.model_version,
             candidates=None if self.candidates is None else list(self.candidates),
+            feature_schema=self.feature_schema,
         )
 
 
@@ -188,15 +201,18 @@ def _pending(
     decided_at: int,
     model_version: int,
     candidates: tuple[str, ...] | None,
+    feature_schema: str | None = None,
 ) -> PendingDecision:
     """A :class:`PendingDecision` from what its ``__reduce__`` gives a snapshot: ``features`` is
-    a packed vector's size when ``indices`` and ``values`` are its bytes, else the vector."""
+    a packed vector's size when ``indices`` and ``values`` are its bytes, else the vector
+    (``feature_schema`` is absent from snapshots written before it was kept)."""
     if indices is not None and values is not None:
         features = PackedFeatures(features, indices, values)
     return PendingDecision(
         decision_id, sys.intern(user_key), sys.intern(slot), step_slot, sys.intern(action),
         action_index, sys.intern(arm), propensity, features, decided_at, model_version,
         None if candidates is None else tuple(map(sys.intern, candidates)),
+        None if feature_schema is None else sys.intern(feature_schema),
     )  # fmt: skip
 
 
@@ -225,6 +241,7 @@ def decode_decision(record: dict[str, Any], step_slots: frozenset[str]) -> Pendi
         decided_at=d.at_ms,
         model_version=d.model_version,
         candidates=None if d.candidates is None else tuple(map(sys.intern, d.candidates)),
+        feature_schema=None if d.feature_schema is None else sys.intern(d.feature_schema),
     )
 
 

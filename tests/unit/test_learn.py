@@ -1546,3 +1546,18 @@ def test_a_promotion_adopted_at_start_keeps_its_cut_on_the_old_lineages_decision
     )
     assert learner.version == 1 and learner.control is not None
     assert learner.control.min_version == 2
+
+
+def test_rewards_of_another_feature_schema_of_the_same_width_are_not_trained_on():
+    """A ``features.hash_seed`` change keeps the vector's width and gives every bucket another
+    meaning: the learner trained on the rewards still in flight (decided before the change) as
+    if they were of its schema. A reward that names another schema is now invalid; one of this
+    schema, or one that names none (written before rewards carried it), is trained on."""
+    from dataclasses import replace as with_
+
+    learner = new_learner()
+    records = logged(GroundTruth(seed=3), 0, 30, seed=3)
+    foreign = [with_(r, feature_schema="0" * 16) for r in records[:10]]
+    mine = [with_(r, feature_schema=SCHEMA.hash) for r in records[10:20]]
+    report = learner.learn(foreign + mine + records[20:])
+    assert (report.invalid, report.trained + report.guardrail) == (10, 20)

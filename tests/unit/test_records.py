@@ -536,3 +536,16 @@ def test_iso_writes_every_time_as_astimezone_and_isoformat_do(when, naive):
             continue
         assert iso(t) == expected
         assert iso(t) == expected  # and once its second's text is kept
+
+
+def test_a_reward_records_feature_schema_must_be_text():
+    from ray_app.records.reward import RewardRecord, RewardRecordError
+
+    d = {"decisionId": "d1", "userKey": "u1", "slot": "s", "action": "a", "actionIndex": 0,
+         "arm": "treatment", "propensity": 1, "features": [0], "reward": 0,
+         "outcome": "timeout", "decidedAtMs": 0, "outcomeAtMs": None, "modelVersion": 0}  # fmt: skip
+    assert RewardRecord.from_json(d).feature_schema is None
+    assert RewardRecord.from_json({**d, "featureSchema": "f" * 16}).feature_schema == "f" * 16
+    with pytest.raises(RewardRecordError) as err:
+        RewardRecord.from_json({**d, "featureSchema": 7})
+    assert err.value.field == "featureSchema"

@@ -389,3 +389,26 @@ def test_a_users_latest_outcomes_are_kept_whatever_came_before():
     flood = SessionShard(0, config)
     flood.process([_event(f"f{i}", "u3", T0 + i, "Step Completed", "goals") for i in range(5 * n)])
     assert len(flood.rewards.log["u3"]) == n and len(flood.rewards.log_expiry) <= n
+
+
+def test_a_decisions_feature_schema_reaches_its_reward_and_survives_checkpoints():
+    """The decision record's ``featureSchema`` is kept with the pending decision, through a
+    checkpoint, into its reward record (a learner refuses a vector of another schema of the
+    same width); a snapshot written before it was kept still loads, without it."""
+    import pickle
+
+    from ray_app.records.reward import RewardRecord
+    from ray_app.state.rewards import _pending, decode_decision
+
+    record = json.loads(_decision("d1", "u1", T0)[1])
+    d = decode_decision({**record, "featureSchema": "abcd1234abcd1234"}, frozenset({"next_step"}))
+    restored = pickle.loads(pickle.dumps(d))
+    assert restored.feature_schema == "abcd1234abcd1234"
+    reward = restored.reward(1.0, "completed", T0 + 5_000)
+    assert RewardRecord.from_json(reward.to_json()).feature_schema == "abcd1234abcd1234"
+    assert decode_decision(restored.record(), frozenset()).feature_schema == "abcd1234abcd1234"
+    # a snapshot of the form before: _pending's arguments without the schema
+    _, args = d.__reduce__()
+    old = _pending(*args[:-1])
+    assert old.feature_schema is None and old.reward(0.0, "timeout", None).feature_schema is None
+    assert "featureSchema" not in old.reward(0.0, "timeout", None).to_json()
