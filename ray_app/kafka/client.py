@@ -144,19 +144,13 @@ class _ProducerBase:
 
     def send_many(self, records: Sequence[OutRecord]) -> cf.Future[int]:
         count = _Count(len(records))
-        send, callback = self._counted(count)
-        for record in records:
+        for record in records:  # one callback shared by all the records
             try:
-                send(record, callback)
+                self.send(record, count.settle)
             except Exception as exc:  # queue refused it: fail the whole batch now
                 count.refuse(exc)
                 break
         return count.future
-
-    def _counted(self, count: _Count) -> tuple[Callable[[OutRecord, Any], None], Any]:
-        """How ``send_many`` hands over each record: the client's call, and the one callback
-        all of them share."""
-        return self.send, count.settle
 
 
 class _Count:
